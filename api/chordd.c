@@ -1,0 +1,45 @@
+/* chordd.c — the chord binary: the daemon (no subcommand = serve) and its one-shot commands.
+ * This file only dispatches; each command lives in api/cmd_*.c. */
+#include <stdio.h>
+#include <string.h>
+
+#include "api/commands.h"
+
+static const struct {
+    const char *name;
+    int (*run)(int, char **);
+    const char *help;
+} commands[] = {
+    {"serve", cmd_serve, "run the server (the default)"},
+    {"train", cmd_train, "run one training job in the foreground: chordd train JOB.json"},
+    {"init-model", cmd_init_model, "write a random-init model: --config CONFIG.json --seed N --out DIR"},
+    {"score", cmd_score, "per-token log-probs of JSON lines of token ids: --model DIR"},
+    {"tokenize", cmd_tokenize, "text to ids (or --decode ids to text): --tokenizer DIR"},
+    {"tokenizer", cmd_tokenizer, "tokenizer tools: chordd tokenizer train ..."},
+};
+
+static void usage(FILE *out) {
+    fprintf(out,
+            "usage: chordd [COMMAND] [OPTIONS]\n\n"
+            "chord post-trains language models with CHORD (SFT + GRPO with dynamic weighting).\n"
+            "With no command, chordd serves its REST and gRPC APIs.\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        fprintf(out, "  %-12s %s\n", commands[i].name, commands[i].help);
+    fprintf(out, "\n`chordd COMMAND --help` describes a command's options.\n");
+}
+
+int main(int argc, char **argv) {
+    if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
+                      strcmp(argv[1], "help") == 0)) {
+        usage(stdout);
+        return 0;
+    }
+    if (argc >= 2 && argv[1][0] != '-') {
+        for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+            if (strcmp(argv[1], commands[i].name) == 0) return commands[i].run(argc - 1, argv + 1);
+        fprintf(stderr, "chordd: unknown command '%s'\n\n", argv[1]);
+        usage(stderr);
+        return 2;
+    }
+    return cmd_serve(argc, argv);
+}

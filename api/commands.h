@@ -1,0 +1,13 @@
+/* commands.h — chordd's subcommands. Each takes the arguments after its name (argv[0] is the
+ * subcommand) and returns the process exit status. */
+#ifndef CHORD_API_COMMANDS_H
+#define CHORD_API_COMMANDS_H
+
+int cmd_serve(int argc, char **argv);           /* api/cmd_serve.c */
+int cmd_init_model(int argc, char **argv);      /* api/cmd_model.c */
+int cmd_score(int argc, char **argv);           /* api/cmd_model.c */
+int cmd_tokenize(int argc, char **argv);        /* api/cmd_tokenize.c */
+int cmd_tokenizer(int argc, char **argv);       /* api/cmd_tokenize.c: `tokenizer train` */
+int cmd_train(int argc, char **argv);           /* api/cmd_train.c */
+
+#endif

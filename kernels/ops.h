@@ -1,0 +1,162 @@
+/* ops.h — the op table every compute backend implements (CPU: kernels/cpu, CUDA: kernels/cuda).
+ *
+ * What this is: a vtable of forward and backward ops over opaque *device* buffers owned by a
+ * backend context. On the CPU backend device memory is host memory; on CUDA it is GPU memory.
+ * Callers never dereference a buffer pointer themselves: they move data with ops_to_device /
+ * ops_to_host. Nothing here knows about models: shapes are passed explicitly.
+ *
+ * Conventions (every backend):
+ * - Tensors are row-major float32 unless said otherwise; token ids and positions are int32.
+ * - Every op returns 0 on success and -1 on failure (with ops_last_error() set). Ops are
+ *   asynchronous on CUDA; ops_sync() waits and reports any deferred error.
+ * - The gradient rule: parameter gradients ACCUMULATE (+=), activation gradients OVERWRITE (=),
+ *   except where an op says otherwise (rmsnorm_backward adds into dinp because its input is the
+ *   residual stream; matmul_backward's dinp has an explicit accumulate flag).
+ * - Shapes are written as comments: `inp (N,C)` means N rows of C floats. An `ld*` argument is the
+ *   row stride in floats of a strided view (e.g. q inside a fused qkv buffer).
+ * - Only sampling, ops_sum_squares and ops_to_host move values back to the host. */
+#ifndef CHORD_KERNELS_OPS_H
+#define CHORD_KERNELS_OPS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct ops_ctx ops_ctx;
+
+typedef struct ops_backend {
+    const char *name; /* "cpu" or "cuda" */
+
+    /* ---- memory ---- */
+    void *(*alloc)(ops_ctx *c, size_t bytes); /* zero-filled; NULL on failure */
+    void (*free)(ops_ctx *c, void *p);
+    int (*to_device)(ops_ctx *c, void *dst, const void *src_host, size_t bytes);
+    int (*to_host)(ops_ctx *c, void *dst_host, const void *src, size_t bytes);
+    int (*copy)(ops_ctx *c, void *dst, const void *src, size_t bytes); /* device to device */
+    int (*zero)(ops_ctx *c, void *p, size_t bytes);
+    int (*sync)(ops_ctx *c);
+
+    /* ---- dense ---- */
+    /* out (N,OC) = inp (N,C) @ weight (OC,C)^T + bias (OC, may be NULL) */
+    int (*matmul_forward)(ops_ctx *c, float *out, const float *inp, const float *weight,
+                          const float *bias, int N, int C, int OC);
+    /* dinp (N,C) = dout @ weight   (or += when dinp_accumulate; dinp may be NULL)
+     * dweight (OC,C) += dout^T @ inp;  dbias (OC) += colsum(dout) (may be NULL) */
+    int (*matmul_backward)(ops_ctx *c, float *dinp, float *dweight, float *dbias,
+                           const float *dout, const float *inp, const float *weight, int N,
+                           int C, int OC, int dinp_accumulate);
+
+    /* ---- embedding ---- */
+    /* out (N,C) = wte (V,C)[tokens (N)] */
+    int (*embedding_forward)(ops_ctx *c, float *out, const int32_t *tokens, const float *wte,
+                             int N, int C, int V);
+    /* dwte (V,C) += scatter of dout (N,C) by tokens (N) */
+    int (*embedding_backward)(ops_ctx *c, float *dwte, const float *dout, const int32_t *tokens,
+                              int N, int C, int V);
+
+    /* ---- RMSNorm: out = inp * rsqrt(mean(inp^2) + eps) * weight ---- */
+    /* out (N,C), rstd (N) saved for backward, inp (N, ldi), weight (C). out is dense (N,C). */
+    int (*rmsnorm_forward)(ops_ctx *c, float *out, float *rstd, const float *inp, int ldi,
+                           const float *weight, int N, int C, float eps);
+    /* dinp (N, ldi) += ..., dweight (C) += ..., dout (N,C) */
+    int (*rmsnorm_backward)(ops_ctx *c, float *dinp, int ldi, float *dweight, const float *dout,
+                            const float *inp, const float *weight, const float *rstd, int N,
+                            int C);
+
+    /* ---- RoPE, rotate-half (Hugging Face Llama/Qwen2), in place ----
+     * x (N, ldx) holds H heads of D per row; angle = positions[n] * inv_freq[i], i < D/2 (fp32).
+     * x'[i] = x[i] cos - x[i+D/2] sin;  x'[i+D/2] = x[i+D/2] cos + x[i] sin.
+     * inv_freq (D/2) is a device buffer (it carries any rope_scaling). */
+    int (*rope_forward)(ops_ctx *c, float *x, int ldx, const int32_t *positions,
+                        const float *inv_freq, int N, int H, int D);
+    /* the transpose rotation applied to dx in place */
+    int (*rope_backward)(ops_ctx *c, float *dx, int ldx, const int32_t *positions,
+                         const float *inv_freq, int N, int H, int D);
+
+    /* ---- causal grouped-query attention over a packed batch ----
+     * Sequences s = 0..S-1 occupy rows cu_seqlens[s] .. cu_seqlens[s+1]-1 (cu_seqlens (S+1) int32,
+     * cu_seqlens[0] = 0, cu_seqlens[S] = N). Query head h reads kv head h / (Hq/Hkv).
+     * q (N,ldq) Hq heads of D; k (N,ldk), v (N,ldv) Hkv heads of D; scale = 1/sqrt(D).
+     * out (N, Hq*D) dense; lse (N, Hq) saved log-sum-exp of the scaled scores (for backward). */
+    int (*attention_forward)(ops_ctx *c, float *out, float *lse, const float *q, int ldq,
+                             const float *k, int ldk, const float *v, int ldv,
+                             const int32_t *cu_seqlens, int S, int N, int Hq, int Hkv, int D);
+    /* dq (N,ldq), dk (N,ldk), dv (N,ldv) OVERWRITTEN; dout (N, Hq*D); out and lse from forward */
+    int (*attention_backward)(ops_ctx *c, float *dq, float *dk, float *dv, const float *dout,
+                              const float *q, int ldq, const float *k, int ldk, const float *v,
+                              int ldv, const float *out, const float *lse,
+                              const int32_t *cu_seqlens, int S, int N, int Hq, int Hkv, int D);
+
+    /* ---- KV cache: per layer kcache/vcache (slots, max_T, Hkv, D) ---- */
+    /* writes row n of k (N,ldk) / v (N,ldv) at [slot[n], pos[n]] */
+    int (*kv_store)(ops_ctx *c, float *kcache, float *vcache, const float *k, int ldk,
+                    const float *v, int ldv, const int32_t *slot, const int32_t *pos, int N,
+                    int max_T, int Hkv, int D);
+    /* one query row per sequence b attends to cache rows 0..lens[b]-1 of slot[b]
+     * out (B, Hq*D), q (B, ldq) */
+    int (*attention_decode)(ops_ctx *c, float *out, const float *q, int ldq, const float *kcache,
+                            const float *vcache, const int32_t *slot, const int32_t *lens, int B,
+                            int max_T, int Hq, int Hkv, int D);
+
+    /* ---- SwiGLU: out = silu(gate) * up ---- */
+    /* out (N,I) dense; gate (N,ldg), up (N,ldu) */
+    int (*swiglu_forward)(ops_ctx *c, float *out, const float *gate, int ldg, const float *up,
+                          int ldu, int N, int I);
+    /* dgate (N,ldg), dup (N,ldu) OVERWRITTEN from dout (N,I) */
+    int (*swiglu_backward)(ops_ctx *c, float *dgate, float *dup, int ld_dgu, const float *dout,
+                           const float *gate, const float *up, int ld_gu, int N, int I);
+
+    /* ---- elementwise ---- */
+    int (*add_inplace)(ops_ctx *c, float *a, const float *b, size_t n); /* a += b */
+    int (*scale_inplace)(ops_ctx *c, float *a, float s, size_t n);      /* a *= s */
+    /* *out_host = sum of x^2 (double accumulation) — a host read-back */
+    int (*sum_squares)(ops_ctx *c, double *out_host, const float *x, size_t n);
+
+    /* ---- per-token log-prob and entropy of targets under softmax(logits * inv_temp) ----
+     * logits (N,V); targets (N) (a negative target gives logp 0 and no gradient);
+     * logp (N), entropy (N, may be NULL), lse (N) saved for backward. */
+    int (*logprob_forward)(ops_ctx *c, float *logp, float *entropy, float *lse,
+                           const float *logits, const int32_t *targets, int N, int V,
+                           float inv_temp);
+    /* dlogits (N,V) OVERWRITTEN from dlogp (N) and dentropy (N, may be NULL) */
+    int (*logprob_backward)(ops_ctx *c, float *dlogits, const float *dlogp,
+                            const float *dentropy, const float *logits, const float *lse,
+                            const int32_t *targets, int N, int V, float inv_temp);
+
+    /* ---- AdamW (decoupled weight decay, bias-corrected, PyTorch semantics) ----
+     * p -= lr * (m_hat / (sqrt(v_hat) + eps) + weight_decay * p), with g = grad * grad_scale;
+     * step t counts from 1. */
+    int (*adamw_update)(ops_ctx *c, float *param, const float *grad, float *m, float *v,
+                        size_t n, float lr, float beta1, float beta2, float eps,
+                        float weight_decay, int t, float grad_scale);
+
+    /* ---- sampling for rollouts ----
+     * logits (B,V) on the device; for each row: temperature (0 = greedy), top-p nucleus; the
+     * uniform (B) (host, in [0,1)) chooses the token. Writes tokens_host (B) and logp_host (B) =
+     * log softmax(logits / temperature)[token] of the FULL tempered distribution (the number the
+     * trainer computes with logprob_forward; top-p does not renormalise it; greedy gives the
+     * temperature-1 log-prob). */
+    int (*sample)(ops_ctx *c, int32_t *tokens_host, float *logp_host, const float *logits, int B,
+                  int V, float temperature, float top_p, const float *uniforms_host);
+} ops_backend;
+
+struct ops_ctx {
+    const ops_backend *be;
+    void *impl;        /* backend-private state: thread count, streams, cuBLAS handles */
+    int threads;       /* CPU threads the backend may use */
+    int device_index;  /* CUDA ordinal, -1 for the CPU */
+    char last_error[512];
+};
+
+/* Opens a backend: "cpu", "cuda", "cuda:N" or "auto" (CUDA when a GPU is present, else the CPU).
+ * threads <= 0 means all cores. Returns NULL with a message in err (size errlen) on failure. */
+ops_ctx *ops_open(const char *device, int threads, char *err, size_t errlen);
+void ops_close(ops_ctx *c);
+const char *ops_last_error(const ops_ctx *c);
+
+/* Backend constructors (a backend that is not built returns NULL with a message). */
+ops_ctx *ops_cpu_open(int threads, char *err, size_t errlen);
+ops_ctx *ops_cuda_open(int device_index, char *err, size_t errlen);
+/* Number of usable CUDA devices (0 when the CUDA backend is not built or no GPU is present). */
+int ops_cuda_device_count(void);
+
+#endif
