@@ -1,0 +1,78 @@
+/* trainer.h — one CHORD training job run to completion (or until told to stop), the seam between
+ * the trainer (server/train) and whoever runs it: the service's job workers (server/jobs) and
+ * `chordd train` in the foreground.
+ *
+ * The trainer owns the model, the optimizer, the data cursors and the RNGs of one job. It reports
+ * everything through callbacks and never touches SQLite or HTTP: the caller stores metrics,
+ * samples and checkpoints. Checkpoints are written into a directory the caller hands out
+ * (checkpoint_begin) and made durable by the caller (checkpoint_commit: fsync + rename + row).
+ *
+ * Resume: trainer_run with resume_dir = the last committed checkpoint continues bit-for-bit: the
+ * steps after it produce the same metrics as an uninterrupted run with the same seed. */
+#ifndef CHORD_TRAIN_TRAINER_H
+#define CHORD_TRAIN_TRAINER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kernels/ops.h"
+#include "server/base/err.h"
+#include "server/train/jobconfig.h"
+
+/* One per-sample record (a rollout with its reward, or an eval sample). Strings are borrowed for
+ * the duration of the callback. */
+typedef struct trainer_sample {
+    const char *kind;       /* "rollout" or "eval" */
+    const char *prompt;
+    const char *completion;
+    const char *answer;     /* ground truth, may be NULL */
+    double reward;
+    const char *reason;     /* "correct", "wrong", "no_answer", "format", "error", "timeout" */
+    int group;              /* prompt index within the step */
+    int tokens;             /* completion length in tokens */
+    int truncated;          /* hit max_new_tokens */
+} trainer_sample;
+
+typedef struct trainer_callbacks {
+    void *user;
+    /* A step's metrics (ALGORITHM.md's names, plus "time/rollout", "time/reward", "time/train",
+     * "time/step", "tokens_per_s/rollout", "tokens_per_s/train", "eval/…" on eval steps).
+     * Called once per step, after the optimizer update. Non-zero return stops the job (failed). */
+    int (*on_step)(void *user, int64_t step, const char *const *names, const double *values,
+                   int n);
+    /* The step's per-sample records (may be NULL). */
+    int (*on_samples)(void *user, int64_t step, const trainer_sample *samples, int n);
+    /* Where to write checkpoint `step`: fills dir (size dirlen) with an empty directory. */
+    int (*checkpoint_begin)(void *user, int64_t step, char *dir, size_t dirlen, chord_err *err);
+    /* The files in dir are complete: make them durable and visible. */
+    int (*checkpoint_commit)(void *user, int64_t step, const char *dir, chord_err *err);
+    /* Polled between steps and between decode steps of a rollout: non-zero = stop now
+     * (cancellation or shutdown). The trainer then returns TRAINER_STOPPED, writing a checkpoint
+     * first when checkpoint_on_stop is set. */
+    int (*should_stop)(void *user, int *checkpoint_on_stop);
+    /* Called between steps with the live model, so queued rollout requests can run on the job's
+     * device without waiting for the job to end (may be NULL). */
+    void (*between_steps)(void *user, void *model);
+    /* Free-form progress line (may be NULL); `chordd train` prints it. */
+    void (*on_log)(void *user, const char *line);
+} trainer_callbacks;
+
+typedef struct trainer_env {
+    ops_ctx *ops;             /* the job's device */
+    const char *prompts_path; /* resolved JSONL paths (NULL when the algorithm does not use it) */
+    const char *expert_path;
+    const char *eval_path;
+    const char *model_dir;    /* resolved model directory, or NULL for model.init */
+    const char *tokenizer_dir; /* resolved tokenizer directory (NULL: the model dir's, or the
+                                  embedded default tokenizer for model.init) */
+    const char *resume_dir;   /* a committed checkpoint to continue from, or NULL */
+} trainer_env;
+
+enum { TRAINER_DONE = 0, TRAINER_FAILED = -1, TRAINER_STOPPED = 1 };
+
+/* Runs the job. Returns TRAINER_DONE after cfg->steps steps, TRAINER_STOPPED when should_stop
+ * asked, TRAINER_FAILED with err set. */
+int trainer_run(const job_config *cfg, const trainer_env *env, const trainer_callbacks *cb,
+                chord_err *err);
+
+#endif
