@@ -45,10 +45,16 @@ typedef struct model_config {
  * required ones, wrong types, zero/negative sizes, heads that do not divide, or an unsupported
  * model_type give an error naming the field. */
 int model_config_parse(const char *json_text, model_config *cfg, chord_err *err);
+/* Same, from an already parsed JSON object (a jansson json_t *), e.g. a request's
+ * {"init": {"config": {...}}}. */
+struct json_t;
+int model_config_from_json(const struct json_t *root, model_config *cfg, chord_err *err);
 /* Reads DIR/config.json. */
 int model_config_load(const char *dir, model_config *cfg, chord_err *err);
 /* A Hugging Face config.json for cfg (malloc'd, NUL-terminated) that transformers loads. */
 char *model_config_to_json(const model_config *cfg);
+/* The same as a new jansson object (caller json_decref's it); NULL when out of memory. */
+struct json_t *model_config_to_json_object(const model_config *cfg);
 /* Writes DIR/config.json atomically. */
 int model_config_save(const model_config *cfg, const char *dir, chord_err *err);
 /* Total parameter count. */

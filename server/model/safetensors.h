@@ -36,6 +36,14 @@ const st_tensor_info *st_find(const st_reader *r, const char *name);
  * have exactly that shape (ndim dims), else an error naming the tensor and both shapes. */
 int st_read_f32(const st_reader *r, const char *name, float *dst, const int64_t *shape, int ndim,
                 chord_err *err);
+/* The tensor's bytes as stored (little-endian, dtype of st_find(name)), inside the read-only
+ * mapping: valid until st_close, any alignment. NULL when absent. */
+const void *st_raw(const st_reader *r, const char *name, size_t *nbytes);
+/* A "__metadata__" string of the file (the first shard holding it), NULL when absent. */
+const char *st_metadata(const st_reader *r, const char *key);
+/* "F32", "BF16", ... and the element size in bytes. */
+const char *st_dtype_name(st_dtype d);
+size_t st_dtype_size(st_dtype d);
 
 typedef struct st_writer st_writer;
 
@@ -45,12 +53,16 @@ void st_writer_free(st_writer *w);
  * The data is referenced, not copied: keep it alive until st_writer_save returns. */
 int st_writer_add(st_writer *w, const char *name, const float *data, const int64_t *shape,
                   int ndim, st_dtype dtype, chord_err *err);
-/* Adds an __metadata__ string entry (e.g. "format" = "pt"). */
+/* Adds an __metadata__ string entry; "format" = "pt" is there from st_writer_new. */
 int st_writer_metadata(st_writer *w, const char *key, const char *value, chord_err *err);
-/* Writes one file atomically. */
+/* Writes one file atomically (temp file, fsync, rename, fsync of the directory). Tensors are
+ * laid out in name order; the header is space-padded so the data starts 8-byte aligned. */
 int st_writer_save(st_writer *w, const char *path, chord_err *err);
 /* Writes DIR/model.safetensors, or, when the data exceeds max_shard_bytes (> 0),
- * DIR/model-0000k-of-0000n.safetensors + DIR/model.safetensors.index.json — transformers' layout. */
+ * DIR/model-0000k-of-0000n.safetensors + DIR/model.safetensors.index.json — transformers' layout
+ * (shards filled in the order tensors were added). Weight files of an earlier save that the new
+ * set does not use are removed. Each file is atomic, the directory as a whole is not: write into
+ * a fresh directory and rename it when a checkpoint must appear all at once. */
 int st_writer_save_dir(st_writer *w, const char *dir, size_t max_shard_bytes, chord_err *err);
 
 /* bf16 / f16 <-> f32 conversions (round to nearest even). */
