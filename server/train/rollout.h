@@ -1,0 +1,66 @@
+/* rollout.h — batched sampling of G responses for each of B prompts through the KV cache, with
+ * the per-token log-probs the trainer will compare against (same engine, same numbers).
+ *
+ * The G responses of a prompt share its prefill: the prompt is run once into one cache slot and
+ * copied to the group's other slots. Every sequence of the batch decodes together, one token per
+ * step, until it samples a stop token or reaches max_new_tokens.
+ *
+ * Randomness is counter-based: the uniform that picks token t of sequence i comes from a hash of
+ * (seed, stream, i, t), so a rollout is reproducible whatever the batch composition, and a
+ * resumed job needs no RNG state beyond its step number.
+ *
+ * Not here: tokenization, rewards, losses. */
+#ifndef CHORD_TRAIN_ROLLOUT_H
+#define CHORD_TRAIN_ROLLOUT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "server/base/err.h"
+#include "server/model/model.h"
+
+typedef struct rollout_params {
+    int group_size;      /* G >= 1 */
+    float temperature;   /* 0 = greedy */
+    float top_p;         /* (0, 1] */
+    int max_new_tokens;  /* >= 1 */
+    const int32_t *stop_ids; /* tokens that end a response (kept in it), e.g. EOS */
+    int n_stop;
+    uint64_t seed;       /* job seed */
+    uint64_t stream;     /* e.g. the step number: distinct streams draw independent numbers */
+    /* polled between decode steps; non-zero aborts with CHORD_E_UNAVAILABLE (may be NULL) */
+    int (*should_stop)(void *user);
+    void *user;
+} rollout_params;
+
+/* One sampled response. tokens/logp are malloc'd, freed by rollout_result_free. */
+typedef struct rollout_seq {
+    int prompt;       /* index of its prompt */
+    int len;          /* response tokens (a final stop token included) */
+    int32_t *tokens;  /* (len) */
+    float *logp;      /* (len) log π(token) under the tempered distribution (temperature 1 for greedy) */
+    int stopped;      /* ended with a stop token */
+    int truncated;    /* reached max_new_tokens without a stop token */
+} rollout_seq;
+
+typedef struct rollout_result {
+    int n;              /* B * G sequences, prompt-major: seq[p*G + g] */
+    rollout_seq *seq;
+    int64_t tokens;     /* sampled tokens in all */
+    double seconds;     /* wall time of the generation */
+} rollout_result;
+
+/* A reusable cache: holds the KV cache between calls (grown when a call needs more). */
+typedef struct rollout_engine rollout_engine;
+rollout_engine *rollout_engine_new(model *m);
+void rollout_engine_free(rollout_engine *e);
+
+/* Samples G responses for each of n_prompts prompts (prompts[p] of prompt_lens[p] ids, >= 1). */
+int rollout_generate(rollout_engine *e, const int32_t *const *prompts, const int *prompt_lens,
+                     int n_prompts, const rollout_params *p, rollout_result *out, chord_err *err);
+void rollout_result_free(rollout_result *r);
+
+/* The counter-based uniform in [0, 1) (exposed for tests and for other seeded draws). */
+double rollout_uniform(uint64_t seed, uint64_t stream, uint64_t index, uint64_t t);
+
+#endif
