@@ -1,6 +1,7 @@
 /* rollout.c — batched KV-cache sampling (rollout.h). */
 #include "server/train/rollout.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -29,6 +30,11 @@ static uint64_t splitmix64(uint64_t x) {
     x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
     x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
     return x ^ (x >> 31);
+}
+
+static float uniform_f32(uint64_t seed, uint64_t stream, uint64_t index, uint64_t t) {
+    /* 24 bits: exactly representable, strictly below 1 */
+    return (float)floor(rollout_uniform(seed, stream, index, t) * 16777216.0) / 16777216.0f;
 }
 
 double rollout_uniform(uint64_t seed, uint64_t stream, uint64_t index, uint64_t t) {
@@ -163,7 +169,7 @@ int rollout_generate(rollout_engine *e, const int32_t *const *prompts, const int
     int n_active = 0;
     for (int g = 0; g < G; g++) {
         for (int i = 0; i < n_prompts; i++)
-            uni[i] = (float)rollout_uniform(p->seed, p->stream, (uint64_t)(i * G + g), 0);
+            uni[i] = uniform_f32(p->seed, p->stream, (uint64_t)(i * G + g), 0);
         if (ops->be->sample(ops, sampled, lps, logits, n_prompts, V, p->temperature, p->top_p,
                             uni) != 0) {
             chord_err_setc(err, CHORD_E_INTERNAL, "rollout: sample: %s", ops_last_error(ops));
@@ -186,7 +192,7 @@ int rollout_generate(rollout_engine *e, const int32_t *const *prompts, const int
             cur[j] = s->tokens[s->len - 1];
             pos[j] = prompt_lens[s->prompt] + s->len - 1;
             slots[j] = b;
-            uni[j] = (float)rollout_uniform(p->seed, p->stream, (uint64_t)b, (uint64_t)s->len);
+            uni[j] = uniform_f32(p->seed, p->stream, (uint64_t)b, (uint64_t)s->len);
         }
         if (model_decode(m, e->kv, cur, pos, slots, n_active, &logits, err) != 0) goto done;
         if (ops->be->sample(ops, sampled, lps, logits, n_active, V, p->temperature, p->top_p,
