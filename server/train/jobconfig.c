@@ -1,0 +1,716 @@
+/* jobconfig.c — parse, validate and write back the job document (see jobconfig.h, docs/job.md).
+ *
+ * Parsing runs in three passes: the preset's defaults (ALGORITHM.md's table), the document's
+ * overrides read field by field with their JSON path at hand, then cross-field rules (datasets
+ * an algorithm needs, knobs a preset does not use). Unknown keys are rejected per object before
+ * anything is read from it. Nothing here opens datasets or models. */
+#include "server/train/jobconfig.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "server/base/fileutil.h"
+
+#define PATH_MAX_LEN 256
+
+static const char *const algorithm_names[JOB_ALGO_COUNT] = {
+    "sft", "grpo", "sft_then_grpo", "chord_mu", "chord_phi", "chord"};
+static const char *const lr_schedule_names[] = {"constant", "linear", "cosine"};
+
+const char *jobconfig_algorithm_name(job_algorithm algorithm) {
+    if ((int)algorithm < 0 || algorithm >= JOB_ALGO_COUNT) return "unknown";
+    return algorithm_names[algorithm];
+}
+
+int jobconfig_algorithm_from_name(const char *name, job_algorithm *algorithm) {
+    for (int i = 0; i < JOB_ALGO_COUNT; i++) {
+        if (strcmp(name, algorithm_names[i]) == 0) {
+            *algorithm = (job_algorithm)i;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+const char *jobconfig_lr_schedule_name(job_lr_schedule schedule) {
+    if ((int)schedule < 0 || schedule > JOB_LR_COSINE) return "unknown";
+    return lr_schedule_names[schedule];
+}
+
+int jobconfig_uses_rollouts(job_algorithm algorithm) { return algorithm != JOB_ALGO_SFT; }
+
+int jobconfig_uses_expert(job_algorithm algorithm) { return algorithm != JOB_ALGO_GRPO; }
+
+/* ---- field readers: each names the field by its JSON path ---------------------------------- */
+
+static void join_path(char out[PATH_MAX_LEN], const char *parent, const char *key) {
+    if (parent && *parent)
+        snprintf(out, PATH_MAX_LEN, "%s.%s", parent, key);
+    else
+        snprintf(out, PATH_MAX_LEN, "%s", key);
+}
+
+/* Rejects any key of obj not in allowed (NULL-terminated). */
+static int check_keys(const json_t *obj, const char *path, const char *const *allowed,
+                      chord_err *err) {
+    const char *key;
+    json_t *value;
+    json_object_foreach((json_t *)obj, key, value) {
+        (void)value;
+        int known = 0;
+        for (const char *const *a = allowed; *a; a++) {
+            if (strcmp(key, *a) == 0) {
+                known = 1;
+                break;
+            }
+        }
+        if (!known) {
+            char full[PATH_MAX_LEN];
+            join_path(full, path, key);
+            return chord_err_set(err, "unknown field \"%s\"", full);
+        }
+    }
+    return 0;
+}
+
+/* The value of obj[key], or NULL when absent or JSON null (both mean "use the default"). */
+static json_t *field(const json_t *obj, const char *key) {
+    json_t *v = json_object_get(obj, key);
+    return (v && !json_is_null(v)) ? v : NULL;
+}
+
+static int read_number(const json_t *obj, const char *path, const char *key, double *out,
+                       chord_err *err) {
+    json_t *v = field(obj, key);
+    if (!v) return 0;
+    char full[PATH_MAX_LEN];
+    join_path(full, path, key);
+    if (!json_is_number(v)) return chord_err_set(err, "%s: must be a number", full);
+    double x = json_number_value(v);
+    if (!isfinite(x)) return chord_err_set(err, "%s: must be a finite number", full);
+    *out = x;
+    return 0;
+}
+
+static int read_int(const json_t *obj, const char *path, const char *key, int64_t *out,
+                    chord_err *err) {
+    json_t *v = field(obj, key);
+    if (!v) return 0;
+    char full[PATH_MAX_LEN];
+    join_path(full, path, key);
+    if (json_is_integer(v)) {
+        *out = (int64_t)json_integer_value(v);
+        return 0;
+    }
+    if (json_is_real(v)) {
+        /* 1e3 or 500.0 from a JavaScript client: accept integral values that are exact */
+        double x = json_real_value(v);
+        if (isfinite(x) && x == floor(x) && fabs(x) <= 9007199254740992.0) {
+            *out = (int64_t)x;
+            return 0;
+        }
+    }
+    return chord_err_set(err, "%s: must be an integer", full);
+}
+
+static int read_bool(const json_t *obj, const char *path, const char *key, int *out,
+                     chord_err *err) {
+    json_t *v = field(obj, key);
+    if (!v) return 0;
+    char full[PATH_MAX_LEN];
+    join_path(full, path, key);
+    if (!json_is_boolean(v)) return chord_err_set(err, "%s: must be true or false", full);
+    *out = json_is_true(v);
+    return 0;
+}
+
+/* A non-empty string, copied into *out (replacing what was there). */
+static int read_string(const json_t *obj, const char *path, const char *key, char **out,
+                       chord_err *err) {
+    json_t *v = field(obj, key);
+    if (!v) return 0;
+    char full[PATH_MAX_LEN];
+    join_path(full, path, key);
+    if (!json_is_string(v)) return chord_err_set(err, "%s: must be a string", full);
+    if (json_string_length(v) == 0) return chord_err_set(err, "%s: must not be empty", full);
+    if (strlen(json_string_value(v)) != json_string_length(v))
+        return chord_err_set(err, "%s: must not contain NUL characters", full);
+    char *copy = strdup(json_string_value(v));
+    if (!copy) return chord_err_setc(err, CHORD_E_INTERNAL, "%s: out of memory", full);
+    free(*out);
+    *out = copy;
+    return 0;
+}
+
+/* An object or absent; *out is NULL when absent. */
+static int read_object(const json_t *obj, const char *path, const char *key, json_t **out,
+                       chord_err *err) {
+    json_t *v = field(obj, key);
+    *out = NULL;
+    if (!v) return 0;
+    if (!json_is_object(v)) {
+        char full[PATH_MAX_LEN];
+        join_path(full, path, key);
+        return chord_err_set(err, "%s: must be an object", full);
+    }
+    *out = v;
+    return 0;
+}
+
+/* ---- range checks -------------------------------------------------------------------------- */
+
+static int check_min_int(int64_t v, int64_t lo, const char *path, chord_err *err) {
+    if (v < lo) return chord_err_set(err, "%s: must be an integer >= %lld", path, (long long)lo);
+    return 0;
+}
+
+static int check_range(double v, double lo, double hi, int lo_open, int hi_open,
+                       const char *path, chord_err *err) {
+    int bad = lo_open ? !(v > lo) : !(v >= lo);
+    if (!bad && !isinf(hi)) bad = hi_open ? !(v < hi) : !(v <= hi);
+    if (!bad) return 0;
+    if (isinf(hi)) return chord_err_set(err, "%s: must be %s %g", path, lo_open ? ">" : ">=", lo);
+    return chord_err_set(err, "%s: must be in %c%g, %g%c", path, lo_open ? '(' : '[', lo, hi,
+                         hi_open ? ')' : ']');
+}
+
+/* ---- defaults ------------------------------------------------------------------------------ */
+
+/* ALGORITHM.md's table and reference defaults for a preset. Strings are set by the caller. */
+static void set_defaults(job_config *cfg, job_algorithm algorithm) {
+    cfg->algorithm = algorithm;
+    job_mu *mu = &cfg->mu;
+    memset(mu, 0, sizeof *mu);
+    mu->tau = 0.5;
+    cfg->phi = 0;
+    switch (algorithm) {
+    case JOB_ALGO_SFT:
+        mu->kind = JOB_MU_SFT;
+        break;
+    case JOB_ALGO_GRPO:
+        mu->kind = JOB_MU_GRPO;
+        break;
+    case JOB_ALGO_SFT_THEN_GRPO:
+        mu->kind = JOB_MU_SFT_THEN_GRPO;
+        break;
+    case JOB_ALGO_CHORD_MU:
+        *mu = (job_mu){JOB_MU_SCHEDULE, 0, 200, 0.9, 0.05, 0.5};
+        break;
+    case JOB_ALGO_CHORD_PHI:
+        *mu = (job_mu){JOB_MU_SCHEDULE, 0, 0, 0.1, 0.1, 0.5};
+        cfg->phi = 1;
+        break;
+    case JOB_ALGO_CHORD:
+    default:
+        *mu = (job_mu){JOB_MU_SCHEDULE, 200, 400, 0.5, 0.02, 0.5};
+        cfg->phi = 1;
+        break;
+    }
+    cfg->sft_steps = 0; /* sft_then_grpo: steps / 2 once steps is known */
+    cfg->grpo = (job_grpo){.group_size = 8,
+                           .prompts_per_step = 32,
+                           .clip_low = 0.2,
+                           .clip_high = 0.2,
+                           .dual_clip = 0.0,
+                           .kl_coef = 0.0,
+                           .entropy_coef = 0.0};
+    cfg->expert_per_step = 64;
+    cfg->sampling = (job_sampling){.temperature = 1.0, .top_p = 1.0, .max_new_tokens = 1024};
+    cfg->optimizer = (job_optimizer){.lr = 1e-6,
+                                     .schedule = JOB_LR_CONSTANT,
+                                     .warmup_steps = 0,
+                                     .weight_decay = 0.01,
+                                     .beta1 = 0.9,
+                                     .beta2 = 0.999,
+                                     .eps = 1e-8,
+                                     .grad_clip = 1.0,
+                                     .min_lr_ratio = 0.0};
+    cfg->micro_batch_tokens = 8192;
+    cfg->steps = 500;
+    cfg->seed = 42;
+    cfg->checkpoint_every = 50;
+    cfg->keep_checkpoints = 3;
+    cfg->eval = (job_eval){.every = 25, .k = 4, .temperature = 0.6, .max_new_tokens = -1};
+}
+
+/* ---- sections ------------------------------------------------------------------------------ */
+
+static int parse_model(const json_t *doc, job_config *cfg, int64_t *init_seed, int *has_seed,
+                       chord_err *err) {
+    static const char *const keys[] = {"path", "init", NULL};
+    static const char *const init_keys[] = {"config", "seed", "tokenizer", NULL};
+    json_t *model;
+    if (read_object(doc, "", "model", &model, err)) return -1;
+    if (!model)
+        return chord_err_set(err, "model: required ({\"path\": ...} or {\"init\": {...}})");
+    if (check_keys(model, "model", keys, err)) return -1;
+    json_t *init;
+    if (read_string(model, "model", "path", &cfg->model_path, err)) return -1;
+    if (read_object(model, "model", "init", &init, err)) return -1;
+    if (cfg->model_path && init) return chord_err_set(err, "model: give path or init, not both");
+    if (!cfg->model_path && !init) return chord_err_set(err, "model: needs path or init");
+    if (!init) return 0;
+    if (check_keys(init, "model.init", init_keys, err)) return -1;
+    json_t *config;
+    if (read_object(init, "model.init", "config", &config, err)) return -1;
+    if (!config) return chord_err_set(err, "model.init.config: required (Hugging Face config)");
+    cfg->model_init_config = json_deep_copy(config);
+    if (!cfg->model_init_config)
+        return chord_err_setc(err, CHORD_E_INTERNAL, "model.init.config: out of memory");
+    if (read_string(init, "model.init", "tokenizer", &cfg->model_init_tokenizer, err)) return -1;
+    *has_seed = field(init, "seed") != NULL;
+    if (read_int(init, "model.init", "seed", init_seed, err)) return -1;
+    if (*has_seed && *init_seed < 0)
+        return chord_err_set(err, "model.init.seed: must be an integer >= 0");
+    return 0;
+}
+
+static int parse_data(const json_t *doc, job_config *cfg, chord_err *err) {
+    static const char *const keys[] = {"prompts", "expert", "eval", NULL};
+    json_t *data;
+    if (read_object(doc, "", "data", &data, err)) return -1;
+    if (!data) return 0;
+    if (check_keys(data, "data", keys, err)) return -1;
+    if (read_string(data, "data", "prompts", &cfg->data_prompts, err)) return -1;
+    if (read_string(data, "data", "expert", &cfg->data_expert, err)) return -1;
+    if (read_string(data, "data", "eval", &cfg->data_eval, err)) return -1;
+    return 0;
+}
+
+static int parse_mu(const json_t *chord, job_config *cfg, chord_err *err) {
+    static const char *const keys[] = {"warmup_steps", "decay_steps", "peak", "valley",
+                                       "adaptive", NULL};
+    static const char *const adaptive_keys[] = {"tau", NULL};
+    json_t *v = field(chord, "mu");
+    if (!v) return 0;
+    if (cfg->mu.kind != JOB_MU_SCHEDULE && cfg->mu.kind != JOB_MU_ADAPTIVE)
+        return chord_err_set(err,
+                             "chord.mu: not used by algorithm \"%s\" (its mu is fixed; choose "
+                             "chord_mu, chord_phi or chord)",
+                             jobconfig_algorithm_name(cfg->algorithm));
+    job_mu *mu = &cfg->mu;
+    if (json_is_number(v)) { /* a constant: "mu": 0.1 */
+        double x = json_number_value(v);
+        if (check_range(x, 0, 1, 0, 0, "chord.mu", err)) return -1;
+        *mu = (job_mu){JOB_MU_SCHEDULE, 0, 0, x, x, mu->tau};
+        return 0;
+    }
+    if (!json_is_object(v))
+        return chord_err_set(err, "chord.mu: must be an object (a schedule or {\"adaptive\": "
+                                  "{\"tau\": ...}}) or a number");
+    if (check_keys(v, "chord.mu", keys, err)) return -1;
+    json_t *adaptive;
+    if (read_object(v, "chord.mu", "adaptive", &adaptive, err)) return -1;
+    int has_schedule = field(v, "warmup_steps") || field(v, "decay_steps") || field(v, "peak") ||
+                       field(v, "valley");
+    if (adaptive) {
+        if (has_schedule)
+            return chord_err_set(err, "chord.mu: give a schedule (warmup_steps, decay_steps, "
+                                      "peak, valley) or adaptive, not both");
+        if (check_keys(adaptive, "chord.mu.adaptive", adaptive_keys, err)) return -1;
+        mu->kind = JOB_MU_ADAPTIVE;
+        if (read_number(adaptive, "chord.mu.adaptive", "tau", &mu->tau, err)) return -1;
+        return check_range(mu->tau, 0, 1, 0, 0, "chord.mu.adaptive.tau", err);
+    }
+    mu->kind = JOB_MU_SCHEDULE;
+    if (read_int(v, "chord.mu", "warmup_steps", &mu->warmup_steps, err) ||
+        read_int(v, "chord.mu", "decay_steps", &mu->decay_steps, err) ||
+        read_number(v, "chord.mu", "peak", &mu->peak, err) ||
+        read_number(v, "chord.mu", "valley", &mu->valley, err))
+        return -1;
+    if (check_min_int(mu->warmup_steps, 0, "chord.mu.warmup_steps", err) ||
+        check_min_int(mu->decay_steps, 0, "chord.mu.decay_steps", err) ||
+        check_range(mu->peak, 0, 1, 0, 0, "chord.mu.peak", err) ||
+        check_range(mu->valley, 0, 1, 0, 0, "chord.mu.valley", err))
+        return -1;
+    return 0;
+}
+
+static int parse_chord(const json_t *doc, job_config *cfg, int *has_sft_steps, chord_err *err) {
+    static const char *const keys[] = {"mu", "phi", "sft_steps", NULL};
+    json_t *chord;
+    if (read_object(doc, "", "chord", &chord, err)) return -1;
+    if (!chord) return 0;
+    if (check_keys(chord, "chord", keys, err)) return -1;
+    if (parse_mu(chord, cfg, err)) return -1;
+    if (read_bool(chord, "chord", "phi", &cfg->phi, err)) return -1;
+    *has_sft_steps = field(chord, "sft_steps") != NULL;
+    if (read_int(chord, "chord", "sft_steps", &cfg->sft_steps, err)) return -1;
+    return 0;
+}
+
+static int parse_grpo(const json_t *doc, job_config *cfg, chord_err *err) {
+    static const char *const keys[] = {"group_size", "prompts_per_step", "clip_low", "clip_high",
+                                       "dual_clip",  "kl_coef",          "entropy_coef", NULL};
+    json_t *g;
+    if (read_object(doc, "", "grpo", &g, err)) return -1;
+    if (!g) return 0;
+    if (check_keys(g, "grpo", keys, err)) return -1;
+    job_grpo *p = &cfg->grpo;
+    if (read_int(g, "grpo", "group_size", &p->group_size, err) ||
+        read_int(g, "grpo", "prompts_per_step", &p->prompts_per_step, err) ||
+        read_number(g, "grpo", "clip_low", &p->clip_low, err) ||
+        read_number(g, "grpo", "clip_high", &p->clip_high, err) ||
+        read_number(g, "grpo", "dual_clip", &p->dual_clip, err) ||
+        read_number(g, "grpo", "kl_coef", &p->kl_coef, err) ||
+        read_number(g, "grpo", "entropy_coef", &p->entropy_coef, err))
+        return -1;
+    if (field(g, "dual_clip") && !(p->dual_clip > 1.0))
+        return chord_err_set(err, "grpo.dual_clip: must be null (off) or a number > 1");
+    return 0;
+}
+
+static int parse_sampling(const json_t *doc, job_config *cfg, chord_err *err) {
+    static const char *const keys[] = {"temperature", "top_p", "max_new_tokens", NULL};
+    json_t *s;
+    if (read_object(doc, "", "sampling", &s, err)) return -1;
+    if (!s) return 0;
+    if (check_keys(s, "sampling", keys, err)) return -1;
+    if (read_number(s, "sampling", "temperature", &cfg->sampling.temperature, err) ||
+        read_number(s, "sampling", "top_p", &cfg->sampling.top_p, err) ||
+        read_int(s, "sampling", "max_new_tokens", &cfg->sampling.max_new_tokens, err))
+        return -1;
+    return 0;
+}
+
+static int parse_optimizer(const json_t *doc, job_config *cfg, chord_err *err) {
+    static const char *const keys[] = {"lr",    "schedule", "warmup_steps", "weight_decay",
+                                       "betas", "eps",      "grad_clip",    "min_lr_ratio",
+                                       NULL};
+    json_t *o;
+    if (read_object(doc, "", "optimizer", &o, err)) return -1;
+    if (!o) return 0;
+    if (check_keys(o, "optimizer", keys, err)) return -1;
+    job_optimizer *p = &cfg->optimizer;
+    if (read_number(o, "optimizer", "lr", &p->lr, err) ||
+        read_int(o, "optimizer", "warmup_steps", &p->warmup_steps, err) ||
+        read_number(o, "optimizer", "weight_decay", &p->weight_decay, err) ||
+        read_number(o, "optimizer", "eps", &p->eps, err) ||
+        read_number(o, "optimizer", "grad_clip", &p->grad_clip, err) ||
+        read_number(o, "optimizer", "min_lr_ratio", &p->min_lr_ratio, err))
+        return -1;
+    json_t *sched = field(o, "schedule");
+    if (sched) {
+        const char *name = json_is_string(sched) ? json_string_value(sched) : NULL;
+        int found = 0;
+        for (int i = 0; name && i <= JOB_LR_COSINE; i++) {
+            if (strcmp(name, lr_schedule_names[i]) == 0) {
+                p->schedule = (job_lr_schedule)i;
+                found = 1;
+            }
+        }
+        if (!found)
+            return chord_err_set(err,
+                                 "optimizer.schedule: must be \"constant\", \"linear\" or \"cosine\"");
+    }
+    json_t *betas = field(o, "betas");
+    if (betas) {
+        if (!json_is_array(betas) || json_array_size(betas) != 2)
+            return chord_err_set(err, "optimizer.betas: must be an array of two numbers");
+        for (size_t i = 0; i < 2; i++) {
+            json_t *b = json_array_get(betas, i);
+            char path[PATH_MAX_LEN];
+            snprintf(path, sizeof path, "optimizer.betas[%zu]", i);
+            if (!json_is_number(b)) return chord_err_set(err, "%s: must be a number", path);
+            double x = json_number_value(b);
+            if (check_range(x, 0, 1, 0, 1, path, err)) return -1;
+            if (i == 0)
+                p->beta1 = x;
+            else
+                p->beta2 = x;
+        }
+    }
+    return 0;
+}
+
+static int parse_eval(const json_t *doc, job_config *cfg, chord_err *err) {
+    static const char *const keys[] = {"every", "k", "temperature", "max_new_tokens", NULL};
+    json_t *e;
+    if (read_object(doc, "", "eval", &e, err)) return -1;
+    if (!e) return 0;
+    if (check_keys(e, "eval", keys, err)) return -1;
+    if (read_int(e, "eval", "every", &cfg->eval.every, err) ||
+        read_int(e, "eval", "k", &cfg->eval.k, err) ||
+        read_number(e, "eval", "temperature", &cfg->eval.temperature, err) ||
+        read_int(e, "eval", "max_new_tokens", &cfg->eval.max_new_tokens, err))
+        return -1;
+    if (field(e, "max_new_tokens") && cfg->eval.max_new_tokens < 1)
+        return chord_err_set(err, "eval.max_new_tokens: must be an integer >= 1");
+    return 0;
+}
+
+/* "auto", "cpu", "cuda", "cuda:N" or "cuda:N,M,..." */
+static int device_valid(const char *s) {
+    if (!strcmp(s, "auto") || !strcmp(s, "cpu") || !strcmp(s, "cuda")) return 1;
+    if (strncmp(s, "cuda:", 5) != 0) return 0;
+    s += 5;
+    for (;;) {
+        int digits = 0;
+        while (*s >= '0' && *s <= '9') s++, digits++;
+        if (!digits || digits > 4) return 0;
+        if (*s == '\0') return 1;
+        if (*s != ',') return 0;
+        s++;
+    }
+}
+
+/* Range checks of every scalar and the rules that tie fields together. */
+static int validate(job_config *cfg, int has_sft_steps, chord_err *err) {
+    job_algorithm a = cfg->algorithm;
+    const char *an = jobconfig_algorithm_name(a);
+    if (strlen(cfg->name) > 200) return chord_err_set(err, "name: must be at most 200 bytes");
+    if (check_min_int(cfg->steps, 1, "steps", err) ||
+        check_min_int(cfg->checkpoint_every, 0, "checkpoint_every", err) ||
+        check_min_int(cfg->keep_checkpoints, 0, "keep_checkpoints", err) ||
+        check_min_int(cfg->micro_batch_tokens, 1, "micro_batch_tokens", err) ||
+        check_min_int(cfg->expert_per_step, jobconfig_uses_expert(a) ? 1 : 0, "expert_per_step",
+                      err))
+        return -1;
+    const job_grpo *g = &cfg->grpo;
+    if (check_min_int(g->group_size, 1, "grpo.group_size", err) ||
+        check_min_int(g->prompts_per_step, 1, "grpo.prompts_per_step", err) ||
+        check_range(g->clip_low, 0, 1, 0, 1, "grpo.clip_low", err) ||
+        check_range(g->clip_high, 0, INFINITY, 0, 0, "grpo.clip_high", err) ||
+        check_range(g->kl_coef, 0, INFINITY, 0, 0, "grpo.kl_coef", err) ||
+        check_range(g->entropy_coef, 0, INFINITY, 0, 0, "grpo.entropy_coef", err))
+        return -1;
+    if (check_range(cfg->sampling.temperature, 0, INFINITY, 1, 0, "sampling.temperature", err) ||
+        check_range(cfg->sampling.top_p, 0, 1, 1, 0, "sampling.top_p", err) ||
+        check_min_int(cfg->sampling.max_new_tokens, 1, "sampling.max_new_tokens", err))
+        return -1;
+    const job_optimizer *o = &cfg->optimizer;
+    if (check_range(o->lr, 0, INFINITY, 1, 0, "optimizer.lr", err) ||
+        check_min_int(o->warmup_steps, 0, "optimizer.warmup_steps", err) ||
+        check_range(o->weight_decay, 0, INFINITY, 0, 0, "optimizer.weight_decay", err) ||
+        check_range(o->eps, 0, INFINITY, 1, 0, "optimizer.eps", err) ||
+        check_range(o->grad_clip, 0, INFINITY, 0, 0, "optimizer.grad_clip", err) ||
+        check_range(o->min_lr_ratio, 0, 1, 0, 0, "optimizer.min_lr_ratio", err))
+        return -1;
+    if (check_min_int(cfg->eval.every, 0, "eval.every", err) ||
+        check_min_int(cfg->eval.k, 1, "eval.k", err) ||
+        check_range(cfg->eval.temperature, 0, INFINITY, 0, 0, "eval.temperature", err))
+        return -1;
+    if (cfg->eval.max_new_tokens < 0) cfg->eval.max_new_tokens = cfg->sampling.max_new_tokens;
+
+    /* φ and sft_steps only where the preset has the term they shape */
+    if (a == JOB_ALGO_GRPO && cfg->phi)
+        return chord_err_set(err, "chord.phi: algorithm \"grpo\" has no SFT term");
+    if (a == JOB_ALGO_SFT_THEN_GRPO) {
+        if (!has_sft_steps) cfg->sft_steps = cfg->steps / 2 > 0 ? cfg->steps / 2 : 1;
+        if (cfg->sft_steps < 1 || cfg->sft_steps > cfg->steps)
+            return chord_err_set(err, "chord.sft_steps: must be in [1, steps] (steps = %lld)",
+                                 (long long)cfg->steps);
+    } else if (cfg->sft_steps != 0) {
+        return chord_err_set(err, "chord.sft_steps: only used by algorithm \"sft_then_grpo\"");
+    }
+
+    /* the datasets each stream reads */
+    if (jobconfig_uses_rollouts(a) && !cfg->data_prompts)
+        return chord_err_set(err, "data.prompts: required by algorithm \"%s\"", an);
+    if (jobconfig_uses_expert(a) && !cfg->data_expert)
+        return chord_err_set(err, "data.expert: required by algorithm \"%s\"", an);
+
+    if (!device_valid(cfg->device))
+        return chord_err_set(err,
+                             "device: must be \"auto\", \"cpu\", \"cuda\" or \"cuda:N[,N...]\"");
+    return 0;
+}
+
+int jobconfig_from_json(const json_t *doc, job_config *cfg, chord_err *err) {
+    static const char *const keys[] = {
+        "name",     "model",       "data",  "algorithm",    "chord",
+        "grpo",     "expert_per_step",     "sampling",      "optimizer",
+        "micro_batch_tokens", "reward", "steps", "seed", "checkpoint_every",
+        "keep_checkpoints", "eval", "device", NULL};
+    memset(cfg, 0, sizeof *cfg);
+    if (!json_is_object(doc)) return chord_err_set(err, "job: must be a JSON object");
+    if (check_keys(doc, "", keys, err)) return -1;
+
+    job_algorithm algorithm = JOB_ALGO_CHORD;
+    json_t *alg = field(doc, "algorithm");
+    if (alg) {
+        if (!json_is_string(alg) ||
+            jobconfig_algorithm_from_name(json_string_value(alg), &algorithm) != 0)
+            return chord_err_set(err, "algorithm: must be one of sft, grpo, sft_then_grpo, "
+                                      "chord_mu, chord_phi, chord");
+    }
+    set_defaults(cfg, algorithm);
+    cfg->name = strdup("job");
+    cfg->device = strdup("auto");
+    cfg->reward = json_pack("{s:s}", "type", "math_boxed");
+    if (!cfg->name || !cfg->device || !cfg->reward) {
+        chord_err_setc(err, CHORD_E_INTERNAL, "job: out of memory");
+        goto fail;
+    }
+
+    int64_t init_seed = 0, steps = cfg->steps, seed = (int64_t)cfg->seed;
+    int has_init_seed = 0, has_sft_steps = 0;
+    if (read_string(doc, "", "name", &cfg->name, err)) goto fail;
+    if (parse_model(doc, cfg, &init_seed, &has_init_seed, err)) goto fail;
+    if (parse_data(doc, cfg, err)) goto fail;
+    if (parse_chord(doc, cfg, &has_sft_steps, err)) goto fail;
+    if (parse_grpo(doc, cfg, err)) goto fail;
+    if (read_int(doc, "", "expert_per_step", &cfg->expert_per_step, err)) goto fail;
+    if (parse_sampling(doc, cfg, err)) goto fail;
+    if (parse_optimizer(doc, cfg, err)) goto fail;
+    if (read_int(doc, "", "micro_batch_tokens", &cfg->micro_batch_tokens, err)) goto fail;
+    json_t *reward;
+    if (read_object(doc, "", "reward", &reward, err)) goto fail;
+    if (reward) {
+        json_decref(cfg->reward);
+        cfg->reward = json_deep_copy(reward);
+        if (!cfg->reward) {
+            chord_err_setc(err, CHORD_E_INTERNAL, "reward: out of memory");
+            goto fail;
+        }
+    }
+    if (read_int(doc, "", "steps", &steps, err)) goto fail;
+    cfg->steps = steps;
+    if (read_int(doc, "", "seed", &seed, err)) goto fail;
+    if (seed < 0) {
+        chord_err_set(err, "seed: must be an integer >= 0");
+        goto fail;
+    }
+    cfg->seed = (uint64_t)seed;
+    cfg->model_init_seed = has_init_seed ? (uint64_t)init_seed : cfg->seed;
+    if (read_int(doc, "", "checkpoint_every", &cfg->checkpoint_every, err)) goto fail;
+    if (read_int(doc, "", "keep_checkpoints", &cfg->keep_checkpoints, err)) goto fail;
+    if (parse_eval(doc, cfg, err)) goto fail;
+    if (read_string(doc, "", "device", &cfg->device, err)) goto fail;
+    if (validate(cfg, has_sft_steps, err)) goto fail;
+    return 0;
+fail:
+    jobconfig_free(cfg);
+    return -1;
+}
+
+int jobconfig_parse(const char *json_text, job_config *cfg, chord_err *err) {
+    memset(cfg, 0, sizeof *cfg);
+    json_error_t jerr;
+    json_t *doc = json_loads(json_text, JSON_REJECT_DUPLICATES, &jerr);
+    if (!doc)
+        return chord_err_set(err, "job: invalid JSON at line %d column %d: %s", jerr.line,
+                             jerr.column, jerr.text);
+    int rc = jobconfig_from_json(doc, cfg, err);
+    json_decref(doc);
+    return rc;
+}
+
+int jobconfig_load(const char *path, job_config *cfg, chord_err *err) {
+    memset(cfg, 0, sizeof *cfg);
+    char *text = NULL;
+    size_t len = 0;
+    if (chord_read_file(path, &text, &len, err)) return chord_err_prefix(err, "%s", path);
+    if (strlen(text) != len) {
+        free(text);
+        return chord_err_set(err, "%s: contains NUL bytes", path);
+    }
+    int rc = jobconfig_parse(text, cfg, err);
+    free(text);
+    if (rc) chord_err_prefix(err, "%s", path);
+    return rc;
+}
+
+void jobconfig_free(job_config *cfg) {
+    if (!cfg) return;
+    free(cfg->name);
+    free(cfg->model_path);
+    json_decref(cfg->model_init_config);
+    free(cfg->model_init_tokenizer);
+    free(cfg->data_prompts);
+    free(cfg->data_expert);
+    free(cfg->data_eval);
+    json_decref(cfg->reward);
+    free(cfg->device);
+    memset(cfg, 0, sizeof *cfg);
+}
+
+/* ---- writing back -------------------------------------------------------------------------- */
+
+/* json_object_set_new that remembers a failure instead of checking each call. */
+static void put(json_t *obj, const char *key, json_t *value, int *bad) {
+    if (!value || json_object_set_new(obj, key, value) != 0) *bad = 1;
+}
+
+json_t *jobconfig_to_json(const job_config *cfg) {
+    int bad = 0;
+    json_t *doc = json_object();
+    if (!doc) return NULL;
+    put(doc, "name", json_string(cfg->name ? cfg->name : "job"), &bad);
+
+    json_t *model = json_object();
+    if (cfg->model_path) {
+        put(model, "path", json_string(cfg->model_path), &bad);
+    } else {
+        json_t *init = json_object();
+        put(init, "config",
+            cfg->model_init_config ? json_deep_copy(cfg->model_init_config) : json_object(), &bad);
+        put(init, "seed", json_integer((json_int_t)cfg->model_init_seed), &bad);
+        if (cfg->model_init_tokenizer)
+            put(init, "tokenizer", json_string(cfg->model_init_tokenizer), &bad);
+        put(model, "init", init, &bad);
+    }
+    put(doc, "model", model, &bad);
+
+    json_t *data = json_object();
+    if (cfg->data_prompts) put(data, "prompts", json_string(cfg->data_prompts), &bad);
+    if (cfg->data_expert) put(data, "expert", json_string(cfg->data_expert), &bad);
+    if (cfg->data_eval) put(data, "eval", json_string(cfg->data_eval), &bad);
+    put(doc, "data", data, &bad);
+
+    put(doc, "algorithm", json_string(jobconfig_algorithm_name(cfg->algorithm)), &bad);
+    json_t *chord = json_object();
+    const job_mu *mu = &cfg->mu;
+    if (mu->kind == JOB_MU_SCHEDULE) {
+        put(chord, "mu",
+            json_pack("{s:I,s:I,s:f,s:f}", "warmup_steps", (json_int_t)mu->warmup_steps,
+                      "decay_steps", (json_int_t)mu->decay_steps, "peak", mu->peak, "valley",
+                      mu->valley),
+            &bad);
+    } else if (mu->kind == JOB_MU_ADAPTIVE) {
+        put(chord, "mu", json_pack("{s:{s:f}}", "adaptive", "tau", mu->tau), &bad);
+    }
+    put(chord, "phi", json_boolean(cfg->phi), &bad);
+    put(chord, "sft_steps", json_integer((json_int_t)cfg->sft_steps), &bad);
+    put(doc, "chord", chord, &bad);
+
+    const job_grpo *g = &cfg->grpo;
+    json_t *grpo = json_pack("{s:I,s:I,s:f,s:f,s:f,s:f}", "group_size", (json_int_t)g->group_size,
+                             "prompts_per_step", (json_int_t)g->prompts_per_step, "clip_low",
+                             g->clip_low, "clip_high", g->clip_high, "kl_coef", g->kl_coef,
+                             "entropy_coef", g->entropy_coef);
+    if (grpo) put(grpo, "dual_clip", g->dual_clip > 0 ? json_real(g->dual_clip) : json_null(), &bad);
+    put(doc, "grpo", grpo, &bad);
+    put(doc, "expert_per_step", json_integer((json_int_t)cfg->expert_per_step), &bad);
+    put(doc, "sampling",
+        json_pack("{s:f,s:f,s:I}", "temperature", cfg->sampling.temperature, "top_p",
+                  cfg->sampling.top_p, "max_new_tokens", (json_int_t)cfg->sampling.max_new_tokens),
+        &bad);
+    const job_optimizer *o = &cfg->optimizer;
+    put(doc, "optimizer",
+        json_pack("{s:f,s:s,s:I,s:f,s:[f,f],s:f,s:f,s:f}", "lr", o->lr, "schedule",
+                  jobconfig_lr_schedule_name(o->schedule), "warmup_steps",
+                  (json_int_t)o->warmup_steps, "weight_decay", o->weight_decay, "betas", o->beta1,
+                  o->beta2, "eps", o->eps, "grad_clip", o->grad_clip, "min_lr_ratio",
+                  o->min_lr_ratio),
+        &bad);
+    put(doc, "micro_batch_tokens", json_integer((json_int_t)cfg->micro_batch_tokens), &bad);
+    put(doc, "reward", cfg->reward ? json_deep_copy(cfg->reward) : json_object(), &bad);
+    put(doc, "steps", json_integer((json_int_t)cfg->steps), &bad);
+    put(doc, "seed", json_integer((json_int_t)cfg->seed), &bad);
+    put(doc, "checkpoint_every", json_integer((json_int_t)cfg->checkpoint_every), &bad);
+    put(doc, "keep_checkpoints", json_integer((json_int_t)cfg->keep_checkpoints), &bad);
+    put(doc, "eval",
+        json_pack("{s:I,s:I,s:f,s:I}", "every", (json_int_t)cfg->eval.every, "k",
+                  (json_int_t)cfg->eval.k, "temperature", cfg->eval.temperature, "max_new_tokens",
+                  (json_int_t)cfg->eval.max_new_tokens),
+        &bad);
+    put(doc, "device", json_string(cfg->device ? cfg->device : "auto"), &bad);
+    if (bad) {
+        json_decref(doc);
+        return NULL;
+    }
+    return doc;
+}

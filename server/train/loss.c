@@ -1,0 +1,217 @@
+/* loss.c — the CHORD loss per token, forward and gradient together (see loss.h).
+ *
+ * Everything is computed in double from the fp32 inputs; gradients are written as fp32.
+ * Gradient rule: dlogp and dentropy are overwritten for every token of the micro-batch (the
+ * engine accumulates them into the model's parameter gradients). Where the forward takes a max or
+ * min of two equal branches, the gradient is split half and half, the way autograd does it, so
+ * the reference test can compare every token. */
+#include "server/train/loss.h"
+
+#include <math.h>
+#include <string.h>
+
+int chord_loss_params_check(const chord_loss_params *p, chord_err *err) {
+    if (!(p->mu >= 0.0 && p->mu <= 1.0)) return chord_err_set(err, "loss: mu must be in [0, 1]");
+    if (!(p->clip_low >= 0.0 && p->clip_low < 1.0))
+        return chord_err_set(err, "loss: clip_low must be in [0, 1)");
+    if (!(p->clip_high >= 0.0 && isfinite(p->clip_high)))
+        return chord_err_set(err, "loss: clip_high must be >= 0");
+    if (!(p->dual_clip == 0.0 || (p->dual_clip > 1.0 && isfinite(p->dual_clip))))
+        return chord_err_set(err, "loss: dual_clip must be 0 (off) or > 1");
+    if (!(p->entropy_coef >= 0.0 && isfinite(p->entropy_coef)))
+        return chord_err_set(err, "loss: entropy_coef must be >= 0");
+    if (!(p->kl_coef >= 0.0 && isfinite(p->kl_coef)))
+        return chord_err_set(err, "loss: kl_coef must be >= 0");
+    if (p->n_policy_tokens < 0 || p->n_expert_tokens < 0)
+        return chord_err_set(err, "loss: token counts must be >= 0");
+    return 0;
+}
+
+void chord_loss_accum_init(chord_loss_accum *acc) { memset(acc, 0, sizeof *acc); }
+
+static double clampd(double x, double lo, double hi) { return x < lo ? lo : (x > hi ? hi : x); }
+
+/* d/dx clamp(x, lo, hi) as autograd has it: 1 inside the closed interval, else 0. */
+static double clamp_grad(double x, double lo, double hi) { return (x >= lo && x <= hi) ? 1.0 : 0.0; }
+
+/* The share of the gradient max(a, b) passes to a (1, 0 or ½ on a tie). */
+static double max_share_a(double a, double b) { return a > b ? 1.0 : (a == b ? 0.5 : 0.0); }
+
+/* On-policy token: adds ℓ_t to acc's sums, returns dℓ_t/dlogp. */
+static double policy_token(const chord_loss_params *p, double logp, double logp_old, double adv,
+                           double *loss_t, chord_loss_accum *acc) {
+    double log_ratio = logp - logp_old;
+    double ratio = exp(clampd(log_ratio, -20.0, 20.0));
+    double dratio_dlogp = ratio * clamp_grad(log_ratio, -20.0, 20.0);
+    double lo = 1.0 - p->clip_low, hi = 1.0 + p->clip_high;
+    double unclipped = -adv * ratio;
+    double clipped = -adv * clampd(ratio, lo, hi);
+    double share = max_share_a(unclipped, clipped);
+    double loss = share == 1.0 ? unclipped : clipped;
+    /* d/dratio of each branch: −A, and −A inside the clip range (0 outside) */
+    double dloss_dratio = share * -adv + (1.0 - share) * -adv * clamp_grad(ratio, lo, hi);
+    if (clipped > unclipped) acc->clipped += 1.0;
+    if (p->dual_clip > 0.0 && adv < 0.0) {
+        double bound = -adv * p->dual_clip;
+        /* min(loss, bound) = −max(−loss, −bound): the share that stays with loss */
+        double keep = max_share_a(-loss, -bound);
+        if (bound < loss) acc->dual_clipped += 1.0;
+        loss = keep == 1.0 ? loss : bound;
+        dloss_dratio *= keep;
+    }
+    acc->pg_sum += loss;
+    acc->ppo_kl_sum += logp_old - logp;
+    acc->ratio_sum += ratio;
+    *loss_t = loss;
+    return dloss_dratio * dratio_dlogp;
+}
+
+/* k3 ("low_var_kl") of the current policy against the reference at one token; returns the
+ * gradient with respect to logp. */
+static double kl_token(double logp, double ref_logp, double *kl_t) {
+    double diff = ref_logp - logp;
+    double dc = clampd(diff, -20.0, 20.0);
+    double r = exp(dc);
+    double k3 = r - dc - 1.0;
+    double kc = clampd(k3, -10.0, 10.0);
+    *kl_t = kc;
+    /* d k3 / d diff = r − 1 (inside both clamps); d diff / d logp = −1 */
+    return -(r - 1.0) * clamp_grad(diff, -20.0, 20.0) * clamp_grad(k3, -10.0, 10.0);
+}
+
+int chord_loss_micro_batch(const chord_loss_params *p, const chord_loss_batch *batch,
+                           float *dlogp, float *dentropy, chord_loss_accum *acc, chord_err *err) {
+    if (chord_loss_params_check(p, err)) return -1;
+    if (batch->n && (!batch->kind || !batch->logp || !dlogp))
+        return chord_err_set(err, "loss: kind, logp and dlogp are required");
+    if (p->entropy_coef > 0.0 && !batch->entropy)
+        return chord_err_set(err, "loss: entropy_coef > 0 needs per-token entropy");
+    chord_loss_accum sum = *acc; /* committed only on success */
+    const double w_pg = p->n_policy_tokens > 0 ? (1.0 - p->mu) / (double)p->n_policy_tokens : 0.0;
+    const double w_sft = p->n_expert_tokens > 0 ? p->mu / (double)p->n_expert_tokens : 0.0;
+    const double w_tok = p->n_policy_tokens > 0 ? 1.0 / (double)p->n_policy_tokens : 0.0;
+    double loss = 0.0;
+    for (size_t t = 0; t < batch->n; t++) {
+        double grad = 0.0, grad_entropy = 0.0;
+        int kind = batch->kind[t];
+        double logp = batch->logp[t];
+        if (kind != CHORD_TOKEN_IGNORE && !isfinite(logp))
+            return chord_err_set(err, "loss: token %zu: logp is not finite", t);
+        if (kind == CHORD_TOKEN_POLICY) {
+            if (!batch->logp_old || !batch->advantage)
+                return chord_err_set(err, "loss: on-policy tokens need logp_old and advantage");
+            double logp_old = batch->logp_old[t], adv = batch->advantage[t];
+            if (!isfinite(logp_old) || !isfinite(adv))
+                return chord_err_set(err, "loss: token %zu: logp_old or advantage is not finite",
+                                     t);
+            if (++sum.n_policy > p->n_policy_tokens)
+                return chord_err_set(err,
+                                     "loss: token %zu: more on-policy tokens than the step's "
+                                     "n_policy_tokens (%lld)",
+                                     t, (long long)p->n_policy_tokens);
+            double loss_t;
+            grad = w_pg * policy_token(p, logp, logp_old, adv, &loss_t, &sum);
+            loss += w_pg * loss_t;
+            if (batch->entropy) {
+                double h = batch->entropy[t];
+                if (!isfinite(h))
+                    return chord_err_set(err, "loss: token %zu: entropy is not finite", t);
+                sum.entropy_sum += h;
+                sum.n_entropy++;
+                loss -= p->entropy_coef * w_tok * h;
+                grad_entropy = -p->entropy_coef * w_tok;
+            }
+            if (batch->ref_logp) {
+                double ref = batch->ref_logp[t];
+                if (!isfinite(ref))
+                    return chord_err_set(err, "loss: token %zu: ref_logp is not finite", t);
+                double kl_t;
+                double dkl = kl_token(logp, ref, &kl_t);
+                sum.kl_sum += kl_t;
+                sum.n_kl++;
+                loss += p->kl_coef * w_tok * kl_t;
+                grad += p->kl_coef * w_tok * dkl;
+            }
+        } else if (kind == CHORD_TOKEN_EXPERT) {
+            if (++sum.n_expert > p->n_expert_tokens)
+                return chord_err_set(err,
+                                     "loss: token %zu: more expert tokens than the step's "
+                                     "n_expert_tokens (%lld)",
+                                     t, (long long)p->n_expert_tokens);
+            double prob = exp(logp);
+            double phi = prob * (1.0 - prob);
+            double weight = p->phi ? phi : 1.0; /* sg(φ): a constant in the backward */
+            double loss_t = -weight * logp;
+            sum.sft_sum += loss_t;
+            sum.nll_sum += -logp;
+            sum.phi_sum += phi;
+            loss += w_sft * loss_t;
+            grad = -w_sft * weight;
+        } else if (kind != CHORD_TOKEN_IGNORE) {
+            return chord_err_set(err, "loss: token %zu: kind %d is not 0, 1 or 2", t, kind);
+        }
+        dlogp[t] = (float)grad;
+        if (dentropy) dentropy[t] = (float)grad_entropy;
+    }
+    sum.loss += loss;
+    *acc = sum;
+    return 0;
+}
+
+static double mean_of(double total, int64_t n) { return n > 0 ? total / (double)n : 0.0; }
+
+int chord_loss_finish(const chord_loss_params *p, const chord_loss_accum *acc,
+                      chord_loss_metrics *out, chord_err *err) {
+    if (acc->n_policy != p->n_policy_tokens || acc->n_expert != p->n_expert_tokens)
+        return chord_err_set(err,
+                             "loss: the step declared %lld on-policy and %lld expert tokens but "
+                             "the micro-batches held %lld and %lld",
+                             (long long)p->n_policy_tokens, (long long)p->n_expert_tokens,
+                             (long long)acc->n_policy, (long long)acc->n_expert);
+    memset(out, 0, sizeof *out);
+    out->loss = acc->loss;
+    out->pg_loss = mean_of(acc->pg_sum, acc->n_policy);
+    out->pg_clipfrac = mean_of(acc->clipped, acc->n_policy);
+    out->pg_clipfrac_lower = mean_of(acc->dual_clipped, acc->n_policy);
+    out->ppo_kl = mean_of(acc->ppo_kl_sum, acc->n_policy);
+    out->ratio_mean = mean_of(acc->ratio_sum, acc->n_policy);
+    out->sft_loss = mean_of(acc->sft_sum, acc->n_expert);
+    out->sft_nll = mean_of(acc->nll_sum, acc->n_expert);
+    out->phi_mean = mean_of(acc->phi_sum, acc->n_expert);
+    out->entropy = mean_of(acc->entropy_sum, acc->n_entropy);
+    out->kl = mean_of(acc->kl_sum, acc->n_kl);
+    out->n_policy_tokens = acc->n_policy;
+    out->n_expert_tokens = acc->n_expert;
+    return 0;
+}
+
+int chord_grpo_advantages(const float *rewards, const int *group_sizes, size_t n_groups,
+                          float *advantages, int64_t *zero_adv_groups, chord_err *err) {
+    int64_t zero = 0;
+    size_t offset = 0;
+    for (size_t g = 0; g < n_groups; g++) {
+        int n = group_sizes[g];
+        if (n < 1) return chord_err_set(err, "advantages: group %zu is empty", g);
+        const float *r = rewards + offset;
+        for (int i = 0; i < n; i++)
+            if (!isfinite(r[i]))
+                return chord_err_set(err, "advantages: reward %zu is not finite", offset + i);
+        double mean = 0.0, std = 1.0;
+        int all_equal = 1;
+        for (int i = 1; i < n; i++) all_equal &= r[i] == r[0];
+        if (n >= 2) {
+            for (int i = 0; i < n; i++) mean += r[i];
+            mean /= n;
+            double ss = 0.0;
+            for (int i = 0; i < n; i++) ss += (r[i] - mean) * (r[i] - mean);
+            std = sqrt(ss / (n - 1));
+        }
+        for (int i = 0; i < n; i++)
+            advantages[offset + i] =
+                (n >= 2 && all_equal) ? 0.0f : (float)((r[i] - mean) / (std + 1e-6));
+        if (n >= 2 && all_equal) zero++;
+        offset += (size_t)n;
+    }
+    if (zero_adv_groups) *zero_adv_groups = zero;
+    return 0;
+}

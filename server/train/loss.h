@@ -1,0 +1,118 @@
+/* loss.h — the CHORD loss of one training step, per token, on the host; and GRPO advantages.
+ *
+ *   L = (1 − μ) · L_GRPO + μ · L_SFT + kl_coef · KL − entropy_coef · H
+ *
+ * L_GRPO: token-mean over the step's on-policy tokens of the PPO-clipped term (dual clip
+ * optional); L_SFT: token-mean over the step's expert tokens of −log p (plain) or
+ * −sg(p(1 − p)) · log p (φ); KL (k3 against a reference policy, only when reference log-probs
+ * are given) and H (per-token entropy) are token-means over the on-policy tokens, outside the
+ * μ mix as in the reference's separate entropy / KL losses. A stream with no tokens adds 0.
+ * Exactly ALGORITHM.md; tested against a PyTorch autograd implementation (tests/reference).
+ *
+ * A step is usually packed into several micro-batches: the step's token counts (the
+ * denominators) are passed up front in chord_loss_params, each micro-batch gets its own
+ * per-token gradient, and the sums in chord_loss_accum add up across micro-batches so that
+ * chord_loss_finish gives the step's loss and metrics, whatever the split.
+ *
+ * Not here: log-probs, entropies and their backward through the model (the engine computes
+ * them); rewards (reward.h). */
+#ifndef CHORD_TRAIN_LOSS_H
+#define CHORD_TRAIN_LOSS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "server/base/err.h"
+
+/* What a token is, per position of a packed micro-batch. */
+enum {
+    CHORD_TOKEN_IGNORE = 0, /* prompt, padding, anything not trained */
+    CHORD_TOKEN_POLICY = 1, /* on-policy response token (GRPO term) */
+    CHORD_TOKEN_EXPERT = 2  /* expert response token (SFT term) */
+};
+
+typedef struct chord_loss_params {
+    double mu;           /* SFT weight μ in [0, 1] */
+    int phi;             /* 1 = φ-weighted SFT term */
+    double clip_low;     /* ε_low */
+    double clip_high;    /* ε_high */
+    double dual_clip;    /* c > 1, or 0 = off */
+    double entropy_coef; /* bonus on the on-policy entropy (0 = off) */
+    double kl_coef;      /* k3 KL to the reference policy; needs ref_logp */
+    /* the step's denominators: every micro-batch of the step together */
+    int64_t n_policy_tokens; /* on-policy tokens in the step */
+    int64_t n_expert_tokens; /* expert tokens in the step */
+} chord_loss_params;
+
+/* One micro-batch of N tokens. Arrays are (N); optional ones may be NULL. */
+typedef struct chord_loss_batch {
+    size_t n;
+    const uint8_t *kind;     /* (N) CHORD_TOKEN_* */
+    const float *logp;       /* (N) log π_θ(token) of the current policy */
+    const float *logp_old;   /* (N) log-prob recorded at rollout (read at POLICY tokens) */
+    const float *advantage;  /* (N) GRPO advantage (read at POLICY tokens) */
+    const float *entropy;    /* (N) policy entropy at the position, or NULL */
+    const float *ref_logp;   /* (N) reference-policy log-prob, or NULL (KL term off) */
+} chord_loss_batch;
+
+/* Sums over the micro-batches seen so far (zero it with chord_loss_accum_init). */
+typedef struct chord_loss_accum {
+    double loss;          /* Σ of each micro-batch's share of L */
+    double pg_sum;        /* Σ ℓ_t over on-policy tokens */
+    double clipped;       /* on-policy tokens where the clipped branch is active */
+    double dual_clipped;  /* A < 0 tokens where the dual clip is active */
+    double ppo_kl_sum;    /* Σ (logp_old − logp) */
+    double ratio_sum;     /* Σ ratio */
+    double sft_sum;       /* Σ SFT ℓ_t (plain or φ-weighted) */
+    double nll_sum;       /* Σ −log p over expert tokens (plain, whatever φ) */
+    double phi_sum;       /* Σ p(1 − p) over expert tokens */
+    double entropy_sum;   /* Σ entropy over on-policy tokens (when given) */
+    double kl_sum;        /* Σ k3 over on-policy tokens (when ref_logp given) */
+    int64_t n_policy;     /* on-policy tokens seen */
+    int64_t n_expert;     /* expert tokens seen */
+    int64_t n_entropy;    /* on-policy tokens that had an entropy */
+    int64_t n_kl;         /* on-policy tokens that had a reference log-prob */
+} chord_loss_accum;
+
+typedef struct chord_loss_metrics {
+    double loss;
+    double pg_loss;            /* L_GRPO */
+    double pg_clipfrac;        /* fraction of on-policy tokens where clipping is active */
+    double pg_clipfrac_lower;  /* fraction where the dual clip is active */
+    double ppo_kl;             /* mean (logp_old − logp) over on-policy tokens */
+    double ratio_mean;
+    double sft_loss;           /* L_SFT, plain or φ-weighted as configured */
+    double sft_nll;            /* mean −log p over expert tokens (plain, for comparison) */
+    double phi_mean;           /* mean p(1 − p) over expert tokens */
+    double entropy;            /* mean entropy over on-policy tokens (0 when none given) */
+    double kl;                 /* mean k3 KL (0 when no reference) */
+    int64_t n_policy_tokens;
+    int64_t n_expert_tokens;
+} chord_loss_metrics;
+
+/* Checks the parameters (μ in [0,1], ε ranges, dual clip 0 or > 1, counts >= 0). */
+int chord_loss_params_check(const chord_loss_params *p, chord_err *err);
+
+void chord_loss_accum_init(chord_loss_accum *acc);
+
+/* One micro-batch: writes dL/dlogp (N) for every token (0 where ignored) and, when dentropy
+ * is not NULL, dL/dentropy (N); adds the micro-batch's share of L and the metric sums to acc.
+ * The gradients are of the step's L (the step denominators already applied), so accumulating
+ * them over the micro-batches gives the step's gradient. Errors: an unknown kind, a non-finite
+ * log-prob at a trained token, more tokens of a kind than the step declared; err names the
+ * token index. */
+int chord_loss_micro_batch(const chord_loss_params *p, const chord_loss_batch *batch,
+                           float *dlogp, float *dentropy, chord_loss_accum *acc, chord_err *err);
+
+/* The step's loss and metrics; fails when the tokens seen differ from the declared counts. */
+int chord_loss_finish(const chord_loss_params *p, const chord_loss_accum *acc,
+                      chord_loss_metrics *out, chord_err *err);
+
+/* GRPO advantages, outcome level: for each group g of group_sizes[g] consecutive rewards,
+ * A_i = (r_i − mean) / (std + 1e-6) with the unbiased std; a group of one uses mean 0 and
+ * std 1; a group (size >= 2) whose rewards are all equal gets A = 0 and is counted in
+ * *zero_adv_groups (may be NULL). rewards and advantages are (Σ group_sizes). */
+int chord_grpo_advantages(const float *rewards, const int *group_sizes, size_t n_groups,
+                          float *advantages, int64_t *zero_adv_groups, chord_err *err);
+
+#endif

@@ -1,0 +1,270 @@
+"""loss_reference.py — chord's CHORD loss and GRPO advantages against PyTorch autograd.
+
+An independent implementation of ALGORITHM.md's loss (and the reference's entropy bonus and
+k3 KL) in PyTorch, float64 on fp32 inputs, differentiated by autograd; chord's values come from
+tests/reference/loss_tool.c (argv[1]). Random inputs cover φ on/off, μ = 0, 1, 0.37, clipping
+inactive and active, dual clip, ratio clamping, empty streams, several micro-batches. Loss and
+dL/dlogp must agree to a relative error of 1e-4; the metrics too.
+
+Usage: python loss_reference.py path/to/loss_tool
+"""
+import json
+import math
+import subprocess
+import sys
+
+import torch
+
+REL = 1e-4
+rng = torch.Generator().manual_seed(1234)
+
+
+def f32(x):
+    """fp32 inputs, as Python floats (exact)."""
+    return [float(v) for v in x.to(torch.float32)]
+
+
+def make_loss_case(n, mu, phi, regime, dual_clip, micro_batches, *, kinds=None, entropy=False,
+                   kl=False, extreme=False):
+    if kinds is None:
+        # segments like packed sequences: prompt (0), then a response (1 or 2)
+        kinds = []
+        while len(kinds) < n:
+            kinds += [0] * int(torch.randint(1, 6, (1,), generator=rng))
+            kinds += [int(torch.randint(1, 3, (1,), generator=rng))] * int(
+                torch.randint(3, 20, (1,), generator=rng))
+        kinds = kinds[:n]
+    kinds = torch.tensor(kinds)
+    logp = -torch.rand(n, generator=rng) * 4.0 - 0.002
+    noise = {"inactive": 0.03, "active": 0.6}[regime]
+    logp_old = logp + torch.randn(n, generator=rng) * noise
+    if extreme:  # log-ratios beyond ±20 exercise the ratio clamp
+        idx = torch.randperm(n, generator=rng)[: n // 10]
+        logp_old[idx] = logp[idx] + torch.where(torch.rand(len(idx), generator=rng) < 0.5,
+                                                torch.tensor(-25.0), torch.tensor(25.0))
+    # one advantage per response segment, some exactly zero
+    adv = torch.zeros(n)
+    seg_adv = 0.0
+    for t in range(n):
+        if t == 0 or kinds[t] != kinds[t - 1]:
+            seg_adv = float(torch.randn(1, generator=rng)) * 1.5
+            if float(torch.rand(1, generator=rng)) < 0.15:
+                seg_adv = 0.0
+        adv[t] = seg_adv
+    case = {
+        "mode": "loss",
+        "params": {"mu": mu, "phi": phi, "clip_low": 0.2, "clip_high": 0.28 if regime == "active"
+                   else 0.2, "dual_clip": dual_clip, "entropy_coef": 0.01 if entropy else 0.0,
+                   "kl_coef": 0.05 if kl else 0.0},
+        "micro_batches": micro_batches,
+        "kind": [int(k) for k in kinds],
+        "logp": f32(logp),
+        "logp_old": f32(logp_old),
+        "advantage": f32(adv),
+        "entropy": f32(torch.rand(n, generator=rng) * 3.0) if entropy else None,
+        "ref_logp": f32(logp + torch.randn(n, generator=rng) * 0.3) if kl else None,
+    }
+    return case
+
+
+def reference_loss(case):
+    """ALGORITHM.md, written with torch ops; gradients by autograd."""
+    p = case["params"]
+    dt = torch.float64
+    kind = torch.tensor(case["kind"])
+    logp = torch.tensor(case["logp"], dtype=torch.float32).to(dt).requires_grad_(True)
+    logp_old = torch.tensor(case["logp_old"], dtype=torch.float32).to(dt)
+    adv = torch.tensor(case["advantage"], dtype=torch.float32).to(dt)
+    pol = (kind == 1).to(dt)
+    exp_mask = (kind == 2).to(dt)
+    n_pol, n_exp = int(pol.sum()), int(exp_mask.sum())
+
+    ratio = torch.exp(torch.clamp(logp - logp_old, -20.0, 20.0))
+    unclipped = -adv * ratio
+    clipped = -adv * torch.clamp(ratio, 1.0 - p["clip_low"], 1.0 + p["clip_high"])
+    token_pg = torch.maximum(unclipped, clipped)
+    clip_active = (clipped > unclipped).to(dt)
+    dual_active = torch.zeros_like(adv)
+    if p["dual_clip"]:
+        bound = -adv * p["dual_clip"]
+        dual_active = ((token_pg > bound) & (adv < 0)).to(dt)
+        token_pg = torch.where(adv < 0, torch.minimum(token_pg, bound), token_pg)
+    pg_loss = (token_pg * pol).sum() / n_pol if n_pol else torch.zeros((), dtype=dt)
+
+    prob = torch.exp(logp)
+    phi = (prob * (1.0 - prob)).detach()
+    token_sft = -phi * logp if p["phi"] else -logp
+    sft_loss = (token_sft * exp_mask).sum() / n_exp if n_exp else torch.zeros((), dtype=dt)
+
+    mu = p["mu"]
+    loss = (1.0 - mu) * pg_loss + mu * sft_loss
+
+    ent = None
+    entropy_mean = 0.0
+    if case["entropy"] is not None:
+        ent = torch.tensor(case["entropy"], dtype=torch.float32).to(dt).requires_grad_(True)
+        if n_pol:
+            h = (ent * pol).sum() / n_pol
+            entropy_mean = float(h.detach())
+            loss = loss - p["entropy_coef"] * h
+    kl_mean = 0.0
+    if case["ref_logp"] is not None:
+        ref = torch.tensor(case["ref_logp"], dtype=torch.float32).to(dt)
+        # k3 as the reference's "low_var_kl": clamp(exp(d) − d − 1, −10, 10), d = clamp(ref − logp)
+        d = torch.clamp(ref - logp, -20.0, 20.0)
+        k3 = torch.clamp(torch.exp(d) - d - 1.0, -10.0, 10.0)
+        if n_pol:
+            kl_t = (k3 * pol).sum() / n_pol
+            kl_mean = float(kl_t.detach())
+            loss = loss + p["kl_coef"] * kl_t
+
+    loss.backward()
+    dent = ent.grad if ent is not None and ent.grad is not None else torch.zeros(len(kind), dtype=dt)
+
+    def mean_over(x, m, n):
+        return float((x.detach() * m).sum() / n) if n else 0.0
+
+    metrics = {
+        "pg_loss": float(pg_loss.detach()),
+        "pg_clipfrac": mean_over(clip_active, pol, n_pol),
+        "pg_clipfrac_lower": mean_over(dual_active, pol, n_pol),
+        "ppo_kl": mean_over(logp_old - logp, pol, n_pol),
+        "ratio_mean": mean_over(ratio, pol, n_pol),
+        "sft_loss": float(sft_loss.detach()),
+        "sft_nll": mean_over(-logp, exp_mask, n_exp),
+        "phi_mean": mean_over(phi, exp_mask, n_exp),
+        "entropy": entropy_mean,
+        "kl": kl_mean,
+        "n_policy_tokens": n_pol,
+        "n_expert_tokens": n_exp,
+    }
+    return float(loss.detach()), logp.grad, dent, metrics
+
+
+def reference_advantages(rewards, group_sizes):
+    """GRPO outcome advantages from ALGORITHM.md, with torch.std (unbiased)."""
+    r_all = torch.tensor(rewards, dtype=torch.float32).to(torch.float64)
+    out, zero, off = [], 0, 0
+    for g in group_sizes:
+        r = r_all[off:off + g]
+        off += g
+        if g == 1:
+            mean, std = torch.tensor(0.0, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64)
+        else:
+            mean, std = r.mean(), r.std(unbiased=True)
+        if g >= 2 and bool((r == r[0]).all()):
+            out += [0.0] * g
+            zero += 1
+        else:
+            out += [float(v) for v in (r - mean) / (std + 1e-6)]
+    return out, zero
+
+
+def close(a, b, scale):
+    return abs(a - b) <= REL * max(abs(b), scale)
+
+
+def run_tool(tool, cases):
+    res = subprocess.run([tool], input=json.dumps({"cases": cases}), capture_output=True,
+                         text=True, timeout=120)
+    if res.returncode != 0:
+        sys.exit(f"loss_tool failed ({res.returncode}): {res.stderr}")
+    return json.loads(res.stdout)["results"]
+
+
+def main():
+    tool = sys.argv[1]
+    cases, names = [], []
+    for phi in (False, True):
+        for mu in (0.0, 1.0, 0.37):
+            for regime in ("inactive", "active"):
+                for dual in (0.0, 3.0):
+                    mb = 1 + len(cases) % 4
+                    cases.append(make_loss_case(256, mu, phi, regime, dual, mb))
+                    names.append(f"phi={phi} mu={mu} clip={regime} dual={dual} mb={mb}")
+    cases.append(make_loss_case(300, 0.37, True, "active", 3.0, 3, extreme=True))
+    names.append("ratio clamp ±20")
+    cases.append(make_loss_case(200, 0.37, False, "active", 0.0, 2, entropy=True, kl=True))
+    names.append("entropy bonus + k3 KL")
+    cases.append(make_loss_case(200, 0.5, True, "active", 2.0, 2, entropy=True, kl=True))
+    names.append("entropy + KL + phi + dual")
+    cases.append(make_loss_case(64, 0.37, True, "active", 0.0, 2, kinds=[0, 1] * 32))
+    names.append("no expert tokens")
+    cases.append(make_loss_case(64, 0.37, False, "active", 0.0, 2, kinds=[2, 0] * 32))
+    names.append("no on-policy tokens")
+    cases.append(make_loss_case(64, 0.0, False, "active", 3.0, 5, kinds=[1] * 64))
+    names.append("all on-policy, 5 micro-batches")
+
+    results = run_tool(tool, cases)
+    failures = 0
+    seen_clip = seen_noclip = seen_dual = 0
+    for name, case, got in zip(names, cases, results):
+        loss, dlogp, dent, metrics = reference_loss(case)
+        errs = []
+        if not close(got["loss"], loss, 1e-6):
+            errs.append(f"loss {got['loss']!r} vs torch {loss!r}")
+        g_ref = dlogp.tolist()
+        scale = max(max(abs(v) for v in g_ref), 1e-12) * 1e-3
+        worst = 0.0
+        for i, (a, b) in enumerate(zip(got["dlogp"], g_ref)):
+            if not close(a, b, scale):
+                errs.append(f"dlogp[{i}] {a!r} vs torch {b!r} (kind {case['kind'][i]})")
+                if len(errs) > 5:
+                    break
+            worst = max(worst, abs(a - b) / max(abs(b), scale))
+        e_ref = dent.tolist()
+        for i, (a, b) in enumerate(zip(got["dentropy"], e_ref)):
+            if not close(a, b, 1e-9):
+                errs.append(f"dentropy[{i}] {a!r} vs torch {b!r}")
+                break
+        for key, ref in metrics.items():
+            if not close(got["metrics"][key], ref, 1e-6):
+                errs.append(f"metric {key} {got['metrics'][key]!r} vs torch {ref!r}")
+        if metrics["n_policy_tokens"]:
+            if metrics["pg_clipfrac"] > 0:
+                seen_clip += 1
+            else:
+                seen_noclip += 1
+        seen_dual += metrics["pg_clipfrac_lower"] > 0
+        status = "ok" if not errs else "FAIL"
+        print(f"{status:4} {name}: loss {got['loss']:.6g} (torch {loss:.6g}), max rel err of "
+              f"dL/dlogp {worst:.2e}, clipfrac {metrics['pg_clipfrac']:.3f}")
+        for e in errs:
+            print("     ", e)
+        failures += bool(errs)
+    # the grid must actually exercise both sides of the clip and the dual clip
+    if not (seen_clip and seen_noclip and seen_dual):
+        print(f"FAIL coverage: clipped cases {seen_clip}, unclipped {seen_noclip}, dual {seen_dual}")
+        failures += 1
+
+    # GRPO advantages
+    adv_cases = []
+    sizes_sets = [[8] * 6, [1, 4, 2, 8, 1, 3], [5] * 4]
+    for sizes in sizes_sets:
+        rewards = []
+        for j, g in enumerate(sizes):
+            if j % 3 == 0:
+                rewards += [float(torch.randint(0, 2, (1,), generator=rng))] * g  # all equal
+            elif j % 3 == 1:
+                rewards += [float(v) for v in torch.randint(0, 2, (g,), generator=rng)]
+            else:
+                rewards += f32(torch.randn(g, generator=rng))
+        adv_cases.append({"mode": "advantages", "rewards": rewards, "group_sizes": sizes})
+    adv_cases.append({"mode": "advantages", "rewards": [0.1, 0.1, 0.1, -0.1, 1.0, 0.1],
+                      "group_sizes": [3, 3]})
+    for case, got in zip(adv_cases, run_tool(tool, adv_cases)):
+        ref, zero = reference_advantages(case["rewards"], case["group_sizes"])
+        bad = [i for i, (a, b) in enumerate(zip(got["advantages"], ref)) if not close(a, b, 1e-6)]
+        ok = not bad and got["zero_adv_groups"] == zero
+        print(f"{'ok' if ok else 'FAIL':4} advantages groups={case['group_sizes']}: "
+              f"zero_adv_groups {got['zero_adv_groups']} (torch {zero})")
+        for i in bad[:5]:
+            print(f"      A[{i}] {got['advantages'][i]!r} vs torch {ref[i]!r}")
+        failures += not ok
+
+    print(f"{failures} failure(s)")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
