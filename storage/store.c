@@ -1,0 +1,455 @@
+/* store.c — opening the store (directory, connection PRAGMAs, forward migrations), the SQLite
+ * helpers every storage file uses, ids and time. The tables' queries live in store_records.c
+ * and store_metrics.c; the file stores in store_files.c. */
+#include "storage/store_internal.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+#include "server/base/fileutil.h"
+#include "server/base/log.h"
+
+/* ---- migrations ---------------------------------------------------------------------------
+ * migrations[v] takes the schema from user_version v to v + 1. Append only: never edit a
+ * migration that shipped. Each runs in one BEGIN IMMEDIATE together with the version bump.
+ * Tables listed newest-first by the API carry `seq INTEGER PRIMARY KEY` (a rowid alias that
+ * VACUUM keeps), so creation order survives equal timestamps. */
+static const char *const migrations[STORE_SCHEMA_VERSION] = {
+    /* 0 → 1: datasets, models, jobs, metrics, checkpoints. */
+    "CREATE TABLE datasets ("
+    "  seq INTEGER PRIMARY KEY,"
+    "  id TEXT NOT NULL UNIQUE,"
+    "  name TEXT NOT NULL,"
+    "  kind TEXT NOT NULL CHECK (kind IN ('prompts', 'expert', 'eval')),"
+    "  path TEXT NOT NULL," /* relative to the data directory */
+    "  line_count INTEGER NOT NULL CHECK (line_count >= 0),"
+    "  bytes INTEGER NOT NULL CHECK (bytes >= 0),"
+    "  sha256 TEXT NOT NULL CHECK (length(sha256) = 64),"
+    "  created_ms INTEGER NOT NULL);"
+    "CREATE TABLE models ("
+    "  seq INTEGER PRIMARY KEY,"
+    "  id TEXT NOT NULL UNIQUE,"
+    "  name TEXT NOT NULL,"
+    "  directory TEXT,"
+    "  config_json TEXT NOT NULL,"
+    "  tokenizer_dir TEXT,"
+    "  created_ms INTEGER NOT NULL);"
+    "CREATE TABLE jobs ("
+    "  seq INTEGER PRIMARY KEY,"
+    "  id TEXT NOT NULL UNIQUE,"
+    "  name TEXT NOT NULL,"
+    "  config_json TEXT NOT NULL,"
+    "  state TEXT NOT NULL"
+    "    CHECK (state IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')),"
+    "  cancel_requested INTEGER NOT NULL DEFAULT 0 CHECK (cancel_requested IN (0, 1)),"
+    "  created_ms INTEGER NOT NULL,"
+    "  started_ms INTEGER,"
+    "  finished_ms INTEGER,"
+    "  error TEXT,"
+    "  current_step INTEGER NOT NULL DEFAULT -1,"
+    "  device TEXT);"
+    "CREATE INDEX jobs_by_state ON jobs (state, seq);"
+    "CREATE TABLE metrics ("
+    "  job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,"
+    "  step INTEGER NOT NULL CHECK (step >= 0),"
+    "  name TEXT NOT NULL,"
+    "  value REAL,"
+    "  PRIMARY KEY (job_id, step, name)) WITHOUT ROWID;"
+    "CREATE TABLE checkpoints ("
+    "  seq INTEGER PRIMARY KEY,"
+    "  id TEXT NOT NULL UNIQUE,"
+    "  job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,"
+    "  step INTEGER NOT NULL CHECK (step >= 0),"
+    "  path TEXT NOT NULL," /* relative to the data directory */
+    "  sha256 TEXT NOT NULL CHECK (length(sha256) = 64),"
+    "  bytes INTEGER NOT NULL CHECK (bytes >= 0),"
+    "  created_ms INTEGER NOT NULL,"
+    "  UNIQUE (job_id, step));",
+    /* 1 → 2: per-sample rollout records, rollout requests. */
+    "CREATE TABLE samples ("
+    "  job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,"
+    "  step INTEGER NOT NULL CHECK (step >= 0),"
+    "  idx INTEGER NOT NULL CHECK (idx >= 0),"
+    "  kind TEXT,"
+    "  prompt TEXT,"
+    "  completion TEXT,"
+    "  reward REAL,"
+    "  reason TEXT,"
+    "  answer TEXT,"
+    "  PRIMARY KEY (job_id, step, idx)) WITHOUT ROWID;"
+    "CREATE TABLE rollouts ("
+    "  seq INTEGER PRIMARY KEY,"
+    "  id TEXT NOT NULL UNIQUE,"
+    "  state TEXT NOT NULL CHECK (state IN ('pending', 'succeeded', 'failed')),"
+    "  request_json TEXT NOT NULL,"
+    "  result_json TEXT,"
+    "  error TEXT,"
+    "  created_ms INTEGER NOT NULL,"
+    "  finished_ms INTEGER);",
+};
+
+/* ---- SQLite helpers ----------------------------------------------------------------------- */
+
+int st_sqlerr(store *s, chord_err *err, int rc, const char *fmt, ...) {
+    if (!err) return -1;
+    char context[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(context, sizeof context, fmt, ap);
+    va_end(ap);
+    int primary = rc & 0xff;
+    int code = CHORD_E_IO;
+    if (primary == SQLITE_BUSY || primary == SQLITE_LOCKED) code = CHORD_E_UNAVAILABLE;
+    if (primary == SQLITE_CONSTRAINT) code = CHORD_E_CONFLICT;
+    const char *msg = s && s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc);
+    return chord_err_setc(err, code, "%s: %s (%s, %d)", context, msg, sqlite3_errstr(rc), rc);
+}
+
+int st_exec(store *s, const char *sql, chord_err *err) {
+    char *msg = NULL;
+    int rc = sqlite3_exec(s->db, sql, NULL, NULL, &msg);
+    if (rc != SQLITE_OK) {
+        chord_err_setc(err, (rc & 0xff) == SQLITE_BUSY ? CHORD_E_UNAVAILABLE : CHORD_E_IO,
+                       "sqlite: %.80s…: %s (%s)", sql, msg ? msg : sqlite3_errmsg(s->db),
+                       sqlite3_errstr(rc));
+        sqlite3_free(msg);
+        return -1;
+    }
+    return 0;
+}
+
+int st_prepare(store *s, const char *sql, sqlite3_stmt **stmt, chord_err *err) {
+    int rc = sqlite3_prepare_v2(s->db, sql, -1, stmt, NULL);
+    if (rc != SQLITE_OK) {
+        *stmt = NULL;
+        return st_sqlerr(s, err, rc, "prepare \"%.60s\"", sql);
+    }
+    return 0;
+}
+
+int st_begin_write(store *s, chord_err *err) {
+    int rc = sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
+    if (rc != SQLITE_OK) return st_sqlerr(s, err, rc, "BEGIN IMMEDIATE");
+    return 0;
+}
+
+int st_begin_read(store *s, chord_err *err) {
+    int rc = sqlite3_exec(s->db, "BEGIN", NULL, NULL, NULL);
+    if (rc != SQLITE_OK) return st_sqlerr(s, err, rc, "BEGIN");
+    return 0;
+}
+
+int st_commit(store *s, chord_err *err) {
+    int rc = sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL);
+    if (rc != SQLITE_OK) {
+        st_sqlerr(s, err, rc, "COMMIT");
+        st_rollback(s);
+        return -1;
+    }
+    return 0;
+}
+
+void st_rollback(store *s) {
+    if (sqlite3_get_autocommit(s->db)) return; /* no transaction open */
+    int rc = sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+    if (rc != SQLITE_OK) LOG_ERROR("store: ROLLBACK failed: %s", sqlite3_errmsg(s->db));
+}
+
+int st_bind_text(sqlite3_stmt *stmt, int idx, const char *text) {
+    if (!text) return sqlite3_bind_null(stmt, idx);
+    return sqlite3_bind_text(stmt, idx, text, -1, SQLITE_TRANSIENT);
+}
+
+int st_col_text(sqlite3_stmt *stmt, int col, char **out) {
+    *out = NULL;
+    if (sqlite3_column_type(stmt, col) == SQLITE_NULL) return 0;
+    const unsigned char *t = sqlite3_column_text(stmt, col);
+    int len = sqlite3_column_bytes(stmt, col);
+    if (!t) return -1; /* out of memory while converting */
+    char *copy = malloc((size_t)len + 1);
+    if (!copy) return -1;
+    memcpy(copy, t, (size_t)len);
+    copy[len] = '\0';
+    *out = copy;
+    return 0;
+}
+
+void st_col_copy(sqlite3_stmt *stmt, int col, char *buf, size_t size) {
+    const unsigned char *t = sqlite3_column_text(stmt, col);
+    snprintf(buf, size, "%s", t ? (const char *)t : "");
+}
+
+int st_collect(store *s, sqlite3_stmt *stmt, size_t item_size, st_row_reader read,
+               void (*free_item)(void *item), void **items, size_t *n, const char *what,
+               chord_err *err) {
+    *items = NULL;
+    *n = 0;
+    char *arr = NULL;
+    size_t count = 0, cap = 0;
+    int rc;
+    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+        if (count == cap) {
+            size_t ncap = cap ? cap * 2 : 16;
+            char *grown = realloc(arr, ncap * item_size);
+            if (!grown) {
+                chord_err_setc(err, CHORD_E_INTERNAL, "%s: out of memory", what);
+                goto fail;
+            }
+            arr = grown;
+            cap = ncap;
+        }
+        void *item = arr + count * item_size;
+        memset(item, 0, item_size);
+        if (read(s, stmt, item, err)) {
+            free_item(item);
+            chord_err_prefix(err, "%s", what);
+            goto fail;
+        }
+        count++;
+    }
+    if (rc != SQLITE_DONE) {
+        st_sqlerr(s, err, rc, "%s", what);
+        goto fail;
+    }
+    sqlite3_finalize(stmt);
+    *items = arr;
+    *n = count;
+    return 0;
+fail:
+    for (size_t i = 0; i < count; i++)
+        free_item(arr + i * item_size);
+    free(arr);
+    sqlite3_finalize(stmt);
+    return -1;
+}
+
+int st_get_one(store *s, sqlite3_stmt *stmt, st_row_reader read, void *item, const char *what,
+               const char *id, chord_err *err) {
+    int rc = sqlite3_step(stmt);
+    int ret = 0;
+    if (rc == SQLITE_ROW) {
+        if (read(s, stmt, item, err)) ret = chord_err_prefix(err, "%s %s", what, id);
+    } else if (rc == SQLITE_DONE) {
+        ret = chord_err_setc(err, CHORD_E_NOT_FOUND, "%s %s not found", what, id);
+    } else {
+        ret = st_sqlerr(s, err, rc, "reading %s %s", what, id);
+    }
+    sqlite3_finalize(stmt);
+    return ret;
+}
+
+int st_count(store *s, const char *sql, const char *param, int64_t *total, chord_err *err) {
+    sqlite3_stmt *st;
+    if (st_prepare(s, sql, &st, err)) return -1;
+    int rc = param ? st_bind_text(st, 1, param) : SQLITE_OK;
+    if (rc == SQLITE_OK) rc = sqlite3_step(st);
+    int ret = 0;
+    if (rc == SQLITE_ROW)
+        *total = sqlite3_column_int64(st, 0);
+    else
+        ret = st_sqlerr(s, err, rc, "counting");
+    sqlite3_finalize(st);
+    return ret;
+}
+
+int64_t st_limit(size_t limit) {
+    return limit == 0 || limit > INT64_MAX ? -1 : (int64_t)limit;
+}
+
+/* ---- ids and time ------------------------------------------------------------------------- */
+
+int st_new_id(const char *prefix, char out[STORE_ID_MAX], chord_err *err) {
+    unsigned char r[12];
+    size_t got = 0;
+    while (got < sizeof r) {
+        ssize_t n = getrandom(r + got, sizeof r - got, 0);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            return chord_err_setc(err, CHORD_E_INTERNAL, "getrandom: %s", strerror(errno));
+        }
+        got += (size_t)n;
+    }
+    static const char hex[] = "0123456789abcdef";
+    int k = snprintf(out, STORE_ID_MAX, "%s_", prefix);
+    for (size_t i = 0; i < sizeof r && k + 2 < STORE_ID_MAX; i++) {
+        out[k++] = hex[r[i] >> 4];
+        out[k++] = hex[r[i] & 15];
+    }
+    out[k] = '\0';
+    return 0;
+}
+
+int st_check_id(const char *id, const char *prefix, const char *what, chord_err *err) {
+    if (!id || !*id) return chord_err_setc(err, CHORD_E_INVALID, "%s: empty id", what);
+    size_t plen = strlen(prefix), len = strlen(id);
+    if (len >= STORE_ID_MAX || len <= plen + 1 || strncmp(id, prefix, plen) != 0 || id[plen] != '_')
+        return chord_err_setc(err, CHORD_E_INVALID, "%s: malformed id \"%.60s\" (want %s_…)", what,
+                              id, prefix);
+    for (size_t i = plen + 1; i < len; i++) {
+        char c = id[i];
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z')))
+            return chord_err_setc(err, CHORD_E_INVALID, "%s: malformed id \"%.60s\"", what, id);
+    }
+    return 0;
+}
+
+int64_t store_now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void store_time_rfc3339(int64_t ms, char out[32]) {
+    if (ms < 0) ms = 0;
+    time_t secs = (time_t)(ms / 1000);
+    struct tm tm;
+    gmtime_r(&secs, &tm);
+    char base[24];
+    strftime(base, sizeof base, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(out, 32, "%s.%03dZ", base, (int)(ms % 1000));
+}
+
+/* ---- opening ------------------------------------------------------------------------------ */
+
+static int read_user_version(store *s, int *version, chord_err *err) {
+    sqlite3_stmt *st;
+    if (st_prepare(s, "PRAGMA user_version", &st, err)) return -1;
+    int rc = sqlite3_step(st);
+    if (rc != SQLITE_ROW) {
+        st_sqlerr(s, err, rc, "PRAGMA user_version");
+        sqlite3_finalize(st);
+        return -1;
+    }
+    *version = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    return 0;
+}
+
+int store_schema_version(store *s, int *version, chord_err *err) {
+    return read_user_version(s, version, err);
+}
+
+/* Sets WAL; the mode change needs a brief exclusive lock, which a concurrent open may hold. */
+static int set_wal(store *s, chord_err *err) {
+    for (int attempt = 0;; attempt++) {
+        sqlite3_stmt *st;
+        if (st_prepare(s, "PRAGMA journal_mode=WAL", &st, err)) return -1;
+        int rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW) {
+            const unsigned char *mode = sqlite3_column_text(st, 0);
+            int ok = mode && strcmp((const char *)mode, "wal") == 0;
+            sqlite3_finalize(st);
+            if (!ok) return chord_err_setc(err, CHORD_E_IO, "journal_mode=WAL refused");
+            return 0;
+        }
+        sqlite3_finalize(st);
+        if ((rc & 0xff) != SQLITE_BUSY || attempt >= 50)
+            return st_sqlerr(s, err, rc, "PRAGMA journal_mode=WAL");
+        sqlite3_sleep(20);
+    }
+}
+
+static int migrate(store *s, int target, chord_err *err) {
+    for (;;) {
+        int version;
+        if (read_user_version(s, &version, err)) return -1;
+        if (version > STORE_SCHEMA_VERSION)
+            return chord_err_setc(err, CHORD_E_CONFLICT,
+                                  "schema version %d is newer than this chord's %d", version,
+                                  STORE_SCHEMA_VERSION);
+        if (version >= target) return 0;
+        if (st_begin_write(s, err)) return -1;
+        /* Another connection may have migrated while we waited for the lock. */
+        if (read_user_version(s, &version, err)) goto fail;
+        if (version < target) {
+            if (st_exec(s, migrations[version], err)) {
+                chord_err_prefix(err, "migration %d → %d", version, version + 1);
+                goto fail;
+            }
+            char bump[64];
+            snprintf(bump, sizeof bump, "PRAGMA user_version = %d", version + 1);
+            if (st_exec(s, bump, err)) goto fail;
+            LOG_INFO("store: schema migrated %d → %d", version, version + 1);
+        }
+        if (st_commit(s, err)) return -1;
+    }
+fail:
+    st_rollback(s);
+    return -1;
+}
+
+int store_open_at_version(const char *data_dir, int version, store **out, chord_err *err) {
+    *out = NULL;
+    if (!data_dir || !*data_dir)
+        return chord_err_setc(err, CHORD_E_INVALID, "store: empty data directory");
+    if (version < 1 || version > STORE_SCHEMA_VERSION)
+        return chord_err_setc(err, CHORD_E_INVALID, "store: no schema version %d", version);
+    if (chord_mkdirs(data_dir, err)) return chord_err_prefix(err, "store: data directory");
+    store *s = calloc(1, sizeof *s);
+    if (!s) return chord_err_setc(err, CHORD_E_INTERNAL, "store: out of memory");
+    if (!realpath(data_dir, s->dir)) {
+        chord_err_setc(err, CHORD_E_IO, "store: %s: %s", data_dir, strerror(errno));
+        free(s);
+        return -1;
+    }
+    char db_path[STORE_PATH_MAX + 16];
+    snprintf(db_path, sizeof db_path, "%s/chord.db", s->dir);
+    int rc = sqlite3_open_v2(
+        db_path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+    if (rc != SQLITE_OK) {
+        st_sqlerr(s, err, rc, "store: open %s", db_path);
+        goto fail;
+    }
+    sqlite3_extended_result_codes(s->db, 1);
+    rc = sqlite3_busy_timeout(s->db, STORE_BUSY_TIMEOUT_MS);
+    if (rc != SQLITE_OK) {
+        st_sqlerr(s, err, rc, "store: busy_timeout");
+        goto fail;
+    }
+    if (set_wal(s, err) || st_exec(s, "PRAGMA synchronous = FULL", err) ||
+        st_exec(s, "PRAGMA foreign_keys = ON", err)) {
+        chord_err_prefix(err, "store: %s", db_path);
+        goto fail;
+    }
+    if (migrate(s, version, err)) {
+        chord_err_prefix(err, "store: %s", db_path);
+        goto fail;
+    }
+    if (st_collect_garbage(s, err)) {
+        chord_err_prefix(err, "store: cleaning %s", s->dir);
+        goto fail;
+    }
+    *out = s;
+    return 0;
+fail:
+    store_close(s);
+    return -1;
+}
+
+int store_open(const char *data_dir, store **out, chord_err *err) {
+    return store_open_at_version(data_dir, STORE_SCHEMA_VERSION, out, err);
+}
+
+void store_close(store *s) {
+    if (!s) return;
+    if (s->db) {
+        st_rollback(s);
+        int rc = sqlite3_close(s->db);
+        if (rc != SQLITE_OK) {
+            /* A statement left unfinalized is a bug; close_v2 still releases it later. */
+            LOG_ERROR("store: close: %s", sqlite3_errmsg(s->db));
+            sqlite3_close_v2(s->db);
+        }
+    }
+    free(s);
+}
+
+const char *store_data_dir(const store *s) {
+    return s->dir;
+}

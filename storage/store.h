@@ -1,0 +1,315 @@
+/* store.h — chord's durable state: SQLite tables (datasets, models, jobs, metrics, samples,
+ * checkpoints, rollouts) and the file stores beside them (dataset uploads, checkpoint
+ * directories), all under one data directory.
+ *
+ * It knows nothing of training: config and request bodies are opaque JSON text, metric names
+ * are opaque strings, a checkpoint is a directory of files the caller writes.
+ *
+ * Threading: a `store` handle owns ONE SQLite connection and must be used by one thread at a
+ * time. Each thread opens its own handle with store_open() on the same data directory (the
+ * first open in a process migrates the schema; later ones find it current). Handles are cheap
+ * (one sqlite3_open_v2 plus a few PRAGMAs). Writers are serialised by SQLite (WAL, one writer,
+ * BEGIN IMMEDIATE, a busy timeout of STORE_BUSY_TIMEOUT_MS), readers never block writers.
+ *
+ * Errors: every function returning int returns 0 or -1 and fills `err` (may be NULL) with a
+ * message carrying the SQLite or OS message and the id involved, and a category:
+ * CHORD_E_NOT_FOUND (unknown id), CHORD_E_CONFLICT (illegal job transition, duplicate
+ * checkpoint), CHORD_E_INVALID (bad argument), CHORD_E_UNAVAILABLE (database still busy after
+ * the timeout), CHORD_E_IO (disk / database failure).
+ *
+ * Time: every timestamp is unix milliseconds UTC (int64); 0 means "not set".
+ * store_time_rfc3339() formats one for transports.
+ *
+ * Paging: list calls take (offset, limit) and report the total number of matching rows;
+ * limit 0 means "no limit". Lists are newest first unless stated otherwise.
+ *
+ * Strings in returned records are malloc'd and owned by the record; free a record with its
+ * *_free function and a list with its *_list_free function. */
+#ifndef CHORD_STORAGE_STORE_H
+#define CHORD_STORAGE_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "server/base/err.h"
+
+#define STORE_SCHEMA_VERSION 2
+#define STORE_BUSY_TIMEOUT_MS 30000
+/* Longest id, with its prefix and NUL ("job_" + 24 hex digits + NUL = 29). */
+#define STORE_ID_MAX 40
+/* Buffer size for paths the store returns. */
+#define STORE_PATH_MAX 4096
+
+typedef struct store store;
+
+/* ---- opening ------------------------------------------------------------------------------ */
+
+/* Creates data_dir if needed, opens <data_dir>/chord.db (WAL, synchronous=FULL, foreign keys,
+ * busy timeout), applies pending forward migrations (each in one BEGIN IMMEDIATE together with
+ * its PRAGMA user_version bump), then removes leftovers of interrupted writes: *.tmp checkpoint
+ * and dataset files, and committed-looking files with no row (a crash between rename and
+ * insert). A database written by a newer chord (user_version > STORE_SCHEMA_VERSION) is refused.
+ * One data directory belongs to one process (chordd); several handles in it are fine. */
+int store_open(const char *data_dir, store **out, chord_err *err);
+void store_close(store *s);
+/* The data directory this handle was opened on (absolute). */
+const char *store_data_dir(const store *s);
+/* The schema version found in the database (STORE_SCHEMA_VERSION after a successful open). */
+int store_schema_version(store *s, int *version, chord_err *err);
+
+/* Current time in unix ms, and RFC 3339 formatting ("2026-11-25T08:15:27.123Z"). */
+int64_t store_now_ms(void);
+void store_time_rfc3339(int64_t ms, char out[32]);
+
+/* ---- datasets ----------------------------------------------------------------------------- */
+
+typedef enum {
+    STORE_DATASET_PROMPTS = 0,
+    STORE_DATASET_EXPERT = 1,
+    STORE_DATASET_EVAL = 2,
+} store_dataset_kind;
+
+const char *store_dataset_kind_name(store_dataset_kind kind);
+/* "prompts" | "expert" | "eval"; -1 (CHORD_E_INVALID) otherwise. */
+int store_dataset_kind_parse(const char *name, store_dataset_kind *kind, chord_err *err);
+
+typedef struct store_dataset {
+    char id[STORE_ID_MAX]; /* "ds_…" */
+    char *name;
+    store_dataset_kind kind;
+    char *path;         /* absolute path of the JSONL file (<data_dir>/datasets/<id>.jsonl) */
+    int64_t line_count; /* lines, a last line without '\n' included */
+    int64_t bytes;
+    char sha256[65]; /* of the file's bytes, lowercase hex */
+    int64_t created_ms;
+} store_dataset;
+
+void store_dataset_free(store_dataset *d);
+void store_dataset_list_free(store_dataset *items, size_t n);
+
+/* Streaming upload: bytes go to <data_dir>/datasets/<id>.jsonl.tmp while SHA-256, byte and line
+ * counts are computed; commit fsyncs, renames to <id>.jsonl and inserts the row (a crash between
+ * the two leaves a file with no row, removed at the next open); abort (or a failed write or
+ * commit) leaves no row and no file. The upload handle belongs to the thread that uses `s`. */
+typedef struct store_upload store_upload;
+int store_dataset_upload_begin(store *s, const char *name, store_dataset_kind kind,
+                               store_upload **out, chord_err *err);
+/* data is (len) bytes. */
+int store_dataset_upload_write(store_upload *up, const void *data, size_t len, chord_err *err);
+/* Bytes written so far (for size limits). */
+int64_t store_dataset_upload_bytes(const store_upload *up);
+/* Commits and frees the upload (also on failure, which acts as an abort). An empty upload is
+ * CHORD_E_INVALID. out may be NULL. */
+int store_dataset_upload_commit(store_upload *up, store_dataset *out, chord_err *err);
+/* Discards the upload: removes the temp file, frees the handle. NULL is allowed. */
+void store_dataset_upload_abort(store_upload *up);
+
+int store_dataset_get(store *s, const char *id, store_dataset *out, chord_err *err);
+int store_dataset_list(store *s, size_t offset, size_t limit, store_dataset **items, size_t *n,
+                       int64_t *total, chord_err *err);
+
+/* ---- models ------------------------------------------------------------------------------- */
+
+typedef struct store_model {
+    char id[STORE_ID_MAX]; /* "mdl_…" */
+    char *name;
+    char *directory;     /* weights directory, or NULL (random init from config) */
+    char *config_json;   /* opaque JSON text, never NULL */
+    char *tokenizer_dir; /* or NULL */
+    int64_t created_ms;
+} store_model;
+
+void store_model_free(store_model *m);
+void store_model_list_free(store_model *items, size_t n);
+
+/* directory and tokenizer_dir may be NULL; config_json must not be. out may be NULL. */
+int store_model_insert(store *s, const char *name, const char *directory, const char *config_json,
+                       const char *tokenizer_dir, store_model *out, chord_err *err);
+int store_model_get(store *s, const char *id, store_model *out, chord_err *err);
+int store_model_list(store *s, size_t offset, size_t limit, store_model **items, size_t *n,
+                     int64_t *total, chord_err *err);
+
+/* ---- jobs --------------------------------------------------------------------------------- */
+
+/* queued → running → succeeded | failed | cancelled; queued → cancelled (cancelled before it
+ * ran); running → queued (resume after a crash). Anything else is CHORD_E_CONFLICT. */
+typedef enum {
+    STORE_JOB_QUEUED = 0,
+    STORE_JOB_RUNNING = 1,
+    STORE_JOB_SUCCEEDED = 2,
+    STORE_JOB_FAILED = 3,
+    STORE_JOB_CANCELLED = 4,
+    STORE_JOB_NSTATES = 5,
+} store_job_state;
+
+const char *store_job_state_name(store_job_state state);
+int store_job_state_parse(const char *name, store_job_state *state, chord_err *err);
+/* 1 when `from → to` is a legal transition. */
+int store_job_transition_legal(store_job_state from, store_job_state to);
+/* 1 for succeeded, failed, cancelled. */
+int store_job_state_terminal(store_job_state state);
+
+typedef struct store_job {
+    char id[STORE_ID_MAX]; /* "job_…" */
+    char *name;
+    char *config_json; /* opaque JSON text */
+    store_job_state state;
+    int cancel_requested;                        /* 1 once a cancel was asked for while it ran */
+    int64_t created_ms, started_ms, finished_ms; /* 0 = not yet */
+    char *error;                                 /* failure (or cancel) text, or NULL */
+    int64_t current_step; /* last step whose metrics were written; -1 before the first */
+    char *device;         /* device it runs / last ran on, or NULL */
+} store_job;
+
+void store_job_free(store_job *j);
+void store_job_list_free(store_job *items, size_t n);
+
+/* A new job in state queued. out may be NULL. */
+int store_job_create(store *s, const char *name, const char *config_json, store_job *out,
+                     chord_err *err);
+int store_job_get(store *s, const char *id, store_job *out, chord_err *err);
+/* Lists jobs in `state`, or all when state is -1, newest first. */
+int store_job_list(store *s, int state, size_t offset, size_t limit, store_job **items, size_t *n,
+                   int64_t *total, chord_err *err);
+/* counts[STORE_JOB_NSTATES], indexed by store_job_state. */
+int store_job_count_by_state(store *s, int64_t counts[STORE_JOB_NSTATES], chord_err *err);
+
+/* Moves job `id` to `to`, validated against its current state inside one BEGIN IMMEDIATE.
+ * → running: sets device (when not NULL) and started_ms (first start only).
+ * → succeeded | failed | cancelled: sets finished_ms and error (may be NULL).
+ * → queued (resume): keeps step, device and timestamps.
+ * out (may be NULL) receives the job after the change. */
+int store_job_transition(store *s, const char *id, store_job_state to, const char *error_text,
+                         const char *device, store_job *out, chord_err *err);
+/* Atomically takes the oldest queued job and moves it to running on `device`.
+ * *found = 0 (and out untouched) when none is queued. */
+int store_job_claim_next(store *s, const char *device, store_job *out, int *found, chord_err *err);
+/* Asks for cancellation: a queued job becomes cancelled at once; a running one gets
+ * cancel_requested = 1 (its worker stops and moves it to cancelled); a finished job is
+ * CHORD_E_CONFLICT. out (may be NULL) receives the job after the change. */
+int store_job_request_cancel(store *s, const char *id, store_job *out, chord_err *err);
+/* Start-up recovery: every job left running by a dead process goes back to queued (or to
+ * cancelled when its cancel was requested). *n (may be NULL) = jobs moved. */
+int store_job_requeue_running(store *s, int64_t *n, chord_err *err);
+
+/* ---- metrics and samples ------------------------------------------------------------------ */
+
+/* One per-sample rollout record of a step. Any string may be NULL. */
+typedef struct store_sample {
+    const char *kind; /* e.g. "rollout", "expert" */
+    const char *prompt;
+    const char *completion;
+    double reward;
+    const char *reason; /* why that reward */
+    const char *answer; /* reference answer */
+} store_sample;
+
+/* Writes step `step` (>= 0) of a RUNNING job exactly once: in one BEGIN IMMEDIATE it REPLACES
+ * any metrics (names[i] = values[i], i < n) and samples already stored for that step (a
+ * resumed job re-running a step overwrites, never duplicates), and sets the job's current_step
+ * to `step`. Duplicate names within one call are CHORD_E_INVALID. NaN is stored as NULL and
+ * read back as NaN. A job not running is CHORD_E_CONFLICT. */
+int store_put_step_metrics(store *s, const char *job_id, int64_t step, const char *const *names,
+                           const double *values, size_t n, chord_err *err);
+/* Same, with the step's samples (samples[n_samples]) in the same transaction. */
+int store_put_step(store *s, const char *job_id, int64_t step, const char *const *names,
+                   const double *values, size_t n, const store_sample *samples, size_t n_samples,
+                   chord_err *err);
+/* Resume helper: deletes metrics and samples of steps > `step` (a run that got past its last
+ * checkpoint before dying) and sets current_step to min(current_step, step). */
+int store_job_truncate_after(store *s, const char *job_id, int64_t step, chord_err *err);
+
+typedef struct store_metric_row {
+    int64_t step;
+    char *name;
+    double value;
+} store_metric_row;
+
+/* Metrics of steps >= since_step in (step, name) order, at most max_steps whole steps (0 = all).
+ * *next_step = the step to ask for next (last returned step + 1), or since_step when none. */
+int store_metrics_since(store *s, const char *job_id, int64_t since_step, size_t max_steps,
+                        store_metric_row **rows, size_t *n, int64_t *next_step, chord_err *err);
+void store_metric_rows_free(store_metric_row *rows, size_t n);
+
+typedef struct store_sample_row {
+    int64_t step;
+    int64_t index;                                      /* position within the step */
+    char *kind, *prompt, *completion, *reason, *answer; /* NULL when stored NULL */
+    double reward;
+} store_sample_row;
+
+/* Samples of one step (step >= 0) or of all steps (step = -1), in (step, index) order. */
+int store_samples_list(store *s, const char *job_id, int64_t step, size_t offset, size_t limit,
+                       store_sample_row **rows, size_t *n, int64_t *total, chord_err *err);
+void store_sample_rows_free(store_sample_row *rows, size_t n);
+
+/* ---- checkpoints -------------------------------------------------------------------------- */
+
+typedef struct store_checkpoint {
+    char id[STORE_ID_MAX]; /* "ckpt_…" */
+    char job_id[STORE_ID_MAX];
+    int64_t step;
+    char *path;      /* absolute directory <data_dir>/checkpoints/<job>/step_<N> */
+    char sha256[65]; /* SHA-256 of the directory's SHA256SUMS manifest */
+    int64_t bytes;   /* total bytes of the files (the manifest excluded) */
+    int64_t created_ms;
+} store_checkpoint;
+
+void store_checkpoint_free(store_checkpoint *c);
+void store_checkpoint_list_free(store_checkpoint *items, size_t n);
+
+/* The final directory of a checkpoint: <data_dir>/checkpoints/<job>/step_<N>. */
+int store_checkpoint_dir(store *s, const char *job_id, int64_t step, char out[STORE_PATH_MAX],
+                         chord_err *err);
+/* Starts a checkpoint: creates an empty <…>/step_<N>.tmp/ (removing a leftover) and returns its
+ * path; the caller writes the checkpoint's files (subdirectories allowed) into it. The job must
+ * exist and have no checkpoint at that step (CHORD_E_CONFLICT). */
+int store_checkpoint_begin(store *s, const char *job_id, int64_t step, char tmp_dir[STORE_PATH_MAX],
+                           chord_err *err);
+/* Commits it: writes SHA256SUMS (sha256sum format, sorted relative paths), fsyncs every file
+ * and directory, renames step_<N>.tmp → step_<N>, fsyncs the parent, then inserts the row. On
+ * failure the temp directory is removed. out may be NULL. */
+int store_checkpoint_commit(store *s, const char *job_id, int64_t step, store_checkpoint *out,
+                            chord_err *err);
+/* Drops an uncommitted checkpoint's temp directory. */
+void store_checkpoint_abort(store *s, const char *job_id, int64_t step);
+
+/* All checkpoints of a job, in step order (oldest first). */
+int store_checkpoint_list(store *s, const char *job_id, store_checkpoint **items, size_t *n,
+                          chord_err *err);
+/* The highest-step checkpoint; *found = 0 when the job has none. */
+int store_checkpoint_latest(store *s, const char *job_id, store_checkpoint *out, int *found,
+                            chord_err *err);
+/* Keep-last-K: deletes the rows of all but the `keep` highest-step checkpoints (one
+ * transaction), then their directories. *removed (may be NULL) = checkpoints dropped. */
+int store_checkpoint_keep_last(store *s, const char *job_id, size_t keep, size_t *removed,
+                               chord_err *err);
+
+/* ---- rollout requests --------------------------------------------------------------------- */
+
+typedef enum {
+    STORE_ROLLOUT_PENDING = 0,
+    STORE_ROLLOUT_SUCCEEDED = 1,
+    STORE_ROLLOUT_FAILED = 2,
+} store_rollout_state;
+
+const char *store_rollout_state_name(store_rollout_state state);
+
+typedef struct store_rollout {
+    char id[STORE_ID_MAX]; /* "roll_…" */
+    store_rollout_state state;
+    char *request_json;
+    char *result_json; /* NULL until succeeded */
+    char *error;       /* NULL unless failed */
+    int64_t created_ms, finished_ms;
+} store_rollout;
+
+void store_rollout_free(store_rollout *r);
+
+int store_rollout_create(store *s, const char *request_json, store_rollout *out, chord_err *err);
+/* pending → succeeded (result_json) or failed (error_text); anything else is CHORD_E_CONFLICT. */
+int store_rollout_finish(store *s, const char *id, const char *result_json, const char *error_text,
+                         chord_err *err);
+int store_rollout_get(store *s, const char *id, store_rollout *out, chord_err *err);
+
+#endif

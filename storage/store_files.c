@@ -1,0 +1,867 @@
+/* store_files.c — the file stores under the data directory and their crash safety:
+ *   checkpoints/<job>/step_<N>/   written as step_<N>.tmp/, fsynced, renamed, then the row;
+ *   datasets/<id>.jsonl           streamed to <id>.jsonl.tmp (SHA-256 and lines counted on the
+ *                                 way), fsynced, renamed, then the row.
+ * A crash leaves at worst a .tmp or a file with no row; st_collect_garbage removes both at the
+ * next open, skipping paths another thread of this process is writing (the in-flight registry).
+ * What a checkpoint contains is the caller's business. */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <inttypes.h>
+#include <openssl/evp.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "server/base/fileutil.h"
+#include "server/base/log.h"
+#include "storage/store_internal.h"
+
+#define MANIFEST_NAME "SHA256SUMS"
+
+/* ---- in-flight registry ------------------------------------------------------------------- */
+
+static pthread_mutex_t inflight_mutex = PTHREAD_MUTEX_INITIALIZER;
+static char **inflight_paths;
+static size_t inflight_n, inflight_cap;
+
+void st_inflight_lock(void) {
+    pthread_mutex_lock(&inflight_mutex);
+}
+void st_inflight_unlock(void) {
+    pthread_mutex_unlock(&inflight_mutex);
+}
+
+int st_inflight_has_locked(const char *path) {
+    for (size_t i = 0; i < inflight_n; i++)
+        if (strcmp(inflight_paths[i], path) == 0) return 1;
+    return 0;
+}
+
+int st_inflight_add(const char *path, chord_err *err) {
+    int ret = 0;
+    st_inflight_lock();
+    if (st_inflight_has_locked(path)) {
+        ret = chord_err_setc(err, CHORD_E_CONFLICT, "%s is being written already", path);
+    } else {
+        if (inflight_n == inflight_cap) {
+            size_t ncap = inflight_cap ? 2 * inflight_cap : 8;
+            char **grown = realloc(inflight_paths, ncap * sizeof *grown);
+            if (!grown) {
+                st_inflight_unlock();
+                return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
+            }
+            inflight_paths = grown;
+            inflight_cap = ncap;
+        }
+        char *copy = strdup(path);
+        if (!copy)
+            ret = chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
+        else
+            inflight_paths[inflight_n++] = copy;
+    }
+    st_inflight_unlock();
+    return ret;
+}
+
+void st_inflight_remove(const char *path) {
+    st_inflight_lock();
+    for (size_t i = 0; i < inflight_n; i++)
+        if (strcmp(inflight_paths[i], path) == 0) {
+            free(inflight_paths[i]);
+            inflight_paths[i] = inflight_paths[--inflight_n];
+            break;
+        }
+    if (inflight_n == 0) { /* keep no allocation alive between uses (leak checkers) */
+        free(inflight_paths);
+        inflight_paths = NULL;
+        inflight_cap = 0;
+    }
+    st_inflight_unlock();
+}
+
+/* ---- small file helpers ------------------------------------------------------------------- */
+
+static int remove_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    return remove(path) != 0 && errno != ENOENT ? -1 : 0;
+}
+
+int st_rmtree(const char *path, chord_err *err) {
+    struct stat st;
+    if (lstat(path, &st) != 0) {
+        if (errno == ENOENT) return 0;
+        return chord_err_setc(err, CHORD_E_IO, "%s: %s", path, strerror(errno));
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        if (unlink(path) != 0 && errno != ENOENT)
+            return chord_err_setc(err, CHORD_E_IO, "unlink %s: %s", path, strerror(errno));
+        return 0;
+    }
+    if (nftw(path, remove_entry, 16, FTW_DEPTH | FTW_PHYS) != 0)
+        return chord_err_setc(err, CHORD_E_IO, "removing %s: %s", path, strerror(errno));
+    return 0;
+}
+
+static int path_join(char out[STORE_PATH_MAX], chord_err *err, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int path_join(char out[STORE_PATH_MAX], chord_err *err, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    int k = vsnprintf(out, STORE_PATH_MAX, fmt, ap);
+    va_end(ap);
+    if (k < 0 || k >= STORE_PATH_MAX)
+        return chord_err_setc(err, CHORD_E_IO, "path too long: %.80s…", out);
+    return 0;
+}
+
+static int ends_with(const char *s, const char *suffix) {
+    size_t a = strlen(s), b = strlen(suffix);
+    return a >= b && strcmp(s + a - b, suffix) == 0;
+}
+
+/* "step_<digits>" → step; -1 otherwise. */
+static int64_t parse_step_name(const char *name) {
+    if (strncmp(name, "step_", 5) != 0 || !name[5]) return -1;
+    int64_t v = 0;
+    for (const char *p = name + 5; *p; p++) {
+        if (*p < '0' || *p > '9' || v > INT64_MAX / 10 - 10) return -1;
+        v = v * 10 + (*p - '0');
+    }
+    return v;
+}
+
+/* 1 when a row exists for the query (?1 text, optional ?2 int). */
+static int row_exists(store *s, const char *sql, const char *text, int64_t num, int *exists,
+                      chord_err *err) {
+    sqlite3_stmt *st;
+    if (st_prepare(s, sql, &st, err)) return -1;
+    int rc = st_bind_text(st, 1, text);
+    if (rc == SQLITE_OK && sqlite3_bind_parameter_count(st) >= 2)
+        rc = sqlite3_bind_int64(st, 2, num);
+    if (rc == SQLITE_OK) rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) return st_sqlerr(s, err, rc, "looking up %s", text);
+    *exists = rc == SQLITE_ROW;
+    return 0;
+}
+
+/* ---- garbage collection ------------------------------------------------------------------- */
+
+static int gc_job_dir(store *s, const char *job_id, const char *job_dir, chord_err *err) {
+    DIR *d = opendir(job_dir);
+    if (!d) return chord_err_setc(err, CHORD_E_IO, "%s: %s", job_dir, strerror(errno));
+    int ret = 0;
+    struct dirent *e;
+    while (ret == 0 && (e = readdir(d))) {
+        if (e->d_name[0] == '.') continue;
+        char path[STORE_PATH_MAX];
+        if ((ret = path_join(path, err, "%s/%s", job_dir, e->d_name))) break;
+        if (ends_with(e->d_name, ".tmp")) {
+            char final[STORE_PATH_MAX];
+            snprintf(final, sizeof final, "%.*s", (int)(strlen(path) - 4), path);
+            if (st_inflight_has_locked(final)) continue;
+            LOG_WARN("store: removing interrupted checkpoint %s", path);
+            ret = st_rmtree(path, err);
+            continue;
+        }
+        int64_t step = parse_step_name(e->d_name);
+        if (step < 0 || st_inflight_has_locked(path)) continue;
+        int exists = 0;
+        ret = row_exists(s, "SELECT 1 FROM checkpoints WHERE job_id = ?1 AND step = ?2", job_id,
+                         step, &exists, err);
+        if (ret == 0 && !exists) {
+            LOG_WARN("store: removing checkpoint %s (no row: interrupted commit or cleanup)", path);
+            ret = st_rmtree(path, err);
+        }
+    }
+    closedir(d);
+    return ret;
+}
+
+static int gc_checkpoints(store *s, chord_err *err) {
+    char root[STORE_PATH_MAX];
+    if (path_join(root, err, "%s/checkpoints", s->dir)) return -1;
+    DIR *d = opendir(root);
+    if (!d) {
+        if (errno == ENOENT) return 0;
+        return chord_err_setc(err, CHORD_E_IO, "%s: %s", root, strerror(errno));
+    }
+    int ret = 0;
+    struct dirent *e;
+    while (ret == 0 && (e = readdir(d))) {
+        if (e->d_name[0] == '.' || st_check_id(e->d_name, "job", "dir", NULL)) continue;
+        char job_dir[STORE_PATH_MAX];
+        if ((ret = path_join(job_dir, err, "%s/%s", root, e->d_name))) break;
+        if (chord_is_dir(job_dir)) ret = gc_job_dir(s, e->d_name, job_dir, err);
+    }
+    closedir(d);
+    return ret;
+}
+
+static int gc_datasets(store *s, chord_err *err) {
+    char root[STORE_PATH_MAX];
+    if (path_join(root, err, "%s/datasets", s->dir)) return -1;
+    DIR *d = opendir(root);
+    if (!d) {
+        if (errno == ENOENT) return 0;
+        return chord_err_setc(err, CHORD_E_IO, "%s: %s", root, strerror(errno));
+    }
+    int ret = 0;
+    struct dirent *e;
+    while (ret == 0 && (e = readdir(d))) {
+        char path[STORE_PATH_MAX];
+        if (e->d_name[0] == '.') continue;
+        if ((ret = path_join(path, err, "%s/%s", root, e->d_name))) break;
+        if (ends_with(e->d_name, ".jsonl.tmp")) {
+            char final[STORE_PATH_MAX];
+            snprintf(final, sizeof final, "%.*s", (int)(strlen(path) - 4), path);
+            if (st_inflight_has_locked(final)) continue;
+            LOG_WARN("store: removing interrupted upload %s", path);
+            ret = st_rmtree(path, err);
+        } else if (ends_with(e->d_name, ".jsonl") && !st_inflight_has_locked(path)) {
+            char id[STORE_ID_MAX];
+            size_t len = strlen(e->d_name) - 6;
+            if (len >= sizeof id) continue;
+            snprintf(id, sizeof id, "%.*s", (int)len, e->d_name);
+            if (st_check_id(id, "ds", "dataset", NULL)) continue;
+            int exists = 0;
+            ret = row_exists(s, "SELECT 1 FROM datasets WHERE id = ?1", id, 0, &exists, err);
+            if (ret == 0 && !exists) {
+                LOG_WARN("store: removing dataset file %s (no row: interrupted commit)", path);
+                ret = st_rmtree(path, err);
+            }
+        }
+    }
+    closedir(d);
+    return ret;
+}
+
+int st_collect_garbage(store *s, chord_err *err) {
+    st_inflight_lock();
+    int ret = gc_checkpoints(s, err);
+    if (ret == 0) ret = gc_datasets(s, err);
+    st_inflight_unlock();
+    return ret;
+}
+
+/* ---- checkpoints -------------------------------------------------------------------------- */
+
+void store_checkpoint_free(store_checkpoint *c) {
+    if (!c) return;
+    free(c->path);
+    c->path = NULL;
+}
+
+void store_checkpoint_list_free(store_checkpoint *items, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        store_checkpoint_free(&items[i]);
+    free(items);
+}
+
+static void free_checkpoint_item(void *item) {
+    store_checkpoint_free(item);
+}
+
+#define CHECKPOINT_COLS "id, job_id, step, path, sha256, bytes, created_ms"
+
+static int read_checkpoint(store *s, sqlite3_stmt *st, void *item, chord_err *err) {
+    store_checkpoint *c = item;
+    st_col_copy(st, 0, c->id, sizeof c->id);
+    st_col_copy(st, 1, c->job_id, sizeof c->job_id);
+    c->step = sqlite3_column_int64(st, 2);
+    const char *rel = (const char *)sqlite3_column_text(st, 3);
+    size_t len = strlen(s->dir) + (rel ? strlen(rel) : 0) + 2;
+    c->path = malloc(len);
+    if (!c->path) return chord_err_setc(err, CHORD_E_INTERNAL, "checkpoint: out of memory");
+    snprintf(c->path, len, "%s/%s", s->dir, rel ? rel : "");
+    st_col_copy(st, 4, c->sha256, sizeof c->sha256);
+    c->bytes = sqlite3_column_int64(st, 5);
+    c->created_ms = sqlite3_column_int64(st, 6);
+    return 0;
+}
+
+int store_checkpoint_dir(store *s, const char *job_id, int64_t step, char out[STORE_PATH_MAX],
+                         chord_err *err) {
+    out[0] = '\0';
+    if (st_check_id(job_id, "job", "job", err)) return -1;
+    if (step < 0)
+        return chord_err_setc(err, CHORD_E_INVALID, "checkpoint of job %s: negative step", job_id);
+    return path_join(out, err, "%s/checkpoints/%s/step_%" PRId64, s->dir, job_id, step);
+}
+
+int store_checkpoint_begin(store *s, const char *job_id, int64_t step, char tmp_dir[STORE_PATH_MAX],
+                           chord_err *err) {
+    tmp_dir[0] = '\0';
+    char final[STORE_PATH_MAX], tmp[STORE_PATH_MAX], parent[STORE_PATH_MAX];
+    if (store_checkpoint_dir(s, job_id, step, final, err) || path_join(tmp, err, "%s.tmp", final) ||
+        path_join(parent, err, "%s/checkpoints/%s", s->dir, job_id))
+        return -1;
+    store_job job;
+    if (store_job_get(s, job_id, &job, err)) return chord_err_prefix(err, "checkpoint");
+    store_job_free(&job);
+    int exists = 0;
+    if (row_exists(s, "SELECT 1 FROM checkpoints WHERE job_id = ?1 AND step = ?2", job_id, step,
+                   &exists, err))
+        return -1;
+    if (exists)
+        return chord_err_setc(err, CHORD_E_CONFLICT,
+                              "job %s already has a checkpoint at step %" PRId64, job_id, step);
+    if (st_inflight_add(final, err)) return -1;
+    /* A leftover temp or an orphan final directory (no row) is stale: start clean. */
+    if (chord_mkdirs(parent, err) || st_rmtree(tmp, err) || st_rmtree(final, err) ||
+        chord_mkdirs(tmp, err)) {
+        st_inflight_remove(final);
+        return chord_err_prefix(err, "checkpoint of job %s step %" PRId64, job_id, step);
+    }
+    snprintf(tmp_dir, STORE_PATH_MAX, "%s", tmp);
+    return 0;
+}
+
+void store_checkpoint_abort(store *s, const char *job_id, int64_t step) {
+    char final[STORE_PATH_MAX], tmp[STORE_PATH_MAX];
+    chord_err err = {0};
+    if (store_checkpoint_dir(s, job_id, step, final, &err) || path_join(tmp, &err, "%s.tmp", final))
+        return;
+    if (st_rmtree(tmp, &err)) LOG_WARN("store: checkpoint abort: %s", err.msg);
+    st_inflight_remove(final);
+}
+
+/* One file of a checkpoint being committed. */
+typedef struct {
+    char *rel;
+    char sha256[65];
+    int64_t bytes;
+} ckpt_file;
+
+typedef struct {
+    ckpt_file *files;
+    size_t n, cap;
+    int64_t bytes;
+} ckpt_walk;
+
+/* Hashes and fsyncs one file. */
+static int hash_and_sync(const char *path, char out[65], int64_t *bytes, chord_err *err) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return chord_err_setc(err, CHORD_E_IO, "%s: %s", path, strerror(errno));
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    int ret = 0;
+    if (!md || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1) {
+        ret = chord_err_setc(err, CHORD_E_INTERNAL, "sha256 init failed");
+        goto done;
+    }
+    static __thread unsigned char buf[1 << 16];
+    int64_t total = 0;
+    for (;;) {
+        ssize_t got = read(fd, buf, sizeof buf);
+        if (got < 0 && errno == EINTR) continue;
+        if (got < 0) {
+            ret = chord_err_setc(err, CHORD_E_IO, "read %s: %s", path, strerror(errno));
+            goto done;
+        }
+        if (got == 0) break;
+        if (EVP_DigestUpdate(md, buf, (size_t)got) != 1) {
+            ret = chord_err_setc(err, CHORD_E_INTERNAL, "sha256 update failed");
+            goto done;
+        }
+        total += got;
+    }
+    unsigned char digest[EVP_MAX_MD_SIZE];
+    unsigned dlen = 0;
+    if (EVP_DigestFinal_ex(md, digest, &dlen) != 1 || dlen != 32) {
+        ret = chord_err_setc(err, CHORD_E_INTERNAL, "sha256 final failed");
+        goto done;
+    }
+    for (unsigned i = 0; i < 32; i++)
+        snprintf(out + 2 * i, 3, "%02x", digest[i]);
+    if (fsync(fd) != 0) {
+        ret = chord_err_setc(err, CHORD_E_IO, "fsync %s: %s", path, strerror(errno));
+        goto done;
+    }
+    *bytes = total;
+done:
+    EVP_MD_CTX_free(md);
+    close(fd);
+    return ret;
+}
+
+/* Recursively hashes and fsyncs the files under root/rel, then fsyncs the directory itself. */
+static int walk_checkpoint(const char *root, const char *rel, ckpt_walk *w, chord_err *err) {
+    char dir[STORE_PATH_MAX];
+    if (path_join(dir, err, "%s%s%s", root, *rel ? "/" : "", rel)) return -1;
+    DIR *d = opendir(dir);
+    if (!d) return chord_err_setc(err, CHORD_E_IO, "%s: %s", dir, strerror(errno));
+    int ret = 0;
+    struct dirent *e;
+    while (ret == 0 && (e = readdir(d))) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+        char sub[STORE_PATH_MAX], path[STORE_PATH_MAX];
+        if ((ret = path_join(sub, err, "%s%s%s", rel, *rel ? "/" : "", e->d_name))) break;
+        if ((ret = path_join(path, err, "%s/%s", root, sub))) break;
+        if (strpbrk(e->d_name, "\n\\")) {
+            ret = chord_err_setc(err, CHORD_E_INVALID, "%s: unsupported file name", path);
+            break;
+        }
+        struct stat st;
+        if (lstat(path, &st) != 0) {
+            ret = chord_err_setc(err, CHORD_E_IO, "%s: %s", path, strerror(errno));
+            break;
+        }
+        if (S_ISDIR(st.st_mode)) {
+            ret = walk_checkpoint(root, sub, w, err);
+        } else if (S_ISREG(st.st_mode)) {
+            if (!*rel && strcmp(e->d_name, MANIFEST_NAME) == 0) {
+                ret = chord_err_setc(err, CHORD_E_INVALID, "%s: name reserved for the manifest",
+                                     path);
+                break;
+            }
+            if (w->n == w->cap) {
+                size_t ncap = w->cap ? 2 * w->cap : 16;
+                ckpt_file *grown = realloc(w->files, ncap * sizeof *grown);
+                if (!grown) {
+                    ret = chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
+                    break;
+                }
+                w->files = grown;
+                w->cap = ncap;
+            }
+            ckpt_file *f = &w->files[w->n];
+            f->rel = strdup(sub);
+            if (!f->rel) {
+                ret = chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
+                break;
+            }
+            w->n++;
+            if ((ret = hash_and_sync(path, f->sha256, &f->bytes, err))) break;
+            w->bytes += f->bytes;
+        } else {
+            ret =
+                chord_err_setc(err, CHORD_E_INVALID,
+                               "%s: not a regular file or directory (links are not stored)", path);
+        }
+    }
+    closedir(d);
+    if (ret == 0) ret = chord_fsync_dir(dir, err);
+    return ret;
+}
+
+static int compare_files(const void *a, const void *b) {
+    return strcmp(((const ckpt_file *)a)->rel, ((const ckpt_file *)b)->rel);
+}
+
+/* Writes SHA256SUMS (sorted, sha256sum format) into dir and hashes it. */
+static int write_manifest(const char *dir, ckpt_walk *w, char sha_out[65], chord_err *err) {
+    qsort(w->files, w->n, sizeof *w->files, compare_files);
+    size_t cap = 1, len = 0;
+    for (size_t i = 0; i < w->n; i++)
+        cap += 64 + 2 + strlen(w->files[i].rel) + 1;
+    char *text = malloc(cap);
+    if (!text) return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
+    text[0] = '\0';
+    for (size_t i = 0; i < w->n; i++)
+        len += (size_t)snprintf(text + len, cap - len, "%s  %s\n", w->files[i].sha256,
+                                w->files[i].rel);
+    char path[STORE_PATH_MAX];
+    int ret = path_join(path, err, "%s/%s", dir, MANIFEST_NAME);
+    if (ret == 0) {
+        int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        if (fd < 0) {
+            ret = chord_err_setc(err, CHORD_E_IO, "%s: %s", path, strerror(errno));
+        } else {
+            size_t off = 0;
+            while (ret == 0 && off < len) {
+                ssize_t wrote = write(fd, text + off, len - off);
+                if (wrote < 0 && errno == EINTR) continue;
+                if (wrote < 0)
+                    ret = chord_err_setc(err, CHORD_E_IO, "write %s: %s", path, strerror(errno));
+                else
+                    off += (size_t)wrote;
+            }
+            if (ret == 0 && fsync(fd) != 0)
+                ret = chord_err_setc(err, CHORD_E_IO, "fsync %s: %s", path, strerror(errno));
+            if (close(fd) != 0 && ret == 0)
+                ret = chord_err_setc(err, CHORD_E_IO, "close %s: %s", path, strerror(errno));
+        }
+    }
+    if (ret == 0) ret = chord_fsync_dir(dir, err);
+    if (ret == 0) chord_sha256_hex(text, len, sha_out);
+    free(text);
+    return ret;
+}
+
+int store_checkpoint_commit(store *s, const char *job_id, int64_t step, store_checkpoint *out,
+                            chord_err *err) {
+    if (out) memset(out, 0, sizeof *out);
+    char final[STORE_PATH_MAX], tmp[STORE_PATH_MAX], parent[STORE_PATH_MAX], rel[STORE_PATH_MAX];
+    if (store_checkpoint_dir(s, job_id, step, final, err) || path_join(tmp, err, "%s.tmp", final) ||
+        path_join(parent, err, "%s/checkpoints/%s", s->dir, job_id) ||
+        path_join(rel, err, "checkpoints/%s/step_%" PRId64, job_id, step))
+        return -1;
+    st_inflight_lock();
+    int begun = st_inflight_has_locked(final);
+    st_inflight_unlock();
+    if (!begun)
+        return chord_err_setc(err, CHORD_E_INVALID,
+                              "checkpoint of job %s step %" PRId64 " was not begun", job_id, step);
+
+    ckpt_walk w = {0};
+    char sha[65];
+    char id[STORE_ID_MAX];
+    int renamed = 0;
+    if (st_new_id("ckpt", id, err) || walk_checkpoint(tmp, "", &w, err) ||
+        write_manifest(tmp, &w, sha, err))
+        goto fail;
+    if (rename(tmp, final) != 0) {
+        chord_err_setc(err, CHORD_E_IO, "rename %s: %s", tmp, strerror(errno));
+        goto fail;
+    }
+    renamed = 1;
+    if (chord_fsync_dir(parent, err)) goto fail;
+
+    sqlite3_stmt *st;
+    if (st_prepare(s,
+                   "INSERT INTO checkpoints (id, job_id, step, path, sha256, bytes, created_ms) "
+                   "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                   &st, err))
+        goto fail;
+    int rc = st_bind_text(st, 1, id);
+    if (rc == SQLITE_OK) rc = st_bind_text(st, 2, job_id);
+    if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 3, step);
+    if (rc == SQLITE_OK) rc = st_bind_text(st, 4, rel);
+    if (rc == SQLITE_OK) rc = st_bind_text(st, 5, sha);
+    if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 6, w.bytes);
+    if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 7, store_now_ms());
+    if (rc == SQLITE_OK) rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE) {
+        st_sqlerr(s, err, rc, "recording checkpoint");
+        goto fail;
+    }
+    for (size_t i = 0; i < w.n; i++)
+        free(w.files[i].rel);
+    free(w.files);
+    st_inflight_remove(final);
+    LOG_INFO("store: checkpoint %s step %" PRId64 " committed (%" PRId64 " bytes, %zu files)",
+             job_id, step, w.bytes, w.n);
+    if (out) {
+        sqlite3_stmt *q;
+        if (st_prepare(s, "SELECT " CHECKPOINT_COLS " FROM checkpoints WHERE id = ?1", &q, err))
+            return -1;
+        if (st_bind_text(q, 1, id) != SQLITE_OK) {
+            sqlite3_finalize(q);
+            return st_sqlerr(s, err, SQLITE_ERROR, "checkpoint %s", id);
+        }
+        return st_get_one(s, q, read_checkpoint, out, "checkpoint", id, err);
+    }
+    return 0;
+fail:
+    for (size_t i = 0; i < w.n; i++)
+        free(w.files[i].rel);
+    free(w.files);
+    {
+        chord_err ignored = {0};
+        if (st_rmtree(renamed ? final : tmp, &ignored))
+            LOG_WARN("store: cleaning failed checkpoint: %s", ignored.msg);
+    }
+    st_inflight_remove(final);
+    return chord_err_prefix(err, "checkpoint of job %s step %" PRId64, job_id, step);
+}
+
+int store_checkpoint_list(store *s, const char *job_id, store_checkpoint **items, size_t *n,
+                          chord_err *err) {
+    *items = NULL;
+    *n = 0;
+    if (st_check_id(job_id, "job", "job", err)) return -1;
+    if (st_begin_read(s, err)) return -1;
+    store_job_state state = STORE_JOB_QUEUED;
+    sqlite3_stmt *st;
+    if (st_job_state_locked(s, job_id, &state, err) ||
+        st_prepare(s, "SELECT " CHECKPOINT_COLS " FROM checkpoints WHERE job_id = ?1 ORDER BY step",
+                   &st, err))
+        goto fail;
+    if (st_bind_text(st, 1, job_id) != SQLITE_OK) {
+        sqlite3_finalize(st);
+        st_sqlerr(s, err, SQLITE_ERROR, "checkpoints of job %s", job_id);
+        goto fail;
+    }
+    if (st_collect(s, st, sizeof **items, read_checkpoint, free_checkpoint_item, (void **)items, n,
+                   "listing checkpoints", err))
+        goto fail;
+    if (st_commit(s, err)) {
+        store_checkpoint_list_free(*items, *n);
+        *items = NULL;
+        *n = 0;
+        return -1;
+    }
+    return 0;
+fail:
+    st_rollback(s);
+    return -1;
+}
+
+int store_checkpoint_latest(store *s, const char *job_id, store_checkpoint *out, int *found,
+                            chord_err *err) {
+    memset(out, 0, sizeof *out);
+    *found = 0;
+    if (st_check_id(job_id, "job", "job", err)) return -1;
+    sqlite3_stmt *st;
+    if (st_prepare(s,
+                   "SELECT " CHECKPOINT_COLS " FROM checkpoints WHERE job_id = ?1 "
+                   "ORDER BY step DESC LIMIT 1",
+                   &st, err))
+        return -1;
+    if (st_bind_text(st, 1, job_id) != SQLITE_OK) {
+        sqlite3_finalize(st);
+        return st_sqlerr(s, err, SQLITE_ERROR, "checkpoints of job %s", job_id);
+    }
+    chord_err local = {0};
+    if (st_get_one(s, st, read_checkpoint, out, "checkpoint of job", job_id, &local)) {
+        if (local.code == CHORD_E_NOT_FOUND) {
+            /* No checkpoint yet; still tell an unknown job apart. */
+            store_job job;
+            if (store_job_get(s, job_id, &job, err)) return -1;
+            store_job_free(&job);
+            return 0;
+        }
+        if (err) *err = local;
+        return -1;
+    }
+    *found = 1;
+    return 0;
+}
+
+int store_checkpoint_keep_last(store *s, const char *job_id, size_t keep, size_t *removed,
+                               chord_err *err) {
+    if (removed) *removed = 0;
+    if (st_check_id(job_id, "job", "job", err)) return -1;
+    store_checkpoint *old = NULL;
+    size_t n = 0;
+    if (st_begin_write(s, err)) return chord_err_prefix(err, "pruning checkpoints of %s", job_id);
+    store_job_state state = STORE_JOB_QUEUED;
+    sqlite3_stmt *st;
+    if (st_job_state_locked(s, job_id, &state, err) ||
+        st_prepare(s,
+                   "SELECT " CHECKPOINT_COLS " FROM checkpoints WHERE job_id = ?1 "
+                   "ORDER BY step DESC LIMIT -1 OFFSET ?2",
+                   &st, err))
+        goto fail;
+    int rc = st_bind_text(st, 1, job_id);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(st, 2, keep > INT64_MAX ? INT64_MAX : (int64_t)keep);
+    if (rc != SQLITE_OK) {
+        sqlite3_finalize(st);
+        st_sqlerr(s, err, rc, "pruning checkpoints of %s", job_id);
+        goto fail;
+    }
+    if (st_collect(s, st, sizeof *old, read_checkpoint, free_checkpoint_item, (void **)&old, &n,
+                   "pruning checkpoints", err))
+        goto fail;
+    if (st_prepare(s, "DELETE FROM checkpoints WHERE id = ?1", &st, err)) goto fail;
+    for (size_t i = 0; i < n; i++) {
+        rc = sqlite3_reset(st);
+        if (rc == SQLITE_OK) rc = st_bind_text(st, 1, old[i].id);
+        if (rc == SQLITE_OK) rc = sqlite3_step(st);
+        if (rc != SQLITE_DONE) {
+            sqlite3_finalize(st);
+            st_sqlerr(s, err, rc, "deleting checkpoint %s", old[i].id);
+            goto fail;
+        }
+    }
+    sqlite3_finalize(st);
+    if (st_commit(s, err)) goto fail;
+    /* Rows are gone first: a crash now leaves directories with no row, removed at next open. */
+    int ret = 0;
+    for (size_t i = 0; i < n; i++)
+        if (ret == 0 && st_rmtree(old[i].path, err)) ret = -1;
+    if (ret == 0 && n > 0) {
+        char parent[STORE_PATH_MAX];
+        if (path_join(parent, err, "%s/checkpoints/%s", s->dir, job_id) ||
+            chord_fsync_dir(parent, err))
+            ret = -1;
+    }
+    if (removed) *removed = n;
+    store_checkpoint_list_free(old, n);
+    return ret;
+fail:
+    st_rollback(s);
+    store_checkpoint_list_free(old, n);
+    return -1;
+}
+
+/* ---- dataset uploads ---------------------------------------------------------------------- */
+
+struct store_upload {
+    store *s;
+    char id[STORE_ID_MAX];
+    char *name;
+    store_dataset_kind kind;
+    int fd;
+    EVP_MD_CTX *md;
+    int64_t bytes, newlines;
+    unsigned char last_byte;
+    char final[STORE_PATH_MAX], tmp[STORE_PATH_MAX];
+};
+
+static void upload_free(store_upload *up, int remove_tmp) {
+    if (up->fd >= 0) close(up->fd);
+    if (remove_tmp && unlink(up->tmp) != 0 && errno != ENOENT)
+        LOG_WARN("store: unlink %s: %s", up->tmp, strerror(errno));
+    st_inflight_remove(up->final);
+    EVP_MD_CTX_free(up->md);
+    free(up->name);
+    free(up);
+}
+
+int store_dataset_upload_begin(store *s, const char *name, store_dataset_kind kind,
+                               store_upload **out, chord_err *err) {
+    *out = NULL;
+    if (!name || !*name) return chord_err_setc(err, CHORD_E_INVALID, "dataset: empty name");
+    if ((unsigned)kind > STORE_DATASET_EVAL)
+        return chord_err_setc(err, CHORD_E_INVALID, "dataset %s: bad kind %d", name, (int)kind);
+    store_upload *up = calloc(1, sizeof *up);
+    if (!up) return chord_err_setc(err, CHORD_E_INTERNAL, "dataset upload: out of memory");
+    up->s = s;
+    up->fd = -1;
+    up->kind = kind;
+    char dir[STORE_PATH_MAX];
+    up->name = strdup(name);
+    if (!up->name) {
+        free(up);
+        return chord_err_setc(err, CHORD_E_INTERNAL, "dataset upload: out of memory");
+    }
+    if (st_new_id("ds", up->id, err) || path_join(dir, err, "%s/datasets", s->dir) ||
+        path_join(up->final, err, "%s/%s.jsonl", dir, up->id) ||
+        path_join(up->tmp, err, "%s.tmp", up->final) || chord_mkdirs(dir, err)) {
+        free(up->name);
+        free(up);
+        return chord_err_prefix(err, "dataset %s", name);
+    }
+    if (st_inflight_add(up->final, err)) {
+        free(up->name);
+        free(up);
+        return -1;
+    }
+    up->md = EVP_MD_CTX_new();
+    if (!up->md || EVP_DigestInit_ex(up->md, EVP_sha256(), NULL) != 1) {
+        upload_free(up, 0);
+        return chord_err_setc(err, CHORD_E_INTERNAL, "dataset %s: sha256 init failed", name);
+    }
+    up->fd = open(up->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (up->fd < 0) {
+        chord_err_setc(err, CHORD_E_IO, "dataset %s: %s: %s", name, up->tmp, strerror(errno));
+        upload_free(up, 0);
+        return -1;
+    }
+    *out = up;
+    return 0;
+}
+
+int store_dataset_upload_write(store_upload *up, const void *data, size_t len, chord_err *err) {
+    const unsigned char *p = data;
+    if (len == 0) return 0;
+    if (up->fd < 0)
+        return chord_err_setc(err, CHORD_E_INVALID, "dataset %s: upload already failed", up->id);
+    size_t off = 0;
+    while (off < len) {
+        ssize_t wrote = write(up->fd, p + off, len - off);
+        if (wrote < 0 && errno == EINTR) continue;
+        if (wrote < 0)
+            return chord_err_setc(err, CHORD_E_IO, "dataset %s: write %s: %s", up->id, up->tmp,
+                                  strerror(errno));
+        off += (size_t)wrote;
+    }
+    if (EVP_DigestUpdate(up->md, p, len) != 1)
+        return chord_err_setc(err, CHORD_E_INTERNAL, "dataset %s: sha256 update failed", up->id);
+    for (const unsigned char *q = p, *end = p + len; (q = memchr(q, '\n', (size_t)(end - q))); q++)
+        up->newlines++;
+    up->bytes += (int64_t)len;
+    up->last_byte = p[len - 1];
+    return 0;
+}
+
+int64_t store_dataset_upload_bytes(const store_upload *up) {
+    return up->bytes;
+}
+
+void store_dataset_upload_abort(store_upload *up) {
+    if (up) upload_free(up, 1);
+}
+
+int store_dataset_upload_commit(store_upload *up, store_dataset *out, chord_err *err) {
+    if (out) memset(out, 0, sizeof *out);
+    store *s = up->s;
+    char id[STORE_ID_MAX];
+    snprintf(id, sizeof id, "%s", up->id);
+    int renamed = 0;
+    if (up->bytes == 0) {
+        chord_err_setc(err, CHORD_E_INVALID, "dataset %s: empty upload", up->name);
+        goto fail;
+    }
+    int64_t lines = up->newlines + (up->last_byte != '\n');
+    unsigned char digest[EVP_MAX_MD_SIZE];
+    unsigned dlen = 0;
+    char sha[65];
+    if (EVP_DigestFinal_ex(up->md, digest, &dlen) != 1 || dlen != 32) {
+        chord_err_setc(err, CHORD_E_INTERNAL, "dataset %s: sha256 final failed", up->name);
+        goto fail;
+    }
+    for (unsigned i = 0; i < 32; i++)
+        snprintf(sha + 2 * i, 3, "%02x", digest[i]);
+    if (fsync(up->fd) != 0) {
+        chord_err_setc(err, CHORD_E_IO, "dataset %s: fsync %s: %s", up->name, up->tmp,
+                       strerror(errno));
+        goto fail;
+    }
+    int rc_close = close(up->fd);
+    up->fd = -1;
+    if (rc_close != 0) {
+        chord_err_setc(err, CHORD_E_IO, "dataset %s: close %s: %s", up->name, up->tmp,
+                       strerror(errno));
+        goto fail;
+    }
+    if (rename(up->tmp, up->final) != 0) {
+        chord_err_setc(err, CHORD_E_IO, "dataset %s: rename %s: %s", up->name, up->tmp,
+                       strerror(errno));
+        goto fail;
+    }
+    renamed = 1;
+    char dir[STORE_PATH_MAX], rel[STORE_PATH_MAX];
+    if (path_join(dir, err, "%s/datasets", s->dir) || chord_fsync_dir(dir, err) ||
+        path_join(rel, err, "datasets/%s.jsonl", id))
+        goto fail;
+    sqlite3_stmt *st;
+    if (st_prepare(s,
+                   "INSERT INTO datasets (id, name, kind, path, line_count, bytes, sha256, "
+                   "created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                   &st, err))
+        goto fail;
+    int rc = st_bind_text(st, 1, id);
+    if (rc == SQLITE_OK) rc = st_bind_text(st, 2, up->name);
+    if (rc == SQLITE_OK) rc = st_bind_text(st, 3, store_dataset_kind_name(up->kind));
+    if (rc == SQLITE_OK) rc = st_bind_text(st, 4, rel);
+    if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 5, lines);
+    if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 6, up->bytes);
+    if (rc == SQLITE_OK) rc = st_bind_text(st, 7, sha);
+    if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 8, store_now_ms());
+    if (rc == SQLITE_OK) rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE) {
+        st_sqlerr(s, err, rc, "dataset %s: recording", up->name);
+        goto fail;
+    }
+    upload_free(up, 0);
+    return out ? store_dataset_get(s, id, out, err) : 0;
+fail:
+    if (renamed && unlink(up->final) != 0 && errno != ENOENT)
+        LOG_WARN("store: unlink %s: %s", up->final, strerror(errno));
+    upload_free(up, 1);
+    return -1;
+}

@@ -1,0 +1,605 @@
+/* store_records.c — the row tables: datasets (reads; uploads are in store_files.c), models,
+ * jobs with their state machine, and rollout requests. Every write that reads first runs in
+ * one BEGIN IMMEDIATE so the check and the change see the same state. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "storage/store_internal.h"
+
+#define OOM(err, what) chord_err_setc(err, CHORD_E_INTERNAL, "%s: out of memory", what)
+
+/* ---- datasets ----------------------------------------------------------------------------- */
+
+static const char *const dataset_kinds[] = {"prompts", "expert", "eval"};
+
+const char *store_dataset_kind_name(store_dataset_kind kind) {
+    return (unsigned)kind < 3 ? dataset_kinds[kind] : "?";
+}
+
+int store_dataset_kind_parse(const char *name, store_dataset_kind *kind, chord_err *err) {
+    for (int i = 0; i < 3; i++)
+        if (name && strcmp(name, dataset_kinds[i]) == 0) {
+            *kind = (store_dataset_kind)i;
+            return 0;
+        }
+    return chord_err_setc(err, CHORD_E_INVALID,
+                          "dataset kind \"%.40s\": want prompts, expert or eval",
+                          name ? name : "(null)");
+}
+
+void store_dataset_free(store_dataset *d) {
+    if (!d) return;
+    free(d->name);
+    free(d->path);
+    d->name = d->path = NULL;
+}
+
+void store_dataset_list_free(store_dataset *items, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        store_dataset_free(&items[i]);
+    free(items);
+}
+
+#define DATASET_COLS "id, name, kind, path, line_count, bytes, sha256, created_ms"
+
+static int read_dataset(store *s, sqlite3_stmt *st, void *item, chord_err *err) {
+    store_dataset *d = item;
+    st_col_copy(st, 0, d->id, sizeof d->id);
+    if (st_col_text(st, 1, &d->name)) return OOM(err, "dataset");
+    const char *kind = (const char *)sqlite3_column_text(st, 2);
+    if (store_dataset_kind_parse(kind, &d->kind, err)) return -1;
+    const char *rel = (const char *)sqlite3_column_text(st, 3);
+    size_t len = strlen(s->dir) + (rel ? strlen(rel) : 0) + 2;
+    d->path = malloc(len);
+    if (!d->path) return OOM(err, "dataset");
+    snprintf(d->path, len, "%s/%s", s->dir, rel ? rel : "");
+    d->line_count = sqlite3_column_int64(st, 4);
+    d->bytes = sqlite3_column_int64(st, 5);
+    st_col_copy(st, 6, d->sha256, sizeof d->sha256);
+    d->created_ms = sqlite3_column_int64(st, 7);
+    return 0;
+}
+
+static void free_dataset_item(void *item) {
+    store_dataset_free(item);
+}
+
+int store_dataset_get(store *s, const char *id, store_dataset *out, chord_err *err) {
+    memset(out, 0, sizeof *out);
+    if (st_check_id(id, "ds", "dataset", err)) return -1;
+    sqlite3_stmt *st;
+    if (st_prepare(s, "SELECT " DATASET_COLS " FROM datasets WHERE id = ?1", &st, err)) return -1;
+    if (st_bind_text(st, 1, id) != SQLITE_OK) {
+        sqlite3_finalize(st);
+        return st_sqlerr(s, err, SQLITE_ERROR, "dataset %s", id);
+    }
+    return st_get_one(s, st, read_dataset, out, "dataset", id, err);
+}
+
+/* A counted page of `table`: total from count_sql, rows from page_sql (?1 limit, ?2 offset,
+ * ?3 the optional text parameter), both in one read snapshot. */
+static int list_page(store *s, const char *count_sql, const char *page_sql, const char *param,
+                     size_t offset, size_t limit, size_t item_size, st_row_reader read,
+                     void (*free_item)(void *), void **items, size_t *n, int64_t *total,
+                     const char *what, chord_err *err) {
+    *items = NULL;
+    *n = 0;
+    if (st_begin_read(s, err)) return -1;
+    int64_t count = 0;
+    if (st_count(s, count_sql, param, &count, err)) goto fail;
+    sqlite3_stmt *st;
+    if (st_prepare(s, page_sql, &st, err)) goto fail;
+    int rc = sqlite3_bind_int64(st, 1, st_limit(limit));
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(st, 2, offset > INT64_MAX ? INT64_MAX : (int64_t)offset);
+    if (rc == SQLITE_OK && param) rc = st_bind_text(st, 3, param);
+    if (rc != SQLITE_OK) {
+        sqlite3_finalize(st);
+        st_sqlerr(s, err, rc, "%s: bind", what);
+        goto fail;
+    }
+    if (st_collect(s, st, item_size, read, free_item, items, n, what, err)) goto fail;
+    if (st_commit(s, err)) {
+        for (size_t i = 0; i < *n; i++)
+            free_item((char *)*items + i * item_size);
+        free(*items);
+        *items = NULL;
+        *n = 0;
+        return -1;
+    }
+    if (total) *total = count;
+    return 0;
+fail:
+    st_rollback(s);
+    return -1;
+}
+
+int store_dataset_list(store *s, size_t offset, size_t limit, store_dataset **items, size_t *n,
+                       int64_t *total, chord_err *err) {
+    return list_page(s, "SELECT count(*) FROM datasets",
+                     "SELECT " DATASET_COLS " FROM datasets ORDER BY seq DESC LIMIT ?1 OFFSET ?2",
+                     NULL, offset, limit, sizeof **items, read_dataset, free_dataset_item,
+                     (void **)items, n, total, "listing datasets", err);
+}
+
+/* ---- models ------------------------------------------------------------------------------- */
+
+void store_model_free(store_model *m) {
+    if (!m) return;
+    free(m->name);
+    free(m->directory);
+    free(m->config_json);
+    free(m->tokenizer_dir);
+    m->name = m->directory = m->config_json = m->tokenizer_dir = NULL;
+}
+
+void store_model_list_free(store_model *items, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        store_model_free(&items[i]);
+    free(items);
+}
+
+#define MODEL_COLS "id, name, directory, config_json, tokenizer_dir, created_ms"
+
+static int read_model(store *s, sqlite3_stmt *st, void *item, chord_err *err) {
+    store_model *m = item;
+    st_col_copy(st, 0, m->id, sizeof m->id);
+    if (st_col_text(st, 1, &m->name) || st_col_text(st, 2, &m->directory) ||
+        st_col_text(st, 3, &m->config_json) || st_col_text(st, 4, &m->tokenizer_dir))
+        return OOM(err, "model");
+    m->created_ms = sqlite3_column_int64(st, 5);
+    return 0;
+}
+
+static void free_model_item(void *item) {
+    store_model_free(item);
+}
+
+int store_model_insert(store *s, const char *name, const char *directory, const char *config_json,
+                       const char *tokenizer_dir, store_model *out, chord_err *err) {
+    if (out) memset(out, 0, sizeof *out);
+    if (!name || !*name) return chord_err_setc(err, CHORD_E_INVALID, "model: empty name");
+    if (!config_json) return chord_err_setc(err, CHORD_E_INVALID, "model %s: no config", name);
+    char id[STORE_ID_MAX];
+    if (st_new_id("mdl", id, err)) return -1;
+    sqlite3_stmt *st;
+    if (st_prepare(s,
+                   "INSERT INTO models (id, name, directory, config_json, tokenizer_dir, "
+                   "created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                   &st, err))
+        return -1;
+    int rc = st_bind_text(st, 1, id);
+    if (rc == SQLITE_OK) rc = st_bind_text(st, 2, name);
+    if (rc == SQLITE_OK) rc = st_bind_text(st, 3, directory);
+    if (rc == SQLITE_OK) rc = st_bind_text(st, 4, config_json);
+    if (rc == SQLITE_OK) rc = st_bind_text(st, 5, tokenizer_dir);
+    if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 6, store_now_ms());
+    if (rc == SQLITE_OK) rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE) return st_sqlerr(s, err, rc, "inserting model %s", name);
+    return out ? store_model_get(s, id, out, err) : 0;
+}
+
+int store_model_get(store *s, const char *id, store_model *out, chord_err *err) {
+    memset(out, 0, sizeof *out);
+    if (st_check_id(id, "mdl", "model", err)) return -1;
+    sqlite3_stmt *st;
+    if (st_prepare(s, "SELECT " MODEL_COLS " FROM models WHERE id = ?1", &st, err)) return -1;
+    if (st_bind_text(st, 1, id) != SQLITE_OK) {
+        sqlite3_finalize(st);
+        return st_sqlerr(s, err, SQLITE_ERROR, "model %s", id);
+    }
+    return st_get_one(s, st, read_model, out, "model", id, err);
+}
+
+int store_model_list(store *s, size_t offset, size_t limit, store_model **items, size_t *n,
+                     int64_t *total, chord_err *err) {
+    return list_page(s, "SELECT count(*) FROM models",
+                     "SELECT " MODEL_COLS " FROM models ORDER BY seq DESC LIMIT ?1 OFFSET ?2", NULL,
+                     offset, limit, sizeof **items, read_model, free_model_item, (void **)items, n,
+                     total, "listing models", err);
+}
+
+/* ---- jobs --------------------------------------------------------------------------------- */
+
+static const char *const job_states[STORE_JOB_NSTATES] = {"queued", "running", "succeeded",
+                                                          "failed", "cancelled"};
+
+const char *store_job_state_name(store_job_state state) {
+    return (unsigned)state < STORE_JOB_NSTATES ? job_states[state] : "?";
+}
+
+int store_job_state_parse(const char *name, store_job_state *state, chord_err *err) {
+    for (int i = 0; i < STORE_JOB_NSTATES; i++)
+        if (name && strcmp(name, job_states[i]) == 0) {
+            *state = (store_job_state)i;
+            return 0;
+        }
+    return chord_err_setc(err, CHORD_E_INVALID,
+                          "job state \"%.40s\": want queued, running, succeeded, failed or "
+                          "cancelled",
+                          name ? name : "(null)");
+}
+
+int store_job_state_terminal(store_job_state state) {
+    return state == STORE_JOB_SUCCEEDED || state == STORE_JOB_FAILED ||
+           state == STORE_JOB_CANCELLED;
+}
+
+int store_job_transition_legal(store_job_state from, store_job_state to) {
+    switch (from) {
+    case STORE_JOB_QUEUED:
+        return to == STORE_JOB_RUNNING || to == STORE_JOB_CANCELLED;
+    case STORE_JOB_RUNNING:
+        return to == STORE_JOB_SUCCEEDED || to == STORE_JOB_FAILED || to == STORE_JOB_CANCELLED ||
+               to == STORE_JOB_QUEUED;
+    default:
+        return 0;
+    }
+}
+
+void store_job_free(store_job *j) {
+    if (!j) return;
+    free(j->name);
+    free(j->config_json);
+    free(j->error);
+    free(j->device);
+    j->name = j->config_json = j->error = j->device = NULL;
+}
+
+void store_job_list_free(store_job *items, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        store_job_free(&items[i]);
+    free(items);
+}
+
+#define JOB_COLS                                                                                   \
+    "id, name, config_json, state, cancel_requested, created_ms, started_ms, finished_ms, "        \
+    "error, current_step, device"
+
+static int read_job(store *s, sqlite3_stmt *st, void *item, chord_err *err) {
+    store_job *j = item;
+    st_col_copy(st, 0, j->id, sizeof j->id);
+    if (st_col_text(st, 1, &j->name) || st_col_text(st, 2, &j->config_json)) return OOM(err, "job");
+    if (store_job_state_parse((const char *)sqlite3_column_text(st, 3), &j->state, err)) return -1;
+    j->cancel_requested = sqlite3_column_int(st, 4);
+    j->created_ms = sqlite3_column_int64(st, 5);
+    j->started_ms = sqlite3_column_int64(st, 6); /* NULL reads as 0 */
+    j->finished_ms = sqlite3_column_int64(st, 7);
+    if (st_col_text(st, 8, &j->error)) return OOM(err, "job");
+    j->current_step = sqlite3_column_int64(st, 9);
+    if (st_col_text(st, 10, &j->device)) return OOM(err, "job");
+    return 0;
+}
+
+static void free_job_item(void *item) {
+    store_job_free(item);
+}
+
+int store_job_get(store *s, const char *id, store_job *out, chord_err *err) {
+    memset(out, 0, sizeof *out);
+    if (st_check_id(id, "job", "job", err)) return -1;
+    sqlite3_stmt *st;
+    if (st_prepare(s, "SELECT " JOB_COLS " FROM jobs WHERE id = ?1", &st, err)) return -1;
+    if (st_bind_text(st, 1, id) != SQLITE_OK) {
+        sqlite3_finalize(st);
+        return st_sqlerr(s, err, SQLITE_ERROR, "job %s", id);
+    }
+    return st_get_one(s, st, read_job, out, "job", id, err);
+}
+
+int store_job_create(store *s, const char *name, const char *config_json, store_job *out,
+                     chord_err *err) {
+    if (out) memset(out, 0, sizeof *out);
+    if (!name || !*name) return chord_err_setc(err, CHORD_E_INVALID, "job: empty name");
+    if (!config_json) return chord_err_setc(err, CHORD_E_INVALID, "job %s: no config", name);
+    char id[STORE_ID_MAX];
+    if (st_new_id("job", id, err)) return -1;
+    sqlite3_stmt *st;
+    if (st_prepare(s,
+                   "INSERT INTO jobs (id, name, config_json, state, created_ms) "
+                   "VALUES (?1, ?2, ?3, 'queued', ?4)",
+                   &st, err))
+        return -1;
+    int rc = st_bind_text(st, 1, id);
+    if (rc == SQLITE_OK) rc = st_bind_text(st, 2, name);
+    if (rc == SQLITE_OK) rc = st_bind_text(st, 3, config_json);
+    if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 4, store_now_ms());
+    if (rc == SQLITE_OK) rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE) return st_sqlerr(s, err, rc, "inserting job %s", name);
+    return out ? store_job_get(s, id, out, err) : 0;
+}
+
+int store_job_list(store *s, int state, size_t offset, size_t limit, store_job **items, size_t *n,
+                   int64_t *total, chord_err *err) {
+    if (state != -1 && (state < 0 || state >= STORE_JOB_NSTATES)) {
+        *items = NULL;
+        *n = 0;
+        return chord_err_setc(err, CHORD_E_INVALID, "listing jobs: bad state %d", state);
+    }
+    if (state == -1)
+        return list_page(s, "SELECT count(*) FROM jobs",
+                         "SELECT " JOB_COLS " FROM jobs ORDER BY seq DESC LIMIT ?1 OFFSET ?2", NULL,
+                         offset, limit, sizeof **items, read_job, free_job_item, (void **)items, n,
+                         total, "listing jobs", err);
+    return list_page(s, "SELECT count(*) FROM jobs WHERE state = ?1",
+                     "SELECT " JOB_COLS " FROM jobs WHERE state = ?3 "
+                     "ORDER BY seq DESC LIMIT ?1 OFFSET ?2",
+                     job_states[state], offset, limit, sizeof **items, read_job, free_job_item,
+                     (void **)items, n, total, "listing jobs", err);
+}
+
+int store_job_count_by_state(store *s, int64_t counts[STORE_JOB_NSTATES], chord_err *err) {
+    for (int i = 0; i < STORE_JOB_NSTATES; i++)
+        counts[i] = 0;
+    sqlite3_stmt *st;
+    if (st_prepare(s, "SELECT state, count(*) FROM jobs GROUP BY state", &st, err)) return -1;
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        store_job_state state = STORE_JOB_QUEUED;
+        if (store_job_state_parse((const char *)sqlite3_column_text(st, 0), &state, err)) {
+            sqlite3_finalize(st);
+            return chord_err_prefix(err, "counting jobs");
+        }
+        counts[state] = sqlite3_column_int64(st, 1);
+    }
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE) return st_sqlerr(s, err, rc, "counting jobs");
+    return 0;
+}
+
+/* Current state of a job, inside the caller's transaction. */
+int st_job_state_locked(store *s, const char *id, store_job_state *state, chord_err *err) {
+    sqlite3_stmt *st;
+    if (st_prepare(s, "SELECT state FROM jobs WHERE id = ?1", &st, err)) return -1;
+    int rc = st_bind_text(st, 1, id);
+    if (rc == SQLITE_OK) rc = sqlite3_step(st);
+    int ret = 0;
+    if (rc == SQLITE_ROW)
+        ret = store_job_state_parse((const char *)sqlite3_column_text(st, 0), state, err);
+    else if (rc == SQLITE_DONE)
+        ret = chord_err_setc(err, CHORD_E_NOT_FOUND, "job %s not found", id);
+    else
+        ret = st_sqlerr(s, err, rc, "job %s", id);
+    sqlite3_finalize(st);
+    return ret;
+}
+
+/* Runs one UPDATE on a job: sql's ?1 is the id, then up to three optional text / int params. */
+static int job_update(store *s, const char *id, const char *sql, const char *text2,
+                      const char *text3, int64_t int4, chord_err *err) {
+    sqlite3_stmt *st;
+    if (st_prepare(s, sql, &st, err)) return -1;
+    int nparams = sqlite3_bind_parameter_count(st);
+    int rc = st_bind_text(st, 1, id);
+    if (rc == SQLITE_OK && nparams >= 2) rc = st_bind_text(st, 2, text2);
+    if (rc == SQLITE_OK && nparams >= 3) rc = st_bind_text(st, 3, text3);
+    if (rc == SQLITE_OK && nparams >= 4) rc = sqlite3_bind_int64(st, 4, int4);
+    if (rc == SQLITE_OK) rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE) return st_sqlerr(s, err, rc, "updating job %s", id);
+    return 0;
+}
+
+/* The transition itself, inside the caller's BEGIN IMMEDIATE. */
+static int transition_locked(store *s, const char *id, store_job_state to, const char *error_text,
+                             const char *device, chord_err *err) {
+    store_job_state from = STORE_JOB_QUEUED;
+    if (st_job_state_locked(s, id, &from, err)) return -1;
+    if (!store_job_transition_legal(from, to))
+        return chord_err_setc(err, CHORD_E_CONFLICT, "job %s: cannot go from %s to %s", id,
+                              job_states[from], store_job_state_name(to));
+    int64_t now = store_now_ms();
+    switch (to) {
+    case STORE_JOB_RUNNING:
+        return job_update(s, id,
+                          "UPDATE jobs SET state = 'running', device = coalesce(?2, device), "
+                          "started_ms = coalesce(started_ms, ?4) WHERE id = ?1",
+                          device, NULL, now, err);
+    case STORE_JOB_QUEUED:
+        return job_update(s, id, "UPDATE jobs SET state = 'queued' WHERE id = ?1", NULL, NULL, 0,
+                          err);
+    default:
+        return job_update(s, id,
+                          "UPDATE jobs SET state = ?2, error = ?3, finished_ms = ?4 WHERE id = ?1",
+                          job_states[to], error_text, now, err);
+    }
+}
+
+int store_job_transition(store *s, const char *id, store_job_state to, const char *error_text,
+                         const char *device, store_job *out, chord_err *err) {
+    if (out) memset(out, 0, sizeof *out);
+    if (st_check_id(id, "job", "job", err)) return -1;
+    if ((unsigned)to >= STORE_JOB_NSTATES)
+        return chord_err_setc(err, CHORD_E_INVALID, "job %s: bad target state %d", id, (int)to);
+    if (st_begin_write(s, err)) return chord_err_prefix(err, "job %s", id);
+    if (transition_locked(s, id, to, error_text, device, err)) goto fail;
+    if (out && store_job_get(s, id, out, err)) goto fail;
+    if (st_commit(s, err)) goto fail;
+    return 0;
+fail:
+    st_rollback(s);
+    if (out) store_job_free(out);
+    return -1;
+}
+
+int store_job_claim_next(store *s, const char *device, store_job *out, int *found, chord_err *err) {
+    *found = 0;
+    if (st_begin_write(s, err)) return chord_err_prefix(err, "claiming a job");
+    sqlite3_stmt *st;
+    if (st_prepare(s, "SELECT id FROM jobs WHERE state = 'queued' ORDER BY seq LIMIT 1", &st, err))
+        goto fail;
+    int rc = sqlite3_step(st);
+    char id[STORE_ID_MAX] = "";
+    if (rc == SQLITE_ROW) st_col_copy(st, 0, id, sizeof id);
+    sqlite3_finalize(st);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+        st_sqlerr(s, err, rc, "claiming a job");
+        goto fail;
+    }
+    if (rc == SQLITE_DONE) return st_commit(s, err);
+    if (transition_locked(s, id, STORE_JOB_RUNNING, NULL, device, err)) goto fail;
+    if (out && store_job_get(s, id, out, err)) goto fail;
+    if (st_commit(s, err)) {
+        if (out) store_job_free(out);
+        return -1;
+    }
+    *found = 1;
+    return 0;
+fail:
+    st_rollback(s);
+    return -1;
+}
+
+int store_job_request_cancel(store *s, const char *id, store_job *out, chord_err *err) {
+    if (out) memset(out, 0, sizeof *out);
+    if (st_check_id(id, "job", "job", err)) return -1;
+    if (st_begin_write(s, err)) return chord_err_prefix(err, "cancelling job %s", id);
+    store_job_state state = STORE_JOB_QUEUED;
+    if (st_job_state_locked(s, id, &state, err)) goto fail;
+    if (state == STORE_JOB_QUEUED) {
+        if (transition_locked(s, id, STORE_JOB_CANCELLED, NULL, NULL, err)) goto fail;
+    } else if (state == STORE_JOB_RUNNING) {
+        if (job_update(s, id, "UPDATE jobs SET cancel_requested = 1 WHERE id = ?1", NULL, NULL, 0,
+                       err))
+            goto fail;
+    } else {
+        chord_err_setc(err, CHORD_E_CONFLICT, "job %s is already %s", id, job_states[state]);
+        goto fail;
+    }
+    if (out && store_job_get(s, id, out, err)) goto fail;
+    if (st_commit(s, err)) goto fail;
+    return 0;
+fail:
+    st_rollback(s);
+    if (out) store_job_free(out);
+    return -1;
+}
+
+int store_job_requeue_running(store *s, int64_t *n, chord_err *err) {
+    if (n) *n = 0;
+    if (st_begin_write(s, err)) return chord_err_prefix(err, "requeueing jobs");
+    sqlite3_stmt *st;
+    if (st_prepare(s,
+                   "UPDATE jobs SET state = 'cancelled', finished_ms = ?1 "
+                   "WHERE state = 'running' AND cancel_requested = 1",
+                   &st, err))
+        goto fail;
+    int rc = sqlite3_bind_int64(st, 1, store_now_ms());
+    if (rc == SQLITE_OK) rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE) {
+        st_sqlerr(s, err, rc, "cancelling interrupted jobs");
+        goto fail;
+    }
+    int64_t moved = sqlite3_changes(s->db);
+    if (st_exec(s, "UPDATE jobs SET state = 'queued' WHERE state = 'running'", err)) goto fail;
+    moved += sqlite3_changes(s->db);
+    if (st_commit(s, err)) return -1;
+    if (n) *n = moved;
+    return 0;
+fail:
+    st_rollback(s);
+    return -1;
+}
+
+/* ---- rollout requests --------------------------------------------------------------------- */
+
+static const char *const rollout_states[] = {"pending", "succeeded", "failed"};
+
+const char *store_rollout_state_name(store_rollout_state state) {
+    return (unsigned)state < 3 ? rollout_states[state] : "?";
+}
+
+void store_rollout_free(store_rollout *r) {
+    if (!r) return;
+    free(r->request_json);
+    free(r->result_json);
+    free(r->error);
+    r->request_json = r->result_json = r->error = NULL;
+}
+
+static int read_rollout(store *s, sqlite3_stmt *st, void *item, chord_err *err) {
+    store_rollout *r = item;
+    st_col_copy(st, 0, r->id, sizeof r->id);
+    const char *state = (const char *)sqlite3_column_text(st, 1);
+    r->state = STORE_ROLLOUT_PENDING;
+    for (int i = 0; i < 3; i++)
+        if (state && strcmp(state, rollout_states[i]) == 0) r->state = (store_rollout_state)i;
+    if (st_col_text(st, 2, &r->request_json) || st_col_text(st, 3, &r->result_json) ||
+        st_col_text(st, 4, &r->error))
+        return OOM(err, "rollout");
+    r->created_ms = sqlite3_column_int64(st, 5);
+    r->finished_ms = sqlite3_column_int64(st, 6);
+    return 0;
+}
+
+int store_rollout_get(store *s, const char *id, store_rollout *out, chord_err *err) {
+    memset(out, 0, sizeof *out);
+    if (st_check_id(id, "roll", "rollout", err)) return -1;
+    sqlite3_stmt *st;
+    if (st_prepare(s,
+                   "SELECT id, state, request_json, result_json, error, created_ms, finished_ms "
+                   "FROM rollouts WHERE id = ?1",
+                   &st, err))
+        return -1;
+    if (st_bind_text(st, 1, id) != SQLITE_OK) {
+        sqlite3_finalize(st);
+        return st_sqlerr(s, err, SQLITE_ERROR, "rollout %s", id);
+    }
+    return st_get_one(s, st, read_rollout, out, "rollout", id, err);
+}
+
+int store_rollout_create(store *s, const char *request_json, store_rollout *out, chord_err *err) {
+    if (out) memset(out, 0, sizeof *out);
+    if (!request_json) return chord_err_setc(err, CHORD_E_INVALID, "rollout: no request");
+    char id[STORE_ID_MAX];
+    if (st_new_id("roll", id, err)) return -1;
+    sqlite3_stmt *st;
+    if (st_prepare(s,
+                   "INSERT INTO rollouts (id, state, request_json, created_ms) "
+                   "VALUES (?1, 'pending', ?2, ?3)",
+                   &st, err))
+        return -1;
+    int rc = st_bind_text(st, 1, id);
+    if (rc == SQLITE_OK) rc = st_bind_text(st, 2, request_json);
+    if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 3, store_now_ms());
+    if (rc == SQLITE_OK) rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE) return st_sqlerr(s, err, rc, "inserting rollout");
+    return out ? store_rollout_get(s, id, out, err) : 0;
+}
+
+int store_rollout_finish(store *s, const char *id, const char *result_json, const char *error_text,
+                         chord_err *err) {
+    if (st_check_id(id, "roll", "rollout", err)) return -1;
+    if (!result_json == !error_text)
+        return chord_err_setc(err, CHORD_E_INVALID,
+                              "rollout %s: give exactly one of result and error", id);
+    sqlite3_stmt *st;
+    /* One statement: the state check and the change are atomic without a transaction. */
+    if (st_prepare(s,
+                   "UPDATE rollouts SET state = ?2, result_json = ?3, error = ?4, "
+                   "finished_ms = ?5 WHERE id = ?1 AND state = 'pending'",
+                   &st, err))
+        return -1;
+    int rc = st_bind_text(st, 1, id);
+    if (rc == SQLITE_OK) rc = st_bind_text(st, 2, result_json ? "succeeded" : "failed");
+    if (rc == SQLITE_OK) rc = st_bind_text(st, 3, result_json);
+    if (rc == SQLITE_OK) rc = st_bind_text(st, 4, error_text);
+    if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 5, store_now_ms());
+    if (rc == SQLITE_OK) rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE) return st_sqlerr(s, err, rc, "finishing rollout %s", id);
+    if (sqlite3_changes(s->db) == 0) {
+        store_rollout r;
+        if (store_rollout_get(s, id, &r, err)) return -1; /* NOT_FOUND */
+        chord_err_setc(err, CHORD_E_CONFLICT, "rollout %s is already %s", id,
+                       rollout_states[r.state]);
+        store_rollout_free(&r);
+        return -1;
+    }
+    return 0;
+}
