@@ -1,0 +1,925 @@
+/* model.c — the transformer engine's compute: the parameter layout (one size table carving the
+ * flat parameter, gradient and AdamW buffers), the activations of a packed batch, forward,
+ * backward, AdamW, and KV-cache prefill/decode. Every number is computed by ops.h; this file
+ * only sequences ops and owns device memory. Loading, saving and random init: model_io.c.
+ *
+ * The gradient rule (ops.h): parameter gradients ACCUMULATE (+=) so micro-batches add up until
+ * model_zero_grad; activation gradients OVERWRITE; the residual stream ADDS (rmsnorm_backward
+ * adds into the residual gradient, which carries the skip connection for free). */
+#include "server/model/model.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define OP(name, ...)                                                                              \
+    do {                                                                                           \
+        if (m->ops->be->name(m->ops, __VA_ARGS__) != 0) return op_fail(m, #name, err);             \
+    } while (0)
+
+static int op_fail(const model *m, const char *name, chord_err *err) {
+    return chord_err_setc(err, CHORD_E_INTERNAL, "model: backend op %s failed: %s", name,
+                          ops_last_error(m->ops));
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Parameter layout. Matrices first (weight decay applies to them), then vectors (norms, biases).
+ * Walked once to count and name, then once per flat buffer to set pointers. */
+
+typedef struct layout_walk {
+    const model_config *c;
+    float *base;      /* NULL: count only */
+    model_weights *w; /* pointers to fill (when base) */
+    model_tensor *t;  /* names to fill (may be NULL) */
+    int nt;
+    size_t off;
+} layout_walk;
+
+static float *take(layout_walk *lw, size_t n) {
+    float *p = lw->base ? lw->base + lw->off : NULL;
+    lw->off += n;
+    return p;
+}
+
+/* Names the HF tensor at offset `at` (floats into the flat buffer). */
+static void name_tensor(layout_walk *lw, size_t at, int64_t rows, int64_t cols, const char *fmt,
+                        int layer) {
+    if (lw->t) {
+        model_tensor *t = &lw->t[lw->nt];
+        snprintf(t->name, sizeof t->name, fmt, layer);
+        t->ndim = cols > 0 ? 2 : 1;
+        t->shape[0] = rows;
+        t->shape[1] = cols > 0 ? cols : 0;
+        t->offset = at;
+        t->numel = (size_t)rows * (size_t)(cols > 0 ? cols : 1);
+    }
+    lw->nt++;
+}
+
+static size_t layout(layout_walk *lw, size_t *num_decay) {
+    const model_config *c = lw->c;
+    const size_t C = (size_t)c->hidden_size, V = (size_t)c->vocab_size;
+    const size_t D = (size_t)c->head_dim, I = (size_t)c->intermediate_size;
+    const size_t HqD = (size_t)c->num_attention_heads * D,
+                 HkvD = (size_t)c->num_key_value_heads * D;
+    const size_t QKV = HqD + 2 * HkvD;
+    const int L = c->num_hidden_layers;
+    model_weights scratch;
+    model_layer_weights lscratch;
+    model_weights *w = lw->base ? lw->w : &scratch;
+    lw->off = 0;
+    lw->nt = 0;
+
+    size_t at = lw->off;
+    w->wte = take(lw, V * C);
+    name_tensor(lw, at, (int64_t)V, (int64_t)C, "model.embed_tokens.weight", 0);
+    for (int l = 0; l < L; l++) {
+        model_layer_weights *lay = lw->base ? &w->layers[l] : &lscratch;
+        at = lw->off;
+        lay->wqkv = take(lw, QKV * C);
+        name_tensor(lw, at, (int64_t)HqD, (int64_t)C, "model.layers.%d.self_attn.q_proj.weight", l);
+        name_tensor(lw, at + HqD * C, (int64_t)HkvD, (int64_t)C,
+                    "model.layers.%d.self_attn.k_proj.weight", l);
+        name_tensor(lw, at + (HqD + HkvD) * C, (int64_t)HkvD, (int64_t)C,
+                    "model.layers.%d.self_attn.v_proj.weight", l);
+        at = lw->off;
+        lay->wo = take(lw, C * HqD);
+        name_tensor(lw, at, (int64_t)C, (int64_t)HqD, "model.layers.%d.self_attn.o_proj.weight", l);
+        at = lw->off;
+        lay->wgu = take(lw, 2 * I * C);
+        name_tensor(lw, at, (int64_t)I, (int64_t)C, "model.layers.%d.mlp.gate_proj.weight", l);
+        name_tensor(lw, at + I * C, (int64_t)I, (int64_t)C, "model.layers.%d.mlp.up_proj.weight",
+                    l);
+        at = lw->off;
+        lay->wdown = take(lw, C * I);
+        name_tensor(lw, at, (int64_t)C, (int64_t)I, "model.layers.%d.mlp.down_proj.weight", l);
+    }
+    if (c->tie_word_embeddings) {
+        w->lm_head = w->wte;
+    } else {
+        at = lw->off;
+        w->lm_head = take(lw, V * C);
+        name_tensor(lw, at, (int64_t)V, (int64_t)C, "lm_head.weight", 0);
+    }
+    if (num_decay) *num_decay = lw->off;
+
+    for (int l = 0; l < L; l++) {
+        model_layer_weights *lay = lw->base ? &w->layers[l] : &lscratch;
+        at = lw->off;
+        lay->ln1 = take(lw, C);
+        name_tensor(lw, at, (int64_t)C, 0, "model.layers.%d.input_layernorm.weight", l);
+        lay->bqkv = NULL;
+        if (c->attention_bias) {
+            at = lw->off;
+            lay->bqkv = take(lw, QKV);
+            name_tensor(lw, at, (int64_t)HqD, 0, "model.layers.%d.self_attn.q_proj.bias", l);
+            name_tensor(lw, at + HqD, (int64_t)HkvD, 0, "model.layers.%d.self_attn.k_proj.bias", l);
+            name_tensor(lw, at + HqD + HkvD, (int64_t)HkvD, 0,
+                        "model.layers.%d.self_attn.v_proj.bias", l);
+        }
+        lay->q_norm = lay->k_norm = NULL;
+        if (c->qk_norm) {
+            at = lw->off;
+            lay->q_norm = take(lw, D);
+            name_tensor(lw, at, (int64_t)D, 0, "model.layers.%d.self_attn.q_norm.weight", l);
+            at = lw->off;
+            lay->k_norm = take(lw, D);
+            name_tensor(lw, at, (int64_t)D, 0, "model.layers.%d.self_attn.k_norm.weight", l);
+        }
+        lay->bo = NULL;
+        if (c->o_proj_bias) {
+            at = lw->off;
+            lay->bo = take(lw, C);
+            name_tensor(lw, at, (int64_t)C, 0, "model.layers.%d.self_attn.o_proj.bias", l);
+        }
+        at = lw->off;
+        lay->ln2 = take(lw, C);
+        name_tensor(lw, at, (int64_t)C, 0, "model.layers.%d.post_attention_layernorm.weight", l);
+        lay->bgu = lay->bdown = NULL;
+        if (c->mlp_bias) {
+            at = lw->off;
+            lay->bgu = take(lw, 2 * I);
+            name_tensor(lw, at, (int64_t)I, 0, "model.layers.%d.mlp.gate_proj.bias", l);
+            name_tensor(lw, at + I, (int64_t)I, 0, "model.layers.%d.mlp.up_proj.bias", l);
+            at = lw->off;
+            lay->bdown = take(lw, C);
+            name_tensor(lw, at, (int64_t)C, 0, "model.layers.%d.mlp.down_proj.bias", l);
+        }
+    }
+    at = lw->off;
+    w->final_norm = take(lw, C);
+    name_tensor(lw, at, (int64_t)C, 0, "model.norm.weight", 0);
+    return lw->off;
+}
+
+static int carve_weights(model *m, float *base, model_weights *w, chord_err *err) {
+    w->layers = calloc((size_t)m->cfg.num_hidden_layers, sizeof *w->layers);
+    if (!w->layers) return chord_err_setc(err, CHORD_E_INTERNAL, "model: out of host memory");
+    layout_walk lw = {.c = &m->cfg, .base = base, .w = w};
+    layout(&lw, NULL);
+    return 0;
+}
+
+static int ensure_grads(model *m, chord_err *err) {
+    if (m->grads) return 0;
+    m->grads = m->ops->be->alloc(m->ops, m->num_params * sizeof(float));
+    if (!m->grads)
+        return chord_err_setc(
+            err, CHORD_E_TOO_LARGE, "model: cannot allocate %zu bytes of gradients on %s: %s",
+            m->num_params * sizeof(float), m->ops->be->name, ops_last_error(m->ops));
+    return carve_weights(m, m->grads, &m->g, err);
+}
+
+int model_create(const model_config *cfg, ops_ctx *ops, model **out, chord_err *err) {
+    *out = NULL;
+    if (!cfg || !ops) return chord_err_set(err, "model_create: config and backend are required");
+    if (cfg->vocab_size <= 0 || cfg->hidden_size <= 0 || cfg->num_hidden_layers <= 0 ||
+        cfg->num_attention_heads <= 0 || cfg->num_key_value_heads <= 0 || cfg->head_dim <= 0 ||
+        cfg->intermediate_size <= 0)
+        return chord_err_set(err, "model_create: config sizes must be positive");
+    if (cfg->num_attention_heads % cfg->num_key_value_heads != 0)
+        return chord_err_set(err,
+                             "model_create: num_attention_heads %d is not a multiple of "
+                             "num_key_value_heads %d",
+                             cfg->num_attention_heads, cfg->num_key_value_heads);
+    if (cfg->head_dim % 2 != 0)
+        return chord_err_set(err, "model_create: head_dim %d must be even (RoPE)", cfg->head_dim);
+    model *m = calloc(1, sizeof *m);
+    if (!m) return chord_err_setc(err, CHORD_E_INTERNAL, "model: out of host memory");
+    m->cfg = *cfg;
+    m->ops = ops;
+    m->logits_budget_bytes = (size_t)256 << 20;
+
+    layout_walk lw = {.c = &m->cfg};
+    m->num_params = layout(&lw, &m->num_decay);
+    m->n_tensors = lw.nt;
+    m->tensors = calloc((size_t)lw.nt, sizeof *m->tensors);
+    if (!m->tensors) {
+        chord_err_setc(err, CHORD_E_INTERNAL, "model: out of host memory");
+        goto fail;
+    }
+    lw.t = m->tensors;
+    layout(&lw, NULL);
+
+    m->params = ops->be->alloc(ops, m->num_params * sizeof(float));
+    if (!m->params) {
+        chord_err_setc(err, CHORD_E_TOO_LARGE,
+                       "model: cannot allocate %zu bytes of parameters on %s: %s",
+                       m->num_params * sizeof(float), ops->be->name, ops_last_error(ops));
+        goto fail;
+    }
+    if (carve_weights(m, m->params, &m->w, err) != 0) goto fail;
+
+    int half = cfg->head_dim / 2;
+    float *inv = malloc((size_t)half * sizeof *inv);
+    if (!inv) {
+        chord_err_setc(err, CHORD_E_INTERNAL, "model: out of host memory");
+        goto fail;
+    }
+    model_config_rope_inv_freq(cfg, inv);
+    m->inv_freq = ops->be->alloc(ops, (size_t)half * sizeof(float));
+    int rc =
+        m->inv_freq ? ops->be->to_device(ops, m->inv_freq, inv, (size_t)half * sizeof(float)) : -1;
+    free(inv);
+    if (rc != 0) {
+        op_fail(m, "to_device", err);
+        goto fail;
+    }
+    *out = m;
+    return 0;
+fail:
+    model_free(m);
+    return -1;
+}
+
+static void run_free(model *m, model_run *r);
+
+void model_free(model *m) {
+    if (!m) return;
+    ops_ctx *o = m->ops;
+    run_free(m, m->run);
+    if (m->params) o->be->free(o, m->params);
+    if (m->grads) o->be->free(o, m->grads);
+    if (m->adam_m) o->be->free(o, m->adam_m);
+    if (m->adam_v) o->be->free(o, m->adam_v);
+    if (m->inv_freq) o->be->free(o, m->inv_freq);
+    free(m->w.layers);
+    free(m->g.layers);
+    free(m->tensors);
+    free(m);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Run state: the activations of one packed batch, carved from one device allocation.
+ * Training keeps every layer's activations for backward; inference (prefill/decode) keeps one
+ * layer's worth and reuses it for every layer. */
+
+typedef struct layer_acts {
+    float *ln1, *rstd1; /* (N,C), (N) */
+    float *qkv;         /* (N,QKV): fused [q|k|v] rows, or (qk_norm) split blocks q,k,v pre-norm */
+    float *qk;          /* qk_norm: normed + roped q (N,HqD) then k (N,HkvD) */
+    float *rstd_q, *rstd_k; /* qk_norm: (N Hq), (N Hkv) */
+    float *att, *lse;       /* (N, Hq D), (N, Hq) */
+    float *res_mid;         /* (N,C) residual after attention */
+    float *ln2, *rstd2;     /* (N,C), (N) */
+    float *gu;              /* (N, 2I) [gate|up] */
+    float *h;               /* (N, I) silu(gate) * up */
+} layer_acts;
+
+struct model_run {
+    int cap_N, cap_rows, kept, backward;
+    void *buf;
+    float *res;              /* (kept+1 or 1, N, C) residual stream: res[l] enters layer l */
+    layer_acts *layers;      /* (kept) */
+    float *xf, *rstdf;       /* (N,C), (N): final norm output */
+    float *logits, *dlogits; /* (chunk_rows, V) */
+    int chunk_rows;
+    float *logp, *entropy, *lse_out, *dlogp, *dentropy;        /* (N) */
+    int32_t *tokens, *positions, *targets, *cu, *slots, *lens; /* (N) each, cu (N+1) */
+    float *dres, *dln, *dqkv, *dqk, *datt, *dgu, *dh;          /* backward scratch */
+    /* the last forward */
+    int N, S, has_forward;
+    float inv_temp;
+};
+
+static size_t round16(size_t n) {
+    return (n + 15) & ~(size_t)15;
+}
+
+/* Lays the run state out over base (NULL: size only). Returns the size in floats. */
+static size_t run_layout(const model *m, model_run *r, float *base) {
+    const model_config *c = &m->cfg;
+    const size_t N = (size_t)r->cap_N, C = (size_t)c->hidden_size, V = (size_t)c->vocab_size;
+    const size_t D = (size_t)c->head_dim, I = (size_t)c->intermediate_size;
+    const size_t Hq = (size_t)c->num_attention_heads, Hkv = (size_t)c->num_key_value_heads;
+    const size_t QKV = (Hq + 2 * Hkv) * D;
+    size_t off = 0;
+#define CARVE(p, n)                                                                                \
+    do {                                                                                           \
+        if (base) (p) = (void *)(base + off);                                                      \
+        off += round16(n);                                                                         \
+    } while (0)
+    CARVE(r->res, (size_t)(r->backward ? r->kept + 1 : 1) * N * C);
+    for (int l = 0; l < r->kept; l++) {
+        layer_acts *a = base ? &r->layers[l] : &(layer_acts){0};
+        CARVE(a->ln1, N * C);
+        CARVE(a->rstd1, N);
+        CARVE(a->qkv, N * QKV);
+        if (c->qk_norm) {
+            CARVE(a->qk, N * (Hq + Hkv) * D);
+            CARVE(a->rstd_q, N * Hq);
+            CARVE(a->rstd_k, N * Hkv);
+        }
+        CARVE(a->att, N * Hq * D);
+        CARVE(a->lse, N * Hq);
+        CARVE(a->res_mid, N * C);
+        CARVE(a->ln2, N * C);
+        CARVE(a->rstd2, N);
+        CARVE(a->gu, N * 2 * I);
+        CARVE(a->h, N * I);
+    }
+    CARVE(r->xf, N * C);
+    CARVE(r->rstdf, N);
+    CARVE(r->logits, (size_t)r->chunk_rows * V);
+    CARVE(r->logp, N);
+    CARVE(r->entropy, N);
+    CARVE(r->lse_out, N);
+    CARVE(r->tokens, N);
+    CARVE(r->positions, N);
+    CARVE(r->targets, N);
+    CARVE(r->cu, N + 1);
+    CARVE(r->slots, N);
+    CARVE(r->lens, N);
+    if (r->backward) {
+        CARVE(r->dlogits, (size_t)r->chunk_rows * V);
+        CARVE(r->dlogp, N);
+        CARVE(r->dentropy, N);
+        CARVE(r->dres, N * C);
+        CARVE(r->dln, N * C);
+        CARVE(r->dqkv, N * QKV);
+        if (c->qk_norm) CARVE(r->dqk, N * (Hq + Hkv) * D);
+        CARVE(r->datt, N * Hq * D);
+        CARVE(r->dgu, N * 2 * I);
+        CARVE(r->dh, N * I);
+    }
+#undef CARVE
+    return off;
+}
+
+static void run_free(model *m, model_run *r) {
+    if (!r) return;
+    if (r->buf) m->ops->be->free(m->ops, r->buf);
+    free(r->layers);
+    free(r);
+}
+
+/* Makes *rp hold at least N rows (and, for inference, `rows` logits rows). */
+static int run_ensure(model *m, model_run **rp, int N, int rows, int training, chord_err *err) {
+    model_run *r = *rp;
+    const size_t V = (size_t)m->cfg.vocab_size;
+    if (r && r->cap_N >= N && (training || r->cap_rows >= rows)) return 0;
+    int cap = N;
+    if (r && r->cap_N > cap) cap = r->cap_N;
+    int cap_rows = training ? 0 : rows;
+    if (r && !training && r->cap_rows > cap_rows) cap_rows = r->cap_rows;
+    run_free(m, r);
+    *rp = NULL;
+    r = calloc(1, sizeof *r);
+    if (!r) return chord_err_setc(err, CHORD_E_INTERNAL, "model: out of host memory");
+    r->cap_N = cap;
+    r->cap_rows = cap_rows;
+    r->backward = training;
+    r->kept = training ? m->cfg.num_hidden_layers : 1;
+    if (training) {
+        size_t rows_budget = m->logits_budget_bytes / (V * sizeof(float));
+        if (rows_budget < 1) rows_budget = 1;
+        r->chunk_rows = (size_t)cap < rows_budget ? cap : (int)rows_budget;
+    } else {
+        r->chunk_rows = cap_rows;
+    }
+    r->layers = calloc((size_t)r->kept, sizeof *r->layers);
+    if (!r->layers) {
+        free(r);
+        return chord_err_setc(err, CHORD_E_INTERNAL, "model: out of host memory");
+    }
+    size_t floats = run_layout(m, r, NULL);
+    r->buf = m->ops->be->alloc(m->ops, floats * sizeof(float));
+    if (!r->buf) {
+        int rc =
+            chord_err_setc(err, CHORD_E_TOO_LARGE,
+                           "model: cannot allocate %zu bytes of activations for %d tokens on "
+                           "%s: %s",
+                           floats * sizeof(float), cap, m->ops->be->name, ops_last_error(m->ops));
+        free(r->layers);
+        free(r);
+        return rc;
+    }
+    run_layout(m, r, r->buf);
+    *rp = r;
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * One decoder layer. */
+
+typedef struct qkv_view {
+    float *q, *k, *v;
+    int ldq, ldk, ldv;
+} qkv_view;
+
+/* Where attention reads q, k, v: inside the fused (N,QKV) rows, or, with q/k norm, the normed
+ * blocks of qk and the v block of the split qkv. */
+static qkv_view view_qkv(const model *m, float *qkv, float *qk, int N) {
+    const model_config *c = &m->cfg;
+    const int D = c->head_dim, HqD = c->num_attention_heads * D, HkvD = c->num_key_value_heads * D;
+    qkv_view v;
+    if (!c->qk_norm) {
+        v.q = qkv;
+        v.k = qkv + HqD;
+        v.v = qkv + HqD + HkvD;
+        v.ldq = v.ldk = v.ldv = HqD + 2 * HkvD;
+    } else {
+        v.q = qk;
+        v.k = qk + (size_t)N * HqD;
+        v.v = qkv + (size_t)N * (HqD + HkvD);
+        v.ldq = HqD;
+        v.ldk = v.ldv = HkvD;
+    }
+    return v;
+}
+
+/* How a layer attends: packed causal attention over cu (S), and/or the KV cache. */
+typedef struct attn_mode {
+    const int32_t *cu; /* packed (training, prefill) */
+    int S;
+    float *kv; /* cache base (NULL: none); layer l at kv + 2 l layer_floats */
+    size_t layer_floats;
+    const int32_t *slot, *pos; /* (N) where each row's k, v are stored */
+    int max_T;
+    const int32_t *lens; /* decode: attend to the cache rows 0..lens[b]-1 instead */
+} attn_mode;
+
+/* res_out (N,C) = layer l (res_in (N,C)); res_out may equal res_in. */
+static int layer_forward(model *m, int l, layer_acts *a, const float *res_in, float *res_out, int N,
+                         const int32_t *positions, const attn_mode *am, chord_err *err) {
+    const model_config *c = &m->cfg;
+    const model_layer_weights *w = &m->w.layers[l];
+    const int C = c->hidden_size, D = c->head_dim, I = c->intermediate_size;
+    const int Hq = c->num_attention_heads, Hkv = c->num_key_value_heads;
+    const int HqD = Hq * D, HkvD = Hkv * D, QKV = HqD + 2 * HkvD;
+    const float eps = (float)c->rms_norm_eps;
+
+    OP(rmsnorm_forward, a->ln1, a->rstd1, res_in, C, w->ln1, N, C, eps);
+    qkv_view v = view_qkv(m, a->qkv, a->qk, N);
+    if (!c->qk_norm) {
+        OP(matmul_forward, a->qkv, a->ln1, w->wqkv, w->bqkv, N, C, QKV);
+    } else {
+        float *qpre = a->qkv, *kpre = a->qkv + (size_t)N * HqD;
+        OP(matmul_forward, qpre, a->ln1, w->wqkv, w->bqkv, N, C, HqD);
+        OP(matmul_forward, kpre, a->ln1, w->wqkv + (size_t)HqD * C, w->bqkv ? w->bqkv + HqD : NULL,
+           N, C, HkvD);
+        OP(matmul_forward, v.v, a->ln1, w->wqkv + (size_t)(HqD + HkvD) * C,
+           w->bqkv ? w->bqkv + HqD + HkvD : NULL, N, C, HkvD);
+        OP(rmsnorm_forward, v.q, a->rstd_q, qpre, D, w->q_norm, N * Hq, D, eps);
+        OP(rmsnorm_forward, v.k, a->rstd_k, kpre, D, w->k_norm, N * Hkv, D, eps);
+    }
+    OP(rope_forward, v.q, v.ldq, positions, m->inv_freq, N, Hq, D);
+    OP(rope_forward, v.k, v.ldk, positions, m->inv_freq, N, Hkv, D);
+    if (am->kv) {
+        float *kc = am->kv + (size_t)2 * l * am->layer_floats, *vc = kc + am->layer_floats;
+        OP(kv_store, kc, vc, v.k, v.ldk, v.v, v.ldv, am->slot, am->pos, N, am->max_T, Hkv, D);
+        if (am->lens)
+            OP(attention_decode, a->att, v.q, v.ldq, kc, vc, am->slot, am->lens, N, am->max_T, Hq,
+               Hkv, D);
+    }
+    if (!am->lens)
+        OP(attention_forward, a->att, a->lse, v.q, v.ldq, v.k, v.ldk, v.v, v.ldv, am->cu, am->S, N,
+           Hq, Hkv, D);
+    OP(matmul_forward, a->res_mid, a->att, w->wo, w->bo, N, HqD, C);
+    OP(add_inplace, a->res_mid, res_in, (size_t)N * C);
+    OP(rmsnorm_forward, a->ln2, a->rstd2, a->res_mid, C, w->ln2, N, C, eps);
+    OP(matmul_forward, a->gu, a->ln2, w->wgu, w->bgu, N, C, 2 * I);
+    OP(swiglu_forward, a->h, a->gu, 2 * I, a->gu + I, 2 * I, N, I);
+    OP(matmul_forward, res_out, a->h, w->wdown, w->bdown, N, I, C);
+    OP(add_inplace, res_out, a->res_mid, (size_t)N * C);
+    return 0;
+}
+
+/* On entry r->dres holds d loss / d res_out (N,C); on exit d loss / d res_in. */
+static int layer_backward(model *m, int l, layer_acts *a, const float *res_in, model_run *r,
+                          chord_err *err) {
+    const model_config *c = &m->cfg;
+    const model_layer_weights *w = &m->w.layers[l];
+    const model_layer_weights *g = &m->g.layers[l];
+    const int N = r->N;
+    const int C = c->hidden_size, D = c->head_dim, I = c->intermediate_size;
+    const int Hq = c->num_attention_heads, Hkv = c->num_key_value_heads;
+    const int HqD = Hq * D, HkvD = Hkv * D, QKV = HqD + 2 * HkvD;
+
+    /* MLP: res_out = res_mid + down(silu(gate) * up) */
+    OP(matmul_backward, r->dh, g->wdown, g->bdown, r->dres, a->h, w->wdown, N, I, C, 0);
+    OP(swiglu_backward, r->dgu, r->dgu + I, 2 * I, r->dh, a->gu, a->gu + I, 2 * I, N, I);
+    OP(matmul_backward, r->dln, g->wgu, g->bgu, r->dgu, a->ln2, w->wgu, N, C, 2 * I, 0);
+    OP(rmsnorm_backward, r->dres, C, g->ln2, r->dln, a->res_mid, w->ln2, a->rstd2, N, C);
+
+    /* attention: res_mid = res_in + o_proj(attention(rope(q), rope(k), v)) */
+    OP(matmul_backward, r->datt, g->wo, g->bo, r->dres, a->att, w->wo, N, HqD, C, 0);
+    qkv_view v = view_qkv(m, a->qkv, a->qk, N);
+    qkv_view dv = view_qkv(m, r->dqkv, r->dqk, N);
+    OP(attention_backward, dv.q, dv.k, dv.v, r->datt, v.q, v.ldq, v.k, v.ldk, v.v, v.ldv, a->att,
+       a->lse, r->cu, r->S, N, Hq, Hkv, D);
+    OP(rope_backward, dv.q, dv.ldq, r->positions, m->inv_freq, N, Hq, D);
+    OP(rope_backward, dv.k, dv.ldk, r->positions, m->inv_freq, N, Hkv, D);
+    if (!c->qk_norm) {
+        OP(matmul_backward, r->dln, g->wqkv, g->bqkv, r->dqkv, a->ln1, w->wqkv, N, C, QKV, 0);
+    } else {
+        float *dqpre = r->dqkv, *dkpre = r->dqkv + (size_t)N * HqD;
+        const float *qpre = a->qkv, *kpre = a->qkv + (size_t)N * HqD;
+        OP(zero, r->dqkv, (size_t)N * (HqD + HkvD) * sizeof(float));
+        OP(rmsnorm_backward, dqpre, D, g->q_norm, dv.q, qpre, w->q_norm, a->rstd_q, N * Hq, D);
+        OP(rmsnorm_backward, dkpre, D, g->k_norm, dv.k, kpre, w->k_norm, a->rstd_k, N * Hkv, D);
+        OP(matmul_backward, r->dln, g->wqkv, g->bqkv, dqpre, a->ln1, w->wqkv, N, C, HqD, 0);
+        OP(matmul_backward, r->dln, g->wqkv + (size_t)HqD * C, g->bqkv ? g->bqkv + HqD : NULL,
+           dkpre, a->ln1, w->wqkv + (size_t)HqD * C, N, C, HkvD, 1);
+        OP(matmul_backward, r->dln, g->wqkv + (size_t)(HqD + HkvD) * C,
+           g->bqkv ? g->bqkv + HqD + HkvD : NULL, dv.v, a->ln1, w->wqkv + (size_t)(HqD + HkvD) * C,
+           N, C, HkvD, 1);
+    }
+    OP(rmsnorm_backward, r->dres, C, g->ln1, r->dln, res_in, w->ln1, a->rstd1, N, C);
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Training forward / backward. */
+
+static int check_tokens(const model *m, const int32_t *tokens, int N, const char *what,
+                        chord_err *err) {
+    for (int n = 0; n < N; n++)
+        if (tokens[n] < 0 || tokens[n] >= m->cfg.vocab_size)
+            return chord_err_set(err, "%s[%d] = %d is out of range [0, %d)", what, n, tokens[n],
+                                 m->cfg.vocab_size);
+    return 0;
+}
+
+static int check_batch(const model *m, const model_batch *b, chord_err *err) {
+    if (!b || b->N <= 0 || b->S <= 0 || b->S > b->N || !b->tokens || !b->positions ||
+        !b->cu_seqlens)
+        return chord_err_set(err, "batch: needs N > 0 rows, 0 < S <= N sequences, tokens, "
+                                  "positions and cu_seqlens");
+    if (b->cu_seqlens[0] != 0 || b->cu_seqlens[b->S] != b->N)
+        return chord_err_set(err, "batch: cu_seqlens must start at 0 and end at N = %d", b->N);
+    for (int s = 0; s < b->S; s++)
+        if (b->cu_seqlens[s + 1] <= b->cu_seqlens[s])
+            return chord_err_set(err, "batch: cu_seqlens[%d] = %d is not above cu_seqlens[%d]",
+                                 s + 1, b->cu_seqlens[s + 1], s);
+    if (check_tokens(m, b->tokens, b->N, "batch: tokens", err) != 0) return -1;
+    for (int n = 0; n < b->N; n++) {
+        if (b->positions[n] < 0)
+            return chord_err_set(err, "batch: positions[%d] = %d is negative", n, b->positions[n]);
+        if (b->targets && (b->targets[n] < -1 || b->targets[n] >= m->cfg.vocab_size))
+            return chord_err_set(err, "batch: targets[%d] = %d is out of range [-1, %d)", n,
+                                 b->targets[n], m->cfg.vocab_size);
+    }
+    return 0;
+}
+
+static int logits_chunk(model *m, model_run *r, int r0, int R, chord_err *err) {
+    const model_config *c = &m->cfg;
+    OP(matmul_forward, r->logits, r->xf + (size_t)r0 * c->hidden_size, m->w.lm_head, NULL, R,
+       c->hidden_size, c->vocab_size);
+    return 0;
+}
+
+int model_forward(model *m, const model_batch *b, float inv_temp, float *logp_out,
+                  float *entropy_out, chord_err *err) {
+    if (check_batch(m, b, err) != 0) return -1;
+    if (run_ensure(m, &m->run, b->N, 0, 1, err) != 0) return -1;
+    model_run *r = m->run;
+    const model_config *c = &m->cfg;
+    const int N = b->N, C = c->hidden_size, V = c->vocab_size, L = c->num_hidden_layers;
+    r->has_forward = 0;
+    r->N = N;
+    r->S = b->S;
+    r->inv_temp = inv_temp;
+    OP(to_device, r->tokens, b->tokens, (size_t)N * sizeof(int32_t));
+    OP(to_device, r->positions, b->positions, (size_t)N * sizeof(int32_t));
+    OP(to_device, r->cu, b->cu_seqlens, (size_t)(b->S + 1) * sizeof(int32_t));
+    if (b->targets) {
+        OP(to_device, r->targets, b->targets, (size_t)N * sizeof(int32_t));
+    } else {
+        int32_t *none = malloc((size_t)N * sizeof *none);
+        if (!none) return chord_err_setc(err, CHORD_E_INTERNAL, "model: out of host memory");
+        for (int n = 0; n < N; n++)
+            none[n] = -1;
+        int rc = m->ops->be->to_device(m->ops, r->targets, none, (size_t)N * sizeof(int32_t));
+        free(none);
+        if (rc != 0) return op_fail(m, "to_device", err);
+    }
+
+    OP(embedding_forward, r->res, r->tokens, m->w.wte, N, C, V);
+    attn_mode am = {.cu = r->cu, .S = b->S};
+    for (int l = 0; l < L; l++)
+        if (layer_forward(m, l, &r->layers[l], r->res + (size_t)l * N * C,
+                          r->res + (size_t)(l + 1) * N * C, N, r->positions, &am, err) != 0)
+            return chord_err_prefix(err, "layer %d forward", l);
+    OP(rmsnorm_forward, r->xf, r->rstdf, r->res + (size_t)L * N * C, C, m->w.final_norm, N, C,
+       (float)c->rms_norm_eps);
+    for (int r0 = 0; r0 < N; r0 += r->chunk_rows) {
+        int R = N - r0 < r->chunk_rows ? N - r0 : r->chunk_rows;
+        if (logits_chunk(m, r, r0, R, err) != 0) return -1;
+        OP(logprob_forward, r->logp + r0, r->entropy + r0, r->lse_out + r0, r->logits,
+           r->targets + r0, R, V, inv_temp);
+    }
+    if (logp_out) OP(to_host, logp_out, r->logp, (size_t)N * sizeof(float));
+    if (entropy_out) OP(to_host, entropy_out, r->entropy, (size_t)N * sizeof(float));
+    r->has_forward = 1;
+    return 0;
+}
+
+int model_zero_grad(model *m, chord_err *err) {
+    if (ensure_grads(m, err) != 0) return -1;
+    OP(zero, m->grads, m->num_params * sizeof(float));
+    return 0;
+}
+
+int model_backward(model *m, const float *dlogp, const float *dentropy, chord_err *err) {
+    model_run *r = m->run;
+    if (!r || !r->has_forward) return chord_err_set(err, "model_backward: no forward to go back");
+    if (!dlogp) return chord_err_set(err, "model_backward: dlogp is required");
+    if (ensure_grads(m, err) != 0) return -1;
+    const model_config *c = &m->cfg;
+    const int N = r->N, C = c->hidden_size, V = c->vocab_size, L = c->num_hidden_layers;
+    OP(to_device, r->dlogp, dlogp, (size_t)N * sizeof(float));
+    if (dentropy) OP(to_device, r->dentropy, dentropy, (size_t)N * sizeof(float));
+
+    /* logits -> final norm output; r->dln holds d xf */
+    for (int r0 = 0; r0 < N; r0 += r->chunk_rows) {
+        int R = N - r0 < r->chunk_rows ? N - r0 : r->chunk_rows;
+        if (r->chunk_rows < N && logits_chunk(m, r, r0, R, err) != 0) return -1;
+        OP(logprob_backward, r->dlogits, r->dlogp + r0, dentropy ? r->dentropy + r0 : NULL,
+           r->logits, r->lse_out + r0, r->targets + r0, R, V, r->inv_temp);
+        OP(matmul_backward, r->dln + (size_t)r0 * C, m->g.lm_head, NULL, r->dlogits,
+           r->xf + (size_t)r0 * C, m->w.lm_head, R, C, V, 0);
+    }
+    OP(zero, r->dres, (size_t)N * C * sizeof(float));
+    OP(rmsnorm_backward, r->dres, C, m->g.final_norm, r->dln, r->res + (size_t)L * N * C,
+       m->w.final_norm, r->rstdf, N, C);
+    for (int l = L - 1; l >= 0; l--)
+        if (layer_backward(m, l, &r->layers[l], r->res + (size_t)l * N * C, r, err) != 0)
+            return chord_err_prefix(err, "layer %d backward", l);
+    OP(embedding_backward, m->g.wte, r->dres, r->tokens, N, C, V);
+    return 0;
+}
+
+int model_read_logits(model *m, float *logits_host, chord_err *err) {
+    model_run *r = m->run;
+    if (!r || !r->has_forward) return chord_err_set(err, "model_read_logits: no forward yet");
+    const int N = r->N, V = m->cfg.vocab_size;
+    for (int r0 = 0; r0 < N; r0 += r->chunk_rows) {
+        int R = N - r0 < r->chunk_rows ? N - r0 : r->chunk_rows;
+        if (r->chunk_rows < N && logits_chunk(m, r, r0, R, err) != 0) return -1;
+        OP(to_host, logits_host + (size_t)r0 * V, r->logits, (size_t)R * V * sizeof(float));
+    }
+    return 0;
+}
+
+int model_read_params(const model *m, float *host, chord_err *err) {
+    OP(to_host, host, m->params, m->num_params * sizeof(float));
+    return 0;
+}
+
+int model_read_grads(const model *m, float *host, chord_err *err) {
+    if (!m->grads) return chord_err_set(err, "model_read_grads: no gradients yet");
+    OP(to_host, host, m->grads, m->num_params * sizeof(float));
+    return 0;
+}
+
+int model_grad_norm(model *m, double *norm_out, chord_err *err) {
+    if (ensure_grads(m, err) != 0) return -1;
+    double ss = 0.0;
+    OP(sum_squares, &ss, m->grads, m->num_params);
+    *norm_out = sqrt(ss);
+    return 0;
+}
+
+int model_adamw_step(model *m, float lr, float beta1, float beta2, float eps, float weight_decay,
+                     float grad_clip, double *grad_norm_out, chord_err *err) {
+    double norm = 0.0;
+    if (model_grad_norm(m, &norm, err) != 0) return -1;
+    if (grad_norm_out) *grad_norm_out = norm;
+    if (!isfinite(norm))
+        return chord_err_set(err, "model_adamw_step: gradient norm is %g; step skipped", norm);
+    if (!m->adam_m) {
+        m->adam_m = m->ops->be->alloc(m->ops, m->num_params * sizeof(float));
+        m->adam_v = m->adam_m ? m->ops->be->alloc(m->ops, m->num_params * sizeof(float)) : NULL;
+        if (!m->adam_v)
+            return chord_err_setc(err, CHORD_E_TOO_LARGE,
+                                  "model: cannot allocate AdamW moments (2 x %zu bytes): %s",
+                                  m->num_params * sizeof(float), ops_last_error(m->ops));
+    }
+    /* torch.nn.utils.clip_grad_norm_: coef = max_norm / (norm + 1e-6), clamped to 1 */
+    float scale = 1.0f;
+    if (grad_clip > 0.0f) {
+        double coef = grad_clip / (norm + 1e-6);
+        if (coef < 1.0) scale = (float)coef;
+    }
+    m->adam_t++;
+    OP(adamw_update, m->params, m->grads, m->adam_m, m->adam_v, m->num_decay, lr, beta1, beta2, eps,
+       weight_decay, m->adam_t, scale);
+    OP(adamw_update, m->params + m->num_decay, m->grads + m->num_decay, m->adam_m + m->num_decay,
+       m->adam_v + m->num_decay, m->num_params - m->num_decay, lr, beta1, beta2, eps, 0.0f,
+       m->adam_t, scale);
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * KV-cache decoding. Cache layout per layer: k then v, each (slots, max_T, Hkv, D). */
+
+struct model_kv_cache {
+    model *m;
+    int slots, max_T;
+    size_t layer_floats; /* slots * max_T * Hkv * D */
+    float *kv;           /* (L, 2, slots, max_T, Hkv, D) */
+    int *len;            /* host (slots): positions stored, for checks */
+    model_run *run;      /* inference activations (one layer's worth) */
+};
+
+int model_kv_create(model *m, int slots, int max_T, model_kv_cache **out, chord_err *err) {
+    *out = NULL;
+    if (slots <= 0 || max_T <= 0)
+        return chord_err_set(err, "model_kv_create: slots (%d) and max_T (%d) must be positive",
+                             slots, max_T);
+    model_kv_cache *kv = calloc(1, sizeof *kv);
+    if (!kv) return chord_err_setc(err, CHORD_E_INTERNAL, "model: out of host memory");
+    kv->m = m;
+    kv->slots = slots;
+    kv->max_T = max_T;
+    kv->layer_floats = (size_t)slots * max_T * m->cfg.num_key_value_heads * m->cfg.head_dim;
+    size_t bytes = 2 * (size_t)m->cfg.num_hidden_layers * kv->layer_floats * sizeof(float);
+    kv->kv = m->ops->be->alloc(m->ops, bytes);
+    kv->len = calloc((size_t)slots, sizeof *kv->len);
+    if (!kv->kv || !kv->len) {
+        chord_err_setc(err, CHORD_E_TOO_LARGE,
+                       "model_kv_create: cannot allocate a KV cache of %zu bytes (%d slots x %d "
+                       "positions): %s",
+                       bytes, slots, max_T, ops_last_error(m->ops));
+        model_kv_free(kv);
+        return -1;
+    }
+    *out = kv;
+    return 0;
+}
+
+void model_kv_free(model_kv_cache *kv) {
+    if (!kv) return;
+    if (kv->kv) kv->m->ops->be->free(kv->m->ops, kv->kv);
+    run_free(kv->m, kv->run);
+    free(kv->len);
+    free(kv);
+}
+
+/* Runs the layers over N rows whose k, v go to (slot, pos) in the cache, then writes the logits
+ * of `rows` of them (row indices last (rows) host) to kv->run->logits. */
+static int infer(model *m, model_kv_cache *kv, int N, const int32_t *last, int rows,
+                 const attn_mode *am_in, chord_err *err) {
+    model_run *r = kv->run;
+    const model_config *c = &m->cfg;
+    const int C = c->hidden_size, V = c->vocab_size;
+    attn_mode am = *am_in;
+    am.kv = kv->kv;
+    am.layer_floats = kv->layer_floats;
+    am.slot = r->slots;
+    am.pos = r->positions;
+    am.max_T = kv->max_T;
+    OP(embedding_forward, r->res, r->tokens, m->w.wte, N, C, V);
+    for (int l = 0; l < c->num_hidden_layers; l++)
+        if (layer_forward(m, l, &r->layers[0], r->res, r->res, N, r->positions, &am, err) != 0)
+            return chord_err_prefix(err, "layer %d", l);
+    if (last) {
+        for (int i = 0; i < rows; i++)
+            OP(rmsnorm_forward, r->xf + (size_t)i * C, r->rstdf + i, r->res + (size_t)last[i] * C,
+               C, m->w.final_norm, 1, C, (float)c->rms_norm_eps);
+    } else {
+        OP(rmsnorm_forward, r->xf, r->rstdf, r->res, C, m->w.final_norm, rows, C,
+           (float)c->rms_norm_eps);
+    }
+    OP(matmul_forward, r->logits, r->xf, m->w.lm_head, NULL, rows, C, V);
+    return 0;
+}
+
+int model_prefill(model *m, model_kv_cache *kv, const int32_t *tokens, const int32_t *cu_seqlens,
+                  int S, const int32_t *slots, const float **logits_out, chord_err *err) {
+    *logits_out = NULL;
+    if (S <= 0 || S > kv->slots || !tokens || !cu_seqlens || !slots)
+        return chord_err_set(err,
+                             "model_prefill: needs 0 < S <= %d prompts with tokens, "
+                             "cu_seqlens and slots",
+                             kv->slots);
+    if (cu_seqlens[0] != 0) return chord_err_set(err, "model_prefill: cu_seqlens[0] must be 0");
+    for (int s = 0; s < S; s++) {
+        int len = cu_seqlens[s + 1] - cu_seqlens[s];
+        if (len <= 0 || len > kv->max_T)
+            return chord_err_set(err, "model_prefill: prompt %d has %d tokens (cache holds 1..%d)",
+                                 s, len, kv->max_T);
+        if (slots[s] < 0 || slots[s] >= kv->slots)
+            return chord_err_set(err, "model_prefill: slots[%d] = %d is out of range [0, %d)", s,
+                                 slots[s], kv->slots);
+    }
+    const int N = cu_seqlens[S];
+    if (check_tokens(m, tokens, N, "model_prefill: tokens", err) != 0) return -1;
+    if (run_ensure(m, &kv->run, N, kv->slots, 0, err) != 0) return -1;
+    model_run *r = kv->run;
+    int32_t *host = malloc((size_t)(2 * N + S) * sizeof *host);
+    if (!host) return chord_err_setc(err, CHORD_E_INTERNAL, "model: out of host memory");
+    int32_t *pos = host, *slot = host + N, *last = host + 2 * N;
+    for (int s = 0; s < S; s++) {
+        for (int n = cu_seqlens[s]; n < cu_seqlens[s + 1]; n++) {
+            pos[n] = n - cu_seqlens[s];
+            slot[n] = slots[s];
+        }
+        last[s] = cu_seqlens[s + 1] - 1;
+    }
+    int rc = -1;
+    ops_ctx *o = m->ops;
+    if (o->be->to_device(o, r->tokens, tokens, (size_t)N * sizeof(int32_t)) != 0 ||
+        o->be->to_device(o, r->positions, pos, (size_t)N * sizeof(int32_t)) != 0 ||
+        o->be->to_device(o, r->slots, slot, (size_t)N * sizeof(int32_t)) != 0 ||
+        o->be->to_device(o, r->cu, cu_seqlens, (size_t)(S + 1) * sizeof(int32_t)) != 0) {
+        op_fail(m, "to_device", err);
+        goto done;
+    }
+    attn_mode am = {.cu = r->cu, .S = S};
+    if (infer(m, kv, N, last, S, &am, err) != 0) {
+        chord_err_prefix(err, "model_prefill");
+        goto done;
+    }
+    for (int s = 0; s < S; s++)
+        kv->len[slots[s]] = cu_seqlens[s + 1] - cu_seqlens[s];
+    *logits_out = r->logits;
+    rc = 0;
+done:
+    free(host);
+    return rc;
+}
+
+int model_kv_copy(model *m, model_kv_cache *kv, int src, const int32_t *dst, int n, int len,
+                  chord_err *err) {
+    if (src < 0 || src >= kv->slots)
+        return chord_err_set(err, "model_kv_copy: source slot %d is out of range [0, %d)", src,
+                             kv->slots);
+    if (len < 0 || len > kv->len[src])
+        return chord_err_set(err, "model_kv_copy: slot %d holds %d positions, not %d", src,
+                             kv->len[src], len);
+    const size_t row = (size_t)m->cfg.num_key_value_heads * m->cfg.head_dim;
+    const size_t slot_floats = (size_t)kv->max_T * row;
+    for (int i = 0; i < n; i++) {
+        if (dst[i] < 0 || dst[i] >= kv->slots)
+            return chord_err_set(err, "model_kv_copy: dst[%d] = %d is out of range [0, %d)", i,
+                                 dst[i], kv->slots);
+        if (dst[i] == src) continue;
+        for (int l = 0; l < 2 * m->cfg.num_hidden_layers; l++) {
+            float *base = kv->kv + (size_t)l * kv->layer_floats;
+            OP(copy, base + (size_t)dst[i] * slot_floats, base + (size_t)src * slot_floats,
+               (size_t)len * row * sizeof(float));
+        }
+        kv->len[dst[i]] = len;
+    }
+    return 0;
+}
+
+int model_decode(model *m, model_kv_cache *kv, const int32_t *tokens, const int32_t *positions,
+                 const int32_t *slots, int B, const float **logits_out, chord_err *err) {
+    *logits_out = NULL;
+    if (B <= 0 || B > kv->slots || !tokens || !positions || !slots)
+        return chord_err_set(err,
+                             "model_decode: needs 0 < B <= %d rows of tokens, positions and "
+                             "slots",
+                             kv->slots);
+    if (check_tokens(m, tokens, B, "model_decode: tokens", err) != 0) return -1;
+    for (int b = 0; b < B; b++) {
+        if (slots[b] < 0 || slots[b] >= kv->slots)
+            return chord_err_set(err, "model_decode: slots[%d] = %d is out of range [0, %d)", b,
+                                 slots[b], kv->slots);
+        if (positions[b] < 0 || positions[b] >= kv->max_T)
+            return chord_err_set(err,
+                                 "model_decode: positions[%d] = %d is outside the cache "
+                                 "[0, %d)",
+                                 b, positions[b], kv->max_T);
+        if (positions[b] > kv->len[slots[b]])
+            return chord_err_set(err,
+                                 "model_decode: slot %d holds %d positions; position %d "
+                                 "would leave a gap",
+                                 slots[b], kv->len[slots[b]], positions[b]);
+        for (int b2 = 0; b2 < b; b2++)
+            if (slots[b2] == slots[b])
+                return chord_err_set(err, "model_decode: slot %d appears twice", slots[b]);
+    }
+    if (run_ensure(m, &kv->run, B, kv->slots, 0, err) != 0) return -1;
+    model_run *r = kv->run;
+    int32_t *lens = malloc((size_t)B * sizeof *lens);
+    if (!lens) return chord_err_setc(err, CHORD_E_INTERNAL, "model: out of host memory");
+    for (int b = 0; b < B; b++)
+        lens[b] = positions[b] + 1;
+    ops_ctx *o = m->ops;
+    int rc = -1;
+    if (o->be->to_device(o, r->tokens, tokens, (size_t)B * sizeof(int32_t)) != 0 ||
+        o->be->to_device(o, r->positions, positions, (size_t)B * sizeof(int32_t)) != 0 ||
+        o->be->to_device(o, r->slots, slots, (size_t)B * sizeof(int32_t)) != 0 ||
+        o->be->to_device(o, r->lens, lens, (size_t)B * sizeof(int32_t)) != 0) {
+        op_fail(m, "to_device", err);
+        goto done;
+    }
+    attn_mode am = {.lens = r->lens};
+    if (infer(m, kv, B, NULL, B, &am, err) != 0) {
+        chord_err_prefix(err, "model_decode");
+        goto done;
+    }
+    for (int b = 0; b < B; b++)
+        kv->len[slots[b]] = positions[b] + 1;
+    *logits_out = r->logits;
+    rc = 0;
+done:
+    free(lens);
+    return rc;
+}

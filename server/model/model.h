@@ -1,0 +1,154 @@
+/* model.h — the transformer engine: a Llama/Qwen2/Qwen3-family decoder (RMSNorm, RoPE,
+ * grouped-query attention, SwiGLU, optional q/k/v/o/MLP biases, optional tied embeddings, optional
+ * Qwen3 q/k norm) with forward, backward, AdamW and a KV-cache decoder, over the ops.h backend.
+ *
+ * Three structs tell the story (llama2.c): model_config (config.h), model_weights (pointers into
+ * ONE flat device buffer carved from a size table; the same table carves the gradient buffer
+ * and the two AdamW moment buffers) and the run state (activations for a packed batch, private
+ * to model.c). q/k/v are fused into one (Hq+2Hkv)*D x C matrix and gate/up into one 2I x C matrix
+ * (one GEMM each); load and save split them back to Hugging Face names.
+ *
+ * All tensor data lives in backend (device) memory. Functions read back to the host only what
+ * the caller asks for (per-token log-probs, logits for tests, the gradient norm).
+ *
+ * What this is not: no tokenizer, no sampling policy (ops.h samples), no training loss — the
+ * trainer turns per-token log-probs into a loss and hands back d loss / d logp. */
+#ifndef CHORD_MODEL_MODEL_H
+#define CHORD_MODEL_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kernels/ops.h"
+#include "server/base/err.h"
+#include "server/model/config.h"
+#include "server/model/safetensors.h"
+
+/* One decoder layer's parameters (or gradients): device pointers, NULL when the config has none. */
+typedef struct model_layer_weights {
+    float *ln1;    /* input_layernorm (C) */
+    float *wqkv;   /* q, k, v projections fused (QKV, C), QKV = (Hq + 2 Hkv) D */
+    float *bqkv;   /* (QKV) when attention_bias */
+    float *q_norm; /* Qwen3 (D) */
+    float *k_norm; /* Qwen3 (D) */
+    float *wo;     /* o_proj (C, Hq D) */
+    float *bo;     /* (C) when o_proj_bias */
+    float *ln2;    /* post_attention_layernorm (C) */
+    float *wgu;    /* gate, up fused (2I, C): rows 0..I-1 gate, I..2I-1 up */
+    float *bgu;    /* (2I) when mlp_bias */
+    float *wdown;  /* down_proj (C, I) */
+    float *bdown;  /* (C) when mlp_bias */
+} model_layer_weights;
+
+typedef struct model_weights {
+    float *wte;                  /* embed_tokens (V, C) */
+    model_layer_weights *layers; /* (L) */
+    float *final_norm;           /* (C) */
+    float *lm_head;              /* (V, C); == wte when tie_word_embeddings */
+} model_weights;
+
+/* One Hugging Face tensor and where it lives in the flat buffers (offset in floats). */
+typedef struct model_tensor {
+    char name[96];
+    int ndim;
+    int64_t shape[2];
+    size_t offset;
+    size_t numel;
+} model_tensor;
+
+typedef struct model_run model_run; /* activations (model.c) */
+
+typedef struct model {
+    model_config cfg;
+    ops_ctx *ops;           /* not owned */
+    size_t num_params;      /* floats in each flat buffer */
+    size_t num_decay;       /* the first num_decay floats are matrices (weight decay applies) */
+    float *params;          /* (num_params) device */
+    float *grads;           /* (num_params) device, allocated on first use */
+    float *adam_m, *adam_v; /* (num_params) device, allocated on the first step */
+    int adam_t;             /* AdamW steps taken */
+    model_weights w;        /* into params */
+    model_weights g;        /* into grads (valid once grads exist) */
+    model_tensor *tensors;  /* Hugging Face names, in file order */
+    int n_tensors;
+    float *inv_freq;            /* (D/2) device */
+    size_t logits_budget_bytes; /* max bytes of one logits chunk (rows x V floats) */
+    model_run *run;
+} model;
+
+/* A packed batch: S sequences in N rows; every array is host memory, copied in by the call.
+ * Sequence s owns rows cu_seqlens[s] .. cu_seqlens[s+1]-1; positions restart per sequence. */
+typedef struct model_batch {
+    int N, S;
+    const int32_t *tokens;     /* (N) */
+    const int32_t *positions;  /* (N) */
+    const int32_t *cu_seqlens; /* (S+1), cu_seqlens[0] = 0, cu_seqlens[S] = N */
+    const int32_t *targets;    /* (N) next-token ids, -1 = no target; NULL = none at all */
+} model_batch;
+
+/* ---- life cycle ---- */
+
+/* A model with zeroed parameters for cfg on the backend ops (not owned; must outlive it). */
+int model_create(const model_config *cfg, ops_ctx *ops, model **out, chord_err *err);
+/* DIR/config.json + DIR's safetensors (single or sharded; F32/BF16/F16 read as float32). */
+int model_load(const char *dir, ops_ctx *ops, model **out, chord_err *err);
+/* Hugging Face's init: normal(0, initializer_range) for linear and embedding weights (the
+ * pad_token_id row of the embedding zeroed), zeros for biases, ones for norms. Own seeded RNG. */
+int model_init_random(model *m, uint64_t seed, chord_err *err);
+/* Writes DIR/config.json + model.safetensors (or shards + index when the data exceeds
+ * max_shard_bytes > 0) in Hugging Face naming; dtype ST_F32, ST_BF16 or ST_F16. */
+int model_save(const model *m, const char *dir, st_dtype dtype, size_t max_shard_bytes,
+               chord_err *err);
+void model_free(model *m);
+
+/* ---- training ---- */
+
+/* Runs the packed batch and computes, per row n, logp[n] = log softmax(logits[n] * inv_temp)
+ * [targets[n]] (0 where there is no target) and the entropy of that distribution. The logits are
+ * processed in chunks of rows of at most logits_budget_bytes, so (N x V) need not exist at once.
+ * logp_out (N) and entropy_out (N) are host arrays; either may be NULL (not read back).
+ * Activations are kept for model_backward. */
+int model_forward(model *m, const model_batch *b, float inv_temp, float *logp_out,
+                  float *entropy_out, chord_err *err);
+/* Back-propagates d loss / d logp (N) and d loss / d entropy (N, or NULL) of the last forward
+ * into the gradient buffer: gradients ACCUMULATE across calls (micro-batching) until
+ * model_zero_grad. Host arrays. */
+int model_backward(model *m, const float *dlogp, const float *dentropy, chord_err *err);
+int model_zero_grad(model *m, chord_err *err);
+/* Full logits (N, V) of the last forward, copied to the host (tests, scoring tools). */
+int model_read_logits(model *m, float *logits_host, chord_err *err);
+/* Copies of the flat buffers to the host (num_params floats); index them with m->tensors. */
+int model_read_params(const model *m, float *host, chord_err *err);
+int model_read_grads(const model *m, float *host, chord_err *err);
+/* Global L2 norm of the gradient buffer. */
+int model_grad_norm(model *m, double *norm_out, chord_err *err);
+/* Global-norm clip (grad_clip <= 0: none) then one AdamW step (PyTorch semantics, bias
+ * correction) over every parameter; weight decay applies to matrices (embeddings, projections,
+ * lm_head) and not to norms or biases, as Hugging Face's Trainer does. *grad_norm_out (may be
+ * NULL) receives the pre-clip norm. */
+int model_adamw_step(model *m, float lr, float beta1, float beta2, float eps, float weight_decay,
+                     float grad_clip, double *grad_norm_out, chord_err *err);
+
+/* ---- KV-cache decoding (rollouts) ---- */
+
+typedef struct model_kv_cache model_kv_cache;
+
+/* A cache of `slots` sequences of up to max_T positions for every layer. */
+int model_kv_create(model *m, int slots, int max_T, model_kv_cache **out, chord_err *err);
+void model_kv_free(model_kv_cache *kv);
+/* Runs S prompts packed (tokens (N) host, cu_seqlens (S+1) host, positions 0..len-1) and stores
+ * their keys/values in slots[s] (host (S)). *logits_out (device, (S, V), valid until the next
+ * call on kv) receives each prompt's last-position logits. */
+int model_prefill(model *m, model_kv_cache *kv, const int32_t *tokens, const int32_t *cu_seqlens,
+                  int S, const int32_t *slots, const float **logits_out, chord_err *err);
+/* Copies positions 0..len-1 of slot src into the n slots dst (host (n)): a group's G rollouts
+ * prefill their prompt once. */
+int model_kv_copy(model *m, model_kv_cache *kv, int src, const int32_t *dst, int n, int len,
+                  chord_err *err);
+/* One decoding step: token b (host (B)) at position positions[b] in slot slots[b]; the slot must
+ * hold positions 0..positions[b]-1. *logits_out (device, (B, V), valid until the next call on kv)
+ * equals the full forward's logits at those positions. */
+int model_decode(model *m, model_kv_cache *kv, const int32_t *tokens, const int32_t *positions,
+                 const int32_t *slots, int B, const float **logits_out, chord_err *err);
+
+#endif

@@ -1,0 +1,178 @@
+/* model_io.c — getting parameters into and out of a model: Hugging Face's random init (own
+ * seeded RNG), loading a Hugging Face directory (config.json + safetensors, single or sharded,
+ * F32/BF16/F16) and saving one. The fused q/k/v and gate/up matrices are contiguous row blocks
+ * of the flat buffer, so each Hugging Face tensor is one (offset, numel) range of it
+ * (model->tensors). Parsing files is config.c's and safetensors.c's job, not this file's. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "server/base/fileutil.h"
+#include "server/model/model.h"
+
+/* xoshiro256** seeded by splitmix64: small, fast, and the same stream on every machine. */
+typedef struct rng {
+    uint64_t s[4];
+} rng;
+
+static uint64_t splitmix64(uint64_t *x) {
+    uint64_t z = (*x += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static uint64_t rotl(uint64_t x, int k) {
+    return (x << k) | (x >> (64 - k));
+}
+
+static uint64_t rng_next(rng *r) {
+    uint64_t *s = r->s;
+    uint64_t result = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl(s[3], 45);
+    return result;
+}
+
+/* uniform in (0, 1) */
+static double rng_uniform(rng *r) {
+    return ((double)(rng_next(r) >> 11) + 0.5) * 0x1.0p-53;
+}
+
+static void fill_normal(rng *r, float *x, size_t n, double std) {
+    for (size_t i = 0; i < n; i += 2) {
+        double u1 = rng_uniform(r), u2 = rng_uniform(r);
+        double rad = sqrt(-2.0 * log(u1)), th = 6.283185307179586 * u2;
+        x[i] = (float)(std * rad * cos(th));
+        if (i + 1 < n) x[i + 1] = (float)(std * rad * sin(th));
+    }
+}
+
+static int ends_with(const char *s, const char *suffix) {
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && strcmp(s + n - k, suffix) == 0;
+}
+
+static int upload_params(model *m, const float *host, chord_err *err) {
+    if (m->ops->be->to_device(m->ops, m->params, host, m->num_params * sizeof(float)) != 0)
+        return chord_err_setc(err, CHORD_E_INTERNAL, "model: copying parameters to %s: %s",
+                              m->ops->be->name, ops_last_error(m->ops));
+    return 0;
+}
+
+int model_init_random(model *m, uint64_t seed, chord_err *err) {
+    float *host = calloc(m->num_params, sizeof *host);
+    if (!host)
+        return chord_err_setc(err, CHORD_E_TOO_LARGE,
+                              "model_init_random: cannot allocate %zu "
+                              "host bytes",
+                              m->num_params * sizeof(float));
+    rng r;
+    uint64_t x = seed;
+    for (int i = 0; i < 4; i++)
+        r.s[i] = splitmix64(&x);
+    const double std = m->cfg.initializer_range > 0 ? m->cfg.initializer_range : 0.02;
+    for (int i = 0; i < m->n_tensors; i++) {
+        const model_tensor *t = &m->tensors[i];
+        float *p = host + t->offset;
+        if (ends_with(t->name, "norm.weight")) {
+            for (size_t k = 0; k < t->numel; k++)
+                p[k] = 1.0f;
+        } else if (ends_with(t->name, ".bias")) {
+            memset(p, 0, t->numel * sizeof *p);
+        } else {
+            fill_normal(&r, p, t->numel, std);
+        }
+    }
+    int pad = m->cfg.pad_token_id;
+    if (pad >= 0 && pad < m->cfg.vocab_size)
+        memset(host + (size_t)pad * m->cfg.hidden_size, 0,
+               (size_t)m->cfg.hidden_size * sizeof(float));
+    int rc = upload_params(m, host, err);
+    free(host);
+    return rc;
+}
+
+int model_load(const char *dir, ops_ctx *ops, model **out, chord_err *err) {
+    *out = NULL;
+    model_config cfg;
+    if (model_config_load(dir, &cfg, err) != 0) return -1;
+    model *m = NULL;
+    if (model_create(&cfg, ops, &m, err) != 0) return chord_err_prefix(err, "model %s", dir);
+    st_reader *rd = NULL;
+    float *host = NULL;
+    if (st_open(dir, &rd, err) != 0) {
+        chord_err_prefix(err, "model %s", dir);
+        goto fail;
+    }
+    host = malloc(m->num_params * sizeof *host);
+    if (!host) {
+        chord_err_setc(err, CHORD_E_TOO_LARGE, "model %s: cannot allocate %zu host bytes", dir,
+                       m->num_params * sizeof(float));
+        goto fail;
+    }
+    for (int i = 0; i < m->n_tensors; i++) {
+        const model_tensor *t = &m->tensors[i];
+        if (!st_find(rd, t->name)) {
+            chord_err_setc(err, CHORD_E_INVALID, "model %s: tensor %s is missing%s", dir, t->name,
+                           strcmp(t->name, "lm_head.weight") == 0
+                               ? " (config.json says tie_word_embeddings is false)"
+                               : "");
+            goto fail;
+        }
+        if (st_read_f32(rd, t->name, host + t->offset, t->shape, t->ndim, err) != 0) {
+            chord_err_prefix(err, "model %s", dir);
+            goto fail;
+        }
+    }
+    if (upload_params(m, host, err) != 0) goto fail;
+    free(host);
+    st_close(rd);
+    *out = m;
+    return 0;
+fail:
+    free(host);
+    if (rd) st_close(rd);
+    model_free(m);
+    return -1;
+}
+
+int model_save(const model *m, const char *dir, st_dtype dtype, size_t max_shard_bytes,
+               chord_err *err) {
+    const char *torch_dtype = dtype == ST_F32    ? "float32"
+                              : dtype == ST_BF16 ? "bfloat16"
+                              : dtype == ST_F16  ? "float16"
+                                                 : NULL;
+    if (!torch_dtype) return chord_err_set(err, "model_save: dtype must be F32, BF16 or F16");
+    if (chord_mkdirs(dir, err) != 0) return -1;
+    float *host = malloc(m->num_params * sizeof *host);
+    st_writer *w = st_writer_new();
+    int rc = -1;
+    if (!host || !w) {
+        chord_err_setc(err, CHORD_E_TOO_LARGE, "model_save: cannot allocate %zu host bytes",
+                       m->num_params * sizeof(float));
+        goto done;
+    }
+    if (model_read_params(m, host, err) != 0) goto done;
+    for (int i = 0; i < m->n_tensors; i++) {
+        const model_tensor *t = &m->tensors[i];
+        if (st_writer_add(w, t->name, host + t->offset, t->shape, t->ndim, dtype, err) != 0)
+            goto done;
+    }
+    if (st_writer_metadata(w, "format", "pt", err) != 0) goto done;
+    if (st_writer_save_dir(w, dir, max_shard_bytes, err) != 0) goto done;
+    model_config cfg = m->cfg;
+    snprintf(cfg.torch_dtype, sizeof cfg.torch_dtype, "%s", torch_dtype);
+    if (model_config_save(&cfg, dir, err) != 0) goto done;
+    rc = 0;
+done:
+    if (rc != 0) chord_err_prefix(err, "model_save %s", dir);
+    st_writer_free(w);
+    free(host);
+    return rc;
+}

@@ -1,0 +1,270 @@
+/* chord_refdump.c — a test tool: runs a chord model over a packed batch and dumps what the
+ * PyTorch reference (model_reference.py) compares, into one safetensors file:
+ *   logits (N,V), logp (N), entropy (N), loss (1) = mean next-token NLL over the batch,
+ *   grad.<hf name> for every parameter (d loss / d param),
+ *   decode_logits (M,V): per sequence, prefill its first prefix[s] tokens, then decode the rest
+ *     one token per step (all sequences batched) — rows for positions prefix[s]-1 .. n_s-1,
+ *   decode_copy_logits: the same for sequence 0 decoded from a copy of its prefilled slot,
+ *   and, when "adamw" is given, adamw.<hf name> (parameters after `steps` AdamW steps, each on
+ *   the same batch's mean NLL) and grad_norms (steps).
+ * usage: chord_refdump --model DIR --batch batch.json --out out.safetensors [--threads N]
+ * batch.json: {"sequences": [[ids], ...], "prefix": [p, ...], "logits_budget_bytes": B,
+ *              "adamw": {"steps": 2, "lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-6,
+ *                        "weight_decay": 0.1, "grad_clip": 1.0}}
+ * It checks nothing itself: the comparison is the Python side's. */
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/ops.h"
+#include "server/model/model.h"
+
+#define CHECK(x)                                                                                   \
+    do {                                                                                           \
+        if ((x) != 0) {                                                                            \
+            fprintf(stderr, "chord_refdump: %s\n", err.msg);                                       \
+            exit(1);                                                                               \
+        }                                                                                          \
+    } while (0)
+
+static void die(const char *msg) {
+    fprintf(stderr, "chord_refdump: %s\n", msg);
+    exit(1);
+}
+
+static void *xcalloc(size_t n, size_t size) {
+    void *p = calloc(n ? n : 1, size);
+    if (!p) die("out of memory");
+    return p;
+}
+
+static double num(json_t *obj, const char *key, double def) {
+    json_t *v = json_object_get(obj, key);
+    return v ? json_number_value(v) : def;
+}
+
+int main(int argc, char **argv) {
+    const char *model_dir = NULL, *batch_path = NULL, *out_path = NULL;
+    int threads = 0;
+    for (int i = 1; i + 1 < argc; i += 2) {
+        if (strcmp(argv[i], "--model") == 0)
+            model_dir = argv[i + 1];
+        else if (strcmp(argv[i], "--batch") == 0)
+            batch_path = argv[i + 1];
+        else if (strcmp(argv[i], "--out") == 0)
+            out_path = argv[i + 1];
+        else if (strcmp(argv[i], "--threads") == 0)
+            threads = atoi(argv[i + 1]);
+        else
+            die("unknown option");
+    }
+    if (!model_dir || !batch_path || !out_path)
+        die("usage: chord_refdump --model DIR --batch batch.json --out out.safetensors");
+
+    chord_err err = {0};
+    json_error_t jerr;
+    json_t *batch = json_load_file(batch_path, 0, &jerr);
+    if (!batch) die(jerr.text);
+    json_t *seqs = json_object_get(batch, "sequences"), *prefix = json_object_get(batch, "prefix");
+    if (!json_is_array(seqs) || !json_is_array(prefix) ||
+        json_array_size(prefix) != json_array_size(seqs))
+        die("batch: needs sequences and prefix arrays of the same length");
+
+    char oerr[256];
+    ops_ctx *ops = ops_open("cpu", threads, oerr, sizeof oerr);
+    if (!ops) die(oerr);
+    model *m = NULL;
+    CHECK(model_load(model_dir, ops, &m, &err));
+    json_t *budget = json_object_get(batch, "logits_budget_bytes");
+    if (budget) m->logits_budget_bytes = (size_t)json_integer_value(budget);
+    const int V = m->cfg.vocab_size;
+
+    /* the packed batch */
+    const int S = (int)json_array_size(seqs);
+    int N = 0;
+    for (int s = 0; s < S; s++)
+        N += (int)json_array_size(json_array_get(seqs, s));
+    int32_t *tokens = xcalloc((size_t)N, sizeof *tokens), *pos = xcalloc((size_t)N, sizeof *pos);
+    int32_t *targets = xcalloc((size_t)N, sizeof *targets),
+            *cu = xcalloc((size_t)S + 1, sizeof *cu);
+    int n_targets = 0;
+    for (int s = 0, n = 0; s < S; s++) {
+        json_t *seq = json_array_get(seqs, s);
+        int len = (int)json_array_size(seq);
+        cu[s] = n;
+        for (int i = 0; i < len; i++, n++) {
+            tokens[n] = (int32_t)json_integer_value(json_array_get(seq, i));
+            pos[n] = i;
+        }
+        for (int i = 0; i < len; i++) {
+            targets[cu[s] + i] = i + 1 < len ? tokens[cu[s] + i + 1] : -1;
+            n_targets += i + 1 < len;
+        }
+    }
+    cu[S] = N;
+    model_batch b = {
+        .N = N, .S = S, .tokens = tokens, .positions = pos, .cu_seqlens = cu, .targets = targets};
+
+    float *logits = xcalloc((size_t)N * V, sizeof *logits);
+    float *logp = xcalloc((size_t)N, sizeof *logp), *entropy = xcalloc((size_t)N, sizeof *entropy);
+    float *dlogp = xcalloc((size_t)N, sizeof *dlogp);
+    float loss = 0.0f;
+    CHECK(model_forward(m, &b, 1.0f, logp, entropy, &err));
+    CHECK(model_read_logits(m, logits, &err));
+    double sum = 0.0;
+    for (int n = 0; n < N; n++) {
+        if (targets[n] >= 0) {
+            sum -= logp[n];
+            dlogp[n] = -1.0f / (float)n_targets;
+        }
+    }
+    loss = (float)(sum / n_targets);
+    CHECK(model_zero_grad(m, &err));
+    CHECK(model_backward(m, dlogp, NULL, &err));
+    float *grads = xcalloc(m->num_params, sizeof *grads);
+    CHECK(model_read_grads(m, grads, &err));
+
+    /* KV-cache decode: slot s holds sequence s; slot S holds a copy of slot 0 */
+    int max_len = 0, rows = 0;
+    for (int s = 0; s < S; s++) {
+        int len = cu[s + 1] - cu[s], p = (int)json_integer_value(json_array_get(prefix, s));
+        if (p < 1 || p > len) die("batch: prefix[s] must be in 1..len(sequence s)");
+        if (len > max_len) max_len = len;
+        rows += len - p + 1;
+    }
+    int32_t *ptoks = xcalloc((size_t)N, sizeof *ptoks), *pcu = xcalloc((size_t)S + 1, sizeof *pcu);
+    int32_t *slots = xcalloc((size_t)S + 1, sizeof *slots);
+    int *pre = xcalloc((size_t)S, sizeof *pre), *row0 = xcalloc((size_t)S + 1, sizeof *row0);
+    int np = 0;
+    for (int s = 0; s < S; s++) {
+        pre[s] = (int)json_integer_value(json_array_get(prefix, s));
+        pcu[s] = np;
+        memcpy(ptoks + np, tokens + cu[s], (size_t)pre[s] * sizeof *ptoks);
+        np += pre[s];
+        slots[s] = s;
+        row0[s + 1] = row0[s] + (cu[s + 1] - cu[s]) - pre[s] + 1;
+    }
+    pcu[S] = np;
+    const int copy_rows = (cu[1] - cu[0]) - pre[0] + 1;
+    float *dec = xcalloc((size_t)rows * V, sizeof *dec);
+    float *dec_copy = xcalloc((size_t)copy_rows * V, sizeof *dec_copy);
+    model_kv_cache *kv = NULL;
+    CHECK(model_kv_create(m, S + 1, max_len, &kv, &err));
+    const float *dl = NULL;
+    CHECK(model_prefill(m, kv, ptoks, pcu, S, slots, &dl, &err));
+    for (int s = 0; s < S; s++)
+        if (ops->be->to_host(ops, dec + (size_t)row0[s] * V, dl + (size_t)s * V,
+                             (size_t)V * sizeof(float)) != 0)
+            die(ops_last_error(ops));
+    memcpy(dec_copy, dec, (size_t)V * sizeof(float));
+    int32_t copy_dst = S;
+    CHECK(model_kv_copy(m, kv, 0, &copy_dst, 1, pre[0], &err));
+    int32_t *btok = xcalloc((size_t)S + 1, sizeof *btok),
+            *bpos = xcalloc((size_t)S + 1, sizeof *bpos);
+    int32_t *bslot = xcalloc((size_t)S + 1, sizeof *bslot),
+            *bseq = xcalloc((size_t)S + 1, sizeof *bseq);
+    for (int t = 1; t < max_len; t++) {
+        int B = 0;
+        for (int s = 0; s <= S; s++) {
+            int q = s == S ? 0 : s, len = cu[q + 1] - cu[q];
+            if (t < pre[q] || t >= len) continue;
+            btok[B] = tokens[cu[q] + t];
+            bpos[B] = t;
+            bslot[B] = s;
+            bseq[B] = s;
+            B++;
+        }
+        if (B == 0) continue;
+        CHECK(model_decode(m, kv, btok, bpos, bslot, B, &dl, &err));
+        for (int i = 0; i < B; i++) {
+            int s = bseq[i], q = s == S ? 0 : s;
+            float *dst = s == S ? dec_copy + (size_t)(bpos[i] - pre[0] + 1) * V
+                                : dec + (size_t)(row0[q] + bpos[i] - pre[q] + 1) * V;
+            if (ops->be->to_host(ops, dst, dl + (size_t)i * V, (size_t)V * sizeof(float)) != 0)
+                die(ops_last_error(ops));
+        }
+    }
+    model_kv_free(kv);
+
+    /* optional AdamW steps on the same batch */
+    json_t *adamw = json_object_get(batch, "adamw");
+    float *after = NULL, *norms = NULL;
+    int steps = 0;
+    if (adamw) {
+        steps = (int)json_integer_value(json_object_get(adamw, "steps"));
+        norms = xcalloc((size_t)steps, sizeof *norms);
+        for (int k = 0; k < steps; k++) {
+            double gn = 0.0;
+            CHECK(model_zero_grad(m, &err));
+            CHECK(model_forward(m, &b, 1.0f, NULL, NULL, &err));
+            CHECK(model_backward(m, dlogp, NULL, &err));
+            CHECK(
+                model_adamw_step(m, (float)num(adamw, "lr", 1e-3), (float)num(adamw, "beta1", 0.9),
+                                 (float)num(adamw, "beta2", 0.999), (float)num(adamw, "eps", 1e-8),
+                                 (float)num(adamw, "weight_decay", 0.0),
+                                 (float)num(adamw, "grad_clip", 0.0), &gn, &err));
+            norms[k] = (float)gn;
+        }
+        after = xcalloc(m->num_params, sizeof *after);
+        CHECK(model_read_params(m, after, &err));
+    }
+
+    /* the dump */
+    st_writer *w = st_writer_new();
+    int64_t shp[2];
+    shp[0] = N;
+    shp[1] = V;
+    CHECK(st_writer_add(w, "logits", logits, shp, 2, ST_F32, &err));
+    CHECK(st_writer_add(w, "logp", logp, shp, 1, ST_F32, &err));
+    CHECK(st_writer_add(w, "entropy", entropy, shp, 1, ST_F32, &err));
+    shp[0] = 1;
+    CHECK(st_writer_add(w, "loss", &loss, shp, 1, ST_F32, &err));
+    shp[0] = rows;
+    CHECK(st_writer_add(w, "decode_logits", dec, shp, 2, ST_F32, &err));
+    shp[0] = copy_rows;
+    CHECK(st_writer_add(w, "decode_copy_logits", dec_copy, shp, 2, ST_F32, &err));
+    char name[160];
+    for (int i = 0; i < m->n_tensors; i++) {
+        const model_tensor *t = &m->tensors[i];
+        snprintf(name, sizeof name, "grad.%s", t->name);
+        CHECK(st_writer_add(w, name, grads + t->offset, t->shape, t->ndim, ST_F32, &err));
+        if (after) {
+            snprintf(name, sizeof name, "adamw.%s", t->name);
+            CHECK(st_writer_add(w, name, after + t->offset, t->shape, t->ndim, ST_F32, &err));
+        }
+    }
+    if (norms) {
+        shp[0] = steps;
+        CHECK(st_writer_add(w, "grad_norms", norms, shp, 1, ST_F32, &err));
+    }
+    CHECK(st_writer_save(w, out_path, &err));
+    st_writer_free(w);
+
+    free(after);
+    free(norms);
+    free(btok);
+    free(bpos);
+    free(bslot);
+    free(bseq);
+    free(dec);
+    free(dec_copy);
+    free(ptoks);
+    free(pcu);
+    free(slots);
+    free(pre);
+    free(row0);
+    free(grads);
+    free(logits);
+    free(logp);
+    free(entropy);
+    free(dlogp);
+    free(tokens);
+    free(pos);
+    free(targets);
+    free(cu);
+    json_decref(batch);
+    model_free(m);
+    ops_close(ops);
+    return 0;
+}

@@ -1,0 +1,392 @@
+#!/usr/bin/env python3
+"""model_reference.py — chord's transformer engine (server/model/model.c) against Hugging Face
+transformers in PyTorch fp32 with eager attention.
+
+For each config (GQA and MHA, tied and untied, Qwen2 QKV bias, Llama attention/MLP bias, Qwen3 q/k
+norm, llama3 RoPE scaling, odd sizes) it builds a random model with transformers, perturbs norms and
+biases so that every parameter matters, save_pretrained()s it, runs tests/reference/chord_refdump
+over a packed batch of sequences of different lengths and compares:
+  logits, log-probs, entropy            relative error <= 1e-4
+  mean next-token NLL and every gradient  relative error <= 1e-3 (per tensor)
+  KV-cache decode logits (prefill a prefix, decode the rest token by token, and from a copied
+  slot) vs the HF full forward          relative error <= 1e-4
+  AdamW (global-norm clip, decay on matrices only) vs torch.optim.AdamW, two steps (one config).
+The other way round: `chordd init-model` (f32 and bf16) loads in from_pretrained with no missing or
+unexpected keys, has HF's init statistics, and `chordd score` equals HF's log_softmax. A BF16 HF
+checkpoint and a sharded one (max_shard_size) load in chord with the right logits.
+
+relative error = max|chord - torch| / max|torch|, per tensor.
+usage: model_reference.py --refdump PATH --chordd PATH [--keep DIR] [--only NAME]
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file
+from transformers import (LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM,
+                          Qwen3Config, Qwen3ForCausalLM)
+
+torch.set_num_threads(2)
+ARCH = {
+    "llama": (LlamaConfig, LlamaForCausalLM),
+    "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+    "qwen3": (Qwen3Config, Qwen3ForCausalLM),
+}
+
+# Odd sizes on purpose: hidden 48 with head_dim 12, intermediate 100, vocab 257 ...
+CONFIGS = [
+    dict(name="qwen2_gqa_qkvbias_tied", arch="qwen2",
+         cfg=dict(vocab_size=257, hidden_size=48, intermediate_size=100, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=12,
+                  tie_word_embeddings=True, rope_theta=10000.0)),
+    dict(name="qwen2_mha_untied_chunked", arch="qwen2", logits_budget_bytes=5 * 301 * 4,
+         adamw=True,
+         cfg=dict(vocab_size=301, hidden_size=40, intermediate_size=72, num_hidden_layers=2,
+                  num_attention_heads=5, num_key_value_heads=5, head_dim=8,
+                  tie_word_embeddings=False, rope_theta=1000000.0, rms_norm_eps=1e-5)),
+    dict(name="llama_mha_untied", arch="llama",
+         cfg=dict(vocab_size=263, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+                  num_attention_heads=4, num_key_value_heads=4, head_dim=16,
+                  tie_word_embeddings=False, rope_theta=10000.0, rms_norm_eps=1e-5)),
+    dict(name="llama_gqa_attnbias_mlpbias_tied_llama3rope", arch="llama",
+         cfg=dict(vocab_size=250, hidden_size=48, intermediate_size=100, num_hidden_layers=2,
+                  num_attention_heads=6, num_key_value_heads=2, head_dim=8,
+                  tie_word_embeddings=True, attention_bias=True, mlp_bias=True,
+                  max_position_embeddings=64,
+                  rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                "high_freq_factor": 4.0, "original_max_position_embeddings": 16},
+                  rope_theta=500000.0)),
+    dict(name="qwen3_qknorm_gqa_untied", arch="qwen3",
+         cfg=dict(vocab_size=257, hidden_size=48, intermediate_size=100, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=12,
+                  tie_word_embeddings=False, rope_theta=1000000.0)),
+    dict(name="qwen3_qknorm_bias_tied_headdim16", arch="qwen3",
+         cfg=dict(vocab_size=199, hidden_size=48, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=6, num_key_value_heads=1, head_dim=16,
+                  tie_word_embeddings=True, attention_bias=True, rope_theta=10000.0)),
+]
+
+SEQ_LENS = [13, 7, 22, 1 + 4]  # packed, different lengths
+TOL_LOGITS, TOL_GRAD, TOL_DECODE = 1e-4, 1e-3, 1e-4
+
+failures = []
+
+
+def rel_err(a, b):
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        return float("inf")
+    scale = np.max(np.abs(b)) if b.size else 0.0
+    diff = np.max(np.abs(a - b)) if b.size else 0.0
+    return diff / scale if scale > 0 else diff
+
+
+def check(what, a, b, tol):
+    e = rel_err(a, b)
+    ok = e <= tol
+    if not ok:
+        failures.append(f"{what}: relative error {e:.3e} > {tol:.0e}")
+    return e, ok
+
+
+def build_hf(spec, seed):
+    cfg_cls, model_cls = ARCH[spec["arch"]]
+    kwargs = dict(spec["cfg"])
+    kwargs.setdefault("initializer_range", 0.08)
+    cfg = cfg_cls(**kwargs)
+    cfg._attn_implementation = "eager"
+    torch.manual_seed(seed)
+    model = model_cls(cfg).float()
+    with torch.no_grad():  # make norms and biases non-trivial so their gradients matter
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1.0 + 0.3 * torch.randn_like(p))
+            elif name.endswith(".bias"):
+                p.copy_(0.1 * torch.randn_like(p))
+    return model
+
+
+def hf_forward(model, seqs):
+    """logits (N, V) of each sequence run separately, concatenated."""
+    return torch.cat([model(input_ids=torch.tensor([s])).logits[0] for s in seqs], 0)
+
+
+def make_batch(vocab, rng):
+    seqs = [rng.integers(0, vocab, size=n).tolist() for n in SEQ_LENS]
+    prefix = [max(1, n // 3) for n in SEQ_LENS]
+    prefix[-1] = len(seqs[-1])  # one sequence that is only prefilled
+    return seqs, prefix
+
+
+def targets_of(seqs):
+    t = []
+    for s in seqs:
+        t += s[1:] + [-1]
+    return np.array(t)
+
+
+def run(cmd, **kw):
+    r = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stderr}")
+    return r
+
+
+def refdump(args, model_dir, batch, work):
+    bpath = os.path.join(work, "batch.json")
+    with open(bpath, "w") as f:
+        json.dump(batch, f)
+    out = os.path.join(work, "out.safetensors")
+    run([args.refdump, "--model", model_dir, "--batch", bpath, "--out", out, "--threads", "2"])
+    return load_file(out)
+
+
+def compare_model(args, name, model, model_dir, work, seqs, prefix, extra=None, full=True):
+    """Runs chord_refdump on model_dir and compares with `model` (HF, fp32). Returns a summary."""
+    batch = {"sequences": seqs, "prefix": prefix}
+    batch.update(extra or {})
+    d = refdump(args, model_dir, batch, work)
+    model.zero_grad(set_to_none=True)
+    logits = hf_forward(model, seqs)
+    tg = torch.tensor(targets_of(seqs))
+    mask = tg >= 0
+    logp_all = torch.log_softmax(logits, -1)
+    logp = torch.where(mask, logp_all.gather(1, tg.clamp(min=0)[:, None])[:, 0], 0.0)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    loss = -logp[mask].mean()
+    loss.backward()
+    res = {}
+    res["logits"] = check(f"{name}: logits", d["logits"], logits.detach().numpy(), TOL_LOGITS)[0]
+    if not full:
+        return res
+    res["logp"] = check(f"{name}: logp", d["logp"], logp.detach().numpy(), TOL_LOGITS)[0]
+    res["entropy"] = check(f"{name}: entropy", d["entropy"], entropy.detach().numpy(),
+                           TOL_LOGITS)[0]
+    res["loss"] = check(f"{name}: loss", d["loss"], loss.detach().numpy().reshape(1), TOL_GRAD)[0]
+
+    # every parameter gradient, by Hugging Face name (tied: lm_head's gradient is in embed_tokens)
+    hf_params = dict(model.named_parameters())
+    chord_grads = {k[5:]: v for k, v in d.items() if k.startswith("grad.")}
+    if set(chord_grads) != set(hf_params):
+        failures.append(f"{name}: gradient names differ: chord-only "
+                        f"{sorted(set(chord_grads) - set(hf_params))}, hf-only "
+                        f"{sorted(set(hf_params) - set(chord_grads))}")
+    worst, worst_name = 0.0, ""
+    for pname, p in hf_params.items():
+        if pname not in chord_grads:
+            continue
+        e, _ = check(f"{name}: grad {pname}", chord_grads[pname], p.grad.numpy(), TOL_GRAD)
+        if e >= worst:
+            worst, worst_name = e, pname
+    res["grad(worst)"] = worst
+    res["worst_grad"] = worst_name
+
+    # KV cache: rows for positions prefix-1 .. len-1 of each sequence
+    rows, off = [], 0
+    for s, p in zip(seqs, prefix):
+        rows += list(range(off + p - 1, off + len(s)))
+        off += len(s)
+    full_logits = logits.detach().numpy()
+    res["decode"] = check(f"{name}: decode logits", d["decode_logits"], full_logits[rows],
+                          TOL_DECODE)[0]
+    rows0 = list(range(prefix[0] - 1, len(seqs[0])))
+    res["decode(copied slot)"] = check(f"{name}: decode logits from a copied slot",
+                                       d["decode_copy_logits"], full_logits[rows0],
+                                       TOL_DECODE)[0]
+
+    if "adamw" in batch:
+        res.update(compare_adamw(name, model, seqs, batch["adamw"], d))
+    return res
+
+
+def compare_adamw(name, model, seqs, hp, d):
+    """Two AdamW steps on the batch's mean NLL: clip_grad_norm_ then AdamW, with weight decay on
+    matrices only; chord's parameters vs torch's, compared on the update (after - before)."""
+    before = {k: p.detach().clone() for k, p in model.named_parameters()}
+    params = list(model.named_parameters())
+    decay = [p for _, p in params if p.ndim == 2]
+    no_decay = [p for _, p in params if p.ndim != 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": hp["weight_decay"]},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=hp["lr"],
+                            betas=(hp["beta1"], hp["beta2"]), eps=hp["eps"])
+    tg = torch.tensor(targets_of(seqs))
+    mask = tg >= 0
+    norms = []
+    for _ in range(hp["steps"]):
+        opt.zero_grad(set_to_none=True)
+        lp = torch.log_softmax(hf_forward(model, seqs), -1)
+        loss = -lp.gather(1, tg.clamp(min=0)[:, None])[:, 0][mask].mean()
+        loss.backward()
+        norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), hp["grad_clip"])))
+        opt.step()
+    out = {}
+    out["grad_norms"] = check(f"{name}: adamw grad norms", d["grad_norms"], np.array(norms),
+                              TOL_GRAD)[0]
+    worst = 0.0
+    for k, p in model.named_parameters():
+        delta_t = (p.detach() - before[k]).numpy()
+        delta_c = d["adamw." + k] - before[k].numpy()
+        worst = max(worst, check(f"{name}: adamw update {k}", delta_c, delta_t, 1e-3)[0])
+    out["adamw update(worst)"] = worst
+    with torch.no_grad():  # restore, in case the model is used again
+        for k, p in model.named_parameters():
+            p.copy_(before[k])
+    return out
+
+
+def check_init_stats(name, path, spec_cfg):
+    """chordd init-model follows HF's init: normal(0, initializer_range), zero biases, unit
+    norms (checked on the saved tensors, whatever the RNG)."""
+    t = load_file(path)
+    std = spec_cfg["initializer_range"]
+    for k, v in t.items():
+        v = v.astype(np.float64)
+        if k.endswith("norm.weight"):
+            if not np.all(v == 1.0):
+                failures.append(f"{name}: {k} is not all ones")
+        elif k.endswith(".bias"):
+            if not np.all(v == 0.0):
+                failures.append(f"{name}: {k} is not all zeros")
+        elif v.size >= 2000:
+            s, mu = v.std(), v.mean()
+            if abs(s / std - 1) > 0.1 or abs(mu) > 0.1 * std:
+                failures.append(f"{name}: {k} has mean {mu:.4g} std {s:.4g}, want 0, {std}")
+
+
+def chord_to_hf(args, work):
+    """chordd init-model (f32, bf16) -> from_pretrained -> same log-probs as chordd score."""
+    rows = []
+    spec_cfg = {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "vocab_size": 257,
+                "hidden_size": 48, "intermediate_size": 100, "num_hidden_layers": 2,
+                "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 12,
+                "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "tie_word_embeddings": False,
+                "initializer_range": 0.05, "max_position_embeddings": 128,
+                "attention_bias": True}
+    cfgs = [("qwen3_untied", spec_cfg),
+            ("qwen2_tied", {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2",
+                            "vocab_size": 301, "hidden_size": 40, "intermediate_size": 72,
+                            "num_hidden_layers": 2, "num_attention_heads": 5,
+                            "num_key_value_heads": 1, "rms_norm_eps": 1e-6,
+                            "rope_theta": 10000.0, "tie_word_embeddings": True,
+                            "initializer_range": 0.05, "max_position_embeddings": 128})]
+    rng = np.random.default_rng(5)
+    for cname, cfg in cfgs:
+        cpath = os.path.join(work, f"{cname}.config.json")
+        with open(cpath, "w") as f:
+            json.dump(cfg, f)
+        for dtype in ("f32", "bf16"):
+            name = f"init-model {cname} {dtype}"
+            out = os.path.join(work, f"{cname}_{dtype}")
+            run([args.chordd, "init-model", "--config", cpath, "--seed", "7", "--out", out,
+                 "--dtype", dtype])
+            check_init_stats(name, os.path.join(out, "model.safetensors"), cfg)
+            cls = {"qwen3": Qwen3ForCausalLM, "qwen2": Qwen2ForCausalLM}[cfg["model_type"]]
+            model, info = cls.from_pretrained(out, dtype=torch.float32,
+                                              attn_implementation="eager",
+                                              output_loading_info=True)
+            bad = {k: v for k, v in info.items() if v and k in
+                   ("missing_keys", "unexpected_keys", "mismatched_keys")}
+            if bad:
+                failures.append(f"{name}: from_pretrained reports {bad}")
+            seqs = [rng.integers(0, cfg["vocab_size"], size=n).tolist() for n in (9, 2, 17)]
+            r = run([args.chordd, "score", "--model", out, "--threads", "2"],
+                    input="".join(json.dumps(s) + "\n" for s in seqs))
+            got = [json.loads(line) for line in r.stdout.splitlines()]
+            worst = 0.0
+            with torch.no_grad():
+                for s, g in zip(seqs, got):
+                    lp = torch.log_softmax(model(input_ids=torch.tensor([s])).logits[0], -1)
+                    want = lp[torch.arange(len(s) - 1), torch.tensor(s[1:])].numpy()
+                    worst = max(worst, check(f"{name}: score", np.array(g), want, TOL_LOGITS)[0])
+            if len(got) != len(seqs):
+                failures.append(f"{name}: score printed {len(got)} lines for {len(seqs)}")
+            rows.append((name, {"score logp": worst}))
+    # bad input gets a clear error naming the line
+    r = subprocess.run([args.chordd, "score", "--model", os.path.join(work, "qwen2_tied_f32")],
+                       input="[1, 2, 3]\n[1, 99999]\n", capture_output=True, text=True)
+    if r.returncode == 0 or "line 2" not in r.stderr or "out of range" not in r.stderr:
+        failures.append(f"score with an out-of-range id: rc {r.returncode}, stderr {r.stderr!r}")
+    r = subprocess.run([args.chordd, "score", "--model", os.path.join(work, "qwen2_tied_f32")],
+                       input="[1, 2]\n\n{\"a\": 1}\n", capture_output=True, text=True)
+    if r.returncode == 0 or "line 3" not in r.stderr:
+        failures.append(f"score with a bad line: rc {r.returncode}, stderr {r.stderr!r}")
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--refdump", required=True)
+    ap.add_argument("--chordd", required=True)
+    ap.add_argument("--keep", help="keep the work directory here")
+    ap.add_argument("--only", help="run only configs whose name contains this")
+    args = ap.parse_args()
+    t0 = time.time()
+    work_root = args.keep or tempfile.mkdtemp(prefix="chord_model_ref_")
+    os.makedirs(work_root, exist_ok=True)
+    summary = []
+    for i, spec in enumerate(CONFIGS):
+        if args.only and args.only not in spec["name"]:
+            continue
+        work = os.path.join(work_root, spec["name"])
+        os.makedirs(work, exist_ok=True)
+        model = build_hf(spec, seed=100 + i)
+        mdir = os.path.join(work, "hf")
+        model.save_pretrained(mdir)
+        rng = np.random.default_rng(i)
+        seqs, prefix = make_batch(spec["cfg"]["vocab_size"], rng)
+        extra = {}
+        if "logits_budget_bytes" in spec:
+            extra["logits_budget_bytes"] = spec["logits_budget_bytes"]
+        if spec.get("adamw"):
+            extra["adamw"] = {"steps": 2, "lr": 1e-3, "beta1": 0.9, "beta2": 0.95, "eps": 1e-6,
+                              "weight_decay": 0.1, "grad_clip": 0.5}
+        summary.append((spec["name"], compare_model(args, spec["name"], model, mdir, work, seqs,
+                                                    prefix, extra)))
+        if i == 0:
+            # a BF16 checkpoint written by HF: chord must match HF running those bf16 weights
+            bdir = os.path.join(work, "hf_bf16")
+            model.to(torch.bfloat16).save_pretrained(bdir)
+            model.float()
+            ref = type(model).from_pretrained(bdir, dtype=torch.float32,
+                                              attn_implementation="eager")
+            summary.append((spec["name"] + " (HF bf16 checkpoint)",
+                            compare_model(args, spec["name"] + " bf16", ref, bdir, work, seqs,
+                                          prefix, full=False)))
+        if i == 2:
+            # a sharded checkpoint written by HF
+            sdir = os.path.join(work, "hf_sharded")
+            model.save_pretrained(sdir, max_shard_size="60KB")
+            shards = [f for f in os.listdir(sdir) if f.endswith(".safetensors")]
+            if len(shards) < 2 or not os.path.exists(
+                    os.path.join(sdir, "model.safetensors.index.json")):
+                failures.append(f"sharded save produced {shards}")
+            summary.append((spec["name"] + f" (HF sharded, {len(shards)} shards)",
+                            compare_model(args, spec["name"] + " sharded", model, sdir, work,
+                                          seqs, prefix, full=False)))
+    if not args.only:
+        summary += chord_to_hf(args, work_root)
+
+    for name, res in summary:
+        cols = ", ".join(f"{k} {v:.1e}" if isinstance(v, float) else f"{k} {v}"
+                         for k, v in res.items())
+        print(f"{name}: {cols}")
+    print(f"tolerances: logits/logp/entropy {TOL_LOGITS:.0e}, loss/grads {TOL_GRAD:.0e}, "
+          f"decode {TOL_DECODE:.0e}; {time.time() - t0:.1f}s")
+    if failures:
+        print(f"FAILED ({len(failures)}):")
+        for f in failures[:40]:
+            print("  " + f)
+        return 1
+    print("OK")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
