@@ -1,0 +1,629 @@
+/* reward.c — verifier configuration (the job's "reward" object) and the local verifiers:
+ * math_boxed, exact, contains and regex. The webhook verifier lives in reward_webhook.c.
+ *
+ * What each verifier does, field by field, is documented in docs/rewards.md. This file does not
+ * store results or compute metrics; the trainer gets a reward_result per sample and decides. */
+#include <ctype.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "server/train/mathnorm.h"
+#include "server/train/reward_internal.h"
+
+#define REGEX_MAX_PATTERN 4096
+#define REGEX_DEFAULT_MATCH_LIMIT 1000000u
+#define REGEX_DEFAULT_DEPTH_LIMIT 10000u
+#define REGEX_DEFAULT_HEAP_LIMIT_KIB 20000u
+
+static const char *const reason_names[REWARD_REASON_COUNT] = {"correct", "wrong", "no_answer",
+                                                              "format",  "error", "timeout"};
+static const char *const type_names[] = {"math_boxed", "exact", "contains", "regex", "webhook"};
+
+const char *reward_reason_name(reward_reason reason) {
+    return (unsigned)reason < REWARD_REASON_COUNT ? reason_names[reason] : "unknown";
+}
+
+int reward_reason_parse(const char *name, reward_reason *reason) {
+    for (int i = 0; i < REWARD_REASON_COUNT; i++) {
+        if (strcmp(name, reason_names[i]) == 0) {
+            *reason = (reward_reason)i;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+const char *reward_type_name(reward_type type) {
+    return (unsigned)type < sizeof type_names / sizeof type_names[0] ? type_names[type]
+                                                                      : "unknown";
+}
+
+reward_type reward_verifier_type(const reward_verifier *verifier) { return verifier->type; }
+
+/* ---- text helpers ---- */
+
+/* Length of the valid UTF-8 sequence at s (at most n bytes), 0 when invalid. */
+static size_t utf8_seq_len(const unsigned char *s, size_t n) {
+    unsigned char c = s[0];
+    size_t len;
+    unsigned cp;
+    if (c < 0x80) return 1;
+    if (c >= 0xC2 && c <= 0xDF) len = 2, cp = c & 0x1F;
+    else if (c >= 0xE0 && c <= 0xEF) len = 3, cp = c & 0x0F;
+    else if (c >= 0xF0 && c <= 0xF4) len = 4, cp = c & 0x07;
+    else return 0;
+    if (len > n) return 0;
+    for (size_t i = 1; i < len; i++) {
+        if ((s[i] & 0xC0) != 0x80) return 0;
+        cp = (cp << 6) | (s[i] & 0x3F);
+    }
+    if ((len == 3 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) ||
+        (len == 4 && (cp < 0x10000 || cp > 0x10FFFF)))
+        return 0;
+    return len;
+}
+
+char *reward_utf8_sanitize(const char *src, size_t n) {
+    char *out = malloc(3 * n + 1); /* each invalid byte may become 3 bytes */
+    if (!out) return NULL;
+    size_t w = 0;
+    const unsigned char *s = (const unsigned char *)src;
+    for (size_t i = 0; i < n;) {
+        size_t k = utf8_seq_len(s + i, n - i);
+        if (k == 0 || (k == 1 && s[i] == 0)) {
+            memcpy(out + w, "\xEF\xBF\xBD", 3);
+            w += 3;
+            i++;
+            continue;
+        }
+        memcpy(out + w, s + i, k);
+        w += k;
+        i += k;
+    }
+    out[w] = '\0';
+    return out;
+}
+
+void reward_set(reward_result *r, double reward, reward_reason reason, bool correct,
+                const char *fmt, ...) {
+    r->reward = reward;
+    r->reason = reason;
+    r->correct = correct;
+    char tmp[4 * REWARD_DETAIL_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(tmp, sizeof tmp, fmt, ap);
+    va_end(ap);
+    /* copy whole valid UTF-8 characters, control characters as spaces, invalid bytes as '?' */
+    const unsigned char *s = (const unsigned char *)tmp;
+    size_t n = strlen(tmp), w = 0;
+    for (size_t i = 0; i < n;) {
+        size_t k = utf8_seq_len(s + i, n - i);
+        if (w + (k ? k : 1) + 1 > REWARD_DETAIL_MAX) break;
+        if (k == 0) {
+            r->detail[w++] = '?';
+            i++;
+        } else if (k == 1) {
+            r->detail[w++] = (char)(s[i] < 0x20 || s[i] == 0x7F ? ' ' : s[i]);
+            i++;
+        } else {
+            memcpy(r->detail + w, s + i, k);
+            w += k;
+            i += k;
+        }
+    }
+    r->detail[w] = '\0';
+}
+
+static const char *skip_space(const char *s) {
+    while (*s && isspace((unsigned char)*s)) s++;
+    return s;
+}
+
+/* Length of s without trailing whitespace. */
+static size_t trimmed_len(const char *s) {
+    size_t n = strlen(s);
+    while (n > 0 && isspace((unsigned char)s[n - 1])) n--;
+    return n;
+}
+
+/* At most max bytes of s, for details; the result is cut at a UTF-8 boundary by reward_set. */
+static int clip(size_t n, int max) { return n > (size_t)max ? max : (int)n; }
+
+static bool bytes_equal(const char *a, size_t an, const char *b, size_t bn, bool ignore_case) {
+    if (an != bn) return false;
+    return ignore_case ? strncasecmp(a, b, an) == 0 : memcmp(a, b, an) == 0;
+}
+
+/* ---- configuration ---- */
+
+static int check_fields(const json_t *cfg, const char *type, const char *const *allowed,
+                        chord_err *err) {
+    const char *key;
+    json_t *value;
+    json_object_foreach((json_t *)cfg, key, value) {
+        bool ok = false;
+        for (size_t i = 0; allowed[i] && !ok; i++) ok = strcmp(key, allowed[i]) == 0;
+        if (!ok) {
+            char list[256] = "";
+            size_t w = 0;
+            for (size_t i = 0; allowed[i] && w < sizeof list; i++)
+                w += (size_t)snprintf(list + w, sizeof list - w, "%s%s", i ? ", " : "", allowed[i]);
+            return chord_err_set(err, "reward.%s: unknown field for type \"%s\" (allowed: %s)",
+                                 key, type, list);
+        }
+    }
+    return 0;
+}
+
+static int get_bool(const json_t *cfg, const char *key, bool *out, chord_err *err) {
+    json_t *v = json_object_get(cfg, key);
+    if (!v) return 0;
+    if (!json_is_boolean(v)) return chord_err_set(err, "reward.%s: expected true or false", key);
+    *out = json_is_true(v);
+    return 0;
+}
+
+/* A finite number in [lo, hi]; *present tells whether it was given (null counts as absent when
+ * null_ok). */
+static int get_number(const json_t *cfg, const char *key, double lo, double hi, bool null_ok,
+                      double *out, bool *present, chord_err *err) {
+    json_t *v = json_object_get(cfg, key);
+    if (present) *present = false;
+    if (!v || (null_ok && json_is_null(v))) return 0;
+    if (!json_is_number(v))
+        return chord_err_set(err, "reward.%s: expected a number%s", key, null_ok ? " or null" : "");
+    double x = json_number_value(v);
+    if (!isfinite(x) || x < lo || x > hi)
+        return chord_err_set(err, "reward.%s: %g is out of range [%g, %g]", key, x, lo, hi);
+    *out = x;
+    if (present) *present = true;
+    return 0;
+}
+
+static int get_int(const json_t *cfg, const char *key, long long lo, long long hi, long long *out,
+                   chord_err *err) {
+    json_t *v = json_object_get(cfg, key);
+    if (!v) return 0;
+    if (!json_is_integer(v)) return chord_err_set(err, "reward.%s: expected an integer", key);
+    long long x = json_integer_value(v);
+    if (x < lo || x > hi)
+        return chord_err_set(err, "reward.%s: %lld is out of range [%lld, %lld]", key, x, lo, hi);
+    *out = x;
+    return 0;
+}
+
+/* Replaces every "{answer}" in pattern by the answer with each ASCII punctuation byte escaped,
+ * so the answer matches literally. */
+static char *substitute_answer(const char *pattern, const char *answer) {
+    size_t an = strlen(answer), count = 0;
+    for (const char *p = pattern; (p = strstr(p, "{answer}")) != NULL; p += 8) count++;
+    size_t cap = strlen(pattern) + count * 2 * an + 1;
+    char *out = malloc(cap), *w = out;
+    if (!out) return NULL;
+    for (const char *p = pattern;;) {
+        const char *hit = strstr(p, "{answer}");
+        size_t k = hit ? (size_t)(hit - p) : strlen(p);
+        memcpy(w, p, k);
+        w += k;
+        if (!hit) break;
+        for (size_t i = 0; i < an; i++) {
+            unsigned char c = (unsigned char)answer[i];
+            if (c < 0x80 && !isalnum(c)) *w++ = '\\';
+            *w++ = (char)c;
+        }
+        p = hit + 8;
+    }
+    *w = '\0';
+    return out;
+}
+
+static pcre2_code *regex_compile(const reward_verifier *v, const char *pattern, char *msg,
+                                 size_t msg_cap) {
+    int code;
+    PCRE2_SIZE offset;
+    uint32_t opts = PCRE2_UTF | PCRE2_MATCH_INVALID_UTF | (v->ignore_case ? PCRE2_CASELESS : 0);
+    pcre2_code *re = pcre2_compile((PCRE2_SPTR)pattern, PCRE2_ZERO_TERMINATED, opts, &code,
+                                   &offset, NULL);
+    if (!re) {
+        PCRE2_UCHAR buf[256];
+        pcre2_get_error_message(code, buf, sizeof buf);
+        snprintf(msg, msg_cap, "%s at offset %zu", (char *)buf, (size_t)offset);
+    }
+    return re;
+}
+
+static int parse_regex(reward_verifier *v, const json_t *cfg, chord_err *err) {
+    json_t *p = json_object_get(cfg, "pattern");
+    if (!p) return chord_err_set(err, "reward.pattern: required for type \"regex\"");
+    if (!json_is_string(p)) return chord_err_set(err, "reward.pattern: expected a string");
+    size_t n = json_string_length(p);
+    if (n == 0) return chord_err_set(err, "reward.pattern: must not be empty");
+    if (n > REGEX_MAX_PATTERN)
+        return chord_err_set(err, "reward.pattern: longer than %d bytes", REGEX_MAX_PATTERN);
+    if (strlen(json_string_value(p)) != n)
+        return chord_err_set(err, "reward.pattern: contains a NUL byte");
+    v->pattern = strdup(json_string_value(p));
+    if (!v->pattern) return chord_err_setc(err, CHORD_E_INTERNAL, "reward.pattern: out of memory");
+    long long ml = REGEX_DEFAULT_MATCH_LIMIT, dl = REGEX_DEFAULT_DEPTH_LIMIT;
+    if (get_int(cfg, "match_limit", 1, 100000000, &ml, err) ||
+        get_int(cfg, "depth_limit", 1, 10000000, &dl, err))
+        return -1;
+    v->match_limit = (uint32_t)ml;
+    v->depth_limit = (uint32_t)dl;
+    v->heap_limit_kib = REGEX_DEFAULT_HEAP_LIMIT_KIB;
+    v->pattern_has_answer = strstr(v->pattern, "{answer}") != NULL;
+    /* Check the syntax now (with a stand-in answer when the pattern substitutes one). */
+    char *probe = v->pattern_has_answer ? substitute_answer(v->pattern, "0") : strdup(v->pattern);
+    if (!probe) return chord_err_setc(err, CHORD_E_INTERNAL, "reward.pattern: out of memory");
+    char msg[300];
+    pcre2_code *re = regex_compile(v, probe, msg, sizeof msg);
+    free(probe);
+    if (!re) return chord_err_set(err, "reward.pattern: %s", msg);
+    if (pcre2_pattern_info(re, PCRE2_INFO_CAPTURECOUNT, &v->capture_count) != 0)
+        v->capture_count = 0;
+    if (v->pattern_has_answer) pcre2_code_free(re);
+    else v->code = re;
+    v->match_ctx = pcre2_match_context_create(NULL);
+    if (!v->match_ctx) return chord_err_setc(err, CHORD_E_INTERNAL, "reward: out of memory");
+    pcre2_set_match_limit(v->match_ctx, v->match_limit);
+    pcre2_set_depth_limit(v->match_ctx, v->depth_limit);
+    pcre2_set_heap_limit(v->match_ctx, v->heap_limit_kib);
+    return 0;
+}
+
+static bool header_name_ok(const char *s) {
+    if (!*s) return false;
+    for (; *s; s++)
+        if (!(isalnum((unsigned char)*s) || strchr("!#$%&'*+-.^_`|~", *s))) return false;
+    return true;
+}
+
+static int parse_webhook(reward_verifier *v, const json_t *cfg, chord_err *err) {
+    json_t *u = json_object_get(cfg, "url");
+    if (!u) return chord_err_set(err, "reward.url: required for type \"webhook\"");
+    if (!json_is_string(u)) return chord_err_set(err, "reward.url: expected a string");
+    const char *url = json_string_value(u);
+    size_t n = json_string_length(u);
+    if (strlen(url) != n || n > 2048)
+        return chord_err_set(err, "reward.url: must be at most 2048 bytes with no NUL");
+    if (strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0)
+        return chord_err_set(err, "reward.url: must start with http:// or https://");
+    for (const char *p = url; *p; p++)
+        if ((unsigned char)*p <= 0x20 || *p == 0x7F)
+            return chord_err_set(err, "reward.url: contains whitespace or a control character");
+    long long timeout = 5000, retries = 2, conc = 16;
+    if (get_int(cfg, "timeout_ms", 1, 600000, &timeout, err) ||
+        get_int(cfg, "retries", 0, 10, &retries, err) ||
+        get_int(cfg, "max_concurrency", 1, 256, &conc, err))
+        return -1;
+    v->timeout_ms = (long)timeout;
+    v->retries = (int)retries;
+    v->max_concurrency = (int)conc;
+    v->url = strdup(url);
+    if (!v->url) return chord_err_setc(err, CHORD_E_INTERNAL, "reward.url: out of memory");
+    struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
+    if (!h) return chord_err_setc(err, CHORD_E_INTERNAL, "reward.headers: out of memory");
+    v->headers = h;
+    json_t *hs = json_object_get(cfg, "headers");
+    if (hs && !json_is_null(hs)) {
+        if (!json_is_object(hs))
+            return chord_err_set(err, "reward.headers: expected an object of strings");
+        const char *key;
+        json_t *val;
+        json_object_foreach(hs, key, val) {
+            if (!header_name_ok(key))
+                return chord_err_set(err, "reward.headers.%s: not a valid header name", key);
+            if (!json_is_string(val))
+                return chord_err_set(err, "reward.headers.%s: expected a string", key);
+            const char *s = json_string_value(val);
+            if (strlen(s) != json_string_length(val) || strpbrk(s, "\r\n"))
+                return chord_err_set(err, "reward.headers.%s: contains CR, LF or NUL", key);
+            char line[4096];
+            if ((size_t)snprintf(line, sizeof line, "%s: %s", key, s) >= sizeof line)
+                return chord_err_set(err, "reward.headers.%s: too long", key);
+            h = curl_slist_append(v->headers, line);
+            if (!h) return chord_err_setc(err, CHORD_E_INTERNAL, "reward.headers: out of memory");
+            v->headers = h;
+        }
+    }
+    return reward_webhook_init(err);
+}
+
+int reward_verifier_new(const json_t *config, reward_verifier **out, chord_err *err) {
+    *out = NULL;
+    if (!config || !json_is_object(config))
+        return chord_err_set(err, "reward: expected an object such as {\"type\": \"math_boxed\"}");
+    json_t *t = json_object_get(config, "type");
+    if (!t) return chord_err_set(err, "reward.type: required (math_boxed, exact, contains, regex "
+                                      "or webhook)");
+    if (!json_is_string(t)) return chord_err_set(err, "reward.type: expected a string");
+    const char *type = json_string_value(t);
+    int ti = -1;
+    for (int i = 0; i < (int)(sizeof type_names / sizeof type_names[0]); i++)
+        if (strcmp(type, type_names[i]) == 0) ti = i;
+    if (ti < 0)
+        return chord_err_set(err, "reward.type: unknown verifier \"%s\" (math_boxed, exact, "
+                                  "contains, regex or webhook)", type);
+    static const char *const fields[][10] = {
+        [REWARD_MATH_BOXED] = {"type", "length_penalty", "think_format", "format_penalty", NULL},
+        [REWARD_EXACT] = {"type", "length_penalty", "ignore_case", NULL},
+        [REWARD_CONTAINS] = {"type", "length_penalty", "ignore_case", NULL},
+        [REWARD_REGEX] = {"type", "pattern", "length_penalty", "ignore_case", "match_limit",
+                          "depth_limit", NULL},
+        [REWARD_WEBHOOK] = {"type", "url", "timeout_ms", "retries", "max_concurrency", "headers",
+                            "length_penalty", NULL},
+    };
+    if (check_fields(config, type, fields[ti], err)) return -1;
+    reward_verifier *v = calloc(1, sizeof *v);
+    if (!v) return chord_err_setc(err, CHORD_E_INTERNAL, "reward: out of memory");
+    v->type = (reward_type)ti;
+    v->format_penalty = 0.1;
+    if (get_number(config, "length_penalty", -1e6, 1e6, true, &v->length_penalty,
+                   &v->has_length_penalty, err) ||
+        get_bool(config, "think_format", &v->think_format, err) ||
+        get_number(config, "format_penalty", 0, 1e6, false, &v->format_penalty, NULL, err) ||
+        get_bool(config, "ignore_case", &v->ignore_case, err))
+        goto fail;
+    if (v->type == REWARD_REGEX && parse_regex(v, config, err)) goto fail;
+    if (v->type == REWARD_WEBHOOK && parse_webhook(v, config, err)) goto fail;
+    *out = v;
+    return 0;
+fail:
+    reward_verifier_free(v);
+    return -1;
+}
+
+void reward_verifier_free(reward_verifier *v) {
+    if (!v) return;
+    free(v->pattern);
+    pcre2_code_free(v->code);
+    pcre2_match_context_free(v->match_ctx);
+    free(v->url);
+    curl_slist_free_all(v->headers);
+    free(v);
+}
+
+/* ---- math_boxed ---- */
+
+/* The <think>...</think> structure: exactly one "<think>" before exactly one "</think>" in the
+ * response (Trinity-RFT's validate_think_pattern); when the prompt already ends with "<think>"
+ * (Qwen3 / DeepSeek-R1 templates open it for the model), the response must close it exactly once
+ * and not open another. */
+static bool think_ok(const char *prompt, const char *completion) {
+    size_t opens = 0, closes = 0;
+    const char *first_open = NULL, *first_close = NULL;
+    for (const char *p = completion; (p = strstr(p, "<think>")) != NULL; p += 7)
+        if (opens++ == 0) first_open = p;
+    for (const char *p = completion; (p = strstr(p, "</think>")) != NULL; p += 8)
+        if (closes++ == 0) first_close = p;
+    bool opened_by_prompt = false;
+    if (prompt) {
+        size_t n = trimmed_len(prompt);
+        opened_by_prompt = n >= 7 && memcmp(prompt + n - 7, "<think>", 7) == 0;
+    }
+    if (opened_by_prompt) return opens == 0 && closes == 1;
+    return opens == 1 && closes == 1 && first_open < first_close;
+}
+
+static void score_math(const reward_verifier *v, const char *prompt, const char *completion,
+                       const char *answer, bool truncated, reward_result *r) {
+    const char *box;
+    size_t blen;
+    bool found = mathnorm_last_boxed(completion, &box, &blen);
+    if (found) {
+        while (blen > 0 && isspace((unsigned char)*box)) box++, blen--;
+        while (blen > 0 && isspace((unsigned char)box[blen - 1])) blen--;
+    }
+    if (!found || blen == 0) {
+        if (truncated && v->has_length_penalty) {
+            reward_set(r, v->length_penalty, REWARD_REASON_NO_ANSWER, false,
+                       "truncated without a \\boxed{} answer: length penalty");
+            return;
+        }
+        reward_set(r, 0.0, REWARD_REASON_NO_ANSWER, false, "%s",
+                   found ? "empty \\boxed{}" : "no \\boxed{} answer in the response");
+    } else if (blen > MATHNORM_MAX_LEN) {
+        reward_set(r, 0.0, REWARD_REASON_ERROR, false,
+                   "boxed answer is %zu bytes, over the %d-byte verifier cap", blen,
+                   MATHNORM_MAX_LEN);
+        return;
+    } else {
+        char *pred = strndup(box, blen);
+        mathnorm_verdict verdict = pred ? mathnorm_equiv(answer, pred) : MATHNORM_NOMEM;
+        free(pred);
+        if (verdict == MATHNORM_TOO_LONG) {
+            reward_set(r, 0.0, REWARD_REASON_ERROR, false,
+                       "answer over the %d-byte verifier cap", MATHNORM_MAX_LEN);
+            return;
+        }
+        if (verdict == MATHNORM_NOMEM) {
+            reward_set(r, 0.0, REWARD_REASON_ERROR, false, "out of memory while normalising");
+            return;
+        }
+        if (verdict == MATHNORM_EQUAL)
+            reward_set(r, 1.0, REWARD_REASON_CORRECT, true, "boxed %.*s", clip(blen, 120), box);
+        else
+            reward_set(r, 0.0, REWARD_REASON_WRONG, false, "boxed %.*s, expected %.*s",
+                       clip(blen, 70), box, clip(strlen(answer), 70), answer);
+    }
+    if (v->think_format && !think_ok(prompt, completion)) {
+        char detail[REWARD_DETAIL_MAX];
+        snprintf(detail, sizeof detail, "%s", r->detail);
+        reward_set(r, r->reward - v->format_penalty, REWARD_REASON_FORMAT, r->correct,
+                   "bad <think></think> structure (answer %s: %s)",
+                   reward_reason_name(r->reason), detail);
+    }
+}
+
+/* ---- exact, contains ---- */
+
+static void score_exact(const reward_verifier *v, const char *completion, const char *answer,
+                        reward_result *r) {
+    const char *c = skip_space(completion), *a = skip_space(answer);
+    size_t cn = trimmed_len(c), an = trimmed_len(a);
+    if (cn == 0) {
+        reward_set(r, 0.0, REWARD_REASON_NO_ANSWER, false, "empty response");
+    } else if (bytes_equal(c, cn, a, an, v->ignore_case)) {
+        reward_set(r, 1.0, REWARD_REASON_CORRECT, true, "exact match");
+    } else {
+        reward_set(r, 0.0, REWARD_REASON_WRONG, false, "got %.*s, expected %.*s", clip(cn, 60), c,
+                   clip(an, 60), a);
+    }
+}
+
+static void score_contains(const reward_verifier *v, const char *completion, const char *answer,
+                           reward_result *r) {
+    const char *a = skip_space(answer);
+    size_t an = trimmed_len(a);
+    if (an == 0) {
+        reward_set(r, 0.0, REWARD_REASON_ERROR, false, "the reference answer is empty");
+        return;
+    }
+    if (*skip_space(completion) == '\0') {
+        reward_set(r, 0.0, REWARD_REASON_NO_ANSWER, false, "empty response");
+        return;
+    }
+    char *needle = strndup(a, an);
+    if (!needle) {
+        reward_set(r, 0.0, REWARD_REASON_ERROR, false, "out of memory");
+        return;
+    }
+    bool hit = v->ignore_case ? strcasestr(completion, needle) != NULL
+                              : strstr(completion, needle) != NULL;
+    if (hit) reward_set(r, 1.0, REWARD_REASON_CORRECT, true, "response contains %.*s", clip(an, 100), a);
+    else reward_set(r, 0.0, REWARD_REASON_WRONG, false, "response lacks %.*s", clip(an, 100), a);
+    free(needle);
+}
+
+/* ---- regex ---- */
+
+static void score_regex(const reward_verifier *v, const char *completion, const char *answer,
+                        reward_result *r) {
+    pcre2_code *re = v->code, *owned = NULL;
+    if (v->pattern_has_answer) {
+        char *pat = substitute_answer(v->pattern, answer);
+        char msg[300];
+        owned = pat ? regex_compile(v, pat, msg, sizeof msg) : NULL;
+        if (!owned) {
+            reward_set(r, 0.0, REWARD_REASON_ERROR, false, "pattern with the answer: %s",
+                       pat ? msg : "out of memory");
+            free(pat);
+            return;
+        }
+        free(pat);
+        re = owned;
+    }
+    pcre2_match_data *md = pcre2_match_data_create_from_pattern(re, NULL);
+    if (!md) {
+        reward_set(r, 0.0, REWARD_REASON_ERROR, false, "out of memory");
+        pcre2_code_free(owned);
+        return;
+    }
+    int rc = pcre2_match(re, (PCRE2_SPTR)completion, strlen(completion), 0, 0, md, v->match_ctx);
+    bool extract = !v->pattern_has_answer && v->capture_count > 0;
+    if (rc == PCRE2_ERROR_MATCHLIMIT || rc == PCRE2_ERROR_DEPTHLIMIT ||
+        rc == PCRE2_ERROR_HEAPLIMIT) {
+        reward_set(r, 0.0, REWARD_REASON_TIMEOUT, false,
+                   "regex exceeded its match budget (match_limit %u, depth_limit %u)",
+                   v->match_limit, v->depth_limit);
+    } else if (rc == PCRE2_ERROR_NOMATCH) {
+        if (extract) reward_set(r, 0.0, REWARD_REASON_NO_ANSWER, false, "pattern did not match");
+        else reward_set(r, 0.0, REWARD_REASON_WRONG, false, "pattern did not match");
+    } else if (rc < 0) {
+        PCRE2_UCHAR buf[200];
+        pcre2_get_error_message(rc, buf, sizeof buf);
+        reward_set(r, 0.0, REWARD_REASON_ERROR, false, "regex match failed: %s", (char *)buf);
+    } else if (!extract) {
+        reward_set(r, 1.0, REWARD_REASON_CORRECT, true, "pattern matched");
+    } else {
+        PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
+        if (rc < 2 || ov[2] == PCRE2_UNSET) {
+            reward_set(r, 0.0, REWARD_REASON_NO_ANSWER, false, "capture group 1 is empty");
+        } else {
+            const char *g = completion + ov[2];
+            size_t gn = ov[3] - ov[2];
+            while (gn > 0 && isspace((unsigned char)*g)) g++, gn--;
+            while (gn > 0 && isspace((unsigned char)g[gn - 1])) gn--;
+            const char *a = skip_space(answer);
+            size_t an = trimmed_len(a);
+            if (bytes_equal(g, gn, a, an, v->ignore_case))
+                reward_set(r, 1.0, REWARD_REASON_CORRECT, true, "captured %.*s", clip(gn, 100), g);
+            else
+                reward_set(r, 0.0, REWARD_REASON_WRONG, false, "captured %.*s, expected %.*s",
+                           clip(gn, 60), g, clip(an, 60), a);
+        }
+    }
+    pcre2_match_data_free(md);
+    pcre2_code_free(owned);
+}
+
+/* ---- dispatch ---- */
+
+static bool needs_answer(const reward_verifier *v) {
+    switch (v->type) {
+    case REWARD_REGEX: return v->pattern_has_answer || v->capture_count > 0;
+    case REWARD_WEBHOOK: return false;
+    default: return true;
+    }
+}
+
+/* Scores one sample with a local (non-webhook) verifier. */
+static void score_local(const reward_verifier *v, const reward_sample *s, reward_result *r) {
+    if (!s->completion) {
+        reward_set(r, 0.0, REWARD_REASON_ERROR, false, "sample has no completion");
+        return;
+    }
+    if (needs_answer(v) && (!s->answer || *skip_space(s->answer) == '\0')) {
+        reward_set(r, 0.0, REWARD_REASON_ERROR, false, "sample has no reference answer");
+        return;
+    }
+    switch (v->type) {
+    case REWARD_MATH_BOXED: score_math(v, s->prompt, s->completion, s->answer, s->truncated, r); break;
+    case REWARD_EXACT: score_exact(v, s->completion, s->answer, r); break;
+    case REWARD_CONTAINS: score_contains(v, s->completion, s->answer, r); break;
+    case REWARD_REGEX: score_regex(v, s->completion, s->answer ? s->answer : "", r); break;
+    default: reward_set(r, 0.0, REWARD_REASON_ERROR, false, "not a local verifier"); return;
+    }
+    /* The length penalty for every verifier with a no_answer outcome (math_boxed sets its own). */
+    if (v->type != REWARD_MATH_BOXED && r->reason == REWARD_REASON_NO_ANSWER && s->truncated &&
+        v->has_length_penalty) {
+        char detail[REWARD_DETAIL_MAX];
+        snprintf(detail, sizeof detail, "%s", r->detail);
+        reward_set(r, v->length_penalty, REWARD_REASON_NO_ANSWER, false,
+                   "truncated without an answer: length penalty (%s)", detail);
+    }
+}
+
+int reward_score(const reward_verifier *verifier, const char *prompt, const char *completion,
+                 const char *answer, bool truncated, reward_result *result) {
+    if (!result) return -1;
+    if (!verifier) {
+        reward_set(result, 0.0, REWARD_REASON_ERROR, false, "no verifier");
+        return -1;
+    }
+    reward_sample s = {prompt, completion, answer, truncated};
+    if (verifier->type == REWARD_WEBHOOK) {
+        chord_err err = {0};
+        if (reward_webhook_batch(verifier, &s, 1, result, &err) != 0)
+            reward_set(result, 0.0, REWARD_REASON_ERROR, false, "%s", err.msg);
+        return 0;
+    }
+    score_local(verifier, &s, result);
+    return 0;
+}
+
+int reward_score_batch(const reward_verifier *verifier, const reward_sample *samples, size_t n,
+                       reward_result *results, chord_err *err) {
+    if (!verifier || (n > 0 && (!samples || !results)))
+        return chord_err_setc(err, CHORD_E_INTERNAL, "reward_score_batch: NULL argument");
+    if (verifier->type == REWARD_WEBHOOK) {
+        /* on failure every unfinished result is already `error` with the cause */
+        return reward_webhook_batch(verifier, samples, n, results, err);
+    }
+    for (size_t i = 0; i < n; i++) score_local(verifier, &samples[i], &results[i]);
+    return 0;
+}
