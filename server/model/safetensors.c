@@ -944,9 +944,10 @@ int st_writer_save_dir(st_writer *w, const char *dir, size_t max_shard_bytes, ch
         if (st_writer_save(w, path, err)) return -1;
         return remove_stale(dir, 0, err);
     }
-    /* transformers' split: walk the tensors in the order they were added and start a new shard
-     * when the next one would push the current one past the limit. A tensor bigger than the
-     * limit gets a shard of its own. */
+    /* huggingface_hub's split (split_state_dict_into_shards_factory), which save_pretrained
+     * uses: walk the tensors in the order they were added; a tensor bigger than the limit gets a
+     * shard of its own at once; otherwise start a new shard when the next tensor would push the
+     * current one past the limit. Shards are numbered in the order they are closed. */
     int *shard_of = malloc((size_t)w->n * sizeof *shard_of);
     st_wtensor **t = malloc((size_t)w->n * sizeof *t);
     if (!shard_of || !t) {
@@ -954,16 +955,38 @@ int st_writer_save_dir(st_writer *w, const char *dir, size_t max_shard_bytes, ch
         free(t);
         return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
     }
-    int n_shards = 0;
-    size_t cur = 0;
+    int n_shards = 0, first_open = -1; /* first tensor of the open shard */
+    size_t cur = 0, n_params = 0;
     for (int i = 0; i < w->n; i++) {
         size_t b = w->t[i].nbytes;
-        if (n_shards == 0 || (cur > 0 && cur + b > max_shard_bytes)) {
+        n_params += w->t[i].numel;
+        shard_of[i] = -1;
+        if (b > max_shard_bytes) {
+            shard_of[i] = n_shards++;
+            continue;
+        }
+        if (cur + b > max_shard_bytes) {
+            for (int j = first_open; j >= 0 && j < i; j++)
+                if (shard_of[j] == -2) shard_of[j] = n_shards;
             n_shards++;
             cur = 0;
+            first_open = -1;
         }
+        if (first_open < 0) first_open = i;
+        shard_of[i] = -2; /* in the open shard */
         cur += b;
-        shard_of[i] = n_shards - 1;
+    }
+    if (first_open >= 0) {
+        for (int j = first_open; j < w->n; j++)
+            if (shard_of[j] == -2) shard_of[j] = n_shards;
+        n_shards++;
+    }
+    if (n_shards <= 1) {
+        free(shard_of);
+        free(t);
+        snprintf(path, sizeof path, "%s/%s", dir, ST_SINGLE_NAME);
+        if (st_writer_save(w, path, err)) return -1;
+        return remove_stale(dir, 0, err);
     }
     int rc = 0;
     if (n_shards > 99999) rc = chord_err_set(err, "%s: %d shards, at most 99999", dir, n_shards);
@@ -984,9 +1007,11 @@ int st_writer_save_dir(st_writer *w, const char *dir, size_t max_shard_bytes, ch
     free(shard_of);
     free(t);
     if (rc == 0) {
-        /* transformers writes the weight_map sorted by name, metadata.total_size in bytes. */
-        json_t *index = json_pack("{s:{s:I},s:O}", "metadata", "total_size", (json_int_t)total,
-                                  "weight_map", wm);
+        /* transformers writes the weight_map sorted by name, metadata.total_size in bytes and
+         * total_parameters. */
+        json_t *index =
+            json_pack("{s:{s:I,s:I},s:O}", "metadata", "total_parameters", (json_int_t)n_params,
+                      "total_size", (json_int_t)total, "weight_map", wm);
         char *text = index ? json_dumps(index, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
         if (index) json_decref(index);
         if (!text) {
