@@ -80,7 +80,7 @@ static inline void shell_line(const char *cmd, char *out, size_t size) {
 
 /* SHA-256 of a file per coreutils' sha256sum (independent of OpenSSL). */
 static inline void sha256sum_file(const char *path, char out[65]) {
-    char cmd[1024], line[256];
+    char cmd[STORE_PATH_MAX + 64], line[256];
     snprintf(cmd, sizeof cmd, "sha256sum '%s'", path);
     shell_line(cmd, line, sizeof line);
     assert_true(strlen(line) >= 64);
@@ -95,7 +95,7 @@ static inline int path_exists(const char *path) {
 
 /* Number of entries (without . and ..) in a directory; -1 if it does not exist. */
 static inline int dir_entries(const char *path) {
-    char cmd[1024], line[64];
+    char cmd[2 * STORE_PATH_MAX + 128], line[64];
     snprintf(cmd, sizeof cmd, "if [ -d '%s' ]; then ls -A '%s' | wc -l; else echo -1; fi", path,
              path);
     shell_line(cmd, line, sizeof line);

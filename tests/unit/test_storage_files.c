@@ -1,0 +1,441 @@
+/* test_storage_files.c — the file stores of storage/: streamed dataset uploads (hash and line
+ * count checked against sha256sum(1) and wc(1), abort and failed commits leave nothing) and
+ * checkpoint directories (atomic commit verified with `sha256sum -c`, leftovers of interrupted
+ * writes removed on reopen — including a child process killed mid-checkpoint — keep-last-K). */
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "server/base/fileutil.h"
+#include "test_storage_util.h"
+
+/* ---- datasets ----------------------------------------------------------------------------- */
+
+/* n_lines JSONL lines with multi-byte UTF-8, the last one unterminated when !final_newline. */
+static char *make_jsonl(int n_lines, int final_newline, size_t *len) {
+    size_t cap = (size_t)n_lines * 96 + 16, k = 0;
+    char *buf = malloc(cap);
+    assert_non_null(buf);
+    for (int i = 0; i < n_lines; i++)
+        k += (size_t)snprintf(buf + k, cap - k,
+                              "{\"prompt\": \"Berechne %d × %d — é\", \"answer\": \"%d\"}%s", i,
+                              i + 1, i * (i + 1), (i + 1 < n_lines || final_newline) ? "\n" : "");
+    *len = k;
+    return buf;
+}
+
+static void upload_in_chunks(store *s, const char *name, const char *data, size_t len,
+                             store_dataset *out) {
+    chord_err err = {0};
+    store_upload *up = NULL;
+    assert_int_equal(store_dataset_upload_begin(s, name, STORE_DATASET_PROMPTS, &up, &err), 0);
+    /* Odd chunk sizes so lines straddle chunks. */
+    size_t sizes[] = {1, 7, 4096, 13, 100000, 3};
+    size_t off = 0;
+    for (int i = 0; off < len; i++) {
+        size_t take = sizes[i % 6];
+        if (take > len - off) take = len - off;
+        if (store_dataset_upload_write(up, data + off, take, &err)) fail_msg("%s", err.msg);
+        off += take;
+    }
+    assert_int_equal(store_dataset_upload_bytes(up), (int64_t)len);
+    if (store_dataset_upload_commit(up, out, &err)) fail_msg("%s", err.msg);
+}
+
+static void test_dataset_upload(void **state) {
+    (void)state;
+    char dir[256];
+    scratch_make(dir);
+    store *s = open_ok(dir);
+    chord_err err = {0};
+    for (int final_newline = 0; final_newline < 2; final_newline++) {
+        size_t len = 0;
+        char *data = make_jsonl(2000, final_newline, &len);
+        store_dataset d;
+        upload_in_chunks(s, "gsm-like", data, len, &d);
+        assert_memory_equal(d.id, "ds_", 3);
+        assert_string_equal(d.name, "gsm-like");
+        assert_int_equal(d.kind, STORE_DATASET_PROMPTS);
+        assert_int_equal(d.bytes, (int64_t)len);
+        assert_int_equal(d.line_count, 2000);
+
+        char want_path[512];
+        snprintf(want_path, sizeof want_path, "%s/datasets/%s.jsonl", dir, d.id);
+        char real_want[512];
+        assert_non_null(realpath(want_path, real_want));
+        assert_string_equal(d.path, real_want);
+        /* Independent checks of the file: bytes, sha256sum(1), wc -l. */
+        char *got = NULL;
+        size_t got_len = 0;
+        assert_int_equal(chord_read_file(d.path, &got, &got_len, &err), 0);
+        assert_int_equal(got_len, len);
+        assert_memory_equal(got, data, len);
+        free(got);
+        char sha[65];
+        sha256sum_file(d.path, sha);
+        assert_string_equal(d.sha256, sha);
+        char cmd[600], line[64];
+        snprintf(cmd, sizeof cmd, "wc -l < '%s'", d.path);
+        shell_line(cmd, line, sizeof line);
+        assert_int_equal(atoi(line) + (final_newline ? 0 : 1), 2000);
+
+        store_dataset again;
+        assert_int_equal(store_dataset_get(s, d.id, &again, &err), 0);
+        assert_string_equal(again.sha256, sha);
+        assert_int_equal(again.line_count, d.line_count);
+        store_dataset_free(&again);
+        store_dataset_free(&d);
+        free(data);
+    }
+    /* No temp file is left. */
+    char datasets[300];
+    snprintf(datasets, sizeof datasets, "%s/datasets", dir);
+    assert_int_equal(dir_entries(datasets), 2);
+
+    store_dataset *items = NULL;
+    size_t n = 0;
+    int64_t total = 0;
+    assert_int_equal(store_dataset_list(s, 1, 5, &items, &n, &total, &err), 0);
+    assert_int_equal(total, 2);
+    assert_int_equal(n, 1);
+    store_dataset_list_free(items, n);
+    store_close(s);
+    scratch_remove(dir);
+}
+
+static void test_dataset_abort_leaves_nothing(void **state) {
+    (void)state;
+    char dir[256], datasets[300];
+    scratch_make(dir);
+    snprintf(datasets, sizeof datasets, "%s/datasets", dir);
+    store *s = open_ok(dir);
+    chord_err err = {0};
+
+    store_upload *up = NULL;
+    assert_int_equal(store_dataset_upload_begin(s, "half", STORE_DATASET_EXPERT, &up, &err), 0);
+    assert_int_equal(store_dataset_upload_write(up, "{\"a\": 1}\n{\"a\":", 14, &err), 0);
+    assert_int_equal(dir_entries(datasets), 1); /* the .tmp, while it streams */
+    store_dataset_upload_abort(up);
+    assert_int_equal(dir_entries(datasets), 0);
+
+    /* An empty upload is refused at commit and leaves nothing either. */
+    assert_int_equal(store_dataset_upload_begin(s, "empty", STORE_DATASET_EVAL, &up, &err), 0);
+    assert_int_equal(store_dataset_upload_commit(up, NULL, &err), -1);
+    assert_int_equal(err.code, CHORD_E_INVALID);
+    assert_int_equal(dir_entries(datasets), 0);
+    chord_err_clear(&err);
+
+    assert_int_equal(store_dataset_upload_begin(s, "", STORE_DATASET_EVAL, &up, &err), -1);
+    assert_int_equal(err.code, CHORD_E_INVALID);
+    chord_err_clear(&err);
+    assert_int_equal(store_dataset_upload_begin(s, "x", (store_dataset_kind)9, &up, &err), -1);
+    assert_int_equal(err.code, CHORD_E_INVALID);
+    store_dataset_kind kind;
+    assert_int_equal(store_dataset_kind_parse("expert", &kind, &err), 0);
+    assert_int_equal(kind, STORE_DATASET_EXPERT);
+    assert_int_equal(store_dataset_kind_parse("sft", &kind, &err), -1);
+
+    sqlite3 *db = raw_open(dir);
+    assert_int_equal(raw_int(db, "SELECT count(*) FROM datasets"), 0);
+    sqlite3_close(db);
+    store_close(s);
+    scratch_remove(dir);
+}
+
+static void write_text(const char *path, const char *text) {
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    assert_int_equal(fclose(f), 0);
+}
+
+static void test_dataset_orphans_collected(void **state) {
+    (void)state;
+    char dir[256], path[400];
+    scratch_make(dir);
+    store *s = open_ok(dir);
+    chord_err err = {0};
+    store_dataset kept;
+    upload_in_chunks(s, "kept", "{}\n", 3, &kept);
+    store_close(s);
+    /* What a crash leaves: a temp (killed mid-upload) and a renamed file with no row (killed
+     * between rename and insert). Files that are not the store's are left alone. */
+    snprintf(path, sizeof path, "%s/datasets/ds_0123456789abcdef01234567.jsonl.tmp", dir);
+    write_text(path, "{}\n");
+    snprintf(path, sizeof path, "%s/datasets/ds_76543210fedcba9876543210.jsonl", dir);
+    write_text(path, "{}\n");
+    snprintf(path, sizeof path, "%s/datasets/README", dir);
+    write_text(path, "not ours\n");
+    s = open_ok(dir);
+    char datasets[300];
+    snprintf(datasets, sizeof datasets, "%s/datasets", dir);
+    assert_int_equal(dir_entries(datasets), 2); /* kept + README */
+    assert_true(path_exists(kept.path));
+    assert_true(path_exists(path));
+    store_dataset_free(&kept);
+    (void)err;
+    store_close(s);
+    scratch_remove(dir);
+}
+
+/* ---- checkpoints -------------------------------------------------------------------------- */
+
+/* Writes a small checkpoint (two files and a nested one) into tmp. */
+static void write_checkpoint_files(const char *tmp, int64_t step) {
+    char path[STORE_PATH_MAX + 32], text[128];
+    snprintf(path, sizeof path, "%s/model.safetensors", tmp);
+    snprintf(text, sizeof text, "weights of step %lld\n", (long long)step);
+    write_text(path, text);
+    snprintf(path, sizeof path, "%s/state.json", tmp);
+    write_text(path, "{\"rng\": 42, \"cursor\": 17}\n");
+    snprintf(path, sizeof path, "%s/optimizer", tmp);
+    assert_int_equal(mkdir(path, 0755), 0);
+    snprintf(path, sizeof path, "%s/optimizer/adam.bin", tmp);
+    write_text(path, "moments");
+}
+
+static void commit_checkpoint(store *s, const char *job, int64_t step, store_checkpoint *out) {
+    chord_err err = {0};
+    char tmp[STORE_PATH_MAX];
+    if (store_checkpoint_begin(s, job, step, tmp, &err)) fail_msg("%s", err.msg);
+    write_checkpoint_files(tmp, step);
+    if (store_checkpoint_commit(s, job, step, out, &err)) fail_msg("%s", err.msg);
+}
+
+static void test_checkpoint_commit(void **state) {
+    (void)state;
+    char dir[256];
+    scratch_make(dir);
+    store *s = open_ok(dir);
+    chord_err err = {0};
+    char job[STORE_ID_MAX];
+    make_running_job(s, "ckpt", job);
+
+    char tmp[STORE_PATH_MAX], final[STORE_PATH_MAX];
+    assert_int_equal(store_checkpoint_dir(s, job, 12, final, &err), 0);
+    assert_int_equal(store_checkpoint_begin(s, job, 12, tmp, &err), 0);
+    assert_true(strlen(tmp) > 4 && strcmp(tmp + strlen(tmp) - 4, ".tmp") == 0);
+    assert_memory_equal(tmp, final, strlen(final));
+    /* A second writer of the same step is refused while the first is in flight. */
+    char tmp2[STORE_PATH_MAX];
+    assert_int_equal(store_checkpoint_begin(s, job, 12, tmp2, &err), -1);
+    assert_int_equal(err.code, CHORD_E_CONFLICT);
+    chord_err_clear(&err);
+    write_checkpoint_files(tmp, 12);
+    assert_false(path_exists(final)); /* nothing visible before commit */
+    store_checkpoint c;
+    assert_int_equal(store_checkpoint_commit(s, job, 12, &c, &err), 0);
+    assert_false(path_exists(tmp));
+    assert_true(chord_is_dir(final));
+    assert_string_equal(c.path, final);
+    assert_string_equal(c.job_id, job);
+    assert_int_equal(c.step, 12);
+    assert_memory_equal(c.id, "ckpt_", 5);
+
+    /* The manifest verifies with coreutils, and the row's hash is the manifest's hash. */
+    char cmd[STORE_PATH_MAX + 128], line[256];
+    snprintf(cmd, sizeof cmd, "cd '%s' && sha256sum --strict -c SHA256SUMS | grep -c ': OK$'",
+             final);
+    shell_line(cmd, line, sizeof line);
+    assert_int_equal(atoi(line), 3);
+    char manifest[STORE_PATH_MAX + 16], sha[65];
+    snprintf(manifest, sizeof manifest, "%s/SHA256SUMS", final);
+    sha256sum_file(manifest, sha);
+    assert_string_equal(c.sha256, sha);
+    snprintf(
+        cmd, sizeof cmd,
+        "find '%s' -type f ! -name SHA256SUMS -printf '%%s\\n' | awk '{t += $1} END {print t}'",
+        final);
+    shell_line(cmd, line, sizeof line);
+    assert_int_equal(c.bytes, atoll(line));
+    store_checkpoint_free(&c);
+
+    /* Same step again: conflict, nothing changes on disk. */
+    assert_int_equal(store_checkpoint_begin(s, job, 12, tmp, &err), -1);
+    assert_int_equal(err.code, CHORD_E_CONFLICT);
+    chord_err_clear(&err);
+    assert_false(path_exists(tmp));
+    /* Commit without begin. */
+    assert_int_equal(store_checkpoint_commit(s, job, 13, NULL, &err), -1);
+    assert_int_equal(err.code, CHORD_E_INVALID);
+    chord_err_clear(&err);
+    /* Unknown job. */
+    assert_int_equal(store_checkpoint_begin(s, "job_000000000000000000000000", 1, tmp, &err), -1);
+    assert_int_equal(err.code, CHORD_E_NOT_FOUND);
+    chord_err_clear(&err);
+
+    /* Abort removes the temp directory and frees the step. */
+    assert_int_equal(store_checkpoint_begin(s, job, 14, tmp, &err), 0);
+    write_checkpoint_files(tmp, 14);
+    store_checkpoint_abort(s, job, 14);
+    assert_false(path_exists(tmp));
+    assert_int_equal(store_checkpoint_begin(s, job, 14, tmp, &err), 0);
+    store_checkpoint_abort(s, job, 14);
+
+    /* A symlink inside is refused, and the failed commit leaves nothing. */
+    assert_int_equal(store_checkpoint_begin(s, job, 15, tmp, &err), 0);
+    char link_path[STORE_PATH_MAX + 16];
+    snprintf(link_path, sizeof link_path, "%s/evil", tmp);
+    assert_int_equal(symlink("/etc/passwd", link_path), 0);
+    assert_int_equal(store_checkpoint_commit(s, job, 15, NULL, &err), -1);
+    assert_int_equal(err.code, CHORD_E_INVALID);
+    chord_err_clear(&err);
+    assert_false(path_exists(tmp));
+    assert_int_equal(store_checkpoint_dir(s, job, 15, final, &err), 0);
+    assert_false(path_exists(final));
+
+    sqlite3 *db = raw_open(dir);
+    assert_int_equal(raw_int(db, "SELECT count(*) FROM checkpoints"), 1);
+    sqlite3_close(db);
+    store_close(s);
+    scratch_remove(dir);
+}
+
+static void test_checkpoint_leftovers_removed_on_reopen(void **state) {
+    (void)state;
+    char dir[256];
+    scratch_make(dir);
+    store *s = open_ok(dir);
+    chord_err err = {0};
+    char job[STORE_ID_MAX];
+    make_running_job(s, "crashy", job);
+    store_checkpoint good;
+    commit_checkpoint(s, job, 5, &good);
+
+    /* A child process begins step 10, writes half of it and is killed. */
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        store *cs = NULL;
+        chord_err cerr = {0};
+        char tmp[STORE_PATH_MAX], path[STORE_PATH_MAX + 32];
+        if (store_open(dir, &cs, &cerr) || store_checkpoint_begin(cs, job, 10, tmp, &cerr))
+            _exit(3);
+        snprintf(path, sizeof path, "%s/model.safetensors", tmp);
+        FILE *f = fopen(path, "w");
+        if (!f) _exit(4);
+        fputs("half a checkpo", f);
+        fflush(f);
+        raise(SIGKILL);
+        _exit(5);
+    }
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+    char tmp10[STORE_PATH_MAX + 8], final10[STORE_PATH_MAX];
+    assert_int_equal(store_checkpoint_dir(s, job, 10, final10, &err), 0);
+    snprintf(tmp10, sizeof tmp10, "%s.tmp", final10);
+    assert_true(chord_is_dir(tmp10));
+
+    /* And a crash between rename and insert: a final directory with no row. */
+    char orphan[STORE_PATH_MAX];
+    assert_int_equal(store_checkpoint_dir(s, job, 7, orphan, &err), 0);
+    assert_int_equal(chord_mkdirs(orphan, &err), 0);
+    char path[STORE_PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/model.safetensors", orphan);
+    write_text(path, "renamed but never recorded");
+
+    /* A checkpoint this process is writing right now survives another handle's open. */
+    char live_tmp[STORE_PATH_MAX];
+    assert_int_equal(store_checkpoint_begin(s, job, 11, live_tmp, &err), 0);
+    write_checkpoint_files(live_tmp, 11);
+
+    store *other = open_ok(dir);
+    assert_false(path_exists(tmp10));
+    assert_false(path_exists(orphan));
+    assert_true(chord_is_dir(good.path));
+    assert_true(chord_is_dir(live_tmp));
+    store_close(other);
+    assert_int_equal(store_checkpoint_commit(s, job, 11, NULL, &err), 0);
+
+    store_checkpoint *items = NULL;
+    size_t n = 0;
+    assert_int_equal(store_checkpoint_list(s, job, &items, &n, &err), 0);
+    assert_int_equal(n, 2);
+    assert_int_equal(items[0].step, 5);
+    assert_int_equal(items[1].step, 11);
+    store_checkpoint_list_free(items, n);
+    /* Step 10 can be written again after the crash. */
+    commit_checkpoint(s, job, 10, NULL);
+    store_checkpoint_free(&good);
+    store_close(s);
+    scratch_remove(dir);
+}
+
+static void test_checkpoint_keep_last(void **state) {
+    (void)state;
+    char dir[256];
+    scratch_make(dir);
+    store *s = open_ok(dir);
+    chord_err err = {0};
+    char job[STORE_ID_MAX], other[STORE_ID_MAX];
+    make_running_job(s, "keep", job);
+    make_running_job(s, "other", other);
+
+    store_checkpoint latest;
+    int found = 1;
+    assert_int_equal(store_checkpoint_latest(s, job, &latest, &found, &err), 0);
+    assert_int_equal(found, 0);
+    assert_int_equal(
+        store_checkpoint_latest(s, "job_000000000000000000000000", &latest, &found, &err), -1);
+    assert_int_equal(err.code, CHORD_E_NOT_FOUND);
+    chord_err_clear(&err);
+
+    int64_t steps[] = {10, 20, 5, 40, 30}; /* committed out of order on purpose */
+    for (size_t i = 0; i < 5; i++)
+        commit_checkpoint(s, job, steps[i], NULL);
+    commit_checkpoint(s, other, 1, NULL);
+    assert_int_equal(store_checkpoint_latest(s, job, &latest, &found, &err), 0);
+    assert_int_equal(found, 1);
+    assert_int_equal(latest.step, 40);
+    store_checkpoint_free(&latest);
+
+    size_t removed = 0;
+    assert_int_equal(store_checkpoint_keep_last(s, job, 2, &removed, &err), 0);
+    assert_int_equal(removed, 3);
+    char job_dir[400];
+    snprintf(job_dir, sizeof job_dir, "%s/checkpoints/%s", dir, job);
+    assert_int_equal(dir_entries(job_dir), 2);
+    char path[STORE_PATH_MAX];
+    for (size_t i = 0; i < 5; i++) {
+        assert_int_equal(store_checkpoint_dir(s, job, steps[i], path, &err), 0);
+        assert_int_equal(path_exists(path), steps[i] >= 30);
+    }
+    sqlite3 *db = raw_open(dir);
+    char sql[200];
+    snprintf(sql, sizeof sql,
+             "SELECT group_concat(step) FROM (SELECT step FROM checkpoints "
+             "WHERE job_id = '%s' ORDER BY step)",
+             job);
+    char text[64];
+    raw_text(db, sql, text, sizeof text);
+    assert_string_equal(text, "30,40");
+    assert_int_equal(raw_int(db, "SELECT count(*) FROM checkpoints"), 3); /* other job kept */
+    sqlite3_close(db);
+    assert_int_equal(store_checkpoint_keep_last(s, job, 5, &removed, &err), 0);
+    assert_int_equal(removed, 0);
+    assert_int_equal(store_checkpoint_keep_last(s, job, 0, &removed, &err), 0);
+    assert_int_equal(removed, 2);
+    assert_int_equal(dir_entries(job_dir), 0);
+    store_close(s);
+    scratch_remove(dir);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_dataset_upload),
+        cmocka_unit_test(test_dataset_abort_leaves_nothing),
+        cmocka_unit_test(test_dataset_orphans_collected),
+        cmocka_unit_test(test_checkpoint_commit),
+        cmocka_unit_test(test_checkpoint_leftovers_removed_on_reopen),
+        cmocka_unit_test(test_checkpoint_keep_last),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
