@@ -39,9 +39,13 @@ const char *jobconfig_lr_schedule_name(job_lr_schedule schedule) {
     return lr_schedule_names[schedule];
 }
 
-int jobconfig_uses_rollouts(job_algorithm algorithm) { return algorithm != JOB_ALGO_SFT; }
+int jobconfig_uses_rollouts(job_algorithm algorithm) {
+    return algorithm != JOB_ALGO_SFT;
+}
 
-int jobconfig_uses_expert(job_algorithm algorithm) { return algorithm != JOB_ALGO_GRPO; }
+int jobconfig_uses_expert(job_algorithm algorithm) {
+    return algorithm != JOB_ALGO_GRPO;
+}
 
 /* ---- field readers: each names the field by its JSON path ---------------------------------- */
 
@@ -166,8 +170,8 @@ static int check_min_int(int64_t v, int64_t lo, const char *path, chord_err *err
     return 0;
 }
 
-static int check_range(double v, double lo, double hi, int lo_open, int hi_open,
-                       const char *path, chord_err *err) {
+static int check_range(double v, double lo, double hi, int lo_open, int hi_open, const char *path,
+                       chord_err *err) {
     int bad = lo_open ? !(v > lo) : !(v >= lo);
     if (!bad && !isinf(hi)) bad = hi_open ? !(v < hi) : !(v <= hi);
     if (!bad) return 0;
@@ -243,8 +247,7 @@ static int parse_model(const json_t *doc, job_config *cfg, int64_t *init_seed, i
     static const char *const init_keys[] = {"config", "seed", "tokenizer", NULL};
     json_t *model;
     if (read_object(doc, "", "model", &model, err)) return -1;
-    if (!model)
-        return chord_err_set(err, "model: required ({\"path\": ...} or {\"init\": {...}})");
+    if (!model) return chord_err_set(err, "model: required ({\"path\": ...} or {\"init\": {...}})");
     if (check_keys(model, "model", keys, err)) return -1;
     json_t *init;
     if (read_string(model, "model", "path", &cfg->model_path, err)) return -1;
@@ -280,8 +283,8 @@ static int parse_data(const json_t *doc, job_config *cfg, chord_err *err) {
 }
 
 static int parse_mu(const json_t *chord, job_config *cfg, chord_err *err) {
-    static const char *const keys[] = {"warmup_steps", "decay_steps", "peak", "valley",
-                                       "adaptive", NULL};
+    static const char *const keys[] = {"warmup_steps", "decay_steps", "peak",
+                                       "valley",       "adaptive",    NULL};
     static const char *const adaptive_keys[] = {"tau", NULL};
     json_t *v = field(chord, "mu");
     if (!v) return 0;
@@ -342,8 +345,9 @@ static int parse_chord(const json_t *doc, job_config *cfg, int *has_sft_steps, c
 }
 
 static int parse_grpo(const json_t *doc, job_config *cfg, chord_err *err) {
-    static const char *const keys[] = {"group_size", "prompts_per_step", "clip_low", "clip_high",
-                                       "dual_clip",  "kl_coef",          "entropy_coef", NULL};
+    static const char *const keys[] = {
+        "group_size", "prompts_per_step", "clip_low",     "clip_high",
+        "dual_clip",  "kl_coef",          "entropy_coef", NULL};
     json_t *g;
     if (read_object(doc, "", "grpo", &g, err)) return -1;
     if (!g) return 0;
@@ -376,9 +380,9 @@ static int parse_sampling(const json_t *doc, job_config *cfg, chord_err *err) {
 }
 
 static int parse_optimizer(const json_t *doc, job_config *cfg, chord_err *err) {
-    static const char *const keys[] = {"lr",    "schedule", "warmup_steps", "weight_decay",
-                                       "betas", "eps",      "grad_clip",    "min_lr_ratio",
-                                       NULL};
+    static const char *const keys[] = {"lr",           "schedule",     "warmup_steps",
+                                       "weight_decay", "betas",        "eps",
+                                       "grad_clip",    "min_lr_ratio", NULL};
     json_t *o;
     if (read_object(doc, "", "optimizer", &o, err)) return -1;
     if (!o) return 0;
@@ -402,8 +406,8 @@ static int parse_optimizer(const json_t *doc, job_config *cfg, chord_err *err) {
             }
         }
         if (!found)
-            return chord_err_set(err,
-                                 "optimizer.schedule: must be \"constant\", \"linear\" or \"cosine\"");
+            return chord_err_set(
+                err, "optimizer.schedule: must be \"constant\", \"linear\" or \"cosine\"");
     }
     json_t *betas = field(o, "betas");
     if (betas) {
@@ -448,7 +452,8 @@ static int device_valid(const char *s) {
     s += 5;
     for (;;) {
         int digits = 0;
-        while (*s >= '0' && *s <= '9') s++, digits++;
+        while (*s >= '0' && *s <= '9')
+            s++, digits++;
         if (!digits || digits > 4) return 0;
         if (*s == '\0') return 1;
         if (*s != ',') return 0;
@@ -520,10 +525,10 @@ static int validate(job_config *cfg, int has_sft_steps, chord_err *err) {
 
 int jobconfig_from_json(const json_t *doc, job_config *cfg, chord_err *err) {
     static const char *const keys[] = {
-        "name",     "model",       "data",  "algorithm",    "chord",
-        "grpo",     "expert_per_step",     "sampling",      "optimizer",
-        "micro_batch_tokens", "reward", "steps", "seed", "checkpoint_every",
-        "keep_checkpoints", "eval", "device", NULL};
+        "name",   "model",           "data",     "algorithm",        "chord",
+        "grpo",   "expert_per_step", "sampling", "optimizer",        "micro_batch_tokens",
+        "reward", "steps",           "seed",     "checkpoint_every", "keep_checkpoints",
+        "eval",   "device",          NULL};
     memset(cfg, 0, sizeof *cfg);
     if (!json_is_object(doc)) return chord_err_set(err, "job: must be a JSON object");
     if (check_keys(doc, "", keys, err)) return -1;
@@ -681,7 +686,8 @@ json_t *jobconfig_to_json(const job_config *cfg) {
                              "prompts_per_step", (json_int_t)g->prompts_per_step, "clip_low",
                              g->clip_low, "clip_high", g->clip_high, "kl_coef", g->kl_coef,
                              "entropy_coef", g->entropy_coef);
-    if (grpo) put(grpo, "dual_clip", g->dual_clip > 0 ? json_real(g->dual_clip) : json_null(), &bad);
+    if (grpo)
+        put(grpo, "dual_clip", g->dual_clip > 0 ? json_real(g->dual_clip) : json_null(), &bad);
     put(doc, "grpo", grpo, &bad);
     put(doc, "expert_per_step", json_integer((json_int_t)cfg->expert_per_step), &bad);
     put(doc, "sampling",

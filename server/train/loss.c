@@ -27,15 +27,23 @@ int chord_loss_params_check(const chord_loss_params *p, chord_err *err) {
     return 0;
 }
 
-void chord_loss_accum_init(chord_loss_accum *acc) { memset(acc, 0, sizeof *acc); }
+void chord_loss_accum_init(chord_loss_accum *acc) {
+    memset(acc, 0, sizeof *acc);
+}
 
-static double clampd(double x, double lo, double hi) { return x < lo ? lo : (x > hi ? hi : x); }
+static double clampd(double x, double lo, double hi) {
+    return x < lo ? lo : (x > hi ? hi : x);
+}
 
 /* d/dx clamp(x, lo, hi) as autograd has it: 1 inside the closed interval, else 0. */
-static double clamp_grad(double x, double lo, double hi) { return (x >= lo && x <= hi) ? 1.0 : 0.0; }
+static double clamp_grad(double x, double lo, double hi) {
+    return (x >= lo && x <= hi) ? 1.0 : 0.0;
+}
 
 /* The share of the gradient max(a, b) passes to a (1, 0 or ½ on a tie). */
-static double max_share_a(double a, double b) { return a > b ? 1.0 : (a == b ? 0.5 : 0.0); }
+static double max_share_a(double a, double b) {
+    return a > b ? 1.0 : (a == b ? 0.5 : 0.0);
+}
 
 /* On-policy token: adds ℓ_t to acc's sums, returns dℓ_t/dlogp. */
 static double policy_token(const chord_loss_params *p, double logp, double logp_old, double adv,
@@ -79,8 +87,8 @@ static double kl_token(double logp, double ref_logp, double *kl_t) {
     return -(r - 1.0) * clamp_grad(diff, -20.0, 20.0) * clamp_grad(k3, -10.0, 10.0);
 }
 
-int chord_loss_micro_batch(const chord_loss_params *p, const chord_loss_batch *batch,
-                           float *dlogp, float *dentropy, chord_loss_accum *acc, chord_err *err) {
+int chord_loss_micro_batch(const chord_loss_params *p, const chord_loss_batch *batch, float *dlogp,
+                           float *dentropy, chord_loss_accum *acc, chord_err *err) {
     if (chord_loss_params_check(p, err)) return -1;
     if (batch->n && (!batch->kind || !batch->logp || !dlogp))
         return chord_err_set(err, "loss: kind, logp and dlogp are required");
@@ -158,7 +166,9 @@ int chord_loss_micro_batch(const chord_loss_params *p, const chord_loss_batch *b
     return 0;
 }
 
-static double mean_of(double total, int64_t n) { return n > 0 ? total / (double)n : 0.0; }
+static double mean_of(double total, int64_t n) {
+    return n > 0 ? total / (double)n : 0.0;
+}
 
 int chord_loss_finish(const chord_loss_params *p, const chord_loss_accum *acc,
                       chord_loss_metrics *out, chord_err *err) {
@@ -198,12 +208,15 @@ int chord_grpo_advantages(const float *rewards, const int *group_sizes, size_t n
                 return chord_err_set(err, "advantages: reward %zu is not finite", offset + i);
         double mean = 0.0, std = 1.0;
         int all_equal = 1;
-        for (int i = 1; i < n; i++) all_equal &= r[i] == r[0];
+        for (int i = 1; i < n; i++)
+            all_equal &= r[i] == r[0];
         if (n >= 2) {
-            for (int i = 0; i < n; i++) mean += r[i];
+            for (int i = 0; i < n; i++)
+                mean += r[i];
             mean /= n;
             double ss = 0.0;
-            for (int i = 0; i < n; i++) ss += (r[i] - mean) * (r[i] - mean);
+            for (int i = 0; i < n; i++)
+                ss += (r[i] - mean) * (r[i] - mean);
             std = sqrt(ss / (n - 1));
         }
         for (int i = 0; i < n; i++)

@@ -47,45 +47,45 @@ typedef struct chord_loss_params {
 /* One micro-batch of N tokens. Arrays are (N); optional ones may be NULL. */
 typedef struct chord_loss_batch {
     size_t n;
-    const uint8_t *kind;     /* (N) CHORD_TOKEN_* */
-    const float *logp;       /* (N) log π_θ(token) of the current policy */
-    const float *logp_old;   /* (N) log-prob recorded at rollout (read at POLICY tokens) */
-    const float *advantage;  /* (N) GRPO advantage (read at POLICY tokens) */
-    const float *entropy;    /* (N) policy entropy at the position, or NULL */
-    const float *ref_logp;   /* (N) reference-policy log-prob, or NULL (KL term off) */
+    const uint8_t *kind;    /* (N) CHORD_TOKEN_* */
+    const float *logp;      /* (N) log π_θ(token) of the current policy */
+    const float *logp_old;  /* (N) log-prob recorded at rollout (read at POLICY tokens) */
+    const float *advantage; /* (N) GRPO advantage (read at POLICY tokens) */
+    const float *entropy;   /* (N) policy entropy at the position, or NULL */
+    const float *ref_logp;  /* (N) reference-policy log-prob, or NULL (KL term off) */
 } chord_loss_batch;
 
 /* Sums over the micro-batches seen so far (zero it with chord_loss_accum_init). */
 typedef struct chord_loss_accum {
-    double loss;          /* Σ of each micro-batch's share of L */
-    double pg_sum;        /* Σ ℓ_t over on-policy tokens */
-    double clipped;       /* on-policy tokens where the clipped branch is active */
-    double dual_clipped;  /* A < 0 tokens where the dual clip is active */
-    double ppo_kl_sum;    /* Σ (logp_old − logp) */
-    double ratio_sum;     /* Σ ratio */
-    double sft_sum;       /* Σ SFT ℓ_t (plain or φ-weighted) */
-    double nll_sum;       /* Σ −log p over expert tokens (plain, whatever φ) */
-    double phi_sum;       /* Σ p(1 − p) over expert tokens */
-    double entropy_sum;   /* Σ entropy over on-policy tokens (when given) */
-    double kl_sum;        /* Σ k3 over on-policy tokens (when ref_logp given) */
-    int64_t n_policy;     /* on-policy tokens seen */
-    int64_t n_expert;     /* expert tokens seen */
-    int64_t n_entropy;    /* on-policy tokens that had an entropy */
-    int64_t n_kl;         /* on-policy tokens that had a reference log-prob */
+    double loss;         /* Σ of each micro-batch's share of L */
+    double pg_sum;       /* Σ ℓ_t over on-policy tokens */
+    double clipped;      /* on-policy tokens where the clipped branch is active */
+    double dual_clipped; /* A < 0 tokens where the dual clip is active */
+    double ppo_kl_sum;   /* Σ (logp_old − logp) */
+    double ratio_sum;    /* Σ ratio */
+    double sft_sum;      /* Σ SFT ℓ_t (plain or φ-weighted) */
+    double nll_sum;      /* Σ −log p over expert tokens (plain, whatever φ) */
+    double phi_sum;      /* Σ p(1 − p) over expert tokens */
+    double entropy_sum;  /* Σ entropy over on-policy tokens (when given) */
+    double kl_sum;       /* Σ k3 over on-policy tokens (when ref_logp given) */
+    int64_t n_policy;    /* on-policy tokens seen */
+    int64_t n_expert;    /* expert tokens seen */
+    int64_t n_entropy;   /* on-policy tokens that had an entropy */
+    int64_t n_kl;        /* on-policy tokens that had a reference log-prob */
 } chord_loss_accum;
 
 typedef struct chord_loss_metrics {
     double loss;
-    double pg_loss;            /* L_GRPO */
-    double pg_clipfrac;        /* fraction of on-policy tokens where clipping is active */
-    double pg_clipfrac_lower;  /* fraction where the dual clip is active */
-    double ppo_kl;             /* mean (logp_old − logp) over on-policy tokens */
+    double pg_loss;           /* L_GRPO */
+    double pg_clipfrac;       /* fraction of on-policy tokens where clipping is active */
+    double pg_clipfrac_lower; /* fraction where the dual clip is active */
+    double ppo_kl;            /* mean (logp_old − logp) over on-policy tokens */
     double ratio_mean;
-    double sft_loss;           /* L_SFT, plain or φ-weighted as configured */
-    double sft_nll;            /* mean −log p over expert tokens (plain, for comparison) */
-    double phi_mean;           /* mean p(1 − p) over expert tokens */
-    double entropy;            /* mean entropy over on-policy tokens (0 when none given) */
-    double kl;                 /* mean k3 KL (0 when no reference) */
+    double sft_loss; /* L_SFT, plain or φ-weighted as configured */
+    double sft_nll;  /* mean −log p over expert tokens (plain, for comparison) */
+    double phi_mean; /* mean p(1 − p) over expert tokens */
+    double entropy;  /* mean entropy over on-policy tokens (0 when none given) */
+    double kl;       /* mean k3 KL (0 when no reference) */
     int64_t n_policy_tokens;
     int64_t n_expert_tokens;
 } chord_loss_metrics;
@@ -101,8 +101,8 @@ void chord_loss_accum_init(chord_loss_accum *acc);
  * them over the micro-batches gives the step's gradient. Errors: an unknown kind, a non-finite
  * log-prob at a trained token, more tokens of a kind than the step declared; err names the
  * token index. */
-int chord_loss_micro_batch(const chord_loss_params *p, const chord_loss_batch *batch,
-                           float *dlogp, float *dentropy, chord_loss_accum *acc, chord_err *err);
+int chord_loss_micro_batch(const chord_loss_params *p, const chord_loss_batch *batch, float *dlogp,
+                           float *dentropy, chord_loss_accum *acc, chord_err *err);
 
 /* The step's loss and metrics; fails when the tokens seen differ from the declared counts. */
 int chord_loss_finish(const chord_loss_params *p, const chord_loss_accum *acc,

@@ -53,6 +53,6 @@ double sched_lr_factor(job_lr_schedule schedule, int64_t completed, int64_t warm
 
 double sched_lr(const job_config *cfg, int64_t step) {
     const job_optimizer *o = &cfg->optimizer;
-    return o->lr * sched_lr_factor(o->schedule, step - 1, o->warmup_steps, cfg->steps,
-                                   o->min_lr_ratio);
+    return o->lr *
+           sched_lr_factor(o->schedule, step - 1, o->warmup_steps, cfg->steps, o->min_lr_ratio);
 }

@@ -26,13 +26,15 @@ static float *floats(const json_t *arr, size_t n) {
     if (json_array_size(arr) != n) return NULL;
     float *out = malloc((n ? n : 1) * sizeof *out);
     if (!out) return NULL;
-    for (size_t i = 0; i < n; i++) out[i] = (float)json_number_value(json_array_get(arr, i));
+    for (size_t i = 0; i < n; i++)
+        out[i] = (float)json_number_value(json_array_get(arr, i));
     return out;
 }
 
 static json_t *float_array(const float *x, size_t n) {
     json_t *arr = json_array();
-    for (size_t i = 0; i < n; i++) json_array_append_new(arr, json_real(x[i]));
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(arr, json_real(x[i]));
     return arr;
 }
 
@@ -89,14 +91,13 @@ static json_t *run_loss(const json_t *c, chord_err *err) {
     }
     chord_loss_metrics m;
     if (chord_loss_finish(&p, &acc, &m, err)) goto done;
-    out = json_pack("{s:f,s:o,s:o,s:{s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:I,s:I}}", "loss",
-                    m.loss, "dlogp", float_array(dlogp, n), "dentropy", float_array(dent, n),
-                    "metrics", "pg_loss", m.pg_loss, "pg_clipfrac", m.pg_clipfrac,
-                    "pg_clipfrac_lower", m.pg_clipfrac_lower, "ppo_kl", m.ppo_kl, "sft_loss",
-                    m.sft_loss, "sft_nll", m.sft_nll, "phi_mean", m.phi_mean, "entropy",
-                    m.entropy, "kl", m.kl, "ratio_mean", m.ratio_mean, "n_policy_tokens",
-                    (json_int_t)m.n_policy_tokens, "n_expert_tokens",
-                    (json_int_t)m.n_expert_tokens);
+    out = json_pack(
+        "{s:f,s:o,s:o,s:{s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:I,s:I}}", "loss", m.loss,
+        "dlogp", float_array(dlogp, n), "dentropy", float_array(dent, n), "metrics", "pg_loss",
+        m.pg_loss, "pg_clipfrac", m.pg_clipfrac, "pg_clipfrac_lower", m.pg_clipfrac_lower, "ppo_kl",
+        m.ppo_kl, "sft_loss", m.sft_loss, "sft_nll", m.sft_nll, "phi_mean", m.phi_mean, "entropy",
+        m.entropy, "kl", m.kl, "ratio_mean", m.ratio_mean, "n_policy_tokens",
+        (json_int_t)m.n_policy_tokens, "n_expert_tokens", (json_int_t)m.n_expert_tokens);
 done:
     free(kind);
     free(logp);
@@ -116,7 +117,8 @@ static json_t *run_advantages(const json_t *c, chord_err *err) {
     float *a = calloc(n ? n : 1, sizeof *a);
     int *gs = calloc(ng ? ng : 1, sizeof *gs);
     json_t *out = NULL;
-    for (size_t i = 0; i < ng; i++) gs[i] = (int)json_integer_value(json_array_get(jg, i));
+    for (size_t i = 0; i < ng; i++)
+        gs[i] = (int)json_integer_value(json_array_get(jg, i));
     int64_t zero = -1;
     if (r && a && gs && chord_grpo_advantages(r, gs, ng, a, &zero, err) == 0)
         out = json_pack("{s:o,s:I}", "advantages", float_array(a, n), "zero_adv_groups",
