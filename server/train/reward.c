@@ -571,6 +571,16 @@ static bool needs_answer(const reward_verifier *v) {
     }
 }
 
+/* A truncated response with no answer gets the configured length penalty. */
+static void apply_length_penalty(const reward_verifier *v, const reward_sample *s,
+                                 reward_result *r) {
+    if (r->reason != REWARD_REASON_NO_ANSWER || !s->truncated || !v->has_length_penalty) return;
+    char detail[REWARD_DETAIL_MAX];
+    snprintf(detail, sizeof detail, "%s", r->detail);
+    reward_set(r, v->length_penalty, REWARD_REASON_NO_ANSWER, false,
+               "truncated without an answer: length penalty (%s)", detail);
+}
+
 /* Scores one sample with a local (non-webhook) verifier. */
 static void score_local(const reward_verifier *v, const reward_sample *s, reward_result *r) {
     if (!s->completion) {
@@ -588,14 +598,7 @@ static void score_local(const reward_verifier *v, const reward_sample *s, reward
     case REWARD_REGEX: score_regex(v, s->completion, s->answer ? s->answer : "", r); break;
     default: reward_set(r, 0.0, REWARD_REASON_ERROR, false, "not a local verifier"); return;
     }
-    /* The length penalty for every verifier with a no_answer outcome (math_boxed sets its own). */
-    if (v->type != REWARD_MATH_BOXED && r->reason == REWARD_REASON_NO_ANSWER && s->truncated &&
-        v->has_length_penalty) {
-        char detail[REWARD_DETAIL_MAX];
-        snprintf(detail, sizeof detail, "%s", r->detail);
-        reward_set(r, v->length_penalty, REWARD_REASON_NO_ANSWER, false,
-                   "truncated without an answer: length penalty (%s)", detail);
-    }
+    if (v->type != REWARD_MATH_BOXED) apply_length_penalty(v, s, r); /* math_boxed: its own */
 }
 
 int reward_score(const reward_verifier *verifier, const char *prompt, const char *completion,
@@ -607,9 +610,9 @@ int reward_score(const reward_verifier *verifier, const char *prompt, const char
     }
     reward_sample s = {prompt, completion, answer, truncated};
     if (verifier->type == REWARD_WEBHOOK) {
-        chord_err err = {0};
-        if (reward_webhook_batch(verifier, &s, 1, result, &err) != 0)
-            reward_set(result, 0.0, REWARD_REASON_ERROR, false, "%s", err.msg);
+        /* on failure the result is already `error` with the cause */
+        if (reward_webhook_batch(verifier, &s, 1, result, NULL) == 0)
+            apply_length_penalty(verifier, &s, result);
         return 0;
     }
     score_local(verifier, &s, result);
@@ -622,7 +625,9 @@ int reward_score_batch(const reward_verifier *verifier, const reward_sample *sam
         return chord_err_setc(err, CHORD_E_INTERNAL, "reward_score_batch: NULL argument");
     if (verifier->type == REWARD_WEBHOOK) {
         /* on failure every unfinished result is already `error` with the cause */
-        return reward_webhook_batch(verifier, samples, n, results, err);
+        if (reward_webhook_batch(verifier, samples, n, results, err) != 0) return -1;
+        for (size_t i = 0; i < n; i++) apply_length_penalty(verifier, &samples[i], &results[i]);
+        return 0;
     }
     for (size_t i = 0; i < n; i++) score_local(verifier, &samples[i], &results[i]);
     return 0;
