@@ -29,6 +29,14 @@ ops_ctx *ops_open(const char *device, int threads, char *err, size_t errlen) {
 
 const char *ops_last_error(const ops_ctx *c) { return c ? c->last_error : "no backend"; }
 
+void ops_close(ops_ctx *c) {
+    if (!c) return;
+    if (c->be && c->be->close)
+        c->be->close(c);
+    else
+        free(c);
+}
+
 #ifndef CHORD_HAVE_CUDA
 int ops_cuda_device_count(void) { return 0; }
 

@@ -137,6 +137,11 @@ typedef struct ops_backend {
      * temperature-1 log-prob). */
     int (*sample)(ops_ctx *c, int32_t *tokens_host, float *logp_host, const float *logits, int B,
                   int V, float temperature, float top_p, const float *uniforms_host);
+
+    /* ---- lifetime ----
+     * frees everything the backend owns for this context, and the context itself (ops_close
+     * calls it; buffers from alloc must be freed before). */
+    void (*close)(ops_ctx *c);
 } ops_backend;
 
 struct ops_ctx {
@@ -150,6 +155,7 @@ struct ops_ctx {
 /* Opens a backend: "cpu", "cuda", "cuda:N" or "auto" (CUDA when a GPU is present, else the CPU).
  * threads <= 0 means all cores. Returns NULL with a message in err (size errlen) on failure. */
 ops_ctx *ops_open(const char *device, int threads, char *err, size_t errlen);
+/* Closes any backend's context (through be->close); NULL is a no-op. */
 void ops_close(ops_ctx *c);
 const char *ops_last_error(const ops_ctx *c);
 

@@ -1,0 +1,277 @@
+/* cpu_logprob.c — per-token log-prob / entropy of targets (forward, backward) and sampling.
+ *
+ * A row of V logits is read once: chunks of CH values are scaled by inv_temp into a local
+ * buffer, the chunk maximum found, and exp(z - running max) summed (in double) with an online
+ * rescale when the maximum grows. Entropy comes from the same pass:
+ *   H = log s - sum e (z - m) / s,  s = sum e,  e = exp(z - m),
+ * which avoids the cancellation of lse - E[z] when logits are large. */
+#include <omp.h>
+#include <stdlib.h>
+
+#include "kernels/cpu/cpu_internal.h"
+#include "kernels/cpu/cpu_vmath.h"
+
+enum { CH = 2048 };
+
+/* lse of z = x * it over a row; entropy of softmax(z) when ent != NULL */
+static void row_stats(const float *restrict x, int V, float it, float *lse, float *ent) {
+    float z[CH];
+    float m = -INFINITY;
+    double s = 0.0, w = 0.0;
+    for (int c0 = 0; c0 < V; c0 += CH) {
+        int n = V - c0 < CH ? V - c0 : CH;
+        float cm = -INFINITY;
+#pragma omp simd reduction(max : cm)
+        for (int j = 0; j < n; j++) {
+            float v = x[c0 + j] * it;
+            z[j] = v;
+            cm = v > cm ? v : cm;
+        }
+        if (cm > m) {
+            if (s > 0.0) {
+                double a = exp((double)m - (double)cm);
+                w = a * (w + ((double)m - (double)cm) * s);
+                s *= a;
+            }
+            m = cm;
+        }
+        if (m == -INFINITY) continue;
+        double cs = 0.0, cw = 0.0;
+        if (ent) {
+#pragma omp simd reduction(+ : cs, cw)
+            for (int j = 0; j < n; j++) {
+                float d = z[j] - m;
+                float e = cpu_expf(d);
+                cs += (double)e;
+                cw += (double)(e * d);
+            }
+        } else {
+#pragma omp simd reduction(+ : cs)
+            for (int j = 0; j < n; j++)
+                cs += (double)cpu_expf(z[j] - m);
+        }
+        s += cs;
+        w += cw;
+    }
+    double ls = log(s);
+    *lse = (float)((double)m + ls);
+    if (ent) *ent = s > 0.0 ? (float)(ls - w / s) : 0.0f;
+}
+
+int cpu_logprob_forward(ops_ctx *c, float *logp, float *entropy, float *lse, const float *logits,
+                        const int32_t *targets, int N, int V, float inv_temp) {
+    if (N < 0 || V <= 0) return cpu_fail(c, "logprob_forward: bad shape N=%d V=%d", N, V);
+    if (N == 0) return 0;
+    if (!logp || !lse || !logits || !targets) return cpu_fail(c, "logprob_forward: NULL buffer");
+    for (int n = 0; n < N; n++)
+        if (targets[n] >= V)
+            return cpu_fail(c, "logprob_forward: target %d at row %d is outside V=%d", targets[n],
+                            n, V);
+    int nt = cpu_threads(c);
+    if (nt > N) nt = N;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 4)
+    for (int n = 0; n < N; n++) {
+        const float *x = logits + (size_t)n * V;
+        float L, H;
+        row_stats(x, V, inv_temp, &L, entropy ? &H : NULL);
+        lse[n] = L;
+        if (entropy) entropy[n] = H;
+        int t = targets[n];
+        logp[n] = t >= 0 ? x[t] * inv_temp - L : 0.0f;
+    }
+    return 0;
+}
+
+int cpu_logprob_backward(ops_ctx *c, float *dlogits, const float *dlogp, const float *dentropy,
+                         const float *logits, const float *lse, const int32_t *targets, int N,
+                         int V, float inv_temp) {
+    if (N < 0 || V <= 0) return cpu_fail(c, "logprob_backward: bad shape N=%d V=%d", N, V);
+    if (N == 0) return 0;
+    if (!dlogits || !dlogp || !logits || !lse || !targets)
+        return cpu_fail(c, "logprob_backward: NULL buffer");
+    for (int n = 0; n < N; n++)
+        if (targets[n] >= V)
+            return cpu_fail(c, "logprob_backward: target %d at row %d is outside V=%d", targets[n],
+                            n, V);
+    int nt = cpu_threads(c);
+    if (nt > N) nt = N;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 4)
+    for (int n = 0; n < N; n++) {
+        const float *restrict x = logits + (size_t)n * V;
+        float *restrict g = dlogits + (size_t)n * V;
+        int t = targets[n];
+        if (t < 0) {
+            memset(g, 0, (size_t)V * sizeof(float));
+            continue;
+        }
+        const float L = lse[n], it = inv_temp, dl = dlogp[n];
+        const float de = dentropy ? dentropy[n] : 0.0f;
+        if (de == 0.0f) {
+            /* dz = dl * (onehot - p) */
+#pragma omp simd
+            for (int j = 0; j < V; j++)
+                g[j] = -dl * cpu_expf(x[j] * it - L) * it;
+        } else {
+            /* pass 1: p into g, H = -sum p log p;  pass 2: dz = -p (dl + de (log p + H)) */
+            double hs = 0.0;
+#pragma omp simd reduction(+ : hs)
+            for (int j = 0; j < V; j++) {
+                float lp = x[j] * it - L;
+                float p = cpu_expf(lp);
+                g[j] = p;
+                hs += (double)(p * lp);
+            }
+            const float H = (float)-hs;
+#pragma omp simd
+            for (int j = 0; j < V; j++) {
+                float lp = x[j] * it - L;
+                g[j] = -g[j] * (dl + de * (lp + H)) * it;
+            }
+        }
+        g[t] += dl * it;
+    }
+    return 0;
+}
+
+/* ---- sampling ---- */
+
+typedef struct {
+    float p;
+    int32_t i;
+} pidx;
+
+static void pswap(pidx *a, pidx *b) {
+    pidx t = *a;
+    *a = *b;
+    *b = t;
+}
+
+static int cmp_idx(const void *a, const void *b) {
+    const pidx *x = a, *y = b;
+    return (x->i > y->i) - (x->i < y->i);
+}
+
+/* Reorders a[0..n) so that a[0..k) is the nucleus: the smallest set of the most probable
+ * tokens (ties: lower index first) whose mass reaches `need`. Returns k (expected O(n)). */
+static int nucleus(pidx *a, int n, double need) {
+    int lo = 0, hi = n;
+    double acc = 0.0; /* mass of a[0..lo), always < need */
+    while (lo < hi) {
+        int mid = lo + (hi - lo) / 2;
+        float x = a[lo].p, y = a[mid].p, z = a[hi - 1].p;
+        float pv = x < y ? (y < z ? y : (x < z ? z : x)) : (x < z ? x : (y < z ? z : y));
+        /* 3-way partition: [lo,lt) > pv, [lt,i) == pv, [gt,hi) < pv */
+        int lt = lo, i = lo, gt = hi;
+        while (i < gt) {
+            if (a[i].p > pv)
+                pswap(&a[lt++], &a[i++]);
+            else if (a[i].p < pv)
+                pswap(&a[i], &a[--gt]);
+            else
+                i++;
+        }
+        double mg = 0.0;
+        for (int j = lo; j < lt; j++)
+            mg += a[j].p;
+        if (acc + mg >= need) {
+            hi = lt;
+            continue;
+        }
+        acc += mg;
+        int ne = i - lt;
+        double me = (double)pv * ne;
+        if (acc + me >= need) {
+            qsort(a + lt, (size_t)ne, sizeof *a, cmp_idx);
+            int k = pv > 0.0f ? (int)ceil((need - acc) / (double)pv) : ne;
+            if (k < 1) k = 1;
+            if (k > ne) k = ne;
+            return lt + k;
+        }
+        acc += me;
+        lo = i;
+    }
+    return lo;
+}
+
+int cpu_sample(ops_ctx *c, int32_t *tokens_host, float *logp_host, const float *logits, int B,
+               int V, float temperature, float top_p, const float *uniforms_host) {
+    if (B < 0 || V <= 0) return cpu_fail(c, "sample: bad shape B=%d V=%d", B, V);
+    if (B == 0) return 0;
+    if (!tokens_host || !logits) return cpu_fail(c, "sample: NULL buffer");
+    int greedy = !(temperature > 0.0f);
+    int use_top_p = !greedy && top_p > 0.0f && top_p < 1.0f;
+    if (!greedy && !uniforms_host) return cpu_fail(c, "sample: NULL uniforms");
+    int nt = cpu_threads(c);
+    if (nt > B) nt = B;
+    int fail = 0;
+#pragma omp parallel num_threads(nt)
+    {
+        pidx *buf = use_top_p ? malloc((size_t)V * sizeof(pidx)) : NULL;
+        int ok = !use_top_p || buf;
+        if (!ok) {
+#pragma omp atomic write
+            fail = 1;
+        }
+#pragma omp for schedule(dynamic, 1)
+        for (int b = 0; b < B; b++) {
+            if (!ok) continue;
+            const float *restrict x = logits + (size_t)b * V;
+            float it = greedy ? 1.0f : 1.0f / temperature;
+            float L;
+            row_stats(x, V, it, &L, NULL);
+            int tok = 0;
+            if (greedy) {
+                float best = -INFINITY;
+                for (int j = 0; j < V; j++)
+                    if (x[j] > best) {
+                        best = x[j];
+                        tok = j;
+                    }
+            } else {
+                double u = uniforms_host[b];
+                if (u < 0.0) u = 0.0;
+                if (u >= 1.0) u = 0.99999999;
+                if (!use_top_p) {
+                    double tot = 0.0;
+                    for (int j = 0; j < V; j++)
+                        tot += (double)cpu_expf(x[j] * it - L);
+                    double r = u * tot, cum = 0.0;
+                    tok = -1;
+                    for (int j = 0; j < V; j++) {
+                        float p = cpu_expf(x[j] * it - L);
+                        cum += (double)p;
+                        if (p > 0.0f) tok = j;
+                        if (cum > r && p > 0.0f) break;
+                    }
+                    if (tok < 0) tok = 0;
+                } else {
+                    double tot = 0.0;
+                    for (int j = 0; j < V; j++) {
+                        buf[j].p = cpu_expf(x[j] * it - L);
+                        buf[j].i = j;
+                        tot += (double)buf[j].p;
+                    }
+                    int k = nucleus(buf, V, (double)top_p * tot);
+                    if (k < 1) k = 1;
+                    double mass = 0.0;
+                    for (int j = 0; j < k; j++)
+                        mass += (double)buf[j].p;
+                    double r = u * mass, cum = 0.0;
+                    tok = buf[k - 1].i;
+                    for (int j = 0; j < k; j++) {
+                        cum += (double)buf[j].p;
+                        if (cum > r && buf[j].p > 0.0f) {
+                            tok = buf[j].i;
+                            break;
+                        }
+                    }
+                }
+            }
+            tokens_host[b] = tok;
+            if (logp_host) logp_host[b] = x[tok] * it - L;
+        }
+        free(buf);
+    }
+    if (fail) return cpu_fail(c, "sample: out of memory");
+    return 0;
+}
