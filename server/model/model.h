@@ -111,7 +111,8 @@ void model_free(model *m);
 int model_forward(model *m, const model_batch *b, float inv_temp, float *logp_out,
                   float *entropy_out, chord_err *err);
 /* Back-propagates d loss / d logp (N) and d loss / d entropy (N, or NULL) of the last forward
- * into the gradient buffer: gradients ACCUMULATE across calls (micro-batching) until
+ * (rows without a target get no gradient at all, their entropy included: ops.h) into the
+ * gradient buffer: gradients ACCUMULATE across calls (micro-batching) until
  * model_zero_grad. Host arrays. */
 int model_backward(model *m, const float *dlogp, const float *dentropy, chord_err *err);
 int model_zero_grad(model *m, chord_err *err);

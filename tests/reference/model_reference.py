@@ -29,6 +29,7 @@ import time
 import numpy as np
 import torch
 from safetensors.numpy import load_file
+from safetensors.torch import load_file as load_torch_file
 from transformers import (LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM,
                           Qwen3Config, Qwen3ForCausalLM)
 
@@ -233,7 +234,10 @@ def compare_adamw(name, model, seqs, hp, d):
     for k, p in model.named_parameters():
         delta_t = (p.detach() - before[k]).numpy()
         delta_c = d["adamw." + k] - before[k].numpy()
-        worst = max(worst, check(f"{name}: adamw update {k}", delta_c, delta_t, 1e-3)[0])
+        # 5e-3, not 1e-3: in step 2, m_hat = (0.09 g1 + 0.1 g2) / 0.19 cancels for entries whose
+        # gradient changed sign, amplifying fp32 round-off (seen: 7e-4). Decaying a norm instead
+        # of not (2 lr wd |p| ~ 1e-1 of the update) or a wrong clip is far above it.
+        worst = max(worst, check(f"{name}: adamw update {k}", delta_c, delta_t, 5e-3)[0])
     out["adamw update(worst)"] = worst
     with torch.no_grad():  # restore, in case the model is used again
         for k, p in model.named_parameters():
@@ -244,10 +248,10 @@ def compare_adamw(name, model, seqs, hp, d):
 def check_init_stats(name, path, spec_cfg):
     """chordd init-model follows HF's init: normal(0, initializer_range), zero biases, unit
     norms (checked on the saved tensors, whatever the RNG)."""
-    t = load_file(path)
+    t = load_torch_file(path)
     std = spec_cfg["initializer_range"]
     for k, v in t.items():
-        v = v.astype(np.float64)
+        v = v.double().numpy()
         if k.endswith("norm.weight"):
             if not np.all(v == 1.0):
                 failures.append(f"{name}: {k} is not all ones")

@@ -1,0 +1,362 @@
+/* test_model.c — the transformer engine's own checks, on the CPU backend, with references that
+ * do not come from the engine: central finite differences of the loss for the gradients (entropy
+ * and temperature included), PyTorch's AdamW written out in doubles for the optimizer step,
+ * bf16 rounding done bit by bit here for the save path, and the error messages for bad input.
+ * The comparison with Hugging Face itself is tests/reference/model_reference.py. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "kernels/ops.h"
+#include "server/model/model.h"
+
+static model_config tiny_config(int qk_norm, int tied) {
+    model_config c;
+    memset(&c, 0, sizeof c);
+    snprintf(c.model_type, sizeof c.model_type, "%s", qk_norm ? "qwen3" : "qwen2");
+    snprintf(c.architecture, sizeof c.architecture, "%s",
+             qk_norm ? "Qwen3ForCausalLM" : "Qwen2ForCausalLM");
+    c.vocab_size = 37;
+    c.hidden_size = 16;
+    c.num_hidden_layers = 2;
+    c.num_attention_heads = 4;
+    c.num_key_value_heads = 2;
+    c.head_dim = 6;
+    c.intermediate_size = 20;
+    c.max_position_embeddings = 64;
+    c.rope_theta = 10000.0;
+    c.rms_norm_eps = 1e-6;
+    c.tie_word_embeddings = tied;
+    c.attention_bias = 1;
+    c.o_proj_bias = qk_norm; /* Qwen3's attention_bias covers o_proj; Qwen2 has q/k/v only */
+    c.mlp_bias = 0;
+    c.qk_norm = qk_norm;
+    c.initializer_range = 0.3;
+    c.bos_token_id = -1;
+    c.pad_token_id = -1;
+    snprintf(c.torch_dtype, sizeof c.torch_dtype, "float32");
+    return c;
+}
+
+typedef struct fixture {
+    ops_ctx *ops;
+    model *m;
+} fixture;
+
+static model *make_model(ops_ctx *ops, int qk_norm, int tied, uint64_t seed) {
+    model_config cfg = tiny_config(qk_norm, tied);
+    chord_err err = {0};
+    model *m = NULL;
+    if (model_create(&cfg, ops, &m, &err) != 0) fail_msg("model_create: %s", err.msg);
+    if (model_init_random(m, seed, &err) != 0) fail_msg("model_init_random: %s", err.msg);
+    /* norms and biases away from their init values so their gradients are not special */
+    float *p = malloc(m->num_params * sizeof *p);
+    assert_non_null(p);
+    assert_int_equal(model_read_params(m, p, &err), 0);
+    for (size_t i = m->num_decay; i < m->num_params; i++)
+        p[i] += 0.2f * (float)sin(0.7 * (double)i + 1.0);
+    assert_int_equal(ops->be->to_device(ops, m->params, p, m->num_params * sizeof *p), 0);
+    free(p);
+    return m;
+}
+
+static int setup(void **state) {
+    char e[256];
+    fixture *f = calloc(1, sizeof *f);
+    f->ops = ops_open("cpu", 1, e, sizeof e);
+    if (!f->ops) return -1;
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state) {
+    fixture *f = *state;
+    model_free(f->m);
+    ops_close(f->ops);
+    free(f);
+    return 0;
+}
+
+/* Two sequences (5 and 3 tokens) packed. */
+static const int32_t TOK[8] = {3, 17, 5, 36, 0, 9, 9, 22};
+static const int32_t POS[8] = {0, 1, 2, 3, 4, 0, 1, 2};
+static const int32_t CU[3] = {0, 5, 8};
+static const int32_t TGT[8] = {17, 5, 36, 0, -1, 9, 22, -1};
+static const float W_LOGP[8] = {0.5f, -1.0f, 0.25f, 1.0f, 0.3f, -0.7f, 0.9f, 0.1f};
+/* ops.h: a row without a target gets no gradient at all, so its entropy weight is 0 here */
+static const float W_ENT[8] = {0.2f, 0.1f, -0.3f, 0.4f, 0.0f, 0.6f, 0.05f, 0.0f};
+#define INV_TEMP 0.8f
+
+/* loss = sum_n W_LOGP[n] logp[n] + W_ENT[n] entropy[n], accumulated in double */
+static double loss_of(model *m) {
+    model_batch b = {
+        .N = 8, .S = 2, .tokens = TOK, .positions = POS, .cu_seqlens = CU, .targets = TGT};
+    float lp[8], ent[8];
+    chord_err err = {0};
+    if (model_forward(m, &b, INV_TEMP, lp, ent, &err) != 0) fail_msg("forward: %s", err.msg);
+    double s = 0.0;
+    for (int n = 0; n < 8; n++)
+        s += (double)W_LOGP[n] * lp[n] + (double)W_ENT[n] * ent[n];
+    return s;
+}
+
+static void finite_differences(void **state, int qk_norm, int tied) {
+    fixture *f = *state;
+    f->m = make_model(f->ops, qk_norm, tied, 11);
+    model *m = f->m;
+    chord_err err = {0};
+    loss_of(m);
+    assert_int_equal(model_zero_grad(m, &err), 0);
+    assert_int_equal(model_backward(m, W_LOGP, W_ENT, &err), 0);
+    float *g = malloc(m->num_params * sizeof *g), *p = malloc(m->num_params * sizeof *p);
+    assert_int_equal(model_read_grads(m, g, &err), 0);
+    assert_int_equal(model_read_params(m, p, &err), 0);
+    int checked = 0;
+    for (int t = 0; t < m->n_tensors; t++) {
+        const model_tensor *mt = &m->tensors[t];
+        /* 3 entries per tensor: the largest-gradient one and two spread ones */
+        size_t pick[3] = {0, mt->numel / 3, (2 * mt->numel) / 3 + 1};
+        for (size_t i = 0; i < mt->numel; i++)
+            if (fabsf(g[mt->offset + i]) > fabsf(g[mt->offset + pick[0]])) pick[0] = i;
+        for (int k = 0; k < 3; k++) {
+            size_t i = mt->offset + (pick[k] < mt->numel ? pick[k] : 0);
+            const float h = 1e-2f, orig = p[i];
+            float v = orig + h;
+            assert_int_equal(f->ops->be->to_device(f->ops, m->params + i, &v, sizeof v), 0);
+            double lp = loss_of(m);
+            v = orig - h;
+            assert_int_equal(f->ops->be->to_device(f->ops, m->params + i, &v, sizeof v), 0);
+            double lm = loss_of(m);
+            assert_int_equal(f->ops->be->to_device(f->ops, m->params + i, &orig, sizeof orig), 0);
+            double fd = (lp - lm) / (2.0 * h), an = g[i];
+            if (!(fabs(fd - an) <= 3e-2 * fabs(fd) + 2e-3))
+                fail_msg("%s[%zu]: backward %.6g, finite differences %.6g", mt->name,
+                         i - mt->offset, an, fd);
+            checked++;
+        }
+    }
+    assert_true(checked >= 3 * 10);
+    free(g);
+    free(p);
+}
+
+static void test_gradients_qwen2_tied(void **state) {
+    finite_differences(state, 0, 1);
+}
+static void test_gradients_qwen3_untied(void **state) {
+    finite_differences(state, 1, 0);
+}
+
+/* Micro-batching: two backward passes without zero_grad add up. */
+static void test_gradients_accumulate(void **state) {
+    fixture *f = *state;
+    f->m = make_model(f->ops, 0, 0, 5);
+    model *m = f->m;
+    chord_err err = {0};
+    float *g1 = malloc(m->num_params * sizeof *g1), *g2 = malloc(m->num_params * sizeof *g2);
+    loss_of(m);
+    assert_int_equal(model_zero_grad(m, &err), 0);
+    assert_int_equal(model_backward(m, W_LOGP, NULL, &err), 0);
+    assert_int_equal(model_read_grads(m, g1, &err), 0);
+    loss_of(m);
+    assert_int_equal(model_backward(m, W_LOGP, NULL, &err), 0);
+    assert_int_equal(model_read_grads(m, g2, &err), 0);
+    for (size_t i = 0; i < m->num_params; i++)
+        if (fabsf(g2[i] - 2.0f * g1[i]) > 1e-5f * (1.0f + fabsf(g2[i])))
+            fail_msg("grad[%zu]: %g after two passes, %g after one", i, g2[i], g1[i]);
+    free(g1);
+    free(g2);
+}
+
+/* model_adamw_step against PyTorch's clip_grad_norm_ + AdamW formula, in doubles. */
+static void test_adamw_matches_pytorch_formula(void **state) {
+    fixture *f = *state;
+    f->m = make_model(f->ops, 1, 1, 3);
+    model *m = f->m;
+    chord_err err = {0};
+    const size_t n = m->num_params;
+    float *p0 = malloc(n * sizeof *p0), *g = malloc(n * sizeof *g), *p1 = malloc(n * sizeof *p1);
+    double *mm = calloc(n, sizeof *mm), *vv = calloc(n, sizeof *vv),
+           *want = malloc(n * sizeof *want);
+    const double lr = 1e-2, b1 = 0.9, b2 = 0.95, eps = 1e-8, wd = 0.1, clip = 0.05;
+    assert_int_equal(model_read_params(m, p0, &err), 0);
+    for (size_t i = 0; i < n; i++)
+        want[i] = p0[i];
+    for (int t = 1; t <= 2; t++) {
+        loss_of(m);
+        assert_int_equal(model_zero_grad(m, &err), 0);
+        assert_int_equal(model_backward(m, W_LOGP, NULL, &err), 0);
+        assert_int_equal(model_read_grads(m, g, &err), 0);
+        double ss = 0.0;
+        for (size_t i = 0; i < n; i++)
+            ss += (double)g[i] * g[i];
+        double norm = sqrt(ss), coef = clip / (norm + 1e-6), got_norm = 0.0;
+        if (coef > 1.0) coef = 1.0;
+        assert_true(coef < 1.0); /* the clip is exercised */
+        assert_int_equal(model_adamw_step(m, (float)lr, (float)b1, (float)b2, (float)eps, (float)wd,
+                                          (float)clip, &got_norm, &err),
+                         0);
+        assert_true(fabs(got_norm - norm) <= 1e-5 * norm);
+        for (size_t i = 0; i < n; i++) {
+            double gi = g[i] * coef;
+            mm[i] = b1 * mm[i] + (1 - b1) * gi;
+            vv[i] = b2 * vv[i] + (1 - b2) * gi * gi;
+            double mh = mm[i] / (1 - pow(b1, t)), vh = vv[i] / (1 - pow(b2, t));
+            double decay = i < m->num_decay ? wd : 0.0; /* matrices only */
+            want[i] -= lr * decay * want[i];
+            want[i] -= lr * mh / (sqrt(vh) + eps);
+        }
+    }
+    assert_int_equal(model_read_params(m, p1, &err), 0);
+    for (size_t i = 0; i < n; i++)
+        if (fabs(p1[i] - want[i]) > 2e-5 * (1.0 + fabs(want[i])))
+            fail_msg("param[%zu]: %.8g after two steps, want %.8g", i, p1[i], want[i]);
+    free(p0);
+    free(g);
+    free(p1);
+    free(mm);
+    free(vv);
+    free(want);
+}
+
+static uint16_t bf16_rne(float x) {
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    u += 0x7FFFu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+/* save (f32, bf16, sharded) then load gives the same parameters (bf16: rounded to nearest even). */
+static void test_save_load_roundtrip(void **state) {
+    fixture *f = *state;
+    f->m = make_model(f->ops, 1, 0, 9);
+    model *m = f->m;
+    chord_err err = {0};
+    char dir[] = "/tmp/chord_test_model_XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char sub[512];
+    float *p = malloc(m->num_params * sizeof *p), *q = malloc(m->num_params * sizeof *q);
+    assert_int_equal(model_read_params(m, p, &err), 0);
+    const struct {
+        const char *name;
+        st_dtype dt;
+        size_t shard;
+    } cases[] = {{"f32", ST_F32, 0}, {"bf16", ST_BF16, 0}, {"sharded", ST_F32, 4096}};
+    for (int c = 0; c < 3; c++) {
+        snprintf(sub, sizeof sub, "%s/%s", dir, cases[c].name);
+        if (model_save(m, sub, cases[c].dt, cases[c].shard, &err) != 0)
+            fail_msg("save %s: %s", cases[c].name, err.msg);
+        model *back = NULL;
+        if (model_load(sub, f->ops, &back, &err) != 0)
+            fail_msg("load %s: %s", cases[c].name, err.msg);
+        assert_int_equal(back->num_params, m->num_params);
+        assert_int_equal(model_read_params(back, q, &err), 0);
+        for (size_t i = 0; i < m->num_params; i++) {
+            float want = p[i];
+            if (cases[c].dt == ST_BF16) {
+                uint32_t u = (uint32_t)bf16_rne(p[i]) << 16;
+                memcpy(&want, &u, sizeof want);
+            }
+            if (memcmp(&q[i], &want, sizeof want) != 0)
+                fail_msg("%s: param[%zu] = %.9g, want %.9g", cases[c].name, i, q[i], want);
+        }
+        model_free(back);
+    }
+    snprintf(sub, sizeof sub, "rm -rf '%s'", dir);
+    assert_int_equal(system(sub), 0);
+    free(p);
+    free(q);
+}
+
+static void expect_error(int rc, const chord_err *err, const char *want) {
+    assert_int_equal(rc, -1);
+    if (!strstr(err->msg, want)) fail_msg("error \"%s\" lacks \"%s\"", err->msg, want);
+}
+
+static void test_bad_input(void **state) {
+    fixture *f = *state;
+    f->m = make_model(f->ops, 0, 1, 1);
+    model *m = f->m;
+    chord_err err = {0};
+    int32_t tok[3] = {1, 37, 2}, pos[3] = {0, 1, 2}, cu[2] = {0, 3}, tgt[3] = {37, 2, -1};
+    model_batch b = {.N = 3, .S = 1, .tokens = tok, .positions = pos, .cu_seqlens = cu};
+    expect_error(model_forward(m, &b, 1.0f, NULL, NULL, &err), &err, "tokens[1] = 37");
+    tok[1] = 4;
+    b.targets = tgt;
+    expect_error(model_forward(m, &b, 1.0f, NULL, NULL, &err), &err, "targets[0] = 37");
+    tgt[0] = 4;
+    cu[1] = 2;
+    expect_error(model_forward(m, &b, 1.0f, NULL, NULL, &err), &err, "cu_seqlens");
+    cu[1] = 3;
+    float dl[3] = {0};
+    expect_error(model_backward(m, dl, NULL, &err), &err, "no forward");
+    assert_int_equal(model_forward(m, &b, 1.0f, NULL, NULL, &err), 0);
+
+    model_kv_cache *kv = NULL;
+    assert_int_equal(model_kv_create(m, 2, 4, &kv, &err), 0);
+    const float *logits = NULL;
+    int32_t slot = 0, p = 0, t = 1;
+    expect_error(model_decode(m, kv, &t, &(int32_t){2}, &slot, 1, &logits, &err), &err,
+                 "would leave a gap");
+    int32_t long_cu[2] = {0, 5}, long_tok[5] = {1, 2, 3, 4, 5};
+    expect_error(model_prefill(m, kv, long_tok, long_cu, 1, &slot, &logits, &err), &err,
+                 "cache holds 1..4");
+    expect_error(model_prefill(m, kv, long_tok, cu, 1, &(int32_t){2}, &logits, &err), &err,
+                 "slots[0] = 2");
+    assert_int_equal(model_prefill(m, kv, long_tok, cu, 1, &slot, &logits, &err), 0);
+    assert_int_equal(model_decode(m, kv, &t, &(int32_t){3}, &slot, 1, &logits, &err), 0);
+    expect_error(model_kv_copy(m, kv, 0, &(int32_t){1}, 1, 5, &err), &err, "holds 4 positions");
+    expect_error(model_decode(m, kv, &t, &(int32_t){4}, &slot, 1, &logits, &err), &err,
+                 "outside the cache");
+    (void)p;
+    model_kv_free(kv);
+}
+
+/* Saving an untied model and loading it with lm_head.weight gone names the missing tensor. */
+static void test_missing_tensor(void **state) {
+    fixture *f = *state;
+    f->m = make_model(f->ops, 0, 0, 2);
+    chord_err err = {0};
+    char dir[] = "/tmp/chord_test_model_XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    /* write every tensor but lm_head with the safetensors writer directly */
+    model *m = f->m;
+    float *p = malloc(m->num_params * sizeof *p);
+    assert_int_equal(model_read_params(m, p, &err), 0);
+    st_writer *w = st_writer_new();
+    for (int i = 0; i < m->n_tensors; i++)
+        if (strcmp(m->tensors[i].name, "lm_head.weight") != 0)
+            assert_int_equal(st_writer_add(w, m->tensors[i].name, p + m->tensors[i].offset,
+                                           m->tensors[i].shape, m->tensors[i].ndim, ST_F32, &err),
+                             0);
+    assert_int_equal(st_writer_save_dir(w, dir, 0, &err), 0);
+    st_writer_free(w);
+    assert_int_equal(model_config_save(&m->cfg, dir, &err), 0);
+    model *back = NULL;
+    expect_error(model_load(dir, f->ops, &back, &err), &err, "lm_head.weight is missing");
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    assert_int_equal(system(cmd), 0);
+    free(p);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_gradients_qwen2_tied, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_gradients_qwen3_untied, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_gradients_accumulate, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_adamw_matches_pytorch_formula, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_save_load_roundtrip, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bad_input, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_missing_tensor, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
