@@ -12,6 +12,8 @@
 #include <string.h>
 
 #include "server/base/fileutil.h"
+#include "server/model/config.h"
+#include "server/train/reward.h"
 
 #define PATH_MAX_LEN 256
 
@@ -259,6 +261,14 @@ static int parse_model(const json_t *doc, job_config *cfg, int64_t *init_seed, i
     json_t *config;
     if (read_object(init, "model.init", "config", &config, err)) return -1;
     if (!config) return chord_err_set(err, "model.init.config: required (Hugging Face config)");
+    /* checked now so a bad architecture fails at submission, not when the job starts */
+    model_config parsed;
+    if (model_config_from_json(config, &parsed, err)) {
+        const char *lead = "config.json: ";
+        if (err && strncmp(err->msg, lead, strlen(lead)) == 0)
+            memmove(err->msg, err->msg + strlen(lead), strlen(err->msg + strlen(lead)) + 1);
+        return chord_err_prefix(err, "model.init.config");
+    }
     cfg->model_init_config = json_deep_copy(config);
     if (!cfg->model_init_config)
         return chord_err_setc(err, CHORD_E_INTERNAL, "model.init.config: out of memory");
@@ -516,6 +526,11 @@ static int validate(job_config *cfg, int has_sft_steps, chord_err *err) {
         return chord_err_set(err, "data.prompts: required by algorithm \"%s\"", an);
     if (jobconfig_uses_expert(a) && !cfg->data_expert)
         return chord_err_set(err, "data.expert: required by algorithm \"%s\"", an);
+
+    /* the verifier's own parser names its fields ("reward.timeout_ms: ..."); nothing is kept */
+    reward_verifier *verifier = NULL;
+    if (reward_verifier_new(cfg->reward, &verifier, err)) return -1;
+    reward_verifier_free(verifier);
 
     if (!device_valid(cfg->device))
         return chord_err_set(err,

@@ -6,7 +6,8 @@
  * \"grpo.clipp_low\""). jobconfig_to_json writes the fully resolved document back, which parses
  * to the same struct.
  *
- * Not here: the reward object is kept as JSON and parsed by reward.h; model.init.config is kept
+ * Not here: the reward object is kept as JSON and parsed by reward.h (jobconfig_parse checks it
+ * once through reward_verifier_new, so a bad reward fails at submission); model.init.config is kept
  * as JSON and parsed by server/model/config.h; dataset ids are not resolved (the service does
  * that); nothing here touches a model or a file other than the document itself. */
 #ifndef CHORD_TRAIN_JOBCONFIG_H

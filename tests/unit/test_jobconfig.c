@@ -24,6 +24,10 @@ static void near_check(double got, double want, double tol, const char *expr, in
 }
 
 #define MODEL "\"model\": {\"path\": \"tiny\"}"
+#define TINY_CONFIG                                                                                \
+    "{\"model_type\": \"qwen2\", \"vocab_size\": 300, \"hidden_size\": 64,"                        \
+    " \"num_hidden_layers\": 2, \"num_attention_heads\": 4, \"num_key_value_heads\": 2,"           \
+    " \"intermediate_size\": 128}"
 #define BOTH_DATA "\"data\": {\"prompts\": \"p.jsonl\", \"expert\": \"e.jsonl\"}"
 
 static void parse_ok(const char *text, job_config *cfg) {
@@ -125,7 +129,7 @@ static void test_preset_table(void **state) {
 /* DESIGN.md's example document, every knob set. */
 static const char *const full_doc =
     "{\"name\": \"math-chord\","
-    " \"model\": {\"init\": {\"config\": {\"model_type\": \"qwen2\", \"hidden_size\": 64},"
+    " \"model\": {\"init\": {\"config\": " TINY_CONFIG ","
     "   \"seed\": 7, \"tokenizer\": \"demo-tok\"}},"
     " \"data\": {\"prompts\": \"ds_p\", \"expert\": \"ds_e\", \"eval\": \"ds_v\"},"
     " \"algorithm\": \"chord\","
@@ -320,6 +324,12 @@ static void test_errors_name_the_field(void **state) {
                 "data.prompts: required by algorithm \"chord_phi\"");
     parse_fails("{" MODEL ", \"data\": {\"prompts\": \"p\", \"expret\": \"e\"}}",
                 "unknown field \"data.expret\"");
+    /* the reward and the model config are checked by their own parsers, named by path */
+    parse_fails("{" MODEL ", " BOTH_DATA ", \"reward\": {\"type\": \"nope\"}}", "reward.type");
+    parse_fails("{" MODEL ", " BOTH_DATA ", \"reward\": {\"type\": \"exact\", \"x\": 1}}",
+                "reward.x");
+    parse_fails("{\"model\": {\"init\": {\"config\": {\"model_type\": \"qwen2\"}}}, " BOTH_DATA "}",
+                "model.init.config: vocab_size");
     parse_fails("[1, 2]", "job: must be a JSON object");
     parse_fails("{\"model\": ", "invalid JSON at line 1");
 }
@@ -392,7 +402,7 @@ static void test_round_trip(void **state) {
     }
     round_trip("{" MODEL ", " BOTH_DATA ", \"chord\": {\"mu\": {\"adaptive\": {\"tau\": 0.3}}},"
                " \"optimizer\": {\"lr\": 0.1, \"betas\": [0.1, 0.2]}, \"seed\": 0}");
-    round_trip("{\"model\": {\"init\": {\"config\": {\"a\": [1, 2.5, null]}}}, " BOTH_DATA
+    round_trip("{\"model\": {\"init\": {\"config\": " TINY_CONFIG "}}, " BOTH_DATA
                ", \"seed\": 9007199254740993}");
 }
 
