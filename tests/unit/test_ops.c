@@ -190,7 +190,7 @@ static void matmul_case(ops_ctx *c, int N, int C, int OC, int fd) {
     fill(m.b, OC, 0.5f);
     fill(m.r, (size_t)N * OC, 1.0f);
     OK(c->be->matmul_forward(c, m.out, m.inp, m.w, m.b, N, C, OC));
-    double *want = malloc((size_t)N * OC * sizeof(double));
+    double *want = calloc((size_t)N * OC, sizeof(double));
     for (int n = 0; n < N; n++)
         for (int o = 0; o < OC; o++) {
             double s = m.b[o];
@@ -215,9 +215,8 @@ static void matmul_case(ops_ctx *c, int N, int C, int OC, int fd) {
     for (size_t i = 0; i < (size_t)N * C; i++)
         dinp[i] = 123.0f;
     OK(c->be->matmul_backward(c, dinp, dw, db, m.r, m.inp, m.w, N, C, OC, 0));
-    double *wdi = malloc((size_t)N * C * sizeof(double)),
-           *wdw = malloc((size_t)OC * C * sizeof(double)),
-           *wdb = malloc((size_t)OC * sizeof(double));
+    double *wdi = calloc((size_t)N * C, sizeof(double)),
+           *wdw = calloc((size_t)OC * C, sizeof(double)), *wdb = calloc((size_t)OC, sizeof(double));
     for (int n = 0; n < N; n++)
         for (int i = 0; i < C; i++) {
             double s = 0;
@@ -363,7 +362,7 @@ static void test_rmsnorm(void **state) {
     for (int i = 0; i < C; i++)
         dw[i] = 0.5f;
     OK(c->be->rmsnorm_backward(c, dinp, ldi, dw, m.r, m.inp, m.w, m.rstd, N, C));
-    float *g = malloc((size_t)N * ldi * sizeof(float)), *gw = malloc(C * sizeof(float));
+    float *g = calloc((size_t)N * ldi, sizeof(float)), *gw = calloc(C, sizeof(float));
     for (size_t i = 0; i < (size_t)N * ldi; i++)
         g[i] = dinp[i] - 0.25f;
     for (int i = 0; i < C; i++)
@@ -503,7 +502,7 @@ static void attn_ref(double *out, double *lse, const float *q, int ldq, const fl
             for (int h = 0; h < Hq; h++) {
                 int kh = h / G;
                 int L = i - cu[s] + 1;
-                double *sc = malloc((size_t)L * sizeof(double)), mx = -INFINITY, l = 0;
+                double *sc = calloc((size_t)L, sizeof(double)), mx = -INFINITY, l = 0;
                 for (int j = 0; j < L; j++) {
                     double d = 0;
                     for (int e = 0; e < D; e++)
@@ -538,8 +537,8 @@ static void attn_ref_bwd(double *dq, double *dk, double *dv, const float *dout, 
         for (int i = cu[s]; i < cu[s + 1]; i++)
             for (int h = 0; h < Hq; h++) {
                 int kh = h / G, L = i - cu[s] + 1;
-                double *p = malloc((size_t)L * sizeof(double)),
-                       *dp = malloc((size_t)L * sizeof(double));
+                double *p = calloc((size_t)L, sizeof(double)),
+                       *dp = calloc((size_t)L, sizeof(double));
                 double mx = -INFINITY, l = 0;
                 for (int j = 0; j < L; j++) {
                     double d = 0;
@@ -614,8 +613,8 @@ static void attention_case(ops_ctx *c, const int *lens, int S, int Hq, int Hkv, 
     fill(m.r, (size_t)N * HqD, 1.0f);
     at_loss(&m);
     const float *q = m.qkv, *k = q + HqD, *v = k + Hkv * D;
-    double *wo = malloc((size_t)N * HqD * sizeof(double)),
-           *wl = malloc((size_t)N * Hq * sizeof(double));
+    double *wo = calloc((size_t)N * HqD, sizeof(double)),
+           *wl = calloc((size_t)N * Hq, sizeof(double));
     attn_ref(wo, wl, q, m.ld, k, m.ld, v, m.ld, m.cu, S, Hq, Hkv, D);
     expect_all_close("attention out", m.out, wo, (size_t)N * HqD, 1e-5, 1e-4);
     expect_all_close("attention lse", m.lse, wl, (size_t)N * Hq, 1e-5, 1e-5);
@@ -630,9 +629,9 @@ static void attention_case(ops_ctx *c, const int *lens, int S, int Hq, int Hkv, 
     for (int n = 0; n < N; n++)
         for (int j = (Hq + 2 * Hkv) * D; j < m.ld; j++)
             assert_true(dqkv[(size_t)n * m.ld + j] == 7.0f);
-    double *rdq = malloc((size_t)N * HqD * sizeof(double)),
-           *rdk = malloc((size_t)N * Hkv * D * sizeof(double)),
-           *rdv = malloc((size_t)N * Hkv * D * sizeof(double));
+    double *rdq = calloc((size_t)N * HqD, sizeof(double)),
+           *rdk = calloc((size_t)N * Hkv * D, sizeof(double)),
+           *rdv = calloc((size_t)N * Hkv * D, sizeof(double));
     attn_ref_bwd(rdq, rdk, rdv, m.r, q, m.ld, k, m.ld, v, m.ld, m.cu, S, N, Hq, Hkv, D);
     for (int n = 0; n < N; n++) {
         for (int j = 0; j < HqD; j++)
@@ -647,7 +646,7 @@ static void attention_case(ops_ctx *c, const int *lens, int S, int Hq, int Hkv, 
     }
     if (fd) {
         /* every q/k/v element (padding columns have zero gradient) */
-        float *g = malloc((size_t)N * m.ld * sizeof(float));
+        float *g = calloc((size_t)N * m.ld, sizeof(float));
         memcpy(g, dqkv, (size_t)N * m.ld * sizeof(float));
         for (int n = 0; n < N; n++)
             for (int j = (Hq + 2 * Hkv) * D; j < m.ld; j++)
@@ -849,7 +848,7 @@ static void test_adamw(void **state) {
     ops_ctx *c = open_cpu(2);
     size_t n = 100003;
     float *p = falloc(c, n), *g = falloc(c, n), *m = falloc(c, n), *v = falloc(c, n);
-    double *rp = malloc(n * sizeof(double)), *rm = calloc(n, sizeof(double)),
+    double *rp = calloc(n, sizeof(double)), *rm = calloc(n, sizeof(double)),
            *rv = calloc(n, sizeof(double));
     fill(p, n, 1.0f);
     for (size_t i = 0; i < n; i++)
@@ -954,7 +953,7 @@ static void test_sample(void **state) {
         int VV = 50000;
         float *y = falloc(c, VV);
         fill(y, VV, 6.0f);
-        double *p = malloc(VV * sizeof(double)), mx = -INFINITY, s = 0;
+        double *p = calloc(VV, sizeof(double)), mx = -INFINITY, s = 0;
         for (int j = 0; j < VV; j++)
             mx = fmax(mx, y[j]);
         for (int j = 0; j < VV; j++)
@@ -980,7 +979,7 @@ static void test_elementwise(void **state) {
     rng_seed(11);
     ops_ctx *c = open_cpu(2);
     size_t n = 300007;
-    float *a = falloc(c, n), *b = falloc(c, n), *a0 = malloc(n * sizeof(float));
+    float *a = falloc(c, n), *b = falloc(c, n), *a0 = calloc(n, sizeof(float));
     fill(a, n, 1.0f);
     fill(b, n, 1.0f);
     memcpy(a0, a, n * sizeof(float));
