@@ -353,15 +353,21 @@ static int hash_and_sync(const char *path, char out[65], int64_t *bytes, chord_e
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return chord_err_setc(err, CHORD_E_IO, "%s: %s", path, strerror(errno));
     EVP_MD_CTX *md = EVP_MD_CTX_new();
+    unsigned char *buf = NULL;
     int ret = 0;
     if (!md || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1) {
         ret = chord_err_setc(err, CHORD_E_INTERNAL, "sha256 init failed");
         goto done;
     }
-    static __thread unsigned char buf[1 << 16];
+    enum { CHUNK = 1 << 16 };
+    buf = malloc(CHUNK);
+    if (!buf) {
+        ret = chord_err_setc(err, CHORD_E_INTERNAL, "%s: out of memory", path);
+        goto done;
+    }
     int64_t total = 0;
     for (;;) {
-        ssize_t got = read(fd, buf, sizeof buf);
+        ssize_t got = read(fd, buf, CHUNK);
         if (got < 0 && errno == EINTR) continue;
         if (got < 0) {
             ret = chord_err_setc(err, CHORD_E_IO, "read %s: %s", path, strerror(errno));
@@ -388,6 +394,7 @@ static int hash_and_sync(const char *path, char out[65], int64_t *bytes, chord_e
     }
     *bytes = total;
 done:
+    free(buf);
     EVP_MD_CTX_free(md);
     close(fd);
     return ret;

@@ -224,7 +224,7 @@ static void test_racing_first_open(void **state) {
 
 /* A child writes steps (metrics + samples), checkpoints and uploads as fast as it can until it
  * is SIGKILLed; the parent then checks what survived. */
-static void child_write_forever(const char *dir) {
+static void child_write_forever(const char *dir, int ready_fd) {
     store *s = NULL;
     chord_err err = {0};
     char job[STORE_ID_MAX];
@@ -253,20 +253,30 @@ static void child_write_forever(const char *dir) {
         if (store_dataset_upload_begin(s, "d", STORE_DATASET_EVAL, &up, &err)) _exit(10);
         if (store_dataset_upload_write(up, "{\"x\": 1}\n", 9, &err)) _exit(11);
         if (store_dataset_upload_commit(up, NULL, &err)) _exit(12);
+        if (step == 0 && write(ready_fd, "r", 1) != 1) _exit(13); /* one whole round done */
     }
 }
 
 static void test_kill_mid_write_leaves_consistent_store(void **state) {
     (void)state;
-    const int delays_ms[] = {37, 91, 153, 211};
+    const int delays_ms[] = {0, 13, 37, 91, 153, 211};
     for (size_t round = 0; round < sizeof delays_ms / sizeof *delays_ms; round++) {
         char dir[256];
         scratch_make(dir);
         store_close(open_ok(dir));
+        int ready[2];
+        assert_int_equal(pipe(ready), 0);
         fflush(NULL);
         pid_t pid = fork();
         assert_true(pid >= 0);
-        if (pid == 0) child_write_forever(dir);
+        if (pid == 0) {
+            close(ready[0]);
+            child_write_forever(dir, ready[1]);
+        }
+        close(ready[1]);
+        char byte;
+        assert_int_equal(read(ready[0], &byte, 1), 1); /* kill only after one whole round */
+        close(ready[0]);
         struct timespec ts = {0, delays_ms[round] * 1000000L};
         nanosleep(&ts, NULL);
         int status = 0;
