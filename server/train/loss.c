@@ -10,6 +10,21 @@
 #include <math.h>
 #include <string.h>
 
+#include "server/train/jobconfig.h"
+
+chord_loss_params chord_loss_params_for_job(const struct job_config *cfg, double mu,
+                                            int64_t n_policy_tokens, int64_t n_expert_tokens) {
+    return (chord_loss_params){.mu = mu,
+                               .phi = cfg->phi,
+                               .clip_low = cfg->grpo.clip_low,
+                               .clip_high = cfg->grpo.clip_high,
+                               .dual_clip = cfg->grpo.dual_clip,
+                               .entropy_coef = cfg->grpo.entropy_coef,
+                               .kl_coef = cfg->grpo.kl_coef,
+                               .n_policy_tokens = n_policy_tokens,
+                               .n_expert_tokens = n_expert_tokens};
+}
+
 int chord_loss_params_check(const chord_loss_params *p, chord_err *err) {
     if (!(p->mu >= 0.0 && p->mu <= 1.0)) return chord_err_set(err, "loss: mu must be in [0, 1]");
     if (!(p->clip_low >= 0.0 && p->clip_low < 1.0))

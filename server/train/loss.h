@@ -90,6 +90,12 @@ typedef struct chord_loss_metrics {
     int64_t n_expert_tokens;
 } chord_loss_metrics;
 
+/* The parameters a job's step uses: μ of the step (schedule.h), φ, the clip ranges, dual clip
+ * (0 = off), the KL and entropy coefficients from cfg, and the step's token counts. */
+struct job_config;
+chord_loss_params chord_loss_params_for_job(const struct job_config *cfg, double mu,
+                                            int64_t n_policy_tokens, int64_t n_expert_tokens);
+
 /* Checks the parameters (μ in [0,1], ε ranges, dual clip 0 or > 1, counts >= 0). */
 int chord_loss_params_check(const chord_loss_params *p, chord_err *err);
 

@@ -197,3 +197,17 @@ int task_write_corpus(const char *path, const task_arith_config *cfg, uint64_t s
                       chord_err *err) {
     return write_task_file(path, cfg, seed, TASK_SPLIT_TRAIN, n, 2, err);
 }
+
+int task_write_default_files(const char *dir, const task_arith_config *cfg, uint64_t seed,
+                             size_t n_prompts, size_t n_expert, size_t n_eval, chord_err *err) {
+    if (chord_mkdirs(dir, err)) return chord_err_prefix(err, "task: %s", dir);
+    char path[4096];
+    snprintf(path, sizeof path, "%s/prompts.jsonl", dir);
+    if (task_write_prompts_jsonl(path, cfg, seed, TASK_SPLIT_TRAIN, n_prompts, err)) return -1;
+    snprintf(path, sizeof path, "%s/expert.jsonl", dir);
+    if (task_write_expert_jsonl(path, cfg, seed + 1, TASK_SPLIT_TRAIN, n_expert, err)) return -1;
+    snprintf(path, sizeof path, "%s/eval.jsonl", dir);
+    if (task_write_prompts_jsonl(path, cfg, seed + 2, TASK_SPLIT_HELDOUT, n_eval, err)) return -1;
+    snprintf(path, sizeof path, "%s/corpus.txt", dir);
+    return task_write_corpus(path, cfg, seed + 3, n_prompts, err);
+}

@@ -71,4 +71,12 @@ int task_write_expert_jsonl(const char *path, const task_arith_config *cfg, uint
 int task_write_corpus(const char *path, const task_arith_config *cfg, uint64_t seed, size_t n,
                       chord_err *err);
 
+/* The built-in task's files in dir (created if needed), for the embedded default and demos:
+ *   dir/prompts.jsonl  n_prompts training problems (seed)          {"prompt","answer"}
+ *   dir/expert.jsonl   n_expert training problems (seed + 1)       {"prompt","response"}
+ *   dir/eval.jsonl     n_eval held-out problems (seed + 2)         {"prompt","answer"}
+ *   dir/corpus.txt     the tokenizer corpus over n_prompts problems (seed + 3) */
+int task_write_default_files(const char *dir, const task_arith_config *cfg, uint64_t seed,
+                             size_t n_prompts, size_t n_expert, size_t n_eval, chord_err *err);
+
 #endif

@@ -11,6 +11,7 @@
 
 #include <cmocka.h>
 
+#include "server/train/jobconfig.h"
 #include "server/train/loss.h"
 
 #define assert_near(got, want) near_check((got), (want), #got, __LINE__)
@@ -262,6 +263,29 @@ static void test_advantages(void **state) {
     assert_non_null(strstr(err.msg, "reward 1"));
 }
 
+static void test_params_for_job(void **state) {
+    (void)state;
+    const char *doc =
+        "{\"model\": {\"path\": \"m\"}, \"data\": {\"prompts\": \"p\", \"expert\": \"e\"},"
+        " \"grpo\": {\"clip_low\": 0.1, \"clip_high\": 0.3, \"dual_clip\": 3,"
+        " \"kl_coef\": 0.01, \"entropy_coef\": 0.02}}";
+    job_config cfg;
+    chord_err err = {0};
+    assert_int_equal(jobconfig_parse(doc, &cfg, &err), 0);
+    chord_loss_params p = chord_loss_params_for_job(&cfg, 0.25, 10, 20);
+    assert_near(p.mu, 0.25);
+    assert_int_equal(p.phi, 1); /* chord's default */
+    assert_near(p.clip_low, 0.1);
+    assert_near(p.clip_high, 0.3);
+    assert_near(p.dual_clip, 3.0);
+    assert_near(p.kl_coef, 0.01);
+    assert_near(p.entropy_coef, 0.02);
+    assert_int_equal(p.n_policy_tokens, 10);
+    assert_int_equal(p.n_expert_tokens, 20);
+    assert_int_equal(chord_loss_params_check(&p, &err), 0);
+    jobconfig_free(&cfg);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_policy_term),
@@ -269,6 +293,7 @@ int main(void) {
         cmocka_unit_test(test_mix_and_micro_batches),
         cmocka_unit_test(test_empty_streams),
         cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_params_for_job),
         cmocka_unit_test(test_advantages),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

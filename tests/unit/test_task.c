@@ -241,11 +241,55 @@ static void test_writers(void **state) {
     rmdir(dir);
 }
 
+static void test_default_files(void **state) {
+    (void)state;
+    task_arith_config cfg;
+    task_arith_default(&cfg);
+    char dir[] = "/tmp/chord_test_taskdir_XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char sub[256];
+    snprintf(sub, sizeof sub, "%s/builtin", dir);
+    chord_err err = {0};
+    assert_int_equal(task_write_default_files(sub, &cfg, 11, 40, 30, 20, &err), 0);
+    const char *names[] = {"prompts.jsonl", "expert.jsonl", "eval.jsonl", "corpus.txt"};
+    size_t want[] = {40, 30, 20, 80};
+    for (int i = 0; i < 4; i++) {
+        char path[512];
+        snprintf(path, sizeof path, "%s/%s", sub, names[i]);
+        size_t n = i == 0 || i == 2 ? check_jsonl(path, "prompt", "answer")
+                   : i == 1         ? check_jsonl(path, "prompt", "response")
+                                    : 0;
+        if (i == 3) {
+            FILE *f = fopen(path, "r");
+            assert_non_null(f);
+            char line[256];
+            while (fgets(line, sizeof line, f))
+                n++;
+            fclose(f);
+        }
+        assert_int_equal(n, want[i]);
+        if (i == 2) { /* eval.jsonl holds held-out problems only, prompts.jsonl none */
+            FILE *f = fopen(path, "r");
+            char line[256];
+            while (fgets(line, sizeof line, f)) {
+                long long a, b;
+                char op;
+                assert_int_equal(sscanf(line, "{\"prompt\":\"Compute %lld%c%lld.", &a, &op, &b), 3);
+                assert_int_equal(task_arith_split_of(&cfg, a, op, b), TASK_SPLIT_HELDOUT);
+            }
+            fclose(f);
+        }
+        unlink(path);
+    }
+    rmdir(sub);
+    rmdir(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_default_problems), cmocka_unit_test(test_knobs),
         cmocka_unit_test(test_deterministic),    cmocka_unit_test(test_heldout_disjoint),
-        cmocka_unit_test(test_writers),
+        cmocka_unit_test(test_writers),          cmocka_unit_test(test_default_files),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
