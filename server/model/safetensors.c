@@ -261,6 +261,64 @@ static void key_near(const char *text, size_t len, int pos, char *out, size_t n)
     }
 }
 
+typedef struct key_span {
+    const char *p;
+    size_t n;
+} key_span;
+
+static int cmp_key_span(const void *a, const void *b) {
+    const key_span *x = a, *y = b;
+    size_t n = x->n < y->n ? x->n : y->n;
+    int c = memcmp(x->p, y->p, n);
+    return c ? c : (x->n > y->n) - (x->n < y->n);
+}
+
+/* A top-level key that appears twice in a JSON object text (jansson reports only the position
+ * of a duplicate, deep inside its value). Copies it into out; 0 when none is found. Sorting
+ * keeps this O(n log n) on a hostile 100 MB header. */
+static int duplicate_key(const char *text, size_t len, char *out, size_t n) {
+    size_t cap = 64, count = 0;
+    key_span *keys = malloc(cap * sizeof *keys);
+    if (!keys) return 0;
+    int depth = 0, found = 0;
+    for (size_t i = 0; i < len; i++) {
+        char ch = text[i];
+        if (ch == '{' || ch == '[') {
+            depth++;
+        } else if (ch == '}' || ch == ']') {
+            depth--;
+        } else if (ch == '"') {
+            size_t start = ++i;
+            while (i < len && text[i] != '"')
+                i += text[i] == '\\' ? 2 : 1;
+            if (i >= len) break;
+            size_t j = i + 1;
+            while (j < len &&
+                   (text[j] == ' ' || text[j] == '\n' || text[j] == '\t' || text[j] == '\r'))
+                j++;
+            if (depth != 1 || j >= len || text[j] != ':') continue;
+            if (count == cap) {
+                key_span *nk = realloc(keys, 2 * cap * sizeof *keys);
+                if (!nk) break;
+                keys = nk;
+                cap *= 2;
+            }
+            keys[count++] = (key_span){text + start, i - start};
+        }
+    }
+    qsort(keys, count, sizeof *keys, cmp_key_span);
+    for (size_t k = 1; k < count && !found; k++) {
+        if (cmp_key_span(&keys[k - 1], &keys[k]) == 0) {
+            size_t m = keys[k].n < n - 1 ? keys[k].n : n - 1;
+            memcpy(out, keys[k].p, m);
+            out[m] = '\0';
+            found = 1;
+        }
+    }
+    free(keys);
+    return found;
+}
+
 /* Maps PATH and appends its tensors to r (file index r->n_files). Errors are not yet prefixed
  * with the path. */
 static int open_file(st_reader *r, const char *path, chord_err *err) {
@@ -319,8 +377,7 @@ static int open_file(st_reader *r, const char *path, chord_err *err) {
     json_t *h = json_loadb(htext, (size_t)hlen, JSON_REJECT_DUPLICATES, &je);
     if (!h) {
         char key[256];
-        key_near(htext, (size_t)hlen, je.position, key, sizeof key);
-        if (strstr(je.text, "duplicate") && key[0])
+        if (strstr(je.text, "duplicate") && duplicate_key(htext, (size_t)hlen, key, sizeof key))
             return chord_err_set(err, "header: tensor %s listed twice", key);
         return chord_err_set(err, "header: invalid JSON at column %d: %s", je.column, je.text);
     }
