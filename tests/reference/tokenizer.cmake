@@ -1,0 +1,9 @@
+# tokenizer.cmake — chord's tokenizer and chat templates against Hugging Face `tokenizers` and
+# `transformers` (tests/reference/tok_*.py), driving `chordd tokenize`. Needs the venv
+# (CHORD_PYTHON) and the real tokenizer files in CHORD_TEST_DATA/tokenizers.
+add_test(NAME reference.tokenizer
+         COMMAND ${CHORD_PYTHON} ${CMAKE_CURRENT_LIST_DIR}/tok_reference.py $<TARGET_FILE:chordd>
+                 ${CHORD_TEST_DATA})
+set_tests_properties(reference.tokenizer PROPERTIES
+  ENVIRONMENT "TOKENIZERS_PARALLELISM=false;RAYON_NUM_THREADS=1"
+  LABELS reference TIMEOUT 600)
