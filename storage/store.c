@@ -421,10 +421,11 @@ int store_open_at_version(const char *data_dir, int version, store **out, chord_
         chord_err_prefix(err, "store: %s", db_path);
         goto fail;
     }
-    if (st_collect_garbage(s, err)) {
-        chord_err_prefix(err, "store: cleaning %s", s->dir);
-        goto fail;
-    }
+    /* Leftovers that cannot be removed (permissions, a disk error) must not keep the server
+     * down: they are logged, and checkpoint_begin clears its own step again anyway. */
+    chord_err gc_err = {0};
+    if (st_collect_garbage(s, &gc_err))
+        LOG_WARN("store: cleaning leftovers in %s: %s", s->dir, gc_err.msg);
     *out = s;
     return 0;
 fail:

@@ -6,10 +6,12 @@
  * are opaque strings, a checkpoint is a directory of files the caller writes.
  *
  * Threading: a `store` handle owns ONE SQLite connection and must be used by one thread at a
- * time. Each thread opens its own handle with store_open() on the same data directory (the
- * first open in a process migrates the schema; later ones find it current). Handles are cheap
- * (one sqlite3_open_v2 plus a few PRAGMAs). Writers are serialised by SQLite (WAL, one writer,
- * BEGIN IMMEDIATE, a busy timeout of STORE_BUSY_TIMEOUT_MS), readers never block writers.
+ * time (it may move between threads, e.g. through a pool, but never be shared concurrently;
+ * the same holds for an upload handle). Each thread opens its own handle with store_open() on
+ * the same data directory (the first open in a process migrates the schema; later ones find it
+ * current). Handles are cheap (one sqlite3_open_v2 plus a few PRAGMAs). Writers are serialised by
+ * SQLite (WAL, one writer, BEGIN IMMEDIATE, a busy timeout of STORE_BUSY_TIMEOUT_MS), readers never
+ * block writers.
  *
  * Errors: every function returning int returns 0 or -1 and fills `err` (may be NULL) with a
  * message carrying the SQLite or OS message and the id involved, and a category:
@@ -48,8 +50,9 @@ typedef struct store store;
  * busy timeout), applies pending forward migrations (each in one BEGIN IMMEDIATE together with
  * its PRAGMA user_version bump), then removes leftovers of interrupted writes: *.tmp checkpoint
  * and dataset files, and committed-looking files with no row (a crash between rename and
- * insert). A database written by a newer chord (user_version > STORE_SCHEMA_VERSION) is refused.
- * One data directory belongs to one process (chordd); several handles in it are fine. */
+ * insert); a leftover that cannot be removed is logged, not fatal. A database written by a
+ * newer chord (user_version > STORE_SCHEMA_VERSION) is refused. One data directory belongs to
+ * one process (chordd); several handles in it are fine. */
 int store_open(const char *data_dir, store **out, chord_err *err);
 void store_close(store *s);
 /* The data directory this handle was opened on (absolute). */
@@ -215,8 +218,10 @@ int store_put_step_metrics(store *s, const char *job_id, int64_t step, const cha
 int store_put_step(store *s, const char *job_id, int64_t step, const char *const *names,
                    const double *values, size_t n, const store_sample *samples, size_t n_samples,
                    chord_err *err);
-/* Resume helper: deletes metrics and samples of steps > `step` (a run that got past its last
- * checkpoint before dying) and sets current_step to min(current_step, step). */
+/* Resume helper, called with the step of the checkpoint a job resumes from (-1: from scratch):
+ * deletes the metrics, samples and checkpoints (rows, then directories) of steps > `step` (a run
+ * that got past that checkpoint before dying; the resumed run writes them again) and sets
+ * current_step to min(current_step, step). */
 int store_job_truncate_after(store *s, const char *job_id, int64_t step, chord_err *err);
 
 typedef struct store_metric_row {

@@ -3,6 +3,7 @@
  * and their paged reads. Metric names and sample kinds are opaque strings here. */
 #include <math.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -136,11 +137,61 @@ int store_put_step_metrics(store *s, const char *job_id, int64_t step, const cha
     return store_put_step(s, job_id, step, names, values, n, NULL, 0, err);
 }
 
+/* Absolute directories of a job's checkpoints after `step`, inside the caller's transaction. */
+static int checkpoint_dirs_after(store *s, const char *job_id, int64_t step, char ***dirs,
+                                 size_t *n, chord_err *err) {
+    *dirs = NULL;
+    *n = 0;
+    sqlite3_stmt *st;
+    if (st_prepare(s, "SELECT path FROM checkpoints WHERE job_id = ?1 AND step > ?2", &st, err))
+        return -1;
+    int rc = st_bind_text(st, 1, job_id);
+    if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 2, step);
+    size_t cap = 0;
+    while (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        rc = SQLITE_OK;
+        const char *rel = (const char *)sqlite3_column_text(st, 0);
+        if (*n == cap) {
+            cap = cap ? 2 * cap : 4;
+            char **grown = realloc(*dirs, cap * sizeof *grown);
+            if (!grown) {
+                rc = SQLITE_NOMEM;
+                break;
+            }
+            *dirs = grown;
+        }
+        size_t len = strlen(s->dir) + (rel ? strlen(rel) : 0) + 2;
+        char *abs = malloc(len);
+        if (!abs) {
+            rc = SQLITE_NOMEM;
+            break;
+        }
+        snprintf(abs, len, "%s/%s", s->dir, rel ? rel : "");
+        (*dirs)[(*n)++] = abs;
+    }
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE) {
+        for (size_t i = 0; i < *n; i++)
+            free((*dirs)[i]);
+        free(*dirs);
+        *dirs = NULL;
+        *n = 0;
+        return st_sqlerr(s, err, rc, "checkpoints of job %s after step %lld", job_id,
+                         (long long)step);
+    }
+    return 0;
+}
+
 int store_job_truncate_after(store *s, const char *job_id, int64_t step, chord_err *err) {
     if (st_check_id(job_id, "job", "job", err)) return -1;
+    char **dirs = NULL;
+    size_t n_dirs = 0;
     if (st_begin_write(s, err)) return chord_err_prefix(err, "job %s", job_id);
     store_job_state state = STORE_JOB_QUEUED;
     if (st_job_state_locked(s, job_id, &state, err) ||
+        checkpoint_dirs_after(s, job_id, step, &dirs, &n_dirs, err) ||
+        exec_job_step(s, "DELETE FROM checkpoints WHERE job_id = ?1 AND step > ?2", job_id, step,
+                      err) ||
         exec_job_step(s, "DELETE FROM metrics WHERE job_id = ?1 AND step > ?2", job_id, step,
                       err) ||
         exec_job_step(s, "DELETE FROM samples WHERE job_id = ?1 AND step > ?2", job_id, step,
@@ -148,9 +199,20 @@ int store_job_truncate_after(store *s, const char *job_id, int64_t step, chord_e
         exec_job_step(s, "UPDATE jobs SET current_step = min(current_step, ?2) WHERE id = ?1",
                       job_id, step, err))
         goto fail;
-    return st_commit(s, err);
+    if (st_commit(s, err)) goto fail;
+    /* Rows first, files second: a crash in between leaves directories the next open removes. */
+    int ret = 0;
+    for (size_t i = 0; i < n_dirs; i++) {
+        if (ret == 0 && st_rmtree(dirs[i], err)) ret = -1;
+        free(dirs[i]);
+    }
+    free(dirs);
+    return ret;
 fail:
     st_rollback(s);
+    for (size_t i = 0; i < n_dirs; i++)
+        free(dirs[i]);
+    free(dirs);
     return -1;
 }
 

@@ -428,6 +428,52 @@ static void test_checkpoint_keep_last(void **state) {
     scratch_remove(dir);
 }
 
+static void test_truncate_after_drops_later_checkpoints(void **state) {
+    (void)state;
+    char dir[256];
+    scratch_make(dir);
+    store *s = open_ok(dir);
+    chord_err err = {0};
+    char job[STORE_ID_MAX];
+    make_running_job(s, "resume", job);
+    const char *names[] = {"loss"};
+    for (int64_t step = 0; step <= 15; step++) {
+        double v = (double)step;
+        assert_int_equal(store_put_step_metrics(s, job, step, names, &v, 1, &err), 0);
+        if (step % 5 == 0) commit_checkpoint(s, job, step, NULL);
+    }
+    /* Resume from the checkpoint at 10: step 15's checkpoint belongs to the abandoned run. */
+    char path15[STORE_PATH_MAX];
+    assert_int_equal(store_checkpoint_dir(s, job, 15, path15, &err), 0);
+    assert_true(chord_is_dir(path15));
+    assert_int_equal(store_job_truncate_after(s, job, 10, &err), 0);
+    assert_false(path_exists(path15));
+    sqlite3 *db = raw_open(dir);
+    char sql[256], text[64];
+    snprintf(sql, sizeof sql,
+             "SELECT group_concat(step) FROM (SELECT step FROM checkpoints "
+             "WHERE job_id = '%s' ORDER BY step)",
+             job);
+    raw_text(db, sql, text, sizeof text);
+    assert_string_equal(text, "0,5,10");
+    snprintf(sql, sizeof sql, "SELECT max(step) FROM metrics WHERE job_id = '%s'", job);
+    assert_int_equal(raw_int(db, sql), 10);
+    sqlite3_close(db);
+    /* The resumed run can write step 15's checkpoint again. */
+    commit_checkpoint(s, job, 15, NULL);
+    /* From scratch (-1): everything goes. */
+    assert_int_equal(store_job_truncate_after(s, job, -1, &err), 0);
+    char job_dir[400];
+    snprintf(job_dir, sizeof job_dir, "%s/checkpoints/%s", dir, job);
+    assert_int_equal(dir_entries(job_dir), 0);
+    store_job j;
+    assert_int_equal(store_job_get(s, job, &j, &err), 0);
+    assert_int_equal(j.current_step, -1);
+    store_job_free(&j);
+    store_close(s);
+    scratch_remove(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dataset_upload),
@@ -436,6 +482,7 @@ int main(void) {
         cmocka_unit_test(test_checkpoint_commit),
         cmocka_unit_test(test_checkpoint_leftovers_removed_on_reopen),
         cmocka_unit_test(test_checkpoint_keep_last),
+        cmocka_unit_test(test_truncate_after_drops_later_checkpoints),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
