@@ -696,14 +696,13 @@ int model_adamw_step(model *m, float lr, float beta1, float beta2, float eps, fl
     if (grad_norm_out) *grad_norm_out = norm;
     if (!isfinite(norm))
         return chord_err_set(err, "model_adamw_step: gradient norm is %g; step skipped", norm);
-    if (!m->adam_m) {
-        m->adam_m = m->ops->be->alloc(m->ops, m->num_params * sizeof(float));
-        m->adam_v = m->adam_m ? m->ops->be->alloc(m->ops, m->num_params * sizeof(float)) : NULL;
-        if (!m->adam_v)
-            return chord_err_setc(err, CHORD_E_TOO_LARGE,
-                                  "model: cannot allocate AdamW moments (2 x %zu bytes): %s",
-                                  m->num_params * sizeof(float), ops_last_error(m->ops));
-    }
+    if (!m->adam_m) m->adam_m = m->ops->be->alloc(m->ops, m->num_params * sizeof(float));
+    if (m->adam_m && !m->adam_v)
+        m->adam_v = m->ops->be->alloc(m->ops, m->num_params * sizeof(float));
+    if (!m->adam_v)
+        return chord_err_setc(err, CHORD_E_TOO_LARGE,
+                              "model: cannot allocate AdamW moments (2 x %zu bytes): %s",
+                              m->num_params * sizeof(float), ops_last_error(m->ops));
     /* torch.nn.utils.clip_grad_norm_: coef = max_norm / (norm + 1e-6), clamped to 1 */
     float scale = 1.0f;
     if (grad_clip > 0.0f) {

@@ -130,6 +130,12 @@ int model_grad_norm(model *m, double *norm_out, chord_err *err);
 int model_adamw_step(model *m, float lr, float beta1, float beta2, float eps, float weight_decay,
                      float grad_clip, double *grad_norm_out, chord_err *err);
 
+/* The AdamW state (moments m, v and the step count) to / from one safetensors file (tensors
+ * adam_m, adam_v (num_params) F32 and adam_t (1)), for checkpoints that resume exactly. Loading
+ * checks the sizes against this model. Saving before any step writes zero moments. */
+int model_save_optimizer(const model *m, const char *path, chord_err *err);
+int model_load_optimizer(model *m, const char *path, chord_err *err);
+
 /* ---- KV-cache decoding (rollouts) ---- */
 
 typedef struct model_kv_cache model_kv_cache;

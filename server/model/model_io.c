@@ -176,3 +176,78 @@ done:
     free(host);
     return rc;
 }
+
+int model_save_optimizer(const model *m, const char *path, chord_err *err) {
+    const size_t n = m->num_params;
+    float *host = calloc(2 * n + 1, sizeof *host);
+    st_writer *w = st_writer_new();
+    int rc = -1;
+    if (!host || !w) {
+        chord_err_setc(err, CHORD_E_TOO_LARGE, "cannot allocate %zu host bytes",
+                       2 * n * sizeof(float));
+        goto done;
+    }
+    ops_ctx *o = m->ops;
+    if (m->adam_m && (o->be->to_host(o, host, m->adam_m, n * sizeof(float)) != 0 ||
+                      o->be->to_host(o, host + n, m->adam_v, n * sizeof(float)) != 0)) {
+        chord_err_setc(err, CHORD_E_INTERNAL, "reading the moments: %s", ops_last_error(o));
+        goto done;
+    }
+    host[2 * n] = (float)m->adam_t;
+    int64_t shape = (int64_t)n, one = 1;
+    if (st_writer_add(w, "adam_m", host, &shape, 1, ST_F32, err) != 0 ||
+        st_writer_add(w, "adam_v", host + n, &shape, 1, ST_F32, err) != 0 ||
+        st_writer_add(w, "adam_t", host + 2 * n, &one, 1, ST_F32, err) != 0 ||
+        st_writer_save(w, path, err) != 0)
+        goto done;
+    rc = 0;
+done:
+    if (rc != 0) chord_err_prefix(err, "model_save_optimizer %s", path);
+    st_writer_free(w);
+    free(host);
+    return rc;
+}
+
+int model_load_optimizer(model *m, const char *path, chord_err *err) {
+    const size_t n = m->num_params;
+    st_reader *rd = NULL;
+    float *host = NULL;
+    int rc = -1;
+    ops_ctx *o = m->ops;
+    if (st_open(path, &rd, err) != 0) goto done;
+    host = malloc((2 * n + 1) * sizeof *host);
+    if (!host) {
+        chord_err_setc(err, CHORD_E_TOO_LARGE, "cannot allocate %zu host bytes",
+                       2 * n * sizeof(float));
+        goto done;
+    }
+    int64_t shape = (int64_t)n, one = 1;
+    if (st_read_f32(rd, "adam_m", host, &shape, 1, err) != 0 ||
+        st_read_f32(rd, "adam_v", host + n, &shape, 1, err) != 0 ||
+        st_read_f32(rd, "adam_t", host + 2 * n, &one, 1, err) != 0)
+        goto done;
+    float t = host[2 * n];
+    if (!(t >= 0.0f && t < 16777216.0f) || t != (float)(int)t) {
+        chord_err_set(err, "adam_t = %g is not a step count", (double)t);
+        goto done;
+    }
+    if (!m->adam_m) m->adam_m = o->be->alloc(o, n * sizeof(float));
+    if (m->adam_m && !m->adam_v) m->adam_v = o->be->alloc(o, n * sizeof(float));
+    if (!m->adam_v) {
+        chord_err_setc(err, CHORD_E_TOO_LARGE, "cannot allocate AdamW moments: %s",
+                       ops_last_error(o));
+        goto done;
+    }
+    if (o->be->to_device(o, m->adam_m, host, n * sizeof(float)) != 0 ||
+        o->be->to_device(o, m->adam_v, host + n, n * sizeof(float)) != 0) {
+        chord_err_setc(err, CHORD_E_INTERNAL, "copying the moments: %s", ops_last_error(o));
+        goto done;
+    }
+    m->adam_t = (int)t;
+    rc = 0;
+done:
+    if (rc != 0) chord_err_prefix(err, "model_load_optimizer %s", path);
+    if (rd) st_close(rd);
+    free(host);
+    return rc;
+}

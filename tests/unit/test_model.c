@@ -348,6 +348,50 @@ static void test_missing_tensor(void **state) {
     free(p);
 }
 
+/* Resume equals an uninterrupted run: 2 AdamW steps in one go, or 1 step, save the parameters
+ * (f32) and the optimizer state, load both into a fresh model, 1 more step — bit for bit. */
+static void one_step(model *m) {
+    chord_err err = {0};
+    loss_of(m);
+    assert_int_equal(model_zero_grad(m, &err), 0);
+    assert_int_equal(model_backward(m, W_LOGP, NULL, &err), 0);
+    if (model_adamw_step(m, 1e-2f, 0.9f, 0.99f, 1e-8f, 0.05f, 1.0f, NULL, &err) != 0)
+        fail_msg("adamw: %s", err.msg);
+}
+
+static void test_optimizer_state_resume(void **state) {
+    fixture *f = *state;
+    f->m = make_model(f->ops, 1, 0, 21);
+    model *a = f->m, *b = make_model(f->ops, 1, 0, 21), *c = NULL;
+    chord_err err = {0};
+    char dir[] = "/tmp/chord_test_model_XXXXXX", path[512], cmd[600];
+    assert_non_null(mkdtemp(dir));
+    one_step(a);
+    one_step(a);
+    one_step(b);
+    snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
+    if (model_save(b, dir, ST_F32, 0, &err) != 0) fail_msg("save: %s", err.msg);
+    if (model_save_optimizer(b, path, &err) != 0) fail_msg("save optimizer: %s", err.msg);
+    if (model_load(dir, f->ops, &c, &err) != 0) fail_msg("load: %s", err.msg);
+    if (model_load_optimizer(c, path, &err) != 0) fail_msg("load optimizer: %s", err.msg);
+    assert_int_equal(c->adam_t, 1);
+    one_step(c);
+    float *pa = malloc(a->num_params * sizeof *pa), *pc = malloc(c->num_params * sizeof *pc);
+    assert_int_equal(model_read_params(a, pa, &err), 0);
+    assert_int_equal(model_read_params(c, pc, &err), 0);
+    assert_memory_equal(pa, pc, a->num_params * sizeof *pa);
+    /* a model of another size refuses the state */
+    model *other = make_model(f->ops, 0, 1, 1);
+    expect_error(model_load_optimizer(other, path, &err), &err, "adam_m");
+    model_free(other);
+    model_free(b);
+    model_free(c);
+    free(pa);
+    free(pc);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_gradients_qwen2_tied, setup, teardown),
@@ -357,6 +401,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_save_load_roundtrip, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_input, setup, teardown),
         cmocka_unit_test_setup_teardown(test_missing_tensor, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_optimizer_state_resume, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
