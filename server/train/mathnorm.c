@@ -33,7 +33,8 @@ static int ms_reserve(mstr *m, size_t extra) {
     if (need > MS_HARD_CAP) return -1;
     if (need <= m->cap) return 0;
     size_t cap = m->cap ? m->cap : 64;
-    while (cap < need) cap *= 2;
+    while (cap < need)
+        cap *= 2;
     if (cap > MS_HARD_CAP) cap = MS_HARD_CAP;
     char *s = realloc(m->s, cap);
     if (!s) return -1;
@@ -50,8 +51,12 @@ static int ms_putn(mstr *m, const char *p, size_t n) {
     return 0;
 }
 
-static int ms_puts(mstr *m, const char *p) { return ms_putn(m, p, strlen(p)); }
-static int ms_putc(mstr *m, char c) { return ms_putn(m, &c, 1); }
+static int ms_puts(mstr *m, const char *p) {
+    return ms_putn(m, p, strlen(p));
+}
+static int ms_putc(mstr *m, char c) {
+    return ms_putn(m, &c, 1);
+}
 
 /* Replaces *m by the scan output *out (takes ownership). */
 static void ms_swap(mstr *m, mstr *out) {
@@ -69,7 +74,8 @@ static bool starts_with(const char *s, size_t n, const char *prefix) {
 /* Length of the command name after a backslash at s[0] (letters only), 0 when s[1] is no letter. */
 static size_t command_len(const char *s, size_t n) {
     size_t i = 1;
-    while (i < n && isalpha((unsigned char)s[i])) i++;
+    while (i < n && isalpha((unsigned char)s[i]))
+        i++;
     return i - 1;
 }
 
@@ -82,8 +88,10 @@ static size_t group_end(const char *s, size_t n, char open, char close) {
             i++;
             continue;
         }
-        if (s[i] == open) depth++;
-        else if (s[i] == close && --depth == 0) return i + 1;
+        if (s[i] == open)
+            depth++;
+        else if (s[i] == close && --depth == 0)
+            return i + 1;
     }
     return 0;
 }
@@ -113,9 +121,11 @@ bool mathnorm_last_boxed(const char *text, const char **start, size_t *len) {
     }
     /* `\boxed 5$`: the brace-less form takes the token after the space. */
     if (*q != ' ') return false;
-    while (*q == ' ') q++;
+    while (*q == ' ')
+        q++;
     size_t n = 0;
-    while (q[n] && q[n] != '$' && !isspace((unsigned char)q[n])) n++;
+    while (q[n] && q[n] != '$' && !isspace((unsigned char)q[n]))
+        n++;
     if (n == 0) return false;
     *start = q;
     *len = n;
@@ -146,11 +156,17 @@ static const char *command_rewrite(const char *name, size_t n) {
     static const struct {
         const char *name, *to;
     } table[] = {
-        {"left", ""},       {"right", ""},       {"bigl", ""},     {"bigr", ""},
-        {"Bigl", ""},       {"Bigr", ""},        {"big", ""},      {"Big", ""},       {"bigg", ""},     {"Bigg", ""},
-        {"displaystyle", ""}, {"textstyle", ""}, {"degree", ""},   {"dfrac", "\\frac"},
-        {"tfrac", "\\frac"}, {"cfrac", "\\frac"}, {"quad", " "},   {"qquad", " "},
-        {"leq", "\\le"},    {"geq", "\\ge"},     {"neq", "\\ne"},  {"emptyset", "\\varnothing"},
+        {"left", ""},         {"right", ""},
+        {"bigl", ""},         {"bigr", ""},
+        {"Bigl", ""},         {"Bigr", ""},
+        {"big", ""},          {"Big", ""},
+        {"bigg", ""},         {"Bigg", ""},
+        {"displaystyle", ""}, {"textstyle", ""},
+        {"degree", ""},       {"dfrac", "\\frac"},
+        {"tfrac", "\\frac"},  {"cfrac", "\\frac"},
+        {"quad", " "},        {"qquad", " "},
+        {"leq", "\\le"},      {"geq", "\\ge"},
+        {"neq", "\\ne"},      {"emptyset", "\\varnothing"},
     };
     for (size_t i = 0; i < sizeof table / sizeof table[0]; i++) {
         if (strlen(table[i].name) == n && memcmp(table[i].name, name, n) == 0) return table[i].to;
@@ -213,8 +229,9 @@ fail:
 }
 
 static bool is_text_command(const char *s, size_t n, size_t *cmd_len) {
-    static const char *names[] = {"\\text{",   "\\textbf{", "\\textrm{", "\\textit{", "\\mathrm{",
-                                  "\\mathbf{", "\\mathit{", "\\mbox{",   "\\textnormal{"};
+    static const char *names[] = {"\\text{",   "\\textbf{", "\\textrm{",
+                                  "\\textit{", "\\mathrm{", "\\mathbf{",
+                                  "\\mathit{", "\\mbox{",   "\\textnormal{"};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         if (starts_with(s, n, names[i])) {
             *cmd_len = strlen(names[i]) - 1; /* up to, not including, the brace */
@@ -239,7 +256,8 @@ static int pass_units(mstr *m) {
     for (;;) {
         const char *s = m->s;
         size_t n = m->len;
-        while (n > 0 && s[n - 1] == ' ') n--;
+        while (n > 0 && s[n - 1] == ' ')
+            n--;
         /* find the start of a text command whose group ends the string (modulo an exponent) */
         size_t found = SIZE_MAX;
         for (size_t i = 0; i < n; i++) {
@@ -248,7 +266,8 @@ static int pass_units(mstr *m) {
             size_t end = group_end(s + i + cl, n - i - cl, '{', '}');
             if (end == 0) break;
             size_t j = i + cl + end;
-            while (j < n && s[j] == ' ') j++;
+            while (j < n && s[j] == ' ')
+                j++;
             if (j < n && s[j] == '^') {
                 j++;
                 if (j < n && s[j] == '{') {
@@ -262,7 +281,8 @@ static int pass_units(mstr *m) {
         }
         if (found == SIZE_MAX || !has_digit_or_pi(s, found)) break;
         size_t keep = found;
-        while (keep > 0 && s[keep - 1] == ' ') keep--;
+        while (keep > 0 && s[keep - 1] == ' ')
+            keep--;
         if (keep == 0) break;
         m->len = keep;
         m->s[keep] = '\0';
@@ -316,8 +336,8 @@ static int emit_args(mstr *out, const char *s, size_t n, size_t *i, int nargs, i
  * `\frac{1}{2}` (LaTeX reads one token per missing brace group). */
 static int scan_fracs(mstr *out, const char *s, size_t n, int depth) {
     for (size_t i = 0; i < n;) {
-        if (s[i] == '\\' && (starts_with(s + i, n - i, "\\frac") ||
-                             starts_with(s + i, n - i, "\\sqrt"))) {
+        if (s[i] == '\\' &&
+            (starts_with(s + i, n - i, "\\frac") || starts_with(s + i, n - i, "\\sqrt"))) {
             bool frac = s[i + 1] == 'f';
             if (i + 5 < n && isalpha((unsigned char)s[i + 5])) { /* \fracture, \sqrtx: not ours */
                 size_t k = command_len(s + i, n - i);
@@ -329,7 +349,8 @@ static int scan_fracs(mstr *out, const char *s, size_t n, int depth) {
             i += 5;
             if (!frac) { /* optional index: \sqrt[3]{x} */
                 size_t j = i;
-                while (j < n && s[j] == ' ') j++;
+                while (j < n && s[j] == ' ')
+                    j++;
                 if (j < n && s[j] == '[') {
                     size_t e = group_end(s + j, n - j, '[', ']');
                     if (e) {
@@ -351,7 +372,8 @@ static int scan_fracs(mstr *out, const char *s, size_t n, int depth) {
 static int emit_args(mstr *out, const char *s, size_t n, size_t *i, int nargs, int depth) {
     for (int a = 0; a < nargs; a++) {
         size_t j = *i;
-        while (j < n && s[j] == ' ') j++;
+        while (j < n && s[j] == ' ')
+            j++;
         if (j >= n) return 0; /* missing argument: leave as is */
         if (s[j] == '{') {
             size_t e = group_end(s + j, n - j, '{', '}');
@@ -466,8 +488,10 @@ static int pass_final(mstr *m) {
 
 char *mathnorm_normalize(const char *in, size_t len) {
     if (len > MATHNORM_MAX_LEN) return NULL;
-    while (len > 0 && isspace((unsigned char)in[0])) in++, len--;
-    while (len > 0 && isspace((unsigned char)in[len - 1])) len--;
+    while (len > 0 && isspace((unsigned char)in[0]))
+        in++, len--;
+    while (len > 0 && isspace((unsigned char)in[len - 1]))
+        len--;
     mstr m = {0};
     if (ms_putn(&m, in, len)) goto fail;
     /* Unicode spellings models like to use. */
@@ -500,7 +524,9 @@ typedef struct number {
 
 static const i128 NUM_LIMIT = (i128)1000000000000000000LL; /* 1e18 */
 
-static i128 i128_abs(i128 x) { return x < 0 ? -x : x; }
+static i128 i128_abs(i128 x) {
+    return x < 0 ? -x : x;
+}
 
 static i128 gcd128(i128 a, i128 b) {
     a = i128_abs(a);
@@ -515,25 +541,29 @@ static i128 gcd128(i128 a, i128 b) {
 
 static i128 pow10_128(int k) {
     i128 p = 1;
-    while (k-- > 0) p *= 10;
+    while (k-- > 0)
+        p *= 10;
     return p;
 }
 
 /* True when s[0..n) is [-+]d{1,3}(,ddd)+(.d+)? — commas as thousands separators, strictly. */
 static bool thousands_form(const char *s, size_t n) {
     size_t i = (n > 0 && (s[0] == '-' || s[0] == '+')) ? 1 : 0, first = 0, groups = 0;
-    while (i < n && isdigit((unsigned char)s[i])) i++, first++;
+    while (i < n && isdigit((unsigned char)s[i]))
+        i++, first++;
     if (first < 1 || first > 3) return false;
     while (i < n && s[i] == ',') {
         size_t g = 0;
-        for (i++; i < n && isdigit((unsigned char)s[i]); i++) g++;
+        for (i++; i < n && isdigit((unsigned char)s[i]); i++)
+            g++;
         if (g != 3) return false;
         groups++;
     }
     if (groups == 0) return false;
     if (i < n && s[i] == '.') {
         size_t f = 0;
-        for (i++; i < n && isdigit((unsigned char)s[i]); i++) f++;
+        for (i++; i < n && isdigit((unsigned char)s[i]); i++)
+            f++;
         if (f == 0) return false;
     }
     return i == n;
@@ -599,7 +629,8 @@ static bool parse_number(const char *s, number *out) {
     size_t e2 = group_end(s + j, n - j, '{', '}');
     if (e2 == 0 || j + e2 != n) return false;
     number a, b;
-    if (!parse_decimal(s + i + 1, e1 - 2, false, &a) || !parse_decimal(s + j + 1, e2 - 2, false, &b))
+    if (!parse_decimal(s + i + 1, e1 - 2, false, &a) ||
+        !parse_decimal(s + j + 1, e2 - 2, false, &b))
         return false;
     if (b.num == 0) return false;
     /* (a.num/a.den) / (b.num/b.den) */
@@ -628,8 +659,10 @@ static i128 round6(const number *x) {
 
 /* True when the reduced denominator has a prime factor other than 2 and 5. */
 static bool non_terminating(i128 den) {
-    while (den % 2 == 0) den /= 2;
-    while (den % 5 == 0) den /= 5;
+    while (den % 2 == 0)
+        den /= 2;
+    while (den % 5 == 0)
+        den /= 5;
     return den != 1;
 }
 
@@ -653,13 +686,17 @@ static size_t split_top(const char *s, size_t n, const char **part, size_t *plen
     for (size_t i = 0; i <= n; i++) {
         char c = i < n ? s[i] : ',';
         if (c == '\\' && i + 1 < n) {
-            if (s[i + 1] == '{') depth++;
-            else if (s[i + 1] == '}') depth--;
+            if (s[i + 1] == '{')
+                depth++;
+            else if (s[i + 1] == '}')
+                depth--;
             i++;
             continue;
         }
-        if (c == '(' || c == '[' || c == '{') depth++;
-        else if (c == ')' || c == ']' || c == '}') depth--;
+        if (c == '(' || c == '[' || c == '{')
+            depth++;
+        else if (c == ')' || c == ']' || c == '}')
+            depth--;
         else if (c == ',' && depth == 0) {
             if (count == MAX_LIST) return 0;
             part[count] = s + start;
@@ -692,7 +729,8 @@ static void find_wrapper(const char *s, size_t n, wrapper *w) {
         /* the opening bracket must close at the end, not earlier: "(1,2),(3,4)" is a list */
         int depth = 0;
         for (size_t i = 0; i < n; i++) {
-            if (s[i] == '(' || s[i] == '[') depth++;
+            if (s[i] == '(' || s[i] == '[')
+                depth++;
             else if (s[i] == ')' || s[i] == ']') {
                 if (--depth == 0 && i != n - 1) return;
             }
@@ -741,8 +779,10 @@ static bool equiv_norm(const char *a, size_t an, const char *b, size_t bn, int d
     bool eq = false;
     if (sa && sb) {
         number x, y;
-        if (parse_number(sa, &x) && parse_number(sb, &y)) eq = numbers_equal(&x, &y);
-        else eq = equiv_lists(a, an, b, bn, depth);
+        if (parse_number(sa, &x) && parse_number(sb, &y))
+            eq = numbers_equal(&x, &y);
+        else
+            eq = equiv_lists(a, an, b, bn, depth);
     }
     free(sa);
     free(sb);

@@ -37,11 +37,12 @@ int reward_reason_parse(const char *name, reward_reason *reason) {
 }
 
 const char *reward_type_name(reward_type type) {
-    return (unsigned)type < sizeof type_names / sizeof type_names[0] ? type_names[type]
-                                                                      : "unknown";
+    return (unsigned)type < sizeof type_names / sizeof type_names[0] ? type_names[type] : "unknown";
 }
 
-reward_type reward_verifier_type(const reward_verifier *verifier) { return verifier->type; }
+reward_type reward_verifier_type(const reward_verifier *verifier) {
+    return verifier->type;
+}
 
 /* ---- text helpers ---- */
 
@@ -51,10 +52,14 @@ static size_t utf8_seq_len(const unsigned char *s, size_t n) {
     size_t len;
     unsigned cp;
     if (c < 0x80) return 1;
-    if (c >= 0xC2 && c <= 0xDF) len = 2, cp = c & 0x1F;
-    else if (c >= 0xE0 && c <= 0xEF) len = 3, cp = c & 0x0F;
-    else if (c >= 0xF0 && c <= 0xF4) len = 4, cp = c & 0x07;
-    else return 0;
+    if (c >= 0xC2 && c <= 0xDF)
+        len = 2, cp = c & 0x1F;
+    else if (c >= 0xE0 && c <= 0xEF)
+        len = 3, cp = c & 0x0F;
+    else if (c >= 0xF0 && c <= 0xF4)
+        len = 4, cp = c & 0x07;
+    else
+        return 0;
     if (len > n) return 0;
     for (size_t i = 1; i < len; i++) {
         if ((s[i] & 0xC0) != 0x80) return 0;
@@ -119,19 +124,23 @@ void reward_set(reward_result *r, double reward, reward_reason reason, bool corr
 }
 
 static const char *skip_space(const char *s) {
-    while (*s && isspace((unsigned char)*s)) s++;
+    while (*s && isspace((unsigned char)*s))
+        s++;
     return s;
 }
 
 /* Length of s without trailing whitespace. */
 static size_t trimmed_len(const char *s) {
     size_t n = strlen(s);
-    while (n > 0 && isspace((unsigned char)s[n - 1])) n--;
+    while (n > 0 && isspace((unsigned char)s[n - 1]))
+        n--;
     return n;
 }
 
 /* At most max bytes of s, for details; the result is cut at a UTF-8 boundary by reward_set. */
-static int clip(size_t n, int max) { return n > (size_t)max ? max : (int)n; }
+static int clip(size_t n, int max) {
+    return n > (size_t)max ? max : (int)n;
+}
 
 static bool bytes_equal(const char *a, size_t an, const char *b, size_t bn, bool ignore_case) {
     if (an != bn) return false;
@@ -146,14 +155,15 @@ static int check_fields(const json_t *cfg, const char *type, const char *const *
     json_t *value;
     json_object_foreach((json_t *)cfg, key, value) {
         bool ok = false;
-        for (size_t i = 0; allowed[i] && !ok; i++) ok = strcmp(key, allowed[i]) == 0;
+        for (size_t i = 0; allowed[i] && !ok; i++)
+            ok = strcmp(key, allowed[i]) == 0;
         if (!ok) {
             char list[256] = "";
             size_t w = 0;
             for (size_t i = 0; allowed[i] && w < sizeof list; i++)
                 w += (size_t)snprintf(list + w, sizeof list - w, "%s%s", i ? ", " : "", allowed[i]);
-            return chord_err_set(err, "reward.%s: unknown field for type \"%s\" (allowed: %s)",
-                                 key, type, list);
+            return chord_err_set(err, "reward.%s: unknown field for type \"%s\" (allowed: %s)", key,
+                                 type, list);
         }
     }
     return 0;
@@ -200,7 +210,8 @@ static int get_int(const json_t *cfg, const char *key, long long lo, long long h
  * so the answer matches literally. */
 static char *substitute_answer(const char *pattern, const char *answer) {
     size_t an = strlen(answer), count = 0;
-    for (const char *p = pattern; (p = strstr(p, "{answer}")) != NULL; p += 8) count++;
+    for (const char *p = pattern; (p = strstr(p, "{answer}")) != NULL; p += 8)
+        count++;
     size_t cap = strlen(pattern) + count * 2 * an + 1;
     char *out = malloc(cap), *w = out;
     if (!out) return NULL;
@@ -226,8 +237,8 @@ static pcre2_code *regex_compile(const reward_verifier *v, const char *pattern, 
     int code;
     PCRE2_SIZE offset;
     uint32_t opts = PCRE2_UTF | PCRE2_MATCH_INVALID_UTF | (v->ignore_case ? PCRE2_CASELESS : 0);
-    pcre2_code *re = pcre2_compile((PCRE2_SPTR)pattern, PCRE2_ZERO_TERMINATED, opts, &code,
-                                   &offset, NULL);
+    pcre2_code *re =
+        pcre2_compile((PCRE2_SPTR)pattern, PCRE2_ZERO_TERMINATED, opts, &code, &offset, NULL);
     if (!re) {
         PCRE2_UCHAR buf[256];
         pcre2_get_error_message(code, buf, sizeof buf);
@@ -265,8 +276,10 @@ static int parse_regex(reward_verifier *v, const json_t *cfg, chord_err *err) {
     if (!re) return chord_err_set(err, "reward.pattern: %s", msg);
     if (pcre2_pattern_info(re, PCRE2_INFO_CAPTURECOUNT, &v->capture_count) != 0)
         v->capture_count = 0;
-    if (v->pattern_has_answer) pcre2_code_free(re);
-    else v->code = re;
+    if (v->pattern_has_answer)
+        pcre2_code_free(re);
+    else
+        v->code = re;
     v->match_ctx = pcre2_match_context_create(NULL);
     if (!v->match_ctx) return chord_err_setc(err, CHORD_E_INTERNAL, "reward: out of memory");
     pcre2_set_match_limit(v->match_ctx, v->match_limit);
@@ -338,16 +351,19 @@ int reward_verifier_new(const json_t *config, reward_verifier **out, chord_err *
     if (!config || !json_is_object(config))
         return chord_err_set(err, "reward: expected an object such as {\"type\": \"math_boxed\"}");
     json_t *t = json_object_get(config, "type");
-    if (!t) return chord_err_set(err, "reward.type: required (math_boxed, exact, contains, regex "
-                                      "or webhook)");
+    if (!t)
+        return chord_err_set(err, "reward.type: required (math_boxed, exact, contains, regex "
+                                  "or webhook)");
     if (!json_is_string(t)) return chord_err_set(err, "reward.type: expected a string");
     const char *type = json_string_value(t);
     int ti = -1;
     for (int i = 0; i < (int)(sizeof type_names / sizeof type_names[0]); i++)
         if (strcmp(type, type_names[i]) == 0) ti = i;
     if (ti < 0)
-        return chord_err_set(err, "reward.type: unknown verifier \"%s\" (math_boxed, exact, "
-                                  "contains, regex or webhook)", type);
+        return chord_err_set(err,
+                             "reward.type: unknown verifier \"%s\" (math_boxed, exact, "
+                             "contains, regex or webhook)",
+                             type);
     static const char *const fields[][10] = {
         [REWARD_MATH_BOXED] = {"type", "length_penalty", "think_format", "format_penalty", NULL},
         [REWARD_EXACT] = {"type", "length_penalty", "ignore_case", NULL},
@@ -415,8 +431,10 @@ static void score_math(const reward_verifier *v, const char *prompt, const char 
     size_t blen;
     bool found = mathnorm_last_boxed(completion, &box, &blen);
     if (found) {
-        while (blen > 0 && isspace((unsigned char)*box)) box++, blen--;
-        while (blen > 0 && isspace((unsigned char)box[blen - 1])) blen--;
+        while (blen > 0 && isspace((unsigned char)*box))
+            box++, blen--;
+        while (blen > 0 && isspace((unsigned char)box[blen - 1]))
+            blen--;
     }
     if (!found || blen == 0) {
         if (truncated && v->has_length_penalty) {
@@ -436,8 +454,8 @@ static void score_math(const reward_verifier *v, const char *prompt, const char 
         mathnorm_verdict verdict = pred ? mathnorm_equiv(answer, pred) : MATHNORM_NOMEM;
         free(pred);
         if (verdict == MATHNORM_TOO_LONG) {
-            reward_set(r, 0.0, REWARD_REASON_ERROR, false,
-                       "answer over the %d-byte verifier cap", MATHNORM_MAX_LEN);
+            reward_set(r, 0.0, REWARD_REASON_ERROR, false, "answer over the %d-byte verifier cap",
+                       MATHNORM_MAX_LEN);
             return;
         }
         if (verdict == MATHNORM_NOMEM) {
@@ -454,8 +472,8 @@ static void score_math(const reward_verifier *v, const char *prompt, const char 
         char detail[REWARD_DETAIL_MAX];
         snprintf(detail, sizeof detail, "%s", r->detail);
         reward_set(r, r->reward - v->format_penalty, REWARD_REASON_FORMAT, r->correct,
-                   "bad <think></think> structure (answer %s: %s)",
-                   reward_reason_name(r->reason), detail);
+                   "bad <think></think> structure (answer %s: %s)", reward_reason_name(r->reason),
+                   detail);
     }
 }
 
@@ -494,8 +512,10 @@ static void score_contains(const reward_verifier *v, const char *completion, con
     }
     bool hit = v->ignore_case ? strcasestr(completion, needle) != NULL
                               : strstr(completion, needle) != NULL;
-    if (hit) reward_set(r, 1.0, REWARD_REASON_CORRECT, true, "response contains %.*s", clip(an, 100), a);
-    else reward_set(r, 0.0, REWARD_REASON_WRONG, false, "response lacks %.*s", clip(an, 100), a);
+    if (hit)
+        reward_set(r, 1.0, REWARD_REASON_CORRECT, true, "response contains %.*s", clip(an, 100), a);
+    else
+        reward_set(r, 0.0, REWARD_REASON_WRONG, false, "response lacks %.*s", clip(an, 100), a);
     free(needle);
 }
 
@@ -531,8 +551,10 @@ static void score_regex(const reward_verifier *v, const char *completion, const 
                    "regex exceeded its match budget (match_limit %u, depth_limit %u)",
                    v->match_limit, v->depth_limit);
     } else if (rc == PCRE2_ERROR_NOMATCH) {
-        if (extract) reward_set(r, 0.0, REWARD_REASON_NO_ANSWER, false, "pattern did not match");
-        else reward_set(r, 0.0, REWARD_REASON_WRONG, false, "pattern did not match");
+        if (extract)
+            reward_set(r, 0.0, REWARD_REASON_NO_ANSWER, false, "pattern did not match");
+        else
+            reward_set(r, 0.0, REWARD_REASON_WRONG, false, "pattern did not match");
     } else if (rc < 0) {
         PCRE2_UCHAR buf[200];
         pcre2_get_error_message(rc, buf, sizeof buf);
@@ -546,8 +568,10 @@ static void score_regex(const reward_verifier *v, const char *completion, const 
         } else {
             const char *g = completion + ov[2];
             size_t gn = ov[3] - ov[2];
-            while (gn > 0 && isspace((unsigned char)*g)) g++, gn--;
-            while (gn > 0 && isspace((unsigned char)g[gn - 1])) gn--;
+            while (gn > 0 && isspace((unsigned char)*g))
+                g++, gn--;
+            while (gn > 0 && isspace((unsigned char)g[gn - 1]))
+                gn--;
             const char *a = skip_space(answer);
             size_t an = trimmed_len(a);
             if (bytes_equal(g, gn, a, an, v->ignore_case))
@@ -565,9 +589,12 @@ static void score_regex(const reward_verifier *v, const char *completion, const 
 
 static bool needs_answer(const reward_verifier *v) {
     switch (v->type) {
-    case REWARD_REGEX: return v->pattern_has_answer || v->capture_count > 0;
-    case REWARD_WEBHOOK: return false;
-    default: return true;
+    case REWARD_REGEX:
+        return v->pattern_has_answer || v->capture_count > 0;
+    case REWARD_WEBHOOK:
+        return false;
+    default:
+        return true;
     }
 }
 
@@ -592,11 +619,21 @@ static void score_local(const reward_verifier *v, const reward_sample *s, reward
         return;
     }
     switch (v->type) {
-    case REWARD_MATH_BOXED: score_math(v, s->prompt, s->completion, s->answer, s->truncated, r); break;
-    case REWARD_EXACT: score_exact(v, s->completion, s->answer, r); break;
-    case REWARD_CONTAINS: score_contains(v, s->completion, s->answer, r); break;
-    case REWARD_REGEX: score_regex(v, s->completion, s->answer ? s->answer : "", r); break;
-    default: reward_set(r, 0.0, REWARD_REASON_ERROR, false, "not a local verifier"); return;
+    case REWARD_MATH_BOXED:
+        score_math(v, s->prompt, s->completion, s->answer, s->truncated, r);
+        break;
+    case REWARD_EXACT:
+        score_exact(v, s->completion, s->answer, r);
+        break;
+    case REWARD_CONTAINS:
+        score_contains(v, s->completion, s->answer, r);
+        break;
+    case REWARD_REGEX:
+        score_regex(v, s->completion, s->answer ? s->answer : "", r);
+        break;
+    default:
+        reward_set(r, 0.0, REWARD_REASON_ERROR, false, "not a local verifier");
+        return;
     }
     if (v->type != REWARD_MATH_BOXED) apply_length_penalty(v, s, r); /* math_boxed: its own */
 }
@@ -626,9 +663,11 @@ int reward_score_batch(const reward_verifier *verifier, const reward_sample *sam
     if (verifier->type == REWARD_WEBHOOK) {
         /* on failure every unfinished result is already `error` with the cause */
         if (reward_webhook_batch(verifier, samples, n, results, err) != 0) return -1;
-        for (size_t i = 0; i < n; i++) apply_length_penalty(verifier, &samples[i], &results[i]);
+        for (size_t i = 0; i < n; i++)
+            apply_length_penalty(verifier, &samples[i], &results[i]);
         return 0;
     }
-    for (size_t i = 0; i < n; i++) score_local(verifier, &samples[i], &results[i]);
+    for (size_t i = 0; i < n; i++)
+        score_local(verifier, &samples[i], &results[i]);
     return 0;
 }

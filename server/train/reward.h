@@ -32,16 +32,16 @@ typedef enum reward_reason {
     REWARD_REASON_NO_ANSWER = 2, /* no answer could be extracted (no \boxed{}, empty, no match) */
     REWARD_REASON_FORMAT = 3,    /* the <think>...</think> structure is wrong (see `correct`) */
     REWARD_REASON_ERROR = 4,     /* the verifier could not decide: bad sample, webhook failure */
-    REWARD_REASON_TIMEOUT = 5,   /* the verifier ran out of time (webhook) or match budget (regex) */
+    REWARD_REASON_TIMEOUT = 5, /* the verifier ran out of time (webhook) or match budget (regex) */
 } reward_reason;
 #define REWARD_REASON_COUNT 6
 
 #define REWARD_DETAIL_MAX 160
 
 typedef struct reward_result {
-    double reward;  /* what GRPO uses; 0 for error / timeout */
+    double reward; /* what GRPO uses; 0 for error / timeout */
     reward_reason reason;
-    bool correct;   /* the answer itself was right (independent of a format penalty) */
+    bool correct; /* the answer itself was right (independent of a format penalty) */
     char detail[REWARD_DETAIL_MAX]; /* a short human-readable explanation, NUL-terminated */
 } reward_result;
 
@@ -72,9 +72,10 @@ int reward_score(const reward_verifier *verifier, const char *prompt, const char
                  const char *answer, bool truncated, reward_result *result);
 
 /* Scores n samples into results[n]. Webhooks run concurrently (curl multi, at most
- * "max_concurrency" in flight), the whole batch bounded by (retries + 1) attempts of timeout_ms
- * each plus back-off; other verifiers run one after the other. Returns 0, or -1 with err set for a
- * programming error or when the batch could not be started at all (then every result is `error`). */
+ * "max_concurrency" in flight); each sample takes at most (retries + 1) attempts of timeout_ms
+ * plus back-off (<= 1 s per retry), so the batch ends within ceil(n / max_concurrency) times that.
+ * Other verifiers run one after the other. Returns 0, or -1 with err set for a NULL argument or
+ * when the webhook batch could not be started (then every unfinished result is `error`). */
 int reward_score_batch(const reward_verifier *verifier, const reward_sample *samples, size_t n,
                        reward_result *results, chord_err *err);
 

@@ -20,8 +20,8 @@ struct reward_verifier {
     bool ignore_case;
     /* regex */
     char *pattern;
-    bool pattern_has_answer;  /* contains {answer}: compiled per sample */
-    pcre2_code *code;         /* compiled pattern when it has no {answer} */
+    bool pattern_has_answer; /* contains {answer}: compiled per sample */
+    pcre2_code *code;        /* compiled pattern when it has no {answer} */
     uint32_t capture_count;
     pcre2_match_context *match_ctx; /* read-only during matches: shared by threads */
     uint32_t match_limit, depth_limit, heap_limit_kib;

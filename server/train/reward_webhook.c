@@ -21,7 +21,9 @@
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
 static CURLcode curl_init_code = CURLE_OK;
 
-static void curl_init_once(void) { curl_init_code = curl_global_init(CURL_GLOBAL_DEFAULT); }
+static void curl_init_once(void) {
+    curl_init_code = curl_global_init(CURL_GLOBAL_DEFAULT);
+}
 
 int reward_webhook_init(chord_err *err) {
     pthread_once(&curl_once, curl_init_once);
@@ -186,7 +188,8 @@ static bool finish_attempt(const reward_verifier *v, hook_req *q, CURLcode code)
 /* Back-off before attempt k+1 (k >= 1 attempts made): 100 ms, 200 ms, 400 ms ... capped at 1 s. */
 static double backoff_s(int k) {
     double d = 0.1;
-    for (int i = 1; i < k && d < 1.0; i++) d *= 2;
+    for (int i = 1; i < k && d < 1.0; i++)
+        d *= 2;
     return d < 1.0 ? d : 1.0;
 }
 
@@ -214,8 +217,7 @@ int reward_webhook_batch(const reward_verifier *v, const reward_sample *samples,
         }
         q->body = request_body(&samples[i]);
         if (!q->body || setup_easy(v, q) != 0) {
-            chord_err_setc(err, CHORD_E_INTERNAL, "reward webhook: cannot prepare request %zu",
-                           i);
+            chord_err_setc(err, CHORD_E_INTERNAL, "reward webhook: cannot prepare request %zu", i);
             goto out;
         }
     }

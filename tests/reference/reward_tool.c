@@ -83,8 +83,8 @@ int main(int argc, char **argv) {
     fprintf(stderr, "elapsed_s=%.3f\n", chord_now() - t0);
     for (size_t i = 0; i < n; i++) {
         json_t *o = json_pack("{s:f, s:s, s:b, s:s}", "reward", results[i].reward, "reason",
-                              reward_reason_name(results[i].reason), "correct",
-                              results[i].correct, "detail", results[i].detail);
+                              reward_reason_name(results[i].reason), "correct", results[i].correct,
+                              "detail", results[i].detail);
         char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
         if (!s) return 2;
         printf("%s\n", s);

@@ -3,6 +3,7 @@
  * the regex match budget on a catastrophic pattern, input caps, and malformed configurations.
  * The comparison with math-verify itself is tests/reference/reward_math_verify.py; the webhook
  * against a live server is tests/reference/reward_webhook.py. */
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -58,7 +59,7 @@ static const math_case math_cases[] = {
     {"7", "the answer is 7", REWARD_REASON_NO_ANSWER},
     {"7", "\\boxed{}", REWARD_REASON_NO_ANSWER},
     {"7", "\\boxed{  }", REWARD_REASON_NO_ANSWER},
-    {"7", "\\boxed{7", REWARD_REASON_NO_ANSWER},          /* cut inside the box */
+    {"7", "\\boxed{7", REWARD_REASON_NO_ANSWER},           /* cut inside the box */
     {"\\boxed{12}", "\\boxed{12}", REWARD_REASON_CORRECT}, /* a boxed gold is unwrapped */
     {"$12$", "\\boxed{12}", REWARD_REASON_CORRECT},
     /* spaces, \left \right, \! \, dfrac tfrac */
@@ -128,7 +129,10 @@ static const math_case math_cases[] = {
     {"9\\%", "\\boxed{0.09}", REWARD_REASON_WRONG},
     /* odd inputs */
     {"5", "\\boxed{\xff\xfe}", REWARD_REASON_WRONG},
-    {"-5", "\\boxed{\xe2\x88\x92" "5}", REWARD_REASON_CORRECT}, /* U+2212 minus */
+    {"-5",
+     "\\boxed{\xe2\x88\x92"
+     "5}",
+     REWARD_REASON_CORRECT}, /* U+2212 minus */
 };
 
 static void test_math_table(void **state) {
@@ -260,8 +264,10 @@ static void test_math_bounded(void **state) {
     char *s = malloc(cap);
     assert_non_null(s);
     size_t w = (size_t)sprintf(s, "\\boxed{");
-    for (size_t i = 0; i < depth / 2; i++) w += (size_t)sprintf(s + w, "\\frac{");
-    for (size_t i = 0; i < depth / 2; i++) w += (size_t)sprintf(s + w, "1}{2}");
+    for (size_t i = 0; i < depth / 2; i++)
+        w += (size_t)sprintf(s + w, "\\frac{");
+    for (size_t i = 0; i < depth / 2; i++)
+        w += (size_t)sprintf(s + w, "1}{2}");
     sprintf(s + w, "}");
     double t0 = chord_now();
     reward_result r = score(v, NULL, s, "1", false);
@@ -271,7 +277,8 @@ static void test_math_bounded(void **state) {
     size_t reps = 200000;
     s = malloc(reps * 10 + 1);
     assert_non_null(s);
-    for (size_t i = 0; i < reps; i++) memcpy(s + 10 * i, "\\boxed{1} ", 10);
+    for (size_t i = 0; i < reps; i++)
+        memcpy(s + 10 * i, "\\boxed{1} ", 10);
     s[reps * 10] = '\0';
     r = score(v, NULL, s, "1", false);
     assert_int_equal(r.reason, REWARD_REASON_CORRECT);
@@ -325,7 +332,8 @@ static void test_regex(void **state) {
     assert_int_equal(score(v, NULL, "Answer: x", NULL, false).reason, REWARD_REASON_WRONG);
     reward_verifier_free(v);
     /* a capture group: the captured text is the answer */
-    v = make("{\"type\": \"regex\", \"pattern\": \"Answer:\\\\s*(\\\\S+)\", \"length_penalty\": -1}");
+    v = make(
+        "{\"type\": \"regex\", \"pattern\": \"Answer:\\\\s*(\\\\S+)\", \"length_penalty\": -1}");
     assert_int_equal(score(v, NULL, "... Answer: 42", "42", false).reason, REWARD_REASON_CORRECT);
     assert_int_equal(score(v, NULL, "... Answer: 41", "42", false).reason, REWARD_REASON_WRONG);
     assert_int_equal(score(v, NULL, "no idea", "42", false).reason, REWARD_REASON_NO_ANSWER);
@@ -342,8 +350,7 @@ static void test_regex(void **state) {
                      REWARD_REASON_WRONG);
     assert_int_equal(score(v, NULL, "the answer is (a|b)", "(a|b)", false).reason,
                      REWARD_REASON_CORRECT);
-    assert_int_equal(score(v, NULL, "the answer is a", "(a|b)", false).reason,
-                     REWARD_REASON_WRONG);
+    assert_int_equal(score(v, NULL, "the answer is a", "(a|b)", false).reason, REWARD_REASON_WRONG);
     assert_int_equal(score(v, NULL, "the answer is \\E]", "\\E]", false).reason,
                      REWARD_REASON_CORRECT);
     reward_verifier_free(v);
@@ -412,6 +419,47 @@ static void test_names(void **state) {
     reward_verifier *v = make("{\"type\": \"webhook\", \"url\": \"http://127.0.0.1:9/x\"}");
     assert_int_equal(reward_verifier_type(v), REWARD_WEBHOOK);
     reward_verifier_free(v);
+}
+
+/* ---- one verifier, several threads ---- */
+
+typedef struct thread_arg {
+    const reward_verifier *math, *regex;
+    int bad;
+} thread_arg;
+
+static void *score_many(void *p) {
+    thread_arg *a = p;
+    for (int i = 0; i < 300; i++) {
+        char completion[64], answer[32];
+        snprintf(completion, sizeof completion, "so \\boxed{\\frac{%d}{2}}", 2 * i);
+        snprintf(answer, sizeof answer, "%d", i);
+        reward_result r;
+        reward_score(a->math, NULL, completion, answer, false, &r);
+        if (r.reason != REWARD_REASON_CORRECT) a->bad++;
+        snprintf(completion, sizeof completion, "Answer: %d", i + (i % 2));
+        reward_score(a->regex, NULL, completion, answer, false, &r);
+        if (r.reason != (i % 2 ? REWARD_REASON_WRONG : REWARD_REASON_CORRECT)) a->bad++;
+    }
+    return NULL;
+}
+
+static void test_threads(void **state) {
+    (void)state;
+    reward_verifier *math = make("{\"type\": \"math_boxed\"}");
+    reward_verifier *regex = make("{\"type\": \"regex\", \"pattern\": \"Answer: (\\\\d+)\"}");
+    pthread_t t[4];
+    thread_arg args[4];
+    for (int i = 0; i < 4; i++) {
+        args[i] = (thread_arg){math, regex, 0};
+        assert_int_equal(pthread_create(&t[i], NULL, score_many, &args[i]), 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(pthread_join(t[i], NULL), 0);
+        assert_int_equal(args[i].bad, 0);
+    }
+    reward_verifier_free(math);
+    reward_verifier_free(regex);
 }
 
 /* ---- malformed configurations: each error names the field ---- */
@@ -493,18 +541,27 @@ static void test_good_configs(void **state) {
         "{\"type\": \"webhook\", \"url\": \"http://127.0.0.1:8000/score\", \"timeout_ms\": 2000, "
         "\"retries\": 2, \"max_concurrency\": 4, \"headers\": {\"Authorization\": \"Bearer x\"}}",
     };
-    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) reward_verifier_free(make(good[i]));
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++)
+        reward_verifier_free(make(good[i]));
 }
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_math_table),        cmocka_unit_test(test_math_last_boxed),
-        cmocka_unit_test(test_math_think_format), cmocka_unit_test(test_math_length_penalty),
-        cmocka_unit_test(test_math_errors),       cmocka_unit_test(test_math_bounded),
-        cmocka_unit_test(test_exact),             cmocka_unit_test(test_contains),
-        cmocka_unit_test(test_regex),             cmocka_unit_test(test_regex_catastrophic),
-        cmocka_unit_test(test_batch_local),       cmocka_unit_test(test_names),
-        cmocka_unit_test(test_bad_configs),       cmocka_unit_test(test_good_configs),
+        cmocka_unit_test(test_math_table),
+        cmocka_unit_test(test_math_last_boxed),
+        cmocka_unit_test(test_math_think_format),
+        cmocka_unit_test(test_math_length_penalty),
+        cmocka_unit_test(test_math_errors),
+        cmocka_unit_test(test_math_bounded),
+        cmocka_unit_test(test_exact),
+        cmocka_unit_test(test_contains),
+        cmocka_unit_test(test_regex),
+        cmocka_unit_test(test_regex_catastrophic),
+        cmocka_unit_test(test_batch_local),
+        cmocka_unit_test(test_names),
+        cmocka_unit_test(test_threads),
+        cmocka_unit_test(test_bad_configs),
+        cmocka_unit_test(test_good_configs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
