@@ -25,6 +25,7 @@ static uint64_t splitmix64(uint64_t x) {
 /* A uniform integer in [lo, hi] from the stream state *s. */
 static int64_t uniform(uint64_t *s, int64_t lo, int64_t hi) {
     *s = splitmix64(*s);
+    if (hi <= lo) return lo;
     uint64_t span = (uint64_t)(hi - lo) + 1;
     return lo + (int64_t)(*s % span); /* span <= 1e9: modulo bias below 1e-9 */
 }
