@@ -92,7 +92,7 @@ void task_arith_format(task_problem *p) {
 int task_arith_problem(const task_arith_config *cfg, uint64_t seed, task_split split,
                        uint64_t index, task_problem *out, chord_err *err) {
     if (task_arith_check(cfg, err)) return -1;
-    char ops[3];
+    char ops[3] = {0};
     int n_ops = 0;
     if (cfg->ops & TASK_OP_ADD) ops[n_ops++] = '+';
     if (cfg->ops & TASK_OP_SUB) ops[n_ops++] = '-';
