@@ -111,9 +111,8 @@ int st_rmtree(const char *path, chord_err *err) {
     return 0;
 }
 
-static int path_join(char out[STORE_PATH_MAX], chord_err *err, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static int path_join(char out[STORE_PATH_MAX], chord_err *err, const char *fmt, ...) {
+__attribute__((format(printf, 3, 4))) static int path_join(char out[STORE_PATH_MAX], chord_err *err,
+                                                           const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     int k = vsnprintf(out, STORE_PATH_MAX, fmt, ap);
@@ -441,6 +440,7 @@ static int walk_checkpoint(const char *root, const char *rel, ckpt_walk *w, chor
                 w->cap = ncap;
             }
             ckpt_file *f = &w->files[w->n];
+            f->bytes = 0;
             f->rel = strdup(sub);
             if (!f->rel) {
                 ret = chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
@@ -466,7 +466,7 @@ static int compare_files(const void *a, const void *b) {
 
 /* Writes SHA256SUMS (sorted, sha256sum format) into dir and hashes it. */
 static int write_manifest(const char *dir, ckpt_walk *w, char sha_out[65], chord_err *err) {
-    qsort(w->files, w->n, sizeof *w->files, compare_files);
+    if (w->n > 1) qsort(w->files, w->n, sizeof *w->files, compare_files);
     size_t cap = 1, len = 0;
     for (size_t i = 0; i < w->n; i++)
         cap += 64 + 2 + strlen(w->files[i].rel) + 1;
