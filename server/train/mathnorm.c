@@ -714,11 +714,30 @@ typedef struct wrapper {
     size_t lo, hi; /* content is s[lo..hi) */
 } wrapper;
 
+/* True when the delimiter opened at s[0] closes exactly at the end of s[0..n): "(1,2)" but not
+ * "(1,2),(3,4)". Escaped braces \{ \} count as one delimiter pair. */
+static bool closes_at_end(const char *s, size_t n) {
+    int depth = 0;
+    for (size_t i = 0; i < n; i++) {
+        bool escaped = s[i] == '\\' && i + 1 < n && (s[i + 1] == '{' || s[i + 1] == '}');
+        char c = escaped ? s[i + 1] : s[i];
+        size_t end = escaped ? i + 1 : i;
+        if (c == '(' || c == '[' || c == '{') {
+            depth++;
+        } else if (c == ')' || c == ']' || c == '}') {
+            if (--depth == 0) return end == n - 1;
+        }
+        i = end;
+    }
+    return false;
+}
+
 static void find_wrapper(const char *s, size_t n, wrapper *w) {
     memset(w, 0, sizeof *w);
     w->lo = 0;
     w->hi = n;
     if (n >= 4 && starts_with(s, n, "\\{") && s[n - 2] == '\\' && s[n - 1] == '}') {
+        if (!closes_at_end(s, n)) return;
         strcpy(w->open, "\\{");
         strcpy(w->close, "\\}");
         w->lo = 2;
@@ -726,15 +745,7 @@ static void find_wrapper(const char *s, size_t n, wrapper *w) {
         return;
     }
     if (n >= 2 && (s[0] == '(' || s[0] == '[') && (s[n - 1] == ')' || s[n - 1] == ']')) {
-        /* the opening bracket must close at the end, not earlier: "(1,2),(3,4)" is a list */
-        int depth = 0;
-        for (size_t i = 0; i < n; i++) {
-            if (s[i] == '(' || s[i] == '[')
-                depth++;
-            else if (s[i] == ')' || s[i] == ']') {
-                if (--depth == 0 && i != n - 1) return;
-            }
-        }
+        if (!closes_at_end(s, n)) return;
         w->open[0] = s[0];
         w->close[0] = s[n - 1];
         w->lo = 1;
@@ -742,9 +753,10 @@ static void find_wrapper(const char *s, size_t n, wrapper *w) {
     }
 }
 
-static bool equiv_norm(const char *a, size_t an, const char *b, size_t bn, int depth);
+static bool equiv_norm(const char *a, size_t an, const char *b, size_t bn, int depth, long *budget);
 
-static bool equiv_lists(const char *a, size_t an, const char *b, size_t bn, int depth) {
+static bool equiv_lists(const char *a, size_t an, const char *b, size_t bn, int depth,
+                        long *budget) {
     wrapper wa, wb;
     find_wrapper(a, an, &wa);
     find_wrapper(b, bn, &wb);
@@ -758,23 +770,27 @@ static bool equiv_lists(const char *a, size_t an, const char *b, size_t bn, int 
     bool ordered = wa.open[0] == '(' || wa.open[0] == '[';
     if (ordered) {
         for (size_t i = 0; i < na; i++)
-            if (!equiv_norm(pa[i], la[i], pb[i], lb[i], depth + 1)) return false;
+            if (!equiv_norm(pa[i], la[i], pb[i], lb[i], depth + 1, budget)) return false;
         return true;
     }
     bool used[MAX_LIST] = {false};
     for (size_t i = 0; i < na; i++) {
         bool hit = false;
         for (size_t j = 0; j < nb && !hit; j++) {
-            if (!used[j] && equiv_norm(pa[i], la[i], pb[j], lb[j], depth + 1)) used[j] = hit = true;
+            if (!used[j] && equiv_norm(pa[i], la[i], pb[j], lb[j], depth + 1, budget))
+                used[j] = hit = true;
         }
         if (!hit) return false;
     }
     return true;
 }
 
-static bool equiv_norm(const char *a, size_t an, const char *b, size_t bn, int depth) {
+/* Element comparisons of nested unordered lists are quadratic per level: *budget bounds the total
+ * number of comparisons; when it runs out the answer is "different" and *budget is negative. */
+static bool equiv_norm(const char *a, size_t an, const char *b, size_t bn, int depth,
+                       long *budget) {
     if (an == bn && memcmp(a, b, an) == 0) return true;
-    if (depth > MAX_DEPTH) return false;
+    if (depth > MAX_DEPTH || --*budget < 0) return false;
     char *sa = strndup(a, an), *sb = strndup(b, bn);
     bool eq = false;
     if (sa && sb) {
@@ -782,7 +798,7 @@ static bool equiv_norm(const char *a, size_t an, const char *b, size_t bn, int d
         if (parse_number(sa, &x) && parse_number(sb, &y))
             eq = numbers_equal(&x, &y);
         else
-            eq = equiv_lists(a, an, b, bn, depth);
+            eq = equiv_lists(a, an, b, bn, depth, budget);
     }
     free(sa);
     free(sb);
@@ -808,7 +824,11 @@ mathnorm_verdict mathnorm_equiv(const char *gold, const char *pred) {
     char *g = mathnorm_normalize(gold, gn);
     char *p = g ? mathnorm_normalize(pred, pn) : NULL;
     mathnorm_verdict v = MATHNORM_NOMEM;
-    if (g && p) v = equiv_norm(g, strlen(g), p, strlen(p), 0) ? MATHNORM_EQUAL : MATHNORM_DIFFERENT;
+    long budget = MATHNORM_MAX_COMPARISONS;
+    if (g && p) {
+        bool eq = equiv_norm(g, strlen(g), p, strlen(p), 0, &budget);
+        v = eq ? MATHNORM_EQUAL : budget < 0 ? MATHNORM_TOO_COMPLEX : MATHNORM_DIFFERENT;
+    }
     free(g);
     free(p);
     return v;

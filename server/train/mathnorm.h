@@ -14,6 +14,8 @@
 
 /* Longest answer (gold or predicted, before normalisation) the normaliser accepts, in bytes. */
 #define MATHNORM_MAX_LEN 16384
+/* Most element comparisons one mathnorm_equiv may make (nested unordered lists). */
+#define MATHNORM_MAX_COMPARISONS 100000
 
 /* Finds the content of the LAST `\boxed{...}` or `\fbox{...}` in text (balanced braces; also the
  * brace-less `\boxed 5` form). On success sets *start / *len to the content inside the braces and
@@ -30,6 +32,7 @@ typedef enum mathnorm_verdict {
     MATHNORM_DIFFERENT = 1,
     MATHNORM_TOO_LONG = 2, /* an input exceeds MATHNORM_MAX_LEN: no verdict */
     MATHNORM_NOMEM = 3,
+    MATHNORM_TOO_COMPLEX = 4, /* nested lists over MATHNORM_MAX_COMPARISONS: no verdict */
 } mathnorm_verdict;
 
 /* Compares a gold answer and a predicted answer (both raw, not yet normalised; NUL-terminated).

@@ -458,6 +458,12 @@ static void score_math(const reward_verifier *v, const char *prompt, const char 
                        MATHNORM_MAX_LEN);
             return;
         }
+        if (verdict == MATHNORM_TOO_COMPLEX) {
+            reward_set(r, 0.0, REWARD_REASON_ERROR, false,
+                       "answer lists nested too deeply to compare within %d comparisons",
+                       MATHNORM_MAX_COMPARISONS);
+            return;
+        }
         if (verdict == MATHNORM_NOMEM) {
             reward_set(r, 0.0, REWARD_REASON_ERROR, false, "out of memory while normalising");
             return;

@@ -109,6 +109,10 @@ static const math_case math_cases[] = {
     {"(1,2)", "\\boxed{(2,1)}", REWARD_REASON_WRONG}, /* a tuple does not */
     {"[1,2)", "\\boxed{[1,2]}", REWARD_REASON_WRONG},
     {"(0.5,1),(2,3)", "\\boxed{(2,3),(\\frac12,1)}", REWARD_REASON_CORRECT},
+    {"\\{1\\},\\{2\\}", "\\boxed{\\{2\\},\\{1\\}}", REWARD_REASON_CORRECT},
+    {"\\{1,2\\},\\{3\\}", "\\boxed{\\{1\\},\\{2,3\\}}", REWARD_REASON_WRONG},
+    {"(1,2),(3,4)", "\\boxed{(3,4),(1,2)}", REWARD_REASON_CORRECT},
+    {"(1,2),(3,4)", "\\boxed{(1,2,3,4)}", REWARD_REASON_WRONG},
     {"123456789012345678901", "\\boxed{123456789012345678901}", REWARD_REASON_CORRECT},
     {"123456789012345678901", "\\boxed{123456789012345678902}", REWARD_REASON_WRONG},
     /* x= prefixes, sqrt */
@@ -283,6 +287,29 @@ static void test_math_bounded(void **state) {
     r = score(v, NULL, s, "1", false);
     assert_int_equal(r.reason, REWARD_REASON_CORRECT);
     free(s);
+    /* 64 sets of 64 numbers, each pair of sets differing only in its last element: the
+     * unordered comparison runs out of its comparison budget -> error, not a guess */
+    size_t bufsz = 64 * 64 * 4 + 64 * 8 + 64;
+    char *gold = malloc(bufsz), *pred = malloc(bufsz + 16);
+    assert_non_null(gold);
+    assert_non_null(pred);
+    size_t gw = 0, pw = (size_t)sprintf(pred, "\\boxed{");
+    for (int set = 0; set < 64; set++) {
+        gw += (size_t)sprintf(gold + gw, "%s\\{", set ? "," : "");
+        pw += (size_t)sprintf(pred + pw, "%s\\{", set ? "," : "");
+        for (int i = 0; i < 63; i++) {
+            gw += (size_t)sprintf(gold + gw, "%d,", i);
+            pw += (size_t)sprintf(pred + pw, "%d,", 62 - i);
+        }
+        gw += (size_t)sprintf(gold + gw, "63\\}");
+        pw += (size_t)sprintf(pred + pw, "64\\}");
+    }
+    sprintf(pred + pw, "}");
+    assert_true(gw < MATHNORM_MAX_LEN);
+    r = score(v, NULL, pred, gold, false);
+    assert_int_equal(r.reason, REWARD_REASON_ERROR);
+    free(gold);
+    free(pred);
     assert_true(chord_now() - t0 < 2.0);
     reward_verifier_free(v);
 }
