@@ -4,6 +4,7 @@
  * arbitrary instructions (the reopened store passes integrity_check and every step it recorded
  * is complete, exactly once). */
 #include <pthread.h>
+#include <sched.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -348,10 +349,59 @@ static void test_kill_mid_write_leaves_consistent_store(void **state) {
     }
 }
 
+/* Another connection holds the write lock for a while: a store write waits for it (busy
+ * timeout) and succeeds instead of failing with SQLITE_BUSY. */
+typedef struct {
+    const char *dir;
+    volatile int locked;
+} lock_holder;
+
+static void *hold_write_lock(void *arg) {
+    lock_holder *h = arg;
+    char path[400];
+    snprintf(path, sizeof path, "%s/chord.db", h->dir);
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "UPDATE jobs SET name = name", NULL, NULL, NULL), SQLITE_OK);
+    __atomic_store_n(&h->locked, 1, __ATOMIC_RELEASE);
+    struct timespec ts = {0, 400 * 1000000L};
+    nanosleep(&ts, NULL);
+    assert_int_equal(sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+    return NULL;
+}
+
+static void test_writer_waits_for_lock(void **state) {
+    (void)state;
+    char dir[256];
+    scratch_make(dir);
+    store *s = open_ok(dir);
+    lock_holder h = {.dir = dir};
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, hold_write_lock, &h), 0);
+    while (!__atomic_load_n(&h.locked, __ATOMIC_ACQUIRE))
+        sched_yield();
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    chord_err err = {0};
+    store_job job;
+    if (store_job_create(s, "patient", "{}", &job, &err)) fail_msg("%s", err.msg);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double waited = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+    assert_true(waited > 0.2); /* it really waited for the other writer */
+    assert_int_equal(store_job_transition(s, job.id, STORE_JOB_RUNNING, NULL, NULL, NULL, &err), 0);
+    store_job_free(&job);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    store_close(s);
+    scratch_remove(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_threads_write_concurrently),
         cmocka_unit_test(test_racing_first_open),
+        cmocka_unit_test(test_writer_waits_for_lock),
         cmocka_unit_test(test_kill_mid_write_leaves_consistent_store),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
