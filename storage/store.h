@@ -208,13 +208,14 @@ typedef struct store_sample {
 } store_sample;
 
 /* Writes step `step` (>= 0) of a RUNNING job exactly once: in one BEGIN IMMEDIATE it REPLACES
- * any metrics (names[i] = values[i], i < n) and samples already stored for that step (a
- * resumed job re-running a step overwrites, never duplicates), and sets the job's current_step
- * to `step`. Duplicate names within one call are CHORD_E_INVALID. NaN is stored as NULL and
- * read back as NaN. A job not running is CHORD_E_CONFLICT. */
+ * the metrics already stored for that step by names[i] = values[i] (i < n) (a resumed job
+ * re-running a step overwrites, never duplicates) and sets the job's current_step to `step`.
+ * Duplicate names within one call are CHORD_E_INVALID. NaN is stored as NULL and read back as
+ * NaN. A job not running is CHORD_E_CONFLICT (and nothing is written). Samples are untouched. */
 int store_put_step_metrics(store *s, const char *job_id, int64_t step, const char *const *names,
                            const double *values, size_t n, chord_err *err);
-/* Same, with the step's samples (samples[n_samples]) in the same transaction. */
+/* Same, and when samples is not NULL also replaces the step's samples by samples[n_samples]
+ * (n_samples may be 0), all in the same transaction. */
 int store_put_step(store *s, const char *job_id, int64_t step, const char *const *names,
                    const double *values, size_t n, const store_sample *samples, size_t n_samples,
                    chord_err *err);
