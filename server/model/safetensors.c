@@ -331,7 +331,7 @@ static int open_file(st_reader *r, const char *path, chord_err *err) {
     f->path = strdup(path);
     if (!f->path) return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
 
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO must not block us */
     if (fd < 0)
         return chord_err_setc(err, errno == ENOENT ? CHORD_E_NOT_FOUND : CHORD_E_IO, "%s",
                               strerror(errno));
