@@ -636,8 +636,7 @@ static int compile_regex(tok_pretok_step *st, const char *pattern, size_t len, i
                          const char *where, chord_err *err) {
     int ec;
     PCRE2_SIZE eo;
-    uint32_t opts = PCRE2_UTF | PCRE2_UCP | PCRE2_NO_UTF_CHECK;
-    if (literal) opts |= PCRE2_LITERAL;
+    uint32_t opts = PCRE2_UTF | PCRE2_NO_UTF_CHECK | (literal ? PCRE2_LITERAL : PCRE2_UCP);
     st->re = pcre2_compile((PCRE2_SPTR)pattern, len, opts, &ec, &eo, NULL);
     if (!st->re) {
         PCRE2_UCHAR msg[256];
@@ -1097,6 +1096,9 @@ static void free_tokenizer(tok_tokenizer *t) {
     free(t->eos_text);
     free(t->pad_text);
     free(t->chat_template);
+    free(t->src_tokenizer);
+    free(t->src_config);
+    free(t->src_template);
     free(t);
 }
 
@@ -1152,6 +1154,20 @@ int tok_load_from_memory(const char *tokenizer_json, size_t tokenizer_len, const
         goto done;
     }
     if (config_json && parse_config(t, config_json, config_len, err)) goto done;
+    t->src_tokenizer = malloc(tokenizer_len + 1);
+    t->src_config = config_json ? malloc(config_len + 1) : NULL;
+    if (!t->src_tokenizer || (config_json && !t->src_config)) {
+        chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
+        goto done;
+    }
+    memcpy(t->src_tokenizer, tokenizer_json, tokenizer_len);
+    t->src_tokenizer[tokenizer_len] = '\0';
+    t->src_tokenizer_len = tokenizer_len;
+    if (config_json) {
+        memcpy(t->src_config, config_json, config_len);
+        t->src_config[config_len] = '\0';
+        t->src_config_len = config_len;
+    }
     rc = 0;
 done:
     json_decref(root);
@@ -1195,13 +1211,36 @@ int tok_load(const char *dir, tok_tokenizer **out, chord_err *err) {
     if (rc) chord_err_prefix(err, "%s", dir);
     if (rc == 0 && tpl) {
         free((*out)->chat_template);
-        (*out)->chat_template = tpl;
+        (*out)->chat_template = strdup(tpl);
+        (*out)->src_template = tpl;
+        (*out)->src_template_len = pn;
         tpl = NULL;
+        if (!(*out)->chat_template) {
+            tok_free(*out);
+            *out = NULL;
+            return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
+        }
     }
     free(tj);
     free(cj);
     free(tpl);
     return rc;
+}
+
+int tok_save(const tok_tokenizer *tok, const char *dir, chord_err *err) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    if (chord_write_file_atomic(path, tok->src_tokenizer, tok->src_tokenizer_len, err)) return -1;
+    if (tok->src_config) {
+        snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+        if (chord_write_file_atomic(path, tok->src_config, tok->src_config_len, err)) return -1;
+    }
+    if (tok->src_template) {
+        snprintf(path, sizeof path, "%s/chat_template.jinja", dir);
+        if (chord_write_file_atomic(path, tok->src_template, tok->src_template_len, err))
+            return -1;
+    }
+    return 0;
 }
 
 /* ------------------------------------------------------------------------------------------ */

@@ -43,7 +43,15 @@ int tok_load_from_memory(const char *tokenizer_json, size_t tokenizer_len, const
 /* The embedded default tokenizer of the demo models (server/model/default_tokenizer/, a 1024-token
  * byte-level BPE trained by `chordd tokenizer train` with ChatML special tokens). */
 int tok_load_default(tok_tokenizer **out, chord_err *err);
+/* The embedded default's file texts (tokenizer.json, tokenizer_config.json), e.g. to write them
+ * next to a random-init model so that transformers loads the same tokenizer. */
+const char *tok_default_tokenizer_json(size_t *len);
+const char *tok_default_config_json(size_t *len);
 void tok_free(tok_tokenizer *tok);
+/* Writes the files the tokenizer was loaded from (tokenizer.json, tokenizer_config.json when it
+ * had one, chat_template.jinja when its template came from there) into DIR, atomically, so a
+ * checkpoint carries its tokenizer. DIR must exist. */
+int tok_save(const tok_tokenizer *tok, const char *dir, chord_err *err);
 
 enum {
     TOK_ENCODE_ADD_SPECIAL = 1, /* apply the post-processor and add_bos/add_eos of the config */
@@ -72,8 +80,8 @@ typedef struct tok_stream {
 } tok_stream;
 
 void tok_stream_init(tok_stream *s, const tok_tokenizer *tok, int skip_special);
-/* Writes the newly complete text of id to out (cap bytes; 64 + the token's byte length always
- * suffices) and its length to *out_len (may be 0). */
+/* Writes the newly complete text of id to out (cap bytes; 3 * the token's byte length + 16
+ * always suffices) and its length to *out_len (may be 0). */
 int tok_stream_push(tok_stream *s, int32_t id, char *out, size_t cap, size_t *out_len,
                     chord_err *err);
 /* Flushes a held-back incomplete tail as U+FFFD. out needs 8 bytes. */

@@ -98,6 +98,9 @@ struct tok_tokenizer {
     int add_bos, add_eos;
     char *chat_template;
     struct tok_cache *cache;
+    /* the source texts, for tok_save */
+    char *src_tokenizer, *src_config, *src_template;
+    size_t src_tokenizer_len, src_config_len, src_template_len;
 };
 
 int32_t tok_vocab_lookup(const tok_tokenizer *t, const char *s, size_t n);

@@ -1,0 +1,359 @@
+/* test_tokenizer.c — unit tests of server/model/tokenizer*.c that need no Python: the embedded
+ * default (identical to its files, reproducible from its corpus, good on the arithmetic task),
+ * streaming decode, invalid UTF-8, offsets, and clear errors for bad files. Id-for-id equality
+ * with Hugging Face is tests/reference/tok_reference.py. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "server/base/fileutil.h"
+#include "server/model/tokenizer.h"
+#include "server/model/tokenizer_train.h"
+
+static tok_tokenizer *qwen, *deepseek, *dflt;
+
+static int setup(void **state) {
+    (void)state;
+    chord_err err = {0};
+    if (tok_load(CHORD_TEST_DATA "/tokenizers/qwen3", &qwen, &err) ||
+        tok_load(CHORD_TEST_DATA "/tokenizers/deepseek_v3", &deepseek, &err) ||
+        tok_load_default(&dflt, &err)) {
+        fprintf(stderr, "setup: %s\n", err.msg);
+        return -1;
+    }
+    return 0;
+}
+
+static int teardown(void **state) {
+    (void)state;
+    tok_free(qwen);
+    tok_free(deepseek);
+    tok_free(dflt);
+    return 0;
+}
+
+static void encode_ok(const tok_tokenizer *t, const char *s, size_t n, unsigned flags,
+                      tok_ids *ids) {
+    chord_err err = {0};
+    int rc = tok_encode(t, s, n, flags, ids, &err);
+    if (rc) fprintf(stderr, "encode: %s\n", err.msg);
+    assert_int_equal(rc, 0);
+}
+
+static void test_default_embedded_matches_files(void **state) {
+    (void)state;
+    const char *names[2] = {"tokenizer.json", "tokenizer_config.json"};
+    for (int k = 0; k < 2; k++) {
+        char path[1024], *data;
+        size_t len, elen;
+        snprintf(path, sizeof path, "%s/server/model/default_tokenizer/%s", CHORD_SOURCE_DIR,
+                 names[k]);
+        assert_int_equal(chord_read_file(path, &data, &len, NULL), 0);
+        const char *emb = k == 0 ? tok_default_tokenizer_json(&elen) : tok_default_config_json(&elen);
+        assert_int_equal(elen, len);
+        assert_memory_equal(emb, data, len);
+        free(data);
+    }
+    assert_int_equal(tok_vocab_size(dflt), 1024);
+    assert_int_equal(tok_eos_id(dflt), tok_token_to_id(dflt, "<|im_end|>"));
+    assert_int_equal(tok_pad_id(dflt), tok_token_to_id(dflt, "<|endoftext|>"));
+    assert_int_equal(tok_bos_id(dflt), -1);
+    assert_non_null(tok_chat_template(dflt));
+}
+
+/* `chordd tokenizer train` on the committed corpus gives the committed file, byte for byte. */
+static void test_default_reproducible(void **state) {
+    (void)state;
+    char *corpus, *want_tj, *want_cj, *tj, *cj;
+    size_t n, n1, n2;
+    assert_int_equal(chord_read_file(CHORD_SOURCE_DIR "/server/model/default_tokenizer/corpus.txt",
+                                     &corpus, &n, NULL),
+                     0);
+    tok_train_options opt;
+    tok_train_options_default(&opt);
+    chord_err err = {0};
+    assert_int_equal(tok_train(corpus, n, &opt, &tj, &cj, &err), 0);
+    want_tj = (char *)tok_default_tokenizer_json(&n1);
+    want_cj = (char *)tok_default_config_json(&n2);
+    assert_int_equal(strlen(tj), n1);
+    assert_memory_equal(tj, want_tj, n1);
+    assert_int_equal(strlen(cj), n2);
+    assert_memory_equal(cj, want_cj, n2);
+    free(tj);
+    free(cj);
+    free(corpus);
+}
+
+static size_t count_tokens(const tok_tokenizer *t, const char *s) {
+    tok_ids ids = {0};
+    encode_ok(t, s, strlen(s), 0, &ids);
+    size_t n = ids.n;
+    tok_ids_free(&ids);
+    return n;
+}
+
+/* The arithmetic task: every digit one token, the words whole. */
+static void test_default_tokenizes_task_well(void **state) {
+    (void)state;
+    tok_ids ids = {0};
+    const char *p = "Compute 37+48.";
+    encode_ok(dflt, p, strlen(p), 0, &ids);
+    /* "Compute" " " "3" "7" "+" "4" "8" "." */
+    assert_int_equal(ids.n, 8);
+    assert_int_equal(ids.ids[0], tok_token_to_id(dflt, "Compute"));
+    assert_int_equal(ids.ids[2], tok_token_to_id(dflt, "3"));
+    tok_ids_free(&ids);
+    /* 3 7 + 4 8 = 8 5 " \" boxed { 8 5 } */
+    assert_int_equal(count_tokens(dflt, "37+48=85 \\boxed{85}"), 14);
+    assert_int_equal(count_tokens(dflt, "The answer is 85."), 7);
+    /* - 1 2 * 3 =- 3 6 " \" boxed {- 3 6 } */
+    assert_int_equal(count_tokens(dflt, "-12*3=-36 \\boxed{-36}"), 14);
+    /* words of the chat template are whole tokens */
+    assert_true(tok_token_to_id(dflt, "assistant") >= 0);
+    assert_true(tok_token_to_id(dflt, "user") >= 0);
+    /* and free English stays reasonable (well under one token per byte) */
+    const char *en = "The quick brown fox jumps over the lazy dog. What is the answer?";
+    assert_true(count_tokens(dflt, en) * 3 < strlen(en));
+}
+
+static void roundtrip(const tok_tokenizer *t, const char *s) {
+    tok_ids ids = {0};
+    encode_ok(t, s, strlen(s), 0, &ids);
+    char *text;
+    size_t len;
+    assert_int_equal(tok_decode(t, ids.ids, ids.n, 0, &text, &len, NULL), 0);
+    assert_int_equal(len, strlen(s));
+    assert_memory_equal(text, s, len);
+    /* streaming: the pieces concatenate to the same text, and no piece splits a character */
+    tok_stream st;
+    tok_stream_init(&st, t, 0);
+    char *acc = calloc(len * 4 + 64, 1);
+    size_t acc_len = 0;
+    for (size_t i = 0; i < ids.n; i++) {
+        char buf[1024];
+        size_t n;
+        assert_int_equal(tok_stream_push(&st, ids.ids[i], buf, sizeof buf, &n, NULL), 0);
+        assert_null(memmem(buf, n, "\xEF\xBF\xBD", 3));
+        memcpy(acc + acc_len, buf, n);
+        acc_len += n;
+    }
+    char tail[8];
+    size_t tn;
+    tok_stream_finish(&st, tail, &tn);
+    assert_int_equal(tn, 0);
+    assert_int_equal(acc_len, len);
+    assert_memory_equal(acc, s, len);
+    free(acc);
+    free(text);
+    tok_ids_free(&ids);
+}
+
+static void test_roundtrip_and_stream(void **state) {
+    (void)state;
+    const char *texts[] = {
+        "Hello world", "你好，世界！今天天气很好。", "😀😃😄 👍🏽 👨‍👩‍👧‍👦 🇫🇷", "日本語のテキスト",
+        "mixed 中文 and emoji 🎉 with \\boxed{42}\r\n\ttabs", "<|im_start|>user\nhi<|im_end|>",
+    };
+    for (size_t i = 0; i < sizeof texts / sizeof texts[0]; i++) {
+        roundtrip(qwen, texts[i]);
+        roundtrip(deepseek, texts[i]);
+        roundtrip(dflt, texts[i]);
+    }
+}
+
+/* An id that ends mid-character is held back, then completed; a cut tail flushes as U+FFFD. */
+static void test_stream_holds_partial_utf8(void **state) {
+    (void)state;
+    /* with the default tokenizer, a CJK character is three byte tokens */
+    tok_ids ids = {0};
+    encode_ok(dflt, "中", 3, 0, &ids);
+    assert_int_equal(ids.n, 3);
+    tok_stream st;
+    tok_stream_init(&st, dflt, 0);
+    char buf[64];
+    size_t n;
+    assert_int_equal(tok_stream_push(&st, ids.ids[0], buf, sizeof buf, &n, NULL), 0);
+    assert_int_equal(n, 0);
+    assert_int_equal(tok_stream_push(&st, ids.ids[1], buf, sizeof buf, &n, NULL), 0);
+    assert_int_equal(n, 0);
+    assert_int_equal(tok_stream_push(&st, ids.ids[2], buf, sizeof buf, &n, NULL), 0);
+    assert_int_equal(n, 3);
+    assert_memory_equal(buf, "中", 3);
+    /* two of three bytes, then the end: one replacement character, like tok_decode */
+    tok_stream_init(&st, dflt, 0);
+    assert_int_equal(tok_stream_push(&st, ids.ids[0], buf, sizeof buf, &n, NULL), 0);
+    assert_int_equal(tok_stream_push(&st, ids.ids[1], buf, sizeof buf, &n, NULL), 0);
+    tok_stream_finish(&st, buf, &n);
+    assert_int_equal(n, 3);
+    assert_memory_equal(buf, "\xEF\xBF\xBD", 3);
+    char *text;
+    size_t len;
+    assert_int_equal(tok_decode(dflt, ids.ids, 2, 0, &text, &len, NULL), 0);
+    assert_int_equal(len, 3);
+    assert_memory_equal(text, "\xEF\xBF\xBD", 3);
+    free(text);
+    /* a cut character followed by ASCII: U+FFFD then the ASCII, as the whole decode gives */
+    int32_t seq[3] = {ids.ids[0], ids.ids[1], tok_token_to_id(dflt, "a")};
+    tok_stream_init(&st, dflt, 0);
+    char acc[64];
+    size_t an = 0;
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(tok_stream_push(&st, seq[i], buf, sizeof buf, &n, NULL), 0);
+        memcpy(acc + an, buf, n);
+        an += n;
+    }
+    assert_int_equal(an, 4);
+    assert_memory_equal(acc, "\xEF\xBF\xBD" "a", 4);
+    tok_ids_free(&ids);
+}
+
+/* Invalid UTF-8 never fails and reads as Python's errors="replace" text. */
+static void test_invalid_utf8(void **state) {
+    (void)state;
+    const char bad[] = "ok \xff\xfe then \xe4\xbd cut \xed\xa0\x80 surrogate \xf0\x9f\x98";
+    const char fixed[] = "ok \xEF\xBF\xBD\xEF\xBF\xBD then \xEF\xBF\xBD cut \xEF\xBF\xBD\xEF\xBF\xBD"
+                         "\xEF\xBF\xBD surrogate \xEF\xBF\xBD";
+    tok_ids a = {0}, b = {0};
+    encode_ok(qwen, bad, sizeof bad - 1, 0, &a);
+    encode_ok(qwen, fixed, sizeof fixed - 1, 0, &b);
+    assert_int_equal(a.n, b.n);
+    assert_memory_equal(a.ids, b.ids, a.n * sizeof *a.ids);
+    tok_ids_free(&a);
+    tok_ids_free(&b);
+    /* empty text: no ids, no error */
+    encode_ok(qwen, "", 0, 0, &a);
+    assert_int_equal(a.n, 0);
+    tok_ids_free(&a);
+}
+
+/* Offsets point at each token's bytes in the input (NFC leaves this text unchanged). */
+static void test_offsets(void **state) {
+    (void)state;
+    const char *s = "Hello <|im_end|> wörld 12345\n\n  done";
+    tok_ids ids = {0};
+    encode_ok(qwen, s, strlen(s), TOK_ENCODE_OFFSETS, &ids);
+    size_t total = strlen(s);
+    for (size_t i = 0; i < ids.n; i++) {
+        size_t end = i + 1 < ids.n ? ids.offsets[i + 1] : total;
+        size_t len;
+        const char *b = tok_id_bytes(qwen, ids.ids[i], &len);
+        assert_non_null(b);
+        assert_int_equal(end - ids.offsets[i], len);
+        assert_memory_equal(s + ids.offsets[i], b, len);
+    }
+    tok_ids_free(&ids);
+}
+
+/* DeepSeek's config sets add_bos_token: BOS comes first with TOK_ENCODE_ADD_SPECIAL. */
+static void test_add_special(void **state) {
+    (void)state;
+    tok_ids ids = {0};
+    encode_ok(deepseek, "hi", 2, TOK_ENCODE_ADD_SPECIAL, &ids);
+    assert_true(ids.n >= 2);
+    assert_int_equal(ids.ids[0], tok_bos_id(deepseek));
+    assert_int_equal(tok_bos_id(deepseek), 0);
+    tok_ids_free(&ids);
+    encode_ok(qwen, "hi", 2, TOK_ENCODE_ADD_SPECIAL, &ids);
+    assert_int_equal(ids.n, 1);
+    tok_ids_free(&ids);
+}
+
+static void expect_load_error(const char *json, const char *needle) {
+    tok_tokenizer *t = NULL;
+    chord_err err = {0};
+    int rc = tok_load_from_memory(json, strlen(json), NULL, 0, &t, &err);
+    if (rc == 0 || !strstr(err.msg, needle))
+        fprintf(stderr, "wanted an error with '%s', got rc %d: %s\n", needle, rc, err.msg);
+    assert_int_equal(rc, -1);
+    assert_null(t);
+    assert_non_null(strstr(err.msg, needle));
+}
+
+#define MODEL "\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1, \"ab\": 2}, \"merges\": [\"a b\"]}"
+
+static void test_errors_name_the_problem(void **state) {
+    (void)state;
+    expect_load_error("{\"model\": {", "malformed JSON");
+    expect_load_error("[1, 2]", "top level must be an object");
+    expect_load_error("{\"pre_tokenizer\": {\"type\": \"Whitespace\"}, " MODEL "}",
+                      "unsupported pre-tokenizer type 'Whitespace'");
+    expect_load_error("{\"normalizer\": {\"type\": \"Lowercase\"}, " MODEL "}",
+                      "unsupported normalizer type 'Lowercase'");
+    expect_load_error("{\"model\": {\"type\": \"Unigram\", \"vocab\": []}}",
+                      "unsupported model type 'Unigram'");
+    expect_load_error("{\"decoder\": {\"type\": \"WordPiece\"}, " MODEL "}",
+                      "unsupported decoder type 'WordPiece'");
+    expect_load_error("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": [\"a "
+                      "c\"]}}",
+                      "merges[0]: token 'c' is not in the vocabulary");
+    expect_load_error("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": \"x\"}, \"merges\": []}}",
+                      "model.vocab['a'] must be a non-negative integer id");
+    expect_load_error("{\"pre_tokenizer\": {\"type\": \"Split\", \"pattern\": {\"Regex\": \"(\"}, "
+                      "\"behavior\": \"Isolated\"}, " MODEL "}",
+                      "the regex does not compile");
+    expect_load_error("{\"pre_tokenizer\": {\"type\": \"Split\", \"pattern\": {\"Regex\": \"a\"}, "
+                      "\"behavior\": \"Sideways\"}, " MODEL "}",
+                      "unknown split behavior 'Sideways'");
+    expect_load_error("{\"added_tokens\": [{\"id\": 5}], " MODEL "}",
+                      "added_tokens[0].content must be a non-empty string");
+    /* and a missing directory */
+    tok_tokenizer *t = NULL;
+    chord_err err = {0};
+    assert_int_equal(tok_load("/nonexistent/dir", &t, &err), -1);
+    assert_non_null(strstr(err.msg, "no tokenizer.json"));
+}
+
+/* A minimal non-byte-level file works too, and a Split pattern given as a String is literal. */
+static void test_minimal_file(void **state) {
+    (void)state;
+    const char *json =
+        "{\"pre_tokenizer\": {\"type\": \"Split\", \"pattern\": {\"String\": \".\"}, "
+        "\"behavior\": \"Removed\"}, " MODEL "}";
+    tok_tokenizer *t = NULL;
+    chord_err err = {0};
+    int rc = tok_load_from_memory(json, strlen(json), NULL, 0, &t, &err);
+    if (rc) fprintf(stderr, "load: %s\n", err.msg);
+    assert_int_equal(rc, 0);
+    tok_ids ids = {0};
+    encode_ok(t, "ab.ba", 5, 0, &ids);
+    /* "ab" → 2; "." removed; "ba" → b a */
+    assert_int_equal(ids.n, 3);
+    assert_int_equal(ids.ids[0], 2);
+    assert_int_equal(ids.ids[1], 1);
+    assert_int_equal(ids.ids[2], 0);
+    tok_ids_free(&ids);
+    tok_free(t);
+}
+
+static void test_bad_ids_decode(void **state) {
+    (void)state;
+    int32_t ids[2] = {1, 999999999};
+    char *text;
+    size_t len;
+    chord_err err = {0};
+    assert_int_equal(tok_decode(qwen, ids, 2, 0, &text, &len, &err), -1);
+    assert_non_null(strstr(err.msg, "999999999"));
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_default_embedded_matches_files),
+        cmocka_unit_test(test_default_reproducible),
+        cmocka_unit_test(test_default_tokenizes_task_well),
+        cmocka_unit_test(test_roundtrip_and_stream),
+        cmocka_unit_test(test_stream_holds_partial_utf8),
+        cmocka_unit_test(test_invalid_utf8),
+        cmocka_unit_test(test_offsets),
+        cmocka_unit_test(test_add_special),
+        cmocka_unit_test(test_errors_name_the_problem),
+        cmocka_unit_test(test_minimal_file),
+        cmocka_unit_test(test_bad_ids_decode),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
