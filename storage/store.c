@@ -244,7 +244,7 @@ int st_get_one(store *s, sqlite3_stmt *stmt, st_row_reader read, void *item, con
     return ret;
 }
 
-int st_count(store *s, const char *sql, const char *param, int64_t *total, chord_err *err) {
+int st_count_rows(store *s, const char *sql, const char *param, int64_t *total, chord_err *err) {
     sqlite3_stmt *st;
     if (st_prepare(s, sql, &st, err)) return -1;
     int rc = param ? st_bind_text(st, 1, param) : SQLITE_OK;

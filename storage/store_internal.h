@@ -50,7 +50,7 @@ int st_collect(store *s, sqlite3_stmt *stmt, size_t item_size, st_row_reader rea
 int st_get_one(store *s, sqlite3_stmt *stmt, st_row_reader read, void *item, const char *what,
                const char *id, chord_err *err);
 /* SELECT count(*) … with up to one text parameter (bound when not NULL). */
-int st_count(store *s, const char *sql, const char *param, int64_t *total, chord_err *err);
+int st_count_rows(store *s, const char *sql, const char *param, int64_t *total, chord_err *err);
 /* LIMIT value for a page: 0 ("no limit") becomes -1. */
 int64_t st_limit(size_t limit);
 

@@ -87,7 +87,7 @@ static int list_page(store *s, const char *count_sql, const char *page_sql, cons
     *n = 0;
     if (st_begin_read(s, err)) return -1;
     int64_t count = 0;
-    if (st_count(s, count_sql, param, &count, err)) goto fail;
+    if (st_count_rows(s, count_sql, param, &count, err)) goto fail;
     sqlite3_stmt *st;
     if (st_prepare(s, page_sql, &st, err)) goto fail;
     int rc = sqlite3_bind_int64(st, 1, st_limit(limit));
