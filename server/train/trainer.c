@@ -1,10 +1,857 @@
-/* trainer.c — placeholder for trainer_run (trainer.h) until the step loop lands. */
+/* trainer.c — the CHORD step loop (trainer.h): rollouts, rewards, GRPO advantages, the expert
+ * batch, one micro-batched forward/backward over both kinds of sample, AdamW; metrics, samples,
+ * checkpoints, evaluation and bit-for-bit resume.
+ *
+ * Determinism: data order is a seeded permutation per epoch addressed by a cursor (a count of
+ * records consumed), sampling uses counter-based uniforms keyed by (seed, step, sequence, token),
+ * and the checkpoint holds parameters, AdamW moments and cursors in float32 exactly, so a
+ * resumed run repeats an uninterrupted one.
+ *
+ * Not here: storage, HTTP, the verifiers' internals (reward.h), the loss formulas (loss.h). */
 #include "server/train/trainer.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "server/base/fileutil.h"
+#include "server/model/chat.h"
+#include "server/model/model.h"
+#include "server/model/tokenizer.h"
+#include "server/train/loss.h"
+#include "server/train/reward.h"
+#include "server/train/rollout.h"
+#include "server/train/schedule.h"
+#include "server/train/trainer_data.h"
+
+#define MAX_METRICS 48
+
+/* ---- the job's live state -------------------------------------------------------------------- */
+
+typedef struct trainer {
+    const job_config *cfg;
+    const trainer_env *env;
+    const trainer_callbacks *cb;
+    model *m;
+    tok_tokenizer *tok;
+    char tok_dir[4096]; /* where the tokenizer came from; "" = the embedded default */
+    chat_template tpl;
+    reward_verifier *verifier;
+    rollout_engine *engine;
+    trainer_dataset prompts, expert, eval;
+    int64_t prompt_cursor, expert_cursor;
+    int64_t step; /* steps completed */
+    int32_t stop_ids[8];
+    int n_stop;
+    float inv_temp;
+    /* metrics of the step being built */
+    const char *names[MAX_METRICS];
+    double values[MAX_METRICS];
+    int n_metrics;
+} trainer;
+
+static void metric(trainer *t, const char *name, double v) {
+    if (t->n_metrics < MAX_METRICS) {
+        t->names[t->n_metrics] = name;
+        t->values[t->n_metrics] = v;
+        t->n_metrics++;
+    }
+}
+
+static void logline(trainer *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void logline(trainer *t, const char *fmt, ...) {
+    if (!t->cb || !t->cb->on_log) return;
+    char buf[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    t->cb->on_log(t->cb->user, buf);
+}
+
+/* ---- sequences for the forward/backward ------------------------------------------------------ */
+
+/* One packed training sequence: tokens, and per position the target (next token), its kind, the
+ * rollout log-prob and the advantage. */
+typedef struct train_seq {
+    int len;
+    int32_t *tokens;
+    uint8_t *kind;   /* kind of the TARGET at position t (the token t+1) */
+    float *logp_old; /* at policy targets */
+    float adv;
+} train_seq;
+
+static void train_seq_free(train_seq *s) {
+    free(s->tokens);
+    free(s->kind);
+    free(s->logp_old);
+    memset(s, 0, sizeof *s);
+}
+
+static int train_seq_alloc(train_seq *s, int len) {
+    s->len = len;
+    s->tokens = malloc((size_t)len * sizeof *s->tokens);
+    s->kind = calloc((size_t)len, 1);
+    s->logp_old = calloc((size_t)len, sizeof *s->logp_old);
+    return (s->tokens && s->kind && s->logp_old) ? 0 : -1;
+}
+
+/* Runs forward + loss + backward over all sequences, packed into micro-batches of at most
+ * micro_batch_tokens rows (a longer sequence goes alone). */
+static int train_on(trainer *t, train_seq *seqs, int n_seqs, const chord_loss_params *lp,
+                    chord_loss_accum *acc, int64_t *tokens_out, chord_err *err) {
+    const int64_t budget = t->cfg->micro_batch_tokens > 0 ? t->cfg->micro_batch_tokens : 8192;
+    int rc = -1;
+    int first = 0;
+    int32_t *tokens = NULL, *positions = NULL, *targets = NULL, *cu = NULL;
+    uint8_t *kind = NULL;
+    float *logp = NULL, *ent = NULL, *logp_old = NULL, *adv = NULL, *dlogp = NULL, *dent = NULL;
+    int want_entropy_grad = t->cfg->grpo.entropy_coef != 0.0;
+    while (first < n_seqs) {
+        int last = first;
+        int64_t N = seqs[first].len;
+        while (last + 1 < n_seqs && N + seqs[last + 1].len <= budget) N += seqs[++last].len;
+        int S = last - first + 1;
+        tokens = realloc(tokens, (size_t)N * sizeof *tokens);
+        positions = realloc(positions, (size_t)N * sizeof *positions);
+        targets = realloc(targets, (size_t)N * sizeof *targets);
+        cu = realloc(cu, (size_t)(S + 1) * sizeof *cu);
+        kind = realloc(kind, (size_t)N);
+        logp = realloc(logp, (size_t)N * sizeof *logp);
+        ent = realloc(ent, (size_t)N * sizeof *ent);
+        logp_old = realloc(logp_old, (size_t)N * sizeof *logp_old);
+        adv = realloc(adv, (size_t)N * sizeof *adv);
+        dlogp = realloc(dlogp, (size_t)N * sizeof *dlogp);
+        dent = realloc(dent, (size_t)N * sizeof *dent);
+        if (!tokens || !positions || !targets || !cu || !kind || !logp || !ent || !logp_old ||
+            !adv || !dlogp || !dent) {
+            chord_err_setc(err, CHORD_E_INTERNAL, "trainer: out of memory");
+            goto done;
+        }
+        int64_t row = 0;
+        cu[0] = 0;
+        for (int s = 0; s < S; s++) {
+            const train_seq *q = &seqs[first + s];
+            for (int i = 0; i < q->len; i++, row++) {
+                tokens[row] = q->tokens[i];
+                positions[row] = i;
+                int has_target = i + 1 < q->len && q->kind[i] != CHORD_TOKEN_IGNORE;
+                targets[row] = has_target ? q->tokens[i + 1] : -1;
+                kind[row] = has_target ? q->kind[i] : CHORD_TOKEN_IGNORE;
+                logp_old[row] = q->logp_old[i];
+                adv[row] = q->adv;
+            }
+            cu[s + 1] = (int32_t)row;
+        }
+        model_batch b = {.N = (int)N, .S = S, .tokens = tokens, .positions = positions,
+                         .cu_seqlens = cu, .targets = targets};
+        if (model_forward(t->m, &b, t->inv_temp, logp, ent, err) != 0) goto done;
+        chord_loss_batch lb = {.n = (size_t)N, .kind = kind, .logp = logp, .logp_old = logp_old,
+                               .advantage = adv, .entropy = ent, .ref_logp = NULL};
+        if (chord_loss_micro_batch(lp, &lb, dlogp, want_entropy_grad ? dent : NULL, acc, err) != 0)
+            goto done;
+        if (model_backward(t->m, dlogp, want_entropy_grad ? dent : NULL, err) != 0) goto done;
+        *tokens_out += N;
+        first = last + 1;
+    }
+    rc = 0;
+done:
+    free(tokens);
+    free(positions);
+    free(targets);
+    free(cu);
+    free(kind);
+    free(logp);
+    free(ent);
+    free(logp_old);
+    free(adv);
+    free(dlogp);
+    free(dent);
+    return rc;
+}
+
+/* ---- one step ---------------------------------------------------------------------------------- */
+
+static int should_stop_rollout(void *user) {
+    trainer *t = user;
+    int ck = 0;
+    return t->cb && t->cb->should_stop ? t->cb->should_stop(t->cb->user, &ck) : 0;
+}
+
+static double mean_of(const double *x, int n) {
+    double s = 0;
+    for (int i = 0; i < n; i++) s += x[i];
+    return n > 0 ? s / n : 0.0;
+}
+
+static int run_step(trainer *t, int64_t step, chord_err *err) {
+    const job_config *cfg = t->cfg;
+    double t_step0 = chord_now();
+    t->n_metrics = 0;
+    int mu_fixed_one = cfg->mu.kind == JOB_MU_SFT ||
+                       (cfg->mu.kind == JOB_MU_SFT_THEN_GRPO && step <= cfg->sft_steps);
+    int mu_fixed_zero = cfg->mu.kind == JOB_MU_GRPO ||
+                        (cfg->mu.kind == JOB_MU_SFT_THEN_GRPO && step > cfg->sft_steps);
+    int do_rl = jobconfig_uses_rollouts(cfg->algorithm) && !mu_fixed_one;
+    int do_sft = jobconfig_uses_expert(cfg->algorithm) && !mu_fixed_zero;
+
+    int rc = -1;
+    int B = do_rl ? (int)cfg->grpo.prompts_per_step : 0;
+    int G = (int)cfg->grpo.group_size;
+    int E = do_sft ? (int)cfg->expert_per_step : 0;
+    trainer_item *pitems = calloc((size_t)(B > 0 ? B : 1), sizeof *pitems);
+    trainer_item *eitems = calloc((size_t)(E > 0 ? E : 1), sizeof *eitems);
+    rollout_result rr = {0};
+    reward_sample *rs = NULL;
+    reward_result *rres = NULL;
+    char **completions = NULL;
+    float *rewards = NULL, *advs = NULL;
+    int *group_sizes = NULL;
+    train_seq *seqs = NULL;
+    trainer_sample *samples = NULL;
+    int n_seqs = 0;
+    if (!pitems || !eitems) {
+        chord_err_setc(err, CHORD_E_INTERNAL, "trainer: out of memory");
+        goto done;
+    }
+
+    /* 1. rollouts */
+    double t_roll0 = chord_now(), t_roll = 0, t_reward = 0;
+    double reward_mean = 0, reward_std = 0, accuracy = 0, resp_len = 0, err_rate = 0,
+           trunc_frac = 0;
+    int64_t zero_adv = 0, rollout_tokens = 0;
+    if (B > 0) {
+        const int32_t **pids = malloc((size_t)B * sizeof *pids);
+        int *plens = malloc((size_t)B * sizeof *plens);
+        if (!pids || !plens) {
+            free(pids);
+            free(plens);
+            chord_err_setc(err, CHORD_E_INTERNAL, "trainer: out of memory");
+            goto done;
+        }
+        for (int i = 0; i < B; i++) {
+            if (trainer_dataset_item(&t->prompts, t->prompt_cursor + i, t->tok, &t->tpl, 1,
+                                     &pitems[i], err) != 0) {
+                free(pids);
+                free(plens);
+                goto done;
+            }
+            pids[i] = pitems[i].ids;
+            plens[i] = pitems[i].len;
+        }
+        rollout_params rp = {.group_size = G,
+                             .temperature = (float)cfg->sampling.temperature,
+                             .top_p = (float)cfg->sampling.top_p,
+                             .max_new_tokens = (int)cfg->sampling.max_new_tokens,
+                             .stop_ids = t->stop_ids,
+                             .n_stop = t->n_stop,
+                             .seed = cfg->seed,
+                             .stream = (uint64_t)step,
+                             .should_stop = should_stop_rollout,
+                             .user = t};
+        int grc = rollout_generate(t->engine, pids, plens, B, &rp, &rr, err);
+        free(pids);
+        free(plens);
+        if (grc != 0) goto done;
+        t_roll = chord_now() - t_roll0;
+        rollout_tokens = rr.tokens;
+
+        /* 2. rewards */
+        double t_rw0 = chord_now();
+        int n = rr.n;
+        rs = calloc((size_t)n, sizeof *rs);
+        rres = calloc((size_t)n, sizeof *rres);
+        completions = calloc((size_t)n, sizeof *completions);
+        rewards = calloc((size_t)n, sizeof *rewards);
+        advs = calloc((size_t)n, sizeof *advs);
+        group_sizes = calloc((size_t)B, sizeof *group_sizes);
+        if (!rs || !rres || !completions || !rewards || !advs || !group_sizes) {
+            chord_err_setc(err, CHORD_E_INTERNAL, "trainer: out of memory");
+            goto done;
+        }
+        for (int i = 0; i < n; i++) {
+            const rollout_seq *q = &rr.seq[i];
+            size_t len = 0;
+            if (tok_decode(t->tok, q->tokens, (size_t)q->len, 1, &completions[i], &len, err) != 0)
+                goto done;
+            rs[i].prompt = pitems[q->prompt].text;
+            rs[i].completion = completions[i];
+            rs[i].answer = pitems[q->prompt].answer;
+            rs[i].truncated = q->truncated != 0;
+        }
+        if (reward_score_batch(t->verifier, rs, (size_t)n, rres, err) != 0) goto done;
+        double *rw = malloc((size_t)n * sizeof *rw);
+        if (!rw) {
+            chord_err_setc(err, CHORD_E_INTERNAL, "trainer: out of memory");
+            goto done;
+        }
+        int n_correct = 0, n_error = 0, n_trunc = 0;
+        double len_sum = 0;
+        for (int i = 0; i < n; i++) {
+            rewards[i] = (float)rres[i].reward;
+            rw[i] = rres[i].reward;
+            n_correct += rres[i].correct ? 1 : 0;
+            n_error += (rres[i].reason == REWARD_REASON_ERROR ||
+                        rres[i].reason == REWARD_REASON_TIMEOUT);
+            n_trunc += rr.seq[i].truncated ? 1 : 0;
+            len_sum += rr.seq[i].len;
+        }
+        reward_mean = mean_of(rw, n);
+        double var = 0;
+        for (int i = 0; i < n; i++) var += (rw[i] - reward_mean) * (rw[i] - reward_mean);
+        reward_std = n > 1 ? sqrt(var / (n - 1)) : 0.0;
+        free(rw);
+        accuracy = (double)n_correct / n;
+        err_rate = (double)n_error / n;
+        trunc_frac = (double)n_trunc / n;
+        resp_len = len_sum / n;
+        for (int i = 0; i < B; i++) group_sizes[i] = G;
+        if (chord_grpo_advantages(rewards, group_sizes, (size_t)B, advs, &zero_adv, err) != 0)
+            goto done;
+        t_reward = chord_now() - t_rw0;
+    }
+
+    /* μ for this step (the adaptive rule reads the step's mean reward) */
+    double mu = sched_mu(cfg, step, reward_mean);
+    if (!do_rl) mu = 1.0;
+    if (!do_sft) mu = 0.0;
+
+    /* 3. build the training sequences */
+    if (E > 0) {
+        for (int i = 0; i < E; i++)
+            if (trainer_dataset_item(&t->expert, t->expert_cursor + i, t->tok, &t->tpl, 0,
+                                     &eitems[i], err) != 0)
+                goto done;
+    }
+    seqs = calloc((size_t)(rr.n + E + 1), sizeof *seqs);
+    if (!seqs) {
+        chord_err_setc(err, CHORD_E_INTERNAL, "trainer: out of memory");
+        goto done;
+    }
+    int64_t n_policy = 0, n_expert = 0;
+    for (int i = 0; i < rr.n; i++) {
+        const rollout_seq *q = &rr.seq[i];
+        const trainer_item *pi = &pitems[q->prompt];
+        train_seq *s = &seqs[n_seqs++];
+        if (train_seq_alloc(s, pi->len + q->len) != 0) {
+            chord_err_setc(err, CHORD_E_INTERNAL, "trainer: out of memory");
+            goto done;
+        }
+        memcpy(s->tokens, pi->ids, (size_t)pi->len * sizeof *s->tokens);
+        memcpy(s->tokens + pi->len, q->tokens, (size_t)q->len * sizeof *s->tokens);
+        for (int j = 0; j < q->len; j++) {
+            s->kind[pi->len - 1 + j] = CHORD_TOKEN_POLICY;
+            s->logp_old[pi->len - 1 + j] = q->logp[j];
+        }
+        s->adv = advs[i];
+        n_policy += q->len;
+    }
+    for (int i = 0; i < E; i++) {
+        const trainer_item *ei = &eitems[i];
+        train_seq *s = &seqs[n_seqs++];
+        if (train_seq_alloc(s, ei->len) != 0) {
+            chord_err_setc(err, CHORD_E_INTERNAL, "trainer: out of memory");
+            goto done;
+        }
+        memcpy(s->tokens, ei->ids, (size_t)ei->len * sizeof *s->tokens);
+        for (int j = 1; j < ei->len; j++) {
+            if (ei->mask[j]) {
+                s->kind[j - 1] = CHORD_TOKEN_EXPERT;
+                n_expert++;
+            }
+        }
+    }
+
+    /* 4. loss, backward, update */
+    double t_train0 = chord_now();
+    chord_loss_params lp = {.mu = mu,
+                            .phi = cfg->phi,
+                            .clip_low = cfg->grpo.clip_low,
+                            .clip_high = cfg->grpo.clip_high,
+                            .dual_clip = cfg->grpo.dual_clip,
+                            .entropy_coef = cfg->grpo.entropy_coef,
+                            .kl_coef = 0.0,
+                            .n_policy_tokens = n_policy,
+                            .n_expert_tokens = n_expert};
+    chord_loss_accum acc;
+    chord_loss_accum_init(&acc);
+    int64_t train_tokens = 0;
+    if (model_zero_grad(t->m, err) != 0) goto done;
+    if (train_on(t, seqs, n_seqs, &lp, &acc, &train_tokens, err) != 0) goto done;
+    chord_loss_metrics lm;
+    if (chord_loss_finish(&lp, &acc, &lm, err) != 0) goto done;
+    double lr = sched_lr(cfg, step), grad_norm = 0;
+    if (model_adamw_step(t->m, (float)lr, (float)cfg->optimizer.beta1,
+                         (float)cfg->optimizer.beta2, (float)cfg->optimizer.eps,
+                         (float)cfg->optimizer.weight_decay, (float)cfg->optimizer.grad_clip,
+                         &grad_norm, err) != 0)
+        goto done;
+    double t_train = chord_now() - t_train0;
+    t->prompt_cursor += B;
+    t->expert_cursor += E;
+
+    /* 5. metrics */
+    double t_total = chord_now() - t_step0;
+    metric(t, "mu", mu);
+    metric(t, "loss", lm.loss);
+    metric(t, "pg_loss", lm.pg_loss);
+    metric(t, "pg_clipfrac", lm.pg_clipfrac);
+    metric(t, "ppo_kl", lm.ppo_kl);
+    metric(t, "ratio_mean", lm.ratio_mean);
+    metric(t, "sft_loss", lm.sft_loss);
+    metric(t, "sft_nll", lm.sft_nll);
+    metric(t, "phi_mean", lm.phi_mean);
+    metric(t, "entropy", lm.entropy);
+    metric(t, "grad_norm", grad_norm);
+    metric(t, "lr", lr);
+    metric(t, "reward_mean", reward_mean);
+    metric(t, "reward_std", reward_std);
+    metric(t, "accuracy", accuracy);
+    metric(t, "response_len_mean", resp_len);
+    metric(t, "truncated_frac", trunc_frac);
+    metric(t, "zero_adv_groups", B > 0 ? (double)zero_adv / B : 0.0);
+    metric(t, "verifier_error_rate", err_rate);
+    metric(t, "policy_tokens", (double)n_policy);
+    metric(t, "expert_tokens", (double)n_expert);
+    metric(t, "time/rollout", t_roll);
+    metric(t, "time/reward", t_reward);
+    metric(t, "time/train", t_train);
+    metric(t, "time/step", t_total);
+    metric(t, "tokens_per_s/rollout", t_roll > 0 ? (double)rollout_tokens / t_roll : 0.0);
+    metric(t, "tokens_per_s/train", t_train > 0 ? (double)train_tokens / t_train : 0.0);
+
+    /* per-sample records */
+    if (rr.n > 0 && t->cb && t->cb->on_samples) {
+        samples = calloc((size_t)rr.n, sizeof *samples);
+        if (!samples) {
+            chord_err_setc(err, CHORD_E_INTERNAL, "trainer: out of memory");
+            goto done;
+        }
+        for (int i = 0; i < rr.n; i++) {
+            const rollout_seq *q = &rr.seq[i];
+            samples[i] = (trainer_sample){.kind = "rollout",
+                                          .prompt = pitems[q->prompt].text,
+                                          .completion = completions[i],
+                                          .answer = pitems[q->prompt].answer,
+                                          .reward = rres[i].reward,
+                                          .reason = reward_reason_name(rres[i].reason),
+                                          .group = q->prompt,
+                                          .tokens = q->len,
+                                          .truncated = q->truncated};
+        }
+    }
+    rc = 0;
+done:
+    if (rc == 0 && samples && t->cb->on_samples(t->cb->user, step, samples, rr.n) != 0)
+        rc = chord_err_setc(err, CHORD_E_IO, "trainer: storing the samples of step %lld failed",
+                            (long long)step);
+    free(samples);
+    for (int i = 0; i < n_seqs; i++) train_seq_free(&seqs[i]);
+    free(seqs);
+    if (completions)
+        for (int i = 0; i < rr.n; i++) free(completions[i]);
+    free(completions);
+    free(rs);
+    free(rres);
+    free(rewards);
+    free(advs);
+    free(group_sizes);
+    rollout_result_free(&rr);
+    for (int i = 0; i < B; i++) trainer_item_free(&pitems[i]);
+    for (int i = 0; i < E; i++) trainer_item_free(&eitems[i]);
+    free(pitems);
+    free(eitems);
+    return rc;
+}
+
+/* ---- evaluation --------------------------------------------------------------------------------- */
+
+int trainer_evaluate(model *m, const tok_tokenizer *tok, const chat_template *tpl,
+                     trainer_dataset *ds, const reward_verifier *verifier,
+                     const trainer_eval_params *p, trainer_eval_result *out, chord_err *err) {
+    memset(out, 0, sizeof *out);
+    int64_t n_prompts = ds->n;
+    if (p->max_prompts > 0 && n_prompts > p->max_prompts) n_prompts = p->max_prompts;
+    if (n_prompts <= 0) return chord_err_set(err, "eval: the eval set is empty");
+    int K = p->k > 0 ? p->k : 1;
+    rollout_engine *eng = rollout_engine_new(m);
+    if (!eng) return chord_err_setc(err, CHORD_E_INTERNAL, "eval: out of memory");
+    int rc = -1;
+    const int chunk = 64;
+    int64_t correct = 0, total = 0, pass = 0;
+    double t0 = chord_now();
+    for (int64_t first = 0; first < n_prompts; first += chunk) {
+        int n = (int)(n_prompts - first < chunk ? n_prompts - first : chunk);
+        trainer_item items[64];
+        memset(items, 0, sizeof items);
+        const int32_t *pids[64];
+        int plens[64];
+        rollout_result rr = {0};
+        int ok = 1;
+        for (int i = 0; i < n && ok; i++) {
+            /* eval reads records in file order (no shuffling) */
+            if (trainer_dataset_item_at(ds, first + i, tok, tpl, 1, &items[i], err) != 0) ok = 0;
+            pids[i] = items[i].ids;
+            plens[i] = items[i].len;
+        }
+        rollout_params rp = {.group_size = K,
+                             .temperature = (float)p->temperature,
+                             .top_p = 1.0f,
+                             .max_new_tokens = p->max_new_tokens,
+                             .stop_ids = p->stop_ids,
+                             .n_stop = p->n_stop,
+                             .seed = p->seed,
+                             .stream = p->stream + (uint64_t)first};
+        if (ok && rollout_generate(eng, pids, plens, n, &rp, &rr, err) != 0) ok = 0;
+        for (int i = 0; ok && i < n; i++) {
+            int any = 0;
+            for (int k = 0; k < K && ok; k++) {
+                const rollout_seq *q = &rr.seq[i * K + k];
+                char *text = NULL;
+                size_t len = 0;
+                if (tok_decode(tok, q->tokens, (size_t)q->len, 1, &text, &len, err) != 0) {
+                    ok = 0;
+                    break;
+                }
+                reward_result res;
+                reward_score(verifier, items[i].text, text, items[i].answer, q->truncated != 0,
+                             &res);
+                if (p->on_sample) {
+                    trainer_sample s = {.kind = "eval",
+                                        .prompt = items[i].text,
+                                        .completion = text,
+                                        .answer = items[i].answer,
+                                        .reward = res.reward,
+                                        .reason = reward_reason_name(res.reason),
+                                        .group = (int)(first + i),
+                                        .tokens = q->len,
+                                        .truncated = q->truncated};
+                    p->on_sample(p->user, &s);
+                }
+                free(text);
+                correct += res.correct ? 1 : 0;
+                any |= res.correct ? 1 : 0;
+                total++;
+            }
+            pass += any;
+        }
+        rollout_result_free(&rr);
+        for (int i = 0; i < n; i++) trainer_item_free(&items[i]);
+        if (!ok) goto done;
+    }
+    out->prompts = n_prompts;
+    out->k = K;
+    out->accuracy = total ? (double)correct / (double)total : 0.0;
+    out->pass_at_k = (double)pass / (double)n_prompts;
+    out->seconds = chord_now() - t0;
+    rc = 0;
+done:
+    rollout_engine_free(eng);
+    return rc;
+}
+
+/* ---- checkpoints ----------------------------------------------------------------------------- */
+
+static int write_json_file(const char *dir, const char *name, json_t *doc, chord_err *err) {
+    char path[4096 + 64];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    char *text = json_dumps(doc, JSON_INDENT(2) | JSON_SORT_KEYS);
+    if (!text) return chord_err_setc(err, CHORD_E_INTERNAL, "%s: out of memory", name);
+    int rc = chord_write_file_atomic(path, text, strlen(text), err);
+    free(text);
+    return rc;
+}
+
+static int save_checkpoint(trainer *t, int64_t step, chord_err *err) {
+    if (!t->cb || !t->cb->checkpoint_begin || !t->cb->checkpoint_commit) return 0;
+    char dir[4096];
+    if (t->cb->checkpoint_begin(t->cb->user, step, dir, sizeof dir, err) != 0) return -1;
+    if (model_save(t->m, dir, ST_F32, 0, err) != 0) return -1;
+    if (trainer_save_tokenizer(t->tok_dir[0] ? t->tok_dir : NULL, dir, err) != 0)
+        return chord_err_prefix(err, "checkpoint: tokenizer");
+    /* optimizer moments, exact float32 */
+    size_t n = t->m->num_params;
+    float *hm = malloc(n * sizeof *hm), *hv = malloc(n * sizeof *hv);
+    int rc = -1;
+    st_writer *w = st_writer_new();
+    if (!hm || !hv || !w) {
+        chord_err_setc(err, CHORD_E_INTERNAL, "checkpoint: out of memory");
+        goto done;
+    }
+    if (t->m->adam_m && t->m->adam_v) {
+        ops_ctx *o = t->m->ops;
+        if (o->be->to_host(o, hm, t->m->adam_m, n * sizeof *hm) != 0 ||
+            o->be->to_host(o, hv, t->m->adam_v, n * sizeof *hv) != 0) {
+            chord_err_setc(err, CHORD_E_INTERNAL, "checkpoint: %s", ops_last_error(o));
+            goto done;
+        }
+    } else {
+        memset(hm, 0, n * sizeof *hm);
+        memset(hv, 0, n * sizeof *hv);
+    }
+    int64_t shape[1] = {(int64_t)n};
+    char path[4096 + 64];
+    snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
+    if (st_writer_add(w, "adam_m", hm, shape, 1, ST_F32, err) != 0 ||
+        st_writer_add(w, "adam_v", hv, shape, 1, ST_F32, err) != 0 ||
+        st_writer_save(w, path, err) != 0)
+        goto done;
+    json_t *state = json_pack("{s:I, s:i, s:I, s:I, s:I, s:I}", "step", (json_int_t)step,
+                              "adam_t", t->m->adam_t, "prompt_cursor",
+                              (json_int_t)t->prompt_cursor, "expert_cursor",
+                              (json_int_t)t->expert_cursor, "seed", (json_int_t)t->cfg->seed,
+                              "num_params", (json_int_t)n);
+    json_t *job = jobconfig_to_json(t->cfg);
+    int wrc = (state && job) ? 0 : -1;
+    if (wrc == 0) wrc = write_json_file(dir, "trainer_state.json", state, err);
+    if (wrc == 0) wrc = write_json_file(dir, "job.json", job, err);
+    json_decref(state);
+    json_decref(job);
+    if (wrc != 0) {
+        if (!err || !err->msg[0]) chord_err_setc(err, CHORD_E_INTERNAL, "checkpoint: out of memory");
+        goto done;
+    }
+    if (t->cb->checkpoint_commit(t->cb->user, step, dir, err) != 0) goto done;
+    logline(t, "checkpoint step %lld written", (long long)step);
+    rc = 0;
+done:
+    st_writer_free(w);
+    free(hm);
+    free(hv);
+    return rc;
+}
+
+static int load_resume_state(trainer *t, const char *dir, chord_err *err) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/trainer_state.json", dir);
+    json_error_t je;
+    json_t *state = json_load_file(path, 0, &je);
+    if (!state) return chord_err_setc(err, CHORD_E_IO, "%s: %s", path, je.text);
+    json_int_t step = 0, pc = 0, ec = 0, np = 0;
+    int adam_t = 0;
+    int bad = json_unpack(state, "{s:I, s:i, s:I, s:I, s:I}", "step", &step, "adam_t", &adam_t,
+                          "prompt_cursor", &pc, "expert_cursor", &ec, "num_params", &np);
+    json_decref(state);
+    if (bad || step < 0 || (size_t)np != t->m->num_params)
+        return chord_err_setc(err, CHORD_E_IO, "%s: malformed or for another model", path);
+    t->step = step;
+    t->prompt_cursor = pc;
+    t->expert_cursor = ec;
+    t->m->adam_t = adam_t;
+    snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
+    st_reader *r = NULL;
+    if (st_open(path, &r, err) != 0) return -1;
+    size_t n = t->m->num_params;
+    float *h = malloc(n * sizeof *h);
+    ops_ctx *o = t->m->ops;
+    int rc = -1;
+    int64_t shape[1] = {(int64_t)n};
+    if (!h) {
+        chord_err_setc(err, CHORD_E_INTERNAL, "resume: out of memory");
+        goto done;
+    }
+    if (!t->m->adam_m) t->m->adam_m = o->be->alloc(o, n * sizeof(float));
+    if (!t->m->adam_v) t->m->adam_v = o->be->alloc(o, n * sizeof(float));
+    if (!t->m->adam_m || !t->m->adam_v) {
+        chord_err_setc(err, CHORD_E_INTERNAL, "resume: out of device memory");
+        goto done;
+    }
+    if (st_read_f32(r, "adam_m", h, shape, 1, err) != 0) goto done;
+    if (o->be->to_device(o, t->m->adam_m, h, n * sizeof *h) != 0) goto dev;
+    if (st_read_f32(r, "adam_v", h, shape, 1, err) != 0) goto done;
+    if (o->be->to_device(o, t->m->adam_v, h, n * sizeof *h) != 0) goto dev;
+    rc = 0;
+    goto done;
+dev:
+    chord_err_setc(err, CHORD_E_INTERNAL, "resume: %s", ops_last_error(o));
+done:
+    free(h);
+    st_close(r);
+    return rc;
+}
+
+/* ---- set-up ----------------------------------------------------------------------------------- */
+
+static void add_stop(trainer *t, int32_t id) {
+    if (id < 0 || id >= t->m->cfg.vocab_size) return;
+    for (int i = 0; i < t->n_stop; i++)
+        if (t->stop_ids[i] == id) return;
+    if (t->n_stop < (int)(sizeof t->stop_ids / sizeof t->stop_ids[0])) t->stop_ids[t->n_stop++] = id;
+}
+
+static int setup(trainer *t, chord_err *err) {
+    const job_config *cfg = t->cfg;
+    const trainer_env *env = t->env;
+    /* model */
+    const char *load_dir = env->resume_dir ? env->resume_dir : env->model_dir;
+    if (load_dir) {
+        if (model_load(load_dir, env->ops, &t->m, err) != 0) return chord_err_prefix(err, "model");
+    } else {
+        if (!cfg->model_init_config)
+            return chord_err_set(err, "model: neither a path nor an init config");
+        char *text = json_dumps(cfg->model_init_config, 0);
+        model_config mc;
+        int rc = text ? model_config_parse(text, &mc, err) : -1;
+        free(text);
+        if (rc != 0) return chord_err_prefix(err, "model.init.config");
+        if (model_create(&mc, env->ops, &t->m, err) != 0) return chord_err_prefix(err, "model");
+        if (model_init_random(t->m, cfg->model_init_seed, err) != 0) return -1;
+    }
+    /* tokenizer: explicit, else the one saved beside the weights, else the embedded default */
+    const char *tdir = env->tokenizer_dir;
+    char buf[4096];
+    if (!tdir && load_dir) {
+        snprintf(buf, sizeof buf, "%s/tokenizer.json", load_dir);
+        if (chord_is_file(buf)) tdir = load_dir;
+    }
+    if (tdir) {
+        if (tok_load(tdir, &t->tok, err) != 0) return chord_err_prefix(err, "tokenizer");
+        snprintf(t->tok_dir, sizeof t->tok_dir, "%s", tdir);
+    } else if (tok_load_default(&t->tok, err) != 0) {
+        return chord_err_prefix(err, "tokenizer (embedded default)");
+    }
+    if (tok_vocab_size(t->tok) > t->m->cfg.vocab_size)
+        return chord_err_set(err, "tokenizer has %d tokens but the model's vocab_size is %d",
+                             (int)tok_vocab_size(t->tok), t->m->cfg.vocab_size);
+    if (chat_template_detect(t->tok, &t->tpl, NULL) != 0 &&
+        chat_template_by_name("raw", t->tok, &t->tpl, err) != 0)
+        return chord_err_prefix(err, "chat template");
+    /* stop tokens: the tokenizer's and the config's EOS, and the template's end of turn */
+    add_stop(t, tok_eos_id(t->tok));
+    for (int i = 0; i < t->m->cfg.n_eos; i++) add_stop(t, t->m->cfg.eos_token_ids[i]);
+    static const char *eot[] = {"<|im_end|>", "<|eot_id|>", "<|endoftext|>"};
+    for (size_t i = 0; i < sizeof eot / sizeof eot[0]; i++) add_stop(t, tok_token_to_id(t->tok, eot[i]));
+    if (t->n_stop == 0) logline(t, "warning: the tokenizer has no EOS token; responses end at max_new_tokens");
+
+    if (reward_verifier_new(cfg->reward, &t->verifier, err) != 0) return chord_err_prefix(err, "reward");
+    t->engine = rollout_engine_new(t->m);
+    if (!t->engine) return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
+    double temp = cfg->sampling.temperature;
+    t->inv_temp = temp > 0 ? (float)(1.0 / temp) : 1.0f;
+
+    if (jobconfig_uses_rollouts(cfg->algorithm)) {
+        if (!env->prompts_path) return chord_err_set(err, "data.prompts: required by %s",
+                                                     jobconfig_algorithm_name(cfg->algorithm));
+        if (trainer_dataset_open(&t->prompts, env->prompts_path, TRAINER_DATA_PROMPTS, cfg->seed,
+                                 err) != 0)
+            return chord_err_prefix(err, "data.prompts");
+    }
+    if (jobconfig_uses_expert(cfg->algorithm)) {
+        if (!env->expert_path) return chord_err_set(err, "data.expert: required by %s",
+                                                    jobconfig_algorithm_name(cfg->algorithm));
+        if (trainer_dataset_open(&t->expert, env->expert_path, TRAINER_DATA_EXPERT,
+                                 cfg->seed ^ 0x5eedull, err) != 0)
+            return chord_err_prefix(err, "data.expert");
+    }
+    if (env->eval_path && trainer_dataset_open(&t->eval, env->eval_path, TRAINER_DATA_PROMPTS,
+                                               cfg->seed, err) != 0)
+        return chord_err_prefix(err, "data.eval");
+    if (env->resume_dir && load_resume_state(t, env->resume_dir, err) != 0)
+        return chord_err_prefix(err, "resume from %s", env->resume_dir);
+    return 0;
+}
+
+static int run_eval(trainer *t, int64_t step, chord_err *err) {
+    const job_config *cfg = t->cfg;
+    trainer_eval_params ep = {.k = (int)cfg->eval.k,
+                              .temperature = cfg->eval.temperature,
+                              .max_new_tokens = (int)(cfg->eval.max_new_tokens > 0
+                                                          ? cfg->eval.max_new_tokens
+                                                          : cfg->sampling.max_new_tokens),
+                              .max_prompts = 0,
+                              .stop_ids = t->stop_ids,
+                              .n_stop = t->n_stop,
+                              .seed = cfg->seed,
+                              .stream = (1ull << 40) + (uint64_t)step * 1000003ull};
+    trainer_eval_result er;
+    if (trainer_evaluate(t->m, t->tok, &t->tpl, &t->eval, t->verifier, &ep, &er, err) != 0)
+        return -1;
+    metric(t, "eval/accuracy", er.accuracy);
+    metric(t, "eval/pass_at_k", er.pass_at_k);
+    metric(t, "eval/k", er.k);
+    metric(t, "eval/time", er.seconds);
+    logline(t, "eval step %lld: accuracy %.4f pass@%d %.4f (%lld prompts, %.1fs)", (long long)step,
+            er.accuracy, er.k, er.pass_at_k, (long long)er.prompts, er.seconds);
+    return 0;
+}
 
 int trainer_run(const job_config *cfg, const trainer_env *env, const trainer_callbacks *cb,
                 chord_err *err) {
-    (void)cfg;
-    (void)env;
-    (void)cb;
-    return chord_err_setc(err, CHORD_E_INTERNAL, "trainer: not implemented yet");
+    trainer t;
+    memset(&t, 0, sizeof t);
+    t.cfg = cfg;
+    t.env = env;
+    t.cb = cb;
+    int rc = TRAINER_FAILED;
+    if (setup(&t, err) != 0) goto done;
+    logline(&t, "job %s: %s, %lld steps, model %zu parameters on %s%s", cfg->name ? cfg->name : "",
+            jobconfig_algorithm_name(cfg->algorithm), (long long)cfg->steps, t.m->num_params,
+            env->ops->be->name, env->resume_dir ? " (resumed)" : "");
+    double t0 = chord_now();
+    int64_t first_step = t.step + 1;
+    for (int64_t step = first_step; step <= cfg->steps; step++) {
+        int ck = 0;
+        if (cb && cb->should_stop && cb->should_stop(cb->user, &ck)) {
+            if (ck && t.step > 0 && save_checkpoint(&t, t.step, err) != 0) goto done;
+            rc = TRAINER_STOPPED;
+            goto done;
+        }
+        if (run_step(&t, step, err) != 0) {
+            if (err && err->code == CHORD_E_UNAVAILABLE) { /* stopped inside the rollout */
+                if (ck && t.step > 0) save_checkpoint(&t, t.step, NULL);
+                rc = TRAINER_STOPPED;
+            } else {
+                chord_err_prefix(err, "step %lld", (long long)step);
+            }
+            goto done;
+        }
+        t.step = step;
+        if (t.eval.n > 0 && cfg->eval.every > 0 &&
+            (step % cfg->eval.every == 0 || step == cfg->steps) && run_eval(&t, step, err) != 0)
+            goto done;
+        if (cb && cb->on_step && cb->on_step(cb->user, step, t.names, t.values, t.n_metrics) != 0) {
+            chord_err_setc(err, CHORD_E_IO, "step %lld: storing metrics failed", (long long)step);
+            goto done;
+        }
+        {
+            double elapsed = chord_now() - t0;
+            double per = elapsed / (double)(step - first_step + 1);
+            double eta = per * (double)(cfg->steps - step);
+            double mu = 0, rw = 0, l = 0, pg = 0, sft = 0, tps_r = 0, tps_t = 0, acc = 0;
+            for (int i = 0; i < t.n_metrics; i++) {
+                const char *n = t.names[i];
+                double v = t.values[i];
+                if (!strcmp(n, "mu")) mu = v;
+                else if (!strcmp(n, "reward_mean")) rw = v;
+                else if (!strcmp(n, "loss")) l = v;
+                else if (!strcmp(n, "pg_loss")) pg = v;
+                else if (!strcmp(n, "sft_loss")) sft = v;
+                else if (!strcmp(n, "accuracy")) acc = v;
+                else if (!strcmp(n, "tokens_per_s/rollout")) tps_r = v;
+                else if (!strcmp(n, "tokens_per_s/train")) tps_t = v;
+            }
+            logline(&t,
+                    "step %lld/%lld  mu %.3f  reward %.3f  acc %.3f  loss %.4f  pg %.4f  sft %.4f  "
+                    "tok/s rollout %.0f train %.0f  ETA %.0fs",
+                    (long long)step, (long long)cfg->steps, mu, rw, acc, l, pg, sft, tps_r, tps_t,
+                    eta);
+        }
+        int last = step == cfg->steps;
+        if ((cfg->checkpoint_every > 0 && step % cfg->checkpoint_every == 0) || last)
+            if (save_checkpoint(&t, step, err) != 0) goto done;
+        if (cb && cb->between_steps) cb->between_steps(cb->user, t.m);
+    }
+    rc = TRAINER_DONE;
+done:
+    trainer_dataset_close(&t.prompts);
+    trainer_dataset_close(&t.expert);
+    trainer_dataset_close(&t.eval);
+    rollout_engine_free(t.engine);
+    reward_verifier_free(t.verifier);
+    tok_free(t.tok);
+    model_free(t.m);
+    return rc;
 }

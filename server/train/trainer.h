@@ -70,6 +70,41 @@ typedef struct trainer_env {
 
 enum { TRAINER_DONE = 0, TRAINER_FAILED = -1, TRAINER_STOPPED = 1 };
 
+/* ---- evaluation (during training and on its own) ---- */
+
+struct model;
+struct tok_tokenizer;
+struct chat_template;
+struct trainer_dataset;
+struct reward_verifier;
+
+typedef struct trainer_eval_params {
+    int k;                   /* samples per prompt (avg@k = accuracy, pass@k) */
+    double temperature;      /* 0 = greedy */
+    int max_new_tokens;
+    int64_t max_prompts;     /* 0 = every record of the eval set */
+    const int32_t *stop_ids;
+    int n_stop;
+    uint64_t seed, stream;
+    /* every scored sample (may be NULL) */
+    void (*on_sample)(void *user, const trainer_sample *s);
+    void *user;
+} trainer_eval_params;
+
+typedef struct trainer_eval_result {
+    int64_t prompts;
+    int k;
+    double accuracy;  /* mean correctness over prompts x k samples (avg@k) */
+    double pass_at_k; /* fraction of prompts with at least one correct sample */
+    double seconds;
+} trainer_eval_result;
+
+/* Samples k responses per eval prompt (records in file order) and scores them. */
+int trainer_evaluate(struct model *m, const struct tok_tokenizer *tok,
+                     const struct chat_template *tpl, struct trainer_dataset *ds,
+                     const struct reward_verifier *verifier, const trainer_eval_params *p,
+                     trainer_eval_result *out, chord_err *err);
+
 /* Runs the job. Returns TRAINER_DONE after cfg->steps steps, TRAINER_STOPPED when should_stop
  * asked, TRAINER_FAILED with err set. */
 int trainer_run(const job_config *cfg, const trainer_env *env, const trainer_callbacks *cb,
