@@ -1,11 +1,233 @@
-/* cmd_serve.c — `chordd serve`. Placeholder until its issue lands: says so and fails. */
+/* cmd_serve.c — `chordd` / `chordd serve`: the daemon. Parses the flags, opens the service
+ * (SQLite, job workers), starts the REST transport, optionally submits the embedded demo job,
+ * then waits for SIGINT / SIGTERM and stops in order: stop accepting connections, let each
+ * running job finish its step and write a checkpoint (it resumes at the next start), end the
+ * event streams, close SQLite.
+ *
+ * Not here: anything a request does (api/http, server/service.h). */
+#include <errno.h>
+#include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "api/commands.h"
+#include "api/http/http.h"
+#include "server/base/log.h"
+#include "server/service.h"
+
+static void usage(FILE *out) {
+    fprintf(out,
+            "usage: chordd [serve] [OPTIONS]\n\n"
+            "Runs the chord server: accepts training jobs, dataset uploads and rollout requests\n"
+            "over HTTP (REST + JSON, Server-Sent Events), runs them on its devices and records\n"
+            "everything in SQLite under the data directory. Stops cleanly on SIGINT / SIGTERM.\n\n"
+            "options:\n"
+            "  --data-dir DIR        data directory (SQLite, datasets, checkpoints); default "
+            "./chord-data\n"
+            "  --http HOST:PORT      REST address, or 'off'; default 127.0.0.1:8080 (port 0 = "
+            "any free port)\n"
+            "  --grpc HOST:PORT      gRPC address, or 'off'; default 127.0.0.1:50051 (the gRPC\n"
+            "                        transport is not in this build yet: the value is recorded)\n"
+            "  --device DEV          auto | cpu | cuda | cuda:N[,M...]; one worker per device;\n"
+            "                        default auto (every CUDA GPU, else the CPU)\n"
+            "  --models-root DIR     the only directory models may be registered from;\n"
+            "                        default DATA_DIR/models\n"
+            "  --max-upload-mb N     dataset upload limit in MiB; default 1024\n"
+            "  --threads N           CPU threads per worker's backend; default all cores\n"
+            "  --http-threads N      HTTP thread pool size; default 4\n"
+            "  --sse-heartbeat S     seconds between heartbeat comments on event streams; "
+            "default 15\n"
+            "  --log-level LEVEL     debug | info | warn | error; default info\n"
+            "  --demo                submit the embedded demo job at start: a random-init tiny\n"
+            "                        model trained with CHORD on the built-in arithmetic task\n"
+            "  -h, --help            this help\n\n"
+            "example:\n"
+            "  chordd --demo &\n"
+            "  curl -N http://127.0.0.1:8080/v1/jobs/JOB_ID/events\n");
+}
+
+/* "HOST:PORT", "[V6]:PORT", ":PORT" (localhost) or "PORT". */
+static int parse_addr(const char *flag, const char *v, char *host, size_t hostlen, int *port) {
+    const char *colon = strrchr(v, ':');
+    const char *p = colon ? colon + 1 : v;
+    char *end = NULL;
+    errno = 0;
+    long n = strtol(p, &end, 10);
+    if (!*p || *end || errno || n < 0 || n > 65535) {
+        fprintf(stderr, "chordd: %s: '%s' is not HOST:PORT (or 'off')\n", flag, v);
+        return -1;
+    }
+    *port = (int)n;
+    size_t hl = colon ? (size_t)(colon - v) : 0;
+    if (hl >= 2 && v[0] == '[' && v[hl - 1] == ']') {
+        v++;
+        hl -= 2;
+    }
+    if (hl == 0) {
+        snprintf(host, hostlen, "127.0.0.1");
+    } else {
+        if (hl >= hostlen) {
+            fprintf(stderr, "chordd: %s: host too long\n", flag);
+            return -1;
+        }
+        memcpy(host, v, hl);
+        host[hl] = '\0';
+    }
+    return 0;
+}
+
+static int parse_int(const char *flag, const char *v, long lo, long hi, long *out) {
+    char *end = NULL;
+    errno = 0;
+    long n = strtol(v, &end, 10);
+    if (!*v || *end || errno || n < lo || n > hi) {
+        fprintf(stderr, "chordd: %s: must be an integer in [%ld, %ld], got '%s'\n", flag, lo, hi,
+                v);
+        return -1;
+    }
+    *out = n;
+    return 0;
+}
 
 int cmd_serve(int argc, char **argv) {
-    (void)argc;
-    (void)argv;
-    fprintf(stderr, "chordd serve: not implemented yet\n");
-    return 2;
+    const char *data_dir = "./chord-data", *http = "127.0.0.1:8080", *grpc = "127.0.0.1:50051";
+    const char *device = "auto", *models_root = NULL, *log_level = "info";
+    long max_upload_mb = 1024, threads = 0, http_threads = 4, heartbeat = 15;
+    int demo = 0;
+    int i = 1;
+    if (argc >= 1 && argv[0] && argv[0][0] == '-') i = 0; /* called with no subcommand */
+    for (; i < argc; i++) {
+        const char *a = argv[i];
+        const char *next = i + 1 < argc ? argv[i + 1] : NULL;
+#define VALUE()                                                                                    \
+    do {                                                                                           \
+        if (!next) {                                                                               \
+            fprintf(stderr, "chordd: %s needs a value\n", a);                                     \
+            return 2;                                                                              \
+        }                                                                                          \
+        i++;                                                                                       \
+    } while (0)
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            usage(stdout);
+            return 0;
+        } else if (!strcmp(a, "--data-dir")) {
+            VALUE();
+            data_dir = next;
+        } else if (!strcmp(a, "--http")) {
+            VALUE();
+            http = next;
+        } else if (!strcmp(a, "--grpc")) {
+            VALUE();
+            grpc = next;
+        } else if (!strcmp(a, "--device")) {
+            VALUE();
+            device = next;
+        } else if (!strcmp(a, "--models-root")) {
+            VALUE();
+            models_root = next;
+        } else if (!strcmp(a, "--max-upload-mb")) {
+            VALUE();
+            if (parse_int(a, next, 1, 1L << 20, &max_upload_mb)) return 2;
+        } else if (!strcmp(a, "--threads")) {
+            VALUE();
+            if (parse_int(a, next, 0, 4096, &threads)) return 2;
+        } else if (!strcmp(a, "--http-threads")) {
+            VALUE();
+            if (parse_int(a, next, 1, 256, &http_threads)) return 2;
+        } else if (!strcmp(a, "--sse-heartbeat")) {
+            VALUE();
+            if (parse_int(a, next, 1, 3600, &heartbeat)) return 2;
+        } else if (!strcmp(a, "--log-level")) {
+            VALUE();
+            log_level = next;
+        } else if (!strcmp(a, "--demo")) {
+            demo = 1;
+        } else {
+            fprintf(stderr, "chordd: unknown option '%s'\n\n", a);
+            usage(stderr);
+            return 2;
+        }
+#undef VALUE
+    }
+    int level;
+    if (chord_log_parse_level(log_level, &level)) {
+        fprintf(stderr, "chordd: --log-level: must be debug, info, warn or error\n");
+        return 2;
+    }
+    chord_log_set_level(level);
+    char http_host[256] = "", grpc_host[256] = "";
+    int http_port = 0, grpc_port = 0;
+    int http_on = strcmp(http, "off") != 0, grpc_on = strcmp(grpc, "off") != 0;
+    if (http_on && parse_addr("--http", http, http_host, sizeof http_host, &http_port)) return 2;
+    if (grpc_on && parse_addr("--grpc", grpc, grpc_host, sizeof grpc_host, &grpc_port)) return 2;
+
+    /* signals are taken by sigwait below: block them before any thread starts */
+    sigset_t stop_set;
+    sigemptyset(&stop_set);
+    sigaddset(&stop_set, SIGINT);
+    sigaddset(&stop_set, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &stop_set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    svc_options so = {.data_dir = data_dir,
+                      .models_root = models_root,
+                      .device = device,
+                      .threads = (int)threads,
+                      .max_upload_bytes = (int64_t)max_upload_mb << 20,
+                      .workers = 1};
+    svc *s = NULL;
+    chord_err err = {0};
+    if (svc_open(&so, &s, &err)) {
+        LOG_ERROR("chordd: %s", err.msg);
+        return 1;
+    }
+    api_http *h = NULL;
+    if (http_on) {
+        api_http_options ho = {.host = http_host,
+                               .port = http_port,
+                               .threads = (int)http_threads,
+                               .heartbeat_s = (int)heartbeat};
+        if (api_http_start(s, &ho, &h, &err)) {
+            LOG_ERROR("chordd: %s", err.msg);
+            svc_close(s);
+            return 1;
+        }
+    }
+    int n_dev = 0;
+    const char *const *devs = svc_devices(s, &n_dev);
+    if (h)
+        LOG_INFO("chordd %s listening on http://%s%s%s:%d (data %s, models root %s, device %s%s)",
+                 SVC_VERSION, strchr(http_host, ':') ? "[" : "", http_host,
+                 strchr(http_host, ':') ? "]" : "", api_http_port(h), data_dir,
+                 svc_models_root(s), devs[0], n_dev > 1 ? ",..." : "");
+    else
+        LOG_INFO("chordd %s running without HTTP (data %s)", SVC_VERSION, data_dir);
+    if (grpc_on)
+        LOG_WARN("gRPC on %s:%d requested, but this build has no gRPC transport yet; serving REST "
+                 "only",
+                 grpc_host, grpc_port);
+    if (demo) {
+        json_t *job = NULL;
+        if (svc_submit_demo(s, &job, &err)) {
+            LOG_ERROR("chordd: %s", err.msg);
+        } else {
+            const char *id = json_string_value(json_object_get(job, "id"));
+            LOG_INFO("demo job %s queued; watch it with: curl -N http://%s:%d/v1/jobs/%s/events", id,
+                     http_host[0] ? http_host : "127.0.0.1", h ? api_http_port(h) : 8080, id);
+            json_decref(job);
+        }
+    }
+
+    int sig = 0;
+    while (sigwait(&stop_set, &sig) != 0) {
+    }
+    LOG_INFO("chordd: %s received, stopping (running jobs write a checkpoint first)",
+             sig == SIGINT ? "SIGINT" : "SIGTERM");
+    api_http_quiesce(h);
+    svc_shutdown(s);
+    api_http_stop(h);
+    svc_close(s);
+    LOG_INFO("chordd: stopped");
+    return 0;
 }

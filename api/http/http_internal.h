@@ -1,0 +1,96 @@
+/* http_internal.h — what the api/http sources share: the server and request structs, the route table
+ * type and the response helpers. Not a public interface (http.h is). */
+#ifndef CHORD_API_HTTP_INTERNAL_H
+#define CHORD_API_HTTP_INTERNAL_H
+
+#include <jansson.h>
+#include <microhttpd.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "api/http/http.h"
+
+enum { HTTP_BODY_NONE = 0, HTTP_BODY_JSON, HTTP_BODY_UPLOAD, HTTP_BODY_IGNORE };
+
+typedef struct http_req http_req;
+
+typedef struct http_route {
+    const char *method;  /* "GET", "POST" */
+    const char *pattern; /* "/v1/jobs/{id}/cancel"; "{path*}" takes the rest */
+    int body;            /* HTTP_BODY_* */
+    enum MHD_Result (*handle)(http_req *r);
+} http_route;
+
+#define HTTP_MAX_PARAMS 3
+
+struct http_req {
+    api_http *h;
+    struct MHD_Connection *conn;
+    const http_route *route;
+    char method[12];
+    char url[256]; /* for the access log (truncated) */
+    double t0;
+    int status;    /* of the response queued (0 = none yet) */
+    int64_t bytes_in, bytes_out;
+    char *params[HTTP_MAX_PARAMS];
+    int n_params;
+    /* JSON bodies */
+    char *body;
+    size_t body_len, body_cap;
+    /* dataset uploads */
+    svc_upload *upload;
+    /* an error met mid-body: answered after the last chunk */
+    int failed;
+    chord_err err;
+};
+
+typedef struct sse_conn sse_conn;
+
+struct api_http {
+    svc *s;
+    struct MHD_Daemon *daemon;
+    int port;
+    int heartbeat_s;
+    size_t max_json;
+    atomic_int stopping;
+    /* event streams, and the thread that resumes them (notify, heartbeat, stop) */
+    pthread_mutex_t sse_mu;
+    sse_conn *streams;
+    pthread_mutex_t wake_mu;
+    pthread_cond_t wake_cv;
+    int wake_pending;
+    pthread_t waker;
+    int waker_started;
+};
+
+extern const http_route api_http_routes[];
+extern const size_t api_http_n_routes;
+
+/* Queues doc (stolen) as JSON with status. */
+enum MHD_Result http_send_json(http_req *r, unsigned status, json_t *doc);
+/* Queues {"error": {"code", "message"}}. */
+enum MHD_Result http_send_error(http_req *r, unsigned status, const char *code, const char *fmt,
+                                ...) __attribute__((format(printf, 4, 5)));
+/* Maps err's category to a status and queues it. */
+enum MHD_Result http_send_err(http_req *r, const chord_err *err);
+/* Queues a file download (application/octet-stream). */
+enum MHD_Result http_send_file(http_req *r, const char *path, int64_t size, const char *name);
+/* Queues plain text with a content type. */
+enum MHD_Result http_send_text(http_req *r, unsigned status, const char *content_type,
+                               char *text, size_t len);
+/* Starts an event stream of a job's watch (Server-Sent Events). */
+enum MHD_Result http_send_events(http_req *r, const char *job_id, int64_t since_step);
+
+/* A query parameter, or NULL. */
+const char *http_query(http_req *r, const char *name);
+/* Parses an integer query parameter in [lo, hi] (def when absent); -1 with err naming it. */
+int http_query_int(http_req *r, const char *name, int64_t lo, int64_t hi, int64_t def,
+                   int64_t *out, chord_err *err);
+/* Parses the JSON body into *doc (400 messages name the line and column). */
+int http_body_json(http_req *r, json_t **doc, chord_err *err);
+
+/* Starts a dataset upload from the request's query (first call). */
+int http_upload_begin(http_req *r, chord_err *err);
+
+#endif

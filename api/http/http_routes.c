@@ -1,0 +1,236 @@
+/* http_routes.c — the REST endpoints (api/proto/openapi.yaml): each handler reads its path and
+ * query parameters and body, calls one service.h function and writes the resource or the
+ * error. Nothing else: no decisions about resources here.
+ *
+ * Not here: the daemon, bodies, errors, event streams (http_server.c). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "api/http/http_internal.h"
+
+typedef enum MHD_Result result;
+
+/* offset and limit query parameters of the list endpoints. */
+static int paging(http_req *r, size_t *offset, size_t *limit, chord_err *err) {
+    int64_t o, l;
+    if (http_query_int(r, "offset", 0, INT32_MAX, 0, &o, err) ||
+        http_query_int(r, "limit", 1, SVC_LIST_LIMIT_MAX, 100, &l, err))
+        return -1;
+    *offset = (size_t)o;
+    *limit = (size_t)l;
+    return 0;
+}
+
+static result reply(http_req *r, int rc, unsigned status, json_t *doc, const chord_err *err) {
+    if (rc) return http_send_err(r, err);
+    return http_send_json(r, status, doc);
+}
+
+/* ---- health and metrics ------------------------------------------------------------------- */
+
+static result get_healthz(http_req *r) {
+    json_t *doc = NULL;
+    int stopping = svc_health(r->h->s, &doc);
+    return http_send_json(r, stopping ? 503 : 200, doc);
+}
+
+static result get_metrics(http_req *r) {
+    char *text = NULL;
+    size_t len = 0;
+    chord_err err = {0};
+    if (svc_prometheus(r->h->s, &text, &len, &err)) return http_send_err(r, &err);
+    return http_send_text(r, 200, "text/plain; version=0.0.4; charset=utf-8", text, len);
+}
+
+/* ---- datasets ----------------------------------------------------------------------------- */
+
+static result post_dataset(http_req *r) {
+    chord_err err = {0};
+    json_t *doc = NULL;
+    svc_upload *up = r->upload;
+    r->upload = NULL;
+    if (!up) {
+        chord_err_setc(&err, CHORD_E_INTERNAL, "upload was not started");
+        return http_send_err(r, &err);
+    }
+    int rc = svc_upload_commit(up, &doc, &err);
+    return reply(r, rc, 201, doc, &err);
+}
+
+static result list_datasets(http_req *r) {
+    chord_err err = {0};
+    size_t offset, limit;
+    json_t *doc = NULL;
+    int rc = paging(r, &offset, &limit, &err);
+    if (rc == 0) rc = svc_dataset_list(r->h->s, offset, limit, &doc, &err);
+    return reply(r, rc, 200, doc, &err);
+}
+
+static result get_dataset(http_req *r) {
+    chord_err err = {0};
+    json_t *doc = NULL;
+    int rc = svc_dataset_get(r->h->s, r->params[0], &doc, &err);
+    return reply(r, rc, 200, doc, &err);
+}
+
+/* ---- models ------------------------------------------------------------------------------- */
+
+static result post_model(http_req *r) {
+    chord_err err = {0};
+    json_t *body = NULL, *doc = NULL;
+    int rc = http_body_json(r, &body, &err);
+    if (rc == 0) rc = svc_model_register(r->h->s, body, &doc, &err);
+    json_decref(body);
+    return reply(r, rc, 201, doc, &err);
+}
+
+static result list_models(http_req *r) {
+    chord_err err = {0};
+    size_t offset, limit;
+    json_t *doc = NULL;
+    int rc = paging(r, &offset, &limit, &err);
+    if (rc == 0) rc = svc_model_list(r->h->s, offset, limit, &doc, &err);
+    return reply(r, rc, 200, doc, &err);
+}
+
+static result get_model(http_req *r) {
+    chord_err err = {0};
+    json_t *doc = NULL;
+    int rc = svc_model_get(r->h->s, r->params[0], &doc, &err);
+    return reply(r, rc, 200, doc, &err);
+}
+
+/* ---- jobs --------------------------------------------------------------------------------- */
+
+static result post_job(http_req *r) {
+    chord_err err = {0};
+    json_t *body = NULL, *doc = NULL;
+    int rc = http_body_json(r, &body, &err);
+    if (rc == 0) rc = svc_job_create(r->h->s, body, &doc, &err);
+    json_decref(body);
+    return reply(r, rc, 201, doc, &err);
+}
+
+static result list_jobs(http_req *r) {
+    chord_err err = {0};
+    size_t offset, limit;
+    json_t *doc = NULL;
+    int rc = paging(r, &offset, &limit, &err);
+    if (rc == 0) rc = svc_job_list(r->h->s, http_query(r, "state"), offset, limit, &doc, &err);
+    return reply(r, rc, 200, doc, &err);
+}
+
+static result get_job(http_req *r) {
+    chord_err err = {0};
+    json_t *doc = NULL;
+    int rc = svc_job_get(r->h->s, r->params[0], &doc, &err);
+    return reply(r, rc, 200, doc, &err);
+}
+
+static result cancel_job(http_req *r) {
+    chord_err err = {0};
+    json_t *doc = NULL;
+    int rc = svc_job_cancel(r->h->s, r->params[0], &doc, &err);
+    return reply(r, rc, 200, doc, &err);
+}
+
+static result job_metrics(http_req *r) {
+    chord_err err = {0};
+    int64_t since, max_steps;
+    json_t *doc = NULL;
+    int rc = http_query_int(r, "since_step", 0, INT64_MAX, 0, &since, &err);
+    if (rc == 0) rc = http_query_int(r, "max_steps", 0, 1000000, 0, &max_steps, &err);
+    if (rc == 0)
+        rc = svc_job_metrics(r->h->s, r->params[0], since, (size_t)max_steps, &doc, &err);
+    return reply(r, rc, 200, doc, &err);
+}
+
+static result job_samples(http_req *r) {
+    chord_err err = {0};
+    int64_t step;
+    size_t offset, limit;
+    json_t *doc = NULL;
+    int rc = http_query_int(r, "step", 0, INT64_MAX, -1, &step, &err);
+    if (rc == 0) rc = paging(r, &offset, &limit, &err);
+    if (rc == 0) rc = svc_job_samples(r->h->s, r->params[0], step, offset, limit, &doc, &err);
+    return reply(r, rc, 200, doc, &err);
+}
+
+static result job_events(http_req *r) {
+    chord_err err = {0};
+    int64_t since;
+    if (http_query_int(r, "since_step", 0, INT64_MAX, 0, &since, &err))
+        return http_send_err(r, &err);
+    /* a reconnecting EventSource resumes after the last step it saw */
+    const char *last = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Last-Event-ID");
+    if (last && *last) {
+        char *end = NULL;
+        long long id = strtoll(last, &end, 10);
+        if (*end == '\0' && id >= 0 && id + 1 > since) since = id + 1;
+    }
+    return http_send_events(r, r->params[0], since);
+}
+
+static result job_checkpoints(http_req *r) {
+    chord_err err = {0};
+    json_t *doc = NULL;
+    int rc = svc_checkpoint_list(r->h->s, r->params[0], &doc, &err);
+    return reply(r, rc, 200, doc, &err);
+}
+
+static result checkpoint_file(http_req *r) {
+    chord_err err = {0};
+    char *end = NULL;
+    long long step = strtoll(r->params[1], &end, 10);
+    if (*end || step < 0 || r->params[1][0] == '-' || r->params[1][0] == '+') {
+        chord_err_set(&err, "step: must be an integer >= 0");
+        return http_send_err(r, &err);
+    }
+    char path[4096];
+    int64_t size = 0;
+    if (svc_checkpoint_file(r->h->s, r->params[0], step, r->params[2], path, sizeof path, &size,
+                            &err))
+        return http_send_err(r, &err);
+    return http_send_file(r, path, size, r->params[2]);
+}
+
+/* ---- rollouts ----------------------------------------------------------------------------- */
+
+static result post_rollout(http_req *r) {
+    chord_err err = {0};
+    json_t *body = NULL, *doc = NULL;
+    int rc = http_body_json(r, &body, &err);
+    if (rc == 0) rc = svc_rollout_create(r->h->s, body, &doc, &err);
+    json_decref(body);
+    return reply(r, rc, 202, doc, &err);
+}
+
+static result get_rollout(http_req *r) {
+    chord_err err = {0};
+    json_t *doc = NULL;
+    int rc = svc_rollout_get(r->h->s, r->params[0], &doc, &err);
+    return reply(r, rc, 200, doc, &err);
+}
+
+const http_route api_http_routes[] = {
+    {"GET", "/healthz", HTTP_BODY_NONE, get_healthz},
+    {"GET", "/metrics", HTTP_BODY_NONE, get_metrics},
+    {"POST", "/v1/datasets", HTTP_BODY_UPLOAD, post_dataset},
+    {"GET", "/v1/datasets", HTTP_BODY_NONE, list_datasets},
+    {"GET", "/v1/datasets/{id}", HTTP_BODY_NONE, get_dataset},
+    {"POST", "/v1/models", HTTP_BODY_JSON, post_model},
+    {"GET", "/v1/models", HTTP_BODY_NONE, list_models},
+    {"GET", "/v1/models/{id}", HTTP_BODY_NONE, get_model},
+    {"POST", "/v1/jobs", HTTP_BODY_JSON, post_job},
+    {"GET", "/v1/jobs", HTTP_BODY_NONE, list_jobs},
+    {"GET", "/v1/jobs/{id}", HTTP_BODY_NONE, get_job},
+    {"POST", "/v1/jobs/{id}/cancel", HTTP_BODY_IGNORE, cancel_job},
+    {"GET", "/v1/jobs/{id}/metrics", HTTP_BODY_NONE, job_metrics},
+    {"GET", "/v1/jobs/{id}/samples", HTTP_BODY_NONE, job_samples},
+    {"GET", "/v1/jobs/{id}/events", HTTP_BODY_NONE, job_events},
+    {"GET", "/v1/jobs/{id}/checkpoints", HTTP_BODY_NONE, job_checkpoints},
+    {"GET", "/v1/jobs/{id}/checkpoints/{step}/files/{path*}", HTTP_BODY_NONE, checkpoint_file},
+    {"POST", "/v1/rollouts", HTTP_BODY_JSON, post_rollout},
+    {"GET", "/v1/rollouts/{id}", HTTP_BODY_NONE, get_rollout},
+};
+const size_t api_http_n_routes = sizeof api_http_routes / sizeof api_http_routes[0];

@@ -1,0 +1,660 @@
+/* jobs.c — the scheduler and its workers (jobs.h): claim a queued job, resolve its datasets and
+ * resume point, run trainer_run with callbacks that store each step exactly once, honour cancel
+ * and stop between steps, run queued rollout requests between steps or when idle.
+ *
+ * Not here: validation of job documents (server/service.c), training (server/train). */
+#include "server/jobs/jobs.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "kernels/ops.h"
+#include "server/base/log.h"
+#include "server/jobs/rollout.h"
+#include "server/train/jobconfig.h"
+#include "server/train/trainer.h"
+#include "storage/store.h"
+
+typedef struct rollout_item {
+    char id[STORE_ID_MAX];
+    struct rollout_item *next;
+} rollout_item;
+
+typedef struct worker worker;
+
+/* Per-step buffers of the job being run: samples wait for their step's metrics so both go in
+ * one transaction; the last step's metrics are kept in case its samples come after them. */
+typedef struct run_ctx {
+    worker *w;
+    const char *job_id;
+    const job_config *cfg;
+    int64_t sample_step;
+    store_sample *samples;
+    char **sample_strings; /* everything the samples point to */
+    size_t n_samples, n_strings;
+    int64_t last_step;
+    char **last_names;
+    double *last_values;
+    int n_last;
+} run_ctx;
+
+struct worker {
+    jobs_pool *pool;
+    int index;
+    char device[32];
+    ops_ctx *ops;
+    store *st;
+    pthread_t thread;
+    int started;
+    /* the job it runs (guarded by pool->mu for the id; flags are atomics) */
+    char job_id[STORE_ID_MAX];
+    atomic_int cancel;
+};
+
+struct jobs_pool {
+    char *data_dir;
+    int threads;
+    jobs_hooks hooks;
+    worker *workers;
+    int n_workers;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int wake_seq; /* bumped by jobs_wake and rollout submits */
+    atomic_int stopping;
+    rollout_item *rollouts, *rollouts_tail;
+};
+
+/* ---- devices ------------------------------------------------------------------------------ */
+
+static int parse_cuda_index(const char *s, int *index) {
+    char *end = NULL;
+    long v = strtol(s, &end, 10);
+    if (end == s || v < 0 || v > 4096) return -1;
+    *index = (int)v;
+    return (int)(end - s);
+}
+
+int jobs_device_accepts(const char *worker_device, const char *job_device) {
+    if (!job_device || !strcmp(job_device, "auto")) return 1;
+    if (!strcmp(job_device, "cpu")) return !strcmp(worker_device, "cpu");
+    if (!strcmp(job_device, "cuda")) return !strncmp(worker_device, "cuda:", 5);
+    if (strncmp(job_device, "cuda:", 5) || strncmp(worker_device, "cuda:", 5)) return 0;
+    int a, b;
+    if (parse_cuda_index(job_device + 5, &a) < 0 || parse_cuda_index(worker_device + 5, &b) < 0)
+        return 0;
+    return a == b;
+}
+
+void jobs_devices_free(char **devices, int n) {
+    if (!devices) return;
+    for (int i = 0; i < n; i++) free(devices[i]);
+    free(devices);
+}
+
+int jobs_devices_expand(const char *spec, char ***devices, int *n, chord_err *err) {
+    *devices = NULL;
+    *n = 0;
+    if (!spec || !*spec) spec = "auto";
+    int count = 0;
+    int idx[64];
+    if (!strcmp(spec, "cpu")) {
+        count = 0;
+    } else if (!strcmp(spec, "auto") || !strcmp(spec, "cuda")) {
+        int g = ops_cuda_device_count();
+        if (g == 0 && !strcmp(spec, "cuda"))
+            return chord_err_set(err, "--device: cuda requested but no CUDA device is usable");
+        for (int i = 0; i < g && i < 64; i++) idx[count++] = i;
+    } else if (!strncmp(spec, "cuda:", 5)) {
+        const char *p = spec + 5;
+        for (;;) {
+            int v, used = parse_cuda_index(p, &v);
+            if (used <= 0 || count == 64)
+                return chord_err_set(err, "--device: '%s' is not cuda:N[,M...]", spec);
+            idx[count++] = v;
+            p += used;
+            if (*p == '\0') break;
+            if (*p != ',') return chord_err_set(err, "--device: '%s' is not cuda:N[,M...]", spec);
+            p++;
+        }
+    } else {
+        return chord_err_set(err, "--device: '%s' is not auto, cpu, cuda or cuda:N[,M...]",
+                             spec);
+    }
+    int total = count > 0 ? count : 1;
+    char **out = calloc((size_t)total, sizeof *out);
+    if (!out) return chord_err_setc(err, CHORD_E_INTERNAL, "devices: out of memory");
+    for (int i = 0; i < total; i++) {
+        char buf[32];
+        if (count > 0)
+            snprintf(buf, sizeof buf, "cuda:%d", idx[i]);
+        else
+            snprintf(buf, sizeof buf, "cpu");
+        out[i] = strdup(buf);
+        if (!out[i]) {
+            jobs_devices_free(out, total);
+            return chord_err_setc(err, CHORD_E_INTERNAL, "devices: out of memory");
+        }
+    }
+    *devices = out;
+    *n = total;
+    return 0;
+}
+
+/* ---- run context: samples and metrics of a step in one transaction ---------------------- */
+
+static void run_clear_samples(run_ctx *r) {
+    for (size_t i = 0; i < r->n_strings; i++) free(r->sample_strings[i]);
+    free(r->sample_strings);
+    free(r->samples);
+    r->sample_strings = NULL;
+    r->samples = NULL;
+    r->n_samples = r->n_strings = 0;
+    r->sample_step = -1;
+}
+
+static void run_clear_last(run_ctx *r) {
+    for (int i = 0; i < r->n_last; i++) free(r->last_names[i]);
+    free(r->last_names);
+    free(r->last_values);
+    r->last_names = NULL;
+    r->last_values = NULL;
+    r->n_last = 0;
+}
+
+/* Keeps a copy of s (NULL stays NULL); -1 on OOM. */
+static int keep_string(run_ctx *r, const char *s, const char **out) {
+    if (!s) {
+        *out = NULL;
+        return 0;
+    }
+    char *c = strdup(s);
+    if (!c) return -1;
+    r->sample_strings[r->n_strings++] = c;
+    *out = c;
+    return 0;
+}
+
+static int write_step(run_ctx *r, int64_t step, const char *const *names, const double *values,
+                      int n, chord_err *err) {
+    const store_sample *samples = r->sample_step == step ? r->samples : NULL;
+    size_t ns = r->sample_step == step ? r->n_samples : 0;
+    return store_put_step(r->w->st, r->job_id, step, names, values, (size_t)n, samples, ns, err);
+}
+
+static int cb_on_samples(void *user, int64_t step, const trainer_sample *samples, int n) {
+    run_ctx *r = user;
+    run_clear_samples(r);
+    if (n <= 0) return 0;
+    r->samples = calloc((size_t)n, sizeof *r->samples);
+    r->sample_strings = calloc((size_t)n * 5, sizeof *r->sample_strings);
+    if (!r->samples || !r->sample_strings) goto oom;
+    for (int i = 0; i < n; i++) {
+        store_sample *o = &r->samples[i];
+        o->reward = samples[i].reward;
+        if (keep_string(r, samples[i].kind, &o->kind) ||
+            keep_string(r, samples[i].prompt, &o->prompt) ||
+            keep_string(r, samples[i].completion, &o->completion) ||
+            keep_string(r, samples[i].reason, &o->reason) ||
+            keep_string(r, samples[i].answer, &o->answer))
+            goto oom;
+    }
+    r->n_samples = (size_t)n;
+    r->sample_step = step;
+    if (step == r->last_step && r->n_last > 0) {
+        /* samples after their metrics: rewrite the step with both (it replaces, never adds) */
+        chord_err err = {0};
+        if (write_step(r, step, (const char *const *)r->last_names, r->last_values, r->n_last,
+                       &err)) {
+            LOG_ERROR("job %s: step %lld samples: %s", r->job_id, (long long)step, err.msg);
+            return -1;
+        }
+        run_clear_samples(r);
+    }
+    return 0;
+oom:
+    LOG_ERROR("job %s: step %lld samples: out of memory", r->job_id, (long long)step);
+    run_clear_samples(r);
+    return -1;
+}
+
+static int cb_on_step(void *user, int64_t step, const char *const *names, const double *values,
+                      int n) {
+    run_ctx *r = user;
+    chord_err err = {0};
+    if (write_step(r, step, names, values, n, &err)) {
+        LOG_ERROR("job %s: step %lld: %s", r->job_id, (long long)step, err.msg);
+        return -1;
+    }
+    if (r->sample_step == step) run_clear_samples(r);
+    run_clear_last(r);
+    r->last_step = step;
+    r->last_names = calloc((size_t)(n > 0 ? n : 1), sizeof *r->last_names);
+    r->last_values = calloc((size_t)(n > 0 ? n : 1), sizeof *r->last_values);
+    if (r->last_names && r->last_values) {
+        for (int i = 0; i < n; i++) {
+            r->last_names[i] = strdup(names[i]);
+            r->last_values[i] = values[i];
+            if (!r->last_names[i]) break;
+            r->n_last = i + 1;
+        }
+    }
+    /* one log line per step: the step and its first few metrics */
+    char line[512];
+    int off = snprintf(line, sizeof line, "job %s step %lld/%lld", r->job_id, (long long)step,
+                       (long long)r->cfg->steps);
+    for (int i = 0; i < n && i < 6 && off > 0 && (size_t)off < sizeof line; i++)
+        off += snprintf(line + off, sizeof line - (size_t)off, " %s=%.4g", names[i], values[i]);
+    LOG_INFO("%s", line);
+    jobs_pool *p = r->w->pool;
+    if (p->hooks.on_step) p->hooks.on_step(p->hooks.user, r->job_id, step, names, values, n);
+    if (p->hooks.publish) p->hooks.publish(p->hooks.user, r->job_id);
+    return 0;
+}
+
+static int cb_checkpoint_begin(void *user, int64_t step, char *dir, size_t dirlen,
+                               chord_err *err) {
+    run_ctx *r = user;
+    char tmp[STORE_PATH_MAX];
+    if (store_checkpoint_begin(r->w->st, r->job_id, step, tmp, err)) return -1;
+    if (strlen(tmp) + 1 > dirlen)
+        return chord_err_setc(err, CHORD_E_INTERNAL, "checkpoint: path too long for buffer");
+    memcpy(dir, tmp, strlen(tmp) + 1);
+    return 0;
+}
+
+static int cb_checkpoint_commit(void *user, int64_t step, const char *dir, chord_err *err) {
+    run_ctx *r = user;
+    (void)dir;
+    store_checkpoint ck = {0};
+    if (store_checkpoint_commit(r->w->st, r->job_id, step, &ck, err)) return -1;
+    LOG_INFO("job %s checkpoint step %lld: %s (%lld bytes)", r->job_id, (long long)step, ck.path,
+             (long long)ck.bytes);
+    store_checkpoint_free(&ck);
+    if (r->cfg->keep_checkpoints > 0) {
+        chord_err kerr = {0};
+        if (store_checkpoint_keep_last(r->w->st, r->job_id, (size_t)r->cfg->keep_checkpoints,
+                                       NULL, &kerr))
+            LOG_WARN("job %s: pruning old checkpoints: %s", r->job_id, kerr.msg);
+    }
+    jobs_pool *p = r->w->pool;
+    if (p->hooks.publish) p->hooks.publish(p->hooks.user, r->job_id);
+    return 0;
+}
+
+static int cb_should_stop(void *user, int *checkpoint_on_stop) {
+    run_ctx *r = user;
+    if (atomic_load(&r->w->cancel)) {
+        *checkpoint_on_stop = 0;
+        return 1;
+    }
+    if (atomic_load(&r->w->pool->stopping)) {
+        *checkpoint_on_stop = 1;
+        return 1;
+    }
+    return 0;
+}
+
+static void run_rollouts(worker *w, void *live_model, const char *live_job_id);
+
+static void cb_between_steps(void *user, void *model) {
+    run_ctx *r = user;
+    run_rollouts(r->w, model, r->job_id);
+}
+
+static void cb_on_log(void *user, const char *line) {
+    run_ctx *r = user;
+    LOG_INFO("job %s: %s", r->job_id, line);
+}
+
+/* ---- running one job ---------------------------------------------------------------------- */
+
+static int resolve_dataset(worker *w, const char *id, char **path, chord_err *err) {
+    *path = NULL;
+    if (!id) return 0;
+    store_dataset d = {0};
+    if (store_dataset_get(w->st, id, &d, err)) return chord_err_prefix(err, "dataset %s", id);
+    *path = d.path;
+    d.path = NULL;
+    store_dataset_free(&d);
+    return 0;
+}
+
+/* The checkpoint to resume from: the newest one whose step has its metrics stored (a
+ * checkpoint is committed after its step's metrics, so that is normally the newest). Drops
+ * metrics of steps after it, which the resumed run writes again. */
+static int resume_point(worker *w, const store_job *job, char **resume_dir, int64_t *from,
+                        chord_err *err) {
+    *resume_dir = NULL;
+    *from = -1;
+    store_checkpoint *items = NULL;
+    size_t n = 0;
+    if (store_checkpoint_list(w->st, job->id, &items, &n, err)) return -1;
+    for (size_t i = n; i-- > 0;) {
+        if (items[i].step <= job->current_step) {
+            *resume_dir = strdup(items[i].path);
+            *from = items[i].step;
+            break;
+        }
+    }
+    store_checkpoint_list_free(items, n);
+    if (store_job_truncate_after(w->st, job->id, *from, err)) {
+        free(*resume_dir);
+        *resume_dir = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+static void finish_job(worker *w, const char *id, store_job_state to, const char *text) {
+    chord_err err = {0};
+    if (store_job_transition(w->st, id, to, text, NULL, NULL, &err))
+        LOG_ERROR("job %s: moving to %s: %s", id, store_job_state_name(to), err.msg);
+    else
+        LOG_INFO("job %s %s%s%s", id, store_job_state_name(to), text ? ": " : "",
+                 text ? text : "");
+    if (w->pool->hooks.publish) w->pool->hooks.publish(w->pool->hooks.user, id);
+}
+
+static void run_job(worker *w, store_job *job) {
+    jobs_pool *p = w->pool;
+    job_config cfg = {0};
+    chord_err err = {0};
+    char *prompts = NULL, *expert = NULL, *eval = NULL, *resume = NULL;
+    int64_t from = -1;
+    if (jobconfig_parse(job->config_json, &cfg, &err)) {
+        finish_job(w, job->id, STORE_JOB_FAILED, err.msg);
+        return;
+    }
+    if (resolve_dataset(w, cfg.data_prompts, &prompts, &err) ||
+        resolve_dataset(w, cfg.data_expert, &expert, &err) ||
+        resolve_dataset(w, cfg.data_eval, &eval, &err) ||
+        resume_point(w, job, &resume, &from, &err)) {
+        finish_job(w, job->id, STORE_JOB_FAILED, err.msg);
+        goto done;
+    }
+    if (resume)
+        LOG_INFO("job %s running on %s, resuming after step %lld from %s", job->id, w->device,
+                 (long long)from, resume);
+    else
+        LOG_INFO("job %s running on %s (%lld steps)", job->id, w->device, (long long)cfg.steps);
+    if (p->hooks.publish) p->hooks.publish(p->hooks.user, job->id);
+
+    const char *tokenizer_dir = cfg.model_init_tokenizer;
+    trainer_env env = {.ops = w->ops,
+                       .prompts_path = prompts,
+                       .expert_path = expert,
+                       .eval_path = eval,
+                       .model_dir = cfg.model_path,
+                       .tokenizer_dir = tokenizer_dir,
+                       .resume_dir = resume};
+    run_ctx r = {.w = w, .job_id = job->id, .cfg = &cfg, .sample_step = -1, .last_step = -1};
+    trainer_callbacks cb = {.user = &r,
+                            .on_step = cb_on_step,
+                            .on_samples = cb_on_samples,
+                            .checkpoint_begin = cb_checkpoint_begin,
+                            .checkpoint_commit = cb_checkpoint_commit,
+                            .should_stop = cb_should_stop,
+                            .between_steps = cb_between_steps,
+                            .on_log = cb_on_log};
+    int rc = trainer_run(&cfg, &env, &cb, &err);
+    run_clear_samples(&r);
+    run_clear_last(&r);
+    if (rc == TRAINER_DONE) {
+        finish_job(w, job->id, STORE_JOB_SUCCEEDED, NULL);
+    } else if (rc == TRAINER_STOPPED && atomic_load(&w->cancel)) {
+        finish_job(w, job->id, STORE_JOB_CANCELLED, "cancelled by request");
+    } else if (rc == TRAINER_STOPPED) {
+        /* server stopping: back to queued, the next start resumes from the checkpoint */
+        finish_job(w, job->id, STORE_JOB_QUEUED, NULL);
+    } else {
+        if (!err.msg[0]) snprintf(err.msg, sizeof err.msg, "trainer failed");
+        finish_job(w, job->id, STORE_JOB_FAILED, err.msg);
+    }
+done:
+    free(prompts);
+    free(expert);
+    free(eval);
+    free(resume);
+    jobconfig_free(&cfg);
+}
+
+/* Reads the "device" of a stored job document; "auto" when absent or unreadable. */
+static void job_device(const char *config_json, char *out, size_t outlen) {
+    snprintf(out, outlen, "auto");
+    json_t *doc = json_loads(config_json, 0, NULL);
+    if (!doc) return;
+    const char *d = json_string_value(json_object_get(doc, "device"));
+    if (d) snprintf(out, outlen, "%s", d);
+    json_decref(doc);
+}
+
+/* Takes the oldest queued job this worker may run: *found = 1 with job filled. Two workers
+ * racing for one job: the transition of the loser fails with a conflict and it tries the next. */
+static int claim(worker *w, store_job *job, int *found, chord_err *err) {
+    *found = 0;
+    store_job *items = NULL;
+    size_t n = 0;
+    int64_t total = 0;
+    if (store_job_list(w->st, STORE_JOB_QUEUED, 0, 0, &items, &n, &total, err)) return -1;
+    int rc = 0;
+    for (size_t i = n; i-- > 0 && !*found;) { /* newest first: walk from the oldest */
+        char dev[64];
+        job_device(items[i].config_json, dev, sizeof dev);
+        if (!jobs_device_accepts(w->device, dev)) continue;
+        chord_err terr = {0};
+        if (store_job_transition(w->st, items[i].id, STORE_JOB_RUNNING, NULL, w->device, job,
+                                 &terr) == 0) {
+            *found = 1;
+        } else if (terr.code != CHORD_E_CONFLICT) {
+            *err = terr;
+            rc = -1;
+            break;
+        }
+    }
+    store_job_list_free(items, n);
+    return rc;
+}
+
+/* ---- rollouts ----------------------------------------------------------------------------- */
+
+static int pop_rollout(jobs_pool *p, char id[STORE_ID_MAX]) {
+    pthread_mutex_lock(&p->mu);
+    rollout_item *it = p->rollouts;
+    if (it) {
+        p->rollouts = it->next;
+        if (!p->rollouts) p->rollouts_tail = NULL;
+    }
+    pthread_mutex_unlock(&p->mu);
+    if (!it) return 0;
+    memcpy(id, it->id, STORE_ID_MAX);
+    free(it);
+    return 1;
+}
+
+static void run_rollouts(worker *w, void *live_model, const char *live_job_id) {
+    char id[STORE_ID_MAX];
+    while (!atomic_load(&w->pool->stopping) && pop_rollout(w->pool, id)) {
+        store_rollout ro = {0};
+        chord_err err = {0};
+        json_t *result = NULL;
+        char *result_text = NULL;
+        if (store_rollout_get(w->st, id, &ro, &err)) {
+            LOG_ERROR("rollout %s: %s", id, err.msg);
+            continue;
+        }
+        json_t *req = json_loads(ro.request_json, 0, NULL);
+        int rc = req ? jobs_rollout_generate(req, w->ops, live_model, live_job_id, &result, &err)
+                     : chord_err_setc(&err, CHORD_E_INTERNAL, "stored request is not JSON");
+        if (rc == 0) {
+            result_text = json_dumps(result, JSON_COMPACT);
+            if (!result_text) rc = chord_err_setc(&err, CHORD_E_INTERNAL, "out of memory");
+        }
+        chord_err ferr = {0};
+        if (store_rollout_finish(w->st, id, rc == 0 ? result_text : NULL,
+                                 rc == 0 ? NULL : err.msg, &ferr))
+            LOG_ERROR("rollout %s: storing the result: %s", id, ferr.msg);
+        else
+            LOG_INFO("rollout %s %s%s%s", id, rc == 0 ? "succeeded" : "failed",
+                     rc == 0 ? "" : ": ", rc == 0 ? "" : err.msg);
+        if (w->pool->hooks.publish) w->pool->hooks.publish(w->pool->hooks.user, id);
+        free(result_text);
+        json_decref(result);
+        json_decref(req);
+        store_rollout_free(&ro);
+    }
+}
+
+/* ---- the worker loop ---------------------------------------------------------------------- */
+
+static void *worker_main(void *arg) {
+    worker *w = arg;
+    jobs_pool *p = w->pool;
+    int seen = -1;
+    while (!atomic_load(&p->stopping)) {
+        pthread_mutex_lock(&p->mu);
+        seen = p->wake_seq;
+        pthread_mutex_unlock(&p->mu);
+
+        store_job job = {0};
+        int found = 0;
+        chord_err err = {0};
+        if (claim(w, &job, &found, &err)) LOG_ERROR("worker %s: claiming a job: %s", w->device, err.msg);
+        if (found) {
+            pthread_mutex_lock(&p->mu);
+            memcpy(w->job_id, job.id, STORE_ID_MAX);
+            atomic_store(&w->cancel, job.cancel_requested ? 1 : 0);
+            pthread_mutex_unlock(&p->mu);
+            run_job(w, &job);
+            pthread_mutex_lock(&p->mu);
+            w->job_id[0] = '\0';
+            atomic_store(&w->cancel, 0);
+            pthread_mutex_unlock(&p->mu);
+            store_job_free(&job);
+            continue;
+        }
+        run_rollouts(w, NULL, NULL);
+
+        /* idle: sleep until woken (or a second passes, which also covers missed wakes) */
+        pthread_mutex_lock(&p->mu);
+        if (p->wake_seq == seen && !atomic_load(&p->stopping)) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_sec += 1;
+            pthread_cond_timedwait(&p->cv, &p->mu, &ts);
+        }
+        pthread_mutex_unlock(&p->mu);
+    }
+    return NULL;
+}
+
+int jobs_start(const jobs_options *opt, jobs_pool **out, chord_err *err) {
+    *out = NULL;
+    jobs_pool *p = calloc(1, sizeof *p);
+    if (!p) return chord_err_setc(err, CHORD_E_INTERNAL, "jobs: out of memory");
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cv, NULL);
+    p->data_dir = strdup(opt->data_dir);
+    p->threads = opt->threads;
+    p->hooks = opt->hooks;
+    p->workers = calloc((size_t)(opt->n_devices > 0 ? opt->n_devices : 1), sizeof *p->workers);
+    if (!p->data_dir || !p->workers) {
+        jobs_stop(p);
+        return chord_err_setc(err, CHORD_E_INTERNAL, "jobs: out of memory");
+    }
+    for (int i = 0; i < opt->n_devices; i++) {
+        worker *w = &p->workers[i];
+        w->pool = p;
+        w->index = i;
+        snprintf(w->device, sizeof w->device, "%s", opt->devices[i]);
+        p->n_workers = i + 1;
+        char msg[512] = "";
+        w->ops = ops_open(w->device, opt->threads, msg, sizeof msg);
+        if (!w->ops) {
+            chord_err_setc(err, CHORD_E_UNAVAILABLE, "device %s: %s", w->device, msg);
+            jobs_stop(p);
+            return -1;
+        }
+        if (store_open(opt->data_dir, &w->st, err)) {
+            chord_err_prefix(err, "worker %s", w->device);
+            jobs_stop(p);
+            return -1;
+        }
+        if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
+            chord_err_setc(err, CHORD_E_INTERNAL, "worker %s: cannot start a thread: %s",
+                           w->device, strerror(errno));
+            jobs_stop(p);
+            return -1;
+        }
+        w->started = 1;
+        LOG_INFO("worker %d on %s started", i, w->device);
+    }
+    *out = p;
+    return 0;
+}
+
+void jobs_wake(jobs_pool *p) {
+    if (!p) return;
+    pthread_mutex_lock(&p->mu);
+    p->wake_seq++;
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+}
+
+int jobs_cancel(jobs_pool *p, const char *job_id) {
+    if (!p) return 0;
+    int hit = 0;
+    pthread_mutex_lock(&p->mu);
+    for (int i = 0; i < p->n_workers; i++) {
+        if (!strcmp(p->workers[i].job_id, job_id)) {
+            atomic_store(&p->workers[i].cancel, 1);
+            hit = 1;
+        }
+    }
+    pthread_mutex_unlock(&p->mu);
+    return hit;
+}
+
+int jobs_submit_rollout(jobs_pool *p, const char *rollout_id, chord_err *err) {
+    if (!p) return chord_err_setc(err, CHORD_E_UNAVAILABLE, "rollouts: no workers running");
+    rollout_item *it = calloc(1, sizeof *it);
+    if (!it) return chord_err_setc(err, CHORD_E_INTERNAL, "rollouts: out of memory");
+    snprintf(it->id, sizeof it->id, "%s", rollout_id);
+    pthread_mutex_lock(&p->mu);
+    if (p->rollouts_tail)
+        p->rollouts_tail->next = it;
+    else
+        p->rollouts = it;
+    p->rollouts_tail = it;
+    p->wake_seq++;
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    return 0;
+}
+
+void jobs_stop(jobs_pool *p) {
+    if (!p) return;
+    atomic_store(&p->stopping, 1);
+    jobs_wake(p);
+    for (int i = 0; i < p->n_workers; i++) {
+        worker *w = &p->workers[i];
+        if (w->started) pthread_join(w->thread, NULL);
+        store_close(w->st);
+        ops_close(w->ops);
+    }
+    while (p->rollouts) {
+        rollout_item *next = p->rollouts->next;
+        free(p->rollouts);
+        p->rollouts = next;
+    }
+    free(p->workers);
+    free(p->data_dir);
+    pthread_cond_destroy(&p->cv);
+    pthread_mutex_destroy(&p->mu);
+    free(p);
+}

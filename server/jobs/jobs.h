@@ -1,0 +1,63 @@
+/* jobs.h — the job scheduler: one worker thread per device pulls queued jobs from SQLite and
+ * runs them through trainer_run (server/train/trainer.h); rollout requests queued here run on a
+ * worker between training steps, or at once on an idle worker.
+ *
+ * Each step's metrics and samples go to SQLite in one transaction (exactly once per step, even
+ * across a crash and resume); checkpoints are committed through the store's checkpoint file
+ * store; a cancel takes effect within one step; on stop, each running job writes a checkpoint,
+ * goes back to queued and resumes from it at the next start (trainer_env.resume_dir).
+ *
+ * What this is not: no transport, no validation of job documents (the service did that before
+ * the job was queued), no training logic. */
+#ifndef CHORD_JOBS_JOBS_H
+#define CHORD_JOBS_JOBS_H
+
+#include <stdint.h>
+
+#include "server/base/err.h"
+
+typedef struct jobs_pool jobs_pool;
+
+/* Called from worker threads; must be cheap and thread-safe. */
+typedef struct jobs_hooks {
+    void *user;
+    /* Something about this job changed (state, a step, a checkpoint) or a rollout finished
+     * (job_id is then the rollout id). */
+    void (*publish)(void *user, const char *id);
+    /* A step was stored (for live statistics). */
+    void (*on_step)(void *user, const char *job_id, int64_t step, const char *const *names,
+                    const double *values, int n);
+} jobs_hooks;
+
+typedef struct jobs_options {
+    const char *data_dir;           /* the store's data directory */
+    const char *const *devices;     /* one worker per device: "cpu", "cuda:0", ... */
+    int n_devices;
+    int threads;                    /* CPU threads per backend; <= 0 = all */
+    jobs_hooks hooks;
+} jobs_options;
+
+/* Opens each device's backend and starts its worker. Fails (stopping the ones started) when a
+ * backend cannot be opened. */
+int jobs_start(const jobs_options *opt, jobs_pool **out, chord_err *err);
+/* A job was queued: wake an idle worker. */
+void jobs_wake(jobs_pool *p);
+/* Asks the worker running job_id to stop it (the worker then marks it cancelled). Returns 1
+ * when a worker was running it, 0 otherwise. */
+int jobs_cancel(jobs_pool *p, const char *job_id);
+/* Queues a rollout request already stored as pending (store_rollout_create). */
+int jobs_submit_rollout(jobs_pool *p, const char *rollout_id, chord_err *err);
+/* Stops: each running job stops after its current step with a checkpoint and goes back to
+ * queued; workers are joined; backends closed; the pool freed. NULL is allowed. */
+void jobs_stop(jobs_pool *p);
+
+/* 1 when a worker on `worker_device` ("cpu", "cuda:1") may run a job asking for `job_device`
+ * ("auto", "cpu", "cuda", "cuda:N[,M...]": the first N is the job's device). */
+int jobs_device_accepts(const char *worker_device, const char *job_device);
+/* Expands a --device value into worker devices: "auto" (every CUDA GPU, else "cpu"), "cpu",
+ * "cuda" (every GPU), "cuda:N[,M...]". *devices is malloc'd, each string too; free with
+ * jobs_devices_free. */
+int jobs_devices_expand(const char *spec, char ***devices, int *n, chord_err *err);
+void jobs_devices_free(char **devices, int n);
+
+#endif

@@ -1,0 +1,31 @@
+/* rollout.h — the seam to the generation function that answers a rollout request
+ * (POST /v1/rollouts). The service validates and resolves the request and stores it; a worker
+ * calls jobs_rollout_generate between training steps (with the running job's live model) or
+ * when idle (live_model NULL: load the model named by the request).
+ *
+ * The request document, as the service resolved it:
+ *   {"prompts": [string...]} or {"messages": [[{"role", "content"}...]...]},
+ *   "model_dir": absolute directory or null, "model_init": {config...} or null,
+ *   "tokenizer_dir": directory or null, "checkpoint_dir": directory or null,
+ *   "job_id": the checkpoint's job or null,
+ *   "n", "temperature", "top_p", "max_tokens", "seed", "answers" (array or null),
+ *   "reward" (object or null)
+ * The result document: {"completions": [{"prompt_index", "index", "text", "token_ids": [...],
+ *   "logprobs": [...], "finish_reason": "stop"|"length", "reward"?, "reason"?}]}.
+ *
+ * What this is not: generation itself lives with the trainer (server/train); this file only
+ * names the call. */
+#ifndef CHORD_JOBS_ROLLOUT_H
+#define CHORD_JOBS_ROLLOUT_H
+
+#include <jansson.h>
+
+#include "kernels/ops.h"
+#include "server/base/err.h"
+
+/* *result: a new reference on success. live_model is a `model *` (server/model/model.h) of
+ * the job running on this device, or NULL; live_job_id names that job (or NULL). */
+int jobs_rollout_generate(const json_t *request, ops_ctx *ops, void *live_model,
+                          const char *live_job_id, json_t **result, chord_err *err);
+
+#endif

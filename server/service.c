@@ -1,0 +1,866 @@
+/* service.c — the service's lifetime, its pool of SQLite handles, jobs (create / get / list /
+ * cancel / metrics / samples), checkpoints listing, watches, health and the Prometheus text.
+ * Datasets, models, checkpoint files and rollouts are in service_data.c; the demo in
+ * service_demo.c.
+ *
+ * Not here: transports (api/), the worker loop (server/jobs), SQL (storage/). */
+#include "server/service_internal.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "server/base/fileutil.h"
+#include "server/base/log.h"
+#include "server/model/config.h"
+#include "server/train/jobconfig.h"
+
+static const double hist_bounds[SVC_HIST_BUCKETS] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                                     0.1,   0.25,   0.5,   1.0,  2.5,   10.0};
+
+/* ---- JSON helpers ------------------------------------------------------------------------- */
+
+json_t *svc_json_time(int64_t ms) {
+    if (ms <= 0) return json_null();
+    char buf[32];
+    store_time_rfc3339(ms, buf);
+    return json_string(buf);
+}
+
+json_t *svc_json_str(const char *s) { return s ? json_string(s) : json_null(); }
+
+json_t *svc_json_real(double v) { return isfinite(v) ? json_real(v) : json_null(); }
+
+void svc_json_put(json_t *obj, const char *key, json_t *value, int *bad) {
+    if (!value || json_object_set_new(obj, key, value) != 0) *bad = 1;
+}
+
+json_t *svc_json_list(json_t *items, int64_t total, size_t offset, size_t limit) {
+    json_t *o = json_object();
+    int bad = !o || !items;
+    if (!bad) {
+        svc_json_put(o, "items", items, &bad);
+        items = NULL;
+        svc_json_put(o, "total", json_integer(total), &bad);
+        svc_json_put(o, "offset", json_integer((json_int_t)offset), &bad);
+        svc_json_put(o, "limit", json_integer((json_int_t)limit), &bad);
+    }
+    json_decref(items);
+    if (bad) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
+}
+
+json_t *svc_job_json(const store_job *j) {
+    json_t *o = json_object();
+    if (!o) return NULL;
+    int bad = 0;
+    json_t *config = json_loads(j->config_json, 0, NULL);
+    if (!config) config = json_object();
+    json_int_t steps = json_integer_value(json_object_get(config, "steps"));
+    svc_json_put(o, "id", json_string(j->id), &bad);
+    svc_json_put(o, "name", json_string(j->name ? j->name : ""), &bad);
+    svc_json_put(o, "state", json_string(store_job_state_name(j->state)), &bad);
+    svc_json_put(o, "created_at", svc_json_time(j->created_ms), &bad);
+    svc_json_put(o, "started_at", svc_json_time(j->started_ms), &bad);
+    svc_json_put(o, "finished_at", svc_json_time(j->finished_ms), &bad);
+    svc_json_put(o, "error", svc_json_str(j->error), &bad);
+    svc_json_put(o, "current_step", json_integer(j->current_step), &bad);
+    svc_json_put(o, "steps", json_integer(steps), &bad);
+    svc_json_put(o, "device", svc_json_str(j->device), &bad);
+    svc_json_put(o, "cancel_requested", json_boolean(j->cancel_requested), &bad);
+    svc_json_put(o, "config", config, &bad);
+    if (bad) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
+}
+
+static int oom(chord_err *err) { return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory"); }
+
+/* ---- the pool of store handles ------------------------------------------------------------ */
+
+store *svc_store_get(svc *s, chord_err *err) {
+    pthread_mutex_lock(&s->pool_mu);
+    store *st = s->n_free ? s->free_handles[--s->n_free] : NULL;
+    pthread_mutex_unlock(&s->pool_mu);
+    if (st) return st;
+    if (store_open(s->data_dir, &st, err)) return NULL;
+    return st;
+}
+
+void svc_store_put(svc *s, store *st) {
+    if (!st) return;
+    pthread_mutex_lock(&s->pool_mu);
+    if (s->n_free == s->cap_free) {
+        size_t cap = s->cap_free ? s->cap_free * 2 : 8;
+        store **h = realloc(s->free_handles, cap * sizeof *h);
+        if (!h) {
+            pthread_mutex_unlock(&s->pool_mu);
+            store_close(st);
+            return;
+        }
+        s->free_handles = h;
+        s->cap_free = cap;
+    }
+    s->free_handles[s->n_free++] = st;
+    pthread_mutex_unlock(&s->pool_mu);
+}
+
+/* ---- lifetime ----------------------------------------------------------------------------- */
+
+static void hook_publish(void *user, const char *id) { svc_publish(user, id); }
+
+static void hook_on_step(void *user, const char *job_id, int64_t step, const char *const *names,
+                         const double *values, int n) {
+    svc *s = user;
+    (void)job_id;
+    (void)step;
+    pthread_mutex_lock(&s->stats_mu);
+    s->steps_total++;
+    for (int i = 0; i < n; i++) {
+        if (!strcmp(names[i], "tokens_per_s/train")) s->tokens_per_s_train = values[i];
+        if (!strcmp(names[i], "tokens_per_s/rollout")) s->tokens_per_s_rollout = values[i];
+    }
+    pthread_mutex_unlock(&s->stats_mu);
+}
+
+int svc_open(const svc_options *opt, svc **out, chord_err *err) {
+    *out = NULL;
+    if (!opt || !opt->data_dir || !*opt->data_dir)
+        return chord_err_set(err, "service: a data directory is required");
+    svc *s = calloc(1, sizeof *s);
+    if (!s) return oom(err);
+    pthread_mutex_init(&s->pool_mu, NULL);
+    pthread_mutex_init(&s->hub_mu, NULL);
+    pthread_mutex_init(&s->stats_mu, NULL);
+    s->started = chord_now();
+    s->started_ms = store_now_ms();
+    s->max_upload = opt->max_upload_bytes > 0 ? opt->max_upload_bytes : (int64_t)1 << 30;
+
+    /* the store: migrate, then recover jobs a dead process left running */
+    store *st = NULL;
+    if (store_open(opt->data_dir, &st, err)) goto fail;
+    s->data_dir = strdup(store_data_dir(st));
+    int64_t requeued = 0;
+    if (!s->data_dir || store_job_requeue_running(st, &requeued, err)) {
+        if (!s->data_dir) oom(err);
+        store_close(st);
+        goto fail;
+    }
+    if (requeued > 0) LOG_INFO("%lld interrupted job(s) queued again to resume", (long long)requeued);
+    svc_store_put(s, st);
+
+    /* the models root */
+    char root[PATH_MAX];
+    if (opt->models_root && *opt->models_root) {
+        snprintf(root, sizeof root, "%s", opt->models_root);
+    } else {
+        snprintf(root, sizeof root, "%s/models", s->data_dir);
+        if (chord_mkdirs(root, err)) goto fail;
+    }
+    char real[PATH_MAX];
+    if (!realpath(root, real) || !chord_is_dir(real)) {
+        chord_err_set(err, "--models-root: '%s' is not a directory", root);
+        goto fail;
+    }
+    s->models_root = strdup(real);
+    if (!s->models_root) {
+        oom(err);
+        goto fail;
+    }
+
+    if (jobs_devices_expand(opt->device, &s->devices, &s->n_devices, err)) goto fail;
+    if (opt->workers) {
+        jobs_options jo = {.data_dir = s->data_dir,
+                           .devices = (const char *const *)s->devices,
+                           .n_devices = s->n_devices,
+                           .threads = opt->threads,
+                           .hooks = {.user = s, .publish = hook_publish, .on_step = hook_on_step}};
+        if (jobs_start(&jo, &s->jobs, err)) goto fail;
+    }
+    *out = s;
+    return 0;
+fail:
+    svc_close(s);
+    return -1;
+}
+
+int svc_stopping(const svc *s) { return atomic_load(&((svc *)s)->stopping); }
+
+const char *const *svc_devices(const svc *s, int *n_devices) {
+    *n_devices = s->n_devices;
+    return (const char *const *)s->devices;
+}
+
+void svc_shutdown(svc *s) {
+    if (!s || atomic_exchange(&s->stopping, 1)) return;
+    LOG_INFO("service stopping: running jobs checkpoint and go back to the queue");
+    jobs_stop(s->jobs);
+    s->jobs = NULL;
+    /* wake every watcher: they see the final state or the end of the stream */
+    pthread_mutex_lock(&s->hub_mu);
+    for (svc_watch *w = s->watches; w; w = w->next) {
+        atomic_store(&w->dirty, 1);
+        if (w->notify) w->notify(w->user);
+    }
+    pthread_mutex_unlock(&s->hub_mu);
+}
+
+void svc_close(svc *s) {
+    if (!s) return;
+    atomic_store(&s->stopping, 0); /* let svc_shutdown run even on a half-open service */
+    svc_shutdown(s);
+    for (size_t i = 0; i < s->n_free; i++) store_close(s->free_handles[i]);
+    free(s->free_handles);
+    jobs_devices_free(s->devices, s->n_devices);
+    free(s->data_dir);
+    free(s->models_root);
+    pthread_mutex_destroy(&s->pool_mu);
+    pthread_mutex_destroy(&s->hub_mu);
+    pthread_mutex_destroy(&s->stats_mu);
+    free(s);
+}
+
+const char *svc_models_root(const svc *s) { return s->models_root; }
+int64_t svc_max_upload_bytes(const svc *s) { return s->max_upload; }
+
+/* ---- jobs --------------------------------------------------------------------------------- */
+
+/* Maps a store NOT_FOUND for an id the caller passed in a body field to a 400 naming it. */
+static int ref_error(chord_err *err, const char *field) {
+    if (err && err->code == CHORD_E_NOT_FOUND) err->code = CHORD_E_INVALID;
+    return chord_err_prefix(err, "%s", field);
+}
+
+static int check_dataset(store *st, const char *field, const char *id, const char *kind_a,
+                         const char *kind_b, chord_err *err) {
+    if (!id) return 0;
+    store_dataset d = {0};
+    if (store_dataset_get(st, id, &d, err)) return ref_error(err, field);
+    const char *kind = store_dataset_kind_name(d.kind);
+    int ok = !strcmp(kind, kind_a) || (kind_b && !strcmp(kind, kind_b));
+    store_dataset_free(&d);
+    if (!ok)
+        return chord_err_set(err, "%s: dataset %s is of kind \"%s\", expected \"%s\"%s%s%s",
+                             field, id, kind, kind_a, kind_b ? " or \"" : "", kind_b ? kind_b : "",
+                             kind_b ? "\"" : "");
+    return 0;
+}
+
+/* Rewrites the resolved document's "model" so the worker needs no lookups: a directory becomes
+ * its absolute path, a registered random-init model becomes model.init. */
+static int resolve_job_model(svc *s, store *st, const job_config *cfg, json_t *doc,
+                             chord_err *err) {
+    json_t *model = json_object();
+    if (!model) return oom(err);
+    int bad = 0;
+    if (cfg->model_path) {
+        char *dir = NULL, *tok = NULL;
+        json_t *init = NULL;
+        if (svc_resolve_model(s, st, "model.path", cfg->model_path, &dir, &init, &tok, err)) {
+            json_decref(model);
+            return -1;
+        }
+        if (dir) {
+            svc_json_put(model, "path", json_string(dir), &bad);
+        } else {
+            json_t *io = json_object();
+            svc_json_put(io, "config", init, &bad);
+            init = NULL;
+            svc_json_put(io, "seed", json_integer((json_int_t)cfg->model_init_seed), &bad);
+            if (tok) svc_json_put(io, "tokenizer", json_string(tok), &bad);
+            svc_json_put(model, "init", io, &bad);
+        }
+        json_decref(init);
+        free(dir);
+        free(tok);
+    } else {
+        model_config mc;
+        if (model_config_from_json(cfg->model_init_config, &mc, err)) {
+            json_decref(model);
+            return chord_err_prefix(err, "model.init.config");
+        }
+        json_t *io = json_object();
+        svc_json_put(io, "config", json_deep_copy(cfg->model_init_config), &bad);
+        svc_json_put(io, "seed", json_integer((json_int_t)cfg->model_init_seed), &bad);
+        if (cfg->model_init_tokenizer) {
+            char real[PATH_MAX];
+            if (svc_resolve_under_root(s, "model.init.tokenizer", cfg->model_init_tokenizer, real,
+                                       err)) {
+                json_decref(io);
+                json_decref(model);
+                return -1;
+            }
+            svc_json_put(io, "tokenizer", json_string(real), &bad);
+        }
+        svc_json_put(model, "init", io, &bad);
+    }
+    svc_json_put(doc, "model", model, &bad);
+    return bad ? oom(err) : 0;
+}
+
+int svc_job_create(svc *s, const json_t *doc, json_t **job, chord_err *err) {
+    *job = NULL;
+    if (svc_stopping(s))
+        return chord_err_setc(err, CHORD_E_UNAVAILABLE, "server is stopping: not accepting jobs");
+    job_config cfg = {0};
+    if (jobconfig_from_json(doc, &cfg, err)) return -1;
+    store *st = svc_store_get(s, err);
+    json_t *resolved = NULL;
+    char *text = NULL;
+    int rc = -1;
+    if (!st) goto done;
+    resolved = jobconfig_to_json(&cfg);
+    if (!resolved) {
+        oom(err);
+        goto done;
+    }
+    if (resolve_job_model(s, st, &cfg, resolved, err)) goto done;
+    if (check_dataset(st, "data.prompts", cfg.data_prompts, "prompts", "eval", err) ||
+        check_dataset(st, "data.expert", cfg.data_expert, "expert", NULL, err) ||
+        check_dataset(st, "data.eval", cfg.data_eval, "eval", "prompts", err))
+        goto done;
+    int accepted = 0;
+    for (int i = 0; i < s->n_devices; i++)
+        if (jobs_device_accepts(s->devices[i], cfg.device)) accepted = 1;
+    if (!accepted) {
+        chord_err_set(err, "device: \"%s\" is not a device this server runs (it runs %s%s)",
+                      cfg.device, s->devices[0], s->n_devices > 1 ? ", ..." : "");
+        goto done;
+    }
+    text = json_dumps(resolved, JSON_COMPACT | JSON_SORT_KEYS);
+    if (!text) {
+        oom(err);
+        goto done;
+    }
+    store_job j = {0};
+    if (store_job_create(st, cfg.name, text, &j, err)) goto done;
+    *job = svc_job_json(&j);
+    LOG_INFO("job %s queued (%s, %s, %lld steps)", j.id, cfg.name,
+             jobconfig_algorithm_name(cfg.algorithm), (long long)cfg.steps);
+    store_job_free(&j);
+    if (!*job) {
+        oom(err);
+        goto done;
+    }
+    jobs_wake(s->jobs);
+    rc = 0;
+done:
+    free(text);
+    json_decref(resolved);
+    svc_store_put(s, st);
+    jobconfig_free(&cfg);
+    return rc;
+}
+
+int svc_job_get(svc *s, const char *id, json_t **job, chord_err *err) {
+    *job = NULL;
+    store *st = svc_store_get(s, err);
+    if (!st) return -1;
+    store_job j = {0};
+    int rc = store_job_get(st, id, &j, err);
+    svc_store_put(s, st);
+    if (rc) return -1;
+    *job = svc_job_json(&j);
+    store_job_free(&j);
+    return *job ? 0 : oom(err);
+}
+
+int svc_job_list(svc *s, const char *state, size_t offset, size_t limit, json_t **list,
+                 chord_err *err) {
+    *list = NULL;
+    int st_filter = -1;
+    if (state) {
+        store_job_state js;
+        if (store_job_state_parse(state, &js, NULL))
+            return chord_err_set(err, "state: must be one of queued, running, succeeded, failed, "
+                                      "cancelled");
+        st_filter = (int)js;
+    }
+    if (limit == 0 || limit > SVC_LIST_LIMIT_MAX) limit = SVC_LIST_LIMIT_MAX;
+    store *st = svc_store_get(s, err);
+    if (!st) return -1;
+    store_job *items = NULL;
+    size_t n = 0;
+    int64_t total = 0;
+    int rc = store_job_list(st, st_filter, offset, limit, &items, &n, &total, err);
+    svc_store_put(s, st);
+    if (rc) return -1;
+    json_t *arr = json_array();
+    int bad = !arr;
+    for (size_t i = 0; i < n && !bad; i++)
+        if (json_array_append_new(arr, svc_job_json(&items[i]))) bad = 1;
+    store_job_list_free(items, n);
+    if (bad) {
+        json_decref(arr);
+        return oom(err);
+    }
+    *list = svc_json_list(arr, total, offset, limit);
+    return *list ? 0 : oom(err);
+}
+
+int svc_job_cancel(svc *s, const char *id, json_t **job, chord_err *err) {
+    *job = NULL;
+    store *st = svc_store_get(s, err);
+    if (!st) return -1;
+    store_job j = {0};
+    int rc = store_job_request_cancel(st, id, &j, err);
+    svc_store_put(s, st);
+    if (rc) return -1;
+    if (j.state == STORE_JOB_RUNNING) jobs_cancel(s->jobs, id);
+    LOG_INFO("job %s: cancel requested (%s)", id, store_job_state_name(j.state));
+    *job = svc_job_json(&j);
+    store_job_free(&j);
+    svc_publish(s, id);
+    return *job ? 0 : oom(err);
+}
+
+/* Groups metric rows (in step order) into [{"step", "metrics": {...}}]. */
+static json_t *steps_json(const store_metric_row *rows, size_t n) {
+    json_t *arr = json_array();
+    json_t *cur = NULL, *metrics = NULL;
+    int64_t cur_step = INT64_MIN;
+    int bad = !arr;
+    for (size_t i = 0; i < n && !bad; i++) {
+        if (rows[i].step != cur_step) {
+            cur = json_object();
+            metrics = json_object();
+            svc_json_put(cur, "step", json_integer(rows[i].step), &bad);
+            if (!cur || !metrics || json_object_set_new(cur, "metrics", metrics) ||
+                json_array_append_new(arr, cur)) {
+                bad = 1;
+                break;
+            }
+            cur_step = rows[i].step;
+        }
+        svc_json_put(metrics, rows[i].name, svc_json_real(rows[i].value), &bad);
+    }
+    if (bad) {
+        json_decref(arr);
+        return NULL;
+    }
+    return arr;
+}
+
+int svc_job_metrics(svc *s, const char *id, int64_t since_step, size_t max_steps, json_t **out,
+                    chord_err *err) {
+    *out = NULL;
+    if (since_step < 0) since_step = 0;
+    store *st = svc_store_get(s, err);
+    if (!st) return -1;
+    store_job j = {0};
+    store_metric_row *rows = NULL;
+    size_t n = 0;
+    int64_t next = since_step;
+    int rc = store_job_get(st, id, &j, err);
+    if (rc == 0) rc = store_metrics_since(st, id, since_step, max_steps, &rows, &n, &next, err);
+    svc_store_put(s, st);
+    store_job_free(&j);
+    if (rc) return -1;
+    json_t *steps = steps_json(rows, n);
+    store_metric_rows_free(rows, n);
+    json_t *o = json_object();
+    int bad = !o || !steps;
+    if (!bad) {
+        svc_json_put(o, "job_id", json_string(id), &bad);
+        svc_json_put(o, "since_step", json_integer(since_step), &bad);
+        svc_json_put(o, "next_step", json_integer(next), &bad);
+        svc_json_put(o, "steps", steps, &bad);
+        steps = NULL;
+    }
+    json_decref(steps);
+    if (bad) {
+        json_decref(o);
+        return oom(err);
+    }
+    *out = o;
+    return 0;
+}
+
+int svc_job_samples(svc *s, const char *id, int64_t step, size_t offset, size_t limit,
+                    json_t **out, chord_err *err) {
+    *out = NULL;
+    if (limit == 0 || limit > SVC_LIST_LIMIT_MAX) limit = SVC_LIST_LIMIT_MAX;
+    if (step < -1) step = -1;
+    store *st = svc_store_get(s, err);
+    if (!st) return -1;
+    store_job j = {0};
+    store_sample_row *rows = NULL;
+    size_t n = 0;
+    int64_t total = 0;
+    int rc = store_job_get(st, id, &j, err);
+    if (rc == 0) rc = store_samples_list(st, id, step, offset, limit, &rows, &n, &total, err);
+    svc_store_put(s, st);
+    store_job_free(&j);
+    if (rc) return -1;
+    json_t *arr = json_array();
+    int bad = !arr;
+    for (size_t i = 0; i < n && !bad; i++) {
+        json_t *o = json_object();
+        svc_json_put(o, "step", json_integer(rows[i].step), &bad);
+        svc_json_put(o, "index", json_integer(rows[i].index), &bad);
+        svc_json_put(o, "kind", svc_json_str(rows[i].kind), &bad);
+        svc_json_put(o, "prompt", svc_json_str(rows[i].prompt), &bad);
+        svc_json_put(o, "completion", svc_json_str(rows[i].completion), &bad);
+        svc_json_put(o, "answer", svc_json_str(rows[i].answer), &bad);
+        svc_json_put(o, "reward", svc_json_real(rows[i].reward), &bad);
+        svc_json_put(o, "reason", svc_json_str(rows[i].reason), &bad);
+        if (!o || json_array_append_new(arr, o)) bad = 1;
+    }
+    store_sample_rows_free(rows, n);
+    if (bad) {
+        json_decref(arr);
+        return oom(err);
+    }
+    *out = svc_json_list(arr, total, offset, limit);
+    return *out ? 0 : oom(err);
+}
+
+/* ---- watches ------------------------------------------------------------------------------ */
+
+void svc_publish(svc *s, const char *id) {
+    pthread_mutex_lock(&s->hub_mu);
+    for (svc_watch *w = s->watches; w; w = w->next) {
+        if (strcmp(w->job_id, id) != 0) continue;
+        atomic_store(&w->dirty, 1);
+        if (w->notify) w->notify(w->user);
+    }
+    pthread_mutex_unlock(&s->hub_mu);
+}
+
+int svc_watch_open(svc *s, const char *job_id, int64_t since_step, svc_notify_fn notify,
+                   void *user, svc_watch **out, chord_err *err) {
+    *out = NULL;
+    store *st = svc_store_get(s, err);
+    if (!st) return -1;
+    store_job j = {0};
+    int rc = store_job_get(st, job_id, &j, err);
+    svc_store_put(s, st);
+    if (rc) return -1;
+    svc_watch *w = calloc(1, sizeof *w);
+    if (!w) {
+        store_job_free(&j);
+        return oom(err);
+    }
+    w->s = s;
+    memcpy(w->job_id, j.id, STORE_ID_MAX);
+    store_job_free(&j);
+    w->notify = notify;
+    w->user = user;
+    w->recheck = 1;
+    w->last_state = -1;
+    w->next_step = since_step < 0 ? 0 : since_step;
+    w->last_ckpt_step = w->next_step - 1;
+    pthread_mutex_lock(&s->hub_mu);
+    w->next = s->watches;
+    s->watches = w;
+    pthread_mutex_unlock(&s->hub_mu);
+    *out = w;
+    return 0;
+}
+
+int svc_watch_done(const svc_watch *w) { return w->done; }
+
+static int watch_event(svc_watch *w, svc_event *ev, svc_event_type type, int64_t step,
+                       json_t *data, chord_err *err) {
+    if (!data) return oom(err);
+    ev->type = type;
+    ev->step = step;
+    ev->data = data;
+    ev->final = 0;
+    w->recheck = 1;
+    return 1;
+}
+
+int svc_watch_poll(svc_watch *w, svc_event *ev, chord_err *err) {
+    memset(ev, 0, sizeof *ev);
+    if (w->done) return 0;
+    if (!w->recheck && !atomic_exchange(&w->dirty, 0)) return 0;
+    w->recheck = 0;
+    atomic_store(&w->dirty, 0);
+    svc *s = w->s;
+    store *st = svc_store_get(s, err);
+    if (!st) return -1;
+    store_job j = {0};
+    int rc = store_job_get(st, w->job_id, &j, err);
+    if (rc) goto out;
+    int terminal = store_job_state_terminal(j.state);
+    /* a state change first (queued → running, running → queued on a stop) */
+    if (!terminal && (int)j.state != w->last_state) {
+        w->last_state = (int)j.state;
+        rc = watch_event(w, ev, SVC_EVENT_STATE, j.current_step, svc_job_json(&j), err);
+        goto out;
+    }
+    /* the next step, if stored */
+    store_metric_row *rows = NULL;
+    size_t n = 0;
+    int64_t next = w->next_step;
+    if (store_metrics_since(st, w->job_id, w->next_step, 1, &rows, &n, &next, err)) {
+        rc = -1;
+        goto out;
+    }
+    if (n > 0) {
+        json_t *steps = steps_json(rows, n);
+        json_t *one = steps ? json_incref(json_array_get(steps, 0)) : NULL;
+        json_decref(steps);
+        int64_t step = rows[0].step;
+        store_metric_rows_free(rows, n);
+        w->next_step = next;
+        rc = watch_event(w, ev, SVC_EVENT_STEP, step, one, err);
+        goto out;
+    }
+    store_metric_rows_free(rows, n);
+    /* new checkpoints */
+    store_checkpoint *cks = NULL;
+    size_t nc = 0;
+    if (store_checkpoint_list(st, w->job_id, &cks, &nc, err)) {
+        rc = -1;
+        goto out;
+    }
+    for (size_t i = 0; i < nc; i++) {
+        if (cks[i].step <= w->last_ckpt_step) continue;
+        w->last_ckpt_step = cks[i].step;
+        rc = watch_event(w, ev, SVC_EVENT_CHECKPOINT, cks[i].step, svc_checkpoint_json(&cks[i]),
+                         err);
+        store_checkpoint_list_free(cks, nc);
+        goto out;
+    }
+    store_checkpoint_list_free(cks, nc);
+    if (terminal) {
+        w->done = 1;
+        rc = watch_event(w, ev, SVC_EVENT_STATE, j.current_step, svc_job_json(&j), err);
+        if (rc == 1) ev->final = 1;
+        w->recheck = 0;
+        goto out;
+    }
+    rc = 0;
+out:
+    store_job_free(&j);
+    svc_store_put(s, st);
+    return rc;
+}
+
+void svc_watch_close(svc_watch *w) {
+    if (!w) return;
+    svc *s = w->s;
+    pthread_mutex_lock(&s->hub_mu);
+    for (svc_watch **p = &s->watches; *p; p = &(*p)->next) {
+        if (*p == w) {
+            *p = w->next;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&s->hub_mu);
+    free(w);
+}
+
+/* ---- health and Prometheus ---------------------------------------------------------------- */
+
+int svc_health(svc *s, json_t **out) {
+    int stopping = svc_stopping(s);
+    json_t *o = json_object();
+    if (!o) {
+        *out = NULL;
+        return stopping;
+    }
+    int bad = 0;
+    svc_json_put(o, "status", json_string(stopping ? "stopping" : "ok"), &bad);
+    svc_json_put(o, "version", json_string(SVC_VERSION), &bad);
+    svc_json_put(o, "uptime_s", json_real(chord_now() - s->started), &bad);
+    json_t *devs = json_array();
+    for (int i = 0; i < s->n_devices; i++) json_array_append_new(devs, json_string(s->devices[i]));
+    svc_json_put(o, "devices", devs, &bad);
+    svc_json_put(o, "workers", json_integer(s->jobs ? s->n_devices : 0), &bad);
+    json_t *jobs = json_object();
+    chord_err err = {0};
+    store *st = svc_store_get(s, &err);
+    int64_t counts[STORE_JOB_NSTATES] = {0};
+    if (st && store_job_count_by_state(st, counts, &err) == 0)
+        for (int i = 0; i < STORE_JOB_NSTATES; i++)
+            json_object_set_new(jobs, store_job_state_name((store_job_state)i),
+                                json_integer(counts[i]));
+    svc_store_put(s, st);
+    svc_json_put(o, "jobs", jobs, &bad);
+    *out = o;
+    return stopping;
+}
+
+void svc_record_request(svc *s, const char *transport, const char *route, const char *method,
+                        int status, double seconds) {
+    pthread_mutex_lock(&s->stats_mu);
+    svc_route_stat *rs = NULL;
+    for (size_t i = 0; i < s->n_routes; i++) {
+        svc_route_stat *r = &s->routes[i];
+        if (r->status == status && !strcmp(r->route, route) && !strcmp(r->method, method) &&
+            !strcmp(r->transport, transport)) {
+            rs = r;
+            break;
+        }
+    }
+    if (!rs && s->n_routes < sizeof s->routes / sizeof s->routes[0]) {
+        rs = &s->routes[s->n_routes++];
+        snprintf(rs->transport, sizeof rs->transport, "%s", transport);
+        snprintf(rs->route, sizeof rs->route, "%s", route);
+        snprintf(rs->method, sizeof rs->method, "%s", method);
+        rs->status = status;
+    }
+    if (rs) rs->count++;
+    svc_latency *lat = NULL;
+    for (size_t i = 0; i < s->n_latencies; i++) {
+        if (!strcmp(s->latencies[i].route, route) &&
+            !strcmp(s->latencies[i].transport, transport)) {
+            lat = &s->latencies[i];
+            break;
+        }
+    }
+    if (!lat && s->n_latencies < SVC_MAX_ROUTES) {
+        lat = &s->latencies[s->n_latencies++];
+        snprintf(lat->transport, sizeof lat->transport, "%s", transport);
+        snprintf(lat->route, sizeof lat->route, "%s", route);
+    }
+    if (lat) {
+        for (int b = 0; b < SVC_HIST_BUCKETS; b++)
+            if (seconds <= hist_bounds[b]) {
+                lat->buckets[b]++;
+                break;
+            }
+        lat->count++;
+        lat->sum += seconds;
+    }
+    pthread_mutex_unlock(&s->stats_mu);
+}
+
+/* A growing text buffer. */
+typedef struct textbuf {
+    char *p;
+    size_t len, cap;
+    int bad;
+} textbuf;
+
+static void tb_printf(textbuf *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void tb_printf(textbuf *t, const char *fmt, ...) {
+    if (t->bad) return;
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(t->p ? t->p + t->len : NULL, t->p ? t->cap - t->len : 0, fmt, ap);
+        va_end(ap);
+        if (n < 0) {
+            t->bad = 1;
+            return;
+        }
+        if (t->p && t->len + (size_t)n < t->cap) {
+            t->len += (size_t)n;
+            return;
+        }
+        size_t cap = t->cap ? t->cap * 2 : 4096;
+        while (cap < t->len + (size_t)n + 1) cap *= 2;
+        char *p = realloc(t->p, cap);
+        if (!p) {
+            t->bad = 1;
+            return;
+        }
+        t->p = p;
+        t->cap = cap;
+    }
+}
+
+int svc_prometheus(svc *s, char **text, size_t *len, chord_err *err) {
+    *text = NULL;
+    *len = 0;
+    textbuf t = {0};
+    int64_t counts[STORE_JOB_NSTATES] = {0};
+    store *st = svc_store_get(s, err);
+    if (!st) return -1;
+    int rc = store_job_count_by_state(st, counts, err);
+    store_job *running = NULL;
+    size_t n_running = 0;
+    int64_t total = 0;
+    if (rc == 0)
+        rc = store_job_list(st, STORE_JOB_RUNNING, 0, 0, &running, &n_running, &total, err);
+    svc_store_put(s, st);
+    if (rc) return -1;
+
+    tb_printf(&t, "# HELP chord_up 1 while the server runs.\n# TYPE chord_up gauge\nchord_up 1\n");
+    tb_printf(&t, "# HELP chord_uptime_seconds Seconds since the server started.\n"
+                  "# TYPE chord_uptime_seconds gauge\nchord_uptime_seconds %.3f\n",
+              chord_now() - s->started);
+    tb_printf(&t, "# HELP chord_jobs Jobs by state.\n# TYPE chord_jobs gauge\n");
+    for (int i = 0; i < STORE_JOB_NSTATES; i++)
+        tb_printf(&t, "chord_jobs{state=\"%s\"} %lld\n", store_job_state_name((store_job_state)i),
+                  (long long)counts[i]);
+    tb_printf(&t, "# HELP chord_job_current_step Last stored step of each running job.\n"
+                  "# TYPE chord_job_current_step gauge\n");
+    for (size_t i = 0; i < n_running; i++)
+        tb_printf(&t, "chord_job_current_step{job=\"%s\",device=\"%s\"} %lld\n", running[i].id,
+                  running[i].device ? running[i].device : "", (long long)running[i].current_step);
+    store_job_list_free(running, n_running);
+    tb_printf(&t, "# HELP chord_workers Worker threads (one per device).\n"
+                  "# TYPE chord_workers gauge\nchord_workers %d\n",
+              s->jobs ? s->n_devices : 0);
+
+    pthread_mutex_lock(&s->stats_mu);
+    tb_printf(&t, "# HELP chord_steps_total Training steps stored since the server started.\n"
+                  "# TYPE chord_steps_total counter\nchord_steps_total %llu\n",
+              (unsigned long long)s->steps_total);
+    tb_printf(&t, "# HELP chord_tokens_per_second Throughput of the last step.\n"
+                  "# TYPE chord_tokens_per_second gauge\n"
+                  "chord_tokens_per_second{phase=\"train\"} %g\n"
+                  "chord_tokens_per_second{phase=\"rollout\"} %g\n",
+              isfinite(s->tokens_per_s_train) ? s->tokens_per_s_train : 0.0,
+              isfinite(s->tokens_per_s_rollout) ? s->tokens_per_s_rollout : 0.0);
+    tb_printf(&t, "# HELP chord_dataset_uploads_total Dataset uploads committed.\n"
+                  "# TYPE chord_dataset_uploads_total counter\nchord_dataset_uploads_total %llu\n"
+                  "# HELP chord_dataset_upload_bytes_total Bytes of committed dataset uploads.\n"
+                  "# TYPE chord_dataset_upload_bytes_total counter\n"
+                  "chord_dataset_upload_bytes_total %llu\n"
+                  "# HELP chord_dataset_uploads_rejected_total Dataset uploads rejected.\n"
+                  "# TYPE chord_dataset_uploads_rejected_total counter\n"
+                  "chord_dataset_uploads_rejected_total %llu\n",
+              (unsigned long long)s->uploads_total, (unsigned long long)s->upload_bytes_total,
+              (unsigned long long)s->upload_rejected_total);
+    tb_printf(&t, "# HELP chord_requests_total Requests served, by transport, route, method and "
+                  "status.\n# TYPE chord_requests_total counter\n");
+    for (size_t i = 0; i < s->n_routes; i++) {
+        const svc_route_stat *r = &s->routes[i];
+        tb_printf(&t,
+                  "chord_requests_total{transport=\"%s\",route=\"%s\",method=\"%s\",code=\"%d\"} "
+                  "%llu\n",
+                  r->transport, r->route, r->method, r->status, (unsigned long long)r->count);
+    }
+    tb_printf(&t, "# HELP chord_request_duration_seconds Request latency by route.\n"
+                  "# TYPE chord_request_duration_seconds histogram\n");
+    for (size_t i = 0; i < s->n_latencies; i++) {
+        const svc_latency *l = &s->latencies[i];
+        uint64_t cum = 0;
+        for (int b = 0; b < SVC_HIST_BUCKETS; b++) {
+            cum += l->buckets[b];
+            tb_printf(&t,
+                      "chord_request_duration_seconds_bucket{transport=\"%s\",route=\"%s\","
+                      "le=\"%g\"} %llu\n",
+                      l->transport, l->route, hist_bounds[b], (unsigned long long)cum);
+        }
+        tb_printf(&t,
+                  "chord_request_duration_seconds_bucket{transport=\"%s\",route=\"%s\",le=\"+Inf\"}"
+                  " %llu\n"
+                  "chord_request_duration_seconds_sum{transport=\"%s\",route=\"%s\"} %.6f\n"
+                  "chord_request_duration_seconds_count{transport=\"%s\",route=\"%s\"} %llu\n",
+                  l->transport, l->route, (unsigned long long)l->count, l->transport, l->route,
+                  l->sum, l->transport, l->route, (unsigned long long)l->count);
+    }
+    pthread_mutex_unlock(&s->stats_mu);
+    if (t.bad) {
+        free(t.p);
+        return oom(err);
+    }
+    *text = t.p;
+    *len = t.len;
+    return 0;
+}

@@ -1,0 +1,201 @@
+/* service.h — the one service interface both transports call (REST in api/http, gRPC in
+ * api/grpc): jobs, datasets, models, rollouts, metrics, checkpoints, health, Prometheus text.
+ *
+ * Transport-neutral: resources come back as jansson documents (json_t *, a new reference the
+ * caller json_decref()s) whose field names are the API's, so REST writes them as they are and
+ * gRPC maps them one-for-one. Errors are chord_err categories (server/base/err.h) that the
+ * transports map to status codes: CHORD_E_INVALID names the bad field ("model.path: ..."),
+ * CHORD_E_NOT_FOUND an unknown id, CHORD_E_CONFLICT an illegal state change, CHORD_E_TOO_LARGE an
+ * upload over the limit, CHORD_E_UNAVAILABLE a server that is stopping.
+ *
+ * Threading: every function may be called from any thread at any time (the service keeps a
+ * pool of SQLite handles, one per concurrent caller). An upload handle and a watch belong to one
+ * caller at a time (not necessarily the same thread across calls).
+ *
+ * What this is not: no HTTP, no gRPC, no training logic. Jobs run in server/jobs (one worker
+ * thread per device) through the trainer seam (server/train/trainer.h). */
+#ifndef CHORD_SERVER_SERVICE_H
+#define CHORD_SERVER_SERVICE_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "server/base/err.h"
+
+#define SVC_VERSION "0.1.0"
+#define SVC_LIST_LIMIT_MAX 1000
+
+typedef struct svc svc;
+
+typedef struct svc_options {
+    const char *data_dir;      /* required; created when missing */
+    const char *models_root;   /* directories models may be registered from; NULL =
+                                  <data_dir>/models (created) */
+    const char *device;        /* "auto" (all CUDA GPUs, else the CPU), "cpu", "cuda",
+                                  "cuda:N[,M...]"; NULL = "auto". One worker per device. */
+    int threads;               /* CPU threads per worker's backend; <= 0 = all cores */
+    int64_t max_upload_bytes;  /* dataset upload limit; <= 0 = 1 GiB */
+    int workers;               /* 0 = start no workers (jobs stay queued; API tests) */
+} svc_options;
+
+/* Opens the data directory (store.h), moves jobs left running by a dead process back to queued
+ * (they resume from their last checkpoint), opens one backend per device and starts a worker on
+ * each. */
+int svc_open(const svc_options *opt, svc **out, chord_err *err);
+/* Graceful stop, idempotent: new jobs, uploads and rollouts are refused (CHORD_E_UNAVAILABLE),
+ * each running job is asked to stop after its current step with a checkpoint and goes back to
+ * queued (the next start resumes it), workers are joined, watches see the end. */
+void svc_shutdown(svc *s);
+/* svc_shutdown, then closes every SQLite handle and frees the service. NULL is allowed. */
+void svc_close(svc *s);
+/* 1 once svc_shutdown started. */
+int svc_stopping(const svc *s);
+/* The devices workers run on ("cpu", "cuda:0", ...), n_devices of them. */
+const char *const *svc_devices(const svc *s, int *n_devices);
+
+/* ---- jobs ---------------------------------------------------------------------------------
+ * A job resource: {"id", "name", "state", "created_at", "started_at", "finished_at" (RFC 3339
+ * or null), "error" (string or null), "current_step" (-1 before the first), "steps" (total),
+ * "device" (or null), "cancel_requested", "config" (the fully resolved job document)}. */
+
+/* Validates a job document (jobconfig.h: every error names the field), resolves its model
+ * (a registered model id "mdl_…", a directory under the models root, or model.init) and its
+ * dataset ids (which must exist and be of a fitting kind), stores it as queued and wakes a
+ * worker. The stored config is the resolved document (defaults filled in). */
+int svc_job_create(svc *s, const json_t *doc, json_t **job, chord_err *err);
+int svc_job_get(svc *s, const char *id, json_t **job, chord_err *err);
+/* {"items": [job...], "total", "offset", "limit"}; state NULL = all states, else a state name
+ * (CHORD_E_INVALID otherwise). limit 0 = SVC_LIST_LIMIT_MAX. */
+int svc_job_list(svc *s, const char *state, size_t offset, size_t limit, json_t **list,
+                 chord_err *err);
+/* Cancels a queued job at once, or asks a running one to stop within one step (the returned
+ * job has cancel_requested true and is cancelled shortly after). A finished job is
+ * CHORD_E_CONFLICT. */
+int svc_job_cancel(svc *s, const char *id, json_t **job, chord_err *err);
+/* {"job_id", "since_step", "next_step", "steps": [{"step", "metrics": {name: value|null}}]}:
+ * at most max_steps steps (0 = all) from since_step on; next_step is what to ask for next. */
+int svc_job_metrics(svc *s, const char *id, int64_t since_step, size_t max_steps,
+                    json_t **out, chord_err *err);
+/* {"items": [{"step", "index", "kind", "prompt", "completion", "answer", "reward", "reason"}],
+ * "total", "offset", "limit"}: the per-sample records of one step (step >= 0) or all (-1). */
+int svc_job_samples(svc *s, const char *id, int64_t step, size_t offset, size_t limit,
+                    json_t **out, chord_err *err);
+
+/* ---- checkpoints --------------------------------------------------------------------------
+ * A checkpoint resource: {"id", "job_id", "step", "sha256", "bytes", "created_at", "files":
+ * [{"path", "bytes"}]} (paths relative to the checkpoint directory, sorted). */
+
+/* {"items": [checkpoint...]} in step order. */
+int svc_checkpoint_list(svc *s, const char *job_id, json_t **out, chord_err *err);
+/* The absolute path (out, outlen bytes) and size of one file of checkpoint (job_id, step), for
+ * download. relpath must name a regular file inside the checkpoint ("..", absolute paths and
+ * symlinks leaving it are CHORD_E_INVALID; a missing file is CHORD_E_NOT_FOUND). */
+int svc_checkpoint_file(svc *s, const char *job_id, int64_t step, const char *relpath, char *out,
+                        size_t outlen, int64_t *size, chord_err *err);
+
+/* ---- datasets -----------------------------------------------------------------------------
+ * A dataset resource: {"id", "name", "kind", "lines", "bytes", "sha256", "created_at"}.
+ *
+ * Line shapes (each line one JSON object; other keys are kept and ignored):
+ *   prompts, eval: {"prompt": string, "answer": string|number}
+ *                  or {"messages": [{"role", "content"}...], "answer": string|number}
+ *   expert:        {"prompt": string, "response": string}
+ *                  or {"messages": [...]} with at least one "assistant" message
+ * Errors name the line: "line 7: \"answer\": required". */
+
+typedef struct svc_upload svc_upload;
+
+/* kind: "prompts" | "expert" | "eval"; name may be NULL ("dataset"). */
+int svc_upload_begin(svc *s, const char *name, const char *kind, svc_upload **out,
+                     chord_err *err);
+/* Appends a chunk (data is len bytes, any split, even inside a UTF-8 sequence), validating
+ * every line it completes. On error (CHORD_E_INVALID naming the line, CHORD_E_TOO_LARGE past
+ * the limit) the upload is spoiled: later writes fail the same way; abort it. */
+int svc_upload_write(svc_upload *up, const void *data, size_t len, chord_err *err);
+/* Validates the last line, commits and frees the upload (also on failure). An upload with no
+ * line is CHORD_E_INVALID. dataset may be NULL. */
+int svc_upload_commit(svc_upload *up, json_t **dataset, chord_err *err);
+/* Discards an upload (no row, no file). NULL is allowed. */
+void svc_upload_abort(svc_upload *up);
+/* The configured limit in bytes. */
+int64_t svc_max_upload_bytes(const svc *s);
+
+int svc_dataset_get(svc *s, const char *id, json_t **dataset, chord_err *err);
+int svc_dataset_list(svc *s, size_t offset, size_t limit, json_t **list, chord_err *err);
+
+/* ---- models -------------------------------------------------------------------------------
+ * A model resource: {"id", "name", "source": "directory"|"init", "path" (or null),
+ * "tokenizer" (or null), "config" (the Hugging Face config), "created_at"}. */
+
+/* doc: {"name"?, "path": DIR} (a directory under the models root holding config.json; paths
+ * escaping the root through ".." or symlinks are CHORD_E_INVALID) or {"name"?, "init":
+ * {"config": {...}, "tokenizer"?: DIR}} (random init: the job's seed initialises it). */
+int svc_model_register(svc *s, const json_t *doc, json_t **model, chord_err *err);
+int svc_model_get(svc *s, const char *id, json_t **model, chord_err *err);
+int svc_model_list(svc *s, size_t offset, size_t limit, json_t **list, chord_err *err);
+const char *svc_models_root(const svc *s);
+
+/* ---- rollouts -----------------------------------------------------------------------------
+ * A rollout resource: {"id", "state": "pending"|"succeeded"|"failed", "request", "result" (or
+ * null), "error" (or null), "created_at", "finished_at"}. Requests run on a worker between
+ * training steps (or at once when it is idle). */
+
+/* doc: {"prompts": [string...]} or {"messages": [[message...]...]}, plus "model" (registered
+ * id or directory under the models root) or "checkpoint": {"job_id", "step"?}, and optional
+ * "n", "temperature", "top_p", "max_tokens", "seed", "answers" (one per prompt), "reward". */
+int svc_rollout_create(svc *s, const json_t *doc, json_t **rollout, chord_err *err);
+int svc_rollout_get(svc *s, const char *id, json_t **rollout, chord_err *err);
+
+/* ---- watching a job (SSE now, gRPC streaming later) ---------------------------------------
+ * A watch delivers a job's events in order: "state" when it changes (not terminal), one "step"
+ * per step from since_step on, "checkpoint" per new checkpoint, then one final "state" event
+ * (terminal state) after which the watch is done. notify(user) is called from a worker thread
+ * (or the cancelling caller) when something new may be there: it must be cheap and must not
+ * call back into the watch (resume a connection, post an alarm). Nothing blocks: the owner
+ * calls svc_watch_poll when notified (and at start) until it returns 0. */
+
+typedef enum { SVC_EVENT_STATE = 0, SVC_EVENT_STEP = 1, SVC_EVENT_CHECKPOINT = 2 } svc_event_type;
+
+typedef struct svc_event {
+    svc_event_type type;
+    int64_t step;  /* the step (STEP, CHECKPOINT) or the job's current step (STATE) */
+    int final;     /* 1 on the terminal state event: the last one */
+    json_t *data;  /* STEP: {"step", "metrics"}; STATE: the job; CHECKPOINT: the checkpoint.
+                      Owned by the caller (json_decref). */
+} svc_event;
+
+typedef struct svc_watch svc_watch;
+typedef void (*svc_notify_fn)(void *user);
+
+/* CHORD_E_NOT_FOUND for an unknown job. since_step < 0 means 0. */
+int svc_watch_open(svc *s, const char *job_id, int64_t since_step, svc_notify_fn notify,
+                   void *user, svc_watch **out, chord_err *err);
+/* 1 with *ev filled, 0 when nothing new (wait for notify; also 0 forever once done), -1 on
+ * error. */
+int svc_watch_poll(svc_watch *w, svc_event *ev, chord_err *err);
+/* 1 once the final event was delivered. */
+int svc_watch_done(const svc_watch *w);
+/* After it returns, notify is never called again for this watch. NULL is allowed. */
+void svc_watch_close(svc_watch *w);
+
+/* ---- health and metrics ------------------------------------------------------------------ */
+
+/* {"status": "ok"|"stopping", "version", "uptime_s", "devices": [...], "jobs": {state: n}};
+ * returns 0 when serving, 1 when stopping (transports answer 503). */
+int svc_health(svc *s, json_t **out);
+/* One request a transport served: counted and timed by (transport, route template, method,
+ * status) for the Prometheus text. route is a template ("/v1/jobs/{id}"), not the raw path. */
+void svc_record_request(svc *s, const char *transport, const char *route, const char *method,
+                        int status, double seconds);
+/* The Prometheus text exposition (version 0.0.4): jobs by state, steps, tokens/s, uploads,
+ * requests and latency histograms. *text is malloc'd. */
+int svc_prometheus(svc *s, char **text, size_t *len, chord_err *err);
+
+/* ---- demo ---------------------------------------------------------------------------------- */
+
+/* Submits the embedded demo: a random-init tiny model trained with CHORD on the built-in task
+ * (datasets generated and uploaded through the upload API). *job receives the job resource. */
+int svc_submit_demo(svc *s, json_t **job, chord_err *err);
+
+#endif

@@ -1,0 +1,888 @@
+/* service_data.c — datasets (streamed upload validated line by line), models (a directory
+ * under the models root or a random-init config), checkpoint listings and file downloads, and
+ * rollout requests. See service.h for the resources and the line shapes.
+ *
+ * Not here: jobs and watches (service.c), SQL (storage/), generation (server/jobs/rollout.h). */
+#include "server/service_internal.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "server/base/fileutil.h"
+#include "server/base/log.h"
+#include "server/model/config.h"
+
+static int oom(chord_err *err) { return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory"); }
+
+/* Rejects keys of obj not in allowed (NULL-terminated), naming the first with its prefix. */
+static int check_keys(const json_t *obj, const char *prefix, const char *const *allowed,
+                      chord_err *err) {
+    const char *key;
+    json_t *v;
+    json_object_foreach((json_t *)obj, key, v) {
+        int ok = 0;
+        for (size_t i = 0; allowed[i]; i++)
+            if (!strcmp(key, allowed[i])) ok = 1;
+        if (!ok)
+            return chord_err_set(err, "unknown field \"%s%s%s\"", prefix, *prefix ? "." : "",
+                                 key);
+    }
+    return 0;
+}
+
+/* ---- paths under the models root ---------------------------------------------------------- */
+
+int svc_resolve_under_root(svc *s, const char *field, const char *path, char *out,
+                           chord_err *err) {
+    if (!path || !*path) return chord_err_set(err, "%s: must be a non-empty path", field);
+    char cand[PATH_MAX];
+    int n = path[0] == '/' ? snprintf(cand, sizeof cand, "%s", path)
+                           : snprintf(cand, sizeof cand, "%s/%s", s->models_root, path);
+    if (n < 0 || (size_t)n >= sizeof cand) return chord_err_set(err, "%s: path too long", field);
+    if (!realpath(cand, out)) {
+        if (errno == ENOENT || errno == ENOTDIR)
+            return chord_err_set(err, "%s: '%s' does not exist under the models root", field,
+                                 path);
+        return chord_err_set(err, "%s: '%s': %s", field, path, strerror(errno));
+    }
+    size_t rl = strlen(s->models_root);
+    if (strncmp(out, s->models_root, rl) != 0 || (out[rl] != '/' && out[rl] != '\0'))
+        return chord_err_set(err, "%s: '%s' is outside the models root", field, path);
+    return 0;
+}
+
+int svc_resolve_model(svc *s, store *st, const char *field, const char *ref, char **dir,
+                      json_t **init_config, char **tokenizer, chord_err *err) {
+    *dir = NULL;
+    *init_config = NULL;
+    *tokenizer = NULL;
+    if (!strncmp(ref, "mdl_", 4) && !strchr(ref, '/')) {
+        store_model m = {0};
+        if (store_model_get(st, ref, &m, err)) {
+            if (err && err->code == CHORD_E_NOT_FOUND) err->code = CHORD_E_INVALID;
+            return chord_err_prefix(err, "%s", field);
+        }
+        int rc = 0;
+        if (m.directory) {
+            *dir = strdup(m.directory);
+            if (!*dir) rc = oom(err);
+        } else {
+            *init_config = json_loads(m.config_json, 0, NULL);
+            if (!*init_config)
+                rc = chord_err_setc(err, CHORD_E_INTERNAL, "%s: stored config of %s unreadable",
+                                    field, ref);
+        }
+        if (rc == 0 && m.tokenizer_dir) {
+            *tokenizer = strdup(m.tokenizer_dir);
+            if (!*tokenizer) rc = oom(err);
+        }
+        store_model_free(&m);
+        if (rc) {
+            free(*dir);
+            *dir = NULL;
+            json_decref(*init_config);
+            *init_config = NULL;
+        }
+        return rc;
+    }
+    char real[PATH_MAX], cfg[PATH_MAX + 16];
+    if (svc_resolve_under_root(s, field, ref, real, err)) return -1;
+    if (!chord_is_dir(real)) return chord_err_set(err, "%s: '%s' is not a directory", field, ref);
+    snprintf(cfg, sizeof cfg, "%s/config.json", real);
+    if (!chord_is_file(cfg))
+        return chord_err_set(err, "%s: '%s' has no config.json (a Hugging Face model directory "
+                                  "is expected)",
+                             field, ref);
+    *dir = strdup(real);
+    return *dir ? 0 : oom(err);
+}
+
+/* ---- datasets ----------------------------------------------------------------------------- */
+
+struct svc_upload {
+    svc *s;
+    store *st;
+    store_upload *up;
+    store_dataset_kind kind;
+    char *line; /* the line not yet complete */
+    size_t line_len, line_cap;
+    int64_t lines; /* complete lines validated */
+    int64_t bytes;
+    int spoiled;
+    chord_err spoil;
+};
+
+static json_t *dataset_json(const store_dataset *d) {
+    json_t *o = json_object();
+    if (!o) return NULL;
+    int bad = 0;
+    svc_json_put(o, "id", json_string(d->id), &bad);
+    svc_json_put(o, "name", json_string(d->name ? d->name : ""), &bad);
+    svc_json_put(o, "kind", json_string(store_dataset_kind_name(d->kind)), &bad);
+    svc_json_put(o, "lines", json_integer(d->line_count), &bad);
+    svc_json_put(o, "bytes", json_integer(d->bytes), &bad);
+    svc_json_put(o, "sha256", json_string(d->sha256), &bad);
+    svc_json_put(o, "created_at", svc_json_time(d->created_ms), &bad);
+    if (bad) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
+}
+
+static int nonempty_string(const json_t *v) {
+    return json_is_string(v) && json_string_length(v) > 0;
+}
+
+/* messages: [{"role": system|user|assistant|tool, "content": string}, ...]; *assistant = how
+ * many assistant turns. */
+static int check_messages(const json_t *m, int64_t line, int *assistant, chord_err *err) {
+    static const char *const roles[] = {"system", "user", "assistant", "tool", NULL};
+    *assistant = 0;
+    if (!json_is_array(m) || json_array_size(m) == 0)
+        return chord_err_set(err, "line %lld: \"messages\": must be a non-empty array",
+                             (long long)line);
+    size_t i;
+    json_t *msg;
+    json_array_foreach(m, i, msg) {
+        if (!json_is_object(msg))
+            return chord_err_set(err, "line %lld: \"messages[%zu]\": must be an object",
+                                 (long long)line, i);
+        json_t *role = json_object_get(msg, "role"), *content = json_object_get(msg, "content");
+        int ok = 0;
+        for (size_t r = 0; json_is_string(role) && roles[r]; r++)
+            if (!strcmp(json_string_value(role), roles[r])) ok = 1;
+        if (!ok)
+            return chord_err_set(err,
+                                 "line %lld: \"messages[%zu].role\": must be one of system, "
+                                 "user, assistant, tool",
+                                 (long long)line, i);
+        if (!json_is_string(content))
+            return chord_err_set(err, "line %lld: \"messages[%zu].content\": must be a string",
+                                 (long long)line, i);
+        if (!strcmp(json_string_value(role), "assistant")) (*assistant)++;
+    }
+    return 0;
+}
+
+static int validate_line(const svc_upload *u, const char *text, size_t len, int64_t line,
+                         chord_err *err) {
+    if (len > 0 && text[len - 1] == '\r') len--;
+    if (len == 0)
+        return chord_err_set(err, "line %lld: empty line (each line must be a JSON object)",
+                             (long long)line);
+    json_error_t jerr;
+    json_t *doc = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!doc)
+        return chord_err_set(err, "line %lld: invalid JSON at column %d: %s", (long long)line,
+                             jerr.column, jerr.text);
+    int rc = 0;
+    json_t *prompt = json_object_get(doc, "prompt"), *messages = json_object_get(doc, "messages");
+    int assistant = 0;
+    if (!json_is_object(doc)) {
+        rc = chord_err_set(err, "line %lld: must be a JSON object", (long long)line);
+    } else if (prompt && messages) {
+        rc = chord_err_set(err, "line %lld: give \"prompt\" or \"messages\", not both",
+                           (long long)line);
+    } else if (!prompt && !messages) {
+        rc = chord_err_set(err, "line %lld: \"%s\": required (or \"messages\")", (long long)line,
+                           "prompt");
+    } else if (prompt && !nonempty_string(prompt)) {
+        rc = chord_err_set(err, "line %lld: \"prompt\": must be a non-empty string",
+                           (long long)line);
+    } else if (messages && check_messages(messages, line, &assistant, err)) {
+        rc = -1;
+    } else if (u->kind == STORE_DATASET_EXPERT) {
+        json_t *response = json_object_get(doc, "response");
+        if (prompt && !json_is_string(response))
+            rc = chord_err_set(err, "line %lld: \"response\": required string (expert data)",
+                               (long long)line);
+        else if (messages && response)
+            rc = chord_err_set(err, "line %lld: \"response\": not used with \"messages\" (put "
+                                    "the reply in an assistant message)",
+                               (long long)line);
+        else if (messages && assistant == 0)
+            rc = chord_err_set(err,
+                               "line %lld: \"messages\": needs at least one assistant message "
+                               "(expert data)",
+                               (long long)line);
+    } else {
+        json_t *answer = json_object_get(doc, "answer");
+        if (!json_is_string(answer) && !json_is_number(answer))
+            rc = chord_err_set(err, "line %lld: \"answer\": required string or number",
+                               (long long)line);
+    }
+    json_decref(doc);
+    return rc;
+}
+
+static int spoil(svc_upload *u, chord_err *err) {
+    if (!u->spoiled) {
+        u->spoiled = 1;
+        u->spoil = err ? *err : (chord_err){0};
+        pthread_mutex_lock(&u->s->stats_mu);
+        u->s->upload_rejected_total++;
+        pthread_mutex_unlock(&u->s->stats_mu);
+    }
+    return -1;
+}
+
+int svc_upload_begin(svc *s, const char *name, const char *kind, svc_upload **out,
+                     chord_err *err) {
+    *out = NULL;
+    if (svc_stopping(s))
+        return chord_err_setc(err, CHORD_E_UNAVAILABLE, "server is stopping: not accepting uploads");
+    store_dataset_kind k;
+    if (!kind) return chord_err_set(err, "kind: required (prompts, expert or eval)");
+    if (store_dataset_kind_parse(kind, &k, NULL))
+        return chord_err_set(err, "kind: must be prompts, expert or eval");
+    if (!name || !*name) name = "dataset";
+    if (strlen(name) > 200) return chord_err_set(err, "name: must be at most 200 bytes");
+    svc_upload *u = calloc(1, sizeof *u);
+    if (!u) return oom(err);
+    u->s = s;
+    u->kind = k;
+    u->st = svc_store_get(s, err);
+    if (!u->st || store_dataset_upload_begin(u->st, name, k, &u->up, err)) {
+        svc_store_put(s, u->st);
+        free(u);
+        return -1;
+    }
+    *out = u;
+    return 0;
+}
+
+static int line_append(svc_upload *u, const char *data, size_t len, chord_err *err) {
+    if (u->line_len + len + 1 > u->line_cap) {
+        size_t cap = u->line_cap ? u->line_cap : 4096;
+        while (cap < u->line_len + len + 1) cap *= 2;
+        char *p = realloc(u->line, cap);
+        if (!p) return oom(err);
+        u->line = p;
+        u->line_cap = cap;
+    }
+    memcpy(u->line + u->line_len, data, len);
+    u->line_len += len;
+    return 0;
+}
+
+int svc_upload_write(svc_upload *u, const void *data, size_t len, chord_err *err) {
+    if (u->spoiled) {
+        if (err) *err = u->spoil;
+        return -1;
+    }
+    if (u->bytes + (int64_t)len > u->s->max_upload) {
+        chord_err_setc(err, CHORD_E_TOO_LARGE, "body: upload larger than the limit of %lld bytes",
+                       (long long)u->s->max_upload);
+        return spoil(u, err);
+    }
+    if (store_dataset_upload_write(u->up, data, len, err)) return spoil(u, err);
+    u->bytes += (int64_t)len;
+    const char *p = data, *end = p + len;
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        if (!nl) {
+            if (line_append(u, p, (size_t)(end - p), err)) return spoil(u, err);
+            break;
+        }
+        int64_t line = u->lines + 1;
+        int rc;
+        if (u->line_len > 0) {
+            if (line_append(u, p, (size_t)(nl - p), err)) return spoil(u, err);
+            rc = validate_line(u, u->line, u->line_len, line, err);
+            u->line_len = 0;
+        } else {
+            rc = validate_line(u, p, (size_t)(nl - p), line, err);
+        }
+        if (rc) return spoil(u, err);
+        u->lines = line;
+        p = nl + 1;
+    }
+    return 0;
+}
+
+static void upload_free(svc_upload *u) {
+    svc_store_put(u->s, u->st);
+    free(u->line);
+    free(u);
+}
+
+int svc_upload_commit(svc_upload *u, json_t **dataset, chord_err *err) {
+    if (dataset) *dataset = NULL;
+    if (u->spoiled) {
+        if (err) *err = u->spoil;
+        svc_upload_abort(u);
+        return -1;
+    }
+    if (u->line_len > 0) { /* a last line without '\n' */
+        if (validate_line(u, u->line, u->line_len, u->lines + 1, err)) {
+            spoil(u, err);
+            svc_upload_abort(u);
+            return -1;
+        }
+        u->lines++;
+    }
+    if (u->lines == 0) {
+        chord_err_set(err, "body: empty upload (expected JSON lines)");
+        spoil(u, err);
+        svc_upload_abort(u);
+        return -1;
+    }
+    store_dataset d = {0};
+    int rc = store_dataset_upload_commit(u->up, &d, err);
+    u->up = NULL;
+    svc *s = u->s;
+    upload_free(u);
+    if (rc) return -1;
+    pthread_mutex_lock(&s->stats_mu);
+    s->uploads_total++;
+    s->upload_bytes_total += (uint64_t)d.bytes;
+    pthread_mutex_unlock(&s->stats_mu);
+    LOG_INFO("dataset %s stored: %s, %lld lines, %lld bytes", d.id,
+             store_dataset_kind_name(d.kind), (long long)d.line_count, (long long)d.bytes);
+    if (dataset) {
+        *dataset = dataset_json(&d);
+        if (!*dataset) rc = oom(err);
+    }
+    store_dataset_free(&d);
+    return rc;
+}
+
+void svc_upload_abort(svc_upload *u) {
+    if (!u) return;
+    store_dataset_upload_abort(u->up);
+    upload_free(u);
+}
+
+int svc_dataset_get(svc *s, const char *id, json_t **dataset, chord_err *err) {
+    *dataset = NULL;
+    store *st = svc_store_get(s, err);
+    if (!st) return -1;
+    store_dataset d = {0};
+    int rc = store_dataset_get(st, id, &d, err);
+    svc_store_put(s, st);
+    if (rc) return -1;
+    *dataset = dataset_json(&d);
+    store_dataset_free(&d);
+    return *dataset ? 0 : oom(err);
+}
+
+int svc_dataset_list(svc *s, size_t offset, size_t limit, json_t **list, chord_err *err) {
+    *list = NULL;
+    if (limit == 0 || limit > SVC_LIST_LIMIT_MAX) limit = SVC_LIST_LIMIT_MAX;
+    store *st = svc_store_get(s, err);
+    if (!st) return -1;
+    store_dataset *items = NULL;
+    size_t n = 0;
+    int64_t total = 0;
+    int rc = store_dataset_list(st, offset, limit, &items, &n, &total, err);
+    svc_store_put(s, st);
+    if (rc) return -1;
+    json_t *arr = json_array();
+    int bad = !arr;
+    for (size_t i = 0; i < n && !bad; i++)
+        if (json_array_append_new(arr, dataset_json(&items[i]))) bad = 1;
+    store_dataset_list_free(items, n);
+    if (bad) {
+        json_decref(arr);
+        return oom(err);
+    }
+    *list = svc_json_list(arr, total, offset, limit);
+    return *list ? 0 : oom(err);
+}
+
+/* ---- models ------------------------------------------------------------------------------- */
+
+static json_t *model_json(const store_model *m) {
+    json_t *o = json_object();
+    if (!o) return NULL;
+    int bad = 0;
+    json_t *config = json_loads(m->config_json, 0, NULL);
+    svc_json_put(o, "id", json_string(m->id), &bad);
+    svc_json_put(o, "name", json_string(m->name ? m->name : ""), &bad);
+    svc_json_put(o, "source", json_string(m->directory ? "directory" : "init"), &bad);
+    svc_json_put(o, "path", svc_json_str(m->directory), &bad);
+    svc_json_put(o, "tokenizer", svc_json_str(m->tokenizer_dir), &bad);
+    svc_json_put(o, "config", config ? config : json_object(), &bad);
+    svc_json_put(o, "created_at", svc_json_time(m->created_ms), &bad);
+    if (bad) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
+}
+
+int svc_model_register(svc *s, const json_t *doc, json_t **model, chord_err *err) {
+    static const char *const keys[] = {"name", "path", "init", NULL};
+    static const char *const init_keys[] = {"config", "tokenizer", NULL};
+    *model = NULL;
+    if (!json_is_object(doc)) return chord_err_set(err, "body: must be a JSON object");
+    if (check_keys(doc, "", keys, err)) return -1;
+    json_t *name = json_object_get(doc, "name"), *path = json_object_get(doc, "path"),
+           *init = json_object_get(doc, "init");
+    if (name && (!nonempty_string(name) || json_string_length(name) > 200))
+        return chord_err_set(err, "name: must be a string of 1 to 200 bytes");
+    if (path && init) return chord_err_set(err, "path: give path or init, not both");
+    if (!path && !init) return chord_err_set(err, "path: required (or init)");
+
+    char real[PATH_MAX], tok[PATH_MAX + 32];
+    char *config_text = NULL;
+    const char *directory = NULL, *tokenizer = NULL;
+    const char *nm = name ? json_string_value(name) : NULL;
+    if (path) {
+        if (!nonempty_string(path)) return chord_err_set(err, "path: must be a non-empty string");
+        if (svc_resolve_under_root(s, "path", json_string_value(path), real, err)) return -1;
+        if (!chord_is_dir(real))
+            return chord_err_set(err, "path: '%s' is not a directory", json_string_value(path));
+        model_config mc;
+        if (model_config_load(real, &mc, err)) return chord_err_prefix(err, "path");
+        char cfg_path[PATH_MAX + 16];
+        snprintf(cfg_path, sizeof cfg_path, "%s/config.json", real);
+        size_t len;
+        if (chord_read_file(cfg_path, &config_text, &len, err)) return chord_err_prefix(err, "path");
+        directory = real;
+        snprintf(tok, sizeof tok, "%s/tokenizer.json", real);
+        if (chord_is_file(tok)) tokenizer = real;
+        if (!nm) {
+            const char *slash = strrchr(real, '/');
+            nm = slash && slash[1] ? slash + 1 : "model";
+        }
+    } else {
+        if (!json_is_object(init)) return chord_err_set(err, "init: must be an object");
+        if (check_keys(init, "init", init_keys, err)) return -1;
+        json_t *config = json_object_get(init, "config"), *t = json_object_get(init, "tokenizer");
+        if (!json_is_object(config))
+            return chord_err_set(err, "init.config: required object (Hugging Face config.json)");
+        model_config mc;
+        if (model_config_from_json(config, &mc, err)) return chord_err_prefix(err, "init.config");
+        if (t) {
+            if (!nonempty_string(t)) return chord_err_set(err, "init.tokenizer: must be a string");
+            if (svc_resolve_under_root(s, "init.tokenizer", json_string_value(t), tok, err))
+                return -1;
+            tokenizer = tok;
+        }
+        config_text = json_dumps(config, JSON_COMPACT | JSON_SORT_KEYS);
+        if (!config_text) return oom(err);
+        if (!nm) nm = "init-model";
+    }
+    store *st = svc_store_get(s, err);
+    int rc = -1;
+    if (st) {
+        store_model m = {0};
+        rc = store_model_insert(st, nm, directory, config_text, tokenizer, &m, err);
+        if (rc == 0) {
+            LOG_INFO("model %s registered: %s", m.id, directory ? directory : "random init");
+            *model = model_json(&m);
+            if (!*model) rc = oom(err);
+        }
+        store_model_free(&m);
+    }
+    svc_store_put(s, st);
+    free(config_text);
+    return rc;
+}
+
+int svc_model_get(svc *s, const char *id, json_t **model, chord_err *err) {
+    *model = NULL;
+    store *st = svc_store_get(s, err);
+    if (!st) return -1;
+    store_model m = {0};
+    int rc = store_model_get(st, id, &m, err);
+    svc_store_put(s, st);
+    if (rc) return -1;
+    *model = model_json(&m);
+    store_model_free(&m);
+    return *model ? 0 : oom(err);
+}
+
+int svc_model_list(svc *s, size_t offset, size_t limit, json_t **list, chord_err *err) {
+    *list = NULL;
+    if (limit == 0 || limit > SVC_LIST_LIMIT_MAX) limit = SVC_LIST_LIMIT_MAX;
+    store *st = svc_store_get(s, err);
+    if (!st) return -1;
+    store_model *items = NULL;
+    size_t n = 0;
+    int64_t total = 0;
+    int rc = store_model_list(st, offset, limit, &items, &n, &total, err);
+    svc_store_put(s, st);
+    if (rc) return -1;
+    json_t *arr = json_array();
+    int bad = !arr;
+    for (size_t i = 0; i < n && !bad; i++)
+        if (json_array_append_new(arr, model_json(&items[i]))) bad = 1;
+    store_model_list_free(items, n);
+    if (bad) {
+        json_decref(arr);
+        return oom(err);
+    }
+    *list = svc_json_list(arr, total, offset, limit);
+    return *list ? 0 : oom(err);
+}
+
+/* ---- checkpoints -------------------------------------------------------------------------- */
+
+/* Appends {"path", "bytes"} for every regular file under dir/rel, recursively. */
+static int list_files(const char *dir, const char *rel, json_t *arr, int depth) {
+    if (depth > 8) return 0;
+    char path[2 * PATH_MAX + 2];
+    snprintf(path, sizeof path, "%s%s%s", dir, *rel ? "/" : "", rel);
+    DIR *d = opendir(path);
+    if (!d) return -1;
+    struct dirent *e;
+    int rc = 0;
+    while ((e = readdir(d)) && rc == 0) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        char sub[PATH_MAX], full[2 * PATH_MAX + 2];
+        int n = snprintf(sub, sizeof sub, "%s%s%s", rel, *rel ? "/" : "", e->d_name);
+        if (n < 0 || (size_t)n >= sizeof sub) continue;
+        snprintf(full, sizeof full, "%s/%s", dir, sub);
+        struct stat sb;
+        if (lstat(full, &sb)) continue;
+        if (S_ISDIR(sb.st_mode)) {
+            rc = list_files(dir, sub, arr, depth + 1);
+        } else if (S_ISREG(sb.st_mode)) {
+            json_t *o = json_pack("{s:s,s:I}", "path", sub, "bytes", (json_int_t)sb.st_size);
+            if (!o || json_array_append_new(arr, o)) rc = -1;
+        }
+    }
+    closedir(d);
+    return rc;
+}
+
+static int by_path(const void *a, const void *b) {
+    const json_t *x = *(json_t *const *)a, *y = *(json_t *const *)b;
+    return strcmp(json_string_value(json_object_get(x, "path")),
+                  json_string_value(json_object_get(y, "path")));
+}
+
+json_t *svc_checkpoint_json(const store_checkpoint *c) {
+    json_t *o = json_object();
+    if (!o) return NULL;
+    int bad = 0;
+    svc_json_put(o, "id", json_string(c->id), &bad);
+    svc_json_put(o, "job_id", json_string(c->job_id), &bad);
+    svc_json_put(o, "step", json_integer(c->step), &bad);
+    svc_json_put(o, "sha256", json_string(c->sha256), &bad);
+    svc_json_put(o, "bytes", json_integer(c->bytes), &bad);
+    svc_json_put(o, "created_at", svc_json_time(c->created_ms), &bad);
+    json_t *files = json_array();
+    if (files && list_files(c->path, "", files, 0) == 0) {
+        size_t n = json_array_size(files);
+        json_t **tmp = n ? malloc(n * sizeof *tmp) : NULL;
+        if (tmp) {
+            for (size_t i = 0; i < n; i++) tmp[i] = json_incref(json_array_get(files, i));
+            qsort(tmp, n, sizeof *tmp, by_path);
+            json_array_clear(files);
+            for (size_t i = 0; i < n; i++) json_array_append_new(files, tmp[i]);
+            free(tmp);
+        }
+    }
+    svc_json_put(o, "files", files ? files : json_array(), &bad);
+    if (bad) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
+}
+
+static int job_exists(svc *s, store *st, const char *job_id, chord_err *err) {
+    (void)s;
+    store_job j = {0};
+    int rc = store_job_get(st, job_id, &j, err);
+    store_job_free(&j);
+    return rc;
+}
+
+int svc_checkpoint_list(svc *s, const char *job_id, json_t **out, chord_err *err) {
+    *out = NULL;
+    store *st = svc_store_get(s, err);
+    if (!st) return -1;
+    store_checkpoint *items = NULL;
+    size_t n = 0;
+    int rc = job_exists(s, st, job_id, err);
+    if (rc == 0) rc = store_checkpoint_list(st, job_id, &items, &n, err);
+    svc_store_put(s, st);
+    if (rc) return -1;
+    json_t *arr = json_array();
+    int bad = !arr;
+    for (size_t i = 0; i < n && !bad; i++)
+        if (json_array_append_new(arr, svc_checkpoint_json(&items[i]))) bad = 1;
+    store_checkpoint_list_free(items, n);
+    if (bad) {
+        json_decref(arr);
+        return oom(err);
+    }
+    *out = svc_json_list(arr, (int64_t)n, 0, n);
+    return *out ? 0 : oom(err);
+}
+
+/* Finds checkpoint (job_id, step); step < 0 = the latest. */
+static int find_checkpoint(store *st, const char *job_id, int64_t step, store_checkpoint *out,
+                           chord_err *err) {
+    store_checkpoint *items = NULL;
+    size_t n = 0;
+    if (store_checkpoint_list(st, job_id, &items, &n, err)) return -1;
+    int found = 0;
+    for (size_t i = n; i-- > 0 && !found;) {
+        if (step >= 0 && items[i].step != step) continue;
+        *out = items[i];
+        memset(&items[i], 0, sizeof items[i]);
+        found = 1;
+    }
+    store_checkpoint_list_free(items, n);
+    if (!found) {
+        if (step >= 0)
+            return chord_err_setc(err, CHORD_E_NOT_FOUND, "job %s has no checkpoint at step %lld",
+                                  job_id, (long long)step);
+        return chord_err_setc(err, CHORD_E_NOT_FOUND, "job %s has no checkpoint yet", job_id);
+    }
+    return 0;
+}
+
+int svc_checkpoint_file(svc *s, const char *job_id, int64_t step, const char *relpath, char *out,
+                        size_t outlen, int64_t *size, chord_err *err) {
+    if (!relpath || !*relpath || relpath[0] == '/')
+        return chord_err_set(err, "path: must be a relative file path inside the checkpoint");
+    for (const char *p = relpath; *p;) { /* no ".." component */
+        const char *slash = strchr(p, '/');
+        size_t n = slash ? (size_t)(slash - p) : strlen(p);
+        if ((n == 2 && p[0] == '.' && p[1] == '.') || n == 0)
+            return chord_err_set(err, "path: '%s' must not contain '..' or empty components",
+                                 relpath);
+        p += n + (slash ? 1 : 0);
+    }
+    store *st = svc_store_get(s, err);
+    if (!st) return -1;
+    store_checkpoint ck = {0};
+    int rc = job_exists(s, st, job_id, err);
+    if (rc == 0) rc = find_checkpoint(st, job_id, step, &ck, err);
+    svc_store_put(s, st);
+    if (rc) return -1;
+    char base[PATH_MAX], cand[PATH_MAX * 2], real[PATH_MAX];
+    if (!realpath(ck.path, base)) {
+        store_checkpoint_free(&ck);
+        return chord_err_setc(err, CHORD_E_NOT_FOUND, "checkpoint directory is missing");
+    }
+    snprintf(cand, sizeof cand, "%s/%s", base, relpath);
+    store_checkpoint_free(&ck);
+    if (!realpath(cand, real))
+        return chord_err_setc(err, CHORD_E_NOT_FOUND, "checkpoint has no file '%s'", relpath);
+    size_t bl = strlen(base);
+    if (strncmp(real, base, bl) != 0 || real[bl] != '/')
+        return chord_err_set(err, "path: '%s' leaves the checkpoint directory", relpath);
+    struct stat sb;
+    if (stat(real, &sb) || !S_ISREG(sb.st_mode))
+        return chord_err_setc(err, CHORD_E_NOT_FOUND, "checkpoint has no file '%s'", relpath);
+    if (strlen(real) + 1 > outlen)
+        return chord_err_setc(err, CHORD_E_INTERNAL, "path too long");
+    memcpy(out, real, strlen(real) + 1);
+    *size = (int64_t)sb.st_size;
+    return 0;
+}
+
+/* ---- rollouts ----------------------------------------------------------------------------- */
+
+static json_t *rollout_json(const store_rollout *r) {
+    json_t *o = json_object();
+    if (!o) return NULL;
+    int bad = 0;
+    json_t *req = json_loads(r->request_json, 0, NULL);
+    json_t *res = r->result_json ? json_loads(r->result_json, 0, NULL) : NULL;
+    svc_json_put(o, "id", json_string(r->id), &bad);
+    svc_json_put(o, "state", json_string(store_rollout_state_name(r->state)), &bad);
+    svc_json_put(o, "request", req ? req : json_object(), &bad);
+    svc_json_put(o, "result", res ? res : json_null(), &bad);
+    svc_json_put(o, "error", svc_json_str(r->error), &bad);
+    svc_json_put(o, "created_at", svc_json_time(r->created_ms), &bad);
+    svc_json_put(o, "finished_at", svc_json_time(r->finished_ms), &bad);
+    if (bad) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
+}
+
+static int read_int_field(const json_t *doc, const char *key, int64_t lo, int64_t hi, int64_t def,
+                          int64_t *out, chord_err *err) {
+    json_t *v = json_object_get(doc, key);
+    *out = def;
+    if (!v) return 0;
+    if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi)
+        return chord_err_set(err, "%s: must be an integer in [%lld, %lld]", key, (long long)lo,
+                             (long long)hi);
+    *out = json_integer_value(v);
+    return 0;
+}
+
+static int read_real_field(const json_t *doc, const char *key, double lo, double hi, int lo_open,
+                           double def, double *out, chord_err *err) {
+    json_t *v = json_object_get(doc, key);
+    *out = def;
+    if (!v) return 0;
+    double x = json_number_value(v);
+    if (!json_is_number(v) || x < lo || x > hi || (lo_open && x == lo))
+        return chord_err_set(err, "%s: must be a number in %s%g, %g]", key, lo_open ? "(" : "[",
+                             lo, hi);
+    *out = x;
+    return 0;
+}
+
+/* Checks the request and builds the resolved document for the generator (rollout.h). */
+static int rollout_resolve(svc *s, store *st, const json_t *doc, json_t *out, chord_err *err) {
+    static const char *const keys[] = {"prompts", "messages", "model", "checkpoint", "n",
+                                       "temperature", "top_p", "max_tokens", "seed", "answers",
+                                       "reward", NULL};
+    if (!json_is_object(doc)) return chord_err_set(err, "body: must be a JSON object");
+    if (check_keys(doc, "", keys, err)) return -1;
+    json_t *prompts = json_object_get(doc, "prompts"), *messages = json_object_get(doc, "messages");
+    int bad = 0;
+    size_t count = 0;
+    if (prompts && messages) return chord_err_set(err, "prompts: give prompts or messages, not both");
+    if (!prompts && !messages) return chord_err_set(err, "prompts: required (or messages)");
+    if (prompts) {
+        if (!json_is_array(prompts) || json_array_size(prompts) == 0 ||
+            json_array_size(prompts) > 256)
+            return chord_err_set(err, "prompts: must be an array of 1 to 256 strings");
+        size_t i;
+        json_t *p;
+        json_array_foreach(prompts, i, p) if (!nonempty_string(p)) return chord_err_set(
+            err, "prompts[%zu]: must be a non-empty string", i);
+        count = json_array_size(prompts);
+        svc_json_put(out, "prompts", json_deep_copy(prompts), &bad);
+    } else {
+        if (!json_is_array(messages) || json_array_size(messages) == 0 ||
+            json_array_size(messages) > 256)
+            return chord_err_set(err, "messages: must be an array of 1 to 256 conversations");
+        size_t i;
+        json_t *conv;
+        json_array_foreach(messages, i, conv) {
+            int assistant;
+            if (check_messages(conv, 0, &assistant, err))
+                return chord_err_prefix(err, "messages[%zu]", i);
+        }
+        count = json_array_size(messages);
+        svc_json_put(out, "messages", json_deep_copy(messages), &bad);
+    }
+    json_t *model = json_object_get(doc, "model"), *ck = json_object_get(doc, "checkpoint");
+    if (model && ck) return chord_err_set(err, "model: give model or checkpoint, not both");
+    if (!model && !ck) return chord_err_set(err, "model: required (or checkpoint)");
+    char *dir = NULL, *tok = NULL;
+    json_t *init = NULL;
+    if (model) {
+        if (!nonempty_string(model))
+            return chord_err_set(err, "model: must be a model id or a directory");
+        if (svc_resolve_model(s, st, "model", json_string_value(model), &dir, &init, &tok, err))
+            return -1;
+        svc_json_put(out, "checkpoint_dir", json_null(), &bad);
+        svc_json_put(out, "job_id", json_null(), &bad);
+    } else {
+        static const char *const ck_keys[] = {"job_id", "step", NULL};
+        if (!json_is_object(ck)) return chord_err_set(err, "checkpoint: must be an object");
+        if (check_keys(ck, "checkpoint", ck_keys, err)) return -1;
+        json_t *job = json_object_get(ck, "job_id"), *step = json_object_get(ck, "step");
+        if (!nonempty_string(job)) return chord_err_set(err, "checkpoint.job_id: required string");
+        if (step && (!json_is_integer(step) || json_integer_value(step) < 0))
+            return chord_err_set(err, "checkpoint.step: must be an integer >= 0");
+        store_checkpoint c = {0};
+        if (job_exists(s, st, json_string_value(job), err) ||
+            find_checkpoint(st, json_string_value(job), step ? json_integer_value(step) : -1, &c,
+                            err)) {
+            if (err && err->code == CHORD_E_NOT_FOUND) err->code = CHORD_E_INVALID;
+            return chord_err_prefix(err, "checkpoint");
+        }
+        svc_json_put(out, "checkpoint_dir", json_string(c.path), &bad);
+        svc_json_put(out, "job_id", json_string(c.job_id), &bad);
+        store_checkpoint_free(&c);
+    }
+    svc_json_put(out, "model_dir", svc_json_str(dir), &bad);
+    svc_json_put(out, "model_init", init ? init : json_null(), &bad);
+    svc_json_put(out, "tokenizer_dir", svc_json_str(tok), &bad);
+    free(dir);
+    free(tok);
+    int64_t n, max_tokens, seed;
+    double temperature, top_p;
+    if (read_int_field(doc, "n", 1, 64, 1, &n, err) ||
+        read_real_field(doc, "temperature", 0, 100, 0, 1.0, &temperature, err) ||
+        read_real_field(doc, "top_p", 0, 1, 1, 1.0, &top_p, err) ||
+        read_int_field(doc, "max_tokens", 1, 32768, 256, &max_tokens, err) ||
+        read_int_field(doc, "seed", 0, INT64_MAX, 0, &seed, err))
+        return -1;
+    svc_json_put(out, "n", json_integer(n), &bad);
+    svc_json_put(out, "temperature", json_real(temperature), &bad);
+    svc_json_put(out, "top_p", json_real(top_p), &bad);
+    svc_json_put(out, "max_tokens", json_integer(max_tokens), &bad);
+    svc_json_put(out, "seed", json_integer(seed), &bad);
+    json_t *answers = json_object_get(doc, "answers"), *reward = json_object_get(doc, "reward");
+    if (answers) {
+        if (!json_is_array(answers) || json_array_size(answers) != count)
+            return chord_err_set(err, "answers: must be an array with one answer per prompt (%zu)",
+                                 count);
+        size_t i;
+        json_t *a;
+        json_array_foreach(answers, i, a) if (!json_is_string(a) && !json_is_number(a)) return
+            chord_err_set(err, "answers[%zu]: must be a string or number", i);
+    }
+    if (reward && (!json_is_object(reward) || !json_is_string(json_object_get(reward, "type"))))
+        return chord_err_set(err, "reward: must be an object with a \"type\"");
+    svc_json_put(out, "answers", answers ? json_deep_copy(answers) : json_null(), &bad);
+    svc_json_put(out, "reward", reward ? json_deep_copy(reward) : json_null(), &bad);
+    return bad ? oom(err) : 0;
+}
+
+int svc_rollout_create(svc *s, const json_t *doc, json_t **rollout, chord_err *err) {
+    *rollout = NULL;
+    if (svc_stopping(s))
+        return chord_err_setc(err, CHORD_E_UNAVAILABLE, "server is stopping: not accepting work");
+    store *st = svc_store_get(s, err);
+    if (!st) return -1;
+    json_t *req = json_object();
+    char *text = NULL;
+    int rc = -1;
+    if (!req) {
+        oom(err);
+        goto done;
+    }
+    if (rollout_resolve(s, st, doc, req, err)) goto done;
+    if (!s->jobs) {
+        chord_err_setc(err, CHORD_E_UNAVAILABLE, "rollouts: this server runs no workers");
+        goto done;
+    }
+    text = json_dumps(req, JSON_COMPACT | JSON_SORT_KEYS);
+    if (!text) {
+        oom(err);
+        goto done;
+    }
+    store_rollout r = {0};
+    if (store_rollout_create(st, text, &r, err)) goto done;
+    if (jobs_submit_rollout(s->jobs, r.id, err)) {
+        store_rollout_finish(st, r.id, NULL, err->msg, NULL);
+        store_rollout_free(&r);
+        goto done;
+    }
+    *rollout = rollout_json(&r);
+    store_rollout_free(&r);
+    rc = *rollout ? 0 : oom(err);
+done:
+    free(text);
+    json_decref(req);
+    svc_store_put(s, st);
+    return rc;
+}
+
+int svc_rollout_get(svc *s, const char *id, json_t **rollout, chord_err *err) {
+    *rollout = NULL;
+    store *st = svc_store_get(s, err);
+    if (!st) return -1;
+    store_rollout r = {0};
+    int rc = store_rollout_get(st, id, &r, err);
+    svc_store_put(s, st);
+    if (rc) return -1;
+    *rollout = rollout_json(&r);
+    store_rollout_free(&r);
+    return *rollout ? 0 : oom(err);
+}

@@ -1,0 +1,110 @@
+/* service_internal.h — what the server/service*.c files share: the service struct, the pool of
+ * SQLite handles, JSON helpers that turn store records into API resources. Not a public
+ * interface: transports include service.h only. */
+#ifndef CHORD_SERVER_SERVICE_INTERNAL_H
+#define CHORD_SERVER_SERVICE_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "server/jobs/jobs.h"
+#include "server/service.h"
+#include "storage/store.h"
+
+#define SVC_HIST_BUCKETS 12
+#define SVC_MAX_ROUTES 64
+
+/* Requests served, by (transport, route, method, status), with a latency histogram per route. */
+typedef struct svc_route_stat {
+    char transport[8];
+    char route[64];
+    char method[8];
+    int status;
+    uint64_t count;
+} svc_route_stat;
+
+typedef struct svc_latency {
+    char transport[8];
+    char route[64];
+    uint64_t buckets[SVC_HIST_BUCKETS]; /* cumulative counts are computed when rendering */
+    uint64_t count;
+    double sum;
+} svc_latency;
+
+struct svc_watch {
+    svc *s;
+    char job_id[STORE_ID_MAX];
+    svc_notify_fn notify;
+    void *user;
+    atomic_int dirty;  /* set by publish: something may be new */
+    int recheck;       /* the last poll returned an event: look again */
+    int done;
+    int last_state;    /* -1 before the first state event */
+    int64_t next_step;
+    int64_t last_ckpt_step;
+    struct svc_watch *next;
+};
+
+struct svc {
+    char *data_dir;
+    char *models_root;      /* realpath */
+    int64_t max_upload;
+    double started;         /* chord_now() at open */
+    int64_t started_ms;
+    atomic_int stopping;
+    char **devices;
+    int n_devices;
+    jobs_pool *jobs;
+
+    pthread_mutex_t pool_mu; /* the store handle pool */
+    store **free_handles;
+    size_t n_free, cap_free;
+
+    pthread_mutex_t hub_mu; /* watches */
+    svc_watch *watches;
+
+    pthread_mutex_t stats_mu; /* Prometheus counters */
+    svc_route_stat routes[SVC_MAX_ROUTES * 4];
+    size_t n_routes;
+    svc_latency latencies[SVC_MAX_ROUTES];
+    size_t n_latencies;
+    uint64_t steps_total;
+    uint64_t uploads_total, upload_bytes_total, upload_rejected_total;
+    double tokens_per_s_train, tokens_per_s_rollout;
+};
+
+/* A store handle for the calling thread's exclusive use until svc_store_put. NULL with err
+ * set when none can be opened. */
+store *svc_store_get(svc *s, chord_err *err);
+void svc_store_put(svc *s, store *st);
+
+/* Wakes every watch of `id` (a job). */
+void svc_publish(svc *s, const char *id);
+
+/* RFC 3339 string for a timestamp, or JSON null when ms is 0. */
+json_t *svc_json_time(int64_t ms);
+/* json_string or null. */
+json_t *svc_json_str(const char *s);
+/* A number, or null for NaN / infinity (JSON has neither). */
+json_t *svc_json_real(double v);
+/* Adds (steals) value under key; sets *bad on failure. */
+void svc_json_put(json_t *obj, const char *key, json_t *value, int *bad);
+/* {"items", "total", "offset", "limit"} (steals items). */
+json_t *svc_json_list(json_t *items, int64_t total, size_t offset, size_t limit);
+
+json_t *svc_job_json(const store_job *j);
+json_t *svc_checkpoint_json(const store_checkpoint *c);
+
+/* Resolves `path` (relative to the models root, or absolute) to its realpath inside the root;
+ * `field` names it in errors. out has PATH_MAX bytes. */
+int svc_resolve_under_root(svc *s, const char *field, const char *path, char *out,
+                           chord_err *err);
+
+/* Resolves a job's or rollout's "model" reference: a registered model id or a directory under
+ * the models root. *dir gets the absolute directory (malloc'd) or NULL for a random-init model,
+ * whose HF config then goes to *init_config (new reference); *tokenizer the tokenizer dir or
+ * NULL. */
+int svc_resolve_model(svc *s, store *st, const char *field, const char *ref, char **dir,
+                      json_t **init_config, char **tokenizer, chord_err *err);
+
+#endif
