@@ -1,11 +1,238 @@
-/* cmd_train.c — `chordd train`. Placeholder until its issue lands: says so and fails. */
+/* cmd_train.c — `chordd train JOB.json`: one training job in the foreground, for pipelines and
+ * debugging. Prints a progress line per step on stderr, writes checkpoints under --out, and can
+ * resume from the newest one. The same trainer (server/train/trainer.h) the service runs. */
+#include <dirent.h>
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
 #include "api/commands.h"
+#include "kernels/ops.h"
+#include "server/base/fileutil.h"
+#include "server/base/log.h"
+#include "server/train/demo.h"
+#include "server/train/jobconfig.h"
+#include "server/train/trainer.h"
+
+static volatile sig_atomic_t g_stop;
+
+static void on_signal(int sig) {
+    (void)sig;
+    g_stop = 1;
+}
+
+typedef struct run_ctx {
+    const char *out;
+    FILE *metrics;
+    int64_t stop_after; /* stop (with a checkpoint) once this many steps are done; 0 = never */
+    int64_t last_step;
+    int quiet;
+} run_ctx;
+
+static int cb_on_step(void *user, int64_t step, const char *const *names, const double *values,
+                      int n) {
+    run_ctx *r = user;
+    r->last_step = step;
+    if (!r->metrics) return 0;
+    fprintf(r->metrics, "{\"step\": %lld, \"metrics\": {", (long long)step);
+    for (int i = 0; i < n; i++)
+        fprintf(r->metrics, "%s\"%s\": %.17g", i ? ", " : "", names[i], values[i]);
+    fprintf(r->metrics, "}}\n");
+    return fflush(r->metrics) == 0 ? 0 : -1;
+}
+
+static int cb_checkpoint_begin(void *user, int64_t step, char *dir, size_t dirlen,
+                               chord_err *err) {
+    run_ctx *r = user;
+    if ((size_t)snprintf(dir, dirlen, "%s/checkpoints/step_%lld.tmp", r->out, (long long)step) >=
+        dirlen)
+        return chord_err_set(err, "checkpoint path too long");
+    return chord_mkdirs(dir, err);
+}
+
+static int cb_checkpoint_commit(void *user, int64_t step, const char *dir, chord_err *err) {
+    run_ctx *r = user;
+    char final_dir[4096 + 64], parent[4096 + 16];
+    snprintf(final_dir, sizeof final_dir, "%s/checkpoints/step_%lld", r->out, (long long)step);
+    snprintf(parent, sizeof parent, "%s/checkpoints", r->out);
+    if (chord_is_dir(final_dir)) {
+        /* a re-run of the same step after a resume: replace it */
+        char cmd[8300];
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", final_dir);
+        if (system(cmd) != 0) return chord_err_setc(err, CHORD_E_IO, "cannot replace %s", final_dir);
+    }
+    if (rename(dir, final_dir) != 0)
+        return chord_err_setc(err, CHORD_E_IO, "rename %s: %s", dir, strerror(errno));
+    return chord_fsync_dir(parent, err);
+}
+
+static int cb_should_stop(void *user, int *checkpoint_on_stop) {
+    run_ctx *r = user;
+    *checkpoint_on_stop = 1;
+    if (g_stop) return 1;
+    return r->stop_after > 0 && r->last_step >= r->stop_after;
+}
+
+static void cb_on_log(void *user, const char *line) {
+    run_ctx *r = user;
+    if (!r->quiet) LOG_INFO("%s", line);
+}
+
+/* The newest committed checkpoint under out/checkpoints (step_N, highest N). */
+static int find_latest_checkpoint(const char *out, char *dir, size_t dirlen) {
+    char parent[4096 + 16];
+    snprintf(parent, sizeof parent, "%s/checkpoints", out);
+    DIR *d = opendir(parent);
+    if (!d) return 0;
+    long long best = -1;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        long long n;
+        char tail;
+        if (sscanf(e->d_name, "step_%lld%c", &n, &tail) == 1 && n > best) best = n;
+    }
+    closedir(d);
+    if (best < 0) return 0;
+    return (size_t)snprintf(dir, dirlen, "%s/step_%lld", parent, best) < dirlen;
+}
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: chordd train JOB.json [options]\n"
+            "       chordd train --demo [options]\n\n"
+            "Runs one CHORD training job in the foreground (the job document: docs/job.md).\n"
+            "Data fields may be JSONL paths or \"builtin:arith\" (the built-in task).\n\n"
+            "  --out DIR          output directory (checkpoints/, data/) [./chord-train/<name>]\n"
+            "  --resume           continue from the newest checkpoint in --out\n"
+            "  --device DEV       auto | cpu | cuda | cuda:N (overrides the job's device)\n"
+            "  --threads N        CPU threads (default: all cores)\n"
+            "  --steps N          override the job's step count\n"
+            "  --metrics-out F    append one JSON line of metrics per step to F\n"
+            "  --stop-after N     stop after step N with a checkpoint (as if interrupted)\n"
+            "  --demo             the embedded default job (random-init model, built-in task)\n"
+            "  --quiet            no progress lines\n");
+}
 
 int cmd_train(int argc, char **argv) {
-    (void)argc;
-    (void)argv;
-    fprintf(stderr, "chordd train: not implemented yet\n");
-    return 2;
+    static const struct option opts[] = {
+        {"out", required_argument, 0, 'o'},     {"resume", no_argument, 0, 'r'},
+        {"device", required_argument, 0, 'd'},  {"threads", required_argument, 0, 't'},
+        {"steps", required_argument, 0, 's'},   {"metrics-out", required_argument, 0, 'm'},
+        {"stop-after", required_argument, 0, 'S'}, {"demo", no_argument, 0, 'D'},
+        {"quiet", no_argument, 0, 'q'},         {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0}};
+    const char *out = NULL, *device = NULL, *metrics_path = NULL;
+    int resume = 0, threads = 0, demo = 0, quiet = 0;
+    long long steps_override = 0, stop_after = 0;
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'o': out = optarg; break;
+        case 'r': resume = 1; break;
+        case 'd': device = optarg; break;
+        case 't': threads = atoi(optarg); break;
+        case 's': steps_override = atoll(optarg); break;
+        case 'm': metrics_path = optarg; break;
+        case 'S': stop_after = atoll(optarg); break;
+        case 'D': demo = 1; break;
+        case 'q': quiet = 1; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (!demo && optind != argc - 1) {
+        usage(stderr);
+        return 2;
+    }
+    chord_err err = {0};
+    job_config cfg;
+    int rc;
+    if (demo)
+        rc = jobconfig_parse(trainer_demo_job_json(), &cfg, &err);
+    else
+        rc = jobconfig_load(argv[optind], &cfg, &err);
+    if (rc != 0) {
+        fprintf(stderr, "chordd train: %s\n", err.msg);
+        return 2;
+    }
+    if (steps_override > 0) cfg.steps = steps_override;
+    char outbuf[4096];
+    if (!out) {
+        snprintf(outbuf, sizeof outbuf, "chord-train/%s", cfg.name && *cfg.name ? cfg.name : "job");
+        out = outbuf;
+    }
+    int status = 1;
+    ops_ctx *ops = NULL;
+    FILE *metrics = NULL;
+    char paths[3][4096 + 64];
+    const char *refs[3] = {cfg.data_prompts, cfg.data_expert, cfg.data_eval};
+    static const char *which[3] = {"prompts", "expert", "eval"};
+    const char *resolved[3] = {NULL, NULL, NULL};
+    char datadir[4096 + 16];
+    snprintf(datadir, sizeof datadir, "%s/data", out);
+    if (chord_mkdirs(out, &err) != 0) goto fail;
+    for (int i = 0; i < 3; i++) {
+        if (!refs[i]) continue;
+        if (trainer_data_is_builtin(refs[i])) {
+            if (trainer_builtin_data(datadir, cfg.seed, which[i], paths[i], sizeof paths[i],
+                                     &err) != 0)
+                goto fail;
+            resolved[i] = paths[i];
+        } else {
+            resolved[i] = refs[i];
+        }
+    }
+    char errbuf[512];
+    ops = ops_open(device ? device : (cfg.device ? cfg.device : "auto"), threads, errbuf,
+                   sizeof errbuf);
+    if (!ops) {
+        chord_err_set(&err, "%s", errbuf);
+        goto fail;
+    }
+    if (metrics_path && !(metrics = fopen(metrics_path, "a"))) {
+        chord_err_set(&err, "%s: %s", metrics_path, strerror(errno));
+        goto fail;
+    }
+    char resume_dir[8192];
+    int have_resume = resume && find_latest_checkpoint(out, resume_dir, sizeof resume_dir);
+    if (resume && !have_resume) LOG_INFO("no checkpoint in %s/checkpoints: starting fresh", out);
+    trainer_env env = {.ops = ops,
+                       .prompts_path = resolved[0],
+                       .expert_path = resolved[1],
+                       .eval_path = resolved[2],
+                       .model_dir = cfg.model_path,
+                       .tokenizer_dir = cfg.model_init_tokenizer,
+                       .resume_dir = have_resume ? resume_dir : NULL};
+    run_ctx r = {.out = out, .metrics = metrics, .stop_after = stop_after, .quiet = quiet};
+    trainer_callbacks cb = {.user = &r,
+                            .on_step = cb_on_step,
+                            .checkpoint_begin = cb_checkpoint_begin,
+                            .checkpoint_commit = cb_checkpoint_commit,
+                            .should_stop = cb_should_stop,
+                            .on_log = cb_on_log};
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    double t0 = chord_now();
+    int tr = trainer_run(&cfg, &env, &cb, &err);
+    if (tr == TRAINER_FAILED) goto fail;
+    LOG_INFO("%s after step %lld in %.1fs; checkpoints in %s/checkpoints",
+             tr == TRAINER_DONE ? "done" : "stopped", (long long)r.last_step, chord_now() - t0,
+             out);
+    status = 0;
+    goto done;
+fail:
+    fprintf(stderr, "chordd train: %s\n", err.msg);
+done:
+    if (metrics) fclose(metrics);
+    ops_close(ops);
+    jobconfig_free(&cfg);
+    return status;
 }
