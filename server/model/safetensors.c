@@ -468,6 +468,7 @@ void st_close(st_reader *r) {
 }
 
 static const st_entry *find_entry(const st_reader *r, const char *name) {
+    if (r->n == 0) return NULL;
     st_entry key;
     key.info.name = name;
     return bsearch(&key, r->entries, (size_t)r->n, sizeof key, cmp_entry_name);
@@ -475,7 +476,7 @@ static const st_entry *find_entry(const st_reader *r, const char *name) {
 
 /* After all files are read: sort by name and refuse a name held twice (across shards). */
 static int finish_index(st_reader *r, chord_err *err) {
-    qsort(r->entries, (size_t)r->n, sizeof *r->entries, cmp_entry_name);
+    if (r->n > 1) qsort(r->entries, (size_t)r->n, sizeof *r->entries, cmp_entry_name);
     for (int i = 1; i < r->n; i++) {
         if (strcmp(r->entries[i].info.name, r->entries[i - 1].info.name) == 0)
             return chord_err_set(err, "tensor %s: held by both %s and %s", r->entries[i].info.name,
