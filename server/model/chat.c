@@ -78,10 +78,6 @@ int chat_template_by_name(const char *name, const tok_tokenizer *tok, chat_templ
             if (out->family == CHAT_CHATML && tok)
                 extract_default_system(tok_chat_template(tok), out->default_system,
                                        sizeof out->default_system);
-            if (out->family == CHAT_DEEPSEEK_V3 && !*out->bos)
-                out->bos = "<\xef\xbd\x9c"
-                           "begin\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>";
-            if (out->family == CHAT_LLAMA3 && !*out->bos) out->bos = "<|begin_of_text|>";
             return 0;
         }
     }

@@ -15,9 +15,10 @@ import sys
 import tempfile
 import unicodedata
 
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer
 
 import tok_corpus
+from tok_files import train_hf_tokenizer
 
 CHORDD, DATA = sys.argv[1], sys.argv[2]
 failures = []
@@ -110,55 +111,6 @@ def check_tokenizer(name, tdir, specials, roundtrip=True):
         else:
             n_ok += 1
     print(f"{name}: {n_ok} of {len(nonempty) + len(raw_cases)} cases equal HF", flush=True)
-
-
-def train_hf_tokenizer(out_dir, style):
-    """A byte-level BPE trained by `tokenizers` itself, saved in GPT-2 or Llama 3 style."""
-    os.makedirs(out_dir, exist_ok=True)
-    corpus = [t for _, t in tok_corpus.cases([])] * 3
-    if style == "gpt2":
-        tok = Tokenizer(models.BPE())
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tok.decoder = decoders.ByteLevel()
-        tok.post_processor = processors.ByteLevel(trim_offsets=False)
-        specials = ["<|endoftext|>"]
-        cfg = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
-               "tokenizer_class": "GPT2TokenizerFast"}
-    elif style == "gpt2_prefix":
-        # RoBERTa/GPT-2 with add_prefix_space: ByteLevel adds a space to every split piece
-        tok = Tokenizer(models.BPE())
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
-        tok.decoder = decoders.ByteLevel()
-        specials = ["<s>", "</s>", "<mask>"]
-        cfg = {"bos_token": "<s>", "eos_token": "</s>"}
-    else:  # llama3
-        llama3_regex = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
-                        r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-        tok = Tokenizer(models.BPE(ignore_merges=True))
-        tok.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(llama3_regex), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True,
-                                     use_regex=False)])
-        tok.decoder = decoders.ByteLevel()
-        specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
-                    "<|end_header_id|>", "<|eot_id|>"]
-        cfg = {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>",
-               "tokenizer_class": "PreTrainedTokenizerFast"}
-    trainer = trainers.BpeTrainer(vocab_size=1500, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
-    tok.train_from_iterator(corpus, trainer)
-    if style == "llama3":
-        bos = tok.token_to_id("<|begin_of_text|>")
-        tok.post_processor = processors.Sequence([
-            processors.ByteLevel(trim_offsets=False),
-            processors.TemplateProcessing(single="<|begin_of_text|> $A",
-                                          pair="<|begin_of_text|> $A <|begin_of_text|> $B",
-                                          special_tokens=[("<|begin_of_text|>", bos)])])
-    tok.save(os.path.join(out_dir, "tokenizer.json"))
-    with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
-        json.dump(cfg, f)
-    return specials
 
 
 def check_add_special(name, tdir, hf_expect_fn):

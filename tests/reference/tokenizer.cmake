@@ -4,6 +4,9 @@
 add_test(NAME reference.tokenizer
          COMMAND ${CHORD_PYTHON} ${CMAKE_CURRENT_LIST_DIR}/tok_reference.py $<TARGET_FILE:chordd>
                  ${CHORD_TEST_DATA})
-set_tests_properties(reference.tokenizer PROPERTIES
-  ENVIRONMENT "TOKENIZERS_PARALLELISM=false;RAYON_NUM_THREADS=1"
+add_test(NAME reference.chat_template
+         COMMAND ${CHORD_PYTHON} ${CMAKE_CURRENT_LIST_DIR}/tok_chat.py $<TARGET_FILE:chordd>
+                 ${CHORD_TEST_DATA})
+set_tests_properties(reference.tokenizer reference.chat_template PROPERTIES
+  ENVIRONMENT "TOKENIZERS_PARALLELISM=false;RAYON_NUM_THREADS=1;TRANSFORMERS_VERBOSITY=error;HF_HUB_OFFLINE=1"
   LABELS reference TIMEOUT 600)
