@@ -96,7 +96,7 @@ static const char *const migrations[STORE_SCHEMA_VERSION] = {
 
 /* ---- SQLite helpers ----------------------------------------------------------------------- */
 
-int st_sqlerr(store *s, chord_err *err, int rc, const char *fmt, ...) {
+int storage_sqlerr(store *s, chord_err *err, int rc, const char *fmt, ...) {
     if (!err) return -1;
     char context[512];
     va_list ap;
@@ -111,7 +111,7 @@ int st_sqlerr(store *s, chord_err *err, int rc, const char *fmt, ...) {
     return chord_err_setc(err, code, "%s: %s (%s, %d)", context, msg, sqlite3_errstr(rc), rc);
 }
 
-int st_exec(store *s, const char *sql, chord_err *err) {
+int storage_exec(store *s, const char *sql, chord_err *err) {
     char *msg = NULL;
     int rc = sqlite3_exec(s->db, sql, NULL, NULL, &msg);
     if (rc != SQLITE_OK) {
@@ -124,49 +124,49 @@ int st_exec(store *s, const char *sql, chord_err *err) {
     return 0;
 }
 
-int st_prepare(store *s, const char *sql, sqlite3_stmt **stmt, chord_err *err) {
+int storage_prepare(store *s, const char *sql, sqlite3_stmt **stmt, chord_err *err) {
     int rc = sqlite3_prepare_v2(s->db, sql, -1, stmt, NULL);
     if (rc != SQLITE_OK) {
         *stmt = NULL;
-        return st_sqlerr(s, err, rc, "prepare \"%.60s\"", sql);
+        return storage_sqlerr(s, err, rc, "prepare \"%.60s\"", sql);
     }
     return 0;
 }
 
-int st_begin_write(store *s, chord_err *err) {
+int storage_begin_write(store *s, chord_err *err) {
     int rc = sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
-    if (rc != SQLITE_OK) return st_sqlerr(s, err, rc, "BEGIN IMMEDIATE");
+    if (rc != SQLITE_OK) return storage_sqlerr(s, err, rc, "BEGIN IMMEDIATE");
     return 0;
 }
 
-int st_begin_read(store *s, chord_err *err) {
+int storage_begin_read(store *s, chord_err *err) {
     int rc = sqlite3_exec(s->db, "BEGIN", NULL, NULL, NULL);
-    if (rc != SQLITE_OK) return st_sqlerr(s, err, rc, "BEGIN");
+    if (rc != SQLITE_OK) return storage_sqlerr(s, err, rc, "BEGIN");
     return 0;
 }
 
-int st_commit(store *s, chord_err *err) {
+int storage_commit(store *s, chord_err *err) {
     int rc = sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL);
     if (rc != SQLITE_OK) {
-        st_sqlerr(s, err, rc, "COMMIT");
-        st_rollback(s);
+        storage_sqlerr(s, err, rc, "COMMIT");
+        storage_rollback(s);
         return -1;
     }
     return 0;
 }
 
-void st_rollback(store *s) {
+void storage_rollback(store *s) {
     if (sqlite3_get_autocommit(s->db)) return; /* no transaction open */
     int rc = sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
     if (rc != SQLITE_OK) LOG_ERROR("store: ROLLBACK failed: %s", sqlite3_errmsg(s->db));
 }
 
-int st_bind_text(sqlite3_stmt *stmt, int idx, const char *text) {
+int storage_bind_text(sqlite3_stmt *stmt, int idx, const char *text) {
     if (!text) return sqlite3_bind_null(stmt, idx);
     return sqlite3_bind_text(stmt, idx, text, -1, SQLITE_TRANSIENT);
 }
 
-int st_col_text(sqlite3_stmt *stmt, int col, char **out) {
+int storage_col_text(sqlite3_stmt *stmt, int col, char **out) {
     *out = NULL;
     if (sqlite3_column_type(stmt, col) == SQLITE_NULL) return 0;
     const unsigned char *t = sqlite3_column_text(stmt, col);
@@ -180,14 +180,14 @@ int st_col_text(sqlite3_stmt *stmt, int col, char **out) {
     return 0;
 }
 
-void st_col_copy(sqlite3_stmt *stmt, int col, char *buf, size_t size) {
+void storage_col_copy(sqlite3_stmt *stmt, int col, char *buf, size_t size) {
     const unsigned char *t = sqlite3_column_text(stmt, col);
     snprintf(buf, size, "%s", t ? (const char *)t : "");
 }
 
-int st_collect(store *s, sqlite3_stmt *stmt, size_t item_size, st_row_reader read,
-               void (*free_item)(void *item), void **items, size_t *n, const char *what,
-               chord_err *err) {
+int storage_collect(store *s, sqlite3_stmt *stmt, size_t item_size, storage_row_reader read,
+                    void (*free_item)(void *item), void **items, size_t *n, const char *what,
+                    chord_err *err) {
     *items = NULL;
     *n = 0;
     char *arr = NULL;
@@ -214,7 +214,7 @@ int st_collect(store *s, sqlite3_stmt *stmt, size_t item_size, st_row_reader rea
         count++;
     }
     if (rc != SQLITE_DONE) {
-        st_sqlerr(s, err, rc, "%s", what);
+        storage_sqlerr(s, err, rc, "%s", what);
         goto fail;
     }
     sqlite3_finalize(stmt);
@@ -229,8 +229,8 @@ fail:
     return -1;
 }
 
-int st_get_one(store *s, sqlite3_stmt *stmt, st_row_reader read, void *item, const char *what,
-               const char *id, chord_err *err) {
+int storage_get_one(store *s, sqlite3_stmt *stmt, storage_row_reader read, void *item,
+                    const char *what, const char *id, chord_err *err) {
     int rc = sqlite3_step(stmt);
     int ret = 0;
     if (rc == SQLITE_ROW) {
@@ -238,33 +238,34 @@ int st_get_one(store *s, sqlite3_stmt *stmt, st_row_reader read, void *item, con
     } else if (rc == SQLITE_DONE) {
         ret = chord_err_setc(err, CHORD_E_NOT_FOUND, "%s %s not found", what, id);
     } else {
-        ret = st_sqlerr(s, err, rc, "reading %s %s", what, id);
+        ret = storage_sqlerr(s, err, rc, "reading %s %s", what, id);
     }
     sqlite3_finalize(stmt);
     return ret;
 }
 
-int st_count_rows(store *s, const char *sql, const char *param, int64_t *total, chord_err *err) {
+int storage_count_rows(store *s, const char *sql, const char *param, int64_t *total,
+                       chord_err *err) {
     sqlite3_stmt *st;
-    if (st_prepare(s, sql, &st, err)) return -1;
-    int rc = param ? st_bind_text(st, 1, param) : SQLITE_OK;
+    if (storage_prepare(s, sql, &st, err)) return -1;
+    int rc = param ? storage_bind_text(st, 1, param) : SQLITE_OK;
     if (rc == SQLITE_OK) rc = sqlite3_step(st);
     int ret = 0;
     if (rc == SQLITE_ROW)
         *total = sqlite3_column_int64(st, 0);
     else
-        ret = st_sqlerr(s, err, rc, "counting");
+        ret = storage_sqlerr(s, err, rc, "counting");
     sqlite3_finalize(st);
     return ret;
 }
 
-int64_t st_limit(size_t limit) {
+int64_t storage_limit(size_t limit) {
     return limit == 0 || limit > INT64_MAX ? -1 : (int64_t)limit;
 }
 
 /* ---- ids and time ------------------------------------------------------------------------- */
 
-int st_new_id(const char *prefix, char out[STORE_ID_MAX], chord_err *err) {
+int storage_new_id(const char *prefix, char out[STORE_ID_MAX], chord_err *err) {
     unsigned char r[12];
     size_t got = 0;
     while (got < sizeof r) {
@@ -285,7 +286,7 @@ int st_new_id(const char *prefix, char out[STORE_ID_MAX], chord_err *err) {
     return 0;
 }
 
-int st_check_id(const char *id, const char *prefix, const char *what, chord_err *err) {
+int storage_check_id(const char *id, const char *prefix, const char *what, chord_err *err) {
     if (!id || !*id) return chord_err_setc(err, CHORD_E_INVALID, "%s: empty id", what);
     size_t plen = strlen(prefix), len = strlen(id);
     if (len >= STORE_ID_MAX || len <= plen + 1 || strncmp(id, prefix, plen) != 0 || id[plen] != '_')
@@ -319,10 +320,10 @@ void store_time_rfc3339(int64_t ms, char out[32]) {
 
 static int read_user_version(store *s, int *version, chord_err *err) {
     sqlite3_stmt *st;
-    if (st_prepare(s, "PRAGMA user_version", &st, err)) return -1;
+    if (storage_prepare(s, "PRAGMA user_version", &st, err)) return -1;
     int rc = sqlite3_step(st);
     if (rc != SQLITE_ROW) {
-        st_sqlerr(s, err, rc, "PRAGMA user_version");
+        storage_sqlerr(s, err, rc, "PRAGMA user_version");
         sqlite3_finalize(st);
         return -1;
     }
@@ -339,7 +340,7 @@ int store_schema_version(store *s, int *version, chord_err *err) {
 static int set_wal(store *s, chord_err *err) {
     for (int attempt = 0;; attempt++) {
         sqlite3_stmt *st;
-        if (st_prepare(s, "PRAGMA journal_mode=WAL", &st, err)) return -1;
+        if (storage_prepare(s, "PRAGMA journal_mode=WAL", &st, err)) return -1;
         int rc = sqlite3_step(st);
         if (rc == SQLITE_ROW) {
             const unsigned char *mode = sqlite3_column_text(st, 0);
@@ -350,7 +351,7 @@ static int set_wal(store *s, chord_err *err) {
         }
         sqlite3_finalize(st);
         if ((rc & 0xff) != SQLITE_BUSY || attempt >= 50)
-            return st_sqlerr(s, err, rc, "PRAGMA journal_mode=WAL");
+            return storage_sqlerr(s, err, rc, "PRAGMA journal_mode=WAL");
         sqlite3_sleep(20);
     }
 }
@@ -364,23 +365,23 @@ static int migrate(store *s, int target, chord_err *err) {
                                   "schema version %d is newer than this chord's %d", version,
                                   STORE_SCHEMA_VERSION);
         if (version >= target) return 0;
-        if (st_begin_write(s, err)) return -1;
+        if (storage_begin_write(s, err)) return -1;
         /* Another connection may have migrated while we waited for the lock. */
         if (read_user_version(s, &version, err)) goto fail;
         if (version < target) {
-            if (st_exec(s, migrations[version], err)) {
+            if (storage_exec(s, migrations[version], err)) {
                 chord_err_prefix(err, "migration %d → %d", version, version + 1);
                 goto fail;
             }
             char bump[64];
             snprintf(bump, sizeof bump, "PRAGMA user_version = %d", version + 1);
-            if (st_exec(s, bump, err)) goto fail;
+            if (storage_exec(s, bump, err)) goto fail;
             LOG_INFO("store: schema migrated %d → %d", version, version + 1);
         }
-        if (st_commit(s, err)) return -1;
+        if (storage_commit(s, err)) return -1;
     }
 fail:
-    st_rollback(s);
+    storage_rollback(s);
     return -1;
 }
 
@@ -403,17 +404,17 @@ int store_open_at_version(const char *data_dir, int version, store **out, chord_
     int rc = sqlite3_open_v2(
         db_path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
     if (rc != SQLITE_OK) {
-        st_sqlerr(s, err, rc, "store: open %s", db_path);
+        storage_sqlerr(s, err, rc, "store: open %s", db_path);
         goto fail;
     }
     sqlite3_extended_result_codes(s->db, 1);
     rc = sqlite3_busy_timeout(s->db, STORE_BUSY_TIMEOUT_MS);
     if (rc != SQLITE_OK) {
-        st_sqlerr(s, err, rc, "store: busy_timeout");
+        storage_sqlerr(s, err, rc, "store: busy_timeout");
         goto fail;
     }
-    if (set_wal(s, err) || st_exec(s, "PRAGMA synchronous = FULL", err) ||
-        st_exec(s, "PRAGMA foreign_keys = ON", err)) {
+    if (set_wal(s, err) || storage_exec(s, "PRAGMA synchronous = FULL", err) ||
+        storage_exec(s, "PRAGMA foreign_keys = ON", err)) {
         chord_err_prefix(err, "store: %s", db_path);
         goto fail;
     }
@@ -424,7 +425,7 @@ int store_open_at_version(const char *data_dir, int version, store **out, chord_
     /* Leftovers that cannot be removed (permissions, a disk error) must not keep the server
      * down: they are logged, and checkpoint_begin clears its own step again anyway. */
     chord_err gc_err = {0};
-    if (st_collect_garbage(s, &gc_err))
+    if (storage_collect_garbage(s, &gc_err))
         LOG_WARN("store: cleaning leftovers in %s: %s", s->dir, gc_err.msg);
     *out = s;
     return 0;
@@ -440,7 +441,7 @@ int store_open(const char *data_dir, store **out, chord_err *err) {
 void store_close(store *s) {
     if (!s) return;
     if (s->db) {
-        st_rollback(s);
+        storage_rollback(s);
         int rc = sqlite3_close(s->db);
         if (rc != SQLITE_OK) {
             /* A statement left unfinalized is a bug; close_v2 still releases it later. */

@@ -2,7 +2,7 @@
  *   checkpoints/<job>/step_<N>/   written as step_<N>.tmp/, fsynced, renamed, then the row;
  *   datasets/<id>.jsonl           streamed to <id>.jsonl.tmp (SHA-256 and lines counted on the
  *                                 way), fsynced, renamed, then the row.
- * A crash leaves at worst a .tmp or a file with no row; st_collect_garbage removes both at the
+ * A crash leaves at worst a .tmp or a file with no row; storage_collect_garbage removes both at the
  * next open, skipping paths another thread of this process is writing (the in-flight registry).
  * What a checkpoint contains is the caller's business. */
 #include <dirent.h>
@@ -31,30 +31,30 @@ static pthread_mutex_t inflight_mutex = PTHREAD_MUTEX_INITIALIZER;
 static char **inflight_paths;
 static size_t inflight_n, inflight_cap;
 
-void st_inflight_lock(void) {
+void storage_inflight_lock(void) {
     pthread_mutex_lock(&inflight_mutex);
 }
-void st_inflight_unlock(void) {
+void storage_inflight_unlock(void) {
     pthread_mutex_unlock(&inflight_mutex);
 }
 
-int st_inflight_has_locked(const char *path) {
+int storage_inflight_has_locked(const char *path) {
     for (size_t i = 0; i < inflight_n; i++)
         if (strcmp(inflight_paths[i], path) == 0) return 1;
     return 0;
 }
 
-int st_inflight_add(const char *path, chord_err *err) {
+int storage_inflight_add(const char *path, chord_err *err) {
     int ret = 0;
-    st_inflight_lock();
-    if (st_inflight_has_locked(path)) {
+    storage_inflight_lock();
+    if (storage_inflight_has_locked(path)) {
         ret = chord_err_setc(err, CHORD_E_CONFLICT, "%s is being written already", path);
     } else {
         if (inflight_n == inflight_cap) {
             size_t ncap = inflight_cap ? 2 * inflight_cap : 8;
             char **grown = realloc(inflight_paths, ncap * sizeof *grown);
             if (!grown) {
-                st_inflight_unlock();
+                storage_inflight_unlock();
                 return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
             }
             inflight_paths = grown;
@@ -66,12 +66,12 @@ int st_inflight_add(const char *path, chord_err *err) {
         else
             inflight_paths[inflight_n++] = copy;
     }
-    st_inflight_unlock();
+    storage_inflight_unlock();
     return ret;
 }
 
-void st_inflight_remove(const char *path) {
-    st_inflight_lock();
+void storage_inflight_remove(const char *path) {
+    storage_inflight_lock();
     for (size_t i = 0; i < inflight_n; i++)
         if (strcmp(inflight_paths[i], path) == 0) {
             free(inflight_paths[i]);
@@ -83,7 +83,7 @@ void st_inflight_remove(const char *path) {
         inflight_paths = NULL;
         inflight_cap = 0;
     }
-    st_inflight_unlock();
+    storage_inflight_unlock();
 }
 
 /* ---- small file helpers ------------------------------------------------------------------- */
@@ -95,7 +95,7 @@ static int remove_entry(const char *path, const struct stat *sb, int flag, struc
     return remove(path) != 0 && errno != ENOENT ? -1 : 0;
 }
 
-int st_rmtree(const char *path, chord_err *err) {
+int storage_rmtree(const char *path, chord_err *err) {
     struct stat st;
     if (lstat(path, &st) != 0) {
         if (errno == ENOENT) return 0;
@@ -142,13 +142,14 @@ static int64_t parse_step_name(const char *name) {
 static int row_exists(store *s, const char *sql, const char *text, int64_t num, int *exists,
                       chord_err *err) {
     sqlite3_stmt *st;
-    if (st_prepare(s, sql, &st, err)) return -1;
-    int rc = st_bind_text(st, 1, text);
+    if (storage_prepare(s, sql, &st, err)) return -1;
+    int rc = storage_bind_text(st, 1, text);
     if (rc == SQLITE_OK && sqlite3_bind_parameter_count(st) >= 2)
         rc = sqlite3_bind_int64(st, 2, num);
     if (rc == SQLITE_OK) rc = sqlite3_step(st);
     sqlite3_finalize(st);
-    if (rc != SQLITE_ROW && rc != SQLITE_DONE) return st_sqlerr(s, err, rc, "looking up %s", text);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+        return storage_sqlerr(s, err, rc, "looking up %s", text);
     *exists = rc == SQLITE_ROW;
     return 0;
 }
@@ -167,19 +168,19 @@ static int gc_job_dir(store *s, const char *job_id, const char *job_dir, chord_e
         if (ends_with(e->d_name, ".tmp")) {
             char final[STORE_PATH_MAX];
             snprintf(final, sizeof final, "%.*s", (int)(strlen(path) - 4), path);
-            if (st_inflight_has_locked(final)) continue;
+            if (storage_inflight_has_locked(final)) continue;
             LOG_WARN("store: removing interrupted checkpoint %s", path);
-            ret = st_rmtree(path, err);
+            ret = storage_rmtree(path, err);
             continue;
         }
         int64_t step = parse_step_name(e->d_name);
-        if (step < 0 || st_inflight_has_locked(path)) continue;
+        if (step < 0 || storage_inflight_has_locked(path)) continue;
         int exists = 0;
         ret = row_exists(s, "SELECT 1 FROM checkpoints WHERE job_id = ?1 AND step = ?2", job_id,
                          step, &exists, err);
         if (ret == 0 && !exists) {
             LOG_WARN("store: removing checkpoint %s (no row: interrupted commit or cleanup)", path);
-            ret = st_rmtree(path, err);
+            ret = storage_rmtree(path, err);
         }
     }
     closedir(d);
@@ -197,7 +198,7 @@ static int gc_checkpoints(store *s, chord_err *err) {
     int ret = 0;
     struct dirent *e;
     while (ret == 0 && (e = readdir(d))) {
-        if (e->d_name[0] == '.' || st_check_id(e->d_name, "job", "dir", NULL)) continue;
+        if (e->d_name[0] == '.' || storage_check_id(e->d_name, "job", "dir", NULL)) continue;
         char job_dir[STORE_PATH_MAX];
         if ((ret = path_join(job_dir, err, "%s/%s", root, e->d_name))) break;
         if (chord_is_dir(job_dir)) ret = gc_job_dir(s, e->d_name, job_dir, err);
@@ -223,20 +224,20 @@ static int gc_datasets(store *s, chord_err *err) {
         if (ends_with(e->d_name, ".jsonl.tmp")) {
             char final[STORE_PATH_MAX];
             snprintf(final, sizeof final, "%.*s", (int)(strlen(path) - 4), path);
-            if (st_inflight_has_locked(final)) continue;
+            if (storage_inflight_has_locked(final)) continue;
             LOG_WARN("store: removing interrupted upload %s", path);
-            ret = st_rmtree(path, err);
-        } else if (ends_with(e->d_name, ".jsonl") && !st_inflight_has_locked(path)) {
+            ret = storage_rmtree(path, err);
+        } else if (ends_with(e->d_name, ".jsonl") && !storage_inflight_has_locked(path)) {
             char id[STORE_ID_MAX];
             size_t len = strlen(e->d_name) - 6;
             if (len >= sizeof id) continue;
             snprintf(id, sizeof id, "%.*s", (int)len, e->d_name);
-            if (st_check_id(id, "ds", "dataset", NULL)) continue;
+            if (storage_check_id(id, "ds", "dataset", NULL)) continue;
             int exists = 0;
             ret = row_exists(s, "SELECT 1 FROM datasets WHERE id = ?1", id, 0, &exists, err);
             if (ret == 0 && !exists) {
                 LOG_WARN("store: removing dataset file %s (no row: interrupted commit)", path);
-                ret = st_rmtree(path, err);
+                ret = storage_rmtree(path, err);
             }
         }
     }
@@ -244,11 +245,11 @@ static int gc_datasets(store *s, chord_err *err) {
     return ret;
 }
 
-int st_collect_garbage(store *s, chord_err *err) {
-    st_inflight_lock();
+int storage_collect_garbage(store *s, chord_err *err) {
+    storage_inflight_lock();
     int ret = gc_checkpoints(s, err);
     if (ret == 0) ret = gc_datasets(s, err);
-    st_inflight_unlock();
+    storage_inflight_unlock();
     return ret;
 }
 
@@ -274,15 +275,15 @@ static void free_checkpoint_item(void *item) {
 
 static int read_checkpoint(store *s, sqlite3_stmt *st, void *item, chord_err *err) {
     store_checkpoint *c = item;
-    st_col_copy(st, 0, c->id, sizeof c->id);
-    st_col_copy(st, 1, c->job_id, sizeof c->job_id);
+    storage_col_copy(st, 0, c->id, sizeof c->id);
+    storage_col_copy(st, 1, c->job_id, sizeof c->job_id);
     c->step = sqlite3_column_int64(st, 2);
     const char *rel = (const char *)sqlite3_column_text(st, 3);
     size_t len = strlen(s->dir) + (rel ? strlen(rel) : 0) + 2;
     c->path = malloc(len);
     if (!c->path) return chord_err_setc(err, CHORD_E_INTERNAL, "checkpoint: out of memory");
     snprintf(c->path, len, "%s/%s", s->dir, rel ? rel : "");
-    st_col_copy(st, 4, c->sha256, sizeof c->sha256);
+    storage_col_copy(st, 4, c->sha256, sizeof c->sha256);
     c->bytes = sqlite3_column_int64(st, 5);
     c->created_ms = sqlite3_column_int64(st, 6);
     return 0;
@@ -291,7 +292,7 @@ static int read_checkpoint(store *s, sqlite3_stmt *st, void *item, chord_err *er
 int store_checkpoint_dir(store *s, const char *job_id, int64_t step, char out[STORE_PATH_MAX],
                          chord_err *err) {
     out[0] = '\0';
-    if (st_check_id(job_id, "job", "job", err)) return -1;
+    if (storage_check_id(job_id, "job", "job", err)) return -1;
     if (step < 0)
         return chord_err_setc(err, CHORD_E_INVALID, "checkpoint of job %s: negative step", job_id);
     return path_join(out, err, "%s/checkpoints/%s/step_%" PRId64, s->dir, job_id, step);
@@ -314,11 +315,11 @@ int store_checkpoint_begin(store *s, const char *job_id, int64_t step, char tmp_
     if (exists)
         return chord_err_setc(err, CHORD_E_CONFLICT,
                               "job %s already has a checkpoint at step %" PRId64, job_id, step);
-    if (st_inflight_add(final, err)) return -1;
+    if (storage_inflight_add(final, err)) return -1;
     /* A leftover temp or an orphan final directory (no row) is stale: start clean. */
-    if (chord_mkdirs(parent, err) || st_rmtree(tmp, err) || st_rmtree(final, err) ||
+    if (chord_mkdirs(parent, err) || storage_rmtree(tmp, err) || storage_rmtree(final, err) ||
         chord_mkdirs(tmp, err)) {
-        st_inflight_remove(final);
+        storage_inflight_remove(final);
         return chord_err_prefix(err, "checkpoint of job %s step %" PRId64, job_id, step);
     }
     snprintf(tmp_dir, STORE_PATH_MAX, "%s", tmp);
@@ -330,8 +331,8 @@ void store_checkpoint_abort(store *s, const char *job_id, int64_t step) {
     chord_err err = {0};
     if (store_checkpoint_dir(s, job_id, step, final, &err) || path_join(tmp, &err, "%s.tmp", final))
         return;
-    if (st_rmtree(tmp, &err)) LOG_WARN("store: checkpoint abort: %s", err.msg);
-    st_inflight_remove(final);
+    if (storage_rmtree(tmp, &err)) LOG_WARN("store: checkpoint abort: %s", err.msg);
+    storage_inflight_remove(final);
 }
 
 /* One file of a checkpoint being committed. */
@@ -512,9 +513,9 @@ int store_checkpoint_commit(store *s, const char *job_id, int64_t step, store_ch
         path_join(parent, err, "%s/checkpoints/%s", s->dir, job_id) ||
         path_join(rel, err, "checkpoints/%s/step_%" PRId64, job_id, step))
         return -1;
-    st_inflight_lock();
-    int begun = st_inflight_has_locked(final);
-    st_inflight_unlock();
+    storage_inflight_lock();
+    int begun = storage_inflight_has_locked(final);
+    storage_inflight_unlock();
     if (!begun)
         return chord_err_setc(err, CHORD_E_INVALID,
                               "checkpoint of job %s step %" PRId64 " was not begun", job_id, step);
@@ -523,7 +524,7 @@ int store_checkpoint_commit(store *s, const char *job_id, int64_t step, store_ch
     char sha[65];
     char id[STORE_ID_MAX];
     int renamed = 0;
-    if (st_new_id("ckpt", id, err) || walk_checkpoint(tmp, "", &w, err) ||
+    if (storage_new_id("ckpt", id, err) || walk_checkpoint(tmp, "", &w, err) ||
         write_manifest(tmp, &w, sha, err))
         goto fail;
     if (rename(tmp, final) != 0) {
@@ -534,39 +535,41 @@ int store_checkpoint_commit(store *s, const char *job_id, int64_t step, store_ch
     if (chord_fsync_dir(parent, err)) goto fail;
 
     sqlite3_stmt *st;
-    if (st_prepare(s,
-                   "INSERT INTO checkpoints (id, job_id, step, path, sha256, bytes, created_ms) "
-                   "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                   &st, err))
+    if (storage_prepare(
+            s,
+            "INSERT INTO checkpoints (id, job_id, step, path, sha256, bytes, created_ms) "
+            "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            &st, err))
         goto fail;
-    int rc = st_bind_text(st, 1, id);
-    if (rc == SQLITE_OK) rc = st_bind_text(st, 2, job_id);
+    int rc = storage_bind_text(st, 1, id);
+    if (rc == SQLITE_OK) rc = storage_bind_text(st, 2, job_id);
     if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 3, step);
-    if (rc == SQLITE_OK) rc = st_bind_text(st, 4, rel);
-    if (rc == SQLITE_OK) rc = st_bind_text(st, 5, sha);
+    if (rc == SQLITE_OK) rc = storage_bind_text(st, 4, rel);
+    if (rc == SQLITE_OK) rc = storage_bind_text(st, 5, sha);
     if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 6, w.bytes);
     if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 7, store_now_ms());
     if (rc == SQLITE_OK) rc = sqlite3_step(st);
     sqlite3_finalize(st);
     if (rc != SQLITE_DONE) {
-        st_sqlerr(s, err, rc, "recording checkpoint");
+        storage_sqlerr(s, err, rc, "recording checkpoint");
         goto fail;
     }
     for (size_t i = 0; i < w.n; i++)
         free(w.files[i].rel);
     free(w.files);
-    st_inflight_remove(final);
+    storage_inflight_remove(final);
     LOG_INFO("store: checkpoint %s step %" PRId64 " committed (%" PRId64 " bytes, %zu files)",
              job_id, step, w.bytes, w.n);
     if (out) {
         sqlite3_stmt *q;
-        if (st_prepare(s, "SELECT " CHECKPOINT_COLS " FROM checkpoints WHERE id = ?1", &q, err))
+        if (storage_prepare(s, "SELECT " CHECKPOINT_COLS " FROM checkpoints WHERE id = ?1", &q,
+                            err))
             return -1;
-        if (st_bind_text(q, 1, id) != SQLITE_OK) {
+        if (storage_bind_text(q, 1, id) != SQLITE_OK) {
             sqlite3_finalize(q);
-            return st_sqlerr(s, err, SQLITE_ERROR, "checkpoint %s", id);
+            return storage_sqlerr(s, err, SQLITE_ERROR, "checkpoint %s", id);
         }
-        return st_get_one(s, q, read_checkpoint, out, "checkpoint", id, err);
+        return storage_get_one(s, q, read_checkpoint, out, "checkpoint", id, err);
     }
     return 0;
 fail:
@@ -575,10 +578,10 @@ fail:
     free(w.files);
     {
         chord_err ignored = {0};
-        if (st_rmtree(renamed ? final : tmp, &ignored))
+        if (storage_rmtree(renamed ? final : tmp, &ignored))
             LOG_WARN("store: cleaning failed checkpoint: %s", ignored.msg);
     }
-    st_inflight_remove(final);
+    storage_inflight_remove(final);
     return chord_err_prefix(err, "checkpoint of job %s step %" PRId64, job_id, step);
 }
 
@@ -586,23 +589,24 @@ int store_checkpoint_list(store *s, const char *job_id, store_checkpoint **items
                           chord_err *err) {
     *items = NULL;
     *n = 0;
-    if (st_check_id(job_id, "job", "job", err)) return -1;
-    if (st_begin_read(s, err)) return -1;
+    if (storage_check_id(job_id, "job", "job", err)) return -1;
+    if (storage_begin_read(s, err)) return -1;
     store_job_state state = STORE_JOB_QUEUED;
     sqlite3_stmt *st;
-    if (st_job_state_locked(s, job_id, &state, err) ||
-        st_prepare(s, "SELECT " CHECKPOINT_COLS " FROM checkpoints WHERE job_id = ?1 ORDER BY step",
-                   &st, err))
+    if (storage_job_state_locked(s, job_id, &state, err) ||
+        storage_prepare(
+            s, "SELECT " CHECKPOINT_COLS " FROM checkpoints WHERE job_id = ?1 ORDER BY step", &st,
+            err))
         goto fail;
-    if (st_bind_text(st, 1, job_id) != SQLITE_OK) {
+    if (storage_bind_text(st, 1, job_id) != SQLITE_OK) {
         sqlite3_finalize(st);
-        st_sqlerr(s, err, SQLITE_ERROR, "checkpoints of job %s", job_id);
+        storage_sqlerr(s, err, SQLITE_ERROR, "checkpoints of job %s", job_id);
         goto fail;
     }
-    if (st_collect(s, st, sizeof **items, read_checkpoint, free_checkpoint_item, (void **)items, n,
-                   "listing checkpoints", err))
+    if (storage_collect(s, st, sizeof **items, read_checkpoint, free_checkpoint_item,
+                        (void **)items, n, "listing checkpoints", err))
         goto fail;
-    if (st_commit(s, err)) {
+    if (storage_commit(s, err)) {
         store_checkpoint_list_free(*items, *n);
         *items = NULL;
         *n = 0;
@@ -610,7 +614,7 @@ int store_checkpoint_list(store *s, const char *job_id, store_checkpoint **items
     }
     return 0;
 fail:
-    st_rollback(s);
+    storage_rollback(s);
     return -1;
 }
 
@@ -618,19 +622,19 @@ int store_checkpoint_latest(store *s, const char *job_id, store_checkpoint *out,
                             chord_err *err) {
     memset(out, 0, sizeof *out);
     *found = 0;
-    if (st_check_id(job_id, "job", "job", err)) return -1;
+    if (storage_check_id(job_id, "job", "job", err)) return -1;
     sqlite3_stmt *st;
-    if (st_prepare(s,
-                   "SELECT " CHECKPOINT_COLS " FROM checkpoints WHERE job_id = ?1 "
-                   "ORDER BY step DESC LIMIT 1",
-                   &st, err))
+    if (storage_prepare(s,
+                        "SELECT " CHECKPOINT_COLS " FROM checkpoints WHERE job_id = ?1 "
+                        "ORDER BY step DESC LIMIT 1",
+                        &st, err))
         return -1;
-    if (st_bind_text(st, 1, job_id) != SQLITE_OK) {
+    if (storage_bind_text(st, 1, job_id) != SQLITE_OK) {
         sqlite3_finalize(st);
-        return st_sqlerr(s, err, SQLITE_ERROR, "checkpoints of job %s", job_id);
+        return storage_sqlerr(s, err, SQLITE_ERROR, "checkpoints of job %s", job_id);
     }
     chord_err local = {0};
-    if (st_get_one(s, st, read_checkpoint, out, "checkpoint of job", job_id, &local)) {
+    if (storage_get_one(s, st, read_checkpoint, out, "checkpoint of job", job_id, &local)) {
         if (local.code == CHORD_E_NOT_FOUND) {
             /* No checkpoint yet; still tell an unknown job apart. */
             store_job job;
@@ -648,46 +652,47 @@ int store_checkpoint_latest(store *s, const char *job_id, store_checkpoint *out,
 int store_checkpoint_keep_last(store *s, const char *job_id, size_t keep, size_t *removed,
                                chord_err *err) {
     if (removed) *removed = 0;
-    if (st_check_id(job_id, "job", "job", err)) return -1;
+    if (storage_check_id(job_id, "job", "job", err)) return -1;
     store_checkpoint *old = NULL;
     size_t n = 0;
-    if (st_begin_write(s, err)) return chord_err_prefix(err, "pruning checkpoints of %s", job_id);
+    if (storage_begin_write(s, err))
+        return chord_err_prefix(err, "pruning checkpoints of %s", job_id);
     store_job_state state = STORE_JOB_QUEUED;
     sqlite3_stmt *st;
-    if (st_job_state_locked(s, job_id, &state, err) ||
-        st_prepare(s,
-                   "SELECT " CHECKPOINT_COLS " FROM checkpoints WHERE job_id = ?1 "
-                   "ORDER BY step DESC LIMIT -1 OFFSET ?2",
-                   &st, err))
+    if (storage_job_state_locked(s, job_id, &state, err) ||
+        storage_prepare(s,
+                        "SELECT " CHECKPOINT_COLS " FROM checkpoints WHERE job_id = ?1 "
+                        "ORDER BY step DESC LIMIT -1 OFFSET ?2",
+                        &st, err))
         goto fail;
-    int rc = st_bind_text(st, 1, job_id);
+    int rc = storage_bind_text(st, 1, job_id);
     if (rc == SQLITE_OK)
         rc = sqlite3_bind_int64(st, 2, keep > INT64_MAX ? INT64_MAX : (int64_t)keep);
     if (rc != SQLITE_OK) {
         sqlite3_finalize(st);
-        st_sqlerr(s, err, rc, "pruning checkpoints of %s", job_id);
+        storage_sqlerr(s, err, rc, "pruning checkpoints of %s", job_id);
         goto fail;
     }
-    if (st_collect(s, st, sizeof *old, read_checkpoint, free_checkpoint_item, (void **)&old, &n,
-                   "pruning checkpoints", err))
+    if (storage_collect(s, st, sizeof *old, read_checkpoint, free_checkpoint_item, (void **)&old,
+                        &n, "pruning checkpoints", err))
         goto fail;
-    if (st_prepare(s, "DELETE FROM checkpoints WHERE id = ?1", &st, err)) goto fail;
+    if (storage_prepare(s, "DELETE FROM checkpoints WHERE id = ?1", &st, err)) goto fail;
     for (size_t i = 0; i < n; i++) {
         rc = sqlite3_reset(st);
-        if (rc == SQLITE_OK) rc = st_bind_text(st, 1, old[i].id);
+        if (rc == SQLITE_OK) rc = storage_bind_text(st, 1, old[i].id);
         if (rc == SQLITE_OK) rc = sqlite3_step(st);
         if (rc != SQLITE_DONE) {
             sqlite3_finalize(st);
-            st_sqlerr(s, err, rc, "deleting checkpoint %s", old[i].id);
+            storage_sqlerr(s, err, rc, "deleting checkpoint %s", old[i].id);
             goto fail;
         }
     }
     sqlite3_finalize(st);
-    if (st_commit(s, err)) goto fail;
+    if (storage_commit(s, err)) goto fail;
     /* Rows are gone first: a crash now leaves directories with no row, removed at next open. */
     int ret = 0;
     for (size_t i = 0; i < n; i++)
-        if (ret == 0 && st_rmtree(old[i].path, err)) ret = -1;
+        if (ret == 0 && storage_rmtree(old[i].path, err)) ret = -1;
     if (ret == 0 && n > 0) {
         char parent[STORE_PATH_MAX];
         if (path_join(parent, err, "%s/checkpoints/%s", s->dir, job_id) ||
@@ -698,7 +703,7 @@ int store_checkpoint_keep_last(store *s, const char *job_id, size_t keep, size_t
     store_checkpoint_list_free(old, n);
     return ret;
 fail:
-    st_rollback(s);
+    storage_rollback(s);
     store_checkpoint_list_free(old, n);
     return -1;
 }
@@ -721,7 +726,7 @@ static void upload_free(store_upload *up, int remove_tmp) {
     if (up->fd >= 0) close(up->fd);
     if (remove_tmp && unlink(up->tmp) != 0 && errno != ENOENT)
         LOG_WARN("store: unlink %s: %s", up->tmp, strerror(errno));
-    st_inflight_remove(up->final);
+    storage_inflight_remove(up->final);
     EVP_MD_CTX_free(up->md);
     free(up->name);
     free(up);
@@ -744,14 +749,14 @@ int store_dataset_upload_begin(store *s, const char *name, store_dataset_kind ki
         free(up);
         return chord_err_setc(err, CHORD_E_INTERNAL, "dataset upload: out of memory");
     }
-    if (st_new_id("ds", up->id, err) || path_join(dir, err, "%s/datasets", s->dir) ||
+    if (storage_new_id("ds", up->id, err) || path_join(dir, err, "%s/datasets", s->dir) ||
         path_join(up->final, err, "%s/%s.jsonl", dir, up->id) ||
         path_join(up->tmp, err, "%s.tmp", up->final) || chord_mkdirs(dir, err)) {
         free(up->name);
         free(up);
         return chord_err_prefix(err, "dataset %s", name);
     }
-    if (st_inflight_add(up->final, err)) {
+    if (storage_inflight_add(up->final, err)) {
         free(up->name);
         free(up);
         return -1;
@@ -845,23 +850,23 @@ int store_dataset_upload_commit(store_upload *up, store_dataset *out, chord_err 
         path_join(rel, err, "datasets/%s.jsonl", id))
         goto fail;
     sqlite3_stmt *st;
-    if (st_prepare(s,
-                   "INSERT INTO datasets (id, name, kind, path, line_count, bytes, sha256, "
-                   "created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                   &st, err))
+    if (storage_prepare(s,
+                        "INSERT INTO datasets (id, name, kind, path, line_count, bytes, sha256, "
+                        "created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                        &st, err))
         goto fail;
-    int rc = st_bind_text(st, 1, id);
-    if (rc == SQLITE_OK) rc = st_bind_text(st, 2, up->name);
-    if (rc == SQLITE_OK) rc = st_bind_text(st, 3, store_dataset_kind_name(up->kind));
-    if (rc == SQLITE_OK) rc = st_bind_text(st, 4, rel);
+    int rc = storage_bind_text(st, 1, id);
+    if (rc == SQLITE_OK) rc = storage_bind_text(st, 2, up->name);
+    if (rc == SQLITE_OK) rc = storage_bind_text(st, 3, store_dataset_kind_name(up->kind));
+    if (rc == SQLITE_OK) rc = storage_bind_text(st, 4, rel);
     if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 5, lines);
     if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 6, up->bytes);
-    if (rc == SQLITE_OK) rc = st_bind_text(st, 7, sha);
+    if (rc == SQLITE_OK) rc = storage_bind_text(st, 7, sha);
     if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 8, store_now_ms());
     if (rc == SQLITE_OK) rc = sqlite3_step(st);
     sqlite3_finalize(st);
     if (rc != SQLITE_DONE) {
-        st_sqlerr(s, err, rc, "dataset %s: recording", up->name);
+        storage_sqlerr(s, err, rc, "dataset %s: recording", up->name);
         goto fail;
     }
     upload_free(up, 0);

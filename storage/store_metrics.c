@@ -13,13 +13,13 @@
 static int exec_job_step(store *s, const char *sql, const char *job_id, int64_t step,
                          chord_err *err) {
     sqlite3_stmt *st;
-    if (st_prepare(s, sql, &st, err)) return -1;
-    int rc = st_bind_text(st, 1, job_id);
+    if (storage_prepare(s, sql, &st, err)) return -1;
+    int rc = storage_bind_text(st, 1, job_id);
     if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 2, step);
     if (rc == SQLITE_OK) rc = sqlite3_step(st);
     sqlite3_finalize(st);
     if (rc != SQLITE_DONE)
-        return st_sqlerr(s, err, rc, "job %s step %lld", job_id, (long long)step);
+        return storage_sqlerr(s, err, rc, "job %s step %lld", job_id, (long long)step);
     return 0;
 }
 
@@ -30,63 +30,63 @@ static int bind_real(sqlite3_stmt *st, int idx, double v) {
 static int insert_metrics(store *s, const char *job_id, int64_t step, const char *const *names,
                           const double *values, size_t n, chord_err *err) {
     sqlite3_stmt *st;
-    if (st_prepare(s, "INSERT INTO metrics (job_id, step, name, value) VALUES (?1, ?2, ?3, ?4)",
-                   &st, err))
+    if (storage_prepare(
+            s, "INSERT INTO metrics (job_id, step, name, value) VALUES (?1, ?2, ?3, ?4)", &st, err))
         return -1;
     int rc = SQLITE_OK;
     size_t i;
     for (i = 0; i < n && rc == SQLITE_OK; i++) {
         rc = sqlite3_reset(st);
-        if (rc == SQLITE_OK) rc = st_bind_text(st, 1, job_id);
+        if (rc == SQLITE_OK) rc = storage_bind_text(st, 1, job_id);
         if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 2, step);
-        if (rc == SQLITE_OK) rc = st_bind_text(st, 3, names[i]);
+        if (rc == SQLITE_OK) rc = storage_bind_text(st, 3, names[i]);
         if (rc == SQLITE_OK) rc = bind_real(st, 4, values[i]);
         if (rc == SQLITE_OK) rc = sqlite3_step(st);
         if (rc == SQLITE_DONE) rc = SQLITE_OK;
     }
     sqlite3_finalize(st);
     if (rc != SQLITE_OK)
-        return st_sqlerr(s, err, rc, "job %s step %lld: metric %s", job_id, (long long)step,
-                         names[i - 1]);
+        return storage_sqlerr(s, err, rc, "job %s step %lld: metric %s", job_id, (long long)step,
+                              names[i - 1]);
     return 0;
 }
 
 static int insert_samples(store *s, const char *job_id, int64_t step, const store_sample *samples,
                           size_t n, chord_err *err) {
     sqlite3_stmt *st;
-    if (st_prepare(s,
-                   "INSERT INTO samples (job_id, step, idx, kind, prompt, completion, reward, "
-                   "reason, answer) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                   &st, err))
+    if (storage_prepare(s,
+                        "INSERT INTO samples (job_id, step, idx, kind, prompt, completion, reward, "
+                        "reason, answer) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                        &st, err))
         return -1;
     int rc = SQLITE_OK;
     size_t i;
     for (i = 0; i < n && rc == SQLITE_OK; i++) {
         const store_sample *x = &samples[i];
         rc = sqlite3_reset(st);
-        if (rc == SQLITE_OK) rc = st_bind_text(st, 1, job_id);
+        if (rc == SQLITE_OK) rc = storage_bind_text(st, 1, job_id);
         if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 2, step);
         if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 3, (int64_t)i);
-        if (rc == SQLITE_OK) rc = st_bind_text(st, 4, x->kind);
-        if (rc == SQLITE_OK) rc = st_bind_text(st, 5, x->prompt);
-        if (rc == SQLITE_OK) rc = st_bind_text(st, 6, x->completion);
+        if (rc == SQLITE_OK) rc = storage_bind_text(st, 4, x->kind);
+        if (rc == SQLITE_OK) rc = storage_bind_text(st, 5, x->prompt);
+        if (rc == SQLITE_OK) rc = storage_bind_text(st, 6, x->completion);
         if (rc == SQLITE_OK) rc = bind_real(st, 7, x->reward);
-        if (rc == SQLITE_OK) rc = st_bind_text(st, 8, x->reason);
-        if (rc == SQLITE_OK) rc = st_bind_text(st, 9, x->answer);
+        if (rc == SQLITE_OK) rc = storage_bind_text(st, 8, x->reason);
+        if (rc == SQLITE_OK) rc = storage_bind_text(st, 9, x->answer);
         if (rc == SQLITE_OK) rc = sqlite3_step(st);
         if (rc == SQLITE_DONE) rc = SQLITE_OK;
     }
     sqlite3_finalize(st);
     if (rc != SQLITE_OK)
-        return st_sqlerr(s, err, rc, "job %s step %lld: sample %zu", job_id, (long long)step,
-                         i - 1);
+        return storage_sqlerr(s, err, rc, "job %s step %lld: sample %zu", job_id, (long long)step,
+                              i - 1);
     return 0;
 }
 
 int store_put_step(store *s, const char *job_id, int64_t step, const char *const *names,
                    const double *values, size_t n, const store_sample *samples, size_t n_samples,
                    chord_err *err) {
-    if (st_check_id(job_id, "job", "job", err)) return -1;
+    if (storage_check_id(job_id, "job", "job", err)) return -1;
     if (step < 0)
         return chord_err_setc(err, CHORD_E_INVALID, "job %s: negative step %lld", job_id,
                               (long long)step);
@@ -107,10 +107,10 @@ int store_put_step(store *s, const char *job_id, int64_t step, const char *const
         return chord_err_setc(err, CHORD_E_INVALID, "job %s step %lld: no sample array", job_id,
                               (long long)step);
 
-    if (st_begin_write(s, err))
+    if (storage_begin_write(s, err))
         return chord_err_prefix(err, "job %s step %lld", job_id, (long long)step);
     store_job_state state = STORE_JOB_QUEUED;
-    if (st_job_state_locked(s, job_id, &state, err)) goto fail;
+    if (storage_job_state_locked(s, job_id, &state, err)) goto fail;
     if (state != STORE_JOB_RUNNING) {
         chord_err_setc(err, CHORD_E_CONFLICT, "job %s is %s, not running: step %lld not written",
                        job_id, store_job_state_name(state), (long long)step);
@@ -126,9 +126,9 @@ int store_put_step(store *s, const char *job_id, int64_t step, const char *const
         goto fail;
     if (exec_job_step(s, "UPDATE jobs SET current_step = ?2 WHERE id = ?1", job_id, step, err))
         goto fail;
-    return st_commit(s, err);
+    return storage_commit(s, err);
 fail:
-    st_rollback(s);
+    storage_rollback(s);
     return -1;
 }
 
@@ -143,9 +143,10 @@ static int checkpoint_dirs_after(store *s, const char *job_id, int64_t step, cha
     *dirs = NULL;
     *n = 0;
     sqlite3_stmt *st;
-    if (st_prepare(s, "SELECT path FROM checkpoints WHERE job_id = ?1 AND step > ?2", &st, err))
+    if (storage_prepare(s, "SELECT path FROM checkpoints WHERE job_id = ?1 AND step > ?2", &st,
+                        err))
         return -1;
-    int rc = st_bind_text(st, 1, job_id);
+    int rc = storage_bind_text(st, 1, job_id);
     if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 2, step);
     size_t cap = 0;
     while (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
@@ -176,19 +177,19 @@ static int checkpoint_dirs_after(store *s, const char *job_id, int64_t step, cha
         free(*dirs);
         *dirs = NULL;
         *n = 0;
-        return st_sqlerr(s, err, rc, "checkpoints of job %s after step %lld", job_id,
-                         (long long)step);
+        return storage_sqlerr(s, err, rc, "checkpoints of job %s after step %lld", job_id,
+                              (long long)step);
     }
     return 0;
 }
 
 int store_job_truncate_after(store *s, const char *job_id, int64_t step, chord_err *err) {
-    if (st_check_id(job_id, "job", "job", err)) return -1;
+    if (storage_check_id(job_id, "job", "job", err)) return -1;
     char **dirs = NULL;
     size_t n_dirs = 0;
-    if (st_begin_write(s, err)) return chord_err_prefix(err, "job %s", job_id);
+    if (storage_begin_write(s, err)) return chord_err_prefix(err, "job %s", job_id);
     store_job_state state = STORE_JOB_QUEUED;
-    if (st_job_state_locked(s, job_id, &state, err) ||
+    if (storage_job_state_locked(s, job_id, &state, err) ||
         checkpoint_dirs_after(s, job_id, step, &dirs, &n_dirs, err) ||
         exec_job_step(s, "DELETE FROM checkpoints WHERE job_id = ?1 AND step > ?2", job_id, step,
                       err) ||
@@ -199,17 +200,17 @@ int store_job_truncate_after(store *s, const char *job_id, int64_t step, chord_e
         exec_job_step(s, "UPDATE jobs SET current_step = min(current_step, ?2) WHERE id = ?1",
                       job_id, step, err))
         goto fail;
-    if (st_commit(s, err)) goto fail;
+    if (storage_commit(s, err)) goto fail;
     /* Rows first, files second: a crash in between leaves directories the next open removes. */
     int ret = 0;
     for (size_t i = 0; i < n_dirs; i++) {
-        if (ret == 0 && st_rmtree(dirs[i], err)) ret = -1;
+        if (ret == 0 && storage_rmtree(dirs[i], err)) ret = -1;
         free(dirs[i]);
     }
     free(dirs);
     return ret;
 fail:
-    st_rollback(s);
+    storage_rollback(s);
     for (size_t i = 0; i < n_dirs; i++)
         free(dirs[i]);
     free(dirs);
@@ -234,7 +235,7 @@ static int read_metric(store *s, sqlite3_stmt *st, void *item, chord_err *err) {
     (void)s;
     store_metric_row *r = item;
     r->step = sqlite3_column_int64(st, 0);
-    if (st_col_text(st, 1, &r->name) || !r->name)
+    if (storage_col_text(st, 1, &r->name) || !r->name)
         return chord_err_setc(err, CHORD_E_INTERNAL, "metric name: out of memory");
     r->value = sqlite3_column_type(st, 2) == SQLITE_NULL ? NAN : sqlite3_column_double(st, 2);
     return 0;
@@ -243,7 +244,7 @@ static int read_metric(store *s, sqlite3_stmt *st, void *item, chord_err *err) {
 /* Fails with CHORD_E_NOT_FOUND when the job does not exist. */
 static int require_job(store *s, const char *job_id, chord_err *err) {
     store_job_state state = STORE_JOB_QUEUED;
-    return st_job_state_locked(s, job_id, &state, err);
+    return storage_job_state_locked(s, job_id, &state, err);
 }
 
 int store_metrics_since(store *s, const char *job_id, int64_t since_step, size_t max_steps,
@@ -251,47 +252,47 @@ int store_metrics_since(store *s, const char *job_id, int64_t since_step, size_t
     *rows = NULL;
     *n = 0;
     *next_step = since_step;
-    if (st_check_id(job_id, "job", "job", err)) return -1;
-    if (st_begin_read(s, err)) return chord_err_prefix(err, "metrics of job %s", job_id);
+    if (storage_check_id(job_id, "job", "job", err)) return -1;
+    if (storage_begin_read(s, err)) return chord_err_prefix(err, "metrics of job %s", job_id);
     if (require_job(s, job_id, err)) goto fail;
     int64_t last = INT64_MAX;
     sqlite3_stmt *st;
     if (max_steps > 0) {
         /* The max_steps-th distinct step at or after since_step bounds the page. */
-        if (st_prepare(s,
-                       "SELECT max(step) FROM (SELECT DISTINCT step FROM metrics "
-                       "WHERE job_id = ?1 AND step >= ?2 ORDER BY step LIMIT ?3)",
-                       &st, err))
+        if (storage_prepare(s,
+                            "SELECT max(step) FROM (SELECT DISTINCT step FROM metrics "
+                            "WHERE job_id = ?1 AND step >= ?2 ORDER BY step LIMIT ?3)",
+                            &st, err))
             goto fail;
-        int rc = st_bind_text(st, 1, job_id);
+        int rc = storage_bind_text(st, 1, job_id);
         if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 2, since_step);
-        if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 3, st_limit(max_steps));
+        if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 3, storage_limit(max_steps));
         if (rc == SQLITE_OK) rc = sqlite3_step(st);
         if (rc == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL)
             last = sqlite3_column_int64(st, 0);
         sqlite3_finalize(st);
         if (rc != SQLITE_ROW) {
-            st_sqlerr(s, err, rc, "metrics of job %s", job_id);
+            storage_sqlerr(s, err, rc, "metrics of job %s", job_id);
             goto fail;
         }
     }
-    if (st_prepare(s,
-                   "SELECT step, name, value FROM metrics WHERE job_id = ?1 AND step >= ?2 "
-                   "AND step <= ?3 ORDER BY step, name",
-                   &st, err))
+    if (storage_prepare(s,
+                        "SELECT step, name, value FROM metrics WHERE job_id = ?1 AND step >= ?2 "
+                        "AND step <= ?3 ORDER BY step, name",
+                        &st, err))
         goto fail;
-    int rc = st_bind_text(st, 1, job_id);
+    int rc = storage_bind_text(st, 1, job_id);
     if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 2, since_step);
     if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 3, last);
     if (rc != SQLITE_OK) {
         sqlite3_finalize(st);
-        st_sqlerr(s, err, rc, "metrics of job %s", job_id);
+        storage_sqlerr(s, err, rc, "metrics of job %s", job_id);
         goto fail;
     }
-    if (st_collect(s, st, sizeof **rows, read_metric, free_metric_item, (void **)rows, n,
-                   "reading metrics", err))
+    if (storage_collect(s, st, sizeof **rows, read_metric, free_metric_item, (void **)rows, n,
+                        "reading metrics", err))
         goto fail;
-    if (st_commit(s, err)) {
+    if (storage_commit(s, err)) {
         store_metric_rows_free(*rows, *n);
         *rows = NULL;
         *n = 0;
@@ -300,7 +301,7 @@ int store_metrics_since(store *s, const char *job_id, int64_t since_step, size_t
     if (*n > 0) *next_step = (*rows)[*n - 1].step + 1;
     return 0;
 fail:
-    st_rollback(s);
+    storage_rollback(s);
     return -1;
 }
 
@@ -330,9 +331,9 @@ static int read_sample(store *s, sqlite3_stmt *st, void *item, chord_err *err) {
     store_sample_row *r = item;
     r->step = sqlite3_column_int64(st, 0);
     r->index = sqlite3_column_int64(st, 1);
-    if (st_col_text(st, 2, &r->kind) || st_col_text(st, 3, &r->prompt) ||
-        st_col_text(st, 4, &r->completion) || st_col_text(st, 6, &r->reason) ||
-        st_col_text(st, 7, &r->answer))
+    if (storage_col_text(st, 2, &r->kind) || storage_col_text(st, 3, &r->prompt) ||
+        storage_col_text(st, 4, &r->completion) || storage_col_text(st, 6, &r->reason) ||
+        storage_col_text(st, 7, &r->answer))
         return chord_err_setc(err, CHORD_E_INTERNAL, "sample: out of memory");
     r->reward = sqlite3_column_type(st, 5) == SQLITE_NULL ? NAN : sqlite3_column_double(st, 5);
     return 0;
@@ -342,46 +343,47 @@ int store_samples_list(store *s, const char *job_id, int64_t step, size_t offset
                        store_sample_row **rows, size_t *n, int64_t *total, chord_err *err) {
     *rows = NULL;
     *n = 0;
-    if (st_check_id(job_id, "job", "job", err)) return -1;
+    if (storage_check_id(job_id, "job", "job", err)) return -1;
     if (step < -1)
         return chord_err_setc(err, CHORD_E_INVALID, "samples of job %s: bad step %lld", job_id,
                               (long long)step);
-    if (st_begin_read(s, err)) return chord_err_prefix(err, "samples of job %s", job_id);
+    if (storage_begin_read(s, err)) return chord_err_prefix(err, "samples of job %s", job_id);
     if (require_job(s, job_id, err)) goto fail;
     /* step = -1 selects every step: (?2 < 0 OR step = ?2). */
     sqlite3_stmt *st;
-    if (st_prepare(s, "SELECT count(*) FROM samples WHERE job_id = ?1 AND (?2 < 0 OR step = ?2)",
-                   &st, err))
+    if (storage_prepare(s,
+                        "SELECT count(*) FROM samples WHERE job_id = ?1 AND (?2 < 0 OR step = ?2)",
+                        &st, err))
         goto fail;
-    int rc = st_bind_text(st, 1, job_id);
+    int rc = storage_bind_text(st, 1, job_id);
     if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 2, step);
     if (rc == SQLITE_OK) rc = sqlite3_step(st);
     int64_t count = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
     sqlite3_finalize(st);
     if (rc != SQLITE_ROW) {
-        st_sqlerr(s, err, rc, "counting samples of job %s", job_id);
+        storage_sqlerr(s, err, rc, "counting samples of job %s", job_id);
         goto fail;
     }
-    if (st_prepare(s,
-                   "SELECT step, idx, kind, prompt, completion, reward, reason, answer "
-                   "FROM samples WHERE job_id = ?1 AND (?2 < 0 OR step = ?2) "
-                   "ORDER BY step, idx LIMIT ?3 OFFSET ?4",
-                   &st, err))
+    if (storage_prepare(s,
+                        "SELECT step, idx, kind, prompt, completion, reward, reason, answer "
+                        "FROM samples WHERE job_id = ?1 AND (?2 < 0 OR step = ?2) "
+                        "ORDER BY step, idx LIMIT ?3 OFFSET ?4",
+                        &st, err))
         goto fail;
-    rc = st_bind_text(st, 1, job_id);
+    rc = storage_bind_text(st, 1, job_id);
     if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 2, step);
-    if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 3, st_limit(limit));
+    if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 3, storage_limit(limit));
     if (rc == SQLITE_OK)
         rc = sqlite3_bind_int64(st, 4, offset > INT64_MAX ? INT64_MAX : (int64_t)offset);
     if (rc != SQLITE_OK) {
         sqlite3_finalize(st);
-        st_sqlerr(s, err, rc, "samples of job %s", job_id);
+        storage_sqlerr(s, err, rc, "samples of job %s", job_id);
         goto fail;
     }
-    if (st_collect(s, st, sizeof **rows, read_sample, free_sample_fields, (void **)rows, n,
-                   "reading samples", err))
+    if (storage_collect(s, st, sizeof **rows, read_sample, free_sample_fields, (void **)rows, n,
+                        "reading samples", err))
         goto fail;
-    if (st_commit(s, err)) {
+    if (storage_commit(s, err)) {
         store_sample_rows_free(*rows, *n);
         *rows = NULL;
         *n = 0;
@@ -390,6 +392,6 @@ int store_samples_list(store *s, const char *job_id, int64_t step, size_t offset
     if (total) *total = count;
     return 0;
 fail:
-    st_rollback(s);
+    storage_rollback(s);
     return -1;
 }

@@ -45,8 +45,8 @@ void store_dataset_list_free(store_dataset *items, size_t n) {
 
 static int read_dataset(store *s, sqlite3_stmt *st, void *item, chord_err *err) {
     store_dataset *d = item;
-    st_col_copy(st, 0, d->id, sizeof d->id);
-    if (st_col_text(st, 1, &d->name)) return OOM(err, "dataset");
+    storage_col_copy(st, 0, d->id, sizeof d->id);
+    if (storage_col_text(st, 1, &d->name)) return OOM(err, "dataset");
     const char *kind = (const char *)sqlite3_column_text(st, 2);
     if (store_dataset_kind_parse(kind, &d->kind, err)) return -1;
     const char *rel = (const char *)sqlite3_column_text(st, 3);
@@ -56,7 +56,7 @@ static int read_dataset(store *s, sqlite3_stmt *st, void *item, chord_err *err) 
     snprintf(d->path, len, "%s/%s", s->dir, rel ? rel : "");
     d->line_count = sqlite3_column_int64(st, 4);
     d->bytes = sqlite3_column_int64(st, 5);
-    st_col_copy(st, 6, d->sha256, sizeof d->sha256);
+    storage_col_copy(st, 6, d->sha256, sizeof d->sha256);
     d->created_ms = sqlite3_column_int64(st, 7);
     return 0;
 }
@@ -67,40 +67,41 @@ static void free_dataset_item(void *item) {
 
 int store_dataset_get(store *s, const char *id, store_dataset *out, chord_err *err) {
     memset(out, 0, sizeof *out);
-    if (st_check_id(id, "ds", "dataset", err)) return -1;
+    if (storage_check_id(id, "ds", "dataset", err)) return -1;
     sqlite3_stmt *st;
-    if (st_prepare(s, "SELECT " DATASET_COLS " FROM datasets WHERE id = ?1", &st, err)) return -1;
-    if (st_bind_text(st, 1, id) != SQLITE_OK) {
+    if (storage_prepare(s, "SELECT " DATASET_COLS " FROM datasets WHERE id = ?1", &st, err))
+        return -1;
+    if (storage_bind_text(st, 1, id) != SQLITE_OK) {
         sqlite3_finalize(st);
-        return st_sqlerr(s, err, SQLITE_ERROR, "dataset %s", id);
+        return storage_sqlerr(s, err, SQLITE_ERROR, "dataset %s", id);
     }
-    return st_get_one(s, st, read_dataset, out, "dataset", id, err);
+    return storage_get_one(s, st, read_dataset, out, "dataset", id, err);
 }
 
 /* A counted page of `table`: total from count_sql, rows from page_sql (?1 limit, ?2 offset,
  * ?3 the optional text parameter), both in one read snapshot. */
 static int list_page(store *s, const char *count_sql, const char *page_sql, const char *param,
-                     size_t offset, size_t limit, size_t item_size, st_row_reader read,
+                     size_t offset, size_t limit, size_t item_size, storage_row_reader read,
                      void (*free_item)(void *), void **items, size_t *n, int64_t *total,
                      const char *what, chord_err *err) {
     *items = NULL;
     *n = 0;
-    if (st_begin_read(s, err)) return -1;
+    if (storage_begin_read(s, err)) return -1;
     int64_t count = 0;
-    if (st_count_rows(s, count_sql, param, &count, err)) goto fail;
+    if (storage_count_rows(s, count_sql, param, &count, err)) goto fail;
     sqlite3_stmt *st;
-    if (st_prepare(s, page_sql, &st, err)) goto fail;
-    int rc = sqlite3_bind_int64(st, 1, st_limit(limit));
+    if (storage_prepare(s, page_sql, &st, err)) goto fail;
+    int rc = sqlite3_bind_int64(st, 1, storage_limit(limit));
     if (rc == SQLITE_OK)
         rc = sqlite3_bind_int64(st, 2, offset > INT64_MAX ? INT64_MAX : (int64_t)offset);
-    if (rc == SQLITE_OK && param) rc = st_bind_text(st, 3, param);
+    if (rc == SQLITE_OK && param) rc = storage_bind_text(st, 3, param);
     if (rc != SQLITE_OK) {
         sqlite3_finalize(st);
-        st_sqlerr(s, err, rc, "%s: bind", what);
+        storage_sqlerr(s, err, rc, "%s: bind", what);
         goto fail;
     }
-    if (st_collect(s, st, item_size, read, free_item, items, n, what, err)) goto fail;
-    if (st_commit(s, err)) {
+    if (storage_collect(s, st, item_size, read, free_item, items, n, what, err)) goto fail;
+    if (storage_commit(s, err)) {
         for (size_t i = 0; i < *n; i++)
             free_item((char *)*items + i * item_size);
         free(*items);
@@ -111,7 +112,7 @@ static int list_page(store *s, const char *count_sql, const char *page_sql, cons
     if (total) *total = count;
     return 0;
 fail:
-    st_rollback(s);
+    storage_rollback(s);
     return -1;
 }
 
@@ -144,9 +145,9 @@ void store_model_list_free(store_model *items, size_t n) {
 
 static int read_model(store *s, sqlite3_stmt *st, void *item, chord_err *err) {
     store_model *m = item;
-    st_col_copy(st, 0, m->id, sizeof m->id);
-    if (st_col_text(st, 1, &m->name) || st_col_text(st, 2, &m->directory) ||
-        st_col_text(st, 3, &m->config_json) || st_col_text(st, 4, &m->tokenizer_dir))
+    storage_col_copy(st, 0, m->id, sizeof m->id);
+    if (storage_col_text(st, 1, &m->name) || storage_col_text(st, 2, &m->directory) ||
+        storage_col_text(st, 3, &m->config_json) || storage_col_text(st, 4, &m->tokenizer_dir))
         return OOM(err, "model");
     m->created_ms = sqlite3_column_int64(st, 5);
     return 0;
@@ -162,35 +163,35 @@ int store_model_insert(store *s, const char *name, const char *directory, const 
     if (!name || !*name) return chord_err_setc(err, CHORD_E_INVALID, "model: empty name");
     if (!config_json) return chord_err_setc(err, CHORD_E_INVALID, "model %s: no config", name);
     char id[STORE_ID_MAX];
-    if (st_new_id("mdl", id, err)) return -1;
+    if (storage_new_id("mdl", id, err)) return -1;
     sqlite3_stmt *st;
-    if (st_prepare(s,
-                   "INSERT INTO models (id, name, directory, config_json, tokenizer_dir, "
-                   "created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                   &st, err))
+    if (storage_prepare(s,
+                        "INSERT INTO models (id, name, directory, config_json, tokenizer_dir, "
+                        "created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                        &st, err))
         return -1;
-    int rc = st_bind_text(st, 1, id);
-    if (rc == SQLITE_OK) rc = st_bind_text(st, 2, name);
-    if (rc == SQLITE_OK) rc = st_bind_text(st, 3, directory);
-    if (rc == SQLITE_OK) rc = st_bind_text(st, 4, config_json);
-    if (rc == SQLITE_OK) rc = st_bind_text(st, 5, tokenizer_dir);
+    int rc = storage_bind_text(st, 1, id);
+    if (rc == SQLITE_OK) rc = storage_bind_text(st, 2, name);
+    if (rc == SQLITE_OK) rc = storage_bind_text(st, 3, directory);
+    if (rc == SQLITE_OK) rc = storage_bind_text(st, 4, config_json);
+    if (rc == SQLITE_OK) rc = storage_bind_text(st, 5, tokenizer_dir);
     if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 6, store_now_ms());
     if (rc == SQLITE_OK) rc = sqlite3_step(st);
     sqlite3_finalize(st);
-    if (rc != SQLITE_DONE) return st_sqlerr(s, err, rc, "inserting model %s", name);
+    if (rc != SQLITE_DONE) return storage_sqlerr(s, err, rc, "inserting model %s", name);
     return out ? store_model_get(s, id, out, err) : 0;
 }
 
 int store_model_get(store *s, const char *id, store_model *out, chord_err *err) {
     memset(out, 0, sizeof *out);
-    if (st_check_id(id, "mdl", "model", err)) return -1;
+    if (storage_check_id(id, "mdl", "model", err)) return -1;
     sqlite3_stmt *st;
-    if (st_prepare(s, "SELECT " MODEL_COLS " FROM models WHERE id = ?1", &st, err)) return -1;
-    if (st_bind_text(st, 1, id) != SQLITE_OK) {
+    if (storage_prepare(s, "SELECT " MODEL_COLS " FROM models WHERE id = ?1", &st, err)) return -1;
+    if (storage_bind_text(st, 1, id) != SQLITE_OK) {
         sqlite3_finalize(st);
-        return st_sqlerr(s, err, SQLITE_ERROR, "model %s", id);
+        return storage_sqlerr(s, err, SQLITE_ERROR, "model %s", id);
     }
-    return st_get_one(s, st, read_model, out, "model", id, err);
+    return storage_get_one(s, st, read_model, out, "model", id, err);
 }
 
 int store_model_list(store *s, size_t offset, size_t limit, store_model **items, size_t *n,
@@ -260,16 +261,17 @@ void store_job_list_free(store_job *items, size_t n) {
 
 static int read_job(store *s, sqlite3_stmt *st, void *item, chord_err *err) {
     store_job *j = item;
-    st_col_copy(st, 0, j->id, sizeof j->id);
-    if (st_col_text(st, 1, &j->name) || st_col_text(st, 2, &j->config_json)) return OOM(err, "job");
+    storage_col_copy(st, 0, j->id, sizeof j->id);
+    if (storage_col_text(st, 1, &j->name) || storage_col_text(st, 2, &j->config_json))
+        return OOM(err, "job");
     if (store_job_state_parse((const char *)sqlite3_column_text(st, 3), &j->state, err)) return -1;
     j->cancel_requested = sqlite3_column_int(st, 4);
     j->created_ms = sqlite3_column_int64(st, 5);
     j->started_ms = sqlite3_column_int64(st, 6); /* NULL reads as 0 */
     j->finished_ms = sqlite3_column_int64(st, 7);
-    if (st_col_text(st, 8, &j->error)) return OOM(err, "job");
+    if (storage_col_text(st, 8, &j->error)) return OOM(err, "job");
     j->current_step = sqlite3_column_int64(st, 9);
-    if (st_col_text(st, 10, &j->device)) return OOM(err, "job");
+    if (storage_col_text(st, 10, &j->device)) return OOM(err, "job");
     return 0;
 }
 
@@ -279,14 +281,14 @@ static void free_job_item(void *item) {
 
 int store_job_get(store *s, const char *id, store_job *out, chord_err *err) {
     memset(out, 0, sizeof *out);
-    if (st_check_id(id, "job", "job", err)) return -1;
+    if (storage_check_id(id, "job", "job", err)) return -1;
     sqlite3_stmt *st;
-    if (st_prepare(s, "SELECT " JOB_COLS " FROM jobs WHERE id = ?1", &st, err)) return -1;
-    if (st_bind_text(st, 1, id) != SQLITE_OK) {
+    if (storage_prepare(s, "SELECT " JOB_COLS " FROM jobs WHERE id = ?1", &st, err)) return -1;
+    if (storage_bind_text(st, 1, id) != SQLITE_OK) {
         sqlite3_finalize(st);
-        return st_sqlerr(s, err, SQLITE_ERROR, "job %s", id);
+        return storage_sqlerr(s, err, SQLITE_ERROR, "job %s", id);
     }
-    return st_get_one(s, st, read_job, out, "job", id, err);
+    return storage_get_one(s, st, read_job, out, "job", id, err);
 }
 
 int store_job_create(store *s, const char *name, const char *config_json, store_job *out,
@@ -295,20 +297,20 @@ int store_job_create(store *s, const char *name, const char *config_json, store_
     if (!name || !*name) return chord_err_setc(err, CHORD_E_INVALID, "job: empty name");
     if (!config_json) return chord_err_setc(err, CHORD_E_INVALID, "job %s: no config", name);
     char id[STORE_ID_MAX];
-    if (st_new_id("job", id, err)) return -1;
+    if (storage_new_id("job", id, err)) return -1;
     sqlite3_stmt *st;
-    if (st_prepare(s,
-                   "INSERT INTO jobs (id, name, config_json, state, created_ms) "
-                   "VALUES (?1, ?2, ?3, 'queued', ?4)",
-                   &st, err))
+    if (storage_prepare(s,
+                        "INSERT INTO jobs (id, name, config_json, state, created_ms) "
+                        "VALUES (?1, ?2, ?3, 'queued', ?4)",
+                        &st, err))
         return -1;
-    int rc = st_bind_text(st, 1, id);
-    if (rc == SQLITE_OK) rc = st_bind_text(st, 2, name);
-    if (rc == SQLITE_OK) rc = st_bind_text(st, 3, config_json);
+    int rc = storage_bind_text(st, 1, id);
+    if (rc == SQLITE_OK) rc = storage_bind_text(st, 2, name);
+    if (rc == SQLITE_OK) rc = storage_bind_text(st, 3, config_json);
     if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 4, store_now_ms());
     if (rc == SQLITE_OK) rc = sqlite3_step(st);
     sqlite3_finalize(st);
-    if (rc != SQLITE_DONE) return st_sqlerr(s, err, rc, "inserting job %s", name);
+    if (rc != SQLITE_DONE) return storage_sqlerr(s, err, rc, "inserting job %s", name);
     return out ? store_job_get(s, id, out, err) : 0;
 }
 
@@ -335,7 +337,7 @@ int store_job_count_by_state(store *s, int64_t counts[STORE_JOB_NSTATES], chord_
     for (int i = 0; i < STORE_JOB_NSTATES; i++)
         counts[i] = 0;
     sqlite3_stmt *st;
-    if (st_prepare(s, "SELECT state, count(*) FROM jobs GROUP BY state", &st, err)) return -1;
+    if (storage_prepare(s, "SELECT state, count(*) FROM jobs GROUP BY state", &st, err)) return -1;
     int rc;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         store_job_state state = STORE_JOB_QUEUED;
@@ -346,15 +348,15 @@ int store_job_count_by_state(store *s, int64_t counts[STORE_JOB_NSTATES], chord_
         counts[state] = sqlite3_column_int64(st, 1);
     }
     sqlite3_finalize(st);
-    if (rc != SQLITE_DONE) return st_sqlerr(s, err, rc, "counting jobs");
+    if (rc != SQLITE_DONE) return storage_sqlerr(s, err, rc, "counting jobs");
     return 0;
 }
 
 /* Current state of a job, inside the caller's transaction. */
-int st_job_state_locked(store *s, const char *id, store_job_state *state, chord_err *err) {
+int storage_job_state_locked(store *s, const char *id, store_job_state *state, chord_err *err) {
     sqlite3_stmt *st;
-    if (st_prepare(s, "SELECT state FROM jobs WHERE id = ?1", &st, err)) return -1;
-    int rc = st_bind_text(st, 1, id);
+    if (storage_prepare(s, "SELECT state FROM jobs WHERE id = ?1", &st, err)) return -1;
+    int rc = storage_bind_text(st, 1, id);
     if (rc == SQLITE_OK) rc = sqlite3_step(st);
     int ret = 0;
     if (rc == SQLITE_ROW)
@@ -362,7 +364,7 @@ int st_job_state_locked(store *s, const char *id, store_job_state *state, chord_
     else if (rc == SQLITE_DONE)
         ret = chord_err_setc(err, CHORD_E_NOT_FOUND, "job %s not found", id);
     else
-        ret = st_sqlerr(s, err, rc, "job %s", id);
+        ret = storage_sqlerr(s, err, rc, "job %s", id);
     sqlite3_finalize(st);
     return ret;
 }
@@ -371,15 +373,15 @@ int st_job_state_locked(store *s, const char *id, store_job_state *state, chord_
 static int job_update(store *s, const char *id, const char *sql, const char *text2,
                       const char *text3, int64_t int4, chord_err *err) {
     sqlite3_stmt *st;
-    if (st_prepare(s, sql, &st, err)) return -1;
+    if (storage_prepare(s, sql, &st, err)) return -1;
     int nparams = sqlite3_bind_parameter_count(st);
-    int rc = st_bind_text(st, 1, id);
-    if (rc == SQLITE_OK && nparams >= 2) rc = st_bind_text(st, 2, text2);
-    if (rc == SQLITE_OK && nparams >= 3) rc = st_bind_text(st, 3, text3);
+    int rc = storage_bind_text(st, 1, id);
+    if (rc == SQLITE_OK && nparams >= 2) rc = storage_bind_text(st, 2, text2);
+    if (rc == SQLITE_OK && nparams >= 3) rc = storage_bind_text(st, 3, text3);
     if (rc == SQLITE_OK && nparams >= 4) rc = sqlite3_bind_int64(st, 4, int4);
     if (rc == SQLITE_OK) rc = sqlite3_step(st);
     sqlite3_finalize(st);
-    if (rc != SQLITE_DONE) return st_sqlerr(s, err, rc, "updating job %s", id);
+    if (rc != SQLITE_DONE) return storage_sqlerr(s, err, rc, "updating job %s", id);
     return 0;
 }
 
@@ -387,7 +389,7 @@ static int job_update(store *s, const char *id, const char *sql, const char *tex
 static int transition_locked(store *s, const char *id, store_job_state to, const char *error_text,
                              const char *device, chord_err *err) {
     store_job_state from = STORE_JOB_QUEUED;
-    if (st_job_state_locked(s, id, &from, err)) return -1;
+    if (storage_job_state_locked(s, id, &from, err)) return -1;
     if (!store_job_transition_legal(from, to))
         return chord_err_setc(err, CHORD_E_CONFLICT, "job %s: cannot go from %s to %s", id,
                               job_states[from], store_job_state_name(to));
@@ -411,54 +413,55 @@ static int transition_locked(store *s, const char *id, store_job_state to, const
 int store_job_transition(store *s, const char *id, store_job_state to, const char *error_text,
                          const char *device, store_job *out, chord_err *err) {
     if (out) memset(out, 0, sizeof *out);
-    if (st_check_id(id, "job", "job", err)) return -1;
+    if (storage_check_id(id, "job", "job", err)) return -1;
     if ((unsigned)to >= STORE_JOB_NSTATES)
         return chord_err_setc(err, CHORD_E_INVALID, "job %s: bad target state %d", id, (int)to);
-    if (st_begin_write(s, err)) return chord_err_prefix(err, "job %s", id);
+    if (storage_begin_write(s, err)) return chord_err_prefix(err, "job %s", id);
     if (transition_locked(s, id, to, error_text, device, err)) goto fail;
     if (out && store_job_get(s, id, out, err)) goto fail;
-    if (st_commit(s, err)) goto fail;
+    if (storage_commit(s, err)) goto fail;
     return 0;
 fail:
-    st_rollback(s);
+    storage_rollback(s);
     if (out) store_job_free(out);
     return -1;
 }
 
 int store_job_claim_next(store *s, const char *device, store_job *out, int *found, chord_err *err) {
     *found = 0;
-    if (st_begin_write(s, err)) return chord_err_prefix(err, "claiming a job");
+    if (storage_begin_write(s, err)) return chord_err_prefix(err, "claiming a job");
     sqlite3_stmt *st;
-    if (st_prepare(s, "SELECT id FROM jobs WHERE state = 'queued' ORDER BY seq LIMIT 1", &st, err))
+    if (storage_prepare(s, "SELECT id FROM jobs WHERE state = 'queued' ORDER BY seq LIMIT 1", &st,
+                        err))
         goto fail;
     int rc = sqlite3_step(st);
     char id[STORE_ID_MAX] = "";
-    if (rc == SQLITE_ROW) st_col_copy(st, 0, id, sizeof id);
+    if (rc == SQLITE_ROW) storage_col_copy(st, 0, id, sizeof id);
     sqlite3_finalize(st);
     if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
-        st_sqlerr(s, err, rc, "claiming a job");
+        storage_sqlerr(s, err, rc, "claiming a job");
         goto fail;
     }
-    if (rc == SQLITE_DONE) return st_commit(s, err);
+    if (rc == SQLITE_DONE) return storage_commit(s, err);
     if (transition_locked(s, id, STORE_JOB_RUNNING, NULL, device, err)) goto fail;
     if (out && store_job_get(s, id, out, err)) goto fail;
-    if (st_commit(s, err)) {
+    if (storage_commit(s, err)) {
         if (out) store_job_free(out);
         return -1;
     }
     *found = 1;
     return 0;
 fail:
-    st_rollback(s);
+    storage_rollback(s);
     return -1;
 }
 
 int store_job_request_cancel(store *s, const char *id, store_job *out, chord_err *err) {
     if (out) memset(out, 0, sizeof *out);
-    if (st_check_id(id, "job", "job", err)) return -1;
-    if (st_begin_write(s, err)) return chord_err_prefix(err, "cancelling job %s", id);
+    if (storage_check_id(id, "job", "job", err)) return -1;
+    if (storage_begin_write(s, err)) return chord_err_prefix(err, "cancelling job %s", id);
     store_job_state state = STORE_JOB_QUEUED;
-    if (st_job_state_locked(s, id, &state, err)) goto fail;
+    if (storage_job_state_locked(s, id, &state, err)) goto fail;
     if (state == STORE_JOB_QUEUED) {
         if (transition_locked(s, id, STORE_JOB_CANCELLED, NULL, NULL, err)) goto fail;
     } else if (state == STORE_JOB_RUNNING) {
@@ -470,38 +473,38 @@ int store_job_request_cancel(store *s, const char *id, store_job *out, chord_err
         goto fail;
     }
     if (out && store_job_get(s, id, out, err)) goto fail;
-    if (st_commit(s, err)) goto fail;
+    if (storage_commit(s, err)) goto fail;
     return 0;
 fail:
-    st_rollback(s);
+    storage_rollback(s);
     if (out) store_job_free(out);
     return -1;
 }
 
 int store_job_requeue_running(store *s, int64_t *n, chord_err *err) {
     if (n) *n = 0;
-    if (st_begin_write(s, err)) return chord_err_prefix(err, "requeueing jobs");
+    if (storage_begin_write(s, err)) return chord_err_prefix(err, "requeueing jobs");
     sqlite3_stmt *st;
-    if (st_prepare(s,
-                   "UPDATE jobs SET state = 'cancelled', finished_ms = ?1 "
-                   "WHERE state = 'running' AND cancel_requested = 1",
-                   &st, err))
+    if (storage_prepare(s,
+                        "UPDATE jobs SET state = 'cancelled', finished_ms = ?1 "
+                        "WHERE state = 'running' AND cancel_requested = 1",
+                        &st, err))
         goto fail;
     int rc = sqlite3_bind_int64(st, 1, store_now_ms());
     if (rc == SQLITE_OK) rc = sqlite3_step(st);
     sqlite3_finalize(st);
     if (rc != SQLITE_DONE) {
-        st_sqlerr(s, err, rc, "cancelling interrupted jobs");
+        storage_sqlerr(s, err, rc, "cancelling interrupted jobs");
         goto fail;
     }
     int64_t moved = sqlite3_changes(s->db);
-    if (st_exec(s, "UPDATE jobs SET state = 'queued' WHERE state = 'running'", err)) goto fail;
+    if (storage_exec(s, "UPDATE jobs SET state = 'queued' WHERE state = 'running'", err)) goto fail;
     moved += sqlite3_changes(s->db);
-    if (st_commit(s, err)) return -1;
+    if (storage_commit(s, err)) return -1;
     if (n) *n = moved;
     return 0;
 fail:
-    st_rollback(s);
+    storage_rollback(s);
     return -1;
 }
 
@@ -523,13 +526,13 @@ void store_rollout_free(store_rollout *r) {
 
 static int read_rollout(store *s, sqlite3_stmt *st, void *item, chord_err *err) {
     store_rollout *r = item;
-    st_col_copy(st, 0, r->id, sizeof r->id);
+    storage_col_copy(st, 0, r->id, sizeof r->id);
     const char *state = (const char *)sqlite3_column_text(st, 1);
     r->state = STORE_ROLLOUT_PENDING;
     for (int i = 0; i < 3; i++)
         if (state && strcmp(state, rollout_states[i]) == 0) r->state = (store_rollout_state)i;
-    if (st_col_text(st, 2, &r->request_json) || st_col_text(st, 3, &r->result_json) ||
-        st_col_text(st, 4, &r->error))
+    if (storage_col_text(st, 2, &r->request_json) || storage_col_text(st, 3, &r->result_json) ||
+        storage_col_text(st, 4, &r->error))
         return OOM(err, "rollout");
     r->created_ms = sqlite3_column_int64(st, 5);
     r->finished_ms = sqlite3_column_int64(st, 6);
@@ -538,61 +541,62 @@ static int read_rollout(store *s, sqlite3_stmt *st, void *item, chord_err *err) 
 
 int store_rollout_get(store *s, const char *id, store_rollout *out, chord_err *err) {
     memset(out, 0, sizeof *out);
-    if (st_check_id(id, "roll", "rollout", err)) return -1;
+    if (storage_check_id(id, "roll", "rollout", err)) return -1;
     sqlite3_stmt *st;
-    if (st_prepare(s,
-                   "SELECT id, state, request_json, result_json, error, created_ms, finished_ms "
-                   "FROM rollouts WHERE id = ?1",
-                   &st, err))
+    if (storage_prepare(
+            s,
+            "SELECT id, state, request_json, result_json, error, created_ms, finished_ms "
+            "FROM rollouts WHERE id = ?1",
+            &st, err))
         return -1;
-    if (st_bind_text(st, 1, id) != SQLITE_OK) {
+    if (storage_bind_text(st, 1, id) != SQLITE_OK) {
         sqlite3_finalize(st);
-        return st_sqlerr(s, err, SQLITE_ERROR, "rollout %s", id);
+        return storage_sqlerr(s, err, SQLITE_ERROR, "rollout %s", id);
     }
-    return st_get_one(s, st, read_rollout, out, "rollout", id, err);
+    return storage_get_one(s, st, read_rollout, out, "rollout", id, err);
 }
 
 int store_rollout_create(store *s, const char *request_json, store_rollout *out, chord_err *err) {
     if (out) memset(out, 0, sizeof *out);
     if (!request_json) return chord_err_setc(err, CHORD_E_INVALID, "rollout: no request");
     char id[STORE_ID_MAX];
-    if (st_new_id("roll", id, err)) return -1;
+    if (storage_new_id("roll", id, err)) return -1;
     sqlite3_stmt *st;
-    if (st_prepare(s,
-                   "INSERT INTO rollouts (id, state, request_json, created_ms) "
-                   "VALUES (?1, 'pending', ?2, ?3)",
-                   &st, err))
+    if (storage_prepare(s,
+                        "INSERT INTO rollouts (id, state, request_json, created_ms) "
+                        "VALUES (?1, 'pending', ?2, ?3)",
+                        &st, err))
         return -1;
-    int rc = st_bind_text(st, 1, id);
-    if (rc == SQLITE_OK) rc = st_bind_text(st, 2, request_json);
+    int rc = storage_bind_text(st, 1, id);
+    if (rc == SQLITE_OK) rc = storage_bind_text(st, 2, request_json);
     if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 3, store_now_ms());
     if (rc == SQLITE_OK) rc = sqlite3_step(st);
     sqlite3_finalize(st);
-    if (rc != SQLITE_DONE) return st_sqlerr(s, err, rc, "inserting rollout");
+    if (rc != SQLITE_DONE) return storage_sqlerr(s, err, rc, "inserting rollout");
     return out ? store_rollout_get(s, id, out, err) : 0;
 }
 
 int store_rollout_finish(store *s, const char *id, const char *result_json, const char *error_text,
                          chord_err *err) {
-    if (st_check_id(id, "roll", "rollout", err)) return -1;
+    if (storage_check_id(id, "roll", "rollout", err)) return -1;
     if (!result_json == !error_text)
         return chord_err_setc(err, CHORD_E_INVALID,
                               "rollout %s: give exactly one of result and error", id);
     sqlite3_stmt *st;
     /* One statement: the state check and the change are atomic without a transaction. */
-    if (st_prepare(s,
-                   "UPDATE rollouts SET state = ?2, result_json = ?3, error = ?4, "
-                   "finished_ms = ?5 WHERE id = ?1 AND state = 'pending'",
-                   &st, err))
+    if (storage_prepare(s,
+                        "UPDATE rollouts SET state = ?2, result_json = ?3, error = ?4, "
+                        "finished_ms = ?5 WHERE id = ?1 AND state = 'pending'",
+                        &st, err))
         return -1;
-    int rc = st_bind_text(st, 1, id);
-    if (rc == SQLITE_OK) rc = st_bind_text(st, 2, result_json ? "succeeded" : "failed");
-    if (rc == SQLITE_OK) rc = st_bind_text(st, 3, result_json);
-    if (rc == SQLITE_OK) rc = st_bind_text(st, 4, error_text);
+    int rc = storage_bind_text(st, 1, id);
+    if (rc == SQLITE_OK) rc = storage_bind_text(st, 2, result_json ? "succeeded" : "failed");
+    if (rc == SQLITE_OK) rc = storage_bind_text(st, 3, result_json);
+    if (rc == SQLITE_OK) rc = storage_bind_text(st, 4, error_text);
     if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 5, store_now_ms());
     if (rc == SQLITE_OK) rc = sqlite3_step(st);
     sqlite3_finalize(st);
-    if (rc != SQLITE_DONE) return st_sqlerr(s, err, rc, "finishing rollout %s", id);
+    if (rc != SQLITE_DONE) return storage_sqlerr(s, err, rc, "finishing rollout %s", id);
     if (sqlite3_changes(s->db) == 0) {
         store_rollout r;
         if (store_rollout_get(s, id, &r, err)) return -1; /* NOT_FOUND */

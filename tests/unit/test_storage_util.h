@@ -21,7 +21,7 @@ static inline void scratch_make(char out[256]) {
 
 static inline void scratch_remove(const char *dir) {
     chord_err err = {0};
-    assert_int_equal(st_rmtree(dir, &err), 0);
+    assert_int_equal(storage_rmtree(dir, &err), 0);
 }
 
 static inline store *open_ok(const char *dir) {
