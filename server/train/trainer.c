@@ -572,33 +572,11 @@ static int save_checkpoint(trainer *t, int64_t step, chord_err *err) {
     if (model_save(t->m, dir, ST_F32, 0, err) != 0) return -1;
     if (trainer_save_tokenizer(t->tok_dir[0] ? t->tok_dir : NULL, dir, err) != 0)
         return chord_err_prefix(err, "checkpoint: tokenizer");
-    /* optimizer moments, exact float32 */
-    size_t n = t->m->num_params;
-    float *hm = malloc(n * sizeof *hm), *hv = malloc(n * sizeof *hv);
     int rc = -1;
-    st_writer *w = st_writer_new();
-    if (!hm || !hv || !w) {
-        chord_err_setc(err, CHORD_E_INTERNAL, "checkpoint: out of memory");
-        goto done;
-    }
-    if (t->m->adam_m && t->m->adam_v) {
-        ops_ctx *o = t->m->ops;
-        if (o->be->to_host(o, hm, t->m->adam_m, n * sizeof *hm) != 0 ||
-            o->be->to_host(o, hv, t->m->adam_v, n * sizeof *hv) != 0) {
-            chord_err_setc(err, CHORD_E_INTERNAL, "checkpoint: %s", ops_last_error(o));
-            goto done;
-        }
-    } else {
-        memset(hm, 0, n * sizeof *hm);
-        memset(hv, 0, n * sizeof *hv);
-    }
-    int64_t shape[1] = {(int64_t)n};
+    size_t n = t->m->num_params;
     char path[4096 + 64];
     snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
-    if (st_writer_add(w, "adam_m", hm, shape, 1, ST_F32, err) != 0 ||
-        st_writer_add(w, "adam_v", hv, shape, 1, ST_F32, err) != 0 ||
-        st_writer_save(w, path, err) != 0)
-        goto done;
+    if (model_save_optimizer(t->m, path, err) != 0) goto done;
     json_t *state = json_pack("{s:I, s:i, s:I, s:I, s:I, s:I}", "step", (json_int_t)step,
                               "adam_t", t->m->adam_t, "prompt_cursor",
                               (json_int_t)t->prompt_cursor, "expert_cursor",
@@ -618,9 +596,6 @@ static int save_checkpoint(trainer *t, int64_t step, chord_err *err) {
     logline(t, "checkpoint step %lld written", (long long)step);
     rc = 0;
 done:
-    st_writer_free(w);
-    free(hm);
-    free(hv);
     return rc;
 }
 
@@ -640,37 +615,12 @@ static int load_resume_state(trainer *t, const char *dir, chord_err *err) {
     t->step = step;
     t->prompt_cursor = pc;
     t->expert_cursor = ec;
-    t->m->adam_t = adam_t;
     snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
-    st_reader *r = NULL;
-    if (st_open(path, &r, err) != 0) return -1;
-    size_t n = t->m->num_params;
-    float *h = malloc(n * sizeof *h);
-    ops_ctx *o = t->m->ops;
-    int rc = -1;
-    int64_t shape[1] = {(int64_t)n};
-    if (!h) {
-        chord_err_setc(err, CHORD_E_INTERNAL, "resume: out of memory");
-        goto done;
-    }
-    if (!t->m->adam_m) t->m->adam_m = o->be->alloc(o, n * sizeof(float));
-    if (!t->m->adam_v) t->m->adam_v = o->be->alloc(o, n * sizeof(float));
-    if (!t->m->adam_m || !t->m->adam_v) {
-        chord_err_setc(err, CHORD_E_INTERNAL, "resume: out of device memory");
-        goto done;
-    }
-    if (st_read_f32(r, "adam_m", h, shape, 1, err) != 0) goto done;
-    if (o->be->to_device(o, t->m->adam_m, h, n * sizeof *h) != 0) goto dev;
-    if (st_read_f32(r, "adam_v", h, shape, 1, err) != 0) goto done;
-    if (o->be->to_device(o, t->m->adam_v, h, n * sizeof *h) != 0) goto dev;
-    rc = 0;
-    goto done;
-dev:
-    chord_err_setc(err, CHORD_E_INTERNAL, "resume: %s", ops_last_error(o));
-done:
-    free(h);
-    st_close(r);
-    return rc;
+    if (model_load_optimizer(t->m, path, err) != 0) return -1;
+    if (t->m->adam_t != adam_t)
+        return chord_err_setc(err, CHORD_E_IO, "%s: optimizer step %d != trainer state %d", dir,
+                              t->m->adam_t, adam_t);
+    return 0;
 }
 
 /* ---- set-up ----------------------------------------------------------------------------------- */
@@ -726,7 +676,7 @@ static int setup(trainer *t, chord_err *err) {
     for (size_t i = 0; i < sizeof eot / sizeof eot[0]; i++) add_stop(t, tok_token_to_id(t->tok, eot[i]));
     if (t->n_stop == 0) logline(t, "warning: the tokenizer has no EOS token; responses end at max_new_tokens");
 
-    if (reward_verifier_new(cfg->reward, &t->verifier, err) != 0) return chord_err_prefix(err, "reward");
+    if (reward_verifier_new(cfg->reward, &t->verifier, err) != 0) return -1;
     t->engine = rollout_engine_new(t->m);
     if (!t->engine) return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
     double temp = cfg->sampling.temperature;
