@@ -284,6 +284,13 @@ int model_config_from_json(const struct json_t *root, model_config *cfg, chord_e
     } else if (get_int(root, "head_dim", 0, fam->head_dim_default, 1, &cfg->head_dim, err)) {
         return -1;
     }
+    /* transformers' LlamaConfig.validate_architecture insists on it even with head_dim given:
+     * a checkpoint breaking it would not load there. */
+    if (is_llama && cfg->hidden_size % cfg->num_attention_heads != 0)
+        return chord_err_set(err,
+                             CFG ": hidden_size: must be a multiple of num_attention_heads for "
+                                 "llama (%d %% %d != 0)",
+                             cfg->hidden_size, cfg->num_attention_heads);
     if (cfg->head_dim % 2 != 0)
         return chord_err_set(err, CFG ": head_dim: must be even for RoPE, got %d", cfg->head_dim);
     if (get_int(root, "max_position_embeddings", 0, fam->max_position_default, 1,

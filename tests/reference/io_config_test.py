@@ -254,6 +254,30 @@ def test_bad_configs_rejected_naming_the_field(tmp_path, i):
     assert r.returncode == 1 and message in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize("cfg,accepted", [
+    # transformers' LlamaConfig wants hidden_size % heads == 0 even with head_dim; Qwen does not
+    ({"model_type": "llama", **dict(SMALL, hidden_size=50), "num_attention_heads": 5,
+      "head_dim": 16}, True),
+    ({"model_type": "llama", **dict(SMALL, hidden_size=50), "num_attention_heads": 4,
+      "head_dim": 16}, False),
+    ({"model_type": "qwen2", **dict(SMALL, hidden_size=50), "num_attention_heads": 4,
+      "num_key_value_heads": 2, "head_dim": 16}, True),
+    ({"model_type": "qwen3", **dict(SMALL, hidden_size=50), "num_attention_heads": 4,
+      "num_key_value_heads": 4}, True),
+])
+def test_accepts_what_transformers_accepts(tmp_path, cfg, accepted):
+    write_config(tmp_path, cfg)
+    r = st_tool("config", tmp_path, check=False)
+    assert (r.returncode == 0) == accepted, r.stderr
+    if accepted:
+        hf, inv_freq = hf_view(tmp_path)
+        compare(json.loads(r.stdout), hf, inv_freq)
+    else:
+        with pytest.raises(Exception):
+            AutoConfig.from_pretrained(tmp_path)
+        assert "hidden_size" in r.stderr
+
+
 def test_nan_rejected_naming_the_field(tmp_path):
     # Python's json writes NaN, which is not JSON: chord must say which field holds it.
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", **SMALL,

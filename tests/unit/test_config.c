@@ -201,6 +201,9 @@ static const struct {
     {"{\"model_type\": \"llama\", \"vocab_size\": 96, \"hidden_size\": 50, "
      "\"num_hidden_layers\": 2, \"num_attention_heads\": 4, \"intermediate_size\": 80}",
      "hidden_size: must be a multiple of num_attention_heads"},
+    {"{\"model_type\": \"llama\", \"vocab_size\": 96, \"hidden_size\": 50, \"head_dim\": 16, "
+     "\"num_hidden_layers\": 2, \"num_attention_heads\": 4, \"intermediate_size\": 80}",
+     "hidden_size: must be a multiple of num_attention_heads for llama (50 % 4 != 0)"},
     {"{\"model_type\": \"llama\", \"head_dim\": -8, " SIZES "}", "head_dim: must be positive"},
     {"{\"model_type\": \"llama\", \"head_dim\": 7, " SIZES "}", "head_dim: must be even"},
     {"{\"model_type\": \"llama\", \"max_position_embeddings\": 0, " SIZES "}",
