@@ -54,12 +54,11 @@ int svc_submit_demo(svc *s, json_t **job, chord_err *err) {
     snprintf(p, sizeof p, "%s/eval.jsonl", dir);
     if (upload_file(s, p, "demo-eval", "eval", eval, err)) return -1;
 
-    /* the model's vocabulary covers the embedded tokenizer's */
+    /* the model's vocabulary is the embedded tokenizer's (every id it samples decodes) */
     tok_tokenizer *tok = NULL;
     if (tok_load_default(&tok, err)) return chord_err_prefix(err, "demo: default tokenizer");
     int vocab = tok_vocab_size(tok);
     tok_free(tok);
-    vocab = (vocab + 63) / 64 * 64;
 
     json_t *doc = json_pack(
         "{s:s, s:{s:{s:{s:s, s:[s], s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:f, s:f, s:b}, s:i}},"

@@ -38,7 +38,8 @@ typedef struct run_ctx {
     store_sample *samples;
     char **sample_strings; /* everything the samples point to */
     size_t n_samples, n_strings;
-    int64_t last_step;
+    int64_t last_step;  /* the last step stored (the resume point before the first) */
+    int64_t last_ckpt;  /* the last step checkpointed (the resume point, or -1) */
     char **last_names;
     double *last_values;
     int n_last;
@@ -244,13 +245,13 @@ static int cb_on_step(void *user, int64_t step, const char *const *names, const 
             r->n_last = i + 1;
         }
     }
-    /* one log line per step: the step and its first few metrics */
+    /* the trainer logs a line per step through on_log; this one is for debugging */
     char line[512];
     int off = snprintf(line, sizeof line, "job %s step %lld/%lld", r->job_id, (long long)step,
                        (long long)r->cfg->steps);
     for (int i = 0; i < n && i < 6 && off > 0 && (size_t)off < sizeof line; i++)
         off += snprintf(line + off, sizeof line - (size_t)off, " %s=%.4g", names[i], values[i]);
-    LOG_INFO("%s", line);
+    LOG_DEBUG("%s", line);
     jobs_pool *p = r->w->pool;
     if (p->hooks.on_step) p->hooks.on_step(p->hooks.user, r->job_id, step, names, values, n);
     if (p->hooks.publish) p->hooks.publish(p->hooks.user, r->job_id);
@@ -273,8 +274,9 @@ static int cb_checkpoint_commit(void *user, int64_t step, const char *dir, chord
     (void)dir;
     store_checkpoint ck = {0};
     if (store_checkpoint_commit(r->w->st, r->job_id, step, &ck, err)) return -1;
-    LOG_INFO("job %s checkpoint step %lld: %s (%lld bytes)", r->job_id, (long long)step, ck.path,
-             (long long)ck.bytes);
+    LOG_DEBUG("job %s checkpoint step %lld: %s (%lld bytes)", r->job_id, (long long)step,
+              ck.path, (long long)ck.bytes);
+    r->last_ckpt = step;
     store_checkpoint_free(&ck);
     if (r->cfg->keep_checkpoints > 0) {
         chord_err kerr = {0};
@@ -294,7 +296,8 @@ static int cb_should_stop(void *user, int *checkpoint_on_stop) {
         return 1;
     }
     if (atomic_load(&r->w->pool->stopping)) {
-        *checkpoint_on_stop = 1;
+        /* a checkpoint of the last step, unless it has one already */
+        *checkpoint_on_stop = r->last_ckpt != r->last_step;
         return 1;
     }
     return 0;
@@ -393,7 +396,12 @@ static void run_job(worker *w, store_job *job) {
                        .model_dir = cfg.model_path,
                        .tokenizer_dir = tokenizer_dir,
                        .resume_dir = resume};
-    run_ctx r = {.w = w, .job_id = job->id, .cfg = &cfg, .sample_step = -1, .last_step = -1};
+    run_ctx r = {.w = w,
+                 .job_id = job->id,
+                 .cfg = &cfg,
+                 .sample_step = -1,
+                 .last_step = resume ? from : -1,
+                 .last_ckpt = resume ? from : -1};
     trainer_callbacks cb = {.user = &r,
                             .on_step = cb_on_step,
                             .on_samples = cb_on_samples,

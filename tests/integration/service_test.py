@@ -1,0 +1,500 @@
+"""service_test.py — chordd's REST API end to end: a real chordd on a free loopback port with a
+temp data dir, driven over real HTTP. Datasets (valid, invalid lines naming the line, empty,
+too large), models (incl. paths escaping the models root), jobs (bad documents naming the
+field, list / get / cancel), a job that trains with SSE per step, metrics and checkpoints (files
+checked against their SHA256SUMS with hashlib), rollouts, 404 / 405 / 413 / 415, /metrics, and
+after every bad request the server is up and stored data unchanged. Crash-and-resume tests are
+in service_resume_test.py.
+
+Run: CHORDD=build/api/chordd python -m pytest tests/integration/service_test.py"""
+import hashlib
+import json
+import os
+import socket
+import threading
+import time
+
+import pytest
+
+from chordd_harness import Chordd, TINY_CONFIG, arith_expert, arith_prompts, jsonl, tiny_job
+
+
+@pytest.fixture(scope="module")
+def srv():
+    s = Chordd(extra_args=["--max-upload-mb", "1", "--sse-heartbeat", "1"]).start()
+    yield s
+    rc = s.stop()
+    s.cleanup()
+    assert rc == 0, "chordd did not exit cleanly on SIGTERM"
+
+
+@pytest.fixture(scope="module")
+def datasets(srv):
+    p = srv.upload("prompts", jsonl(arith_prompts(40)), name="p").json()
+    e = srv.upload("expert", jsonl(arith_expert(40)), name="e").json()
+    return p["id"], e["id"]
+
+
+def snapshot(srv):
+    """What is stored: every list, for 'stored data untouched' checks."""
+    out = {}
+    for path in ("/v1/datasets", "/v1/models", "/v1/jobs"):
+        items = srv.get(path + "?limit=1000").json()["items"]
+        # running jobs move on their own; compare what a bad request could corrupt
+        out[path] = [{k: v for k, v in it.items()
+                      if k not in ("state", "current_step", "started_at", "finished_at", "error",
+                                   "device", "cancel_requested")} for it in items]
+    files = sorted(os.listdir(os.path.join(srv.data_dir, "datasets")))
+    out["files"] = files
+    return out
+
+
+def raw_chunked(srv, path, content_type, body, piece=65536):
+    """POSTs body with chunked transfer encoding on a raw socket; returns the raw response."""
+    sock = socket.create_connection(("127.0.0.1", srv.port))
+    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                 f"Content-Type: {content_type}\r\nConnection: close\r\n\r\n".encode())
+    try:
+        for i in range(0, len(body), piece):
+            part = body[i:i + piece]
+            sock.sendall(b"%x\r\n" % len(part) + part + b"\r\n")
+        sock.sendall(b"0\r\n\r\n")
+    except OSError:
+        pass
+    resp = b""
+    sock.settimeout(30)
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        resp += chunk
+    sock.close()
+    return resp
+
+
+def assert_error(r, status, code, *needles):
+    assert r.status == status, r
+    e = r.json()["error"]
+    assert e["code"] == code, r
+    for n in needles:
+        assert n in e["message"], (n, r)
+
+
+# ---- health, metrics, routing ------------------------------------------------------------
+
+def test_healthz(srv):
+    r = srv.get("/healthz")
+    assert r.status == 200
+    h = r.json()
+    assert h["status"] == "ok" and h["devices"] == ["cpu"] and h["workers"] == 1
+    assert set(h["jobs"]) == {"queued", "running", "succeeded", "failed", "cancelled"}
+
+
+def test_unknown_paths_and_methods(srv):
+    assert_error(srv.get("/v1/nothing"), 404, "not_found")
+    assert_error(srv.get("/v1/jobs/"), 404, "not_found")
+    r = srv.request("DELETE", "/v1/jobs")
+    assert_error(r, 405, "method_not_allowed")
+    assert set(x.strip() for x in r.headers["Allow"].split(",")) == {"GET", "POST"}
+    assert_error(srv.get("/v1/jobs/job_0000/cancel"), 405, "method_not_allowed")
+    for path in ("/v1/jobs/job_nope", "/v1/jobs/job_nope/metrics", "/v1/jobs/job_nope/events",
+                 "/v1/jobs/job_nope/checkpoints", "/v1/jobs/job_nope/samples",
+                 "/v1/datasets/ds_nope", "/v1/models/mdl_nope", "/v1/rollouts/roll_nope",
+                 "/v1/jobs/job_nope/checkpoints/1/files/config.json"):
+        assert_error(srv.get(path), 404, "not_found")
+    assert_error(srv.post("/v1/jobs/job_nope/cancel"), 404, "not_found")
+
+
+def test_prometheus_text(srv):
+    srv.get("/healthz")
+    r = srv.get("/metrics")
+    assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain")
+    text = r.body.decode()
+    for state in ("queued", "running", "succeeded", "failed", "cancelled"):
+        assert f'chord_jobs{{state="{state}"}}' in text
+    assert 'chord_requests_total{transport="http",route="/healthz",method="GET",code="200"}' in text
+    assert 'chord_request_duration_seconds_bucket{transport="http",route="/healthz",le="+Inf"}' in text
+    assert "chord_steps_total" in text and 'chord_tokens_per_second{phase="train"}' in text
+    # every sample line is NAME{labels} VALUE or NAME VALUE with a float value
+    for line in text.splitlines():
+        if line.startswith("#") or not line:
+            continue
+        float(line.rsplit(" ", 1)[1])
+
+
+# ---- datasets ------------------------------------------------------------------------------
+
+def test_dataset_upload_and_get(srv):
+    body = jsonl(arith_prompts(25)) + b'{"messages": [{"role": "user", "content": "hi"}], "answer": 3}'
+    r = srv.upload("prompts", body, name="mine")
+    assert r.status == 201, r
+    d = r.json()
+    assert d["id"].startswith("ds_") and d["kind"] == "prompts" and d["name"] == "mine"
+    assert d["lines"] == 26 and d["bytes"] == len(body)
+    assert d["sha256"] == hashlib.sha256(body).hexdigest()
+    assert srv.get("/v1/datasets/" + d["id"]).json() == d
+    ids = [x["id"] for x in srv.get("/v1/datasets?limit=1000").json()["items"]]
+    assert d["id"] in ids
+    page = srv.get("/v1/datasets?limit=1&offset=0").json()
+    assert len(page["items"]) == 1 and page["total"] >= 1 and page["limit"] == 1
+
+
+def test_dataset_expert_messages(srv):
+    body = jsonl([{"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "q"},
+                                {"role": "assistant", "content": "a"}]}] + arith_expert(3))
+    r = srv.upload("expert", body)
+    assert r.status == 201, r
+    assert r.json()["lines"] == 4
+
+
+def test_dataset_chunked_upload(srv):
+    """A body sent with chunked transfer encoding in pieces that split lines and UTF-8."""
+    rows = arith_prompts(200) + [{"prompt": "Combien font 2+2 ? é", "answer": "4"}]
+    body = jsonl(rows)
+    sock = socket.create_connection(("127.0.0.1", srv.port))
+    head = (f"POST /v1/datasets?kind=eval HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            f"Content-Type: application/x-ndjson\r\nConnection: close\r\n\r\n")
+    sock.sendall(head.encode())
+    for i in range(0, len(body), 777):
+        piece = body[i:i + 777]
+        sock.sendall(b"%x\r\n" % len(piece) + piece + b"\r\n")
+    sock.sendall(b"0\r\n\r\n")
+    resp = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        resp += chunk
+    sock.close()
+    assert resp.startswith(b"HTTP/1.1 201"), resp[:200]
+    d = json.loads(resp.split(b"\r\n\r\n", 1)[1])
+    assert d["lines"] == 201 and d["sha256"] == hashlib.sha256(body).hexdigest()
+
+
+@pytest.mark.parametrize("kind,body,status,needles", [
+    ("prompts", b'{"prompt":"a","answer":"1"}\n{"prompt":"b","answer":"2"}\n{"prompt": "c", "answer": \n',
+     400, ["line 3", "invalid JSON"]),
+    ("prompts", b'{"prompt":"a","answer":"1"}\n{"prompt":"b"}\n', 400, ["line 2", "answer"]),
+    ("prompts", b'{"prompt":"a","answer":"1"}\n\n{"prompt":"b","answer":"2"}\n', 400, ["line 2", "empty line"]),
+    ("prompts", b'[1,2]\n', 400, ["line 1", "object"]),
+    ("prompts", b'{"prompt":"a","answer":"1"}\n{"prompt":"\xff\xfe","answer":"1"}\n', 400, ["line 2"]),
+    ("prompts", b'{"prompt": 5, "answer": "1"}\n', 400, ["line 1", "prompt"]),
+    ("prompts", b'{"prompt":"a","answer":"1","prompt":"b"}\n', 400, ["line 1", "duplicate"]),
+    ("expert", b'{"prompt":"a","response":"b"}\n{"prompt":"a","answer":"1"}\n', 400, ["line 2", "response"]),
+    ("expert", b'{"messages":[{"role":"user","content":"q"}]}\n', 400, ["line 1", "assistant"]),
+    ("expert", b'{"messages":[{"role":"robot","content":"q"}]}\n', 400, ["line 1", "messages[0].role"]),
+    ("prompts", b'', 400, ["empty"]),
+    ("prompts", b'{"prompt":"a","answer":"1"}\n{"prompt":"b","answer":"2"', 400, ["line 2"]),
+    ("bogus", b'{"prompt":"a","answer":"1"}\n', 400, ["kind"]),
+    (None, b'{"prompt":"a","answer":"1"}\n', 400, ["kind"]),
+])
+def test_dataset_bad_uploads(srv, kind, body, status, needles):
+    before = snapshot(srv)
+    path = "/v1/datasets" + (f"?kind={kind}" if kind else "")
+    r = srv.request("POST", path, body, {"Content-Type": "application/x-ndjson"})
+    assert_error(r, status, "invalid_argument", *needles)
+    assert snapshot(srv) == before
+    assert srv.get("/healthz").status == 200
+
+
+def test_dataset_too_large(srv):
+    before = snapshot(srv)
+    line = json.dumps({"prompt": "x" * 1000, "answer": "1"}).encode() + b"\n"
+    big = line * (2 * 1024 * 1024 // len(line))  # 2 MiB, limit is 1 MiB
+    # Content-Length over the limit: answered from the headers alone, before any body byte
+    sock = socket.create_connection(("127.0.0.1", srv.port))
+    sock.sendall(b"POST /v1/datasets?kind=prompts HTTP/1.1\r\nHost: x\r\n"
+                 b"Content-Type: application/x-ndjson\r\nContent-Length: %d\r\n\r\n" % len(big))
+    sock.settimeout(10)
+    resp = sock.recv(65536)
+    sock.close()
+    assert resp.startswith(b"HTTP/1.1 413"), resp[:300]
+    assert b"payload_too_large" in resp
+    # chunked (no Content-Length): rejected once the limit is crossed, answered at the end
+    resp = raw_chunked(srv, "/v1/datasets?kind=prompts", "application/x-ndjson", big)
+    assert resp.startswith(b"HTTP/1.1 413"), resp[:300]
+    assert snapshot(srv) == before
+    assert not [f for f in os.listdir(os.path.join(srv.data_dir, "datasets")) if f.endswith(".tmp")]
+
+
+def test_dataset_wrong_content_type(srv):
+    r = srv.upload("prompts", jsonl(arith_prompts(2)), content_type="multipart/form-data; boundary=x")
+    assert_error(r, 415, "unsupported_media_type")
+    r = srv.upload("prompts", jsonl(arith_prompts(2)), content_type="application/x-www-form-urlencoded")
+    assert_error(r, 415, "unsupported_media_type", "x-ndjson")
+
+
+# ---- models --------------------------------------------------------------------------------
+
+def test_models(srv):
+    d = os.path.join(srv.models_root, "tiny")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump(TINY_CONFIG, f)
+    r = srv.post("/v1/models", {"name": "tiny", "path": "tiny"})
+    assert r.status == 201, r
+    m = r.json()
+    assert m["source"] == "directory" and m["path"] == os.path.realpath(d)
+    assert m["config"]["hidden_size"] == 32
+    assert srv.get("/v1/models/" + m["id"]).json() == m
+    r = srv.post("/v1/models", {"init": {"config": TINY_CONFIG}})
+    assert r.status == 201, r
+    assert r.json()["source"] == "init" and r.json()["path"] is None
+    ids = [x["id"] for x in srv.get("/v1/models").json()["items"]]
+    assert m["id"] in ids and r.json()["id"] in ids
+
+
+def test_models_bad(srv):
+    outside = os.path.join(srv.tmp, "outside")  # a sibling of the models root
+    os.makedirs(outside, exist_ok=True)
+    with open(os.path.join(outside, "config.json"), "w") as f:
+        json.dump(TINY_CONFIG, f)
+    link = os.path.join(srv.models_root, "escape")
+    if not os.path.islink(link):
+        os.symlink(str(outside), link)
+    before = snapshot(srv)
+    cases = [
+        ({"path": "../outside"}, ["path", "outside the models root"]),
+        ({"path": outside}, ["path", "outside the models root"]),
+        ({"path": "tiny/../../outside"}, ["path", "outside the models root"]),
+        ({"path": "escape"}, ["path", "outside the models root"]),
+        ({"path": "nope"}, ["path", "does not exist"]),
+        ({"path": ""}, ["path"]),
+        ({"path": 5}, ["path"]),
+        ({"name": "x"}, ["path"]),
+        ({"path": "tiny", "bogus": 1}, ['unknown field "bogus"']),
+        ({"init": {"config": TINY_CONFIG | {"hidden_size": -4}}}, ["init.config", "hidden_size"]),
+        ({"init": {"config": TINY_CONFIG, "seed": 1}}, ['unknown field "init.seed"']),
+        ({"init": {"config": "x"}}, ["init.config"]),
+    ]
+    for body, needles in cases:
+        assert_error(srv.post("/v1/models", body), 400, "invalid_argument", *needles)
+    assert snapshot(srv) == before
+
+
+# ---- jobs: bad documents -------------------------------------------------------------------
+
+def test_job_bad_documents(srv, datasets):
+    p, e = datasets
+    good = tiny_job(p)
+    before = snapshot(srv)
+    raw_cases = [
+        (b'{"model": {"init"', 400, "invalid_argument", ["body", "invalid JSON"]),
+        (b'{"model": }', 400, "invalid_argument", ["invalid JSON", "line 1"]),
+        (b'', 400, "invalid_argument", ["body"]),
+        (b'[1, 2]', 400, "invalid_argument", ["JSON object"]),
+        (b'"job"', 400, "invalid_argument", []),
+        (b'{"a": 1, "a": 2}', 400, "invalid_argument", ["duplicate"]),
+        (b'\xff\xfe{}', 400, "invalid_argument", []),
+    ]
+    for body, status, code, needles in raw_cases:
+        r = srv.request("POST", "/v1/jobs", body, {"Content-Type": "application/json"})
+        assert_error(r, status, code, *needles)
+    doc_cases = [
+        (good | {"steps": "ten"}, ["steps"]),
+        (good | {"steps": 0}, ["steps"]),
+        (good | {"seed": -1}, ["seed"]),
+        (good | {"bogus": 1}, ['unknown field "bogus"']),
+        (good | {"grpo": {"clipp_low": 0.2}}, ['unknown field "grpo.clipp_low"']),
+        (good | {"grpo": {"clip_low": "a"}}, ["grpo.clip_low"]),
+        (good | {"sampling": {"temperature": -1}}, ["sampling.temperature"]),
+        (good | {"algorithm": "ppo"}, ["algorithm"]),
+        (good | {"data": {"prompts": "ds_nope"}}, ["data.prompts"]),
+        (good | {"data": {"prompts": e}}, ["data.prompts", "expert"]),
+        (good | {"model": {"path": "nope"}}, ["model.path"]),
+        (good | {"model": {"path": "../x"}}, ["model.path"]),
+        (good | {"model": {"path": "mdl_nope"}}, ["model.path"]),
+        (good | {"model": {"init": {"config": {"hidden_size": 8}}}}, ["model.init.config"]),
+        (good | {"model": {}}, ["model"]),
+        (good | {"device": "cuda:0"}, ["device"]),
+        (good | {"device": "tpu"}, ["device"]),
+        ({k: v for k, v in good.items() if k != "model"}, ["model"]),
+        ({k: v for k, v in good.items() if k != "data"}, ["data.prompts"]),
+    ]
+    for doc, needles in doc_cases:
+        assert_error(srv.post("/v1/jobs", doc), 400, "invalid_argument", *needles)
+    r = srv.request("POST", "/v1/jobs", json.dumps(good), {"Content-Type": "text/plain"})
+    assert_error(r, 415, "unsupported_media_type")
+    big = b'{"name": "' + b"x" * (2 << 20) + b'"}'
+    resp = raw_chunked(srv, "/v1/jobs", "application/json", big)
+    assert resp.startswith(b"HTTP/1.1 413") and b"payload_too_large" in resp, resp[:300]
+    assert snapshot(srv) == before
+    assert srv.get("/healthz").status == 200
+
+
+def test_list_bad_query(srv):
+    assert_error(srv.get("/v1/jobs?state=bogus"), 400, "invalid_argument", "state")
+    assert_error(srv.get("/v1/jobs?limit=0"), 400, "invalid_argument", "limit")
+    assert_error(srv.get("/v1/jobs?offset=-1"), 400, "invalid_argument", "offset")
+    assert_error(srv.get("/v1/datasets?limit=abc"), 400, "invalid_argument", "limit")
+
+
+# ---- jobs: running ----------------------------------------------------------------------------
+
+def test_job_trains_with_events_metrics_checkpoints(srv, datasets):
+    p, e = datasets
+    r = srv.post("/v1/jobs", tiny_job(p, e, steps=6, checkpoint_every=2, keep_checkpoints=0))
+    assert r.status == 201, r
+    job = r.json()
+    assert job["state"] in ("queued", "running") and job["config"]["steps"] == 6
+    assert job["config"]["algorithm"] == "chord" and job["config"]["grpo"]["group_size"] == 2
+    events = []
+    for ev, data in srv.sse(f"/v1/jobs/{job['id']}/events"):
+        events.append((ev, data))
+    steps = [d["step"] for ev, d in events if ev == "step"]
+    assert steps == [1, 2, 3, 4, 5, 6], events
+    assert events[-1][0] == "state" and events[-1][1]["state"] == "succeeded"
+    for ev, d in events:
+        if ev == "step":
+            assert "loss" in d["metrics"] and "mu" in d["metrics"]
+    assert [d["step"] for ev, d in events if ev == "checkpoint"] == [2, 4, 6]
+
+    j = srv.get(f"/v1/jobs/{job['id']}").json()
+    assert j["state"] == "succeeded" and j["current_step"] == 6 and j["finished_at"]
+    m = srv.get(f"/v1/jobs/{job['id']}/metrics").json()
+    assert [s["step"] for s in m["steps"]] == [1, 2, 3, 4, 5, 6] and m["next_step"] == 7
+    # metrics over HTTP equal what the event stream carried
+    by_step = {d["step"]: d["metrics"] for ev, d in events if ev == "step"}
+    for s in m["steps"]:
+        assert s["metrics"] == by_step[s["step"]]
+    m4 = srv.get(f"/v1/jobs/{job['id']}/metrics?since_step=4&max_steps=2").json()
+    assert [s["step"] for s in m4["steps"]] == [4, 5] and m4["next_step"] == 6
+    assert_error(srv.get(f"/v1/jobs/{job['id']}/metrics?since_step=x"), 400, "invalid_argument",
+                 "since_step")
+    samples = srv.get(f"/v1/jobs/{job['id']}/samples?step=2").json()
+    assert samples["total"] == len(samples["items"]) > 0
+    assert all(s["step"] == 2 for s in samples["items"])
+
+    cks = srv.get(f"/v1/jobs/{job['id']}/checkpoints").json()["items"]
+    assert [c["step"] for c in cks] == [2, 4, 6]
+    ck = cks[-1]
+    names = [f["path"] for f in ck["files"]]
+    assert "SHA256SUMS" in names and "config.json" in names
+    manifest = srv.get(f"/v1/jobs/{job['id']}/checkpoints/6/files/SHA256SUMS")
+    assert manifest.status == 200 and manifest.headers["Content-Type"] == "application/octet-stream"
+    assert hashlib.sha256(manifest.body).hexdigest() == ck["sha256"]
+    total = 0
+    for line in manifest.body.decode().splitlines():
+        digest, name = line.split(None, 1)
+        name = name.lstrip("*")
+        f = srv.get(f"/v1/jobs/{job['id']}/checkpoints/6/files/{name}")
+        assert f.status == 200, (name, f)
+        assert hashlib.sha256(f.body).hexdigest() == digest, name
+        total += len(f.body)
+    assert total == ck["bytes"]
+    for bad in ("../../chord.db", "..", "a/../../x"):
+        r = srv.get(f"/v1/jobs/{job['id']}/checkpoints/6/files/{bad}")
+        assert r.status in (400, 404), r
+    assert_error(srv.get(f"/v1/jobs/{job['id']}/checkpoints/3/files/config.json"), 404, "not_found")
+    assert_error(srv.get(f"/v1/jobs/{job['id']}/checkpoints/x/files/config.json"), 400,
+                 "invalid_argument", "step")
+    # a finished job cannot be cancelled
+    assert_error(srv.post(f"/v1/jobs/{job['id']}/cancel"), 409, "conflict")
+    # events of a finished job: its steps again, then the final state
+    again = [(ev, d) for ev, d in srv.sse(f"/v1/jobs/{job['id']}/events?since_step=5") if ev != ":comment"]
+    assert [d["step"] for ev, d in again if ev == "step"] == [5, 6]
+    assert again[-1][1]["state"] == "succeeded"
+
+
+def test_cancel_queued_and_running(srv, datasets):
+    p, _ = datasets
+    long_a = srv.post("/v1/jobs", tiny_job(p, steps=100000, checkpoint_every=0)).json()
+    long_b = srv.post("/v1/jobs", tiny_job(p, steps=100000, checkpoint_every=0)).json()
+    # b waits behind a on the only worker: cancelling it is immediate
+    r = srv.post(f"/v1/jobs/{long_b['id']}/cancel")
+    assert r.status == 200 and r.json()["state"] == "cancelled", r
+    srv.wait_job(long_a["id"], lambda j: j["state"] == "running" and j["current_step"] >= 2)
+    t0 = time.time()
+    r = srv.post(f"/v1/jobs/{long_a['id']}/cancel")
+    assert r.status == 200 and r.json()["cancel_requested"] is True
+    j = srv.wait_job(long_a["id"], lambda j: j["state"] == "cancelled", timeout=30)
+    assert time.time() - t0 < 10
+    m = srv.get(f"/v1/jobs/{long_a['id']}/metrics").json()
+    steps = [s["step"] for s in m["steps"]]
+    assert steps == list(range(1, len(steps) + 1)) and steps[-1] == j["current_step"]
+    listed = srv.get("/v1/jobs?state=cancelled&limit=1000").json()["items"]
+    assert {long_a["id"], long_b["id"]} <= {x["id"] for x in listed}
+
+
+def test_sse_heartbeat_and_concurrent_readers(srv, datasets):
+    """Several streams on one job, a heartbeat while it waits in the queue, all end together."""
+    p, _ = datasets
+    blocker = srv.post("/v1/jobs", tiny_job(p, steps=100000, checkpoint_every=0)).json()
+    job = srv.post("/v1/jobs", tiny_job(p, steps=3, checkpoint_every=0)).json()
+    results = []
+
+    def read():
+        results.append(list(srv.sse(f"/v1/jobs/{job['id']}/events")))
+
+    threads = [threading.Thread(target=read) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(2.5)  # heartbeat is 1 s: comments arrive while the job is queued
+    srv.post(f"/v1/jobs/{blocker['id']}/cancel")
+    for t in threads:
+        t.join(60)
+    assert len(results) == 4
+    for evs in results:
+        assert any(ev == ":comment" and "heartbeat" in d for ev, d in evs)
+        assert [d["step"] for ev, d in evs if ev == "step"] == [1, 2, 3]
+        assert evs[-1][0] == "state" and evs[-1][1]["state"] == "succeeded"
+
+
+# ---- rollouts ------------------------------------------------------------------------------
+
+def test_rollouts(srv):
+    r = srv.post("/v1/rollouts", {"prompts": ["Compute 1+2."], "model": "nope"})
+    assert_error(r, 400, "invalid_argument", "model")
+    assert_error(srv.post("/v1/rollouts", {"prompts": []}), 400, "invalid_argument", "prompts")
+    assert_error(srv.post("/v1/rollouts", {"prompts": ["a"], "checkpoint": {"job_id": "job_x"}}),
+                 400, "invalid_argument", "checkpoint")
+    assert_error(srv.post("/v1/rollouts", {"prompts": ["a"], "model": "m", "n": 0}), 400,
+                 "invalid_argument")
+    assert_error(srv.post("/v1/rollouts", {"prompts": ["a"], "temperature": "hot"}), 400,
+                 "invalid_argument")
+    assert_error(srv.post("/v1/rollouts", {"prompts": ["a"], "model": "m", "x": 1}), 400,
+                 "invalid_argument", 'unknown field "x"')
+    d = os.path.join(srv.models_root, "tiny2")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump(TINY_CONFIG, f)
+    r = srv.post("/v1/rollouts", {"prompts": ["Compute 1+2."], "model": "tiny2", "n": 2,
+                                  "answers": ["3"], "max_tokens": 4})
+    assert r.status == 202, r
+    ro = r.json()
+    assert ro["id"].startswith("roll_") and ro["request"]["n"] == 2
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        ro = srv.get("/v1/rollouts/" + ro["id"]).json()
+        if ro["state"] != "pending":
+            break
+        time.sleep(0.1)
+    assert ro["state"] in ("succeeded", "failed")
+    if ro["state"] == "succeeded":
+        comps = ro["result"]["completions"]
+        assert len(comps) == 2
+        for c in comps:
+            assert len(c["token_ids"]) == len(c["logprobs"]) <= 4
+    else:
+        assert ro["error"]
+
+
+def test_server_survives_garbage(srv):
+    """Raw garbage on the socket: the server answers or closes, and stays up."""
+    before = snapshot(srv)
+    for payload in (b"GARBAGE\r\n\r\n", b"POST /v1/jobs HTTP/1.1\r\nContent-Length: 100\r\n\r\n{",
+                    b"GET /" + b"a" * 100000 + b" HTTP/1.1\r\n\r\n", b"\x00\x01\x02\r\n\r\n"):
+        s = socket.create_connection(("127.0.0.1", srv.port))
+        try:
+            s.sendall(payload)
+            s.shutdown(socket.SHUT_WR)
+            s.settimeout(5)
+            s.recv(65536)
+        except OSError:
+            pass
+        s.close()
+    assert srv.get("/healthz").status == 200
+    assert snapshot(srv) == before
