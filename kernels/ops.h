@@ -117,7 +117,8 @@ typedef struct ops_backend {
     int (*logprob_forward)(ops_ctx *c, float *logp, float *entropy, float *lse,
                            const float *logits, const int32_t *targets, int N, int V,
                            float inv_temp);
-    /* dlogits (N,V) OVERWRITTEN from dlogp (N) and dentropy (N, may be NULL) */
+    /* dlogits (N,V) OVERWRITTEN from dlogp (N) and dentropy (N, may be NULL); dlogits may be
+     * the logits buffer itself (in place, saving an N x V buffer). */
     int (*logprob_backward)(ops_ctx *c, float *dlogits, const float *dlogp,
                             const float *dentropy, const float *logits, const float *lse,
                             const int32_t *targets, int N, int V, float inv_temp);

@@ -3,6 +3,7 @@
  * Forward: for each (sequence, kv head, block of BQ query rows) — one OpenMP task — the keys up
  * to the block's last row are packed transposed once and shared by the query heads of the group;
  * scores are computed BQ x BK at a time with an online softmax, so no T x T matrix exists.
+ * The block products are single-threaded OpenBLAS calls.
  * Backward: one task per (sequence, kv head); it owns that head's dK/dV rows and its group's dQ
  * rows, so no two threads write the same output; P is recomputed from the saved lse. */
 #include <omp.h>
@@ -11,75 +12,31 @@
 #include "kernels/cpu/cpu_internal.h"
 #include "kernels/cpu/cpu_vmath.h"
 
-enum { BQ = 64, BK = 64 };
+/* after ops.h: cblas.h pulls in <complex.h> and its `I` macro */
+#include <cblas.h>
+#undef I
 
-/* C (M,N) = / += A (M,K) @ B (K,N), all row-major with row strides */
-static void mm_nn(int M, int N, int K, const float *restrict A, int lda, const float *restrict B,
-                  int ldb, float *restrict C, int ldc, int accumulate) {
-    int i = 0;
-    for (; i + 4 <= M; i += 4) {
-        float *c0 = C + (size_t)i * ldc, *c1 = c0 + ldc, *c2 = c1 + ldc, *c3 = c2 + ldc;
-        if (!accumulate)
-            for (int j = 0; j < N; j++)
-                c0[j] = c1[j] = c2[j] = c3[j] = 0.0f;
-        const float *a0 = A + (size_t)i * lda, *a1 = a0 + lda, *a2 = a1 + lda, *a3 = a2 + lda;
-        for (int k = 0; k < K; k++) {
-            const float *restrict b = B + (size_t)k * ldb;
-            float x0 = a0[k], x1 = a1[k], x2 = a2[k], x3 = a3[k];
-#pragma omp simd
-            for (int j = 0; j < N; j++) {
-                float bj = b[j];
-                c0[j] = fmaf(x0, bj, c0[j]);
-                c1[j] = fmaf(x1, bj, c1[j]);
-                c2[j] = fmaf(x2, bj, c2[j]);
-                c3[j] = fmaf(x3, bj, c3[j]);
-            }
-        }
-    }
-    for (; i < M; i++) {
-        float *restrict c0 = C + (size_t)i * ldc;
-        if (!accumulate)
-            for (int j = 0; j < N; j++)
-                c0[j] = 0.0f;
-        const float *a0 = A + (size_t)i * lda;
-        for (int k = 0; k < K; k++) {
-            const float *restrict b = B + (size_t)k * ldb;
-            float x0 = a0[k];
-#pragma omp simd
-            for (int j = 0; j < N; j++)
-                c0[j] = fmaf(x0, b[j], c0[j]);
-        }
-    }
+/* query rows x keys per block; a block's keys never start after its first query row */
+enum { BQ = 32, BK = 128 };
+_Static_assert(BK % BQ == 0, "BK must be a multiple of BQ");
+
+/* Block GEMMs: single-threaded OpenBLAS calls from inside the OpenMP tasks (cpu_backend.c keeps
+ * OpenBLAS at one thread, so concurrent calls run in their caller's thread). */
+
+/* C (M,N) = / += A (M,K) @ B (K,N), row-major with row strides */
+static void mm_nn(int M, int N, int K, const float *A, int lda, const float *B, int ldb, float *C,
+                  int ldc, int accumulate) {
+    if (M <= 0 || N <= 0) return;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, A, lda, B, ldb,
+                accumulate ? 1.0f : 0.0f, C, ldc);
 }
 
 /* C (M,N) += A^T @ B with A (K,M), B (K,N) */
-static void mm_tn(int M, int N, int K, const float *restrict A, int lda, const float *restrict B,
-                  int ldb, float *restrict C, int ldc) {
-    int k = 0;
-    for (; k + 4 <= K; k += 4) {
-        const float *b0 = B + (size_t)k * ldb, *b1 = b0 + ldb, *b2 = b1 + ldb, *b3 = b2 + ldb;
-        const float *a0 = A + (size_t)k * lda, *a1 = a0 + lda, *a2 = a1 + lda, *a3 = a2 + lda;
-        for (int i = 0; i < M; i++) {
-            float x0 = a0[i], x1 = a1[i], x2 = a2[i], x3 = a3[i];
-            if (x0 == 0.0f && x1 == 0.0f && x2 == 0.0f && x3 == 0.0f) continue;
-            float *restrict c = C + (size_t)i * ldc;
-#pragma omp simd
-            for (int j = 0; j < N; j++)
-                c[j] = fmaf(x3, b3[j], fmaf(x2, b2[j], fmaf(x1, b1[j], fmaf(x0, b0[j], c[j]))));
-        }
-    }
-    for (; k < K; k++) {
-        const float *restrict b = B + (size_t)k * ldb;
-        const float *a = A + (size_t)k * lda;
-        for (int i = 0; i < M; i++) {
-            float x = a[i];
-            if (x == 0.0f) continue;
-            float *restrict c = C + (size_t)i * ldc;
-#pragma omp simd
-            for (int j = 0; j < N; j++)
-                c[j] = fmaf(x, b[j], c[j]);
-        }
-    }
+static void mm_tn(int M, int N, int K, const float *A, int lda, const float *B, int ldb, float *C,
+                  int ldc) {
+    if (M <= 0 || N <= 0 || K <= 0) return;
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, M, N, K, 1.0f, A, lda, B, ldb, 1.0f, C,
+                ldc);
 }
 
 /* dst (D, ld) = transpose of rows [0, n) of src (n rows of stride lds, D floats each) */

@@ -15,18 +15,14 @@ enum { CH = 2048 };
 
 /* lse of z = x * it over a row; entropy of softmax(z) when ent != NULL */
 static void row_stats(const float *restrict x, int V, float it, float *lse, float *ent) {
-    float z[CH];
+    float z[CH], e[CH];
     float m = -INFINITY;
     double s = 0.0, w = 0.0;
     for (int c0 = 0; c0 < V; c0 += CH) {
         int n = V - c0 < CH ? V - c0 : CH;
-        float cm = -INFINITY;
-#pragma omp simd reduction(max : cm)
-        for (int j = 0; j < n; j++) {
-            float v = x[c0 + j] * it;
-            z[j] = v;
-            cm = v > cm ? v : cm;
-        }
+        for (int j = 0; j < n; j++)
+            z[j] = x[c0 + j] * it;
+        float cm = cpu_max_f(z, n);
         if (cm > m) {
             if (s > 0.0) {
                 double a = exp((double)m - (double)cm);
@@ -36,22 +32,11 @@ static void row_stats(const float *restrict x, int V, float it, float *lse, floa
             m = cm;
         }
         if (m == -INFINITY) continue;
-        double cs = 0.0, cw = 0.0;
-        if (ent) {
-#pragma omp simd reduction(+ : cs, cw)
-            for (int j = 0; j < n; j++) {
-                float d = z[j] - m;
-                float e = cpu_expf(d);
-                cs += (double)e;
-                cw += (double)(e * d);
-            }
-        } else {
-#pragma omp simd reduction(+ : cs)
-            for (int j = 0; j < n; j++)
-                cs += (double)cpu_expf(z[j] - m);
-        }
-        s += cs;
-        w += cw;
+        for (int j = 0; j < n; j++)
+            z[j] -= m;
+        cpu_exp_sub(e, z, 0.0f, n);
+        s += cpu_sum_d(e, n);
+        if (ent) w += cpu_dot_d(e, z, n);
     }
     double ls = log(s);
     *lse = (float)((double)m + ls);
@@ -97,8 +82,8 @@ int cpu_logprob_backward(ops_ctx *c, float *dlogits, const float *dlogp, const f
     if (nt > N) nt = N;
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 4)
     for (int n = 0; n < N; n++) {
-        const float *restrict x = logits + (size_t)n * V;
-        float *restrict g = dlogits + (size_t)n * V;
+        const float *x = logits + (size_t)n * V; /* may alias g */
+        float *g = dlogits + (size_t)n * V;
         int t = targets[n];
         if (t < 0) {
             memset(g, 0, (size_t)V * sizeof(float));
@@ -108,24 +93,29 @@ int cpu_logprob_backward(ops_ctx *c, float *dlogits, const float *dlogp, const f
         const float de = dentropy ? dentropy[n] : 0.0f;
         if (de == 0.0f) {
             /* dz = dl * (onehot - p) */
-#pragma omp simd
             for (int j = 0; j < V; j++)
                 g[j] = -dl * cpu_expf(x[j] * it - L) * it;
         } else {
-            /* pass 1: p into g, H = -sum p log p;  pass 2: dz = -p (dl + de (log p + H)) */
+            /* pass 1: H = -sum p log p;  pass 2: dz = -p (dl + de (log p + H)).
+             * Both read logits before writing the same chunk, so dlogits may alias logits. */
             double hs = 0.0;
-#pragma omp simd reduction(+ : hs)
-            for (int j = 0; j < V; j++) {
-                float lp = x[j] * it - L;
-                float p = cpu_expf(lp);
-                g[j] = p;
-                hs += (double)(p * lp);
+            float lp[CH], pb[CH];
+            for (int c0 = 0; c0 < V; c0 += CH) {
+                int nn = V - c0 < CH ? V - c0 : CH;
+                for (int j = 0; j < nn; j++)
+                    lp[j] = x[c0 + j] * it - L;
+                cpu_exp_sub(pb, lp, 0.0f, nn);
+                hs += cpu_dot_d(pb, lp, nn);
             }
             const float H = (float)-hs;
-#pragma omp simd
-            for (int j = 0; j < V; j++) {
-                float lp = x[j] * it - L;
-                g[j] = -g[j] * (dl + de * (lp + H)) * it;
+            for (int c0 = 0; c0 < V; c0 += CH) {
+                int nn = V - c0 < CH ? V - c0 : CH;
+                for (int j = 0; j < nn; j++)
+                    lp[j] = x[c0 + j] * it - L;
+                cpu_exp_sub(pb, lp, 0.0f, nn);
+                float *gc = g + c0;
+                for (int j = 0; j < nn; j++)
+                    gc[j] = -pb[j] * (dl + de * (lp[j] + H)) * it;
             }
         }
         g[t] += dl * it;

@@ -38,4 +38,49 @@ static inline float cpu_expf(float x) {
     return x < lo ? 0.0f : res;
 }
 
+/* ---- reductions ----
+ * Kept as single-statement `omp simd` loops: GCC 12 vectorises those, but falls back to the
+ * scalar loop when a reduction shares its body with a polynomial exp, so callers compute
+ * exponentials into a buffer first and reduce in a separate loop. */
+
+static inline double cpu_sum_d(const float *restrict x, int n) {
+    double s = 0.0;
+#pragma omp simd reduction(+ : s)
+    for (int i = 0; i < n; i++)
+        s += (double)x[i];
+    return s;
+}
+
+/* sum of a[i] * b[i], accumulated in double */
+static inline double cpu_dot_d(const float *restrict a, const float *restrict b, int n) {
+    double s = 0.0;
+#pragma omp simd reduction(+ : s)
+    for (int i = 0; i < n; i++)
+        s += (double)a[i] * (double)b[i];
+    return s;
+}
+
+static inline float cpu_dot_f(const float *restrict a, const float *restrict b, int n) {
+    float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+    for (int i = 0; i < n; i++)
+        s += a[i] * b[i];
+    return s;
+}
+
+/* max of x[0..n), -inf for n == 0 */
+static inline float cpu_max_f(const float *restrict x, int n) {
+    float m = -INFINITY;
+#pragma omp simd reduction(max : m)
+    for (int i = 0; i < n; i++)
+        m = x[i] > m ? x[i] : m;
+    return m;
+}
+
+/* y[i] = exp(x[i] - sub) */
+static inline void cpu_exp_sub(float *restrict y, const float *restrict x, float sub, int n) {
+    for (int i = 0; i < n; i++)
+        y[i] = cpu_expf(x[i] - sub);
+}
+
 #endif

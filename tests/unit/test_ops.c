@@ -831,6 +831,21 @@ static void test_logprob(void **state) {
         assert_true(g[m.V + j] == 0.0f); /* negative target: no gradient */
     m.b[1] = 0.0f;                       /* ... so the loss must not see row 1's entropy either */
     check_fd("logprob d/dlogits", m.logits, (size_t)m.N * m.V, g, lp_loss, &m, 1e-2f, 1e-3, 1e-2);
+    /* in place: dlogits == logits gives the same gradient */
+    {
+        size_t nv = (size_t)m.N * m.V;
+        float *y = falloc(c, nv);
+        for (int n = 0; n < m.N; n++)
+            m.b[n] = n == 1 ? 0.0f : 0.5f;
+        OK(c->be->logprob_backward(c, g, m.a, m.b, m.logits, m.lse, m.tg, m.N, m.V, m.it));
+        memcpy(y, m.logits, nv * sizeof(float));
+        OK(c->be->logprob_backward(c, y, m.a, m.b, y, m.lse, m.tg, m.N, m.V, m.it));
+        assert_memory_equal(y, g, nv * sizeof(float));
+        memcpy(y, m.logits, nv * sizeof(float));
+        OK(c->be->logprob_backward(c, g, m.a, NULL, m.logits, m.lse, m.tg, m.N, m.V, m.it));
+        OK(c->be->logprob_backward(c, y, m.a, NULL, y, m.lse, m.tg, m.N, m.V, m.it));
+        assert_memory_equal(y, g, nv * sizeof(float));
+    }
     /* dentropy NULL: logp only */
     OK(c->be->logprob_backward(c, g, m.a, NULL, m.logits, m.lse, m.tg, m.N, m.V, m.it));
     for (int n = 0; n < m.N; n++)
