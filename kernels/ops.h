@@ -166,4 +166,11 @@ ops_ctx *ops_cuda_open(int device_index, char *err, size_t errlen);
 /* Number of usable CUDA devices (0 when the CUDA backend is not built or no GPU is present). */
 int ops_cuda_device_count(void);
 
+/* Memory accounting, so a caller can refuse work that cannot fit: free and total bytes of the
+ * memory context c allocates from — the GPU's (cudaMemGetInfo) for CUDA, the host's available
+ * and total RAM (/proc/meminfo) for the CPU. Returns 0, or -1 when unknown (both then 0). */
+int ops_mem_info(const ops_ctx *c, size_t *free_bytes, size_t *total_bytes);
+/* The same for CUDA device `device_index` (-1 when the CUDA backend is not built or it fails). */
+int ops_cuda_mem_info(int device_index, size_t *free_bytes, size_t *total_bytes);
+
 #endif
