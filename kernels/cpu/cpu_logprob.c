@@ -183,6 +183,55 @@ static int nucleus(pidx *a, int n, double need) {
     return lo;
 }
 
+/* Probabilities in [0, 1] bucketed by their float exponent and top 4 mantissa bits: a bucket
+ * holds values within a factor 2^(1/16), and higher buckets hold strictly larger values. */
+enum { NBUCKET = 2048, BUCKET_SHIFT = 19 };
+
+static int bucket_of(float p) {
+    uint32_t u;
+    memcpy(&u, &p, sizeof u);
+    u >>= BUCKET_SHIFT;
+    return u < NBUCKET ? (int)u : NBUCKET - 1;
+}
+
+/* The nucleus of pr[0..V) (mass `need`) into buf[0..k), returns k: whole buckets from the top
+ * while they fit, then an exact selection (nucleus) inside the boundary bucket only. */
+static int top_p_select(pidx *buf, const float *pr, int V, double need, double *hmass,
+                        int *hcount) {
+    for (int b = 0; b < NBUCKET; b++) {
+        hmass[b] = 0.0;
+        hcount[b] = 0;
+    }
+    for (int j = 0; j < V; j++) {
+        int b = bucket_of(pr[j]);
+        hmass[b] += (double)pr[j];
+        hcount[b]++;
+    }
+    double acc = 0.0;
+    int bb = NBUCKET - 1;
+    for (; bb > 0; bb--) {
+        if (acc + hmass[bb] >= need) break;
+        acc += hmass[bb];
+    }
+    /* tokens above the boundary bucket first (index order), then the boundary bucket */
+    int k1 = 0;
+    for (int b = bb + 1; b < NBUCKET; b++)
+        k1 += hcount[b];
+    int ia = 0, ib = k1;
+    for (int j = 0; j < V; j++) {
+        int b = bucket_of(pr[j]);
+        if (b > bb) {
+            buf[ia].p = pr[j];
+            buf[ia++].i = j;
+        } else if (b == bb) {
+            buf[ib].p = pr[j];
+            buf[ib++].i = j;
+        }
+    }
+    if (need - acc <= 0.0) return k1 > 0 ? k1 : 1;
+    return k1 + nucleus(buf + k1, ib - k1, need - acc);
+}
+
 int cpu_sample(ops_ctx *c, int32_t *tokens_host, float *logp_host, const float *logits, int B,
                int V, float temperature, float top_p, const float *uniforms_host) {
     if (B < 0 || V <= 0) return cpu_fail(c, "sample: bad shape B=%d V=%d", B, V);
@@ -196,8 +245,11 @@ int cpu_sample(ops_ctx *c, int32_t *tokens_host, float *logp_host, const float *
     int fail = 0;
 #pragma omp parallel num_threads(nt)
     {
+        float *pr = greedy ? NULL : malloc((size_t)V * sizeof(float));
         pidx *buf = use_top_p ? malloc((size_t)V * sizeof(pidx)) : NULL;
-        int ok = !use_top_p || buf;
+        double *hmass = use_top_p ? malloc(NBUCKET * sizeof(double)) : NULL;
+        int *hcount = use_top_p ? malloc(NBUCKET * sizeof(int)) : NULL;
+        int ok = (greedy || pr) && (!use_top_p || (buf && hmass && hcount));
         if (!ok) {
 #pragma omp atomic write
             fail = 1;
@@ -211,38 +263,32 @@ int cpu_sample(ops_ctx *c, int32_t *tokens_host, float *logp_host, const float *
             row_stats(x, V, it, &L, NULL);
             int tok = 0;
             if (greedy) {
-                float best = -INFINITY;
+                /* first index of the maximum */
+                float mx = cpu_max_f(x, V);
                 for (int j = 0; j < V; j++)
-                    if (x[j] > best) {
-                        best = x[j];
+                    if (x[j] == mx) {
                         tok = j;
+                        break;
                     }
             } else {
                 double u = uniforms_host[b];
                 if (u < 0.0) u = 0.0;
                 if (u >= 1.0) u = 0.99999999;
+                for (int j = 0; j < V; j++)
+                    pr[j] = cpu_expf(x[j] * it - L);
                 if (!use_top_p) {
-                    double tot = 0.0;
-                    for (int j = 0; j < V; j++)
-                        tot += (double)cpu_expf(x[j] * it - L);
-                    double r = u * tot, cum = 0.0;
+                    double r = u * cpu_sum_d(pr, V), cum = 0.0;
                     tok = -1;
                     for (int j = 0; j < V; j++) {
-                        float p = cpu_expf(x[j] * it - L);
-                        cum += (double)p;
-                        if (p > 0.0f) tok = j;
-                        if (cum > r && p > 0.0f) break;
+                        if (pr[j] <= 0.0f) continue;
+                        tok = j;
+                        cum += (double)pr[j];
+                        if (cum > r) break;
                     }
                     if (tok < 0) tok = 0;
                 } else {
-                    double tot = 0.0;
-                    for (int j = 0; j < V; j++) {
-                        buf[j].p = cpu_expf(x[j] * it - L);
-                        buf[j].i = j;
-                        tot += (double)buf[j].p;
-                    }
-                    int k = nucleus(buf, V, (double)top_p * tot);
-                    if (k < 1) k = 1;
+                    int k =
+                        top_p_select(buf, pr, V, (double)top_p * cpu_sum_d(pr, V), hmass, hcount);
                     double mass = 0.0;
                     for (int j = 0; j < k; j++)
                         mass += (double)buf[j].p;
@@ -260,7 +306,10 @@ int cpu_sample(ops_ctx *c, int32_t *tokens_host, float *logp_host, const float *
             tokens_host[b] = tok;
             if (logp_host) logp_host[b] = x[tok] * it - L;
         }
+        free(pr);
         free(buf);
+        free(hmass);
+        free(hcount);
     }
     if (fail) return cpu_fail(c, "sample: out of memory");
     return 0;
