@@ -82,6 +82,11 @@ json_t *svc_job_json(const store_job *j) {
     return o;
 }
 
+int svc_by_id(int rc, chord_err *err) {
+    if (rc && err && err->code == CHORD_E_INVALID) err->code = CHORD_E_NOT_FOUND;
+    return rc;
+}
+
 static int oom(chord_err *err) { return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory"); }
 
 /* ---- the pool of store handles ------------------------------------------------------------ */
@@ -365,7 +370,7 @@ int svc_job_get(svc *s, const char *id, json_t **job, chord_err *err) {
     store *st = svc_store_get(s, err);
     if (!st) return -1;
     store_job j = {0};
-    int rc = store_job_get(st, id, &j, err);
+    int rc = svc_by_id(store_job_get(st, id, &j, err), err);
     svc_store_put(s, st);
     if (rc) return -1;
     *job = svc_job_json(&j);
@@ -411,7 +416,7 @@ int svc_job_cancel(svc *s, const char *id, json_t **job, chord_err *err) {
     store *st = svc_store_get(s, err);
     if (!st) return -1;
     store_job j = {0};
-    int rc = store_job_request_cancel(st, id, &j, err);
+    int rc = svc_by_id(store_job_request_cancel(st, id, &j, err), err);
     svc_store_put(s, st);
     if (rc) return -1;
     if (j.state == STORE_JOB_RUNNING) jobs_cancel(s->jobs, id);
@@ -459,7 +464,7 @@ int svc_job_metrics(svc *s, const char *id, int64_t since_step, size_t max_steps
     store_metric_row *rows = NULL;
     size_t n = 0;
     int64_t next = since_step;
-    int rc = store_job_get(st, id, &j, err);
+    int rc = svc_by_id(store_job_get(st, id, &j, err), err);
     if (rc == 0) rc = store_metrics_since(st, id, since_step, max_steps, &rows, &n, &next, err);
     svc_store_put(s, st);
     store_job_free(&j);
@@ -495,7 +500,7 @@ int svc_job_samples(svc *s, const char *id, int64_t step, size_t offset, size_t 
     store_sample_row *rows = NULL;
     size_t n = 0;
     int64_t total = 0;
-    int rc = store_job_get(st, id, &j, err);
+    int rc = svc_by_id(store_job_get(st, id, &j, err), err);
     if (rc == 0) rc = store_samples_list(st, id, step, offset, limit, &rows, &n, &total, err);
     svc_store_put(s, st);
     store_job_free(&j);
@@ -541,7 +546,7 @@ int svc_watch_open(svc *s, const char *job_id, int64_t since_step, svc_notify_fn
     store *st = svc_store_get(s, err);
     if (!st) return -1;
     store_job j = {0};
-    int rc = store_job_get(st, job_id, &j, err);
+    int rc = svc_by_id(store_job_get(st, job_id, &j, err), err);
     svc_store_put(s, st);
     if (rc) return -1;
     svc_watch *w = calloc(1, sizeof *w);

@@ -364,7 +364,7 @@ int svc_dataset_get(svc *s, const char *id, json_t **dataset, chord_err *err) {
     store *st = svc_store_get(s, err);
     if (!st) return -1;
     store_dataset d = {0};
-    int rc = store_dataset_get(st, id, &d, err);
+    int rc = svc_by_id(store_dataset_get(st, id, &d, err), err);
     svc_store_put(s, st);
     if (rc) return -1;
     *dataset = dataset_json(&d);
@@ -492,7 +492,7 @@ int svc_model_get(svc *s, const char *id, json_t **model, chord_err *err) {
     store *st = svc_store_get(s, err);
     if (!st) return -1;
     store_model m = {0};
-    int rc = store_model_get(st, id, &m, err);
+    int rc = svc_by_id(store_model_get(st, id, &m, err), err);
     svc_store_put(s, st);
     if (rc) return -1;
     *model = model_json(&m);
@@ -593,7 +593,7 @@ json_t *svc_checkpoint_json(const store_checkpoint *c) {
 static int job_exists(svc *s, store *st, const char *job_id, chord_err *err) {
     (void)s;
     store_job j = {0};
-    int rc = store_job_get(st, job_id, &j, err);
+    int rc = svc_by_id(store_job_get(st, job_id, &j, err), err);
     store_job_free(&j);
     return rc;
 }
@@ -879,7 +879,7 @@ int svc_rollout_get(svc *s, const char *id, json_t **rollout, chord_err *err) {
     store *st = svc_store_get(s, err);
     if (!st) return -1;
     store_rollout r = {0};
-    int rc = store_rollout_get(st, id, &r, err);
+    int rc = svc_by_id(store_rollout_get(st, id, &r, err), err);
     svc_store_put(s, st);
     if (rc) return -1;
     *rollout = rollout_json(&r);

@@ -78,6 +78,10 @@ struct svc {
 store *svc_store_get(svc *s, chord_err *err);
 void svc_store_put(svc *s, store *st);
 
+/* For lookups by an id from a request path: a malformed id (CHORD_E_INVALID from the store) is
+ * an unknown one (CHORD_E_NOT_FOUND). Returns rc. */
+int svc_by_id(int rc, chord_err *err);
+
 /* Wakes every watch of `id` (a job). */
 void svc_publish(svc *s, const char *id);
 
