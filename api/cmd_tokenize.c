@@ -13,23 +13,25 @@
 #include "server/model/tokenizer_train.h"
 
 static void tokenize_usage(FILE *out) {
-    fprintf(out,
-            "usage: chordd tokenize (--tokenizer DIR | --default) [options] < input\n\n"
-            "Reads text on stdin and prints its token ids as a JSON array.\n\n"
-            "  --tokenizer DIR          a model directory with tokenizer.json (or the file itself)\n"
-            "  --default                the embedded default tokenizer of the demo models\n"
-            "  --add-special-tokens     apply the post-processor and the config's add_bos_token\n"
-            "  --jsonl                  one input per line: a JSON string or {\"text\": ...};\n"
-            "                           one JSON array of ids per output line\n"
-            "  --chat                   one conversation per line: {\"messages\": [...]} (also\n"
-            "                           {\"prompt\", \"response\"}); prints {\"text\", \"ids\", \"mask\"}\n"
-            "  --template NAME          chat template family: qwen3, chatml, deepseek_v3, llama3,\n"
-            "                           raw (default: recognised from tokenizer_config.json)\n"
-            "  --add-generation-prompt  end a chat with the assistant header (for rollouts)\n"
-            "  --decode                 the other way: ids (a JSON array, or numbers separated by\n"
-            "                           spaces) to text; with --jsonl one array per line and one\n"
-            "                           JSON string per output line\n"
-            "  --skip-special-tokens    with --decode, drop special tokens\n");
+    fprintf(
+        out,
+        "usage: chordd tokenize (--tokenizer DIR | --default) [options] < input\n\n"
+        "Reads text on stdin and prints its token ids as a JSON array.\n\n"
+        "  --tokenizer DIR          a model directory with tokenizer.json (or the file itself)\n"
+        "  --default                the embedded default tokenizer of the demo models\n"
+        "  --add-special-tokens     apply the post-processor and the config's add_bos_token\n"
+        "  --jsonl                  one input per line: a JSON string or {\"text\": ...};\n"
+        "                           one JSON array of ids per output line\n"
+        "  --chat                   one conversation per line: {\"messages\": [...]} (also\n"
+        "                           {\"prompt\", \"response\"}); prints {\"text\", \"ids\", "
+        "\"mask\"}\n"
+        "  --template NAME          chat template family: qwen3, chatml, deepseek_v3, llama3,\n"
+        "                           raw (default: recognised from tokenizer_config.json)\n"
+        "  --add-generation-prompt  end a chat with the assistant header (for rollouts)\n"
+        "  --decode                 the other way: ids (a JSON array, or numbers separated by\n"
+        "                           spaces) to text; with --jsonl one array per line and one\n"
+        "                           JSON string per output line\n"
+        "  --skip-special-tokens    with --decode, drop special tokens\n");
 }
 
 static void tokenizer_usage(FILE *out) {
@@ -66,14 +68,16 @@ static char *read_all(FILE *f, size_t *len) {
 
 static void print_ids(FILE *out, const int32_t *ids, size_t n) {
     fputc('[', out);
-    for (size_t i = 0; i < n; i++) fprintf(out, i ? ",%d" : "%d", ids[i]);
+    for (size_t i = 0; i < n; i++)
+        fprintf(out, i ? ",%d" : "%d", ids[i]);
     fputs("]\n", out);
 }
 
 /* Parses ids from a JSON array or whitespace/comma separated numbers. */
 static int parse_ids(const char *s, tok_ids *out, chord_err *err) {
     const char *p = s;
-    while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r') p++;
+    while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
+        p++;
     if (*p == '[') {
         json_error_t je;
         json_t *a = json_loads(p, JSON_DECODE_ANY, &je);
@@ -97,7 +101,8 @@ static int parse_ids(const char *s, tok_ids *out, chord_err *err) {
         return 0;
     }
     while (*p) {
-        while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r' || *p == ',') p++;
+        while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r' || *p == ',')
+            p++;
         if (!*p) break;
         char *end;
         long v = strtol(p, &end, 10);
@@ -242,7 +247,8 @@ int cmd_tokenize(int argc, char **argv) {
     long lineno = 0;
     while ((n = getline(&line, &cap, stdin)) >= 0) {
         lineno++;
-        while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r')) line[--n] = '\0';
+        while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+            line[--n] = '\0';
         if (n == 0) continue;
         chord_err_clear(&err);
         int rc = 0;

@@ -21,8 +21,8 @@
 #include "server/model/tokenizer.h"
 
 typedef struct chat_message {
-    char *role;    /* "system", "user", "assistant" or "tool" */
-    char *content; /* UTF-8 */
+    char *role;              /* "system", "user", "assistant" or "tool" */
+    char *content;           /* UTF-8 */
     char *reasoning_content; /* optional (Qwen3), NULL when absent */
 } chat_message;
 
@@ -42,7 +42,7 @@ typedef struct chat_template {
     int enable_thinking; /* qwen3: -1 undefined (the template's default), 0 false, 1 true */
     const char *bos;     /* bos/eos token text from the tokenizer ("" when absent) */
     const char *eos;
-    int add_bos;         /* raw: start with the BOS text (tokenizer_config add_bos_token) */
+    int add_bos; /* raw: start with the BOS text (tokenizer_config add_bos_token) */
 } chat_template;
 
 /* The family's name ("qwen3", ...). */
@@ -76,8 +76,7 @@ void chat_encoding_free(chat_encoding *enc);
  * {"prompt": s[, "response": s]} (a user turn and an assistant turn). content may be a string or
  * OpenAI-style parts [{"type": "text", "text": ...}]. Errors name the bad field. */
 struct json_t;
-int chat_messages_from_json(const struct json_t *v, chat_message **msgs, size_t *n,
-                            chord_err *err);
+int chat_messages_from_json(const struct json_t *v, chat_message **msgs, size_t *n, chord_err *err);
 void chat_messages_free(chat_message *msgs, size_t n);
 
 #endif

@@ -1237,8 +1237,7 @@ int tok_save(const tok_tokenizer *tok, const char *dir, chord_err *err) {
     }
     if (tok->src_template) {
         snprintf(path, sizeof path, "%s/chat_template.jinja", dir);
-        if (chord_write_file_atomic(path, tok->src_template, tok->src_template_len, err))
-            return -1;
+        if (chord_write_file_atomic(path, tok->src_template, tok->src_template_len, err)) return -1;
     }
     return 0;
 }
@@ -1347,6 +1346,7 @@ typedef struct enc_ctx {
     uint16_t *wlens;
     size_t cap_w;
     tok_buf word;
+    int match_error; /* a PCRE2 error other than no-match, 0 when none */
 } enc_ctx;
 
 static void ctx_free(enc_ctx *c) {
@@ -1468,7 +1468,12 @@ static int split_piece(enc_ctx *c, const tok_pretok_step *st, const piece *p, pi
         while (pos <= n) {
             int r = pcre2_match(st->re, (PCRE2_SPTR)subj, n, pos, opts | PCRE2_NO_UTF_CHECK, c->md,
                                 NULL);
-            if (r < 0) break;
+            if (r < 0) {
+                if (r == PCRE2_ERROR_NOMATCH) break;
+                free(tri);
+                c->match_error = r;
+                return -1;
+            }
             PCRE2_SIZE *ov = pcre2_get_ovector_pointer(c->md);
             size_t ms = ov[0], me = ov[1];
             if (me == ms) {
@@ -1544,7 +1549,11 @@ static int split_piece(enc_ctx *c, const tok_pretok_step *st, const piece *p, pi
     while (pos <= n) {
         int r =
             pcre2_match(st->re, (PCRE2_SPTR)subj, n, pos, opts | PCRE2_NO_UTF_CHECK, c->md, NULL);
-        if (r < 0) break; /* PCRE2_ERROR_NOMATCH, or a resource limit: the rest is unmatched */
+        if (r < 0) {
+            if (r == PCRE2_ERROR_NOMATCH) break;
+            c->match_error = r; /* a resource limit: never guess the rest */
+            return -1;
+        }
         PCRE2_SIZE *ov = pcre2_get_ovector_pointer(c->md);
         size_t ms = ov[0], me = ov[1];
         if (me == ms) {
@@ -2030,7 +2039,14 @@ int tok_encode(const tok_tokenizer *tok, const char *text, size_t len, unsigned 
     rc = 0;
     goto done;
 oom:
-    chord_err_setc(err, CHORD_E_INTERNAL, "tokenizer: out of memory");
+    if (c.match_error) {
+        PCRE2_UCHAR msg[256];
+        pcre2_get_error_message(c.match_error, msg, sizeof msg);
+        chord_err_setc(err, CHORD_E_INTERNAL, "tokenizer: the pre-tokenizer regex failed: %s",
+                       (const char *)msg);
+    } else {
+        chord_err_setc(err, CHORD_E_INTERNAL, "tokenizer: out of memory");
+    }
 done:
     ctx_free(&c);
     tok_buf_free(&clean);

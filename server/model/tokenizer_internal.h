@@ -43,8 +43,8 @@ typedef struct tok_pretok_step {
     int kind;
     int behavior;
     int invert;
-    int add_prefix_space; /* ByteLevel */
-    int use_regex;        /* ByteLevel */
+    int add_prefix_space;         /* ByteLevel */
+    int use_regex;                /* ByteLevel */
     struct pcre2_real_code_8 *re; /* Split's regex, or ByteLevel's GPT-2 regex when use_regex */
 } tok_pretok_step;
 
@@ -65,22 +65,22 @@ struct tok_cache;
 struct tok_trie;
 
 struct tok_tokenizer {
-    int32_t vocab_size;       /* largest id + 1 */
-    size_t n_model_vocab;     /* entries of model.vocab */
+    int32_t vocab_size;   /* largest id + 1 */
+    size_t n_model_vocab; /* entries of model.vocab */
     size_t n_merges;
-    char **tok_str;           /* (vocab_size) token strings as in the file; NULL for holes */
+    char **tok_str; /* (vocab_size) token strings as in the file; NULL for holes */
     uint32_t *tok_len;
-    char **dec;               /* (vocab_size) bytes each id decodes to */
+    char **dec; /* (vocab_size) bytes each id decodes to */
     uint32_t *dec_len;
-    unsigned char *special;   /* (vocab_size) 1 for special added tokens */
-    int32_t *vmap;            /* open addressing: id + 1, 0 = empty */
+    unsigned char *special; /* (vocab_size) 1 for special added tokens */
+    int32_t *vmap;          /* open addressing: id + 1, 0 = empty */
     size_t vmap_mask;
     tok_merge_entry *mmap;
     size_t mmap_mask;
     int ignore_merges, byte_fallback;
     int32_t unk_id;
-    int byte_level;           /* a ByteLevel pre-tokenizer maps bytes to symbols */
-    int32_t byte_to_id[256];  /* the id of each byte's symbol, -1 when missing */
+    int byte_level;          /* a ByteLevel pre-tokenizer maps bytes to symbols */
+    int32_t byte_to_id[256]; /* the id of each byte's symbol, -1 when missing */
     int n_norm;
     int norm_flags[TOK_MAX_NORMALIZERS]; /* utf8proc options per normalizer */
     int n_steps;

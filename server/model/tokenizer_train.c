@@ -57,7 +57,8 @@ static int word_map_add(word_map *m, const char *w, size_t n) {
             word_entry *e = &m->slots[i];
             if (!e->hash) continue;
             size_t j = e->hash & (cap - 1);
-            while (s[j].hash) j = (j + 1) & (cap - 1);
+            while (s[j].hash)
+                j = (j + 1) & (cap - 1);
             s[j] = *e;
         }
         free(m->slots);
@@ -110,7 +111,8 @@ static int pair_add(pair_map *m, int32_t a, int32_t b, int64_t delta) {
         for (size_t i = 0; m->slots && i <= m->mask; i++) {
             if (!m->slots[i].key) continue;
             size_t j = mix(m->slots[i].key) & (cap - 1);
-            while (s[j].key) j = (j + 1) & (cap - 1);
+            while (s[j].key)
+                j = (j + 1) & (cap - 1);
             s[j] = m->slots[i];
         }
         free(m->slots);
@@ -189,8 +191,10 @@ int tok_train(const char *text, size_t len, const tok_train_options *opt, char *
     int n_special = opt->n_special;
     int target = opt->vocab_size - n_special;
     if (opt->vocab_size < 256 + n_special || opt->vocab_size > 1000000)
-        return chord_err_set(err, "vocab-size %d must be at least 256 + %d special tokens "
-                                  "(and at most 1000000)", opt->vocab_size, n_special);
+        return chord_err_set(err,
+                             "vocab-size %d must be at least 256 + %d special tokens "
+                             "(and at most 1000000)",
+                             opt->vocab_size, n_special);
     for (int i = 0; i < n_special; i++)
         for (int j = 0; j < i; j++)
             if (strcmp(opt->special[i], opt->special[j]) == 0)
@@ -207,7 +211,7 @@ int tok_train(const char *text, size_t len, const tok_train_options *opt, char *
     size_t n_words = 0;
     token_bytes *tb = NULL;
     int32_t n_tokens = 0;
-    int32_t (*merges)[2] = NULL;
+    int32_t(*merges)[2] = NULL;
     size_t n_merges = 0;
     json_t *root = NULL, *cfg = NULL;
 
@@ -237,7 +241,8 @@ int tok_train(const char *text, size_t len, const tok_train_options *opt, char *
         PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
         if (ov[1] == ov[0]) {
             pos = ov[0] + 1;
-            while (pos < total && ((unsigned char)s[pos] & 0xC0) == 0x80) pos++;
+            while (pos < total && ((unsigned char)s[pos] & 0xC0) == 0x80)
+                pos++;
             continue;
         }
         if (ov[0] > prev && word_map_add(&wm, s + prev, ov[0] - prev)) goto oom;
@@ -366,11 +371,10 @@ int tok_train(const char *text, size_t len, const tok_train_options *opt, char *
     json_object_set_new(root, "padding", json_null());
     json_object_set_new(root, "added_tokens", added);
     json_object_set_new(root, "normalizer", json_pack("{s:s}", "type", "NFC"));
-    json_object_set_new(
-        root, "pre_tokenizer",
-        json_pack("{s:s, s:[{s:s, s:{s:s}, s:s, s:b}, o]}", "type", "Sequence", "pretokenizers",
-                  "type", "Split", "pattern", "Regex", QWEN_REGEX, "behavior", "Isolated",
-                  "invert", 0, byte_level_object()));
+    json_object_set_new(root, "pre_tokenizer",
+                        json_pack("{s:s, s:[{s:s, s:{s:s}, s:s, s:b}, o]}", "type", "Sequence",
+                                  "pretokenizers", "type", "Split", "pattern", "Regex", QWEN_REGEX,
+                                  "behavior", "Isolated", "invert", 0, byte_level_object()));
     json_object_set_new(root, "post_processor", byte_level_object());
     json_object_set_new(root, "decoder", byte_level_object());
     json_t *model = json_pack("{s:s, s:n, s:n, s:s, s:s, s:b, s:b, s:b}", "type", "BPE", "dropout",
@@ -398,8 +402,9 @@ int tok_train(const char *text, size_t len, const tok_train_options *opt, char *
     json_object_set_new(cfg, "bos_token", json_null());
     json_object_set_new(cfg, "eos_token", eos ? json_string(eos) : json_null());
     json_object_set_new(cfg, "pad_token",
-                        has_eot ? json_string("<|endoftext|>") : eos ? json_string(eos)
-                                                                     : json_null());
+                        has_eot ? json_string("<|endoftext|>")
+                        : eos   ? json_string(eos)
+                                : json_null());
     json_object_set_new(cfg, "unk_token", json_null());
     if (chatml == 2) json_object_set_new(cfg, "chat_template", json_string(CHATML_TEMPLATE));
     json_object_set_new(cfg, "clean_up_tokenization_spaces", json_false());
@@ -429,9 +434,11 @@ done:
     free(wm.slots);
     tok_buf_free(&wm.keys);
     free(pm.slots);
-    for (size_t i = 0; i < n_words; i++) free(words[i].sym);
+    for (size_t i = 0; i < n_words; i++)
+        free(words[i].sym);
     free(words);
-    for (int32_t k = 0; tb && k < n_tokens; k++) free(tb[k].s);
+    for (int32_t k = 0; tb && k < n_tokens; k++)
+        free(tb[k].s);
     free(tb);
     free(merges);
     return rc;

@@ -18,9 +18,9 @@
 #define TOK_TRAIN_MAX_SPECIAL 64
 
 typedef struct tok_train_options {
-    int vocab_size;        /* every token: 256 bytes + merges + special tokens */
-    int min_frequency;     /* stop merging when the best pair is rarer than this */
-    const char **special;  /* special tokens, added after the merges */
+    int vocab_size;       /* every token: 256 bytes + merges + special tokens */
+    int min_frequency;    /* stop merging when the best pair is rarer than this */
+    const char **special; /* special tokens, added after the merges */
     int n_special;
 } tok_train_options;
 

@@ -24,9 +24,10 @@ int ds_open(const char *path, ds_kind kind, ds_reader **out, chord_err *err) {
         return chord_err_set(err, "dataset: unknown kind %d", (int)kind);
     struct stat st;
     if (stat(path, &st) != 0)
-        return chord_err_setc(err, errno == ENOENT ? CHORD_E_NOT_FOUND : CHORD_E_IO,
-                              "%s: %s", path, strerror(errno));
-    if (S_ISDIR(st.st_mode)) return chord_err_set(err, "%s: is a directory, not a JSONL file", path);
+        return chord_err_setc(err, errno == ENOENT ? CHORD_E_NOT_FOUND : CHORD_E_IO, "%s: %s", path,
+                              strerror(errno));
+    if (S_ISDIR(st.st_mode))
+        return chord_err_set(err, "%s: is a directory, not a JSONL file", path);
     ds_reader *r = calloc(1, sizeof *r);
     if (!r) return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
     r->f = fopen(path, "rb");
@@ -57,15 +58,18 @@ void ds_record_free(ds_record *rec) {
     memset(rec, 0, sizeof *rec);
 }
 
-ds_cursor ds_tell(const ds_reader *r) { return r->pos; }
+ds_cursor ds_tell(const ds_reader *r) {
+    return r->pos;
+}
 
 int ds_seek(ds_reader *r, ds_cursor c, chord_err *err) {
     struct stat st;
     if (fstat(fileno(r->f), &st) != 0)
         return chord_err_setc(err, CHORD_E_IO, "%s: %s", r->path, strerror(errno));
     if ((uint64_t)st.st_size < c.offset)
-        return chord_err_set(err, "%s: cursor offset %llu is past the end (%lld bytes): the file "
-                                  "changed since the checkpoint",
+        return chord_err_set(err,
+                             "%s: cursor offset %llu is past the end (%lld bytes): the file "
+                             "changed since the checkpoint",
                              r->path, (unsigned long long)c.offset, (long long)st.st_size);
     if (fseeko(r->f, (off_t)c.offset, SEEK_SET) != 0)
         return chord_err_setc(err, CHORD_E_IO, "%s: seek: %s", r->path, strerror(errno));
@@ -126,8 +130,7 @@ static int parse_record(ds_kind kind, json_t *v, ds_record *rec, chord_err *err)
         json_t *answer = json_object_get(v, "answer");
         if (!answer) return chord_err_set(err, "missing \"answer\"");
         rec->answer = text_of(answer);
-        if (!rec->answer)
-            return chord_err_set(err, "\"answer\" must be a string or a number");
+        if (!rec->answer) return chord_err_set(err, "\"answer\" must be a string or a number");
     } else if (rec->prompt) {
         json_t *resp = json_object_get(v, "response");
         if (!resp) return chord_err_set(err, "missing \"response\"");
@@ -152,13 +155,15 @@ int ds_next(ds_reader *r, ds_record *rec, chord_err *err) {
         r->pos.line++;
         char *s = r->line;
         size_t len = (size_t)n;
-        while (len > 0 && (s[len - 1] == '\n' || s[len - 1] == '\r')) len--;
+        while (len > 0 && (s[len - 1] == '\n' || s[len - 1] == '\r'))
+            len--;
         if (r->pos.line == 1 && len >= 3 && memcmp(s, "\xEF\xBB\xBF", 3) == 0) {
             s += 3;
             len -= 3;
         }
         size_t k = 0;
-        while (k < len && (s[k] == ' ' || s[k] == '\t')) k++;
+        while (k < len && (s[k] == ' ' || s[k] == '\t'))
+            k++;
         if (k == len) continue; /* blank line */
         json_error_t je;
         json_t *v = json_loadb(s, len, 0, &je);

@@ -26,12 +26,12 @@
 typedef enum { DS_PROMPTS = 1, DS_EXPERT = 2 } ds_kind;
 
 typedef struct ds_record {
-    uint64_t line;           /* 1-based line of the file */
-    uint64_t index;          /* 0-based record number (bad lines are not counted) */
-    char *prompt;            /* the "prompt" form, else NULL */
-    char *response;          /* DS_EXPERT "prompt"/"response" form, else NULL */
-    char *answer;            /* DS_PROMPTS: the ground truth as text (42 → "42") */
-    chat_message *messages;  /* the "messages" form, else NULL */
+    uint64_t line;          /* 1-based line of the file */
+    uint64_t index;         /* 0-based record number (bad lines are not counted) */
+    char *prompt;           /* the "prompt" form, else NULL */
+    char *response;         /* DS_EXPERT "prompt"/"response" form, else NULL */
+    char *answer;           /* DS_PROMPTS: the ground truth as text (42 → "42") */
+    chat_message *messages; /* the "messages" form, else NULL */
     size_t n_messages;
 } ds_record;
 

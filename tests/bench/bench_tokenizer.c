@@ -50,7 +50,8 @@ int main(int argc, char **argv) {
     }
     tok_ids *ids = calloc(n_docs, sizeof *ids);
     size_t total_bytes = 0, total_tokens = 0;
-    for (size_t d = 0; d < n_docs; d++) total_bytes += lens[d];
+    for (size_t d = 0; d < n_docs; d++)
+        total_bytes += lens[d];
     /* warm-up pass (fills the cache, as the peer's does), then timed passes */
     double best_enc = 1e30, best_dec = 1e30;
     for (int r = 0; r <= repeats; r++) {
@@ -78,12 +79,14 @@ int main(int argc, char **argv) {
             if (t2 - t1 < best_dec) best_dec = t2 - t1;
         }
     }
-    for (size_t d = 0; d < n_docs; d++) total_tokens += ids[d].n;
+    for (size_t d = 0; d < n_docs; d++)
+        total_tokens += ids[d].n;
     printf("{\"encode_mb_s\": %.3f, \"decode_mb_s\": %.3f, \"tokens\": %zu, \"bytes\": %zu, "
            "\"docs\": %zu}\n",
            total_bytes / best_enc / 1e6, total_bytes / best_dec / 1e6, total_tokens, total_bytes,
            n_docs);
-    for (size_t d = 0; d < n_docs; d++) tok_ids_free(&ids[d]);
+    for (size_t d = 0; d < n_docs; d++)
+        tok_ids_free(&ids[d]);
     free(ids);
     free(docs);
     free(lens);

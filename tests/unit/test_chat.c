@@ -44,7 +44,8 @@ static void test_detect(void **state) {
     assert_int_equal(t.family, CHAT_QWEN3);
     assert_int_equal(chat_template_detect(deepseek, &t, &err), 0);
     assert_int_equal(t.family, CHAT_DEEPSEEK_V3);
-    assert_string_equal(t.bos, "<\xef\xbd\x9c" "begin\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>");
+    assert_string_equal(t.bos, "<\xef\xbd\x9c"
+                               "begin\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>");
     assert_int_equal(chat_template_detect(dflt, &t, &err), 0);
     assert_int_equal(t.family, CHAT_CHATML);
     assert_string_equal(t.default_system, "");
@@ -74,8 +75,10 @@ static void test_mask_is_the_response(void **state) {
         if (enc.mask[i]) sel[k++] = enc.ids.ids[i];
     /* the masked tokens are contiguous and decode to the response and its end token */
     size_t first = 0;
-    while (!enc.mask[first]) first++;
-    for (size_t i = first; i < first + k; i++) assert_int_equal(enc.mask[i], 1);
+    while (!enc.mask[first])
+        first++;
+    for (size_t i = first; i < first + k; i++)
+        assert_int_equal(enc.mask[i], 1);
     char *text;
     size_t len;
     assert_int_equal(tok_decode(dflt, sel, k, 0, &text, &len, NULL), 0);
@@ -96,7 +99,8 @@ static void test_generation_prompt(void **state) {
     assert_int_equal(chat_encode(qwen, &t, m, 1, 1, &enc, NULL), 0);
     assert_string_equal(enc.text, "<|im_start|>user\nCompute 37+48.<|im_end|>\n"
                                   "<|im_start|>assistant\n");
-    for (size_t i = 0; i < enc.ids.n; i++) assert_int_equal(enc.mask[i], 0);
+    for (size_t i = 0; i < enc.ids.n; i++)
+        assert_int_equal(enc.mask[i], 0);
     assert_int_equal(enc.ids.ids[0], tok_token_to_id(qwen, "<|im_start|>"));
     chat_encoding_free(&enc);
     /* Qwen3 with enable_thinking = false: the empty think block follows */
@@ -118,8 +122,10 @@ static void test_raw(void **state) {
     size_t ns;
     assert_int_equal(chat_render(&t, m, 2, 0, &text, &len, &spans, &ns, NULL), 0);
     /* DeepSeek's config has add_bos_token: BOS text first */
-    assert_string_equal(text, "<\xef\xbd\x9c" "begin\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>"
-                              "Q: 1+1?\nA: 2<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>");
+    assert_string_equal(text, "<\xef\xbd\x9c"
+                              "begin\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>"
+                              "Q: 1+1?\nA: 2<\xef\xbd\x9c"
+                              "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>");
     assert_int_equal(ns, 1);
     assert_memory_equal(text + spans[0], " 2", 2);
     assert_int_equal(spans[1], len);

@@ -55,7 +55,8 @@ static void test_default_embedded_matches_files(void **state) {
         snprintf(path, sizeof path, "%s/server/model/default_tokenizer/%s", CHORD_SOURCE_DIR,
                  names[k]);
         assert_int_equal(chord_read_file(path, &data, &len, NULL), 0);
-        const char *emb = k == 0 ? tok_default_tokenizer_json(&elen) : tok_default_config_json(&elen);
+        const char *emb =
+            k == 0 ? tok_default_tokenizer_json(&elen) : tok_default_config_json(&elen);
         assert_int_equal(elen, len);
         assert_memory_equal(emb, data, len);
         free(data);
@@ -157,8 +158,12 @@ static void roundtrip(const tok_tokenizer *t, const char *s) {
 static void test_roundtrip_and_stream(void **state) {
     (void)state;
     const char *texts[] = {
-        "Hello world", "你好，世界！今天天气很好。", "😀😃😄 👍🏽 👨‍👩‍👧‍👦 🇫🇷", "日本語のテキスト",
-        "mixed 中文 and emoji 🎉 with \\boxed{42}\r\n\ttabs", "<|im_start|>user\nhi<|im_end|>",
+        "Hello world",
+        "你好，世界！今天天气很好。",
+        "😀😃😄 👍🏽 👨‍👩‍👧‍👦 🇫🇷",
+        "日本語のテキスト",
+        "mixed 中文 and emoji 🎉 with \\boxed{42}\r\n\ttabs",
+        "<|im_start|>user\nhi<|im_end|>",
     };
     for (size_t i = 0; i < sizeof texts / sizeof texts[0]; i++) {
         roundtrip(qwen, texts[i]);
@@ -209,7 +214,10 @@ static void test_stream_holds_partial_utf8(void **state) {
         an += n;
     }
     assert_int_equal(an, 4);
-    assert_memory_equal(acc, "\xEF\xBF\xBD" "a", 4);
+    assert_memory_equal(acc,
+                        "\xEF\xBF\xBD"
+                        "a",
+                        4);
     tok_ids_free(&ids);
 }
 
@@ -217,8 +225,9 @@ static void test_stream_holds_partial_utf8(void **state) {
 static void test_invalid_utf8(void **state) {
     (void)state;
     const char bad[] = "ok \xff\xfe then \xe4\xbd cut \xed\xa0\x80 surrogate \xf0\x9f\x98";
-    const char fixed[] = "ok \xEF\xBF\xBD\xEF\xBF\xBD then \xEF\xBF\xBD cut \xEF\xBF\xBD\xEF\xBF\xBD"
-                         "\xEF\xBF\xBD surrogate \xEF\xBF\xBD";
+    const char fixed[] =
+        "ok \xEF\xBF\xBD\xEF\xBF\xBD then \xEF\xBF\xBD cut \xEF\xBF\xBD\xEF\xBF\xBD"
+        "\xEF\xBF\xBD surrogate \xEF\xBF\xBD";
     tok_ids a = {0}, b = {0};
     encode_ok(qwen, bad, sizeof bad - 1, 0, &a);
     encode_ok(qwen, fixed, sizeof fixed - 1, 0, &b);
@@ -275,7 +284,9 @@ static void expect_load_error(const char *json, const char *needle) {
     assert_non_null(strstr(err.msg, needle));
 }
 
-#define MODEL "\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1, \"ab\": 2}, \"merges\": [\"a b\"]}"
+#define MODEL                                                                                      \
+    "\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1, \"ab\": 2}, \"merges\": [\"a " \
+    "b\"]}"
 
 static void test_errors_name_the_problem(void **state) {
     (void)state;
