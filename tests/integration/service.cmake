@@ -15,3 +15,10 @@ set_tests_properties(integration.service integration.service_resume
                      integration.service_schemathesis
                      PROPERTIES ENVIRONMENT "${chord_service_env}" LABELS integration TIMEOUT 600
                                 RESOURCE_LOCK chordd_cpu)
+
+# A short load check (wrk on read endpoints while a job trains); skipped when wrk is missing.
+add_test(NAME integration.service_load
+         COMMAND ${CHORD_PYTHON} ${CMAKE_CURRENT_LIST_DIR}/service_load.py 3 64)
+set_tests_properties(integration.service_load
+                     PROPERTIES ENVIRONMENT "${chord_service_env}" LABELS "integration;load"
+                                TIMEOUT 300 RESOURCE_LOCK chordd_cpu)
