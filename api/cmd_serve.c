@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "api/commands.h"
+#include "api/grpc/grpc_server.h"
 #include "api/http/http.h"
 #include "server/base/log.h"
 #include "server/service.h"
@@ -27,8 +28,8 @@ static void usage(FILE *out) {
             "./chord-data\n"
             "  --http HOST:PORT      REST address, or 'off'; default 127.0.0.1:8080 (port 0 = "
             "any free port)\n"
-            "  --grpc HOST:PORT      gRPC address, or 'off'; default 127.0.0.1:50051 (the gRPC\n"
-            "                        transport is not in this build yet: the value is recorded)\n"
+            "  --grpc HOST:PORT      gRPC address (chord.v1.Chord + grpc.health.v1), or 'off';\n"
+            "                        default 127.0.0.1:50051 (port 0 = any free port)\n"
             "  --device DEV          auto | cpu | cuda | cuda:N[,M...]; one worker per device;\n"
             "                        default auto (every CUDA GPU, else the CPU)\n"
             "  --models-root DIR     the only directory models may be registered from;\n"
@@ -194,6 +195,16 @@ int cmd_serve(int argc, char **argv) {
             return 1;
         }
     }
+    api_grpc *g = NULL;
+    if (grpc_on) {
+        api_grpc_options go = {.host = grpc_host, .port = grpc_port};
+        if (api_grpc_start(s, &go, &g, &err)) {
+            LOG_ERROR("chordd: %s", err.msg);
+            api_http_stop(h);
+            svc_close(s);
+            return 1;
+        }
+    }
     int n_dev = 0;
     const char *const *devs = svc_devices(s, &n_dev);
     if (h)
@@ -203,10 +214,9 @@ int cmd_serve(int argc, char **argv) {
                  svc_models_root(s), devs[0], n_dev > 1 ? ",..." : "");
     else
         LOG_INFO("chordd %s running without HTTP (data %s)", SVC_VERSION, data_dir);
-    if (grpc_on)
-        LOG_WARN("gRPC on %s:%d requested, but this build has no gRPC transport yet; serving REST "
-                 "only",
-                 grpc_host, grpc_port);
+    if (g)
+        LOG_INFO("chordd gRPC listening on %s%s%s:%d", strchr(grpc_host, ':') ? "[" : "",
+                 grpc_host, strchr(grpc_host, ':') ? "]" : "", api_grpc_port(g));
     if (demo) {
         json_t *job = NULL;
         if (svc_submit_demo(s, &job, &err)) {
@@ -225,8 +235,10 @@ int cmd_serve(int argc, char **argv) {
     LOG_INFO("chordd: %s received, stopping (running jobs write a checkpoint first)",
              sig == SIGINT ? "SIGINT" : "SIGTERM");
     api_http_quiesce(h);
+    api_grpc_quiesce(g);
     svc_shutdown(s);
     api_http_stop(h);
+    api_grpc_stop(g);
     svc_close(s);
     LOG_INFO("chordd: stopped");
     return 0;

@@ -1,0 +1,376 @@
+/* grpc_methods.c — the methods of chord.v1.Chord and grpc.health.v1.Health: each reads its
+ * request message, calls the service.h function REST calls for the same route, and maps the
+ * resource (JSON) into the response message by field name (pbjson.h). Nothing else: no
+ * decisions about resources here, only the transport's own checks (paging ranges, a missing
+ * id, the upload's first chunk) that REST makes on its query string and path.
+ *
+ * Not here: the call machinery (grpc_server.c). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api/grpc/grpc_internal.h"
+#include "api/grpc/pbjson.h"
+#include "chord.pb-c.h"
+#include "grpc/health/v1/health.pb-c.h"
+
+/* Maps a service result into a response message of type d and packs it. Takes doc. */
+static int reply(json_t *doc, const ProtobufCMessageDescriptor *d, unsigned char **out,
+                 size_t *len, chord_err *err) {
+    pbj_arena a = {0};
+    ProtobufCMessage *m = NULL;
+    int rc = pbj_from_json(d, doc, &a, &m, err);
+    if (rc) chord_err_prefix(err, "encoding %s", d->name);
+    if (rc == 0) rc = pbj_pack(m, out, len, err);
+    pbj_arena_free(&a);
+    json_decref(doc);
+    return rc;
+}
+
+static int need_id(const char *id, const char *field, chord_err *err) {
+    if (!id || !*id) return chord_err_set(err, "%s: required", field);
+    return 0;
+}
+
+/* offset / limit as REST's query parameters take them (limit 0 = REST's default 100). */
+static int paging(int64_t offset, int64_t limit, size_t *o, size_t *l, chord_err *err) {
+    if (offset < 0 || offset > INT32_MAX)
+        return chord_err_set(err, "offset: must be an integer in [0, %d]", INT32_MAX);
+    if (limit < 0 || limit > SVC_LIST_LIMIT_MAX)
+        return chord_err_set(err, "limit: must be an integer in [1, %d] (0 = 100)",
+                             SVC_LIST_LIMIT_MAX);
+    *o = (size_t)offset;
+    *l = limit ? (size_t)limit : 100;
+    return 0;
+}
+
+#define REQ(type, name) const type *name = (const type *)req_
+
+/* ---- jobs --------------------------------------------------------------------------------- */
+
+static int create_job(gcall *c, const ProtobufCMessage *req_, unsigned char **out, size_t *len,
+                      chord_err *err) {
+    REQ(Chord__V1__CreateJobRequest, r);
+    if (!r->job) return chord_err_set(err, "job: required (the job document)");
+    json_t *doc = pbj_to_json(&r->job->base), *job = NULL;
+    if (!doc) return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
+    int rc = svc_job_create(c->g->s, doc, &job, err);
+    json_decref(doc);
+    return rc ? -1 : reply(job, &chord__v1__job__descriptor, out, len, err);
+}
+
+static int get_job(gcall *c, const ProtobufCMessage *req_, unsigned char **out, size_t *len,
+                   chord_err *err) {
+    REQ(Chord__V1__GetJobRequest, r);
+    json_t *job = NULL;
+    if (need_id(r->id, "id", err) || svc_job_get(c->g->s, r->id, &job, err)) return -1;
+    return reply(job, &chord__v1__job__descriptor, out, len, err);
+}
+
+static int cancel_job(gcall *c, const ProtobufCMessage *req_, unsigned char **out, size_t *len,
+                      chord_err *err) {
+    REQ(Chord__V1__CancelJobRequest, r);
+    json_t *job = NULL;
+    if (need_id(r->id, "id", err) || svc_job_cancel(c->g->s, r->id, &job, err)) return -1;
+    return reply(job, &chord__v1__job__descriptor, out, len, err);
+}
+
+static int list_jobs(gcall *c, const ProtobufCMessage *req_, unsigned char **out, size_t *len,
+                     chord_err *err) {
+    REQ(Chord__V1__ListJobsRequest, r);
+    size_t o = 0, l = 0;
+    json_t *list = NULL;
+    if (paging(r->offset, r->limit, &o, &l, err) ||
+        svc_job_list(c->g->s, r->state && *r->state ? r->state : NULL, o, l, &list, err))
+        return -1;
+    return reply(list, &chord__v1__list_jobs_response__descriptor, out, len, err);
+}
+
+static int get_metrics(gcall *c, const ProtobufCMessage *req_, unsigned char **out, size_t *len,
+                       chord_err *err) {
+    REQ(Chord__V1__GetMetricsRequest, r);
+    if (need_id(r->id, "id", err)) return -1;
+    if (r->since_step < 0) return chord_err_set(err, "since_step: must be an integer >= 0");
+    if (r->max_steps < 0 || r->max_steps > 1000000)
+        return chord_err_set(err, "max_steps: must be an integer in [0, 1000000]");
+    json_t *doc = NULL;
+    if (svc_job_metrics(c->g->s, r->id, r->since_step, (size_t)r->max_steps, &doc, err))
+        return -1;
+    return reply(doc, &chord__v1__metrics_response__descriptor, out, len, err);
+}
+
+static int list_samples(gcall *c, const ProtobufCMessage *req_, unsigned char **out,
+                        size_t *len, chord_err *err) {
+    REQ(Chord__V1__ListSamplesRequest, r);
+    size_t o = 0, l = 0;
+    int64_t step = -1;
+    if (need_id(r->id, "id", err) || paging(r->offset, r->limit, &o, &l, err)) return -1;
+    if (r->step_opt_case == CHORD__V1__LIST_SAMPLES_REQUEST__STEP_OPT_STEP) {
+        if (r->step < 0) return chord_err_set(err, "step: must be an integer >= 0");
+        step = r->step;
+    }
+    json_t *doc = NULL;
+    if (svc_job_samples(c->g->s, r->id, step, o, l, &doc, err)) return -1;
+    return reply(doc, &chord__v1__list_samples_response__descriptor, out, len, err);
+}
+
+static int list_checkpoints(gcall *c, const ProtobufCMessage *req_, unsigned char **out,
+                            size_t *len, chord_err *err) {
+    REQ(Chord__V1__ListCheckpointsRequest, r);
+    json_t *doc = NULL;
+    if (need_id(r->id, "id", err) || svc_checkpoint_list(c->g->s, r->id, &doc, err)) return -1;
+    return reply(doc, &chord__v1__list_checkpoints_response__descriptor, out, len, err);
+}
+
+/* WatchJob: the service's watch, one JobEvent per event, the final one with status OK. */
+static int watch_open(gcall *c, const ProtobufCMessage *req_, chord_err *err) {
+    REQ(Chord__V1__WatchJobRequest, r);
+    if (need_id(r->id, "id", err)) return -1;
+    if (r->since_step < 0) return chord_err_set(err, "since_step: must be an integer >= 0");
+    return svc_watch_open(c->g->s, r->id, r->since_step, gcall_notify, c, &c->watch, err);
+}
+
+static void watch_pump(gcall *c) {
+    static const char *const types[] = {"state", "step", "checkpoint"};
+    static const char *const data_field[] = {"job", "metrics", "checkpoint"};
+    if (c->done || c->send_busy || c->closed) return;
+    if (atomic_load(&c->g->ending)) {
+        gcall_finish(c, GRPC_STATUS_UNAVAILABLE, "server is stopping", NULL, 0);
+        return;
+    }
+    svc_event ev;
+    chord_err err = {0};
+    int rc = svc_watch_poll(c->watch, &ev, &err);
+    if (rc < 0) {
+        gcall_fail(c, &err);
+        return;
+    }
+    if (rc == 0) return; /* wait for the next notify */
+    json_t *doc = json_pack("{s:s, s:I, s:b, s:o}", "type", types[ev.type], "step",
+                            (json_int_t)ev.step, "final", ev.final, data_field[ev.type], ev.data);
+    unsigned char *buf = NULL;
+    size_t len = 0;
+    if (!doc || reply(doc, &chord__v1__job_event__descriptor, &buf, &len, &err)) {
+        if (!doc) chord_err_setc(&err, CHORD_E_INTERNAL, "out of memory");
+        gcall_fail(c, &err);
+        return;
+    }
+    if (ev.final)
+        gcall_finish(c, GRPC_STATUS_OK, NULL, buf, len);
+    else if (gcall_send(c, buf, len))
+        gcall_finish(c, GRPC_STATUS_INTERNAL, "cannot send", NULL, 0);
+}
+
+/* ---- datasets ----------------------------------------------------------------------------- */
+
+/* UploadDataset: every chunk goes to the service's upload as it arrives (it validates each
+ * line it completes); the end of the stream commits; a cancelled call aborts (on_close). */
+static void upload_message(gcall *c, const unsigned char *data, size_t len) {
+    chord_err err = {0};
+    if (!data && c->chunks == 0) {
+        chord_err_set(&err, "kind: required in the first message (no message was sent)");
+        gcall_fail(c, &err);
+        return;
+    }
+    if (!data) {
+        svc_upload *up = c->up;
+        c->up = NULL;
+        json_t *ds = NULL;
+        unsigned char *out = NULL;
+        size_t n = 0;
+        if (svc_upload_commit(up, &ds, &err) ||
+            reply(ds, &chord__v1__dataset__descriptor, &out, &n, &err))
+            gcall_fail(c, &err);
+        else
+            gcall_finish(c, GRPC_STATUS_OK, NULL, out, n);
+        return;
+    }
+    Chord__V1__UploadDatasetRequest *m = chord__v1__upload_dataset_request__unpack(NULL, len, data);
+    if (!m) {
+        chord_err_set(&err, "request: not a valid chord.v1.UploadDatasetRequest protobuf message");
+        goto fail;
+    }
+    c->chunks++;
+    if (c->chunks == 1) {
+        if (!m->kind || !*m->kind) {
+            chord_err_set(&err, "kind: required in the first message (prompts, expert or eval)");
+            goto fail;
+        }
+        snprintf(c->kind, sizeof c->kind, "%s", m->kind);
+        if (svc_upload_begin(c->g->s, m->name && *m->name ? m->name : NULL, m->kind, &c->up,
+                             &err))
+            goto fail;
+    } else if (m->kind && *m->kind && strcmp(m->kind, c->kind) != 0) {
+        chord_err_set(&err, "kind: must be the first message's (\"%s\") or empty", c->kind);
+        goto fail;
+    }
+    if (m->data.len && svc_upload_write(c->up, m->data.data, m->data.len, &err)) goto fail;
+    chord__v1__upload_dataset_request__free_unpacked(m, NULL);
+    if (gcall_recv(c)) {
+        svc_upload_abort(c->up);
+        c->up = NULL;
+        gcall_finish(c, GRPC_STATUS_INTERNAL, "cannot read the next message", NULL, 0);
+    }
+    return;
+fail:
+    if (m) chord__v1__upload_dataset_request__free_unpacked(m, NULL);
+    svc_upload_abort(c->up); /* nothing stored */
+    c->up = NULL;
+    gcall_fail(c, &err);
+}
+
+static int get_dataset(gcall *c, const ProtobufCMessage *req_, unsigned char **out, size_t *len,
+                       chord_err *err) {
+    REQ(Chord__V1__GetDatasetRequest, r);
+    json_t *doc = NULL;
+    if (need_id(r->id, "id", err) || svc_dataset_get(c->g->s, r->id, &doc, err)) return -1;
+    return reply(doc, &chord__v1__dataset__descriptor, out, len, err);
+}
+
+static int list_datasets(gcall *c, const ProtobufCMessage *req_, unsigned char **out,
+                         size_t *len, chord_err *err) {
+    REQ(Chord__V1__ListDatasetsRequest, r);
+    size_t o = 0, l = 0;
+    json_t *doc = NULL;
+    if (paging(r->offset, r->limit, &o, &l, err) ||
+        svc_dataset_list(c->g->s, o, l, &doc, err))
+        return -1;
+    return reply(doc, &chord__v1__list_datasets_response__descriptor, out, len, err);
+}
+
+/* ---- models ------------------------------------------------------------------------------- */
+
+static int register_model(gcall *c, const ProtobufCMessage *req_, unsigned char **out,
+                          size_t *len, chord_err *err) {
+    REQ(Chord__V1__RegisterModelRequest, r);
+    json_t *doc = pbj_to_json(&r->base), *model = NULL;
+    if (!doc) return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
+    int rc = svc_model_register(c->g->s, doc, &model, err);
+    json_decref(doc);
+    return rc ? -1 : reply(model, &chord__v1__model__descriptor, out, len, err);
+}
+
+static int get_model(gcall *c, const ProtobufCMessage *req_, unsigned char **out, size_t *len,
+                     chord_err *err) {
+    REQ(Chord__V1__GetModelRequest, r);
+    json_t *doc = NULL;
+    if (need_id(r->id, "id", err) || svc_model_get(c->g->s, r->id, &doc, err)) return -1;
+    return reply(doc, &chord__v1__model__descriptor, out, len, err);
+}
+
+static int list_models(gcall *c, const ProtobufCMessage *req_, unsigned char **out, size_t *len,
+                       chord_err *err) {
+    REQ(Chord__V1__ListModelsRequest, r);
+    size_t o = 0, l = 0;
+    json_t *doc = NULL;
+    if (paging(r->offset, r->limit, &o, &l, err) || svc_model_list(c->g->s, o, l, &doc, err))
+        return -1;
+    return reply(doc, &chord__v1__list_models_response__descriptor, out, len, err);
+}
+
+/* ---- rollouts ----------------------------------------------------------------------------- */
+
+static int rollout(gcall *c, const ProtobufCMessage *req_, unsigned char **out, size_t *len,
+                   chord_err *err) {
+    REQ(Chord__V1__RolloutRequest, r);
+    json_t *doc = pbj_to_json(&r->base), *ro = NULL;
+    if (!doc) return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
+    int rc = svc_rollout_create(c->g->s, doc, &ro, err);
+    json_decref(doc);
+    return rc ? -1 : reply(ro, &chord__v1__rollout_resource__descriptor, out, len, err);
+}
+
+static int get_rollout(gcall *c, const ProtobufCMessage *req_, unsigned char **out, size_t *len,
+                       chord_err *err) {
+    REQ(Chord__V1__GetRolloutRequest, r);
+    json_t *doc = NULL;
+    if (need_id(r->id, "id", err) || svc_rollout_get(c->g->s, r->id, &doc, err)) return -1;
+    return reply(doc, &chord__v1__rollout_resource__descriptor, out, len, err);
+}
+
+/* ---- grpc.health.v1.Health ------------------------------------------------------------------
+ * "" (the whole server) and "chord.v1.Chord" are served; SERVING until the server starts
+ * stopping, then NOT_SERVING. */
+
+static int health_known(const char *service) {
+    return !service || !*service || strcmp(service, "chord.v1.Chord") == 0;
+}
+
+static int health_status(gcall *c, int known) {
+    if (!known) return GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVICE_UNKNOWN;
+    if (atomic_load(&c->g->quiescing) || svc_stopping(c->g->s))
+        return GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING;
+    return GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
+}
+
+static int health_pack(int status, unsigned char **out, size_t *len, chord_err *err) {
+    Grpc__Health__V1__HealthCheckResponse resp = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
+    resp.status = status;
+    return pbj_pack(&resp.base, out, len, err);
+}
+
+static int health_check(gcall *c, const ProtobufCMessage *req_, unsigned char **out,
+                        size_t *len, chord_err *err) {
+    REQ(Grpc__Health__V1__HealthCheckRequest, r);
+    if (!health_known(r->service))
+        return chord_err_setc(err, CHORD_E_NOT_FOUND, "service \"%s\" is not served here",
+                              r->service);
+    return health_pack(health_status(c, 1), out, len, err);
+}
+
+static int health_watch_open(gcall *c, const ProtobufCMessage *req_, chord_err *err) {
+    REQ(Grpc__Health__V1__HealthCheckRequest, r);
+    (void)err;
+    c->health_known = health_known(r->service);
+    return 0;
+}
+
+static void health_watch_pump(gcall *c) {
+    if (c->done || c->send_busy || c->closed) return;
+    int status = health_status(c, c->health_known);
+    chord_err err = {0};
+    if (status != c->health_sent) {
+        unsigned char *buf = NULL;
+        size_t len = 0;
+        if (health_pack(status, &buf, &len, &err)) {
+            gcall_fail(c, &err);
+            return;
+        }
+        c->health_sent = status;
+        if (gcall_send(c, buf, len))
+            gcall_finish(c, GRPC_STATUS_INTERNAL, "cannot send", NULL, 0);
+        return;
+    }
+    if (atomic_load(&c->g->ending))
+        gcall_finish(c, GRPC_STATUS_UNAVAILABLE, "server is stopping", NULL, 0);
+}
+
+/* ---- the table ---------------------------------------------------------------------------- */
+
+#define UNARY(name, fn, req) {"/chord.v1.Chord/" name, GM_UNARY, &req, fn, NULL, NULL, NULL}
+
+const gmethod api_grpc_methods[] = {
+    UNARY("CreateJob", create_job, chord__v1__create_job_request__descriptor),
+    UNARY("GetJob", get_job, chord__v1__get_job_request__descriptor),
+    UNARY("ListJobs", list_jobs, chord__v1__list_jobs_request__descriptor),
+    UNARY("CancelJob", cancel_job, chord__v1__cancel_job_request__descriptor),
+    {"/chord.v1.Chord/WatchJob", GM_SERVER_STREAM, &chord__v1__watch_job_request__descriptor,
+     NULL, watch_open, watch_pump, NULL},
+    UNARY("GetMetrics", get_metrics, chord__v1__get_metrics_request__descriptor),
+    UNARY("ListSamples", list_samples, chord__v1__list_samples_request__descriptor),
+    UNARY("ListCheckpoints", list_checkpoints, chord__v1__list_checkpoints_request__descriptor),
+    {"/chord.v1.Chord/UploadDataset", GM_CLIENT_STREAM, NULL, NULL, NULL, NULL, upload_message},
+    UNARY("GetDataset", get_dataset, chord__v1__get_dataset_request__descriptor),
+    UNARY("ListDatasets", list_datasets, chord__v1__list_datasets_request__descriptor),
+    UNARY("RegisterModel", register_model, chord__v1__register_model_request__descriptor),
+    UNARY("GetModel", get_model, chord__v1__get_model_request__descriptor),
+    UNARY("ListModels", list_models, chord__v1__list_models_request__descriptor),
+    UNARY("Rollout", rollout, chord__v1__rollout_request__descriptor),
+    UNARY("GetRollout", get_rollout, chord__v1__get_rollout_request__descriptor),
+    {"/grpc.health.v1.Health/Check", GM_UNARY, &grpc__health__v1__health_check_request__descriptor,
+     health_check, NULL, NULL, NULL},
+    {"/grpc.health.v1.Health/Watch", GM_SERVER_STREAM,
+     &grpc__health__v1__health_check_request__descriptor, NULL, health_watch_open,
+     health_watch_pump, NULL},
+};
+const size_t api_grpc_n_methods = sizeof api_grpc_methods / sizeof api_grpc_methods[0];
