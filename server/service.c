@@ -205,7 +205,8 @@ const char *const *svc_devices(const svc *s, int *n_devices) {
 }
 
 void svc_shutdown(svc *s) {
-    if (!s || atomic_exchange(&s->stopping, 1)) return;
+    if (!s || atomic_exchange(&s->shut_down, 1)) return;
+    atomic_store(&s->stopping, 1);
     LOG_INFO("service stopping: running jobs checkpoint and go back to the queue");
     jobs_stop(s->jobs);
     s->jobs = NULL;
@@ -220,7 +221,6 @@ void svc_shutdown(svc *s) {
 
 void svc_close(svc *s) {
     if (!s) return;
-    atomic_store(&s->stopping, 0); /* let svc_shutdown run even on a half-open service */
     svc_shutdown(s);
     for (size_t i = 0; i < s->n_free; i++) store_close(s->free_handles[i]);
     free(s->free_handles);

@@ -52,6 +52,7 @@ struct svc {
     double started;         /* chord_now() at open */
     int64_t started_ms;
     atomic_int stopping;
+    atomic_int shut_down;   /* svc_shutdown ran */
     char **devices;
     int n_devices;
     jobs_pool *jobs;

@@ -6,6 +6,7 @@
 #include "server/jobs/jobs.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -13,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "kernels/ops.h"
 #include "server/base/log.h"
@@ -354,6 +356,16 @@ static int resume_point(worker *w, const store_job *job, char **resume_dir, int6
     return 0;
 }
 
+/* Defensive: a cleanup path that closes an unopened descriptor 0 (a zeroed struct's fd) would
+ * close whatever holds fd 0 next — in a server, a client's socket. Keeping fd 0 on /dev/null
+ * after each run makes such a close harmless. */
+static void keep_stdin_open(void) {
+    if (fcntl(0, F_GETFD) != -1 || errno != EBADF) return;
+    int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (fd > 0) close(fd); /* 0 was taken meanwhile: leave it */
+    if (fd == 0) LOG_WARN("jobs: descriptor 0 was closed during a job; reopened on /dev/null");
+}
+
 static void finish_job(worker *w, const char *id, store_job_state to, const char *text) {
     chord_err err = {0};
     if (store_job_transition(w->st, id, to, text, NULL, NULL, &err))
@@ -411,6 +423,7 @@ static void run_job(worker *w, store_job *job) {
                             .between_steps = cb_between_steps,
                             .on_log = cb_on_log};
     int rc = trainer_run(&cfg, &env, &cb, &err);
+    keep_stdin_open();
     run_clear_samples(&r);
     run_clear_last(&r);
     if (rc == TRAINER_DONE) {
@@ -538,6 +551,12 @@ static void *worker_main(void *arg) {
             memcpy(w->job_id, job.id, STORE_ID_MAX);
             atomic_store(&w->cancel, job.cancel_requested ? 1 : 0);
             pthread_mutex_unlock(&p->mu);
+            /* a cancel that came between the claim and job_id being set found no worker: it
+             * is in the database, so look once more */
+            store_job now = {0};
+            if (store_job_get(w->st, job.id, &now, &err) == 0 && now.cancel_requested)
+                atomic_store(&w->cancel, 1);
+            store_job_free(&now);
             run_job(w, &job);
             pthread_mutex_lock(&p->mu);
             w->job_id[0] = '\0';

@@ -131,6 +131,9 @@ class Chordd:
 
     def cleanup(self):
         self.stop()
+        if os.environ.get("CHORD_TEST_KEEP"):  # keep the data dir and log for a post-mortem
+            print(f"chordd test data kept in {self.tmp}")
+            return
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def alive(self):
