@@ -14,7 +14,7 @@ MAX_EXAMPLES = os.environ.get("CHORD_SCHEMATHESIS_EXAMPLES", "100")
 
 
 def main():
-    spec = sys.argv[1]
+    spec = os.path.abspath(sys.argv[1])
     srv = Chordd(extra_args=["--max-upload-mb", "1"]).start()
     try:
         # some stored data, which the fuzzing must leave untouched
@@ -30,7 +30,8 @@ def main():
         here = os.path.dirname(os.path.abspath(__file__))
         env = dict(os.environ, SCHEMATHESIS_HOOKS="schemathesis_hooks",
                    PYTHONPATH=here + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        rc = subprocess.run(cmd, env=env).returncode
+        # run in the temp dir: schemathesis writes a cache (.schemathesis/) into its cwd
+        rc = subprocess.run(cmd, env=env, cwd=srv.tmp).returncode
         assert srv.alive(), "chordd died under schemathesis:\n" + srv.read_log()[-3000:]
         assert srv.get("/healthz").status == 200
         assert srv.get(f"/v1/datasets/{ds['id']}").json() == before
