@@ -4,6 +4,7 @@
 
 #include <omp.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -24,23 +25,27 @@ int cpu_fail(ops_ctx *c, const char *fmt, ...) {
 
 /* ---- memory ---- */
 
+/* 64-byte aligned, zero-filled. calloc rather than memset: large blocks come from fresh mmap'd
+ * pages the kernel zero-fills on first touch, so a big buffer is not written twice. The pointer
+ * calloc returned sits just below the aligned block. */
 static void *cpu_alloc(ops_ctx *c, size_t bytes) {
-    size_t n = bytes ? (bytes + 63) & ~(size_t)63 : 64;
-    if (n < bytes) {
+    size_t extra = 64 + sizeof(void *);
+    if (bytes > SIZE_MAX - extra) {
         cpu_fail(c, "alloc: %zu bytes overflows", bytes);
         return NULL;
     }
-    void *p = NULL;
-    if (posix_memalign(&p, 64, n) != 0) {
+    char *raw = calloc(1, bytes + extra);
+    if (!raw) {
         cpu_fail(c, "alloc: out of memory (%zu bytes)", bytes);
         return NULL;
     }
-    memset(p, 0, n);
-    return p;
+    uintptr_t a = ((uintptr_t)raw + sizeof(void *) + 63) & ~(uintptr_t)63;
+    ((void **)a)[-1] = raw;
+    return (void *)a;
 }
 
 static void cpu_free(ops_ctx *c, void *p) {
-    free(p);
+    if (p) free(((void **)p)[-1]);
 }
 
 static int cpu_to_device(ops_ctx *c, void *dst, const void *src_host, size_t bytes) {
@@ -95,9 +100,39 @@ static void gemm1(int transA, int transB, int M, int N, int K, float alpha, cons
                 transB ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
+/* one row: C (1,N) = alpha * a (1,K) op(B) + beta * C as a GEMV (sgemm would pack all of B,
+ * doubling the memory traffic of what is a memory-bound product) */
+static void gemv_row(int transB, int N, int K, float alpha, const float *a, const float *B, int ldb,
+                     float beta, float *C) {
+    if (N <= 0) return;
+    if (K <= 0) {
+        gemm1(0, 0, 1, N, 0, alpha, a, 1, B, ldb, beta, C, N);
+        return;
+    }
+    if (transB) /* B (N,K): C = B a */
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, N, K, alpha, B, ldb, a, 1, beta, C, 1);
+    else /* B (K,N): C = B^T a */
+        cblas_sgemv(CblasRowMajor, CblasTrans, K, N, alpha, B, ldb, a, 1, beta, C, 1);
+}
+
 void cpu_gemm(ops_ctx *c, int transA, int transB, int M, int N, int K, float alpha, const float *A,
               int lda, const float *B, int ldb, float beta, float *C, int ldc) {
     int nt = cpu_threads(c);
+    if (M == 1 && !transA) {
+        int units = (N + 63) / 64;
+        if ((double)N * K < 1e6 || units < 2) nt = 1;
+        if (nt > units) nt = units;
+#pragma omp parallel num_threads(nt)
+        {
+            int tid = omp_get_thread_num(), n = omp_get_num_threads();
+            int a = (int)((long)units * tid / n) * 64, b = (int)((long)units * (tid + 1) / n) * 64;
+            if (b > N) b = N;
+            if (b > a)
+                gemv_row(transB, b - a, K, alpha, A, transB ? B + (size_t)a * ldb : B + a, ldb,
+                         beta, C + a);
+        }
+        return;
+    }
     double flops = 2.0 * M * (double)N * (double)K;
     if (nt <= 1 || flops < 4e6 || (M < 32 && N < 64)) {
         gemm1(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);

@@ -277,6 +277,7 @@ static void test_matmul(void **state) {
     matmul_case(c, 1, 33, 17, 1);
     matmul_case(c, 203, 96, 161, 0); /* threaded split over rows */
     matmul_case(c, 9, 128, 700, 0);  /* threaded split over columns */
+    matmul_case(c, 1, 300, 5000, 0); /* one row: GEMV split over columns */
     done(c);
 }
 
