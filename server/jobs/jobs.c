@@ -190,15 +190,24 @@ static int write_step(run_ctx *r, int64_t step, const char *const *names, const 
     return store_put_step(r->w->st, r->job_id, step, names, values, (size_t)n, samples, ns, err);
 }
 
+/* Samples of one step may come in several calls (the rollouts, then on eval steps the eval
+ * samples): they accumulate until another step's samples arrive. */
 static int cb_on_samples(void *user, int64_t step, const trainer_sample *samples, int n) {
     run_ctx *r = user;
-    run_clear_samples(r);
+    if (r->sample_step != step) run_clear_samples(r);
+    r->sample_step = step;
     if (n <= 0) return 0;
-    r->samples = calloc((size_t)n, sizeof *r->samples);
-    r->sample_strings = calloc((size_t)n * 5, sizeof *r->sample_strings);
-    if (!r->samples || !r->sample_strings) goto oom;
+    size_t total = r->n_samples + (size_t)n;
+    store_sample *ns = realloc(r->samples, total * sizeof *ns);
+    if (!ns) goto oom;
+    r->samples = ns;
+    char **strs = realloc(r->sample_strings, total * 5 * sizeof *strs);
+    if (!strs) goto oom;
+    r->sample_strings = strs;
+    /* sample pointers into sample_strings stay valid: the strings themselves never move */
     for (int i = 0; i < n; i++) {
-        store_sample *o = &r->samples[i];
+        store_sample *o = &r->samples[r->n_samples];
+        memset(o, 0, sizeof *o);
         o->reward = samples[i].reward;
         if (keep_string(r, samples[i].kind, &o->kind) ||
             keep_string(r, samples[i].prompt, &o->prompt) ||
@@ -206,9 +215,8 @@ static int cb_on_samples(void *user, int64_t step, const trainer_sample *samples
             keep_string(r, samples[i].reason, &o->reason) ||
             keep_string(r, samples[i].answer, &o->answer))
             goto oom;
+        r->n_samples++;
     }
-    r->n_samples = (size_t)n;
-    r->sample_step = step;
     if (step == r->last_step && r->n_last > 0) {
         /* samples after their metrics: rewrite the step with both (it replaces, never adds) */
         chord_err err = {0};
@@ -217,7 +225,6 @@ static int cb_on_samples(void *user, int64_t step, const trainer_sample *samples
             LOG_ERROR("job %s: step %lld samples: %s", r->job_id, (long long)step, err.msg);
             return -1;
         }
-        run_clear_samples(r);
     }
     return 0;
 oom:
@@ -234,7 +241,6 @@ static int cb_on_step(void *user, int64_t step, const char *const *names, const 
         LOG_ERROR("job %s: step %lld: %s", r->job_id, (long long)step, err.msg);
         return -1;
     }
-    if (r->sample_step == step) run_clear_samples(r);
     run_clear_last(r);
     r->last_step = step;
     r->last_names = calloc((size_t)(n > 0 ? n : 1), sizeof *r->last_names);

@@ -336,7 +336,11 @@ def test_list_bad_query(srv):
 
 def test_job_trains_with_events_metrics_checkpoints(srv, datasets):
     p, e = datasets
-    r = srv.post("/v1/jobs", tiny_job(p, e, steps=6, checkpoint_every=2, keep_checkpoints=0))
+    ev = srv.upload("eval", jsonl(arith_prompts(4, seed=9))).json()["id"]
+    doc = tiny_job(p, e, steps=6, checkpoint_every=2, keep_checkpoints=0,
+                   eval={"every": 3, "k": 1, "max_new_tokens": 4})
+    doc["data"]["eval"] = ev
+    r = srv.post("/v1/jobs", doc)
     assert r.status == 201, r
     job = r.json()
     assert job["state"] in ("queued", "running") and job["config"]["steps"] == 6
@@ -365,8 +369,12 @@ def test_job_trains_with_events_metrics_checkpoints(srv, datasets):
     assert_error(srv.get(f"/v1/jobs/{job['id']}/metrics?since_step=x"), 400, "invalid_argument",
                  "since_step")
     samples = srv.get(f"/v1/jobs/{job['id']}/samples?step=2").json()
-    assert samples["total"] == len(samples["items"]) > 0
-    assert all(s["step"] == 2 for s in samples["items"])
+    assert samples["total"] == len(samples["items"]) == 4  # prompts_per_step x group_size
+    assert all(s["step"] == 2 and s["kind"] == "rollout" for s in samples["items"])
+    # an eval step stores its rollouts and its eval samples (4 eval prompts x k=1)
+    kinds = [s["kind"] for s in srv.get(f"/v1/jobs/{job['id']}/samples?step=3").json()["items"]]
+    assert kinds.count("rollout") == 4 and kinds.count("eval") == 4, kinds
+    assert "eval/accuracy" in by_step[3] or any(k.startswith("eval/") for k in by_step[3])
 
     cks = srv.get(f"/v1/jobs/{job['id']}/checkpoints").json()["items"]
     assert [c["step"] for c in cks] == [2, 4, 6]
