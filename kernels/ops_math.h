@@ -13,7 +13,7 @@
 #include <math.h>
 
 #ifdef __CUDACC__
-#define OPS_HD __host__ __device__ __forceinline__
+#define OPS_HD __host__ __device__ /* the functions are already `static inline` */
 #else
 #define OPS_HD
 #endif

@@ -1,0 +1,12 @@
+# gpu.cmake — tests/gpu: gpu_check runs every op of the CUDA backend against the CPU backend,
+# a full ~100M-parameter training step on both, and GPU benchmarks (tests/gpu/run.sh, docs/cuda.md).
+# Built whenever the CUDA backend is; the ctest entry gpu.check runs the checks only (no
+# benchmarks) and reports SKIP (exit 77) where ops_cuda_device_count() == 0, as on CI.
+if(CHORD_HAVE_CUDA AND TARGET chord_kernels_cuda)
+  add_executable(gpu_check ${CMAKE_CURRENT_LIST_DIR}/gpu_check.c)
+  target_link_libraries(gpu_check PRIVATE chord_all CUDA::cudart)
+  add_test(NAME gpu.check COMMAND gpu_check --no-bench --out ${CMAKE_CURRENT_BINARY_DIR})
+  # ASan needs protect_shadow_gap=0 for the CUDA runtime to map device memory
+  set_tests_properties(gpu.check PROPERTIES LABELS gpu SKIP_RETURN_CODE 77 TIMEOUT 1200
+                       ENVIRONMENT "ASAN_OPTIONS=protect_shadow_gap=0:detect_leaks=0")
+endif()
