@@ -12,6 +12,7 @@ static const struct {
 } commands[] = {
     {"serve", cmd_serve, "run the server (the default)"},
     {"train", cmd_train, "run one training job in the foreground: chordd train JOB.json"},
+    {"eval", cmd_eval, "accuracy / avg@k / pass@k of a model: --model DIR --data EVAL.jsonl"},
     {"init-model", cmd_init_model, "write a random-init model: --config CONFIG.json --seed N --out DIR"},
     {"score", cmd_score, "per-token log-probs of JSON lines of token ids: --model DIR"},
     {"tokenize", cmd_tokenize, "text to ids (or --decode ids to text): --tokenizer DIR"},

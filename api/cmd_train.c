@@ -4,6 +4,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <getopt.h>
+#include <jansson.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,6 +29,8 @@ static void on_signal(int sig) {
 typedef struct run_ctx {
     const char *out;
     FILE *metrics;
+    FILE *samples;
+    int64_t keep;       /* newest checkpoints to keep (0 = all) */
     int64_t stop_after; /* stop (with a checkpoint) once this many steps are done; 0 = never */
     int64_t last_step;
     int quiet;
@@ -45,8 +48,56 @@ static int cb_on_step(void *user, int64_t step, const char *const *names, const 
     return fflush(r->metrics) == 0 ? 0 : -1;
 }
 
-static int cb_checkpoint_begin(void *user, int64_t step, char *dir, size_t dirlen,
-                               chord_err *err) {
+/* One JSON line per sample: {"step", "kind", "group", "prompt", "completion", "answer",
+ * "reward", "reason", "tokens", "truncated"}. */
+static int cb_on_samples(void *user, int64_t step, const trainer_sample *s, int n) {
+    run_ctx *r = user;
+    if (!r->samples) return 0;
+    for (int i = 0; i < n; i++) {
+        json_error_t je;
+        json_t *o = json_pack_ex(&je, 0, "{s:I, s:s, s:i, s:s?, s:s?, s:s?, s:f, s:s, s:i, s:b}",
+                                 "step", (json_int_t)step, "kind", s[i].kind, "group", s[i].group,
+                                 "prompt", s[i].prompt, "completion", s[i].completion, "answer",
+                                 s[i].answer, "reward", s[i].reward, "reason", s[i].reason,
+                                 "tokens", s[i].tokens, "truncated", s[i].truncated);
+        if (!o) LOG_ERROR("samples: %s", je.text);
+        char *line = o ? json_dumps(o, JSON_COMPACT | JSON_ENSURE_ASCII) : NULL;
+        json_decref(o);
+        if (!line) return -1;
+        fprintf(r->samples, "%s\n", line);
+        free(line);
+    }
+    return fflush(r->samples) == 0 ? 0 : -1;
+}
+
+/* Removes committed checkpoints older than the newest `keep` (keep_checkpoints). */
+static void prune_checkpoints(const char *out, int64_t keep) {
+    if (keep <= 0) return;
+    char parent[4096 + 16];
+    snprintf(parent, sizeof parent, "%s/checkpoints", out);
+    DIR *d = opendir(parent);
+    if (!d) return;
+    long long steps[1024];
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) && n < 1024) {
+        long long s;
+        char tail;
+        if (sscanf(e->d_name, "step_%lld%c", &s, &tail) == 1) steps[n++] = s;
+    }
+    closedir(d);
+    for (int i = 0; i < n; i++) {
+        int newer = 0;
+        for (int j = 0; j < n; j++)
+            newer += steps[j] > steps[i];
+        if (newer < keep) continue;
+        char cmd[8300];
+        snprintf(cmd, sizeof cmd, "rm -rf '%s/step_%lld'", parent, steps[i]);
+        if (system(cmd) != 0) LOG_WARN("could not remove %s/step_%lld", parent, steps[i]);
+    }
+}
+
+static int cb_checkpoint_begin(void *user, int64_t step, char *dir, size_t dirlen, chord_err *err) {
     run_ctx *r = user;
     if ((size_t)snprintf(dir, dirlen, "%s/checkpoints/step_%lld.tmp", r->out, (long long)step) >=
         dirlen)
@@ -63,11 +114,14 @@ static int cb_checkpoint_commit(void *user, int64_t step, const char *dir, chord
         /* a re-run of the same step after a resume: replace it */
         char cmd[8300];
         snprintf(cmd, sizeof cmd, "rm -rf '%s'", final_dir);
-        if (system(cmd) != 0) return chord_err_setc(err, CHORD_E_IO, "cannot replace %s", final_dir);
+        if (system(cmd) != 0)
+            return chord_err_setc(err, CHORD_E_IO, "cannot replace %s", final_dir);
     }
     if (rename(dir, final_dir) != 0)
         return chord_err_setc(err, CHORD_E_IO, "rename %s: %s", dir, strerror(errno));
-    return chord_fsync_dir(parent, err);
+    if (chord_fsync_dir(parent, err) != 0) return -1;
+    prune_checkpoints(r->out, r->keep);
+    return 0;
 }
 
 static int cb_should_stop(void *user, int *checkpoint_on_stop) {
@@ -112,37 +166,68 @@ static void usage(FILE *f) {
             "  --threads N        CPU threads (default: all cores)\n"
             "  --steps N          override the job's step count\n"
             "  --metrics-out F    append one JSON line of metrics per step to F\n"
+            "  --samples-out F    append one JSON line per rollout / eval sample to F\n"
             "  --stop-after N     stop after step N with a checkpoint (as if interrupted)\n"
             "  --demo             the embedded default job (random-init model, built-in task)\n"
             "  --quiet            no progress lines\n");
 }
 
 int cmd_train(int argc, char **argv) {
-    static const struct option opts[] = {
-        {"out", required_argument, 0, 'o'},     {"resume", no_argument, 0, 'r'},
-        {"device", required_argument, 0, 'd'},  {"threads", required_argument, 0, 't'},
-        {"steps", required_argument, 0, 's'},   {"metrics-out", required_argument, 0, 'm'},
-        {"stop-after", required_argument, 0, 'S'}, {"demo", no_argument, 0, 'D'},
-        {"quiet", no_argument, 0, 'q'},         {"help", no_argument, 0, 'h'},
-        {0, 0, 0, 0}};
-    const char *out = NULL, *device = NULL, *metrics_path = NULL;
+    static const struct option opts[] = {{"out", required_argument, 0, 'o'},
+                                         {"resume", no_argument, 0, 'r'},
+                                         {"device", required_argument, 0, 'd'},
+                                         {"threads", required_argument, 0, 't'},
+                                         {"steps", required_argument, 0, 's'},
+                                         {"metrics-out", required_argument, 0, 'm'},
+                                         {"stop-after", required_argument, 0, 'S'},
+                                         {"demo", no_argument, 0, 'D'},
+                                         {"quiet", no_argument, 0, 'q'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {"samples-out", required_argument, 0, 'P'},
+                                         {0, 0, 0, 0}};
+    const char *out = NULL, *device = NULL, *metrics_path = NULL, *samples_path = NULL;
     int resume = 0, threads = 0, demo = 0, quiet = 0;
     long long steps_override = 0, stop_after = 0;
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
-        case 'o': out = optarg; break;
-        case 'r': resume = 1; break;
-        case 'd': device = optarg; break;
-        case 't': threads = atoi(optarg); break;
-        case 's': steps_override = atoll(optarg); break;
-        case 'm': metrics_path = optarg; break;
-        case 'S': stop_after = atoll(optarg); break;
-        case 'D': demo = 1; break;
-        case 'q': quiet = 1; break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
+        case 'o':
+            out = optarg;
+            break;
+        case 'r':
+            resume = 1;
+            break;
+        case 'd':
+            device = optarg;
+            break;
+        case 't':
+            threads = atoi(optarg);
+            break;
+        case 's':
+            steps_override = atoll(optarg);
+            break;
+        case 'm':
+            metrics_path = optarg;
+            break;
+        case 'P':
+            samples_path = optarg;
+            break;
+        case 'S':
+            stop_after = atoll(optarg);
+            break;
+        case 'D':
+            demo = 1;
+            break;
+        case 'q':
+            quiet = 1;
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
         }
     }
     if (!demo && optind != argc - 1) {
@@ -168,7 +253,7 @@ int cmd_train(int argc, char **argv) {
     }
     int status = 1;
     ops_ctx *ops = NULL;
-    FILE *metrics = NULL;
+    FILE *metrics = NULL, *samples = NULL;
     char paths[3][4096 + 64];
     const char *refs[3] = {cfg.data_prompts, cfg.data_expert, cfg.data_eval};
     static const char *which[3] = {"prompts", "expert", "eval"};
@@ -198,6 +283,10 @@ int cmd_train(int argc, char **argv) {
         chord_err_set(&err, "%s: %s", metrics_path, strerror(errno));
         goto fail;
     }
+    if (samples_path && !(samples = fopen(samples_path, "a"))) {
+        chord_err_set(&err, "%s: %s", samples_path, strerror(errno));
+        goto fail;
+    }
     char resume_dir[8192];
     int have_resume = resume && find_latest_checkpoint(out, resume_dir, sizeof resume_dir);
     if (resume && !have_resume) LOG_INFO("no checkpoint in %s/checkpoints: starting fresh", out);
@@ -208,9 +297,15 @@ int cmd_train(int argc, char **argv) {
                        .model_dir = cfg.model_path,
                        .tokenizer_dir = cfg.model_init_tokenizer,
                        .resume_dir = have_resume ? resume_dir : NULL};
-    run_ctx r = {.out = out, .metrics = metrics, .stop_after = stop_after, .quiet = quiet};
+    run_ctx r = {.out = out,
+                 .metrics = metrics,
+                 .samples = samples,
+                 .keep = cfg.keep_checkpoints,
+                 .stop_after = stop_after,
+                 .quiet = quiet};
     trainer_callbacks cb = {.user = &r,
                             .on_step = cb_on_step,
+                            .on_samples = samples ? cb_on_samples : NULL,
                             .checkpoint_begin = cb_checkpoint_begin,
                             .checkpoint_commit = cb_checkpoint_commit,
                             .should_stop = cb_should_stop,
@@ -232,6 +327,7 @@ fail:
     fprintf(stderr, "chordd train: %s\n", err.msg);
 done:
     if (metrics) fclose(metrics);
+    if (samples) fclose(samples);
     ops_close(ops);
     jobconfig_free(&cfg);
     return status;

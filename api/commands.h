@@ -9,5 +9,6 @@ int cmd_score(int argc, char **argv);           /* api/cmd_model.c */
 int cmd_tokenize(int argc, char **argv);        /* api/cmd_tokenize.c */
 int cmd_tokenizer(int argc, char **argv);       /* api/cmd_tokenize.c: `tokenizer train` */
 int cmd_train(int argc, char **argv);           /* api/cmd_train.c */
+int cmd_eval(int argc, char **argv);            /* api/cmd_eval.c */
 
 #endif

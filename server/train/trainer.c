@@ -23,6 +23,7 @@
 #include "server/model/tokenizer.h"
 #include "server/train/loss.h"
 #include "server/train/reward.h"
+#include "server/train/reward_internal.h"
 #include "server/train/rollout.h"
 #include "server/train/schedule.h"
 #include "server/train/trainer_data.h"
@@ -47,6 +48,7 @@ typedef struct trainer {
     int32_t stop_ids[8];
     int n_stop;
     float inv_temp;
+    int checkpoint_on_stop; /* what should_stop asked for when it stopped a rollout */
     /* metrics of the step being built */
     const char *names[MAX_METRICS];
     double values[MAX_METRICS];
@@ -70,6 +72,19 @@ static void logline(trainer *t, const char *fmt, ...) {
     vsnprintf(buf, sizeof buf, fmt, ap);
     va_end(ap);
     t->cb->on_log(t->cb->user, buf);
+}
+
+/* A response's text: decoded without special tokens, then made valid UTF-8 without NULs (what
+ * the verifier scores is exactly what the samples show and the service stores). */
+static int decode_response(const tok_tokenizer *tok, const int32_t *ids, int n, char **out,
+                           chord_err *err) {
+    char *raw = NULL;
+    size_t len = 0;
+    *out = NULL;
+    if (tok_decode(tok, ids, (size_t)n, 1, &raw, &len, err) != 0) return -1;
+    *out = reward_utf8_sanitize(raw, len);
+    free(raw);
+    return *out ? 0 : chord_err_setc(err, CHORD_E_INTERNAL, "trainer: out of memory");
 }
 
 /* ---- sequences for the forward/backward ------------------------------------------------------ */
@@ -113,7 +128,8 @@ static int train_on(trainer *t, train_seq *seqs, int n_seqs, const chord_loss_pa
     while (first < n_seqs) {
         int last = first;
         int64_t N = seqs[first].len;
-        while (last + 1 < n_seqs && N + seqs[last + 1].len <= budget) N += seqs[++last].len;
+        while (last + 1 < n_seqs && N + seqs[last + 1].len <= budget)
+            N += seqs[++last].len;
         int S = last - first + 1;
         tokens = realloc(tokens, (size_t)N * sizeof *tokens);
         positions = realloc(positions, (size_t)N * sizeof *positions);
@@ -146,11 +162,20 @@ static int train_on(trainer *t, train_seq *seqs, int n_seqs, const chord_loss_pa
             }
             cu[s + 1] = (int32_t)row;
         }
-        model_batch b = {.N = (int)N, .S = S, .tokens = tokens, .positions = positions,
-                         .cu_seqlens = cu, .targets = targets};
+        model_batch b = {.N = (int)N,
+                         .S = S,
+                         .tokens = tokens,
+                         .positions = positions,
+                         .cu_seqlens = cu,
+                         .targets = targets};
         if (model_forward(t->m, &b, t->inv_temp, logp, ent, err) != 0) goto done;
-        chord_loss_batch lb = {.n = (size_t)N, .kind = kind, .logp = logp, .logp_old = logp_old,
-                               .advantage = adv, .entropy = ent, .ref_logp = NULL};
+        chord_loss_batch lb = {.n = (size_t)N,
+                               .kind = kind,
+                               .logp = logp,
+                               .logp_old = logp_old,
+                               .advantage = adv,
+                               .entropy = ent,
+                               .ref_logp = NULL};
         if (chord_loss_micro_batch(lp, &lb, dlogp, want_entropy_grad ? dent : NULL, acc, err) != 0)
             goto done;
         if (model_backward(t->m, dlogp, want_entropy_grad ? dent : NULL, err) != 0) goto done;
@@ -173,18 +198,15 @@ done:
     return rc;
 }
 
-/* ---- one step ---------------------------------------------------------------------------------- */
+/* ---- one step ----------------------------------------------------------------------------------
+ */
 
 static int should_stop_rollout(void *user) {
     trainer *t = user;
     int ck = 0;
-    return t->cb && t->cb->should_stop ? t->cb->should_stop(t->cb->user, &ck) : 0;
-}
-
-static double mean_of(const double *x, int n) {
-    double s = 0;
-    for (int i = 0; i < n; i++) s += x[i];
-    return n > 0 ? s / n : 0.0;
+    int stop = t->cb && t->cb->should_stop ? t->cb->should_stop(t->cb->user, &ck) : 0;
+    if (stop) t->checkpoint_on_stop = ck;
+    return stop;
 }
 
 static int run_step(trainer *t, int64_t step, chord_err *err) {
@@ -209,7 +231,7 @@ static int run_step(trainer *t, int64_t step, chord_err *err) {
     reward_result *rres = NULL;
     char **completions = NULL;
     float *rewards = NULL, *advs = NULL;
-    int *group_sizes = NULL;
+    uint8_t *excluded = NULL; /* (B*G) 1 = the verifier could not decide: not trained on */
     train_seq *seqs = NULL;
     trainer_sample *samples = NULL;
     int n_seqs = 0;
@@ -267,50 +289,95 @@ static int run_step(trainer *t, int64_t step, chord_err *err) {
         completions = calloc((size_t)n, sizeof *completions);
         rewards = calloc((size_t)n, sizeof *rewards);
         advs = calloc((size_t)n, sizeof *advs);
-        group_sizes = calloc((size_t)B, sizeof *group_sizes);
-        if (!rs || !rres || !completions || !rewards || !advs || !group_sizes) {
+        if (!rs || !rres || !completions || !rewards || !advs) {
             chord_err_setc(err, CHORD_E_INTERNAL, "trainer: out of memory");
             goto done;
         }
         for (int i = 0; i < n; i++) {
             const rollout_seq *q = &rr.seq[i];
-            size_t len = 0;
-            if (tok_decode(t->tok, q->tokens, (size_t)q->len, 1, &completions[i], &len, err) != 0)
-                goto done;
+            if (decode_response(t->tok, q->tokens, q->len, &completions[i], err) != 0) goto done;
             rs[i].prompt = pitems[q->prompt].text;
             rs[i].completion = completions[i];
             rs[i].answer = pitems[q->prompt].answer;
             rs[i].truncated = q->truncated != 0;
         }
         if (reward_score_batch(t->verifier, rs, (size_t)n, rres, err) != 0) goto done;
-        double *rw = malloc((size_t)n * sizeof *rw);
-        if (!rw) {
+        /* A verifier that could not decide (error / timeout) says nothing about the response:
+         * such samples leave their group (the advantages are computed over the decided ones),
+         * are not trained on, and count only in verifier_error_rate. A group of G >= 2 with
+         * fewer than two decided samples gets no signal (A = 0, counted in zero_adv_groups). */
+        excluded = calloc((size_t)n, 1);
+        float *dense_r = malloc((size_t)n * sizeof *dense_r);
+        float *dense_a = malloc((size_t)n * sizeof *dense_a);
+        int *dense_g = malloc((size_t)B * sizeof *dense_g);
+        if (!excluded || !dense_r || !dense_a || !dense_g) {
+            free(dense_r);
+            free(dense_a);
+            free(dense_g);
             chord_err_setc(err, CHORD_E_INTERNAL, "trainer: out of memory");
             goto done;
         }
-        int n_correct = 0, n_error = 0, n_trunc = 0;
-        double len_sum = 0;
+        int n_correct = 0, n_error = 0, n_trunc = 0, n_valid = 0, n_dense = 0, n_groups = 0;
+        double len_sum = 0, rsum = 0, rsq = 0;
         for (int i = 0; i < n; i++) {
             rewards[i] = (float)rres[i].reward;
-            rw[i] = rres[i].reward;
-            n_correct += rres[i].correct ? 1 : 0;
-            n_error += (rres[i].reason == REWARD_REASON_ERROR ||
-                        rres[i].reason == REWARD_REASON_TIMEOUT);
+            excluded[i] =
+                rres[i].reason == REWARD_REASON_ERROR || rres[i].reason == REWARD_REASON_TIMEOUT;
+            n_error += excluded[i];
             n_trunc += rr.seq[i].truncated ? 1 : 0;
             len_sum += rr.seq[i].len;
+            if (excluded[i]) continue;
+            n_valid++;
+            n_correct += rres[i].correct ? 1 : 0;
+            rsum += rres[i].reward;
         }
-        reward_mean = mean_of(rw, n);
-        double var = 0;
-        for (int i = 0; i < n; i++) var += (rw[i] - reward_mean) * (rw[i] - reward_mean);
-        reward_std = n > 1 ? sqrt(var / (n - 1)) : 0.0;
-        free(rw);
-        accuracy = (double)n_correct / n;
+        reward_mean = n_valid ? rsum / n_valid : 0.0;
+        for (int i = 0; i < n; i++)
+            if (!excluded[i])
+                rsq += (rres[i].reward - reward_mean) * (rres[i].reward - reward_mean);
+        reward_std = n_valid > 1 ? sqrt(rsq / (n_valid - 1)) : 0.0;
+        accuracy = n_valid ? (double)n_correct / n_valid : 0.0;
         err_rate = (double)n_error / n;
         trunc_frac = (double)n_trunc / n;
         resp_len = len_sum / n;
-        for (int i = 0; i < B; i++) group_sizes[i] = G;
-        if (chord_grpo_advantages(rewards, group_sizes, (size_t)B, advs, &zero_adv, err) != 0)
-            goto done;
+        int64_t starved = 0; /* groups left with too few decided samples */
+        for (int g = 0; g < B; g++) {
+            int k = 0;
+            for (int j = 0; j < G; j++)
+                if (!excluded[g * G + j]) dense_r[n_dense + k++] = rewards[g * G + j];
+            if (k == 0 || (G >= 2 && k < 2)) {
+                starved++;
+                continue;
+            }
+            dense_g[n_groups++] = k;
+            n_dense += k;
+        }
+        int arc = n_groups > 0 ? chord_grpo_advantages(dense_r, dense_g, (size_t)n_groups, dense_a,
+                                                       &zero_adv, err)
+                               : 0;
+        if (arc == 0) {
+            int d = 0;
+            for (int g = 0; g < B; g++) {
+                int k = 0;
+                for (int j = 0; j < G; j++)
+                    k += !excluded[g * G + j];
+                int kept = !(k == 0 || (G >= 2 && k < 2));
+                for (int j = 0; j < G; j++) {
+                    int i = g * G + j;
+                    advs[i] = (kept && !excluded[i]) ? dense_a[d++] : 0.0f;
+                }
+            }
+            zero_adv += starved;
+        }
+        free(dense_r);
+        free(dense_a);
+        free(dense_g);
+        if (arc != 0) goto done;
+        if (n_error > 0)
+            logline(t,
+                    "step %lld: %d of %d samples could not be verified (error/timeout): "
+                    "left out of the advantages and the loss",
+                    (long long)step, n_error, n);
         t_reward = chord_now() - t_rw0;
     }
 
@@ -335,6 +402,7 @@ static int run_step(trainer *t, int64_t step, chord_err *err) {
     for (int i = 0; i < rr.n; i++) {
         const rollout_seq *q = &rr.seq[i];
         const trainer_item *pi = &pitems[q->prompt];
+        if (excluded[i]) continue; /* unverified: kept out of the loss entirely */
         train_seq *s = &seqs[n_seqs++];
         if (train_seq_alloc(s, pi->len + q->len) != 0) {
             chord_err_setc(err, CHORD_E_INTERNAL, "trainer: out of memory");
@@ -384,10 +452,9 @@ static int run_step(trainer *t, int64_t step, chord_err *err) {
     chord_loss_metrics lm;
     if (chord_loss_finish(&lp, &acc, &lm, err) != 0) goto done;
     double lr = sched_lr(cfg, step), grad_norm = 0;
-    if (model_adamw_step(t->m, (float)lr, (float)cfg->optimizer.beta1,
-                         (float)cfg->optimizer.beta2, (float)cfg->optimizer.eps,
-                         (float)cfg->optimizer.weight_decay, (float)cfg->optimizer.grad_clip,
-                         &grad_norm, err) != 0)
+    if (model_adamw_step(t->m, (float)lr, (float)cfg->optimizer.beta1, (float)cfg->optimizer.beta2,
+                         (float)cfg->optimizer.eps, (float)cfg->optimizer.weight_decay,
+                         (float)cfg->optimizer.grad_clip, &grad_norm, err) != 0)
         goto done;
     double t_train = chord_now() - t_train0;
     t->prompt_cursor += B;
@@ -449,25 +516,30 @@ done:
         rc = chord_err_setc(err, CHORD_E_IO, "trainer: storing the samples of step %lld failed",
                             (long long)step);
     free(samples);
-    for (int i = 0; i < n_seqs; i++) train_seq_free(&seqs[i]);
+    for (int i = 0; i < n_seqs; i++)
+        train_seq_free(&seqs[i]);
     free(seqs);
     if (completions)
-        for (int i = 0; i < rr.n; i++) free(completions[i]);
+        for (int i = 0; i < rr.n; i++)
+            free(completions[i]);
     free(completions);
     free(rs);
     free(rres);
     free(rewards);
     free(advs);
-    free(group_sizes);
+    free(excluded);
     rollout_result_free(&rr);
-    for (int i = 0; i < B; i++) trainer_item_free(&pitems[i]);
-    for (int i = 0; i < E; i++) trainer_item_free(&eitems[i]);
+    for (int i = 0; i < B; i++)
+        trainer_item_free(&pitems[i]);
+    for (int i = 0; i < E; i++)
+        trainer_item_free(&eitems[i]);
     free(pitems);
     free(eitems);
     return rc;
 }
 
-/* ---- evaluation --------------------------------------------------------------------------------- */
+/* ---- evaluation ---------------------------------------------------------------------------------
+ */
 
 int trainer_evaluate(model *m, const tok_tokenizer *tok, const chat_template *tpl,
                      trainer_dataset *ds, const reward_verifier *verifier,
@@ -481,7 +553,7 @@ int trainer_evaluate(model *m, const tok_tokenizer *tok, const chat_template *tp
     if (!eng) return chord_err_setc(err, CHORD_E_INTERNAL, "eval: out of memory");
     int rc = -1;
     const int chunk = 64;
-    int64_t correct = 0, total = 0, pass = 0;
+    int64_t correct = 0, total = 0, pass = 0, errors = 0;
     double t0 = chord_now();
     for (int64_t first = 0; first < n_prompts; first += chunk) {
         int n = (int)(n_prompts - first < chunk ? n_prompts - first : chunk);
@@ -511,8 +583,7 @@ int trainer_evaluate(model *m, const tok_tokenizer *tok, const chat_template *tp
             for (int k = 0; k < K && ok; k++) {
                 const rollout_seq *q = &rr.seq[i * K + k];
                 char *text = NULL;
-                size_t len = 0;
-                if (tok_decode(tok, q->tokens, (size_t)q->len, 1, &text, &len, err) != 0) {
+                if (decode_response(tok, q->tokens, q->len, &text, err) != 0) {
                     ok = 0;
                     break;
                 }
@@ -532,6 +603,7 @@ int trainer_evaluate(model *m, const tok_tokenizer *tok, const chat_template *tp
                     p->on_sample(p->user, &s);
                 }
                 free(text);
+                errors += res.reason == REWARD_REASON_ERROR || res.reason == REWARD_REASON_TIMEOUT;
                 correct += res.correct ? 1 : 0;
                 any |= res.correct ? 1 : 0;
                 total++;
@@ -539,13 +611,15 @@ int trainer_evaluate(model *m, const tok_tokenizer *tok, const chat_template *tp
             pass += any;
         }
         rollout_result_free(&rr);
-        for (int i = 0; i < n; i++) trainer_item_free(&items[i]);
+        for (int i = 0; i < n; i++)
+            trainer_item_free(&items[i]);
         if (!ok) goto done;
     }
     out->prompts = n_prompts;
     out->k = K;
     out->accuracy = total ? (double)correct / (double)total : 0.0;
     out->pass_at_k = (double)pass / (double)n_prompts;
+    out->errors = errors;
     out->seconds = chord_now() - t0;
     rc = 0;
 done:
@@ -570,18 +644,17 @@ static int save_checkpoint(trainer *t, int64_t step, chord_err *err) {
     char dir[4096];
     if (t->cb->checkpoint_begin(t->cb->user, step, dir, sizeof dir, err) != 0) return -1;
     if (model_save(t->m, dir, ST_F32, 0, err) != 0) return -1;
-    if (trainer_save_tokenizer(t->tok_dir[0] ? t->tok_dir : NULL, dir, err) != 0)
-        return chord_err_prefix(err, "checkpoint: tokenizer");
+    /* the tokenizer files (the embedded default's too), so the checkpoint is a loadable model */
+    if (tok_save(t->tok, dir, err) != 0) return chord_err_prefix(err, "checkpoint: tokenizer");
     int rc = -1;
     size_t n = t->m->num_params;
     char path[4096 + 64];
     snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
     if (model_save_optimizer(t->m, path, err) != 0) goto done;
-    json_t *state = json_pack("{s:I, s:i, s:I, s:I, s:I, s:I}", "step", (json_int_t)step,
-                              "adam_t", t->m->adam_t, "prompt_cursor",
-                              (json_int_t)t->prompt_cursor, "expert_cursor",
-                              (json_int_t)t->expert_cursor, "seed", (json_int_t)t->cfg->seed,
-                              "num_params", (json_int_t)n);
+    json_t *state = json_pack("{s:I, s:i, s:I, s:I, s:I, s:I}", "step", (json_int_t)step, "adam_t",
+                              t->m->adam_t, "prompt_cursor", (json_int_t)t->prompt_cursor,
+                              "expert_cursor", (json_int_t)t->expert_cursor, "seed",
+                              (json_int_t)t->cfg->seed, "num_params", (json_int_t)n);
     json_t *job = jobconfig_to_json(t->cfg);
     int wrc = (state && job) ? 0 : -1;
     if (wrc == 0) wrc = write_json_file(dir, "trainer_state.json", state, err);
@@ -589,7 +662,8 @@ static int save_checkpoint(trainer *t, int64_t step, chord_err *err) {
     json_decref(state);
     json_decref(job);
     if (wrc != 0) {
-        if (!err || !err->msg[0]) chord_err_setc(err, CHORD_E_INTERNAL, "checkpoint: out of memory");
+        if (!err || !err->msg[0])
+            chord_err_setc(err, CHORD_E_INTERNAL, "checkpoint: out of memory");
         goto done;
     }
     if (t->cb->checkpoint_commit(t->cb->user, step, dir, err) != 0) goto done;
@@ -623,13 +697,25 @@ static int load_resume_state(trainer *t, const char *dir, chord_err *err) {
     return 0;
 }
 
-/* ---- set-up ----------------------------------------------------------------------------------- */
+/* ---- set-up -----------------------------------------------------------------------------------
+ */
 
-static void add_stop(trainer *t, int32_t id) {
-    if (id < 0 || id >= t->m->cfg.vocab_size) return;
-    for (int i = 0; i < t->n_stop; i++)
-        if (t->stop_ids[i] == id) return;
-    if (t->n_stop < (int)(sizeof t->stop_ids / sizeof t->stop_ids[0])) t->stop_ids[t->n_stop++] = id;
+static void add_stop(int32_t *ids, int *n, int max, int vocab, int32_t id) {
+    if (id < 0 || id >= vocab) return;
+    for (int i = 0; i < *n; i++)
+        if (ids[i] == id) return;
+    if (*n < max) ids[(*n)++] = id;
+}
+
+int trainer_stop_ids(const model *m, const tok_tokenizer *tok, int32_t *out, int max) {
+    int n = 0, V = m->cfg.vocab_size;
+    add_stop(out, &n, max, V, tok_eos_id(tok));
+    for (int i = 0; i < m->cfg.n_eos; i++)
+        add_stop(out, &n, max, V, m->cfg.eos_token_ids[i]);
+    static const char *eot[] = {"<|im_end|>", "<|eot_id|>", "<|endoftext|>"};
+    for (size_t i = 0; i < sizeof eot / sizeof eot[0]; i++)
+        add_stop(out, &n, max, V, tok_token_to_id(tok, eot[i]));
+    return n;
 }
 
 static int setup(trainer *t, chord_err *err) {
@@ -670,11 +756,10 @@ static int setup(trainer *t, chord_err *err) {
         chat_template_by_name("raw", t->tok, &t->tpl, err) != 0)
         return chord_err_prefix(err, "chat template");
     /* stop tokens: the tokenizer's and the config's EOS, and the template's end of turn */
-    add_stop(t, tok_eos_id(t->tok));
-    for (int i = 0; i < t->m->cfg.n_eos; i++) add_stop(t, t->m->cfg.eos_token_ids[i]);
-    static const char *eot[] = {"<|im_end|>", "<|eot_id|>", "<|endoftext|>"};
-    for (size_t i = 0; i < sizeof eot / sizeof eot[0]; i++) add_stop(t, tok_token_to_id(t->tok, eot[i]));
-    if (t->n_stop == 0) logline(t, "warning: the tokenizer has no EOS token; responses end at max_new_tokens");
+    t->n_stop = trainer_stop_ids(t->m, t->tok, t->stop_ids,
+                                 (int)(sizeof t->stop_ids / sizeof t->stop_ids[0]));
+    if (t->n_stop == 0)
+        logline(t, "warning: the tokenizer has no EOS token; responses end at max_new_tokens");
 
     if (reward_verifier_new(cfg->reward, &t->verifier, err) != 0) return -1;
     t->engine = rollout_engine_new(t->m);
@@ -683,25 +768,64 @@ static int setup(trainer *t, chord_err *err) {
     t->inv_temp = temp > 0 ? (float)(1.0 / temp) : 1.0f;
 
     if (jobconfig_uses_rollouts(cfg->algorithm)) {
-        if (!env->prompts_path) return chord_err_set(err, "data.prompts: required by %s",
-                                                     jobconfig_algorithm_name(cfg->algorithm));
+        if (!env->prompts_path)
+            return chord_err_set(err, "data.prompts: required by %s",
+                                 jobconfig_algorithm_name(cfg->algorithm));
         if (trainer_dataset_open(&t->prompts, env->prompts_path, TRAINER_DATA_PROMPTS, cfg->seed,
                                  err) != 0)
             return chord_err_prefix(err, "data.prompts");
     }
     if (jobconfig_uses_expert(cfg->algorithm)) {
-        if (!env->expert_path) return chord_err_set(err, "data.expert: required by %s",
-                                                    jobconfig_algorithm_name(cfg->algorithm));
+        if (!env->expert_path)
+            return chord_err_set(err, "data.expert: required by %s",
+                                 jobconfig_algorithm_name(cfg->algorithm));
         if (trainer_dataset_open(&t->expert, env->expert_path, TRAINER_DATA_EXPERT,
                                  cfg->seed ^ 0x5eedull, err) != 0)
             return chord_err_prefix(err, "data.expert");
     }
-    if (env->eval_path && trainer_dataset_open(&t->eval, env->eval_path, TRAINER_DATA_PROMPTS,
-                                               cfg->seed, err) != 0)
+    if (env->eval_path &&
+        trainer_dataset_open(&t->eval, env->eval_path, TRAINER_DATA_PROMPTS, cfg->seed, err) != 0)
         return chord_err_prefix(err, "data.eval");
     if (env->resume_dir && load_resume_state(t, env->resume_dir, err) != 0)
         return chord_err_prefix(err, "resume from %s", env->resume_dir);
     return 0;
+}
+
+/* Eval samples kept (strings copied) for the on_samples callback. */
+typedef struct eval_samples {
+    trainer_sample *s;
+    int n, cap, oom;
+} eval_samples;
+
+static void collect_eval_sample(void *user, const trainer_sample *s) {
+    eval_samples *c = user;
+    if (c->oom) return;
+    if (c->n == c->cap) {
+        int cap = c->cap ? 2 * c->cap : 256;
+        trainer_sample *ns = realloc(c->s, (size_t)cap * sizeof *ns);
+        if (!ns) {
+            c->oom = 1;
+            return;
+        }
+        c->s = ns;
+        c->cap = cap;
+    }
+    trainer_sample *d = &c->s[c->n];
+    *d = *s;
+    d->prompt = s->prompt ? strdup(s->prompt) : NULL;
+    d->completion = s->completion ? strdup(s->completion) : NULL;
+    d->answer = s->answer ? strdup(s->answer) : NULL;
+    c->n++;
+}
+
+static void eval_samples_free(eval_samples *c) {
+    for (int i = 0; i < c->n; i++) {
+        free((char *)c->s[i].prompt);
+        free((char *)c->s[i].completion);
+        free((char *)c->s[i].answer);
+    }
+    free(c->s);
+    memset(c, 0, sizeof *c);
 }
 
 static int run_eval(trainer *t, int64_t step, chord_err *err) {
@@ -716,10 +840,28 @@ static int run_eval(trainer *t, int64_t step, chord_err *err) {
                               .n_stop = t->n_stop,
                               .seed = cfg->seed,
                               .stream = (1ull << 40) + (uint64_t)step * 1000003ull};
+    eval_samples kept = {0};
+    if (t->cb && t->cb->on_samples) {
+        ep.on_sample = collect_eval_sample;
+        ep.user = &kept;
+    }
     trainer_eval_result er;
-    if (trainer_evaluate(t->m, t->tok, &t->tpl, &t->eval, t->verifier, &ep, &er, err) != 0)
+    if (trainer_evaluate(t->m, t->tok, &t->tpl, &t->eval, t->verifier, &ep, &er, err) != 0) {
+        eval_samples_free(&kept);
         return -1;
+    }
+    int src = 0;
+    if (kept.oom)
+        src = chord_err_setc(err, CHORD_E_INTERNAL, "eval: out of memory");
+    else if (kept.n > 0 && t->cb->on_samples(t->cb->user, step, kept.s, kept.n) != 0)
+        src = chord_err_setc(err, CHORD_E_IO, "eval: storing the samples of step %lld failed",
+                             (long long)step);
+    eval_samples_free(&kept);
+    if (src != 0) return -1;
+    int64_t n_eval = (int64_t)er.k * er.prompts;
+    metric(t, "eval/error_rate", n_eval > 0 ? (double)er.errors / (double)n_eval : 0.0);
     metric(t, "eval/accuracy", er.accuracy);
+    metric(t, "eval/avg_at_k", er.accuracy);
     metric(t, "eval/pass_at_k", er.pass_at_k);
     metric(t, "eval/k", er.k);
     metric(t, "eval/time", er.seconds);
@@ -751,7 +893,9 @@ int trainer_run(const job_config *cfg, const trainer_env *env, const trainer_cal
         }
         if (run_step(&t, step, err) != 0) {
             if (err && err->code == CHORD_E_UNAVAILABLE) { /* stopped inside the rollout */
-                if (ck && t.step > 0) save_checkpoint(&t, t.step, NULL);
+                chord_err cerr = {0};
+                if (t.checkpoint_on_stop && t.step > 0 && save_checkpoint(&t, t.step, &cerr) != 0)
+                    logline(&t, "checkpoint on stop failed: %s", cerr.msg);
                 rc = TRAINER_STOPPED;
             } else {
                 chord_err_prefix(err, "step %lld", (long long)step);
@@ -774,14 +918,22 @@ int trainer_run(const job_config *cfg, const trainer_env *env, const trainer_cal
             for (int i = 0; i < t.n_metrics; i++) {
                 const char *n = t.names[i];
                 double v = t.values[i];
-                if (!strcmp(n, "mu")) mu = v;
-                else if (!strcmp(n, "reward_mean")) rw = v;
-                else if (!strcmp(n, "loss")) l = v;
-                else if (!strcmp(n, "pg_loss")) pg = v;
-                else if (!strcmp(n, "sft_loss")) sft = v;
-                else if (!strcmp(n, "accuracy")) acc = v;
-                else if (!strcmp(n, "tokens_per_s/rollout")) tps_r = v;
-                else if (!strcmp(n, "tokens_per_s/train")) tps_t = v;
+                if (!strcmp(n, "mu"))
+                    mu = v;
+                else if (!strcmp(n, "reward_mean"))
+                    rw = v;
+                else if (!strcmp(n, "loss"))
+                    l = v;
+                else if (!strcmp(n, "pg_loss"))
+                    pg = v;
+                else if (!strcmp(n, "sft_loss"))
+                    sft = v;
+                else if (!strcmp(n, "accuracy"))
+                    acc = v;
+                else if (!strcmp(n, "tokens_per_s/rollout"))
+                    tps_r = v;
+                else if (!strcmp(n, "tokens_per_s/train"))
+                    tps_t = v;
             }
             logline(&t,
                     "step %lld/%lld  mu %.3f  reward %.3f  acc %.3f  loss %.4f  pg %.4f  sft %.4f  "

@@ -40,7 +40,8 @@ typedef struct trainer_callbacks {
      * Called once per step, after the optimizer update. Non-zero return stops the job (failed). */
     int (*on_step)(void *user, int64_t step, const char *const *names, const double *values,
                    int n);
-    /* The step's per-sample records (may be NULL). */
+    /* The step's per-sample records (may be NULL): the rollouts of a step (kind "rollout"), and
+     * on eval steps the eval samples (kind "eval", a separate call). */
     int (*on_samples)(void *user, int64_t step, const trainer_sample *samples, int n);
     /* Where to write checkpoint `step`: fills dir (size dirlen) with an empty directory. */
     int (*checkpoint_begin)(void *user, int64_t step, char *dir, size_t dirlen, chord_err *err);
@@ -97,7 +98,16 @@ typedef struct trainer_eval_result {
     double accuracy;  /* mean correctness over prompts x k samples (avg@k) */
     double pass_at_k; /* fraction of prompts with at least one correct sample */
     double seconds;
+    int64_t errors;   /* samples the verifier could not decide (error / timeout): they count
+                         as not correct in accuracy and pass@k, and are reported here */
 } trainer_eval_result;
+
+/* The tokens that end a response of model m with tokenizer tok: the tokenizer's and the
+ * config's EOS and the chat templates' end-of-turn tokens (<|im_end|>, <|eot_id|>,
+ * <|endoftext|>) that exist in the vocabulary. Writes at most max ids; returns the count (0: no
+ * stop token, responses end at max_new_tokens). */
+int trainer_stop_ids(const struct model *m, const struct tok_tokenizer *tok, int32_t *out,
+                     int max);
 
 /* Samples k responses per eval prompt (records in file order) and scores them. */
 int trainer_evaluate(struct model *m, const struct tok_tokenizer *tok,
