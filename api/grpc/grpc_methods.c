@@ -122,44 +122,7 @@ static int list_checkpoints(gcall *c, const ProtobufCMessage *req_, unsigned cha
     return reply(doc, &chord__v1__list_checkpoints_response__descriptor, out, len, err);
 }
 
-/* WatchJob: the service's watch, one JobEvent per event, the final one with status OK. */
-static int watch_open(gcall *c, const ProtobufCMessage *req_, chord_err *err) {
-    REQ(Chord__V1__WatchJobRequest, r);
-    if (need_id(r->id, "id", err)) return -1;
-    if (r->since_step < 0) return chord_err_set(err, "since_step: must be an integer >= 0");
-    return svc_watch_open(c->g->s, r->id, r->since_step, gcall_notify, c, &c->watch, err);
-}
-
-static void watch_pump(gcall *c) {
-    static const char *const types[] = {"state", "step", "checkpoint"};
-    static const char *const data_field[] = {"job", "metrics", "checkpoint"};
-    if (c->done || c->send_busy || c->closed) return;
-    if (atomic_load(&c->g->ending)) {
-        gcall_finish(c, GRPC_STATUS_UNAVAILABLE, "server is stopping", NULL, 0);
-        return;
-    }
-    svc_event ev;
-    chord_err err = {0};
-    int rc = svc_watch_poll(c->watch, &ev, &err);
-    if (rc < 0) {
-        gcall_fail(c, &err);
-        return;
-    }
-    if (rc == 0) return; /* wait for the next notify */
-    json_t *doc = json_pack("{s:s, s:I, s:b, s:o}", "type", types[ev.type], "step",
-                            (json_int_t)ev.step, "final", ev.final, data_field[ev.type], ev.data);
-    unsigned char *buf = NULL;
-    size_t len = 0;
-    if (!doc || reply(doc, &chord__v1__job_event__descriptor, &buf, &len, &err)) {
-        if (!doc) chord_err_setc(&err, CHORD_E_INTERNAL, "out of memory");
-        gcall_fail(c, &err);
-        return;
-    }
-    if (ev.final)
-        gcall_finish(c, GRPC_STATUS_OK, NULL, buf, len);
-    else if (gcall_send(c, buf, len))
-        gcall_finish(c, GRPC_STATUS_INTERNAL, "cannot send", NULL, 0);
-}
+/* WatchJob: grpc_watch.c. */
 
 /* ---- datasets ----------------------------------------------------------------------------- */
 
@@ -355,7 +318,7 @@ const gmethod api_grpc_methods[] = {
     UNARY("ListJobs", list_jobs, chord__v1__list_jobs_request__descriptor),
     UNARY("CancelJob", cancel_job, chord__v1__cancel_job_request__descriptor),
     {"/chord.v1.Chord/WatchJob", GM_SERVER_STREAM, &chord__v1__watch_job_request__descriptor,
-     NULL, watch_open, watch_pump, NULL},
+     NULL, api_grpc_watch_open, api_grpc_watch_pump, NULL},
     UNARY("GetMetrics", get_metrics, chord__v1__get_metrics_request__descriptor),
     UNARY("ListSamples", list_samples, chord__v1__list_samples_request__descriptor),
     UNARY("ListCheckpoints", list_checkpoints, chord__v1__list_checkpoints_request__descriptor),

@@ -43,8 +43,7 @@ static void call_ref(gcall *c) { atomic_fetch_add(&c->refs, 1); }
 static void call_unref(gcall *c) {
     if (atomic_fetch_sub(&c->refs, 1) != 1) return;
     /* no batch in flight, not queued, not registered: nobody else can reach c */
-    svc_watch_close(c->watch);
-    svc_upload_abort(c->up);
+    svc_upload_abort(c->up); /* (a feed was left in on_close) */
     if (c->payload) grpc_byte_buffer_destroy(c->payload);
     if (c->send_buf) grpc_byte_buffer_destroy(c->send_buf);
     if (c->has_status_details) grpc_slice_unref(c->status_details);
@@ -72,11 +71,9 @@ static void op_init(grpc_op *op, grpc_op_type type) {
     op->op = type;
 }
 
-static grpc_byte_buffer *buffer_of(unsigned char *buf, size_t len) {
-    grpc_slice sl = grpc_slice_new(buf, len, free);
-    grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&sl, 1);
-    grpc_slice_unref(sl);
-    return bb;
+/* A slice over a malloc'd buffer (owned by the slice from now on); the empty slice for NULL. */
+static grpc_slice slice_of(unsigned char *buf, size_t len) {
+    return buf ? grpc_slice_new(buf, len, free) : grpc_empty_slice();
 }
 
 static void on_finish(gcall *c, int ok) {
@@ -91,10 +88,19 @@ static void on_finish(gcall *c, int ok) {
 
 void gcall_finish(gcall *c, grpc_status_code code, const char *msg, unsigned char *buf,
                   size_t len) {
-    if (c->done) {
-        free(buf);
+    if (!buf) {
+        gcall_finish_slice(c, code, msg, grpc_empty_slice());
         return;
     }
+    grpc_slice sl = slice_of(buf, len);
+    gcall_finish_slice(c, code, msg, sl);
+    grpc_slice_unref(sl);
+}
+
+/* with_msg: send msg_slice as the last message. */
+static void finish_impl(gcall *c, grpc_status_code code, const char *msg, int with_msg,
+                        grpc_slice msg_slice) {
+    if (c->done) return;
     c->done = 1;
     c->status = (int)code;
     grpc_op ops[3];
@@ -103,12 +109,10 @@ void gcall_finish(gcall *c, grpc_status_code code, const char *msg, unsigned cha
         op_init(&ops[n++], GRPC_OP_SEND_INITIAL_METADATA);
         c->md_sent = 1;
     }
-    if (buf && !c->send_busy) {
-        c->send_buf = buffer_of(buf, len);
+    if (with_msg && !c->send_busy) {
+        c->send_buf = grpc_raw_byte_buffer_create(&msg_slice, 1);
         op_init(&ops[n], GRPC_OP_SEND_MESSAGE);
         ops[n++].data.send_message.send_message = c->send_buf;
-    } else {
-        free(buf);
     }
     op_init(&ops[n], GRPC_OP_SEND_STATUS_FROM_SERVER);
     ops[n].data.send_status_from_server.status = code;
@@ -121,6 +125,12 @@ void gcall_finish(gcall *c, grpc_status_code code, const char *msg, unsigned cha
     start_batch(c, ops, n, &c->tag_finish);
     svc_record_request(c->g->s, "grpc", c->m ? c->m->path : "unknown", "POST", (int)code,
                        now_s() - c->started);
+}
+
+void gcall_finish_slice(gcall *c, grpc_status_code code, const char *msg, grpc_slice msg_slice) {
+    /* an empty slice is no message (every response here has at least one field set, except
+       an empty list: an empty message is sent as one anyway when code is OK) */
+    finish_impl(c, code, msg, code == GRPC_STATUS_OK, msg_slice);
 }
 
 void gcall_fail(gcall *c, const chord_err *err) {
@@ -141,17 +151,21 @@ static void on_send(gcall *c, int ok) {
 }
 
 int gcall_send(gcall *c, unsigned char *buf, size_t len) {
-    if (c->done || c->send_busy) {
-        free(buf);
-        return -1;
-    }
+    grpc_slice sl = slice_of(buf, len);
+    int rc = gcall_send_slice(c, sl);
+    grpc_slice_unref(sl);
+    return rc;
+}
+
+int gcall_send_slice(gcall *c, grpc_slice msg) {
+    if (c->done || c->send_busy) return -1;
     grpc_op ops[2];
     size_t n = 0;
     if (!c->md_sent) {
         op_init(&ops[n++], GRPC_OP_SEND_INITIAL_METADATA);
         c->md_sent = 1;
     }
-    c->send_buf = buffer_of(buf, len);
+    c->send_buf = grpc_raw_byte_buffer_create(&msg, 1);
     op_init(&ops[n], GRPC_OP_SEND_MESSAGE);
     ops[n++].data.send_message.send_message = c->send_buf;
     c->send_busy = 1;
@@ -214,10 +228,7 @@ static void on_close(gcall *c, int ok) {
         svc_upload_abort(c->up);
         c->up = NULL;
     }
-    if (c->watch) {
-        svc_watch_close(c->watch);
-        c->watch = NULL;
-    }
+    if (c->feed) api_grpc_watch_leave(c);
     pthread_mutex_unlock(&c->mu);
     api_grpc *g = c->g;
     int registered = 0;
@@ -265,28 +276,53 @@ void gcall_kick(gcall *c) {
 
 void gcall_notify(void *user) { gcall_kick(user); }
 
+void api_grpc_feed_kick(gfeed *f) {
+    api_grpc *g = f->g;
+    pthread_mutex_lock(&g->pump_mu);
+    if (!f->pump_queued) {
+        f->pump_queued = 1;
+        api_grpc_feed_ref(f);
+        f->next_pump = g->feed_head;
+        g->feed_head = f;
+        pthread_cond_signal(&g->pump_cv);
+    }
+    pthread_mutex_unlock(&g->pump_mu);
+}
+
 static void *pump_main(void *arg) {
     api_grpc *g = arg;
+    pthread_setname_np(pthread_self(), "grpc-pump");
     pthread_mutex_lock(&g->pump_mu);
     for (;;) {
-        while (!g->pump_head && !g->pump_stop) pthread_cond_wait(&g->pump_cv, &g->pump_mu);
-        gcall *list = g->pump_head;
-        g->pump_head = NULL;
-        for (gcall *c = list; c; c = c->next_pump) c->pump_queued = 0;
+        while (!g->pump_head && !g->feed_head && !g->pump_stop)
+            pthread_cond_wait(&g->pump_cv, &g->pump_mu);
         int stop = g->pump_stop;
-        pthread_mutex_unlock(&g->pump_mu);
-        while (list) {
-            gcall *c = list;
-            list = c->next_pump;
-            if (!stop) {
-                pthread_mutex_lock(&c->mu);
-                if (!c->done && c->m && c->m->pump) c->m->pump(c);
-                pthread_mutex_unlock(&c->mu);
-            }
-            call_unref(c);
+        /* feeds first: they produce what the calls send */
+        gfeed *f = g->feed_head;
+        if (f) {
+            g->feed_head = f->next_pump;
+            f->next_pump = NULL;
+            f->pump_queued = 0;
+            pthread_mutex_unlock(&g->pump_mu);
+            if (!stop) api_grpc_feed_pump(f);
+            api_grpc_feed_unref(f);
+            pthread_mutex_lock(&g->pump_mu);
+            continue;
         }
+        gcall *c = g->pump_head;
+        if (!c) break; /* stopping and drained */
+        /* one at a time: a kick may requeue c (and relink next_pump) as soon as it is out */
+        g->pump_head = c->next_pump;
+        c->next_pump = NULL;
+        c->pump_queued = 0;
+        pthread_mutex_unlock(&g->pump_mu);
+        if (!stop) {
+            pthread_mutex_lock(&c->mu);
+            if (!c->done && c->m && c->m->pump) c->m->pump(c);
+            pthread_mutex_unlock(&c->mu);
+        }
+        call_unref(c);
         pthread_mutex_lock(&g->pump_mu);
-        if (stop && !g->pump_head) break;
     }
     pthread_mutex_unlock(&g->pump_mu);
     return NULL;
@@ -428,6 +464,7 @@ static void on_shutdown(gcall *c, int ok) {
 
 static void *worker_main(void *arg) {
     api_grpc *g = arg;
+    pthread_setname_np(pthread_self(), "grpc-cq");
     for (;;) {
         grpc_event ev =
             grpc_completion_queue_next(g->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
@@ -460,6 +497,7 @@ int api_grpc_start(svc *s, const api_grpc_options *opt, api_grpc **out, chord_er
     pthread_mutex_init(&g->pump_mu, NULL);
     pthread_cond_init(&g->pump_cv, NULL);
     pthread_mutex_init(&g->streams_mu, NULL);
+    pthread_mutex_init(&g->feeds_mu, NULL);
     g->shutdown_tag = (gtag){NULL, on_shutdown};
     grpc_init();
 
@@ -555,6 +593,7 @@ fail_early:
     pthread_mutex_destroy(&g->pump_mu);
     pthread_cond_destroy(&g->pump_cv);
     pthread_mutex_destroy(&g->streams_mu);
+    pthread_mutex_destroy(&g->feeds_mu);
     free(g);
     return -1;
 }
@@ -624,5 +663,6 @@ void api_grpc_stop(api_grpc *g) {
     pthread_mutex_destroy(&g->pump_mu);
     pthread_cond_destroy(&g->pump_cv);
     pthread_mutex_destroy(&g->streams_mu);
+    pthread_mutex_destroy(&g->feeds_mu);
     free(g);
 }

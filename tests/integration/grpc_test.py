@@ -321,6 +321,35 @@ def test_create_job_streams_to_the_end(srv, stub, datasets):
     assert [e.step for e in tail if e.type == "step"] == [5, 6] and tail[-1].final
 
 
+def test_many_watchers_share_one_feed(srv, stub, datasets):
+    """Watchers opened together, and one that joins after events flowed, each get every event
+    in order (the shared feed replays its history to a late joiner)."""
+    prompts, expert = datasets
+    blocker = long_job(stub, prompts)
+    wait_state(srv, blocker.id, ("running",))
+    job = stub.CreateJob(pb.CreateJobRequest(job=to_struct(tiny_job(prompts, expert))))
+    results = [None] * 6
+
+    def watch(i):
+        results[i] = [(e.type, e.step, e.final) for e in
+                      stub.WatchJob(pb.WatchJobRequest(id=job.id), timeout=120)]
+    threads = [threading.Thread(target=watch, args=(i,)) for i in range(5)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    stub.CancelJob(pb.CancelJobRequest(id=blocker.id))
+    srv.wait_job(job.id, lambda j: j["current_step"] >= 2)
+    late = threading.Thread(target=watch, args=(5,))
+    late.start()
+    for t in threads + [late]:
+        t.join(120)
+    for r in results:
+        assert [s for k, s, _ in r if k == "step"] == [1, 2, 3, 4, 5, 6], r
+        assert r[-1][2] and sum(f for _, _, f in r) == 1
+    assert all(r == results[0] for r in results[:5])
+    assert results[5][-1] == results[0][-1]
+
+
 def test_cancel_job(srv, stub, datasets):
     job = long_job(stub, datasets[0])
     wait_state(srv, job.id, ("running",))
