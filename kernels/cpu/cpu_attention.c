@@ -379,63 +379,57 @@ int cpu_attention_decode(ops_ctx *c, float *out, const float *q, int ldq, const 
     int fail = 0;
 #pragma omp parallel num_threads(nt)
     {
-        float *sc = malloc((size_t)max_T * sizeof(float));
-        float *acc = malloc((size_t)D * sizeof(float));
-        int ok = sc && acc;
+        float *sc = malloc((size_t)G * max_T * sizeof(float));
+        float *inv = malloc((size_t)G * sizeof(float));
+        int ok = sc && inv;
         if (!ok) {
 #pragma omp atomic write
             fail = 1;
         }
-        {
 #pragma omp for schedule(dynamic, 1)
-            for (int ti = 0; ti < ntask; ti++) {
-                if (!ok) continue;
-                int b = ti / Hkv, kvh = ti % Hkv, len = lens[b];
-                const float *kc = kcache + (size_t)slot[b] * max_T * row + (size_t)kvh * D;
-                const float *vc = vcache + (size_t)slot[b] * max_T * row + (size_t)kvh * D;
-                for (int g = 0; g < G; g++) {
-                    int h = kvh * G + g;
-                    const float *restrict qh = q + (size_t)b * ldq + (size_t)h * D;
-                    float *restrict o = out + (size_t)b * Hq * D + (size_t)h * D;
-                    if (len == 0) {
-                        memset(o, 0, (size_t)D * sizeof(float));
-                        continue;
-                    }
-                    float mx = -INFINITY;
-                    for (int t = 0; t < len; t++) {
-                        const float *restrict kr = kc + (size_t)t * row;
-                        float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-                        for (int d = 0; d < D; d++)
-                            s = fmaf(qh[d], kr[d], s);
-                        s *= scale;
-                        sc[t] = s;
-                        mx = s > mx ? s : mx;
-                    }
-                    double l = 0.0;
-#pragma omp simd reduction(+ : l)
-                    for (int t = 0; t < len; t++) {
-                        float p = cpu_expf(sc[t] - mx);
-                        sc[t] = p;
-                        l += p;
-                    }
-                    for (int d = 0; d < D; d++)
-                        acc[d] = 0.0f;
-                    for (int t = 0; t < len; t++) {
-                        const float *restrict vr = vc + (size_t)t * row;
-                        float p = sc[t];
-#pragma omp simd
-                        for (int d = 0; d < D; d++)
-                            acc[d] = fmaf(p, vr[d], acc[d]);
-                    }
-                    float inv = (float)(1.0 / l);
-                    for (int d = 0; d < D; d++)
-                        o[d] = acc[d] * inv;
-                }
+        for (int ti = 0; ti < ntask; ti++) {
+            if (!ok) continue;
+            int b = ti / Hkv, kvh = ti % Hkv, len = lens[b];
+            const float *kc = kcache + (size_t)slot[b] * max_T * row + (size_t)kvh * D;
+            const float *vc = vcache + (size_t)slot[b] * max_T * row + (size_t)kvh * D;
+            /* the group's G query heads are contiguous in q and in out */
+            const float *qg = q + (size_t)b * ldq + (size_t)kvh * G * D;
+            float *og = out + (size_t)b * Hq * D + (size_t)kvh * G * D;
+            if (len == 0) {
+                memset(og, 0, (size_t)G * D * sizeof(float));
+                continue;
+            }
+            /* scores (G, len) = Q K^T: K and V are read once for the whole group */
+            if (G == 1)
+                cblas_sgemv(CblasRowMajor, CblasNoTrans, len, D, scale, kc, (int)row, qg, 1, 0.0f,
+                            sc, 1);
+            else
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, G, len, D, scale, qg, D, kc,
+                            (int)row, 0.0f, sc, len);
+            for (int g = 0; g < G; g++) {
+                float *sg = sc + (size_t)g * len;
+                float mx = cpu_max_f(sg, len);
+                for (int t = 0; t < len; t++)
+                    sg[t] = cpu_expf(sg[t] - mx);
+                double l = cpu_sum_d(sg, len);
+                inv[g] = (float)(1.0 / l);
+            }
+            /* out (G, D) = P V, then each row / its denominator */
+            if (G == 1)
+                cblas_sgemv(CblasRowMajor, CblasTrans, len, D, 1.0f, vc, (int)row, sc, 1, 0.0f, og,
+                            1);
+            else
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, G, D, len, 1.0f, sc, len, vc,
+                            (int)row, 0.0f, og, D);
+            for (int g = 0; g < G; g++) {
+                float w = g < 64 ? inv[g] : (float)(1.0 / cpu_sum_d(sc + (size_t)g * len, len));
+                float *o = og + (size_t)g * D;
+                for (int d = 0; d < D; d++)
+                    o[d] *= w;
             }
         }
         free(sc);
-        free(acc);
+        free(inv);
     }
     if (fail) return cpu_fail(c, "attention_decode: out of memory");
     return 0;

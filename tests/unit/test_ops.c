@@ -685,12 +685,19 @@ static void test_attention(void **state) {
     done(c);
 }
 
+static void decode_case(int Hq, int Hkv, int D);
 static void test_attention_decode(void **state) {
     (void)state;
+    decode_case(8, 2, 16); /* GQA: one GEMM per kv head */
+    decode_case(3, 3, 8);  /* MHA: GEMV per head */
+    decode_case(4, 1, 32); /* MQA */
+}
+
+static void decode_case(int Hq, int Hkv, int D) {
     rng_seed(7);
     ops_ctx *c = open_cpu(2);
     int lens[3] = {5, 1, 90};
-    int S = 3, Hq = 8, Hkv = 2, D = 16, max_T = 100, slots = 4;
+    int S = 3, max_T = 100, slots = 4;
     int32_t slot_of[3] = {2, 0, 3};
     int32_t *cu = ialloc(c, S + 1);
     cu[0] = 0;
