@@ -74,14 +74,14 @@ int svc_submit_demo(svc *s, json_t **job, chord_err *err) {
         "rope_theta", 10000.0, "rms_norm_eps", 1e-6, "tie_word_embeddings", 1, "seed", 1,
         "data", "prompts", prompts, "expert", expert, "eval", eval,
         "algorithm", "chord",
-        "chord", "mu", "warmup_steps", 5, "decay_steps", 150, "peak", 0.9, "valley", 0.05, "phi",
-        1,
+        "chord", "mu", "warmup_steps", 10, "decay_steps", 300, "peak", 0.95, "valley", 0.1, "phi",
+        0,
         "grpo", "group_size", 4, "prompts_per_step", 8,
-        "expert_per_step", 16,
+        "expert_per_step", 32,
         "sampling", "temperature", 1.0, "top_p", 1.0, "max_new_tokens", 16,
-        "optimizer", "lr", 1e-3, "schedule", "cosine", "warmup_steps", 5, "weight_decay", 0.0,
-        "steps", 200, "seed", 1, "checkpoint_every", 20, "micro_batch_tokens", 4096,
-        "eval", "every", 20, "k", 1, "temperature", 0.0);
+        "optimizer", "lr", 3e-3, "schedule", "cosine", "warmup_steps", 10, "weight_decay", 0.0,
+        "steps", 400, "seed", 1, "checkpoint_every", 50, "micro_batch_tokens", 4096,
+        "eval", "every", 25, "k", 1, "temperature", 0.0);
     if (!doc) return chord_err_setc(err, CHORD_E_INTERNAL, "demo: building the job document");
     int rc = svc_job_create(s, doc, job, err);
     json_decref(doc);
