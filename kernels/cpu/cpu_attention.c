@@ -80,6 +80,7 @@ int cpu_attention_forward(ops_ctx *c, float *out, float *lse, const float *q, in
         return -1;
     if (N == 0) return 0;
     if (!out || !q || !k || !v) return cpu_fail(c, "attention_forward: NULL buffer");
+    cpu_blas_single();
     const int G = Hq / Hkv, HqD = Hq * D;
     const float scale = 1.0f / sqrtf((float)D);
 
@@ -200,6 +201,7 @@ int cpu_attention_backward(ops_ctx *c, float *dq, float *dk, float *dv, const fl
     if (N == 0) return 0;
     if (!dq || !dk || !dv || !dout || !q || !k || !v || !out || !lse)
         return cpu_fail(c, "attention_backward: NULL buffer");
+    cpu_blas_single();
     const int G = Hq / Hkv, HqD = Hq * D;
     const float scale = 1.0f / sqrtf((float)D);
 
@@ -370,6 +372,7 @@ int cpu_attention_decode(ops_ctx *c, float *out, const float *q, int ldq, const 
         if (slot[b] < 0 || lens[b] < 0 || lens[b] > max_T)
             return cpu_fail(c, "attention_decode: row %d has slot %d length %d (max_T %d)", b,
                             slot[b], lens[b], max_T);
+    cpu_blas_single();
     const int G = Hq / Hkv;
     const float scale = 1.0f / sqrtf((float)D);
     const size_t row = (size_t)Hkv * D;

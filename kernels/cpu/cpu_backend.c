@@ -100,6 +100,10 @@ static void gemm1(int transA, int transB, int M, int N, int K, float alpha, cons
                 transB ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
+void cpu_blas_single(void) {
+    if (openblas_get_num_threads() != 1) openblas_set_num_threads(1);
+}
+
 /* one row: C (1,N) = alpha * a (1,K) op(B) + beta * C as a GEMV (sgemm would pack all of B,
  * doubling the memory traffic of what is a memory-bound product) */
 static void gemv_row(int transB, int N, int K, float alpha, const float *a, const float *B, int ldb,
@@ -118,6 +122,7 @@ static void gemv_row(int transB, int N, int K, float alpha, const float *a, cons
 void cpu_gemm(ops_ctx *c, int transA, int transB, int M, int N, int K, float alpha, const float *A,
               int lda, const float *B, int ldb, float beta, float *C, int ldc) {
     int nt = cpu_threads(c);
+    cpu_blas_single();
     if (M == 1 && !transA) {
         int units = (N + 63) / 64;
         if ((double)N * K < 1e6 || units < 2) nt = 1;

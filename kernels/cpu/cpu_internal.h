@@ -35,6 +35,10 @@ static inline int cpu_threads_for(const ops_ctx *c, double work) {
     return t;
 }
 
+/* Puts OpenBLAS back to one thread if something else in the process changed it (its thread
+ * count is process-global); every op that calls BLAS starts with it. */
+void cpu_blas_single(void);
+
 /* C (M,N) = alpha * op(A) op(B) + beta * C, row-major, split over the OpenMP threads. */
 void cpu_gemm(ops_ctx *c, int transA, int transB, int M, int N, int K, float alpha, const float *A,
               int lda, const float *B, int ldb, float beta, float *C, int ldc);

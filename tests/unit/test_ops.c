@@ -15,6 +15,10 @@
 #include "kernels/cpu/cpu_vmath.h"
 #include "kernels/ops.h"
 
+/* OpenBLAS (cblas.h is not included: its <complex.h> `I` macro clashes with ops.h) */
+void openblas_set_num_threads(int num_threads);
+int openblas_get_num_threads(void);
+
 /* ---- helpers ---- */
 
 static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
@@ -278,6 +282,10 @@ static void test_matmul(void **state) {
     matmul_case(c, 203, 96, 161, 0); /* threaded split over rows */
     matmul_case(c, 9, 128, 700, 0);  /* threaded split over columns */
     matmul_case(c, 1, 300, 5000, 0); /* one row: GEMV split over columns */
+    /* someone else set BLAS to 2 threads: the backend puts it back to 1 before its GEMMs */
+    openblas_set_num_threads(2);
+    matmul_case(c, 203, 96, 161, 0);
+    assert_int_equal(openblas_get_num_threads(), 1);
     done(c);
 }
 
