@@ -112,7 +112,8 @@ typedef struct ops_backend {
     int (*sum_squares)(ops_ctx *c, double *out_host, const float *x, size_t n);
 
     /* ---- per-token log-prob and entropy of targets under softmax(logits * inv_temp) ----
-     * logits (N,V); targets (N) (a negative target gives logp 0 and no gradient);
+     * logits (N,V); targets (N) (a negative target gives logp 0 and no gradient: its whole
+     * dlogits row is 0, dentropy included; its entropy is still computed);
      * logp (N), entropy (N, may be NULL), lse (N) saved for backward. */
     int (*logprob_forward)(ops_ctx *c, float *logp, float *entropy, float *lse,
                            const float *logits, const int32_t *targets, int N, int V,
@@ -131,7 +132,8 @@ typedef struct ops_backend {
                         float weight_decay, int t, float grad_scale);
 
     /* ---- sampling for rollouts ----
-     * logits (B,V) on the device; for each row: temperature (0 = greedy), top-p nucleus; the
+     * logits (B,V) on the device; for each row: temperature (<= 0: greedy, the first index of
+     * the maximum), top-p nucleus (top_p outside (0,1): the full distribution); the
      * uniform (B) (host, in [0,1)) chooses the token. Writes tokens_host (B) and logp_host (B) =
      * log softmax(logits / temperature)[token] of the FULL tempered distribution (the number the
      * trainer computes with logprob_forward; top-p does not renormalise it; greedy gives the
@@ -145,6 +147,7 @@ typedef struct ops_backend {
     void (*close)(ops_ctx *c);
 } ops_backend;
 
+/* A context is used by one thread at a time (ops are not thread-safe on the same context). */
 struct ops_ctx {
     const ops_backend *be;
     void *impl;        /* backend-private state: thread count, streams, cuBLAS handles */
