@@ -54,31 +54,31 @@ struct gcall {
     grpc_byte_buffer *payload; /* the request / the last received message */
     atomic_int refs;
     gtag tag_new, tag_close, tag_send, tag_recv, tag_finish;
-    int cancelled;            /* written by the core when RECV_CLOSE_ON_SERVER completes */
-    gcall *next_pump;         /* pump queue link (api_grpc.pump_mu) */
-    int pump_queued;          /* (api_grpc.pump_mu) */
-    gcall *next_stream;       /* streams registry link (api_grpc.streams_mu) */
-    int in_streams;           /* (api_grpc.streams_mu) */
+    int cancelled;      /* written by the core when RECV_CLOSE_ON_SERVER completes */
+    gcall *next_pump;   /* pump queue link (api_grpc.pump_mu) */
+    int pump_queued;    /* (api_grpc.pump_mu) */
+    gcall *next_stream; /* streams registry link (api_grpc.streams_mu) */
+    int in_streams;     /* (api_grpc.streams_mu) */
 
     pthread_mutex_t mu;
-    int closed;               /* RECV_CLOSE_ON_SERVER completed: the call is over */
-    int md_sent;              /* initial metadata went out */
-    int send_busy;            /* a SEND_MESSAGE is in flight */
-    int done;                 /* the status is sent (or on its way) */
-    int status;               /* the status sent */
-    double started;           /* seconds, for the request metrics */
+    int closed;     /* RECV_CLOSE_ON_SERVER completed: the call is over */
+    int md_sent;    /* initial metadata went out */
+    int send_busy;  /* a SEND_MESSAGE is in flight */
+    int done;       /* the status is sent (or on its way) */
+    int status;     /* the status sent */
+    double started; /* seconds, for the request metrics */
     grpc_byte_buffer *send_buf;
     grpc_slice status_details;
     int has_status_details;
     /* per-method state */
-    gfeed *feed;              /* WatchJob: the shared feed it reads (grpc_watch.c) */
-    size_t cursor;            /* WatchJob: index of the next feed event to send */
-    gcall *next_sub;          /* WatchJob: feed's subscriber list link (feed mu) */
-    svc_upload *up;           /* UploadDataset */
-    int chunks;               /* UploadDataset: messages received */
-    char kind[16];            /* UploadDataset: the first chunk's kind */
-    int health_known;         /* Health.Watch: the service name is one we serve */
-    int health_sent;          /* Health.Watch: last status sent (-1 none) */
+    gfeed *feed;      /* WatchJob: the shared feed it reads (grpc_watch.c) */
+    size_t cursor;    /* WatchJob: index of the next feed event to send */
+    gcall *next_sub;  /* WatchJob: feed's subscriber list link (feed mu) */
+    svc_upload *up;   /* UploadDataset */
+    int chunks;       /* UploadDataset: messages received */
+    char kind[16];    /* UploadDataset: the first chunk's kind */
+    int health_known; /* Health.Watch: the service name is one we serve */
+    int health_sent;  /* Health.Watch: last status sent (-1 none) */
 };
 
 struct api_grpc {
@@ -116,8 +116,7 @@ extern const size_t api_grpc_n_methods;
 
 /* Ends the call: initial metadata (if not sent), the message (buf, len; ownership taken; NULL
  * for none) and the status. Once per call; waits for nothing. */
-void gcall_finish(gcall *c, grpc_status_code code, const char *msg, unsigned char *buf,
-                  size_t len);
+void gcall_finish(gcall *c, grpc_status_code code, const char *msg, unsigned char *buf, size_t len);
 /* The same with a message slice (a reference is taken; the caller keeps its own). */
 void gcall_finish_slice(gcall *c, grpc_status_code code, const char *msg, grpc_slice msg_slice);
 /* Sends one message of a stream from a slice (a reference is taken). */
@@ -162,8 +161,8 @@ struct gfeed {
     atomic_int refs;
     char job_id[64];
     int64_t since_step;
-    gfeed *next;     /* api_grpc.feeds (feeds_mu) */
-    int in_table;    /* (feeds_mu) */
+    gfeed *next;      /* api_grpc.feeds (feeds_mu) */
+    int in_table;     /* (feeds_mu) */
     gfeed *next_pump; /* (api_grpc.pump_mu) */
     int pump_queued;  /* (api_grpc.pump_mu) */
 
@@ -172,9 +171,9 @@ struct gfeed {
     grpc_slice *events; /* events[i - base]: packed chord.v1.JobEvent number i */
     unsigned char *final;
     size_t base, end, cap;
-    int done;           /* the final event is in (or the feed failed / was abandoned) */
-    chord_err err;      /* err.code set: the watch failed; subscribers end with it */
-    gcall *subs;        /* subscribers, linked by gcall.next_sub */
+    int done;      /* the final event is in (or the feed failed / was abandoned) */
+    chord_err err; /* err.code set: the watch failed; subscribers end with it */
+    gcall *subs;   /* subscribers, linked by gcall.next_sub */
 };
 
 #endif

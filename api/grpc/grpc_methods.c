@@ -15,8 +15,8 @@
 #include "grpc/health/v1/health.pb-c.h"
 
 /* Maps a service result into a response message of type d and packs it. Takes doc. */
-static int reply(json_t *doc, const ProtobufCMessageDescriptor *d, unsigned char **out,
-                 size_t *len, chord_err *err) {
+static int reply(json_t *doc, const ProtobufCMessageDescriptor *d, unsigned char **out, size_t *len,
+                 chord_err *err) {
     pbj_arena a = {0};
     ProtobufCMessage *m = NULL;
     int rc = pbj_from_json(d, doc, &a, &m, err);
@@ -94,13 +94,12 @@ static int get_metrics(gcall *c, const ProtobufCMessage *req_, unsigned char **o
     if (r->max_steps < 0 || r->max_steps > 1000000)
         return chord_err_set(err, "max_steps: must be an integer in [0, 1000000]");
     json_t *doc = NULL;
-    if (svc_job_metrics(c->g->s, r->id, r->since_step, (size_t)r->max_steps, &doc, err))
-        return -1;
+    if (svc_job_metrics(c->g->s, r->id, r->since_step, (size_t)r->max_steps, &doc, err)) return -1;
     return reply(doc, &chord__v1__metrics_response__descriptor, out, len, err);
 }
 
-static int list_samples(gcall *c, const ProtobufCMessage *req_, unsigned char **out,
-                        size_t *len, chord_err *err) {
+static int list_samples(gcall *c, const ProtobufCMessage *req_, unsigned char **out, size_t *len,
+                        chord_err *err) {
     REQ(Chord__V1__ListSamplesRequest, r);
     size_t o = 0, l = 0;
     int64_t step = -1;
@@ -160,8 +159,7 @@ static void upload_message(gcall *c, const unsigned char *data, size_t len) {
             goto fail;
         }
         snprintf(c->kind, sizeof c->kind, "%s", m->kind);
-        if (svc_upload_begin(c->g->s, m->name && *m->name ? m->name : NULL, m->kind, &c->up,
-                             &err))
+        if (svc_upload_begin(c->g->s, m->name && *m->name ? m->name : NULL, m->kind, &c->up, &err))
             goto fail;
     } else if (m->kind && *m->kind && strcmp(m->kind, c->kind) != 0) {
         chord_err_set(&err, "kind: must be the first message's (\"%s\") or empty", c->kind);
@@ -190,21 +188,20 @@ static int get_dataset(gcall *c, const ProtobufCMessage *req_, unsigned char **o
     return reply(doc, &chord__v1__dataset__descriptor, out, len, err);
 }
 
-static int list_datasets(gcall *c, const ProtobufCMessage *req_, unsigned char **out,
-                         size_t *len, chord_err *err) {
+static int list_datasets(gcall *c, const ProtobufCMessage *req_, unsigned char **out, size_t *len,
+                         chord_err *err) {
     REQ(Chord__V1__ListDatasetsRequest, r);
     size_t o = 0, l = 0;
     json_t *doc = NULL;
-    if (paging(r->offset, r->limit, &o, &l, err) ||
-        svc_dataset_list(c->g->s, o, l, &doc, err))
+    if (paging(r->offset, r->limit, &o, &l, err) || svc_dataset_list(c->g->s, o, l, &doc, err))
         return -1;
     return reply(doc, &chord__v1__list_datasets_response__descriptor, out, len, err);
 }
 
 /* ---- models ------------------------------------------------------------------------------- */
 
-static int register_model(gcall *c, const ProtobufCMessage *req_, unsigned char **out,
-                          size_t *len, chord_err *err) {
+static int register_model(gcall *c, const ProtobufCMessage *req_, unsigned char **out, size_t *len,
+                          chord_err *err) {
     REQ(Chord__V1__RegisterModelRequest, r);
     json_t *doc = pbj_to_json(&r->base), *model = NULL;
     if (!doc) return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
@@ -272,8 +269,8 @@ static int health_pack(int status, unsigned char **out, size_t *len, chord_err *
     return pbj_pack(&resp.base, out, len, err);
 }
 
-static int health_check(gcall *c, const ProtobufCMessage *req_, unsigned char **out,
-                        size_t *len, chord_err *err) {
+static int health_check(gcall *c, const ProtobufCMessage *req_, unsigned char **out, size_t *len,
+                        chord_err *err) {
     REQ(Grpc__Health__V1__HealthCheckRequest, r);
     if (!health_known(r->service))
         return chord_err_setc(err, CHORD_E_NOT_FOUND, "service \"%s\" is not served here",
@@ -300,8 +297,7 @@ static void health_watch_pump(gcall *c) {
             return;
         }
         c->health_sent = status;
-        if (gcall_send(c, buf, len))
-            gcall_finish(c, GRPC_STATUS_INTERNAL, "cannot send", NULL, 0);
+        if (gcall_send(c, buf, len)) gcall_finish(c, GRPC_STATUS_INTERNAL, "cannot send", NULL, 0);
         return;
     }
     if (atomic_load(&c->g->ending))
@@ -310,15 +306,16 @@ static void health_watch_pump(gcall *c) {
 
 /* ---- the table ---------------------------------------------------------------------------- */
 
-#define UNARY(name, fn, req) {"/chord.v1.Chord/" name, GM_UNARY, &req, fn, NULL, NULL, NULL}
+#define UNARY(name, fn, req)                                                                       \
+    { "/chord.v1.Chord/" name, GM_UNARY, &req, fn, NULL, NULL, NULL }
 
 const gmethod api_grpc_methods[] = {
     UNARY("CreateJob", create_job, chord__v1__create_job_request__descriptor),
     UNARY("GetJob", get_job, chord__v1__get_job_request__descriptor),
     UNARY("ListJobs", list_jobs, chord__v1__list_jobs_request__descriptor),
     UNARY("CancelJob", cancel_job, chord__v1__cancel_job_request__descriptor),
-    {"/chord.v1.Chord/WatchJob", GM_SERVER_STREAM, &chord__v1__watch_job_request__descriptor,
-     NULL, api_grpc_watch_open, api_grpc_watch_pump, NULL},
+    {"/chord.v1.Chord/WatchJob", GM_SERVER_STREAM, &chord__v1__watch_job_request__descriptor, NULL,
+     api_grpc_watch_open, api_grpc_watch_pump, NULL},
     UNARY("GetMetrics", get_metrics, chord__v1__get_metrics_request__descriptor),
     UNARY("ListSamples", list_samples, chord__v1__list_samples_request__descriptor),
     UNARY("ListCheckpoints", list_checkpoints, chord__v1__list_checkpoints_request__descriptor),

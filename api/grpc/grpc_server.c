@@ -27,18 +27,26 @@ static double now_s(void) {
 
 grpc_status_code api_grpc_status_of(int chord_code) {
     switch (chord_code) {
-    case CHORD_E_INVALID: return GRPC_STATUS_INVALID_ARGUMENT;
-    case CHORD_E_NOT_FOUND: return GRPC_STATUS_NOT_FOUND;
-    case CHORD_E_CONFLICT: return GRPC_STATUS_FAILED_PRECONDITION;
-    case CHORD_E_TOO_LARGE: return GRPC_STATUS_RESOURCE_EXHAUSTED;
-    case CHORD_E_UNAVAILABLE: return GRPC_STATUS_UNAVAILABLE;
-    default: return GRPC_STATUS_INTERNAL;
+    case CHORD_E_INVALID:
+        return GRPC_STATUS_INVALID_ARGUMENT;
+    case CHORD_E_NOT_FOUND:
+        return GRPC_STATUS_NOT_FOUND;
+    case CHORD_E_CONFLICT:
+        return GRPC_STATUS_FAILED_PRECONDITION;
+    case CHORD_E_TOO_LARGE:
+        return GRPC_STATUS_RESOURCE_EXHAUSTED;
+    case CHORD_E_UNAVAILABLE:
+        return GRPC_STATUS_UNAVAILABLE;
+    default:
+        return GRPC_STATUS_INTERNAL;
     }
 }
 
 /* ---- call lifetime ------------------------------------------------------------------------ */
 
-static void call_ref(gcall *c) { atomic_fetch_add(&c->refs, 1); }
+static void call_ref(gcall *c) {
+    atomic_fetch_add(&c->refs, 1);
+}
 
 static void call_unref(gcall *c) {
     if (atomic_fetch_sub(&c->refs, 1) != 1) return;
@@ -134,8 +142,8 @@ void gcall_finish_slice(gcall *c, grpc_status_code code, const char *msg, grpc_s
 }
 
 void gcall_fail(gcall *c, const chord_err *err) {
-    gcall_finish(c, api_grpc_status_of(err->code), err->msg[0] ? err->msg : "internal error",
-                 NULL, 0);
+    gcall_finish(c, api_grpc_status_of(err->code), err->msg[0] ? err->msg : "internal error", NULL,
+                 0);
 }
 
 static void on_send(gcall *c, int ok) {
@@ -274,7 +282,9 @@ void gcall_kick(gcall *c) {
     pthread_mutex_unlock(&g->pump_mu);
 }
 
-void gcall_notify(void *user) { gcall_kick(user); }
+void gcall_notify(void *user) {
+    gcall_kick(user);
+}
 
 void api_grpc_feed_kick(gfeed *f) {
     api_grpc *g = f->g;
@@ -330,7 +340,8 @@ static void *pump_main(void *arg) {
 
 static void kick_streams(api_grpc *g) {
     pthread_mutex_lock(&g->streams_mu);
-    for (gcall *c = g->streams; c; c = c->next_stream) gcall_kick(c);
+    for (gcall *c = g->streams; c; c = c->next_stream)
+        gcall_kick(c);
     pthread_mutex_unlock(&g->streams_mu);
 }
 
@@ -466,8 +477,7 @@ static void *worker_main(void *arg) {
     api_grpc *g = arg;
     pthread_setname_np(pthread_self(), "grpc-cq");
     for (;;) {
-        grpc_event ev =
-            grpc_completion_queue_next(g->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+        grpc_event ev = grpc_completion_queue_next(g->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
         if (ev.type == GRPC_QUEUE_SHUTDOWN) break;
         if (ev.type != GRPC_OP_COMPLETE) continue;
         gtag *t = ev.tag;
@@ -529,19 +539,18 @@ int api_grpc_start(svc *s, const api_grpc_options *opt, api_grpc **out, chord_er
     }
     for (size_t i = 0; i < api_grpc_n_methods; i++) {
         const gmethod *m = &api_grpc_methods[i];
-        g->handles[i] = grpc_server_register_method(
-            g->server, m->path, NULL,
-            m->kind == GM_CLIENT_STREAM ? GRPC_SRM_PAYLOAD_NONE
-                                        : GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER,
-            0);
+        g->handles[i] = grpc_server_register_method(g->server, m->path, NULL,
+                                                    m->kind == GM_CLIENT_STREAM
+                                                        ? GRPC_SRM_PAYLOAD_NONE
+                                                        : GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER,
+                                                    0);
         if (!g->handles[i]) {
             chord_err_setc(err, CHORD_E_INTERNAL, "grpc: cannot register %s", m->path);
             goto fail_early;
         }
     }
     char addr[320];
-    snprintf(addr, sizeof addr, strchr(opt->host, ':') ? "[%s]:%d" : "%s:%d", opt->host,
-             opt->port);
+    snprintf(addr, sizeof addr, strchr(opt->host, ':') ? "[%s]:%d" : "%s:%d", opt->host, opt->port);
     grpc_server_credentials *creds = grpc_insecure_server_credentials_create();
     g->port = grpc_server_add_http2_port(g->server, addr, creds);
     grpc_server_credentials_release(creds);
@@ -569,7 +578,8 @@ int api_grpc_start(svc *s, const api_grpc_options *opt, api_grpc **out, chord_er
         goto fail_started;
     }
     g->pump_started = 1;
-    for (size_t i = 0; i < api_grpc_n_methods; i++) request_call(g, (int)i);
+    for (size_t i = 0; i < api_grpc_n_methods; i++)
+        request_call(g, (int)i);
     request_call(g, -1);
     *out = g;
     return 0;
@@ -598,7 +608,9 @@ fail_early:
     return -1;
 }
 
-int api_grpc_port(const api_grpc *g) { return g->port; }
+int api_grpc_port(const api_grpc *g) {
+    return g->port;
+}
 
 void api_grpc_quiesce(api_grpc *g) {
     if (!g) return;
@@ -653,7 +665,8 @@ void api_grpc_stop(api_grpc *g) {
     }
     grpc_server_destroy(g->server);
     grpc_completion_queue_shutdown(g->cq);
-    for (int i = 0; i < g->n_workers; i++) pthread_join(g->workers[i], NULL);
+    for (int i = 0; i < g->n_workers; i++)
+        pthread_join(g->workers[i], NULL);
     grpc_completion_queue_destroy(g->cq);
     grpc_shutdown();
     free(g->workers);

@@ -15,12 +15,12 @@
 typedef struct api_grpc api_grpc;
 
 typedef struct api_grpc_options {
-    const char *host;          /* "127.0.0.1", "0.0.0.0", "::1", "localhost" */
-    int port;                  /* 0 = any free port (api_grpc_port tells which) */
-    int threads;               /* completion-queue worker threads; <= 0 = 2 */
-    size_t max_message_bytes;  /* largest request message (an upload chunk too); 0 = 4 MiB */
-    int grace_ms;              /* how long api_grpc_stop lets calls end before cancelling
-                                  them; <= 0 = 5000 */
+    const char *host;         /* "127.0.0.1", "0.0.0.0", "::1", "localhost" */
+    int port;                 /* 0 = any free port (api_grpc_port tells which) */
+    int threads;              /* completion-queue worker threads; <= 0 = 2 */
+    size_t max_message_bytes; /* largest request message (an upload chunk too); 0 = 4 MiB */
+    int grace_ms;             /* how long api_grpc_stop lets calls end before cancelling
+                                 them; <= 0 = 5000 */
 } api_grpc_options;
 
 /* Binds (port reuse off: a taken port is an error), registers the methods and starts the

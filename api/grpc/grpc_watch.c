@@ -22,19 +22,27 @@
 #define FEED_JOIN_EVENTS 256
 #define FEED_MAX_LAG 10000
 
-void api_grpc_feed_ref(gfeed *f) { atomic_fetch_add(&f->refs, 1); }
+void api_grpc_feed_ref(gfeed *f) {
+    atomic_fetch_add(&f->refs, 1);
+}
 
-void api_grpc_feed_unref(gfeed *f) {
-    if (atomic_fetch_sub(&f->refs, 1) != 1) return;
+/* Drops n references at once. */
+static void feed_unref_n(gfeed *f, int n) {
+    if (atomic_fetch_sub(&f->refs, n) != n) return;
     svc_watch_close(f->watch);
-    for (size_t i = 0; i < f->end - f->base; i++) grpc_slice_unref(f->events[i]);
+    for (size_t i = 0; i < f->end - f->base; i++)
+        grpc_slice_unref(f->events[i]);
     free(f->events);
     free(f->final);
     pthread_mutex_destroy(&f->mu);
     free(f);
 }
 
-static void feed_notify(void *user) { api_grpc_feed_kick(user); }
+void api_grpc_feed_unref(gfeed *f) { feed_unref_n(f, 1); }
+
+static void feed_notify(void *user) {
+    api_grpc_feed_kick(user);
+}
 
 /* Once the feed takes no joiners, drops the events every subscriber has sent. (f->mu) */
 static void feed_trim(gfeed *f) {
@@ -44,7 +52,8 @@ static void feed_trim(gfeed *f) {
         if (c->cursor < low) low = c->cursor;
     size_t drop = low - f->base;
     if (drop == 0) return;
-    for (size_t i = 0; i < drop; i++) grpc_slice_unref(f->events[i]);
+    for (size_t i = 0; i < drop; i++)
+        grpc_slice_unref(f->events[i]);
     memmove(f->events, f->events + drop, (f->end - low) * sizeof *f->events);
     memmove(f->final, f->final + drop, f->end - low);
     f->base = low;
@@ -62,7 +71,7 @@ static int feed_append(gfeed *f, grpc_slice sl, int final, chord_err *err) {
         f->cap = cap;
     }
     f->events[n] = sl;
-    f->final[n] = (unsigned char)final;
+    f->final[n] = (unsigned char) final;
     f->end++;
     return 0;
 }
@@ -71,9 +80,9 @@ static int feed_append(gfeed *f, grpc_slice sl, int final, chord_err *err) {
 static int encode_event(svc_event *ev, grpc_slice *out, chord_err *err) {
     static const char *const types[] = {"state", "step", "checkpoint"};
     static const char *const data_field[] = {"job", "metrics", "checkpoint"};
-    json_t *doc = json_pack("{s:s, s:I, s:b, s:o}", "type", types[ev->type], "step",
-                            (json_int_t)ev->step, "final", ev->final, data_field[ev->type],
-                            ev->data);
+    json_t *doc =
+        json_pack("{s:s, s:I, s:b, s:o}", "type", types[ev->type], "step", (json_int_t)ev->step,
+                  "final", ev->final, data_field[ev->type], ev->data);
     ev->data = NULL;
     if (!doc) return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
     pbj_arena a = {0};
@@ -114,7 +123,7 @@ void api_grpc_feed_pump(gfeed *f) {
         svc_event ev;
         chord_err err = {0};
         int rc = svc_watch_poll(f->watch, &ev, &err);
-        grpc_slice sl;
+        grpc_slice sl = grpc_empty_slice();
         if (rc == 1 && encode_event(&ev, &sl, &err) == 0) {
             if (feed_append(f, sl, ev.final, &err) == 0) {
                 fresh = 1;
@@ -134,7 +143,8 @@ void api_grpc_feed_pump(gfeed *f) {
         f->watch = NULL;
     }
     if (fresh)
-        for (gcall *c = f->subs; c; c = c->next_sub) gcall_kick(c);
+        for (gcall *c = f->subs; c; c = c->next_sub)
+            gcall_kick(c);
     feed_trim(f);
     int retire = f->done;
     pthread_mutex_unlock(&f->mu);
@@ -230,8 +240,7 @@ void api_grpc_watch_leave(gcall *c) {
     }
     pthread_mutex_unlock(&f->mu);
     pthread_mutex_unlock(&g->feeds_mu);
-    if (untable) api_grpc_feed_unref(f);
-    api_grpc_feed_unref(f);
+    feed_unref_n(f, 1 + untable); /* the subscriber's, and the table's when it left it */
 }
 
 void api_grpc_watch_pump(gcall *c) {

@@ -39,7 +39,8 @@ static char *arena_strdup(pbj_arena *a, const char *s) {
 
 void pbj_arena_free(pbj_arena *a) {
     if (!a) return;
-    for (size_t i = 0; i < a->n; i++) free(a->ptrs[i]);
+    for (size_t i = 0; i < a->n; i++)
+        free(a->ptrs[i]);
     free(a->ptrs);
     a->ptrs = NULL;
     a->n = a->cap = 0;
@@ -148,18 +149,26 @@ static size_t element_size(ProtobufCType t) {
     case PROTOBUF_C_TYPE_SFIXED32:
     case PROTOBUF_C_TYPE_UINT32:
     case PROTOBUF_C_TYPE_FIXED32:
-    case PROTOBUF_C_TYPE_ENUM: return 4;
+    case PROTOBUF_C_TYPE_ENUM:
+        return 4;
     case PROTOBUF_C_TYPE_INT64:
     case PROTOBUF_C_TYPE_SINT64:
     case PROTOBUF_C_TYPE_SFIXED64:
     case PROTOBUF_C_TYPE_UINT64:
-    case PROTOBUF_C_TYPE_FIXED64: return 8;
-    case PROTOBUF_C_TYPE_FLOAT: return sizeof(float);
-    case PROTOBUF_C_TYPE_DOUBLE: return sizeof(double);
-    case PROTOBUF_C_TYPE_BOOL: return sizeof(protobuf_c_boolean);
-    case PROTOBUF_C_TYPE_STRING: return sizeof(char *);
-    case PROTOBUF_C_TYPE_BYTES: return sizeof(ProtobufCBinaryData);
-    case PROTOBUF_C_TYPE_MESSAGE: return sizeof(ProtobufCMessage *);
+    case PROTOBUF_C_TYPE_FIXED64:
+        return 8;
+    case PROTOBUF_C_TYPE_FLOAT:
+        return sizeof(float);
+    case PROTOBUF_C_TYPE_DOUBLE:
+        return sizeof(double);
+    case PROTOBUF_C_TYPE_BOOL:
+        return sizeof(protobuf_c_boolean);
+    case PROTOBUF_C_TYPE_STRING:
+        return sizeof(char *);
+    case PROTOBUF_C_TYPE_BYTES:
+        return sizeof(ProtobufCBinaryData);
+    case PROTOBUF_C_TYPE_MESSAGE:
+        return sizeof(ProtobufCMessage *);
     }
     return 0;
 }
@@ -342,13 +351,18 @@ static json_t *number_json(double x) {
 static json_t *value_to_json(const Google__Protobuf__Value *v) {
     if (!v) return json_null();
     switch (v->kind_case) {
-    case GOOGLE__PROTOBUF__VALUE__KIND_NUMBER_VALUE: return number_json(v->number_value);
+    case GOOGLE__PROTOBUF__VALUE__KIND_NUMBER_VALUE:
+        return number_json(v->number_value);
     case GOOGLE__PROTOBUF__VALUE__KIND_STRING_VALUE:
         return json_string(v->string_value ? v->string_value : "");
-    case GOOGLE__PROTOBUF__VALUE__KIND_BOOL_VALUE: return json_boolean(v->bool_value);
-    case GOOGLE__PROTOBUF__VALUE__KIND_STRUCT_VALUE: return struct_to_json(v->struct_value);
-    case GOOGLE__PROTOBUF__VALUE__KIND_LIST_VALUE: return list_to_json(v->list_value);
-    default: return json_null();
+    case GOOGLE__PROTOBUF__VALUE__KIND_BOOL_VALUE:
+        return json_boolean(v->bool_value);
+    case GOOGLE__PROTOBUF__VALUE__KIND_STRUCT_VALUE:
+        return struct_to_json(v->struct_value);
+    case GOOGLE__PROTOBUF__VALUE__KIND_LIST_VALUE:
+        return list_to_json(v->list_value);
+    default:
+        return json_null();
     }
 }
 
@@ -451,7 +465,7 @@ static json_t *message_to_json(const ProtobufCMessage *m) {
         if (f->label == PROTOBUF_C_LABEL_REPEATED) {
             size_t n = CMEMBER(size_t, m, f->quantifier_offset);
             if (n == 0) continue;
-            const char *arr = CMEMBER(const char *, m, f->offset);
+            const char *arr = CMEMBER(char *, m, f->offset);
             size_t es = element_size(f->type);
             v = json_array();
             for (size_t i = 0; v && i < n; i++) {
@@ -484,7 +498,9 @@ static json_t *message_to_json(const ProtobufCMessage *m) {
     return o;
 }
 
-json_t *pbj_to_json(const ProtobufCMessage *m) { return message_to_json(m); }
+json_t *pbj_to_json(const ProtobufCMessage *m) {
+    return message_to_json(m);
+}
 
 int pbj_pack(const ProtobufCMessage *m, unsigned char **buf, size_t *len, chord_err *err) {
     size_t n = protobuf_c_message_get_packed_size(m);

