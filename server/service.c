@@ -30,9 +30,13 @@ json_t *svc_json_time(int64_t ms) {
     return json_string(buf);
 }
 
-json_t *svc_json_str(const char *s) { return s ? json_string(s) : json_null(); }
+json_t *svc_json_str(const char *s) {
+    return s ? json_string(s) : json_null();
+}
 
-json_t *svc_json_real(double v) { return isfinite(v) ? json_real(v) : json_null(); }
+json_t *svc_json_real(double v) {
+    return isfinite(v) ? json_real(v) : json_null();
+}
 
 void svc_json_put(json_t *obj, const char *key, json_t *value, int *bad) {
     if (!value || json_object_set_new(obj, key, value) != 0) *bad = 1;
@@ -87,7 +91,9 @@ int svc_by_id(int rc, chord_err *err) {
     return rc;
 }
 
-static int oom(chord_err *err) { return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory"); }
+static int oom(chord_err *err) {
+    return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
+}
 
 /* ---- the pool of store handles ------------------------------------------------------------ */
 
@@ -120,7 +126,9 @@ void svc_store_put(svc *s, store *st) {
 
 /* ---- lifetime ----------------------------------------------------------------------------- */
 
-static void hook_publish(void *user, const char *id) { svc_publish(user, id); }
+static void hook_publish(void *user, const char *id) {
+    svc_publish(user, id);
+}
 
 static void hook_on_step(void *user, const char *job_id, int64_t step, const char *const *names,
                          const double *values, int n) {
@@ -159,7 +167,8 @@ int svc_open(const svc_options *opt, svc **out, chord_err *err) {
         store_close(st);
         goto fail;
     }
-    if (requeued > 0) LOG_INFO("%lld interrupted job(s) queued again to resume", (long long)requeued);
+    if (requeued > 0)
+        LOG_INFO("%lld interrupted job(s) queued again to resume", (long long)requeued);
     svc_store_put(s, st);
 
     /* the models root */
@@ -197,7 +206,9 @@ fail:
     return -1;
 }
 
-int svc_stopping(const svc *s) { return atomic_load(&((svc *)s)->stopping); }
+int svc_stopping(const svc *s) {
+    return atomic_load(&((svc *)s)->stopping);
+}
 
 const char *const *svc_devices(const svc *s, int *n_devices) {
     *n_devices = s->n_devices;
@@ -222,7 +233,8 @@ void svc_shutdown(svc *s) {
 void svc_close(svc *s) {
     if (!s) return;
     svc_shutdown(s);
-    for (size_t i = 0; i < s->n_free; i++) store_close(s->free_handles[i]);
+    for (size_t i = 0; i < s->n_free; i++)
+        store_close(s->free_handles[i]);
     free(s->free_handles);
     jobs_devices_free(s->devices, s->n_devices);
     free(s->data_dir);
@@ -233,8 +245,12 @@ void svc_close(svc *s) {
     free(s);
 }
 
-const char *svc_models_root(const svc *s) { return s->models_root; }
-int64_t svc_max_upload_bytes(const svc *s) { return s->max_upload; }
+const char *svc_models_root(const svc *s) {
+    return s->models_root;
+}
+int64_t svc_max_upload_bytes(const svc *s) {
+    return s->max_upload;
+}
 
 /* ---- jobs --------------------------------------------------------------------------------- */
 
@@ -253,8 +269,8 @@ static int check_dataset(store *st, const char *field, const char *id, const cha
     int ok = !strcmp(kind, kind_a) || (kind_b && !strcmp(kind, kind_b));
     store_dataset_free(&d);
     if (!ok)
-        return chord_err_set(err, "%s: dataset %s is of kind \"%s\", expected \"%s\"%s%s%s",
-                             field, id, kind, kind_a, kind_b ? " or \"" : "", kind_b ? kind_b : "",
+        return chord_err_set(err, "%s: dataset %s is of kind \"%s\", expected \"%s\"%s%s%s", field,
+                             id, kind, kind_a, kind_b ? " or \"" : "", kind_b ? kind_b : "",
                              kind_b ? "\"" : "");
     return 0;
 }
@@ -489,8 +505,8 @@ int svc_job_metrics(svc *s, const char *id, int64_t since_step, size_t max_steps
     return 0;
 }
 
-int svc_job_samples(svc *s, const char *id, int64_t step, size_t offset, size_t limit,
-                    json_t **out, chord_err *err) {
+int svc_job_samples(svc *s, const char *id, int64_t step, size_t offset, size_t limit, json_t **out,
+                    chord_err *err) {
     *out = NULL;
     if (limit == 0 || limit > SVC_LIST_LIMIT_MAX) limit = SVC_LIST_LIMIT_MAX;
     if (step < -1) step = -1;
@@ -540,8 +556,8 @@ void svc_publish(svc *s, const char *id) {
     pthread_mutex_unlock(&s->hub_mu);
 }
 
-int svc_watch_open(svc *s, const char *job_id, int64_t since_step, svc_notify_fn notify,
-                   void *user, svc_watch **out, chord_err *err) {
+int svc_watch_open(svc *s, const char *job_id, int64_t since_step, svc_notify_fn notify, void *user,
+                   svc_watch **out, chord_err *err) {
     *out = NULL;
     store *st = svc_store_get(s, err);
     if (!st) return -1;
@@ -571,10 +587,12 @@ int svc_watch_open(svc *s, const char *job_id, int64_t since_step, svc_notify_fn
     return 0;
 }
 
-int svc_watch_done(const svc_watch *w) { return w->done; }
+int svc_watch_done(const svc_watch *w) {
+    return w->done;
+}
 
-static int watch_event(svc_watch *w, svc_event *ev, svc_event_type type, int64_t step,
-                       json_t *data, chord_err *err) {
+static int watch_event(svc_watch *w, svc_event *ev, svc_event_type type, int64_t step, json_t *data,
+                       chord_err *err) {
     if (!data) return oom(err);
     ev->type = type;
     ev->step = step;
@@ -680,7 +698,8 @@ int svc_health(svc *s, json_t **out) {
     svc_json_put(o, "version", json_string(SVC_VERSION), &bad);
     svc_json_put(o, "uptime_s", json_real(chord_now() - s->started), &bad);
     json_t *devs = json_array();
-    for (int i = 0; i < s->n_devices; i++) json_array_append_new(devs, json_string(s->devices[i]));
+    for (int i = 0; i < s->n_devices; i++)
+        json_array_append_new(devs, json_string(s->devices[i]));
     svc_json_put(o, "devices", devs, &bad);
     svc_json_put(o, "workers", json_integer(s->jobs ? s->n_devices : 0), &bad);
     json_t *jobs = json_object();
@@ -766,7 +785,8 @@ static void tb_printf(textbuf *t, const char *fmt, ...) {
             return;
         }
         size_t cap = t->cap ? t->cap * 2 : 4096;
-        while (cap < t->len + (size_t)n + 1) cap *= 2;
+        while (cap < t->len + (size_t)n + 1)
+            cap *= 2;
         char *p = realloc(t->p, cap);
         if (!p) {
             t->bad = 1;
@@ -794,8 +814,9 @@ int svc_prometheus(svc *s, char **text, size_t *len, chord_err *err) {
     if (rc) return -1;
 
     tb_printf(&t, "# HELP chord_up 1 while the server runs.\n# TYPE chord_up gauge\nchord_up 1\n");
-    tb_printf(&t, "# HELP chord_uptime_seconds Seconds since the server started.\n"
-                  "# TYPE chord_uptime_seconds gauge\nchord_uptime_seconds %.3f\n",
+    tb_printf(&t,
+              "# HELP chord_uptime_seconds Seconds since the server started.\n"
+              "# TYPE chord_uptime_seconds gauge\nchord_uptime_seconds %.3f\n",
               chord_now() - s->started);
     tb_printf(&t, "# HELP chord_jobs Jobs by state.\n# TYPE chord_jobs gauge\n");
     for (int i = 0; i < STORE_JOB_NSTATES; i++)
@@ -807,28 +828,32 @@ int svc_prometheus(svc *s, char **text, size_t *len, chord_err *err) {
         tb_printf(&t, "chord_job_current_step{job=\"%s\",device=\"%s\"} %lld\n", running[i].id,
                   running[i].device ? running[i].device : "", (long long)running[i].current_step);
     store_job_list_free(running, n_running);
-    tb_printf(&t, "# HELP chord_workers Worker threads (one per device).\n"
-                  "# TYPE chord_workers gauge\nchord_workers %d\n",
+    tb_printf(&t,
+              "# HELP chord_workers Worker threads (one per device).\n"
+              "# TYPE chord_workers gauge\nchord_workers %d\n",
               s->jobs ? s->n_devices : 0);
 
     pthread_mutex_lock(&s->stats_mu);
-    tb_printf(&t, "# HELP chord_steps_total Training steps stored since the server started.\n"
-                  "# TYPE chord_steps_total counter\nchord_steps_total %llu\n",
+    tb_printf(&t,
+              "# HELP chord_steps_total Training steps stored since the server started.\n"
+              "# TYPE chord_steps_total counter\nchord_steps_total %llu\n",
               (unsigned long long)s->steps_total);
-    tb_printf(&t, "# HELP chord_tokens_per_second Throughput of the last step.\n"
-                  "# TYPE chord_tokens_per_second gauge\n"
-                  "chord_tokens_per_second{phase=\"train\"} %g\n"
-                  "chord_tokens_per_second{phase=\"rollout\"} %g\n",
+    tb_printf(&t,
+              "# HELP chord_tokens_per_second Throughput of the last step.\n"
+              "# TYPE chord_tokens_per_second gauge\n"
+              "chord_tokens_per_second{phase=\"train\"} %g\n"
+              "chord_tokens_per_second{phase=\"rollout\"} %g\n",
               isfinite(s->tokens_per_s_train) ? s->tokens_per_s_train : 0.0,
               isfinite(s->tokens_per_s_rollout) ? s->tokens_per_s_rollout : 0.0);
-    tb_printf(&t, "# HELP chord_dataset_uploads_total Dataset uploads committed.\n"
-                  "# TYPE chord_dataset_uploads_total counter\nchord_dataset_uploads_total %llu\n"
-                  "# HELP chord_dataset_upload_bytes_total Bytes of committed dataset uploads.\n"
-                  "# TYPE chord_dataset_upload_bytes_total counter\n"
-                  "chord_dataset_upload_bytes_total %llu\n"
-                  "# HELP chord_dataset_uploads_rejected_total Dataset uploads rejected.\n"
-                  "# TYPE chord_dataset_uploads_rejected_total counter\n"
-                  "chord_dataset_uploads_rejected_total %llu\n",
+    tb_printf(&t,
+              "# HELP chord_dataset_uploads_total Dataset uploads committed.\n"
+              "# TYPE chord_dataset_uploads_total counter\nchord_dataset_uploads_total %llu\n"
+              "# HELP chord_dataset_upload_bytes_total Bytes of committed dataset uploads.\n"
+              "# TYPE chord_dataset_upload_bytes_total counter\n"
+              "chord_dataset_upload_bytes_total %llu\n"
+              "# HELP chord_dataset_uploads_rejected_total Dataset uploads rejected.\n"
+              "# TYPE chord_dataset_uploads_rejected_total counter\n"
+              "chord_dataset_uploads_rejected_total %llu\n",
               (unsigned long long)s->uploads_total, (unsigned long long)s->upload_bytes_total,
               (unsigned long long)s->upload_rejected_total);
     tb_printf(&t, "# HELP chord_requests_total Requests served, by transport, route, method and "

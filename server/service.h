@@ -29,14 +29,14 @@
 typedef struct svc svc;
 
 typedef struct svc_options {
-    const char *data_dir;      /* required; created when missing */
-    const char *models_root;   /* directories models may be registered from; NULL =
-                                  <data_dir>/models (created) */
-    const char *device;        /* "auto" (all CUDA GPUs, else the CPU), "cpu", "cuda",
-                                  "cuda:N[,M...]"; NULL = "auto". One worker per device. */
-    int threads;               /* CPU threads per worker's backend; <= 0 = all cores */
-    int64_t max_upload_bytes;  /* dataset upload limit; <= 0 = 1 GiB */
-    int workers;               /* 0 = start no workers (jobs stay queued; API tests) */
+    const char *data_dir;     /* required; created when missing */
+    const char *models_root;  /* directories models may be registered from; NULL =
+                                 <data_dir>/models (created) */
+    const char *device;       /* "auto" (all CUDA GPUs, else the CPU), "cpu", "cuda",
+                                 "cuda:N[,M...]"; NULL = "auto". One worker per device. */
+    int threads;              /* CPU threads per worker's backend; <= 0 = all cores */
+    int64_t max_upload_bytes; /* dataset upload limit; <= 0 = 1 GiB */
+    int workers;              /* 0 = start no workers (jobs stay queued; API tests) */
 } svc_options;
 
 /* Opens the data directory (store.h), moves jobs left running by a dead process back to queued
@@ -75,12 +75,12 @@ int svc_job_list(svc *s, const char *state, size_t offset, size_t limit, json_t 
 int svc_job_cancel(svc *s, const char *id, json_t **job, chord_err *err);
 /* {"job_id", "since_step", "next_step", "steps": [{"step", "metrics": {name: value|null}}]}:
  * at most max_steps steps (0 = all) from since_step on; next_step is what to ask for next. */
-int svc_job_metrics(svc *s, const char *id, int64_t since_step, size_t max_steps,
-                    json_t **out, chord_err *err);
+int svc_job_metrics(svc *s, const char *id, int64_t since_step, size_t max_steps, json_t **out,
+                    chord_err *err);
 /* {"items": [{"step", "index", "kind", "prompt", "completion", "answer", "reward", "reason"}],
  * "total", "offset", "limit"}: the per-sample records of one step (step >= 0) or all (-1). */
-int svc_job_samples(svc *s, const char *id, int64_t step, size_t offset, size_t limit,
-                    json_t **out, chord_err *err);
+int svc_job_samples(svc *s, const char *id, int64_t step, size_t offset, size_t limit, json_t **out,
+                    chord_err *err);
 
 /* ---- checkpoints --------------------------------------------------------------------------
  * A checkpoint resource: {"id", "job_id", "step", "sha256", "bytes", "created_at", "files":
@@ -107,8 +107,7 @@ int svc_checkpoint_file(svc *s, const char *job_id, int64_t step, const char *re
 typedef struct svc_upload svc_upload;
 
 /* kind: "prompts" | "expert" | "eval"; name may be NULL ("dataset"). */
-int svc_upload_begin(svc *s, const char *name, const char *kind, svc_upload **out,
-                     chord_err *err);
+int svc_upload_begin(svc *s, const char *name, const char *kind, svc_upload **out, chord_err *err);
 /* Appends a chunk (data is len bytes, any split, even inside a UTF-8 sequence), validating
  * every line it completes. On error (CHORD_E_INVALID naming the line, CHORD_E_TOO_LARGE past
  * the limit) the upload is spoiled: later writes fail the same way; abort it. */
@@ -159,18 +158,18 @@ typedef enum { SVC_EVENT_STATE = 0, SVC_EVENT_STEP = 1, SVC_EVENT_CHECKPOINT = 2
 
 typedef struct svc_event {
     svc_event_type type;
-    int64_t step;  /* the step (STEP, CHECKPOINT) or the job's current step (STATE) */
-    int final;     /* 1 on the terminal state event: the last one */
-    json_t *data;  /* STEP: {"step", "metrics"}; STATE: the job; CHECKPOINT: the checkpoint.
-                      Owned by the caller (json_decref). */
+    int64_t step; /* the step (STEP, CHECKPOINT) or the job's current step (STATE) */
+    int final;    /* 1 on the terminal state event: the last one */
+    json_t *data; /* STEP: {"step", "metrics"}; STATE: the job; CHECKPOINT: the checkpoint.
+                     Owned by the caller (json_decref). */
 } svc_event;
 
 typedef struct svc_watch svc_watch;
 typedef void (*svc_notify_fn)(void *user);
 
 /* CHORD_E_NOT_FOUND for an unknown job. since_step < 0 means 0. */
-int svc_watch_open(svc *s, const char *job_id, int64_t since_step, svc_notify_fn notify,
-                   void *user, svc_watch **out, chord_err *err);
+int svc_watch_open(svc *s, const char *job_id, int64_t since_step, svc_notify_fn notify, void *user,
+                   svc_watch **out, chord_err *err);
 /* 1 with *ev filled, 0 when nothing new (wait for notify; also 0 forever once done), -1 on
  * error. */
 int svc_watch_poll(svc_watch *w, svc_event *ev, chord_err *err);

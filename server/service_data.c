@@ -17,7 +17,9 @@
 #include "server/base/log.h"
 #include "server/model/config.h"
 
-static int oom(chord_err *err) { return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory"); }
+static int oom(chord_err *err) {
+    return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
+}
 
 /* Rejects keys of obj not in allowed (NULL-terminated), naming the first with its prefix. */
 static int check_keys(const json_t *obj, const char *prefix, const char *const *allowed,
@@ -29,16 +31,14 @@ static int check_keys(const json_t *obj, const char *prefix, const char *const *
         for (size_t i = 0; allowed[i]; i++)
             if (!strcmp(key, allowed[i])) ok = 1;
         if (!ok)
-            return chord_err_set(err, "unknown field \"%s%s%s\"", prefix, *prefix ? "." : "",
-                                 key);
+            return chord_err_set(err, "unknown field \"%s%s%s\"", prefix, *prefix ? "." : "", key);
     }
     return 0;
 }
 
 /* ---- paths under the models root ---------------------------------------------------------- */
 
-int svc_resolve_under_root(svc *s, const char *field, const char *path, char *out,
-                           chord_err *err) {
+int svc_resolve_under_root(svc *s, const char *field, const char *path, char *out, chord_err *err) {
     if (!path || !*path) return chord_err_set(err, "%s: must be a non-empty path", field);
     char cand[PATH_MAX];
     int n = path[0] == '/' ? snprintf(cand, sizeof cand, "%s", path)
@@ -46,8 +46,7 @@ int svc_resolve_under_root(svc *s, const char *field, const char *path, char *ou
     if (n < 0 || (size_t)n >= sizeof cand) return chord_err_set(err, "%s: path too long", field);
     if (!realpath(cand, out)) {
         if (errno == ENOENT || errno == ENOTDIR)
-            return chord_err_set(err, "%s: '%s' does not exist under the models root", field,
-                                 path);
+            return chord_err_set(err, "%s: '%s' does not exist under the models root", field, path);
         return chord_err_set(err, "%s: '%s': %s", field, path, strerror(errno));
     }
     size_t rl = strlen(s->models_root);
@@ -95,8 +94,9 @@ int svc_resolve_model(svc *s, store *st, const char *field, const char *ref, cha
     if (!chord_is_dir(real)) return chord_err_set(err, "%s: '%s' is not a directory", field, ref);
     snprintf(cfg, sizeof cfg, "%s/config.json", real);
     if (!chord_is_file(cfg))
-        return chord_err_set(err, "%s: '%s' has no config.json (a Hugging Face model directory "
-                                  "is expected)",
+        return chord_err_set(err,
+                             "%s: '%s' has no config.json (a Hugging Face model directory "
+                             "is expected)",
                              field, ref);
     *dir = strdup(real);
     return *dir ? 0 : oom(err);
@@ -203,8 +203,9 @@ static int validate_line(const svc_upload *u, const char *text, size_t len, int6
             rc = chord_err_set(err, "line %lld: \"response\": required string (expert data)",
                                (long long)line);
         else if (messages && response)
-            rc = chord_err_set(err, "line %lld: \"response\": not used with \"messages\" (put "
-                                    "the reply in an assistant message)",
+            rc = chord_err_set(err,
+                               "line %lld: \"response\": not used with \"messages\" (put "
+                               "the reply in an assistant message)",
                                (long long)line);
         else if (messages && assistant == 0)
             rc = chord_err_set(err,
@@ -232,11 +233,11 @@ static int spoil(svc_upload *u, chord_err *err) {
     return -1;
 }
 
-int svc_upload_begin(svc *s, const char *name, const char *kind, svc_upload **out,
-                     chord_err *err) {
+int svc_upload_begin(svc *s, const char *name, const char *kind, svc_upload **out, chord_err *err) {
     *out = NULL;
     if (svc_stopping(s))
-        return chord_err_setc(err, CHORD_E_UNAVAILABLE, "server is stopping: not accepting uploads");
+        return chord_err_setc(err, CHORD_E_UNAVAILABLE,
+                              "server is stopping: not accepting uploads");
     store_dataset_kind k;
     if (!kind) return chord_err_set(err, "kind: required (prompts, expert or eval)");
     if (store_dataset_kind_parse(kind, &k, NULL))
@@ -260,7 +261,8 @@ int svc_upload_begin(svc *s, const char *name, const char *kind, svc_upload **ou
 static int line_append(svc_upload *u, const char *data, size_t len, chord_err *err) {
     if (u->line_len + len + 1 > u->line_cap) {
         size_t cap = u->line_cap ? u->line_cap : 4096;
-        while (cap < u->line_len + len + 1) cap *= 2;
+        while (cap < u->line_len + len + 1)
+            cap *= 2;
         char *p = realloc(u->line, cap);
         if (!p) return oom(err);
         u->line = p;
@@ -343,8 +345,8 @@ int svc_upload_commit(svc_upload *u, json_t **dataset, chord_err *err) {
     s->uploads_total++;
     s->upload_bytes_total += (uint64_t)d.bytes;
     pthread_mutex_unlock(&s->stats_mu);
-    LOG_INFO("dataset %s stored: %s, %lld lines, %lld bytes", d.id,
-             store_dataset_kind_name(d.kind), (long long)d.line_count, (long long)d.bytes);
+    LOG_INFO("dataset %s stored: %s, %lld lines, %lld bytes", d.id, store_dataset_kind_name(d.kind),
+             (long long)d.line_count, (long long)d.bytes);
     if (dataset) {
         *dataset = dataset_json(&d);
         if (!*dataset) rc = oom(err);
@@ -444,7 +446,8 @@ int svc_model_register(svc *s, const json_t *doc, json_t **model, chord_err *err
         char cfg_path[PATH_MAX + 16];
         snprintf(cfg_path, sizeof cfg_path, "%s/config.json", real);
         size_t len;
-        if (chord_read_file(cfg_path, &config_text, &len, err)) return chord_err_prefix(err, "path");
+        if (chord_read_file(cfg_path, &config_text, &len, err))
+            return chord_err_prefix(err, "path");
         directory = real;
         snprintf(tok, sizeof tok, "%s/tokenizer.json", real);
         if (chord_is_file(tok)) tokenizer = real;
@@ -575,10 +578,12 @@ json_t *svc_checkpoint_json(const store_checkpoint *c) {
         size_t n = json_array_size(files);
         json_t **tmp = n ? malloc(n * sizeof *tmp) : NULL;
         if (tmp) {
-            for (size_t i = 0; i < n; i++) tmp[i] = json_incref(json_array_get(files, i));
+            for (size_t i = 0; i < n; i++)
+                tmp[i] = json_incref(json_array_get(files, i));
             qsort(tmp, n, sizeof *tmp, by_path);
             json_array_clear(files);
-            for (size_t i = 0; i < n; i++) json_array_append_new(files, tmp[i]);
+            for (size_t i = 0; i < n; i++)
+                json_array_append_new(files, tmp[i]);
             free(tmp);
         }
     }
@@ -678,8 +683,7 @@ int svc_checkpoint_file(svc *s, const char *job_id, int64_t step, const char *re
     struct stat sb;
     if (stat(real, &sb) || !S_ISREG(sb.st_mode))
         return chord_err_setc(err, CHORD_E_NOT_FOUND, "checkpoint has no file '%s'", relpath);
-    if (strlen(real) + 1 > outlen)
-        return chord_err_setc(err, CHORD_E_INTERNAL, "path too long");
+    if (strlen(real) + 1 > outlen) return chord_err_setc(err, CHORD_E_INTERNAL, "path too long");
     memcpy(out, real, strlen(real) + 1);
     *size = (int64_t)sb.st_size;
     return 0;
@@ -726,23 +730,24 @@ static int read_real_field(const json_t *doc, const char *key, double lo, double
     if (!v) return 0;
     double x = json_number_value(v);
     if (!json_is_number(v) || x < lo || x > hi || (lo_open && x == lo))
-        return chord_err_set(err, "%s: must be a number in %s%g, %g]", key, lo_open ? "(" : "[",
-                             lo, hi);
+        return chord_err_set(err, "%s: must be a number in %s%g, %g]", key, lo_open ? "(" : "[", lo,
+                             hi);
     *out = x;
     return 0;
 }
 
 /* Checks the request and builds the resolved document for the generator (rollout.h). */
 static int rollout_resolve(svc *s, store *st, const json_t *doc, json_t *out, chord_err *err) {
-    static const char *const keys[] = {"prompts", "messages", "model", "checkpoint", "n",
-                                       "temperature", "top_p", "max_tokens", "seed", "answers",
-                                       "reward", NULL};
+    static const char *const keys[] = {"prompts", "messages",    "model",  "checkpoint",
+                                       "n",       "temperature", "top_p",  "max_tokens",
+                                       "seed",    "answers",     "reward", NULL};
     if (!json_is_object(doc)) return chord_err_set(err, "body: must be a JSON object");
     if (check_keys(doc, "", keys, err)) return -1;
     json_t *prompts = json_object_get(doc, "prompts"), *messages = json_object_get(doc, "messages");
     int bad = 0;
     size_t count = 0;
-    if (prompts && messages) return chord_err_set(err, "prompts: give prompts or messages, not both");
+    if (prompts && messages)
+        return chord_err_set(err, "prompts: give prompts or messages, not both");
     if (!prompts && !messages) return chord_err_set(err, "prompts: required (or messages)");
     if (prompts) {
         if (!json_is_array(prompts) || json_array_size(prompts) == 0 ||
@@ -824,8 +829,11 @@ static int rollout_resolve(svc *s, store *st, const json_t *doc, json_t *out, ch
                                  count);
         size_t i;
         json_t *a;
-        json_array_foreach(answers, i, a) if (!json_is_string(a) && !json_is_number(a)) return
-            chord_err_set(err, "answers[%zu]: must be a string or number", i);
+        json_array_foreach(
+            answers, i,
+            a) if (!json_is_string(a) &&
+                   !json_is_number(
+                       a)) return chord_err_set(err, "answers[%zu]: must be a string or number", i);
     }
     if (reward && (!json_is_object(reward) || !json_is_string(json_object_get(reward, "type"))))
         return chord_err_set(err, "reward: must be an object with a \"type\"");

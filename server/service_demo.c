@@ -60,6 +60,7 @@ int svc_submit_demo(svc *s, json_t **job, chord_err *err) {
     int vocab = tok_vocab_size(tok);
     tok_free(tok);
 
+    /* clang-format off */
     json_t *doc = json_pack(
         "{s:s, s:{s:{s:{s:s, s:[s], s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:f, s:f, s:b}, s:i}},"
         " s:{s:s, s:s, s:s}, s:s,"
@@ -82,6 +83,7 @@ int svc_submit_demo(svc *s, json_t **job, chord_err *err) {
         "optimizer", "lr", 3e-3, "schedule", "cosine", "warmup_steps", 10, "weight_decay", 0.0,
         "steps", 400, "seed", 1, "checkpoint_every", 50, "micro_batch_tokens", 4096,
         "eval", "every", 25, "k", 1, "temperature", 0.0);
+    /* clang-format on */
     if (!doc) return chord_err_setc(err, CHORD_E_INTERNAL, "demo: building the job document");
     int rc = svc_job_create(s, doc, job, err);
     json_decref(doc);

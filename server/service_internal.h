@@ -36,10 +36,10 @@ struct svc_watch {
     char job_id[STORE_ID_MAX];
     svc_notify_fn notify;
     void *user;
-    atomic_int dirty;  /* set by publish: something may be new */
-    int recheck;       /* the last poll returned an event: look again */
+    atomic_int dirty; /* set by publish: something may be new */
+    int recheck;      /* the last poll returned an event: look again */
     int done;
-    int last_state;    /* -1 before the first state event */
+    int last_state; /* -1 before the first state event */
     int64_t next_step;
     int64_t last_ckpt_step;
     struct svc_watch *next;
@@ -47,12 +47,12 @@ struct svc_watch {
 
 struct svc {
     char *data_dir;
-    char *models_root;      /* realpath */
+    char *models_root; /* realpath */
     int64_t max_upload;
-    double started;         /* chord_now() at open */
+    double started; /* chord_now() at open */
     int64_t started_ms;
     atomic_int stopping;
-    atomic_int shut_down;   /* svc_shutdown ran */
+    atomic_int shut_down; /* svc_shutdown ran */
     char **devices;
     int n_devices;
     jobs_pool *jobs;
@@ -102,8 +102,7 @@ json_t *svc_checkpoint_json(const store_checkpoint *c);
 
 /* Resolves `path` (relative to the models root, or absolute) to its realpath inside the root;
  * `field` names it in errors. out has PATH_MAX bytes. */
-int svc_resolve_under_root(svc *s, const char *field, const char *path, char *out,
-                           chord_err *err);
+int svc_resolve_under_root(svc *s, const char *field, const char *path, char *out, chord_err *err);
 
 /* Resolves a job's or rollout's "model" reference: a registered model id or a directory under
  * the models root. *dir gets the absolute directory (malloc'd) or NULL for a random-init model,

@@ -14,13 +14,13 @@
 typedef struct api_http api_http;
 
 typedef struct api_http_options {
-    const char *host;        /* "127.0.0.1", "0.0.0.0", "::1", "localhost" */
-    int port;                /* 0 = any free port (api_http_port tells which) */
-    int threads;             /* MHD thread pool size; <= 0 = 4 */
-    int connection_limit;    /* <= 0 = 512 */
-    int timeout_s;           /* idle connection timeout; <= 0 = 60 */
-    int heartbeat_s;         /* SSE heartbeat comment interval; <= 0 = 15 */
-    size_t max_json_bytes;   /* limit of JSON request bodies; 0 = 1 MiB */
+    const char *host;      /* "127.0.0.1", "0.0.0.0", "::1", "localhost" */
+    int port;              /* 0 = any free port (api_http_port tells which) */
+    int threads;           /* MHD thread pool size; <= 0 = 4 */
+    int connection_limit;  /* <= 0 = 512 */
+    int timeout_s;         /* idle connection timeout; <= 0 = 60 */
+    int heartbeat_s;       /* SSE heartbeat comment interval; <= 0 = 15 */
+    size_t max_json_bytes; /* limit of JSON request bodies; 0 = 1 MiB */
 } api_http_options;
 
 int api_http_start(svc *s, const api_http_options *opt, api_http **out, chord_err *err);

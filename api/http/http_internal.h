@@ -1,5 +1,5 @@
-/* http_internal.h — what the api/http sources share: the server and request structs, the route table
- * type and the response helpers. Not a public interface (http.h is). */
+/* http_internal.h — what the api/http sources share: the server and request structs, the route
+ * table type and the response helpers. Not a public interface (http.h is). */
 #ifndef CHORD_API_HTTP_INTERNAL_H
 #define CHORD_API_HTTP_INTERNAL_H
 
@@ -31,7 +31,7 @@ struct http_req {
     char method[12];
     char url[256]; /* for the access log (truncated) */
     double t0;
-    int status;    /* of the response queued (0 = none yet) */
+    int status; /* of the response queued (0 = none yet) */
     int64_t bytes_in, bytes_out;
     char *params[HTTP_MAX_PARAMS];
     int n_params;
@@ -77,16 +77,16 @@ enum MHD_Result http_send_err(http_req *r, const chord_err *err);
 /* Queues a file download (application/octet-stream). */
 enum MHD_Result http_send_file(http_req *r, const char *path, int64_t size, const char *name);
 /* Queues plain text with a content type. */
-enum MHD_Result http_send_text(http_req *r, unsigned status, const char *content_type,
-                               char *text, size_t len);
+enum MHD_Result http_send_text(http_req *r, unsigned status, const char *content_type, char *text,
+                               size_t len);
 /* Starts an event stream of a job's watch (Server-Sent Events). */
 enum MHD_Result http_send_events(http_req *r, const char *job_id, int64_t since_step);
 
 /* A query parameter, or NULL. */
 const char *http_query(http_req *r, const char *name);
 /* Parses an integer query parameter in [lo, hi] (def when absent); -1 with err naming it. */
-int http_query_int(http_req *r, const char *name, int64_t lo, int64_t hi, int64_t def,
-                   int64_t *out, chord_err *err);
+int http_query_int(http_req *r, const char *name, int64_t lo, int64_t hi, int64_t def, int64_t *out,
+                   chord_err *err);
 /* Parses the JSON body into *doc (400 messages name the line and column). */
 int http_body_json(http_req *r, json_t **doc, chord_err *err);
 

@@ -140,8 +140,7 @@ static result job_metrics(http_req *r) {
     json_t *doc = NULL;
     int rc = http_query_int(r, "since_step", 0, INT64_MAX, 0, &since, &err);
     if (rc == 0) rc = http_query_int(r, "max_steps", 0, 1000000, 0, &max_steps, &err);
-    if (rc == 0)
-        rc = svc_job_metrics(r->h->s, r->params[0], since, (size_t)max_steps, &doc, &err);
+    if (rc == 0) rc = svc_job_metrics(r->h->s, r->params[0], since, (size_t)max_steps, &doc, &err);
     return reply(r, rc, 200, doc, &err);
 }
 

@@ -35,8 +35,7 @@ static enum MHD_Result queue(http_req *r, unsigned status, struct MHD_Response *
 
 enum MHD_Result http_send_text(http_req *r, unsigned status, const char *content_type, char *text,
                                size_t len) {
-    struct MHD_Response *resp =
-        MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
+    struct MHD_Response *resp = MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
     if (!resp) {
         free(text);
         return MHD_NO;
@@ -50,7 +49,8 @@ enum MHD_Result http_send_json(http_req *r, unsigned status, json_t *doc) {
     char *text = doc ? json_dumps(doc, JSON_COMPACT | JSON_ENSURE_ASCII) : NULL;
     json_decref(doc);
     if (!text) {
-        static const char oom[] = "{\"error\":{\"code\":\"internal\",\"message\":\"out of memory\"}}";
+        static const char oom[] =
+            "{\"error\":{\"code\":\"internal\",\"message\":\"out of memory\"}}";
         struct MHD_Response *resp =
             MHD_create_response_from_buffer(sizeof oom - 1, (void *)oom, MHD_RESPMEM_PERSISTENT);
         if (resp) MHD_add_response_header(resp, "Content-Type", "application/json");
@@ -84,12 +84,23 @@ enum MHD_Result http_send_err(http_req *r, const chord_err *err) {
     unsigned status = 500;
     const char *code = "internal";
     switch (err->code) {
-    case CHORD_E_INVALID: status = 400, code = "invalid_argument"; break;
-    case CHORD_E_NOT_FOUND: status = 404, code = "not_found"; break;
-    case CHORD_E_CONFLICT: status = 409, code = "conflict"; break;
-    case CHORD_E_TOO_LARGE: status = 413, code = "payload_too_large"; break;
-    case CHORD_E_UNAVAILABLE: status = 503, code = "unavailable"; break;
-    default: break;
+    case CHORD_E_INVALID:
+        status = 400, code = "invalid_argument";
+        break;
+    case CHORD_E_NOT_FOUND:
+        status = 404, code = "not_found";
+        break;
+    case CHORD_E_CONFLICT:
+        status = 409, code = "conflict";
+        break;
+    case CHORD_E_TOO_LARGE:
+        status = 413, code = "payload_too_large";
+        break;
+    case CHORD_E_UNAVAILABLE:
+        status = 503, code = "unavailable";
+        break;
+    default:
+        break;
     }
     if (status == 500) LOG_ERROR("http %s %s: %s", r->method, r->url, err->msg);
     return http_send_error(r, status, code, "%s", err->msg[0] ? err->msg : "internal error");
@@ -112,7 +123,8 @@ enum MHD_Result http_send_file(http_req *r, const char *path, int64_t size, cons
     char disp[512];
     snprintf(disp, sizeof disp, "attachment; filename=\"%s\"", base ? base + 1 : name);
     for (char *p = disp; *p; p++)
-        if ((unsigned char)*p < 0x20 || *p == '\\' || (p > disp + 22 && *p == '"' && p[1])) *p = '_';
+        if ((unsigned char)*p < 0x20 || *p == '\\' || (p > disp + 22 && *p == '"' && p[1]))
+            *p = '_';
     MHD_add_response_header(resp, "Content-Disposition", disp);
     r->bytes_out = size;
     return queue(r, 200, resp);
@@ -124,8 +136,8 @@ const char *http_query(http_req *r, const char *name) {
     return MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, name);
 }
 
-int http_query_int(http_req *r, const char *name, int64_t lo, int64_t hi, int64_t def,
-                   int64_t *out, chord_err *err) {
+int http_query_int(http_req *r, const char *name, int64_t lo, int64_t hi, int64_t def, int64_t *out,
+                   chord_err *err) {
     const char *v = http_query(r, name);
     *out = def;
     if (!v) return 0;
@@ -156,8 +168,7 @@ int http_body_json(http_req *r, json_t **doc, chord_err *err) {
 }
 
 int http_upload_begin(http_req *r, chord_err *err) {
-    return svc_upload_begin(r->h->s, http_query(r, "name"), http_query(r, "kind"), &r->upload,
-                            err);
+    return svc_upload_begin(r->h->s, http_query(r, "name"), http_query(r, "kind"), &r->upload, err);
 }
 
 /* ---- routing ------------------------------------------------------------------------------ */
@@ -182,11 +193,13 @@ static int match(http_req *r, const char *pattern, const char *path) {
         p++, u++;
     }
     if (*p || *u) goto no;
-    for (int i = 0; i < n; i++) r->params[i] = params[i];
+    for (int i = 0; i < n; i++)
+        r->params[i] = params[i];
     r->n_params = n;
     return 1;
 no:
-    for (int i = 0; i < n; i++) free(params[i]);
+    for (int i = 0; i < n; i++)
+        free(params[i]);
     return 0;
 }
 
@@ -197,7 +210,8 @@ static const char *route_label(const http_req *r) {
 /* The media type of a header value, lowercased, without parameters. */
 static void media_type(const char *v, char *out, size_t outlen) {
     size_t i = 0;
-    while (v && *v == ' ') v++;
+    while (v && *v == ' ')
+        v++;
     for (; v && *v && *v != ';' && *v != ' ' && i + 1 < outlen; v++)
         out[i++] = (char)(*v >= 'A' && *v <= 'Z' ? *v + 32 : *v);
     out[i] = '\0';
@@ -211,9 +225,9 @@ static int json_content_type_ok(const char *ct) {
 }
 
 static int upload_content_type_ok(const char *ct) {
-    static const char *const ok[] = {"application/x-ndjson", "application/jsonl",
-                                     "application/x-jsonlines", "application/json-lines",
-                                     "application/jsonlines", "text/plain",
+    static const char *const ok[] = {"application/x-ndjson",     "application/jsonl",
+                                     "application/x-jsonlines",  "application/json-lines",
+                                     "application/jsonlines",    "text/plain",
                                      "application/octet-stream", NULL};
     if (!ct) return 1;
     char mt[128];
@@ -239,7 +253,8 @@ static int first_call(http_req *r, const char *path, enum MHD_Result *result) {
             r->n_params = probe.n_params;
             continue;
         }
-        for (int k = 0; k < probe.n_params; k++) free(probe.params[k]);
+        for (int k = 0; k < probe.n_params; k++)
+            free(probe.params[k]);
         if (!strstr(allow, rt->method)) {
             size_t l = strlen(allow);
             snprintf(allow + l, sizeof allow - l, "%s%s", l ? ", " : "", rt->method);
@@ -247,8 +262,8 @@ static int first_call(http_req *r, const char *path, enum MHD_Result *result) {
     }
     if (!r->route && allow[0]) {
         struct MHD_Response *resp = NULL;
-        json_t *doc = json_pack("{s:{s:s,s:s}}", "error", "code", "method_not_allowed",
-                                "message", "method not allowed here");
+        json_t *doc = json_pack("{s:{s:s,s:s}}", "error", "code", "method_not_allowed", "message",
+                                "method not allowed here");
         char *text = json_dumps(doc, JSON_COMPACT);
         json_decref(doc);
         if (text) {
@@ -320,7 +335,8 @@ static void body_chunk(http_req *r, const char *data, size_t len) {
         }
         if (r->body_len + len + 1 > r->body_cap) {
             size_t cap = r->body_cap ? r->body_cap : 1024;
-            while (cap < r->body_len + len + 1) cap *= 2;
+            while (cap < r->body_len + len + 1)
+                cap *= 2;
             char *p = realloc(r->body, cap);
             if (!p) {
                 r->failed = 1;
@@ -343,9 +359,8 @@ static void body_chunk(http_req *r, const char *data, size_t len) {
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
-                                  const char *method, const char *version,
-                                  const char *upload_data, size_t *upload_data_size,
-                                  void **con_cls) {
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls) {
     api_http *h = cls;
     (void)version;
     http_req *r = *con_cls;
@@ -367,8 +382,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         return MHD_YES;
     }
     if (*upload_data_size) {
-        if (r->route->body != HTTP_BODY_NONE) body_chunk(r, upload_data, *upload_data_size);
-        else r->bytes_in += (int64_t)*upload_data_size;
+        if (r->route->body != HTTP_BODY_NONE)
+            body_chunk(r, upload_data, *upload_data_size);
+        else
+            r->bytes_in += (int64_t)*upload_data_size;
         *upload_data_size = 0;
         return MHD_YES;
     }
@@ -388,8 +405,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (!r) return;
     *con_cls = NULL;
     double secs = chord_now() - r->t0;
-    static const char *const known[] = {"GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS",
-                                        NULL};
+    static const char *const known[] = {"GET",   "POST", "PUT",     "DELETE",
+                                        "PATCH", "HEAD", "OPTIONS", NULL};
     const char *m = "OTHER";
     for (size_t i = 0; known[i]; i++)
         if (!strcmp(r->method, known[i])) m = known[i];
@@ -399,7 +416,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
              (long long)r->bytes_in, (long long)r->bytes_out,
              toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (connection ended early)");
     svc_upload_abort(r->upload);
-    for (int i = 0; i < r->n_params; i++) free(r->params[i]);
+    for (int i = 0; i < r->n_params; i++)
+        free(r->params[i]);
     free(r->body);
     free(r);
 }
@@ -409,7 +427,8 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap) {
     char msg[512];
     vsnprintf(msg, sizeof msg, fmt, ap);
     size_t n = strlen(msg);
-    while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r')) msg[--n] = '\0';
+    while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
+        msg[--n] = '\0';
     LOG_WARN("http: %s", msg);
 }
 
@@ -457,8 +476,7 @@ static void resume_due(api_http *h) {
         pthread_mutex_lock(&h->sse_mu);
         for (sse_conn *c = h->streams; c; c = c->next) {
             pthread_mutex_lock(&c->mu);
-            if (c->suspended &&
-                (c->pending || stopping || now - c->last_write >= h->heartbeat_s)) {
+            if (c->suspended && (c->pending || stopping || now - c->last_write >= h->heartbeat_s)) {
                 if (n == sizeof todo / sizeof todo[0]) {
                     more = 1;
                 } else {
@@ -469,7 +487,8 @@ static void resume_due(api_http *h) {
             pthread_mutex_unlock(&c->mu);
         }
         pthread_mutex_unlock(&h->sse_mu);
-        for (size_t i = 0; i < n; i++) MHD_resume_connection(todo[i]);
+        for (size_t i = 0; i < n; i++)
+            MHD_resume_connection(todo[i]);
     }
 }
 
@@ -494,7 +513,8 @@ static void *waker_main(void *arg) {
 static int sse_append(sse_conn *c, const char *text, size_t len) {
     if (c->len + len > c->cap) {
         size_t cap = c->cap ? c->cap : 4096;
-        while (cap < c->len + len) cap *= 2;
+        while (cap < c->len + len)
+            cap *= 2;
         char *p = realloc(c->buf, cap);
         if (!p) return -1;
         c->buf = p;
@@ -643,7 +663,8 @@ int api_http_start(svc *s, const api_http_options *opt, api_http **out, chord_er
     pthread_mutex_init(&h->wake_mu, NULL);
     pthread_cond_init(&h->wake_cv, NULL);
 
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+    struct addrinfo hints = {.ai_family = AF_UNSPEC,
+                             .ai_socktype = SOCK_STREAM,
                              .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
     struct addrinfo *ai = NULL;
     char port[16];
@@ -658,9 +679,9 @@ int api_http_start(svc *s, const api_http_options *opt, api_http **out, chord_er
     if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
     h->daemon = MHD_start_daemon(
         flags, (uint16_t)opt->port, NULL, NULL, on_request, h, MHD_OPTION_EXTERNAL_LOGGER,
-        on_mhd_log, h, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
-        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)(opt->threads > 0 ? opt->threads : 4),
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned)(opt->connection_limit > 0 ? opt->connection_limit : 512),
+        on_mhd_log, h, MHD_OPTION_SOCK_ADDR, ai->ai_addr, MHD_OPTION_THREAD_POOL_SIZE,
+        (unsigned)(opt->threads > 0 ? opt->threads : 4), MHD_OPTION_CONNECTION_LIMIT,
+        (unsigned)(opt->connection_limit > 0 ? opt->connection_limit : 512),
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)(opt->timeout_s > 0 ? opt->timeout_s : 60),
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)256 * 1024, MHD_OPTION_NOTIFY_COMPLETED,
         on_completed, h, MHD_OPTION_END);
@@ -684,7 +705,9 @@ int api_http_start(svc *s, const api_http_options *opt, api_http **out, chord_er
     return 0;
 }
 
-int api_http_port(const api_http *h) { return h->port; }
+int api_http_port(const api_http *h) {
+    return h->port;
+}
 
 void api_http_quiesce(api_http *h) {
     if (!h || !h->daemon) return;

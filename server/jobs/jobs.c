@@ -40,8 +40,8 @@ typedef struct run_ctx {
     store_sample *samples;
     char **sample_strings; /* everything the samples point to */
     size_t n_samples, n_strings;
-    int64_t last_step;  /* the last step stored (the resume point before the first) */
-    int64_t last_ckpt;  /* the last step checkpointed (the resume point, or -1) */
+    int64_t last_step; /* the last step stored (the resume point before the first) */
+    int64_t last_ckpt; /* the last step checkpointed (the resume point, or -1) */
     char **last_names;
     double *last_values;
     int n_last;
@@ -96,7 +96,8 @@ int jobs_device_accepts(const char *worker_device, const char *job_device) {
 
 void jobs_devices_free(char **devices, int n) {
     if (!devices) return;
-    for (int i = 0; i < n; i++) free(devices[i]);
+    for (int i = 0; i < n; i++)
+        free(devices[i]);
     free(devices);
 }
 
@@ -112,7 +113,8 @@ int jobs_devices_expand(const char *spec, char ***devices, int *n, chord_err *er
         int g = ops_cuda_device_count();
         if (g == 0 && !strcmp(spec, "cuda"))
             return chord_err_set(err, "--device: cuda requested but no CUDA device is usable");
-        for (int i = 0; i < g && i < 64; i++) idx[count++] = i;
+        for (int i = 0; i < g && i < 64; i++)
+            idx[count++] = i;
     } else if (!strncmp(spec, "cuda:", 5)) {
         const char *p = spec + 5;
         for (;;) {
@@ -126,8 +128,7 @@ int jobs_devices_expand(const char *spec, char ***devices, int *n, chord_err *er
             p++;
         }
     } else {
-        return chord_err_set(err, "--device: '%s' is not auto, cpu, cuda or cuda:N[,M...]",
-                             spec);
+        return chord_err_set(err, "--device: '%s' is not auto, cpu, cuda or cuda:N[,M...]", spec);
     }
     int total = count > 0 ? count : 1;
     char **out = calloc((size_t)total, sizeof *out);
@@ -152,7 +153,8 @@ int jobs_devices_expand(const char *spec, char ***devices, int *n, chord_err *er
 /* ---- run context: samples and metrics of a step in one transaction ---------------------- */
 
 static void run_clear_samples(run_ctx *r) {
-    for (size_t i = 0; i < r->n_strings; i++) free(r->sample_strings[i]);
+    for (size_t i = 0; i < r->n_strings; i++)
+        free(r->sample_strings[i]);
     free(r->sample_strings);
     free(r->samples);
     r->sample_strings = NULL;
@@ -162,7 +164,8 @@ static void run_clear_samples(run_ctx *r) {
 }
 
 static void run_clear_last(run_ctx *r) {
-    for (int i = 0; i < r->n_last; i++) free(r->last_names[i]);
+    for (int i = 0; i < r->n_last; i++)
+        free(r->last_names[i]);
     free(r->last_names);
     free(r->last_values);
     r->last_names = NULL;
@@ -266,8 +269,7 @@ static int cb_on_step(void *user, int64_t step, const char *const *names, const 
     return 0;
 }
 
-static int cb_checkpoint_begin(void *user, int64_t step, char *dir, size_t dirlen,
-                               chord_err *err) {
+static int cb_checkpoint_begin(void *user, int64_t step, char *dir, size_t dirlen, chord_err *err) {
     run_ctx *r = user;
     char tmp[STORE_PATH_MAX];
     if (store_checkpoint_begin(r->w->st, r->job_id, step, tmp, err)) return -1;
@@ -282,14 +284,14 @@ static int cb_checkpoint_commit(void *user, int64_t step, const char *dir, chord
     (void)dir;
     store_checkpoint ck = {0};
     if (store_checkpoint_commit(r->w->st, r->job_id, step, &ck, err)) return -1;
-    LOG_DEBUG("job %s checkpoint step %lld: %s (%lld bytes)", r->job_id, (long long)step,
-              ck.path, (long long)ck.bytes);
+    LOG_DEBUG("job %s checkpoint step %lld: %s (%lld bytes)", r->job_id, (long long)step, ck.path,
+              (long long)ck.bytes);
     r->last_ckpt = step;
     store_checkpoint_free(&ck);
     if (r->cfg->keep_checkpoints > 0) {
         chord_err kerr = {0};
-        if (store_checkpoint_keep_last(r->w->st, r->job_id, (size_t)r->cfg->keep_checkpoints,
-                                       NULL, &kerr))
+        if (store_checkpoint_keep_last(r->w->st, r->job_id, (size_t)r->cfg->keep_checkpoints, NULL,
+                                       &kerr))
             LOG_WARN("job %s: pruning old checkpoints: %s", r->job_id, kerr.msg);
     }
     jobs_pool *p = r->w->pool;
@@ -377,8 +379,7 @@ static void finish_job(worker *w, const char *id, store_job_state to, const char
     if (store_job_transition(w->st, id, to, text, NULL, NULL, &err))
         LOG_ERROR("job %s: moving to %s: %s", id, store_job_state_name(to), err.msg);
     else
-        LOG_INFO("job %s %s%s%s", id, store_job_state_name(to), text ? ": " : "",
-                 text ? text : "");
+        LOG_INFO("job %s %s%s%s", id, store_job_state_name(to), text ? ": " : "", text ? text : "");
     if (w->pool->hooks.publish) w->pool->hooks.publish(w->pool->hooks.user, id);
 }
 
@@ -523,12 +524,12 @@ static void run_rollouts(worker *w, void *live_model, const char *live_job_id) {
             if (!result_text) rc = chord_err_setc(&err, CHORD_E_INTERNAL, "out of memory");
         }
         chord_err ferr = {0};
-        if (store_rollout_finish(w->st, id, rc == 0 ? result_text : NULL,
-                                 rc == 0 ? NULL : err.msg, &ferr))
+        if (store_rollout_finish(w->st, id, rc == 0 ? result_text : NULL, rc == 0 ? NULL : err.msg,
+                                 &ferr))
             LOG_ERROR("rollout %s: storing the result: %s", id, ferr.msg);
         else
-            LOG_INFO("rollout %s %s%s%s", id, rc == 0 ? "succeeded" : "failed",
-                     rc == 0 ? "" : ": ", rc == 0 ? "" : err.msg);
+            LOG_INFO("rollout %s %s%s%s", id, rc == 0 ? "succeeded" : "failed", rc == 0 ? "" : ": ",
+                     rc == 0 ? "" : err.msg);
         if (w->pool->hooks.publish) w->pool->hooks.publish(w->pool->hooks.user, id);
         free(result_text);
         json_decref(result);
@@ -551,7 +552,8 @@ static void *worker_main(void *arg) {
         store_job job = {0};
         int found = 0;
         chord_err err = {0};
-        if (claim(w, &job, &found, &err)) LOG_ERROR("worker %s: claiming a job: %s", w->device, err.msg);
+        if (claim(w, &job, &found, &err))
+            LOG_ERROR("worker %s: claiming a job: %s", w->device, err.msg);
         if (found) {
             pthread_mutex_lock(&p->mu);
             memcpy(w->job_id, job.id, STORE_ID_MAX);
@@ -619,8 +621,8 @@ int jobs_start(const jobs_options *opt, jobs_pool **out, chord_err *err) {
             return -1;
         }
         if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
-            chord_err_setc(err, CHORD_E_INTERNAL, "worker %s: cannot start a thread: %s",
-                           w->device, strerror(errno));
+            chord_err_setc(err, CHORD_E_INTERNAL, "worker %s: cannot start a thread: %s", w->device,
+                           strerror(errno));
             jobs_stop(p);
             return -1;
         }

@@ -30,10 +30,10 @@ typedef struct jobs_hooks {
 } jobs_hooks;
 
 typedef struct jobs_options {
-    const char *data_dir;           /* the store's data directory */
-    const char *const *devices;     /* one worker per device: "cpu", "cuda:0", ... */
+    const char *data_dir;       /* the store's data directory */
+    const char *const *devices; /* one worker per device: "cpu", "cuda:0", ... */
     int n_devices;
-    int threads;                    /* CPU threads per backend; <= 0 = all */
+    int threads; /* CPU threads per backend; <= 0 = all */
     jobs_hooks hooks;
 } jobs_options;
 
