@@ -205,7 +205,10 @@ static void on_recv(gcall *c, int ok) {
         } else {
             grpc_slice sl = grpc_byte_buffer_reader_readall(&rd);
             grpc_byte_buffer_reader_destroy(&rd);
-            c->m->message(c, GRPC_SLICE_START_PTR(sl), GRPC_SLICE_LENGTH(sl));
+            /* an empty message (every field default) is a message, not the end */
+            static const unsigned char empty[1];
+            const unsigned char *p = GRPC_SLICE_LENGTH(sl) ? GRPC_SLICE_START_PTR(sl) : empty;
+            c->m->message(c, p, GRPC_SLICE_LENGTH(sl));
             grpc_slice_unref(sl);
         }
         grpc_byte_buffer_destroy(bb);

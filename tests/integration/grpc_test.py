@@ -134,6 +134,35 @@ def test_health_watch_sees_shutdown():
         s.cleanup()
 
 
+def test_shutdown_ends_open_streams():
+    """SIGTERM with a WatchJob stream open on a running job: the stream ends (UNAVAILABLE),
+    the job goes back to the queue with a checkpoint, chordd exits 0."""
+    s = GrpcChordd().start()
+    try:
+        stub = s.stub()
+        p = stub.UploadDataset(iter([pb.UploadDatasetRequest(kind="prompts",
+                                                             data=jsonl(arith_prompts(20)))]))
+        job = long_job(stub, p.id)
+        call = stub.WatchJob(pb.WatchJobRequest(id=job.id), timeout=60)
+        next(call)
+        got, ended = [], []
+
+        def read():
+            try:
+                for e in call:
+                    got.append(e)
+            except grpc.RpcError as e:
+                ended.append(e.code())
+        t = threading.Thread(target=read)
+        t.start()
+        wait_state(s, job.id, ("running",))
+        assert s.stop() == 0
+        t.join(20)
+        assert not t.is_alive() and ended == [grpc.StatusCode.UNAVAILABLE], ended
+    finally:
+        s.cleanup()
+
+
 def test_port_taken_is_an_error(srv):
     """GRPC_ARG_ALLOW_REUSEPORT is off: a second server on the same port fails to start."""
     other = GrpcChordd()
@@ -172,6 +201,16 @@ def test_upload_in_chunks(srv, stub):
     assert_same(rest, stub.ListDatasets(pb.ListDatasetsRequest(limit=1000)))
     page = stub.ListDatasets(pb.ListDatasetsRequest(limit=1))
     assert len(page.items) == 1 and page.limit == 1 and page.total >= 1
+
+
+def test_upload_empty_chunks_are_chunks(srv, stub):
+    body = jsonl(arith_prompts(3))
+    d = stub.UploadDataset(iter([pb.UploadDatasetRequest(kind="prompts"),
+                                 pb.UploadDatasetRequest(),
+                                 pb.UploadDatasetRequest(data=body[:10]),
+                                 pb.UploadDatasetRequest(),
+                                 pb.UploadDatasetRequest(data=body[10:])]))
+    assert d.lines == 3 and d.sha256 == hashlib.sha256(body).hexdigest()
 
 
 def test_upload_bad_line_names_it_and_stores_nothing(srv, stub):
