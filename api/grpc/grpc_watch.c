@@ -38,7 +38,9 @@ static void feed_unref_n(gfeed *f, int n) {
     free(f);
 }
 
-void api_grpc_feed_unref(gfeed *f) { feed_unref_n(f, 1); }
+void api_grpc_feed_unref(gfeed *f) {
+    feed_unref_n(f, 1);
+}
 
 static void feed_notify(void *user) {
     api_grpc_feed_kick(user);
