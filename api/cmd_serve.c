@@ -1,8 +1,8 @@
 /* cmd_serve.c — `chordd` / `chordd serve`: the daemon. Parses the flags, opens the service
  * (SQLite, job workers), starts the REST and gRPC transports, optionally submits the embedded
- * demo job, then waits for SIGINT / SIGTERM and stops in order: stop accepting connections, let each
- * running job finish its step and write a checkpoint (it resumes at the next start), end the
- * event streams, close SQLite.
+ * demo job, then waits for SIGINT / SIGTERM and stops in order: stop accepting connections, let
+ * each running job finish its step and write a checkpoint (it resumes at the next start), end
+ * the event streams, close SQLite.
  *
  * Not here: anything a request does (api/http, server/service.h). */
 #include <errno.h>
