@@ -12,6 +12,57 @@
 
 #include "server/base/fileutil.h"
 
+/* Every record parses as a JSON object with the fields its kind needs, checked once at open so
+ * that a bad line fails the job before any training (naming the line), not at the step that
+ * happens to draw it. Reads the file sequentially; no tokenization. */
+static int check_records(trainer_dataset *ds, chord_err *err) {
+    char *buf = NULL;
+    size_t cap = 0;
+    int rc = 0;
+    for (int64_t i = 0; i < ds->n && rc == 0; i++) {
+        size_t len = (size_t)(ds->offsets[i + 1] - ds->offsets[i]);
+        if (len + 1 > cap) {
+            char *nb = realloc(buf, len + 1);
+            if (!nb) {
+                rc = chord_err_setc(err, CHORD_E_INTERNAL, "%s: out of memory", ds->path);
+                break;
+            }
+            buf = nb;
+            cap = len + 1;
+        }
+        if (pread(ds->fd, buf, len, (off_t)ds->offsets[i]) != (ssize_t)len) {
+            rc = chord_err_setc(err, CHORD_E_IO, "%s: read failed", ds->path);
+            break;
+        }
+        buf[len] = '\0';
+        long long lno = (long long)ds->lines[i];
+        json_error_t je;
+        json_t *rec = json_loads(buf, JSON_DISABLE_EOF_CHECK, &je);
+        if (!rec) {
+            rc = chord_err_set(err, "%s: line %lld: invalid JSON: %s (column %d)", ds->path, lno,
+                               je.text, je.column);
+            break;
+        }
+        const json_t *prompt = json_object_get(rec, "prompt");
+        const json_t *messages = json_object_get(rec, "messages");
+        if (!json_is_object(rec))
+            rc = chord_err_set(err, "%s: line %lld: not a JSON object", ds->path, lno);
+        else if (messages && !json_is_array(messages))
+            rc = chord_err_set(err, "%s: line %lld: \"messages\" must be an array", ds->path, lno);
+        else if (!messages && !json_is_string(prompt))
+            rc = chord_err_set(err, "%s: line %lld: needs a string \"prompt\" or \"messages\"",
+                               ds->path, lno);
+        else if (ds->kind == TRAINER_DATA_EXPERT && !messages &&
+                 !json_is_string(json_object_get(rec, "response")))
+            rc = chord_err_set(err, "%s: line %lld: an expert record needs a string \"response\" "
+                                    "(or \"messages\")",
+                               ds->path, lno);
+        json_decref(rec);
+    }
+    free(buf);
+    return rc;
+}
+
 int trainer_dataset_open(trainer_dataset *ds, const char *path, trainer_data_kind kind,
                          uint64_t seed, chord_err *err) {
     memset(ds, 0, sizeof *ds);
@@ -76,6 +127,10 @@ int trainer_dataset_open(trainer_dataset *ds, const char *path, trainer_data_kin
     }
     ds->perm = malloc((size_t)ds->n * sizeof *ds->perm);
     if (!ds->perm) goto oom;
+    if (check_records(ds, err) != 0) {
+        trainer_dataset_close(ds);
+        return -1;
+    }
     return 0;
 oom:
     trainer_dataset_close(ds);
@@ -146,7 +201,9 @@ int trainer_dataset_item_at(trainer_dataset *ds, int64_t i, const tok_tokenizer 
     json_error_t je;
     json_t *rec = json_loads(line, JSON_DISABLE_EOF_CHECK, &je);
     free(line);
-    if (!rec || !json_is_object(rec)) {
+    if (!rec) return chord_err_set(err, "%s: line %lld: invalid JSON: %s (column %d)", ds->path,
+                                   lno, je.text, je.column);
+    if (!json_is_object(rec)) {
         json_decref(rec);
         return chord_err_set(err, "%s: line %lld: not a JSON object", ds->path, lno);
     }

@@ -4,8 +4,10 @@
  * A cursor is the number of records consumed since the start of the job; record = perm_e[c % n]
  * with e = c / n, so a checkpoint stores two integers and a resumed job reads the same records.
  * The file is indexed once (line offsets) and read with pread: a dataset larger than memory is
- * fine. Not here: parsing user uploads for validation (the service does that with the dataset
- * readers) — a bad line here fails the step with the file's line number. */
+ * fine. Opening checks every record once (a JSON object with "prompt" or "messages", and a
+ * "response" for expert data), so a bad line fails the job at once with its line number; what
+ * only tokenization can find (e.g. a messages list with no assistant turn) fails the step that
+ * reads it, with the line number too. Not here: the service's upload validation (dataset.h). */
 #ifndef CHORD_TRAIN_TRAINER_DATA_H
 #define CHORD_TRAIN_TRAINER_DATA_H
 

@@ -1,0 +1,243 @@
+"""train_cli_test.py — `chordd train` and `chordd eval` as a user runs them (the real binary,
+$CHORDD, set by tests/integration/train.cmake):
+
+- error paths: a bad job file names the field (or the line and column of a syntax error), a
+  missing dataset names the data field and the path, a bad JSONL line names the file and line,
+  before any training step;
+- --stop-after then --resume gives the metrics of an uninterrupted run (timings aside);
+- checkpoints are model directories that `chordd eval` loads; its accuracy / avg@k / pass@k are
+  recomputed here from its per-sample output, with the answers re-checked by Python
+  (the last \\boxed{} against the integer answer of the arithmetic problem, evaluated here).
+
+Tiny models and a few steps: the whole file runs in seconds."""
+import json
+import os
+import re
+import subprocess
+
+import pytest
+
+CHORDD = os.environ.get("CHORDD", "build/api/chordd")
+
+TINY = {
+    "model_type": "qwen2",
+    "vocab_size": 1024,  # the embedded default tokenizer's
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
+    "max_position_embeddings": 128,
+}
+
+
+def run(*args, check=None):
+    p = subprocess.run([CHORDD, *args], capture_output=True, text=True, timeout=300)
+    if check is not None:
+        assert p.returncode == check, (p.returncode, p.stdout, p.stderr)
+    return p
+
+
+def write_jsonl(path, records):
+    with open(path, "w") as f:
+        for r in records:
+            f.write((r if isinstance(r, str) else json.dumps(r)) + "\n")
+    return str(path)
+
+
+def problems(n, seed):
+    out = []
+    for i in range(n):
+        a, b = (seed * 31 + i * 7) % 50, (seed * 17 + i * 13) % 50
+        out.append((f"Compute {a}+{b}.", str(a + b), f"{a}+{b}={a + b} \\boxed{{{a + b}}}"))
+    return out
+
+
+@pytest.fixture
+def data(tmp_path):
+    prompts = write_jsonl(tmp_path / "prompts.jsonl",
+                          [{"prompt": p, "answer": a} for p, a, _ in problems(40, 1)])
+    expert = write_jsonl(tmp_path / "expert.jsonl",
+                         [{"prompt": p, "response": r} for p, _, r in problems(40, 2)])
+    evals = write_jsonl(tmp_path / "eval.jsonl",
+                        [{"prompt": p, "answer": a} for p, a, _ in problems(12, 3)])
+    return {"prompts": prompts, "expert": expert, "eval": evals}
+
+
+def job(tmp_path, data, **over):
+    doc = {
+        "model": {"init": {"seed": 1, "config": TINY}},
+        "data": data,
+        "algorithm": "chord",
+        "chord": {"mu": 0.5},
+        "grpo": {"group_size": 2, "prompts_per_step": 4},
+        "expert_per_step": 4,
+        "sampling": {"max_new_tokens": 8},
+        "optimizer": {"lr": 0.003},
+        "steps": 4,
+        "seed": 5,
+        "checkpoint_every": 2,
+        "keep_checkpoints": 0,
+        "eval": {"every": 2, "k": 2, "temperature": 1.0},
+    }
+    doc.update(over)
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps(doc))
+    return str(path)
+
+
+# ---- error paths -----------------------------------------------------------------------------
+
+
+def test_bad_job_names_the_field(tmp_path, data):
+    p = run("train", job(tmp_path, data, grpo={"clip_low": 2}), "--out", str(tmp_path / "o"),
+            check=2)
+    assert "grpo.clip_low" in p.stderr
+    p = run("train", job(tmp_path, data, grpo={"clipp_low": 0.1}), "--out",
+            str(tmp_path / "o"), check=2)
+    assert "grpo.clipp_low" in p.stderr
+    p = run("train", job(tmp_path, data, model={"init": {"config": dict(TINY, hidden_size=-4)}}),
+            "--out", str(tmp_path / "o"), check=2)
+    assert "model.init.config" in p.stderr and "hidden_size" in p.stderr
+    bad = tmp_path / "syntax.json"
+    bad.write_text('{"steps": 3,\n  "seed": }\n')
+    p = run("train", str(bad), check=2)
+    assert "syntax.json" in p.stderr and re.search(r"line 2", p.stderr), p.stderr
+    p = run("train", str(tmp_path / "absent.json"), check=2)
+    assert "absent.json" in p.stderr
+
+
+def test_missing_dataset_names_field_and_path(tmp_path, data):
+    missing = str(tmp_path / "nope.jsonl")
+    p = run("train", job(tmp_path, dict(data, expert=missing)), "--out", str(tmp_path / "o"),
+            check=1)
+    assert "data.expert" in p.stderr and missing in p.stderr
+    assert not (tmp_path / "o" / "checkpoints").exists()  # failed before any step
+    p = run("train", job(tmp_path, {"expert": data["expert"]}), "--out", str(tmp_path / "o"),
+            check=2)
+    assert "data.prompts" in p.stderr  # required by the algorithm
+
+
+def test_bad_jsonl_line_names_the_line(tmp_path, data):
+    lines = [json.dumps({"prompt": "Compute 1+1.", "answer": "2"})] * 30
+    lines[16] = '{"prompt": "Compute 2+2.", answer: 4}'  # line 17
+    bad = write_jsonl(tmp_path / "bad_prompts.jsonl", lines)
+    p = run("train", job(tmp_path, dict(data, prompts=bad)), "--out", str(tmp_path / "o"),
+            check=1)
+    assert "bad_prompts.jsonl: line 17" in p.stderr, p.stderr
+    assert "data.prompts" in p.stderr
+    lines = [json.dumps({"prompt": "Compute 1+1.", "response": "\\boxed{2}"})] * 5
+    lines.insert(3, "")  # blank lines are skipped but counted
+    lines[4] = json.dumps({"prompt": "Compute 1+1."})  # line 5: no response
+    bad = write_jsonl(tmp_path / "bad_expert.jsonl", lines)
+    p = run("train", job(tmp_path, dict(data, expert=bad)), "--out", str(tmp_path / "o"),
+            check=1)
+    assert "bad_expert.jsonl: line 5" in p.stderr and "response" in p.stderr, p.stderr
+    assert not (tmp_path / "o" / "checkpoints").exists()
+
+
+# ---- stop and resume -------------------------------------------------------------------------
+
+
+def read_metrics(path):
+    rows = {}
+    for line in open(path):
+        d = json.loads(line)
+        rows[d["step"]] = {k: v for k, v in d["metrics"].items()
+                           if not k.startswith(("time/", "tokens_per_s")) and k != "eval/time"}
+    return rows
+
+
+def test_stop_and_resume_repeat_the_metrics(tmp_path, data):
+    j = job(tmp_path, data)
+    run("train", j, "--out", str(tmp_path / "whole"), "--threads", "1", "--metrics-out",
+        str(tmp_path / "whole.jsonl"), check=0)
+    run("train", j, "--out", str(tmp_path / "part"), "--threads", "1", "--stop-after", "3",
+        "--metrics-out", str(tmp_path / "part.jsonl"), check=0)
+    assert sorted(os.listdir(tmp_path / "part" / "checkpoints")) == ["step_2", "step_3"]
+    run("train", j, "--out", str(tmp_path / "part"), "--threads", "1", "--resume",
+        "--metrics-out", str(tmp_path / "part.jsonl"), check=0)
+    whole, part = read_metrics(tmp_path / "whole.jsonl"), read_metrics(tmp_path / "part.jsonl")
+    assert sorted(whole) == [1, 2, 3, 4] and sorted(part) == [1, 2, 3, 4]
+    for s in whole:
+        assert whole[s] == part[s], s
+    assert "eval/accuracy" in part[4]
+
+
+# ---- chordd eval -----------------------------------------------------------------------------
+
+
+def boxed(text):
+    """The content of the last \\boxed{...} (balanced braces), or None."""
+    i = text.rfind("\\boxed{")
+    if i < 0:
+        return None
+    depth, j = 0, i + len("\\boxed")
+    for k in range(j, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[k], 0)
+        if depth == 0:
+            return text[j + 1:k]
+    return None
+
+
+def same_number(text, answer):
+    try:
+        return float(text.strip()) == float(answer)
+    except ValueError:
+        return False
+
+
+def test_eval_a_checkpoint(tmp_path, data):
+    j = job(tmp_path, data, algorithm="sft", steps=30, expert_per_step=8, chord=None,
+            optimizer={"lr": 0.01}, eval={"every": 0}, keep_checkpoints=2, checkpoint_every=10)
+    run("train", j, "--out", str(tmp_path / "o"), "--threads", "1", check=0)
+    # keep_checkpoints = 2: the older ones are gone
+    assert sorted(os.listdir(tmp_path / "o" / "checkpoints")) == ["step_20", "step_30"]
+    ck = tmp_path / "o" / "checkpoints" / "step_30"
+    for f in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        assert (ck / f).is_file(), f
+    samples = tmp_path / "samples.jsonl"
+    p = run("eval", "--model", str(ck), "--data", data["eval"], "--k", "3", "--temperature",
+            "1.0", "--max-new-tokens", "16", "--samples-out", str(samples), "--threads", "1",
+            check=0)
+    out = json.loads(p.stdout)
+    rows = [json.loads(l) for l in open(samples)]
+    answers = [json.loads(l)["answer"] for l in open(data["eval"])]
+    assert out["prompts"] == 12 and out["k"] == 3 and len(rows) == 36
+    correct = {}
+    for r in rows:
+        assert r["answer"] == answers[r["index"]]
+        mine = boxed(r["completion"])
+        ok = mine is not None and same_number(mine, r["answer"])
+        assert ok == (r["reason"] == "correct"), r
+        correct.setdefault(r["index"], []).append(ok)
+    assert sorted(correct) == list(range(12)) and all(len(v) == 3 for v in correct.values())
+    acc = sum(sum(v) for v in correct.values()) / 36
+    pass_k = sum(any(v) for v in correct.values()) / 12
+    assert abs(out["accuracy"] - acc) < 1e-6 and abs(out["avg_at_k"] - acc) < 1e-6
+    assert abs(out["pass_at_k"] - pass_k) < 1e-6
+    assert out["errors"] == 0
+    # the same seed gives the same numbers; greedy k = 1 is the default
+    again = json.loads(run("eval", "--model", str(ck), "--data", data["eval"], "--k", "3",
+                           "--temperature", "1.0", "--max-new-tokens", "16", "--threads", "1",
+                           check=0).stdout)
+    assert again["accuracy"] == out["accuracy"] and again["pass_at_k"] == out["pass_at_k"]
+    greedy = json.loads(run("eval", "--model", str(ck), "--data", data["eval"], "--threads", "1",
+                            check=0).stdout)
+    assert greedy["k"] == 1 and greedy["temperature"] == 0
+    assert greedy["accuracy"] == greedy["pass_at_k"]
+
+
+def test_eval_errors(tmp_path, data):
+    p = run("eval", "--data", data["eval"], check=2)
+    assert "--model" in p.stderr
+    p = run("eval", "--model", str(tmp_path / "none"), "--data", data["eval"], check=1)
+    assert "none" in p.stderr
+    p = run("eval", "--model", str(tmp_path), "--data", data["eval"], "--reward", "{bad",
+            check=1)
+    assert "--reward" in p.stderr
+    p = run("eval", "--model", str(tmp_path), "--data", data["eval"], "--reward",
+            '{"type": "nope"}', check=1)
+    assert "reward" in p.stderr and "type" in p.stderr
+    p = run("eval", "--model", str(tmp_path), "--data", data["eval"], "--k", "0", check=2)
+    assert "--k" in p.stderr
