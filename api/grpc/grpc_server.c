@@ -476,9 +476,9 @@ static void on_shutdown(gcall *c, int ok) {
     (void)ok;
 }
 
-static void *worker_main(void *arg) {
-    api_grpc *g = arg;
-    pthread_setname_np(pthread_self(), "grpc-cq");
+/* Runs completions until the queue shuts down, or (until_shutdown_tag) until the server's
+ * shutdown tag comes out. */
+static void drain(api_grpc *g, int until_shutdown_tag) {
     for (;;) {
         grpc_event ev = grpc_completion_queue_next(g->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
         if (ev.type == GRPC_QUEUE_SHUTDOWN) break;
@@ -489,12 +489,19 @@ static void *worker_main(void *arg) {
             g->shutdown_done = 1;
             pthread_cond_broadcast(&g->state_cv);
             pthread_mutex_unlock(&g->state_mu);
+            if (until_shutdown_tag) break;
             continue;
         }
         gcall *c = t->c;
         t->fn(c, ev.success);
         call_unref(c); /* the batch's reference */
     }
+}
+
+static void *worker_main(void *arg) {
+    api_grpc *g = arg;
+    pthread_setname_np(pthread_self(), "grpc-cq");
+    drain(g, 0);
     return NULL;
 }
 
@@ -653,7 +660,11 @@ void api_grpc_stop(api_grpc *g) {
     if (!g) return;
     api_grpc_quiesce(g);
     atomic_store(&g->ending, 1);
-    kick_streams(g); /* streams end with UNAVAILABLE */
+    kick_streams(g);         /* streams end with UNAVAILABLE */
+    if (g->n_workers == 0) { /* a start that failed half-way: nobody drains the queue */
+        grpc_server_cancel_all_calls(g->server);
+        drain(g, 1);
+    }
     if (!wait_shutdown(g, now_s() + g->grace_ms / 1000.0)) {
         LOG_WARN("grpc: calls still running after %d ms: cancelling them", g->grace_ms);
         grpc_server_cancel_all_calls(g->server);
