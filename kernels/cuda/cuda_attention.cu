@@ -18,21 +18,21 @@
 #include "kernels/cuda/cuda_internal.cuh"
 
 enum {
-    ATT_BQ = 32,                   // query rows per tile
-    ATT_BK = 32,                   // keys per tile: one per lane
-    ATT_WARPS = 8,                 // warps per block
-    ATT_RPW = ATT_BQ / ATT_WARPS,  // rows (or keys) per warp
-    ATT_THREADS = ATT_WARPS * 32,  //
-    ATT_MAXD = 256,                // largest head size
-    DEC_WARPS = 4                  // decode: warps per (row, head)
+    ATT_BQ = 32,                  // query rows per tile
+    ATT_BK = 32,                  // keys per tile: one per lane
+    ATT_WARPS = 8,                // warps per block
+    ATT_RPW = ATT_BQ / ATT_WARPS, // rows (or keys) per warp
+    ATT_THREADS = ATT_WARPS * 32, //
+    ATT_MAXD = 256,               // largest head size
+    DEC_WARPS = 4                 // decode: warps per (row, head)
 };
 
 // ---- the tile table ----
 
 // tiles[t] = (sequence, first row within it) for every ATT_BQ-row tile; *ntiles = the count, or 0
 // with CU_EFLAG_CU raised when cu_seqlens is not 0 .. N non-decreasing. One block of 1024.
-__global__ void att_tiles_kernel(int2 *tiles, int *ntiles, const int32_t *cu, int S, int N,
-                                 int cap, unsigned int *flags) {
+__global__ void att_tiles_kernel(int2 *tiles, int *ntiles, const int32_t *cu, int S, int N, int cap,
+                                 unsigned int *flags) {
     __shared__ int sh[33];
     int per = (S + (int)blockDim.x - 1) / (int)blockDim.x;
     int s0 = (int)threadIdx.x * per, s1 = min(S, s0 + per);
@@ -67,8 +67,8 @@ __global__ void att_tiles_kernel(int2 *tiles, int *ntiles, const int32_t *cu, in
 template <int ND>
 __global__ void __launch_bounds__(ATT_THREADS)
     att_fwd_kernel(float *out, float *lse, const float *q, int ldq, const float *k, int ldk,
-                   const float *v, int ldv, const int32_t *cu, const int2 *tiles,
-                   const int *ntiles, int Hq, int Hkv, int D, float scale) {
+                   const float *v, int ldv, const int32_t *cu, const int2 *tiles, const int *ntiles,
+                   int Hq, int Hkv, int D, float scale) {
     if ((int)blockIdx.x >= *ntiles) return;
     const int h = blockIdx.y, kvh = h / (Hq / Hkv);
     const int2 tl = tiles[blockIdx.x];
@@ -76,9 +76,9 @@ __global__ void __launch_bounds__(ATT_THREADS)
     const int nq = min((int)ATT_BQ, L - i0), nkeys = i0 + nq;
     const int ks = D | 1; // odd stride: lane j reading row j is bank-conflict free
     extern __shared__ float smem[];
-    float *Qs = smem;               // (ATT_BQ, D)
-    float *Ks = Qs + ATT_BQ * D;    // (ATT_BK, ks)
-    float *Vs = Ks + ATT_BK * ks;   // (ATT_BK, D)
+    float *Qs = smem;             // (ATT_BQ, D)
+    float *Ks = Qs + ATT_BQ * D;  // (ATT_BK, ks)
+    float *Vs = Ks + ATT_BK * ks; // (ATT_BK, D)
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
 
     for (int idx = tid; idx < nq * D; idx += ATT_THREADS) {
@@ -183,10 +183,10 @@ __global__ void __launch_bounds__(ATT_THREADS)
     const int nq = min((int)ATT_BQ, L - i0), nkeys = i0 + nq;
     const int ks = D | 1;
     extern __shared__ float smem[];
-    float *Qs = smem;              // (ATT_BQ, D)
-    float *dOs = Qs + ATT_BQ * D;  // (ATT_BQ, D)
-    float *Ks = dOs + ATT_BQ * D;  // (ATT_BK, ks)
-    float *Vs = Ks + ATT_BK * ks;  // (ATT_BK, ks)
+    float *Qs = smem;             // (ATT_BQ, D)
+    float *dOs = Qs + ATT_BQ * D; // (ATT_BQ, D)
+    float *Ks = dOs + ATT_BQ * D; // (ATT_BK, ks)
+    float *Vs = Ks + ATT_BK * ks; // (ATT_BK, ks)
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
 
     for (int idx = tid; idx < nq * D; idx += ATT_THREADS) {
@@ -272,12 +272,12 @@ __global__ void __launch_bounds__(ATT_THREADS)
     const int nk = min((int)ATT_BK, L - j0);
     const int qs = D | 1;
     extern __shared__ float smem[];
-    float *Kt = smem;               // (ATT_BK, D) this block's keys
-    float *Vt = Kt + ATT_BK * D;    // (ATT_BK, D)
-    float *Qs = Vt + ATT_BK * D;    // (ATT_BQ, qs)
-    float *dOs = Qs + ATT_BQ * qs;  // (ATT_BQ, qs)
-    float *Ls = dOs + ATT_BQ * qs;  // (ATT_BQ) lse
-    float *Ds = Ls + ATT_BQ;        // (ATT_BQ) Di
+    float *Kt = smem;              // (ATT_BK, D) this block's keys
+    float *Vt = Kt + ATT_BK * D;   // (ATT_BK, D)
+    float *Qs = Vt + ATT_BK * D;   // (ATT_BQ, qs)
+    float *dOs = Qs + ATT_BQ * qs; // (ATT_BQ, qs)
+    float *Ls = dOs + ATT_BQ * qs; // (ATT_BQ) lse
+    float *Ds = Ls + ATT_BQ;       // (ATT_BQ) Di
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
 
     for (int idx = tid; idx < nk * D; idx += ATT_THREADS) {
@@ -505,11 +505,9 @@ template <int ND> static int att_init_nd(ops_ctx *c) {
     CU_CHECK(cudaFuncSetAttribute(att_fwd_kernel<ND>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   (int)fwd_smem(Dmax)));
     CU_CHECK(cudaFuncSetAttribute(att_bwd_dq_kernel<ND>,
-                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  (int)dq_smem(Dmax)));
-    CU_CHECK(cudaFuncSetAttribute(att_bwd_dkv_kernel<ND>,
-                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  (int)dkv_smem(Dmax)));
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize, (int)dq_smem(Dmax)));
+    CU_CHECK(cudaFuncSetAttribute(
+        att_bwd_dkv_kernel<ND>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)dkv_smem(Dmax)));
     return 0;
 }
 
@@ -587,15 +585,15 @@ extern "C" int cuda_attention_forward(ops_ctx *c, float *out, float *lse, const 
         size_t warps = (size_t)N * Hq;
         unsigned int blocks = (unsigned int)((warps + 7) / 8);
         ATT_DISPATCH(nd, (att_naive_fwd_kernel<NDV><<<blocks, 256, 0, im->stream>>>(
-                             out, lse, q, ldq, k, ldk, v, ldv, cu_seqlens, ntiles, S, N, Hq, Hkv,
-                             D, scale)));
+                             out, lse, q, ldq, k, ldk, v, ldv, cu_seqlens, ntiles, S, N, Hq, Hkv, D,
+                             scale)));
         CU_LAUNCHED("att_naive_fwd_kernel");
         return 0;
     }
     dim3 grid((unsigned int)cap, (unsigned int)Hq);
-    ATT_DISPATCH(nd, (att_fwd_kernel<NDV><<<grid, ATT_THREADS, fwd_smem(D), im->stream>>>(
-                         out, lse, q, ldq, k, ldk, v, ldv, cu_seqlens, tiles, ntiles, Hq, Hkv, D,
-                         scale)));
+    ATT_DISPATCH(
+        nd, (att_fwd_kernel<NDV><<<grid, ATT_THREADS, fwd_smem(D), im->stream>>>(
+                out, lse, q, ldq, k, ldk, v, ldv, cu_seqlens, tiles, ntiles, Hq, Hkv, D, scale)));
     CU_LAUNCHED("att_fwd_kernel");
     return 0;
 }
@@ -630,23 +628,22 @@ extern "C" int cuda_attention_backward(ops_ctx *c, float *dq, float *dk, float *
         size_t warps = (size_t)N * Hq;
         unsigned int blocks = (unsigned int)((warps + 7) / 8);
         ATT_DISPATCH(nd, (att_naive_bwd_kernel<NDV><<<blocks, 256, 0, im->stream>>>(
-                             dq, dk, dv, dout, q, ldq, k, ldk, v, ldv, out, lse, cu_seqlens,
-                             ntiles, S, N, Hq, Hkv, D, scale)));
+                             dq, dk, dv, dout, q, ldq, k, ldk, v, ldv, out, lse, cu_seqlens, ntiles,
+                             S, N, Hq, Hkv, D, scale)));
         CU_LAUNCHED("att_naive_bwd_kernel");
         return 0;
     }
     float *Di = (float *)extra;
     size_t warps = (size_t)N * Hq;
-    att_bwd_di_kernel<<<(unsigned int)((warps + 7) / 8), 256, 0, im->stream>>>(Di, dout, out, N,
-                                                                              Hq, D);
+    att_bwd_di_kernel<<<(unsigned int)((warps + 7) / 8), 256, 0, im->stream>>>(Di, dout, out, N, Hq,
+                                                                               D);
     CU_LAUNCHED("att_bwd_di_kernel");
-    ATT_DISPATCH(nd, (att_bwd_dq_kernel<NDV><<<dim3((unsigned int)cap, (unsigned int)Hq),
-                                               ATT_THREADS, dq_smem(D), im->stream>>>(
+    const dim3 gq((unsigned int)cap, (unsigned int)Hq), gkv((unsigned int)cap, (unsigned int)Hkv);
+    ATT_DISPATCH(nd, (att_bwd_dq_kernel<NDV><<<gq, ATT_THREADS, dq_smem(D), im->stream>>>(
                          dq, dout, q, ldq, k, ldk, v, ldv, lse, Di, cu_seqlens, tiles, ntiles, Hq,
                          Hkv, D, scale)));
     CU_LAUNCHED("att_bwd_dq_kernel");
-    ATT_DISPATCH(nd, (att_bwd_dkv_kernel<NDV><<<dim3((unsigned int)cap, (unsigned int)Hkv),
-                                                ATT_THREADS, dkv_smem(D), im->stream>>>(
+    ATT_DISPATCH(nd, (att_bwd_dkv_kernel<NDV><<<gkv, ATT_THREADS, dkv_smem(D), im->stream>>>(
                          dk, dv, dout, q, ldq, k, ldk, v, ldv, lse, Di, cu_seqlens, tiles, ntiles,
                          Hq, Hkv, D, scale)));
     CU_LAUNCHED("att_bwd_dkv_kernel");
@@ -692,7 +689,8 @@ extern "C" int cuda_kv_store(ops_ctx *c, float *kcache, float *vcache, const flo
 // One level of the transpose-reduction: lanes l and l ^ OFF swap halves of v[0 .. 2 OFF) and add,
 // keeping the half named by their OFF bit. A template so every index is a constant (v stays in
 // registers); the select is done on bits so the compiler cannot turn it into a local-memory index.
-template <int OFF> static __device__ __forceinline__ void dec_reduce_level(float (&v)[32], int lane) {
+template <int OFF>
+static __device__ __forceinline__ void dec_reduce_level(float (&v)[32], int lane) {
     const int upper = (lane & OFF) ? -1 : 0;
 #pragma unroll
     for (int kk = 0; kk < OFF; kk++) {
@@ -717,9 +715,9 @@ static __device__ __forceinline__ float dec_transpose_reduce(float (&v)[32], int
 // w, w + DEC_WARPS, ... with an online softmax, then the warps' partial results are merged.
 template <int ND>
 __global__ void __launch_bounds__(DEC_WARPS * 32)
-    att_decode_kernel(float *out, const float *q, int ldq, const float *kcache,
-                      const float *vcache, const int32_t *slot, const int32_t *lens, int max_T,
-                      int Hq, int Hkv, int D, float scale, unsigned int *flags) {
+    att_decode_kernel(float *out, const float *q, int ldq, const float *kcache, const float *vcache,
+                      const int32_t *slot, const int32_t *lens, int max_T, int Hq, int Hkv, int D,
+                      float scale, unsigned int *flags) {
     __shared__ float sm[DEC_WARPS], sl_[DEC_WARPS], sacc[DEC_WARPS][32 * ND];
     const int b = blockIdx.x, h = blockIdx.y, kvh = h / (Hq / Hkv);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -808,13 +806,11 @@ __global__ void __launch_bounds__(DEC_WARPS * 32)
 }
 
 extern "C" int cuda_attention_decode(ops_ctx *c, float *out, const float *q, int ldq,
-                                     const float *kcache, const float *vcache,
-                                     const int32_t *slot, const int32_t *lens, int B, int max_T,
-                                     int Hq, int Hkv, int D) {
-    CU_REQUIRE(B >= 0 && max_T > 0 && Hq > 0 && Hkv > 0 && D > 0 && Hq % Hkv == 0 &&
-                   ldq >= Hq * D,
-               "attention_decode: bad shape B=%d max_T=%d Hq=%d Hkv=%d D=%d", B, max_T, Hq, Hkv,
-               D);
+                                     const float *kcache, const float *vcache, const int32_t *slot,
+                                     const int32_t *lens, int B, int max_T, int Hq, int Hkv,
+                                     int D) {
+    CU_REQUIRE(B >= 0 && max_T > 0 && Hq > 0 && Hkv > 0 && D > 0 && Hq % Hkv == 0 && ldq >= Hq * D,
+               "attention_decode: bad shape B=%d max_T=%d Hq=%d Hkv=%d D=%d", B, max_T, Hq, Hkv, D);
     CU_REQUIRE(D <= ATT_MAXD, "attention_decode: head size D=%d is above the limit %d", D,
                (int)ATT_MAXD);
     if (B == 0) return 0;

@@ -27,8 +27,8 @@ static int gemm(ops_ctx *c, cublasOperation_t ta, cublasOperation_t tb, int m, i
                 const float *A, int lda, const float *B, int ldb, float beta, float *Cm, int ldc) {
     cuda_impl *im = cu_impl(c);
     const float alpha = 1.0f;
-    CUBLAS_CHECK(cublasGemmEx(im->blas, ta, tb, m, n, k, &alpha, A, CUDA_R_32F, lda, B,
-                              CUDA_R_32F, ldb, &beta, Cm, CUDA_R_32F, ldc, im->gemm_compute,
+    CUBLAS_CHECK(cublasGemmEx(im->blas, ta, tb, m, n, k, &alpha, A, CUDA_R_32F, lda, B, CUDA_R_32F,
+                              ldb, &beta, Cm, CUDA_R_32F, ldc, im->gemm_compute,
                               CUBLAS_GEMM_DEFAULT));
     return 0;
 }
@@ -119,10 +119,9 @@ extern "C" int cuda_matmul_forward(ops_ctx *c, float *out, const float *inp, con
 }
 
 extern "C" int cuda_matmul_backward(ops_ctx *c, float *dinp, float *dweight, float *dbias,
-                                    const float *dout, const float *inp, const float *weight,
-                                    int N, int C, int OC, int dinp_accumulate) {
-    CU_REQUIRE(N >= 0 && C >= 0 && OC >= 0, "matmul_backward: bad shape N=%d C=%d OC=%d", N, C,
-               OC);
+                                    const float *dout, const float *inp, const float *weight, int N,
+                                    int C, int OC, int dinp_accumulate) {
+    CU_REQUIRE(N >= 0 && C >= 0 && OC >= 0, "matmul_backward: bad shape N=%d C=%d OC=%d", N, C, OC);
     CU_REQUIRE(dout, "matmul_backward: NULL dout");
     CU_ENTER();
     cuda_impl *im = cu_impl(c);
@@ -153,8 +152,8 @@ extern "C" int cuda_matmul_backward(ops_ctx *c, float *dinp, float *dweight, flo
 
 // ---- embedding ----
 
-__global__ void embedding_forward_kernel(float *out, const int32_t *tokens, const float *wte,
-                                         int N, int C, int V, unsigned int *flags) {
+__global__ void embedding_forward_kernel(float *out, const int32_t *tokens, const float *wte, int N,
+                                         int C, int V, unsigned int *flags) {
     size_t total = (size_t)N * C;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
          i += (size_t)gridDim.x * blockDim.x) {
@@ -246,8 +245,8 @@ __global__ void rmsnorm_backward_dinp_kernel(float *dinp, int ldi, const float *
         dx[i] += ops_rms_dx(x[i], weight[i], dy[i], r, coef);
 }
 
-extern "C" int cuda_rmsnorm_forward(ops_ctx *c, float *out, float *rstd, const float *inp,
-                                    int ldi, const float *weight, int N, int C, float eps) {
+extern "C" int cuda_rmsnorm_forward(ops_ctx *c, float *out, float *rstd, const float *inp, int ldi,
+                                    const float *weight, int N, int C, float eps) {
     CU_REQUIRE(N >= 0 && C > 0 && ldi >= C, "rmsnorm_forward: bad shape N=%d C=%d ldi=%d", N, C,
                ldi);
     if (N == 0) return 0;

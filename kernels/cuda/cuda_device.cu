@@ -168,8 +168,7 @@ static void *cuda_alloc(ops_ctx *c, size_t bytes) {
         cudaGetLastError(); // out of memory is not sticky: clear it
         size_t f = 0, t = 0;
         if (cudaMemGetInfo(&f, &t) != cudaSuccess) cudaGetLastError();
-        cu_fail(c,
-                "alloc: cannot allocate %zu bytes on cuda:%d (%.2f GiB free of %.2f GiB): %s",
+        cu_fail(c, "alloc: cannot allocate %zu bytes on cuda:%d (%.2f GiB free of %.2f GiB): %s",
                 bytes, im->device, (double)f / 1073741824.0, (double)t / 1073741824.0,
                 cudaGetErrorString(e));
         return NULL;

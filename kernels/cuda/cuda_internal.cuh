@@ -19,8 +19,8 @@
 #include <stdint.h>
 
 extern "C" {
-#include "kernels/ops.h"
 #include "kernels/cuda/ops_cuda.h"
+#include "kernels/ops.h"
 }
 
 // ---- deferred device-side errors (bits of cuda_impl::flags) ----
@@ -210,11 +210,11 @@ int cuda_attention_forward(ops_ctx *c, float *out, float *lse, const float *q, i
                            const int32_t *cu_seqlens, int S, int N, int Hq, int Hkv, int D);
 int cuda_attention_backward(ops_ctx *c, float *dq, float *dk, float *dv, const float *dout,
                             const float *q, int ldq, const float *k, int ldk, const float *v,
-                            int ldv, const float *out, const float *lse,
-                            const int32_t *cu_seqlens, int S, int N, int Hq, int Hkv, int D);
-int cuda_kv_store(ops_ctx *c, float *kcache, float *vcache, const float *k, int ldk,
-                  const float *v, int ldv, const int32_t *slot, const int32_t *pos, int N,
-                  int max_T, int Hkv, int D);
+                            int ldv, const float *out, const float *lse, const int32_t *cu_seqlens,
+                            int S, int N, int Hq, int Hkv, int D);
+int cuda_kv_store(ops_ctx *c, float *kcache, float *vcache, const float *k, int ldk, const float *v,
+                  int ldv, const int32_t *slot, const int32_t *pos, int N, int max_T, int Hkv,
+                  int D);
 int cuda_attention_decode(ops_ctx *c, float *out, const float *q, int ldq, const float *kcache,
                           const float *vcache, const int32_t *slot, const int32_t *lens, int B,
                           int max_T, int Hq, int Hkv, int D);

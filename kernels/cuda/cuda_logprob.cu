@@ -169,8 +169,8 @@ extern "C" int cuda_logprob_forward(ops_ctx *c, float *logp, float *entropy, flo
     CU_REQUIRE(logp && lse && logits && targets, "logprob_forward: NULL buffer");
     CU_ENTER();
     cuda_impl *im = cu_impl(c);
-    logprob_forward_kernel<<<N, LP_THREADS, 0, im->stream>>>(logp, entropy, lse, logits, targets,
-                                                             V, inv_temp, im->flags_dev);
+    logprob_forward_kernel<<<N, LP_THREADS, 0, im->stream>>>(logp, entropy, lse, logits, targets, V,
+                                                             inv_temp, im->flags_dev);
     CU_LAUNCHED("logprob_forward_kernel");
     return 0;
 }
@@ -183,8 +183,8 @@ extern "C" int cuda_logprob_backward(ops_ctx *c, float *dlogits, const float *dl
     CU_REQUIRE(dlogits && dlogp && logits && lse && targets, "logprob_backward: NULL buffer");
     CU_ENTER();
     cuda_impl *im = cu_impl(c);
-    logprob_backward_kernel<<<N, LP_THREADS, 0, im->stream>>>(
-        dlogits, dlogp, dentropy, logits, lse, targets, V, inv_temp, im->flags_dev);
+    logprob_backward_kernel<<<N, LP_THREADS, 0, im->stream>>>(dlogits, dlogp, dentropy, logits, lse,
+                                                              targets, V, inv_temp, im->flags_dev);
     CU_LAUNCHED("logprob_backward_kernel");
     return 0;
 }
@@ -409,8 +409,8 @@ __global__ void __launch_bounds__(SAMPLE_THREADS)
     }
 }
 
-extern "C" int cuda_sample(ops_ctx *c, int32_t *tokens_host, float *logp_host,
-                           const float *logits, int B, int V, float temperature, float top_p,
+extern "C" int cuda_sample(ops_ctx *c, int32_t *tokens_host, float *logp_host, const float *logits,
+                           int B, int V, float temperature, float top_p,
                            const float *uniforms_host) {
     CU_REQUIRE(B >= 0 && V > 0, "sample: bad shape B=%d V=%d", B, V);
     if (B == 0) return 0;
@@ -433,7 +433,7 @@ extern "C" int cuda_sample(ops_ctx *c, int32_t *tokens_host, float *logp_host,
                                  cudaMemcpyHostToDevice, im->stream));
     }
     sample_kernel<<<B, SAMPLE_THREADS, 0, im->stream>>>(dtok, dlogp, logits, V, temperature, top_p,
-                                                         duni, im->flags_dev);
+                                                        duni, im->flags_dev);
     CU_LAUNCHED("sample_kernel");
     CU_CHECK(cudaMemcpyAsync(host, dev, (size_t)B * 8, cudaMemcpyDeviceToHost, im->stream));
     if (cu_sync_check(c, "sample") != 0) return -1;

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# tests/gpu/emu/run.sh — runs tests/gpu/gpu_check against the CUDA backend's kernels executed by
+# the CPU emulator (cuda_emu.h), on a machine without a GPU: the kernels/cuda/*.cu sources are
+# translated to C++ (translate.py), compiled with g++ against the emulator, and linked with
+# gpu_check and the CPU libraries of an existing chord build. It checks the kernels' logic
+# (indexing, tiling, reductions, barriers) against the CPU backend; it cannot check GPU timing,
+# races or the device's own expf/sincosf. Slow (one host thread): op checks only, no 100M step.
+# Usage: tests/gpu/emu/run.sh [BUILD_DIR (default build-cuda)] [gpu_check args...]
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../../.." && pwd)
+build=${1:-$root/build-cuda}
+shift || true
+emu=$root/tests/gpu/emu
+work=$build/cuda_emu
+mkdir -p "$work"
+CXXFLAGS="-std=c++17 -O2 -g -ffp-contract=off -D_GNU_SOURCE -Wall -Wno-unused-function -Wno-unknown-pragmas"
+objs=()
+for src in "$root"/kernels/cuda/*.cu; do
+    name=$(basename "$src" .cu)
+    python3 "$emu/translate.py" "$src" "$work/$name.cpp"
+    g++ $CXXFLAGS -I"$emu/include" -I"$root" -I/usr/include/x86_64-linux-gnu/openblas-pthread \
+        -c "$work/$name.cpp" -o "$work/$name.o"
+    objs+=("$work/$name.o")
+done
+g++ $CXXFLAGS -I/usr/include/x86_64-linux-gnu/openblas-pthread -c "$emu/cuda_emu.cpp" \
+    -o "$work/cuda_emu.o"
+gcc -std=c11 -O2 -g -D_GNU_SOURCE -Wall -I"$emu/include" -I"$root" -c "$root/tests/gpu/gpu_check.c" \
+    -o "$work/gpu_check.o"
+b=$build
+g++ -o "$work/gpu_check_emu" "$work/gpu_check.o" -Wl,--start-group "${objs[@]}" \
+    "$work/cuda_emu.o" "$b/server/libchord_service.a" "$b/server/libchord_train.a" \
+    "$b/server/libchord_model.a" "$b/storage/libchord_storage.a" "$b/kernels/libchord_kernels.a" \
+    "$b/server/base/libchord_base.a" -Wl,--end-group \
+    -lcurl -lpcre2-8 -lutf8proc -ljansson -lsqlite3 -lopenblas -lgomp -lcrypto -lpthread -lm
+"$work/gpu_check_emu" --out "$work" "$@"
