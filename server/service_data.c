@@ -696,7 +696,7 @@ static json_t *rollout_json(const store_rollout *r) {
     if (!o) return NULL;
     int bad = 0;
     json_t *req = json_loads(r->request_json, 0, NULL);
-    json_t *res = r->result_json ? json_loads(r->result_json, 0, NULL) : NULL;
+    json_t *res = r->result_json ? json_loads(r->result_json, JSON_ALLOW_NUL, NULL) : NULL;
     svc_json_put(o, "id", json_string(r->id), &bad);
     svc_json_put(o, "state", json_string(store_rollout_state_name(r->state)), &bad);
     svc_json_put(o, "request", req ? req : json_object(), &bad);

@@ -10,7 +10,8 @@
  *   "job_id": the checkpoint's job or null,
  *   "n", "temperature", "top_p", "max_tokens", "seed", "answers" (array or null),
  *   "reward" (object or null)
- * The result document: {"completions": [{"prompt_index", "index", "text", "token_ids": [...],
+ * The result document: {"completions": [{"prompt_index", "index", "text", "prompt_token_ids",
+ *   "token_ids": [...],
  *   "logprobs": [...], "finish_reason": "stop"|"length", "reward"?, "reason"?}]}.
  *
  * What this is not: generation itself lives with the trainer (server/train); this file only

@@ -1,0 +1,7 @@
+# POST /v1/rollouts on a real chordd, log-probs checked against transformers.
+add_test(NAME integration.rollout
+         COMMAND ${CHORD_PYTHON} -m pytest -q -p no:cacheprovider
+                 ${CMAKE_CURRENT_LIST_DIR}/rollout_test.py)
+set_tests_properties(integration.rollout
+                     PROPERTIES ENVIRONMENT "CHORDD=$<TARGET_FILE:chordd>;PYTHONDONTWRITEBYTECODE=1"
+                                LABELS integration TIMEOUT 300 RESOURCE_LOCK chordd_cpu)
