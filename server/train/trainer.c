@@ -198,6 +198,44 @@ done:
     return rc;
 }
 
+/* The loss bookkeeping of a zero-advantage response without running it (see run_step): its
+ * policy tokens with logp_θ = logp_old, no entropy; the gradient (zero) is discarded. */
+static int account_skipped(const train_seq *q, const chord_loss_params *lp, chord_loss_accum *acc,
+                           chord_err *err) {
+    int n = 0;
+    for (int j = 0; j < q->len; j++)
+        n += q->kind[j] == CHORD_TOKEN_POLICY;
+    if (n == 0) return 0;
+    uint8_t *kind = malloc((size_t)n);
+    float *lp_old = malloc((size_t)n * sizeof *lp_old);
+    float *adv = calloc((size_t)n, sizeof *adv);
+    float *grad = malloc((size_t)n * sizeof *grad);
+    int rc = -1;
+    if (!kind || !lp_old || !adv || !grad) {
+        chord_err_setc(err, CHORD_E_INTERNAL, "trainer: out of memory");
+        goto done;
+    }
+    for (int j = 0, k = 0; j < q->len; j++)
+        if (q->kind[j] == CHORD_TOKEN_POLICY) {
+            kind[k] = CHORD_TOKEN_POLICY;
+            lp_old[k++] = q->logp_old[j];
+        }
+    chord_loss_batch b = {.n = (size_t)n,
+                          .kind = kind,
+                          .logp = lp_old,
+                          .logp_old = lp_old,
+                          .advantage = adv,
+                          .entropy = NULL,
+                          .ref_logp = NULL};
+    rc = chord_loss_micro_batch(lp, &b, grad, NULL, acc, err);
+done:
+    free(kind);
+    free(lp_old);
+    free(adv);
+    free(grad);
+    return rc;
+}
+
 /* ---- one step ----------------------------------------------------------------------------------
  */
 
@@ -446,8 +484,38 @@ static int run_step(trainer *t, int64_t step, chord_err *err) {
                             .n_expert_tokens = n_expert};
     chord_loss_accum acc;
     chord_loss_accum_init(&acc);
-    int64_t train_tokens = 0;
+    int64_t train_tokens = 0, skipped_tokens = 0;
     if (model_zero_grad(t->m, err) != 0) goto done;
+    /* A response with advantage 0 has ℓ_t = max(−0·ratio, −0·clip(ratio)) = 0 at every token:
+     * its gradient is exactly zero, so without an entropy bonus it needs no forward/backward.
+     * Its tokens still count in the GRPO denominator (ALGORITHM.md), and enter the step's
+     * metrics with logp_θ = logp_old — what the forward returns before the update (the rollout
+     * and the trainer share the engine; test_rollout.c checks they agree to fp32 round-off).
+     * Early on (every reward 0) and late (every group right) this removes most of the
+     * on-policy compute. */
+    if (cfg->grpo.entropy_coef == 0.0) {
+        int kept = 0;
+        for (int i = 0; i < n_seqs; i++) {
+            train_seq *q = &seqs[i];
+            int is_policy = 0;
+            for (int j = 0; j < q->len && !is_policy; j++)
+                is_policy = q->kind[j] == CHORD_TOKEN_POLICY;
+            if (!(is_policy && q->adv == 0.0f)) {
+                seqs[kept++] = *q;
+                continue;
+            }
+            if (account_skipped(q, &lp, &acc, err) != 0) {
+                for (int k = i; k < n_seqs; k++)
+                    seqs[kept++] = seqs[k];
+                n_seqs = kept;
+                goto done;
+            }
+            for (int j = 0; j < q->len; j++)
+                skipped_tokens += q->kind[j] == CHORD_TOKEN_POLICY;
+            train_seq_free(q);
+        }
+        n_seqs = kept;
+    }
     if (train_on(t, seqs, n_seqs, &lp, &acc, &train_tokens, err) != 0) goto done;
     chord_loss_metrics lm;
     if (chord_loss_finish(&lp, &acc, &lm, err) != 0) goto done;
@@ -483,6 +551,7 @@ static int run_step(trainer *t, int64_t step, chord_err *err) {
     metric(t, "verifier_error_rate", err_rate);
     metric(t, "policy_tokens", (double)n_policy);
     metric(t, "expert_tokens", (double)n_expert);
+    metric(t, "policy_tokens_skipped", (double)skipped_tokens); /* zero advantage: no forward */
     metric(t, "time/rollout", t_roll);
     metric(t, "time/reward", t_reward);
     metric(t, "time/train", t_train);

@@ -405,6 +405,45 @@ static void test_resume_repeats_metrics(void **state) {
     free(rest);
 }
 
+/* ---- zero-advantage responses skip the forward/backward ----------------------------------- */
+
+/* Their gradient is exactly zero, so skipping them must not change the training: a run with
+ * a negligible entropy bonus (which forces every response through the model) takes the same
+ * steps, to fp32 round-off. */
+static void test_zero_advantage_skip_is_exact(void **state) {
+    fixture *f = *state;
+    double loss[2][7], reward[2][7], skipped[2] = {0, 0};
+    for (int a = 0; a < 2; a++) {
+        char json[4096];
+        snprintf(json, sizeof json,
+                 "{" TINY_MODEL ", \"algorithm\": \"chord\", \"chord\": {\"mu\": 0.5}, "
+                 "\"grpo\": {\"group_size\": 4, \"prompts_per_step\": 8, "
+                 "\"entropy_coef\": %s}, \"expert_per_step\": 8, "
+                 "\"sampling\": {\"max_new_tokens\": 4}, "
+                 "\"reward\": {\"type\": \"regex\", \"pattern\": \"^\\\\s*[0-9]\"}, "
+                 "\"optimizer\": {\"lr\": 0.01}, \"steps\": 6, \"seed\": 2, "
+                 "\"checkpoint_every\": 0, \"eval\": {\"every\": 0}}",
+                 a == 0 ? "0" : "1e-30");
+        run_log *r = new_log();
+        chord_err err = {0};
+        if (run_job(f, json, f->prompts, f->expert, NULL, NULL, r, &err) != TRAINER_DONE)
+            fail_msg("%s", err.msg);
+        for (int s = 1; s <= 6; s++) {
+            loss[a][s] = value(r, s, "loss");
+            reward[a][s] = value(r, s, "reward_mean");
+            skipped[a] += value(r, s, "policy_tokens_skipped");
+        }
+        free(r);
+    }
+    print_message("skipped %.0f zero-advantage tokens; final loss %.6f vs %.6f\n", skipped[0],
+                  loss[0][6], loss[1][6]);
+    assert_true(skipped[0] > 0 && skipped[1] == 0);
+    for (int s = 1; s <= 6; s++) {
+        assert_true(reward[0][s] == reward[1][s]); /* the same samples, step after step */
+        assert_true(fabs(loss[0][s] - loss[1][s]) <= 1e-4 * (1 + fabs(loss[1][s])));
+    }
+}
+
 /* ---- checkpoints are model directories ------------------------------------------------------ */
 
 static void test_checkpoint_is_loadable(void **state) {
@@ -454,6 +493,7 @@ int main(void) {
         cmocka_unit_test(test_grpo_raises_reward),
         cmocka_unit_test(test_chord_mu_beats_grpo),
         cmocka_unit_test(test_resume_repeats_metrics),
+        cmocka_unit_test(test_zero_advantage_skip_is_exact),
         cmocka_unit_test(test_checkpoint_is_loadable),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
