@@ -500,20 +500,40 @@ static size_t dkv_smem(int D) {
     return (size_t)(2 * ATT_BK * D + 2 * ATT_BQ * (D | 1) + 2 * ATT_BQ) * sizeof(float);
 }
 
-template <int ND> static int att_init_nd(ops_ctx *c) {
+// Opts the flash kernels of head sizes up to 32 ND into the shared memory they need, or into what
+// the device allows (a consumer card allows less than an A100 / H100: there the largest head
+// sizes are refused at launch with a message, see att_smem_ok).
+template <int ND> static int att_init_nd(ops_ctx *c, int optin) {
     const int Dmax = 32 * ND;
+    int f = (int)fwd_smem(Dmax), q = (int)dq_smem(Dmax), kv = (int)dkv_smem(Dmax);
     CU_CHECK(cudaFuncSetAttribute(att_fwd_kernel<ND>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  (int)fwd_smem(Dmax)));
-    CU_CHECK(cudaFuncSetAttribute(att_bwd_dq_kernel<ND>,
-                                  cudaFuncAttributeMaxDynamicSharedMemorySize, (int)dq_smem(Dmax)));
+                                  f < optin ? f : optin));
     CU_CHECK(cudaFuncSetAttribute(
-        att_bwd_dkv_kernel<ND>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)dkv_smem(Dmax)));
+        att_bwd_dq_kernel<ND>, cudaFuncAttributeMaxDynamicSharedMemorySize, q < optin ? q : optin));
+    CU_CHECK(cudaFuncSetAttribute(att_bwd_dkv_kernel<ND>,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  kv < optin ? kv : optin));
     return 0;
 }
 
 int cuda_attention_init(ops_ctx *c) {
-    if (att_init_nd<2>(c) != 0 || att_init_nd<4>(c) != 0 || att_init_nd<8>(c) != 0) return -1;
+    cuda_impl *im = cu_impl(c);
+    int optin = 0;
+    CU_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, im->device));
+    im->smem_optin = optin;
+    if (att_init_nd<2>(c, optin) != 0 || att_init_nd<4>(c, optin) != 0 ||
+        att_init_nd<8>(c, optin) != 0)
+        return -1;
     return 0;
+}
+
+// the flash kernels' shared memory for head size D fits this device
+static int att_smem_ok(ops_ctx *c, const char *what, size_t need) {
+    if (need <= (size_t)cu_impl(c)->smem_optin) return 0;
+    return cu_fail(c,
+                   "%s: the flash kernels need %zu bytes of shared memory per block for this head "
+                   "size; this GPU allows %d (CHORD_CUDA_ATTENTION=naive works)",
+                   what, need, cu_impl(c)->smem_optin);
 }
 
 // registers per lane for a head of D: 2 (D <= 64), 4 (<= 128) or 8 (<= 256)
@@ -590,6 +610,7 @@ extern "C" int cuda_attention_forward(ops_ctx *c, float *out, float *lse, const 
         CU_LAUNCHED("att_naive_fwd_kernel");
         return 0;
     }
+    if (att_smem_ok(c, "attention_forward", fwd_smem(D)) != 0) return -1;
     dim3 grid((unsigned int)cap, (unsigned int)Hq);
     ATT_DISPATCH(
         nd, (att_fwd_kernel<NDV><<<grid, ATT_THREADS, fwd_smem(D), im->stream>>>(
@@ -633,6 +654,9 @@ extern "C" int cuda_attention_backward(ops_ctx *c, float *dq, float *dk, float *
         CU_LAUNCHED("att_naive_bwd_kernel");
         return 0;
     }
+    if (att_smem_ok(c, "attention_backward", dq_smem(D)) != 0 ||
+        att_smem_ok(c, "attention_backward", dkv_smem(D)) != 0)
+        return -1;
     float *Di = (float *)extra;
     size_t warps = (size_t)N * Hq;
     att_bwd_di_kernel<<<(unsigned int)((warps + 7) / 8), 256, 0, im->stream>>>(Di, dout, out, N, Hq,

@@ -37,6 +37,7 @@ enum {
 typedef struct cuda_impl {
     int device;
     int num_sms;
+    int smem_optin; // the most shared memory a block may opt into
     cudaStream_t stream;
     cublasHandle_t blas;
     cublasComputeType_t gemm_compute; // CUBLAS_COMPUTE_32F_FAST_16BF (default), _FAST_TF32, _32F

@@ -22,7 +22,8 @@
  * else the current directory), and the same table on stdout.
  * Exit: 0 every check passed, 1 a check failed, 2 bad usage, 77 no CUDA device (ctest SKIP).
  * Options: --out DIR, --no-bench (checks only), --no-step (skip the 100M step; the small models
- * still run), --quick (smaller benchmarks). */
+ * still run), --quick (smaller benchmarks), --tiny-bench (the benchmark code on a small model and
+ * small buffers: for the CPU emulator, tests/gpu/emu; its numbers mean nothing). */
 #include <cuda_runtime_api.h>
 #include <math.h>
 #include <stdarg.h>
@@ -1070,8 +1071,11 @@ out:
     free(tok), free(cu), free(slots), free(pos), free(next), free(u), free(lp);
 }
 
-static void b_bandwidth(int quick) {
-    const size_t n = quick ? ((size_t)64 << 20) : ((size_t)256 << 20); /* floats */
+/* scale: 0 full, 1 quick, 2 tiny (the emulator) */
+static void b_bandwidth(int scale) {
+    const size_t n = scale == 2   ? ((size_t)1 << 20)
+                     : scale == 1 ? ((size_t)64 << 20)
+                                  : ((size_t)256 << 20); /* floats */
     const int iters = 10;
     float *a = GPU->be->alloc(GPU, n * sizeof(float));
     float *b = GPU->be->alloc(GPU, n * sizeof(float));
@@ -1262,8 +1266,11 @@ int main(int argc, char **argv) {
             do_step = 0;
         else if (strcmp(argv[i], "--quick") == 0)
             quick = 1;
+        else if (strcmp(argv[i], "--tiny-bench") == 0)
+            quick = 2;
         else {
-            fprintf(stderr, "usage: gpu_check [--out DIR] [--no-bench] [--no-step] [--quick]\n");
+            fprintf(stderr, "usage: gpu_check [--out DIR] [--no-bench] [--no-step] [--quick] "
+                            "[--tiny-bench]\n");
             return 2;
         }
     }
@@ -1329,9 +1336,14 @@ int main(int argc, char **argv) {
     if (do_bench) {
         set_matmul(OPS_CUDA_MATMUL_BF16);
         b_bandwidth(quick);
-        b_train("~100M", CFG_100M, 1024, quick ? 2 : 8, quick ? 2 : 5);
-        b_train("0.5B (Qwen2.5-0.5B shapes)", CFG_05B, 1024, quick ? 2 : 8, quick ? 2 : 5);
-        b_decode("0.5B", CFG_05B, 64, quick ? 8 : 32);
+        if (quick == 2) { /* the benchmark code paths on a small model (emulator) */
+            b_train("small-1", CFG_SMALL[0], 64, 2, 1);
+            b_decode("small-1", CFG_SMALL[0], 8, 2);
+        } else {
+            b_train("~100M", CFG_100M, 1024, quick ? 2 : 8, quick ? 2 : 5);
+            b_train("0.5B (Qwen2.5-0.5B shapes)", CFG_05B, 1024, quick ? 2 : 8, quick ? 2 : 5);
+            b_decode("0.5B", CFG_05B, 64, quick ? 8 : 32);
+        }
     }
     printf("\n%d checks, %d failed\n", nchecks, nfailed);
     write_results(out, device, when);

@@ -14,6 +14,16 @@ emu=$root/tests/gpu/emu
 work=$build/cuda_emu
 mkdir -p "$work"
 CXXFLAGS="-std=c++17 -O2 -g -ffp-contract=off -D_GNU_SOURCE -Wall -Wno-unused-function -Wno-unknown-pragmas"
+# CUDA_EMU_ASAN=1: the kernels, the emulator and gpu_check under AddressSanitizer (an out-of-bounds
+# access of device or shared memory is reported; dynamic shared memory is allocated exactly)
+san=""
+if [ "${CUDA_EMU_ASAN:-0}" = 1 ]; then
+    san="-fsanitize=address -fno-omit-frame-pointer"
+    work=$work-asan
+    mkdir -p "$work"
+    export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0:detect_stack_use_after_return=0}
+fi
+CXXFLAGS="$CXXFLAGS $san"
 objs=()
 for src in "$root"/kernels/cuda/*.cu; do
     name=$(basename "$src" .cu)
@@ -24,10 +34,10 @@ for src in "$root"/kernels/cuda/*.cu; do
 done
 g++ $CXXFLAGS -I/usr/include/x86_64-linux-gnu/openblas-pthread -c "$emu/cuda_emu.cpp" \
     -o "$work/cuda_emu.o"
-gcc -std=c11 -O2 -g -D_GNU_SOURCE -Wall -I"$emu/include" -I"$root" -c "$root/tests/gpu/gpu_check.c" \
+gcc -std=c11 -O2 -g -D_GNU_SOURCE -Wall $san -I"$emu/include" -I"$root" -c "$root/tests/gpu/gpu_check.c" \
     -o "$work/gpu_check.o"
 b=$build
-g++ -o "$work/gpu_check_emu" "$work/gpu_check.o" -Wl,--start-group "${objs[@]}" \
+g++ $san -o "$work/gpu_check_emu" "$work/gpu_check.o" -Wl,--start-group "${objs[@]}" \
     "$work/cuda_emu.o" "$b/server/libchord_service.a" "$b/server/libchord_train.a" \
     "$b/server/libchord_model.a" "$b/storage/libchord_storage.a" "$b/kernels/libchord_kernels.a" \
     "$b/server/base/libchord_base.a" -Wl,--end-group \
