@@ -298,29 +298,3 @@ int trainer_dataset_item(trainer_dataset *ds, int64_t cursor, const tok_tokenize
     return trainer_dataset_item_at(ds, ds->perm[cursor % ds->n], tok, tpl, with_generation_prompt,
                                    out, err);
 }
-
-static int copy_file(const char *src, const char *dst, chord_err *err) {
-    char *data = NULL;
-    size_t len = 0;
-    if (chord_read_file(src, &data, &len, err) != 0) return -1;
-    int rc = chord_write_file_atomic(dst, data, len, err);
-    free(data);
-    return rc;
-}
-
-int trainer_save_tokenizer(const char *src_dir, const char *dir, chord_err *err) {
-    static const char *files[] = {"tokenizer.json", "tokenizer_config.json", "chat_template.jinja"};
-    char src[4096], dst[4096];
-    /* The embedded default tokenizer is built into chordd: resume finds it without files. */
-    if (!src_dir) return 0;
-    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
-        snprintf(src, sizeof src, "%s/%s", src_dir, files[i]);
-        if (!chord_is_file(src)) {
-            if (i == 0) return chord_err_set(err, "%s: missing", src);
-            continue;
-        }
-        snprintf(dst, sizeof dst, "%s/%s", dir, files[i]);
-        if (copy_file(src, dst, err) != 0) return -1;
-    }
-    return 0;
-}

@@ -56,8 +56,4 @@ int trainer_dataset_item_at(trainer_dataset *ds, int64_t i, const tok_tokenizer 
                             trainer_item *out, chord_err *err);
 void trainer_item_free(trainer_item *it);
 
-/* Writes the tokenizer files of a job into dir: copies tokenizer.json / tokenizer_config.json
- * from src_dir, or writes the embedded default tokenizer when src_dir is NULL. */
-int trainer_save_tokenizer(const char *src_dir, const char *dir, chord_err *err);
-
 #endif
