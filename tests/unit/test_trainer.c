@@ -405,6 +405,47 @@ static void test_resume_repeats_metrics(void **state) {
     free(rest);
 }
 
+/* ---- verifier errors are never read as wrong answers -------------------------------------- */
+
+/* Half the prompts have no reference answer, so `contains` cannot decide their responses
+ * (`error`): those leave the advantage groups and the loss, the error rate says so, and the
+ * reward and accuracy are the decided samples'. */
+static void test_verifier_errors_are_excluded(void **state) {
+    fixture *f = *state;
+    char path[400];
+    snprintf(path, sizeof path, "%s/half_answers.jsonl", f->dir);
+    FILE *fp = fopen(path, "w");
+    assert_non_null(fp);
+    for (int i = 0; i < 4; i++)
+        fprintf(fp,
+                i % 2 ? "{\"prompt\": \"Say %d.\"}\n"
+                      : "{\"prompt\": \"Say %d.\", \"answer\": \"1\"}\n",
+                i);
+    fclose(fp);
+    char json[4096];
+    snprintf(json, sizeof json,
+             "{" TINY_MODEL ", \"algorithm\": \"grpo\", "
+             "\"grpo\": {\"group_size\": 4, \"prompts_per_step\": 4}, "
+             "\"sampling\": {\"max_new_tokens\": 6}, \"reward\": {\"type\": \"contains\"}, "
+             "\"optimizer\": {\"lr\": 0.01}, \"steps\": 3, \"seed\": 2, "
+             "\"checkpoint_every\": 0, \"eval\": {\"every\": 0}}");
+    run_log *r = new_log();
+    chord_err err = {0};
+    if (run_job(f, json, path, NULL, NULL, NULL, r, &err) != TRAINER_DONE) fail_msg("%s", err.msg);
+    for (int64_t s = 1; s <= 3; s++) {
+        double rate = value(r, s, "verifier_error_rate");
+        double all = value(r, s, "response_len_mean") * 16;
+        double trained = value(r, s, "policy_tokens");
+        print_message("step %lld: error rate %.2f, policy tokens %.0f of %.0f\n", (long long)s,
+                      rate, trained, all);
+        assert_true(rate == 0.5);                  /* 2 prompts x 4 samples of 16 */
+        assert_true(trained > 0 && trained < all); /* only the decided half is trained */
+        double acc = value(r, s, "accuracy"), rw = value(r, s, "reward_mean");
+        assert_true(acc >= 0.0 && acc <= 1.0 && rw == acc); /* over the decided samples */
+    }
+    free(r);
+}
+
 /* ---- zero-advantage responses skip the forward/backward ----------------------------------- */
 
 /* Their gradient is exactly zero, so skipping them must not change the training: a run with
@@ -493,6 +534,7 @@ int main(void) {
         cmocka_unit_test(test_grpo_raises_reward),
         cmocka_unit_test(test_chord_mu_beats_grpo),
         cmocka_unit_test(test_resume_repeats_metrics),
+        cmocka_unit_test(test_verifier_errors_are_excluded),
         cmocka_unit_test(test_zero_advantage_skip_is_exact),
         cmocka_unit_test(test_checkpoint_is_loadable),
     };
