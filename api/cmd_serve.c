@@ -183,6 +183,17 @@ int cmd_serve(int argc, char **argv) {
         LOG_ERROR("chordd: %s", err.msg);
         return 1;
     }
+    /* gRPC binds first: a taken port fails the start before /healthz answers, and a healthy
+     * /healthz means both transports are listening */
+    api_grpc *g = NULL;
+    if (grpc_on) {
+        api_grpc_options go = {.host = grpc_host, .port = grpc_port};
+        if (api_grpc_start(s, &go, &g, &err)) {
+            LOG_ERROR("chordd: %s", err.msg);
+            svc_close(s);
+            return 1;
+        }
+    }
     api_http *h = NULL;
     if (http_on) {
         api_http_options ho = {.host = http_host,
@@ -191,16 +202,7 @@ int cmd_serve(int argc, char **argv) {
                                .heartbeat_s = (int)heartbeat};
         if (api_http_start(s, &ho, &h, &err)) {
             LOG_ERROR("chordd: %s", err.msg);
-            svc_close(s);
-            return 1;
-        }
-    }
-    api_grpc *g = NULL;
-    if (grpc_on) {
-        api_grpc_options go = {.host = grpc_host, .port = grpc_port};
-        if (api_grpc_start(s, &go, &g, &err)) {
-            LOG_ERROR("chordd: %s", err.msg);
-            api_http_stop(h);
+            api_grpc_stop(g);
             svc_close(s);
             return 1;
         }
