@@ -110,8 +110,8 @@ int rollout_generate(rollout_engine *e, const int32_t *const *prompts, const int
         if (prompt_lens[i] < 1) return chord_err_set(err, "rollout: prompt %d is empty", i);
         for (int t = 0; t < prompt_lens[i]; t++)
             if (prompts[i][t] < 0 || prompts[i][t] >= V)
-                return chord_err_set(err, "rollout: prompt %d: token id %d out of range [0, %d)",
-                                     i, prompts[i][t], V);
+                return chord_err_set(err, "rollout: prompt %d: token id %d out of range [0, %d)", i,
+                                     prompts[i][t], V);
         if (prompt_lens[i] > max_prompt) max_prompt = prompt_lens[i];
         total_prompt += (size_t)prompt_lens[i];
     }
@@ -161,7 +161,8 @@ int rollout_generate(rollout_engine *e, const int32_t *const *prompts, const int
     const float *logits = NULL;
     if (model_prefill(m, e->kv, tokens, cu, n_prompts, slots, &logits, err) != 0) goto done;
     for (int i = 0; i < n_prompts && G > 1; i++) {
-        for (int g = 1; g < G; g++) sampled[g - 1] = i * G + g;
+        for (int g = 1; g < G; g++)
+            sampled[g - 1] = i * G + g;
         if (model_kv_copy(m, e->kv, i * G, sampled, G - 1, prompt_lens[i], err) != 0) goto done;
     }
 
@@ -207,7 +208,8 @@ int rollout_generate(rollout_engine *e, const int32_t *const *prompts, const int
         }
         n_active = kept;
     }
-    for (int i = 0; i < B; i++) out->tokens += out->seq[i].len;
+    for (int i = 0; i < B; i++)
+        out->tokens += out->seq[i].len;
     rc = 0;
 done:
     out->seconds = chord_now() - t0;

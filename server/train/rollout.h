@@ -20,14 +20,14 @@
 #include "server/model/model.h"
 
 typedef struct rollout_params {
-    int group_size;      /* G >= 1 */
-    float temperature;   /* 0 = greedy */
-    float top_p;         /* (0, 1] */
-    int max_new_tokens;  /* >= 1 */
+    int group_size;          /* G >= 1 */
+    float temperature;       /* 0 = greedy */
+    float top_p;             /* (0, 1] */
+    int max_new_tokens;      /* >= 1 */
     const int32_t *stop_ids; /* tokens that end a response (kept in it), e.g. EOS */
     int n_stop;
-    uint64_t seed;       /* job seed */
-    uint64_t stream;     /* e.g. the step number: distinct streams draw independent numbers */
+    uint64_t seed;   /* job seed */
+    uint64_t stream; /* e.g. the step number: distinct streams draw independent numbers */
     /* polled between decode steps; non-zero aborts with CHORD_E_UNAVAILABLE (may be NULL) */
     int (*should_stop)(void *user);
     void *user;
@@ -35,19 +35,19 @@ typedef struct rollout_params {
 
 /* One sampled response. tokens/logp are malloc'd, freed by rollout_result_free. */
 typedef struct rollout_seq {
-    int prompt;       /* index of its prompt */
-    int len;          /* response tokens (a final stop token included) */
-    int32_t *tokens;  /* (len) */
-    float *logp;      /* (len) log π(token) under the tempered distribution (temperature 1 for greedy) */
-    int stopped;      /* ended with a stop token */
-    int truncated;    /* reached max_new_tokens without a stop token */
+    int prompt;      /* index of its prompt */
+    int len;         /* response tokens (a final stop token included) */
+    int32_t *tokens; /* (len) */
+    float *logp; /* (len) log π(token) under the tempered distribution (temperature 1 for greedy) */
+    int stopped;   /* ended with a stop token */
+    int truncated; /* reached max_new_tokens without a stop token */
 } rollout_seq;
 
 typedef struct rollout_result {
-    int n;              /* B * G sequences, prompt-major: seq[p*G + g] */
+    int n; /* B * G sequences, prompt-major: seq[p*G + g] */
     rollout_seq *seq;
-    int64_t tokens;     /* sampled tokens in all */
-    double seconds;     /* wall time of the generation */
+    int64_t tokens; /* sampled tokens in all */
+    double seconds; /* wall time of the generation */
 } rollout_result;
 
 /* A reusable cache: holds the KV cache between calls (grown when a call needs more). */

@@ -22,15 +22,15 @@
 /* One per-sample record (a rollout with its reward, or an eval sample). Strings are borrowed for
  * the duration of the callback. */
 typedef struct trainer_sample {
-    const char *kind;       /* "rollout" or "eval" */
+    const char *kind; /* "rollout" or "eval" */
     const char *prompt;
     const char *completion;
-    const char *answer;     /* ground truth, may be NULL */
+    const char *answer; /* ground truth, may be NULL */
     double reward;
-    const char *reason;     /* "correct", "wrong", "no_answer", "format", "error", "timeout" */
-    int group;              /* prompt index within the step */
-    int tokens;             /* completion length in tokens */
-    int truncated;          /* hit max_new_tokens */
+    const char *reason; /* "correct", "wrong", "no_answer", "format", "error", "timeout" */
+    int group;          /* prompt index within the step */
+    int tokens;         /* completion length in tokens */
+    int truncated;      /* hit max_new_tokens */
 } trainer_sample;
 
 typedef struct trainer_callbacks {
@@ -38,8 +38,7 @@ typedef struct trainer_callbacks {
     /* A step's metrics (ALGORITHM.md's names, plus "time/rollout", "time/reward", "time/train",
      * "time/step", "tokens_per_s/rollout", "tokens_per_s/train", "eval/…" on eval steps).
      * Called once per step, after the optimizer update. Non-zero return stops the job (failed). */
-    int (*on_step)(void *user, int64_t step, const char *const *names, const double *values,
-                   int n);
+    int (*on_step)(void *user, int64_t step, const char *const *names, const double *values, int n);
     /* The step's per-sample records (may be NULL): the rollouts of a step (kind "rollout"), and
      * on eval steps the eval samples (kind "eval", a separate call). */
     int (*on_samples)(void *user, int64_t step, const trainer_sample *samples, int n);
@@ -63,10 +62,10 @@ typedef struct trainer_env {
     const char *prompts_path; /* resolved JSONL paths (NULL when the algorithm does not use it) */
     const char *expert_path;
     const char *eval_path;
-    const char *model_dir;    /* resolved model directory, or NULL for model.init */
+    const char *model_dir;     /* resolved model directory, or NULL for model.init */
     const char *tokenizer_dir; /* resolved tokenizer directory (NULL: the model dir's, or the
                                   embedded default tokenizer for model.init) */
-    const char *resume_dir;   /* a committed checkpoint to continue from, or NULL */
+    const char *resume_dir;    /* a committed checkpoint to continue from, or NULL */
 } trainer_env;
 
 enum { TRAINER_DONE = 0, TRAINER_FAILED = -1, TRAINER_STOPPED = 1 };
@@ -80,10 +79,10 @@ struct trainer_dataset;
 struct reward_verifier;
 
 typedef struct trainer_eval_params {
-    int k;                   /* samples per prompt (avg@k = accuracy, pass@k) */
-    double temperature;      /* 0 = greedy */
+    int k;              /* samples per prompt (avg@k = accuracy, pass@k) */
+    double temperature; /* 0 = greedy */
     int max_new_tokens;
-    int64_t max_prompts;     /* 0 = every record of the eval set */
+    int64_t max_prompts; /* 0 = every record of the eval set */
     const int32_t *stop_ids;
     int n_stop;
     uint64_t seed, stream;
@@ -98,16 +97,15 @@ typedef struct trainer_eval_result {
     double accuracy;  /* mean correctness over prompts x k samples (avg@k) */
     double pass_at_k; /* fraction of prompts with at least one correct sample */
     double seconds;
-    int64_t errors;   /* samples the verifier could not decide (error / timeout): they count
-                         as not correct in accuracy and pass@k, and are reported here */
+    int64_t errors; /* samples the verifier could not decide (error / timeout): they count
+                       as not correct in accuracy and pass@k, and are reported here */
 } trainer_eval_result;
 
 /* The tokens that end a response of model m with tokenizer tok: the tokenizer's and the
  * config's EOS and the chat templates' end-of-turn tokens (<|im_end|>, <|eot_id|>,
  * <|endoftext|>) that exist in the vocabulary. Writes at most max ids; returns the count (0: no
  * stop token, responses end at max_new_tokens). */
-int trainer_stop_ids(const struct model *m, const struct tok_tokenizer *tok, int32_t *out,
-                     int max);
+int trainer_stop_ids(const struct model *m, const struct tok_tokenizer *tok, int32_t *out, int max);
 
 /* Samples k responses per eval prompt (records in file order) and scores them. */
 int trainer_evaluate(struct model *m, const struct tok_tokenizer *tok,

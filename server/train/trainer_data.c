@@ -54,8 +54,9 @@ static int check_records(trainer_dataset *ds, chord_err *err) {
                                ds->path, lno);
         else if (ds->kind == TRAINER_DATA_EXPERT && !messages &&
                  !json_is_string(json_object_get(rec, "response")))
-            rc = chord_err_set(err, "%s: line %lld: an expert record needs a string \"response\" "
-                                    "(or \"messages\")",
+            rc = chord_err_set(err,
+                               "%s: line %lld: an expert record needs a string \"response\" "
+                               "(or \"messages\")",
                                ds->path, lno);
         json_decref(rec);
     }
@@ -164,7 +165,8 @@ static uint64_t mix64(uint64_t x) {
 
 /* Fisher–Yates with a splitmix64 stream keyed by (seed, epoch). */
 static void build_perm(trainer_dataset *ds, int64_t epoch) {
-    for (int64_t i = 0; i < ds->n; i++) ds->perm[i] = i;
+    for (int64_t i = 0; i < ds->n; i++)
+        ds->perm[i] = i;
     uint64_t state = mix64(ds->seed ^ mix64((uint64_t)epoch + 1));
     for (int64_t i = ds->n - 1; i > 0; i--) {
         state = mix64(state);
@@ -183,10 +185,11 @@ static char *json_to_text(const json_t *v) {
 }
 
 int trainer_dataset_item_at(trainer_dataset *ds, int64_t i, const tok_tokenizer *tok,
-                            const chat_template *tpl, int with_generation_prompt,
-                            trainer_item *out, chord_err *err) {
+                            const chat_template *tpl, int with_generation_prompt, trainer_item *out,
+                            chord_err *err) {
     memset(out, 0, sizeof *out);
-    if (i < 0 || i >= ds->n) return chord_err_set(err, "%s: record %lld out of range", ds->path, (long long)i);
+    if (i < 0 || i >= ds->n)
+        return chord_err_set(err, "%s: record %lld out of range", ds->path, (long long)i);
     uint64_t start = ds->offsets[i], end = ds->offsets[i + 1];
     size_t len = (size_t)(end - start);
     char *line = malloc(len + 1);
@@ -201,8 +204,9 @@ int trainer_dataset_item_at(trainer_dataset *ds, int64_t i, const tok_tokenizer 
     json_error_t je;
     json_t *rec = json_loads(line, JSON_DISABLE_EOF_CHECK, &je);
     free(line);
-    if (!rec) return chord_err_set(err, "%s: line %lld: invalid JSON: %s (column %d)", ds->path,
-                                   lno, je.text, je.column);
+    if (!rec)
+        return chord_err_set(err, "%s: line %lld: invalid JSON: %s (column %d)", ds->path, lno,
+                             je.text, je.column);
     if (!json_is_object(rec)) {
         json_decref(rec);
         return chord_err_set(err, "%s: line %lld: not a JSON object", ds->path, lno);
@@ -271,7 +275,8 @@ int trainer_dataset_item_at(trainer_dataset *ds, int64_t i, const tok_tokenizer 
         if (!out->mask) goto oom;
         memcpy(out->mask, enc.mask, enc.ids.n);
         size_t trained = 0;
-        for (size_t k = 0; k < enc.ids.n; k++) trained += out->mask[k];
+        for (size_t k = 0; k < enc.ids.n; k++)
+            trained += out->mask[k];
         if (trained == 0) {
             chord_err_set(err, "%s: line %lld: no assistant tokens to learn", ds->path, lno);
             goto done;

@@ -24,9 +24,9 @@ typedef struct trainer_dataset {
     int fd;
     char *path;
     trainer_data_kind kind;
-    int64_t n;          /* records (non-blank lines) */
-    uint64_t *offsets;  /* (n + 1): start of record i; offsets[n] = file size */
-    int64_t *lines;     /* (n): 1-based line number of record i */
+    int64_t n;         /* records (non-blank lines) */
+    uint64_t *offsets; /* (n + 1): start of record i; offsets[n] = file size */
+    int64_t *lines;    /* (n): 1-based line number of record i */
     uint64_t seed;
     int64_t perm_epoch; /* epoch the cached permutation belongs to (-1 = none) */
     int64_t *perm;      /* (n) */
@@ -52,8 +52,8 @@ int trainer_dataset_item(trainer_dataset *ds, int64_t cursor, const tok_tokenize
                          chord_err *err);
 /* Record i in file order. */
 int trainer_dataset_item_at(trainer_dataset *ds, int64_t i, const tok_tokenizer *tok,
-                            const chat_template *tpl, int with_generation_prompt,
-                            trainer_item *out, chord_err *err);
+                            const chat_template *tpl, int with_generation_prompt, trainer_item *out,
+                            chord_err *err);
 void trainer_item_free(trainer_item *it);
 
 #endif
