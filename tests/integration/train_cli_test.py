@@ -31,8 +31,9 @@ TINY = {
 }
 
 
-def run(*args, check=None):
-    p = subprocess.run([CHORDD, *args], capture_output=True, text=True, timeout=300)
+def run(*args, check=None, input=None):
+    p = subprocess.run([CHORDD, *args], capture_output=True, text=True, timeout=300,
+                       input=input)
     if check is not None:
         assert p.returncode == check, (p.returncode, p.stdout, p.stderr)
     return p
@@ -241,3 +242,22 @@ def test_eval_errors(tmp_path, data):
     assert "reward" in p.stderr and "type" in p.stderr
     p = run("eval", "--model", str(tmp_path), "--data", data["eval"], "--k", "0", check=2)
     assert "--k" in p.stderr
+
+
+def test_checkpoint_loads_in_transformers(tmp_path, data):
+    """A checkpoint is a Hugging Face model directory: transformers loads the weights and the
+    tokenizer (the embedded default's files) and renders the chat prompt to chord's ids."""
+    transformers = pytest.importorskip("transformers")
+    j = job(tmp_path, data, algorithm="sft", steps=1, chord=None, eval={"every": 0})
+    run("train", j, "--out", str(tmp_path / "o"), "--threads", "1", check=0)
+    ck = str(tmp_path / "o" / "checkpoints" / "step_1")
+    model = transformers.AutoModelForCausalLM.from_pretrained(ck)
+    assert type(model).__name__ == "Qwen2ForCausalLM"
+    assert model.config.hidden_size == TINY["hidden_size"]
+    tok = transformers.AutoTokenizer.from_pretrained(ck)
+    ids = tok.apply_chat_template([{"role": "user", "content": "Compute 37+48."}],
+                                  add_generation_prompt=True, tokenize=True)
+    ids = ids["input_ids"] if not isinstance(ids, list) else ids
+    text = tok.decode(ids)
+    mine = json.loads(run("tokenize", "--tokenizer", ck, input=text, check=0).stdout)
+    assert mine == list(ids)
