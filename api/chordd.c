@@ -1,7 +1,9 @@
 /* chordd.c — the chord binary: the daemon (no subcommand = serve) and its one-shot commands.
  * This file only dispatches; each command lives in api/cmd_*.c. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "api/commands.h"
 
@@ -29,7 +31,21 @@ static void usage(FILE *out) {
     fprintf(out, "\n`chordd COMMAND --help` describes a command's options.\n");
 }
 
+/* OpenMP's default wait policy spins between parallel regions; chord's CPU ops are many and
+ * short, so on a shared or busy machine the spinning threads take the cores from the ones doing
+ * the work (a 30-step job measured 12x slower, docs/training.md). libgomp reads the policy from
+ * the environment before main runs, so chordd re-executes itself once with a passive policy
+ * unless the user chose one. */
+static void prefer_passive_openmp(char **argv) {
+    if (getenv("OMP_WAIT_POLICY") || getenv("CHORD_NO_REEXEC")) return;
+    if (setenv("OMP_WAIT_POLICY", "passive", 1) != 0) return;
+    setenv("CHORD_NO_REEXEC", "1", 1);
+    execv("/proc/self/exe", argv);
+    /* exec failed: carry on with the default policy */
+}
+
 int main(int argc, char **argv) {
+    prefer_passive_openmp(argv);
     if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
                       strcmp(argv[1], "help") == 0)) {
         usage(stdout);
