@@ -10,3 +10,14 @@ if(CHORD_HAVE_CUDA AND TARGET chord_kernels_cuda)
   set_tests_properties(gpu.check PROPERTIES LABELS gpu SKIP_RETURN_CODE 77 TIMEOUT 1200
                        ENVIRONMENT "ASAN_OPTIONS=protect_shadow_gap=0:detect_leaks=0")
 endif()
+
+# The CUDA kernels' logic on a machine without a GPU: tests/gpu/emu/run.sh translates
+# kernels/cuda/*.cu for a CPU emulator and runs gpu_check's op and small-model checks against the
+# CPU backend (docs/cuda.md says what this can and cannot show). ~2 minutes; needs g++ + python3.
+find_program(CHORD_GXX g++)
+find_program(CHORD_PY3 python3)
+if(CHORD_HAVE_CUDA AND TARGET chord_kernels_cuda AND CHORD_GXX AND CHORD_PY3)
+  add_test(NAME gpu.emulator
+           COMMAND ${CMAKE_CURRENT_LIST_DIR}/emu/run.sh ${CMAKE_BINARY_DIR} --no-step --no-bench)
+  set_tests_properties(gpu.emulator PROPERTIES LABELS "gpu;emulator" TIMEOUT 900)
+endif()
