@@ -16,7 +16,10 @@ endif()
 # CPU backend (docs/cuda.md says what this can and cannot show). ~2 minutes; needs g++ + python3.
 find_program(CHORD_GXX g++)
 find_program(CHORD_PY3 python3)
-if(CHORD_HAVE_CUDA AND TARGET chord_kernels_cuda AND CHORD_GXX AND CHORD_PY3)
+# (Not in the Sanitize build: the emulator links the build's libraries without the sanitizer
+# runtimes; it has its own ASan mode, CUDA_EMU_ASAN=1.)
+if(CHORD_HAVE_CUDA AND TARGET chord_kernels_cuda AND CHORD_GXX AND CHORD_PY3
+   AND NOT CMAKE_BUILD_TYPE STREQUAL "Sanitize")
   add_test(NAME gpu.emulator
            COMMAND ${CMAKE_CURRENT_LIST_DIR}/emu/run.sh ${CMAKE_BINARY_DIR} --no-step --no-bench)
   set_tests_properties(gpu.emulator PROPERTIES LABELS "gpu;emulator" TIMEOUT 900)
