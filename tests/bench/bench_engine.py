@@ -52,11 +52,17 @@ ap.add_argument("--rounds", type=int, default=2)
 ap.add_argument("--steps", type=int, default=2, help="timed training steps per round and side")
 ap.add_argument("--json", help="also write every measurement here")
 ap.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
-                help="first wait up to this long for a 1-minute load average below 2")
+                help="before each config, wait up to this long for a 1-minute load average "
+                     "below 2")
+ap.add_argument("--wait-policy", choices=["default", "passive", "active"], default="default",
+                help="OMP_WAIT_POLICY for both sides (libgomp reads it at load time, so it is set "
+                     "before torch is imported); default leaves the environment as it is")
 ap.add_argument("--smoke", action="store_true")
 args = ap.parse_args()
 
 os.environ["OMP_NUM_THREADS"] = str(args.threads)
+if args.wait_policy != "default":
+    os.environ["OMP_WAIT_POLICY"] = args.wait_policy
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
@@ -69,10 +75,10 @@ transformers.logging.disable_progress_bar()
 CONFIGS = {
     "1M": dict(cfg=dict(vocab_size=1024, hidden_size=128, intermediate_size=384,
                         num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2),
-               S=8, T=256, P=32, G=64),
+               S=8, T=256, P=32, G=64, more=3),
     "10M": dict(cfg=dict(vocab_size=8192, hidden_size=256, intermediate_size=1024,
                          num_hidden_layers=8, num_attention_heads=4, num_key_value_heads=2),
-                S=8, T=256, P=32, G=64),
+                S=8, T=256, P=32, G=64, more=2),
     "30M": dict(cfg=dict(vocab_size=16384, hidden_size=384, intermediate_size=1536,
                          num_hidden_layers=11, num_attention_heads=6, num_key_value_heads=2),
                 S=8, T=256, P=32, G=48),
@@ -200,6 +206,7 @@ def bench_config(name, spec, work, rounds, steps, seed=1):
     n_params = sum(p.numel() for p in model.parameters())
     rng = np.random.default_rng(seed)
     S, T, P, G = spec["S"], spec["T"], spec["P"], spec["G"]
+    steps *= spec.get("more", 1)  # cheap configs: more samples
     x = rng.integers(0, cfg.vocab_size, size=(S, T))
     bpath = os.path.join(work, name + ".batch.json")
     with open(bpath, "w") as f:
@@ -248,13 +255,14 @@ def bench_config(name, spec, work, rounds, steps, seed=1):
         c_dec, c_pre, t_dec, t_pre = [], [], [], []
         for rd in range(rounds):
             c = run_tool("decode", "--model", mdir, "--prompts", ppath, "--threads",
-                         args.threads, "--new", G, "--reps", 1, "--warmup", 1 if rd == 0 else 0)
+                         args.threads, "--new", G, "--reps", 2, "--warmup", 1 if rd == 0 else 0)
             c_dec += c["decode_s"]
             c_pre += c["prefill_s"]
             c_gen = c["generated"]
-            pre, dec, t_gen = torch_decode(model, pt, G)
-            t_pre.append(pre)
-            t_dec.append(dec)
+            for _ in range(2):
+                pre, dec, t_gen = torch_decode(model, pt, G)
+                t_pre.append(pre)
+                t_dec.append(dec)
         same, total = agree(c_gen, t_gen)
         r[f"decode{B}"] = dict(P=P, G=G, chord_decode_s=min(c_dec), torch_decode_s=min(t_dec),
                                chord_prefill_s=min(c_pre), torch_prefill_s=min(t_pre),
@@ -306,6 +314,15 @@ def smoke():
         return 0
 
 
+def git_commit():
+    try:
+        return subprocess.run(["git", "-C", os.path.dirname(os.path.abspath(__file__)), "rev-parse",
+                               "--short", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "?"
+
+
 def torch_mm_gflops(n=2048, reps=5):
     a, b = torch.randn(n, n), torch.randn(n, n)
     a @ b.T
@@ -325,11 +342,13 @@ def table(res):
     m, out = res["machine"], []
     out.append(f"Machine: {m['model']}, {m['cpus']} CPUs ({m['sockets']} socket x "
                f"{m['cores_per_socket']} cores x {m['threads_per_core']} threads/core), "
-               f"{res['threads']} threads on both sides; {res['date']}; load average "
+               f"{res['threads']} threads on both sides (OMP_WAIT_POLICY {res['wait_policy']}); "
+               f"{res['date']}; load average "
                f"{res['load_before']} before, {res['load_after']} after (other engineers share "
                f"the machine).")
     out.append(f"Software: torch {res['torch']} (BLAS: MKL, oneDNN), transformers "
-               f"{res['transformers']}; chord with OpenBLAS {res['sgemm']['openblas']}.")
+               f"{res['transformers']}; chord at commit {res['commit']} (working tree as "
+               f"built) with {res['sgemm']['openblas']}.")
     out.append(f"Roof: cblas_sgemm {res['sgemm']['size']}^3, {res['sgemm']['threads']} OpenBLAS "
                f"threads: **{res['sgemm']['gflops']:.1f} GFLOP/s** (1 thread: "
                f"{res['sgemm']['gflops_1thread']:.1f}); torch.mm same size: "
@@ -365,18 +384,19 @@ def table(res):
 def main():
     if args.smoke:
         return smoke()
-    deadline = time.time() + args.wait_quiet
-    while os.getloadavg()[0] >= 2.0 and time.time() < deadline:
-        time.sleep(15)
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     res = dict(date=datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), machine=machine(),
                threads=args.threads, torch=torch.__version__,
-               transformers=transformers.__version__, load_before=load_before)
+               transformers=transformers.__version__, load_before=load_before,
+               commit=git_commit(), wait_policy=os.environ.get("OMP_WAIT_POLICY", "unset"))
     res["sgemm"] = run_tool("sgemm", "--threads", args.threads, "--size", 2048, "--reps", 5)
     res["torch_mm_gflops"] = torch_mm_gflops()
     res["configs"] = []
     with tempfile.TemporaryDirectory() as work:
         for name in args.configs.split(","):
+            deadline = time.time() + args.wait_quiet
+            while os.getloadavg()[0] >= 2.0 and time.time() < deadline:
+                time.sleep(15)
             t0 = time.time()
             r = bench_config(name, CONFIGS[name], work, args.rounds, args.steps)
             res["configs"].append(r)
