@@ -943,6 +943,8 @@ int trainer_run(const job_config *cfg, const trainer_env *env, const trainer_cal
                 chord_err *err) {
     trainer t;
     memset(&t, 0, sizeof t);
+    /* datasets the job does not use stay unopened: no descriptor to close (0 is stdin) */
+    t.prompts.fd = t.expert.fd = t.eval.fd = -1;
     t.cfg = cfg;
     t.env = env;
     t.cb = cb;
