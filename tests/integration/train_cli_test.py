@@ -119,6 +119,17 @@ def test_missing_dataset_names_field_and_path(tmp_path, data):
     assert "data.prompts" in p.stderr  # required by the algorithm
 
 
+def test_job_that_cannot_fit_is_refused(tmp_path, data):
+    """A model far larger than the machine's memory fails before any allocation, saying why."""
+    huge = dict(TINY, vocab_size=151936, hidden_size=8192, num_hidden_layers=80,
+                num_attention_heads=64, num_key_value_heads=8, intermediate_size=29568,
+                max_position_embeddings=32768)
+    p = run("train", job(tmp_path, data, model={"init": {"seed": 1, "config": huge}}), "--out",
+            str(tmp_path / "o"), check=1)
+    assert "GiB" in p.stderr and "free" in p.stderr, p.stderr
+    assert not (tmp_path / "o" / "checkpoints").exists()
+
+
 def test_bad_jsonl_line_names_the_line(tmp_path, data):
     lines = [json.dumps({"prompt": "Compute 1+1.", "answer": "2"})] * 30
     lines[16] = '{"prompt": "Compute 2+2.", answer: 4}'  # line 17
