@@ -11,6 +11,7 @@ Run: CHORDD=build/api/chordd python -m pytest tests/integration/grpc_test.py"""
 import hashlib
 import json
 import os
+import subprocess
 import threading
 import time
 
@@ -18,7 +19,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from chordd_harness import TINY_CONFIG, arith_expert, arith_prompts, jsonl, tiny_job
+from chordd_harness import CHORDD, TINY_CONFIG, arith_expert, arith_prompts, jsonl, tiny_job
 from grpc_harness import GrpcChordd, assert_same, raw_unary, struct_to_py, stubs, to_struct
 
 pb, pbg = stubs()
@@ -492,9 +493,11 @@ def test_client_vanishes_mid_stream_and_deadline(srv, stub, datasets):
 
 def test_rollout(srv, stub):
     d = os.path.join(srv.models_root, "tiny_roll")
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, "config.json"), "w") as f:
+    cfg = os.path.join(srv.tmp, "tiny_roll.json")
+    with open(cfg, "w") as f:
         json.dump(TINY_CONFIG, f)
+    subprocess.run([CHORDD, "init-model", "--config", cfg, "--seed", "2", "--out", d], check=True,
+                   capture_output=True)
     req = pb.RolloutRequest(prompts=["Compute 1+2.", "Compute 3+4."], model="tiny_roll", n=2,
                             answers=["3", "7"], max_tokens=4, temperature=0.0, seed=5)
     ro = stub.Rollout(req)
@@ -506,14 +509,17 @@ def test_rollout(srv, stub):
     while ro.state == "pending" and time.time() < deadline:
         time.sleep(0.1)
         ro = stub.GetRollout(pb.GetRolloutRequest(id=ro.id))
-    assert ro.state in ("succeeded", "failed")
-    if ro.state == "succeeded":
-        comps = struct_to_py(ro.result)["completions"]
-        assert len(comps) == 4
-        for c in comps:
-            assert len(c["token_ids"]) == len(c["logprobs"]) <= 4
-    else:  # a build whose generator is not there yet says so
-        assert ro.error and not ro.HasField("result")
+    assert ro.state == "succeeded", ro.error
+    comps = struct_to_py(ro.result)["completions"]
+    assert len(comps) == 4
+    for c in comps:
+        assert 1 <= len(c["token_ids"]) == len(c["logprobs"]) <= 4
+        assert c["reason"] in ("correct", "wrong", "no_answer")
+    # temperature 0 is greedy: both samples of a prompt are the same tokens
+    by_prompt = {}
+    for c in comps:
+        by_prompt.setdefault(int(c["prompt_index"]), []).append(c["token_ids"])
+    assert all(a == b for a, b in by_prompt.values()), by_prompt
     assert_same(srv.get("/v1/rollouts/" + ro.id).json(), ro)
     # messages (a list of conversations) reach the service as REST's [[...], ...]
     conv = pb.Conversation(messages=[pb.ChatMessage(role="user", content="Compute 2+2.")])

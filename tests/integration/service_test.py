@@ -480,14 +480,11 @@ def test_rollouts(srv):
         if ro["state"] != "pending":
             break
         time.sleep(0.1)
-    assert ro["state"] in ("succeeded", "failed")
-    if ro["state"] == "succeeded":
-        comps = ro["result"]["completions"]
-        assert len(comps) == 2
-        for c in comps:
-            assert len(c["token_ids"]) == len(c["logprobs"]) <= 4
-    else:
-        assert ro["error"]
+    # a model directory without weights: the rollout fails, saying why, and the server stays up
+    # (successful rollouts, checked against transformers: tests/integration/rollout_test.py)
+    assert ro["state"] == "failed" and "safetensors" in ro["error"], ro
+    assert ro["result"] is None
+    assert srv.get("/healthz").status == 200
 
 
 def test_server_survives_garbage(srv):
