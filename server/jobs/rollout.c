@@ -164,23 +164,11 @@ int jobs_rollout_generate(const json_t *request, ops_ctx *ops, void *live_model,
         goto done;
     }
     if (rollout_generate(engine, pids, plens, n_prompts, &rp, &rr, err) != 0) goto done;
-    int32_t tok_vocab = tok_vocab_size(tok);
     for (int i = 0; i < rr.n; i++) {
         const rollout_seq *q = &rr.seq[i];
-        /* ids past the tokenizer (a padded model vocabulary) decode to nothing */
-        int32_t *keep = malloc((size_t)(q->len > 0 ? q->len : 1) * sizeof *keep);
-        if (!keep) {
-            chord_err_setc(err, CHORD_E_INTERNAL, "rollout: out of memory");
-            goto done;
-        }
-        size_t nk = 0;
-        for (int t = 0; t < q->len; t++)
-            if (q->tokens[t] < tok_vocab) keep[nk++] = q->tokens[t];
         char *text = NULL;
-        size_t tlen = 0;
-        int drc = tok_decode(tok, keep, nk, 1, &text, &tlen, err);
-        free(keep);
-        if (drc != 0) goto done;
+        if (trainer_decode_response(tok, q->tokens, q->len, &text, err) != 0) goto done;
+        size_t tlen = strlen(text);
         json_t *tids = json_array(), *lps = json_array(), *pt = json_array();
         for (int t = 0; t < plens[q->prompt]; t++)
             json_array_append_new(pt, json_integer(pids[q->prompt][t]));

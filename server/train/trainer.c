@@ -74,17 +74,25 @@ static void logline(trainer *t, const char *fmt, ...) {
     t->cb->on_log(t->cb->user, buf);
 }
 
-/* A response's text: decoded without special tokens, then made valid UTF-8 without NULs (what
- * the verifier scores is exactly what the samples show and the service stores). */
-static int decode_response(const tok_tokenizer *tok, const int32_t *ids, int n, char **out,
-                           chord_err *err) {
+int trainer_decode_response(const struct tok_tokenizer *tok, const int32_t *ids, int n,
+                            char **out, chord_err *err) {
+    *out = NULL;
+    /* a model's vocabulary may be padded past the tokenizer's (Qwen2.5: 151936 vs 151665):
+     * such ids have no text */
+    int32_t vocab = tok_vocab_size(tok);
+    int32_t *keep = malloc((size_t)(n > 0 ? n : 1) * sizeof *keep);
+    if (!keep) return chord_err_setc(err, CHORD_E_INTERNAL, "decode: out of memory");
+    size_t nk = 0;
+    for (int i = 0; i < n; i++)
+        if (ids[i] >= 0 && ids[i] < vocab) keep[nk++] = ids[i];
     char *raw = NULL;
     size_t len = 0;
-    *out = NULL;
-    if (tok_decode(tok, ids, (size_t)n, 1, &raw, &len, err) != 0) return -1;
+    int rc = tok_decode(tok, keep, nk, 1, &raw, &len, err);
+    free(keep);
+    if (rc != 0) return -1;
     *out = reward_utf8_sanitize(raw, len);
     free(raw);
-    return *out ? 0 : chord_err_setc(err, CHORD_E_INTERNAL, "trainer: out of memory");
+    return *out ? 0 : chord_err_setc(err, CHORD_E_INTERNAL, "decode: out of memory");
 }
 
 /* ---- sequences for the forward/backward ------------------------------------------------------ */
@@ -333,7 +341,7 @@ static int run_step(trainer *t, int64_t step, chord_err *err) {
         }
         for (int i = 0; i < n; i++) {
             const rollout_seq *q = &rr.seq[i];
-            if (decode_response(t->tok, q->tokens, q->len, &completions[i], err) != 0) goto done;
+            if (trainer_decode_response(t->tok, q->tokens, q->len, &completions[i], err) != 0) goto done;
             rs[i].prompt = pitems[q->prompt].text;
             rs[i].completion = completions[i];
             rs[i].answer = pitems[q->prompt].answer;
@@ -652,7 +660,7 @@ int trainer_evaluate(model *m, const tok_tokenizer *tok, const chat_template *tp
             for (int k = 0; k < K && ok; k++) {
                 const rollout_seq *q = &rr.seq[i * K + k];
                 char *text = NULL;
-                if (decode_response(tok, q->tokens, q->len, &text, err) != 0) {
+                if (trainer_decode_response(tok, q->tokens, q->len, &text, err) != 0) {
                     ok = 0;
                     break;
                 }

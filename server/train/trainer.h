@@ -107,6 +107,12 @@ typedef struct trainer_eval_result {
  * stop token, responses end at max_new_tokens). */
 int trainer_stop_ids(const struct model *m, const struct tok_tokenizer *tok, int32_t *out, int max);
 
+/* A sampled response's text, as the verifier scores it and the samples store it: ids past the
+ * tokenizer's vocabulary (a padded model vocabulary) dropped, special tokens skipped, then made
+ * valid UTF-8 without NUL bytes. *out is malloc'd. */
+int trainer_decode_response(const struct tok_tokenizer *tok, const int32_t *ids, int n,
+                            char **out, chord_err *err);
+
 /* Samples k responses per eval prompt (records in file order) and scores them. */
 int trainer_evaluate(struct model *m, const struct tok_tokenizer *tok,
                      const struct chat_template *tpl, struct trainer_dataset *ds,
