@@ -199,9 +199,7 @@ int cmd_eval(int argc, char **argv) {
         goto fail;
     }
     chat_template tpl;
-    if (chat_template_detect(tok, &tpl, NULL) != 0 &&
-        chat_template_by_name("raw", tok, &tpl, &err) != 0)
-        goto fail;
+    if (trainer_chat_template(tok, &tpl, &err) != 0) goto fail;
     if (trainer_dataset_open(&ds, data, TRAINER_DATA_PROMPTS, 0, &err) != 0) {
         chord_err_prefix(&err, "--data");
         goto fail;

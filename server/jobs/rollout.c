@@ -128,9 +128,7 @@ int jobs_rollout_generate(const json_t *request, ops_ctx *ops, void *live_model,
     }
     if (open_tokenizer(request, weights_dir, &tok, err) != 0) goto done;
     chat_template tpl;
-    if (chat_template_detect(tok, &tpl, NULL) != 0 &&
-        chat_template_by_name("raw", tok, &tpl, err) != 0)
-        goto done;
+    if (trainer_chat_template(tok, &tpl, err) != 0) goto done;
     for (int i = 0; i < n_prompts; i++) {
         if (encode_prompt(json_array_get(prompts, (size_t)i), tok, &tpl, &ids[i], &texts[i],
                           err) != 0) {

@@ -74,6 +74,13 @@ static void logline(trainer *t, const char *fmt, ...) {
     t->cb->on_log(t->cb->user, buf);
 }
 
+int trainer_chat_template(const struct tok_tokenizer *tok, struct chat_template *out,
+                          chord_err *err) {
+    const char *src = tok_chat_template(tok);
+    if (src && *src) return chat_template_detect(tok, out, err);
+    return chat_template_by_name("raw", tok, out, err);
+}
+
 int trainer_decode_response(const struct tok_tokenizer *tok, const int32_t *ids, int n,
                             char **out, chord_err *err) {
     *out = NULL;
@@ -866,8 +873,7 @@ static int setup(trainer *t, chord_err *err) {
     if (tok_vocab_size(t->tok) > t->m->cfg.vocab_size)
         return chord_err_set(err, "tokenizer has %d tokens but the model's vocab_size is %d",
                              (int)tok_vocab_size(t->tok), t->m->cfg.vocab_size);
-    if (chat_template_detect(t->tok, &t->tpl, NULL) != 0 &&
-        chat_template_by_name("raw", t->tok, &t->tpl, err) != 0)
+    if (trainer_chat_template(t->tok, &t->tpl, err) != 0)
         return chord_err_prefix(err, "chat template");
     /* stop tokens: the tokenizer's and the config's EOS, and the template's end of turn */
     t->n_stop = trainer_stop_ids(t->m, t->tok, t->stop_ids,

@@ -107,6 +107,11 @@ typedef struct trainer_eval_result {
  * stop token, responses end at max_new_tokens). */
 int trainer_stop_ids(const struct model *m, const struct tok_tokenizer *tok, int32_t *out, int max);
 
+/* The job's chat template: the tokenizer's own when it has one (an unrecognised template is an
+ * error that says so, never a silent guess), else "raw" (a tokenizer without a template). */
+int trainer_chat_template(const struct tok_tokenizer *tok, struct chat_template *out,
+                          chord_err *err);
+
 /* A sampled response's text, as the verifier scores it and the samples store it: ids past the
  * tokenizer's vocabulary (a padded model vocabulary) dropped, special tokens skipped, then made
  * valid UTF-8 without NUL bytes. *out is malloc'd. */
