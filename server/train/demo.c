@@ -13,7 +13,10 @@
  * demonstrations (trainer_builtin_data), a wide, shallow model; μ is the paper's
  * reward-adaptive rule with τ = 1 (μ = 1 − mean reward: pure SFT while no rollout is right,
  * shifting to GRPO as the rollouts improve), and a small rollout batch, since groups whose
- * rewards are all equal cost no training compute (trainer.c skips zero-advantage responses). */
+ * rewards are all equal cost no training compute (trainer.c skips zero-advantage responses).
+ * lr 1e-3: at 3e-3 when the model "gets" column addition depends on the init seed (SFT alone,
+ * 500 steps: 0.23 to 0.995 held-out over three seeds); at 1e-3 every seed tried is past 0.94 by
+ * step 300 with SFT alone, and the demo past 0.94 at step 1000. */
 const char *trainer_demo_job_json(void) {
     return "{\n"
            "  \"name\": \"demo-chord-arith\",\n"
@@ -31,10 +34,10 @@ const char *trainer_demo_job_json(void) {
            "  \"grpo\": {\"group_size\": 8, \"prompts_per_step\": 8},\n"
            "  \"expert_per_step\": 64,\n"
            "  \"sampling\": {\"temperature\": 1.0, \"top_p\": 1.0, \"max_new_tokens\": 40},\n"
-           "  \"optimizer\": {\"lr\": 0.003, \"schedule\": \"cosine\", \"warmup_steps\": 20,\n"
+           "  \"optimizer\": {\"lr\": 0.001, \"schedule\": \"cosine\", \"warmup_steps\": 20,\n"
            "                \"weight_decay\": 0.01, \"grad_clip\": 1.0, \"min_lr_ratio\": 0.1},\n"
            "  \"reward\": {\"type\": \"math_boxed\"},\n"
-           "  \"steps\": 2000, \"seed\": 42, \"checkpoint_every\": 200, \"keep_checkpoints\": 3,\n"
+           "  \"steps\": 1000, \"seed\": 42, \"checkpoint_every\": 200, \"keep_checkpoints\": 3,\n"
            "  \"eval\": {\"every\": 100, \"k\": 1, \"temperature\": 0.0, \"max_new_tokens\": 40}\n"
            "}\n";
 }
