@@ -1,8 +1,9 @@
 /* task.h — the built-in verifiable task of the embedded default: small arithmetic problems.
  *
  * A seeded generator of problems like "Compute 37+48." with the answer "85" and a short expert
- * demonstration "37+48=85 \boxed{85}" (short on purpose: a random-init tiny model has to learn
- * it in minutes on two CPU cores). Problems are drawn by (seed, split, index), so any problem can
+ * demonstration "37+48=85 \boxed{85}". The demo and "builtin:arith" train on worked solutions
+ * instead ("37+48: 7+8+0=15, 3+4+1=8. \boxed{85}", server/train/demo.c): a tiny model does not
+ * generalise from the short form (docs/training.md has the runs). Problems are drawn by (seed, split, index), so any problem can
  * be regenerated alone; the held-out split is disjoint from the training split by problem: a
  * fixed hash of (a, op, b), independent of the seed, puts every problem in exactly one split.
  * Writers produce the same JSONL files users upload ({"prompt","answer"} for RL prompts and
