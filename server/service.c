@@ -144,6 +144,29 @@ static void hook_on_step(void *user, const char *job_id, int64_t step, const cha
     pthread_mutex_unlock(&s->stats_mu);
 }
 
+/* Rollout requests a dead or stopped process accepted but never finished are run again: the
+ * request is stored whole, so the new workers need nothing else. One that cannot be queued is
+ * marked failed with the reason rather than left pending for ever. */
+static int resubmit_pending_rollouts(svc *s, chord_err *err) {
+    store *st = svc_store_get(s, err);
+    if (!st) return -1;
+    char(*ids)[STORE_ID_MAX] = NULL;
+    size_t n = 0;
+    int rc = store_rollout_pending_ids(st, &ids, &n, err);
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        chord_err e = {0};
+        if (jobs_submit_rollout(s->jobs, ids[i], &e) == 0) continue;
+        LOG_WARN("rollout %s: not queued again after the restart: %s", ids[i], e.msg);
+        chord_err fe = {0};
+        if (store_rollout_finish(st, ids[i], NULL, e.msg, &fe))
+            LOG_WARN("rollout %s: marking it failed: %s", ids[i], fe.msg);
+    }
+    if (rc == 0 && n > 0) LOG_INFO("%zu pending rollout request(s) queued again", n);
+    free(ids);
+    svc_store_put(s, st);
+    return rc;
+}
+
 int svc_open(const svc_options *opt, svc **out, chord_err *err) {
     *out = NULL;
     if (!opt || !opt->data_dir || !*opt->data_dir)
@@ -198,6 +221,7 @@ int svc_open(const svc_options *opt, svc **out, chord_err *err) {
                            .threads = opt->threads,
                            .hooks = {.user = s, .publish = hook_publish, .on_step = hook_on_step}};
         if (jobs_start(&jo, &s->jobs, err)) goto fail;
+        if (resubmit_pending_rollouts(s, err)) goto fail;
     }
     *out = s;
     return 0;

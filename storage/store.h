@@ -317,5 +317,8 @@ int store_rollout_create(store *s, const char *request_json, store_rollout *out,
 int store_rollout_finish(store *s, const char *id, const char *result_json, const char *error_text,
                          chord_err *err);
 int store_rollout_get(store *s, const char *id, store_rollout *out, chord_err *err);
+/* The ids of every pending rollout, oldest first (*ids: malloc'd, free it; NULL when none):
+ * what a restarted server runs again. */
+int store_rollout_pending_ids(store *s, char (**ids)[STORE_ID_MAX], size_t *n, chord_err *err);
 
 #endif

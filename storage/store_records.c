@@ -607,3 +607,39 @@ int store_rollout_finish(store *s, const char *id, const char *result_json, cons
     }
     return 0;
 }
+
+int store_rollout_pending_ids(store *s, char (**ids)[STORE_ID_MAX], size_t *n, chord_err *err) {
+    *ids = NULL;
+    *n = 0;
+    sqlite3_stmt *st;
+    if (storage_prepare(s, "SELECT id FROM rollouts WHERE state = 'pending' ORDER BY created_ms, id",
+                        &st, err))
+        return -1;
+    size_t cap = 0;
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (*n == cap) {
+            size_t ncap = cap ? 2 * cap : 16;
+            char(*grown)[STORE_ID_MAX] = realloc(*ids, ncap * sizeof **ids);
+            if (!grown) {
+                sqlite3_finalize(st);
+                free(*ids);
+                *ids = NULL;
+                *n = 0;
+                return OOM(err, "pending rollouts");
+            }
+            *ids = grown;
+            cap = ncap;
+        }
+        storage_col_copy(st, 0, (*ids)[*n], STORE_ID_MAX);
+        (*n)++;
+    }
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE) {
+        free(*ids);
+        *ids = NULL;
+        *n = 0;
+        return storage_sqlerr(s, err, rc, "listing pending rollouts");
+    }
+    return 0;
+}

@@ -6,6 +6,7 @@ log_softmax(logits / T) of the same tokens (an independent implementation), and 
 """
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -101,3 +102,40 @@ def test_rollout_missing_weights_fails_cleanly(srv):
     ro = wait_rollout(srv, r.json()["id"])
     assert ro["state"] == "failed" and "safetensors" in ro["error"], ro
     assert srv.get("/healthz").status == 200
+
+
+def test_pending_rollouts_run_again_after_a_restart():
+    """A rollout request accepted by a process that died before running it (left 'pending' in
+    SQLite) is run by the next process: it ends 'succeeded' with the same samples as the same
+    seeded request run normally. The pending row is written here straight into the database,
+    as a SIGKILL between accepting and running would leave it."""
+    s = Chordd().start()
+    try:
+        mdir = make_model(s, "roll_restart")
+        req = {"prompts": ["Compute 3+4.", "Compute 9-2."], "model": os.path.basename(mdir),
+               "n": 2, "max_tokens": 8, "seed": 21}
+        done = wait_rollout(s, s.post("/v1/rollouts", req).json()["id"])
+        assert done["state"] == "succeeded", done
+        s.stop()
+
+        db = os.path.join(s.data_dir, "chord.db")
+        con = sqlite3.connect(db)
+        (request_json,), = con.execute("SELECT request_json FROM rollouts WHERE id = ?",
+                                       (done["id"],)).fetchall()
+        pending = ["roll_" + os.urandom(12).hex() for _ in range(2)]
+        with con:
+            for rid in pending:
+                con.execute("INSERT INTO rollouts (id, state, request_json, created_ms) "
+                            "VALUES (?, 'pending', ?, ?)", (rid, request_json,
+                                                            int(time.time() * 1000)))
+        con.close()
+
+        s.start()
+        for rid in pending:
+            ro = wait_rollout(s, rid)
+            assert ro["state"] == "succeeded", (ro, s.read_log()[-2000:])
+            ids = [c["token_ids"] for c in ro["result"]["completions"]]
+            assert ids == [c["token_ids"] for c in done["result"]["completions"]]
+        assert "pending rollout request(s) queued again" in s.read_log()
+    finally:
+        s.cleanup()
