@@ -644,6 +644,32 @@ static void test_rollouts(void **state) {
     chord_err_clear(&err);
     assert_int_equal(store_rollout_finish(s, "roll_0000", "{}", NULL, &err), -1);
     assert_int_equal(err.code, CHORD_E_NOT_FOUND);
+    chord_err_clear(&err);
+
+    /* pending ids: only the pending ones, oldest first; none → NULL, 0 */
+    char(*ids)[STORE_ID_MAX] = (void *)1;
+    size_t n = 99;
+    assert_int_equal(store_rollout_pending_ids(s, &ids, &n, &err), 0);
+    assert_null(ids);
+    assert_int_equal(n, 0);
+    char pend[3][STORE_ID_MAX];
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(store_rollout_create(s, "{\"n\": 1}", &r, &err), 0);
+        snprintf(pend[i], sizeof pend[i], "%s", r.id);
+        store_rollout_free(&r);
+    }
+    assert_int_equal(store_rollout_finish(s, pend[1], NULL, "boom", &err), 0);
+    /* two of them may share a created_ms: compare as a set */
+    assert_int_equal(store_rollout_pending_ids(s, &ids, &n, &err), 0);
+    assert_int_equal(n, 2);
+    int seen0 = 0, seen2 = 0;
+    for (size_t i = 0; i < n; i++) {
+        seen0 += strcmp(ids[i], pend[0]) == 0;
+        seen2 += strcmp(ids[i], pend[2]) == 0;
+    }
+    assert_int_equal(seen0, 1);
+    assert_int_equal(seen2, 1);
+    free(ids);
     store_close(s);
     scratch_remove(dir);
 }
