@@ -151,17 +151,20 @@ static int resubmit_pending_rollouts(svc *s, chord_err *err) {
     store *st = svc_store_get(s, err);
     if (!st) return -1;
     char(*ids)[STORE_ID_MAX] = NULL;
-    size_t n = 0;
+    size_t n = 0, queued = 0;
     int rc = store_rollout_pending_ids(st, &ids, &n, err);
     for (size_t i = 0; rc == 0 && i < n; i++) {
         chord_err e = {0};
-        if (jobs_submit_rollout(s->jobs, ids[i], &e) == 0) continue;
+        if (jobs_submit_rollout(s->jobs, ids[i], &e) == 0) {
+            queued++;
+            continue;
+        }
         LOG_WARN("rollout %s: not queued again after the restart: %s", ids[i], e.msg);
         chord_err fe = {0};
         if (store_rollout_finish(st, ids[i], NULL, e.msg, &fe))
             LOG_WARN("rollout %s: marking it failed: %s", ids[i], fe.msg);
     }
-    if (rc == 0 && n > 0) LOG_INFO("%zu pending rollout request(s) queued again", n);
+    if (queued > 0) LOG_INFO("%zu pending rollout request(s) queued again", queued);
     free(ids);
     svc_store_put(s, st);
     return rc;
