@@ -63,10 +63,11 @@ typedef struct eval_out {
 static void on_sample(void *user, const trainer_sample *s) {
     eval_out *o = user;
     if (!o->f || o->failed) return;
-    json_t *j =
-        json_pack("{s:i, s:s?, s:s?, s:s?, s:f, s:s, s:i, s:b}", "index", s->group, "prompt",
-                  s->prompt, "completion", s->completion, "answer", s->answer, "reward", s->reward,
-                  "reason", s->reason, "tokens", s->tokens, "truncated", s->truncated);
+    json_t *j = trainer_sample_json(s);
+    if (j && json_object_set_new(j, "index", json_integer(s->group))) {
+        json_decref(j);
+        j = NULL;
+    }
     char *line = j ? json_dumps(j, JSON_COMPACT | JSON_ENSURE_ASCII) : NULL;
     json_decref(j);
     if (!line || fprintf(o->f, "%s\n", line) < 0) o->failed = 1;

@@ -54,16 +54,16 @@ static int cb_on_samples(void *user, int64_t step, const trainer_sample *s, int 
     run_ctx *r = user;
     if (!r->samples) return 0;
     for (int i = 0; i < n; i++) {
-        json_error_t je;
-        json_t *o = json_pack_ex(&je, 0, "{s:I, s:s, s:i, s:s?, s:s?, s:s?, s:f, s:s, s:i, s:b}",
-                                 "step", (json_int_t)step, "kind", s[i].kind, "group", s[i].group,
-                                 "prompt", s[i].prompt, "completion", s[i].completion, "answer",
-                                 s[i].answer, "reward", s[i].reward, "reason", s[i].reason,
-                                 "tokens", s[i].tokens, "truncated", s[i].truncated);
-        if (!o) LOG_ERROR("samples: %s", je.text);
-        char *line = o ? json_dumps(o, JSON_COMPACT | JSON_ENSURE_ASCII) : NULL;
+        json_t *o = trainer_sample_json(&s[i]);
+        int bad = !o || json_object_set_new(o, "step", json_integer(step)) ||
+                  json_object_set_new(o, "kind", json_string(s[i].kind ? s[i].kind : "")) ||
+                  json_object_set_new(o, "group", json_integer(s[i].group));
+        char *line = bad ? NULL : json_dumps(o, JSON_COMPACT | JSON_ENSURE_ASCII);
         json_decref(o);
-        if (!line) return -1;
+        if (!line) {
+            LOG_ERROR("samples: out of memory");
+            return -1;
+        }
         fprintf(r->samples, "%s\n", line);
         free(line);
     }

@@ -81,6 +81,12 @@ int trainer_chat_template(const struct tok_tokenizer *tok, struct chat_template 
     return chat_template_by_name("raw", tok, out, err);
 }
 
+json_t *trainer_sample_json(const trainer_sample *s) {
+    return json_pack("{s:s?, s:s?, s:s?, s:f, s:s?, s:i, s:b}", "prompt", s->prompt, "completion",
+                     s->completion, "answer", s->answer, "reward", s->reward, "reason", s->reason,
+                     "tokens", s->tokens, "truncated", s->truncated);
+}
+
 int trainer_decode_response(const struct tok_tokenizer *tok, const int32_t *ids, int n,
                             char **out, chord_err *err) {
     *out = NULL;

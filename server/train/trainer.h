@@ -33,6 +33,11 @@ typedef struct trainer_sample {
     int truncated;      /* hit max_new_tokens */
 } trainer_sample;
 
+/* The sample's own fields as a new JSON object: {"prompt", "completion", "answer" (null when
+ * absent), "reward", "reason", "tokens", "truncated"}; NULL when out of memory. Callers add
+ * their context (the step, the kind, the prompt's index). One shape for every sample file. */
+json_t *trainer_sample_json(const trainer_sample *s);
+
 typedef struct trainer_callbacks {
     void *user;
     /* A step's metrics (ALGORITHM.md's names, plus "time/rollout", "time/reward", "time/train",
