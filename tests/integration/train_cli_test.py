@@ -14,21 +14,12 @@ import json
 import os
 import re
 import subprocess
+import sys
 
 import pytest
 
-CHORDD = os.environ.get("CHORDD", "build/api/chordd")
-
-TINY = {
-    "model_type": "qwen2",
-    "vocab_size": 1024,  # the embedded default tokenizer's
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 1,
-    "num_attention_heads": 2,
-    "num_key_value_heads": 1,
-    "max_position_embeddings": 128,
-}
+sys.path.insert(0, os.path.dirname(__file__))
+from chordd_harness import CHORDD, TINY_CONFIG as TINY  # noqa: E402
 
 
 def run(*args, check=None, input=None):
