@@ -23,7 +23,11 @@
  * Exit: 0 every check passed, 1 a check failed, 2 bad usage, 77 no CUDA device (ctest SKIP).
  * Options: --out DIR, --no-bench (checks only), --no-step (skip the 100M step; the small models
  * still run), --quick (smaller benchmarks), --tiny-bench (the benchmark code on a small model and
- * small buffers: for the CPU emulator, tests/gpu/emu; its numbers mean nothing). */
+ * small buffers: for the CPU emulator, tests/gpu/emu; its numbers mean nothing), --bench NAME (no
+ * checks; only the benchmark NAME: bandwidth, train-100m, train-0.5b or decode-0.5b), --profile B
+ * (bracket one timed training step, and one decode step at batch B, with cudaProfilerStart/Stop,
+ * for `ncu --profile-from-start off`: tests/gpu/profile.sh). */
+#include <cuda_profiler_api.h>
 #include <cuda_runtime_api.h>
 #include <math.h>
 #include <stdarg.h>
@@ -58,6 +62,9 @@ typedef struct {
     char unit[24];
     char note[200];
 } bench_rec;
+
+static int profile_mode; /* --profile B: cudaProfilerStart/Stop around one training step and the
+                           * decode step at batch B (B > 0) */
 
 static check_rec checks[MAX_CHECKS];
 static int nchecks, nfailed;
@@ -981,6 +988,7 @@ static void b_train(const char *label, const char *json, int T, int seqs, int st
     const model_batch mb = {b.N, b.S, b.tokens, b.positions, b.cu, b.targets};
     double t = 0.0;
     for (int it = 0; it < steps + 1; it++) {
+        if (profile_mode && it == 1) cudaProfilerStart();
         double t0 = now_s();
         if (model_zero_grad(m, &err) != 0 || model_forward(m, &mb, 1.0f, NULL, NULL, &err) != 0 ||
             model_backward(m, b.dlogp, NULL, &err) != 0 ||
@@ -990,6 +998,11 @@ static void b_train(const char *label, const char *json, int T, int seqs, int st
             goto out;
         }
         if (it > 0) t += now_s() - t0; /* the first step allocates */
+        if (profile_mode && it == 1) {
+            cudaProfilerStop();
+            printf("profile: train %s step %d took %.2f ms (wall, synchronised)\n", label, it,
+                   1e3 * (now_s() - t0));
+        }
     }
     double tps = (double)b.N * steps / t;
     double flops = train_flops_per_token(&cfg, T);
@@ -1054,6 +1067,8 @@ static void b_decode(const char *label, const char *json, int prompt, int steps)
                 pos[b] = prompt + st;
                 u[b] = (float)urand();
             }
+            const int prof = profile_mode && st == 1 && B == profile_mode;
+            if (prof) cudaProfilerStart();
             double t0 = now_s();
             if (model_decode(m, kv, next, pos, slots, B, &logits, &err) != 0) {
                 bench(what, NAN, "", "%s", err.msg);
@@ -1061,6 +1076,11 @@ static void b_decode(const char *label, const char *json, int prompt, int steps)
             }
             BCALL(what, GPU->be->sample(GPU, next, lp, logits, B, cfg.vocab_size, 0.8f, 0.95f, u));
             if (st > 0) t += now_s() - t0;
+            if (prof) {
+                cudaProfilerStop();
+                printf("profile: decode %s batch %d step took %.3f ms (wall)\n", label, B,
+                       1e3 * (now_s() - t0));
+            }
         }
         bench(what, (double)B * steps / t, "tok/s", "%.2f ms/step, context %d..%d", 1e3 * t / steps,
               prompt, prompt + steps);
@@ -1257,6 +1277,7 @@ static int write_results(const char *dir, const char *device, const char *when) 
 int main(int argc, char **argv) {
     const char *out = getenv("OUT");
     int do_bench = 1, do_step = 1, quick = 0;
+    const char *only = NULL; /* --bench NAME */
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--out") == 0 && i + 1 < argc)
             out = argv[++i];
@@ -1268,9 +1289,16 @@ int main(int argc, char **argv) {
             quick = 1;
         else if (strcmp(argv[i], "--tiny-bench") == 0)
             quick = 2;
+        else if (strcmp(argv[i], "--bench") == 0 && i + 1 < argc &&
+                 (strcmp(argv[i + 1], "bandwidth") == 0 || strcmp(argv[i + 1], "train-100m") == 0 ||
+                  strcmp(argv[i + 1], "train-0.5b") == 0 || strcmp(argv[i + 1], "decode-0.5b") == 0))
+            only = argv[++i];
+        else if (strcmp(argv[i], "--profile") == 0 && i + 1 < argc && atoi(argv[i + 1]) > 0)
+            profile_mode = atoi(argv[++i]);
         else {
             fprintf(stderr, "usage: gpu_check [--out DIR] [--no-bench] [--no-step] [--quick] "
-                            "[--tiny-bench]\n");
+                            "[--tiny-bench] [--bench bandwidth|train-100m|train-0.5b|decode-0.5b] "
+                            "[--profile BATCH]\n");
             return 2;
         }
     }
@@ -1306,6 +1334,19 @@ int main(int argc, char **argv) {
     strftime(when, sizeof when, "%Y-%m-%d %H:%M UTC", gmtime(&tt));
     printf("gpu_check on %s, CPU reference with %d threads\n", device, CPU->threads);
 
+    if (only) { /* one benchmark, no checks */
+        set_matmul(OPS_CUDA_MATMUL_BF16);
+        const int steps = quick ? 2 : 5, seqs = quick ? 2 : 8;
+        if (strcmp(only, "bandwidth") == 0) b_bandwidth(quick);
+        if (strcmp(only, "train-100m") == 0) b_train("~100M", CFG_100M, 1024, seqs, steps);
+        if (strcmp(only, "train-0.5b") == 0)
+            b_train("0.5B (Qwen2.5-0.5B shapes)", CFG_05B, 1024, seqs, steps);
+        if (strcmp(only, "decode-0.5b") == 0) b_decode("0.5B", CFG_05B, 64, quick ? 8 : 32);
+        write_results(out, device, when);
+        ops_close(GPU);
+        ops_close(CPU);
+        return 0;
+    }
     t_memory();
     set_matmul(OPS_CUDA_MATMUL_FP32);
     t_matmul("fp32", TOL_FP32);
