@@ -6,9 +6,11 @@
 // (grid.x is the upper bound ceil(N / ATT_BQ) + S; surplus blocks exit). It also validates
 // cu_seqlens: a bad one raises CU_EFLAG_CU and the kernels do nothing.
 //
-// Flash kernels (default): fp32 on CUDA cores; a block owns ATT_BQ query rows of one head, keys
-// and values stream through shared memory ATT_BK at a time, one warp handles ATT_RPW rows with
-// one key per lane and an online softmax, so no T x T matrix exists; lse is saved.
+// Tensor-core kernels (cuda_attention_tc.cu; the default with bf16 GEMMs): launched from here
+// over a table of their own tile size. Flash kernels: fp32 on CUDA cores; a block owns ATT_BQ query
+// rows of one head, keys and values stream through shared memory ATT_BK at a time, one warp handles
+// ATT_RPW rows with one key per lane and an online softmax, so no T x T matrix exists; lse is
+// saved.
 //   backward: Di = rowsum(dO * O); a dQ kernel (blocks over query tiles) and a dK/dV kernel
 //   (blocks over key tiles of one kv head, looping over the query heads of its group) both
 //   recompute P = exp(S - lse); each output row is written by exactly one block, no atomics.
@@ -29,10 +31,10 @@ enum {
 
 // ---- the tile table ----
 
-// tiles[t] = (sequence, first row within it) for every ATT_BQ-row tile; *ntiles = the count, or 0
+// tiles[t] = (sequence, first row within it) for every bq-row tile; *ntiles = the count, or 0
 // with CU_EFLAG_CU raised when cu_seqlens is not 0 .. N non-decreasing. One block of 1024.
 __global__ void att_tiles_kernel(int2 *tiles, int *ntiles, const int32_t *cu, int S, int N, int cap,
-                                 unsigned int *flags) {
+                                 int bq, unsigned int *flags) {
     __shared__ int sh[33];
     int per = (S + (int)blockDim.x - 1) / (int)blockDim.x;
     int s0 = (int)threadIdx.x * per, s1 = min(S, s0 + per);
@@ -42,7 +44,7 @@ __global__ void att_tiles_kernel(int2 *tiles, int *ntiles, const int32_t *cu, in
         if (L < 0)
             bad = 1;
         else
-            cnt += (L + ATT_BQ - 1) / ATT_BQ;
+            cnt += (L + bq - 1) / bq;
     }
     if (threadIdx.x == 0 && (cu[0] != 0 || cu[S] != N)) bad = 1;
     int total = 0;
@@ -56,7 +58,7 @@ __global__ void att_tiles_kernel(int2 *tiles, int *ntiles, const int32_t *cu, in
     }
     for (int s = s0; s < s1; s++) {
         int L = cu[s + 1] - cu[s];
-        for (int i0 = 0; i0 < L; i0 += ATT_BQ)
+        for (int i0 = 0; i0 < L; i0 += bq)
             tiles[off++] = make_int2(s, i0);
     }
     if (threadIdx.x == 0) *ntiles = total;
@@ -522,7 +524,7 @@ int cuda_attention_init(ops_ctx *c) {
     CU_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, im->device));
     im->smem_optin = optin;
     if (att_init_nd<2>(c, optin) != 0 || att_init_nd<4>(c, optin) != 0 ||
-        att_init_nd<8>(c, optin) != 0)
+        att_init_nd<8>(c, optin) != 0 || cuda_attention_tc_init(c) != 0)
         return -1;
     return 0;
 }
@@ -571,19 +573,30 @@ static int check_packed(ops_ctx *c, const char *what, const int32_t *cu, int S, 
 }
 
 // the tile table in scratch: tiles (cap int2), ntiles (1 int), then `extra` bytes for the caller
-static int att_tiles(ops_ctx *c, const int32_t *cu, int S, int N, size_t extra, int2 **tiles,
-                     int **ntiles, int *cap, void **extra_out) {
+static int att_tiles(ops_ctx *c, const int32_t *cu, int S, int N, int bq, size_t extra,
+                     int2 **tiles, int **ntiles, int *cap, void **extra_out) {
     cuda_impl *im = cu_impl(c);
-    *cap = (N + ATT_BQ - 1) / ATT_BQ + S;
+    *cap = (N + bq - 1) / bq + S;
     size_t tb = ((size_t)*cap * sizeof(int2) + sizeof(int) + 255) & ~(size_t)255;
     char *s = (char *)cu_scratch(c, tb + extra);
     if (!s) return -1;
     *tiles = (int2 *)s;
     *ntiles = (int *)(s + (size_t)*cap * sizeof(int2));
     if (extra_out) *extra_out = s + tb;
-    att_tiles_kernel<<<1, 1024, 0, im->stream>>>(*tiles, *ntiles, cu, S, N, *cap, im->flags_dev);
+    att_tiles_kernel<<<1, 1024, 0, im->stream>>>(*tiles, *ntiles, cu, S, N, *cap, bq,
+                                                 im->flags_dev);
     CU_LAUNCHED("att_tiles_kernel");
     return 0;
+}
+
+// the tensor-core kernels for this call: mode tensor, or auto with bf16 GEMMs (ops_cuda.h), and a
+// head size they take on this device
+static int att_use_tc(ops_ctx *c, int D) {
+    const cuda_impl *im = cu_impl(c);
+    const int want =
+        im->attention_mode == OPS_CUDA_ATTENTION_TENSOR ||
+        (im->attention_mode == OPS_CUDA_ATTENTION_AUTO && im->matmul_mode == OPS_CUDA_MATMUL_BF16);
+    return want && cuda_attention_tc_usable(c, D);
 }
 
 extern "C" int cuda_attention_forward(ops_ctx *c, float *out, float *lse, const float *q, int ldq,
@@ -599,7 +612,14 @@ extern "C" int cuda_attention_forward(ops_ctx *c, float *out, float *lse, const 
     const float scale = 1.0f / sqrtf((float)D);
     int2 *tiles;
     int *ntiles, cap;
-    if (att_tiles(c, cu_seqlens, S, N, 0, &tiles, &ntiles, &cap, NULL) != 0) return -1;
+    if (att_use_tc(c, D)) {
+        if (att_tiles(c, cu_seqlens, S, N, cuda_attention_tc_tile_rows(), 0, &tiles, &ntiles, &cap,
+                      NULL) != 0)
+            return -1;
+        return cuda_attention_tc_forward(c, out, lse, q, ldq, k, ldk, v, ldv, cu_seqlens, tiles,
+                                         ntiles, cap, Hq, Hkv, D, scale);
+    }
+    if (att_tiles(c, cu_seqlens, S, N, ATT_BQ, 0, &tiles, &ntiles, &cap, NULL) != 0) return -1;
     const int nd = att_nd(D);
     if (im->attention_mode == OPS_CUDA_ATTENTION_NAIVE) {
         size_t warps = (size_t)N * Hq;
@@ -636,9 +656,19 @@ extern "C" int cuda_attention_backward(ops_ctx *c, float *dq, float *dk, float *
     int2 *tiles;
     int *ntiles, cap;
     void *extra = NULL;
-    if (att_tiles(c, cu_seqlens, S, N, (size_t)N * Hq * sizeof(float), &tiles, &ntiles, &cap,
-                  &extra) != 0)
+    const int use_tc = att_use_tc(c, D);
+    if (att_tiles(c, cu_seqlens, S, N, use_tc ? cuda_attention_tc_tile_rows() : (int)ATT_BQ,
+                  (size_t)N * Hq * sizeof(float), &tiles, &ntiles, &cap, &extra) != 0)
         return -1;
+    if (use_tc) {
+        float *Di = (float *)extra;
+        size_t warps = (size_t)N * Hq;
+        att_bwd_di_kernel<<<(unsigned int)((warps + 7) / 8), 256, 0, im->stream>>>(Di, dout, out, N,
+                                                                                   Hq, D);
+        CU_LAUNCHED("att_bwd_di_kernel");
+        return cuda_attention_tc_backward(c, dq, dk, dv, dout, q, ldq, k, ldk, v, ldv, lse, Di,
+                                          cu_seqlens, tiles, ntiles, cap, Hq, Hkv, D, scale);
+    }
     if (im->attention_mode == OPS_CUDA_ATTENTION_NAIVE) {
         att_zero_rows_kernel<<<cu_blocks((size_t)N * Hkv * D, 256, im->num_sms), 256, 0,
                                im->stream>>>(dk, ldk, N, Hkv * D);

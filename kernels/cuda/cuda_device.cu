@@ -254,7 +254,8 @@ extern "C" int ops_cuda_set_matmul_mode(ops_ctx *c, ops_cuda_matmul_mode mode) {
 
 extern "C" int ops_cuda_set_attention_mode(ops_ctx *c, ops_cuda_attention_mode mode) {
     if (!is_cuda_ctx(c)) return cu_fail(c, "ops_cuda_set_attention_mode: not a CUDA context");
-    if (mode != OPS_CUDA_ATTENTION_FLASH && mode != OPS_CUDA_ATTENTION_NAIVE)
+    if (mode != OPS_CUDA_ATTENTION_FLASH && mode != OPS_CUDA_ATTENTION_NAIVE &&
+        mode != OPS_CUDA_ATTENTION_TENSOR && mode != OPS_CUDA_ATTENTION_AUTO)
         return cu_fail(c, "ops_cuda_set_attention_mode: unknown mode %d", (int)mode);
     cu_impl(c)->attention_mode = mode;
     return 0;
@@ -336,7 +337,9 @@ static ops_cuda_matmul_mode matmul_mode_from_env(void) {
 static ops_cuda_attention_mode attention_mode_from_env(void) {
     const char *s = getenv("CHORD_CUDA_ATTENTION");
     if (s && strcmp(s, "naive") == 0) return OPS_CUDA_ATTENTION_NAIVE;
-    return OPS_CUDA_ATTENTION_FLASH;
+    if (s && strcmp(s, "flash") == 0) return OPS_CUDA_ATTENTION_FLASH;
+    if (s && strcmp(s, "tensor") == 0) return OPS_CUDA_ATTENTION_TENSOR;
+    return OPS_CUDA_ATTENTION_AUTO;
 }
 
 #define OPEN_CHECK(call, what)                                                                     \

@@ -240,5 +240,19 @@ int cuda_sample(ops_ctx *c, int32_t *tokens_host, float *logp_host, const float 
 
 // Opt-in shared memory for the attention kernels (cuda_attention.cu), called once at open.
 int cuda_attention_init(ops_ctx *c);
+// The tensor-core attention kernels (cuda_attention_tc.cu), launched by cuda_attention.cu over
+// its tile table of cuda_attention_tc_tile_rows() rows per tile; Di = rowsum(dout * out) (N, Hq).
+int cuda_attention_tc_init(ops_ctx *c);
+int cuda_attention_tc_usable(ops_ctx *c, int D);
+int cuda_attention_tc_tile_rows(void);
+int cuda_attention_tc_forward(ops_ctx *c, float *out, float *lse, const float *q, int ldq,
+                              const float *k, int ldk, const float *v, int ldv,
+                              const int32_t *cu_seqlens, const int2 *tiles, const int *ntiles,
+                              int cap, int Hq, int Hkv, int D, float scale);
+int cuda_attention_tc_backward(ops_ctx *c, float *dq, float *dk, float *dv, const float *dout,
+                               const float *q, int ldq, const float *k, int ldk, const float *v,
+                               int ldv, const float *lse, const float *Di,
+                               const int32_t *cu_seqlens, const int2 *tiles, const int *ntiles,
+                               int cap, int Hq, int Hkv, int D, float scale);
 
 #endif

@@ -8,10 +8,15 @@
  *             (CUBLAS_COMPUTE_32F_FAST_16BF) — the training default;
  *       tf32: CUBLAS_COMPUTE_32F_FAST_TF32;
  *       fp32: exact fp32 (CUBLAS_COMPUTE_32F), for verification against the CPU backend.
- *   CHORD_CUDA_ATTENTION = flash (default) | naive
- *       flash: tiled online-softmax kernels that never hold a T x T matrix, backward recomputed
- *              from the saved log-sum-exp; naive: one warp per (row, head), the simple reference
- *              kernel (backward with atomics). */
+ *   CHORD_CUDA_ATTENTION = auto (default) | tensor | flash | naive
+ *       tensor: flash attention on tensor cores (bf16 products, fp32 softmax and accumulation;
+ *              cuda_attention_tc.cu) for head sizes D % 16 == 0, D <= 128 where the device's shared
+ *              memory allows; other head sizes use flash;
+ *       flash: tiled online-softmax kernels in fp32 on CUDA cores that never hold a T x T matrix,
+ *              backward recomputed from the saved log-sum-exp;
+ *       naive: one warp per (row, head), the simple reference kernel (backward with atomics);
+ *       auto:  tensor while the GEMMs are bf16, flash with tf32 or fp32 GEMMs (so fp32 mode stays
+ *              the exact verification path). */
 #ifndef CHORD_KERNELS_CUDA_OPS_CUDA_H
 #define CHORD_KERNELS_CUDA_OPS_CUDA_H
 
@@ -23,7 +28,12 @@ typedef enum {
     OPS_CUDA_MATMUL_FP32 = 2
 } ops_cuda_matmul_mode;
 
-typedef enum { OPS_CUDA_ATTENTION_FLASH = 0, OPS_CUDA_ATTENTION_NAIVE = 1 } ops_cuda_attention_mode;
+typedef enum {
+    OPS_CUDA_ATTENTION_FLASH = 0,
+    OPS_CUDA_ATTENTION_NAIVE = 1,
+    OPS_CUDA_ATTENTION_TENSOR = 2,
+    OPS_CUDA_ATTENTION_AUTO = 3
+} ops_cuda_attention_mode;
 
 /* Both return 0, or -1 when c is not a CUDA context (ops_last_error says so). */
 int ops_cuda_set_matmul_mode(ops_ctx *c, ops_cuda_matmul_mode mode);

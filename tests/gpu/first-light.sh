@@ -9,7 +9,7 @@
 #            library they need except glibc, the driver and the CUDA toolkit's own)
 #   OUTDIR   where results go (default $OUT, else ./gpu-results); at most 8 files:
 #            machine.txt, gpu_check.md, gpu_check.json, gpu_check.log, demo.log, demo.jsonl,
-#            sanitizer.log, summary.txt
+#            sanitizer.log (memcheck, then racecheck), summary.txt
 #   SECONDS  the time the whole run may take (default 420); each stage gets a share and is cut
 #            off at its limit, so a hang in one stage still leaves the others' results
 #
@@ -19,7 +19,8 @@
 #      both backends (three small models and a ~100M one, fp32 and bf16 GEMMs), then benchmarks
 #      (training MFU at ~100M and 0.5B, T = 1024; decode at batch 1/32/256; memory bandwidth)
 #   3. the demo job (chordd train --demo) on the GPU: held-out accuracy and seconds per step
-#   4. compute-sanitizer memcheck over the op checks and small models (when the tool exists)
+#   4. compute-sanitizer memcheck, then racecheck (shared-memory hazards), over the op checks and
+#      the small models (when the tool exists)
 # Exit status: 0 when gpu_check passed and the demo ran to its end, else 1.
 set -uo pipefail
 bundle=${1:?usage: first-light.sh BUNDLE [OUTDIR] [SECONDS]}
@@ -89,11 +90,15 @@ grep -o '"eval/accuracy":[0-9.e+-]*' "$out/demo.jsonl" 2>/dev/null | tail -n 3 |
 cs=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
 lim=$(( $(left) - 10 ))
 if [ -n "$cs" ] && [ "$lim" -gt 30 ]; then
-    note "== compute-sanitizer memcheck (limit ${lim}s)"
-    timeout -k 5 "$lim" "$cs" --tool memcheck --print-limit 20 "$bundle/bin/gpu_check" \
-        --no-bench --no-step --out /tmp >"$out/sanitizer.log" 2>&1
-    note "memcheck exit $? ($(grep -c '^=========.*Invalid\|^========= .*error' "$out/sanitizer.log") error lines)"
-    tail -n 3 "$out/sanitizer.log" | tee -a "$summary"
+    note "== compute-sanitizer (${lim}s left)"
+    for tool in memcheck racecheck; do
+        lim=$(( $(left) - 10 ))
+        [ "$lim" -gt 20 ] || { note "$tool skipped (${lim}s left)"; continue; }
+        echo "== $tool" >>"$out/sanitizer.log"
+        timeout -k 5 "$lim" "$cs" --tool "$tool" --print-limit 20 "$bundle/bin/gpu_check" \
+            --no-bench --no-step --out /tmp >>"$out/sanitizer.log" 2>&1
+        note "$tool exit $?: $(grep '^========= ERROR SUMMARY\|RACECHECK SUMMARY' "$out/sanitizer.log" | tail -1)"
+    done
 else
     note "== compute-sanitizer skipped (${cs:-not found}, ${lim}s left)"
 fi

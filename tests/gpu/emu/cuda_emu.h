@@ -127,6 +127,9 @@ struct dim3 {
 struct int2 {
     int x, y;
 };
+struct float4 {
+    float x, y, z, w;
+};
 static inline int2 make_int2(int x, int y) {
     int2 r = {x, y};
     return r;
@@ -173,6 +176,25 @@ static inline T __shfl_up_sync(unsigned int, T v, unsigned int d, int width = 32
     int src = lane - (int)d;
     T r = emu_from_bits<T>(emu_warp_exchange(emu_to_bits(v), src < 0 ? lane : src));
     return r;
+}
+
+// a warp barrier: every live lane of the warp reaches it before any goes on
+static inline void __syncwarp(unsigned int = 0xffffffffu) {
+    (void)emu_warp_exchange(0, emu_lane());
+}
+
+// a warp vote: bit i set when lane i's predicate holds (an OR over the warp's lanes)
+static inline unsigned int __ballot_sync(unsigned int, int pred) {
+    unsigned int v = pred ? 1u << emu_lane() : 0u;
+    for (int o = 16; o > 0; o >>= 1)
+        v |= __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+static inline int __popc(unsigned int v) {
+    return __builtin_popcount(v);
+}
+static inline int __ffs(int v) {
+    return __builtin_ffs(v);
 }
 
 // one host thread runs every fiber and switches only at the sync points: plain updates are atomic

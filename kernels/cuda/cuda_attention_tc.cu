@@ -1,0 +1,413 @@
+// cuda_attention_tc.cu — causal grouped-query attention over a packed batch on tensor cores
+// (forward, backward): bf16 products through the warp matrix API (wmma, 16 x 16 x 16), fp32
+// softmax, accumulation and storage. The flash algorithm of cuda_attention.cu with the dot
+// products moved from CUDA cores to tensor cores: no T x T matrix exists, lse is saved, and the
+// backward recomputes P from it. Used when the attention mode is `tensor`, or `auto` with bf16
+// GEMMs (ops_cuda.h), for head sizes D % 16 == 0 and D <= 128; other sizes use the fp32 kernels.
+//
+// Layout: a block has 4 warps and owns a 64-row tile; each warp owns 16 rows of it. Tiles of the
+// other operand (64 keys, or 64 queries) stream through shared memory as bf16. A warp's scores
+// (16 x 64) go from the accumulator fragments to shared memory, where lane pair (2r, 2r + 1)
+// applies the causal mask and the softmax to row r (32 columns each), writes P as bf16, and
+// rescales the row of the fp32 output accumulator (shared memory too, since the fragments'
+// register layout is unspecified); then the warp multiplies P by V into that accumulator.
+//   forward:   S = Q K^T, online softmax, O += P V; out = O / l, lse = m + log l
+//   dQ:        per key tile S, dP = dO V^T, dS = P (dP - Di) scale, dQ += dS K
+//   dK, dV:    blocks over key tiles of one kv head, looping over its query heads and the query
+//              tiles at or after the keys: S^T = K Q^T, dP^T = V dO^T, dV += P^T dO, dK += dS^T Q
+// Every output row is written by exactly one block, no atomics; Di = rowsum(dO * O) comes from
+// cuda_attention.cu's att_bwd_di_kernel. Errors against the fp32 kernels are those of bf16
+// operands (about 1e-3 relative), the bf16 GEMM mode's bound.
+#include <cuda_bf16.h>
+#include <mma.h>
+
+#include "kernels/cuda/cuda_internal.cuh"
+
+using namespace nvcuda;
+typedef __nv_bfloat16 bf16;
+
+enum {
+    TC_B = 64,         // rows of a block's tile, and of the streamed tiles
+    TC_WARPS = 4,      // warps per block, 16 rows each
+    TC_THREADS = 128,  //
+    TC_LDS = TC_B + 4, // fp32 score rows in shared memory
+    TC_LDP = TC_B + 8, // bf16 probability rows
+    TC_MAXD = 128      // largest head size
+};
+
+typedef wmma::fragment<wmma::accumulator, 16, 16, 16, float> tc_acc;
+typedef wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> tc_a;
+typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> tc_bt; // B^T in memory
+typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> tc_b;
+
+// strides of a head's rows in shared memory: bf16 (multiple of 8), fp32 (multiple of 4)
+static __host__ __device__ __forceinline__ int tc_ldh(int D) {
+    return D + 8;
+}
+static __host__ __device__ __forceinline__ int tc_ldf(int D) {
+    return D + 4;
+}
+
+// 32-byte aligned start of dynamic shared memory (wmma pointers must be)
+static __device__ __forceinline__ char *tc_align(void *p) {
+    return (char *)(((uintptr_t)p + 31) & ~(uintptr_t)31);
+}
+
+// rows [0, n) of a tile from fp32 global memory (row r at src + r * ld + col) into bf16 shared
+// rows of stride ldd; rows n .. TC_B - 1 become zeros
+static __device__ void tc_load(bf16 *dst, int ldd, const float *src, int ld, int col, int n,
+                               int D) {
+    for (int idx = threadIdx.x; idx < TC_B * D; idx += TC_THREADS) {
+        const int r = idx / D, d = idx - r * D;
+        const float v = r < n ? src[(size_t)r * ld + col + d] : 0.0f;
+        dst[r * ldd + d] = __float2bfloat16(v);
+    }
+}
+
+// C (16 x 64, fp32, stride TC_LDS) = A (16 x D rows, stride lda) . B^T where B is 64 x D rows
+// (stride ldb): a warp's scores against a tile
+static __device__ void tc_scores(float *C, const bf16 *A, int lda, const bf16 *B, int ldb, int D) {
+    for (int n = 0; n < TC_B / 16; n++) {
+        tc_acc acc;
+        wmma::fill_fragment(acc, 0.0f);
+        for (int kk = 0; kk < D; kk += 16) {
+            tc_a a;
+            tc_bt b;
+            wmma::load_matrix_sync(a, A + kk, lda);
+            wmma::load_matrix_sync(b, B + n * 16 * ldb + kk, ldb);
+            wmma::mma_sync(acc, a, b, acc);
+        }
+        wmma::store_matrix_sync(C + n * 16, acc, TC_LDS, wmma::mem_row_major);
+    }
+}
+
+// C (16 x D, fp32, stride ldc) += P (16 x 64, bf16, stride TC_LDP) . B (64 x D rows, stride ldb)
+static __device__ void tc_accumulate(float *C, int ldc, const bf16 *P, const bf16 *B, int ldb,
+                                     int D) {
+    for (int n = 0; n < D / 16; n++) {
+        tc_acc acc;
+        wmma::load_matrix_sync(acc, C + n * 16, ldc, wmma::mem_row_major);
+        for (int kk = 0; kk < TC_B; kk += 16) {
+            tc_a a;
+            tc_b b;
+            wmma::load_matrix_sync(a, P + kk, TC_LDP);
+            wmma::load_matrix_sync(b, B + kk * ldb + n * 16, ldb);
+            wmma::mma_sync(acc, a, b, acc);
+        }
+        wmma::store_matrix_sync(C + n * 16, acc, ldc, wmma::mem_row_major);
+    }
+}
+
+// ---- forward ----
+
+__global__ void __launch_bounds__(TC_THREADS)
+    att_tc_fwd_kernel(float *out, float *lse, const float *q, int ldq, const float *k, int ldk,
+                      const float *v, int ldv, const int32_t *cu, const int2 *tiles,
+                      const int *ntiles, int Hq, int Hkv, int D, float scale) {
+    if ((int)blockIdx.x >= *ntiles) return;
+    const int h = blockIdx.y, kvh = h / (Hq / Hkv);
+    const int2 tl = tiles[blockIdx.x];
+    const int base = cu[tl.x], L = cu[tl.x + 1] - base, i0 = tl.y;
+    const int nq = min((int)TC_B, L - i0), nkeys = i0 + nq;
+    const int ldh = tc_ldh(D), ldf = tc_ldf(D);
+    extern __shared__ float4 tc_smem[];
+    char *sp = tc_align(tc_smem);
+    bf16 *Qs = (bf16 *)sp;                   // (64, ldh)
+    bf16 *Ks = Qs + TC_B * ldh;              // (64, ldh)
+    bf16 *Vs = Ks + TC_B * ldh;              // (64, ldh)
+    float *Os = (float *)(Vs + TC_B * ldh);  // (64, ldf) unnormalised output
+    float *Ss = Os + TC_B * ldf;             // (64, TC_LDS) scores
+    bf16 *Ps = (bf16 *)(Ss + TC_B * TC_LDS); // (64, TC_LDP) probabilities
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, r0 = warp * 16;
+    const int rr = lane >> 1, half = lane & 1, qi = i0 + r0 + rr; // this lane pair's row
+
+    tc_load(Qs, ldh, q + (size_t)(base + i0) * ldq, ldq, h * D, nq, D);
+    for (int idx = threadIdx.x; idx < TC_B * D; idx += TC_THREADS)
+        Os[(idx / D) * ldf + idx % D] = 0.0f;
+    float m = -INFINITY, l = 0.0f;
+    for (int kb = 0; kb < nkeys; kb += TC_B) {
+        const int nk = min((int)TC_B, nkeys - kb);
+        __syncthreads(); // the previous tile is consumed (and Qs, Os are written)
+        tc_load(Ks, ldh, k + (size_t)(base + kb) * ldk, ldk, kvh * D, nk, D);
+        tc_load(Vs, ldh, v + (size_t)(base + kb) * ldv, ldv, kvh * D, nk, D);
+        __syncthreads();
+        if (kb > i0 + r0 + 15) continue; // warp-uniform: every key is after this warp's rows
+        tc_scores(Ss + r0 * TC_LDS, Qs + r0 * ldh, ldh, Ks, ldh, D);
+        __syncwarp();
+        // the row's online softmax; key kb + c is valid when <= qi (and < nkeys): the first tile
+        // holds the sequence's first key, so m is finite from then on
+        float *srow = Ss + (r0 + rr) * TC_LDS + half * 32;
+        bf16 *prow = Ps + (r0 + rr) * TC_LDP + half * 32;
+        float mx = -INFINITY;
+        for (int c = 0; c < 32; c++) {
+            const int key = kb + half * 32 + c;
+            const float s = key <= qi && key < nkeys ? srow[c] * scale : -INFINITY;
+            srow[c] = s;
+            mx = fmaxf(mx, s);
+        }
+        mx = fmaxf(mx, __shfl_xor_sync(CU_FULL_MASK, mx, 1));
+        const float mnew = fmaxf(m, mx), alpha = expf(m - mnew);
+        float sum = 0.0f;
+        for (int c = 0; c < 32; c++) {
+            const float p = expf(srow[c] - mnew);
+            sum += p;
+            prow[c] = __float2bfloat16(p);
+        }
+        sum += __shfl_xor_sync(CU_FULL_MASK, sum, 1);
+        l = l * alpha + sum;
+        m = mnew;
+        float *orow = Os + (r0 + rr) * ldf;
+        for (int d = half; d < D; d += 2)
+            orow[d] *= alpha;
+        __syncwarp();
+        tc_accumulate(Os + r0 * ldf, ldf, Ps + r0 * TC_LDP, Vs, ldh, D);
+        __syncwarp();
+    }
+    __syncwarp();
+    for (int r = 0; r < 16; r++) {
+        const float lr = __shfl_sync(CU_FULL_MASK, l, 2 * r);
+        const float mr = __shfl_sync(CU_FULL_MASK, m, 2 * r);
+        const int i = r0 + r;
+        if (i >= nq) continue; // warp-uniform
+        const size_t row = (size_t)(base + i0 + i);
+        const float inv = 1.0f / lr;
+        float *o = out + row * (size_t)Hq * D + (size_t)h * D;
+        for (int d = lane; d < D; d += 32)
+            o[d] = Os[i * ldf + d] * inv;
+        if (lse && lane == 0) lse[row * Hq + h] = mr + logf(lr);
+    }
+}
+
+// ---- backward ----
+
+// dS for a warp's 16 rows against a tile of 64 columns, from S and dP in shared memory (fp32,
+// stride TC_LDS): p = exp(s * scale - lse) where valid(row, col), dS = p (dP - Di) scale; P and
+// dS stored as bf16 (stride TC_LDP; P only when Pb is non-NULL). Row r of the warp is handled by
+// lane pair (2r, 2r + 1), 32 columns each; lse and Di of the row or column come from the caller.
+struct tc_mask {
+    int row0, col0, nrows, ncols; // sequence positions of row 0 / column 0, valid counts
+    bool rows_are_queries;        // true: query >= key is row >= col; false: col >= row
+};
+
+static __device__ void tc_dscores(bf16 *Pb, bf16 *dSb, const float *S, const float *dP,
+                                  const tc_mask &mk, const float *lse_c, const float *di_c,
+                                  float lse_r, float di_r, float scale) {
+    const int lane = threadIdx.x & 31, rr = lane >> 1, half = lane & 1;
+    const float *srow = S + rr * TC_LDS + half * 32, *dprow = dP + rr * TC_LDS + half * 32;
+    bf16 *prow = Pb ? Pb + rr * TC_LDP + half * 32 : NULL;
+    bf16 *dsrow = dSb + rr * TC_LDP + half * 32;
+    const int rowpos = mk.row0 + rr;
+    for (int c = 0; c < 32; c++) {
+        const int col = half * 32 + c, colpos = mk.col0 + col;
+        bool valid = rr < mk.nrows && col < mk.ncols;
+        valid = valid && (mk.rows_are_queries ? rowpos >= colpos : colpos >= rowpos);
+        float p = 0.0f, ds = 0.0f;
+        if (valid) {
+            const float ls = lse_c ? lse_c[col] : lse_r, dd = di_c ? di_c[col] : di_r;
+            p = expf(srow[c] * scale - ls);
+            ds = p * (dprow[c] - dd) * scale;
+        }
+        if (prow) prow[c] = __float2bfloat16(p);
+        dsrow[c] = __float2bfloat16(ds);
+    }
+}
+
+__global__ void __launch_bounds__(TC_THREADS)
+    att_tc_bwd_dq_kernel(float *dq, const float *dout, const float *q, int ldq, const float *k,
+                         int ldk, const float *v, int ldv, const float *lse, const float *Di,
+                         const int32_t *cu, const int2 *tiles, const int *ntiles, int Hq, int Hkv,
+                         int D, float scale) {
+    if ((int)blockIdx.x >= *ntiles) return;
+    const int h = blockIdx.y, kvh = h / (Hq / Hkv), HqD = Hq * D;
+    const int2 tl = tiles[blockIdx.x];
+    const int base = cu[tl.x], L = cu[tl.x + 1] - base, i0 = tl.y;
+    const int nq = min((int)TC_B, L - i0), nkeys = i0 + nq;
+    const int ldh = tc_ldh(D), ldf = tc_ldf(D);
+    extern __shared__ float4 tc_smem[];
+    char *sp = tc_align(tc_smem);
+    bf16 *Qs = (bf16 *)sp;                     // (64, ldh)
+    bf16 *dOs = Qs + TC_B * ldh;               // (64, ldh)
+    bf16 *Ks = dOs + TC_B * ldh;               // (64, ldh)
+    bf16 *Vs = Ks + TC_B * ldh;                // (64, ldh)
+    float *dQs = (float *)(Vs + TC_B * ldh);   // (64, ldf)
+    float *Ss = dQs + TC_B * ldf;              // (64, TC_LDS)
+    float *dPs = Ss + TC_B * TC_LDS;           // (64, TC_LDS)
+    bf16 *dSs = (bf16 *)(dPs + TC_B * TC_LDS); // (64, TC_LDP)
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, r0 = warp * 16;
+    const int rr = lane >> 1;
+
+    tc_load(Qs, ldh, q + (size_t)(base + i0) * ldq, ldq, h * D, nq, D);
+    tc_load(dOs, ldh, dout + (size_t)(base + i0) * HqD, HqD, h * D, nq, D);
+    for (int idx = threadIdx.x; idx < TC_B * D; idx += TC_THREADS)
+        dQs[(idx / D) * ldf + idx % D] = 0.0f;
+    float lse_r = 0.0f, di_r = 0.0f;
+    if (r0 + rr < nq) {
+        const size_t row = (size_t)(base + i0 + r0 + rr);
+        lse_r = lse[row * Hq + h];
+        di_r = Di[row * Hq + h];
+    }
+    for (int kb = 0; kb < nkeys; kb += TC_B) {
+        const int nk = min((int)TC_B, nkeys - kb);
+        __syncthreads();
+        tc_load(Ks, ldh, k + (size_t)(base + kb) * ldk, ldk, kvh * D, nk, D);
+        tc_load(Vs, ldh, v + (size_t)(base + kb) * ldv, ldv, kvh * D, nk, D);
+        __syncthreads();
+        if (kb > i0 + r0 + 15) continue; // warp-uniform
+        tc_scores(Ss + r0 * TC_LDS, Qs + r0 * ldh, ldh, Ks, ldh, D);
+        tc_scores(dPs + r0 * TC_LDS, dOs + r0 * ldh, ldh, Vs, ldh, D);
+        __syncwarp();
+        const tc_mask mk = {i0 + r0, kb, nq - r0, nk, true};
+        tc_dscores(NULL, dSs + r0 * TC_LDP, Ss + r0 * TC_LDS, dPs + r0 * TC_LDS, mk, NULL, NULL,
+                   lse_r, di_r, scale);
+        __syncwarp();
+        tc_accumulate(dQs + r0 * ldf, ldf, dSs + r0 * TC_LDP, Ks, ldh, D);
+        __syncwarp();
+    }
+    __syncwarp();
+    for (int r = 0; r < 16; r++) {
+        const int i = r0 + r;
+        if (i >= nq) break; // warp-uniform
+        float *o = dq + (size_t)(base + i0 + i) * ldq + (size_t)h * D;
+        for (int d = lane; d < D; d += 32)
+            o[d] = dQs[i * ldf + d];
+    }
+}
+
+__global__ void __launch_bounds__(TC_THREADS)
+    att_tc_bwd_dkv_kernel(float *dk, float *dv, const float *dout, const float *q, int ldq,
+                          const float *k, int ldk, const float *v, int ldv, const float *lse,
+                          const float *Di, const int32_t *cu, const int2 *tiles, const int *ntiles,
+                          int Hq, int Hkv, int D, float scale) {
+    if ((int)blockIdx.x >= *ntiles) return;
+    const int kvh = blockIdx.y, G = Hq / Hkv, HqD = Hq * D;
+    const int2 tl = tiles[blockIdx.x];
+    const int base = cu[tl.x], L = cu[tl.x + 1] - base, j0 = tl.y;
+    const int nk = min((int)TC_B, L - j0);
+    const int ldh = tc_ldh(D), ldf = tc_ldf(D);
+    extern __shared__ float4 tc_smem[];
+    char *sp = tc_align(tc_smem);
+    bf16 *Kt = (bf16 *)sp;                      // (64, ldh) this block's keys
+    bf16 *Vt = Kt + TC_B * ldh;                 // (64, ldh)
+    bf16 *Qs = Vt + TC_B * ldh;                 // (64, ldh) a query tile
+    bf16 *dOs = Qs + TC_B * ldh;                // (64, ldh)
+    float *dKs = (float *)(dOs + TC_B * ldh);   // (64, ldf)
+    float *dVs = dKs + TC_B * ldf;              // (64, ldf)
+    float *Ss = dVs + TC_B * ldf;               // (64, TC_LDS) S^T
+    float *dPs = Ss + TC_B * TC_LDS;            // (64, TC_LDS) dP^T
+    bf16 *Ps = (bf16 *)(dPs + TC_B * TC_LDS);   // (64, TC_LDP) P^T
+    bf16 *dSs = Ps + TC_B * TC_LDP;             // (64, TC_LDP) dS^T
+    float *Ls = (float *)(dSs + TC_B * TC_LDP); // (64) lse of the query tile
+    float *Ds = Ls + TC_B;                      // (64) Di
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, r0 = warp * 16;
+
+    tc_load(Kt, ldh, k + (size_t)(base + j0) * ldk, ldk, kvh * D, nk, D);
+    tc_load(Vt, ldh, v + (size_t)(base + j0) * ldv, ldv, kvh * D, nk, D);
+    for (int idx = threadIdx.x; idx < TC_B * D; idx += TC_THREADS) {
+        const int o = (idx / D) * ldf + idx % D;
+        dKs[o] = 0.0f;
+        dVs[o] = 0.0f;
+    }
+    for (int g = 0; g < G; g++) {
+        const int h = kvh * G + g;
+        for (int qb = j0; qb < L; qb += TC_B) { // rows before j0 see none of these keys
+            const int nq = min((int)TC_B, L - qb);
+            __syncthreads();
+            tc_load(Qs, ldh, q + (size_t)(base + qb) * ldq, ldq, h * D, nq, D);
+            tc_load(dOs, ldh, dout + (size_t)(base + qb) * HqD, HqD, h * D, nq, D);
+            for (int i = threadIdx.x; i < TC_B; i += TC_THREADS) {
+                const size_t row = (size_t)(base + qb + (i < nq ? i : 0));
+                Ls[i] = i < nq ? lse[row * Hq + h] : 0.0f;
+                Ds[i] = i < nq ? Di[row * Hq + h] : 0.0f;
+            }
+            __syncthreads();
+            tc_scores(Ss + r0 * TC_LDS, Kt + r0 * ldh, ldh, Qs, ldh, D);
+            tc_scores(dPs + r0 * TC_LDS, Vt + r0 * ldh, ldh, dOs, ldh, D);
+            __syncwarp();
+            const tc_mask mk = {j0 + r0, qb, nk - r0, nq, false};
+            tc_dscores(Ps + r0 * TC_LDP, dSs + r0 * TC_LDP, Ss + r0 * TC_LDS, dPs + r0 * TC_LDS, mk,
+                       Ls, Ds, 0.0f, 0.0f, scale);
+            __syncwarp();
+            tc_accumulate(dVs + r0 * ldf, ldf, Ps + r0 * TC_LDP, dOs, ldh, D);
+            tc_accumulate(dKs + r0 * ldf, ldf, dSs + r0 * TC_LDP, Qs, ldh, D);
+            __syncwarp();
+        }
+    }
+    __syncwarp();
+    for (int r = 0; r < 16; r++) {
+        const int kk = r0 + r;
+        if (kk >= nk) break; // warp-uniform
+        const size_t row = (size_t)(base + j0 + kk);
+        float *ok = dk + row * ldk + (size_t)kvh * D, *ov = dv + row * ldv + (size_t)kvh * D;
+        for (int d = lane; d < D; d += 32) {
+            ok[d] = dKs[kk * ldf + d];
+            ov[d] = dVs[kk * ldf + d];
+        }
+    }
+}
+
+// ---- launchers (called by cuda_attention.cu, which validated the shapes) ----
+
+static size_t tc_fwd_smem(int D) {
+    return 32 + (size_t)3 * TC_B * tc_ldh(D) * 2 + (size_t)TC_B * tc_ldf(D) * 4 +
+           (size_t)TC_B * TC_LDS * 4 + (size_t)TC_B * TC_LDP * 2;
+}
+static size_t tc_dq_smem(int D) {
+    return 32 + (size_t)4 * TC_B * tc_ldh(D) * 2 + (size_t)TC_B * tc_ldf(D) * 4 +
+           (size_t)2 * TC_B * TC_LDS * 4 + (size_t)TC_B * TC_LDP * 2;
+}
+static size_t tc_dkv_smem(int D) {
+    return 32 + (size_t)4 * TC_B * tc_ldh(D) * 2 + (size_t)2 * TC_B * tc_ldf(D) * 4 +
+           (size_t)2 * TC_B * TC_LDS * 4 + (size_t)2 * TC_B * TC_LDP * 2 + (size_t)2 * TC_B * 4;
+}
+
+int cuda_attention_tc_init(ops_ctx *c) {
+    const int optin = cu_impl(c)->smem_optin;
+    const int f = (int)tc_fwd_smem(TC_MAXD), q = (int)tc_dq_smem(TC_MAXD),
+              kv = (int)tc_dkv_smem(TC_MAXD);
+    CU_CHECK(cudaFuncSetAttribute(att_tc_fwd_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  f < optin ? f : optin));
+    CU_CHECK(cudaFuncSetAttribute(att_tc_bwd_dq_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  q < optin ? q : optin));
+    CU_CHECK(cudaFuncSetAttribute(att_tc_bwd_dkv_kernel,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  kv < optin ? kv : optin));
+    return 0;
+}
+
+int cuda_attention_tc_usable(ops_ctx *c, int D) {
+    if (D % 16 != 0 || D > TC_MAXD) return 0;
+    return tc_dkv_smem(D) <= (size_t)cu_impl(c)->smem_optin;
+}
+
+int cuda_attention_tc_tile_rows(void) {
+    return TC_B;
+}
+
+int cuda_attention_tc_forward(ops_ctx *c, float *out, float *lse, const float *q, int ldq,
+                              const float *k, int ldk, const float *v, int ldv,
+                              const int32_t *cu_seqlens, const int2 *tiles, const int *ntiles,
+                              int cap, int Hq, int Hkv, int D, float scale) {
+    cuda_impl *im = cu_impl(c);
+    const dim3 grid((unsigned int)cap, (unsigned int)Hq);
+    att_tc_fwd_kernel<<<grid, TC_THREADS, tc_fwd_smem(D), im->stream>>>(
+        out, lse, q, ldq, k, ldk, v, ldv, cu_seqlens, tiles, ntiles, Hq, Hkv, D, scale);
+    CU_LAUNCHED("att_tc_fwd_kernel");
+    return 0;
+}
+
+int cuda_attention_tc_backward(ops_ctx *c, float *dq, float *dk, float *dv, const float *dout,
+                               const float *q, int ldq, const float *k, int ldk, const float *v,
+                               int ldv, const float *lse, const float *Di,
+                               const int32_t *cu_seqlens, const int2 *tiles, const int *ntiles,
+                               int cap, int Hq, int Hkv, int D, float scale) {
+    cuda_impl *im = cu_impl(c);
+    const dim3 gq((unsigned int)cap, (unsigned int)Hq), gkv((unsigned int)cap, (unsigned int)Hkv);
+    att_tc_bwd_dq_kernel<<<gq, TC_THREADS, tc_dq_smem(D), im->stream>>>(
+        dq, dout, q, ldq, k, ldk, v, ldv, lse, Di, cu_seqlens, tiles, ntiles, Hq, Hkv, D, scale);
+    CU_LAUNCHED("att_tc_bwd_dq_kernel");
+    att_tc_bwd_dkv_kernel<<<gkv, TC_THREADS, tc_dkv_smem(D), im->stream>>>(
+        dk, dv, dout, q, ldq, k, ldk, v, ldv, lse, Di, cu_seqlens, tiles, ntiles, Hq, Hkv, D,
+        scale);
+    CU_LAUNCHED("att_tc_bwd_dkv_kernel");
+    return 0;
+}
