@@ -22,6 +22,7 @@
 #include "server/model/model.h"
 #include "server/model/tokenizer.h"
 #include "server/train/loss.h"
+#include "server/train/mem_estimate.h"
 #include "server/train/reward.h"
 #include "server/train/reward_internal.h"
 #include "server/train/rollout.h"
@@ -808,37 +809,25 @@ int trainer_stop_ids(const model *m, const tok_tokenizer *tok, int32_t *out, int
     return n;
 }
 
-/* Refuses a job whose model, optimizer state, activations and rollout KV cache cannot fit in
- * the device's free memory (an estimate, on the safe side), with a message instead of a failed
- * allocation half-way through a step. A backend that cannot tell its free memory is trusted. */
-static int check_fits(ops_ctx *ops, const model_config *mc, const job_config *cfg,
+/* Refuses a job whose model, optimizer state, activations and rollout KV caches cannot fit in
+ * the device's free memory (or the operator's limit), with the figures (mem_estimate.h: the
+ * estimate the service already checked at submission) instead of a failed allocation half-way
+ * through a step. A backend that cannot tell its free memory is trusted. */
+static int check_fits(const trainer_env *env, const model_config *mc, const job_config *cfg,
                       chord_err *err) {
     size_t free_b = 0, total_b = 0;
-    if (ops_mem_info(ops, &free_b, &total_b) != 0 || free_b == 0) return 0;
-    double P = (double)model_config_num_params(mc);
-    double L = mc->num_hidden_layers, C = mc->hidden_size, I = mc->intermediate_size;
-    double V = mc->vocab_size, D = mc->head_dim, Hkv = mc->num_key_value_heads;
-    double N = cfg->micro_batch_tokens > 0 ? (double)cfg->micro_batch_tokens : 8192.0;
-    double weights = 16.0 * P; /* parameters, gradients, AdamW m and v (float32) */
-    double acts = 4.0 * N * (L * (14.0 * C + 4.0 * I) + C);
-    double logits = 4.0 * N * V;
-    if (logits > 256.0 * 1048576.0) logits = 256.0 * 1048576.0; /* chunked (model.h) */
-    double slots = (double)(cfg->grpo.prompts_per_step * cfg->grpo.group_size);
-    double kv_T = (double)cfg->sampling.max_new_tokens + 2048.0; /* prompts: a generous bound */
-    if (mc->max_position_embeddings > 0 && kv_T > mc->max_position_embeddings)
-        kv_T = mc->max_position_embeddings;
-    double kv = 4.0 * 2.0 * L * slots * kv_T * Hkv * D;
-    double need = weights + acts + logits + kv;
-    if (need > (double)free_b)
-        return chord_err_setc(err, CHORD_E_TOO_LARGE,
-                              "the job needs about %.2f GiB on %s (weights + optimizer %.2f, "
-                              "activations %.2f, KV cache %.2f) but %.2f GiB are free: lower "
-                              "micro_batch_tokens, prompts_per_step x group_size or "
-                              "max_new_tokens, or use a larger device",
-                              need / 1073741824.0, ops->be->name, weights / 1073741824.0,
-                              (acts + logits) / 1073741824.0, kv / 1073741824.0,
-                              (double)free_b / 1073741824.0);
-    return 0;
+    double free_bytes =
+        ops_mem_info(env->ops, &free_b, &total_b) == 0 && free_b > 0 ? (double)free_b : -1.0;
+    char device[32];
+    if (env->ops->device_index >= 0)
+        snprintf(device, sizeof device, "cuda:%d", env->ops->device_index);
+    else
+        snprintf(device, sizeof device, "%s", env->ops->be->name);
+    mem_estimate e;
+    mem_budget b;
+    mem_estimate_job(mc, cfg, &e);
+    mem_budget_make(&b, device, free_bytes, (double)env->memory_limit);
+    return mem_estimate_check(&e, &b, err);
 }
 
 static int setup(trainer *t, chord_err *err) {
@@ -849,7 +838,7 @@ static int setup(trainer *t, chord_err *err) {
     if (load_dir) {
         model_config lc;
         if (model_config_load(load_dir, &lc, err) != 0) return chord_err_prefix(err, "model");
-        if (check_fits(env->ops, &lc, cfg, err) != 0) return -1;
+        if (check_fits(env, &lc, cfg, err) != 0) return -1;
         if (model_load(load_dir, env->ops, &t->m, err) != 0) return chord_err_prefix(err, "model");
     } else {
         if (!cfg->model_init_config)
@@ -859,7 +848,7 @@ static int setup(trainer *t, chord_err *err) {
         int rc = text ? model_config_parse(text, &mc, err) : -1;
         free(text);
         if (rc != 0) return chord_err_prefix(err, "model.init.config");
-        if (check_fits(env->ops, &mc, cfg, err) != 0) return -1;
+        if (check_fits(env, &mc, cfg, err) != 0) return -1;
         if (model_create(&mc, env->ops, &t->m, err) != 0) return chord_err_prefix(err, "model");
         if (model_init_random(t->m, cfg->model_init_seed, err) != 0) return -1;
     }

@@ -71,6 +71,8 @@ typedef struct trainer_env {
     const char *tokenizer_dir; /* resolved tokenizer directory (NULL: the model dir's, or the
                                   embedded default tokenizer for model.init) */
     const char *resume_dir;    /* a committed checkpoint to continue from, or NULL */
+    int64_t memory_limit;      /* bytes the job may use on its device (mem_estimate.h); <= 0 =
+                                  the device's free memory */
 } trainer_env;
 
 enum { TRAINER_DONE = 0, TRAINER_FAILED = -1, TRAINER_STOPPED = 1 };

@@ -1,0 +1,87 @@
+/* mem_estimate.h — how much device memory a training job, a rollout request or a model's weights
+ * need, and the check that refuses what does not fit with the figures and what to lower.
+ *
+ * One estimate, used where work is accepted (the service, at submission: 413 /
+ * RESOURCE_EXHAUSTED) and where it starts (the trainer's set-up, a worker's rollout), so a refusal
+ * reads the same wherever it happens. Every tensor is float32 (both backends store fp32); the
+ * figures mirror what model.c allocates (server/model/model.h: one flat buffer each for
+ * parameters, gradients and the AdamW moments; the run state of run_layout; the KV cache of
+ * model_kv_create) and stay on the safe side where the data is not known yet:
+ *
+ *   weights      4 P                               P = model_config_num_params
+ *   optimizer    12 P                              gradients + AdamW m and v (training only)
+ *   activations  4 (N (F + B) + 2 R V)             N = micro_batch_tokens rows, F / B the floats
+ *                                                  per row kept forward / scratch backward, R the
+ *                                                  logits chunk rows (min(N, 256 MiB / 4V))
+ *   sampling     4 (max(S T_p, S G) F_1 + S G V)   one layer's run state for the prefill of S
+ *                                                  prompts and the decode logits of S x G slots
+ *   kv_cache     4 * 2 L (S G) T Hkv D             T = min(T_p + new tokens, max_position)
+ *
+ * with T_p a bound on a prompt's tokens: MEM_PROMPT_TOKENS for a job's datasets (not read at
+ * submission), the text's bytes plus the chat template's tokens for a rollout request (a
+ * byte-level BPE token covers at least one byte). A job with an eval set adds the sampling and KV
+ * cache of one eval chunk (MEM_EVAL_CHUNK prompts x eval.k). Sequences longer than
+ * micro_batch_tokens train alone and need more than the estimate.
+ *
+ * Not here: asking a device for its free memory (kernels/ops.h ops_mem_info); reading config.json
+ * (server/model/config.h). */
+#ifndef CHORD_TRAIN_MEM_ESTIMATE_H
+#define CHORD_TRAIN_MEM_ESTIMATE_H
+
+#include <stddef.h>
+
+#include "server/base/err.h"
+#include "server/model/config.h"
+#include "server/train/jobconfig.h"
+
+#define MEM_PROMPT_TOKENS 2048 /* a job's prompt length bound (its datasets are not read) */
+#define MEM_EVAL_CHUNK 64      /* eval prompts sampled together (trainer_evaluate) */
+#define MEM_TEMPLATE_TOKENS 64 /* chat template tokens around a prompt (a default system turn) */
+#define MEM_MESSAGE_TOKENS 8   /* and around each message */
+
+typedef enum { MEM_KIND_JOB = 0, MEM_KIND_ROLLOUT, MEM_KIND_WEIGHTS } mem_kind;
+
+/* Bytes (doubles: an absurd config cannot wrap around), and the figures behind them. */
+typedef struct mem_estimate {
+    mem_kind kind;
+    double params;      /* P */
+    double weights;     /* 4 P */
+    double optimizer;   /* 12 P for a job, else 0 */
+    double activations; /* one training micro-batch, logits chunks included */
+    double sampling;    /* the rollout engines' run state (prefill, decode logits) */
+    double kv_cache;    /* the rollout engines' KV caches */
+    double eval;        /* the eval chunk's share of sampling + kv_cache */
+    double total;
+    double tokens;                     /* activations: rows of a micro-batch */
+    double slots, positions;           /* kv_cache: the rollouts' (a job's, or the request's) */
+    double eval_slots, eval_positions; /* and the eval chunk's (a job with an eval set) */
+} mem_estimate;
+
+/* What a piece of work may use on one device. */
+typedef struct mem_budget {
+    char device[32]; /* "cpu", "cuda:0", ... (for the message) */
+    double bytes;    /* < 0: unknown (nothing is refused) */
+    int limited;     /* 1 when the operator's limit, not the free memory, set bytes */
+} mem_budget;
+
+/* A training job of cfg on model mc: everything the trainer holds at its peak (an eval step). */
+void mem_estimate_job(const model_config *mc, const job_config *cfg, mem_estimate *out);
+/* A rollout request: `prompts` prompts of at most prompt_tokens tokens, n samples each, up to
+ * new_tokens new tokens; weights_loaded = 0 when the model is already on the device (a running
+ * job's). */
+void mem_estimate_rollout(const model_config *mc, double prompts, double n, double prompt_tokens,
+                          double new_tokens, int weights_loaded, mem_estimate *out);
+/* The weights alone (a model that cannot even be loaded). */
+void mem_estimate_weights(const model_config *mc, mem_estimate *out);
+/* A bound on the tokens of a prompt of text_bytes bytes in n_messages messages, chat template
+ * included. */
+double mem_prompt_tokens_bound(double text_bytes, int n_messages);
+
+/* free_bytes < 0 when the device cannot tell; limit_bytes <= 0 for no limit. The budget is the
+ * smaller of the two known figures. */
+void mem_budget_make(mem_budget *b, const char *device, double free_bytes, double limit_bytes);
+/* 0 when e fits in b (or b is unknown); else CHORD_E_TOO_LARGE with a message naming the total,
+ * the budget, the breakdown and the fields to lower, biggest share first. */
+int mem_estimate_check(const mem_estimate *e, const mem_budget *b, chord_err *err);
+
+#endif

@@ -1,0 +1,251 @@
+/* test_mem_estimate.c — the device memory estimate (server/train/mem_estimate.c) against figures
+ * computed by hand from the formulas in mem_estimate.h for a small Llama config, its parameter
+ * count against model_config_num_params, the budget rule (free memory within the operator's
+ * limit) and the refusal message: the figures, the breakdown and what to lower, biggest first. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "server/model/config.h"
+#include "server/train/jobconfig.h"
+#include "server/train/mem_estimate.h"
+
+/* V 100, C 8, L 2, Hq 2, Hkv 1, D 4, I 16, untied, no biases, max_position 64. */
+#define SMALL                                                                                      \
+    "{\"model_type\": \"llama\", \"vocab_size\": 100, \"hidden_size\": 8, "                        \
+    "\"num_hidden_layers\": 2, \"num_attention_heads\": 2, \"num_key_value_heads\": 1, "           \
+    "\"intermediate_size\": 16, \"max_position_embeddings\": 64, "                                 \
+    "\"tie_word_embeddings\": false}"
+
+static void small_config(model_config *mc) {
+    chord_err err = {0};
+    int rc = model_config_parse(SMALL, mc, &err);
+    if (rc) fprintf(stderr, "%s\n", err.msg);
+    assert_int_equal(rc, 0);
+    assert_int_equal(mc->head_dim, 4);
+}
+
+/* A job on SMALL: 3 prompts x 2 samples, 20 new tokens, micro-batches of 10 tokens. */
+static void job_of(const char *algorithm, const char *data, const char *extra, job_config *cfg) {
+    char doc[2048];
+    snprintf(doc, sizeof doc,
+             "{\"model\": {\"init\": {\"config\": " SMALL "}}, \"data\": %s, "
+             "\"algorithm\": \"%s\", \"grpo\": {\"prompts_per_step\": 3, \"group_size\": 2}, "
+             "\"sampling\": {\"max_new_tokens\": 20}, \"micro_batch_tokens\": 10%s}",
+             data, algorithm, extra);
+    chord_err err = {0};
+    int rc = jobconfig_parse(doc, cfg, &err);
+    if (rc) fprintf(stderr, "%s\n", err.msg);
+    assert_int_equal(rc, 0);
+}
+
+static void job(const char *extra, job_config *cfg) {
+    job_of("grpo",
+           strstr(extra, "eval") ? "{\"prompts\": \"p\", \"eval\": \"e\"}" : "{\"prompts\": \"p\"}",
+           extra, cfg);
+}
+
+/* Parameters: per layer q 8x8 + k, v 2 (8x4) + o 8x8 + MLP 3 (8x16) + norms 2x8 = 592; two
+ * layers 1184; embeddings 100x8 and lm_head 100x8; final norm 8: P = 2792. */
+static void test_weights(void **state) {
+    (void)state;
+    model_config mc;
+    small_config(&mc);
+    mem_estimate e;
+    mem_estimate_weights(&mc, &e);
+    assert_true(e.params == 2792.0);
+    assert_true(e.weights == 4.0 * 2792);
+    assert_true(e.total == e.weights);
+    assert_true(e.optimizer == 0 && e.activations == 0 && e.kv_cache == 0 && e.sampling == 0);
+    assert_int_equal(e.kind, MEM_KIND_WEIGHTS);
+}
+
+/* The estimate's own count agrees with the model's across the flags that change it. */
+static void test_params_agree_with_model(void **state) {
+    (void)state;
+    static const char *const configs[] = {
+        SMALL,
+        "{\"model_type\": \"qwen2\", \"vocab_size\": 151, \"hidden_size\": 24, "
+        "\"num_hidden_layers\": 3, \"num_attention_heads\": 6, \"num_key_value_heads\": 2, "
+        "\"intermediate_size\": 40, \"tie_word_embeddings\": true}",
+        "{\"model_type\": \"qwen3\", \"vocab_size\": 97, \"hidden_size\": 16, \"head_dim\": 8, "
+        "\"num_hidden_layers\": 2, \"num_attention_heads\": 4, \"num_key_value_heads\": 2, "
+        "\"intermediate_size\": 32}",
+        "{\"model_type\": \"llama\", \"vocab_size\": 50, \"hidden_size\": 16, "
+        "\"num_hidden_layers\": 1, \"num_attention_heads\": 4, \"intermediate_size\": 24, "
+        "\"attention_bias\": true, \"mlp_bias\": true}",
+    };
+    for (size_t i = 0; i < sizeof configs / sizeof configs[0]; i++) {
+        model_config mc;
+        chord_err err = {0};
+        assert_int_equal(model_config_parse(configs[i], &mc, &err), 0);
+        mem_estimate e;
+        mem_estimate_weights(&mc, &e);
+        assert_true(e.params == (double)model_config_num_params(&mc));
+    }
+}
+
+/* A GRPO job, 3 prompts x 2 samples, 20 new tokens, micro-batches of 10 tokens:
+ *   per layer, per row: 3C 24 + qkv (2+2)4 16 + att 8 + gate/up 32 + lse 2 + rstd 2 = 84
+ *   forward row: res (L+1)C 24 + 2 x 84 + h 16 + xf 8 + 10 = 226
+ *   backward row: 2 + 2C 16 + dqkv 16 + datt 8 + 3I 48 = 90
+ *   activations: 4 (10 x 316 + 2 x 10 rows x 100) = 20640
+ *   sampling: prompts bounded by max_position 64; rows max(3 x 64, 6) = 192 of
+ *             C 8 + 84 + 16 + 8 + 10 = 126 floats, and 6 x 100 logits: 4 (24192 + 600) = 99168
+ *   KV cache: positions min(2048 + 20, 64) = 64: 4 x 2 L x 6 slots x 64 x 1 x 4 = 24576 */
+static void test_job(void **state) {
+    (void)state;
+    model_config mc;
+    small_config(&mc);
+    job_config cfg;
+    job("", &cfg);
+    mem_estimate e;
+    mem_estimate_job(&mc, &cfg, &e);
+    assert_int_equal(e.kind, MEM_KIND_JOB);
+    assert_true(e.weights == 11168.0);
+    assert_true(e.optimizer == 33504.0);
+    assert_true(e.tokens == 10.0);
+    assert_true(e.activations == 20640.0);
+    assert_true(e.sampling == 99168.0);
+    assert_true(e.kv_cache == 24576.0);
+    assert_true(e.slots == 6.0 && e.positions == 64.0);
+    assert_true(e.eval == 0 && e.eval_slots == 0);
+    assert_true(e.total == 11168.0 + 33504 + 20640 + 99168 + 24576);
+    jobconfig_free(&cfg);
+
+    /* SFT samples nothing: no training rollouts, no KV cache */
+    job_of("sft", "{\"expert\": \"x\"}", "", &cfg);
+    mem_estimate_job(&mc, &cfg, &e);
+    assert_true(e.sampling == 0 && e.kv_cache == 0);
+    assert_true(e.total == 11168.0 + 33504 + 20640);
+    jobconfig_free(&cfg);
+}
+
+/* With an eval set: one chunk of 64 prompts x k 4, 10 new tokens, beside the training engine:
+ *   rows max(64 x 64, 256) = 4096: 4 (4096 x 126 + 256 x 100) = 2166784
+ *   KV: 4 x 2 L x 256 x min(2048 + 10, 64) x 4 = 1048576 */
+static void test_job_with_eval(void **state) {
+    (void)state;
+    model_config mc;
+    small_config(&mc);
+    job_config cfg;
+    job(", \"eval\": {\"every\": 5, \"k\": 4, \"max_new_tokens\": 10}", &cfg);
+    mem_estimate e;
+    mem_estimate_job(&mc, &cfg, &e);
+    assert_true(e.eval == 2166784.0 + 1048576.0);
+    assert_true(e.eval_slots == 256.0 && e.eval_positions == 64.0);
+    assert_true(e.sampling == 99168.0 + 2166784.0);
+    assert_true(e.kv_cache == 24576.0 + 1048576.0);
+    jobconfig_free(&cfg);
+    /* every = 0: the eval set is never sampled during training */
+    job(", \"eval\": {\"every\": 0}", &cfg);
+    mem_estimate_job(&mc, &cfg, &e);
+    assert_true(e.eval == 0 && e.kv_cache == 24576.0);
+    jobconfig_free(&cfg);
+}
+
+/* A rollout request: 2 prompts of at most 5 tokens, n 3, 7 new tokens:
+ *   rows max(2 x 5, 6) = 10: 4 (10 x 126 + 6 x 100) = 7440; KV 4 x 2 L x 6 x 12 x 4 = 4608 */
+static void test_rollout(void **state) {
+    (void)state;
+    model_config mc;
+    small_config(&mc);
+    mem_estimate e;
+    mem_estimate_rollout(&mc, 2, 3, 5, 7, 1, &e);
+    assert_int_equal(e.kind, MEM_KIND_ROLLOUT);
+    assert_true(e.sampling == 7440.0 && e.kv_cache == 4608.0);
+    assert_true(e.slots == 6.0 && e.positions == 12.0);
+    assert_true(e.optimizer == 0 && e.activations == 0);
+    assert_true(e.total == 11168.0 + 7440 + 4608);
+    /* on a running job's model: the weights are already there */
+    mem_estimate_rollout(&mc, 2, 3, 5, 7, 0, &e);
+    assert_true(e.total == 7440.0 + 4608);
+    /* positions never exceed max_position_embeddings */
+    mem_estimate_rollout(&mc, 1, 1, 60, 1000, 1, &e);
+    assert_true(e.positions == 64.0);
+    /* the prompt bound: bytes, the template's tokens and each message's */
+    assert_true(mem_prompt_tokens_bound(100, 1) ==
+                100.0 + MEM_TEMPLATE_TOKENS + MEM_MESSAGE_TOKENS);
+    assert_true(mem_prompt_tokens_bound(0, 3) == MEM_TEMPLATE_TOKENS + 3.0 * MEM_MESSAGE_TOKENS);
+}
+
+static void test_budget(void **state) {
+    (void)state;
+    mem_budget b;
+    mem_budget_make(&b, "cpu", 100, 0);
+    assert_true(b.bytes == 100 && !b.limited);
+    assert_string_equal(b.device, "cpu");
+    mem_budget_make(&b, "cuda:1", 100, 50);
+    assert_true(b.bytes == 50 && b.limited);
+    mem_budget_make(&b, "cpu", 40, 50);
+    assert_true(b.bytes == 40 && !b.limited);
+    mem_budget_make(&b, "cpu", -1, 50);
+    assert_true(b.bytes == 50 && b.limited);
+    mem_budget_make(&b, "cpu", -1, 0);
+    assert_true(b.bytes < 0);
+}
+
+static void test_check_message(void **state) {
+    (void)state;
+    model_config mc;
+    small_config(&mc);
+    job_config cfg;
+    job("", &cfg);
+    mem_estimate e;
+    mem_estimate_job(&mc, &cfg, &e);
+    jobconfig_free(&cfg);
+    mem_budget b;
+    chord_err err = {0};
+    mem_budget_make(&b, "cpu", e.total, 0); /* exactly enough */
+    assert_int_equal(mem_estimate_check(&e, &b, &err), 0);
+    mem_budget_make(&b, "cpu", -1, 0); /* unknown: trusted */
+    assert_int_equal(mem_estimate_check(&e, &b, &err), 0);
+    assert_int_equal(mem_estimate_check(&e, NULL, &err), 0);
+
+    mem_budget_make(&b, "cpu", 100000, 0);
+    assert_int_equal(mem_estimate_check(&e, &b, &err), -1);
+    assert_int_equal(err.code, CHORD_E_TOO_LARGE);
+    const char *want[] = {
+        "the job needs about 184.6 KiB on cpu but only 97.7 KiB are free",
+        "weights 10.9 KiB + gradients and AdamW moments 32.7 KiB",
+        "activations 20.2 KiB (10 tokens per micro-batch)",
+        "sampling 96.8 KiB + KV cache 24.0 KiB (6 slots x 64 positions)",
+        /* sampling + KV (121 KiB), then weights + optimizer (44 KiB), then activations (20 KiB) */
+        "; to fit, lower (biggest share first) grpo.prompts_per_step x grpo.group_size or "
+        "sampling.max_new_tokens, then the model's size, then micro_batch_tokens, or use a larger "
+        "device",
+    };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
+        if (!strstr(err.msg, want[i])) fail_msg("missing \"%s\" in: %s", want[i], err.msg);
+    assert_null(strstr(err.msg, "eval"));
+
+    chord_err_clear(&err);
+    mem_budget_make(&b, "cuda:0", 1e12, 3.0 * 1073741824.0);
+    e.total = 5.5 * 1073741824.0;
+    assert_int_equal(mem_estimate_check(&e, &b, &err), -1);
+    assert_non_null(strstr(err.msg, "about 5.50 GiB on cuda:0 but the server's device memory "
+                                    "limit allows 3.00 GiB:"));
+
+    chord_err_clear(&err);
+    mem_estimate_weights(&mc, &e);
+    mem_budget_make(&b, "cpu", 1000, 0);
+    assert_int_equal(mem_estimate_check(&e, &b, &err), -1);
+    assert_non_null(strstr(err.msg, "the model's weights need about 10.9 KiB on cpu but only "
+                                    "1000 bytes are free: 2792 parameters in float32; use a "
+                                    "smaller model or a larger device"));
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_weights),       cmocka_unit_test(test_params_agree_with_model),
+        cmocka_unit_test(test_job),           cmocka_unit_test(test_job_with_eval),
+        cmocka_unit_test(test_rollout),       cmocka_unit_test(test_budget),
+        cmocka_unit_test(test_check_message),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
