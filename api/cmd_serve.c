@@ -35,6 +35,9 @@ static void usage(FILE *out) {
             "  --models-root DIR     the only directory models may be registered from;\n"
             "                        default DATA_DIR/models\n"
             "  --max-upload-mb N     dataset upload limit in MiB; default 1024\n"
+            "  --device-memory-mb N  the most memory (MiB) a job or rollout may need on one\n"
+            "                        device; work estimated over it is refused (413);\n"
+            "                        default 0 = the device's free memory\n"
             "  --threads N           CPU threads per worker's backend; default all cores\n"
             "  --http-threads N      HTTP thread pool size; default 4\n"
             "  --sse-heartbeat S     seconds between heartbeat comments on event streams; "
@@ -94,7 +97,7 @@ static int parse_int(const char *flag, const char *v, long lo, long hi, long *ou
 int cmd_serve(int argc, char **argv) {
     const char *data_dir = "./chord-data", *http = "127.0.0.1:8080", *grpc = "127.0.0.1:50051";
     const char *device = "auto", *models_root = NULL, *log_level = "info";
-    long max_upload_mb = 1024, threads = 0, http_threads = 4, heartbeat = 15;
+    long max_upload_mb = 1024, threads = 0, http_threads = 4, heartbeat = 15, memory_mb = 0;
     int demo = 0;
     int i = 1;
     if (argc >= 1 && argv[0] && argv[0][0] == '-') i = 0; /* called with no subcommand */
@@ -130,6 +133,9 @@ int cmd_serve(int argc, char **argv) {
         } else if (!strcmp(a, "--max-upload-mb")) {
             VALUE();
             if (parse_int(a, next, 1, 1L << 20, &max_upload_mb)) return 2;
+        } else if (!strcmp(a, "--device-memory-mb")) {
+            VALUE();
+            if (parse_int(a, next, 0, 1L << 30, &memory_mb)) return 2;
         } else if (!strcmp(a, "--threads")) {
             VALUE();
             if (parse_int(a, next, 0, 4096, &threads)) return 2;
@@ -176,6 +182,7 @@ int cmd_serve(int argc, char **argv) {
                       .device = device,
                       .threads = (int)threads,
                       .max_upload_bytes = (int64_t)max_upload_mb << 20,
+                      .memory_limit = (int64_t)memory_mb << 20,
                       .workers = 1};
     svc *s = NULL;
     chord_err err = {0};

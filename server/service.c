@@ -1,7 +1,7 @@
 /* service.c — the service's lifetime, its pool of SQLite handles, jobs (create / get / list /
  * cancel / metrics / samples), checkpoints listing, watches, health and the Prometheus text.
  * Datasets, models, checkpoint files and rollouts are in service_data.c; the demo in
- * service_demo.c.
+ * service_demo.c; the will-it-fit checks at submission in service_memory.c.
  *
  * Not here: transports (api/), the worker loop (server/jobs), SQL (storage/). */
 #include "server/service_internal.h"
@@ -182,6 +182,7 @@ int svc_open(const svc_options *opt, svc **out, chord_err *err) {
     s->started = chord_now();
     s->started_ms = store_now_ms();
     s->max_upload = opt->max_upload_bytes > 0 ? opt->max_upload_bytes : (int64_t)1 << 30;
+    s->memory_limit = opt->memory_limit > 0 ? opt->memory_limit : 0;
 
     /* the store: migrate, then recover jobs a dead process left running */
     store *st = NULL;
@@ -222,6 +223,7 @@ int svc_open(const svc_options *opt, svc **out, chord_err *err) {
                            .devices = (const char *const *)s->devices,
                            .n_devices = s->n_devices,
                            .threads = opt->threads,
+                           .memory_limit = s->memory_limit,
                            .hooks = {.user = s, .publish = hook_publish, .on_step = hook_on_step}};
         if (jobs_start(&jo, &s->jobs, err)) goto fail;
         if (resubmit_pending_rollouts(s, err)) goto fail;
@@ -303,9 +305,11 @@ static int check_dataset(store *st, const char *field, const char *id, const cha
 }
 
 /* Rewrites the resolved document's "model" so the worker needs no lookups: a directory becomes
- * its absolute path, a registered random-init model becomes model.init. */
+ * its absolute path, a registered random-init model becomes model.init. *mc gets the model's
+ * config (a directory's config.json is read: one that does not parse is refused here, not when
+ * the job starts). */
 static int resolve_job_model(svc *s, store *st, const job_config *cfg, json_t *doc,
-                             chord_err *err) {
+                             model_config *mc, chord_err *err) {
     json_t *model = json_object();
     if (!model) return oom(err);
     int bad = 0;
@@ -313,6 +317,15 @@ static int resolve_job_model(svc *s, store *st, const job_config *cfg, json_t *d
         char *dir = NULL, *tok = NULL;
         json_t *init = NULL;
         if (svc_resolve_model(s, st, "model.path", cfg->model_path, &dir, &init, &tok, err)) {
+            json_decref(model);
+            return -1;
+        }
+        int rc = dir ? model_config_load(dir, mc, err) : model_config_from_json(init, mc, err);
+        if (rc) {
+            ref_error(err, "model.path");
+            json_decref(init);
+            free(dir);
+            free(tok);
             json_decref(model);
             return -1;
         }
@@ -330,8 +343,7 @@ static int resolve_job_model(svc *s, store *st, const job_config *cfg, json_t *d
         free(dir);
         free(tok);
     } else {
-        model_config mc;
-        if (model_config_from_json(cfg->model_init_config, &mc, err)) {
+        if (model_config_from_json(cfg->model_init_config, mc, err)) {
             json_decref(model);
             return chord_err_prefix(err, "model.init.config");
         }
@@ -370,7 +382,8 @@ int svc_job_create(svc *s, const json_t *doc, json_t **job, chord_err *err) {
         oom(err);
         goto done;
     }
-    if (resolve_job_model(s, st, &cfg, resolved, err)) goto done;
+    model_config mc;
+    if (resolve_job_model(s, st, &cfg, resolved, &mc, err)) goto done;
     if (check_dataset(st, "data.prompts", cfg.data_prompts, "prompts", "eval", err) ||
         check_dataset(st, "data.expert", cfg.data_expert, "expert", NULL, err) ||
         check_dataset(st, "data.eval", cfg.data_eval, "eval", "prompts", err))
@@ -383,6 +396,7 @@ int svc_job_create(svc *s, const json_t *doc, json_t **job, chord_err *err) {
                       cfg.device, s->devices[0], s->n_devices > 1 ? ", ..." : "");
         goto done;
     }
+    if (svc_check_job_fits(s, &cfg, &mc, err)) goto done;
     text = json_dumps(resolved, JSON_COMPACT | JSON_SORT_KEYS);
     if (!text) {
         oom(err);

@@ -6,7 +6,8 @@
  * gRPC maps them one-for-one. Errors are chord_err categories (server/base/err.h) that the
  * transports map to status codes: CHORD_E_INVALID names the bad field ("model.path: ..."),
  * CHORD_E_NOT_FOUND an unknown id, CHORD_E_CONFLICT an illegal state change, CHORD_E_TOO_LARGE an
- * upload over the limit, CHORD_E_UNAVAILABLE a server that is stopping.
+ * upload over the limit or work that would not fit a device's memory, CHORD_E_UNAVAILABLE a
+ * server that is stopping.
  *
  * Threading: every function may be called from any thread at any time (the service keeps a
  * pool of SQLite handles, one per concurrent caller). An upload handle and a watch belong to one
@@ -36,6 +37,8 @@ typedef struct svc_options {
                                  "cuda:N[,M...]"; NULL = "auto". One worker per device. */
     int threads;              /* CPU threads per worker's backend; <= 0 = all cores */
     int64_t max_upload_bytes; /* dataset upload limit; <= 0 = 1 GiB */
+    int64_t memory_limit;     /* bytes a job or rollout may use on one device; <= 0 = the
+                                 device's free memory (server/train/mem_estimate.h) */
     int workers;              /* 0 = start no workers (jobs stay queued; API tests) */
 } svc_options;
 
@@ -60,9 +63,12 @@ const char *const *svc_devices(const svc *s, int *n_devices);
  * "device" (or null), "cancel_requested", "config" (the fully resolved job document)}. */
 
 /* Validates a job document (jobconfig.h: every error names the field), resolves its model
- * (a registered model id "mdl_…", a directory under the models root, or model.init) and its
- * dataset ids (which must exist and be of a fitting kind), stores it as queued and wakes a
- * worker. The stored config is the resolved document (defaults filled in). */
+ * (a registered model id "mdl_…", a directory under the models root, or model.init; its
+ * config.json is read) and its dataset ids (which must exist and be of a fitting kind), checks
+ * that it fits a device it may run on (mem_estimate_job against the free memory, counting what
+ * the job running there now will release, within memory_limit: CHORD_E_TOO_LARGE with the
+ * figures otherwise), stores it as queued and wakes a worker. The stored config is the resolved
+ * document (defaults filled in). */
 int svc_job_create(svc *s, const json_t *doc, json_t **job, chord_err *err);
 int svc_job_get(svc *s, const char *id, json_t **job, chord_err *err);
 /* {"items": [job...], "total", "offset", "limit"}; state NULL = all states, else a state name
@@ -129,7 +135,8 @@ int svc_dataset_list(svc *s, size_t offset, size_t limit, json_t **list, chord_e
 
 /* doc: {"name"?, "path": DIR} (a directory under the models root holding config.json; paths
  * escaping the root through ".." or symlinks are CHORD_E_INVALID) or {"name"?, "init":
- * {"config": {...}, "tokenizer"?: DIR}} (random init: the job's seed initialises it). */
+ * {"config": {...}, "tokenizer"?: DIR}} (random init: the job's seed initialises it). A model
+ * whose weights alone would not fit any device is CHORD_E_TOO_LARGE. */
 int svc_model_register(svc *s, const json_t *doc, json_t **model, chord_err *err);
 int svc_model_get(svc *s, const char *id, json_t **model, chord_err *err);
 int svc_model_list(svc *s, size_t offset, size_t limit, json_t **list, chord_err *err);
@@ -142,7 +149,9 @@ const char *svc_models_root(const svc *s);
 
 /* doc: {"prompts": [string...]} or {"messages": [[message...]...]}, plus "model" (registered
  * id or directory under the models root) or "checkpoint": {"job_id", "step"?}, and optional
- * "n", "temperature", "top_p", "max_tokens", "seed", "answers" (one per prompt), "reward". */
+ * "n", "temperature", "top_p", "max_tokens", "seed", "answers" (one per prompt), "reward".
+ * A request that would not fit the free memory of any device (mem_estimate_rollout, prompts
+ * bounded by their bytes) is CHORD_E_TOO_LARGE and is not stored. */
 int svc_rollout_create(svc *s, const json_t *doc, json_t **rollout, chord_err *err);
 int svc_rollout_get(svc *s, const char *id, json_t **rollout, chord_err *err);
 

@@ -443,6 +443,7 @@ int svc_model_register(svc *s, const json_t *doc, json_t **model, chord_err *err
             return chord_err_set(err, "path: '%s' is not a directory", json_string_value(path));
         model_config mc;
         if (model_config_load(real, &mc, err)) return chord_err_prefix(err, "path");
+        if (svc_check_model_fits(s, &mc, err)) return -1;
         char cfg_path[PATH_MAX + 16];
         snprintf(cfg_path, sizeof cfg_path, "%s/config.json", real);
         size_t len;
@@ -463,6 +464,7 @@ int svc_model_register(svc *s, const json_t *doc, json_t **model, chord_err *err
             return chord_err_set(err, "init.config: required object (Hugging Face config.json)");
         model_config mc;
         if (model_config_from_json(config, &mc, err)) return chord_err_prefix(err, "init.config");
+        if (svc_check_model_fits(s, &mc, err)) return -1;
         if (t) {
             if (!nonempty_string(t)) return chord_err_set(err, "init.tokenizer: must be a string");
             if (svc_resolve_under_root(s, "init.tokenizer", json_string_value(t), tok, err))
@@ -855,7 +857,7 @@ int svc_rollout_create(svc *s, const json_t *doc, json_t **rollout, chord_err *e
         oom(err);
         goto done;
     }
-    if (rollout_resolve(s, st, doc, req, err)) goto done;
+    if (rollout_resolve(s, st, doc, req, err) || svc_check_rollout_fits(s, req, err)) goto done;
     if (!s->jobs) {
         chord_err_setc(err, CHORD_E_UNAVAILABLE, "rollouts: this server runs no workers");
         goto done;

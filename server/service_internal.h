@@ -8,7 +8,9 @@
 #include <stdatomic.h>
 
 #include "server/jobs/jobs.h"
+#include "server/model/config.h"
 #include "server/service.h"
+#include "server/train/jobconfig.h"
 #include "storage/store.h"
 
 #define SVC_HIST_BUCKETS 12
@@ -49,7 +51,8 @@ struct svc {
     char *data_dir;
     char *models_root; /* realpath */
     int64_t max_upload;
-    double started; /* chord_now() at open */
+    int64_t memory_limit; /* svc_options.memory_limit */
+    double started;       /* chord_now() at open */
     int64_t started_ms;
     atomic_int stopping;
     atomic_int shut_down; /* svc_shutdown ran */
@@ -110,5 +113,16 @@ int svc_resolve_under_root(svc *s, const char *field, const char *path, char *ou
  * NULL. */
 int svc_resolve_model(svc *s, store *st, const char *field, const char *ref, char **dir,
                       json_t **init_config, char **tokenizer, chord_err *err);
+
+/* ---- will it fit (service_memory.c) ----------------------------------------------------------
+ * Each returns 0 when the work fits the best device it may run on (or no device can tell its
+ * memory), else CHORD_E_TOO_LARGE with the figures (mem_estimate_check). */
+
+/* A job (device: the job's "device"). */
+int svc_check_job_fits(svc *s, const job_config *cfg, const model_config *mc, chord_err *err);
+/* A model's weights (any device). */
+int svc_check_model_fits(svc *s, const model_config *mc, chord_err *err);
+/* A resolved rollout request (rollout.h's document); reads the config.json it names. */
+int svc_check_rollout_fits(svc *s, const json_t *req, chord_err *err);
 
 #endif

@@ -19,7 +19,9 @@
 #include "kernels/ops.h"
 #include "server/base/log.h"
 #include "server/jobs/rollout.h"
+#include "server/model/config.h"
 #include "server/train/jobconfig.h"
+#include "server/train/mem_estimate.h"
 #include "server/train/trainer.h"
 #include "storage/store.h"
 
@@ -58,11 +60,13 @@ struct worker {
     /* the job it runs (guarded by pool->mu for the id; flags are atomics) */
     char job_id[STORE_ID_MAX];
     atomic_int cancel;
+    _Atomic int64_t reserved; /* mem_estimate_job of the job it runs, 0 when idle */
 };
 
 struct jobs_pool {
     char *data_dir;
     int threads;
+    int64_t memory_limit;
     jobs_hooks hooks;
     worker *workers;
     int n_workers;
@@ -383,6 +387,21 @@ static void finish_job(worker *w, const char *id, store_job_state to, const char
     if (w->pool->hooks.publish) w->pool->hooks.publish(w->pool->hooks.user, id);
 }
 
+/* The job's estimated memory (the figure the trainer checks at set-up), 0 when its model config
+ * cannot be read (the trainer then fails the job, saying why). */
+static int64_t job_estimate(const job_config *cfg, const char *resume_dir) {
+    model_config mc;
+    chord_err err = {0};
+    const char *dir = resume_dir ? resume_dir : cfg->model_path;
+    if (dir ? model_config_load(dir, &mc, &err) != 0
+            : (!cfg->model_init_config ||
+               model_config_from_json(cfg->model_init_config, &mc, &err) != 0))
+        return 0;
+    mem_estimate e;
+    mem_estimate_job(&mc, cfg, &e);
+    return e.total < 9.0e18 ? (int64_t)e.total : INT64_MAX;
+}
+
 static void run_job(worker *w, store_job *job) {
     jobs_pool *p = w->pool;
     job_config cfg = {0};
@@ -407,8 +426,10 @@ static void run_job(worker *w, store_job *job) {
         LOG_INFO("job %s running on %s (%lld steps)", job->id, w->device, (long long)cfg.steps);
     if (p->hooks.publish) p->hooks.publish(p->hooks.user, job->id);
 
+    atomic_store(&w->reserved, job_estimate(&cfg, resume));
     const char *tokenizer_dir = cfg.model_init_tokenizer;
     trainer_env env = {.ops = w->ops,
+                       .memory_limit = p->memory_limit,
                        .prompts_path = prompts,
                        .expert_path = expert,
                        .eval_path = eval,
@@ -430,6 +451,7 @@ static void run_job(worker *w, store_job *job) {
                             .between_steps = cb_between_steps,
                             .on_log = cb_on_log};
     int rc = trainer_run(&cfg, &env, &cb, &err);
+    atomic_store(&w->reserved, 0);
     keep_stdin_open();
     run_clear_samples(&r);
     run_clear_last(&r);
@@ -505,6 +527,20 @@ static int pop_rollout(jobs_pool *p, char id[STORE_ID_MAX]) {
     return 1;
 }
 
+/* What a rollout may use on the worker's device now: its free memory (the running job's already
+ * taken), within the operator's limit less that job's share. */
+static void rollout_budget(worker *w, mem_budget *b) {
+    size_t free_b = 0, total_b = 0;
+    double free_bytes =
+        ops_mem_info(w->ops, &free_b, &total_b) == 0 && free_b > 0 ? (double)free_b : -1.0;
+    double limit = 0;
+    if (w->pool->memory_limit > 0) {
+        limit = (double)w->pool->memory_limit - (double)atomic_load(&w->reserved);
+        if (limit < 1) limit = 1; /* a limit all taken still refuses (0 would mean none) */
+    }
+    mem_budget_make(b, w->device, free_bytes, limit);
+}
+
 static void run_rollouts(worker *w, void *live_model, const char *live_job_id) {
     char id[STORE_ID_MAX];
     while (!atomic_load(&w->pool->stopping) && pop_rollout(w->pool, id)) {
@@ -517,7 +553,10 @@ static void run_rollouts(worker *w, void *live_model, const char *live_job_id) {
             continue;
         }
         json_t *req = json_loads(ro.request_json, 0, NULL);
-        int rc = req ? jobs_rollout_generate(req, w->ops, live_model, live_job_id, &result, &err)
+        mem_budget budget;
+        rollout_budget(w, &budget);
+        int rc = req ? jobs_rollout_generate(req, w->ops, live_model, live_job_id, &budget, &result,
+                                             &err)
                      : chord_err_setc(&err, CHORD_E_INTERNAL, "stored request is not JSON");
         if (rc == 0) {
             result_text = json_dumps(result, JSON_COMPACT);
@@ -596,6 +635,7 @@ int jobs_start(const jobs_options *opt, jobs_pool **out, chord_err *err) {
     pthread_cond_init(&p->cv, NULL);
     p->data_dir = strdup(opt->data_dir);
     p->threads = opt->threads;
+    p->memory_limit = opt->memory_limit;
     p->hooks = opt->hooks;
     p->workers = calloc((size_t)(opt->n_devices > 0 ? opt->n_devices : 1), sizeof *p->workers);
     if (!p->data_dir || !p->workers) {
@@ -669,6 +709,13 @@ int jobs_submit_rollout(jobs_pool *p, const char *rollout_id, chord_err *err) {
     p->wake_seq++;
     pthread_cond_broadcast(&p->cv);
     pthread_mutex_unlock(&p->mu);
+    return 0;
+}
+
+int64_t jobs_device_reserved(jobs_pool *p, const char *device) {
+    if (!p || !device) return 0;
+    for (int i = 0; i < p->n_workers; i++)
+        if (!strcmp(p->workers[i].device, device)) return atomic_load(&p->workers[i].reserved);
     return 0;
 }
 

@@ -33,7 +33,9 @@ typedef struct jobs_options {
     const char *data_dir;       /* the store's data directory */
     const char *const *devices; /* one worker per device: "cpu", "cuda:0", ... */
     int n_devices;
-    int threads; /* CPU threads per backend; <= 0 = all */
+    int threads;          /* CPU threads per backend; <= 0 = all */
+    int64_t memory_limit; /* bytes a job or rollout may use on one device (server/train/
+                             mem_estimate.h); <= 0 = the device's free memory */
     jobs_hooks hooks;
 } jobs_options;
 
@@ -47,6 +49,10 @@ void jobs_wake(jobs_pool *p);
 int jobs_cancel(jobs_pool *p, const char *job_id);
 /* Queues a rollout request already stored as pending (store_rollout_create). */
 int jobs_submit_rollout(jobs_pool *p, const char *rollout_id, chord_err *err);
+/* The estimated bytes (mem_estimate_job) of the job the worker on `device` runs now; 0 when
+ * it runs none. A job queued now runs after it, so the service counts this memory as free for
+ * it (and as taken for a rollout, which runs between its steps). */
+int64_t jobs_device_reserved(jobs_pool *p, const char *device);
 /* Stops: each running job stops after its current step with a checkpoint and goes back to
  * queued; workers are joined; backends closed; the pool freed. NULL is allowed. */
 void jobs_stop(jobs_pool *p);

@@ -30,33 +30,39 @@ static double jnum(const json_t *o, const char *k, double dflt) {
     return json_is_number(v) ? json_number_value(v) : dflt;
 }
 
-/* The model for the request: borrowed (live) or owned (*owned set). */
-static int open_model(const json_t *req, ops_ctx *ops, void *live_model, const char *live_job_id,
-                      model **m, model **owned, const char **weights_dir, chord_err *err) {
+/* Where the request's model comes from: the running job's live model (*live set), or weights
+ * from a checkpoint or model directory (*weights_dir), or a random-init config; *mc gets its
+ * config either way, before anything is loaded. */
+static int model_source(const json_t *req, void *live_model, const char *live_job_id, model **live,
+                        const char **weights_dir, model_config *mc, chord_err *err) {
     const char *ckpt = jstr(req, "checkpoint_dir"), *dir = jstr(req, "model_dir");
     const char *job = jstr(req, "job_id");
     const json_t *init = json_object_get(req, "model_init");
-    *owned = NULL;
+    *live = NULL;
     *weights_dir = ckpt ? ckpt : dir;
     if (live_model && job && live_job_id && !strcmp(job, live_job_id) && !ckpt) {
-        *m = live_model;
+        *live = live_model;
+        *mc = (*live)->cfg;
         return 0;
     }
-    if (*weights_dir) {
-        if (model_load(*weights_dir, ops, owned, err) != 0) return chord_err_prefix(err, "model");
-    } else if (json_is_object(init)) {
-        model_config mc;
-        if (model_config_from_json(init, &mc, err) != 0) return chord_err_prefix(err, "model_init");
-        if (model_create(&mc, ops, owned, err) != 0) return -1;
-        if (model_init_random(*owned, (uint64_t)jnum(req, "seed", 0), err) != 0) {
-            model_free(*owned);
-            *owned = NULL;
-            return -1;
-        }
-    } else {
-        return chord_err_set(err, "rollout: no model, checkpoint or init config");
+    if (*weights_dir)
+        return model_config_load(*weights_dir, mc, err) ? chord_err_prefix(err, "model") : 0;
+    if (json_is_object(init))
+        return model_config_from_json(init, mc, err) ? chord_err_prefix(err, "model_init") : 0;
+    return chord_err_set(err, "rollout: no model, checkpoint or init config");
+}
+
+/* Loads (or creates) the model model_source chose; *owned is freed by the caller. */
+static int open_model(const json_t *req, ops_ctx *ops, const char *weights_dir,
+                      const model_config *mc, model **owned, chord_err *err) {
+    if (weights_dir)
+        return model_load(weights_dir, ops, owned, err) ? chord_err_prefix(err, "model") : 0;
+    if (model_create(mc, ops, owned, err) != 0) return -1;
+    if (model_init_random(*owned, (uint64_t)jnum(req, "seed", 0), err) != 0) {
+        model_free(*owned);
+        *owned = NULL;
+        return -1;
     }
-    *m = *owned;
     return 0;
 }
 
@@ -101,7 +107,8 @@ done:
 }
 
 int jobs_rollout_generate(const json_t *request, ops_ctx *ops, void *live_model,
-                          const char *live_job_id, json_t **result, chord_err *err) {
+                          const char *live_job_id, const mem_budget *budget, json_t **result,
+                          chord_err *err) {
     *result = NULL;
     const json_t *prompts = json_object_get(request, "prompts");
     if (!json_is_array(prompts)) prompts = json_object_get(request, "messages");
@@ -110,8 +117,8 @@ int jobs_rollout_generate(const json_t *request, ops_ctx *ops, void *live_model,
     int n_prompts = (int)json_array_size(prompts);
     model *m = NULL, *owned = NULL;
     const char *weights_dir = NULL;
-    if (open_model(request, ops, live_model, live_job_id, &m, &owned, &weights_dir, err) != 0)
-        return -1;
+    model_config mc;
+    if (model_source(request, live_model, live_job_id, &m, &weights_dir, &mc, err) != 0) return -1;
     int rc = -1;
     tok_tokenizer *tok = NULL;
     reward_verifier *verifier = NULL;
@@ -137,6 +144,17 @@ int jobs_rollout_generate(const json_t *request, ops_ctx *ops, void *live_model,
         }
         pids[i] = ids[i].ids;
         plens[i] = (int)ids[i].n;
+    }
+    int longest = 0;
+    for (int i = 0; i < n_prompts; i++)
+        if (plens[i] > longest) longest = plens[i];
+    mem_estimate need;
+    mem_estimate_rollout(&mc, n_prompts, jnum(request, "n", 1), longest,
+                         jnum(request, "max_tokens", 256), m == NULL, &need);
+    if (mem_estimate_check(&need, budget, err) != 0) goto done;
+    if (!m) {
+        if (open_model(request, ops, weights_dir, &mc, &owned, err) != 0) goto done;
+        m = owned;
     }
     const json_t *answers = json_object_get(request, "answers");
     const json_t *reward = json_object_get(request, "reward");

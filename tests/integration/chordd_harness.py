@@ -31,6 +31,18 @@ TINY_CONFIG = {
     "tie_word_embeddings": True,
 }
 
+# About 1.5e12 parameters (5.5 TiB in float32): more than any host's or GPU's memory, so a job,
+# model or rollout on it is refused at submission on any machine (no weights need exist: the
+# check runs before anything is loaded).
+HUGE_CONFIG = TINY_CONFIG | {"vocab_size": 151936, "hidden_size": 16384, "num_hidden_layers": 400,
+                             "num_attention_heads": 128, "num_key_value_heads": 8,
+                             "intermediate_size": 65536, "max_position_embeddings": 32768}
+# Small weights but a large KV cache per position (64 layers x 1024 floats each of K and V) and
+# a long context: 256 prompts x n 64 x 32768 new tokens need about 256 TiB of KV cache.
+LONG_KV_CONFIG = TINY_CONFIG | {"num_hidden_layers": 64, "num_attention_heads": 8,
+                                "num_key_value_heads": 8, "head_dim": 128,
+                                "max_position_embeddings": 65536}
+
 
 def free_port():
     s = socket.socket()

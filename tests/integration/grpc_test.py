@@ -3,9 +3,9 @@ stubs that grpcio-tools generates from api/proto/chord.proto at test time, and t
 health client of grpcio-health-checking. A real chordd (REST + gRPC on free loopback ports, temp
 data dir): datasets uploaded in chunks, a job created and streamed to the end, a rollout, REST
 and gRPC seeing the same resources field for field (both ways), and bad input — garbage bytes,
-wrong wire types, wrong JSON types, oversized messages, clients that vanish mid-stream and
-mid-upload, expired deadlines, unknown methods — each with its status code, the server up after
-each and nothing half-stored.
+wrong wire types, wrong JSON types, oversized messages, work that would not fit the device's
+memory, clients that vanish mid-stream and mid-upload, expired deadlines, unknown methods — each
+with its status code, the server up after each and nothing half-stored.
 
 Run: CHORDD=build/api/chordd python -m pytest tests/integration/grpc_test.py"""
 import hashlib
@@ -19,7 +19,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from chordd_harness import CHORDD, TINY_CONFIG, arith_expert, arith_prompts, jsonl, tiny_job
+from chordd_harness import (CHORDD, HUGE_CONFIG, LONG_KV_CONFIG, TINY_CONFIG, arith_expert,
+                            arith_prompts, jsonl, tiny_job)
 from grpc_harness import GrpcChordd, assert_same, raw_unary, struct_to_py, stubs, to_struct
 
 pb, pbg = stubs()
@@ -454,6 +455,35 @@ def test_bad_documents_name_the_field(srv, stub, datasets):
     code, _ = code_of(lambda: next(stub.WatchJob(pb.WatchJobRequest(id="job_nope"))))
     assert code == grpc.StatusCode.NOT_FOUND
     assert srv.get("/v1/jobs?limit=1000").json()["total"] == before_jobs
+
+
+def test_work_that_cannot_fit_is_resource_exhausted(srv, stub, datasets):
+    """A job, a model or a rollout that would not fit the device's memory: RESOURCE_EXHAUSTED
+    (REST's 413) with the figures and what to lower, nothing stored, the server up."""
+    d = os.path.join(srv.models_root, "longkv_g")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump(LONG_KV_CONFIG, f)
+    totals = {p: srv.get(p + "?limit=1000").json()["total"] for p in ("/v1/jobs", "/v1/models")}
+    exhausted = grpc.StatusCode.RESOURCE_EXHAUSTED
+    huge_job = tiny_job(datasets[0], model={"init": {"config": HUGE_CONFIG}})
+    code, details = code_of(stub.CreateJob, pb.CreateJobRequest(job=to_struct(huge_job)))
+    assert code == exhausted, (code, details)
+    for needle in ("the job needs about", "GiB", "free", "weights", "gradients and AdamW moments",
+                   "(biggest share first) the model's size", "or use a larger device"):
+        assert needle in details, (needle, details)
+    wide = tiny_job(datasets[0], grpo={"group_size": 100, "prompts_per_step": 10**7})
+    code, details = code_of(stub.CreateJob, pb.CreateJobRequest(job=to_struct(wide)))
+    assert code == exhausted and "KV cache" in details, details
+    assert "(biggest share first) grpo.prompts_per_step x grpo.group_size" in details, details
+    code, details = code_of(stub.RegisterModel, pb.RegisterModelRequest(
+        init=pb.ModelInit(config=to_struct(HUGE_CONFIG))))
+    assert code == exhausted and "the model's weights need about" in details, details
+    code, details = code_of(stub.Rollout, pb.RolloutRequest(
+        prompts=["Compute 1+2."] * 256, model="longkv_g", n=64, max_tokens=32768))
+    assert code == exhausted and "the rollout needs about" in details, details
+    assert "KV cache" in details and "max_tokens" in details, details
+    assert {p: srv.get(p + "?limit=1000").json()["total"] for p in totals} == totals
 
 
 def test_client_vanishes_mid_stream_and_deadline(srv, stub, datasets):

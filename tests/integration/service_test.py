@@ -3,7 +3,9 @@ temp data dir, driven over real HTTP. Datasets (valid, invalid lines naming the 
 too large), models (incl. paths escaping the models root), jobs (bad documents naming the
 field, list / get / cancel), a job that trains with SSE per step, metrics and checkpoints (files
 checked against their SHA256SUMS with hashlib), rollouts, 404 / 405 / 413 / 415, /metrics, and
-after every bad request the server is up and stored data unchanged. Crash-and-resume tests are
+after every bad request the server is up and stored data unchanged; jobs, rollouts and models
+that would not fit the device's memory refused at submission (413, with the figures) and
+--device-memory-mb observed both at submission and when a job starts. Crash-and-resume tests are
 in service_resume_test.py.
 
 Run: CHORDD=build/api/chordd python -m pytest tests/integration/service_test.py"""
@@ -11,12 +13,14 @@ import hashlib
 import json
 import os
 import socket
+import sqlite3
 import threading
 import time
 
 import pytest
 
-from chordd_harness import Chordd, TINY_CONFIG, arith_expert, arith_prompts, jsonl, tiny_job
+from chordd_harness import (Chordd, HUGE_CONFIG, LONG_KV_CONFIG, TINY_CONFIG, arith_expert,
+                            arith_prompts, jsonl, tiny_job)
 
 
 @pytest.fixture(scope="module")
@@ -323,6 +327,146 @@ def test_job_bad_documents(srv, datasets):
     assert resp.startswith(b"HTTP/1.1 413") and b"payload_too_large" in resp, resp[:300]
     assert snapshot(srv) == before
     assert srv.get("/healthz").status == 200
+
+
+# ---- work that would not fit the device's memory -------------------------------------------
+
+def write_model_dir(srv, name, config):
+    d = os.path.join(srv.models_root, name)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump(config, f) if isinstance(config, dict) else f.write(config)
+    return d
+
+
+def stored_rollouts(srv):
+    con = sqlite3.connect(f"file:{os.path.join(srv.data_dir, 'chord.db')}?mode=ro", uri=True)
+    try:
+        return con.execute("SELECT COUNT(*) FROM rollouts").fetchone()[0]
+    finally:
+        con.close()
+
+
+def assert_too_large(r, *needles):
+    """413 with the figures: needed and free GiB, the breakdown, what to lower."""
+    assert_error(r, 413, "payload_too_large", "GiB", "free", *needles)
+    m = r.json()["error"]["message"]
+    assert "needs about" in m or "need about" in m, m
+    assert "or use a larger device" in m or "use a smaller model or a larger device" in m, m
+
+
+def test_job_that_cannot_fit_is_refused_at_submission(srv, datasets):
+    p, e = datasets
+    write_model_dir(srv, "huge", HUGE_CONFIG)
+    write_model_dir(srv, "badcfg", '{"hidden_size": ')
+    before = snapshot(srv)
+    # the model: weights, gradients and AdamW moments alone are ~22 TiB
+    r = srv.post("/v1/jobs", tiny_job(p, model={"init": {"config": HUGE_CONFIG}}))
+    assert_too_large(r, "the job needs about", "on cpu", "weights", "gradients and AdamW moments",
+                     "(biggest share first) the model's size")
+    # the same model as a directory: its config.json is read at submission
+    assert_too_large(srv.post("/v1/jobs", tiny_job(p, model={"path": "huge"})), "weights")
+    # a tiny model with a rollout batch of 1e9 slots: the KV cache is named, and what to lower
+    r = srv.post("/v1/jobs", tiny_job(p, grpo={"group_size": 100, "prompts_per_step": 10**7}))
+    assert_too_large(r, "KV cache", "1000000000 slots x 128 positions",
+                     "to fit, lower (biggest share first) grpo.prompts_per_step x "
+                     "grpo.group_size or sampling.max_new_tokens")
+    # a tiny model with micro-batches of 1e10 tokens: activations first in what to lower
+    r = srv.post("/v1/jobs", tiny_job(p, e, micro_batch_tokens=10**10))
+    assert_too_large(r, "activations", "10000000000 tokens per micro-batch",
+                     "to fit, lower (biggest share first) micro_batch_tokens")
+    # a config.json that does not parse is refused at submission too, naming the field
+    assert_error(srv.post("/v1/jobs", tiny_job(p, model={"path": "badcfg"})), 400,
+                 "invalid_argument", "model.path")
+    # nothing stored, the server up, and a job that fits still accepted
+    assert snapshot(srv) == before
+    assert srv.get("/healthz").status == 200
+    r = srv.post("/v1/jobs", tiny_job(p, steps=1))
+    assert r.status == 201, r
+    srv.wait_job(r.json()["id"], lambda j: j["state"] == "succeeded")
+
+
+def test_model_that_cannot_hold_its_weights_is_refused(srv):
+    write_model_dir(srv, "huge", HUGE_CONFIG)
+    before = snapshot(srv)
+    r = srv.post("/v1/models", {"init": {"config": HUGE_CONFIG}})
+    assert_too_large(r, "the model's weights need about", "parameters in float32")
+    assert_too_large(srv.post("/v1/models", {"name": "huge", "path": "huge"}), "weights")
+    assert snapshot(srv) == before
+
+
+def test_rollout_that_cannot_fit_is_refused_at_submission(srv):
+    write_model_dir(srv, "huge", HUGE_CONFIG)
+    write_model_dir(srv, "longkv", LONG_KV_CONFIG)
+    before, rows = snapshot(srv), stored_rollouts(srv)
+    r = srv.post("/v1/rollouts", {"prompts": ["Compute 1+2."] * 256, "model": "longkv", "n": 64,
+                                  "max_tokens": 32768})
+    assert_too_large(r, "the rollout needs about", "KV cache", "16384 slots x ",
+                     "to fit, lower (biggest share first) the number of prompts x n, the "
+                     "prompts' length or max_tokens")
+    r = srv.post("/v1/rollouts", {"messages": [[{"role": "user", "content": "hi"}]] * 256,
+                                  "model": "longkv", "n": 64, "max_tokens": 32768})
+    assert_too_large(r, "KV cache")
+    r = srv.post("/v1/rollouts", {"prompts": ["Compute 1+2."], "model": "huge", "max_tokens": 4})
+    assert_too_large(r, "the rollout needs about", "weights")
+    # nothing stored (not even a failed row), the server up
+    assert stored_rollouts(srv) == rows
+    assert snapshot(srv) == before
+    assert srv.get("/healthz").status == 200
+    # the same model with a small request fits (it then fails at run time: no weights on disk)
+    r = srv.post("/v1/rollouts", {"prompts": ["Compute 1+2."], "model": "longkv", "max_tokens": 4})
+    assert r.status == 202, r
+
+
+def test_device_memory_limit_caps_submission_and_start(srv, datasets):
+    """--device-memory-mb: what the same job needs (~12 MiB at 1024 tokens per micro-batch, ~91
+    MiB at 8192) is refused over the limit, accepted under it and without it; a running job's
+    share is not a rollout's; and a job accepted before a restart with a lower limit fails when
+    it starts, saying so."""
+    p, _ = datasets
+    big_batch = tiny_job(p, steps=1, micro_batch_tokens=8192)
+    r = srv.post("/v1/jobs", big_batch)  # no limit: the host's free memory
+    assert r.status == 201, r
+    srv.wait_job(r.json()["id"], lambda j: j["state"] == "succeeded")
+    lim = Chordd(extra_args=["--device-memory-mb", "64"]).start()
+    try:
+        lp = lim.upload("prompts", jsonl(arith_prompts(20))).json()["id"]
+        r = lim.post("/v1/jobs", tiny_job(lp, steps=1, micro_batch_tokens=8192))
+        assert_error(r, 413, "payload_too_large",
+                     "on cpu but the server's device memory limit allows 64.0 MiB",
+                     "activations", "(biggest share first) micro_batch_tokens")
+        assert lim.get("/v1/jobs").json()["total"] == 0
+        r = lim.post("/v1/jobs", tiny_job(lp, steps=1, micro_batch_tokens=1024))
+        assert r.status == 201, r
+        lim.wait_job(r.json()["id"], lambda j: j["state"] == "succeeded")
+        # a running job (~46 MiB at 4096 tokens per micro-batch) keeps its share of the limit: a
+        # rollout (~35 MiB) runs between its steps, so only the rest (~18 MiB) is left for it;
+        # another such job runs after it, so it may use the whole limit
+        write_model_dir(lim, "tiny", TINY_CONFIG)
+        wide = {"prompts": ["Compute 1+2."] * 32, "model": "tiny", "n": 48, "max_tokens": 64}
+        running = lim.post("/v1/jobs", tiny_job(lp, steps=100000, micro_batch_tokens=4096)).json()
+        lim.wait_job(running["id"], lambda j: j["state"] == "running" and j["current_step"] >= 1)
+        assert_error(lim.post("/v1/rollouts", wide), 413, "payload_too_large",
+                     "the rollout needs about 34.9 MiB on cpu but the server's device memory "
+                     "limit allows 17.6 MiB")
+        queued = lim.post("/v1/jobs", tiny_job(lp, steps=100000, micro_batch_tokens=4096))
+        assert queued.status == 201, queued
+        for job_id in (queued.json()["id"], running["id"]):
+            lim.post(f"/v1/jobs/{job_id}/cancel")
+            lim.wait_job(job_id, lambda j: j["state"] == "cancelled")
+        assert lim.post("/v1/rollouts", wide).status == 202  # idle: the whole limit
+        # a long job interrupted by a stop resumes under a limit it no longer fits in
+        long_job = lim.post("/v1/jobs", tiny_job(lp, steps=100000, checkpoint_every=0)).json()
+        lim.wait_job(long_job["id"], lambda j: j["current_step"] >= 1)
+        assert lim.stop() == 0
+        lim.extra_args = ["--device-memory-mb", "1"]
+        lim.start()
+        j = lim.wait_job(long_job["id"], lambda j: j["state"] in ("failed", "succeeded"))
+        assert j["state"] == "failed", j
+        assert "the server's device memory limit allows 1.0 MiB" in j["error"], j
+        assert lim.get("/healthz").status == 200
+    finally:
+        lim.cleanup()
 
 
 def test_list_bad_query(srv):

@@ -1,0 +1,115 @@
+/* service_memory.c — refusing at submission what would not fit a device's memory: the budget of
+ * each device the service runs (its free memory as ops.h reports it, the host's available RAM
+ * on the CPU, within the operator's --device-memory-mb) against the estimate of
+ * server/train/mem_estimate.h, the same one the trainer checks again when the job starts.
+ *
+ * A job queued now runs after the job a device runs now, so that job's estimate counts as free
+ * for it; a rollout runs between that job's steps, so it does not. Work that may run on several
+ * devices ("auto") is refused only when it fits none of them.
+ *
+ * Not here: the estimate itself (server/train), the devices' queries (kernels/ops.h). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/ops.h"
+#include "server/service_internal.h"
+#include "server/train/mem_estimate.h"
+
+static void device_budget(svc *s, const char *device, int for_job, mem_budget *b) {
+    size_t free_b = 0, total_b = 0;
+    int known;
+    if (!strncmp(device, "cuda:", 5))
+        known = ops_cuda_mem_info((int)strtol(device + 5, NULL, 10), &free_b, &total_b) == 0;
+    else
+        known = ops_mem_info(NULL, &free_b, &total_b) == 0; /* no context: the host's */
+    double held = (double)jobs_device_reserved(s->jobs, device);
+    double free_bytes = known && free_b > 0 ? (double)free_b + (for_job ? held : 0.0) : -1.0;
+    double limit = 0;
+    if (s->memory_limit > 0) {
+        limit = (double)s->memory_limit - (for_job ? 0.0 : held);
+        if (limit < 1) limit = 1; /* a limit all taken still refuses (0 would mean none) */
+    }
+    mem_budget_make(b, device, free_bytes, limit);
+}
+
+/* job_device NULL: any device. */
+static int check_devices(svc *s, const char *job_device, int for_job, const mem_estimate *e,
+                         chord_err *err) {
+    mem_budget best;
+    int have = 0;
+    for (int i = 0; i < s->n_devices; i++) {
+        if (job_device && !jobs_device_accepts(s->devices[i], job_device)) continue;
+        mem_budget b;
+        device_budget(s, s->devices[i], for_job, &b);
+        if (b.bytes < 0 || e->total <= b.bytes) return 0;
+        if (!have || b.bytes > best.bytes) {
+            best = b;
+            have = 1;
+        }
+    }
+    return have ? mem_estimate_check(e, &best, err) : 0;
+}
+
+int svc_check_job_fits(svc *s, const job_config *cfg, const model_config *mc, chord_err *err) {
+    mem_estimate e;
+    mem_estimate_job(mc, cfg, &e);
+    return check_devices(s, cfg->device, 1, &e, err);
+}
+
+int svc_check_model_fits(svc *s, const model_config *mc, chord_err *err) {
+    mem_estimate e;
+    mem_estimate_weights(mc, &e);
+    return check_devices(s, NULL, 1, &e, err);
+}
+
+/* The longest prompt of the request in tokens, bounded by its text's bytes. */
+static double prompt_tokens_bound(const json_t *req) {
+    double longest = 0;
+    size_t i;
+    json_t *p;
+    json_array_foreach(json_object_get(req, "prompts"), i, p) {
+        double t = mem_prompt_tokens_bound((double)json_string_length(p), 1);
+        if (t > longest) longest = t;
+    }
+    json_t *conv;
+    json_array_foreach(json_object_get(req, "messages"), i, conv) {
+        double bytes = 0;
+        size_t j;
+        json_t *m;
+        json_array_foreach(conv, j, m) bytes +=
+            (double)json_string_length(json_object_get(m, "content"));
+        double t = mem_prompt_tokens_bound(bytes, (int)json_array_size(conv));
+        if (t > longest) longest = t;
+    }
+    return longest;
+}
+
+/* A config the request names that cannot be read is bad input naming the field. */
+static int config_error(chord_err *err, const char *field) {
+    if (err && err->code == CHORD_E_NOT_FOUND) err->code = CHORD_E_INVALID;
+    return chord_err_prefix(err, "%s", field);
+}
+
+int svc_check_rollout_fits(svc *s, const json_t *req, chord_err *err) {
+    const char *ckpt = json_string_value(json_object_get(req, "checkpoint_dir"));
+    const char *dir = json_string_value(json_object_get(req, "model_dir"));
+    const json_t *init = json_object_get(req, "model_init");
+    model_config mc;
+    if (ckpt) {
+        if (model_config_load(ckpt, &mc, err)) return config_error(err, "checkpoint");
+    } else if (dir) {
+        if (model_config_load(dir, &mc, err)) return config_error(err, "model");
+    } else if (json_is_object(init)) {
+        if (model_config_from_json(init, &mc, err)) return config_error(err, "model");
+    } else {
+        return 0;
+    }
+    const json_t *prompts = json_object_get(req, "prompts");
+    if (!json_is_array(prompts)) prompts = json_object_get(req, "messages");
+    mem_estimate e;
+    mem_estimate_rollout(&mc, (double)json_array_size(prompts),
+                         (double)json_integer_value(json_object_get(req, "n")),
+                         prompt_tokens_bound(req),
+                         (double)json_integer_value(json_object_get(req, "max_tokens")), 1, &e);
+    return check_devices(s, NULL, 0, &e, err);
+}
