@@ -657,17 +657,21 @@ extern "C" int cuda_attention_backward(ops_ctx *c, float *dq, float *dk, float *
     int *ntiles, cap;
     void *extra = NULL;
     const int use_tc = att_use_tc(c, D);
+    const size_t di_bytes = ((size_t)N * Hq * sizeof(float) + 255) & ~(size_t)255;
     if (att_tiles(c, cu_seqlens, S, N, use_tc ? cuda_attention_tc_tile_rows() : (int)ATT_BQ,
-                  (size_t)N * Hq * sizeof(float), &tiles, &ntiles, &cap, &extra) != 0)
+                  di_bytes + (use_tc ? cuda_attention_tc_scratch(N, Hq, Hkv, D) : 0), &tiles,
+                  &ntiles, &cap, &extra) != 0)
         return -1;
     if (use_tc) {
         float *Di = (float *)extra;
+        float *shares = (float *)((char *)extra + di_bytes);
         size_t warps = (size_t)N * Hq;
         att_bwd_di_kernel<<<(unsigned int)((warps + 7) / 8), 256, 0, im->stream>>>(Di, dout, out, N,
                                                                                    Hq, D);
         CU_LAUNCHED("att_bwd_di_kernel");
         return cuda_attention_tc_backward(c, dq, dk, dv, dout, q, ldq, k, ldk, v, ldv, lse, Di,
-                                          cu_seqlens, tiles, ntiles, cap, Hq, Hkv, D, scale);
+                                          shares, cu_seqlens, tiles, ntiles, cap, N, Hq, Hkv, D,
+                                          scale);
     }
     if (im->attention_mode == OPS_CUDA_ATTENTION_NAIVE) {
         att_zero_rows_kernel<<<cu_blocks((size_t)N * Hkv * D, 256, im->num_sms), 256, 0,

@@ -249,10 +249,13 @@ int cuda_attention_tc_forward(ops_ctx *c, float *out, float *lse, const float *q
                               const float *k, int ldk, const float *v, int ldv,
                               const int32_t *cu_seqlens, const int2 *tiles, const int *ntiles,
                               int cap, int Hq, int Hkv, int D, float scale);
+// bytes of device scratch cuda_attention_tc_backward needs beside Di (GQA: each query head's
+// dK/dV share before the group's sum)
+size_t cuda_attention_tc_scratch(int N, int Hq, int Hkv, int D);
 int cuda_attention_tc_backward(ops_ctx *c, float *dq, float *dk, float *dv, const float *dout,
                                const float *q, int ldq, const float *k, int ldk, const float *v,
-                               int ldv, const float *lse, const float *Di,
+                               int ldv, const float *lse, const float *Di, float *scratch,
                                const int32_t *cu_seqlens, const int2 *tiles, const int *ntiles,
-                               int cap, int Hq, int Hkv, int D, float scale);
+                               int cap, int N, int Hq, int Hkv, int D, float scale);
 
 #endif

@@ -414,9 +414,9 @@ static void t_rope(void) {
     free(x), free(inv), free(pos);
 }
 
-static void t_attention(int D, ops_cuda_attention_mode mode) {
+static void t_attention_heads(int D, ops_cuda_attention_mode mode, int Hq, int Hkv) {
     static const int lens[] = {1, 0, 31, 32, 33, 100, 257, 64};
-    const int S = (int)(sizeof lens / sizeof lens[0]), Hq = 8, Hkv = 2;
+    const int S = (int)(sizeof lens / sizeof lens[0]);
     const int QKV = (Hq + 2 * Hkv) * D;
     int32_t cu[16];
     cu[0] = 0;
@@ -444,7 +444,8 @@ static void t_attention(int D, ops_cuda_attention_mode mode) {
     /* tensor cores take bf16 operands: the bf16 GEMM bound */
     const double tol = mode == OPS_CUDA_ATTENTION_TENSOR ? TOL_BF16 : TOL_FP32;
     char name[112];
-    snprintf(name, sizeof name, "attention_forward %s out D=%d (packed, GQA 8/2)", mn, D);
+    snprintf(name, sizeof name, "attention_forward %s out D=%d (packed, GQA %d/%d)", mn, D, Hq,
+             Hkv);
     cmp(name, &bo, tol);
     snprintf(name, sizeof name, "attention_forward %s lse D=%d", mn, D);
     cmp(name, &bl, tol);
@@ -453,6 +454,10 @@ static void t_attention(int D, ops_cuda_attention_mode mode) {
     set_attention(OPS_CUDA_ATTENTION_AUTO);
     dfree(&bqkv), dfree(&bcu), dfree(&bo), dfree(&bl), dfree(&bd), dfree(&bdq);
     free(qkv), free(dout), free(junk);
+}
+
+static void t_attention(int D, ops_cuda_attention_mode mode) {
+    t_attention_heads(D, mode, 8, 2);
 }
 
 static void t_decode(int D) {
@@ -1378,6 +1383,7 @@ int main(int argc, char **argv) {
     static const int tc_heads[] = {64, 80, 128};
     for (size_t i = 0; i < sizeof tc_heads / sizeof tc_heads[0]; i++)
         t_attention(tc_heads[i], OPS_CUDA_ATTENTION_TENSOR);
+    t_attention_heads(64, OPS_CUDA_ATTENTION_TENSOR, 4, 4); /* no GQA: dK/dV written directly */
     t_decode(64);
     t_decode(128);
     t_swiglu();

@@ -190,6 +190,9 @@ static inline unsigned int __ballot_sync(unsigned int, int pred) {
         v |= __shfl_xor_sync(0xffffffffu, v, o);
     return v;
 }
+static inline int __all_sync(unsigned int mask, int pred) {
+    return (__ballot_sync(mask, pred) & mask) == mask;
+}
 static inline int __popc(unsigned int v) {
     return __builtin_popcount(v);
 }
