@@ -592,6 +592,31 @@ static const char *get_type(const json_t *obj, const char *where, chord_err *err
     return type;
 }
 
+static int compile_pattern(struct pcre2_real_code_8 **out, const char *pattern, size_t len,
+                           int literal, const char *where, chord_err *err);
+
+/* A {"String": ...} or {"Regex": ...} pattern, compiled (a String as a literal). */
+static int parse_pattern(const json_t *obj, struct pcre2_real_code_8 **re, const char *where,
+                         chord_err *err) {
+    json_t *pat = json_object_get(obj, "pattern");
+    json_t *rx = json_object_get(pat, "Regex"), *lit = json_object_get(pat, "String");
+    if (!json_is_string(rx) && !json_is_string(lit))
+        return chord_err_set(err, "%s.pattern must be {\"Regex\": ...} or {\"String\": ...}",
+                             where);
+    json_t *src = json_is_string(rx) ? rx : lit;
+    if (json_string_length(src) == 0) return chord_err_set(err, "%s.pattern is empty", where);
+    return compile_pattern(re, json_string_value(src), json_string_length(src), src == lit, where,
+                           err);
+}
+
+static int dup_string(const json_t *v, char **out, size_t *len) {
+    *len = json_string_length(v);
+    *out = malloc(*len + 1);
+    if (!*out) return -1;
+    memcpy(*out, json_string_value(v), *len + 1);
+    return 0;
+}
+
 static int parse_normalizer(tok_tokenizer *t, const json_t *n, const char *where, chord_err *err) {
     if (!n || json_is_null(n)) return 0;
     const char *type = get_type(n, where, err);
@@ -609,42 +634,151 @@ static int parse_normalizer(tok_tokenizer *t, const json_t *n, const char *where
         }
         return 0;
     }
-    int flags;
-    if (strcmp(type, "NFC") == 0)
-        flags = UTF8PROC_STABLE | UTF8PROC_COMPOSE;
-    else if (strcmp(type, "NFD") == 0)
-        flags = UTF8PROC_STABLE | UTF8PROC_DECOMPOSE;
-    else if (strcmp(type, "NFKC") == 0)
-        flags = UTF8PROC_STABLE | UTF8PROC_COMPOSE | UTF8PROC_COMPAT;
-    else if (strcmp(type, "NFKD") == 0)
-        flags = UTF8PROC_STABLE | UTF8PROC_DECOMPOSE | UTF8PROC_COMPAT;
-    else
-        return chord_err_set(err,
-                             "%s: unsupported normalizer type '%s' (chord reads NFC, NFD, NFKC, "
-                             "NFKD and Sequence)",
-                             where, type);
     if (t->n_norm == TOK_MAX_NORMALIZERS)
         return chord_err_set(err, "%s: more than %d normalizers", where, TOK_MAX_NORMALIZERS);
-    t->norm_flags[t->n_norm++] = flags;
+    tok_norm_op *op = &t->norm[t->n_norm];
+    memset(op, 0, sizeof *op);
+    if (strcmp(type, "NFC") == 0) {
+        op->flags = UTF8PROC_STABLE | UTF8PROC_COMPOSE;
+    } else if (strcmp(type, "NFD") == 0) {
+        op->flags = UTF8PROC_STABLE | UTF8PROC_DECOMPOSE;
+    } else if (strcmp(type, "NFKC") == 0) {
+        op->flags = UTF8PROC_STABLE | UTF8PROC_COMPOSE | UTF8PROC_COMPAT;
+    } else if (strcmp(type, "NFKD") == 0) {
+        op->flags = UTF8PROC_STABLE | UTF8PROC_DECOMPOSE | UTF8PROC_COMPAT;
+    } else if (strcmp(type, "Lowercase") == 0) {
+        op->kind = TOK_NORM_LOWERCASE;
+    } else if (strcmp(type, "Strip") == 0) {
+        op->kind = TOK_NORM_STRIP;
+        if (get_bool(n, "strip_left", 1, &op->left, where, err) ||
+            get_bool(n, "strip_right", 1, &op->right, where, err))
+            return -1;
+    } else if (strcmp(type, "Prepend") == 0 || strcmp(type, "Replace") == 0) {
+        int prepend = strcmp(type, "Prepend") == 0;
+        json_t *c = json_object_get(n, prepend ? "prepend" : "content");
+        if (!json_is_string(c))
+            return chord_err_set(err, "%s.%s must be a string", where,
+                                 prepend ? "prepend" : "content");
+        op->kind = prepend ? TOK_NORM_PREPEND : TOK_NORM_REPLACE;
+        if (dup_string(c, &op->content, &op->content_len))
+            return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
+        t->n_norm++; /* owns content and re from here on */
+        t->norm_general = 1;
+        return prepend ? 0 : parse_pattern(n, &op->re, where, err);
+    } else {
+        return chord_err_set(err,
+                             "%s: unsupported normalizer type '%s' (chord reads NFC, NFD, NFKC, "
+                             "NFKD, Lowercase, Strip, Replace, Prepend and Sequence)",
+                             where, type);
+    }
+    if (op->kind != TOK_NORM_UNICODE) t->norm_general = 1;
+    t->n_norm++;
     return 0;
 }
 
 static const char GPT2_REGEX[] =
     "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
 
-static int compile_regex(tok_pretok_step *st, const char *pattern, size_t len, int literal,
-                         const char *where, chord_err *err) {
+static int compile_pattern(struct pcre2_real_code_8 **out, const char *pattern, size_t len,
+                           int literal, const char *where, chord_err *err) {
     int ec;
     PCRE2_SIZE eo;
     uint32_t opts = PCRE2_UTF | PCRE2_NO_UTF_CHECK | (literal ? PCRE2_LITERAL : PCRE2_UCP);
-    st->re = pcre2_compile((PCRE2_SPTR)pattern, len, opts, &ec, &eo, NULL);
-    if (!st->re) {
+    *out = pcre2_compile((PCRE2_SPTR)pattern, len, opts, &ec, &eo, NULL);
+    if (!*out) {
         PCRE2_UCHAR msg[256];
         pcre2_get_error_message(ec, msg, sizeof msg);
         return chord_err_set(err, "%s: the regex does not compile at offset %zu: %s", where,
                              (size_t)eo, (const char *)msg);
     }
-    pcre2_jit_compile(st->re, PCRE2_JIT_COMPLETE); /* falls back to the interpreter on failure */
+    pcre2_jit_compile(*out, PCRE2_JIT_COMPLETE); /* falls back to the interpreter on failure */
+    return 0;
+}
+
+static int compile_regex(tok_pretok_step *st, const char *pattern, size_t len, int literal,
+                         const char *where, chord_err *err) {
+    return compile_pattern(&st->re, pattern, len, literal, where, err);
+}
+
+/* The crate's character predicates as regexes that match one character each, so that a Split
+ * over them finds exactly the crate's matches (Unicode tables: PCRE2's, which may be a version
+ * behind Rust's for characters added since). */
+/* Rust's regex \w (Alphabetic, M, Nd, Pc, Join_Control) and \s (White_Space): Whitespace's
+ * `\w+|[^\w\s]+`, written out because PCRE2's \w and \s are narrower */
+static const char WHITESPACE_REGEX[] =
+    "[\\p{Alphabetic}\\p{M}\\p{Nd}\\p{Pc}\\x{200C}\\x{200D}]+|"
+    "[^\\p{Alphabetic}\\p{M}\\p{Nd}\\p{Pc}\\x{200C}\\x{200D}\\p{White_Space}]+";
+/* char::is_whitespace */
+static const char WHITE_SPACE_CHAR[] = "\\p{White_Space}";
+/* char::is_numeric (Nd, Nl, No) */
+static const char NUMERIC_CHAR[] = "\\p{N}";
+/* is_ascii_punctuation || the Unicode punctuation categories */
+static const char PUNCTUATION_CHAR[] = "[\\p{P}!-/:-@\\[-`{-~]";
+
+static int split_behavior(const char *beh, int *out) {
+    static const char *names[] = {"Isolated", "Removed", "MergedWithPrevious", "MergedWithNext",
+                                  "Contiguous"};
+    static const int values[] = {TOK_SPLIT_ISOLATED, TOK_SPLIT_REMOVED, TOK_SPLIT_MERGED_PREV,
+                                 TOK_SPLIT_MERGED_NEXT, TOK_SPLIT_CONTIGUOUS};
+    for (int i = 0; i < 5; i++)
+        if (strcmp(beh, names[i]) == 0) {
+            *out = values[i];
+            return 0;
+        }
+    return -1;
+}
+
+/* Appends a Split step over a fixed regex (the predicate pre-tokenizers). */
+static int push_split(tok_tokenizer *t, const char *regex, size_t len, int literal, int behavior,
+                      int invert, const char *where, chord_err *err) {
+    if (t->byte_level)
+        return chord_err_set(err, "%s: a pre-tokenizer after ByteLevel is not supported", where);
+    if (t->n_steps == TOK_MAX_STEPS)
+        return chord_err_set(err, "%s: more than %d pre-tokenizers", where, TOK_MAX_STEPS);
+    tok_pretok_step *st = &t->steps[t->n_steps];
+    memset(st, 0, sizeof *st);
+    st->kind = TOK_STEP_SPLIT;
+    st->behavior = behavior;
+    st->invert = invert;
+    if (compile_regex(st, regex, len, literal, where, err)) return -1;
+    t->n_steps++;
+    return 0;
+}
+
+/* The replacement character of a Metaspace pre-tokenizer or decoder: one character. */
+static int metaspace_replacement(const json_t *p, char out[8], int *len, const char *where,
+                                 chord_err *err) {
+    json_t *r = json_object_get(p, "replacement");
+    if (!r) r = json_object_get(p, "str_rep");
+    const char *s = r ? json_string_value(r) : "\xe2\x96\x81"; /* U+2581 */
+    size_t n = r ? json_string_length(r) : 3, clen;
+    if (!s || n == 0 || n > 4 ||
+        tok_utf8_scan((const unsigned char *)s, n, &clen, NULL) != UTF8_OK || clen != n)
+        return chord_err_set(err, "%s.replacement must be one character", where);
+    memcpy(out, s, n);
+    out[n] = '\0';
+    *len = (int)n;
+    return 0;
+}
+
+/* prepend_scheme (always | first | never), or the older add_prefix_space (always | never). */
+static int metaspace_prepend(const json_t *p, int *out, const char *where, chord_err *err) {
+    json_t *ps = json_object_get(p, "prepend_scheme");
+    if (ps && !json_is_null(ps)) {
+        const char *v = json_string_value(ps);
+        if (v && strcmp(v, "always") == 0)
+            *out = TOK_PREPEND_ALWAYS;
+        else if (v && strcmp(v, "first") == 0)
+            *out = TOK_PREPEND_FIRST;
+        else if (v && strcmp(v, "never") == 0)
+            *out = TOK_PREPEND_NEVER;
+        else
+            return chord_err_set(err, "%s.prepend_scheme must be always, first or never", where);
+        return 0;
+    }
+    int aps;
+    if (get_bool(p, "add_prefix_space", 1, &aps, where, err)) return -1;
+    *out = aps ? TOK_PREPEND_ALWAYS : TOK_PREPEND_NEVER;
     return 0;
 }
 
@@ -666,13 +800,48 @@ static int parse_pretokenizer(tok_tokenizer *t, const json_t *p, const char *whe
         }
         return 0;
     }
+    if (strcmp(type, "Digits") == 0) {
+        int individual;
+        if (get_bool(p, "individual_digits", 0, &individual, where, err)) return -1;
+        return push_split(t, NUMERIC_CHAR, sizeof NUMERIC_CHAR - 1, 0,
+                          individual ? TOK_SPLIT_ISOLATED : TOK_SPLIT_CONTIGUOUS, 0, where, err);
+    }
+    if (strcmp(type, "Whitespace") == 0) /* keep the matches, drop what lies between */
+        return push_split(t, WHITESPACE_REGEX, sizeof WHITESPACE_REGEX - 1, 0, TOK_SPLIT_REMOVED, 1,
+                          where, err);
+    if (strcmp(type, "WhitespaceSplit") == 0)
+        return push_split(t, WHITE_SPACE_CHAR, sizeof WHITE_SPACE_CHAR - 1, 0, TOK_SPLIT_REMOVED, 0,
+                          where, err);
+    if (strcmp(type, "Punctuation") == 0) {
+        const char *beh = json_string_value(json_object_get(p, "behavior"));
+        int b = TOK_SPLIT_ISOLATED;
+        if (beh && split_behavior(beh, &b))
+            return chord_err_set(err, "%s.behavior: unknown split behavior '%s'", where, beh);
+        return push_split(t, PUNCTUATION_CHAR, sizeof PUNCTUATION_CHAR - 1, 0, b, 0, where, err);
+    }
+    if (strcmp(type, "BertPreTokenizer") == 0)
+        return push_split(t, WHITE_SPACE_CHAR, sizeof WHITE_SPACE_CHAR - 1, 0, TOK_SPLIT_REMOVED, 0,
+                          where, err) ||
+               push_split(t, PUNCTUATION_CHAR, sizeof PUNCTUATION_CHAR - 1, 0, TOK_SPLIT_ISOLATED,
+                          0, where, err);
+    if (strcmp(type, "CharDelimiterSplit") == 0) {
+        json_t *d = json_object_get(p, "delimiter");
+        size_t clen;
+        if (!json_is_string(d) || json_string_length(d) == 0 ||
+            tok_utf8_scan((const unsigned char *)json_string_value(d), json_string_length(d), &clen,
+                          NULL) != UTF8_OK ||
+            clen != json_string_length(d))
+            return chord_err_set(err, "%s.delimiter must be one character", where);
+        return push_split(t, json_string_value(d), json_string_length(d), 1, TOK_SPLIT_REMOVED, 0,
+                          where, err);
+    }
+    if (t->byte_level)
+        return chord_err_set(err, "%s: a pre-tokenizer after ByteLevel is not supported", where);
     if (t->n_steps == TOK_MAX_STEPS)
         return chord_err_set(err, "%s: more than %d pre-tokenizers", where, TOK_MAX_STEPS);
     tok_pretok_step *st = &t->steps[t->n_steps];
     memset(st, 0, sizeof *st);
     if (strcmp(type, "Split") == 0) {
-        if (t->byte_level)
-            return chord_err_set(err, "%s: a Split after ByteLevel is not supported", where);
         json_t *pat = json_object_get(p, "pattern");
         const char *re = json_string_value(json_object_get(pat, "Regex"));
         const char *lit = json_string_value(json_object_get(pat, "String"));
@@ -682,17 +851,7 @@ static int parse_pretokenizer(tok_tokenizer *t, const json_t *p, const char *whe
         json_t *src = json_object_get(pat, re ? "Regex" : "String");
         const char *beh = json_string_value(json_object_get(p, "behavior"));
         if (!beh) return chord_err_set(err, "%s.behavior is missing", where);
-        if (strcmp(beh, "Isolated") == 0)
-            st->behavior = TOK_SPLIT_ISOLATED;
-        else if (strcmp(beh, "Removed") == 0)
-            st->behavior = TOK_SPLIT_REMOVED;
-        else if (strcmp(beh, "MergedWithPrevious") == 0)
-            st->behavior = TOK_SPLIT_MERGED_PREV;
-        else if (strcmp(beh, "MergedWithNext") == 0)
-            st->behavior = TOK_SPLIT_MERGED_NEXT;
-        else if (strcmp(beh, "Contiguous") == 0)
-            st->behavior = TOK_SPLIT_CONTIGUOUS;
-        else
+        if (split_behavior(beh, &st->behavior))
             return chord_err_set(err, "%s.behavior: unknown split behavior '%s'", where, beh);
         if (get_bool(p, "invert", 0, &st->invert, where, err)) return -1;
         st->kind = TOK_STEP_SPLIT;
@@ -714,10 +873,107 @@ static int parse_pretokenizer(tok_tokenizer *t, const json_t *p, const char *whe
         t->n_steps++;
         return 0;
     }
+    if (strcmp(type, "Metaspace") == 0) {
+        st->kind = TOK_STEP_METASPACE;
+        if (metaspace_replacement(p, st->replacement, &st->replacement_len, where, err) ||
+            metaspace_prepend(p, &st->prepend_scheme, where, err) ||
+            get_bool(p, "split", 1, &st->split, where, err))
+            return -1;
+        t->n_steps++;
+        return 0;
+    }
     return chord_err_set(err,
-                         "%s: unsupported pre-tokenizer type '%s' (chord reads Split, ByteLevel "
-                         "and Sequence)",
+                         "%s: unsupported pre-tokenizer type '%s' (chord reads Split, ByteLevel, "
+                         "Metaspace, Digits, Whitespace, WhitespaceSplit, Punctuation, "
+                         "BertPreTokenizer, CharDelimiterSplit and Sequence)",
                          where, type);
+}
+
+/* One decoder step (Sequence flattened) into t->dec_ops. */
+static int parse_decoder_step(tok_tokenizer *t, const json_t *d, const char *where,
+                              chord_err *err) {
+    const char *type = get_type(d, where, err);
+    if (!type) return -1;
+    if (strcmp(type, "Sequence") == 0) {
+        json_t *list = json_object_get(d, "decoders");
+        if (!json_is_array(list)) return chord_err_set(err, "%s.decoders must be an array", where);
+        size_t i;
+        json_t *sub;
+        json_array_foreach(list, i, sub) {
+            char w[256];
+            snprintf(w, sizeof w, "%s.decoders[%zu]", where, i);
+            if (parse_decoder_step(t, sub, w, err)) return -1;
+        }
+        return 0;
+    }
+    if (t->n_dec_ops == TOK_MAX_DEC_OPS)
+        return chord_err_set(err, "%s: more than %d decoders", where, TOK_MAX_DEC_OPS);
+    tok_dec_op *op = &t->dec_ops[t->n_dec_ops];
+    memset(op, 0, sizeof *op);
+    if (strcmp(type, "ByteLevel") == 0) {
+        op->kind = TOK_DEC_BYTELEVEL;
+    } else if (strcmp(type, "ByteFallback") == 0) {
+        op->kind = TOK_DEC_BYTEFALLBACK;
+    } else if (strcmp(type, "Fuse") == 0) {
+        op->kind = TOK_DEC_FUSE;
+    } else if (strcmp(type, "Metaspace") == 0) {
+        char rep[8];
+        int n, scheme;
+        if (metaspace_replacement(d, rep, &n, where, err) ||
+            metaspace_prepend(d, &scheme, where, err))
+            return -1;
+        op->kind = TOK_DEC_METASPACE;
+        op->prepend_first = scheme != TOK_PREPEND_NEVER;
+        op->pattern = strdup(rep);
+        op->pattern_len = (size_t)n;
+        op->content = strdup(" ");
+        op->content_len = 1;
+        if (!op->pattern || !op->content) {
+            free(op->pattern);
+            free(op->content);
+            return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
+        }
+    } else if (strcmp(type, "Replace") == 0) {
+        json_t *pat = json_object_get(d, "pattern");
+        json_t *lit = json_object_get(pat, "String"), *c = json_object_get(d, "content");
+        if (!json_is_string(lit) || json_string_length(lit) == 0)
+            return chord_err_set(err,
+                                 "%s.pattern: chord's Replace decoder takes a non-empty "
+                                 "{\"String\": ...} (a Regex pattern is not supported)",
+                                 where);
+        if (!json_is_string(c)) return chord_err_set(err, "%s.content must be a string", where);
+        op->kind = TOK_DEC_REPLACE;
+        if (dup_string(lit, &op->pattern, &op->pattern_len) ||
+            dup_string(c, &op->content, &op->content_len)) {
+            free(op->pattern);
+            return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
+        }
+    } else if (strcmp(type, "Strip") == 0) {
+        json_t *c = json_object_get(d, "content");
+        json_t *a = json_object_get(d, "start"), *b = json_object_get(d, "stop");
+        size_t clen;
+        if (!json_is_string(c) || json_string_length(c) == 0 ||
+            tok_utf8_scan((const unsigned char *)json_string_value(c), json_string_length(c), &clen,
+                          NULL) != UTF8_OK ||
+            clen != json_string_length(c))
+            return chord_err_set(err, "%s.content must be one character", where);
+        if (!json_is_integer(a) || !json_is_integer(b) || json_integer_value(a) < 0 ||
+            json_integer_value(b) < 0 || json_integer_value(a) > 1 << 20 ||
+            json_integer_value(b) > 1 << 20)
+            return chord_err_set(err, "%s.start and .stop must be non-negative integers", where);
+        op->kind = TOK_DEC_STRIP;
+        op->start = (int)json_integer_value(a);
+        op->stop = (int)json_integer_value(b);
+        if (dup_string(c, &op->pattern, &op->pattern_len))
+            return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
+    } else {
+        return chord_err_set(err,
+                             "%s: unsupported decoder type '%s' (chord reads ByteLevel, Metaspace, "
+                             "Replace, ByteFallback, Fuse, Strip and Sequence)",
+                             where, type);
+    }
+    t->n_dec_ops++;
+    return 0;
 }
 
 static int parse_decoder(tok_tokenizer *t, const json_t *d, chord_err *err) {
@@ -725,14 +981,33 @@ static int parse_decoder(tok_tokenizer *t, const json_t *d, chord_err *err) {
         t->decoder = TOK_DECODER_NONE;
         return 0;
     }
-    const char *type = get_type(d, "decoder", err);
-    if (!type) return -1;
-    if (strcmp(type, "ByteLevel") == 0) {
-        t->decoder = TOK_DECODER_BYTELEVEL;
+    if (parse_decoder_step(t, d, "decoder", err)) return -1;
+    if (t->n_dec_ops == 1 && t->dec_ops[0].kind == TOK_DEC_BYTELEVEL) {
+        t->decoder = TOK_DECODER_BYTELEVEL; /* the byte-level families: the plain path */
         return 0;
     }
-    return chord_err_set(err, "decoder: unsupported decoder type '%s' (chord reads ByteLevel)",
-                         type);
+    t->decoder = TOK_DECODER_CHAIN;
+    /* the steps before the first that joins the tokens act on each token */
+    t->n_dec_token_ops = t->n_dec_ops;
+    for (int i = 0; i < t->n_dec_ops; i++) {
+        int k = t->dec_ops[i].kind;
+        if (k == TOK_DEC_BYTELEVEL) t->dec_bytelevel = 1;
+        if ((k == TOK_DEC_FUSE || k == TOK_DEC_BYTELEVEL) && t->n_dec_token_ops == t->n_dec_ops)
+            t->n_dec_token_ops = i;
+        if (k == TOK_DEC_METASPACE && t->dec_ops[i].prepend_first && i < t->n_dec_token_ops)
+            t->dec_first_differs = 1;
+    }
+    for (int i = t->n_dec_token_ops + 1; i < t->n_dec_ops; i++) {
+        int k = t->dec_ops[i].kind;
+        if (k != TOK_DEC_STRIP && k != TOK_DEC_REPLACE && k != TOK_DEC_FUSE)
+            return chord_err_set(err,
+                                 "decoder: a %s step after the tokens are joined (Fuse or "
+                                 "ByteLevel) is not supported",
+                                 k == TOK_DEC_BYTEFALLBACK ? "ByteFallback"
+                                 : k == TOK_DEC_METASPACE  ? "Metaspace"
+                                                           : "ByteLevel");
+    }
+    return 0;
 }
 
 static int post_push(tok_tokenizer *t, int before, int32_t id, chord_err *err) {
@@ -866,7 +1141,8 @@ static int parse_model(tok_tokenizer *t, const json_t *m, const json_t *added, c
         return chord_err_set(err, "model: continuing_subword_prefix / end_of_word_suffix are not "
                                   "supported (not byte-level BPE)");
     if (get_bool(m, "ignore_merges", 0, &t->ignore_merges, "model", err) ||
-        get_bool(m, "byte_fallback", 0, &t->byte_fallback, "model", err))
+        get_bool(m, "byte_fallback", 0, &t->byte_fallback, "model", err) ||
+        get_bool(m, "fuse_unk", 0, &t->fuse_unk, "model", err))
         return -1;
 
     /* the id space: model vocabulary and added tokens */
@@ -985,17 +1261,146 @@ static int parse_added(tok_tokenizer *t, const json_t *added, chord_err *err) {
     return 0;
 }
 
+/* Replaces every (non-overlapping, leftmost) occurrence of pat in s[0..n) with rep into out. */
+static int replace_literal(tok_buf *out, const char *s, size_t n, const char *pat, size_t pn,
+                           const char *rep, size_t rn) {
+    size_t i = 0;
+    while (i < n) {
+        const char *hit = pn <= n - i ? memmem(s + i, n - i, pat, pn) : NULL;
+        size_t stop = hit ? (size_t)(hit - s) : n;
+        if (tok_buf_append(out, s + i, stop - i)) return -1;
+        if (!hit) break;
+        if (tok_buf_append(out, rep, rn)) return -1;
+        i = stop + pn;
+    }
+    return 0;
+}
+
+/* The crate's Strip decoder on one string: up to `start` leading and `stop` trailing copies of the
+ * character c (UTF-8, cn bytes). */
+static void strip_chars(const char **s, size_t *n, const char *c, size_t cn, int start, int stop) {
+    for (int k = 0; k < start && *n >= cn && memcmp(*s, c, cn) == 0; k++) {
+        *s += cn;
+        *n -= cn;
+    }
+    for (int k = 0; k < stop && *n >= cn && memcmp(*s + *n - cn, c, cn) == 0; k++)
+        *n -= cn;
+}
+
+/* "<0xXX>" (ByteFallback's byte tokens): the byte, or -1. */
+static int byte_token_value(const char *s, size_t n) {
+    if (n != 6 || memcmp(s, "<0x", 3) != 0 || s[5] != '>') return -1;
+    int v = 0;
+    for (int i = 3; i < 5; i++) {
+        char c = s[i];
+        int d = c >= '0' && c <= '9'   ? c - '0'
+                : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                                       : -1;
+        if (d < 0) return -1;
+        v = v * 16 + d;
+    }
+    return v;
+}
+
+/* The per-token steps of a decoder chain on token id (first: it is the first token decoded),
+ * into out (replacing its content). Returns 1 when ByteFallback made it one byte, 0, -1 OOM. */
+static int decode_token(const tok_tokenizer *t, int32_t id, int first, tok_buf *out) {
+    tok_buf a = {0}, b = {0};
+    int rc = -1, is_byte = 0;
+    if (tok_buf_append(&a, t->tok_str[id], t->tok_len[id])) goto done;
+    for (int i = 0; i < t->n_dec_token_ops && !is_byte; i++) {
+        const tok_dec_op *op = &t->dec_ops[i];
+        b.len = 0;
+        if (op->kind == TOK_DEC_REPLACE || op->kind == TOK_DEC_METASPACE) {
+            /* Metaspace drops every replacement character of the first token */
+            size_t rn =
+                op->kind == TOK_DEC_METASPACE && first && op->prepend_first ? 0 : op->content_len;
+            if (tok_buf_append(&b, "", 0) ||
+                replace_literal(&b, a.data, a.len, op->pattern, op->pattern_len, op->content, rn))
+                goto done;
+        } else if (op->kind == TOK_DEC_STRIP) {
+            const char *p = a.data;
+            size_t n = a.len;
+            strip_chars(&p, &n, op->pattern, op->pattern_len, op->start, op->stop);
+            if (tok_buf_append(&b, "", 0) || tok_buf_append(&b, p, n)) goto done;
+        } else if (op->kind == TOK_DEC_BYTEFALLBACK) {
+            int v = byte_token_value(a.data, a.len);
+            if (v < 0) continue;
+            unsigned char byte = (unsigned char)v;
+            if (tok_buf_append(&b, "", 0) || tok_buf_append(&b, &byte, 1)) goto done;
+            is_byte = 1;
+        } else {
+            continue;
+        }
+        tok_buf tmp = a;
+        a = b;
+        b = tmp;
+    }
+    out->len = 0;
+    if (!is_byte && t->n_dec_token_ops < t->n_dec_ops &&
+        t->dec_ops[t->n_dec_token_ops].kind == TOK_DEC_BYTELEVEL) {
+        /* ByteLevel: each character back to its byte; a token with an unmapped one stays as is */
+        size_t k = 0;
+        int all_mapped = 1;
+        if (tok_buf_reserve(out, a.len)) goto done;
+        for (size_t i = 0; i < a.len && all_mapped;) {
+            size_t len;
+            uint32_t cp = 0;
+            int byte = -1;
+            if (tok_utf8_scan((const unsigned char *)a.data + i, a.len - i, &len, &cp) == UTF8_OK)
+                byte = unicode_to_byte(cp);
+            if (byte < 0)
+                all_mapped = 0;
+            else
+                out->data[k++] = (char)byte;
+            i += len;
+        }
+        if (all_mapped) {
+            out->len = k;
+            out->data[k] = '\0';
+            rc = 0;
+            goto done;
+        }
+        out->len = 0;
+    }
+    if (tok_buf_append(out, "", 0) || tok_buf_append(out, a.data, a.len)) goto done;
+    rc = is_byte;
+done:
+    tok_buf_free(&a);
+    tok_buf_free(&b);
+    return rc;
+}
+
 /* The bytes each id decodes to, computed once. */
 static int build_decode_table(tok_tokenizer *t, chord_err *err) {
     t->dec = calloc((size_t)t->vocab_size, sizeof *t->dec);
     t->dec_len = calloc((size_t)t->vocab_size, sizeof *t->dec_len);
-    if (!t->dec || !t->dec_len) return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
+    t->byte_token = calloc((size_t)t->vocab_size + 1, 1);
+    if (!t->dec || !t->dec_len || !t->byte_token)
+        return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
+    tok_buf one = {0};
     for (int32_t id = 0; id < t->vocab_size; id++) {
         const char *s = t->tok_str[id];
         if (!s) continue;
         size_t n = t->tok_len[id];
+        if (t->decoder == TOK_DECODER_CHAIN) {
+            int r = decode_token(t, id, 0, &one);
+            if (r < 0 || !(t->dec[id] = malloc(one.len + 1))) {
+                tok_buf_free(&one);
+                return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
+            }
+            memcpy(t->dec[id], one.data ? one.data : "", one.len);
+            t->dec[id][one.len] = '\0';
+            t->dec_len[id] = (uint32_t)one.len;
+            t->byte_token[id] = (unsigned char)r;
+            continue;
+        }
         char *out = malloc(n + 1);
-        if (!out) return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
+        if (!out) {
+            tok_buf_free(&one);
+            return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
+        }
         size_t k = 0;
         int all_mapped = t->decoder == TOK_DECODER_BYTELEVEL;
         for (size_t i = 0; i < n && all_mapped;) {
@@ -1019,6 +1424,7 @@ static int build_decode_table(tok_tokenizer *t, chord_err *err) {
         t->dec[id] = out;
         t->dec_len[id] = (uint32_t)k;
     }
+    tok_buf_free(&one);
     return 0;
 }
 
@@ -1091,6 +1497,15 @@ static void free_tokenizer(tok_tokenizer *t) {
     trie_free(t->trie_norm);
     for (int i = 0; i < t->n_steps; i++)
         pcre2_code_free(t->steps[i].re);
+    for (int i = 0; i < t->n_norm; i++) {
+        pcre2_code_free(t->norm[i].re);
+        free(t->norm[i].content);
+    }
+    for (int i = 0; i < t->n_dec_ops; i++) {
+        free(t->dec_ops[i].pattern);
+        free(t->dec_ops[i].content);
+    }
+    free(t->byte_token);
     cache_free(t->cache);
     free(t->bos_text);
     free(t->eos_text);
@@ -1293,8 +1708,10 @@ const char *tok_chat_template(const tok_tokenizer *tok) {
 typedef struct piece {
     const char *p;
     uint32_t len;
-    uint32_t off;   /* offset of p[prefix] in the normalized segment */
-    uint8_t prefix; /* 1 when p starts with a space ByteLevel added */
+    uint32_t off;        /* offset of p[prefix] in the normalized segment */
+    uint8_t prefix;      /* 1 when p starts with a space ByteLevel added */
+    const uint32_t *map; /* a piece Metaspace rewrote: each byte's offset in the normalized
+                            segment (then off and prefix are unused); NULL otherwise */
 } piece;
 
 typedef struct piece_vec {
@@ -1368,6 +1785,7 @@ static void ctx_free(enc_ctx *c) {
 }
 
 static char *arena_alloc(enc_ctx *c, size_t n) {
+    n = (n + 7) & ~(size_t)7; /* keeps every allocation aligned for the offset maps */
     if (!c->arena || c->arena->cap - c->arena->used < n) {
         size_t cap = n > 65536 ? n : 65536;
         arena_block *b = malloc(sizeof *b + cap);
@@ -1401,6 +1819,7 @@ static piece sub_piece(const piece *p, uint32_t s, uint32_t e) {
     q.len = e - s;
     q.prefix = (uint8_t)(s == 0 ? p->prefix : 0);
     q.off = p->off + (s > p->prefix ? s - p->prefix : 0);
+    q.map = p->map ? p->map + s : NULL;
     return q;
 }
 
@@ -1674,31 +2093,62 @@ static long bpe_word(enc_ctx *c, const char *w, size_t n) {
             m++;
         }
     } else {
+        /* characters missing from the vocabulary: ByteFallback's "<0xXX>" tokens when every byte
+         * has one, else unk (consecutive unks fused into one with fuse_unk), else dropped */
+        int32_t unk_pending = 0;
+        uint32_t unk_len = 0;
         for (size_t i = 0; i < n;) {
             size_t len;
             if (tok_utf8_scan((const unsigned char *)w + i, n - i, &len, NULL) != UTF8_OK) len = 1;
             int32_t id = tok_vocab_lookup(t, w + i, len);
-            if (id >= 0) {
-                sy[m].id = id;
-                sy[m].len = (uint32_t)len;
-                m++;
-            } else if (t->byte_fallback) {
-                for (size_t k = 0; k < len; k++) {
+            int32_t bytes[4];
+            int have_bytes = 0;
+            if (id < 0 && t->byte_fallback) {
+                have_bytes = 1;
+                for (size_t k = 0; k < len && have_bytes; k++) {
                     char hex[8];
                     snprintf(hex, sizeof hex, "<0x%02X>", (unsigned char)w[i + k]);
-                    int32_t bid = tok_vocab_lookup(t, hex, 6);
-                    if (bid < 0) bid = t->unk_id;
-                    if (bid < 0) continue;
-                    sy[m].id = bid;
-                    sy[m].len = 1;
+                    bytes[k] = tok_vocab_lookup(t, hex, 6);
+                    have_bytes = bytes[k] >= 0;
+                }
+            }
+            if (id >= 0 || have_bytes) {
+                if (unk_pending) {
+                    sy[m].id = t->unk_id;
+                    sy[m].len = unk_len;
                     m++;
+                    unk_pending = 0;
+                }
+                if (id >= 0) {
+                    sy[m].id = id;
+                    sy[m].len = (uint32_t)len;
+                    m++;
+                } else {
+                    for (size_t k = 0; k < len; k++) {
+                        sy[m].id = bytes[k];
+                        sy[m].len = 1;
+                        m++;
+                    }
                 }
             } else if (t->unk_id >= 0) {
-                sy[m].id = t->unk_id;
-                sy[m].len = (uint32_t)len;
-                m++;
+                if (unk_pending && t->fuse_unk) {
+                    unk_len += (uint32_t)len;
+                } else {
+                    if (unk_pending) {
+                        sy[m].id = t->unk_id;
+                        sy[m].len = unk_len;
+                        m++;
+                    }
+                    unk_pending = 1;
+                    unk_len = (uint32_t)len;
+                }
             }
             i += len;
+        }
+        if (unk_pending) {
+            sy[m].id = t->unk_id;
+            sy[m].len = unk_len;
+            m++;
         }
     }
     for (size_t i = 0; i < m; i++) {
@@ -1789,11 +2239,65 @@ static int encode_piece(enc_ctx *c, const piece *p) {
     for (long i = 0; i < k; i++) {
         uint32_t rel = pos > p->prefix ? pos - p->prefix : 0;
         out->ids[out->n] = ids[i];
-        out->offsets[out->n] = map_offset(c, p->off + rel);
+        out->offsets[out->n] =
+            map_offset(c, p->map ? p->map[pos < p->len ? pos : p->len - 1] : p->off + rel);
         out->n++;
         pos += lens[i];
     }
     return 0;
+}
+
+/* Metaspace on one piece: every ' ' becomes the replacement character, the prepend scheme adds
+ * one in front (always; first: only to the piece that starts the input), then with split the
+ * piece is cut before each replacement character (MergedWithNext). */
+static int metaspace_piece(enc_ctx *c, const tok_pretok_step *st, const piece *p, piece_vec *out) {
+    if (p->len == 0) return 0;
+    const char *rep = st->replacement;
+    const size_t rn = (size_t)st->replacement_len;
+    size_t spaces = 0;
+    for (uint32_t i = 0; i < p->len; i++)
+        spaces += p->p[i] == ' ';
+        /* where each byte of p sits in the normalized segment */
+#define SRC_OFF(i) (p->map ? p->map[(i)] : p->off + ((i) > p->prefix ? (i)-p->prefix : 0))
+    int starts_with = p->p[0] == ' ' || (p->len >= rn && memcmp(p->p, rep, rn) == 0);
+    int prepend = 0;
+    if (!starts_with && st->prepend_scheme == TOK_PREPEND_ALWAYS) prepend = 1;
+    if (!starts_with && st->prepend_scheme == TOK_PREPEND_FIRST)
+        prepend = map_offset(c, SRC_OFF(0)) == 0;
+    size_t n = p->len + spaces * (rn - 1) + (prepend ? rn : 0);
+    char *q = arena_alloc(c, n);
+    uint32_t *map = (uint32_t *)(void *)arena_alloc(c, n * sizeof *map);
+    if (!q || !map) return -1;
+    size_t k = 0;
+    if (prepend) {
+        for (size_t j = 0; j < rn; j++, k++) {
+            q[k] = rep[j];
+            map[k] = SRC_OFF(0);
+        }
+    }
+    for (uint32_t i = 0; i < p->len; i++) {
+        if (p->p[i] == ' ') {
+            for (size_t j = 0; j < rn; j++, k++) {
+                q[k] = rep[j];
+                map[k] = SRC_OFF(i);
+            }
+        } else {
+            q[k] = p->p[i];
+            map[k++] = SRC_OFF(i);
+        }
+    }
+#undef SRC_OFF
+    piece whole = {q, (uint32_t)n, 0, 0, map};
+    if (!st->split) return pv_push(out, whole);
+    /* MergedWithNext on the replacement character: each piece starts at one */
+    size_t start = 0;
+    for (size_t i = 1; i + rn <= n; i++) {
+        if (memcmp(q + i, rep, rn) != 0) continue;
+        if (pv_push(out, sub_piece(&whole, (uint32_t)start, (uint32_t)i))) return -1;
+        start = i;
+        i += rn - 1;
+    }
+    return pv_push(out, sub_piece(&whole, (uint32_t)start, (uint32_t)n));
 }
 
 /* Pre-tokenizes and encodes a normalized stretch [s, s+n) of c->norm (no added tokens inside). */
@@ -1802,7 +2306,7 @@ static int encode_pretokenized(enc_ctx *c, const char *s, size_t n, uint32_t nor
     if (n == 0) return 0;
     piece_vec *cur = &c->a, *nxt = &c->b;
     cur->n = 0;
-    if (pv_push(cur, (piece){s, (uint32_t)n, norm_off, 0})) return -1;
+    if (pv_push(cur, (piece){s, (uint32_t)n, norm_off, 0, NULL})) return -1;
     for (int si = 0; si < t->n_steps; si++) {
         const tok_pretok_step *st = &t->steps[si];
         nxt->n = 0;
@@ -1817,6 +2321,10 @@ static int encode_pretokenized(enc_ctx *c, const char *s, size_t n, uint32_t nor
                 p.p = q;
                 p.len++;
                 p.prefix = 1;
+            }
+            if (st->kind == TOK_STEP_METASPACE) {
+                if (metaspace_piece(c, st, &p, nxt)) return -1;
+                continue;
             }
             if (st->re) {
                 int r = split_piece(c, st, &p, nxt);
@@ -1922,6 +2430,167 @@ static int run_push(enc_ctx *c, uint32_t norm_off, uint32_t orig_off, int exact)
     return 0;
 }
 
+/* The general normalizer path (Lowercase, Strip, Replace, Prepend, with or without the Unicode
+ * forms): the text and, per byte, the segment offset of the character it came from. */
+typedef struct norm_text {
+    tok_buf text;
+    uint32_t *orig;
+    size_t cap;
+} norm_text;
+
+static int nt_append(norm_text *d, const char *b, size_t n, const uint32_t *orig, uint32_t fixed) {
+    if (d->text.len + n > d->cap) {
+        size_t cap = d->cap ? d->cap : 256;
+        while (cap < d->text.len + n)
+            cap *= 2;
+        uint32_t *o = realloc(d->orig, cap * sizeof *o);
+        if (!o) return -1;
+        d->orig = o;
+        d->cap = cap;
+    }
+    for (size_t i = 0; i < n; i++)
+        d->orig[d->text.len + i] = orig ? orig[i] : fixed;
+    return tok_buf_append(&d->text, b, n);
+}
+
+/* Rust's char::to_lowercase: the simple mapping, but U+0130 (İ) becomes "i̇" */
+static int lowercase_char(uint32_t cp, char out[8]) {
+    if (cp == 0x130) {
+        memcpy(out, "i\xCC\x87", 3);
+        return 3;
+    }
+    return (int)utf8proc_encode_char(utf8proc_tolower((utf8proc_int32_t)cp),
+                                     (utf8proc_uint8_t *)out);
+}
+
+static int normalize_op(const tok_norm_op *op, const norm_text *a, norm_text *b,
+                        pcre2_match_data *md) {
+    const char *s = a->text.data;
+    const size_t n = a->text.len;
+    const uint32_t *o = a->orig;
+    b->text.len = 0;
+    if (tok_buf_append(&b->text, "", 0)) return -1;
+    switch (op->kind) {
+    case TOK_NORM_UNICODE:
+        for (size_t i = 0; i < n;) {
+            /* a run: an optional ASCII starter and the non-ASCII characters after it */
+            size_t r = i + 1;
+            while (r < n && (unsigned char)s[r] >= 0x80)
+                r++;
+            if (r == i + 1 && (unsigned char)s[i] < 0x80) {
+                if (nt_append(b, s + i, 1, o + i, 0)) return -1;
+                i = r;
+                continue;
+            }
+            utf8proc_uint8_t *dst = NULL;
+            utf8proc_ssize_t m =
+                utf8proc_map((const utf8proc_uint8_t *)s + i, (utf8proc_ssize_t)(r - i), &dst,
+                             (utf8proc_option_t)op->flags);
+            if (m < 0) {
+                free(dst);
+                return -1;
+            }
+            int same = (size_t)m == r - i && memcmp(dst, s + i, r - i) == 0;
+            int rc = nt_append(b, (const char *)dst, (size_t)m, same ? o + i : NULL, o[i]);
+            free(dst);
+            if (rc) return -1;
+            i = r;
+        }
+        return 0;
+    case TOK_NORM_LOWERCASE:
+        for (size_t i = 0; i < n;) {
+            size_t len;
+            uint32_t cp = 0xFFFD;
+            tok_utf8_scan((const unsigned char *)s + i, n - i, &len, &cp);
+            char lc[8];
+            int k = lowercase_char(cp, lc);
+            int same = (size_t)k == len && memcmp(lc, s + i, len) == 0;
+            if (nt_append(b, lc, (size_t)k, same ? o + i : NULL, o[i])) return -1;
+            i += len;
+        }
+        return 0;
+    case TOK_NORM_STRIP: {
+        size_t lo = 0, hi = n, len, ps;
+        uint32_t cp = 0;
+        while (op->left && lo < hi) {
+            tok_utf8_scan((const unsigned char *)s + lo, hi - lo, &len, &cp);
+            if (!is_white_space(cp)) break;
+            lo += len;
+        }
+        while (op->right && hi > lo) {
+            cp = utf8_prev((const unsigned char *)s, hi, &ps);
+            if (!is_white_space(cp) || ps < lo) break;
+            hi = ps;
+        }
+        return nt_append(b, s + lo, hi - lo, o + lo, 0);
+    }
+    case TOK_NORM_PREPEND:
+        if (n > 0 && nt_append(b, op->content, op->content_len, NULL, o[0])) return -1;
+        return nt_append(b, s, n, o, 0);
+    case TOK_NORM_REPLACE: {
+        size_t pos = 0, prev = 0;
+        while (pos <= n) {
+            int r = pcre2_match(op->re, (PCRE2_SPTR)s, n, pos, PCRE2_NO_UTF_CHECK, md, NULL);
+            if (r < 0) {
+                if (r == PCRE2_ERROR_NOMATCH) break;
+                return -1;
+            }
+            PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
+            size_t ms = ov[0], me = ov[1];
+            if (me == ms) { /* an empty match replaces nothing */
+                if (ms >= n) break;
+                pos = ms + 1;
+                while (pos < n && ((unsigned char)s[pos] & 0xC0) == 0x80)
+                    pos++;
+                continue;
+            }
+            if (nt_append(b, s + prev, ms - prev, o + prev, 0) ||
+                nt_append(b, op->content, op->content_len, NULL, o[ms]))
+                return -1;
+            prev = pos = me;
+        }
+        return nt_append(b, s + prev, n - prev, o + prev, 0);
+    }
+    default:
+        return -1;
+    }
+}
+
+static int normalize_general(enc_ctx *c, const char *s, size_t n) {
+    const tok_tokenizer *t = c->t;
+    norm_text a = {0}, b = {0};
+    int rc = -1;
+    if (n > 0xFFFFFFF0u) return -1;
+    if (tok_buf_append(&a.text, "", 0)) goto done;
+    for (size_t j = 0; j < n; j += 256) { /* identity offsets, in blocks */
+        uint32_t blk[256];
+        size_t m = n - j < 256 ? n - j : 256;
+        for (size_t k = 0; k < m; k++)
+            blk[k] = (uint32_t)(j + k);
+        if (nt_append(&a, s + j, m, blk, 0)) goto done;
+    }
+    for (int k = 0; k < t->n_norm; k++) {
+        if (normalize_op(&t->norm[k], &a, &b, c->md)) goto done;
+        norm_text tmp = a;
+        a = b;
+        b = tmp;
+    }
+    c->norm.len = 0;
+    c->n_runs = 0;
+    if (tok_buf_append(&c->norm, a.text.data, a.text.len)) goto done;
+    c->identity = a.text.len == n && memcmp(a.text.data, s, n) == 0;
+    for (size_t i = 0; i < a.text.len && !c->identity; i++)
+        if ((i == 0 || a.orig[i] != a.orig[i - 1] + 1) && run_push(c, (uint32_t)i, a.orig[i], 1))
+            goto done;
+    rc = 0;
+done:
+    tok_buf_free(&a.text);
+    tok_buf_free(&b.text);
+    free(a.orig);
+    free(b.orig);
+    return rc;
+}
+
 /* Normalizes s[0..n) into c->norm. Runs are split before each ASCII character: no normalization
  * form composes or reorders across a starter that is ASCII, so each run normalizes alone, and
  * offsets map exactly wherever a run comes out unchanged. */
@@ -1937,6 +2606,7 @@ static int normalize(enc_ctx *c, const char *s, size_t n) {
             all_ascii = 0;
             break;
         }
+    if (t->norm_general) return normalize_general(c, s, n);
     if (t->n_norm == 0 || all_ascii) {
         c->norm.len = 0;
         return tok_buf_append(&c->norm, s, n);
@@ -1967,7 +2637,7 @@ static int normalize(enc_ctx *c, const char *s, size_t n) {
             utf8proc_uint8_t *dst = NULL;
             utf8proc_ssize_t m =
                 utf8proc_map((const utf8proc_uint8_t *)(cur ? cur : src), (utf8proc_ssize_t)cur_len,
-                             &dst, (utf8proc_option_t)t->norm_flags[k]);
+                             &dst, (utf8proc_option_t)t->norm[k].flags);
             if (m < 0) {
                 free(cur);
                 free(dst);
@@ -2056,34 +2726,94 @@ done:
 /* ------------------------------------------------------------------------------------------ */
 /* Decoding                                                                                     */
 
+/* ByteFallback's run of byte tokens: its UTF-8 text, or one U+FFFD per byte when the run is not
+ * valid UTF-8 as a whole (the crate's rule, stricter than a lossy decode). */
+static int flush_byte_run(tok_buf *out, tok_buf *run) {
+    int rc = 0;
+    if (run->len == 0) return 0;
+    if (utf8_valid((const unsigned char *)run->data, run->len)) {
+        rc = tok_buf_append(out, run->data, run->len);
+    } else {
+        for (size_t i = 0; i < run->len && !rc; i++)
+            rc = tok_buf_append(out, "\xEF\xBF\xBD", 3);
+    }
+    run->len = 0;
+    return rc;
+}
+
+/* The chain's steps after the tokens are joined, on the whole text: Strip and Replace. */
+static int decode_post(const tok_tokenizer *t, tok_buf *text) {
+    for (int i = t->n_dec_token_ops + 1; i < t->n_dec_ops; i++) {
+        const tok_dec_op *op = &t->dec_ops[i];
+        if (op->kind == TOK_DEC_STRIP) {
+            const char *p = text->data;
+            size_t n = text->len;
+            strip_chars(&p, &n, op->pattern, op->pattern_len, op->start, op->stop);
+            memmove(text->data, p, n);
+            text->len = n;
+            text->data[n] = '\0';
+        } else if (op->kind == TOK_DEC_REPLACE) {
+            tok_buf r = {0};
+            if (tok_buf_append(&r, "", 0) ||
+                replace_literal(&r, text->data, text->len, op->pattern, op->pattern_len,
+                                op->content, op->content_len)) {
+                tok_buf_free(&r);
+                return -1;
+            }
+            tok_buf_free(text);
+            *text = r;
+        }
+    }
+    return 0;
+}
+
 int tok_decode(const tok_tokenizer *tok, const int32_t *ids, size_t n, int skip_special,
                char **text, size_t *len, chord_err *err) {
-    tok_buf raw = {0}, out = {0};
+    tok_buf raw = {0}, out = {0}, run = {0}, one = {0};
     *text = NULL;
     if (len) *len = 0;
     int first = 1;
+    const int chain = tok->decoder == TOK_DECODER_CHAIN;
     for (size_t i = 0; i < n; i++) {
         int32_t id = ids[i];
         if (id < 0 || id >= tok->vocab_size || !tok->dec[id]) {
             tok_buf_free(&raw);
+            tok_buf_free(&run);
             return chord_err_set(err, "token id %d at position %zu is not in the vocabulary", id,
                                  i);
         }
         if (skip_special && tok->special[id]) continue;
+        if (chain && tok->byte_token[id]) {
+            if (tok_buf_append(&run, tok->dec[id], tok->dec_len[id])) goto oom;
+            first = 0;
+            continue;
+        }
+        if (chain && flush_byte_run(&raw, &run)) goto oom;
         if (tok->decoder == TOK_DECODER_NONE && !first && tok_buf_append(&raw, " ", 1)) goto oom;
-        if (tok_buf_append(&raw, tok->dec[id], tok->dec_len[id])) goto oom;
+        if (chain && first && tok->dec_first_differs) {
+            if (decode_token(tok, id, 1, &one) < 0 || tok_buf_append(&raw, one.data, one.len))
+                goto oom;
+        } else if (tok_buf_append(&raw, tok->dec[id], tok->dec_len[id])) {
+            goto oom;
+        }
         first = 0;
     }
+    if (chain && flush_byte_run(&raw, &run)) goto oom;
     if (tok_buf_reserve(&out, raw.len + 1) ||
         tok_utf8_append_lossy(&out, (const unsigned char *)raw.data, raw.len))
         goto oom;
+    if (chain && decode_post(tok, &out)) goto oom;
     tok_buf_free(&raw);
+    tok_buf_free(&run);
+    tok_buf_free(&one);
     *text = out.data;
     if (len) *len = out.len;
     return 0;
 oom:
     tok_buf_free(&raw);
     tok_buf_free(&out);
+    tok_buf_free(&run);
+    tok_buf_free(&one);
     return chord_err_setc(err, CHORD_E_INTERNAL, "tokenizer: out of memory");
 }
 
@@ -2162,7 +2892,54 @@ int tok_stream_push(tok_stream *s, int32_t id, char *out, size_t cap, size_t *ou
     size_t n = t->dec_len[id];
     if (cap < n * 3 + 16)
         return chord_err_set(err, "stream output buffer of %zu bytes is too small", cap);
-    *out_len = stream_emit(s, (const unsigned char *)t->dec[id], n, out);
+    if (t->decoder != TOK_DECODER_CHAIN) {
+        *out_len = stream_emit(s, (const unsigned char *)t->dec[id], n, out);
+        return 0;
+    }
+    /* a decoder chain: the first token may decode apart (Metaspace), and the steps after the
+     * join apply to what comes out (Strip's start counts from the start of the text) */
+    tok_buf one = {0};
+    const char *bytes = t->dec[id];
+    if (!s->started && t->dec_first_differs && !t->byte_token[id]) {
+        if (decode_token(t, id, 1, &one) < 0) {
+            tok_buf_free(&one);
+            return chord_err_setc(err, CHORD_E_INTERNAL, "tokenizer: out of memory");
+        }
+        bytes = one.data;
+        n = one.len;
+    }
+    s->started = 1;
+    size_t o = stream_emit(s, (const unsigned char *)bytes, n, out);
+    tok_buf_free(&one);
+    for (int i = t->n_dec_token_ops + 1; i < t->n_dec_ops; i++) {
+        const tok_dec_op *op = &t->dec_ops[i];
+        if (op->kind == TOK_DEC_STRIP && !s->kept) {
+            const char *p = out;
+            size_t m = o;
+            int left = op->start - s->stripped;
+            strip_chars(&p, &m, op->pattern, op->pattern_len, left > 0 ? left : 0, 0);
+            s->stripped += (int)((o - m) / op->pattern_len);
+            memmove(out, p, m);
+            o = m;
+        } else if (op->kind == TOK_DEC_REPLACE && o > 0) {
+            tok_buf r = {0};
+            if (tok_buf_append(&r, "", 0) ||
+                replace_literal(&r, out, o, op->pattern, op->pattern_len, op->content,
+                                op->content_len)) {
+                tok_buf_free(&r);
+                return chord_err_setc(err, CHORD_E_INTERNAL, "tokenizer: out of memory");
+            }
+            if (r.len > cap) {
+                tok_buf_free(&r);
+                return chord_err_set(err, "stream output buffer of %zu bytes is too small", cap);
+            }
+            memcpy(out, r.data, r.len);
+            o = r.len;
+            tok_buf_free(&r);
+        }
+    }
+    if (o > 0) s->kept = 1;
+    *out_len = o;
     return 0;
 }
 

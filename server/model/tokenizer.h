@@ -77,6 +77,9 @@ typedef struct tok_stream {
     int skip_special;
     unsigned char pending[8];
     size_t n_pending;
+    int started;  /* a token was decoded (Metaspace decodes the first one apart) */
+    int kept;     /* some text came out (a Strip decoder strips only at the start) */
+    int stripped; /* characters a Strip decoder has removed at the start so far */
 } tok_stream;
 
 void tok_stream_init(tok_stream *s, const tok_tokenizer *tok, int skip_special);

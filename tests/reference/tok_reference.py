@@ -131,11 +131,11 @@ def check_errors(tmp):
     bad = {}
     bad["malformed"] = ('{"model": {"type": "BPE", "vocab": {"a": 0}', "malformed JSON")
     t = dict(qwen)
-    t["pre_tokenizer"] = {"type": "Whitespace"}
-    bad["pretok"] = (json.dumps(t), "unsupported pre-tokenizer type 'Whitespace'")
+    t["pre_tokenizer"] = {"type": "UnicodeScripts"}
+    bad["pretok"] = (json.dumps(t), "unsupported pre-tokenizer type 'UnicodeScripts'")
     t = dict(qwen)
-    t["normalizer"] = {"type": "Lowercase"}
-    bad["normalizer"] = (json.dumps(t), "unsupported normalizer type 'Lowercase'")
+    t["normalizer"] = {"type": "BertNormalizer"}
+    bad["normalizer"] = (json.dumps(t), "unsupported normalizer type 'BertNormalizer'")
     t = dict(qwen)
     t["model"] = {"type": "WordPiece", "vocab": {"a": 0}}
     bad["model"] = (json.dumps(t), "unsupported model type 'WordPiece'")

@@ -7,6 +7,12 @@ add_test(NAME reference.tokenizer
 add_test(NAME reference.chat_template
          COMMAND ${CHORD_PYTHON} ${CMAKE_CURRENT_LIST_DIR}/tok_chat.py $<TARGET_FILE:chordd>
                  ${CHORD_TEST_DATA})
-set_tests_properties(reference.tokenizer reference.chat_template PROPERTIES
+# the components beyond the byte-level families (Digits, Whitespace, Punctuation, Metaspace, the
+# Llama-2 / Mistral files, byte_fallback, ...), on tokenizers that `tokenizers` trains in the test
+add_test(NAME reference.tokenizer_components
+         COMMAND ${CHORD_PYTHON} ${CMAKE_CURRENT_LIST_DIR}/tok_components.py $<TARGET_FILE:chordd>
+                 ${CHORD_TEST_DATA})
+set_tests_properties(reference.tokenizer reference.chat_template reference.tokenizer_components
+                     PROPERTIES
   ENVIRONMENT "TOKENIZERS_PARALLELISM=false;RAYON_NUM_THREADS=1;TRANSFORMERS_VERBOSITY=error;HF_HUB_OFFLINE=1"
   LABELS reference TIMEOUT 600)

@@ -292,10 +292,16 @@ static void test_errors_name_the_problem(void **state) {
     (void)state;
     expect_load_error("{\"model\": {", "malformed JSON");
     expect_load_error("[1, 2]", "top level must be an object");
-    expect_load_error("{\"pre_tokenizer\": {\"type\": \"Whitespace\"}, " MODEL "}",
-                      "unsupported pre-tokenizer type 'Whitespace'");
-    expect_load_error("{\"normalizer\": {\"type\": \"Lowercase\"}, " MODEL "}",
-                      "unsupported normalizer type 'Lowercase'");
+    expect_load_error("{\"pre_tokenizer\": {\"type\": \"UnicodeScripts\"}, " MODEL "}",
+                      "unsupported pre-tokenizer type 'UnicodeScripts'");
+    expect_load_error("{\"normalizer\": {\"type\": \"Precompiled\"}, " MODEL "}",
+                      "unsupported normalizer type 'Precompiled'");
+    expect_load_error("{\"pre_tokenizer\": {\"type\": \"Sequence\", \"pretokenizers\": "
+                      "[{\"type\": \"ByteLevel\"}, {\"type\": \"Digits\"}]}, " MODEL "}",
+                      "a pre-tokenizer after ByteLevel is not supported");
+    expect_load_error("{\"decoder\": {\"type\": \"Sequence\", \"decoders\": [{\"type\": "
+                      "\"Fuse\"}, {\"type\": \"ByteFallback\"}]}, " MODEL "}",
+                      "a ByteFallback step after the tokens are joined");
     expect_load_error("{\"model\": {\"type\": \"Unigram\", \"vocab\": []}}",
                       "unsupported model type 'Unigram'");
     expect_load_error("{\"decoder\": {\"type\": \"WordPiece\"}, " MODEL "}",
