@@ -1,12 +1,87 @@
 /* ops.c — opening a backend by device name (ops.h). Backends live in kernels/cpu and
- * kernels/cuda; this file only dispatches and supplies the CUDA stubs when CUDA is not built. */
+ * kernels/cuda; this file dispatches, checks that the opened backend's op table is complete, and
+ * supplies the CUDA stubs when CUDA is not built. */
 #include "kernels/ops.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+/* every op slot of ops_backend, by name; the static assertion catches a slot added to ops.h
+ * without a line here */
+#define SLOT(f) {#f, offsetof(ops_backend, f)}
+static const struct {
+    const char *name;
+    size_t offset;
+} backend_slots[] = {
+    SLOT(alloc),
+    SLOT(free),
+    SLOT(to_device),
+    SLOT(to_host),
+    SLOT(copy),
+    SLOT(zero),
+    SLOT(sync),
+    SLOT(matmul_forward),
+    SLOT(matmul_backward),
+    SLOT(embedding_forward),
+    SLOT(embedding_backward),
+    SLOT(rmsnorm_forward),
+    SLOT(rmsnorm_backward),
+    SLOT(rope_forward),
+    SLOT(rope_backward),
+    SLOT(attention_forward),
+    SLOT(attention_backward),
+    SLOT(kv_store),
+    SLOT(attention_decode),
+    SLOT(swiglu_forward),
+    SLOT(swiglu_backward),
+    SLOT(add_inplace),
+    SLOT(scale_inplace),
+    SLOT(sum_squares),
+    SLOT(logprob_forward),
+    SLOT(logprob_backward),
+    SLOT(adamw_update),
+    SLOT(sample),
+    SLOT(close),
+};
+#undef SLOT
+_Static_assert(sizeof(ops_backend) == sizeof(const char *) + sizeof backend_slots /
+                                                                sizeof backend_slots[0] *
+                                                                sizeof(void (*)(void)),
+               "ops_backend and backend_slots disagree: list the new op in backend_slots");
+
+int ops_backend_check(const ops_backend *be, char *err, size_t errlen) {
+    if (!be) {
+        snprintf(err, errlen, "backend: no op table");
+        return -1;
+    }
+    for (size_t i = 0; i < sizeof backend_slots / sizeof backend_slots[0]; i++) {
+        void (*fn)(void);
+        memcpy(&fn, (const char *)be + backend_slots[i].offset, sizeof fn);
+        if (!fn) {
+            snprintf(err, errlen, "backend %s: op %s is not implemented (empty slot)",
+                     be->name ? be->name : "(unnamed)", backend_slots[i].name);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static ops_ctx *checked(ops_ctx *c, char *err, size_t errlen) {
+    if (c && ops_backend_check(c->be, err, errlen) != 0) {
+        ops_close(c);
+        return NULL;
+    }
+    return c;
+}
+
+static ops_ctx *open_device(const char *device, int threads, char *err, size_t errlen);
+
 ops_ctx *ops_open(const char *device, int threads, char *err, size_t errlen) {
+    return checked(open_device(device, threads, err, errlen), err, errlen);
+}
+
+static ops_ctx *open_device(const char *device, int threads, char *err, size_t errlen) {
     if (!device || !*device || strcmp(device, "auto") == 0) {
         if (ops_cuda_device_count() > 0) return ops_cuda_open(0, err, errlen);
         return ops_cpu_open(threads, err, errlen);

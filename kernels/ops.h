@@ -159,6 +159,9 @@ struct ops_ctx {
 /* Opens a backend: "cpu", "cuda", "cuda:N" or "auto" (CUDA when a GPU is present, else the CPU).
  * threads <= 0 means all cores. Returns NULL with a message in err (size errlen) on failure. */
 ops_ctx *ops_open(const char *device, int threads, char *err, size_t errlen);
+/* 0 when every op of the table is set, else -1 with the first missing op named in err: ops_open
+ * refuses a backend whose table has an empty slot instead of crashing at its first call. */
+int ops_backend_check(const ops_backend *be, char *err, size_t errlen);
 /* Closes any backend's context (through be->close); NULL is a no-op. */
 void ops_close(ops_ctx *c);
 const char *ops_last_error(const ops_ctx *c);

@@ -709,12 +709,15 @@ int model_adamw_step(model *m, float lr, float beta1, float beta2, float eps, fl
         double coef = grad_clip / (norm + 1e-6);
         if (coef < 1.0) scale = (float)coef;
     }
-    m->adam_t++;
+    /* the step counter advances only with an update that happened (a failed one is not a step:
+     * bias correction and a resumed run's schedule count from it) */
+    const int t = m->adam_t + 1;
     OP(adamw_update, m->params, m->grads, m->adam_m, m->adam_v, m->num_decay, lr, beta1, beta2, eps,
-       weight_decay, m->adam_t, scale);
+       weight_decay, t, scale);
     OP(adamw_update, m->params + m->num_decay, m->grads + m->num_decay, m->adam_m + m->num_decay,
-       m->adam_v + m->num_decay, m->num_params - m->num_decay, lr, beta1, beta2, eps, 0.0f,
-       m->adam_t, scale);
+       m->adam_v + m->num_decay, m->num_params - m->num_decay, lr, beta1, beta2, eps, 0.0f, t,
+       scale);
+    m->adam_t = t;
     return 0;
 }
 

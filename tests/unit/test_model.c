@@ -227,6 +227,38 @@ static void test_adamw_matches_pytorch_formula(void **state) {
     free(want);
 }
 
+/* a backend whose AdamW update fails: the step reports it and the step counter stays */
+static int failing_adamw(ops_ctx *c, float *param, const float *grad, float *mo, float *v,
+                         size_t n, float lr, float beta1, float beta2, float eps,
+                         float weight_decay, int t, float grad_scale) {
+    (void)param, (void)grad, (void)mo, (void)v, (void)n, (void)lr, (void)beta1, (void)beta2;
+    (void)eps, (void)weight_decay, (void)t, (void)grad_scale;
+    snprintf(c->last_error, sizeof c->last_error, "adamw_update: injected failure");
+    return -1;
+}
+
+static void test_failed_update_is_not_a_step(void **state) {
+    fixture *f = *state;
+    f->m = make_model(f->ops, 0, 1, 5);
+    model *m = f->m;
+    chord_err err = {0};
+    loss_of(m);
+    assert_int_equal(model_zero_grad(m, &err), 0);
+    assert_int_equal(model_backward(m, W_LOGP, NULL, &err), 0);
+    assert_int_equal(model_adamw_step(m, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.0f, 1.0f, NULL, &err), 0);
+    assert_int_equal(m->adam_t, 1);
+    ops_backend broken = *f->ops->be;
+    const ops_backend *real = f->ops->be;
+    broken.adamw_update = failing_adamw;
+    f->ops->be = &broken;
+    assert_int_equal(model_adamw_step(m, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.0f, 1.0f, NULL, &err), -1);
+    f->ops->be = real;
+    assert_non_null(strstr(err.msg, "injected failure"));
+    assert_int_equal(m->adam_t, 1);
+    assert_int_equal(model_adamw_step(m, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.0f, 1.0f, NULL, &err), 0);
+    assert_int_equal(m->adam_t, 2);
+}
+
 static uint16_t bf16_rne(float x) {
     uint32_t u;
     memcpy(&u, &x, sizeof u);
@@ -398,6 +430,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_gradients_qwen3_untied, setup, teardown),
         cmocka_unit_test_setup_teardown(test_gradients_accumulate, setup, teardown),
         cmocka_unit_test_setup_teardown(test_adamw_matches_pytorch_formula, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_failed_update_is_not_a_step, setup, teardown),
         cmocka_unit_test_setup_teardown(test_save_load_roundtrip, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_input, setup, teardown),
         cmocka_unit_test_setup_teardown(test_missing_tensor, setup, teardown),

@@ -149,6 +149,25 @@ static void test_open_close(void **state) {
     assert_null(ops_open("tpu", 1, err, sizeof err));
 }
 
+/* a backend table with an empty slot is refused by name, not called */
+static void test_backend_check(void **state) {
+    (void)state;
+    char err[256];
+    ops_ctx *c = ops_cpu_open(1, err, sizeof err);
+    assert_non_null(c);
+    assert_int_equal(ops_backend_check(c->be, err, sizeof err), 0);
+    ops_backend holes = *c->be;
+    holes.swiglu_backward = NULL;
+    assert_int_equal(ops_backend_check(&holes, err, sizeof err), -1);
+    assert_non_null(strstr(err, "swiglu_backward"));
+    holes = *c->be;
+    holes.close = NULL;
+    assert_int_equal(ops_backend_check(&holes, err, sizeof err), -1);
+    assert_non_null(strstr(err, "close"));
+    assert_int_equal(ops_backend_check(NULL, err, sizeof err), -1);
+    ops_close(c);
+}
+
 static void test_expf(void **state) {
     (void)state;
     double worst = 0.0;
@@ -1032,6 +1051,7 @@ static void test_elementwise(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_open_close),
+        cmocka_unit_test(test_backend_check),
         cmocka_unit_test(test_expf),
         cmocka_unit_test(test_matmul),
         cmocka_unit_test(test_embedding),
