@@ -9,7 +9,8 @@
 
 /* every op slot of ops_backend, by name; the static assertion catches a slot added to ops.h
  * without a line here */
-#define SLOT(f) {#f, offsetof(ops_backend, f)}
+#define SLOT(f)                                                                                    \
+    { #f, offsetof(ops_backend, f) }
 static const struct {
     const char *name;
     size_t offset;
@@ -46,8 +47,8 @@ static const struct {
 };
 #undef SLOT
 _Static_assert(sizeof(ops_backend) == sizeof(const char *) + sizeof backend_slots /
-                                                                sizeof backend_slots[0] *
-                                                                sizeof(void (*)(void)),
+                                                                 sizeof backend_slots[0] *
+                                                                 sizeof(void (*)(void)),
                "ops_backend and backend_slots disagree: list the new op in backend_slots");
 
 int ops_backend_check(const ops_backend *be, char *err, size_t errlen) {
@@ -102,7 +103,9 @@ static ops_ctx *open_device(const char *device, int threads, char *err, size_t e
     return NULL;
 }
 
-const char *ops_last_error(const ops_ctx *c) { return c ? c->last_error : "no backend"; }
+const char *ops_last_error(const ops_ctx *c) {
+    return c ? c->last_error : "no backend";
+}
 
 void ops_close(ops_ctx *c) {
     if (!c) return;
@@ -113,7 +116,9 @@ void ops_close(ops_ctx *c) {
 }
 
 #ifndef CHORD_HAVE_CUDA
-int ops_cuda_device_count(void) { return 0; }
+int ops_cuda_device_count(void) {
+    return 0;
+}
 
 ops_ctx *ops_cuda_open(int device_index, char *err, size_t errlen) {
     snprintf(err, errlen, "device: cuda:%d requested but this build has no CUDA backend",
