@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <libgen.h>
 #include <limits.h>
 #include <openssl/evp.h>
@@ -107,6 +108,40 @@ int chord_mkdirs(const char *path, chord_err *err) {
     }
     if (mkdir(buf, 0755) != 0 && errno != EEXIST)
         return chord_err_setc(err, CHORD_E_IO, "mkdir %s: %s", buf, strerror(errno));
+    return 0;
+}
+
+/* nftw's callback for chord_rmtree: children before their directory (FTW_DEPTH). The error
+ * text goes through a thread-local so the walk can stop with it. */
+static _Thread_local char rmtree_failed[PATH_MAX + 64];
+
+static int rmtree_entry(const char *path, const struct stat *st, int type, struct FTW *ftw) {
+    (void)st;
+    (void)ftw;
+    int rc = type == FTW_DP ? rmdir(path) : unlink(path);
+    if (rc != 0 && errno != ENOENT) {
+        snprintf(rmtree_failed, sizeof rmtree_failed, "%s %s: %s",
+                 type == FTW_DP ? "rmdir" : "unlink", path, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+int chord_rmtree(const char *path, chord_err *err) {
+    struct stat st;
+    if (lstat(path, &st) != 0) {
+        if (errno == ENOENT) return 0;
+        return chord_err_setc(err, CHORD_E_IO, "%s: %s", path, strerror(errno));
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        if (unlink(path) != 0 && errno != ENOENT)
+            return chord_err_setc(err, CHORD_E_IO, "unlink %s: %s", path, strerror(errno));
+        return 0;
+    }
+    rmtree_failed[0] = '\0';
+    if (nftw(path, rmtree_entry, 16, FTW_DEPTH | FTW_PHYS) != 0)
+        return chord_err_setc(err, CHORD_E_IO, "removing %s: %s", path,
+                              rmtree_failed[0] ? rmtree_failed : strerror(errno));
     return 0;
 }
 

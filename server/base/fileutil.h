@@ -1,4 +1,5 @@
-/* fileutil.h — whole-file reads, atomic writes (temp + fsync + rename), directories, SHA-256. */
+/* fileutil.h — whole-file reads, atomic writes (temp + fsync + rename), directories (create,
+ * remove), SHA-256. */
 #ifndef CHORD_BASE_FILEUTIL_H
 #define CHORD_BASE_FILEUTIL_H
 
@@ -15,6 +16,9 @@ int chord_write_file_atomic(const char *path, const void *data, size_t len, chor
 int chord_fsync_dir(const char *dir, chord_err *err);
 /* mkdir -p. */
 int chord_mkdirs(const char *path, chord_err *err);
+/* rm -rf without a shell: removes path and, for a directory, everything under it (symbolic
+ * links are removed, never followed). A missing path is success. Errors name the entry. */
+int chord_rmtree(const char *path, chord_err *err);
 /* 1 when path exists and is a directory / regular file. */
 int chord_is_dir(const char *path);
 int chord_is_file(const char *path);
