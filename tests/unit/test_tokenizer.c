@@ -348,6 +348,107 @@ static void test_minimal_file(void **state) {
     tok_free(t);
 }
 
+/* A Llama-2 / Mistral style file (Metaspace prepend_scheme first, BPE with byte_fallback, the
+ * decoder Replace + ByteFallback + Fuse + Strip): decode gives the text back, streaming equals
+ * the whole decode (the leading space stripped once, byte-fallback characters held back until
+ * complete), and offsets point into the input. */
+static tok_tokenizer *llama_style(const char *decoder) {
+    size_t cap = 16384, n = 0;
+    char *json = malloc(cap);
+    n += (size_t)snprintf(json + n, cap - n,
+                          "{\"added_tokens\": [{\"id\": 0, \"content\": \"<unk>\", \"special\": "
+                          "true}, {\"id\": 262, \"content\": \"<s>\", \"special\": true}], "
+                          "\"pre_tokenizer\": {\"type\": \"Metaspace\", \"replacement\": "
+                          "\"\\u2581\", \"prepend_scheme\": \"first\", \"split\": false}, "
+                          "\"decoder\": %s, \"model\": {\"type\": \"BPE\", \"unk_token\": "
+                          "\"<unk>\", \"byte_fallback\": true, \"fuse_unk\": true, \"vocab\": "
+                          "{\"<unk>\": 0, \"\\u2581\": 1, \"a\": 2, \"b\": 3, \"\\u2581a\": 4, "
+                          "\"ab\": 5",
+                          decoder);
+    for (int b = 0; b < 256; b++)
+        n += (size_t)snprintf(json + n, cap - n, ", \"<0x%02X>\": %d", b, 6 + b);
+    n += (size_t)snprintf(json + n, cap - n,
+                          "}, \"merges\": [[\"\\u2581\", \"a\"], [\"a\", \"b\"]]}}");
+    tok_tokenizer *t = NULL;
+    chord_err err = {0};
+    int rc = tok_load_from_memory(json, n, NULL, 0, &t, &err);
+    if (rc) fprintf(stderr, "load: %s\n", err.msg);
+    assert_int_equal(rc, 0);
+    free(json);
+    return t;
+}
+
+static void stream_equals_decode(const tok_tokenizer *t, const int32_t *ids, size_t n) {
+    char *text;
+    size_t len;
+    assert_int_equal(tok_decode(t, ids, n, 0, &text, &len, NULL), 0);
+    tok_stream st;
+    tok_stream_init(&st, t, 0);
+    char acc[4096];
+    size_t acc_len = 0;
+    for (size_t i = 0; i < n; i++) {
+        char buf[1024];
+        size_t k;
+        assert_int_equal(tok_stream_push(&st, ids[i], buf, sizeof buf, &k, NULL), 0);
+        memcpy(acc + acc_len, buf, k);
+        acc_len += k;
+    }
+    size_t k;
+    tok_stream_finish(&st, acc + acc_len, &k);
+    acc_len += k;
+    if (acc_len != len || memcmp(acc, text, len) != 0)
+        fprintf(stderr, "stream '%.*s' decode '%s'\n", (int)acc_len, acc, text);
+    assert_int_equal(acc_len, len);
+    assert_memory_equal(acc, text, len);
+    free(text);
+}
+
+static void test_llama_style(void **state) {
+    (void)state;
+    const char *chain = "{\"type\": \"Sequence\", \"decoders\": [{\"type\": \"Replace\", "
+                        "\"pattern\": {\"String\": \"\\u2581\"}, \"content\": \" \"}, {\"type\": "
+                        "\"ByteFallback\"}, {\"type\": \"Fuse\"}, {\"type\": \"Strip\", "
+                        "\"content\": \" \", \"start\": 1, \"stop\": 0}]}";
+    const char *meta = "{\"type\": \"Metaspace\", \"replacement\": \"\\u2581\", "
+                       "\"prepend_scheme\": \"always\"}";
+    const char *decoders[2] = {chain, meta};
+    for (int d = 0; d < 2; d++) {
+        tok_tokenizer *t = llama_style(decoders[d]);
+        const char *s = "a ab \xe4\xbd\xa0"
+                        "b<s>  a";
+        tok_ids ids = {0};
+        assert_int_equal(tok_encode(t, s, strlen(s), TOK_ENCODE_OFFSETS, &ids, NULL), 0);
+        /* ▁a, ▁a b (▁a ranks first), ▁, the three bytes of 你, b, <s>, then "  a": ▁ ▁a (the
+         * ids and decodes below are what `tokenizers` gives for the same file) */
+        int32_t want[] = {4, 4, 3, 1, 6 + 0xE4, 6 + 0xBD, 6 + 0xA0, 3, 262, 1, 4};
+        assert_int_equal(ids.n, sizeof want / sizeof want[0]);
+        assert_memory_equal(ids.ids, want, sizeof want);
+        /* byte offsets: a replacement character points at its space, a byte token at its byte */
+        uint32_t want_off[] = {0, 1, 3, 4, 5, 6, 7, 8, 9, 12, 13};
+        assert_memory_equal(ids.offsets, want_off, sizeof want_off);
+        char *text;
+        size_t len;
+        assert_int_equal(tok_decode(t, ids.ids, ids.n, 0, &text, &len, NULL), 0);
+        /* the Metaspace decoder alone has no ByteFallback: byte tokens stay as written */
+        assert_string_equal(text, d == 0 ? "a ab \xe4\xbd\xa0"
+                                           "b<s>  a"
+                                         : "a ab <0xE4><0xBD><0xA0>b<s>  a");
+        free(text);
+        stream_equals_decode(t, ids.ids, ids.n);
+        int32_t lead[] = {1, 1, 4, 6 + 0xE4, 6 + 0xBD, 6 + 0xA0}; /* "  a你" / "▁▁a" first */
+        stream_equals_decode(t, lead, 6);
+        int32_t first_byte[] = {6 + 0x20, 4};
+        stream_equals_decode(t, first_byte, 2);
+        /* ByteFallback: a run of byte tokens that is not UTF-8 gives one U+FFFD per byte */
+        int32_t cut[] = {4, 6 + 0xE4, 6 + 0xBD};
+        assert_int_equal(tok_decode(t, cut, 3, 0, &text, &len, NULL), 0);
+        assert_string_equal(text, d == 0 ? "a\xef\xbf\xbd\xef\xbf\xbd" : "a<0xE4><0xBD>");
+        free(text);
+        tok_ids_free(&ids);
+        tok_free(t);
+    }
+}
+
 static void test_bad_ids_decode(void **state) {
     (void)state;
     int32_t ids[2] = {1, 999999999};
@@ -371,6 +472,7 @@ int main(void) {
         cmocka_unit_test(test_errors_name_the_problem),
         cmocka_unit_test(test_minimal_file),
         cmocka_unit_test(test_bad_ids_decode),
+        cmocka_unit_test(test_llama_style),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
