@@ -91,9 +91,10 @@ static void prune_checkpoints(const char *out, int64_t keep) {
         for (int j = 0; j < n; j++)
             newer += steps[j] > steps[i];
         if (newer < keep) continue;
-        char cmd[8300];
-        snprintf(cmd, sizeof cmd, "rm -rf '%s/step_%lld'", parent, steps[i]);
-        if (system(cmd) != 0) LOG_WARN("could not remove %s/step_%lld", parent, steps[i]);
+        char dir[4096 + 64];
+        chord_err err = {0};
+        snprintf(dir, sizeof dir, "%s/step_%lld", parent, steps[i]);
+        if (chord_rmtree(dir, &err) != 0) LOG_WARN("could not remove %s: %s", dir, err.msg);
     }
 }
 
@@ -110,13 +111,10 @@ static int cb_checkpoint_commit(void *user, int64_t step, const char *dir, chord
     char final_dir[4096 + 64], parent[4096 + 16];
     snprintf(final_dir, sizeof final_dir, "%s/checkpoints/step_%lld", r->out, (long long)step);
     snprintf(parent, sizeof parent, "%s/checkpoints", r->out);
-    if (chord_is_dir(final_dir)) {
-        /* a re-run of the same step after a resume: replace it */
-        char cmd[8300];
-        snprintf(cmd, sizeof cmd, "rm -rf '%s'", final_dir);
-        if (system(cmd) != 0)
-            return chord_err_setc(err, CHORD_E_IO, "cannot replace %s", final_dir);
-    }
+    /* a re-run of the same step after a resume: replace it (removed without a shell: --out
+     * may hold any character) */
+    if (chord_is_dir(final_dir) && chord_rmtree(final_dir, err) != 0)
+        return chord_err_prefix(err, "cannot replace %s", final_dir);
     if (rename(dir, final_dir) != 0)
         return chord_err_setc(err, CHORD_E_IO, "rename %s: %s", dir, strerror(errno));
     if (chord_fsync_dir(parent, err) != 0) return -1;

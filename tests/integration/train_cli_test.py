@@ -263,3 +263,28 @@ def test_checkpoint_loads_in_transformers(tmp_path, data):
     text = tok.decode(ids)
     mine = json.loads(run("tokenize", "--tokenizer", ck, input=text, check=0).stdout)
     assert mine == list(ids)
+
+
+# ---- --out is a path; numeric answers are the text written ------------------------------------
+
+
+def test_out_dir_is_a_path_never_shell_text(tmp_path, data):
+    """keep_checkpoints pruning and the replacement of a checkpoint written again (the one a
+    stop writes at a step the schedule already saved) remove directories without a shell: an
+    --out holding quotes and a command separator keeps only its newest checkpoint and runs
+    nothing (it used to be pasted into system("rm -rf '...'"))."""
+    out = tmp_path / "o'; touch PWNED; echo '"
+    j = job(tmp_path, data, algorithm="sft", steps=3, chord=None, checkpoint_every=1,
+            keep_checkpoints=1, eval={"every": 0})
+
+    def train(*extra):
+        p = subprocess.run([CHORDD, "train", j, "--out", str(out), "--threads", "1", "--quiet",
+                            *extra], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert p.returncode == 0, p.stderr
+        assert not (tmp_path / "PWNED").exists(), "a shell ran a command from --out"
+
+    train("--stop-after", "2")  # step 2: saved by the schedule, then again on the stop
+    assert sorted(os.listdir(out / "checkpoints")) == ["step_2"]
+    train("--resume")
+    assert sorted(os.listdir(out / "checkpoints")) == ["step_3"]
+
