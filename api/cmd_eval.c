@@ -14,11 +14,8 @@
 
 #include "api/commands.h"
 #include "kernels/ops.h"
-#include "server/base/fileutil.h"
 #include "server/base/log.h"
-#include "server/model/chat.h"
-#include "server/model/model.h"
-#include "server/model/tokenizer.h"
+#include "server/train/bootstrap.h"
 #include "server/train/reward.h"
 #include "server/train/trainer.h"
 #include "server/train/trainer_data.h"
@@ -156,8 +153,8 @@ int cmd_eval(int argc, char **argv) {
     int status = 1;
     chord_err err = {0};
     ops_ctx *ops = NULL;
-    model *m = NULL;
-    tok_tokenizer *tok = NULL;
+    bootstrap_model boot;
+    memset(&boot, 0, sizeof boot);
     reward_verifier *verifier = NULL;
     trainer_dataset ds;
     memset(&ds, 0, sizeof ds);
@@ -182,26 +179,15 @@ int cmd_eval(int argc, char **argv) {
         chord_err_set(&err, "%s", errbuf);
         goto fail;
     }
-    if (model_load(model_dir, ops, &m, &err) != 0) {
+    bootstrap_spec spec = {.dir = model_dir, .tokenizer_dir = tok_dir};
+    if (bootstrap_open(&spec, ops, &boot, &err) != 0) {
         chord_err_prefix(&err, "--model %s", model_dir);
         goto fail;
     }
-    char probe[4096 + 32];
-    snprintf(probe, sizeof probe, "%s/tokenizer.json", model_dir);
-    if (!tok_dir && chord_is_file(probe)) tok_dir = model_dir;
-    if (tok_dir ? tok_load(tok_dir, &tok, &err) : tok_load_default(&tok, &err)) {
-        chord_err_prefix(&err, "tokenizer %s", tok_dir ? tok_dir : "(embedded default)");
-        goto fail;
-    }
-    if (!tok_dir) LOG_INFO("%s has no tokenizer.json: using the embedded default", model_dir);
-    if (tok_vocab_size(tok) > m->cfg.vocab_size) {
-        chord_err_set(&err, "the tokenizer has %d tokens but the model's vocab_size is %d",
-                      (int)tok_vocab_size(tok), m->cfg.vocab_size);
-        goto fail;
-    }
-    chat_template tpl;
-    if (trainer_chat_template(tok, &tpl, &err) != 0) goto fail;
-    if (trainer_dataset_open(&ds, data, TRAINER_DATA_PROMPTS, 0, &err) != 0) {
+    if (boot.default_tokenizer)
+        LOG_INFO("%s has no tokenizer.json: using the embedded default", model_dir);
+    model *m = boot.m;
+    if (trainer_dataset_open(&ds, data, DS_PROMPTS, 0, &err) != 0) {
         chord_err_prefix(&err, "--data");
         goto fail;
     }
@@ -213,20 +199,18 @@ int cmd_eval(int argc, char **argv) {
         chord_err_set(&err, "%s: %s", samples_path, strerror(errno));
         goto fail;
     }
-    int32_t stop[8];
-    int n_stop = trainer_stop_ids(m, tok, stop, 8);
     trainer_eval_params ep = {.k = (int)k,
                               .temperature = temperature,
                               .max_new_tokens = (int)max_new,
                               .max_prompts = (int64_t)max_prompts,
-                              .stop_ids = stop,
-                              .n_stop = n_stop,
+                              .stop_ids = boot.stop_ids,
+                              .n_stop = boot.n_stop,
                               .seed = (uint64_t)seed,
                               .stream = 0,
                               .on_sample = samples_path ? on_sample : NULL,
                               .user = &out};
     trainer_eval_result r;
-    if (trainer_evaluate(m, tok, &tpl, &ds, verifier, &ep, &r, &err) != 0) goto fail;
+    if (trainer_evaluate(m, boot.tok, &boot.tpl, &ds, verifier, &ep, &r, &err) != 0) goto fail;
     if (out.failed || (out.f && fflush(out.f) != 0)) {
         chord_err_set(&err, "%s: write failed", samples_path);
         goto fail;
@@ -245,8 +229,7 @@ done:
     trainer_dataset_close(&ds);
     reward_verifier_free(verifier);
     json_decref(reward_cfg);
-    tok_free(tok);
-    model_free(m);
+    bootstrap_close(&boot);
     ops_close(ops);
     return status;
 }

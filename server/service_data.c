@@ -16,6 +16,7 @@
 #include "server/base/fileutil.h"
 #include "server/base/log.h"
 #include "server/model/config.h"
+#include "server/train/dataset.h"
 
 static int oom(chord_err *err) {
     return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
@@ -111,7 +112,8 @@ struct svc_upload {
     store_dataset_kind kind;
     char *line; /* the line not yet complete */
     size_t line_len, line_cap;
-    int64_t lines; /* complete lines validated */
+    int64_t lines;   /* complete lines validated */
+    int64_t records; /* of which records (the others blank) */
     int64_t bytes;
     int spoiled;
     chord_err spoil;
@@ -139,87 +141,12 @@ static int nonempty_string(const json_t *v) {
     return json_is_string(v) && json_string_length(v) > 0;
 }
 
-/* messages: [{"role": system|user|assistant|tool, "content": string}, ...]; *assistant = how
- * many assistant turns. */
-static int check_messages(const json_t *m, int64_t line, int *assistant, chord_err *err) {
-    static const char *const roles[] = {"system", "user", "assistant", "tool", NULL};
-    *assistant = 0;
-    if (!json_is_array(m) || json_array_size(m) == 0)
-        return chord_err_set(err, "line %lld: \"messages\": must be a non-empty array",
-                             (long long)line);
-    size_t i;
-    json_t *msg;
-    json_array_foreach(m, i, msg) {
-        if (!json_is_object(msg))
-            return chord_err_set(err, "line %lld: \"messages[%zu]\": must be an object",
-                                 (long long)line, i);
-        json_t *role = json_object_get(msg, "role"), *content = json_object_get(msg, "content");
-        int ok = 0;
-        for (size_t r = 0; json_is_string(role) && roles[r]; r++)
-            if (!strcmp(json_string_value(role), roles[r])) ok = 1;
-        if (!ok)
-            return chord_err_set(err,
-                                 "line %lld: \"messages[%zu].role\": must be one of system, "
-                                 "user, assistant, tool",
-                                 (long long)line, i);
-        if (!json_is_string(content))
-            return chord_err_set(err, "line %lld: \"messages[%zu].content\": must be a string",
-                                 (long long)line, i);
-        if (!strcmp(json_string_value(role), "assistant")) (*assistant)++;
-    }
-    return 0;
-}
-
+/* One line of an upload, by the record rules every reader of a dataset applies
+ * (server/train/dataset.h): 1 a record, 0 a blank line, -1 with err naming the line. */
 static int validate_line(const svc_upload *u, const char *text, size_t len, int64_t line,
                          chord_err *err) {
-    if (len > 0 && text[len - 1] == '\r') len--;
-    if (len == 0)
-        return chord_err_set(err, "line %lld: empty line (each line must be a JSON object)",
-                             (long long)line);
-    json_error_t jerr;
-    json_t *doc = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
-    if (!doc)
-        return chord_err_set(err, "line %lld: invalid JSON at column %d: %s", (long long)line,
-                             jerr.column, jerr.text);
-    int rc = 0;
-    json_t *prompt = json_object_get(doc, "prompt"), *messages = json_object_get(doc, "messages");
-    int assistant = 0;
-    if (!json_is_object(doc)) {
-        rc = chord_err_set(err, "line %lld: must be a JSON object", (long long)line);
-    } else if (prompt && messages) {
-        rc = chord_err_set(err, "line %lld: give \"prompt\" or \"messages\", not both",
-                           (long long)line);
-    } else if (!prompt && !messages) {
-        rc = chord_err_set(err, "line %lld: \"%s\": required (or \"messages\")", (long long)line,
-                           "prompt");
-    } else if (prompt && !nonempty_string(prompt)) {
-        rc = chord_err_set(err, "line %lld: \"prompt\": must be a non-empty string",
-                           (long long)line);
-    } else if (messages && check_messages(messages, line, &assistant, err)) {
-        rc = -1;
-    } else if (u->kind == STORE_DATASET_EXPERT) {
-        json_t *response = json_object_get(doc, "response");
-        if (prompt && !json_is_string(response))
-            rc = chord_err_set(err, "line %lld: \"response\": required string (expert data)",
-                               (long long)line);
-        else if (messages && response)
-            rc = chord_err_set(err,
-                               "line %lld: \"response\": not used with \"messages\" (put "
-                               "the reply in an assistant message)",
-                               (long long)line);
-        else if (messages && assistant == 0)
-            rc = chord_err_set(err,
-                               "line %lld: \"messages\": needs at least one assistant message "
-                               "(expert data)",
-                               (long long)line);
-    } else {
-        json_t *answer = json_object_get(doc, "answer");
-        if (!json_is_string(answer) && !json_is_number(answer))
-            rc = chord_err_set(err, "line %lld: \"answer\": required string or number",
-                               (long long)line);
-    }
-    json_decref(doc);
-    return rc;
+    ds_kind kind = u->kind == STORE_DATASET_EXPERT ? DS_EXPERT : DS_PROMPTS;
+    return ds_parse_line(kind, text, len, (uint64_t)line, NULL, err);
 }
 
 static int spoil(svc_upload *u, chord_err *err) {
@@ -301,7 +228,8 @@ int svc_upload_write(svc_upload *u, const void *data, size_t len, chord_err *err
         } else {
             rc = validate_line(u, p, (size_t)(nl - p), line, err);
         }
-        if (rc) return spoil(u, err);
+        if (rc < 0) return spoil(u, err);
+        u->records += rc;
         u->lines = line;
         p = nl + 1;
     }
@@ -322,15 +250,17 @@ int svc_upload_commit(svc_upload *u, json_t **dataset, chord_err *err) {
         return -1;
     }
     if (u->line_len > 0) { /* a last line without '\n' */
-        if (validate_line(u, u->line, u->line_len, u->lines + 1, err)) {
+        int rc = validate_line(u, u->line, u->line_len, u->lines + 1, err);
+        if (rc < 0) {
             spoil(u, err);
             svc_upload_abort(u);
             return -1;
         }
+        u->records += rc;
         u->lines++;
     }
-    if (u->lines == 0) {
-        chord_err_set(err, "body: empty upload (expected JSON lines)");
+    if (u->records == 0) {
+        chord_err_set(err, "body: empty upload (expected JSON lines, at least one record)");
         spoil(u, err);
         svc_upload_abort(u);
         return -1;
@@ -738,6 +668,16 @@ static int read_real_field(const json_t *doc, const char *key, double lo, double
     return 0;
 }
 
+/* A rollout prompt (a string or a conversation) by the dataset rules for prompts
+ * (server/train/dataset.h), as the worker will read it. */
+static int rollout_prompt_check(const json_t *prompt, chord_err *err) {
+    chat_message *msgs = NULL;
+    size_t n = 0;
+    int rc = ds_prompt_messages(prompt, &msgs, &n, err);
+    chat_messages_free(msgs, n);
+    return rc;
+}
+
 /* Checks the request and builds the resolved document for the generator (rollout.h). */
 static int rollout_resolve(svc *s, store *st, const json_t *doc, json_t *out, chord_err *err) {
     static const char *const keys[] = {"prompts", "messages",    "model",  "checkpoint",
@@ -757,8 +697,10 @@ static int rollout_resolve(svc *s, store *st, const json_t *doc, json_t *out, ch
             return chord_err_set(err, "prompts: must be an array of 1 to 256 strings");
         size_t i;
         json_t *p;
-        json_array_foreach(prompts, i, p) if (!nonempty_string(p)) return chord_err_set(
-            err, "prompts[%zu]: must be a non-empty string", i);
+        json_array_foreach(prompts, i, p) {
+            if (!json_is_string(p) || rollout_prompt_check(p, err) != 0)
+                return chord_err_set(err, "prompts[%zu]: must be a non-empty string", i);
+        }
         count = json_array_size(prompts);
         svc_json_put(out, "prompts", json_deep_copy(prompts), &bad);
     } else {
@@ -768,8 +710,9 @@ static int rollout_resolve(svc *s, store *st, const json_t *doc, json_t *out, ch
         size_t i;
         json_t *conv;
         json_array_foreach(messages, i, conv) {
-            int assistant;
-            if (check_messages(conv, 0, &assistant, err))
+            if (!json_is_array(conv))
+                return chord_err_set(err, "messages[%zu]: must be an array of messages", i);
+            if (rollout_prompt_check(conv, err) != 0)
                 return chord_err_prefix(err, "messages[%zu]", i);
         }
         count = json_array_size(messages);
@@ -831,11 +774,11 @@ static int rollout_resolve(svc *s, store *st, const json_t *doc, json_t *out, ch
                                  count);
         size_t i;
         json_t *a;
-        json_array_foreach(
-            answers, i,
-            a) if (!json_is_string(a) &&
-                   !json_is_number(
-                       a)) return chord_err_set(err, "answers[%zu]: must be a string or number", i);
+        json_array_foreach(answers, i, a) {
+            char *text = NULL;
+            if (ds_answer_text(a, &text, err) != 0) return chord_err_prefix(err, "answers[%zu]", i);
+            free(text);
+        }
     }
     if (reward && (!json_is_object(reward) || !json_is_string(json_object_get(reward, "type"))))
         return chord_err_set(err, "reward: must be an object with a \"type\"");

@@ -1,22 +1,33 @@
-/* dataset.h — streaming readers for the JSONL datasets a job trains on.
+/* dataset.h — what a record of a chord dataset is: the one parser of JSONL lines and of the
+ * prompts and answers of rollout requests. Upload validation (server/service_data.c), training
+ * and evaluation (trainer_data.h), `chordd eval` and the rollout executor (server/jobs/rollout.c)
+ * all call it, so a file that uploads trains, and one that is refused is refused with the same
+ * words everywhere. docs/api.md ("Records") is the user's side of these rules.
  *
- * Two kinds, one record per line (blank lines are skipped, a UTF-8 BOM is allowed, fields other
- * than those below are ignored):
- *   DS_PROMPTS (RL prompts, eval sets): {"prompt": str, "answer": str|number}
- *                                       or {"messages": [...], "answer": str|number}
- *   DS_EXPERT  (SFT demonstrations):    {"prompt": str, "response": str}
- *                                       or {"messages": [...]} with at least one assistant turn
- * messages follow chat.h (role system/user/assistant/tool, content a string or text parts); RL
- * prompt messages must not end with an assistant turn.
+ * A line (1-based number N) is one record, or blank:
+ *   - blank: only spaces, tabs and CRs (a UTF-8 BOM may start line 1): skipped, but counted in
+ *     the line numbers;
+ *   - otherwise one JSON object (duplicate keys, invalid UTF-8 and \u0000 are errors), with
+ *     DS_PROMPTS (prompts and eval sets):
+ *       {"prompt": non-empty string, "answer": A} or {"messages": [...], "answer": A}
+ *       A is a string, a number (ds_answer_text) or null (no reference answer: for verifiers
+ *       that need none; others score such a sample `error`). "answer" itself is required.
+ *       Trailing assistant turns of "messages" are dropped (a reference solution, say: the
+ *       model writes that turn); at least one other turn must remain.
+ *     DS_EXPERT (demonstrations):
+ *       {"prompt": non-empty string, "response": string} or {"messages": [...]} with at least
+ *       one assistant turn ("response" is refused beside "messages").
+ *   "prompt" and "messages" together are refused. Messages are chat.h's: role system, user,
+ *   assistant or tool; content a string or OpenAI-style text parts [{"type": "text", "text":
+ *   ...}] (joined); optional reasoning_content. Every other key is ignored.
+ * Errors read "line N: <field>: <what>" (ds_parse_line) or "<field>: <what>"; the caller adds
+ * the file or the request field in front.
  *
- * The file is read line by line (a file larger than memory is fine). A bad line is an error
- * "PATH:LINE: what is wrong", and the reader has moved past it, so a caller may skip it. A cursor
- * (byte offset, line, record index) saved with a checkpoint resumes reading exactly there.
- *
- * Not here: tokenization (chat.h, tokenizer.h), shuffling, the storage of uploaded datasets. */
+ * Not here: reading files (trainer_data.h indexes and reads them), tokenization (chat.h). */
 #ifndef CHORD_TRAIN_DATASET_H
 #define CHORD_TRAIN_DATASET_H
 
+#include <jansson.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -26,44 +37,31 @@
 typedef enum { DS_PROMPTS = 1, DS_EXPERT = 2 } ds_kind;
 
 typedef struct ds_record {
-    uint64_t line;          /* 1-based line of the file */
-    uint64_t index;         /* 0-based record number (bad lines are not counted) */
-    char *prompt;           /* the "prompt" form, else NULL */
-    char *response;         /* DS_EXPERT "prompt"/"response" form, else NULL */
-    char *answer;           /* DS_PROMPTS: the ground truth as text (42 → "42") */
-    chat_message *messages; /* the "messages" form, else NULL */
+    chat_message *messages; /* the conversation: "prompt" is one user turn, "prompt" +
+                               "response" a user and an assistant turn */
     size_t n_messages;
+    char *answer; /* DS_PROMPTS: the ground truth as text; NULL for "answer": null */
 } ds_record;
 
-/* Where the next read starts. */
-typedef struct ds_cursor {
-    uint64_t offset; /* byte offset of the next line */
-    uint64_t line;   /* lines consumed so far */
-    uint64_t index;  /* records returned so far */
-} ds_cursor;
-
-typedef struct ds_reader ds_reader;
-
-/* Opens path for reading records of kind. A missing file is CHORD_E_NOT_FOUND. */
-int ds_open(const char *path, ds_kind kind, ds_reader **out, chord_err *err);
-void ds_close(ds_reader *r);
-
-/* Reads the next record into *rec (free it with ds_record_free). Returns 1 for a record, 0 at the
- * end of the file, -1 for a bad line (err says "PATH:LINE: ..."; the next call reads on). */
-int ds_next(ds_reader *r, ds_record *rec, chord_err *err);
+/* Parses line number `line` (text, len bytes, no newline needed). Returns 1 with *rec filled
+ * (rec may be NULL: validation only), 0 for a blank line, -1 with err = "line N: ...". */
+int ds_parse_line(ds_kind kind, const char *text, size_t len, uint64_t line, ds_record *rec,
+                  chord_err *err);
+/* The same rules on an already parsed JSON value (rec may be NULL). */
+int ds_record_from_json(ds_kind kind, const json_t *v, ds_record *rec, chord_err *err);
 void ds_record_free(ds_record *rec);
 
-ds_cursor ds_tell(const ds_reader *r);
-/* Moves to a cursor from ds_tell (of this file). An offset past the end is an error. */
-int ds_seek(ds_reader *r, ds_cursor c, chord_err *err);
-int ds_rewind(ds_reader *r, chord_err *err);
+/* A prompt given as a non-empty string (one user turn) or as a conversation (the DS_PROMPTS
+ * rules for "messages"): what rollout requests carry in prompts[i] / messages[i]. */
+int ds_prompt_messages(const json_t *prompt, chat_message **msgs, size_t *n, chord_err *err);
 
-/* Counts the records of the file from its start, checking every line; the first bad line is an
- * error. The reader's position is kept. */
-int ds_count(ds_reader *r, size_t *n, chord_err *err);
+/* The ground truth as text, the one rule for numbers (numtext.h: shortest round-trip, ECMAScript
+ * layout; integers exactly): "4" -> "4", 4 -> "4", 0.1 -> "0.1", 1.0 -> "1", 1e21 -> "1e+21",
+ * -0.0 -> "0". null gives *text = NULL. Another type is an error. *text is malloc'd. */
+int ds_answer_text(const json_t *answer, char **text, chord_err *err);
 
-/* The record as chat messages: "prompt" becomes a user turn, "response" an assistant turn;
- * "messages" are copied. For chat templates (chat_encode) and raw prompts alike. */
-int ds_record_messages(const ds_record *rec, chat_message **msgs, size_t *n, chord_err *err);
+/* What a verifier sees as the prompt: the content of the last user turn, else of the last
+ * turn (NULL when n is 0). Points into msgs. */
+const char *ds_prompt_text(const chat_message *msgs, size_t n);
 
 #endif

@@ -17,10 +17,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "server/base/buf.h"
 #include "server/base/fileutil.h"
 #include "server/model/chat.h"
 #include "server/model/model.h"
 #include "server/model/tokenizer.h"
+#include "server/train/bootstrap.h"
 #include "server/train/loss.h"
 #include "server/train/mem_estimate.h"
 #include "server/train/reward.h"
@@ -39,14 +41,13 @@ typedef struct trainer {
     const trainer_callbacks *cb;
     model *m;
     tok_tokenizer *tok;
-    char tok_dir[4096]; /* where the tokenizer came from; "" = the embedded default */
     chat_template tpl;
     reward_verifier *verifier;
     rollout_engine *engine;
     trainer_dataset prompts, expert, eval;
     int64_t prompt_cursor, expert_cursor;
     int64_t step; /* steps completed */
-    int32_t stop_ids[8];
+    int32_t stop_ids[BOOTSTRAP_MAX_STOP];
     int n_stop;
     float inv_temp;
     int checkpoint_on_stop; /* what should_stop asked for when it stopped a rollout */
@@ -136,6 +137,39 @@ static int train_seq_alloc(train_seq *s, int len) {
     return (s->tokens && s->kind && s->logp_old) ? 0 : -1;
 }
 
+/* The per-row arrays of one micro-batch of N rows and S sequences, carved from one growable
+ * block (buf.h): a failed growth leaves the old block to the single free at the end. */
+typedef struct micro_batch_rows {
+    int32_t *tokens, *positions, *targets, *cu; /* (N), (N), (N), (S + 1) */
+    float *logp, *ent, *logp_old, *adv, *dlogp, *dent; /* (N) each */
+    uint8_t *kind;                                     /* (N) */
+} micro_batch_rows;
+
+static void *carve(char **p, size_t bytes) {
+    void *r = *p;
+    *p += bytes;
+    return r;
+}
+
+static int micro_batch_carve(chord_buf *scratch, int64_t N, int S, micro_batch_rows *r) {
+    size_t n = (size_t)N;
+    size_t bytes = (3 * n + (size_t)S + 1) * sizeof(int32_t) + 6 * n * sizeof(float) + n;
+    if (chord_buf_reserve(scratch, bytes) != 0) return -1;
+    char *p = scratch->data; /* 4-byte arrays first, so every one stays aligned */
+    r->tokens = carve(&p, n * sizeof *r->tokens);
+    r->positions = carve(&p, n * sizeof *r->positions);
+    r->targets = carve(&p, n * sizeof *r->targets);
+    r->cu = carve(&p, ((size_t)S + 1) * sizeof *r->cu);
+    r->logp = carve(&p, n * sizeof *r->logp);
+    r->ent = carve(&p, n * sizeof *r->ent);
+    r->logp_old = carve(&p, n * sizeof *r->logp_old);
+    r->adv = carve(&p, n * sizeof *r->adv);
+    r->dlogp = carve(&p, n * sizeof *r->dlogp);
+    r->dent = carve(&p, n * sizeof *r->dent);
+    r->kind = carve(&p, n);
+    return 0;
+}
+
 /* Runs forward + loss + backward over all sequences, packed into micro-batches of at most
  * micro_batch_tokens rows (a longer sequence goes alone). */
 static int train_on(trainer *t, train_seq *seqs, int n_seqs, const chord_loss_params *lp,
@@ -143,9 +177,7 @@ static int train_on(trainer *t, train_seq *seqs, int n_seqs, const chord_loss_pa
     const int64_t budget = t->cfg->micro_batch_tokens > 0 ? t->cfg->micro_batch_tokens : 8192;
     int rc = -1;
     int first = 0;
-    int32_t *tokens = NULL, *positions = NULL, *targets = NULL, *cu = NULL;
-    uint8_t *kind = NULL;
-    float *logp = NULL, *ent = NULL, *logp_old = NULL, *adv = NULL, *dlogp = NULL, *dent = NULL;
+    chord_buf scratch = {0};
     int want_entropy_grad = t->cfg->grpo.entropy_coef != 0.0;
     while (first < n_seqs) {
         int last = first;
@@ -153,70 +185,50 @@ static int train_on(trainer *t, train_seq *seqs, int n_seqs, const chord_loss_pa
         while (last + 1 < n_seqs && N + seqs[last + 1].len <= budget)
             N += seqs[++last].len;
         int S = last - first + 1;
-        tokens = realloc(tokens, (size_t)N * sizeof *tokens);
-        positions = realloc(positions, (size_t)N * sizeof *positions);
-        targets = realloc(targets, (size_t)N * sizeof *targets);
-        cu = realloc(cu, (size_t)(S + 1) * sizeof *cu);
-        kind = realloc(kind, (size_t)N);
-        logp = realloc(logp, (size_t)N * sizeof *logp);
-        ent = realloc(ent, (size_t)N * sizeof *ent);
-        logp_old = realloc(logp_old, (size_t)N * sizeof *logp_old);
-        adv = realloc(adv, (size_t)N * sizeof *adv);
-        dlogp = realloc(dlogp, (size_t)N * sizeof *dlogp);
-        dent = realloc(dent, (size_t)N * sizeof *dent);
-        if (!tokens || !positions || !targets || !cu || !kind || !logp || !ent || !logp_old ||
-            !adv || !dlogp || !dent) {
+        micro_batch_rows r;
+        if (micro_batch_carve(&scratch, N, S, &r) != 0) {
             chord_err_setc(err, CHORD_E_INTERNAL, "trainer: out of memory");
             goto done;
         }
         int64_t row = 0;
-        cu[0] = 0;
+        r.cu[0] = 0;
         for (int s = 0; s < S; s++) {
             const train_seq *q = &seqs[first + s];
             for (int i = 0; i < q->len; i++, row++) {
-                tokens[row] = q->tokens[i];
-                positions[row] = i;
+                r.tokens[row] = q->tokens[i];
+                r.positions[row] = i;
                 int has_target = i + 1 < q->len && q->kind[i] != CHORD_TOKEN_IGNORE;
-                targets[row] = has_target ? q->tokens[i + 1] : -1;
-                kind[row] = has_target ? q->kind[i] : CHORD_TOKEN_IGNORE;
-                logp_old[row] = q->logp_old[i];
-                adv[row] = q->adv;
+                r.targets[row] = has_target ? q->tokens[i + 1] : -1;
+                r.kind[row] = has_target ? q->kind[i] : CHORD_TOKEN_IGNORE;
+                r.logp_old[row] = q->logp_old[i];
+                r.adv[row] = q->adv;
             }
-            cu[s + 1] = (int32_t)row;
+            r.cu[s + 1] = (int32_t)row;
         }
         model_batch b = {.N = (int)N,
                          .S = S,
-                         .tokens = tokens,
-                         .positions = positions,
-                         .cu_seqlens = cu,
-                         .targets = targets};
-        if (model_forward(t->m, &b, t->inv_temp, logp, ent, err) != 0) goto done;
+                         .tokens = r.tokens,
+                         .positions = r.positions,
+                         .cu_seqlens = r.cu,
+                         .targets = r.targets};
+        if (model_forward(t->m, &b, t->inv_temp, r.logp, r.ent, err) != 0) goto done;
         chord_loss_batch lb = {.n = (size_t)N,
-                               .kind = kind,
-                               .logp = logp,
-                               .logp_old = logp_old,
-                               .advantage = adv,
-                               .entropy = ent,
+                               .kind = r.kind,
+                               .logp = r.logp,
+                               .logp_old = r.logp_old,
+                               .advantage = r.adv,
+                               .entropy = r.ent,
                                .ref_logp = NULL};
-        if (chord_loss_micro_batch(lp, &lb, dlogp, want_entropy_grad ? dent : NULL, acc, err) != 0)
+        if (chord_loss_micro_batch(lp, &lb, r.dlogp, want_entropy_grad ? r.dent : NULL, acc,
+                                   err) != 0)
             goto done;
-        if (model_backward(t->m, dlogp, want_entropy_grad ? dent : NULL, err) != 0) goto done;
+        if (model_backward(t->m, r.dlogp, want_entropy_grad ? r.dent : NULL, err) != 0) goto done;
         *tokens_out += N;
         first = last + 1;
     }
     rc = 0;
 done:
-    free(tokens);
-    free(positions);
-    free(targets);
-    free(cu);
-    free(kind);
-    free(logp);
-    free(ent);
-    free(logp_old);
-    free(adv);
-    free(dlogp);
-    free(dent);
+    chord_buf_free(&scratch);
     return rc;
 }
 
@@ -830,49 +842,33 @@ static int check_fits(const trainer_env *env, const model_config *mc, const job_
     return mem_estimate_check(&e, &b, err);
 }
 
+/* bootstrap_spec.before_load: the job's memory estimate against the device, before the
+ * weights are allocated. */
+static int check_fits_hook(void *user, const model_config *mc, const tok_tokenizer *tok,
+                           const chat_template *tpl, chord_err *err) {
+    (void)tok;
+    (void)tpl;
+    const trainer *t = user;
+    return check_fits(t->env, mc, t->cfg, err);
+}
+
 static int setup(trainer *t, chord_err *err) {
     const job_config *cfg = t->cfg;
     const trainer_env *env = t->env;
-    /* model */
-    const char *load_dir = env->resume_dir ? env->resume_dir : env->model_dir;
-    if (load_dir) {
-        model_config lc;
-        if (model_config_load(load_dir, &lc, err) != 0) return chord_err_prefix(err, "model");
-        if (check_fits(env, &lc, cfg, err) != 0) return -1;
-        if (model_load(load_dir, env->ops, &t->m, err) != 0) return chord_err_prefix(err, "model");
-    } else {
-        if (!cfg->model_init_config)
-            return chord_err_set(err, "model: neither a path nor an init config");
-        char *text = json_dumps(cfg->model_init_config, 0);
-        model_config mc;
-        int rc = text ? model_config_parse(text, &mc, err) : -1;
-        free(text);
-        if (rc != 0) return chord_err_prefix(err, "model.init.config");
-        if (check_fits(env, &mc, cfg, err) != 0) return -1;
-        if (model_create(&mc, env->ops, &t->m, err) != 0) return chord_err_prefix(err, "model");
-        if (model_init_random(t->m, cfg->model_init_seed, err) != 0) return -1;
-    }
-    /* tokenizer: explicit, else the one saved beside the weights, else the embedded default */
-    const char *tdir = env->tokenizer_dir;
-    char buf[4096];
-    if (!tdir && load_dir) {
-        snprintf(buf, sizeof buf, "%s/tokenizer.json", load_dir);
-        if (chord_is_file(buf)) tdir = load_dir;
-    }
-    if (tdir) {
-        if (tok_load(tdir, &t->tok, err) != 0) return chord_err_prefix(err, "tokenizer");
-        snprintf(t->tok_dir, sizeof t->tok_dir, "%s", tdir);
-    } else if (tok_load_default(&t->tok, err) != 0) {
-        return chord_err_prefix(err, "tokenizer (embedded default)");
-    }
-    if (tok_vocab_size(t->tok) > t->m->cfg.vocab_size)
-        return chord_err_set(err, "tokenizer has %d tokens but the model's vocab_size is %d",
-                             (int)tok_vocab_size(t->tok), t->m->cfg.vocab_size);
-    if (trainer_chat_template(t->tok, &t->tpl, err) != 0)
-        return chord_err_prefix(err, "chat template");
-    /* stop tokens: the tokenizer's and the config's EOS, and the template's end of turn */
-    t->n_stop = trainer_stop_ids(t->m, t->tok, t->stop_ids,
-                                 (int)(sizeof t->stop_ids / sizeof t->stop_ids[0]));
+    /* model and tokenizer (bootstrap.h): a resumed job's weights come from its checkpoint */
+    bootstrap_spec spec = {.dir = env->resume_dir ? env->resume_dir : env->model_dir,
+                           .init_config = cfg->model_init_config,
+                           .init_seed = cfg->model_init_seed,
+                           .tokenizer_dir = env->tokenizer_dir,
+                           .before_load = check_fits_hook,
+                           .user = t};
+    bootstrap_model b;
+    if (bootstrap_open(&spec, env->ops, &b, err) != 0) return -1;
+    t->m = b.m; /* the trainer owns and frees both from here */
+    t->tok = b.tok;
+    t->tpl = b.tpl;
+    memcpy(t->stop_ids, b.stop_ids, sizeof t->stop_ids);
+    t->n_stop = b.n_stop;
     if (t->n_stop == 0)
         logline(t, "warning: the tokenizer has no EOS token; responses end at max_new_tokens");
 
@@ -886,7 +882,7 @@ static int setup(trainer *t, chord_err *err) {
         if (!env->prompts_path)
             return chord_err_set(err, "data.prompts: required by %s",
                                  jobconfig_algorithm_name(cfg->algorithm));
-        if (trainer_dataset_open(&t->prompts, env->prompts_path, TRAINER_DATA_PROMPTS, cfg->seed,
+        if (trainer_dataset_open(&t->prompts, env->prompts_path, DS_PROMPTS, cfg->seed,
                                  err) != 0)
             return chord_err_prefix(err, "data.prompts");
     }
@@ -894,12 +890,12 @@ static int setup(trainer *t, chord_err *err) {
         if (!env->expert_path)
             return chord_err_set(err, "data.expert: required by %s",
                                  jobconfig_algorithm_name(cfg->algorithm));
-        if (trainer_dataset_open(&t->expert, env->expert_path, TRAINER_DATA_EXPERT,
+        if (trainer_dataset_open(&t->expert, env->expert_path, DS_EXPERT,
                                  cfg->seed ^ 0x5eedull, err) != 0)
             return chord_err_prefix(err, "data.expert");
     }
     if (env->eval_path &&
-        trainer_dataset_open(&t->eval, env->eval_path, TRAINER_DATA_PROMPTS, cfg->seed, err) != 0)
+        trainer_dataset_open(&t->eval, env->eval_path, DS_PROMPTS, cfg->seed, err) != 0)
         return chord_err_prefix(err, "data.eval");
     if (env->resume_dir && load_resume_state(t, env->resume_dir, err) != 0)
         return chord_err_prefix(err, "resume from %s", env->resume_dir);

@@ -187,6 +187,16 @@ class Chordd:
             time.sleep(poll)
         raise AssertionError(f"timeout waiting on job {job_id}: {j}\n{self.read_log()[-3000:]}")
 
+    def wait_rollout(self, rollout_id, timeout=60, poll=0.05):
+        """The rollout once it is no longer pending."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            ro = self.get("/v1/rollouts/" + rollout_id).json()
+            if ro["state"] != "pending":
+                return ro
+            time.sleep(poll)
+        raise AssertionError(f"rollout {rollout_id} still pending:\n{self.read_log()[-2000:]}")
+
     def sse(self, path, timeout=120):
         """Yields (event, data) pairs of a Server-Sent Events stream until it ends."""
         req = urllib.request.Request(self.url + path, headers={"Accept": "text/event-stream"})

@@ -10,10 +10,12 @@ in service_resume_test.py.
 
 Run: CHORDD=build/api/chordd python -m pytest tests/integration/service_test.py"""
 import hashlib
+import http.server
 import json
 import os
 import socket
 import sqlite3
+import subprocess
 import threading
 import time
 
@@ -182,7 +184,8 @@ def test_dataset_chunked_upload(srv):
     ("prompts", b'{"prompt":"a","answer":"1"}\n{"prompt":"b","answer":"2"}\n{"prompt": "c", "answer": \n',
      400, ["line 3", "invalid JSON"]),
     ("prompts", b'{"prompt":"a","answer":"1"}\n{"prompt":"b"}\n', 400, ["line 2", "answer"]),
-    ("prompts", b'{"prompt":"a","answer":"1"}\n\n{"prompt":"b","answer":"2"}\n', 400, ["line 2", "empty line"]),
+    # blank lines are skipped (docs/api.md, Records) but counted: the bad record is line 3
+    ("prompts", b'{"prompt":"a","answer":"1"}\n\n{"prompt":"b"}\n', 400, ["line 3", "answer"]),
     ("prompts", b'[1,2]\n', 400, ["line 1", "object"]),
     ("prompts", b'{"prompt":"a","answer":"1"}\n{"prompt":"\xff\xfe","answer":"1"}\n', 400, ["line 2"]),
     ("prompts", b'{"prompt": 5, "answer": "1"}\n', 400, ["line 1", "prompt"]),
@@ -647,3 +650,153 @@ def test_server_survives_garbage(srv):
         s.close()
     assert srv.get("/healthz").status == 200
     assert snapshot(srv) == before
+
+
+# ---- records: one parser for uploads, training, eval and rollouts (docs/api.md, Records) -------
+
+# Every rule where the upload validation, the trainer and the rollout executor used to disagree:
+# a BOM, blank and whitespace-only lines, text-part content, a trailing assistant turn (a
+# reference solution: not part of the prompt), "answer": null, numeric answers.
+EDGE_PROMPTS = (b"\xef\xbb\xbf" + json.dumps({"prompt": "What is 1/10?", "answer": 0.1}).encode()
+                + b"\n\n" + json.dumps({"messages": [{"role": "user", "content": [
+                    {"type": "text", "text": "Compute 2+"}, {"type": "text", "text": "2."}]}],
+                    "answer": 4}).encode()
+                + b"\n  \t\n" + json.dumps({"messages": [
+                    {"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": "Compute 1+1."},
+                    {"role": "assistant", "content": "\\boxed{2}"}], "answer": "2"}).encode()
+                + b"\n" + json.dumps({"prompt": "Say hi.", "answer": None}).encode() + b"\n\n")
+EDGE_EXPERT = (json.dumps({"messages": [
+                   {"role": "user", "content": [{"type": "text", "text": "Compute 1+1."}]},
+                   {"role": "assistant", "content": "1+1=2 \\boxed{2}"}]}).encode()
+               + b"\n\n" + json.dumps({"prompt": "Compute 2+2.", "response": "\\boxed{4}",
+                                       "answer": 4}).encode() + b"\n")
+
+
+def test_records_that_upload_train(srv):
+    """A file that uploads trains: the same records through a job, their answers (0.1 stays
+    "0.1", not "0.10000000000000001") in the stored samples."""
+    p = srv.upload("prompts", EDGE_PROMPTS, name="edge")
+    assert p.status == 201, p
+    assert p.json()["lines"] == 7  # the file's lines, blank ones included
+    e = srv.upload("expert", EDGE_EXPERT, name="edge-expert")
+    assert e.status == 201, e
+    r = srv.post("/v1/jobs", tiny_job(p.json()["id"], e.json()["id"], steps=2,
+                                      checkpoint_every=0))
+    assert r.status == 201, r
+    j = srv.wait_job(r.json()["id"], lambda j: j["state"] in ("succeeded", "failed"))
+    assert j["state"] == "succeeded", j
+    answers = set()
+    for step in (1, 2):
+        for s in srv.get(f"/v1/jobs/{j['id']}/samples?step={step}").json()["items"]:
+            answers.add(s["answer"])
+    # two steps of two prompts: each of the four records once (one epoch)
+    assert answers == {"0.1", "4", "2", None}, answers
+    # the prompt a verifier saw: the last user turn, text parts joined
+    prompts = {s["prompt"] for s in srv.get(f"/v1/jobs/{j['id']}/samples?step=1").json()["items"]
+               + srv.get(f"/v1/jobs/{j['id']}/samples?step=2").json()["items"]}
+    assert "Compute 2+2." in prompts and "Compute 1+1." in prompts, prompts
+
+
+BAD_RECORDS = [
+    ("prompts", b'{"prompt":"a","answer":"1"}\n{"prompt":"b"}\n', 'line 2: "answer": required'),
+    ("prompts", b'{"prompt":"a","answer":"1"} trailing\n', "line 1: invalid JSON"),
+    ("prompts", b'{"prompt":"a","answer":"1","prompt":"b"}\n', "line 1: invalid JSON: duplicate"),
+    ("prompts", b'\n{"prompt":"a","messages":[{"role":"user","content":"q"}],"answer":1}\n',
+     'line 2: give "prompt" or "messages", not both'),
+    ("prompts", b'{"messages":[{"role":"assistant","content":"a"}],"answer":1}\n',
+     'line 1: "messages": a prompt needs a system, user or tool turn'),
+    ("prompts", b'{"prompt":"","answer":1}\n', 'line 1: "prompt": must be a non-empty string'),
+    ("prompts", b'{"prompt":"a","answer":[1]}\n', 'line 1: "answer": must be a string, a number'),
+    ("expert", b'{"messages":[{"role":"user","content":"q"},{"role":"assistant","content":"a"}],'
+               b'"response":"r"}\n', 'line 1: "response": not used with "messages"'),
+    ("expert", b'{"messages":[{"role":"user","content":"q"}]}\n',
+     'line 1: "messages": needs at least one assistant message'),
+    ("expert", b'{"prompt":"q","response":"a"}\n{"prompt":"q"}\n', 'line 2: "response": required'),
+]
+
+
+@pytest.mark.parametrize("kind,body,message", BAD_RECORDS)
+def test_records_refused_alike(srv, tmp_path, kind, body, message):
+    """A file that is refused says why, naming the line and the field, with the same words
+    whether it is uploaded or handed to `chordd train`."""
+    r = srv.upload(kind, body)
+    assert_error(r, 400, "invalid_argument", message)
+    upload_message = r.json()["error"]["message"]
+    path = tmp_path / f"bad_{kind}.jsonl"
+    path.write_bytes(body)
+    good = tmp_path / "good.jsonl"
+    good.write_text(json.dumps({"prompt": "q", "answer": "1", "response": "a"}) + "\n")
+    doc = {"model": {"init": {"config": TINY_CONFIG, "seed": 1}},
+           "data": {"prompts": str(path if kind == "prompts" else good),
+                    "expert": str(path if kind == "expert" else good)},
+           "algorithm": "chord", "steps": 1, "eval": {"every": 0}}
+    job_path = tmp_path / "job.json"
+    job_path.write_text(json.dumps(doc))
+    p = subprocess.run([os.environ["CHORDD"], "train", str(job_path), "--out",
+                        str(tmp_path / "out"), "--quiet"], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode != 0
+    assert f"{path}: {upload_message}" in p.stderr, (upload_message, p.stderr)
+
+
+def test_rollout_prompts_and_answers_by_the_record_rules(srv):
+    """Rollout requests read prompts and answers as datasets do: text-part content and a
+    trailing assistant turn are accepted, "answer" null is allowed, and a numeric answer reaches
+    the verifier as the text a person wrote (a webhook records what it is sent). A model whose
+    vocabulary is smaller than its tokenizer's is refused before sampling (it would index past
+    the embedding table)."""
+    seen = []
+
+    class Score(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append(body)
+            out = b'{"reward": 1}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+        def log_message(self, *args):
+            pass
+
+    hook = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Score)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    try:
+        m = srv.post("/v1/models", {"init": {"config": TINY_CONFIG}})
+        assert m.status == 201, m
+        conv = [{"role": "user", "content": [{"type": "text", "text": "Compute 2+"},
+                                             {"type": "text", "text": "2."}]},
+                {"role": "assistant", "content": "a reference solution"}]
+        r = srv.post("/v1/rollouts", {
+            "messages": [conv, [{"role": "user", "content": "What is 1/10?"}],
+                         [{"role": "user", "content": "Say hi."}]],
+            "answers": [4, 0.1, None], "model": m.json()["id"], "max_tokens": 2,
+            "reward": {"type": "webhook", "url": f"http://127.0.0.1:{hook.server_port}/",
+                       "timeout_ms": 5000}})
+        assert r.status == 202, r
+        ro = srv.wait_rollout(r.json()["id"])
+        assert ro["state"] == "succeeded", ro
+        by_prompt = {s["prompt"]: s["answer"] for s in seen}
+        assert by_prompt == {"Compute 2+2.": "4", "What is 1/10?": "0.1", "Say hi.": None}, seen
+        # the refusals name the field
+        assert_error(srv.post("/v1/rollouts", {
+            "messages": [[{"role": "assistant", "content": "a"}]], "model": m.json()["id"]}),
+            400, "invalid_argument", "messages[0]", "a prompt needs")
+        assert_error(srv.post("/v1/rollouts", {"prompts": ["a"], "answers": [[1]],
+                                               "model": m.json()["id"]}),
+                     400, "invalid_argument", "answers[0]", "must be a string, a number or null")
+        # the vocabulary check every model open makes
+        small = srv.post("/v1/models", {"init": {"config": TINY_CONFIG | {"vocab_size": 512}}})
+        assert small.status == 201, small
+        r = srv.post("/v1/rollouts", {"prompts": ["Compute 1+2."], "model": small.json()["id"],
+                                      "max_tokens": 2})
+        assert r.status == 202, r
+        ro = srv.wait_rollout(r.json()["id"])
+        assert ro["state"] == "failed" and "vocab_size is 512" in ro["error"], ro
+        assert srv.get("/healthz").status == 200
+    finally:
+        hook.shutdown()
+        hook.server_close()

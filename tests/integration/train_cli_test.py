@@ -288,3 +288,26 @@ def test_out_dir_is_a_path_never_shell_text(tmp_path, data):
     train("--resume")
     assert sorted(os.listdir(out / "checkpoints")) == ["step_3"]
 
+
+def test_numeric_answers_are_the_text_written(tmp_path, data):
+    """A dataset's numeric answer reaches the verifier and the samples as the shortest text
+    that means it (docs/api.md, Records): 0.1 is "0.1", never "0.10000000000000001"; 1.0 is "1";
+    1e21 is "1e+21"; -0.0 is "0" — in training, at eval steps and in `chordd eval`."""
+    rows = [{"prompt": "What is 1/10?", "answer": 0.1}, {"prompt": "One?", "answer": 1.0},
+            {"prompt": "Big?", "answer": 1e21}, {"prompt": "Zero?", "answer": -0.0}]
+    nums = write_jsonl(tmp_path / "numbers.jsonl", rows)
+    assert '"answer": 0.1}' in open(nums).read()
+    want = {"0.1", "1", "1e+21", "0"}
+    j = job(tmp_path, dict(data, prompts=nums, eval=nums), steps=2,
+            grpo={"group_size": 1, "prompts_per_step": 2}, checkpoint_every=0,
+            eval={"every": 1, "k": 1})
+    samples = tmp_path / "samples.jsonl"
+    run("train", j, "--out", str(tmp_path / "o"), "--threads", "1", "--samples-out",
+        str(samples), check=0)
+    got = [json.loads(l) for l in open(samples)]
+    assert {s["answer"] for s in got if s["kind"] == "rollout"} == want
+    assert {s["answer"] for s in got if s["kind"] == "eval"} == want
+    evals = tmp_path / "eval_samples.jsonl"
+    run("eval", "--model", str(tmp_path / "o" / "checkpoints" / "step_2"), "--data", nums,
+        "--max-new-tokens", "4", "--samples-out", str(evals), "--threads", "1", check=0)
+    assert [json.loads(l)["answer"] for l in open(evals)] == ["0.1", "1", "1e+21", "0"]

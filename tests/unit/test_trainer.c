@@ -407,9 +407,9 @@ static void test_resume_repeats_metrics(void **state) {
 
 /* ---- verifier errors are never read as wrong answers -------------------------------------- */
 
-/* Half the prompts have no reference answer, so `contains` cannot decide their responses
- * (`error`): those leave the advantage groups and the loss, the error rate says so, and the
- * reward and accuracy are the decided samples'. */
+/* Half the prompts have no reference answer ("answer": null), so `contains` cannot decide their
+ * responses (`error`): those leave the advantage groups and the loss, the error rate says so,
+ * and the reward and accuracy are the decided samples'. */
 static void test_verifier_errors_are_excluded(void **state) {
     fixture *f = *state;
     char path[400];
@@ -418,7 +418,7 @@ static void test_verifier_errors_are_excluded(void **state) {
     assert_non_null(fp);
     for (int i = 0; i < 4; i++)
         fprintf(fp,
-                i % 2 ? "{\"prompt\": \"Say %d.\"}\n"
+                i % 2 ? "{\"prompt\": \"Say %d.\", \"answer\": null}\n"
                       : "{\"prompt\": \"Say %d.\", \"answer\": \"1\"}\n",
                 i);
     fclose(fp);
