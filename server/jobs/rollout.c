@@ -187,8 +187,10 @@ done:
     rollout_result_free(&rr);
     rollout_engine_free(engine);
     reward_verifier_free(verifier);
-    for (int i = 0; rq.ids && i < n_prompts; i++) tok_ids_free(&rq.ids[i]);
-    for (int i = 0; rq.texts && i < n_prompts; i++) free(rq.texts[i]);
+    for (int i = 0; rq.ids && i < n_prompts; i++)
+        tok_ids_free(&rq.ids[i]);
+    for (int i = 0; rq.texts && i < n_prompts; i++)
+        free(rq.texts[i]);
     free(rq.ids);
     free(rq.texts);
     free(pids);

@@ -16,8 +16,7 @@ void bootstrap_close(bootstrap_model *b) {
     memset(b, 0, sizeof *b);
 }
 
-int bootstrap_open(const bootstrap_spec *spec, ops_ctx *ops, bootstrap_model *out,
-                   chord_err *err) {
+int bootstrap_open(const bootstrap_spec *spec, ops_ctx *ops, bootstrap_model *out, chord_err *err) {
     memset(out, 0, sizeof *out);
     /* 1. the config */
     model_config mc;

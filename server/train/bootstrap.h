@@ -50,7 +50,7 @@ typedef struct bootstrap_spec {
 } bootstrap_spec;
 
 typedef struct bootstrap_model {
-    model *m;       /* owned unless it is spec.live */
+    model *m; /* owned unless it is spec.live */
     int owns_model;
     tok_tokenizer *tok;
     int default_tokenizer; /* 1 when the embedded default was used */

@@ -79,8 +79,8 @@ static int conversation(ds_kind kind, const json_t *arr, chat_message **msgs, si
             assistant += !strcmp(m[i].role, "assistant");
         if (assistant == 0) {
             chat_messages_free(m, count);
-            return chord_err_set(err,
-                                 "\"messages\": needs at least one assistant message (expert data)");
+            return chord_err_set(
+                err, "\"messages\": needs at least one assistant message (expert data)");
         }
     }
     *msgs = m;

@@ -140,7 +140,7 @@ static int train_seq_alloc(train_seq *s, int len) {
 /* The per-row arrays of one micro-batch of N rows and S sequences, carved from one growable
  * block (buf.h): a failed growth leaves the old block to the single free at the end. */
 typedef struct micro_batch_rows {
-    int32_t *tokens, *positions, *targets, *cu; /* (N), (N), (N), (S + 1) */
+    int32_t *tokens, *positions, *targets, *cu;        /* (N), (N), (N), (S + 1) */
     float *logp, *ent, *logp_old, *adv, *dlogp, *dent; /* (N) each */
     uint8_t *kind;                                     /* (N) */
 } micro_batch_rows;
@@ -219,10 +219,9 @@ static int train_on(trainer *t, train_seq *seqs, int n_seqs, const chord_loss_pa
                                .advantage = r.adv,
                                .entropy = r.ent,
                                .ref_logp = NULL};
-        if (chord_loss_micro_batch(lp, &lb, r.dlogp, want_entropy_grad ? r.dent : NULL, acc,
-                                   err) != 0)
-            goto done;
-        if (model_backward(t->m, r.dlogp, want_entropy_grad ? r.dent : NULL, err) != 0) goto done;
+        float *dent = want_entropy_grad ? r.dent : NULL;
+        if (chord_loss_micro_batch(lp, &lb, r.dlogp, dent, acc, err) != 0) goto done;
+        if (model_backward(t->m, r.dlogp, dent, err) != 0) goto done;
         *tokens_out += N;
         first = last + 1;
     }
@@ -882,16 +881,15 @@ static int setup(trainer *t, chord_err *err) {
         if (!env->prompts_path)
             return chord_err_set(err, "data.prompts: required by %s",
                                  jobconfig_algorithm_name(cfg->algorithm));
-        if (trainer_dataset_open(&t->prompts, env->prompts_path, DS_PROMPTS, cfg->seed,
-                                 err) != 0)
+        if (trainer_dataset_open(&t->prompts, env->prompts_path, DS_PROMPTS, cfg->seed, err) != 0)
             return chord_err_prefix(err, "data.prompts");
     }
     if (jobconfig_uses_expert(cfg->algorithm)) {
         if (!env->expert_path)
             return chord_err_set(err, "data.expert: required by %s",
                                  jobconfig_algorithm_name(cfg->algorithm));
-        if (trainer_dataset_open(&t->expert, env->expert_path, DS_EXPERT,
-                                 cfg->seed ^ 0x5eedull, err) != 0)
+        if (trainer_dataset_open(&t->expert, env->expert_path, DS_EXPERT, cfg->seed ^ 0x5eedull,
+                                 err) != 0)
             return chord_err_prefix(err, "data.expert");
     }
     if (env->eval_path &&

@@ -76,8 +76,8 @@ int trainer_dataset_open(trainer_dataset *ds, const char *path, ds_kind kind, ui
                                                          (size_t)ds->n + 2, sizeof *offsets);
                     if (!offsets) goto oom;
                     ds->offsets = offsets;
-                    int64_t *lines = chord_array_grow(ds->lines, &cap_lines, (size_t)ds->n + 1,
-                                                      sizeof *lines);
+                    int64_t *lines =
+                        chord_array_grow(ds->lines, &cap_lines, (size_t)ds->n + 1, sizeof *lines);
                     if (!lines) goto oom;
                     ds->lines = lines;
                     ds->offsets[ds->n] = line_start;
@@ -172,9 +172,9 @@ int trainer_dataset_item_at(trainer_dataset *ds, int64_t i, const tok_tokenizer 
     int prc = ds_parse_line(ds->kind, line, len, (uint64_t)lno, &rec, err);
     free(line);
     if (prc <= 0) /* a blank line cannot be indexed: the file changed since it was opened */
-        return prc < 0 ? chord_err_prefix(err, "%s", ds->path)
-                       : chord_err_set(err, "%s: line %lld: blank (the file changed)", ds->path,
-                                       lno);
+        return prc < 0
+                   ? chord_err_prefix(err, "%s", ds->path)
+                   : chord_err_set(err, "%s: line %lld: blank (the file changed)", ds->path, lno);
     int rc = -1;
     chat_encoding enc;
     memset(&enc, 0, sizeof enc);

@@ -158,7 +158,8 @@ static void test_expert(void **state) {
     assert_string_equal(rec.messages[1].content, "hello");
     ds_record_free(&rec);
 
-    expect_error(DS_EXPERT, EXPERT, 3, "line 3: \"messages\": needs at least one assistant message");
+    expect_error(DS_EXPERT, EXPERT, 3,
+                 "line 3: \"messages\": needs at least one assistant message");
     expect_error(DS_EXPERT, EXPERT, 4, "line 4: \"response\": required");
     expect_error(DS_EXPERT, EXPERT, 5, "line 5: \"response\": must be a string");
     expect_error(DS_EXPERT, EXPERT, 6,
@@ -196,7 +197,8 @@ static void test_rules(void **state) {
         {DS_PROMPTS, "{\"answer\": 1}", "\"prompt\": required (or \"messages\")"},
         {DS_EXPERT, "{\"response\": \"r\"}", "\"prompt\": required with \"response\""},
         {DS_PROMPTS, "{\"prompt\": \"\", \"answer\": 1}", "\"prompt\": must be a non-empty string"},
-        {DS_PROMPTS, "{\"messages\": [], \"answer\": 1}", "\"messages\": must be a non-empty array"},
+        {DS_PROMPTS, "{\"messages\": [], \"answer\": 1}",
+         "\"messages\": must be a non-empty array"},
         {DS_PROMPTS, "{\"messages\": {\"role\": \"user\"}, \"answer\": 1}",
          "\"messages\": must be a non-empty array"},
         /* text-part content: accepted everywhere */
@@ -270,11 +272,20 @@ static void test_numeric_answers(void **state) {
     static const struct {
         const char *json, *text;
     } cases[] = {
-        {"0.1", "0.1"},       {"4", "4"},         {"-7", "-7"},       {"1.0", "1"},
-        {"2.50", "2.5"},      {"1e21", "1e+21"},  {"1e20", "100000000000000000000"},
-        {"-0.0", "0"},        {"1e-7", "1e-7"},   {"0.000001", "0.000001"},
-        {"3.14159", "3.14159"}, {"12345678901234567", "12345678901234567"},
-        {"\"0.10\"", "0.10"}, {"\"\"", ""},
+        {"0.1", "0.1"},
+        {"4", "4"},
+        {"-7", "-7"},
+        {"1.0", "1"},
+        {"2.50", "2.5"},
+        {"1e21", "1e+21"},
+        {"1e20", "100000000000000000000"},
+        {"-0.0", "0"},
+        {"1e-7", "1e-7"},
+        {"0.000001", "0.000001"},
+        {"3.14159", "3.14159"},
+        {"12345678901234567", "12345678901234567"},
+        {"\"0.10\"", "0.10"},
+        {"\"\"", ""},
     };
     chord_err err = {0};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
@@ -396,8 +407,7 @@ static void test_long_line_and_missing_file(void **state) {
     unlink(path);
     free(path);
     free(buf);
-    assert_int_equal(trainer_dataset_open(&ds, "/nonexistent/data.jsonl", DS_PROMPTS, 1, &err),
-                     -1);
+    assert_int_equal(trainer_dataset_open(&ds, "/nonexistent/data.jsonl", DS_PROMPTS, 1, &err), -1);
     assert_int_equal(err.code, CHORD_E_NOT_FOUND);
     assert_non_null(strstr(err.msg, "/nonexistent/data.jsonl"));
     path = write_temp("\n \n", 3); /* blank lines only: no records */

@@ -49,7 +49,7 @@ int __wrap_model_adamw_step(model *m, float lr, float beta1, float beta2, float 
 
 #define MAX_LIVE 65536
 static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
-static int g_tracking;      /* account for realloc's blocks */
+static int g_tracking; /* account for realloc's blocks */
 static void *g_live[MAX_LIVE];
 static int g_n_live, g_overflow;
 static int g_inject;        /* fail one growth in the window below */
@@ -115,8 +115,8 @@ int __wrap_model_adamw_step(model *m, float lr, float beta1, float beta2, float 
                             float weight_decay, float grad_clip, double *grad_norm_out,
                             chord_err *err) {
     g_in_step = 0;
-    return __real_model_adamw_step(m, lr, beta1, beta2, eps, weight_decay, grad_clip,
-                                   grad_norm_out, err);
+    return __real_model_adamw_step(m, lr, beta1, beta2, eps, weight_decay, grad_clip, grad_norm_out,
+                                   err);
 }
 
 /* ---- the job --------------------------------------------------------------------------------- */
@@ -140,7 +140,8 @@ static int setup(void **state) {
     for (int i = 0; i < 4; i++) {
         fprintf(p, "{\"prompt\": \"%d+%d\", \"answer\": \"%d\"}\n", i, i, 2 * i);
         fprintf(e, "{\"prompt\": \"%d+%d\", \"response\": \"", i, i);
-        for (int k = 0; k < 12; k++) fprintf(e, "adding %d and %d, ", i, i);
+        for (int k = 0; k < 12; k++)
+            fprintf(e, "adding %d and %d, ", i, i);
         fprintf(e, "gives \\\\boxed{%d}\"}\n", 2 * i);
     }
     fclose(p);
@@ -211,8 +212,7 @@ static void test_out_of_memory_in_a_step_leaks_nothing(void **state) {
     print_message("failed as expected: %s\n", err.msg);
     assert_non_null(strstr(err.msg, "out of memory"));
     assert_false(g_overflow);
-    if (g_n_live != 0)
-        fail_msg("%d block(s) from realloc leaked by the failed step", g_n_live);
+    if (g_n_live != 0) fail_msg("%d block(s) from realloc leaked by the failed step", g_n_live);
 }
 
 int main(void) {
