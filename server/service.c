@@ -1,5 +1,7 @@
-/* service.c — the service's lifetime, its pool of SQLite handles, jobs (create / get / list /
- * cancel / metrics / samples), checkpoints listing, watches, health and the Prometheus text.
+/* service.c — the service's lifetime (open, shutdown, close: service.h draws it), its pool of
+ * SQLite handles, jobs (create / get / list / cancel / metrics / samples), the watches with
+ * their per-(job, since_step) fan-out that both transports stream from (a watch thread polls,
+ * each event is encoded once per transport), health and the Prometheus text.
  * Datasets, models, checkpoint files and rollouts are in service_data.c; the demo in
  * service_demo.c; the will-it-fit checks at submission in service_memory.c.
  *
@@ -126,6 +128,11 @@ void svc_store_put(svc *s, store *st) {
 
 /* ---- lifetime ----------------------------------------------------------------------------- */
 
+/* the watch thread (below, with the watches) */
+static void *hub_main(void *arg);
+static void hub_poll_all(svc *s);
+static void hub_stop(svc *s);
+
 static void hook_publish(void *user, const char *id) {
     svc_publish(user, id);
 }
@@ -178,6 +185,7 @@ int svc_open(const svc_options *opt, svc **out, chord_err *err) {
     if (!s) return oom(err);
     pthread_mutex_init(&s->pool_mu, NULL);
     pthread_mutex_init(&s->hub_mu, NULL);
+    pthread_cond_init(&s->hub_cv, NULL);
     pthread_mutex_init(&s->stats_mu, NULL);
     s->started = chord_now();
     s->started_ms = store_now_ms();
@@ -218,6 +226,12 @@ int svc_open(const svc_options *opt, svc **out, chord_err *err) {
     }
 
     if (jobs_devices_expand(opt->device, &s->devices, &s->n_devices, err)) goto fail;
+    if (pthread_create(&s->hub_thread, NULL, hub_main, s) != 0) {
+        chord_err_setc(err, CHORD_E_INTERNAL, "service: cannot start the watch thread: %s",
+                       strerror(errno));
+        goto fail;
+    }
+    s->hub_started = 1;
     if (opt->workers) {
         jobs_options jo = {.data_dir = s->data_dir,
                            .devices = (const char *const *)s->devices,
@@ -246,22 +260,18 @@ const char *const *svc_devices(const svc *s, int *n_devices) {
 
 void svc_shutdown(svc *s) {
     if (!s || atomic_exchange(&s->shut_down, 1)) return;
-    atomic_store(&s->stopping, 1);
+    atomic_store(&s->stopping, 1); /* from here on work is refused (CHORD_E_UNAVAILABLE) */
     LOG_INFO("service stopping: running jobs checkpoint and go back to the queue");
-    jobs_stop(s->jobs);
-    s->jobs = NULL;
-    /* wake every watcher: they see the final state or the end of the stream */
-    pthread_mutex_lock(&s->hub_mu);
-    for (svc_watch *w = s->watches; w; w = w->next) {
-        atomic_store(&w->dirty, 1);
-        if (w->notify) w->notify(w->user);
-    }
-    pthread_mutex_unlock(&s->hub_mu);
+    /* joins the workers; the pool stays valid for requests in flight until svc_close */
+    jobs_shutdown(s->jobs);
+    hub_poll_all(s); /* the watches see where each job stopped */
 }
 
 void svc_close(svc *s) {
     if (!s) return;
     svc_shutdown(s);
+    hub_stop(s);
+    jobs_free(s->jobs);
     for (size_t i = 0; i < s->n_free; i++)
         store_close(s->free_handles[i]);
     free(s->free_handles);
@@ -270,6 +280,7 @@ void svc_close(svc *s) {
     free(s->models_root);
     pthread_mutex_destroy(&s->pool_mu);
     pthread_mutex_destroy(&s->hub_mu);
+    pthread_cond_destroy(&s->hub_cv);
     pthread_mutex_destroy(&s->stats_mu);
     free(s);
 }
@@ -585,21 +596,344 @@ int svc_job_samples(svc *s, const char *id, int64_t step, size_t offset, size_t 
     return *out ? 0 : oom(err);
 }
 
-/* ---- watches ------------------------------------------------------------------------------ */
+/* ---- watches: one feed per (job, since_step), polled by the watch thread -------------------
+ * service.h draws the states of a feed and of a watch. Who touches what:
+ *   hub_mu (svc):  the feeds table, the poll queue, a feed's in_table, joinable, poll_queued.
+ *   feed mu:       its events, done / abandoned / err, its watches and their cursors.
+ *   watch thread:  a feed's poller position (last_state, next_step, last_ckpt_step, polled);
+ *                  it alone polls SQLite, with no lock held.
+ * Lock order: hub_mu -> feed mu -> notify's locks. A feed is freed by its last reference. */
+
+typedef struct svc_encoding {
+    const svc_codec *codec;
+    void *data;
+    struct svc_encoding *next;
+} svc_encoding;
+
+typedef struct feed_event {
+    svc_event ev;      /* ev.data is the feed's */
+    svc_encoding *enc; /* one per codec that asked for this event */
+} feed_event;
+
+struct svc_feed {
+    svc *s;
+    atomic_int refs; /* the table's, each watch's, the poll queue's */
+    char job_id[STORE_ID_MAX];
+    int64_t since_step;
+    /* (hub_mu) */
+    svc_feed *next; /* s->feeds */
+    int in_table;
+    int joinable; /* a joiner would get the whole history (JOINABLE) */
+    svc_feed *next_poll;
+    int poll_queued;
+    /* the poller's position (the watch thread's alone) */
+    int last_state; /* -1 before the first state event */
+    int64_t next_step;
+    int64_t last_ckpt_step;
+    size_t polled; /* events appended so far */
+    /* (mu) */
+    pthread_mutex_t mu;
+    feed_event *events; /* events[i - base] for i in [base, end) */
+    size_t base, end, cap;
+    int done;      /* FINISHED: the final event is in, or the poll failed (err) */
+    int abandoned; /* ABANDONED: no watch left; the events are released */
+    chord_err err; /* err.code set: the poll failed; the watches end with it */
+    svc_watch *watches;
+};
+
+struct svc_watch {
+    svc_feed *feed;
+    const svc_codec *codec;
+    svc_notify_fn notify;
+    void *user;
+    size_t cursor;   /* the next event to read (feed mu) */
+    svc_watch *next; /* feed->watches (feed mu) */
+    int done;        /* the owner's */
+};
+
+static void feed_event_release(feed_event *e) {
+    json_decref(e->ev.data);
+    e->ev.data = NULL;
+    for (svc_encoding *x = e->enc, *nx; x; x = nx) {
+        nx = x->next;
+        x->codec->release(x->data);
+        free(x);
+    }
+    e->enc = NULL;
+}
+
+/* Releases the events before `upto`. (mu, or the last reference) */
+static void feed_drop(svc_feed *f, size_t upto) {
+    if (upto <= f->base) return;
+    size_t drop = upto - f->base;
+    for (size_t i = 0; i < drop; i++)
+        feed_event_release(&f->events[i]);
+    memmove(f->events, f->events + drop, (f->end - upto) * sizeof *f->events);
+    f->base = upto;
+}
+
+/* Once the feed takes no joiners, releases what every watch has read, except the event each
+ * one was handed last (borrowed until its next call). (mu) */
+static void feed_trim(svc_feed *f) {
+    if (f->end <= SVC_FEED_JOIN_EVENTS) return;
+    size_t low = f->end;
+    for (svc_watch *w = f->watches; w; w = w->next) {
+        size_t keep = w->cursor > f->base ? w->cursor - 1 : f->base;
+        if (keep < low) low = keep;
+    }
+    feed_drop(f, low);
+}
+
+static void feed_unref(svc_feed *f) {
+    if (atomic_fetch_sub(&f->refs, 1) != 1) return;
+    feed_drop(f, f->end);
+    free(f->events);
+    pthread_mutex_destroy(&f->mu);
+    free(f);
+}
+
+/* Takes f out of the table; 1 when the caller must drop the table's reference. (hub_mu) */
+static int feed_untable_locked(svc *s, svc_feed *f) {
+    if (!f->in_table) return 0;
+    for (svc_feed **p = &s->feeds; *p; p = &(*p)->next) {
+        if (*p == f) {
+            *p = f->next;
+            break;
+        }
+    }
+    f->in_table = 0;
+    return 1;
+}
+
+/* Queues f for the watch thread (FIFO: no feed waits behind a busy one for ever). (hub_mu) */
+static void feed_queue_locked(svc *s, svc_feed *f) {
+    if (f->poll_queued) return;
+    f->poll_queued = 1;
+    atomic_fetch_add(&f->refs, 1); /* the queue's */
+    f->next_poll = NULL;
+    if (s->poll_tail)
+        s->poll_tail->next_poll = f;
+    else
+        s->poll_head = f;
+    s->poll_tail = f;
+    pthread_cond_signal(&s->hub_cv);
+}
 
 void svc_publish(svc *s, const char *id) {
     pthread_mutex_lock(&s->hub_mu);
-    for (svc_watch *w = s->watches; w; w = w->next) {
-        if (strcmp(w->job_id, id) != 0) continue;
-        atomic_store(&w->dirty, 1);
-        if (w->notify) w->notify(w->user);
-    }
+    for (svc_feed *f = s->feeds; f; f = f->next)
+        if (!strcmp(f->job_id, id)) feed_queue_locked(s, f);
     pthread_mutex_unlock(&s->hub_mu);
 }
 
-int svc_watch_open(svc *s, const char *job_id, int64_t since_step, svc_notify_fn notify, void *user,
-                   svc_watch **out, chord_err *err) {
+/* A FINISHED feed leaves the table: nobody joins it, nothing polls it. */
+static void feed_retire(svc *s, svc_feed *f) {
+    pthread_mutex_lock(&s->hub_mu);
+    int unref = feed_untable_locked(s, f);
+    pthread_mutex_unlock(&s->hub_mu);
+    if (unref) feed_unref(f);
+}
+
+static void feed_notify_locked(svc_feed *f) {
+    for (svc_watch *w = f->watches; w; w = w->next)
+        if (w->notify) w->notify(w->user);
+}
+
+/* The next event of the job after the poller's position: 1 with *ev (new data), 0 when nothing
+ * is new, -1 on error. (the watch thread) */
+static int feed_poll_one(svc_feed *f, store *st, svc_event *ev, chord_err *err) {
+    memset(ev, 0, sizeof *ev);
+    store_job j = {0};
+    int rc = store_job_get(st, f->job_id, &j, err);
+    if (rc) goto out;
+    int terminal = store_job_state_terminal(j.state);
+    /* a state change first (queued -> running, running -> queued on a stop) */
+    if (!terminal && (int)j.state != f->last_state) {
+        f->last_state = (int)j.state;
+        *ev = (svc_event){SVC_EVENT_STATE, j.current_step, 0, svc_job_json(&j)};
+        rc = ev->data ? 1 : oom(err);
+        goto out;
+    }
+    /* the next step, if stored */
+    store_metric_row *rows = NULL;
+    size_t n = 0;
+    int64_t next = f->next_step;
+    if (store_metrics_since(st, f->job_id, f->next_step, 1, &rows, &n, &next, err)) {
+        rc = -1;
+        goto out;
+    }
+    if (n > 0) {
+        json_t *steps = steps_json(rows, n);
+        json_t *one = steps ? json_incref(json_array_get(steps, 0)) : NULL;
+        json_decref(steps);
+        *ev = (svc_event){SVC_EVENT_STEP, rows[0].step, 0, one};
+        store_metric_rows_free(rows, n);
+        f->next_step = next;
+        rc = one ? 1 : oom(err);
+        goto out;
+    }
+    store_metric_rows_free(rows, n);
+    /* new checkpoints */
+    store_checkpoint *cks = NULL;
+    size_t nc = 0;
+    if (store_checkpoint_list(st, f->job_id, &cks, &nc, err)) {
+        rc = -1;
+        goto out;
+    }
+    for (size_t i = 0; i < nc; i++) {
+        if (cks[i].step <= f->last_ckpt_step) continue;
+        f->last_ckpt_step = cks[i].step;
+        *ev = (svc_event){SVC_EVENT_CHECKPOINT, cks[i].step, 0, svc_checkpoint_json(&cks[i])};
+        store_checkpoint_list_free(cks, nc);
+        rc = ev->data ? 1 : oom(err);
+        goto out;
+    }
+    store_checkpoint_list_free(cks, nc);
+    if (terminal) {
+        *ev = (svc_event){SVC_EVENT_STATE, j.current_step, 1, svc_job_json(&j)};
+        rc = ev->data ? 1 : oom(err);
+        goto out;
+    }
+    rc = 0;
+out:
+    store_job_free(&j);
+    return rc;
+}
+
+/* Adds a polled event (takes ev->data) and wakes the watches. 1: poll on; 0: the feed is
+ * finished or abandoned; -1 with err on failure. (the watch thread) */
+static int feed_append(svc *s, svc_feed *f, svc_event *ev, chord_err *err) {
+    if (f->polled == SVC_FEED_JOIN_EVENTS) {
+        /* JOINABLE -> STREAMING before the history outgrows what a joiner is replayed: from
+         * here on events may be released (feed_trim) */
+        pthread_mutex_lock(&s->hub_mu);
+        f->joinable = 0;
+        pthread_mutex_unlock(&s->hub_mu);
+    }
+    pthread_mutex_lock(&f->mu);
+    if (f->abandoned) {
+        pthread_mutex_unlock(&f->mu);
+        json_decref(ev->data);
+        return 0;
+    }
+    if (f->end - f->base == f->cap) {
+        size_t cap = f->cap ? f->cap * 2 : 16;
+        feed_event *events = realloc(f->events, cap * sizeof *events);
+        if (!events) {
+            pthread_mutex_unlock(&f->mu);
+            json_decref(ev->data);
+            return oom(err);
+        }
+        f->events = events;
+        f->cap = cap;
+    }
+    f->events[f->end - f->base] = (feed_event){*ev, NULL};
+    f->end++;
+    f->polled++;
+    if (ev->final) f->done = 1; /* FINISHED */
+    int done = f->done;
+    feed_notify_locked(f);
+    pthread_mutex_unlock(&f->mu);
+    if (done) feed_retire(s, f);
+    return done ? 0 : 1;
+}
+
+/* The poll failed: the watches end with err once they have read what came before. */
+static void feed_fail(svc *s, svc_feed *f, const chord_err *err) {
+    pthread_mutex_lock(&f->mu);
+    if (!f->done && !f->abandoned) {
+        f->err = *err;
+        if (!f->err.code) f->err.code = CHORD_E_INTERNAL;
+        f->done = 1;
+        feed_notify_locked(f);
+    }
+    pthread_mutex_unlock(&f->mu);
+    feed_retire(s, f);
+}
+
+/* Polls until nothing is new (one SQLite handle, no lock held while reading). */
+static void feed_poll(svc *s, svc_feed *f) {
+    pthread_mutex_lock(&f->mu);
+    int idle = f->done || f->abandoned;
+    pthread_mutex_unlock(&f->mu);
+    if (idle) return;
+    chord_err err = {0};
+    store *st = svc_store_get(s, &err);
+    int rc = st ? 1 : -1;
+    while (rc == 1) {
+        svc_event ev;
+        rc = feed_poll_one(f, st, &ev, &err);
+        if (rc == 1) rc = feed_append(s, f, &ev, &err);
+    }
+    svc_store_put(s, st);
+    if (rc < 0) feed_fail(s, f, &err);
+}
+
+/* The watch thread: polls the feeds svc_publish (a worker, a cancel) and svc_watch_open queue.
+ * Lives from svc_open to svc_close. */
+static void *hub_main(void *arg) {
+    svc *s = arg;
+    pthread_setname_np(pthread_self(), "svc-watch");
+    pthread_mutex_lock(&s->hub_mu);
+    for (;;) {
+        while (!s->poll_head && !s->hub_stop)
+            pthread_cond_wait(&s->hub_cv, &s->hub_mu);
+        if (s->hub_stop) break; /* svc_close drops what is left */
+        svc_feed *f = s->poll_head;
+        s->poll_head = f->next_poll;
+        if (!s->poll_head) s->poll_tail = NULL;
+        f->next_poll = NULL;
+        f->poll_queued = 0; /* a publish from now on polls it again */
+        pthread_mutex_unlock(&s->hub_mu);
+        feed_poll(s, f);
+        feed_unref(f); /* the queue's */
+        pthread_mutex_lock(&s->hub_mu);
+    }
+    pthread_mutex_unlock(&s->hub_mu);
+    return NULL;
+}
+
+/* svc_shutdown: every feed polls once more. */
+static void hub_poll_all(svc *s) {
+    pthread_mutex_lock(&s->hub_mu);
+    for (svc_feed *f = s->feeds; f; f = f->next)
+        feed_queue_locked(s, f);
+    pthread_mutex_unlock(&s->hub_mu);
+}
+
+/* svc_close: joins the watch thread and drops what it left — polls it never ran, and feeds
+ * (none once every watch is closed, which svc_close's caller promised). */
+static void hub_stop(svc *s) {
+    if (s->hub_started) {
+        pthread_mutex_lock(&s->hub_mu);
+        s->hub_stop = 1;
+        pthread_cond_broadcast(&s->hub_cv);
+        pthread_mutex_unlock(&s->hub_mu);
+        pthread_join(s->hub_thread, NULL);
+        s->hub_started = 0;
+    }
+    while (s->poll_head) {
+        svc_feed *f = s->poll_head;
+        s->poll_head = f->next_poll;
+        f->poll_queued = 0;
+        feed_unref(f);
+    }
+    s->poll_tail = NULL;
+    while (s->feeds) {
+        svc_feed *f = s->feeds;
+        s->feeds = f->next;
+        f->in_table = 0;
+        if (f->watches) LOG_WARN("service closing with a watch of job %s still open", f->job_id);
+        feed_unref(f);
+    }
+}
+
+int svc_watch_open(svc *s, const char *job_id, int64_t since_step, const svc_codec *codec,
+                   svc_notify_fn notify, void *user, svc_watch **out, chord_err *err) {
     *out = NULL;
+    if (!codec || !codec->encode || !codec->release)
+        return chord_err_setc(err, CHORD_E_INTERNAL, "watch: a codec is required");
+    if (since_step < 0) since_step = 0;
     store *st = svc_store_get(s, err);
     if (!st) return -1;
     store_job j = {0};
@@ -611,117 +945,123 @@ int svc_watch_open(svc *s, const char *job_id, int64_t since_step, svc_notify_fn
         store_job_free(&j);
         return oom(err);
     }
-    w->s = s;
-    memcpy(w->job_id, j.id, STORE_ID_MAX);
-    store_job_free(&j);
+    w->codec = codec;
     w->notify = notify;
     w->user = user;
-    w->recheck = 1;
-    w->last_state = -1;
-    w->next_step = since_step < 0 ? 0 : since_step;
-    w->last_ckpt_step = w->next_step - 1;
     pthread_mutex_lock(&s->hub_mu);
-    w->next = s->watches;
-    s->watches = w;
+    svc_feed *f = NULL;
+    for (svc_feed *it = s->feeds; it && !f; it = it->next)
+        if (it->joinable && it->since_step == since_step && !strcmp(it->job_id, j.id)) f = it;
+    if (f) { /* join: the whole history first (nothing was released while joinable) */
+        atomic_fetch_add(&f->refs, 1); /* the watch's */
+        pthread_mutex_lock(&f->mu);
+        w->cursor = f->base;
+        w->next = f->watches;
+        f->watches = w;
+        pthread_mutex_unlock(&f->mu);
+    } else {
+        f = calloc(1, sizeof *f);
+        if (!f) {
+            pthread_mutex_unlock(&s->hub_mu);
+            store_job_free(&j);
+            free(w);
+            return oom(err);
+        }
+        f->s = s;
+        atomic_init(&f->refs, 2); /* the table's and the watch's */
+        memcpy(f->job_id, j.id, STORE_ID_MAX);
+        f->since_step = since_step;
+        f->joinable = 1;
+        f->in_table = 1;
+        f->last_state = -1;
+        f->next_step = since_step;
+        f->last_ckpt_step = since_step - 1;
+        pthread_mutex_init(&f->mu, NULL);
+        f->watches = w;
+        f->next = s->feeds;
+        s->feeds = f;
+        feed_queue_locked(s, f); /* the first poll: the job's current state */
+    }
     pthread_mutex_unlock(&s->hub_mu);
+    store_job_free(&j);
+    w->feed = f;
     *out = w;
     return 0;
+}
+
+int svc_watch_next(svc_watch *w, const void **encoded, int *final, chord_err *err) {
+    *encoded = NULL;
+    *final = 0;
+    if (w->done) return 0;
+    svc_feed *f = w->feed;
+    int rc = 0;
+    pthread_mutex_lock(&f->mu);
+    if (f->end - w->cursor > SVC_WATCH_MAX_LAG) {
+        rc = chord_err_setc(err, CHORD_E_TOO_LARGE,
+                            "this watcher fell %zu events behind; watch again with since_step",
+                            f->end - w->cursor);
+    } else if (w->cursor < f->end) {
+        feed_event *e = &f->events[w->cursor - f->base];
+        svc_encoding *x = e->enc;
+        while (x && x->codec != w->codec)
+            x = x->next;
+        if (!x) { /* the first watch with this codec to read the event encodes it */
+            void *data = w->codec->encode(&e->ev, err);
+            x = data ? calloc(1, sizeof *x) : NULL;
+            if (x) {
+                *x = (svc_encoding){w->codec, data, e->enc};
+                e->enc = x;
+            } else if (data) {
+                w->codec->release(data);
+                oom(err);
+            }
+        }
+        if (x) {
+            *encoded = x->data;
+            *final = e->ev.final;
+            w->cursor++;
+            feed_trim(f);
+            rc = 1;
+        } else {
+            rc = -1;
+        }
+    } else if (f->done && f->err.code) {
+        if (err) *err = f->err;
+        rc = -1;
+    }
+    pthread_mutex_unlock(&f->mu);
+    if (rc < 0 || (rc == 1 && *final)) w->done = 1;
+    return rc;
 }
 
 int svc_watch_done(const svc_watch *w) {
     return w->done;
 }
 
-static int watch_event(svc_watch *w, svc_event *ev, svc_event_type type, int64_t step, json_t *data,
-                       chord_err *err) {
-    if (!data) return oom(err);
-    ev->type = type;
-    ev->step = step;
-    ev->data = data;
-    ev->final = 0;
-    w->recheck = 1;
-    return 1;
-}
-
-int svc_watch_poll(svc_watch *w, svc_event *ev, chord_err *err) {
-    memset(ev, 0, sizeof *ev);
-    if (w->done) return 0;
-    if (!w->recheck && !atomic_exchange(&w->dirty, 0)) return 0;
-    w->recheck = 0;
-    atomic_store(&w->dirty, 0);
-    svc *s = w->s;
-    store *st = svc_store_get(s, err);
-    if (!st) return -1;
-    store_job j = {0};
-    int rc = store_job_get(st, w->job_id, &j, err);
-    if (rc) goto out;
-    int terminal = store_job_state_terminal(j.state);
-    /* a state change first (queued → running, running → queued on a stop) */
-    if (!terminal && (int)j.state != w->last_state) {
-        w->last_state = (int)j.state;
-        rc = watch_event(w, ev, SVC_EVENT_STATE, j.current_step, svc_job_json(&j), err);
-        goto out;
-    }
-    /* the next step, if stored */
-    store_metric_row *rows = NULL;
-    size_t n = 0;
-    int64_t next = w->next_step;
-    if (store_metrics_since(st, w->job_id, w->next_step, 1, &rows, &n, &next, err)) {
-        rc = -1;
-        goto out;
-    }
-    if (n > 0) {
-        json_t *steps = steps_json(rows, n);
-        json_t *one = steps ? json_incref(json_array_get(steps, 0)) : NULL;
-        json_decref(steps);
-        int64_t step = rows[0].step;
-        store_metric_rows_free(rows, n);
-        w->next_step = next;
-        rc = watch_event(w, ev, SVC_EVENT_STEP, step, one, err);
-        goto out;
-    }
-    store_metric_rows_free(rows, n);
-    /* new checkpoints */
-    store_checkpoint *cks = NULL;
-    size_t nc = 0;
-    if (store_checkpoint_list(st, w->job_id, &cks, &nc, err)) {
-        rc = -1;
-        goto out;
-    }
-    for (size_t i = 0; i < nc; i++) {
-        if (cks[i].step <= w->last_ckpt_step) continue;
-        w->last_ckpt_step = cks[i].step;
-        rc = watch_event(w, ev, SVC_EVENT_CHECKPOINT, cks[i].step, svc_checkpoint_json(&cks[i]),
-                         err);
-        store_checkpoint_list_free(cks, nc);
-        goto out;
-    }
-    store_checkpoint_list_free(cks, nc);
-    if (terminal) {
-        w->done = 1;
-        rc = watch_event(w, ev, SVC_EVENT_STATE, j.current_step, svc_job_json(&j), err);
-        if (rc == 1) ev->final = 1;
-        w->recheck = 0;
-        goto out;
-    }
-    rc = 0;
-out:
-    store_job_free(&j);
-    svc_store_put(s, st);
-    return rc;
-}
-
 void svc_watch_close(svc_watch *w) {
     if (!w) return;
-    svc *s = w->s;
+    svc_feed *f = w->feed;
+    svc *s = f->s;
+    int untabled = 0;
     pthread_mutex_lock(&s->hub_mu);
-    for (svc_watch **p = &s->watches; *p; p = &(*p)->next) {
+    pthread_mutex_lock(&f->mu);
+    for (svc_watch **p = &f->watches; *p; p = &(*p)->next) {
         if (*p == w) {
             *p = w->next;
             break;
         }
     }
+    if (!f->watches) { /* ABANDONED: stop polling, release the events now */
+        f->abandoned = 1;
+        feed_drop(f, f->end);
+        untabled = feed_untable_locked(s, f);
+    } else {
+        feed_trim(f);
+    }
+    pthread_mutex_unlock(&f->mu);
     pthread_mutex_unlock(&s->hub_mu);
+    if (untabled) feed_unref(f);
+    feed_unref(f); /* the watch's */
     free(w);
 }
 

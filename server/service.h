@@ -9,9 +9,24 @@
  * upload over the limit or work that would not fit a device's memory, CHORD_E_UNAVAILABLE a
  * server that is stopping.
  *
- * Threading: every function may be called from any thread at any time (the service keeps a
- * pool of SQLite handles, one per concurrent caller). An upload handle and a watch belong to one
- * caller at a time (not necessarily the same thread across calls).
+ * Threading: every function may be called from any thread at any time between svc_open and
+ * svc_close (the service keeps a pool of SQLite handles, one per concurrent caller). An upload
+ * handle and a watch belong to one caller at a time (not necessarily the same thread across
+ * calls).
+ *
+ * Lifetime (as llama.cpp's server keeps its task queue for the whole process): what a request
+ * thread can reach — the service, its jobs pool, its watch feeds, its SQLite handles — lives
+ * until svc_close; svc_shutdown only flips a flag and joins the workers.
+ *
+ *     svc_open ----> SERVING ---- svc_shutdown ----> STOPPING ---- svc_close ----> (freed)
+ *                                 (SIGTERM)          svc_stopping() is 1: work is
+ *                                                    refused with CHORD_E_UNAVAILABLE,
+ *                                                    reads and watches still answer
+ *
+ * chordd's order (api/cmd_serve.c): quiesce both transports (no new connections or calls),
+ * svc_shutdown (running jobs checkpoint and go back to the queue; requests still in flight get
+ * their answer or CHORD_E_UNAVAILABLE), stop both transports (every request thread has
+ * returned, every watch is closed), then svc_close.
  *
  * What this is not: no HTTP, no gRPC, no training logic. Jobs run in server/jobs (one worker
  * thread per device) through the trainer seam (server/train/trainer.h). */
@@ -46,11 +61,16 @@ typedef struct svc_options {
  * (they resume from their last checkpoint), opens one backend per device and starts a worker on
  * each. */
 int svc_open(const svc_options *opt, svc **out, chord_err *err);
-/* Graceful stop, idempotent: new jobs, uploads and rollouts are refused (CHORD_E_UNAVAILABLE),
- * each running job is asked to stop after its current step with a checkpoint and goes back to
- * queued (the next start resumes it), workers are joined, watches see the end. */
+/* Graceful stop (SERVING -> STOPPING), idempotent, any thread, while requests are in flight:
+ * new jobs, uploads and rollouts are refused (CHORD_E_UNAVAILABLE), each running job is asked to
+ * stop after its current step with a checkpoint and goes back to queued (the next start resumes
+ * it), workers are joined (jobs_shutdown), watches are woken to see the jobs' last state. Frees
+ * nothing: every other function stays callable until svc_close. */
 void svc_shutdown(svc *s);
-/* svc_shutdown, then closes every SQLite handle and frees the service. NULL is allowed. */
+/* svc_shutdown, then stops the watch thread, frees the jobs pool, closes every SQLite handle and
+ * frees the service. Call it only once nothing can call into the service any more (both
+ * transports stopped, every watch closed, every upload committed or aborted). NULL is
+ * allowed. */
 void svc_close(svc *s);
 /* 1 once svc_shutdown started. */
 int svc_stopping(const svc *s);
@@ -155,13 +175,56 @@ const char *svc_models_root(const svc *s);
 int svc_rollout_create(svc *s, const json_t *doc, json_t **rollout, chord_err *err);
 int svc_rollout_get(svc *s, const char *id, json_t **rollout, chord_err *err);
 
-/* ---- watching a job (SSE now, gRPC streaming later) ---------------------------------------
+/* ---- watching a job (REST's Server-Sent Events, gRPC's WatchJob) ----------------------------
  * A watch delivers a job's events in order: "state" when it changes (not terminal), one "step"
  * per step from since_step on, "checkpoint" per new checkpoint, then one final "state" event
- * (terminal state) after which the watch is done. notify(user) is called from a worker thread
- * (or the cancelling caller) when something new may be there: it must be cheap and must not
- * call back into the watch (resume a connection, post an alarm). Nothing blocks: the owner
- * calls svc_watch_poll when notified (and at start) until it returns 0. */
+ * (terminal state) after which the watch is done.
+ *
+ * The fan-out (one implementation for both transports): every watch of the same (job,
+ * since_step) opened while the first SVC_FEED_JOIN_EVENTS events are still held shares one
+ * feed. The service's watch thread polls SQLite once per change for the feed (not once per
+ * watcher), keeps each event, and encodes it once per codec (a transport's wire form: an SSE
+ * frame, a packed protobuf) on the first svc_watch_next that asks; every watch of the feed then
+ * reads the same bytes at its own pace. A later watcher, or one on another since_step, gets a
+ * feed of its own (and the whole history of a shared one: a joiner starts at the feed's first
+ * event). Events every watch has read are dropped once the feed stopped taking joiners.
+ *
+ * A feed (service.c, struct svc_feed):
+ *
+ *   svc_watch_open (none to join) --> JOINABLE --- event SVC_FEED_JOIN_EVENTS+1 -------+
+ *                                        |         (feed_append: the whole history      |
+ *                                        |          is no longer guaranteed)            v
+ *                                        |                                          STREAMING
+ *                                        +---- the final event, or a poll error ------+ |
+ *                                        |     (feed_poll; out of the table: no       | |
+ *                                        |      joiner, no more polls)                v v
+ *                                        |                                         FINISHED
+ *                                        +---- the last watch closes (svc_watch_close, from
+ *                                              any state; out of the table, events released)
+ *                                              --> ABANDONED; freed with the last reference
+ *                                              (the table's, each watch's, the poll queue's)
+ *
+ * A watch (the caller's handle on a feed):
+ *
+ *   svc_watch_open --> WAITING <---- svc_watch_next returns 0 (nothing new) ------+
+ *                         |                                                       |
+ *                         +-- notify(user) (watch thread, after an event is      |
+ *                         |   added; or svc_shutdown) --> svc_watch_next 1 ------+
+ *                         |                                   |
+ *                         |                                   +-- the final event --> DONE
+ *                         +-- svc_watch_next -1: the feed failed, or the watcher fell
+ *                         |   SVC_WATCH_MAX_LAG events behind (CHORD_E_TOO_LARGE) --> DONE
+ *                         +-- svc_watch_close (from any state) --> closed: notify is
+ *                             never called again
+ *
+ * notify(user) is called from the service's watch thread with the feed's lock held: it must be
+ * cheap and must not call back into the watch (flag a connection and post to its owner's
+ * thread). Nothing blocks: the owner calls svc_watch_next when notified (and at start) until it
+ * returns 0. Lock order, outermost first: the caller's own lock (a gRPC call's mu) -> the
+ * service's hub lock -> a feed's lock -> whatever notify takes. */
+
+#define SVC_FEED_JOIN_EVENTS 256
+#define SVC_WATCH_MAX_LAG 10000
 
 typedef enum { SVC_EVENT_STATE = 0, SVC_EVENT_STEP = 1, SVC_EVENT_CHECKPOINT = 2 } svc_event_type;
 
@@ -170,19 +233,30 @@ typedef struct svc_event {
     int64_t step; /* the step (STEP, CHECKPOINT) or the job's current step (STATE) */
     int final;    /* 1 on the terminal state event: the last one */
     json_t *data; /* STEP: {"step", "metrics"}; STATE: the job; CHECKPOINT: the checkpoint.
-                     Owned by the caller (json_decref). */
+                     The feed's: read-only for a codec. */
 } svc_event;
+
+/* A transport's wire form of an event, made once per event and shared by every watch of the
+ * feed that uses the same codec (compared by address: keep it static). */
+typedef struct svc_codec {
+    /* The encoding of ev (malloc'd, or any object release frees), or NULL with err. Called
+     * with the feed's lock held: must not call into the watch API. */
+    void *(*encode)(const svc_event *ev, chord_err *err);
+    void (*release)(void *encoded);
+} svc_codec;
 
 typedef struct svc_watch svc_watch;
 typedef void (*svc_notify_fn)(void *user);
 
-/* CHORD_E_NOT_FOUND for an unknown job. since_step < 0 means 0. */
-int svc_watch_open(svc *s, const char *job_id, int64_t since_step, svc_notify_fn notify, void *user,
-                   svc_watch **out, chord_err *err);
-/* 1 with *ev filled, 0 when nothing new (wait for notify; also 0 forever once done), -1 on
- * error. */
-int svc_watch_poll(svc_watch *w, svc_event *ev, chord_err *err);
-/* 1 once the final event was delivered. */
+/* CHORD_E_NOT_FOUND for an unknown job. since_step < 0 means 0. codec is required. */
+int svc_watch_open(svc *s, const char *job_id, int64_t since_step, const svc_codec *codec,
+                   svc_notify_fn notify, void *user, svc_watch **out, chord_err *err);
+/* 1 with *encoded the next event in the codec's form — borrowed: valid until the next
+ * svc_watch_next or svc_watch_close of this watch — and *final 1 on the last event; 0 when
+ * nothing new (wait for notify; also 0 for ever once done); -1 with err when the watch cannot go
+ * on (then done). */
+int svc_watch_next(svc_watch *w, const void **encoded, int *final, chord_err *err);
+/* 1 once the final event was delivered (or svc_watch_next failed). */
 int svc_watch_done(const svc_watch *w);
 /* After it returns, notify is never called again for this watch. NULL is allowed. */
 void svc_watch_close(svc_watch *w);

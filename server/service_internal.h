@@ -33,19 +33,9 @@ typedef struct svc_latency {
     double sum;
 } svc_latency;
 
-struct svc_watch {
-    svc *s;
-    char job_id[STORE_ID_MAX];
-    svc_notify_fn notify;
-    void *user;
-    atomic_int dirty; /* set by publish: something may be new */
-    int recheck;      /* the last poll returned an event: look again */
-    int done;
-    int last_state; /* -1 before the first state event */
-    int64_t next_step;
-    int64_t last_ckpt_step;
-    struct svc_watch *next;
-};
+/* A job's event feed shared by its watches (service.c: the fan-out; service.h draws its
+ * states). */
+typedef struct svc_feed svc_feed;
 
 struct svc {
     char *data_dir;
@@ -58,14 +48,20 @@ struct svc {
     atomic_int shut_down; /* svc_shutdown ran */
     char **devices;
     int n_devices;
-    jobs_pool *jobs;
+    jobs_pool *jobs; /* set by svc_open, freed by svc_close: never changes in between */
 
     pthread_mutex_t pool_mu; /* the store handle pool */
     store **free_handles;
     size_t n_free, cap_free;
 
-    pthread_mutex_t hub_mu; /* watches */
-    svc_watch *watches;
+    /* the watch hub: feeds by (job, since_step) and the thread that polls them */
+    pthread_mutex_t hub_mu;
+    pthread_cond_t hub_cv;
+    svc_feed *feeds;                 /* feeds that take joiners and polls (hub_mu) */
+    svc_feed *poll_head, *poll_tail; /* feeds to poll, oldest first (hub_mu) */
+    int hub_stop;                    /* (hub_mu) */
+    pthread_t hub_thread;
+    int hub_started;
 
     pthread_mutex_t stats_mu; /* Prometheus counters */
     svc_route_stat routes[SVC_MAX_ROUTES * 4];
@@ -86,7 +82,8 @@ void svc_store_put(svc *s, store *st);
  * an unknown one (CHORD_E_NOT_FOUND). Returns rc. */
 int svc_by_id(int rc, chord_err *err);
 
-/* Wakes every watch of `id` (a job). */
+/* Something about job `id` changed (a state, a step, a checkpoint): its feeds are polled. Cheap
+ * (the watch thread polls); any thread. */
 void svc_publish(svc *s, const char *id);
 
 /* RFC 3339 string for a timestamp, or JSON null when ms is 0. */

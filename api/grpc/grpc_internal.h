@@ -20,7 +20,6 @@
 #include "server/service.h"
 
 typedef struct gcall gcall;
-typedef struct gfeed gfeed;
 
 /* A completion-queue tag: the call it belongs to and what to do when its batch completes. */
 typedef struct gtag {
@@ -71,9 +70,7 @@ struct gcall {
     grpc_slice status_details;
     int has_status_details;
     /* per-method state */
-    gfeed *feed;      /* WatchJob: the shared feed it reads (grpc_watch.c) */
-    size_t cursor;    /* WatchJob: index of the next feed event to send */
-    gcall *next_sub;  /* WatchJob: feed's subscriber list link (feed mu) */
+    svc_watch *watch; /* WatchJob: its watch on the service's shared feed (grpc_watch.c) */
     svc_upload *up;   /* UploadDataset */
     int chunks;       /* UploadDataset: messages received */
     char kind[16];    /* UploadDataset: the first chunk's kind */
@@ -102,11 +99,8 @@ struct api_grpc {
     pthread_cond_t pump_cv;
     gcall *pump_head; /* (pump_mu) */
     int pump_stop;    /* (pump_mu) */
-    gfeed *feed_head; /* feeds to poll (pump_mu) */
     pthread_mutex_t streams_mu;
     gcall *streams; /* open streaming calls (streams_mu) */
-    pthread_mutex_t feeds_mu;
-    gfeed *feeds; /* one per (job, since_step) being watched (feeds_mu) */
 };
 
 extern const gmethod api_grpc_methods[];
@@ -136,44 +130,13 @@ void gcall_notify(void *user);
 
 grpc_status_code api_grpc_status_of(int chord_code);
 
-/* ---- WatchJob feeds (grpc_watch.c) --------------------------------------------------------- */
+/* ---- WatchJob (grpc_watch.c) ---------------------------------------------------------------- */
 
-/* WatchJob's open and pump (gmethod). */
+/* WatchJob's open and pump (gmethod): a service watch (service.h's fan-out) read through the
+ * JobEvent codec. */
 int api_grpc_watch_open(gcall *c, const ProtobufCMessage *req, chord_err *err);
 void api_grpc_watch_pump(gcall *c);
-/* Polls the feed's service watch and hands new events to its subscribers (pump thread). */
-void api_grpc_feed_pump(gfeed *f);
-void api_grpc_feed_unref(gfeed *f);
-/* Takes the call off its feed (on_close, c->mu held). */
+/* Closes the call's watch (on_close, c->mu held): no notify after it returns. */
 void api_grpc_watch_leave(gcall *c);
-/* Queues a feed for the pump thread. */
-void api_grpc_feed_kick(gfeed *f);
-
-void api_grpc_feed_ref(gfeed *f);
-
-/* One service watch shared by every WatchJob call on the same (job, since_step): each event
- * is polled and encoded once, and its bytes (a refcounted slice) go to every subscriber. A
- * feed takes new subscribers while it holds its whole history (the first FEED_JOIN_EVENTS
- * events); later watchers start a feed of their own. Owned by its references: the feeds
- * table's, each subscriber's, the pump queue's. */
-struct gfeed {
-    api_grpc *g;
-    atomic_int refs;
-    char job_id[64];
-    int64_t since_step;
-    gfeed *next;      /* api_grpc.feeds (feeds_mu) */
-    int in_table;     /* (feeds_mu) */
-    gfeed *next_pump; /* (api_grpc.pump_mu) */
-    int pump_queued;  /* (api_grpc.pump_mu) */
-
-    pthread_mutex_t mu;
-    svc_watch *watch;   /* NULL once the final event is in, or nobody listens */
-    grpc_slice *events; /* events[i - base]: packed chord.v1.JobEvent number i */
-    unsigned char *final;
-    size_t base, end, cap;
-    int done;      /* the final event is in (or the feed failed / was abandoned) */
-    chord_err err; /* err.code set: the watch failed; subscribers end with it */
-    gcall *subs;   /* subscribers, linked by gcall.next_sub */
-};
 
 #endif

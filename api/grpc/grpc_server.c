@@ -51,7 +51,8 @@ static void call_ref(gcall *c) {
 static void call_unref(gcall *c) {
     if (atomic_fetch_sub(&c->refs, 1) != 1) return;
     /* no batch in flight, not queued, not registered: nobody else can reach c */
-    svc_upload_abort(c->up); /* (a feed was left in on_close) */
+    svc_upload_abort(c->up); /* (on_close left the watch; a watch open here would be a bug) */
+    svc_watch_close(c->watch);
     if (c->payload) grpc_byte_buffer_destroy(c->payload);
     if (c->send_buf) grpc_byte_buffer_destroy(c->send_buf);
     if (c->has_status_details) grpc_slice_unref(c->status_details);
@@ -239,7 +240,7 @@ static void on_close(gcall *c, int ok) {
         svc_upload_abort(c->up);
         c->up = NULL;
     }
-    if (c->feed) api_grpc_watch_leave(c);
+    if (c->watch) api_grpc_watch_leave(c);
     pthread_mutex_unlock(&c->mu);
     api_grpc *g = c->g;
     int registered = 0;
@@ -289,39 +290,14 @@ void gcall_notify(void *user) {
     gcall_kick(user);
 }
 
-void api_grpc_feed_kick(gfeed *f) {
-    api_grpc *g = f->g;
-    pthread_mutex_lock(&g->pump_mu);
-    if (!f->pump_queued) {
-        f->pump_queued = 1;
-        api_grpc_feed_ref(f);
-        f->next_pump = g->feed_head;
-        g->feed_head = f;
-        pthread_cond_signal(&g->pump_cv);
-    }
-    pthread_mutex_unlock(&g->pump_mu);
-}
-
 static void *pump_main(void *arg) {
     api_grpc *g = arg;
     pthread_setname_np(pthread_self(), "grpc-pump");
     pthread_mutex_lock(&g->pump_mu);
     for (;;) {
-        while (!g->pump_head && !g->feed_head && !g->pump_stop)
+        while (!g->pump_head && !g->pump_stop)
             pthread_cond_wait(&g->pump_cv, &g->pump_mu);
         int stop = g->pump_stop;
-        /* feeds first: they produce what the calls send */
-        gfeed *f = g->feed_head;
-        if (f) {
-            g->feed_head = f->next_pump;
-            f->next_pump = NULL;
-            f->pump_queued = 0;
-            pthread_mutex_unlock(&g->pump_mu);
-            if (!stop) api_grpc_feed_pump(f);
-            api_grpc_feed_unref(f);
-            pthread_mutex_lock(&g->pump_mu);
-            continue;
-        }
         gcall *c = g->pump_head;
         if (!c) break; /* stopping and drained */
         /* one at a time: a kick may requeue c (and relink next_pump) as soon as it is out */
@@ -517,7 +493,6 @@ int api_grpc_start(svc *s, const api_grpc_options *opt, api_grpc **out, chord_er
     pthread_mutex_init(&g->pump_mu, NULL);
     pthread_cond_init(&g->pump_cv, NULL);
     pthread_mutex_init(&g->streams_mu, NULL);
-    pthread_mutex_init(&g->feeds_mu, NULL);
     g->shutdown_tag = (gtag){NULL, on_shutdown};
     grpc_init();
 
@@ -613,7 +588,6 @@ fail_early:
     pthread_mutex_destroy(&g->pump_mu);
     pthread_cond_destroy(&g->pump_cv);
     pthread_mutex_destroy(&g->streams_mu);
-    pthread_mutex_destroy(&g->feeds_mu);
     free(g);
     return -1;
 }
@@ -690,6 +664,5 @@ void api_grpc_stop(api_grpc *g) {
     pthread_mutex_destroy(&g->pump_mu);
     pthread_cond_destroy(&g->pump_cv);
     pthread_mutex_destroy(&g->streams_mu);
-    pthread_mutex_destroy(&g->feeds_mu);
     free(g);
 }

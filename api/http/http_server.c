@@ -80,28 +80,27 @@ enum MHD_Result http_send_error(http_req *r, unsigned status, const char *code, 
     return http_send_json(r, status, doc);
 }
 
-enum MHD_Result http_send_err(http_req *r, const chord_err *err) {
-    unsigned status = 500;
-    const char *code = "internal";
-    switch (err->code) {
+/* The HTTP status and error code of a chord_err category. */
+static const char *err_code(int chord_code, unsigned *status) {
+    switch (chord_code) {
     case CHORD_E_INVALID:
-        status = 400, code = "invalid_argument";
-        break;
+        return *status = 400, "invalid_argument";
     case CHORD_E_NOT_FOUND:
-        status = 404, code = "not_found";
-        break;
+        return *status = 404, "not_found";
     case CHORD_E_CONFLICT:
-        status = 409, code = "conflict";
-        break;
+        return *status = 409, "conflict";
     case CHORD_E_TOO_LARGE:
-        status = 413, code = "payload_too_large";
-        break;
+        return *status = 413, "payload_too_large";
     case CHORD_E_UNAVAILABLE:
-        status = 503, code = "unavailable";
-        break;
+        return *status = 503, "unavailable";
     default:
-        break;
+        return *status = 500, "internal";
     }
+}
+
+enum MHD_Result http_send_err(http_req *r, const chord_err *err) {
+    unsigned status;
+    const char *code = err_code(err->code, &status);
     if (status == 500) LOG_ERROR("http %s %s: %s", r->method, r->url, err->msg);
     return http_send_error(r, status, code, "%s", err->msg[0] ? err->msg : "internal error");
 }
@@ -432,7 +431,24 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap) {
     LOG_WARN("http: %s", msg);
 }
 
-/* ---- Server-Sent Events ------------------------------------------------------------------- */
+/* ---- Server-Sent Events -------------------------------------------------------------------
+ * A stream is a service watch (service.h: the fan-out shared with gRPC's WatchJob) read through
+ * sse_codec, so each event becomes SSE text once for every stream of its feed. Its lifecycle:
+ *
+ *   http_send_events (svc_watch_open) --> WRITING: sse_read hands MHD the buffered text, then the
+ *       |                                 next frames svc_watch_next gives, a heartbeat comment
+ *       |                                 when owed
+ *       |  nothing to write (svc_watch_next 0, no heartbeat due, no pending notify):
+ *       |  MHD_suspend_connection (c->suspended)
+ *       v
+ *   SUSPENDED -- sse_notify (the watch thread: pending), a heartbeat due, or api_http_stop:
+ *       |        resume_due (the waker thread) MHD_resume_connection --> WRITING
+ *       |
+ *   WRITING -- the final event written, or svc_watch_next failed ("event: error" written),
+ *       |      or the server stopping --> END_OF_STREAM
+ *       v
+ *   sse_free (MHD, after the connection ends, whichever way): svc_watch_close — no notify
+ *   after it — and the stream leaves h->streams. */
 
 struct sse_conn {
     api_http *h;
@@ -447,6 +463,40 @@ struct sse_conn {
     sse_conn *next;
 };
 
+/* One event as SSE text (the watch's codec): "id: N" on steps, so a client that reconnects
+ * can send Last-Event-ID (or since_step). */
+typedef struct sse_frame {
+    size_t len;
+    char text[];
+} sse_frame;
+
+static void *sse_encode(const svc_event *ev, chord_err *err) {
+    static const char *const names[] = {"state", "step", "checkpoint"};
+    char *data = ev->data ? json_dumps(ev->data, JSON_COMPACT | JSON_ENSURE_ASCII) : NULL;
+    if (!data) {
+        chord_err_setc(err, CHORD_E_INTERNAL, "event: out of memory");
+        return NULL;
+    }
+    char head[96];
+    int n = ev->type == SVC_EVENT_STEP
+                ? snprintf(head, sizeof head, "id: %lld\nevent: step\ndata: ", (long long)ev->step)
+                : snprintf(head, sizeof head, "event: %s\ndata: ", names[ev->type]);
+    size_t dlen = strlen(data);
+    sse_frame *f = malloc(sizeof *f + (size_t)n + dlen + 2);
+    if (f) {
+        memcpy(f->text, head, (size_t)n);
+        memcpy(f->text + n, data, dlen);
+        memcpy(f->text + (size_t)n + dlen, "\n\n", 2);
+        f->len = (size_t)n + dlen + 2;
+    } else {
+        chord_err_setc(err, CHORD_E_INTERNAL, "event: out of memory");
+    }
+    free(data);
+    return f;
+}
+
+static const svc_codec sse_codec = {sse_encode, free};
+
 static void waker_kick(api_http *h) {
     pthread_mutex_lock(&h->wake_mu);
     h->wake_pending = 1;
@@ -454,7 +504,7 @@ static void waker_kick(api_http *h) {
     pthread_mutex_unlock(&h->wake_mu);
 }
 
-/* The watch's notify: runs under the service's hub lock, so it only flags and kicks. */
+/* The watch's notify: runs under the feed's lock, so it only flags and kicks. */
 static void sse_notify(void *user) {
     sse_conn *c = user;
     pthread_mutex_lock(&c->mu);
@@ -494,6 +544,7 @@ static void resume_due(api_http *h) {
 
 static void *waker_main(void *arg) {
     api_http *h = arg;
+    pthread_setname_np(pthread_self(), "http-waker");
     for (;;) {
         pthread_mutex_lock(&h->wake_mu);
         if (!h->wake_pending && !atomic_load(&h->stopping)) {
@@ -525,18 +576,19 @@ static int sse_append(sse_conn *c, const char *text, size_t len) {
     return 0;
 }
 
-static int sse_event(sse_conn *c, const svc_event *ev) {
-    static const char *const names[] = {"state", "step", "checkpoint"};
-    char *data = ev->data ? json_dumps(ev->data, JSON_COMPACT | JSON_ENSURE_ASCII) : NULL;
-    if (!data) return -1;
-    char head[96];
-    int n = ev->type == SVC_EVENT_STEP
-                ? snprintf(head, sizeof head, "id: %lld\nevent: step\ndata: ", (long long)ev->step)
-                : snprintf(head, sizeof head, "event: %s\ndata: ", names[ev->type]);
-    int rc = sse_append(c, head, (size_t)n) || sse_append(c, data, strlen(data)) ||
-             sse_append(c, "\n\n", 2);
-    free(data);
-    return rc ? -1 : 0;
+/* "event: error" with {"error": {"code", "message"}}: the stream cannot go on. */
+static void sse_error(sse_conn *c, const chord_err *err) {
+    unsigned status;
+    json_t *doc = json_pack("{s:{s:s,s:s}}", "error", "code", err_code(err->code, &status),
+                            "message", err->msg[0] ? err->msg : "internal error");
+    char *d = doc ? json_dumps(doc, JSON_COMPACT | JSON_ENSURE_ASCII) : NULL;
+    json_decref(doc);
+    if (d) {
+        sse_append(c, "event: error\ndata: ", 19);
+        sse_append(c, d, strlen(d));
+        sse_append(c, "\n\n", 2);
+        free(d);
+    }
 }
 
 static ssize_t sse_read(void *cls, uint64_t pos, char *out, size_t max) {
@@ -555,31 +607,19 @@ static ssize_t sse_read(void *cls, uint64_t pos, char *out, size_t max) {
             return (ssize_t)n;
         }
         if (c->done || atomic_load(&h->stopping)) return MHD_CONTENT_READER_END_OF_STREAM;
-        svc_event ev;
+        const void *frame = NULL;
+        int final = 0;
         chord_err err = {0};
-        int rc = svc_watch_poll(c->watch, &ev, &err);
+        int rc = svc_watch_next(c->watch, &frame, &final, &err);
         if (rc < 0) {
-            svc_event e = {.type = SVC_EVENT_STATE,
-                           .data = json_pack("{s:{s:s,s:s}}", "error", "code", "internal",
-                                             "message", err.msg)};
             c->done = 1;
-            if (e.data) {
-                char *d = json_dumps(e.data, JSON_COMPACT | JSON_ENSURE_ASCII);
-                json_decref(e.data);
-                if (d) {
-                    sse_append(c, "event: error\ndata: ", 19);
-                    sse_append(c, d, strlen(d));
-                    sse_append(c, "\n\n", 2);
-                    free(d);
-                }
-            }
+            sse_error(c, &err);
             continue;
         }
         if (rc == 1) {
-            int bad = sse_event(c, &ev);
-            if (ev.final) c->done = 1;
-            json_decref(ev.data);
-            if (bad) return MHD_CONTENT_READER_END_WITH_ERROR;
+            const sse_frame *f = frame; /* borrowed until the next svc_watch_next: copied */
+            if (sse_append(c, f->text, f->len)) return MHD_CONTENT_READER_END_WITH_ERROR;
+            if (final) c->done = 1;
             continue;
         }
         pthread_mutex_lock(&c->mu);
@@ -626,7 +666,7 @@ enum MHD_Result http_send_events(http_req *r, const char *job_id, int64_t since_
     pthread_mutex_init(&c->mu, NULL);
     c->last_write = chord_now();
     chord_err err = {0};
-    if (svc_watch_open(h->s, job_id, since_step, sse_notify, c, &c->watch, &err)) {
+    if (svc_watch_open(h->s, job_id, since_step, &sse_codec, sse_notify, c, &c->watch, &err)) {
         pthread_mutex_destroy(&c->mu);
         free(c);
         return http_send_err(r, &err);

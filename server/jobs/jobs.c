@@ -72,8 +72,10 @@ struct jobs_pool {
     int n_workers;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    int wake_seq; /* bumped by jobs_wake and rollout submits */
-    atomic_int stopping;
+    int wake_seq;                /* bumped by jobs_wake and rollout submits */
+    atomic_int stopping;         /* jobs_shutdown began: workers end, rollouts are refused */
+    atomic_int joined;           /* jobs_shutdown ran to the end (every worker joined) */
+    pthread_mutex_t shutdown_mu; /* one jobs_shutdown at a time: the second waits for the first */
     rollout_item *rollouts, *rollouts_tail;
 };
 
@@ -633,13 +635,14 @@ int jobs_start(const jobs_options *opt, jobs_pool **out, chord_err *err) {
     if (!p) return chord_err_setc(err, CHORD_E_INTERNAL, "jobs: out of memory");
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cv, NULL);
+    pthread_mutex_init(&p->shutdown_mu, NULL);
     p->data_dir = strdup(opt->data_dir);
     p->threads = opt->threads;
     p->memory_limit = opt->memory_limit;
     p->hooks = opt->hooks;
     p->workers = calloc((size_t)(opt->n_devices > 0 ? opt->n_devices : 1), sizeof *p->workers);
     if (!p->data_dir || !p->workers) {
-        jobs_stop(p);
+        jobs_free(p);
         return chord_err_setc(err, CHORD_E_INTERNAL, "jobs: out of memory");
     }
     for (int i = 0; i < opt->n_devices; i++) {
@@ -652,18 +655,18 @@ int jobs_start(const jobs_options *opt, jobs_pool **out, chord_err *err) {
         w->ops = ops_open(w->device, opt->threads, msg, sizeof msg);
         if (!w->ops) {
             chord_err_setc(err, CHORD_E_UNAVAILABLE, "device %s: %s", w->device, msg);
-            jobs_stop(p);
+            jobs_free(p);
             return -1;
         }
         if (store_open(opt->data_dir, &w->st, err)) {
             chord_err_prefix(err, "worker %s", w->device);
-            jobs_stop(p);
+            jobs_free(p);
             return -1;
         }
         if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
             chord_err_setc(err, CHORD_E_INTERNAL, "worker %s: cannot start a thread: %s", w->device,
                            strerror(errno));
-            jobs_stop(p);
+            jobs_free(p);
             return -1;
         }
         w->started = 1;
@@ -701,6 +704,11 @@ int jobs_submit_rollout(jobs_pool *p, const char *rollout_id, chord_err *err) {
     if (!it) return chord_err_setc(err, CHORD_E_INTERNAL, "rollouts: out of memory");
     snprintf(it->id, sizeof it->id, "%s", rollout_id);
     pthread_mutex_lock(&p->mu);
+    if (atomic_load(&p->stopping)) { /* under mu: no worker would ever take it */
+        pthread_mutex_unlock(&p->mu);
+        free(it);
+        return chord_err_setc(err, CHORD_E_UNAVAILABLE, "server is stopping: not accepting work");
+    }
     if (p->rollouts_tail)
         p->rollouts_tail->next = it;
     else
@@ -719,15 +727,31 @@ int64_t jobs_device_reserved(jobs_pool *p, const char *device) {
     return 0;
 }
 
-void jobs_stop(jobs_pool *p) {
+void jobs_shutdown(jobs_pool *p) {
     if (!p) return;
-    atomic_store(&p->stopping, 1);
-    jobs_wake(p);
+    pthread_mutex_lock(&p->shutdown_mu);
+    if (!atomic_load(&p->joined)) {
+        pthread_mutex_lock(&p->mu);
+        atomic_store(&p->stopping, 1);
+        p->wake_seq++;
+        pthread_cond_broadcast(&p->cv);
+        pthread_mutex_unlock(&p->mu);
+        for (int i = 0; i < p->n_workers; i++) {
+            worker *w = &p->workers[i];
+            if (w->started) pthread_join(w->thread, NULL);
+            w->started = 0;
+        }
+        atomic_store(&p->joined, 1);
+    }
+    pthread_mutex_unlock(&p->shutdown_mu);
+}
+
+void jobs_free(jobs_pool *p) {
+    if (!p) return;
+    jobs_shutdown(p);
     for (int i = 0; i < p->n_workers; i++) {
-        worker *w = &p->workers[i];
-        if (w->started) pthread_join(w->thread, NULL);
-        store_close(w->st);
-        ops_close(w->ops);
+        store_close(p->workers[i].st);
+        ops_close(p->workers[i].ops);
     }
     while (p->rollouts) {
         rollout_item *next = p->rollouts->next;
@@ -738,5 +762,6 @@ void jobs_stop(jobs_pool *p) {
     free(p->data_dir);
     pthread_cond_destroy(&p->cv);
     pthread_mutex_destroy(&p->mu);
+    pthread_mutex_destroy(&p->shutdown_mu);
     free(p);
 }

@@ -8,7 +8,37 @@
  * goes back to queued and resumes from it at the next start (trainer_env.resume_dir).
  *
  * What this is not: no transport, no validation of job documents (the service did that before
- * the job was queued), no training logic. */
+ * the job was queued), no training logic.
+ *
+ * A job's states (stored in SQLite, storage/store.h) and who moves it:
+ *
+ *                 svc_job_create (store_job_create)
+ *                          |
+ *                          v
+ *      +-------------> QUEUED ----------------------------------+
+ *      |                   |                                    | svc_job_cancel
+ *      |                   | claim (worker_main):               | (store_job_request_cancel:
+ *      |                   | store_job_transition, the oldest   |  a queued job is cancelled
+ *      |                   | queued job this device may run     |  at once)
+ *      |                   v                                    v
+ *      |  finish_job    RUNNING -- finish_job: trainer_run ---> CANCELLED
+ *      |  (QUEUED): the    |       stopped, w->cancel set       ^
+ *      |  pool stops       |       (svc_job_cancel ->           |
+ *      +-------------------+        jobs_cancel)                |
+ *      |                   |                                    |
+ *      | svc_open          +-- finish_job: trainer_run done --> SUCCEEDED
+ *      | (store_job_       |
+ *      |  requeue_running: +-- finish_job: trainer_run error -> FAILED (also a config or
+ *      |  a dead process                                        dataset that no longer
+ *      |  left it RUNNING)                                      resolves, in run_job)
+ *      +-- RUNNING
+ *
+ * SUCCEEDED, FAILED and CANCELLED are terminal (store_job_state_terminal). A RUNNING job goes
+ * back to QUEUED on a stop (jobs_shutdown: cb_should_stop asks the trainer to stop after its
+ * step, with a checkpoint) or a crash (at the next svc_open) and resumes from its newest
+ * checkpoint (resume_point). A cancel of a running job is a request (cancel_requested) that the
+ * worker honours within one step; one that races with a stop may leave the job QUEUED with
+ * cancel_requested set, and the worker that claims it next cancels it (worker_main). */
 #ifndef CHORD_JOBS_JOBS_H
 #define CHORD_JOBS_JOBS_H
 
@@ -53,9 +83,15 @@ int jobs_submit_rollout(jobs_pool *p, const char *rollout_id, chord_err *err);
  * it runs none. A job queued now runs after it, so the service counts this memory as free for
  * it (and as taken for a rollout, which runs between its steps). */
 int64_t jobs_device_reserved(jobs_pool *p, const char *device);
-/* Stops: each running job stops after its current step with a checkpoint and goes back to
- * queued; workers are joined; backends closed; the pool freed. NULL is allowed. */
-void jobs_stop(jobs_pool *p);
+/* Stops, and returns once every worker has ended: each running job stops after its current
+ * step with a checkpoint and goes back to queued; rollouts still queued stay pending in SQLite
+ * (the next start queues them again). The pool itself stays valid: jobs_wake and jobs_cancel
+ * become no-ops, jobs_submit_rollout answers CHORD_E_UNAVAILABLE, jobs_device_reserved 0, so a
+ * request that is still in flight may call them. Idempotent; any thread. NULL is allowed. */
+void jobs_shutdown(jobs_pool *p);
+/* jobs_shutdown, then closes the backends and frees the pool. Call it once nothing can call
+ * into the pool any more (svc_close, after the transports stopped). NULL is allowed. */
+void jobs_free(jobs_pool *p);
 
 /* 1 when a worker on `worker_device` ("cpu", "cuda:1") may run a job asking for `job_device`
  * ("auto", "cpu", "cuda", "cuda:N[,M...]": the first N is the job's device). */
