@@ -2,7 +2,8 @@
  * (SQLite, job workers), starts the REST and gRPC transports, optionally submits the embedded
  * demo job, then waits for SIGINT / SIGTERM and stops in order: stop accepting connections, let
  * each running job finish its step and write a checkpoint (it resumes at the next start), end
- * the event streams, close SQLite.
+ * the event streams and wait for every request in flight, and only then free the service and
+ * close SQLite.
  *
  * Not here: anything a request does (api/http, server/service.h). */
 #include <errno.h>
@@ -243,11 +244,17 @@ int cmd_serve(int argc, char **argv) {
     }
     LOG_INFO("chordd: %s received, stopping (running jobs write a checkpoint first)",
              sig == SIGINT ? "SIGINT" : "SIGTERM");
+    /* The order that keeps every request's memory alive (service.h, "Lifetime"):
+     * 1. no new connections or calls; requests in flight go on */
     api_http_quiesce(h);
     api_grpc_quiesce(g);
+    /* 2. work refused (503 / UNAVAILABLE), running jobs checkpoint and go back to the queue,
+     *    workers joined; nothing freed */
     svc_shutdown(s);
+    /* 3. event streams end, every request thread has returned, every watch is closed */
     api_http_stop(h);
     api_grpc_stop(g);
+    /* 4. only now: the jobs pool, the watch feeds, SQLite */
     svc_close(s);
     LOG_INFO("chordd: stopped");
     return 0;

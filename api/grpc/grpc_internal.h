@@ -5,6 +5,39 @@
  * while it sits in the pump queue, one while it is in the streams registry. The last
  * call_unref frees it. Every field below `mu` is guarded by mu; handlers run with mu held.
  *
+ * A call's life (grpc_server.c; each arrow names the function that takes it):
+ *
+ *   request_call: calloc, tag_new handed to the core
+ *     |
+ *     v
+ *   ARMED (waits for a client) --- on_new, ok = 0: the server shuts down ---> (freed)
+ *     |
+ *     | on_new, ok = 1: request_call arms the next one; start_call starts
+ *     | RECV_CLOSE_ON_SERVER first (tag_close), so a client that goes away is noticed
+ *     v
+ *   ACTIVE, by the method's kind (start_call):
+ *     unknown method / deadline already past / bad request bytes ----------------------+
+ *     GM_UNARY: m->unary runs at once ------------------------------------------------+
+ *     GM_CLIENT_STREAM: RECEIVING: gcall_recv (tag_recv) -> on_recv -> m->message,    |
+ *         which asks for the next one or, at the client's end (NULL), finishes -------+
+ *     GM_SERVER_STREAM: m->open (WatchJob: svc_watch_open), gcall_register_stream,    |
+ *         then STREAMING: IDLE <-> SENDING, one SEND_MESSAGE in flight (tag_send):    |
+ *         m->pump sends the next message when gcall_kick queued the call (a watch's  |
+ *         notify, quiesce, stop) and again from on_send; the last message, an error, |
+ *         or the server ending (api_grpc_stop: UNAVAILABLE) finishes ----------------+
+ *                                                                                     |
+ *     +-------------------------------------------------------------------------------+
+ *     v
+ *   FINISHING: gcall_finish / gcall_fail (done = 1): status (and the last message) in one
+ *     |        batch (tag_finish; on_finish frees the message buffer)
+ *     v
+ *   CLOSED: on_close (RECV_CLOSE_ON_SERVER completed; also straight from ACTIVE when the
+ *     |     client cancels, its deadline passes or api_grpc_stop cancels every call: done = 1,
+ *     |     counted as CANCELLED): an upload is aborted, the watch closed (api_grpc_watch_leave),
+ *     |     the call leaves the streams registry
+ *     v
+ *   (freed): call_unref, when the last batch, the pump queue and the registry have let go
+ *
  * Not here: the public API (grpc_server.h). */
 #ifndef CHORD_API_GRPC_INTERNAL_H
 #define CHORD_API_GRPC_INTERNAL_H

@@ -23,7 +23,9 @@ from chordd_harness import CHORDD, TINY_CONFIG, Chordd  # noqa: E402
 def srv():
     s = Chordd().start()
     yield s
+    rc = s.stop()
     s.cleanup()
+    assert rc == 0, "chordd did not exit cleanly on SIGTERM"  # a sanitizer report makes it fail
 
 
 def make_model(srv, name, seed=3):
@@ -116,7 +118,7 @@ def test_pending_rollouts_run_again_after_a_restart():
                "n": 2, "max_tokens": 8, "seed": 21}
         done = wait_rollout(s, s.post("/v1/rollouts", req).json()["id"])
         assert done["state"] == "succeeded", done
-        s.stop()
+        assert s.stop() == 0
 
         db = os.path.join(s.data_dir, "chord.db")
         con = sqlite3.connect(db)
@@ -137,5 +139,6 @@ def test_pending_rollouts_run_again_after_a_restart():
             ids = [c["token_ids"] for c in ro["result"]["completions"]]
             assert ids == [c["token_ids"] for c in done["result"]["completions"]]
         assert "pending rollout request(s) queued again" in s.read_log()
+        assert s.stop() == 0
     finally:
         s.cleanup()

@@ -10,9 +10,9 @@ set_tests_properties(integration.train_cli PROPERTIES
 set_tests_properties(unit.test_trainer unit.test_rollout PROPERTIES
                      ENVIRONMENT "OMP_WAIT_POLICY=passive" LABELS "unit;train")
 # The embedded default job run to the end (`chordd train --demo`, a few minutes on two cores):
-# >= 90 % on held-out problems, re-scored in Python. Not in the Sanitize build (same code as the
-# short trainer tests, ~3x slower there).
-if(NOT CMAKE_BUILD_TYPE STREQUAL "Sanitize")
+# >= 90 % on held-out problems, re-scored in Python. Not in the Sanitize and TSan builds (same
+# code as the short trainer tests, ~3x slower there).
+if(NOT CMAKE_BUILD_TYPE MATCHES "^(Sanitize|TSan)$")
   add_test(NAME integration.train_demo
            COMMAND ${CHORD_PYTHON} -m pytest -q -p no:cacheprovider
                    ${CMAKE_CURRENT_LIST_DIR}/train_demo_test.py)
