@@ -1,19 +1,23 @@
 /* service.c — the service's lifetime (open, shutdown, close: service.h draws it), its pool of
  * SQLite handles, jobs (create / get / list / cancel / metrics / samples), the watches with
  * their per-(job, since_step) fan-out that both transports stream from (a watch thread polls,
- * each event is encoded once per transport), health and the Prometheus text.
- * Datasets, models, checkpoint files and rollouts are in service_data.c; the demo in
+ * each event is encoded once per transport), health and the Prometheus text; and what jobs
+ * share with models and rollouts: paths under the models root, model references, a checkpoint
+ * as a resource. Datasets, models, checkpoint listings and files, and rollouts are in
+ * service_data.c, which calls into this file (never the other way); the demo in
  * service_demo.c; the will-it-fit checks at submission in service_memory.c.
  *
  * Not here: transports (api/), the worker loop (server/jobs), SQL (storage/). */
 #include "server/service_internal.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "server/base/fileutil.h"
 #include "server/base/log.h"
@@ -95,6 +99,140 @@ int svc_by_id(int rc, chord_err *err) {
 
 static int oom(chord_err *err) {
     return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
+}
+
+/* ---- the models root and checkpoint resources ------------------------------------------------
+ * Here, not in service_data.c, because jobs (below) need them as much as models and rollouts
+ * there do: service_data.c calls into this file, never the other way. */
+
+int svc_resolve_under_root(svc *s, const char *field, const char *path, char *out, chord_err *err) {
+    if (!path || !*path) return chord_err_set(err, "%s: must be a non-empty path", field);
+    char cand[PATH_MAX];
+    int n = path[0] == '/' ? snprintf(cand, sizeof cand, "%s", path)
+                           : snprintf(cand, sizeof cand, "%s/%s", s->models_root, path);
+    if (n < 0 || (size_t)n >= sizeof cand) return chord_err_set(err, "%s: path too long", field);
+    if (!realpath(cand, out)) {
+        if (errno == ENOENT || errno == ENOTDIR)
+            return chord_err_set(err, "%s: '%s' does not exist under the models root", field, path);
+        return chord_err_set(err, "%s: '%s': %s", field, path, strerror(errno));
+    }
+    size_t rl = strlen(s->models_root);
+    if (strncmp(out, s->models_root, rl) != 0 || (out[rl] != '/' && out[rl] != '\0'))
+        return chord_err_set(err, "%s: '%s' is outside the models root", field, path);
+    return 0;
+}
+
+int svc_resolve_model(svc *s, store *st, const char *field, const char *ref, char **dir,
+                      json_t **init_config, char **tokenizer, chord_err *err) {
+    *dir = NULL;
+    *init_config = NULL;
+    *tokenizer = NULL;
+    if (!strncmp(ref, "mdl_", 4) && !strchr(ref, '/')) {
+        store_model m = {0};
+        if (store_model_get(st, ref, &m, err)) {
+            if (err && err->code == CHORD_E_NOT_FOUND) err->code = CHORD_E_INVALID;
+            return chord_err_prefix(err, "%s", field);
+        }
+        int rc = 0;
+        if (m.directory) {
+            *dir = strdup(m.directory);
+            if (!*dir) rc = oom(err);
+        } else {
+            *init_config = json_loads(m.config_json, 0, NULL);
+            if (!*init_config)
+                rc = chord_err_setc(err, CHORD_E_INTERNAL, "%s: stored config of %s unreadable",
+                                    field, ref);
+        }
+        if (rc == 0 && m.tokenizer_dir) {
+            *tokenizer = strdup(m.tokenizer_dir);
+            if (!*tokenizer) rc = oom(err);
+        }
+        store_model_free(&m);
+        if (rc) {
+            free(*dir);
+            *dir = NULL;
+            json_decref(*init_config);
+            *init_config = NULL;
+        }
+        return rc;
+    }
+    char real[PATH_MAX], cfg[PATH_MAX + 16];
+    if (svc_resolve_under_root(s, field, ref, real, err)) return -1;
+    if (!chord_is_dir(real)) return chord_err_set(err, "%s: '%s' is not a directory", field, ref);
+    snprintf(cfg, sizeof cfg, "%s/config.json", real);
+    if (!chord_is_file(cfg))
+        return chord_err_set(err,
+                             "%s: '%s' has no config.json (a Hugging Face model directory "
+                             "is expected)",
+                             field, ref);
+    *dir = strdup(real);
+    return *dir ? 0 : oom(err);
+}
+
+/* Appends {"path", "bytes"} for every regular file under dir/rel, recursively. */
+static int list_files(const char *dir, const char *rel, json_t *arr, int depth) {
+    if (depth > 8) return 0;
+    char path[2 * PATH_MAX + 2];
+    snprintf(path, sizeof path, "%s%s%s", dir, *rel ? "/" : "", rel);
+    DIR *d = opendir(path);
+    if (!d) return -1;
+    struct dirent *e;
+    int rc = 0;
+    while ((e = readdir(d)) && rc == 0) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        char sub[PATH_MAX], full[2 * PATH_MAX + 2];
+        int n = snprintf(sub, sizeof sub, "%s%s%s", rel, *rel ? "/" : "", e->d_name);
+        if (n < 0 || (size_t)n >= sizeof sub) continue;
+        snprintf(full, sizeof full, "%s/%s", dir, sub);
+        struct stat sb;
+        if (lstat(full, &sb)) continue;
+        if (S_ISDIR(sb.st_mode)) {
+            rc = list_files(dir, sub, arr, depth + 1);
+        } else if (S_ISREG(sb.st_mode)) {
+            json_t *o = json_pack("{s:s,s:I}", "path", sub, "bytes", (json_int_t)sb.st_size);
+            if (!o || json_array_append_new(arr, o)) rc = -1;
+        }
+    }
+    closedir(d);
+    return rc;
+}
+
+static int by_path(const void *a, const void *b) {
+    const json_t *x = *(json_t *const *)a, *y = *(json_t *const *)b;
+    return strcmp(json_string_value(json_object_get(x, "path")),
+                  json_string_value(json_object_get(y, "path")));
+}
+
+json_t *svc_checkpoint_json(const store_checkpoint *c) {
+    json_t *o = json_object();
+    if (!o) return NULL;
+    int bad = 0;
+    svc_json_put(o, "id", json_string(c->id), &bad);
+    svc_json_put(o, "job_id", json_string(c->job_id), &bad);
+    svc_json_put(o, "step", json_integer(c->step), &bad);
+    svc_json_put(o, "sha256", json_string(c->sha256), &bad);
+    svc_json_put(o, "bytes", json_integer(c->bytes), &bad);
+    svc_json_put(o, "created_at", svc_json_time(c->created_ms), &bad);
+    json_t *files = json_array();
+    if (files && list_files(c->path, "", files, 0) == 0) {
+        size_t n = json_array_size(files);
+        json_t **tmp = n ? malloc(n * sizeof *tmp) : NULL;
+        if (tmp) {
+            for (size_t i = 0; i < n; i++)
+                tmp[i] = json_incref(json_array_get(files, i));
+            qsort(tmp, n, sizeof *tmp, by_path);
+            json_array_clear(files);
+            for (size_t i = 0; i < n; i++)
+                json_array_append_new(files, tmp[i]);
+            free(tmp);
+        }
+    }
+    svc_json_put(o, "files", files ? files : json_array(), &bad);
+    if (bad) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
 }
 
 /* ---- the pool of store handles ------------------------------------------------------------ */

@@ -2,10 +2,11 @@
  * under the models root or a random-init config), checkpoint listings and file downloads, and
  * rollout requests. See service.h for the resources and the line shapes.
  *
- * Not here: jobs and watches (service.c), SQL (storage/), generation (server/jobs/rollout.h). */
+ * Not here: jobs and watches, resolving paths under the models root and model references, a
+ * checkpoint's resource (service.c, which never calls into this file), SQL (storage/),
+ * generation (server/jobs/rollout.h). */
 #include "server/service_internal.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
@@ -35,72 +36,6 @@ static int check_keys(const json_t *obj, const char *prefix, const char *const *
             return chord_err_set(err, "unknown field \"%s%s%s\"", prefix, *prefix ? "." : "", key);
     }
     return 0;
-}
-
-/* ---- paths under the models root ---------------------------------------------------------- */
-
-int svc_resolve_under_root(svc *s, const char *field, const char *path, char *out, chord_err *err) {
-    if (!path || !*path) return chord_err_set(err, "%s: must be a non-empty path", field);
-    char cand[PATH_MAX];
-    int n = path[0] == '/' ? snprintf(cand, sizeof cand, "%s", path)
-                           : snprintf(cand, sizeof cand, "%s/%s", s->models_root, path);
-    if (n < 0 || (size_t)n >= sizeof cand) return chord_err_set(err, "%s: path too long", field);
-    if (!realpath(cand, out)) {
-        if (errno == ENOENT || errno == ENOTDIR)
-            return chord_err_set(err, "%s: '%s' does not exist under the models root", field, path);
-        return chord_err_set(err, "%s: '%s': %s", field, path, strerror(errno));
-    }
-    size_t rl = strlen(s->models_root);
-    if (strncmp(out, s->models_root, rl) != 0 || (out[rl] != '/' && out[rl] != '\0'))
-        return chord_err_set(err, "%s: '%s' is outside the models root", field, path);
-    return 0;
-}
-
-int svc_resolve_model(svc *s, store *st, const char *field, const char *ref, char **dir,
-                      json_t **init_config, char **tokenizer, chord_err *err) {
-    *dir = NULL;
-    *init_config = NULL;
-    *tokenizer = NULL;
-    if (!strncmp(ref, "mdl_", 4) && !strchr(ref, '/')) {
-        store_model m = {0};
-        if (store_model_get(st, ref, &m, err)) {
-            if (err && err->code == CHORD_E_NOT_FOUND) err->code = CHORD_E_INVALID;
-            return chord_err_prefix(err, "%s", field);
-        }
-        int rc = 0;
-        if (m.directory) {
-            *dir = strdup(m.directory);
-            if (!*dir) rc = oom(err);
-        } else {
-            *init_config = json_loads(m.config_json, 0, NULL);
-            if (!*init_config)
-                rc = chord_err_setc(err, CHORD_E_INTERNAL, "%s: stored config of %s unreadable",
-                                    field, ref);
-        }
-        if (rc == 0 && m.tokenizer_dir) {
-            *tokenizer = strdup(m.tokenizer_dir);
-            if (!*tokenizer) rc = oom(err);
-        }
-        store_model_free(&m);
-        if (rc) {
-            free(*dir);
-            *dir = NULL;
-            json_decref(*init_config);
-            *init_config = NULL;
-        }
-        return rc;
-    }
-    char real[PATH_MAX], cfg[PATH_MAX + 16];
-    if (svc_resolve_under_root(s, field, ref, real, err)) return -1;
-    if (!chord_is_dir(real)) return chord_err_set(err, "%s: '%s' is not a directory", field, ref);
-    snprintf(cfg, sizeof cfg, "%s/config.json", real);
-    if (!chord_is_file(cfg))
-        return chord_err_set(err,
-                             "%s: '%s' has no config.json (a Hugging Face model directory "
-                             "is expected)",
-                             field, ref);
-    *dir = strdup(real);
-    return *dir ? 0 : oom(err);
 }
 
 /* ---- datasets ----------------------------------------------------------------------------- */
@@ -460,72 +395,6 @@ int svc_model_list(svc *s, size_t offset, size_t limit, json_t **list, chord_err
 }
 
 /* ---- checkpoints -------------------------------------------------------------------------- */
-
-/* Appends {"path", "bytes"} for every regular file under dir/rel, recursively. */
-static int list_files(const char *dir, const char *rel, json_t *arr, int depth) {
-    if (depth > 8) return 0;
-    char path[2 * PATH_MAX + 2];
-    snprintf(path, sizeof path, "%s%s%s", dir, *rel ? "/" : "", rel);
-    DIR *d = opendir(path);
-    if (!d) return -1;
-    struct dirent *e;
-    int rc = 0;
-    while ((e = readdir(d)) && rc == 0) {
-        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-        char sub[PATH_MAX], full[2 * PATH_MAX + 2];
-        int n = snprintf(sub, sizeof sub, "%s%s%s", rel, *rel ? "/" : "", e->d_name);
-        if (n < 0 || (size_t)n >= sizeof sub) continue;
-        snprintf(full, sizeof full, "%s/%s", dir, sub);
-        struct stat sb;
-        if (lstat(full, &sb)) continue;
-        if (S_ISDIR(sb.st_mode)) {
-            rc = list_files(dir, sub, arr, depth + 1);
-        } else if (S_ISREG(sb.st_mode)) {
-            json_t *o = json_pack("{s:s,s:I}", "path", sub, "bytes", (json_int_t)sb.st_size);
-            if (!o || json_array_append_new(arr, o)) rc = -1;
-        }
-    }
-    closedir(d);
-    return rc;
-}
-
-static int by_path(const void *a, const void *b) {
-    const json_t *x = *(json_t *const *)a, *y = *(json_t *const *)b;
-    return strcmp(json_string_value(json_object_get(x, "path")),
-                  json_string_value(json_object_get(y, "path")));
-}
-
-json_t *svc_checkpoint_json(const store_checkpoint *c) {
-    json_t *o = json_object();
-    if (!o) return NULL;
-    int bad = 0;
-    svc_json_put(o, "id", json_string(c->id), &bad);
-    svc_json_put(o, "job_id", json_string(c->job_id), &bad);
-    svc_json_put(o, "step", json_integer(c->step), &bad);
-    svc_json_put(o, "sha256", json_string(c->sha256), &bad);
-    svc_json_put(o, "bytes", json_integer(c->bytes), &bad);
-    svc_json_put(o, "created_at", svc_json_time(c->created_ms), &bad);
-    json_t *files = json_array();
-    if (files && list_files(c->path, "", files, 0) == 0) {
-        size_t n = json_array_size(files);
-        json_t **tmp = n ? malloc(n * sizeof *tmp) : NULL;
-        if (tmp) {
-            for (size_t i = 0; i < n; i++)
-                tmp[i] = json_incref(json_array_get(files, i));
-            qsort(tmp, n, sizeof *tmp, by_path);
-            json_array_clear(files);
-            for (size_t i = 0; i < n; i++)
-                json_array_append_new(files, tmp[i]);
-            free(tmp);
-        }
-    }
-    svc_json_put(o, "files", files ? files : json_array(), &bad);
-    if (bad) {
-        json_decref(o);
-        return NULL;
-    }
-    return o;
-}
 
 static int job_exists(svc *s, store *st, const char *job_id, chord_err *err) {
     (void)s;
