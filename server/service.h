@@ -97,7 +97,9 @@ int svc_job_list(svc *s, const char *state, size_t offset, size_t limit, json_t 
                  chord_err *err);
 /* Cancels a queued job at once, or asks a running one to stop within one step (the returned
  * job has cancel_requested true and is cancelled shortly after). A finished job is
- * CHORD_E_CONFLICT. */
+ * CHORD_E_CONFLICT. Also while the server stops (it adds no work): a running job then ends
+ * cancelled instead of going back to the queue, or, if the stop got there first, the next start
+ * cancels it. */
 int svc_job_cancel(svc *s, const char *id, json_t **job, chord_err *err);
 /* {"job_id", "since_step", "next_step", "steps": [{"step", "metrics": {name: value|null}}]}:
  * at most max_steps steps (0 = all) from since_step on; next_step is what to ask for next. */
@@ -191,31 +193,32 @@ int svc_rollout_get(svc *s, const char *id, json_t **rollout, chord_err *err);
  *
  * A feed (service.c, struct svc_feed):
  *
- *   svc_watch_open (none to join) --> JOINABLE --- event SVC_FEED_JOIN_EVENTS+1 -------+
- *                                        |         (feed_append: the whole history      |
- *                                        |          is no longer guaranteed)            v
- *                                        |                                          STREAMING
- *                                        +---- the final event, or a poll error ------+ |
- *                                        |     (feed_poll; out of the table: no       | |
- *                                        |      joiner, no more polls)                v v
- *                                        |                                         FINISHED
- *                                        +---- the last watch closes (svc_watch_close, from
- *                                              any state; out of the table, events released)
- *                                              --> ABANDONED; freed with the last reference
- *                                              (the table's, each watch's, the poll queue's)
+ *   svc_watch_open, no feed to join
+ *     |
+ *     v
+ *   JOINABLE --- feed_append: event SVC_FEED_JOIN_EVENTS + 1 (a joiner could no -----> STREAMING
+ *     |          longer get the whole history: read events may be released now)          |
+ *     |                                                                                   |
+ *     +--- feed_append: the final event; feed_fail: a poll failed ---> FINISHED <--------+
+ *     |    (feed_retire: out of the table, so no joiner and no poll)                      |
+ *     |                                                                                   |
+ *     +--- svc_watch_close of its last watch ---------------------> ABANDONED <-----------+
+ *          (also from FINISHED; out of the table, events released)
+ *
+ *   feed_unref frees it with the last reference: the table's, each watch's, the poll queue's.
  *
  * A watch (the caller's handle on a feed):
  *
- *   svc_watch_open --> WAITING <---- svc_watch_next returns 0 (nothing new) ------+
- *                         |                                                       |
- *                         +-- notify(user) (watch thread, after an event is      |
- *                         |   added; or svc_shutdown) --> svc_watch_next 1 ------+
- *                         |                                   |
- *                         |                                   +-- the final event --> DONE
- *                         +-- svc_watch_next -1: the feed failed, or the watcher fell
- *                         |   SVC_WATCH_MAX_LAG events behind (CHORD_E_TOO_LARGE) --> DONE
- *                         +-- svc_watch_close (from any state) --> closed: notify is
- *                             never called again
+ *   svc_watch_open --> WAITING --- notify(user): the watch thread added an event (or svc_shutdown
+ *                        ^  |      made every feed poll once more); the owner calls svc_watch_next
+ *                        |  v
+ *                      READING: svc_watch_next returns 1 per event, 0 when caught up (WAITING)
+ *                           |
+ *                           +-- it returned the final event ---------------------------> DONE
+ *                           +-- it returned -1: the feed failed, or the watch fell
+ *                               SVC_WATCH_MAX_LAG events behind (CHORD_E_TOO_LARGE) ---> DONE
+ *
+ *   svc_watch_close, from any state: closed; notify is never called again.
  *
  * notify(user) is called from the service's watch thread with the feed's lock held: it must be
  * cheap and must not call back into the watch (flag a connection and post to its owner's

@@ -10,28 +10,24 @@
  * What this is not: no transport, no validation of job documents (the service did that before
  * the job was queued), no training logic.
  *
- * A job's states (stored in SQLite, storage/store.h) and who moves it:
+ * A job's states (stored in SQLite, storage/store.h) and the function that moves it:
  *
- *                 svc_job_create (store_job_create)
- *                          |
- *                          v
- *      +-------------> QUEUED ----------------------------------+
- *      |                   |                                    | svc_job_cancel
- *      |                   | claim (worker_main):               | (store_job_request_cancel:
- *      |                   | store_job_transition, the oldest   |  a queued job is cancelled
- *      |                   | queued job this device may run     |  at once)
- *      |                   v                                    v
- *      |  finish_job    RUNNING -- finish_job: trainer_run ---> CANCELLED
- *      |  (QUEUED): the    |       stopped, w->cancel set       ^
- *      |  pool stops       |       (svc_job_cancel ->           |
- *      +-------------------+        jobs_cancel)                |
- *      |                   |                                    |
- *      | svc_open          +-- finish_job: trainer_run done --> SUCCEEDED
- *      | (store_job_       |
- *      |  requeue_running: +-- finish_job: trainer_run error -> FAILED (also a config or
- *      |  a dead process                                        dataset that no longer
- *      |  left it RUNNING)                                      resolves, in run_job)
- *      +-- RUNNING
+ *   svc_job_create (store_job_create)
+ *        |
+ *        v
+ *     QUEUED ------ svc_job_cancel (store_job_request_cancel: at once) ------------> CANCELLED
+ *      |   ^                                                                          ^
+ *      |   | finish_job (QUEUED): the pool stops (jobs_shutdown) and the trainer      |
+ *      |   | checkpointed its last step; or svc_open (store_job_requeue_running):     |
+ *      |   | a dead process left it RUNNING                                           |
+ *      |   |                                                                          |
+ *      | claim (worker_main): store_job_transition, the oldest queued job that this   |
+ *      v   | worker's device may run                                                  |
+ *     RUNNING -- finish_job: trainer_run stopped with w->cancel set (svc_job_cancel --+
+ *        |       -> store_job_request_cancel, jobs_cancel)
+ *        +------ finish_job: trainer_run done ------------------------------------> SUCCEEDED
+ *        +------ finish_job: trainer_run failed, or run_job cannot resolve the ----> FAILED
+ *                job's config or datasets
  *
  * SUCCEEDED, FAILED and CANCELLED are terminal (store_job_state_terminal). A RUNNING job goes
  * back to QUEUED on a stop (jobs_shutdown: cb_should_stop asks the trainer to stop after its
