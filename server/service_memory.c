@@ -50,9 +50,28 @@ static int check_devices(svc *s, const char *job_device, int for_job, const mem_
     return have ? mem_estimate_check(e, &best, err) : 0;
 }
 
+/* the prompt-token bound of dataset `id` (its file, read line by line); MEM_PROMPT_TOKENS when
+ * it cannot be looked up or read */
+static double dataset_prompt_tokens(svc *s, const char *id) {
+    if (!id) return MEM_PROMPT_TOKENS;
+    chord_err err = {0};
+    store *st = svc_store_get(s, &err);
+    if (!st) return MEM_PROMPT_TOKENS;
+    store_dataset d;
+    memset(&d, 0, sizeof d);
+    double t = MEM_PROMPT_TOKENS;
+    if (store_dataset_get(st, id, &d, &err) == 0) {
+        t = mem_prompt_tokens_of_file(d.path);
+        store_dataset_free(&d);
+    }
+    svc_store_put(s, st);
+    return t;
+}
+
 int svc_check_job_fits(svc *s, const job_config *cfg, const model_config *mc, chord_err *err) {
     mem_estimate e;
-    mem_estimate_job(mc, cfg, &e);
+    mem_estimate_job(mc, cfg, dataset_prompt_tokens(s, cfg->data_prompts),
+                     dataset_prompt_tokens(s, cfg->data_eval), &e);
     return check_devices(s, cfg->device, 1, &e, err);
 }
 

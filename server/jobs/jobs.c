@@ -391,7 +391,8 @@ static void finish_job(worker *w, const char *id, store_job_state to, const char
 
 /* The job's estimated memory (the figure the trainer checks at set-up), 0 when its model config
  * cannot be read (the trainer then fails the job, saying why). */
-static int64_t job_estimate(const job_config *cfg, const char *resume_dir) {
+static int64_t job_estimate(const job_config *cfg, const char *resume_dir, const char *prompts,
+                            const char *eval) {
     model_config mc;
     chord_err err = {0};
     const char *dir = resume_dir ? resume_dir : cfg->model_path;
@@ -400,7 +401,8 @@ static int64_t job_estimate(const job_config *cfg, const char *resume_dir) {
                model_config_from_json(cfg->model_init_config, &mc, &err) != 0))
         return 0;
     mem_estimate e;
-    mem_estimate_job(&mc, cfg, &e);
+    mem_estimate_job(&mc, cfg, mem_prompt_tokens_of_file(prompts), mem_prompt_tokens_of_file(eval),
+                     &e);
     return e.total < 9.0e18 ? (int64_t)e.total : INT64_MAX;
 }
 
@@ -428,7 +430,7 @@ static void run_job(worker *w, store_job *job) {
         LOG_INFO("job %s running on %s (%lld steps)", job->id, w->device, (long long)cfg.steps);
     if (p->hooks.publish) p->hooks.publish(p->hooks.user, job->id);
 
-    atomic_store(&w->reserved, job_estimate(&cfg, resume));
+    atomic_store(&w->reserved, job_estimate(&cfg, resume, prompts, eval));
     const char *tokenizer_dir = cfg.model_init_tokenizer;
     trainer_env env = {.ops = w->ops,
                        .memory_limit = p->memory_limit,

@@ -80,7 +80,8 @@ void mem_estimate_weights(const model_config *mc, mem_estimate *out) {
     finish(out);
 }
 
-void mem_estimate_job(const model_config *mc, const job_config *cfg, mem_estimate *out) {
+void mem_estimate_job(const model_config *mc, const job_config *cfg, double prompt_tokens,
+                      double eval_prompt_tokens, mem_estimate *out) {
     mem_estimate_weights(mc, out);
     out->kind = MEM_KIND_JOB;
     out->optimizer = 12.0 * out->params;
@@ -98,13 +99,13 @@ void mem_estimate_job(const model_config *mc, const job_config *cfg, mem_estimat
     /* the training rollouts' engine, and the eval engine beside it on eval steps */
     if (jobconfig_uses_rollouts(cfg->algorithm))
         add_sampling(mc, (double)cfg->grpo.prompts_per_step, (double)cfg->grpo.group_size,
-                     MEM_PROMPT_TOKENS, (double)cfg->sampling.max_new_tokens, out, &out->slots,
+                     prompt_tokens, (double)cfg->sampling.max_new_tokens, out, &out->slots,
                      &out->positions);
     if (cfg->data_eval && cfg->eval.every > 0) {
         double k = cfg->eval.k > 0 ? (double)cfg->eval.k : 1.0;
         double new_tokens = cfg->eval.max_new_tokens > 0 ? (double)cfg->eval.max_new_tokens
                                                          : (double)cfg->sampling.max_new_tokens;
-        out->eval = add_sampling(mc, MEM_EVAL_CHUNK, k, MEM_PROMPT_TOKENS, new_tokens, out,
+        out->eval = add_sampling(mc, MEM_EVAL_CHUNK, k, eval_prompt_tokens, new_tokens, out,
                                  &out->eval_slots, &out->eval_positions);
     }
     finish(out);
@@ -122,6 +123,32 @@ void mem_estimate_rollout(const model_config *mc, double prompts, double n, doub
 
 double mem_prompt_tokens_bound(double text_bytes, int n_messages) {
     return text_bytes + MEM_TEMPLATE_TOKENS + (double)MEM_MESSAGE_TOKENS * n_messages;
+}
+
+double mem_prompt_tokens_of_file(const char *path) {
+    FILE *f = path ? fopen(path, "rb") : NULL;
+    if (!f) return MEM_PROMPT_TOKENS;
+    /* per line: its bytes and its "role" keys (messages), without holding the line */
+    static const char key[] = "\"role\"";
+    double best = 0, bytes = 0;
+    int roles = 0, matched = 0, c;
+    while ((c = getc(f)) != EOF) {
+        if (c == '\n') {
+            best = dmax(best, mem_prompt_tokens_bound(bytes, roles > 0 ? roles : 1));
+            bytes = 0, roles = 0, matched = 0;
+            continue;
+        }
+        bytes += 1;
+        matched = c == key[matched] ? matched + 1 : (c == key[0] ? 1 : 0);
+        if (matched == (int)sizeof key - 1) {
+            roles++;
+            matched = 0;
+        }
+    }
+    int bad = ferror(f);
+    fclose(f);
+    if (bad) return MEM_PROMPT_TOKENS;
+    return dmax(best, mem_prompt_tokens_bound(bytes, roles > 0 ? roles : 1));
 }
 
 void mem_budget_make(mem_budget *b, const char *device, double free_bytes, double limit_bytes) {

@@ -17,9 +17,11 @@
  *                                                  prompts and the decode logits of S x G slots
  *   kv_cache     4 * 2 L (S G) T Hkv D             T = min(T_p + new tokens, max_position)
  *
- * with T_p a bound on a prompt's tokens: MEM_PROMPT_TOKENS for a job's datasets (not read at
- * submission), the text's bytes plus the chat template's tokens for a rollout request (a
- * byte-level BPE token covers at least one byte). A job with an eval set adds the sampling and KV
+ * with T_p a bound on a prompt's tokens: for a job, from its datasets' files (the longest
+ * record's bytes plus the chat template's tokens, mem_prompt_tokens_of_file), MEM_PROMPT_TOKENS
+ * when a file cannot be read; for a rollout request, the text's bytes plus the chat template's
+ * tokens (a byte-level BPE token covers at least one byte; a JSON record's bytes cover its
+ * text's). A job with an eval set adds the sampling and KV
  * cache of one eval chunk (MEM_EVAL_CHUNK prompts x eval.k). Sequences longer than
  * micro_batch_tokens train alone and need more than the estimate.
  *
@@ -34,7 +36,7 @@
 #include "server/model/config.h"
 #include "server/train/jobconfig.h"
 
-#define MEM_PROMPT_TOKENS 2048 /* a job's prompt length bound (its datasets are not read) */
+#define MEM_PROMPT_TOKENS 2048 /* a job's prompt length bound when its datasets cannot be read */
 #define MEM_EVAL_CHUNK 64      /* eval prompts sampled together (trainer_evaluate) */
 #define MEM_TEMPLATE_TOKENS 64 /* chat template tokens around a prompt (a default system turn) */
 #define MEM_MESSAGE_TOKENS 8   /* and around each message */
@@ -64,8 +66,15 @@ typedef struct mem_budget {
     int limited;     /* 1 when the operator's limit, not the free memory, set bytes */
 } mem_budget;
 
-/* A training job of cfg on model mc: everything the trainer holds at its peak (an eval step). */
-void mem_estimate_job(const model_config *mc, const job_config *cfg, mem_estimate *out);
+/* A training job of cfg on model mc: everything the trainer holds at its peak (an eval step),
+ * with prompts of at most prompt_tokens (the training prompts) and eval_prompt_tokens (the eval
+ * set) tokens: mem_prompt_tokens_of_file of the datasets, or MEM_PROMPT_TOKENS. */
+void mem_estimate_job(const model_config *mc, const job_config *cfg, double prompt_tokens,
+                      double eval_prompt_tokens, mem_estimate *out);
+/* A bound on the prompt tokens of any record of a JSONL dataset: the largest over its lines of
+ * the line's bytes plus the chat template's tokens (MEM_TEMPLATE_TOKENS, and MEM_MESSAGE_TOKENS
+ * per "role" key); MEM_PROMPT_TOKENS when path is NULL or cannot be read. */
+double mem_prompt_tokens_of_file(const char *path);
 /* A rollout request: `prompts` prompts of at most prompt_tokens tokens, n samples each, up to
  * new_tokens new tokens; weights_loaded = 0 when the model is already on the device (a running
  * job's). */

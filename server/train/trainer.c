@@ -836,7 +836,8 @@ static int check_fits(const trainer_env *env, const model_config *mc, const job_
         snprintf(device, sizeof device, "%s", env->ops->be->name);
     mem_estimate e;
     mem_budget b;
-    mem_estimate_job(mc, cfg, &e);
+    mem_estimate_job(mc, cfg, mem_prompt_tokens_of_file(env->prompts_path),
+                     mem_prompt_tokens_of_file(env->eval_path), &e);
     mem_budget_make(&b, device, free_bytes, (double)env->memory_limit);
     return mem_estimate_check(&e, &b, err);
 }

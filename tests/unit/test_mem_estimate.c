@@ -7,7 +7,9 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -105,7 +107,7 @@ static void test_job(void **state) {
     job_config cfg;
     job("", &cfg);
     mem_estimate e;
-    mem_estimate_job(&mc, &cfg, &e);
+    mem_estimate_job(&mc, &cfg, MEM_PROMPT_TOKENS, MEM_PROMPT_TOKENS, &e);
     assert_int_equal(e.kind, MEM_KIND_JOB);
     assert_true(e.weights == 11168.0);
     assert_true(e.optimizer == 33504.0);
@@ -120,10 +122,53 @@ static void test_job(void **state) {
 
     /* SFT samples nothing: no training rollouts, no KV cache */
     job_of("sft", "{\"expert\": \"x\"}", "", &cfg);
-    mem_estimate_job(&mc, &cfg, &e);
+    mem_estimate_job(&mc, &cfg, MEM_PROMPT_TOKENS, MEM_PROMPT_TOKENS, &e);
     assert_true(e.sampling == 0 && e.kv_cache == 0);
     assert_true(e.total == 11168.0 + 33504 + 20640);
     jobconfig_free(&cfg);
+}
+
+/* Prompts bounded by the datasets: 20 tokens instead of 2048 (the job of test_job):
+ *   sampling rows max(3 x 20, 6) = 60: 4 (60 x 126 + 600) = 32640
+ *   KV positions min(20 + 20, 64) = 40: 4 x 2 L x 6 x 40 x 1 x 4 = 15360 */
+static void test_job_short_prompts(void **state) {
+    (void)state;
+    model_config mc;
+    small_config(&mc);
+    job_config cfg;
+    job("", &cfg);
+    mem_estimate e;
+    mem_estimate_job(&mc, &cfg, 20, 20, &e);
+    assert_true(e.sampling == 32640.0);
+    assert_true(e.kv_cache == 15360.0);
+    assert_true(e.positions == 40.0);
+    jobconfig_free(&cfg);
+}
+
+/* The bound read from a JSONL file: the longest line's bytes plus the template's tokens, 8 more
+ * per "role" key; a file that cannot be read gives MEM_PROMPT_TOKENS. */
+static void test_prompt_tokens_of_file(void **state) {
+    (void)state;
+    char path[] = "/tmp/chord-test-mem-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    const char *a = "{\"prompt\": \"Compute 1+2.\", \"answer\": \"3\"}\n"; /* 44 bytes */
+    const char *b = "{\"messages\": [{\"role\": \"system\", \"content\": \"s\"}, "
+                    "{\"role\": \"user\", \"content\": \"u\"}], \"answer\": \"1\"}";
+    FILE *f = fdopen(fd, "w");
+    assert_non_null(f);
+    fputs(a, f);
+    fputs("\n", f); /* a blank line */
+    fputs(b, f);    /* the last line has no newline */
+    fclose(f);
+    const double la = (double)strlen(a) - 1, lb = (double)strlen(b);
+    double want = la + MEM_TEMPLATE_TOKENS + MEM_MESSAGE_TOKENS;
+    if (lb + MEM_TEMPLATE_TOKENS + 2 * MEM_MESSAGE_TOKENS > want)
+        want = lb + MEM_TEMPLATE_TOKENS + 2 * MEM_MESSAGE_TOKENS;
+    assert_true(mem_prompt_tokens_of_file(path) == want);
+    unlink(path);
+    assert_true(mem_prompt_tokens_of_file(path) == MEM_PROMPT_TOKENS);
+    assert_true(mem_prompt_tokens_of_file(NULL) == MEM_PROMPT_TOKENS);
 }
 
 /* With an eval set: one chunk of 64 prompts x k 4, 10 new tokens, beside the training engine:
@@ -136,7 +181,7 @@ static void test_job_with_eval(void **state) {
     job_config cfg;
     job(", \"eval\": {\"every\": 5, \"k\": 4, \"max_new_tokens\": 10}", &cfg);
     mem_estimate e;
-    mem_estimate_job(&mc, &cfg, &e);
+    mem_estimate_job(&mc, &cfg, MEM_PROMPT_TOKENS, MEM_PROMPT_TOKENS, &e);
     assert_true(e.eval == 2166784.0 + 1048576.0);
     assert_true(e.eval_slots == 256.0 && e.eval_positions == 64.0);
     assert_true(e.sampling == 99168.0 + 2166784.0);
@@ -144,7 +189,7 @@ static void test_job_with_eval(void **state) {
     jobconfig_free(&cfg);
     /* every = 0: the eval set is never sampled during training */
     job(", \"eval\": {\"every\": 0}", &cfg);
-    mem_estimate_job(&mc, &cfg, &e);
+    mem_estimate_job(&mc, &cfg, MEM_PROMPT_TOKENS, MEM_PROMPT_TOKENS, &e);
     assert_true(e.eval == 0 && e.kv_cache == 24576.0);
     jobconfig_free(&cfg);
 }
@@ -197,7 +242,7 @@ static void test_check_message(void **state) {
     job_config cfg;
     job("", &cfg);
     mem_estimate e;
-    mem_estimate_job(&mc, &cfg, &e);
+    mem_estimate_job(&mc, &cfg, MEM_PROMPT_TOKENS, MEM_PROMPT_TOKENS, &e);
     jobconfig_free(&cfg);
     mem_budget b;
     chord_err err = {0};
@@ -242,9 +287,14 @@ static void test_check_message(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_weights),       cmocka_unit_test(test_params_agree_with_model),
-        cmocka_unit_test(test_job),           cmocka_unit_test(test_job_with_eval),
-        cmocka_unit_test(test_rollout),       cmocka_unit_test(test_budget),
+        cmocka_unit_test(test_weights),
+        cmocka_unit_test(test_params_agree_with_model),
+        cmocka_unit_test(test_job),
+        cmocka_unit_test(test_job_short_prompts),
+        cmocka_unit_test(test_prompt_tokens_of_file),
+        cmocka_unit_test(test_job_with_eval),
+        cmocka_unit_test(test_rollout),
+        cmocka_unit_test(test_budget),
         cmocka_unit_test(test_check_message),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
