@@ -8,7 +8,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <inttypes.h>
 #include <openssl/evp.h>
 #include <pthread.h>
@@ -88,29 +87,6 @@ void storage_inflight_remove(const char *path) {
 
 /* ---- small file helpers ------------------------------------------------------------------- */
 
-static int remove_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(path) != 0 && errno != ENOENT ? -1 : 0;
-}
-
-int storage_rmtree(const char *path, chord_err *err) {
-    struct stat st;
-    if (lstat(path, &st) != 0) {
-        if (errno == ENOENT) return 0;
-        return chord_err_setc(err, CHORD_E_IO, "%s: %s", path, strerror(errno));
-    }
-    if (!S_ISDIR(st.st_mode)) {
-        if (unlink(path) != 0 && errno != ENOENT)
-            return chord_err_setc(err, CHORD_E_IO, "unlink %s: %s", path, strerror(errno));
-        return 0;
-    }
-    if (nftw(path, remove_entry, 16, FTW_DEPTH | FTW_PHYS) != 0)
-        return chord_err_setc(err, CHORD_E_IO, "removing %s: %s", path, strerror(errno));
-    return 0;
-}
-
 __attribute__((format(printf, 3, 4))) static int path_join(char out[STORE_PATH_MAX], chord_err *err,
                                                            const char *fmt, ...) {
     va_list ap;
@@ -170,7 +146,7 @@ static int gc_job_dir(store *s, const char *job_id, const char *job_dir, chord_e
             snprintf(final, sizeof final, "%.*s", (int)(strlen(path) - 4), path);
             if (storage_inflight_has_locked(final)) continue;
             LOG_WARN("store: removing interrupted checkpoint %s", path);
-            ret = storage_rmtree(path, err);
+            ret = chord_rmtree(path, err);
             continue;
         }
         int64_t step = parse_step_name(e->d_name);
@@ -180,7 +156,7 @@ static int gc_job_dir(store *s, const char *job_id, const char *job_dir, chord_e
                          step, &exists, err);
         if (ret == 0 && !exists) {
             LOG_WARN("store: removing checkpoint %s (no row: interrupted commit or cleanup)", path);
-            ret = storage_rmtree(path, err);
+            ret = chord_rmtree(path, err);
         }
     }
     closedir(d);
@@ -226,7 +202,7 @@ static int gc_datasets(store *s, chord_err *err) {
             snprintf(final, sizeof final, "%.*s", (int)(strlen(path) - 4), path);
             if (storage_inflight_has_locked(final)) continue;
             LOG_WARN("store: removing interrupted upload %s", path);
-            ret = storage_rmtree(path, err);
+            ret = chord_rmtree(path, err);
         } else if (ends_with(e->d_name, ".jsonl") && !storage_inflight_has_locked(path)) {
             char id[STORE_ID_MAX];
             size_t len = strlen(e->d_name) - 6;
@@ -237,7 +213,7 @@ static int gc_datasets(store *s, chord_err *err) {
             ret = row_exists(s, "SELECT 1 FROM datasets WHERE id = ?1", id, 0, &exists, err);
             if (ret == 0 && !exists) {
                 LOG_WARN("store: removing dataset file %s (no row: interrupted commit)", path);
-                ret = storage_rmtree(path, err);
+                ret = chord_rmtree(path, err);
             }
         }
     }
@@ -317,7 +293,7 @@ int store_checkpoint_begin(store *s, const char *job_id, int64_t step, char tmp_
                               "job %s already has a checkpoint at step %" PRId64, job_id, step);
     if (storage_inflight_add(final, err)) return -1;
     /* A leftover temp or an orphan final directory (no row) is stale: start clean. */
-    if (chord_mkdirs(parent, err) || storage_rmtree(tmp, err) || storage_rmtree(final, err) ||
+    if (chord_mkdirs(parent, err) || chord_rmtree(tmp, err) || chord_rmtree(final, err) ||
         chord_mkdirs(tmp, err)) {
         storage_inflight_remove(final);
         return chord_err_prefix(err, "checkpoint of job %s step %" PRId64, job_id, step);
@@ -331,7 +307,7 @@ void store_checkpoint_abort(store *s, const char *job_id, int64_t step) {
     chord_err err = {0};
     if (store_checkpoint_dir(s, job_id, step, final, &err) || path_join(tmp, &err, "%s.tmp", final))
         return;
-    if (storage_rmtree(tmp, &err)) LOG_WARN("store: checkpoint abort: %s", err.msg);
+    if (chord_rmtree(tmp, &err)) LOG_WARN("store: checkpoint abort: %s", err.msg);
     storage_inflight_remove(final);
 }
 
@@ -578,7 +554,7 @@ fail:
     free(w.files);
     {
         chord_err ignored = {0};
-        if (storage_rmtree(renamed ? final : tmp, &ignored))
+        if (chord_rmtree(renamed ? final : tmp, &ignored))
             LOG_WARN("store: cleaning failed checkpoint: %s", ignored.msg);
     }
     storage_inflight_remove(final);
@@ -692,7 +668,7 @@ int store_checkpoint_keep_last(store *s, const char *job_id, size_t keep, size_t
     /* Rows are gone first: a crash now leaves directories with no row, removed at next open. */
     int ret = 0;
     for (size_t i = 0; i < n; i++)
-        if (ret == 0 && storage_rmtree(old[i].path, err)) ret = -1;
+        if (ret == 0 && chord_rmtree(old[i].path, err)) ret = -1;
     if (ret == 0 && n > 0) {
         char parent[STORE_PATH_MAX];
         if (path_join(parent, err, "%s/checkpoints/%s", s->dir, job_id) ||

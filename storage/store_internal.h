@@ -71,8 +71,6 @@ void storage_inflight_remove(const char *path);
 /* Caller holds the lock. */
 int storage_inflight_has_locked(const char *path);
 
-/* rm -rf path (a missing path is fine). */
-int storage_rmtree(const char *path, chord_err *err);
 /* Removes leftovers of interrupted writes (see store_open). */
 int storage_collect_garbage(store *s, chord_err *err);
 

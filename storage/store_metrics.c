@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "server/base/fileutil.h"
 #include "storage/store_internal.h"
 
 /* Binds (job, step) as ?1, ?2 and steps an INSERT/UPDATE/DELETE once. */
@@ -204,7 +205,7 @@ int store_job_truncate_after(store *s, const char *job_id, int64_t step, chord_e
     /* Rows first, files second: a crash in between leaves directories the next open removes. */
     int ret = 0;
     for (size_t i = 0; i < n_dirs; i++) {
-        if (ret == 0 && storage_rmtree(dirs[i], err)) ret = -1;
+        if (ret == 0 && chord_rmtree(dirs[i], err)) ret = -1;
         free(dirs[i]);
     }
     free(dirs);

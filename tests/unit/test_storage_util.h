@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "server/base/fileutil.h"
 #include "storage/store.h"
 #include "storage/store_internal.h"
 
@@ -21,7 +22,7 @@ static inline void scratch_make(char out[256]) {
 
 static inline void scratch_remove(const char *dir) {
     chord_err err = {0};
-    assert_int_equal(storage_rmtree(dir, &err), 0);
+    assert_int_equal(chord_rmtree(dir, &err), 0);
 }
 
 static inline store *open_ok(const char *dir) {
