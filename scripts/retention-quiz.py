@@ -134,6 +134,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--chordd", required=True)
     ap.add_argument("--model", required=True, help="model directory (weights + tokenizer)")
+    ap.add_argument("--tokenizer", help="tokenizer directory, when the model's has none (a "
+                    "checkpoint) [--model]")
     ap.add_argument("--n", type=int, default=240)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--threads", type=int, default=0)
@@ -146,7 +148,7 @@ def main():
     quiz = fetch_tables(cache, a.any_bsdgames)
     qs = load_questions(quiz, a.n, a.seed)
     convs = [{"prompt": q["question"], "response": c} for q in qs for c in q["choices"]]
-    rendered = run([a.chordd, "tokenize", "--tokenizer", a.model, "--chat"],
+    rendered = run([a.chordd, "tokenize", "--tokenizer", a.tokenizer or a.model, "--chat"],
                    "".join(json.dumps(c) + "\n" for c in convs))
     rows = [json.loads(line) for line in rendered.splitlines() if line.strip()]
     if len(rows) != len(convs):
