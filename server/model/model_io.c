@@ -9,19 +9,13 @@
 #include <string.h>
 
 #include "server/base/fileutil.h"
+#include "server/base/rng.h"
 #include "server/model/model.h"
 
 /* xoshiro256** seeded by splitmix64: small, fast, and the same stream on every machine. */
 typedef struct rng {
     uint64_t s[4];
 } rng;
-
-static uint64_t splitmix64(uint64_t *x) {
-    uint64_t z = (*x += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
 
 static uint64_t rotl(uint64_t x, int k) {
     return (x << k) | (x >> (64 - k));
@@ -75,7 +69,7 @@ int model_init_random(model *m, uint64_t seed, chord_err *err) {
     rng r;
     uint64_t x = seed;
     for (int i = 0; i < 4; i++)
-        r.s[i] = splitmix64(&x);
+        r.s[i] = chord_splitmix64_next(&x);
     const double std = m->cfg.initializer_range > 0 ? m->cfg.initializer_range : 0.02;
     for (int i = 0; i < m->n_tensors; i++) {
         const model_tensor *t = &m->tensors[i];

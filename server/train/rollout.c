@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "server/base/fileutil.h"
+#include "server/base/rng.h"
 
 struct rollout_engine {
     model *m;
@@ -25,23 +26,16 @@ void rollout_engine_free(rollout_engine *e) {
     free(e);
 }
 
-static uint64_t splitmix64(uint64_t x) {
-    x += 0x9E3779B97F4A7C15ull;
-    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-    return x ^ (x >> 31);
-}
-
 static float uniform_f32(uint64_t seed, uint64_t stream, uint64_t index, uint64_t t) {
     /* 24 bits: exactly representable, strictly below 1 */
     return (float)floor(rollout_uniform(seed, stream, index, t) * 16777216.0) / 16777216.0f;
 }
 
 double rollout_uniform(uint64_t seed, uint64_t stream, uint64_t index, uint64_t t) {
-    uint64_t h = splitmix64(seed);
-    h = splitmix64(h ^ stream);
-    h = splitmix64(h ^ index);
-    h = splitmix64(h ^ t);
+    uint64_t h = chord_splitmix64(seed);
+    h = chord_splitmix64(h ^ stream);
+    h = chord_splitmix64(h ^ index);
+    h = chord_splitmix64(h ^ t);
     return (double)(h >> 11) * (1.0 / 9007199254740992.0); /* 53 bits */
 }
 

@@ -12,19 +12,13 @@
 #include <string.h>
 
 #include "server/base/fileutil.h"
+#include "server/base/rng.h"
 
 #define MAX_ATTEMPTS 100000
 
-static uint64_t splitmix64(uint64_t x) {
-    x += 0x9e3779b97f4a7c15ULL;
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-    return x ^ (x >> 31);
-}
-
 /* A uniform integer in [lo, hi] from the stream state *s. */
 static int64_t uniform(uint64_t *s, int64_t lo, int64_t hi) {
-    *s = splitmix64(*s);
+    *s = chord_splitmix64(*s);
     if (hi <= lo) return lo;
     uint64_t span = (uint64_t)(hi - lo) + 1;
     return lo + (int64_t)(*s % span); /* span <= 1e9: modulo bias below 1e-9 */
@@ -74,9 +68,9 @@ task_split task_arith_split_of(const task_arith_config *cfg, int64_t a, char op,
         a = b;
         b = t;
     }
-    uint64_t h = splitmix64(0x43484f5244ULL ^ (uint64_t)a);
-    h = splitmix64(h ^ (uint64_t)(unsigned char)op);
-    h = splitmix64(h ^ (uint64_t)b);
+    uint64_t h = chord_splitmix64(0x43484f5244ULL ^ (uint64_t)a);
+    h = chord_splitmix64(h ^ (uint64_t)(unsigned char)op);
+    h = chord_splitmix64(h ^ (uint64_t)b);
     return (int)(h % 100) < cfg->heldout_percent ? TASK_SPLIT_HELDOUT : TASK_SPLIT_TRAIN;
 }
 
@@ -97,9 +91,9 @@ int task_arith_problem(const task_arith_config *cfg, uint64_t seed, task_split s
     if (cfg->ops & TASK_OP_ADD) ops[n_ops++] = '+';
     if (cfg->ops & TASK_OP_SUB) ops[n_ops++] = '-';
     if (cfg->ops & TASK_OP_MUL) ops[n_ops++] = '*';
-    uint64_t base = splitmix64(splitmix64(seed) ^ ((uint64_t)split << 62) ^ index);
+    uint64_t base = chord_splitmix64(chord_splitmix64(seed) ^ ((uint64_t)split << 62) ^ index);
     for (uint64_t attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
-        uint64_t s = splitmix64(base + attempt * 0x632be59bd9b4e019ULL);
+        uint64_t s = chord_splitmix64(base + attempt * 0x632be59bd9b4e019ULL);
         memset(out, 0, sizeof *out);
         out->op = ops[uniform(&s, 0, n_ops - 1)];
         int da = (int)uniform(&s, cfg->min_digits, cfg->max_digits);

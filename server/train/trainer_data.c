@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "server/base/buf.h"
+#include "server/base/rng.h"
 
 /* Every record passes the record parser (dataset.h) once, at open, so that a bad line fails the
  * job before any training (naming the line), not at the step that happens to draw it. Reads the
@@ -130,20 +131,13 @@ void trainer_item_free(trainer_item *it) {
     memset(it, 0, sizeof *it);
 }
 
-static uint64_t mix64(uint64_t x) {
-    x += 0x9E3779B97F4A7C15ull;
-    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-    return x ^ (x >> 31);
-}
-
 /* Fisher–Yates with a splitmix64 stream keyed by (seed, epoch). */
 static void build_perm(trainer_dataset *ds, int64_t epoch) {
     for (int64_t i = 0; i < ds->n; i++)
         ds->perm[i] = i;
-    uint64_t state = mix64(ds->seed ^ mix64((uint64_t)epoch + 1));
+    uint64_t state = chord_splitmix64(ds->seed ^ chord_splitmix64((uint64_t)epoch + 1));
     for (int64_t i = ds->n - 1; i > 0; i--) {
-        state = mix64(state);
+        state = chord_splitmix64(state);
         int64_t j = (int64_t)(state % (uint64_t)(i + 1));
         int64_t tmp = ds->perm[i];
         ds->perm[i] = ds->perm[j];
