@@ -53,4 +53,7 @@ def main(path, wall_ms=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1], float(sys.argv[2]) if len(sys.argv) > 2 else None))
+    try:
+        sys.exit(main(sys.argv[1], float(sys.argv[2]) if len(sys.argv) > 2 else None))
+    except BrokenPipeError:  # `| head`: the reader has what it wanted
+        sys.exit(0)
