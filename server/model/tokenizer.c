@@ -617,23 +617,30 @@ static int dup_string(const json_t *v, char **out, size_t *len) {
     return 0;
 }
 
+/* A "Sequence" component: parse(t, item, "where.key[i]", err) for each item of its array `key`
+ * (normalizers, pretokenizers, decoders, processors). */
+typedef int (*component_parser)(tok_tokenizer *t, const json_t *item, const char *where,
+                                chord_err *err);
+static int each_in_sequence(tok_tokenizer *t, const json_t *obj, const char *key, const char *where,
+                            component_parser parse, chord_err *err) {
+    json_t *list = json_object_get(obj, key);
+    if (!json_is_array(list)) return chord_err_set(err, "%s.%s must be an array", where, key);
+    size_t i;
+    json_t *sub;
+    json_array_foreach(list, i, sub) {
+        char w[256];
+        snprintf(w, sizeof w, "%s.%s[%zu]", where, key, i);
+        if (parse(t, sub, w, err)) return -1;
+    }
+    return 0;
+}
+
 static int parse_normalizer(tok_tokenizer *t, const json_t *n, const char *where, chord_err *err) {
     if (!n || json_is_null(n)) return 0;
     const char *type = get_type(n, where, err);
     if (!type) return -1;
-    if (strcmp(type, "Sequence") == 0) {
-        json_t *list = json_object_get(n, "normalizers");
-        if (!json_is_array(list))
-            return chord_err_set(err, "%s.normalizers must be an array", where);
-        size_t i;
-        json_t *sub;
-        json_array_foreach(list, i, sub) {
-            char w[256];
-            snprintf(w, sizeof w, "%s.normalizers[%zu]", where, i);
-            if (parse_normalizer(t, sub, w, err)) return -1;
-        }
-        return 0;
-    }
+    if (strcmp(type, "Sequence") == 0)
+        return each_in_sequence(t, n, "normalizers", where, parse_normalizer, err);
     if (t->n_norm == TOK_MAX_NORMALIZERS)
         return chord_err_set(err, "%s: more than %d normalizers", where, TOK_MAX_NORMALIZERS);
     tok_norm_op *op = &t->norm[t->n_norm];
@@ -787,19 +794,8 @@ static int parse_pretokenizer(tok_tokenizer *t, const json_t *p, const char *whe
     if (!p || json_is_null(p)) return 0;
     const char *type = get_type(p, where, err);
     if (!type) return -1;
-    if (strcmp(type, "Sequence") == 0) {
-        json_t *list = json_object_get(p, "pretokenizers");
-        if (!json_is_array(list))
-            return chord_err_set(err, "%s.pretokenizers must be an array", where);
-        size_t i;
-        json_t *sub;
-        json_array_foreach(list, i, sub) {
-            char w[256];
-            snprintf(w, sizeof w, "%s.pretokenizers[%zu]", where, i);
-            if (parse_pretokenizer(t, sub, w, err)) return -1;
-        }
-        return 0;
-    }
+    if (strcmp(type, "Sequence") == 0)
+        return each_in_sequence(t, p, "pretokenizers", where, parse_pretokenizer, err);
     if (strcmp(type, "Digits") == 0) {
         int individual;
         if (get_bool(p, "individual_digits", 0, &individual, where, err)) return -1;
@@ -894,18 +890,8 @@ static int parse_decoder_step(tok_tokenizer *t, const json_t *d, const char *whe
                               chord_err *err) {
     const char *type = get_type(d, where, err);
     if (!type) return -1;
-    if (strcmp(type, "Sequence") == 0) {
-        json_t *list = json_object_get(d, "decoders");
-        if (!json_is_array(list)) return chord_err_set(err, "%s.decoders must be an array", where);
-        size_t i;
-        json_t *sub;
-        json_array_foreach(list, i, sub) {
-            char w[256];
-            snprintf(w, sizeof w, "%s.decoders[%zu]", where, i);
-            if (parse_decoder_step(t, sub, w, err)) return -1;
-        }
-        return 0;
-    }
+    if (strcmp(type, "Sequence") == 0)
+        return each_in_sequence(t, d, "decoders", where, parse_decoder_step, err);
     if (t->n_dec_ops == TOK_MAX_DEC_OPS)
         return chord_err_set(err, "%s: more than %d decoders", where, TOK_MAX_DEC_OPS);
     tok_dec_op *op = &t->dec_ops[t->n_dec_ops];
@@ -1023,19 +1009,8 @@ static int parse_post(tok_tokenizer *t, const json_t *p, const char *where, chor
     const char *type = get_type(p, where, err);
     if (!type) return -1;
     if (strcmp(type, "ByteLevel") == 0) return 0; /* offsets only */
-    if (strcmp(type, "Sequence") == 0) {
-        json_t *list = json_object_get(p, "processors");
-        if (!json_is_array(list))
-            return chord_err_set(err, "%s.processors must be an array", where);
-        size_t i;
-        json_t *sub;
-        json_array_foreach(list, i, sub) {
-            char w[256];
-            snprintf(w, sizeof w, "%s.processors[%zu]", where, i);
-            if (parse_post(t, sub, w, err)) return -1;
-        }
-        return 0;
-    }
+    if (strcmp(type, "Sequence") == 0)
+        return each_in_sequence(t, p, "processors", where, parse_post, err);
     if (strcmp(type, "RobertaProcessing") == 0 || strcmp(type, "BertProcessing") == 0) {
         json_t *cls = json_object_get(p, "cls"), *sep = json_object_get(p, "sep");
         if (!json_is_array(cls) || !json_is_integer(json_array_get(cls, 1)) ||
