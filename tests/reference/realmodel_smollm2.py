@@ -31,6 +31,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import gguf_to_hf  # noqa: E402
+from model_reference import rel_err  # noqa: E402  (one relative-error rule for the engine's tests)
 
 TOL_LOGITS, TOL_GRAD = 1e-4, 1e-3
 GEN_TOKENS = 64
@@ -57,17 +58,6 @@ SFT_RECORDS = [
     {"prompt": "Name the largest planet.", "response": "Jupiter is the largest planet."},
     {"prompt": "Say hello in French.", "response": "Bonjour!"},
 ]
-
-
-def rel_err(a, b):
-    import numpy as np
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    if a.shape != b.shape:
-        return float("inf")
-    scale = np.max(np.abs(b)) if b.size else 0.0
-    diff = np.max(np.abs(a - b)) if b.size else 0.0
-    return diff / scale if scale > 0 else diff
 
 
 def check(what, a, b, tol):
