@@ -545,7 +545,7 @@ int svc_job_create(svc *s, const json_t *doc, json_t **job, chord_err *err) {
                       cfg.device, s->devices[0], s->n_devices > 1 ? ", ..." : "");
         goto done;
     }
-    if (svc_check_job_fits(s, &cfg, &mc, err)) goto done;
+    if (svc_check_job_fits(s, st, &cfg, &mc, err)) goto done;
     text = json_dumps(resolved, JSON_COMPACT | JSON_SORT_KEYS);
     if (!text) {
         oom(err);

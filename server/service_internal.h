@@ -115,8 +115,10 @@ int svc_resolve_model(svc *s, store *st, const char *field, const char *ref, cha
  * Each returns 0 when the work fits the best device it may run on (or no device can tell its
  * memory), else CHORD_E_TOO_LARGE with the figures (mem_estimate_check). */
 
-/* A job (device: the job's "device"). */
-int svc_check_job_fits(svc *s, const job_config *cfg, const model_config *mc, chord_err *err);
+/* A job (device: the job's "device"), its prompt bound read from its datasets through the
+ * caller's store handle st. */
+int svc_check_job_fits(svc *s, store *st, const job_config *cfg, const model_config *mc,
+                       chord_err *err);
 /* A model's weights (any device). */
 int svc_check_model_fits(svc *s, const model_config *mc, chord_err *err);
 /* A resolved rollout request (rollout.h's document); reads the config.json it names. */

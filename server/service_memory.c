@@ -52,11 +52,9 @@ static int check_devices(svc *s, const char *job_device, int for_job, const mem_
 
 /* the prompt-token bound of dataset `id` (its file, read line by line); MEM_PROMPT_TOKENS when
  * it cannot be looked up or read */
-static double dataset_prompt_tokens(svc *s, const char *id) {
+static double dataset_prompt_tokens(store *st, const char *id) {
     if (!id) return MEM_PROMPT_TOKENS;
     chord_err err = {0};
-    store *st = svc_store_get(s, &err);
-    if (!st) return MEM_PROMPT_TOKENS;
     store_dataset d;
     memset(&d, 0, sizeof d);
     double t = MEM_PROMPT_TOKENS;
@@ -64,14 +62,14 @@ static double dataset_prompt_tokens(svc *s, const char *id) {
         t = mem_prompt_tokens_of_file(d.path);
         store_dataset_free(&d);
     }
-    svc_store_put(s, st);
     return t;
 }
 
-int svc_check_job_fits(svc *s, const job_config *cfg, const model_config *mc, chord_err *err) {
+int svc_check_job_fits(svc *s, store *st, const job_config *cfg, const model_config *mc,
+                       chord_err *err) {
     mem_estimate e;
-    mem_estimate_job(mc, cfg, dataset_prompt_tokens(s, cfg->data_prompts),
-                     dataset_prompt_tokens(s, cfg->data_eval), &e);
+    mem_estimate_job(mc, cfg, dataset_prompt_tokens(st, cfg->data_prompts),
+                     dataset_prompt_tokens(st, cfg->data_eval), &e);
     return check_devices(s, cfg->device, 1, &e, err);
 }
 
