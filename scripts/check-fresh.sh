@@ -121,8 +121,8 @@ if [ "${1:-}" = "--inner" ]; then
   stage "cmake build"
   # shellcheck disable=SC2016 # $(nproc) expands in the chroot
   in_chroot 'cmake --build build -j"$(nproc)"'
-  stage "smoke (build/api/chordd --help)"
-  in_chroot 'build/api/chordd --help >/dev/null'
+  stage "smoke (build/chordd --help)"
+  in_chroot 'build/chordd --help >/dev/null'
   stage "unmount"
   exit 0
 fi

@@ -9,4 +9,4 @@ cd "$root"
 scripts/install-deps.sh
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j"$(nproc)"
-exec build/api/chordd --demo "$@"
+exec build/chordd --demo "$@"

@@ -22,7 +22,7 @@ cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DCHORD_CUDA=ON -DCHORD_NATIVE
 cmake --build "$build" -j"$(nproc)" --target chordd gpu_check
 rm -rf "$bundle"
 mkdir -p "$bundle/bin" "$bundle/lib"
-cp "$build/api/chordd" "$build/tests/gpu_check" "$bundle/bin/"
+cp "$build/chordd" "$build/tests/gpu_check" "$bundle/bin/"
 strip "$bundle/bin/"*
 skip='^(linux-vdso|ld-linux|libc|libm|libdl|libpthread|librt|libresolv|libcuda|libcudart|libcublas|libcublasLt|libnvidia)\.'
 for b in "$bundle/bin/"*; do

@@ -6,7 +6,7 @@ check (scripts/retention-quiz.py) on both models. A benchmark, not a test: it as
 prints what it measured (docs/training.md "A real model").
 
 Usage:
-  real-run.py --chordd build/api/chordd --model ~/.cache/chord/models/SmolLM2-135M-Instruct \\
+  real-run.py --chordd build/chordd --model ~/.cache/chord/models/SmolLM2-135M-Instruct \\
               --data DIR --out RUNDIR [--steps 30] [--threads N] [--quiz 120]
 
 DIR holds prompts.jsonl, expert.jsonl and eval.jsonl. RUNDIR receives the server's data

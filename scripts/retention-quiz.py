@@ -6,7 +6,7 @@ computes it (`chordd tokenize --chat` renders the conversation with the model's 
 `chordd score` gives the per-token log-probs), no sampling, no answer parsing.
 
 Usage:
-  retention-quiz.py --chordd build/api/chordd --model DIR [--n 240] [--seed 1] [--out FILE]
+  retention-quiz.py --chordd build/chordd --model DIR [--n 240] [--seed 1] [--out FILE]
 
 Prints one JSON object: accuracy by summed log-likelihood of the answer tokens (`acc`) and by
 log-likelihood per byte of the answer (`acc_norm`, as lm-evaluation-harness), overall and per

@@ -23,7 +23,7 @@
  *                                                    refused with CHORD_E_UNAVAILABLE,
  *                                                    reads and watches still answer
  *
- * chordd's order (api/cmd_serve.c): quiesce both transports (no new connections or calls),
+ * chordd's order (cmd/cmd_serve.c): quiesce both transports (no new connections or calls),
  * svc_shutdown (running jobs checkpoint and go back to the queue; requests still in flight get
  * their answer or CHORD_E_UNAVAILABLE), stop both transports (every request thread has
  * returned, every watch is closed), then svc_close.

@@ -4,7 +4,7 @@
  *
  * Not here: jobs and watches, resolving paths under the models root and model references, a
  * checkpoint's resource (service.c, which never calls into this file), SQL (storage/),
- * generation (server/jobs/rollout.h). */
+ * generation (server/jobs/rollout_request.h). */
 #include "server/service_internal.h"
 
 #include <errno.h>

@@ -18,7 +18,7 @@
 
 #include "kernels/ops.h"
 #include "server/base/log.h"
-#include "server/jobs/rollout.h"
+#include "server/jobs/rollout_request.h"
 #include "server/model/config.h"
 #include "server/train/jobconfig.h"
 #include "server/train/mem_estimate.h"

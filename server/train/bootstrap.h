@@ -1,5 +1,5 @@
 /* bootstrap.h — a model ready to sample and train, opened the one way the trainer, `chordd eval`
- * and the rollout executor (server/jobs/rollout.c) all use:
+ * and the rollout executor (server/jobs/rollout_request.c) all use:
  *
  *   1. the config: DIR/config.json, or a random-init config (Hugging Face fields), or the live
  *      model's;

@@ -1,6 +1,6 @@
 /* dataset.h — what a record of a chord dataset is: the one parser of JSONL lines and of the
  * prompts and answers of rollout requests. Upload validation (server/service_data.c), training
- * and evaluation (trainer_data.h), `chordd eval` and the rollout executor (server/jobs/rollout.c)
+ * and evaluation (trainer_data.h), `chordd eval` and the rollout executor (server/jobs/rollout_request.c)
  * all call it, so a file that uploads trains, and one that is refused is refused with the same
  * words everywhere. docs/api.md ("Records") is the user's side of these rules.
  *

@@ -13,7 +13,7 @@ import time
 import urllib.error
 import urllib.request
 
-CHORDD = os.environ.get("CHORDD", "build/api/chordd")
+CHORDD = os.environ.get("CHORDD", "build/chordd")
 
 # A tiny Qwen2-style config: trains a step in well under a second on one CPU thread.
 TINY_CONFIG = {

@@ -7,7 +7,7 @@ wrong wire types, wrong JSON types, oversized messages, work that would not fit 
 memory, clients that vanish mid-stream and mid-upload, expired deadlines, unknown methods — each
 with its status code, the server up after each and nothing half-stored.
 
-Run: CHORDD=build/api/chordd python -m pytest tests/integration/grpc_test.py"""
+Run: CHORDD=build/chordd python -m pytest tests/integration/grpc_test.py"""
 import hashlib
 import json
 import os

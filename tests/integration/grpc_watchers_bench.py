@@ -8,7 +8,7 @@ Prints a table (docs/benchmarks.md "gRPC watchers"). Timing is reported, not ass
 machine's load swamps a few percent) unless --max-slowdown is given; what is asserted is that
 every watcher got every event and chordd exited cleanly.
 
-Run: CHORDD=build/api/chordd python tests/integration/grpc_watchers_bench.py [--watchers 100]"""
+Run: CHORDD=build/chordd python tests/integration/grpc_watchers_bench.py [--watchers 100]"""
 import argparse
 import asyncio
 import os

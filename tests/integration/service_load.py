@@ -3,7 +3,7 @@ endpoints while a job trains. Passes when every response is 2xx, the server stay
 keeps training, and its metrics table has every step exactly once afterwards. Prints a table of
 requests/s and latency percentiles (docs/operations.md records a run).
 
-Run: CHORDD=build/api/chordd python tests/integration/service_load.py [SECONDS] [CONNECTIONS]"""
+Run: CHORDD=build/chordd python tests/integration/service_load.py [SECONDS] [CONNECTIONS]"""
 import os
 import re
 import shutil

@@ -4,7 +4,7 @@ table ends with every step exactly once — and with the same values as an unint
 the same job (read from SQLite directly, not only through the API). After SIGTERM the server
 exits 0 once the running job wrote a checkpoint of its last step and went back to queued.
 
-Run: CHORDD=build/api/chordd python -m pytest tests/integration/service_resume_test.py"""
+Run: CHORDD=build/chordd python -m pytest tests/integration/service_resume_test.py"""
 import os
 import signal
 import sqlite3

@@ -3,7 +3,7 @@ chordd: generated requests for every operation, checked for no 5xx and for respo
 match the spec. Then the server must still be up, its stored data intact, and its log free of
 internal errors. A bounded number of examples keeps it to a minute or two.
 
-Run: CHORDD=build/api/chordd python tests/integration/service_schemathesis.py api/proto/openapi.yaml"""
+Run: CHORDD=build/chordd python tests/integration/service_schemathesis.py api/proto/openapi.yaml"""
 import os
 import subprocess
 import sys

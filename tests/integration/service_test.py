@@ -8,7 +8,7 @@ that would not fit the device's memory refused at submission (413, with the figu
 --device-memory-mb observed both at submission and when a job starts. Crash-and-resume tests are
 in service_resume_test.py.
 
-Run: CHORDD=build/api/chordd python -m pytest tests/integration/service_test.py"""
+Run: CHORDD=build/chordd python -m pytest tests/integration/service_test.py"""
 import hashlib
 import http.server
 import json

@@ -11,7 +11,7 @@ cancel that finds the job finished), or the connection refused or closed once th
 stopped; the streams end; the training job went back to the queue. The service-level version of
 this (many more calls, exactly timed around svc_shutdown) is service_shutdown_test.c.
 
-Run: CHORDD=build/api/chordd python -m pytest tests/integration/shutdown_inflight_test.py"""
+Run: CHORDD=build/chordd python -m pytest tests/integration/shutdown_inflight_test.py"""
 import collections
 import http.client
 import json

@@ -17,7 +17,7 @@ import os
 import re
 import subprocess
 
-CHORDD = os.environ.get("CHORDD", "build/api/chordd")
+CHORDD = os.environ.get("CHORDD", "build/chordd")
 PROBLEM = re.compile(r"^Compute (\d+)([+\-*])(\d+)\.$")
 
 

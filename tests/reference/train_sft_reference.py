@@ -16,7 +16,7 @@ Checks per step: chord's sft_loss, grad_norm and lr metrics vs PyTorch's (relati
 second moments, which amplifies fp32 round-off in near-zero entries; a masking or
 normalisation bug moves whole tensors by ~lr).
 
-usage: train_sft_reference.py --chordd build/api/chordd"""
+usage: train_sft_reference.py --chordd build/chordd"""
 import argparse
 import json
 import os

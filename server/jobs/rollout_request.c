@@ -1,5 +1,5 @@
-/* rollout.c — jobs_rollout_generate (rollout.h): answers one POST /v1/rollouts request with the
- * same engine the trainer samples with (server/train/rollout.h), so a completion's log-probs are
+/* rollout_request.c — jobs_rollout_generate (rollout_request.h): answers one POST /v1/rollouts
+ * request with the same engine the trainer samples with (server/train/rollout.h), so a completion's log-probs are
  * the numbers a training step would compute on those weights.
  *
  * The model is the running job's live model when the request names that job without a step,
@@ -8,7 +8,7 @@
  * answers are read by the dataset record rules (server/train/dataset.h), so a rollout sees the
  * same prompt and ground truth a training step would. Not here: validation of the request (the
  * service did it, with the same rules). */
-#include "server/jobs/rollout.h"
+#include "server/jobs/rollout_request.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -1,11 +1,11 @@
 /* chordd.c — the chord binary: the daemon (no subcommand = serve) and its one-shot commands.
- * This file only dispatches; each command lives in api/cmd_*.c. */
+ * This file only dispatches; each command lives in cmd/cmd_*.c. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-#include "api/commands.h"
+#include "cmd/commands.h"
 
 static const struct {
     const char *name;

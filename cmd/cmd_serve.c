@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "api/commands.h"
+#include "cmd/commands.h"
 #include "api/grpc/grpc_server.h"
 #include "api/http/http.h"
 #include "server/base/log.h"

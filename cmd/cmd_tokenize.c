@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "api/commands.h"
+#include "cmd/commands.h"
 #include "server/model/chat.h"
 #include "server/model/tokenizer.h"
 #include "server/model/tokenizer_train.h"

@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "api/commands.h"
+#include "cmd/commands.h"
 #include "kernels/ops.h"
 #include "server/base/fileutil.h"
 #include "server/model/model.h"

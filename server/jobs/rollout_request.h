@@ -1,4 +1,4 @@
-/* rollout.h — the seam to the generation function that answers a rollout request
+/* rollout_request.h — the seam to the generation function that answers a rollout request
  * (POST /v1/rollouts). The service validates and resolves the request and stores it; a worker
  * calls jobs_rollout_generate between training steps (with the running job's live model) or
  * when idle (live_model NULL: load the model named by the request).
@@ -16,8 +16,8 @@
  *
  * What this is not: generation itself lives with the trainer (server/train); this file only
  * names the call. */
-#ifndef CHORD_JOBS_ROLLOUT_H
-#define CHORD_JOBS_ROLLOUT_H
+#ifndef CHORD_JOBS_ROLLOUT_REQUEST_H
+#define CHORD_JOBS_ROLLOUT_REQUEST_H
 
 #include <jansson.h>
 

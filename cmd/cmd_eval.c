@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "api/commands.h"
+#include "cmd/commands.h"
 #include "kernels/ops.h"
 #include "server/base/log.h"
 #include "server/train/bootstrap.h"

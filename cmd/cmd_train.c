@@ -11,7 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "api/commands.h"
+#include "cmd/commands.h"
 #include "kernels/ops.h"
 #include "server/base/fileutil.h"
 #include "server/base/log.h"

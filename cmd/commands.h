@@ -1,0 +1,14 @@
+/* commands.h — chordd's subcommands. Each takes the arguments after its name (argv[0] is the
+ * subcommand) and returns the process exit status. */
+#ifndef CHORD_CMD_COMMANDS_H
+#define CHORD_CMD_COMMANDS_H
+
+int cmd_serve(int argc, char **argv);           /* cmd/cmd_serve.c */
+int cmd_init_model(int argc, char **argv);      /* cmd/cmd_model.c */
+int cmd_score(int argc, char **argv);           /* cmd/cmd_model.c */
+int cmd_tokenize(int argc, char **argv);        /* cmd/cmd_tokenize.c */
+int cmd_tokenizer(int argc, char **argv);       /* cmd/cmd_tokenize.c: `tokenizer train` */
+int cmd_train(int argc, char **argv);           /* cmd/cmd_train.c */
+int cmd_eval(int argc, char **argv);            /* cmd/cmd_eval.c */
+
+#endif
