@@ -13,6 +13,7 @@
 #include <jansson.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,7 +32,81 @@
 #include "server/train/schedule.h"
 #include "server/train/trainer_data.h"
 
-#define MAX_METRICS 48
+/* ---- the step's metrics ------------------------------------------------------------------------
+ * One struct, one table: the table names each field once (ALGORITHM.md's names) and is the only
+ * place the names live; metrics_emit turns a filled struct into the name/value rows on_step
+ * stores, and the console line reads the fields. */
+
+typedef struct step_metrics {
+    double mu;
+    chord_loss_metrics loss; /* loss.h: loss, pg_loss, clip fraction, ppo_kl, sft ... */
+    double grad_norm, lr;
+    double reward_mean, reward_std, accuracy, response_len_mean, truncated_frac;
+    double zero_adv_groups, verifier_error_rate;
+    double policy_tokens, expert_tokens, policy_tokens_skipped; /* skipped: zero advantage */
+    double time_rollout, time_reward, time_train, time_step;
+    double tps_rollout, tps_train;
+    int has_eval; /* the eval/ rows exist only on eval steps */
+    double eval_error_rate, eval_accuracy, eval_pass_at_k, eval_k, eval_time;
+} step_metrics;
+
+#define STEP_METRIC(name, field)                                                                   \
+    { name, offsetof(step_metrics, field), 0 }
+#define EVAL_METRIC(name, field)                                                                   \
+    { name, offsetof(step_metrics, field), 1 }
+static const struct {
+    const char *name;
+    size_t offset;
+    int eval;
+} metric_table[] = {
+    STEP_METRIC("mu", mu),
+    STEP_METRIC("loss", loss.loss),
+    STEP_METRIC("pg_loss", loss.pg_loss),
+    STEP_METRIC("pg_clipfrac", loss.pg_clipfrac),
+    STEP_METRIC("ppo_kl", loss.ppo_kl),
+    STEP_METRIC("ratio_mean", loss.ratio_mean),
+    STEP_METRIC("sft_loss", loss.sft_loss),
+    STEP_METRIC("sft_nll", loss.sft_nll),
+    STEP_METRIC("phi_mean", loss.phi_mean),
+    STEP_METRIC("entropy", loss.entropy),
+    STEP_METRIC("grad_norm", grad_norm),
+    STEP_METRIC("lr", lr),
+    STEP_METRIC("reward_mean", reward_mean),
+    STEP_METRIC("reward_std", reward_std),
+    STEP_METRIC("accuracy", accuracy),
+    STEP_METRIC("response_len_mean", response_len_mean),
+    STEP_METRIC("truncated_frac", truncated_frac),
+    STEP_METRIC("zero_adv_groups", zero_adv_groups),
+    STEP_METRIC("verifier_error_rate", verifier_error_rate),
+    STEP_METRIC("policy_tokens", policy_tokens),
+    STEP_METRIC("expert_tokens", expert_tokens),
+    STEP_METRIC("policy_tokens_skipped", policy_tokens_skipped),
+    STEP_METRIC("time/rollout", time_rollout),
+    STEP_METRIC("time/reward", time_reward),
+    STEP_METRIC("time/train", time_train),
+    STEP_METRIC("time/step", time_step),
+    STEP_METRIC("tokens_per_s/rollout", tps_rollout),
+    STEP_METRIC("tokens_per_s/train", tps_train),
+    EVAL_METRIC("eval/error_rate", eval_error_rate),
+    EVAL_METRIC("eval/accuracy", eval_accuracy),
+    EVAL_METRIC("eval/avg_at_k", eval_accuracy), /* avg@k: the mean over k samples */
+    EVAL_METRIC("eval/pass_at_k", eval_pass_at_k),
+    EVAL_METRIC("eval/k", eval_k),
+    EVAL_METRIC("eval/time", eval_time),
+};
+#define N_METRICS (sizeof metric_table / sizeof metric_table[0])
+
+/* The rows of m in table order (eval rows only when m->has_eval); returns how many. */
+static int metrics_emit(const step_metrics *m, const char *names[N_METRICS],
+                        double values[N_METRICS]) {
+    int n = 0;
+    for (size_t i = 0; i < N_METRICS; i++) {
+        if (metric_table[i].eval && !m->has_eval) continue;
+        names[n] = metric_table[i].name;
+        values[n++] = *(const double *)((const char *)m + metric_table[i].offset);
+    }
+    return n;
+}
 
 /* ---- the job's live state -------------------------------------------------------------------- */
 
@@ -51,19 +126,8 @@ typedef struct trainer {
     int n_stop;
     float inv_temp;
     int checkpoint_on_stop; /* what should_stop asked for when it stopped a rollout */
-    /* metrics of the step being built */
-    const char *names[MAX_METRICS];
-    double values[MAX_METRICS];
-    int n_metrics;
+    step_metrics metrics;   /* of the step being run */
 } trainer;
-
-static void metric(trainer *t, const char *name, double v) {
-    if (t->n_metrics < MAX_METRICS) {
-        t->names[t->n_metrics] = name;
-        t->values[t->n_metrics] = v;
-        t->n_metrics++;
-    }
-}
 
 static void logline(trainer *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void logline(trainer *t, const char *fmt, ...) {
@@ -89,8 +153,8 @@ json_t *trainer_sample_json(const trainer_sample *s) {
                      "tokens", s->tokens, "truncated", s->truncated);
 }
 
-int trainer_decode_response(const struct tok_tokenizer *tok, const int32_t *ids, int n,
-                            char **out, chord_err *err) {
+int trainer_decode_response(const struct tok_tokenizer *tok, const int32_t *ids, int n, char **out,
+                            chord_err *err) {
     *out = NULL;
     /* a model's vocabulary may be padded past the tokenizer's (Qwen2.5: 151936 vs 151665):
      * such ids have no text */
@@ -231,7 +295,7 @@ done:
     return rc;
 }
 
-/* The loss bookkeeping of a zero-advantage response without running it (see run_step): its
+/* The loss bookkeeping of a zero-advantage response without running it (drop_zero_advantage): its
  * policy tokens with logp_θ = logp_old, no entropy; the gradient (zero) is discarded. */
 static int account_skipped(const train_seq *q, const chord_loss_params *lp, chord_loss_accum *acc,
                            chord_err *err) {
@@ -269,8 +333,62 @@ done:
     return rc;
 }
 
-/* ---- one step ----------------------------------------------------------------------------------
- */
+/* ---- one step ------------------------------------------------------------------------------
+ * run_step is the CHORD step in six calls: what this step does (plan), the rollouts and their
+ * rewards, the GRPO advantages, the training sequences (on-policy responses + expert demos),
+ * the loss/backward/AdamW update, and the per-sample report. Each phase fills its result struct
+ * and the step's metrics; everything is freed in one place at the end. */
+
+/* What step `step` does: how many prompts (B, each sampled G times) and expert records (E). */
+typedef struct step_plan {
+    int B, G, E;
+    int do_rl, do_sft;
+} step_plan;
+
+static step_plan plan_step(const job_config *cfg, int64_t step) {
+    int sft_phase = cfg->mu.kind == JOB_MU_SFT_THEN_GRPO && step <= cfg->sft_steps;
+    int mu_fixed_one = cfg->mu.kind == JOB_MU_SFT || sft_phase;
+    int mu_fixed_zero =
+        cfg->mu.kind == JOB_MU_GRPO || (cfg->mu.kind == JOB_MU_SFT_THEN_GRPO && !sft_phase);
+    step_plan p = {.G = (int)cfg->grpo.group_size};
+    p.do_rl = jobconfig_uses_rollouts(cfg->algorithm) && !mu_fixed_one;
+    p.do_sft = jobconfig_uses_expert(cfg->algorithm) && !mu_fixed_zero;
+    p.B = p.do_rl ? (int)cfg->grpo.prompts_per_step : 0;
+    p.E = p.do_sft ? (int)cfg->expert_per_step : 0;
+    return p;
+}
+
+/* The on-policy half of a step: B prompts, their B·G responses, the responses' text, verdicts
+ * and advantages. excluded[i] = 1: the verifier could not decide; not trained on. */
+typedef struct step_rollouts {
+    int B;
+    trainer_item *prompts; /* (B) */
+    rollout_result rr;     /* (B·G) responses, grouped by prompt */
+    char **completions;    /* (n) decoded responses */
+    reward_result *res;    /* (n) */
+    float *adv;            /* (n) */
+    uint8_t *excluded;     /* (n) */
+} step_rollouts;
+
+static void step_rollouts_free(step_rollouts *ro) {
+    if (ro->completions)
+        for (int i = 0; i < ro->rr.n; i++)
+            free(ro->completions[i]);
+    free(ro->completions);
+    free(ro->res);
+    free(ro->adv);
+    free(ro->excluded);
+    rollout_result_free(&ro->rr);
+    if (ro->prompts)
+        for (int i = 0; i < ro->B; i++)
+            trainer_item_free(&ro->prompts[i]);
+    free(ro->prompts);
+    memset(ro, 0, sizeof *ro);
+}
+
+static int oom(chord_err *err) {
+    return chord_err_setc(err, CHORD_E_INTERNAL, "trainer: out of memory");
+}
 
 static int should_stop_rollout(void *user) {
     trainer *t = user;
@@ -280,363 +398,339 @@ static int should_stop_rollout(void *user) {
     return stop;
 }
 
-static int run_step(trainer *t, int64_t step, chord_err *err) {
-    const job_config *cfg = t->cfg;
-    double t_step0 = chord_now();
-    t->n_metrics = 0;
-    int mu_fixed_one = cfg->mu.kind == JOB_MU_SFT ||
-                       (cfg->mu.kind == JOB_MU_SFT_THEN_GRPO && step <= cfg->sft_steps);
-    int mu_fixed_zero = cfg->mu.kind == JOB_MU_GRPO ||
-                        (cfg->mu.kind == JOB_MU_SFT_THEN_GRPO && step > cfg->sft_steps);
-    int do_rl = jobconfig_uses_rollouts(cfg->algorithm) && !mu_fixed_one;
-    int do_sft = jobconfig_uses_expert(cfg->algorithm) && !mu_fixed_zero;
-
+/* Phase 1: the next B prompts of the epoch's order, G responses each (rollout.h). */
+static int collect_rollouts(trainer *t, int64_t step, const step_plan *p, step_rollouts *ro,
+                            step_metrics *m, chord_err *err) {
+    double t0 = chord_now();
+    ro->B = p->B;
+    ro->prompts = calloc((size_t)p->B, sizeof *ro->prompts);
+    const int32_t **ids = malloc((size_t)p->B * sizeof *ids);
+    int *lens = malloc((size_t)p->B * sizeof *lens);
     int rc = -1;
-    int B = do_rl ? (int)cfg->grpo.prompts_per_step : 0;
-    int G = (int)cfg->grpo.group_size;
-    int E = do_sft ? (int)cfg->expert_per_step : 0;
-    trainer_item *pitems = calloc((size_t)(B > 0 ? B : 1), sizeof *pitems);
-    trainer_item *eitems = calloc((size_t)(E > 0 ? E : 1), sizeof *eitems);
-    rollout_result rr = {0};
-    reward_sample *rs = NULL;
-    reward_result *rres = NULL;
-    char **completions = NULL;
-    float *rewards = NULL, *advs = NULL;
-    uint8_t *excluded = NULL; /* (B*G) 1 = the verifier could not decide: not trained on */
-    train_seq *seqs = NULL;
-    trainer_sample *samples = NULL;
-    int n_seqs = 0;
-    if (!pitems || !eitems) {
-        chord_err_setc(err, CHORD_E_INTERNAL, "trainer: out of memory");
+    if (!ro->prompts || !ids || !lens) {
+        oom(err);
         goto done;
     }
-
-    /* 1. rollouts */
-    double t_roll0 = chord_now(), t_roll = 0, t_reward = 0;
-    double reward_mean = 0, reward_std = 0, accuracy = 0, resp_len = 0, err_rate = 0,
-           trunc_frac = 0;
-    int64_t zero_adv = 0, rollout_tokens = 0;
-    if (B > 0) {
-        const int32_t **pids = malloc((size_t)B * sizeof *pids);
-        int *plens = malloc((size_t)B * sizeof *plens);
-        if (!pids || !plens) {
-            free(pids);
-            free(plens);
-            chord_err_setc(err, CHORD_E_INTERNAL, "trainer: out of memory");
+    for (int i = 0; i < p->B; i++) {
+        if (trainer_dataset_item(&t->prompts, t->prompt_cursor + i, t->tok, &t->tpl, 1,
+                                 &ro->prompts[i], err) != 0)
             goto done;
-        }
-        for (int i = 0; i < B; i++) {
-            if (trainer_dataset_item(&t->prompts, t->prompt_cursor + i, t->tok, &t->tpl, 1,
-                                     &pitems[i], err) != 0) {
-                free(pids);
-                free(plens);
-                goto done;
-            }
-            pids[i] = pitems[i].ids;
-            plens[i] = pitems[i].len;
-        }
-        rollout_params rp = {.group_size = G,
-                             .temperature = (float)cfg->sampling.temperature,
-                             .top_p = (float)cfg->sampling.top_p,
-                             .max_new_tokens = (int)cfg->sampling.max_new_tokens,
-                             .stop_ids = t->stop_ids,
-                             .n_stop = t->n_stop,
-                             .seed = cfg->seed,
-                             .stream = (uint64_t)step,
-                             .should_stop = should_stop_rollout,
-                             .user = t};
-        int grc = rollout_generate(t->engine, pids, plens, B, &rp, &rr, err);
-        free(pids);
-        free(plens);
-        if (grc != 0) goto done;
-        t_roll = chord_now() - t_roll0;
-        rollout_tokens = rr.tokens;
-
-        /* 2. rewards */
-        double t_rw0 = chord_now();
-        int n = rr.n;
-        rs = calloc((size_t)n, sizeof *rs);
-        rres = calloc((size_t)n, sizeof *rres);
-        completions = calloc((size_t)n, sizeof *completions);
-        rewards = calloc((size_t)n, sizeof *rewards);
-        advs = calloc((size_t)n, sizeof *advs);
-        if (!rs || !rres || !completions || !rewards || !advs) {
-            chord_err_setc(err, CHORD_E_INTERNAL, "trainer: out of memory");
-            goto done;
-        }
-        for (int i = 0; i < n; i++) {
-            const rollout_seq *q = &rr.seq[i];
-            if (trainer_decode_response(t->tok, q->tokens, q->len, &completions[i], err) != 0) goto done;
-            rs[i].prompt = pitems[q->prompt].text;
-            rs[i].completion = completions[i];
-            rs[i].answer = pitems[q->prompt].answer;
-            rs[i].truncated = q->truncated != 0;
-        }
-        if (reward_score_batch(t->verifier, rs, (size_t)n, rres, err) != 0) goto done;
-        /* A verifier that could not decide (error / timeout) says nothing about the response:
-         * such samples leave their group (the advantages are computed over the decided ones),
-         * are not trained on, and count only in verifier_error_rate. A group of G >= 2 with
-         * fewer than two decided samples gets no signal (A = 0, counted in zero_adv_groups). */
-        excluded = calloc((size_t)n, 1);
-        float *dense_r = malloc((size_t)n * sizeof *dense_r);
-        float *dense_a = malloc((size_t)n * sizeof *dense_a);
-        int *dense_g = malloc((size_t)B * sizeof *dense_g);
-        if (!excluded || !dense_r || !dense_a || !dense_g) {
-            free(dense_r);
-            free(dense_a);
-            free(dense_g);
-            chord_err_setc(err, CHORD_E_INTERNAL, "trainer: out of memory");
-            goto done;
-        }
-        int n_correct = 0, n_error = 0, n_trunc = 0, n_valid = 0, n_dense = 0, n_groups = 0;
-        double len_sum = 0, rsum = 0, rsq = 0;
-        for (int i = 0; i < n; i++) {
-            rewards[i] = (float)rres[i].reward;
-            excluded[i] =
-                rres[i].reason == REWARD_REASON_ERROR || rres[i].reason == REWARD_REASON_TIMEOUT;
-            n_error += excluded[i];
-            n_trunc += rr.seq[i].truncated ? 1 : 0;
-            len_sum += rr.seq[i].len;
-            if (excluded[i]) continue;
-            n_valid++;
-            n_correct += rres[i].correct ? 1 : 0;
-            rsum += rres[i].reward;
-        }
-        reward_mean = n_valid ? rsum / n_valid : 0.0;
-        for (int i = 0; i < n; i++)
-            if (!excluded[i])
-                rsq += (rres[i].reward - reward_mean) * (rres[i].reward - reward_mean);
-        reward_std = n_valid > 1 ? sqrt(rsq / (n_valid - 1)) : 0.0;
-        accuracy = n_valid ? (double)n_correct / n_valid : 0.0;
-        err_rate = (double)n_error / n;
-        trunc_frac = (double)n_trunc / n;
-        resp_len = len_sum / n;
-        int64_t starved = 0; /* groups left with too few decided samples */
-        for (int g = 0; g < B; g++) {
-            int k = 0;
-            for (int j = 0; j < G; j++)
-                if (!excluded[g * G + j]) dense_r[n_dense + k++] = rewards[g * G + j];
-            if (k == 0 || (G >= 2 && k < 2)) {
-                starved++;
-                continue;
-            }
-            dense_g[n_groups++] = k;
-            n_dense += k;
-        }
-        int arc = n_groups > 0 ? chord_grpo_advantages(dense_r, dense_g, (size_t)n_groups, dense_a,
-                                                       &zero_adv, err)
-                               : 0;
-        if (arc == 0) {
-            int d = 0;
-            for (int g = 0; g < B; g++) {
-                int k = 0;
-                for (int j = 0; j < G; j++)
-                    k += !excluded[g * G + j];
-                int kept = !(k == 0 || (G >= 2 && k < 2));
-                for (int j = 0; j < G; j++) {
-                    int i = g * G + j;
-                    advs[i] = (kept && !excluded[i]) ? dense_a[d++] : 0.0f;
-                }
-            }
-            zero_adv += starved;
-        }
-        free(dense_r);
-        free(dense_a);
-        free(dense_g);
-        if (arc != 0) goto done;
-        if (n_error > 0)
-            logline(t,
-                    "step %lld: %d of %d samples could not be verified (error/timeout): "
-                    "left out of the advantages and the loss",
-                    (long long)step, n_error, n);
-        t_reward = chord_now() - t_rw0;
+        ids[i] = ro->prompts[i].ids;
+        lens[i] = ro->prompts[i].len;
     }
+    const job_config *cfg = t->cfg;
+    rollout_params rp = {.group_size = p->G,
+                         .temperature = (float)cfg->sampling.temperature,
+                         .top_p = (float)cfg->sampling.top_p,
+                         .max_new_tokens = (int)cfg->sampling.max_new_tokens,
+                         .stop_ids = t->stop_ids,
+                         .n_stop = t->n_stop,
+                         .seed = cfg->seed,
+                         .stream = (uint64_t)step,
+                         .should_stop = should_stop_rollout,
+                         .user = t};
+    if (rollout_generate(t->engine, ids, lens, p->B, &rp, &ro->rr, err) != 0) goto done;
+    m->time_rollout = chord_now() - t0;
+    m->tps_rollout = m->time_rollout > 0 ? (double)ro->rr.tokens / m->time_rollout : 0.0;
+    rc = 0;
+done:
+    free(ids);
+    free(lens);
+    return rc;
+}
 
-    /* μ for this step (the adaptive rule reads the step's mean reward) */
-    double mu = sched_mu(cfg, step, reward_mean);
-    if (!do_rl) mu = 1.0;
-    if (!do_sft) mu = 0.0;
-
-    /* 3. build the training sequences */
-    if (E > 0) {
-        for (int i = 0; i < E; i++)
-            if (trainer_dataset_item(&t->expert, t->expert_cursor + i, t->tok, &t->tpl, 0,
-                                     &eitems[i], err) != 0)
-                goto done;
-    }
-    seqs = calloc((size_t)(rr.n + E + 1), sizeof *seqs);
-    if (!seqs) {
-        chord_err_setc(err, CHORD_E_INTERNAL, "trainer: out of memory");
+/* Phase 2: decode each response and score it against its prompt's answer (reward.h); the
+ * reward metrics count only the responses the verifier decided. */
+static int score_rollouts(trainer *t, step_rollouts *ro, step_metrics *m, chord_err *err) {
+    double t0 = chord_now();
+    int n = ro->rr.n;
+    reward_sample *rs = calloc((size_t)n, sizeof *rs);
+    ro->res = calloc((size_t)n, sizeof *ro->res);
+    ro->completions = calloc((size_t)n, sizeof *ro->completions);
+    ro->excluded = calloc((size_t)n, 1);
+    int rc = -1;
+    if (!rs || !ro->res || !ro->completions || !ro->excluded) {
+        oom(err);
         goto done;
     }
-    int64_t n_policy = 0, n_expert = 0;
-    for (int i = 0; i < rr.n; i++) {
-        const rollout_seq *q = &rr.seq[i];
-        const trainer_item *pi = &pitems[q->prompt];
-        if (excluded[i]) continue; /* unverified: kept out of the loss entirely */
-        train_seq *s = &seqs[n_seqs++];
-        if (train_seq_alloc(s, pi->len + q->len) != 0) {
-            chord_err_setc(err, CHORD_E_INTERNAL, "trainer: out of memory");
+    for (int i = 0; i < n; i++) {
+        const rollout_seq *q = &ro->rr.seq[i];
+        if (trainer_decode_response(t->tok, q->tokens, q->len, &ro->completions[i], err) != 0)
             goto done;
+        rs[i] = (reward_sample){.prompt = ro->prompts[q->prompt].text,
+                                .completion = ro->completions[i],
+                                .answer = ro->prompts[q->prompt].answer,
+                                .truncated = q->truncated != 0};
+    }
+    if (reward_score_batch(t->verifier, rs, (size_t)n, ro->res, err) != 0) goto done;
+    int n_correct = 0, n_error = 0, n_trunc = 0, n_valid = 0;
+    double len_sum = 0, rsum = 0, rsq = 0;
+    for (int i = 0; i < n; i++) {
+        const reward_result *r = &ro->res[i];
+        ro->excluded[i] = r->reason == REWARD_REASON_ERROR || r->reason == REWARD_REASON_TIMEOUT;
+        n_error += ro->excluded[i];
+        n_trunc += ro->rr.seq[i].truncated ? 1 : 0;
+        len_sum += ro->rr.seq[i].len;
+        if (ro->excluded[i]) continue;
+        n_valid++;
+        n_correct += r->correct ? 1 : 0;
+        rsum += r->reward;
+    }
+    m->reward_mean = n_valid ? rsum / n_valid : 0.0;
+    for (int i = 0; i < n; i++)
+        if (!ro->excluded[i])
+            rsq += (ro->res[i].reward - m->reward_mean) * (ro->res[i].reward - m->reward_mean);
+    m->reward_std = n_valid > 1 ? sqrt(rsq / (n_valid - 1)) : 0.0;
+    m->accuracy = n_valid ? (double)n_correct / n_valid : 0.0;
+    m->verifier_error_rate = n ? (double)n_error / n : 0.0;
+    m->truncated_frac = n ? (double)n_trunc / n : 0.0;
+    m->response_len_mean = n ? len_sum / n : 0.0;
+    m->time_reward = chord_now() - t0;
+    rc = 0;
+done:
+    free(rs);
+    return rc;
+}
+
+/* Phase 3: GRPO advantages within each prompt's group (loss.h). A verifier that could not
+ * decide (error / timeout) says nothing about the response: such samples leave their group
+ * (the advantages are computed over the decided ones), are not trained on, and count only in
+ * verifier_error_rate. A group of G >= 2 with fewer than two decided samples gets no signal
+ * (A = 0, counted in zero_adv_groups). */
+static int group_kept(const uint8_t *excluded, int G, int g, int *decided) {
+    int k = 0;
+    for (int j = 0; j < G; j++)
+        k += !excluded[g * G + j];
+    *decided = k;
+    return !(k == 0 || (G >= 2 && k < 2));
+}
+
+static int compute_advantages(trainer *t, int64_t step, const step_plan *p, step_rollouts *ro,
+                              step_metrics *m, chord_err *err) {
+    double t0 = chord_now();
+    int n = ro->rr.n, G = p->G, B = ro->B;
+    ro->adv = calloc((size_t)n, sizeof *ro->adv);
+    float *r = malloc((size_t)n * sizeof *r), *a = malloc((size_t)n * sizeof *a);
+    int *sizes = malloc((size_t)B * sizeof *sizes);
+    int rc = -1, n_groups = 0, n_dense = 0, n_error = 0;
+    int64_t zero_adv = 0, starved = 0;
+    if (!ro->adv || !r || !a || !sizes) {
+        oom(err);
+        goto done;
+    }
+    for (int g = 0; g < B; g++) { /* the decided rewards, densely, group by group */
+        int k;
+        if (!group_kept(ro->excluded, G, g, &k)) {
+            starved++;
+            continue;
         }
+        for (int j = 0, d = 0; j < G; j++)
+            if (!ro->excluded[g * G + j]) r[n_dense + d++] = (float)ro->res[g * G + j].reward;
+        sizes[n_groups++] = k;
+        n_dense += k;
+    }
+    if (n_groups > 0 && chord_grpo_advantages(r, sizes, (size_t)n_groups, a, &zero_adv, err) != 0)
+        goto done;
+    for (int g = 0, d = 0; g < B; g++) {
+        int k, kept = group_kept(ro->excluded, G, g, &k);
+        for (int j = 0; j < G; j++) {
+            int i = g * G + j;
+            ro->adv[i] = (kept && !ro->excluded[i]) ? a[d++] : 0.0f;
+        }
+    }
+    for (int i = 0; i < n; i++)
+        n_error += ro->excluded[i];
+    if (n_error > 0)
+        logline(t,
+                "step %lld: %d of %d samples could not be verified (error/timeout): "
+                "left out of the advantages and the loss",
+                (long long)step, n_error, n);
+    m->zero_adv_groups = B > 0 ? (double)(zero_adv + starved) / B : 0.0;
+    m->time_reward += chord_now() - t0;
+    rc = 0;
+done:
+    free(r);
+    free(a);
+    free(sizes);
+    return rc;
+}
+
+/* Phase 4: the step's training sequences: prompt + response for every decided rollout (targets
+ * of kind POLICY with their rollout log-probs and the response's advantage), then the next E
+ * expert records (targets of kind EXPERT where the record's mask marks assistant tokens). */
+typedef struct step_batch {
+    train_seq *seqs;
+    int n;
+    int64_t n_policy, n_expert; /* target tokens of each kind */
+} step_batch;
+
+static void step_batch_free(step_batch *b) {
+    for (int i = 0; i < b->n; i++)
+        train_seq_free(&b->seqs[i]);
+    free(b->seqs);
+    memset(b, 0, sizeof *b);
+}
+
+static int add_rollout_seqs(const step_rollouts *ro, step_batch *b) {
+    for (int i = 0; i < ro->rr.n; i++) {
+        const rollout_seq *q = &ro->rr.seq[i];
+        const trainer_item *pi = &ro->prompts[q->prompt];
+        if (ro->excluded[i]) continue; /* unverified: kept out of the loss entirely */
+        train_seq *s = &b->seqs[b->n++];
+        if (train_seq_alloc(s, pi->len + q->len) != 0) return -1;
         memcpy(s->tokens, pi->ids, (size_t)pi->len * sizeof *s->tokens);
         memcpy(s->tokens + pi->len, q->tokens, (size_t)q->len * sizeof *s->tokens);
         for (int j = 0; j < q->len; j++) {
             s->kind[pi->len - 1 + j] = CHORD_TOKEN_POLICY;
             s->logp_old[pi->len - 1 + j] = q->logp[j];
         }
-        s->adv = advs[i];
-        n_policy += q->len;
+        s->adv = ro->adv[i];
+        b->n_policy += q->len;
     }
-    for (int i = 0; i < E; i++) {
-        const trainer_item *ei = &eitems[i];
-        train_seq *s = &seqs[n_seqs++];
-        if (train_seq_alloc(s, ei->len) != 0) {
-            chord_err_setc(err, CHORD_E_INTERNAL, "trainer: out of memory");
-            goto done;
-        }
-        memcpy(s->tokens, ei->ids, (size_t)ei->len * sizeof *s->tokens);
-        for (int j = 1; j < ei->len; j++) {
-            if (ei->mask[j]) {
-                s->kind[j - 1] = CHORD_TOKEN_EXPERT;
-                n_expert++;
-            }
-        }
-    }
+    return 0;
+}
 
-    /* 4. loss, backward, update */
-    double t_train0 = chord_now();
-    chord_loss_params lp = {.mu = mu,
-                            .phi = cfg->phi,
-                            .clip_low = cfg->grpo.clip_low,
-                            .clip_high = cfg->grpo.clip_high,
-                            .dual_clip = cfg->grpo.dual_clip,
-                            .entropy_coef = cfg->grpo.entropy_coef,
-                            .kl_coef = 0.0,
-                            .n_policy_tokens = n_policy,
-                            .n_expert_tokens = n_expert};
+static int add_expert_seqs(trainer *t, int E, step_batch *b, chord_err *err) {
+    for (int i = 0; i < E; i++) {
+        trainer_item it;
+        memset(&it, 0, sizeof it);
+        if (trainer_dataset_item(&t->expert, t->expert_cursor + i, t->tok, &t->tpl, 0, &it, err) !=
+            0)
+            return -1;
+        train_seq *s = &b->seqs[b->n++];
+        if (train_seq_alloc(s, it.len) != 0) {
+            trainer_item_free(&it);
+            return oom(err);
+        }
+        memcpy(s->tokens, it.ids, (size_t)it.len * sizeof *s->tokens);
+        for (int j = 1; j < it.len; j++)
+            if (it.mask[j]) {
+                s->kind[j - 1] = CHORD_TOKEN_EXPERT;
+                b->n_expert++;
+            }
+        trainer_item_free(&it);
+    }
+    return 0;
+}
+
+static int build_sequences(trainer *t, const step_plan *p, const step_rollouts *ro, step_batch *b,
+                           step_metrics *m, chord_err *err) {
+    b->seqs = calloc((size_t)(ro->rr.n + p->E + 1), sizeof *b->seqs);
+    if (!b->seqs) return oom(err);
+    if (add_rollout_seqs(ro, b) != 0) return oom(err);
+    if (add_expert_seqs(t, p->E, b, err) != 0) return -1;
+    m->policy_tokens = (double)b->n_policy;
+    m->expert_tokens = (double)b->n_expert;
+    return 0;
+}
+
+/* A response with advantage 0 has ℓ_t = max(−0·ratio, −0·clip(ratio)) = 0 at every token: its
+ * gradient is exactly zero, so without an entropy bonus it needs no forward/backward. Its
+ * tokens still count in the GRPO denominator (ALGORITHM.md), and enter the step's metrics with
+ * logp_θ = logp_old — what the forward returns before the update (the rollout and the trainer
+ * share the engine; test_rollout.c checks they agree to fp32 round-off). Early on (every
+ * reward 0) and late (every group right) this removes most of the on-policy compute.
+ * Removes those sequences from b; *skipped counts their policy tokens. */
+static int drop_zero_advantage(step_batch *b, const chord_loss_params *lp, chord_loss_accum *acc,
+                               int64_t *skipped, chord_err *err) {
+    int kept = 0, rc = 0;
+    for (int i = 0; i < b->n; i++) {
+        train_seq *q = &b->seqs[i];
+        int n_pol = 0;
+        for (int j = 0; j < q->len; j++)
+            n_pol += q->kind[j] == CHORD_TOKEN_POLICY;
+        if (rc != 0 || n_pol == 0 || q->adv != 0.0f) {
+            b->seqs[kept++] = *q;
+            continue;
+        }
+        if (account_skipped(q, lp, acc, err) != 0) {
+            rc = -1; /* the rest stays in b, to be freed with it */
+            b->seqs[kept++] = *q;
+            continue;
+        }
+        *skipped += n_pol;
+        train_seq_free(q);
+    }
+    b->n = kept;
+    return rc;
+}
+
+/* Phase 5: the loss over every sequence (micro-batched forward + backward), then AdamW. */
+static int train_and_update(trainer *t, int64_t step, step_batch *b, step_metrics *m,
+                            chord_err *err) {
+    double t0 = chord_now();
+    const job_config *cfg = t->cfg;
+    chord_loss_params lp = chord_loss_params_for_job(cfg, m->mu, b->n_policy, b->n_expert);
     chord_loss_accum acc;
     chord_loss_accum_init(&acc);
-    int64_t train_tokens = 0, skipped_tokens = 0;
-    if (model_zero_grad(t->m, err) != 0) goto done;
-    /* A response with advantage 0 has ℓ_t = max(−0·ratio, −0·clip(ratio)) = 0 at every token:
-     * its gradient is exactly zero, so without an entropy bonus it needs no forward/backward.
-     * Its tokens still count in the GRPO denominator (ALGORITHM.md), and enter the step's
-     * metrics with logp_θ = logp_old — what the forward returns before the update (the rollout
-     * and the trainer share the engine; test_rollout.c checks they agree to fp32 round-off).
-     * Early on (every reward 0) and late (every group right) this removes most of the
-     * on-policy compute. */
-    if (cfg->grpo.entropy_coef == 0.0) {
-        int kept = 0;
-        for (int i = 0; i < n_seqs; i++) {
-            train_seq *q = &seqs[i];
-            int is_policy = 0;
-            for (int j = 0; j < q->len && !is_policy; j++)
-                is_policy = q->kind[j] == CHORD_TOKEN_POLICY;
-            if (!(is_policy && q->adv == 0.0f)) {
-                seqs[kept++] = *q;
-                continue;
-            }
-            if (account_skipped(q, &lp, &acc, err) != 0) {
-                for (int k = i; k < n_seqs; k++)
-                    seqs[kept++] = seqs[k];
-                n_seqs = kept;
-                goto done;
-            }
-            for (int j = 0; j < q->len; j++)
-                skipped_tokens += q->kind[j] == CHORD_TOKEN_POLICY;
-            train_seq_free(q);
-        }
-        n_seqs = kept;
-    }
-    if (train_on(t, seqs, n_seqs, &lp, &acc, &train_tokens, err) != 0) goto done;
-    chord_loss_metrics lm;
-    if (chord_loss_finish(&lp, &acc, &lm, err) != 0) goto done;
-    double lr = sched_lr(cfg, step), grad_norm = 0;
-    if (model_adamw_step(t->m, (float)lr, (float)cfg->optimizer.beta1, (float)cfg->optimizer.beta2,
-                         (float)cfg->optimizer.eps, (float)cfg->optimizer.weight_decay,
-                         (float)cfg->optimizer.grad_clip, &grad_norm, err) != 0)
-        goto done;
-    double t_train = chord_now() - t_train0;
-    t->prompt_cursor += B;
-    t->expert_cursor += E;
+    int64_t train_tokens = 0, skipped = 0;
+    if (model_zero_grad(t->m, err) != 0) return -1;
+    if (cfg->grpo.entropy_coef == 0.0 && drop_zero_advantage(b, &lp, &acc, &skipped, err) != 0)
+        return -1;
+    if (train_on(t, b->seqs, b->n, &lp, &acc, &train_tokens, err) != 0) return -1;
+    if (chord_loss_finish(&lp, &acc, &m->loss, err) != 0) return -1;
+    m->lr = sched_lr(cfg, step);
+    const job_optimizer *o = &cfg->optimizer;
+    if (model_adamw_step(t->m, (float)m->lr, (float)o->beta1, (float)o->beta2, (float)o->eps,
+                         (float)o->weight_decay, (float)o->grad_clip, &m->grad_norm, err) != 0)
+        return -1;
+    m->policy_tokens_skipped = (double)skipped;
+    m->time_train = chord_now() - t0;
+    m->tps_train = m->time_train > 0 ? (double)train_tokens / m->time_train : 0.0;
+    return 0;
+}
 
-    /* 5. metrics */
-    double t_total = chord_now() - t_step0;
-    metric(t, "mu", mu);
-    metric(t, "loss", lm.loss);
-    metric(t, "pg_loss", lm.pg_loss);
-    metric(t, "pg_clipfrac", lm.pg_clipfrac);
-    metric(t, "ppo_kl", lm.ppo_kl);
-    metric(t, "ratio_mean", lm.ratio_mean);
-    metric(t, "sft_loss", lm.sft_loss);
-    metric(t, "sft_nll", lm.sft_nll);
-    metric(t, "phi_mean", lm.phi_mean);
-    metric(t, "entropy", lm.entropy);
-    metric(t, "grad_norm", grad_norm);
-    metric(t, "lr", lr);
-    metric(t, "reward_mean", reward_mean);
-    metric(t, "reward_std", reward_std);
-    metric(t, "accuracy", accuracy);
-    metric(t, "response_len_mean", resp_len);
-    metric(t, "truncated_frac", trunc_frac);
-    metric(t, "zero_adv_groups", B > 0 ? (double)zero_adv / B : 0.0);
-    metric(t, "verifier_error_rate", err_rate);
-    metric(t, "policy_tokens", (double)n_policy);
-    metric(t, "expert_tokens", (double)n_expert);
-    metric(t, "policy_tokens_skipped", (double)skipped_tokens); /* zero advantage: no forward */
-    metric(t, "time/rollout", t_roll);
-    metric(t, "time/reward", t_reward);
-    metric(t, "time/train", t_train);
-    metric(t, "time/step", t_total);
-    metric(t, "tokens_per_s/rollout", t_roll > 0 ? (double)rollout_tokens / t_roll : 0.0);
-    metric(t, "tokens_per_s/train", t_train > 0 ? (double)train_tokens / t_train : 0.0);
-
-    /* per-sample records */
-    if (rr.n > 0 && t->cb && t->cb->on_samples) {
-        samples = calloc((size_t)rr.n, sizeof *samples);
-        if (!samples) {
-            chord_err_setc(err, CHORD_E_INTERNAL, "trainer: out of memory");
-            goto done;
-        }
-        for (int i = 0; i < rr.n; i++) {
-            const rollout_seq *q = &rr.seq[i];
-            samples[i] = (trainer_sample){.kind = "rollout",
-                                          .prompt = pitems[q->prompt].text,
-                                          .completion = completions[i],
-                                          .answer = pitems[q->prompt].answer,
-                                          .reward = rres[i].reward,
-                                          .reason = reward_reason_name(rres[i].reason),
-                                          .group = q->prompt,
-                                          .tokens = q->len,
-                                          .truncated = q->truncated};
-        }
+/* Phase 6: the step's rollouts as per-sample records (on_samples). */
+static int report_samples(trainer *t, int64_t step, const step_rollouts *ro, chord_err *err) {
+    if (ro->rr.n == 0 || !t->cb || !t->cb->on_samples) return 0;
+    trainer_sample *samples = calloc((size_t)ro->rr.n, sizeof *samples);
+    if (!samples) return oom(err);
+    for (int i = 0; i < ro->rr.n; i++) {
+        const rollout_seq *q = &ro->rr.seq[i];
+        samples[i] = (trainer_sample){.kind = "rollout",
+                                      .prompt = ro->prompts[q->prompt].text,
+                                      .completion = ro->completions[i],
+                                      .answer = ro->prompts[q->prompt].answer,
+                                      .reward = ro->res[i].reward,
+                                      .reason = reward_reason_name(ro->res[i].reason),
+                                      .group = q->prompt,
+                                      .tokens = q->len,
+                                      .truncated = q->truncated};
     }
-    rc = 0;
-done:
-    if (rc == 0 && samples && t->cb->on_samples(t->cb->user, step, samples, rr.n) != 0)
-        rc = chord_err_setc(err, CHORD_E_IO, "trainer: storing the samples of step %lld failed",
-                            (long long)step);
+    int rc =
+        t->cb->on_samples(t->cb->user, step, samples, ro->rr.n) == 0
+            ? 0
+            : chord_err_setc(err, CHORD_E_IO, "trainer: storing the samples of step %lld failed",
+                             (long long)step);
     free(samples);
-    for (int i = 0; i < n_seqs; i++)
-        train_seq_free(&seqs[i]);
-    free(seqs);
-    if (completions)
-        for (int i = 0; i < rr.n; i++)
-            free(completions[i]);
-    free(completions);
-    free(rs);
-    free(rres);
-    free(rewards);
-    free(advs);
-    free(excluded);
-    rollout_result_free(&rr);
-    for (int i = 0; i < B; i++)
-        trainer_item_free(&pitems[i]);
-    for (int i = 0; i < E; i++)
-        trainer_item_free(&eitems[i]);
-    free(pitems);
-    free(eitems);
+    return rc;
+}
+
+static int run_step(trainer *t, int64_t step, chord_err *err) {
+    double t0 = chord_now();
+    step_metrics *m = &t->metrics;
+    memset(m, 0, sizeof *m);
+    step_plan plan = plan_step(t->cfg, step);
+    step_rollouts ro;
+    step_batch batch;
+    memset(&ro, 0, sizeof ro);
+    memset(&batch, 0, sizeof batch);
+    int rc = -1;
+    if (plan.B > 0 && (collect_rollouts(t, step, &plan, &ro, m, err) != 0 ||
+                       score_rollouts(t, &ro, m, err) != 0 ||
+                       compute_advantages(t, step, &plan, &ro, m, err) != 0))
+        goto done;
+    /* μ of this step: the adaptive rule reads the step's mean reward */
+    m->mu = !plan.do_sft ? 0.0 : !plan.do_rl ? 1.0 : sched_mu(t->cfg, step, m->reward_mean);
+    if (build_sequences(t, &plan, &ro, &batch, m, err) != 0) goto done;
+    if (train_and_update(t, step, &batch, m, err) != 0) goto done;
+    t->prompt_cursor += plan.B;
+    t->expert_cursor += plan.E;
+    m->time_step = chord_now() - t0;
+    rc = report_samples(t, step, &ro, err);
+done:
+    step_batch_free(&batch);
+    step_rollouts_free(&ro);
     return rc;
 }
 
@@ -969,12 +1063,13 @@ static int run_eval(trainer *t, int64_t step, chord_err *err) {
     eval_samples_free(&kept);
     if (src != 0) return -1;
     int64_t n_eval = (int64_t)er.k * er.prompts;
-    metric(t, "eval/error_rate", n_eval > 0 ? (double)er.errors / (double)n_eval : 0.0);
-    metric(t, "eval/accuracy", er.accuracy);
-    metric(t, "eval/avg_at_k", er.accuracy);
-    metric(t, "eval/pass_at_k", er.pass_at_k);
-    metric(t, "eval/k", er.k);
-    metric(t, "eval/time", er.seconds);
+    step_metrics *m = &t->metrics;
+    m->has_eval = 1;
+    m->eval_error_rate = n_eval > 0 ? (double)er.errors / (double)n_eval : 0.0;
+    m->eval_accuracy = er.accuracy;
+    m->eval_pass_at_k = er.pass_at_k;
+    m->eval_k = er.k;
+    m->eval_time = er.seconds;
     logline(t, "eval step %lld: accuracy %.4f pass@%d %.4f (%lld prompts, %.1fs)", (long long)step,
             er.accuracy, er.k, er.pass_at_k, (long long)er.prompts, er.seconds);
     return 0;
@@ -1018,41 +1113,21 @@ int trainer_run(const job_config *cfg, const trainer_env *env, const trainer_cal
         if (t.eval.n > 0 && cfg->eval.every > 0 &&
             (step % cfg->eval.every == 0 || step == cfg->steps) && run_eval(&t, step, err) != 0)
             goto done;
-        if (cb && cb->on_step && cb->on_step(cb->user, step, t.names, t.values, t.n_metrics) != 0) {
+        const char *names[N_METRICS];
+        double values[N_METRICS];
+        int n_metrics = metrics_emit(&t.metrics, names, values);
+        if (cb && cb->on_step && cb->on_step(cb->user, step, names, values, n_metrics) != 0) {
             chord_err_setc(err, CHORD_E_IO, "step %lld: storing metrics failed", (long long)step);
             goto done;
         }
-        {
-            double elapsed = chord_now() - t0;
-            double per = elapsed / (double)(step - first_step + 1);
-            double eta = per * (double)(cfg->steps - step);
-            double mu = 0, rw = 0, l = 0, pg = 0, sft = 0, tps_r = 0, tps_t = 0, acc = 0;
-            for (int i = 0; i < t.n_metrics; i++) {
-                const char *n = t.names[i];
-                double v = t.values[i];
-                if (!strcmp(n, "mu"))
-                    mu = v;
-                else if (!strcmp(n, "reward_mean"))
-                    rw = v;
-                else if (!strcmp(n, "loss"))
-                    l = v;
-                else if (!strcmp(n, "pg_loss"))
-                    pg = v;
-                else if (!strcmp(n, "sft_loss"))
-                    sft = v;
-                else if (!strcmp(n, "accuracy"))
-                    acc = v;
-                else if (!strcmp(n, "tokens_per_s/rollout"))
-                    tps_r = v;
-                else if (!strcmp(n, "tokens_per_s/train"))
-                    tps_t = v;
-            }
-            logline(&t,
-                    "step %lld/%lld  mu %.3f  reward %.3f  acc %.3f  loss %.4f  pg %.4f  sft %.4f  "
-                    "tok/s rollout %.0f train %.0f  ETA %.0fs",
-                    (long long)step, (long long)cfg->steps, mu, rw, acc, l, pg, sft, tps_r, tps_t,
-                    eta);
-        }
+        const step_metrics *m = &t.metrics;
+        double eta =
+            (chord_now() - t0) / (double)(step - first_step + 1) * (double)(cfg->steps - step);
+        logline(&t,
+                "step %lld/%lld  mu %.3f  reward %.3f  acc %.3f  loss %.4f  pg %.4f  sft %.4f  "
+                "tok/s rollout %.0f train %.0f  ETA %.0fs",
+                (long long)step, (long long)cfg->steps, m->mu, m->reward_mean, m->accuracy,
+                m->loss.loss, m->loss.pg_loss, m->loss.sft_loss, m->tps_rollout, m->tps_train, eta);
         int last = step == cfg->steps;
         if ((cfg->checkpoint_every > 0 && step % cfg->checkpoint_every == 0) || last)
             if (save_checkpoint(&t, step, err) != 0) goto done;
