@@ -123,18 +123,18 @@ int chat_template_detect(const tok_tokenizer *tok, chat_template *out, chord_err
 /* --- rendering helpers -------------------------------------------------------------------- */
 
 typedef struct render {
-    tok_buf text;
+    chord_buf text;
     uint32_t *spans;
     size_t n_spans, cap_spans;
     int oom;
 } render;
 
 static void put(render *r, const char *s) {
-    if (tok_buf_append(&r->text, s, strlen(s))) r->oom = 1;
+    if (chord_buf_append(&r->text, s, strlen(s))) r->oom = 1;
 }
 
 static void putn(render *r, const char *s, size_t n) {
-    if (tok_buf_append(&r->text, s, n)) r->oom = 1;
+    if (chord_buf_append(&r->text, s, n)) r->oom = 1;
 }
 
 static void span_begin(render *r) {
@@ -174,17 +174,13 @@ static void py_strip(const char **s, size_t *n) {
     while (a < b) {
         size_t len;
         uint32_t cp = 0;
-        if (tok_utf8_scan(u + a, b - a, &len, &cp) != UTF8_OK || !py_isspace(cp)) break;
+        if (chord_utf8_scan(u + a, b - a, &len, &cp) != CHORD_UTF8_OK || !py_isspace(cp)) break;
         a += len;
     }
     while (b > a) {
-        size_t k = b - 1;
-        while (k > a && (u[k] & 0xC0) == 0x80)
-            k--;
-        size_t len;
-        uint32_t cp = 0;
-        if (tok_utf8_scan(u + k, b - k, &len, &cp) != UTF8_OK || !py_isspace(cp)) break;
-        b = k;
+        size_t k;
+        if (!py_isspace(chord_utf8_prev(u + a, b - a, &k))) break;
+        b = a + k;
     }
     *s += a;
     *n = b - a;
@@ -468,7 +464,7 @@ int chat_render(const chat_template *tpl, const chat_message *msgs, size_t n,
                                  i, chat_family_name(tpl->family));
     }
     render r = {0};
-    if (tok_buf_reserve(&r.text, 256)) r.oom = 1;
+    if (chord_buf_reserve(&r.text, 256)) r.oom = 1;
     switch (tpl->family) {
     case CHAT_QWEN3:
         render_qwen3(&r, tpl, msgs, n, add_generation_prompt);
@@ -487,7 +483,7 @@ int chat_render(const chat_template *tpl, const chat_message *msgs, size_t n,
         break;
     }
     if (r.oom) {
-        tok_buf_free(&r.text);
+        chord_buf_free(&r.text);
         free(r.spans);
         return chord_err_setc(err, CHORD_E_INTERNAL, "chat: out of memory");
     }
@@ -548,28 +544,26 @@ static int content_from_json(const json_t *c, char **out, const char *where, cho
         return *out ? 0 : chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
     }
     if (json_is_array(c)) {
-        tok_buf b = {0};
+        chord_buf b = {0};
         size_t i;
         json_t *part;
-        if (tok_buf_reserve(&b, 1)) return chord_err_setc(err, CHORD_E_INTERNAL, "oom");
-        b.data[0] = '\0';
         json_array_foreach(c, i, part) {
             const char *type = json_string_value(json_object_get(part, "type"));
             json_t *tx = json_object_get(part, "text");
             if (!type || strcmp(type, "text") != 0 || !json_is_string(tx)) {
-                tok_buf_free(&b);
+                chord_buf_free(&b);
                 return chord_err_set(err,
                                      "%s.content[%zu] must be {\"type\": \"text\", \"text\": "
                                      "string}",
                                      where, i);
             }
-            if (tok_buf_append(&b, json_string_value(tx), json_string_length(tx))) {
-                tok_buf_free(&b);
+            if (chord_buf_append(&b, json_string_value(tx), json_string_length(tx))) {
+                chord_buf_free(&b);
                 return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
             }
         }
-        *out = b.data;
-        return 0;
+        *out = chord_buf_take(&b); /* "" for an empty list */
+        return *out ? 0 : chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
     }
     return chord_err_set(err, "%s.content must be a string or a list of text parts", where);
 }

@@ -44,32 +44,6 @@ uint64_t tok_hash_bytes(const void *data, size_t n) {
     return h;
 }
 
-int tok_buf_reserve(tok_buf *b, size_t extra) {
-    if (b->len + extra + 1 <= b->cap) return 0;
-    size_t cap = b->cap ? b->cap : 256;
-    while (cap < b->len + extra + 1)
-        cap *= 2;
-    char *p = realloc(b->data, cap);
-    if (!p) return -1;
-    b->data = p;
-    b->cap = cap;
-    return 0;
-}
-
-int tok_buf_append(tok_buf *b, const void *data, size_t n) {
-    if (tok_buf_reserve(b, n)) return -1;
-    if (n) memcpy(b->data + b->len, data, n);
-    b->len += n;
-    b->data[b->len] = '\0';
-    return 0;
-}
-
-void tok_buf_free(tok_buf *b) {
-    free(b->data);
-    b->data = NULL;
-    b->len = b->cap = 0;
-}
-
 void tok_ids_free(tok_ids *ids) {
     free(ids->ids);
     free(ids->offsets);
@@ -99,92 +73,6 @@ int tok_ids_push(tok_ids *ids, int32_t id, uint32_t offset) {
     return 0;
 }
 
-/* UTF-8 scanning with the "maximal subpart" rule (Unicode §3.9, what Python's errors="replace" and
- * Rust's from_utf8_lossy do). Returns UTF8_OK with *len the character's length, UTF8_BAD with *len
- * the maximal invalid subpart (>= 1), or UTF8_SHORT when s[0..n) is a valid but incomplete prefix
- * cut by the end of the buffer (*len = n). *cp receives the code point when OK. */
-int tok_utf8_scan(const unsigned char *s, size_t n, size_t *len, uint32_t *cp) {
-    unsigned char c = s[0];
-    if (c < 0x80) {
-        *len = 1;
-        if (cp) *cp = c;
-        return UTF8_OK;
-    }
-    size_t need;
-    unsigned char lo = 0x80, hi = 0xBF;
-    uint32_t v;
-    if (c >= 0xC2 && c <= 0xDF) {
-        need = 2;
-        v = c & 0x1F;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-        need = 3;
-        v = c & 0x0F;
-        if (c == 0xE0) lo = 0xA0;
-        if (c == 0xED) hi = 0x9F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        need = 4;
-        v = c & 0x07;
-        if (c == 0xF0) lo = 0x90;
-        if (c == 0xF4) hi = 0x8F;
-    } else {
-        *len = 1;
-        return UTF8_BAD;
-    }
-    for (size_t i = 1; i < need; i++) {
-        if (i >= n) {
-            *len = n;
-            return UTF8_SHORT;
-        }
-        unsigned char d = s[i];
-        if (d < lo || d > hi) {
-            *len = i;
-            return UTF8_BAD;
-        }
-        lo = 0x80;
-        hi = 0xBF;
-        v = (v << 6) | (d & 0x3F);
-    }
-    *len = need;
-    if (cp) *cp = v;
-    return UTF8_OK;
-}
-
-/* Appends bytes to out, replacing each maximal invalid subpart with U+FFFD. A valid but cut tail
- * is replaced too (one U+FFFD). */
-int tok_utf8_append_lossy(tok_buf *out, const unsigned char *s, size_t n) {
-    size_t i = 0;
-    while (i < n) {
-        size_t start = i;
-        while (i < n && s[i] < 0x80)
-            i++;
-        if (i > start && tok_buf_append(out, s + start, i - start)) return -1;
-        if (i >= n) break;
-        size_t len;
-        int r = tok_utf8_scan(s + i, n - i, &len, NULL);
-        if (r == UTF8_OK) {
-            if (tok_buf_append(out, s + i, len)) return -1;
-        } else if (tok_buf_append(out, "\xEF\xBF\xBD", 3)) {
-            return -1;
-        }
-        i += len;
-    }
-    return 0;
-}
-
-static int utf8_valid(const unsigned char *s, size_t n) {
-    size_t i = 0;
-    while (i < n) {
-        if (s[i] < 0x80) {
-            i++;
-            continue;
-        }
-        size_t len;
-        if (tok_utf8_scan(s + i, n - i, &len, NULL) != UTF8_OK) return 0;
-        i += len;
-    }
-    return 1;
-}
-
 /* Rust's char::is_whitespace (the White_Space property). */
 static int is_white_space(uint32_t c) {
     return (c >= 0x09 && c <= 0x0D) || c == 0x20 || c == 0x85 || c == 0xA0 || c == 0x1680 ||
@@ -196,18 +84,6 @@ static int is_alphanumeric(uint32_t c) {
     utf8proc_category_t k = utf8proc_category((utf8proc_int32_t)c);
     return (k >= UTF8PROC_CATEGORY_LU && k <= UTF8PROC_CATEGORY_LO) ||
            (k >= UTF8PROC_CATEGORY_ND && k <= UTF8PROC_CATEGORY_NO);
-}
-
-/* The code point ending at s[0..end) (end > 0, valid UTF-8), and its start. */
-static uint32_t utf8_prev(const unsigned char *s, size_t end, size_t *start) {
-    size_t i = end - 1;
-    while (i > 0 && (s[i] & 0xC0) == 0x80)
-        i--;
-    size_t len;
-    uint32_t cp = 0xFFFD;
-    tok_utf8_scan(s + i, end - i, &len, &cp);
-    *start = i;
-    return cp;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -760,7 +636,7 @@ static int metaspace_replacement(const json_t *p, char out[8], int *len, const c
     const char *s = r ? json_string_value(r) : "\xe2\x96\x81"; /* U+2581 */
     size_t n = r ? json_string_length(r) : 3, clen;
     if (!s || n == 0 || n > 4 ||
-        tok_utf8_scan((const unsigned char *)s, n, &clen, NULL) != UTF8_OK || clen != n)
+        chord_utf8_scan((const unsigned char *)s, n, &clen, NULL) != CHORD_UTF8_OK || clen != n)
         return chord_err_set(err, "%s.replacement must be one character", where);
     memcpy(out, s, n);
     out[n] = '\0';
@@ -824,8 +700,8 @@ static int parse_pretokenizer(tok_tokenizer *t, const json_t *p, const char *whe
         json_t *d = json_object_get(p, "delimiter");
         size_t clen;
         if (!json_is_string(d) || json_string_length(d) == 0 ||
-            tok_utf8_scan((const unsigned char *)json_string_value(d), json_string_length(d), &clen,
-                          NULL) != UTF8_OK ||
+            chord_utf8_scan((const unsigned char *)json_string_value(d), json_string_length(d),
+                            &clen, NULL) != CHORD_UTF8_OK ||
             clen != json_string_length(d))
             return chord_err_set(err, "%s.delimiter must be one character", where);
         return push_split(t, json_string_value(d), json_string_length(d), 1, TOK_SPLIT_REMOVED, 0,
@@ -939,8 +815,8 @@ static int parse_decoder_step(tok_tokenizer *t, const json_t *d, const char *whe
         json_t *a = json_object_get(d, "start"), *b = json_object_get(d, "stop");
         size_t clen;
         if (!json_is_string(c) || json_string_length(c) == 0 ||
-            tok_utf8_scan((const unsigned char *)json_string_value(c), json_string_length(c), &clen,
-                          NULL) != UTF8_OK ||
+            chord_utf8_scan((const unsigned char *)json_string_value(c), json_string_length(c),
+                            &clen, NULL) != CHORD_UTF8_OK ||
             clen != json_string_length(c))
             return chord_err_set(err, "%s.content must be one character", where);
         if (!json_is_integer(a) || !json_is_integer(b) || json_integer_value(a) < 0 ||
@@ -1158,36 +1034,36 @@ static int parse_model(tok_tokenizer *t, const json_t *m, const json_t *added, c
     /* merges: rank = position; new token = vocab[a + b] */
     size_t nm = json_array_size(merges);
     if (merge_map_init(t, nm + 1)) return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
-    tok_buf cat = {0};
+    chord_buf cat = {0};
     json_t *mv;
     json_array_foreach(merges, i, mv) {
         const char *sa, *sb;
         size_t na, nb;
         if (parse_merge(mv, &sa, &na, &sb, &nb)) {
-            tok_buf_free(&cat);
+            chord_buf_free(&cat);
             return chord_err_set(err, "model.merges[%zu] must be \"a b\" or [\"a\", \"b\"]", i);
         }
         int32_t ia = tok_vocab_lookup(t, sa, na), ib = tok_vocab_lookup(t, sb, nb);
         if (ia < 0 || ib < 0) {
-            tok_buf_free(&cat);
+            chord_buf_free(&cat);
             return chord_err_set(err, "model.merges[%zu]: token '%.*s' is not in the vocabulary", i,
                                  (int)(ia < 0 ? na : nb), ia < 0 ? sa : sb);
         }
         cat.len = 0;
-        if (tok_buf_append(&cat, sa, na) || tok_buf_append(&cat, sb, nb)) {
-            tok_buf_free(&cat);
+        if (chord_buf_append(&cat, sa, na) || chord_buf_append(&cat, sb, nb)) {
+            chord_buf_free(&cat);
             return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
         }
         int32_t nid = tok_vocab_lookup(t, cat.data, cat.len);
         if (nid < 0) {
             chord_err_set(err, "model.merges[%zu]: the merged token '%s' is not in the vocabulary",
                           i, cat.data);
-            tok_buf_free(&cat);
+            chord_buf_free(&cat);
             return -1;
         }
         merge_insert(t, ia, ib, (uint32_t)i, nid);
     }
-    tok_buf_free(&cat);
+    chord_buf_free(&cat);
     t->n_merges = nm;
 
     const char *unk = json_string_value(json_object_get(m, "unk_token"));
@@ -1237,15 +1113,15 @@ static int parse_added(tok_tokenizer *t, const json_t *added, chord_err *err) {
 }
 
 /* Replaces every (non-overlapping, leftmost) occurrence of pat in s[0..n) with rep into out. */
-static int replace_literal(tok_buf *out, const char *s, size_t n, const char *pat, size_t pn,
+static int replace_literal(chord_buf *out, const char *s, size_t n, const char *pat, size_t pn,
                            const char *rep, size_t rn) {
     size_t i = 0;
     while (i < n) {
         const char *hit = pn <= n - i ? memmem(s + i, n - i, pat, pn) : NULL;
         size_t stop = hit ? (size_t)(hit - s) : n;
-        if (tok_buf_append(out, s + i, stop - i)) return -1;
+        if (chord_buf_append(out, s + i, stop - i)) return -1;
         if (!hit) break;
-        if (tok_buf_append(out, rep, rn)) return -1;
+        if (chord_buf_append(out, rep, rn)) return -1;
         i = stop + pn;
     }
     return 0;
@@ -1280,10 +1156,10 @@ static int byte_token_value(const char *s, size_t n) {
 
 /* The per-token steps of a decoder chain on token id (first: it is the first token decoded),
  * into out (replacing its content). Returns 1 when ByteFallback made it one byte, 0, -1 OOM. */
-static int decode_token(const tok_tokenizer *t, int32_t id, int first, tok_buf *out) {
-    tok_buf a = {0}, b = {0};
+static int decode_token(const tok_tokenizer *t, int32_t id, int first, chord_buf *out) {
+    chord_buf a = {0}, b = {0};
     int rc = -1, is_byte = 0;
-    if (tok_buf_append(&a, t->tok_str[id], t->tok_len[id])) goto done;
+    if (chord_buf_append(&a, t->tok_str[id], t->tok_len[id])) goto done;
     for (int i = 0; i < t->n_dec_token_ops && !is_byte; i++) {
         const tok_dec_op *op = &t->dec_ops[i];
         b.len = 0;
@@ -1291,24 +1167,24 @@ static int decode_token(const tok_tokenizer *t, int32_t id, int first, tok_buf *
             /* Metaspace drops every replacement character of the first token */
             size_t rn =
                 op->kind == TOK_DEC_METASPACE && first && op->prepend_first ? 0 : op->content_len;
-            if (tok_buf_append(&b, "", 0) ||
+            if (chord_buf_append(&b, "", 0) ||
                 replace_literal(&b, a.data, a.len, op->pattern, op->pattern_len, op->content, rn))
                 goto done;
         } else if (op->kind == TOK_DEC_STRIP) {
             const char *p = a.data;
             size_t n = a.len;
             strip_chars(&p, &n, op->pattern, op->pattern_len, op->start, op->stop);
-            if (tok_buf_append(&b, "", 0) || tok_buf_append(&b, p, n)) goto done;
+            if (chord_buf_append(&b, "", 0) || chord_buf_append(&b, p, n)) goto done;
         } else if (op->kind == TOK_DEC_BYTEFALLBACK) {
             int v = byte_token_value(a.data, a.len);
             if (v < 0) continue;
             unsigned char byte = (unsigned char)v;
-            if (tok_buf_append(&b, "", 0) || tok_buf_append(&b, &byte, 1)) goto done;
+            if (chord_buf_append(&b, "", 0) || chord_buf_append(&b, &byte, 1)) goto done;
             is_byte = 1;
         } else {
             continue;
         }
-        tok_buf tmp = a;
+        chord_buf tmp = a;
         a = b;
         b = tmp;
     }
@@ -1318,12 +1194,13 @@ static int decode_token(const tok_tokenizer *t, int32_t id, int first, tok_buf *
         /* ByteLevel: each character back to its byte; a token with an unmapped one stays as is */
         size_t k = 0;
         int all_mapped = 1;
-        if (tok_buf_reserve(out, a.len)) goto done;
+        if (chord_buf_reserve(out, a.len + 1)) goto done;
         for (size_t i = 0; i < a.len && all_mapped;) {
             size_t len;
             uint32_t cp = 0;
             int byte = -1;
-            if (tok_utf8_scan((const unsigned char *)a.data + i, a.len - i, &len, &cp) == UTF8_OK)
+            if (chord_utf8_scan((const unsigned char *)a.data + i, a.len - i, &len, &cp) ==
+                CHORD_UTF8_OK)
                 byte = unicode_to_byte(cp);
             if (byte < 0)
                 all_mapped = 0;
@@ -1339,11 +1216,11 @@ static int decode_token(const tok_tokenizer *t, int32_t id, int first, tok_buf *
         }
         out->len = 0;
     }
-    if (tok_buf_append(out, "", 0) || tok_buf_append(out, a.data, a.len)) goto done;
+    if (chord_buf_append(out, "", 0) || chord_buf_append(out, a.data, a.len)) goto done;
     rc = is_byte;
 done:
-    tok_buf_free(&a);
-    tok_buf_free(&b);
+    chord_buf_free(&a);
+    chord_buf_free(&b);
     return rc;
 }
 
@@ -1354,7 +1231,7 @@ static int build_decode_table(tok_tokenizer *t, chord_err *err) {
     t->byte_token = calloc((size_t)t->vocab_size + 1, 1);
     if (!t->dec || !t->dec_len || !t->byte_token)
         return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
-    tok_buf one = {0};
+    chord_buf one = {0};
     for (int32_t id = 0; id < t->vocab_size; id++) {
         const char *s = t->tok_str[id];
         if (!s) continue;
@@ -1362,7 +1239,7 @@ static int build_decode_table(tok_tokenizer *t, chord_err *err) {
         if (t->decoder == TOK_DECODER_CHAIN) {
             int r = decode_token(t, id, 0, &one);
             if (r < 0 || !(t->dec[id] = malloc(one.len + 1))) {
-                tok_buf_free(&one);
+                chord_buf_free(&one);
                 return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
             }
             memcpy(t->dec[id], one.data ? one.data : "", one.len);
@@ -1373,7 +1250,7 @@ static int build_decode_table(tok_tokenizer *t, chord_err *err) {
         }
         char *out = malloc(n + 1);
         if (!out) {
-            tok_buf_free(&one);
+            chord_buf_free(&one);
             return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
         }
         size_t k = 0;
@@ -1382,7 +1259,7 @@ static int build_decode_table(tok_tokenizer *t, chord_err *err) {
             size_t len;
             uint32_t cp = 0;
             int b = -1;
-            if (tok_utf8_scan((const unsigned char *)s + i, n - i, &len, &cp) == UTF8_OK)
+            if (chord_utf8_scan((const unsigned char *)s + i, n - i, &len, &cp) == CHORD_UTF8_OK)
                 b = unicode_to_byte(cp);
             if (b < 0) {
                 all_mapped = 0;
@@ -1399,7 +1276,7 @@ static int build_decode_table(tok_tokenizer *t, chord_err *err) {
         t->dec[id] = out;
         t->dec_len[id] = (uint32_t)k;
     }
-    tok_buf_free(&one);
+    chord_buf_free(&one);
     return 0;
 }
 
@@ -1725,7 +1602,7 @@ typedef struct enc_ctx {
     pcre2_match_data *md;
     piece_vec a, b;
     arena_block *arena;
-    tok_buf norm;
+    chord_buf norm;
     norm_run *runs;
     size_t n_runs, cap_runs;
     int identity;      /* the normalized segment equals the original */
@@ -1737,7 +1614,7 @@ typedef struct enc_ctx {
     int32_t *wids;
     uint16_t *wlens;
     size_t cap_w;
-    tok_buf word;
+    chord_buf word;
     int match_error; /* a PCRE2 error other than no-match, 0 when none */
 } enc_ctx;
 
@@ -1750,13 +1627,13 @@ static void ctx_free(enc_ctx *c) {
         free(c->arena);
         c->arena = n;
     }
-    tok_buf_free(&c->norm);
+    chord_buf_free(&c->norm);
     free(c->runs);
     free(c->syms);
     free(c->heap);
     free(c->wids);
     free(c->wlens);
-    tok_buf_free(&c->word);
+    chord_buf_free(&c->word);
 }
 
 static char *arena_alloc(enc_ctx *c, size_t n) {
@@ -1872,9 +1749,7 @@ static int split_piece(enc_ctx *c, const tok_pretok_step *st, const piece *p, pi
             size_t ms = ov[0], me = ov[1];
             if (me == ms) {
                 if (ms >= n) break;
-                pos = ms + 1;
-                while (pos < n && ((unsigned char)subj[pos] & 0xC0) == 0x80)
-                    pos++;
+                pos = chord_utf8_next((const unsigned char *)subj, n, ms);
                 continue;
             }
             if (k + 2 >= cap) {
@@ -1953,9 +1828,7 @@ static int split_piece(enc_ctx *c, const tok_pretok_step *st, const piece *p, pi
         if (me == ms) {
             /* empty matches only delimit; step over one character */
             if (ms >= n) break;
-            pos = ms + 1;
-            while (pos < n && ((unsigned char)subj[pos] & 0xC0) == 0x80)
-                pos++;
+            pos = chord_utf8_next((const unsigned char *)subj, n, ms);
             continue;
         }
         if (prev != ms) FEED((uint32_t)prev, (uint32_t)ms, 0);
@@ -2044,7 +1917,7 @@ static long bpe_word(enc_ctx *c, const char *w, size_t n) {
             for (size_t i = 0; i < n; i++) {
                 char u[2];
                 int k = tok_byte_to_unicode((unsigned char)w[i], u);
-                if (tok_buf_append(&c->word, u, (size_t)k)) return -1;
+                if (chord_buf_append(&c->word, u, (size_t)k)) return -1;
             }
             id = tok_vocab_lookup(t, c->word.data, c->word.len);
         } else {
@@ -2074,7 +1947,8 @@ static long bpe_word(enc_ctx *c, const char *w, size_t n) {
         uint32_t unk_len = 0;
         for (size_t i = 0; i < n;) {
             size_t len;
-            if (tok_utf8_scan((const unsigned char *)w + i, n - i, &len, NULL) != UTF8_OK) len = 1;
+            if (chord_utf8_scan((const unsigned char *)w + i, n - i, &len, NULL) != CHORD_UTF8_OK)
+                len = 1;
             int32_t id = tok_vocab_lookup(t, w + i, len);
             int32_t bytes[4];
             int have_bytes = 0;
@@ -2342,12 +2216,12 @@ static int split_added(enc_ctx *c, const struct tok_trie *tr, const char *s, siz
             size_t start = i, stop = i + len;
             if (ad->single_word) {
                 size_t ps;
-                int start_space = start == 0 || !is_alphanumeric(utf8_prev(u, start, &ps));
+                int start_space = start == 0 || !is_alphanumeric(chord_utf8_prev(u, start, &ps));
                 uint32_t ncp = 0;
                 size_t nl;
                 int stop_space = stop == n;
                 if (!stop_space) {
-                    tok_utf8_scan(u + stop, n - stop, &nl, &ncp);
+                    chord_utf8_scan(u + stop, n - stop, &nl, &ncp);
                     stop_space = !is_alphanumeric(ncp);
                 }
                 if (!start_space || !stop_space) {
@@ -2359,7 +2233,7 @@ static int split_added(enc_ctx *c, const struct tok_trie *tr, const char *s, siz
                 size_t ns = start;
                 while (ns > 0) {
                     size_t ps;
-                    uint32_t cp = utf8_prev(u, ns, &ps);
+                    uint32_t cp = chord_utf8_prev(u, ns, &ps);
                     if (!is_white_space(cp)) break;
                     ns = ps;
                 }
@@ -2370,7 +2244,7 @@ static int split_added(enc_ctx *c, const struct tok_trie *tr, const char *s, siz
                 while (stop < n) {
                     size_t nl;
                     uint32_t cp = 0;
-                    tok_utf8_scan(u + stop, n - stop, &nl, &cp);
+                    chord_utf8_scan(u + stop, n - stop, &nl, &cp);
                     if (!is_white_space(cp)) break;
                     stop += nl;
                 }
@@ -2408,7 +2282,7 @@ static int run_push(enc_ctx *c, uint32_t norm_off, uint32_t orig_off, int exact)
 /* The general normalizer path (Lowercase, Strip, Replace, Prepend, with or without the Unicode
  * forms): the text and, per byte, the segment offset of the character it came from. */
 typedef struct norm_text {
-    tok_buf text;
+    chord_buf text;
     uint32_t *orig;
     size_t cap;
 } norm_text;
@@ -2425,7 +2299,7 @@ static int nt_append(norm_text *d, const char *b, size_t n, const uint32_t *orig
     }
     for (size_t i = 0; i < n; i++)
         d->orig[d->text.len + i] = orig ? orig[i] : fixed;
-    return tok_buf_append(&d->text, b, n);
+    return chord_buf_append(&d->text, b, n);
 }
 
 /* Rust's char::to_lowercase: the simple mapping, but U+0130 (İ) becomes "i̇" */
@@ -2444,7 +2318,7 @@ static int normalize_op(const tok_norm_op *op, const norm_text *a, norm_text *b,
     const size_t n = a->text.len;
     const uint32_t *o = a->orig;
     b->text.len = 0;
-    if (tok_buf_append(&b->text, "", 0)) return -1;
+    if (chord_buf_append(&b->text, "", 0)) return -1;
     switch (op->kind) {
     case TOK_NORM_UNICODE:
         for (size_t i = 0; i < n;) {
@@ -2476,7 +2350,7 @@ static int normalize_op(const tok_norm_op *op, const norm_text *a, norm_text *b,
         for (size_t i = 0; i < n;) {
             size_t len;
             uint32_t cp = 0xFFFD;
-            tok_utf8_scan((const unsigned char *)s + i, n - i, &len, &cp);
+            chord_utf8_scan((const unsigned char *)s + i, n - i, &len, &cp);
             char lc[8];
             int k = lowercase_char(cp, lc);
             int same = (size_t)k == len && memcmp(lc, s + i, len) == 0;
@@ -2488,12 +2362,12 @@ static int normalize_op(const tok_norm_op *op, const norm_text *a, norm_text *b,
         size_t lo = 0, hi = n, len, ps;
         uint32_t cp = 0;
         while (op->left && lo < hi) {
-            tok_utf8_scan((const unsigned char *)s + lo, hi - lo, &len, &cp);
+            chord_utf8_scan((const unsigned char *)s + lo, hi - lo, &len, &cp);
             if (!is_white_space(cp)) break;
             lo += len;
         }
         while (op->right && hi > lo) {
-            cp = utf8_prev((const unsigned char *)s, hi, &ps);
+            cp = chord_utf8_prev((const unsigned char *)s, hi, &ps);
             if (!is_white_space(cp) || ps < lo) break;
             hi = ps;
         }
@@ -2514,9 +2388,7 @@ static int normalize_op(const tok_norm_op *op, const norm_text *a, norm_text *b,
             size_t ms = ov[0], me = ov[1];
             if (me == ms) { /* an empty match replaces nothing */
                 if (ms >= n) break;
-                pos = ms + 1;
-                while (pos < n && ((unsigned char)s[pos] & 0xC0) == 0x80)
-                    pos++;
+                pos = chord_utf8_next((const unsigned char *)s, n, ms);
                 continue;
             }
             if (nt_append(b, s + prev, ms - prev, o + prev, 0) ||
@@ -2536,7 +2408,7 @@ static int normalize_general(enc_ctx *c, const char *s, size_t n) {
     norm_text a = {0}, b = {0};
     int rc = -1;
     if (n > 0xFFFFFFF0u) return -1;
-    if (tok_buf_append(&a.text, "", 0)) goto done;
+    if (chord_buf_append(&a.text, "", 0)) goto done;
     for (size_t j = 0; j < n; j += 256) { /* identity offsets, in blocks */
         uint32_t blk[256];
         size_t m = n - j < 256 ? n - j : 256;
@@ -2552,15 +2424,15 @@ static int normalize_general(enc_ctx *c, const char *s, size_t n) {
     }
     c->norm.len = 0;
     c->n_runs = 0;
-    if (tok_buf_append(&c->norm, a.text.data, a.text.len)) goto done;
+    if (chord_buf_append(&c->norm, a.text.data, a.text.len)) goto done;
     c->identity = a.text.len == n && memcmp(a.text.data, s, n) == 0;
     for (size_t i = 0; i < a.text.len && !c->identity; i++)
         if ((i == 0 || a.orig[i] != a.orig[i - 1] + 1) && run_push(c, (uint32_t)i, a.orig[i], 1))
             goto done;
     rc = 0;
 done:
-    tok_buf_free(&a.text);
-    tok_buf_free(&b.text);
+    chord_buf_free(&a.text);
+    chord_buf_free(&b.text);
     free(a.orig);
     free(b.orig);
     return rc;
@@ -2584,7 +2456,7 @@ static int normalize(enc_ctx *c, const char *s, size_t n) {
     if (t->norm_general) return normalize_general(c, s, n);
     if (t->n_norm == 0 || all_ascii) {
         c->norm.len = 0;
-        return tok_buf_append(&c->norm, s, n);
+        return chord_buf_append(&c->norm, s, n);
     }
     while (i < n) {
         /* an ASCII stretch, minus its last character when non-ASCII follows (it may compose) */
@@ -2594,7 +2466,7 @@ static int normalize(enc_ctx *c, const char *s, size_t n) {
         size_t ascii_end = j < n && j > i ? j - 1 : j;
         if (ascii_end > i) {
             if (run_push(c, (uint32_t)c->norm.len, (uint32_t)i, 1) ||
-                tok_buf_append(&c->norm, s + i, ascii_end - i))
+                chord_buf_append(&c->norm, s + i, ascii_end - i))
                 return -1;
             i = ascii_end;
         }
@@ -2625,7 +2497,7 @@ static int normalize(enc_ctx *c, const char *s, size_t n) {
         int same = cur_len == len && memcmp(cur, src, len) == 0;
         if (!same) c->identity = 0;
         int rc = run_push(c, (uint32_t)c->norm.len, (uint32_t)i, same) ||
-                 tok_buf_append(&c->norm, cur, cur_len);
+                 chord_buf_append(&c->norm, cur, cur_len);
         free(cur);
         if (rc) return -1;
         i = r;
@@ -2657,11 +2529,11 @@ int tok_encode(const tok_tokenizer *tok, const char *text, size_t len, unsigned 
     c.t = tok;
     c.out = out;
     c.offsets = (flags & TOK_ENCODE_OFFSETS) != 0;
-    tok_buf clean = {0};
+    chord_buf clean = {0};
     int rc = -1;
     if (len > 0xFFFFFFF0u) return chord_err_set(err, "text of %zu bytes is too long", len);
-    if (!utf8_valid((const unsigned char *)text, len)) {
-        if (tok_utf8_append_lossy(&clean, (const unsigned char *)text, len)) goto oom;
+    if (!chord_utf8_valid(text, len)) {
+        if (chord_utf8_append_lossy(&clean, text, len)) goto oom;
         text = clean.data;
         len = clean.len;
     }
@@ -2694,7 +2566,7 @@ oom:
     }
 done:
     ctx_free(&c);
-    tok_buf_free(&clean);
+    chord_buf_free(&clean);
     return rc;
 }
 
@@ -2703,21 +2575,21 @@ done:
 
 /* ByteFallback's run of byte tokens: its UTF-8 text, or one U+FFFD per byte when the run is not
  * valid UTF-8 as a whole (the crate's rule, stricter than a lossy decode). */
-static int flush_byte_run(tok_buf *out, tok_buf *run) {
+static int flush_byte_run(chord_buf *out, chord_buf *run) {
     int rc = 0;
     if (run->len == 0) return 0;
-    if (utf8_valid((const unsigned char *)run->data, run->len)) {
-        rc = tok_buf_append(out, run->data, run->len);
+    if (chord_utf8_valid(run->data, run->len)) {
+        rc = chord_buf_append(out, run->data, run->len);
     } else {
         for (size_t i = 0; i < run->len && !rc; i++)
-            rc = tok_buf_append(out, "\xEF\xBF\xBD", 3);
+            rc = chord_buf_append(out, "\xEF\xBF\xBD", 3);
     }
     run->len = 0;
     return rc;
 }
 
 /* The chain's steps after the tokens are joined, on the whole text: Strip and Replace. */
-static int decode_post(const tok_tokenizer *t, tok_buf *text) {
+static int decode_post(const tok_tokenizer *t, chord_buf *text) {
     for (int i = t->n_dec_token_ops + 1; i < t->n_dec_ops; i++) {
         const tok_dec_op *op = &t->dec_ops[i];
         if (op->kind == TOK_DEC_STRIP) {
@@ -2728,14 +2600,14 @@ static int decode_post(const tok_tokenizer *t, tok_buf *text) {
             text->len = n;
             text->data[n] = '\0';
         } else if (op->kind == TOK_DEC_REPLACE) {
-            tok_buf r = {0};
-            if (tok_buf_append(&r, "", 0) ||
+            chord_buf r = {0};
+            if (chord_buf_append(&r, "", 0) ||
                 replace_literal(&r, text->data, text->len, op->pattern, op->pattern_len,
                                 op->content, op->content_len)) {
-                tok_buf_free(&r);
+                chord_buf_free(&r);
                 return -1;
             }
-            tok_buf_free(text);
+            chord_buf_free(text);
             *text = r;
         }
     }
@@ -2744,7 +2616,7 @@ static int decode_post(const tok_tokenizer *t, tok_buf *text) {
 
 int tok_decode(const tok_tokenizer *tok, const int32_t *ids, size_t n, int skip_special,
                char **text, size_t *len, chord_err *err) {
-    tok_buf raw = {0}, out = {0}, run = {0}, one = {0};
+    chord_buf raw = {0}, out = {0}, run = {0}, one = {0};
     *text = NULL;
     if (len) *len = 0;
     int first = 1;
@@ -2752,43 +2624,42 @@ int tok_decode(const tok_tokenizer *tok, const int32_t *ids, size_t n, int skip_
     for (size_t i = 0; i < n; i++) {
         int32_t id = ids[i];
         if (id < 0 || id >= tok->vocab_size || !tok->dec[id]) {
-            tok_buf_free(&raw);
-            tok_buf_free(&run);
+            chord_buf_free(&raw);
+            chord_buf_free(&run);
             return chord_err_set(err, "token id %d at position %zu is not in the vocabulary", id,
                                  i);
         }
         if (skip_special && tok->special[id]) continue;
         if (chain && tok->byte_token[id]) {
-            if (tok_buf_append(&run, tok->dec[id], tok->dec_len[id])) goto oom;
+            if (chord_buf_append(&run, tok->dec[id], tok->dec_len[id])) goto oom;
             first = 0;
             continue;
         }
         if (chain && flush_byte_run(&raw, &run)) goto oom;
-        if (tok->decoder == TOK_DECODER_NONE && !first && tok_buf_append(&raw, " ", 1)) goto oom;
+        if (tok->decoder == TOK_DECODER_NONE && !first && chord_buf_append(&raw, " ", 1)) goto oom;
         if (chain && first && tok->dec_first_differs) {
-            if (decode_token(tok, id, 1, &one) < 0 || tok_buf_append(&raw, one.data, one.len))
+            if (decode_token(tok, id, 1, &one) < 0 || chord_buf_append(&raw, one.data, one.len))
                 goto oom;
-        } else if (tok_buf_append(&raw, tok->dec[id], tok->dec_len[id])) {
+        } else if (chord_buf_append(&raw, tok->dec[id], tok->dec_len[id])) {
             goto oom;
         }
         first = 0;
     }
     if (chain && flush_byte_run(&raw, &run)) goto oom;
-    if (tok_buf_reserve(&out, raw.len + 1) ||
-        tok_utf8_append_lossy(&out, (const unsigned char *)raw.data, raw.len))
+    if (chord_buf_reserve(&out, raw.len + 1) || chord_utf8_append_lossy(&out, raw.data, raw.len))
         goto oom;
     if (chain && decode_post(tok, &out)) goto oom;
-    tok_buf_free(&raw);
-    tok_buf_free(&run);
-    tok_buf_free(&one);
+    chord_buf_free(&raw);
+    chord_buf_free(&run);
+    chord_buf_free(&one);
     *text = out.data;
     if (len) *len = out.len;
     return 0;
 oom:
-    tok_buf_free(&raw);
-    tok_buf_free(&out);
-    tok_buf_free(&run);
-    tok_buf_free(&one);
+    chord_buf_free(&raw);
+    chord_buf_free(&out);
+    chord_buf_free(&run);
+    chord_buf_free(&one);
     return chord_err_setc(err, CHORD_E_INTERNAL, "tokenizer: out of memory");
 }
 
@@ -2811,13 +2682,13 @@ static size_t stream_emit(tok_stream *s, const unsigned char *b, size_t n, char 
         while (k < 4 && take < n - i)
             tmp[k++] = b[i + take++];
         size_t len;
-        int r = tok_utf8_scan(tmp, k, &len, NULL);
-        if (r == UTF8_SHORT) {
+        int r = chord_utf8_scan(tmp, k, &len, NULL);
+        if (r == CHORD_UTF8_SHORT) {
             memcpy(s->pending, tmp, k);
             s->n_pending = k;
             return o;
         }
-        if (r == UTF8_OK) {
+        if (r == CHORD_UTF8_OK) {
             memcpy(out + o, tmp, len);
             o += len;
         } else {
@@ -2839,13 +2710,13 @@ static size_t stream_emit(tok_stream *s, const unsigned char *b, size_t n, char 
             continue;
         }
         size_t len;
-        int r = tok_utf8_scan(b + i, n - i, &len, NULL);
-        if (r == UTF8_SHORT) {
+        int r = chord_utf8_scan(b + i, n - i, &len, NULL);
+        if (r == CHORD_UTF8_SHORT) {
             memcpy(s->pending, b + i, len);
             s->n_pending = len;
             break;
         }
-        if (r == UTF8_OK) {
+        if (r == CHORD_UTF8_OK) {
             memcpy(out + o, b + i, len);
             o += len;
         } else {
@@ -2873,11 +2744,11 @@ int tok_stream_push(tok_stream *s, int32_t id, char *out, size_t cap, size_t *ou
     }
     /* a decoder chain: the first token may decode apart (Metaspace), and the steps after the
      * join apply to what comes out (Strip's start counts from the start of the text) */
-    tok_buf one = {0};
+    chord_buf one = {0};
     const char *bytes = t->dec[id];
     if (!s->started && t->dec_first_differs && !t->byte_token[id]) {
         if (decode_token(t, id, 1, &one) < 0) {
-            tok_buf_free(&one);
+            chord_buf_free(&one);
             return chord_err_setc(err, CHORD_E_INTERNAL, "tokenizer: out of memory");
         }
         bytes = one.data;
@@ -2885,7 +2756,7 @@ int tok_stream_push(tok_stream *s, int32_t id, char *out, size_t cap, size_t *ou
     }
     s->started = 1;
     size_t o = stream_emit(s, (const unsigned char *)bytes, n, out);
-    tok_buf_free(&one);
+    chord_buf_free(&one);
     for (int i = t->n_dec_token_ops + 1; i < t->n_dec_ops; i++) {
         const tok_dec_op *op = &t->dec_ops[i];
         if (op->kind == TOK_DEC_STRIP && !s->kept) {
@@ -2897,20 +2768,20 @@ int tok_stream_push(tok_stream *s, int32_t id, char *out, size_t cap, size_t *ou
             memmove(out, p, m);
             o = m;
         } else if (op->kind == TOK_DEC_REPLACE && o > 0) {
-            tok_buf r = {0};
-            if (tok_buf_append(&r, "", 0) ||
+            chord_buf r = {0};
+            if (chord_buf_append(&r, "", 0) ||
                 replace_literal(&r, out, o, op->pattern, op->pattern_len, op->content,
                                 op->content_len)) {
-                tok_buf_free(&r);
+                chord_buf_free(&r);
                 return chord_err_setc(err, CHORD_E_INTERNAL, "tokenizer: out of memory");
             }
             if (r.len > cap) {
-                tok_buf_free(&r);
+                chord_buf_free(&r);
                 return chord_err_set(err, "stream output buffer of %zu bytes is too small", cap);
             }
             memcpy(out, r.data, r.len);
             o = r.len;
-            tok_buf_free(&r);
+            chord_buf_free(&r);
         }
     }
     if (o > 0) s->kept = 1;

@@ -6,21 +6,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "server/base/buf.h"
+#include "server/base/utf8.h"
 #include "server/model/tokenizer.h"
 
-/* A growable byte buffer, always NUL-terminated once non-empty. */
-typedef struct tok_buf {
-    char *data;
-    size_t len, cap;
-} tok_buf;
-
-int tok_buf_reserve(tok_buf *b, size_t extra);
-int tok_buf_append(tok_buf *b, const void *data, size_t n);
-void tok_buf_free(tok_buf *b);
-
-enum { UTF8_OK = 0, UTF8_BAD = 1, UTF8_SHORT = 2 };
-int tok_utf8_scan(const unsigned char *s, size_t n, size_t *len, uint32_t *cp);
-int tok_utf8_append_lossy(tok_buf *out, const unsigned char *s, size_t n);
 uint64_t tok_hash_bytes(const void *data, size_t n);
 
 #define TOK_MAX_NORMALIZERS 8

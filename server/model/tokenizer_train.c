@@ -45,7 +45,7 @@ typedef struct word_entry {
 typedef struct word_map {
     word_entry *slots;
     size_t mask, n;
-    tok_buf keys;
+    chord_buf keys;
 } word_map;
 
 static int word_map_add(word_map *m, const char *w, size_t n) {
@@ -81,7 +81,7 @@ static int word_map_add(word_map *m, const char *w, size_t n) {
     e->len = (uint32_t)n;
     e->count = 1;
     m->n++;
-    return tok_buf_append(&m->keys, w, n);
+    return chord_buf_append(&m->keys, w, n);
 }
 
 /* --- pair counts ------------------------------------------------------------------------------ */
@@ -201,7 +201,7 @@ int tok_train(const char *text, size_t len, const tok_train_options *opt, char *
                 return chord_err_set(err, "special token '%s' is given twice", opt->special[i]);
 
     int rc = -1;
-    tok_buf clean = {0};
+    chord_buf clean = {0};
     utf8proc_uint8_t *nfc = NULL;
     pcre2_code *re = NULL;
     pcre2_match_data *md = NULL;
@@ -215,7 +215,7 @@ int tok_train(const char *text, size_t len, const tok_train_options *opt, char *
     size_t n_merges = 0;
     json_t *root = NULL, *cfg = NULL;
 
-    if (tok_utf8_append_lossy(&clean, (const unsigned char *)text, len)) goto oom;
+    if (chord_utf8_append_lossy(&clean, text, len)) goto oom;
     utf8proc_ssize_t nn = 0;
     if (clean.len > 0) {
         nn = utf8proc_map((const utf8proc_uint8_t *)clean.data, (utf8proc_ssize_t)clean.len, &nfc,
@@ -240,9 +240,7 @@ int tok_train(const char *text, size_t len, const tok_train_options *opt, char *
         if (r < 0) break;
         PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
         if (ov[1] == ov[0]) {
-            pos = ov[0] + 1;
-            while (pos < total && ((unsigned char)s[pos] & 0xC0) == 0x80)
-                pos++;
+            pos = chord_utf8_next((const unsigned char *)s, total, ov[0]);
             continue;
         }
         if (ov[0] > prev && word_map_add(&wm, s + prev, ov[0] - prev)) goto oom;
@@ -427,12 +425,12 @@ oom:
 done:
     json_decref(root);
     json_decref(cfg);
-    tok_buf_free(&clean);
+    chord_buf_free(&clean);
     free(nfc);
     if (md) pcre2_match_data_free(md);
     if (re) pcre2_code_free(re);
     free(wm.slots);
-    tok_buf_free(&wm.keys);
+    chord_buf_free(&wm.keys);
     free(pm.slots);
     for (size_t i = 0; i < n_words; i++)
         free(words[i].sym);

@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "server/base/buf.h"
+#include "server/base/utf8.h"
 #include "server/train/mathnorm.h"
 #include "server/train/reward_internal.h"
 
@@ -46,50 +48,21 @@ reward_type reward_verifier_type(const reward_verifier *verifier) {
 
 /* ---- text helpers ---- */
 
-/* Length of the valid UTF-8 sequence at s (at most n bytes), 0 when invalid. */
-static size_t utf8_seq_len(const unsigned char *s, size_t n) {
-    unsigned char c = s[0];
-    size_t len;
-    unsigned cp;
-    if (c < 0x80) return 1;
-    if (c >= 0xC2 && c <= 0xDF)
-        len = 2, cp = c & 0x1F;
-    else if (c >= 0xE0 && c <= 0xEF)
-        len = 3, cp = c & 0x0F;
-    else if (c >= 0xF0 && c <= 0xF4)
-        len = 4, cp = c & 0x07;
-    else
-        return 0;
-    if (len > n) return 0;
-    for (size_t i = 1; i < len; i++) {
-        if ((s[i] & 0xC0) != 0x80) return 0;
-        cp = (cp << 6) | (s[i] & 0x3F);
-    }
-    if ((len == 3 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) ||
-        (len == 4 && (cp < 0x10000 || cp > 0x10FFFF)))
-        return 0;
-    return len;
-}
-
 char *reward_utf8_sanitize(const char *src, size_t n) {
-    char *out = malloc(3 * n + 1); /* each invalid byte may become 3 bytes */
-    if (!out) return NULL;
-    size_t w = 0;
-    const unsigned char *s = (const unsigned char *)src;
-    for (size_t i = 0; i < n;) {
-        size_t k = utf8_seq_len(s + i, n - i);
-        if (k == 0 || (k == 1 && s[i] == 0)) {
-            memcpy(out + w, "\xEF\xBF\xBD", 3);
-            w += 3;
-            i++;
-            continue;
-        }
-        memcpy(out + w, s + i, k);
-        w += k;
-        i += k;
+    chord_buf out = {0};
+    int bad = chord_buf_reserve(&out, n + 1);
+    for (size_t i = 0; i < n && !bad;) {
+        const char *nul = memchr(src + i, '\0', n - i);
+        size_t k = nul ? (size_t)(nul - (src + i)) : n - i;
+        bad = chord_utf8_append_lossy(&out, src + i, k) ||
+              (nul && chord_buf_append(&out, "\xEF\xBF\xBD", 3)); /* a C string ends at NUL */
+        i += k + (nul != NULL);
     }
-    out[w] = '\0';
-    return out;
+    if (bad) {
+        chord_buf_free(&out);
+        return NULL;
+    }
+    return chord_buf_take(&out);
 }
 
 void reward_set(reward_result *r, double reward, reward_reason reason, bool correct,
@@ -106,7 +79,8 @@ void reward_set(reward_result *r, double reward, reward_reason reason, bool corr
     const unsigned char *s = (const unsigned char *)tmp;
     size_t n = strlen(tmp), w = 0;
     for (size_t i = 0; i < n;) {
-        size_t k = utf8_seq_len(s + i, n - i);
+        size_t k;
+        if (chord_utf8_scan(s + i, n - i, &k, NULL) != CHORD_UTF8_OK) k = 0;
         if (w + (k ? k : 1) + 1 > REWARD_DETAIL_MAX) break;
         if (k == 0) {
             r->detail[w++] = '?';

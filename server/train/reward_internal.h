@@ -37,8 +37,9 @@ struct reward_verifier {
 void reward_set(reward_result *r, double reward, reward_reason reason, bool correct,
                 const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 
-/* Copies src[0..n) into a NUL-terminated malloc'd string valid as UTF-8 (invalid bytes become
- * U+FFFD). Returns NULL on out of memory. */
+/* Copies src[0..n) into a NUL-terminated malloc'd string valid as UTF-8: invalid bytes become
+ * U+FFFD by utf8.h's rule (Python's errors="replace"), and so does each NUL byte. Returns NULL on
+ * out of memory. */
 char *reward_utf8_sanitize(const char *src, size_t n);
 
 /* The webhook verifier (reward_webhook.c). */

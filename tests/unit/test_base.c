@@ -1,6 +1,8 @@
 /* test_base.c — the small helpers of server/base that other layers lean on: the number-to-text
  * rule of numtext.h (shortest round-trip, ECMAScript layout), the growable buffer and array of
- * buf.h (a failed growth changes nothing), and chord_rmtree (no shell, links not followed). */
+ * buf.h (a failed growth changes nothing), the UTF-8 decoder of utf8.h (Unicode's validity, and
+ * lossy text equal to Python's bytes.decode("utf-8", "replace")), and chord_rmtree (no shell,
+ * links not followed). */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -17,6 +19,7 @@
 #include "server/base/buf.h"
 #include "server/base/fileutil.h"
 #include "server/base/numtext.h"
+#include "server/base/utf8.h"
 
 static void expect_text(double v, const char *want) {
     char got[CHORD_NUMBER_TEXT_MAX];
@@ -139,6 +142,158 @@ static void test_buf(void **state) {
     free(ids);
 }
 
+/* ---- UTF-8 ---------------------------------------------------------------------------------- */
+
+/* An independent reading of Unicode's table 3-7: decode by the lead byte's length, then refuse
+ * overlong forms, surrogates and values above U+10FFFF. 1 with the length and code point when
+ * s[0..n) starts with a valid character. */
+static int naive_utf8(const unsigned char *s, size_t n, size_t *len, uint32_t *cp) {
+    size_t need = s[0] < 0x80                   ? 1
+                  : s[0] >= 0xC0 && s[0] < 0xE0 ? 2
+                  : s[0] >= 0xE0 && s[0] < 0xF0 ? 3
+                  : s[0] >= 0xF0 && s[0] < 0xF8 ? 4
+                                                : 0;
+    if (need == 0 || need > n) return 0;
+    uint32_t v = need == 1 ? s[0] : s[0] & (0x7F >> need);
+    for (size_t i = 1; i < need; i++) {
+        if ((s[i] & 0xC0) != 0x80) return 0;
+        v = (v << 6) | (s[i] & 0x3F);
+    }
+    static const uint32_t least[] = {0, 0, 0x80, 0x800, 0x10000};
+    if (v < least[need] || (v >= 0xD800 && v <= 0xDFFF) || v > 0x10FFFF) return 0;
+    *len = need;
+    *cp = v;
+    return 1;
+}
+
+/* Every string of up to three bytes, and four-byte strings over every lead and second byte:
+ * chord_utf8_scan says OK exactly when the naive reading does, with the same length and code
+ * point; otherwise the subpart it reports lies within the bytes it was given. */
+static void test_utf8_scan_agrees_with_the_standard(void **state) {
+    (void)state;
+    static const unsigned char tails[] = {0x00, 0x41, 0x7F, 0x80, 0x8F, 0x90, 0x9F,
+                                          0xA0, 0xBF, 0xC0, 0xC2, 0xE0, 0xF0, 0xFF};
+    unsigned char s[4];
+    size_t checked = 0;
+    for (uint32_t x = 0; x < (1u << 24); x++) {
+        s[0] = (unsigned char)(x >> 16);
+        s[1] = (unsigned char)(x >> 8);
+        s[2] = (unsigned char)x;
+        for (size_t n = 1; n <= 3; n++) {
+            if (n < 3 && (x & ((1u << (8 * (3 - n))) - 1)) != 0) continue; /* each prefix once */
+            size_t len = 0, want_len = 0;
+            uint32_t cp = 0, want_cp = 0;
+            int r = chord_utf8_scan(s, n, &len, &cp);
+            int ok = naive_utf8(s, n, &want_len, &want_cp);
+            if ((r == CHORD_UTF8_OK) != ok || (ok && (len != want_len || cp != want_cp)))
+                fail_msg("%02X %02X %02X (n=%zu): scan %d len %zu, naive %d len %zu", s[0], s[1],
+                         s[2], n, r, len, ok, want_len);
+            if (r != CHORD_UTF8_OK) assert_true(len >= 1 && len <= n);
+            if (r == CHORD_UTF8_SHORT) assert_int_equal(len, n);
+            checked++;
+        }
+    }
+    for (unsigned lead = 0xF0; lead <= 0xFF; lead++)
+        for (unsigned second = 0; second < 256; second++)
+            for (size_t a = 0; a < sizeof tails; a++)
+                for (size_t b = 0; b < sizeof tails; b++) {
+                    s[0] = (unsigned char)lead;
+                    s[1] = (unsigned char)second;
+                    s[2] = tails[a];
+                    s[3] = tails[b];
+                    size_t len = 0, want_len = 0;
+                    uint32_t cp = 0, want_cp = 0;
+                    int r = chord_utf8_scan(s, 4, &len, &cp);
+                    int ok = naive_utf8(s, 4, &want_len, &want_cp);
+                    if ((r == CHORD_UTF8_OK) != ok || (ok && (len != want_len || cp != want_cp)))
+                        fail_msg("%02X %02X %02X %02X: scan %d, naive %d", s[0], s[1], s[2], s[3],
+                                 r, ok);
+                    checked++;
+                }
+    assert_true(checked > 16000000);
+}
+
+static void expect_lossy(const char *in, size_t n, const char *want) {
+    chord_buf out = {0};
+    assert_int_equal(chord_utf8_append_lossy(&out, in, n), 0);
+    size_t wn = strlen(want);
+    if (out.len != wn || memcmp(out.data ? out.data : "", want, wn) != 0)
+        fail_msg("lossy of %zu bytes: got %zu bytes, want %zu", n, out.len, wn);
+    assert_int_equal(chord_utf8_valid(out.data ? out.data : "", out.len), 1);
+    chord_buf_free(&out);
+}
+
+#define FFFD "\xEF\xBF\xBD"
+
+/* What Python's bytes.decode("utf-8", "replace") gives for each (computed with CPython 3). */
+static void test_utf8_lossy_like_python(void **state) {
+    (void)state;
+    expect_lossy("", 0, "");
+    expect_lossy("plain ascii", 11, "plain ascii");
+    expect_lossy("\xC0\xAF", 2, FFFD FFFD);                   /* overlong '/' */
+    expect_lossy("\xE0\x80\xAF", 3, FFFD FFFD FFFD);          /* overlong, 3 bytes */
+    expect_lossy("\xF0\x80\x80\xAF", 4, FFFD FFFD FFFD FFFD); /* overlong, 4 bytes */
+    expect_lossy("\xED\xA0\x80", 3, FFFD FFFD FFFD);          /* surrogate U+D800 */
+    expect_lossy("\xED\xBF\xBF", 3, FFFD FFFD FFFD);          /* surrogate U+DFFF */
+    expect_lossy("\xF4\x90\x80\x80", 4, FFFD FFFD FFFD FFFD); /* U+110000 */
+    expect_lossy("\xF5\x80\x80\x80", 4, FFFD FFFD FFFD FFFD); /* no such lead byte */
+    expect_lossy("\xE4\xBD", 2, FFFD);                        /* cut at the end: one */
+    expect_lossy("a\xE4\xBD"
+                 "b",
+                 4, "a" FFFD "b"); /* cut inside: one */
+    expect_lossy("\xF0\x9F\x98", 3, FFFD);
+    expect_lossy("\xF4\x8F\xBF", 3, FFFD);
+    expect_lossy("\xE1\x80"
+                 "A",
+                 3, FFFD "A");
+    expect_lossy("\xE4\xBD\xE4\xBD\xA0", 5, FFFD "\xE4\xBD\xA0");
+    expect_lossy("\x80\x80", 2, FFFD FFFD); /* lone continuation bytes: one each */
+    expect_lossy("\xFF", 1, FFFD);
+    expect_lossy("\xF0\x9F\x98\x80", 4, "\xF0\x9F\x98\x80");
+    /* the edges of each length, all valid */
+    expect_lossy("\xC2\x80\xDF\xBF\xE0\xA0\x80\xEF\xBF\xBF\xF0\x90\x80\x80\xF4\x8F\xBF\xBF", 18,
+                 "\xC2\x80\xDF\xBF\xE0\xA0\x80\xEF\xBF\xBF\xF0\x90\x80\x80\xF4\x8F\xBF\xBF");
+    /* a NUL is a character like any other */
+    chord_buf out = {0};
+    assert_int_equal(chord_utf8_append_lossy(&out, "a\0b", 3), 0);
+    assert_int_equal(out.len, 3);
+    assert_memory_equal(out.data, "a\0b", 3);
+    assert_int_equal(chord_utf8_valid("a\0b", 3), 1);
+    chord_buf_free(&out);
+}
+
+static void test_utf8_valid_prev_next(void **state) {
+    (void)state;
+    assert_int_equal(chord_utf8_valid("", 0), 1);
+    assert_int_equal(chord_utf8_valid("h\xC3\xA9llo \xE4\xBD\xA0\xF0\x9F\x98\x80", 14), 1);
+    assert_int_equal(chord_utf8_valid("\xC0\xAF", 2), 0);
+    assert_int_equal(chord_utf8_valid("\xED\xA0\x80", 3), 0);
+    assert_int_equal(chord_utf8_valid("\xF4\x90\x80\x80", 4), 0);
+    assert_int_equal(chord_utf8_valid("ab\xE4\xBD", 4), 0); /* cut */
+
+    /* "aé你😀" backwards, character by character */
+    const unsigned char *s = (const unsigned char *)"a\xC3\xA9\xE4\xBD\xA0\xF0\x9F\x98\x80";
+    size_t end = 10, start;
+    static const uint32_t want[] = {0x1F600, 0x4F60, 0xE9, 'a'};
+    static const size_t starts[] = {6, 3, 1, 0};
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(chord_utf8_prev(s, end, &start), want[i]);
+        assert_int_equal(start, starts[i]);
+        end = start;
+    }
+    /* not one valid character there: U+FFFD */
+    assert_int_equal(chord_utf8_prev((const unsigned char *)"a\x80", 2, &start), 0xFFFD);
+    assert_int_equal(chord_utf8_prev((const unsigned char *)"\xE4\xBD", 2, &start), 0xFFFD);
+    assert_int_equal(start, 0);
+
+    /* forwards: to the next character's first byte, never past the end */
+    assert_int_equal(chord_utf8_next(s, 10, 0), 1);
+    assert_int_equal(chord_utf8_next(s, 10, 1), 3);
+    assert_int_equal(chord_utf8_next(s, 10, 3), 6);
+    assert_int_equal(chord_utf8_next(s, 10, 6), 10);
+    assert_int_equal(chord_utf8_next(s, 8, 6), 8);
+}
+
 static void touch(const char *path) {
     FILE *f = fopen(path, "w");
     assert_non_null(f);
@@ -185,6 +340,9 @@ int main(void) {
         cmocka_unit_test(test_number_text_cases),
         cmocka_unit_test(test_number_text_round_trips),
         cmocka_unit_test(test_buf),
+        cmocka_unit_test(test_utf8_scan_agrees_with_the_standard),
+        cmocka_unit_test(test_utf8_lossy_like_python),
+        cmocka_unit_test(test_utf8_valid_prev_next),
         cmocka_unit_test(test_rmtree),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
