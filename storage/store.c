@@ -1,10 +1,14 @@
-/* store.c — opening the store (directory, connection PRAGMAs, forward migrations), the SQLite
- * helpers every storage file uses, ids and time. The tables' queries live in store_records.c
- * and store_metrics.c; the file stores in store_files.c. */
+/* store.c — the bottom of storage/: one SQLite connection to <data_dir>/chord.db (PRAGMAs,
+ * forward migrations), the SQLite helpers every storage file uses, the row collector, ids and
+ * time. It calls no other storage file; every other one calls it. It knows the schema (the
+ * migrations) but runs no table's queries (store_records.c, store_metrics.c, store_files.c),
+ * and it never touches the files beside the database: recovering them when a data directory is
+ * opened is store_open.c's (see store_internal.h for the whole map). */
 #include "storage/store_internal.h"
 
 #include <errno.h>
 #include <limits.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,6 +16,7 @@
 #include <sys/random.h>
 #include <time.h>
 
+#include "server/base/buf.h"
 #include "server/base/fileutil.h"
 #include "server/base/log.h"
 
@@ -96,19 +101,24 @@ static const char *const migrations[STORE_SCHEMA_VERSION] = {
 
 /* ---- SQLite helpers ----------------------------------------------------------------------- */
 
-int storage_sqlerr(store *s, chord_err *err, int rc, const char *fmt, ...) {
+int storage_vsqlerr(store *s, chord_err *err, int rc, const char *fmt, va_list ap) {
     if (!err) return -1;
     char context[512];
-    va_list ap;
-    va_start(ap, fmt);
     vsnprintf(context, sizeof context, fmt, ap);
-    va_end(ap);
     int primary = rc & 0xff;
     int code = CHORD_E_IO;
     if (primary == SQLITE_BUSY || primary == SQLITE_LOCKED) code = CHORD_E_UNAVAILABLE;
     if (primary == SQLITE_CONSTRAINT) code = CHORD_E_CONFLICT;
     const char *msg = s && s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc);
     return chord_err_setc(err, code, "%s: %s (%s, %d)", context, msg, sqlite3_errstr(rc), rc);
+}
+
+int storage_sqlerr(store *s, chord_err *err, int rc, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    storage_vsqlerr(s, err, rc, fmt, ap);
+    va_end(ap);
+    return -1;
 }
 
 int storage_exec(store *s, const char *sql, chord_err *err) {
@@ -133,26 +143,25 @@ int storage_prepare(store *s, const char *sql, sqlite3_stmt **stmt, chord_err *e
     return 0;
 }
 
-int storage_begin_write(store *s, chord_err *err) {
-    int rc = sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
-    if (rc != SQLITE_OK) return storage_sqlerr(s, err, rc, "BEGIN IMMEDIATE");
+/* BEGIN, BEGIN IMMEDIATE, COMMIT: the error names the statement. */
+static int transaction_control(store *s, const char *sql, chord_err *err) {
+    int rc = sqlite3_exec(s->db, sql, NULL, NULL, NULL);
+    if (rc != SQLITE_OK) return storage_sqlerr(s, err, rc, "%s", sql);
     return 0;
+}
+
+int storage_begin_write(store *s, chord_err *err) {
+    return transaction_control(s, "BEGIN IMMEDIATE", err);
 }
 
 int storage_begin_read(store *s, chord_err *err) {
-    int rc = sqlite3_exec(s->db, "BEGIN", NULL, NULL, NULL);
-    if (rc != SQLITE_OK) return storage_sqlerr(s, err, rc, "BEGIN");
-    return 0;
+    return transaction_control(s, "BEGIN", err);
 }
 
 int storage_commit(store *s, chord_err *err) {
-    int rc = sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL);
-    if (rc != SQLITE_OK) {
-        storage_sqlerr(s, err, rc, "COMMIT");
-        storage_rollback(s);
-        return -1;
-    }
-    return 0;
+    if (transaction_control(s, "COMMIT", err) == 0) return 0;
+    storage_rollback(s);
+    return -1;
 }
 
 void storage_rollback(store *s) {
@@ -164,6 +173,61 @@ void storage_rollback(store *s) {
 int storage_bind_text(sqlite3_stmt *stmt, int idx, const char *text) {
     if (!text) return sqlite3_bind_null(stmt, idx);
     return sqlite3_bind_text(stmt, idx, text, -1, SQLITE_TRANSIENT);
+}
+
+int storage_bind(sqlite3_stmt *stmt, storage_values values) {
+    int params = sqlite3_bind_parameter_count(stmt);
+    int rc = SQLITE_OK;
+    for (int i = 0; rc == SQLITE_OK && i < params && (size_t)i < values.n; i++) {
+        const storage_value *v = &values.at[i];
+        switch (v->type) {
+        case STORAGE_VALUE_TEXT:
+            rc = storage_bind_text(stmt, i + 1, v->text);
+            break;
+        case STORAGE_VALUE_INT:
+            rc = sqlite3_bind_int64(stmt, i + 1, v->integer);
+            break;
+        case STORAGE_VALUE_REAL:
+            rc = isnan(v->real) ? sqlite3_bind_null(stmt, i + 1)
+                                : sqlite3_bind_double(stmt, i + 1, v->real);
+            break;
+        }
+    }
+    return rc;
+}
+
+int storage_prepare_bound(store *s, const char *sql, storage_values values, sqlite3_stmt **stmt,
+                          chord_err *err) {
+    if (storage_prepare(s, sql, stmt, err)) return -1;
+    int rc = storage_bind(*stmt, values);
+    if (rc != SQLITE_OK) {
+        sqlite3_finalize(*stmt);
+        *stmt = NULL;
+        return storage_sqlerr(s, err, rc, "binding \"%.60s\"", sql);
+    }
+    return 0;
+}
+
+int storage_run(store *s, const char *sql, storage_values values, chord_err *err,
+                const char *context_fmt, ...) {
+    sqlite3_stmt *st;
+    if (storage_prepare(s, sql, &st, err)) return -1;
+    int rc = storage_bind(st, values);
+    if (rc == SQLITE_OK) rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    if (rc == SQLITE_DONE) return 0;
+    va_list ap;
+    va_start(ap, context_fmt);
+    storage_vsqlerr(s, err, rc, context_fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+int storage_rerun(sqlite3_stmt *stmt, storage_values values) {
+    int rc = sqlite3_reset(stmt);
+    if (rc == SQLITE_OK) rc = storage_bind(stmt, values);
+    if (rc == SQLITE_OK) rc = sqlite3_step(stmt);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
 }
 
 int storage_col_text(sqlite3_stmt *stmt, int col, char **out) {
@@ -185,6 +249,20 @@ void storage_col_copy(sqlite3_stmt *stmt, int col, char *buf, size_t size) {
     snprintf(buf, size, "%s", t ? (const char *)t : "");
 }
 
+char *storage_col_path(store *s, sqlite3_stmt *stmt, int col) {
+    const char *rel = (const char *)sqlite3_column_text(stmt, col);
+    size_t len = strlen(s->dir) + (rel ? strlen(rel) : 0) + 2;
+    char *path = malloc(len);
+    if (path) snprintf(path, len, "%s/%s", s->dir, rel ? rel : "");
+    return path;
+}
+
+void storage_free_items(void *items, size_t n, size_t item_size, void (*free_item)(void *item)) {
+    for (size_t i = 0; i < n; i++)
+        free_item((char *)items + i * item_size);
+    free(items);
+}
+
 int storage_collect(store *s, sqlite3_stmt *stmt, size_t item_size, storage_row_reader read,
                     void (*free_item)(void *item), void **items, size_t *n, const char *what,
                     chord_err *err) {
@@ -194,16 +272,12 @@ int storage_collect(store *s, sqlite3_stmt *stmt, size_t item_size, storage_row_
     size_t count = 0, cap = 0;
     int rc;
     while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
-        if (count == cap) {
-            size_t ncap = cap ? cap * 2 : 16;
-            char *grown = realloc(arr, ncap * item_size);
-            if (!grown) {
-                chord_err_setc(err, CHORD_E_INTERNAL, "%s: out of memory", what);
-                goto fail;
-            }
-            arr = grown;
-            cap = ncap;
+        char *grown = chord_array_grow(arr, &cap, count + 1, item_size);
+        if (!grown) {
+            chord_err_setc(err, CHORD_E_INTERNAL, "%s: out of memory", what);
+            goto fail;
         }
+        arr = grown;
         void *item = arr + count * item_size;
         memset(item, 0, item_size);
         if (read(s, stmt, item, err)) {
@@ -222,45 +296,35 @@ int storage_collect(store *s, sqlite3_stmt *stmt, size_t item_size, storage_row_
     *n = count;
     return 0;
 fail:
-    for (size_t i = 0; i < count; i++)
-        free_item(arr + i * item_size);
-    free(arr);
+    storage_free_items(arr, count, item_size, free_item);
     sqlite3_finalize(stmt);
     return -1;
 }
 
-int storage_get_one(store *s, sqlite3_stmt *stmt, storage_row_reader read, void *item,
-                    const char *what, const char *id, chord_err *err) {
-    int rc = sqlite3_step(stmt);
-    int ret = 0;
-    if (rc == SQLITE_ROW) {
-        if (read(s, stmt, item, err)) ret = chord_err_prefix(err, "%s %s", what, id);
-    } else if (rc == SQLITE_DONE) {
-        ret = chord_err_setc(err, CHORD_E_NOT_FOUND, "%s %s not found", what, id);
-    } else {
-        ret = storage_sqlerr(s, err, rc, "reading %s %s", what, id);
-    }
-    sqlite3_finalize(stmt);
-    return ret;
-}
-
-int storage_count_rows(store *s, const char *sql, const char *param, int64_t *total,
-                       chord_err *err) {
+int storage_get_one(store *s, const char *sql, const char *key, storage_row_reader read, void *item,
+                    const char *what, chord_err *err) {
     sqlite3_stmt *st;
     if (storage_prepare(s, sql, &st, err)) return -1;
-    int rc = param ? storage_bind_text(st, 1, param) : SQLITE_OK;
+    int rc = storage_bind_text(st, 1, key);
     if (rc == SQLITE_OK) rc = sqlite3_step(st);
     int ret = 0;
-    if (rc == SQLITE_ROW)
-        *total = sqlite3_column_int64(st, 0);
-    else
-        ret = storage_sqlerr(s, err, rc, "counting");
+    if (rc == SQLITE_ROW) {
+        if (read(s, st, item, err)) ret = chord_err_prefix(err, "%s %s", what, key);
+    } else if (rc == SQLITE_DONE) {
+        ret = chord_err_setc(err, CHORD_E_NOT_FOUND, "%s %s not found", what, key);
+    } else {
+        ret = storage_sqlerr(s, err, rc, "reading %s %s", what, key);
+    }
     sqlite3_finalize(st);
     return ret;
 }
 
 int64_t storage_limit(size_t limit) {
     return limit == 0 || limit > INT64_MAX ? -1 : (int64_t)limit;
+}
+
+int64_t storage_offset(size_t offset) {
+    return offset > INT64_MAX ? INT64_MAX : (int64_t)offset;
 }
 
 /* ---- ids and time ------------------------------------------------------------------------- */
@@ -316,7 +380,7 @@ void store_time_rfc3339(int64_t ms, char out[32]) {
     snprintf(out, 32, "%s.%03dZ", base, (int)(ms % 1000));
 }
 
-/* ---- opening ------------------------------------------------------------------------------ */
+/* ---- the connection ----------------------------------------------------------------------- */
 
 static int read_user_version(store *s, int *version, chord_err *err) {
     sqlite3_stmt *st;
@@ -385,7 +449,7 @@ fail:
     return -1;
 }
 
-int store_open_at_version(const char *data_dir, int version, store **out, chord_err *err) {
+int storage_connect(const char *data_dir, int version, store **out, chord_err *err) {
     *out = NULL;
     if (!data_dir || !*data_dir)
         return chord_err_setc(err, CHORD_E_INVALID, "store: empty data directory");
@@ -422,23 +486,14 @@ int store_open_at_version(const char *data_dir, int version, store **out, chord_
         chord_err_prefix(err, "store: %s", db_path);
         goto fail;
     }
-    /* Leftovers that cannot be removed (permissions, a disk error) must not keep the server
-     * down: they are logged, and checkpoint_begin clears its own step again anyway. */
-    chord_err gc_err = {0};
-    if (storage_collect_garbage(s, &gc_err))
-        LOG_WARN("store: cleaning leftovers in %s: %s", s->dir, gc_err.msg);
     *out = s;
     return 0;
 fail:
-    store_close(s);
+    storage_disconnect(s);
     return -1;
 }
 
-int store_open(const char *data_dir, store **out, chord_err *err) {
-    return store_open_at_version(data_dir, STORE_SCHEMA_VERSION, out, err);
-}
-
-void store_close(store *s) {
+void storage_disconnect(store *s) {
     if (!s) return;
     if (s->db) {
         storage_rollback(s);

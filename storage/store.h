@@ -8,8 +8,9 @@
  * Threading: a `store` handle owns ONE SQLite connection and must be used by one thread at a
  * time (it may move between threads, e.g. through a pool, but never be shared concurrently;
  * the same holds for an upload handle). Each thread opens its own handle with store_open() on
- * the same data directory (the first open in a process migrates the schema; later ones find it
- * current). Handles are cheap (one sqlite3_open_v2 plus a few PRAGMAs). Writers are serialised by
+ * the same data directory (the first open in a process migrates the schema and recovers the
+ * directory; later ones find it current). Handles are cheap (one sqlite3_open_v2 plus a few
+ * PRAGMAs). Writers are serialised by
  * SQLite (WAL, one writer, BEGIN IMMEDIATE, a busy timeout of STORE_BUSY_TIMEOUT_MS), readers never
  * block writers.
  *
@@ -47,13 +48,18 @@ typedef struct store store;
 /* ---- opening ------------------------------------------------------------------------------ */
 
 /* Creates data_dir if needed, opens <data_dir>/chord.db (WAL, synchronous=FULL, foreign keys,
- * busy timeout), applies pending forward migrations (each in one BEGIN IMMEDIATE together with
- * its PRAGMA user_version bump), then removes leftovers of interrupted writes: *.tmp checkpoint
- * and dataset files, and committed-looking files with no row (a crash between rename and
- * insert); a leftover that cannot be removed is logged, not fatal. A database written by a
- * newer chord (user_version > STORE_SCHEMA_VERSION) is refused. One data directory belongs to
- * one process (chordd); several handles in it are fine. */
+ * busy timeout) and applies pending forward migrations (each in one BEGIN IMMEDIATE together
+ * with its PRAGMA user_version bump). A database written by a newer chord (user_version >
+ * STORE_SCHEMA_VERSION) is refused.
+ * Recovery, once per open of the directory: the directory's first handle in this process (when
+ * none of its handles is open) removes, before it is returned, the leftovers of interrupted
+ * writes: *.tmp checkpoint and dataset files, and committed-looking files with no row (a crash
+ * between rename and insert), except what this process is writing right now; a leftover that
+ * cannot be removed is logged, not fatal. Concurrent opens wait for it; the handles opened while
+ * the directory is open (one per request or worker) do not recover again. One data directory
+ * belongs to one process (chordd); several handles in it are fine. */
 int store_open(const char *data_dir, store **out, chord_err *err);
+/* Closing a directory's last handle closes the directory: the next store_open recovers it. */
 void store_close(store *s);
 /* The data directory this handle was opened on (absolute). */
 const char *store_data_dir(const store *s);
@@ -92,8 +98,9 @@ void store_dataset_list_free(store_dataset *items, size_t n);
 
 /* Streaming upload: bytes go to <data_dir>/datasets/<id>.jsonl.tmp while SHA-256, byte and line
  * counts are computed; commit fsyncs, renames to <id>.jsonl and inserts the row (a crash between
- * the two leaves a file with no row, removed at the next open); abort (or a failed write or
- * commit) leaves no row and no file. The upload handle belongs to the thread that uses `s`. */
+ * the two leaves a file with no row, removed when the directory is next opened); abort (or a failed
+ * write or commit) leaves no row and no file. The upload handle belongs to the thread that uses
+ * `s`. */
 typedef struct store_upload store_upload;
 int store_dataset_upload_begin(store *s, const char *name, store_dataset_kind kind,
                                store_upload **out, chord_err *err);

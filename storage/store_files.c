@@ -2,9 +2,11 @@
  *   checkpoints/<job>/step_<N>/   written as step_<N>.tmp/, fsynced, renamed, then the row;
  *   datasets/<id>.jsonl           streamed to <id>.jsonl.tmp (SHA-256 and lines counted on the
  *                                 way), fsynced, renamed, then the row.
- * A crash leaves at worst a .tmp or a file with no row; storage_collect_garbage removes both at the
- * next open, skipping paths another thread of this process is writing (the in-flight registry).
- * What a checkpoint contains is the caller's business. */
+ * A crash leaves at worst a .tmp or a file with no row; storage_collect_garbage removes both
+ * when the data directory is next opened (store_open.c calls it once per directory open),
+ * skipping paths another thread of this process is writing (the in-flight registry, kept here).
+ * What a checkpoint contains is the caller's business.
+ * Calls store_records.c (jobs, datasets) and store.c; only store_open.c calls into it. */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -18,6 +20,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "server/base/buf.h"
 #include "server/base/fileutil.h"
 #include "server/base/log.h"
 #include "storage/store_internal.h"
@@ -49,17 +52,10 @@ int storage_inflight_add(const char *path, chord_err *err) {
     if (storage_inflight_has_locked(path)) {
         ret = chord_err_setc(err, CHORD_E_CONFLICT, "%s is being written already", path);
     } else {
-        if (inflight_n == inflight_cap) {
-            size_t ncap = inflight_cap ? 2 * inflight_cap : 8;
-            char **grown = realloc(inflight_paths, ncap * sizeof *grown);
-            if (!grown) {
-                storage_inflight_unlock();
-                return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
-            }
-            inflight_paths = grown;
-            inflight_cap = ncap;
-        }
-        char *copy = strdup(path);
+        char **grown =
+            chord_array_grow(inflight_paths, &inflight_cap, inflight_n + 1, sizeof *grown);
+        if (grown) inflight_paths = grown;
+        char *copy = grown ? strdup(path) : NULL;
         if (!copy)
             ret = chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
         else
@@ -114,117 +110,134 @@ static int64_t parse_step_name(const char *name) {
     return v;
 }
 
-/* 1 when a row exists for the query (?1 text, optional ?2 int). */
-static int row_exists(store *s, const char *sql, const char *text, int64_t num, int *exists,
-                      chord_err *err) {
+/* Writes all of data[len] to fd (retrying short writes). */
+static int write_all(int fd, const void *data, size_t len, const char *path, chord_err *err) {
+    const char *p = data;
+    size_t off = 0;
+    while (off < len) {
+        ssize_t wrote = write(fd, p + off, len - off);
+        if (wrote < 0 && errno == EINTR) continue;
+        if (wrote < 0)
+            return chord_err_setc(err, CHORD_E_IO, "write %s: %s", path, strerror(errno));
+        off += (size_t)wrote;
+    }
+    return 0;
+}
+
+/* Finishes a SHA-256 into 64 lowercase hex digits. */
+static int sha256_final_hex(EVP_MD_CTX *md, char out[65]) {
+    unsigned char digest[EVP_MAX_MD_SIZE];
+    unsigned dlen = 0;
+    if (EVP_DigestFinal_ex(md, digest, &dlen) != 1 || dlen != 32) return -1;
+    for (unsigned i = 0; i < 32; i++)
+        snprintf(out + 2 * i, 3, "%02x", digest[i]);
+    return 0;
+}
+
+/* Calls visit for each entry of dir but . and .. (and, unless `hidden`, names starting with a
+ * dot), with its name and full path; stops at the first visit that fails. A missing dir is
+ * empty when missing_ok. */
+typedef int (*entry_visitor)(store *s, const char *name, const char *path, void *ctx,
+                             chord_err *err);
+static int each_entry(store *s, const char *dir, int missing_ok, int hidden, entry_visitor visit,
+                      void *ctx, chord_err *err) {
+    DIR *d = opendir(dir);
+    if (!d) {
+        if (missing_ok && errno == ENOENT) return 0;
+        return chord_err_setc(err, CHORD_E_IO, "%s: %s", dir, strerror(errno));
+    }
+    int ret = 0;
+    struct dirent *e;
+    while (ret == 0 && (e = readdir(d))) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+        if (!hidden && e->d_name[0] == '.') continue;
+        char path[STORE_PATH_MAX];
+        ret = path_join(path, err, "%s/%s", dir, e->d_name);
+        if (ret == 0) ret = visit(s, e->d_name, path, ctx, err);
+    }
+    closedir(d);
+    return ret;
+}
+
+/* 1 in *exists when `sql` (SELECT 1 …) finds a row for `values`; key names it in errors. */
+static int row_exists(store *s, const char *sql, storage_values values, const char *key,
+                      int *exists, chord_err *err) {
     sqlite3_stmt *st;
-    if (storage_prepare(s, sql, &st, err)) return -1;
-    int rc = storage_bind_text(st, 1, text);
-    if (rc == SQLITE_OK && sqlite3_bind_parameter_count(st) >= 2)
-        rc = sqlite3_bind_int64(st, 2, num);
-    if (rc == SQLITE_OK) rc = sqlite3_step(st);
+    if (storage_prepare_bound(s, sql, values, &st, err)) return -1;
+    int rc = sqlite3_step(st);
     sqlite3_finalize(st);
     if (rc != SQLITE_ROW && rc != SQLITE_DONE)
-        return storage_sqlerr(s, err, rc, "looking up %s", text);
+        return storage_sqlerr(s, err, rc, "looking up %s", key);
     *exists = rc == SQLITE_ROW;
     return 0;
 }
 
+static int checkpoint_row_exists(store *s, const char *job_id, int64_t step, int *exists,
+                                 chord_err *err) {
+    return row_exists(s, "SELECT 1 FROM checkpoints WHERE job_id = ?1 AND step = ?2",
+                      STORAGE_VALUES(STORAGE_TEXT(job_id), STORAGE_INT(step)), job_id, exists, err);
+}
+
 /* ---- garbage collection ------------------------------------------------------------------- */
 
-static int gc_job_dir(store *s, const char *job_id, const char *job_dir, chord_err *err) {
-    DIR *d = opendir(job_dir);
-    if (!d) return chord_err_setc(err, CHORD_E_IO, "%s: %s", job_dir, strerror(errno));
-    int ret = 0;
-    struct dirent *e;
-    while (ret == 0 && (e = readdir(d))) {
-        if (e->d_name[0] == '.') continue;
-        char path[STORE_PATH_MAX];
-        if ((ret = path_join(path, err, "%s/%s", job_dir, e->d_name))) break;
-        if (ends_with(e->d_name, ".tmp")) {
-            char final[STORE_PATH_MAX];
-            snprintf(final, sizeof final, "%.*s", (int)(strlen(path) - 4), path);
-            if (storage_inflight_has_locked(final)) continue;
-            LOG_WARN("store: removing interrupted checkpoint %s", path);
-            ret = chord_rmtree(path, err);
-            continue;
-        }
-        int64_t step = parse_step_name(e->d_name);
-        if (step < 0 || storage_inflight_has_locked(path)) continue;
-        int exists = 0;
-        ret = row_exists(s, "SELECT 1 FROM checkpoints WHERE job_id = ?1 AND step = ?2", job_id,
-                         step, &exists, err);
-        if (ret == 0 && !exists) {
-            LOG_WARN("store: removing checkpoint %s (no row: interrupted commit or cleanup)", path);
-            ret = chord_rmtree(path, err);
-        }
-    }
-    closedir(d);
-    return ret;
+/* Removes "<final>.tmp", left by an interrupted write, unless <final> is being written right
+ * now. Caller holds the in-flight lock. */
+static int remove_interrupted(const char *tmp_path, const char *what, chord_err *err) {
+    char final[STORE_PATH_MAX];
+    snprintf(final, sizeof final, "%.*s", (int)(strlen(tmp_path) - 4), tmp_path);
+    if (storage_inflight_has_locked(final)) return 0;
+    LOG_WARN("store: removing interrupted %s %s", what, tmp_path);
+    return chord_rmtree(tmp_path, err);
 }
 
-static int gc_checkpoints(store *s, chord_err *err) {
-    char root[STORE_PATH_MAX];
-    if (path_join(root, err, "%s/checkpoints", s->dir)) return -1;
-    DIR *d = opendir(root);
-    if (!d) {
-        if (errno == ENOENT) return 0;
-        return chord_err_setc(err, CHORD_E_IO, "%s: %s", root, strerror(errno));
-    }
-    int ret = 0;
-    struct dirent *e;
-    while (ret == 0 && (e = readdir(d))) {
-        if (e->d_name[0] == '.' || storage_check_id(e->d_name, "job", "dir", NULL)) continue;
-        char job_dir[STORE_PATH_MAX];
-        if ((ret = path_join(job_dir, err, "%s/%s", root, e->d_name))) break;
-        if (chord_is_dir(job_dir)) ret = gc_job_dir(s, e->d_name, job_dir, err);
-    }
-    closedir(d);
-    return ret;
+/* An entry of checkpoints/<job>/ (ctx: the job id). */
+static int gc_job_entry(store *s, const char *name, const char *path, void *ctx, chord_err *err) {
+    if (ends_with(name, ".tmp")) return remove_interrupted(path, "checkpoint", err);
+    int64_t step = parse_step_name(name);
+    if (step < 0 || storage_inflight_has_locked(path)) return 0;
+    int exists = 0;
+    if (checkpoint_row_exists(s, ctx, step, &exists, err)) return -1;
+    if (exists) return 0;
+    LOG_WARN("store: removing checkpoint %s (no row: interrupted commit or cleanup)", path);
+    return chord_rmtree(path, err);
 }
 
-static int gc_datasets(store *s, chord_err *err) {
-    char root[STORE_PATH_MAX];
-    if (path_join(root, err, "%s/datasets", s->dir)) return -1;
-    DIR *d = opendir(root);
-    if (!d) {
-        if (errno == ENOENT) return 0;
-        return chord_err_setc(err, CHORD_E_IO, "%s: %s", root, strerror(errno));
-    }
-    int ret = 0;
-    struct dirent *e;
-    while (ret == 0 && (e = readdir(d))) {
-        char path[STORE_PATH_MAX];
-        if (e->d_name[0] == '.') continue;
-        if ((ret = path_join(path, err, "%s/%s", root, e->d_name))) break;
-        if (ends_with(e->d_name, ".jsonl.tmp")) {
-            char final[STORE_PATH_MAX];
-            snprintf(final, sizeof final, "%.*s", (int)(strlen(path) - 4), path);
-            if (storage_inflight_has_locked(final)) continue;
-            LOG_WARN("store: removing interrupted upload %s", path);
-            ret = chord_rmtree(path, err);
-        } else if (ends_with(e->d_name, ".jsonl") && !storage_inflight_has_locked(path)) {
-            char id[STORE_ID_MAX];
-            size_t len = strlen(e->d_name) - 6;
-            if (len >= sizeof id) continue;
-            snprintf(id, sizeof id, "%.*s", (int)len, e->d_name);
-            if (storage_check_id(id, "ds", "dataset", NULL)) continue;
-            int exists = 0;
-            ret = row_exists(s, "SELECT 1 FROM datasets WHERE id = ?1", id, 0, &exists, err);
-            if (ret == 0 && !exists) {
-                LOG_WARN("store: removing dataset file %s (no row: interrupted commit)", path);
-                ret = chord_rmtree(path, err);
-            }
-        }
-    }
-    closedir(d);
-    return ret;
+/* An entry of checkpoints/. */
+static int gc_checkpoints_entry(store *s, const char *name, const char *path, void *ctx,
+                                chord_err *err) {
+    (void)ctx;
+    if (storage_check_id(name, "job", "dir", NULL) || !chord_is_dir(path)) return 0;
+    return each_entry(s, path, 0, 0, gc_job_entry, (void *)name, err);
+}
+
+/* An entry of datasets/. */
+static int gc_datasets_entry(store *s, const char *name, const char *path, void *ctx,
+                             chord_err *err) {
+    (void)ctx;
+    if (ends_with(name, ".jsonl.tmp")) return remove_interrupted(path, "upload", err);
+    if (!ends_with(name, ".jsonl") || storage_inflight_has_locked(path)) return 0;
+    char id[STORE_ID_MAX];
+    size_t len = strlen(name) - 6;
+    if (len >= sizeof id) return 0;
+    snprintf(id, sizeof id, "%.*s", (int)len, name);
+    if (storage_check_id(id, "ds", "dataset", NULL)) return 0;
+    int exists = 0;
+    if (row_exists(s, "SELECT 1 FROM datasets WHERE id = ?1", STORAGE_VALUES(STORAGE_TEXT(id)), id,
+                   &exists, err))
+        return -1;
+    if (exists) return 0;
+    LOG_WARN("store: removing dataset file %s (no row: interrupted commit)", path);
+    return chord_rmtree(path, err);
 }
 
 int storage_collect_garbage(store *s, chord_err *err) {
+    char checkpoints[STORE_PATH_MAX], datasets[STORE_PATH_MAX];
+    if (path_join(checkpoints, err, "%s/checkpoints", s->dir) ||
+        path_join(datasets, err, "%s/datasets", s->dir))
+        return -1;
     storage_inflight_lock();
-    int ret = gc_checkpoints(s, err);
-    if (ret == 0) ret = gc_datasets(s, err);
+    int ret = each_entry(s, checkpoints, 1, 0, gc_checkpoints_entry, NULL, err);
+    if (ret == 0) ret = each_entry(s, datasets, 1, 0, gc_datasets_entry, NULL, err);
     storage_inflight_unlock();
     return ret;
 }
@@ -237,14 +250,12 @@ void store_checkpoint_free(store_checkpoint *c) {
     c->path = NULL;
 }
 
-void store_checkpoint_list_free(store_checkpoint *items, size_t n) {
-    for (size_t i = 0; i < n; i++)
-        store_checkpoint_free(&items[i]);
-    free(items);
-}
-
 static void free_checkpoint_item(void *item) {
     store_checkpoint_free(item);
+}
+
+void store_checkpoint_list_free(store_checkpoint *items, size_t n) {
+    if (items) storage_free_items(items, n, sizeof *items, free_checkpoint_item);
 }
 
 #define CHECKPOINT_COLS "id, job_id, step, path, sha256, bytes, created_ms"
@@ -254,11 +265,8 @@ static int read_checkpoint(store *s, sqlite3_stmt *st, void *item, chord_err *er
     storage_col_copy(st, 0, c->id, sizeof c->id);
     storage_col_copy(st, 1, c->job_id, sizeof c->job_id);
     c->step = sqlite3_column_int64(st, 2);
-    const char *rel = (const char *)sqlite3_column_text(st, 3);
-    size_t len = strlen(s->dir) + (rel ? strlen(rel) : 0) + 2;
-    c->path = malloc(len);
+    c->path = storage_col_path(s, st, 3);
     if (!c->path) return chord_err_setc(err, CHORD_E_INTERNAL, "checkpoint: out of memory");
-    snprintf(c->path, len, "%s/%s", s->dir, rel ? rel : "");
     storage_col_copy(st, 4, c->sha256, sizeof c->sha256);
     c->bytes = sqlite3_column_int64(st, 5);
     c->created_ms = sqlite3_column_int64(st, 6);
@@ -285,9 +293,7 @@ int store_checkpoint_begin(store *s, const char *job_id, int64_t step, char tmp_
     if (store_job_get(s, job_id, &job, err)) return chord_err_prefix(err, "checkpoint");
     store_job_free(&job);
     int exists = 0;
-    if (row_exists(s, "SELECT 1 FROM checkpoints WHERE job_id = ?1 AND step = ?2", job_id, step,
-                   &exists, err))
-        return -1;
+    if (checkpoint_row_exists(s, job_id, step, &exists, err)) return -1;
     if (exists)
         return chord_err_setc(err, CHORD_E_CONFLICT,
                               "job %s already has a checkpoint at step %" PRId64, job_id, step);
@@ -324,6 +330,13 @@ typedef struct {
     int64_t bytes;
 } ckpt_walk;
 
+static void ckpt_walk_free(ckpt_walk *w) {
+    for (size_t i = 0; i < w->n; i++)
+        free(w->files[i].rel);
+    free(w->files);
+    w->files = NULL;
+}
+
 /* Hashes and fsyncs one file. */
 static int hash_and_sync(const char *path, char out[65], int64_t *bytes, chord_err *err) {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -356,14 +369,10 @@ static int hash_and_sync(const char *path, char out[65], int64_t *bytes, chord_e
         }
         total += got;
     }
-    unsigned char digest[EVP_MAX_MD_SIZE];
-    unsigned dlen = 0;
-    if (EVP_DigestFinal_ex(md, digest, &dlen) != 1 || dlen != 32) {
+    if (sha256_final_hex(md, out)) {
         ret = chord_err_setc(err, CHORD_E_INTERNAL, "sha256 final failed");
         goto done;
     }
-    for (unsigned i = 0; i < 32; i++)
-        snprintf(out + 2 * i, 3, "%02x", digest[i]);
     if (fsync(fd) != 0) {
         ret = chord_err_setc(err, CHORD_E_IO, "fsync %s: %s", path, strerror(errno));
         goto done;
@@ -376,65 +385,51 @@ done:
     return ret;
 }
 
+static int walk_checkpoint(const char *root, const char *rel, ckpt_walk *w, chord_err *err);
+
+typedef struct {
+    const char *root, *rel;
+    ckpt_walk *w;
+} walk_at;
+
+/* An entry of root/rel: a directory is walked, a regular file hashed and fsynced. */
+static int walk_entry(store *s, const char *name, const char *path, void *ctx, chord_err *err) {
+    (void)s;
+    walk_at *at = ctx;
+    ckpt_walk *w = at->w;
+    char sub[STORE_PATH_MAX];
+    if (path_join(sub, err, "%s%s%s", at->rel, *at->rel ? "/" : "", name)) return -1;
+    if (strpbrk(name, "\n\\"))
+        return chord_err_setc(err, CHORD_E_INVALID, "%s: unsupported file name", path);
+    struct stat st;
+    if (lstat(path, &st) != 0)
+        return chord_err_setc(err, CHORD_E_IO, "%s: %s", path, strerror(errno));
+    if (S_ISDIR(st.st_mode)) return walk_checkpoint(at->root, sub, w, err);
+    if (!S_ISREG(st.st_mode))
+        return chord_err_setc(err, CHORD_E_INVALID,
+                              "%s: not a regular file or directory (links are not stored)", path);
+    if (!*at->rel && strcmp(name, MANIFEST_NAME) == 0)
+        return chord_err_setc(err, CHORD_E_INVALID, "%s: name reserved for the manifest", path);
+    ckpt_file *grown = chord_array_grow(w->files, &w->cap, w->n + 1, sizeof *grown);
+    if (!grown) return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
+    w->files = grown;
+    ckpt_file *f = &w->files[w->n];
+    f->bytes = 0;
+    f->rel = strdup(sub);
+    if (!f->rel) return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
+    w->n++;
+    if (hash_and_sync(path, f->sha256, &f->bytes, err)) return -1;
+    w->bytes += f->bytes;
+    return 0;
+}
+
 /* Recursively hashes and fsyncs the files under root/rel, then fsyncs the directory itself. */
 static int walk_checkpoint(const char *root, const char *rel, ckpt_walk *w, chord_err *err) {
     char dir[STORE_PATH_MAX];
     if (path_join(dir, err, "%s%s%s", root, *rel ? "/" : "", rel)) return -1;
-    DIR *d = opendir(dir);
-    if (!d) return chord_err_setc(err, CHORD_E_IO, "%s: %s", dir, strerror(errno));
-    int ret = 0;
-    struct dirent *e;
-    while (ret == 0 && (e = readdir(d))) {
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
-        char sub[STORE_PATH_MAX], path[STORE_PATH_MAX];
-        if ((ret = path_join(sub, err, "%s%s%s", rel, *rel ? "/" : "", e->d_name))) break;
-        if ((ret = path_join(path, err, "%s/%s", root, sub))) break;
-        if (strpbrk(e->d_name, "\n\\")) {
-            ret = chord_err_setc(err, CHORD_E_INVALID, "%s: unsupported file name", path);
-            break;
-        }
-        struct stat st;
-        if (lstat(path, &st) != 0) {
-            ret = chord_err_setc(err, CHORD_E_IO, "%s: %s", path, strerror(errno));
-            break;
-        }
-        if (S_ISDIR(st.st_mode)) {
-            ret = walk_checkpoint(root, sub, w, err);
-        } else if (S_ISREG(st.st_mode)) {
-            if (!*rel && strcmp(e->d_name, MANIFEST_NAME) == 0) {
-                ret = chord_err_setc(err, CHORD_E_INVALID, "%s: name reserved for the manifest",
-                                     path);
-                break;
-            }
-            if (w->n == w->cap) {
-                size_t ncap = w->cap ? 2 * w->cap : 16;
-                ckpt_file *grown = realloc(w->files, ncap * sizeof *grown);
-                if (!grown) {
-                    ret = chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
-                    break;
-                }
-                w->files = grown;
-                w->cap = ncap;
-            }
-            ckpt_file *f = &w->files[w->n];
-            f->bytes = 0;
-            f->rel = strdup(sub);
-            if (!f->rel) {
-                ret = chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
-                break;
-            }
-            w->n++;
-            if ((ret = hash_and_sync(path, f->sha256, &f->bytes, err))) break;
-            w->bytes += f->bytes;
-        } else {
-            ret =
-                chord_err_setc(err, CHORD_E_INVALID,
-                               "%s: not a regular file or directory (links are not stored)", path);
-        }
-    }
-    closedir(d);
-    if (ret == 0) ret = chord_fsync_dir(dir, err);
-    return ret;
+    walk_at at = {.root = root, .rel = rel, .w = w};
+    if (each_entry(NULL, dir, 0, 1, walk_entry, &at, err)) return -1;
+    return chord_fsync_dir(dir, err);
 }
 
 static int compare_files(const void *a, const void *b) {
@@ -460,15 +455,7 @@ static int write_manifest(const char *dir, ckpt_walk *w, char sha_out[65], chord
         if (fd < 0) {
             ret = chord_err_setc(err, CHORD_E_IO, "%s: %s", path, strerror(errno));
         } else {
-            size_t off = 0;
-            while (ret == 0 && off < len) {
-                ssize_t wrote = write(fd, text + off, len - off);
-                if (wrote < 0 && errno == EINTR) continue;
-                if (wrote < 0)
-                    ret = chord_err_setc(err, CHORD_E_IO, "write %s: %s", path, strerror(errno));
-                else
-                    off += (size_t)wrote;
-            }
+            ret = write_all(fd, text, len, path, err);
             if (ret == 0 && fsync(fd) != 0)
                 ret = chord_err_setc(err, CHORD_E_IO, "fsync %s: %s", path, strerror(errno));
             if (close(fd) != 0 && ret == 0)
@@ -510,48 +497,24 @@ int store_checkpoint_commit(store *s, const char *job_id, int64_t step, store_ch
     renamed = 1;
     if (chord_fsync_dir(parent, err)) goto fail;
 
-    sqlite3_stmt *st;
-    if (storage_prepare(
-            s,
-            "INSERT INTO checkpoints (id, job_id, step, path, sha256, bytes, created_ms) "
-            "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            &st, err))
+    if (storage_run(s,
+                    "INSERT INTO checkpoints (id, job_id, step, path, sha256, bytes, created_ms) "
+                    "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    STORAGE_VALUES(STORAGE_TEXT(id), STORAGE_TEXT(job_id), STORAGE_INT(step),
+                                   STORAGE_TEXT(rel), STORAGE_TEXT(sha), STORAGE_INT(w.bytes),
+                                   STORAGE_INT(store_now_ms())),
+                    err, "recording checkpoint"))
         goto fail;
-    int rc = storage_bind_text(st, 1, id);
-    if (rc == SQLITE_OK) rc = storage_bind_text(st, 2, job_id);
-    if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 3, step);
-    if (rc == SQLITE_OK) rc = storage_bind_text(st, 4, rel);
-    if (rc == SQLITE_OK) rc = storage_bind_text(st, 5, sha);
-    if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 6, w.bytes);
-    if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 7, store_now_ms());
-    if (rc == SQLITE_OK) rc = sqlite3_step(st);
-    sqlite3_finalize(st);
-    if (rc != SQLITE_DONE) {
-        storage_sqlerr(s, err, rc, "recording checkpoint");
-        goto fail;
-    }
-    for (size_t i = 0; i < w.n; i++)
-        free(w.files[i].rel);
-    free(w.files);
+    ckpt_walk_free(&w);
     storage_inflight_remove(final);
     LOG_INFO("store: checkpoint %s step %" PRId64 " committed (%" PRId64 " bytes, %zu files)",
              job_id, step, w.bytes, w.n);
-    if (out) {
-        sqlite3_stmt *q;
-        if (storage_prepare(s, "SELECT " CHECKPOINT_COLS " FROM checkpoints WHERE id = ?1", &q,
-                            err))
-            return -1;
-        if (storage_bind_text(q, 1, id) != SQLITE_OK) {
-            sqlite3_finalize(q);
-            return storage_sqlerr(s, err, SQLITE_ERROR, "checkpoint %s", id);
-        }
-        return storage_get_one(s, q, read_checkpoint, out, "checkpoint", id, err);
-    }
+    if (out)
+        return storage_get_one(s, "SELECT " CHECKPOINT_COLS " FROM checkpoints WHERE id = ?1", id,
+                               read_checkpoint, out, "checkpoint", err);
     return 0;
 fail:
-    for (size_t i = 0; i < w.n; i++)
-        free(w.files[i].rel);
-    free(w.files);
+    ckpt_walk_free(&w);
     {
         chord_err ignored = {0};
         if (chord_rmtree(renamed ? final : tmp, &ignored))
@@ -566,32 +529,15 @@ int store_checkpoint_list(store *s, const char *job_id, store_checkpoint **items
     *items = NULL;
     *n = 0;
     if (storage_check_id(job_id, "job", "job", err)) return -1;
-    if (storage_begin_read(s, err)) return -1;
-    store_job_state state = STORE_JOB_QUEUED;
-    sqlite3_stmt *st;
-    if (storage_job_state_locked(s, job_id, &state, err) ||
-        storage_prepare(
-            s, "SELECT " CHECKPOINT_COLS " FROM checkpoints WHERE job_id = ?1 ORDER BY step", &st,
-            err))
-        goto fail;
-    if (storage_bind_text(st, 1, job_id) != SQLITE_OK) {
-        sqlite3_finalize(st);
-        storage_sqlerr(s, err, SQLITE_ERROR, "checkpoints of job %s", job_id);
-        goto fail;
-    }
-    if (storage_collect(s, st, sizeof **items, read_checkpoint, free_checkpoint_item,
-                        (void **)items, n, "listing checkpoints", err))
-        goto fail;
-    if (storage_commit(s, err)) {
-        store_checkpoint_list_free(*items, *n);
-        *items = NULL;
-        *n = 0;
-        return -1;
-    }
-    return 0;
-fail:
-    storage_rollback(s);
-    return -1;
+    storage_list list = {.what = "listing checkpoints",
+                         .job_id = job_id,
+                         .rows_sql = "SELECT " CHECKPOINT_COLS
+                                     " FROM checkpoints WHERE job_id = ?1 ORDER BY step",
+                         .values = STORAGE_VALUES(STORAGE_TEXT(job_id)),
+                         .item_size = sizeof **items,
+                         .read = read_checkpoint,
+                         .free_item = free_checkpoint_item};
+    return storage_read_list(s, &list, (void **)items, n, NULL, err);
 }
 
 int store_checkpoint_latest(store *s, const char *job_id, store_checkpoint *out, int *found,
@@ -599,18 +545,11 @@ int store_checkpoint_latest(store *s, const char *job_id, store_checkpoint *out,
     memset(out, 0, sizeof *out);
     *found = 0;
     if (storage_check_id(job_id, "job", "job", err)) return -1;
-    sqlite3_stmt *st;
-    if (storage_prepare(s,
+    chord_err local = {0};
+    if (storage_get_one(s,
                         "SELECT " CHECKPOINT_COLS " FROM checkpoints WHERE job_id = ?1 "
                         "ORDER BY step DESC LIMIT 1",
-                        &st, err))
-        return -1;
-    if (storage_bind_text(st, 1, job_id) != SQLITE_OK) {
-        sqlite3_finalize(st);
-        return storage_sqlerr(s, err, SQLITE_ERROR, "checkpoints of job %s", job_id);
-    }
-    chord_err local = {0};
-    if (storage_get_one(s, st, read_checkpoint, out, "checkpoint of job", job_id, &local)) {
+                        job_id, read_checkpoint, out, "checkpoint of job", &local)) {
         if (local.code == CHORD_E_NOT_FOUND) {
             /* No checkpoint yet; still tell an unknown job apart. */
             store_job job;
@@ -636,28 +575,18 @@ int store_checkpoint_keep_last(store *s, const char *job_id, size_t keep, size_t
     store_job_state state = STORE_JOB_QUEUED;
     sqlite3_stmt *st;
     if (storage_job_state_locked(s, job_id, &state, err) ||
-        storage_prepare(s,
-                        "SELECT " CHECKPOINT_COLS " FROM checkpoints WHERE job_id = ?1 "
-                        "ORDER BY step DESC LIMIT -1 OFFSET ?2",
-                        &st, err))
+        storage_prepare_bound(
+            s,
+            "SELECT " CHECKPOINT_COLS " FROM checkpoints WHERE job_id = ?1 "
+            "ORDER BY step DESC LIMIT -1 OFFSET ?2",
+            STORAGE_VALUES(STORAGE_TEXT(job_id), STORAGE_INT(storage_offset(keep))), &st, err) ||
+        storage_collect(s, st, sizeof *old, read_checkpoint, free_checkpoint_item, (void **)&old,
+                        &n, "pruning checkpoints", err) ||
+        storage_prepare(s, "DELETE FROM checkpoints WHERE id = ?1", &st, err))
         goto fail;
-    int rc = storage_bind_text(st, 1, job_id);
-    if (rc == SQLITE_OK)
-        rc = sqlite3_bind_int64(st, 2, keep > INT64_MAX ? INT64_MAX : (int64_t)keep);
-    if (rc != SQLITE_OK) {
-        sqlite3_finalize(st);
-        storage_sqlerr(s, err, rc, "pruning checkpoints of %s", job_id);
-        goto fail;
-    }
-    if (storage_collect(s, st, sizeof *old, read_checkpoint, free_checkpoint_item, (void **)&old,
-                        &n, "pruning checkpoints", err))
-        goto fail;
-    if (storage_prepare(s, "DELETE FROM checkpoints WHERE id = ?1", &st, err)) goto fail;
     for (size_t i = 0; i < n; i++) {
-        rc = sqlite3_reset(st);
-        if (rc == SQLITE_OK) rc = storage_bind_text(st, 1, old[i].id);
-        if (rc == SQLITE_OK) rc = sqlite3_step(st);
-        if (rc != SQLITE_DONE) {
+        int rc = storage_rerun(st, STORAGE_VALUES(STORAGE_TEXT(old[i].id)));
+        if (rc != SQLITE_OK) {
             sqlite3_finalize(st);
             storage_sqlerr(s, err, rc, "deleting checkpoint %s", old[i].id);
             goto fail;
@@ -665,7 +594,8 @@ int store_checkpoint_keep_last(store *s, const char *job_id, size_t keep, size_t
     }
     sqlite3_finalize(st);
     if (storage_commit(s, err)) goto fail;
-    /* Rows are gone first: a crash now leaves directories with no row, removed at next open. */
+    /* Rows are gone first: a crash now leaves directories with no row, removed when the data
+     * directory is next opened. */
     int ret = 0;
     for (size_t i = 0; i < n; i++)
         if (ret == 0 && chord_rmtree(old[i].path, err)) ret = -1;
@@ -757,15 +687,7 @@ int store_dataset_upload_write(store_upload *up, const void *data, size_t len, c
     if (len == 0) return 0;
     if (up->fd < 0)
         return chord_err_setc(err, CHORD_E_INVALID, "dataset %s: upload already failed", up->id);
-    size_t off = 0;
-    while (off < len) {
-        ssize_t wrote = write(up->fd, p + off, len - off);
-        if (wrote < 0 && errno == EINTR) continue;
-        if (wrote < 0)
-            return chord_err_setc(err, CHORD_E_IO, "dataset %s: write %s: %s", up->id, up->tmp,
-                                  strerror(errno));
-        off += (size_t)wrote;
-    }
+    if (write_all(up->fd, p, len, up->tmp, err)) return chord_err_prefix(err, "dataset %s", up->id);
     if (EVP_DigestUpdate(up->md, p, len) != 1)
         return chord_err_setc(err, CHORD_E_INTERNAL, "dataset %s: sha256 update failed", up->id);
     for (const unsigned char *q = p, *end = p + len; (q = memchr(q, '\n', (size_t)(end - q))); q++)
@@ -794,15 +716,11 @@ int store_dataset_upload_commit(store_upload *up, store_dataset *out, chord_err 
         goto fail;
     }
     int64_t lines = up->newlines + (up->last_byte != '\n');
-    unsigned char digest[EVP_MAX_MD_SIZE];
-    unsigned dlen = 0;
     char sha[65];
-    if (EVP_DigestFinal_ex(up->md, digest, &dlen) != 1 || dlen != 32) {
+    if (sha256_final_hex(up->md, sha)) {
         chord_err_setc(err, CHORD_E_INTERNAL, "dataset %s: sha256 final failed", up->name);
         goto fail;
     }
-    for (unsigned i = 0; i < 32; i++)
-        snprintf(sha + 2 * i, 3, "%02x", digest[i]);
     if (fsync(up->fd) != 0) {
         chord_err_setc(err, CHORD_E_IO, "dataset %s: fsync %s: %s", up->name, up->tmp,
                        strerror(errno));
@@ -825,26 +743,15 @@ int store_dataset_upload_commit(store_upload *up, store_dataset *out, chord_err 
     if (path_join(dir, err, "%s/datasets", s->dir) || chord_fsync_dir(dir, err) ||
         path_join(rel, err, "datasets/%s.jsonl", id))
         goto fail;
-    sqlite3_stmt *st;
-    if (storage_prepare(s,
-                        "INSERT INTO datasets (id, name, kind, path, line_count, bytes, sha256, "
-                        "created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                        &st, err))
+    if (storage_run(s,
+                    "INSERT INTO datasets (id, name, kind, path, line_count, bytes, sha256, "
+                    "created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    STORAGE_VALUES(STORAGE_TEXT(id), STORAGE_TEXT(up->name),
+                                   STORAGE_TEXT(store_dataset_kind_name(up->kind)),
+                                   STORAGE_TEXT(rel), STORAGE_INT(lines), STORAGE_INT(up->bytes),
+                                   STORAGE_TEXT(sha), STORAGE_INT(store_now_ms())),
+                    err, "dataset %s: recording", up->name))
         goto fail;
-    int rc = storage_bind_text(st, 1, id);
-    if (rc == SQLITE_OK) rc = storage_bind_text(st, 2, up->name);
-    if (rc == SQLITE_OK) rc = storage_bind_text(st, 3, store_dataset_kind_name(up->kind));
-    if (rc == SQLITE_OK) rc = storage_bind_text(st, 4, rel);
-    if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 5, lines);
-    if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 6, up->bytes);
-    if (rc == SQLITE_OK) rc = storage_bind_text(st, 7, sha);
-    if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 8, store_now_ms());
-    if (rc == SQLITE_OK) rc = sqlite3_step(st);
-    sqlite3_finalize(st);
-    if (rc != SQLITE_DONE) {
-        storage_sqlerr(s, err, rc, "dataset %s: recording", up->name);
-        goto fail;
-    }
     upload_free(up, 0);
     return out ? store_dataset_get(s, id, out, err) : 0;
 fail:

@@ -1,6 +1,8 @@
 /* store_metrics.c — per-step metrics and per-sample rollout records of a job, written exactly
  * once per step (a re-run step replaces, never duplicates) together with the job's current step,
- * and their paged reads. Metric names and sample kinds are opaque strings here. */
+ * their paged reads, and the resume truncation (which drops later checkpoints' rows and
+ * directories too). Metric names and sample kinds are opaque strings here.
+ * Calls store_records.c (job states, the list reader) and store.c; no storage file calls it. */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -10,22 +12,11 @@
 #include "server/base/fileutil.h"
 #include "storage/store_internal.h"
 
-/* Binds (job, step) as ?1, ?2 and steps an INSERT/UPDATE/DELETE once. */
+/* Binds (job, step) as ?1, ?2 and runs an INSERT/UPDATE/DELETE once. */
 static int exec_job_step(store *s, const char *sql, const char *job_id, int64_t step,
                          chord_err *err) {
-    sqlite3_stmt *st;
-    if (storage_prepare(s, sql, &st, err)) return -1;
-    int rc = storage_bind_text(st, 1, job_id);
-    if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 2, step);
-    if (rc == SQLITE_OK) rc = sqlite3_step(st);
-    sqlite3_finalize(st);
-    if (rc != SQLITE_DONE)
-        return storage_sqlerr(s, err, rc, "job %s step %lld", job_id, (long long)step);
-    return 0;
-}
-
-static int bind_real(sqlite3_stmt *st, int idx, double v) {
-    return isnan(v) ? sqlite3_bind_null(st, idx) : sqlite3_bind_double(st, idx, v);
+    return storage_run(s, sql, STORAGE_VALUES(STORAGE_TEXT(job_id), STORAGE_INT(step)), err,
+                       "job %s step %lld", job_id, (long long)step);
 }
 
 static int insert_metrics(store *s, const char *job_id, int64_t step, const char *const *names,
@@ -36,15 +27,9 @@ static int insert_metrics(store *s, const char *job_id, int64_t step, const char
         return -1;
     int rc = SQLITE_OK;
     size_t i;
-    for (i = 0; i < n && rc == SQLITE_OK; i++) {
-        rc = sqlite3_reset(st);
-        if (rc == SQLITE_OK) rc = storage_bind_text(st, 1, job_id);
-        if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 2, step);
-        if (rc == SQLITE_OK) rc = storage_bind_text(st, 3, names[i]);
-        if (rc == SQLITE_OK) rc = bind_real(st, 4, values[i]);
-        if (rc == SQLITE_OK) rc = sqlite3_step(st);
-        if (rc == SQLITE_DONE) rc = SQLITE_OK;
-    }
+    for (i = 0; i < n && rc == SQLITE_OK; i++)
+        rc = storage_rerun(st, STORAGE_VALUES(STORAGE_TEXT(job_id), STORAGE_INT(step),
+                                              STORAGE_TEXT(names[i]), STORAGE_REAL(values[i])));
     sqlite3_finalize(st);
     if (rc != SQLITE_OK)
         return storage_sqlerr(s, err, rc, "job %s step %lld: metric %s", job_id, (long long)step,
@@ -64,18 +49,11 @@ static int insert_samples(store *s, const char *job_id, int64_t step, const stor
     size_t i;
     for (i = 0; i < n && rc == SQLITE_OK; i++) {
         const store_sample *x = &samples[i];
-        rc = sqlite3_reset(st);
-        if (rc == SQLITE_OK) rc = storage_bind_text(st, 1, job_id);
-        if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 2, step);
-        if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 3, (int64_t)i);
-        if (rc == SQLITE_OK) rc = storage_bind_text(st, 4, x->kind);
-        if (rc == SQLITE_OK) rc = storage_bind_text(st, 5, x->prompt);
-        if (rc == SQLITE_OK) rc = storage_bind_text(st, 6, x->completion);
-        if (rc == SQLITE_OK) rc = bind_real(st, 7, x->reward);
-        if (rc == SQLITE_OK) rc = storage_bind_text(st, 8, x->reason);
-        if (rc == SQLITE_OK) rc = storage_bind_text(st, 9, x->answer);
-        if (rc == SQLITE_OK) rc = sqlite3_step(st);
-        if (rc == SQLITE_DONE) rc = SQLITE_OK;
+        rc = storage_rerun(st, STORAGE_VALUES(STORAGE_TEXT(job_id), STORAGE_INT(step),
+                                              STORAGE_INT((int64_t)i), STORAGE_TEXT(x->kind),
+                                              STORAGE_TEXT(x->prompt), STORAGE_TEXT(x->completion),
+                                              STORAGE_REAL(x->reward), STORAGE_TEXT(x->reason),
+                                              STORAGE_TEXT(x->answer)));
     }
     sqlite3_finalize(st);
     if (rc != SQLITE_OK)
@@ -138,50 +116,27 @@ int store_put_step_metrics(store *s, const char *job_id, int64_t step, const cha
     return store_put_step(s, job_id, step, names, values, n, NULL, 0, err);
 }
 
+static int read_path(store *s, sqlite3_stmt *st, void *item, chord_err *err) {
+    char **path = item;
+    *path = storage_col_path(s, st, 0);
+    return *path ? 0 : chord_err_setc(err, CHORD_E_INTERNAL, "checkpoint path: out of memory");
+}
+
+static void free_path(void *item) {
+    free(*(char **)item);
+}
+
 /* Absolute directories of a job's checkpoints after `step`, inside the caller's transaction. */
 static int checkpoint_dirs_after(store *s, const char *job_id, int64_t step, char ***dirs,
                                  size_t *n, chord_err *err) {
     *dirs = NULL;
     *n = 0;
     sqlite3_stmt *st;
-    if (storage_prepare(s, "SELECT path FROM checkpoints WHERE job_id = ?1 AND step > ?2", &st,
-                        err))
+    if (storage_prepare_bound(s, "SELECT path FROM checkpoints WHERE job_id = ?1 AND step > ?2",
+                              STORAGE_VALUES(STORAGE_TEXT(job_id), STORAGE_INT(step)), &st, err))
         return -1;
-    int rc = storage_bind_text(st, 1, job_id);
-    if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 2, step);
-    size_t cap = 0;
-    while (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
-        rc = SQLITE_OK;
-        const char *rel = (const char *)sqlite3_column_text(st, 0);
-        if (*n == cap) {
-            cap = cap ? 2 * cap : 4;
-            char **grown = realloc(*dirs, cap * sizeof *grown);
-            if (!grown) {
-                rc = SQLITE_NOMEM;
-                break;
-            }
-            *dirs = grown;
-        }
-        size_t len = strlen(s->dir) + (rel ? strlen(rel) : 0) + 2;
-        char *abs = malloc(len);
-        if (!abs) {
-            rc = SQLITE_NOMEM;
-            break;
-        }
-        snprintf(abs, len, "%s/%s", s->dir, rel ? rel : "");
-        (*dirs)[(*n)++] = abs;
-    }
-    sqlite3_finalize(st);
-    if (rc != SQLITE_DONE) {
-        for (size_t i = 0; i < *n; i++)
-            free((*dirs)[i]);
-        free(*dirs);
-        *dirs = NULL;
-        *n = 0;
-        return storage_sqlerr(s, err, rc, "checkpoints of job %s after step %lld", job_id,
-                              (long long)step);
-    }
-    return 0;
+    return storage_collect(s, st, sizeof **dirs, read_path, free_path, (void **)dirs, n,
+                           "checkpoints after the step", err);
 }
 
 int store_job_truncate_after(store *s, const char *job_id, int64_t step, chord_err *err) {
@@ -202,34 +157,29 @@ int store_job_truncate_after(store *s, const char *job_id, int64_t step, chord_e
                       job_id, step, err))
         goto fail;
     if (storage_commit(s, err)) goto fail;
-    /* Rows first, files second: a crash in between leaves directories the next open removes. */
+    /* Rows first, files second: a crash in between leaves directories that the next open of the
+     * data directory removes. */
     int ret = 0;
-    for (size_t i = 0; i < n_dirs; i++) {
+    for (size_t i = 0; i < n_dirs; i++)
         if (ret == 0 && chord_rmtree(dirs[i], err)) ret = -1;
-        free(dirs[i]);
-    }
-    free(dirs);
+    storage_free_items(dirs, n_dirs, sizeof *dirs, free_path);
     return ret;
 fail:
     storage_rollback(s);
-    for (size_t i = 0; i < n_dirs; i++)
-        free(dirs[i]);
-    free(dirs);
+    storage_free_items(dirs, n_dirs, sizeof *dirs, free_path);
     return -1;
 }
 
 /* ---- reads -------------------------------------------------------------------------------- */
 
-void store_metric_rows_free(store_metric_row *rows, size_t n) {
-    for (size_t i = 0; rows && i < n; i++)
-        free(rows[i].name);
-    free(rows);
-}
-
 static void free_metric_item(void *item) {
     store_metric_row *r = item;
     free(r->name);
     r->name = NULL;
+}
+
+void store_metric_rows_free(store_metric_row *rows, size_t n) {
+    if (rows) storage_free_items(rows, n, sizeof *rows, free_metric_item);
 }
 
 static int read_metric(store *s, sqlite3_stmt *st, void *item, chord_err *err) {
@@ -242,79 +192,28 @@ static int read_metric(store *s, sqlite3_stmt *st, void *item, chord_err *err) {
     return 0;
 }
 
-/* Fails with CHORD_E_NOT_FOUND when the job does not exist. */
-static int require_job(store *s, const char *job_id, chord_err *err) {
-    store_job_state state = STORE_JOB_QUEUED;
-    return storage_job_state_locked(s, job_id, &state, err);
-}
-
 int store_metrics_since(store *s, const char *job_id, int64_t since_step, size_t max_steps,
                         store_metric_row **rows, size_t *n, int64_t *next_step, chord_err *err) {
     *rows = NULL;
     *n = 0;
     *next_step = since_step;
     if (storage_check_id(job_id, "job", "job", err)) return -1;
-    if (storage_begin_read(s, err)) return chord_err_prefix(err, "metrics of job %s", job_id);
-    if (require_job(s, job_id, err)) goto fail;
-    int64_t last = INT64_MAX;
-    sqlite3_stmt *st;
-    if (max_steps > 0) {
-        /* The max_steps-th distinct step at or after since_step bounds the page. */
-        if (storage_prepare(s,
-                            "SELECT max(step) FROM (SELECT DISTINCT step FROM metrics "
-                            "WHERE job_id = ?1 AND step >= ?2 ORDER BY step LIMIT ?3)",
-                            &st, err))
-            goto fail;
-        int rc = storage_bind_text(st, 1, job_id);
-        if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 2, since_step);
-        if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 3, storage_limit(max_steps));
-        if (rc == SQLITE_OK) rc = sqlite3_step(st);
-        if (rc == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL)
-            last = sqlite3_column_int64(st, 0);
-        sqlite3_finalize(st);
-        if (rc != SQLITE_ROW) {
-            storage_sqlerr(s, err, rc, "metrics of job %s", job_id);
-            goto fail;
-        }
-    }
-    if (storage_prepare(s,
-                        "SELECT step, name, value FROM metrics WHERE job_id = ?1 AND step >= ?2 "
-                        "AND step <= ?3 ORDER BY step, name",
-                        &st, err))
-        goto fail;
-    int rc = storage_bind_text(st, 1, job_id);
-    if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 2, since_step);
-    if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 3, last);
-    if (rc != SQLITE_OK) {
-        sqlite3_finalize(st);
-        storage_sqlerr(s, err, rc, "metrics of job %s", job_id);
-        goto fail;
-    }
-    if (storage_collect(s, st, sizeof **rows, read_metric, free_metric_item, (void **)rows, n,
-                        "reading metrics", err))
-        goto fail;
-    if (storage_commit(s, err)) {
-        store_metric_rows_free(*rows, *n);
-        *rows = NULL;
-        *n = 0;
-        return -1;
-    }
+    /* The max_steps-th distinct step at or after since_step bounds the page (LIMIT -1: all). */
+    storage_list list = {
+        .what = "reading metrics",
+        .job_id = job_id,
+        .rows_sql = "SELECT step, name, value FROM metrics WHERE job_id = ?1 AND step >= ?2 "
+                    "AND step <= (SELECT max(step) FROM (SELECT DISTINCT step FROM metrics "
+                    "WHERE job_id = ?1 AND step >= ?2 ORDER BY step LIMIT ?3)) "
+                    "ORDER BY step, name",
+        .values = STORAGE_VALUES(STORAGE_TEXT(job_id), STORAGE_INT(since_step),
+                                 STORAGE_INT(storage_limit(max_steps))),
+        .item_size = sizeof **rows,
+        .read = read_metric,
+        .free_item = free_metric_item};
+    if (storage_read_list(s, &list, (void **)rows, n, NULL, err)) return -1;
     if (*n > 0) *next_step = (*rows)[*n - 1].step + 1;
     return 0;
-fail:
-    storage_rollback(s);
-    return -1;
-}
-
-void store_sample_rows_free(store_sample_row *rows, size_t n) {
-    for (size_t i = 0; rows && i < n; i++) {
-        free(rows[i].kind);
-        free(rows[i].prompt);
-        free(rows[i].completion);
-        free(rows[i].reason);
-        free(rows[i].answer);
-    }
-    free(rows);
 }
 
 static void free_sample_fields(void *item) {
@@ -325,6 +224,10 @@ static void free_sample_fields(void *item) {
     free(r->reason);
     free(r->answer);
     memset(r, 0, sizeof *r);
+}
+
+void store_sample_rows_free(store_sample_row *rows, size_t n) {
+    if (rows) storage_free_items(rows, n, sizeof *rows, free_sample_fields);
 }
 
 static int read_sample(store *s, sqlite3_stmt *st, void *item, chord_err *err) {
@@ -348,51 +251,19 @@ int store_samples_list(store *s, const char *job_id, int64_t step, size_t offset
     if (step < -1)
         return chord_err_setc(err, CHORD_E_INVALID, "samples of job %s: bad step %lld", job_id,
                               (long long)step);
-    if (storage_begin_read(s, err)) return chord_err_prefix(err, "samples of job %s", job_id);
-    if (require_job(s, job_id, err)) goto fail;
     /* step = -1 selects every step: (?2 < 0 OR step = ?2). */
-    sqlite3_stmt *st;
-    if (storage_prepare(s,
-                        "SELECT count(*) FROM samples WHERE job_id = ?1 AND (?2 < 0 OR step = ?2)",
-                        &st, err))
-        goto fail;
-    int rc = storage_bind_text(st, 1, job_id);
-    if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 2, step);
-    if (rc == SQLITE_OK) rc = sqlite3_step(st);
-    int64_t count = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
-    sqlite3_finalize(st);
-    if (rc != SQLITE_ROW) {
-        storage_sqlerr(s, err, rc, "counting samples of job %s", job_id);
-        goto fail;
-    }
-    if (storage_prepare(s,
-                        "SELECT step, idx, kind, prompt, completion, reward, reason, answer "
-                        "FROM samples WHERE job_id = ?1 AND (?2 < 0 OR step = ?2) "
-                        "ORDER BY step, idx LIMIT ?3 OFFSET ?4",
-                        &st, err))
-        goto fail;
-    rc = storage_bind_text(st, 1, job_id);
-    if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 2, step);
-    if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 3, storage_limit(limit));
-    if (rc == SQLITE_OK)
-        rc = sqlite3_bind_int64(st, 4, offset > INT64_MAX ? INT64_MAX : (int64_t)offset);
-    if (rc != SQLITE_OK) {
-        sqlite3_finalize(st);
-        storage_sqlerr(s, err, rc, "samples of job %s", job_id);
-        goto fail;
-    }
-    if (storage_collect(s, st, sizeof **rows, read_sample, free_sample_fields, (void **)rows, n,
-                        "reading samples", err))
-        goto fail;
-    if (storage_commit(s, err)) {
-        store_sample_rows_free(*rows, *n);
-        *rows = NULL;
-        *n = 0;
-        return -1;
-    }
-    if (total) *total = count;
-    return 0;
-fail:
-    storage_rollback(s);
-    return -1;
+    storage_list list = {
+        .what = "reading samples",
+        .job_id = job_id,
+        .count_sql = "SELECT count(*) FROM samples WHERE job_id = ?1 AND (?2 < 0 OR step = ?2)",
+        .rows_sql = "SELECT step, idx, kind, prompt, completion, reward, reason, answer "
+                    "FROM samples WHERE job_id = ?1 AND (?2 < 0 OR step = ?2) "
+                    "ORDER BY step, idx LIMIT ?3 OFFSET ?4",
+        .values =
+            STORAGE_VALUES(STORAGE_TEXT(job_id), STORAGE_INT(step),
+                           STORAGE_INT(storage_limit(limit)), STORAGE_INT(storage_offset(offset))),
+        .item_size = sizeof **rows,
+        .read = read_sample,
+        .free_item = free_sample_fields};
+    return storage_read_list(s, &list, (void **)rows, n, total, err);
 }

@@ -1,6 +1,8 @@
 /* store_records.c — the row tables: datasets (reads; uploads are in store_files.c), models,
- * jobs with their state machine, and rollout requests. Every write that reads first runs in
- * one BEGIN IMMEDIATE so the check and the change see the same state. */
+ * jobs with their state machine, and rollout requests; and the list reader the other tables'
+ * files share (storage_read_list). Every write that reads first runs in one BEGIN IMMEDIATE so
+ * the check and the change see the same state.
+ * Calls store.c only; store_metrics.c and store_files.c call it (store_internal.h has the map). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,10 +37,12 @@ void store_dataset_free(store_dataset *d) {
     d->name = d->path = NULL;
 }
 
+static void free_dataset_item(void *item) {
+    store_dataset_free(item);
+}
+
 void store_dataset_list_free(store_dataset *items, size_t n) {
-    for (size_t i = 0; i < n; i++)
-        store_dataset_free(&items[i]);
-    free(items);
+    if (items) storage_free_items(items, n, sizeof *items, free_dataset_item);
 }
 
 #define DATASET_COLS "id, name, kind, path, line_count, bytes, sha256, created_ms"
@@ -49,11 +53,8 @@ static int read_dataset(store *s, sqlite3_stmt *st, void *item, chord_err *err) 
     if (storage_col_text(st, 1, &d->name)) return OOM(err, "dataset");
     const char *kind = (const char *)sqlite3_column_text(st, 2);
     if (store_dataset_kind_parse(kind, &d->kind, err)) return -1;
-    const char *rel = (const char *)sqlite3_column_text(st, 3);
-    size_t len = strlen(s->dir) + (rel ? strlen(rel) : 0) + 2;
-    d->path = malloc(len);
+    d->path = storage_col_path(s, st, 3);
     if (!d->path) return OOM(err, "dataset");
-    snprintf(d->path, len, "%s/%s", s->dir, rel ? rel : "");
     d->line_count = sqlite3_column_int64(st, 4);
     d->bytes = sqlite3_column_int64(st, 5);
     storage_col_copy(st, 6, d->sha256, sizeof d->sha256);
@@ -61,67 +62,79 @@ static int read_dataset(store *s, sqlite3_stmt *st, void *item, chord_err *err) 
     return 0;
 }
 
-static void free_dataset_item(void *item) {
-    store_dataset_free(item);
-}
-
 int store_dataset_get(store *s, const char *id, store_dataset *out, chord_err *err) {
     memset(out, 0, sizeof *out);
     if (storage_check_id(id, "ds", "dataset", err)) return -1;
-    sqlite3_stmt *st;
-    if (storage_prepare(s, "SELECT " DATASET_COLS " FROM datasets WHERE id = ?1", &st, err))
-        return -1;
-    if (storage_bind_text(st, 1, id) != SQLITE_OK) {
-        sqlite3_finalize(st);
-        return storage_sqlerr(s, err, SQLITE_ERROR, "dataset %s", id);
-    }
-    return storage_get_one(s, st, read_dataset, out, "dataset", id, err);
+    return storage_get_one(s, "SELECT " DATASET_COLS " FROM datasets WHERE id = ?1", id,
+                           read_dataset, out, "dataset", err);
 }
 
-/* A counted page of `table`: total from count_sql, rows from page_sql (?1 limit, ?2 offset,
- * ?3 the optional text parameter), both in one read snapshot. */
-static int list_page(store *s, const char *count_sql, const char *page_sql, const char *param,
-                     size_t offset, size_t limit, size_t item_size, storage_row_reader read,
-                     void (*free_item)(void *), void **items, size_t *n, int64_t *total,
-                     const char *what, chord_err *err) {
+/* ---- the list reader ---------------------------------------------------------------------- */
+
+/* SELECT count(*) … with the list's values. */
+static int count_rows(store *s, const storage_list *list, int64_t *total, chord_err *err) {
+    sqlite3_stmt *st;
+    if (storage_prepare_bound(s, list->count_sql, list->values, &st, err)) return -1;
+    int rc = sqlite3_step(st);
+    int ret = 0;
+    if (rc == SQLITE_ROW)
+        *total = sqlite3_column_int64(st, 0);
+    else
+        ret = storage_sqlerr(s, err, rc, "%s: counting", list->what);
+    sqlite3_finalize(st);
+    return ret;
+}
+
+int storage_read_list(store *s, const storage_list *list, void **items, size_t *n, int64_t *total,
+                      chord_err *err) {
     *items = NULL;
     *n = 0;
-    if (storage_begin_read(s, err)) return -1;
+    if (storage_begin_read(s, err)) return chord_err_prefix(err, "%s", list->what);
     int64_t count = 0;
-    if (storage_count_rows(s, count_sql, param, &count, err)) goto fail;
+    store_job_state state = STORE_JOB_QUEUED;
     sqlite3_stmt *st;
-    if (storage_prepare(s, page_sql, &st, err)) goto fail;
-    int rc = sqlite3_bind_int64(st, 1, storage_limit(limit));
-    if (rc == SQLITE_OK)
-        rc = sqlite3_bind_int64(st, 2, offset > INT64_MAX ? INT64_MAX : (int64_t)offset);
-    if (rc == SQLITE_OK && param) rc = storage_bind_text(st, 3, param);
-    if (rc != SQLITE_OK) {
-        sqlite3_finalize(st);
-        storage_sqlerr(s, err, rc, "%s: bind", what);
-        goto fail;
+    if ((list->job_id && storage_job_state_locked(s, list->job_id, &state, err)) ||
+        (list->count_sql && count_rows(s, list, &count, err)) ||
+        storage_prepare_bound(s, list->rows_sql, list->values, &st, err) ||
+        storage_collect(s, st, list->item_size, list->read, list->free_item, items, n, list->what,
+                        err)) {
+        storage_rollback(s);
+        return -1;
     }
-    if (storage_collect(s, st, item_size, read, free_item, items, n, what, err)) goto fail;
     if (storage_commit(s, err)) {
-        for (size_t i = 0; i < *n; i++)
-            free_item((char *)*items + i * item_size);
-        free(*items);
+        storage_free_items(*items, *n, list->item_size, list->free_item);
         *items = NULL;
         *n = 0;
         return -1;
     }
     if (total) *total = count;
     return 0;
-fail:
-    storage_rollback(s);
-    return -1;
+}
+
+/* A newest-first page of a table: count_sql and rows_sql share ?1.. = param (when not NULL),
+ * then LIMIT and OFFSET. */
+static int list_page(store *s, const char *what, const char *count_sql, const char *rows_sql,
+                     const char *param, size_t offset, size_t limit, size_t item_size,
+                     storage_row_reader read, void (*free_item)(void *), void **items, size_t *n,
+                     int64_t *total, chord_err *err) {
+    storage_value values[3] = {STORAGE_TEXT(param), STORAGE_INT(storage_limit(limit)),
+                               STORAGE_INT(storage_offset(offset))};
+    storage_list list = {.what = what,
+                         .count_sql = count_sql,
+                         .rows_sql = rows_sql,
+                         .values = {param ? values : values + 1, param ? 3 : 2},
+                         .item_size = item_size,
+                         .read = read,
+                         .free_item = free_item};
+    return storage_read_list(s, &list, items, n, total, err);
 }
 
 int store_dataset_list(store *s, size_t offset, size_t limit, store_dataset **items, size_t *n,
                        int64_t *total, chord_err *err) {
-    return list_page(s, "SELECT count(*) FROM datasets",
+    return list_page(s, "listing datasets", "SELECT count(*) FROM datasets",
                      "SELECT " DATASET_COLS " FROM datasets ORDER BY seq DESC LIMIT ?1 OFFSET ?2",
                      NULL, offset, limit, sizeof **items, read_dataset, free_dataset_item,
-                     (void **)items, n, total, "listing datasets", err);
+                     (void **)items, n, total, err);
 }
 
 /* ---- models ------------------------------------------------------------------------------- */
@@ -135,10 +148,12 @@ void store_model_free(store_model *m) {
     m->name = m->directory = m->config_json = m->tokenizer_dir = NULL;
 }
 
+static void free_model_item(void *item) {
+    store_model_free(item);
+}
+
 void store_model_list_free(store_model *items, size_t n) {
-    for (size_t i = 0; i < n; i++)
-        store_model_free(&items[i]);
-    free(items);
+    if (items) storage_free_items(items, n, sizeof *items, free_model_item);
 }
 
 #define MODEL_COLS "id, name, directory, config_json, tokenizer_dir, created_ms"
@@ -153,53 +168,37 @@ static int read_model(store *s, sqlite3_stmt *st, void *item, chord_err *err) {
     return 0;
 }
 
-static void free_model_item(void *item) {
-    store_model_free(item);
-}
-
 int store_model_insert(store *s, const char *name, const char *directory, const char *config_json,
                        const char *tokenizer_dir, store_model *out, chord_err *err) {
     if (out) memset(out, 0, sizeof *out);
     if (!name || !*name) return chord_err_setc(err, CHORD_E_INVALID, "model: empty name");
     if (!config_json) return chord_err_setc(err, CHORD_E_INVALID, "model %s: no config", name);
     char id[STORE_ID_MAX];
-    if (storage_new_id("mdl", id, err)) return -1;
-    sqlite3_stmt *st;
-    if (storage_prepare(s,
-                        "INSERT INTO models (id, name, directory, config_json, tokenizer_dir, "
-                        "created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                        &st, err))
+    if (storage_new_id("mdl", id, err) ||
+        storage_run(s,
+                    "INSERT INTO models (id, name, directory, config_json, tokenizer_dir, "
+                    "created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    STORAGE_VALUES(STORAGE_TEXT(id), STORAGE_TEXT(name), STORAGE_TEXT(directory),
+                                   STORAGE_TEXT(config_json), STORAGE_TEXT(tokenizer_dir),
+                                   STORAGE_INT(store_now_ms())),
+                    err, "inserting model %s", name))
         return -1;
-    int rc = storage_bind_text(st, 1, id);
-    if (rc == SQLITE_OK) rc = storage_bind_text(st, 2, name);
-    if (rc == SQLITE_OK) rc = storage_bind_text(st, 3, directory);
-    if (rc == SQLITE_OK) rc = storage_bind_text(st, 4, config_json);
-    if (rc == SQLITE_OK) rc = storage_bind_text(st, 5, tokenizer_dir);
-    if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 6, store_now_ms());
-    if (rc == SQLITE_OK) rc = sqlite3_step(st);
-    sqlite3_finalize(st);
-    if (rc != SQLITE_DONE) return storage_sqlerr(s, err, rc, "inserting model %s", name);
     return out ? store_model_get(s, id, out, err) : 0;
 }
 
 int store_model_get(store *s, const char *id, store_model *out, chord_err *err) {
     memset(out, 0, sizeof *out);
     if (storage_check_id(id, "mdl", "model", err)) return -1;
-    sqlite3_stmt *st;
-    if (storage_prepare(s, "SELECT " MODEL_COLS " FROM models WHERE id = ?1", &st, err)) return -1;
-    if (storage_bind_text(st, 1, id) != SQLITE_OK) {
-        sqlite3_finalize(st);
-        return storage_sqlerr(s, err, SQLITE_ERROR, "model %s", id);
-    }
-    return storage_get_one(s, st, read_model, out, "model", id, err);
+    return storage_get_one(s, "SELECT " MODEL_COLS " FROM models WHERE id = ?1", id, read_model,
+                           out, "model", err);
 }
 
 int store_model_list(store *s, size_t offset, size_t limit, store_model **items, size_t *n,
                      int64_t *total, chord_err *err) {
-    return list_page(s, "SELECT count(*) FROM models",
+    return list_page(s, "listing models", "SELECT count(*) FROM models",
                      "SELECT " MODEL_COLS " FROM models ORDER BY seq DESC LIMIT ?1 OFFSET ?2", NULL,
                      offset, limit, sizeof **items, read_model, free_model_item, (void **)items, n,
-                     total, "listing models", err);
+                     total, err);
 }
 
 /* ---- jobs --------------------------------------------------------------------------------- */
@@ -249,10 +248,12 @@ void store_job_free(store_job *j) {
     j->name = j->config_json = j->error = j->device = NULL;
 }
 
+static void free_job_item(void *item) {
+    store_job_free(item);
+}
+
 void store_job_list_free(store_job *items, size_t n) {
-    for (size_t i = 0; i < n; i++)
-        store_job_free(&items[i]);
-    free(items);
+    if (items) storage_free_items(items, n, sizeof *items, free_job_item);
 }
 
 #define JOB_COLS                                                                                   \
@@ -275,20 +276,11 @@ static int read_job(store *s, sqlite3_stmt *st, void *item, chord_err *err) {
     return 0;
 }
 
-static void free_job_item(void *item) {
-    store_job_free(item);
-}
-
 int store_job_get(store *s, const char *id, store_job *out, chord_err *err) {
     memset(out, 0, sizeof *out);
     if (storage_check_id(id, "job", "job", err)) return -1;
-    sqlite3_stmt *st;
-    if (storage_prepare(s, "SELECT " JOB_COLS " FROM jobs WHERE id = ?1", &st, err)) return -1;
-    if (storage_bind_text(st, 1, id) != SQLITE_OK) {
-        sqlite3_finalize(st);
-        return storage_sqlerr(s, err, SQLITE_ERROR, "job %s", id);
-    }
-    return storage_get_one(s, st, read_job, out, "job", id, err);
+    return storage_get_one(s, "SELECT " JOB_COLS " FROM jobs WHERE id = ?1", id, read_job, out,
+                           "job", err);
 }
 
 int store_job_create(store *s, const char *name, const char *config_json, store_job *out,
@@ -297,20 +289,14 @@ int store_job_create(store *s, const char *name, const char *config_json, store_
     if (!name || !*name) return chord_err_setc(err, CHORD_E_INVALID, "job: empty name");
     if (!config_json) return chord_err_setc(err, CHORD_E_INVALID, "job %s: no config", name);
     char id[STORE_ID_MAX];
-    if (storage_new_id("job", id, err)) return -1;
-    sqlite3_stmt *st;
-    if (storage_prepare(s,
-                        "INSERT INTO jobs (id, name, config_json, state, created_ms) "
-                        "VALUES (?1, ?2, ?3, 'queued', ?4)",
-                        &st, err))
+    if (storage_new_id("job", id, err) ||
+        storage_run(s,
+                    "INSERT INTO jobs (id, name, config_json, state, created_ms) "
+                    "VALUES (?1, ?2, ?3, 'queued', ?4)",
+                    STORAGE_VALUES(STORAGE_TEXT(id), STORAGE_TEXT(name), STORAGE_TEXT(config_json),
+                                   STORAGE_INT(store_now_ms())),
+                    err, "inserting job %s", name))
         return -1;
-    int rc = storage_bind_text(st, 1, id);
-    if (rc == SQLITE_OK) rc = storage_bind_text(st, 2, name);
-    if (rc == SQLITE_OK) rc = storage_bind_text(st, 3, config_json);
-    if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 4, store_now_ms());
-    if (rc == SQLITE_OK) rc = sqlite3_step(st);
-    sqlite3_finalize(st);
-    if (rc != SQLITE_DONE) return storage_sqlerr(s, err, rc, "inserting job %s", name);
     return out ? store_job_get(s, id, out, err) : 0;
 }
 
@@ -322,15 +308,15 @@ int store_job_list(store *s, int state, size_t offset, size_t limit, store_job *
         return chord_err_setc(err, CHORD_E_INVALID, "listing jobs: bad state %d", state);
     }
     if (state == -1)
-        return list_page(s, "SELECT count(*) FROM jobs",
+        return list_page(s, "listing jobs", "SELECT count(*) FROM jobs",
                          "SELECT " JOB_COLS " FROM jobs ORDER BY seq DESC LIMIT ?1 OFFSET ?2", NULL,
                          offset, limit, sizeof **items, read_job, free_job_item, (void **)items, n,
-                         total, "listing jobs", err);
-    return list_page(s, "SELECT count(*) FROM jobs WHERE state = ?1",
-                     "SELECT " JOB_COLS " FROM jobs WHERE state = ?3 "
-                     "ORDER BY seq DESC LIMIT ?1 OFFSET ?2",
+                         total, err);
+    return list_page(s, "listing jobs", "SELECT count(*) FROM jobs WHERE state = ?1",
+                     "SELECT " JOB_COLS " FROM jobs WHERE state = ?1 "
+                     "ORDER BY seq DESC LIMIT ?2 OFFSET ?3",
                      job_states[state], offset, limit, sizeof **items, read_job, free_job_item,
-                     (void **)items, n, total, "listing jobs", err);
+                     (void **)items, n, total, err);
 }
 
 int store_job_count_by_state(store *s, int64_t counts[STORE_JOB_NSTATES], chord_err *err) {
@@ -355,9 +341,10 @@ int store_job_count_by_state(store *s, int64_t counts[STORE_JOB_NSTATES], chord_
 /* Current state of a job, inside the caller's transaction. */
 int storage_job_state_locked(store *s, const char *id, store_job_state *state, chord_err *err) {
     sqlite3_stmt *st;
-    if (storage_prepare(s, "SELECT state FROM jobs WHERE id = ?1", &st, err)) return -1;
-    int rc = storage_bind_text(st, 1, id);
-    if (rc == SQLITE_OK) rc = sqlite3_step(st);
+    if (storage_prepare_bound(s, "SELECT state FROM jobs WHERE id = ?1",
+                              STORAGE_VALUES(STORAGE_TEXT(id)), &st, err))
+        return -1;
+    int rc = sqlite3_step(st);
     int ret = 0;
     if (rc == SQLITE_ROW)
         ret = store_job_state_parse((const char *)sqlite3_column_text(st, 0), state, err);
@@ -369,20 +356,14 @@ int storage_job_state_locked(store *s, const char *id, store_job_state *state, c
     return ret;
 }
 
-/* Runs one UPDATE on a job: sql's ?1 is the id, then up to three optional text / int params. */
+/* Runs one UPDATE on job `id`: sql's ?1 is the id, then up to three optional text / int params
+ * (a statement takes as many as it names). */
 static int job_update(store *s, const char *id, const char *sql, const char *text2,
                       const char *text3, int64_t int4, chord_err *err) {
-    sqlite3_stmt *st;
-    if (storage_prepare(s, sql, &st, err)) return -1;
-    int nparams = sqlite3_bind_parameter_count(st);
-    int rc = storage_bind_text(st, 1, id);
-    if (rc == SQLITE_OK && nparams >= 2) rc = storage_bind_text(st, 2, text2);
-    if (rc == SQLITE_OK && nparams >= 3) rc = storage_bind_text(st, 3, text3);
-    if (rc == SQLITE_OK && nparams >= 4) rc = sqlite3_bind_int64(st, 4, int4);
-    if (rc == SQLITE_OK) rc = sqlite3_step(st);
-    sqlite3_finalize(st);
-    if (rc != SQLITE_DONE) return storage_sqlerr(s, err, rc, "updating job %s", id);
-    return 0;
+    return storage_run(s, sql,
+                       STORAGE_VALUES(STORAGE_TEXT(id), STORAGE_TEXT(text2), STORAGE_TEXT(text3),
+                                      STORAGE_INT(int4)),
+                       err, "updating job %s", id);
 }
 
 /* The transition itself, inside the caller's BEGIN IMMEDIATE. */
@@ -484,19 +465,12 @@ fail:
 int store_job_requeue_running(store *s, int64_t *n, chord_err *err) {
     if (n) *n = 0;
     if (storage_begin_write(s, err)) return chord_err_prefix(err, "requeueing jobs");
-    sqlite3_stmt *st;
-    if (storage_prepare(s,
-                        "UPDATE jobs SET state = 'cancelled', finished_ms = ?1 "
-                        "WHERE state = 'running' AND cancel_requested = 1",
-                        &st, err))
+    if (storage_run(s,
+                    "UPDATE jobs SET state = 'cancelled', finished_ms = ?1 "
+                    "WHERE state = 'running' AND cancel_requested = 1",
+                    STORAGE_VALUES(STORAGE_INT(store_now_ms())), err,
+                    "cancelling interrupted jobs"))
         goto fail;
-    int rc = sqlite3_bind_int64(st, 1, store_now_ms());
-    if (rc == SQLITE_OK) rc = sqlite3_step(st);
-    sqlite3_finalize(st);
-    if (rc != SQLITE_DONE) {
-        storage_sqlerr(s, err, rc, "cancelling interrupted jobs");
-        goto fail;
-    }
     int64_t moved = sqlite3_changes(s->db);
     if (storage_exec(s, "UPDATE jobs SET state = 'queued' WHERE state = 'running'", err)) goto fail;
     moved += sqlite3_changes(s->db);
@@ -542,37 +516,24 @@ static int read_rollout(store *s, sqlite3_stmt *st, void *item, chord_err *err) 
 int store_rollout_get(store *s, const char *id, store_rollout *out, chord_err *err) {
     memset(out, 0, sizeof *out);
     if (storage_check_id(id, "roll", "rollout", err)) return -1;
-    sqlite3_stmt *st;
-    if (storage_prepare(
-            s,
-            "SELECT id, state, request_json, result_json, error, created_ms, finished_ms "
-            "FROM rollouts WHERE id = ?1",
-            &st, err))
-        return -1;
-    if (storage_bind_text(st, 1, id) != SQLITE_OK) {
-        sqlite3_finalize(st);
-        return storage_sqlerr(s, err, SQLITE_ERROR, "rollout %s", id);
-    }
-    return storage_get_one(s, st, read_rollout, out, "rollout", id, err);
+    return storage_get_one(s,
+                           "SELECT id, state, request_json, result_json, error, created_ms, "
+                           "finished_ms FROM rollouts WHERE id = ?1",
+                           id, read_rollout, out, "rollout", err);
 }
 
 int store_rollout_create(store *s, const char *request_json, store_rollout *out, chord_err *err) {
     if (out) memset(out, 0, sizeof *out);
     if (!request_json) return chord_err_setc(err, CHORD_E_INVALID, "rollout: no request");
     char id[STORE_ID_MAX];
-    if (storage_new_id("roll", id, err)) return -1;
-    sqlite3_stmt *st;
-    if (storage_prepare(s,
-                        "INSERT INTO rollouts (id, state, request_json, created_ms) "
-                        "VALUES (?1, 'pending', ?2, ?3)",
-                        &st, err))
+    if (storage_new_id("roll", id, err) ||
+        storage_run(s,
+                    "INSERT INTO rollouts (id, state, request_json, created_ms) "
+                    "VALUES (?1, 'pending', ?2, ?3)",
+                    STORAGE_VALUES(STORAGE_TEXT(id), STORAGE_TEXT(request_json),
+                                   STORAGE_INT(store_now_ms())),
+                    err, "inserting rollout"))
         return -1;
-    int rc = storage_bind_text(st, 1, id);
-    if (rc == SQLITE_OK) rc = storage_bind_text(st, 2, request_json);
-    if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 3, store_now_ms());
-    if (rc == SQLITE_OK) rc = sqlite3_step(st);
-    sqlite3_finalize(st);
-    if (rc != SQLITE_DONE) return storage_sqlerr(s, err, rc, "inserting rollout");
     return out ? store_rollout_get(s, id, out, err) : 0;
 }
 
@@ -582,21 +543,16 @@ int store_rollout_finish(store *s, const char *id, const char *result_json, cons
     if (!result_json == !error_text)
         return chord_err_setc(err, CHORD_E_INVALID,
                               "rollout %s: give exactly one of result and error", id);
-    sqlite3_stmt *st;
     /* One statement: the state check and the change are atomic without a transaction. */
-    if (storage_prepare(s,
-                        "UPDATE rollouts SET state = ?2, result_json = ?3, error = ?4, "
-                        "finished_ms = ?5 WHERE id = ?1 AND state = 'pending'",
-                        &st, err))
+    if (storage_run(s,
+                    "UPDATE rollouts SET state = ?2, result_json = ?3, error = ?4, "
+                    "finished_ms = ?5 WHERE id = ?1 AND state = 'pending'",
+                    STORAGE_VALUES(STORAGE_TEXT(id),
+                                   STORAGE_TEXT(result_json ? "succeeded" : "failed"),
+                                   STORAGE_TEXT(result_json), STORAGE_TEXT(error_text),
+                                   STORAGE_INT(store_now_ms())),
+                    err, "finishing rollout %s", id))
         return -1;
-    int rc = storage_bind_text(st, 1, id);
-    if (rc == SQLITE_OK) rc = storage_bind_text(st, 2, result_json ? "succeeded" : "failed");
-    if (rc == SQLITE_OK) rc = storage_bind_text(st, 3, result_json);
-    if (rc == SQLITE_OK) rc = storage_bind_text(st, 4, error_text);
-    if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 5, store_now_ms());
-    if (rc == SQLITE_OK) rc = sqlite3_step(st);
-    sqlite3_finalize(st);
-    if (rc != SQLITE_DONE) return storage_sqlerr(s, err, rc, "finishing rollout %s", id);
     if (sqlite3_changes(s->db) == 0) {
         store_rollout r;
         if (store_rollout_get(s, id, &r, err)) return -1; /* NOT_FOUND */
@@ -608,38 +564,24 @@ int store_rollout_finish(store *s, const char *id, const char *result_json, cons
     return 0;
 }
 
+static int read_id(store *s, sqlite3_stmt *st, void *item, chord_err *err) {
+    (void)s;
+    (void)err;
+    storage_col_copy(st, 0, item, STORE_ID_MAX);
+    return 0;
+}
+
+static void free_nothing(void *item) {
+    (void)item;
+}
+
 int store_rollout_pending_ids(store *s, char (**ids)[STORE_ID_MAX], size_t *n, chord_err *err) {
     *ids = NULL;
     *n = 0;
     sqlite3_stmt *st;
-    if (storage_prepare(s, "SELECT id FROM rollouts WHERE state = 'pending' ORDER BY created_ms, id",
-                        &st, err))
+    if (storage_prepare(
+            s, "SELECT id FROM rollouts WHERE state = 'pending' ORDER BY created_ms, id", &st, err))
         return -1;
-    size_t cap = 0;
-    int rc;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (*n == cap) {
-            size_t ncap = cap ? 2 * cap : 16;
-            char(*grown)[STORE_ID_MAX] = realloc(*ids, ncap * sizeof **ids);
-            if (!grown) {
-                sqlite3_finalize(st);
-                free(*ids);
-                *ids = NULL;
-                *n = 0;
-                return OOM(err, "pending rollouts");
-            }
-            *ids = grown;
-            cap = ncap;
-        }
-        storage_col_copy(st, 0, (*ids)[*n], STORE_ID_MAX);
-        (*n)++;
-    }
-    sqlite3_finalize(st);
-    if (rc != SQLITE_DONE) {
-        free(*ids);
-        *ids = NULL;
-        *n = 0;
-        return storage_sqlerr(s, err, rc, "listing pending rollouts");
-    }
-    return 0;
+    return storage_collect(s, st, sizeof **ids, read_id, free_nothing, (void **)ids, n,
+                           "listing pending rollouts", err);
 }

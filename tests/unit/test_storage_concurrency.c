@@ -1,8 +1,10 @@
 /* test_storage_concurrency.c — storage/ under contention and crashes: threads with their own
  * handles writing at once (no SQLITE_BUSY reaches the caller, nothing lost), racing first opens
- * of a fresh directory (one migration wins, nobody fails), and a writer process SIGKILLed at
+ * of a fresh directory (one migration wins, nobody fails), racing opens of a directory to
+ * recover (no handle before the recovery is done), and a writer process SIGKILLed at
  * arbitrary instructions (the reopened store passes integrity_check and every step it recorded
  * is complete, exactly once). */
+#include <dirent.h>
 #include <pthread.h>
 #include <sched.h>
 #include <setjmp.h>
@@ -223,6 +225,66 @@ static void test_racing_first_open(void **state) {
     }
 }
 
+/* Several threads open a directory with leftovers of a crash at once: one of them recovers it,
+ * and no opener gets a handle before the recovery is done. */
+typedef struct {
+    const char *dir, *datasets;
+    int rc, leftovers_seen;
+    char msg[CHORD_ERR_MSG];
+} recovery_opener;
+
+static int count_entries(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return -1;
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d));)
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
+static void *open_and_count_leftovers(void *arg) {
+    recovery_opener *o = arg;
+    store *s = NULL;
+    chord_err err = {0};
+    o->rc = store_open(o->dir, &s, &err);
+    o->leftovers_seen = count_entries(o->datasets);
+    snprintf(o->msg, sizeof o->msg, "%s", err.msg);
+    store_close(s);
+    return NULL;
+}
+
+static void test_racing_opens_wait_for_recovery(void **state) {
+    (void)state;
+    for (int round = 0; round < 3; round++) {
+        char dir[256], datasets[300], path[400];
+        scratch_make(dir);
+        store_close(open_ok(dir));
+        snprintf(datasets, sizeof datasets, "%s/datasets", dir);
+        assert_int_equal(mkdir(datasets, 0755), 0);
+        for (int i = 0; i < 200; i++) {
+            snprintf(path, sizeof path, "%s/ds_%024d.jsonl.tmp", datasets, i);
+            FILE *f = fopen(path, "w");
+            assert_non_null(f);
+            assert_int_equal(fclose(f), 0);
+        }
+        enum { N = 6 };
+        recovery_opener o[N];
+        pthread_t t[N];
+        for (int i = 0; i < N; i++) {
+            o[i] = (recovery_opener){.dir = dir, .datasets = datasets};
+            assert_int_equal(pthread_create(&t[i], NULL, open_and_count_leftovers, &o[i]), 0);
+        }
+        for (int i = 0; i < N; i++)
+            assert_int_equal(pthread_join(t[i], NULL), 0);
+        for (int i = 0; i < N; i++) {
+            if (o[i].rc) fail_msg("opener %d: %s", i, o[i].msg);
+            assert_int_equal(o[i].leftovers_seen, 0);
+        }
+        scratch_remove(dir);
+    }
+}
+
 /* A child writes steps (metrics + samples), checkpoints and uploads as fast as it can until it
  * is SIGKILLed; the parent then checks what survived. */
 static void child_write_forever(const char *dir, int ready_fd) {
@@ -401,6 +463,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_threads_write_concurrently),
         cmocka_unit_test(test_racing_first_open),
+        cmocka_unit_test(test_racing_opens_wait_for_recovery),
         cmocka_unit_test(test_writer_waits_for_lock),
         cmocka_unit_test(test_kill_mid_write_leaves_consistent_store),
     };

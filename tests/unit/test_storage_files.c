@@ -1,7 +1,8 @@
 /* test_storage_files.c — the file stores of storage/: streamed dataset uploads (hash and line
  * count checked against sha256sum(1) and wc(1), abort and failed commits leave nothing) and
  * checkpoint directories (atomic commit verified with `sha256sum -c`, leftovers of interrupted
- * writes removed on reopen — including a child process killed mid-checkpoint — keep-last-K). */
+ * writes removed on reopen — including a child process killed mid-checkpoint — keep-last-K), and
+ * recovery running once per open of the data directory, not on every handle. */
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -342,17 +343,21 @@ static void test_checkpoint_leftovers_removed_on_reopen(void **state) {
     snprintf(path, sizeof path, "%s/model.safetensors", orphan);
     write_text(path, "renamed but never recorded");
 
-    /* A checkpoint this process is writing right now survives another handle's open. */
+    /* A checkpoint this process is writing right now survives the recovery of the next open,
+     * even with the handle it was begun on closed (the in-flight registry is process-wide). */
     char live_tmp[STORE_PATH_MAX];
     assert_int_equal(store_checkpoint_begin(s, job, 11, live_tmp, &err), 0);
     write_checkpoint_files(live_tmp, 11);
 
+    /* Recovery runs when the data directory is opened, not on every handle: close the last one
+     * first, so that this open is the directory's and removes what the crashes left. */
+    store_close(s);
     store *other = open_ok(dir);
     assert_false(path_exists(tmp10));
     assert_false(path_exists(orphan));
     assert_true(chord_is_dir(good.path));
     assert_true(chord_is_dir(live_tmp));
-    store_close(other);
+    s = other;
     assert_int_equal(store_checkpoint_commit(s, job, 11, NULL, &err), 0);
 
     store_checkpoint *items = NULL;
@@ -474,6 +479,67 @@ static void test_truncate_after_drops_later_checkpoints(void **state) {
     scratch_remove(dir);
 }
 
+/* ---- recovery once per directory open ------------------------------------------------------ */
+
+/* Leftovers of a crash, planted by hand: an interrupted upload, an uploaded file with no row and
+ * an interrupted checkpoint of `job`. */
+typedef struct {
+    char upload_tmp[STORE_PATH_MAX], upload_orphan[STORE_PATH_MAX], checkpoint_tmp[STORE_PATH_MAX];
+} leftovers;
+
+static void plant_leftovers(store *s, const char *dir, const char *job, leftovers *l) {
+    chord_err err = {0};
+    char datasets[300];
+    snprintf(datasets, sizeof datasets, "%s/datasets", dir);
+    assert_int_equal(chord_mkdirs(datasets, &err), 0);
+    snprintf(l->upload_tmp, sizeof l->upload_tmp, "%s/ds_0123456789abcdef01234567.jsonl.tmp",
+             datasets);
+    write_text(l->upload_tmp, "{}\n");
+    snprintf(l->upload_orphan, sizeof l->upload_orphan, "%s/ds_76543210fedcba9876543210.jsonl",
+             datasets);
+    write_text(l->upload_orphan, "{}\n");
+    char final[STORE_PATH_MAX];
+    assert_int_equal(store_checkpoint_dir(s, job, 3, final, &err), 0);
+    snprintf(l->checkpoint_tmp, sizeof l->checkpoint_tmp, "%.*s.tmp", STORE_PATH_MAX - 8, final);
+    assert_int_equal(chord_mkdirs(l->checkpoint_tmp, &err), 0);
+}
+
+static int leftovers_present(const leftovers *l) {
+    return path_exists(l->upload_tmp) + path_exists(l->upload_orphan) +
+           path_exists(l->checkpoint_tmp);
+}
+
+/* Recovery (removing what interrupted writes left) runs when the data directory is opened, i.e.
+ * by the first handle of the directory in this process, never by the later ones: the service
+ * takes a handle per request and per worker. Once every handle is closed, the next open is a
+ * fresh open of the directory again and recovers. */
+static void test_recovery_once_per_directory_open(void **state) {
+    (void)state;
+    char dir[256];
+    scratch_make(dir);
+    store *s = open_ok(dir);
+    char job[STORE_ID_MAX];
+    make_running_job(s, "recovering", job);
+    leftovers l;
+    plant_leftovers(s, dir, job, &l);
+    assert_int_equal(leftovers_present(&l), 3);
+
+    store *second = open_ok(dir); /* the directory is open already: no recovery */
+    assert_int_equal(leftovers_present(&l), 3);
+    for (int request = 0; request < 8; request++)
+        store_close(open_ok(dir)); /* a handle per request */
+    assert_int_equal(leftovers_present(&l), 3);
+    store_close(s);
+    store_close(open_ok(dir)); /* `second` still holds the directory open */
+    assert_int_equal(leftovers_present(&l), 3);
+    store_close(second);
+
+    s = open_ok(dir); /* the last handle closed: this is a fresh open, and it recovers */
+    assert_int_equal(leftovers_present(&l), 0);
+    store_close(s);
+    scratch_remove(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dataset_upload),
@@ -483,6 +549,7 @@ int main(void) {
         cmocka_unit_test(test_checkpoint_leftovers_removed_on_reopen),
         cmocka_unit_test(test_checkpoint_keep_last),
         cmocka_unit_test(test_truncate_after_drops_later_checkpoints),
+        cmocka_unit_test(test_recovery_once_per_directory_open),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
