@@ -16,100 +16,54 @@
 #include <string.h>
 
 #include "server/base/fileutil.h"
+#include "server/base/json_field.h"
 
 #define CFG "config.json"
 
-/* ---- small typed getters: each names the field in its error ------------------------------- */
+/* ---- fields (server/base/json_field.h names each one in its errors) -------------------- */
 
-/* 1 when KEY is absent or JSON null (HF treats null as "use the default"). */
-static int absent(const json_t *root, const char *key) {
-    const json_t *v = json_object_get(root, key);
-    return v == NULL || json_is_null(v);
-}
-
-static int get_int(const json_t *root, const char *key, int required, int def, long long min,
-                   int *out, chord_err *err) {
-    const json_t *v = json_object_get(root, key);
-    if (v == NULL || json_is_null(v)) {
-        if (required) return chord_err_set(err, CFG ": %s: missing (required)", key);
-        *out = def;
-        return 0;
-    }
-    long long x;
-    if (json_is_integer(v)) {
-        x = json_integer_value(v);
-    } else if (json_is_real(v)) {
-        /* 64.0 is an integer in spirit, but transformers' strict dataclass rejects it too. */
-        return chord_err_set(err, CFG ": %s: must be an integer, got %g", key, json_real_value(v));
-    } else {
-        return chord_err_set(err, CFG ": %s: must be an integer", key);
-    }
-    if (x < min) {
-        if (min == 1) return chord_err_set(err, CFG ": %s: must be positive, got %lld", key, x);
-        return chord_err_set(err, CFG ": %s: must be >= %lld, got %lld", key, min, x);
-    }
-    if (x > INT_MAX) return chord_err_set(err, CFG ": %s: too large (%lld)", key, x);
+/* An int field (path.key) from min up: absent or null gives def. A whole real such as 64.0 is
+ * refused, as transformers' strict dataclass refuses it. */
+static int get_int(const json_t *obj, const char *path, const char *key, int flags, int def,
+                   int64_t min, int *out, chord_err *err) {
+    int64_t x = def;
+    char full[CHORD_JSON_PATH_MAX];
+    chord_json_path(full, path, key);
+    if (chord_json_get_int(obj, path, key, flags, min, INT64_MAX, &x, err) ||
+        chord_check_int_range(x, full, INT64_MIN, INT_MAX, err))
+        return -1;
     *out = (int)x;
     return 0;
 }
 
-/* A finite number; positive when `positive`, else >= 0. */
-static int get_num(const json_t *root, const char *prefix, const char *key, int required,
-                   double def, int positive, double *out, chord_err *err) {
-    const json_t *v = json_object_get(root, key);
-    if (v == NULL || json_is_null(v)) {
-        if (required) return chord_err_set(err, CFG ": %s%s: missing (required)", prefix, key);
-        *out = def;
-        return 0;
-    }
-    if (!json_is_number(v)) return chord_err_set(err, CFG ": %s%s: must be a number", prefix, key);
-    double x = json_number_value(v);
-    if (!isfinite(x)) return chord_err_set(err, CFG ": %s%s: must be finite", prefix, key);
-    if (positive && !(x > 0))
-        return chord_err_set(err, CFG ": %s%s: must be positive, got %g", prefix, key, x);
-    if (!positive && x < 0)
-        return chord_err_set(err, CFG ": %s%s: must be >= 0, got %g", prefix, key, x);
-    *out = x;
+/* A token id: absent or null gives -1 ("none"). */
+static int get_token_id(const json_t *v, const char *path, int *out, chord_err *err) {
+    int64_t id = -1;
+    if (chord_json_int_value(v, path, 0, 0, INT64_MAX, &id, err) ||
+        chord_check_int_range(id, path, INT64_MIN, INT_MAX, err))
+        return -1;
+    *out = (int)id;
     return 0;
 }
 
-static int get_bool(const json_t *root, const char *key, int def, int *out, chord_err *err) {
-    const json_t *v = json_object_get(root, key);
-    if (v == NULL || json_is_null(v)) {
-        *out = def;
-        return 0;
-    }
-    if (!json_is_boolean(v)) return chord_err_set(err, CFG ": %s: must be true or false", key);
-    *out = json_is_true(v);
-    return 0;
+/* A positive finite number (path.key); absent or null leaves *out. */
+static int get_positive(const json_t *obj, const char *path, const char *key, int flags,
+                        double *out, chord_err *err) {
+    return chord_json_get_number(obj, path, key, flags | CHORD_JSON_LO_OPEN, 0, INFINITY, out, err);
 }
 
-/* Optional string copied into out (size n); absent leaves out untouched. */
+/* An optional string copied into out (size n); absent leaves out untouched. */
 static int get_str(const json_t *root, const char *key, char *out, size_t n, int *found,
                    chord_err *err) {
-    const json_t *v = json_object_get(root, key);
+    const char *s = NULL;
     if (found) *found = 0;
-    if (v == NULL || json_is_null(v)) return 0;
-    if (!json_is_string(v)) return chord_err_set(err, CFG ": %s: must be a string", key);
-    const char *s = json_string_value(v);
+    if (chord_json_get_string(root, "", key, 0, &s, err)) return -1;
+    if (!s) return 0;
     if (strlen(s) >= n)
-        return chord_err_set(err, CFG ": %s: too long (%zu characters, at most %zu)", key,
-                             strlen(s), n - 1);
+        return chord_err_set(err, "%s: too long (%zu characters, at most %zu)", key, strlen(s),
+                             n - 1);
     snprintf(out, n, "%s", s);
     if (found) *found = 1;
-    return 0;
-}
-
-/* A token id: absent/null gives -1. */
-static int get_token_id(const json_t *v, const char *key, int *out, chord_err *err) {
-    if (v == NULL || json_is_null(v)) {
-        *out = -1;
-        return 0;
-    }
-    if (!json_is_integer(v)) return chord_err_set(err, CFG ": %s: must be an integer", key);
-    long long x = json_integer_value(v);
-    if (x < 0 || x > INT_MAX) return chord_err_set(err, CFG ": %s: out of range (%lld)", key, x);
-    *out = (int)x;
     return 0;
 }
 
@@ -158,10 +112,10 @@ static int parse_rope(const json_t *root, model_config *cfg, chord_err *err) {
         pname = "rope_parameters";
     }
     if (params != NULL && json_is_null(params)) params = NULL;
-    if (params != NULL && !json_is_object(params))
-        return chord_err_set(err, CFG ": %s: must be an object", pname);
+    if (params != NULL && chord_json_object_value(params, pname, err)) return -1;
 
-    if (get_num(root, "", "rope_theta", 0, 10000.0, 1, &cfg->rope_theta, err)) return -1;
+    cfg->rope_theta = 10000.0;
+    if (get_positive(root, "", "rope_theta", 0, &cfg->rope_theta, err)) return -1;
     cfg->rope_scaling = ROPE_SCALING_NONE;
     cfg->rope_factor = 1.0;
     cfg->rope_low_freq_factor = 1.0;
@@ -169,55 +123,47 @@ static int parse_rope(const json_t *root, model_config *cfg, chord_err *err) {
     cfg->rope_original_max_position = cfg->max_position_embeddings;
     if (params == NULL) return 0;
 
-    char prefix[40];
-    snprintf(prefix, sizeof prefix, "%s.", pname);
-    if (get_num(params, prefix, "rope_theta", 0, cfg->rope_theta, 1, &cfg->rope_theta, err))
-        return -1;
+    if (get_positive(params, pname, "rope_theta", 0, &cfg->rope_theta, err)) return -1;
     const json_t *pr = json_object_get(params, "partial_rotary_factor");
     if (pr && !json_is_null(pr) && !(json_is_number(pr) && json_number_value(pr) == 1.0))
-        return chord_err_set(err, CFG ": %spartial_rotary_factor: only 1.0 is supported", prefix);
+        return chord_err_set(err, "%s.partial_rotary_factor: only 1.0 is supported", pname);
 
     const json_t *t = json_object_get(params, "rope_type");
     if (t == NULL || json_is_null(t)) t = json_object_get(params, "type");
     const char *type = "default";
     if (t != NULL && !json_is_null(t)) {
-        if (!json_is_string(t))
-            return chord_err_set(err, CFG ": %srope_type: must be a string", prefix);
+        if (!json_is_string(t)) return chord_err_set(err, "%s.rope_type: must be a string", pname);
         type = json_string_value(t);
     }
     if (strcmp(type, "default") == 0) return 0;
     if (strcmp(type, "linear") == 0) {
         cfg->rope_scaling = ROPE_SCALING_LINEAR;
-        return get_num(params, prefix, "factor", 1, 1.0, 1, &cfg->rope_factor, err);
+        return get_positive(params, pname, "factor", CHORD_JSON_REQUIRED, &cfg->rope_factor, err);
     }
     if (strcmp(type, "llama3") == 0) {
         cfg->rope_scaling = ROPE_SCALING_LLAMA3;
-        if (get_num(params, prefix, "factor", 1, 0, 1, &cfg->rope_factor, err) ||
-            get_num(params, prefix, "low_freq_factor", 1, 0, 1, &cfg->rope_low_freq_factor, err) ||
-            get_num(params, prefix, "high_freq_factor", 1, 0, 1, &cfg->rope_high_freq_factor, err))
+        const int need = CHORD_JSON_REQUIRED;
+        if (get_positive(params, pname, "factor", need, &cfg->rope_factor, err) ||
+            get_positive(params, pname, "low_freq_factor", need, &cfg->rope_low_freq_factor, err) ||
+            get_positive(params, pname, "high_freq_factor", need, &cfg->rope_high_freq_factor, err))
             return -1;
         if (!(cfg->rope_high_freq_factor > cfg->rope_low_freq_factor))
-            return chord_err_set(err,
-                                 CFG ": %shigh_freq_factor: must exceed low_freq_factor (%g <= %g)",
-                                 prefix, cfg->rope_high_freq_factor, cfg->rope_low_freq_factor);
+            return chord_err_set(err, "%s.high_freq_factor: must exceed low_freq_factor (%g <= %g)",
+                                 pname, cfg->rope_high_freq_factor, cfg->rope_low_freq_factor);
         /* A top-level original_max_position_embeddings takes priority (standardize_rope_params). */
-        const json_t *holder = absent(root, "original_max_position_embeddings") ? params : root;
-        int omp = 0;
-        if (get_int(holder, "original_max_position_embeddings", 0, cfg->max_position_embeddings, 1,
-                    &omp, err))
-            return -1;
-        cfg->rope_original_max_position = omp;
-        return 0;
+        const char *omp = "original_max_position_embeddings";
+        int top = chord_json_field(root, omp) != NULL;
+        return get_int(top ? root : params, top ? "" : pname, omp, 0, cfg->max_position_embeddings,
+                       1, &cfg->rope_original_max_position, err);
     }
-    return chord_err_set(
-        err, CFG ": %srope_type: \"%s\" is not supported (default, linear, llama3)", prefix, type);
+    return chord_err_set(err, "%s.rope_type: \"%s\" is not supported (default, linear, llama3)",
+                         pname, type);
 }
 
 /* ---- parse ------------------------------------------------------------------------------- */
 
-int model_config_from_json(const struct json_t *root, model_config *cfg, chord_err *err) {
-    memset(cfg, 0, sizeof *cfg);
-    if (!json_is_object(root)) return chord_err_set(err, CFG ": must be a JSON object");
+static int parse_config(const json_t *root, model_config *cfg, chord_err *err) {
+    if (!json_is_object(root)) return chord_err_set(err, "must be a JSON object");
 
     /* model_type, architectures: either names the family; both must agree. */
     int have_type = 0;
@@ -228,30 +174,29 @@ int model_config_from_json(const struct json_t *root, model_config *cfg, chord_e
     if (archs != NULL && !json_is_null(archs)) {
         if (!json_is_array(archs) || json_array_size(archs) == 0 ||
             !json_is_string(json_array_get(archs, 0)))
-            return chord_err_set(err, CFG ": architectures: must be a non-empty list of strings");
+            return chord_err_set(err, "architectures: must be a non-empty list of strings");
         arch = json_string_value(json_array_get(archs, 0));
     }
     const family *fam = NULL;
     if (have_type) {
         fam = family_by_type(cfg->model_type);
         if (!fam)
-            return chord_err_set(err,
-                                 CFG ": model_type: \"%s\" is not supported (llama, qwen2, qwen3)",
+            return chord_err_set(err, "model_type: \"%s\" is not supported (llama, qwen2, qwen3)",
                                  cfg->model_type);
         if (arch && strcmp(arch, fam->architecture) != 0)
             return chord_err_set(err,
-                                 CFG ": architectures: \"%s\" does not match model_type \"%s\" "
-                                     "(expected %s)",
+                                 "architectures: \"%s\" does not match model_type \"%s\" "
+                                 "(expected %s)",
                                  arch, cfg->model_type, fam->architecture);
     } else if (arch) {
         fam = family_by_arch(arch);
         if (!fam)
             return chord_err_set(err,
-                                 CFG ": architectures: \"%s\" is not supported (LlamaForCausalLM, "
-                                     "Qwen2ForCausalLM, Qwen3ForCausalLM)",
+                                 "architectures: \"%s\" is not supported (LlamaForCausalLM, "
+                                 "Qwen2ForCausalLM, Qwen3ForCausalLM)",
                                  arch);
     } else {
-        return chord_err_set(err, CFG ": model_type: missing (required)");
+        return chord_err_set(err, "model_type: missing (required)");
     }
     snprintf(cfg->model_type, sizeof cfg->model_type, "%s", fam->model_type);
     snprintf(cfg->architecture, sizeof cfg->architecture, "%s", fam->architecture);
@@ -260,84 +205,85 @@ int model_config_from_json(const struct json_t *root, model_config *cfg, chord_e
     int is_qwen3 = strcmp(fam->model_type, "qwen3") == 0;
 
     /* Sizes. */
-    if (get_int(root, "vocab_size", 1, 0, 1, &cfg->vocab_size, err) ||
-        get_int(root, "hidden_size", 1, 0, 1, &cfg->hidden_size, err) ||
-        get_int(root, "num_hidden_layers", 1, 0, 1, &cfg->num_hidden_layers, err) ||
-        get_int(root, "num_attention_heads", 1, 0, 1, &cfg->num_attention_heads, err) ||
-        get_int(root, "intermediate_size", 1, 0, 1, &cfg->intermediate_size, err))
+    if (get_int(root, "", "vocab_size", CHORD_JSON_REQUIRED, 0, 1, &cfg->vocab_size, err) ||
+        get_int(root, "", "hidden_size", CHORD_JSON_REQUIRED, 0, 1, &cfg->hidden_size, err) ||
+        get_int(root, "", "num_hidden_layers", CHORD_JSON_REQUIRED, 0, 1, &cfg->num_hidden_layers,
+                err) ||
+        get_int(root, "", "num_attention_heads", CHORD_JSON_REQUIRED, 0, 1,
+                &cfg->num_attention_heads, err) ||
+        get_int(root, "", "intermediate_size", CHORD_JSON_REQUIRED, 0, 1, &cfg->intermediate_size,
+                err))
         return -1;
     int kv_default = fam->kv_heads_default ? fam->kv_heads_default : cfg->num_attention_heads;
-    if (get_int(root, "num_key_value_heads", 0, kv_default, 1, &cfg->num_key_value_heads, err))
+    if (get_int(root, "", "num_key_value_heads", 0, kv_default, 1, &cfg->num_key_value_heads, err))
         return -1;
     if (cfg->num_attention_heads % cfg->num_key_value_heads != 0)
         return chord_err_set(err,
-                             CFG ": num_key_value_heads: must divide num_attention_heads "
-                                 "(%d %% %d != 0)",
+                             "num_key_value_heads: must divide num_attention_heads "
+                             "(%d %% %d != 0)",
                              cfg->num_attention_heads, cfg->num_key_value_heads);
-    if (absent(root, "head_dim") && fam->head_dim_default == 0) {
+    if (!chord_json_field(root, "head_dim") && fam->head_dim_default == 0) {
         if (cfg->hidden_size % cfg->num_attention_heads != 0)
             return chord_err_set(err,
-                                 CFG ": hidden_size: must be a multiple of num_attention_heads "
-                                     "when head_dim is absent (%d %% %d != 0)",
+                                 "hidden_size: must be a multiple of num_attention_heads "
+                                 "when head_dim is absent (%d %% %d != 0)",
                                  cfg->hidden_size, cfg->num_attention_heads);
         cfg->head_dim = cfg->hidden_size / cfg->num_attention_heads;
-    } else if (get_int(root, "head_dim", 0, fam->head_dim_default, 1, &cfg->head_dim, err)) {
+    } else if (get_int(root, "", "head_dim", 0, fam->head_dim_default, 1, &cfg->head_dim, err)) {
         return -1;
     }
     /* transformers' LlamaConfig.validate_architecture insists on it even with head_dim given:
      * a checkpoint breaking it would not load there. */
     if (is_llama && cfg->hidden_size % cfg->num_attention_heads != 0)
         return chord_err_set(err,
-                             CFG ": hidden_size: must be a multiple of num_attention_heads for "
-                                 "llama (%d %% %d != 0)",
+                             "hidden_size: must be a multiple of num_attention_heads for "
+                             "llama (%d %% %d != 0)",
                              cfg->hidden_size, cfg->num_attention_heads);
     if (cfg->head_dim % 2 != 0)
-        return chord_err_set(err, CFG ": head_dim: must be even for RoPE, got %d", cfg->head_dim);
-    if (get_int(root, "max_position_embeddings", 0, fam->max_position_default, 1,
+        return chord_err_set(err, "head_dim: must be even for RoPE, got %d", cfg->head_dim);
+    if (get_int(root, "", "max_position_embeddings", 0, fam->max_position_default, 1,
                 &cfg->max_position_embeddings, err))
         return -1;
 
     /* Numbers. */
-    if (get_num(root, "", "rms_norm_eps", 0, 1e-6, 1, &cfg->rms_norm_eps, err) ||
-        get_num(root, "", "initializer_range", 0, 0.02, 0, &cfg->initializer_range, err))
+    cfg->rms_norm_eps = 1e-6;
+    cfg->initializer_range = 0.02;
+    if (get_positive(root, "", "rms_norm_eps", 0, &cfg->rms_norm_eps, err) ||
+        chord_json_get_number(root, "", "initializer_range", 0, 0, 1, &cfg->initializer_range, err))
         return -1;
-    if (cfg->initializer_range > 1.0)
-        return chord_err_set(err, CFG ": initializer_range: must be in [0, 1], got %g",
-                             cfg->initializer_range);
     if (parse_rope(root, cfg, err)) return -1;
 
     /* Flags. */
-    if (get_bool(root, "tie_word_embeddings", 0, &cfg->tie_word_embeddings, err)) return -1;
+    if (chord_json_get_bool(root, "", "tie_word_embeddings", 0, &cfg->tie_word_embeddings, err))
+        return -1;
     if (is_qwen2) {
         /* Qwen2 always has q/k/v bias and never an o_proj bias, whatever the file says. */
         cfg->attention_bias = 1;
         cfg->o_proj_bias = 0;
     } else {
         int ab = 0;
-        if (get_bool(root, "attention_bias", 0, &ab, err)) return -1;
+        if (chord_json_get_bool(root, "", "attention_bias", 0, &ab, err)) return -1;
         cfg->attention_bias = ab;
         cfg->o_proj_bias = ab;
     }
     if (is_llama) {
-        if (get_bool(root, "mlp_bias", 0, &cfg->mlp_bias, err)) return -1;
+        if (chord_json_get_bool(root, "", "mlp_bias", 0, &cfg->mlp_bias, err)) return -1;
     }
     cfg->qk_norm = is_qwen3;
     if (!is_llama) {
         int sliding = 0;
-        if (get_bool(root, "use_sliding_window", 0, &sliding, err)) return -1;
-        if (sliding) return chord_err_set(err, CFG ": use_sliding_window: true is not supported");
+        if (chord_json_get_bool(root, "", "use_sliding_window", 0, &sliding, err)) return -1;
+        if (sliding) return chord_err_set(err, "use_sliding_window: true is not supported");
     }
     {
         char act[32] = "silu";
         if (get_str(root, "hidden_act", act, sizeof act, NULL, err)) return -1;
         if (strcmp(act, "silu") != 0)
-            return chord_err_set(err, CFG ": hidden_act: \"%s\" is not supported (silu)", act);
+            return chord_err_set(err, "hidden_act: \"%s\" is not supported (silu)", act);
     }
-    if (!absent(root, "pretraining_tp")) {
-        int tp = 1;
-        if (get_int(root, "pretraining_tp", 0, 1, 1, &tp, err)) return -1;
-        if (tp != 1) return chord_err_set(err, CFG ": pretraining_tp: only 1 is supported");
-    }
+    int tp = 1;
+    if (get_int(root, "", "pretraining_tp", 0, 1, 1, &tp, err)) return -1;
+    if (tp != 1) return chord_err_set(err, "pretraining_tp: only 1 is supported");
 
     /* Token ids. A key present with null means "none"; absent means the class default. */
     const json_t *bos = json_object_get(root, "bos_token_id");
@@ -355,21 +301,21 @@ int model_config_from_json(const struct json_t *root, model_config *cfg, chord_e
         if (fam->eos_default >= 0) cfg->eos_token_ids[cfg->n_eos++] = fam->eos_default;
     } else if (json_is_array(eos)) {
         if (json_array_size(eos) > MODEL_MAX_EOS)
-            return chord_err_set(err, CFG ": eos_token_id: at most %d ids, got %zu", MODEL_MAX_EOS,
+            return chord_err_set(err, "eos_token_id: at most %d ids, got %zu", MODEL_MAX_EOS,
                                  json_array_size(eos));
         for (size_t i = 0; i < json_array_size(eos); i++) {
             char key[40];
             snprintf(key, sizeof key, "eos_token_id[%zu]", i);
             int id = -1;
             const json_t *v = json_array_get(eos, i);
-            if (json_is_null(v)) return chord_err_set(err, CFG ": %s: must be an integer", key);
+            if (json_is_null(v)) return chord_err_set(err, "%s: must be an integer", key);
             if (get_token_id(v, key, &id, err)) return -1;
             cfg->eos_token_ids[cfg->n_eos++] = id;
         }
     } else if (!json_is_null(eos)) {
         int id = -1;
         if (!json_is_integer(eos))
-            return chord_err_set(err, CFG ": eos_token_id: must be an integer or a list of them");
+            return chord_err_set(err, "eos_token_id: must be an integer or a list of them");
         if (get_token_id(eos, "eos_token_id", &id, err)) return -1;
         cfg->eos_token_ids[cfg->n_eos++] = id;
     }
@@ -383,30 +329,9 @@ int model_config_from_json(const struct json_t *root, model_config *cfg, chord_e
     return 0;
 }
 
-/* The key whose value starts before byte `pos` of text: "rms_norm_eps" for a NaN there. */
-static void key_before(const char *text, int pos, char *out, size_t n) {
-    out[0] = '\0';
-    size_t len = strlen(text);
-    if (pos < 0) return;
-    size_t p = (size_t)pos < len ? (size_t)pos : len;
-    while (p > 0) {
-        p--;
-        if (text[p] != ':') continue;
-        /* Walk back over spaces to the closing quote of the key. */
-        size_t q = p;
-        while (q > 0 && (text[q - 1] == ' ' || text[q - 1] == '\t' || text[q - 1] == '\n' ||
-                         text[q - 1] == '\r'))
-            q--;
-        if (q == 0 || text[q - 1] != '"') continue;
-        size_t end = q - 1, start = end;
-        while (start > 0 && text[start - 1] != '"')
-            start--;
-        if (start == 0) return;
-        size_t k = end - start < n - 1 ? end - start : n - 1;
-        memcpy(out, text + start, k);
-        out[k] = '\0';
-        return;
-    }
+int model_config_from_json(const struct json_t *root, model_config *cfg, chord_err *err) {
+    memset(cfg, 0, sizeof *cfg);
+    return parse_config(root, cfg, err) ? chord_err_prefix(err, CFG) : 0;
 }
 
 int model_config_parse(const char *json_text, model_config *cfg, chord_err *err) {
@@ -414,7 +339,7 @@ int model_config_parse(const char *json_text, model_config *cfg, chord_err *err)
     json_t *root = json_loads(json_text, JSON_REJECT_DUPLICATES, &je);
     if (!root) {
         char key[64];
-        key_before(json_text, je.position, key, sizeof key);
+        chord_json_key_before(json_text, strlen(json_text), je.position, key, sizeof key);
         if (key[0])
             return chord_err_set(err, CFG ": %s: invalid JSON at line %d column %d: %s", key,
                                  je.line, je.column, je.text);

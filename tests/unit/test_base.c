@@ -1,8 +1,9 @@
 /* test_base.c — the small helpers of server/base that other layers lean on: the number-to-text
  * rule of numtext.h (shortest round-trip, ECMAScript layout), the growable buffer and array of
  * buf.h (a failed growth changes nothing), the UTF-8 decoder of utf8.h (Unicode's validity, and
- * lossy text equal to Python's bytes.decode("utf-8", "replace")), and chord_rmtree (no shell,
- * links not followed). */
+ * lossy text equal to Python's bytes.decode("utf-8", "replace")), the typed JSON field readers of
+ * json_field.h (every refusal names the field's full path and says what it got), and
+ * chord_rmtree (no shell, links not followed). */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -18,6 +19,7 @@
 
 #include "server/base/buf.h"
 #include "server/base/fileutil.h"
+#include "server/base/json_field.h"
 #include "server/base/numtext.h"
 #include "server/base/utf8.h"
 
@@ -294,6 +296,155 @@ static void test_utf8_valid_prev_next(void **state) {
     assert_int_equal(chord_utf8_next(s, 8, 6), 8);
 }
 
+/* ---- typed JSON fields ---------------------------------------------------------------------- */
+
+static json_t *doc_of(const char *text) {
+    json_error_t je;
+    json_t *doc = json_loads(text, JSON_ALLOW_NUL, &je);
+    if (!doc) fail_msg("test JSON: %s", je.text);
+    return doc;
+}
+
+/* The read fails with exactly `want`, category CHORD_E_INVALID. */
+#define EXPECT_REFUSAL(call, want)                                                                 \
+    do {                                                                                           \
+        chord_err err_ = {0};                                                                      \
+        chord_err *err = &err_;                                                                    \
+        assert_int_equal((call), -1);                                                              \
+        assert_string_equal(err_.msg, want);                                                       \
+        assert_int_equal(err_.code, CHORD_E_INVALID);                                              \
+    } while (0)
+
+static void test_json_fields_read(void **state) {
+    (void)state;
+    json_t *doc = doc_of("{\"grpo\": {\"clip_low\": 0.25, \"group_size\": 8, \"whole\": 1e3,"
+                         " \"on\": true, \"name\": \"x\", \"off\": null}, \"list\": [1, 2]}");
+    json_t *g = NULL, *list = NULL;
+    chord_err err = {0};
+    assert_int_equal(chord_json_get_object(doc, "", "grpo", CHORD_JSON_REQUIRED, &g, &err), 0);
+    assert_ptr_equal(g, json_object_get(doc, "grpo"));
+    assert_int_equal(chord_json_get_array(doc, "", "list", 0, &list, &err), 0);
+    assert_int_equal(json_array_size(list), 2);
+    double d = -1;
+    assert_int_equal(chord_json_get_number(g, "grpo", "clip_low", 0, 0, 1, &d, &err), 0);
+    assert_true(d == 0.25);
+    assert_int_equal(chord_json_get_number(g, "grpo", "group_size", 0, 0, INFINITY, &d, &err), 0);
+    assert_true(d == 8); /* an integer is a number */
+    int64_t i = -1;
+    assert_int_equal(chord_json_get_int(g, "grpo", "group_size", 0, 1, 64, &i, &err), 0);
+    assert_int_equal(i, 8);
+    assert_int_equal(
+        chord_json_get_int(g, "grpo", "whole", CHORD_JSON_WHOLE_REAL, 0, INT64_MAX, &i, &err), 0);
+    assert_int_equal(i, 1000);
+    int b = 0;
+    assert_int_equal(chord_json_get_bool(g, "grpo", "on", 0, &b, &err), 0);
+    assert_int_equal(b, 1);
+    const char *str = NULL;
+    assert_int_equal(chord_json_get_string(g, "grpo", "name", CHORD_JSON_NONEMPTY, &str, &err), 0);
+    assert_string_equal(str, "x");
+    /* left out (absent or null): *out keeps the default */
+    d = 0.5;
+    i = 7;
+    b = 1;
+    str = "default";
+    assert_int_equal(chord_json_get_number(g, "grpo", "absent", 0, 0, 1, &d, &err), 0);
+    assert_int_equal(chord_json_get_int(g, "grpo", "off", 0, 0, 9, &i, &err), 0);
+    assert_int_equal(chord_json_get_bool(g, "grpo", "off", 0, &b, &err), 0);
+    assert_int_equal(chord_json_get_string(g, "grpo", "off", 0, &str, &err), 0);
+    assert_true(d == 0.5 && i == 7 && b == 1 && strcmp(str, "default") == 0);
+    assert_null(chord_json_field(g, "off"));
+    assert_non_null(chord_json_field(g, "on"));
+    assert_string_equal(err.msg, "");
+    /* lenient lookups */
+    assert_string_equal(chord_json_string_or(g, "name", "?"), "x");
+    assert_string_equal(chord_json_string_or(g, "on", "?"), "?");
+    assert_true(chord_json_number_or(g, "clip_low", 1) == 0.25);
+    assert_true(chord_json_number_or(g, "name", 1) == 1);
+    json_decref(doc);
+}
+
+static void test_json_fields_name_the_field(void **state) {
+    (void)state;
+    json_t *doc =
+        doc_of("{\"s\": \"0.2\", \"n\": 2.5, \"w\": 64.0, \"i\": -96, \"big\": 4294967296,"
+               " \"t\": true, \"o\": {}, \"a\": [1], \"e\": \"\", \"z\": \"a\\u0000b\","
+               " \"x\": 1.5, \"null\": null}");
+    double d;
+    int64_t i;
+    int b;
+    const char *s;
+    json_t *v;
+    /* wrong types: numbers and booleans as written, the rest by type */
+    EXPECT_REFUSAL(chord_json_get_number(doc, "grpo", "s", 0, 0, 1, &d, err),
+                   "grpo.s: must be a number, got a string");
+    EXPECT_REFUSAL(chord_json_get_int(doc, "", "n", 0, 0, 9, &i, err),
+                   "n: must be an integer, got 2.5");
+    EXPECT_REFUSAL(chord_json_get_int(doc, "", "w", 0, 0, 99, &i, err),
+                   "w: must be an integer, got 64.0");
+    EXPECT_REFUSAL(chord_json_get_int(doc, "", "n", CHORD_JSON_WHOLE_REAL, 0, 9, &i, err),
+                   "n: must be an integer, got 2.5");
+    EXPECT_REFUSAL(chord_json_get_bool(doc, "a.b", "i", 0, &b, err),
+                   "a.b.i: must be true or false, got -96");
+    EXPECT_REFUSAL(chord_json_get_string(doc, "", "t", 0, &s, err),
+                   "t: must be a string, got true");
+    EXPECT_REFUSAL(chord_json_get_object(doc, "", "a", 0, &v, err),
+                   "a: must be an object, got an array");
+    EXPECT_REFUSAL(chord_json_get_array(doc, "", "o", 0, &v, err),
+                   "o: must be an array, got an object");
+    EXPECT_REFUSAL(chord_json_object_value(json_object_get(doc, "null"), "p[3]", err),
+                   "p[3]: must be an object, got null");
+    /* required */
+    EXPECT_REFUSAL(chord_json_get_object(doc, "model", "init", CHORD_JSON_REQUIRED, &v, err),
+                   "model.init: missing (required)");
+    EXPECT_REFUSAL(chord_json_get_int(doc, "", "null", CHORD_JSON_REQUIRED, 0, 9, &i, err),
+                   "null: missing (required)");
+    /* strings */
+    EXPECT_REFUSAL(chord_json_get_string(doc, "", "e", CHORD_JSON_NONEMPTY, &s, err),
+                   "e: must not be empty");
+    EXPECT_REFUSAL(chord_json_get_string(doc, "", "z", 0, &s, err),
+                   "z: must not contain NUL characters");
+    /* ranges: the bounds that exist, then the value */
+    EXPECT_REFUSAL(chord_json_get_int(doc, "", "i", 0, 1, INT64_MAX, &i, err),
+                   "i: must be positive, got -96");
+    EXPECT_REFUSAL(chord_json_get_int(doc, "", "i", 0, 0, INT64_MAX, &i, err),
+                   "i: must be >= 0, got -96");
+    EXPECT_REFUSAL(chord_json_get_int(doc, "", "big", 0, INT64_MIN, 2147483647, &i, err),
+                   "big: must be <= 2147483647, got 4294967296");
+    EXPECT_REFUSAL(chord_json_get_int(doc, "", "i", 0, 1, 64, &i, err),
+                   "i: must be in [1, 64], got -96");
+    EXPECT_REFUSAL(chord_json_get_number(doc, "", "x", CHORD_JSON_HI_OPEN, 0, 1, &d, err),
+                   "x: must be in [0, 1), got 1.5");
+    EXPECT_REFUSAL(chord_json_get_number(doc, "", "i", CHORD_JSON_LO_OPEN, 0, INFINITY, &d, err),
+                   "i: must be positive, got -96");
+    EXPECT_REFUSAL(chord_json_get_number(doc, "", "i", 0, 0, INFINITY, &d, err),
+                   "i: must be >= 0, got -96");
+    EXPECT_REFUSAL(chord_json_get_number(doc, "", "x", CHORD_JSON_HI_OPEN, -INFINITY, 1, &d, err),
+                   "x: must be < 1, got 1.5");
+    EXPECT_REFUSAL(chord_check_number_range(NAN, "q", 0, 0, 1, err), "q: must be a finite number");
+    EXPECT_REFUSAL(chord_check_int_range(0, "steps", 1, INT64_MAX, err),
+                   "steps: must be positive, got 0");
+    /* unknown keys, with what is allowed */
+    static const char *const allowed[] = {"s", "n", NULL};
+    EXPECT_REFUSAL(chord_json_check_keys(doc, "top", allowed, err),
+                   "unknown field \"top.w\" (allowed: s, n)");
+    json_decref(doc);
+}
+
+static void test_json_key_before(void **state) {
+    (void)state;
+    const char *text = "{\"a\": 1,\n  \"rms_norm_eps\" :\r\n NaN}";
+    char key[8];
+    chord_json_key_before(text, strlen(text), (int)(strstr(text, "NaN") - text), key, sizeof key);
+    assert_string_equal(key, "rms_nor"); /* cut to fit */
+    char whole[64];
+    chord_json_key_before(text, strlen(text), (int)strlen(text), whole, sizeof whole);
+    assert_string_equal(whole, "rms_norm_eps");
+    chord_json_key_before(text, strlen(text), 3, whole, sizeof whole);
+    assert_string_equal(whole, "");
+    chord_json_key_before(text, strlen(text), -1, whole, sizeof whole);
+    assert_string_equal(whole, "");
+}
+
 static void touch(const char *path) {
     FILE *f = fopen(path, "w");
     assert_non_null(f);
@@ -343,6 +494,9 @@ int main(void) {
         cmocka_unit_test(test_utf8_scan_agrees_with_the_standard),
         cmocka_unit_test(test_utf8_lossy_like_python),
         cmocka_unit_test(test_utf8_valid_prev_next),
+        cmocka_unit_test(test_json_fields_read),
+        cmocka_unit_test(test_json_fields_name_the_field),
+        cmocka_unit_test(test_json_key_before),
         cmocka_unit_test(test_rmtree),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -179,16 +179,16 @@ static const struct {
      "hidden_size: must be an integer"},
     {"{\"model_type\": \"llama\", \"vocab_size\": 96, \"hidden_size\": 64.5, "
      "\"num_hidden_layers\": 2, \"num_attention_heads\": 4, \"intermediate_size\": 80}",
-     "hidden_size: must be an integer"},
+     "hidden_size: must be an integer, got 64.5"},
     {"{\"model_type\": \"llama\", \"vocab_size\": 96, \"hidden_size\": 64, "
      "\"num_hidden_layers\": true, \"num_attention_heads\": 4, \"intermediate_size\": 80}",
      "num_hidden_layers: must be an integer"},
     {"{\"model_type\": \"llama\", \"vocab_size\": 96, \"hidden_size\": 64, "
      "\"num_hidden_layers\": 2, \"num_attention_heads\": 4, \"intermediate_size\": 1e3}",
-     "intermediate_size: must be an integer"},
+     "intermediate_size: must be an integer, got 1000.0"},
     {"{\"model_type\": \"llama\", \"vocab_size\": 4294967296, \"hidden_size\": 64, "
      "\"num_hidden_layers\": 2, \"num_attention_heads\": 4, \"intermediate_size\": 80}",
-     "vocab_size: too large"},
+     "vocab_size: must be <= 2147483647, got 4294967296"},
     {"{\"model_type\": \"llama\", \"vocab_size\": 96, \"hidden_size\": 60, "
      "\"num_hidden_layers\": 2, \"num_attention_heads\": 12, \"num_key_value_heads\": 5, "
      "\"intermediate_size\": 80}",
@@ -213,7 +213,7 @@ static const struct {
     {"{\"model_type\": \"llama\", \"rms_norm_eps\": -1e-6, " SIZES "}",
      "rms_norm_eps: must be positive"},
     {"{\"model_type\": \"llama\", \"rms_norm_eps\": \"1e-6\", " SIZES "}",
-     "rms_norm_eps: must be a number"},
+     "rms_norm_eps: must be a number, got a string"},
     {"{\"model_type\": \"llama\", \"rms_norm_eps\": NaN, " SIZES "}", "rms_norm_eps"},
     {"{\"model_type\": \"llama\", \"rope_theta\": Infinity, " SIZES "}", "rope_theta"},
     {"{\"model_type\": \"llama\", \"rope_theta\": 1e999, " SIZES "}", "rope_theta"},
@@ -246,14 +246,14 @@ static const struct {
      "hidden_act: \"gelu\" is not supported"},
     {"{\"model_type\": \"qwen2\", \"use_sliding_window\": true, " SIZES "}", "use_sliding_window"},
     {"{\"model_type\": \"llama\", \"pretraining_tp\": 2, " SIZES "}", "pretraining_tp"},
-    {"{\"model_type\": \"llama\", \"bos_token_id\": -3, " SIZES "}", "bos_token_id: out of range"},
+    {"{\"model_type\": \"llama\", \"bos_token_id\": -3, " SIZES "}", "bos_token_id: must be >= 0, got -3"},
     {"{\"model_type\": \"llama\", \"pad_token_id\": \"0\", " SIZES "}",
      "pad_token_id: must be an integer"},
     {"{\"model_type\": \"llama\", \"eos_token_id\": \"2\", " SIZES "}", "eos_token_id"},
     {"{\"model_type\": \"llama\", \"eos_token_id\": [1, null], " SIZES "}", "eos_token_id[1]"},
     {"{\"model_type\": \"llama\", \"eos_token_id\": [1,2,3,4,5,6,7,8,9], " SIZES "}",
      "eos_token_id: at most 8"},
-    {"{\"model_type\": \"llama\", \"initializer_range\": 2, " SIZES "}", "initializer_range"},
+    {"{\"model_type\": \"llama\", \"initializer_range\": 2, " SIZES "}", "initializer_range: must be in [0, 1], got 2"},
     {"{\"model_type\": \"llama\", \"dtype\": \"a-very-long-dtype-name\", " SIZES "}", "dtype"},
 };
 
