@@ -12,10 +12,9 @@
 #include <string.h>
 
 #include "server/base/fileutil.h"
+#include "server/base/json_field.h"
 #include "server/model/config.h"
 #include "server/train/reward.h"
-
-#define PATH_MAX_LEN 256
 
 static const char *const algorithm_names[JOB_ALGO_COUNT] = {
     "sft", "grpo", "sft_then_grpo", "chord_mu", "chord_phi", "chord"};
@@ -49,137 +48,32 @@ int jobconfig_uses_expert(job_algorithm algorithm) {
     return algorithm != JOB_ALGO_GRPO;
 }
 
-/* ---- field readers: each names the field by its JSON path ---------------------------------- */
+/* ---- field readers (server/base/json_field.h names each field by its JSON path) ------------ */
 
-static void join_path(char out[PATH_MAX_LEN], const char *parent, const char *key) {
-    if (parent && *parent)
-        snprintf(out, PATH_MAX_LEN, "%s.%s", parent, key);
-    else
-        snprintf(out, PATH_MAX_LEN, "%s", key);
-}
-
-/* Rejects any key of obj not in allowed (NULL-terminated). */
-static int check_keys(const json_t *obj, const char *path, const char *const *allowed,
-                      chord_err *err) {
-    const char *key;
-    json_t *value;
-    json_object_foreach((json_t *)obj, key, value) {
-        (void)value;
-        int known = 0;
-        for (const char *const *a = allowed; *a; a++) {
-            if (strcmp(key, *a) == 0) {
-                known = 1;
-                break;
-            }
-        }
-        if (!known) {
-            char full[PATH_MAX_LEN];
-            join_path(full, path, key);
-            return chord_err_set(err, "unknown field \"%s\"", full);
-        }
-    }
-    return 0;
-}
-
-/* The value of obj[key], or NULL when absent or JSON null (both mean "use the default"). */
-static json_t *field(const json_t *obj, const char *key) {
-    json_t *v = json_object_get(obj, key);
-    return (v && !json_is_null(v)) ? v : NULL;
-}
+/* Integers may be written as whole reals (1e3, 500.0), as a JavaScript client writes them. */
+#define INT_FIELD CHORD_JSON_WHOLE_REAL
 
 static int read_number(const json_t *obj, const char *path, const char *key, double *out,
                        chord_err *err) {
-    json_t *v = field(obj, key);
-    if (!v) return 0;
-    char full[PATH_MAX_LEN];
-    join_path(full, path, key);
-    if (!json_is_number(v)) return chord_err_set(err, "%s: must be a number", full);
-    double x = json_number_value(v);
-    if (!isfinite(x)) return chord_err_set(err, "%s: must be a finite number", full);
-    *out = x;
-    return 0;
+    return chord_json_get_number(obj, path, key, 0, -INFINITY, INFINITY, out, err);
 }
 
 static int read_int(const json_t *obj, const char *path, const char *key, int64_t *out,
                     chord_err *err) {
-    json_t *v = field(obj, key);
-    if (!v) return 0;
-    char full[PATH_MAX_LEN];
-    join_path(full, path, key);
-    if (json_is_integer(v)) {
-        *out = (int64_t)json_integer_value(v);
-        return 0;
-    }
-    if (json_is_real(v)) {
-        /* 1e3 or 500.0 from a JavaScript client: accept integral values that are exact */
-        double x = json_real_value(v);
-        if (isfinite(x) && x == floor(x) && fabs(x) <= 9007199254740992.0) {
-            *out = (int64_t)x;
-            return 0;
-        }
-    }
-    return chord_err_set(err, "%s: must be an integer", full);
-}
-
-static int read_bool(const json_t *obj, const char *path, const char *key, int *out,
-                     chord_err *err) {
-    json_t *v = field(obj, key);
-    if (!v) return 0;
-    char full[PATH_MAX_LEN];
-    join_path(full, path, key);
-    if (!json_is_boolean(v)) return chord_err_set(err, "%s: must be true or false", full);
-    *out = json_is_true(v);
-    return 0;
+    return chord_json_get_int(obj, path, key, INT_FIELD, INT64_MIN, INT64_MAX, out, err);
 }
 
 /* A non-empty string, copied into *out (replacing what was there). */
 static int read_string(const json_t *obj, const char *path, const char *key, char **out,
                        chord_err *err) {
-    json_t *v = field(obj, key);
-    if (!v) return 0;
-    char full[PATH_MAX_LEN];
-    join_path(full, path, key);
-    if (!json_is_string(v)) return chord_err_set(err, "%s: must be a string", full);
-    if (json_string_length(v) == 0) return chord_err_set(err, "%s: must not be empty", full);
-    if (strlen(json_string_value(v)) != json_string_length(v))
-        return chord_err_set(err, "%s: must not contain NUL characters", full);
-    char *copy = strdup(json_string_value(v));
-    if (!copy) return chord_err_setc(err, CHORD_E_INTERNAL, "%s: out of memory", full);
+    const char *s = NULL;
+    if (chord_json_get_string(obj, path, key, CHORD_JSON_NONEMPTY, &s, err)) return -1;
+    if (!s) return 0;
+    char *copy = strdup(s);
+    if (!copy) return chord_err_setc(err, CHORD_E_INTERNAL, "%s: out of memory", key);
     free(*out);
     *out = copy;
     return 0;
-}
-
-/* An object or absent; *out is NULL when absent. */
-static int read_object(const json_t *obj, const char *path, const char *key, json_t **out,
-                       chord_err *err) {
-    json_t *v = field(obj, key);
-    *out = NULL;
-    if (!v) return 0;
-    if (!json_is_object(v)) {
-        char full[PATH_MAX_LEN];
-        join_path(full, path, key);
-        return chord_err_set(err, "%s: must be an object", full);
-    }
-    *out = v;
-    return 0;
-}
-
-/* ---- range checks -------------------------------------------------------------------------- */
-
-static int check_min_int(int64_t v, int64_t lo, const char *path, chord_err *err) {
-    if (v < lo) return chord_err_set(err, "%s: must be an integer >= %lld", path, (long long)lo);
-    return 0;
-}
-
-static int check_range(double v, double lo, double hi, int lo_open, int hi_open, const char *path,
-                       chord_err *err) {
-    int bad = lo_open ? !(v > lo) : !(v >= lo);
-    if (!bad && !isinf(hi)) bad = hi_open ? !(v < hi) : !(v <= hi);
-    if (!bad) return 0;
-    if (isinf(hi)) return chord_err_set(err, "%s: must be %s %g", path, lo_open ? ">" : ">=", lo);
-    return chord_err_set(err, "%s: must be in %c%g, %g%c", path, lo_open ? '(' : '[', lo, hi,
-                         hi_open ? ')' : ']');
 }
 
 /* ---- defaults ------------------------------------------------------------------------------ */
@@ -247,19 +141,19 @@ static int parse_model(const json_t *doc, job_config *cfg, int64_t *init_seed, i
                        chord_err *err) {
     static const char *const keys[] = {"path", "init", NULL};
     static const char *const init_keys[] = {"config", "seed", "tokenizer", NULL};
-    json_t *model;
-    if (read_object(doc, "", "model", &model, err)) return -1;
+    json_t *model = NULL;
+    if (chord_json_get_object(doc, "", "model", 0, &model, err)) return -1;
     if (!model) return chord_err_set(err, "model: required ({\"path\": ...} or {\"init\": {...}})");
-    if (check_keys(model, "model", keys, err)) return -1;
-    json_t *init;
+    if (chord_json_check_keys(model, "model", keys, err)) return -1;
+    json_t *init = NULL;
     if (read_string(model, "model", "path", &cfg->model_path, err)) return -1;
-    if (read_object(model, "model", "init", &init, err)) return -1;
+    if (chord_json_get_object(model, "model", "init", 0, &init, err)) return -1;
     if (cfg->model_path && init) return chord_err_set(err, "model: give path or init, not both");
     if (!cfg->model_path && !init) return chord_err_set(err, "model: needs path or init");
     if (!init) return 0;
-    if (check_keys(init, "model.init", init_keys, err)) return -1;
-    json_t *config;
-    if (read_object(init, "model.init", "config", &config, err)) return -1;
+    if (chord_json_check_keys(init, "model.init", init_keys, err)) return -1;
+    json_t *config = NULL;
+    if (chord_json_get_object(init, "model.init", "config", 0, &config, err)) return -1;
     if (!config) return chord_err_set(err, "model.init.config: required (Hugging Face config)");
     /* checked now so a bad architecture fails at submission, not when the job starts */
     model_config parsed;
@@ -273,19 +167,16 @@ static int parse_model(const json_t *doc, job_config *cfg, int64_t *init_seed, i
     if (!cfg->model_init_config)
         return chord_err_setc(err, CHORD_E_INTERNAL, "model.init.config: out of memory");
     if (read_string(init, "model.init", "tokenizer", &cfg->model_init_tokenizer, err)) return -1;
-    *has_seed = field(init, "seed") != NULL;
-    if (read_int(init, "model.init", "seed", init_seed, err)) return -1;
-    if (*has_seed && *init_seed < 0)
-        return chord_err_set(err, "model.init.seed: must be an integer >= 0");
-    return 0;
+    *has_seed = chord_json_field(init, "seed") != NULL;
+    return chord_json_get_int(init, "model.init", "seed", INT_FIELD, 0, INT64_MAX, init_seed, err);
 }
 
 static int parse_data(const json_t *doc, job_config *cfg, chord_err *err) {
     static const char *const keys[] = {"prompts", "expert", "eval", NULL};
-    json_t *data;
-    if (read_object(doc, "", "data", &data, err)) return -1;
+    json_t *data = NULL;
+    if (chord_json_get_object(doc, "", "data", 0, &data, err)) return -1;
     if (!data) return 0;
-    if (check_keys(data, "data", keys, err)) return -1;
+    if (chord_json_check_keys(data, "data", keys, err)) return -1;
     if (read_string(data, "data", "prompts", &cfg->data_prompts, err)) return -1;
     if (read_string(data, "data", "expert", &cfg->data_expert, err)) return -1;
     if (read_string(data, "data", "eval", &cfg->data_eval, err)) return -1;
@@ -296,7 +187,7 @@ static int parse_mu(const json_t *chord, job_config *cfg, chord_err *err) {
     static const char *const keys[] = {"warmup_steps", "decay_steps", "peak",
                                        "valley",       "adaptive",    NULL};
     static const char *const adaptive_keys[] = {"tau", NULL};
-    json_t *v = field(chord, "mu");
+    json_t *v = chord_json_field(chord, "mu");
     if (!v) return 0;
     if (cfg->mu.kind != JOB_MU_SCHEDULE && cfg->mu.kind != JOB_MU_ADAPTIVE)
         return chord_err_set(err,
@@ -306,26 +197,26 @@ static int parse_mu(const json_t *chord, job_config *cfg, chord_err *err) {
     job_mu *mu = &cfg->mu;
     if (json_is_number(v)) { /* a constant: "mu": 0.1 */
         double x = json_number_value(v);
-        if (check_range(x, 0, 1, 0, 0, "chord.mu", err)) return -1;
+        if (chord_check_number_range(x, "chord.mu", 0, 0, 1, err)) return -1;
         *mu = (job_mu){JOB_MU_SCHEDULE, 0, 0, x, x, mu->tau};
         return 0;
     }
     if (!json_is_object(v))
         return chord_err_set(err, "chord.mu: must be an object (a schedule or {\"adaptive\": "
                                   "{\"tau\": ...}}) or a number");
-    if (check_keys(v, "chord.mu", keys, err)) return -1;
-    json_t *adaptive;
-    if (read_object(v, "chord.mu", "adaptive", &adaptive, err)) return -1;
-    int has_schedule = field(v, "warmup_steps") || field(v, "decay_steps") || field(v, "peak") ||
-                       field(v, "valley");
+    if (chord_json_check_keys(v, "chord.mu", keys, err)) return -1;
+    json_t *adaptive = NULL;
+    if (chord_json_get_object(v, "chord.mu", "adaptive", 0, &adaptive, err)) return -1;
+    int has_schedule = chord_json_field(v, "warmup_steps") || chord_json_field(v, "decay_steps") ||
+                       chord_json_field(v, "peak") || chord_json_field(v, "valley");
     if (adaptive) {
         if (has_schedule)
             return chord_err_set(err, "chord.mu: give a schedule (warmup_steps, decay_steps, "
                                       "peak, valley) or adaptive, not both");
-        if (check_keys(adaptive, "chord.mu.adaptive", adaptive_keys, err)) return -1;
+        if (chord_json_check_keys(adaptive, "chord.mu.adaptive", adaptive_keys, err)) return -1;
         mu->kind = JOB_MU_ADAPTIVE;
         if (read_number(adaptive, "chord.mu.adaptive", "tau", &mu->tau, err)) return -1;
-        return check_range(mu->tau, 0, 1, 0, 0, "chord.mu.adaptive.tau", err);
+        return chord_check_number_range(mu->tau, "chord.mu.adaptive.tau", 0, 0, 1, err);
     }
     mu->kind = JOB_MU_SCHEDULE;
     if (read_int(v, "chord.mu", "warmup_steps", &mu->warmup_steps, err) ||
@@ -333,23 +224,23 @@ static int parse_mu(const json_t *chord, job_config *cfg, chord_err *err) {
         read_number(v, "chord.mu", "peak", &mu->peak, err) ||
         read_number(v, "chord.mu", "valley", &mu->valley, err))
         return -1;
-    if (check_min_int(mu->warmup_steps, 0, "chord.mu.warmup_steps", err) ||
-        check_min_int(mu->decay_steps, 0, "chord.mu.decay_steps", err) ||
-        check_range(mu->peak, 0, 1, 0, 0, "chord.mu.peak", err) ||
-        check_range(mu->valley, 0, 1, 0, 0, "chord.mu.valley", err))
+    if (chord_check_int_range(mu->warmup_steps, "chord.mu.warmup_steps", 0, INT64_MAX, err) ||
+        chord_check_int_range(mu->decay_steps, "chord.mu.decay_steps", 0, INT64_MAX, err) ||
+        chord_check_number_range(mu->peak, "chord.mu.peak", 0, 0, 1, err) ||
+        chord_check_number_range(mu->valley, "chord.mu.valley", 0, 0, 1, err))
         return -1;
     return 0;
 }
 
 static int parse_chord(const json_t *doc, job_config *cfg, int *has_sft_steps, chord_err *err) {
     static const char *const keys[] = {"mu", "phi", "sft_steps", NULL};
-    json_t *chord;
-    if (read_object(doc, "", "chord", &chord, err)) return -1;
+    json_t *chord = NULL;
+    if (chord_json_get_object(doc, "", "chord", 0, &chord, err)) return -1;
     if (!chord) return 0;
-    if (check_keys(chord, "chord", keys, err)) return -1;
+    if (chord_json_check_keys(chord, "chord", keys, err)) return -1;
     if (parse_mu(chord, cfg, err)) return -1;
-    if (read_bool(chord, "chord", "phi", &cfg->phi, err)) return -1;
-    *has_sft_steps = field(chord, "sft_steps") != NULL;
+    if (chord_json_get_bool(chord, "chord", "phi", 0, &cfg->phi, err)) return -1;
+    *has_sft_steps = chord_json_field(chord, "sft_steps") != NULL;
     if (read_int(chord, "chord", "sft_steps", &cfg->sft_steps, err)) return -1;
     return 0;
 }
@@ -358,10 +249,10 @@ static int parse_grpo(const json_t *doc, job_config *cfg, chord_err *err) {
     static const char *const keys[] = {
         "group_size", "prompts_per_step", "clip_low",     "clip_high",
         "dual_clip",  "kl_coef",          "entropy_coef", NULL};
-    json_t *g;
-    if (read_object(doc, "", "grpo", &g, err)) return -1;
+    json_t *g = NULL;
+    if (chord_json_get_object(doc, "", "grpo", 0, &g, err)) return -1;
     if (!g) return 0;
-    if (check_keys(g, "grpo", keys, err)) return -1;
+    if (chord_json_check_keys(g, "grpo", keys, err)) return -1;
     job_grpo *p = &cfg->grpo;
     if (read_int(g, "grpo", "group_size", &p->group_size, err) ||
         read_int(g, "grpo", "prompts_per_step", &p->prompts_per_step, err) ||
@@ -371,17 +262,17 @@ static int parse_grpo(const json_t *doc, job_config *cfg, chord_err *err) {
         read_number(g, "grpo", "kl_coef", &p->kl_coef, err) ||
         read_number(g, "grpo", "entropy_coef", &p->entropy_coef, err))
         return -1;
-    if (field(g, "dual_clip") && !(p->dual_clip > 1.0))
+    if (chord_json_field(g, "dual_clip") && !(p->dual_clip > 1.0))
         return chord_err_set(err, "grpo.dual_clip: must be null (off) or a number > 1");
     return 0;
 }
 
 static int parse_sampling(const json_t *doc, job_config *cfg, chord_err *err) {
     static const char *const keys[] = {"temperature", "top_p", "max_new_tokens", NULL};
-    json_t *s;
-    if (read_object(doc, "", "sampling", &s, err)) return -1;
+    json_t *s = NULL;
+    if (chord_json_get_object(doc, "", "sampling", 0, &s, err)) return -1;
     if (!s) return 0;
-    if (check_keys(s, "sampling", keys, err)) return -1;
+    if (chord_json_check_keys(s, "sampling", keys, err)) return -1;
     if (read_number(s, "sampling", "temperature", &cfg->sampling.temperature, err) ||
         read_number(s, "sampling", "top_p", &cfg->sampling.top_p, err) ||
         read_int(s, "sampling", "max_new_tokens", &cfg->sampling.max_new_tokens, err))
@@ -393,10 +284,10 @@ static int parse_optimizer(const json_t *doc, job_config *cfg, chord_err *err) {
     static const char *const keys[] = {"lr",           "schedule",     "warmup_steps",
                                        "weight_decay", "betas",        "eps",
                                        "grad_clip",    "min_lr_ratio", NULL};
-    json_t *o;
-    if (read_object(doc, "", "optimizer", &o, err)) return -1;
+    json_t *o = NULL;
+    if (chord_json_get_object(doc, "", "optimizer", 0, &o, err)) return -1;
     if (!o) return 0;
-    if (check_keys(o, "optimizer", keys, err)) return -1;
+    if (chord_json_check_keys(o, "optimizer", keys, err)) return -1;
     job_optimizer *p = &cfg->optimizer;
     if (read_number(o, "optimizer", "lr", &p->lr, err) ||
         read_int(o, "optimizer", "warmup_steps", &p->warmup_steps, err) ||
@@ -405,7 +296,7 @@ static int parse_optimizer(const json_t *doc, job_config *cfg, chord_err *err) {
         read_number(o, "optimizer", "grad_clip", &p->grad_clip, err) ||
         read_number(o, "optimizer", "min_lr_ratio", &p->min_lr_ratio, err))
         return -1;
-    json_t *sched = field(o, "schedule");
+    json_t *sched = chord_json_field(o, "schedule");
     if (sched) {
         const char *name = json_is_string(sched) ? json_string_value(sched) : NULL;
         int found = 0;
@@ -419,21 +310,17 @@ static int parse_optimizer(const json_t *doc, job_config *cfg, chord_err *err) {
             return chord_err_set(
                 err, "optimizer.schedule: must be \"constant\", \"linear\" or \"cosine\"");
     }
-    json_t *betas = field(o, "betas");
+    json_t *betas = chord_json_field(o, "betas");
     if (betas) {
         if (!json_is_array(betas) || json_array_size(betas) != 2)
             return chord_err_set(err, "optimizer.betas: must be an array of two numbers");
         for (size_t i = 0; i < 2; i++) {
-            json_t *b = json_array_get(betas, i);
-            char path[PATH_MAX_LEN];
+            char path[CHORD_JSON_PATH_MAX];
             snprintf(path, sizeof path, "optimizer.betas[%zu]", i);
-            if (!json_is_number(b)) return chord_err_set(err, "%s: must be a number", path);
-            double x = json_number_value(b);
-            if (check_range(x, 0, 1, 0, 1, path, err)) return -1;
-            if (i == 0)
-                p->beta1 = x;
-            else
-                p->beta2 = x;
+            if (chord_json_number_value(json_array_get(betas, i), path,
+                                        CHORD_JSON_REQUIRED | CHORD_JSON_HI_OPEN, 0, 1,
+                                        i == 0 ? &p->beta1 : &p->beta2, err))
+                return -1;
         }
     }
     return 0;
@@ -441,17 +328,16 @@ static int parse_optimizer(const json_t *doc, job_config *cfg, chord_err *err) {
 
 static int parse_eval(const json_t *doc, job_config *cfg, chord_err *err) {
     static const char *const keys[] = {"every", "k", "temperature", "max_new_tokens", NULL};
-    json_t *e;
-    if (read_object(doc, "", "eval", &e, err)) return -1;
+    json_t *e = NULL;
+    if (chord_json_get_object(doc, "", "eval", 0, &e, err)) return -1;
     if (!e) return 0;
-    if (check_keys(e, "eval", keys, err)) return -1;
+    if (chord_json_check_keys(e, "eval", keys, err)) return -1;
     if (read_int(e, "eval", "every", &cfg->eval.every, err) ||
         read_int(e, "eval", "k", &cfg->eval.k, err) ||
         read_number(e, "eval", "temperature", &cfg->eval.temperature, err) ||
-        read_int(e, "eval", "max_new_tokens", &cfg->eval.max_new_tokens, err))
+        chord_json_get_int(e, "eval", "max_new_tokens", INT_FIELD, 1, INT64_MAX,
+                           &cfg->eval.max_new_tokens, err))
         return -1;
-    if (field(e, "max_new_tokens") && cfg->eval.max_new_tokens < 1)
-        return chord_err_set(err, "eval.max_new_tokens: must be an integer >= 1");
     return 0;
 }
 
@@ -476,36 +362,39 @@ static int validate(job_config *cfg, int has_sft_steps, chord_err *err) {
     job_algorithm a = cfg->algorithm;
     const char *an = jobconfig_algorithm_name(a);
     if (strlen(cfg->name) > 200) return chord_err_set(err, "name: must be at most 200 bytes");
-    if (check_min_int(cfg->steps, 1, "steps", err) ||
-        check_min_int(cfg->checkpoint_every, 0, "checkpoint_every", err) ||
-        check_min_int(cfg->keep_checkpoints, 0, "keep_checkpoints", err) ||
-        check_min_int(cfg->micro_batch_tokens, 1, "micro_batch_tokens", err) ||
-        check_min_int(cfg->expert_per_step, jobconfig_uses_expert(a) ? 1 : 0, "expert_per_step",
-                      err))
+    if (chord_check_int_range(cfg->steps, "steps", 1, INT64_MAX, err) ||
+        chord_check_int_range(cfg->checkpoint_every, "checkpoint_every", 0, INT64_MAX, err) ||
+        chord_check_int_range(cfg->keep_checkpoints, "keep_checkpoints", 0, INT64_MAX, err) ||
+        chord_check_int_range(cfg->micro_batch_tokens, "micro_batch_tokens", 1, INT64_MAX, err) ||
+        chord_check_int_range(cfg->expert_per_step, "expert_per_step",
+                              jobconfig_uses_expert(a) ? 1 : 0, INT64_MAX, err))
         return -1;
     const job_grpo *g = &cfg->grpo;
-    if (check_min_int(g->group_size, 1, "grpo.group_size", err) ||
-        check_min_int(g->prompts_per_step, 1, "grpo.prompts_per_step", err) ||
-        check_range(g->clip_low, 0, 1, 0, 1, "grpo.clip_low", err) ||
-        check_range(g->clip_high, 0, INFINITY, 0, 0, "grpo.clip_high", err) ||
-        check_range(g->kl_coef, 0, INFINITY, 0, 0, "grpo.kl_coef", err) ||
-        check_range(g->entropy_coef, 0, INFINITY, 0, 0, "grpo.entropy_coef", err))
+    if (chord_check_int_range(g->group_size, "grpo.group_size", 1, INT64_MAX, err) ||
+        chord_check_int_range(g->prompts_per_step, "grpo.prompts_per_step", 1, INT64_MAX, err) ||
+        chord_check_number_range(g->clip_low, "grpo.clip_low", CHORD_JSON_HI_OPEN, 0, 1, err) ||
+        chord_check_number_range(g->clip_high, "grpo.clip_high", 0, 0, INFINITY, err) ||
+        chord_check_number_range(g->kl_coef, "grpo.kl_coef", 0, 0, INFINITY, err) ||
+        chord_check_number_range(g->entropy_coef, "grpo.entropy_coef", 0, 0, INFINITY, err))
         return -1;
-    if (check_range(cfg->sampling.temperature, 0, INFINITY, 1, 0, "sampling.temperature", err) ||
-        check_range(cfg->sampling.top_p, 0, 1, 1, 0, "sampling.top_p", err) ||
-        check_min_int(cfg->sampling.max_new_tokens, 1, "sampling.max_new_tokens", err))
+    if (chord_check_number_range(cfg->sampling.temperature, "sampling.temperature",
+                                 CHORD_JSON_LO_OPEN, 0, INFINITY, err) ||
+        chord_check_number_range(cfg->sampling.top_p, "sampling.top_p", CHORD_JSON_LO_OPEN, 0, 1,
+                                 err) ||
+        chord_check_int_range(cfg->sampling.max_new_tokens, "sampling.max_new_tokens", 1, INT64_MAX,
+                              err))
         return -1;
     const job_optimizer *o = &cfg->optimizer;
-    if (check_range(o->lr, 0, INFINITY, 1, 0, "optimizer.lr", err) ||
-        check_min_int(o->warmup_steps, 0, "optimizer.warmup_steps", err) ||
-        check_range(o->weight_decay, 0, INFINITY, 0, 0, "optimizer.weight_decay", err) ||
-        check_range(o->eps, 0, INFINITY, 1, 0, "optimizer.eps", err) ||
-        check_range(o->grad_clip, 0, INFINITY, 0, 0, "optimizer.grad_clip", err) ||
-        check_range(o->min_lr_ratio, 0, 1, 0, 0, "optimizer.min_lr_ratio", err))
+    if (chord_check_number_range(o->lr, "optimizer.lr", CHORD_JSON_LO_OPEN, 0, INFINITY, err) ||
+        chord_check_int_range(o->warmup_steps, "optimizer.warmup_steps", 0, INT64_MAX, err) ||
+        chord_check_number_range(o->weight_decay, "optimizer.weight_decay", 0, 0, INFINITY, err) ||
+        chord_check_number_range(o->eps, "optimizer.eps", CHORD_JSON_LO_OPEN, 0, INFINITY, err) ||
+        chord_check_number_range(o->grad_clip, "optimizer.grad_clip", 0, 0, INFINITY, err) ||
+        chord_check_number_range(o->min_lr_ratio, "optimizer.min_lr_ratio", 0, 0, 1, err))
         return -1;
-    if (check_min_int(cfg->eval.every, 0, "eval.every", err) ||
-        check_min_int(cfg->eval.k, 1, "eval.k", err) ||
-        check_range(cfg->eval.temperature, 0, INFINITY, 0, 0, "eval.temperature", err))
+    if (chord_check_int_range(cfg->eval.every, "eval.every", 0, INT64_MAX, err) ||
+        chord_check_int_range(cfg->eval.k, "eval.k", 1, INT64_MAX, err) ||
+        chord_check_number_range(cfg->eval.temperature, "eval.temperature", 0, 0, INFINITY, err))
         return -1;
     if (cfg->eval.max_new_tokens < 0) cfg->eval.max_new_tokens = cfg->sampling.max_new_tokens;
 
@@ -546,10 +435,10 @@ int jobconfig_from_json(const json_t *doc, job_config *cfg, chord_err *err) {
         "eval",   "device",          NULL};
     memset(cfg, 0, sizeof *cfg);
     if (!json_is_object(doc)) return chord_err_set(err, "job: must be a JSON object");
-    if (check_keys(doc, "", keys, err)) return -1;
+    if (chord_json_check_keys(doc, "", keys, err)) return -1;
 
     job_algorithm algorithm = JOB_ALGO_CHORD;
-    json_t *alg = field(doc, "algorithm");
+    json_t *alg = chord_json_field(doc, "algorithm");
     if (alg) {
         if (!json_is_string(alg) ||
             jobconfig_algorithm_from_name(json_string_value(alg), &algorithm) != 0)
@@ -576,8 +465,8 @@ int jobconfig_from_json(const json_t *doc, job_config *cfg, chord_err *err) {
     if (parse_sampling(doc, cfg, err)) goto fail;
     if (parse_optimizer(doc, cfg, err)) goto fail;
     if (read_int(doc, "", "micro_batch_tokens", &cfg->micro_batch_tokens, err)) goto fail;
-    json_t *reward;
-    if (read_object(doc, "", "reward", &reward, err)) goto fail;
+    json_t *reward = NULL;
+    if (chord_json_get_object(doc, "", "reward", 0, &reward, err)) goto fail;
     if (reward) {
         json_decref(cfg->reward);
         cfg->reward = json_deep_copy(reward);
@@ -588,11 +477,7 @@ int jobconfig_from_json(const json_t *doc, job_config *cfg, chord_err *err) {
     }
     if (read_int(doc, "", "steps", &steps, err)) goto fail;
     cfg->steps = steps;
-    if (read_int(doc, "", "seed", &seed, err)) goto fail;
-    if (seed < 0) {
-        chord_err_set(err, "seed: must be an integer >= 0");
-        goto fail;
-    }
+    if (chord_json_get_int(doc, "", "seed", INT_FIELD, 0, INT64_MAX, &seed, err)) goto fail;
     cfg->seed = (uint64_t)seed;
     cfg->model_init_seed = has_init_seed ? (uint64_t)init_seed : cfg->seed;
     if (read_int(doc, "", "checkpoint_every", &cfg->checkpoint_every, err)) goto fail;
