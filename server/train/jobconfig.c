@@ -14,6 +14,7 @@
 #include "server/base/fileutil.h"
 #include "server/base/json_field.h"
 #include "server/model/config.h"
+#include "server/train/loss.h"
 #include "server/train/reward.h"
 
 static const char *const algorithm_names[JOB_ALGO_COUNT] = {
@@ -115,6 +116,8 @@ static void set_defaults(job_config *cfg, job_algorithm algorithm) {
                            .clip_high = 0.2,
                            .dual_clip = 0.0,
                            .kl_coef = 0.0,
+                           .kl_estimator = CHORD_KL_K3,
+                           .kl_in_reward = 0,
                            .entropy_coef = 0.0};
     cfg->expert_per_step = 64;
     cfg->sampling = (job_sampling){.temperature = 1.0, .top_p = 1.0, .max_new_tokens = 1024};
@@ -247,8 +250,8 @@ static int parse_chord(const json_t *doc, job_config *cfg, int *has_sft_steps, c
 
 static int parse_grpo(const json_t *doc, job_config *cfg, chord_err *err) {
     static const char *const keys[] = {
-        "group_size", "prompts_per_step", "clip_low",     "clip_high",
-        "dual_clip",  "kl_coef",          "entropy_coef", NULL};
+        "group_size", "prompts_per_step", "clip_low",     "clip_high",    "dual_clip",
+        "kl_coef",    "kl_estimator",     "kl_in_reward", "entropy_coef", NULL};
     json_t *g = NULL;
     if (chord_json_get_object(doc, "", "grpo", 0, &g, err)) return -1;
     if (!g) return 0;
@@ -260,8 +263,25 @@ static int parse_grpo(const json_t *doc, job_config *cfg, chord_err *err) {
         read_number(g, "grpo", "clip_high", &p->clip_high, err) ||
         read_number(g, "grpo", "dual_clip", &p->dual_clip, err) ||
         read_number(g, "grpo", "kl_coef", &p->kl_coef, err) ||
+        chord_json_get_bool(g, "grpo", "kl_in_reward", 0, &p->kl_in_reward, err) ||
         read_number(g, "grpo", "entropy_coef", &p->entropy_coef, err))
         return -1;
+    char *est = NULL;
+    if (read_string(g, "grpo", "kl_estimator", &est, err)) return -1;
+    if (est) {
+        int known = 1;
+        if (!strcmp(est, "k1"))
+            p->kl_estimator = CHORD_KL_K1;
+        else if (!strcmp(est, "k2"))
+            p->kl_estimator = CHORD_KL_K2;
+        else if (!strcmp(est, "k3"))
+            p->kl_estimator = CHORD_KL_K3;
+        else
+            known = 0;
+        free(est);
+        if (!known)
+            return chord_err_set(err, "grpo.kl_estimator: must be \"k1\", \"k2\" or \"k3\"");
+    }
     if (chord_json_field(g, "dual_clip") && !(p->dual_clip > 1.0))
         return chord_err_set(err, "grpo.dual_clip: must be null (off) or a number > 1");
     return 0;
@@ -586,8 +606,13 @@ json_t *jobconfig_to_json(const job_config *cfg) {
                              "prompts_per_step", (json_int_t)g->prompts_per_step, "clip_low",
                              g->clip_low, "clip_high", g->clip_high, "kl_coef", g->kl_coef,
                              "entropy_coef", g->entropy_coef);
-    if (grpo)
+    if (grpo) {
+        static const char *const est_names[] = {
+            [CHORD_KL_K3] = "k3", [CHORD_KL_K1] = "k1", [CHORD_KL_K2] = "k2"};
         put(grpo, "dual_clip", g->dual_clip > 0 ? json_real(g->dual_clip) : json_null(), &bad);
+        put(grpo, "kl_estimator", json_string(est_names[g->kl_estimator]), &bad);
+        put(grpo, "kl_in_reward", json_boolean(g->kl_in_reward), &bad);
+    }
     put(doc, "grpo", grpo, &bad);
     put(doc, "expert_per_step", json_integer((json_int_t)cfg->expert_per_step), &bad);
     put(doc, "sampling",

@@ -55,7 +55,9 @@ typedef struct job_grpo {
     double clip_low;          /* ε_low, in [0, 1) */
     double clip_high;         /* ε_high, >= 0 */
     double dual_clip;         /* c > 1, or 0 when off (JSON null) */
-    double kl_coef;
+    double kl_coef;           /* weight of the KL to the reference policy (0 = no reference) */
+    int kl_estimator;         /* chord_kl_estimator (loss.h): k3 (0, default), k1, k2 */
+    int kl_in_reward;         /* 1 = KL as a reward penalty, not a loss term */
     double entropy_coef;
 } job_grpo;
 

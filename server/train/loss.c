@@ -21,6 +21,7 @@ chord_loss_params chord_loss_params_for_job(const struct job_config *cfg, double
                                .dual_clip = cfg->grpo.dual_clip,
                                .entropy_coef = cfg->grpo.entropy_coef,
                                .kl_coef = cfg->grpo.kl_coef,
+                               .kl_estimator = (chord_kl_estimator)cfg->grpo.kl_estimator,
                                .n_policy_tokens = n_policy_tokens,
                                .n_expert_tokens = n_expert_tokens};
 }
@@ -89,17 +90,25 @@ static double policy_token(const chord_loss_params *p, double logp, double logp_
     return dloss_dratio * dratio_dlogp;
 }
 
-/* k3 ("low_var_kl") of the current policy against the reference at one token; returns the
- * gradient with respect to logp. */
-static double kl_token(double logp, double ref_logp, double *kl_t) {
-    double diff = ref_logp - logp;
-    double dc = clampd(diff, -20.0, 20.0);
-    double r = exp(dc);
-    double k3 = r - dc - 1.0;
-    double kc = clampd(k3, -10.0, 10.0);
-    *kl_t = kc;
-    /* d k3 / d diff = r − 1 (inside both clamps); d diff / d logp = −1 */
-    return -(r - 1.0) * clamp_grad(diff, -20.0, 20.0) * clamp_grad(k3, -10.0, 10.0);
+double chord_kl_token(chord_kl_estimator est, double logp, double ref_logp, double *kl_t) {
+    double diff = ref_logp - logp; /* d; d d / d logp = −1 */
+    switch (est) {
+    case CHORD_KL_K1:
+        *kl_t = -diff;
+        return 1.0;
+    case CHORD_KL_K2:
+        *kl_t = 0.5 * diff * diff;
+        return -diff;
+    case CHORD_KL_K3:
+    default: {
+        double dc = clampd(diff, -20.0, 20.0);
+        double r = exp(dc);
+        double k3 = r - dc - 1.0;
+        *kl_t = clampd(k3, -10.0, 10.0);
+        /* d k3 / d diff = r − 1 (inside both clamps) */
+        return -(r - 1.0) * clamp_grad(diff, -20.0, 20.0) * clamp_grad(k3, -10.0, 10.0);
+    }
+    }
 }
 
 int chord_loss_micro_batch(const chord_loss_params *p, const chord_loss_batch *batch, float *dlogp,
@@ -149,7 +158,7 @@ int chord_loss_micro_batch(const chord_loss_params *p, const chord_loss_batch *b
                 if (!isfinite(ref))
                     return chord_err_set(err, "loss: token %zu: ref_logp is not finite", t);
                 double kl_t;
-                double dkl = kl_token(logp, ref, &kl_t);
+                double dkl = chord_kl_token(p->kl_estimator, logp, ref, &kl_t);
                 sum.kl_sum += kl_t;
                 sum.n_kl++;
                 loss += p->kl_coef * w_tok * kl_t;

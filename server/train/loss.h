@@ -4,10 +4,11 @@
  *
  * L_GRPO: token-mean over the step's on-policy tokens of the PPO-clipped term (dual clip
  * optional); L_SFT: token-mean over the step's expert tokens of −log p (plain) or
- * −sg(p(1 − p)) · log p (φ); KL (k3 against a reference policy, only when reference log-probs
- * are given) and H (per-token entropy) are token-means over the on-policy tokens, outside the
- * μ mix as in the reference's separate entropy / KL losses. A stream with no tokens adds 0.
- * Exactly ALGORITHM.md; tested against a PyTorch autograd implementation (tests/reference).
+ * −sg(p(1 − p)) · log p (φ); KL (k1, k2 or k3 against a reference policy, only when reference
+ * log-probs are given; chord_kl_token) and H (per-token entropy) are token-means over the on-policy
+ * tokens, outside the μ mix as in the reference's separate entropy / KL losses. A stream with no
+ * tokens adds 0. Exactly ALGORITHM.md; tested against a PyTorch autograd implementation
+ * (tests/reference).
  *
  * A step is usually packed into several micro-batches: the step's token counts (the
  * denominators) are passed up front in chord_loss_params, each micro-batch gets its own
@@ -31,6 +32,19 @@ enum {
     CHORD_TOKEN_EXPERT = 2  /* expert response token (SFT term) */
 };
 
+/* The per-token KL estimators of π_θ against the reference π_ref at a sampled token, with
+ * d = log π_ref − log π_θ (Schulman, "Approximating KL divergence"; verl's kl_penalty names):
+ *   k1 = −d                       ("kl": unbiased, high variance, can be negative)
+ *   k2 = d² / 2                   ("mse")
+ *   k3 = exp(d) − d − 1           ("low_var_kl": unbiased, >= 0; d clamped to ±20, k3 to ±10)
+ * chord_kl_token returns the gradient with respect to log π_θ and the value in *kl_t. */
+typedef enum chord_kl_estimator {
+    CHORD_KL_K3 = 0,
+    CHORD_KL_K1 = 1,
+    CHORD_KL_K2 = 2
+} chord_kl_estimator;
+double chord_kl_token(chord_kl_estimator est, double logp, double ref_logp, double *kl_t);
+
 typedef struct chord_loss_params {
     double mu;           /* SFT weight μ in [0, 1] */
     int phi;             /* 1 = φ-weighted SFT term */
@@ -38,7 +52,8 @@ typedef struct chord_loss_params {
     double clip_high;    /* ε_high */
     double dual_clip;    /* c > 1, or 0 = off */
     double entropy_coef; /* bonus on the on-policy entropy (0 = off) */
-    double kl_coef;      /* k3 KL to the reference policy; needs ref_logp */
+    double kl_coef;      /* KL to the reference policy; has effect only with ref_logp */
+    chord_kl_estimator kl_estimator;
     /* the step's denominators: every micro-batch of the step together */
     int64_t n_policy_tokens; /* on-policy tokens in the step */
     int64_t n_expert_tokens; /* expert tokens in the step */
@@ -67,7 +82,7 @@ typedef struct chord_loss_accum {
     double nll_sum;      /* Σ −log p over expert tokens (plain, whatever φ) */
     double phi_sum;      /* Σ p(1 − p) over expert tokens */
     double entropy_sum;  /* Σ entropy over on-policy tokens (when given) */
-    double kl_sum;       /* Σ k3 over on-policy tokens (when ref_logp given) */
+    double kl_sum;       /* Σ KL estimate over on-policy tokens (when ref_logp given) */
     int64_t n_policy;    /* on-policy tokens seen */
     int64_t n_expert;    /* expert tokens seen */
     int64_t n_entropy;   /* on-policy tokens that had an entropy */
@@ -85,7 +100,7 @@ typedef struct chord_loss_metrics {
     double sft_nll;  /* mean −log p over expert tokens (plain, for comparison) */
     double phi_mean; /* mean p(1 − p) over expert tokens */
     double entropy;  /* mean entropy over on-policy tokens (0 when none given) */
-    double kl;       /* mean k3 KL (0 when no reference) */
+    double kl;       /* mean KL estimate (0 when no reference) */
     int64_t n_policy_tokens;
     int64_t n_expert_tokens;
 } chord_loss_metrics;

@@ -69,7 +69,8 @@ static double add_sampling(const model_config *c, double S, double G, double T_p
 }
 
 static void finish(mem_estimate *e) {
-    e->total = e->weights + e->optimizer + e->activations + e->sampling + e->kv_cache;
+    e->total =
+        e->weights + e->reference + e->optimizer + e->activations + e->sampling + e->kv_cache;
 }
 
 void mem_estimate_weights(const model_config *mc, mem_estimate *out) {
@@ -85,6 +86,8 @@ void mem_estimate_job(const model_config *mc, const job_config *cfg, double prom
     mem_estimate_weights(mc, out);
     out->kind = MEM_KIND_JOB;
     out->optimizer = 12.0 * out->params;
+    /* the KL's reference policy: a second copy of the weights, none without a KL */
+    out->reference = cfg->grpo.kl_coef > 0.0 ? out->weights : 0.0;
     /* training: a micro-batch of N rows, every layer kept, backward scratch, logits chunks */
     double L = mc->num_hidden_layers, C = mc->hidden_size, V = mc->vocab_size;
     double Hq = mc->num_attention_heads, Hkv = mc->num_key_value_heads, D = mc->head_dim;
@@ -181,7 +184,7 @@ typedef struct advice {
 
 int mem_estimate_check(const mem_estimate *e, const mem_budget *b, chord_err *err) {
     if (!b || b->bytes < 0 || e->total <= b->bytes) return 0;
-    char total[32], have[32], w[32], o[32], a[32], s[32], k[32];
+    char total[32], have[32], w[32], r[32], o[32], a[32], s[32], k[32];
     char msg[CHORD_ERR_MSG];
     static const char *const what[] = {"the job needs", "the rollout needs",
                                        "the model's weights need"};
@@ -199,6 +202,8 @@ int mem_estimate_check(const mem_estimate *e, const mem_budget *b, chord_err *er
         ADD(": %.0f parameters in float32", e->params);
     } else {
         ADD(": weights %s", size_text(e->weights, w, sizeof w));
+        if (e->reference > 0)
+            ADD(" + the KL's reference weights %s", size_text(e->reference, r, sizeof r));
         if (e->optimizer > 0)
             ADD(" + gradients and AdamW moments %s", size_text(e->optimizer, o, sizeof o));
         if (e->activations > 0)
@@ -216,7 +221,7 @@ int mem_estimate_check(const mem_estimate *e, const mem_budget *b, chord_err *er
     if (e->kind == MEM_KIND_WEIGHTS) {
         ADD("; use a smaller model or a larger device");
     } else {
-        advice adv[4];
+        advice adv[5];
         int n = 0;
         if (e->kind == MEM_KIND_JOB) {
             adv[n++] =
@@ -229,6 +234,7 @@ int mem_estimate_check(const mem_estimate *e, const mem_budget *b, chord_err *er
                                 "the number of prompts x n, the prompts' length or max_tokens"};
         }
         adv[n++] = (advice){e->weights + e->optimizer, "the model's size"};
+        if (e->reference > 0) adv[n++] = (advice){e->reference, "grpo.kl_coef (0: no reference)"};
         for (int i = 1; i < n; i++) /* insertion sort, descending */
             for (int j = i; j > 0 && adv[j].share > adv[j - 1].share; j--) {
                 advice t = adv[j];

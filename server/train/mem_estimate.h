@@ -9,6 +9,7 @@
  * model_kv_create) and stay on the safe side where the data is not known yet:
  *
  *   weights      4 P                               P = model_config_num_params
+ *   reference    4 P                               the KL's reference policy (grpo.kl_coef > 0)
  *   optimizer    12 P                              gradients + AdamW m and v (training only)
  *   activations  4 (N (F + B) + 2 R V)             N = micro_batch_tokens rows, F / B the floats
  *                                                  per row kept forward / scratch backward, R the
@@ -48,6 +49,7 @@ typedef struct mem_estimate {
     mem_kind kind;
     double params;      /* P */
     double weights;     /* 4 P */
+    double reference;   /* 4 P for a job with grpo.kl_coef > 0 (the frozen reference), else 0 */
     double optimizer;   /* 12 P for a job, else 0 */
     double activations; /* one training micro-batch, logits chunks included */
     double sampling;    /* the rollout engines' run state (prefill, decode logits) */

@@ -46,18 +46,22 @@ typedef struct step_metrics {
     double policy_tokens, expert_tokens, policy_tokens_skipped; /* skipped: zero advantage */
     double time_rollout, time_reward, time_train, time_step;
     double tps_rollout, tps_train;
+    int has_kl;   /* the kl row exists only for jobs with a reference policy */
     int has_eval; /* the eval/ rows exist only on eval steps */
     double eval_error_rate, eval_accuracy, eval_pass_at_k, eval_k, eval_time;
 } step_metrics;
 
+enum { ROW_ALWAYS, ROW_KL, ROW_EVAL }; /* when a row exists */
 #define STEP_METRIC(name, field)                                                                   \
-    { name, offsetof(step_metrics, field), 0 }
+    { name, offsetof(step_metrics, field), ROW_ALWAYS }
+#define KL_METRIC(name, field)                                                                     \
+    { name, offsetof(step_metrics, field), ROW_KL }
 #define EVAL_METRIC(name, field)                                                                   \
-    { name, offsetof(step_metrics, field), 1 }
+    { name, offsetof(step_metrics, field), ROW_EVAL }
 static const struct {
     const char *name;
     size_t offset;
-    int eval;
+    int when;
 } metric_table[] = {
     STEP_METRIC("mu", mu),
     STEP_METRIC("loss", loss.loss),
@@ -69,6 +73,7 @@ static const struct {
     STEP_METRIC("sft_nll", loss.sft_nll),
     STEP_METRIC("phi_mean", loss.phi_mean),
     STEP_METRIC("entropy", loss.entropy),
+    KL_METRIC("kl", loss.kl), /* mean KL estimate to the reference over the policy tokens */
     STEP_METRIC("grad_norm", grad_norm),
     STEP_METRIC("lr", lr),
     STEP_METRIC("reward_mean", reward_mean),
@@ -96,12 +101,14 @@ static const struct {
 };
 #define N_METRICS (sizeof metric_table / sizeof metric_table[0])
 
-/* The rows of m in table order (eval rows only when m->has_eval); returns how many. */
+/* The rows of m in table order (kl and eval rows only when they exist); returns how many. */
 static int metrics_emit(const step_metrics *m, const char *names[N_METRICS],
                         double values[N_METRICS]) {
     int n = 0;
     for (size_t i = 0; i < N_METRICS; i++) {
-        if (metric_table[i].eval && !m->has_eval) continue;
+        if ((metric_table[i].when == ROW_EVAL && !m->has_eval) ||
+            (metric_table[i].when == ROW_KL && !m->has_kl))
+            continue;
         names[n] = metric_table[i].name;
         values[n++] = *(const double *)((const char *)m + metric_table[i].offset);
     }
@@ -119,6 +126,8 @@ typedef struct trainer {
     chat_template tpl;
     reward_verifier *verifier;
     rollout_engine *engine;
+    bootstrap_model ref; /* the reference policy (jobs with grpo.kl_coef > 0): the starting
+                            weights, frozen; ref.m NULL otherwise */
     trainer_dataset prompts, expert, eval;
     int64_t prompt_cursor, expert_cursor;
     int64_t step; /* steps completed */
@@ -174,39 +183,49 @@ int trainer_decode_response(const struct tok_tokenizer *tok, const int32_t *ids,
     return *out ? 0 : chord_err_setc(err, CHORD_E_INTERNAL, "decode: out of memory");
 }
 
+static int oom(chord_err *err) {
+    return chord_err_setc(err, CHORD_E_INTERNAL, "trainer: out of memory");
+}
+
 /* ---- sequences for the forward/backward ------------------------------------------------------ */
 
 /* One packed training sequence: tokens, and per position the target (next token), its kind, the
- * rollout log-prob and the advantage. */
+ * rollout and reference log-probs, and the advantage. */
 typedef struct train_seq {
     int len;
     int32_t *tokens;
     uint8_t *kind;   /* kind of the TARGET at position t (the token t+1) */
     float *logp_old; /* at policy targets */
+    float *ref_logp; /* at policy targets, under the reference policy (jobs with a KL) */
     float adv;
+    int rollout; /* the response's index in the step's rollouts; -1 for an expert record */
 } train_seq;
 
 static void train_seq_free(train_seq *s) {
     free(s->tokens);
     free(s->kind);
     free(s->logp_old);
+    free(s->ref_logp);
     memset(s, 0, sizeof *s);
 }
 
-static int train_seq_alloc(train_seq *s, int len) {
+static int train_seq_alloc(train_seq *s, int len, int rollout) {
     s->len = len;
+    s->rollout = rollout;
     s->tokens = malloc((size_t)len * sizeof *s->tokens);
     s->kind = calloc((size_t)len, 1);
     s->logp_old = calloc((size_t)len, sizeof *s->logp_old);
-    return (s->tokens && s->kind && s->logp_old) ? 0 : -1;
+    s->ref_logp = calloc((size_t)len, sizeof *s->ref_logp);
+    return (s->tokens && s->kind && s->logp_old && s->ref_logp) ? 0 : -1;
 }
 
 /* The per-row arrays of one micro-batch of N rows and S sequences, carved from one growable
  * block (buf.h): a failed growth leaves the old block to the single free at the end. */
 typedef struct micro_batch_rows {
-    int32_t *tokens, *positions, *targets, *cu;        /* (N), (N), (N), (S + 1) */
-    float *logp, *ent, *logp_old, *adv, *dlogp, *dent; /* (N) each */
-    uint8_t *kind;                                     /* (N) */
+    int32_t *tokens, *positions, *targets, *cu;                   /* (N), (N), (N), (S + 1) */
+    float *logp, *ent, *logp_old, *ref_logp, *adv, *dlogp, *dent; /* (N) each */
+    uint8_t *kind;                                                /* (N) */
+    model_batch batch; /* the model's view of these rows */
 } micro_batch_rows;
 
 static void *carve(char **p, size_t bytes) {
@@ -217,7 +236,7 @@ static void *carve(char **p, size_t bytes) {
 
 static int micro_batch_carve(chord_buf *scratch, int64_t N, int S, micro_batch_rows *r) {
     size_t n = (size_t)N;
-    size_t bytes = (3 * n + (size_t)S + 1) * sizeof(int32_t) + 6 * n * sizeof(float) + n;
+    size_t bytes = (3 * n + (size_t)S + 1) * sizeof(int32_t) + 7 * n * sizeof(float) + n;
     if (chord_buf_reserve(scratch, bytes) != 0) return -1;
     char *p = scratch->data; /* 4-byte arrays first, so every one stays aligned */
     r->tokens = carve(&p, n * sizeof *r->tokens);
@@ -227,6 +246,7 @@ static int micro_batch_carve(chord_buf *scratch, int64_t N, int S, micro_batch_r
     r->logp = carve(&p, n * sizeof *r->logp);
     r->ent = carve(&p, n * sizeof *r->ent);
     r->logp_old = carve(&p, n * sizeof *r->logp_old);
+    r->ref_logp = carve(&p, n * sizeof *r->ref_logp);
     r->adv = carve(&p, n * sizeof *r->adv);
     r->dlogp = carve(&p, n * sizeof *r->dlogp);
     r->dent = carve(&p, n * sizeof *r->dent);
@@ -234,60 +254,72 @@ static int micro_batch_carve(chord_buf *scratch, int64_t N, int S, micro_batch_r
     return 0;
 }
 
-/* Runs forward + loss + backward over all sequences, packed into micro-batches of at most
- * micro_batch_tokens rows (a longer sequence goes alone). */
+/* Packs seqs[first], seqs[first + 1], ... into one micro-batch of at most `budget` rows (a
+ * longer sequence goes alone) in r, carved from scratch. Returns the index after the last
+ * sequence packed, or -1 when out of memory. */
+static int pack_micro_batch(const train_seq *seqs, int first, int n_seqs, int64_t budget,
+                            chord_buf *scratch, micro_batch_rows *r) {
+    int last = first;
+    int64_t N = seqs[first].len;
+    while (last + 1 < n_seqs && N + seqs[last + 1].len <= budget)
+        N += seqs[++last].len;
+    int S = last - first + 1;
+    if (micro_batch_carve(scratch, N, S, r) != 0) return -1;
+    int64_t row = 0;
+    r->cu[0] = 0;
+    for (int s = 0; s < S; s++) {
+        const train_seq *q = &seqs[first + s];
+        for (int i = 0; i < q->len; i++, row++) {
+            r->tokens[row] = q->tokens[i];
+            r->positions[row] = i;
+            int has_target = i + 1 < q->len && q->kind[i] != CHORD_TOKEN_IGNORE;
+            r->targets[row] = has_target ? q->tokens[i + 1] : -1;
+            r->kind[row] = has_target ? q->kind[i] : CHORD_TOKEN_IGNORE;
+            r->logp_old[row] = q->logp_old[i];
+            r->ref_logp[row] = q->ref_logp[i];
+            r->adv[row] = q->adv;
+        }
+        r->cu[s + 1] = (int32_t)row;
+    }
+    r->batch = (model_batch){.N = (int)N,
+                             .S = S,
+                             .tokens = r->tokens,
+                             .positions = r->positions,
+                             .cu_seqlens = r->cu,
+                             .targets = r->targets};
+    return last + 1;
+}
+
+static int64_t micro_batch_budget(const job_config *cfg) {
+    return cfg->micro_batch_tokens > 0 ? cfg->micro_batch_tokens : 8192;
+}
+
+/* Runs forward + loss + backward over all sequences, micro-batch by micro-batch. with_ref: the
+ * KL to the reference policy is a loss term (the sequences carry ref_logp). */
 static int train_on(trainer *t, train_seq *seqs, int n_seqs, const chord_loss_params *lp,
-                    chord_loss_accum *acc, int64_t *tokens_out, chord_err *err) {
-    const int64_t budget = t->cfg->micro_batch_tokens > 0 ? t->cfg->micro_batch_tokens : 8192;
+                    int with_ref, chord_loss_accum *acc, int64_t *tokens_out, chord_err *err) {
     int rc = -1;
-    int first = 0;
     chord_buf scratch = {0};
     int want_entropy_grad = t->cfg->grpo.entropy_coef != 0.0;
-    while (first < n_seqs) {
-        int last = first;
-        int64_t N = seqs[first].len;
-        while (last + 1 < n_seqs && N + seqs[last + 1].len <= budget)
-            N += seqs[++last].len;
-        int S = last - first + 1;
+    for (int first = 0, next; first < n_seqs; first = next) {
         micro_batch_rows r;
-        if (micro_batch_carve(&scratch, N, S, &r) != 0) {
-            chord_err_setc(err, CHORD_E_INTERNAL, "trainer: out of memory");
+        next = pack_micro_batch(seqs, first, n_seqs, micro_batch_budget(t->cfg), &scratch, &r);
+        if (next < 0) {
+            oom(err);
             goto done;
         }
-        int64_t row = 0;
-        r.cu[0] = 0;
-        for (int s = 0; s < S; s++) {
-            const train_seq *q = &seqs[first + s];
-            for (int i = 0; i < q->len; i++, row++) {
-                r.tokens[row] = q->tokens[i];
-                r.positions[row] = i;
-                int has_target = i + 1 < q->len && q->kind[i] != CHORD_TOKEN_IGNORE;
-                r.targets[row] = has_target ? q->tokens[i + 1] : -1;
-                r.kind[row] = has_target ? q->kind[i] : CHORD_TOKEN_IGNORE;
-                r.logp_old[row] = q->logp_old[i];
-                r.adv[row] = q->adv;
-            }
-            r.cu[s + 1] = (int32_t)row;
-        }
-        model_batch b = {.N = (int)N,
-                         .S = S,
-                         .tokens = r.tokens,
-                         .positions = r.positions,
-                         .cu_seqlens = r.cu,
-                         .targets = r.targets};
-        if (model_forward(t->m, &b, t->inv_temp, r.logp, r.ent, err) != 0) goto done;
-        chord_loss_batch lb = {.n = (size_t)N,
+        if (model_forward(t->m, &r.batch, t->inv_temp, r.logp, r.ent, err) != 0) goto done;
+        chord_loss_batch lb = {.n = (size_t)r.batch.N,
                                .kind = r.kind,
                                .logp = r.logp,
                                .logp_old = r.logp_old,
                                .advantage = r.adv,
                                .entropy = r.ent,
-                               .ref_logp = NULL};
+                               .ref_logp = with_ref ? r.ref_logp : NULL};
         float *dent = want_entropy_grad ? r.dent : NULL;
         if (chord_loss_micro_batch(lp, &lb, r.dlogp, dent, acc, err) != 0) goto done;
         if (model_backward(t->m, r.dlogp, dent, err) != 0) goto done;
-        *tokens_out += N;
-        first = last + 1;
+        *tokens_out += r.batch.N;
     }
     rc = 0;
 done:
@@ -334,10 +366,11 @@ done:
 }
 
 /* ---- one step ------------------------------------------------------------------------------
- * run_step is the CHORD step in six calls: what this step does (plan), the rollouts and their
- * rewards, the GRPO advantages, the training sequences (on-policy responses + expert demos),
- * the loss/backward/AdamW update, and the per-sample report. Each phase fills its result struct
- * and the step's metrics; everything is freed in one place at the end. */
+ * run_step is the CHORD step in seven phases: the rollouts, their rewards, the training
+ * sequences (on-policy responses + expert demonstrations), the reference policy's log-probs
+ * (jobs with a KL), the GRPO advantages, the loss/backward/AdamW update, and the per-sample
+ * report. Each phase fills its result struct and the step's metrics; everything is freed in one
+ * place at the end. */
 
 /* What step `step` does: how many prompts (B, each sampled G times) and expert records (E). */
 typedef struct step_plan {
@@ -368,6 +401,8 @@ typedef struct step_rollouts {
     reward_result *res;    /* (n) */
     float *adv;            /* (n) */
     uint8_t *excluded;     /* (n) */
+    double *kl;            /* (n) Σ over the response's tokens of the KL estimate at rollout
+                              time (jobs with a reference; else NULL) */
 } step_rollouts;
 
 static void step_rollouts_free(step_rollouts *ro) {
@@ -378,16 +413,13 @@ static void step_rollouts_free(step_rollouts *ro) {
     free(ro->res);
     free(ro->adv);
     free(ro->excluded);
+    free(ro->kl);
     rollout_result_free(&ro->rr);
     if (ro->prompts)
         for (int i = 0; i < ro->B; i++)
             trainer_item_free(&ro->prompts[i]);
     free(ro->prompts);
     memset(ro, 0, sizeof *ro);
-}
-
-static int oom(chord_err *err) {
-    return chord_err_setc(err, CHORD_E_INTERNAL, "trainer: out of memory");
 }
 
 static int should_stop_rollout(void *user) {
@@ -492,76 +524,14 @@ done:
     return rc;
 }
 
-/* Phase 3: GRPO advantages within each prompt's group (loss.h). A verifier that could not
- * decide (error / timeout) says nothing about the response: such samples leave their group
- * (the advantages are computed over the decided ones), are not trained on, and count only in
- * verifier_error_rate. A group of G >= 2 with fewer than two decided samples gets no signal
- * (A = 0, counted in zero_adv_groups). */
-static int group_kept(const uint8_t *excluded, int G, int g, int *decided) {
-    int k = 0;
-    for (int j = 0; j < G; j++)
-        k += !excluded[g * G + j];
-    *decided = k;
-    return !(k == 0 || (G >= 2 && k < 2));
-}
-
-static int compute_advantages(trainer *t, int64_t step, const step_plan *p, step_rollouts *ro,
-                              step_metrics *m, chord_err *err) {
-    double t0 = chord_now();
-    int n = ro->rr.n, G = p->G, B = ro->B;
-    ro->adv = calloc((size_t)n, sizeof *ro->adv);
-    float *r = malloc((size_t)n * sizeof *r), *a = malloc((size_t)n * sizeof *a);
-    int *sizes = malloc((size_t)B * sizeof *sizes);
-    int rc = -1, n_groups = 0, n_dense = 0, n_error = 0;
-    int64_t zero_adv = 0, starved = 0;
-    if (!ro->adv || !r || !a || !sizes) {
-        oom(err);
-        goto done;
-    }
-    for (int g = 0; g < B; g++) { /* the decided rewards, densely, group by group */
-        int k;
-        if (!group_kept(ro->excluded, G, g, &k)) {
-            starved++;
-            continue;
-        }
-        for (int j = 0, d = 0; j < G; j++)
-            if (!ro->excluded[g * G + j]) r[n_dense + d++] = (float)ro->res[g * G + j].reward;
-        sizes[n_groups++] = k;
-        n_dense += k;
-    }
-    if (n_groups > 0 && chord_grpo_advantages(r, sizes, (size_t)n_groups, a, &zero_adv, err) != 0)
-        goto done;
-    for (int g = 0, d = 0; g < B; g++) {
-        int k, kept = group_kept(ro->excluded, G, g, &k);
-        for (int j = 0; j < G; j++) {
-            int i = g * G + j;
-            ro->adv[i] = (kept && !ro->excluded[i]) ? a[d++] : 0.0f;
-        }
-    }
-    for (int i = 0; i < n; i++)
-        n_error += ro->excluded[i];
-    if (n_error > 0)
-        logline(t,
-                "step %lld: %d of %d samples could not be verified (error/timeout): "
-                "left out of the advantages and the loss",
-                (long long)step, n_error, n);
-    m->zero_adv_groups = B > 0 ? (double)(zero_adv + starved) / B : 0.0;
-    m->time_reward += chord_now() - t0;
-    rc = 0;
-done:
-    free(r);
-    free(a);
-    free(sizes);
-    return rc;
-}
-
-/* Phase 4: the step's training sequences: prompt + response for every decided rollout (targets
- * of kind POLICY with their rollout log-probs and the response's advantage), then the next E
+/* Phase 3: the step's training sequences: prompt + response for every decided rollout (targets
+ * of kind POLICY with their rollout log-probs; the advantage comes in phase 5), then the next E
  * expert records (targets of kind EXPERT where the record's mask marks assistant tokens). */
 typedef struct step_batch {
-    train_seq *seqs;
+    train_seq *seqs; /* the rollouts' first, then the expert records */
     int n;
     int64_t n_policy, n_expert; /* target tokens of each kind */
+    double kl_mean; /* mean KL estimate over the policy tokens at rollout time (phase 4) */
 } step_batch;
 
 static void step_batch_free(step_batch *b) {
@@ -577,15 +547,14 @@ static int add_rollout_seqs(const step_rollouts *ro, step_batch *b) {
         const trainer_item *pi = &ro->prompts[q->prompt];
         if (ro->excluded[i]) continue; /* unverified: kept out of the loss entirely */
         train_seq *s = &b->seqs[b->n++];
-        if (train_seq_alloc(s, pi->len + q->len) != 0) return -1;
+        if (train_seq_alloc(s, pi->len + q->len, i) != 0) return -1;
         memcpy(s->tokens, pi->ids, (size_t)pi->len * sizeof *s->tokens);
         memcpy(s->tokens + pi->len, q->tokens, (size_t)q->len * sizeof *s->tokens);
         for (int j = 0; j < q->len; j++) {
             s->kind[pi->len - 1 + j] = CHORD_TOKEN_POLICY;
             s->logp_old[pi->len - 1 + j] = q->logp[j];
         }
-        s->adv = ro->adv[i];
-        b->n_policy += q->len;
+        b->n_policy += q->len; /* the advantage comes with compute_advantages */
     }
     return 0;
 }
@@ -598,7 +567,7 @@ static int add_expert_seqs(trainer *t, int E, step_batch *b, chord_err *err) {
             0)
             return -1;
         train_seq *s = &b->seqs[b->n++];
-        if (train_seq_alloc(s, it.len) != 0) {
+        if (train_seq_alloc(s, it.len, -1) != 0) {
             trainer_item_free(&it);
             return oom(err);
         }
@@ -622,6 +591,127 @@ static int build_sequences(trainer *t, const step_plan *p, const step_rollouts *
     m->policy_tokens = (double)b->n_policy;
     m->expert_tokens = (double)b->n_expert;
     return 0;
+}
+
+/* Phase 4 (jobs with grpo.kl_coef > 0): the reference policy's log-probs of every response
+ * token (a forward of the frozen starting weights, same temperature as the policy's), and per
+ * response Σ_t KL_t of the chosen estimator at the rollout's log-probs — the reward penalty of
+ * grpo.kl_in_reward, and the step's `kl` metric in that mode. */
+static int reference_logprobs(trainer *t, step_rollouts *ro, step_batch *b, chord_err *err) {
+    int n_roll = 0;
+    while (n_roll < b->n && b->seqs[n_roll].rollout >= 0)
+        n_roll++;
+    ro->kl = calloc((size_t)(ro->rr.n > 0 ? ro->rr.n : 1), sizeof *ro->kl);
+    if (!ro->kl) return oom(err);
+    chord_buf scratch = {0};
+    int rc = -1;
+    for (int first = 0, next; first < n_roll; first = next) {
+        micro_batch_rows r;
+        next = pack_micro_batch(b->seqs, first, n_roll, micro_batch_budget(t->cfg), &scratch, &r);
+        if (next < 0) {
+            oom(err);
+            goto done;
+        }
+        if (model_forward(t->ref.m, &r.batch, t->inv_temp, r.logp, NULL, err) != 0) goto done;
+        for (int s = 0; s < r.batch.S; s++) { /* rows back to their sequence's positions */
+            train_seq *q = &b->seqs[first + s];
+            for (int j = 0; j < q->len; j++)
+                if (q->kind[j] == CHORD_TOKEN_POLICY) q->ref_logp[j] = r.logp[r.cu[s] + j];
+        }
+    }
+    double kl_total = 0;
+    int64_t n_tok = 0;
+    chord_kl_estimator est = (chord_kl_estimator)t->cfg->grpo.kl_estimator;
+    for (int i = 0; i < n_roll; i++) {
+        const train_seq *q = &b->seqs[i];
+        double sum = 0, kl_t;
+        for (int j = 0; j < q->len; j++)
+            if (q->kind[j] == CHORD_TOKEN_POLICY) {
+                chord_kl_token(est, q->logp_old[j], q->ref_logp[j], &kl_t);
+                sum += kl_t;
+                n_tok++;
+            }
+        ro->kl[q->rollout] = sum;
+        kl_total += sum;
+    }
+    b->kl_mean = n_tok > 0 ? kl_total / (double)n_tok : 0.0;
+    rc = 0;
+done:
+    chord_buf_free(&scratch);
+    return rc;
+}
+
+/* Phase 5: GRPO advantages within each prompt's group (loss.h). A verifier that could not
+ * decide (error / timeout) says nothing about the response: such samples leave their group
+ * (the advantages are computed over the decided ones), are not trained on, and count only in
+ * verifier_error_rate. A group of G >= 2 with fewer than two decided samples gets no signal
+ * (A = 0, counted in zero_adv_groups). */
+static int group_kept(const uint8_t *excluded, int G, int g, int *decided) {
+    int k = 0;
+    for (int j = 0; j < G; j++)
+        k += !excluded[g * G + j];
+    *decided = k;
+    return !(k == 0 || (G >= 2 && k < 2));
+}
+
+/* The reward a response's advantage is computed from: the verifier's, less kl_coef · Σ_t KL_t
+ * when the KL is a reward penalty (grpo.kl_in_reward). */
+static float shaped_reward(const trainer *t, const step_rollouts *ro, int i) {
+    double r = ro->res[i].reward;
+    if (ro->kl && t->cfg->grpo.kl_in_reward) r -= t->cfg->grpo.kl_coef * ro->kl[i];
+    return (float)r;
+}
+
+static int compute_advantages(trainer *t, int64_t step, const step_plan *p, step_rollouts *ro,
+                              step_batch *b, step_metrics *m, chord_err *err) {
+    double t0 = chord_now();
+    int n = ro->rr.n, G = p->G, B = ro->B;
+    ro->adv = calloc((size_t)n, sizeof *ro->adv);
+    float *r = malloc((size_t)n * sizeof *r), *a = malloc((size_t)n * sizeof *a);
+    int *sizes = malloc((size_t)B * sizeof *sizes);
+    int rc = -1, n_groups = 0, n_dense = 0, n_error = 0;
+    int64_t zero_adv = 0, starved = 0;
+    if (!ro->adv || !r || !a || !sizes) {
+        oom(err);
+        goto done;
+    }
+    for (int g = 0; g < B; g++) { /* the decided rewards, densely, group by group */
+        int k;
+        if (!group_kept(ro->excluded, G, g, &k)) {
+            starved++;
+            continue;
+        }
+        for (int j = 0, d = 0; j < G; j++)
+            if (!ro->excluded[g * G + j]) r[n_dense + d++] = shaped_reward(t, ro, g * G + j);
+        sizes[n_groups++] = k;
+        n_dense += k;
+    }
+    if (n_groups > 0 && chord_grpo_advantages(r, sizes, (size_t)n_groups, a, &zero_adv, err) != 0)
+        goto done;
+    for (int g = 0, d = 0; g < B; g++) {
+        int k, kept = group_kept(ro->excluded, G, g, &k);
+        for (int j = 0; j < G; j++) {
+            int i = g * G + j;
+            ro->adv[i] = (kept && !ro->excluded[i]) ? a[d++] : 0.0f;
+        }
+    }
+    for (int i = 0; i < b->n; i++) /* the rollouts' sequences get their response's advantage */
+        if (b->seqs[i].rollout >= 0) b->seqs[i].adv = ro->adv[b->seqs[i].rollout];
+    for (int i = 0; i < n; i++)
+        n_error += ro->excluded[i];
+    if (n_error > 0)
+        logline(t,
+                "step %lld: %d of %d samples could not be verified (error/timeout): "
+                "left out of the advantages and the loss",
+                (long long)step, n_error, n);
+    m->zero_adv_groups = B > 0 ? (double)(zero_adv + starved) / B : 0.0;
+    m->time_reward += chord_now() - t0;
+    rc = 0;
+done:
+    free(r);
+    free(a);
+    free(sizes);
+    return rc;
 }
 
 /* A response with advantage 0 has ℓ_t = max(−0·ratio, −0·clip(ratio)) = 0 at every token: its
@@ -655,7 +745,8 @@ static int drop_zero_advantage(step_batch *b, const chord_loss_params *lp, chord
     return rc;
 }
 
-/* Phase 5: the loss over every sequence (micro-batched forward + backward), then AdamW. */
+/* Phase 6: the loss over every sequence (micro-batched forward + backward), then AdamW. The KL
+ * to the reference is a loss term unless it went into the rewards (grpo.kl_in_reward). */
 static int train_and_update(trainer *t, int64_t step, step_batch *b, step_metrics *m,
                             chord_err *err) {
     double t0 = chord_now();
@@ -665,10 +756,14 @@ static int train_and_update(trainer *t, int64_t step, step_batch *b, step_metric
     chord_loss_accum_init(&acc);
     int64_t train_tokens = 0, skipped = 0;
     if (model_zero_grad(t->m, err) != 0) return -1;
-    if (cfg->grpo.entropy_coef == 0.0 && drop_zero_advantage(b, &lp, &acc, &skipped, err) != 0)
+    int kl_loss = t->ref.m && !cfg->grpo.kl_in_reward;
+    /* a zero-advantage response still has a gradient with an entropy bonus or a KL term */
+    if (cfg->grpo.entropy_coef == 0.0 && !kl_loss &&
+        drop_zero_advantage(b, &lp, &acc, &skipped, err) != 0)
         return -1;
-    if (train_on(t, b->seqs, b->n, &lp, &acc, &train_tokens, err) != 0) return -1;
+    if (train_on(t, b->seqs, b->n, &lp, kl_loss, &acc, &train_tokens, err) != 0) return -1;
     if (chord_loss_finish(&lp, &acc, &m->loss, err) != 0) return -1;
+    if (t->ref.m && !kl_loss) m->loss.kl = b->kl_mean; /* the penalty's, at rollout time */
     m->lr = sched_lr(cfg, step);
     const job_optimizer *o = &cfg->optimizer;
     if (model_adamw_step(t->m, (float)m->lr, (float)o->beta1, (float)o->beta2, (float)o->eps,
@@ -680,7 +775,7 @@ static int train_and_update(trainer *t, int64_t step, step_batch *b, step_metric
     return 0;
 }
 
-/* Phase 6: the step's rollouts as per-sample records (on_samples). */
+/* Phase 7: the step's rollouts as per-sample records (on_samples). */
 static int report_samples(trainer *t, int64_t step, const step_rollouts *ro, chord_err *err) {
     if (ro->rr.n == 0 || !t->cb || !t->cb->on_samples) return 0;
     trainer_sample *samples = calloc((size_t)ro->rr.n, sizeof *samples);
@@ -710,19 +805,22 @@ static int run_step(trainer *t, int64_t step, chord_err *err) {
     double t0 = chord_now();
     step_metrics *m = &t->metrics;
     memset(m, 0, sizeof *m);
+    m->has_kl = t->ref.m != NULL;
     step_plan plan = plan_step(t->cfg, step);
     step_rollouts ro;
     step_batch batch;
     memset(&ro, 0, sizeof ro);
     memset(&batch, 0, sizeof batch);
     int rc = -1;
-    if (plan.B > 0 && (collect_rollouts(t, step, &plan, &ro, m, err) != 0 ||
-                       score_rollouts(t, &ro, m, err) != 0 ||
-                       compute_advantages(t, step, &plan, &ro, m, err) != 0))
+    if (plan.B > 0 &&
+        (collect_rollouts(t, step, &plan, &ro, m, err) != 0 || score_rollouts(t, &ro, m, err) != 0))
         goto done;
     /* μ of this step: the adaptive rule reads the step's mean reward */
     m->mu = !plan.do_sft ? 0.0 : !plan.do_rl ? 1.0 : sched_mu(t->cfg, step, m->reward_mean);
     if (build_sequences(t, &plan, &ro, &batch, m, err) != 0) goto done;
+    if (plan.B > 0 && ((t->ref.m && reference_logprobs(t, &ro, &batch, err) != 0) ||
+                       compute_advantages(t, step, &plan, &ro, &batch, m, err) != 0))
+        goto done;
     if (train_and_update(t, step, &batch, m, err) != 0) goto done;
     t->prompt_cursor += plan.B;
     t->expert_cursor += plan.E;
@@ -966,6 +1064,16 @@ static int setup(trainer *t, chord_err *err) {
     if (t->n_stop == 0)
         logline(t, "warning: the tokenizer has no EOS token; responses end at max_new_tokens");
 
+    /* the reference policy of the KL: the job's starting weights (never a resumed checkpoint's),
+     * frozen — no gradients or optimizer state are ever allocated for it */
+    if (cfg->grpo.kl_coef > 0.0) {
+        bootstrap_spec rs = {.dir = env->model_dir,
+                             .init_config = cfg->model_init_config,
+                             .init_seed = cfg->model_init_seed,
+                             .tokenizer_dir = env->tokenizer_dir};
+        if (bootstrap_open(&rs, env->ops, &t->ref, err) != 0)
+            return chord_err_prefix(err, "grpo.kl_coef: the reference policy");
+    }
     if (reward_verifier_new(cfg->reward, &t->verifier, err) != 0) return -1;
     t->engine = rollout_engine_new(t->m);
     if (!t->engine) return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
@@ -998,28 +1106,27 @@ static int setup(trainer *t, chord_err *err) {
 /* Eval samples kept (strings copied) for the on_samples callback. */
 typedef struct eval_samples {
     trainer_sample *s;
-    int n, cap, oom;
+    size_t cap;
+    int n, oom;
 } eval_samples;
 
 static void collect_eval_sample(void *user, const trainer_sample *s) {
     eval_samples *c = user;
     if (c->oom) return;
-    if (c->n == c->cap) {
-        int cap = c->cap ? 2 * c->cap : 256;
-        trainer_sample *ns = realloc(c->s, (size_t)cap * sizeof *ns);
-        if (!ns) {
-            c->oom = 1;
-            return;
-        }
-        c->s = ns;
-        c->cap = cap;
+    trainer_sample *grown = chord_array_grow(c->s, &c->cap, (size_t)c->n + 1, sizeof *c->s);
+    if (!grown) {
+        c->oom = 1;
+        return;
     }
+    c->s = grown;
     trainer_sample *d = &c->s[c->n];
     *d = *s;
     d->prompt = s->prompt ? strdup(s->prompt) : NULL;
     d->completion = s->completion ? strdup(s->completion) : NULL;
     d->answer = s->answer ? strdup(s->answer) : NULL;
-    c->n++;
+    c->n++; /* counted even when a copy failed: eval_samples_free frees what was made */
+    if ((s->prompt && !d->prompt) || (s->completion && !d->completion) || (s->answer && !d->answer))
+        c->oom = 1;
 }
 
 static void eval_samples_free(eval_samples *c) {
@@ -1139,6 +1246,7 @@ done:
     trainer_dataset_close(&t.expert);
     trainer_dataset_close(&t.eval);
     rollout_engine_free(t.engine);
+    bootstrap_close(&t.ref);
     reward_verifier_free(t.verifier);
     tok_free(t.tok);
     model_free(t.m);

@@ -25,7 +25,7 @@ def f32(x):
 
 
 def make_loss_case(n, mu, phi, regime, dual_clip, micro_batches, *, kinds=None, entropy=False,
-                   kl=False, extreme=False):
+                   kl=False, extreme=False, kl_estimator="k3"):
     if kinds is None:
         # segments like packed sequences: prompt (0), then a response (1 or 2)
         kinds = []
@@ -55,7 +55,7 @@ def make_loss_case(n, mu, phi, regime, dual_clip, micro_batches, *, kinds=None, 
         "mode": "loss",
         "params": {"mu": mu, "phi": phi, "clip_low": 0.2, "clip_high": 0.28 if regime == "active"
                    else 0.2, "dual_clip": dual_clip, "entropy_coef": 0.01 if entropy else 0.0,
-                   "kl_coef": 0.05 if kl else 0.0},
+                   "kl_coef": 0.05 if kl else 0.0, "kl_estimator": kl_estimator},
         "micro_batches": micro_batches,
         "kind": [int(k) for k in kinds],
         "logp": f32(logp),
@@ -110,11 +110,19 @@ def reference_loss(case):
     kl_mean = 0.0
     if case["ref_logp"] is not None:
         ref = torch.tensor(case["ref_logp"], dtype=torch.float32).to(dt)
-        # k3 as the reference's "low_var_kl": clamp(exp(d) − d − 1, −10, 10), d = clamp(ref − logp)
-        d = torch.clamp(ref - logp, -20.0, 20.0)
-        k3 = torch.clamp(torch.exp(d) - d - 1.0, -10.0, 10.0)
+        # Schulman's estimators of KL(π_θ || π_ref) at a sampled token, as verl's kl_penalty:
+        # k1 "kl" = logp − ref; k2 "mse" = ½ (logp − ref)²;
+        # k3 "low_var_kl" = clamp(exp(d) − d − 1, −10, 10), d = clamp(ref − logp, −20, 20)
+        est = p.get("kl_estimator", "k3")
+        if est == "k1":
+            k = logp - ref
+        elif est == "k2":
+            k = 0.5 * (logp - ref) ** 2
+        else:
+            d = torch.clamp(ref - logp, -20.0, 20.0)
+            k = torch.clamp(torch.exp(d) - d - 1.0, -10.0, 10.0)
         if n_pol:
-            kl_t = (k3 * pol).sum() / n_pol
+            kl_t = (k * pol).sum() / n_pol
             kl_mean = float(kl_t.detach())
             loss = loss + p["kl_coef"] * kl_t
 
@@ -188,6 +196,10 @@ def main():
     names.append("entropy bonus + k3 KL")
     cases.append(make_loss_case(200, 0.5, True, "active", 2.0, 2, entropy=True, kl=True))
     names.append("entropy + KL + phi + dual")
+    cases.append(make_loss_case(200, 0.37, False, "active", 0.0, 3, kl=True, kl_estimator="k1"))
+    names.append("k1 KL")
+    cases.append(make_loss_case(200, 0.2, True, "active", 3.0, 2, kl=True, kl_estimator="k2"))
+    names.append("k2 KL + phi + dual")
     cases.append(make_loss_case(64, 0.37, True, "active", 0.0, 2, kinds=[0, 1] * 32))
     names.append("no expert tokens")
     cases.append(make_loss_case(64, 0.37, False, "active", 0.0, 2, kinds=[2, 0] * 32))

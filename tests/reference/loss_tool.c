@@ -53,6 +53,11 @@ static json_t *run_loss(const json_t *c, chord_err *err) {
         .entropy_coef = num(jp, "entropy_coef"),
         .kl_coef = num(jp, "kl_coef"),
     };
+    /* "k1" | "k2" | "k3" (default) */
+    const char *est = json_string_value(json_object_get(jp, "kl_estimator"));
+    p.kl_estimator = est && !strcmp(est, "k1")   ? CHORD_KL_K1
+                     : est && !strcmp(est, "k2") ? CHORD_KL_K2
+                                                 : CHORD_KL_K3;
     json_t *jkind = json_object_get(c, "kind");
     size_t n = json_array_size(jkind);
     uint8_t *kind = malloc(n ? n : 1);

@@ -7,6 +7,7 @@
  * - chord_mu ends with a higher held-out accuracy than grpo alone, same seeds and budgets (GRPO
  *   gets no signal from scratch: every reward is 0);
  * - stopping and resuming from the checkpoint repeats an uninterrupted run's metrics exactly;
+ * - grpo.kl_coef > 0 reports the KL to the starting weights and keeps the policy nearer them;
  * - a checkpoint is a loadable model directory (config, weights, tokenizer files).
  *
  * The outcomes are checked against the job's own definition of success (the verifier's score,
@@ -485,6 +486,69 @@ static void test_zero_advantage_skip_is_exact(void **state) {
     }
 }
 
+/* ---- the KL to a reference policy ---------------------------------------------------------- */
+
+/* grpo.kl_coef > 0 gives the job a frozen reference (its starting weights): step 1's policy is
+ * the reference, so its KL is exactly 0; later steps report kl > 0, and the update differs from
+ * the same job without a KL. A strong KL keeps the policy nearer the reference than a negligible
+ * one does (the KL regularises), as a loss term and as a reward penalty alike; kl_coef 0 has no
+ * reference and no kl row. */
+static void run_kl_job(fixture *f, const char *grpo_extra, double kl[9], double loss[9]) {
+    char json[4096];
+    snprintf(json, sizeof json,
+             "{" TINY_MODEL ", \"algorithm\": \"chord\", \"chord\": {\"mu\": 0.5}, "
+             "\"grpo\": {\"group_size\": 4, \"prompts_per_step\": 4%s}, "
+             "\"expert_per_step\": 8, \"sampling\": {\"max_new_tokens\": 6}, "
+             "\"reward\": {\"type\": \"regex\", \"pattern\": \"^\\\\s*[0-9]\"}, "
+             "\"optimizer\": {\"lr\": 0.01}, \"steps\": 8, \"seed\": 2, "
+             "\"checkpoint_every\": 0, \"eval\": {\"every\": 0}}",
+             grpo_extra);
+    run_log *r = new_log();
+    chord_err err = {0};
+    if (run_job(f, json, f->prompts, f->expert, NULL, NULL, r, &err) != TRAINER_DONE)
+        fail_msg("%s", err.msg);
+    for (int s = 1; s <= 8; s++) {
+        kl[s] = value(r, s, "kl");
+        loss[s] = value(r, s, "loss");
+    }
+    free(r);
+}
+
+static void test_kl_to_reference(void **state) {
+    fixture *f = *state;
+    double kl[5][9], loss[5][9];
+    run_kl_job(f, "", kl[0], loss[0]);
+    run_kl_job(f, ", \"kl_coef\": 1e-9", kl[1], loss[1]);
+    run_kl_job(f, ", \"kl_coef\": 5.0", kl[2], loss[2]);
+    run_kl_job(f, ", \"kl_coef\": 1e-9, \"kl_estimator\": \"k2\", \"kl_in_reward\": true", kl[3],
+               loss[3]);
+    run_kl_job(f, ", \"kl_coef\": 5.0, \"kl_estimator\": \"k2\", \"kl_in_reward\": true", kl[4],
+               loss[4]);
+    for (int s = 1; s <= 8; s++)
+        print_message("step %d: kl (1e-9) %.3g, (5) %.3g; in reward (1e-9) %.3g, (5) %.3g; "
+                      "loss %.5f / %.5f / %.5f\n",
+                      s, kl[1][s], kl[2][s], kl[3][s], kl[4][s], loss[0][s], loss[1][s],
+                      loss[2][s]);
+    for (int s = 1; s <= 8; s++)
+        assert_true(isnan(kl[0][s])); /* no reference, no row */
+    /* before the first update the policy is the reference: exactly, where the KL is a loss term
+     * (the same forward on the same weights); to round-off at the rollout's log-probs (the
+     * decode path's) where it is a reward penalty */
+    assert_true(kl[1][1] == 0.0 && kl[2][1] == 0.0);
+    assert_true(fabs(kl[3][1]) < 1e-6 && fabs(kl[4][1]) < 1e-6);
+    for (int a = 1; a <= 4; a++)
+        for (int s = 2; s <= 8; s++)
+            assert_true(kl[a][s] > 1e-6); /* k3 and k2 are >= 0; the policy drifts */
+    /* the KL term takes part in the update: from step 2 the loss differs from no KL */
+    int differs = 0;
+    for (int s = 2; s <= 8; s++)
+        differs += loss[2][s] != loss[0][s];
+    assert_true(differs > 0);
+    /* and it regularises: a strong coefficient ends nearer the reference */
+    assert_true(kl[2][8] < kl[1][8]);
+    assert_true(kl[4][8] < kl[3][8]);
+}
+
 /* ---- checkpoints are model directories ------------------------------------------------------ */
 
 static void test_checkpoint_is_loadable(void **state) {
@@ -536,7 +600,10 @@ int main(void) {
         cmocka_unit_test(test_resume_repeats_metrics),
         cmocka_unit_test(test_verifier_errors_are_excluded),
         cmocka_unit_test(test_zero_advantage_skip_is_exact),
+        cmocka_unit_test(test_kl_to_reference),
         cmocka_unit_test(test_checkpoint_is_loadable),
     };
+    /* CHORD_TEST_ONLY=test_kl_to_reference runs the one test (a glob, cmocka's filter) */
+    if (getenv("CHORD_TEST_ONLY")) cmocka_set_test_filter(getenv("CHORD_TEST_ONLY"));
     return cmocka_run_group_tests(tests, setup, teardown);
 }
