@@ -613,11 +613,13 @@ extern "C" int cuda_attention_forward(ops_ctx *c, float *out, float *lse, const 
     int2 *tiles;
     int *ntiles, cap;
     if (att_use_tc(c, D)) {
-        if (att_tiles(c, cu_seqlens, S, N, cuda_attention_tc_tile_rows(), 0, &tiles, &ntiles, &cap,
-                      NULL) != 0)
+        void *bf = NULL;
+        if (att_tiles(c, cu_seqlens, S, N, cuda_attention_tc_tile_rows(),
+                      cuda_attention_tc_forward_scratch(N, Hq, Hkv, D), &tiles, &ntiles, &cap,
+                      &bf) != 0)
             return -1;
-        return cuda_attention_tc_forward(c, out, lse, q, ldq, k, ldk, v, ldv, cu_seqlens, tiles,
-                                         ntiles, cap, Hq, Hkv, D, scale);
+        return cuda_attention_tc_forward(c, out, lse, q, ldq, k, ldk, v, ldv, bf, cu_seqlens,
+                                         tiles, ntiles, cap, N, Hq, Hkv, D, scale);
     }
     if (att_tiles(c, cu_seqlens, S, N, ATT_BQ, 0, &tiles, &ntiles, &cap, NULL) != 0) return -1;
     const int nd = att_nd(D);
@@ -664,13 +666,13 @@ extern "C" int cuda_attention_backward(ops_ctx *c, float *dq, float *dk, float *
         return -1;
     if (use_tc) {
         float *Di = (float *)extra;
-        float *shares = (float *)((char *)extra + di_bytes);
+        void *tc_scratch = (char *)extra + di_bytes;
         size_t warps = (size_t)N * Hq;
         att_bwd_di_kernel<<<(unsigned int)((warps + 7) / 8), 256, 0, im->stream>>>(Di, dout, out, N,
                                                                                    Hq, D);
         CU_LAUNCHED("att_bwd_di_kernel");
         return cuda_attention_tc_backward(c, dq, dk, dv, dout, q, ldq, k, ldk, v, ldv, lse, Di,
-                                          shares, cu_seqlens, tiles, ntiles, cap, N, Hq, Hkv, D,
+                                          tc_scratch, cu_seqlens, tiles, ntiles, cap, N, Hq, Hkv, D,
                                           scale);
     }
     if (im->attention_mode == OPS_CUDA_ATTENTION_NAIVE) {

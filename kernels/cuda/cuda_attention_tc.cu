@@ -5,6 +5,9 @@
 // backward recomputes P from it. Used when the attention mode is `tensor`, or `auto` with bf16
 // GEMMs (ops_cuda.h), for head sizes D % 16 == 0 and D <= 128; other sizes use the fp32 kernels.
 //
+// Operands: one elementwise kernel per call copies q, k, v (and dout for the backward) to packed
+// bf16 (N, H * D) in the context's scratch, so tile loads are 16-byte copies with no conversion.
+//
 // Layout: a block has 4 warps and owns a 64-row tile; each warp owns 16 rows of it. Tiles of the
 // other operand (64 keys, or 64 queries) stream through shared memory as bf16. A warp's scores
 // (16 x 64) go from the accumulator fragments to shared memory, where lane pair (2r, 2r + 1)
@@ -23,6 +26,7 @@
 // operands (about 1e-3 relative), the bf16 GEMM mode's bound.
 #include <cuda_bf16.h>
 #include <mma.h>
+#include <string.h>
 
 #include "kernels/cuda/cuda_internal.cuh"
 
@@ -56,14 +60,22 @@ static __device__ __forceinline__ char *tc_align(void *p) {
     return (char *)(((uintptr_t)p + 31) & ~(uintptr_t)31);
 }
 
-// rows [0, n) of a tile from fp32 global memory (row r at src + r * ld + col) into bf16 shared
-// rows of stride ldd; rows n .. TC_B - 1 become zeros
-static __device__ void tc_load(bf16 *dst, int ldd, const float *src, int ld, int col, int n,
-                               int D) {
-    for (int idx = threadIdx.x; idx < TC_B * D; idx += TC_THREADS) {
-        const int r = idx / D, d = idx - r * D;
-        const float v = r < n ? src[(size_t)r * ld + col + d] : 0.0f;
-        dst[r * ldd + d] = __float2bfloat16(v);
+// two floats as a bf16 pair (lo in the low half, as the tensor-core operands want it)
+static __device__ __forceinline__ uint32_t tc_pack(float lo, float hi) {
+    const bf16 a = __float2bfloat16(lo), b = __float2bfloat16(hi);
+    return (uint32_t)__bfloat16_as_ushort(a) | ((uint32_t)__bfloat16_as_ushort(b) << 16);
+}
+
+// rows [0, n) of a tile of bf16 rows (row r at src + r * ld) into shared rows of stride ldd, 16
+// bytes at a time (D, ld and ldd are multiples of 8, src is 16-byte aligned); rows n .. TC_B - 1
+// become zeros
+static __device__ void tc_load(bf16 *dst, int ldd, const bf16 *src, int ld, int n, int D) {
+    const int vpr = D / 8; // 16-byte vectors per row
+#pragma unroll 1
+    for (int idx = threadIdx.x; idx < TC_B * vpr; idx += TC_THREADS) {
+        const int r = idx / vpr, c = (idx - r * vpr) * 8;
+        *(uint4 *)(dst + r * ldd + c) =
+            r < n ? *(const uint4 *)(src + (size_t)r * ld + c) : make_uint4(0u, 0u, 0u, 0u);
     }
 }
 
@@ -104,11 +116,11 @@ static __device__ void tc_accumulate(float *C, int ldc, const bf16 *P, const bf1
 // ---- forward ----
 
 __global__ void __launch_bounds__(TC_THREADS)
-    att_tc_fwd_kernel(float *out, float *lse, const float *q, int ldq, const float *k, int ldk,
-                      const float *v, int ldv, const int32_t *cu, const int2 *tiles,
-                      const int *ntiles, int Hq, int Hkv, int D, float scale) {
+    att_tc_fwd_kernel(float *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
+                      const int32_t *cu, const int2 *tiles, const int *ntiles, int Hq, int Hkv,
+                      int D, float scale) {
     if ((int)blockIdx.x >= *ntiles) return;
-    const int h = blockIdx.y, kvh = h / (Hq / Hkv);
+    const int h = blockIdx.y, kvh = h / (Hq / Hkv), HqD = Hq * D, HkvD = Hkv * D;
     const int2 tl = tiles[blockIdx.x];
     const int base = cu[tl.x], L = cu[tl.x + 1] - base, i0 = tl.y;
     const int nq = min((int)TC_B, L - i0), nkeys = i0 + nq;
@@ -124,15 +136,15 @@ __global__ void __launch_bounds__(TC_THREADS)
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, r0 = warp * 16;
     const int rr = lane >> 1, half = lane & 1, qi = i0 + r0 + rr; // this lane pair's row
 
-    tc_load(Qs, ldh, q + (size_t)(base + i0) * ldq, ldq, h * D, nq, D);
+    tc_load(Qs, ldh, q + (size_t)(base + i0) * HqD + h * D, HqD, nq, D);
     for (int idx = threadIdx.x; idx < TC_B * D; idx += TC_THREADS)
         Os[(idx / D) * ldf + idx % D] = 0.0f;
     float m = -INFINITY, l = 0.0f;
     for (int kb = 0; kb < nkeys; kb += TC_B) {
         const int nk = min((int)TC_B, nkeys - kb);
         __syncthreads(); // the previous tile is consumed (and Qs, Os are written)
-        tc_load(Ks, ldh, k + (size_t)(base + kb) * ldk, ldk, kvh * D, nk, D);
-        tc_load(Vs, ldh, v + (size_t)(base + kb) * ldv, ldv, kvh * D, nk, D);
+        tc_load(Ks, ldh, k + (size_t)(base + kb) * HkvD + kvh * D, HkvD, nk, D);
+        tc_load(Vs, ldh, v + (size_t)(base + kb) * HkvD + kvh * D, HkvD, nk, D);
         __syncthreads();
         if (kb > i0 + r0 + 15) continue; // warp-uniform: every key is after this warp's rows
         tc_scores(Ss + r0 * TC_LDS, Qs + r0 * ldh, ldh, Ks, ldh, D);
@@ -216,12 +228,12 @@ static __device__ void tc_dscores(bf16 *Pb, bf16 *dSb, const float *S, const flo
 }
 
 __global__ void __launch_bounds__(TC_THREADS)
-    att_tc_bwd_dq_kernel(float *dq, const float *dout, const float *q, int ldq, const float *k,
-                         int ldk, const float *v, int ldv, const float *lse, const float *Di,
-                         const int32_t *cu, const int2 *tiles, const int *ntiles, int Hq, int Hkv,
-                         int D, float scale) {
+    att_tc_bwd_dq_kernel(float *dq, int ldq, const bf16 *dout, const bf16 *q, const bf16 *k,
+                         const bf16 *v, const float *lse, const float *Di, const int32_t *cu,
+                         const int2 *tiles, const int *ntiles, int Hq, int Hkv, int D,
+                         float scale) {
     if ((int)blockIdx.x >= *ntiles) return;
-    const int h = blockIdx.y, kvh = h / (Hq / Hkv), HqD = Hq * D;
+    const int h = blockIdx.y, kvh = h / (Hq / Hkv), HqD = Hq * D, HkvD = Hkv * D;
     const int2 tl = tiles[blockIdx.x];
     const int base = cu[tl.x], L = cu[tl.x + 1] - base, i0 = tl.y;
     const int nq = min((int)TC_B, L - i0), nkeys = i0 + nq;
@@ -239,8 +251,8 @@ __global__ void __launch_bounds__(TC_THREADS)
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, r0 = warp * 16;
     const int rr = lane >> 1;
 
-    tc_load(Qs, ldh, q + (size_t)(base + i0) * ldq, ldq, h * D, nq, D);
-    tc_load(dOs, ldh, dout + (size_t)(base + i0) * HqD, HqD, h * D, nq, D);
+    tc_load(Qs, ldh, q + (size_t)(base + i0) * HqD + h * D, HqD, nq, D);
+    tc_load(dOs, ldh, dout + (size_t)(base + i0) * HqD + h * D, HqD, nq, D);
     for (int idx = threadIdx.x; idx < TC_B * D; idx += TC_THREADS)
         dQs[(idx / D) * ldf + idx % D] = 0.0f;
     float lse_r = 0.0f, di_r = 0.0f;
@@ -252,8 +264,8 @@ __global__ void __launch_bounds__(TC_THREADS)
     for (int kb = 0; kb < nkeys; kb += TC_B) {
         const int nk = min((int)TC_B, nkeys - kb);
         __syncthreads();
-        tc_load(Ks, ldh, k + (size_t)(base + kb) * ldk, ldk, kvh * D, nk, D);
-        tc_load(Vs, ldh, v + (size_t)(base + kb) * ldv, ldv, kvh * D, nk, D);
+        tc_load(Ks, ldh, k + (size_t)(base + kb) * HkvD + kvh * D, HkvD, nk, D);
+        tc_load(Vs, ldh, v + (size_t)(base + kb) * HkvD + kvh * D, HkvD, nk, D);
         __syncthreads();
         if (kb > i0 + r0 + 15) continue; // warp-uniform
         tc_scores(Ss + r0 * TC_LDS, Qs + r0 * ldh, ldh, Ks, ldh, D);
@@ -279,12 +291,12 @@ __global__ void __launch_bounds__(TC_THREADS)
 // dK, dV of query head blockIdx.y's share: rows at ok + row * ldo (G == 1: dk itself; else the
 // (N, Hq * D) scratch, column h * D)
 __global__ void __launch_bounds__(TC_THREADS)
-    att_tc_bwd_dkv_kernel(float *ok_base, float *ov_base, int ldok, int ldov, const float *dout,
-                          const float *q, int ldq, const float *k, int ldk, const float *v, int ldv,
-                          const float *lse, const float *Di, const int32_t *cu, const int2 *tiles,
-                          const int *ntiles, int Hq, int Hkv, int D, float scale) {
+    att_tc_bwd_dkv_kernel(float *ok_base, float *ov_base, int ldok, int ldov, const bf16 *dout,
+                          const bf16 *q, const bf16 *k, const bf16 *v, const float *lse,
+                          const float *Di, const int32_t *cu, const int2 *tiles, const int *ntiles,
+                          int Hq, int Hkv, int D, float scale) {
     if ((int)blockIdx.x >= *ntiles) return;
-    const int h = blockIdx.y, G = Hq / Hkv, kvh = h / G, HqD = Hq * D;
+    const int h = blockIdx.y, G = Hq / Hkv, kvh = h / G, HqD = Hq * D, HkvD = Hkv * D;
     const int ocol = G == 1 ? kvh * D : h * D;
     const int2 tl = tiles[blockIdx.x];
     const int base = cu[tl.x], L = cu[tl.x + 1] - base, j0 = tl.y;
@@ -306,8 +318,8 @@ __global__ void __launch_bounds__(TC_THREADS)
     float *Ds = Ls + TC_B;                      // (64) Di
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, r0 = warp * 16;
 
-    tc_load(Kt, ldh, k + (size_t)(base + j0) * ldk, ldk, kvh * D, nk, D);
-    tc_load(Vt, ldh, v + (size_t)(base + j0) * ldv, ldv, kvh * D, nk, D);
+    tc_load(Kt, ldh, k + (size_t)(base + j0) * HkvD + kvh * D, HkvD, nk, D);
+    tc_load(Vt, ldh, v + (size_t)(base + j0) * HkvD + kvh * D, HkvD, nk, D);
     for (int idx = threadIdx.x; idx < TC_B * D; idx += TC_THREADS) {
         const int o = (idx / D) * ldf + idx % D;
         dKs[o] = 0.0f;
@@ -316,8 +328,8 @@ __global__ void __launch_bounds__(TC_THREADS)
     for (int qb = j0; qb < L; qb += TC_B) { // rows before j0 see none of these keys
         const int nq = min((int)TC_B, L - qb);
         __syncthreads();
-        tc_load(Qs, ldh, q + (size_t)(base + qb) * ldq, ldq, h * D, nq, D);
-        tc_load(dOs, ldh, dout + (size_t)(base + qb) * HqD, HqD, h * D, nq, D);
+        tc_load(Qs, ldh, q + (size_t)(base + qb) * HqD + h * D, HqD, nq, D);
+        tc_load(dOs, ldh, dout + (size_t)(base + qb) * HqD + h * D, HqD, nq, D);
         for (int i = threadIdx.x; i < TC_B; i += TC_THREADS) {
             const size_t row = (size_t)(base + qb + (i < nq ? i : 0));
             Ls[i] = i < nq ? lse[row * Hq + h] : 0.0f;
@@ -370,6 +382,74 @@ __global__ void att_tc_sum_heads_kernel(float *dk, int ldk, float *dv, int ldv, 
     }
 }
 
+// ---- bf16 copies of the operands ----
+
+// up to 4 tensors of fp32 rows (n rows of `width` values, row stride ld) to packed bf16 (n, width),
+// 8 values a thread; blockIdx.y picks the tensor. vec: src 16-byte aligned, ld % 4 == 0 (two
+// float4 loads), else 8 scalar loads. width % 8 == 0.
+struct tc_convert_job {
+    bf16 *dst[4];
+    const float *src[4];
+    int ld[4], width[4], vec[4];
+    int n;
+};
+
+__global__ void att_tc_to_bf16_kernel(tc_convert_job job) {
+    const int t = blockIdx.y, W = job.width[t], vpr = W / 8, ld = job.ld[t];
+    const float *src = job.src[t];
+    bf16 *dst = job.dst[t];
+    const size_t total = (size_t)job.n * vpr;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
+         i += (size_t)gridDim.x * blockDim.x) {
+        const size_t r = i / (size_t)vpr;
+        const int c = (int)(i - r * (size_t)vpr) * 8;
+        const float *s = src + r * (size_t)ld + c;
+        float x[8];
+        if (job.vec[t]) {
+            const float4 a = *(const float4 *)s, b = *(const float4 *)(s + 4);
+            x[0] = a.x, x[1] = a.y, x[2] = a.z, x[3] = a.w;
+            x[4] = b.x, x[5] = b.y, x[6] = b.z, x[7] = b.w;
+        } else {
+            for (int e = 0; e < 8; e++)
+                x[e] = s[e];
+        }
+        uint4 o;
+        o.x = tc_pack(x[0], x[1]);
+        o.y = tc_pack(x[2], x[3]);
+        o.z = tc_pack(x[4], x[5]);
+        o.w = tc_pack(x[6], x[7]);
+        *(uint4 *)(dst + r * (size_t)W + c) = o;
+    }
+}
+
+static size_t tc_align256(size_t n) {
+    return (n + 255) & ~(size_t)255;
+}
+
+// carves the packed bf16 copies (N, width) out of scratch and queues their conversion
+static int tc_convert(ops_ctx *c, char **scratch, int N, int count, bf16 **dst,
+                      const float *const *src, const int *ld, const int *width) {
+    cuda_impl *im = cu_impl(c);
+    tc_convert_job job;
+    memset(&job, 0, sizeof job);
+    job.n = N;
+    size_t most = 0;
+    for (int t = 0; t < count; t++) {
+        dst[t] = (bf16 *)*scratch;
+        *scratch += tc_align256((size_t)N * width[t] * sizeof(bf16));
+        job.dst[t] = dst[t];
+        job.src[t] = src[t];
+        job.ld[t] = ld[t];
+        job.width[t] = width[t];
+        job.vec[t] = ((uintptr_t)src[t] % 16 == 0 && ld[t] % 4 == 0);
+        if ((size_t)width[t] > most) most = (size_t)width[t];
+    }
+    const dim3 grid(cu_blocks((size_t)N * most / 8, 256, im->num_sms), (unsigned int)count);
+    att_tc_to_bf16_kernel<<<grid, 256, 0, im->stream>>>(job);
+    CU_LAUNCHED("att_tc_to_bf16_kernel");
+    return 0;
+}
+
 // ---- launchers (called by cuda_attention.cu, which validated the shapes) ----
 
 static size_t tc_fwd_smem(int D) {
@@ -408,38 +488,56 @@ int cuda_attention_tc_tile_rows(void) {
     return TC_B;
 }
 
+size_t cuda_attention_tc_forward_scratch(int N, int Hq, int Hkv, int D) {
+    return tc_align256((size_t)N * Hq * D * sizeof(bf16)) +
+           2 * tc_align256((size_t)N * Hkv * D * sizeof(bf16));
+}
+
 int cuda_attention_tc_forward(ops_ctx *c, float *out, float *lse, const float *q, int ldq,
-                              const float *k, int ldk, const float *v, int ldv,
+                              const float *k, int ldk, const float *v, int ldv, void *scratch,
                               const int32_t *cu_seqlens, const int2 *tiles, const int *ntiles,
-                              int cap, int Hq, int Hkv, int D, float scale) {
+                              int cap, int N, int Hq, int Hkv, int D, float scale) {
     cuda_impl *im = cu_impl(c);
+    char *s = (char *)scratch;
+    bf16 *b[3];
+    const float *src[3] = {q, k, v};
+    const int ld[3] = {ldq, ldk, ldv}, width[3] = {Hq * D, Hkv * D, Hkv * D};
+    if (tc_convert(c, &s, N, 3, b, src, ld, width) != 0) return -1;
     const dim3 grid((unsigned int)cap, (unsigned int)Hq);
     att_tc_fwd_kernel<<<grid, TC_THREADS, tc_fwd_smem(D), im->stream>>>(
-        out, lse, q, ldq, k, ldk, v, ldv, cu_seqlens, tiles, ntiles, Hq, Hkv, D, scale);
+        out, lse, b[0], b[1], b[2], cu_seqlens, tiles, ntiles, Hq, Hkv, D, scale);
     CU_LAUNCHED("att_tc_fwd_kernel");
     return 0;
 }
 
 size_t cuda_attention_tc_scratch(int N, int Hq, int Hkv, int D) {
-    return Hq == Hkv ? 0 : (size_t)2 * N * Hq * D * sizeof(float);
+    const size_t shares = Hq == Hkv ? 0 : tc_align256((size_t)2 * N * Hq * D * sizeof(float));
+    return shares + 2 * tc_align256((size_t)N * Hq * D * sizeof(bf16)) +
+           2 * tc_align256((size_t)N * Hkv * D * sizeof(bf16));
 }
 
 int cuda_attention_tc_backward(ops_ctx *c, float *dq, float *dk, float *dv, const float *dout,
                                const float *q, int ldq, const float *k, int ldk, const float *v,
-                               int ldv, const float *lse, const float *Di, float *scratch,
+                               int ldv, const float *lse, const float *Di, void *scratch,
                                const int32_t *cu_seqlens, const int2 *tiles, const int *ntiles,
                                int cap, int N, int Hq, int Hkv, int D, float scale) {
     cuda_impl *im = cu_impl(c);
-    const dim3 grid((unsigned int)cap, (unsigned int)Hq);
-    att_tc_bwd_dq_kernel<<<grid, TC_THREADS, tc_dq_smem(D), im->stream>>>(
-        dq, dout, q, ldq, k, ldk, v, ldv, lse, Di, cu_seqlens, tiles, ntiles, Hq, Hkv, D, scale);
-    CU_LAUNCHED("att_tc_bwd_dq_kernel");
     const int shared = Hq != Hkv; // GQA: per-query-head shares, then their sum
-    float *ok = shared ? scratch : dk, *ov = shared ? scratch + (size_t)N * Hq * D : dv;
+    float *ok = shared ? (float *)scratch : dk;
+    float *ov = shared ? (float *)scratch + (size_t)N * Hq * D : dv;
+    char *s = (char *)scratch + (shared ? tc_align256((size_t)2 * N * Hq * D * sizeof(float)) : 0);
+    bf16 *b[4];
+    const float *src[4] = {q, k, v, dout};
+    const int ld[4] = {ldq, ldk, ldv, Hq * D}, width[4] = {Hq * D, Hkv * D, Hkv * D, Hq * D};
+    if (tc_convert(c, &s, N, 4, b, src, ld, width) != 0) return -1;
+    const dim3 grid((unsigned int)cap, (unsigned int)Hq);
     const int ldok = shared ? Hq * D : ldk, ldov = shared ? Hq * D : ldv;
+    att_tc_bwd_dq_kernel<<<grid, TC_THREADS, tc_dq_smem(D), im->stream>>>(
+        dq, ldq, b[3], b[0], b[1], b[2], lse, Di, cu_seqlens, tiles, ntiles, Hq, Hkv, D, scale);
+    CU_LAUNCHED("att_tc_bwd_dq_kernel");
     att_tc_bwd_dkv_kernel<<<grid, TC_THREADS, tc_dkv_smem(D), im->stream>>>(
-        ok, ov, ldok, ldov, dout, q, ldq, k, ldk, v, ldv, lse, Di, cu_seqlens, tiles, ntiles, Hq,
-        Hkv, D, scale);
+        ok, ov, ldok, ldov, b[3], b[0], b[1], b[2], lse, Di, cu_seqlens, tiles, ntiles, Hq, Hkv, D,
+        scale);
     CU_LAUNCHED("att_tc_bwd_dkv_kernel");
     if (shared) {
         att_tc_sum_heads_kernel<<<cu_blocks((size_t)N * Hkv * D, 256, im->num_sms), 256, 0,

@@ -245,16 +245,18 @@ int cuda_attention_init(ops_ctx *c);
 int cuda_attention_tc_init(ops_ctx *c);
 int cuda_attention_tc_usable(ops_ctx *c, int D);
 int cuda_attention_tc_tile_rows(void);
+// Device scratch (bytes) that cuda_attention_tc_forward takes: the bf16 copies of q, k, v.
+size_t cuda_attention_tc_forward_scratch(int N, int Hq, int Hkv, int D);
 int cuda_attention_tc_forward(ops_ctx *c, float *out, float *lse, const float *q, int ldq,
-                              const float *k, int ldk, const float *v, int ldv,
+                              const float *k, int ldk, const float *v, int ldv, void *scratch,
                               const int32_t *cu_seqlens, const int2 *tiles, const int *ntiles,
-                              int cap, int Hq, int Hkv, int D, float scale);
-// bytes of device scratch cuda_attention_tc_backward needs beside Di (GQA: each query head's
-// dK/dV share before the group's sum)
+                              int cap, int N, int Hq, int Hkv, int D, float scale);
+// bytes of device scratch cuda_attention_tc_backward needs beside Di: the bf16 copies of q, k, v
+// and dout, and with GQA each query head's dK/dV share before the group's sum
 size_t cuda_attention_tc_scratch(int N, int Hq, int Hkv, int D);
 int cuda_attention_tc_backward(ops_ctx *c, float *dq, float *dk, float *dv, const float *dout,
                                const float *q, int ldq, const float *k, int ldk, const float *v,
-                               int ldv, const float *lse, const float *Di, float *scratch,
+                               int ldv, const float *lse, const float *Di, void *scratch,
                                const int32_t *cu_seqlens, const int2 *tiles, const int *ntiles,
                                int cap, int N, int Hq, int Hkv, int D, float scale);
 

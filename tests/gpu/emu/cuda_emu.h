@@ -130,6 +130,13 @@ struct int2 {
 struct float4 {
     float x, y, z, w;
 };
+struct uint4 {
+    unsigned int x, y, z, w;
+};
+static inline uint4 make_uint4(unsigned int x, unsigned int y, unsigned int z, unsigned int w) {
+    uint4 r = {x, y, z, w};
+    return r;
+}
 static inline int2 make_int2(int x, int y) {
     int2 r = {x, y};
     return r;

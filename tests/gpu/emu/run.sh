@@ -6,6 +6,8 @@
 # (indexing, tiling, reductions, barriers) against the CPU backend; it cannot check GPU timing,
 # races or the device's own expf/sincosf. Slow (one host thread): op checks only, no 100M step.
 # Usage: tests/gpu/emu/run.sh [BUILD_DIR (default build-cuda)] [gpu_check args...]
+# CUDA_EMU_PROGRAM=FILE.c builds and runs that program instead of gpu_check (e.g.
+# tests/gpu/emu/attn_check.c, the attention ops alone, in seconds).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../../.." && pwd)
 build=${1:-$root/build-cuda}
@@ -34,7 +36,8 @@ for src in "$root"/kernels/cuda/*.cu; do
 done
 g++ $CXXFLAGS -I/usr/include/x86_64-linux-gnu/openblas-pthread -c "$emu/cuda_emu.cpp" \
     -o "$work/cuda_emu.o"
-gcc -std=c11 -O2 -g -D_GNU_SOURCE -Wall $san -I"$emu/include" -I"$root" -c "$root/tests/gpu/gpu_check.c" \
+prog=${CUDA_EMU_PROGRAM:-$root/tests/gpu/gpu_check.c}
+gcc -std=c11 -O2 -g -D_GNU_SOURCE -Wall $san -I"$emu/include" -I"$root" -c "$prog" \
     -o "$work/gpu_check.o"
 b=$build
 g++ $san -o "$work/gpu_check_emu" "$work/gpu_check.o" -Wl,--start-group "${objs[@]}" \
@@ -42,4 +45,8 @@ g++ $san -o "$work/gpu_check_emu" "$work/gpu_check.o" -Wl,--start-group "${objs[
     "$b/server/libchord_model.a" "$b/storage/libchord_storage.a" "$b/kernels/libchord_kernels.a" \
     "$b/server/base/libchord_base.a" -Wl,--end-group \
     -lcurl -lpcre2-8 -lutf8proc -ljansson -lsqlite3 -lopenblas -lgomp -lcrypto -lpthread -lm
-"$work/gpu_check_emu" --out "$work" "$@"
+if [ -n "${CUDA_EMU_PROGRAM:-}" ]; then
+    "$work/gpu_check_emu" "$@"
+else
+    "$work/gpu_check_emu" --out "$work" "$@"
+fi

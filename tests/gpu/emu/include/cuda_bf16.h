@@ -19,6 +19,9 @@ static inline __nv_bfloat16 __float2bfloat16(float f) {
     h.x = (unsigned short)(u >> 16);
     return h;
 }
+static inline unsigned short __bfloat16_as_ushort(__nv_bfloat16 h) {
+    return h.x;
+}
 static inline float __bfloat162float(__nv_bfloat16 h) {
     unsigned int u = (unsigned int)h.x << 16;
     float f;
