@@ -77,6 +77,29 @@ static int read_string(const json_t *obj, const char *path, const char *key, cha
     return 0;
 }
 
+/* A string that must be one of names[] (NULL-terminated; index = value): *out = its index. */
+static int read_choice(const json_t *obj, const char *path, const char *key,
+                       const char *const *names, int *out, chord_err *err) {
+    const char *s = NULL;
+    if (chord_json_get_string(obj, path, key, 0, &s, err)) return -1;
+    if (!s) return 0;
+    for (int i = 0; names[i]; i++)
+        if (!strcmp(s, names[i])) {
+            *out = i;
+            return 0;
+        }
+    char list[256] = "";
+    size_t off = 0;
+    for (int i = 0; names[i] && off < sizeof list; i++)
+        off += (size_t)snprintf(list + off, sizeof list - off, "%s\"%s\"", i ? ", " : "", names[i]);
+    return chord_err_set(err, "%s%s%s: must be one of %s, not \"%s\"", path, *path ? "." : "", key,
+                         list, s);
+}
+
+/* the loss aggregation modes, in chord_loss_agg's order (loss.h) */
+static const char *const agg_modes[] = {"token-mean", "seq-mean-token-mean", "seq-mean-token-sum",
+                                        "seq-mean-token-sum-norm", NULL};
+
 /* ---- defaults ------------------------------------------------------------------------------ */
 
 /* ALGORITHM.md's table and reference defaults for a preset. Strings are set by the caller. */
@@ -118,6 +141,8 @@ static void set_defaults(job_config *cfg, job_algorithm algorithm) {
                            .kl_coef = 0.0,
                            .kl_estimator = CHORD_KL_K3,
                            .kl_in_reward = 0,
+                           .loss_agg_mode = CHORD_AGG_TOKEN_MEAN,
+                           .norm_adv_by_std = 1,
                            .entropy_coef = 0.0};
     cfg->expert_per_step = 64;
     cfg->sampling = (job_sampling){.temperature = 1.0, .top_p = 1.0, .max_new_tokens = 1024};
@@ -236,22 +261,29 @@ static int parse_mu(const json_t *chord, job_config *cfg, chord_err *err) {
 }
 
 static int parse_chord(const json_t *doc, job_config *cfg, int *has_sft_steps, chord_err *err) {
-    static const char *const keys[] = {"mu", "phi", "sft_steps", NULL};
+    static const char *const keys[] = {"mu", "phi", "sft_steps", "sft_loss_agg_mode", NULL};
     json_t *chord = NULL;
     if (chord_json_get_object(doc, "", "chord", 0, &chord, err)) return -1;
     if (!chord) return 0;
     if (chord_json_check_keys(chord, "chord", keys, err)) return -1;
     if (parse_mu(chord, cfg, err)) return -1;
     if (chord_json_get_bool(chord, "chord", "phi", 0, &cfg->phi, err)) return -1;
+    if (read_choice(chord, "chord", "sft_loss_agg_mode", agg_modes, &cfg->sft_loss_agg_mode, err))
+        return -1;
+    if (cfg->sft_loss_agg_mode == CHORD_AGG_SEQ_MEAN_TOKEN_SUM_NORM)
+        return chord_err_set(err, "chord.sft_loss_agg_mode: seq-mean-token-sum-norm needs a "
+                                  "constant response length, which expert data has not; use "
+                                  "token-mean, seq-mean-token-mean or seq-mean-token-sum");
     *has_sft_steps = chord_json_field(chord, "sft_steps") != NULL;
     if (read_int(chord, "chord", "sft_steps", &cfg->sft_steps, err)) return -1;
     return 0;
 }
 
 static int parse_grpo(const json_t *doc, job_config *cfg, chord_err *err) {
-    static const char *const keys[] = {
-        "group_size", "prompts_per_step", "clip_low",     "clip_high",    "dual_clip",
-        "kl_coef",    "kl_estimator",     "kl_in_reward", "entropy_coef", NULL};
+    static const char *const keys[] = {"group_size",    "prompts_per_step", "clip_low",
+                                       "clip_high",     "dual_clip",        "kl_coef",
+                                       "kl_estimator",  "kl_in_reward",     "entropy_coef",
+                                       "loss_agg_mode", "norm_adv_by_std",  NULL};
     json_t *g = NULL;
     if (chord_json_get_object(doc, "", "grpo", 0, &g, err)) return -1;
     if (!g) return 0;
@@ -266,22 +298,12 @@ static int parse_grpo(const json_t *doc, job_config *cfg, chord_err *err) {
         chord_json_get_bool(g, "grpo", "kl_in_reward", 0, &p->kl_in_reward, err) ||
         read_number(g, "grpo", "entropy_coef", &p->entropy_coef, err))
         return -1;
-    char *est = NULL;
-    if (read_string(g, "grpo", "kl_estimator", &est, err)) return -1;
-    if (est) {
-        int known = 1;
-        if (!strcmp(est, "k1"))
-            p->kl_estimator = CHORD_KL_K1;
-        else if (!strcmp(est, "k2"))
-            p->kl_estimator = CHORD_KL_K2;
-        else if (!strcmp(est, "k3"))
-            p->kl_estimator = CHORD_KL_K3;
-        else
-            known = 0;
-        free(est);
-        if (!known)
-            return chord_err_set(err, "grpo.kl_estimator: must be \"k1\", \"k2\" or \"k3\"");
-    }
+    static const char *const estimators[] = {
+        [CHORD_KL_K3] = "k3", [CHORD_KL_K1] = "k1", [CHORD_KL_K2] = "k2", NULL};
+    if (read_choice(g, "grpo", "kl_estimator", estimators, &p->kl_estimator, err) ||
+        read_choice(g, "grpo", "loss_agg_mode", agg_modes, &p->loss_agg_mode, err) ||
+        chord_json_get_bool(g, "grpo", "norm_adv_by_std", 0, &p->norm_adv_by_std, err))
+        return -1;
     if (chord_json_field(g, "dual_clip") && !(p->dual_clip > 1.0))
         return chord_err_set(err, "grpo.dual_clip: must be null (off) or a number > 1");
     return 0;
@@ -598,6 +620,7 @@ json_t *jobconfig_to_json(const job_config *cfg) {
         put(chord, "mu", json_pack("{s:{s:f}}", "adaptive", "tau", mu->tau), &bad);
     }
     put(chord, "phi", json_boolean(cfg->phi), &bad);
+    put(chord, "sft_loss_agg_mode", json_string(agg_modes[cfg->sft_loss_agg_mode]), &bad);
     put(chord, "sft_steps", json_integer((json_int_t)cfg->sft_steps), &bad);
     put(doc, "chord", chord, &bad);
 
@@ -612,6 +635,8 @@ json_t *jobconfig_to_json(const job_config *cfg) {
         put(grpo, "dual_clip", g->dual_clip > 0 ? json_real(g->dual_clip) : json_null(), &bad);
         put(grpo, "kl_estimator", json_string(est_names[g->kl_estimator]), &bad);
         put(grpo, "kl_in_reward", json_boolean(g->kl_in_reward), &bad);
+        put(grpo, "loss_agg_mode", json_string(agg_modes[g->loss_agg_mode]), &bad);
+        put(grpo, "norm_adv_by_std", json_boolean(g->norm_adv_by_std), &bad);
     }
     put(doc, "grpo", grpo, &bad);
     put(doc, "expert_per_step", json_integer((json_int_t)cfg->expert_per_step), &bad);

@@ -58,6 +58,8 @@ typedef struct job_grpo {
     double kl_coef;           /* weight of the KL to the reference policy (0 = no reference) */
     int kl_estimator;         /* chord_kl_estimator (loss.h): k3 (0, default), k1, k2 */
     int kl_in_reward;         /* 1 = KL as a reward penalty, not a loss term */
+    int loss_agg_mode;        /* chord_loss_agg (loss.h) of L_GRPO: token-mean (0, default) */
+    int norm_adv_by_std; /* 1 (default): A = (r − mean) / std; 0: A = r − mean (Dr. GRPO) */
     double entropy_coef;
 } job_grpo;
 
@@ -98,8 +100,9 @@ typedef struct job_config {
     char *data_eval;
     job_algorithm algorithm;
     job_mu mu;
-    int phi;           /* 1 = φ-weighted SFT term (CHORD-φ) */
-    int64_t sft_steps; /* sft_then_grpo only */
+    int phi;               /* 1 = φ-weighted SFT term (CHORD-φ) */
+    int sft_loss_agg_mode; /* chord_loss_agg (loss.h) of L_SFT: token-mean (0, default) */
+    int64_t sft_steps;     /* sft_then_grpo only */
     job_grpo grpo;
     int64_t expert_per_step;
     job_sampling sampling;

@@ -12,8 +12,25 @@
 
 #include "server/train/jobconfig.h"
 
+static const char *const agg_names[] = {"token-mean", "seq-mean-token-mean", "seq-mean-token-sum",
+                                        "seq-mean-token-sum-norm"};
+
+const char *chord_loss_agg_name(chord_loss_agg a) {
+    return (unsigned)a < sizeof agg_names / sizeof agg_names[0] ? agg_names[a] : "?";
+}
+
+int chord_loss_agg_parse(const char *name, chord_loss_agg *out) {
+    for (size_t i = 0; name && i < sizeof agg_names / sizeof agg_names[0]; i++)
+        if (!strcmp(name, agg_names[i])) {
+            *out = (chord_loss_agg)i;
+            return 0;
+        }
+    return -1;
+}
+
 chord_loss_params chord_loss_params_for_job(const struct job_config *cfg, double mu,
-                                            int64_t n_policy_tokens, int64_t n_expert_tokens) {
+                                            int64_t n_policy_tokens, int64_t n_expert_tokens,
+                                            int64_t n_policy_seqs, int64_t n_expert_seqs) {
     return (chord_loss_params){.mu = mu,
                                .phi = cfg->phi,
                                .clip_low = cfg->grpo.clip_low,
@@ -22,8 +39,13 @@ chord_loss_params chord_loss_params_for_job(const struct job_config *cfg, double
                                .entropy_coef = cfg->grpo.entropy_coef,
                                .kl_coef = cfg->grpo.kl_coef,
                                .kl_estimator = (chord_kl_estimator)cfg->grpo.kl_estimator,
+                               .grpo_agg = (chord_loss_agg)cfg->grpo.loss_agg_mode,
+                               .sft_agg = (chord_loss_agg)cfg->sft_loss_agg_mode,
+                               .norm_tokens = (double)cfg->sampling.max_new_tokens,
                                .n_policy_tokens = n_policy_tokens,
-                               .n_expert_tokens = n_expert_tokens};
+                               .n_expert_tokens = n_expert_tokens,
+                               .n_policy_seqs = n_policy_seqs,
+                               .n_expert_seqs = n_expert_seqs};
 }
 
 int chord_loss_params_check(const chord_loss_params *p, chord_err *err) {
@@ -38,8 +60,14 @@ int chord_loss_params_check(const chord_loss_params *p, chord_err *err) {
         return chord_err_set(err, "loss: entropy_coef must be >= 0");
     if (!(p->kl_coef >= 0.0 && isfinite(p->kl_coef)))
         return chord_err_set(err, "loss: kl_coef must be >= 0");
-    if (p->n_policy_tokens < 0 || p->n_expert_tokens < 0)
-        return chord_err_set(err, "loss: token counts must be >= 0");
+    if (p->n_policy_tokens < 0 || p->n_expert_tokens < 0 || p->n_policy_seqs < 0 ||
+        p->n_expert_seqs < 0)
+        return chord_err_set(err, "loss: token and sequence counts must be >= 0");
+    if ((unsigned)p->grpo_agg > CHORD_AGG_SEQ_MEAN_TOKEN_SUM_NORM ||
+        (unsigned)p->sft_agg > CHORD_AGG_SEQ_MEAN_TOKEN_SUM)
+        return chord_err_set(err, "loss: unknown aggregation mode");
+    if (p->grpo_agg == CHORD_AGG_SEQ_MEAN_TOKEN_SUM_NORM && !(p->norm_tokens > 0.0))
+        return chord_err_set(err, "loss: seq-mean-token-sum-norm needs norm_tokens > 0");
     return 0;
 }
 
@@ -83,7 +111,6 @@ static double policy_token(const chord_loss_params *p, double logp, double logp_
         loss = keep == 1.0 ? loss : bound;
         dloss_dratio *= keep;
     }
-    acc->pg_sum += loss;
     acc->ppo_kl_sum += logp_old - logp;
     acc->ratio_sum += ratio;
     *loss_t = loss;
@@ -111,6 +138,23 @@ double chord_kl_token(chord_kl_estimator est, double logp, double ref_logp, doub
     }
 }
 
+/* The aggregation weight of one token of a term (loss.h, chord_loss_agg): n_tok and n_seq are
+ * the step's tokens and sequences of the term's kind, seq_tok its own sequence's tokens. */
+static double agg_weight(chord_loss_agg mode, int64_t n_tok, int64_t n_seq, int32_t seq_tok,
+                         double norm_tokens) {
+    switch (mode) {
+    case CHORD_AGG_SEQ_MEAN_TOKEN_MEAN:
+        return 1.0 / ((double)n_seq * (double)seq_tok);
+    case CHORD_AGG_SEQ_MEAN_TOKEN_SUM:
+        return 1.0 / (double)n_seq;
+    case CHORD_AGG_SEQ_MEAN_TOKEN_SUM_NORM:
+        return 1.0 / ((double)n_seq * norm_tokens);
+    case CHORD_AGG_TOKEN_MEAN:
+    default:
+        return 1.0 / (double)n_tok;
+    }
+}
+
 int chord_loss_micro_batch(const chord_loss_params *p, const chord_loss_batch *batch, float *dlogp,
                            float *dentropy, chord_loss_accum *acc, chord_err *err) {
     if (chord_loss_params_check(p, err)) return -1;
@@ -118,10 +162,10 @@ int chord_loss_micro_batch(const chord_loss_params *p, const chord_loss_batch *b
         return chord_err_set(err, "loss: kind, logp and dlogp are required");
     if (p->entropy_coef > 0.0 && !batch->entropy)
         return chord_err_set(err, "loss: entropy_coef > 0 needs per-token entropy");
+    int seq_modes = p->grpo_agg != CHORD_AGG_TOKEN_MEAN || p->sft_agg != CHORD_AGG_TOKEN_MEAN;
+    if (batch->n && seq_modes && !batch->seq_tokens)
+        return chord_err_set(err, "loss: a sequence-level aggregation needs seq_tokens");
     chord_loss_accum sum = *acc; /* committed only on success */
-    const double w_pg = p->n_policy_tokens > 0 ? (1.0 - p->mu) / (double)p->n_policy_tokens : 0.0;
-    const double w_sft = p->n_expert_tokens > 0 ? p->mu / (double)p->n_expert_tokens : 0.0;
-    const double w_tok = p->n_policy_tokens > 0 ? 1.0 / (double)p->n_policy_tokens : 0.0;
     double loss = 0.0;
     for (size_t t = 0; t < batch->n; t++) {
         double grad = 0.0, grad_entropy = 0.0;
@@ -129,6 +173,9 @@ int chord_loss_micro_batch(const chord_loss_params *p, const chord_loss_batch *b
         double logp = batch->logp[t];
         if (kind != CHORD_TOKEN_IGNORE && !isfinite(logp))
             return chord_err_set(err, "loss: token %zu: logp is not finite", t);
+        int32_t seq_tok = batch->seq_tokens ? batch->seq_tokens[t] : 1;
+        if (kind != CHORD_TOKEN_IGNORE && seq_modes && seq_tok < 1)
+            return chord_err_set(err, "loss: token %zu: seq_tokens must be >= 1", t);
         if (kind == CHORD_TOKEN_POLICY) {
             if (!batch->logp_old || !batch->advantage)
                 return chord_err_set(err, "loss: on-policy tokens need logp_old and advantage");
@@ -141,17 +188,21 @@ int chord_loss_micro_batch(const chord_loss_params *p, const chord_loss_batch *b
                                      "loss: token %zu: more on-policy tokens than the step's "
                                      "n_policy_tokens (%lld)",
                                      t, (long long)p->n_policy_tokens);
-            double loss_t;
+            /* a: the token's aggregation weight; the term enters L with (1 − μ) */
+            double a = agg_weight(p->grpo_agg, p->n_policy_tokens, p->n_policy_seqs, seq_tok,
+                                  p->norm_tokens);
+            double w_pg = (1.0 - p->mu) * a, loss_t;
             grad = w_pg * policy_token(p, logp, logp_old, adv, &loss_t, &sum);
             loss += w_pg * loss_t;
+            sum.pg_agg += a * loss_t;
             if (batch->entropy) {
                 double h = batch->entropy[t];
                 if (!isfinite(h))
                     return chord_err_set(err, "loss: token %zu: entropy is not finite", t);
                 sum.entropy_sum += h;
                 sum.n_entropy++;
-                loss -= p->entropy_coef * w_tok * h;
-                grad_entropy = -p->entropy_coef * w_tok;
+                loss -= p->entropy_coef * a * h;
+                grad_entropy = -p->entropy_coef * a;
             }
             if (batch->ref_logp) {
                 double ref = batch->ref_logp[t];
@@ -161,8 +212,8 @@ int chord_loss_micro_batch(const chord_loss_params *p, const chord_loss_batch *b
                 double dkl = chord_kl_token(p->kl_estimator, logp, ref, &kl_t);
                 sum.kl_sum += kl_t;
                 sum.n_kl++;
-                loss += p->kl_coef * w_tok * kl_t;
-                grad += p->kl_coef * w_tok * dkl;
+                loss += p->kl_coef * a * kl_t;
+                grad += p->kl_coef * a * dkl;
             }
         } else if (kind == CHORD_TOKEN_EXPERT) {
             if (++sum.n_expert > p->n_expert_tokens)
@@ -174,7 +225,9 @@ int chord_loss_micro_batch(const chord_loss_params *p, const chord_loss_batch *b
             double phi = prob * (1.0 - prob);
             double weight = p->phi ? phi : 1.0; /* sg(φ): a constant in the backward */
             double loss_t = -weight * logp;
-            sum.sft_sum += loss_t;
+            double a = agg_weight(p->sft_agg, p->n_expert_tokens, p->n_expert_seqs, seq_tok, 0.0);
+            double w_sft = p->mu * a;
+            sum.sft_agg += a * loss_t;
             sum.nll_sum += -logp;
             sum.phi_sum += phi;
             loss += w_sft * loss_t;
@@ -204,12 +257,12 @@ int chord_loss_finish(const chord_loss_params *p, const chord_loss_accum *acc,
                              (long long)acc->n_policy, (long long)acc->n_expert);
     memset(out, 0, sizeof *out);
     out->loss = acc->loss;
-    out->pg_loss = mean_of(acc->pg_sum, acc->n_policy);
+    out->pg_loss = acc->pg_agg;
     out->pg_clipfrac = mean_of(acc->clipped, acc->n_policy);
     out->pg_clipfrac_lower = mean_of(acc->dual_clipped, acc->n_policy);
     out->ppo_kl = mean_of(acc->ppo_kl_sum, acc->n_policy);
     out->ratio_mean = mean_of(acc->ratio_sum, acc->n_policy);
-    out->sft_loss = mean_of(acc->sft_sum, acc->n_expert);
+    out->sft_loss = acc->sft_agg;
     out->sft_nll = mean_of(acc->nll_sum, acc->n_expert);
     out->phi_mean = mean_of(acc->phi_sum, acc->n_expert);
     out->entropy = mean_of(acc->entropy_sum, acc->n_entropy);
@@ -220,7 +273,8 @@ int chord_loss_finish(const chord_loss_params *p, const chord_loss_accum *acc,
 }
 
 int chord_grpo_advantages(const float *rewards, const int *group_sizes, size_t n_groups,
-                          float *advantages, int64_t *zero_adv_groups, chord_err *err) {
+                          int norm_by_std, float *advantages, int64_t *zero_adv_groups,
+                          chord_err *err) {
     int64_t zero = 0;
     size_t offset = 0;
     for (size_t g = 0; g < n_groups; g++) {
@@ -241,11 +295,13 @@ int chord_grpo_advantages(const float *rewards, const int *group_sizes, size_t n
             double ss = 0.0;
             for (int i = 0; i < n; i++)
                 ss += (r[i] - mean) * (r[i] - mean);
-            std = sqrt(ss / (n - 1));
+            std = norm_by_std ? sqrt(ss / (n - 1)) : 1.0;
         }
         for (int i = 0; i < n; i++)
             advantages[offset + i] =
-                (n >= 2 && all_equal) ? 0.0f : (float)((r[i] - mean) / (std + 1e-6));
+                (n >= 2 && all_equal)
+                    ? 0.0f
+                    : (float)(norm_by_std ? (r[i] - mean) / (std + 1e-6) : r[i] - mean);
         if (n >= 2 && all_equal) zero++;
         offset += (size_t)n;
     }

@@ -199,6 +199,7 @@ typedef struct train_seq {
     float *ref_logp; /* at policy targets, under the reference policy (jobs with a KL) */
     float adv;
     int rollout; /* the response's index in the step's rollouts; -1 for an expert record */
+    int targets; /* trained targets (all of one kind): the loss's seq_tokens */
 } train_seq;
 
 static void train_seq_free(train_seq *s) {
@@ -222,7 +223,7 @@ static int train_seq_alloc(train_seq *s, int len, int rollout) {
 /* The per-row arrays of one micro-batch of N rows and S sequences, carved from one growable
  * block (buf.h): a failed growth leaves the old block to the single free at the end. */
 typedef struct micro_batch_rows {
-    int32_t *tokens, *positions, *targets, *cu;                   /* (N), (N), (N), (S + 1) */
+    int32_t *tokens, *positions, *targets, *seq_tokens, *cu;      /* (N) each, cu (S + 1) */
     float *logp, *ent, *logp_old, *ref_logp, *adv, *dlogp, *dent; /* (N) each */
     uint8_t *kind;                                                /* (N) */
     model_batch batch; /* the model's view of these rows */
@@ -236,12 +237,13 @@ static void *carve(char **p, size_t bytes) {
 
 static int micro_batch_carve(chord_buf *scratch, int64_t N, int S, micro_batch_rows *r) {
     size_t n = (size_t)N;
-    size_t bytes = (3 * n + (size_t)S + 1) * sizeof(int32_t) + 7 * n * sizeof(float) + n;
+    size_t bytes = (4 * n + (size_t)S + 1) * sizeof(int32_t) + 7 * n * sizeof(float) + n;
     if (chord_buf_reserve(scratch, bytes) != 0) return -1;
     char *p = scratch->data; /* 4-byte arrays first, so every one stays aligned */
     r->tokens = carve(&p, n * sizeof *r->tokens);
     r->positions = carve(&p, n * sizeof *r->positions);
     r->targets = carve(&p, n * sizeof *r->targets);
+    r->seq_tokens = carve(&p, n * sizeof *r->seq_tokens);
     r->cu = carve(&p, ((size_t)S + 1) * sizeof *r->cu);
     r->logp = carve(&p, n * sizeof *r->logp);
     r->ent = carve(&p, n * sizeof *r->ent);
@@ -278,6 +280,7 @@ static int pack_micro_batch(const train_seq *seqs, int first, int n_seqs, int64_
             r->logp_old[row] = q->logp_old[i];
             r->ref_logp[row] = q->ref_logp[i];
             r->adv[row] = q->adv;
+            r->seq_tokens[row] = q->targets;
         }
         r->cu[s + 1] = (int32_t)row;
     }
@@ -315,7 +318,8 @@ static int train_on(trainer *t, train_seq *seqs, int n_seqs, const chord_loss_pa
                                .logp_old = r.logp_old,
                                .advantage = r.adv,
                                .entropy = r.ent,
-                               .ref_logp = with_ref ? r.ref_logp : NULL};
+                               .ref_logp = with_ref ? r.ref_logp : NULL,
+                               .seq_tokens = r.seq_tokens};
         float *dent = want_entropy_grad ? r.dent : NULL;
         if (chord_loss_micro_batch(lp, &lb, r.dlogp, dent, acc, err) != 0) goto done;
         if (model_backward(t->m, r.dlogp, dent, err) != 0) goto done;
@@ -339,14 +343,16 @@ static int account_skipped(const train_seq *q, const chord_loss_params *lp, chor
     float *lp_old = malloc((size_t)n * sizeof *lp_old);
     float *adv = calloc((size_t)n, sizeof *adv);
     float *grad = malloc((size_t)n * sizeof *grad);
+    int32_t *seq_tokens = malloc((size_t)n * sizeof *seq_tokens);
     int rc = -1;
-    if (!kind || !lp_old || !adv || !grad) {
+    if (!kind || !lp_old || !adv || !grad || !seq_tokens) {
         chord_err_setc(err, CHORD_E_INTERNAL, "trainer: out of memory");
         goto done;
     }
     for (int j = 0, k = 0; j < q->len; j++)
         if (q->kind[j] == CHORD_TOKEN_POLICY) {
             kind[k] = CHORD_TOKEN_POLICY;
+            seq_tokens[k] = n;
             lp_old[k++] = q->logp_old[j];
         }
     chord_loss_batch b = {.n = (size_t)n,
@@ -355,13 +361,15 @@ static int account_skipped(const train_seq *q, const chord_loss_params *lp, chor
                           .logp_old = lp_old,
                           .advantage = adv,
                           .entropy = NULL,
-                          .ref_logp = NULL};
+                          .ref_logp = NULL,
+                          .seq_tokens = seq_tokens};
     rc = chord_loss_micro_batch(lp, &b, grad, NULL, acc, err);
 done:
     free(kind);
     free(lp_old);
     free(adv);
     free(grad);
+    free(seq_tokens);
     return rc;
 }
 
@@ -530,7 +538,8 @@ done:
 typedef struct step_batch {
     train_seq *seqs; /* the rollouts' first, then the expert records */
     int n;
-    int64_t n_policy, n_expert; /* target tokens of each kind */
+    int64_t n_policy, n_expert;           /* target tokens of each kind */
+    int64_t n_policy_seqs, n_expert_seqs; /* sequences with targets of each kind */
     double kl_mean; /* mean KL estimate over the policy tokens at rollout time (phase 4) */
 } step_batch;
 
@@ -554,7 +563,9 @@ static int add_rollout_seqs(const step_rollouts *ro, step_batch *b) {
             s->kind[pi->len - 1 + j] = CHORD_TOKEN_POLICY;
             s->logp_old[pi->len - 1 + j] = q->logp[j];
         }
+        s->targets = q->len;
         b->n_policy += q->len; /* the advantage comes with compute_advantages */
+        b->n_policy_seqs += q->len > 0;
     }
     return 0;
 }
@@ -575,8 +586,10 @@ static int add_expert_seqs(trainer *t, int E, step_batch *b, chord_err *err) {
         for (int j = 1; j < it.len; j++)
             if (it.mask[j]) {
                 s->kind[j - 1] = CHORD_TOKEN_EXPERT;
-                b->n_expert++;
+                s->targets++;
             }
+        b->n_expert += s->targets;
+        b->n_expert_seqs += s->targets > 0;
         trainer_item_free(&it);
     }
     return 0;
@@ -686,7 +699,8 @@ static int compute_advantages(trainer *t, int64_t step, const step_plan *p, step
         sizes[n_groups++] = k;
         n_dense += k;
     }
-    if (n_groups > 0 && chord_grpo_advantages(r, sizes, (size_t)n_groups, a, &zero_adv, err) != 0)
+    if (n_groups > 0 && chord_grpo_advantages(r, sizes, (size_t)n_groups,
+                                              t->cfg->grpo.norm_adv_by_std, a, &zero_adv, err) != 0)
         goto done;
     for (int g = 0, d = 0; g < B; g++) {
         int k, kept = group_kept(ro->excluded, G, g, &k);
@@ -751,7 +765,8 @@ static int train_and_update(trainer *t, int64_t step, step_batch *b, step_metric
                             chord_err *err) {
     double t0 = chord_now();
     const job_config *cfg = t->cfg;
-    chord_loss_params lp = chord_loss_params_for_job(cfg, m->mu, b->n_policy, b->n_expert);
+    chord_loss_params lp = chord_loss_params_for_job(cfg, m->mu, b->n_policy, b->n_expert,
+                                                     b->n_policy_seqs, b->n_expert_seqs);
     chord_loss_accum acc;
     chord_loss_accum_init(&acc);
     int64_t train_tokens = 0, skipped = 0;

@@ -25,7 +25,8 @@ def f32(x):
 
 
 def make_loss_case(n, mu, phi, regime, dual_clip, micro_batches, *, kinds=None, entropy=False,
-                   kl=False, extreme=False, kl_estimator="k3"):
+                   kl=False, extreme=False, kl_estimator="k3", grpo_agg="token-mean",
+                   sft_agg="token-mean", norm_tokens=0):
     if kinds is None:
         # segments like packed sequences: prompt (0), then a response (1 or 2)
         kinds = []
@@ -34,6 +35,13 @@ def make_loss_case(n, mu, phi, regime, dual_clip, micro_batches, *, kinds=None, 
             kinds += [int(torch.randint(1, 3, (1,), generator=rng))] * int(
                 torch.randint(3, 20, (1,), generator=rng))
         kinds = kinds[:n]
+    # the sequence of each token: a new one starts where a prompt (kind 0) follows a response,
+    # or a response of one kind follows one of the other (packed sequences hold one kind each)
+    seq, cur = [], -1
+    for t, k in enumerate(kinds):
+        if t == 0 or (k == 0 and kinds[t - 1] != 0) or (k != 0 and kinds[t - 1] not in (0, k)):
+            cur += 1
+        seq.append(cur)
     kinds = torch.tensor(kinds)
     logp = -torch.rand(n, generator=rng) * 4.0 - 0.002
     noise = {"inactive": 0.03, "active": 0.6}[regime]
@@ -55,7 +63,9 @@ def make_loss_case(n, mu, phi, regime, dual_clip, micro_batches, *, kinds=None, 
         "mode": "loss",
         "params": {"mu": mu, "phi": phi, "clip_low": 0.2, "clip_high": 0.28 if regime == "active"
                    else 0.2, "dual_clip": dual_clip, "entropy_coef": 0.01 if entropy else 0.0,
-                   "kl_coef": 0.05 if kl else 0.0, "kl_estimator": kl_estimator},
+                   "kl_coef": 0.05 if kl else 0.0, "kl_estimator": kl_estimator,
+                   "grpo_agg": grpo_agg, "sft_agg": sft_agg, "norm_tokens": norm_tokens},
+        "seq": seq,
         "micro_batches": micro_batches,
         "kind": [int(k) for k in kinds],
         "logp": f32(logp),
@@ -89,12 +99,29 @@ def reference_loss(case):
         bound = -adv * p["dual_clip"]
         dual_active = ((token_pg > bound) & (adv < 0)).to(dt)
         token_pg = torch.where(adv < 0, torch.minimum(token_pg, bound), token_pg)
-    pg_loss = (token_pg * pol).sum() / n_pol if n_pol else torch.zeros((), dtype=dt)
+    seq = torch.tensor(case["seq"])
+
+    def agg(vals, mask, mode):
+        """verl's / Trinity-RFT's loss_agg_mode over the sequences holding mask's tokens; for
+        seq-mean-token-sum-norm the constant M is params["norm_tokens"] (Dr. GRPO)."""
+        if not int(mask.sum()):
+            return torch.zeros((), dtype=dt)
+        if mode == "token-mean":
+            return (vals * mask).sum() / mask.sum()
+        per_seq = []
+        for s_id in sorted(set(seq[mask > 0].tolist())):
+            m = mask * (seq == s_id).to(dt)
+            total = (vals * m).sum()
+            per_seq.append(total / m.sum() if mode == "seq-mean-token-mean" else total)
+        out = torch.stack(per_seq).mean()
+        return out / p["norm_tokens"] if mode == "seq-mean-token-sum-norm" else out
+
+    pg_loss = agg(token_pg, pol, p["grpo_agg"])
 
     prob = torch.exp(logp)
     phi = (prob * (1.0 - prob)).detach()
     token_sft = -phi * logp if p["phi"] else -logp
-    sft_loss = (token_sft * exp_mask).sum() / n_exp if n_exp else torch.zeros((), dtype=dt)
+    sft_loss = agg(token_sft, exp_mask, p["sft_agg"])
 
     mu = p["mu"]
     loss = (1.0 - mu) * pg_loss + mu * sft_loss
@@ -104,9 +131,8 @@ def reference_loss(case):
     if case["entropy"] is not None:
         ent = torch.tensor(case["entropy"], dtype=torch.float32).to(dt).requires_grad_(True)
         if n_pol:
-            h = (ent * pol).sum() / n_pol
-            entropy_mean = float(h.detach())
-            loss = loss - p["entropy_coef"] * h
+            entropy_mean = float(((ent * pol).sum() / n_pol).detach())  # the metric: a mean
+            loss = loss - p["entropy_coef"] * agg(ent, pol, p["grpo_agg"])
     kl_mean = 0.0
     if case["ref_logp"] is not None:
         ref = torch.tensor(case["ref_logp"], dtype=torch.float32).to(dt)
@@ -122,9 +148,8 @@ def reference_loss(case):
             d = torch.clamp(ref - logp, -20.0, 20.0)
             k = torch.clamp(torch.exp(d) - d - 1.0, -10.0, 10.0)
         if n_pol:
-            kl_t = (k * pol).sum() / n_pol
-            kl_mean = float(kl_t.detach())
-            loss = loss + p["kl_coef"] * kl_t
+            kl_mean = float(((k * pol).sum() / n_pol).detach())  # the metric: a mean
+            loss = loss + p["kl_coef"] * agg(k, pol, p["grpo_agg"])
 
     loss.backward()
     dent = ent.grad if ent is not None and ent.grad is not None else torch.zeros(len(kind), dtype=dt)
@@ -149,7 +174,7 @@ def reference_loss(case):
     return float(loss.detach()), logp.grad, dent, metrics
 
 
-def reference_advantages(rewards, group_sizes):
+def reference_advantages(rewards, group_sizes, norm_by_std=True):
     """GRPO outcome advantages from ALGORITHM.md, with torch.std (unbiased)."""
     r_all = torch.tensor(rewards, dtype=torch.float32).to(torch.float64)
     out, zero, off = [], 0, 0
@@ -164,7 +189,8 @@ def reference_advantages(rewards, group_sizes):
             out += [0.0] * g
             zero += 1
         else:
-            out += [float(v) for v in (r - mean) / (std + 1e-6)]
+            # Dr. GRPO (norm_by_std False): the group mean only, no division by the std
+            out += [float(v) for v in ((r - mean) / (std + 1e-6) if norm_by_std else r - mean)]
     return out, zero
 
 
@@ -200,6 +226,13 @@ def main():
     names.append("k1 KL")
     cases.append(make_loss_case(200, 0.2, True, "active", 3.0, 2, kl=True, kl_estimator="k2"))
     names.append("k2 KL + phi + dual")
+    for grpo_agg, sft_agg in (("seq-mean-token-mean", "seq-mean-token-mean"),
+                              ("seq-mean-token-sum", "seq-mean-token-sum"),
+                              ("seq-mean-token-sum-norm", "token-mean"),
+                              ("token-mean", "seq-mean-token-mean")):
+        cases.append(make_loss_case(300, 0.37, True, "active", 3.0, 3, entropy=True, kl=True,
+                                    grpo_agg=grpo_agg, sft_agg=sft_agg, norm_tokens=24))
+        names.append(f"aggregation grpo {grpo_agg}, sft {sft_agg} (+ entropy, KL)")
     cases.append(make_loss_case(64, 0.37, True, "active", 0.0, 2, kinds=[0, 1] * 32))
     names.append("no expert tokens")
     cases.append(make_loss_case(64, 0.37, False, "active", 0.0, 2, kinds=[2, 0] * 32))
@@ -264,11 +297,15 @@ def main():
         adv_cases.append({"mode": "advantages", "rewards": rewards, "group_sizes": sizes})
     adv_cases.append({"mode": "advantages", "rewards": [0.1, 0.1, 0.1, -0.1, 1.0, 0.1],
                       "group_sizes": [3, 3]})
+    for c in list(adv_cases[:2]):
+        adv_cases.append(dict(c, norm_by_std=False))
     for case, got in zip(adv_cases, run_tool(tool, adv_cases)):
-        ref, zero = reference_advantages(case["rewards"], case["group_sizes"])
+        ref, zero = reference_advantages(case["rewards"], case["group_sizes"],
+                                         case.get("norm_by_std", True))
         bad = [i for i, (a, b) in enumerate(zip(got["advantages"], ref)) if not close(a, b, 1e-6)]
         ok = not bad and got["zero_adv_groups"] == zero
-        print(f"{'ok' if ok else 'FAIL':4} advantages groups={case['group_sizes']}: "
+        print(f"{'ok' if ok else 'FAIL':4} advantages groups={case['group_sizes']}"
+              f"{'' if case.get('norm_by_std', True) else ' (Dr. GRPO: no std)'}: "
               f"zero_adv_groups {got['zero_adv_groups']} (torch {zero})")
         for i in bad[:5]:
             print(f"      A[{i}] {got['advantages'][i]!r} vs torch {ref[i]!r}")

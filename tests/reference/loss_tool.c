@@ -58,6 +58,14 @@ static json_t *run_loss(const json_t *c, chord_err *err) {
     p.kl_estimator = est && !strcmp(est, "k1")   ? CHORD_KL_K1
                      : est && !strcmp(est, "k2") ? CHORD_KL_K2
                                                  : CHORD_KL_K3;
+    const char *ga = json_string_value(json_object_get(jp, "grpo_agg"));
+    const char *sa = json_string_value(json_object_get(jp, "sft_agg"));
+    if ((ga && chord_loss_agg_parse(ga, &p.grpo_agg)) ||
+        (sa && chord_loss_agg_parse(sa, &p.sft_agg))) {
+        chord_err_set(err, "bad aggregation mode");
+        return NULL;
+    }
+    p.norm_tokens = num(jp, "norm_tokens");
     json_t *jkind = json_object_get(c, "kind");
     size_t n = json_array_size(jkind);
     uint8_t *kind = malloc(n ? n : 1);
@@ -73,6 +81,23 @@ static json_t *run_loss(const json_t *c, chord_err *err) {
     float *ref = floats(json_object_get(c, "ref_logp"), n);
     float *dlogp = calloc(n ? n : 1, sizeof *dlogp);
     float *dent = calloc(n ? n : 1, sizeof *dent);
+    /* the packing's per-token figures, as the trainer has them: n_s = the tokens of the token's
+     * kind in its sequence ("seq" ids), and the sequences holding each kind */
+    json_t *jseq = json_object_get(c, "seq");
+    int32_t *seq_tokens = calloc(n ? n : 1, sizeof *seq_tokens);
+    if (jseq && seq_tokens) {
+        for (size_t i = 0; i < n; i++) {
+            json_int_t si = json_integer_value(json_array_get(jseq, i));
+            int first_of_kind = 1;
+            for (size_t j = 0; j < n; j++)
+                if (json_integer_value(json_array_get(jseq, j)) == si && kind[j] == kind[i]) {
+                    seq_tokens[i]++;
+                    if (j < i) first_of_kind = 0;
+                }
+            if (first_of_kind && kind[i] == CHORD_TOKEN_POLICY) p.n_policy_seqs++;
+            if (first_of_kind && kind[i] == CHORD_TOKEN_EXPERT) p.n_expert_seqs++;
+        }
+    }
     json_t *out = NULL;
     if (!logp || !logp_old || !adv || !dlogp || !dent) {
         chord_err_set(err, "bad loss case");
@@ -91,7 +116,8 @@ static json_t *run_loss(const json_t *c, chord_err *err) {
                               logp_old + start,
                               adv + start,
                               entropy ? entropy + start : NULL,
-                              ref ? ref + start : NULL};
+                              ref ? ref + start : NULL,
+                              seq_tokens + start};
         if (chord_loss_micro_batch(&p, &b, dlogp + start, dent + start, &acc, err)) goto done;
     }
     chord_loss_metrics m;
@@ -112,6 +138,7 @@ done:
     free(ref);
     free(dlogp);
     free(dent);
+    free(seq_tokens);
     return out;
 }
 
@@ -125,7 +152,9 @@ static json_t *run_advantages(const json_t *c, chord_err *err) {
     for (size_t i = 0; i < ng; i++)
         gs[i] = (int)json_integer_value(json_array_get(jg, i));
     int64_t zero = -1;
-    if (r && a && gs && chord_grpo_advantages(r, gs, ng, a, &zero, err) == 0)
+    json_t *nb = json_object_get(c, "norm_by_std");
+    int norm_by_std = nb ? json_is_true(nb) : 1;
+    if (r && a && gs && chord_grpo_advantages(r, gs, ng, norm_by_std, a, &zero, err) == 0)
         out = json_pack("{s:o,s:I}", "advantages", float_array(a, n), "zero_adv_groups",
                         (json_int_t)zero);
     free(r);

@@ -6,7 +6,8 @@ only) and transformers' `get_cosine_with_min_lr_schedule_with_warmup`.
 
 What it covers beyond the per-op and per-gradient reference tests: the trainer's own plumbing —
 prompt/response masking through the chat template, token-averaging across micro-batches (the
-job's micro_batch_tokens forces several per step), the learning-rate schedule, clipping and the
+job's micro_batch_tokens forces several per step) and, in a second run, the per-sequence average
+(chord.sft_loss_agg_mode "seq-mean-token-mean"), the learning-rate schedule, clipping and the
 optimizer, step after step. Every expert record is used every step (expert_per_step = all of
 them), so the batch is the same set on both sides whatever order chord draws it in.
 
@@ -53,17 +54,13 @@ def records():
     return out
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--chordd", required=True)
-    args = ap.parse_args()
-    torch.set_num_threads(2)
-    failures = []
+def run(chordd, agg, failures):
+    """One sft job with chord.sft_loss_agg_mode = agg, chord against PyTorch."""
     with tempfile.TemporaryDirectory() as d:
         with open(os.path.join(d, "config.json"), "w") as f:
             json.dump(CONFIG, f)
         init = os.path.join(d, "init")
-        subprocess.run([args.chordd, "init-model", "--config", os.path.join(d, "config.json"),
+        subprocess.run([chordd, "init-model", "--config", os.path.join(d, "config.json"),
                         "--seed", "3", "--out", init], check=True, capture_output=True)
         recs = records()
         expert = os.path.join(d, "expert.jsonl")
@@ -71,7 +68,8 @@ def main():
             for r in recs:
                 f.write(json.dumps(r) + "\n")
         job = {"name": "sft-ref", "model": {"path": init}, "data": {"expert": expert},
-               "algorithm": "sft", "expert_per_step": len(recs), "micro_batch_tokens": 160,
+               "algorithm": "sft", "chord": {"sft_loss_agg_mode": agg},
+               "expert_per_step": len(recs), "micro_batch_tokens": 160,
                "optimizer": {"lr": LR, "schedule": "cosine", "warmup_steps": WARMUP,
                              "min_lr_ratio": MIN_RATIO, "weight_decay": WD, "grad_clip": CLIP},
                "steps": STEPS, "seed": 5, "checkpoint_every": STEPS}
@@ -79,12 +77,13 @@ def main():
             json.dump(job, f)
         metrics = os.path.join(d, "metrics.jsonl")
         out = os.path.join(d, "out")
-        p = subprocess.run([args.chordd, "train", os.path.join(d, "job.json"), "--out", out,
+        p = subprocess.run([chordd, "train", os.path.join(d, "job.json"), "--out", out,
                             "--metrics-out", metrics, "--quiet", "--threads", "1"],
                            capture_output=True, text=True)
         if p.returncode != 0:
             print(p.stderr)
-            return 1
+            failures.append(f"{agg}: chordd train failed")
+            return
         chord = [json.loads(line)["metrics"] for line in open(metrics)]
         final = load_file(os.path.join(out, "checkpoints", f"step_{STEPS}", "model.safetensors"))
 
@@ -112,9 +111,12 @@ def main():
             for prompt, response in seqs:
                 logits = model(input_ids=torch.tensor([prompt + response])).logits[0]
                 logits = logits[len(prompt) - 1:-1]
-                total = total + torch.nn.functional.cross_entropy(
-                    logits, torch.tensor(response), reduction="sum")
-            loss = total / n_tokens
+                nll = torch.nn.functional.cross_entropy(logits, torch.tensor(response),
+                                                        reduction="sum")
+                # token-mean: every response token weighs the same; seq-mean-token-mean: every
+                # response does (its NLL averaged over its own tokens, then over responses)
+                total = total + (nll if agg == "token-mean" else nll / len(response))
+            loss = total / (n_tokens if agg == "token-mean" else len(seqs))
             opt.zero_grad()
             loss.backward()
             norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP))
@@ -126,10 +128,10 @@ def main():
                                          ("lr", c["lr"], lr, 1e-9)):
                 rel = abs(mine - ref) / max(abs(ref), 1e-12)
                 ok = rel <= tol or abs(mine - ref) <= 1e-15
-                print(f"step {step} {name}: chord {mine:.9g} torch {ref:.9g} rel {rel:.2e}"
+                print(f"{agg} step {step} {name}: chord {mine:.9g} torch {ref:.9g} rel {rel:.2e}"
                       f" {'ok' if ok else 'FAIL'}")
                 if not ok:
-                    failures.append(f"step {step} {name}")
+                    failures.append(f"{agg} step {step} {name}")
             if c["expert_tokens"] != n_tokens:
                 failures.append(f"step {step}: chord trained {c['expert_tokens']} response "
                                 f"tokens, PyTorch {n_tokens}")
@@ -139,13 +141,24 @@ def main():
             ref = state[name].numpy()
             rel = float(np.max(np.abs(w.astype(np.float64) - ref)) / np.max(np.abs(ref)))
             worst = max(worst, (rel, name))
-        print(f"weights after step {STEPS}: worst max|delta|/max|w| {worst[0]:.2e} ({worst[1]})")
+        print(f"{agg}: weights after step {STEPS}: worst max|delta|/max|w| {worst[0]:.2e} "
+              f"({worst[1]})")
         if worst[0] > 5e-3:
-            failures.append(f"weights: {worst[1]} off by {worst[0]:.2e}")
+            failures.append(f"{agg} weights: {worst[1]} off by {worst[0]:.2e}")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--chordd", required=True)
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    failures = []
+    for agg in ("token-mean", "seq-mean-token-mean"):
+        run(args.chordd, agg, failures)
     if failures:
         print("FAILED:", "; ".join(failures))
         return 1
-    print("ok: chordd train (sft) follows PyTorch step for step")
+    print("ok: chordd train (sft; token-mean and seq-mean-token-mean) follows PyTorch step for step")
     return 0
 
 

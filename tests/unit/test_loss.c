@@ -34,7 +34,7 @@ static chord_loss_params params(double mu, int phi, int64_t n_pol, int64_t n_exp
 static double one_policy_token(chord_loss_params p, float logp, float logp_old, float adv,
                                chord_loss_metrics *m) {
     uint8_t kind = CHORD_TOKEN_POLICY;
-    chord_loss_batch b = {1, &kind, &logp, &logp_old, &adv, NULL, NULL};
+    chord_loss_batch b = {1, &kind, &logp, &logp_old, &adv, NULL, NULL, NULL};
     float g;
     chord_loss_accum acc;
     chord_loss_accum_init(&acc);
@@ -98,7 +98,7 @@ static void test_sft_term(void **state) {
     uint8_t kind[2] = {CHORD_TOKEN_EXPERT, CHORD_TOKEN_EXPERT};
     float logp[2] = {(float)log(0.5), (float)log(0.9)};
     float g[2];
-    chord_loss_batch b = {2, kind, logp, NULL, NULL, NULL, NULL};
+    chord_loss_batch b = {2, kind, logp, NULL, NULL, NULL, NULL, NULL};
     chord_err err = {0};
     for (int phi = 0; phi <= 1; phi++) {
         chord_loss_params p = params(1.0, phi, 0, 2);
@@ -135,8 +135,8 @@ static void test_mix_and_micro_batches(void **state) {
     chord_loss_accum acc;
     chord_loss_accum_init(&acc);
     chord_err err = {0};
-    chord_loss_batch b1 = {4, kind, logp, old, adv, ent, NULL};
-    chord_loss_batch b2 = {3, kind + 4, logp + 4, old + 4, adv + 4, ent + 4, NULL};
+    chord_loss_batch b1 = {4, kind, logp, old, adv, ent, NULL, NULL};
+    chord_loss_batch b2 = {3, kind + 4, logp + 4, old + 4, adv + 4, ent + 4, NULL, NULL};
     assert_int_equal(chord_loss_micro_batch(&p, &b1, g, gent, &acc, &err), 0);
     assert_int_equal(chord_loss_micro_batch(&p, &b2, g + 4, gent + 4, &acc, &err), 0);
     chord_loss_metrics m;
@@ -172,7 +172,7 @@ static void test_empty_streams(void **state) {
     chord_loss_metrics m;
     chord_err err = {0};
     chord_loss_accum_init(&acc);
-    chord_loss_batch b = {2, kind, logp, NULL, NULL, NULL, NULL};
+    chord_loss_batch b = {2, kind, logp, NULL, NULL, NULL, NULL, NULL};
     assert_int_equal(chord_loss_micro_batch(&p, &b, g, NULL, &acc, &err), 0);
     assert_int_equal(chord_loss_finish(&p, &acc, &m, &err), 0);
     assert_near(m.loss, 0.4 * log(2.0));
@@ -181,7 +181,7 @@ static void test_empty_streams(void **state) {
     /* nothing at all */
     p = params(0.4, 1, 0, 0);
     chord_loss_accum_init(&acc);
-    chord_loss_batch none = {0, NULL, NULL, NULL, NULL, NULL, NULL};
+    chord_loss_batch none = {0, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
     assert_int_equal(chord_loss_micro_batch(&p, &none, NULL, NULL, &acc, &err), 0);
     assert_int_equal(chord_loss_finish(&p, &acc, &m, &err), 0);
     assert_near(m.loss, 0.0);
@@ -203,7 +203,7 @@ static void test_errors(void **state) {
     uint8_t kind[3] = {1, 1, 3};
     float logp[3] = {-1, -1, -1}, old[3] = {-1, -1, -1}, adv[3] = {1, 1, 1};
     chord_loss_params p = params(0.5, 0, 2, 0);
-    chord_loss_batch b = {3, kind, logp, old, adv, NULL, NULL};
+    chord_loss_batch b = {3, kind, logp, old, adv, NULL, NULL, NULL};
     expect_error(&p, &b, "token 2: kind 3");
     p.n_policy_tokens = 1;
     expect_error(&p, &b, "token 1: more on-policy tokens");
@@ -243,7 +243,7 @@ static void test_advantages(void **state) {
     float a[10];
     int64_t zero = -1;
     chord_err err = {0};
-    assert_int_equal(chord_grpo_advantages(r, sizes, 4, a, &zero, &err), 0);
+    assert_int_equal(chord_grpo_advantages(r, sizes, 4, 1, a, &zero, &err), 0);
     double std4 = sqrt((4 * 0.25) / 3.0); /* unbiased */
     assert_near(a[0], 0.5 / (std4 + 1e-6));
     assert_near(a[1], -0.5 / (std4 + 1e-6));
@@ -255,11 +255,11 @@ static void test_advantages(void **state) {
     assert_near(a[9], 0.5 / (std2 + 1e-6));
     assert_int_equal(zero, 1);
     int bad[] = {4, 0};
-    assert_int_equal(chord_grpo_advantages(r, bad, 2, a, NULL, &err), -1);
+    assert_int_equal(chord_grpo_advantages(r, bad, 2, 1, a, NULL, &err), -1);
     assert_non_null(strstr(err.msg, "group 1 is empty"));
     float rn[] = {1, NAN};
     int two[] = {2};
-    assert_int_equal(chord_grpo_advantages(rn, two, 1, a, NULL, &err), -1);
+    assert_int_equal(chord_grpo_advantages(rn, two, 1, 1, a, NULL, &err), -1);
     assert_non_null(strstr(err.msg, "reward 1"));
 }
 
@@ -268,11 +268,13 @@ static void test_params_for_job(void **state) {
     const char *doc =
         "{\"model\": {\"path\": \"m\"}, \"data\": {\"prompts\": \"p\", \"expert\": \"e\"},"
         " \"grpo\": {\"clip_low\": 0.1, \"clip_high\": 0.3, \"dual_clip\": 3,"
-        " \"kl_coef\": 0.01, \"entropy_coef\": 0.02}}";
+        " \"kl_coef\": 0.01, \"entropy_coef\": 0.02, \"kl_estimator\": \"k2\","
+        " \"loss_agg_mode\": \"seq-mean-token-sum-norm\"},"
+        " \"sampling\": {\"max_new_tokens\": 77}}";
     job_config cfg;
     chord_err err = {0};
     assert_int_equal(jobconfig_parse(doc, &cfg, &err), 0);
-    chord_loss_params p = chord_loss_params_for_job(&cfg, 0.25, 10, 20);
+    chord_loss_params p = chord_loss_params_for_job(&cfg, 0.25, 10, 20, 3, 4);
     assert_near(p.mu, 0.25);
     assert_int_equal(p.phi, 1); /* chord's default */
     assert_near(p.clip_low, 0.1);
@@ -282,6 +284,12 @@ static void test_params_for_job(void **state) {
     assert_near(p.entropy_coef, 0.02);
     assert_int_equal(p.n_policy_tokens, 10);
     assert_int_equal(p.n_expert_tokens, 20);
+    assert_int_equal(p.n_policy_seqs, 3);
+    assert_int_equal(p.n_expert_seqs, 4);
+    assert_int_equal(p.kl_estimator, CHORD_KL_K2);
+    assert_int_equal(p.grpo_agg, CHORD_AGG_SEQ_MEAN_TOKEN_SUM_NORM);
+    assert_int_equal(p.sft_agg, CHORD_AGG_TOKEN_MEAN);
+    assert_near(p.norm_tokens, 77.0);
     assert_int_equal(chord_loss_params_check(&p, &err), 0);
     jobconfig_free(&cfg);
 }
