@@ -96,6 +96,9 @@ static int read_choice(const json_t *obj, const char *path, const char *key,
                          list, s);
 }
 
+/* the names of loss.h's enums, in their order */
+static const char *const policy_losses[] = {"ppo", "cispo", NULL};
+static const char *const ratio_levels[] = {"token", "sequence", NULL};
 /* the loss aggregation modes, in chord_loss_agg's order (loss.h) */
 static const char *const agg_modes[] = {"token-mean", "seq-mean-token-mean", "seq-mean-token-sum",
                                         "seq-mean-token-sum-norm", NULL};
@@ -143,6 +146,7 @@ static void set_defaults(job_config *cfg, job_algorithm algorithm) {
                            .kl_in_reward = 0,
                            .loss_agg_mode = CHORD_AGG_TOKEN_MEAN,
                            .norm_adv_by_std = 1,
+                           .ppo_epochs = 1,
                            .entropy_coef = 0.0};
     cfg->expert_per_step = 64;
     cfg->sampling = (job_sampling){.temperature = 1.0, .top_p = 1.0, .max_new_tokens = 1024};
@@ -280,10 +284,10 @@ static int parse_chord(const json_t *doc, job_config *cfg, int *has_sft_steps, c
 }
 
 static int parse_grpo(const json_t *doc, job_config *cfg, chord_err *err) {
-    static const char *const keys[] = {"group_size",    "prompts_per_step", "clip_low",
-                                       "clip_high",     "dual_clip",        "kl_coef",
-                                       "kl_estimator",  "kl_in_reward",     "entropy_coef",
-                                       "loss_agg_mode", "norm_adv_by_std",  NULL};
+    static const char *const keys[] = {
+        "group_size",      "prompts_per_step", "clip_low",     "clip_high",    "dual_clip",
+        "kl_coef",         "kl_estimator",     "kl_in_reward", "entropy_coef", "loss_agg_mode",
+        "norm_adv_by_std", "policy_loss",      "ratio_level",  "ppo_epochs",   NULL};
     json_t *g = NULL;
     if (chord_json_get_object(doc, "", "grpo", 0, &g, err)) return -1;
     if (!g) return 0;
@@ -302,8 +306,17 @@ static int parse_grpo(const json_t *doc, job_config *cfg, chord_err *err) {
         [CHORD_KL_K3] = "k3", [CHORD_KL_K1] = "k1", [CHORD_KL_K2] = "k2", NULL};
     if (read_choice(g, "grpo", "kl_estimator", estimators, &p->kl_estimator, err) ||
         read_choice(g, "grpo", "loss_agg_mode", agg_modes, &p->loss_agg_mode, err) ||
-        chord_json_get_bool(g, "grpo", "norm_adv_by_std", 0, &p->norm_adv_by_std, err))
+        chord_json_get_bool(g, "grpo", "norm_adv_by_std", 0, &p->norm_adv_by_std, err) ||
+        read_choice(g, "grpo", "policy_loss", policy_losses, &p->policy_loss, err) ||
+        read_choice(g, "grpo", "ratio_level", ratio_levels, &p->ratio_level, err) ||
+        chord_json_get_int(g, "grpo", "ppo_epochs", INT_FIELD, 1, 64, &p->ppo_epochs, err))
         return -1;
+    if (p->policy_loss == CHORD_POLICY_LOSS_CISPO && p->ratio_level == CHORD_RATIO_SEQUENCE)
+        return chord_err_set(err, "grpo.ratio_level: cispo weighs each token by its own ratio; "
+                                  "use \"token\" with policy_loss \"cispo\"");
+    if (p->policy_loss == CHORD_POLICY_LOSS_CISPO && p->dual_clip > 0.0)
+        return chord_err_set(err, "grpo.dual_clip: cispo never zeroes a gradient, so it has no "
+                                  "dual clip; leave dual_clip null with policy_loss \"cispo\"");
     if (chord_json_field(g, "dual_clip") && !(p->dual_clip > 1.0))
         return chord_err_set(err, "grpo.dual_clip: must be null (off) or a number > 1");
     return 0;
@@ -637,6 +650,9 @@ json_t *jobconfig_to_json(const job_config *cfg) {
         put(grpo, "kl_in_reward", json_boolean(g->kl_in_reward), &bad);
         put(grpo, "loss_agg_mode", json_string(agg_modes[g->loss_agg_mode]), &bad);
         put(grpo, "norm_adv_by_std", json_boolean(g->norm_adv_by_std), &bad);
+        put(grpo, "policy_loss", json_string(policy_losses[g->policy_loss]), &bad);
+        put(grpo, "ratio_level", json_string(ratio_levels[g->ratio_level]), &bad);
+        put(grpo, "ppo_epochs", json_integer((json_int_t)g->ppo_epochs), &bad);
     }
     put(doc, "grpo", grpo, &bad);
     put(doc, "expert_per_step", json_integer((json_int_t)cfg->expert_per_step), &bad);

@@ -60,6 +60,9 @@ typedef struct job_grpo {
     int kl_in_reward;         /* 1 = KL as a reward penalty, not a loss term */
     int loss_agg_mode;        /* chord_loss_agg (loss.h) of L_GRPO: token-mean (0, default) */
     int norm_adv_by_std; /* 1 (default): A = (r − mean) / std; 0: A = r − mean (Dr. GRPO) */
+    int policy_loss;     /* chord_policy_loss (loss.h): ppo (0, default) or cispo */
+    int ratio_level;     /* chord_ratio_level (loss.h): token (0, default) or sequence */
+    int64_t ppo_epochs;  /* optimizer updates per step over the same batch (>= 1; default 1) */
     double entropy_coef;
 } job_grpo;
 

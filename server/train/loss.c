@@ -44,6 +44,8 @@ chord_loss_params chord_loss_params_for_job(const struct job_config *cfg, double
                                .norm_tokens = (double)cfg->sampling.max_new_tokens,
                                .n_policy_tokens = n_policy_tokens,
                                .n_expert_tokens = n_expert_tokens,
+                               .policy_loss = (chord_policy_loss)cfg->grpo.policy_loss,
+                               .ratio_level = (chord_ratio_level)cfg->grpo.ratio_level,
                                .n_policy_seqs = n_policy_seqs,
                                .n_expert_seqs = n_expert_seqs};
 }
@@ -68,6 +70,32 @@ int chord_loss_params_check(const chord_loss_params *p, chord_err *err) {
         return chord_err_set(err, "loss: unknown aggregation mode");
     if (p->grpo_agg == CHORD_AGG_SEQ_MEAN_TOKEN_SUM_NORM && !(p->norm_tokens > 0.0))
         return chord_err_set(err, "loss: seq-mean-token-sum-norm needs norm_tokens > 0");
+    if ((unsigned)p->policy_loss > CHORD_POLICY_LOSS_CISPO ||
+        (unsigned)p->ratio_level > CHORD_RATIO_SEQUENCE)
+        return chord_err_set(err, "loss: unknown policy loss or ratio level");
+    if (p->policy_loss == CHORD_POLICY_LOSS_CISPO &&
+        (p->ratio_level != CHORD_RATIO_TOKEN || p->dual_clip > 0.0))
+        return chord_err_set(err, "loss: cispo takes a token-level ratio and no dual clip");
+    return 0;
+}
+
+/* GSPO's sequence ratio at token t (the first of its sequence's on-policy tokens, which must
+ * all be in this micro-batch, contiguous with the same seq id): the mean over them of
+ * logp − logp_old. */
+static int sequence_log_ratio(const chord_loss_batch *b, size_t t, double *out, chord_err *err) {
+    double sum = 0.0;
+    int32_t n = 0;
+    for (size_t u = t; u < b->n && b->seq[u] == b->seq[t]; u++)
+        if (b->kind[u] == CHORD_TOKEN_POLICY) {
+            sum += (double)b->logp[u] - (double)b->logp_old[u];
+            n++;
+        }
+    if (n != b->seq_tokens[t])
+        return chord_err_set(err,
+                             "loss: token %zu: a sequence-level ratio needs all %d on-policy "
+                             "tokens of the sequence in one micro-batch (found %d)",
+                             t, (int)b->seq_tokens[t], (int)n);
+    *out = sum / n;
     return 0;
 }
 
@@ -89,13 +117,26 @@ static double max_share_a(double a, double b) {
     return a > b ? 1.0 : (a == b ? 0.5 : 0.0);
 }
 
-/* On-policy token: adds ℓ_t to acc's sums, returns dℓ_t/dlogp. */
-static double policy_token(const chord_loss_params *p, double logp, double logp_old, double adv,
-                           double *loss_t, chord_loss_accum *acc) {
-    double log_ratio = logp - logp_old;
+/* On-policy token: adds ℓ_t to acc's sums, returns dℓ_t/dlogp. log_ratio is the token's
+ * logp − logp_old, or (sequence-level ratio, GSPO) its sequence's mean of them: ℓ is then the
+ * same at every token of the sequence and depends on each token's logp through the mean, with
+ * d mean / d logp_t = 1/n_s — summed over the sequence's n_s equally weighted tokens that is the
+ * same expression as the token-level gradient, so one formula serves both. */
+static double policy_token(const chord_loss_params *p, double logp, double logp_old,
+                           double log_ratio, double adv, double *loss_t, chord_loss_accum *acc) {
     double ratio = exp(clampd(log_ratio, -20.0, 20.0));
     double dratio_dlogp = ratio * clamp_grad(log_ratio, -20.0, 20.0);
     double lo = 1.0 - p->clip_low, hi = 1.0 + p->clip_high;
+    acc->ppo_kl_sum += logp_old - logp;
+    acc->ratio_sum += ratio;
+    if (p->policy_loss == CHORD_POLICY_LOSS_CISPO) {
+        /* ℓ = −sg(clip(ratio)) · A · logp: the clipped ratio weighs the REINFORCE term and
+         * never zeroes a token's gradient */
+        double w = clampd(ratio, lo, hi);
+        if (w != ratio) acc->clipped += 1.0;
+        *loss_t = -w * adv * logp;
+        return -w * adv;
+    }
     double unclipped = -adv * ratio;
     double clipped = -adv * clampd(ratio, lo, hi);
     double share = max_share_a(unclipped, clipped);
@@ -111,8 +152,6 @@ static double policy_token(const chord_loss_params *p, double logp, double logp_
         loss = keep == 1.0 ? loss : bound;
         dloss_dratio *= keep;
     }
-    acc->ppo_kl_sum += logp_old - logp;
-    acc->ratio_sum += ratio;
     *loss_t = loss;
     return dloss_dratio * dratio_dlogp;
 }
@@ -162,9 +201,15 @@ int chord_loss_micro_batch(const chord_loss_params *p, const chord_loss_batch *b
         return chord_err_set(err, "loss: kind, logp and dlogp are required");
     if (p->entropy_coef > 0.0 && !batch->entropy)
         return chord_err_set(err, "loss: entropy_coef > 0 needs per-token entropy");
-    int seq_modes = p->grpo_agg != CHORD_AGG_TOKEN_MEAN || p->sft_agg != CHORD_AGG_TOKEN_MEAN;
+    int seq_modes = p->grpo_agg != CHORD_AGG_TOKEN_MEAN || p->sft_agg != CHORD_AGG_TOKEN_MEAN ||
+                    p->ratio_level == CHORD_RATIO_SEQUENCE;
     if (batch->n && seq_modes && !batch->seq_tokens)
-        return chord_err_set(err, "loss: a sequence-level aggregation needs seq_tokens");
+        return chord_err_set(err, "loss: a sequence-level aggregation or ratio needs seq_tokens");
+    if (batch->n && p->ratio_level == CHORD_RATIO_SEQUENCE && !batch->seq)
+        return chord_err_set(err, "loss: a sequence-level ratio needs seq");
+    double seq_log_ratio = 0.0; /* of the sequence the current on-policy token belongs to */
+    int have_seq = 0;
+    int32_t seq_id = 0;
     chord_loss_accum sum = *acc; /* committed only on success */
     double loss = 0.0;
     for (size_t t = 0; t < batch->n; t++) {
@@ -191,8 +236,16 @@ int chord_loss_micro_batch(const chord_loss_params *p, const chord_loss_batch *b
             /* a: the token's aggregation weight; the term enters L with (1 − μ) */
             double a = agg_weight(p->grpo_agg, p->n_policy_tokens, p->n_policy_seqs, seq_tok,
                                   p->norm_tokens);
-            double w_pg = (1.0 - p->mu) * a, loss_t;
-            grad = w_pg * policy_token(p, logp, logp_old, adv, &loss_t, &sum);
+            double w_pg = (1.0 - p->mu) * a, loss_t, log_ratio = logp - logp_old;
+            if (p->ratio_level == CHORD_RATIO_SEQUENCE) {
+                if (!have_seq || seq_id != batch->seq[t]) { /* the sequence's first token */
+                    if (sequence_log_ratio(batch, t, &seq_log_ratio, err) != 0) return -1;
+                    have_seq = 1;
+                    seq_id = batch->seq[t];
+                }
+                log_ratio = seq_log_ratio;
+            }
+            grad = w_pg * policy_token(p, logp, logp_old, log_ratio, adv, &loss_t, &sum);
             loss += w_pg * loss_t;
             sum.pg_agg += a * loss_t;
             if (batch->entropy) {

@@ -68,6 +68,21 @@ typedef enum chord_loss_agg {
 const char *chord_loss_agg_name(chord_loss_agg a);
 int chord_loss_agg_parse(const char *name, chord_loss_agg *out); /* 0, or -1 when unknown */
 
+/* The policy term per on-policy token, r = π_θ / π_old (the rollout's), ε = clip_low/high:
+ *   PPO    ℓ = max(−A r, −A clip(r, 1 − ε_low, 1 + ε_high)), dual clip optional (GRPO, DAPO)
+ *   CISPO  ℓ = −sg(clip(r, 1 − ε_low, 1 + ε_high)) · A · log π_θ: the clipped ratio only weighs
+ *          the REINFORCE gradient, no token's gradient is ever zeroed (MiniMax-M1)
+ * and the ratio r per token, or per sequence (GSPO: r_s = exp(mean over the sequence's
+ * on-policy tokens of log π_θ − log π_old), the same at each of its tokens). */
+typedef enum chord_policy_loss {
+    CHORD_POLICY_LOSS_PPO = 0,
+    CHORD_POLICY_LOSS_CISPO = 1
+} chord_policy_loss;
+typedef enum chord_ratio_level {
+    CHORD_RATIO_TOKEN = 0,
+    CHORD_RATIO_SEQUENCE = 1
+} chord_ratio_level;
+
 typedef struct chord_loss_params {
     double mu;           /* SFT weight μ in [0, 1] */
     int phi;             /* 1 = φ-weighted SFT term */
@@ -77,9 +92,11 @@ typedef struct chord_loss_params {
     double entropy_coef; /* bonus on the on-policy entropy (0 = off) */
     double kl_coef;      /* KL to the reference policy; has effect only with ref_logp */
     chord_kl_estimator kl_estimator;
-    chord_loss_agg grpo_agg; /* of L_GRPO and the entropy and KL terms */
-    chord_loss_agg sft_agg;  /* of L_SFT (not SEQ_MEAN_TOKEN_SUM_NORM) */
-    double norm_tokens;      /* M of SEQ_MEAN_TOKEN_SUM_NORM (> 0 when used) */
+    chord_policy_loss policy_loss; /* PPO (default) or CISPO (token ratio, no dual clip) */
+    chord_ratio_level ratio_level; /* token (default) or sequence (GSPO) */
+    chord_loss_agg grpo_agg;       /* of L_GRPO and the entropy and KL terms */
+    chord_loss_agg sft_agg;        /* of L_SFT (not SEQ_MEAN_TOKEN_SUM_NORM) */
+    double norm_tokens;            /* M of SEQ_MEAN_TOKEN_SUM_NORM (> 0 when used) */
     /* the step's denominators: every micro-batch of the step together */
     int64_t n_policy_tokens; /* on-policy tokens in the step */
     int64_t n_expert_tokens; /* expert tokens in the step */
@@ -97,7 +114,10 @@ typedef struct chord_loss_batch {
     const float *entropy;      /* (N) policy entropy at the position, or NULL */
     const float *ref_logp;     /* (N) reference-policy log-prob, or NULL (KL term off) */
     const int32_t *seq_tokens; /* (N) tokens of this token's kind in its sequence (n_s); needed
-                                  by the sequence-level modes, else may be NULL */
+                                  by the sequence-level modes and ratio, else may be NULL */
+    const int32_t *seq;        /* (N) the token's sequence (ids distinct within the micro-batch,
+                                  a sequence's tokens contiguous and all in this micro-batch);
+                                  needed by the sequence-level ratio, else may be NULL */
 } chord_loss_batch;
 
 /* Sums over the micro-batches seen so far (zero it with chord_loss_accum_init). */

@@ -223,9 +223,9 @@ static int train_seq_alloc(train_seq *s, int len, int rollout) {
 /* The per-row arrays of one micro-batch of N rows and S sequences, carved from one growable
  * block (buf.h): a failed growth leaves the old block to the single free at the end. */
 typedef struct micro_batch_rows {
-    int32_t *tokens, *positions, *targets, *seq_tokens, *cu;      /* (N) each, cu (S + 1) */
-    float *logp, *ent, *logp_old, *ref_logp, *adv, *dlogp, *dent; /* (N) each */
-    uint8_t *kind;                                                /* (N) */
+    int32_t *tokens, *positions, *targets, *seq_tokens, *seq, *cu; /* (N) each, cu (S + 1) */
+    float *logp, *ent, *logp_old, *ref_logp, *adv, *dlogp, *dent;  /* (N) each */
+    uint8_t *kind;                                                 /* (N) */
     model_batch batch; /* the model's view of these rows */
 } micro_batch_rows;
 
@@ -237,13 +237,14 @@ static void *carve(char **p, size_t bytes) {
 
 static int micro_batch_carve(chord_buf *scratch, int64_t N, int S, micro_batch_rows *r) {
     size_t n = (size_t)N;
-    size_t bytes = (4 * n + (size_t)S + 1) * sizeof(int32_t) + 7 * n * sizeof(float) + n;
+    size_t bytes = (5 * n + (size_t)S + 1) * sizeof(int32_t) + 7 * n * sizeof(float) + n;
     if (chord_buf_reserve(scratch, bytes) != 0) return -1;
     char *p = scratch->data; /* 4-byte arrays first, so every one stays aligned */
     r->tokens = carve(&p, n * sizeof *r->tokens);
     r->positions = carve(&p, n * sizeof *r->positions);
     r->targets = carve(&p, n * sizeof *r->targets);
     r->seq_tokens = carve(&p, n * sizeof *r->seq_tokens);
+    r->seq = carve(&p, n * sizeof *r->seq);
     r->cu = carve(&p, ((size_t)S + 1) * sizeof *r->cu);
     r->logp = carve(&p, n * sizeof *r->logp);
     r->ent = carve(&p, n * sizeof *r->ent);
@@ -281,6 +282,7 @@ static int pack_micro_batch(const train_seq *seqs, int first, int n_seqs, int64_
             r->ref_logp[row] = q->ref_logp[i];
             r->adv[row] = q->adv;
             r->seq_tokens[row] = q->targets;
+            r->seq[row] = s;
         }
         r->cu[s + 1] = (int32_t)row;
     }
@@ -319,7 +321,8 @@ static int train_on(trainer *t, train_seq *seqs, int n_seqs, const chord_loss_pa
                                .advantage = r.adv,
                                .entropy = r.ent,
                                .ref_logp = with_ref ? r.ref_logp : NULL,
-                               .seq_tokens = r.seq_tokens};
+                               .seq_tokens = r.seq_tokens,
+                               .seq = r.seq};
         float *dent = want_entropy_grad ? r.dent : NULL;
         if (chord_loss_micro_batch(lp, &lb, r.dlogp, dent, acc, err) != 0) goto done;
         if (model_backward(t->m, r.dlogp, dent, err) != 0) goto done;
@@ -344,8 +347,9 @@ static int account_skipped(const train_seq *q, const chord_loss_params *lp, chor
     float *adv = calloc((size_t)n, sizeof *adv);
     float *grad = malloc((size_t)n * sizeof *grad);
     int32_t *seq_tokens = malloc((size_t)n * sizeof *seq_tokens);
+    int32_t *seq = calloc((size_t)n, sizeof *seq); /* one sequence */
     int rc = -1;
-    if (!kind || !lp_old || !adv || !grad || !seq_tokens) {
+    if (!kind || !lp_old || !adv || !grad || !seq_tokens || !seq) {
         chord_err_setc(err, CHORD_E_INTERNAL, "trainer: out of memory");
         goto done;
     }
@@ -362,7 +366,8 @@ static int account_skipped(const train_seq *q, const chord_loss_params *lp, chor
                           .advantage = adv,
                           .entropy = NULL,
                           .ref_logp = NULL,
-                          .seq_tokens = seq_tokens};
+                          .seq_tokens = seq_tokens,
+                          .seq = seq};
     rc = chord_loss_micro_batch(lp, &b, grad, NULL, acc, err);
 done:
     free(kind);
@@ -370,6 +375,7 @@ done:
     free(adv);
     free(grad);
     free(seq_tokens);
+    free(seq);
     return rc;
 }
 
@@ -729,61 +735,68 @@ done:
 }
 
 /* A response with advantage 0 has ℓ_t = max(−0·ratio, −0·clip(ratio)) = 0 at every token: its
- * gradient is exactly zero, so without an entropy bonus it needs no forward/backward. Its
- * tokens still count in the GRPO denominator (ALGORITHM.md), and enter the step's metrics with
- * logp_θ = logp_old — what the forward returns before the update (the rollout and the trainer
- * share the engine; test_rollout.c checks they agree to fp32 round-off). Early on (every
- * reward 0) and late (every group right) this removes most of the on-policy compute.
- * Removes those sequences from b; *skipped counts their policy tokens. */
-static int drop_zero_advantage(step_batch *b, const chord_loss_params *lp, chord_loss_accum *acc,
-                               int64_t *skipped, chord_err *err) {
-    int kept = 0, rc = 0;
-    for (int i = 0; i < b->n; i++) {
-        train_seq *q = &b->seqs[i];
-        int n_pol = 0;
-        for (int j = 0; j < q->len; j++)
-            n_pol += q->kind[j] == CHORD_TOKEN_POLICY;
-        if (rc != 0 || n_pol == 0 || q->adv != 0.0f) {
-            b->seqs[kept++] = *q;
-            continue;
+ * gradient is exactly zero, so without an entropy bonus or a KL loss term it needs no
+ * forward/backward. Its tokens still count in the GRPO denominator (ALGORITHM.md), and enter the
+ * step's metrics with logp_θ = logp_old — what the forward returns before the update (the
+ * rollout and the trainer share the engine; test_rollout.c checks they agree to fp32
+ * round-off). Early on (every reward 0) and late (every group right) this removes most of the
+ * on-policy compute. Moves those sequences behind the others: returns how many go through the
+ * model; *skipped counts the others' policy tokens. */
+static int partition_zero_advantage(step_batch *b, int64_t *skipped, chord_err *err) {
+    train_seq *out = malloc((size_t)(b->n > 0 ? b->n : 1) * sizeof *out);
+    if (!out) return oom(err);
+    int kept = 0, n_skip = 0; /* stable: kept in order at the front, skipped in order behind */
+    for (int pass = 0; pass < 2; pass++)
+        for (int i = 0; i < b->n; i++) {
+            const train_seq *q = &b->seqs[i];
+            int n_pol = 0;
+            for (int j = 0; j < q->len; j++)
+                n_pol += q->kind[j] == CHORD_TOKEN_POLICY;
+            int skip = n_pol > 0 && q->adv == 0.0f;
+            if (pass == 0 && !skip) out[kept++] = *q;
+            if (pass == 1 && skip) {
+                out[kept + n_skip++] = *q;
+                *skipped += n_pol;
+            }
         }
-        if (account_skipped(q, lp, acc, err) != 0) {
-            rc = -1; /* the rest stays in b, to be freed with it */
-            b->seqs[kept++] = *q;
-            continue;
-        }
-        *skipped += n_pol;
-        train_seq_free(q);
-    }
-    b->n = kept;
-    return rc;
+    memcpy(b->seqs, out, (size_t)b->n * sizeof *out);
+    free(out);
+    return kept;
 }
 
-/* Phase 6: the loss over every sequence (micro-batched forward + backward), then AdamW. The KL
- * to the reference is a loss term unless it went into the rewards (grpo.kl_in_reward). */
+/* Phase 6: the loss over every sequence (micro-batched forward + backward), then AdamW;
+ * grpo.ppo_epochs times over the same batch (PPO's epochs: from the second on the policy is no
+ * longer the rollout's, and the ratio and its clip matter). The KL to the reference is a loss
+ * term unless it went into the rewards (grpo.kl_in_reward). The loss metrics are the last
+ * epoch's, grad_norm the last update's. */
 static int train_and_update(trainer *t, int64_t step, step_batch *b, step_metrics *m,
                             chord_err *err) {
     double t0 = chord_now();
     const job_config *cfg = t->cfg;
     chord_loss_params lp = chord_loss_params_for_job(cfg, m->mu, b->n_policy, b->n_expert,
                                                      b->n_policy_seqs, b->n_expert_seqs);
-    chord_loss_accum acc;
-    chord_loss_accum_init(&acc);
-    int64_t train_tokens = 0, skipped = 0;
-    if (model_zero_grad(t->m, err) != 0) return -1;
     int kl_loss = t->ref.m && !cfg->grpo.kl_in_reward;
+    int64_t train_tokens = 0, skipped = 0;
     /* a zero-advantage response still has a gradient with an entropy bonus or a KL term */
+    int n_train = b->n;
     if (cfg->grpo.entropy_coef == 0.0 && !kl_loss &&
-        drop_zero_advantage(b, &lp, &acc, &skipped, err) != 0)
+        (n_train = partition_zero_advantage(b, &skipped, err)) < 0)
         return -1;
-    if (train_on(t, b->seqs, b->n, &lp, kl_loss, &acc, &train_tokens, err) != 0) return -1;
-    if (chord_loss_finish(&lp, &acc, &m->loss, err) != 0) return -1;
-    if (t->ref.m && !kl_loss) m->loss.kl = b->kl_mean; /* the penalty's, at rollout time */
     m->lr = sched_lr(cfg, step);
     const job_optimizer *o = &cfg->optimizer;
-    if (model_adamw_step(t->m, (float)m->lr, (float)o->beta1, (float)o->beta2, (float)o->eps,
-                         (float)o->weight_decay, (float)o->grad_clip, &m->grad_norm, err) != 0)
-        return -1;
+    for (int64_t epoch = 0; epoch < cfg->grpo.ppo_epochs; epoch++) {
+        chord_loss_accum acc;
+        chord_loss_accum_init(&acc);
+        if (model_zero_grad(t->m, err) != 0) return -1;
+        for (int i = n_train; i < b->n; i++)
+            if (account_skipped(&b->seqs[i], &lp, &acc, err) != 0) return -1;
+        if (train_on(t, b->seqs, n_train, &lp, kl_loss, &acc, &train_tokens, err) != 0) return -1;
+        if (chord_loss_finish(&lp, &acc, &m->loss, err) != 0) return -1;
+        if (model_adamw_step(t->m, (float)m->lr, (float)o->beta1, (float)o->beta2, (float)o->eps,
+                             (float)o->weight_decay, (float)o->grad_clip, &m->grad_norm, err) != 0)
+            return -1;
+    }
+    if (t->ref.m && !kl_loss) m->loss.kl = b->kl_mean; /* the penalty's, at rollout time */
     m->policy_tokens_skipped = (double)skipped;
     m->time_train = chord_now() - t0;
     m->tps_train = m->time_train > 0 ? (double)train_tokens / m->time_train : 0.0;

@@ -26,7 +26,7 @@ def f32(x):
 
 def make_loss_case(n, mu, phi, regime, dual_clip, micro_batches, *, kinds=None, entropy=False,
                    kl=False, extreme=False, kl_estimator="k3", grpo_agg="token-mean",
-                   sft_agg="token-mean", norm_tokens=0):
+                   sft_agg="token-mean", norm_tokens=0, policy_loss="ppo", ratio_level="token"):
     if kinds is None:
         # segments like packed sequences: prompt (0), then a response (1 or 2)
         kinds = []
@@ -64,7 +64,8 @@ def make_loss_case(n, mu, phi, regime, dual_clip, micro_batches, *, kinds=None, 
         "params": {"mu": mu, "phi": phi, "clip_low": 0.2, "clip_high": 0.28 if regime == "active"
                    else 0.2, "dual_clip": dual_clip, "entropy_coef": 0.01 if entropy else 0.0,
                    "kl_coef": 0.05 if kl else 0.0, "kl_estimator": kl_estimator,
-                   "grpo_agg": grpo_agg, "sft_agg": sft_agg, "norm_tokens": norm_tokens},
+                   "grpo_agg": grpo_agg, "sft_agg": sft_agg, "norm_tokens": norm_tokens,
+                   "policy_loss": policy_loss, "ratio_level": ratio_level},
         "seq": seq,
         "micro_batches": micro_batches,
         "kind": [int(k) for k in kinds],
@@ -89,18 +90,31 @@ def reference_loss(case):
     exp_mask = (kind == 2).to(dt)
     n_pol, n_exp = int(pol.sum()), int(exp_mask.sum())
 
-    ratio = torch.exp(torch.clamp(logp - logp_old, -20.0, 20.0))
+    seq = torch.tensor(case["seq"])
+    log_ratio = logp - logp_old
+    if p.get("ratio_level") == "sequence":
+        # GSPO: one ratio per sequence, exp of the mean log-ratio over its on-policy tokens
+        # (autograd carries each token's share of the mean)
+        per_tok = []
+        for t in range(len(kind)):
+            m = pol * (seq == seq[t]).to(dt)
+            per_tok.append((log_ratio * m).sum() / m.sum() if int(m.sum()) else log_ratio[t])
+        log_ratio = torch.stack(per_tok)
+    ratio = torch.exp(torch.clamp(log_ratio, -20.0, 20.0))
+    lo, hi = 1.0 - p["clip_low"], 1.0 + p["clip_high"]
     unclipped = -adv * ratio
-    clipped = -adv * torch.clamp(ratio, 1.0 - p["clip_low"], 1.0 + p["clip_high"])
+    clipped = -adv * torch.clamp(ratio, lo, hi)
     token_pg = torch.maximum(unclipped, clipped)
     clip_active = (clipped > unclipped).to(dt)
+    if p.get("policy_loss") == "cispo":
+        # CISPO (MiniMax-M1): the clipped ratio, detached, weighs A · log π_θ
+        token_pg = -torch.clamp(ratio, lo, hi).detach() * adv * logp
+        clip_active = ((ratio < lo) | (ratio > hi)).to(dt)
     dual_active = torch.zeros_like(adv)
     if p["dual_clip"]:
         bound = -adv * p["dual_clip"]
         dual_active = ((token_pg > bound) & (adv < 0)).to(dt)
         token_pg = torch.where(adv < 0, torch.minimum(token_pg, bound), token_pg)
-    seq = torch.tensor(case["seq"])
-
     def agg(vals, mask, mode):
         """verl's / Trinity-RFT's loss_agg_mode over the sequences holding mask's tokens; for
         seq-mean-token-sum-norm the constant M is params["norm_tokens"] (Dr. GRPO)."""
@@ -233,6 +247,16 @@ def main():
         cases.append(make_loss_case(300, 0.37, True, "active", 3.0, 3, entropy=True, kl=True,
                                     grpo_agg=grpo_agg, sft_agg=sft_agg, norm_tokens=24))
         names.append(f"aggregation grpo {grpo_agg}, sft {sft_agg} (+ entropy, KL)")
+    # GSPO: a sequence's tokens must share a micro-batch, so one micro-batch here
+    for regime, agg_mode in (("active", "seq-mean-token-mean"), ("inactive", "token-mean")):
+        cases.append(make_loss_case(300, 0.37, True, regime, 0.0, 1, kl=True,
+                                    ratio_level="sequence", grpo_agg=agg_mode))
+        names.append(f"GSPO sequence ratio, clip {regime}, {agg_mode} (+ KL)")
+    cases.append(make_loss_case(300, 0.2, False, "active", 3.0, 1, ratio_level="sequence"))
+    names.append("GSPO + dual clip")
+    cases.append(make_loss_case(300, 0.37, True, "active", 0.0, 3, entropy=True,
+                                policy_loss="cispo"))
+    names.append("CISPO (+ entropy)")
     cases.append(make_loss_case(64, 0.37, True, "active", 0.0, 2, kinds=[0, 1] * 32))
     names.append("no expert tokens")
     cases.append(make_loss_case(64, 0.37, False, "active", 0.0, 2, kinds=[2, 0] * 32))

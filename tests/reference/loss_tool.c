@@ -66,6 +66,10 @@ static json_t *run_loss(const json_t *c, chord_err *err) {
         return NULL;
     }
     p.norm_tokens = num(jp, "norm_tokens");
+    const char *pl = json_string_value(json_object_get(jp, "policy_loss"));
+    const char *rl = json_string_value(json_object_get(jp, "ratio_level"));
+    p.policy_loss = pl && !strcmp(pl, "cispo") ? CHORD_POLICY_LOSS_CISPO : CHORD_POLICY_LOSS_PPO;
+    p.ratio_level = rl && !strcmp(rl, "sequence") ? CHORD_RATIO_SEQUENCE : CHORD_RATIO_TOKEN;
     json_t *jkind = json_object_get(c, "kind");
     size_t n = json_array_size(jkind);
     uint8_t *kind = malloc(n ? n : 1);
@@ -85,6 +89,9 @@ static json_t *run_loss(const json_t *c, chord_err *err) {
      * kind in its sequence ("seq" ids), and the sequences holding each kind */
     json_t *jseq = json_object_get(c, "seq");
     int32_t *seq_tokens = calloc(n ? n : 1, sizeof *seq_tokens);
+    int32_t *seq = calloc(n ? n : 1, sizeof *seq);
+    for (size_t i = 0; jseq && seq && i < n; i++)
+        seq[i] = (int32_t)json_integer_value(json_array_get(jseq, i));
     if (jseq && seq_tokens) {
         for (size_t i = 0; i < n; i++) {
             json_int_t si = json_integer_value(json_array_get(jseq, i));
@@ -117,7 +124,8 @@ static json_t *run_loss(const json_t *c, chord_err *err) {
                               adv + start,
                               entropy ? entropy + start : NULL,
                               ref ? ref + start : NULL,
-                              seq_tokens + start};
+                              seq_tokens + start,
+                              seq + start};
         if (chord_loss_micro_batch(&p, &b, dlogp + start, dent + start, &acc, err)) goto done;
     }
     chord_loss_metrics m;
@@ -139,6 +147,7 @@ done:
     free(dlogp);
     free(dent);
     free(seq_tokens);
+    free(seq);
     return out;
 }
 

@@ -34,7 +34,7 @@ static chord_loss_params params(double mu, int phi, int64_t n_pol, int64_t n_exp
 static double one_policy_token(chord_loss_params p, float logp, float logp_old, float adv,
                                chord_loss_metrics *m) {
     uint8_t kind = CHORD_TOKEN_POLICY;
-    chord_loss_batch b = {1, &kind, &logp, &logp_old, &adv, NULL, NULL, NULL};
+    chord_loss_batch b = {1, &kind, &logp, &logp_old, &adv, NULL, NULL, NULL, NULL};
     float g;
     chord_loss_accum acc;
     chord_loss_accum_init(&acc);
@@ -98,7 +98,7 @@ static void test_sft_term(void **state) {
     uint8_t kind[2] = {CHORD_TOKEN_EXPERT, CHORD_TOKEN_EXPERT};
     float logp[2] = {(float)log(0.5), (float)log(0.9)};
     float g[2];
-    chord_loss_batch b = {2, kind, logp, NULL, NULL, NULL, NULL, NULL};
+    chord_loss_batch b = {2, kind, logp, NULL, NULL, NULL, NULL, NULL, NULL};
     chord_err err = {0};
     for (int phi = 0; phi <= 1; phi++) {
         chord_loss_params p = params(1.0, phi, 0, 2);
@@ -135,8 +135,8 @@ static void test_mix_and_micro_batches(void **state) {
     chord_loss_accum acc;
     chord_loss_accum_init(&acc);
     chord_err err = {0};
-    chord_loss_batch b1 = {4, kind, logp, old, adv, ent, NULL, NULL};
-    chord_loss_batch b2 = {3, kind + 4, logp + 4, old + 4, adv + 4, ent + 4, NULL, NULL};
+    chord_loss_batch b1 = {4, kind, logp, old, adv, ent, NULL, NULL, NULL};
+    chord_loss_batch b2 = {3, kind + 4, logp + 4, old + 4, adv + 4, ent + 4, NULL, NULL, NULL};
     assert_int_equal(chord_loss_micro_batch(&p, &b1, g, gent, &acc, &err), 0);
     assert_int_equal(chord_loss_micro_batch(&p, &b2, g + 4, gent + 4, &acc, &err), 0);
     chord_loss_metrics m;
@@ -172,7 +172,7 @@ static void test_empty_streams(void **state) {
     chord_loss_metrics m;
     chord_err err = {0};
     chord_loss_accum_init(&acc);
-    chord_loss_batch b = {2, kind, logp, NULL, NULL, NULL, NULL, NULL};
+    chord_loss_batch b = {2, kind, logp, NULL, NULL, NULL, NULL, NULL, NULL};
     assert_int_equal(chord_loss_micro_batch(&p, &b, g, NULL, &acc, &err), 0);
     assert_int_equal(chord_loss_finish(&p, &acc, &m, &err), 0);
     assert_near(m.loss, 0.4 * log(2.0));
@@ -181,7 +181,7 @@ static void test_empty_streams(void **state) {
     /* nothing at all */
     p = params(0.4, 1, 0, 0);
     chord_loss_accum_init(&acc);
-    chord_loss_batch none = {0, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+    chord_loss_batch none = {0, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
     assert_int_equal(chord_loss_micro_batch(&p, &none, NULL, NULL, &acc, &err), 0);
     assert_int_equal(chord_loss_finish(&p, &acc, &m, &err), 0);
     assert_near(m.loss, 0.0);
@@ -203,7 +203,7 @@ static void test_errors(void **state) {
     uint8_t kind[3] = {1, 1, 3};
     float logp[3] = {-1, -1, -1}, old[3] = {-1, -1, -1}, adv[3] = {1, 1, 1};
     chord_loss_params p = params(0.5, 0, 2, 0);
-    chord_loss_batch b = {3, kind, logp, old, adv, NULL, NULL, NULL};
+    chord_loss_batch b = {3, kind, logp, old, adv, NULL, NULL, NULL, NULL};
     expect_error(&p, &b, "token 2: kind 3");
     p.n_policy_tokens = 1;
     expect_error(&p, &b, "token 1: more on-policy tokens");
@@ -294,6 +294,65 @@ static void test_params_for_job(void **state) {
     jobconfig_free(&cfg);
 }
 
+/* The policy-loss variants as the job document names them, and the rules that bind them: GSPO's
+ * sequence ratio needs a sequence's tokens in one micro-batch; CISPO takes no sequence ratio and
+ * no dual clip (jobconfig refuses both, naming the field). */
+static void test_policy_loss_variants(void **state) {
+    (void)state;
+    chord_err err = {0};
+    job_config cfg;
+    const char *gspo = "{\"model\": {\"path\": \"m\"}, \"data\": {\"prompts\": \"p\"},"
+                       " \"algorithm\": \"grpo\", \"grpo\": {\"ratio_level\": \"sequence\"}}";
+    assert_int_equal(jobconfig_parse(gspo, &cfg, &err), 0);
+    chord_loss_params p = chord_loss_params_for_job(&cfg, 0.0, 3, 0, 1, 0);
+    assert_int_equal(p.ratio_level, CHORD_RATIO_SEQUENCE);
+    assert_int_equal(p.policy_loss, CHORD_POLICY_LOSS_PPO);
+    jobconfig_free(&cfg);
+    /* one sequence of 3 on-policy tokens split over two micro-batches: refused */
+    uint8_t kind[3] = {CHORD_TOKEN_POLICY, CHORD_TOKEN_POLICY, CHORD_TOKEN_POLICY};
+    float logp[3] = {-1.0f, -2.0f, -0.5f}, old[3] = {-1.1f, -1.9f, -0.6f}, adv[3] = {1, 1, 1};
+    int32_t seq_tokens[3] = {3, 3, 3}, seq[3] = {0, 0, 0};
+    float d[3];
+    chord_loss_accum acc;
+    chord_loss_accum_init(&acc);
+    chord_loss_batch first = {2, kind, logp, old, adv, NULL, NULL, seq_tokens, seq};
+    assert_int_equal(chord_loss_micro_batch(&p, &first, d, NULL, &acc, &err), -1);
+    assert_non_null(strstr(err.msg, "one micro-batch"));
+    /* whole: every token gets the same gradient, (1/3) of the sequence ratio's */
+    chord_loss_batch whole = {3, kind, logp, old, adv, NULL, NULL, seq_tokens, seq};
+    assert_int_equal(chord_loss_micro_batch(&p, &whole, d, NULL, &acc, &err), 0);
+    assert_true(d[0] == d[1] && d[1] == d[2] && d[0] < 0.0f);
+
+    const char *cispo = "{\"model\": {\"path\": \"m\"}, \"data\": {\"prompts\": \"p\"},"
+                        " \"algorithm\": \"grpo\", \"grpo\": {\"policy_loss\": \"cispo\"}}";
+    assert_int_equal(jobconfig_parse(cispo, &cfg, &err), 0);
+    assert_int_equal(chord_loss_params_for_job(&cfg, 0.0, 3, 0, 1, 0).policy_loss,
+                     CHORD_POLICY_LOSS_CISPO);
+    jobconfig_free(&cfg);
+    static const char *const refused[][2] = {
+        {"{\"policy_loss\": \"cispo\", \"ratio_level\": \"sequence\"}", "grpo.ratio_level"},
+        {"{\"policy_loss\": \"cispo\", \"dual_clip\": 3}", "grpo.dual_clip"},
+        {"{\"policy_loss\": \"reinforce\"}", "grpo.policy_loss"},
+        {"{\"ratio_level\": 1}", "grpo.ratio_level"},
+        {"{\"loss_agg_mode\": \"seq-sum\"}", "grpo.loss_agg_mode"},
+        {"{\"kl_estimator\": \"k4\"}", "grpo.kl_estimator"}};
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+        char doc[512];
+        snprintf(doc, sizeof doc,
+                 "{\"model\": {\"path\": \"m\"}, \"data\": {\"prompts\": \"p\"},"
+                 " \"algorithm\": \"grpo\", \"grpo\": %s}",
+                 refused[i][0]);
+        err.msg[0] = 0;
+        assert_int_equal(jobconfig_parse(doc, &cfg, &err), -1);
+        if (!strstr(err.msg, refused[i][1])) fail_msg("%s: %s", refused[i][0], err.msg);
+    }
+    const char *sft = "{\"model\": {\"path\": \"m\"}, \"data\": {\"expert\": \"e\"},"
+                      " \"algorithm\": \"sft\","
+                      " \"chord\": {\"sft_loss_agg_mode\": \"seq-mean-token-sum-norm\"}}";
+    assert_int_equal(jobconfig_parse(sft, &cfg, &err), -1);
+    assert_non_null(strstr(err.msg, "chord.sft_loss_agg_mode"));
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_policy_term),
@@ -303,6 +362,7 @@ int main(void) {
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_params_for_job),
         cmocka_unit_test(test_advantages),
+        cmocka_unit_test(test_policy_loss_variants),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -493,7 +493,7 @@ static void test_zero_advantage_skip_is_exact(void **state) {
  * the same job without a KL. A strong KL keeps the policy nearer the reference than a negligible
  * one does (the KL regularises), as a loss term and as a reward penalty alike; kl_coef 0 has no
  * reference and no kl row. */
-static void run_kl_job(fixture *f, const char *grpo_extra, double kl[9], double loss[9]) {
+static void run_chord_job(fixture *f, const char *grpo_extra, double kl[9], double loss[9]) {
     char json[4096];
     snprintf(json, sizeof json,
              "{" TINY_MODEL ", \"algorithm\": \"chord\", \"chord\": {\"mu\": 0.5}, "
@@ -517,13 +517,13 @@ static void run_kl_job(fixture *f, const char *grpo_extra, double kl[9], double 
 static void test_kl_to_reference(void **state) {
     fixture *f = *state;
     double kl[5][9], loss[5][9];
-    run_kl_job(f, "", kl[0], loss[0]);
-    run_kl_job(f, ", \"kl_coef\": 1e-9", kl[1], loss[1]);
-    run_kl_job(f, ", \"kl_coef\": 5.0", kl[2], loss[2]);
-    run_kl_job(f, ", \"kl_coef\": 1e-9, \"kl_estimator\": \"k2\", \"kl_in_reward\": true", kl[3],
-               loss[3]);
-    run_kl_job(f, ", \"kl_coef\": 5.0, \"kl_estimator\": \"k2\", \"kl_in_reward\": true", kl[4],
-               loss[4]);
+    run_chord_job(f, "", kl[0], loss[0]);
+    run_chord_job(f, ", \"kl_coef\": 1e-9", kl[1], loss[1]);
+    run_chord_job(f, ", \"kl_coef\": 5.0", kl[2], loss[2]);
+    run_chord_job(f, ", \"kl_coef\": 1e-9, \"kl_estimator\": \"k2\", \"kl_in_reward\": true", kl[3],
+                  loss[3]);
+    run_chord_job(f, ", \"kl_coef\": 5.0, \"kl_estimator\": \"k2\", \"kl_in_reward\": true", kl[4],
+                  loss[4]);
     for (int s = 1; s <= 8; s++)
         print_message("step %d: kl (1e-9) %.3g, (5) %.3g; in reward (1e-9) %.3g, (5) %.3g; "
                       "loss %.5f / %.5f / %.5f\n",
@@ -547,6 +547,32 @@ static void test_kl_to_reference(void **state) {
     /* and it regularises: a strong coefficient ends nearer the reference */
     assert_true(kl[2][8] < kl[1][8]);
     assert_true(kl[4][8] < kl[3][8]);
+}
+
+/* GSPO's sequence ratio and CISPO train end to end (the packing keeps a sequence's tokens in one
+ * micro-batch, as the sequence ratio needs). With one update per batch the policy IS the
+ * rollout's (ratio 1 to round-off), where PPO, GSPO and CISPO have the same gradient; with
+ * grpo.ppo_epochs = 2 the second update is off-policy and the three part ways. */
+static void test_policy_loss_variants_train(void **state) {
+    fixture *f = *state;
+    double kl[4][9], loss[4][9];
+    run_chord_job(f, "", kl[0], loss[0]);
+    run_chord_job(f, ", \"ppo_epochs\": 2", kl[1], loss[1]);
+    run_chord_job(f, ", \"ppo_epochs\": 2, \"ratio_level\": \"sequence\"", kl[2], loss[2]);
+    run_chord_job(f, ", \"ppo_epochs\": 2, \"policy_loss\": \"cispo\", \"clip_high\": 0.28", kl[3],
+                  loss[3]);
+    int differs[4] = {0, 0, 0, 0};
+    for (int s = 1; s <= 8; s++) {
+        print_message("step %d: loss 1 epoch %.6f; 2 epochs: ppo %.6f, gspo %.6f, cispo %.6f\n", s,
+                      loss[0][s], loss[1][s], loss[2][s], loss[3][s]);
+        for (int a = 1; a < 4; a++) {
+            assert_true(isfinite(loss[a][s]));
+            differs[a] += loss[a][s] != loss[a == 1 ? 0 : 1][s];
+        }
+    }
+    assert_true(differs[1] > 0); /* a second epoch changes the training */
+    assert_true(differs[2] > 0); /* off-policy, GSPO's sequence ratio is not PPO's */
+    assert_true(differs[3] > 0); /* nor is CISPO */
 }
 
 /* ---- checkpoints are model directories ------------------------------------------------------ */
@@ -601,6 +627,7 @@ int main(void) {
         cmocka_unit_test(test_verifier_errors_are_excluded),
         cmocka_unit_test(test_zero_advantage_skip_is_exact),
         cmocka_unit_test(test_kl_to_reference),
+        cmocka_unit_test(test_policy_loss_variants_train),
         cmocka_unit_test(test_checkpoint_is_loadable),
     };
     /* CHORD_TEST_ONLY=test_kl_to_reference runs the one test (a glob, cmocka's filter) */
