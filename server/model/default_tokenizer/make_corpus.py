@@ -7,7 +7,8 @@ bytes. Deterministic (fixed seed). Regenerate the tokenizer with:
     python3 server/model/default_tokenizer/make_corpus.py
     chordd tokenizer train --corpus server/model/default_tokenizer/corpus.txt \\
         --vocab-size 1024 --out server/model/default_tokenizer
-    python3 server/model/default_tokenizer/embed.py
+
+and rebuild: the build embeds tokenizer.json and tokenizer_config.json (cmake/ChordEmbed.cmake).
 """
 import os
 import random
