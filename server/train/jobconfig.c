@@ -96,6 +96,8 @@ static int read_choice(const json_t *obj, const char *path, const char *key,
                          list, s);
 }
 
+/* sampling.overlong.mode, in job_overlong_mode's order ("none" is the default, not a name) */
+static const char *const overlong_modes[] = {"none", "mask", "penalty", NULL};
 /* the names of loss.h's enums, in their order */
 static const char *const policy_losses[] = {"ppo", "cispo", NULL};
 static const char *const ratio_levels[] = {"token", "sequence", NULL};
@@ -149,7 +151,12 @@ static void set_defaults(job_config *cfg, job_algorithm algorithm) {
                            .ppo_epochs = 1,
                            .entropy_coef = 0.0};
     cfg->expert_per_step = 64;
-    cfg->sampling = (job_sampling){.temperature = 1.0, .top_p = 1.0, .max_new_tokens = 1024};
+    cfg->sampling = (job_sampling){.temperature = 1.0,
+                                   .top_p = 1.0,
+                                   .max_new_tokens = 1024,
+                                   .overlong = JOB_OVERLONG_NONE,
+                                   .overlong_buffer = 0,
+                                   .overlong_penalty = 1.0};
     cfg->optimizer = (job_optimizer){.lr = 1e-6,
                                      .schedule = JOB_LR_CONSTANT,
                                      .warmup_steps = 0,
@@ -323,15 +330,34 @@ static int parse_grpo(const json_t *doc, job_config *cfg, chord_err *err) {
 }
 
 static int parse_sampling(const json_t *doc, job_config *cfg, chord_err *err) {
-    static const char *const keys[] = {"temperature", "top_p", "max_new_tokens", NULL};
-    json_t *s = NULL;
+    static const char *const keys[] = {"temperature", "top_p", "max_new_tokens", "overlong", NULL};
+    static const char *const overlong_keys[] = {"mode", "buffer_tokens", "penalty", NULL};
+    json_t *s = NULL, *ol = NULL;
     if (chord_json_get_object(doc, "", "sampling", 0, &s, err)) return -1;
     if (!s) return 0;
     if (chord_json_check_keys(s, "sampling", keys, err)) return -1;
-    if (read_number(s, "sampling", "temperature", &cfg->sampling.temperature, err) ||
-        read_number(s, "sampling", "top_p", &cfg->sampling.top_p, err) ||
-        read_int(s, "sampling", "max_new_tokens", &cfg->sampling.max_new_tokens, err))
+    job_sampling *p = &cfg->sampling;
+    if (read_number(s, "sampling", "temperature", &p->temperature, err) ||
+        read_number(s, "sampling", "top_p", &p->top_p, err) ||
+        read_int(s, "sampling", "max_new_tokens", &p->max_new_tokens, err) ||
+        chord_json_get_object(s, "sampling", "overlong", 0, &ol, err))
         return -1;
+    if (!ol) return 0;
+    int mode = JOB_OVERLONG_NONE;
+    if (chord_json_check_keys(ol, "sampling.overlong", overlong_keys, err) ||
+        read_choice(ol, "sampling.overlong", "mode", overlong_modes, &mode, err) ||
+        read_int(ol, "sampling.overlong", "buffer_tokens", &p->overlong_buffer, err) ||
+        read_number(ol, "sampling.overlong", "penalty", &p->overlong_penalty, err))
+        return -1;
+    p->overlong = (job_overlong_mode)mode;
+    if (!chord_json_field(ol, "mode"))
+        return chord_err_set(err, "sampling.overlong.mode: required (\"mask\" or \"penalty\")");
+    int penalty_fields = chord_json_field(ol, "buffer_tokens") || chord_json_field(ol, "penalty");
+    if (p->overlong != JOB_OVERLONG_PENALTY && penalty_fields)
+        return chord_err_set(err, "sampling.overlong: buffer_tokens and penalty belong to mode "
+                                  "\"penalty\"");
+    if (p->overlong == JOB_OVERLONG_PENALTY && !chord_json_field(ol, "buffer_tokens"))
+        return chord_err_set(err, "sampling.overlong.buffer_tokens: required by mode \"penalty\"");
     return 0;
 }
 
@@ -438,6 +464,12 @@ static int validate(job_config *cfg, int has_sft_steps, chord_err *err) {
                                  err) ||
         chord_check_int_range(cfg->sampling.max_new_tokens, "sampling.max_new_tokens", 1, INT64_MAX,
                               err))
+        return -1;
+    if (cfg->sampling.overlong == JOB_OVERLONG_PENALTY &&
+        (chord_check_int_range(cfg->sampling.overlong_buffer, "sampling.overlong.buffer_tokens", 1,
+                               cfg->sampling.max_new_tokens, err) ||
+         chord_check_number_range(cfg->sampling.overlong_penalty, "sampling.overlong.penalty",
+                                  CHORD_JSON_LO_OPEN, 0, INFINITY, err)))
         return -1;
     const job_optimizer *o = &cfg->optimizer;
     if (chord_check_number_range(o->lr, "optimizer.lr", CHORD_JSON_LO_OPEN, 0, INFINITY, err) ||
@@ -656,10 +688,18 @@ json_t *jobconfig_to_json(const job_config *cfg) {
     }
     put(doc, "grpo", grpo, &bad);
     put(doc, "expert_per_step", json_integer((json_int_t)cfg->expert_per_step), &bad);
-    put(doc, "sampling",
-        json_pack("{s:f,s:f,s:I}", "temperature", cfg->sampling.temperature, "top_p",
-                  cfg->sampling.top_p, "max_new_tokens", (json_int_t)cfg->sampling.max_new_tokens),
-        &bad);
+    const job_sampling *sp = &cfg->sampling;
+    json_t *sampling = json_pack("{s:f,s:f,s:I}", "temperature", sp->temperature, "top_p",
+                                 sp->top_p, "max_new_tokens", (json_int_t)sp->max_new_tokens);
+    if (sampling)
+        put(sampling, "overlong",
+            sp->overlong == JOB_OVERLONG_NONE ? json_null()
+            : sp->overlong == JOB_OVERLONG_MASK
+                ? json_pack("{s:s}", "mode", "mask")
+                : json_pack("{s:s,s:I,s:f}", "mode", "penalty", "buffer_tokens",
+                            (json_int_t)sp->overlong_buffer, "penalty", sp->overlong_penalty),
+            &bad);
+    put(doc, "sampling", sampling, &bad);
     const job_optimizer *o = &cfg->optimizer;
     put(doc, "optimizer",
         json_pack("{s:f,s:s,s:I,s:f,s:[f,f],s:f,s:f,s:f}", "lr", o->lr, "schedule",

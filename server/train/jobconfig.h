@@ -66,10 +66,16 @@ typedef struct job_grpo {
     double entropy_coef;
 } job_grpo;
 
+/* sampling.overlong: what a response that ran to max_new_tokens (or near it) gets */
+typedef enum { JOB_OVERLONG_NONE = 0, JOB_OVERLONG_MASK, JOB_OVERLONG_PENALTY } job_overlong_mode;
+
 typedef struct job_sampling {
     double temperature; /* > 0 */
     double top_p;       /* (0, 1] */
     int64_t max_new_tokens;
+    job_overlong_mode overlong; /* none (default), mask, penalty */
+    int64_t overlong_buffer;    /* penalty: L_cache, in [1, max_new_tokens] */
+    double overlong_penalty;    /* penalty: the factor at max_new_tokens (> 0, default 1) */
 } job_sampling;
 
 typedef struct job_optimizer {

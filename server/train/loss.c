@@ -325,6 +325,13 @@ int chord_loss_finish(const chord_loss_params *p, const chord_loss_accum *acc,
     return 0;
 }
 
+double chord_overlong_penalty(int64_t len, int64_t max_tokens, int64_t buffer, double factor) {
+    int64_t start = max_tokens - buffer;
+    if (len <= start || buffer <= 0) return 0.0;
+    if (len > max_tokens) return -factor;
+    return factor * (double)(start - len) / (double)buffer;
+}
+
 int chord_grpo_advantages(const float *rewards, const int *group_sizes, size_t n_groups,
                           int norm_by_std, float *advantages, int64_t *zero_adv_groups,
                           chord_err *err) {

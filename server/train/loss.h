@@ -186,6 +186,11 @@ int chord_loss_finish(const chord_loss_params *p, const chord_loss_accum *acc,
  * norm_by_std is 0 (Dr. GRPO); a group of one uses mean 0 and std 1; a group (size >= 2) whose
  * rewards are all equal gets A = 0 and is counted in *zero_adv_groups (may be NULL). rewards and
  * advantages are (Σ group_sizes). */
+/* DAPO's soft overlong punishment, added to the reward of a response of len tokens when the
+ * limit is max_tokens and the buffer B: 0 up to max_tokens − B, then linear down to −factor at
+ * max_tokens, −factor beyond. */
+double chord_overlong_penalty(int64_t len, int64_t max_tokens, int64_t buffer, double factor);
+
 int chord_grpo_advantages(const float *rewards, const int *group_sizes, size_t n_groups,
                           int norm_by_std, float *advantages, int64_t *zero_adv_groups,
                           chord_err *err);

@@ -556,11 +556,14 @@ static void step_batch_free(step_batch *b) {
     memset(b, 0, sizeof *b);
 }
 
-static int add_rollout_seqs(const step_rollouts *ro, step_batch *b) {
+static int add_rollout_seqs(const step_rollouts *ro, job_overlong_mode overlong, step_batch *b) {
     for (int i = 0; i < ro->rr.n; i++) {
         const rollout_seq *q = &ro->rr.seq[i];
         const trainer_item *pi = &ro->prompts[q->prompt];
         if (ro->excluded[i]) continue; /* unverified: kept out of the loss entirely */
+        /* DAPO's overlong filtering: a truncated response keeps its place in its group's
+         * advantages but gets no gradient and leaves the denominators */
+        if (overlong == JOB_OVERLONG_MASK && q->truncated) continue;
         train_seq *s = &b->seqs[b->n++];
         if (train_seq_alloc(s, pi->len + q->len, i) != 0) return -1;
         memcpy(s->tokens, pi->ids, (size_t)pi->len * sizeof *s->tokens);
@@ -605,7 +608,7 @@ static int build_sequences(trainer *t, const step_plan *p, const step_rollouts *
                            step_metrics *m, chord_err *err) {
     b->seqs = calloc((size_t)(ro->rr.n + p->E + 1), sizeof *b->seqs);
     if (!b->seqs) return oom(err);
-    if (add_rollout_seqs(ro, b) != 0) return oom(err);
+    if (add_rollout_seqs(ro, t->cfg->sampling.overlong, b) != 0) return oom(err);
     if (add_expert_seqs(t, p->E, b, err) != 0) return -1;
     m->policy_tokens = (double)b->n_policy;
     m->expert_tokens = (double)b->n_expert;
@@ -674,10 +677,15 @@ static int group_kept(const uint8_t *excluded, int G, int g, int *decided) {
 }
 
 /* The reward a response's advantage is computed from: the verifier's, less kl_coef · Σ_t KL_t
- * when the KL is a reward penalty (grpo.kl_in_reward). */
+ * when the KL is a reward penalty (grpo.kl_in_reward), plus the overlong penalty
+ * (sampling.overlong "penalty"). reward_mean and accuracy stay the verifier's. */
 static float shaped_reward(const trainer *t, const step_rollouts *ro, int i) {
     double r = ro->res[i].reward;
     if (ro->kl && t->cfg->grpo.kl_in_reward) r -= t->cfg->grpo.kl_coef * ro->kl[i];
+    const job_sampling *s = &t->cfg->sampling;
+    if (s->overlong == JOB_OVERLONG_PENALTY)
+        r += chord_overlong_penalty(ro->rr.seq[i].len, s->max_new_tokens, s->overlong_buffer,
+                                    s->overlong_penalty);
     return (float)r;
 }
 

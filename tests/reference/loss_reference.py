@@ -335,6 +335,26 @@ def main():
             print(f"      A[{i}] {got['advantages'][i]!r} vs torch {ref[i]!r}")
         failures += not ok
 
+    # DAPO's soft overlong punishment (the paper's eq. 13, written from it): with L_max the
+    # length limit and L_cache the buffer, R = 0 for |y| <= L_max − L_cache,
+    # ((L_max − L_cache) − |y|) / L_cache up to L_max, −1 beyond; scaled by a factor
+    def dapo_penalty(n, l_max, l_cache, factor):
+        if n <= l_max - l_cache:
+            return 0.0
+        if n <= l_max:
+            return factor * ((l_max - l_cache) - n) / l_cache
+        return -factor
+    ol_cases = [{"mode": "overlong", "lengths": list(range(0, 70)), "max": 64, "buffer": b,
+                 "factor": f} for b, f in ((16, 1.0), (1, 0.5), (64, 2.0))]
+    for case, got in zip(ol_cases, run_tool(tool, ol_cases)):
+        ref = [dapo_penalty(n, case["max"], case["buffer"], case["factor"]) for n in case["lengths"]]
+        bad = [i for i, (a, b) in enumerate(zip(got["penalty"], ref)) if not close(a, b, 1e-12)]
+        print(f"{'ok' if not bad else 'FAIL':4} overlong penalty max={case['max']} "
+              f"buffer={case['buffer']} factor={case['factor']}")
+        for i in bad[:5]:
+            print(f"      len {case['lengths'][i]}: {got['penalty'][i]!r} vs {ref[i]!r}")
+        failures += bool(bad)
+
     print(f"{failures} failure(s)")
     return 1 if failures else 0
 

@@ -172,6 +172,17 @@ static json_t *run_advantages(const json_t *c, chord_err *err) {
     return out;
 }
 
+static json_t *run_overlong(const json_t *c) {
+    json_t *lens = json_object_get(c, "lengths"), *out = json_array();
+    for (size_t i = 0; out && i < json_array_size(lens); i++)
+        json_array_append_new(
+            out, json_real(chord_overlong_penalty(json_integer_value(json_array_get(lens, i)),
+                                                  json_integer_value(json_object_get(c, "max")),
+                                                  json_integer_value(json_object_get(c, "buffer")),
+                                                  num(c, "factor"))));
+    return json_pack("{s:o}", "penalty", out);
+}
+
 static json_t *run_lr(const json_t *c) {
     const char *s = json_string_value(json_object_get(c, "schedule"));
     job_lr_schedule sched = !strcmp(s, "linear")   ? JOB_LR_LINEAR
@@ -214,6 +225,8 @@ int main(void) {
             r = run_loss(c, &err);
         else if (mode && !strcmp(mode, "advantages"))
             r = run_advantages(c, &err);
+        else if (mode && !strcmp(mode, "overlong"))
+            r = run_overlong(c);
         else if (mode && !strcmp(mode, "lr"))
             r = run_lr(c);
         else if (mode && !strcmp(mode, "mu"))

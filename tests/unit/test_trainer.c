@@ -575,6 +575,44 @@ static void test_policy_loss_variants_train(void **state) {
     assert_true(differs[3] > 0); /* nor is CISPO */
 }
 
+/* sampling.overlong "mask" (DAPO's overlong filtering): a truncated response stays in its
+ * group's advantages but trains nothing. A random-init model runs every response to the
+ * 6-token limit, so the masked job trains on the expert batch alone; "penalty" keeps them. */
+static void test_overlong(void **state) {
+    fixture *f = *state;
+    static const char *const modes[] = {"null", "{\"mode\": \"mask\"}",
+                                        "{\"mode\": \"penalty\", \"buffer_tokens\": 4}"};
+    double pol[3][4], trunc[3][4], expert[3][4];
+    for (int a = 0; a < 3; a++) {
+        char json[4096];
+        snprintf(json, sizeof json,
+                 "{" TINY_MODEL ", \"algorithm\": \"chord\", \"chord\": {\"mu\": 0.5}, "
+                 "\"grpo\": {\"group_size\": 4, \"prompts_per_step\": 4, "
+                 "\"entropy_coef\": 1e-3}, \"expert_per_step\": 8, "
+                 "\"sampling\": {\"max_new_tokens\": 6, \"overlong\": %s}, "
+                 "\"optimizer\": {\"lr\": 0.01}, \"steps\": 3, \"seed\": 2, "
+                 "\"checkpoint_every\": 0, \"eval\": {\"every\": 0}}",
+                 modes[a]);
+        run_log *r = new_log();
+        chord_err err = {0};
+        if (run_job(f, json, f->prompts, f->expert, NULL, NULL, r, &err) != TRAINER_DONE)
+            fail_msg("%s: %s", modes[a], err.msg);
+        for (int s = 1; s <= 3; s++) {
+            pol[a][s] = value(r, s, "policy_tokens");
+            trunc[a][s] = value(r, s, "truncated_frac");
+            expert[a][s] = value(r, s, "expert_tokens");
+        }
+        free(r);
+    }
+    for (int s = 1; s <= 3; s++) {
+        print_message("step %d: policy tokens %.0f / masked %.0f / penalty %.0f (truncated %.2f)\n",
+                      s, pol[0][s], pol[1][s], pol[2][s], trunc[1][s]);
+        assert_true(trunc[1][s] == 1.0 && pol[0][s] == 16 * 6);
+        assert_true(pol[1][s] == 0.0 && expert[1][s] > 0); /* masked: the SFT half trains */
+        assert_true(pol[2][s] == pol[0][s]);
+    }
+}
+
 /* ---- checkpoints are model directories ------------------------------------------------------ */
 
 static void test_checkpoint_is_loadable(void **state) {
@@ -628,6 +666,7 @@ int main(void) {
         cmocka_unit_test(test_zero_advantage_skip_is_exact),
         cmocka_unit_test(test_kl_to_reference),
         cmocka_unit_test(test_policy_loss_variants_train),
+        cmocka_unit_test(test_overlong),
         cmocka_unit_test(test_checkpoint_is_loadable),
     };
     /* CHORD_TEST_ONLY=test_kl_to_reference runs the one test (a glob, cmocka's filter) */
