@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "cmd/commands.h"
+#include "server/base/buf.h"
 #include "server/model/chat.h"
 #include "server/model/tokenizer.h"
 #include "server/model/tokenizer_train.h"
@@ -43,27 +44,19 @@ static void tokenizer_usage(FILE *out) {
                  "the 256 byte tokens and the special tokens included.\n");
 }
 
+/* All of f, NUL-terminated (NULL when out of memory). */
 static char *read_all(FILE *f, size_t *len) {
-    size_t cap = 1 << 16, n = 0;
-    char *buf = malloc(cap);
-    if (!buf) return NULL;
-    for (;;) {
-        if (n + 1 >= cap) {
-            char *nb = realloc(buf, cap * 2);
-            if (!nb) {
-                free(buf);
-                return NULL;
-            }
-            buf = nb;
-            cap *= 2;
+    chord_buf text = {0};
+    char chunk[1 << 16];
+    size_t r;
+    while ((r = fread(chunk, 1, sizeof chunk, f)) > 0) {
+        if (chord_buf_append(&text, chunk, r)) {
+            chord_buf_free(&text);
+            return NULL;
         }
-        size_t r = fread(buf + n, 1, cap - n - 1, f);
-        n += r;
-        if (r == 0) break;
     }
-    buf[n] = '\0';
-    *len = n;
-    return buf;
+    *len = text.len;
+    return chord_buf_take(&text);
 }
 
 static void print_ids(FILE *out, const int32_t *ids, size_t n) {

@@ -19,6 +19,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "server/base/buf.h"
 #include "server/base/fileutil.h"
 #include "server/base/log.h"
 #include "server/model/config.h"
@@ -250,15 +251,13 @@ void svc_store_put(svc *s, store *st) {
     if (!st) return;
     pthread_mutex_lock(&s->pool_mu);
     if (s->n_free == s->cap_free) {
-        size_t cap = s->cap_free ? s->cap_free * 2 : 8;
-        store **h = realloc(s->free_handles, cap * sizeof *h);
+        store **h = chord_array_grow(s->free_handles, &s->cap_free, s->n_free + 1, sizeof *h);
         if (!h) {
             pthread_mutex_unlock(&s->pool_mu);
             store_close(st);
             return;
         }
         s->free_handles = h;
-        s->cap_free = cap;
     }
     s->free_handles[s->n_free++] = st;
     pthread_mutex_unlock(&s->pool_mu);
@@ -955,15 +954,14 @@ static int feed_append(svc *s, svc_feed *f, svc_event *ev, chord_err *err) {
         return 0;
     }
     if (f->end - f->base == f->cap) {
-        size_t cap = f->cap ? f->cap * 2 : 16;
-        feed_event *events = realloc(f->events, cap * sizeof *events);
+        feed_event *events =
+            chord_array_grow(f->events, &f->cap, f->end - f->base + 1, sizeof *events);
         if (!events) {
             pthread_mutex_unlock(&f->mu);
             json_decref(ev->data);
             return oom(err);
         }
         f->events = events;
-        f->cap = cap;
     }
     f->events[f->end - f->base] = (feed_event){*ev, NULL};
     f->end++;
@@ -1280,39 +1278,26 @@ void svc_record_request(svc *s, const char *transport, const char *route, const 
     pthread_mutex_unlock(&s->stats_mu);
 }
 
-/* A growing text buffer. */
+/* Prometheus text as it is printed; bad once a print failed (nothing more is added). */
 typedef struct textbuf {
-    char *p;
-    size_t len, cap;
+    chord_buf b;
     int bad;
 } textbuf;
 
 static void tb_printf(textbuf *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void tb_printf(textbuf *t, const char *fmt, ...) {
-    if (t->bad) return;
-    for (;;) {
+    while (!t->bad) {
+        size_t room = t->b.cap - t->b.len;
         va_list ap;
         va_start(ap, fmt);
-        int n = vsnprintf(t->p ? t->p + t->len : NULL, t->p ? t->cap - t->len : 0, fmt, ap);
+        int n = vsnprintf(t->b.data ? t->b.data + t->b.len : NULL, room, fmt, ap);
         va_end(ap);
-        if (n < 0) {
-            t->bad = 1;
+        if (n >= 0 && (size_t)n < room) {
+            t->b.len += (size_t)n;
             return;
         }
-        if (t->p && t->len + (size_t)n < t->cap) {
-            t->len += (size_t)n;
-            return;
-        }
-        size_t cap = t->cap ? t->cap * 2 : 4096;
-        while (cap < t->len + (size_t)n + 1)
-            cap *= 2;
-        char *p = realloc(t->p, cap);
-        if (!p) {
-            t->bad = 1;
-            return;
-        }
-        t->p = p;
-        t->cap = cap;
+        /* too long for the room left (or no buffer yet): grow and print again */
+        t->bad = n < 0 || chord_buf_reserve(&t->b, t->b.len + (size_t)n + 1) != 0;
     }
 }
 
@@ -1406,10 +1391,10 @@ int svc_prometheus(svc *s, char **text, size_t *len, chord_err *err) {
     }
     pthread_mutex_unlock(&s->stats_mu);
     if (t.bad) {
-        free(t.p);
+        chord_buf_free(&t.b);
         return oom(err);
     }
-    *text = t.p;
-    *len = t.len;
-    return 0;
+    *len = t.b.len;
+    *text = chord_buf_take(&t.b);
+    return *text ? 0 : oom(err);
 }

@@ -14,28 +14,15 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "server/base/buf.h"
 #include "server/base/fileutil.h"
+#include "server/base/json_field.h"
 #include "server/base/log.h"
 #include "server/model/config.h"
 #include "server/train/dataset.h"
 
 static int oom(chord_err *err) {
     return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
-}
-
-/* Rejects keys of obj not in allowed (NULL-terminated), naming the first with its prefix. */
-static int check_keys(const json_t *obj, const char *prefix, const char *const *allowed,
-                      chord_err *err) {
-    const char *key;
-    json_t *v;
-    json_object_foreach((json_t *)obj, key, v) {
-        int ok = 0;
-        for (size_t i = 0; allowed[i]; i++)
-            if (!strcmp(key, allowed[i])) ok = 1;
-        if (!ok)
-            return chord_err_set(err, "unknown field \"%s%s%s\"", prefix, *prefix ? "." : "", key);
-    }
-    return 0;
 }
 
 /* ---- datasets ----------------------------------------------------------------------------- */
@@ -45,8 +32,7 @@ struct svc_upload {
     store *st;
     store_upload *up;
     store_dataset_kind kind;
-    char *line; /* the line not yet complete */
-    size_t line_len, line_cap;
+    chord_buf line;  /* the line not yet complete */
     int64_t lines;   /* complete lines validated */
     int64_t records; /* of which records (the others blank) */
     int64_t bytes;
@@ -121,18 +107,7 @@ int svc_upload_begin(svc *s, const char *name, const char *kind, svc_upload **ou
 }
 
 static int line_append(svc_upload *u, const char *data, size_t len, chord_err *err) {
-    if (u->line_len + len + 1 > u->line_cap) {
-        size_t cap = u->line_cap ? u->line_cap : 4096;
-        while (cap < u->line_len + len + 1)
-            cap *= 2;
-        char *p = realloc(u->line, cap);
-        if (!p) return oom(err);
-        u->line = p;
-        u->line_cap = cap;
-    }
-    memcpy(u->line + u->line_len, data, len);
-    u->line_len += len;
-    return 0;
+    return chord_buf_append(&u->line, data, len) ? oom(err) : 0;
 }
 
 int svc_upload_write(svc_upload *u, const void *data, size_t len, chord_err *err) {
@@ -156,10 +131,10 @@ int svc_upload_write(svc_upload *u, const void *data, size_t len, chord_err *err
         }
         int64_t line = u->lines + 1;
         int rc;
-        if (u->line_len > 0) {
+        if (u->line.len > 0) {
             if (line_append(u, p, (size_t)(nl - p), err)) return spoil(u, err);
-            rc = validate_line(u, u->line, u->line_len, line, err);
-            u->line_len = 0;
+            rc = validate_line(u, u->line.data, u->line.len, line, err);
+            u->line.len = 0;
         } else {
             rc = validate_line(u, p, (size_t)(nl - p), line, err);
         }
@@ -173,7 +148,7 @@ int svc_upload_write(svc_upload *u, const void *data, size_t len, chord_err *err
 
 static void upload_free(svc_upload *u) {
     svc_store_put(u->s, u->st);
-    free(u->line);
+    chord_buf_free(&u->line);
     free(u);
 }
 
@@ -184,8 +159,8 @@ int svc_upload_commit(svc_upload *u, json_t **dataset, chord_err *err) {
         svc_upload_abort(u);
         return -1;
     }
-    if (u->line_len > 0) { /* a last line without '\n' */
-        int rc = validate_line(u, u->line, u->line_len, u->lines + 1, err);
+    if (u->line.len > 0) { /* a last line without '\n' */
+        int rc = validate_line(u, u->line.data, u->line.len, u->lines + 1, err);
         if (rc < 0) {
             spoil(u, err);
             svc_upload_abort(u);
@@ -289,23 +264,23 @@ int svc_model_register(svc *s, const json_t *doc, json_t **model, chord_err *err
     static const char *const init_keys[] = {"config", "tokenizer", NULL};
     *model = NULL;
     if (!json_is_object(doc)) return chord_err_set(err, "body: must be a JSON object");
-    if (check_keys(doc, "", keys, err)) return -1;
-    json_t *name = json_object_get(doc, "name"), *path = json_object_get(doc, "path"),
-           *init = json_object_get(doc, "init");
-    if (name && (!nonempty_string(name) || json_string_length(name) > 200))
-        return chord_err_set(err, "name: must be a string of 1 to 200 bytes");
+    if (chord_json_check_keys(doc, "", keys, err)) return -1;
+    const char *nm = NULL, *path = NULL;
+    json_t *init = NULL;
+    if (chord_json_get_string(doc, "", "name", CHORD_JSON_NONEMPTY, &nm, err) ||
+        chord_json_get_string(doc, "", "path", CHORD_JSON_NONEMPTY, &path, err) ||
+        chord_json_get_object(doc, "", "init", 0, &init, err))
+        return -1;
+    if (nm && strlen(nm) > 200) return chord_err_set(err, "name: must be at most 200 bytes");
     if (path && init) return chord_err_set(err, "path: give path or init, not both");
     if (!path && !init) return chord_err_set(err, "path: required (or init)");
 
     char real[PATH_MAX], tok[PATH_MAX + 32];
     char *config_text = NULL;
     const char *directory = NULL, *tokenizer = NULL;
-    const char *nm = name ? json_string_value(name) : NULL;
     if (path) {
-        if (!nonempty_string(path)) return chord_err_set(err, "path: must be a non-empty string");
-        if (svc_resolve_under_root(s, "path", json_string_value(path), real, err)) return -1;
-        if (!chord_is_dir(real))
-            return chord_err_set(err, "path: '%s' is not a directory", json_string_value(path));
+        if (svc_resolve_under_root(s, "path", path, real, err)) return -1;
+        if (!chord_is_dir(real)) return chord_err_set(err, "path: '%s' is not a directory", path);
         model_config mc;
         if (model_config_load(real, &mc, err)) return chord_err_prefix(err, "path");
         if (svc_check_model_fits(s, &mc, err)) return -1;
@@ -322,18 +297,17 @@ int svc_model_register(svc *s, const json_t *doc, json_t **model, chord_err *err
             nm = slash && slash[1] ? slash + 1 : "model";
         }
     } else {
-        if (!json_is_object(init)) return chord_err_set(err, "init: must be an object");
-        if (check_keys(init, "init", init_keys, err)) return -1;
-        json_t *config = json_object_get(init, "config"), *t = json_object_get(init, "tokenizer");
-        if (!json_is_object(config))
-            return chord_err_set(err, "init.config: required object (Hugging Face config.json)");
+        if (chord_json_check_keys(init, "init", init_keys, err)) return -1;
+        json_t *config = NULL;
+        const char *t = NULL;
+        if (chord_json_get_object(init, "init", "config", CHORD_JSON_REQUIRED, &config, err) ||
+            chord_json_get_string(init, "init", "tokenizer", CHORD_JSON_NONEMPTY, &t, err))
+            return -1;
         model_config mc;
         if (model_config_from_json(config, &mc, err)) return chord_err_prefix(err, "init.config");
         if (svc_check_model_fits(s, &mc, err)) return -1;
         if (t) {
-            if (!nonempty_string(t)) return chord_err_set(err, "init.tokenizer: must be a string");
-            if (svc_resolve_under_root(s, "init.tokenizer", json_string_value(t), tok, err))
-                return -1;
+            if (svc_resolve_under_root(s, "init.tokenizer", t, tok, err)) return -1;
             tokenizer = tok;
         }
         config_text = json_dumps(config, JSON_COMPACT | JSON_SORT_KEYS);
@@ -512,31 +486,6 @@ static json_t *rollout_json(const store_rollout *r) {
     return o;
 }
 
-static int read_int_field(const json_t *doc, const char *key, int64_t lo, int64_t hi, int64_t def,
-                          int64_t *out, chord_err *err) {
-    json_t *v = json_object_get(doc, key);
-    *out = def;
-    if (!v) return 0;
-    if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi)
-        return chord_err_set(err, "%s: must be an integer in [%lld, %lld]", key, (long long)lo,
-                             (long long)hi);
-    *out = json_integer_value(v);
-    return 0;
-}
-
-static int read_real_field(const json_t *doc, const char *key, double lo, double hi, int lo_open,
-                           double def, double *out, chord_err *err) {
-    json_t *v = json_object_get(doc, key);
-    *out = def;
-    if (!v) return 0;
-    double x = json_number_value(v);
-    if (!json_is_number(v) || x < lo || x > hi || (lo_open && x == lo))
-        return chord_err_set(err, "%s: must be a number in %s%g, %g]", key, lo_open ? "(" : "[", lo,
-                             hi);
-    *out = x;
-    return 0;
-}
-
 /* A rollout prompt (a string or a conversation) by the dataset rules for prompts
  * (server/train/dataset.h), as the worker will read it. */
 static int rollout_prompt_check(const json_t *prompt, chord_err *err) {
@@ -553,7 +502,7 @@ static int rollout_resolve(svc *s, store *st, const json_t *doc, json_t *out, ch
                                        "n",       "temperature", "top_p",  "max_tokens",
                                        "seed",    "answers",     "reward", NULL};
     if (!json_is_object(doc)) return chord_err_set(err, "body: must be a JSON object");
-    if (check_keys(doc, "", keys, err)) return -1;
+    if (chord_json_check_keys(doc, "", keys, err)) return -1;
     json_t *prompts = json_object_get(doc, "prompts"), *messages = json_object_get(doc, "messages");
     int bad = 0;
     size_t count = 0;
@@ -601,16 +550,16 @@ static int rollout_resolve(svc *s, store *st, const json_t *doc, json_t *out, ch
         svc_json_put(out, "job_id", json_null(), &bad);
     } else {
         static const char *const ck_keys[] = {"job_id", "step", NULL};
-        if (!json_is_object(ck)) return chord_err_set(err, "checkpoint: must be an object");
-        if (check_keys(ck, "checkpoint", ck_keys, err)) return -1;
-        json_t *job = json_object_get(ck, "job_id"), *step = json_object_get(ck, "step");
-        if (!nonempty_string(job)) return chord_err_set(err, "checkpoint.job_id: required string");
-        if (step && (!json_is_integer(step) || json_integer_value(step) < 0))
-            return chord_err_set(err, "checkpoint.step: must be an integer >= 0");
+        const char *job = NULL;
+        int64_t step = -1; /* the latest */
+        if (chord_json_object_value(ck, "checkpoint", err) ||
+            chord_json_check_keys(ck, "checkpoint", ck_keys, err) ||
+            chord_json_get_string(ck, "checkpoint", "job_id",
+                                  CHORD_JSON_REQUIRED | CHORD_JSON_NONEMPTY, &job, err) ||
+            chord_json_get_int(ck, "checkpoint", "step", 0, 0, INT64_MAX, &step, err))
+            return -1;
         store_checkpoint c = {0};
-        if (job_exists(s, st, json_string_value(job), err) ||
-            find_checkpoint(st, json_string_value(job), step ? json_integer_value(step) : -1, &c,
-                            err)) {
+        if (job_exists(s, st, job, err) || find_checkpoint(st, job, step, &c, err)) {
             if (err && err->code == CHORD_E_NOT_FOUND) err->code = CHORD_E_INVALID;
             return chord_err_prefix(err, "checkpoint");
         }
@@ -623,13 +572,13 @@ static int rollout_resolve(svc *s, store *st, const json_t *doc, json_t *out, ch
     svc_json_put(out, "tokenizer_dir", svc_json_str(tok), &bad);
     free(dir);
     free(tok);
-    int64_t n, max_tokens, seed;
-    double temperature, top_p;
-    if (read_int_field(doc, "n", 1, 64, 1, &n, err) ||
-        read_real_field(doc, "temperature", 0, 100, 0, 1.0, &temperature, err) ||
-        read_real_field(doc, "top_p", 0, 1, 1, 1.0, &top_p, err) ||
-        read_int_field(doc, "max_tokens", 1, 32768, 256, &max_tokens, err) ||
-        read_int_field(doc, "seed", 0, INT64_MAX, 0, &seed, err))
+    int64_t n = 1, max_tokens = 256, seed = 0;
+    double temperature = 1.0, top_p = 1.0;
+    if (chord_json_get_int(doc, "", "n", 0, 1, 64, &n, err) ||
+        chord_json_get_number(doc, "", "temperature", 0, 0, 100, &temperature, err) ||
+        chord_json_get_number(doc, "", "top_p", CHORD_JSON_LO_OPEN, 0, 1, &top_p, err) ||
+        chord_json_get_int(doc, "", "max_tokens", 0, 1, 32768, &max_tokens, err) ||
+        chord_json_get_int(doc, "", "seed", 0, 0, INT64_MAX, &seed, err))
         return -1;
     svc_json_put(out, "n", json_integer(n), &bad);
     svc_json_put(out, "temperature", json_real(temperature), &bad);

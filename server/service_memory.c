@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "kernels/ops.h"
+#include "server/base/json_field.h"
 #include "server/service_internal.h"
 #include "server/train/mem_estimate.h"
 
@@ -108,8 +109,8 @@ static int config_error(chord_err *err, const char *field) {
 }
 
 int svc_check_rollout_fits(svc *s, const json_t *req, chord_err *err) {
-    const char *ckpt = json_string_value(json_object_get(req, "checkpoint_dir"));
-    const char *dir = json_string_value(json_object_get(req, "model_dir"));
+    const char *ckpt = chord_json_string_or(req, "checkpoint_dir", NULL);
+    const char *dir = chord_json_string_or(req, "model_dir", NULL);
     const json_t *init = json_object_get(req, "model_init");
     model_config mc;
     if (ckpt) {
@@ -124,9 +125,8 @@ int svc_check_rollout_fits(svc *s, const json_t *req, chord_err *err) {
     const json_t *prompts = json_object_get(req, "prompts");
     if (!json_is_array(prompts)) prompts = json_object_get(req, "messages");
     mem_estimate e;
-    mem_estimate_rollout(&mc, (double)json_array_size(prompts),
-                         (double)json_integer_value(json_object_get(req, "n")),
-                         prompt_tokens_bound(req),
-                         (double)json_integer_value(json_object_get(req, "max_tokens")), 1, &e);
+    mem_estimate_rollout(&mc, (double)json_array_size(prompts), chord_json_number_or(req, "n", 1),
+                         prompt_tokens_bound(req), chord_json_number_or(req, "max_tokens", 256), 1,
+                         &e);
     return check_devices(s, NULL, 0, &e, err);
 }

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "google/protobuf/struct.pb-c.h"
+#include "server/base/buf.h"
 
 #define MEMBER(type, msg, offset) (*(type *)((char *)(msg) + (offset)))
 #define CMEMBER(type, msg, offset) (*(const type *)((const char *)(msg) + (offset)))
@@ -19,11 +20,9 @@
 
 static void *arena_alloc(pbj_arena *a, size_t size) {
     if (a->n == a->cap) {
-        size_t cap = a->cap ? a->cap * 2 : 64;
-        void **p = realloc(a->ptrs, cap * sizeof *p);
+        void **p = chord_array_grow(a->ptrs, &a->cap, a->n + 1, sizeof *p);
         if (!p) return NULL;
         a->ptrs = p;
-        a->cap = cap;
     }
     void *m = calloc(1, size ? size : 1);
     if (m) a->ptrs[a->n++] = m;

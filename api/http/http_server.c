@@ -19,7 +19,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "server/base/buf.h"
 #include "server/base/fileutil.h"
+#include "server/base/json_field.h"
 #include "server/base/log.h"
 
 /* ---- responses ---------------------------------------------------------------------------- */
@@ -46,7 +48,8 @@ enum MHD_Result http_send_text(http_req *r, unsigned status, const char *content
 }
 
 enum MHD_Result http_send_json(http_req *r, unsigned status, json_t *doc) {
-    char *text = doc ? json_dumps(doc, JSON_COMPACT | JSON_ENSURE_ASCII) : NULL;
+    size_t len = 0;
+    char *text = doc ? chord_json_dumps_line(doc, JSON_COMPACT | JSON_ENSURE_ASCII, &len) : NULL;
     json_decref(doc);
     if (!text) {
         static const char oom[] =
@@ -55,13 +58,6 @@ enum MHD_Result http_send_json(http_req *r, unsigned status, json_t *doc) {
             MHD_create_response_from_buffer(sizeof oom - 1, (void *)oom, MHD_RESPMEM_PERSISTENT);
         if (resp) MHD_add_response_header(resp, "Content-Type", "application/json");
         return queue(r, 500, resp);
-    }
-    size_t len = strlen(text);
-    char *with_nl = realloc(text, len + 2);
-    if (with_nl) {
-        text = with_nl;
-        text[len++] = '\n';
-        text[len] = '\0';
     }
     return http_send_text(r, status, "application/json", text, len);
 }
@@ -333,17 +329,13 @@ static void body_chunk(http_req *r, const char *data, size_t len) {
             return;
         }
         if (r->body_len + len + 1 > r->body_cap) {
-            size_t cap = r->body_cap ? r->body_cap : 1024;
-            while (cap < r->body_len + len + 1)
-                cap *= 2;
-            char *p = realloc(r->body, cap);
+            char *p = chord_array_grow(r->body, &r->body_cap, r->body_len + len + 1, 1);
             if (!p) {
                 r->failed = 1;
                 chord_err_setc(&r->err, CHORD_E_INTERNAL, "body: out of memory");
                 return;
             }
             r->body = p;
-            r->body_cap = cap;
         }
         memcpy(r->body + r->body_len, data, len);
         r->body_len += len;
@@ -563,13 +555,9 @@ static void *waker_main(void *arg) {
 
 static int sse_append(sse_conn *c, const char *text, size_t len) {
     if (c->len + len > c->cap) {
-        size_t cap = c->cap ? c->cap : 4096;
-        while (cap < c->len + len)
-            cap *= 2;
-        char *p = realloc(c->buf, cap);
+        char *p = chord_array_grow(c->buf, &c->cap, c->len + len, 1);
         if (!p) return -1;
         c->buf = p;
-        c->cap = cap;
     }
     memcpy(c->buf + c->len, text, len);
     c->len += len;

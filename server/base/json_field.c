@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "server/base/buf.h"
 #include "server/base/numtext.h"
 
 json_t *chord_json_field(const json_t *obj, const char *key) {
@@ -196,26 +197,26 @@ int chord_json_get_bool(const json_t *obj, const char *path, const char *key, in
     return 0;
 }
 
-int chord_json_get_object(const json_t *obj, const char *path, const char *key, int flags,
-                          json_t **out, chord_err *err) {
+/* An object or an array (type), named `what` in its error. */
+static int get_container(const json_t *obj, const char *path, const char *key, int flags,
+                         json_type type, const char *what, json_t **out, chord_err *err) {
     char full[CHORD_JSON_PATH_MAX];
     int failed;
     json_t *v = lookup(obj, path, key, flags, full, &failed, err);
     if (!v) return failed;
-    if (!json_is_object(v)) return wrong_type(v, full, "an object", err);
+    if (json_typeof(v) != type) return wrong_type(v, full, what, err);
     *out = v;
     return 0;
 }
 
+int chord_json_get_object(const json_t *obj, const char *path, const char *key, int flags,
+                          json_t **out, chord_err *err) {
+    return get_container(obj, path, key, flags, JSON_OBJECT, "an object", out, err);
+}
+
 int chord_json_get_array(const json_t *obj, const char *path, const char *key, int flags,
                          json_t **out, chord_err *err) {
-    char full[CHORD_JSON_PATH_MAX];
-    int failed;
-    json_t *v = lookup(obj, path, key, flags, full, &failed, err);
-    if (!v) return failed;
-    if (!json_is_array(v)) return wrong_type(v, full, "an array", err);
-    *out = v;
-    return 0;
+    return get_container(obj, path, key, flags, JSON_ARRAY, "an array", out, err);
 }
 
 /* ---- lenient lookups and parse errors -------------------------------------------------------- */
@@ -228,6 +229,23 @@ const char *chord_json_string_or(const json_t *obj, const char *key, const char 
 double chord_json_number_or(const json_t *obj, const char *key, double fallback) {
     const json_t *v = json_object_get(obj, key);
     return json_is_number(v) ? json_number_value(v) : fallback;
+}
+
+char *chord_json_dumps_line(const json_t *v, size_t flags, size_t *len) {
+    char *text = json_dumps(v, flags);
+    if (!text) return NULL;
+    /* copied, so the caller frees with free() whatever allocator jansson was given */
+    size_t n = strlen(text);
+    chord_buf line = {0};
+    int bad = chord_buf_reserve(&line, n + 2) || chord_buf_append(&line, text, n) ||
+              chord_buf_append(&line, "\n", 1);
+    free(text);
+    if (bad) {
+        chord_buf_free(&line);
+        return NULL;
+    }
+    if (len) *len = line.len;
+    return chord_buf_take(&line);
 }
 
 void chord_json_key_before(const char *text, size_t len, int pos, char *out, size_t n) {

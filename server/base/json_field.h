@@ -20,7 +20,7 @@
  * values not read from JSON at all (defaults merged with overrides: chord_check_*_range), so a
  * document's field says one thing however it is checked.
  *
- * Not here: parsing text into JSON, writing JSON, schema beyond one field. */
+ * Not here: parsing text into JSON, building documents, schema beyond one field. */
 #ifndef CHORD_BASE_JSON_FIELD_H
 #define CHORD_BASE_JSON_FIELD_H
 
@@ -93,6 +93,11 @@ int chord_check_number_range(double x, const char *path, int flags, double lo, d
  * the value, or fallback when the key is absent or holds another type. */
 const char *chord_json_string_or(const json_t *obj, const char *key, const char *fallback);
 double chord_json_number_or(const json_t *obj, const char *key, double fallback);
+
+/* json_dumps(v, flags) followed by a newline (files and responses end their JSON with one), in
+ * memory the caller frees with free(); *len (when not NULL) gets its length. NULL when out of
+ * memory. */
+char *chord_json_dumps_line(const json_t *v, size_t flags, size_t *len);
 
 /* For parse errors: the key whose value starts before byte pos of text[0..len) ("rms_norm_eps"
  * for a NaN there), cut to n - 1 bytes; "" when there is none. */

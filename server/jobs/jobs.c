@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "kernels/ops.h"
+#include "server/base/buf.h"
 #include "server/base/log.h"
 #include "server/jobs/rollout_request.h"
 #include "server/model/config.h"
@@ -41,7 +42,7 @@ typedef struct run_ctx {
     int64_t sample_step;
     store_sample *samples;
     char **sample_strings; /* everything the samples point to */
-    size_t n_samples, n_strings;
+    size_t n_samples, n_strings, samples_cap, strings_cap;
     int64_t last_step; /* the last step stored (the resume point before the first) */
     int64_t last_ckpt; /* the last step checkpointed (the resume point, or -1) */
     char **last_names;
@@ -165,7 +166,7 @@ static void run_clear_samples(run_ctx *r) {
     free(r->samples);
     r->sample_strings = NULL;
     r->samples = NULL;
-    r->n_samples = r->n_strings = 0;
+    r->n_samples = r->n_strings = r->samples_cap = r->strings_cap = 0;
     r->sample_step = -1;
 }
 
@@ -206,11 +207,13 @@ static int cb_on_samples(void *user, int64_t step, const trainer_sample *samples
     if (r->sample_step != step) run_clear_samples(r);
     r->sample_step = step;
     if (n <= 0) return 0;
-    size_t total = r->n_samples + (size_t)n;
-    store_sample *ns = realloc(r->samples, total * sizeof *ns);
+    store_sample *ns =
+        chord_array_grow(r->samples, &r->samples_cap, r->n_samples + (size_t)n, sizeof *ns);
     if (!ns) goto oom;
     r->samples = ns;
-    char **strs = realloc(r->sample_strings, total * 5 * sizeof *strs);
+    /* five strings a sample at most */
+    char **strs = chord_array_grow(r->sample_strings, &r->strings_cap, r->n_strings + 5 * (size_t)n,
+                                   sizeof *strs);
     if (!strs) goto oom;
     r->sample_strings = strs;
     /* sample pointers into sample_strings stay valid: the strings themselves never move */

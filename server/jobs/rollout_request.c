@@ -1,6 +1,6 @@
 /* rollout_request.c — jobs_rollout_generate (rollout_request.h): answers one POST /v1/rollouts
- * request with the same engine the trainer samples with (server/train/rollout.h), so a completion's log-probs are
- * the numbers a training step would compute on those weights.
+ * request with the same engine the trainer samples with (server/train/rollout.h), so a completion's
+ * log-probs are the numbers a training step would compute on those weights.
  *
  * The model is the running job's live model when the request names that job without a step,
  * else it is loaded from the request's checkpoint or model directory (or created from a
@@ -14,22 +14,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "server/base/json_field.h"
 #include "server/model/chat.h"
 #include "server/train/bootstrap.h"
 #include "server/train/dataset.h"
 #include "server/train/reward.h"
 #include "server/train/rollout.h"
 #include "server/train/trainer.h"
-
-static const char *jstr(const json_t *o, const char *k) {
-    const json_t *v = json_object_get(o, k);
-    return json_is_string(v) ? json_string_value(v) : NULL;
-}
-
-static double jnum(const json_t *o, const char *k, double dflt) {
-    const json_t *v = json_object_get(o, k);
-    return json_is_number(v) ? json_number_value(v) : dflt;
-}
 
 /* The prompts of the request as token ids, rendered with the model's chat template and the
  * generation prompt; filled by encode_prompts (bootstrap_spec.before_load), which then checks
@@ -68,8 +59,8 @@ static int encode_prompts(void *user, const model_config *mc, const tok_tokenize
         if ((int)rp->ids[i].n > longest) longest = (int)rp->ids[i].n;
     }
     mem_estimate need;
-    mem_estimate_rollout(mc, rp->n, jnum(rp->request, "n", 1), longest,
-                         jnum(rp->request, "max_tokens", 256), !rp->live, &need);
+    mem_estimate_rollout(mc, rp->n, chord_json_number_or(rp->request, "n", 1), longest,
+                         chord_json_number_or(rp->request, "max_tokens", 256), !rp->live, &need);
     return mem_estimate_check(&need, rp->budget, err);
 }
 
@@ -84,7 +75,8 @@ int jobs_rollout_generate(const json_t *request, ops_ctx *ops, void *live_model,
     int n_prompts = (int)json_array_size(prompts);
     /* the model: the running job's live model when the request names that job without a
      * checkpoint, else the checkpoint's or the model directory's weights, else a random init */
-    const char *ckpt = jstr(request, "checkpoint_dir"), *job = jstr(request, "job_id");
+    const char *ckpt = chord_json_string_or(request, "checkpoint_dir", NULL),
+               *job = chord_json_string_or(request, "job_id", NULL);
     int live = live_model && job && live_job_id && !strcmp(job, live_job_id) && !ckpt;
     int rc = -1;
     bootstrap_model boot;
@@ -107,10 +99,10 @@ int jobs_rollout_generate(const json_t *request, ops_ctx *ops, void *live_model,
         goto done;
     }
     const json_t *init = json_object_get(request, "model_init");
-    bootstrap_spec spec = {.dir = ckpt ? ckpt : jstr(request, "model_dir"),
+    bootstrap_spec spec = {.dir = ckpt ? ckpt : chord_json_string_or(request, "model_dir", NULL),
                            .init_config = json_is_object(init) ? init : NULL,
-                           .init_seed = (uint64_t)jnum(request, "seed", 0),
-                           .tokenizer_dir = jstr(request, "tokenizer_dir"),
+                           .init_seed = (uint64_t)chord_json_number_or(request, "seed", 0),
+                           .tokenizer_dir = chord_json_string_or(request, "tokenizer_dir", NULL),
                            .live = live ? live_model : NULL,
                            .before_load = encode_prompts,
                            .user = &rq};
@@ -129,13 +121,13 @@ int jobs_rollout_generate(const json_t *request, ops_ctx *ops, void *live_model,
         json_decref(dflt);
         if (vrc != 0) goto done;
     }
-    rollout_params rp = {.group_size = (int)jnum(request, "n", 1),
-                         .temperature = (float)jnum(request, "temperature", 1.0),
-                         .top_p = (float)jnum(request, "top_p", 1.0),
-                         .max_new_tokens = (int)jnum(request, "max_tokens", 256),
+    rollout_params rp = {.group_size = (int)chord_json_number_or(request, "n", 1),
+                         .temperature = (float)chord_json_number_or(request, "temperature", 1.0),
+                         .top_p = (float)chord_json_number_or(request, "top_p", 1.0),
+                         .max_new_tokens = (int)chord_json_number_or(request, "max_tokens", 256),
                          .stop_ids = boot.stop_ids,
                          .n_stop = boot.n_stop,
-                         .seed = (uint64_t)jnum(request, "seed", 0),
+                         .seed = (uint64_t)chord_json_number_or(request, "seed", 0),
                          .stream = 0};
     if (!(engine = rollout_engine_new(m))) {
         chord_err_setc(err, CHORD_E_INTERNAL, "rollout: out of memory");

@@ -138,15 +138,13 @@ static void putn(render *r, const char *s, size_t n) {
 }
 
 static void span_begin(render *r) {
-    if (r->n_spans == r->cap_spans) {
-        size_t cap = r->cap_spans ? r->cap_spans * 2 : 8;
-        uint32_t *p = realloc(r->spans, 2 * cap * sizeof *p);
+    if (r->n_spans == r->cap_spans) { /* a span is two offsets: begin, end */
+        uint32_t *p = chord_array_grow(r->spans, &r->cap_spans, r->n_spans + 1, 2 * sizeof *p);
         if (!p) {
             r->oom = 1;
             return;
         }
         r->spans = p;
-        r->cap_spans = cap;
     }
     r->spans[2 * r->n_spans] = r->spans[2 * r->n_spans + 1] = (uint32_t)r->text.len;
     r->n_spans++;

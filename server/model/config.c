@@ -474,20 +474,9 @@ char *model_config_to_json(const model_config *cfg) {
                        short_ok(cfg->rope_low_freq_factor) && short_ok(cfg->rope_high_freq_factor)
                    ? 15
                    : 17;
-    char *s = json_dumps(o, JSON_INDENT(2) | JSON_REAL_PRECISION(prec));
+    char *text = chord_json_dumps_line(o, JSON_INDENT(2) | JSON_REAL_PRECISION(prec), NULL);
     json_decref(o);
-    if (!s) return NULL;
-    /* json_dumps' buffer belongs to jansson's allocator (malloc by default); copy with a final
-     * newline so the caller frees with free() whatever allocator jansson was given. */
-    size_t n = strlen(s);
-    char *out = malloc(n + 2);
-    if (out) {
-        memcpy(out, s, n);
-        out[n] = '\n';
-        out[n + 1] = '\0';
-    }
-    free(s);
-    return out;
+    return text;
 }
 
 int model_config_save(const model_config *cfg, const char *dir, chord_err *err) {

@@ -22,7 +22,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "server/base/buf.h"
 #include "server/base/fileutil.h"
+#include "server/base/json_field.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "safetensors.c assumes a little-endian host"
@@ -146,8 +148,10 @@ typedef struct st_entry {
 struct st_reader {
     st_file *files;
     int n_files;
+    size_t files_cap;
     st_entry *entries; /* sorted by name once open */
-    int n, cap;
+    int n;
+    size_t cap;
 };
 
 static int cmp_entry_name(const void *a, const void *b) {
@@ -155,12 +159,10 @@ static int cmp_entry_name(const void *a, const void *b) {
 }
 
 static int add_entry(st_reader *r, chord_err *err) {
-    if (r->n < r->cap) return 0;
-    int cap = r->cap ? r->cap * 2 : 64;
-    st_entry *e = realloc(r->entries, (size_t)cap * sizeof *e);
+    if ((size_t)r->n < r->cap) return 0;
+    st_entry *e = chord_array_grow(r->entries, &r->cap, (size_t)r->n + 1, sizeof *e);
     if (!e) return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
     r->entries = e;
-    r->cap = cap;
     return 0;
 }
 
@@ -239,28 +241,6 @@ static int parse_tensor(const char *name, const json_t *v, st_entry *e, size_t d
     return 0;
 }
 
-/* The key at or just before byte `pos` of a JSON text (names a duplicate tensor). */
-static void key_near(const char *text, size_t len, int pos, char *out, size_t n) {
-    out[0] = '\0';
-    if (pos < 0) return;
-    size_t p = (size_t)pos < len ? (size_t)pos : len;
-    while (p > 0) {
-        p--;
-        if (text[p] != ':') continue;
-        size_t q = p;
-        while (q > 0 && (text[q - 1] == ' ' || text[q - 1] == '\n' || text[q - 1] == '\t'))
-            q--;
-        if (q == 0 || text[q - 1] != '"') continue;
-        size_t end = q - 1, start = end;
-        while (start > 0 && text[start - 1] != '"')
-            start--;
-        size_t k = end - start < n - 1 ? end - start : n - 1;
-        memcpy(out, text + start, k);
-        out[k] = '\0';
-        return;
-    }
-}
-
 typedef struct key_span {
     const char *p;
     size_t n;
@@ -277,9 +257,8 @@ static int cmp_key_span(const void *a, const void *b) {
  * of a duplicate, deep inside its value). Copies it into out; 0 when none is found. Sorting
  * keeps this O(n log n) on a hostile 100 MB header. */
 static int duplicate_key(const char *text, size_t len, char *out, size_t n) {
-    size_t cap = 64, count = 0;
-    key_span *keys = malloc(cap * sizeof *keys);
-    if (!keys) return 0;
+    size_t cap = 0, count = 0;
+    key_span *keys = NULL;
     int depth = 0, found = 0;
     for (size_t i = 0; i < len; i++) {
         char ch = text[i];
@@ -298,15 +277,14 @@ static int duplicate_key(const char *text, size_t len, char *out, size_t n) {
                 j++;
             if (depth != 1 || j >= len || text[j] != ':') continue;
             if (count == cap) {
-                key_span *nk = realloc(keys, 2 * cap * sizeof *keys);
+                key_span *nk = chord_array_grow(keys, &cap, count + 1, sizeof *keys);
                 if (!nk) break;
                 keys = nk;
-                cap *= 2;
             }
             keys[count++] = (key_span){text + start, i - start};
         }
     }
-    qsort(keys, count, sizeof *keys, cmp_key_span);
+    if (count > 1) qsort(keys, count, sizeof *keys, cmp_key_span);
     for (size_t k = 1; k < count && !found; k++) {
         if (cmp_key_span(&keys[k - 1], &keys[k]) == 0) {
             size_t m = keys[k].n < n - 1 ? keys[k].n : n - 1;
@@ -322,7 +300,8 @@ static int duplicate_key(const char *text, size_t len, char *out, size_t n) {
 /* Maps PATH and appends its tensors to r (file index r->n_files). Errors are not yet prefixed
  * with the path. */
 static int open_file(st_reader *r, const char *path, chord_err *err) {
-    st_file *files = realloc(r->files, (size_t)(r->n_files + 1) * sizeof *files);
+    st_file *files =
+        chord_array_grow(r->files, &r->files_cap, (size_t)r->n_files + 1, sizeof *files);
     if (!files) return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
     r->files = files;
     st_file *f = &r->files[r->n_files];
@@ -499,7 +478,7 @@ static int open_index(st_reader *r, const char *dir, const char *index_path, cho
     json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
     if (!root) {
         char key[256];
-        key_near(text, len, je.position, key, sizeof key);
+        chord_json_key_before(text, len, je.position, key, sizeof key);
         free(text);
         if (strstr(je.text, "duplicate") && key[0])
             return chord_err_set(err, "%s: weight_map: tensor %s listed twice", index_path, key);
@@ -736,7 +715,8 @@ typedef struct st_wtensor {
 
 struct st_writer {
     st_wtensor *t;
-    int n, cap;
+    int n;
+    size_t cap;
     json_t *metadata; /* object of strings, insertion-ordered */
 };
 
@@ -782,12 +762,10 @@ int st_writer_add(st_writer *w, const char *name, const float *data, const int64
     for (int i = 0; i < w->n; i++)
         if (strcmp(w->t[i].name, name) == 0)
             return chord_err_set(err, "tensor %s: added twice", name);
-    if (w->n == w->cap) {
-        int cap = w->cap ? 2 * w->cap : 64;
-        st_wtensor *t = realloc(w->t, (size_t)cap * sizeof *t);
+    if ((size_t)w->n == w->cap) {
+        st_wtensor *t = chord_array_grow(w->t, &w->cap, (size_t)w->n + 1, sizeof *t);
         if (!t) return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
         w->t = t;
-        w->cap = cap;
     }
     st_wtensor *t = &w->t[w->n];
     memset(t, 0, sizeof *t);
@@ -1070,18 +1048,13 @@ int st_writer_save_dir(st_writer *w, const char *dir, size_t max_shard_bytes, ch
         json_t *index =
             json_pack("{s:{s:I,s:I},s:O}", "metadata", "total_parameters", (json_int_t)n_params,
                       "total_size", (json_int_t)total, "weight_map", wm);
-        char *text = index ? json_dumps(index, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
+        size_t len = 0;
+        char *text =
+            index ? chord_json_dumps_line(index, JSON_INDENT(2) | JSON_SORT_KEYS, &len) : NULL;
         if (index) json_decref(index);
         if (!text) {
             rc = chord_err_setc(err, CHORD_E_INTERNAL, "index: out of memory");
         } else {
-            size_t len = strlen(text);
-            char *withnl = realloc(text, len + 2);
-            if (withnl) {
-                text = withnl;
-                text[len++] = '\n';
-                text[len] = '\0';
-            }
             snprintf(path, sizeof path, "%s/%s", dir, ST_INDEX_NAME);
             rc = chord_write_file_atomic(path, text, len, err);
             free(text);

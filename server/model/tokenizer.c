@@ -19,6 +19,7 @@
 #include <pcre2.h>
 
 #include "server/base/fileutil.h"
+#include "server/base/json_field.h"
 #include "server/model/tokenizer_internal.h"
 
 /* ------------------------------------------------------------------------------------------ */
@@ -50,18 +51,17 @@ void tok_ids_free(tok_ids *ids) {
     memset(ids, 0, sizeof *ids);
 }
 
+/* ids and offsets share one capacity: it grows once both have (they grow alike). */
 static int ids_reserve(tok_ids *ids, size_t extra) {
-    if (ids->n + extra <= ids->cap) return 0;
-    size_t cap = ids->cap ? ids->cap : 64;
-    while (cap < ids->n + extra)
-        cap *= 2;
-    int32_t *p = realloc(ids->ids, cap * sizeof *p);
+    size_t need = ids->n + extra, cap_ids = ids->cap, cap_offsets = ids->cap;
+    if (need <= ids->cap) return 0;
+    int32_t *p = chord_array_grow(ids->ids, &cap_ids, need, sizeof *p);
     if (!p) return -1;
     ids->ids = p;
-    uint32_t *o = realloc(ids->offsets, cap * sizeof *o);
+    uint32_t *o = chord_array_grow(ids->offsets, &cap_offsets, need, sizeof *o);
     if (!o) return -1;
     ids->offsets = o;
-    ids->cap = cap;
+    ids->cap = cap_ids < cap_offsets ? cap_ids : cap_offsets;
     return 0;
 }
 
@@ -360,11 +360,9 @@ struct tok_trie {
 
 static int trie_new_node(struct tok_trie *tr, unsigned char byte) {
     if (tr->n == tr->cap) {
-        size_t cap = tr->cap ? tr->cap * 2 : 256;
-        trie_node *p = realloc(tr->nodes, cap * sizeof *p);
+        trie_node *p = chord_array_grow(tr->nodes, &tr->cap, tr->n + 1, sizeof *p);
         if (!p) return -1;
         tr->nodes = p;
-        tr->cap = cap;
     }
     trie_node *nd = &tr->nodes[tr->n];
     nd->child = nd->sibling = nd->added = -1;
@@ -425,46 +423,19 @@ static void trie_free(struct tok_trie *tr) {
 /* ------------------------------------------------------------------------------------------ */
 /* Loading                                                                                      */
 
-static const char *json_type_name(const json_t *v) {
-    switch (json_typeof(v)) {
-    case JSON_OBJECT:
-        return "an object";
-    case JSON_ARRAY:
-        return "an array";
-    case JSON_STRING:
-        return "a string";
-    case JSON_INTEGER:
-        return "an integer";
-    case JSON_REAL:
-        return "a number";
-    case JSON_TRUE:
-    case JSON_FALSE:
-        return "a boolean";
-    default:
-        return "null";
-    }
-}
-
+/* A flag of a component (where.key, server/base/json_field.h's words), dflt when left out. */
 static int get_bool(const json_t *obj, const char *key, int dflt, int *out, const char *where,
                     chord_err *err) {
-    json_t *v = json_object_get(obj, key);
-    if (!v || json_is_null(v)) {
-        *out = dflt;
-        return 0;
-    }
-    if (!json_is_boolean(v))
-        return chord_err_set(err, "%s.%s must be a boolean, not %s", where, key, json_type_name(v));
-    *out = json_is_true(v);
-    return 0;
+    *out = dflt;
+    return chord_json_get_bool(obj, where, key, 0, out, err);
 }
 
+/* The "type" of a component, which must be an object. NULL (err set) when it is not. */
 static const char *get_type(const json_t *obj, const char *where, chord_err *err) {
-    if (!json_is_object(obj)) {
-        chord_err_set(err, "%s must be an object, not %s", where, json_type_name(obj));
+    const char *type = NULL;
+    if (chord_json_object_value(obj, where, err) ||
+        chord_json_get_string(obj, where, "type", CHORD_JSON_REQUIRED, &type, err))
         return NULL;
-    }
-    const char *type = json_string_value(json_object_get(obj, "type"));
-    if (!type) chord_err_set(err, "%s.type is missing or not a string", where);
     return type;
 }
 
@@ -499,8 +470,8 @@ typedef int (*component_parser)(tok_tokenizer *t, const json_t *item, const char
                                 chord_err *err);
 static int each_in_sequence(tok_tokenizer *t, const json_t *obj, const char *key, const char *where,
                             component_parser parse, chord_err *err) {
-    json_t *list = json_object_get(obj, key);
-    if (!json_is_array(list)) return chord_err_set(err, "%s.%s must be an array", where, key);
+    json_t *list = NULL;
+    if (chord_json_get_array(obj, where, key, CHORD_JSON_REQUIRED, &list, err)) return -1;
     size_t i;
     json_t *sub;
     json_array_foreach(list, i, sub) {
@@ -628,16 +599,24 @@ static int push_split(tok_tokenizer *t, const char *regex, size_t len, int liter
     return 0;
 }
 
+/* 1 when v is a string of exactly one character (1 to 4 bytes of UTF-8). */
+static int one_character(const json_t *v) {
+    size_t n = json_string_length(v), len;
+    return json_is_string(v) && n > 0 &&
+           chord_utf8_scan((const unsigned char *)json_string_value(v), n, &len, NULL) ==
+               CHORD_UTF8_OK &&
+           len == n;
+}
+
 /* The replacement character of a Metaspace pre-tokenizer or decoder: one character. */
 static int metaspace_replacement(const json_t *p, char out[8], int *len, const char *where,
                                  chord_err *err) {
     json_t *r = json_object_get(p, "replacement");
     if (!r) r = json_object_get(p, "str_rep");
-    const char *s = r ? json_string_value(r) : "\xe2\x96\x81"; /* U+2581 */
-    size_t n = r ? json_string_length(r) : 3, clen;
-    if (!s || n == 0 || n > 4 ||
-        chord_utf8_scan((const unsigned char *)s, n, &clen, NULL) != CHORD_UTF8_OK || clen != n)
+    if (r && !one_character(r))
         return chord_err_set(err, "%s.replacement must be one character", where);
+    const char *s = r ? json_string_value(r) : "\xe2\x96\x81"; /* U+2581 */
+    size_t n = r ? json_string_length(r) : 3;
     memcpy(out, s, n);
     out[n] = '\0';
     *len = (int)n;
@@ -698,11 +677,7 @@ static int parse_pretokenizer(tok_tokenizer *t, const json_t *p, const char *whe
                           0, where, err);
     if (strcmp(type, "CharDelimiterSplit") == 0) {
         json_t *d = json_object_get(p, "delimiter");
-        size_t clen;
-        if (!json_is_string(d) || json_string_length(d) == 0 ||
-            chord_utf8_scan((const unsigned char *)json_string_value(d), json_string_length(d),
-                            &clen, NULL) != CHORD_UTF8_OK ||
-            clen != json_string_length(d))
+        if (!one_character(d))
             return chord_err_set(err, "%s.delimiter must be one character", where);
         return push_split(t, json_string_value(d), json_string_length(d), 1, TOK_SPLIT_REMOVED, 0,
                           where, err);
@@ -812,20 +787,14 @@ static int parse_decoder_step(tok_tokenizer *t, const json_t *d, const char *whe
         }
     } else if (strcmp(type, "Strip") == 0) {
         json_t *c = json_object_get(d, "content");
-        json_t *a = json_object_get(d, "start"), *b = json_object_get(d, "stop");
-        size_t clen;
-        if (!json_is_string(c) || json_string_length(c) == 0 ||
-            chord_utf8_scan((const unsigned char *)json_string_value(c), json_string_length(c),
-                            &clen, NULL) != CHORD_UTF8_OK ||
-            clen != json_string_length(c))
-            return chord_err_set(err, "%s.content must be one character", where);
-        if (!json_is_integer(a) || !json_is_integer(b) || json_integer_value(a) < 0 ||
-            json_integer_value(b) < 0 || json_integer_value(a) > 1 << 20 ||
-            json_integer_value(b) > 1 << 20)
-            return chord_err_set(err, "%s.start and .stop must be non-negative integers", where);
+        int64_t start = 0, stop = 0;
+        if (!one_character(c)) return chord_err_set(err, "%s.content must be one character", where);
+        if (chord_json_get_int(d, where, "start", CHORD_JSON_REQUIRED, 0, 1 << 20, &start, err) ||
+            chord_json_get_int(d, where, "stop", CHORD_JSON_REQUIRED, 0, 1 << 20, &stop, err))
+            return -1;
         op->kind = TOK_DEC_STRIP;
-        op->start = (int)json_integer_value(a);
-        op->stop = (int)json_integer_value(b);
+        op->start = (int)start;
+        op->stop = (int)stop;
         if (dup_string(c, &op->pattern, &op->pattern_len))
             return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
     } else {
@@ -898,9 +867,8 @@ static int parse_post(tok_tokenizer *t, const json_t *p, const char *where, chor
         return 0;
     }
     if (strcmp(type, "TemplateProcessing") == 0) {
-        json_t *single = json_object_get(p, "single");
-        json_t *specials = json_object_get(p, "special_tokens");
-        if (!json_is_array(single)) return chord_err_set(err, "%s.single must be an array", where);
+        json_t *single = NULL, *specials = json_object_get(p, "special_tokens");
+        if (chord_json_get_array(p, where, "single", CHORD_JSON_REQUIRED, &single, err)) return -1;
         int seen_seq = 0;
         size_t i;
         json_t *piece;
@@ -972,17 +940,17 @@ static int parse_merge(const json_t *m, const char **a, size_t *an, const char *
 static int parse_model(tok_tokenizer *t, const json_t *m, const json_t *added, chord_err *err) {
     const char *type = json_string_value(json_object_get(m, "type"));
     if (!json_is_object(m)) return chord_err_set(err, "model is missing or not an object");
-    json_t *vocab = json_object_get(m, "vocab");
-    json_t *merges = json_object_get(m, "merges");
+    json_t *vocab = NULL, *merges = NULL;
     if (!type) {
         /* old files omit the type; a vocab + merges is BPE */
-        if (!merges) return chord_err_set(err, "model.type is missing");
+        if (!json_object_get(m, "merges")) return chord_err_set(err, "model.type is missing");
         type = "BPE";
     }
     if (strcmp(type, "BPE") != 0)
         return chord_err_set(err, "model: unsupported model type '%s' (chord reads BPE)", type);
-    if (!json_is_object(vocab)) return chord_err_set(err, "model.vocab must be an object");
-    if (!json_is_array(merges)) return chord_err_set(err, "model.merges must be an array");
+    if (chord_json_get_object(m, "model", "vocab", CHORD_JSON_REQUIRED, &vocab, err) ||
+        chord_json_get_array(m, "model", "merges", CHORD_JSON_REQUIRED, &merges, err))
+        return -1;
     json_t *dropout = json_object_get(m, "dropout");
     if (dropout && !json_is_null(dropout) && json_number_value(dropout) > 0)
         return chord_err_set(err, "model.dropout: BPE dropout is not supported");
@@ -1009,11 +977,13 @@ static int parse_model(tok_tokenizer *t, const json_t *m, const json_t *added, c
     size_t i;
     json_t *a;
     json_array_foreach((json_t *)added, i, a) {
-        json_t *idv = json_object_get(a, "id");
-        if (!json_is_integer(idv) || json_integer_value(idv) < 0 ||
-            json_integer_value(idv) > 0x7FFFFFF0)
-            return chord_err_set(err, "added_tokens[%zu].id must be a non-negative integer", i);
-        if (json_integer_value(idv) > max_id) max_id = json_integer_value(idv);
+        char where[64];
+        snprintf(where, sizeof where, "added_tokens[%zu].id", i);
+        int64_t id = 0;
+        if (chord_json_int_value(json_object_get(a, "id"), where, CHORD_JSON_REQUIRED, 0,
+                                 0x7FFFFFF0, &id, err))
+            return -1;
+        if (id > max_id) max_id = id;
     }
     t->vocab_size = (int32_t)(max_id + 1);
     t->tok_str = calloc((size_t)t->vocab_size + 1, sizeof *t->tok_str);
@@ -1611,9 +1581,9 @@ typedef struct enc_ctx {
     size_t cap_syms;
     bpe_heap_entry *heap;
     size_t cap_heap;
-    int32_t *wids;
+    int32_t *wids; /* a word's tokens: ids and lengths, room for cap_word of each */
     uint16_t *wlens;
-    size_t cap_w;
+    size_t cap_word, cap_wids, cap_wlens;
     chord_buf word;
     int match_error; /* a PCRE2 error other than no-match, 0 when none */
 } enc_ctx;
@@ -1654,11 +1624,9 @@ static char *arena_alloc(enc_ctx *c, size_t n) {
 
 static int pv_push(piece_vec *v, piece p) {
     if (v->n == v->cap) {
-        size_t cap = v->cap ? v->cap * 2 : 64;
-        piece *np = realloc(v->v, cap * sizeof *np);
+        piece *np = chord_array_grow(v->v, &v->cap, v->n + 1, sizeof *np);
         if (!np) return -1;
         v->v = np;
-        v->cap = cap;
     }
     v->v[v->n++] = p;
     return 0;
@@ -1733,9 +1701,8 @@ static int split_piece(enc_ctx *c, const tok_pretok_step *st, const piece *p, pi
 
     if (behavior == TOK_SPLIT_MERGED_NEXT) {
         /* rare: collect all triples in a heap buffer and fold from the right */
-        size_t cap = 64, k = 0;
-        uint32_t *tri = malloc(cap * 3 * sizeof *tri);
-        if (!tri) return -1;
+        size_t cap = 0, k = 0; /* triples (start, end, matched) */
+        uint32_t *tri = NULL, *grown;
         while (pos <= n) {
             int r = pcre2_match(st->re, (PCRE2_SPTR)subj, n, pos, opts | PCRE2_NO_UTF_CHECK, c->md,
                                 NULL);
@@ -1752,14 +1719,12 @@ static int split_piece(enc_ctx *c, const tok_pretok_step *st, const piece *p, pi
                 pos = chord_utf8_next((const unsigned char *)subj, n, ms);
                 continue;
             }
-            if (k + 2 >= cap) {
-                cap *= 2;
-                uint32_t *nt = realloc(tri, cap * 3 * sizeof *nt);
-                if (!nt) {
+            if (k + 2 > cap) {
+                if (!(grown = chord_array_grow(tri, &cap, k + 2, 3 * sizeof *tri))) {
                     free(tri);
                     return -1;
                 }
-                tri = nt;
+                tri = grown;
             }
             if (prev != ms) {
                 tri[3 * k] = (uint32_t)prev, tri[3 * k + 1] = (uint32_t)ms, tri[3 * k + 2] = 0;
@@ -1770,13 +1735,12 @@ static int split_piece(enc_ctx *c, const tok_pretok_step *st, const piece *p, pi
             prev = pos = me;
         }
         if (prev != n) {
-            if (k + 1 >= cap) {
-                uint32_t *nt = realloc(tri, (cap + 1) * 3 * sizeof *nt);
-                if (!nt) {
+            if (k + 1 > cap) {
+                if (!(grown = chord_array_grow(tri, &cap, k + 1, 3 * sizeof *tri))) {
                     free(tri);
                     return -1;
                 }
-                tri = nt;
+                tri = grown;
             }
             tri[3 * k] = (uint32_t)prev, tri[3 * k + 1] = (uint32_t)n, tri[3 * k + 2] = 0;
             k++;
@@ -1878,27 +1842,21 @@ static bpe_heap_entry heap_pop(bpe_heap_entry *h, size_t *n) {
     return top;
 }
 
+/* Room for a word of n bytes: its symbols, their heap (3 entries a symbol to start with) and
+ * its tokens. */
 static int ensure_word_space(enc_ctx *c, size_t n) {
-    if (n + 8 > c->cap_syms) {
-        size_t cap = c->cap_syms ? c->cap_syms : 256;
-        while (cap < n + 8)
-            cap *= 2;
-        bpe_sym *s = realloc(c->syms, cap * sizeof *s);
-        if (!s) return -1;
-        c->syms = s;
-        c->cap_syms = cap;
-        bpe_heap_entry *h = realloc(c->heap, 3 * cap * sizeof *h);
-        if (!h) return -1;
-        c->heap = h;
-        c->cap_heap = 3 * cap;
-        int32_t *w = realloc(c->wids, cap * sizeof *w);
-        if (!w) return -1;
-        c->wids = w;
-        uint16_t *l = realloc(c->wlens, cap * sizeof *l);
-        if (!l) return -1;
-        c->wlens = l;
-        c->cap_w = cap;
-    }
+    size_t need = n + 8;
+    if (need <= c->cap_word && need <= c->cap_syms && 3 * need <= c->cap_heap) return 0;
+    bpe_sym *s = chord_array_grow(c->syms, &c->cap_syms, need, sizeof *s);
+    bpe_heap_entry *h = s ? chord_array_grow(c->heap, &c->cap_heap, 3 * need, sizeof *h) : NULL;
+    if (s) c->syms = s;
+    if (h) c->heap = h;
+    int32_t *w = h ? chord_array_grow(c->wids, &c->cap_wids, need, sizeof *w) : NULL;
+    if (w) c->wids = w;
+    uint16_t *l = w ? chord_array_grow(c->wlens, &c->cap_wlens, need, sizeof *l) : NULL;
+    if (!l) return -1;
+    c->wlens = l;
+    c->cap_word = c->cap_wids < c->cap_wlens ? c->cap_wids : c->cap_wlens;
     return 0;
 }
 
@@ -2026,11 +1984,9 @@ static long bpe_word(enc_ctx *c, const char *w, size_t n) {
         sy[nx].len = 0;
         if (s->next >= 0) sy[s->next].prev = (int32_t)top.pos;
         if (hn + 2 > c->cap_heap) {
-            size_t cap = c->cap_heap * 2;
-            bpe_heap_entry *h = realloc(c->heap, cap * sizeof *h);
+            bpe_heap_entry *h = chord_array_grow(c->heap, &c->cap_heap, hn + 2, sizeof *h);
             if (!h) return -1;
             c->heap = heap = h;
-            c->cap_heap = cap;
         }
         if (s->prev >= 0 && merge_lookup(t, sy[s->prev].id, s->id, &rank, &nid))
             heap_push(heap, &hn, (bpe_heap_entry){rank, (uint32_t)s->prev, nid});
@@ -2069,7 +2025,7 @@ static int encode_piece(enc_ctx *c, const piece *p) {
     int32_t *ids;
     uint16_t *lens;
     if (ensure_word_space(c, p->len)) return -1;
-    k = cache_get(t->cache, h, p->p, p->len, c->wids, c->wlens, c->cap_w);
+    k = cache_get(t->cache, h, p->p, p->len, c->wids, c->wlens, c->cap_word);
     if (k < 0) {
         k = bpe_word(c, p->p, p->len);
         if (k < 0) return -1;
@@ -2269,11 +2225,9 @@ static int gap_norm(enc_ctx *c, const char *s, size_t start, size_t end) {
 
 static int run_push(enc_ctx *c, uint32_t norm_off, uint32_t orig_off, int exact) {
     if (c->n_runs == c->cap_runs) {
-        size_t cap = c->cap_runs ? c->cap_runs * 2 : 64;
-        norm_run *r = realloc(c->runs, cap * sizeof *r);
+        norm_run *r = chord_array_grow(c->runs, &c->cap_runs, c->n_runs + 1, sizeof *r);
         if (!r) return -1;
         c->runs = r;
-        c->cap_runs = cap;
     }
     c->runs[c->n_runs++] = (norm_run){norm_off, orig_off, (uint8_t)exact};
     return 0;
@@ -2289,13 +2243,9 @@ typedef struct norm_text {
 
 static int nt_append(norm_text *d, const char *b, size_t n, const uint32_t *orig, uint32_t fixed) {
     if (d->text.len + n > d->cap) {
-        size_t cap = d->cap ? d->cap : 256;
-        while (cap < d->text.len + n)
-            cap *= 2;
-        uint32_t *o = realloc(d->orig, cap * sizeof *o);
+        uint32_t *o = chord_array_grow(d->orig, &d->cap, d->text.len + n, sizeof *o);
         if (!o) return -1;
         d->orig = o;
-        d->cap = cap;
     }
     for (size_t i = 0; i < n; i++)
         d->orig[d->text.len + i] = orig ? orig[i] : fixed;

@@ -16,6 +16,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "server/base/buf.h"
+
 /* Normalisation can grow a string (\frac12 -> \frac{1}{2}); bound the growth. */
 #define MS_HARD_CAP (4 * MATHNORM_MAX_LEN + 64)
 #define MAX_DEPTH 32
@@ -23,32 +25,12 @@
 
 /* ---- a capped growable string ---- */
 
-typedef struct mstr {
-    char *s;
-    size_t len, cap;
-} mstr;
-
-static int ms_reserve(mstr *m, size_t extra) {
-    size_t need = m->len + extra + 1;
-    if (need > MS_HARD_CAP) return -1;
-    if (need <= m->cap) return 0;
-    size_t cap = m->cap ? m->cap : 64;
-    while (cap < need)
-        cap *= 2;
-    if (cap > MS_HARD_CAP) cap = MS_HARD_CAP;
-    char *s = realloc(m->s, cap);
-    if (!s) return -1;
-    m->s = s;
-    m->cap = cap;
-    return 0;
-}
+/* The text a pass builds; it never grows past MS_HARD_CAP. */
+typedef chord_buf mstr;
 
 static int ms_putn(mstr *m, const char *p, size_t n) {
-    if (ms_reserve(m, n) != 0) return -1;
-    memcpy(m->s + m->len, p, n);
-    m->len += n;
-    m->s[m->len] = '\0';
-    return 0;
+    if (m->len + n + 1 > MS_HARD_CAP) return -1;
+    return chord_buf_append(m, p, n);
 }
 
 static int ms_puts(mstr *m, const char *p) {
@@ -60,10 +42,9 @@ static int ms_putc(mstr *m, char c) {
 
 /* Replaces *m by the scan output *out (takes ownership). */
 static void ms_swap(mstr *m, mstr *out) {
-    free(m->s);
+    chord_buf_free(m);
     *m = *out;
-    out->s = NULL;
-    out->len = out->cap = 0;
+    memset(out, 0, sizeof *out);
 }
 
 static bool starts_with(const char *s, size_t n, const char *prefix) {
@@ -136,10 +117,10 @@ bool mathnorm_last_boxed(const char *text, const char **start, size_t *len) {
 
 /* Replaces every occurrence of `from` by `to`. */
 static int pass_replace(mstr *m, const char *from, const char *to) {
-    if (!strstr(m->s, from)) return 0;
+    if (!strstr(m->data, from)) return 0;
     mstr out = {0};
     size_t k = strlen(from);
-    const char *p = m->s;
+    const char *p = m->data;
     for (const char *hit; (hit = strstr(p, from)) != NULL; p = hit + k) {
         if (ms_putn(&out, p, (size_t)(hit - p)) || ms_puts(&out, to)) goto fail;
     }
@@ -147,7 +128,7 @@ static int pass_replace(mstr *m, const char *from, const char *to) {
     ms_swap(m, &out);
     return 0;
 fail:
-    free(out.s);
+    chord_buf_free(&out);
     return -1;
 }
 
@@ -177,7 +158,7 @@ static const char *command_rewrite(const char *name, size_t n) {
 /* One scan over backslash commands and dollar/percent signs. */
 static int pass_commands(mstr *m) {
     mstr out = {0};
-    const char *s = m->s;
+    const char *s = m->data;
     size_t n = m->len;
     for (size_t i = 0; i < n;) {
         char c = s[i];
@@ -220,11 +201,11 @@ static int pass_commands(mstr *m) {
         if (to ? ms_puts(&out, to) : ms_putn(&out, s + i, k + 1)) goto fail;
         i += k + 1;
     }
-    if (!out.s && ms_puts(&out, "")) goto fail;
+    if (!out.data && ms_puts(&out, "")) goto fail;
     ms_swap(m, &out);
     return 0;
 fail:
-    free(out.s);
+    chord_buf_free(&out);
     return -1;
 }
 
@@ -254,7 +235,7 @@ static bool has_digit_or_pi(const char *s, size_t n) {
  * ("\text{Monday}" -> "Monday"). */
 static int pass_units(mstr *m) {
     for (;;) {
-        const char *s = m->s;
+        const char *s = m->data;
         size_t n = m->len;
         while (n > 0 && s[n - 1] == ' ')
             n--;
@@ -285,12 +266,13 @@ static int pass_units(mstr *m) {
             keep--;
         if (keep == 0) break;
         m->len = keep;
-        m->s[keep] = '\0';
+        m->data[keep] = '\0';
     }
     /* unwrap the rest */
-    if (!strstr(m->s, "\\text") && !strstr(m->s, "\\math") && !strstr(m->s, "\\mbox")) return 0;
+    if (!strstr(m->data, "\\text") && !strstr(m->data, "\\math") && !strstr(m->data, "\\mbox"))
+        return 0;
     mstr out = {0};
-    const char *s = m->s;
+    const char *s = m->data;
     size_t n = m->len;
     for (size_t i = 0; i < n;) {
         size_t cl, end;
@@ -303,18 +285,18 @@ static int pass_units(mstr *m) {
         if (ms_putc(&out, s[i])) goto fail;
         i++;
     }
-    if (!out.s && ms_puts(&out, "")) goto fail;
+    if (!out.data && ms_puts(&out, "")) goto fail;
     ms_swap(m, &out);
     return 0;
 fail:
-    free(out.s);
+    chord_buf_free(&out);
     return -1;
 }
 
 /* ".5" -> "0.5" wherever a '.' starts a number. */
 static int pass_leading_zero(mstr *m) {
     mstr out = {0};
-    const char *s = m->s;
+    const char *s = m->data;
     for (size_t i = 0; i < m->len; i++) {
         if (s[i] == '.' && isdigit((unsigned char)s[i + 1]) &&
             (i == 0 || !isdigit((unsigned char)s[i - 1]))) {
@@ -322,11 +304,11 @@ static int pass_leading_zero(mstr *m) {
         }
         if (ms_putc(&out, s[i])) goto fail;
     }
-    if (!out.s && ms_puts(&out, "")) goto fail;
+    if (!out.data && ms_puts(&out, "")) goto fail;
     ms_swap(m, &out);
     return 0;
 fail:
-    free(out.s);
+    chord_buf_free(&out);
     return -1;
 }
 
@@ -403,10 +385,10 @@ static int emit_args(mstr *out, const char *s, size_t n, size_t *i, int nargs, i
 }
 
 static int pass_fracs(mstr *m) {
-    if (!strstr(m->s, "\\frac") && !strstr(m->s, "\\sqrt")) return 0;
+    if (!strstr(m->data, "\\frac") && !strstr(m->data, "\\sqrt")) return 0;
     mstr out = {0};
-    if (scan_fracs(&out, m->s, m->len, 0) != 0 || (!out.s && ms_puts(&out, ""))) {
-        free(out.s);
+    if (scan_fracs(&out, m->data, m->len, 0) != 0 || (!out.data && ms_puts(&out, ""))) {
+        chord_buf_free(&out);
         return -1;
     }
     ms_swap(m, &out);
@@ -416,10 +398,10 @@ static int pass_fracs(mstr *m) {
 static void pass_remove_spaces(mstr *m) {
     size_t w = 0;
     for (size_t r = 0; r < m->len; r++) {
-        if (m->s[r] != ' ') m->s[w++] = m->s[r];
+        if (m->data[r] != ' ') m->data[w++] = m->data[r];
     }
     m->len = w;
-    m->s[w] = '\0';
+    m->data[w] = '\0';
 }
 
 /* A single variable name: x, k, x1, x_1, x_{12}, \theta. */
@@ -443,19 +425,19 @@ static bool is_variable(const char *s, size_t n) {
 
 /* "x=5" -> "5" when the left side is one variable and there is exactly one '='. */
 static void pass_assignment(mstr *m) {
-    char *eq = strchr(m->s, '=');
+    char *eq = strchr(m->data, '=');
     if (!eq || strchr(eq + 1, '=')) return;
-    if (eq > m->s && (eq[-1] == '<' || eq[-1] == '>' || eq[-1] == '!')) return;
-    if (!is_variable(m->s, (size_t)(eq - m->s))) return;
-    size_t rest = m->len - (size_t)(eq + 1 - m->s);
-    memmove(m->s, eq + 1, rest + 1);
+    if (eq > m->data && (eq[-1] == '<' || eq[-1] == '>' || eq[-1] == '!')) return;
+    if (!is_variable(m->data, (size_t)(eq - m->data))) return;
+    size_t rest = m->len - (size_t)(eq + 1 - m->data);
+    memmove(m->data, eq + 1, rest + 1);
     m->len = rest;
 }
 
 /* Final cosmetic rules: "(A)" -> "A" (multiple choice), "a/b" -> "\frac{a}{b}" for integers,
  * a trailing "." after a number dropped. */
 static int pass_final(mstr *m) {
-    char *s = m->s;
+    char *s = m->data;
     size_t n = m->len;
     if (n == 3 && s[0] == '(' && s[2] == ')' && isupper((unsigned char)s[1])) {
         s[0] = s[1];
@@ -479,7 +461,7 @@ static int pass_final(mstr *m) {
     mstr out = {0};
     if (ms_putn(&out, s, a0) || ms_puts(&out, "\\frac{") || ms_putn(&out, s + a0, alen) ||
         ms_puts(&out, "}{") || ms_putn(&out, slash + 1, blen) || ms_puts(&out, "}")) {
-        free(out.s);
+        chord_buf_free(&out);
         return -1;
     }
     ms_swap(m, &out);
@@ -506,9 +488,9 @@ char *mathnorm_normalize(const char *in, size_t len) {
     pass_remove_spaces(&m);
     pass_assignment(&m);
     if (pass_final(&m)) goto fail;
-    return m.s;
+    return m.data;
 fail:
-    free(m.s);
+    chord_buf_free(&m);
     return NULL;
 }
 

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "server/base/buf.h"
+#include "server/base/json_field.h"
 #include "server/base/utf8.h"
 #include "server/train/mathnorm.h"
 #include "server/train/reward_internal.h"
@@ -123,60 +124,11 @@ static bool bytes_equal(const char *a, size_t an, const char *b, size_t bn, bool
 
 /* ---- configuration ---- */
 
-static int check_fields(const json_t *cfg, const char *type, const char *const *allowed,
-                        chord_err *err) {
-    const char *key;
-    json_t *value;
-    json_object_foreach((json_t *)cfg, key, value) {
-        bool ok = false;
-        for (size_t i = 0; allowed[i] && !ok; i++)
-            ok = strcmp(key, allowed[i]) == 0;
-        if (!ok) {
-            char list[256] = "";
-            size_t w = 0;
-            for (size_t i = 0; allowed[i] && w < sizeof list; i++)
-                w += (size_t)snprintf(list + w, sizeof list - w, "%s%s", i ? ", " : "", allowed[i]);
-            return chord_err_set(err, "reward.%s: unknown field for type \"%s\" (allowed: %s)", key,
-                                 type, list);
-        }
-    }
-    return 0;
-}
-
-static int get_bool(const json_t *cfg, const char *key, bool *out, chord_err *err) {
-    json_t *v = json_object_get(cfg, key);
-    if (!v) return 0;
-    if (!json_is_boolean(v)) return chord_err_set(err, "reward.%s: expected true or false", key);
-    *out = json_is_true(v);
-    return 0;
-}
-
-/* A finite number in [lo, hi]; *present tells whether it was given (null counts as absent when
- * null_ok). */
-static int get_number(const json_t *cfg, const char *key, double lo, double hi, bool null_ok,
-                      double *out, bool *present, chord_err *err) {
-    json_t *v = json_object_get(cfg, key);
-    if (present) *present = false;
-    if (!v || (null_ok && json_is_null(v))) return 0;
-    if (!json_is_number(v))
-        return chord_err_set(err, "reward.%s: expected a number%s", key, null_ok ? " or null" : "");
-    double x = json_number_value(v);
-    if (!isfinite(x) || x < lo || x > hi)
-        return chord_err_set(err, "reward.%s: %g is out of range [%g, %g]", key, x, lo, hi);
-    *out = x;
-    if (present) *present = true;
-    return 0;
-}
-
-static int get_int(const json_t *cfg, const char *key, long long lo, long long hi, long long *out,
-                   chord_err *err) {
-    json_t *v = json_object_get(cfg, key);
-    if (!v) return 0;
-    if (!json_is_integer(v)) return chord_err_set(err, "reward.%s: expected an integer", key);
-    long long x = json_integer_value(v);
-    if (x < lo || x > hi)
-        return chord_err_set(err, "reward.%s: %lld is out of range [%lld, %lld]", key, x, lo, hi);
-    *out = x;
+/* A flag of the reward object (server/base/json_field.h names it); left out keeps *out. */
+static int get_flag(const json_t *cfg, const char *key, bool *out, chord_err *err) {
+    int on = *out;
+    if (chord_json_get_bool(cfg, "reward", key, 0, &on, err)) return -1;
+    *out = on != 0;
     return 0;
 }
 
@@ -222,20 +174,16 @@ static pcre2_code *regex_compile(const reward_verifier *v, const char *pattern, 
 }
 
 static int parse_regex(reward_verifier *v, const json_t *cfg, chord_err *err) {
-    json_t *p = json_object_get(cfg, "pattern");
+    const char *p = NULL;
+    if (chord_json_get_string(cfg, "reward", "pattern", CHORD_JSON_NONEMPTY, &p, err)) return -1;
     if (!p) return chord_err_set(err, "reward.pattern: required for type \"regex\"");
-    if (!json_is_string(p)) return chord_err_set(err, "reward.pattern: expected a string");
-    size_t n = json_string_length(p);
-    if (n == 0) return chord_err_set(err, "reward.pattern: must not be empty");
-    if (n > REGEX_MAX_PATTERN)
+    if (strlen(p) > REGEX_MAX_PATTERN)
         return chord_err_set(err, "reward.pattern: longer than %d bytes", REGEX_MAX_PATTERN);
-    if (strlen(json_string_value(p)) != n)
-        return chord_err_set(err, "reward.pattern: contains a NUL byte");
-    v->pattern = strdup(json_string_value(p));
+    v->pattern = strdup(p);
     if (!v->pattern) return chord_err_setc(err, CHORD_E_INTERNAL, "reward.pattern: out of memory");
-    long long ml = REGEX_DEFAULT_MATCH_LIMIT, dl = REGEX_DEFAULT_DEPTH_LIMIT;
-    if (get_int(cfg, "match_limit", 1, 100000000, &ml, err) ||
-        get_int(cfg, "depth_limit", 1, 10000000, &dl, err))
+    int64_t ml = REGEX_DEFAULT_MATCH_LIMIT, dl = REGEX_DEFAULT_DEPTH_LIMIT;
+    if (chord_json_get_int(cfg, "reward", "match_limit", 0, 1, 100000000, &ml, err) ||
+        chord_json_get_int(cfg, "reward", "depth_limit", 0, 1, 10000000, &dl, err))
         return -1;
     v->match_limit = (uint32_t)ml;
     v->depth_limit = (uint32_t)dl;
@@ -270,22 +218,19 @@ static bool header_name_ok(const char *s) {
 }
 
 static int parse_webhook(reward_verifier *v, const json_t *cfg, chord_err *err) {
-    json_t *u = json_object_get(cfg, "url");
-    if (!u) return chord_err_set(err, "reward.url: required for type \"webhook\"");
-    if (!json_is_string(u)) return chord_err_set(err, "reward.url: expected a string");
-    const char *url = json_string_value(u);
-    size_t n = json_string_length(u);
-    if (strlen(url) != n || n > 2048)
-        return chord_err_set(err, "reward.url: must be at most 2048 bytes with no NUL");
+    const char *url = NULL;
+    if (chord_json_get_string(cfg, "reward", "url", 0, &url, err)) return -1;
+    if (!url) return chord_err_set(err, "reward.url: required for type \"webhook\"");
+    if (strlen(url) > 2048) return chord_err_set(err, "reward.url: must be at most 2048 bytes");
     if (strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0)
         return chord_err_set(err, "reward.url: must start with http:// or https://");
     for (const char *p = url; *p; p++)
         if ((unsigned char)*p <= 0x20 || *p == 0x7F)
             return chord_err_set(err, "reward.url: contains whitespace or a control character");
-    long long timeout = 5000, retries = 2, conc = 16;
-    if (get_int(cfg, "timeout_ms", 1, 600000, &timeout, err) ||
-        get_int(cfg, "retries", 0, 10, &retries, err) ||
-        get_int(cfg, "max_concurrency", 1, 256, &conc, err))
+    int64_t timeout = 5000, retries = 2, conc = 16;
+    if (chord_json_get_int(cfg, "reward", "timeout_ms", 0, 1, 600000, &timeout, err) ||
+        chord_json_get_int(cfg, "reward", "retries", 0, 0, 10, &retries, err) ||
+        chord_json_get_int(cfg, "reward", "max_concurrency", 0, 1, 256, &conc, err))
         return -1;
     v->timeout_ms = (long)timeout;
     v->retries = (int)retries;
@@ -295,20 +240,19 @@ static int parse_webhook(reward_verifier *v, const json_t *cfg, chord_err *err) 
     struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
     if (!h) return chord_err_setc(err, CHORD_E_INTERNAL, "reward.headers: out of memory");
     v->headers = h;
-    json_t *hs = json_object_get(cfg, "headers");
-    if (hs && !json_is_null(hs)) {
-        if (!json_is_object(hs))
-            return chord_err_set(err, "reward.headers: expected an object of strings");
+    json_t *hs = NULL;
+    if (chord_json_get_object(cfg, "reward", "headers", 0, &hs, err)) return -1;
+    if (hs) {
         const char *key;
         json_t *val;
         json_object_foreach(hs, key, val) {
             if (!header_name_ok(key))
                 return chord_err_set(err, "reward.headers.%s: not a valid header name", key);
-            if (!json_is_string(val))
-                return chord_err_set(err, "reward.headers.%s: expected a string", key);
-            const char *s = json_string_value(val);
-            if (strlen(s) != json_string_length(val) || strpbrk(s, "\r\n"))
-                return chord_err_set(err, "reward.headers.%s: contains CR, LF or NUL", key);
+            const char *s = NULL;
+            if (chord_json_get_string(hs, "reward.headers", key, CHORD_JSON_REQUIRED, &s, err))
+                return -1;
+            if (strpbrk(s, "\r\n"))
+                return chord_err_set(err, "reward.headers.%s: contains CR or LF", key);
             char line[4096];
             if ((size_t)snprintf(line, sizeof line, "%s: %s", key, s) >= sizeof line)
                 return chord_err_set(err, "reward.headers.%s: too long", key);
@@ -324,12 +268,11 @@ int reward_verifier_new(const json_t *config, reward_verifier **out, chord_err *
     *out = NULL;
     if (!config || !json_is_object(config))
         return chord_err_set(err, "reward: expected an object such as {\"type\": \"math_boxed\"}");
-    json_t *t = json_object_get(config, "type");
-    if (!t)
+    const char *type = NULL;
+    if (chord_json_get_string(config, "reward", "type", 0, &type, err)) return -1;
+    if (!type)
         return chord_err_set(err, "reward.type: required (math_boxed, exact, contains, regex "
                                   "or webhook)");
-    if (!json_is_string(t)) return chord_err_set(err, "reward.type: expected a string");
-    const char *type = json_string_value(t);
     int ti = -1;
     for (int i = 0; i < (int)(sizeof type_names / sizeof type_names[0]); i++)
         if (strcmp(type, type_names[i]) == 0) ti = i;
@@ -347,16 +290,18 @@ int reward_verifier_new(const json_t *config, reward_verifier **out, chord_err *
         [REWARD_WEBHOOK] = {"type", "url", "timeout_ms", "retries", "max_concurrency", "headers",
                             "length_penalty", NULL},
     };
-    if (check_fields(config, type, fields[ti], err)) return -1;
+    if (chord_json_check_keys(config, "reward", fields[ti], err)) return -1;
     reward_verifier *v = calloc(1, sizeof *v);
     if (!v) return chord_err_setc(err, CHORD_E_INTERNAL, "reward: out of memory");
     v->type = (reward_type)ti;
     v->format_penalty = 0.1;
-    if (get_number(config, "length_penalty", -1e6, 1e6, true, &v->length_penalty,
-                   &v->has_length_penalty, err) ||
-        get_bool(config, "think_format", &v->think_format, err) ||
-        get_number(config, "format_penalty", 0, 1e6, false, &v->format_penalty, NULL, err) ||
-        get_bool(config, "ignore_case", &v->ignore_case, err))
+    v->has_length_penalty = chord_json_field(config, "length_penalty") != NULL;
+    if (chord_json_get_number(config, "reward", "length_penalty", 0, -1e6, 1e6, &v->length_penalty,
+                              err) ||
+        get_flag(config, "think_format", &v->think_format, err) ||
+        chord_json_get_number(config, "reward", "format_penalty", 0, 0, 1e6, &v->format_penalty,
+                              err) ||
+        get_flag(config, "ignore_case", &v->ignore_case, err))
         goto fail;
     if (v->type == REWARD_REGEX && parse_regex(v, config, err)) goto fail;
     if (v->type == REWARD_WEBHOOK && parse_webhook(v, config, err)) goto fail;

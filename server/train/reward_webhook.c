@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "server/base/buf.h"
 #include "server/base/fileutil.h"
 #include "server/train/reward_internal.h"
 
@@ -38,8 +39,7 @@ typedef enum req_state { REQ_WAITING = 0, REQ_RUNNING = 1, REQ_DONE = 2 } req_st
 typedef struct hook_req {
     CURL *easy;
     char *body;
-    char *resp;
-    size_t resp_len;
+    chord_buf resp; /* the response body so far */
     bool resp_overflow;
     int attempt; /* attempts started so far */
     double next_start;
@@ -51,17 +51,11 @@ typedef struct hook_req {
 static size_t on_write(char *data, size_t size, size_t nmemb, void *user) {
     hook_req *q = user;
     size_t n = size * nmemb;
-    if (q->resp_len + n > WEBHOOK_MAX_RESPONSE) {
+    if (q->resp.len + n > WEBHOOK_MAX_RESPONSE) {
         q->resp_overflow = true;
         return 0; /* aborts the transfer with CURLE_WRITE_ERROR */
     }
-    char *p = realloc(q->resp, q->resp_len + n + 1);
-    if (!p) return 0;
-    memcpy(p + q->resp_len, data, n);
-    q->resp = p;
-    q->resp_len += n;
-    q->resp[q->resp_len] = '\0';
-    return n;
+    return chord_buf_append(&q->resp, data, n) == 0 ? n : 0;
 }
 
 /* JSON string (or null) for a possibly invalid UTF-8 C string. */
@@ -120,10 +114,10 @@ static int setup_easy(const reward_verifier *v, hook_req *q) {
 static void parse_response(hook_req *q) {
     reward_result *r = q->result;
     json_error_t jerr;
-    json_t *j = q->resp ? json_loadb(q->resp, q->resp_len, JSON_DECODE_ANY, &jerr) : NULL;
+    json_t *j = q->resp.data ? json_loadb(q->resp.data, q->resp.len, JSON_DECODE_ANY, &jerr) : NULL;
     if (!j) {
         reward_set(r, 0.0, REWARD_REASON_ERROR, false, "webhook returned invalid JSON: %s",
-                   q->resp ? jerr.text : "empty body");
+                   q->resp.data ? jerr.text : "empty body");
         return;
     }
     json_t *reward = json_is_object(j) ? json_object_get(j, "reward") : j;
@@ -231,9 +225,7 @@ int reward_webhook_batch(const reward_verifier *v, const reward_sample *samples,
                 if (q->next_start < next_wake) next_wake = q->next_start;
                 continue;
             }
-            free(q->resp);
-            q->resp = NULL;
-            q->resp_len = 0;
+            chord_buf_free(&q->resp);
             q->resp_overflow = false;
             q->errbuf[0] = '\0';
             if (curl_multi_add_handle(multi, q->easy) != CURLM_OK) {
@@ -286,7 +278,7 @@ out:
         if (rc != 0 && q->state != REQ_DONE)
             reward_set(q->result, 0.0, REWARD_REASON_ERROR, false, "%s", err->msg);
         free(q->body);
-        free(q->resp);
+        chord_buf_free(&q->resp);
     }
     if (multi) curl_multi_cleanup(multi);
     free(reqs);

@@ -11,7 +11,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "server/base/buf.h"
 #include "server/base/fileutil.h"
+#include "server/base/json_field.h"
 #include "server/base/rng.h"
 
 #define MAX_ATTEMPTS 100000
@@ -121,31 +123,10 @@ int task_arith_problem(const task_arith_config *cfg, uint64_t seed, task_split s
 
 /* ---- writers ------------------------------------------------------------------------------- */
 
-typedef struct text_buf {
-    char *data;
-    size_t len, cap;
-} text_buf;
-
-static int buf_append(text_buf *b, const char *s, size_t n) {
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 4096;
-        while (b->len + n + 1 > cap)
-            cap *= 2;
-        char *p = realloc(b->data, cap);
-        if (!p) return -1;
-        b->data = p;
-        b->cap = cap;
-    }
-    memcpy(b->data + b->len, s, n);
-    b->len += n;
-    b->data[b->len] = '\0';
-    return 0;
-}
-
 /* kind 0: {"prompt","answer"}; 1: {"prompt","response"}; 2: corpus lines. */
 static int write_task_file(const char *path, const task_arith_config *cfg, uint64_t seed,
                            task_split split, size_t n, int kind, chord_err *err) {
-    text_buf b = {0};
+    chord_buf b = {0};
     int rc = -1;
     for (size_t i = 0; i < n; i++) {
         task_problem p;
@@ -153,15 +134,17 @@ static int write_task_file(const char *path, const task_arith_config *cfg, uint6
         if (kind == 2) {
             char line[2 * TASK_TEXT_MAX + 4];
             int len = snprintf(line, sizeof line, "%s\n%s\n", p.prompt, p.response);
-            if (buf_append(&b, line, (size_t)len)) goto oom;
+            if (chord_buf_append(&b, line, (size_t)len)) goto oom;
             continue;
         }
         json_t *obj = json_pack("{s:s,s:s}", "prompt", p.prompt, kind == 0 ? "answer" : "response",
                                 kind == 0 ? p.answer : p.response);
-        char *text = obj ? json_dumps(obj, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+        size_t len = 0;
+        char *text =
+            obj ? chord_json_dumps_line(obj, JSON_COMPACT | JSON_PRESERVE_ORDER, &len) : NULL;
         json_decref(obj);
         if (!text) goto oom;
-        int bad = buf_append(&b, text, strlen(text)) || buf_append(&b, "\n", 1);
+        int bad = chord_buf_append(&b, text, len);
         free(text);
         if (bad) goto oom;
     }
@@ -174,7 +157,7 @@ static int write_task_file(const char *path, const task_arith_config *cfg, uint6
 oom:
     chord_err_setc(err, CHORD_E_INTERNAL, "task: out of memory writing %s", path);
 done:
-    free(b.data);
+    chord_buf_free(&b);
     return rc;
 }
 

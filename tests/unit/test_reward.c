@@ -17,6 +17,7 @@
 #include "server/base/fileutil.h"
 #include "server/train/mathnorm.h"
 #include "server/train/reward.h"
+#include "server/train/reward_internal.h"
 
 static reward_verifier *make(const char *json) {
     json_error_t jerr;
@@ -532,6 +533,31 @@ static const bad_config bad_configs[] = {
     {"{\"type\": \"webhook\", \"url\": \"http://x\", \"timeoutms\": 5}", "reward.timeoutms"},
 };
 
+/* Text a verifier or the webhook sees is valid UTF-8 by Python's errors="replace" rule (one
+ * U+FFFD per maximal invalid subpart), with each NUL replaced too: it is a C string. */
+static void test_utf8_sanitize(void **state) {
+    (void)state;
+    static const struct {
+        const char *in;
+        size_t n;
+        const char *want;
+    } cases[] = {
+        {"plain", 5, "plain"},
+        {"caf\xC3\xA9", 5, "caf\xC3\xA9"},
+        {"a\xE4\xBD\x62", 4, "a\xEF\xBF\xBD\x62"},                   /* a cut character: one */
+        {"\xC0\xAF", 2, "\xEF\xBF\xBD\xEF\xBF\xBD"},                 /* overlong: two */
+        {"\xED\xA0\x80", 3, "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD"}, /* a surrogate: three */
+        {"x\0y", 3, "x\xEF\xBF\xBDy"},
+        {"", 0, ""},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char *got = reward_utf8_sanitize(cases[i].in, cases[i].n);
+        assert_non_null(got);
+        assert_string_equal(got, cases[i].want);
+        free(got);
+    }
+}
+
 static void test_bad_configs(void **state) {
     (void)state;
     for (size_t i = 0; i < sizeof bad_configs / sizeof bad_configs[0]; i++) {
@@ -587,6 +613,7 @@ int main(void) {
         cmocka_unit_test(test_batch_local),
         cmocka_unit_test(test_names),
         cmocka_unit_test(test_threads),
+        cmocka_unit_test(test_utf8_sanitize),
         cmocka_unit_test(test_bad_configs),
         cmocka_unit_test(test_good_configs),
     };
