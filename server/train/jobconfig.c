@@ -149,6 +149,8 @@ static void set_defaults(job_config *cfg, job_algorithm algorithm) {
                            .loss_agg_mode = CHORD_AGG_TOKEN_MEAN,
                            .norm_adv_by_std = 1,
                            .ppo_epochs = 1,
+                           .filter_groups = 0,
+                           .max_sample_batches = 4,
                            .entropy_coef = 0.0};
     cfg->expert_per_step = 64;
     cfg->sampling = (job_sampling){.temperature = 1.0,
@@ -291,10 +293,23 @@ static int parse_chord(const json_t *doc, job_config *cfg, int *has_sft_steps, c
 }
 
 static int parse_grpo(const json_t *doc, job_config *cfg, chord_err *err) {
-    static const char *const keys[] = {
-        "group_size",      "prompts_per_step", "clip_low",     "clip_high",    "dual_clip",
-        "kl_coef",         "kl_estimator",     "kl_in_reward", "entropy_coef", "loss_agg_mode",
-        "norm_adv_by_std", "policy_loss",      "ratio_level",  "ppo_epochs",   NULL};
+    static const char *const keys[] = {"group_size",
+                                       "prompts_per_step",
+                                       "clip_low",
+                                       "clip_high",
+                                       "dual_clip",
+                                       "kl_coef",
+                                       "kl_estimator",
+                                       "kl_in_reward",
+                                       "entropy_coef",
+                                       "loss_agg_mode",
+                                       "norm_adv_by_std",
+                                       "policy_loss",
+                                       "ratio_level",
+                                       "ppo_epochs",
+                                       "filter_groups",
+                                       "max_sample_batches",
+                                       NULL};
     json_t *g = NULL;
     if (chord_json_get_object(doc, "", "grpo", 0, &g, err)) return -1;
     if (!g) return 0;
@@ -316,8 +331,14 @@ static int parse_grpo(const json_t *doc, job_config *cfg, chord_err *err) {
         chord_json_get_bool(g, "grpo", "norm_adv_by_std", 0, &p->norm_adv_by_std, err) ||
         read_choice(g, "grpo", "policy_loss", policy_losses, &p->policy_loss, err) ||
         read_choice(g, "grpo", "ratio_level", ratio_levels, &p->ratio_level, err) ||
-        chord_json_get_int(g, "grpo", "ppo_epochs", INT_FIELD, 1, 64, &p->ppo_epochs, err))
+        chord_json_get_int(g, "grpo", "ppo_epochs", INT_FIELD, 1, 64, &p->ppo_epochs, err) ||
+        chord_json_get_bool(g, "grpo", "filter_groups", 0, &p->filter_groups, err) ||
+        chord_json_get_int(g, "grpo", "max_sample_batches", INT_FIELD, 1, 1000,
+                           &p->max_sample_batches, err))
         return -1;
+    if (chord_json_field(g, "max_sample_batches") && !p->filter_groups)
+        return chord_err_set(err, "grpo.max_sample_batches: has effect only with "
+                                  "grpo.filter_groups true");
     if (p->policy_loss == CHORD_POLICY_LOSS_CISPO && p->ratio_level == CHORD_RATIO_SEQUENCE)
         return chord_err_set(err, "grpo.ratio_level: cispo weighs each token by its own ratio; "
                                   "use \"token\" with policy_loss \"cispo\"");
@@ -458,6 +479,9 @@ static int validate(job_config *cfg, int has_sft_steps, chord_err *err) {
         chord_check_number_range(g->kl_coef, "grpo.kl_coef", 0, 0, INFINITY, err) ||
         chord_check_number_range(g->entropy_coef, "grpo.entropy_coef", 0, 0, INFINITY, err))
         return -1;
+    if (g->filter_groups && g->group_size < 2)
+        return chord_err_set(err, "grpo.filter_groups: needs grpo.group_size >= 2 (a group of one "
+                                  "has no spread of rewards to keep)");
     if (chord_check_number_range(cfg->sampling.temperature, "sampling.temperature",
                                  CHORD_JSON_LO_OPEN, 0, INFINITY, err) ||
         chord_check_number_range(cfg->sampling.top_p, "sampling.top_p", CHORD_JSON_LO_OPEN, 0, 1,
@@ -685,6 +709,9 @@ json_t *jobconfig_to_json(const job_config *cfg) {
         put(grpo, "policy_loss", json_string(policy_losses[g->policy_loss]), &bad);
         put(grpo, "ratio_level", json_string(ratio_levels[g->ratio_level]), &bad);
         put(grpo, "ppo_epochs", json_integer((json_int_t)g->ppo_epochs), &bad);
+        put(grpo, "filter_groups", json_boolean(g->filter_groups), &bad);
+        if (g->filter_groups) /* only there: the field is refused without filter_groups */
+            put(grpo, "max_sample_batches", json_integer((json_int_t)g->max_sample_batches), &bad);
     }
     put(doc, "grpo", grpo, &bad);
     put(doc, "expert_per_step", json_integer((json_int_t)cfg->expert_per_step), &bad);

@@ -63,6 +63,8 @@ typedef struct job_grpo {
     int policy_loss;     /* chord_policy_loss (loss.h): ppo (0, default) or cispo */
     int ratio_level;     /* chord_ratio_level (loss.h): token (0, default) or sequence */
     int64_t ppo_epochs;  /* optimizer updates per step over the same batch (>= 1; default 1) */
+    int filter_groups;   /* 1 = DAPO's dynamic sampling: drop all-equal groups, draw more */
+    int64_t max_sample_batches; /* with filter_groups: batches of B prompts drawn at most a step */
     double entropy_coef;
 } job_grpo;
 

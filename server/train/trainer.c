@@ -46,16 +46,20 @@ typedef struct step_metrics {
     double policy_tokens, expert_tokens, policy_tokens_skipped; /* skipped: zero advantage */
     double time_rollout, time_reward, time_train, time_step;
     double tps_rollout, tps_train;
+    double prompts_drawn, groups_dropped; /* dynamic sampling (grpo.filter_groups) */
+    int has_filter;                       /* those rows exist only with grpo.filter_groups */
     int has_kl;   /* the kl row exists only for jobs with a reference policy */
     int has_eval; /* the eval/ rows exist only on eval steps */
     double eval_error_rate, eval_accuracy, eval_pass_at_k, eval_k, eval_time;
 } step_metrics;
 
-enum { ROW_ALWAYS, ROW_KL, ROW_EVAL }; /* when a row exists */
+enum { ROW_ALWAYS, ROW_KL, ROW_FILTER, ROW_EVAL }; /* when a row exists */
 #define STEP_METRIC(name, field)                                                                   \
     { name, offsetof(step_metrics, field), ROW_ALWAYS }
 #define KL_METRIC(name, field)                                                                     \
     { name, offsetof(step_metrics, field), ROW_KL }
+#define FILTER_METRIC(name, field)                                                                 \
+    { name, offsetof(step_metrics, field), ROW_FILTER }
 #define EVAL_METRIC(name, field)                                                                   \
     { name, offsetof(step_metrics, field), ROW_EVAL }
 static const struct {
@@ -74,6 +78,8 @@ static const struct {
     STEP_METRIC("phi_mean", loss.phi_mean),
     STEP_METRIC("entropy", loss.entropy),
     KL_METRIC("kl", loss.kl), /* mean KL estimate to the reference over the policy tokens */
+    FILTER_METRIC("prompts_drawn", prompts_drawn),   /* prompts sampled this step */
+    FILTER_METRIC("groups_dropped", groups_dropped), /* of those, groups not trained on */
     STEP_METRIC("grad_norm", grad_norm),
     STEP_METRIC("lr", lr),
     STEP_METRIC("reward_mean", reward_mean),
@@ -107,7 +113,8 @@ static int metrics_emit(const step_metrics *m, const char *names[N_METRICS],
     int n = 0;
     for (size_t i = 0; i < N_METRICS; i++) {
         if ((metric_table[i].when == ROW_EVAL && !m->has_eval) ||
-            (metric_table[i].when == ROW_KL && !m->has_kl))
+            (metric_table[i].when == ROW_KL && !m->has_kl) ||
+            (metric_table[i].when == ROW_FILTER && !m->has_filter))
             continue;
         names[n] = metric_table[i].name;
         values[n++] = *(const double *)((const char *)m + metric_table[i].offset);
@@ -408,7 +415,9 @@ static step_plan plan_step(const job_config *cfg, int64_t step) {
 /* The on-policy half of a step: B prompts, their B·G responses, the responses' text, verdicts
  * and advantages. excluded[i] = 1: the verifier could not decide; not trained on. */
 typedef struct step_rollouts {
-    int B;
+    int B;                 /* prompts (groups) kept for training */
+    int64_t drawn;         /* prompts taken from the dataset (> B when groups were filtered) */
+    int64_t tokens;        /* sampled tokens, every round */
     trainer_item *prompts; /* (B) */
     rollout_result rr;     /* (B·G) responses, grouped by prompt */
     char **completions;    /* (n) decoded responses */
@@ -436,6 +445,15 @@ static void step_rollouts_free(step_rollouts *ro) {
     memset(ro, 0, sizeof *ro);
 }
 
+/* Whether group g has enough decided responses to get an advantage (phase 5). */
+static int group_kept(const uint8_t *excluded, int G, int g, int *decided) {
+    int k = 0;
+    for (int j = 0; j < G; j++)
+        k += !excluded[g * G + j];
+    *decided = k;
+    return !(k == 0 || (G >= 2 && k < 2));
+}
+
 static int should_stop_rollout(void *user) {
     trainer *t = user;
     int ck = 0;
@@ -444,40 +462,42 @@ static int should_stop_rollout(void *user) {
     return stop;
 }
 
-/* Phase 1: the next B prompts of the epoch's order, G responses each (rollout.h). */
-static int collect_rollouts(trainer *t, int64_t step, const step_plan *p, step_rollouts *ro,
-                            step_metrics *m, chord_err *err) {
+/* Phase 1: B prompts of the epoch's order from the cursor + first, G responses each
+ * (rollout.h); round r of a step samples with its own stream (dynamic sampling draws several). */
+static int collect_rollouts(trainer *t, int64_t step, int round, int64_t first, int B, int G,
+                            step_rollouts *ro, step_metrics *m, chord_err *err) {
     double t0 = chord_now();
-    ro->B = p->B;
-    ro->prompts = calloc((size_t)p->B, sizeof *ro->prompts);
-    const int32_t **ids = malloc((size_t)p->B * sizeof *ids);
-    int *lens = malloc((size_t)p->B * sizeof *lens);
+    ro->B = B;
+    ro->drawn = B;
+    ro->prompts = calloc((size_t)B, sizeof *ro->prompts);
+    const int32_t **ids = malloc((size_t)B * sizeof *ids);
+    int *lens = malloc((size_t)B * sizeof *lens);
     int rc = -1;
     if (!ro->prompts || !ids || !lens) {
         oom(err);
         goto done;
     }
-    for (int i = 0; i < p->B; i++) {
-        if (trainer_dataset_item(&t->prompts, t->prompt_cursor + i, t->tok, &t->tpl, 1,
+    for (int i = 0; i < B; i++) {
+        if (trainer_dataset_item(&t->prompts, t->prompt_cursor + first + i, t->tok, &t->tpl, 1,
                                  &ro->prompts[i], err) != 0)
             goto done;
         ids[i] = ro->prompts[i].ids;
         lens[i] = ro->prompts[i].len;
     }
     const job_config *cfg = t->cfg;
-    rollout_params rp = {.group_size = p->G,
+    rollout_params rp = {.group_size = G,
                          .temperature = (float)cfg->sampling.temperature,
                          .top_p = (float)cfg->sampling.top_p,
                          .max_new_tokens = (int)cfg->sampling.max_new_tokens,
                          .stop_ids = t->stop_ids,
                          .n_stop = t->n_stop,
                          .seed = cfg->seed,
-                         .stream = (uint64_t)step,
+                         .stream = (uint64_t)step + ((uint64_t)round << 40),
                          .should_stop = should_stop_rollout,
                          .user = t};
-    if (rollout_generate(t->engine, ids, lens, p->B, &rp, &ro->rr, err) != 0) goto done;
-    m->time_rollout = chord_now() - t0;
-    m->tps_rollout = m->time_rollout > 0 ? (double)ro->rr.tokens / m->time_rollout : 0.0;
+    if (rollout_generate(t->engine, ids, lens, B, &rp, &ro->rr, err) != 0) goto done;
+    ro->tokens = ro->rr.tokens;
+    m->time_rollout += chord_now() - t0;
     rc = 0;
 done:
     free(ids);
@@ -485,8 +505,8 @@ done:
     return rc;
 }
 
-/* Phase 2: decode each response and score it against its prompt's answer (reward.h); the
- * reward metrics count only the responses the verifier decided. */
+/* Phase 2: decode each response and score it against its prompt's answer (reward.h). A
+ * verifier that could not decide (error / timeout) marks the response excluded. */
 static int score_rollouts(trainer *t, step_rollouts *ro, step_metrics *m, chord_err *err) {
     double t0 = chord_now();
     int n = ro->rr.n;
@@ -509,11 +529,24 @@ static int score_rollouts(trainer *t, step_rollouts *ro, step_metrics *m, chord_
                                 .truncated = q->truncated != 0};
     }
     if (reward_score_batch(t->verifier, rs, (size_t)n, ro->res, err) != 0) goto done;
+    for (int i = 0; i < n; i++)
+        ro->excluded[i] =
+            ro->res[i].reason == REWARD_REASON_ERROR || ro->res[i].reason == REWARD_REASON_TIMEOUT;
+    m->time_reward += chord_now() - t0;
+    rc = 0;
+done:
+    free(rs);
+    return rc;
+}
+
+/* The step's reward metrics over every response sampled (all rounds), counting only the
+ * responses the verifier decided. */
+static void reward_metrics(const step_rollouts *ro, step_metrics *m) {
+    int n = ro->rr.n;
     int n_correct = 0, n_error = 0, n_trunc = 0, n_valid = 0;
     double len_sum = 0, rsum = 0, rsq = 0;
     for (int i = 0; i < n; i++) {
         const reward_result *r = &ro->res[i];
-        ro->excluded[i] = r->reason == REWARD_REASON_ERROR || r->reason == REWARD_REASON_TIMEOUT;
         n_error += ro->excluded[i];
         n_trunc += ro->rr.seq[i].truncated ? 1 : 0;
         len_sum += ro->rr.seq[i].len;
@@ -531,11 +564,136 @@ static int score_rollouts(trainer *t, step_rollouts *ro, step_metrics *m, chord_
     m->verifier_error_rate = n ? (double)n_error / n : 0.0;
     m->truncated_frac = n ? (double)n_trunc / n : 0.0;
     m->response_len_mean = n ? len_sum / n : 0.0;
-    m->time_reward = chord_now() - t0;
-    rc = 0;
-done:
-    free(rs);
-    return rc;
+}
+
+/* A group the GRPO term learns from: an advantage (group_kept) and not every decided reward
+ * the same (DAPO's dynamic sampling filters the others: all right or all wrong). */
+static int group_informative(const step_rollouts *ro, int G, int g) {
+    int k;
+    if (!group_kept(ro->excluded, G, g, &k)) return 0;
+    int have = 0;
+    double first = 0;
+    for (int j = 0; j < G; j++) {
+        int i = g * G + j;
+        if (ro->excluded[i]) continue;
+        if (have && ro->res[i].reward != first) return 1;
+        first = ro->res[i].reward;
+        have = 1;
+    }
+    return 0;
+}
+
+/* Keeps the first `want` informative groups of ro (in order) and frees the others. */
+static void step_rollouts_keep_informative(step_rollouts *ro, int G, int want) {
+    int nb = 0;
+    for (int g = 0; g < ro->B; g++) {
+        int keep = nb < want && group_informative(ro, G, g);
+        for (int j = 0; j < G; j++) {
+            int from = g * G + j, to = nb * G + j;
+            if (!keep) {
+                free(ro->completions[from]);
+                free(ro->rr.seq[from].tokens);
+                free(ro->rr.seq[from].logp);
+                continue;
+            }
+            ro->rr.seq[to] = ro->rr.seq[from];
+            ro->rr.seq[to].prompt = nb;
+            ro->completions[to] = ro->completions[from];
+            ro->res[to] = ro->res[from];
+            ro->excluded[to] = ro->excluded[from];
+        }
+        if (keep)
+            ro->prompts[nb++] = ro->prompts[g];
+        else
+            trainer_item_free(&ro->prompts[g]);
+    }
+    ro->B = nb;
+    ro->rr.n = nb * G;
+}
+
+static int step_rollouts_append(step_rollouts *dst, step_rollouts *src);
+
+/* Phases 1 and 2: B prompts' rollouts and rewards. With grpo.filter_groups (DAPO's dynamic
+ * sampling) groups whose decided rewards are all equal are dropped and further batches of B
+ * prompts drawn until B informative groups are in hand or grpo.max_sample_batches batches were
+ * drawn (then the step trains on the informative groups it has); the reward metrics cover
+ * every response sampled. */
+static int sample_groups(trainer *t, int64_t step, const step_plan *p, step_rollouts *ro,
+                         step_metrics *m, chord_err *err) {
+    const job_grpo *g = &t->cfg->grpo;
+    int rounds = g->filter_groups ? (int)g->max_sample_batches : 1, informative = 0;
+    for (int r = 0; r < rounds && (r == 0 || informative < p->B); r++) {
+        step_rollouts more;
+        memset(&more, 0, sizeof more);
+        int rc = collect_rollouts(t, step, r, ro->drawn, p->B, p->G, &more, m, err) != 0 ||
+                         score_rollouts(t, &more, m, err) != 0
+                     ? -1
+                     : 0;
+        if (rc == 0 && step_rollouts_append(ro, &more) != 0) rc = oom(err);
+        step_rollouts_free(&more);
+        if (rc != 0) return -1;
+        informative = 0;
+        for (int k = 0; k < ro->B; k++)
+            informative += group_informative(ro, p->G, k);
+    }
+    m->tps_rollout = m->time_rollout > 0 ? (double)ro->tokens / m->time_rollout : 0.0;
+    reward_metrics(ro, m);
+    if (g->filter_groups) {
+        m->has_filter = 1;
+        m->prompts_drawn = (double)ro->drawn;
+        m->groups_dropped = (double)(ro->drawn - (informative < p->B ? informative : p->B));
+        step_rollouts_keep_informative(ro, p->G, p->B);
+    }
+    return 0;
+}
+
+/* Moves src's groups behind dst's (src ends empty); -1 when out of memory (both stay whole). */
+static int step_rollouts_append(step_rollouts *dst, step_rollouts *src) {
+    if (dst->B == 0) {
+        int64_t drawn = dst->drawn, tokens = dst->tokens;
+        *dst = *src;
+        dst->drawn += drawn;
+        dst->tokens += tokens;
+        memset(src, 0, sizeof *src);
+        return 0;
+    }
+    int n = dst->rr.n + src->rr.n, B = dst->B + src->B;
+    size_t cap_b = (size_t)dst->B,
+           cap[4] = {(size_t)dst->rr.n, (size_t)dst->rr.n, (size_t)dst->rr.n, (size_t)dst->rr.n};
+    /* each growth that succeeds replaces its array; a failure leaves both whole (buf.h) */
+    trainer_item *prompts = chord_array_grow(dst->prompts, &cap_b, (size_t)B, sizeof *prompts);
+    if (prompts) dst->prompts = prompts;
+    rollout_seq *seq = chord_array_grow(dst->rr.seq, &cap[0], (size_t)n, sizeof *seq);
+    if (seq) dst->rr.seq = seq;
+    char **completions =
+        chord_array_grow(dst->completions, &cap[1], (size_t)n, sizeof *completions);
+    if (completions) dst->completions = completions;
+    reward_result *res = chord_array_grow(dst->res, &cap[2], (size_t)n, sizeof *res);
+    if (res) dst->res = res;
+    uint8_t *excluded = chord_array_grow(dst->excluded, &cap[3], (size_t)n, 1);
+    if (excluded) dst->excluded = excluded;
+    if (!prompts || !seq || !completions || !res || !excluded) return -1;
+    memcpy(dst->prompts + dst->B, src->prompts, (size_t)src->B * sizeof *prompts);
+    for (int i = 0; i < src->rr.n; i++) {
+        seq[dst->rr.n + i] = src->rr.seq[i];
+        seq[dst->rr.n + i].prompt += dst->B;
+    }
+    memcpy(completions + dst->rr.n, src->completions, (size_t)src->rr.n * sizeof *completions);
+    memcpy(res + dst->rr.n, src->res, (size_t)src->rr.n * sizeof *res);
+    memcpy(excluded + dst->rr.n, src->excluded, (size_t)src->rr.n);
+    dst->B = B;
+    dst->rr.n = n;
+    dst->rr.tokens += src->rr.tokens;
+    dst->drawn += src->drawn;
+    dst->tokens += src->tokens;
+    /* src's arrays are empty shells now: free them without their (moved) contents */
+    free(src->prompts);
+    free(src->rr.seq);
+    free(src->completions);
+    free(src->res);
+    free(src->excluded);
+    memset(src, 0, sizeof *src);
+    return 0;
 }
 
 /* Phase 3: the step's training sequences: prompt + response for every decided rollout (targets
@@ -667,14 +825,7 @@ done:
  * decide (error / timeout) says nothing about the response: such samples leave their group
  * (the advantages are computed over the decided ones), are not trained on, and count only in
  * verifier_error_rate. A group of G >= 2 with fewer than two decided samples gets no signal
- * (A = 0, counted in zero_adv_groups). */
-static int group_kept(const uint8_t *excluded, int G, int g, int *decided) {
-    int k = 0;
-    for (int j = 0; j < G; j++)
-        k += !excluded[g * G + j];
-    *decided = k;
-    return !(k == 0 || (G >= 2 && k < 2));
-}
+ * (A = 0, counted in zero_adv_groups): group_kept. */
 
 /* The reward a response's advantage is computed from: the verifier's, less kl_coef · Σ_t KL_t
  * when the KL is a reward penalty (grpo.kl_in_reward), plus the overlong penalty
@@ -848,9 +999,7 @@ static int run_step(trainer *t, int64_t step, chord_err *err) {
     memset(&ro, 0, sizeof ro);
     memset(&batch, 0, sizeof batch);
     int rc = -1;
-    if (plan.B > 0 &&
-        (collect_rollouts(t, step, &plan, &ro, m, err) != 0 || score_rollouts(t, &ro, m, err) != 0))
-        goto done;
+    if (plan.B > 0 && sample_groups(t, step, &plan, &ro, m, err) != 0) goto done;
     /* μ of this step: the adaptive rule reads the step's mean reward */
     m->mu = !plan.do_sft ? 0.0 : !plan.do_rl ? 1.0 : sched_mu(t->cfg, step, m->reward_mean);
     if (build_sequences(t, &plan, &ro, &batch, m, err) != 0) goto done;
@@ -858,7 +1007,7 @@ static int run_step(trainer *t, int64_t step, chord_err *err) {
                        compute_advantages(t, step, &plan, &ro, &batch, m, err) != 0))
         goto done;
     if (train_and_update(t, step, &batch, m, err) != 0) goto done;
-    t->prompt_cursor += plan.B;
+    t->prompt_cursor += ro.drawn;
     t->expert_cursor += plan.E;
     m->time_step = chord_now() - t0;
     rc = report_samples(t, step, &ro, err);

@@ -613,6 +613,54 @@ static void test_overlong(void **state) {
     }
 }
 
+/* grpo.filter_groups (DAPO's dynamic sampling): groups whose rewards are all equal are dropped
+ * and more batches of B prompts drawn, up to max_sample_batches; every group trained on has an
+ * advantage, the metrics say what was drawn and dropped, and without the filter the same job
+ * trains on zero-advantage groups. */
+static void test_dynamic_sampling(void **state) {
+    fixture *f = *state;
+    double drawn[2][6], dropped[2][6], zero[2][6];
+    for (int a = 0; a < 2; a++) {
+        char json[4096];
+        snprintf(json, sizeof json,
+                 "{" TINY_MODEL ", \"algorithm\": \"grpo\", "
+                 "\"grpo\": {\"group_size\": 4, \"prompts_per_step\": 4%s}, "
+                 "\"sampling\": {\"max_new_tokens\": 4}, "
+                 "\"reward\": {\"type\": \"regex\", \"pattern\": \"^[^ ]{0,9}$\"}, "
+                 "\"optimizer\": {\"lr\": 0.01}, \"steps\": 5, \"seed\": 2, "
+                 "\"checkpoint_every\": 0, \"eval\": {\"every\": 0}}",
+                 a ? ", \"filter_groups\": true, \"max_sample_batches\": 6" : "");
+        run_log *r = new_log();
+        chord_err err = {0};
+        if (run_job(f, json, f->prompts, NULL, NULL, NULL, r, &err) != TRAINER_DONE)
+            fail_msg("%s", err.msg);
+        for (int s = 1; s <= 5; s++) {
+            drawn[a][s] = value(r, s, "prompts_drawn");
+            dropped[a][s] = value(r, s, "groups_dropped");
+            zero[a][s] = value(r, s, "zero_adv_groups");
+        }
+        free(r);
+    }
+    double zero_plain = 0;
+    int filled = 0; /* steps that found all B informative groups */
+    for (int s = 1; s <= 5; s++) {
+        print_message("step %d: plain zero-adv groups %.2f; filtered: drawn %.0f, dropped %.0f, "
+                      "zero-adv %.2f\n",
+                      s, zero[0][s], drawn[1][s], dropped[1][s], zero[1][s]);
+        assert_true(isnan(drawn[0][s]) && isnan(dropped[0][s])); /* no filter, no rows */
+        zero_plain += zero[0][s];
+        double d = drawn[1][s];
+        assert_true(d >= 4 && d <= 24 && fmod(d, 4) == 0); /* whole batches, at most 6 */
+        double kept = d - dropped[1][s];
+        assert_true(kept >= 0 && kept <= 4);
+        assert_true(kept == 4 || d == 24); /* B informative groups, or the batches ran out */
+        if (kept == 4) assert_true(zero[1][s] == 0.0); /* every group trained on has a signal */
+        filled += kept == 4 && d < 24;
+    }
+    assert_true(zero_plain > 0); /* the filter removed something the plain job trained on */
+    assert_true(filled > 0);     /* and some step stopped drawing once it had B groups */
+}
+
 /* ---- checkpoints are model directories ------------------------------------------------------ */
 
 static void test_checkpoint_is_loadable(void **state) {
@@ -667,6 +715,7 @@ int main(void) {
         cmocka_unit_test(test_kl_to_reference),
         cmocka_unit_test(test_policy_loss_variants_train),
         cmocka_unit_test(test_overlong),
+        cmocka_unit_test(test_dynamic_sampling),
         cmocka_unit_test(test_checkpoint_is_loadable),
     };
     /* CHORD_TEST_ONLY=test_kl_to_reference runs the one test (a glob, cmocka's filter) */
