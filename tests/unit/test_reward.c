@@ -533,29 +533,24 @@ static const bad_config bad_configs[] = {
     {"{\"type\": \"webhook\", \"url\": \"http://x\", \"timeoutms\": 5}", "reward.timeoutms"},
 };
 
+static void expect_sanitized(const char *in, size_t n, const char *want) {
+    char *got = reward_utf8_sanitize(in, n);
+    assert_non_null(got);
+    assert_string_equal(got, want);
+    free(got);
+}
+
 /* Text a verifier or the webhook sees is valid UTF-8 by Python's errors="replace" rule (one
  * U+FFFD per maximal invalid subpart), with each NUL replaced too: it is a C string. */
 static void test_utf8_sanitize(void **state) {
     (void)state;
-    static const struct {
-        const char *in;
-        size_t n;
-        const char *want;
-    } cases[] = {
-        {"plain", 5, "plain"},
-        {"caf\xC3\xA9", 5, "caf\xC3\xA9"},
-        {"a\xE4\xBD\x62", 4, "a\xEF\xBF\xBD\x62"},                   /* a cut character: one */
-        {"\xC0\xAF", 2, "\xEF\xBF\xBD\xEF\xBF\xBD"},                 /* overlong: two */
-        {"\xED\xA0\x80", 3, "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD"}, /* a surrogate: three */
-        {"x\0y", 3, "x\xEF\xBF\xBDy"},
-        {"", 0, ""},
-    };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        char *got = reward_utf8_sanitize(cases[i].in, cases[i].n);
-        assert_non_null(got);
-        assert_string_equal(got, cases[i].want);
-        free(got);
-    }
+    expect_sanitized("", 0, "");
+    expect_sanitized("plain", 5, "plain");
+    expect_sanitized("caf\xC3\xA9", 5, "caf\xC3\xA9");
+    expect_sanitized("a\xE4\xBD\x62", 4, "a\xEF\xBF\xBD\x62");   /* a cut character: one */
+    expect_sanitized("\xC0\xAF", 2, "\xEF\xBF\xBD\xEF\xBF\xBD"); /* overlong: two */
+    expect_sanitized("\xED\xA0\x80", 3, "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD"); /* surrogate */
+    expect_sanitized("x\0y", 3, "x\xEF\xBF\xBDy");
 }
 
 static void test_bad_configs(void **state) {
