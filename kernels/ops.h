@@ -1,9 +1,12 @@
-/* ops.h — the op table every compute backend implements (CPU: kernels/cpu, CUDA: kernels/cuda).
+/* ops.h — the op table every compute backend implements (CPU: kernels/cpu, CUDA: kernels/cuda),
+ * and the ops_* functions callers use to run it.
  *
  * What this is: a vtable of forward and backward ops over opaque *device* buffers owned by a
  * backend context. On the CPU backend device memory is host memory; on CUDA it is GPU memory.
- * Callers never dereference a buffer pointer themselves: they move data with ops_to_device /
- * ops_to_host. Nothing here knows about models: shapes are passed explicitly.
+ * Backends fill the table (ops_backend); callers never touch it: they call ops_<op>(c, ...)
+ * (ops_matmul_forward, ops_to_host, ...; one per slot, at the end of this file), which dispatch
+ * through c->be. Callers never dereference a buffer pointer themselves: they move data with
+ * ops_to_device / ops_to_host. Nothing here knows about models: shapes are passed explicitly.
  *
  * Conventions (every backend):
  * - Tensors are row-major float32 unless said otherwise; token ids and positions are int32.
@@ -14,7 +17,7 @@
  *   residual stream; matmul_backward's dinp has an explicit accumulate flag).
  * - Shapes are written as comments: `inp (N,C)` means N rows of C floats. An `ld*` argument is the
  *   row stride in floats of a strided view (e.g. q inside a fused qkv buffer).
- * - Only sampling, ops_sum_squares and ops_to_host move values back to the host. */
+ * - Only ops_sample, ops_sum_squares and ops_to_host move values back to the host. */
 #ifndef CHORD_KERNELS_OPS_H
 #define CHORD_KERNELS_OPS_H
 
@@ -41,14 +44,14 @@ typedef struct ops_backend {
                           const float *bias, int N, int C, int OC);
     /* dinp (N,C) = dout @ weight   (or += when dinp_accumulate; dinp may be NULL)
      * dweight (OC,C) += dout^T @ inp;  dbias (OC) += colsum(dout) (may be NULL) */
-    int (*matmul_backward)(ops_ctx *c, float *dinp, float *dweight, float *dbias,
-                           const float *dout, const float *inp, const float *weight, int N,
-                           int C, int OC, int dinp_accumulate);
+    int (*matmul_backward)(ops_ctx *c, float *dinp, float *dweight, float *dbias, const float *dout,
+                           const float *inp, const float *weight, int N, int C, int OC,
+                           int dinp_accumulate);
 
     /* ---- embedding ---- */
     /* out (N,C) = wte (V,C)[tokens (N)] */
-    int (*embedding_forward)(ops_ctx *c, float *out, const int32_t *tokens, const float *wte,
-                             int N, int C, int V);
+    int (*embedding_forward)(ops_ctx *c, float *out, const int32_t *tokens, const float *wte, int N,
+                             int C, int V);
     /* dwte (V,C) += scatter of dout (N,C) by tokens (N) */
     int (*embedding_backward)(ops_ctx *c, float *dwte, const float *dout, const int32_t *tokens,
                               int N, int C, int V);
@@ -59,8 +62,7 @@ typedef struct ops_backend {
                            const float *weight, int N, int C, float eps);
     /* dinp (N, ldi) += ..., dweight (C) += ..., dout (N,C) */
     int (*rmsnorm_backward)(ops_ctx *c, float *dinp, int ldi, float *dweight, const float *dout,
-                            const float *inp, const float *weight, const float *rstd, int N,
-                            int C);
+                            const float *inp, const float *weight, const float *rstd, int N, int C);
 
     /* ---- RoPE, rotate-half (Hugging Face Llama/Qwen2), in place ----
      * x (N, ldx) holds H heads of D per row; angle = positions[n] * inv_freq[i], i < D/2 (fp32).
@@ -115,21 +117,20 @@ typedef struct ops_backend {
      * logits (N,V); targets (N) (a negative target gives logp 0 and no gradient: its whole
      * dlogits row is 0, dentropy included; its entropy is still computed);
      * logp (N), entropy (N, may be NULL), lse (N) saved for backward. */
-    int (*logprob_forward)(ops_ctx *c, float *logp, float *entropy, float *lse,
-                           const float *logits, const int32_t *targets, int N, int V,
-                           float inv_temp);
+    int (*logprob_forward)(ops_ctx *c, float *logp, float *entropy, float *lse, const float *logits,
+                           const int32_t *targets, int N, int V, float inv_temp);
     /* dlogits (N,V) OVERWRITTEN from dlogp (N) and dentropy (N, may be NULL); dlogits may be
      * the logits buffer itself (in place, saving an N x V buffer). */
-    int (*logprob_backward)(ops_ctx *c, float *dlogits, const float *dlogp,
-                            const float *dentropy, const float *logits, const float *lse,
-                            const int32_t *targets, int N, int V, float inv_temp);
+    int (*logprob_backward)(ops_ctx *c, float *dlogits, const float *dlogp, const float *dentropy,
+                            const float *logits, const float *lse, const int32_t *targets, int N,
+                            int V, float inv_temp);
 
     /* ---- AdamW (decoupled weight decay, bias-corrected, PyTorch semantics) ----
      * p -= lr * (m_hat / (sqrt(v_hat) + eps) + weight_decay * p), with g = grad * grad_scale;
      * step t counts from 1. */
-    int (*adamw_update)(ops_ctx *c, float *param, const float *grad, float *m, float *v,
-                        size_t n, float lr, float beta1, float beta2, float eps,
-                        float weight_decay, int t, float grad_scale);
+    int (*adamw_update)(ops_ctx *c, float *param, const float *grad, float *m, float *v, size_t n,
+                        float lr, float beta1, float beta2, float eps, float weight_decay, int t,
+                        float grad_scale);
 
     /* ---- sampling for rollouts ----
      * logits (B,V) on the device; for each row: temperature (<= 0: greedy, the first index of
@@ -150,9 +151,9 @@ typedef struct ops_backend {
 /* A context is used by one thread at a time (ops are not thread-safe on the same context). */
 struct ops_ctx {
     const ops_backend *be;
-    void *impl;        /* backend-private state: thread count, streams, cuBLAS handles */
-    int threads;       /* CPU threads the backend may use */
-    int device_index;  /* CUDA ordinal, -1 for the CPU */
+    void *impl;       /* backend-private state: thread count, streams, cuBLAS handles */
+    int threads;      /* CPU threads the backend may use */
+    int device_index; /* CUDA ordinal, -1 for the CPU */
     char last_error[512];
 };
 
@@ -178,5 +179,148 @@ int ops_cuda_device_count(void);
 int ops_mem_info(const ops_ctx *c, size_t *free_bytes, size_t *total_bytes);
 /* The same for CUDA device `device_index` (-1 when the CUDA backend is not built or it fails). */
 int ops_cuda_mem_info(int device_index, size_t *free_bytes, size_t *total_bytes);
+
+/* ---- calling ops ----
+ * ops_<op>(c, ...) runs slot <op> of c's backend: the arguments, shapes and result are the
+ * slot's, documented in ops_backend above. ops_open has checked that no slot is empty, and every
+ * call dispatches through c->be at the time of the call. A caller checks each result (0 / -1,
+ * NULL from ops_alloc) and reports ops_last_error(c). */
+
+static inline void *ops_alloc(ops_ctx *c, size_t bytes) {
+    return c->be->alloc(c, bytes);
+}
+/* NULL is a no-op */
+static inline void ops_free(ops_ctx *c, void *p) {
+    if (p) c->be->free(c, p);
+}
+static inline int ops_to_device(ops_ctx *c, void *dst, const void *src_host, size_t bytes) {
+    return c->be->to_device(c, dst, src_host, bytes);
+}
+static inline int ops_to_host(ops_ctx *c, void *dst_host, const void *src, size_t bytes) {
+    return c->be->to_host(c, dst_host, src, bytes);
+}
+static inline int ops_copy(ops_ctx *c, void *dst, const void *src, size_t bytes) {
+    return c->be->copy(c, dst, src, bytes);
+}
+static inline int ops_zero(ops_ctx *c, void *p, size_t bytes) {
+    return c->be->zero(c, p, bytes);
+}
+static inline int ops_sync(ops_ctx *c) {
+    return c->be->sync(c);
+}
+
+static inline int ops_matmul_forward(ops_ctx *c, float *out, const float *inp, const float *weight,
+                                     const float *bias, int N, int C, int OC) {
+    return c->be->matmul_forward(c, out, inp, weight, bias, N, C, OC);
+}
+static inline int ops_matmul_backward(ops_ctx *c, float *dinp, float *dweight, float *dbias,
+                                      const float *dout, const float *inp, const float *weight,
+                                      int N, int C, int OC, int dinp_accumulate) {
+    return c->be->matmul_backward(c, dinp, dweight, dbias, dout, inp, weight, N, C, OC,
+                                  dinp_accumulate);
+}
+
+static inline int ops_embedding_forward(ops_ctx *c, float *out, const int32_t *tokens,
+                                        const float *wte, int N, int C, int V) {
+    return c->be->embedding_forward(c, out, tokens, wte, N, C, V);
+}
+static inline int ops_embedding_backward(ops_ctx *c, float *dwte, const float *dout,
+                                         const int32_t *tokens, int N, int C, int V) {
+    return c->be->embedding_backward(c, dwte, dout, tokens, N, C, V);
+}
+
+static inline int ops_rmsnorm_forward(ops_ctx *c, float *out, float *rstd, const float *inp,
+                                      int ldi, const float *weight, int N, int C, float eps) {
+    return c->be->rmsnorm_forward(c, out, rstd, inp, ldi, weight, N, C, eps);
+}
+static inline int ops_rmsnorm_backward(ops_ctx *c, float *dinp, int ldi, float *dweight,
+                                       const float *dout, const float *inp, const float *weight,
+                                       const float *rstd, int N, int C) {
+    return c->be->rmsnorm_backward(c, dinp, ldi, dweight, dout, inp, weight, rstd, N, C);
+}
+
+static inline int ops_rope_forward(ops_ctx *c, float *x, int ldx, const int32_t *positions,
+                                   const float *inv_freq, int N, int H, int D) {
+    return c->be->rope_forward(c, x, ldx, positions, inv_freq, N, H, D);
+}
+static inline int ops_rope_backward(ops_ctx *c, float *dx, int ldx, const int32_t *positions,
+                                    const float *inv_freq, int N, int H, int D) {
+    return c->be->rope_backward(c, dx, ldx, positions, inv_freq, N, H, D);
+}
+
+static inline int ops_attention_forward(ops_ctx *c, float *out, float *lse, const float *q, int ldq,
+                                        const float *k, int ldk, const float *v, int ldv,
+                                        const int32_t *cu_seqlens, int S, int N, int Hq, int Hkv,
+                                        int D) {
+    return c->be->attention_forward(c, out, lse, q, ldq, k, ldk, v, ldv, cu_seqlens, S, N, Hq, Hkv,
+                                    D);
+}
+static inline int ops_attention_backward(ops_ctx *c, float *dq, float *dk, float *dv,
+                                         const float *dout, const float *q, int ldq, const float *k,
+                                         int ldk, const float *v, int ldv, const float *out,
+                                         const float *lse, const int32_t *cu_seqlens, int S, int N,
+                                         int Hq, int Hkv, int D) {
+    return c->be->attention_backward(c, dq, dk, dv, dout, q, ldq, k, ldk, v, ldv, out, lse,
+                                     cu_seqlens, S, N, Hq, Hkv, D);
+}
+
+static inline int ops_kv_store(ops_ctx *c, float *kcache, float *vcache, const float *k, int ldk,
+                               const float *v, int ldv, const int32_t *slot, const int32_t *pos,
+                               int N, int max_T, int Hkv, int D) {
+    return c->be->kv_store(c, kcache, vcache, k, ldk, v, ldv, slot, pos, N, max_T, Hkv, D);
+}
+static inline int ops_attention_decode(ops_ctx *c, float *out, const float *q, int ldq,
+                                       const float *kcache, const float *vcache,
+                                       const int32_t *slot, const int32_t *lens, int B, int max_T,
+                                       int Hq, int Hkv, int D) {
+    return c->be->attention_decode(c, out, q, ldq, kcache, vcache, slot, lens, B, max_T, Hq, Hkv,
+                                   D);
+}
+
+static inline int ops_swiglu_forward(ops_ctx *c, float *out, const float *gate, int ldg,
+                                     const float *up, int ldu, int N, int I) {
+    return c->be->swiglu_forward(c, out, gate, ldg, up, ldu, N, I);
+}
+static inline int ops_swiglu_backward(ops_ctx *c, float *dgate, float *dup, int ld_dgu,
+                                      const float *dout, const float *gate, const float *up,
+                                      int ld_gu, int N, int I) {
+    return c->be->swiglu_backward(c, dgate, dup, ld_dgu, dout, gate, up, ld_gu, N, I);
+}
+
+static inline int ops_add_inplace(ops_ctx *c, float *a, const float *b, size_t n) {
+    return c->be->add_inplace(c, a, b, n);
+}
+static inline int ops_scale_inplace(ops_ctx *c, float *a, float s, size_t n) {
+    return c->be->scale_inplace(c, a, s, n);
+}
+static inline int ops_sum_squares(ops_ctx *c, double *out_host, const float *x, size_t n) {
+    return c->be->sum_squares(c, out_host, x, n);
+}
+
+static inline int ops_logprob_forward(ops_ctx *c, float *logp, float *entropy, float *lse,
+                                      const float *logits, const int32_t *targets, int N, int V,
+                                      float inv_temp) {
+    return c->be->logprob_forward(c, logp, entropy, lse, logits, targets, N, V, inv_temp);
+}
+static inline int ops_logprob_backward(ops_ctx *c, float *dlogits, const float *dlogp,
+                                       const float *dentropy, const float *logits, const float *lse,
+                                       const int32_t *targets, int N, int V, float inv_temp) {
+    return c->be->logprob_backward(c, dlogits, dlogp, dentropy, logits, lse, targets, N, V,
+                                   inv_temp);
+}
+
+static inline int ops_adamw_update(ops_ctx *c, float *param, const float *grad, float *m, float *v,
+                                   size_t n, float lr, float beta1, float beta2, float eps,
+                                   float weight_decay, int t, float grad_scale) {
+    return c->be->adamw_update(c, param, grad, m, v, n, lr, beta1, beta2, eps, weight_decay, t,
+                               grad_scale);
+}
+
+static inline int ops_sample(ops_ctx *c, int32_t *tokens_host, float *logp_host,
+                             const float *logits, int B, int V, float temperature, float top_p,
+                             const float *uniforms_host) {
+    return c->be->sample(c, tokens_host, logp_host, logits, B, V, temperature, top_p,
+                         uniforms_host);
+}
 
 #endif

@@ -15,7 +15,7 @@
 
 #define OP(name, ...)                                                                              \
     do {                                                                                           \
-        if (m->ops->be->name(m->ops, __VA_ARGS__) != 0) return op_fail(m, #name, err);             \
+        if (ops_##name(m->ops, __VA_ARGS__) != 0) return op_fail(m, #name, err);                   \
     } while (0)
 
 static int op_fail(const model *m, const char *name, chord_err *err) {
@@ -163,7 +163,7 @@ static int carve_weights(model *m, float *base, model_weights *w, chord_err *err
 
 static int ensure_grads(model *m, chord_err *err) {
     if (m->grads) return 0;
-    m->grads = m->ops->be->alloc(m->ops, m->num_params * sizeof(float));
+    m->grads = ops_alloc(m->ops, m->num_params * sizeof(float));
     if (!m->grads)
         return chord_err_setc(
             err, CHORD_E_TOO_LARGE, "model: cannot allocate %zu bytes of gradients on %s: %s",
@@ -202,7 +202,7 @@ int model_create(const model_config *cfg, ops_ctx *ops, model **out, chord_err *
     lw.t = m->tensors;
     layout(&lw, NULL);
 
-    m->params = ops->be->alloc(ops, m->num_params * sizeof(float));
+    m->params = ops_alloc(ops, m->num_params * sizeof(float));
     if (!m->params) {
         chord_err_setc(err, CHORD_E_TOO_LARGE,
                        "model: cannot allocate %zu bytes of parameters on %s: %s",
@@ -218,9 +218,8 @@ int model_create(const model_config *cfg, ops_ctx *ops, model **out, chord_err *
         goto fail;
     }
     model_config_rope_inv_freq(cfg, inv);
-    m->inv_freq = ops->be->alloc(ops, (size_t)half * sizeof(float));
-    int rc =
-        m->inv_freq ? ops->be->to_device(ops, m->inv_freq, inv, (size_t)half * sizeof(float)) : -1;
+    m->inv_freq = ops_alloc(ops, (size_t)half * sizeof(float));
+    int rc = m->inv_freq ? ops_to_device(ops, m->inv_freq, inv, (size_t)half * sizeof(float)) : -1;
     free(inv);
     if (rc != 0) {
         op_fail(m, "to_device", err);
@@ -239,11 +238,11 @@ void model_free(model *m) {
     if (!m) return;
     ops_ctx *o = m->ops;
     run_free(m, m->run);
-    if (m->params) o->be->free(o, m->params);
-    if (m->grads) o->be->free(o, m->grads);
-    if (m->adam_m) o->be->free(o, m->adam_m);
-    if (m->adam_v) o->be->free(o, m->adam_v);
-    if (m->inv_freq) o->be->free(o, m->inv_freq);
+    ops_free(o, m->params);
+    ops_free(o, m->grads);
+    ops_free(o, m->adam_m);
+    ops_free(o, m->adam_v);
+    ops_free(o, m->inv_freq);
     free(m->w.layers);
     free(m->g.layers);
     free(m->tensors);
@@ -354,7 +353,7 @@ static size_t run_layout(const model *m, model_run *r, float *base) {
 
 static void run_free(model *m, model_run *r) {
     if (!r) return;
-    if (r->buf) m->ops->be->free(m->ops, r->buf);
+    ops_free(m->ops, r->buf);
     free(r->layers);
     free(r);
 }
@@ -389,7 +388,7 @@ static int run_ensure(model *m, model_run **rp, int N, int rows, int training, c
         return chord_err_setc(err, CHORD_E_INTERNAL, "model: out of host memory");
     }
     size_t floats = run_layout(m, r, NULL);
-    r->buf = m->ops->be->alloc(m->ops, floats * sizeof(float));
+    r->buf = ops_alloc(m->ops, floats * sizeof(float));
     if (!r->buf) {
         int rc =
             chord_err_setc(err, CHORD_E_TOO_LARGE,
@@ -598,7 +597,7 @@ int model_forward(model *m, const model_batch *b, float inv_temp, float *logp_ou
         if (!none) return chord_err_setc(err, CHORD_E_INTERNAL, "model: out of host memory");
         for (int n = 0; n < N; n++)
             none[n] = -1;
-        int rc = m->ops->be->to_device(m->ops, r->targets, none, (size_t)N * sizeof(int32_t));
+        int rc = ops_to_device(m->ops, r->targets, none, (size_t)N * sizeof(int32_t));
         free(none);
         if (rc != 0) return op_fail(m, "to_device", err);
     }
@@ -696,9 +695,8 @@ int model_adamw_step(model *m, float lr, float beta1, float beta2, float eps, fl
     if (grad_norm_out) *grad_norm_out = norm;
     if (!isfinite(norm))
         return chord_err_set(err, "model_adamw_step: gradient norm is %g; step skipped", norm);
-    if (!m->adam_m) m->adam_m = m->ops->be->alloc(m->ops, m->num_params * sizeof(float));
-    if (m->adam_m && !m->adam_v)
-        m->adam_v = m->ops->be->alloc(m->ops, m->num_params * sizeof(float));
+    if (!m->adam_m) m->adam_m = ops_alloc(m->ops, m->num_params * sizeof(float));
+    if (m->adam_m && !m->adam_v) m->adam_v = ops_alloc(m->ops, m->num_params * sizeof(float));
     if (!m->adam_v)
         return chord_err_setc(err, CHORD_E_TOO_LARGE,
                               "model: cannot allocate AdamW moments (2 x %zu bytes): %s",
@@ -745,7 +743,7 @@ int model_kv_create(model *m, int slots, int max_T, model_kv_cache **out, chord_
     kv->max_T = max_T;
     kv->layer_floats = (size_t)slots * max_T * m->cfg.num_key_value_heads * m->cfg.head_dim;
     size_t bytes = 2 * (size_t)m->cfg.num_hidden_layers * kv->layer_floats * sizeof(float);
-    kv->kv = m->ops->be->alloc(m->ops, bytes);
+    kv->kv = ops_alloc(m->ops, bytes);
     kv->len = calloc((size_t)slots, sizeof *kv->len);
     if (!kv->kv || !kv->len) {
         chord_err_setc(err, CHORD_E_TOO_LARGE,
@@ -761,7 +759,7 @@ int model_kv_create(model *m, int slots, int max_T, model_kv_cache **out, chord_
 
 void model_kv_free(model_kv_cache *kv) {
     if (!kv) return;
-    if (kv->kv) kv->m->ops->be->free(kv->m->ops, kv->kv);
+    ops_free(kv->m->ops, kv->kv);
     run_free(kv->m, kv->run);
     free(kv->len);
     free(kv);
@@ -830,10 +828,10 @@ int model_prefill(model *m, model_kv_cache *kv, const int32_t *tokens, const int
     }
     int rc = -1;
     ops_ctx *o = m->ops;
-    if (o->be->to_device(o, r->tokens, tokens, (size_t)N * sizeof(int32_t)) != 0 ||
-        o->be->to_device(o, r->positions, pos, (size_t)N * sizeof(int32_t)) != 0 ||
-        o->be->to_device(o, r->slots, slot, (size_t)N * sizeof(int32_t)) != 0 ||
-        o->be->to_device(o, r->cu, cu_seqlens, (size_t)(S + 1) * sizeof(int32_t)) != 0) {
+    if (ops_to_device(o, r->tokens, tokens, (size_t)N * sizeof(int32_t)) != 0 ||
+        ops_to_device(o, r->positions, pos, (size_t)N * sizeof(int32_t)) != 0 ||
+        ops_to_device(o, r->slots, slot, (size_t)N * sizeof(int32_t)) != 0 ||
+        ops_to_device(o, r->cu, cu_seqlens, (size_t)(S + 1) * sizeof(int32_t)) != 0) {
         op_fail(m, "to_device", err);
         goto done;
     }
@@ -911,10 +909,10 @@ int model_decode(model *m, model_kv_cache *kv, const int32_t *tokens, const int3
         lens[b] = positions[b] + 1;
     ops_ctx *o = m->ops;
     int rc = -1;
-    if (o->be->to_device(o, r->tokens, tokens, (size_t)B * sizeof(int32_t)) != 0 ||
-        o->be->to_device(o, r->positions, positions, (size_t)B * sizeof(int32_t)) != 0 ||
-        o->be->to_device(o, r->slots, slots, (size_t)B * sizeof(int32_t)) != 0 ||
-        o->be->to_device(o, r->lens, lens, (size_t)B * sizeof(int32_t)) != 0) {
+    if (ops_to_device(o, r->tokens, tokens, (size_t)B * sizeof(int32_t)) != 0 ||
+        ops_to_device(o, r->positions, positions, (size_t)B * sizeof(int32_t)) != 0 ||
+        ops_to_device(o, r->slots, slots, (size_t)B * sizeof(int32_t)) != 0 ||
+        ops_to_device(o, r->lens, lens, (size_t)B * sizeof(int32_t)) != 0) {
         op_fail(m, "to_device", err);
         goto done;
     }

@@ -53,7 +53,7 @@ static int ends_with(const char *s, const char *suffix) {
 }
 
 static int upload_params(model *m, const float *host, chord_err *err) {
-    if (m->ops->be->to_device(m->ops, m->params, host, m->num_params * sizeof(float)) != 0)
+    if (ops_to_device(m->ops, m->params, host, m->num_params * sizeof(float)) != 0)
         return chord_err_setc(err, CHORD_E_INTERNAL, "model: copying parameters to %s: %s",
                               m->ops->be->name, ops_last_error(m->ops));
     return 0;
@@ -182,8 +182,8 @@ int model_save_optimizer(const model *m, const char *path, chord_err *err) {
         goto done;
     }
     ops_ctx *o = m->ops;
-    if (m->adam_m && (o->be->to_host(o, host, m->adam_m, n * sizeof(float)) != 0 ||
-                      o->be->to_host(o, host + n, m->adam_v, n * sizeof(float)) != 0)) {
+    if (m->adam_m && (ops_to_host(o, host, m->adam_m, n * sizeof(float)) != 0 ||
+                      ops_to_host(o, host + n, m->adam_v, n * sizeof(float)) != 0)) {
         chord_err_setc(err, CHORD_E_INTERNAL, "reading the moments: %s", ops_last_error(o));
         goto done;
     }
@@ -225,15 +225,15 @@ int model_load_optimizer(model *m, const char *path, chord_err *err) {
         chord_err_set(err, "adam_t = %g is not a step count", (double)t);
         goto done;
     }
-    if (!m->adam_m) m->adam_m = o->be->alloc(o, n * sizeof(float));
-    if (m->adam_m && !m->adam_v) m->adam_v = o->be->alloc(o, n * sizeof(float));
+    if (!m->adam_m) m->adam_m = ops_alloc(o, n * sizeof(float));
+    if (m->adam_m && !m->adam_v) m->adam_v = ops_alloc(o, n * sizeof(float));
     if (!m->adam_v) {
         chord_err_setc(err, CHORD_E_TOO_LARGE, "cannot allocate AdamW moments: %s",
                        ops_last_error(o));
         goto done;
     }
-    if (o->be->to_device(o, m->adam_m, host, n * sizeof(float)) != 0 ||
-        o->be->to_device(o, m->adam_v, host + n, n * sizeof(float)) != 0) {
+    if (ops_to_device(o, m->adam_m, host, n * sizeof(float)) != 0 ||
+        ops_to_device(o, m->adam_v, host + n, n * sizeof(float)) != 0) {
         chord_err_setc(err, CHORD_E_INTERNAL, "copying the moments: %s", ops_last_error(o));
         goto done;
     }

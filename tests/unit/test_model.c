@@ -63,7 +63,7 @@ static model *make_model(ops_ctx *ops, int qk_norm, int tied, uint64_t seed) {
     assert_int_equal(model_read_params(m, p, &err), 0);
     for (size_t i = m->num_decay; i < m->num_params; i++)
         p[i] += 0.2f * (float)sin(0.7 * (double)i + 1.0);
-    assert_int_equal(ops->be->to_device(ops, m->params, p, m->num_params * sizeof *p), 0);
+    assert_int_equal(ops_to_device(ops, m->params, p, m->num_params * sizeof *p), 0);
     free(p);
     return m;
 }
@@ -130,12 +130,12 @@ static void finite_differences(void **state, int qk_norm, int tied) {
             size_t i = mt->offset + (pick[k] < mt->numel ? pick[k] : 0);
             const float h = 1e-2f, orig = p[i];
             float v = orig + h;
-            assert_int_equal(f->ops->be->to_device(f->ops, m->params + i, &v, sizeof v), 0);
+            assert_int_equal(ops_to_device(f->ops, m->params + i, &v, sizeof v), 0);
             double lp = loss_of(m);
             v = orig - h;
-            assert_int_equal(f->ops->be->to_device(f->ops, m->params + i, &v, sizeof v), 0);
+            assert_int_equal(ops_to_device(f->ops, m->params + i, &v, sizeof v), 0);
             double lm = loss_of(m);
-            assert_int_equal(f->ops->be->to_device(f->ops, m->params + i, &orig, sizeof orig), 0);
+            assert_int_equal(ops_to_device(f->ops, m->params + i, &orig, sizeof orig), 0);
             double fd = (lp - lm) / (2.0 * h), an = g[i];
             if (!(fabs(fd - an) <= 3e-2 * fabs(fd) + 2e-3))
                 fail_msg("%s[%zu]: backward %.6g, finite differences %.6g", mt->name,
