@@ -40,18 +40,6 @@ static void usage(FILE *f) {
             "  --threads N           CPU threads [all cores]\n");
 }
 
-static int parse_num(const char *flag, const char *text, double lo, double hi, double *out) {
-    char *end = NULL;
-    errno = 0;
-    double v = strtod(text, &end);
-    if (errno || end == text || *end || !(v >= lo && v <= hi)) {
-        fprintf(stderr, "chordd eval: %s: '%s' is not a number in [%g, %g]\n", flag, text, lo, hi);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
 typedef struct eval_out {
     FILE *f;
     int failed;
@@ -101,13 +89,13 @@ int cmd_eval(int argc, char **argv) {
             data = optarg;
             break;
         case 'k':
-            bad = parse_num("--k", optarg, 1, 1024, &k);
+            bad = cmd_arg_double("--k", optarg, 1, 1024, &k);
             break;
         case 'T':
-            bad = parse_num("--temperature", optarg, 0, 100, &temperature);
+            bad = cmd_arg_double("--temperature", optarg, 0, 100, &temperature);
             break;
         case 'n':
-            bad = parse_num("--max-new-tokens", optarg, 1, 1 << 20, &max_new);
+            bad = cmd_arg_double("--max-new-tokens", optarg, 1, 1 << 20, &max_new);
             break;
         case 'r':
             reward_text = optarg;
@@ -116,10 +104,10 @@ int cmd_eval(int argc, char **argv) {
             samples_path = optarg;
             break;
         case 'p':
-            bad = parse_num("--max-prompts", optarg, 0, 1e15, &max_prompts);
+            bad = cmd_arg_double("--max-prompts", optarg, 0, 1e15, &max_prompts);
             break;
         case 's':
-            bad = parse_num("--seed", optarg, 0, 9007199254740992.0, &seed);
+            bad = cmd_arg_double("--seed", optarg, 0, 9007199254740992.0, &seed);
             break;
         case 'z':
             tok_dir = optarg;
@@ -128,7 +116,7 @@ int cmd_eval(int argc, char **argv) {
             device = optarg;
             break;
         case 't':
-            bad = parse_num("--threads", optarg, 0, 4096, &threads);
+            bad = cmd_arg_double("--threads", optarg, 0, 4096, &threads);
             break;
         case 'h':
             usage(stdout);

@@ -12,18 +12,6 @@
 #include "server/base/fileutil.h"
 #include "server/model/model.h"
 
-static int parse_long(const char *flag, const char *text, long lo, long hi, long *out) {
-    char *end = NULL;
-    errno = 0;
-    long v = strtol(text, &end, 10);
-    if (errno || end == text || *end != '\0' || v < lo || v > hi) {
-        fprintf(stderr, "%s: '%s' is not an integer in [%ld, %ld]\n", flag, text, lo, hi);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
 static void init_usage(FILE *f) {
     fprintf(f, "usage: chordd init-model --config CONFIG.json --seed N --out DIR\n"
                "                         [--dtype f32|bf16|f16] [--max-shard-bytes N]\n\n"
@@ -54,10 +42,10 @@ int cmd_init_model(int argc, char **argv) {
         else if (strcmp(a, "--dtype") == 0)
             dtype_name = v;
         else if (strcmp(a, "--seed") == 0) {
-            if (parse_long("--seed", v, 0, 0x7fffffffffffffffL, &seed) != 0) return 2;
+            if (cmd_arg_long("--seed", v, 0, 0x7fffffffffffffffL, &seed) != 0) return 2;
             have_seed = 1;
         } else if (strcmp(a, "--max-shard-bytes") == 0) {
-            if (parse_long("--max-shard-bytes", v, 0, 0x7fffffffffffffffL, &max_shard) != 0)
+            if (cmd_arg_long("--max-shard-bytes", v, 0, 0x7fffffffffffffffL, &max_shard) != 0)
                 return 2;
         } else {
             fprintf(stderr, "chordd init-model: unknown option %s\n", a);
@@ -184,7 +172,7 @@ int cmd_score(int argc, char **argv) {
         else if (strcmp(a, "--device") == 0)
             device = v;
         else if (strcmp(a, "--threads") == 0) {
-            if (parse_long("--threads", v, 0, 4096, &threads) != 0) return 2;
+            if (cmd_arg_long("--threads", v, 0, 4096, &threads) != 0) return 2;
         } else {
             fprintf(stderr, "chordd score: unknown option %s\n", a);
             score_usage(stderr);

@@ -12,9 +12,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cmd/commands.h"
 #include "api/grpc/grpc_server.h"
 #include "api/http/http.h"
+#include "cmd/commands.h"
 #include "server/base/log.h"
 #include "server/service.h"
 
@@ -82,19 +82,6 @@ static int parse_addr(const char *flag, const char *v, char *host, size_t hostle
     return 0;
 }
 
-static int parse_int(const char *flag, const char *v, long lo, long hi, long *out) {
-    char *end = NULL;
-    errno = 0;
-    long n = strtol(v, &end, 10);
-    if (!*v || *end || errno || n < lo || n > hi) {
-        fprintf(stderr, "chordd: %s: must be an integer in [%ld, %ld], got '%s'\n", flag, lo, hi,
-                v);
-        return -1;
-    }
-    *out = n;
-    return 0;
-}
-
 int cmd_serve(int argc, char **argv) {
     const char *data_dir = "./chord-data", *http = "127.0.0.1:8080", *grpc = "127.0.0.1:50051";
     const char *device = "auto", *models_root = NULL, *log_level = "info";
@@ -108,7 +95,7 @@ int cmd_serve(int argc, char **argv) {
 #define VALUE()                                                                                    \
     do {                                                                                           \
         if (!next) {                                                                               \
-            fprintf(stderr, "chordd: %s needs a value\n", a);                                     \
+            fprintf(stderr, "chordd: %s needs a value\n", a);                                      \
             return 2;                                                                              \
         }                                                                                          \
         i++;                                                                                       \
@@ -133,19 +120,19 @@ int cmd_serve(int argc, char **argv) {
             models_root = next;
         } else if (!strcmp(a, "--max-upload-mb")) {
             VALUE();
-            if (parse_int(a, next, 1, 1L << 20, &max_upload_mb)) return 2;
+            if (cmd_arg_long(a, next, 1, 1L << 20, &max_upload_mb)) return 2;
         } else if (!strcmp(a, "--device-memory-mb")) {
             VALUE();
-            if (parse_int(a, next, 0, 1L << 30, &memory_mb)) return 2;
+            if (cmd_arg_long(a, next, 0, 1L << 30, &memory_mb)) return 2;
         } else if (!strcmp(a, "--threads")) {
             VALUE();
-            if (parse_int(a, next, 0, 4096, &threads)) return 2;
+            if (cmd_arg_long(a, next, 0, 4096, &threads)) return 2;
         } else if (!strcmp(a, "--http-threads")) {
             VALUE();
-            if (parse_int(a, next, 1, 256, &http_threads)) return 2;
+            if (cmd_arg_long(a, next, 1, 256, &http_threads)) return 2;
         } else if (!strcmp(a, "--sse-heartbeat")) {
             VALUE();
-            if (parse_int(a, next, 1, 3600, &heartbeat)) return 2;
+            if (cmd_arg_long(a, next, 1, 3600, &heartbeat)) return 2;
         } else if (!strcmp(a, "--log-level")) {
             VALUE();
             log_level = next;
@@ -220,21 +207,21 @@ int cmd_serve(int argc, char **argv) {
     if (h)
         LOG_INFO("chordd %s listening on http://%s%s%s:%d (data %s, models root %s, device %s%s)",
                  SVC_VERSION, strchr(http_host, ':') ? "[" : "", http_host,
-                 strchr(http_host, ':') ? "]" : "", api_http_port(h), data_dir,
-                 svc_models_root(s), devs[0], n_dev > 1 ? ",..." : "");
+                 strchr(http_host, ':') ? "]" : "", api_http_port(h), data_dir, svc_models_root(s),
+                 devs[0], n_dev > 1 ? ",..." : "");
     else
         LOG_INFO("chordd %s running without HTTP (data %s)", SVC_VERSION, data_dir);
     if (g)
-        LOG_INFO("chordd gRPC listening on %s%s%s:%d", strchr(grpc_host, ':') ? "[" : "",
-                 grpc_host, strchr(grpc_host, ':') ? "]" : "", api_grpc_port(g));
+        LOG_INFO("chordd gRPC listening on %s%s%s:%d", strchr(grpc_host, ':') ? "[" : "", grpc_host,
+                 strchr(grpc_host, ':') ? "]" : "", api_grpc_port(g));
     if (demo) {
         json_t *job = NULL;
         if (svc_submit_demo(s, &job, &err)) {
             LOG_ERROR("chordd: %s", err.msg);
         } else {
             const char *id = json_string_value(json_object_get(job, "id"));
-            LOG_INFO("demo job %s queued; watch it with: curl -N http://%s:%d/v1/jobs/%s/events", id,
-                     http_host[0] ? http_host : "127.0.0.1", h ? api_http_port(h) : 8080, id);
+            LOG_INFO("demo job %s queued; watch it with: curl -N http://%s:%d/v1/jobs/%s/events",
+                     id, http_host[0] ? http_host : "127.0.0.1", h ? api_http_port(h) : 8080, id);
             json_decref(job);
         }
     }

@@ -162,6 +162,8 @@ static void usage(FILE *f) {
             "  --resume           continue from the newest checkpoint in --out\n"
             "  --device DEV       auto | cpu | cuda | cuda:N (overrides the job's device)\n"
             "  --threads N        CPU threads (default: all cores)\n"
+            "  --device-memory-mb N  refuse the job when the memory estimate (docs/job.md)\n"
+            "                     exceeds N MiB on its device (default: the device's free memory)\n"
             "  --steps N          override the job's step count\n"
             "  --metrics-out F    append one JSON line of metrics per step to F\n"
             "  --samples-out F    append one JSON line per rollout / eval sample to F\n"
@@ -182,10 +184,11 @@ int cmd_train(int argc, char **argv) {
                                          {"quiet", no_argument, 0, 'q'},
                                          {"help", no_argument, 0, 'h'},
                                          {"samples-out", required_argument, 0, 'P'},
+                                         {"device-memory-mb", required_argument, 0, 'M'},
                                          {0, 0, 0, 0}};
     const char *out = NULL, *device = NULL, *metrics_path = NULL, *samples_path = NULL;
-    int resume = 0, threads = 0, demo = 0, quiet = 0;
-    long long steps_override = 0, stop_after = 0;
+    int resume = 0, demo = 0, quiet = 0;
+    long threads = 0, steps_override = 0, stop_after = 0, memory_mb = 0;
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -200,10 +203,13 @@ int cmd_train(int argc, char **argv) {
             device = optarg;
             break;
         case 't':
-            threads = atoi(optarg);
+            if (cmd_arg_long("--threads", optarg, 0, 4096, &threads)) return 2;
             break;
         case 's':
-            steps_override = atoll(optarg);
+            if (cmd_arg_long("--steps", optarg, 1, 1L << 40, &steps_override)) return 2;
+            break;
+        case 'M':
+            if (cmd_arg_long("--device-memory-mb", optarg, 1, 1L << 30, &memory_mb)) return 2;
             break;
         case 'm':
             metrics_path = optarg;
@@ -212,7 +218,7 @@ int cmd_train(int argc, char **argv) {
             samples_path = optarg;
             break;
         case 'S':
-            stop_after = atoll(optarg);
+            if (cmd_arg_long("--stop-after", optarg, 1, 1L << 40, &stop_after)) return 2;
             break;
         case 'D':
             demo = 1;
@@ -294,7 +300,8 @@ int cmd_train(int argc, char **argv) {
                        .eval_path = resolved[2],
                        .model_dir = cfg.model_path,
                        .tokenizer_dir = cfg.model_init_tokenizer,
-                       .resume_dir = have_resume ? resume_dir : NULL};
+                       .resume_dir = have_resume ? resume_dir : NULL,
+                       .memory_limit = (int64_t)memory_mb << 20};
     run_ctx r = {.out = out,
                  .metrics = metrics,
                  .samples = samples,

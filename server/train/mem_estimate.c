@@ -190,7 +190,7 @@ int mem_estimate_check(const mem_estimate *e, const mem_budget *b, chord_err *er
                                        "the model's weights need"};
     int off = snprintf(msg, sizeof msg, "%s about %s on %s but %s %s", what[e->kind],
                        size_text(e->total, total, sizeof total), b->device,
-                       b->limited ? "the server's device memory limit allows" : "only",
+                       b->limited ? "the device memory limit (--device-memory-mb) allows" : "only",
                        size_text(b->bytes, have, sizeof have));
 #define ADD(...)                                                                                   \
     do {                                                                                           \

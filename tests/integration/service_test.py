@@ -438,7 +438,7 @@ def test_device_memory_limit_caps_submission_and_start(srv, datasets):
         lp = lim.upload("prompts", jsonl(arith_prompts(20))).json()["id"]
         r = lim.post("/v1/jobs", tiny_job(lp, steps=1, micro_batch_tokens=8192))
         assert_error(r, 413, "payload_too_large",
-                     "on cpu but the server's device memory limit allows 64.0 MiB",
+                     "on cpu but the device memory limit (--device-memory-mb) allows 64.0 MiB",
                      "activations", "(biggest share first) micro_batch_tokens")
         assert lim.get("/v1/jobs").json()["total"] == 0
         r = lim.post("/v1/jobs", tiny_job(lp, steps=1, micro_batch_tokens=1024))
@@ -452,8 +452,8 @@ def test_device_memory_limit_caps_submission_and_start(srv, datasets):
         running = lim.post("/v1/jobs", tiny_job(lp, steps=100000, micro_batch_tokens=4096)).json()
         lim.wait_job(running["id"], lambda j: j["state"] == "running" and j["current_step"] >= 1)
         assert_error(lim.post("/v1/rollouts", wide), 413, "payload_too_large",
-                     "the rollout needs about 34.9 MiB on cpu but the server's device memory "
-                     "limit allows 17.6 MiB")
+                     "the rollout needs about 34.9 MiB on cpu but the device memory limit "
+                     "(--device-memory-mb) allows 17.6 MiB")
         queued = lim.post("/v1/jobs", tiny_job(lp, steps=100000, micro_batch_tokens=4096))
         assert queued.status == 201, queued
         for job_id in (queued.json()["id"], running["id"]):
@@ -468,7 +468,7 @@ def test_device_memory_limit_caps_submission_and_start(srv, datasets):
         lim.start()
         j = lim.wait_job(long_job["id"], lambda j: j["state"] in ("failed", "succeeded"))
         assert j["state"] == "failed", j
-        assert "the server's device memory limit allows 1.0 MiB" in j["error"], j
+        assert "the device memory limit (--device-memory-mb) allows 1.0 MiB" in j["error"], j
         assert lim.get("/healthz").status == 200
     finally:
         lim.cleanup()

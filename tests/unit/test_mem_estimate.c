@@ -145,6 +145,36 @@ static void test_job_short_prompts(void **state) {
     jobconfig_free(&cfg);
 }
 
+/* A job with a KL keeps a frozen copy of the starting weights: 4 P more, named in the refusal. */
+static void test_job_with_reference(void **state) {
+    (void)state;
+    model_config mc;
+    small_config(&mc);
+    job_config plain, kl;
+    job("", &plain);
+    chord_err perr = {0};
+    assert_int_equal(jobconfig_parse("{\"model\": {\"init\": {\"config\": " SMALL "}}, "
+                                     "\"data\": {\"prompts\": \"p\"}, \"algorithm\": \"grpo\", "
+                                     "\"grpo\": {\"prompts_per_step\": 3, \"group_size\": 2, "
+                                     "\"kl_coef\": 0.1}, \"sampling\": {\"max_new_tokens\": 20}, "
+                                     "\"micro_batch_tokens\": 10}",
+                                     &kl, &perr),
+                     0);
+    mem_estimate a, b;
+    mem_estimate_job(&mc, &plain, 20, 20, &a);
+    mem_estimate_job(&mc, &kl, 20, 20, &b);
+    assert_true(a.reference == 0.0);
+    assert_true(b.reference == 4.0 * 2792);
+    assert_true(b.total == a.total + b.reference);
+    mem_budget budget;
+    mem_budget_make(&budget, "cpu", 1.0, 0.0);
+    chord_err err = {0};
+    assert_int_equal(mem_estimate_check(&b, &budget, &err), -1);
+    assert_non_null(strstr(err.msg, "the KL's reference weights"));
+    jobconfig_free(&plain);
+    jobconfig_free(&kl);
+}
+
 /* The bound read from a JSONL file: the longest line's bytes plus the template's tokens, 8 more
  * per "role" key; a file that cannot be read gives MEM_PROMPT_TOKENS. */
 static void test_prompt_tokens_of_file(void **state) {
@@ -273,8 +303,8 @@ static void test_check_message(void **state) {
     mem_budget_make(&b, "cuda:0", 1e12, 3.0 * 1073741824.0);
     e.total = 5.5 * 1073741824.0;
     assert_int_equal(mem_estimate_check(&e, &b, &err), -1);
-    assert_non_null(strstr(err.msg, "about 5.50 GiB on cuda:0 but the server's device memory "
-                                    "limit allows 3.00 GiB:"));
+    assert_non_null(strstr(err.msg, "about 5.50 GiB on cuda:0 but the device memory limit "
+                                    "(--device-memory-mb) allows 3.00 GiB:"));
 
     chord_err_clear(&err);
     mem_estimate_weights(&mc, &e);
@@ -291,6 +321,7 @@ int main(void) {
         cmocka_unit_test(test_params_agree_with_model),
         cmocka_unit_test(test_job),
         cmocka_unit_test(test_job_short_prompts),
+        cmocka_unit_test(test_job_with_reference),
         cmocka_unit_test(test_prompt_tokens_of_file),
         cmocka_unit_test(test_job_with_eval),
         cmocka_unit_test(test_rollout),
