@@ -48,11 +48,26 @@ cat >"$job" <<JSON
  "steps": $steps, "seed": 42, "checkpoint_every": 0}
 JSON
 rm -rf /tmp/chord-step-run "$out/chord-step.jsonl"
+# the memory estimate the job is checked against: a 1 MiB limit makes chordd print its figures
+"$chordd" train "$job" --device "$device" --device-memory-mb 1 --out /tmp/chord-step-est \
+    2>&1 | grep -o 'the job needs.*' | head -1 >"$out/chord-step-estimate.txt" || true
+# the real peak: nvidia-smi's used memory every 100 ms while the job runs (GPU only)
+peak_file=/tmp/chord-step-peak.txt
+: >"$peak_file"
+poller=""
+if [ "$device" != cpu ] && command -v nvidia-smi >/dev/null; then
+    (while :; do nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0 \
+        >>"$peak_file" 2>/dev/null; sleep 0.1; done) &
+    poller=$!
+fi
 t0=$(date +%s)
 "$chordd" train "$job" --device "$device" --out /tmp/chord-step-run \
     --metrics-out "$out/chord-step.jsonl" >"$out/chord-step.log" 2>&1
 rc=$?
+[ -n "$poller" ] && kill "$poller" 2>/dev/null
 echo "chordd train exit $rc after $(( $(date +%s) - t0 ))s (B=$B G=$G new=$NEW E=$E)" | tee "$out/chord-step.txt"
+echo "estimate: $(cat "$out/chord-step-estimate.txt")" | tee -a "$out/chord-step.txt"
+[ -s "$peak_file" ] && echo "peak used (nvidia-smi): $(sort -n "$peak_file" | tail -1) MiB" | tee -a "$out/chord-step.txt"
 # one line a step: seconds of rollout / train / step, tokens and tokens/s
 python3 - "$out/chord-step.jsonl" <<'PY' 2>&1 | tee -a "$out/chord-step.txt" || true
 import json, sys
