@@ -43,6 +43,7 @@ typedef struct cuda_impl {
     cublasComputeType_t gemm_compute; // CUBLAS_COMPUTE_32F_FAST_16BF (default), _FAST_TF32, _32F
     ops_cuda_matmul_mode matmul_mode;
     ops_cuda_attention_mode attention_mode;
+    int attention_tc_wmma; // CHORD_CUDA_ATTENTION=wmma: the wmma tensor-core kernels, not mma.sync
     void *blas_workspace;
     size_t blas_workspace_bytes;
     unsigned int *flags_dev;  // device word: CU_EFLAG_* bits raised by kernels

@@ -18,6 +18,9 @@
 #   2. gpu_check: every op against the CPU backend, full forward/backward/AdamW steps and decode on
 #      both backends (three small models and a ~100M one, fp32 and bf16 GEMMs), then benchmarks
 #      (training MFU at ~100M and 0.5B, T = 1024; decode at batch 1/32/256; memory bandwidth)
+#   2b. the 0.5B training benchmark again with CHORD_CUDA_ATTENTION=wmma (the previous tensor-core
+#      attention kernels), for the ratio to the default mma.sync kernels (appended to
+#      gpu_check.log; its bench lines go to summary.txt)
 #   3. the demo job (chordd train --demo) on the GPU: held-out accuracy and seconds per step
 #   4. compute-sanitizer memcheck, then racecheck (shared-memory hazards), over the op checks and
 #      the small models (when the tool exists)
@@ -72,6 +75,16 @@ g=$?
 note "gpu_check exit $g after $(( $(date +%s) - t0 ))s ($(grep -c '^ok ' "$out/gpu_check.log") ok, $(grep -c '^FAIL' "$out/gpu_check.log") FAIL)"
 grep -E '^(FAIL|bench)' "$out/gpu_check.log" | tee -a "$summary"
 [ "$g" -eq 0 ] || rc=1
+
+# 2b. the previous tensor-core attention kernels (wmma) on the 0.5B training step, for the ratio
+lim=$(( $(left) * 12 / 100 ))
+note "== gpu_check --bench train-0.5b with CHORD_CUDA_ATTENTION=wmma (limit ${lim}s)"
+echo "== CHORD_CUDA_ATTENTION=wmma gpu_check --bench train-0.5b" >>"$out/gpu_check.log"
+CHORD_CUDA_ATTENTION=wmma timeout -k 5 "$lim" "$bundle/bin/gpu_check" --bench train-0.5b \
+    --out /tmp ${GPU_CHECK_ARGS:-} >>"$out/gpu_check.log" 2>&1
+note "wmma bench exit $?"
+sed -n '/^== CHORD_CUDA_ATTENTION=wmma/,$p' "$out/gpu_check.log" | grep -E '^bench' | sed 's/^/wmma: /' |
+    tee -a "$summary"
 
 # 3. the demo job on the GPU
 lim=$(( $(left) * 70 / 100 ))

@@ -7,6 +7,8 @@
 # run); each kernel is serialised, so the sum of kernel times leaves out launch gaps: compare it
 # with the step's time in gpu_check's benchmarks (first-light.sh), not with the wall times printed
 # under ncu (replays slow the run down). Output: ncu-{train,decode1,decode256}.{csv,txt}.
+# PROFILE_WMMA=1 profiles the training step a second time with CHORD_CUDA_ATTENTION=wmma (the
+# previous tensor-core attention kernels): ncu-train-wmma.{csv,txt}.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 bundle=${1:?usage: profile.sh BUNDLE [OUTDIR]}
@@ -24,10 +26,14 @@ ncu=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/
 [ -n "$ncu" ] || { echo "profile: ncu not found"; exit 1; }
 rc=0
 # name, gpu_check benchmark, decode batch to bracket
-for run in "train train-0.5b 1" "decode1 decode-0.5b 1" "decode256 decode-0.5b 256"; do
+runs=("train train-0.5b 1" "decode1 decode-0.5b 1" "decode256 decode-0.5b 256")
+[ "${PROFILE_WMMA:-0}" = 1 ] && runs+=("train-wmma train-0.5b 1")
+for run in "${runs[@]}"; do
     set -- $run
     name=$1
-    timeout -k 5 "${PROFILE_LIMIT:-150}" "$ncu" --profile-from-start off --clock-control none \
+    att=${CHORD_CUDA_ATTENTION:-auto}
+    [ "$name" = train-wmma ] && att=wmma
+    CHORD_CUDA_ATTENTION=$att timeout -k 5 "${PROFILE_LIMIT:-150}" "$ncu" --profile-from-start off --clock-control none \
         --cache-control none --metrics gpu__time_duration.sum --csv --print-units base \
         "$bundle/bin/gpu_check" --bench "$2" --profile "$3" --out /tmp >"$out/ncu-$name.csv" 2>&1
     r=$?

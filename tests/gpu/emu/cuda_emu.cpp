@@ -120,6 +120,64 @@ uint64_t emu_warp_exchange(uint64_t bits, int src_lane) {
     return r;
 }
 
+// warp-collective instructions: every live lane publishes a pointer to its operands, then reads
+// the others' (fibers switch only at the two barriers, so the pointed-to values stay put)
+static void publish(const void *mine) {
+    warp_slot[cur] = (uint64_t)(uintptr_t)mine;
+    yield_to_scheduler(WAIT_WARP); // every live lane has published
+}
+static const void *published(int lane) {
+    return (const void *)(uintptr_t)warp_slot[(cur & ~31) + lane];
+}
+
+static inline float bf16_half(uint32_t r, int hi) {
+    uint32_t u = hi ? (r & 0xffff0000u) : (r << 16);
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+void emu_mma_m16n8k16_bf16(float d[4], const uint32_t a[4], const uint32_t b[2]) {
+    uint32_t mine[6] = {a[0], a[1], a[2], a[3], b[0], b[1]};
+    publish(mine);
+    const int lane = cur & 31, g = lane >> 2, t = lane & 3;
+    float out[4];
+    for (int e = 0; e < 4; e++) {
+        const int row = g + (e >> 1) * 8, col = 2 * t + (e & 1);
+        float s = d[e];
+        for (int k = 0; k < 16; k++) {
+            // A(row, k): lane 4 (row % 8) + (k % 8) / 2, register (k >= 8) * 2 + (row >= 8)
+            const uint32_t *pa = (const uint32_t *)published(4 * (row & 7) + ((k & 7) >> 1));
+            const float av = bf16_half(pa[(k >> 3) * 2 + (row >> 3)], k & 1);
+            // B(k, col): lane 4 col + (k % 8) / 2, register 4 + (k >= 8)
+            const uint32_t *pb = (const uint32_t *)published(4 * col + ((k & 7) >> 1));
+            const float bv = bf16_half(pb[4 + (k >> 3)], k & 1);
+            s += av * bv;
+        }
+        out[e] = s;
+    }
+    yield_to_scheduler(WAIT_WARP); // every live lane has read
+    memcpy(d, out, sizeof out);
+}
+
+void emu_ldmatrix_x4(uint32_t r[4], const void *row, int trans) {
+    publish(row);
+    const int lane = cur & 31, g = lane >> 2, t = lane & 3;
+    uint32_t out[4];
+    for (int i = 0; i < 4; i++) {
+        if (!trans) {
+            const uint16_t *p = (const uint16_t *)published(8 * i + g);
+            out[i] = (uint32_t)p[2 * t] | (uint32_t)p[2 * t + 1] << 16;
+        } else {
+            const uint16_t *p0 = (const uint16_t *)published(8 * i + 2 * t);
+            const uint16_t *p1 = (const uint16_t *)published(8 * i + 2 * t + 1);
+            out[i] = (uint32_t)p0[g] | (uint32_t)p1[g] << 16;
+        }
+    }
+    yield_to_scheduler(WAIT_WARP); // every live lane has read
+    memcpy(r, out, sizeof out);
+}
+
 static void run_block(void) {
     int live = nthreads;
     for (int t = 0; t < nthreads; t++)

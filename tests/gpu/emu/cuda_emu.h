@@ -185,6 +185,21 @@ static inline T __shfl_up_sync(unsigned int, T v, unsigned int d, int width = 32
     return r;
 }
 
+// ---- tensor-core and asynchronous-copy instructions ----
+// kernels/cuda wraps each PTX instruction it uses in one __device__ function, which calls these
+// under CHORD_CUDA_EMU. The warp-collective ones reproduce the PTX ISA's per-lane register
+// layouts exactly (a kernel that assumes the wrong layout gets wrong results here too).
+#define CHORD_CUDA_EMU 1
+// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32, d += a b: lane = 4 g + t holds
+// a[0..3] = A(g, 2t..2t+1), A(g+8, 2t..), A(g, 2t+8..), A(g+8, 2t+8..); b[0..1] = B(2t..2t+1, g),
+// B(2t+8.., g); d[0..3] = C(g, 2t), C(g, 2t+1), C(g+8, 2t), C(g+8, 2t+1); pairs of bf16 in a
+// 32-bit register, the lower column / row in the low half. Products exact, sums in fp32.
+void emu_mma_m16n8k16_bf16(float d[4], const uint32_t a[4], const uint32_t b[2]);
+// ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16: lanes 8i .. 8i + 7 give the addresses of the
+// 8 rows (16 bytes each) of matrix i; r[i] of lane 4 g + t = matrix i's (g, 2t..2t+1), or with
+// trans its (2t, g) and (2t+1, g)
+void emu_ldmatrix_x4(uint32_t r[4], const void *row, int trans);
+
 // a warp barrier: every live lane of the warp reaches it before any goes on
 static inline void __syncwarp(unsigned int = 0xffffffffu) {
     (void)emu_warp_exchange(0, emu_lane());
