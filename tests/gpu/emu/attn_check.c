@@ -24,8 +24,8 @@ static float frand1(void) {
 }
 
 static void *up(ops_ctx *c, const void *host, size_t bytes) {
-    void *p = c->be->alloc(c, bytes);
-    if (!p || (host && c->be->to_device(c, p, host, bytes) != 0)) {
+    void *p = ops_alloc(c, bytes);
+    if (!p || (host && ops_to_device(c, p, host, bytes) != 0)) {
         fprintf(stderr, "attn_check: alloc/upload: %s\n", ops_last_error(c));
         exit(1);
     }
@@ -33,7 +33,7 @@ static void *up(ops_ctx *c, const void *host, size_t bytes) {
 }
 
 static void down(ops_ctx *c, void *host, const void *p, size_t bytes) {
-    if (c->be->to_host(c, host, p, bytes) != 0) {
+    if (ops_to_host(c, host, p, bytes) != 0) {
         fprintf(stderr, "attn_check: to_host: %s\n", ops_last_error(c));
         exit(1);
     }
@@ -80,9 +80,9 @@ static void run(int D, int Hq, int Hkv, double tol) {
         int32_t *bcu = up(c, cu, (S + 1) * 4);
         float *q = bq, *k = q + Hq * D, *v = k + Hkv * D;
         float *dq = bdq, *dk = dq + Hq * D, *dv = dk + Hkv * D;
-        if (c->be->attention_forward(c, bo, bl, q, QKV, k, QKV, v, QKV, bcu, S, N, Hq, Hkv, D) ||
-            c->be->attention_backward(c, dq, dk, dv, bd, q, QKV, k, QKV, v, QKV, bo, bl, bcu, S, N,
-                                      Hq, Hkv, D)) {
+        if (ops_attention_forward(c, bo, bl, q, QKV, k, QKV, v, QKV, bcu, S, N, Hq, Hkv, D) ||
+            ops_attention_backward(c, dq, dk, dv, bd, q, QKV, k, QKV, v, QKV, bo, bl, bcu, S, N, Hq,
+                                   Hkv, D)) {
             fprintf(stderr, "attn_check: %s: %s\n", c->be->name, ops_last_error(c));
             exit(1);
         }
@@ -91,8 +91,8 @@ static void run(int D, int Hq, int Hkv, double tol) {
         down(c, res[side][0], bo, no * 4);
         down(c, res[side][1], bl, (size_t)N * Hq * 4);
         down(c, res[side][2], bdq, nqkv * 4);
-        c->be->free(c, bq), c->be->free(c, bo), c->be->free(c, bl), c->be->free(c, bd);
-        c->be->free(c, bdq), c->be->free(c, bcu);
+        ops_free(c, bq), ops_free(c, bo), ops_free(c, bl), ops_free(c, bd);
+        ops_free(c, bdq), ops_free(c, bcu);
     }
     printf("D=%d Hq=%d Hkv=%d N=%d\n", D, Hq, Hkv, N);
     report("out", D, res[1][0], res[0][0], N, Hq * D, 0, Hq * D, tol);
@@ -116,17 +116,20 @@ int main(int argc, char **argv) {
     }
     int a = 1;
     ops_cuda_attention_mode mode = OPS_CUDA_ATTENTION_TENSOR;
-    if (a < argc && strcmp(argv[a], "flash") == 0) mode = OPS_CUDA_ATTENTION_FLASH, a++;
-    else if (a < argc && strcmp(argv[a], "naive") == 0) mode = OPS_CUDA_ATTENTION_NAIVE, a++;
-    else if (a < argc && strcmp(argv[a], "auto") == 0) mode = OPS_CUDA_ATTENTION_AUTO, a++;
-    else if (a < argc && strcmp(argv[a], "tensor") == 0) a++;
+    if (a < argc && strcmp(argv[a], "flash") == 0)
+        mode = OPS_CUDA_ATTENTION_FLASH, a++;
+    else if (a < argc && strcmp(argv[a], "naive") == 0)
+        mode = OPS_CUDA_ATTENTION_NAIVE, a++;
+    else if (a < argc && strcmp(argv[a], "auto") == 0)
+        mode = OPS_CUDA_ATTENTION_AUTO, a++;
+    else if (a < argc && strcmp(argv[a], "tensor") == 0)
+        a++;
     if (ops_cuda_set_attention_mode(GPU, mode) != 0) {
         fprintf(stderr, "attn_check: %s\n", ops_last_error(GPU));
         return 1;
     }
-    const double tol = mode == OPS_CUDA_ATTENTION_FLASH || mode == OPS_CUDA_ATTENTION_NAIVE
-                           ? 1e-4
-                           : 1e-2;
+    const double tol =
+        mode == OPS_CUDA_ATTENTION_FLASH || mode == OPS_CUDA_ATTENTION_NAIVE ? 1e-4 : 1e-2;
     if (a == argc) {
         run(64, 8, 2, tol);
         run(64, 4, 4, tol);
