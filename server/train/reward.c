@@ -23,7 +23,10 @@
 
 static const char *const reason_names[REWARD_REASON_COUNT] = {"correct", "wrong", "no_answer",
                                                               "format",  "error", "timeout"};
-static const char *const type_names[] = {"math_boxed", "exact", "contains", "regex", "webhook"};
+static const char *const type_names[] = {"math_boxed", "exact",  "contains", "regex",
+                                         "webhook",    "format", "sum"};
+#define TYPE_LIST "math_boxed, exact, contains, regex, webhook, format or sum"
+#define SUM_MAX_TERMS 16
 
 const char *reward_reason_name(reward_reason reason) {
     return (unsigned)reason < REWARD_REASON_COUNT ? reason_names[reason] : "unknown";
@@ -125,9 +128,10 @@ static bool bytes_equal(const char *a, size_t an, const char *b, size_t bn, bool
 /* ---- configuration ---- */
 
 /* A flag of the reward object (server/base/json_field.h names it); left out keeps *out. */
-static int get_flag(const json_t *cfg, const char *key, bool *out, chord_err *err) {
+static int get_flag(const json_t *cfg, const char *path, const char *key, bool *out,
+                    chord_err *err) {
     int on = *out;
-    if (chord_json_get_bool(cfg, "reward", key, 0, &on, err)) return -1;
+    if (chord_json_get_bool(cfg, path, key, 0, &on, err)) return -1;
     *out = on != 0;
     return 0;
 }
@@ -173,17 +177,18 @@ static pcre2_code *regex_compile(const reward_verifier *v, const char *pattern, 
     return re;
 }
 
-static int parse_regex(reward_verifier *v, const json_t *cfg, chord_err *err) {
+static int parse_regex(reward_verifier *v, const json_t *cfg, const char *path, chord_err *err) {
     const char *p = NULL;
-    if (chord_json_get_string(cfg, "reward", "pattern", CHORD_JSON_NONEMPTY, &p, err)) return -1;
-    if (!p) return chord_err_set(err, "reward.pattern: required for type \"regex\"");
+    if (chord_json_get_string(cfg, path, "pattern", CHORD_JSON_NONEMPTY, &p, err)) return -1;
+    if (!p) return chord_err_set(err, "%s.pattern: required for type \"regex\"", path);
     if (strlen(p) > REGEX_MAX_PATTERN)
-        return chord_err_set(err, "reward.pattern: longer than %d bytes", REGEX_MAX_PATTERN);
+        return chord_err_set(err, "%s.pattern: longer than %d bytes", path, REGEX_MAX_PATTERN);
     v->pattern = strdup(p);
-    if (!v->pattern) return chord_err_setc(err, CHORD_E_INTERNAL, "reward.pattern: out of memory");
+    if (!v->pattern)
+        return chord_err_setc(err, CHORD_E_INTERNAL, "%s.pattern: out of memory", path);
     int64_t ml = REGEX_DEFAULT_MATCH_LIMIT, dl = REGEX_DEFAULT_DEPTH_LIMIT;
-    if (chord_json_get_int(cfg, "reward", "match_limit", 0, 1, 100000000, &ml, err) ||
-        chord_json_get_int(cfg, "reward", "depth_limit", 0, 1, 10000000, &dl, err))
+    if (chord_json_get_int(cfg, path, "match_limit", 0, 1, 100000000, &ml, err) ||
+        chord_json_get_int(cfg, path, "depth_limit", 0, 1, 10000000, &dl, err))
         return -1;
     v->match_limit = (uint32_t)ml;
     v->depth_limit = (uint32_t)dl;
@@ -191,11 +196,11 @@ static int parse_regex(reward_verifier *v, const json_t *cfg, chord_err *err) {
     v->pattern_has_answer = strstr(v->pattern, "{answer}") != NULL;
     /* Check the syntax now (with a stand-in answer when the pattern substitutes one). */
     char *probe = v->pattern_has_answer ? substitute_answer(v->pattern, "0") : strdup(v->pattern);
-    if (!probe) return chord_err_setc(err, CHORD_E_INTERNAL, "reward.pattern: out of memory");
+    if (!probe) return chord_err_setc(err, CHORD_E_INTERNAL, "%s.pattern: out of memory", path);
     char msg[300];
     pcre2_code *re = regex_compile(v, probe, msg, sizeof msg);
     free(probe);
-    if (!re) return chord_err_set(err, "reward.pattern: %s", msg);
+    if (!re) return chord_err_set(err, "%s.pattern: %s", path, msg);
     if (pcre2_pattern_info(re, PCRE2_INFO_CAPTURECOUNT, &v->capture_count) != 0)
         v->capture_count = 0;
     if (v->pattern_has_answer)
@@ -203,7 +208,7 @@ static int parse_regex(reward_verifier *v, const json_t *cfg, chord_err *err) {
     else
         v->code = re;
     v->match_ctx = pcre2_match_context_create(NULL);
-    if (!v->match_ctx) return chord_err_setc(err, CHORD_E_INTERNAL, "reward: out of memory");
+    if (!v->match_ctx) return chord_err_setc(err, CHORD_E_INTERNAL, "%s: out of memory", path);
     pcre2_set_match_limit(v->match_ctx, v->match_limit);
     pcre2_set_depth_limit(v->match_ctx, v->depth_limit);
     pcre2_set_heap_limit(v->match_ctx, v->heap_limit_kib);
@@ -217,70 +222,101 @@ static bool header_name_ok(const char *s) {
     return true;
 }
 
-static int parse_webhook(reward_verifier *v, const json_t *cfg, chord_err *err) {
+static int parse_webhook(reward_verifier *v, const json_t *cfg, const char *path, chord_err *err) {
     const char *url = NULL;
-    if (chord_json_get_string(cfg, "reward", "url", 0, &url, err)) return -1;
-    if (!url) return chord_err_set(err, "reward.url: required for type \"webhook\"");
-    if (strlen(url) > 2048) return chord_err_set(err, "reward.url: must be at most 2048 bytes");
+    if (chord_json_get_string(cfg, path, "url", 0, &url, err)) return -1;
+    if (!url) return chord_err_set(err, "%s.url: required for type \"webhook\"", path);
+    if (strlen(url) > 2048) return chord_err_set(err, "%s.url: must be at most 2048 bytes", path);
     if (strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0)
-        return chord_err_set(err, "reward.url: must start with http:// or https://");
+        return chord_err_set(err, "%s.url: must start with http:// or https://", path);
     for (const char *p = url; *p; p++)
         if ((unsigned char)*p <= 0x20 || *p == 0x7F)
-            return chord_err_set(err, "reward.url: contains whitespace or a control character");
+            return chord_err_set(err, "%s.url: contains whitespace or a control character", path);
     int64_t timeout = 5000, retries = 2, conc = 16;
-    if (chord_json_get_int(cfg, "reward", "timeout_ms", 0, 1, 600000, &timeout, err) ||
-        chord_json_get_int(cfg, "reward", "retries", 0, 0, 10, &retries, err) ||
-        chord_json_get_int(cfg, "reward", "max_concurrency", 0, 1, 256, &conc, err))
+    if (chord_json_get_int(cfg, path, "timeout_ms", 0, 1, 600000, &timeout, err) ||
+        chord_json_get_int(cfg, path, "retries", 0, 0, 10, &retries, err) ||
+        chord_json_get_int(cfg, path, "max_concurrency", 0, 1, 256, &conc, err))
         return -1;
     v->timeout_ms = (long)timeout;
     v->retries = (int)retries;
     v->max_concurrency = (int)conc;
     v->url = strdup(url);
-    if (!v->url) return chord_err_setc(err, CHORD_E_INTERNAL, "reward.url: out of memory");
+    if (!v->url) return chord_err_setc(err, CHORD_E_INTERNAL, "%s.url: out of memory", path);
     struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
-    if (!h) return chord_err_setc(err, CHORD_E_INTERNAL, "reward.headers: out of memory");
+    if (!h) return chord_err_setc(err, CHORD_E_INTERNAL, "%s.headers: out of memory", path);
     v->headers = h;
     json_t *hs = NULL;
-    if (chord_json_get_object(cfg, "reward", "headers", 0, &hs, err)) return -1;
+    if (chord_json_get_object(cfg, path, "headers", 0, &hs, err)) return -1;
+    char hpath[160];
+    snprintf(hpath, sizeof hpath, "%s.headers", path);
     if (hs) {
         const char *key;
         json_t *val;
         json_object_foreach(hs, key, val) {
             if (!header_name_ok(key))
-                return chord_err_set(err, "reward.headers.%s: not a valid header name", key);
+                return chord_err_set(err, "%s.headers.%s: not a valid header name", path, key);
             const char *s = NULL;
-            if (chord_json_get_string(hs, "reward.headers", key, CHORD_JSON_REQUIRED, &s, err))
-                return -1;
+            if (chord_json_get_string(hs, hpath, key, CHORD_JSON_REQUIRED, &s, err)) return -1;
             if (strpbrk(s, "\r\n"))
-                return chord_err_set(err, "reward.headers.%s: contains CR or LF", key);
+                return chord_err_set(err, "%s.headers.%s: contains CR or LF", path, key);
             char line[4096];
             if ((size_t)snprintf(line, sizeof line, "%s: %s", key, s) >= sizeof line)
-                return chord_err_set(err, "reward.headers.%s: too long", key);
+                return chord_err_set(err, "%s.headers.%s: too long", path, key);
             h = curl_slist_append(v->headers, line);
-            if (!h) return chord_err_setc(err, CHORD_E_INTERNAL, "reward.headers: out of memory");
+            if (!h) return chord_err_setc(err, CHORD_E_INTERNAL, "%s.headers: out of memory", path);
             v->headers = h;
         }
     }
     return reward_webhook_init(err);
 }
 
-int reward_verifier_new(const json_t *config, reward_verifier **out, chord_err *err) {
+static int verifier_new_at(const json_t *config, const char *path, bool in_sum,
+                           reward_verifier **out, chord_err *err);
+
+/* {"type": "sum", "terms": [{...a verifier..., "weight": w}, ...]}: 1..SUM_MAX_TERMS terms, none
+ * of them a sum. */
+static int parse_sum(reward_verifier *v, const json_t *cfg, const char *path, chord_err *err) {
+    json_t *terms = NULL;
+    if (chord_json_get_array(cfg, path, "terms", CHORD_JSON_REQUIRED, &terms, err)) return -1;
+    size_t n = json_array_size(terms);
+    if (n == 0 || n > SUM_MAX_TERMS)
+        return chord_err_set(err, "%s.terms: must hold 1 to %d verifiers, got %zu", path,
+                             SUM_MAX_TERMS, n);
+    v->terms = calloc(n, sizeof *v->terms);
+    v->weights = calloc(n, sizeof *v->weights);
+    if (!v->terms || !v->weights)
+        return chord_err_setc(err, CHORD_E_INTERNAL, "%s.terms: out of memory", path);
+    for (size_t i = 0; i < n; i++) {
+        char tpath[CHORD_JSON_PATH_MAX];
+        snprintf(tpath, sizeof tpath, "%s.terms[%zu]", path, i);
+        json_t *term = json_array_get(terms, i);
+        if (chord_json_object_value(term, tpath, err)) return -1;
+        v->weights[i] = 1.0;
+        if (chord_json_get_number(term, tpath, "weight", 0, -1e6, 1e6, &v->weights[i], err))
+            return -1;
+        if (verifier_new_at(term, tpath, true, &v->terms[i], err)) return -1;
+        v->n_terms = i + 1;
+    }
+    return 0;
+}
+
+static int verifier_new_at(const json_t *config, const char *path, bool in_sum,
+                           reward_verifier **out, chord_err *err) {
     *out = NULL;
     if (!config || !json_is_object(config))
-        return chord_err_set(err, "reward: expected an object such as {\"type\": \"math_boxed\"}");
+        return chord_err_set(err, "%s: expected an object such as {\"type\": \"math_boxed\"}",
+                             path);
     const char *type = NULL;
-    if (chord_json_get_string(config, "reward", "type", 0, &type, err)) return -1;
-    if (!type)
-        return chord_err_set(err, "reward.type: required (math_boxed, exact, contains, regex "
-                                  "or webhook)");
+    if (chord_json_get_string(config, path, "type", 0, &type, err)) return -1;
+    if (!type) return chord_err_set(err, "%s.type: required (" TYPE_LIST ")", path);
     int ti = -1;
     for (int i = 0; i < (int)(sizeof type_names / sizeof type_names[0]); i++)
         if (strcmp(type, type_names[i]) == 0) ti = i;
     if (ti < 0)
-        return chord_err_set(err,
-                             "reward.type: unknown verifier \"%s\" (math_boxed, exact, "
-                             "contains, regex or webhook)",
-                             type);
+        return chord_err_set(err, "%s.type: unknown verifier \"%s\" (" TYPE_LIST ")", path, type);
+    if (ti == REWARD_SUM && in_sum)
+        return chord_err_set(err, "%s.type: a sum cannot be a term of a sum", path);
+    /* the last slot is left for "weight" when the verifier is a term of a sum */
     static const char *const fields[][10] = {
         [REWARD_MATH_BOXED] = {"type", "length_penalty", "think_format", "format_penalty", NULL},
         [REWARD_EXACT] = {"type", "length_penalty", "ignore_case", NULL},
@@ -289,27 +325,47 @@ int reward_verifier_new(const json_t *config, reward_verifier **out, chord_err *
                           "depth_limit", NULL},
         [REWARD_WEBHOOK] = {"type", "url", "timeout_ms", "retries", "max_concurrency", "headers",
                             "length_penalty", NULL},
+        [REWARD_FORMAT] = {"type", "boxed", "think", NULL},
+        [REWARD_SUM] = {"type", "terms", NULL},
     };
-    if (chord_json_check_keys(config, "reward", fields[ti], err)) return -1;
+    const char *allowed[11];
+    size_t k = 0;
+    for (; fields[ti][k]; k++)
+        allowed[k] = fields[ti][k];
+    if (in_sum) allowed[k++] = "weight";
+    allowed[k] = NULL;
+    if (chord_json_check_keys(config, path, allowed, err)) return -1;
     reward_verifier *v = calloc(1, sizeof *v);
-    if (!v) return chord_err_setc(err, CHORD_E_INTERNAL, "reward: out of memory");
+    if (!v) return chord_err_setc(err, CHORD_E_INTERNAL, "%s: out of memory", path);
     v->type = (reward_type)ti;
     v->format_penalty = 0.1;
+    v->need_boxed = true;
     v->has_length_penalty = chord_json_field(config, "length_penalty") != NULL;
-    if (chord_json_get_number(config, "reward", "length_penalty", 0, -1e6, 1e6, &v->length_penalty,
+    if (chord_json_get_number(config, path, "length_penalty", 0, -1e6, 1e6, &v->length_penalty,
                               err) ||
-        get_flag(config, "think_format", &v->think_format, err) ||
-        chord_json_get_number(config, "reward", "format_penalty", 0, 0, 1e6, &v->format_penalty,
-                              err) ||
-        get_flag(config, "ignore_case", &v->ignore_case, err))
+        get_flag(config, path, "think_format", &v->think_format, err) ||
+        chord_json_get_number(config, path, "format_penalty", 0, 0, 1e6, &v->format_penalty, err) ||
+        get_flag(config, path, "ignore_case", &v->ignore_case, err) ||
+        get_flag(config, path, "boxed", &v->need_boxed, err) ||
+        get_flag(config, path, "think", &v->need_think, err))
         goto fail;
-    if (v->type == REWARD_REGEX && parse_regex(v, config, err)) goto fail;
-    if (v->type == REWARD_WEBHOOK && parse_webhook(v, config, err)) goto fail;
+    if (v->type == REWARD_FORMAT && !v->need_boxed && !v->need_think) {
+        chord_err_set(err, "%s: a format verifier checks something: set \"boxed\" or \"think\"",
+                      path);
+        goto fail;
+    }
+    if (v->type == REWARD_REGEX && parse_regex(v, config, path, err)) goto fail;
+    if (v->type == REWARD_WEBHOOK && parse_webhook(v, config, path, err)) goto fail;
+    if (v->type == REWARD_SUM && parse_sum(v, config, path, err)) goto fail;
     *out = v;
     return 0;
 fail:
     reward_verifier_free(v);
     return -1;
+}
+
+int reward_verifier_new(const json_t *config, reward_verifier **out, chord_err *err) {
+    return verifier_new_at(config, "reward", false, out, err);
 }
 
 void reward_verifier_free(reward_verifier *v) {
@@ -319,6 +375,10 @@ void reward_verifier_free(reward_verifier *v) {
     pcre2_match_context_free(v->match_ctx);
     free(v->url);
     curl_slist_free_all(v->headers);
+    for (size_t i = 0; i < v->n_terms; i++)
+        reward_verifier_free(v->terms[i]);
+    free(v->terms);
+    free(v->weights);
     free(v);
 }
 
@@ -400,6 +460,26 @@ static void score_math(const reward_verifier *v, const char *prompt, const char 
                    "bad <think></think> structure (answer %s: %s)", reward_reason_name(r->reason),
                    detail);
     }
+}
+
+/* ---- format ---- */
+
+static void score_format(const reward_verifier *v, const char *prompt, const char *completion,
+                         reward_result *r) {
+    const char *box;
+    size_t blen = 0;
+    bool boxed = mathnorm_last_boxed(completion, &box, &blen);
+    while (boxed && blen > 0 && isspace((unsigned char)*box))
+        box++, blen--;
+    boxed = boxed && blen > 0;
+    if (v->need_boxed && !boxed)
+        reward_set(r, 0.0, REWARD_REASON_FORMAT, false, "no non-empty \\boxed{} in the response");
+    else if (v->need_think && !think_ok(prompt, completion))
+        reward_set(r, 0.0, REWARD_REASON_FORMAT, false, "bad <think></think> structure");
+    else
+        reward_set(r, 1.0, REWARD_REASON_CORRECT, true, "format ok (%s%s%s)",
+                   v->need_boxed ? "\\boxed{}" : "", v->need_boxed && v->need_think ? ", " : "",
+                   v->need_think ? "<think></think>" : "");
 }
 
 /* ---- exact, contains ---- */
@@ -517,6 +597,8 @@ static bool needs_answer(const reward_verifier *v) {
     case REWARD_REGEX:
         return v->pattern_has_answer || v->capture_count > 0;
     case REWARD_WEBHOOK:
+    case REWARD_FORMAT:
+    case REWARD_SUM: /* each term checks its own */
         return false;
     default:
         return true;
@@ -556,6 +638,9 @@ static void score_local(const reward_verifier *v, const reward_sample *s, reward
     case REWARD_REGEX:
         score_regex(v, s->completion, s->answer ? s->answer : "", r);
         break;
+    case REWARD_FORMAT:
+        score_format(v, s->prompt, s->completion, r);
+        return; /* no length penalty: the structure is all it scores */
     default:
         reward_set(r, 0.0, REWARD_REASON_ERROR, false, "not a local verifier");
         return;
@@ -571,6 +656,10 @@ int reward_score(const reward_verifier *verifier, const char *prompt, const char
         return -1;
     }
     reward_sample s = {prompt, completion, answer, truncated};
+    if (verifier->type == REWARD_SUM) {
+        reward_score_batch(verifier, &s, 1, result, NULL); /* a failure leaves `error` there */
+        return 0;
+    }
     if (verifier->type == REWARD_WEBHOOK) {
         /* on failure the result is already `error` with the cause */
         if (reward_webhook_batch(verifier, &s, 1, result, NULL) == 0)
@@ -581,10 +670,56 @@ int reward_score(const reward_verifier *verifier, const char *prompt, const char
     return 0;
 }
 
+static bool failed(const reward_result *r) {
+    return r->reason == REWARD_REASON_ERROR || r->reason == REWARD_REASON_TIMEOUT;
+}
+
+/* The sum: every term scores the whole batch (webhook terms concurrently within their term);
+ * sample i gets sum_t weight_t * reward_t, with the first term's reason and `correct`, or the
+ * first term's error / timeout when any term could not decide. */
+static int score_sum(const reward_verifier *v, const reward_sample *samples, size_t n,
+                     reward_result *results, chord_err *err) {
+    if (n == 0) return 0;
+    reward_result *tmp = malloc(n * sizeof *tmp);
+    if (!tmp) {
+        for (size_t i = 0; i < n; i++)
+            reward_set(&results[i], 0.0, REWARD_REASON_ERROR, false, "out of memory");
+        return chord_err_setc(err, CHORD_E_INTERNAL, "reward sum: out of memory");
+    }
+    int rc = 0;
+    for (size_t t = 0; t < v->n_terms && rc == 0; t++) {
+        rc = reward_score_batch(v->terms[t], samples, n, t == 0 ? results : tmp, err);
+        const char *type = reward_type_name(v->terms[t]->type);
+        for (size_t i = 0; i < n; i++) {
+            reward_result *r = &results[i], *term = t == 0 ? r : &tmp[i];
+            if (t > 0 && failed(r)) continue; /* an earlier term already failed */
+            if (failed(term)) {
+                char detail[REWARD_DETAIL_MAX];
+                snprintf(detail, sizeof detail, "%s", term->detail);
+                reward_set(r, 0.0, term->reason, false, "terms[%zu] (%s): %s", t, type, detail);
+            } else if (t == 0) {
+                r->reward *= v->weights[0];
+            } else {
+                r->reward += v->weights[t] * term->reward;
+            }
+        }
+    }
+    free(tmp);
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        if (failed(&results[i])) continue;
+        char detail[REWARD_DETAIL_MAX];
+        snprintf(detail, sizeof detail, "%s", results[i].detail);
+        reward_set(&results[i], results[i].reward, results[i].reason, results[i].correct,
+                   "sum %.6g; terms[0]: %s", results[i].reward, detail);
+    }
+    return rc;
+}
+
 int reward_score_batch(const reward_verifier *verifier, const reward_sample *samples, size_t n,
                        reward_result *results, chord_err *err) {
     if (!verifier || (n > 0 && (!samples || !results)))
         return chord_err_setc(err, CHORD_E_INTERNAL, "reward_score_batch: NULL argument");
+    if (verifier->type == REWARD_SUM) return score_sum(verifier, samples, n, results, err);
     if (verifier->type == REWARD_WEBHOOK) {
         /* on failure every unfinished result is already `error` with the cause */
         if (reward_webhook_batch(verifier, samples, n, results, err) != 0) return -1;

@@ -24,13 +24,16 @@ typedef enum reward_type {
     REWARD_CONTAINS = 2,
     REWARD_REGEX = 3,
     REWARD_WEBHOOK = 4,
+    REWARD_FORMAT = 5, /* 1 when the response has the required structure (\boxed{}, <think>) */
+    REWARD_SUM = 6,    /* the weighted sum of other verifiers' rewards */
 } reward_type;
 
 typedef enum reward_reason {
     REWARD_REASON_CORRECT = 0,   /* the answer is right */
     REWARD_REASON_WRONG = 1,     /* an answer was found and it is wrong */
     REWARD_REASON_NO_ANSWER = 2, /* no answer could be extracted (no \boxed{}, empty, no match) */
-    REWARD_REASON_FORMAT = 3,    /* the <think>...</think> structure is wrong (see `correct`) */
+    REWARD_REASON_FORMAT = 3,    /* the structure is wrong: <think></think>, or no \boxed{} for a
+                                  * format verifier (see `correct`) */
     REWARD_REASON_ERROR = 4,     /* the verifier could not decide: bad sample, webhook failure */
     REWARD_REASON_TIMEOUT = 5, /* the verifier ran out of time (webhook) or match budget (regex) */
 } reward_reason;

@@ -31,6 +31,12 @@ struct reward_verifier {
     int retries;
     int max_concurrency;
     struct curl_slist *headers;
+    /* format */
+    bool need_boxed, need_think;
+    /* sum */
+    reward_verifier **terms;
+    double *weights;
+    size_t n_terms;
 };
 
 /* Fills a result; detail is printf-formatted, cut to REWARD_DETAIL_MAX at a UTF-8 boundary. */

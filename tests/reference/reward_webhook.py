@@ -175,6 +175,22 @@ def main():
     check(res[0]["reason"] == "error", f"dead port {res}")
     check(elapsed < 2.0, f"dead port took {elapsed:.2f}s")
 
+    # 10. a sum: a local term and a webhook term add up; a failing webhook term fails the sample
+    samples = [{"completion": "\\boxed{4}", "answer": "4"},
+               {"completion": "\\boxed{5}", "answer": "4"}]
+    summed = {"type": "sum", "terms": [{"type": "math_boxed"},
+                                       {**hook("/number"), "weight": 0.5}]}
+    res, _ = run_tool(tool, summed, samples)
+    check([r["reward"] for r in res] == [1.375, 0.375], f"sum rewards {res}")
+    check([r["reason"] for r in res] == ["correct", "wrong"], f"sum reasons {res}")
+    res, _ = run_tool(tool, summed, samples[:1], batch=False)
+    check(res[0]["reward"] == 1.375, f"sum single {res}")
+    broken = {"type": "sum", "terms": [{"type": "math_boxed"},
+                                       {**hook("/fail500", retries=0), "weight": 0.1}]}
+    res, _ = run_tool(tool, broken, samples)
+    check(all(r["reason"] == "error" and r["reward"] == 0.0 and "terms[1] (webhook)" in r["detail"]
+              for r in res), f"sum with a failing webhook {res}")
+
     server.shutdown()
     if failures:
         print("FAILURES:\n" + "\n".join(failures))

@@ -247,7 +247,8 @@ static void test_errors_name_the_field(void **state) {
         {"\"grpo\": {\"clip_low\": \"0.2\"}", "grpo.clip_low: must be a number, got a string"},
         {"\"grpo\": {\"clip_high\": -1}", "grpo.clip_high: must be >= 0"},
         {"\"grpo\": {\"group_size\": -1}", "grpo.group_size: must be positive"},
-        {"\"grpo\": {\"prompts_per_step\": 2.5}", "grpo.prompts_per_step: must be an integer, got 2.5"},
+        {"\"grpo\": {\"prompts_per_step\": 2.5}",
+         "grpo.prompts_per_step: must be an integer, got 2.5"},
         {"\"grpo\": {\"dual_clip\": 0.5}", "grpo.dual_clip: must be null (off) or a number > 1"},
         {"\"grpo\": {\"kl_coef\": -0.1}", "grpo.kl_coef: must be >= 0"},
         {"\"grpo\": 3", "grpo: must be an object"},
@@ -262,8 +263,7 @@ static void test_errors_name_the_field(void **state) {
         {"\"algorithm\": \"chrod\"", "algorithm: must be one of"},
         {"\"algorithm\": 3", "algorithm: must be one of"},
         {"\"chord\": {\"mu\": {\"peak\": 1.5}}", "chord.mu.peak: must be in [0, 1]"},
-        {"\"chord\": {\"mu\": {\"warmup_steps\": -1}}",
-         "chord.mu.warmup_steps: must be >= 0"},
+        {"\"chord\": {\"mu\": {\"warmup_steps\": -1}}", "chord.mu.warmup_steps: must be >= 0"},
         {"\"chord\": {\"mu\": {\"adaptive\": {\"tau\": 0.5}, \"peak\": 0.5}}", "chord.mu: give"},
         {"\"chord\": {\"mu\": \"cosine\"}", "chord.mu: must be an object"},
         {"\"chord\": {\"phi\": 1}", "chord.phi: must be true or false, got 1"},
@@ -276,8 +276,7 @@ static void test_errors_name_the_field(void **state) {
         {"\"sampling\": {\"temperature\": 0}", "sampling.temperature: must be positive"},
         {"\"sampling\": {\"top_p\": 0}", "sampling.top_p: must be in (0, 1]"},
         {"\"sampling\": {\"top_p\": 1.01}", "sampling.top_p: must be in (0, 1]"},
-        {"\"sampling\": {\"max_new_tokens\": 0}",
-         "sampling.max_new_tokens: must be positive"},
+        {"\"sampling\": {\"max_new_tokens\": 0}", "sampling.max_new_tokens: must be positive"},
         {"\"optimizer\": {\"lr\": 0}", "optimizer.lr: must be positive"},
         {"\"optimizer\": {\"lr\": 1e400}", "invalid JSON"}, /* overflow, not infinity */
         {"\"optimizer\": {\"lr\": NaN}", "invalid JSON"},
@@ -287,8 +286,7 @@ static void test_errors_name_the_field(void **state) {
         {"\"optimizer\": {\"betas\": [\"a\", 0.9]}", "optimizer.betas[0]: must be a number"},
         {"\"optimizer\": {\"min_lr_ratio\": 2}", "optimizer.min_lr_ratio: must be in [0, 1]"},
         {"\"optimizer\": {\"eps\": 0}", "optimizer.eps: must be positive"},
-        {"\"optimizer\": {\"warmup_steps\": -3}",
-         "optimizer.warmup_steps: must be >= 0"},
+        {"\"optimizer\": {\"warmup_steps\": -3}", "optimizer.warmup_steps: must be >= 0"},
         {"\"reward\": \"math_boxed\"", "reward: must be an object"},
         {"\"eval\": {\"k\": 0}", "eval.k: must be positive"},
         {"\"eval\": {\"every\": -1}", "eval.every: must be >= 0"},
@@ -328,6 +326,9 @@ static void test_errors_name_the_field(void **state) {
     parse_fails("{" MODEL ", " BOTH_DATA ", \"reward\": {\"type\": \"nope\"}}", "reward.type");
     parse_fails("{" MODEL ", " BOTH_DATA ", \"reward\": {\"type\": \"exact\", \"x\": 1}}",
                 "reward.x");
+    parse_fails("{" MODEL ", " BOTH_DATA ", \"reward\": {\"type\": \"sum\", \"terms\": "
+                "[{\"type\": \"math_boxed\"}, {\"type\": \"format\", \"weight\": true}]}}",
+                "reward.terms[1].weight");
     parse_fails("{\"model\": {\"init\": {\"config\": {\"model_type\": \"qwen2\"}}}, " BOTH_DATA "}",
                 "model.init.config: vocab_size");
     parse_fails("[1, 2]", "job: must be a JSON object");

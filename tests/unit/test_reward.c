@@ -3,6 +3,7 @@
  * the regex match budget on a catastrophic pattern, input caps, and malformed configurations.
  * The comparison with math-verify itself is tests/reference/reward_math_verify.py; the webhook
  * against a live server is tests/reference/reward_webhook.py. */
+#include <math.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -432,6 +433,80 @@ static void test_batch_local(void **state) {
     reward_verifier_free(v);
 }
 
+/* ---- format, sum ---- */
+
+static void test_format(void **state) {
+    (void)state;
+    reward_verifier *v = make("{\"type\": \"format\"}"); /* boxed by default */
+    reward_result r = score(v, NULL, "so \\boxed{42}", NULL, false);
+    assert_int_equal(r.reason, REWARD_REASON_CORRECT);
+    assert_true(r.reward == 1.0 && r.correct);
+    r = score(v, NULL, "so 42", NULL, false);
+    assert_int_equal(r.reason, REWARD_REASON_FORMAT);
+    assert_true(r.reward == 0.0 && !r.correct);
+    r = score(v, NULL, "\\boxed{ }", NULL, false); /* empty box */
+    assert_int_equal(r.reason, REWARD_REASON_FORMAT);
+    r = score(v, NULL, "\\boxed{4", NULL, true); /* cut off inside the box */
+    assert_int_equal(r.reason, REWARD_REASON_FORMAT);
+    reward_verifier_free(v);
+    v = make("{\"type\": \"format\", \"boxed\": false, \"think\": true}");
+    assert_int_equal(score(v, NULL, "<think>hm</think> 4", NULL, false).reason,
+                     REWARD_REASON_CORRECT);
+    assert_int_equal(score(v, NULL, "hm</think> 4", NULL, false).reason, REWARD_REASON_FORMAT);
+    assert_int_equal(score(v, "Q: <think>", "hm</think> 4", NULL, false).reason,
+                     REWARD_REASON_CORRECT);
+    reward_verifier_free(v);
+    v = make("{\"type\": \"format\", \"think\": true}");
+    assert_int_equal(score(v, NULL, "<think>a</think> 4", NULL, false).reason,
+                     REWARD_REASON_FORMAT);
+    assert_int_equal(score(v, NULL, "<think>a</think> \\boxed{4}", NULL, false).reason,
+                     REWARD_REASON_CORRECT);
+    reward_verifier_free(v);
+}
+
+static void test_sum(void **state) {
+    (void)state;
+    reward_verifier *v = make("{\"type\": \"sum\", \"terms\": [{\"type\": \"math_boxed\"}, "
+                              "{\"type\": \"format\", \"weight\": 0.1}, "
+                              "{\"type\": \"contains\", \"weight\": -0.5, "
+                              "\"length_penalty\": -2}]}");
+    assert_int_equal(reward_verifier_type(v), REWARD_SUM);
+    reward_sample s[5] = {
+        {NULL, "\\boxed{2}", "2", false},  /* 1 + 0.1 - 0.5 */
+        {NULL, "\\boxed{3}", "2", false},  /* 0 + 0.1 + 0 */
+        {NULL, "about 7", "7", false},     /* no_answer 0 + 0 - 0.5 */
+        {NULL, "", "7", true},             /* 0 + 0 + (-0.5)(-2) */
+        {NULL, "\\boxed{2}", NULL, false}, /* no answer: math_boxed says error */
+    };
+    reward_result r[5];
+    chord_err err = {0};
+    assert_int_equal(reward_score_batch(v, s, 5, r, &err), 0);
+    assert_true(fabs(r[0].reward - 0.6) < 1e-12);
+    assert_int_equal(r[0].reason, REWARD_REASON_CORRECT);
+    assert_true(r[0].correct);
+    assert_non_null(strstr(r[0].detail, "terms[0]: boxed 2"));
+    assert_true(fabs(r[1].reward - 0.1) < 1e-12);
+    assert_int_equal(r[1].reason, REWARD_REASON_WRONG);
+    assert_false(r[1].correct);
+    assert_true(fabs(r[2].reward + 0.5) < 1e-12);
+    assert_int_equal(r[2].reason, REWARD_REASON_NO_ANSWER);
+    assert_true(fabs(r[3].reward - 1.0) < 1e-12);
+    assert_true(r[4].reward == 0.0);
+    assert_int_equal(r[4].reason, REWARD_REASON_ERROR);
+    assert_non_null(strstr(r[4].detail, "terms[0] (math_boxed)"));
+    /* the one-sample call agrees */
+    reward_result one = score(v, NULL, "\\boxed{2}", "2", false);
+    assert_true(fabs(one.reward - 0.6) < 1e-12);
+    assert_int_equal(reward_score_batch(v, s, 0, NULL, &err), 0);
+    reward_verifier_free(v);
+    /* a format term alone needs no answer; weights default to 1 */
+    v = make("{\"type\": \"sum\", \"terms\": [{\"type\": \"format\"}, "
+             "{\"type\": \"format\", \"boxed\": false, \"think\": true}]}");
+    assert_true(score(v, NULL, "<think>x</think>\\boxed{1}", NULL, false).reward == 2.0);
+    assert_true(score(v, NULL, "\\boxed{1}", NULL, false).reward == 1.0);
+    reward_verifier_free(v);
+}
+
 static void test_names(void **state) {
     (void)state;
     const char *names[] = {"correct", "wrong", "no_answer", "format", "error", "timeout"};
@@ -531,6 +606,24 @@ static const bad_config bad_configs[] = {
     {"{\"type\": \"webhook\", \"url\": \"http://x\", \"headers\": {\"A B\": \"x\"}}",
      "reward.headers.A B"},
     {"{\"type\": \"webhook\", \"url\": \"http://x\", \"timeoutms\": 5}", "reward.timeoutms"},
+    {"{\"type\": \"format\", \"boxed\": false}", "reward: a format verifier"},
+    {"{\"type\": \"format\", \"boxed\": 1}", "reward.boxed"},
+    {"{\"type\": \"format\", \"length_penalty\": -1}", "reward.length_penalty"},
+    {"{\"type\": \"math_boxed\", \"weight\": 2}", "reward.weight"},
+    {"{\"type\": \"sum\"}", "reward.terms: missing"},
+    {"{\"type\": \"sum\", \"terms\": []}", "reward.terms: must hold 1 to 16"},
+    {"{\"type\": \"sum\", \"terms\": {}}", "reward.terms"},
+    {"{\"type\": \"sum\", \"terms\": [5]}", "reward.terms[0]: must be an object"},
+    {"{\"type\": \"sum\", \"terms\": [{\"type\": \"exact\"}, {\"type\": \"regex\"}]}",
+     "reward.terms[1].pattern: required"},
+    {"{\"type\": \"sum\", \"terms\": [{\"type\": \"exact\", \"weight\": \"x\"}]}",
+     "reward.terms[0].weight"},
+    {"{\"type\": \"sum\", \"terms\": [{\"type\": \"exact\", \"wieght\": 1}]}",
+     "reward.terms[0].wieght"},
+    {"{\"type\": \"sum\", \"terms\": [{\"type\": \"sum\", \"terms\": []}]}",
+     "reward.terms[0].type: a sum cannot"},
+    {"{\"type\": \"sum\", \"terms\": [{\"type\": \"exact\"}], \"length_penalty\": 1}",
+     "reward.length_penalty"},
 };
 
 static void expect_sanitized(const char *in, size_t n, const char *want) {
@@ -606,6 +699,8 @@ int main(void) {
         cmocka_unit_test(test_regex),
         cmocka_unit_test(test_regex_catastrophic),
         cmocka_unit_test(test_batch_local),
+        cmocka_unit_test(test_format),
+        cmocka_unit_test(test_sum),
         cmocka_unit_test(test_names),
         cmocka_unit_test(test_threads),
         cmocka_unit_test(test_utf8_sanitize),
