@@ -301,9 +301,13 @@ int cmd_tokenizer(int argc, char **argv) {
         } else if (strcmp(a, "--out") == 0 && i + 1 < argc) {
             out = argv[++i];
         } else if (strcmp(a, "--vocab-size") == 0 && i + 1 < argc) {
-            opt.vocab_size = atoi(argv[++i]);
+            long v;
+            if (cmd_arg_long("--vocab-size", argv[++i], 1, 1000000, &v)) return 2;
+            opt.vocab_size = (int)v;
         } else if (strcmp(a, "--min-frequency") == 0 && i + 1 < argc) {
-            opt.min_frequency = atoi(argv[++i]);
+            long v;
+            if (cmd_arg_long("--min-frequency", argv[++i], 1, 1000000000, &v)) return 2;
+            opt.min_frequency = (int)v;
         } else if (strcmp(a, "--special") == 0 && i + 1 < argc) {
             if (n_special == TOK_TRAIN_MAX_SPECIAL) {
                 fprintf(stderr, "chordd tokenizer train: at most %d --special tokens\n",

@@ -311,3 +311,22 @@ def test_numeric_answers_are_the_text_written(tmp_path, data):
     run("eval", "--model", str(tmp_path / "o" / "checkpoints" / "step_2"), "--data", nums,
         "--max-new-tokens", "4", "--samples-out", str(evals), "--threads", "1", check=0)
     assert [json.loads(l)["answer"] for l in open(evals)] == ["0.1", "1", "1e+21", "0"]
+
+
+@pytest.mark.parametrize("args,flag", [
+    (["train", "--demo", "--threads", "abc"], "--threads"),
+    (["train", "--demo", "--steps", "1e3x"], "--steps"),
+    (["train", "--demo", "--stop-after", "-2"], "--stop-after"),
+    (["eval", "--model", "m", "--data", "d", "--k", "2x"], "--k"),
+    (["tokenizer", "train", "--corpus", "c", "--out", "o", "--vocab-size", "1k"],
+     "--vocab-size"),
+    (["tokenizer", "train", "--corpus", "c", "--out", "o", "--min-frequency", "0"],
+     "--min-frequency"),
+])
+def test_number_arguments_one_rule(tmp_path, args, flag):
+    """Every subcommand reads a number flag by one rule (cmd/cmd_args.c): a bad value is refused
+    with exit 2 and a message naming the flag and its range, never read as 0 or its prefix."""
+    p = run(*args, check=2)
+    assert (f"{flag}: must be an integer in [" in p.stderr
+            or f"{flag}: must be a number in [" in p.stderr), p.stderr
+    assert f"got '{args[-1]}'" in p.stderr, p.stderr
