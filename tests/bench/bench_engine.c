@@ -289,7 +289,7 @@ static int cmd_decode(const opts *o) {
         double t0 = chord_now();
         /* the prefill's last-position logits give the first new token */
         CHECK(model_prefill(m, kv, prompts, cu, B, slots, &logits, &err));
-        if (ops->be->sample(ops, tok, lp, logits, B, V, 0.0f, 1.0f, uni) != 0)
+        if (ops_sample(ops, tok, lp, logits, B, V, 0.0f, 1.0f, uni) != 0)
             die("sample", ops_last_error(ops));
         double t1 = chord_now();
         for (int g = 0; g < G; g++) {
@@ -298,7 +298,7 @@ static int cmd_decode(const opts *o) {
             for (int s = 0; s < B; s++)
                 posn[s] = P + g;
             CHECK(model_decode(m, kv, tok, posn, slots, B, &logits, &err));
-            if (ops->be->sample(ops, tok, lp, logits, B, V, 0.0f, 1.0f, uni) != 0)
+            if (ops_sample(ops, tok, lp, logits, B, V, 0.0f, 1.0f, uni) != 0)
                 die("sample", ops_last_error(ops));
         }
         double t2 = chord_now();

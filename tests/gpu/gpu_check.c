@@ -186,14 +186,14 @@ typedef struct {
 
 /* NULL host: zero-filled (alloc zeroes) */
 static dbuf dnew(size_t bytes, const void *host) {
-    dbuf b = {CPU->be->alloc(CPU, bytes), GPU->be->alloc(GPU, bytes), bytes};
+    dbuf b = {ops_alloc(CPU, bytes), ops_alloc(GPU, bytes), bytes};
     if (!b.c || !b.g) {
         fprintf(stderr, "gpu_check: alloc of %zu bytes failed: cpu: %s / cuda: %s\n", bytes,
                 ops_last_error(CPU), ops_last_error(GPU));
         exit(1);
     }
-    if (host && (CPU->be->to_device(CPU, b.c, host, bytes) != 0 ||
-                 GPU->be->to_device(GPU, b.g, host, bytes) != 0)) {
+    if (host &&
+        (ops_to_device(CPU, b.c, host, bytes) != 0 || ops_to_device(GPU, b.g, host, bytes) != 0)) {
         fprintf(stderr, "gpu_check: upload failed: %s / %s\n", ops_last_error(CPU),
                 ops_last_error(GPU));
         exit(1);
@@ -207,17 +207,17 @@ static dbuf dnewi(size_t n, const int32_t *host) {
     return dnew(n * sizeof(int32_t), host);
 }
 static void dfree(dbuf *b) {
-    if (b->c) CPU->be->free(CPU, b->c);
-    if (b->g) GPU->be->free(GPU, b->g);
+    if (b->c) ops_free(CPU, b->c);
+    if (b->g) ops_free(GPU, b->g);
     b->c = b->g = NULL;
 }
 /* both sides to the host; returns 0, or -1 (recorded as a failed check named `what`) */
 static int dget(const dbuf *b, void *hc, void *hg, const char *what) {
-    if (CPU->be->to_host(CPU, hc, b->c, b->bytes) != 0) {
+    if (ops_to_host(CPU, hc, b->c, b->bytes) != 0) {
         record(what, NAN, 0, "cpu to_host: %s", ops_last_error(CPU));
         return -1;
     }
-    if (GPU->be->to_host(GPU, hg, b->g, b->bytes) != 0) {
+    if (ops_to_host(GPU, hg, b->g, b->bytes) != 0) {
         record(what, NAN, 0, "cuda to_host: %s", ops_last_error(GPU));
         return -1;
     }
@@ -239,7 +239,7 @@ static void cmp(const char *name, const dbuf *b, double tol) {
 /* runs an op on CTX; a failure is a failed check and leaves the calling test */
 #define CALL(what, op, ...)                                                                        \
     do {                                                                                           \
-        if (CTX->be->op(CTX, __VA_ARGS__) != 0) {                                                  \
+        if (ops_##op(CTX, __VA_ARGS__) != 0) {                                                     \
             record(what, NAN, 0, "%s on %s failed: %s", #op, CTX->be->name, ops_last_error(CTX));  \
             return;                                                                                \
         }                                                                                          \
@@ -263,28 +263,28 @@ static void set_attention(ops_cuda_attention_mode m) {
 static void t_memory(void) {
     size_t n = (1 << 20) + 3;
     float *h = frand(n, 1.0f), *back = xmalloc(n * sizeof(float));
-    float *z = GPU->be->alloc(GPU, n * sizeof(float));
-    float *y = GPU->be->alloc(GPU, n * sizeof(float));
+    float *z = ops_alloc(GPU, n * sizeof(float));
+    float *y = ops_alloc(GPU, n * sizeof(float));
     if (!z || !y) {
         record("memory: alloc", NAN, 0, "%s", ops_last_error(GPU));
         return;
     }
     double bad = 0;
-    if (GPU->be->to_host(GPU, back, z, n * sizeof(float)) != 0) bad = NAN;
+    if (ops_to_host(GPU, back, z, n * sizeof(float)) != 0) bad = NAN;
     for (size_t i = 0; i < n && bad == 0; i++)
         bad += back[i] != 0.0f;
     record("memory: alloc is zero-filled", bad, 0, NULL);
     bad = 0;
-    if (GPU->be->to_device(GPU, z, h, n * sizeof(float)) != 0 ||
-        GPU->be->copy(GPU, y, z, n * sizeof(float)) != 0 ||
-        GPU->be->to_host(GPU, back, y, n * sizeof(float)) != 0)
+    if (ops_to_device(GPU, z, h, n * sizeof(float)) != 0 ||
+        ops_copy(GPU, y, z, n * sizeof(float)) != 0 ||
+        ops_to_host(GPU, back, y, n * sizeof(float)) != 0)
         bad = NAN;
     for (size_t i = 0; i < n && bad == 0; i++)
         bad += back[i] != h[i];
     record("memory: to_device / copy / to_host exact", bad, 0, NULL);
     bad = 0;
-    if (GPU->be->zero(GPU, y + 5, 100 * sizeof(float)) != 0 ||
-        GPU->be->to_host(GPU, back, y, n * sizeof(float)) != 0)
+    if (ops_zero(GPU, y + 5, 100 * sizeof(float)) != 0 ||
+        ops_to_host(GPU, back, y, n * sizeof(float)) != 0)
         bad = NAN;
     for (size_t i = 0; i < n && bad == 0; i++)
         bad += back[i] != ((i >= 5 && i < 105) ? 0.0f : h[i]);
@@ -296,8 +296,8 @@ static void t_memory(void) {
     rc = ops_mem_info(CPU, &fb, &tb);
     record("memory: ops_mem_info (cpu)", rc == 0 && fb > 0 && tb >= fb ? 0 : 1, 0,
            "%.2f GiB available of %.2f GiB", fb / 1073741824.0, tb / 1073741824.0);
-    GPU->be->free(GPU, z);
-    GPU->be->free(GPU, y);
+    ops_free(GPU, z);
+    ops_free(GPU, y);
     free(h);
     free(back);
 }
@@ -628,12 +628,12 @@ static void t_sample(void) {
         float it = modes[mi].temp > 0.0f ? 1.0f / modes[mi].temp : 1.0f;
         /* logp of the GPU's tokens against the CPU's log-softmax at those tokens */
         dbuf bt = dnewi(B, tok[1]), blp = dnewf(B, NULL), bl = dnewf(B, NULL);
-        if (CPU->be->logprob_forward(CPU, blp.c, NULL, bl.c, bx.c, bt.c, B, V, it) != 0) {
+        if (ops_logprob_forward(CPU, blp.c, NULL, bl.c, bx.c, bt.c, B, V, it) != 0) {
             record("sample", NAN, 0, "cpu logprob_forward: %s", ops_last_error(CPU));
             return;
         }
         float ref[48];
-        CPU->be->to_host(CPU, ref, blp.c, B * sizeof(float));
+        ops_to_host(CPU, ref, blp.c, B * sizeof(float));
         snprintf(name, sizeof name, "sample %s: logp of the chosen token", modes[mi].name);
         record(name, rel_err(lp[1], ref, B), TOL_FP32, NULL);
         dfree(&bt), dfree(&blp), dfree(&bl);
@@ -665,7 +665,7 @@ static void t_sample(void) {
         int32_t t2[4];
         float l2[4];
         int bad = 0;
-        if (GPU->be->sample(GPU, t2, l2, bf.g, 4, V2, 1.0f, 0.5f, uu) != 0) {
+        if (ops_sample(GPU, t2, l2, bf.g, 4, V2, 1.0f, 0.5f, uu) != 0) {
             record("sample ties", NAN, 0, "%s", ops_last_error(GPU));
         } else {
             for (int b = 0; b < 4; b++)
@@ -685,33 +685,33 @@ static void t_deferred_errors(void) {
     const int N = 4, C = 8, V = 10;
     int32_t tok[4] = {1, 2, 10, 3}; /* 10 is outside V */
     float *w = frand((size_t)V * C, 1.0f);
-    float *out = GPU->be->alloc(GPU, (size_t)N * C * sizeof(float));
-    float *wte = GPU->be->alloc(GPU, (size_t)V * C * sizeof(float));
-    int32_t *t = GPU->be->alloc(GPU, sizeof tok);
-    GPU->be->to_device(GPU, wte, w, (size_t)V * C * sizeof(float));
-    GPU->be->to_device(GPU, t, tok, sizeof tok);
-    int rc_op = GPU->be->embedding_forward(GPU, out, t, wte, N, C, V);
-    int rc_sync = GPU->be->sync(GPU);
+    float *out = ops_alloc(GPU, (size_t)N * C * sizeof(float));
+    float *wte = ops_alloc(GPU, (size_t)V * C * sizeof(float));
+    int32_t *t = ops_alloc(GPU, sizeof tok);
+    ops_to_device(GPU, wte, w, (size_t)V * C * sizeof(float));
+    ops_to_device(GPU, t, tok, sizeof tok);
+    int rc_op = ops_embedding_forward(GPU, out, t, wte, N, C, V);
+    int rc_sync = ops_sync(GPU);
     int named = strstr(ops_last_error(GPU), "vocabulary") != NULL;
-    int rc_again = GPU->be->sync(GPU);
+    int rc_again = ops_sync(GPU);
     record("deferred error: bad token reported by sync", !(rc_op == 0 && rc_sync != 0 && named), 0,
            "%s", ops_last_error(GPU));
     record("deferred error: the context works afterwards", rc_again != 0, 0, NULL);
     int32_t cu[3] = {0, 3, 2}; /* decreasing and not ending at N */
-    int32_t *dcu = GPU->be->alloc(GPU, sizeof cu);
-    float *qkv = GPU->be->alloc(GPU, (size_t)N * 3 * 64 * sizeof(float));
-    float *att = GPU->be->alloc(GPU, (size_t)N * 64 * sizeof(float));
-    float *lse = GPU->be->alloc(GPU, (size_t)N * sizeof(float));
-    GPU->be->to_device(GPU, dcu, cu, sizeof cu);
-    rc_op = GPU->be->attention_forward(GPU, att, lse, qkv, 192, qkv + 64, 192, qkv + 128, 192, dcu,
-                                       2, N, 1, 1, 64);
-    rc_sync = GPU->be->sync(GPU);
+    int32_t *dcu = ops_alloc(GPU, sizeof cu);
+    float *qkv = ops_alloc(GPU, (size_t)N * 3 * 64 * sizeof(float));
+    float *att = ops_alloc(GPU, (size_t)N * 64 * sizeof(float));
+    float *lse = ops_alloc(GPU, (size_t)N * sizeof(float));
+    ops_to_device(GPU, dcu, cu, sizeof cu);
+    rc_op = ops_attention_forward(GPU, att, lse, qkv, 192, qkv + 64, 192, qkv + 128, 192, dcu, 2, N,
+                                  1, 1, 64);
+    rc_sync = ops_sync(GPU);
     named = strstr(ops_last_error(GPU), "cu_seqlens") != NULL;
     record("deferred error: bad cu_seqlens reported by sync",
            !(rc_op == 0 && rc_sync != 0 && named), 0, "%s", ops_last_error(GPU));
-    GPU->be->free(GPU, out), GPU->be->free(GPU, wte), GPU->be->free(GPU, t);
-    GPU->be->free(GPU, dcu), GPU->be->free(GPU, qkv), GPU->be->free(GPU, att);
-    GPU->be->free(GPU, lse);
+    ops_free(GPU, out), ops_free(GPU, wte), ops_free(GPU, t);
+    ops_free(GPU, dcu), ops_free(GPU, qkv), ops_free(GPU, att);
+    ops_free(GPU, lse);
     free(w);
 }
 
@@ -847,7 +847,7 @@ static int run_step(ops_ctx *ops, const model_config *cfg, const step_batch *b, 
         if (r == 0) r = model_decode(m, kv, dec_tok, dec_pos, slots, 3, &dl, err);
         free(ptok);
         if (r != 0) goto done;
-        if (ops->be->to_host(ops, o->logits_dec, dl, (size_t)3 * V * sizeof(float)) != 0) {
+        if (ops_to_host(ops, o->logits_dec, dl, (size_t)3 * V * sizeof(float)) != 0) {
             chord_err_set(err, "to_host: %s", ops_last_error(ops));
             goto done;
         }
@@ -1012,7 +1012,7 @@ static void b_train(const char *label, const char *json, int T, int seqs, int st
         if (model_zero_grad(m, &err) != 0 || model_forward(m, &mb, 1.0f, NULL, NULL, &err) != 0 ||
             model_backward(m, b.dlogp, NULL, &err) != 0 ||
             model_adamw_step(m, 1e-5f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.0f, NULL, &err) != 0 ||
-            GPU->be->sync(GPU) != 0) {
+            ops_sync(GPU) != 0) {
             bench(what, NAN, "", "%s %s", err.msg, ops_last_error(GPU));
             goto out;
         }
@@ -1093,7 +1093,7 @@ static void b_decode(const char *label, const char *json, int prompt, int steps)
                 bench(what, NAN, "", "%s", err.msg);
                 goto out;
             }
-            BCALL(what, GPU->be->sample(GPU, next, lp, logits, B, cfg.vocab_size, 0.8f, 0.95f, u));
+            BCALL(what, ops_sample(GPU, next, lp, logits, B, cfg.vocab_size, 0.8f, 0.95f, u));
             if (st > 0) t += now_s() - t0;
             if (prof) {
                 cudaProfilerStop();
@@ -1116,10 +1116,10 @@ static void b_bandwidth(int scale) {
                      : scale == 1 ? ((size_t)64 << 20)
                                   : ((size_t)256 << 20); /* floats */
     const int iters = 10;
-    float *a = GPU->be->alloc(GPU, n * sizeof(float));
-    float *b = GPU->be->alloc(GPU, n * sizeof(float));
-    float *c = GPU->be->alloc(GPU, n / 4 * sizeof(float));
-    float *d = GPU->be->alloc(GPU, n / 4 * sizeof(float));
+    float *a = ops_alloc(GPU, n * sizeof(float));
+    float *b = ops_alloc(GPU, n * sizeof(float));
+    float *c = ops_alloc(GPU, n / 4 * sizeof(float));
+    float *d = ops_alloc(GPU, n / 4 * sizeof(float));
     int32_t *tok = NULL, *tg = NULL;
     double copy_gbs = 0.0, t0, t;
     char what[112];
@@ -1130,14 +1130,14 @@ static void b_bandwidth(int scale) {
 #define TIME_OP(label, bytes, call)                                                                \
     do {                                                                                           \
         BCALL(label, call);                                                                        \
-        BCALL(label, GPU->be->sync(GPU));                                                          \
+        BCALL(label, ops_sync(GPU));                                                               \
         t0 = now_s();                                                                              \
         for (int it_ = 0; it_ < iters; it_++)                                                      \
             BCALL(label, call);                                                                    \
-        BCALL(label, GPU->be->sync(GPU));                                                          \
+        BCALL(label, ops_sync(GPU));                                                               \
         t = (now_s() - t0) / iters;                                                                \
     } while (0)
-    TIME_OP("copy", 0, GPU->be->copy(GPU, b, a, n * sizeof(float)));
+    TIME_OP("copy", 0, ops_copy(GPU, b, a, n * sizeof(float)));
     copy_gbs = 2.0 * n * sizeof(float) / t / 1e9;
     bench("device copy (cudaMemcpy D2D, read + write)", copy_gbs, "GB/s", "%.0f MiB",
           n * 4.0 / 1048576.0);
@@ -1146,65 +1146,63 @@ static void b_bandwidth(int scale) {
         double gbs_ = (double)(bytes) / t / 1e9;                                                   \
         bench(label, gbs_, "GB/s", "%.0f%% of copy", 100.0 * gbs_ / copy_gbs);                     \
     } while (0)
-    TIME_OP("add_inplace", 0, GPU->be->add_inplace(GPU, a, b, n));
+    TIME_OP("add_inplace", 0, ops_add_inplace(GPU, a, b, n));
     REPORT("add_inplace", 3.0 * n * 4);
-    TIME_OP("scale_inplace", 0, GPU->be->scale_inplace(GPU, a, 0.999f, n));
+    TIME_OP("scale_inplace", 0, ops_scale_inplace(GPU, a, 0.999f, n));
     REPORT("scale_inplace", 2.0 * n * 4);
     {
         double ss;
-        TIME_OP("sum_squares", 0, GPU->be->sum_squares(GPU, &ss, a, n));
+        TIME_OP("sum_squares", 0, ops_sum_squares(GPU, &ss, a, n));
         REPORT("sum_squares (incl. read-back)", 1.0 * n * 4);
     }
     {
         size_t m4 = n / 4;
-        GPU->be->zero(GPU, d, m4 * sizeof(float));
-        TIME_OP(
-            "adamw_update", 0,
-            GPU->be->adamw_update(GPU, a, b, c, d, m4, 1e-4f, 0.9f, 0.95f, 1e-8f, 0.1f, 1, 1.0f));
+        ops_zero(GPU, d, m4 * sizeof(float));
+        TIME_OP("adamw_update", 0,
+                ops_adamw_update(GPU, a, b, c, d, m4, 1e-4f, 0.9f, 0.95f, 1e-8f, 0.1f, 1, 1.0f));
         REPORT("adamw_update (4 reads, 3 writes)", 28.0 * m4);
     }
     {
         const int C = 4096, N = (int)(n / 4 / C);
-        TIME_OP("rmsnorm", 0, GPU->be->rmsnorm_forward(GPU, c, d, a, C, b, N, C, 1e-6f));
+        TIME_OP("rmsnorm", 0, ops_rmsnorm_forward(GPU, c, d, a, C, b, N, C, 1e-6f));
         snprintf(what, sizeof what, "rmsnorm_forward N=%d C=%d", N, C);
         REPORT(what, 2.0 * N * C * 4);
     }
     {
         const int I = 4864, N = (int)(n / 4 / I);
-        TIME_OP("swiglu", 0, GPU->be->swiglu_forward(GPU, c, a, 2 * I, a + I, 2 * I, N, I));
+        TIME_OP("swiglu", 0, ops_swiglu_forward(GPU, c, a, 2 * I, a + I, 2 * I, N, I));
         snprintf(what, sizeof what, "swiglu_forward N=%d I=%d", N, I);
         REPORT(what, 3.0 * N * I * 4);
     }
     {
         const int V = 151936, N = (int)(n / 4 / V);
-        tg = GPU->be->alloc(GPU, (size_t)N * sizeof(int32_t));
+        tg = ops_alloc(GPU, (size_t)N * sizeof(int32_t));
         BCALL("logprob", tg ? 0 : -1);
-        TIME_OP("logprob", 0,
-                GPU->be->logprob_forward(GPU, b, b + N, b + 2 * N, a, tg, N, V, 1.0f));
+        TIME_OP("logprob", 0, ops_logprob_forward(GPU, b, b + N, b + 2 * N, a, tg, N, V, 1.0f));
         snprintf(what, sizeof what, "logprob_forward N=%d V=%d (+entropy)", N, V);
         REPORT(what, 1.0 * N * V * 4);
         TIME_OP("logprob_backward", 0,
-                GPU->be->logprob_backward(GPU, c, b, b + N, a, b + 2 * N, tg, N, V, 1.0f));
+                ops_logprob_backward(GPU, c, b, b + N, a, b + 2 * N, tg, N, V, 1.0f));
         snprintf(what, sizeof what, "logprob_backward N=%d V=%d (+entropy)", N, V);
         REPORT(what, 3.0 * N * V * 4);
     }
     {
         const int C = 896, N = (int)(n / 4 / C);
-        tok = GPU->be->alloc(GPU, (size_t)N * sizeof(int32_t));
+        tok = ops_alloc(GPU, (size_t)N * sizeof(int32_t));
         BCALL("embedding", tok ? 0 : -1);
-        TIME_OP("embedding", 0, GPU->be->embedding_forward(GPU, c, tok, a, N, C, 1000));
+        TIME_OP("embedding", 0, ops_embedding_forward(GPU, c, tok, a, N, C, 1000));
         snprintf(what, sizeof what, "embedding_forward N=%d C=%d", N, C);
         REPORT(what, 2.0 * N * C * 4);
     }
 #undef TIME_OP
 #undef REPORT
 out:
-    if (a) GPU->be->free(GPU, a);
-    if (b) GPU->be->free(GPU, b);
-    if (c) GPU->be->free(GPU, c);
-    if (d) GPU->be->free(GPU, d);
-    if (tok) GPU->be->free(GPU, tok);
-    if (tg) GPU->be->free(GPU, tg);
+    if (a) ops_free(GPU, a);
+    if (b) ops_free(GPU, b);
+    if (c) ops_free(GPU, c);
+    if (d) ops_free(GPU, d);
+    if (tok) ops_free(GPU, tok);
+    if (tg) ops_free(GPU, tg);
 }
 
 /* ---- output ---- */

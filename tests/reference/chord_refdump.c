@@ -154,8 +154,8 @@ int main(int argc, char **argv) {
     const float *dl = NULL;
     CHECK(model_prefill(m, kv, ptoks, pcu, S, slots, &dl, &err));
     for (int s = 0; s < S; s++)
-        if (ops->be->to_host(ops, dec + (size_t)row0[s] * V, dl + (size_t)s * V,
-                             (size_t)V * sizeof(float)) != 0)
+        if (ops_to_host(ops, dec + (size_t)row0[s] * V, dl + (size_t)s * V,
+                        (size_t)V * sizeof(float)) != 0)
             die(ops_last_error(ops));
     memcpy(dec_copy, dec, (size_t)V * sizeof(float));
     int32_t copy_dst = S;
@@ -181,7 +181,7 @@ int main(int argc, char **argv) {
             int s = bseq[i], q = s == S ? 0 : s;
             float *dst = s == S ? dec_copy + (size_t)(bpos[i] - pre[0] + 1) * V
                                 : dec + (size_t)(row0[q] + bpos[i] - pre[q] + 1) * V;
-            if (ops->be->to_host(ops, dst, dl + (size_t)i * V, (size_t)V * sizeof(float)) != 0)
+            if (ops_to_host(ops, dst, dl + (size_t)i * V, (size_t)V * sizeof(float)) != 0)
                 die(ops_last_error(ops));
         }
     }
