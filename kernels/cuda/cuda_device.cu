@@ -327,19 +327,42 @@ static int is_cuda_ctx(const ops_ctx *c) {
 }
 
 // "bf16" / "tf32" / "fp32" (case-sensitive), else the default
-static ops_cuda_matmul_mode matmul_mode_from_env(void) {
+// The modes named by CHORD_CUDA_MATMUL / CHORD_CUDA_ATTENTION (ops_cuda.h); unset or empty is
+// the default. An unknown value is refused (a typo must not silently pick the default).
+static int matmul_mode_from_env(ops_cuda_matmul_mode *mode, char *err, size_t errlen) {
     const char *s = getenv("CHORD_CUDA_MATMUL");
-    if (s && strcmp(s, "fp32") == 0) return OPS_CUDA_MATMUL_FP32;
-    if (s && strcmp(s, "tf32") == 0) return OPS_CUDA_MATMUL_TF32;
-    return OPS_CUDA_MATMUL_BF16;
+    *mode = OPS_CUDA_MATMUL_BF16;
+    if (!s || !*s || strcmp(s, "bf16") == 0) return 0;
+    if (strcmp(s, "fp32") == 0) {
+        *mode = OPS_CUDA_MATMUL_FP32;
+    } else if (strcmp(s, "tf32") == 0) {
+        *mode = OPS_CUDA_MATMUL_TF32;
+    } else {
+        snprintf(err, errlen, "device: CHORD_CUDA_MATMUL: unknown mode '%s' (bf16, tf32 or fp32)",
+                 s);
+        return -1;
+    }
+    return 0;
 }
 
-static ops_cuda_attention_mode attention_mode_from_env(void) {
+static int attention_mode_from_env(ops_cuda_attention_mode *mode, char *err, size_t errlen) {
     const char *s = getenv("CHORD_CUDA_ATTENTION");
-    if (s && strcmp(s, "naive") == 0) return OPS_CUDA_ATTENTION_NAIVE;
-    if (s && strcmp(s, "flash") == 0) return OPS_CUDA_ATTENTION_FLASH;
-    if (s && strcmp(s, "tensor") == 0) return OPS_CUDA_ATTENTION_TENSOR;
-    return OPS_CUDA_ATTENTION_AUTO;
+    *mode = OPS_CUDA_ATTENTION_AUTO;
+    if (!s || !*s || strcmp(s, "auto") == 0) return 0;
+    if (strcmp(s, "naive") == 0) {
+        *mode = OPS_CUDA_ATTENTION_NAIVE;
+    } else if (strcmp(s, "flash") == 0) {
+        *mode = OPS_CUDA_ATTENTION_FLASH;
+    } else if (strcmp(s, "tensor") == 0 || strcmp(s, "wmma") == 0) {
+        *mode = OPS_CUDA_ATTENTION_TENSOR; // wmma: the tensor path's older kernels (tc init)
+    } else {
+        snprintf(err, errlen,
+                 "device: CHORD_CUDA_ATTENTION: unknown mode '%s' (auto, tensor, wmma, flash or "
+                 "naive)",
+                 s);
+        return -1;
+    }
+    return 0;
 }
 
 #define OPEN_CHECK(call, what)                                                                     \
@@ -359,6 +382,11 @@ extern "C" ops_ctx *ops_cuda_open(int device_index, char *err, size_t errlen) {
         err = dummy;
         errlen = sizeof dummy;
     }
+    ops_cuda_matmul_mode matmul_mode;
+    ops_cuda_attention_mode attention_mode;
+    if (matmul_mode_from_env(&matmul_mode, err, errlen) ||
+        attention_mode_from_env(&attention_mode, err, errlen))
+        return NULL;
     int n = ops_cuda_device_count();
     if (device_index < 0 || device_index >= n) {
         snprintf(err, errlen, "device: cuda:%d requested but %d CUDA device(s) are present",
@@ -415,9 +443,9 @@ extern "C" ops_ctx *ops_cuda_open(int device_index, char *err, size_t errlen) {
                  cublasGetStatusString(bs));
         goto fail;
     }
-    im->matmul_mode = matmul_mode_from_env();
+    im->matmul_mode = matmul_mode;
     im->gemm_compute = compute_for(im->matmul_mode);
-    im->attention_mode = attention_mode_from_env();
+    im->attention_mode = attention_mode;
     if (cuda_attention_init(c) != 0) {
         snprintf(err, errlen, "device: cuda:%d: %s", device_index, c->last_error);
         goto fail;

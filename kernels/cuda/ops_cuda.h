@@ -8,15 +8,17 @@
  *             (CUBLAS_COMPUTE_32F_FAST_16BF) — the training default;
  *       tf32: CUBLAS_COMPUTE_32F_FAST_TF32;
  *       fp32: exact fp32 (CUBLAS_COMPUTE_32F), for verification against the CPU backend.
- *   CHORD_CUDA_ATTENTION = auto (default) | tensor | flash | naive
+ *   CHORD_CUDA_ATTENTION = auto (default) | tensor | wmma | flash | naive
  *       tensor: flash attention on tensor cores (bf16 products, fp32 softmax and accumulation;
  *              cuda_attention_tc.cu) for head sizes D % 16 == 0, D <= 128 where the device's shared
  *              memory allows; other head sizes use flash;
+ *       wmma: tensor, with the earlier wmma 16 x 16 x 16 kernels instead of mma.sync (comparison);
  *       flash: tiled online-softmax kernels in fp32 on CUDA cores that never hold a T x T matrix,
  *              backward recomputed from the saved log-sum-exp;
  *       naive: one warp per (row, head), the simple reference kernel (backward with atomics);
  *       auto:  tensor while the GEMMs are bf16, flash with tf32 or fp32 GEMMs (so fp32 mode stays
- *              the exact verification path). */
+ *              the exact verification path).
+ *   An unknown value of either makes ops_cuda_open fail with a message naming the variable. */
 #ifndef CHORD_KERNELS_CUDA_OPS_CUDA_H
 #define CHORD_KERNELS_CUDA_OPS_CUDA_H
 

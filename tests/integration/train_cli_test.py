@@ -330,3 +330,19 @@ def test_number_arguments_one_rule(tmp_path, args, flag):
     assert (f"{flag}: must be an integer in [" in p.stderr
             or f"{flag}: must be a number in [" in p.stderr), p.stderr
     assert f"got '{args[-1]}'" in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("var,value,names", [
+    ("CHORD_CUDA_ATTENTION", "bogus", "auto, tensor, wmma, flash or naive"),
+    ("CHORD_CUDA_MATMUL", "fp16", "bf16, tf32 or fp32"),
+])
+def test_unknown_cuda_mode_is_refused(tmp_path, var, value, names):
+    """A typo in a CUDA mode variable is refused by name before any device work (so even here,
+    with no GPU), never silently read as the default."""
+    p = subprocess.run([CHORDD, "train", "--demo", "--device", "cuda", "--out",
+                        str(tmp_path / "o")], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, var: value})
+    if "no CUDA backend" in p.stderr:
+        pytest.skip("this build has no CUDA backend")
+    assert p.returncode != 0
+    assert f"{var}: unknown mode '{value}' ({names})" in p.stderr, p.stderr
