@@ -6,12 +6,16 @@
  * close SQLite.
  *
  * Not here: anything a request does (api/http, server/service.h). */
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "api/auth/auth.h"
 #include "api/grpc/grpc_server.h"
 #include "api/http/http.h"
 #include "cmd/commands.h"
@@ -44,6 +48,12 @@ static void usage(FILE *out) {
             "  --sse-heartbeat S     seconds between heartbeat comments on event streams; "
             "default 15\n"
             "  --log-level LEVEL     debug | info | warn | error; default info\n"
+            "  --auth-token-file F   bearer tokens, one a line: 'admin TOKEN' or 'read TOKEN'\n"
+            "                        ('#' comments); every REST route and gRPC method but health\n"
+            "                        then needs 'Authorization: Bearer TOKEN' (read: GET, list,\n"
+            "                        watch; admin: everything). Default: no authentication,\n"
+            "                        allowed only on loopback addresses\n"
+            "  --insecure-no-auth    serve a non-loopback --http / --grpc without tokens\n"
             "  --demo                submit the embedded demo job at start: a random-init tiny\n"
             "                        model trained with CHORD on the built-in arithmetic task\n"
             "  -h, --help            this help\n\n"
@@ -82,9 +92,50 @@ static int parse_addr(const char *flag, const char *v, char *host, size_t hostle
     return 0;
 }
 
+/* 1 when every address host resolves to is a loopback one (127.0.0.0/8, ::1, ::ffff:127.x). */
+static int host_is_loopback(const char *host) {
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+    struct addrinfo *ai = NULL;
+    if (getaddrinfo(host, NULL, &hints, &ai) != 0 || !ai) return 0;
+    int loopback = 1;
+    for (const struct addrinfo *p = ai; p; p = p->ai_next) {
+        if (p->ai_family == AF_INET) {
+            const struct sockaddr_in *a = (const struct sockaddr_in *)p->ai_addr;
+            loopback &= (ntohl(a->sin_addr.s_addr) >> 24) == 127;
+        } else if (p->ai_family == AF_INET6) {
+            const struct in6_addr *a = &((const struct sockaddr_in6 *)p->ai_addr)->sin6_addr;
+            loopback &=
+                IN6_IS_ADDR_LOOPBACK(a) || (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+        } else {
+            loopback = 0;
+        }
+    }
+    freeaddrinfo(ai);
+    return loopback;
+}
+
+/* Without tokens, only loopback listeners (unless --insecure-no-auth says otherwise). */
+static int check_exposure(const char *flag, int on, const char *host, int have_tokens,
+                          int insecure) {
+    if (!on || have_tokens || host_is_loopback(host)) return 0;
+    if (insecure) {
+        LOG_WARN("chordd: %s %s is reachable from other machines and serves without "
+                 "authentication (--insecure-no-auth)",
+                 flag, host);
+        return 0;
+    }
+    fprintf(stderr,
+            "chordd: %s %s is reachable from other machines: give --auth-token-file FILE, or "
+            "--insecure-no-auth to serve it without authentication\n",
+            flag, host);
+    return -1;
+}
+
 int cmd_serve(int argc, char **argv) {
     const char *data_dir = "./chord-data", *http = "127.0.0.1:8080", *grpc = "127.0.0.1:50051";
     const char *device = "auto", *models_root = NULL, *log_level = "info";
+    const char *auth_file = NULL;
+    int insecure_no_auth = 0;
     long max_upload_mb = 1024, threads = 0, http_threads = 4, heartbeat = 15, memory_mb = 0;
     int demo = 0;
     int i = 1;
@@ -136,6 +187,11 @@ int cmd_serve(int argc, char **argv) {
         } else if (!strcmp(a, "--log-level")) {
             VALUE();
             log_level = next;
+        } else if (!strcmp(a, "--auth-token-file")) {
+            VALUE();
+            auth_file = next;
+        } else if (!strcmp(a, "--insecure-no-auth")) {
+            insecure_no_auth = 1;
         } else if (!strcmp(a, "--demo")) {
             demo = 1;
         } else {
@@ -156,6 +212,24 @@ int cmd_serve(int argc, char **argv) {
     int http_on = strcmp(http, "off") != 0, grpc_on = strcmp(grpc, "off") != 0;
     if (http_on && parse_addr("--http", http, http_host, sizeof http_host, &http_port)) return 2;
     if (grpc_on && parse_addr("--grpc", grpc, grpc_host, sizeof grpc_host, &grpc_port)) return 2;
+    if (auth_file && insecure_no_auth) {
+        fprintf(stderr, "chordd: --auth-token-file and --insecure-no-auth: give one, not both\n");
+        return 2;
+    }
+    if (check_exposure("--http", http_on, http_host, auth_file != NULL, insecure_no_auth) ||
+        check_exposure("--grpc", grpc_on, grpc_host, auth_file != NULL, insecure_no_auth))
+        return 2;
+    chord_err err = {0};
+    api_auth *auth = NULL; /* read by request threads: freed after both transports stopped */
+    if (auth_file) {
+        if (api_auth_load(auth_file, &auth, &err)) {
+            fprintf(stderr, "chordd: %s\n", err.msg);
+            return 2;
+        }
+        LOG_INFO("chordd: authentication on: %d admin and %d read token(s) from %s",
+                 api_auth_count(auth, API_SCOPE_ADMIN), api_auth_count(auth, API_SCOPE_READ),
+                 auth_file);
+    }
 
     /* signals are taken by sigwait below: block them before any thread starts */
     sigset_t stop_set;
@@ -173,9 +247,9 @@ int cmd_serve(int argc, char **argv) {
                       .memory_limit = (int64_t)memory_mb << 20,
                       .workers = 1};
     svc *s = NULL;
-    chord_err err = {0};
     if (svc_open(&so, &s, &err)) {
         LOG_ERROR("chordd: %s", err.msg);
+        api_auth_free(auth);
         return 1;
     }
     /* gRPC binds first: a taken port fails the start before /healthz answers, and a healthy
@@ -186,6 +260,7 @@ int cmd_serve(int argc, char **argv) {
         if (api_grpc_start(s, &go, &g, &err)) {
             LOG_ERROR("chordd: %s", err.msg);
             svc_close(s);
+            api_auth_free(auth);
             return 1;
         }
     }
@@ -194,11 +269,13 @@ int cmd_serve(int argc, char **argv) {
         api_http_options ho = {.host = http_host,
                                .port = http_port,
                                .threads = (int)http_threads,
-                               .heartbeat_s = (int)heartbeat};
+                               .heartbeat_s = (int)heartbeat,
+                               .auth = auth};
         if (api_http_start(s, &ho, &h, &err)) {
             LOG_ERROR("chordd: %s", err.msg);
             api_grpc_stop(g);
             svc_close(s);
+            api_auth_free(auth);
             return 1;
         }
     }
@@ -243,6 +320,7 @@ int cmd_serve(int argc, char **argv) {
     api_grpc_stop(g);
     /* 4. only now: the jobs pool, the watch feeds, SQLite */
     svc_close(s);
+    api_auth_free(auth);
     LOG_INFO("chordd: stopped");
     return 0;
 }

@@ -4,10 +4,12 @@
  * What this is not: no training logic, no SQL; every decision about a resource is the
  * service's. This layer parses HTTP (paths, query parameters, bodies, content types), streams
  * uploads chunk by chunk into the service's upload API, maps chord_err categories to statuses
- * and writes errors as {"error": {"code", "message"}}. The contract is api/proto/openapi.yaml. */
+ * and writes errors as {"error": {"code", "message"}}; with tokens (auth.h), checks each request's
+ * `Authorization: Bearer` header before anything else. The contract is api/proto/openapi.yaml. */
 #ifndef CHORD_API_HTTP_H
 #define CHORD_API_HTTP_H
 
+#include "api/auth/auth.h"
 #include "server/base/err.h"
 #include "server/service.h"
 
@@ -21,6 +23,9 @@ typedef struct api_http_options {
     int timeout_s;         /* idle connection timeout; <= 0 = 60 */
     int heartbeat_s;       /* SSE heartbeat comment interval; <= 0 = 15 */
     size_t max_json_bytes; /* limit of JSON request bodies; 0 = 1 MiB */
+    const api_auth *auth;  /* bearer tokens (lives as long as the daemon); NULL = no
+                              authentication. Every route but /healthz needs a token: GET ones
+                              a read or admin token, writes an admin token (401 / 403 else) */
 } api_http_options;
 
 int api_http_start(svc *s, const api_http_options *opt, api_http **out, chord_err *err);

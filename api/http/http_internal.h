@@ -9,6 +9,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
+#include "api/auth/auth.h"
 #include "api/http/http.h"
 
 enum { HTTP_BODY_NONE = 0, HTTP_BODY_JSON, HTTP_BODY_UPLOAD, HTTP_BODY_IGNORE };
@@ -20,6 +21,8 @@ typedef struct http_route {
     const char *pattern; /* "/v1/jobs/{id}/cancel"; "{path*}" takes the rest */
     int body;            /* HTTP_BODY_* */
     enum MHD_Result (*handle)(http_req *r);
+    api_scope need; /* READ: GET; ADMIN: a write; NONE (no token): /healthz only. Checked at
+                       start (http_server.c, check_routes) */
 } http_route;
 
 #define HTTP_MAX_PARAMS 3
@@ -31,7 +34,8 @@ struct http_req {
     char method[12];
     char url[256]; /* for the access log (truncated) */
     double t0;
-    int status; /* of the response queued (0 = none yet) */
+    int status;        /* of the response queued (0 = none yet) */
+    api_scope granted; /* the caller's token's scope (ADMIN when authentication is off) */
     int64_t bytes_in, bytes_out;
     char *params[HTTP_MAX_PARAMS];
     int n_params;
@@ -49,6 +53,7 @@ typedef struct sse_conn sse_conn;
 
 struct api_http {
     svc *s;
+    const api_auth *auth; /* NULL: authentication off */
     struct MHD_Daemon *daemon;
     int port;
     int heartbeat_s;

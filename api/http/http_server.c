@@ -76,6 +76,26 @@ enum MHD_Result http_send_error(http_req *r, unsigned status, const char *code, 
     return http_send_json(r, status, doc);
 }
 
+/* {"error": {"code", "message"}} with one more header (Allow, WWW-Authenticate). */
+static enum MHD_Result send_error_with_header(http_req *r, unsigned status, const char *code,
+                                              const char *msg, const char *header,
+                                              const char *value) {
+    json_t *doc = json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", msg);
+    size_t len = 0;
+    char *text = doc ? chord_json_dumps_line(doc, JSON_COMPACT | JSON_ENSURE_ASCII, &len) : NULL;
+    json_decref(doc);
+    if (!text) return MHD_NO;
+    struct MHD_Response *resp = MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
+    if (!resp) {
+        free(text);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, "Content-Type", "application/json");
+    MHD_add_response_header(resp, header, value);
+    r->bytes_out = (int64_t)len;
+    return queue(r, status, resp);
+}
+
 /* The HTTP status and error code of a chord_err category. */
 static const char *err_code(int chord_code, unsigned *status) {
     switch (chord_code) {
@@ -255,22 +275,25 @@ static int first_call(http_req *r, const char *path, enum MHD_Result *result) {
             snprintf(allow + l, sizeof allow - l, "%s%s", l ? ", " : "", rt->method);
         }
     }
+    /* who may call: before anything else is said about the request (a 404 or 405 included) */
+    const char *authz = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Authorization");
+    const char *reason = NULL;
+    api_auth_result ar =
+        api_auth_check(r->h->auth, authz, authz ? strlen(authz) : 0,
+                       r->route ? r->route->need : API_SCOPE_READ, &r->granted, &reason);
+    if (ar != API_AUTH_OK) {
+        int forbidden = ar == API_AUTH_FORBIDDEN;
+        *result = send_error_with_header(
+            r, forbidden ? 403 : 401, forbidden ? "permission_denied" : "unauthenticated", reason,
+            "WWW-Authenticate",
+            forbidden ? "Bearer realm=\"chord\", error=\"insufficient_scope\""
+            : authz   ? "Bearer realm=\"chord\", error=\"invalid_token\""
+                      : "Bearer realm=\"chord\"");
+        return 1;
+    }
     if (!r->route && allow[0]) {
-        struct MHD_Response *resp = NULL;
-        json_t *doc = json_pack("{s:{s:s,s:s}}", "error", "code", "method_not_allowed", "message",
-                                "method not allowed here");
-        char *text = json_dumps(doc, JSON_COMPACT);
-        json_decref(doc);
-        if (text) {
-            r->bytes_out = (int64_t)strlen(text);
-            resp = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
-            if (!resp) free(text);
-        }
-        if (resp) {
-            MHD_add_response_header(resp, "Content-Type", "application/json");
-            MHD_add_response_header(resp, "Allow", allow);
-        }
-        *result = queue(r, 405, resp);
+        *result = send_error_with_header(r, 405, "method_not_allowed", "method not allowed here",
+                                         "Allow", allow);
         return 1;
     }
     if (!r->route) {
@@ -680,11 +703,29 @@ enum MHD_Result http_send_events(http_req *r, const char *job_id, int64_t since_
 
 /* ---- the daemon --------------------------------------------------------------------------- */
 
+/* Every route says what it needs, and it agrees with its method: no write open to a read token,
+ * no route but /healthz open to anyone. */
+static int check_routes(chord_err *err) {
+    for (size_t i = 0; i < api_http_n_routes; i++) {
+        const http_route *rt = &api_http_routes[i];
+        int get = !strcmp(rt->method, "GET");
+        api_scope want = !strcmp(rt->pattern, "/healthz") ? API_SCOPE_NONE
+                         : get                            ? API_SCOPE_READ
+                                                          : API_SCOPE_ADMIN;
+        if (rt->need != want)
+            return chord_err_setc(err, CHORD_E_INTERNAL, "http: route %s %s needs scope %d, not %d",
+                                  rt->method, rt->pattern, (int)want, (int)rt->need);
+    }
+    return 0;
+}
+
 int api_http_start(svc *s, const api_http_options *opt, api_http **out, chord_err *err) {
     *out = NULL;
+    if (check_routes(err)) return -1;
     api_http *h = calloc(1, sizeof *h);
     if (!h) return chord_err_setc(err, CHORD_E_INTERNAL, "http: out of memory");
     h->s = s;
+    h->auth = opt->auth;
     h->heartbeat_s = opt->heartbeat_s > 0 ? opt->heartbeat_s : 15;
     h->max_json = opt->max_json_bytes ? opt->max_json_bytes : (size_t)1 << 20;
     pthread_mutex_init(&h->sse_mu, NULL);

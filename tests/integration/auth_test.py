@@ -1,0 +1,294 @@
+"""auth_test.py — bearer tokens (--auth-token-file) with clients nobody here wrote: curl for REST.
+A real chordd on free loopback ports with a token file of one admin and one read token: no
+token, a wrong or malformed one -> 401 with the API's error shape and WWW-Authenticate; a read
+token on a write -> 403 and nothing stored; a read token on GETs -> 200; an admin token may
+write; /healthz needs none; the tokens never reach the log. A malformed token file, or a
+non-loopback address without tokens, refuses to start with a message naming the problem.
+
+Run: CHORDD=build/chordd python -m pytest tests/integration/auth_test.py"""
+import json
+import os
+import secrets
+import socket
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from chordd_harness import CHORDD, Chordd, arith_prompts, free_port, jsonl
+
+ADMIN = "adm-" + secrets.token_hex(20)
+READ = "rd-" + secrets.token_hex(20)
+
+# every REST route but /healthz, with a path that exists or not (auth comes first either way)
+READ_ROUTES = ["/metrics", "/v1/datasets", "/v1/datasets/nope", "/v1/models", "/v1/models/nope",
+               "/v1/jobs", "/v1/jobs/nope", "/v1/jobs/nope/metrics", "/v1/jobs/nope/samples",
+               "/v1/jobs/nope/events", "/v1/jobs/nope/checkpoints",
+               "/v1/jobs/nope/checkpoints/1/files/model.safetensors", "/v1/rollouts/nope"]
+WRITE_ROUTES = ["/v1/datasets?kind=prompts", "/v1/models", "/v1/jobs", "/v1/jobs/nope/cancel",
+                "/v1/rollouts"]
+
+
+def token_file(text, mode=0o600):
+    fd, path = tempfile.mkstemp(prefix="chord-tokens-")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(path, mode)
+    return path
+
+
+def curl(url, method="GET", token=None, data=None, content_type=None, auth_header=None,
+         extra=()):
+    """(status, headers dict (lower-case names), body bytes) of one request made by curl."""
+    cmd = ["curl", "-sS", "-X", method, "-D", "-", "--max-time", "30", *extra]
+    if token is not None:
+        cmd += ["-H", f"Authorization: Bearer {token}"]
+    if auth_header is not None:
+        cmd += ["-H", f"Authorization: {auth_header}"]
+    if content_type:
+        cmd += ["-H", f"Content-Type: {content_type}"]
+    if data is not None:
+        cmd += ["--data-binary", "@-"]
+    p = subprocess.run(cmd + [url], input=data if data is not None else b"", capture_output=True,
+                       timeout=60)
+    assert p.returncode == 0, f"curl failed ({p.returncode}): {p.stderr.decode()}"
+    head, _, body = p.stdout.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {}
+    for l in lines[1:]:
+        k, _, v = l.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    return status, headers, body
+
+
+def error_code(body):
+    doc = json.loads(body)
+    assert set(doc) == {"error"} and set(doc["error"]) == {"code", "message"}, doc
+    return doc["error"]["code"]
+
+
+@pytest.fixture(scope="module")
+def tokens():
+    path = token_file(f"# chord test tokens\n\nadmin {ADMIN}\n  read\t{READ}  \n")
+    yield path
+    os.unlink(path)
+
+
+@pytest.fixture(scope="module")
+def srv(tokens):
+    s = Chordd(extra_args=["--auth-token-file", tokens]).start()
+    yield s
+    rc = s.stop()
+    log = s.read_log()
+    s.cleanup()
+    assert rc == 0, "chordd did not exit cleanly on SIGTERM"
+    assert "authentication on: 1 admin and 1 read token(s)" in log
+    for t in (ADMIN, READ):  # neither a token nor a piece of one
+        assert t not in log and t[-12:] not in log, "a token reached the log"
+
+
+def test_health_needs_no_token(srv):
+    status, _, body = curl(srv.url + "/healthz")
+    assert status == 200 and json.loads(body)["status"] == "ok"
+
+
+@pytest.mark.parametrize("path", READ_ROUTES + ["/no/such/endpoint"])
+def test_no_token_is_401(srv, path):
+    status, headers, body = curl(srv.url + path)
+    assert status == 401, body
+    assert error_code(body) == "unauthenticated"
+    assert headers["www-authenticate"] == 'Bearer realm="chord"'
+
+
+@pytest.mark.parametrize("path", WRITE_ROUTES)
+def test_no_token_on_a_write_is_401(srv, path):
+    status, _, body = curl(srv.url + path, "POST", data=b"{}", content_type="application/json")
+    assert status == 401 and error_code(body) == "unauthenticated", body
+
+
+@pytest.mark.parametrize("header", [f"Bearer {ADMIN}x", f"Bearer {READ[:-1]}", "Bearer " + "a" * 40,
+                                    f"Basic {ADMIN}", f"Bearer{ADMIN}", "Bearer ", ADMIN,
+                                    "Bearer " + "a" * 5000])
+def test_wrong_or_malformed_token_is_401(srv, header):
+    status, headers, body = curl(srv.url + "/v1/jobs", auth_header=header)
+    assert status == 401 and error_code(body) == "unauthenticated", body
+    assert 'error="invalid_token"' in headers["www-authenticate"]
+
+
+def test_scheme_is_case_insensitive(srv):
+    assert curl(srv.url + "/v1/jobs", auth_header=f"bearer {READ}")[0] == 200
+    assert curl(srv.url + "/v1/jobs", auth_header=f"BEARER   {READ}")[0] == 200
+
+
+@pytest.mark.parametrize("path", READ_ROUTES)
+def test_read_token_may_read(srv, path):
+    status, _, body = curl(srv.url + path, token=READ)
+    # past authentication: the route's own answer (the unknown ids are 404)
+    assert status in (200, 404), body
+    assert status == 200 or error_code(body) == "not_found"
+
+
+def test_read_token_lists_and_metrics(srv):
+    for path in ["/v1/datasets", "/v1/models", "/v1/jobs", "/metrics"]:
+        assert curl(srv.url + path, token=READ)[0] == 200, path
+
+
+@pytest.mark.parametrize("path", WRITE_ROUTES)
+def test_read_token_on_a_write_is_403(srv, path):
+    status, headers, body = curl(srv.url + path, "POST", token=READ, data=b"{}",
+                                 content_type="application/json")
+    assert status == 403 and error_code(body) == "permission_denied", body
+    assert 'error="insufficient_scope"' in headers["www-authenticate"]
+
+
+def test_read_token_upload_stores_nothing(srv):
+    before = json.loads(curl(srv.url + "/v1/datasets", token=READ)[2])["total"]
+    status, _, body = curl(srv.url + "/v1/datasets?kind=prompts&name=denied", "POST", token=READ,
+                           data=jsonl(arith_prompts(50)), content_type="application/x-ndjson")
+    assert status == 403, body
+    assert json.loads(curl(srv.url + "/v1/datasets", token=READ)[2])["total"] == before
+
+
+def test_admin_token_writes_and_reads(srv):
+    status, _, body = curl(srv.url + "/v1/datasets?kind=prompts&name=ok", "POST", token=ADMIN,
+                           data=jsonl(arith_prompts(5)), content_type="application/x-ndjson")
+    assert status == 201, body
+    ds = json.loads(body)
+    status, _, body = curl(srv.url + f"/v1/datasets/{ds['id']}", token=READ)
+    assert status == 200 and json.loads(body)["id"] == ds["id"]
+    assert curl(srv.url + f"/v1/datasets/{ds['id']}", token=ADMIN)[0] == 200
+    # an admin token passes authentication; the service then judges the document
+    status, _, body = curl(srv.url + "/v1/jobs", "POST", token=ADMIN, data=b"{}",
+                           content_type="application/json")
+    assert status == 400 and error_code(body) == "invalid_argument", body
+
+
+def test_read_token_on_a_get_only_route_with_post_is_405(srv):
+    status, headers, body = curl(srv.url + "/v1/jobs/nope", "POST", token=READ)
+    assert status == 405 and headers["allow"] == "GET", body
+
+
+def test_events_stream_needs_a_token(srv):
+    assert curl(srv.url + "/v1/jobs/nope/events")[0] == 401
+    assert curl(srv.url + "/v1/jobs/nope/events", token=READ)[0] == 404
+
+
+# ---- refusals at start --------------------------------------------------------------------------
+
+def run_chordd(*args, timeout=30):
+    with tempfile.TemporaryDirectory(prefix="chordd-auth-") as d:
+        p = subprocess.run([CHORDD, "--data-dir", os.path.join(d, "data"), "--device", "cpu",
+                            "--threads", "1", *args], capture_output=True, timeout=timeout)
+    return p.returncode, p.stdout.decode() + p.stderr.decode()
+
+
+BAD_FILES = [
+    ("", "no tokens"),
+    ("# only a comment\n\n", "no tokens"),
+    (f"admin {ADMIN}\nwrite {READ}\n", "line 2: the scope must be 'admin' or 'read'"),
+    (f"admin {ADMIN}\n{READ}\n", "line 2: expected 'SCOPE TOKEN'"),
+    (f"admin {ADMIN} extra\n", "line 1: expected 'SCOPE TOKEN'"),
+    ("admin short\n", "line 1: a token must be 16 to 1024 characters"),
+    (f"read {READ}\n# c\nadmin {READ}\n", "line 3: the same token as line 1"),
+    (f"Admin {ADMIN}\n", "line 1: the scope must be 'admin' or 'read'"),
+]
+
+
+@pytest.mark.parametrize("text,message", BAD_FILES)
+def test_malformed_token_file_refuses_to_start(text, message):
+    path = token_file(text)
+    try:
+        rc, out = run_chordd("--http", "127.0.0.1:0", "--grpc", "off", "--auth-token-file", path)
+    finally:
+        os.unlink(path)
+    assert rc == 2, out
+    assert message in out and path in out, out
+    assert ADMIN not in out and READ not in out, "the refusal printed a token"
+
+
+def test_missing_token_file_refuses_to_start():
+    rc, out = run_chordd("--http", "127.0.0.1:0", "--grpc", "off", "--auth-token-file",
+                         "/nonexistent/tokens")
+    assert rc == 2 and "--auth-token-file: cannot read /nonexistent/tokens" in out, out
+
+
+def test_world_readable_token_file_is_a_warning(tokens):
+    path = token_file(f"admin {ADMIN}\n", mode=0o644)
+    s = Chordd(extra_args=["--auth-token-file", path]).start()
+    try:
+        assert "readable or writable by other users (mode 644)" in s.read_log()
+    finally:
+        s.cleanup()
+        os.unlink(path)
+
+
+@pytest.mark.parametrize("flag,addr", [("--http", "0.0.0.0:{}"), ("--grpc", "0.0.0.0:{}"),
+                                       ("--http", "[::]:{}")])
+def test_non_loopback_without_tokens_refuses_to_start(flag, addr):
+    other = "--grpc" if flag == "--http" else "--http"
+    rc, out = run_chordd(flag, addr.format(free_port()), other, "off")
+    assert rc == 2, out
+    assert "is reachable from other machines: give --auth-token-file FILE" in out, out
+
+
+def serve_briefly(*args, health):
+    """Starts chordd with args, waits until `health` (a /healthz URL) answers 200, stops it with
+    SIGTERM: its exit status and log."""
+    with tempfile.TemporaryDirectory(prefix="chordd-auth-") as d:
+        log_path = os.path.join(d, "log")
+        with open(log_path, "wb") as log:
+            p = subprocess.Popen([CHORDD, "--data-dir", os.path.join(d, "data"), "--device", "cpu",
+                                  "--threads", "1", *args], stdout=log, stderr=subprocess.STDOUT)
+            try:
+                deadline = time.time() + 30
+                while time.time() < deadline and p.poll() is None:
+                    r = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                                        "--max-time", "2", health], capture_output=True)
+                    if r.stdout == b"200":
+                        break
+                    time.sleep(0.05)
+                else:
+                    p.kill()
+                    raise AssertionError("chordd did not become healthy: " + open(log_path).read())
+                p.terminate()
+                rc = p.wait(60)
+            finally:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+        with open(log_path) as f:
+            return rc, f.read()
+
+
+@pytest.mark.parametrize("host,url_host", [("localhost", "localhost"), ("127.0.0.2", "127.0.0.2"),
+                                           ("[::1]", "[::1]")])
+def test_loopback_names_need_no_tokens(host, url_host):
+    if host == "[::1]" and not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    port = free_port()
+    rc, log = serve_briefly("--http", f"{host}:{port}", "--grpc", "off",
+                            health=f"http://{url_host}:{port}/healthz")
+    assert rc == 0, log
+
+
+def test_insecure_no_auth_allows_it():
+    port = free_port()
+    rc, log = serve_briefly("--http", f"0.0.0.0:{port}", "--grpc", "off", "--insecure-no-auth",
+                            health=f"http://127.0.0.1:{port}/healthz")
+    assert rc == 0, log
+    assert "serves without authentication (--insecure-no-auth)" in log, log
+
+
+def test_non_loopback_with_tokens_starts(tokens):
+    port = free_port()
+    rc, log = serve_briefly("--http", f"0.0.0.0:{port}", "--grpc", "off", "--auth-token-file",
+                            tokens, health=f"http://127.0.0.1:{port}/healthz")
+    assert rc == 0, log
+
+
+def test_tokens_and_insecure_together_are_refused(tokens):
+    rc, out = run_chordd("--http", "127.0.0.1:0", "--grpc", "off", "--auth-token-file", tokens,
+                         "--insecure-no-auth")
+    assert rc == 2 and "give one, not both" in out, out
