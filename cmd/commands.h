@@ -13,6 +13,7 @@ int cmd_eval(int argc, char **argv);       /* cmd/cmd_eval.c */
 
 /* Number arguments (cmd_args.c): 0, or -1 after a message on stderr naming the flag and the
  * range, when text is not a whole number (a finite number) in [lo, hi]. */
+extern const char *cmd_arg_program; /* the name the messages start with: "chordd" */
 int cmd_arg_long(const char *flag, const char *text, long lo, long hi, long *out);
 int cmd_arg_double(const char *flag, const char *text, double lo, double hi, double *out);
 
