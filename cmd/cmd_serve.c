@@ -256,7 +256,7 @@ int cmd_serve(int argc, char **argv) {
      * /healthz means both transports are listening */
     api_grpc *g = NULL;
     if (grpc_on) {
-        api_grpc_options go = {.host = grpc_host, .port = grpc_port};
+        api_grpc_options go = {.host = grpc_host, .port = grpc_port, .auth = auth};
         if (api_grpc_start(s, &go, &g, &err)) {
             LOG_ERROR("chordd: %s", err.msg);
             svc_close(s);

@@ -16,6 +16,8 @@
  *     | RECV_CLOSE_ON_SERVER first (tag_close), so a client that goes away is noticed
  *     v
  *   ACTIVE, by the method's kind (start_call):
+ *     no or an unknown token (UNAUTHENTICATED) / a read token on a write --------------+
+ *         (PERMISSION_DENIED): before anything else, unknown methods included           |
  *     unknown method / deadline already past / bad request bytes ----------------------+
  *     GM_UNARY: m->unary runs at once ------------------------------------------------+
  *     GM_CLIENT_STREAM: RECEIVING: gcall_recv (tag_recv) -> on_recv -> m->message,    |
@@ -49,6 +51,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 
+#include "api/auth/auth.h"
 #include "api/grpc/grpc_server.h"
 #include "server/service.h"
 
@@ -74,6 +77,7 @@ typedef struct gmethod {
     void (*pump)(gcall *c);
     /* GM_CLIENT_STREAM: one message (data, len), or the end (data NULL). */
     void (*message)(gcall *c, const unsigned char *data, size_t len);
+    api_scope need; /* the token it needs (auth.h); NONE only for grpc.health.v1 */
 } gmethod;
 
 struct gcall {
@@ -113,6 +117,7 @@ struct gcall {
 
 struct api_grpc {
     svc *s;
+    const api_auth *auth; /* NULL: authentication off */
     grpc_server *server;
     grpc_completion_queue *cq;
     int port;

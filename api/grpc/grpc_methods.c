@@ -306,31 +306,37 @@ static void health_watch_pump(gcall *c) {
 
 /* ---- the table ---------------------------------------------------------------------------- */
 
-#define UNARY(name, fn, req)                                                                       \
-    { "/chord.v1.Chord/" name, GM_UNARY, &req, fn, NULL, NULL, NULL }
+/* need: ADMIN for what writes (create, cancel, upload, register, rollout), READ for gets, lists
+ * and watches, NONE (no token) for health only; api_grpc_start checks the table. */
+#define UNARY(name, fn, req, need)                                                                 \
+    { "/chord.v1.Chord/" name, GM_UNARY, &req, fn, NULL, NULL, NULL, need }
 
 const gmethod api_grpc_methods[] = {
-    UNARY("CreateJob", create_job, chord__v1__create_job_request__descriptor),
-    UNARY("GetJob", get_job, chord__v1__get_job_request__descriptor),
-    UNARY("ListJobs", list_jobs, chord__v1__list_jobs_request__descriptor),
-    UNARY("CancelJob", cancel_job, chord__v1__cancel_job_request__descriptor),
+    UNARY("CreateJob", create_job, chord__v1__create_job_request__descriptor, API_SCOPE_ADMIN),
+    UNARY("GetJob", get_job, chord__v1__get_job_request__descriptor, API_SCOPE_READ),
+    UNARY("ListJobs", list_jobs, chord__v1__list_jobs_request__descriptor, API_SCOPE_READ),
+    UNARY("CancelJob", cancel_job, chord__v1__cancel_job_request__descriptor, API_SCOPE_ADMIN),
     {"/chord.v1.Chord/WatchJob", GM_SERVER_STREAM, &chord__v1__watch_job_request__descriptor, NULL,
-     api_grpc_watch_open, api_grpc_watch_pump, NULL},
-    UNARY("GetMetrics", get_metrics, chord__v1__get_metrics_request__descriptor),
-    UNARY("ListSamples", list_samples, chord__v1__list_samples_request__descriptor),
-    UNARY("ListCheckpoints", list_checkpoints, chord__v1__list_checkpoints_request__descriptor),
-    {"/chord.v1.Chord/UploadDataset", GM_CLIENT_STREAM, NULL, NULL, NULL, NULL, upload_message},
-    UNARY("GetDataset", get_dataset, chord__v1__get_dataset_request__descriptor),
-    UNARY("ListDatasets", list_datasets, chord__v1__list_datasets_request__descriptor),
-    UNARY("RegisterModel", register_model, chord__v1__register_model_request__descriptor),
-    UNARY("GetModel", get_model, chord__v1__get_model_request__descriptor),
-    UNARY("ListModels", list_models, chord__v1__list_models_request__descriptor),
-    UNARY("Rollout", rollout, chord__v1__rollout_request__descriptor),
-    UNARY("GetRollout", get_rollout, chord__v1__get_rollout_request__descriptor),
+     api_grpc_watch_open, api_grpc_watch_pump, NULL, API_SCOPE_READ},
+    UNARY("GetMetrics", get_metrics, chord__v1__get_metrics_request__descriptor, API_SCOPE_READ),
+    UNARY("ListSamples", list_samples, chord__v1__list_samples_request__descriptor, API_SCOPE_READ),
+    UNARY("ListCheckpoints", list_checkpoints, chord__v1__list_checkpoints_request__descriptor,
+          API_SCOPE_READ),
+    {"/chord.v1.Chord/UploadDataset", GM_CLIENT_STREAM, NULL, NULL, NULL, NULL, upload_message,
+     API_SCOPE_ADMIN},
+    UNARY("GetDataset", get_dataset, chord__v1__get_dataset_request__descriptor, API_SCOPE_READ),
+    UNARY("ListDatasets", list_datasets, chord__v1__list_datasets_request__descriptor,
+          API_SCOPE_READ),
+    UNARY("RegisterModel", register_model, chord__v1__register_model_request__descriptor,
+          API_SCOPE_ADMIN),
+    UNARY("GetModel", get_model, chord__v1__get_model_request__descriptor, API_SCOPE_READ),
+    UNARY("ListModels", list_models, chord__v1__list_models_request__descriptor, API_SCOPE_READ),
+    UNARY("Rollout", rollout, chord__v1__rollout_request__descriptor, API_SCOPE_ADMIN),
+    UNARY("GetRollout", get_rollout, chord__v1__get_rollout_request__descriptor, API_SCOPE_READ),
     {"/grpc.health.v1.Health/Check", GM_UNARY, &grpc__health__v1__health_check_request__descriptor,
-     health_check, NULL, NULL, NULL},
+     health_check, NULL, NULL, NULL, API_SCOPE_NONE},
     {"/grpc.health.v1.Health/Watch", GM_SERVER_STREAM,
      &grpc__health__v1__health_check_request__descriptor, NULL, health_watch_open,
-     health_watch_pump, NULL},
+     health_watch_pump, NULL, API_SCOPE_NONE},
 };
 const size_t api_grpc_n_methods = sizeof api_grpc_methods / sizeof api_grpc_methods[0];

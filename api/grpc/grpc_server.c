@@ -383,6 +383,31 @@ static void request_call(api_grpc *g, int mi) {
     }
 }
 
+/* The call's `authorization` metadata against what its method needs (an unknown method: a read
+ * token, so that only callers with a token learn what is served). 0, or -1 after finishing the
+ * call with UNAUTHENTICATED / PERMISSION_DENIED. */
+static int authorize(gcall *c) {
+    const api_auth *auth = c->g->auth;
+    if (!auth) return 0;
+    const char *value = NULL;
+    size_t len = 0;
+    for (size_t i = 0; i < c->md.count; i++) {
+        if (!grpc_slice_str_cmp(c->md.metadata[i].key, "authorization")) {
+            value = (const char *)GRPC_SLICE_START_PTR(c->md.metadata[i].value);
+            len = GRPC_SLICE_LENGTH(c->md.metadata[i].value);
+            break;
+        }
+    }
+    const char *reason = NULL;
+    api_auth_result r =
+        api_auth_check(auth, value, len, c->m ? c->m->need : API_SCOPE_READ, NULL, &reason);
+    if (r == API_AUTH_OK) return 0;
+    gcall_finish(
+        c, r == API_AUTH_FORBIDDEN ? GRPC_STATUS_PERMISSION_DENIED : GRPC_STATUS_UNAUTHENTICATED,
+        reason, NULL, 0);
+    return -1;
+}
+
 static void start_call(gcall *c) {
     /* first, so a client that goes away (cancel, deadline, disconnect) is noticed */
     grpc_op op;
@@ -393,6 +418,10 @@ static void start_call(gcall *c) {
     pthread_mutex_lock(&c->mu);
     c->started = now_s();
     const gmethod *m = c->m;
+    if (authorize(c)) {
+        pthread_mutex_unlock(&c->mu);
+        return;
+    }
     if (!m) {
         char *method = grpc_slice_to_c_string(c->details.method);
         char msg[512];
@@ -498,11 +527,27 @@ static void *worker_main(void *arg) {
     return NULL;
 }
 
+/* Every method needs a token but health's (a forgotten `need` is NONE: caught here). */
+static int check_methods(chord_err *err) {
+    static const char health[] = "/grpc.health.v1.Health/";
+    for (size_t i = 0; i < api_grpc_n_methods; i++) {
+        const gmethod *m = &api_grpc_methods[i];
+        int is_health = !strncmp(m->path, health, sizeof health - 1);
+        if ((m->need == API_SCOPE_NONE) != is_health ||
+            (m->need != API_SCOPE_NONE && m->need != API_SCOPE_READ && m->need != API_SCOPE_ADMIN))
+            return chord_err_setc(err, CHORD_E_INTERNAL, "grpc: %s: no valid scope (%d)", m->path,
+                                  (int)m->need);
+    }
+    return 0;
+}
+
 int api_grpc_start(svc *s, const api_grpc_options *opt, api_grpc **out, chord_err *err) {
     *out = NULL;
+    if (check_methods(err)) return -1;
     api_grpc *g = calloc(1, sizeof *g);
     if (!g) return chord_err_setc(err, CHORD_E_INTERNAL, "grpc: out of memory");
     g->s = s;
+    g->auth = opt->auth;
     g->grace_ms = opt->grace_ms > 0 ? opt->grace_ms : 5000;
     g->n_workers = opt->threads > 0 ? opt->threads : 2;
     pthread_mutex_init(&g->state_mu, NULL);

@@ -9,6 +9,7 @@
 
 #include <stddef.h>
 
+#include "api/auth/auth.h"
 #include "server/base/err.h"
 #include "server/service.h"
 
@@ -21,6 +22,11 @@ typedef struct api_grpc_options {
     size_t max_message_bytes; /* largest request message (an upload chunk too); 0 = 4 MiB */
     int grace_ms;             /* how long api_grpc_stop lets calls end before cancelling
                                  them; <= 0 = 5000 */
+    const api_auth *auth;     /* bearer tokens (lives as long as the server); NULL = none.
+                                 Every method but grpc.health.v1 then needs `authorization:
+                                 Bearer TOKEN` metadata: gets, lists and WatchJob a read or
+                                 admin token, writes an admin one (UNAUTHENTICATED /
+                                 PERMISSION_DENIED else) */
 } api_grpc_options;
 
 /* Binds (port reuse off: a taken port is an error), registers the methods and starts the

@@ -1,9 +1,11 @@
-"""auth_test.py — bearer tokens (--auth-token-file) with clients nobody here wrote: curl for REST.
-A real chordd on free loopback ports with a token file of one admin and one read token: no
-token, a wrong or malformed one -> 401 with the API's error shape and WWW-Authenticate; a read
-token on a write -> 403 and nothing stored; a read token on GETs -> 200; an admin token may
-write; /healthz needs none; the tokens never reach the log. A malformed token file, or a
-non-loopback address without tokens, refuses to start with a message naming the problem.
+"""auth_test.py — bearer tokens (--auth-token-file) with clients nobody here wrote: curl for REST,
+grpcio (stubs generated from api/proto/chord.proto) for gRPC. A real chordd on free loopback
+ports with a token file of one admin and one read token: no token, a wrong or malformed one ->
+401 / UNAUTHENTICATED (REST: the API's error shape and WWW-Authenticate); a read token on a
+write -> 403 / PERMISSION_DENIED and nothing stored; a read token on gets, lists and watches ->
+OK; an admin token may write; /healthz and grpc.health.v1 need none; the tokens never reach the
+log. A malformed token file, or a non-loopback address without tokens, refuses to start with a
+message naming the problem.
 
 Run: CHORDD=build/chordd python -m pytest tests/integration/auth_test.py"""
 import json
@@ -14,9 +16,14 @@ import subprocess
 import tempfile
 import time
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from chordd_harness import CHORDD, Chordd, arith_prompts, free_port, jsonl
+from chordd_harness import CHORDD, Chordd, TINY_CONFIG, arith_prompts, free_port, jsonl
+from grpc_harness import GrpcChordd, raw_unary, stubs, to_struct
+
+pb, pbg = stubs()
 
 ADMIN = "adm-" + secrets.token_hex(20)
 READ = "rd-" + secrets.token_hex(20)
@@ -78,7 +85,7 @@ def tokens():
 
 @pytest.fixture(scope="module")
 def srv(tokens):
-    s = Chordd(extra_args=["--auth-token-file", tokens]).start()
+    s = GrpcChordd(extra_args=["--auth-token-file", tokens]).start()
     yield s
     rc = s.stop()
     log = s.read_log()
@@ -173,6 +180,120 @@ def test_read_token_on_a_get_only_route_with_post_is_405(srv):
 def test_events_stream_needs_a_token(srv):
     assert curl(srv.url + "/v1/jobs/nope/events")[0] == 401
     assert curl(srv.url + "/v1/jobs/nope/events", token=READ)[0] == 404
+
+
+# ---- gRPC ----------------------------------------------------------------------------------------
+
+def bearer(token):
+    return (("authorization", f"Bearer {token}"),)
+
+
+def upload_chunks(name="g"):
+    data = jsonl(arith_prompts(5))
+    yield pb.UploadDatasetRequest(kind="prompts", name=name, data=data[:10])
+    yield pb.UploadDatasetRequest(data=data[10:])
+
+
+# (method, request) of every chord.v1.Chord method; the ids do not exist: a call that passes
+# authentication is answered by the service (NOT_FOUND, INVALID_ARGUMENT), never by auth
+READS = [("GetJob", lambda: pb.GetJobRequest(id="nope")), ("ListJobs", pb.ListJobsRequest),
+         ("GetMetrics", lambda: pb.GetMetricsRequest(id="nope")),
+         ("ListSamples", lambda: pb.ListSamplesRequest(id="nope")),
+         ("ListCheckpoints", lambda: pb.ListCheckpointsRequest(id="nope")),
+         ("GetDataset", lambda: pb.GetDatasetRequest(id="nope")),
+         ("ListDatasets", pb.ListDatasetsRequest),
+         ("GetModel", lambda: pb.GetModelRequest(id="nope")), ("ListModels", pb.ListModelsRequest),
+         ("GetRollout", lambda: pb.GetRolloutRequest(id="nope"))]
+WRITES = [("CreateJob", lambda: pb.CreateJobRequest(job=to_struct({}))),
+          ("CancelJob", lambda: pb.CancelJobRequest(id="nope")),
+          ("RegisterModel", lambda: pb.RegisterModelRequest(name="m", path="nope")),
+          ("Rollout", lambda: pb.RolloutRequest(prompts=["hi"], model="nope"))]
+
+
+def grpc_code(fn, *args, **kw):
+    try:
+        r = fn(*args, timeout=20, **kw)
+        if hasattr(r, "__next__"):  # a server stream: its first message (or its status)
+            next(r)
+        return grpc.StatusCode.OK, ""
+    except grpc.RpcError as e:
+        return e.code(), e.details()
+
+
+def call(stub, name, req, token=None, header=None):
+    metadata = bearer(token) if token else ((("authorization", header),) if header else None)
+    return grpc_code(getattr(stub, name), req, metadata=metadata)
+
+
+def all_calls():
+    """Every chord.v1.Chord method: (name, request factory, is_write, kind)."""
+    for name, req in READS:
+        yield name, req, False, "unary"
+    for name, req in WRITES:
+        yield name, req, True, "unary"
+    yield "WatchJob", lambda: pb.WatchJobRequest(id="nope"), False, "stream"
+    yield "UploadDataset", upload_chunks, True, "upload"
+
+
+ALL = list(all_calls())
+
+
+@pytest.mark.parametrize("name,req,write,kind", ALL, ids=[c[0] for c in ALL])
+def test_grpc_no_or_wrong_token_is_unauthenticated(srv, name, req, write, kind):
+    stub = srv.stub()
+    for header in [None, f"Bearer {ADMIN}x", f"Bearer {READ[:-1]}", f"Basic {ADMIN}", ADMIN]:
+        code, details = call(stub, name, req(), header=header)
+        assert code == grpc.StatusCode.UNAUTHENTICATED, (header, code, details)
+        assert ADMIN not in details and READ not in details
+
+
+@pytest.mark.parametrize("name,req,write,kind", ALL, ids=[c[0] for c in ALL])
+def test_grpc_read_token(srv, name, req, write, kind):
+    code, details = call(srv.stub(), name, req(), token=READ)
+    if write:
+        assert code == grpc.StatusCode.PERMISSION_DENIED, (code, details)
+        assert "read-only" in details
+    else:
+        assert code in (grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND), (code, details)
+
+
+@pytest.mark.parametrize("name,req,write,kind", ALL, ids=[c[0] for c in ALL])
+def test_grpc_admin_token_passes(srv, name, req, write, kind):
+    code, details = call(srv.stub(), name, req(), token=ADMIN)
+    assert code not in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
+                        grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE), (code, details)
+
+
+def test_grpc_read_token_upload_stores_nothing(srv):
+    stub = srv.stub()
+    before = stub.ListDatasets(pb.ListDatasetsRequest(), metadata=bearer(READ)).total
+    code, _ = grpc_code(stub.UploadDataset, upload_chunks("denied"), metadata=bearer(READ))
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    assert stub.ListDatasets(pb.ListDatasetsRequest(), metadata=bearer(READ)).total == before
+
+
+def test_grpc_admin_writes_read_reads(srv):
+    stub = srv.stub()
+    ds = stub.UploadDataset(upload_chunks("ok"), metadata=bearer(ADMIN), timeout=20)
+    assert ds.lines == 5
+    assert stub.GetDataset(pb.GetDatasetRequest(id=ds.id), metadata=bearer(READ)).id == ds.id
+    m = stub.RegisterModel(pb.RegisterModelRequest(name="tiny", init=pb.ModelInit(
+        config=to_struct(TINY_CONFIG))), metadata=bearer(ADMIN), timeout=20)
+    assert stub.GetModel(pb.GetModelRequest(id=m.id), metadata=bearer(READ)).id == m.id
+
+
+def test_grpc_health_needs_no_token(srv):
+    h = health_pb2_grpc.HealthStub(srv.channel())
+    assert h.Check(health_pb2.HealthCheckRequest(), timeout=10).status == \
+        health_pb2.HealthCheckResponse.SERVING
+    first = next(h.Watch(health_pb2.HealthCheckRequest(), timeout=10))
+    assert first.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_grpc_unknown_method_needs_a_token(srv):
+    method = raw_unary(srv.channel(), "/chord.v1.Chord/NoSuchMethod")
+    assert grpc_code(method, b"")[0] == grpc.StatusCode.UNAUTHENTICATED
+    assert grpc_code(method, b"", metadata=bearer(READ))[0] == grpc.StatusCode.UNIMPLEMENTED
 
 
 # ---- refusals at start --------------------------------------------------------------------------
