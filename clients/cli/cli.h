@@ -56,6 +56,7 @@ typedef struct cli_transfer {
     const char *progress_label; /* when stderr is a TTY: a progress line for this transfer */
     curl_off_t progress_total;  /* expected download size when the server sends none (0) */
     int streaming;              /* no overall timeout (an event stream); idle limit instead */
+    int quiet_unreachable;      /* no message for CLI_UNREACHABLE (the caller retries) */
 } cli_transfer;
 
 typedef struct cli_result {
@@ -73,6 +74,13 @@ int cli_perform(cli *c, const cli_transfer *t, cli_result *r);
  * json_decref) and, when raw is not NULL, the exact bytes (for --json). */
 int cli_call_json(cli *c, const char *method, const char *path, const json_t *body,
                   json_t **out, chord_buf *raw);
+
+/* cli_call_json on base + the escaped id + suffix ("/v1/jobs/", id, "/cancel"). */
+int cli_call_id(cli *c, const char *method, const char *base, const char *id, const char *suffix,
+                json_t **out, chord_buf *raw);
+/* A `show ID` command: GET base + id, then the server's JSON (--json) or print(doc). */
+int cli_show(cli *c, int argc, char **argv, const char *base, const char *usage,
+             void (*print)(cli *c, const json_t *doc));
 
 /* Appends text to b escaped for a URL query value or path segment (curl_easy_escape). */
 int cli_escape(cli *c, chord_buf *b, const char *text);
@@ -134,6 +142,9 @@ void cli_bytes_text(double bytes, char *out, size_t n);
 void cli_duration_text(double seconds, char *out, size_t n);
 /* An RFC 3339 timestamp's age: "12s", "5m", "3h", "2d"; "-" for NULL or unparsable. */
 void cli_age_text(const char *rfc3339, char *out, size_t n);
+/* An RFC 3339 UTC timestamp ("2026-11-25T08:35:24.750Z") as seconds since the epoch; NaN for
+ * NULL or unparsable. */
+double cli_time_parse(const char *rfc3339);
 /* A metric value in at most 6 significant digits; "-" for NULL / null. */
 void cli_number_text(const json_t *v, char *out, size_t n);
 /* A bar of width cells, fraction in [0, 1] filled: "█████░░░░░" or "#####....." */
@@ -153,6 +164,12 @@ int cli_jobs(cli *c, int argc, char **argv);        /* cli_jobs.c */
 int cli_jobs_watch(cli *c, int argc, char **argv);  /* cli_watch.c */
 int cli_rollout(cli *c, int argc, char **argv);     /* cli_rollout.c */
 int cli_checkpoints(cli *c, int argc, char **argv); /* cli_checkpoints.c */
+
+/* Reads FILE, or stdin for "-", whole (NUL-terminated). CLI_OK, or CLI_LOCAL after the
+ * message. */
+int cli_read_input(const char *file, char **text, size_t *len); /* cli_jobs.c */
+/* Follows a job's event stream from since_step (jobs watch, jobs create --watch). */
+int cli_watch_job(cli *c, const char *id, long since_step); /* cli_watch.c */
 
 /* Prints a JSON document (raw bytes as the server sent them, ending with a newline). */
 void cli_print_raw(const chord_buf *raw);

@@ -14,7 +14,7 @@ static const char usage_upload[] =
 static const char usage_list[] = "chordctl datasets list [--limit N] [--offset N]";
 static const char usage_show[] = "chordctl datasets show ID";
 
-static void print_dataset(const json_t *d) {
+static void print_dataset(cli *c, const json_t *d) {
     char size[32], lines[32];
     cli_bytes_text(chord_json_number_or(d, "bytes", 0), size, sizeof size);
     snprintf(lines, sizeof lines, "%.0f", chord_json_number_or(d, "lines", 0));
@@ -165,35 +165,6 @@ done:
     return rc;
 }
 
-static int show(cli *c, int argc, char **argv) {
-    cli_opt opts[] = {{0}};
-    const char *pos[1];
-    int npos, rc;
-    chord_buf path = {0}, raw = {0};
-    json_t *doc = NULL;
-    if ((rc = cli_parse(argc, argv, opts, pos, 1, &npos, usage_show)) != CLI_OK)
-        goto done;
-    if (npos != 1) {
-        rc = cli_fail(CLI_USAGE, "usage: %s", usage_show);
-        goto done;
-    }
-    if (cli_bufprintf(&path, "/v1/datasets/") != 0 || cli_escape(c, &path, pos[0]) != 0) {
-        rc = cli_fail(CLI_LOCAL, "out of memory");
-        goto done;
-    }
-    if ((rc = cli_call_json(c, "GET", path.data, NULL, &doc, &raw)) != CLI_OK)
-        goto done;
-    if (c->json)
-        cli_print_raw(&raw);
-    else
-        print_dataset(doc);
-done:
-    json_decref(doc);
-    chord_buf_free(&raw);
-    chord_buf_free(&path);
-    return rc;
-}
-
 int cli_datasets(cli *c, int argc, char **argv) {
     const char *action = argc > 1 ? argv[1] : "";
     if (strcmp(action, "upload") == 0)
@@ -201,7 +172,7 @@ int cli_datasets(cli *c, int argc, char **argv) {
     if (strcmp(action, "list") == 0 || strcmp(action, "ls") == 0)
         return list(c, argc - 1, argv + 1);
     if (strcmp(action, "show") == 0 || strcmp(action, "get") == 0)
-        return show(c, argc - 1, argv + 1);
+        return cli_show(c, argc - 1, argv + 1, "/v1/datasets/", usage_show, print_dataset);
     return cli_fail(CLI_USAGE, "usage: %s\n       %s\n       %s", usage_upload, usage_list,
                     usage_show);
 }

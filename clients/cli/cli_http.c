@@ -260,6 +260,10 @@ int cli_perform(cli *c, const cli_transfer *t, cli_result *r) {
             rc = CLI_REFUSED;
             goto done;
         }
+        if (t->quiet_unreachable) {
+            rc = CLI_UNREACHABLE;
+            goto done;
+        }
         rc = cli_fail(CLI_UNREACHABLE, "%s %s: %s", res == CURLE_COULDNT_CONNECT ||
                                                             res == CURLE_COULDNT_RESOLVE_HOST
                                                         ? "cannot connect to"
@@ -314,4 +318,40 @@ void cli_print_raw(const chord_buf *raw) {
     fwrite(raw->data, 1, raw->len, stdout);
     if (raw->data[raw->len - 1] != '\n')
         fputc('\n', stdout);
+}
+
+int cli_call_id(cli *c, const char *method, const char *base, const char *id, const char *suffix,
+                json_t **out, chord_buf *raw) {
+    chord_buf path = {0};
+    *out = NULL;
+    if (cli_bufprintf(&path, "%s", base) != 0 || cli_escape(c, &path, id) != 0 ||
+        cli_bufprintf(&path, "%s", suffix ? suffix : "") != 0) {
+        chord_buf_free(&path);
+        return cli_fail(CLI_LOCAL, "out of memory");
+    }
+    int rc = cli_call_json(c, method, path.data, NULL, out, raw);
+    chord_buf_free(&path);
+    return rc;
+}
+
+int cli_show(cli *c, int argc, char **argv, const char *base, const char *usage,
+             void (*print)(cli *c, const json_t *doc)) {
+    cli_opt opts[] = {{0}};
+    const char *pos[1];
+    int npos, rc;
+    chord_buf raw = {0};
+    json_t *doc = NULL;
+    if ((rc = cli_parse(argc, argv, opts, pos, 1, &npos, usage)) != CLI_OK)
+        return rc;
+    if (npos != 1)
+        return cli_fail(CLI_USAGE, "usage: %s", usage);
+    if ((rc = cli_call_id(c, "GET", base, pos[0], NULL, &doc, &raw)) == CLI_OK) {
+        if (c->json)
+            cli_print_raw(&raw);
+        else
+            print(c, doc);
+    }
+    json_decref(doc);
+    chord_buf_free(&raw);
+    return rc;
 }

@@ -169,3 +169,14 @@ void cli_page_note(const json_t *page) {
         fprintf(stderr, "(%zu of %.0f shown; --offset %.0f for more)\n", n, total,
                 offset + (double)n);
 }
+
+double cli_time_parse(const char *rfc3339) {
+    struct tm tm = {0};
+    const char *rest = rfc3339 ? strptime(rfc3339, "%Y-%m-%dT%H:%M:%S", &tm) : NULL;
+    if (!rest)
+        return NAN;
+    double t = (double)timegm(&tm);
+    if (*rest == '.')
+        t += strtod(rest, NULL); /* ".750Z" -> 0.75 (strtod stops at the Z) */
+    return t;
+}
