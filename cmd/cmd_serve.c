@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "api/auth/auth.h"
+#include "api/auth/tls.h"
 #include "api/grpc/grpc_server.h"
 #include "api/http/http.h"
 #include "cmd/commands.h"
@@ -54,6 +55,8 @@ static void usage(FILE *out) {
             "                        watch; admin: everything). Default: no authentication,\n"
             "                        allowed only on loopback addresses\n"
             "  --insecure-no-auth    serve a non-loopback --http / --grpc without tokens\n"
+            "  --tls-cert FILE       PEM certificate (chain): REST is HTTPS and gRPC TLS only;\n"
+            "  --tls-key FILE        with its unencrypted PEM private key (both or neither)\n"
             "  --demo                submit the embedded demo job at start: a random-init tiny\n"
             "                        model trained with CHORD on the built-in arithmetic task\n"
             "  -h, --help            this help\n\n"
@@ -134,7 +137,7 @@ static int check_exposure(const char *flag, int on, const char *host, int have_t
 int cmd_serve(int argc, char **argv) {
     const char *data_dir = "./chord-data", *http = "127.0.0.1:8080", *grpc = "127.0.0.1:50051";
     const char *device = "auto", *models_root = NULL, *log_level = "info";
-    const char *auth_file = NULL;
+    const char *auth_file = NULL, *tls_cert = NULL, *tls_key = NULL;
     int insecure_no_auth = 0;
     long max_upload_mb = 1024, threads = 0, http_threads = 4, heartbeat = 15, memory_mb = 0;
     int demo = 0;
@@ -192,6 +195,12 @@ int cmd_serve(int argc, char **argv) {
             auth_file = next;
         } else if (!strcmp(a, "--insecure-no-auth")) {
             insecure_no_auth = 1;
+        } else if (!strcmp(a, "--tls-cert")) {
+            VALUE();
+            tls_cert = next;
+        } else if (!strcmp(a, "--tls-key")) {
+            VALUE();
+            tls_key = next;
         } else if (!strcmp(a, "--demo")) {
             demo = 1;
         } else {
@@ -216,11 +225,17 @@ int cmd_serve(int argc, char **argv) {
         fprintf(stderr, "chordd: --auth-token-file and --insecure-no-auth: give one, not both\n");
         return 2;
     }
+    if (!tls_cert != !tls_key) {
+        fprintf(stderr, "chordd: --tls-cert and --tls-key go together: give both, or neither\n");
+        return 2;
+    }
     if (check_exposure("--http", http_on, http_host, auth_file != NULL, insecure_no_auth) ||
         check_exposure("--grpc", grpc_on, grpc_host, auth_file != NULL, insecure_no_auth))
         return 2;
     chord_err err = {0};
-    api_auth *auth = NULL; /* read by request threads: freed after both transports stopped */
+    /* read by request threads: both freed after both transports stopped */
+    api_auth *auth = NULL;
+    api_tls tls = {0};
     if (auth_file) {
         if (api_auth_load(auth_file, &auth, &err)) {
             fprintf(stderr, "chordd: %s\n", err.msg);
@@ -229,6 +244,17 @@ int cmd_serve(int argc, char **argv) {
         LOG_INFO("chordd: authentication on: %d admin and %d read token(s) from %s",
                  api_auth_count(auth, API_SCOPE_ADMIN), api_auth_count(auth, API_SCOPE_READ),
                  auth_file);
+    }
+    if (tls_cert) {
+        if (api_tls_load(tls_cert, tls_key, &tls, &err)) {
+            fprintf(stderr, "chordd: %s\n", err.msg);
+            api_auth_free(auth);
+            return 2;
+        }
+        LOG_INFO("chordd: TLS on (REST https, gRPC TLS): %s", tls.summary);
+    } else if (auth && ((http_on && !host_is_loopback(http_host)) ||
+                        (grpc_on && !host_is_loopback(grpc_host)))) {
+        LOG_WARN("chordd: tokens cross the network in clear text: give --tls-cert and --tls-key");
     }
 
     /* signals are taken by sigwait below: block them before any thread starts */
@@ -250,17 +276,23 @@ int cmd_serve(int argc, char **argv) {
     if (svc_open(&so, &s, &err)) {
         LOG_ERROR("chordd: %s", err.msg);
         api_auth_free(auth);
+        api_tls_clear(&tls);
         return 1;
     }
     /* gRPC binds first: a taken port fails the start before /healthz answers, and a healthy
      * /healthz means both transports are listening */
     api_grpc *g = NULL;
     if (grpc_on) {
-        api_grpc_options go = {.host = grpc_host, .port = grpc_port, .auth = auth};
+        api_grpc_options go = {.host = grpc_host,
+                               .port = grpc_port,
+                               .auth = auth,
+                               .tls_cert_pem = tls.cert_pem,
+                               .tls_key_pem = tls.key_pem};
         if (api_grpc_start(s, &go, &g, &err)) {
             LOG_ERROR("chordd: %s", err.msg);
             svc_close(s);
             api_auth_free(auth);
+            api_tls_clear(&tls);
             return 1;
         }
     }
@@ -270,35 +302,40 @@ int cmd_serve(int argc, char **argv) {
                                .port = http_port,
                                .threads = (int)http_threads,
                                .heartbeat_s = (int)heartbeat,
-                               .auth = auth};
+                               .auth = auth,
+                               .tls_cert_pem = tls.cert_pem,
+                               .tls_key_pem = tls.key_pem};
         if (api_http_start(s, &ho, &h, &err)) {
             LOG_ERROR("chordd: %s", err.msg);
             api_grpc_stop(g);
             svc_close(s);
             api_auth_free(auth);
+            api_tls_clear(&tls);
             return 1;
         }
     }
     int n_dev = 0;
     const char *const *devs = svc_devices(s, &n_dev);
     if (h)
-        LOG_INFO("chordd %s listening on http://%s%s%s:%d (data %s, models root %s, device %s%s)",
-                 SVC_VERSION, strchr(http_host, ':') ? "[" : "", http_host,
-                 strchr(http_host, ':') ? "]" : "", api_http_port(h), data_dir, svc_models_root(s),
-                 devs[0], n_dev > 1 ? ",..." : "");
+        LOG_INFO("chordd %s listening on %s://%s%s%s:%d (data %s, models root %s, device %s%s)",
+                 SVC_VERSION, tls.cert_pem ? "https" : "http", strchr(http_host, ':') ? "[" : "",
+                 http_host, strchr(http_host, ':') ? "]" : "", api_http_port(h), data_dir,
+                 svc_models_root(s), devs[0], n_dev > 1 ? ",..." : "");
     else
         LOG_INFO("chordd %s running without HTTP (data %s)", SVC_VERSION, data_dir);
     if (g)
-        LOG_INFO("chordd gRPC listening on %s%s%s:%d", strchr(grpc_host, ':') ? "[" : "", grpc_host,
-                 strchr(grpc_host, ':') ? "]" : "", api_grpc_port(g));
+        LOG_INFO("chordd gRPC listening on %s%s%s:%d%s", strchr(grpc_host, ':') ? "[" : "",
+                 grpc_host, strchr(grpc_host, ':') ? "]" : "", api_grpc_port(g),
+                 tls.cert_pem ? " (TLS)" : "");
     if (demo) {
         json_t *job = NULL;
         if (svc_submit_demo(s, &job, &err)) {
             LOG_ERROR("chordd: %s", err.msg);
         } else {
             const char *id = json_string_value(json_object_get(job, "id"));
-            LOG_INFO("demo job %s queued; watch it with: curl -N http://%s:%d/v1/jobs/%s/events",
-                     id, http_host[0] ? http_host : "127.0.0.1", h ? api_http_port(h) : 8080, id);
+            LOG_INFO("demo job %s queued; watch it with: curl -N %s://%s:%d/v1/jobs/%s/events", id,
+                     tls.cert_pem ? "https" : "http", http_host[0] ? http_host : "127.0.0.1",
+                     h ? api_http_port(h) : 8080, id);
             json_decref(job);
         }
     }
@@ -321,6 +358,7 @@ int cmd_serve(int argc, char **argv) {
     /* 4. only now: the jobs pool, the watch feeds, SQLite */
     svc_close(s);
     api_auth_free(auth);
+    api_tls_clear(&tls);
     LOG_INFO("chordd: stopped");
     return 0;
 }

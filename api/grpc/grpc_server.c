@@ -598,12 +598,26 @@ int api_grpc_start(svc *s, const api_grpc_options *opt, api_grpc **out, chord_er
     }
     char addr[320];
     snprintf(addr, sizeof addr, strchr(opt->host, ':') ? "[%s]:%d" : "%s:%d", opt->host, opt->port);
-    grpc_server_credentials *creds = grpc_insecure_server_credentials_create();
+    int use_tls = opt->tls_cert_pem && opt->tls_key_pem;
+    grpc_server_credentials *creds = NULL;
+    if (use_tls) {
+        grpc_ssl_pem_key_cert_pair pair = {.private_key = opt->tls_key_pem,
+                                           .cert_chain = opt->tls_cert_pem};
+        creds = grpc_ssl_server_credentials_create_ex(
+            NULL, &pair, 1, GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE, NULL);
+    } else {
+        creds = grpc_insecure_server_credentials_create();
+    }
+    if (!creds) {
+        chord_err_setc(err, CHORD_E_INTERNAL, "grpc: cannot create the %s credentials",
+                       use_tls ? "TLS server" : "server");
+        goto fail_early;
+    }
     g->port = grpc_server_add_http2_port(g->server, addr, creds);
     grpc_server_credentials_release(creds);
     if (g->port <= 0) {
-        chord_err_setc(err, CHORD_E_IO, "grpc: cannot listen on %s (in use, or not an address)",
-                       addr);
+        chord_err_setc(err, CHORD_E_IO, "grpc: cannot listen on %s (in use, or not an address%s)",
+                       addr, use_tls ? ", or the TLS certificate and key were refused" : "");
         goto fail_early;
     }
     grpc_server_start(g->server);

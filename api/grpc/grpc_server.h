@@ -27,6 +27,8 @@ typedef struct api_grpc_options {
                                  Bearer TOKEN` metadata: gets, lists and WatchJob a read or
                                  admin token, writes an admin one (UNAUTHENTICATED /
                                  PERMISSION_DENIED else) */
+    const char *tls_cert_pem; /* both set: TLS only (PEM text api/auth/tls.h checked; */
+    const char *tls_key_pem;  /* the caller keeps it until api_grpc_stop) */
 } api_grpc_options;
 
 /* Binds (port reuse off: a taken port is an error), registers the methods and starts the

@@ -16,16 +16,18 @@
 typedef struct api_http api_http;
 
 typedef struct api_http_options {
-    const char *host;      /* "127.0.0.1", "0.0.0.0", "::1", "localhost" */
-    int port;              /* 0 = any free port (api_http_port tells which) */
-    int threads;           /* MHD thread pool size; <= 0 = 4 */
-    int connection_limit;  /* <= 0 = 512 */
-    int timeout_s;         /* idle connection timeout; <= 0 = 60 */
-    int heartbeat_s;       /* SSE heartbeat comment interval; <= 0 = 15 */
-    size_t max_json_bytes; /* limit of JSON request bodies; 0 = 1 MiB */
-    const api_auth *auth;  /* bearer tokens (lives as long as the daemon); NULL = no
-                              authentication. Every route but /healthz needs a token: GET ones
-                              a read or admin token, writes an admin token (401 / 403 else) */
+    const char *host;         /* "127.0.0.1", "0.0.0.0", "::1", "localhost" */
+    int port;                 /* 0 = any free port (api_http_port tells which) */
+    int threads;              /* MHD thread pool size; <= 0 = 4 */
+    int connection_limit;     /* <= 0 = 512 */
+    int timeout_s;            /* idle connection timeout; <= 0 = 60 */
+    int heartbeat_s;          /* SSE heartbeat comment interval; <= 0 = 15 */
+    size_t max_json_bytes;    /* limit of JSON request bodies; 0 = 1 MiB */
+    const api_auth *auth;     /* bearer tokens (lives as long as the daemon); NULL = no
+                                 authentication. Every route but /healthz needs a token: GET ones
+                                 a read or admin token, writes an admin token (401 / 403 else) */
+    const char *tls_cert_pem; /* both set: HTTPS only (PEM text api/auth/tls.h checked; */
+    const char *tls_key_pem;  /* the caller keeps it until api_http_stop) */
 } api_http_options;
 
 int api_http_start(svc *s, const api_http_options *opt, api_http **out, chord_err *err);

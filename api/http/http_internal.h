@@ -59,6 +59,8 @@ struct api_http {
     int heartbeat_s;
     size_t max_json;
     atomic_int stopping;
+    atomic_int started;    /* MHD_start_daemon returned a daemon */
+    char start_error[512]; /* the first libmicrohttpd message while starting (on_mhd_log) */
     /* event streams, and the thread that resumes them (notify, heartbeat, stop) */
     pthread_mutex_t sse_mu;
     sse_conn *streams;

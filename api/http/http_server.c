@@ -437,12 +437,15 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 }
 
 static void on_mhd_log(void *cls, const char *fmt, va_list ap) {
-    (void)cls;
+    api_http *h = cls;
     char msg[512];
     vsnprintf(msg, sizeof msg, fmt, ap);
     size_t n = strlen(msg);
     while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
         msg[--n] = '\0';
+    /* while MHD_start_daemon runs (on the starting thread): the first reason, for its error */
+    if (!atomic_load(&h->started) && !h->start_error[0])
+        snprintf(h->start_error, sizeof h->start_error, "%s", msg);
     LOG_WARN("http: %s", msg);
 }
 
@@ -746,6 +749,23 @@ int api_http_start(svc *s, const api_http_options *opt, api_http **out, chord_er
     }
     unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
     if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
+    /* TLS: GnuTLS inside libmicrohttpd, TLS 1.2 and newer, the PEM text tls.h checked */
+    struct MHD_OptionItem tls[4] = {{MHD_OPTION_END, 0, NULL}};
+    int use_tls = opt->tls_cert_pem && opt->tls_key_pem;
+    if (use_tls) {
+        if (MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES) {
+            freeaddrinfo(ai);
+            chord_err_setc(err, CHORD_E_INTERNAL,
+                           "--tls-cert: this libmicrohttpd is built without TLS (GnuTLS)");
+            api_http_stop(h);
+            return -1;
+        }
+        flags |= MHD_USE_TLS;
+        tls[0] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_CERT, 0, (void *)opt->tls_cert_pem};
+        tls[1] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_KEY, 0, (void *)opt->tls_key_pem};
+        tls[2] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_PRIORITIES, 0,
+                                         (void *)"NORMAL:-VERS-TLS1.0:-VERS-TLS1.1:-VERS-DTLS-ALL"};
+    }
     h->daemon = MHD_start_daemon(
         flags, (uint16_t)opt->port, NULL, NULL, on_request, h, MHD_OPTION_EXTERNAL_LOGGER,
         on_mhd_log, h, MHD_OPTION_SOCK_ADDR, ai->ai_addr, MHD_OPTION_THREAD_POOL_SIZE,
@@ -753,15 +773,20 @@ int api_http_start(svc *s, const api_http_options *opt, api_http **out, chord_er
         (unsigned)(opt->connection_limit > 0 ? opt->connection_limit : 512),
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)(opt->timeout_s > 0 ? opt->timeout_s : 60),
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)256 * 1024, MHD_OPTION_NOTIFY_COMPLETED,
-        on_completed, h, MHD_OPTION_END);
+        on_completed, h, MHD_OPTION_ARRAY, tls, MHD_OPTION_END);
     freeaddrinfo(ai);
     if (!h->daemon) {
-        chord_err_setc(err, CHORD_E_UNAVAILABLE,
-                       "--http: cannot listen on %s:%d (address in use or not permitted)",
-                       opt->host, opt->port);
+        /* libmicrohttpd said why in its log (on_mhd_log kept the first message) */
+        chord_err_setc(err, CHORD_E_UNAVAILABLE, "--http: cannot listen on %s:%d%s%s%s", opt->host,
+                       opt->port, h->start_error[0] ? ": " : " (address in use or not permitted",
+                       h->start_error[0] ? h->start_error : "",
+                       h->start_error[0] ? ""
+                       : use_tls         ? ", or the TLS setup failed)"
+                                         : ")");
         api_http_stop(h);
         return -1;
     }
+    atomic_store(&h->started, 1);
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(h->daemon, MHD_DAEMON_INFO_BIND_PORT);
     h->port = info ? info->port : opt->port;
     if (pthread_create(&h->waker, NULL, waker_main, h) != 0) {

@@ -7,20 +7,30 @@ OK; an admin token may write; /healthz and grpc.health.v1 need none; the tokens 
 log. A malformed token file, or a non-loopback address without tokens, refuses to start with a
 message naming the problem.
 
+TLS (--tls-cert / --tls-key) with certificates the openssl CLI makes here: curl --cacert and a
+grpcio secure channel work (tokens too), plain HTTP / an insecure channel and a client without
+the CA do not, an expired certificate (`openssl ca -startdate/-enddate`, in the past) is
+refused by both clients, and a bad certificate or key file refuses to start naming the file.
+
 Run: CHORDD=build/chordd python -m pytest tests/integration/auth_test.py"""
 import json
 import os
 import secrets
+import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
+import urllib.error
+import urllib.request
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from chordd_harness import CHORDD, Chordd, TINY_CONFIG, arith_prompts, free_port, jsonl
+from chordd_harness import (CHORDD, Chordd, Response, TINY_CONFIG, arith_prompts, free_port,
+                            jsonl)
 from grpc_harness import GrpcChordd, raw_unary, stubs, to_struct
 
 pb, pbg = stubs()
@@ -413,3 +423,198 @@ def test_tokens_and_insecure_together_are_refused(tokens):
     rc, out = run_chordd("--http", "127.0.0.1:0", "--grpc", "off", "--auth-token-file", tokens,
                          "--insecure-no-auth")
     assert rc == 2 and "give one, not both" in out, out
+
+
+# ---- TLS -------------------------------------------------------------------------------------------
+
+SAN = "subjectAltName=DNS:localhost,IP:127.0.0.1"
+CA_CONFIG = """[ca]
+default_ca = ca_default
+[ca_default]
+database = index.txt
+new_certs_dir = .
+serial = serial
+default_md = sha256
+policy = policy_any
+copy_extensions = copy
+unique_subject = no
+[policy_any]
+commonName = supplied
+"""
+
+
+def openssl(*args, cwd):
+    p = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, timeout=60)
+    assert p.returncode == 0, f"openssl {' '.join(args)}: {p.stderr.decode()}"
+
+
+@pytest.fixture(scope="module")
+def certs():
+    """A directory with cert.pem/key.pem (valid, self-signed, for localhost and 127.0.0.1),
+    expired.pem/expired-key.pem (valid 2020-01-01 to 2020-01-02), other-key.pem (not cert's),
+    encrypted-key.pem (cert's key with a pass phrase) and garbage.pem."""
+    if not shutil.which("openssl"):
+        pytest.skip("the openssl CLI is missing (Debian package openssl)")
+    d = tempfile.mkdtemp(prefix="chord-tls-")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    openssl("req", "-x509", *ec, "-keyout", "key.pem", "-out", "cert.pem", "-days", "2",
+            "-subj", "/CN=localhost", "-addext", SAN, cwd=d)
+    # openssl 3.0's req / x509 take no start date: a one-entry CA database signs the request
+    # with its own key for a validity period in the past
+    with open(os.path.join(d, "ca.cnf"), "w") as f:
+        f.write(CA_CONFIG)
+    open(os.path.join(d, "index.txt"), "w").close()
+    with open(os.path.join(d, "serial"), "w") as f:
+        f.write("01\n")
+    openssl("req", "-new", *ec, "-keyout", "expired-key.pem", "-out", "expired.csr",
+            "-subj", "/CN=localhost", "-addext", SAN, cwd=d)
+    openssl("ca", "-batch", "-notext", "-config", "ca.cnf", "-selfsign", "-keyfile",
+            "expired-key.pem", "-in", "expired.csr", "-out", "expired.pem",
+            "-startdate", "20200101000000Z", "-enddate", "20200102000000Z", cwd=d)
+    openssl("genpkey", "-algorithm", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-out", "other-key.pem", cwd=d)
+    openssl("pkey", "-in", "key.pem", "-aes256", "-passout", "pass:secret", "-out",
+            "encrypted-key.pem", cwd=d)
+    with open(os.path.join(d, "garbage.pem"), "w") as f:
+        f.write("-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n")
+    for name in os.listdir(d):
+        os.chmod(os.path.join(d, name), 0o600)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+class TlsChordd(GrpcChordd):
+    """A GrpcChordd serving TLS on both ports; the harness's HTTP goes over https with the
+    certificate as the only CA (or, verify=False, no verification: the expired one)."""
+
+    def __init__(self, cert, key, extra_args=(), verify=True):
+        self.cert, self.verify = cert, verify
+        super().__init__(extra_args=["--tls-cert", cert, "--tls-key", key, *extra_args])
+
+    @property
+    def url(self):
+        return f"https://127.0.0.1:{self.port}"
+
+    def request(self, method, path, body=None, headers=None, timeout=30):
+        ctx = ssl.create_default_context(cafile=self.cert) if self.verify else \
+            ssl._create_unverified_context()
+        req = urllib.request.Request(self.url + path, data=body, method=method,
+                                     headers=dict(headers or {}))
+        try:
+            with urllib.request.urlopen(req, timeout=timeout, context=ctx) as r:
+                return Response(r.status, dict(r.headers), r.read())
+        except urllib.error.HTTPError as e:
+            return Response(e.code, dict(e.headers), e.read())
+
+    def channel(self, root=None):
+        if root is None and self._channel is not None:
+            return self._channel
+        with open(root or self.cert, "rb") as f:
+            ch = grpc.secure_channel(self.target, grpc.ssl_channel_credentials(f.read()))
+        if root is None:
+            self._channel = ch
+        return ch
+
+
+@pytest.fixture(scope="module")
+def tls_srv(certs, tokens):
+    s = TlsChordd(os.path.join(certs, "cert.pem"), os.path.join(certs, "key.pem"),
+                  ["--auth-token-file", tokens]).start()
+    yield s
+    rc = s.stop()
+    log = s.read_log()
+    s.cleanup()
+    assert rc == 0
+    assert "TLS on (REST https, gRPC TLS): certificate /CN=localhost" in log, log
+    assert ADMIN not in log and READ not in log
+
+
+def test_tls_curl_with_the_ca(tls_srv, certs):
+    ca = ["--cacert", os.path.join(certs, "cert.pem")]
+    for host in ["127.0.0.1", "localhost"]:
+        url = f"https://{host}:{tls_srv.port}"
+        assert curl(url + "/healthz", extra=ca)[0] == 200
+        assert curl(url + "/v1/jobs", extra=ca)[0] == 401
+        assert curl(url + "/v1/jobs", token=READ, extra=ca)[0] == 200
+        status, _, body = curl(url + "/v1/datasets?kind=prompts&name=tls", "POST", token=ADMIN,
+                               data=jsonl(arith_prompts(3)), content_type="application/x-ndjson",
+                               extra=ca)
+        assert status == 201, body
+
+
+def test_tls_refuses_plain_http_and_unknown_ca(tls_srv):
+    p = subprocess.run(["curl", "-sS", "--max-time", "10", f"http://127.0.0.1:{tls_srv.port}/healthz"],
+                       capture_output=True)
+    assert p.returncode != 0 or not p.stdout.startswith(b"{"), p
+    p = subprocess.run(["curl", "-sS", "--max-time", "10", f"https://127.0.0.1:{tls_srv.port}/healthz"],
+                       capture_output=True)
+    assert p.returncode == 60, p  # curl: the peer's certificate cannot be verified
+
+
+def test_tls_old_protocol_versions_refused(tls_srv, certs):
+    p = subprocess.run(["curl", "-sS", "--max-time", "10", "--cacert",
+                        os.path.join(certs, "cert.pem"), "--tlsv1.1", "--tls-max", "1.1",
+                        f"https://127.0.0.1:{tls_srv.port}/healthz"], capture_output=True)
+    assert p.returncode != 0, p
+
+
+def test_tls_grpc_secure_channel(tls_srv):
+    stub = pbg.ChordStub(tls_srv.channel())
+    assert stub.ListJobs(pb.ListJobsRequest(), metadata=bearer(READ), timeout=20).total >= 0
+    assert grpc_code(stub.ListJobs, pb.ListJobsRequest())[0] == grpc.StatusCode.UNAUTHENTICATED
+    code, _ = grpc_code(stub.CreateJob, pb.CreateJobRequest(job=to_struct({})),
+                        metadata=bearer(READ))
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    h = health_pb2_grpc.HealthStub(tls_srv.channel())
+    assert h.Check(health_pb2.HealthCheckRequest(), timeout=10).status == \
+        health_pb2.HealthCheckResponse.SERVING
+    with grpc.insecure_channel(tls_srv.target) as plain:
+        code, _ = grpc_code(health_pb2_grpc.HealthStub(plain).Check, health_pb2.HealthCheckRequest())
+    assert code == grpc.StatusCode.UNAVAILABLE
+
+
+def test_tls_expired_certificate_is_refused_by_clients(certs):
+    expired = os.path.join(certs, "expired.pem")
+    s = TlsChordd(expired, os.path.join(certs, "expired-key.pem"), verify=False).start()
+    try:
+        assert "tls: the certificate in " + expired + " expired on Jan  2 00:00:00 2020 GMT" \
+            in s.read_log()
+        p = subprocess.run(["curl", "-sS", "--max-time", "10", "--cacert", expired,
+                            f"https://127.0.0.1:{s.port}/healthz"], capture_output=True)
+        assert p.returncode == 60 and b"expired" in p.stderr, p
+        ch = s.channel(root=expired)
+        code, details = grpc_code(health_pb2_grpc.HealthStub(ch).Check,
+                                  health_pb2.HealthCheckRequest())
+        ch.close()
+        assert code == grpc.StatusCode.UNAVAILABLE, (code, details)
+        # the server itself serves: it is the clients that refuse the certificate
+        assert curl(f"https://127.0.0.1:{s.port}/healthz", extra=["-k"])[0] == 200
+    finally:
+        s.cleanup()
+
+
+TLS_BAD = [
+    (["--tls-cert", "cert.pem"], "--tls-cert and --tls-key go together"),
+    (["--tls-key", "key.pem"], "--tls-cert and --tls-key go together"),
+    (["--tls-cert", "missing.pem", "--tls-key", "key.pem"], "--tls-cert: {d}/missing.pem: No such file"),
+    (["--tls-cert", "cert.pem", "--tls-key", "missing.pem"], "--tls-key: {d}/missing.pem: No such file"),
+    (["--tls-cert", "garbage.pem", "--tls-key", "key.pem"],
+     "--tls-cert: {d}/garbage.pem holds no PEM certificate"),
+    (["--tls-cert", "key.pem", "--tls-key", "key.pem"],
+     "--tls-cert: {d}/key.pem holds no PEM certificate"),
+    (["--tls-cert", "cert.pem", "--tls-key", "cert.pem"],
+     "--tls-key: {d}/cert.pem holds no unencrypted PEM private key"),
+    (["--tls-cert", "cert.pem", "--tls-key", "encrypted-key.pem"],
+     "--tls-key: {d}/encrypted-key.pem holds no unencrypted PEM private key"),
+    (["--tls-cert", "cert.pem", "--tls-key", "other-key.pem"],
+     "--tls-key: {d}/other-key.pem is not the key of the certificate in {d}/cert.pem"),
+]
+
+
+@pytest.mark.parametrize("args,message", TLS_BAD, ids=[m.split(":")[0] + "-" + str(i)
+                                                       for i, (_, m) in enumerate(TLS_BAD)])
+def test_tls_bad_files_refuse_to_start(certs, args, message):
+    args = [a if a.startswith("--") else os.path.join(certs, a) for a in args]
+    rc, out = run_chordd("--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0", *args)
+    assert rc == 2, out
+    assert message.format(d=certs) in out, out
