@@ -8,6 +8,7 @@
  * adds into the residual gradient, which carries the skip connection for free). */
 #include "server/model/model.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -277,6 +278,14 @@ struct model_run {
     float *logp, *entropy, *lse_out, *dlogp, *dentropy;        /* (N) */
     int32_t *tokens, *positions, *targets, *cu, *slots, *lens; /* (N) each, cu (N+1) */
     float *dres, *dln, *dqkv, *dqk, *datt, *dgu, *dh;          /* backward scratch */
+    /* Shared prefixes (model_batch.seg_parent): attention's expanded layout of NX rows in SX
+     * sequences, one scratch for every layer. Expanded row x is shared row xsrc[x]; shared row
+     * n's attention output is expanded row xprim[n]'s (its first copy); in the backward, xdsrc[x]
+     * is xsrc[x] for that first copy and N (datt's zero row) for the other copies. */
+    int cap_X, NX, SX;
+    int32_t *xsrc, *xcu, *xprim, *xdsrc;     /* (cap_X), (cap_X+1), (N), (cap_X) */
+    float *xqkv, *xqk, *xatt, *xlse;          /* like qkv, qk, att, lse with cap_X rows */
+    float *dxqkv, *dxqk, *dxatt;              /* backward */
     /* the last forward */
     int N, S, has_forward;
     float inv_temp;
@@ -335,6 +344,22 @@ static size_t run_layout(const model *m, model_run *r, float *base) {
     CARVE(r->cu, N + 1);
     CARVE(r->slots, N);
     CARVE(r->lens, N);
+    if (r->cap_X > 0) {
+        const size_t X = (size_t)r->cap_X;
+        CARVE(r->xsrc, X);
+        CARVE(r->xcu, X + 1);
+        CARVE(r->xprim, N);
+        CARVE(r->xdsrc, X);
+        CARVE(r->xqkv, X * QKV);
+        if (c->qk_norm) CARVE(r->xqk, X * (Hq + Hkv) * D);
+        CARVE(r->xatt, X * Hq * D);
+        CARVE(r->xlse, X * Hq);
+        if (r->backward) {
+            CARVE(r->dxqkv, X * QKV);
+            if (c->qk_norm) CARVE(r->dxqk, X * (Hq + Hkv) * D);
+            CARVE(r->dxatt, X * Hq * D);
+        }
+    }
     if (r->backward) {
         CARVE(r->dlogits, (size_t)r->chunk_rows * V);
         CARVE(r->dlogp, N);
@@ -343,7 +368,7 @@ static size_t run_layout(const model *m, model_run *r, float *base) {
         CARVE(r->dln, N * C);
         CARVE(r->dqkv, N * QKV);
         if (c->qk_norm) CARVE(r->dqk, N * (Hq + Hkv) * D);
-        CARVE(r->datt, N * Hq * D);
+        CARVE(r->datt, (N + 1) * Hq * D); /* + a zero row (shared prefixes) */
         CARVE(r->dgu, N * 2 * I);
         CARVE(r->dh, N * I);
     }
@@ -358,13 +383,17 @@ static void run_free(model *m, model_run *r) {
     free(r);
 }
 
-/* Makes *rp hold at least N rows (and, for inference, `rows` logits rows). */
-static int run_ensure(model *m, model_run **rp, int N, int rows, int training, chord_err *err) {
+/* Makes *rp hold at least N rows (and, for inference, `rows` logits rows; for shared prefixes,
+ * X expanded attention rows). */
+static int run_ensure(model *m, model_run **rp, int N, int rows, int X, int training,
+                      chord_err *err) {
     model_run *r = *rp;
     const size_t V = (size_t)m->cfg.vocab_size;
-    if (r && r->cap_N >= N && (training || r->cap_rows >= rows)) return 0;
+    if (r && r->cap_N >= N && r->cap_X >= X && (training || r->cap_rows >= rows)) return 0;
     int cap = N;
     if (r && r->cap_N > cap) cap = r->cap_N;
+    int cap_X = X;
+    if (r && r->cap_X > cap_X) cap_X = r->cap_X;
     int cap_rows = training ? 0 : rows;
     if (r && !training && r->cap_rows > cap_rows) cap_rows = r->cap_rows;
     run_free(m, r);
@@ -372,6 +401,7 @@ static int run_ensure(model *m, model_run **rp, int N, int rows, int training, c
     r = calloc(1, sizeof *r);
     if (!r) return chord_err_setc(err, CHORD_E_INTERNAL, "model: out of host memory");
     r->cap_N = cap;
+    r->cap_X = cap_X;
     r->cap_rows = cap_rows;
     r->backward = training;
     r->kept = training ? m->cfg.num_hidden_layers : 1;
@@ -390,11 +420,11 @@ static int run_ensure(model *m, model_run **rp, int N, int rows, int training, c
     size_t floats = run_layout(m, r, NULL);
     r->buf = ops_alloc(m->ops, floats * sizeof(float));
     if (!r->buf) {
-        int rc =
-            chord_err_setc(err, CHORD_E_TOO_LARGE,
-                           "model: cannot allocate %zu bytes of activations for %d tokens on "
-                           "%s: %s",
-                           floats * sizeof(float), cap, m->ops->be->name, ops_last_error(m->ops));
+        int rc = chord_err_setc(err, CHORD_E_TOO_LARGE,
+                                "model: cannot allocate %zu bytes of activations for %d tokens "
+                                "(%d expanded attention rows) on %s: %s",
+                                floats * sizeof(float), cap, cap_X, m->ops->be->name,
+                                ops_last_error(m->ops));
         free(r->layers);
         free(r);
         return rc;
@@ -442,7 +472,77 @@ typedef struct attn_mode {
     const int32_t *slot, *pos; /* (N) where each row's k, v are stored */
     int max_T;
     const int32_t *lens; /* decode: attend to the cache rows 0..lens[b]-1 instead */
+    model_run *shared;   /* shared prefixes: attention over r's expanded layout (model_batch) */
 } attn_mode;
+
+/* ---- shared prefixes: attention on the expanded layout (model_batch.seg_parent) ----
+ * The row gather is the embedding lookup (out[x] = table[ids[x]]) and its scatter-add the
+ * embedding gradient (dtable[ids[x]] += dout[x]), on rows of any width. */
+
+/* q, k, v of the N shared rows (qkv, qk as view_qkv reads them) -> the X expanded rows. */
+static int gather_qkv(model *m, float *xqkv, float *xqk, int X, const float *qkv, const float *qk,
+                      int N, const int32_t *ids, chord_err *err) {
+    const model_config *c = &m->cfg;
+    const int D = c->head_dim, HqD = c->num_attention_heads * D, HkvD = c->num_key_value_heads * D;
+    if (!c->qk_norm) {
+        OP(embedding_forward, xqkv, ids, qkv, X, HqD + 2 * HkvD, N);
+        return 0;
+    }
+    OP(embedding_forward, xqk, ids, qk, X, HqD, N);
+    OP(embedding_forward, xqk + (size_t)X * HqD, ids, qk + (size_t)N * HqD, X, HkvD, N);
+    OP(embedding_forward, xqkv + (size_t)X * (HqD + HkvD), ids, qkv + (size_t)N * (HqD + HkvD), X,
+       HkvD, N);
+    return 0;
+}
+
+/* d q, k, v of the X expanded rows summed into the N shared rows (overwritten). */
+static int scatter_dqkv(model *m, float *dqkv, float *dqk, int N, const float *dxqkv,
+                        const float *dxqk, int X, const int32_t *ids, chord_err *err) {
+    const model_config *c = &m->cfg;
+    const int D = c->head_dim, HqD = c->num_attention_heads * D, HkvD = c->num_key_value_heads * D;
+    if (!c->qk_norm) {
+        OP(zero, dqkv, (size_t)N * (HqD + 2 * HkvD) * sizeof(float));
+        OP(embedding_backward, dqkv, dxqkv, ids, X, HqD + 2 * HkvD, N);
+        return 0;
+    }
+    float *dv = dqkv + (size_t)N * (HqD + HkvD);
+    OP(zero, dqk, (size_t)N * (HqD + HkvD) * sizeof(float));
+    OP(zero, dv, (size_t)N * HkvD * sizeof(float));
+    OP(embedding_backward, dqk, dxqk, ids, X, HqD, N);
+    OP(embedding_backward, dqk + (size_t)N * HqD, dxqk + (size_t)X * HqD, ids, X, HkvD, N);
+    OP(embedding_backward, dv, dxqkv + (size_t)X * (HqD + HkvD), ids, X, HkvD, N);
+    return 0;
+}
+
+static int shared_attention_forward(model *m, model_run *r, layer_acts *a, int N, chord_err *err) {
+    const model_config *c = &m->cfg;
+    const int Hq = c->num_attention_heads, Hkv = c->num_key_value_heads, D = c->head_dim;
+    if (gather_qkv(m, r->xqkv, r->xqk, r->NX, a->qkv, a->qk, N, r->xsrc, err) != 0) return -1;
+    qkv_view xv = view_qkv(m, r->xqkv, r->xqk, r->NX);
+    OP(attention_forward, r->xatt, r->xlse, xv.q, xv.ldq, xv.k, xv.ldk, xv.v, xv.ldv, r->xcu, r->SX,
+       r->NX, Hq, Hkv, D);
+    OP(embedding_forward, a->att, r->xprim, r->xatt, N, Hq * D, r->NX);
+    OP(embedding_forward, a->lse, r->xprim, r->xlse, N, Hq, r->NX);
+    return 0;
+}
+
+/* r->datt (N rows) -> r->dqkv / r->dqk, as attention_backward would on the unshared batch. */
+static int shared_attention_backward(model *m, model_run *r, layer_acts *a, chord_err *err) {
+    const model_config *c = &m->cfg;
+    const int Hq = c->num_attention_heads, Hkv = c->num_key_value_heads, D = c->head_dim;
+    const int N = r->N, X = r->NX;
+    if (gather_qkv(m, r->xqkv, r->xqk, X, a->qkv, a->qk, N, r->xsrc, err) != 0) return -1;
+    qkv_view xv = view_qkv(m, r->xqkv, r->xqk, X);
+    qkv_view dxv = view_qkv(m, r->dxqkv, r->dxqk, X);
+    /* every copy of a shared row sees its output and lse; only the first copy its gradient */
+    OP(embedding_forward, r->xatt, r->xsrc, a->att, X, Hq * D, N);
+    OP(embedding_forward, r->xlse, r->xsrc, a->lse, X, Hq, N);
+    OP(zero, r->datt + (size_t)N * Hq * D, (size_t)Hq * D * sizeof(float));
+    OP(embedding_forward, r->dxatt, r->xdsrc, r->datt, X, Hq * D, N + 1);
+    OP(attention_backward, dxv.q, dxv.k, dxv.v, r->dxatt, xv.q, xv.ldq, xv.k, xv.ldk, xv.v, xv.ldv,
+       r->xatt, r->xlse, r->xcu, r->SX, X, Hq, Hkv, D);
+    return scatter_dqkv(m, r->dqkv, r->dqk, N, r->dxqkv, r->dxqk, X, r->xsrc, err);
+}
 
 /* res_out (N,C) = layer l (res_in (N,C)); res_out may equal res_in. */
 static int layer_forward(model *m, int l, layer_acts *a, const float *res_in, float *res_out, int N,
@@ -477,9 +577,12 @@ static int layer_forward(model *m, int l, layer_acts *a, const float *res_in, fl
             OP(attention_decode, a->att, v.q, v.ldq, kc, vc, am->slot, am->lens, N, am->max_T, Hq,
                Hkv, D);
     }
-    if (!am->lens)
+    if (am->shared) {
+        if (shared_attention_forward(m, am->shared, a, N, err) != 0) return -1;
+    } else if (!am->lens) {
         OP(attention_forward, a->att, a->lse, v.q, v.ldq, v.k, v.ldk, v.v, v.ldv, am->cu, am->S, N,
            Hq, Hkv, D);
+    }
     OP(matmul_forward, a->res_mid, a->att, w->wo, w->bo, N, HqD, C);
     OP(add_inplace, a->res_mid, res_in, (size_t)N * C);
     OP(rmsnorm_forward, a->ln2, a->rstd2, a->res_mid, C, w->ln2, N, C, eps);
@@ -512,8 +615,12 @@ static int layer_backward(model *m, int l, layer_acts *a, const float *res_in, m
     OP(matmul_backward, r->datt, g->wo, g->bo, r->dres, a->att, w->wo, N, HqD, C, 0);
     qkv_view v = view_qkv(m, a->qkv, a->qk, N);
     qkv_view dv = view_qkv(m, r->dqkv, r->dqk, N);
-    OP(attention_backward, dv.q, dv.k, dv.v, r->datt, v.q, v.ldq, v.k, v.ldk, v.v, v.ldv, a->att,
-       a->lse, r->cu, r->S, N, Hq, Hkv, D);
+    if (r->NX > 0) {
+        if (shared_attention_backward(m, r, a, err) != 0) return -1;
+    } else {
+        OP(attention_backward, dv.q, dv.k, dv.v, r->datt, v.q, v.ldq, v.k, v.ldk, v.v, v.ldv,
+           a->att, a->lse, r->cu, r->S, N, Hq, Hkv, D);
+    }
     OP(rope_backward, dv.q, dv.ldq, r->positions, m->inv_freq, N, Hq, D);
     OP(rope_backward, dv.k, dv.ldk, r->positions, m->inv_freq, N, Hkv, D);
     if (!c->qk_norm) {
@@ -559,6 +666,21 @@ static int check_batch(const model *m, const model_batch *b, chord_err *err) {
             return chord_err_set(err, "batch: cu_seqlens[%d] = %d is not above cu_seqlens[%d]",
                                  s + 1, b->cu_seqlens[s + 1], s);
     if (check_tokens(m, b->tokens, b->N, "batch: tokens", err) != 0) return -1;
+    for (int s = 0; b->seg_parent && s < b->S; s++) {
+        int p = b->seg_parent[s];
+        if (p == -1) continue;
+        if (p < 0 || p >= s || b->seg_parent[p] != -1)
+            return chord_err_set(err,
+                                 "batch: seg_parent[%d] = %d must be -1 or an earlier segment "
+                                 "that has no parent itself",
+                                 s, p);
+        if (b->positions[b->cu_seqlens[s]] != b->positions[b->cu_seqlens[p + 1] - 1] + 1)
+            return chord_err_set(err,
+                                 "batch: segment %d starts at position %d, not after its parent "
+                                 "%d's last (%d)",
+                                 s, b->positions[b->cu_seqlens[s]], p,
+                                 b->positions[b->cu_seqlens[p + 1] - 1]);
+    }
     for (int n = 0; n < b->N; n++) {
         if (b->positions[n] < 0)
             return chord_err_set(err, "batch: positions[%d] = %d is negative", n, b->positions[n]);
@@ -566,6 +688,62 @@ static int check_batch(const model *m, const model_batch *b, chord_err *err) {
             return chord_err_set(err, "batch: targets[%d] = %d is out of range [-1, %d)", n,
                                  b->targets[n], m->cfg.vocab_size);
     }
+    return 0;
+}
+
+/* The expanded attention layout of a batch with shared prefixes (model_run's x* arrays), host
+ * side: one sequence per segment without children, its parent's rows (if any) then its own.
+ * *x_out (one block: xsrc (NX), xcu (SX+1), xprim (N), xdsrc (NX)) is NULL with NX = 0 when no
+ * segment has a parent. Returns -1 when out of memory or past INT_MAX rows. */
+static int expand_batch(const model_batch *b, int32_t **x_out, int *NX, int *SX) {
+    *x_out = NULL;
+    *NX = *SX = 0;
+    if (!b->seg_parent) return 0;
+    uint8_t *has_child = calloc((size_t)b->S, 1);
+    if (!has_child) return -1;
+    int any = 0;
+    for (int s = 0; s < b->S; s++)
+        if (b->seg_parent[s] >= 0) has_child[b->seg_parent[s]] = any = 1;
+    int64_t nx = 0;
+    int sx = 0;
+    for (int s = 0; s < b->S; s++) {
+        if (has_child[s]) continue;
+        int p = b->seg_parent[s];
+        nx += b->cu_seqlens[s + 1] - b->cu_seqlens[s];
+        if (p >= 0) nx += b->cu_seqlens[p + 1] - b->cu_seqlens[p];
+        sx++;
+    }
+    int32_t *x = NULL;
+    if (any && nx < INT_MAX / 2)
+        x = malloc(((size_t)nx * 2 + (size_t)sx + 1 + (size_t)b->N) * sizeof *x);
+    if (!any || !x) {
+        free(has_child);
+        return any ? -1 : 0;
+    }
+    int32_t *xsrc = x, *xcu = x + nx, *xprim = xcu + sx + 1, *xdsrc = xprim + b->N;
+    int64_t row = 0;
+    for (int s = 0, k = 0; s < b->S; s++) {
+        if (has_child[s]) continue;
+        int p = b->seg_parent[s];
+        xcu[k++] = (int32_t)row;
+        if (p >= 0)
+            for (int n = b->cu_seqlens[p]; n < b->cu_seqlens[p + 1]; n++)
+                xsrc[row++] = n;
+        for (int n = b->cu_seqlens[s]; n < b->cu_seqlens[s + 1]; n++)
+            xsrc[row++] = n;
+    }
+    xcu[sx] = (int32_t)nx;
+    for (int n = 0; n < b->N; n++)
+        xprim[n] = -1;
+    for (int64_t i = 0; i < nx; i++) {
+        int n = xsrc[i];
+        xdsrc[i] = xprim[n] < 0 ? n : b->N; /* b->N: datt's zero row */
+        if (xprim[n] < 0) xprim[n] = (int32_t)i;
+    }
+    free(has_child);
+    *x_out = x;
+    *NX = (int)nx;
+    *SX = sx;
     return 0;
 }
 
@@ -579,13 +757,32 @@ static int logits_chunk(model *m, model_run *r, int r0, int R, chord_err *err) {
 int model_forward(model *m, const model_batch *b, float inv_temp, float *logp_out,
                   float *entropy_out, chord_err *err) {
     if (check_batch(m, b, err) != 0) return -1;
-    if (run_ensure(m, &m->run, b->N, 0, 1, err) != 0) return -1;
+    int32_t *x = NULL;
+    int nx, sx;
+    if (expand_batch(b, &x, &nx, &sx) != 0)
+        return chord_err_setc(err, CHORD_E_TOO_LARGE,
+                              "model: cannot lay out the shared-prefix batch's attention "
+                              "(out of host memory or too many rows)");
+    if (run_ensure(m, &m->run, b->N, 0, nx, 1, err) != 0) {
+        free(x);
+        return -1;
+    }
     model_run *r = m->run;
     const model_config *c = &m->cfg;
     const int N = b->N, C = c->hidden_size, V = c->vocab_size, L = c->num_hidden_layers;
     r->has_forward = 0;
     r->N = N;
     r->S = b->S;
+    r->NX = nx;
+    r->SX = sx;
+    if (x) {
+        int rc = ops_to_device(m->ops, r->xsrc, x, (size_t)nx * sizeof(int32_t)) ||
+                 ops_to_device(m->ops, r->xcu, x + nx, (size_t)(sx + 1) * sizeof(int32_t)) ||
+                 ops_to_device(m->ops, r->xprim, x + nx + sx + 1, (size_t)N * sizeof(int32_t)) ||
+                 ops_to_device(m->ops, r->xdsrc, x + nx + sx + 1 + N, (size_t)nx * sizeof(int32_t));
+        free(x);
+        if (rc != 0) return op_fail(m, "to_device", err);
+    }
     r->inv_temp = inv_temp;
     OP(to_device, r->tokens, b->tokens, (size_t)N * sizeof(int32_t));
     OP(to_device, r->positions, b->positions, (size_t)N * sizeof(int32_t));
@@ -603,7 +800,7 @@ int model_forward(model *m, const model_batch *b, float inv_temp, float *logp_ou
     }
 
     OP(embedding_forward, r->res, r->tokens, m->w.wte, N, C, V);
-    attn_mode am = {.cu = r->cu, .S = b->S};
+    attn_mode am = {.cu = r->cu, .S = b->S, .shared = nx > 0 ? r : NULL};
     for (int l = 0; l < L; l++)
         if (layer_forward(m, l, &r->layers[l], r->res + (size_t)l * N * C,
                           r->res + (size_t)(l + 1) * N * C, N, r->positions, &am, err) != 0)
@@ -814,7 +1011,7 @@ int model_prefill(model *m, model_kv_cache *kv, const int32_t *tokens, const int
     }
     const int N = cu_seqlens[S];
     if (check_tokens(m, tokens, N, "model_prefill: tokens", err) != 0) return -1;
-    if (run_ensure(m, &kv->run, N, kv->slots, 0, err) != 0) return -1;
+    if (run_ensure(m, &kv->run, N, kv->slots, 0, 0, err) != 0) return -1;
     model_run *r = kv->run;
     int32_t *host = malloc((size_t)(2 * N + S) * sizeof *host);
     if (!host) return chord_err_setc(err, CHORD_E_INTERNAL, "model: out of host memory");
@@ -901,7 +1098,7 @@ int model_decode(model *m, model_kv_cache *kv, const int32_t *tokens, const int3
             if (slots[b2] == slots[b])
                 return chord_err_set(err, "model_decode: slot %d appears twice", slots[b]);
     }
-    if (run_ensure(m, &kv->run, B, kv->slots, 0, err) != 0) return -1;
+    if (run_ensure(m, &kv->run, B, kv->slots, 0, 0, err) != 0) return -1;
     model_run *r = kv->run;
     int32_t *lens = malloc((size_t)B * sizeof *lens);
     if (!lens) return chord_err_setc(err, CHORD_E_INTERNAL, "model: out of host memory");

@@ -77,13 +77,23 @@ typedef struct model {
 } model;
 
 /* A packed batch: S sequences in N rows; every array is host memory, copied in by the call.
- * Sequence s owns rows cu_seqlens[s] .. cu_seqlens[s+1]-1; positions restart per sequence. */
+ * Sequence s owns rows cu_seqlens[s] .. cu_seqlens[s+1]-1; positions restart per sequence.
+ *
+ * Shared prefixes (seg_parent != NULL): the S row ranges are segments, and segment s continues
+ * segment seg_parent[s] (-1: it starts a sequence). A segment with children is a prompt prefix
+ * computed ONCE: each child attends to all of its parent's rows and causally to its own, exactly
+ * as if the parent's rows were repeated in front of it; the parent's rows attend among
+ * themselves. The gradients of every child flow into the shared rows. One level only (a parent
+ * has no parent, parent < s), and a child's first position is its parent's last plus one.
+ * Attention itself runs on the expanded (unshared) layout, gathered from and scattered back to
+ * the shared rows; every other op (the projections, MLP, norms, logits) runs once per row. */
 typedef struct model_batch {
     int N, S;
     const int32_t *tokens;     /* (N) */
     const int32_t *positions;  /* (N) */
     const int32_t *cu_seqlens; /* (S+1), cu_seqlens[0] = 0, cu_seqlens[S] = N */
     const int32_t *targets;    /* (N) next-token ids, -1 = no target; NULL = none at all */
+    const int32_t *seg_parent; /* (S) or NULL: every segment is a whole sequence */
 } model_batch;
 
 /* ---- life cycle ---- */

@@ -309,6 +309,7 @@ static int parse_grpo(const json_t *doc, job_config *cfg, chord_err *err) {
                                        "ppo_epochs",
                                        "filter_groups",
                                        "max_sample_batches",
+                                       "share_prompt",
                                        NULL};
     json_t *g = NULL;
     if (chord_json_get_object(doc, "", "grpo", 0, &g, err)) return -1;
@@ -334,7 +335,8 @@ static int parse_grpo(const json_t *doc, job_config *cfg, chord_err *err) {
         chord_json_get_int(g, "grpo", "ppo_epochs", INT_FIELD, 1, 64, &p->ppo_epochs, err) ||
         chord_json_get_bool(g, "grpo", "filter_groups", 0, &p->filter_groups, err) ||
         chord_json_get_int(g, "grpo", "max_sample_batches", INT_FIELD, 1, 1000,
-                           &p->max_sample_batches, err))
+                           &p->max_sample_batches, err) ||
+        chord_json_get_bool(g, "grpo", "share_prompt", 0, &p->share_prompt, err))
         return -1;
     if (chord_json_field(g, "max_sample_batches") && !p->filter_groups)
         return chord_err_set(err, "grpo.max_sample_batches: has effect only with "
@@ -712,6 +714,7 @@ json_t *jobconfig_to_json(const job_config *cfg) {
         put(grpo, "filter_groups", json_boolean(g->filter_groups), &bad);
         if (g->filter_groups) /* only there: the field is refused without filter_groups */
             put(grpo, "max_sample_batches", json_integer((json_int_t)g->max_sample_batches), &bad);
+        put(grpo, "share_prompt", json_boolean(g->share_prompt), &bad);
     }
     put(doc, "grpo", grpo, &bad);
     put(doc, "expert_per_step", json_integer((json_int_t)cfg->expert_per_step), &bad);

@@ -65,6 +65,7 @@ typedef struct job_grpo {
     int64_t ppo_epochs;  /* optimizer updates per step over the same batch (>= 1; default 1) */
     int filter_groups;   /* 1 = DAPO's dynamic sampling: drop all-equal groups, draw more */
     int64_t max_sample_batches; /* with filter_groups: batches of B prompts drawn at most a step */
+    int share_prompt; /* 1 = a group's prompt runs once in the training forward/backward */
     double entropy_coef;
 } job_grpo;
 

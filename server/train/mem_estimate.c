@@ -99,6 +99,15 @@ void mem_estimate_job(const model_config *mc, const job_config *cfg, double prom
     double chunk = dmin(N, dmax(1.0, (double)(long long)(LOGITS_CHUNK_BYTES / (4.0 * V))));
     out->tokens = N;
     out->activations = 4.0 * (N * (fwd + bwd) + 2.0 * chunk * V);
+    /* grpo.share_prompt: attention's expanded layout (model.c's x* scratch, one for every layer):
+     * a shared prompt row appears once per response, so at most G N rows of q, k, v and the
+     * attention output with their gradients */
+    if (cfg->grpo.share_prompt && jobconfig_uses_rollouts(cfg->algorithm)) {
+        double X = N * (double)(cfg->grpo.group_size > 1 ? cfg->grpo.group_size : 1);
+        double x_floats = 2 * (Hq + 2 * Hkv) * D + 2 * Hq * D + Hq + 4;
+        if (mc->qk_norm) x_floats += 2 * (Hq + Hkv) * D;
+        out->activations += 4.0 * X * x_floats;
+    }
     /* the training rollouts' engine, and the eval engine beside it on eval steps */
     if (jobconfig_uses_rollouts(cfg->algorithm))
         add_sampling(mc, (double)cfg->grpo.prompts_per_step, (double)cfg->grpo.group_size,

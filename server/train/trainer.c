@@ -48,18 +48,22 @@ typedef struct step_metrics {
     double tps_rollout, tps_train;
     double prompts_drawn, groups_dropped; /* dynamic sampling (grpo.filter_groups) */
     int has_filter;                       /* those rows exist only with grpo.filter_groups */
+    double prompt_rows_shared; /* grpo.share_prompt: rows the shared prompts saved (one pass) */
+    int has_share;             /* that row exists only with grpo.share_prompt */
     int has_kl;   /* the kl row exists only for jobs with a reference policy */
     int has_eval; /* the eval/ rows exist only on eval steps */
     double eval_error_rate, eval_accuracy, eval_pass_at_k, eval_k, eval_time;
 } step_metrics;
 
-enum { ROW_ALWAYS, ROW_KL, ROW_FILTER, ROW_EVAL }; /* when a row exists */
+enum { ROW_ALWAYS, ROW_KL, ROW_FILTER, ROW_SHARE, ROW_EVAL }; /* when a row exists */
 #define STEP_METRIC(name, field)                                                                   \
     { name, offsetof(step_metrics, field), ROW_ALWAYS }
 #define KL_METRIC(name, field)                                                                     \
     { name, offsetof(step_metrics, field), ROW_KL }
 #define FILTER_METRIC(name, field)                                                                 \
     { name, offsetof(step_metrics, field), ROW_FILTER }
+#define SHARE_METRIC(name, field)                                                                  \
+    { name, offsetof(step_metrics, field), ROW_SHARE }
 #define EVAL_METRIC(name, field)                                                                   \
     { name, offsetof(step_metrics, field), ROW_EVAL }
 static const struct {
@@ -92,6 +96,7 @@ static const struct {
     STEP_METRIC("policy_tokens", policy_tokens),
     STEP_METRIC("expert_tokens", expert_tokens),
     STEP_METRIC("policy_tokens_skipped", policy_tokens_skipped),
+    SHARE_METRIC("prompt_rows_shared", prompt_rows_shared), /* rows not run twice, per pass */
     STEP_METRIC("time/rollout", time_rollout),
     STEP_METRIC("time/reward", time_reward),
     STEP_METRIC("time/train", time_train),
@@ -114,7 +119,8 @@ static int metrics_emit(const step_metrics *m, const char *names[N_METRICS],
     for (size_t i = 0; i < N_METRICS; i++) {
         if ((metric_table[i].when == ROW_EVAL && !m->has_eval) ||
             (metric_table[i].when == ROW_KL && !m->has_kl) ||
-            (metric_table[i].when == ROW_FILTER && !m->has_filter))
+            (metric_table[i].when == ROW_FILTER && !m->has_filter) ||
+            (metric_table[i].when == ROW_SHARE && !m->has_share))
             continue;
         names[n] = metric_table[i].name;
         values[n++] = *(const double *)((const char *)m + metric_table[i].offset);
@@ -207,6 +213,8 @@ typedef struct train_seq {
     float adv;
     int rollout; /* the response's index in the step's rollouts; -1 for an expert record */
     int targets; /* trained targets (all of one kind): the loss's seq_tokens */
+    int group;      /* a response's prompt (group) in the step; -1 for an expert record */
+    int prompt_len; /* a response's prompt tokens (the first prompt_len of tokens) */
 } train_seq;
 
 static void train_seq_free(train_seq *s) {
@@ -220,6 +228,7 @@ static void train_seq_free(train_seq *s) {
 static int train_seq_alloc(train_seq *s, int len, int rollout) {
     s->len = len;
     s->rollout = rollout;
+    s->group = -1;
     s->tokens = malloc((size_t)len * sizeof *s->tokens);
     s->kind = calloc((size_t)len, 1);
     s->logp_old = calloc((size_t)len, sizeof *s->logp_old);
@@ -227,12 +236,19 @@ static int train_seq_alloc(train_seq *s, int len, int rollout) {
     return (s->tokens && s->kind && s->logp_old && s->ref_logp) ? 0 : -1;
 }
 
-/* The per-row arrays of one micro-batch of N rows and S sequences, carved from one growable
- * block (buf.h): a failed growth leaves the old block to the single free at the end. */
+/* The per-row arrays of one micro-batch of N rows holding n_seqs sequences, carved from one
+ * growable block (buf.h): a failed growth leaves the old block to the single free at the end.
+ * With grpo.share_prompt the rows are segments (model_batch.seg_parent): a group's prompt but
+ * its last token once, then each response with that token; sequence s's position j is then
+ * row seq_off[s] + j for the positions it owns. */
 typedef struct micro_batch_rows {
-    int32_t *tokens, *positions, *targets, *seq_tokens, *seq, *cu; /* (N) each, cu (S + 1) */
-    float *logp, *ent, *logp_old, *ref_logp, *adv, *dlogp, *dent;  /* (N) each */
-    uint8_t *kind;                                                 /* (N) */
+    int32_t *tokens, *positions, *targets, *seq_tokens, *seq; /* (N) each */
+    int32_t *cu, *parent;  /* (segments + 1), (segments): at most 2 n_seqs segments */
+    int32_t *seq_off;      /* (n_seqs) */
+    int n_seqs;
+    int64_t logical_rows; /* the rows without sharing: Σ len */
+    float *logp, *ent, *logp_old, *ref_logp, *adv, *dlogp, *dent; /* (N) each */
+    uint8_t *kind;                                                /* (N) */
     model_batch batch; /* the model's view of these rows */
 } micro_batch_rows;
 
@@ -243,8 +259,8 @@ static void *carve(char **p, size_t bytes) {
 }
 
 static int micro_batch_carve(chord_buf *scratch, int64_t N, int S, micro_batch_rows *r) {
-    size_t n = (size_t)N;
-    size_t bytes = (5 * n + (size_t)S + 1) * sizeof(int32_t) + 7 * n * sizeof(float) + n;
+    size_t n = (size_t)N, segs = 2 * (size_t)S;
+    size_t bytes = (5 * n + 2 * segs + 1 + (size_t)S) * sizeof(int32_t) + 7 * n * sizeof(float) + n;
     if (chord_buf_reserve(scratch, bytes) != 0) return -1;
     char *p = scratch->data; /* 4-byte arrays first, so every one stays aligned */
     r->tokens = carve(&p, n * sizeof *r->tokens);
@@ -252,7 +268,9 @@ static int micro_batch_carve(chord_buf *scratch, int64_t N, int S, micro_batch_r
     r->targets = carve(&p, n * sizeof *r->targets);
     r->seq_tokens = carve(&p, n * sizeof *r->seq_tokens);
     r->seq = carve(&p, n * sizeof *r->seq);
-    r->cu = carve(&p, ((size_t)S + 1) * sizeof *r->cu);
+    r->cu = carve(&p, (segs + 1) * sizeof *r->cu);
+    r->parent = carve(&p, segs * sizeof *r->parent);
+    r->seq_off = carve(&p, (size_t)S * sizeof *r->seq_off);
     r->logp = carve(&p, n * sizeof *r->logp);
     r->ent = carve(&p, n * sizeof *r->ent);
     r->logp_old = carve(&p, n * sizeof *r->logp_old);
@@ -264,41 +282,83 @@ static int micro_batch_carve(chord_buf *scratch, int64_t N, int S, micro_batch_r
     return 0;
 }
 
+/* b follows a with the same prompt (its first prompt_len - 1 tokens, untrained), so a
+ * shared-prompt batch can run them once. */
+static int shares_prompt(const train_seq *a, const train_seq *b) {
+    int p = a->prompt_len;
+    if (a->group < 0 || b->group != a->group || b->prompt_len != p || p < 2 ||
+        memcmp(a->tokens, b->tokens, (size_t)(p - 1) * sizeof *a->tokens) != 0)
+        return 0;
+    for (int j = 0; j < p - 1; j++)
+        if (a->kind[j] != CHORD_TOKEN_IGNORE || b->kind[j] != CHORD_TOKEN_IGNORE) return 0;
+    return 1;
+}
+
+/* Appends rows j0 .. j1 - 1 of sequence q (the micro-batch's s-th) at r's row *row. */
+static void pack_rows(const train_seq *q, int s, int j0, int j1, micro_batch_rows *r,
+                      int64_t *row) {
+    for (int i = j0; i < j1; i++, (*row)++) {
+        int64_t n = *row;
+        r->tokens[n] = q->tokens[i];
+        r->positions[n] = i;
+        int has_target = i + 1 < q->len && q->kind[i] != CHORD_TOKEN_IGNORE;
+        r->targets[n] = has_target ? q->tokens[i + 1] : -1;
+        r->kind[n] = has_target ? q->kind[i] : CHORD_TOKEN_IGNORE;
+        r->logp_old[n] = q->logp_old[i];
+        r->ref_logp[n] = q->ref_logp[i];
+        r->adv[n] = q->adv;
+        r->seq_tokens[n] = q->targets;
+        r->seq[n] = s;
+    }
+}
+
 /* Packs seqs[first], seqs[first + 1], ... into one micro-batch of at most `budget` rows (a
- * longer sequence goes alone) in r, carved from scratch. Returns the index after the last
- * sequence packed, or -1 when out of memory. */
+ * longer sequence goes alone) in r, carved from scratch; with `share`, consecutive responses to
+ * one prompt run the prompt once (shares_prompt). Returns the index after the last sequence
+ * packed, or -1 when out of memory. */
 static int pack_micro_batch(const train_seq *seqs, int first, int n_seqs, int64_t budget,
-                            chord_buf *scratch, micro_batch_rows *r) {
+                            int share, chord_buf *scratch, micro_batch_rows *r) {
     int last = first;
     int64_t N = seqs[first].len;
-    while (last + 1 < n_seqs && N + seqs[last + 1].len <= budget)
-        N += seqs[++last].len;
+    while (last + 1 < n_seqs) {
+        const train_seq *q = &seqs[last + 1];
+        int64_t cost = share && shares_prompt(&seqs[last], q) ? q->len - (q->prompt_len - 1)
+                                                              : q->len;
+        if (N + cost > budget) break;
+        N += cost;
+        last++;
+    }
     int S = last - first + 1;
     if (micro_batch_carve(scratch, N, S, r) != 0) return -1;
     int64_t row = 0;
+    int segs = 0, prefix = -1;
     r->cu[0] = 0;
+    r->n_seqs = S;
+    r->logical_rows = 0;
     for (int s = 0; s < S; s++) {
         const train_seq *q = &seqs[first + s];
-        for (int i = 0; i < q->len; i++, row++) {
-            r->tokens[row] = q->tokens[i];
-            r->positions[row] = i;
-            int has_target = i + 1 < q->len && q->kind[i] != CHORD_TOKEN_IGNORE;
-            r->targets[row] = has_target ? q->tokens[i + 1] : -1;
-            r->kind[row] = has_target ? q->kind[i] : CHORD_TOKEN_IGNORE;
-            r->logp_old[row] = q->logp_old[i];
-            r->ref_logp[row] = q->ref_logp[i];
-            r->adv[row] = q->adv;
-            r->seq_tokens[row] = q->targets;
-            r->seq[row] = s;
+        int cont = share && s > 0 && shares_prompt(q - 1, q);
+        int starts = share && !cont && s + 1 < S && shares_prompt(q, q + 1);
+        if (starts) { /* the prompt but its last token, once, as the group's parent segment */
+            prefix = segs;
+            pack_rows(q, s, 0, q->prompt_len - 1, r, &row);
+            r->parent[segs] = -1;
+            r->cu[++segs] = (int32_t)row;
         }
-        r->cu[s + 1] = (int32_t)row;
+        int j0 = cont || starts ? q->prompt_len - 1 : 0;
+        r->seq_off[s] = (int32_t)(row - j0);
+        pack_rows(q, s, j0, q->len, r, &row);
+        r->parent[segs] = cont || starts ? prefix : -1;
+        r->cu[++segs] = (int32_t)row;
+        r->logical_rows += q->len;
     }
-    r->batch = (model_batch){.N = (int)N,
-                             .S = S,
+    r->batch = (model_batch){.N = (int)row,
+                             .S = segs,
                              .tokens = r->tokens,
                              .positions = r->positions,
                              .cu_seqlens = r->cu,
-                             .targets = r->targets};
+                             .targets = r->targets,
+                             .seg_parent = share ? r->parent : NULL};
     return last + 1;
 }
 
@@ -309,13 +369,15 @@ static int64_t micro_batch_budget(const job_config *cfg) {
 /* Runs forward + loss + backward over all sequences, micro-batch by micro-batch. with_ref: the
  * KL to the reference policy is a loss term (the sequences carry ref_logp). */
 static int train_on(trainer *t, train_seq *seqs, int n_seqs, const chord_loss_params *lp,
-                    int with_ref, chord_loss_accum *acc, int64_t *tokens_out, chord_err *err) {
+                    int with_ref, chord_loss_accum *acc, int64_t *tokens_out, int64_t *shared_out,
+                    chord_err *err) {
     int rc = -1;
     chord_buf scratch = {0};
     int want_entropy_grad = t->cfg->grpo.entropy_coef != 0.0;
     for (int first = 0, next; first < n_seqs; first = next) {
         micro_batch_rows r;
-        next = pack_micro_batch(seqs, first, n_seqs, micro_batch_budget(t->cfg), &scratch, &r);
+        next = pack_micro_batch(seqs, first, n_seqs, micro_batch_budget(t->cfg),
+                                t->cfg->grpo.share_prompt, &scratch, &r);
         if (next < 0) {
             oom(err);
             goto done;
@@ -333,7 +395,8 @@ static int train_on(trainer *t, train_seq *seqs, int n_seqs, const chord_loss_pa
         float *dent = want_entropy_grad ? r.dent : NULL;
         if (chord_loss_micro_batch(lp, &lb, r.dlogp, dent, acc, err) != 0) goto done;
         if (model_backward(t->m, r.dlogp, dent, err) != 0) goto done;
-        *tokens_out += r.batch.N;
+        *tokens_out += r.logical_rows;
+        *shared_out += r.logical_rows - r.batch.N;
     }
     rc = 0;
 done:
@@ -724,6 +787,8 @@ static int add_rollout_seqs(const step_rollouts *ro, job_overlong_mode overlong,
         if (overlong == JOB_OVERLONG_MASK && q->truncated) continue;
         train_seq *s = &b->seqs[b->n++];
         if (train_seq_alloc(s, pi->len + q->len, i) != 0) return -1;
+        s->group = q->prompt;
+        s->prompt_len = pi->len;
         memcpy(s->tokens, pi->ids, (size_t)pi->len * sizeof *s->tokens);
         memcpy(s->tokens + pi->len, q->tokens, (size_t)q->len * sizeof *s->tokens);
         for (int j = 0; j < q->len; j++) {
@@ -787,16 +852,17 @@ static int reference_logprobs(trainer *t, step_rollouts *ro, step_batch *b, chor
     int rc = -1;
     for (int first = 0, next; first < n_roll; first = next) {
         micro_batch_rows r;
-        next = pack_micro_batch(b->seqs, first, n_roll, micro_batch_budget(t->cfg), &scratch, &r);
+        next = pack_micro_batch(b->seqs, first, n_roll, micro_batch_budget(t->cfg),
+                                t->cfg->grpo.share_prompt, &scratch, &r);
         if (next < 0) {
             oom(err);
             goto done;
         }
         if (model_forward(t->ref.m, &r.batch, t->inv_temp, r.logp, NULL, err) != 0) goto done;
-        for (int s = 0; s < r.batch.S; s++) { /* rows back to their sequence's positions */
+        for (int s = 0; s < r.n_seqs; s++) { /* rows back to their sequence's positions */
             train_seq *q = &b->seqs[first + s];
             for (int j = 0; j < q->len; j++)
-                if (q->kind[j] == CHORD_TOKEN_POLICY) q->ref_logp[j] = r.logp[r.cu[s] + j];
+                if (q->kind[j] == CHORD_TOKEN_POLICY) q->ref_logp[j] = r.logp[r.seq_off[s] + j];
         }
     }
     double kl_total = 0;
@@ -935,7 +1001,7 @@ static int train_and_update(trainer *t, int64_t step, step_batch *b, step_metric
     chord_loss_params lp = chord_loss_params_for_job(cfg, m->mu, b->n_policy, b->n_expert,
                                                      b->n_policy_seqs, b->n_expert_seqs);
     int kl_loss = t->ref.m && !cfg->grpo.kl_in_reward;
-    int64_t train_tokens = 0, skipped = 0;
+    int64_t train_tokens = 0, skipped = 0, shared = 0;
     /* a zero-advantage response still has a gradient with an entropy bonus or a KL term */
     int n_train = b->n;
     if (cfg->grpo.entropy_coef == 0.0 && !kl_loss &&
@@ -949,7 +1015,9 @@ static int train_and_update(trainer *t, int64_t step, step_batch *b, step_metric
         if (model_zero_grad(t->m, err) != 0) return -1;
         for (int i = n_train; i < b->n; i++)
             if (account_skipped(&b->seqs[i], &lp, &acc, err) != 0) return -1;
-        if (train_on(t, b->seqs, n_train, &lp, kl_loss, &acc, &train_tokens, err) != 0) return -1;
+        shared = 0; /* one pass's */
+        if (train_on(t, b->seqs, n_train, &lp, kl_loss, &acc, &train_tokens, &shared, err) != 0)
+            return -1;
         if (chord_loss_finish(&lp, &acc, &m->loss, err) != 0) return -1;
         if (model_adamw_step(t->m, (float)m->lr, (float)o->beta1, (float)o->beta2, (float)o->eps,
                              (float)o->weight_decay, (float)o->grad_clip, &m->grad_norm, err) != 0)
@@ -957,6 +1025,7 @@ static int train_and_update(trainer *t, int64_t step, step_batch *b, step_metric
     }
     if (t->ref.m && !kl_loss) m->loss.kl = b->kl_mean; /* the penalty's, at rollout time */
     m->policy_tokens_skipped = (double)skipped;
+    m->prompt_rows_shared = (double)shared;
     m->time_train = chord_now() - t0;
     m->tps_train = m->time_train > 0 ? (double)train_tokens / m->time_train : 0.0;
     return 0;
@@ -993,6 +1062,7 @@ static int run_step(trainer *t, int64_t step, chord_err *err) {
     step_metrics *m = &t->metrics;
     memset(m, 0, sizeof *m);
     m->has_kl = t->ref.m != NULL;
+    m->has_share = t->cfg->grpo.share_prompt;
     step_plan plan = plan_step(t->cfg, step);
     step_rollouts ro;
     step_batch batch;

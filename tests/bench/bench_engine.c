@@ -14,10 +14,19 @@
  *       prefill the B prompts (all the same length), then G greedy KV-cache decode steps of the
  *       whole batch (the backend's sampler, temperature 0). R timed repeats after W warm-ups.
  *       PROMPTS.json: {"prompts": [[ids], ...]}.
+ *   bench_engine prefix (--model DIR | --config CONFIG.json [--seed S]) --prompt-len P
+ *                       --group G --response-len R [--groups K] [--backend B] [--threads T]
+ *                       [--steps K] [--warmup W]
+ *       K groups of G responses (R tokens) to one prompt (P tokens), random ids: forward +
+ *       backward of the response tokens' mean NLL with each prompt run G times (unshared) and
+ *       once (model_batch.seg_parent), the two alternating step by step in the same run; the
+ *       ratio, and the largest gradient difference relative to the largest gradient (exit 1
+ *       above 1e-4: the shared pass must compute the same thing).
  *
  * It only measures; the comparison with PyTorch and the table are the Python side's. Not a test:
  * the timings are never checked. */
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,8 +56,9 @@ static void *xcalloc(size_t n, size_t size) {
 }
 
 typedef struct opts {
-    const char *model_dir, *config, *batch, *prompts;
+    const char *model_dir, *config, *batch, *prompts, *backend;
     int threads, steps, warmup, reps, size, new_tokens;
+    int prompt_len, group, response_len, groups;
     unsigned long long seed;
 } opts;
 
@@ -79,11 +89,23 @@ static void parse(int argc, char **argv, opts *o) {
             o->new_tokens = atoi(v);
         else if (strcmp(a, "--seed") == 0)
             o->seed = strtoull(v, NULL, 10);
+        else if (strcmp(a, "--backend") == 0)
+            o->backend = v;
+        else if (strcmp(a, "--prompt-len") == 0)
+            o->prompt_len = atoi(v);
+        else if (strcmp(a, "--group") == 0)
+            o->group = atoi(v);
+        else if (strcmp(a, "--response-len") == 0)
+            o->response_len = atoi(v);
+        else if (strcmp(a, "--groups") == 0)
+            o->groups = atoi(v);
         else
             die(a, "unknown option");
     }
     if (o->steps < 1 || o->warmup < 0 || o->reps < 1 || o->size < 1 || o->new_tokens < 1)
         die("options", "--steps, --reps, --size, --new must be >= 1 and --warmup >= 0");
+    if (o->prompt_len < 2 || o->group < 1 || o->response_len < 1 || o->groups < 1)
+        die("options", "--prompt-len must be >= 2, --group, --response-len, --groups >= 1");
 }
 
 /* ---- sgemm: the roof ---- */
@@ -259,6 +281,143 @@ static int cmd_train(const opts *o) {
     return 0;
 }
 
+/* ---- prefix: the prompt shared in the training pass ---- */
+
+/* One layout of the K groups: rows, segments, and the loss weights (-1/targets per target). */
+typedef struct prefix_layout {
+    int N, S;
+    int32_t *tokens, *pos, *targets, *cu, *parent;
+    float *dlogp;
+} prefix_layout;
+
+static void prefix_layout_build(const opts *o, const int32_t *prompts, const int32_t *responses,
+                                int shared, prefix_layout *L) {
+    const int P = o->prompt_len, G = o->group, R = o->response_len, K = o->groups;
+    const int rows = shared ? K * (P - 1 + G * (R + 1)) : K * G * (P + R);
+    const int segs = shared ? K * (G + 1) : K * G;
+    L->tokens = xcalloc((size_t)rows, sizeof *L->tokens);
+    L->pos = xcalloc((size_t)rows, sizeof *L->pos);
+    L->targets = xcalloc((size_t)rows, sizeof *L->targets);
+    L->dlogp = xcalloc((size_t)rows, sizeof *L->dlogp);
+    L->cu = xcalloc((size_t)segs + 1, sizeof *L->cu);
+    L->parent = xcalloc((size_t)segs, sizeof *L->parent);
+    int n = 0, s = 0;
+    const float w = -1.0f / (float)(K * G * R);
+    for (int k = 0; k < K; k++) {
+        const int32_t *pr = prompts + (size_t)k * P;
+        int prefix = -1;
+        if (shared) { /* the prompt but its last token, once */
+            prefix = s;
+            for (int j = 0; j < P - 1; j++, n++) {
+                L->tokens[n] = pr[j];
+                L->pos[n] = j;
+                L->targets[n] = -1;
+            }
+            L->parent[s] = -1;
+            L->cu[++s] = n;
+        }
+        for (int g = 0; g < G; g++) {
+            const int32_t *re = responses + ((size_t)k * G + g) * R;
+            for (int j = shared ? P - 1 : 0; j < P + R; j++, n++) {
+                L->tokens[n] = j < P ? pr[j] : re[j - P];
+                L->pos[n] = j;
+                L->targets[n] = j >= P - 1 && j + 1 < P + R ? re[j + 1 - P] : -1;
+                L->dlogp[n] = L->targets[n] >= 0 ? w : 0.0f;
+            }
+            L->parent[s] = prefix;
+            L->cu[++s] = n;
+        }
+    }
+    L->N = n;
+    L->S = s;
+}
+
+static void prefix_layout_free(prefix_layout *L) {
+    free(L->tokens);
+    free(L->pos);
+    free(L->targets);
+    free(L->dlogp);
+    free(L->cu);
+    free(L->parent);
+}
+
+static int cmd_prefix(const opts *o) {
+    chord_err err = {0};
+    char oerr[256];
+    ops_ctx *ops = ops_open(o->backend ? o->backend : "cpu", o->threads, oerr, sizeof oerr);
+    if (!ops) die("ops_open", oerr);
+    model *m = open_model(o, ops);
+    const int P = o->prompt_len, G = o->group, R = o->response_len, K = o->groups;
+    int32_t *prompts = xcalloc((size_t)K * P, sizeof *prompts);
+    int32_t *responses = xcalloc((size_t)K * G * R, sizeof *responses);
+    unsigned long long st = o->seed * 0x9E3779B97F4A7C15ull + 1;
+    for (size_t i = 0; i < (size_t)K * P + (size_t)K * G * R; i++) {
+        st = st * 6364136223846793005ull + 1442695040888963407ull;
+        int32_t id = (int32_t)((st >> 33) % (unsigned long long)m->cfg.vocab_size);
+        if (i < (size_t)K * P) prompts[i] = id;
+        else responses[i - (size_t)K * P] = id;
+    }
+    prefix_layout L[2];
+    for (int sh = 0; sh < 2; sh++)
+        prefix_layout_build(o, prompts, responses, sh, &L[sh]);
+    float *logp = xcalloc((size_t)L[0].N, sizeof *logp);
+    float *grads[2] = {xcalloc(m->num_params, sizeof(float)), xcalloc(m->num_params, sizeof(float))};
+    double fwd[2] = {0, 0}, bwd[2] = {0, 0}, loss[2] = {0, 0};
+    for (int k = 0; k < o->warmup + o->steps; k++)
+        for (int sh = 0; sh < 2; sh++) {
+            model_batch b = {.N = L[sh].N,
+                             .S = L[sh].S,
+                             .tokens = L[sh].tokens,
+                             .positions = L[sh].pos,
+                             .cu_seqlens = L[sh].cu,
+                             .targets = L[sh].targets,
+                             .seg_parent = sh ? L[sh].parent : NULL};
+            double t0 = chord_now();
+            CHECK(model_zero_grad(m, &err));
+            CHECK(model_forward(m, &b, 1.0f, logp, NULL, &err));
+            double t1 = chord_now();
+            CHECK(model_backward(m, L[sh].dlogp, NULL, &err));
+            CHECK(model_read_grads(m, grads[sh], &err)); /* also waits for the device */
+            double t2 = chord_now();
+            if (k < o->warmup) continue;
+            fwd[sh] += (t1 - t0) / o->steps;
+            bwd[sh] += (t2 - t1) / o->steps;
+            double sum = 0.0;
+            for (int n = 0; n < L[sh].N; n++)
+                sum += (double)L[sh].dlogp[n] * logp[n];
+            loss[sh] = sum;
+        }
+    double gmax = 0.0, dmax = 0.0;
+    for (size_t i = 0; i < m->num_params; i++) {
+        double a = grads[0][i], d = fabs(a - (double)grads[1][i]);
+        if (fabs(a) > gmax) gmax = fabs(a);
+        if (d > dmax) dmax = d;
+    }
+    const double rel = gmax > 0 ? dmax / gmax : dmax;
+    const double t_un = fwd[0] + bwd[0], t_sh = fwd[1] + bwd[1];
+    printf("{\"backend\": \"%s\", \"threads\": %d, \"num_params\": %zu, \"prompt_len\": %d, "
+           "\"group\": %d, \"response_len\": %d, \"groups\": %d, \"rows_unshared\": %d, "
+           "\"rows_shared\": %d, \"loss_unshared\": %.7f, \"loss_shared\": %.7f, "
+           "\"unshared_fwd_s\": %.4f, \"unshared_bwd_s\": %.4f, \"shared_fwd_s\": %.4f, "
+           "\"shared_bwd_s\": %.4f, \"speedup\": %.3f, \"grad_max_rel_diff\": %.3g}\n",
+           ops->be->name, ops->threads, m->num_params, P, G, R, K, L[0].N, L[1].N, loss[0],
+           loss[1], fwd[0], bwd[0], fwd[1], bwd[1], t_sh > 0 ? t_un / t_sh : 0.0, rel);
+    for (int sh = 0; sh < 2; sh++) {
+        prefix_layout_free(&L[sh]);
+        free(grads[sh]);
+    }
+    free(logp);
+    free(prompts);
+    free(responses);
+    model_free(m);
+    ops_close(ops);
+    if (!(rel <= 1e-4)) {
+        fprintf(stderr, "bench_engine prefix: shared and unshared gradients differ (%.3g)\n", rel);
+        return 1;
+    }
+    return 0;
+}
+
 static int cmd_decode(const opts *o) {
     chord_err err = {0};
     char oerr[256];
@@ -343,15 +502,21 @@ int main(int argc, char **argv) {
               .reps = 3,
               .size = 2048,
               .new_tokens = 32,
+              .prompt_len = 512,
+              .group = 8,
+              .response_len = 64,
+              .groups = 2,
               .seed = 1};
     if (argc < 2) {
-        fprintf(stderr, "usage: bench_engine sgemm|train|decode [options] (see the source)\n");
+        fprintf(stderr,
+                "usage: bench_engine sgemm|train|decode|prefix [options] (see the source)\n");
         return 2;
     }
     parse(argc, argv, &o);
     if (strcmp(argv[1], "sgemm") == 0) return cmd_sgemm(&o);
     if (strcmp(argv[1], "train") == 0) return cmd_train(&o);
     if (strcmp(argv[1], "decode") == 0) return cmd_decode(&o);
+    if (strcmp(argv[1], "prefix") == 0) return cmd_prefix(&o);
     fprintf(stderr, "bench_engine: unknown command %s\n", argv[1]);
     return 2;
 }

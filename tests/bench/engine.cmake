@@ -11,3 +11,15 @@ add_test(NAME bench.engine_smoke
          COMMAND ${CHORD_PYTHON} ${CMAKE_CURRENT_LIST_DIR}/bench_engine.py
                  --bin $<TARGET_FILE:bench_engine> --smoke)
 set_tests_properties(bench.engine_smoke PROPERTIES LABELS bench TIMEOUT 300)
+
+# bench_engine prefix: a group's prompt shared in the training pass (grpo.share_prompt) against
+# the same groups unshared, in one run (docs/benchmarks.md, "## Shared prompts"):
+#   build/tests/bench_engine prefix --config tests/bench/prefix_config.json \
+#       --prompt-len 512 --group 8 --response-len 64 --groups 2 --threads 2
+# bench.prefix_smoke keeps it working on a short prompt: the tool exits 1 when the shared pass's
+# gradients differ from the unshared pass's by more than 1e-4 of the largest (no timing checked).
+add_test(NAME bench.prefix_smoke
+         COMMAND bench_engine prefix --config ${CMAKE_CURRENT_LIST_DIR}/prefix_config.json
+                 --prompt-len 24 --group 4 --response-len 6 --groups 2 --steps 1 --warmup 0
+                 --threads 1)
+set_tests_properties(bench.prefix_smoke PROPERTIES LABELS bench TIMEOUT 120)

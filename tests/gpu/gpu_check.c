@@ -809,7 +809,7 @@ static int run_step(ops_ctx *ops, const model_config *cfg, const step_batch *b, 
     model *m = NULL;
     model_kv_cache *kv = NULL;
     int rc = -1;
-    const model_batch mb = {b->N, b->S, b->tokens, b->positions, b->cu, b->targets};
+    const model_batch mb = {b->N, b->S, b->tokens, b->positions, b->cu, b->targets, NULL};
     if (model_create(cfg, ops, &m, err) != 0 || model_init_random(m, 1234, err) != 0) goto done;
     o->logp = xmalloc((size_t)b->N * sizeof(float));
     o->ent = xmalloc((size_t)b->N * sizeof(float));
@@ -1004,7 +1004,7 @@ static void b_train(const char *label, const char *json, int T, int seqs, int st
         bench(what, NAN, "", "%s (%.1f GiB free)", err.msg, fb / 1073741824.0);
         goto out;
     }
-    const model_batch mb = {b.N, b.S, b.tokens, b.positions, b.cu, b.targets};
+    const model_batch mb = {b.N, b.S, b.tokens, b.positions, b.cu, b.targets, NULL};
     double t = 0.0;
     for (int it = 0; it < steps + 1; it++) {
         if (profile_mode && it == 1) cudaProfilerStart();

@@ -118,6 +118,12 @@ static void test_job(void **state) {
     assert_true(e.slots == 6.0 && e.positions == 64.0);
     assert_true(e.eval == 0 && e.eval_slots == 0);
     assert_true(e.total == 11168.0 + 33504 + 20640 + 99168 + 24576);
+    /* grpo.share_prompt adds attention's expanded layout: G N = 20 rows of 2 qkv 32 + 2 att 16
+     * + lse 2 + 4 indices = 54 floats: 4 x 20 x 54 = 4320 */
+    cfg.grpo.share_prompt = 1;
+    mem_estimate_job(&mc, &cfg, MEM_PROMPT_TOKENS, MEM_PROMPT_TOKENS, &e);
+    assert_true(e.activations == 20640.0 + 4320.0);
+    cfg.grpo.share_prompt = 0;
     jobconfig_free(&cfg);
 
     /* SFT samples nothing: no training rollouts, no KV cache */

@@ -424,6 +424,171 @@ static void test_optimizer_state_resume(void **state) {
     assert_int_equal(system(cmd), 0);
 }
 
+/* ---- shared prefixes (model_batch.seg_parent) ----
+ * Groups of responses to one prompt, and a lone sequence, laid out twice: unshared (every
+ * response after its own copy of the prompt) and shared (the prompt but its last token once,
+ * each response after that token in its own child segment). The logp, entropy and every
+ * parameter gradient must agree to fp32 round-off; prompt rows carry targets in the unshared
+ * layout's first copy only, so both losses are the same function. */
+typedef struct shared_group {
+    int p, G;
+    int32_t prompt[8];
+    int rl[3];
+    int32_t resp[3][6];
+} shared_group;
+
+static const shared_group GROUPS[] = {
+    {6, 3, {3, 17, 5, 36, 0, 9}, {3, 5, 1}, {{9, 22, 4}, {1, 2, 3, 4, 5}, {30}}},
+    {4, 0, {7, 7, 8, 2}, {0}, {{0}}}, /* a lone sequence (no responses) */
+    {3, 1, {11, 12, 13}, {2}, {{14, 15}}},
+    {2, 2, {20, 21}, {4, 2}, {{22, 23, 24, 25}, {26, 27}}},
+};
+#define N_GROUPS (int)(sizeof GROUPS / sizeof GROUPS[0])
+
+static int32_t group_tok(const shared_group *g, int i, int j) {
+    return j < g->p ? g->prompt[j] : g->resp[i][j - g->p];
+}
+/* the loss weights of (group, response, position): a prompt position's are response 0's */
+static float w_of(int g, int i, int j, int ent) {
+    if (j < GROUPS[g].p - 1) i = 0;
+    return (float)sin(1.3 * g + 0.7 * i + 0.37 * j + (ent ? 2.0 : 0.0)) * (ent ? 0.3f : 1.0f);
+}
+
+typedef struct shared_layout {
+    int N, S;
+    int32_t tok[64], pos[64], tgt[64], cu[16], parent[16];
+    float wl[64], we[64];
+    int row_of[N_GROUPS][3][16]; /* (group, response, position) -> row, -1 where none */
+} shared_layout;
+
+static void emit_row(shared_layout *L, int g, int i, int j, int len, int target_ok) {
+    const shared_group *G = &GROUPS[g];
+    int n = L->N++;
+    L->tok[n] = group_tok(G, i, j);
+    L->pos[n] = j;
+    L->tgt[n] = target_ok && j + 1 < len ? group_tok(G, i, j + 1) : -1;
+    L->wl[n] = L->tgt[n] >= 0 ? w_of(g, i, j, 0) : 0.0f;
+    L->we[n] = L->tgt[n] >= 0 ? w_of(g, i, j, 1) : 0.0f;
+    L->row_of[g][i][j] = L->tgt[n] >= 0 ? n : -1;
+}
+
+static void layout_groups(shared_layout *L, int shared) {
+    memset(L, 0, sizeof *L);
+    memset(L->row_of, 0xff, sizeof L->row_of);
+    for (int g = 0; g < N_GROUPS; g++) {
+        const shared_group *G = &GROUPS[g];
+        if (G->G == 0) { /* a lone sequence */
+            L->parent[L->S] = -1;
+            for (int j = 0; j < G->p; j++)
+                emit_row(L, g, 0, j, G->p, 1);
+            L->cu[++L->S] = L->N;
+            continue;
+        }
+        int prefix = -1;
+        if (shared) { /* the prompt but its last token, once */
+            prefix = L->S;
+            L->parent[L->S] = -1;
+            for (int j = 0; j < G->p - 1; j++)
+                emit_row(L, g, 0, j, G->p + G->rl[0], 1);
+            L->cu[++L->S] = L->N;
+        }
+        for (int i = 0; i < G->G; i++) {
+            int len = G->p + G->rl[i];
+            L->parent[L->S] = prefix;
+            for (int j = shared ? G->p - 1 : 0; j < len; j++)
+                emit_row(L, g, i, j, len, j >= G->p - 1 || i == 0);
+            L->cu[++L->S] = L->N;
+        }
+    }
+}
+
+static void shared_prefix_case(void **state, int qk_norm, int tied) {
+    fixture *f = *state;
+    f->m = make_model(f->ops, qk_norm, tied, 21);
+    model *m = f->m;
+    chord_err err = {0};
+    shared_layout L[2];
+    float lp[2][64], ent[2][64];
+    float *g[2] = {malloc(m->num_params * sizeof(float)), malloc(m->num_params * sizeof(float))};
+    for (int sh = 0; sh < 2; sh++) {
+        layout_groups(&L[sh], sh);
+        model_batch b = {.N = L[sh].N,
+                         .S = L[sh].S,
+                         .tokens = L[sh].tok,
+                         .positions = L[sh].pos,
+                         .cu_seqlens = L[sh].cu,
+                         .targets = L[sh].tgt,
+                         .seg_parent = sh ? L[sh].parent : NULL};
+        if (model_forward(m, &b, INV_TEMP, lp[sh], ent[sh], &err) != 0)
+            fail_msg("forward (shared %d): %s", sh, err.msg);
+        assert_int_equal(model_zero_grad(m, &err), 0);
+        if (model_backward(m, L[sh].wl, L[sh].we, &err) != 0)
+            fail_msg("backward (shared %d): %s", sh, err.msg);
+        assert_int_equal(model_read_grads(m, g[sh], &err), 0);
+    }
+    assert_true(L[1].N < L[0].N);
+    int compared = 0;
+    for (int gi = 0; gi < N_GROUPS; gi++)
+        for (int i = 0; i < 3; i++)
+            for (int j = 0; j < 16; j++) {
+                int a = L[0].row_of[gi][i][j], b = L[1].row_of[gi][i][j];
+                if ((a < 0) != (b < 0)) fail_msg("row (%d, %d, %d): in one layout only", gi, i, j);
+                if (a < 0) continue;
+                if (fabsf(lp[0][a] - lp[1][b]) > 1e-5f * (1.0f + fabsf(lp[0][a])) ||
+                    fabsf(ent[0][a] - ent[1][b]) > 1e-5f * (1.0f + fabsf(ent[0][a])))
+                    fail_msg("row (%d, %d, %d): logp %.7g / %.7g, entropy %.7g / %.7g", gi, i, j,
+                             lp[0][a], lp[1][b], ent[0][a], ent[1][b]);
+                compared++;
+            }
+    assert_true(compared >= 25);
+    double gmax = 0.0;
+    for (size_t k = 0; k < m->num_params; k++)
+        gmax = fmax(gmax, fabs(g[0][k]));
+    assert_true(gmax > 1e-3);
+    for (int t = 0; t < m->n_tensors; t++) {
+        const model_tensor *mt = &m->tensors[t];
+        for (size_t k = mt->offset; k < mt->offset + mt->numel; k++)
+            if (fabsf(g[0][k] - g[1][k]) > 2e-5f * (float)gmax)
+                fail_msg("%s[%zu]: gradient %.7g unshared, %.7g shared", mt->name, k - mt->offset,
+                         g[0][k], g[1][k]);
+    }
+    free(g[0]);
+    free(g[1]);
+}
+
+static void test_shared_prefix_qwen2_tied(void **state) {
+    shared_prefix_case(state, 0, 1);
+}
+static void test_shared_prefix_qwen3_untied(void **state) {
+    shared_prefix_case(state, 1, 0);
+}
+
+/* seg_parent that the layout cannot honour is refused by name. */
+static void test_shared_prefix_bad_parents(void **state) {
+    fixture *f = *state;
+    f->m = make_model(f->ops, 0, 0, 2);
+    static const int32_t tok[6] = {1, 2, 3, 4, 5, 6}, cu[4] = {0, 2, 4, 6};
+    static const int32_t pos_ok[6] = {0, 1, 2, 3, 2, 3}, pos_gap[6] = {0, 1, 5, 6, 2, 3};
+    static const int32_t later[3] = {-1, 2, -1}, chain[3] = {-1, 0, 1}, ok[3] = {-1, 0, 0};
+    struct {
+        const int32_t *pos, *parent;
+        const char *want;
+    } cases[] = {{pos_ok, later, "seg_parent[1] = 2"},
+                 {pos_ok, chain, "seg_parent[2] = 1"},
+                 {pos_gap, ok, "segment 1 starts at position 5"}};
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        model_batch b = {.N = 6,
+                         .S = 3,
+                         .tokens = tok,
+                         .positions = cases[k].pos,
+                         .cu_seqlens = cu,
+                         .seg_parent = cases[k].parent};
+        chord_err err = {0};
+        assert_int_equal(model_forward(f->m, &b, 1.0f, NULL, NULL, &err), -1);
+        if (!strstr(err.msg, cases[k].want)) fail_msg("case %zu: '%s'", k, err.msg);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_gradients_qwen2_tied, setup, teardown),
@@ -435,6 +600,9 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_bad_input, setup, teardown),
         cmocka_unit_test_setup_teardown(test_missing_tensor, setup, teardown),
         cmocka_unit_test_setup_teardown(test_optimizer_state_resume, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_shared_prefix_qwen2_tied, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_shared_prefix_qwen3_untied, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_shared_prefix_bad_parents, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -661,6 +661,51 @@ static void test_dynamic_sampling(void **state) {
     assert_true(filled > 0);     /* and some step stopped drawing once it had B groups */
 }
 
+/* ---- the prompt shared in the training pass (grpo.share_prompt) ----------------------------- */
+
+/* A group's G responses run their prompt once (model_batch.seg_parent): the same job with and
+ * without it takes the same steps to fp32 round-off — the same samples, loss, KL to the
+ * reference (whose forward shares too) and entropy — while the shared job reports the rows it
+ * saved. The exact equality of the shared pass itself is test_model.c's. */
+static void test_share_prompt_is_exact(void **state) {
+    fixture *f = *state;
+    double v[2][5][5], shared[5] = {0};
+    static const char *const names[5] = {"loss", "kl", "reward_mean", "entropy", "grad_norm"};
+    for (int a = 0; a < 2; a++) {
+        char json[4096];
+        snprintf(json, sizeof json,
+                 "{" TINY_MODEL ", \"algorithm\": \"chord\", \"chord\": {\"mu\": 0.5}, "
+                 "\"grpo\": {\"group_size\": 4, \"prompts_per_step\": 4, \"kl_coef\": 0.5, "
+                 "\"entropy_coef\": 1e-3, \"share_prompt\": %s}, \"expert_per_step\": 8, "
+                 "\"sampling\": {\"max_new_tokens\": 6}, \"micro_batch_tokens\": 48, "
+                 "\"reward\": {\"type\": \"regex\", \"pattern\": \"^\\\\s*[0-9]\"}, "
+                 "\"optimizer\": {\"lr\": 0.01}, \"steps\": 4, \"seed\": 3, "
+                 "\"checkpoint_every\": 0, \"eval\": {\"every\": 0}}",
+                 a ? "true" : "false");
+        run_log *r = new_log();
+        chord_err err = {0};
+        if (run_job(f, json, f->prompts, f->expert, NULL, NULL, r, &err) != TRAINER_DONE)
+            fail_msg("share_prompt %d: %s", a, err.msg);
+        for (int s = 1; s <= 4; s++) {
+            for (int k = 0; k < 5; k++)
+                v[a][k][s] = value(r, s, names[k]);
+            if (a) shared[s] = value(r, s, "prompt_rows_shared");
+            else assert_true(isnan(value(r, s, "prompt_rows_shared"))); /* no row without it */
+        }
+        free(r);
+    }
+    for (int s = 1; s <= 4; s++) {
+        print_message("step %d: loss %.7f / %.7f, kl %.3g / %.3g; %.0f prompt rows shared\n", s,
+                      v[0][0][s], v[1][0][s], v[0][1][s], v[1][1][s], shared[s]);
+        assert_true(shared[s] > 0);
+        assert_true(v[0][2][s] == v[1][2][s]); /* the same samples, step after step */
+        for (int k = 0; k < 5; k++)
+            if (!(fabs(v[0][k][s] - v[1][k][s]) <= 1e-4 * (1 + fabs(v[0][k][s]))))
+                fail_msg("step %d: %s %.8g unshared, %.8g shared", s, names[k], v[0][k][s],
+                         v[1][k][s]);
+    }
+}
+
 /* ---- checkpoints are model directories ------------------------------------------------------ */
 
 static void test_checkpoint_is_loadable(void **state) {
@@ -716,6 +761,7 @@ int main(void) {
         cmocka_unit_test(test_policy_loss_variants_train),
         cmocka_unit_test(test_overlong),
         cmocka_unit_test(test_dynamic_sampling),
+        cmocka_unit_test(test_share_prompt_is_exact),
         cmocka_unit_test(test_checkpoint_is_loadable),
     };
     /* CHORD_TEST_ONLY=test_kl_to_reference runs the one test (a glob, cmocka's filter) */
