@@ -283,9 +283,9 @@ struct model_run {
      * n's attention output is expanded row xprim[n]'s (its first copy); in the backward, xdsrc[x]
      * is xsrc[x] for that first copy and N (datt's zero row) for the other copies. */
     int cap_X, NX, SX;
-    int32_t *xsrc, *xcu, *xprim, *xdsrc;     /* (cap_X), (cap_X+1), (N), (cap_X) */
-    float *xqkv, *xqk, *xatt, *xlse;          /* like qkv, qk, att, lse with cap_X rows */
-    float *dxqkv, *dxqk, *dxatt;              /* backward */
+    int32_t *xsrc, *xcu, *xprim, *xdsrc; /* (cap_X), (cap_X+1), (N), (cap_X) */
+    float *xqkv, *xqk, *xatt, *xlse;     /* like qkv, qk, att, lse with cap_X rows */
+    float *dxqkv, *dxqk, *dxatt;         /* backward */
     /* the last forward */
     int N, S, has_forward;
     float inv_temp;

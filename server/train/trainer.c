@@ -50,8 +50,8 @@ typedef struct step_metrics {
     int has_filter;                       /* those rows exist only with grpo.filter_groups */
     double prompt_rows_shared; /* grpo.share_prompt: rows the shared prompts saved (one pass) */
     int has_share;             /* that row exists only with grpo.share_prompt */
-    int has_kl;   /* the kl row exists only for jobs with a reference policy */
-    int has_eval; /* the eval/ rows exist only on eval steps */
+    int has_kl;                /* the kl row exists only for jobs with a reference policy */
+    int has_eval;              /* the eval/ rows exist only on eval steps */
     double eval_error_rate, eval_accuracy, eval_pass_at_k, eval_k, eval_time;
 } step_metrics;
 
@@ -211,8 +211,8 @@ typedef struct train_seq {
     float *logp_old; /* at policy targets */
     float *ref_logp; /* at policy targets, under the reference policy (jobs with a KL) */
     float adv;
-    int rollout; /* the response's index in the step's rollouts; -1 for an expert record */
-    int targets; /* trained targets (all of one kind): the loss's seq_tokens */
+    int rollout;    /* the response's index in the step's rollouts; -1 for an expert record */
+    int targets;    /* trained targets (all of one kind): the loss's seq_tokens */
     int group;      /* a response's prompt (group) in the step; -1 for an expert record */
     int prompt_len; /* a response's prompt tokens (the first prompt_len of tokens) */
 } train_seq;
@@ -243,8 +243,8 @@ static int train_seq_alloc(train_seq *s, int len, int rollout) {
  * row seq_off[s] + j for the positions it owns. */
 typedef struct micro_batch_rows {
     int32_t *tokens, *positions, *targets, *seq_tokens, *seq; /* (N) each */
-    int32_t *cu, *parent;  /* (segments + 1), (segments): at most 2 n_seqs segments */
-    int32_t *seq_off;      /* (n_seqs) */
+    int32_t *cu, *parent; /* (segments + 1), (segments): at most 2 n_seqs segments */
+    int32_t *seq_off;     /* (n_seqs) */
     int n_seqs;
     int64_t logical_rows; /* the rows without sharing: Σ len */
     float *logp, *ent, *logp_old, *ref_logp, *adv, *dlogp, *dent; /* (N) each */
@@ -316,14 +316,14 @@ static void pack_rows(const train_seq *q, int s, int j0, int j1, micro_batch_row
  * longer sequence goes alone) in r, carved from scratch; with `share`, consecutive responses to
  * one prompt run the prompt once (shares_prompt). Returns the index after the last sequence
  * packed, or -1 when out of memory. */
-static int pack_micro_batch(const train_seq *seqs, int first, int n_seqs, int64_t budget,
-                            int share, chord_buf *scratch, micro_batch_rows *r) {
+static int pack_micro_batch(const train_seq *seqs, int first, int n_seqs, int64_t budget, int share,
+                            chord_buf *scratch, micro_batch_rows *r) {
     int last = first;
     int64_t N = seqs[first].len;
     while (last + 1 < n_seqs) {
         const train_seq *q = &seqs[last + 1];
-        int64_t cost = share && shares_prompt(&seqs[last], q) ? q->len - (q->prompt_len - 1)
-                                                              : q->len;
+        int64_t cost =
+            share && shares_prompt(&seqs[last], q) ? q->len - (q->prompt_len - 1) : q->len;
         if (N + cost > budget) break;
         N += cost;
         last++;

@@ -354,14 +354,17 @@ static int cmd_prefix(const opts *o) {
     for (size_t i = 0; i < (size_t)K * P + (size_t)K * G * R; i++) {
         st = st * 6364136223846793005ull + 1442695040888963407ull;
         int32_t id = (int32_t)((st >> 33) % (unsigned long long)m->cfg.vocab_size);
-        if (i < (size_t)K * P) prompts[i] = id;
-        else responses[i - (size_t)K * P] = id;
+        if (i < (size_t)K * P)
+            prompts[i] = id;
+        else
+            responses[i - (size_t)K * P] = id;
     }
     prefix_layout L[2];
     for (int sh = 0; sh < 2; sh++)
         prefix_layout_build(o, prompts, responses, sh, &L[sh]);
     float *logp = xcalloc((size_t)L[0].N, sizeof *logp);
-    float *grads[2] = {xcalloc(m->num_params, sizeof(float)), xcalloc(m->num_params, sizeof(float))};
+    float *grads[2] = {xcalloc(m->num_params, sizeof(float)),
+                       xcalloc(m->num_params, sizeof(float))};
     double fwd[2] = {0, 0}, bwd[2] = {0, 0}, loss[2] = {0, 0};
     for (int k = 0; k < o->warmup + o->steps; k++)
         for (int sh = 0; sh < 2; sh++) {
@@ -400,8 +403,8 @@ static int cmd_prefix(const opts *o) {
            "\"rows_shared\": %d, \"loss_unshared\": %.7f, \"loss_shared\": %.7f, "
            "\"unshared_fwd_s\": %.4f, \"unshared_bwd_s\": %.4f, \"shared_fwd_s\": %.4f, "
            "\"shared_bwd_s\": %.4f, \"speedup\": %.3f, \"grad_max_rel_diff\": %.3g}\n",
-           ops->be->name, ops->threads, m->num_params, P, G, R, K, L[0].N, L[1].N, loss[0],
-           loss[1], fwd[0], bwd[0], fwd[1], bwd[1], t_sh > 0 ? t_un / t_sh : 0.0, rel);
+           ops->be->name, ops->threads, m->num_params, P, G, R, K, L[0].N, L[1].N, loss[0], loss[1],
+           fwd[0], bwd[0], fwd[1], bwd[1], t_sh > 0 ? t_un / t_sh : 0.0, rel);
     for (int sh = 0; sh < 2; sh++) {
         prefix_layout_free(&L[sh]);
         free(grads[sh]);

@@ -6,11 +6,17 @@
  *     one token per step (all sequences batched) — rows for positions prefix[s]-1 .. n_s-1,
  *   decode_copy_logits: the same for sequence 0 decoded from a copy of its prefilled slot,
  *   and, when "adamw" is given, adamw.<hf name> (parameters after `steps` AdamW steps, each on
- *   the same batch's mean NLL) and grad_norms (steps).
+ *   the same batch's mean NLL) and grad_norms (steps);
+ *   with "shared_prompts" [{"first": s, "count": g, "prompt_len": p}, ...] (sequences s .. s+g-1
+ *   begin with the same p tokens), the batch again with each group's prompt run once
+ *   (model_batch.seg_parent) and the mean NLL over every target but those inside a shared
+ *   prompt: shared.loss (1), shared.logp (its targets, in sequence order) and shared.grad.<hf
+ *   name> — the reference computes that loss on the unshared sequences.
  * usage: chord_refdump --model DIR --batch batch.json --out out.safetensors [--threads N]
  * batch.json: {"sequences": [[ids], ...], "prefix": [p, ...], "logits_budget_bytes": B,
  *              "adamw": {"steps": 2, "lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-6,
- *                        "weight_decay": 0.1, "grad_clip": 1.0}}
+ *                        "weight_decay": 0.1, "grad_clip": 1.0},
+ *              "shared_prompts": [{"first": 0, "count": 3, "prompt_len": 9}]}
  * It checks nothing itself: the comparison is the Python side's. */
 #include <jansson.h>
 #include <stdio.h>
@@ -42,6 +48,91 @@ static void *xcalloc(size_t n, size_t size) {
 static double num(json_t *obj, const char *key, double def) {
     json_t *v = json_object_get(obj, key);
     return v ? json_number_value(v) : def;
+}
+
+/* The shared-prompt pass ("shared_prompts"): fills *loss_out, logp_out (its targets, at most
+ * N) and grads (num_params); returns the number of targets. */
+static int shared_pass(model *m, json_t *groups, const int32_t *tokens, const int32_t *cu, int S,
+                       float *loss_out, float *logp_out, float *grads) {
+    chord_err err = {0};
+    const int N = cu[S];
+    int *group_p = xcalloc((size_t)S, sizeof *group_p),
+        *group_first = xcalloc((size_t)S, sizeof(int));
+    for (int s = 0; s < S; s++)
+        group_first[s] = -1;
+    for (size_t i = 0; i < json_array_size(groups); i++) {
+        json_t *g = json_array_get(groups, i);
+        int first = (int)json_integer_value(json_object_get(g, "first"));
+        int count = (int)json_integer_value(json_object_get(g, "count"));
+        int p = (int)json_integer_value(json_object_get(g, "prompt_len"));
+        if (first < 0 || count < 1 || first + count > S || p < 2)
+            die("shared_prompts: needs first, count within the sequences and prompt_len >= 2");
+        for (int s = first; s < first + count; s++) {
+            if (p >= cu[s + 1] - cu[s] ||
+                memcmp(tokens + cu[s], tokens + cu[first], (size_t)p * sizeof *tokens) != 0)
+                die("shared_prompts: a group's sequences must begin with the same prompt_len "
+                    "tokens and go on past them");
+            group_p[s] = p;
+            group_first[s] = first;
+        }
+    }
+    int32_t *tok = xcalloc((size_t)N, sizeof *tok), *pos = xcalloc((size_t)N, sizeof *pos);
+    int32_t *tgt = xcalloc((size_t)N, sizeof *tgt), *scu = xcalloc(2 * (size_t)S + 1, sizeof *scu);
+    int32_t *parent = xcalloc(2 * (size_t)S, sizeof *parent);
+    int n = 0, segs = 0, prefix = -1, n_targets = 0;
+    for (int s = 0; s < S; s++) {
+        const int len = cu[s + 1] - cu[s], p = group_p[s];
+        int j0 = 0;
+        if (group_first[s] == s) { /* the group's prompt but its last token, once */
+            prefix = segs;
+            for (int j = 0; j < p - 1; j++, n++) {
+                tok[n] = tokens[cu[s] + j];
+                pos[n] = j;
+                tgt[n] = -1;
+            }
+            parent[segs] = -1;
+            scu[++segs] = n;
+        }
+        if (group_first[s] >= 0) j0 = p - 1;
+        for (int j = j0; j < len; j++, n++) {
+            tok[n] = tokens[cu[s] + j];
+            pos[n] = j;
+            tgt[n] = j + 1 < len ? tokens[cu[s] + j + 1] : -1;
+            n_targets += tgt[n] >= 0;
+        }
+        parent[segs] = group_first[s] >= 0 ? prefix : -1;
+        scu[++segs] = n;
+    }
+    model_batch b = {.N = n,
+                     .S = segs,
+                     .tokens = tok,
+                     .positions = pos,
+                     .cu_seqlens = scu,
+                     .targets = tgt,
+                     .seg_parent = parent};
+    float *lp = xcalloc((size_t)n, sizeof *lp), *dlogp = xcalloc((size_t)n, sizeof *dlogp);
+    CHECK(model_forward(m, &b, 1.0f, lp, NULL, &err));
+    double sum = 0.0;
+    for (int r = 0, k = 0; r < n; r++)
+        if (tgt[r] >= 0) {
+            sum -= lp[r];
+            logp_out[k++] = lp[r];
+            dlogp[r] = -1.0f / (float)n_targets;
+        }
+    *loss_out = (float)(sum / n_targets);
+    CHECK(model_zero_grad(m, &err));
+    CHECK(model_backward(m, dlogp, NULL, &err));
+    CHECK(model_read_grads(m, grads, &err));
+    free(group_p);
+    free(group_first);
+    free(tok);
+    free(pos);
+    free(tgt);
+    free(scu);
+    free(parent);
+    free(lp);
+    free(dlogp);
+    return n_targets;
 }
 
 int main(int argc, char **argv) {
@@ -124,6 +215,18 @@ int main(int argc, char **argv) {
     CHECK(model_backward(m, dlogp, NULL, &err));
     float *grads = xcalloc(m->num_params, sizeof *grads);
     CHECK(model_read_grads(m, grads, &err));
+
+    /* the shared-prompt pass, before anything updates the weights */
+    json_t *shared = json_object_get(batch, "shared_prompts");
+    float shared_loss = 0.0f, *shared_logp = NULL, *shared_grads = NULL;
+    int shared_targets = 0;
+    if (shared) {
+        if (!json_is_array(shared)) die("batch: shared_prompts must be an array");
+        shared_logp = xcalloc((size_t)N, sizeof *shared_logp);
+        shared_grads = xcalloc(m->num_params, sizeof *shared_grads);
+        shared_targets =
+            shared_pass(m, shared, tokens, cu, S, &shared_loss, shared_logp, shared_grads);
+    }
 
     /* KV-cache decode: slot s holds sequence s; slot S holds a copy of slot 0 */
     int max_len = 0, rows = 0;
@@ -238,11 +341,25 @@ int main(int argc, char **argv) {
         shp[0] = steps;
         CHECK(st_writer_add(w, "grad_norms", norms, shp, 1, ST_F32, &err));
     }
+    if (shared) {
+        shp[0] = 1;
+        CHECK(st_writer_add(w, "shared.loss", &shared_loss, shp, 1, ST_F32, &err));
+        shp[0] = shared_targets;
+        CHECK(st_writer_add(w, "shared.logp", shared_logp, shp, 1, ST_F32, &err));
+        for (int i = 0; i < m->n_tensors; i++) {
+            const model_tensor *t = &m->tensors[i];
+            snprintf(name, sizeof name, "shared.grad.%s", t->name);
+            CHECK(
+                st_writer_add(w, name, shared_grads + t->offset, t->shape, t->ndim, ST_F32, &err));
+        }
+    }
     CHECK(st_writer_save(w, out_path, &err));
     st_writer_free(w);
 
     free(after);
     free(norms);
+    free(shared_logp);
+    free(shared_grads);
     free(btok);
     free(bpos);
     free(bslot);

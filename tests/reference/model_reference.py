@@ -11,6 +11,9 @@ over a packed batch of sequences of different lengths and compares:
   KV-cache decode logits (prefill a prefix, decode the rest token by token, and from a copied
   slot) vs the HF full forward          relative error <= 1e-4
   AdamW (global-norm clip, decay on matrices only) vs torch.optim.AdamW, two steps (one config).
+  Shared prompts (three configs): groups of responses to one prompt with the prompt run once
+  (model_batch.seg_parent, grpo.share_prompt) vs every sequence run whole: the log-probs, the mean
+  NLL over the targets outside the prompts, and every gradient, with the same bounds.
 The other way round: `chordd init-model` (f32 and bf16) loads in from_pretrained with no missing or
 unexpected keys, has HF's init statistics, and `chordd score` equals HF's log_softmax. A BF16 HF
 checkpoint and a sharded one (max_shard_size) load in chord with the right logits.
@@ -42,7 +45,7 @@ ARCH = {
 
 # Odd sizes on purpose: hidden 48 with head_dim 12, intermediate 100, vocab 257 ...
 CONFIGS = [
-    dict(name="qwen2_gqa_qkvbias_tied", arch="qwen2",
+    dict(name="qwen2_gqa_qkvbias_tied", arch="qwen2", shared=True,
          cfg=dict(vocab_size=257, hidden_size=48, intermediate_size=100, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, head_dim=12,
                   tie_word_embeddings=True, rope_theta=10000.0)),
@@ -55,7 +58,7 @@ CONFIGS = [
          cfg=dict(vocab_size=263, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
                   num_attention_heads=4, num_key_value_heads=4, head_dim=16,
                   tie_word_embeddings=False, rope_theta=10000.0, rms_norm_eps=1e-5)),
-    dict(name="llama_gqa_attnbias_mlpbias_tied_llama3rope", arch="llama",
+    dict(name="llama_gqa_attnbias_mlpbias_tied_llama3rope", arch="llama", shared=True,
          cfg=dict(vocab_size=250, hidden_size=48, intermediate_size=100, num_hidden_layers=2,
                   num_attention_heads=6, num_key_value_heads=2, head_dim=8,
                   tie_word_embeddings=True, attention_bias=True, mlp_bias=True,
@@ -63,7 +66,7 @@ CONFIGS = [
                   rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                 "high_freq_factor": 4.0, "original_max_position_embeddings": 16},
                   rope_theta=500000.0)),
-    dict(name="qwen3_qknorm_gqa_untied", arch="qwen3",
+    dict(name="qwen3_qknorm_gqa_untied", arch="qwen3", shared=True,
          cfg=dict(vocab_size=257, hidden_size=48, intermediate_size=100, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, head_dim=12,
                   tie_word_embeddings=False, rope_theta=1000000.0)),
@@ -204,6 +207,49 @@ def compare_model(args, name, model, model_dir, work, seqs, prefix, extra=None, 
 
     if "adamw" in batch:
         res.update(compare_adamw(name, model, seqs, batch["adamw"], d))
+    return res
+
+
+def compare_shared(args, name, model, model_dir, work, vocab, rng):
+    """grpo.share_prompt's pass (model_batch.seg_parent): groups of responses to one prompt and a
+    lone sequence; chord runs each prompt once, PyTorch every sequence whole. The loss is the mean
+    NLL over every target but those inside a shared prompt (as GRPO trains the responses)."""
+    groups, seqs = [], []
+    for p_len, r_lens in ((9, (4, 7, 2)), (5, (3, 6)), (2, (1, 5))):
+        prompt = rng.integers(0, vocab, size=p_len).tolist()
+        groups.append({"first": len(seqs), "count": len(r_lens), "prompt_len": p_len})
+        seqs += [prompt + rng.integers(0, vocab, size=r).tolist() for r in r_lens]
+    seqs.insert(3, rng.integers(0, vocab, size=6).tolist())  # a lone sequence between groups
+    for g in groups[1:]:
+        g["first"] += 1
+    starts = {}  # sequence -> first trained position (its prompt's last token)
+    for g in groups:
+        for s in range(g["first"], g["first"] + g["count"]):
+            starts[s] = g["prompt_len"] - 1
+    d = refdump(args, model_dir, {"sequences": seqs, "prefix": [len(x) for x in seqs],
+                                  "shared_prompts": groups}, work)
+    model.zero_grad(set_to_none=True)
+    logps = []
+    for i, sq in enumerate(seqs):
+        logits = model(input_ids=torch.tensor([sq])).logits[0]
+        lp = torch.log_softmax(logits, -1)[:-1].gather(1, torch.tensor(sq[1:])[:, None])[:, 0]
+        logps.append(lp[starts.get(i, 0):])
+    logp = torch.cat(logps)
+    loss = -logp.mean()
+    loss.backward()
+    res = {"shared logp": check(f"{name}: shared-prompt logp", d["shared.logp"],
+                                logp.detach().numpy(), TOL_LOGITS)[0],
+           "shared loss": check(f"{name}: shared-prompt loss", d["shared.loss"],
+                                loss.detach().numpy().reshape(1), TOL_GRAD)[0]}
+    worst = 0.0
+    for pname, p in model.named_parameters():
+        key = "shared.grad." + pname
+        if key not in d:
+            failures.append(f"{name}: shared-prompt pass lacks the gradient of {pname}")
+            continue
+        worst = max(worst, check(f"{name}: shared-prompt grad {pname}", d[key], p.grad.numpy(),
+                                 TOL_GRAD)[0])
+    res["shared grad(worst)"] = worst
     return res
 
 
@@ -353,6 +399,10 @@ def main():
                               "weight_decay": 0.1, "grad_clip": 0.5}
         summary.append((spec["name"], compare_model(args, spec["name"], model, mdir, work, seqs,
                                                     prefix, extra)))
+        if spec.get("shared"):
+            summary.append((spec["name"] + " (shared prompts)",
+                            compare_shared(args, spec["name"], model, mdir, work,
+                                           spec["cfg"]["vocab_size"], rng)))
         if i == 0:
             # a BF16 checkpoint written by HF: chord must match HF running those bf16 weights
             bdir = os.path.join(work, "hf_bf16")

@@ -228,9 +228,9 @@ static void test_adamw_matches_pytorch_formula(void **state) {
 }
 
 /* a backend whose AdamW update fails: the step reports it and the step counter stays */
-static int failing_adamw(ops_ctx *c, float *param, const float *grad, float *mo, float *v,
-                         size_t n, float lr, float beta1, float beta2, float eps,
-                         float weight_decay, int t, float grad_scale) {
+static int failing_adamw(ops_ctx *c, float *param, const float *grad, float *mo, float *v, size_t n,
+                         float lr, float beta1, float beta2, float eps, float weight_decay, int t,
+                         float grad_scale) {
     (void)param, (void)grad, (void)mo, (void)v, (void)n, (void)lr, (void)beta1, (void)beta2;
     (void)eps, (void)weight_decay, (void)t, (void)grad_scale;
     snprintf(c->last_error, sizeof c->last_error, "adamw_update: injected failure");

@@ -689,8 +689,10 @@ static void test_share_prompt_is_exact(void **state) {
         for (int s = 1; s <= 4; s++) {
             for (int k = 0; k < 5; k++)
                 v[a][k][s] = value(r, s, names[k]);
-            if (a) shared[s] = value(r, s, "prompt_rows_shared");
-            else assert_true(isnan(value(r, s, "prompt_rows_shared"))); /* no row without it */
+            if (a)
+                shared[s] = value(r, s, "prompt_rows_shared");
+            else
+                assert_true(isnan(value(r, s, "prompt_rows_shared"))); /* no row without it */
         }
         free(r);
     }
