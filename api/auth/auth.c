@@ -27,7 +27,7 @@ struct api_auth {
 
 void api_auth_free(api_auth *a) {
     if (!a) return;
-    explicit_bzero(a->tokens, (size_t)a->n * sizeof *a->tokens);
+    if (a->tokens) explicit_bzero(a->tokens, (size_t)a->n * sizeof *a->tokens);
     free(a->tokens);
     free(a);
 }
