@@ -10,6 +10,7 @@
 
 #include "clients/cli/cli.h"
 #include "cmd/commands.h"
+#include "server/base/fileutil.h"
 
 static const char usage_text[] =
     "usage: chordctl [--server URL] [--json] COMMAND ...\n"
@@ -35,6 +36,8 @@ static const char usage_text[] =
     "\n"
     "  --server URL   chordd's address (default $CHORD_SERVER, else http://127.0.0.1:8080)\n"
     "  --json         print the server's JSON (one document; jobs watch: one event per line)\n"
+    "  --token-file F a bearer token for a server with --auth-token-file (or $CHORD_TOKEN)\n"
+    "  --cacert FILE  the CA certificate of an https server (or $CHORD_CACERT)\n"
     "\n"
     "exit status: 0 ok, 1 the server refused (its message on stderr), 2 usage error,\n"
     "3 cannot connect, 4 a local file could not be read or written, 5 the watched job or the\n"
@@ -57,13 +60,34 @@ static int set_server(cli *c, const char *url) {
     return CLI_OK;
 }
 
+/* The token: the first line of the file (surrounding blanks dropped). */
+static int read_token(cli *c, const char *file) {
+    char *text = NULL;
+    size_t len = 0;
+    chord_err err = {0};
+    if (chord_read_file(file, &text, &len, &err) != 0)
+        return cli_fail(CLI_LOCAL, "--token-file: %s", err.msg);
+    const char *start = text + strspn(text, " \t\r\n");
+    size_t n = strcspn(start, " \t\r\n");
+    int ok = n > 0 && n < sizeof c->token;
+    if (ok)
+        snprintf(c->token, sizeof c->token, "%.*s", (int)n, start);
+    memset(text, 0, len);
+    free(text);
+    return ok ? CLI_OK : cli_fail(CLI_USAGE, "--token-file: %s holds no token", file);
+}
+
 /* Takes the global options out of argv (they may stand anywhere, as kubectl's do). */
 static int take_globals(cli *c, int *argc, char **argv, int *help) {
     int out = 1;
     const char *server = getenv("CHORD_SERVER");
     if (!server || !*server)
         server = "http://127.0.0.1:8080";
-    int only_positional = 0;
+    const char *token_file = NULL, *token = getenv("CHORD_TOKEN");
+    c->cacert = getenv("CHORD_CACERT");
+    if (c->cacert && !*c->cacert)
+        c->cacert = NULL;
+    int only_positional = 0, rc;
     for (int i = 1; i < *argc; i++) {
         const char *a = argv[i];
         if (!only_positional && strcmp(a, "--") == 0) {
@@ -82,11 +106,28 @@ static int take_globals(cli *c, int *argc, char **argv, int *help) {
         } else if (!only_positional && strncmp(a, "--server=", 9) == 0) {
             server = a + 9;
             continue;
+        } else if (!only_positional &&
+                   (strcmp(a, "--token-file") == 0 || strcmp(a, "--cacert") == 0)) {
+            if (i + 1 >= *argc)
+                return cli_fail(CLI_USAGE, "%s needs a value", a);
+            if (a[2] == 't')
+                token_file = argv[++i];
+            else
+                c->cacert = argv[++i];
+            continue;
         }
         argv[out++] = argv[i];
     }
     *argc = out;
     argv[out] = NULL;
+    if (token_file) {
+        if ((rc = read_token(c, token_file)) != CLI_OK)
+            return rc;
+    } else if (token && *token) {
+        if (strlen(token) >= sizeof c->token || strpbrk(token, " \t\r\n"))
+            return cli_fail(CLI_USAGE, "CHORD_TOKEN: not a token");
+        snprintf(c->token, sizeof c->token, "%s", token);
+    }
     return set_server(c, server);
 }
 

@@ -33,6 +33,8 @@ typedef struct cli {
     int tty_err;       /* stderr is a terminal: transfer progress on stderr */
     int utf8;          /* the locale's codeset is UTF-8: block characters in bars */
     CURL *curl;        /* one handle for the whole run (keeps the connection) */
+    char token[1100];  /* bearer token (--token-file, $CHORD_TOKEN); "" when none */
+    const char *cacert; /* CA bundle for https (--cacert, $CHORD_CACERT); NULL: the system's */
 } cli;
 
 /* ---- HTTP (cli_http.c) ---- */

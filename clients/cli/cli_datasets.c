@@ -70,7 +70,9 @@ static int upload(cli *c, int argc, char **argv) {
         if (S_ISREG(st.st_mode))
             size = (curl_off_t)st.st_size;
     }
-    char fallback[256] = "";
+    char fallback[256] = "", label_copy[4096];
+    snprintf(label_copy, sizeof label_copy, "%s", file);
+    const char *label = basename(label_copy);
     if (!name->seen && !from_stdin)
         default_name(file, fallback, sizeof fallback);
     if (cli_bufprintf(&path, "/v1/datasets?kind=") != 0 || cli_escape(c, &path, kind->value) ||
@@ -85,7 +87,7 @@ static int upload(cli *c, int argc, char **argv) {
                       .content_type = "application/x-ndjson",
                       .upload = f,
                       .upload_len = size,
-                      .progress_label = from_stdin ? "stdin" : file};
+                      .progress_label = from_stdin ? "stdin" : label};
     if ((rc = cli_perform(c, &t, &r)) != CLI_OK)
         goto done;
     if (c->json) {

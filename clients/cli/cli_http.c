@@ -97,7 +97,8 @@ static size_t on_read(char *out, size_t size, size_t nmemb, void *user) {
     return n;
 }
 
-/* "label  [████░░░░]  1.2 MiB / 3.4 MiB  12.0 MiB/s" on stderr, at most 10 times a second. */
+/* "label  [████░░░░]  1.2 MiB / 3.4 MiB  12.0 MiB/s" on stderr, at most 10 times a second (the
+ * label cut to a third of the terminal). */
 static void draw_progress(transfer_state *s, curl_off_t done, curl_off_t total, int final) {
     double now = chord_now();
     if (!final && now - s->last_draw < 0.1)
@@ -111,7 +112,7 @@ static void draw_progress(transfer_state *s, curl_off_t done, curl_off_t total, 
     if (total > 0) {
         cli_bytes_text((double)total, total_text, sizeof total_text);
         cli_bar_text(s->c, (double)done / (double)total, 20, bar, sizeof bar);
-        fprintf(stderr, "\r\033[K%.*s  %s  %s / %s  %s/s", cols / 3, s->t->progress_label, bar,
+        fprintf(stderr, "\r\033[K%.*s  [%s]  %s / %s  %s/s", cols / 3, s->t->progress_label, bar,
                 done_text, total_text, rate_text);
     } else {
         fprintf(stderr, "\r\033[K%.*s  %s  %s/s", cols / 3, s->t->progress_label, done_text,
@@ -194,6 +195,17 @@ int cli_perform(cli *c, const cli_transfer *t, cli_result *r) {
     if (!(grown = curl_slist_append(headers, "Expect:")))
         goto oom;
     headers = grown;
+    if (c->token[0]) {
+        char auth[sizeof c->token + 32];
+        snprintf(auth, sizeof auth, "Authorization: Bearer %s", c->token);
+        grown = curl_slist_append(headers, auth);
+        memset(auth, 0, sizeof auth);
+        if (!grown)
+            goto oom;
+        headers = grown;
+    }
+    if (c->cacert)
+        CHECK_SETOPT(curl_easy_setopt(c->curl, CURLOPT_CAINFO, c->cacert));
     if (t->content_type) {
         snprintf(header, sizeof header, "Content-Type: %s", t->content_type);
         if (!(grown = curl_slist_append(headers, header)))
