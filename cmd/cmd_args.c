@@ -16,8 +16,7 @@ int cmd_arg_long(const char *flag, const char *text, long lo, long hi, long *out
     long v = text ? strtol(text, &end, 10) : 0;
     if (!text || !*text || errno || *end || v < lo || v > hi) {
         fprintf(stderr, "%s: %s: must be an integer in [%ld, %ld], got '%s'\n", cmd_arg_program,
-                flag, lo, hi,
-                text ? text : "");
+                flag, lo, hi, text ? text : "");
         return -1;
     }
     *out = v;
@@ -29,9 +28,8 @@ int cmd_arg_double(const char *flag, const char *text, double lo, double hi, dou
     errno = 0;
     double v = text ? strtod(text, &end) : 0;
     if (!text || !*text || errno || *end || !(v >= lo && v <= hi)) {
-        fprintf(stderr, "%s: %s: must be a number in [%g, %g], got '%s'\n", cmd_arg_program,
-                flag, lo, hi,
-                text ? text : "");
+        fprintf(stderr, "%s: %s: must be a number in [%g, %g], got '%s'\n", cmd_arg_program, flag,
+                lo, hi, text ? text : "");
         return -1;
     }
     *out = v;

@@ -70,8 +70,7 @@ static int read_token(cli *c, const char *file) {
     const char *start = text + strspn(text, " \t\r\n");
     size_t n = strcspn(start, " \t\r\n");
     int ok = n > 0 && n < sizeof c->token;
-    if (ok)
-        snprintf(c->token, sizeof c->token, "%.*s", (int)n, start);
+    if (ok) snprintf(c->token, sizeof c->token, "%.*s", (int)n, start);
     memset(text, 0, len);
     free(text);
     return ok ? CLI_OK : cli_fail(CLI_USAGE, "--token-file: %s holds no token", file);
@@ -81,12 +80,10 @@ static int read_token(cli *c, const char *file) {
 static int take_globals(cli *c, int *argc, char **argv, int *help) {
     int out = 1;
     const char *server = getenv("CHORD_SERVER");
-    if (!server || !*server)
-        server = "http://127.0.0.1:8080";
+    if (!server || !*server) server = "http://127.0.0.1:8080";
     const char *token_file = NULL, *token = getenv("CHORD_TOKEN");
     c->cacert = getenv("CHORD_CACERT");
-    if (c->cacert && !*c->cacert)
-        c->cacert = NULL;
+    if (c->cacert && !*c->cacert) c->cacert = NULL;
     int only_positional = 0, rc;
     for (int i = 1; i < *argc; i++) {
         const char *a = argv[i];
@@ -99,8 +96,7 @@ static int take_globals(cli *c, int *argc, char **argv, int *help) {
             *help = 1;
             continue;
         } else if (!only_positional && strcmp(a, "--server") == 0) {
-            if (i + 1 >= *argc)
-                return cli_fail(CLI_USAGE, "--server needs a value");
+            if (i + 1 >= *argc) return cli_fail(CLI_USAGE, "--server needs a value");
             server = argv[++i];
             continue;
         } else if (!only_positional && strncmp(a, "--server=", 9) == 0) {
@@ -108,8 +104,7 @@ static int take_globals(cli *c, int *argc, char **argv, int *help) {
             continue;
         } else if (!only_positional &&
                    (strcmp(a, "--token-file") == 0 || strcmp(a, "--cacert") == 0)) {
-            if (i + 1 >= *argc)
-                return cli_fail(CLI_USAGE, "%s needs a value", a);
+            if (i + 1 >= *argc) return cli_fail(CLI_USAGE, "%s needs a value", a);
             if (a[2] == 't')
                 token_file = argv[++i];
             else
@@ -121,8 +116,7 @@ static int take_globals(cli *c, int *argc, char **argv, int *help) {
     *argc = out;
     argv[out] = NULL;
     if (token_file) {
-        if ((rc = read_token(c, token_file)) != CLI_OK)
-            return rc;
+        if ((rc = read_token(c, token_file)) != CLI_OK) return rc;
     } else if (token && *token) {
         if (strlen(token) >= sizeof c->token || strpbrk(token, " \t\r\n"))
             return cli_fail(CLI_USAGE, "CHORD_TOKEN: not a token");
@@ -139,8 +133,7 @@ int main(int argc, char **argv) {
     c.utf8 = strcmp(nl_langinfo(CODESET), "UTF-8") == 0;
     c.tty_out = isatty(STDOUT_FILENO);
     c.tty_err = isatty(STDERR_FILENO);
-    if ((rc = take_globals(&c, &argc, argv, &help)) != CLI_OK)
-        return rc;
+    if ((rc = take_globals(&c, &argc, argv, &help)) != CLI_OK) return rc;
     if (argc < 2 || help) {
         fputs(usage_text, help ? stdout : stderr);
         return help ? CLI_OK : CLI_USAGE;

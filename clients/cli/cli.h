@@ -27,13 +27,13 @@ enum {
 };
 
 typedef struct cli {
-    char server[1024]; /* base URL, no trailing slash */
-    int json;          /* --json: print the server's JSON instead of tables */
-    int tty_out;       /* stdout is a terminal: live bars on stdout (jobs watch) */
-    int tty_err;       /* stderr is a terminal: transfer progress on stderr */
-    int utf8;          /* the locale's codeset is UTF-8: block characters in bars */
-    CURL *curl;        /* one handle for the whole run (keeps the connection) */
-    char token[1100];  /* bearer token (--token-file, $CHORD_TOKEN); "" when none */
+    char server[1024];  /* base URL, no trailing slash */
+    int json;           /* --json: print the server's JSON instead of tables */
+    int tty_out;        /* stdout is a terminal: live bars on stdout (jobs watch) */
+    int tty_err;        /* stderr is a terminal: transfer progress on stderr */
+    int utf8;           /* the locale's codeset is UTF-8: block characters in bars */
+    CURL *curl;         /* one handle for the whole run (keeps the connection) */
+    char token[1100];   /* bearer token (--token-file, $CHORD_TOKEN); "" when none */
     const char *cacert; /* CA bundle for https (--cacert, $CHORD_CACERT); NULL: the system's */
 } cli;
 
@@ -74,8 +74,8 @@ int cli_perform(cli *c, const cli_transfer *t, cli_result *r);
 
 /* GET or POST a JSON body (NULL: none) and parse the 2xx answer: *out (the caller's, to
  * json_decref) and, when raw is not NULL, the exact bytes (for --json). */
-int cli_call_json(cli *c, const char *method, const char *path, const json_t *body,
-                  json_t **out, chord_buf *raw);
+int cli_call_json(cli *c, const char *method, const char *path, const json_t *body, json_t **out,
+                  chord_buf *raw);
 
 /* cli_call_json on base + the escaped id + suffix ("/v1/jobs/", id, "/cancel"). */
 int cli_call_id(cli *c, const char *method, const char *base, const char *id, const char *suffix,

@@ -13,22 +13,19 @@
 
 static cli_opt *find_long(cli_opt *opts, const char *name, size_t len) {
     for (cli_opt *o = opts; o->name; o++)
-        if (strlen(o->name) == len && strncmp(o->name, name, len) == 0)
-            return o;
+        if (strlen(o->name) == len && strncmp(o->name, name, len) == 0) return o;
     return NULL;
 }
 
 static cli_opt *find_letter(cli_opt *opts, char letter) {
     for (cli_opt *o = opts; o->name; o++)
-        if (o->letter && o->letter == letter)
-            return o;
+        if (o->letter && o->letter == letter) return o;
     return NULL;
 }
 
 static int record(cli_opt *o, const char *value) {
     const char **grown = realloc(o->values, (size_t)(o->seen + 1) * sizeof *grown);
-    if (!grown)
-        return cli_fail(CLI_LOCAL, "out of memory");
+    if (!grown) return cli_fail(CLI_LOCAL, "out of memory");
     o->values = grown;
     o->values[o->seen++] = value;
     o->value = value;
@@ -83,8 +80,7 @@ int cli_parse(int argc, char **argv, cli_opt *opts, const char **pos, int max_po
             }
             value = argv[++i];
         }
-        if (record(o, o->takes_value ? value : "1") != CLI_OK)
-            return CLI_LOCAL;
+        if (record(o, o->takes_value ? value : "1") != CLI_OK) return CLI_LOCAL;
     }
     return CLI_OK;
 usage:
@@ -101,8 +97,7 @@ void cli_opts_free(cli_opt *opts) {
 
 cli_opt *cli_opt_get(cli_opt *opts, const char *name) {
     cli_opt *o = find_long(opts, name, strlen(name));
-    if (!o)
-        abort(); /* a command asked for an option it did not declare: a bug */
+    if (!o) abort(); /* a command asked for an option it did not declare: a bug */
     return o;
 }
 
@@ -118,10 +113,8 @@ int cli_opt_double(cli_opt *o, double lo, double hi, double *out) {
 int cli_paged_path(cli_opt *opts, const char *base, chord_buf *path) {
     cli_opt *limit = cli_opt_get(opts, "--limit"), *offset = cli_opt_get(opts, "--offset");
     long lim = 100, off = 0;
-    if (limit->seen && cli_opt_long(limit, 1, 1000, &lim) != CLI_OK)
-        return CLI_USAGE;
-    if (offset->seen && cli_opt_long(offset, 0, 2147483647L, &off) != CLI_OK)
-        return CLI_USAGE;
+    if (limit->seen && cli_opt_long(limit, 1, 1000, &lim) != CLI_OK) return CLI_USAGE;
+    if (offset->seen && cli_opt_long(offset, 0, 2147483647L, &off) != CLI_OK) return CLI_USAGE;
     if (cli_bufprintf(path, "%s%climit=%ld&offset=%ld", base, strchr(base, '?') ? '&' : '?', lim,
                       off) != 0)
         return cli_fail(CLI_LOCAL, "out of memory");

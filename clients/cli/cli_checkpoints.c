@@ -25,10 +25,8 @@ static int list(cli *c, int argc, char **argv) {
     json_t *doc = NULL;
     chord_buf raw = {0};
     cli_table t = {0};
-    if ((rc = cli_parse(argc, argv, opts, pos, 1, &npos, usage_list)) != CLI_OK)
-        return rc;
-    if (npos != 1)
-        return cli_fail(CLI_USAGE, "usage: %s", usage_list);
+    if ((rc = cli_parse(argc, argv, opts, pos, 1, &npos, usage_list)) != CLI_OK) return rc;
+    if (npos != 1) return cli_fail(CLI_USAGE, "usage: %s", usage_list);
     if ((rc = cli_call_id(c, "GET", "/v1/jobs/", pos[0], "/checkpoints", &doc, &raw)) != CLI_OK)
         goto done;
     if (c->json) {
@@ -36,8 +34,7 @@ static int list(cli *c, int argc, char **argv) {
         goto done;
     }
     static const char *const header[] = {"STEP", "ID", "FILES", "SIZE", "SHA256", "AGE"};
-    if (cli_table_init(&t, 6, header) != 0)
-        goto oom;
+    if (cli_table_init(&t, 6, header) != 0) goto oom;
     size_t i;
     json_t *ck;
     json_array_foreach(json_object_get(doc, "items"), i, ck) {
@@ -48,8 +45,7 @@ static int list(cli *c, int argc, char **argv) {
         snprintf(sha, sizeof sha, "%.12s", chord_json_string_or(ck, "sha256", ""));
         cli_age_text(chord_json_string_or(ck, "created_at", NULL), age, sizeof age);
         const char *row[] = {step, chord_json_string_or(ck, "id", NULL), files, size, sha, age};
-        if (cli_table_row(&t, row) != 0)
-            goto oom;
+        if (cli_table_row(&t, row) != 0) goto oom;
     }
     if (t.nrows == 1)
         printf("%s has no checkpoints\n", pos[0]);
@@ -67,15 +63,13 @@ done:
 
 /* A path the server listed is relative and stays below the directory it is saved into. */
 static int safe_relative(const char *path) {
-    if (!*path || path[0] == '/')
-        return 0;
+    if (!*path || path[0] == '/') return 0;
     for (const char *p = path; *p;) {
         size_t len = strcspn(p, "/");
         if (len == 0 || (len == 1 && p[0] == '.') || (len == 2 && p[0] == '.' && p[1] == '.'))
             return 0;
         p += len;
-        if (*p == '/')
-            p++;
+        if (*p == '/') p++;
     }
     return 1;
 }
@@ -90,11 +84,9 @@ static int file_url(cli *c, chord_buf *url, const char *job, long step, const ch
     for (const char *p = path; *p;) {
         size_t len = strcspn(p, "/");
         snprintf(segment, sizeof segment, "%.*s", (int)(len < sizeof segment ? len : 1023), p);
-        if (chord_buf_append(url, "/", 1) != 0 || cli_escape(c, url, segment) != 0)
-            return -1;
+        if (chord_buf_append(url, "/", 1) != 0 || cli_escape(c, url, segment) != 0) return -1;
         p += len;
-        if (*p == '/')
-            p++;
+        if (*p == '/') p++;
     }
     return 0;
 }
@@ -106,11 +98,9 @@ static const char *manifest_digest(const char *manifest, const char *path, char 
         size_t len = end ? (size_t)(end - line) : strlen(line);
         if (len > 66 && line[64] == ' ') {
             const char *name = line + 65;
-            if (*name == ' ' || *name == '*')
-                name++;
+            if (*name == ' ' || *name == '*') name++;
             size_t name_len = len - (size_t)(name - line);
-            if (name_len && name[name_len - 1] == '\r')
-                name_len--;
+            if (name_len && name[name_len - 1] == '\r') name_len--;
             if (name_len == strlen(path) && strncmp(name, path, name_len) == 0) {
                 memcpy(out, line, 64);
                 out[64] = '\0';
@@ -155,8 +145,7 @@ static int fetch_file(cli *c, const char *job, long step, const char *path, doub
     if (fclose(f) != 0 && rc == CLI_OK)
         rc = cli_fail(CLI_LOCAL, "%s: %s", part.data, strerror(errno));
     f = NULL;
-    if (rc != CLI_OK)
-        goto done;
+    if (rc != CLI_OK) goto done;
     char got[65];
     chord_err err = {0};
     if (digest) {
@@ -165,8 +154,7 @@ static int fetch_file(cli *c, const char *job, long step, const char *path, doub
             goto done;
         }
         if (strcmp(got, digest) != 0) {
-            rc = cli_fail(CLI_REFUSED, "%s: SHA-256 %s, but SHA256SUMS says %s", path, got,
-                          digest);
+            rc = cli_fail(CLI_REFUSED, "%s: SHA-256 %s, but SHA256SUMS says %s", path, got, digest);
             goto done;
         }
     }
@@ -175,10 +163,8 @@ static int fetch_file(cli *c, const char *job, long step, const char *path, doub
         goto done;
     }
 done:
-    if (f && f != stdout)
-        fclose(f);
-    if (rc != CLI_OK && part.data)
-        unlink(part.data);
+    if (f && f != stdout) fclose(f);
+    if (rc != CLI_OK && part.data) unlink(part.data);
     chord_buf_free(&url);
     chord_buf_free(&part);
     chord_buf_free(&r.body);
@@ -194,8 +180,7 @@ static json_t *pick_checkpoint(const json_t *list, const char *job, long step) {
         double s = chord_json_number_or(ck, "step", -1);
         if (step < 0 ? !best || s > chord_json_number_or(best, "step", -1) : s == (double)step)
             best = ck;
-        if (cli_bufprintf(&steps, "%s%.0f", steps.len ? ", " : "", s) != 0)
-            break;
+        if (cli_bufprintf(&steps, "%s%.0f", steps.len ? ", " : "", s) != 0) break;
     }
     if (!best) {
         if (!json_array_size(items))
@@ -219,8 +204,7 @@ static int download(cli *c, int argc, char **argv) {
     json_t *list = NULL;
     chord_buf manifest = {0}, url = {0}, dest = {0};
     cli_result r = {0};
-    if ((rc = cli_parse(argc, argv, opts, pos, 2, &npos, usage_download)) != CLI_OK)
-        goto done;
+    if ((rc = cli_parse(argc, argv, opts, pos, 2, &npos, usage_download)) != CLI_OK) goto done;
     cli_opt *out = cli_opt_get(opts, "--out"), *file = cli_opt_get(opts, "--file"),
             *output = cli_opt_get(opts, "--output");
     if (npos < 1 || (output->seen && !file->seen) || (out->seen && file->seen)) {
@@ -247,8 +231,7 @@ static int download(cli *c, int argc, char **argv) {
         goto done;
     }
     cli_transfer t = {.method = "GET", .path = url.data, .accept = "application/octet-stream"};
-    if ((rc = cli_perform(c, &t, &r)) != CLI_OK)
-        goto done;
+    if ((rc = cli_perform(c, &t, &r)) != CLI_OK) goto done;
     manifest = r.body;
     r.body = (chord_buf){0};
     char digest[65];
@@ -265,8 +248,7 @@ static int download(cli *c, int argc, char **argv) {
     if (file->seen) {
         const json_t *listed = NULL;
         json_array_foreach(files, i, f) {
-            if (strcmp(chord_json_string_or(f, "path", ""), file->value) == 0)
-                listed = f;
+            if (strcmp(chord_json_string_or(f, "path", ""), file->value) == 0) listed = f;
         }
         if (!listed) {
             rc = cli_fail(CLI_REFUSED, "checkpoint %ld of %s has no file '%s'", step, job,
@@ -323,8 +305,8 @@ static int download(cli *c, int argc, char **argv) {
             goto done;
         }
         if (strcmp(path, "SHA256SUMS") == 0) {
-            if (chord_write_file_atomic(dest.data, manifest.data ? manifest.data : "",
-                                        manifest.len, &err) != 0) {
+            if (chord_write_file_atomic(dest.data, manifest.data ? manifest.data : "", manifest.len,
+                                        &err) != 0) {
                 rc = cli_fail(CLI_LOCAL, "%s", err.msg);
                 goto done;
             }
@@ -337,14 +319,13 @@ static int download(cli *c, int argc, char **argv) {
     dest.data[dir_len] = '\0';
     if (c->json) {
         char *text = json_dumps(ck, JSON_COMPACT);
-        if (text)
-            printf("%s\n", text);
+        if (text) printf("%s\n", text);
         free(text);
     } else {
         char size[32];
         cli_bytes_text(chord_json_number_or(ck, "bytes", 0), size, sizeof size);
-        printf("downloaded checkpoint %ld of %s: %zu files, %s, into %s (SHA-256 verified)\n",
-               step, job, json_array_size(files), size, dest.data);
+        printf("downloaded checkpoint %ld of %s: %zu files, %s, into %s (SHA-256 verified)\n", step,
+               job, json_array_size(files), size, dest.data);
     }
 done:
     json_decref(list);

@@ -49,8 +49,7 @@ static int upload(cli *c, int argc, char **argv) {
     chord_buf path = {0};
     cli_result r = {0};
     json_t *doc = NULL;
-    if ((rc = cli_parse(argc, argv, opts, pos, 1, &npos, usage_upload)) != CLI_OK)
-        goto done;
+    if ((rc = cli_parse(argc, argv, opts, pos, 1, &npos, usage_upload)) != CLI_OK) goto done;
     cli_opt *kind = cli_opt_get(opts, "--kind"), *name = cli_opt_get(opts, "--name");
     if (npos != 1 || !kind->seen) {
         rc = cli_fail(CLI_USAGE, "usage: %s", usage_upload);
@@ -67,14 +66,12 @@ static int upload(cli *c, int argc, char **argv) {
             rc = cli_fail(CLI_LOCAL, "%s: %s", file, strerror(errno));
             goto done;
         }
-        if (S_ISREG(st.st_mode))
-            size = (curl_off_t)st.st_size;
+        if (S_ISREG(st.st_mode)) size = (curl_off_t)st.st_size;
     }
     char fallback[256] = "", label_copy[4096];
     snprintf(label_copy, sizeof label_copy, "%s", file);
     const char *label = basename(label_copy);
-    if (!name->seen && !from_stdin)
-        default_name(file, fallback, sizeof fallback);
+    if (!name->seen && !from_stdin) default_name(file, fallback, sizeof fallback);
     if (cli_bufprintf(&path, "/v1/datasets?kind=") != 0 || cli_escape(c, &path, kind->value) ||
         ((name->seen || fallback[0]) &&
          (cli_bufprintf(&path, "&name=") != 0 ||
@@ -88,8 +85,7 @@ static int upload(cli *c, int argc, char **argv) {
                       .upload = f,
                       .upload_len = size,
                       .progress_label = from_stdin ? "stdin" : label};
-    if ((rc = cli_perform(c, &t, &r)) != CLI_OK)
-        goto done;
+    if ((rc = cli_perform(c, &t, &r)) != CLI_OK) goto done;
     if (c->json) {
         cli_print_raw(&r.body);
         goto done;
@@ -105,8 +101,7 @@ static int upload(cli *c, int argc, char **argv) {
            chord_json_string_or(doc, "kind", "?"), chord_json_string_or(doc, "name", ""),
            chord_json_number_or(doc, "lines", 0), bytes);
 done:
-    if (f && f != stdin)
-        fclose(f);
+    if (f && f != stdin) fclose(f);
     json_decref(doc);
     chord_buf_free(&r.body);
     chord_buf_free(&path);
@@ -115,9 +110,8 @@ done:
 }
 
 static int list(cli *c, int argc, char **argv) {
-    cli_opt opts[] = {{.name = "--limit", .takes_value = 1},
-                      {.name = "--offset", .takes_value = 1},
-                      {0}};
+    cli_opt opts[] = {
+        {.name = "--limit", .takes_value = 1}, {.name = "--offset", .takes_value = 1}, {0}};
     const char *pos[1];
     int npos, rc;
     chord_buf path = {0}, raw = {0};
@@ -132,8 +126,7 @@ static int list(cli *c, int argc, char **argv) {
         goto done;
     }
     static const char *const header[] = {"ID", "NAME", "KIND", "LINES", "SIZE", "AGE"};
-    if (cli_table_init(&t, 6, header) != 0)
-        goto oom;
+    if (cli_table_init(&t, 6, header) != 0) goto oom;
     size_t i;
     json_t *d;
     json_array_foreach(json_object_get(doc, "items"), i, d) {
@@ -147,8 +140,7 @@ static int list(cli *c, int argc, char **argv) {
                              lines,
                              size,
                              age};
-        if (cli_table_row(&t, row) != 0)
-            goto oom;
+        if (cli_table_row(&t, row) != 0) goto oom;
     }
     if (t.nrows == 1)
         printf("no datasets\n");
@@ -169,8 +161,7 @@ done:
 
 int cli_datasets(cli *c, int argc, char **argv) {
     const char *action = argc > 1 ? argv[1] : "";
-    if (strcmp(action, "upload") == 0)
-        return upload(c, argc - 1, argv + 1);
+    if (strcmp(action, "upload") == 0) return upload(c, argc - 1, argv + 1);
     if (strcmp(action, "list") == 0 || strcmp(action, "ls") == 0)
         return list(c, argc - 1, argv + 1);
     if (strcmp(action, "show") == 0 || strcmp(action, "get") == 0)

@@ -27,8 +27,7 @@ int cli_bufprintf(chord_buf *b, const char *fmt, ...) {
     va_start(ap, fmt);
     int n = vsnprintf(NULL, 0, fmt, ap);
     va_end(ap);
-    if (n < 0 || chord_buf_reserve(b, b->len + (size_t)n + 1) != 0)
-        return -1;
+    if (n < 0 || chord_buf_reserve(b, b->len + (size_t)n + 1) != 0) return -1;
     va_start(ap, fmt);
     vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
     va_end(ap);
@@ -38,8 +37,7 @@ int cli_bufprintf(chord_buf *b, const char *fmt, ...) {
 
 int cli_escape(cli *c, chord_buf *b, const char *text) {
     char *e = curl_easy_escape(c->curl, text, 0);
-    if (!e)
-        return -1;
+    if (!e) return -1;
     int rc = chord_buf_append(b, e, strlen(e));
     curl_free(e);
     return rc;
@@ -64,8 +62,7 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *user) {
     size_t n = size * nmemb;
     if (!s->decided) {
         long status = 0;
-        if (curl_easy_getinfo(s->c->curl, CURLINFO_RESPONSE_CODE, &status) != CURLE_OK)
-            status = 0;
+        if (curl_easy_getinfo(s->c->curl, CURLINFO_RESPONSE_CODE, &status) != CURLE_OK) status = 0;
         s->success = status >= 200 && status < 300;
         s->decided = 1;
     }
@@ -84,16 +81,14 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *user) {
         }
         return n;
     }
-    if (chord_buf_append(&s->r->body, data, n) != 0)
-        return 0;
+    if (chord_buf_append(&s->r->body, data, n) != 0) return 0;
     return n;
 }
 
 static size_t on_read(char *out, size_t size, size_t nmemb, void *user) {
     transfer_state *s = user;
     size_t n = fread(out, 1, size * nmemb, s->t->upload);
-    if (n == 0 && ferror(s->t->upload))
-        return CURL_READFUNC_ABORT;
+    if (n == 0 && ferror(s->t->upload)) return CURL_READFUNC_ABORT;
     return n;
 }
 
@@ -101,8 +96,7 @@ static size_t on_read(char *out, size_t size, size_t nmemb, void *user) {
  * label cut to a third of the terminal). */
 static void draw_progress(transfer_state *s, curl_off_t done, curl_off_t total, int final) {
     double now = chord_now();
-    if (!final && now - s->last_draw < 0.1)
-        return;
+    if (!final && now - s->last_draw < 0.1) return;
     s->last_draw = now;
     char done_text[32], total_text[32], rate_text[32], bar[128] = "";
     cli_bytes_text((double)done, done_text, sizeof done_text);
@@ -118,8 +112,7 @@ static void draw_progress(transfer_state *s, curl_off_t done, curl_off_t total, 
         fprintf(stderr, "\r\033[K%.*s  %s  %s/s", cols / 3, s->t->progress_label, done_text,
                 rate_text);
     }
-    if (final)
-        fputc('\n', stderr);
+    if (final) fputc('\n', stderr);
     fflush(stderr);
     s->drew = 1;
 }
@@ -149,13 +142,13 @@ static void print_server_error(long status, const chord_buf *body) {
     json_decref(doc);
 }
 
-#define CHECK_SETOPT(expr)                                                                        \
-    do {                                                                                          \
-        CURLcode setopt_rc_ = (expr);                                                             \
-        if (setopt_rc_ != CURLE_OK) {                                                             \
-            rc = cli_fail(CLI_LOCAL, "libcurl: %s", curl_easy_strerror(setopt_rc_));              \
-            goto done;                                                                            \
-        }                                                                                         \
+#define CHECK_SETOPT(expr)                                                                         \
+    do {                                                                                           \
+        CURLcode setopt_rc_ = (expr);                                                              \
+        if (setopt_rc_ != CURLE_OK) {                                                              \
+            rc = cli_fail(CLI_LOCAL, "libcurl: %s", curl_easy_strerror(setopt_rc_));               \
+            goto done;                                                                             \
+        }                                                                                          \
     } while (0)
 
 int cli_perform(cli *c, const cli_transfer *t, cli_result *r) {
@@ -188,28 +181,23 @@ int cli_perform(cli *c, const cli_transfer *t, cli_result *r) {
     }
 
     snprintf(header, sizeof header, "Accept: %s", t->accept ? t->accept : "application/json");
-    if (!(grown = curl_slist_append(headers, header)))
-        goto oom;
+    if (!(grown = curl_slist_append(headers, header))) goto oom;
     headers = grown;
     /* libcurl adds "Expect: 100-continue" to large uploads; chordd answers at once anyway */
-    if (!(grown = curl_slist_append(headers, "Expect:")))
-        goto oom;
+    if (!(grown = curl_slist_append(headers, "Expect:"))) goto oom;
     headers = grown;
     if (c->token[0]) {
         char auth[sizeof c->token + 32];
         snprintf(auth, sizeof auth, "Authorization: Bearer %s", c->token);
         grown = curl_slist_append(headers, auth);
         memset(auth, 0, sizeof auth);
-        if (!grown)
-            goto oom;
+        if (!grown) goto oom;
         headers = grown;
     }
-    if (c->cacert)
-        CHECK_SETOPT(curl_easy_setopt(c->curl, CURLOPT_CAINFO, c->cacert));
+    if (c->cacert) CHECK_SETOPT(curl_easy_setopt(c->curl, CURLOPT_CAINFO, c->cacert));
     if (t->content_type) {
         snprintf(header, sizeof header, "Content-Type: %s", t->content_type);
-        if (!(grown = curl_slist_append(headers, header)))
-            goto oom;
+        if (!(grown = curl_slist_append(headers, header))) goto oom;
         headers = grown;
     }
 
@@ -226,8 +214,7 @@ int cli_perform(cli *c, const cli_transfer *t, cli_result *r) {
         }
         if (!t->content_type) {
             /* libcurl would send application/x-www-form-urlencoded, which chordd refuses */
-            if (!(grown = curl_slist_append(headers, "Content-Type:")))
-                goto oom;
+            if (!(grown = curl_slist_append(headers, "Content-Type:"))) goto oom;
             headers = grown;
         }
     } else if (strcmp(t->method, "GET") != 0) {
@@ -241,18 +228,15 @@ int cli_perform(cli *c, const cli_transfer *t, cli_result *r) {
     }
 
     CURLcode res = curl_easy_perform(c->curl);
-    if (curl_easy_getinfo(c->curl, CURLINFO_RESPONSE_CODE, &r->status) != CURLE_OK)
-        r->status = 0;
+    if (curl_easy_getinfo(c->curl, CURLINFO_RESPONSE_CODE, &r->status) != CURLE_OK) r->status = 0;
     if (s.drew) {
         curl_off_t done = 0;
         CURLINFO what = t->upload ? CURLINFO_SIZE_UPLOAD_T : CURLINFO_SIZE_DOWNLOAD_T;
-        if (curl_easy_getinfo(c->curl, what, &done) != CURLE_OK)
-            done = 0;
+        if (curl_easy_getinfo(c->curl, what, &done) != CURLE_OK) done = 0;
         draw_progress(&s, done, t->upload ? t->upload_len : done, 1);
     }
     if (res != CURLE_OK) {
-        if (r->stopped)
-            goto done; /* the stream callback ended it: not an error */
+        if (r->stopped) goto done; /* the stream callback ended it: not an error */
         if (s.write_error) {
             rc = cli_fail(CLI_LOCAL, "writing the download: %s", strerror(s.saved_errno));
             goto done;
@@ -276,10 +260,10 @@ int cli_perform(cli *c, const cli_transfer *t, cli_result *r) {
             rc = CLI_UNREACHABLE;
             goto done;
         }
-        rc = cli_fail(CLI_UNREACHABLE, "%s %s: %s", res == CURLE_COULDNT_CONNECT ||
-                                                            res == CURLE_COULDNT_RESOLVE_HOST
-                                                        ? "cannot connect to"
-                                                        : "connection to",
+        rc = cli_fail(CLI_UNREACHABLE, "%s %s: %s",
+                      res == CURLE_COULDNT_CONNECT || res == CURLE_COULDNT_RESOLVE_HOST
+                          ? "cannot connect to"
+                          : "connection to",
                       c->server, errbuf[0] ? errbuf : curl_easy_strerror(res));
         goto done;
     }
@@ -296,8 +280,8 @@ done:
     return rc;
 }
 
-int cli_call_json(cli *c, const char *method, const char *path, const json_t *body,
-                  json_t **out, chord_buf *raw) {
+int cli_call_json(cli *c, const char *method, const char *path, const json_t *body, json_t **out,
+                  chord_buf *raw) {
     cli_result r = {0};
     char *text = NULL;
     *out = NULL;
@@ -325,11 +309,9 @@ int cli_call_json(cli *c, const char *method, const char *path, const json_t *bo
 }
 
 void cli_print_raw(const chord_buf *raw) {
-    if (!raw->len)
-        return;
+    if (!raw->len) return;
     fwrite(raw->data, 1, raw->len, stdout);
-    if (raw->data[raw->len - 1] != '\n')
-        fputc('\n', stdout);
+    if (raw->data[raw->len - 1] != '\n') fputc('\n', stdout);
 }
 
 int cli_call_id(cli *c, const char *method, const char *base, const char *id, const char *suffix,
@@ -353,10 +335,8 @@ int cli_show(cli *c, int argc, char **argv, const char *base, const char *usage,
     int npos, rc;
     chord_buf raw = {0};
     json_t *doc = NULL;
-    if ((rc = cli_parse(argc, argv, opts, pos, 1, &npos, usage)) != CLI_OK)
-        return rc;
-    if (npos != 1)
-        return cli_fail(CLI_USAGE, "usage: %s", usage);
+    if ((rc = cli_parse(argc, argv, opts, pos, 1, &npos, usage)) != CLI_OK) return rc;
+    if (npos != 1) return cli_fail(CLI_USAGE, "usage: %s", usage);
     if ((rc = cli_call_id(c, "GET", base, pos[0], NULL, &doc, &raw)) == CLI_OK) {
         if (c->json)
             cli_print_raw(&raw);

@@ -62,21 +62,18 @@ static int create(cli *c, int argc, char **argv) {
     size_t len = 0;
     cli_result r = {0};
     json_t *job = NULL;
-    if ((rc = cli_parse(argc, argv, opts, pos, 1, &npos, usage_create)) != CLI_OK)
-        goto done;
+    if ((rc = cli_parse(argc, argv, opts, pos, 1, &npos, usage_create)) != CLI_OK) goto done;
     if (npos != 1) {
         rc = cli_fail(CLI_USAGE, "usage: %s", usage_create);
         goto done;
     }
-    if ((rc = cli_read_input(pos[0], &text, &len)) != CLI_OK)
-        goto done;
+    if ((rc = cli_read_input(pos[0], &text, &len)) != CLI_OK) goto done;
     cli_transfer t = {.method = "POST",
                       .path = "/v1/jobs",
                       .content_type = "application/json",
                       .body = text,
                       .body_len = len};
-    if ((rc = cli_perform(c, &t, &r)) != CLI_OK)
-        goto done;
+    if ((rc = cli_perform(c, &t, &r)) != CLI_OK) goto done;
     json_error_t jerr;
     if (!(job = json_loadb(r.body.data, r.body.len, 0, &jerr))) {
         rc = cli_fail(CLI_REFUSED, "the server's answer is not JSON");
@@ -91,8 +88,7 @@ static int create(cli *c, int argc, char **argv) {
                chord_json_number_or(job, "steps", 0), chord_json_string_or(job, "state", "?"));
         fflush(stdout);
     }
-    if (cli_opt_get(opts, "--watch")->seen)
-        rc = cli_watch_job(c, id, 0);
+    if (cli_opt_get(opts, "--watch")->seen) rc = cli_watch_job(c, id, 0);
 done:
     free(text);
     json_decref(job);
@@ -111,8 +107,7 @@ static int list(cli *c, int argc, char **argv) {
     chord_buf base = {0}, path = {0}, raw = {0};
     json_t *doc = NULL;
     cli_table t = {0};
-    if ((rc = cli_parse(argc, argv, opts, pos, 0, &npos, usage_list)) != CLI_OK)
-        goto done;
+    if ((rc = cli_parse(argc, argv, opts, pos, 0, &npos, usage_list)) != CLI_OK) goto done;
     cli_opt *state = cli_opt_get(opts, "--state");
     if (cli_bufprintf(&base, "/v1/jobs") != 0 ||
         (state->seen &&
@@ -127,8 +122,7 @@ static int list(cli *c, int argc, char **argv) {
     }
     static const char *const header[] = {"ID",        "NAME",  "STATE", "STEP",
                                          "ALGORITHM", "MODEL", "AGE"};
-    if (cli_table_init(&t, 7, header) != 0)
-        goto oom;
+    if (cli_table_init(&t, 7, header) != 0) goto oom;
     size_t i;
     json_t *j;
     json_array_foreach(json_object_get(doc, "items"), i, j) {
@@ -147,8 +141,7 @@ static int list(cli *c, int argc, char **argv) {
                              algorithm_text(j),
                              model_text(j),
                              age};
-        if (cli_table_row(&t, row) != 0)
-            goto oom;
+        if (cli_table_row(&t, row) != 0) goto oom;
     }
     if (t.nrows == 1)
         printf("no jobs\n");
@@ -194,13 +187,12 @@ static void print_job(cli *c, const json_t *job) {
         cli_field("error:", chord_json_string_or(job, "error", NULL), 10);
 
     double step = chord_json_number_or(job, "current_step", -1);
-    if (step < 1)
-        return;
+    if (step < 1) return;
     char suffix[96];
     snprintf(suffix, sizeof suffix, "/metrics?since_step=%.0f&max_steps=1", step);
     json_t *m = NULL;
-    if (cli_call_id(c, "GET", "/v1/jobs/", chord_json_string_or(job, "id", ""), suffix,
-                    &m, NULL) != CLI_OK) {
+    if (cli_call_id(c, "GET", "/v1/jobs/", chord_json_string_or(job, "id", ""), suffix, &m, NULL) !=
+        CLI_OK) {
         return;
     }
     json_t *last = json_array_get(json_object_get(m, "steps"), 0);
@@ -224,10 +216,8 @@ static int cancel(cli *c, int argc, char **argv) {
     int npos, rc;
     chord_buf raw = {0};
     json_t *job = NULL;
-    if ((rc = cli_parse(argc, argv, opts, pos, 1, &npos, usage_cancel)) != CLI_OK)
-        return rc;
-    if (npos != 1)
-        return cli_fail(CLI_USAGE, "usage: %s", usage_cancel);
+    if ((rc = cli_parse(argc, argv, opts, pos, 1, &npos, usage_cancel)) != CLI_OK) return rc;
+    if (npos != 1) return cli_fail(CLI_USAGE, "usage: %s", usage_cancel);
     if ((rc = cli_call_id(c, "POST", "/v1/jobs/", pos[0], "/cancel", &job, &raw)) == CLI_OK) {
         if (c->json)
             cli_print_raw(&raw);
@@ -252,10 +242,8 @@ int cli_jobs(cli *c, int argc, char **argv) {
     if (strcmp(action, "show") == 0 || strcmp(action, "get") == 0) {
         return cli_show(c, argc - 1, argv + 1, "/v1/jobs/", usage_show, print_job);
     }
-    if (strcmp(action, "watch") == 0)
-        return cli_jobs_watch(c, argc - 1, argv + 1);
-    if (strcmp(action, "cancel") == 0)
-        return cancel(c, argc - 1, argv + 1);
+    if (strcmp(action, "watch") == 0) return cli_jobs_watch(c, argc - 1, argv + 1);
+    if (strcmp(action, "cancel") == 0) return cancel(c, argc - 1, argv + 1);
     return cli_fail(CLI_USAGE,
                     "usage: %s\n       %s\n       %s\n       chordctl jobs watch ID "
                     "[--since-step N]\n       %s",

@@ -44,21 +44,17 @@ static int add(cli *c, int argc, char **argv) {
     chord_buf raw = {0};
     char *text = NULL;
     size_t len = 0;
-    if ((rc = cli_parse(argc, argv, opts, pos, 1, &npos, usage_add)) != CLI_OK)
-        goto done;
+    if ((rc = cli_parse(argc, argv, opts, pos, 1, &npos, usage_add)) != CLI_OK) goto done;
     cli_opt *name = cli_opt_get(opts, "--name"), *init = cli_opt_get(opts, "--init"),
             *tokenizer = cli_opt_get(opts, "--tokenizer");
     if ((npos == 1) == (init->seen > 0) || (tokenizer->seen && !init->seen)) {
         rc = cli_fail(CLI_USAGE, "usage: %s", usage_add);
         goto done;
     }
-    if (!(body = json_object()))
-        goto oom;
-    if (name->seen && json_object_set_new(body, "name", json_string(name->value)) != 0)
-        goto oom;
+    if (!(body = json_object())) goto oom;
+    if (name->seen && json_object_set_new(body, "name", json_string(name->value)) != 0) goto oom;
     if (npos == 1) {
-        if (json_object_set_new(body, "path", json_string(pos[0])) != 0)
-            goto oom;
+        if (json_object_set_new(body, "path", json_string(pos[0])) != 0) goto oom;
     } else {
         chord_err err = {0};
         json_error_t jerr;
@@ -67,8 +63,8 @@ static int add(cli *c, int argc, char **argv) {
             goto done;
         }
         if (!(config = json_loadb(text, len, 0, &jerr)) || !json_is_object(config)) {
-            rc = cli_fail(CLI_USAGE, "%s: not a JSON object (line %d: %s)", init->value,
-                          jerr.line, config ? "not an object" : jerr.text);
+            rc = cli_fail(CLI_USAGE, "%s: not a JSON object (line %d: %s)", init->value, jerr.line,
+                          config ? "not an object" : jerr.text);
             goto done;
         }
         json_t *init_obj = json_object();
@@ -78,8 +74,7 @@ static int add(cli *c, int argc, char **argv) {
              json_object_set_new(init_obj, "tokenizer", json_string(tokenizer->value)) != 0))
             goto oom;
     }
-    if ((rc = cli_call_json(c, "POST", "/v1/models", body, &doc, &raw)) != CLI_OK)
-        goto done;
+    if ((rc = cli_call_json(c, "POST", "/v1/models", body, &doc, &raw)) != CLI_OK) goto done;
     if (c->json) {
         cli_print_raw(&raw);
     } else {
@@ -103,9 +98,8 @@ done:
 }
 
 static int list(cli *c, int argc, char **argv) {
-    cli_opt opts[] = {{.name = "--limit", .takes_value = 1},
-                      {.name = "--offset", .takes_value = 1},
-                      {0}};
+    cli_opt opts[] = {
+        {.name = "--limit", .takes_value = 1}, {.name = "--offset", .takes_value = 1}, {0}};
     const char *pos[1];
     int npos, rc;
     chord_buf path = {0}, raw = {0};
@@ -120,22 +114,18 @@ static int list(cli *c, int argc, char **argv) {
         goto done;
     }
     static const char *const header[] = {"ID", "NAME", "SOURCE", "ARCH", "PATH", "AGE"};
-    if (cli_table_init(&t, 6, header) != 0)
-        goto oom;
+    if (cli_table_init(&t, 6, header) != 0) goto oom;
     size_t i;
     json_t *m;
     json_array_foreach(json_object_get(doc, "items"), i, m) {
         char arch[128], age[32];
         arch_text(m, arch, sizeof arch);
         cli_age_text(chord_json_string_or(m, "created_at", NULL), age, sizeof age);
-        const char *row[] = {chord_json_string_or(m, "id", NULL),
-                             chord_json_string_or(m, "name", NULL),
-                             chord_json_string_or(m, "source", NULL),
-                             arch,
-                             chord_json_string_or(m, "path", NULL),
-                             age};
-        if (cli_table_row(&t, row) != 0)
-            goto oom;
+        const char *row[] = {
+            chord_json_string_or(m, "id", NULL),     chord_json_string_or(m, "name", NULL),
+            chord_json_string_or(m, "source", NULL), arch,
+            chord_json_string_or(m, "path", NULL),   age};
+        if (cli_table_row(&t, row) != 0) goto oom;
     }
     if (t.nrows == 1)
         printf("no models\n");

@@ -21,10 +21,9 @@ int cli_table_init(cli_table *t, int ncols, const char *const *header) {
 }
 
 int cli_table_row(cli_table *t, const char *const *cells) {
-    char **grown = chord_array_grow(t->cells, &t->cap, (t->nrows + 1) * (size_t)t->ncols,
-                                    sizeof *t->cells);
-    if (!grown)
-        return -1;
+    char **grown =
+        chord_array_grow(t->cells, &t->cap, (t->nrows + 1) * (size_t)t->ncols, sizeof *t->cells);
+    if (!grown) return -1;
     t->cells = grown;
     char **row = t->cells + t->nrows * (size_t)t->ncols;
     for (int i = 0; i < t->ncols; i++) {
@@ -53,15 +52,13 @@ void cli_table_print(const cli_table *t, FILE *f) {
     for (size_t r = 0; r < t->nrows; r++)
         for (int i = 0; i < ncols; i++) {
             size_t w = text_width(t->cells[r * (size_t)t->ncols + (size_t)i]);
-            if (w > width[i])
-                width[i] = w;
+            if (w > width[i]) width[i] = w;
         }
     for (size_t r = 0; r < t->nrows; r++) {
         for (int i = 0; i < ncols; i++) {
             const char *cell = t->cells[r * (size_t)t->ncols + (size_t)i];
             fputs(cell, f);
-            if (i + 1 < ncols)
-                fprintf(f, "%*s", (int)(width[i] - text_width(cell) + 2), "");
+            if (i + 1 < ncols) fprintf(f, "%*s", (int)(width[i] - text_width(cell) + 2), "");
         }
         fputc('\n', f);
     }
@@ -107,8 +104,7 @@ void cli_age_text(const char *rfc3339, char *out, size_t n) {
         return;
     }
     double age = difftime(time(NULL), timegm(&tm));
-    if (age < 0)
-        age = 0;
+    if (age < 0) age = 0;
     if (age < 120)
         snprintf(out, n, "%.0fs", age);
     else if (age < 7200)
@@ -131,10 +127,8 @@ void cli_number_text(const json_t *v, char *out, size_t n) {
 }
 
 void cli_bar_text(const cli *c, double fraction, int width, char *out, size_t n) {
-    if (!(fraction >= 0))
-        fraction = 0;
-    if (fraction > 1)
-        fraction = 1;
+    if (!(fraction >= 0)) fraction = 0;
+    if (fraction > 1) fraction = 1;
     int filled = (int)floor(fraction * width + 1e-9);
     size_t used = 0;
     out[0] = '\0';
@@ -142,8 +136,7 @@ void cli_bar_text(const cli *c, double fraction, int width, char *out, size_t n)
         const char *cell = c->utf8 ? (i < filled ? "\xe2\x96\x88" : "\xe2\x96\x91") /* █ ░ */
                                    : (i < filled ? "#" : ".");
         size_t len = strlen(cell);
-        if (used + len + 1 > n)
-            break;
+        if (used + len + 1 > n) break;
         memcpy(out + used, cell, len + 1);
         used += len;
     }
@@ -151,8 +144,7 @@ void cli_bar_text(const cli *c, double fraction, int width, char *out, size_t n)
 
 int cli_term_columns(int fd) {
     struct winsize ws;
-    if (ioctl(fd, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0)
-        return ws.ws_col;
+    if (ioctl(fd, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0) return ws.ws_col;
     return 80;
 }
 
@@ -173,10 +165,8 @@ void cli_page_note(const json_t *page) {
 double cli_time_parse(const char *rfc3339) {
     struct tm tm = {0};
     const char *rest = rfc3339 ? strptime(rfc3339, "%Y-%m-%dT%H:%M:%S", &tm) : NULL;
-    if (!rest)
-        return NAN;
+    if (!rest) return NAN;
     double t = (double)timegm(&tm);
-    if (*rest == '.')
-        t += strtod(rest, NULL); /* ".750Z" -> 0.75 (strtod stops at the Z) */
+    if (*rest == '.') t += strtod(rest, NULL); /* ".750Z" -> 0.75 (strtod stops at the Z) */
     return t;
 }

@@ -19,16 +19,14 @@ static const char usage_rollout[] =
 /* The text of prompt i of a resolved request: the prompt, or the last user turn. */
 static const char *prompt_text(const json_t *request, size_t i) {
     const char *p = json_string_value(json_array_get(json_object_get(request, "prompts"), i));
-    if (p)
-        return p;
+    if (p) return p;
     const json_t *conv = json_array_get(json_object_get(request, "messages"), i);
     const char *last = NULL;
     size_t k;
     json_t *m;
     json_array_foreach(conv, k, m) {
         const char *content = chord_json_string_or(m, "content", NULL);
-        if (content && strcmp(chord_json_string_or(m, "role", ""), "user") == 0)
-            last = content;
+        if (content && strcmp(chord_json_string_or(m, "role", ""), "user") == 0) last = content;
     }
     return last ? last : "(conversation)";
 }
@@ -38,8 +36,7 @@ static void print_indented(const char *text) {
     fputs("  ", stdout);
     for (; *text; text++) {
         fputc(*text, stdout);
-        if (*text == '\n' && text[1])
-            fputs("  ", stdout);
+        if (*text == '\n' && text[1]) fputs("  ", stdout);
     }
     fputc('\n', stdout);
 }
@@ -83,8 +80,7 @@ static int build_request(cli_opt *opts, json_t **out) {
             *prompt = cli_opt_get(opts, "--prompt"), *answer = cli_opt_get(opts, "--answer");
     json_t *req = json_object(), *prompts = json_array(), *answers = NULL;
     int rc = CLI_USAGE;
-    if (!req || !prompts)
-        goto oom;
+    if (!req || !prompts) goto oom;
     if ((model->seen > 0) == (ck->seen > 0) || !prompt->seen) {
         cli_fail(CLI_USAGE, "give --model or --checkpoint, and at least one --prompt");
         goto fail;
@@ -95,20 +91,15 @@ static int build_request(cli_opt *opts, json_t **out) {
         goto fail;
     }
     for (int i = 0; i < prompt->seen; i++)
-        if (json_array_append_new(prompts, json_string(prompt->values[i])) != 0)
-            goto oom;
-    if (json_object_set(req, "prompts", prompts) != 0)
-        goto oom;
+        if (json_array_append_new(prompts, json_string(prompt->values[i])) != 0) goto oom;
+    if (json_object_set(req, "prompts", prompts) != 0) goto oom;
     if (answer->seen) {
-        if (!(answers = json_array()) || json_object_set(req, "answers", answers) != 0)
-            goto oom;
+        if (!(answers = json_array()) || json_object_set(req, "answers", answers) != 0) goto oom;
         for (int i = 0; i < answer->seen; i++)
-            if (json_array_append_new(answers, json_string(answer->values[i])) != 0)
-                goto oom;
+            if (json_array_append_new(answers, json_string(answer->values[i])) != 0) goto oom;
     }
     if (model->seen) {
-        if (json_object_set_new(req, "model", json_string(model->value)) != 0)
-            goto oom;
+        if (json_object_set_new(req, "model", json_string(model->value)) != 0) goto oom;
     } else {
         /* JOB or JOB:STEP */
         char job[256];
@@ -117,14 +108,12 @@ static int build_request(cli_opt *opts, json_t **out) {
         snprintf(job, sizeof job, "%.*s", (int)(len < sizeof job ? len : sizeof job - 1),
                  ck->value);
         json_t *ckpt = json_pack("{s:s}", "job_id", job);
-        if (!ckpt || json_object_set_new(req, "checkpoint", ckpt) != 0)
-            goto oom;
+        if (!ckpt || json_object_set_new(req, "checkpoint", ckpt) != 0) goto oom;
         if (colon) {
             long step;
             if (cmd_arg_long("--checkpoint's step", colon + 1, 0, 2147483647L, &step) != 0)
                 goto fail;
-            if (json_object_set_new(ckpt, "step", json_integer(step)) != 0)
-                goto oom;
+            if (json_object_set_new(ckpt, "step", json_integer(step)) != 0) goto oom;
         }
     }
     static const struct {
@@ -138,22 +127,18 @@ static int build_request(cli_opt *opts, json_t **out) {
                    {"--seed", "seed", 1, 0, 9007199254740991.0}};
     for (size_t i = 0; i < sizeof numbers / sizeof numbers[0]; i++) {
         cli_opt *o = cli_opt_get(opts, numbers[i].flag);
-        if (!o->seen)
-            continue;
+        if (!o->seen) continue;
         json_t *v;
         if (numbers[i].integer) {
             long x;
-            if (cli_opt_long(o, (long)numbers[i].lo, (long)numbers[i].hi, &x) != CLI_OK)
-                goto fail;
+            if (cli_opt_long(o, (long)numbers[i].lo, (long)numbers[i].hi, &x) != CLI_OK) goto fail;
             v = json_integer(x);
         } else {
             double x;
-            if (cli_opt_double(o, numbers[i].lo, numbers[i].hi, &x) != CLI_OK)
-                goto fail;
+            if (cli_opt_double(o, numbers[i].lo, numbers[i].hi, &x) != CLI_OK) goto fail;
             v = json_real(x);
         }
-        if (json_object_set_new(req, numbers[i].field, v) != 0)
-            goto oom;
+        if (json_object_set_new(req, numbers[i].field, v) != 0) goto oom;
     }
     *out = req;
     json_decref(prompts);
@@ -175,11 +160,9 @@ static int wait_rollout(cli *c, const char *id, json_t **out, chord_buf *raw) {
         json_t *ro = NULL;
         chord_buf body = {0};
         int rc = cli_call_id(c, "GET", "/v1/rollouts/", id, NULL, &ro, &body);
-        if (rc != CLI_OK)
-            return rc;
+        if (rc != CLI_OK) return rc;
         if (strcmp(chord_json_string_or(ro, "state", ""), "pending") != 0) {
-            if (c->tty_err)
-                fputs("\r\033[K", stderr);
+            if (c->tty_err) fputs("\r\033[K", stderr);
             *out = ro;
             *raw = body;
             return CLI_OK;
@@ -193,8 +176,7 @@ static int wait_rollout(cli *c, const char *id, json_t **out, chord_buf *raw) {
             fflush(stderr);
         }
         usleep((useconds_t)(delay * 1e6));
-        if (delay < 1)
-            delay *= 1.5;
+        if (delay < 1) delay *= 1.5;
     }
 }
 
@@ -220,19 +202,16 @@ int cli_rollout(cli *c, int argc, char **argv) {
     size_t len = 0;
     cli_result r = {0};
     chord_buf raw = {0};
-    if ((rc = cli_parse(argc, argv, opts, pos, 1, &npos, usage_rollout)) != CLI_OK)
-        goto out;
+    if ((rc = cli_parse(argc, argv, opts, pos, 1, &npos, usage_rollout)) != CLI_OK) goto out;
     if (npos == 1) {
         for (cli_opt *o = opts; o->name; o++)
             if (o->seen && strcmp(o->name, "--no-wait") != 0) {
                 rc = cli_fail(CLI_USAGE, "%s: the request document says it all", o->name);
                 goto out;
             }
-        if ((rc = cli_read_input(pos[0], &text, &len)) != CLI_OK)
-            goto out;
+        if ((rc = cli_read_input(pos[0], &text, &len)) != CLI_OK) goto out;
     } else {
-        if ((rc = build_request(opts, &req)) != CLI_OK)
-            goto out;
+        if ((rc = build_request(opts, &req)) != CLI_OK) goto out;
         if (!(text = json_dumps(req, JSON_COMPACT))) {
             rc = cli_fail(CLI_LOCAL, "out of memory");
             goto out;
@@ -244,8 +223,7 @@ int cli_rollout(cli *c, int argc, char **argv) {
                       .content_type = "application/json",
                       .body = text,
                       .body_len = len};
-    if ((rc = cli_perform(c, &t, &r)) != CLI_OK)
-        goto out;
+    if ((rc = cli_perform(c, &t, &r)) != CLI_OK) goto out;
     json_error_t jerr;
     if (!(ro = json_loadb(r.body.data, r.body.len, 0, &jerr))) {
         rc = cli_fail(CLI_REFUSED, "the server's answer is not JSON");
@@ -259,15 +237,15 @@ int cli_rollout(cli *c, int argc, char **argv) {
                    chord_json_string_or(ro, "state", "?"));
         goto out;
     }
-    if ((rc = wait_rollout(c, chord_json_string_or(ro, "id", ""), &done, &raw)) != CLI_OK)
-        goto out;
+    if ((rc = wait_rollout(c, chord_json_string_or(ro, "id", ""), &done, &raw)) != CLI_OK) goto out;
     if (c->json)
         cli_print_raw(&raw);
     else
         print_rollout(c, done);
     if (strcmp(chord_json_string_or(done, "state", ""), "succeeded") != 0) {
-        rc = cli_fail(CLI_WORK_FAILED, "rollout %s failed: %s", chord_json_string_or(done, "id", ""),
-                      chord_json_string_or(done, "error", "(no reason given)"));
+        rc =
+            cli_fail(CLI_WORK_FAILED, "rollout %s failed: %s", chord_json_string_or(done, "id", ""),
+                     chord_json_string_or(done, "error", "(no reason given)"));
     }
 out:
     free(text);

@@ -42,12 +42,12 @@ typedef struct watch {
     chord_buf data;  /* its data lines, joined */
     /* what is known of the job */
     char state[32];
-    long steps;     /* total */
-    long step;      /* the last step seen (0: none) */
+    long steps; /* total */
+    long step;  /* the last step seen (0: none) */
     double key[N_KEY];
     int have_key[N_KEY];
-    double step_seconds;   /* smoothed time/step (0: unknown) */
-    double first_arrival;  /* when the first step event arrived, and its step */
+    double step_seconds;  /* smoothed time/step (0: unknown) */
+    double first_arrival; /* when the first step event arrived, and its step */
     long first_arrival_step;
     double started_at, finished_at; /* the job's own timestamps */
     char error[512];
@@ -59,8 +59,7 @@ typedef struct watch {
 } watch;
 
 static int terminal_state(const char *s) {
-    return strcmp(s, "succeeded") == 0 || strcmp(s, "failed") == 0 ||
-           strcmp(s, "cancelled") == 0;
+    return strcmp(s, "succeeded") == 0 || strcmp(s, "failed") == 0 || strcmp(s, "cancelled") == 0;
 }
 
 /* "reward 0.5  acc 0.25  loss 0.012" for the metrics known so far, cut to fit n. */
@@ -68,13 +67,11 @@ static void metrics_text(const watch *w, char *out, size_t n, int long_names) {
     size_t used = 0;
     out[0] = '\0';
     for (int i = 0; i < N_KEY; i++) {
-        if (!w->have_key[i])
-            continue;
+        if (!w->have_key[i]) continue;
         char piece[96];
         int len = snprintf(piece, sizeof piece, "%s%s %.4g", used ? "  " : "",
                            long_names ? key_metrics[i].metric : key_metrics[i].label, w->key[i]);
-        if (len < 0 || used + (size_t)len + 1 > n)
-            break;
+        if (len < 0 || used + (size_t)len + 1 > n) break;
         memcpy(out + used, piece, (size_t)len + 1);
         used += (size_t)len;
     }
@@ -82,10 +79,8 @@ static void metrics_text(const watch *w, char *out, size_t n, int long_names) {
 
 static double eta_seconds(const watch *w) {
     long left = w->steps - w->step;
-    if (left <= 0)
-        return 0;
-    if (w->step_seconds > 0)
-        return (double)left * w->step_seconds;
+    if (left <= 0) return 0;
+    if (w->step_seconds > 0) return (double)left * w->step_seconds;
     if (w->step > w->first_arrival_step) {
         double rate = (chord_now() - w->first_arrival) / (double)(w->step - w->first_arrival_step);
         return (double)left * rate;
@@ -100,33 +95,48 @@ static void clear_bar(watch *w) {
     }
 }
 
+/* Prints at most cols columns of a UTF-8 line (continuation bytes take no column). */
+static void put_cut(const char *line, int cols) {
+    const char *p = line;
+    for (int used = 0; *p; p++) {
+        if (((unsigned char)*p & 0xC0) != 0x80 && used++ == cols) break;
+    }
+    fwrite(line, 1, (size_t)(p - line), stdout);
+}
+
 static void draw_bar(watch *w, int force) {
     double now = chord_now();
-    if (!force && now - w->last_draw < 0.1)
-        return;
+    if (!force && now - w->last_draw < 0.1) return;
     w->last_draw = now;
     int cols = cli_term_columns(STDOUT_FILENO) - 1; /* never the last column: no wrap */
-    char head[160], counts[64], eta[32], metrics[256], bar[256];
+    char head[160], counts[64], eta[32], metrics[256], bar[256], total[24], line[1024];
     double fraction = w->steps > 0 ? (double)w->step / (double)w->steps : 0;
-    snprintf(head, sizeof head, "%s  %s", w->id, w->state[0] ? w->state : "waiting");
-    snprintf(counts, sizeof counts, "%ld/%ld  %3.0f%%", w->step, w->steps, fraction * 100);
+    const char *state = w->state[0] ? w->state : "waiting";
+    int digits = snprintf(total, sizeof total, "%ld", w->steps); /* a steady width: no jitter */
+    snprintf(counts, sizeof counts, "%*ld/%s  %3.0f%%", digits, w->step, total, fraction * 100);
     cli_duration_text(eta_seconds(w), eta, sizeof eta);
     metrics_text(w, metrics, sizeof metrics, 0);
-    /* the bar takes what the text leaves, 10 to 30 cells; metrics go first when short of room */
-    int text = (int)strlen(head) + 2 + 2 + 2 + (int)strlen(counts) + 6 + (int)strlen(eta);
+    /* the bar takes what the text leaves, 10 to 30 cells; when short of room the job's id goes
+     * first (the watcher knows it), then the metrics; what still does not fit is cut */
+    snprintf(head, sizeof head, "%s  %s", w->id, state);
+    int fixed = 2 + 2 + 2 + (int)strlen(counts) + 6 + (int)strlen(eta);
     int metrics_len = metrics[0] ? 2 + (int)strlen(metrics) : 0;
-    int width = cols - text - metrics_len;
+    int width = cols - fixed - (int)strlen(head) - metrics_len;
+    if (width < 10) {
+        snprintf(head, sizeof head, "%s", state);
+        width = cols - fixed - (int)strlen(head) - metrics_len;
+    }
     if (width < 10) {
         metrics_len = 0;
-        width = cols - text;
+        width = cols - fixed - (int)strlen(head);
     }
-    if (width > 30)
-        width = 30;
-    if (width < 10)
-        width = 10;
+    if (width > 30) width = 30;
+    if (width < 10) width = 10;
     cli_bar_text(w->c, fraction, width, bar, sizeof bar);
-    printf("\r\033[K%s  [%s]  %s  ETA %s%s%.*s", head, bar, counts, eta, metrics_len ? "  " : "",
-           metrics_len ? (int)strlen(metrics) : 0, metrics);
+    snprintf(line, sizeof line, "%s  [%s]  %s  ETA %s%s%.*s", head, bar, counts, eta,
+             metrics_len ? "  " : "", metrics_len ? (int)strlen(metrics) : 0, metrics);
+    fputs("\r\033[K", stdout);
+    put_cut(line, cols);
     fflush(stdout);
     w->bar_drawn = 1;
 }
@@ -135,8 +145,7 @@ static void draw_bar(watch *w, int force) {
 static void print_line(watch *w, const char *text) {
     clear_bar(w);
     printf("%s\n", text);
-    if (w->c->tty_out)
-        draw_bar(w, 1);
+    if (w->c->tty_out) draw_bar(w, 1);
     fflush(stdout);
 }
 
@@ -145,11 +154,9 @@ static void on_state(watch *w, const json_t *job) {
     int changed = strcmp(state, w->state) != 0;
     snprintf(w->state, sizeof w->state, "%s", state);
     double steps = chord_json_number_or(job, "steps", 0);
-    if (steps > 0)
-        w->steps = (long)steps;
+    if (steps > 0) w->steps = (long)steps;
     double current = chord_json_number_or(job, "current_step", -1);
-    if (current > w->step && terminal_state(state))
-        w->step = (long)current;
+    if (current > w->step && terminal_state(state)) w->step = (long)current;
     w->started_at = cli_time_parse(chord_json_string_or(job, "started_at", NULL));
     w->finished_at = cli_time_parse(chord_json_string_or(job, "finished_at", NULL));
     snprintf(w->error, sizeof w->error, "%s", chord_json_string_or(job, "error", ""));
@@ -157,8 +164,7 @@ static void on_state(watch *w, const json_t *job) {
         w->terminal = 1;
         return;
     }
-    if (!changed)
-        return;
+    if (!changed) return;
     if (w->c->tty_out) {
         draw_bar(w, 1);
     } else {
@@ -173,8 +179,7 @@ static void on_state(watch *w, const json_t *job) {
 static void on_step(watch *w, const json_t *ev) {
     long step = (long)chord_json_number_or(ev, "step", 0);
     const json_t *metrics = json_object_get(ev, "metrics");
-    if (step <= w->step && w->step > 0)
-        return; /* already seen (a reopened stream) */
+    if (step <= w->step && w->step > 0) return; /* already seen (a reopened stream) */
     w->step = step;
     if (w->first_arrival == 0) {
         w->first_arrival = chord_now();
@@ -189,9 +194,8 @@ static void on_step(watch *w, const json_t *ev) {
     }
     const json_t *t = json_object_get(metrics, "time/step");
     if (t && json_is_number(t) && json_number_value(t) > 0)
-        w->step_seconds = w->step_seconds > 0
-                              ? 0.7 * w->step_seconds + 0.3 * json_number_value(t)
-                              : json_number_value(t);
+        w->step_seconds = w->step_seconds > 0 ? 0.7 * w->step_seconds + 0.3 * json_number_value(t)
+                                              : json_number_value(t);
     if (w->c->tty_out) {
         draw_bar(w, step == w->steps);
         return;
@@ -224,8 +228,7 @@ static int dispatch(watch *w) {
     if (w->c->json) {
         json_t *line = json_pack("{s:s, s:O}", "event", name, "data", data);
         char *text = line ? json_dumps(line, JSON_COMPACT) : NULL;
-        if (text)
-            printf("%s\n", text);
+        if (text) printf("%s\n", text);
         fflush(stdout);
         free(text);
         json_decref(line);
@@ -243,8 +246,7 @@ static int dispatch(watch *w) {
         else
             w->step = (long)chord_json_number_or(data, "step", (double)w->step);
     } else if (strcmp(name, "checkpoint") == 0) {
-        if (!w->c->json)
-            on_checkpoint(w, data);
+        if (!w->c->json) on_checkpoint(w, data);
     } else if (strcmp(name, "error") == 0) {
         /* a watcher that fell behind: the stream ends and is reopened from the next step */
         const char *msg =
@@ -260,34 +262,27 @@ static int dispatch(watch *w) {
 
 /* One line of the stream (its newline removed). */
 static int on_line(watch *w, char *line, size_t len) {
-    if (len && line[len - 1] == '\r')
-        line[--len] = '\0';
+    if (len && line[len - 1] == '\r') line[--len] = '\0';
     if (len == 0) {
         int rc = 0;
-        if (w->data.len)
-            rc = dispatch(w);
+        if (w->data.len) rc = dispatch(w);
         w->event.len = 0;
         w->data.len = 0;
-        if (w->event.data)
-            w->event.data[0] = '\0';
-        if (w->data.data)
-            w->data.data[0] = '\0';
+        if (w->event.data) w->event.data[0] = '\0';
+        if (w->data.data) w->data.data[0] = '\0';
         return rc;
     }
-    if (line[0] == ':')
-        return 0; /* a comment: the heartbeat */
+    if (line[0] == ':') return 0; /* a comment: the heartbeat */
     char *colon = strchr(line, ':');
     size_t field_len = colon ? (size_t)(colon - line) : len;
     const char *value = colon ? colon + 1 : "";
-    if (*value == ' ')
-        value++;
+    if (*value == ' ') value++;
     if (field_len == 5 && strncmp(line, "event", 5) == 0) {
         w->event.len = 0;
         return chord_buf_append(&w->event, value, strlen(value));
     }
     if (field_len == 4 && strncmp(line, "data", 4) == 0) {
-        if (w->data.len && chord_buf_append(&w->data, "\n", 1) != 0)
-            return -1;
+        if (w->data.len && chord_buf_append(&w->data, "\n", 1) != 0) return -1;
         return chord_buf_append(&w->data, value, strlen(value));
     }
     return 0; /* id, retry: the step events carry their step themselves */
@@ -297,24 +292,20 @@ static int on_data(void *user, const char *data, size_t n) {
     watch *w = user;
     for (size_t i = 0; i < n; i++) {
         if (data[i] != '\n') {
-            if (chord_buf_append(&w->line, data + i, 1) != 0)
-                return -1;
+            if (chord_buf_append(&w->line, data + i, 1) != 0) return -1;
             continue;
         }
-        if (chord_buf_append(&w->line, "", 0) != 0)
-            return -1;
+        if (chord_buf_append(&w->line, "", 0) != 0) return -1;
         int rc = on_line(w, w->line.data, w->line.len);
         w->line.len = 0;
-        if (rc != 0)
-            return -1;
+        if (rc != 0) return -1;
     }
     return 0;
 }
 
 static void final_line(watch *w) {
     char text[1024], m[320], took[32] = "";
-    if (w->c->json)
-        return;
+    if (w->c->json) return;
     clear_bar(w);
     metrics_text(w, m, sizeof m, 0);
     double seconds = w->finished_at - w->started_at;
@@ -327,8 +318,8 @@ static void final_line(watch *w) {
         snprintf(text, sizeof text, "%s succeeded: %ld/%ld steps%s%s%s", w->id, w->step, w->steps,
                  took, m[0] ? "  " : "", m);
     else if (strcmp(w->state, "cancelled") == 0)
-        snprintf(text, sizeof text, "%s cancelled at step %ld/%ld%s%s%s", w->id, w->step,
-                 w->steps, took, m[0] ? "  " : "", m);
+        snprintf(text, sizeof text, "%s cancelled at step %ld/%ld%s%s%s", w->id, w->step, w->steps,
+                 took, m[0] ? "  " : "", m);
     else
         snprintf(text, sizeof text, "%s failed at step %ld/%ld%s: %s", w->id, w->step, w->steps,
                  took, w->error[0] ? w->error : "(no reason given)");
@@ -343,12 +334,10 @@ int cli_watch_job(cli *c, const char *id, long since_step) {
     int rc;
     /* the job first: a wrong id is refused here with the server's message, and the bar knows
      * its total before the first event */
-    if ((rc = cli_call_id(c, "GET", "/v1/jobs/", id, NULL, &job, NULL)) != CLI_OK)
-        return rc;
+    if ((rc = cli_call_id(c, "GET", "/v1/jobs/", id, NULL, &job, NULL)) != CLI_OK) return rc;
     w.steps = (long)chord_json_number_or(job, "steps", 0);
     json_decref(job);
-    if (since_step > 1)
-        w.step = since_step - 1;
+    if (since_step > 1) w.step = since_step - 1;
     double unreachable_since = 0;
     for (;;) {
         path.len = 0;
@@ -377,8 +366,7 @@ int cli_watch_job(cli *c, const char *id, long since_step) {
             rc = strcmp(w.state, "succeeded") == 0 ? CLI_OK : CLI_WORK_FAILED;
             break;
         }
-        if (rc == CLI_REFUSED || rc == CLI_LOCAL)
-            break;
+        if (rc == CLI_REFUSED || rc == CLI_LOCAL) break;
         /* the stream ended before the job: reopen it from the next step */
         double now = chord_now();
         if (rc == CLI_UNREACHABLE) {
