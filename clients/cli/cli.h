@@ -118,6 +118,8 @@ cli_opt *cli_opt_get(cli_opt *opts, const char *name);
  * CLI_USAGE after the message naming the flag and the range. */
 int cli_opt_long(cli_opt *o, long lo, long hi, long *out);
 int cli_opt_double(cli_opt *o, double lo, double hi, double *out);
+/* Text that goes into a JSON document must be UTF-8: CLI_OK, or CLI_USAGE naming the flag. */
+int cli_check_text(const char *flag, const char *text);
 /* Appends "base?limit=N&offset=M" to path from opts' --limit (1-1000, default 100) and
  * --offset (default 0). CLI_OK or CLI_USAGE. */
 int cli_paged_path(cli_opt *opts, const char *base, chord_buf *path);

@@ -10,6 +10,7 @@
 
 #include "clients/cli/cli.h"
 #include "cmd/commands.h"
+#include "server/base/utf8.h"
 
 static cli_opt *find_long(cli_opt *opts, const char *name, size_t len) {
     for (cli_opt *o = opts; o->name; o++)
@@ -119,4 +120,9 @@ int cli_paged_path(cli_opt *opts, const char *base, chord_buf *path) {
                       off) != 0)
         return cli_fail(CLI_LOCAL, "out of memory");
     return CLI_OK;
+}
+
+int cli_check_text(const char *flag, const char *text) {
+    if (text && chord_utf8_valid(text, strlen(text))) return CLI_OK;
+    return cli_fail(CLI_USAGE, "%s: not valid UTF-8", flag);
 }

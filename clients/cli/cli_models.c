@@ -51,6 +51,10 @@ static int add(cli *c, int argc, char **argv) {
         rc = cli_fail(CLI_USAGE, "usage: %s", usage_add);
         goto done;
     }
+    if ((name->seen && (rc = cli_check_text("--name", name->value)) != CLI_OK) ||
+        (npos == 1 && (rc = cli_check_text("PATH", pos[0])) != CLI_OK) ||
+        (tokenizer->seen && (rc = cli_check_text("--tokenizer", tokenizer->value)) != CLI_OK))
+        goto done;
     if (!(body = json_object())) goto oom;
     if (name->seen && json_object_set_new(body, "name", json_string(name->value)) != 0) goto oom;
     if (npos == 1) {

@@ -97,16 +97,15 @@ void cli_duration_text(double seconds, char *out, size_t n) {
 }
 
 void cli_age_text(const char *rfc3339, char *out, size_t n) {
-    struct tm tm = {0};
-    const char *rest = rfc3339 ? strptime(rfc3339, "%Y-%m-%dT%H:%M:%S", &tm) : NULL;
-    if (!rest) {
+    double t = cli_time_parse(rfc3339);
+    if (isnan(t)) {
         snprintf(out, n, "-");
         return;
     }
-    double age = difftime(time(NULL), timegm(&tm));
+    double age = (double)time(NULL) - t;
     if (age < 0) age = 0;
     if (age < 120)
-        snprintf(out, n, "%.0fs", age);
+        snprintf(out, n, "%.0fs", floor(age));
     else if (age < 7200)
         snprintf(out, n, "%.0fm", floor(age / 60));
     else if (age < 2 * 86400)

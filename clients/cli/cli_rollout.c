@@ -91,6 +91,13 @@ static int build_request(cli_opt *opts, json_t **out) {
         goto fail;
     }
     for (int i = 0; i < prompt->seen; i++)
+        if (cli_check_text("--prompt", prompt->values[i]) != CLI_OK) goto fail;
+    for (int i = 0; i < answer->seen; i++)
+        if (cli_check_text("--answer", answer->values[i]) != CLI_OK) goto fail;
+    if ((model->seen && cli_check_text("--model", model->value) != CLI_OK) ||
+        (ck->seen && cli_check_text("--checkpoint", ck->value) != CLI_OK))
+        goto fail;
+    for (int i = 0; i < prompt->seen; i++)
         if (json_array_append_new(prompts, json_string(prompt->values[i])) != 0) goto oom;
     if (json_object_set(req, "prompts", prompts) != 0) goto oom;
     if (answer->seen) {

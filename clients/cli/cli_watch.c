@@ -15,6 +15,7 @@
  * a server that stays unreachable for 60 s ends the watch with exit status 3.
  * Exit status: 0 when the job succeeded, 5 when it failed or was cancelled. */
 #include <math.h>
+#include <signal.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -58,6 +59,19 @@ typedef struct watch {
     int fatal; /* an event the watch cannot go on from */
 } watch;
 
+/* Ctrl-C while the bar is drawn: end its line, so the shell's prompt starts on a fresh one,
+ * then die of the signal as before (exit status 130 to the shell). */
+static volatile sig_atomic_t bar_on_screen;
+
+static void on_interrupt(int sig) {
+    if (bar_on_screen) {
+        ssize_t ignored = write(STDOUT_FILENO, "\n", 1);
+        (void)ignored;
+    }
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
 static int terminal_state(const char *s) {
     return strcmp(s, "succeeded") == 0 || strcmp(s, "failed") == 0 || strcmp(s, "cancelled") == 0;
 }
@@ -92,6 +106,7 @@ static void clear_bar(watch *w) {
     if (w->bar_drawn) {
         fputs("\r\033[K", stdout);
         w->bar_drawn = 0;
+        bar_on_screen = 0;
     }
 }
 
@@ -139,6 +154,7 @@ static void draw_bar(watch *w, int force) {
     put_cut(line, cols);
     fflush(stdout);
     w->bar_drawn = 1;
+    bar_on_screen = 1;
 }
 
 /* Prints a line that stays (a checkpoint, a state change): above the bar on a terminal. */
@@ -228,10 +244,16 @@ static int dispatch(watch *w) {
     if (w->c->json) {
         json_t *line = json_pack("{s:s, s:O}", "event", name, "data", data);
         char *text = line ? json_dumps(line, JSON_COMPACT) : NULL;
-        if (text) printf("%s\n", text);
+        json_decref(line);
+        if (!text) {
+            json_decref(data);
+            cli_fail(CLI_LOCAL, "out of memory");
+            w->fatal = CLI_LOCAL;
+            return -1;
+        }
+        printf("%s\n", text);
         fflush(stdout);
         free(text);
-        json_decref(line);
     }
     if (strcmp(name, "state") == 0) {
         if (w->c->json) { /* only what the exit status needs */
@@ -292,15 +314,22 @@ static int on_data(void *user, const char *data, size_t n) {
     watch *w = user;
     for (size_t i = 0; i < n; i++) {
         if (data[i] != '\n') {
-            if (chord_buf_append(&w->line, data + i, 1) != 0) return -1;
+            if (chord_buf_append(&w->line, data + i, 1) != 0) goto oom;
             continue;
         }
-        if (chord_buf_append(&w->line, "", 0) != 0) return -1;
+        if (chord_buf_append(&w->line, "", 0) != 0) goto oom;
         int rc = on_line(w, w->line.data, w->line.len);
         w->line.len = 0;
-        if (rc != 0) return -1;
+        if (rc != 0) {
+            if (!w->fatal) goto oom;
+            return -1;
+        }
     }
     return 0;
+oom:
+    clear_bar(w);
+    w->fatal = cli_fail(CLI_LOCAL, "out of memory");
+    return -1;
 }
 
 static void final_line(watch *w) {
@@ -336,6 +365,8 @@ int cli_watch_job(cli *c, const char *id, long since_step) {
      * its total before the first event */
     if ((rc = cli_call_id(c, "GET", "/v1/jobs/", id, NULL, &job, NULL)) != CLI_OK) return rc;
     w.steps = (long)chord_json_number_or(job, "steps", 0);
+    struct sigaction sa = {.sa_handler = on_interrupt}, old_sa;
+    int handler = c->tty_out && !c->json && sigaction(SIGINT, &sa, &old_sa) == 0;
     json_decref(job);
     if (since_step > 1) w.step = since_step - 1;
     double unreachable_since = 0;
@@ -387,6 +418,7 @@ int cli_watch_job(cli *c, const char *id, long since_step) {
     }
     clear_bar(&w);
     fflush(stdout);
+    if (handler) sigaction(SIGINT, &old_sa, NULL);
     chord_buf_free(&path);
     chord_buf_free(&w.line);
     chord_buf_free(&w.event);

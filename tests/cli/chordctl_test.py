@@ -16,6 +16,7 @@ import pty
 import re
 import secrets
 import select
+import signal
 import struct
 import subprocess
 import sys
@@ -59,8 +60,9 @@ def ctl_json(srv, *args, **kw):
     return json.loads(out)
 
 
-def ctl_pty(srv, *args, cols=120, timeout=180, cwd=None):
-    """Runs chordctl with stdout and stderr on a pseudo-terminal: (exit status, what it drew)."""
+def ctl_pty(srv, *args, cols=120, timeout=180, cwd=None, interrupt_after=None):
+    """Runs chordctl with stdout and stderr on a pseudo-terminal: (exit status, what it drew).
+    interrupt_after: seconds after which it gets SIGINT (Ctrl-C)."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, cols, 0, 0))
     env = dict(os.environ, LANG="C.UTF-8", LC_ALL="C.UTF-8")
@@ -69,10 +71,14 @@ def ctl_pty(srv, *args, cols=120, timeout=180, cwd=None):
     os.close(slave)
     out = b""
     deadline = time.time() + timeout
+    interrupt_at = time.time() + interrupt_after if interrupt_after else None
     while True:
         if time.time() > deadline:
             p.kill()
             raise AssertionError(f"chordctl {args} still running; drew {out[-2000:]!r}")
+        if interrupt_at and time.time() > interrupt_at:
+            p.send_signal(signal.SIGINT)
+            interrupt_at = None
         ready, _, _ = select.select([master], [], [], 0.2)
         if not ready:
             if p.poll() is not None and not select.select([master], [], [], 0.2)[0]:
@@ -329,6 +335,10 @@ def test_cancel(srv, prompts, tmp_path):
     job = ctl_json(srv, "jobs", "create",
                    write_job(tmp_path, tiny_job(prompts, steps=100000, checkpoint_every=0)))
     srv.wait_job(job["id"], lambda j: j["state"] == "running" and j["current_step"] >= 2)
+    # Ctrl-C on a watch: the bar's line is ended, so the shell's prompt starts on a fresh one
+    rc, drawn = ctl_pty(srv, "jobs", "watch", job["id"], interrupt_after=1.5)
+    assert rc == -signal.SIGINT, (rc, drawn)
+    assert "running  [" in drawn and drawn.endswith("\r\n"), drawn[-300:]
     rc, out, err = ctl(srv, "jobs", "cancel", job["id"])
     assert rc == 0 and ("cancel requested" in out or "cancelled" in out), (out, err)
     rc, out, err = ctl(srv, "jobs", "watch", job["id"])  # ends with the job: cancelled -> 5
