@@ -477,3 +477,40 @@ def test_bearer_token(tmp_path):
     finally:
         s.stop()
         s.cleanup()
+
+
+# ---- a server restart under a watcher --------------------------------------------------------
+
+def test_watch_survives_a_server_restart(tmp_path):
+    """The server stops mid-job (the job goes back to the queue) and comes back on the same
+    port: the watcher reopens the stream from the next step and ends with the job."""
+    import chordd_harness
+    s = Chordd().start()
+    try:
+        p = ctl_json(s, "datasets", "upload", "-", "--kind", "prompts",
+                     input=jsonl(arith_prompts(40)))["id"]
+        job = ctl_json(s, "jobs", "create", write_job(tmp_path, tiny_job(
+            p, steps=400, checkpoint_every=50, sampling={"max_new_tokens": 16})))
+        watcher = subprocess.Popen([CHORDCTL, "--server", s.url, "jobs", "watch", job["id"]],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        s.wait_job(job["id"], lambda j: j["current_step"] >= 20)
+        port = s.port
+        assert s.stop() == 0
+        time.sleep(1.5)  # the watcher finds nobody there and keeps trying
+        real_free_port = chordd_harness.free_port
+        chordd_harness.free_port = lambda: port
+        try:
+            s.start()
+        finally:
+            chordd_harness.free_port = real_free_port
+        out, err = watcher.communicate(timeout=300)
+        out, err = out.decode(), err.decode()
+        assert watcher.returncode == 0, (out, err)
+        steps = [int(line.split()[1].split("/")[0]) for line in out.splitlines()
+                 if line.startswith("step ")]
+        assert steps == list(range(1, 401)), steps  # each step once, in order
+        assert "lost the connection" in err, err
+        assert out.splitlines()[-1].startswith(job["id"] + " succeeded: 400/400 steps")
+    finally:
+        s.stop()
+        s.cleanup()
