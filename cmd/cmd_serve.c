@@ -333,9 +333,10 @@ int cmd_serve(int argc, char **argv) {
             LOG_ERROR("chordd: %s", err.msg);
         } else {
             const char *id = json_string_value(json_object_get(job, "id"));
-            LOG_INFO("demo job %s queued; watch it with: curl -N %s://%s:%d/v1/jobs/%s/events", id,
-                     tls.cert_pem ? "https" : "http", http_host[0] ? http_host : "127.0.0.1",
-                     h ? api_http_port(h) : 8080, id);
+            LOG_INFO("demo job %s queued; watch it with: curl -N %s%s%s://%s:%d/v1/jobs/%s/events",
+                     id, auth ? "-H 'Authorization: Bearer TOKEN' " : "",
+                     tls.cert_pem ? "--cacert CERT " : "", tls.cert_pem ? "https" : "http",
+                     http_host[0] ? http_host : "127.0.0.1", h ? api_http_port(h) : 8080, id);
             json_decref(job);
         }
     }

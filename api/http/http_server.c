@@ -90,8 +90,11 @@ static enum MHD_Result send_error_with_header(http_req *r, unsigned status, cons
         free(text);
         return MHD_NO;
     }
-    MHD_add_response_header(resp, "Content-Type", "application/json");
-    MHD_add_response_header(resp, header, value);
+    if (MHD_add_response_header(resp, "Content-Type", "application/json") != MHD_YES ||
+        MHD_add_response_header(resp, header, value) != MHD_YES) {
+        MHD_destroy_response(resp);
+        return MHD_NO;
+    }
     r->bytes_out = (int64_t)len;
     return queue(r, status, resp);
 }
