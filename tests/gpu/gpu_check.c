@@ -12,7 +12,8 @@
  *     log-probs, loss, every gradient tensor, the gradient norm, the loss after the step, and
  *     prefill + decode logits — once with exact fp32 GEMMs (bound 1e-4) and once with bf16 GEMMs
  *     (bound 1e-2); for three small models (Qwen2, Qwen3 with q/k norm, Llama with biases) and a
- *     ~100M-parameter Qwen2-style model.
+ *     ~100M-parameter Qwen2-style model; and for the small models again with a shared prompt
+ *     (model_batch.seg_parent: two responses continuing one prefix segment, grpo.share_prompt).
  * Benchmarks (GPU only; not pass/fail): training tokens/s and MFU against 989 TFLOP/s (dense bf16,
  * H100 SXM) for the ~100M config and a Qwen2.5-0.5B-shaped config at sequence length 1024, decode
  * tokens/s at batch 1 / 32 / 256, and GB/s of memory-bound kernels against the measured
@@ -747,10 +748,13 @@ static const char *CFG_05B =
 typedef struct {
     int N, S;
     int32_t *tokens, *positions, *cu, *targets;
+    const int32_t *parent; /* seg_parent (S) or NULL */
     float *dlogp, *dent;
 } step_batch;
 
-static void batch_make(step_batch *b, const int *lens, int S, int V, uint64_t s) {
+/* parent (S) or NULL: segment i continues segment parent[i] (its positions go on from there) */
+static void batch_make(step_batch *b, const int *lens, const int32_t *parent, int S, int V,
+                       uint64_t s) {
     seed(s);
     b->S = S;
     b->N = 0;
@@ -763,13 +767,14 @@ static void batch_make(step_batch *b, const int *lens, int S, int V, uint64_t s)
     b->dlogp = xmalloc((size_t)b->N * sizeof(float));
     b->dent = xmalloc((size_t)b->N * sizeof(float));
     int count = 0;
+    b->parent = parent;
     b->cu[0] = 0;
     for (int i = 0; i < S; i++) {
         b->cu[i + 1] = b->cu[i] + lens[i];
         for (int t = 0; t < lens[i]; t++) {
             int n = b->cu[i] + t;
             b->tokens[n] = (int32_t)(urand() * V);
-            b->positions[n] = t;
+            b->positions[n] = t + (parent && parent[i] >= 0 ? lens[parent[i]] : 0);
         }
     }
     for (int i = 0; i < S; i++)
@@ -809,7 +814,7 @@ static int run_step(ops_ctx *ops, const model_config *cfg, const step_batch *b, 
     model *m = NULL;
     model_kv_cache *kv = NULL;
     int rc = -1;
-    const model_batch mb = {b->N, b->S, b->tokens, b->positions, b->cu, b->targets, NULL};
+    const model_batch mb = {b->N, b->S, b->tokens, b->positions, b->cu, b->targets, b->parent};
     if (model_create(cfg, ops, &m, err) != 0 || model_init_random(m, 1234, err) != 0) goto done;
     o->logp = xmalloc((size_t)b->N * sizeof(float));
     o->ent = xmalloc((size_t)b->N * sizeof(float));
@@ -864,7 +869,7 @@ static void step_out_free(step_out *o) {
     memset(o, 0, sizeof *o);
 }
 
-static void t_full_step(const char *label, const char *json) {
+static void t_full_step(const char *label, const char *json, int shared) {
     model_config cfg;
     chord_err err = {0};
     if (model_config_parse(json, &cfg, &err) != 0) {
@@ -872,8 +877,9 @@ static void t_full_step(const char *label, const char *json) {
         return;
     }
     static const int lens[] = {100, 64, 37, 55};
+    static const int32_t parent[] = {-1, 0, 0, -1}; /* shared: a prompt, two responses, a lone */
     step_batch b;
-    batch_make(&b, lens, 4, cfg.vocab_size, 77);
+    batch_make(&b, lens, shared ? parent : NULL, 4, cfg.vocab_size, 77);
     /* the reference layout: tensor names and offsets (identical on both backends) */
     model *probe = NULL;
     if (model_create(&cfg, CPU, &probe, &err) != 0) {
@@ -996,7 +1002,7 @@ static void b_train(const char *label, const char *json, int T, int seqs, int st
     int *lens = xmalloc((size_t)seqs * sizeof(int));
     for (int s = 0; s < seqs; s++)
         lens[s] = T;
-    batch_make(&b, lens, seqs, cfg.vocab_size, 5);
+    batch_make(&b, lens, NULL, seqs, cfg.vocab_size, 5);
     free(lens);
     size_t fb = 0, tb = 0;
     ops_mem_info(GPU, &fb, &tb);
@@ -1393,9 +1399,11 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < sizeof CFG_SMALL / sizeof CFG_SMALL[0]; i++) {
         char label[32];
         snprintf(label, sizeof label, "small-%zu", i + 1);
-        t_full_step(label, CFG_SMALL[i]);
+        t_full_step(label, CFG_SMALL[i], 0);
+        snprintf(label, sizeof label, "small-%zu shared", i + 1);
+        t_full_step(label, CFG_SMALL[i], 1);
     }
-    if (do_step) t_full_step("100M", CFG_100M);
+    if (do_step) t_full_step("100M", CFG_100M, 0);
     if (do_bench) {
         set_matmul(OPS_CUDA_MATMUL_BF16);
         b_bandwidth(quick);
