@@ -172,11 +172,12 @@ int cli_perform(cli *c, const cli_transfer *t, cli_result *r) {
     CHECK_SETOPT(curl_easy_setopt(c->curl, CURLOPT_CONNECTTIMEOUT, 10L));
     CHECK_SETOPT(curl_easy_setopt(c->curl, CURLOPT_WRITEFUNCTION, on_body));
     CHECK_SETOPT(curl_easy_setopt(c->curl, CURLOPT_WRITEDATA, &s));
-    if (t->streaming) {
-        /* an event stream has no end in sight; the server's heartbeats keep it above this */
+    if (t->streaming || t->upload || t->download) {
+        /* no end in sight (an event stream, a file of any size): a transfer is given up only
+         * when nothing moves for 5 minutes; an event stream's heartbeats keep it moving */
         CHECK_SETOPT(curl_easy_setopt(c->curl, CURLOPT_LOW_SPEED_LIMIT, 1L));
         CHECK_SETOPT(curl_easy_setopt(c->curl, CURLOPT_LOW_SPEED_TIME, 300L));
-    } else if (!t->upload && !t->download) {
+    } else {
         CHECK_SETOPT(curl_easy_setopt(c->curl, CURLOPT_TIMEOUT, 300L));
     }
 
