@@ -12,24 +12,32 @@
 #include "clients/cli/cli.h"
 #include "server/base/fileutil.h"
 
-int cli_fail(int status, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
+static void vprint_error(const char *fmt, va_list ap) {
     fputs("chordctl: ", stderr);
     vfprintf(stderr, fmt, ap);
     fputc('\n', stderr);
+}
+
+int cli_fail(int status, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vprint_error(fmt, ap);
     va_end(ap);
     return status;
+}
+
+static int vformat(char *out, size_t n, const char *fmt, va_list ap) {
+    return vsnprintf(out, n, fmt, ap);
 }
 
 int cli_bufprintf(chord_buf *b, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf(NULL, 0, fmt, ap);
+    int n = vformat(NULL, 0, fmt, ap);
     va_end(ap);
     if (n < 0 || chord_buf_reserve(b, b->len + (size_t)n + 1) != 0) return -1;
     va_start(ap, fmt);
-    vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
+    vformat(b->data + b->len, (size_t)n + 1, fmt, ap);
     va_end(ap);
     b->len += (size_t)n;
     return 0;
