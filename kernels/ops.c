@@ -37,6 +37,7 @@ static const struct {
     SLOT(swiglu_forward),
     SLOT(swiglu_backward),
     SLOT(add_inplace),
+    SLOT(axpy2d),
     SLOT(scale_inplace),
     SLOT(sum_squares),
     SLOT(logprob_forward),

@@ -109,6 +109,10 @@ typedef struct ops_backend {
 
     /* ---- elementwise ---- */
     int (*add_inplace)(ops_ctx *c, float *a, const float *b, size_t n); /* a += b */
+    /* y (rows, ldy) = alpha x (rows, ldx) (+ y when accumulate), over the first cols columns of
+     * each row: a strided view in or out of a fused buffer (LoRA on q inside qkv) */
+    int (*axpy2d)(ops_ctx *c, float *y, int ldy, const float *x, int ldx, int rows, int cols,
+                  float alpha, int accumulate);
     int (*scale_inplace)(ops_ctx *c, float *a, float s, size_t n);      /* a *= s */
     /* *out_host = sum of x^2 (double accumulation) — a host read-back */
     int (*sum_squares)(ops_ctx *c, double *out_host, const float *x, size_t n);
@@ -289,6 +293,10 @@ static inline int ops_swiglu_backward(ops_ctx *c, float *dgate, float *dup, int 
 
 static inline int ops_add_inplace(ops_ctx *c, float *a, const float *b, size_t n) {
     return c->be->add_inplace(c, a, b, n);
+}
+static inline int ops_axpy2d(ops_ctx *c, float *y, int ldy, const float *x, int ldx, int rows,
+                             int cols, float alpha, int accumulate) {
+    return c->be->axpy2d(c, y, ldy, x, ldx, rows, cols, alpha, accumulate);
 }
 static inline int ops_scale_inplace(ops_ctx *c, float *a, float s, size_t n) {
     return c->be->scale_inplace(c, a, s, n);

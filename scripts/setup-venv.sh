@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates (once) the Python virtual environment holding the test references — transformers +
-# torch, tokenizers, math-verify, grpcio(-tools, -health-checking), schemathesis — pinned in
+# torch, tokenizers, math-verify, grpcio(-tools, -health-checking), schemathesis, peft — pinned in
 # tests/reference/requirements.txt. Reused while the requirements are unchanged (a stamp file
 # records their hash). Location: $CHORD_VENV, default ~/.cache/chord/venv.
 set -euo pipefail

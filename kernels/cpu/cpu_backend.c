@@ -206,6 +206,7 @@ static const ops_backend cpu_backend = {
     .swiglu_forward = cpu_swiglu_forward,
     .swiglu_backward = cpu_swiglu_backward,
     .add_inplace = cpu_add_inplace,
+    .axpy2d = cpu_axpy2d,
     .scale_inplace = cpu_scale_inplace,
     .sum_squares = cpu_sum_squares,
     .logprob_forward = cpu_logprob_forward,

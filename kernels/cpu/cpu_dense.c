@@ -329,6 +329,27 @@ int cpu_add_inplace(ops_ctx *c, float *a, const float *b, size_t n) {
     return 0;
 }
 
+int cpu_axpy2d(ops_ctx *c, float *y, int ldy, const float *x, int ldx, int rows, int cols,
+               float alpha, int accumulate) {
+    CHECK(rows >= 0 && cols >= 0 && ldy >= cols && ldx >= cols,
+          "axpy2d: bad shape rows=%d cols=%d ldy=%d ldx=%d", rows, cols, ldy, ldx);
+    if (rows == 0 || cols == 0) return 0;
+    CHECK(y && x, "axpy2d: NULL buffer");
+    int nt = cpu_threads_for(c, (double)rows * cols);
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int r = 0; r < rows; r++) {
+        float *restrict yr = y + (size_t)r * ldy;
+        const float *restrict xr = x + (size_t)r * ldx;
+        if (accumulate)
+            for (int j = 0; j < cols; j++)
+                yr[j] += alpha * xr[j];
+        else
+            for (int j = 0; j < cols; j++)
+                yr[j] = alpha * xr[j];
+    }
+    return 0;
+}
+
 int cpu_scale_inplace(ops_ctx *c, float *a, float s, size_t n) {
     if (n == 0) return 0;
     CHECK(a, "scale_inplace: NULL buffer");

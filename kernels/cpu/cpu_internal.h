@@ -79,6 +79,8 @@ int cpu_swiglu_forward(ops_ctx *c, float *out, const float *gate, int ldg, const
 int cpu_swiglu_backward(ops_ctx *c, float *dgate, float *dup, int ld_dgu, const float *dout,
                         const float *gate, const float *up, int ld_gu, int N, int I);
 int cpu_add_inplace(ops_ctx *c, float *a, const float *b, size_t n);
+int cpu_axpy2d(ops_ctx *c, float *y, int ldy, const float *x, int ldx, int rows, int cols,
+               float alpha, int accumulate);
 int cpu_scale_inplace(ops_ctx *c, float *a, float s, size_t n);
 int cpu_sum_squares(ops_ctx *c, double *out_host, const float *x, size_t n);
 int cpu_logprob_forward(ops_ctx *c, float *logp, float *entropy, float *lse, const float *logits,

@@ -411,6 +411,32 @@ extern "C" int cuda_add_inplace(ops_ctx *c, float *a, const float *b, size_t n) 
     return 0;
 }
 
+__global__ void axpy2d_kernel(float *y, int ldy, const float *x, int ldx, int rows, int cols,
+                              float alpha, int accumulate) {
+    size_t total = (size_t)rows * cols;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
+         i += (size_t)gridDim.x * blockDim.x) {
+        size_t r = i / (size_t)cols, j = i % (size_t)cols;
+        float v = alpha * x[r * (size_t)ldx + j];
+        float *dst = y + r * (size_t)ldy + j;
+        *dst = accumulate ? *dst + v : v;
+    }
+}
+
+extern "C" int cuda_axpy2d(ops_ctx *c, float *y, int ldy, const float *x, int ldx, int rows,
+                           int cols, float alpha, int accumulate) {
+    CU_REQUIRE(rows >= 0 && cols >= 0 && ldy >= cols && ldx >= cols, "axpy2d: bad shape");
+    if (rows == 0 || cols == 0) return 0;
+    CU_REQUIRE(y && x, "axpy2d: NULL buffer");
+    CU_ENTER();
+    cuda_impl *im = cu_impl(c);
+    size_t total = (size_t)rows * cols;
+    axpy2d_kernel<<<cu_blocks(total, 256, im->num_sms), 256, 0, im->stream>>>(
+        y, ldy, x, ldx, rows, cols, alpha, accumulate);
+    CU_LAUNCHED("axpy2d_kernel");
+    return 0;
+}
+
 extern "C" int cuda_scale_inplace(ops_ctx *c, float *a, float s, size_t n) {
     if (n == 0) return 0;
     CU_REQUIRE(a, "scale_inplace: NULL buffer");

@@ -310,6 +310,7 @@ static ops_backend make_table(void) {
     b.swiglu_forward = cuda_swiglu_forward;
     b.swiglu_backward = cuda_swiglu_backward;
     b.add_inplace = cuda_add_inplace;
+    b.axpy2d = cuda_axpy2d;
     b.scale_inplace = cuda_scale_inplace;
     b.sum_squares = cuda_sum_squares;
     b.logprob_forward = cuda_logprob_forward;

@@ -225,6 +225,8 @@ int cuda_swiglu_forward(ops_ctx *c, float *out, const float *gate, int ldg, cons
 int cuda_swiglu_backward(ops_ctx *c, float *dgate, float *dup, int ld_dgu, const float *dout,
                          const float *gate, const float *up, int ld_gu, int N, int I);
 int cuda_add_inplace(ops_ctx *c, float *a, const float *b, size_t n);
+int cuda_axpy2d(ops_ctx *c, float *y, int ldy, const float *x, int ldx, int rows, int cols,
+                float alpha, int accumulate);
 int cuda_scale_inplace(ops_ctx *c, float *a, float s, size_t n);
 int cuda_sum_squares(ops_ctx *c, double *out_host, const float *x, size_t n);
 int cuda_logprob_forward(ops_ctx *c, float *logp, float *entropy, float *lse, const float *logits,

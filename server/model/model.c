@@ -7,6 +7,7 @@
  * model_zero_grad; activation gradients OVERWRITE; the residual stream ADDS (rmsnorm_backward
  * adds into the residual gradient, which carries the skip connection for free). */
 #include "server/model/model.h"
+#include "server/model/model_lora_internal.h"
 
 #include <limits.h>
 #include <math.h>
@@ -162,7 +163,16 @@ static int carve_weights(model *m, float *base, model_weights *w, chord_err *err
     return 0;
 }
 
+/* With an adapter attached the base is frozen: its gradient pointers stay NULL (every op skips a
+ * NULL weight gradient) and the adapter's buffer takes the gradients. */
 static int ensure_grads(model *m, chord_err *err) {
+    if (m->lora) {
+        if (!m->g.layers) {
+            m->g.layers = calloc((size_t)m->cfg.num_hidden_layers, sizeof *m->g.layers);
+            if (!m->g.layers) return chord_err_setc(err, CHORD_E_INTERNAL, "model: out of memory");
+        }
+        return model_lora_ensure_grads(m, err);
+    }
     if (m->grads) return 0;
     m->grads = ops_alloc(m->ops, m->num_params * sizeof(float));
     if (!m->grads)
@@ -239,6 +249,7 @@ void model_free(model *m) {
     if (!m) return;
     ops_ctx *o = m->ops;
     run_free(m, m->run);
+    model_lora_free(m);
     ops_free(o, m->params);
     ops_free(o, m->grads);
     ops_free(o, m->adam_m);
@@ -265,10 +276,14 @@ typedef struct layer_acts {
     float *ln2, *rstd2;     /* (N,C), (N) */
     float *gu;              /* (N, 2I) [gate|up] */
     float *h;               /* (N, I) silu(gate) * up; one buffer shared by all layers */
+    float *lora_u;          /* LoRA: (targets, N, rank) x A^T of each adapted projection */
+    float *lora_tmp;        /* LoRA scratch shared by all layers (model_run's) */
 } layer_acts;
 
 struct model_run {
     int cap_N, cap_rows, kept, backward;
+    int lora_rank;             /* the adapter's rank these buffers were laid out for (0: none) */
+    float *lora_tmp, *lora_du; /* LoRA scratch: (N, widest projection), (N, rank) */
     void *buf;
     float *res;              /* (kept+1 or 1, N, C) residual stream: res[l] enters layer l */
     layer_acts *layers;      /* (kept) */
@@ -325,6 +340,15 @@ static size_t run_layout(const model *m, model_run *r, float *base) {
         CARVE(a->ln2, N * C);
         CARVE(a->rstd2, N);
         CARVE(a->gu, N * 2 * I);
+        if (r->lora_rank) CARVE(a->lora_u, (size_t)MODEL_LORA_N_TARGETS * N * r->lora_rank);
+    }
+    if (r->lora_rank) {
+        size_t widest = C > I ? C : I;
+        if (Hq * D > widest) widest = Hq * D;
+        CARVE(r->lora_tmp, N * widest);
+        CARVE(r->lora_du, N * (size_t)r->lora_rank);
+        for (int l = 0; base && l < r->kept; l++)
+            r->layers[l].lora_tmp = r->lora_tmp;
     }
     /* h = silu(gate) * up is cheap to recompute from gu: one (N, I) buffer serves every layer,
      * which saves a quarter of the activations of a typical layer */
@@ -389,7 +413,10 @@ static int run_ensure(model *m, model_run **rp, int N, int rows, int X, int trai
                       chord_err *err) {
     model_run *r = *rp;
     const size_t V = (size_t)m->cfg.vocab_size;
-    if (r && r->cap_N >= N && r->cap_X >= X && (training || r->cap_rows >= rows)) return 0;
+    const int lora_rank = m->lora ? m->lora->cfg.rank : 0;
+    if (r && r->cap_N >= N && r->cap_X >= X && r->lora_rank == lora_rank &&
+        (training || r->cap_rows >= rows))
+        return 0;
     int cap = N;
     if (r && r->cap_N > cap) cap = r->cap_N;
     int cap_X = X;
@@ -402,6 +429,7 @@ static int run_ensure(model *m, model_run **rp, int N, int rows, int X, int trai
     if (!r) return chord_err_setc(err, CHORD_E_INTERNAL, "model: out of host memory");
     r->cap_N = cap;
     r->cap_X = cap_X;
+    r->lora_rank = lora_rank;
     r->cap_rows = cap_rows;
     r->backward = training;
     r->kept = training ? m->cfg.num_hidden_layers : 1;
@@ -544,6 +572,15 @@ static int shared_attention_backward(model *m, model_run *r, layer_acts *a, chor
     return scatter_dqkv(m, r->dqkv, r->dqk, N, r->dxqkv, r->dxqk, X, r->xsrc, err);
 }
 
+/* LoRA on target t of layer l (model_lora.c): y (N, ldy) += s B A x; u kept in a->lora_u. */
+#define LORA_FWD(t, x, y, ldy)                                                                     \
+    do {                                                                                           \
+        if (m->lora && model_lora_forward(m, l, t, x, N, y, ldy,                                   \
+                                          a->lora_u + (size_t)(t)*N * m->lora->cfg.rank,           \
+                                          a->lora_tmp, err) != 0)                                  \
+            return -1;                                                                             \
+    } while (0)
+
 /* res_out (N,C) = layer l (res_in (N,C)); res_out may equal res_in. */
 static int layer_forward(model *m, int l, layer_acts *a, const float *res_in, float *res_out, int N,
                          const int32_t *positions, const attn_mode *am, chord_err *err) {
@@ -558,6 +595,9 @@ static int layer_forward(model *m, int l, layer_acts *a, const float *res_in, fl
     qkv_view v = view_qkv(m, a->qkv, a->qk, N);
     if (!c->qk_norm) {
         OP(matmul_forward, a->qkv, a->ln1, w->wqkv, w->bqkv, N, C, QKV);
+        LORA_FWD(MODEL_LORA_Q, a->ln1, a->qkv, QKV);
+        LORA_FWD(MODEL_LORA_K, a->ln1, a->qkv + HqD, QKV);
+        LORA_FWD(MODEL_LORA_V, a->ln1, a->qkv + HqD + HkvD, QKV);
     } else {
         float *qpre = a->qkv, *kpre = a->qkv + (size_t)N * HqD;
         OP(matmul_forward, qpre, a->ln1, w->wqkv, w->bqkv, N, C, HqD);
@@ -565,6 +605,9 @@ static int layer_forward(model *m, int l, layer_acts *a, const float *res_in, fl
            N, C, HkvD);
         OP(matmul_forward, v.v, a->ln1, w->wqkv + (size_t)(HqD + HkvD) * C,
            w->bqkv ? w->bqkv + HqD + HkvD : NULL, N, C, HkvD);
+        LORA_FWD(MODEL_LORA_Q, a->ln1, qpre, HqD);
+        LORA_FWD(MODEL_LORA_K, a->ln1, kpre, HkvD);
+        LORA_FWD(MODEL_LORA_V, a->ln1, v.v, HkvD);
         OP(rmsnorm_forward, v.q, a->rstd_q, qpre, D, w->q_norm, N * Hq, D, eps);
         OP(rmsnorm_forward, v.k, a->rstd_k, kpre, D, w->k_norm, N * Hkv, D, eps);
     }
@@ -584,14 +627,27 @@ static int layer_forward(model *m, int l, layer_acts *a, const float *res_in, fl
            Hq, Hkv, D);
     }
     OP(matmul_forward, a->res_mid, a->att, w->wo, w->bo, N, HqD, C);
+    LORA_FWD(MODEL_LORA_O, a->att, a->res_mid, C);
     OP(add_inplace, a->res_mid, res_in, (size_t)N * C);
     OP(rmsnorm_forward, a->ln2, a->rstd2, a->res_mid, C, w->ln2, N, C, eps);
     OP(matmul_forward, a->gu, a->ln2, w->wgu, w->bgu, N, C, 2 * I);
+    LORA_FWD(MODEL_LORA_GATE, a->ln2, a->gu, 2 * I);
+    LORA_FWD(MODEL_LORA_UP, a->ln2, a->gu + I, 2 * I);
     OP(swiglu_forward, a->h, a->gu, 2 * I, a->gu + I, 2 * I, N, I);
     OP(matmul_forward, res_out, a->h, w->wdown, w->bdown, N, I, C);
+    LORA_FWD(MODEL_LORA_DOWN, a->h, res_out, C);
     OP(add_inplace, res_out, a->res_mid, (size_t)N * C);
     return 0;
 }
+
+/* LoRA's backward on target t of layer l: its gradients, and dx += its share of dy's. */
+#define LORA_BWD(t, x, dy, lddy, dx)                                                               \
+    do {                                                                                           \
+        if (m->lora && model_lora_backward(m, l, t, x, N, dy, lddy, dx,                            \
+                                           a->lora_u + (size_t)(t)*N * m->lora->cfg.rank,          \
+                                           r->lora_tmp, r->lora_du, err) != 0)                     \
+            return -1;                                                                             \
+    } while (0)
 
 /* On entry r->dres holds d loss / d res_out (N,C); on exit d loss / d res_in. */
 static int layer_backward(model *m, int l, layer_acts *a, const float *res_in, model_run *r,
@@ -607,12 +663,16 @@ static int layer_backward(model *m, int l, layer_acts *a, const float *res_in, m
     /* MLP: res_out = res_mid + down(silu(gate) * up); h is shared by the layers: recompute it */
     OP(swiglu_forward, a->h, a->gu, 2 * I, a->gu + I, 2 * I, N, I);
     OP(matmul_backward, r->dh, g->wdown, g->bdown, r->dres, a->h, w->wdown, N, I, C, 0);
+    LORA_BWD(MODEL_LORA_DOWN, a->h, r->dres, C, r->dh);
     OP(swiglu_backward, r->dgu, r->dgu + I, 2 * I, r->dh, a->gu, a->gu + I, 2 * I, N, I);
     OP(matmul_backward, r->dln, g->wgu, g->bgu, r->dgu, a->ln2, w->wgu, N, C, 2 * I, 0);
+    LORA_BWD(MODEL_LORA_GATE, a->ln2, r->dgu, 2 * I, r->dln);
+    LORA_BWD(MODEL_LORA_UP, a->ln2, r->dgu + I, 2 * I, r->dln);
     OP(rmsnorm_backward, r->dres, C, g->ln2, r->dln, a->res_mid, w->ln2, a->rstd2, N, C);
 
     /* attention: res_mid = res_in + o_proj(attention(rope(q), rope(k), v)) */
     OP(matmul_backward, r->datt, g->wo, g->bo, r->dres, a->att, w->wo, N, HqD, C, 0);
+    LORA_BWD(MODEL_LORA_O, a->att, r->dres, C, r->datt);
     qkv_view v = view_qkv(m, a->qkv, a->qk, N);
     qkv_view dv = view_qkv(m, r->dqkv, r->dqk, N);
     if (r->NX > 0) {
@@ -625,6 +685,9 @@ static int layer_backward(model *m, int l, layer_acts *a, const float *res_in, m
     OP(rope_backward, dv.k, dv.ldk, r->positions, m->inv_freq, N, Hkv, D);
     if (!c->qk_norm) {
         OP(matmul_backward, r->dln, g->wqkv, g->bqkv, r->dqkv, a->ln1, w->wqkv, N, C, QKV, 0);
+        LORA_BWD(MODEL_LORA_Q, a->ln1, r->dqkv, QKV, r->dln);
+        LORA_BWD(MODEL_LORA_K, a->ln1, r->dqkv + HqD, QKV, r->dln);
+        LORA_BWD(MODEL_LORA_V, a->ln1, r->dqkv + HqD + HkvD, QKV, r->dln);
     } else {
         float *dqpre = r->dqkv, *dkpre = r->dqkv + (size_t)N * HqD;
         const float *qpre = a->qkv, *kpre = a->qkv + (size_t)N * HqD;
@@ -632,11 +695,16 @@ static int layer_backward(model *m, int l, layer_acts *a, const float *res_in, m
         OP(rmsnorm_backward, dqpre, D, g->q_norm, dv.q, qpre, w->q_norm, a->rstd_q, N * Hq, D);
         OP(rmsnorm_backward, dkpre, D, g->k_norm, dv.k, kpre, w->k_norm, a->rstd_k, N * Hkv, D);
         OP(matmul_backward, r->dln, g->wqkv, g->bqkv, dqpre, a->ln1, w->wqkv, N, C, HqD, 0);
-        OP(matmul_backward, r->dln, g->wqkv + (size_t)HqD * C, g->bqkv ? g->bqkv + HqD : NULL,
-           dkpre, a->ln1, w->wqkv + (size_t)HqD * C, N, C, HkvD, 1);
-        OP(matmul_backward, r->dln, g->wqkv + (size_t)(HqD + HkvD) * C,
-           g->bqkv ? g->bqkv + HqD + HkvD : NULL, dv.v, a->ln1, w->wqkv + (size_t)(HqD + HkvD) * C,
-           N, C, HkvD, 1);
+        /* a frozen base (LoRA) has no gradient buffers: NULL stays NULL */
+        float *gk = g->wqkv ? g->wqkv + (size_t)HqD * C : NULL;
+        float *gv = g->wqkv ? g->wqkv + (size_t)(HqD + HkvD) * C : NULL;
+        OP(matmul_backward, r->dln, gk, g->bqkv ? g->bqkv + HqD : NULL, dkpre, a->ln1,
+           w->wqkv + (size_t)HqD * C, N, C, HkvD, 1);
+        OP(matmul_backward, r->dln, gv, g->bqkv ? g->bqkv + HqD + HkvD : NULL, dv.v, a->ln1,
+           w->wqkv + (size_t)(HqD + HkvD) * C, N, C, HkvD, 1);
+        LORA_BWD(MODEL_LORA_Q, a->ln1, dqpre, HqD, r->dln);
+        LORA_BWD(MODEL_LORA_K, a->ln1, dkpre, HkvD, r->dln);
+        LORA_BWD(MODEL_LORA_V, a->ln1, dv.v, HkvD, r->dln);
     }
     OP(rmsnorm_backward, r->dres, C, g->ln1, r->dln, res_in, w->ln1, a->rstd1, N, C);
     return 0;
@@ -819,9 +887,26 @@ int model_forward(model *m, const model_batch *b, float inv_temp, float *logp_ou
     return 0;
 }
 
+/* What training updates: the whole model, or (an adapter attached) the adapter alone. */
+typedef struct trainable {
+    float *params, *grads, **adam_m, **adam_v;
+    size_t n, n_decay; /* the first n_decay floats are matrices (weight decay applies) */
+    int *adam_t;
+} trainable;
+
+static trainable trainable_of(model *m) {
+    if (m->lora)
+        return (trainable){m->lora->params,  m->lora->grads,      &m->lora->adam_m,
+                           &m->lora->adam_v, m->lora->num_params, m->lora->num_params,
+                           &m->lora->adam_t};
+    return (trainable){m->params,     m->grads,     &m->adam_m, &m->adam_v,
+                       m->num_params, m->num_decay, &m->adam_t};
+}
+
 int model_zero_grad(model *m, chord_err *err) {
     if (ensure_grads(m, err) != 0) return -1;
-    OP(zero, m->grads, m->num_params * sizeof(float));
+    trainable tr = trainable_of(m);
+    OP(zero, tr.grads, tr.n * sizeof(float));
     return 0;
 }
 
@@ -850,7 +935,7 @@ int model_backward(model *m, const float *dlogp, const float *dentropy, chord_er
     for (int l = L - 1; l >= 0; l--)
         if (layer_backward(m, l, &r->layers[l], r->res + (size_t)l * N * C, r, err) != 0)
             return chord_err_prefix(err, "layer %d backward", l);
-    OP(embedding_backward, m->g.wte, r->dres, r->tokens, N, C, V);
+    if (m->g.wte) OP(embedding_backward, m->g.wte, r->dres, r->tokens, N, C, V);
     return 0;
 }
 
@@ -872,6 +957,9 @@ int model_read_params(const model *m, float *host, chord_err *err) {
 }
 
 int model_read_grads(const model *m, float *host, chord_err *err) {
+    if (m->lora)
+        return chord_err_set(err, "model_read_grads: the base is frozen under a LoRA adapter "
+                                  "(model_lora_read_grads)");
     if (!m->grads) return chord_err_set(err, "model_read_grads: no gradients yet");
     OP(to_host, host, m->grads, m->num_params * sizeof(float));
     return 0;
@@ -879,8 +967,9 @@ int model_read_grads(const model *m, float *host, chord_err *err) {
 
 int model_grad_norm(model *m, double *norm_out, chord_err *err) {
     if (ensure_grads(m, err) != 0) return -1;
+    trainable tr = trainable_of(m);
     double ss = 0.0;
-    OP(sum_squares, &ss, m->grads, m->num_params);
+    OP(sum_squares, &ss, tr.grads, tr.n);
     *norm_out = sqrt(ss);
     return 0;
 }
@@ -892,12 +981,13 @@ int model_adamw_step(model *m, float lr, float beta1, float beta2, float eps, fl
     if (grad_norm_out) *grad_norm_out = norm;
     if (!isfinite(norm))
         return chord_err_set(err, "model_adamw_step: gradient norm is %g; step skipped", norm);
-    if (!m->adam_m) m->adam_m = ops_alloc(m->ops, m->num_params * sizeof(float));
-    if (m->adam_m && !m->adam_v) m->adam_v = ops_alloc(m->ops, m->num_params * sizeof(float));
-    if (!m->adam_v)
+    trainable tr = trainable_of(m);
+    if (!*tr.adam_m) *tr.adam_m = ops_alloc(m->ops, tr.n * sizeof(float));
+    if (*tr.adam_m && !*tr.adam_v) *tr.adam_v = ops_alloc(m->ops, tr.n * sizeof(float));
+    if (!*tr.adam_v)
         return chord_err_setc(err, CHORD_E_TOO_LARGE,
                               "model: cannot allocate AdamW moments (2 x %zu bytes): %s",
-                              m->num_params * sizeof(float), ops_last_error(m->ops));
+                              tr.n * sizeof(float), ops_last_error(m->ops));
     /* torch.nn.utils.clip_grad_norm_: coef = max_norm / (norm + 1e-6), clamped to 1 */
     float scale = 1.0f;
     if (grad_clip > 0.0f) {
@@ -906,13 +996,14 @@ int model_adamw_step(model *m, float lr, float beta1, float beta2, float eps, fl
     }
     /* the step counter advances only with an update that happened (a failed one is not a step:
      * bias correction and a resumed run's schedule count from it) */
-    const int t = m->adam_t + 1;
-    OP(adamw_update, m->params, m->grads, m->adam_m, m->adam_v, m->num_decay, lr, beta1, beta2, eps,
-       weight_decay, t, scale);
-    OP(adamw_update, m->params + m->num_decay, m->grads + m->num_decay, m->adam_m + m->num_decay,
-       m->adam_v + m->num_decay, m->num_params - m->num_decay, lr, beta1, beta2, eps, 0.0f, t,
-       scale);
-    m->adam_t = t;
+    const int t = *tr.adam_t + 1;
+    float *am = *tr.adam_m, *av = *tr.adam_v;
+    OP(adamw_update, tr.params, tr.grads, am, av, tr.n_decay, lr, beta1, beta2, eps, weight_decay,
+       t, scale);
+    if (tr.n > tr.n_decay)
+        OP(adamw_update, tr.params + tr.n_decay, tr.grads + tr.n_decay, am + tr.n_decay,
+           av + tr.n_decay, tr.n - tr.n_decay, lr, beta1, beta2, eps, 0.0f, t, scale);
+    *tr.adam_t = t;
     return 0;
 }
 

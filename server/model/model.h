@@ -57,6 +57,7 @@ typedef struct model_tensor {
 } model_tensor;
 
 typedef struct model_run model_run; /* activations (model.c) */
+typedef struct model_lora model_lora; /* an attached LoRA adapter (model_lora.c) */
 
 typedef struct model {
     model_config cfg;
@@ -74,6 +75,7 @@ typedef struct model {
     float *inv_freq;            /* (D/2) device */
     size_t logits_budget_bytes; /* max bytes of one logits chunk (rows x V floats) */
     model_run *run;
+    model_lora *lora; /* attached adapter: the base is frozen, training updates the adapter */
 } model;
 
 /* A packed batch: S sequences in N rows; every array is host memory, copied in by the call.
@@ -145,6 +147,46 @@ int model_adamw_step(model *m, float lr, float beta1, float beta2, float eps, fl
  * checks the sizes against this model. Saving before any step writes zero moments. */
 int model_save_optimizer(const model *m, const char *path, chord_err *err);
 int model_load_optimizer(model *m, const char *path, chord_err *err);
+
+/* ---- LoRA (Hu et al. 2021, as PEFT implements it) ----
+ * An adapter adds (alpha / rank) · B A x to each target projection W x: A (rank, in) and
+ * B (out, rank) per layer and target. With one attached, every forward (training, prefill,
+ * decode) runs base + adapter without merging; the base is frozen — no gradients or AdamW
+ * moments exist for it — and model_zero_grad / model_backward / model_grad_norm /
+ * model_adamw_step act on the adapter's own flat buffers (every A and B is a matrix: weight
+ * decay applies to all). model_read_grads refuses (the base has none): read the adapter's. */
+
+typedef enum model_lora_target {
+    MODEL_LORA_Q,
+    MODEL_LORA_K,
+    MODEL_LORA_V,
+    MODEL_LORA_O,
+    MODEL_LORA_GATE,
+    MODEL_LORA_UP,
+    MODEL_LORA_DOWN,
+    MODEL_LORA_N_TARGETS
+} model_lora_target;
+
+/* PEFT's module names, by target: q_proj k_proj v_proj o_proj gate_proj up_proj down_proj */
+extern const char *const model_lora_target_names[MODEL_LORA_N_TARGETS];
+
+typedef struct model_lora_config {
+    int rank;          /* r >= 1 */
+    double alpha;      /* lora_alpha > 0; the scale is alpha / rank */
+    unsigned targets;  /* bit (1u << target) for each adapted projection; not 0 */
+} model_lora_config;
+
+/* Attaches a fresh adapter: A from PEFT's default (kaiming_uniform_, a = sqrt(5): uniform in
+ * ±1/sqrt(in)) with its own seeded RNG, B = 0 (so the model's output is the base's). Replaces
+ * nothing: fails when one is attached already. */
+int model_lora_attach(model *m, const model_lora_config *cfg, uint64_t seed, chord_err *err);
+/* The adapter's tensors under PEFT's names (base_model.model.model.layers.L.self_attn.q_proj.
+ * lora_A.weight, ...), in the flat buffers' order; NULL / 0 without an adapter. */
+const model_tensor *model_lora_tensors(const model *m, int *n_out, size_t *num_params_out);
+/* Host copies of the adapter's parameters / gradients (num_params floats), and the way in. */
+int model_lora_read_params(const model *m, float *host, chord_err *err);
+int model_lora_read_grads(const model *m, float *host, chord_err *err);
+int model_lora_write_params(model *m, const float *host, chord_err *err);
 
 /* ---- KV-cache decoding (rollouts) ---- */
 

@@ -172,6 +172,9 @@ done:
 }
 
 int model_save_optimizer(const model *m, const char *path, chord_err *err) {
+    if (m->lora)
+        return chord_err_set(err, "model_save_optimizer: the model trains a LoRA adapter; its "
+                                  "optimizer state is the adapter's (not written yet)");
     const size_t n = m->num_params;
     float *host = calloc(2 * n + 1, sizeof *host);
     st_writer *w = st_writer_new();
@@ -203,6 +206,9 @@ done:
 }
 
 int model_load_optimizer(model *m, const char *path, chord_err *err) {
+    if (m->lora)
+        return chord_err_set(err, "model_load_optimizer: the model trains a LoRA adapter; its "
+                                  "optimizer state is the adapter's (not read yet)");
     const size_t n = m->num_params;
     st_reader *rd = NULL;
     float *host = NULL;

@@ -532,6 +532,15 @@ static void t_elementwise(void) {
         CALL("sum_squares", sum_squares, &ss[side], F(ba), n);
     }
     cmp("add_inplace + scale_inplace", &ba, TOL_FP32);
+    /* axpy2d: 1000 rows of 37 columns, from a stride-53 view into a stride-41 one, copy then
+     * accumulate (LoRA's views into fused q/k/v and gate/up) */
+    dbuf by = dnewf(41000, a), bx = dnewf(53000, b);
+    for (int side = 0; side < 2; side++) {
+        CALL("axpy2d", axpy2d, F(by) + 3, 41, F(bx) + 5, 53, 1000, 37, 0.5f, 0);
+        CALL("axpy2d", axpy2d, F(by) + 2, 41, F(bx) + 7, 53, 1000, 37, -1.25f, 1);
+    }
+    cmp("axpy2d (strided copy, then accumulate)", &by, TOL_FP32);
+    dfree(&by), dfree(&bx);
     record("sum_squares (3M values, one read-back)", fabs(ss[1] - ss[0]) / ss[0], TOL_FP32,
            "cpu %.9g cuda %.9g", ss[0], ss[1]);
     dfree(&ba), dfree(&bb);

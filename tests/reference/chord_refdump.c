@@ -11,7 +11,11 @@
  *   begin with the same p tokens), the batch again with each group's prompt run once
  *   (model_batch.seg_parent) and the mean NLL over every target but those inside a shared
  *   prompt: shared.loss (1), shared.logp (its targets, in sequence order) and shared.grad.<hf
- *   name> — the reference computes that loss on the unshared sequences.
+ *   name> — the reference computes that loss on the unshared sequences;
+ *   with "lora" {"rank", "alpha", "targets": ["q_proj", ...], "seed"} instead of all that: a
+ *   LoRA adapter attached (B set to small nonzero values so every tensor matters), and
+ *   lora.logits (N,V), lora.loss (1), lora.param.<PEFT name> and lora.grad.<PEFT name> of the
+ *   batch's mean NLL, then (with "adamw") lora.adamw.<PEFT name> after `steps` AdamW steps.
  * usage: chord_refdump --model DIR --batch batch.json --out out.safetensors [--threads N]
  * batch.json: {"sequences": [[ids], ...], "prefix": [p, ...], "logits_budget_bytes": B,
  *              "adamw": {"steps": 2, "lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-6,
@@ -19,6 +23,7 @@
  *              "shared_prompts": [{"first": 0, "count": 3, "prompt_len": 9}]}
  * It checks nothing itself: the comparison is the Python side's. */
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -135,6 +140,87 @@ static int shared_pass(model *m, json_t *groups, const int32_t *tokens, const in
     return n_targets;
 }
 
+/* The "lora" mode: see the header. Writes out_path itself. */
+static void lora_dump(model *m, json_t *lj, json_t *adamw, const model_batch *b, const char *out) {
+    chord_err err = {0};
+    model_lora_config lc = {.rank = (int)json_integer_value(json_object_get(lj, "rank")),
+                            .alpha = num(lj, "alpha", 0.0)};
+    json_t *targets = json_object_get(lj, "targets");
+    for (size_t i = 0; i < json_array_size(targets); i++) {
+        const char *t = json_string_value(json_array_get(targets, i));
+        int k = 0;
+        while (k < MODEL_LORA_N_TARGETS && (!t || strcmp(t, model_lora_target_names[k]) != 0))
+            k++;
+        if (k == MODEL_LORA_N_TARGETS) die("lora: unknown target");
+        lc.targets |= 1u << k;
+    }
+    CHECK(model_lora_attach(m, &lc, (uint64_t)num(lj, "seed", 1), &err));
+    int nt = 0;
+    size_t np = 0;
+    const model_tensor *lt = model_lora_tensors(m, &nt, &np);
+    float *p = xcalloc(np, sizeof *p), *g = xcalloc(np, sizeof *g);
+    CHECK(model_lora_read_params(m, p, &err));
+    for (int i = 0; i < nt; i++) /* B = 0 would hide every A gradient */
+        if (strstr(lt[i].name, ".lora_B."))
+            for (size_t j = 0; j < lt[i].numel; j++)
+                p[lt[i].offset + j] = 0.05f * sinf(0.37f * (float)j + (float)i);
+    CHECK(model_lora_write_params(m, p, &err));
+    const int N = b->N, V = m->cfg.vocab_size;
+    int n_targets = 0;
+    for (int n = 0; n < N; n++)
+        n_targets += b->targets[n] >= 0;
+    float *logits = xcalloc((size_t)N * V, sizeof *logits),
+          *logp = xcalloc((size_t)N, sizeof *logp);
+    float *dlogp = xcalloc((size_t)N, sizeof *dlogp);
+    for (int n = 0; n < N; n++)
+        dlogp[n] = b->targets[n] >= 0 ? -1.0f / (float)n_targets : 0.0f;
+    CHECK(model_forward(m, b, 1.0f, logp, NULL, &err));
+    CHECK(model_read_logits(m, logits, &err));
+    double sum = 0.0;
+    for (int n = 0; n < N; n++)
+        sum -= b->targets[n] >= 0 ? logp[n] : 0.0f;
+    float loss = (float)(sum / n_targets);
+    CHECK(model_zero_grad(m, &err));
+    CHECK(model_backward(m, dlogp, NULL, &err));
+    CHECK(model_lora_read_grads(m, g, &err));
+    float *after = NULL;
+    if (adamw) {
+        int steps = (int)json_integer_value(json_object_get(adamw, "steps"));
+        for (int k = 0; k < steps; k++) {
+            CHECK(model_zero_grad(m, &err));
+            CHECK(model_forward(m, b, 1.0f, NULL, NULL, &err));
+            CHECK(model_backward(m, dlogp, NULL, &err));
+            CHECK(
+                model_adamw_step(m, (float)num(adamw, "lr", 1e-3), (float)num(adamw, "beta1", 0.9),
+                                 (float)num(adamw, "beta2", 0.999), (float)num(adamw, "eps", 1e-8),
+                                 (float)num(adamw, "weight_decay", 0.0),
+                                 (float)num(adamw, "grad_clip", 0.0), NULL, &err));
+        }
+        after = xcalloc(np, sizeof *after);
+        CHECK(model_lora_read_params(m, after, &err));
+    }
+    st_writer *w = st_writer_new();
+    int64_t shp[2] = {N, V};
+    char name[200];
+    CHECK(st_writer_add(w, "lora.logits", logits, shp, 2, ST_F32, &err));
+    shp[0] = 1;
+    CHECK(st_writer_add(w, "lora.loss", &loss, shp, 1, ST_F32, &err));
+    for (int i = 0; i < nt; i++) {
+        const model_tensor *t = &lt[i];
+        snprintf(name, sizeof name, "lora.param.%s", t->name);
+        CHECK(st_writer_add(w, name, p + t->offset, t->shape, t->ndim, ST_F32, &err));
+        snprintf(name, sizeof name, "lora.grad.%s", t->name);
+        CHECK(st_writer_add(w, name, g + t->offset, t->shape, t->ndim, ST_F32, &err));
+        if (after) {
+            snprintf(name, sizeof name, "lora.adamw.%s", t->name);
+            CHECK(st_writer_add(w, name, after + t->offset, t->shape, t->ndim, ST_F32, &err));
+        }
+    }
+    CHECK(st_writer_save(w, out, &err));
+    st_writer_free(w);
+    free(p), free(g), free(after), free(logits), free(logp), free(dlogp);
+}
+
 int main(int argc, char **argv) {
     const char *model_dir = NULL, *batch_path = NULL, *out_path = NULL;
     int threads = 0;
@@ -196,6 +282,15 @@ int main(int argc, char **argv) {
     cu[S] = N;
     model_batch b = {
         .N = N, .S = S, .tokens = tokens, .positions = pos, .cu_seqlens = cu, .targets = targets};
+    json_t *lora = json_object_get(batch, "lora");
+    if (lora) { /* its own mode: the adapter's checks only */
+        lora_dump(m, lora, json_object_get(batch, "adamw"), &b, out_path);
+        free(tokens), free(pos), free(targets), free(cu);
+        json_decref(batch);
+        model_free(m);
+        ops_close(ops);
+        return 0;
+    }
 
     float *logits = xcalloc((size_t)N * V, sizeof *logits);
     float *logp = xcalloc((size_t)N, sizeof *logp), *entropy = xcalloc((size_t)N, sizeof *entropy);

@@ -22,6 +22,7 @@ relative error = max|chord - torch| / max|torch|, per tensor.
 usage: model_reference.py --refdump PATH --chordd PATH [--keep DIR] [--only NAME]
 """
 import argparse
+import copy
 import json
 import os
 import subprocess
@@ -31,6 +32,7 @@ import time
 
 import numpy as np
 import torch
+from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 from safetensors.numpy import load_file
 from safetensors.torch import load_file as load_torch_file
 from transformers import (LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM,
@@ -46,6 +48,9 @@ ARCH = {
 # Odd sizes on purpose: hidden 48 with head_dim 12, intermediate 100, vocab 257 ...
 CONFIGS = [
     dict(name="qwen2_gqa_qkvbias_tied", arch="qwen2", shared=True,
+         lora=dict(rank=4, alpha=8.0, seed=3,
+                   targets=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                            "down_proj"]),
          cfg=dict(vocab_size=257, hidden_size=48, intermediate_size=100, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, head_dim=12,
                   tie_word_embeddings=True, rope_theta=10000.0)),
@@ -59,6 +64,8 @@ CONFIGS = [
                   num_attention_heads=4, num_key_value_heads=4, head_dim=16,
                   tie_word_embeddings=False, rope_theta=10000.0, rms_norm_eps=1e-5)),
     dict(name="llama_gqa_attnbias_mlpbias_tied_llama3rope", arch="llama", shared=True,
+         lora=dict(rank=8, alpha=16.0, seed=5, targets=["k_proj", "gate_proj", "up_proj",
+                                                         "down_proj"]),
          cfg=dict(vocab_size=250, hidden_size=48, intermediate_size=100, num_hidden_layers=2,
                   num_attention_heads=6, num_key_value_heads=2, head_dim=8,
                   tie_word_embeddings=True, attention_bias=True, mlp_bias=True,
@@ -67,6 +74,7 @@ CONFIGS = [
                                 "high_freq_factor": 4.0, "original_max_position_embeddings": 16},
                   rope_theta=500000.0)),
     dict(name="qwen3_qknorm_gqa_untied", arch="qwen3", shared=True,
+         lora=dict(rank=2, alpha=3.0, seed=7, targets=["q_proj", "v_proj", "o_proj"]),
          cfg=dict(vocab_size=257, hidden_size=48, intermediate_size=100, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, head_dim=12,
                   tie_word_embeddings=False, rope_theta=1000000.0)),
@@ -291,6 +299,68 @@ def compare_adamw(name, model, seqs, hp, d):
     return out
 
 
+def compare_lora(args, name, model, model_dir, work, seqs, spec):
+    """A LoRA adapter (model_lora_attach) against peft's LoraConfig on the same base: chord's
+    adapter weights set into the peft model, then the logits, the mean NLL, every adapter gradient
+    and two AdamW steps over the adapter alone (clip, decay on every A and B, as the HF Trainer
+    decays LoRA weights)."""
+    lc = spec["lora"]
+    hp = {"steps": 2, "lr": 1e-2, "beta1": 0.9, "beta2": 0.95, "eps": 1e-6, "weight_decay": 0.1,
+          "grad_clip": 0.5}
+    d = refdump(args, model_dir, {"sequences": seqs, "prefix": [len(x) for x in seqs],
+                                  "lora": lc, "adamw": hp}, work)
+    pm = get_peft_model(copy.deepcopy(model), LoraConfig(
+        r=lc["rank"], lora_alpha=lc["alpha"], target_modules=lc["targets"], lora_dropout=0.0,
+        bias="none"))
+    chord_params = {k[len("lora.param."):]: torch.tensor(v) for k, v in d.items()
+                    if k.startswith("lora.param.")}
+    res = set_peft_model_state_dict(pm, chord_params)
+    if res.unexpected_keys:
+        failures.append(f"{name}: peft does not know chord's adapter tensors "
+                        f"{res.unexpected_keys[:3]}")
+    trainable = {k.replace(".default", ""): p for k, p in pm.named_parameters() if p.requires_grad}
+    if set(trainable) != set(chord_params):
+        failures.append(f"{name}: adapter tensors differ: chord-only "
+                        f"{sorted(set(chord_params) - set(trainable))[:3]}, peft-only "
+                        f"{sorted(set(trainable) - set(chord_params))[:3]}")
+    tg = torch.tensor(targets_of(seqs))
+    mask = tg >= 0
+
+    def loss_of():
+        logits = hf_forward(pm, seqs)
+        lp = torch.log_softmax(logits, -1)
+        return logits, -lp.gather(1, tg.clamp(min=0)[:, None])[:, 0][mask].mean()
+
+    logits, loss = loss_of()
+    loss.backward()
+    out = {"lora logits": check(f"{name}: lora logits", d["lora.logits"],
+                                logits.detach().numpy(), TOL_LOGITS)[0],
+           "lora loss": check(f"{name}: lora loss", d["lora.loss"],
+                              loss.detach().numpy().reshape(1), TOL_GRAD)[0]}
+    worst = 0.0
+    for k, p in trainable.items():
+        if "lora.grad." + k in d:
+            worst = max(worst, check(f"{name}: lora grad {k}", d["lora.grad." + k],
+                                     p.grad.numpy(), TOL_GRAD)[0])
+    out["lora grad(worst)"] = worst
+    before = {k: p.detach().clone() for k, p in trainable.items()}
+    opt = torch.optim.AdamW(list(trainable.values()), lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]),
+                            eps=hp["eps"], weight_decay=hp["weight_decay"])
+    for _ in range(hp["steps"]):
+        opt.zero_grad(set_to_none=True)
+        loss_of()[1].backward()
+        torch.nn.utils.clip_grad_norm_(list(trainable.values()), hp["grad_clip"])
+        opt.step()
+    worst = 0.0
+    for k, p in trainable.items():
+        if "lora.adamw." + k in d:
+            delta_t = (p.detach() - before[k]).numpy()
+            delta_c = d["lora.adamw." + k] - before[k].numpy()
+            worst = max(worst, check(f"{name}: lora adamw update {k}", delta_c, delta_t, 5e-3)[0])
+    out["lora adamw update(worst)"] = worst
+    return out
+
+
 def check_init_stats(name, path, spec_cfg):
     """chordd init-model follows HF's init: normal(0, initializer_range), zero biases, unit
     norms (checked on the saved tensors, whatever the RNG)."""
@@ -399,6 +469,9 @@ def main():
                               "weight_decay": 0.1, "grad_clip": 0.5}
         summary.append((spec["name"], compare_model(args, spec["name"], model, mdir, work, seqs,
                                                     prefix, extra)))
+        if spec.get("lora"):
+            summary.append((spec["name"] + f" (LoRA r={spec['lora']['rank']})",
+                            compare_lora(args, spec["name"], model, mdir, work, seqs, spec)))
         if spec.get("shared"):
             summary.append((spec["name"] + " (shared prompts)",
                             compare_shared(args, spec["name"], model, mdir, work,

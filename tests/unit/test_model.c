@@ -589,6 +589,113 @@ static void test_shared_prefix_bad_parents(void **state) {
     }
 }
 
+/* ---- LoRA (model_lora_attach) ----
+ * The numbers against peft are tests/reference/model_reference.py's; here the contracts around
+ * them: a fresh adapter changes nothing (B = 0) and draws A within PEFT's bound; the base stays
+ * frozen through a step while the adapter moves; the KV-cache decode with the adapter equals the
+ * training forward (rollouts sample base + adapter without merging); bad configs are refused. */
+static void test_lora_contracts(void **state) {
+    fixture *f = *state;
+    f->m = make_model(f->ops, 1, 0, 9);
+    model *m = f->m;
+    chord_err err = {0};
+    const int V = m->cfg.vocab_size, N = 8;
+    float *base_logits = malloc((size_t)N * V * sizeof(float));
+    float *logits = malloc((size_t)N * V * sizeof(float));
+    model_batch b = {
+        .N = N, .S = 2, .tokens = TOK, .positions = POS, .cu_seqlens = CU, .targets = TGT};
+    assert_int_equal(model_forward(m, &b, 1.0f, NULL, NULL, &err), 0);
+    assert_int_equal(model_read_logits(m, base_logits, &err), 0);
+
+    model_lora_config bad = {.rank = 0, .alpha = 8, .targets = 1u << MODEL_LORA_Q};
+    assert_int_equal(model_lora_attach(m, &bad, 1, &err), -1);
+    bad = (model_lora_config){.rank = 2, .alpha = 8, .targets = 1u << MODEL_LORA_N_TARGETS};
+    assert_int_equal(model_lora_attach(m, &bad, 1, &err), -1);
+    assert_null(m->lora);
+
+    model_lora_config lc = {.rank = 3,
+                            .alpha = 6.0,
+                            .targets = (1u << MODEL_LORA_Q) | (1u << MODEL_LORA_V) |
+                                       (1u << MODEL_LORA_O) | (1u << MODEL_LORA_DOWN)};
+    assert_int_equal(model_lora_attach(m, &lc, 5, &err), 0);
+    assert_int_equal(model_lora_attach(m, &lc, 5, &err), -1); /* one at a time */
+    int nt = 0;
+    size_t np = 0;
+    const model_tensor *lt = model_lora_tensors(m, &nt, &np);
+    assert_int_equal(nt, 2 * 4 * m->cfg.num_hidden_layers);
+    assert_string_equal(lt[0].name,
+                        "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight");
+    float *p = malloc(np * sizeof *p), *p2 = malloc(np * sizeof *p2);
+    assert_int_equal(model_lora_read_params(m, p, &err), 0);
+    int a_nonzero = 0;
+    for (int i = 0; i < nt; i++) {
+        int is_b = strstr(lt[i].name, ".lora_B.") != NULL;
+        float bound = 1.0f / sqrtf((float)lt[i].shape[1]);
+        for (size_t j = 0; j < lt[i].numel; j++) {
+            float v = p[lt[i].offset + j];
+            if (is_b)
+                assert_true(v == 0.0f);
+            else
+                assert_true(fabsf(v) <= bound);
+            a_nonzero += !is_b && v != 0.0f;
+        }
+    }
+    assert_true(a_nonzero > 0);
+    assert_int_equal(model_forward(m, &b, 1.0f, NULL, NULL, &err), 0);
+    assert_int_equal(model_read_logits(m, logits, &err), 0);
+    for (int i = 0; i < N * V; i++) /* B = 0: the base's output exactly */
+        assert_true(logits[i] == base_logits[i]);
+
+    /* one step: the adapter moves, the base does not */
+    float *base0 = malloc(m->num_params * sizeof *base0),
+          *base1 = malloc(m->num_params * sizeof *base1);
+    assert_int_equal(model_read_params(m, base0, &err), 0);
+    assert_int_equal(model_zero_grad(m, &err), 0);
+    assert_int_equal(model_forward(m, &b, 1.0f, NULL, NULL, &err), 0);
+    assert_int_equal(model_backward(m, W_LOGP, W_ENT, &err), 0);
+    float *scratch = malloc(m->num_params * sizeof *scratch);
+    expect_error(model_read_grads(m, scratch, &err), &err, "frozen");
+    free(scratch);
+    double gn = 0;
+    assert_int_equal(model_adamw_step(m, 1e-2f, 0.9f, 0.99f, 1e-8f, 0.0f, 0.0f, &gn, &err), 0);
+    assert_true(gn > 0);
+    assert_int_equal(model_read_params(m, base1, &err), 0);
+    assert_memory_equal(base0, base1, m->num_params * sizeof *base0);
+    assert_int_equal(model_lora_read_params(m, p2, &err), 0);
+    /* B = 0 leaves A without a gradient at first (dA = s B^T dy x^T): B moves, A waits */
+    for (int i = 0; i < nt; i++) {
+        int is_b = strstr(lt[i].name, ".lora_B.") != NULL, moved = 0;
+        for (size_t j = 0; j < lt[i].numel; j++)
+            moved += p2[lt[i].offset + j] != p[lt[i].offset + j];
+        if (is_b ? moved < (int)lt[i].numel / 2 : moved != 0)
+            fail_msg("%s: %d of %zu entries moved", lt[i].name, moved, lt[i].numel);
+    }
+
+    /* the KV-cache path with the adapter: prefill 3 tokens of sequence 0, decode the next two */
+    assert_int_equal(model_forward(m, &b, 1.0f, NULL, NULL, &err), 0);
+    assert_int_equal(model_read_logits(m, logits, &err), 0);
+    model_kv_cache *kv = NULL;
+    assert_int_equal(model_kv_create(m, 1, 8, &kv, &err), 0);
+    const int32_t cu3[2] = {0, 3}, slot = 0;
+    const float *dl = NULL;
+    float row[64];
+    assert_true(V <= 64);
+    assert_int_equal(model_prefill(m, kv, TOK, cu3, 1, &slot, &dl, &err), 0);
+    for (int t = 2; t < 5; t++) {
+        if (t > 2) {
+            int32_t pos = t;
+            assert_int_equal(model_decode(m, kv, &TOK[t], &pos, &slot, 1, &dl, &err), 0);
+        }
+        assert_int_equal(ops_to_host(f->ops, row, dl, (size_t)V * sizeof(float)), 0);
+        for (int v = 0; v < V; v++)
+            if (fabsf(row[v] - logits[(size_t)t * V + v]) > 1e-4f * (1.0f + fabsf(row[v])))
+                fail_msg("position %d token %d: decode %.7g, forward %.7g", t, v, row[v],
+                         logits[(size_t)t * V + v]);
+    }
+    model_kv_free(kv);
+    free(base_logits), free(logits), free(p), free(p2), free(base0), free(base1);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_gradients_qwen2_tied, setup, teardown),
@@ -603,6 +710,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_shared_prefix_qwen2_tied, setup, teardown),
         cmocka_unit_test_setup_teardown(test_shared_prefix_qwen3_untied, setup, teardown),
         cmocka_unit_test_setup_teardown(test_shared_prefix_bad_parents, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lora_contracts, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
