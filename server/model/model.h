@@ -187,6 +187,17 @@ const model_tensor *model_lora_tensors(const model *m, int *n_out, size_t *num_p
 int model_lora_read_params(const model *m, float *host, chord_err *err);
 int model_lora_read_grads(const model *m, float *host, chord_err *err);
 int model_lora_write_params(model *m, const float *host, chord_err *err);
+/* A PEFT adapter directory: adapter_config.json (LORA, CAUSAL_LM, r, lora_alpha, target_modules,
+ * base_model_name_or_path = base_name, may be NULL) + adapter_model.safetensors (F32, PEFT's
+ * names), loadable with peft.PeftModel.from_pretrained onto the same base. */
+int model_lora_save(const model *m, const char *dir, const char *base_name, chord_err *err);
+/* Attaches the adapter of a PEFT directory (what model_lora_save writes, or PEFT's own LoRA
+ * without DoRA, rsLoRA, biases, extra trained modules or per-layer patterns: refused by name). */
+int model_lora_load(model *m, const char *dir, chord_err *err);
+/* A Hugging Face model directory with the adapter merged in (W + alpha/r · B A), as
+ * model_save writes one; the model in memory is unchanged. */
+int model_save_merged(const model *m, const char *dir, st_dtype dtype, size_t max_shard_bytes,
+                      chord_err *err);
 
 /* ---- KV-cache decoding (rollouts) ---- */
 

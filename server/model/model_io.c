@@ -11,6 +11,7 @@
 #include "server/base/fileutil.h"
 #include "server/base/rng.h"
 #include "server/model/model.h"
+#include "server/model/model_lora_internal.h"
 
 /* xoshiro256** seeded by splitmix64: small, fast, and the same stream on every machine. */
 typedef struct rng {
@@ -136,8 +137,9 @@ fail:
     return -1;
 }
 
-int model_save(const model *m, const char *dir, st_dtype dtype, size_t max_shard_bytes,
-               chord_err *err) {
+/* model_save's body, with merge: the adapter folded into the written weights. */
+static int save_params(const model *m, int merge, const char *dir, st_dtype dtype,
+                       size_t max_shard_bytes, chord_err *err) {
     const char *torch_dtype = dtype == ST_F32    ? "float32"
                               : dtype == ST_BF16 ? "bfloat16"
                               : dtype == ST_F16  ? "float16"
@@ -153,6 +155,7 @@ int model_save(const model *m, const char *dir, st_dtype dtype, size_t max_shard
         goto done;
     }
     if (model_read_params(m, host, err) != 0) goto done;
+    if (merge && model_lora_merge_into(m, host, err) != 0) goto done;
     for (int i = 0; i < m->n_tensors; i++) {
         const model_tensor *t = &m->tensors[i];
         if (st_writer_add(w, t->name, host + t->offset, t->shape, t->ndim, dtype, err) != 0)
@@ -171,11 +174,35 @@ done:
     return rc;
 }
 
-int model_save_optimizer(const model *m, const char *path, chord_err *err) {
+int model_save(const model *m, const char *dir, st_dtype dtype, size_t max_shard_bytes,
+               chord_err *err) {
+    return save_params(m, 0, dir, dtype, max_shard_bytes, err);
+}
+
+int model_save_merged(const model *m, const char *dir, st_dtype dtype, size_t max_shard_bytes,
+                      chord_err *err) {
+    if (!m->lora) return chord_err_set(err, "model_save_merged: the model has no adapter");
+    return save_params(m, 1, dir, dtype, max_shard_bytes, err);
+}
+
+/* The optimizer state of what trains: the model's, or (an adapter attached) the adapter's. */
+typedef struct opt_state {
+    size_t n;
+    float **adam_m, **adam_v;
+    int *adam_t;
+} opt_state;
+
+static opt_state opt_state_of(model *m) {
     if (m->lora)
-        return chord_err_set(err, "model_save_optimizer: the model trains a LoRA adapter; its "
-                                  "optimizer state is the adapter's (not written yet)");
-    const size_t n = m->num_params;
+        return (opt_state){m->lora->num_params, &m->lora->adam_m, &m->lora->adam_v,
+                           &m->lora->adam_t};
+    return (opt_state){m->num_params, &m->adam_m, &m->adam_v, &m->adam_t};
+}
+
+int model_save_optimizer(const model *m, const char *path, chord_err *err) {
+    opt_state os = opt_state_of((model *)m);
+    const size_t n = os.n;
+    const float *am = *os.adam_m, *av = *os.adam_v;
     float *host = calloc(2 * n + 1, sizeof *host);
     st_writer *w = st_writer_new();
     int rc = -1;
@@ -185,12 +212,12 @@ int model_save_optimizer(const model *m, const char *path, chord_err *err) {
         goto done;
     }
     ops_ctx *o = m->ops;
-    if (m->adam_m && (ops_to_host(o, host, m->adam_m, n * sizeof(float)) != 0 ||
-                      ops_to_host(o, host + n, m->adam_v, n * sizeof(float)) != 0)) {
+    if (am && (ops_to_host(o, host, am, n * sizeof(float)) != 0 ||
+               ops_to_host(o, host + n, av, n * sizeof(float)) != 0)) {
         chord_err_setc(err, CHORD_E_INTERNAL, "reading the moments: %s", ops_last_error(o));
         goto done;
     }
-    host[2 * n] = (float)m->adam_t;
+    host[2 * n] = (float)*os.adam_t;
     int64_t shape = (int64_t)n, one = 1;
     if (st_writer_add(w, "adam_m", host, &shape, 1, ST_F32, err) != 0 ||
         st_writer_add(w, "adam_v", host + n, &shape, 1, ST_F32, err) != 0 ||
@@ -206,10 +233,8 @@ done:
 }
 
 int model_load_optimizer(model *m, const char *path, chord_err *err) {
-    if (m->lora)
-        return chord_err_set(err, "model_load_optimizer: the model trains a LoRA adapter; its "
-                                  "optimizer state is the adapter's (not read yet)");
-    const size_t n = m->num_params;
+    opt_state os = opt_state_of(m);
+    const size_t n = os.n;
     st_reader *rd = NULL;
     float *host = NULL;
     int rc = -1;
@@ -231,19 +256,19 @@ int model_load_optimizer(model *m, const char *path, chord_err *err) {
         chord_err_set(err, "adam_t = %g is not a step count", (double)t);
         goto done;
     }
-    if (!m->adam_m) m->adam_m = ops_alloc(o, n * sizeof(float));
-    if (m->adam_m && !m->adam_v) m->adam_v = ops_alloc(o, n * sizeof(float));
-    if (!m->adam_v) {
+    if (!*os.adam_m) *os.adam_m = ops_alloc(o, n * sizeof(float));
+    if (*os.adam_m && !*os.adam_v) *os.adam_v = ops_alloc(o, n * sizeof(float));
+    if (!*os.adam_v) {
         chord_err_setc(err, CHORD_E_TOO_LARGE, "cannot allocate AdamW moments: %s",
                        ops_last_error(o));
         goto done;
     }
-    if (ops_to_device(o, m->adam_m, host, n * sizeof(float)) != 0 ||
-        ops_to_device(o, m->adam_v, host + n, n * sizeof(float)) != 0) {
+    if (ops_to_device(o, *os.adam_m, host, n * sizeof(float)) != 0 ||
+        ops_to_device(o, *os.adam_v, host + n, n * sizeof(float)) != 0) {
         chord_err_setc(err, CHORD_E_INTERNAL, "copying the moments: %s", ops_last_error(o));
         goto done;
     }
-    m->adam_t = (int)t;
+    *os.adam_t = (int)t;
     rc = 0;
 done:
     if (rc != 0) chord_err_prefix(err, "model_load_optimizer %s", path);

@@ -2,11 +2,14 @@
  * flat buffer (per layer, per adapted target: A (rank, in) then B (out, rank), named as PEFT
  * names them), PEFT's initialisation, host reads and writes, and the two passes model.c runs per
  * target: y += s · B A x forward, and the gradients of A, B and x backward. */
+#include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "server/base/fileutil.h"
+#include "server/base/json_field.h"
 #include "server/base/rng.h"
 #include "server/model/model_lora_internal.h"
 
@@ -214,4 +217,241 @@ int model_lora_backward(model *m, int l, model_lora_target t, const float *x, in
     OP(matmul_backward, du, g->B, NULL, tmp, u, p->B, N, r, out, 0); /* du = s dy B */
     OP(matmul_backward, dx, g->A, NULL, du, x, p->A, N, in, r, 1);   /* dx += du A */
     return 0;
+}
+
+/* ---- merge, PEFT files ---- */
+
+/* Where target t of layer l lives in the base's flat buffer: its matrix's first row (out rows of
+ * in floats each). */
+static size_t base_rows_offset(const model *m, int l, model_lora_target t) {
+    const model_layer_weights *w = &m->w.layers[l];
+    const model_config *c = &m->cfg;
+    const size_t C = (size_t)c->hidden_size, I = (size_t)c->intermediate_size;
+    const size_t HqD = (size_t)c->num_attention_heads * c->head_dim,
+                 HkvD = (size_t)c->num_key_value_heads * c->head_dim;
+    switch (t) {
+    case MODEL_LORA_Q:
+        return (size_t)(w->wqkv - m->params);
+    case MODEL_LORA_K:
+        return (size_t)(w->wqkv - m->params) + HqD * C;
+    case MODEL_LORA_V:
+        return (size_t)(w->wqkv - m->params) + (HqD + HkvD) * C;
+    case MODEL_LORA_O:
+        return (size_t)(w->wo - m->params);
+    case MODEL_LORA_GATE:
+        return (size_t)(w->wgu - m->params);
+    case MODEL_LORA_UP:
+        return (size_t)(w->wgu - m->params) + I * C;
+    default:
+        return (size_t)(w->wdown - m->params);
+    }
+}
+
+int model_lora_merge_into(const model *m, float *host, chord_err *err) {
+    const model_lora *a = m->lora;
+    float *p = malloc(a->num_params * sizeof *p);
+    if (!p) return oom(err);
+    if (model_lora_read_params(m, p, err) != 0) {
+        free(p);
+        return -1;
+    }
+    const int r = a->cfg.rank;
+    for (int l = 0; l < m->cfg.num_hidden_layers; l++)
+        for (int t = 0; t < MODEL_LORA_N_TARGETS; t++) {
+            const model_lora_pair *q = &a->w[l * MODEL_LORA_N_TARGETS + t];
+            if (!q->A) continue;
+            const float *A = p + (q->A - a->params), *B = p + (q->B - a->params);
+            const int in = a->in[t], out = a->out[t];
+            float *W = host + base_rows_offset(m, l, (model_lora_target)t);
+            for (int o = 0; o < out; o++)
+                for (int i = 0; i < in; i++) {
+                    double d = 0.0;
+                    for (int j = 0; j < r; j++)
+                        d += (double)B[(size_t)o * r + j] * A[(size_t)j * in + i];
+                    W[(size_t)o * in + i] += (float)(a->scale * d);
+                }
+        }
+    free(p);
+    return 0;
+}
+
+int model_lora_save(const model *m, const char *dir, const char *base_name, chord_err *err) {
+    const model_lora *a = m->lora;
+    if (!a) return chord_err_set(err, "lora: the model has no adapter to save");
+    if (chord_mkdirs(dir, err) != 0) return -1;
+    float *p = malloc(a->num_params * sizeof *p);
+    st_writer *w = st_writer_new();
+    json_t *cfg = json_object(), *mods = json_array();
+    char path[4096], *text = NULL;
+    int rc = -1;
+    if (!p || !w || !cfg || !mods) {
+        oom(err);
+        goto done;
+    }
+    if (model_lora_read_params(m, p, err) != 0) goto done;
+    for (int i = 0; i < a->n_tensors; i++) {
+        const model_tensor *t = &a->tensors[i];
+        if (st_writer_add(w, t->name, p + t->offset, t->shape, t->ndim, ST_F32, err) != 0)
+            goto done;
+    }
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
+    if (st_writer_metadata(w, "format", "pt", err) != 0 || st_writer_save(w, path, err) != 0)
+        goto done;
+    for (int k = 0; k < MODEL_LORA_N_TARGETS; k++)
+        if (a->cfg.targets & (1u << k))
+            json_array_append_new(mods, json_string(model_lora_target_names[k]));
+    int bad = json_object_set_new(cfg, "peft_type", json_string("LORA")) ||
+              json_object_set_new(cfg, "task_type", json_string("CAUSAL_LM")) ||
+              json_object_set_new(cfg, "r", json_integer(a->cfg.rank)) ||
+              json_object_set_new(cfg, "lora_alpha", json_real(a->cfg.alpha)) ||
+              json_object_set_new(cfg, "lora_dropout", json_real(0.0)) ||
+              json_object_set(cfg, "target_modules", mods) ||
+              json_object_set_new(cfg, "bias", json_string("none")) ||
+              json_object_set_new(cfg, "fan_in_fan_out", json_false()) ||
+              json_object_set_new(cfg, "inference_mode", json_true()) ||
+              json_object_set_new(cfg, "init_lora_weights", json_true()) ||
+              json_object_set_new(cfg, "use_rslora", json_false()) ||
+              json_object_set_new(cfg, "use_dora", json_false()) ||
+              json_object_set_new(cfg, "modules_to_save", json_null()) ||
+              json_object_set_new(cfg, "base_model_name_or_path",
+                                  base_name ? json_string(base_name) : json_null());
+    text = bad ? NULL : json_dumps(cfg, JSON_INDENT(2) | JSON_SORT_KEYS);
+    if (!text) {
+        oom(err);
+        goto done;
+    }
+    snprintf(path, sizeof path, "%s/adapter_config.json", dir);
+    if (chord_write_file_atomic(path, text, strlen(text), err) != 0) goto done;
+    rc = 0;
+done:
+    if (rc != 0) chord_err_prefix(err, "lora: saving %s", dir);
+    free(text);
+    json_decref(mods);
+    json_decref(cfg);
+    st_writer_free(w);
+    free(p);
+    return rc;
+}
+
+/* adapter_config.json -> cfg, refusing what chord does not run (by field). */
+static int read_peft_config(const char *path, model_lora_config *cfg, chord_err *err) {
+    char *text = NULL;
+    size_t len = 0;
+    if (chord_read_file(path, &text, &len, err) != 0) return -1;
+    json_error_t je;
+    json_t *doc = json_loadb(text, len, 0, &je);
+    free(text);
+    if (!json_is_object(doc)) {
+        json_decref(doc);
+        return chord_err_set(err, "%s: not a JSON object (line %d: %s)", path, je.line, je.text);
+    }
+    int rc = -1;
+    const char *peft_type = "LORA", *bias = "none";
+    int64_t rank = 0;
+    double alpha = 0.0;
+    int rslora = 0, dora = 0, fifo = 0;
+    json_t *mods = NULL;
+    if (chord_json_get_string(doc, "", "peft_type", 0, &peft_type, err) ||
+        chord_json_get_int(doc, "", "r", CHORD_JSON_REQUIRED, 1, 65536, &rank, err) ||
+        chord_json_get_number(doc, "", "lora_alpha", CHORD_JSON_REQUIRED | CHORD_JSON_LO_OPEN, 0.0,
+                              INFINITY, &alpha, err) ||
+        chord_json_get_string(doc, "", "bias", 0, &bias, err) ||
+        chord_json_get_bool(doc, "", "use_rslora", 0, &rslora, err) ||
+        chord_json_get_bool(doc, "", "use_dora", 0, &dora, err) ||
+        chord_json_get_bool(doc, "", "fan_in_fan_out", 0, &fifo, err))
+        goto done;
+    if (strcmp(peft_type, "LORA") != 0) {
+        chord_err_set(err, "peft_type: \"%s\" is not LORA", peft_type);
+        goto done;
+    }
+    if (strcmp(bias, "none") != 0 || rslora || dora || fifo) {
+        chord_err_set(err,
+                      "%s: chord runs plain LoRA (bias \"none\", no use_rslora, use_dora or "
+                      "fan_in_fan_out)",
+                      strcmp(bias, "none") != 0 ? "bias"
+                      : rslora                  ? "use_rslora"
+                      : dora                    ? "use_dora"
+                                                : "fan_in_fan_out");
+        goto done;
+    }
+    static const char *const unsupported[] = {"modules_to_save", "layers_to_transform",
+                                              "rank_pattern", "alpha_pattern", NULL};
+    for (int i = 0; unsupported[i]; i++) {
+        json_t *v = chord_json_field(doc, unsupported[i]);
+        if (v && !((json_is_array(v) && json_array_size(v) == 0) ||
+                   (json_is_object(v) && json_object_size(v) == 0))) {
+            chord_err_set(err, "%s: not supported by chord (plain LoRA on every layer)",
+                          unsupported[i]);
+            goto done;
+        }
+    }
+    if (chord_json_get_array(doc, "", "target_modules", CHORD_JSON_REQUIRED, &mods, err)) goto done;
+    cfg->rank = (int)rank;
+    cfg->alpha = alpha;
+    cfg->targets = 0;
+    for (size_t i = 0; i < json_array_size(mods); i++) {
+        const char *name = json_string_value(json_array_get(mods, i));
+        int k = 0;
+        while (k < MODEL_LORA_N_TARGETS && (!name || strcmp(name, model_lora_target_names[k])))
+            k++;
+        if (k == MODEL_LORA_N_TARGETS) {
+            chord_err_set(err,
+                          "target_modules[%zu]: \"%s\" is none of q_proj, k_proj, v_proj, "
+                          "o_proj, gate_proj, up_proj, down_proj",
+                          i, name ? name : "(not a string)");
+            goto done;
+        }
+        cfg->targets |= 1u << k;
+    }
+    if (!cfg->targets) {
+        chord_err_set(err, "target_modules: empty");
+        goto done;
+    }
+    rc = 0;
+done:
+    json_decref(doc);
+    return rc;
+}
+
+int model_lora_load(model *m, const char *dir, chord_err *err) {
+    char path[4096];
+    model_lora_config cfg;
+    snprintf(path, sizeof path, "%s/adapter_config.json", dir);
+    if (read_peft_config(path, &cfg, err) != 0) return chord_err_prefix(err, "%s", path);
+    if (model_lora_attach(m, &cfg, 0, err) != 0) return -1;
+    const model_lora *a = m->lora;
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
+    st_reader *rd = NULL;
+    float *p = malloc(a->num_params * sizeof *p);
+    int rc = -1;
+    if (!p) {
+        oom(err);
+        goto done;
+    }
+    if (st_open(path, &rd, err) != 0) goto done;
+    for (int i = 0; i < st_count(rd); i++) { /* every tensor of the file must be one of ours */
+        const char *name = st_get(rd, i)->name;
+        int found = 0;
+        for (int k = 0; k < a->n_tensors && !found; k++)
+            found = strcmp(a->tensors[k].name, name) == 0;
+        if (!found) {
+            chord_err_set(err, "tensor %s is not in the adapter adapter_config.json describes",
+                          name);
+            goto done;
+        }
+    }
+    for (int k = 0; k < a->n_tensors; k++) {
+        const model_tensor *t = &a->tensors[k];
+        if (st_read_f32(rd, t->name, p + t->offset, t->shape, t->ndim, err) != 0) goto done;
+    }
+    if (model_lora_write_params(m, p, err) != 0) goto done;
+    rc = 0;
+done:
+    if (rd) st_close(rd);
+    free(p);
+    if (rc != 0) {
+        chord_err_prefix(err, "%s", path);
+        model_lora_free(m);
+    }
+    return rc;
 }

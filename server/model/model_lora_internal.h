@@ -24,6 +24,8 @@ struct model_lora {
 };
 
 void model_lora_free(model *m);
+/* host (the base's num_params floats, model->tensors' layout) += scale · B A per adapted target */
+int model_lora_merge_into(const model *m, float *host, chord_err *err);
 int model_lora_ensure_grads(model *m, chord_err *err);
 /* y (N, ldy) += scale · (x (N, in) A^T) B^T; u (N, rank) keeps x A^T for the backward, tmp
  * (N, out) is scratch. Nothing when the target is not adapted. */

@@ -15,7 +15,10 @@
  *   with "lora" {"rank", "alpha", "targets": ["q_proj", ...], "seed"} instead of all that: a
  *   LoRA adapter attached (B set to small nonzero values so every tensor matters), and
  *   lora.logits (N,V), lora.loss (1), lora.param.<PEFT name> and lora.grad.<PEFT name> of the
- *   batch's mean NLL, then (with "adamw") lora.adamw.<PEFT name> after `steps` AdamW steps.
+ *   batch's mean NLL, then (with "adamw") lora.adamw.<PEFT name> after `steps` AdamW steps;
+ *   "save": DIR and "save_merged": DIR also write that adapter as a PEFT directory and the
+ *   merged model (model_lora_save, model_save_merged); with "load": DIR the adapter is read from
+ *   a PEFT directory instead (model_lora_load) and only lora.logits is written.
  * usage: chord_refdump --model DIR --batch batch.json --out out.safetensors [--threads N]
  * batch.json: {"sequences": [[ids], ...], "prefix": [p, ...], "logits_budget_bytes": B,
  *              "adamw": {"steps": 2, "lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-6,
@@ -154,17 +157,26 @@ static void lora_dump(model *m, json_t *lj, json_t *adamw, const model_batch *b,
         if (k == MODEL_LORA_N_TARGETS) die("lora: unknown target");
         lc.targets |= 1u << k;
     }
-    CHECK(model_lora_attach(m, &lc, (uint64_t)num(lj, "seed", 1), &err));
+    const char *load = json_string_value(json_object_get(lj, "load"));
+    if (load) {
+        CHECK(model_lora_load(m, load, &err));
+    } else {
+        CHECK(model_lora_attach(m, &lc, (uint64_t)num(lj, "seed", 1), &err));
+    }
     int nt = 0;
     size_t np = 0;
     const model_tensor *lt = model_lora_tensors(m, &nt, &np);
     float *p = xcalloc(np, sizeof *p), *g = xcalloc(np, sizeof *g);
     CHECK(model_lora_read_params(m, p, &err));
-    for (int i = 0; i < nt; i++) /* B = 0 would hide every A gradient */
+    for (int i = 0; !load && i < nt; i++) /* B = 0 would hide every A gradient */
         if (strstr(lt[i].name, ".lora_B."))
             for (size_t j = 0; j < lt[i].numel; j++)
                 p[lt[i].offset + j] = 0.05f * sinf(0.37f * (float)j + (float)i);
     CHECK(model_lora_write_params(m, p, &err));
+    const char *save = json_string_value(json_object_get(lj, "save"));
+    const char *merged = json_string_value(json_object_get(lj, "save_merged"));
+    if (save) CHECK(model_lora_save(m, save, NULL, &err));
+    if (merged) CHECK(model_save_merged(m, merged, ST_F32, 0, &err));
     const int N = b->N, V = m->cfg.vocab_size;
     int n_targets = 0;
     for (int n = 0; n < N; n++)
@@ -176,6 +188,15 @@ static void lora_dump(model *m, json_t *lj, json_t *adamw, const model_batch *b,
         dlogp[n] = b->targets[n] >= 0 ? -1.0f / (float)n_targets : 0.0f;
     CHECK(model_forward(m, b, 1.0f, logp, NULL, &err));
     CHECK(model_read_logits(m, logits, &err));
+    if (load) { /* the loaded adapter's logits only */
+        st_writer *w = st_writer_new();
+        int64_t shp[2] = {N, V};
+        CHECK(st_writer_add(w, "lora.logits", logits, shp, 2, ST_F32, &err));
+        CHECK(st_writer_save(w, out, &err));
+        st_writer_free(w);
+        free(p), free(g), free(logits), free(logp), free(dlogp);
+        return;
+    }
     double sum = 0.0;
     for (int n = 0; n < N; n++)
         sum -= b->targets[n] >= 0 ? logp[n] : 0.0f;

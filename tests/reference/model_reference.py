@@ -32,7 +32,7 @@ import time
 
 import numpy as np
 import torch
-from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
 from safetensors.numpy import load_file
 from safetensors.torch import load_file as load_torch_file
 from transformers import (LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM,
@@ -307,8 +307,10 @@ def compare_lora(args, name, model, model_dir, work, seqs, spec):
     lc = spec["lora"]
     hp = {"steps": 2, "lr": 1e-2, "beta1": 0.9, "beta2": 0.95, "eps": 1e-6, "weight_decay": 0.1,
           "grad_clip": 0.5}
+    adir, mdir = os.path.join(work, "lora_adapter"), os.path.join(work, "lora_merged")
     d = refdump(args, model_dir, {"sequences": seqs, "prefix": [len(x) for x in seqs],
-                                  "lora": lc, "adamw": hp}, work)
+                                  "lora": dict(lc, save=adir, save_merged=mdir), "adamw": hp},
+                work)
     pm = get_peft_model(copy.deepcopy(model), LoraConfig(
         r=lc["rank"], lora_alpha=lc["alpha"], target_modules=lc["targets"], lora_dropout=0.0,
         bias="none"))
@@ -358,6 +360,24 @@ def compare_lora(args, name, model, model_dir, work, seqs, spec):
             delta_c = d["lora.adamw." + k] - before[k].numpy()
             worst = max(worst, check(f"{name}: lora adamw update {k}", delta_c, delta_t, 5e-3)[0])
     out["lora adamw update(worst)"] = worst
+
+    # the exported adapter in peft, the merged model in transformers, peft's own files in chord
+    with torch.no_grad():
+        loaded = PeftModel.from_pretrained(copy.deepcopy(model), adir)
+        out["PEFT load of chord's adapter"] = check(
+            f"{name}: peft-loaded adapter logits", d["lora.logits"],
+            hf_forward(loaded, seqs).numpy(), TOL_LOGITS)[0]
+        merged = type(model).from_pretrained(mdir, dtype=torch.float32,
+                                             attn_implementation="eager")
+        out["merged export"] = check(f"{name}: merged model logits", d["lora.logits"],
+                                     hf_forward(merged, seqs).numpy(), TOL_LOGITS)[0]
+        pdir = os.path.join(work, "peft_saved")
+        loaded.save_pretrained(pdir)
+        d2 = refdump(args, model_dir, {"sequences": seqs, "prefix": [len(x) for x in seqs],
+                                       "lora": {"load": pdir}}, work)
+        out["chord load of PEFT's files"] = check(f"{name}: chord-loaded PEFT adapter logits",
+                                                  d2["lora.logits"], d["lora.logits"],
+                                                  TOL_LOGITS)[0]
     return out
 
 

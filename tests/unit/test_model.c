@@ -696,6 +696,67 @@ static void test_lora_contracts(void **state) {
     free(base_logits), free(logits), free(p), free(p2), free(base0), free(base1);
 }
 
+/* model_lora_save / model_lora_load: a round trip gives the same parameters; a PEFT directory
+ * chord cannot run as written is refused naming the field (DoRA, a regex-free but unknown
+ * target, modules_to_save) or the tensor it does not expect. */
+static void write_text(const char *path, const char *text) {
+    FILE *fp = fopen(path, "w");
+    assert_non_null(fp);
+    fputs(text, fp);
+    fclose(fp);
+}
+
+static void test_lora_files(void **state) {
+    fixture *f = *state;
+    f->m = make_model(f->ops, 0, 1, 4);
+    model *m = f->m;
+    chord_err err = {0};
+    char dir[] = "/tmp/chord_lora_XXXXXX", cfgp[256], cmd[512];
+    assert_non_null(mkdtemp(dir));
+    snprintf(cfgp, sizeof cfgp, "%s/adapter_config.json", dir);
+    model_lora_config lc = {
+        .rank = 2, .alpha = 4.0, .targets = (1u << MODEL_LORA_K) | (1u << MODEL_LORA_UP)};
+    assert_int_equal(model_lora_attach(m, &lc, 3, &err), 0);
+    size_t np = 0;
+    model_lora_tensors(m, NULL, &np);
+    float *p = malloc(np * sizeof *p), *q = malloc(np * sizeof *q);
+    for (size_t i = 0; i < np; i++)
+        p[i] = 0.01f * (float)(i % 17) - 0.08f;
+    assert_int_equal(model_lora_write_params(m, p, &err), 0);
+    assert_int_equal(model_lora_save(m, dir, "base", &err), 0);
+    model *m2 = make_model(f->ops, 0, 1, 4);
+    assert_int_equal(model_lora_load(m2, dir, &err), 0);
+    assert_int_equal(model_lora_read_params(m2, q, &err), 0);
+    assert_memory_equal(p, q, np * sizeof *p);
+    model_free(m2);
+
+    static const struct {
+        const char *config, *want;
+    } bad[] = {
+        {"{\"peft_type\": \"LORA\", \"r\": 2, \"lora_alpha\": 4, \"target_modules\": "
+         "[\"k_proj\", \"up_proj\"], \"use_dora\": true}",
+         "use_dora"},
+        {"{\"r\": 2, \"lora_alpha\": 4, \"target_modules\": [\"k_proj\", \"lm_head\"]}",
+         "target_modules[1]: \"lm_head\""},
+        {"{\"r\": 2, \"lora_alpha\": 4, \"target_modules\": [\"k_proj\", \"up_proj\"], "
+         "\"modules_to_save\": [\"lm_head\"]}",
+         "modules_to_save"},
+        {"{\"r\": 0, \"lora_alpha\": 4, \"target_modules\": [\"k_proj\"]}", "r: must be"},
+        /* the file holds up_proj tensors this config does not have */
+        {"{\"r\": 2, \"lora_alpha\": 4, \"target_modules\": [\"k_proj\"]}", "up_proj.lora_A"},
+    };
+    for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+        write_text(cfgp, bad[k].config);
+        m2 = make_model(f->ops, 0, 1, 4);
+        expect_error(model_lora_load(m2, dir, &err), &err, bad[k].want);
+        assert_null(m2->lora);
+        model_free(m2);
+    }
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    assert_int_equal(system(cmd), 0);
+    free(p), free(q);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_gradients_qwen2_tied, setup, teardown),
@@ -711,6 +772,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_shared_prefix_qwen3_untied, setup, teardown),
         cmocka_unit_test_setup_teardown(test_shared_prefix_bad_parents, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lora_contracts, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lora_files, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
