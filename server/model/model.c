@@ -914,6 +914,9 @@ int model_backward(model *m, const float *dlogp, const float *dentropy, chord_er
     model_run *r = m->run;
     if (!r || !r->has_forward) return chord_err_set(err, "model_backward: no forward to go back");
     if (!dlogp) return chord_err_set(err, "model_backward: dlogp is required");
+    if (m->lora && m->lora->disabled)
+        return chord_err_set(err, "model_backward: the adapter is disabled (the frozen base "
+                                  "alone has nothing to train)");
     if (ensure_grads(m, err) != 0) return -1;
     const model_config *c = &m->cfg;
     const int N = r->N, C = c->hidden_size, V = c->vocab_size, L = c->num_hidden_layers;

@@ -187,6 +187,12 @@ const model_tensor *model_lora_tensors(const model *m, int *n_out, size_t *num_p
 int model_lora_read_params(const model *m, float *host, chord_err *err);
 int model_lora_read_grads(const model *m, float *host, chord_err *err);
 int model_lora_write_params(model *m, const float *host, chord_err *err);
+/* Runs the adapter in every forward (on, the default) or the base alone (off: the frozen
+ * starting policy, e.g. the KL's reference, without a second copy of the weights). */
+int model_lora_set_enabled(model *m, int on, chord_err *err);
+/* The AdamW steps taken by what trains (the adapter when one is attached), and its size. */
+int model_adam_steps(const model *m);
+size_t model_trainable_params(const model *m);
 /* A PEFT adapter directory: adapter_config.json (LORA, CAUSAL_LM, r, lora_alpha, target_modules,
  * base_model_name_or_path = base_name, may be NULL) + adapter_model.safetensors (F32, PEFT's
  * names), loadable with peft.PeftModel.from_pretrained onto the same base. */

@@ -193,11 +193,25 @@ int model_lora_write_params(model *m, const float *host, chord_err *err) {
     return 0;
 }
 
+int model_lora_set_enabled(model *m, int on, chord_err *err) {
+    if (!m->lora) return chord_err_set(err, "lora: the model has no adapter");
+    m->lora->disabled = !on;
+    return 0;
+}
+
+int model_adam_steps(const model *m) {
+    return m->lora ? m->lora->adam_t : m->adam_t;
+}
+
+size_t model_trainable_params(const model *m) {
+    return m->lora ? m->lora->num_params : m->num_params;
+}
+
 int model_lora_forward(model *m, int l, model_lora_target t, const float *x, int N, float *y,
                        int ldy, float *u, float *tmp, chord_err *err) {
     const model_lora *a = m->lora;
     const model_lora_pair *p = &a->w[l * MODEL_LORA_N_TARGETS + t];
-    if (!p->A) return 0;
+    if (!p->A || a->disabled) return 0;
     const int r = a->cfg.rank, in = a->in[t], out = a->out[t];
     OP(matmul_forward, u, x, p->A, NULL, N, in, r);
     OP(matmul_forward, tmp, u, p->B, NULL, N, r, out);

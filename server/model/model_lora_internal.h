@@ -17,6 +17,7 @@ struct model_lora {
     size_t num_params; /* floats in each flat buffer; every one is a matrix entry (decayed) */
     float *params, *grads, *adam_m, *adam_v; /* device; grads and moments on first use */
     int adam_t;
+    int disabled; /* model_lora_set_enabled(0): forwards run the base alone */
     model_lora_pair *w, *g; /* (L x MODEL_LORA_N_TARGETS) into params / grads */
     model_tensor *tensors;  /* PEFT names */
     int n_tensors;

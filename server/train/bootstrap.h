@@ -10,7 +10,10 @@
  *   4. the chat template (trainer_chat_template) — then the caller's before_load hook (a
  *      device-memory check that needs the config and the tokenizer), before any weight is
  *      allocated;
- *   5. the weights: loaded from DIR, or created and initialised with init_seed;
+ *   5. the weights: loaded from DIR, or created and initialised with init_seed; a PEFT LoRA
+ *      directory (adapter_config.json, no config.json: a LoRA job's checkpoint) opens its base
+ *      (base_model_name_or_path, a model directory; config and tokenizer from there unless DIR
+ *      has a tokenizer.json) and attaches the adapter (model_lora_load);
  *   6. the stop tokens (trainer_stop_ids).
  *
  * Errors name the part: "model: ...", "model.init.config: ...", "tokenizer ...: ...", "the

@@ -14,6 +14,7 @@
 #include "server/base/fileutil.h"
 #include "server/base/json_field.h"
 #include "server/model/config.h"
+#include "server/model/model.h"
 #include "server/train/loss.h"
 #include "server/train/reward.h"
 
@@ -182,13 +183,13 @@ static int parse_model(const json_t *doc, job_config *cfg, int64_t *init_seed, i
                        chord_err *err) {
     static const char *const keys[] = {"path", "init", NULL};
     static const char *const init_keys[] = {"config", "seed", "tokenizer", NULL};
-    json_t *model = NULL;
-    if (chord_json_get_object(doc, "", "model", 0, &model, err)) return -1;
-    if (!model) return chord_err_set(err, "model: required ({\"path\": ...} or {\"init\": {...}})");
-    if (chord_json_check_keys(model, "model", keys, err)) return -1;
+    json_t *mdl = NULL;
+    if (chord_json_get_object(doc, "", "model", 0, &mdl, err)) return -1;
+    if (!mdl) return chord_err_set(err, "model: required ({\"path\": ...} or {\"init\": {...}})");
+    if (chord_json_check_keys(mdl, "model", keys, err)) return -1;
     json_t *init = NULL;
-    if (read_string(model, "model", "path", &cfg->model_path, err)) return -1;
-    if (chord_json_get_object(model, "model", "init", 0, &init, err)) return -1;
+    if (read_string(mdl, "model", "path", &cfg->model_path, err)) return -1;
+    if (chord_json_get_object(mdl, "model", "init", 0, &init, err)) return -1;
     if (cfg->model_path && init) return chord_err_set(err, "model: give path or init, not both");
     if (!cfg->model_path && !init) return chord_err_set(err, "model: needs path or init");
     if (!init) return 0;
@@ -293,24 +294,12 @@ static int parse_chord(const json_t *doc, job_config *cfg, int *has_sft_steps, c
 }
 
 static int parse_grpo(const json_t *doc, job_config *cfg, chord_err *err) {
-    static const char *const keys[] = {"group_size",
-                                       "prompts_per_step",
-                                       "clip_low",
-                                       "clip_high",
-                                       "dual_clip",
-                                       "kl_coef",
-                                       "kl_estimator",
-                                       "kl_in_reward",
-                                       "entropy_coef",
-                                       "loss_agg_mode",
-                                       "norm_adv_by_std",
-                                       "policy_loss",
-                                       "ratio_level",
-                                       "ppo_epochs",
-                                       "filter_groups",
-                                       "max_sample_batches",
-                                       "share_prompt",
-                                       NULL};
+    static const char *const keys[] = {"group_size",         "prompts_per_step", "clip_low",
+                                       "clip_high",          "dual_clip",        "kl_coef",
+                                       "kl_estimator",       "kl_in_reward",     "entropy_coef",
+                                       "loss_agg_mode",      "norm_adv_by_std",  "policy_loss",
+                                       "ratio_level",        "ppo_epochs",       "filter_groups",
+                                       "max_sample_batches", "share_prompt",     NULL};
     json_t *g = NULL;
     if (chord_json_get_object(doc, "", "grpo", 0, &g, err)) return -1;
     if (!g) return 0;
@@ -430,6 +419,61 @@ static int parse_optimizer(const json_t *doc, job_config *cfg, chord_err *err) {
     return 0;
 }
 
+/* "lora": PEFT's LoraConfig fields. Absent or null: full fine-tuning. */
+static int parse_lora(const json_t *doc, job_config *cfg, chord_err *err) {
+    static const char *const keys[] = {
+        "rank", "alpha", "dropout", "target_modules", "train_embeddings", NULL};
+    json_t *l = NULL, *mods = NULL;
+    if (chord_json_get_object(doc, "", "lora", 0, &l, err)) return -1;
+    if (!l) return 0;
+    if (chord_json_check_keys(l, "lora", keys, err)) return -1;
+    job_lora *lo = &cfg->lora;
+    lo->rank = 8;
+    lo->alpha = 8.0;
+    lo->targets = (1u << MODEL_LORA_Q) | (1u << MODEL_LORA_V); /* PEFT's for Llama / Qwen2 */
+    double dropout = 0.0;
+    int train_embeddings = 0;
+    if (chord_json_get_int(l, "lora", "rank", INT_FIELD, 1, 1024, &lo->rank, err) ||
+        chord_json_get_number(l, "lora", "alpha", CHORD_JSON_LO_OPEN, 0.0, 1e6, &lo->alpha, err) ||
+        chord_json_get_number(l, "lora", "dropout", CHORD_JSON_HI_OPEN, 0.0, 1.0, &dropout, err) ||
+        chord_json_get_bool(l, "lora", "train_embeddings", 0, &train_embeddings, err))
+        return -1;
+    if (dropout != 0.0)
+        return chord_err_set(err, "lora.dropout: only 0 is supported so far (chord does not drop "
+                                  "the adapter's input yet)");
+    if (train_embeddings)
+        return chord_err_set(err, "lora.train_embeddings: not supported yet (the adapters go on "
+                                  "the attention and MLP projections)");
+    json_t *tm = chord_json_field(l, "target_modules");
+    if (json_is_string(tm)) {
+        if (strcmp(json_string_value(tm), "all-linear") != 0)
+            return chord_err_set(err,
+                                 "lora.target_modules: \"%s\" is not \"all-linear\" or a "
+                                 "list of module names",
+                                 json_string_value(tm));
+        lo->targets = (1u << MODEL_LORA_N_TARGETS) - 1;
+        return 0;
+    }
+    if (chord_json_get_array(l, "lora", "target_modules", 0, &mods, err)) return -1;
+    if (!mods) return 0;
+    if (json_array_size(mods) == 0) return chord_err_set(err, "lora.target_modules: empty");
+    lo->targets = 0;
+    for (size_t i = 0; i < json_array_size(mods); i++) {
+        const char *name = json_string_value(json_array_get(mods, i));
+        int k = 0;
+        while (k < MODEL_LORA_N_TARGETS && (!name || strcmp(name, model_lora_target_names[k])))
+            k++;
+        if (k == MODEL_LORA_N_TARGETS)
+            return chord_err_set(err,
+                                 "lora.target_modules[%zu]: %s%s%s is none of q_proj, k_proj, "
+                                 "v_proj, o_proj, gate_proj, up_proj, down_proj",
+                                 i, name ? "\"" : "", name ? name : "not a string",
+                                 name ? "\"" : "");
+        lo->targets |= 1u << k;
+    }
+    return 0;
+}
+
 static int parse_eval(const json_t *doc, job_config *cfg, chord_err *err) {
     static const char *const keys[] = {"every", "k", "temperature", "max_new_tokens", NULL};
     json_t *e = NULL;
@@ -541,11 +585,25 @@ static int validate(job_config *cfg, int has_sft_steps, chord_err *err) {
 }
 
 int jobconfig_from_json(const json_t *doc, job_config *cfg, chord_err *err) {
-    static const char *const keys[] = {
-        "name",   "model",           "data",     "algorithm",        "chord",
-        "grpo",   "expert_per_step", "sampling", "optimizer",        "micro_batch_tokens",
-        "reward", "steps",           "seed",     "checkpoint_every", "keep_checkpoints",
-        "eval",   "device",          NULL};
+    static const char *const keys[] = {"name",
+                                       "model",
+                                       "data",
+                                       "algorithm",
+                                       "chord",
+                                       "grpo",
+                                       "expert_per_step",
+                                       "sampling",
+                                       "optimizer",
+                                       "micro_batch_tokens",
+                                       "reward",
+                                       "steps",
+                                       "seed",
+                                       "checkpoint_every",
+                                       "keep_checkpoints",
+                                       "eval",
+                                       "device",
+                                       "lora",
+                                       NULL};
     memset(cfg, 0, sizeof *cfg);
     if (!json_is_object(doc)) return chord_err_set(err, "job: must be a JSON object");
     if (chord_json_check_keys(doc, "", keys, err)) return -1;
@@ -578,6 +636,7 @@ int jobconfig_from_json(const json_t *doc, job_config *cfg, chord_err *err) {
     if (parse_sampling(doc, cfg, err)) goto fail;
     if (parse_optimizer(doc, cfg, err)) goto fail;
     if (read_int(doc, "", "micro_batch_tokens", &cfg->micro_batch_tokens, err)) goto fail;
+    if (parse_lora(doc, cfg, err)) goto fail;
     json_t *reward = NULL;
     if (chord_json_get_object(doc, "", "reward", 0, &reward, err)) goto fail;
     if (reward) {
@@ -658,9 +717,9 @@ json_t *jobconfig_to_json(const job_config *cfg) {
     if (!doc) return NULL;
     put(doc, "name", json_string(cfg->name ? cfg->name : "job"), &bad);
 
-    json_t *model = json_object();
+    json_t *mdl = json_object();
     if (cfg->model_path) {
-        put(model, "path", json_string(cfg->model_path), &bad);
+        put(mdl, "path", json_string(cfg->model_path), &bad);
     } else {
         json_t *init = json_object();
         put(init, "config",
@@ -668,9 +727,9 @@ json_t *jobconfig_to_json(const job_config *cfg) {
         put(init, "seed", json_integer((json_int_t)cfg->model_init_seed), &bad);
         if (cfg->model_init_tokenizer)
             put(init, "tokenizer", json_string(cfg->model_init_tokenizer), &bad);
-        put(model, "init", init, &bad);
+        put(mdl, "init", init, &bad);
     }
-    put(doc, "model", model, &bad);
+    put(doc, "model", mdl, &bad);
 
     json_t *data = json_object();
     if (cfg->data_prompts) put(data, "prompts", json_string(cfg->data_prompts), &bad);
@@ -739,6 +798,17 @@ json_t *jobconfig_to_json(const job_config *cfg) {
                   o->min_lr_ratio),
         &bad);
     put(doc, "micro_batch_tokens", json_integer((json_int_t)cfg->micro_batch_tokens), &bad);
+    json_t *lora = json_null();
+    if (cfg->lora.rank > 0) {
+        json_t *mods = json_array();
+        for (int k = 0; mods && k < MODEL_LORA_N_TARGETS; k++)
+            if (cfg->lora.targets & (1u << k))
+                json_array_append_new(mods, json_string(model_lora_target_names[k]));
+        lora = json_pack("{s:I,s:f,s:f,s:o,s:b}", "rank", (json_int_t)cfg->lora.rank, "alpha",
+                         cfg->lora.alpha, "dropout", 0.0, "target_modules", mods,
+                         "train_embeddings", 0);
+    }
+    put(doc, "lora", lora, &bad);
     put(doc, "reward", cfg->reward ? json_deep_copy(cfg->reward) : json_object(), &bad);
     put(doc, "steps", json_integer((json_int_t)cfg->steps), &bad);
     put(doc, "seed", json_integer((json_int_t)cfg->seed), &bad);

@@ -99,6 +99,13 @@ typedef struct job_eval {
     int64_t max_new_tokens;
 } job_eval;
 
+/* lora: a LoRA adapter trains instead of the whole model (model.h "LoRA"); rank 0 = none */
+typedef struct job_lora {
+    int64_t rank;     /* 1..1024 */
+    double alpha;     /* > 0 (PEFT's default 8); the adapter's scale is alpha / rank */
+    unsigned targets; /* bit (1u << model_lora_target) per adapted projection */
+} job_lora;
+
 typedef struct job_config {
     char *name;
     /* model: exactly one of path / init_config */
@@ -120,6 +127,7 @@ typedef struct job_config {
     job_sampling sampling;
     job_optimizer optimizer;
     int64_t micro_batch_tokens;
+    job_lora lora;
     json_t *reward; /* the "reward" object as given (owned reference); parsed by reward.h */
     int64_t steps;
     uint64_t seed;

@@ -88,6 +88,21 @@ void mem_estimate_job(const model_config *mc, const job_config *cfg, double prom
     out->optimizer = 12.0 * out->params;
     /* the KL's reference policy: a second copy of the weights, none without a KL */
     out->reference = cfg->grpo.kl_coef > 0.0 ? out->weights : 0.0;
+    if (cfg->lora.rank > 0) { /* model_lora.c: A (r, in) and B (out, r) per layer and target */
+        const double C = mc->hidden_size, I = mc->intermediate_size;
+        const double HqD = (double)mc->num_attention_heads * mc->head_dim,
+                     HkvD = (double)mc->num_key_value_heads * mc->head_dim;
+        const double in[] = {C, C, C, HqD, C, C, I}, outd[] = {HqD, HkvD, HkvD, C, I, I, C};
+        double per_layer = 0.0;
+        for (int k = 0; k < 7; k++)
+            if (cfg->lora.targets & (1u << k))
+                per_layer += (double)cfg->lora.rank * (in[k] + outd[k]);
+        out->lora_params = mc->num_hidden_layers * per_layer;
+        out->full_optimizer = out->optimizer;
+        out->weights += 4.0 * out->lora_params;
+        out->optimizer = 12.0 * out->lora_params;
+        out->reference = 0.0; /* the base under the adapter */
+    }
     /* training: a micro-batch of N rows, every layer kept, backward scratch, logits chunks */
     double L = mc->num_hidden_layers, C = mc->hidden_size, V = mc->vocab_size;
     double Hq = mc->num_attention_heads, Hkv = mc->num_key_value_heads, D = mc->head_dim;
@@ -213,8 +228,15 @@ int mem_estimate_check(const mem_estimate *e, const mem_budget *b, chord_err *er
         ADD(": weights %s", size_text(e->weights, w, sizeof w));
         if (e->reference > 0)
             ADD(" + the KL's reference weights %s", size_text(e->reference, r, sizeof r));
-        if (e->optimizer > 0)
+        if (e->optimizer > 0 && e->lora_params > 0) {
+            char fo[32];
+            ADD(" + the LoRA adapter's gradients and AdamW moments %s (%.0f parameters; full "
+                "fine-tuning: %s)",
+                size_text(e->optimizer, o, sizeof o), e->lora_params,
+                size_text(e->full_optimizer, fo, sizeof fo));
+        } else if (e->optimizer > 0) {
             ADD(" + gradients and AdamW moments %s", size_text(e->optimizer, o, sizeof o));
+        }
         if (e->activations > 0)
             ADD(" + activations %s (%.0f tokens per micro-batch)",
                 size_text(e->activations, a, sizeof a), e->tokens);

@@ -10,7 +10,11 @@
  *
  *   weights      4 P                               P = model_config_num_params
  *   reference    4 P                               the KL's reference policy (grpo.kl_coef > 0)
- *   optimizer    12 P                              gradients + AdamW m and v (training only)
+ *   optimizer    12 P                              gradients + AdamW m and v (training only);
+ *                12 P_a with a LoRA adapter         P_a = L Σ_targets rank (in + out): the base
+ *                                                  is frozen (no gradients or moments), the
+ *                                                  adapter adds 4 P_a to the weights, and the
+ *                                                  KL's reference is the base itself (no copy)
  *   activations  4 (N (F + B) + 2 R V)             N = micro_batch_tokens rows, F / B the floats
  *                                                  per row kept forward / scratch backward, R the
  *                                                  logits chunk rows (min(N, 256 MiB / 4V))
@@ -47,14 +51,16 @@ typedef enum { MEM_KIND_JOB = 0, MEM_KIND_ROLLOUT, MEM_KIND_WEIGHTS } mem_kind;
 /* Bytes (doubles: an absurd config cannot wrap around), and the figures behind them. */
 typedef struct mem_estimate {
     mem_kind kind;
-    double params;      /* P */
-    double weights;     /* 4 P */
-    double reference;   /* 4 P for a job with grpo.kl_coef > 0 (the frozen reference), else 0 */
-    double optimizer;   /* 12 P for a job, else 0 */
-    double activations; /* one training micro-batch, logits chunks included */
-    double sampling;    /* the rollout engines' run state (prefill, decode logits) */
-    double kv_cache;    /* the rollout engines' KV caches */
-    double eval;        /* the eval chunk's share of sampling + kv_cache */
+    double params;         /* P */
+    double weights;        /* 4 P */
+    double reference;      /* 4 P for a job with grpo.kl_coef > 0 (the frozen reference), else 0 */
+    double optimizer;      /* 12 P for a job (12 P_a with LoRA), else 0 */
+    double lora_params;    /* P_a: the adapter's parameters (lora), else 0 */
+    double full_optimizer; /* with LoRA: the 12 P full fine-tuning would need (for the message) */
+    double activations;    /* one training micro-batch, logits chunks included */
+    double sampling;       /* the rollout engines' run state (prefill, decode logits) */
+    double kv_cache;       /* the rollout engines' KV caches */
+    double eval;           /* the eval chunk's share of sampling + kv_cache */
     double total;
     double tokens;                     /* activations: rows of a micro-batch */
     double slots, positions;           /* kv_cache: the rollouts' (a job's, or the request's) */

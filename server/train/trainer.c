@@ -140,7 +140,9 @@ typedef struct trainer {
     reward_verifier *verifier;
     rollout_engine *engine;
     bootstrap_model ref; /* the reference policy (jobs with grpo.kl_coef > 0): the starting
-                            weights, frozen; ref.m NULL otherwise */
+                            weights, frozen; ref.m NULL otherwise, and with LoRA */
+    model *ref_m;        /* the reference's model: ref.m, or with LoRA the trained model with its
+                            adapter switched off (the frozen base); NULL without a KL */
     trainer_dataset prompts, expert, eval;
     int64_t prompt_cursor, expert_cursor;
     int64_t step; /* steps completed */
@@ -858,7 +860,11 @@ static int reference_logprobs(trainer *t, step_rollouts *ro, step_batch *b, chor
             oom(err);
             goto done;
         }
-        if (model_forward(t->ref.m, &r.batch, t->inv_temp, r.logp, NULL, err) != 0) goto done;
+        int lora_off = t->ref_m == t->m; /* LoRA: the base alone is the reference */
+        if (lora_off && model_lora_set_enabled(t->m, 0, err) != 0) goto done;
+        int frc = model_forward(t->ref_m, &r.batch, t->inv_temp, r.logp, NULL, err);
+        if (lora_off && model_lora_set_enabled(t->m, 1, err) != 0) goto done;
+        if (frc != 0) goto done;
         for (int s = 0; s < r.n_seqs; s++) { /* rows back to their sequence's positions */
             train_seq *q = &b->seqs[first + s];
             for (int j = 0; j < q->len; j++)
@@ -1000,7 +1006,7 @@ static int train_and_update(trainer *t, int64_t step, step_batch *b, step_metric
     const job_config *cfg = t->cfg;
     chord_loss_params lp = chord_loss_params_for_job(cfg, m->mu, b->n_policy, b->n_expert,
                                                      b->n_policy_seqs, b->n_expert_seqs);
-    int kl_loss = t->ref.m && !cfg->grpo.kl_in_reward;
+    int kl_loss = t->ref_m && !cfg->grpo.kl_in_reward;
     int64_t train_tokens = 0, skipped = 0, shared = 0;
     /* a zero-advantage response still has a gradient with an entropy bonus or a KL term */
     int n_train = b->n;
@@ -1023,7 +1029,7 @@ static int train_and_update(trainer *t, int64_t step, step_batch *b, step_metric
                              (float)o->weight_decay, (float)o->grad_clip, &m->grad_norm, err) != 0)
             return -1;
     }
-    if (t->ref.m && !kl_loss) m->loss.kl = b->kl_mean; /* the penalty's, at rollout time */
+    if (t->ref_m && !kl_loss) m->loss.kl = b->kl_mean; /* the penalty's, at rollout time */
     m->policy_tokens_skipped = (double)skipped;
     m->prompt_rows_shared = (double)shared;
     m->time_train = chord_now() - t0;
@@ -1061,7 +1067,7 @@ static int run_step(trainer *t, int64_t step, chord_err *err) {
     double t0 = chord_now();
     step_metrics *m = &t->metrics;
     memset(m, 0, sizeof *m);
-    m->has_kl = t->ref.m != NULL;
+    m->has_kl = t->ref_m != NULL;
     m->has_share = t->cfg->grpo.share_prompt;
     step_plan plan = plan_step(t->cfg, step);
     step_rollouts ro;
@@ -1073,7 +1079,7 @@ static int run_step(trainer *t, int64_t step, chord_err *err) {
     /* μ of this step: the adaptive rule reads the step's mean reward */
     m->mu = !plan.do_sft ? 0.0 : !plan.do_rl ? 1.0 : sched_mu(t->cfg, step, m->reward_mean);
     if (build_sequences(t, &plan, &ro, &batch, m, err) != 0) goto done;
-    if (plan.B > 0 && ((t->ref.m && reference_logprobs(t, &ro, &batch, err) != 0) ||
+    if (plan.B > 0 && ((t->ref_m && reference_logprobs(t, &ro, &batch, err) != 0) ||
                        compute_advantages(t, step, &plan, &ro, &batch, m, err) != 0))
         goto done;
     if (train_and_update(t, step, &batch, m, err) != 0) goto done;
@@ -1192,16 +1198,19 @@ static int save_checkpoint(trainer *t, int64_t step, chord_err *err) {
     if (!t->cb || !t->cb->checkpoint_begin || !t->cb->checkpoint_commit) return 0;
     char dir[4096];
     if (t->cb->checkpoint_begin(t->cb->user, step, dir, sizeof dir, err) != 0) return -1;
-    if (model_save(t->m, dir, ST_F32, 0, err) != 0) return -1;
+    /* a LoRA job's checkpoint holds the adapter alone (a PEFT directory naming its base) */
+    if (t->m->lora ? model_lora_save(t->m, dir, t->env->model_dir, err)
+                   : model_save(t->m, dir, ST_F32, 0, err))
+        return -1;
     /* the tokenizer files (the embedded default's too), so the checkpoint is a loadable model */
     if (tok_save(t->tok, dir, err) != 0) return chord_err_prefix(err, "checkpoint: tokenizer");
     int rc = -1;
-    size_t n = t->m->num_params;
+    size_t n = model_trainable_params(t->m);
     char path[4096 + 64];
     snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
     if (model_save_optimizer(t->m, path, err) != 0) goto done;
     json_t *state = json_pack("{s:I, s:i, s:I, s:I, s:I, s:I}", "step", (json_int_t)step, "adam_t",
-                              t->m->adam_t, "prompt_cursor", (json_int_t)t->prompt_cursor,
+                              model_adam_steps(t->m), "prompt_cursor", (json_int_t)t->prompt_cursor,
                               "expert_cursor", (json_int_t)t->expert_cursor, "seed",
                               (json_int_t)t->cfg->seed, "num_params", (json_int_t)n);
     json_t *job = jobconfig_to_json(t->cfg);
@@ -1233,16 +1242,16 @@ static int load_resume_state(trainer *t, const char *dir, chord_err *err) {
     int bad = json_unpack(state, "{s:I, s:i, s:I, s:I, s:I}", "step", &step, "adam_t", &adam_t,
                           "prompt_cursor", &pc, "expert_cursor", &ec, "num_params", &np);
     json_decref(state);
-    if (bad || step < 0 || (size_t)np != t->m->num_params)
+    if (bad || step < 0 || (size_t)np != model_trainable_params(t->m))
         return chord_err_setc(err, CHORD_E_IO, "%s: malformed or for another model", path);
     t->step = step;
     t->prompt_cursor = pc;
     t->expert_cursor = ec;
     snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
     if (model_load_optimizer(t->m, path, err) != 0) return -1;
-    if (t->m->adam_t != adam_t)
+    if (model_adam_steps(t->m) != adam_t)
         return chord_err_setc(err, CHORD_E_IO, "%s: optimizer step %d != trainer state %d", dir,
-                              t->m->adam_t, adam_t);
+                              model_adam_steps(t->m), adam_t);
     return 0;
 }
 
@@ -1302,8 +1311,10 @@ static int check_fits_hook(void *user, const model_config *mc, const tok_tokeniz
 static int setup(trainer *t, chord_err *err) {
     const job_config *cfg = t->cfg;
     const trainer_env *env = t->env;
-    /* model and tokenizer (bootstrap.h): a resumed job's weights come from its checkpoint */
-    bootstrap_spec spec = {.dir = env->resume_dir ? env->resume_dir : env->model_dir,
+    /* model and tokenizer (bootstrap.h): a resumed job's weights come from its checkpoint (a
+     * LoRA job's base from the model, its adapter from the checkpoint) */
+    const int lora = cfg->lora.rank > 0;
+    bootstrap_spec spec = {.dir = env->resume_dir && !lora ? env->resume_dir : env->model_dir,
                            .init_config = cfg->model_init_config,
                            .init_seed = cfg->model_init_seed,
                            .tokenizer_dir = env->tokenizer_dir,
@@ -1318,16 +1329,33 @@ static int setup(trainer *t, chord_err *err) {
     t->n_stop = b.n_stop;
     if (t->n_stop == 0)
         logline(t, "warning: the tokenizer has no EOS token; responses end at max_new_tokens");
+    if (t->m->lora) /* the model directory was itself an adapter (bootstrap.h) */
+        return chord_err_set(err,
+                             "model: %s is a LoRA adapter; start the job from its base "
+                             "(with a \"lora\" section) or from a merged model",
+                             env->model_dir ? env->model_dir : "(init)");
+    if (lora) {
+        model_lora_config lc = {
+            .rank = (int)cfg->lora.rank, .alpha = cfg->lora.alpha, .targets = cfg->lora.targets};
+        if (env->resume_dir ? model_lora_load(t->m, env->resume_dir, err)
+                            : model_lora_attach(t->m, &lc, cfg->seed, err))
+            return chord_err_prefix(err, "lora");
+        if (env->resume_dir && (t->m->lora == NULL || model_trainable_params(t->m) == 0))
+            return chord_err_set(err, "lora: the checkpoint holds no adapter");
+    }
 
     /* the reference policy of the KL: the job's starting weights (never a resumed checkpoint's),
      * frozen — no gradients or optimizer state are ever allocated for it */
-    if (cfg->grpo.kl_coef > 0.0) {
+    if (cfg->grpo.kl_coef > 0.0 && lora) {
+        t->ref_m = t->m; /* the base under the adapter: no second copy */
+    } else if (cfg->grpo.kl_coef > 0.0) {
         bootstrap_spec rs = {.dir = env->model_dir,
                              .init_config = cfg->model_init_config,
                              .init_seed = cfg->model_init_seed,
                              .tokenizer_dir = env->tokenizer_dir};
         if (bootstrap_open(&rs, env->ops, &t->ref, err) != 0)
             return chord_err_prefix(err, "grpo.kl_coef: the reference policy");
+        t->ref_m = t->ref.m;
     }
     if (reward_verifier_new(cfg->reward, &t->verifier, err) != 0) return -1;
     t->engine = rollout_engine_new(t->m);

@@ -14,6 +14,7 @@
 #include <cmocka.h>
 
 #include "server/base/fileutil.h"
+#include "server/model/model.h"
 #include "server/train/jobconfig.h"
 
 /* cmocka 1.1.5 has no assert_double_equal: |got − want| <= tol, printing both. */
@@ -252,6 +253,15 @@ static void test_errors_name_the_field(void **state) {
         {"\"grpo\": {\"dual_clip\": 0.5}", "grpo.dual_clip: must be null (off) or a number > 1"},
         {"\"grpo\": {\"kl_coef\": -0.1}", "grpo.kl_coef: must be >= 0"},
         {"\"grpo\": 3", "grpo: must be an object"},
+        {"\"lora\": {\"rank\": 0}", "lora.rank: must be in [1, 1024], got 0"},
+        {"\"lora\": {\"alpha\": 0}", "lora.alpha: must be"},
+        {"\"lora\": {\"dropout\": 0.05}", "lora.dropout: only 0 is supported"},
+        {"\"lora\": {\"train_embeddings\": true}", "lora.train_embeddings: not supported"},
+        {"\"lora\": {\"target_modules\": [\"q_proj\", \"lm_head\"]}",
+         "lora.target_modules[1]: \"lm_head\" is none of"},
+        {"\"lora\": {\"target_modules\": \"all\"}", "lora.target_modules: \"all\" is not"},
+        {"\"lora\": {\"target_modules\": []}", "lora.target_modules: empty"},
+        {"\"lora\": {\"rnak\": 4}", "unknown field \"lora.rnak\""},
         {"\"steps\": -5", "steps: must be positive, got -5"},
         {"\"steps\": 0", "steps: must be positive"},
         {"\"steps\": true", "steps: must be an integer"},
@@ -359,6 +369,7 @@ static void assert_same_config(const job_config *a, const job_config *b) {
     assert_memory_equal(&a->sampling, &b->sampling, sizeof a->sampling);
     assert_memory_equal(&a->optimizer, &b->optimizer, sizeof a->optimizer);
     assert_int_equal(a->micro_batch_tokens, b->micro_batch_tokens);
+    assert_memory_equal(&a->lora, &b->lora, sizeof a->lora);
     assert_true(json_equal(a->reward, b->reward));
     assert_int_equal(a->steps, b->steps);
     assert_int_equal(a->seed, b->seed);
@@ -405,6 +416,22 @@ static void test_round_trip(void **state) {
                " \"optimizer\": {\"lr\": 0.1, \"betas\": [0.1, 0.2]}, \"seed\": 0}");
     round_trip("{\"model\": {\"init\": {\"config\": " TINY_CONFIG "}}, " BOTH_DATA
                ", \"seed\": 9007199254740993}");
+    round_trip("{" MODEL ", " BOTH_DATA ", \"lora\": {\"rank\": 16, \"alpha\": 32, "
+               "\"target_modules\": [\"down_proj\", \"q_proj\"]}}");
+    round_trip("{" MODEL ", " BOTH_DATA ", \"lora\": {\"target_modules\": \"all-linear\"}}");
+    /* the defaults are PEFT's: r 8, alpha 8, q_proj + v_proj; no lora: full fine-tuning */
+    job_config c;
+    parse_ok("{" MODEL ", " BOTH_DATA ", \"lora\": {}}", &c);
+    assert_int_equal(c.lora.rank, 8);
+    assert_true(c.lora.alpha == 8.0);
+    assert_int_equal(c.lora.targets, (1u << MODEL_LORA_Q) | (1u << MODEL_LORA_V));
+    jobconfig_free(&c);
+    parse_ok("{" MODEL ", " BOTH_DATA "}", &c);
+    assert_int_equal(c.lora.rank, 0);
+    json_t *j = jobconfig_to_json(&c);
+    assert_true(json_is_null(json_object_get(j, "lora")));
+    json_decref(j);
+    jobconfig_free(&c);
 }
 
 static void test_load_file(void **state) {

@@ -126,6 +126,18 @@ static void test_job(void **state) {
     cfg.grpo.share_prompt = 0;
     jobconfig_free(&cfg);
 
+    /* LoRA rank 2 on q (8 -> 8) and v (8 -> 4): 2 layers x (2 (8 + 8) + 2 (8 + 4)) = 112 adapter
+     * parameters: weights + 448, optimizer 12 x 112 = 1344 instead of 33504, and with a KL no
+     * reference copy (the base under the adapter) */
+    job(", \"lora\": {\"rank\": 2}", &cfg);
+    cfg.grpo.kl_coef = 0.1;
+    mem_estimate_job(&mc, &cfg, MEM_PROMPT_TOKENS, MEM_PROMPT_TOKENS, &e);
+    assert_true(e.lora_params == 112.0);
+    assert_true(e.weights == 11168.0 + 448.0);
+    assert_true(e.optimizer == 1344.0 && e.full_optimizer == 33504.0);
+    assert_true(e.reference == 0.0);
+    jobconfig_free(&cfg);
+
     /* SFT samples nothing: no training rollouts, no KV cache */
     job_of("sft", "{\"expert\": \"x\"}", "", &cfg);
     mem_estimate_job(&mc, &cfg, MEM_PROMPT_TOKENS, MEM_PROMPT_TOKENS, &e);

@@ -30,6 +30,7 @@
 #include "server/base/fileutil.h"
 #include "server/model/model.h"
 #include "server/model/tokenizer.h"
+#include "server/train/bootstrap.h"
 #include "server/train/jobconfig.h"
 #include "server/train/task.h"
 #include "server/train/trainer.h"
@@ -184,6 +185,8 @@ static run_log *new_log(void) {
     return r;
 }
 
+static const char *g_model_dir; /* env.model_dir of the next run_job ("model": {"path"}) */
+
 /* Runs the job document `json` (TINY_MODEL spliced in by the caller) with the given data. */
 static int run_job(fixture *f, const char *json, const char *prompts, const char *expert,
                    const char *eval, const char *resume_dir, run_log *r, chord_err *err) {
@@ -205,6 +208,7 @@ static int run_job(fixture *f, const char *json, const char *prompts, const char
         if (!mkdtemp(r->ckdir)) fail_msg("mkdtemp");
     }
     trainer_env env = {.ops = f->ops,
+                       .model_dir = g_model_dir,
                        .prompts_path = prompts,
                        .expert_path = expert,
                        .eval_path = eval,
@@ -349,18 +353,20 @@ static int is_timing(const char *name) {
            !strcmp(name, "eval/time");
 }
 
-static void test_resume_repeats_metrics(void **state) {
-    fixture *f = *state;
+/* A CHORD job stopped after step 3 and resumed from its checkpoint repeats the uninterrupted
+ * run's every non-timing metric bit for bit; grpo_extra / extra go into "grpo" / the top. */
+static void resume_case(fixture *f, const char *grpo_extra, const char *extra) {
     char json[4096];
     snprintf(json, sizeof json,
              "{" TINY_MODEL ", \"algorithm\": \"chord\", "
              "\"chord\": {\"mu\": {\"warmup_steps\": 2, \"decay_steps\": 3, \"peak\": 0.8, "
              "\"valley\": 0.2}}, "
-             "\"grpo\": {\"group_size\": 4, \"prompts_per_step\": 4}, \"expert_per_step\": 8, "
+             "\"grpo\": {\"group_size\": 4, \"prompts_per_step\": 4%s}, \"expert_per_step\": 8, "
              "\"sampling\": {\"max_new_tokens\": 8}, "
              "\"optimizer\": {\"lr\": 0.003, \"schedule\": \"cosine\", \"warmup_steps\": 2}, "
              "\"micro_batch_tokens\": 300, \"steps\": 5, \"seed\": 9, \"checkpoint_every\": 2, "
-             "\"eval\": {\"every\": 2, \"k\": 2, \"temperature\": 1.0, \"max_new_tokens\": 8}}");
+             "\"eval\": {\"every\": 2, \"k\": 2, \"temperature\": 1.0, \"max_new_tokens\": 8}%s}",
+             grpo_extra, extra);
     chord_err err = {0};
     run_log *whole = new_log();
     if (run_job(f, json, f->prompts, f->expert, f->eval, NULL, whole, &err) != TRAINER_DONE)
@@ -398,12 +404,131 @@ static void test_resume_repeats_metrics(void **state) {
             compared++;
         }
     }
-    print_message("resume: %d metric values identical (steps 1-5, stop after 3)\n", compared);
+    print_message("resume%s: %d metric values identical (steps 1-5, stop after 3)\n",
+                  extra[0] ? " (LoRA)" : "", compared);
     assert_true(compared > 5 * 20);
     assert_false(isnan(value(rest, 4, "eval/accuracy"))); /* eval ran after the resume too */
     free(whole);
     free(part);
     free(rest);
+}
+
+static void test_resume_repeats_metrics(void **state) {
+    resume_case(*state, "", "");
+}
+
+/* ---- LoRA ----------------------------------------------------------------------------------- */
+
+/* A LoRA job (model.h "LoRA"; the numbers against peft are reference.model's): SFT through the
+ * adapter alone drives the expert NLL down; its checkpoints hold the adapter (a PEFT directory)
+ * and its optimizer state, not the model; the KL's reference is the base under the adapter (0 at
+ * step 1, exactly); and stop + resume repeats the uninterrupted run bit for bit. */
+static void test_lora_job(void **state) {
+    fixture *f = *state;
+    char json[4096];
+    snprintf(json, sizeof json,
+             "{" TINY_MODEL ", \"algorithm\": \"sft\", \"expert_per_step\": 16, "
+             "\"lora\": {\"rank\": 8, \"alpha\": 16, \"target_modules\": \"all-linear\"}, "
+             "\"optimizer\": {\"lr\": 0.01}, \"steps\": 12, \"seed\": 1, "
+             "\"checkpoint_every\": 0, \"eval\": {\"every\": 0}}");
+    run_log *r = new_log();
+    chord_err err = {0};
+    if (run_job(f, json, NULL, f->expert, NULL, NULL, r, &err) != TRAINER_DONE)
+        fail_msg("%s", err.msg);
+    double first = value(r, 1, "sft_nll"), last = value(r, 12, "sft_nll");
+    print_message("lora sft: expert NLL %.3f -> %.3f\n", first, last);
+    assert_true(fabs(first - log(1024.0)) < 0.5); /* B = 0: the base's NLL at first */
+    assert_true(last < first - 0.3);              /* slower than full fine-tuning's (< 0.5 x) */
+    char path[4300];
+    static const char *has[] = {"adapter_config.json",
+                                "adapter_model.safetensors",
+                                "optimizer.safetensors",
+                                "trainer_state.json",
+                                "job.json",
+                                "tokenizer.json"};
+    for (size_t i = 0; i < sizeof has / sizeof has[0]; i++) {
+        snprintf(path, sizeof path, "%s/step_12/%s", r->ckdir, has[i]);
+        if (!chord_is_file(path)) fail_msg("the LoRA checkpoint lacks %s", has[i]);
+    }
+    snprintf(path, sizeof path, "%s/step_12/model.safetensors", r->ckdir);
+    assert_false(chord_is_file(path)); /* the adapter alone */
+    free(r);
+
+    /* the KL's reference under LoRA: exactly the policy before the first update */
+    snprintf(json, sizeof json,
+             "{" TINY_MODEL ", \"algorithm\": \"chord\", \"chord\": {\"mu\": 0.5}, "
+             "\"lora\": {\"rank\": 4, \"target_modules\": [\"q_proj\", \"v_proj\", "
+             "\"down_proj\"]}, \"grpo\": {\"group_size\": 4, \"prompts_per_step\": 4, "
+             "\"kl_coef\": 0.5}, \"expert_per_step\": 8, \"sampling\": {\"max_new_tokens\": 6}, "
+             "\"optimizer\": {\"lr\": 0.01}, \"steps\": 3, \"seed\": 2, "
+             "\"checkpoint_every\": 0, \"eval\": {\"every\": 0}}");
+    r = new_log();
+    if (run_job(f, json, f->prompts, f->expert, NULL, NULL, r, &err) != TRAINER_DONE)
+        fail_msg("%s", err.msg);
+    print_message("lora kl: %.3g %.3g %.3g\n", value(r, 1, "kl"), value(r, 2, "kl"),
+                  value(r, 3, "kl"));
+    assert_true(value(r, 1, "kl") == 0.0);
+    assert_true(value(r, 3, "kl") > 0.0);
+    free(r);
+
+    resume_case(f, ", \"kl_coef\": 0.1",
+                ", \"lora\": {\"rank\": 4, \"alpha\": 8, \"target_modules\": \"all-linear\"}");
+
+    /* a LoRA checkpoint of a base directory opens as base + adapter (bootstrap.h): the rollout
+     * executor's and chordd eval's way in; a random-init base's is refused by name */
+    char base[400], ck[4300];
+    snprintf(base, sizeof base, "%s/lora_base", f->dir);
+    model *bm = NULL;
+    tok_tokenizer *tok = NULL;
+    model_config mc;
+    assert_int_equal(model_config_parse("{\"model_type\": \"qwen2\", \"vocab_size\": 1024, "
+                                        "\"hidden_size\": 64, \"num_hidden_layers\": 2, "
+                                        "\"num_attention_heads\": 4, \"num_key_value_heads\": 2, "
+                                        "\"intermediate_size\": 128, "
+                                        "\"max_position_embeddings\": 96, "
+                                        "\"tie_word_embeddings\": true}",
+                                        &mc, &err),
+                     0);
+    assert_int_equal(model_create(&mc, f->ops, &bm, &err), 0);
+    assert_int_equal(model_init_random(bm, 3, &err), 0);
+    assert_int_equal(model_save(bm, base, ST_F32, 0, &err), 0);
+    assert_int_equal(tok_load_default(&tok, &err), 0);
+    assert_int_equal(tok_save(tok, base, &err), 0);
+    tok_free(tok);
+    model_free(bm);
+    snprintf(json, sizeof json,
+             "{\"model\": {\"path\": \"%s\"}, \"algorithm\": \"sft\", \"expert_per_step\": 8, "
+             "\"lora\": {\"rank\": 2}, \"optimizer\": {\"lr\": 0.01}, \"steps\": 2, "
+             "\"seed\": 1, \"checkpoint_every\": 0, \"eval\": {\"every\": 0}}",
+             base);
+    r = new_log();
+    g_model_dir = base;
+    int rc = run_job(f, json, NULL, f->expert, NULL, NULL, r, &err);
+    g_model_dir = NULL;
+    if (rc != TRAINER_DONE) fail_msg("%s", err.msg);
+    snprintf(ck, sizeof ck, "%s/step_2", r->ckdir);
+    bootstrap_spec spec = {.dir = ck};
+    bootstrap_model b;
+    if (bootstrap_open(&spec, f->ops, &b, &err) != 0) fail_msg("bootstrap: %s", err.msg);
+    assert_non_null(b.m->lora);
+    size_t np = 0;
+    model_lora_tensors(b.m, NULL, &np);
+    assert_true(np > 0);
+    bootstrap_close(&b);
+    free(r);
+    /* the earlier job's base was a random init: its adapter cannot be opened alone */
+    run_log *r2 = new_log();
+    snprintf(json, sizeof json,
+             "{" TINY_MODEL ", \"algorithm\": \"sft\", \"expert_per_step\": 8, "
+             "\"lora\": {\"rank\": 2}, \"steps\": 1, \"seed\": 1, \"checkpoint_every\": 0, "
+             "\"eval\": {\"every\": 0}}");
+    if (run_job(f, json, NULL, f->expert, NULL, NULL, r2, &err) != TRAINER_DONE)
+        fail_msg("%s", err.msg);
+    snprintf(ck, sizeof ck, "%s/step_1", r2->ckdir);
+    spec = (bootstrap_spec){.dir = ck};
+    assert_int_equal(bootstrap_open(&spec, f->ops, &b, &err), -1);
+    if (!strstr(err.msg, "LoRA adapter whose base")) fail_msg("%s", err.msg);
+    free(r2);
 }
 
 /* ---- verifier errors are never read as wrong answers -------------------------------------- */
@@ -757,6 +882,7 @@ int main(void) {
         cmocka_unit_test(test_grpo_raises_reward),
         cmocka_unit_test(test_chord_mu_beats_grpo),
         cmocka_unit_test(test_resume_repeats_metrics),
+        cmocka_unit_test(test_lora_job),
         cmocka_unit_test(test_verifier_errors_are_excluded),
         cmocka_unit_test(test_zero_advantage_skip_is_exact),
         cmocka_unit_test(test_kl_to_reference),
