@@ -2472,6 +2472,26 @@ static uint32_t offset_raw(const enc_ctx *c, size_t off) {
     return (uint32_t)off;
 }
 
+/* Offsets into text[0..len) once chord_utf8_append_lossy has repaired it into clean_len bytes:
+ * map[i] is the input offset of repaired byte i (the three bytes of a U+FFFD all map to the start
+ * of what it replaced), map[clean_len] = len. NULL when out of memory. */
+static uint32_t *lossy_offset_map(const char *text, size_t len, size_t clean_len) {
+    uint32_t *map = malloc((clean_len + 1) * sizeof *map);
+    if (!map) return NULL;
+    size_t i = 0, o = 0;
+    while (i < len && o < clean_len) {
+        size_t n = 1;
+        int kind = chord_utf8_scan((const unsigned char *)text + i, len - i, &n, NULL);
+        size_t out_n = kind == CHORD_UTF8_OK ? n : 3; /* U+FFFD is 3 bytes */
+        for (size_t k = 0; k < out_n && o < clean_len; k++)
+            map[o++] = (uint32_t)(kind == CHORD_UTF8_OK ? i + k : i);
+        i += n;
+    }
+    while (o <= clean_len)
+        map[o++] = (uint32_t)len;
+    return map;
+}
+
 int tok_encode(const tok_tokenizer *tok, const char *text, size_t len, unsigned flags, tok_ids *out,
                chord_err *err) {
     enc_ctx c;
@@ -2480,10 +2500,18 @@ int tok_encode(const tok_tokenizer *tok, const char *text, size_t len, unsigned 
     c.out = out;
     c.offsets = (flags & TOK_ENCODE_OFFSETS) != 0;
     chord_buf clean = {0};
+    uint32_t *lossy_map = NULL; /* offsets in the repaired text -> the caller's (tokenizer.h) */
+    size_t first = out->n, given_len = len;
     int rc = -1;
     if (len > 0xFFFFFFF0u) return chord_err_set(err, "text of %zu bytes is too long", len);
     if (!chord_utf8_valid(text, len)) {
         if (chord_utf8_append_lossy(&clean, text, len)) goto oom;
+        if (clean.len > 0xFFFFFFF0u) {
+            size_t repaired = clean.len;
+            chord_buf_free(&clean);
+            return chord_err_set(err, "text of %zu bytes is too long once repaired", repaired);
+        }
+        if (c.offsets && !(lossy_map = lossy_offset_map(text, len, clean.len))) goto oom;
         text = clean.data;
         len = clean.len;
     }
@@ -2503,6 +2531,10 @@ int tok_encode(const tok_tokenizer *tok, const char *text, size_t len, unsigned 
             !(tok->n_post_suffix > 0 && tok->post_suffix[tok->n_post_suffix - 1] == tok->eos_id))
             if (tok_ids_push(out, tok->eos_id, (uint32_t)len)) goto oom;
     }
+    if (lossy_map)
+        for (size_t i = first; i < out->n; i++)
+            out->offsets[i] =
+                out->offsets[i] <= len ? lossy_map[out->offsets[i]] : (uint32_t)given_len;
     rc = 0;
     goto done;
 oom:
@@ -2517,6 +2549,7 @@ oom:
 done:
     ctx_free(&c);
     chord_buf_free(&clean);
+    free(lossy_map);
     return rc;
 }
 

@@ -259,6 +259,27 @@ static void test_offsets(void **state) {
     tok_ids_free(&ids);
 }
 
+/* Offsets of invalid UTF-8 point into the caller's text, not into its repaired copy (each U+FFFD
+ * is 3 bytes): a fuzz_tokenizer finding, where they ran past the end of the input. */
+static void test_offsets_of_invalid_utf8(void **state) {
+    (void)state;
+    const char bad[] = "abÿÃ(âð ok";
+    const char *tail = strstr(bad, " ok");
+    const tok_tokenizer *toks[] = {qwen, dflt};
+    for (size_t t = 0; t < 2; t++) {
+        tok_ids ids = {0};
+        encode_ok(toks[t], bad, sizeof bad - 1, TOK_ENCODE_OFFSETS | TOK_ENCODE_ADD_SPECIAL, &ids);
+        int tail_found = 0;
+        for (size_t i = 0; i < ids.n; i++) {
+            assert_true(ids.offsets[i] <= sizeof bad - 1);
+            if (i) assert_true(ids.offsets[i] >= ids.offsets[i - 1]);
+            tail_found |= ids.offsets[i] == (uint32_t)(tail - bad);
+        }
+        assert_true(tail_found); /* " ok" starts a pre-token at its own offset */
+        tok_ids_free(&ids);
+    }
+}
+
 /* DeepSeek's config sets add_bos_token: BOS comes first with TOK_ENCODE_ADD_SPECIAL. */
 static void test_add_special(void **state) {
     (void)state;
@@ -468,6 +489,7 @@ int main(void) {
         cmocka_unit_test(test_stream_holds_partial_utf8),
         cmocka_unit_test(test_invalid_utf8),
         cmocka_unit_test(test_offsets),
+        cmocka_unit_test(test_offsets_of_invalid_utf8),
         cmocka_unit_test(test_add_special),
         cmocka_unit_test(test_errors_name_the_problem),
         cmocka_unit_test(test_minimal_file),
