@@ -18,6 +18,8 @@ static const struct {
     {"init-model", cmd_init_model,
      "write a random-init model: --config CONFIG.json --seed N --out DIR"},
     {"score", cmd_score, "per-token log-probs of JSON lines of token ids: --model DIR"},
+    {"merge-lora", cmd_merge_lora,
+     "a LoRA adapter merged into its base: --adapter DIR --out DIR [--base DIR]"},
     {"tokenize", cmd_tokenize, "text to ids (or --decode ids to text): --tokenizer DIR"},
     {"tokenizer", cmd_tokenizer, "tokenizer tools: chordd tokenizer train ..."},
 };

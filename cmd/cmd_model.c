@@ -1,6 +1,7 @@
-/* cmd_model.c — `chordd init-model` (a seeded random-init model directory from a config.json)
- * and `chordd score` (per-token log-probs of token-id sequences read as JSON lines on stdin).
- * Both are thin shells over server/model/model.h; no model math lives here. */
+/* cmd_model.c — `chordd init-model` (a seeded random-init model directory from a config.json),
+ * `chordd score` (per-token log-probs of token-id sequences read as JSON lines on stdin) and
+ * `chordd merge-lora` (a LoRA adapter folded into its base, written as a model directory).
+ * Thin shells over server/model/model.h and bootstrap.h; no model math lives here. */
 #include <errno.h>
 #include <jansson.h>
 #include <stdio.h>
@@ -11,6 +12,7 @@
 #include "kernels/ops.h"
 #include "server/base/fileutil.h"
 #include "server/model/model.h"
+#include "server/train/bootstrap.h"
 
 static void init_usage(FILE *f) {
     fprintf(f, "usage: chordd init-model --config CONFIG.json --seed N --out DIR\n"
@@ -191,12 +193,15 @@ int cmd_score(int argc, char **argv) {
         return 1;
     }
     chord_err err = {0};
-    model *m = NULL;
-    if (model_load(model_dir, ops, &m, &err) != 0) {
+    /* bootstrap.h: a model directory, or a LoRA adapter directory over its base */
+    bootstrap_spec spec = {.dir = model_dir};
+    bootstrap_model b;
+    if (bootstrap_open(&spec, ops, &b, &err) != 0) {
         fprintf(stderr, "chordd score: %s\n", err.msg);
         ops_close(ops);
         return 1;
     }
+    model *m = b.m;
     int rc = 0;
     char *line = NULL;
     size_t cap = 0;
@@ -234,9 +239,9 @@ int cmd_score(int argc, char **argv) {
         }
         cu[0] = 0;
         cu[1] = n;
-        model_batch b = {
+        model_batch mb = {
             .N = n, .S = 1, .tokens = ids, .positions = pos, .cu_seqlens = cu, .targets = tgt};
-        if (model_forward(m, &b, 1.0f, logp, NULL, &err) != 0) {
+        if (model_forward(m, &mb, 1.0f, logp, NULL, &err) != 0) {
             fprintf(stderr, "chordd score: line %ld: %s\n", lineno, err.msg);
             rc = 1;
             break;
@@ -253,7 +258,91 @@ int cmd_score(int argc, char **argv) {
     free(buf);
     free(logp);
     free(line);
-    model_free(m);
+    bootstrap_close(&b);
+    ops_close(ops);
+    return rc;
+}
+
+static void merge_usage(FILE *f) {
+    fprintf(f, "usage: chordd merge-lora --adapter DIR --out DIR [--base DIR]\n"
+               "                         [--dtype f32|bf16|f16] [--max-shard-bytes N]\n\n"
+               "Writes DIR: the base model with the LoRA adapter merged in (W + alpha/r B A), a\n"
+               "Hugging Face model directory with the tokenizer. The adapter is a PEFT directory\n"
+               "(a LoRA job's checkpoint); its base is --base, else its adapter_config.json's\n"
+               "base_model_name_or_path.\n");
+}
+
+int cmd_merge_lora(int argc, char **argv) {
+    const char *adapter = NULL, *out_dir = NULL, *base = NULL, *dtype_name = "f32";
+    long max_shard = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            merge_usage(stdout);
+            return 0;
+        }
+        if (i + 1 >= argc) {
+            fprintf(stderr, "chordd merge-lora: %s needs a value (or is unknown)\n", a);
+            merge_usage(stderr);
+            return 2;
+        }
+        const char *v = argv[++i];
+        if (strcmp(a, "--adapter") == 0)
+            adapter = v;
+        else if (strcmp(a, "--out") == 0)
+            out_dir = v;
+        else if (strcmp(a, "--base") == 0)
+            base = v;
+        else if (strcmp(a, "--dtype") == 0)
+            dtype_name = v;
+        else if (strcmp(a, "--max-shard-bytes") == 0) {
+            if (cmd_arg_long("--max-shard-bytes", v, 0, 0x7fffffffffffffffL, &max_shard) != 0)
+                return 2;
+        } else {
+            fprintf(stderr, "chordd merge-lora: unknown option %s\n", a);
+            merge_usage(stderr);
+            return 2;
+        }
+    }
+    if (!adapter || !out_dir) {
+        fprintf(stderr, "chordd merge-lora: --adapter and --out are required\n");
+        merge_usage(stderr);
+        return 2;
+    }
+    st_dtype dtype = ST_F32;
+    if (strcmp(dtype_name, "bf16") == 0)
+        dtype = ST_BF16;
+    else if (strcmp(dtype_name, "f16") == 0)
+        dtype = ST_F16;
+    else if (strcmp(dtype_name, "f32") != 0) {
+        fprintf(stderr, "chordd merge-lora: --dtype '%s' is not f32, bf16 or f16\n", dtype_name);
+        return 2;
+    }
+    chord_err err = {0};
+    char oerr[256] = "";
+    ops_ctx *ops = ops_open("cpu", 0, oerr, sizeof oerr);
+    if (!ops) {
+        fprintf(stderr, "chordd merge-lora: %s\n", oerr);
+        return 1;
+    }
+    bootstrap_spec spec = {.dir = base ? base : adapter};
+    bootstrap_model b;
+    int rc = 1;
+    if (bootstrap_open(&spec, ops, &b, &err) != 0) goto done_ops;
+    if (base && model_lora_load(b.m, adapter, &err) != 0) goto done;
+    if (!b.m->lora) {
+        chord_err_set(&err, "%s is not a LoRA adapter directory (no adapter_config.json)", adapter);
+        goto done;
+    }
+    if (model_save_merged(b.m, out_dir, dtype, (size_t)max_shard, &err) != 0) goto done;
+    if (tok_save(b.tok, out_dir, &err) != 0) goto done;
+    fprintf(stderr, "chordd merge-lora: wrote %s (%zu parameters, %s)\n", out_dir, b.m->num_params,
+            dtype_name);
+    rc = 0;
+done:
+    bootstrap_close(&b);
+done_ops:
+    if (rc != 0) fprintf(stderr, "chordd merge-lora: %s\n", err.msg);
     ops_close(ops);
     return rc;
 }

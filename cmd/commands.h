@@ -6,6 +6,7 @@
 int cmd_serve(int argc, char **argv);      /* cmd/cmd_serve.c */
 int cmd_init_model(int argc, char **argv); /* cmd/cmd_model.c */
 int cmd_score(int argc, char **argv);      /* cmd/cmd_model.c */
+int cmd_merge_lora(int argc, char **argv); /* cmd/cmd_model.c */
 int cmd_tokenize(int argc, char **argv);   /* cmd/cmd_tokenize.c */
 int cmd_tokenizer(int argc, char **argv);  /* cmd/cmd_tokenize.c: `tokenizer train` */
 int cmd_train(int argc, char **argv);      /* cmd/cmd_train.c */

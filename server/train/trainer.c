@@ -11,6 +11,7 @@
 #include "server/train/trainer.h"
 
 #include <jansson.h>
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -1199,7 +1200,10 @@ static int save_checkpoint(trainer *t, int64_t step, chord_err *err) {
     char dir[4096];
     if (t->cb->checkpoint_begin(t->cb->user, step, dir, sizeof dir, err) != 0) return -1;
     /* a LoRA job's checkpoint holds the adapter alone (a PEFT directory naming its base) */
-    if (t->m->lora ? model_lora_save(t->m, dir, t->env->model_dir, err)
+    char base[PATH_MAX];
+    const char *base_name = t->env->model_dir;
+    if (base_name && realpath(base_name, base)) base_name = base; /* found from anywhere */
+    if (t->m->lora ? model_lora_save(t->m, dir, base_name, err)
                    : model_save(t->m, dir, ST_F32, 0, err))
         return -1;
     /* the tokenizer files (the embedded default's too), so the checkpoint is a loadable model */

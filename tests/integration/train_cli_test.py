@@ -265,6 +265,54 @@ def test_checkpoint_loads_in_transformers(tmp_path, data):
     assert mine == list(ids)
 
 
+def test_lora_job_checkpoint_merge_and_score(tmp_path, data):
+    """A LoRA job on a base directory (`chordd init-model`): its checkpoint is the adapter alone
+    (a PEFT directory naming the base); `chordd score` opens it as base + adapter, and
+    `chordd merge-lora` writes a model directory that scores the same (the merged weights, not
+    the adapter beside them), unlike the base alone; bad uses are refused by name."""
+    base = tmp_path / "base"
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(TINY))
+    run("init-model", "--config", str(cfg), "--seed", "3", "--out", str(base), check=0)
+    # the base needs the tokenizer beside it: take it from a checkpoint of a one-step job
+    j = job(tmp_path, data, algorithm="sft", steps=1, chord=None, eval={"every": 0},
+            model={"path": str(base)}, lora={"rank": 4, "alpha": 8,
+                                              "target_modules": "all-linear"},
+            optimizer={"lr": 0.02})
+    j2 = json.loads(open(j).read())
+    j2["steps"] = 3
+    open(j, "w").write(json.dumps(j2))
+    run("train", j, "--out", str(tmp_path / "o"), "--threads", "1", check=0)
+    ck = tmp_path / "o" / "checkpoints" / "step_3"
+    assert (ck / "adapter_config.json").exists() and (ck / "adapter_model.safetensors").exists()
+    assert not (ck / "model.safetensors").exists()
+    acfg = json.loads((ck / "adapter_config.json").read_text())
+    assert acfg["peft_type"] == "LORA" and acfg["r"] == 4
+    assert os.path.realpath(acfg["base_model_name_or_path"]) == os.path.realpath(base)
+    merged = tmp_path / "merged"
+    run("merge-lora", "--adapter", str(ck), "--out", str(merged), check=0)
+    assert (merged / "config.json").exists() and (merged / "tokenizer.json").exists()
+    ids = "[1, 17, 300, 5, 42, 99, 7, 512, 3]\n[4, 4, 8]\n"
+    s_ad = [json.loads(x) for x in run("score", "--model", str(ck), input=ids,
+                                       check=0).stdout.splitlines()]
+    s_mg = [json.loads(x) for x in run("score", "--model", str(merged), input=ids,
+                                       check=0).stdout.splitlines()]
+    s_base = [json.loads(x) for x in run("score", "--model", str(base), input=ids,
+                                         check=0).stdout.splitlines()]
+    for a, m, b in zip(s_ad, s_mg, s_base):
+        assert len(a) == len(m)
+        for x, y in zip(a, m):
+            assert abs(x - y) <= 1e-4 * (1 + abs(x)), (a, m)
+    assert max(abs(x - y) for a, b in zip(s_ad, s_base) for x, y in zip(a, b)) > 1e-3
+    # refusals: not an adapter; a LoRA checkpoint as a full fine-tuning job's model
+    p = run("merge-lora", "--adapter", str(base), "--out", str(tmp_path / "m2"), check=1)
+    assert "not a LoRA adapter directory" in p.stderr
+    j3 = job(tmp_path, data, algorithm="sft", steps=1, chord=None, eval={"every": 0},
+             model={"path": str(ck)})
+    p = run("train", j3, "--out", str(tmp_path / "o3"), "--threads", "1")
+    assert p.returncode != 0 and "is a LoRA adapter" in p.stderr, p.stderr
+
+
 # ---- --out is a path; numeric answers are the text written ------------------------------------
 
 
