@@ -102,6 +102,11 @@ void mem_estimate_job(const model_config *mc, const job_config *cfg, double prom
         out->weights += 4.0 * out->lora_params;
         out->optimizer = 12.0 * out->lora_params;
         out->reference = 0.0; /* the base under the adapter */
+        /* run_layout's LoRA buffers: x A^T of every target per layer kept, and the scratch
+         * (the widest projection's output, and r) */
+        double widest = dmax(dmax(C, I), HqD), r = (double)cfg->lora.rank;
+        double N = cfg->micro_batch_tokens > 0 ? (double)cfg->micro_batch_tokens : 8192.0;
+        out->lora_activations = 4.0 * N * (mc->num_hidden_layers * 7.0 * r + widest + r);
     }
     /* training: a micro-batch of N rows, every layer kept, backward scratch, logits chunks */
     double L = mc->num_hidden_layers, C = mc->hidden_size, V = mc->vocab_size;
@@ -113,7 +118,7 @@ void mem_estimate_job(const model_config *mc, const job_config *cfg, double prom
     if (mc->qk_norm) bwd += (Hq + Hkv) * D;
     double chunk = dmin(N, dmax(1.0, (double)(long long)(LOGITS_CHUNK_BYTES / (4.0 * V))));
     out->tokens = N;
-    out->activations = 4.0 * (N * (fwd + bwd) + 2.0 * chunk * V);
+    out->activations = 4.0 * (N * (fwd + bwd) + 2.0 * chunk * V) + out->lora_activations;
     /* grpo.share_prompt: attention's expanded layout (model.c's x* scratch, one for every layer):
      * a shared prompt row appears once per response, so at most G N rows of q, k, v and the
      * attention output with their gradients */

@@ -57,10 +57,11 @@ typedef struct mem_estimate {
     double optimizer;      /* 12 P for a job (12 P_a with LoRA), else 0 */
     double lora_params;    /* P_a: the adapter's parameters (lora), else 0 */
     double full_optimizer; /* with LoRA: the 12 P full fine-tuning would need (for the message) */
-    double activations;    /* one training micro-batch, logits chunks included */
-    double sampling;       /* the rollout engines' run state (prefill, decode logits) */
-    double kv_cache;       /* the rollout engines' KV caches */
-    double eval;           /* the eval chunk's share of sampling + kv_cache */
+    double lora_activations; /* with LoRA: the adapter's share of the activations */
+    double activations;      /* one training micro-batch, logits chunks included */
+    double sampling;         /* the rollout engines' run state (prefill, decode logits) */
+    double kv_cache;         /* the rollout engines' KV caches */
+    double eval;             /* the eval chunk's share of sampling + kv_cache */
     double total;
     double tokens;                     /* activations: rows of a micro-batch */
     double slots, positions;           /* kv_cache: the rollouts' (a job's, or the request's) */

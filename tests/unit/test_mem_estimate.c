@@ -136,6 +136,9 @@ static void test_job(void **state) {
     assert_true(e.weights == 11168.0 + 448.0);
     assert_true(e.optimizer == 1344.0 && e.full_optimizer == 33504.0);
     assert_true(e.reference == 0.0);
+    /* and its activations: x A^T of 7 targets per layer kept + the widest projection (I 16)
+     * and r as scratch: 4 x 10 rows x (2 x 7 x 2 + 16 + 2) = 1840 */
+    assert_true(e.activations == 20640.0 + 1840.0);
     jobconfig_free(&cfg);
 
     /* SFT samples nothing: no training rollouts, no KV cache */
