@@ -166,6 +166,9 @@ static int carve_weights(model *m, float *base, model_weights *w, chord_err *err
 /* With an adapter attached the base is frozen: its gradient pointers stay NULL (every op skips a
  * NULL weight gradient) and the adapter's buffer takes the gradients. */
 static int ensure_grads(model *m, chord_err *err) {
+    if (m->base && !m->lora)
+        return chord_err_set(err, "model: a view of a shared base trains an adapter only "
+                                  "(model_lora_attach first)");
     if (m->lora) {
         if (!m->g.layers) {
             m->g.layers = calloc((size_t)m->cfg.num_hidden_layers, sizeof *m->g.layers);
@@ -245,16 +248,50 @@ fail:
 
 static void run_free(model *m, model_run *r);
 
+int model_create_view(model *base, model **out, chord_err *err) {
+    *out = NULL;
+    if (!base || base->base)
+        return chord_err_set(err, "model_create_view: needs a model that is not a view itself");
+    if (base->lora)
+        return chord_err_set(err, "model_create_view: the base carries an adapter of its own");
+    model *m = calloc(1, sizeof *m);
+    if (!m) return chord_err_setc(err, CHORD_E_INTERNAL, "model: out of host memory");
+    m->cfg = base->cfg;
+    m->ops = base->ops;
+    m->num_params = base->num_params;
+    m->num_decay = base->num_decay;
+    m->params = base->params;
+    m->inv_freq = base->inv_freq;
+    m->logits_budget_bytes = base->logits_budget_bytes;
+    m->base = base;
+    m->n_tensors = base->n_tensors;
+    m->tensors = malloc((size_t)base->n_tensors * sizeof *m->tensors);
+    m->w.layers = malloc((size_t)base->cfg.num_hidden_layers * sizeof *m->w.layers);
+    if (!m->tensors || !m->w.layers) {
+        model_free(m);
+        return chord_err_setc(err, CHORD_E_INTERNAL, "model: out of host memory");
+    }
+    memcpy(m->tensors, base->tensors, (size_t)base->n_tensors * sizeof *m->tensors);
+    model_layer_weights *layers = m->w.layers;
+    m->w = base->w;
+    m->w.layers = layers;
+    memcpy(layers, base->w.layers, (size_t)base->cfg.num_hidden_layers * sizeof *layers);
+    *out = m;
+    return 0;
+}
+
 void model_free(model *m) {
     if (!m) return;
     ops_ctx *o = m->ops;
     run_free(m, m->run);
     model_lora_free(m);
-    ops_free(o, m->params);
+    if (!m->base) { /* a view's weights are its base's */
+        ops_free(o, m->params);
+        ops_free(o, m->inv_freq);
+    }
     ops_free(o, m->grads);
     ops_free(o, m->adam_m);
     ops_free(o, m->adam_v);
-    ops_free(o, m->inv_freq);
     free(m->w.layers);
     free(m->g.layers);
     free(m->tensors);

@@ -76,6 +76,7 @@ typedef struct model {
     size_t logits_budget_bytes; /* max bytes of one logits chunk (rows x V floats) */
     model_run *run;
     model_lora *lora; /* attached adapter: the base is frozen, training updates the adapter */
+    struct model *base; /* a view (model_create_view): the model whose weights these are */
 } model;
 
 /* A packed batch: S sequences in N rows; every array is host memory, copied in by the call.
@@ -112,6 +113,12 @@ int model_init_random(model *m, uint64_t seed, chord_err *err);
 int model_save(const model *m, const char *dir, st_dtype dtype, size_t max_shard_bytes,
                chord_err *err);
 void model_free(model *m);
+/* A view of base: the same weights (no copy: base->params itself), its own activations,
+ * gradients and adapter. Views of one base each attach their own LoRA adapter and train and
+ * sample at once — several users' adapters over one copy of the base. A view trains only an
+ * adapter (the shared weights never change); base must outlive its views and not be trained
+ * while they exist. */
+int model_create_view(model *base, model **out, chord_err *err);
 
 /* ---- training ---- */
 

@@ -61,6 +61,8 @@ static int upload_params(model *m, const float *host, chord_err *err) {
 }
 
 int model_init_random(model *m, uint64_t seed, chord_err *err) {
+    if (m->base)
+        return chord_err_set(err, "model_init_random: a view's weights are its base's (shared)");
     float *host = calloc(m->num_params, sizeof *host);
     if (!host)
         return chord_err_setc(err, CHORD_E_TOO_LARGE,

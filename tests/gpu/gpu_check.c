@@ -13,7 +13,8 @@
  *     prefill + decode logits — once with exact fp32 GEMMs (bound 1e-4) and once with bf16 GEMMs
  *     (bound 1e-2); for three small models (Qwen2, Qwen3 with q/k norm, Llama with biases) and a
  *     ~100M-parameter Qwen2-style model; and for the small models again with a shared prompt
- *     (model_batch.seg_parent: two responses continuing one prefix segment, grpo.share_prompt).
+ *     (model_batch.seg_parent: two responses continuing one prefix segment, grpo.share_prompt),
+ *     and with a LoRA adapter of rank 4 on every projection (its gradients compared).
  * Benchmarks (GPU only; not pass/fail): training tokens/s and MFU against 989 TFLOP/s (dense bf16,
  * H100 SXM) for the ~100M config and a Qwen2.5-0.5B-shaped config at sequence length 1024, decode
  * tokens/s at batch 1 / 32 / 256, and GB/s of memory-bound kernels against the measured
@@ -758,6 +759,7 @@ typedef struct {
     int N, S;
     int32_t *tokens, *positions, *cu, *targets;
     const int32_t *parent; /* seg_parent (S) or NULL */
+    int lora;              /* 1: a LoRA adapter on every projection trains (the base frozen) */
     float *dlogp, *dent;
 } step_batch;
 
@@ -825,11 +827,27 @@ static int run_step(ops_ctx *ops, const model_config *cfg, const step_batch *b, 
     int rc = -1;
     const model_batch mb = {b->N, b->S, b->tokens, b->positions, b->cu, b->targets, b->parent};
     if (model_create(cfg, ops, &m, err) != 0 || model_init_random(m, 1234, err) != 0) goto done;
+    if (b->lora) { /* rank 4 on all seven projections; B nonzero (the same values on both) */
+        model_lora_config lc = {
+            .rank = 4, .alpha = 8.0, .targets = (1u << MODEL_LORA_N_TARGETS) - 1};
+        size_t np = 0;
+        if (model_lora_attach(m, &lc, 7, err) != 0) goto done;
+        model_lora_tensors(m, NULL, &np);
+        float *p = xmalloc(np * sizeof *p);
+        int r = model_lora_read_params(m, p, err);
+        for (size_t i = 0; r == 0 && i < np; i++)
+            if (p[i] == 0.0f) p[i] = 0.02f * sinf(0.31f * (float)i);
+        if (r == 0) r = model_lora_write_params(m, p, err);
+        free(p);
+        if (r != 0) goto done;
+    }
     o->logp = xmalloc((size_t)b->N * sizeof(float));
     o->ent = xmalloc((size_t)b->N * sizeof(float));
-    o->grads = xmalloc(m->num_params * sizeof(float));
+    o->grads = xmalloc(model_trainable_params(m) * sizeof(float));
     if (model_zero_grad(m, err) != 0 || model_forward(m, &mb, 1.0f, o->logp, o->ent, err) != 0 ||
-        model_backward(m, b->dlogp, b->dent, err) != 0 || model_read_grads(m, o->grads, err) != 0 ||
+        model_backward(m, b->dlogp, b->dent, err) != 0 ||
+        (b->lora ? model_lora_read_grads(m, o->grads, err) : model_read_grads(m, o->grads, err)) !=
+            0 ||
         model_adamw_step(m, 1e-4f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.0f, &o->gnorm, err) != 0)
         goto done;
     o->loss = batch_loss(b, o->logp);
@@ -878,7 +896,9 @@ static void step_out_free(step_out *o) {
     memset(o, 0, sizeof *o);
 }
 
-static void t_full_step(const char *label, const char *json, int shared) {
+/* shared: the batch's prompt shared (seg_parent); lora: an adapter trains (its gradients are
+ * the ones compared) */
+static void t_full_step(const char *label, const char *json, int shared, int lora) {
     model_config cfg;
     chord_err err = {0};
     if (model_config_parse(json, &cfg, &err) != 0) {
@@ -889,13 +909,20 @@ static void t_full_step(const char *label, const char *json, int shared) {
     static const int32_t parent[] = {-1, 0, 0, -1}; /* shared: a prompt, two responses, a lone */
     step_batch b;
     batch_make(&b, lens, shared ? parent : NULL, 4, cfg.vocab_size, 77);
+    b.lora = lora;
     /* the reference layout: tensor names and offsets (identical on both backends) */
     model *probe = NULL;
-    if (model_create(&cfg, CPU, &probe, &err) != 0) {
+    model_lora_config plc = {.rank = 4, .alpha = 8.0, .targets = (1u << MODEL_LORA_N_TARGETS) - 1};
+    if (model_create(&cfg, CPU, &probe, &err) != 0 ||
+        (lora && model_lora_attach(probe, &plc, 7, &err) != 0)) {
         record("step: model_create", NAN, 0, "%s: %s", label, err.msg);
+        model_free(probe);
         batch_free(&b);
         return;
     }
+    int n_tensors = probe->n_tensors;
+    const model_tensor *tensors =
+        lora ? model_lora_tensors(probe, &n_tensors, NULL) : probe->tensors;
     printf("step %s: %s config, %zu parameters, %d tokens in %d sequences\n", label, cfg.model_type,
            probe->num_params, b.N, b.S);
     step_out ref = {0};
@@ -949,8 +976,8 @@ static void t_full_step(const char *label, const char *json, int shared) {
         double worst = 0.0, floor = 1e-3 * ref.gnorm;
         const char *worst_name = "";
         int bad = 0;
-        for (int t = 0; t < probe->n_tensors; t++) {
-            const model_tensor *mt = &probe->tensors[t];
+        for (int t = 0; t < n_tensors; t++) {
+            const model_tensor *mt = &tensors[t];
             double e =
                 rel_err_floor(g.grads + mt->offset, ref.grads + mt->offset, mt->numel, floor);
             if (!(e <= modes[mi].tol_grads)) bad++;
@@ -962,7 +989,7 @@ static void t_full_step(const char *label, const char *json, int shared) {
         snprintf(name, sizeof name, "step %s %s: every gradient tensor (worst)", label,
                  modes[mi].tag);
         record(name, worst, modes[mi].tol_grads, "%d tensors, %d over; worst %s (norm floor %.2g)",
-               probe->n_tensors, bad, worst_name, floor);
+               n_tensors, bad, worst_name, floor);
         snprintf(name, sizeof name, "step %s %s: loss after the AdamW step", label, modes[mi].tag);
         record(name, fabs(g.loss_after - ref.loss_after) / fabs(ref.loss_after), tol,
                "cpu %.7f cuda %.7f", ref.loss_after, g.loss_after);
@@ -1408,11 +1435,13 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < sizeof CFG_SMALL / sizeof CFG_SMALL[0]; i++) {
         char label[32];
         snprintf(label, sizeof label, "small-%zu", i + 1);
-        t_full_step(label, CFG_SMALL[i], 0);
+        t_full_step(label, CFG_SMALL[i], 0, 0);
         snprintf(label, sizeof label, "small-%zu shared", i + 1);
-        t_full_step(label, CFG_SMALL[i], 1);
+        t_full_step(label, CFG_SMALL[i], 1, 0);
+        snprintf(label, sizeof label, "small-%zu LoRA", i + 1);
+        t_full_step(label, CFG_SMALL[i], 0, 1);
     }
-    if (do_step) t_full_step("100M", CFG_100M, 0);
+    if (do_step) t_full_step("100M", CFG_100M, 0, 0);
     if (do_bench) {
         set_matmul(OPS_CUDA_MATMUL_BF16);
         b_bandwidth(quick);

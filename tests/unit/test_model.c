@@ -757,6 +757,90 @@ static void test_lora_files(void **state) {
     free(p), free(q);
 }
 
+/* model_create_view: two adapters over one copy of the base, trained and sampled at once
+ * (interleaved forwards and backwards), each exactly what a model of its own would do; the base
+ * never moves; a view without an adapter trains nothing. */
+static void set_b(model *m, float amp) {
+    chord_err err = {0};
+    int nt = 0;
+    size_t np = 0;
+    const model_tensor *lt = model_lora_tensors(m, &nt, &np);
+    float *p = malloc(np * sizeof *p);
+    assert_int_equal(model_lora_read_params(m, p, &err), 0);
+    for (int i = 0; i < nt; i++)
+        if (strstr(lt[i].name, ".lora_B."))
+            for (size_t j = 0; j < lt[i].numel; j++)
+                p[lt[i].offset + j] = amp * sinf(0.41f * (float)j + (float)i);
+    assert_int_equal(model_lora_write_params(m, p, &err), 0);
+    free(p);
+}
+
+static void test_views_share_base(void **state) {
+    fixture *f = *state;
+    f->m = make_model(f->ops, 0, 1, 6);
+    model *base = f->m, *v[2] = {NULL, NULL}, *alone = make_model(f->ops, 0, 1, 6);
+    chord_err err = {0};
+    const int V = base->cfg.vocab_size, N = 8;
+    model_batch b = {
+        .N = N, .S = 2, .tokens = TOK, .positions = POS, .cu_seqlens = CU, .targets = TGT};
+    model_lora_config lc[2] = {
+        {.rank = 2, .alpha = 4, .targets = (1u << MODEL_LORA_Q) | (1u << MODEL_LORA_DOWN)},
+        {.rank = 3, .alpha = 3, .targets = (1u << MODEL_LORA_V) | (1u << MODEL_LORA_UP)}};
+    float *p0 = malloc(base->num_params * sizeof *p0), *p1 = malloc(base->num_params * sizeof *p1);
+    assert_int_equal(model_read_params(base, p0, &err), 0);
+    for (int k = 0; k < 2; k++) {
+        assert_int_equal(model_create_view(base, &v[k], &err), 0);
+        assert_true(v[k]->params == base->params); /* one copy of the weights */
+    }
+    expect_error(model_zero_grad(v[0], &err), &err, "trains an adapter only");
+    expect_error(model_init_random(v[0], 1, &err), &err, "shared");
+    model *vv = NULL;
+    expect_error(model_create_view(v[0], &vv, &err), &err, "not a view");
+    assert_null(vv);
+    for (int k = 0; k < 2; k++) {
+        assert_int_equal(model_lora_attach(v[k], &lc[k], 10 + k, &err), 0);
+        set_b(v[k], 0.03f * (k + 1));
+    }
+    assert_int_equal(model_lora_attach(alone, &lc[0], 10, &err), 0);
+    set_b(alone, 0.03f);
+    /* interleaved: both views forward, then both backward, then both step */
+    for (int k = 0; k < 2; k++) {
+        assert_int_equal(model_zero_grad(v[k], &err), 0);
+        assert_int_equal(model_forward(v[k], &b, 1.0f, NULL, NULL, &err), 0);
+    }
+    for (int k = 0; k < 2; k++) {
+        assert_int_equal(model_backward(v[k], W_LOGP, NULL, &err), 0);
+        assert_int_equal(model_adamw_step(v[k], 1e-2f, 0.9f, 0.99f, 1e-8f, 0.1f, 1.0f, NULL, &err),
+                         0);
+    }
+    assert_int_equal(model_zero_grad(alone, &err), 0);
+    assert_int_equal(model_forward(alone, &b, 1.0f, NULL, NULL, &err), 0);
+    assert_int_equal(model_backward(alone, W_LOGP, NULL, &err), 0);
+    assert_int_equal(model_adamw_step(alone, 1e-2f, 0.9f, 0.99f, 1e-8f, 0.1f, 1.0f, NULL, &err), 0);
+    float *l[3];
+    model *ms[3] = {v[0], v[1], alone};
+    for (int k = 0; k < 3; k++) {
+        l[k] = malloc((size_t)N * V * sizeof(float));
+        assert_int_equal(model_forward(ms[k], &b, 1.0f, NULL, NULL, &err), 0);
+        assert_int_equal(model_read_logits(ms[k], l[k], &err), 0);
+    }
+    double d01 = 0;
+    for (int i = 0; i < N * V; i++) {
+        if (fabsf(l[0][i] - l[2][i]) > 1e-5f * (1.0f + fabsf(l[2][i])))
+            fail_msg("logit %d: view %.7g, a model of its own %.7g", i, l[0][i], l[2][i]);
+        d01 = fmax(d01, fabs(l[0][i] - l[1][i]));
+    }
+    assert_true(d01 > 1e-3); /* two different adapters */
+    assert_int_equal(model_read_params(base, p1, &err), 0);
+    assert_memory_equal(p0, p1, base->num_params * sizeof *p0); /* the base never moved */
+    for (int k = 0; k < 3; k++)
+        free(l[k]);
+    model_free(v[0]);
+    model_free(v[1]);
+    model_free(alone);
+    free(p0), free(p1);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_gradients_qwen2_tied, setup, teardown),
@@ -773,6 +857,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_shared_prefix_bad_parents, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lora_contracts, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lora_files, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_views_share_base, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
