@@ -74,6 +74,14 @@ struct api_http {
 extern const http_route api_http_routes[];
 extern const size_t api_http_n_routes;
 
+/* Routing, without a connection (tests/fuzz/fuzz_http.c calls it too): the first route of method
+ * (HEAD as GET) whose pattern matches path, its parameters in params (*n_params of them,
+ * malloc'd: the caller frees them), or NULL. allow (allow_cap bytes, may be 0) gets the other
+ * methods whose routes match path ("GET, POST"), for a 405's Allow header. */
+const http_route *http_route_find(const char *method, const char *path,
+                                  char *params[HTTP_MAX_PARAMS], int *n_params, char *allow,
+                                  size_t allow_cap);
+
 /* Queues doc (stolen) as JSON with status. */
 enum MHD_Result http_send_json(http_req *r, unsigned status, json_t *doc);
 /* Queues {"error": {"code", "message"}}. */

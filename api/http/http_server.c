@@ -191,8 +191,8 @@ int http_upload_begin(http_req *r, chord_err *err) {
 
 /* ---- routing ------------------------------------------------------------------------------ */
 
-/* Matches path against pattern, filling r->params; 1 on a match. */
-static int match(http_req *r, const char *pattern, const char *path) {
+/* Matches path against pattern, filling params (*n_params of them, malloc'd); 1 on a match. */
+static int match(const char *pattern, const char *path, char **out_params, int *n_params) {
     int n = 0;
     char *params[HTTP_MAX_PARAMS] = {0};
     const char *p = pattern, *u = path;
@@ -212,13 +212,41 @@ static int match(http_req *r, const char *pattern, const char *path) {
     }
     if (*p || *u) goto no;
     for (int i = 0; i < n; i++)
-        r->params[i] = params[i];
-    r->n_params = n;
+        out_params[i] = params[i];
+    *n_params = n;
     return 1;
 no:
     for (int i = 0; i < n; i++)
         free(params[i]);
     return 0;
+}
+
+const http_route *http_route_find(const char *method, const char *path,
+                                  char *params[HTTP_MAX_PARAMS], int *n_params, char *allow,
+                                  size_t allow_cap) {
+    const http_route *found = NULL;
+    if (!strcmp(method, "HEAD")) method = "GET";
+    *n_params = 0;
+    if (allow_cap) allow[0] = '\0';
+    for (size_t i = 0; i < api_http_n_routes; i++) {
+        const http_route *rt = &api_http_routes[i];
+        char *probe[HTTP_MAX_PARAMS] = {0};
+        int n_probe = 0;
+        if (!match(rt->pattern, path, probe, &n_probe)) continue;
+        if (!strcmp(rt->method, method) && !found) {
+            found = rt;
+            memcpy(params, probe, sizeof probe);
+            *n_params = n_probe;
+            continue;
+        }
+        for (int k = 0; k < n_probe; k++)
+            free(probe[k]);
+        if (allow_cap && !strstr(allow, rt->method)) {
+            size_t l = strlen(allow);
+            snprintf(allow + l, allow_cap - l, "%s%s", l ? ", " : "", rt->method);
+        }
+    }
+    return found;
 }
 
 static const char *route_label(const http_req *r) {
@@ -259,25 +287,8 @@ static int upload_content_type_ok(const char *ct) {
 /* First call of a request: route it and check what can be checked before the body. Returns 1
  * when a response was queued (the request is answered), 0 to go on. */
 static int first_call(http_req *r, const char *path, enum MHD_Result *result) {
-    const char *method = !strcmp(r->method, "HEAD") ? "GET" : r->method;
-    char allow[64] = "";
-    for (size_t i = 0; i < api_http_n_routes; i++) {
-        const http_route *rt = &api_http_routes[i];
-        http_req probe = {0};
-        if (!match(&probe, rt->pattern, path)) continue;
-        if (!strcmp(rt->method, method) && !r->route) {
-            r->route = rt;
-            memcpy(r->params, probe.params, sizeof r->params);
-            r->n_params = probe.n_params;
-            continue;
-        }
-        for (int k = 0; k < probe.n_params; k++)
-            free(probe.params[k]);
-        if (!strstr(allow, rt->method)) {
-            size_t l = strlen(allow);
-            snprintf(allow + l, sizeof allow - l, "%s%s", l ? ", " : "", rt->method);
-        }
-    }
+    char allow[64];
+    r->route = http_route_find(r->method, path, r->params, &r->n_params, allow, sizeof allow);
     /* who may call: before anything else is said about the request (a 404 or 405 included) */
     const char *authz = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Authorization");
     const char *reason = NULL;
