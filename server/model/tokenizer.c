@@ -2722,7 +2722,12 @@ int tok_stream_push(tok_stream *s, int32_t id, char *out, size_t cap, size_t *ou
     if (cap < n * 3 + 16)
         return chord_err_set(err, "stream output buffer of %zu bytes is too small", cap);
     if (t->decoder != TOK_DECODER_CHAIN) {
-        *out_len = stream_emit(s, (const unsigned char *)t->dec[id], n, out);
+        size_t o = 0;
+        /* no decoder: tokenizers joins the tokens with spaces, as tok_decode does */
+        if (t->decoder == TOK_DECODER_NONE && s->started)
+            o = stream_emit(s, (const unsigned char *)" ", 1, out);
+        s->started = 1;
+        *out_len = o + stream_emit(s, (const unsigned char *)t->dec[id], n, out + o);
         return 0;
     }
     /* a decoder chain: the first token may decode apart (Metaspace), and the steps after the

@@ -77,7 +77,8 @@ typedef struct tok_stream {
     int skip_special;
     unsigned char pending[8];
     size_t n_pending;
-    int started;  /* a token was decoded (Metaspace decodes the first one apart) */
+    int started;  /* a token was decoded (Metaspace decodes the first one apart; without a
+                     decoder the tokens after it are joined with a space) */
     int kept;     /* some text came out (a Strip decoder strips only at the start) */
     int stripped; /* characters a Strip decoder has removed at the start so far */
 } tok_stream;

@@ -55,6 +55,11 @@ static void decode_both(const tok_tokenizer *tok, const int32_t *ids, size_t n, 
     }
     if (rc == 0 && src == 0 && (len != slen || (len && memcmp(text, streamed, len)))) {
         fprintf(stderr, "stream (%zu bytes) differs from decode (%zu bytes)\n", slen, len);
+        fprintf(stderr, "decode: '%.*s'\nstream: '%.*s'\nids:", (int)len, text, (int)slen,
+                streamed ? streamed : "");
+        for (size_t i = 0; i < n; i++)
+            fprintf(stderr, " %d", ids[i]);
+        fprintf(stderr, " (skip_special %d)\n", skip_special);
         abort();
     }
     free(streamed);

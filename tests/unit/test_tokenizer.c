@@ -280,6 +280,36 @@ static void test_offsets_of_invalid_utf8(void **state) {
     }
 }
 
+/* Without a decoder, tokenizers joins the tokens with spaces; the stream must too (its output is
+ * tok_decode's): a fuzz_tokenizer finding, where the stream joined them with nothing. */
+static void test_stream_without_decoder(void **state) {
+    (void)state;
+    const char *json = "{\"added_tokens\": [{\"id\": 3, \"content\": \"<s>\", \"special\": true}], "
+                       "\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1, \"ab\": 2}, "
+                       "\"merges\": [\"a b\"]}}";
+    tok_tokenizer *t = NULL;
+    chord_err err = {0};
+    assert_int_equal(tok_load_from_memory(json, strlen(json), NULL, 0, &t, &err), 0);
+    const int32_t ids[] = {3, 2, 0, 3, 1, 2};
+    for (int skip = 0; skip < 2; skip++) {
+        char *text = NULL;
+        size_t len = 0;
+        assert_int_equal(tok_decode(t, ids, 6, skip, &text, &len, &err), 0);
+        assert_string_equal(text, skip ? "ab a b ab" : "<s> ab a <s> b ab");
+        char streamed[64] = "", out[64];
+        tok_stream s;
+        tok_stream_init(&s, t, skip);
+        for (size_t i = 0; i < 6; i++) {
+            size_t n = 0;
+            assert_int_equal(tok_stream_push(&s, ids[i], out, sizeof out, &n, &err), 0);
+            strncat(streamed, out, n);
+        }
+        assert_string_equal(streamed, text);
+        free(text);
+    }
+    tok_free(t);
+}
+
 /* DeepSeek's config sets add_bos_token: BOS comes first with TOK_ENCODE_ADD_SPECIAL. */
 static void test_add_special(void **state) {
     (void)state;
@@ -490,6 +520,7 @@ int main(void) {
         cmocka_unit_test(test_invalid_utf8),
         cmocka_unit_test(test_offsets),
         cmocka_unit_test(test_offsets_of_invalid_utf8),
+        cmocka_unit_test(test_stream_without_decoder),
         cmocka_unit_test(test_add_special),
         cmocka_unit_test(test_errors_name_the_problem),
         cmocka_unit_test(test_minimal_file),
