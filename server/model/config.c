@@ -351,8 +351,34 @@ int model_config_parse(const char *json_text, model_config *cfg, chord_err *err)
     return rc;
 }
 
+int model_config_adapter_base(const char *dir, char *base, size_t n, chord_err *err) {
+    char path[4096 + 32];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    if (chord_is_file(path)) return 0;
+    snprintf(path, sizeof path, "%s/adapter_config.json", dir);
+    if (!chord_is_file(path)) return 0;
+    json_error_t je;
+    json_t *doc = json_load_file(path, 0, &je);
+    if (!doc) return chord_err_set(err, "%s: %s", path, je.text);
+    const char *b = json_string_value(json_object_get(doc, "base_model_name_or_path"));
+    int rc = 1;
+    if (!b || !chord_is_dir(b))
+        rc = chord_err_set(err,
+                           "%s is a LoRA adapter whose base (base_model_name_or_path) %s%s%s is "
+                           "not a model directory here (a random-init base is sampled within "
+                           "its own job)",
+                           dir, b ? "\"" : "", b ? b : "is null and", b ? "\"" : "");
+    else if ((size_t)snprintf(base, n, "%s", b) >= n)
+        rc = chord_err_set(err, "%s: base_model_name_or_path too long", path);
+    json_decref(doc);
+    return rc;
+}
+
 int model_config_load(const char *dir, model_config *cfg, chord_err *err) {
-    char path[4096];
+    char path[4096], base[4096];
+    int adapter = model_config_adapter_base(dir, base, sizeof base, err);
+    if (adapter < 0) return -1;
+    if (adapter) dir = base; /* a LoRA adapter's model is its base's */
     if (snprintf(path, sizeof path, "%s/config.json", dir) >= (int)sizeof path)
         return chord_err_set(err, "%s: path too long", dir);
     char *text = NULL;

@@ -49,8 +49,13 @@ int model_config_parse(const char *json_text, model_config *cfg, chord_err *err)
  * {"init": {"config": {...}}}. */
 struct json_t;
 int model_config_from_json(const struct json_t *root, model_config *cfg, chord_err *err);
-/* Reads DIR/config.json. */
+/* Reads DIR/config.json (a LoRA adapter directory: its base's, model_config_adapter_base). */
 int model_config_load(const char *dir, model_config *cfg, chord_err *err);
+/* A PEFT LoRA adapter directory (adapter_config.json and no config.json: a LoRA job's
+ * checkpoint): 1 with its base (base_model_name_or_path, which must be a directory) copied into
+ * base (n bytes); 0 for any other directory; -1 with err. model_config_load of an adapter reads
+ * its base's config. */
+int model_config_adapter_base(const char *dir, char *base, size_t n, chord_err *err);
 /* A Hugging Face config.json for cfg (malloc'd, NUL-terminated) that transformers loads. */
 char *model_config_to_json(const model_config *cfg);
 /* The same as a new jansson object (caller json_decref's it); NULL when out of memory. */

@@ -16,40 +16,14 @@ void bootstrap_close(bootstrap_model *b) {
     memset(b, 0, sizeof *b);
 }
 
-/* A PEFT LoRA directory (a LoRA job's checkpoint): adapter_config.json and no config.json. Its
- * base is base_model_name_or_path, which must be a model directory here. Returns 1 with base
- * (its path copied into base, size n) for an adapter, 0 for anything else, -1 with err. */
-static int adapter_base(const char *dir, char *base, size_t n, chord_err *err) {
-    char path[4096 + 32];
-    snprintf(path, sizeof path, "%s/config.json", dir);
-    if (chord_is_file(path)) return 0;
-    snprintf(path, sizeof path, "%s/adapter_config.json", dir);
-    if (!chord_is_file(path)) return 0;
-    json_error_t je;
-    json_t *doc = json_load_file(path, 0, &je);
-    if (!doc) return chord_err_set(err, "model: %s: %s", path, je.text);
-    const char *b = json_string_value(json_object_get(doc, "base_model_name_or_path"));
-    int rc = 1;
-    if (!b || !chord_is_dir(b))
-        rc = chord_err_set(err,
-                           "model: %s is a LoRA adapter whose base (base_model_name_or_path) "
-                           "%s%s%s is not a model directory here (a random-init base is "
-                           "sampled within its own job)",
-                           dir, b ? "\"" : "", b ? b : "is null and", b ? "\"" : "");
-    else
-        snprintf(base, n, "%s", b);
-    json_decref(doc);
-    return rc;
-}
-
 int bootstrap_open(const bootstrap_spec *spec, ops_ctx *ops, bootstrap_model *out, chord_err *err) {
     memset(out, 0, sizeof *out);
     /* 0. a LoRA adapter directory: its base's weights, then the adapter (step 5) */
     char base[4096];
     const char *weights_dir = spec->dir, *adapter_dir = NULL;
     if (!spec->live && spec->dir) {
-        int a = adapter_base(spec->dir, base, sizeof base, err);
-        if (a < 0) return -1;
+        int a = model_config_adapter_base(spec->dir, base, sizeof base, err);
+        if (a < 0) return chord_err_prefix(err, "model");
         if (a) {
             weights_dir = base;
             adapter_dir = spec->dir;

@@ -82,6 +82,54 @@ def test_rollout_logprobs_match_transformers(srv, temperature):
     assert worst <= 1e-4, worst
 
 
+def test_rollout_from_a_lora_adapter_matches_peft(srv):
+    """A PEFT LoRA directory under the models root (written by peft itself, its
+    base_model_name_or_path the base's directory) samples as base + adapter, unmerged: the
+    log-probs equal peft's model in PyTorch, and differ from the base's alone."""
+    from peft import LoraConfig, get_peft_model
+    base = make_model(srv, "lora_base", seed=4)
+    hf = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    torch.manual_seed(0)
+    pm = get_peft_model(hf, LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
+                                       target_modules=["q_proj", "v_proj", "down_proj"]))
+    pm.eval()
+    adir = os.path.join(srv.models_root, "lora_adapter")
+    pm.save_pretrained(adir)
+    cfg_path = os.path.join(adir, "adapter_config.json")
+    with open(cfg_path) as f:
+        acfg = json.load(f)
+    acfg["base_model_name_or_path"] = base
+    with open(cfg_path, "w") as f:
+        json.dump(acfg, f)
+    r = srv.post("/v1/rollouts", {"prompts": ["Compute 12+30."], "model": "lora_adapter",
+                                  "n": 2, "temperature": 1.0, "max_tokens": 10, "seed": 3})
+    assert r.status == 202, r
+    ro = wait_rollout(srv, r.json()["id"])
+    assert ro["state"] == "succeeded", ro
+    worst, off_base = 0.0, 0.0
+    for c in ro["result"]["completions"]:
+        ids = c["prompt_token_ids"] + c["token_ids"]
+        with torch.no_grad():
+            lp = torch.log_softmax(pm(torch.tensor([ids])).logits[0].double(), dim=-1)
+            with pm.disable_adapter():
+                lpb = torch.log_softmax(pm(torch.tensor([ids])).logits[0].double(), dim=-1)
+        n_prompt = len(c["prompt_token_ids"])
+        for t, tok in enumerate(c["token_ids"]):
+            ref = lp[n_prompt + t - 1, tok].item()
+            worst = max(worst, abs(ref - c["logprobs"][t]) / max(1.0, abs(ref)))
+            off_base = max(off_base, abs(lpb[n_prompt + t - 1, tok].item() - c["logprobs"][t]))
+    assert worst <= 1e-4, worst
+    assert off_base > 1e-3, off_base  # the adapter mattered
+    # an adapter naming a base outside the models root is refused, naming the field
+    bad = os.path.join(srv.models_root, "lora_outside")
+    os.makedirs(bad, exist_ok=True)
+    with open(os.path.join(bad, "adapter_config.json"), "w") as f:
+        json.dump(dict(acfg, base_model_name_or_path=srv.tmp), f)
+    r = srv.post("/v1/rollouts", {"prompts": ["x"], "model": "lora_outside"})
+    msg = r.json()["error"]["message"]
+    assert r.status == 400 and "base_model_name_or_path" in msg and "outside" in msg, r
+
+
 def test_rollout_is_seeded(srv):
     mdir = make_model(srv, "roll_seed")
     req = {"prompts": ["Compute 1+2."], "model": os.path.basename(mdir), "n": 2,
