@@ -105,6 +105,14 @@ int http_query_int(http_req *r, const char *name, int64_t lo, int64_t hi, int64_
 /* Parses the JSON body into *doc (400 messages name the line and column). */
 int http_body_json(http_req *r, json_t **doc, chord_err *err);
 
+/* Queues resp (taken: destroyed here) with status; MHD_NO when it could not be queued. */
+enum MHD_Result http_queue_response(http_req *r, unsigned status, struct MHD_Response *resp);
+
+/* The web dashboard (http_ui.c): the page at / and its files under /ui/, needing no token. */
+enum MHD_Result http_ui_page(http_req *r);
+enum MHD_Result http_ui_file(http_req *r);
+int http_route_is_ui(const http_route *rt);
+
 /* Starts a dataset upload from the request's query (first call). */
 int http_upload_begin(http_req *r, chord_err *err);
 

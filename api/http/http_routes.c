@@ -232,5 +232,8 @@ const http_route api_http_routes[] = {
      API_SCOPE_READ},
     {"POST", "/v1/rollouts", HTTP_BODY_JSON, post_rollout, API_SCOPE_ADMIN},
     {"GET", "/v1/rollouts/{id}", HTTP_BODY_NONE, get_rollout, API_SCOPE_READ},
+    /* the web dashboard (http_ui.c): files only, no data, so no token */
+    {"GET", "/", HTTP_BODY_NONE, http_ui_page, API_SCOPE_NONE},
+    {"GET", "/ui/{name}", HTTP_BODY_NONE, http_ui_file, API_SCOPE_NONE},
 };
 const size_t api_http_n_routes = sizeof api_http_routes / sizeof api_http_routes[0];

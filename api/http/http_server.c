@@ -35,6 +35,10 @@ static enum MHD_Result queue(http_req *r, unsigned status, struct MHD_Response *
     return rc;
 }
 
+enum MHD_Result http_queue_response(http_req *r, unsigned status, struct MHD_Response *resp) {
+    return queue(r, status, resp);
+}
+
 enum MHD_Result http_send_text(http_req *r, unsigned status, const char *content_type, char *text,
                                size_t len) {
     struct MHD_Response *resp = MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
@@ -721,14 +725,13 @@ enum MHD_Result http_send_events(http_req *r, const char *job_id, int64_t since_
 /* ---- the daemon --------------------------------------------------------------------------- */
 
 /* Every route says what it needs, and it agrees with its method: no write open to a read token,
- * no route but /healthz open to anyone. */
+ * no route but /healthz and the dashboard's files open to anyone. */
 static int check_routes(chord_err *err) {
     for (size_t i = 0; i < api_http_n_routes; i++) {
         const http_route *rt = &api_http_routes[i];
         int get = !strcmp(rt->method, "GET");
-        api_scope want = !strcmp(rt->pattern, "/healthz") ? API_SCOPE_NONE
-                         : get                            ? API_SCOPE_READ
-                                                          : API_SCOPE_ADMIN;
+        int open_route = !strcmp(rt->pattern, "/healthz") || (get && http_route_is_ui(rt));
+        api_scope want = open_route ? API_SCOPE_NONE : get ? API_SCOPE_READ : API_SCOPE_ADMIN;
         if (rt->need != want)
             return chord_err_setc(err, CHORD_E_INTERNAL, "http: route %s %s needs scope %d, not %d",
                                   rt->method, rt->pattern, (int)want, (int)rt->need);

@@ -16,6 +16,7 @@
 
 #include "server/base/json_field.h"
 #include "server/model/chat.h"
+#include "server/model/tokenizer.h"
 #include "server/train/bootstrap.h"
 #include "server/train/dataset.h"
 #include "server/train/reward.h"
@@ -62,6 +63,58 @@ static int encode_prompts(void *user, const model_config *mc, const tok_tokenize
     mem_estimate_rollout(mc, rp->n, chord_json_number_or(rp->request, "n", 1), longest,
                          chord_json_number_or(rp->request, "max_tokens", 256), !rp->live, &need);
     return mem_estimate_check(&need, rp->budget, err);
+}
+
+/* The text each sampled token adds, one string per token_ids entry (the dashboard's per-token
+ * log-prob view): the streaming decoder's pieces with special tokens kept, so they join into the
+ * response as sampled; bytes of a character split across tokens go with the token that completes
+ * it; an id outside the tokenizer (a padded vocabulary) adds "". NULL when out of memory. */
+static json_t *token_pieces(const tok_tokenizer *tok, const int32_t *ids, int n) {
+    json_t *pieces = json_array();
+    char *buf = NULL;
+    size_t cap = 0;
+    tok_stream st;
+    tok_stream_init(&st, tok, 0);
+    for (int i = 0; pieces && i < n; i++) {
+        size_t bytes = 0, len = 0;
+        if (!tok_id_bytes(tok, ids[i], &bytes)) {
+            if (json_array_append_new(pieces, json_string("")) != 0) goto oom;
+            continue;
+        }
+        if (cap < bytes * 3 + 16) {
+            char *p = realloc(buf, bytes * 3 + 16);
+            if (!p) goto oom;
+            buf = p;
+            cap = bytes * 3 + 16;
+        }
+        if (tok_stream_push(&st, ids[i], buf, cap, &len, NULL) != 0) len = 0;
+        json_t *piece = json_stringn(buf ? buf : "", len);
+        if (!piece) piece = json_string("\xEF\xBF\xBD"); /* not UTF-8 on its own: U+FFFD */
+        if (json_array_append_new(pieces, piece) != 0) goto oom;
+    }
+    if (pieces && n > 0) { /* a character still incomplete at the end: U+FFFD on the last token */
+        char tail[8];
+        size_t len = 0;
+        tok_stream_finish(&st, tail, &len);
+        const char *last = json_string_value(json_array_get(pieces, (size_t)n - 1));
+        if (len && last) {
+            size_t l = strlen(last);
+            char *joined = malloc(l + len + 1);
+            if (!joined) goto oom;
+            memcpy(joined, last, l);
+            memcpy(joined + l, tail, len);
+            joined[l + len] = '\0';
+            json_t *piece = json_string(joined);
+            free(joined);
+            if (piece) json_array_set_new(pieces, (size_t)n - 1, piece);
+        }
+    }
+    free(buf);
+    return pieces;
+oom:
+    free(buf);
+    json_decref(pieces);
+    return NULL;
 }
 
 int jobs_rollout_generate(const json_t *request, ops_ctx *ops, void *live_model,
@@ -146,9 +199,10 @@ int jobs_rollout_generate(const json_t *request, ops_ctx *ops, void *live_model,
             json_array_append_new(tids, json_integer(q->tokens[t]));
             json_array_append_new(lps, json_real(q->logp[t]));
         }
-        json_t *c = json_pack("{s:i, s:i, s:s%, s:o, s:o, s:o, s:s}", "prompt_index", q->prompt,
-                              "index", i % rp.group_size, "text", text ? text : "", tlen,
-                              "prompt_token_ids", pt, "token_ids", tids, "logprobs", lps,
+        json_t *c = json_pack("{s:i, s:i, s:s%, s:o, s:o, s:o*, s:o, s:s}", "prompt_index",
+                              q->prompt, "index", i % rp.group_size, "text", text ? text : "",
+                              tlen, "prompt_token_ids", pt, "token_ids", tids, "tokens",
+                              token_pieces(boot.tok, q->tokens, q->len), "logprobs", lps,
                               "finish_reason", q->stopped ? "stop" : "length");
         if (c && verifier) {
             char *ans = NULL;
