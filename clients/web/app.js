@@ -263,6 +263,7 @@ function route() {
   const parts = path.split("/").filter(Boolean);
   const params = new URLSearchParams(query || "");
   newPage();
+  $("#toast").hidden = true;
   const name = parts[0] || "jobs";
   document.querySelectorAll("#nav a").forEach((a) => a.classList.toggle("active", a.dataset.page === name));
   const pages = {jobs: parts[1] ? () => jobPage(decodeURIComponent(parts[1]), params) : jobsPage,
@@ -279,13 +280,17 @@ function jobsPage() {
   const newBtn = h("button", {class: "primary", id: "new-job", onclick: () => {
     if (formBox.firstChild) fill(formBox); else formBox.append(jobForm());
   }}, "New job");
+  const summary = h("div", {class: "summary", id: "jobs-summary"});
   mount(h("div", {class: "page-head"}, h("h1", {}, "Jobs"),
           h("span", {class: "sub grow", id: "jobs-count"}), newBtn),
-        formBox, tableBox);
+        formBox, summary, tableBox);
   const load = async () => {
     try {
       const doc = await api("GET", "/v1/jobs?limit=200", undefined, page.controller.signal);
       $("#jobs-count").textContent = `${doc.total} job${doc.total === 1 ? "" : "s"}`;
+      const count = (st) => doc.items.filter((j) => j.state === st).length;
+      fill(summary, ["running", "queued", "succeeded", "failed", "cancelled"].map((st) =>
+        h("div", {class: "tile " + st}, h("div", {class: "v"}, String(count(st))), h("div", {class: "k"}, st))));
       fill(tableBox, jobsTable(doc.items));
     } catch (e) { if (e.name !== "AbortError") showError(tableBox, e); }
   };
@@ -526,7 +531,7 @@ function jobPage(id, params) {
         input, h("button", {onclick: () => go(Number(input.value))}, "Show"),
         h("button", {onclick: () => go(step - 1)}, "‹ prev"), h("button", {onclick: () => go(step + 1)}, "next ›"),
         h("button", {onclick: () => go(lastStep)}, "latest"),
-        h("span", {class: "grow"}), h("button", {class: "ghost-dark", onclick: () => fill(samplesBox, samplesButton())}, "Hide")),
+        h("span", {class: "grow"}), h("button", {onclick: () => fill(samplesBox, samplesButton())}, "Hide")),
       body));
     input.addEventListener("keydown", (e) => { if (e.key === "Enter") go(Number(input.value)); });
     try {
@@ -705,7 +710,7 @@ function uploadCard(onDone) {
 function modelsPage() {
   document.title = "Models · chord";
   const list = h("div", {class: "card flush", id: "models-table"}, h("div", {class: "empty"}, "Loading…"));
-  const err = h("div");
+  const err = h("div", {id: "model-error"});
   const load = async () => {
     try {
       const doc = await api("GET", "/v1/models?limit=500", undefined, page.controller.signal);
@@ -737,7 +742,7 @@ function modelsPage() {
   };
   mount(h("div", {class: "page-head"}, h("h1", {}, "Models")),
         h("div", {class: "card stack"}, h("h2", {}, "Register a Hugging Face model directory"),
-          h("div", {class: "row"}, name, path, h("button", {class: "primary", onclick: register}, "Register")), err),
+          h("div", {class: "row"}, name, path, h("button", {class: "primary", id: "model-register", onclick: register}, "Register")), err),
         list);
   load();
 }
@@ -832,11 +837,14 @@ function rolloutView(ro) {
       h("span", {class: "sub mono"}, ro.id),
       h("span", {class: "sub"}, `${fmt(res.tokens)} tokens in ${fmt(res.seconds, 3)} s`), h("span", {class: "grow"}),
       h("div", {class: "legend"}, "p(token): 0", h("span", {class: "scale"}), "1")),
-    cs.map((c) => {
+    cs.map((c, i) => {
+      const prompts = (ro.request && ro.request.prompts) || [];
+      const newPrompt = i === 0 || cs[i - 1].prompt_index !== c.prompt_index;
       const lps = c.logprobs || [];
       const mean = lps.length ? lps.reduce((a, b) => a + b, 0) / lps.length : null;
       const pieces = c.tokens || (c.token_ids || []).map((t) => `⟨${t}⟩`);
-      return h("div", {class: "completion"},
+      return h("div", {}, newPrompt && prompts.length > 1 ? h("h3", {}, `prompt ${c.prompt_index}: ${prompts[c.prompt_index]}`) : null,
+        h("div", {class: "completion"},
         h("div", {class: "head"}, h("b", {}, `#${c.index}`),
           c.reward !== undefined ? h("span", {class: "badge kind"}, "reward " + fmt(c.reward)) : null,
           c.reason ? badge(c.reason) : null, badge(c.finish_reason, "plain"),
@@ -844,7 +852,7 @@ function rolloutView(ro) {
         h("div", {class: "heat"}, pieces.map((t, i) => h("span", {
           style: lps[i] !== undefined ? `background:${heatColour(lps[i])}` : null,
           title: `token ${c.token_ids ? c.token_ids[i] : "?"} · log p ${fmt(lps[i], 3)} · p ${fmt(Math.exp(lps[i] ?? NaN), 3)}`}, t))),
-        c.tokens ? null : h("details", {}, h("summary", {class: "sub"}, "text"), h("div", {class: "sample-text"}, c.text)));
+        c.tokens ? null : h("details", {}, h("summary", {class: "sub"}, "text"), h("div", {class: "sample-text"}, c.text))));
     }));
 }
 

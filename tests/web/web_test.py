@@ -26,7 +26,8 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "integration"))
-from chordd_harness import Chordd, arith_prompts, jsonl, tiny_job  # noqa: E402
+from chordd_harness import (Chordd, TINY_CONFIG, arith_expert, arith_prompts, jsonl,  # noqa: E402
+                            tiny_job)
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver")
@@ -192,8 +193,28 @@ def test_upload_through_the_page(browser, srv, files, shots):
     shot(d, shots, "datasets", ["#dropzone", "#upload-error", "#datasets-table tr[data-dataset]"])
 
 
+def test_models(browser, srv, shots):
+    d = browser
+    os.makedirs(os.path.join(srv.models_root, "tiny-qwen"))
+    with open(os.path.join(srv.models_root, "tiny-qwen", "config.json"), "w") as f:
+        json.dump(TINY_CONFIG, f)
+    go(d, srv, "#/models")
+    wait(d, lambda: "No models" in text(d, "#models-table"), what="the models page")
+    d.find_element(By.CSS_SELECTOR, "#model-name").send_keys("tiny")
+    d.find_element(By.CSS_SELECTOR, "#model-path").send_keys("nowhere")
+    d.find_element(By.CSS_SELECTOR, "#model-register").click()
+    err = wait(d, lambda: text(d, "#model-error"), what="the refusal")
+    assert "path" in err, err
+    d.find_element(By.CSS_SELECTOR, "#model-path").clear()
+    d.find_element(By.CSS_SELECTOR, "#model-path").send_keys("tiny-qwen")
+    d.find_element(By.CSS_SELECTOR, "#model-register").click()
+    row = wait(d, lambda: find(d, "#models-table tr[data-model]"), what="the model's row")
+    assert "tiny" in row.text and "qwen2" in row.text and "directory" in row.text, row.text
+    shot(d, shots, "models", ["#models-table tr[data-model]"])
+
+
 @pytest.fixture(scope="module")
-def job(browser, srv):
+def job(browser, srv, shots):
     """A long job created through the page's form, its id."""
     d = browser
     ds = srv.get("/v1/datasets").json()["items"]
@@ -202,7 +223,10 @@ def job(browser, srv):
     wait(d, lambda: find(d, "#new-job"), what="the jobs page").click()
     area = wait(d, lambda: find(d, "#jf-json"), what="the job form")
     wait(d, lambda: '"prompts": "ds_' in area.get_attribute("value"), what="the generated document")
-    doc = tiny_job(prompts, name="web-run", steps=100000, checkpoint_every=2, keep_checkpoints=2)
+    shot(d, shots, "job-form", ["#job-form #jf-json", "#jf-submit"])
+    expert = srv.upload("expert", jsonl(arith_expert(40)), name="arith-expert").json()["id"]
+    doc = tiny_job(prompts, expert, name="web-run", steps=100000, checkpoint_every=2,
+                   keep_checkpoints=2)
     d.execute_script("arguments[0].value = arguments[1]", area, json.dumps(doc, indent=2))
     d.find_element(By.CSS_SELECTOR, "#jf-submit").click()
     wait(d, lambda: "#/jobs/job_" in d.current_url, what="the job page")
@@ -224,7 +248,7 @@ def test_curves_grow(browser, srv, job, shots):
     for m in ("mu", "pg_loss", "entropy", "grad_norm", "response_len_mean", "tokens_per_s/rollout"):
         assert points(d, m) > 0, m
     assert "web-run" in text(d, ".page-head h1") and text(d, ".page-head .badge") == "running"
-    assert '"algorithm": "grpo"' in text(d, "#config pre")
+    assert '"algorithm": "chord"' in text(d, "#config pre")
     href = wait(d, lambda: d.execute_script(
         "const a = document.querySelector('#checkpoints a[download]'); return a && a.href"),
         60, "a checkpoint's download link")
@@ -265,7 +289,7 @@ def test_cancel(browser, srv, job, shots):
     assert srv.get("/v1/jobs/" + job).json()["state"] == "cancelled"
     go(d, srv, "#/jobs")
     row = wait(d, lambda: find(d, f'tr[data-job="{job}"]'), what="the job's row")
-    assert "cancelled" in row.text and "grpo" in row.text and "qwen2 init" in row.text, row.text
+    assert "cancelled" in row.text and "chord" in row.text and "qwen2 init" in row.text, row.text
     shot(d, shots, "jobs", [f'tr[data-job="{job}"] .progress', "#new-job"])
 
 
@@ -308,10 +332,11 @@ def auth_srv():
     os.chmod(path, 0o600)
     s = Chordd(extra_args=["--auth-token-file", path, "--sse-heartbeat", "1"]).start()
     yield s
-    s.stop()
+    rc = s.stop()
     log = s.read_log()
     s.cleanup()
     os.unlink(path)
+    assert rc == 0, "chordd did not exit cleanly on SIGTERM:\n" + log[-3000:]
     for t in (ADMIN, READ):
         assert t not in log and t[-12:] not in log, "a token reached the log"
 
