@@ -2031,6 +2031,7 @@ static int encode_piece(enc_ctx *c, const piece *p) {
         if (k < 0) return -1;
         cache_put(t->cache, h, p->p, p->len, c->wids, c->wlens, (size_t)k);
     }
+    if (k == 0) return 0; /* no token for it (no unk_token, no byte token): nothing to copy */
     ids = c->wids;
     lens = c->wlens;
     tok_ids *out = c->out;

@@ -310,6 +310,27 @@ static void test_stream_without_decoder(void **state) {
     tok_free(t);
 }
 
+/* Characters with no token (no unk_token, no byte token) are dropped, as tokenizers drops them,
+ * also when nothing at all is left: a fuzz_tokenizer finding (UBSan in the Sanitize build: a
+ * copy of zero ids from a NULL array). */
+static void test_word_without_tokens(void **state) {
+    (void)state;
+    const char *json = "{\"pre_tokenizer\": {\"type\": \"Whitespace\"}, \"model\": {\"type\": "
+                       "\"BPE\", \"vocab\": {\"a\": 0}, \"merges\": [], \"byte_fallback\": true}}";
+    tok_tokenizer *t = NULL;
+    chord_err err = {0};
+    assert_int_equal(tok_load_from_memory(json, strlen(json), NULL, 0, &t, &err), 0);
+    for (unsigned flags = 0; flags < 4; flags++) {
+        tok_ids ids = {0};
+        encode_ok(t, "xyz", 3, flags, &ids);
+        assert_int_equal(ids.n, 0);
+        encode_ok(t, "xa a", 4, flags, &ids);
+        assert_int_equal(ids.n, 2);
+        tok_ids_free(&ids);
+    }
+    tok_free(t);
+}
+
 /* DeepSeek's config sets add_bos_token: BOS comes first with TOK_ENCODE_ADD_SPECIAL. */
 static void test_add_special(void **state) {
     (void)state;
@@ -521,6 +542,7 @@ int main(void) {
         cmocka_unit_test(test_offsets),
         cmocka_unit_test(test_offsets_of_invalid_utf8),
         cmocka_unit_test(test_stream_without_decoder),
+        cmocka_unit_test(test_word_without_tokens),
         cmocka_unit_test(test_add_special),
         cmocka_unit_test(test_errors_name_the_problem),
         cmocka_unit_test(test_minimal_file),
