@@ -757,6 +757,7 @@ function playgroundPage(params) {
   const job = h("select", {id: "pg-job"});
   const step = h("select", {id: "pg-step"}, h("option", {value: ""}, "latest"));
   const prompt = h("textarea", {id: "pg-prompt", rows: 4, placeholder: "Compute 12+30."}, "Compute 12+30.");
+  const system = h("input", {id: "pg-system", placeholder: "optional: sends a chat (system + user turn)"});
   const answer = h("input", {id: "pg-answer", placeholder: "optional: scored by math_boxed"});
   const num = (id, value, attrs) => h("input", Object.assign({id, type: "number", value, style: "width:110px"}, attrs));
   const n = num("pg-n", 4, {min: 1, max: 64});
@@ -785,6 +786,7 @@ function playgroundPage(params) {
           h("span", {class: "sub"}, "sample completions from a model or a checkpoint, with each token's log-probability")),
     h("div", {class: "card stack"},
       h("div", {class: "row"}, field("Sample from", source), modelField, jobField, stepField),
+      field("System prompt", system),
       field("Prompt", prompt),
       h("div", {class: "row"}, h("label", {class: "field", style: "flex:1"}, "Answer", answer),
         field("n", n), field("Temperature", temp), field("Max tokens", maxTok), field("Seed", seed),
@@ -802,8 +804,11 @@ function playgroundPage(params) {
     } catch (e) { showError(out, e); }
   })();
   run.addEventListener("click", async () => {
-    const req = {prompts: [prompt.value], n: Number(n.value), temperature: Number(temp.value),
-                 max_tokens: Number(maxTok.value), seed: Number(seed.value)};
+    const req = {n: Number(n.value), temperature: Number(temp.value), max_tokens: Number(maxTok.value),
+                 seed: Number(seed.value)};
+    if (system.value.trim())
+      req.messages = [[{role: "system", content: system.value.trim()}, {role: "user", content: prompt.value}]];
+    else req.prompts = [prompt.value];
     if (source.value === "model") req.model = model.value;
     else req.checkpoint = step.value ? {job_id: job.value, step: Number(step.value)} : {job_id: job.value};
     if (answer.value.trim()) req.answers = [answer.value.trim()];
@@ -822,10 +827,12 @@ function playgroundPage(params) {
   });
 }
 
-/* Colour of a log-probability: red (unlikely) through yellow to green (certain). */
+/* Colour of a log-probability on a log scale (HEAT_FLOOR and below: red; 0, certain: green), so
+ * that a 1-in-10 token and a 1-in-1000 one look different. */
+const HEAT_FLOOR = -8;
 function heatColour(lp) {
-  const p = Math.exp(Math.max(-20, Math.min(0, lp)));
-  return `hsl(${(p * 130).toFixed(0)} ${p > 0.5 ? 60 : 85}% ${(80 + p * 2).toFixed(0)}%)`;
+  const t = 1 - Math.max(HEAT_FLOOR, Math.min(0, lp)) / HEAT_FLOOR;
+  return `hsl(${(t * 130).toFixed(0)} ${(85 - t * 25).toFixed(0)}% ${(80 + t * 2).toFixed(0)}%)`;
 }
 
 function rolloutView(ro) {
@@ -836,7 +843,7 @@ function rolloutView(ro) {
     h("div", {class: "row", style: "margin-bottom:12px"}, h("h2", {style: "margin:0"}, `${cs.length} completion${cs.length === 1 ? "" : "s"}`),
       h("span", {class: "sub mono"}, ro.id),
       h("span", {class: "sub"}, `${fmt(res.tokens)} tokens in ${fmt(res.seconds, 3)} s`), h("span", {class: "grow"}),
-      h("div", {class: "legend"}, "p(token): 0", h("span", {class: "scale"}), "1")),
+      h("div", {class: "legend"}, `log p: ≤ ${HEAT_FLOOR}`, h("span", {class: "scale"}), "0")),
     cs.map((c, i) => {
       const prompts = (ro.request && ro.request.prompts) || [];
       const newPrompt = i === 0 || cs[i - 1].prompt_index !== c.prompt_index;

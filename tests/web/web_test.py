@@ -319,7 +319,19 @@ def test_playground(browser, srv, job, shots):
         toks = c.find_elements(By.CSS_SELECTOR, ".heat span")
         assert toks and "log p" in toks[0].get_attribute("title")
         assert "background" in toks[0].get_attribute("style")
+    # the heat map has one span per sampled token: the rollout's tokens, token_ids, logprobs
+    rid = text(d, "#pg-result .mono")
+    ro = srv.get("/v1/rollouts/" + rid).json()
+    for c, card in zip(ro["result"]["completions"], cards):
+        assert len(c["tokens"]) == len(c["token_ids"]) == len(c["logprobs"]) > 0
+        assert len(card.find_elements(By.CSS_SELECTOR, ".heat span")) == len(c["tokens"])
     shot(d, shots, "playground", ["#pg-result .completion .heat span", "#pg-run"])
+    # a chat: a system turn, then the prompt
+    d.find_element(By.CSS_SELECTOR, "#pg-system").send_keys("You add numbers.")
+    d.find_element(By.CSS_SELECTOR, "#pg-run").click()
+    wait(d, lambda: text(d, "#pg-result .mono") not in ("", rid), 60, "the chat rollout")
+    ro = srv.get("/v1/rollouts/" + text(d, "#pg-result .mono")).json()
+    assert ro["request"]["messages"][0][0] == {"role": "system", "content": "You add numbers."}
 
 
 # ---- tokens on -------------------------------------------------------------------------------
@@ -362,6 +374,9 @@ def test_tokens_on(browser, auth_srv, files, shots):
     go(d, s, "#/jobs/" + r.json()["id"])
     wait(d, lambda: text(d, ".page-head .badge") == "succeeded", 60, "the job's end over SSE")
     assert points(d, "reward_mean") == 3  # every step, each once
+    # the page never puts a token in a URL, and the server takes none from one
+    job_id = r.json()["id"]
+    assert s.get(f"/v1/jobs/{job_id}/events?access_token={READ}").status == 401
     # a read token reads; the server refuses its writes and the page says so
     d.execute_script("sessionStorage.setItem('chord.token', arguments[0])", READ)
     go(d, s, "#/datasets")
