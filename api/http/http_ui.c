@@ -19,14 +19,12 @@ typedef struct ui_asset {
     const char *content_type;
 } ui_asset;
 
-#define ASSET(name, sym, type) {name, sym, sizeof sym - 1, type}
-
 static const ui_asset assets[] = {
-    ASSET("", web_index_html, "text/html; charset=utf-8"),
-    ASSET("app.js", web_app_js, "text/javascript; charset=utf-8"),
-    ASSET("app.css", web_app_css, "text/css; charset=utf-8"),
-    ASSET("chart.min.js", web_chart_js, "text/javascript; charset=utf-8"),
-    ASSET("favicon.svg", web_favicon_svg, "image/svg+xml"),
+    {"", web_index_html, sizeof web_index_html - 1, "text/html; charset=utf-8"},
+    {"app.js", web_app_js, sizeof web_app_js - 1, "text/javascript; charset=utf-8"},
+    {"app.css", web_app_css, sizeof web_app_css - 1, "text/css; charset=utf-8"},
+    {"chart.min.js", web_chart_js, sizeof web_chart_js - 1, "text/javascript; charset=utf-8"},
+    {"favicon.svg", web_favicon_svg, sizeof web_favicon_svg - 1, "image/svg+xml"},
 };
 
 /* The page runs only its own files: no inline script, no other origin (a second line of defence

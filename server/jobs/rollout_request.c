@@ -200,8 +200,8 @@ int jobs_rollout_generate(const json_t *request, ops_ctx *ops, void *live_model,
             json_array_append_new(lps, json_real(q->logp[t]));
         }
         json_t *c = json_pack("{s:i, s:i, s:s%, s:o, s:o, s:o*, s:o, s:s}", "prompt_index",
-                              q->prompt, "index", i % rp.group_size, "text", text ? text : "",
-                              tlen, "prompt_token_ids", pt, "token_ids", tids, "tokens",
+                              q->prompt, "index", i % rp.group_size, "text", text ? text : "", tlen,
+                              "prompt_token_ids", pt, "token_ids", tids, "tokens",
                               token_pieces(boot.tok, q->tokens, q->len), "logprobs", lps,
                               "finish_reason", q->stopped ? "stop" : "length");
         if (c && verifier) {
