@@ -292,6 +292,7 @@ function jobsPage() {
       fill(summary, ["running", "queued", "succeeded", "failed", "cancelled"].map((st) =>
         h("div", {class: "tile " + st}, h("div", {class: "v"}, String(count(st))), h("div", {class: "k"}, st))));
       fill(tableBox, jobsTable(doc.items));
+      health();
     } catch (e) { if (e.name !== "AbortError") showError(tableBox, e); }
   };
   load();
@@ -396,13 +397,15 @@ const COLORS = ["#4f46e5", "#f59e0b", "#10b981", "#ef4444"];
 
 function makeChart(spec, onPick) {
   const canvas = h("canvas");
+  /* the points, kept here: with decimation on, a dataset's .data is the thinned copy */
+  const arrays = spec.series.map(() => []);
   const box = h("div", {class: "chart empty-chart", "data-metric": spec.series[0][0], "data-points": "0"},
     h("div", {class: "title"}, h("span", {}, spec.title), h("span", {class: "last"})),
     h("div", {class: "box"}, canvas));
   const chart = new Chart(canvas, {
     type: "line",
     data: {datasets: spec.series.map(([, label], i) => ({
-      label, data: [], borderColor: COLORS[i], backgroundColor: COLORS[i] + "22", borderWidth: 1.8,
+      label, data: arrays[i], borderColor: COLORS[i], backgroundColor: COLORS[i] + "22", borderWidth: 1.8,
       pointRadius: 0, pointHitRadius: 6, tension: 0.2, spanGaps: true}))},
     options: {
       animation: false, maintainAspectRatio: false, parsing: false, normalized: true,
@@ -410,14 +413,15 @@ function makeChart(spec, onPick) {
       scales: {x: {type: "linear", ticks: {precision: 0, maxTicksLimit: 6, font: {size: 10}},
                    grid: {display: false}},
                y: {ticks: {maxTicksLimit: 5, font: {size: 10}}, grid: {color: "#eef0f5"}}},
-      plugins: {legend: {display: spec.series.length > 1, position: "bottom",
+      plugins: {decimation: {enabled: true, algorithm: "lttb", threshold: 600, samples: 300}, /* long runs stay light */
+                legend: {display: spec.series.length > 1, position: "bottom",
                          labels: {boxWidth: 10, boxHeight: 2, font: {size: 10.5}}},
                 tooltip: {callbacks: {title: (it) => "step " + it[0].parsed.x}}},
       onClick: (evt, els) => { if (els.length) onPick(chart.data.datasets[els[0].datasetIndex].data[els[0].index].x); },
     },
   });
   page.charts.push(chart);
-  return {box, chart, spec};
+  return {box, chart, spec, arrays};
 }
 
 function jobPage(id, params) {
@@ -436,11 +440,11 @@ function jobPage(id, params) {
   const redraw = () => {
     dirty = false;
     for (const c of charts) {
-      const n = Math.max(...c.chart.data.datasets.map((d) => d.data.length)); /* steps drawn */
+      const n = Math.max(...c.arrays.map((a) => a.length)); /* steps drawn */
       c.box.dataset.points = String(n);
       c.box.classList.toggle("empty-chart", n === 0);
-      const d0 = c.chart.data.datasets.find((d) => d.data.length);
-      $(".last", c.box).textContent = d0 ? fmt(d0.data[d0.data.length - 1].y) : "";
+      const a0 = c.arrays.find((a) => a.length);
+      $(".last", c.box).textContent = a0 ? fmt(a0[a0.length - 1].y) : "";
       c.chart.update("none");
     }
   };
@@ -450,7 +454,7 @@ function jobPage(id, params) {
     for (const c of charts)
       c.spec.series.forEach(([name], i) => {
         const v = st.metrics[name];
-        if (v !== undefined && v !== null) c.chart.data.datasets[i].data.push({x: st.step, y: v});
+        if (v !== undefined && v !== null) c.arrays[i].push({x: st.step, y: v});
       });
     if (st.metrics["time/step"]) stepTimes.push(st.metrics["time/step"]);
     if (job && st.step > job.current_step) job.current_step = st.step;
@@ -562,7 +566,11 @@ function jobPage(id, params) {
       try {
         await readEvents(`/v1/jobs/${id}/events?since_step=${lastStep + 1}`, (event, data) => {
           if (event === "step") addStep(data);
-          else if (event === "state") { job = data; renderHead(); renderStats(); if (TERMINAL.has(job.state)) loadCheckpoints(); }
+          else if (event === "state") {
+            job = data;
+            renderHead(); renderStats(); health();
+            if (TERMINAL.has(job.state)) loadCheckpoints();
+          }
           else if (event === "checkpoint") loadCheckpoints();
         }, signal);
       } catch (e) {
