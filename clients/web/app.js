@@ -307,11 +307,12 @@ function jobsTable(items) {
     h("tbody", {}, items.map((j) => h("tr", {class: "link", "data-job": j.id,
                                              onclick: () => { location.hash = "#/jobs/" + j.id; }},
       h("td", {}, h("a", {href: "#/jobs/" + j.id}, j.name || j.id), h("div", {class: "sub mono"}, j.id)),
-      h("td", {}, badge(j.state), j.cancel_requested && !TERMINAL.has(j.state) ? h("div", {class: "sub"}, "cancelling") : null),
+      h("td", {}, badge(j.state), j.cancel_requested && !TERMINAL.has(j.state) ? h("div", {class: "sub"}, "cancelling") : null,
+        j.error ? h("div", {class: "sub clip", title: j.error}, j.error) : null),
       h("td", {style: "min-width:170px"}, progressBar(j)),
       h("td", {class: "eta"}, jobEta(j)),
       h("td", {}, (j.config && j.config.algorithm) || "—"),
-      h("td", {class: "mono"}, modelLabel(j.config)),
+      h("td", {class: "mono", title: modelLabel(j.config)}, modelLabel(j.config).split("/").slice(-2).join("/")),
       h("td", {class: "sub"}, fmtTime(j.created_at))))));
 }
 
@@ -395,6 +396,18 @@ const CHARTS = [
 ];
 const COLORS = ["#4f46e5", "#f59e0b", "#10b981", "#ef4444"];
 
+/* TensorBoard's smoothing: an exponential moving average, debiased so the first points are not
+ * pulled towards 0. weight 0 = the raw points. */
+function smoothed(points, weight) {
+  if (!weight) return points;
+  let ema = 0, norm = 0;
+  return points.map((p) => {
+    ema = ema * weight + (1 - weight) * p.y;
+    norm = norm * weight + (1 - weight);
+    return {x: p.x, y: ema / norm};
+  });
+}
+
 function makeChart(spec, onPick) {
   const canvas = h("canvas");
   /* the points, kept here: with decimation on, a dataset's .data is the thinned copy */
@@ -433,7 +446,21 @@ function jobPage(id, params) {
   const ckptBox = h("div", {class: "card flush", id: "checkpoints"}, h("h2", {}, "Checkpoints"));
   const configBox = h("div", {class: "card", id: "config"}, h("h2", {}, "Resolved config"));
   const charts = CHARTS.map((s) => makeChart(s, (step) => openSamples(step)));
-  mount(head, stats, h("div", {class: "charts", id: "charts"}, charts.map((c) => c.box)),
+  let smoothing = Number(localStorage.getItem("chord.smoothing") || 0);
+  const smoothLabel = h("span", {class: "mono"}, smoothing.toFixed(2));
+  const smoothInput = h("input", {type: "range", id: "smoothing", min: "0", max: "0.99", step: "0.01",
+                                  value: String(smoothing)});
+  smoothInput.addEventListener("input", () => {
+    smoothing = Number(smoothInput.value);
+    smoothLabel.textContent = smoothing.toFixed(2);
+    localStorage.setItem("chord.smoothing", String(smoothing));
+    redraw();
+  });
+  mount(head, stats,
+        h("div", {class: "row curves-head"}, h("h2", {style: "margin:0"}, "Curves"),
+          h("span", {class: "sub grow"}, "live from the job's event stream; click a point for that step's samples"),
+          h("label", {class: "row sub"}, "Smoothing", smoothInput, smoothLabel)),
+        h("div", {class: "charts", id: "charts"}, charts.map((c) => c.box)),
         h("div", {style: "height:18px"}), samplesBox, h("div", {class: "grid2"}, ckptBox, configBox));
 
   let dirty = false;
@@ -443,6 +470,7 @@ function jobPage(id, params) {
       const n = Math.max(...c.arrays.map((a) => a.length)); /* steps drawn */
       c.box.dataset.points = String(n);
       c.box.classList.toggle("empty-chart", n === 0);
+      c.chart.data.datasets.forEach((ds, i) => { ds.data = smoothed(c.arrays[i], smoothing); });
       const a0 = c.arrays.find((a) => a.length);
       $(".last", c.box).textContent = a0 ? fmt(a0[a0.length - 1].y) : "";
       c.chart.update("none");

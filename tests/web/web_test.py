@@ -213,6 +213,19 @@ def test_models(browser, srv, shots):
     shot(d, shots, "models", ["#models-table tr[data-model]"])
 
 
+def test_failed_job_shows_why(browser, srv):
+    """A job on the model registered above (a config.json, no weights) fails when it starts."""
+    d = browser
+    prompts = [x for x in srv.get("/v1/datasets").json()["items"] if x["name"] == "arith"][0]["id"]
+    r = srv.post("/v1/jobs", tiny_job(prompts, name="no-weights", model={"path": "tiny-qwen"}))
+    assert r.status == 201, r
+    go(d, srv, "#/jobs/" + r.json()["id"])
+    wait(d, lambda: text(d, ".page-head .badge") == "failed", 60, "the failed state")
+    err = wait(d, lambda: text(d, "#job-stats .error"), what="the job's error")
+    assert "safetensors" in err, err
+    assert find(d, "#cancel-job") is None
+
+
 @pytest.fixture(scope="module")
 def job(browser, srv, shots):
     """A long job created through the page's form, its id."""
