@@ -66,9 +66,15 @@ def test_rollout_logprobs_match_transformers(srv, temperature):
         [(p, i) for p in range(2) for i in range(3)]
     hf = AutoModelForCausalLM.from_pretrained(mdir, dtype=torch.float32)
     hf.eval()
+    # "tokens": the text each token adds, joining into Hugging Face tokenizers' decode of the ids
+    # with special tokens kept (the model has no tokenizer.json: the embedded default's)
+    from tokenizers import Tokenizer
+    hf_tok = Tokenizer.from_file(os.path.join(os.path.dirname(__file__), "..", "..", "server",
+                                              "model", "default_tokenizer", "tokenizer.json"))
     worst = 0.0
     for c in comps:
-        assert 1 <= len(c["token_ids"]) == len(c["logprobs"]) <= 12
+        assert 1 <= len(c["token_ids"]) == len(c["logprobs"]) == len(c["tokens"]) <= 12
+        assert "".join(c["tokens"]) == hf_tok.decode(c["token_ids"], skip_special_tokens=False)
         assert c["finish_reason"] in ("stop", "length")
         assert c["reason"] in ("correct", "wrong", "no_answer")  # a verdict, never an error
         ids = c["prompt_token_ids"] + c["token_ids"]
