@@ -510,7 +510,7 @@ function jobPage(id, params) {
   });
 
   const renderHead = () => {
-    fill(head, 
+    fill(head,
       h("a", {href: "#/jobs", class: "sub"}, "← Jobs"),
       h("h1", {}, job.name || job.id), badge(job.state),
       job.cancel_requested && !TERMINAL.has(job.state) ? badge("cancelling", "queued") : null,
@@ -524,7 +524,7 @@ function jobPage(id, params) {
     const elapsed = job.started_at ? ((job.finished_at ? Date.parse(job.finished_at) : Date.now()) -
                                       Date.parse(job.started_at)) / 1000 : null;
     const stat = (k, v, cls) => h("div", {class: "stat " + (cls || "")}, h("div", {class: "v"}, v), h("div", {class: "k"}, k));
-    fill(stats, 
+    fill(stats,
       h("div", {class: "stats"},
         h("div", {style: "flex:1;min-width:260px"}, progressBar(job)),
         stat("step", `${fmt(Math.max(0, job.current_step))}`, "step-now"),
@@ -539,11 +539,14 @@ function jobPage(id, params) {
   const loadCheckpoints = async () => {
     try {
       const doc = await api("GET", `/v1/jobs/${id}/checkpoints`, undefined, page.controller.signal);
-      fill(ckptBox, h("h2", {}, "Checkpoints"), doc.items.length ? h("table", {},
+      fill(ckptBox, h("div", {class: "row", style: "padding:16px 20px 12px"}, h("h2", {style: "margin:0"}, "Checkpoints"),
+        h("span", {class: "grow"}),
+        doc.items.length ? h("a", {href: `#/playground?job=${id}`, id: "to-playground"}, "Sample in the playground →") : null),
+        doc.items.length ? h("table", {},
         h("thead", {}, h("tr", {}, h("th", {}, "Step"), h("th", {}, "Files"), h("th", {class: "num"}, "Size"), h("th", {}, "Created"))),
         h("tbody", {}, doc.items.slice().reverse().map((c) => h("tr", {},
           h("td", {}, h("b", {}, String(c.step)), h("div", {class: "sub mono", title: "sha256 of SHA256SUMS"}, c.sha256.slice(0, 12))),
-          h("td", {}, c.files.map((f) => h("div", {}, downloadLink(`/v1/jobs/${id}/checkpoints/${c.step}/files/${f.path}`, f.path),
+          h("td", {}, c.files.map((f) => h("div", {}, downloadLink(`/v1/jobs/${id}/checkpoints/${c.step}/files/${f.path.split("/").map(encodeURIComponent).join("/")}`, f.path),
                                               h("span", {class: "sub"}, " " + fmtBytes(f.bytes))))),
           h("td", {class: "num"}, fmtBytes(c.bytes)),
           h("td", {class: "sub"}, fmtTime(c.created_at))))))

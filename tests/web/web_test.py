@@ -308,7 +308,9 @@ def test_cancel(browser, srv, job, shots):
 
 def test_playground(browser, srv, job, shots):
     d = browser
-    go(d, srv, f"#/playground?job={job}")
+    go(d, srv, "#/jobs/" + job)
+    wait(d, lambda: find(d, "#to-playground"), what="the playground link").click()
+    assert d.current_url.endswith(f"#/playground?job={job}")
     wait(d, lambda: len(d.find_elements(By.CSS_SELECTOR, "#pg-step option")) > 1,
          what="the job's checkpoints")
     assert Select(d.find_element(By.CSS_SELECTOR, "#pg-job")).first_selected_option \
