@@ -384,15 +384,15 @@ function jobForm() {
 }
 
 /* The curves of a job page: each chart one or more metrics, by the trainer's names. */
-const CHARTS = [
-  {title: "Reward & accuracy", series: [["reward_mean", "reward"], ["accuracy", "accuracy"]]},
-  {title: "μ (SFT weight)", series: [["mu", "μ"]]},
+const CHARTS = [ /* y: the axis's usual range, widened by the data (Chart.js suggestedMin/Max) */
+  {title: "Reward & accuracy", series: [["reward_mean", "reward"], ["accuracy", "accuracy"]], y: [0, 1]},
+  {title: "μ (SFT weight)", series: [["mu", "μ"]], y: [0, 1]},
   {title: "Policy & SFT loss", series: [["pg_loss", "pg loss"], ["sft_loss", "SFT loss"]]},
-  {title: "Entropy", series: [["entropy", "entropy"]]},
-  {title: "Grad norm", series: [["grad_norm", "grad norm"]]},
-  {title: "Response length", series: [["response_len_mean", "tokens"]]},
-  {title: "Tokens / s", series: [["tokens_per_s/rollout", "rollout"], ["tokens_per_s/train", "train"]]},
-  {title: "Eval accuracy", series: [["eval/accuracy", "accuracy"], ["eval/pass_at_k", "pass@k"]]},
+  {title: "Entropy", series: [["entropy", "entropy"]], y: [0, 1]},
+  {title: "Grad norm", series: [["grad_norm", "grad norm"]], y: [0]},
+  {title: "Response length", series: [["response_len_mean", "tokens"]], y: [0]},
+  {title: "Tokens / s", series: [["tokens_per_s/rollout", "rollout"], ["tokens_per_s/train", "train"]], y: [0]},
+  {title: "Eval accuracy", series: [["eval/accuracy", "accuracy"], ["eval/pass_at_k", "pass@k"]], y: [0, 1]},
 ];
 const COLORS = ["#4f46e5", "#f59e0b", "#10b981", "#ef4444"];
 
@@ -425,7 +425,8 @@ function makeChart(spec, onPick) {
       interaction: {mode: "nearest", axis: "x", intersect: false},
       scales: {x: {type: "linear", ticks: {precision: 0, maxTicksLimit: 6, font: {size: 10}},
                    grid: {display: false}},
-               y: {ticks: {maxTicksLimit: 5, font: {size: 10}}, grid: {color: "#eef0f5"}}},
+               y: {suggestedMin: (spec.y || [])[0], suggestedMax: (spec.y || [])[1],
+                   ticks: {maxTicksLimit: 5, font: {size: 10}}, grid: {color: "#eef0f5"}}},
       plugins: {decimation: {enabled: true, algorithm: "lttb", threshold: 600, samples: 300}, /* long runs stay light */
                 legend: {display: spec.series.length > 1, position: "bottom",
                          labels: {boxWidth: 10, boxHeight: 2, font: {size: 10.5}}},

@@ -239,7 +239,8 @@ def job(browser, srv, shots):
     shot(d, shots, "job-form", ["#job-form #jf-json", "#jf-submit"])
     expert = srv.upload("expert", jsonl(arith_expert(40)), name="arith-expert").json()["id"]
     doc = tiny_job(prompts, expert, name="web-run", steps=100000, checkpoint_every=2,
-                   keep_checkpoints=2)
+                   keep_checkpoints=2, eval={"every": 2, "k": 2, "max_new_tokens": 6})
+    doc["data"]["eval"] = prompts
     d.execute_script("arguments[0].value = arguments[1]", area, json.dumps(doc, indent=2))
     d.find_element(By.CSS_SELECTOR, "#jf-submit").click()
     wait(d, lambda: "#/jobs/job_" in d.current_url, what="the job page")
@@ -258,7 +259,8 @@ def test_curves_grow(browser, srv, job, shots):
     wait(d, lambda: points(d, "reward_mean") >= 3, 60, "the first steps' curves")
     first = points(d, "reward_mean")
     wait(d, lambda: points(d, "reward_mean") >= first + 2, 60, "the curves to grow")
-    for m in ("mu", "pg_loss", "entropy", "grad_norm", "response_len_mean", "tokens_per_s/rollout"):
+    for m in ("mu", "pg_loss", "entropy", "grad_norm", "response_len_mean", "tokens_per_s/rollout",
+              "eval/accuracy"):
         assert points(d, m) > 0, m
     assert "web-run" in text(d, ".page-head h1") and text(d, ".page-head .badge") == "running"
     assert '"algorithm": "chord"' in text(d, "#config pre")
@@ -309,7 +311,9 @@ def test_cancel(browser, srv, job, shots):
 def test_playground(browser, srv, job, shots):
     d = browser
     go(d, srv, "#/jobs/" + job)
-    wait(d, lambda: find(d, "#to-playground"), what="the playground link").click()
+    # clicked in the page: the card is redrawn as the job's events arrive
+    wait(d, lambda: d.execute_script("const a = document.querySelector('#to-playground');"
+                                     "if (a) a.click(); return !!a"), what="the playground link")
     assert d.current_url.endswith(f"#/playground?job={job}")
     wait(d, lambda: len(d.find_elements(By.CSS_SELECTOR, "#pg-step option")) > 1,
          what="the job's checkpoints")
