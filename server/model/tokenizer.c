@@ -1273,9 +1273,11 @@ static int parse_config(tok_tokenizer *t, const char *text, size_t len, chord_er
         *texts[k] = strdup(s);
         *ids[k] = tok_vocab_lookup(t, s, strlen(s));
         if (!*texts[k] || *ids[k] < 0) {
+            /* the message quotes s, which lives in c: set it before c goes */
+            chord_err_set(err, "tokenizer_config.json: %s '%s' is not in the vocabulary",
+                          names[k], s);
             json_decref(c);
-            return chord_err_set(err, "tokenizer_config.json: %s '%s' is not in the vocabulary",
-                                 names[k], s);
+            return -1;
         }
     }
     int r = get_bool(c, "add_bos_token", 0, &t->add_bos, "tokenizer_config", err) ||

@@ -398,6 +398,23 @@ static void test_errors_name_the_problem(void **state) {
     assert_non_null(strstr(err.msg, "no tokenizer.json"));
 }
 
+/* A special token of tokenizer_config.json missing from the vocabulary is named in the error: a
+ * fuzz_tokenizer finding, where the message read the name after its JSON was freed (ASan in the
+ * Sanitize build). */
+static void test_config_token_not_in_vocabulary(void **state) {
+    (void)state;
+    const char *json = "{" MODEL "}";
+    const char *config = "{\"bos_token\": \"a\", \"eos_token\": {\"content\": "
+                         "\"<|a-rather-long-end-of-text-token|>\"}}";
+    tok_tokenizer *t = NULL;
+    chord_err err = {0};
+    assert_int_equal(tok_load_from_memory(json, strlen(json), config, strlen(config), &t, &err),
+                     -1);
+    assert_null(t);
+    assert_non_null(strstr(err.msg, "eos_token '<|a-rather-long-end-of-text-token|>' is not in the "
+                                    "vocabulary"));
+}
+
 /* A minimal non-byte-level file works too, and a Split pattern given as a String is literal. */
 static void test_minimal_file(void **state) {
     (void)state;
@@ -543,6 +560,7 @@ int main(void) {
         cmocka_unit_test(test_offsets_of_invalid_utf8),
         cmocka_unit_test(test_stream_without_decoder),
         cmocka_unit_test(test_word_without_tokens),
+        cmocka_unit_test(test_config_token_not_in_vocabulary),
         cmocka_unit_test(test_add_special),
         cmocka_unit_test(test_errors_name_the_problem),
         cmocka_unit_test(test_minimal_file),
