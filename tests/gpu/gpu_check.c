@@ -938,7 +938,10 @@ static void t_full_step(const char *label, const char *json, int shared, int lor
      * GEMMs and tensor-core attention (bf16 operands there too). The gradient of a small tensor
      * that only the attention backward feeds (a q/k norm weight) sums bf16-rounded dS = P (dP - Di)
      * terms whose difference cancels (as in FlashAttention's bf16 backward): about 1 % off, so
-     * its per-tensor bound is 2e-2 there; every other check keeps the bf16 bound. */
+     * its per-tensor bound is 2e-2 there; every other check keeps the bf16 bound. A LoRA
+     * adapter's gradients go through two more bf16 GEMMs (du = s dy B, then dA = du^T x) after
+     * the bf16-rounded dy: about 1 % off too (1.2 % seen on the emulator, where fp32 mode agrees
+     * to 1e-6), so their bound is 2e-2 in both bf16 modes. */
     static const struct {
         const char *tag;
         ops_cuda_matmul_mode mode;
@@ -974,13 +977,15 @@ static void t_full_step(const char *label, const char *json, int shared, int lor
          * the softmax only through RoPE's rotation) holds mostly rounding noise; its error is
          * taken relative to 1e-3 of the global gradient norm at least. */
         double worst = 0.0, floor = 1e-3 * ref.gnorm;
+        const double tol_grads =
+            lora && modes[mi].mode == OPS_CUDA_MATMUL_BF16 ? 2 * TOL_BF16 : modes[mi].tol_grads;
         const char *worst_name = "";
         int bad = 0;
         for (int t = 0; t < n_tensors; t++) {
             const model_tensor *mt = &tensors[t];
             double e =
                 rel_err_floor(g.grads + mt->offset, ref.grads + mt->offset, mt->numel, floor);
-            if (!(e <= modes[mi].tol_grads)) bad++;
+            if (!(e <= tol_grads)) bad++;
             if (!(e <= worst)) {
                 worst = e;
                 worst_name = mt->name;
@@ -988,8 +993,8 @@ static void t_full_step(const char *label, const char *json, int shared, int lor
         }
         snprintf(name, sizeof name, "step %s %s: every gradient tensor (worst)", label,
                  modes[mi].tag);
-        record(name, worst, modes[mi].tol_grads, "%d tensors, %d over; worst %s (norm floor %.2g)",
-               n_tensors, bad, worst_name, floor);
+        record(name, worst, tol_grads, "%d tensors, %d over; worst %s (norm floor %.2g)", n_tensors,
+               bad, worst_name, floor);
         snprintf(name, sizeof name, "step %s %s: loss after the AdamW step", label, modes[mi].tag);
         record(name, fabs(g.loss_after - ref.loss_after) / fabs(ref.loss_after), tol,
                "cpu %.7f cuda %.7f", ref.loss_after, g.loss_after);
