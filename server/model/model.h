@@ -176,6 +176,8 @@ typedef enum model_lora_target {
 
 /* PEFT's module names, by target: q_proj k_proj v_proj o_proj gate_proj up_proj down_proj */
 extern const char *const model_lora_target_names[MODEL_LORA_N_TARGETS];
+/* The target a module name means, or -1 (name NULL or none of those). */
+int model_lora_target_of(const char *name);
 
 typedef struct model_lora_config {
     int rank;          /* r >= 1 */

@@ -16,6 +16,12 @@
 const char *const model_lora_target_names[MODEL_LORA_N_TARGETS] = {
     "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
 
+int model_lora_target_of(const char *name) {
+    for (int k = 0; name && k < MODEL_LORA_N_TARGETS; k++)
+        if (strcmp(name, model_lora_target_names[k]) == 0) return k;
+    return -1;
+}
+
 #define OP(name, ...)                                                                              \
     do {                                                                                           \
         if (ops_##name(m->ops, __VA_ARGS__) != 0)                                                  \
@@ -405,10 +411,8 @@ static int read_peft_config(const char *path, model_lora_config *cfg, chord_err 
     cfg->targets = 0;
     for (size_t i = 0; i < json_array_size(mods); i++) {
         const char *name = json_string_value(json_array_get(mods, i));
-        int k = 0;
-        while (k < MODEL_LORA_N_TARGETS && (!name || strcmp(name, model_lora_target_names[k])))
-            k++;
-        if (k == MODEL_LORA_N_TARGETS) {
+        int k = model_lora_target_of(name);
+        if (k < 0) {
             chord_err_set(err,
                           "target_modules[%zu]: \"%s\" is none of q_proj, k_proj, v_proj, "
                           "o_proj, gate_proj, up_proj, down_proj",

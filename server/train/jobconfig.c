@@ -460,10 +460,8 @@ static int parse_lora(const json_t *doc, job_config *cfg, chord_err *err) {
     lo->targets = 0;
     for (size_t i = 0; i < json_array_size(mods); i++) {
         const char *name = json_string_value(json_array_get(mods, i));
-        int k = 0;
-        while (k < MODEL_LORA_N_TARGETS && (!name || strcmp(name, model_lora_target_names[k])))
-            k++;
-        if (k == MODEL_LORA_N_TARGETS)
+        int k = model_lora_target_of(name);
+        if (k < 0)
             return chord_err_set(err,
                                  "lora.target_modules[%zu]: %s%s%s is none of q_proj, k_proj, "
                                  "v_proj, o_proj, gate_proj, up_proj, down_proj",

@@ -151,10 +151,8 @@ static void lora_dump(model *m, json_t *lj, json_t *adamw, const model_batch *b,
     json_t *targets = json_object_get(lj, "targets");
     for (size_t i = 0; i < json_array_size(targets); i++) {
         const char *t = json_string_value(json_array_get(targets, i));
-        int k = 0;
-        while (k < MODEL_LORA_N_TARGETS && (!t || strcmp(t, model_lora_target_names[k]) != 0))
-            k++;
-        if (k == MODEL_LORA_N_TARGETS) die("lora: unknown target");
+        int k = model_lora_target_of(t);
+        if (k < 0) die("lora: unknown target");
         lc.targets |= 1u << k;
     }
     const char *load = json_string_value(json_object_get(lj, "load"));
