@@ -265,7 +265,10 @@ function route() {
   newPage();
   $("#toast").hidden = true;
   const name = parts[0] || "jobs";
-  document.querySelectorAll("#nav a").forEach((a) => a.classList.toggle("active", a.dataset.page === name));
+  document.querySelectorAll("#nav a").forEach((a) => {
+    a.classList.toggle("active", a.dataset.page === name);
+    if (a.dataset.page === name) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");
+  });
   const pages = {jobs: parts[1] ? () => jobPage(decodeURIComponent(parts[1]), params) : jobsPage,
                  datasets: datasetsPage, models: modelsPage, playground: () => playgroundPage(params)};
   (pages[name] || jobsPage)();
@@ -300,7 +303,10 @@ function jobsPage() {
 }
 
 function jobsTable(items) {
-  if (!items.length) return h("div", {class: "empty"}, "No jobs yet: start one with New job.");
+  if (!items.length)
+    return h("div", {class: "empty"}, "No jobs yet. ", h("a", {href: "#/datasets"}, "Upload a dataset"),
+             " of prompts (and one of expert demonstrations for CHORD), ", h("a", {href: "#/models"}, "register a model"),
+             ", then start one with New job.");
   return h("table", {},
     h("thead", {}, h("tr", {}, ["Job", "State", "Progress", "ETA", "Algorithm", "Model", "Created"]
       .map((t) => h("th", {}, t)))),
