@@ -241,6 +241,13 @@ def job(browser, srv, shots):
     doc = tiny_job(prompts, expert, name="web-run", steps=100000, checkpoint_every=2,
                    keep_checkpoints=2, eval={"every": 2, "k": 2, "max_new_tokens": 6})
     doc["data"]["eval"] = prompts
+    # refused: the form shows the server's message naming the field; nothing is created
+    bad = dict(doc, grpo=dict(doc["grpo"], clip_low=5))
+    d.execute_script("arguments[0].value = arguments[1]", area, json.dumps(bad, indent=2))
+    d.find_element(By.CSS_SELECTOR, "#jf-submit").click()
+    err = wait(d, lambda: text(d, "#job-form .error"), what="the refusal")
+    assert "grpo.clip_low" in err, err
+    assert srv.get("/v1/jobs").json()["total"] == 1  # the failed job of the test above only
     d.execute_script("arguments[0].value = arguments[1]", area, json.dumps(doc, indent=2))
     d.find_element(By.CSS_SELECTOR, "#jf-submit").click()
     wait(d, lambda: "#/jobs/job_" in d.current_url, what="the job page")
