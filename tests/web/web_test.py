@@ -398,7 +398,9 @@ def test_tokens_on(browser, auth_srv, files, shots):
                headers={"Authorization": "Bearer " + ADMIN})
     assert r.status == 201, r
     go(d, s, "#/jobs/" + r.json()["id"])
-    wait(d, lambda: text(d, ".page-head .badge") == "succeeded", 60, "the job's end over SSE")
+    wait(d, lambda: text(d, ".page-head .badge") == "succeeded", 60, "the job's end")
+    wait(d, lambda: points(d, "reward_mean") == 3, 30, "its steps over the event stream")
+    time.sleep(0.3)
     assert points(d, "reward_mean") == 3  # every step, each once
     # the page never puts a token in a URL, and the server takes none from one
     job_id = r.json()["id"]
