@@ -39,6 +39,7 @@ static const struct {
     SLOT(add_inplace),
     SLOT(axpy2d),
     SLOT(scale_inplace),
+    SLOT(dropout),
     SLOT(sum_squares),
     SLOT(logprob_forward),
     SLOT(logprob_backward),

@@ -114,6 +114,11 @@ typedef struct ops_backend {
     int (*axpy2d)(ops_ctx *c, float *y, int ldy, const float *x, int ldx, int rows, int cols,
                   float alpha, int accumulate);
     int (*scale_inplace)(ops_ctx *c, float *a, float s, size_t n);      /* a *= s */
+    /* out (N,C) (+)= inp (N,C) with each element kept (ops_dropout_keep(seed, n, c, p), scaled
+     * 1 / (1 - p)) or zeroed: inverted dropout with a mask recomputable from seed; += when
+     * accumulate. p in [0, 1). */
+    int (*dropout)(ops_ctx *c, float *out, const float *inp, int N, int C, float p,
+                   unsigned long long seed, int accumulate);
     /* *out_host = sum of x^2 (double accumulation) — a host read-back */
     int (*sum_squares)(ops_ctx *c, double *out_host, const float *x, size_t n);
 
@@ -293,6 +298,10 @@ static inline int ops_swiglu_backward(ops_ctx *c, float *dgate, float *dup, int 
 
 static inline int ops_add_inplace(ops_ctx *c, float *a, const float *b, size_t n) {
     return c->be->add_inplace(c, a, b, n);
+}
+static inline int ops_dropout(ops_ctx *c, float *out, const float *inp, int N, int C, float p,
+                              unsigned long long seed, int accumulate) {
+    return c->be->dropout(c, out, inp, N, C, p, seed, accumulate);
 }
 static inline int ops_axpy2d(ops_ctx *c, float *y, int ldy, const float *x, int ldx, int rows,
                              int cols, float alpha, int accumulate) {

@@ -22,6 +22,21 @@
 #define OPS_EXPF expf
 #endif
 
+/* ---- dropout: element (row, col) is kept when the SplitMix64 hash of (seed, row, col), top 24
+ * bits as a fraction, is >= p (the same draw on every backend, recomputable in the backward) ---- */
+static inline OPS_HD unsigned long long ops_mix64(unsigned long long x) {
+    x += 0x9E3779B97F4A7C15ull;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+}
+static inline OPS_HD int ops_dropout_keep(unsigned long long seed, long long row, long long col,
+                                          float p) {
+    unsigned long long h = ops_mix64(ops_mix64(seed ^ ops_mix64((unsigned long long)row)) ^
+                                     (unsigned long long)col);
+    return (float)(h >> 40) * (1.0f / 16777216.0f) >= p;
+}
+
 /* ---- RoPE, rotate-half: (x0, x1) = (x[i], x[i + D/2]), angle = (float)pos * inv_freq[i] ---- */
 static inline OPS_HD float ops_rope_angle(int pos, float inv_freq) {
     return (float)pos * inv_freq;

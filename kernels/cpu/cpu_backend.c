@@ -208,6 +208,7 @@ static const ops_backend cpu_backend = {
     .add_inplace = cpu_add_inplace,
     .axpy2d = cpu_axpy2d,
     .scale_inplace = cpu_scale_inplace,
+    .dropout = cpu_dropout,
     .sum_squares = cpu_sum_squares,
     .logprob_forward = cpu_logprob_forward,
     .logprob_backward = cpu_logprob_backward,

@@ -350,6 +350,24 @@ int cpu_axpy2d(ops_ctx *c, float *y, int ldy, const float *x, int ldx, int rows,
     return 0;
 }
 
+int cpu_dropout(ops_ctx *c, float *out, const float *inp, int N, int C, float p,
+                unsigned long long seed, int accumulate) {
+    CHECK(N >= 0 && C >= 0 && p >= 0.0f && p < 1.0f, "dropout: bad shape or p (N=%d C=%d p=%g)", N,
+          C, (double)p);
+    if (N == 0 || C == 0) return 0;
+    CHECK(out && inp, "dropout: NULL buffer");
+    const float scale = 1.0f / (1.0f - p);
+    int nt = cpu_threads_for(c, (double)N * C);
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int n = 0; n < N; n++)
+        for (int j = 0; j < C; j++) {
+            size_t i = (size_t)n * C + j;
+            float v = ops_dropout_keep(seed, n, j, p) ? inp[i] * scale : 0.0f;
+            out[i] = accumulate ? out[i] + v : v;
+        }
+    return 0;
+}
+
 int cpu_scale_inplace(ops_ctx *c, float *a, float s, size_t n) {
     if (n == 0) return 0;
     CHECK(a, "scale_inplace: NULL buffer");

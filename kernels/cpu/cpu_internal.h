@@ -79,6 +79,8 @@ int cpu_swiglu_forward(ops_ctx *c, float *out, const float *gate, int ldg, const
 int cpu_swiglu_backward(ops_ctx *c, float *dgate, float *dup, int ld_dgu, const float *dout,
                         const float *gate, const float *up, int ld_gu, int N, int I);
 int cpu_add_inplace(ops_ctx *c, float *a, const float *b, size_t n);
+int cpu_dropout(ops_ctx *c, float *out, const float *inp, int N, int C, float p,
+                unsigned long long seed, int accumulate);
 int cpu_axpy2d(ops_ctx *c, float *y, int ldy, const float *x, int ldx, int rows, int cols,
                float alpha, int accumulate);
 int cpu_scale_inplace(ops_ctx *c, float *a, float s, size_t n);

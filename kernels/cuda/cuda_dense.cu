@@ -437,6 +437,31 @@ extern "C" int cuda_axpy2d(ops_ctx *c, float *y, int ldy, const float *x, int ld
     return 0;
 }
 
+__global__ void dropout_kernel(float *out, const float *inp, int N, int C, float p,
+                               unsigned long long seed, int accumulate) {
+    size_t total = (size_t)N * C;
+    const float scale = 1.0f / (1.0f - p);
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
+         i += (size_t)gridDim.x * blockDim.x) {
+        long long n = (long long)(i / (size_t)C), j = (long long)(i % (size_t)C);
+        float v = ops_dropout_keep(seed, n, j, p) ? inp[i] * scale : 0.0f;
+        out[i] = accumulate ? out[i] + v : v;
+    }
+}
+
+extern "C" int cuda_dropout(ops_ctx *c, float *out, const float *inp, int N, int C, float p,
+                            unsigned long long seed, int accumulate) {
+    CU_REQUIRE(N >= 0 && C >= 0 && p >= 0.0f && p < 1.0f, "dropout: bad shape or p");
+    if (N == 0 || C == 0) return 0;
+    CU_REQUIRE(out && inp, "dropout: NULL buffer");
+    CU_ENTER();
+    cuda_impl *im = cu_impl(c);
+    dropout_kernel<<<cu_blocks((size_t)N * C, 256, im->num_sms), 256, 0, im->stream>>>(
+        out, inp, N, C, p, seed, accumulate);
+    CU_LAUNCHED("dropout_kernel");
+    return 0;
+}
+
 extern "C" int cuda_scale_inplace(ops_ctx *c, float *a, float s, size_t n) {
     if (n == 0) return 0;
     CU_REQUIRE(a, "scale_inplace: NULL buffer");

@@ -312,6 +312,7 @@ static ops_backend make_table(void) {
     b.add_inplace = cuda_add_inplace;
     b.axpy2d = cuda_axpy2d;
     b.scale_inplace = cuda_scale_inplace;
+    b.dropout = cuda_dropout;
     b.sum_squares = cuda_sum_squares;
     b.logprob_forward = cuda_logprob_forward;
     b.logprob_backward = cuda_logprob_backward;

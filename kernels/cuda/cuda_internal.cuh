@@ -228,6 +228,8 @@ int cuda_add_inplace(ops_ctx *c, float *a, const float *b, size_t n);
 int cuda_axpy2d(ops_ctx *c, float *y, int ldy, const float *x, int ldx, int rows, int cols,
                 float alpha, int accumulate);
 int cuda_scale_inplace(ops_ctx *c, float *a, float s, size_t n);
+int cuda_dropout(ops_ctx *c, float *out, const float *inp, int N, int C, float p,
+                 unsigned long long seed, int accumulate);
 int cuda_sum_squares(ops_ctx *c, double *out_host, const float *x, size_t n);
 int cuda_logprob_forward(ops_ctx *c, float *logp, float *entropy, float *lse, const float *logits,
                          const int32_t *targets, int N, int V, float inv_temp);

@@ -315,12 +315,15 @@ typedef struct layer_acts {
     float *h;               /* (N, I) silu(gate) * up; one buffer shared by all layers */
     float *lora_u;          /* LoRA: (targets, N, rank) x A^T of each adapted projection */
     float *lora_tmp;        /* LoRA scratch shared by all layers (model_run's) */
+    float *lora_xd;         /* LoRA dropout scratch (training runs with dropout; else NULL) */
 } layer_acts;
 
 struct model_run {
     int cap_N, cap_rows, kept, backward;
     int lora_rank;             /* the adapter's rank these buffers were laid out for (0: none) */
+    int lora_drop;             /* laid out with the dropout scratch (a training run) */
     float *lora_tmp, *lora_du; /* LoRA scratch: (N, widest projection), (N, rank) */
+    float *lora_xd, *lora_dxd; /* dropout: (N, widest) each */
     void *buf;
     float *res;              /* (kept+1 or 1, N, C) residual stream: res[l] enters layer l */
     layer_acts *layers;      /* (kept) */
@@ -384,8 +387,14 @@ static size_t run_layout(const model *m, model_run *r, float *base) {
         if (Hq * D > widest) widest = Hq * D;
         CARVE(r->lora_tmp, N * widest);
         CARVE(r->lora_du, N * (size_t)r->lora_rank);
-        for (int l = 0; base && l < r->kept; l++)
+        if (r->lora_drop) {
+            CARVE(r->lora_xd, N * widest);
+            CARVE(r->lora_dxd, N * widest);
+        }
+        for (int l = 0; base && l < r->kept; l++) {
             r->layers[l].lora_tmp = r->lora_tmp;
+            r->layers[l].lora_xd = r->lora_drop ? r->lora_xd : NULL;
+        }
     }
     /* h = silu(gate) * up is cheap to recompute from gu: one (N, I) buffer serves every layer,
      * which saves a quarter of the activations of a typical layer */
@@ -451,8 +460,9 @@ static int run_ensure(model *m, model_run **rp, int N, int rows, int X, int trai
     model_run *r = *rp;
     const size_t V = (size_t)m->cfg.vocab_size;
     const int lora_rank = m->lora ? m->lora->cfg.rank : 0;
+    const int lora_drop = training && m->lora && m->lora->dropout > 0.0f;
     if (r && r->cap_N >= N && r->cap_X >= X && r->lora_rank == lora_rank &&
-        (training || r->cap_rows >= rows))
+        (!lora_drop || r->lora_drop) && (training || r->cap_rows >= rows))
         return 0;
     int cap = N;
     if (r && r->cap_N > cap) cap = r->cap_N;
@@ -467,6 +477,7 @@ static int run_ensure(model *m, model_run **rp, int N, int rows, int X, int trai
     r->cap_N = cap;
     r->cap_X = cap_X;
     r->lora_rank = lora_rank;
+    r->lora_drop = lora_drop;
     r->cap_rows = cap_rows;
     r->backward = training;
     r->kept = training ? m->cfg.num_hidden_layers : 1;
@@ -614,7 +625,7 @@ static int shared_attention_backward(model *m, model_run *r, layer_acts *a, chor
     do {                                                                                           \
         if (m->lora && model_lora_forward(m, l, t, x, N, y, ldy,                                   \
                                           a->lora_u + (size_t)(t)*N * m->lora->cfg.rank,           \
-                                          a->lora_tmp, err) != 0)                                  \
+                                          a->lora_tmp, a->lora_xd, err) != 0)                      \
             return -1;                                                                             \
     } while (0)
 
@@ -680,9 +691,10 @@ static int layer_forward(model *m, int l, layer_acts *a, const float *res_in, fl
 /* LoRA's backward on target t of layer l: its gradients, and dx += its share of dy's. */
 #define LORA_BWD(t, x, dy, lddy, dx)                                                               \
     do {                                                                                           \
-        if (m->lora && model_lora_backward(m, l, t, x, N, dy, lddy, dx,                            \
-                                           a->lora_u + (size_t)(t)*N * m->lora->cfg.rank,          \
-                                           r->lora_tmp, r->lora_du, err) != 0)                     \
+        if (m->lora &&                                                                             \
+            model_lora_backward(m, l, t, x, N, dy, lddy, dx,                                       \
+                                a->lora_u + (size_t)(t)*N * m->lora->cfg.rank, r->lora_tmp,        \
+                                r->lora_du, a->lora_xd, r->lora_dxd, err) != 0)                    \
             return -1;                                                                             \
     } while (0)
 

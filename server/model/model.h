@@ -196,6 +196,12 @@ const model_tensor *model_lora_tensors(const model *m, int *n_out, size_t *num_p
 int model_lora_read_params(const model *m, float *host, chord_err *err);
 int model_lora_read_grads(const model *m, float *host, chord_err *err);
 int model_lora_write_params(model *m, const float *host, chord_err *err);
+/* LoRA dropout (PEFT's lora_dropout) on the adapter's input in the training forward and
+ * backward (model_forward / model_backward; never in prefill or decode): each element of x is
+ * kept with probability 1 - p and scaled 1 / (1 - p), the mask a hash of (seed, layer, target,
+ * row, column) (kernels/ops_math.h ops_dropout_keep), recomputed in the backward. p = 0: off
+ * (the default). The trainer sets a seed per step, epoch and micro-batch. */
+int model_lora_set_dropout(model *m, float p, uint64_t seed, chord_err *err);
 /* Runs the adapter in every forward (on, the default) or the base alone (off: the frozen
  * starting policy, e.g. the KL's reference, without a second copy of the weights). */
 int model_lora_set_enabled(model *m, int on, chord_err *err);

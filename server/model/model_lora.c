@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/ops_math.h"
 #include "server/base/fileutil.h"
 #include "server/base/json_field.h"
 #include "server/base/rng.h"
@@ -199,6 +200,20 @@ int model_lora_write_params(model *m, const float *host, chord_err *err) {
     return 0;
 }
 
+int model_lora_set_dropout(model *m, float p, uint64_t seed, chord_err *err) {
+    if (!m->lora) return chord_err_set(err, "lora: the model has no adapter");
+    if (!(p >= 0.0f && p < 1.0f)) return chord_err_set(err, "lora: dropout %g is not in [0, 1)", p);
+    m->lora->dropout = p;
+    m->lora->dropout_seed = seed;
+    return 0;
+}
+
+/* The mask seed of target t in layer l. */
+static unsigned long long drop_seed(const model_lora *a, int l, model_lora_target t) {
+    return ops_mix64(a->dropout_seed ^
+                     ops_mix64((unsigned long long)(l * MODEL_LORA_N_TARGETS + t)));
+}
+
 int model_lora_set_enabled(model *m, int on, chord_err *err) {
     if (!m->lora) return chord_err_set(err, "lora: the model has no adapter");
     m->lora->disabled = !on;
@@ -214,11 +229,15 @@ size_t model_trainable_params(const model *m) {
 }
 
 int model_lora_forward(model *m, int l, model_lora_target t, const float *x, int N, float *y,
-                       int ldy, float *u, float *tmp, chord_err *err) {
+                       int ldy, float *u, float *tmp, float *xd, chord_err *err) {
     const model_lora *a = m->lora;
     const model_lora_pair *p = &a->w[l * MODEL_LORA_N_TARGETS + t];
     if (!p->A || a->disabled) return 0;
     const int r = a->cfg.rank, in = a->in[t], out = a->out[t];
+    if (xd && a->dropout > 0.0f) { /* PEFT: lora_B(lora_A(dropout(x))) */
+        OP(dropout, xd, x, N, in, a->dropout, drop_seed(a, l, t), 0);
+        x = xd;
+    }
     OP(matmul_forward, u, x, p->A, NULL, N, in, r);
     OP(matmul_forward, tmp, u, p->B, NULL, N, r, out);
     OP(axpy2d, y, ldy, tmp, out, N, out, a->scale, 1);
@@ -227,7 +246,7 @@ int model_lora_forward(model *m, int l, model_lora_target t, const float *x, int
 
 int model_lora_backward(model *m, int l, model_lora_target t, const float *x, int N,
                         const float *dy, int lddy, float *dx, const float *u, float *tmp, float *du,
-                        chord_err *err) {
+                        float *xd, float *dxd, chord_err *err) {
     const model_lora *a = m->lora;
     const model_lora_pair *p = &a->w[l * MODEL_LORA_N_TARGETS + t];
     const model_lora_pair *g = &a->g[l * MODEL_LORA_N_TARGETS + t];
@@ -235,7 +254,14 @@ int model_lora_backward(model *m, int l, model_lora_target t, const float *x, in
     const int r = a->cfg.rank, in = a->in[t], out = a->out[t];
     OP(axpy2d, tmp, out, dy, lddy, N, out, a->scale, 0);             /* s dy */
     OP(matmul_backward, du, g->B, NULL, tmp, u, p->B, N, r, out, 0); /* du = s dy B */
-    OP(matmul_backward, dx, g->A, NULL, du, x, p->A, N, in, r, 1);   /* dx += du A */
+    if (xd && dxd && a->dropout > 0.0f) {                            /* the forward's mask again */
+        const unsigned long long seed = drop_seed(a, l, t);
+        OP(dropout, xd, x, N, in, a->dropout, seed, 0);
+        OP(matmul_backward, dxd, g->A, NULL, du, xd, p->A, N, in, r, 0); /* dxd = du A */
+        OP(dropout, dx, dxd, N, in, a->dropout, seed, 1);                /* dx += mask dxd */
+        return 0;
+    }
+    OP(matmul_backward, dx, g->A, NULL, du, x, p->A, N, in, r, 1); /* dx += du A */
     return 0;
 }
 

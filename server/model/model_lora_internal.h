@@ -17,7 +17,9 @@ struct model_lora {
     size_t num_params; /* floats in each flat buffer; every one is a matrix entry (decayed) */
     float *params, *grads, *adam_m, *adam_v; /* device; grads and moments on first use */
     int adam_t;
-    int disabled; /* model_lora_set_enabled(0): forwards run the base alone */
+    int disabled;  /* model_lora_set_enabled(0): forwards run the base alone */
+    float dropout; /* model_lora_set_dropout: p, and the mask's seed */
+    unsigned long long dropout_seed;
     model_lora_pair *w, *g; /* (L x MODEL_LORA_N_TARGETS) into params / grads */
     model_tensor *tensors;  /* PEFT names */
     int n_tensors;
@@ -31,11 +33,13 @@ int model_lora_ensure_grads(model *m, chord_err *err);
 /* y (N, ldy) += scale · (x (N, in) A^T) B^T; u (N, rank) keeps x A^T for the backward, tmp
  * (N, out) is scratch. Nothing when the target is not adapted. */
 int model_lora_forward(model *m, int l, model_lora_target t, const float *x, int N, float *y,
-                       int ldy, float *u, float *tmp, chord_err *err);
-/* The adapter's gradients (+=) and dx (N, in) += its share, from dy (N, lddy) of the target's
- * output; u as the forward left it; tmp (N, out) and du (N, rank) are scratch. */
+                       int ldy, float *u, float *tmp, float *xd, chord_err *err);
+/* xd (N, in): the dropout scratch of a training run (NULL: no dropout, as in prefill and
+ * decode). The adapter's gradients (+=) and dx (N, in) += its share, from dy (N, lddy) of the
+ * target's output; u as the forward left it; tmp (N, out), du (N, rank), xd and dxd (N, in)
+ * are scratch (xd, dxd NULL: no dropout). */
 int model_lora_backward(model *m, int l, model_lora_target t, const float *x, int N,
-                        const float *dy, int lddy, float *dx, const float *u, float *tmp,
-                        float *du, chord_err *err);
+                        const float *dy, int lddy, float *dx, const float *u, float *tmp, float *du,
+                        float *xd, float *dxd, chord_err *err);
 
 #endif

@@ -431,16 +431,13 @@ static int parse_lora(const json_t *doc, job_config *cfg, chord_err *err) {
     lo->rank = 8;
     lo->alpha = 8.0;
     lo->targets = (1u << MODEL_LORA_Q) | (1u << MODEL_LORA_V); /* PEFT's for Llama / Qwen2 */
-    double dropout = 0.0;
     int train_embeddings = 0;
     if (chord_json_get_int(l, "lora", "rank", INT_FIELD, 1, 1024, &lo->rank, err) ||
         chord_json_get_number(l, "lora", "alpha", CHORD_JSON_LO_OPEN, 0.0, 1e6, &lo->alpha, err) ||
-        chord_json_get_number(l, "lora", "dropout", CHORD_JSON_HI_OPEN, 0.0, 1.0, &dropout, err) ||
+        chord_json_get_number(l, "lora", "dropout", CHORD_JSON_HI_OPEN, 0.0, 1.0, &lo->dropout,
+                              err) ||
         chord_json_get_bool(l, "lora", "train_embeddings", 0, &train_embeddings, err))
         return -1;
-    if (dropout != 0.0)
-        return chord_err_set(err, "lora.dropout: only 0 is supported so far (chord does not drop "
-                                  "the adapter's input yet)");
     if (train_embeddings)
         return chord_err_set(err, "lora.train_embeddings: not supported yet (the adapters go on "
                                   "the attention and MLP projections)");
@@ -803,7 +800,7 @@ json_t *jobconfig_to_json(const job_config *cfg) {
             if (cfg->lora.targets & (1u << k))
                 json_array_append_new(mods, json_string(model_lora_target_names[k]));
         lora = json_pack("{s:I,s:f,s:f,s:o,s:b}", "rank", (json_int_t)cfg->lora.rank, "alpha",
-                         cfg->lora.alpha, "dropout", 0.0, "target_modules", mods,
+                         cfg->lora.alpha, "dropout", cfg->lora.dropout, "target_modules", mods,
                          "train_embeddings", 0);
     }
     put(doc, "lora", lora, &bad);

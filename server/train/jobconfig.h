@@ -103,6 +103,7 @@ typedef struct job_eval {
 typedef struct job_lora {
     int64_t rank;     /* 1..1024 */
     double alpha;     /* > 0 (PEFT's default 8); the adapter's scale is alpha / rank */
+    double dropout;   /* [0, 1): PEFT's lora_dropout on the adapter's input while training */
     unsigned targets; /* bit (1u << model_lora_target) per adapted projection */
 } job_lora;
 

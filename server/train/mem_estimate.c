@@ -107,6 +107,7 @@ void mem_estimate_job(const model_config *mc, const job_config *cfg, double prom
         double widest = dmax(dmax(C, I), HqD), r = (double)cfg->lora.rank;
         double N = cfg->micro_batch_tokens > 0 ? (double)cfg->micro_batch_tokens : 8192.0;
         out->lora_activations = 4.0 * N * (mc->num_hidden_layers * 7.0 * r + widest + r);
+        if (cfg->lora.dropout > 0.0) out->lora_activations += 4.0 * N * 2.0 * widest; /* masks */
     }
     /* training: a micro-batch of N rows, every layer kept, backward scratch, logits chunks */
     double L = mc->num_hidden_layers, C = mc->hidden_size, V = mc->vocab_size;

@@ -21,6 +21,7 @@
 
 #include "server/base/buf.h"
 #include "server/base/fileutil.h"
+#include "server/base/rng.h"
 #include "server/model/chat.h"
 #include "server/model/model.h"
 #include "server/model/tokenizer.h"
@@ -150,8 +151,9 @@ typedef struct trainer {
     int32_t stop_ids[BOOTSTRAP_MAX_STOP];
     int n_stop;
     float inv_temp;
-    int checkpoint_on_stop; /* what should_stop asked for when it stopped a rollout */
-    step_metrics metrics;   /* of the step being run */
+    int checkpoint_on_stop;      /* what should_stop asked for when it stopped a rollout */
+    int64_t cur_step, cur_epoch; /* the update train_on runs (the LoRA dropout masks' seed) */
+    step_metrics metrics;        /* of the step being run */
 } trainer;
 
 static void logline(trainer *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -385,6 +387,13 @@ static int train_on(trainer *t, train_seq *seqs, int n_seqs, const chord_loss_pa
             oom(err);
             goto done;
         }
+        if (t->cfg->lora.dropout > 0.0) { /* fresh masks per step, epoch and micro-batch */
+            uint64_t seed = chord_splitmix64(
+                chord_splitmix64(t->cfg->seed ^ chord_splitmix64((uint64_t)t->cur_step)) ^
+                chord_splitmix64(((uint64_t)t->cur_epoch << 32) ^ (uint64_t)first));
+            if (model_lora_set_dropout(t->m, (float)t->cfg->lora.dropout, seed, err) != 0)
+                goto done;
+        }
         if (model_forward(t->m, &r.batch, t->inv_temp, r.logp, r.ent, err) != 0) goto done;
         chord_loss_batch lb = {.n = (size_t)r.batch.N,
                                .kind = r.kind,
@@ -403,6 +412,9 @@ static int train_on(trainer *t, train_seq *seqs, int n_seqs, const chord_loss_pa
     }
     rc = 0;
 done:
+    /* dropout only in the training pass: rollouts, eval and the reference never see it */
+    if (t->cfg->lora.dropout > 0.0 && model_lora_set_dropout(t->m, 0.0f, 0, rc ? NULL : err) != 0)
+        rc = -1;
     chord_buf_free(&scratch);
     return rc;
 }
@@ -1016,7 +1028,9 @@ static int train_and_update(trainer *t, int64_t step, step_batch *b, step_metric
         return -1;
     m->lr = sched_lr(cfg, step);
     const job_optimizer *o = &cfg->optimizer;
+    t->cur_step = step;
     for (int64_t epoch = 0; epoch < cfg->grpo.ppo_epochs; epoch++) {
+        t->cur_epoch = epoch;
         chord_loss_accum acc;
         chord_loss_accum_init(&acc);
         if (model_zero_grad(t->m, err) != 0) return -1;

@@ -541,6 +541,14 @@ static void t_elementwise(void) {
         CALL("axpy2d", axpy2d, F(by) + 2, 41, F(bx) + 7, 53, 1000, 37, -1.25f, 1);
     }
     cmp("axpy2d (strided copy, then accumulate)", &by, TOL_FP32);
+    /* dropout: the same hashed mask on both (copy with p 0.3, then accumulate with p 0.1) */
+    dbuf bd = dnewf(41000, a);
+    for (int side = 0; side < 2; side++) {
+        CALL("dropout", dropout, F(bd), F(bx), 1000, 41, 0.3f, 12345ull, 0);
+        CALL("dropout", dropout, F(bd), F(bx) + 41000, 1000, 12, 0.1f, 99ull, 1);
+    }
+    cmp("dropout (hashed mask, copy then accumulate)", &bd, TOL_FP32);
+    dfree(&bd);
     dfree(&by), dfree(&bx);
     record("sum_squares (3M values, one read-back)", fabs(ss[1] - ss[0]) / ss[0], TOL_FP32,
            "cpu %.9g cuda %.9g", ss[0], ss[1]);

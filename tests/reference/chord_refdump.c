@@ -184,6 +184,17 @@ static void lora_dump(model *m, json_t *lj, json_t *adamw, const model_batch *b,
     float *dlogp = xcalloc((size_t)N, sizeof *dlogp);
     for (int n = 0; n < N; n++)
         dlogp[n] = b->targets[n] >= 0 ? -1.0f / (float)n_targets : 0.0f;
+    /* "dropout": PEFT's lora_dropout with chord's masks (seed "dropout_seed"), every pass after
+     * this one: the eval-mode logits (lora.logits_eval) first */
+    float *logits_eval = NULL;
+    if (num(lj, "dropout", 0.0) > 0.0) {
+        logits_eval = xcalloc((size_t)N * V, sizeof *logits_eval);
+        CHECK(model_forward(m, b, 1.0f, NULL, NULL, &err));
+        CHECK(model_read_logits(m, logits_eval, &err));
+    }
+    if (num(lj, "dropout", 0.0) > 0.0)
+        CHECK(model_lora_set_dropout(m, (float)num(lj, "dropout", 0.0),
+                                     (uint64_t)num(lj, "dropout_seed", 1.0), &err));
     CHECK(model_forward(m, b, 1.0f, logp, NULL, &err));
     CHECK(model_read_logits(m, logits, &err));
     if (load) { /* the loaded adapter's logits only */
@@ -222,6 +233,7 @@ static void lora_dump(model *m, json_t *lj, json_t *adamw, const model_batch *b,
     int64_t shp[2] = {N, V};
     char name[200];
     CHECK(st_writer_add(w, "lora.logits", logits, shp, 2, ST_F32, &err));
+    if (logits_eval) CHECK(st_writer_add(w, "lora.logits_eval", logits_eval, shp, 2, ST_F32, &err));
     shp[0] = 1;
     CHECK(st_writer_add(w, "lora.loss", &loss, shp, 1, ST_F32, &err));
     for (int i = 0; i < nt; i++) {
@@ -237,7 +249,7 @@ static void lora_dump(model *m, json_t *lj, json_t *adamw, const model_batch *b,
     }
     CHECK(st_writer_save(w, out, &err));
     st_writer_free(w);
-    free(p), free(g), free(after), free(logits), free(logp), free(dlogp);
+    free(p), free(g), free(after), free(logits), free(logp), free(dlogp), free(logits_eval);
 }
 
 int main(int argc, char **argv) {

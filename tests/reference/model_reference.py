@@ -64,8 +64,8 @@ CONFIGS = [
                   num_attention_heads=4, num_key_value_heads=4, head_dim=16,
                   tie_word_embeddings=False, rope_theta=10000.0, rms_norm_eps=1e-5)),
     dict(name="llama_gqa_attnbias_mlpbias_tied_llama3rope", arch="llama", shared=True,
-         lora=dict(rank=8, alpha=16.0, seed=5, targets=["k_proj", "gate_proj", "up_proj",
-                                                         "down_proj"]),
+         lora=dict(rank=8, alpha=16.0, seed=5, dropout=0.1, dropout_seed=77,
+                   targets=["k_proj", "gate_proj", "up_proj", "down_proj"]),
          cfg=dict(vocab_size=250, hidden_size=48, intermediate_size=100, num_hidden_layers=2,
                   num_attention_heads=6, num_key_value_heads=2, head_dim=8,
                   tie_word_embeddings=True, attention_bias=True, mlp_bias=True,
@@ -299,6 +299,41 @@ def compare_adamw(name, model, seqs, hp, d):
     return out
 
 
+M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def mix64(x):
+    """kernels/ops_math.h ops_mix64 (SplitMix64's finaliser), elementwise on uint64."""
+    with np.errstate(over="ignore"):
+        x = (np.asarray(x, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15)) & M64
+        x = ((x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & M64
+        x = ((x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)) & M64
+        return x ^ (x >> np.uint64(31))
+
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class ChordDropout(torch.nn.Module):
+    """PEFT's lora_dropout with chord's mask (ops_dropout_keep of the target's seed, the packed
+    row and the column), written here from the header's definition; ROW0[0] is the packed row of
+    the current sequence's first token."""
+    ROW0 = [0]
+
+    def __init__(self, p, seed):
+        super().__init__()
+        self.p, self.seed = np.float32(p), np.uint64(seed)
+
+    def forward(self, x):
+        T, C = x.shape[-2], x.shape[-1]
+        rows = np.arange(self.ROW0[0], self.ROW0[0] + T, dtype=np.uint64)[:, None]
+        cols = np.arange(C, dtype=np.uint64)[None, :]
+        h = mix64(mix64(self.seed ^ mix64(rows)) ^ cols)
+        keep = (h >> np.uint64(40)).astype(np.float32) * np.float32(1.0 / 16777216.0) >= self.p
+        mask = torch.tensor(keep, dtype=x.dtype) / (1.0 - float(self.p))
+        return x * mask
+
+
 def compare_lora(args, name, model, model_dir, work, seqs, spec):
     """A LoRA adapter (model_lora_attach) against peft's LoraConfig on the same base: chord's
     adapter weights set into the peft model, then the logits, the mean NLL, every adapter gradient
@@ -327,9 +362,25 @@ def compare_lora(args, name, model, model_dir, work, seqs, spec):
                         f"{sorted(set(trainable) - set(chord_params))[:3]}")
     tg = torch.tensor(targets_of(seqs))
     mask = tg >= 0
+    starts = np.cumsum([0] + [len(x) for x in seqs])
+    if lc.get("dropout"):  # chord's masks in peft's dropout slots
+        seed = np.uint64(lc["dropout_seed"])  # model_lora_set_dropout's seed, as given
+        for lname, mod in pm.named_modules():
+            if hasattr(mod, "lora_dropout") and "default" in mod.lora_dropout:
+                layer = int(lname.split(".layers.")[1].split(".")[0])
+                t = LORA_TARGETS.index(lname.rsplit(".", 1)[1])
+                s_lt = mix64(seed ^ mix64(np.uint64(layer * 7 + t)))
+                mod.lora_dropout["default"] = ChordDropout(lc["dropout"], s_lt)
+
+    def run_all():
+        out = []
+        for i, sq in enumerate(seqs):
+            ChordDropout.ROW0[0] = int(starts[i])
+            out.append(pm(input_ids=torch.tensor([sq])).logits[0])
+        return torch.cat(out, 0)
 
     def loss_of():
-        logits = hf_forward(pm, seqs)
+        logits = run_all()
         lp = torch.log_softmax(logits, -1)
         return logits, -lp.gather(1, tg.clamp(min=0)[:, None])[:, 0][mask].mean()
 
@@ -362,21 +413,25 @@ def compare_lora(args, name, model, model_dir, work, seqs, spec):
     out["lora adamw update(worst)"] = worst
 
     # the exported adapter in peft, the merged model in transformers, peft's own files in chord
+    # (all without dropout: eval mode)
+    ref_logits = d.get("lora.logits_eval", d["lora.logits"])
+    if "lora.logits_eval" in d and not np.abs(d["lora.logits_eval"] - d["lora.logits"]).max() > 1e-4:
+        failures.append(f"{name}: lora dropout changed nothing")
     with torch.no_grad():
         loaded = PeftModel.from_pretrained(copy.deepcopy(model), adir)
         out["PEFT load of chord's adapter"] = check(
-            f"{name}: peft-loaded adapter logits", d["lora.logits"],
+            f"{name}: peft-loaded adapter logits", ref_logits,
             hf_forward(loaded, seqs).numpy(), TOL_LOGITS)[0]
         merged = type(model).from_pretrained(mdir, dtype=torch.float32,
                                              attn_implementation="eager")
-        out["merged export"] = check(f"{name}: merged model logits", d["lora.logits"],
+        out["merged export"] = check(f"{name}: merged model logits", ref_logits,
                                      hf_forward(merged, seqs).numpy(), TOL_LOGITS)[0]
         pdir = os.path.join(work, "peft_saved")
         loaded.save_pretrained(pdir)
         d2 = refdump(args, model_dir, {"sequences": seqs, "prefix": [len(x) for x in seqs],
                                        "lora": {"load": pdir}}, work)
         out["chord load of PEFT's files"] = check(f"{name}: chord-loaded PEFT adapter logits",
-                                                  d2["lora.logits"], d["lora.logits"],
+                                                  d2["lora.logits"], ref_logits,
                                                   TOL_LOGITS)[0]
     return out
 

@@ -255,7 +255,7 @@ static void test_errors_name_the_field(void **state) {
         {"\"grpo\": 3", "grpo: must be an object"},
         {"\"lora\": {\"rank\": 0}", "lora.rank: must be in [1, 1024], got 0"},
         {"\"lora\": {\"alpha\": 0}", "lora.alpha: must be"},
-        {"\"lora\": {\"dropout\": 0.05}", "lora.dropout: only 0 is supported"},
+        {"\"lora\": {\"dropout\": 1.0}", "lora.dropout: must be in [0, 1), got 1"},
         {"\"lora\": {\"train_embeddings\": true}", "lora.train_embeddings: not supported"},
         {"\"lora\": {\"target_modules\": [\"q_proj\", \"lm_head\"]}",
          "lora.target_modules[1]: \"lm_head\" is none of"},
@@ -418,7 +418,8 @@ static void test_round_trip(void **state) {
                ", \"seed\": 9007199254740993}");
     round_trip("{" MODEL ", " BOTH_DATA ", \"lora\": {\"rank\": 16, \"alpha\": 32, "
                "\"target_modules\": [\"down_proj\", \"q_proj\"]}}");
-    round_trip("{" MODEL ", " BOTH_DATA ", \"lora\": {\"target_modules\": \"all-linear\"}}");
+    round_trip("{" MODEL ", " BOTH_DATA ", \"lora\": {\"target_modules\": \"all-linear\", "
+               "\"dropout\": 0.05}}");
     /* the defaults are PEFT's: r 8, alpha 8, q_proj + v_proj; no lora: full fine-tuning */
     job_config c;
     parse_ok("{" MODEL ", " BOTH_DATA ", \"lora\": {}}", &c);

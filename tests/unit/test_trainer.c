@@ -472,7 +472,8 @@ static void test_lora_job(void **state) {
     free(r);
 
     resume_case(f, ", \"kl_coef\": 0.1",
-                ", \"lora\": {\"rank\": 4, \"alpha\": 8, \"target_modules\": \"all-linear\"}");
+                ", \"lora\": {\"rank\": 4, \"alpha\": 8, \"target_modules\": \"all-linear\", "
+                "\"dropout\": 0.1}");
 
     /* a LoRA checkpoint of a base directory opens as base + adapter (bootstrap.h): the rollout
      * executor's and chordd eval's way in; a random-init base's is refused by name */
