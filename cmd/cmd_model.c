@@ -193,15 +193,12 @@ int cmd_score(int argc, char **argv) {
         return 1;
     }
     chord_err err = {0};
-    /* bootstrap.h: a model directory, or a LoRA adapter directory over its base */
-    bootstrap_spec spec = {.dir = model_dir};
-    bootstrap_model b;
-    if (bootstrap_open(&spec, ops, &b, &err) != 0) {
+    model *m = NULL; /* a model directory, or a LoRA adapter directory over its base */
+    if (model_open(model_dir, ops, &m, &err) != 0) {
         fprintf(stderr, "chordd score: %s\n", err.msg);
         ops_close(ops);
         return 1;
     }
-    model *m = b.m;
     int rc = 0;
     char *line = NULL;
     size_t cap = 0;
@@ -258,7 +255,7 @@ int cmd_score(int argc, char **argv) {
     free(buf);
     free(logp);
     free(line);
-    bootstrap_close(&b);
+    model_free(m);
     ops_close(ops);
     return rc;
 }

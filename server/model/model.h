@@ -105,6 +105,9 @@ typedef struct model_batch {
 int model_create(const model_config *cfg, ops_ctx *ops, model **out, chord_err *err);
 /* DIR/config.json + DIR's safetensors (single or sharded; F32/BF16/F16 read as float32). */
 int model_load(const char *dir, ops_ctx *ops, model **out, chord_err *err);
+/* model_load, or for a PEFT LoRA directory (config.h model_config_adapter_base) its base with
+ * the adapter attached: the weights of whatever model directory a user names. */
+int model_open(const char *dir, ops_ctx *ops, model **out, chord_err *err);
 /* Hugging Face's init: normal(0, initializer_range) for linear and embedding weights (the
  * pad_token_id row of the embedding zeroed), zeros for biases, ones for norms. Own seeded RNG. */
 int model_init_random(model *m, uint64_t seed, chord_err *err);

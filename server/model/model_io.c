@@ -278,3 +278,17 @@ done:
     free(host);
     return rc;
 }
+
+int model_open(const char *dir, ops_ctx *ops, model **out, chord_err *err) {
+    char base[4096];
+    *out = NULL;
+    int adapter = model_config_adapter_base(dir, base, sizeof base, err);
+    if (adapter < 0) return -1;
+    if (model_load(adapter ? base : dir, ops, out, err) != 0) return -1;
+    if (adapter && model_lora_load(*out, dir, err) != 0) {
+        model_free(*out);
+        *out = NULL;
+        return chord_err_prefix(err, "LoRA adapter");
+    }
+    return 0;
+}

@@ -74,15 +74,11 @@ int bootstrap_open(const bootstrap_spec *spec, ops_ctx *ops, bootstrap_model *ou
     if (spec->live) {
         out->m = spec->live;
     } else if (spec->dir) {
-        if (model_load(weights_dir, ops, &out->m, err) != 0) {
+        if (model_open(spec->dir, ops, &out->m, err) != 0) { /* a LoRA dir: base + adapter */
             chord_err_prefix(err, "model");
             goto fail;
         }
         out->owns_model = 1;
-        if (adapter_dir && model_lora_load(out->m, adapter_dir, err) != 0) {
-            chord_err_prefix(err, "model: LoRA adapter");
-            goto fail;
-        }
     } else {
         if (model_create(&mc, ops, &out->m, err) != 0) {
             chord_err_prefix(err, "model");
