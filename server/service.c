@@ -157,35 +157,43 @@ int svc_resolve_model(svc *s, store *st, const char *field, const char *ref, cha
         }
         return rc;
     }
-    char real[PATH_MAX], cfg[PATH_MAX + 32];
+    char real[PATH_MAX], weights[PATH_MAX];
     if (svc_resolve_under_root(s, field, ref, real, err)) return -1;
-    if (!chord_is_dir(real)) return chord_err_set(err, "%s: '%s' is not a directory", field, ref);
-    snprintf(cfg, sizeof cfg, "%s/config.json", real);
-    if (!chord_is_file(cfg)) {
-        /* a PEFT LoRA directory: its base (base_model_name_or_path) must be a model directory
-         * under the models root too (bootstrap.h opens base + adapter) */
-        snprintf(cfg, sizeof cfg, "%s/adapter_config.json", real);
-        json_t *ac = chord_is_file(cfg) ? json_load_file(cfg, 0, NULL) : NULL;
-        if (!ac)
-            return chord_err_set(err,
-                                 "%s: '%s' has no config.json (a Hugging Face model directory "
-                                 "or a PEFT LoRA adapter directory is expected)",
-                                 field, ref);
-        const char *base = json_string_value(json_object_get(ac, "base_model_name_or_path"));
-        char bfield[128], breal[PATH_MAX], bcfg[PATH_MAX + 16];
-        snprintf(bfield, sizeof bfield, "%s (LoRA adapter) base_model_name_or_path", field);
-        int rc = base ? svc_resolve_under_root(s, bfield, base, breal, err)
-                      : chord_err_set(err, "%s: missing", bfield);
-        if (rc == 0) {
-            snprintf(bcfg, sizeof bcfg, "%s/config.json", breal);
-            if (!chord_is_file(bcfg))
-                rc = chord_err_set(err, "%s: '%s' has no config.json", bfield, base);
-        }
-        json_decref(ac);
-        if (rc) return rc;
-    }
+    if (svc_model_dir_weights(s, field, ref, real, weights, err)) return -1;
     *dir = strdup(real);
     return *dir ? 0 : oom(err);
+}
+
+int svc_model_dir_weights(svc *s, const char *field, const char *ref, const char *real,
+                          char *weights, chord_err *err) {
+    char cfg[PATH_MAX + 32];
+    if (!chord_is_dir(real)) return chord_err_set(err, "%s: '%s' is not a directory", field, ref);
+    snprintf(cfg, sizeof cfg, "%s/config.json", real);
+    if (chord_is_file(cfg)) {
+        snprintf(weights, PATH_MAX, "%s", real);
+        return 0;
+    }
+    /* a PEFT LoRA directory: its base (base_model_name_or_path) must be a model directory under
+     * the models root too (model_open: base + adapter) */
+    snprintf(cfg, sizeof cfg, "%s/adapter_config.json", real);
+    json_t *ac = chord_is_file(cfg) ? json_load_file(cfg, 0, NULL) : NULL;
+    if (!ac)
+        return chord_err_set(err,
+                             "%s: '%s' has no config.json (a Hugging Face model directory or a "
+                             "PEFT LoRA adapter directory is expected)",
+                             field, ref);
+    const char *base = json_string_value(json_object_get(ac, "base_model_name_or_path"));
+    char bfield[128], bcfg[PATH_MAX + 16];
+    snprintf(bfield, sizeof bfield, "%s (LoRA adapter) base_model_name_or_path", field);
+    int rc = base ? svc_resolve_under_root(s, bfield, base, weights, err)
+                  : chord_err_set(err, "%s: missing", bfield);
+    if (rc == 0) {
+        snprintf(bcfg, sizeof bcfg, "%s/config.json", weights);
+        if (!chord_is_file(bcfg))
+            rc = chord_err_set(err, "%s: '%s' has no config.json", bfield, base);
+    }
+    json_decref(ac);
+    return rc;
 }
 
 /* Appends {"path", "bytes"} for every regular file under dir/rel, recursively. */

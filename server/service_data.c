@@ -279,13 +279,15 @@ int svc_model_register(svc *s, const json_t *doc, json_t **model, chord_err *err
     char *config_text = NULL;
     const char *directory = NULL, *tokenizer = NULL;
     if (path) {
-        if (svc_resolve_under_root(s, "path", path, real, err)) return -1;
-        if (!chord_is_dir(real)) return chord_err_set(err, "path: '%s' is not a directory", path);
+        char weights[PATH_MAX]; /* real itself, or a LoRA adapter's base (under the root) */
+        if (svc_resolve_under_root(s, "path", path, real, err) ||
+            svc_model_dir_weights(s, "path", path, real, weights, err))
+            return -1;
         model_config mc;
-        if (model_config_load(real, &mc, err)) return chord_err_prefix(err, "path");
+        if (model_config_load(weights, &mc, err)) return chord_err_prefix(err, "path");
         if (svc_check_model_fits(s, &mc, err)) return -1;
         char cfg_path[PATH_MAX + 16];
-        snprintf(cfg_path, sizeof cfg_path, "%s/config.json", real);
+        snprintf(cfg_path, sizeof cfg_path, "%s/config.json", weights);
         size_t len;
         if (chord_read_file(cfg_path, &config_text, &len, err))
             return chord_err_prefix(err, "path");

@@ -103,6 +103,11 @@ json_t *svc_checkpoint_json(const store_checkpoint *c);
 /* Resolves `path` (relative to the models root, or absolute) to its realpath inside the root;
  * `field` names it in errors. out has PATH_MAX bytes. */
 int svc_resolve_under_root(svc *s, const char *field, const char *path, char *out, chord_err *err);
+/* real (resolved under the root) as a model directory: its own (config.json) or, for a PEFT LoRA
+ * adapter directory, its base's, which must be a model directory under the root as well;
+ * weights (PATH_MAX) receives the directory holding config.json. Errors name field / ref. */
+int svc_model_dir_weights(svc *s, const char *field, const char *ref, const char *real,
+                          char *weights, chord_err *err);
 
 /* Resolves a job's or rollout's "model" reference: a registered model id or a directory under
  * the models root. *dir gets the absolute directory (malloc'd) or NULL for a random-init model,

@@ -134,6 +134,18 @@ def test_rollout_from_a_lora_adapter_matches_peft(srv):
     r = srv.post("/v1/rollouts", {"prompts": ["x"], "model": "lora_outside"})
     msg = r.json()["error"]["message"]
     assert r.status == 400 and "base_model_name_or_path" in msg and "outside" in msg, r
+    # registered as a model: the same rules, and its id samples as base + adapter
+    r = srv.post("/v1/models", {"path": "lora_outside"})
+    assert r.status == 400 and "base_model_name_or_path" in r.json()["error"]["message"], r
+    r = srv.post("/v1/models", {"name": "adapter", "path": "lora_adapter"})
+    assert r.status == 201, r
+    mid = r.json()["id"]
+    req = {"prompts": ["Compute 12+30."], "n": 2, "temperature": 1.0, "max_tokens": 10,
+           "seed": 3}
+    by_id = wait_rollout(srv, srv.post("/v1/rollouts", dict(req, model=mid)).json()["id"])
+    assert by_id["state"] == "succeeded", by_id
+    assert [c["logprobs"] for c in by_id["result"]["completions"]] == \
+        [c["logprobs"] for c in ro["result"]["completions"]]
 
 
 def test_rollout_is_seeded(srv):
