@@ -485,8 +485,8 @@ int chat_render(const chat_template *tpl, const chat_message *msgs, size_t n,
         free(r.spans);
         return chord_err_setc(err, CHORD_E_INTERNAL, "chat: out of memory");
     }
-    *text = r.text.data;
     if (text_len) *text_len = r.text.len;
+    *text = chord_buf_take(&r.text); /* NUL-terminated also when nothing was rendered */
     if (spans) {
         *spans = r.spans;
         *n_spans = r.n_spans;

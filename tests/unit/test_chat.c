@@ -133,6 +133,23 @@ static void test_raw(void **state) {
     free(spans);
 }
 
+/* An empty conversation renders to a NUL-terminated text too (chat.h): a fuzz_chat finding, where
+ * nothing rendered left the text unterminated (ASan in the Sanitize build). */
+static void test_empty_conversation(void **state) {
+    (void)state;
+    const char *families[] = {"raw", "chatml", "qwen3", "deepseek_v3", "llama3"};
+    for (size_t f = 0; f < sizeof families / sizeof families[0]; f++) {
+        chat_template t;
+        assert_int_equal(chat_template_by_name(families[f], dflt, &t, NULL), 0);
+        char *text = NULL;
+        size_t len = 99;
+        assert_int_equal(chat_render(&t, NULL, 0, 0, &text, &len, NULL, NULL, NULL), 0);
+        assert_non_null(text);
+        assert_int_equal(strlen(text), len);
+        free(text);
+    }
+}
+
 static void test_errors(void **state) {
     (void)state;
     chat_template t;
@@ -153,6 +170,7 @@ int main(void) {
         cmocka_unit_test(test_mask_is_the_response),
         cmocka_unit_test(test_generation_prompt),
         cmocka_unit_test(test_raw),
+        cmocka_unit_test(test_empty_conversation),
         cmocka_unit_test(test_errors),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
