@@ -841,11 +841,16 @@ static int parse_decoder(tok_tokenizer *t, const json_t *d, chord_err *err) {
     return 0;
 }
 
-static int post_push(tok_tokenizer *t, int before, int32_t id, chord_err *err) {
+/* The ids a post-processor adds go to the model as they are: each must be a token of the
+ * vocabulary (an id past it would index past the embedding). */
+static int post_push(tok_tokenizer *t, int before, json_int_t id, chord_err *err) {
     int32_t *arr = before ? t->post_prefix : t->post_suffix;
     int *n = before ? &t->n_post_prefix : &t->n_post_suffix;
     if (*n >= TOK_MAX_POST) return chord_err_set(err, "post_processor: too many special tokens");
-    arr[(*n)++] = id;
+    if (id < 0 || id >= t->vocab_size || !t->tok_str[id])
+        return chord_err_set(err, "post_processor: special token id %lld is not in the vocabulary",
+                             (long long)id);
+    arr[(*n)++] = (int32_t)id;
     return 0;
 }
 
@@ -861,8 +866,8 @@ static int parse_post(tok_tokenizer *t, const json_t *p, const char *where, chor
         if (!json_is_array(cls) || !json_is_integer(json_array_get(cls, 1)) ||
             !json_is_array(sep) || !json_is_integer(json_array_get(sep, 1)))
             return chord_err_set(err, "%s: cls and sep must be [token, id]", where);
-        if (post_push(t, 1, (int32_t)json_integer_value(json_array_get(cls, 1)), err) ||
-            post_push(t, 0, (int32_t)json_integer_value(json_array_get(sep, 1)), err))
+        if (post_push(t, 1, json_integer_value(json_array_get(cls, 1)), err) ||
+            post_push(t, 0, json_integer_value(json_array_get(sep, 1)), err))
             return -1;
         return 0;
     }
@@ -891,7 +896,7 @@ static int parse_post(tok_tokenizer *t, const json_t *p, const char *where, chor
                 if (!json_is_integer(idv))
                     return chord_err_set(err, "%s.special_tokens['%s'].ids must be integers", where,
                                          name);
-                if (post_push(t, !seen_seq, (int32_t)json_integer_value(idv), err)) return -1;
+                if (post_push(t, !seen_seq, json_integer_value(idv), err)) return -1;
             }
         }
         return 0;
@@ -1274,8 +1279,8 @@ static int parse_config(tok_tokenizer *t, const char *text, size_t len, chord_er
         *ids[k] = tok_vocab_lookup(t, s, strlen(s));
         if (!*texts[k] || *ids[k] < 0) {
             /* the message quotes s, which lives in c: set it before c goes */
-            chord_err_set(err, "tokenizer_config.json: %s '%s' is not in the vocabulary",
-                          names[k], s);
+            chord_err_set(err, "tokenizer_config.json: %s '%s' is not in the vocabulary", names[k],
+                          s);
             json_decref(c);
             return -1;
         }

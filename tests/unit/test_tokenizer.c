@@ -391,6 +391,18 @@ static void test_errors_name_the_problem(void **state) {
                       "unknown split behavior 'Sideways'");
     expect_load_error("{\"added_tokens\": [{\"id\": 5}], " MODEL "}",
                       "added_tokens[0].content must be a non-empty string");
+    /* a post-processor's ids reach the model as they are: each must be in the vocabulary (a
+     * fuzz_tokenizer finding: encode returned id 7 of a 7-token vocabulary) */
+    expect_load_error("{\"post_processor\": {\"type\": \"TemplateProcessing\", \"single\": "
+                      "[{\"SpecialToken\": {\"id\": \"<s>\"}}, {\"Sequence\": {\"id\": \"A\"}}], "
+                      "\"special_tokens\": {\"<s>\": {\"ids\": [7]}}}, " MODEL "}",
+                      "special token id 7 is not in the vocabulary");
+    expect_load_error("{\"post_processor\": {\"type\": \"BertProcessing\", \"cls\": [\"[CLS]\", "
+                      "-1], \"sep\": [\"b\", 1]}, " MODEL "}",
+                      "special token id -1 is not in the vocabulary");
+    expect_load_error("{\"post_processor\": {\"type\": \"RobertaProcessing\", \"cls\": [\"a\", "
+                      "0], \"sep\": [\"x\", 4294967296]}, " MODEL "}",
+                      "special token id 4294967296 is not in the vocabulary");
     /* and a missing directory */
     tok_tokenizer *t = NULL;
     chord_err err = {0};
