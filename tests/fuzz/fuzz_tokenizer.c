@@ -101,7 +101,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         int32_t vocab = tok_vocab_size(def);
         for (size_t i = 0; i < n; i++)
             ids[i] = (int32_t)(((uint32_t)data[1 + 2 * i] | (uint32_t)data[2 + 2 * i] << 8) %
-                               (uint32_t)(vocab + 4)) - 2; /* a few out of range both ways */
+                               (uint32_t)(vocab + 4)) -
+                     2; /* a few out of range both ways */
         decode_both(def, ids, n, skip_special);
         free(ids);
     } else {
