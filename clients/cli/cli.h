@@ -158,6 +158,15 @@ int cli_term_columns(int fd);
 /* Under a list's table, on stderr: "(N of TOTAL shown; --offset M for more)" when the page
  * is not the last. */
 void cli_page_note(const json_t *page);
+/* One row of a list: fills cells[0..ncols-1] for item, using buf (ncols cells of
+ * CLI_CELL bytes) for the ones it formats. */
+#define CLI_CELL 128
+typedef void (*cli_row_fn)(const json_t *item, const char **cells, char (*buf)[CLI_CELL]);
+/* A list answer (doc's "items"): the raw JSON with --json, else a table of header (ncols, at
+ * most 8) with a row per item, or `empty` when there is none; the page note under it. CLI_OK,
+ * or CLI_LOCAL when out of memory. */
+int cli_print_list(const cli *c, const json_t *doc, const chord_buf *raw, int ncols,
+                   const char *const *header, cli_row_fn row, const char *empty);
 /* Prints "key:  value" (value NULL: "-") with the key padded to width. */
 void cli_field(const char *key, const char *value, int width);
 

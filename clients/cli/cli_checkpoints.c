@@ -18,44 +18,33 @@ static const char usage_list[] = "chordctl checkpoints list JOB";
 static const char usage_download[] =
     "chordctl checkpoints download JOB [STEP] [--out DIR] [--file PATH [-o FILE|-]]";
 
+static void checkpoint_row(const json_t *ck, const char **cells, char (*buf)[CLI_CELL]) {
+    snprintf(buf[0], CLI_CELL, "%.0f", chord_json_number_or(ck, "step", 0));
+    snprintf(buf[2], CLI_CELL, "%zu", json_array_size(json_object_get(ck, "files")));
+    cli_bytes_text(chord_json_number_or(ck, "bytes", 0), buf[3], CLI_CELL);
+    snprintf(buf[4], CLI_CELL, "%.12s", chord_json_string_or(ck, "sha256", ""));
+    cli_age_text(chord_json_string_or(ck, "created_at", NULL), buf[5], CLI_CELL);
+    cells[0] = buf[0];
+    cells[1] = chord_json_string_or(ck, "id", NULL);
+    cells[2] = buf[2];
+    cells[3] = buf[3];
+    cells[4] = buf[4];
+    cells[5] = buf[5];
+}
+
 static int list(cli *c, int argc, char **argv) {
     cli_opt opts[] = {{0}};
     const char *pos[1];
     int npos, rc;
     json_t *doc = NULL;
     chord_buf raw = {0};
-    cli_table t = {0};
     if ((rc = cli_parse(argc, argv, opts, pos, 1, &npos, usage_list)) != CLI_OK) return rc;
     if (npos != 1) return cli_fail(CLI_USAGE, "usage: %s", usage_list);
-    if ((rc = cli_call_id(c, "GET", "/v1/jobs/", pos[0], "/checkpoints", &doc, &raw)) != CLI_OK)
-        goto done;
-    if (c->json) {
-        cli_print_raw(&raw);
-        goto done;
-    }
     static const char *const header[] = {"STEP", "ID", "FILES", "SIZE", "SHA256", "AGE"};
-    if (cli_table_init(&t, 6, header) != 0) goto oom;
-    size_t i;
-    json_t *ck;
-    json_array_foreach(json_object_get(doc, "items"), i, ck) {
-        char step[32], files[32], size[32], sha[16], age[32];
-        snprintf(step, sizeof step, "%.0f", chord_json_number_or(ck, "step", 0));
-        snprintf(files, sizeof files, "%zu", json_array_size(json_object_get(ck, "files")));
-        cli_bytes_text(chord_json_number_or(ck, "bytes", 0), size, sizeof size);
-        snprintf(sha, sizeof sha, "%.12s", chord_json_string_or(ck, "sha256", ""));
-        cli_age_text(chord_json_string_or(ck, "created_at", NULL), age, sizeof age);
-        const char *row[] = {step, chord_json_string_or(ck, "id", NULL), files, size, sha, age};
-        if (cli_table_row(&t, row) != 0) goto oom;
-    }
-    if (t.nrows == 1)
-        printf("%s has no checkpoints\n", pos[0]);
-    else
-        cli_table_print(&t, stdout);
-    goto done;
-oom:
-    rc = cli_fail(CLI_LOCAL, "out of memory");
-done:
-    cli_table_free(&t);
+    char empty[256];
+    snprintf(empty, sizeof empty, "%s has no checkpoints", pos[0]);
+    if ((rc = cli_call_id(c, "GET", "/v1/jobs/", pos[0], "/checkpoints", &doc, &raw)) == CLI_OK)
+        rc = cli_print_list(c, doc, &raw, 6, header, checkpoint_row, empty);
     json_decref(doc);
     chord_buf_free(&raw);
     return rc;

@@ -109,6 +109,18 @@ done:
     return rc;
 }
 
+static void dataset_row(const json_t *d, const char **cells, char (*buf)[CLI_CELL]) {
+    snprintf(buf[3], CLI_CELL, "%.0f", chord_json_number_or(d, "lines", 0));
+    cli_bytes_text(chord_json_number_or(d, "bytes", 0), buf[4], CLI_CELL);
+    cli_age_text(chord_json_string_or(d, "created_at", NULL), buf[5], CLI_CELL);
+    cells[0] = chord_json_string_or(d, "id", NULL);
+    cells[1] = chord_json_string_or(d, "name", NULL);
+    cells[2] = chord_json_string_or(d, "kind", NULL);
+    cells[3] = buf[3];
+    cells[4] = buf[4];
+    cells[5] = buf[5];
+}
+
 static int list(cli *c, int argc, char **argv) {
     cli_opt opts[] = {
         {.name = "--limit", .takes_value = 1}, {.name = "--offset", .takes_value = 1}, {0}};
@@ -116,42 +128,11 @@ static int list(cli *c, int argc, char **argv) {
     int npos, rc;
     chord_buf path = {0}, raw = {0};
     json_t *doc = NULL;
-    cli_table t = {0};
-    if ((rc = cli_parse(argc, argv, opts, pos, 0, &npos, usage_list)) != CLI_OK ||
-        (rc = cli_paged_path(opts, "/v1/datasets", &path)) != CLI_OK ||
-        (rc = cli_call_json(c, "GET", path.data, NULL, &doc, &raw)) != CLI_OK)
-        goto done;
-    if (c->json) {
-        cli_print_raw(&raw);
-        goto done;
-    }
     static const char *const header[] = {"ID", "NAME", "KIND", "LINES", "SIZE", "AGE"};
-    if (cli_table_init(&t, 6, header) != 0) goto oom;
-    size_t i;
-    json_t *d;
-    json_array_foreach(json_object_get(doc, "items"), i, d) {
-        char lines[32], size[32], age[32];
-        snprintf(lines, sizeof lines, "%.0f", chord_json_number_or(d, "lines", 0));
-        cli_bytes_text(chord_json_number_or(d, "bytes", 0), size, sizeof size);
-        cli_age_text(chord_json_string_or(d, "created_at", NULL), age, sizeof age);
-        const char *row[] = {chord_json_string_or(d, "id", NULL),
-                             chord_json_string_or(d, "name", NULL),
-                             chord_json_string_or(d, "kind", NULL),
-                             lines,
-                             size,
-                             age};
-        if (cli_table_row(&t, row) != 0) goto oom;
-    }
-    if (t.nrows == 1)
-        printf("no datasets\n");
-    else
-        cli_table_print(&t, stdout);
-    cli_page_note(doc);
-    goto done;
-oom:
-    rc = cli_fail(CLI_LOCAL, "out of memory");
-done:
-    cli_table_free(&t);
+    if ((rc = cli_parse(argc, argv, opts, pos, 0, &npos, usage_list)) == CLI_OK &&
+        (rc = cli_paged_path(opts, "/v1/datasets", &path)) == CLI_OK &&
+        (rc = cli_call_json(c, "GET", path.data, NULL, &doc, &raw)) == CLI_OK)
+        rc = cli_print_list(c, doc, &raw, 6, header, dataset_row, "no datasets");
     json_decref(doc);
     chord_buf_free(&raw);
     chord_buf_free(&path);

@@ -97,6 +97,23 @@ done:
     return rc;
 }
 
+static void job_row(const json_t *j, const char **cells, char (*buf)[CLI_CELL]) {
+    const char *state = chord_json_string_or(j, "state", "?");
+    snprintf(buf[2], CLI_CELL, "%s%s", state,
+             json_is_true(json_object_get(j, "cancel_requested")) && strcmp(state, "running") == 0
+                 ? " (cancelling)"
+                 : "");
+    progress_text(j, buf[3], CLI_CELL);
+    cli_age_text(chord_json_string_or(j, "created_at", NULL), buf[6], CLI_CELL);
+    cells[0] = chord_json_string_or(j, "id", NULL);
+    cells[1] = chord_json_string_or(j, "name", NULL);
+    cells[2] = buf[2];
+    cells[3] = buf[3];
+    cells[4] = algorithm_text(j);
+    cells[5] = model_text(j);
+    cells[6] = buf[6];
+}
+
 static int list(cli *c, int argc, char **argv) {
     cli_opt opts[] = {{.name = "--state", .takes_value = 1},
                       {.name = "--limit", .takes_value = 1},
@@ -106,53 +123,20 @@ static int list(cli *c, int argc, char **argv) {
     int npos, rc;
     chord_buf base = {0}, path = {0}, raw = {0};
     json_t *doc = NULL;
-    cli_table t = {0};
+    static const char *const header[] = {"ID",        "NAME",  "STATE", "STEP",
+                                         "ALGORITHM", "MODEL", "AGE"};
     if ((rc = cli_parse(argc, argv, opts, pos, 0, &npos, usage_list)) != CLI_OK) goto done;
     cli_opt *state = cli_opt_get(opts, "--state");
     if (cli_bufprintf(&base, "/v1/jobs") != 0 ||
         (state->seen &&
-         (cli_bufprintf(&base, "?state=") != 0 || cli_escape(c, &base, state->value) != 0)))
-        goto oom;
-    if ((rc = cli_paged_path(opts, base.data, &path)) != CLI_OK ||
-        (rc = cli_call_json(c, "GET", path.data, NULL, &doc, &raw)) != CLI_OK)
-        goto done;
-    if (c->json) {
-        cli_print_raw(&raw);
+         (cli_bufprintf(&base, "?state=") != 0 || cli_escape(c, &base, state->value) != 0))) {
+        rc = cli_fail(CLI_LOCAL, "out of memory");
         goto done;
     }
-    static const char *const header[] = {"ID",        "NAME",  "STATE", "STEP",
-                                         "ALGORITHM", "MODEL", "AGE"};
-    if (cli_table_init(&t, 7, header) != 0) goto oom;
-    size_t i;
-    json_t *j;
-    json_array_foreach(json_object_get(doc, "items"), i, j) {
-        char progress[64], age[32], state_text[64];
-        progress_text(j, progress, sizeof progress);
-        cli_age_text(chord_json_string_or(j, "created_at", NULL), age, sizeof age);
-        snprintf(state_text, sizeof state_text, "%s%s", chord_json_string_or(j, "state", "?"),
-                 json_is_true(json_object_get(j, "cancel_requested")) &&
-                         strcmp(chord_json_string_or(j, "state", ""), "running") == 0
-                     ? " (cancelling)"
-                     : "");
-        const char *row[] = {chord_json_string_or(j, "id", NULL),
-                             chord_json_string_or(j, "name", NULL),
-                             state_text,
-                             progress,
-                             algorithm_text(j),
-                             model_text(j),
-                             age};
-        if (cli_table_row(&t, row) != 0) goto oom;
-    }
-    if (t.nrows == 1)
-        printf("no jobs\n");
-    else
-        cli_table_print(&t, stdout);
-    cli_page_note(doc);
-    goto done;
-oom:
-    rc = cli_fail(CLI_LOCAL, "out of memory");
+    if ((rc = cli_paged_path(opts, base.data, &path)) == CLI_OK &&
+        (rc = cli_call_json(c, "GET", path.data, NULL, &doc, &raw)) == CLI_OK)
+        rc = cli_print_list(c, doc, &raw, 7, header, job_row, "no jobs");
 done:
-    cli_table_free(&t);
     json_decref(doc);
     chord_buf_free(&raw);
     chord_buf_free(&base);

@@ -101,6 +101,17 @@ done:
     return rc;
 }
 
+static void model_row(const json_t *m, const char **cells, char (*buf)[CLI_CELL]) {
+    arch_text(m, buf[3], CLI_CELL);
+    cli_age_text(chord_json_string_or(m, "created_at", NULL), buf[5], CLI_CELL);
+    cells[0] = chord_json_string_or(m, "id", NULL);
+    cells[1] = chord_json_string_or(m, "name", NULL);
+    cells[2] = chord_json_string_or(m, "source", NULL);
+    cells[3] = buf[3];
+    cells[4] = chord_json_string_or(m, "path", NULL);
+    cells[5] = buf[5];
+}
+
 static int list(cli *c, int argc, char **argv) {
     cli_opt opts[] = {
         {.name = "--limit", .takes_value = 1}, {.name = "--offset", .takes_value = 1}, {0}};
@@ -108,39 +119,11 @@ static int list(cli *c, int argc, char **argv) {
     int npos, rc;
     chord_buf path = {0}, raw = {0};
     json_t *doc = NULL;
-    cli_table t = {0};
-    if ((rc = cli_parse(argc, argv, opts, pos, 0, &npos, usage_list)) != CLI_OK ||
-        (rc = cli_paged_path(opts, "/v1/models", &path)) != CLI_OK ||
-        (rc = cli_call_json(c, "GET", path.data, NULL, &doc, &raw)) != CLI_OK)
-        goto done;
-    if (c->json) {
-        cli_print_raw(&raw);
-        goto done;
-    }
     static const char *const header[] = {"ID", "NAME", "SOURCE", "ARCH", "PATH", "AGE"};
-    if (cli_table_init(&t, 6, header) != 0) goto oom;
-    size_t i;
-    json_t *m;
-    json_array_foreach(json_object_get(doc, "items"), i, m) {
-        char arch[128], age[32];
-        arch_text(m, arch, sizeof arch);
-        cli_age_text(chord_json_string_or(m, "created_at", NULL), age, sizeof age);
-        const char *row[] = {
-            chord_json_string_or(m, "id", NULL),     chord_json_string_or(m, "name", NULL),
-            chord_json_string_or(m, "source", NULL), arch,
-            chord_json_string_or(m, "path", NULL),   age};
-        if (cli_table_row(&t, row) != 0) goto oom;
-    }
-    if (t.nrows == 1)
-        printf("no models\n");
-    else
-        cli_table_print(&t, stdout);
-    cli_page_note(doc);
-    goto done;
-oom:
-    rc = cli_fail(CLI_LOCAL, "out of memory");
-done:
-    cli_table_free(&t);
+    if ((rc = cli_parse(argc, argv, opts, pos, 0, &npos, usage_list)) == CLI_OK &&
+        (rc = cli_paged_path(opts, "/v1/models", &path)) == CLI_OK &&
+        (rc = cli_call_json(c, "GET", path.data, NULL, &doc, &raw)) == CLI_OK)
+        rc = cli_print_list(c, doc, &raw, 6, header, model_row, "no models");
     json_decref(doc);
     chord_buf_free(&raw);
     chord_buf_free(&path);

@@ -151,6 +151,35 @@ void cli_field(const char *key, const char *value, int width) {
     printf("%-*s  %s\n", width, key, value ? value : "-");
 }
 
+int cli_print_list(const cli *c, const json_t *doc, const chord_buf *raw, int ncols,
+                   const char *const *header, cli_row_fn row, const char *empty) {
+    if (c->json) {
+        cli_print_raw(raw);
+        return CLI_OK;
+    }
+    cli_table t = {0};
+    const char *cells[8];
+    char buf[8][CLI_CELL];
+    if (ncols > 8 || cli_table_init(&t, ncols, header) != 0)
+        return cli_fail(CLI_LOCAL, "out of memory");
+    size_t i;
+    json_t *item;
+    json_array_foreach(json_object_get(doc, "items"), i, item) {
+        row(item, cells, buf);
+        if (cli_table_row(&t, cells) != 0) {
+            cli_table_free(&t);
+            return cli_fail(CLI_LOCAL, "out of memory");
+        }
+    }
+    if (t.nrows == 1)
+        printf("%s\n", empty);
+    else
+        cli_table_print(&t, stdout);
+    cli_page_note(doc);
+    cli_table_free(&t);
+    return CLI_OK;
+}
+
 /* Prints "showing N of TOTAL (--offset M for more)" on stderr when a page is not the end. */
 void cli_page_note(const json_t *page) {
     double total = chord_json_number_or(page, "total", 0);
