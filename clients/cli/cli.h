@@ -167,6 +167,10 @@ typedef void (*cli_row_fn)(const json_t *item, const char **cells, char (*buf)[C
  * or CLI_LOCAL when out of memory. */
 int cli_print_list(const cli *c, const json_t *doc, const chord_buf *raw, int ncols,
                    const char *const *header, cli_row_fn row, const char *empty);
+/* A whole paged list command (--limit, --offset; no positional argument): GET path, then
+ * cli_print_list. */
+int cli_list_command(cli *c, int argc, char **argv, const char *usage, const char *path, int ncols,
+                     const char *const *header, cli_row_fn row, const char *empty);
 /* Prints "key:  value" (value NULL: "-") with the key padded to width. */
 void cli_field(const char *key, const char *value, int width);
 

@@ -122,22 +122,9 @@ static void dataset_row(const json_t *d, const char **cells, char (*buf)[CLI_CEL
 }
 
 static int list(cli *c, int argc, char **argv) {
-    cli_opt opts[] = {
-        {.name = "--limit", .takes_value = 1}, {.name = "--offset", .takes_value = 1}, {0}};
-    const char *pos[1];
-    int npos, rc;
-    chord_buf path = {0}, raw = {0};
-    json_t *doc = NULL;
     static const char *const header[] = {"ID", "NAME", "KIND", "LINES", "SIZE", "AGE"};
-    if ((rc = cli_parse(argc, argv, opts, pos, 0, &npos, usage_list)) == CLI_OK &&
-        (rc = cli_paged_path(opts, "/v1/datasets", &path)) == CLI_OK &&
-        (rc = cli_call_json(c, "GET", path.data, NULL, &doc, &raw)) == CLI_OK)
-        rc = cli_print_list(c, doc, &raw, 6, header, dataset_row, "no datasets");
-    json_decref(doc);
-    chord_buf_free(&raw);
-    chord_buf_free(&path);
-    cli_opts_free(opts);
-    return rc;
+    return cli_list_command(c, argc, argv, usage_list, "/v1/datasets", 6, header, dataset_row,
+                            "no datasets");
 }
 
 int cli_datasets(cli *c, int argc, char **argv) {

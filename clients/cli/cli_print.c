@@ -180,6 +180,25 @@ int cli_print_list(const cli *c, const json_t *doc, const chord_buf *raw, int nc
     return CLI_OK;
 }
 
+int cli_list_command(cli *c, int argc, char **argv, const char *usage, const char *path, int ncols,
+                     const char *const *header, cli_row_fn row, const char *empty) {
+    cli_opt opts[] = {
+        {.name = "--limit", .takes_value = 1}, {.name = "--offset", .takes_value = 1}, {0}};
+    const char *pos[1];
+    int npos, rc;
+    chord_buf paged = {0}, raw = {0};
+    json_t *doc = NULL;
+    if ((rc = cli_parse(argc, argv, opts, pos, 0, &npos, usage)) == CLI_OK &&
+        (rc = cli_paged_path(opts, path, &paged)) == CLI_OK &&
+        (rc = cli_call_json(c, "GET", paged.data, NULL, &doc, &raw)) == CLI_OK)
+        rc = cli_print_list(c, doc, &raw, ncols, header, row, empty);
+    json_decref(doc);
+    chord_buf_free(&raw);
+    chord_buf_free(&paged);
+    cli_opts_free(opts);
+    return rc;
+}
+
 /* Prints "showing N of TOTAL (--offset M for more)" on stderr when a page is not the end. */
 void cli_page_note(const json_t *page) {
     double total = chord_json_number_or(page, "total", 0);
