@@ -245,9 +245,27 @@ static json_t *model_json(const store_model *m) {
     if (!o) return NULL;
     int bad = 0;
     json_t *config = json_loads(m->config_json, 0, NULL);
+    /* a PEFT LoRA directory: its adapter (r, alpha, modules, base) beside its base's config */
+    json_t *lora = NULL;
+    char base[PATH_MAX];
+    if (m->directory && model_config_adapter_base(m->directory, base, sizeof base, NULL) == 1) {
+        char path[PATH_MAX + 32];
+        snprintf(path, sizeof path, "%s/adapter_config.json", m->directory);
+        json_t *ac = json_load_file(path, 0, NULL);
+        lora = json_pack("{s:s, s:O?, s:O?, s:O?}", "base", base, "r", json_object_get(ac, "r"),
+                         "lora_alpha", json_object_get(ac, "lora_alpha"), "target_modules",
+                         json_object_get(ac, "target_modules"));
+        json_decref(ac);
+        if (!lora) bad = 1;
+    }
     svc_json_put(o, "id", json_string(m->id), &bad);
     svc_json_put(o, "name", json_string(m->name ? m->name : ""), &bad);
-    svc_json_put(o, "source", json_string(m->directory ? "directory" : "init"), &bad);
+    svc_json_put(o, "source",
+                 json_string(lora           ? "lora"
+                             : m->directory ? "directory"
+                                            : "init"),
+                 &bad);
+    if (lora) svc_json_put(o, "lora", lora, &bad);
     svc_json_put(o, "path", svc_json_str(m->directory), &bad);
     svc_json_put(o, "tokenizer", svc_json_str(m->tokenizer_dir), &bad);
     svc_json_put(o, "config", config ? config : json_object(), &bad);

@@ -140,6 +140,10 @@ def test_rollout_from_a_lora_adapter_matches_peft(srv):
     r = srv.post("/v1/models", {"name": "adapter", "path": "lora_adapter"})
     assert r.status == 201, r
     mid = r.json()["id"]
+    got = srv.get("/v1/models/" + mid).json()
+    assert got["source"] == "lora" and got["lora"]["r"] == 4, got
+    assert os.path.realpath(got["lora"]["base"]) == os.path.realpath(base), got
+    assert got["config"]["hidden_size"] == 48  # the base's architecture
     req = {"prompts": ["Compute 12+30."], "n": 2, "temperature": 1.0, "max_tokens": 10,
            "seed": 3}
     by_id = wait_rollout(srv, srv.post("/v1/rollouts", dict(req, model=mid)).json()["id"])
