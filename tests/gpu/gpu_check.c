@@ -26,7 +26,8 @@
  * Options: --out DIR, --no-bench (checks only), --no-step (skip the 100M step; the small models
  * still run), --quick (smaller benchmarks), --tiny-bench (the benchmark code on a small model and
  * small buffers: for the CPU emulator, tests/gpu/emu; its numbers mean nothing), --bench NAME (no
- * checks; only the benchmark NAME: bandwidth, train-100m, train-0.5b or decode-0.5b), --profile B
+ * checks; only the benchmark NAME: bandwidth, train-100m, train-0.5b, train-0.5b-lora or
+ * decode-0.5b), --profile B
  * (bracket one timed training step, and one decode step at batch B, with cudaProfilerStart/Stop,
  * for `ncu --profile-from-start off`: tests/gpu/profile.sh). */
 #include <cuda_profiler_api.h>
@@ -1037,7 +1038,10 @@ static double train_flops_per_token(const model_config *c, int T) {
     return 6.0 * weights + 6.0 * L * Hq * D * (double)T;
 }
 
-static void b_train(const char *label, const char *json, int T, int seqs, int steps) {
+/* lora_rank > 0: a LoRA adapter of that rank on all seven projections trains (the base
+ * frozen: no weight-gradient GEMMs, no optimizer state for it) */
+static void b_train(const char *label, const char *json, int T, int seqs, int steps,
+                    int lora_rank) {
     model_config cfg;
     chord_err err = {0};
     model *m = NULL;
@@ -1055,7 +1059,10 @@ static void b_train(const char *label, const char *json, int T, int seqs, int st
     free(lens);
     size_t fb = 0, tb = 0;
     ops_mem_info(GPU, &fb, &tb);
-    if (model_create(&cfg, GPU, &m, &err) != 0 || model_init_random(m, 1, &err) != 0) {
+    model_lora_config lc = {
+        .rank = lora_rank, .alpha = 2.0 * lora_rank, .targets = (1u << MODEL_LORA_N_TARGETS) - 1};
+    if (model_create(&cfg, GPU, &m, &err) != 0 || model_init_random(m, 1, &err) != 0 ||
+        (lora_rank > 0 && model_lora_attach(m, &lc, 1, &err) != 0)) {
         bench(what, NAN, "", "%s (%.1f GiB free)", err.msg, fb / 1073741824.0);
         goto out;
     }
@@ -1080,8 +1087,14 @@ static void b_train(const char *label, const char *json, int T, int seqs, int st
     }
     double tps = (double)b.N * steps / t;
     double flops = train_flops_per_token(&cfg, T);
-    bench(what, tps, "tok/s", "%zu params, %.1f ms/step, MFU %.1f%% of %.0f TFLOP/s", m->num_params,
-          1e3 * t / steps, 100.0 * tps * flops / (PEAK_BF16_TFLOPS * 1e12), PEAK_BF16_TFLOPS);
+    size_t fa = 0;
+    ops_mem_info(GPU, &fa, &tb);
+    bench(what, tps, "tok/s",
+          "%zu params (%zu trained), %.1f ms/step, MFU %.1f%% of %.0f TFLOP/s (full-model FLOPs), "
+          "%.2f GiB in use",
+          m->num_params, model_trainable_params(m), 1e3 * t / steps,
+          100.0 * tps * flops / (PEAK_BF16_TFLOPS * 1e12), PEAK_BF16_TFLOPS,
+          (double)(fb - fa) / 1073741824.0);
 out:
     model_free(m);
     batch_free(&b);
@@ -1364,13 +1377,15 @@ int main(int argc, char **argv) {
         else if (strcmp(argv[i], "--bench") == 0 && i + 1 < argc &&
                  (strcmp(argv[i + 1], "bandwidth") == 0 || strcmp(argv[i + 1], "train-100m") == 0 ||
                   strcmp(argv[i + 1], "train-0.5b") == 0 ||
+                  strcmp(argv[i + 1], "train-0.5b-lora") == 0 ||
                   strcmp(argv[i + 1], "decode-0.5b") == 0))
             only = argv[++i];
         else if (strcmp(argv[i], "--profile") == 0 && i + 1 < argc && atoi(argv[i + 1]) > 0)
             profile_mode = atoi(argv[++i]);
         else {
             fprintf(stderr, "usage: gpu_check [--out DIR] [--no-bench] [--no-step] [--quick] "
-                            "[--tiny-bench] [--bench bandwidth|train-100m|train-0.5b|decode-0.5b] "
+                            "[--tiny-bench] [--bench "
+                            "bandwidth|train-100m|train-0.5b|train-0.5b-lora|decode-0.5b] "
                             "[--profile BATCH]\n");
             return 2;
         }
@@ -1411,9 +1426,11 @@ int main(int argc, char **argv) {
         set_matmul(OPS_CUDA_MATMUL_BF16);
         const int steps = quick ? 2 : 5, seqs = quick ? 2 : 8;
         if (strcmp(only, "bandwidth") == 0) b_bandwidth(quick);
-        if (strcmp(only, "train-100m") == 0) b_train("~100M", CFG_100M, 1024, seqs, steps);
+        if (strcmp(only, "train-100m") == 0) b_train("~100M", CFG_100M, 1024, seqs, steps, 0);
         if (strcmp(only, "train-0.5b") == 0)
-            b_train("0.5B (Qwen2.5-0.5B shapes)", CFG_05B, 1024, seqs, steps);
+            b_train("0.5B (Qwen2.5-0.5B shapes)", CFG_05B, 1024, seqs, steps, 0);
+        if (strcmp(only, "train-0.5b-lora") == 0)
+            b_train("0.5B LoRA r=16 all-linear", CFG_05B, 1024, seqs, steps, 16);
         if (strcmp(only, "decode-0.5b") == 0) b_decode("0.5B", CFG_05B, 64, quick ? 8 : 32);
         write_results(out, device, when);
         ops_close(GPU);
@@ -1459,13 +1476,15 @@ int main(int argc, char **argv) {
         set_matmul(OPS_CUDA_MATMUL_BF16);
         b_bandwidth(quick);
         if (quick == 2) { /* the benchmark code paths on a small model (emulator) */
-            b_train("small-1", CFG_SMALL[0], 64, 2, 1);
+            b_train("small-1", CFG_SMALL[0], 64, 2, 1, 0);
+            b_train("small-1 LoRA r=4", CFG_SMALL[0], 64, 2, 1, 4);
             b_decode("small-1", CFG_SMALL[0], 8, 2);
         } else {
-            b_train("~100M", CFG_100M, 1024, quick ? 2 : 8, quick ? 2 : 5);
-            b_train("0.5B (Qwen2.5-0.5B shapes)", CFG_05B, 1024, quick ? 2 : 8, quick ? 2 : 5);
+            b_train("~100M", CFG_100M, 1024, quick ? 2 : 8, quick ? 2 : 5, 0);
+            b_train("0.5B (Qwen2.5-0.5B shapes)", CFG_05B, 1024, quick ? 2 : 8, quick ? 2 : 5, 0);
+            b_train("0.5B LoRA r=16 all-linear", CFG_05B, 1024, quick ? 2 : 8, quick ? 2 : 5, 16);
             set_attention(OPS_CUDA_ATTENTION_FLASH); /* the fp32 CUDA-core kernels, for the ratio */
-            b_train("0.5B, fp32 flash attention", CFG_05B, 1024, quick ? 2 : 8, quick ? 2 : 5);
+            b_train("0.5B, fp32 flash attention", CFG_05B, 1024, quick ? 2 : 8, quick ? 2 : 5, 0);
             set_attention(OPS_CUDA_ATTENTION_AUTO);
             b_decode("0.5B", CFG_05B, 64, quick ? 8 : 32);
         }
