@@ -13,7 +13,9 @@
 
 #include <cmocka.h>
 
+#include "kernels/ops.h"
 #include "server/model/config.h"
+#include "server/model/model.h"
 #include "server/train/jobconfig.h"
 #include "server/train/mem_estimate.h"
 
@@ -140,6 +142,28 @@ static void test_job(void **state) {
      * and r as scratch: 4 x 10 rows x (2 x 7 x 2 + 16 + 2) = 1840 */
     assert_true(e.activations == 20640.0 + 1840.0);
     jobconfig_free(&cfg);
+
+    /* the estimate's adapter size is the engine's (model_lora_attach's layout), not a second
+     * formula that could drift: three target sets on the small GQA config */
+    static const unsigned sets[] = {(1u << MODEL_LORA_Q) | (1u << MODEL_LORA_V), 0x7f,
+                                    (1u << MODEL_LORA_O) | (1u << MODEL_LORA_DOWN)};
+    char oerr[128];
+    ops_ctx *ops = ops_open("cpu", 1, oerr, sizeof oerr);
+    assert_non_null(ops);
+    for (size_t k = 0; k < sizeof sets / sizeof sets[0]; k++) {
+        model *m = NULL;
+        chord_err err = {0};
+        assert_int_equal(model_create(&mc, ops, &m, &err), 0);
+        model_lora_config lc = {.rank = 3, .alpha = 6, .targets = sets[k]};
+        assert_int_equal(model_lora_attach(m, &lc, 1, &err), 0);
+        job(", \"lora\": {\"rank\": 3}", &cfg);
+        cfg.lora.targets = sets[k];
+        mem_estimate_job(&mc, &cfg, MEM_PROMPT_TOKENS, MEM_PROMPT_TOKENS, &e);
+        assert_true(e.lora_params == (double)model_trainable_params(m));
+        jobconfig_free(&cfg);
+        model_free(m);
+    }
+    ops_close(ops);
 
     /* SFT samples nothing: no training rollouts, no KV cache */
     job_of("sft", "{\"expert\": \"x\"}", "", &cfg);
