@@ -44,6 +44,8 @@ static void usage(FILE *out) {
             "  --device-memory-mb N  the most memory (MiB) a job or rollout may need on one\n"
             "                        device; work estimated over it is refused (413);\n"
             "                        default 0 = the device's free memory\n"
+            "  --slots N             jobs at once per device (workers sharing one copy of\n"
+            "                        each base model: LoRA jobs, rollouts); default 1\n"
             "  --threads N           CPU threads per worker's backend; default all cores\n"
             "  --http-threads N      HTTP thread pool size; default 4\n"
             "  --sse-heartbeat S     seconds between heartbeat comments on event streams; "
@@ -139,6 +141,7 @@ int cmd_serve(int argc, char **argv) {
     const char *device = "auto", *models_root = NULL, *log_level = "info";
     const char *auth_file = NULL, *tls_cert = NULL, *tls_key = NULL;
     int insecure_no_auth = 0;
+    long slots = 1;
     long max_upload_mb = 1024, threads = 0, http_threads = 4, heartbeat = 15, memory_mb = 0;
     int demo = 0;
     int i = 1;
@@ -178,6 +181,9 @@ int cmd_serve(int argc, char **argv) {
         } else if (!strcmp(a, "--device-memory-mb")) {
             VALUE();
             if (cmd_arg_long(a, next, 0, 1L << 30, &memory_mb)) return 2;
+        } else if (!strcmp(a, "--slots")) {
+            VALUE();
+            if (cmd_arg_long(a, next, 1, 64, &slots)) return 2;
         } else if (!strcmp(a, "--threads")) {
             VALUE();
             if (cmd_arg_long(a, next, 0, 4096, &threads)) return 2;
@@ -268,6 +274,7 @@ int cmd_serve(int argc, char **argv) {
     svc_options so = {.data_dir = data_dir,
                       .models_root = models_root,
                       .device = device,
+                      .slots = (int)slots,
                       .threads = (int)threads,
                       .max_upload_bytes = (int64_t)max_upload_mb << 20,
                       .memory_limit = (int64_t)memory_mb << 20,

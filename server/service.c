@@ -399,6 +399,7 @@ int svc_open(const svc_options *opt, svc **out, chord_err *err) {
         jobs_options jo = {.data_dir = s->data_dir,
                            .devices = (const char *const *)s->devices,
                            .n_devices = s->n_devices,
+                           .slots = opt->slots,
                            .threads = opt->threads,
                            .memory_limit = s->memory_limit,
                            .hooks = {.user = s, .publish = hook_publish, .on_step = hook_on_step}};
@@ -1244,7 +1245,10 @@ int svc_health(svc *s, json_t **out) {
     for (int i = 0; i < s->n_devices; i++)
         json_array_append_new(devs, json_string(s->devices[i]));
     svc_json_put(o, "devices", devs, &bad);
-    svc_json_put(o, "workers", json_integer(s->jobs ? s->n_devices : 0), &bad);
+    svc_json_put(o, "workers", json_integer(s->jobs ? s->n_devices * jobs_slots(s->jobs) : 0),
+                 &bad);
+    svc_json_put(o, "slots", json_integer(jobs_slots(s->jobs)), &bad);
+    svc_json_put(o, "shared_bases", svc_shared_bases_json(s), &bad);
     json_t *jobs = json_object();
     chord_err err = {0};
     store *st = svc_store_get(s, &err);
@@ -1359,9 +1363,12 @@ int svc_prometheus(svc *s, char **text, size_t *len, chord_err *err) {
                   running[i].device ? running[i].device : "", (long long)running[i].current_step);
     store_job_list_free(running, n_running);
     tb_printf(&t,
-              "# HELP chord_workers Worker threads (one per device).\n"
+              "# HELP chord_workers Worker threads (slots per device times devices).\n"
               "# TYPE chord_workers gauge\nchord_workers %d\n",
-              s->jobs ? s->n_devices : 0);
+              s->jobs ? s->n_devices * jobs_slots(s->jobs) : 0);
+    char *shared = svc_shared_bases_prometheus(s);
+    if (shared) tb_printf(&t, "%s", shared);
+    free(shared);
 
     pthread_mutex_lock(&s->stats_mu);
     tb_printf(&t,

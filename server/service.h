@@ -49,7 +49,9 @@ typedef struct svc_options {
     const char *models_root;  /* directories models may be registered from; NULL =
                                  <data_dir>/models (created) */
     const char *device;       /* "auto" (all CUDA GPUs, else the CPU), "cpu", "cuda",
-                                 "cuda:N[,M...]"; NULL = "auto". One worker per device. */
+                                 "cuda:N[,M...]"; NULL = "auto". */
+    int slots;                /* workers (jobs at once) per device, sharing base weights
+                                 (server/jobs/jobs.h); <= 0 = 1 */
     int threads;              /* CPU threads per worker's backend; <= 0 = all cores */
     int64_t max_upload_bytes; /* dataset upload limit; <= 0 = 1 GiB */
     int64_t memory_limit;     /* bytes a job or rollout may use on one device; <= 0 = the

@@ -116,6 +116,13 @@ int svc_model_dir_weights(svc *s, const char *field, const char *ref, const char
 int svc_resolve_model(svc *s, store *st, const char *field, const char *ref, char **dir,
                       json_t **init_config, char **tokenizer, chord_err *err);
 
+/* The shared base weights resident on the devices (server/jobs/bases.h), for GET /healthz:
+ * [{"device", "model" (the base's key: "dir:PATH" or "init:SEED:CONFIG"), "bytes", "users"}]. */
+json_t *svc_shared_bases_json(svc *s);
+/* The same as Prometheus gauges (chord_shared_base_bytes, chord_shared_base_users), malloc'd
+ * text; NULL when there is nothing to say or no memory. */
+char *svc_shared_bases_prometheus(svc *s);
+
 /* ---- will it fit (service_memory.c) ----------------------------------------------------------
  * Each returns 0 when the work fits the best device it may run on (or no device can tell its
  * memory), else CHORD_E_TOO_LARGE with the figures (mem_estimate_check). */

@@ -19,8 +19,10 @@
 #include "kernels/ops.h"
 #include "server/base/buf.h"
 #include "server/base/log.h"
+#include "server/jobs/bases.h"
 #include "server/jobs/rollout_request.h"
 #include "server/model/config.h"
+#include "server/train/bootstrap.h"
 #include "server/train/jobconfig.h"
 #include "server/train/mem_estimate.h"
 #include "server/train/trainer.h"
@@ -61,7 +63,8 @@ struct worker {
     /* the job it runs (guarded by pool->mu for the id; flags are atomics) */
     char job_id[STORE_ID_MAX];
     atomic_int cancel;
-    _Atomic int64_t reserved; /* mem_estimate_job of the job it runs, 0 when idle */
+    _Atomic int64_t reserved; /* mem_estimate_job of the job it runs less the weights it takes
+                                 from the shared bases (counted there), 0 when idle */
 };
 
 struct jobs_pool {
@@ -71,8 +74,13 @@ struct jobs_pool {
     jobs_hooks hooks;
     worker *workers;
     int n_workers;
+    int slots;          /* workers per device */
+    jobs_bases *bases;  /* the shared base weights (bases.h) */
+    ops_ctx **homes;    /* each device's home context (the shared bases live there) */
+    int n_homes;
     pthread_mutex_t mu;
     pthread_cond_t cv;
+    pthread_mutex_t claim_mu; /* one claim at a time: a claim sees the slots claimed before it */
     int wake_seq;                /* bumped by jobs_wake and rollout submits */
     atomic_int stopping;         /* jobs_shutdown began: workers end, rollouts are refused */
     atomic_int joined;           /* jobs_shutdown ran to the end (every worker joined) */
@@ -324,9 +332,9 @@ static int cb_should_stop(void *user, int *checkpoint_on_stop) {
 
 static void run_rollouts(worker *w, void *live_model, const char *live_job_id);
 
-static void cb_between_steps(void *user, void *model) {
+static void cb_between_steps(void *user, void *live) {
     run_ctx *r = user;
-    run_rollouts(r->w, model, r->job_id);
+    run_rollouts(r->w, live, r->job_id);
 }
 
 static void cb_on_log(void *user, const char *line) {
@@ -393,12 +401,16 @@ static void finish_job(worker *w, const char *id, store_job_state to, const char
 }
 
 /* The job's estimated memory (the figure the trainer checks at set-up), 0 when its model config
- * cannot be read (the trainer then fails the job, saying why). */
+ * cannot be read (the trainer then fails the job, saying why). *shared (may be NULL): the part
+ * of it that is shared base weights (a LoRA job's base, a KL reference), held once per device
+ * by the shared bases whatever the number of jobs using them. */
 static int64_t job_estimate(const job_config *cfg, const char *resume_dir, const char *prompts,
-                            const char *eval) {
+                            const char *eval, int64_t *shared) {
     model_config mc;
     chord_err err = {0};
-    const char *dir = resume_dir ? resume_dir : cfg->model_path;
+    if (shared) *shared = 0;
+    const int lora = cfg->lora.rank > 0;
+    const char *dir = resume_dir && !lora ? resume_dir : cfg->model_path;
     if (dir ? model_config_load(dir, &mc, &err) != 0
             : (!cfg->model_init_config ||
                model_config_from_json(cfg->model_init_config, &mc, &err) != 0))
@@ -406,6 +418,7 @@ static int64_t job_estimate(const job_config *cfg, const char *resume_dir, const
     mem_estimate e;
     mem_estimate_job(&mc, cfg, mem_prompt_tokens_of_file(prompts), mem_prompt_tokens_of_file(eval),
                      &e);
+    if (shared) *shared = (int64_t)((lora ? e.weights : 0) + e.reference);
     return e.total < 9.0e18 ? (int64_t)e.total : INT64_MAX;
 }
 
@@ -433,9 +446,11 @@ static void run_job(worker *w, store_job *job) {
         LOG_INFO("job %s running on %s (%lld steps)", job->id, w->device, (long long)cfg.steps);
     if (p->hooks.publish) p->hooks.publish(p->hooks.user, job->id);
 
-    atomic_store(&w->reserved, job_estimate(&cfg, resume, prompts, eval));
+    int64_t shared = 0, estimate = job_estimate(&cfg, resume, prompts, eval, &shared);
+    atomic_store(&w->reserved, estimate - shared);
     const char *tokenizer_dir = cfg.model_init_tokenizer;
     trainer_env env = {.ops = w->ops,
+                       .bases = jobs_bases_iface(p->bases),
                        .memory_limit = p->memory_limit,
                        .prompts_path = prompts,
                        .expert_path = expert,
@@ -491,8 +506,53 @@ static void job_device(const char *config_json, char *out, size_t outlen) {
     json_decref(doc);
 }
 
-/* Takes the oldest queued job this worker may run: *found = 1 with job filled. Two workers
- * racing for one job: the transition of the loser fails with a conflict and it tries the next. */
+/* With several slots: 1 when the job of config_json fits on this worker's device beside what
+ * runs there now (the other slots' jobs and the resident shared bases, whose weights the job
+ * does not need again), or when no other slot runs a job (the trainer then refuses a job that can
+ * never fit, with the figures). The budget is the operator's limit less what is reserved, else the
+ * device's free memory. */
+static int fits_beside(worker *w, const char *config_json) {
+    jobs_pool *p = w->pool;
+    if (p->slots <= 1) return 1;
+    int busy = 0;
+    pthread_mutex_lock(&p->mu);
+    for (int i = 0; i < p->n_workers; i++)
+        if (&p->workers[i] != w && !strcmp(p->workers[i].device, w->device) &&
+            p->workers[i].job_id[0])
+            busy = 1;
+    pthread_mutex_unlock(&p->mu);
+    if (!busy) return 1;
+    job_config cfg = {0};
+    chord_err e = {0};
+    if (jobconfig_parse(config_json, &cfg, &e)) return 1; /* run_job fails it, saying why */
+    char *prompts = NULL, *eval = NULL, *key = NULL;
+    (void)resolve_dataset(w, cfg.data_prompts, &prompts, &e); /* unknown: the default length */
+    (void)resolve_dataset(w, cfg.data_eval, &eval, &e);
+    int64_t shared = 0, need = job_estimate(&cfg, NULL, prompts, eval, &shared);
+    if (shared > 0 &&
+        bootstrap_base_key(cfg.model_path, cfg.model_init_config, cfg.model_init_seed, &key,
+                           &e) == 0 &&
+        jobs_bases_resident(p->bases, w->device, key))
+        need -= shared;
+    free(key);
+    free(prompts);
+    free(eval);
+    jobconfig_free(&cfg);
+    double budget;
+    size_t free_b = 0, total_b = 0;
+    if (p->memory_limit > 0)
+        budget = (double)p->memory_limit - (double)jobs_device_reserved(p, w->device);
+    else if (ops_mem_info(w->ops, &free_b, &total_b) == 0 && free_b > 0)
+        budget = (double)free_b;
+    else
+        return 1; /* a backend that cannot tell its free memory is trusted */
+    return (double)need <= budget;
+}
+
+/* Takes the oldest queued job this worker may run: *found = 1 with job filled and the worker's
+ * job_id set. Two workers racing for one job: the transition of the loser fails with a conflict
+ * and it tries the next. In queue order: when the oldest job this worker may run does not fit
+ * beside the other slots' jobs (fits_beside), it waits, and so does every job behind it. */
 static int claim(worker *w, store_job *job, int *found, chord_err *err) {
     *found = 0;
     store_job *items = NULL;
@@ -500,20 +560,27 @@ static int claim(worker *w, store_job *job, int *found, chord_err *err) {
     int64_t total = 0;
     if (store_job_list(w->st, STORE_JOB_QUEUED, 0, 0, &items, &n, &total, err)) return -1;
     int rc = 0;
+    pthread_mutex_lock(&w->pool->claim_mu);
     for (size_t i = n; i-- > 0 && !*found;) { /* newest first: walk from the oldest */
         char dev[64];
         job_device(items[i].config_json, dev, sizeof dev);
         if (!jobs_device_accepts(w->device, dev)) continue;
+        if (!fits_beside(w, items[i].config_json)) break;
         chord_err terr = {0};
         if (store_job_transition(w->st, items[i].id, STORE_JOB_RUNNING, NULL, w->device, job,
                                  &terr) == 0) {
             *found = 1;
+            pthread_mutex_lock(&w->pool->mu); /* the next claim sees this slot taken */
+            memcpy(w->job_id, job->id, STORE_ID_MAX);
+            atomic_store(&w->cancel, job->cancel_requested ? 1 : 0);
+            pthread_mutex_unlock(&w->pool->mu);
         } else if (terr.code != CHORD_E_CONFLICT) {
             *err = terr;
             rc = -1;
             break;
         }
     }
+    pthread_mutex_unlock(&w->pool->claim_mu);
     store_job_list_free(items, n);
     return rc;
 }
@@ -562,8 +629,8 @@ static void run_rollouts(worker *w, void *live_model, const char *live_job_id) {
         json_t *req = json_loads(ro.request_json, 0, NULL);
         mem_budget budget;
         rollout_budget(w, &budget);
-        int rc = req ? jobs_rollout_generate(req, w->ops, live_model, live_job_id, &budget, &result,
-                                             &err)
+        int rc = req ? jobs_rollout_generate(req, w->ops, jobs_bases_iface(w->pool->bases),
+                                             live_model, live_job_id, &budget, &result, &err)
                      : chord_err_setc(&err, CHORD_E_INTERNAL, "stored request is not JSON");
         if (rc == 0) {
             result_text = json_dumps(result, JSON_COMPACT);
@@ -600,11 +667,7 @@ static void *worker_main(void *arg) {
         chord_err err = {0};
         if (claim(w, &job, &found, &err))
             LOG_ERROR("worker %s: claiming a job: %s", w->device, err.msg);
-        if (found) {
-            pthread_mutex_lock(&p->mu);
-            memcpy(w->job_id, job.id, STORE_ID_MAX);
-            atomic_store(&w->cancel, job.cancel_requested ? 1 : 0);
-            pthread_mutex_unlock(&p->mu);
+        if (found) { /* claim set w->job_id and w->cancel */
             /* a cancel that came between the claim and job_id being set found no worker: it
              * is in the database, so look once more */
             store_job now = {0};
@@ -641,20 +704,39 @@ int jobs_start(const jobs_options *opt, jobs_pool **out, chord_err *err) {
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cv, NULL);
     pthread_mutex_init(&p->shutdown_mu, NULL);
+    pthread_mutex_init(&p->claim_mu, NULL);
+    p->slots = opt->slots > 0 ? opt->slots : 1;
     p->data_dir = strdup(opt->data_dir);
     p->threads = opt->threads;
     p->memory_limit = opt->memory_limit;
     p->hooks = opt->hooks;
-    p->workers = calloc((size_t)(opt->n_devices > 0 ? opt->n_devices : 1), sizeof *p->workers);
-    if (!p->data_dir || !p->workers) {
+    const int n_dev = opt->n_devices > 0 ? opt->n_devices : 1;
+    p->workers = calloc((size_t)n_dev * (size_t)p->slots, sizeof *p->workers);
+    p->homes = calloc((size_t)n_dev, sizeof *p->homes);
+    if (!p->data_dir || !p->workers || !p->homes || jobs_bases_new(&p->bases, err)) {
         jobs_free(p);
         return chord_err_setc(err, CHORD_E_INTERNAL, "jobs: out of memory");
     }
-    for (int i = 0; i < opt->n_devices; i++) {
+    /* each device's home context: the shared bases are loaded and freed there */
+    for (int d = 0; d < opt->n_devices; d++) {
+        char msg[512] = "";
+        p->homes[d] = ops_open(opt->devices[d], opt->threads, msg, sizeof msg);
+        if (!p->homes[d]) {
+            chord_err_setc(err, CHORD_E_UNAVAILABLE, "device %s: %s", opt->devices[d], msg);
+            jobs_free(p);
+            return -1;
+        }
+        p->n_homes = d + 1;
+        if (jobs_bases_add_device(p->bases, opt->devices[d], p->homes[d], err)) {
+            jobs_free(p);
+            return -1;
+        }
+    }
+    for (int i = 0; i < opt->n_devices * p->slots; i++) {
         worker *w = &p->workers[i];
         w->pool = p;
         w->index = i;
-        snprintf(w->device, sizeof w->device, "%s", opt->devices[i]);
+        snprintf(w->device, sizeof w->device, "%s", opt->devices[i / p->slots]);
         p->n_workers = i + 1;
         char msg[512] = "";
         w->ops = ops_open(w->device, opt->threads, msg, sizeof msg);
@@ -727,10 +809,15 @@ int jobs_submit_rollout(jobs_pool *p, const char *rollout_id, chord_err *err) {
 
 int64_t jobs_device_reserved(jobs_pool *p, const char *device) {
     if (!p || !device) return 0;
+    int64_t sum = 0;
     for (int i = 0; i < p->n_workers; i++)
-        if (!strcmp(p->workers[i].device, device)) return atomic_load(&p->workers[i].reserved);
-    return 0;
+        if (!strcmp(p->workers[i].device, device)) sum += atomic_load(&p->workers[i].reserved);
+    return sum + jobs_bases_bytes(p->bases, device);
 }
+
+int jobs_slots(const jobs_pool *p) { return p ? p->slots : 1; }
+
+struct jobs_bases *jobs_pool_bases(jobs_pool *p) { return p ? p->bases : NULL; }
 
 void jobs_shutdown(jobs_pool *p) {
     if (!p) return;
@@ -754,10 +841,13 @@ void jobs_shutdown(jobs_pool *p) {
 void jobs_free(jobs_pool *p) {
     if (!p) return;
     jobs_shutdown(p);
+    jobs_bases_free(p->bases); /* every view was released when its worker ended */
     for (int i = 0; i < p->n_workers; i++) {
         store_close(p->workers[i].st);
         ops_close(p->workers[i].ops);
     }
+    for (int d = 0; d < p->n_homes; d++) ops_close(p->homes[d]);
+    free(p->homes);
     while (p->rollouts) {
         rollout_item *next = p->rollouts->next;
         free(p->rollouts);
@@ -768,5 +858,6 @@ void jobs_free(jobs_pool *p) {
     pthread_cond_destroy(&p->cv);
     pthread_mutex_destroy(&p->mu);
     pthread_mutex_destroy(&p->shutdown_mu);
+    pthread_mutex_destroy(&p->claim_mu);
     free(p);
 }

@@ -1,6 +1,13 @@
-/* jobs.h — the job scheduler: one worker thread per device pulls queued jobs from SQLite and
- * runs them through trainer_run (server/train/trainer.h); rollout requests queued here run on a
- * worker between training steps, or at once on an idle worker.
+/* jobs.h — the job scheduler: `slots` worker threads per device (one by default) pull queued
+ * jobs from SQLite and run them through trainer_run (server/train/trainer.h); rollout requests
+ * queued here run on a worker between training steps, or at once on an idle worker.
+ *
+ * Several slots on one device run several jobs at once, each worker on its own backend context;
+ * weights that are never trained in full (a LoRA job's base, a KL reference, a rollout's model)
+ * come from the pool's shared bases (server/jobs/bases.h): one copy per base and device, however
+ * many jobs and rollouts use it. A second slot takes a job only when its memory estimate fits
+ * beside what the device already holds (the running jobs and the resident bases); a job that
+ * does not fit waits in the queue.
  *
  * Each step's metrics and samples go to SQLite in one transaction (exactly once per step, even
  * across a crash and resume); checkpoints are committed through the store's checkpoint file
@@ -57,8 +64,9 @@ typedef struct jobs_hooks {
 
 typedef struct jobs_options {
     const char *data_dir;       /* the store's data directory */
-    const char *const *devices; /* one worker per device: "cpu", "cuda:0", ... */
+    const char *const *devices; /* the devices: "cpu", "cuda:0", ... */
     int n_devices;
+    int slots; /* worker threads (jobs at once) per device; <= 0 = 1 */
     int threads;          /* CPU threads per backend; <= 0 = all */
     int64_t memory_limit; /* bytes a job or rollout may use on one device (server/train/
                              mem_estimate.h); <= 0 = the device's free memory */
@@ -75,10 +83,15 @@ void jobs_wake(jobs_pool *p);
 int jobs_cancel(jobs_pool *p, const char *job_id);
 /* Queues a rollout request already stored as pending (store_rollout_create). */
 int jobs_submit_rollout(jobs_pool *p, const char *rollout_id, chord_err *err);
-/* The estimated bytes (mem_estimate_job) of the job the worker on `device` runs now; 0 when
- * it runs none. A job queued now runs after it, so the service counts this memory as free for
- * it (and as taken for a rollout, which runs between its steps). */
+/* The estimated bytes (mem_estimate_job) of the jobs the workers on `device` run now, less the
+ * weights they share, plus the bytes of the shared bases resident there; 0 when it runs
+ * nothing. With one slot a job queued now runs after them, so the service counts this memory as
+ * free for it (and as taken for a rollout, which runs between their steps). */
 int64_t jobs_device_reserved(jobs_pool *p, const char *device);
+/* Worker threads per device (jobs_options.slots, at least 1). */
+int jobs_slots(const jobs_pool *p);
+/* The pool's shared bases (bases.h), for reports; NULL for a NULL pool. */
+struct jobs_bases *jobs_pool_bases(jobs_pool *p);
 /* Stops, and returns once every worker has ended: each running job stops after its current
  * step with a checkpoint and goes back to queued; rollouts still queued stay pending in SQLite
  * (the next start queues them again). The pool itself stays valid: jobs_wake and jobs_cancel

@@ -117,7 +117,8 @@ oom:
     return NULL;
 }
 
-int jobs_rollout_generate(const json_t *request, ops_ctx *ops, void *live_model,
+int jobs_rollout_generate(const json_t *request, ops_ctx *ops,
+                          const struct bootstrap_bases *bases, void *live_model,
                           const char *live_job_id, const mem_budget *budget, json_t **result,
                           chord_err *err) {
     *result = NULL;
@@ -158,7 +159,8 @@ int jobs_rollout_generate(const json_t *request, ops_ctx *ops, void *live_model,
                            .tokenizer_dir = chord_json_string_or(request, "tokenizer_dir", NULL),
                            .live = live ? live_model : NULL,
                            .before_load = encode_prompts,
-                           .user = &rq};
+                           .user = &rq,
+                           .bases = bases};
     if (bootstrap_open(&spec, ops, &boot, err) != 0) goto done;
     model *m = boot.m;
     for (int i = 0; i < n_prompts; i++) {

@@ -25,12 +25,17 @@
 #include "server/base/err.h"
 #include "server/train/mem_estimate.h"
 
+struct bootstrap_bases;
+
 /* *result: a new reference on success. live_model is a `model *` (server/model/model.h) of
  * the job running on this device, or NULL; live_job_id names that job (or NULL). budget (NULL:
  * none) is what the request may use on the device now: a request that would not fit
  * (mem_estimate_rollout with its prompts' real lengths) fails with CHORD_E_TOO_LARGE before its
- * model is loaded. */
-int jobs_rollout_generate(const json_t *request, ops_ctx *ops, void *live_model,
+ * model is loaded. bases (NULL: the request loads a model of its own) is the server's shared base
+ * weights (server/jobs/bases.h): the request's model (a base, or a base with an adapter) is then
+ * a view of the one copy every job and rollout on the device uses. */
+int jobs_rollout_generate(const json_t *request, ops_ctx *ops,
+                          const struct bootstrap_bases *bases, void *live_model,
                           const char *live_job_id, const mem_budget *budget, json_t **result,
                           chord_err *err);
 

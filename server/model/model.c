@@ -248,16 +248,22 @@ fail:
 
 static void run_free(model *m, model_run *r);
 
-int model_create_view(model *base, model **out, chord_err *err) {
+int model_create_view(model *base, ops_ctx *ops, model **out, chord_err *err) {
     *out = NULL;
     if (!base || base->base)
         return chord_err_set(err, "model_create_view: needs a model that is not a view itself");
     if (base->lora)
         return chord_err_set(err, "model_create_view: the base carries an adapter of its own");
+    if (!ops) ops = base->ops;
+    if (ops->be != base->ops->be || ops->device_index != base->ops->device_index)
+        return chord_err_set(err, "model_create_view: the view's backend (%s, device %d) is not "
+                                  "its base's (%s, device %d)",
+                             ops->be->name, ops->device_index, base->ops->be->name,
+                             base->ops->device_index);
     model *m = calloc(1, sizeof *m);
     if (!m) return chord_err_setc(err, CHORD_E_INTERNAL, "model: out of host memory");
     m->cfg = base->cfg;
-    m->ops = base->ops;
+    m->ops = ops;
     m->num_params = base->num_params;
     m->num_decay = base->num_decay;
     m->params = base->params;

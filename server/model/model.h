@@ -120,8 +120,13 @@ void model_free(model *m);
  * gradients and adapter. Views of one base each attach their own LoRA adapter and train and
  * sample at once — several users' adapters over one copy of the base. A view trains only an
  * adapter (the shared weights never change); base must outlive its views and not be trained
- * while they exist. */
-int model_create_view(model *base, model **out, chord_err *err);
+ * while they exist.
+ *
+ * ops: the backend context the view runs on (NULL: the base's). Views on different contexts of
+ * the same device (one per worker thread: a context is not thread-safe) read the base's weights
+ * concurrently; a context of another backend or device is refused. The base's weights must be
+ * on the device (its loading synchronised) before another context reads them. */
+int model_create_view(model *base, ops_ctx *ops, model **out, chord_err *err);
 
 /* ---- training ---- */
 

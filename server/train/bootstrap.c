@@ -4,6 +4,7 @@
 #include "server/train/bootstrap.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "server/base/fileutil.h"
@@ -13,7 +14,65 @@ void bootstrap_close(bootstrap_model *b) {
     if (!b) return;
     tok_free(b->tok);
     if (b->owns_model) model_free(b->m);
+    if (b->base) b->bases->release(b->bases->user, b->base);
     memset(b, 0, sizeof *b);
+}
+
+/* ---- shared bases: what the registry loads when a base is not resident ---- */
+
+typedef struct base_loader {
+    const char *dir;         /* the weights directory, or NULL: a random init of mc */
+    const model_config *mc;
+    uint64_t seed;
+} base_loader;
+
+static int load_base(void *ctx, ops_ctx *home, model **out, chord_err *err) {
+    const base_loader *l = ctx;
+    if (l->dir) return model_load(l->dir, home, out, err);
+    if (model_create(l->mc, home, out, err) != 0) return -1;
+    if (model_init_random(*out, l->seed, err) != 0) {
+        model_free(*out);
+        *out = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+int bootstrap_base_key(const char *dir, const json_t *init, uint64_t seed, char **key,
+                       chord_err *err) {
+    *key = NULL;
+    if (dir) {
+        char *real = realpath(dir, NULL);
+        if (!real) return chord_err_set(err, "model: %s: cannot resolve the path", dir);
+        size_t n = strlen(real) + 8;
+        *key = malloc(n);
+        if (*key) snprintf(*key, n, "dir:%s", real);
+        free(real);
+    } else {
+        char *cfg = json_dumps(init, JSON_COMPACT | JSON_SORT_KEYS);
+        size_t n = cfg ? strlen(cfg) + 40 : 0;
+        *key = cfg ? malloc(n) : NULL;
+        if (*key) snprintf(*key, n, "init:%llu:%s", (unsigned long long)seed, cfg);
+        free(cfg);
+    }
+    return *key ? 0 : chord_err_setc(err, CHORD_E_INTERNAL, "model: out of host memory");
+}
+
+/* Step 5 with spec->bases: the shared base (loaded once per device) and a view of it on ops. */
+static int open_shared(const bootstrap_spec *spec, ops_ctx *ops, const char *weights_dir,
+                       const model_config *mc, bootstrap_model *out, chord_err *err) {
+    char *key = NULL;
+    if (bootstrap_base_key(weights_dir, spec->init_config, spec->init_seed, &key, err) != 0) return -1;
+    base_loader l = {.dir = weights_dir, .mc = mc, .seed = spec->init_seed};
+    model *base = NULL;
+    int rc = spec->bases->acquire(spec->bases->user, ops, key, load_base, &l, &base, err);
+    free(key);
+    if (rc != 0) return -1;
+    out->base = base;
+    out->bases = spec->bases;
+    if (model_create_view(base, ops, &out->m, err) != 0) return -1;
+    out->owns_model = 1;
+    return 0;
 }
 
 int bootstrap_open(const bootstrap_spec *spec, ops_ctx *ops, bootstrap_model *out, chord_err *err) {
@@ -73,6 +132,15 @@ int bootstrap_open(const bootstrap_spec *spec, ops_ctx *ops, bootstrap_model *ou
     /* 5. the weights */
     if (spec->live) {
         out->m = spec->live;
+    } else if (spec->bases) {
+        if (open_shared(spec, ops, spec->dir ? weights_dir : NULL, &mc, out, err) != 0) {
+            chord_err_prefix(err, "model");
+            goto fail;
+        }
+        if (adapter_dir && model_lora_load(out->m, adapter_dir, err) != 0) {
+            chord_err_prefix(err, "model: LoRA adapter");
+            goto fail;
+        }
     } else if (spec->dir) {
         if (model_open(spec->dir, ops, &out->m, err) != 0) { /* a LoRA dir: base + adapter */
             chord_err_prefix(err, "model");

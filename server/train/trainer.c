@@ -141,6 +141,7 @@ typedef struct trainer {
     chat_template tpl;
     reward_verifier *verifier;
     rollout_engine *engine;
+    bootstrap_model boot; /* the trained model and its tokenizer (m and tok point into it) */
     bootstrap_model ref; /* the reference policy (jobs with grpo.kl_coef > 0): the starting
                             weights, frozen; ref.m NULL otherwise, and with LoRA */
     model *ref_m;        /* the reference's model: ref.m, or with LoRA the trained model with its
@@ -1337,14 +1338,15 @@ static int setup(trainer *t, chord_err *err) {
                            .init_seed = cfg->model_init_seed,
                            .tokenizer_dir = env->tokenizer_dir,
                            .before_load = check_fits_hook,
-                           .user = t};
-    bootstrap_model b;
-    if (bootstrap_open(&spec, env->ops, &b, err) != 0) return -1;
-    t->m = b.m; /* the trainer owns and frees both from here */
-    t->tok = b.tok;
-    t->tpl = b.tpl;
-    memcpy(t->stop_ids, b.stop_ids, sizeof t->stop_ids);
-    t->n_stop = b.n_stop;
+                           .user = t,
+                           .bases = lora ? env->bases : NULL}; /* a LoRA base is frozen */
+    bootstrap_model *b = &t->boot; /* closed when the run ends */
+    if (bootstrap_open(&spec, env->ops, b, err) != 0) return -1;
+    t->m = b->m;
+    t->tok = b->tok;
+    t->tpl = b->tpl;
+    memcpy(t->stop_ids, b->stop_ids, sizeof t->stop_ids);
+    t->n_stop = b->n_stop;
     if (t->n_stop == 0)
         logline(t, "warning: the tokenizer has no EOS token; responses end at max_new_tokens");
     if (t->m->lora) /* the model directory was itself an adapter (bootstrap.h) */
@@ -1370,7 +1372,8 @@ static int setup(trainer *t, chord_err *err) {
         bootstrap_spec rs = {.dir = env->model_dir,
                              .init_config = cfg->model_init_config,
                              .init_seed = cfg->model_init_seed,
-                             .tokenizer_dir = env->tokenizer_dir};
+                             .tokenizer_dir = env->tokenizer_dir,
+                             .bases = env->bases}; /* frozen: shared with other jobs */
         if (bootstrap_open(&rs, env->ops, &t->ref, err) != 0)
             return chord_err_prefix(err, "grpo.kl_coef: the reference policy");
         t->ref_m = t->ref.m;
@@ -1549,7 +1552,6 @@ done:
     rollout_engine_free(t.engine);
     bootstrap_close(&t.ref);
     reward_verifier_free(t.verifier);
-    tok_free(t.tok);
-    model_free(t.m);
+    bootstrap_close(&t.boot); /* t.m and t.tok (a view: then its shared base's reference) */
     return rc;
 }

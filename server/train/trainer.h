@@ -73,6 +73,9 @@ typedef struct trainer_env {
     const char *resume_dir;    /* a committed checkpoint to continue from, or NULL */
     int64_t memory_limit;      /* bytes the job may use on its device (mem_estimate.h); <= 0 =
                                   the device's free memory */
+    /* Shared base weights (bootstrap.h; NULL: the job loads its own): a LoRA job's base and the
+     * frozen KL reference come from here, one copy per base for every job on the device. */
+    const struct bootstrap_bases *bases;
 } trainer_env;
 
 enum { TRAINER_DONE = 0, TRAINER_FAILED = -1, TRAINER_STOPPED = 1 };

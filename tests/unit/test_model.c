@@ -789,13 +789,13 @@ static void test_views_share_base(void **state) {
     float *p0 = malloc(base->num_params * sizeof *p0), *p1 = malloc(base->num_params * sizeof *p1);
     assert_int_equal(model_read_params(base, p0, &err), 0);
     for (int k = 0; k < 2; k++) {
-        assert_int_equal(model_create_view(base, &v[k], &err), 0);
+        assert_int_equal(model_create_view(base, NULL, &v[k], &err), 0);
         assert_true(v[k]->params == base->params); /* one copy of the weights */
     }
     expect_error(model_zero_grad(v[0], &err), &err, "trains an adapter only");
     expect_error(model_init_random(v[0], 1, &err), &err, "shared");
     model *vv = NULL;
-    expect_error(model_create_view(v[0], &vv, &err), &err, "not a view");
+    expect_error(model_create_view(v[0], NULL, &vv, &err), &err, "not a view");
     assert_null(vv);
     for (int k = 0; k < 2; k++) {
         assert_int_equal(model_lora_attach(v[k], &lc[k], 10 + k, &err), 0);
