@@ -103,13 +103,17 @@ class Chordd:
     def url(self):
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout=30):
+    def start(self, timeout=30, wait=True):
+        """Starts chordd and waits until /healthz answers 200 (wait=False: returns at once,
+        e.g. to kill it while it recovers its data directory)."""
         self.port = free_port()
         args = [CHORDD, "--data-dir", self.data_dir, "--http", f"127.0.0.1:{self.port}",
                 "--grpc", "off", "--device", "cpu", "--threads", "1",
                 "--models-root", self.models_root] + self.extra_args
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
+        if not wait:
+            return self
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
