@@ -418,7 +418,8 @@ static int64_t job_estimate(const job_config *cfg, const char *resume_dir, const
     mem_estimate e;
     mem_estimate_job(&mc, cfg, mem_prompt_tokens_of_file(prompts), mem_prompt_tokens_of_file(eval),
                      &e);
-    if (shared) *shared = (int64_t)((lora ? e.weights : 0) + e.reference);
+    /* with LoRA, weights holds the base's and the adapter's own (4 lora_params) */
+    if (shared) *shared = (int64_t)((lora ? e.weights - 4.0 * e.lora_params : 0) + e.reference);
     return e.total < 9.0e18 ? (int64_t)e.total : INT64_MAX;
 }
 

@@ -191,6 +191,10 @@ typedef struct model_lora_config {
     int rank;          /* r >= 1 */
     double alpha;      /* lora_alpha > 0; the scale is alpha / rank */
     unsigned targets;  /* bit (1u << target) for each adapted projection; not 0 */
+    /* 1: the embeddings train too (PEFT's modules_to_save): a copy of embed_tokens, and of
+     * lm_head when it is not tied (a tied lm_head uses the trained copy: PEFT's
+     * ensure_weight_tying), in the adapter's buffer, initialised from the base's */
+    int train_embeddings;
 } model_lora_config;
 
 /* Attaches a fresh adapter: A from PEFT's default (kaiming_uniform_, a = sqrt(5): uniform in
@@ -217,11 +221,14 @@ int model_lora_set_enabled(model *m, int on, chord_err *err);
 int model_adam_steps(const model *m);
 size_t model_trainable_params(const model *m);
 /* A PEFT adapter directory: adapter_config.json (LORA, CAUSAL_LM, r, lora_alpha, target_modules,
- * base_model_name_or_path = base_name, may be NULL) + adapter_model.safetensors (F32, PEFT's
- * names), loadable with peft.PeftModel.from_pretrained onto the same base. */
+ * base_model_name_or_path = base_name, may be NULL; with train_embeddings modules_to_save
+ * ["embed_tokens"] + "lm_head" when untied, and ensure_weight_tying when tied) +
+ * adapter_model.safetensors (F32, PEFT's names: a tied lm_head's copy is written too, as PEFT
+ * does), loadable with peft.PeftModel.from_pretrained onto the same base. */
 int model_lora_save(const model *m, const char *dir, const char *base_name, chord_err *err);
 /* Attaches the adapter of a PEFT directory (what model_lora_save writes, or PEFT's own LoRA
- * without DoRA, rsLoRA, biases, extra trained modules or per-layer patterns: refused by name). */
+ * without DoRA, rsLoRA, biases, per-layer patterns or trained modules other than the embeddings
+ * as train_embeddings trains them: refused by name). */
 int model_lora_load(model *m, const char *dir, chord_err *err);
 /* A Hugging Face model directory with the adapter merged in (W + alpha/r · B A), as
  * model_save writes one; the model in memory is unchanged. */

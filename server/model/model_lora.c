@@ -34,9 +34,24 @@ static int oom(chord_err *err) {
     return chord_err_setc(err, CHORD_E_INTERNAL, "lora: out of host memory");
 }
 
+void model_lora_point(model *m) {
+    model_lora *a = m->lora;
+    if (!a || !a->cfg.train_embeddings) return;
+    const int on = !a->disabled;
+    m->w.wte = on ? a->params + a->emb_off : a->base_wte;
+    m->w.lm_head = on ? a->params + a->head_off : a->base_lm_head;
+    m->g.wte = on && a->grads ? a->grads + a->emb_off : NULL;
+    m->g.lm_head = on && a->grads ? a->grads + a->head_off : NULL;
+}
+
 void model_lora_free(model *m) {
     model_lora *a = m->lora;
     if (!a) return;
+    if (a->cfg.train_embeddings && a->base_wte) { /* the base's own back */
+        m->w.wte = a->base_wte;
+        m->w.lm_head = a->base_lm_head;
+        m->g.wte = m->g.lm_head = NULL;
+    }
     ops_free(m->ops, a->params);
     ops_free(m->ops, a->grads);
     ops_free(m->ops, a->adam_m);
@@ -84,8 +99,30 @@ static size_t lora_layout(const model *m, const model_lora *a, float *base, mode
                 off += rows * cols;
             }
         }
+    if (a->cfg.train_embeddings) { /* PEFT's modules_to_save: embed_tokens, an untied lm_head */
+        const size_t V = (size_t)m->cfg.vocab_size, C = (size_t)m->cfg.hidden_size;
+        const int untied = !m->cfg.tie_word_embeddings;
+        for (int h = 0; h <= untied; h++) {
+            if (t) {
+                model_tensor *x = &t[nt];
+                snprintf(x->name, sizeof x->name, "%s",
+                         h ? "base_model.model.lm_head.weight"
+                           : "base_model.model.model.embed_tokens.weight");
+                x->ndim = 2;
+                x->shape[0] = (int64_t)V;
+                x->shape[1] = (int64_t)C;
+                x->offset = off;
+                x->numel = V * C;
+            }
+            nt++;
+            off += V * C;
+        }
+    }
     return off;
 }
+
+/* The name PEFT also writes for a tied lm_head (ensure_weight_tying): the embedding's copy. */
+static const char tied_head_name[] = "base_model.model.lm_head.weight";
 
 int model_lora_attach(model *m, const model_lora_config *cfg, uint64_t seed, chord_err *err) {
     if (m->lora) return chord_err_set(err, "lora: the model has an adapter already");
@@ -111,12 +148,20 @@ int model_lora_attach(model *m, const model_lora_config *cfg, uint64_t seed, cho
     a->g = calloc(pairs, sizeof *a->g);
     for (int k = 0; k < MODEL_LORA_N_TARGETS; k++)
         a->n_tensors += (cfg->targets & (1u << k)) ? 2 * c->num_hidden_layers : 0;
+    if (cfg->train_embeddings) a->n_tensors += c->tie_word_embeddings ? 1 : 2;
     a->tensors = calloc((size_t)a->n_tensors, sizeof *a->tensors);
     if (!a->w || !a->g || !a->tensors) {
         model_lora_free(m);
         return oom(err);
     }
     a->num_params = lora_layout(m, a, NULL, NULL, a->tensors);
+    if (cfg->train_embeddings) {
+        const size_t VC = (size_t)c->vocab_size * (size_t)c->hidden_size;
+        a->emb_off = a->tensors[a->n_tensors - (c->tie_word_embeddings ? 1 : 2)].offset;
+        a->head_off = c->tie_word_embeddings ? a->emb_off : a->emb_off + VC;
+        a->base_wte = m->w.wte;
+        a->base_lm_head = m->w.lm_head;
+    }
     a->params = ops_alloc(m->ops, a->num_params * sizeof(float));
     float *host = malloc(a->num_params * sizeof *host);
     if (!a->params || !host) {
@@ -132,6 +177,7 @@ int model_lora_attach(model *m, const model_lora_config *cfg, uint64_t seed, cho
     uint64_t st = chord_splitmix64(seed ^ 0x4C6F5241ull);
     for (int i = 0; i < a->n_tensors; i++) {
         const model_tensor *t = &a->tensors[i];
+        if (!strstr(t->name, ".lora_")) continue; /* an embedding copy: the base's, below */
         int is_b = strstr(t->name, ".lora_B.") != NULL;
         double bound = 1.0 / sqrt((double)t->shape[1]);
         for (size_t j = 0; j < t->numel; j++) {
@@ -139,7 +185,14 @@ int model_lora_attach(model *m, const model_lora_config *cfg, uint64_t seed, cho
             host[t->offset + j] = is_b ? 0.0f : (float)((2.0 * u - 1.0) * bound);
         }
     }
-    int rc = ops_to_device(m->ops, a->params, host, a->num_params * sizeof(float));
+    int rc = 0;
+    if (cfg->train_embeddings) { /* the copies start as the base's embedding and lm_head */
+        const size_t VC = (size_t)c->vocab_size * (size_t)c->hidden_size;
+        rc = ops_to_host(m->ops, host + a->emb_off, a->base_wte, VC * sizeof(float));
+        if (rc == 0 && a->head_off != a->emb_off)
+            rc = ops_to_host(m->ops, host + a->head_off, a->base_lm_head, VC * sizeof(float));
+    }
+    if (rc == 0) rc = ops_to_device(m->ops, a->params, host, a->num_params * sizeof(float));
     free(host);
     if (rc != 0) {
         rc = chord_err_setc(err, CHORD_E_INTERNAL, "lora: to_device: %s", ops_last_error(m->ops));
@@ -153,6 +206,7 @@ int model_lora_attach(model *m, const model_lora_config *cfg, uint64_t seed, cho
     m->grads = m->adam_m = m->adam_v = NULL;
     free(m->g.layers);
     memset(&m->g, 0, sizeof m->g);
+    model_lora_point(m);
     return 0;
 }
 
@@ -172,6 +226,7 @@ int model_lora_ensure_grads(model *m, chord_err *err) {
                               a->num_params * sizeof(float), m->ops->be->name,
                               ops_last_error(m->ops));
     lora_layout(m, a, a->grads, a->g, NULL);
+    model_lora_point(m);
     return 0;
 }
 
@@ -217,6 +272,7 @@ static unsigned long long drop_seed(const model_lora *a, int l, model_lora_targe
 int model_lora_set_enabled(model *m, int on, chord_err *err) {
     if (!m->lora) return chord_err_set(err, "lora: the model has no adapter");
     m->lora->disabled = !on;
+    model_lora_point(m);
     return 0;
 }
 
@@ -317,6 +373,12 @@ int model_lora_merge_into(const model *m, float *host, chord_err *err) {
                     W[(size_t)o * in + i] += (float)(a->scale * d);
                 }
         }
+    if (a->cfg.train_embeddings) { /* the trained copies replace the base's */
+        const size_t VC = (size_t)m->cfg.vocab_size * (size_t)m->cfg.hidden_size;
+        memcpy(host + (a->base_wte - m->params), p + a->emb_off, VC * sizeof(float));
+        if (a->head_off != a->emb_off)
+            memcpy(host + (a->base_lm_head - m->params), p + a->head_off, VC * sizeof(float));
+    }
     free(p);
     return 0;
 }
@@ -340,6 +402,16 @@ int model_lora_save(const model *m, const char *dir, const char *base_name, chor
         if (st_writer_add(w, t->name, p + t->offset, t->shape, t->ndim, ST_F32, err) != 0)
             goto done;
     }
+    const int tied_copy = a->cfg.train_embeddings && a->head_off == a->emb_off;
+    if (tied_copy) { /* PEFT writes the tied lm_head's copy too */
+        const model_tensor *e = &a->tensors[a->n_tensors - 1];
+        if (st_writer_add(w, tied_head_name, p + e->offset, e->shape, e->ndim, ST_F32, err) != 0)
+            goto done;
+    }
+    json_t *save_mods = json_null();
+    if (a->cfg.train_embeddings)
+        save_mods = tied_copy ? json_pack("[s]", "embed_tokens")
+                              : json_pack("[s,s]", "embed_tokens", "lm_head");
     snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
     if (st_writer_metadata(w, "format", "pt", err) != 0 || st_writer_save(w, path, err) != 0)
         goto done;
@@ -358,7 +430,8 @@ int model_lora_save(const model *m, const char *dir, const char *base_name, chor
               json_object_set_new(cfg, "init_lora_weights", json_true()) ||
               json_object_set_new(cfg, "use_rslora", json_false()) ||
               json_object_set_new(cfg, "use_dora", json_false()) ||
-              json_object_set_new(cfg, "modules_to_save", json_null()) ||
+              json_object_set_new(cfg, "modules_to_save", save_mods) ||
+              json_object_set_new(cfg, "ensure_weight_tying", json_boolean(tied_copy)) ||
               json_object_set_new(cfg, "base_model_name_or_path",
                                   base_name ? json_string(base_name) : json_null());
     text = bad ? NULL : json_dumps(cfg, JSON_INDENT(2) | JSON_SORT_KEYS);
@@ -379,8 +452,46 @@ done:
     return rc;
 }
 
-/* adapter_config.json -> cfg, refusing what chord does not run (by field). */
-static int read_peft_config(const char *path, model_lora_config *cfg, chord_err *err) {
+/* modules_to_save -> cfg->train_embeddings: none (null, []), or the embeddings as
+ * train_embeddings trains them — ["embed_tokens"] (tied, with ensure_weight_tying; PEFT also
+ * lists "model.embed_tokens") or ["embed_tokens", "lm_head"] (untied), with or without a
+ * "model." prefix. */
+static int read_modules_to_save(const json_t *doc, int tied, model_lora_config *cfg,
+                                chord_err *err) {
+    const json_t *v = chord_json_field(doc, "modules_to_save");
+    cfg->train_embeddings = 0;
+    if (!v || json_is_null(v) || (json_is_array(v) && json_array_size(v) == 0)) return 0;
+    if (!json_is_array(v)) return chord_err_set(err, "modules_to_save: not a list");
+    int emb = 0, head = 0;
+    for (size_t i = 0; i < json_array_size(v); i++) {
+        const char *s = json_string_value(json_array_get(v, i));
+        if (s && !strncmp(s, "model.", 6)) s += 6;
+        if (s && !strcmp(s, "embed_tokens"))
+            emb = 1;
+        else if (s && !strcmp(s, "lm_head"))
+            head = 1;
+        else
+            return chord_err_set(err,
+                                 "modules_to_save[%zu]: %s%s%s is not supported by chord (only "
+                                 "embed_tokens and lm_head: the embeddings)",
+                                 i, s ? "\"" : "", s ? s : "not a string", s ? "\"" : "");
+    }
+    int tie = 0;
+    if (chord_json_get_bool(doc, "", "ensure_weight_tying", 0, &tie, err)) return -1;
+    if (!emb || (!tied && !head))
+        return chord_err_set(err, "modules_to_save: chord trains the embeddings whole "
+                                  "(embed_tokens%s), not one of them",
+                             tied ? "" : " and lm_head");
+    if (tied && !tie)
+        return chord_err_set(err, "modules_to_save: the base's lm_head is tied to embed_tokens: "
+                                  "chord trains them as one (ensure_weight_tying true)");
+    cfg->train_embeddings = 1;
+    return 0;
+}
+
+/* adapter_config.json -> cfg, refusing what chord does not run (by field). tied: the base ties
+ * lm_head to embed_tokens. */
+static int read_peft_config(const char *path, int tied, model_lora_config *cfg, chord_err *err) {
     char *text = NULL;
     size_t len = 0;
     if (chord_read_file(path, &text, &len, err) != 0) return -1;
@@ -420,8 +531,9 @@ static int read_peft_config(const char *path, model_lora_config *cfg, chord_err 
                                                 : "fan_in_fan_out");
         goto done;
     }
-    static const char *const unsupported[] = {"modules_to_save", "layers_to_transform",
-                                              "rank_pattern", "alpha_pattern", NULL};
+    if (read_modules_to_save(doc, tied, cfg, err)) goto done;
+    static const char *const unsupported[] = {"layers_to_transform", "rank_pattern",
+                                              "alpha_pattern", "trainable_token_indices", NULL};
     for (int i = 0; unsupported[i]; i++) {
         json_t *v = chord_json_field(doc, unsupported[i]);
         if (v && !((json_is_array(v) && json_array_size(v) == 0) ||
@@ -459,9 +571,10 @@ done:
 
 int model_lora_load(model *m, const char *dir, chord_err *err) {
     char path[4096];
-    model_lora_config cfg;
+    model_lora_config cfg = {0};
     snprintf(path, sizeof path, "%s/adapter_config.json", dir);
-    if (read_peft_config(path, &cfg, err) != 0) return chord_err_prefix(err, "%s", path);
+    if (read_peft_config(path, m->cfg.tie_word_embeddings, &cfg, err) != 0)
+        return chord_err_prefix(err, "%s", path);
     if (model_lora_attach(m, &cfg, 0, err) != 0) return -1;
     const model_lora *a = m->lora;
     snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
@@ -475,7 +588,8 @@ int model_lora_load(model *m, const char *dir, chord_err *err) {
     if (st_open(path, &rd, err) != 0) goto done;
     for (int i = 0; i < st_count(rd); i++) { /* every tensor of the file must be one of ours */
         const char *name = st_get(rd, i)->name;
-        int found = 0;
+        int found = a->cfg.train_embeddings && a->head_off == a->emb_off &&
+                    strcmp(name, tied_head_name) == 0; /* PEFT's copy of the tied lm_head */
         for (int k = 0; k < a->n_tensors && !found; k++)
             found = strcmp(a->tensors[k].name, name) == 0;
         if (!found) {

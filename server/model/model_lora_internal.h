@@ -24,9 +24,17 @@ struct model_lora {
     model_tensor *tensors;  /* PEFT names */
     int n_tensors;
     int in[MODEL_LORA_N_TARGETS], out[MODEL_LORA_N_TARGETS]; /* each target's projection shape */
+    /* train_embeddings: the trained copies of embed_tokens and lm_head in the flat buffers
+     * (head_off == emb_off when tied), and the base's own, which the model runs while the
+     * adapter is off and gets back when it is freed */
+    size_t emb_off, head_off;
+    float *base_wte, *base_lm_head;
 };
 
 void model_lora_free(model *m);
+/* Points the model's embedding and lm_head (and their gradients) at the trained copies, or at
+ * the base's while the adapter is off; nothing without train_embeddings. */
+void model_lora_point(model *m);
 /* host (the base's num_params floats, model->tensors' layout) += scale · B A per adapted target */
 int model_lora_merge_into(const model *m, float *host, chord_err *err);
 int model_lora_ensure_grads(model *m, chord_err *err);

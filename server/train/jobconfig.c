@@ -431,16 +431,12 @@ static int parse_lora(const json_t *doc, job_config *cfg, chord_err *err) {
     lo->rank = 8;
     lo->alpha = 8.0;
     lo->targets = (1u << MODEL_LORA_Q) | (1u << MODEL_LORA_V); /* PEFT's for Llama / Qwen2 */
-    int train_embeddings = 0;
     if (chord_json_get_int(l, "lora", "rank", INT_FIELD, 1, 1024, &lo->rank, err) ||
         chord_json_get_number(l, "lora", "alpha", CHORD_JSON_LO_OPEN, 0.0, 1e6, &lo->alpha, err) ||
         chord_json_get_number(l, "lora", "dropout", CHORD_JSON_HI_OPEN, 0.0, 1.0, &lo->dropout,
                               err) ||
-        chord_json_get_bool(l, "lora", "train_embeddings", 0, &train_embeddings, err))
+        chord_json_get_bool(l, "lora", "train_embeddings", 0, &lo->train_embeddings, err))
         return -1;
-    if (train_embeddings)
-        return chord_err_set(err, "lora.train_embeddings: not supported yet (the adapters go on "
-                                  "the attention and MLP projections)");
     json_t *tm = chord_json_field(l, "target_modules");
     if (json_is_string(tm)) {
         if (strcmp(json_string_value(tm), "all-linear") != 0)
@@ -801,7 +797,7 @@ json_t *jobconfig_to_json(const job_config *cfg) {
                 json_array_append_new(mods, json_string(model_lora_target_names[k]));
         lora = json_pack("{s:I,s:f,s:f,s:o,s:b}", "rank", (json_int_t)cfg->lora.rank, "alpha",
                          cfg->lora.alpha, "dropout", cfg->lora.dropout, "target_modules", mods,
-                         "train_embeddings", 0);
+                         "train_embeddings", cfg->lora.train_embeddings);
     }
     put(doc, "lora", lora, &bad);
     put(doc, "reward", cfg->reward ? json_deep_copy(cfg->reward) : json_object(), &bad);

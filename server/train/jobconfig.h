@@ -105,6 +105,7 @@ typedef struct job_lora {
     double alpha;     /* > 0 (PEFT's default 8); the adapter's scale is alpha / rank */
     double dropout;   /* [0, 1): PEFT's lora_dropout on the adapter's input while training */
     unsigned targets; /* bit (1u << model_lora_target) per adapted projection */
+    int train_embeddings; /* 1: embed_tokens (and an untied lm_head) train too (model.h) */
 } job_lora;
 
 typedef struct job_config {

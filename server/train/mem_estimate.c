@@ -98,6 +98,9 @@ void mem_estimate_job(const model_config *mc, const job_config *cfg, double prom
             if (cfg->lora.targets & (1u << k))
                 per_layer += (double)cfg->lora.rank * (in[k] + outd[k]);
         out->lora_params = mc->num_hidden_layers * per_layer;
+        if (cfg->lora.train_embeddings) /* copies of embed_tokens and an untied lm_head */
+            out->lora_params += (mc->tie_word_embeddings ? 1.0 : 2.0) * (double)mc->vocab_size *
+                                (double)mc->hidden_size;
         out->full_optimizer = out->optimizer;
         out->weights += 4.0 * out->lora_params;
         out->optimizer = 12.0 * out->lora_params;

@@ -1355,8 +1355,10 @@ static int setup(trainer *t, chord_err *err) {
                              "(with a \"lora\" section) or from a merged model",
                              env->model_dir ? env->model_dir : "(init)");
     if (lora) {
-        model_lora_config lc = {
-            .rank = (int)cfg->lora.rank, .alpha = cfg->lora.alpha, .targets = cfg->lora.targets};
+        model_lora_config lc = {.rank = (int)cfg->lora.rank,
+                                .alpha = cfg->lora.alpha,
+                                .targets = cfg->lora.targets,
+                                .train_embeddings = cfg->lora.train_embeddings};
         if (env->resume_dir ? model_lora_load(t->m, env->resume_dir, err)
                             : model_lora_attach(t->m, &lc, cfg->seed, err))
             return chord_err_prefix(err, "lora");

@@ -147,7 +147,8 @@ static int shared_pass(model *m, json_t *groups, const int32_t *tokens, const in
 static void lora_dump(model *m, json_t *lj, json_t *adamw, const model_batch *b, const char *out) {
     chord_err err = {0};
     model_lora_config lc = {.rank = (int)json_integer_value(json_object_get(lj, "rank")),
-                            .alpha = num(lj, "alpha", 0.0)};
+                            .alpha = num(lj, "alpha", 0.0),
+                            .train_embeddings = json_is_true(json_object_get(lj, "train_embeddings"))};
     json_t *targets = json_object_get(lj, "targets");
     for (size_t i = 0; i < json_array_size(targets); i++) {
         const char *t = json_string_value(json_array_get(targets, i));
@@ -166,10 +167,14 @@ static void lora_dump(model *m, json_t *lj, json_t *adamw, const model_batch *b,
     const model_tensor *lt = model_lora_tensors(m, &nt, &np);
     float *p = xcalloc(np, sizeof *p), *g = xcalloc(np, sizeof *g);
     CHECK(model_lora_read_params(m, p, &err));
-    for (int i = 0; !load && i < nt; i++) /* B = 0 would hide every A gradient */
+    for (int i = 0; !load && i < nt; i++) { /* B = 0 would hide every A gradient */
         if (strstr(lt[i].name, ".lora_B."))
             for (size_t j = 0; j < lt[i].numel; j++)
                 p[lt[i].offset + j] = 0.05f * sinf(0.37f * (float)j + (float)i);
+        if (!strstr(lt[i].name, ".lora_")) /* an embedding copy: moved off the base's */
+            for (size_t j = 0; j < lt[i].numel; j++)
+                p[lt[i].offset + j] += 0.02f * cosf(0.23f * (float)j + (float)i);
+    }
     CHECK(model_lora_write_params(m, p, &err));
     const char *save = json_string_value(json_object_get(lj, "save"));
     const char *merged = json_string_value(json_object_get(lj, "save_merged"));

@@ -65,6 +65,7 @@ CONFIGS = [
                   tie_word_embeddings=False, rope_theta=10000.0, rms_norm_eps=1e-5)),
     dict(name="llama_gqa_attnbias_mlpbias_tied_llama3rope", arch="llama", shared=True,
          lora=dict(rank=8, alpha=16.0, seed=5, dropout=0.1, dropout_seed=77,
+                   train_embeddings=True,
                    targets=["k_proj", "gate_proj", "up_proj", "down_proj"]),
          cfg=dict(vocab_size=250, hidden_size=48, intermediate_size=100, num_hidden_layers=2,
                   num_attention_heads=6, num_key_value_heads=2, head_dim=8,
@@ -74,7 +75,8 @@ CONFIGS = [
                                 "high_freq_factor": 4.0, "original_max_position_embeddings": 16},
                   rope_theta=500000.0)),
     dict(name="qwen3_qknorm_gqa_untied", arch="qwen3", shared=True,
-         lora=dict(rank=2, alpha=3.0, seed=7, targets=["q_proj", "v_proj", "o_proj"]),
+         lora=dict(rank=2, alpha=3.0, seed=7, targets=["q_proj", "v_proj", "o_proj"],
+                   train_embeddings=True),
          cfg=dict(vocab_size=257, hidden_size=48, intermediate_size=100, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, head_dim=12,
                   tie_word_embeddings=False, rope_theta=1000000.0)),
@@ -346,16 +348,26 @@ def compare_lora(args, name, model, model_dir, work, seqs, spec):
     d = refdump(args, model_dir, {"sequences": seqs, "prefix": [len(x) for x in seqs],
                                   "lora": dict(lc, save=adir, save_merged=mdir), "adamw": hp},
                 work)
+    # train_embeddings: PEFT's modules_to_save, one trained copy for a tied lm_head
+    tied = spec["cfg"]["tie_word_embeddings"]
+    mts = (["embed_tokens"] + ([] if tied else ["lm_head"])) if lc.get("train_embeddings") else None
     pm = get_peft_model(copy.deepcopy(model), LoraConfig(
         r=lc["rank"], lora_alpha=lc["alpha"], target_modules=lc["targets"], lora_dropout=0.0,
-        bias="none"))
+        bias="none", modules_to_save=mts, ensure_weight_tying=bool(mts) and tied))
     chord_params = {k[len("lora.param."):]: torch.tensor(v) for k, v in d.items()
                     if k.startswith("lora.param.")}
-    res = set_peft_model_state_dict(pm, chord_params)
+    to_load = dict(chord_params)
+    if mts and tied:  # PEFT keeps (and saves) the tied lm_head's copy under its own name too
+        to_load["base_model.model.lm_head.weight"] = \
+            chord_params["base_model.model.model.embed_tokens.weight"]
+    res = set_peft_model_state_dict(pm, to_load)
     if res.unexpected_keys:
         failures.append(f"{name}: peft does not know chord's adapter tensors "
                         f"{res.unexpected_keys[:3]}")
-    trainable = {k.replace(".default", ""): p for k, p in pm.named_parameters() if p.requires_grad}
+    trainable = {k.replace(".modules_to_save.default", "").replace(".default", ""): p
+                 for k, p in pm.named_parameters() if p.requires_grad}
+    if mts and not any("embed_tokens" in k for k in chord_params):
+        failures.append(f"{name}: train_embeddings: chord's adapter has no embedding copy")
     if set(trainable) != set(chord_params):
         failures.append(f"{name}: adapter tensors differ: chord-only "
                         f"{sorted(set(chord_params) - set(trainable))[:3]}, peft-only "

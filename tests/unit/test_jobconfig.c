@@ -256,7 +256,7 @@ static void test_errors_name_the_field(void **state) {
         {"\"lora\": {\"rank\": 0}", "lora.rank: must be in [1, 1024], got 0"},
         {"\"lora\": {\"alpha\": 0}", "lora.alpha: must be"},
         {"\"lora\": {\"dropout\": 1.0}", "lora.dropout: must be in [0, 1), got 1"},
-        {"\"lora\": {\"train_embeddings\": true}", "lora.train_embeddings: not supported"},
+        {"\"lora\": {\"train_embeddings\": 1}", "lora.train_embeddings: must be true or false, got 1"},
         {"\"lora\": {\"target_modules\": [\"q_proj\", \"lm_head\"]}",
          "lora.target_modules[1]: \"lm_head\" is none of"},
         {"\"lora\": {\"target_modules\": \"all\"}", "lora.target_modules: \"all\" is not"},
@@ -420,12 +420,14 @@ static void test_round_trip(void **state) {
                "\"target_modules\": [\"down_proj\", \"q_proj\"]}}");
     round_trip("{" MODEL ", " BOTH_DATA ", \"lora\": {\"target_modules\": \"all-linear\", "
                "\"dropout\": 0.05}}");
+    round_trip("{" MODEL ", " BOTH_DATA ", \"lora\": {\"train_embeddings\": true}}");
     /* the defaults are PEFT's: r 8, alpha 8, q_proj + v_proj; no lora: full fine-tuning */
     job_config c;
     parse_ok("{" MODEL ", " BOTH_DATA ", \"lora\": {}}", &c);
     assert_int_equal(c.lora.rank, 8);
     assert_true(c.lora.alpha == 8.0);
     assert_int_equal(c.lora.targets, (1u << MODEL_LORA_Q) | (1u << MODEL_LORA_V));
+    assert_int_equal(c.lora.train_embeddings, 0);
     jobconfig_free(&c);
     parse_ok("{" MODEL ", " BOTH_DATA "}", &c);
     assert_int_equal(c.lora.rank, 0);

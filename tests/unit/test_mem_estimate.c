@@ -144,20 +144,25 @@ static void test_job(void **state) {
     jobconfig_free(&cfg);
 
     /* the estimate's adapter size is the engine's (model_lora_attach's layout), not a second
-     * formula that could drift: three target sets on the small GQA config */
+     * formula that could drift: three target sets on the small GQA config, without and with
+     * the trained embeddings */
     static const unsigned sets[] = {(1u << MODEL_LORA_Q) | (1u << MODEL_LORA_V), 0x7f,
                                     (1u << MODEL_LORA_O) | (1u << MODEL_LORA_DOWN)};
     char oerr[128];
     ops_ctx *ops = ops_open("cpu", 1, oerr, sizeof oerr);
     assert_non_null(ops);
-    for (size_t k = 0; k < sizeof sets / sizeof sets[0]; k++) {
+    for (size_t k = 0; k < 2 * sizeof sets / sizeof sets[0]; k++) { /* then train_embeddings */
+        const int emb = k >= sizeof sets / sizeof sets[0];
         model *m = NULL;
         chord_err err = {0};
         assert_int_equal(model_create(&mc, ops, &m, &err), 0);
-        model_lora_config lc = {.rank = 3, .alpha = 6, .targets = sets[k]};
+        model_lora_config lc = {
+            .rank = 3, .alpha = 6, .targets = sets[k % 3], .train_embeddings = emb};
         assert_int_equal(model_lora_attach(m, &lc, 1, &err), 0);
-        job(", \"lora\": {\"rank\": 3}", &cfg);
-        cfg.lora.targets = sets[k];
+        job(emb ? ", \"lora\": {\"rank\": 3, \"train_embeddings\": true}"
+                : ", \"lora\": {\"rank\": 3}",
+            &cfg);
+        cfg.lora.targets = sets[k % 3];
         mem_estimate_job(&mc, &cfg, MEM_PROMPT_TOKENS, MEM_PROMPT_TOKENS, &e);
         assert_true(e.lora_params == (double)model_trainable_params(m));
         jobconfig_free(&cfg);

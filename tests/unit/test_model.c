@@ -696,9 +696,10 @@ static void test_lora_contracts(void **state) {
     free(base_logits), free(logits), free(p), free(p2), free(base0), free(base1);
 }
 
-/* model_lora_save / model_lora_load: a round trip gives the same parameters; a PEFT directory
- * chord cannot run as written is refused naming the field (DoRA, a regex-free but unknown
- * target, modules_to_save) or the tensor it does not expect. */
+/* model_lora_save / model_lora_load: a round trip gives the same parameters (with the trained
+ * embeddings too); a PEFT directory chord cannot run as written is refused naming the field
+ * (DoRA, a regex-free but unknown target, modules_to_save other than the embeddings, a tied
+ * head without ensure_weight_tying) or the tensor it does not expect. */
 static void write_text(const char *path, const char *text) {
     FILE *fp = fopen(path, "w");
     assert_non_null(fp);
@@ -740,7 +741,10 @@ static void test_lora_files(void **state) {
          "target_modules[1]: \"lm_head\""},
         {"{\"r\": 2, \"lora_alpha\": 4, \"target_modules\": [\"k_proj\", \"up_proj\"], "
          "\"modules_to_save\": [\"lm_head\"]}",
-         "modules_to_save"},
+         "modules_to_save: chord trains the embeddings whole"},
+        {"{\"r\": 2, \"lora_alpha\": 4, \"target_modules\": [\"k_proj\", \"up_proj\"], "
+         "\"modules_to_save\": [\"embed_tokens\", \"norm\"]}",
+         "modules_to_save[1]: \"norm\" is not supported"},
         {"{\"r\": 0, \"lora_alpha\": 4, \"target_modules\": [\"k_proj\"]}", "r: must be"},
         /* the file holds up_proj tensors this config does not have */
         {"{\"r\": 2, \"lora_alpha\": 4, \"target_modules\": [\"k_proj\"]}", "up_proj.lora_A"},
@@ -841,6 +845,94 @@ static void test_views_share_base(void **state) {
     free(p0), free(p1);
 }
 
+/* train_embeddings on a view (tied and untied): the copies start as the base's (the view's
+ * logits are the base's), train (they move, the base does not), switch off with the adapter (the
+ * base's logits again), and survive a save and load (PEFT's files: the tied lm_head's copy
+ * written twice, a tied head without ensure_weight_tying refused by field). */
+static void test_lora_embeddings(void **state) {
+    fixture *f = *state;
+    for (int tied = 0; tied <= 1; tied++) {
+        model *base = make_model(f->ops, 0, tied, 9), *v = NULL, *v2 = NULL;
+        chord_err err = {0};
+        const int V = base->cfg.vocab_size, N = 8;
+        model_batch b = {
+            .N = N, .S = 2, .tokens = TOK, .positions = POS, .cu_seqlens = CU, .targets = TGT};
+        float *lb = malloc((size_t)N * V * sizeof *lb), *lv = malloc((size_t)N * V * sizeof *lv);
+        float *p0 = malloc(base->num_params * sizeof *p0), *p1 = malloc(base->num_params * sizeof *p1);
+        assert_int_equal(model_read_params(base, p0, &err), 0);
+        assert_int_equal(model_forward(base, &b, 1.0f, NULL, NULL, &err), 0);
+        assert_int_equal(model_read_logits(base, lb, &err), 0);
+        assert_int_equal(model_create_view(base, NULL, &v, &err), 0);
+        model_lora_config lc = {.rank = 2, .alpha = 4, .targets = 1u << MODEL_LORA_Q,
+                                .train_embeddings = 1};
+        assert_int_equal(model_lora_attach(v, &lc, 5, &err), 0);
+        int nt = 0;
+        size_t np = 0;
+        const model_tensor *lt = model_lora_tensors(v, &nt, &np);
+        assert_int_equal(nt, 2 * base->cfg.num_hidden_layers + (tied ? 1 : 2));
+        assert_string_equal(lt[2 * base->cfg.num_hidden_layers].name,
+                            "base_model.model.model.embed_tokens.weight");
+        assert_true(v->w.wte != base->w.wte); /* its own copy */
+        assert_int_equal(model_forward(v, &b, 1.0f, NULL, NULL, &err), 0);
+        assert_int_equal(model_read_logits(v, lv, &err), 0);
+        assert_memory_equal(lb, lv, (size_t)N * V * sizeof *lb); /* the copy is the base's */
+        for (int step = 0; step < 2; step++) {
+            assert_int_equal(model_zero_grad(v, &err), 0);
+            assert_int_equal(model_forward(v, &b, 1.0f, NULL, NULL, &err), 0);
+            assert_int_equal(model_backward(v, W_LOGP, NULL, &err), 0);
+            assert_int_equal(model_adamw_step(v, 1e-2f, 0.9f, 0.99f, 1e-8f, 0.1f, 1.0f, NULL, &err),
+                             0);
+        }
+        float *a = malloc(np * sizeof *a);
+        assert_int_equal(model_lora_read_params(v, a, &err), 0);
+        const model_tensor *emb = &lt[2 * base->cfg.num_hidden_layers];
+        double moved = 0;
+        for (size_t j = 0; j < emb->numel; j++)
+            moved = fmax(moved, fabs((double)a[emb->offset + j] - p0[(size_t)(base->w.wte -
+                                                                            base->params) + j]));
+        assert_true(moved > 1e-4); /* the embedding trained */
+        assert_int_equal(model_read_params(base, p1, &err), 0);
+        assert_memory_equal(p0, p1, base->num_params * sizeof *p0); /* the base did not */
+        assert_int_equal(model_lora_set_enabled(v, 0, &err), 0);
+        assert_int_equal(model_forward(v, &b, 1.0f, NULL, NULL, &err), 0);
+        assert_int_equal(model_read_logits(v, lv, &err), 0);
+        assert_memory_equal(lb, lv, (size_t)N * V * sizeof *lb); /* off: the base's */
+        assert_int_equal(model_lora_set_enabled(v, 1, &err), 0);
+        assert_int_equal(model_forward(v, &b, 1.0f, NULL, NULL, &err), 0);
+        assert_int_equal(model_read_logits(v, lv, &err), 0);
+
+        char dir[] = "/tmp/chord_lora_emb_XXXXXX", path[256], cmd[512];
+        assert_non_null(mkdtemp(dir));
+        assert_int_equal(model_lora_save(v, dir, "base", &err), 0);
+        snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
+        st_reader *rd = NULL;
+        assert_int_equal(st_open(path, &rd, &err), 0);
+        assert_int_equal(st_count(rd), nt + tied); /* PEFT's extra name for the tied head */
+        st_close(rd);
+        assert_int_equal(model_create_view(base, NULL, &v2, &err), 0);
+        assert_int_equal(model_lora_load(v2, dir, &err), 0);
+        float *l2 = malloc((size_t)N * V * sizeof *l2);
+        assert_int_equal(model_forward(v2, &b, 1.0f, NULL, NULL, &err), 0);
+        assert_int_equal(model_read_logits(v2, l2, &err), 0);
+        assert_memory_equal(lv, l2, (size_t)N * V * sizeof *lv);
+        model_free(v2);
+        v2 = NULL;
+        if (tied) { /* the head tied, the copy not: chord cannot run that */
+            snprintf(path, sizeof path, "%s/adapter_config.json", dir);
+            write_text(path, "{\"r\": 2, \"lora_alpha\": 4, \"target_modules\": [\"q_proj\"], "
+                             "\"modules_to_save\": [\"embed_tokens\"]}");
+            assert_int_equal(model_create_view(base, NULL, &v2, &err), 0);
+            expect_error(model_lora_load(v2, dir, &err), &err, "ensure_weight_tying");
+            model_free(v2);
+        }
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+        assert_int_equal(system(cmd), 0);
+        model_free(v);
+        model_free(base);
+        free(lb), free(lv), free(l2), free(a), free(p0), free(p1);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_gradients_qwen2_tied, setup, teardown),
@@ -858,6 +950,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_lora_contracts, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lora_files, setup, teardown),
         cmocka_unit_test_setup_teardown(test_views_share_base, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lora_embeddings, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

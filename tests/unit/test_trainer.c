@@ -454,6 +454,23 @@ static void test_lora_job(void **state) {
     assert_false(chord_is_file(path)); /* the adapter alone */
     free(r);
 
+    /* train_embeddings (PEFT's modules_to_save): the tied embedding trains beside the adapter,
+     * and on the random-init base, whose logits are flat, that is what moves the NLL most */
+    snprintf(json, sizeof json,
+             "{" TINY_MODEL ", \"algorithm\": \"sft\", \"expert_per_step\": 16, "
+             "\"lora\": {\"rank\": 8, \"alpha\": 16, \"target_modules\": \"all-linear\", "
+             "\"train_embeddings\": true}, "
+             "\"optimizer\": {\"lr\": 0.01}, \"steps\": 12, \"seed\": 1, "
+             "\"checkpoint_every\": 0, \"eval\": {\"every\": 0}}");
+    r = new_log();
+    if (run_job(f, json, NULL, f->expert, NULL, NULL, r, &err) != TRAINER_DONE)
+        fail_msg("%s", err.msg);
+    double emb_first = value(r, 1, "sft_nll"), emb_last = value(r, 12, "sft_nll");
+    print_message("lora sft + embeddings: expert NLL %.3f -> %.3f\n", emb_first, emb_last);
+    assert_true(emb_first == first); /* the copy starts as the base's: the same first step */
+    assert_true(emb_last < last);
+    free(r);
+
     /* the KL's reference under LoRA: exactly the policy before the first update */
     snprintf(json, sizeof json,
              "{" TINY_MODEL ", \"algorithm\": \"chord\", \"chord\": {\"mu\": 0.5}, "
@@ -474,6 +491,7 @@ static void test_lora_job(void **state) {
     resume_case(f, ", \"kl_coef\": 0.1",
                 ", \"lora\": {\"rank\": 4, \"alpha\": 8, \"target_modules\": \"all-linear\", "
                 "\"dropout\": 0.1}");
+    resume_case(f, "", ", \"lora\": {\"rank\": 2, \"train_embeddings\": true}");
 
     /* a LoRA checkpoint of a base directory opens as base + adapter (bootstrap.h): the rollout
      * executor's and chordd eval's way in; a random-init base's is refused by name */
