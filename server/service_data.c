@@ -18,6 +18,7 @@
 #include "server/base/fileutil.h"
 #include "server/base/json_field.h"
 #include "server/base/log.h"
+#include "server/base/utf8.h"
 #include "server/model/config.h"
 #include "server/train/dataset.h"
 
@@ -92,6 +93,9 @@ int svc_upload_begin(svc *s, const char *name, const char *kind, svc_upload **ou
         return chord_err_set(err, "kind: must be prompts, expert or eval");
     if (!name || !*name) name = "dataset";
     if (strlen(name) > 200) return chord_err_set(err, "name: must be at most 200 bytes");
+    /* stored and served in JSON, which holds UTF-8 only: a name that is not would make every
+       later listing fail */
+    if (!chord_utf8_valid(name, strlen(name))) return chord_err_set(err, "name: not valid UTF-8");
     svc_upload *u = calloc(1, sizeof *u);
     if (!u) return oom(err);
     u->s = s;

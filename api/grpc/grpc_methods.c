@@ -147,11 +147,10 @@ static void upload_message(gcall *c, const unsigned char *data, size_t len) {
             gcall_finish(c, GRPC_STATUS_OK, NULL, out, n);
         return;
     }
-    Chord__V1__UploadDatasetRequest *m = chord__v1__upload_dataset_request__unpack(NULL, len, data);
-    if (!m) {
-        chord_err_set(&err, "request: not a valid chord.v1.UploadDatasetRequest protobuf message");
+    Chord__V1__UploadDatasetRequest *m = NULL;
+    if (pbj_unpack(&chord__v1__upload_dataset_request__descriptor, data, len,
+                   (ProtobufCMessage **)&m, &err))
         goto fail;
-    }
     c->chunks++;
     if (c->chunks == 1) {
         if (!m->kind || !*m->kind) {

@@ -17,6 +17,7 @@
 #include <time.h>
 
 #include "api/grpc/grpc_internal.h"
+#include "api/grpc/pbjson.h"
 #include "server/base/log.h"
 
 /* ThreadSanitizer cannot see the gRPC core's own synchronisation (Debian's libgrpc is not built
@@ -444,26 +445,27 @@ static void start_call(gcall *c) {
         return;
     }
     ProtobufCMessage *req = NULL;
+    chord_err err = {0};
+    int read_failed = 1;
     if (c->payload) {
         grpc_byte_buffer_reader rd;
         if (grpc_byte_buffer_reader_init(&rd, c->payload)) {
             grpc_slice sl = grpc_byte_buffer_reader_readall(&rd);
             grpc_byte_buffer_reader_destroy(&rd);
-            req = protobuf_c_message_unpack(m->request, NULL, GRPC_SLICE_LENGTH(sl),
-                                            GRPC_SLICE_START_PTR(sl));
+            read_failed =
+                pbj_unpack(m->request, GRPC_SLICE_START_PTR(sl), GRPC_SLICE_LENGTH(sl), &req, &err);
             grpc_slice_unref(sl);
         }
         grpc_byte_buffer_destroy(c->payload);
         c->payload = NULL;
     }
-    if (!req) {
-        char msg[256];
-        snprintf(msg, sizeof msg, "request: not a valid %s protobuf message", m->request->name);
-        gcall_finish(c, GRPC_STATUS_INVALID_ARGUMENT, msg, NULL, 0);
+    if (read_failed) {
+        if (!err.msg[0])
+            chord_err_set(&err, "request: not a valid %s protobuf message", m->request->name);
+        gcall_fail(c, &err);
         pthread_mutex_unlock(&c->mu);
         return;
     }
-    chord_err err = {0};
     if (m->kind == GM_UNARY) {
         unsigned char *out = NULL;
         size_t len = 0;

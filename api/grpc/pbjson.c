@@ -12,6 +12,7 @@
 
 #include "google/protobuf/struct.pb-c.h"
 #include "server/base/buf.h"
+#include "server/base/utf8.h"
 
 #define MEMBER(type, msg, offset) (*(type *)((char *)(msg) + (offset)))
 #define CMEMBER(type, msg, offset) (*(const type *)((const char *)(msg) + (offset)))
@@ -507,5 +508,159 @@ int pbj_pack(const ProtobufCMessage *m, unsigned char **buf, size_t *len, chord_
     if (!b) return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
     *len = protobuf_c_message_pack(m, b);
     *buf = b;
+    return 0;
+}
+
+/* ---- reading requests ------------------------------------------------------------------------ */
+
+static int read_varint(const uint8_t *p, size_t n, size_t *i, uint64_t *out) {
+    uint64_t v = 0;
+    for (int shift = 0; shift < 64 && *i < n; shift += 7) {
+        uint8_t b = p[(*i)++];
+        v |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80)) {
+            *out = v;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+/* Walks the wire bytes of a d, following the fields d says are messages, and refuses nesting
+ * deeper than PBJ_MAX_DEPTH (the recursion is bounded by that limit). Bytes that do not parse
+ * are left for protobuf-c to refuse. field: the top-level field being walked, for the message. */
+static int check_depth(const ProtobufCMessageDescriptor *d, const uint8_t *p, size_t n, int depth,
+                       const char *field, chord_err *err) {
+    size_t i = 0;
+    while (i < n) {
+        uint64_t tag, v;
+        if (read_varint(p, n, &i, &tag)) return 0;
+        unsigned wire = (unsigned)(tag & 7);
+        if (wire == 0) {
+            if (read_varint(p, n, &i, &v)) return 0;
+        } else if (wire == 1 || wire == 5) {
+            size_t w = wire == 1 ? 8 : 4;
+            if (n - i < w) return 0;
+            i += w;
+        } else if (wire == 2) {
+            if (read_varint(p, n, &i, &v) || v > n - i) return 0;
+            const ProtobufCFieldDescriptor *f =
+                tag >> 3 <= UINT32_MAX
+                    ? protobuf_c_message_descriptor_get_field(d, (unsigned)(tag >> 3))
+                    : NULL;
+            if (f && f->type == PROTOBUF_C_TYPE_MESSAGE) {
+                const char *name = depth == 0 ? f->name : field;
+                if (depth + 1 >= PBJ_MAX_DEPTH)
+                    return chord_err_set(err, "%s: nested deeper than %d levels", name,
+                                         PBJ_MAX_DEPTH);
+                if (check_depth(f->descriptor, p + i, (size_t)v, depth + 1, name, err)) return -1;
+            }
+            i += (size_t)v;
+        } else {
+            return 0; /* groups and invalid wire types: protobuf-c refuses them */
+        }
+    }
+    return 0;
+}
+
+static int check_value(const Google__Protobuf__Value *v, chord_err *err);
+
+static int check_struct(const Google__Protobuf__Struct *s, chord_err *err) {
+    for (size_t i = 0; s && i < s->n_fields; i++) {
+        const char *key = s->fields[i]->key ? s->fields[i]->key : "";
+        if (!chord_utf8_valid(key, strlen(key)))
+            return chord_err_set(err, "a key is not valid UTF-8");
+        if (check_value(s->fields[i]->value, err)) return chord_err_prefix(err, "%s", key);
+    }
+    return 0;
+}
+
+static int check_value(const Google__Protobuf__Value *v, chord_err *err) {
+    if (!v) return 0;
+    switch (v->kind_case) {
+    case GOOGLE__PROTOBUF__VALUE__KIND_NUMBER_VALUE:
+        if (!isfinite(v->number_value))
+            return chord_err_set(err, "must be a finite number (JSON has no NaN or infinity)");
+        return 0;
+    case GOOGLE__PROTOBUF__VALUE__KIND_STRING_VALUE:
+        if (v->string_value && !chord_utf8_valid(v->string_value, strlen(v->string_value)))
+            return chord_err_set(err, "not valid UTF-8");
+        return 0;
+    case GOOGLE__PROTOBUF__VALUE__KIND_STRUCT_VALUE:
+        return check_struct(v->struct_value, err);
+    case GOOGLE__PROTOBUF__VALUE__KIND_LIST_VALUE:
+        for (size_t i = 0; v->list_value && i < v->list_value->n_values; i++)
+            if (check_value(v->list_value->values[i], err))
+                return chord_err_prefix(err, "[%zu]", i);
+        return 0;
+    default:
+        return 0;
+    }
+}
+
+static int check_message(const ProtobufCMessage *m, chord_err *err);
+
+/* One element of field f at p. */
+static int check_element(const ProtobufCFieldDescriptor *f, const void *p, chord_err *err) {
+    switch (f->type) {
+    case PROTOBUF_C_TYPE_STRING: {
+        const char *s = *(char *const *)p;
+        if (s && !chord_utf8_valid(s, strlen(s))) return chord_err_set(err, "not valid UTF-8");
+        return 0;
+    }
+    case PROTOBUF_C_TYPE_DOUBLE:
+        if (!isfinite(*(const double *)p))
+            return chord_err_set(err, "must be a finite number (JSON has no NaN or infinity)");
+        return 0;
+    case PROTOBUF_C_TYPE_FLOAT:
+        if (!isfinite(*(const float *)p))
+            return chord_err_set(err, "must be a finite number (JSON has no NaN or infinity)");
+        return 0;
+    case PROTOBUF_C_TYPE_MESSAGE: {
+        const ProtobufCMessage *sub = *(ProtobufCMessage *const *)p;
+        return sub ? check_message(sub, err) : 0;
+    }
+    default:
+        return 0;
+    }
+}
+
+static int check_message(const ProtobufCMessage *m, chord_err *err) {
+    const ProtobufCMessageDescriptor *d = m->descriptor;
+    if (is_named(d, "google.protobuf.Struct"))
+        return check_struct((const Google__Protobuf__Struct *)m, err);
+    if (is_named(d, "google.protobuf.Value"))
+        return check_value((const Google__Protobuf__Value *)m, err);
+    for (unsigned k = 0; k < d->n_fields; k++) {
+        const ProtobufCFieldDescriptor *f = &d->fields[k];
+        if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+            size_t n = CMEMBER(size_t, m, f->quantifier_offset);
+            const char *arr = CMEMBER(char *, m, f->offset);
+            size_t es = element_size(f->type);
+            for (size_t i = 0; i < n; i++)
+                if (check_element(f, arr + i * es, err))
+                    return chord_err_prefix(err, "%s[%zu]", f->name, i);
+            continue;
+        }
+        if ((f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) &&
+            CMEMBER(uint32_t, m, f->quantifier_offset) != f->id)
+            continue;
+        if (check_element(f, (const char *)m + f->offset, err))
+            return chord_err_prefix(err, "%s", f->name);
+    }
+    return 0;
+}
+
+int pbj_unpack(const ProtobufCMessageDescriptor *d, const uint8_t *data, size_t len,
+               ProtobufCMessage **out, chord_err *err) {
+    *out = NULL;
+    if (check_depth(d, data, len, 0, "request", err)) return -1;
+    ProtobufCMessage *m = protobuf_c_message_unpack(d, NULL, len, data);
+    if (!m) return chord_err_set(err, "request: not a valid %s protobuf message", d->name);
+    if (check_message(m, err)) {
+        protobuf_c_message_free_unpacked(m, NULL);
+        return -1;
+    }
+    *out = m;
     return 0;
 }

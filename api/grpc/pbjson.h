@@ -40,6 +40,19 @@ int pbj_from_json(const ProtobufCMessageDescriptor *d, const json_t *obj, pbj_ar
 /* A new JSON object for message m (requests). NULL on out of memory. */
 json_t *pbj_to_json(const ProtobufCMessage *m);
 
+/* How deep request messages may nest (a Struct inside a Value inside a ListValue ... counts
+ * one level each): protobuf-c unpacks recursively, so a few hundred kilobytes of nesting would
+ * otherwise overflow a thread's stack. 100 levels is 50 levels of JSON. */
+#define PBJ_MAX_DEPTH 100
+
+/* Unpacks a request of type d from the wire (the one way the gRPC transport reads requests):
+ * nesting over PBJ_MAX_DEPTH, bytes that are not a d, a string that is not UTF-8, a double (a
+ * Struct's number too) that is NaN or infinite: CHORD_E_INVALID naming the field, as the REST
+ * transport's JSON parser refuses the same input. *out is freed with
+ * protobuf_c_message_free_unpacked. */
+int pbj_unpack(const ProtobufCMessageDescriptor *d, const uint8_t *data, size_t len,
+               ProtobufCMessage **out, chord_err *err);
+
 /* Packs m into a malloc'd buffer (*buf, *len). */
 int pbj_pack(const ProtobufCMessage *m, unsigned char **buf, size_t *len, chord_err *err);
 
