@@ -828,8 +828,10 @@ static int parse_decoder(tok_tokenizer *t, const json_t *d, chord_err *err) {
         if (k == TOK_DEC_METASPACE && t->dec_ops[i].prepend_first && i < t->n_dec_token_ops)
             t->dec_first_differs = 1;
     }
+    int strips_at_end = 0;
     for (int i = t->n_dec_token_ops + 1; i < t->n_dec_ops; i++) {
-        int k = t->dec_ops[i].kind;
+        const tok_dec_op *op = &t->dec_ops[i];
+        int k = op->kind;
         if (k != TOK_DEC_STRIP && k != TOK_DEC_REPLACE && k != TOK_DEC_FUSE)
             return chord_err_set(err,
                                  "decoder: a %s step after the tokens are joined (Fuse or "
@@ -837,6 +839,15 @@ static int parse_decoder(tok_tokenizer *t, const json_t *d, chord_err *err) {
                                  k == TOK_DEC_BYTEFALLBACK ? "ByteFallback"
                                  : k == TOK_DEC_METASPACE  ? "Metaspace"
                                                            : "ByteLevel");
+        /* A stream holds back what such a Strip may remove at the end (tok_stream.held): one
+         * count, within the output-size rules of tokenizer.h. */
+        if (k == TOK_DEC_STRIP && op->stop > 0 &&
+            (++strips_at_end > 1 || (size_t)op->stop * op->pattern_len > TOK_STREAM_MAX_HELD))
+            return chord_err_set(err,
+                                 "decoder: chord takes one Strip with a stop after the tokens are "
+                                 "joined, stripping at most %d bytes (stop %d of a %zu-byte "
+                                 "character)",
+                                 TOK_STREAM_MAX_HELD, op->stop, op->pattern_len);
     }
     return 0;
 }
@@ -2719,6 +2730,69 @@ static size_t stream_emit(tok_stream *s, const unsigned char *b, size_t n, char 
     return o;
 }
 
+/* A Strip step after the join on the stream's new text out[0..*o): the start of the whole text is
+ * stripped once; of the copies of the character that end the text so far, up to `stop` are held
+ * back (s->held), since the whole text's last ones are stripped: they come out before the next
+ * text that is not a copy, and never if none comes. */
+static int stream_strip(tok_stream *s, const tok_dec_op *op, char *out, size_t cap, size_t *o,
+                        chord_err *err) {
+    const char *p = out;
+    size_t m = *o, cn = op->pattern_len;
+    if (!s->kept) {
+        int left = op->start - s->stripped;
+        strip_chars(&p, &m, op->pattern, cn, left > 0 ? left : 0, 0);
+        s->stripped += (int)((*o - m) / cn);
+    }
+    memmove(out, p, m);
+    *o = m;
+    if (op->stop == 0 || m == 0) return 0;
+    size_t trail = 0; /* copies ending the new text */
+    while ((trail + 1) * cn <= m && memcmp(out + m - (trail + 1) * cn, op->pattern, cn) == 0)
+        trail++;
+    int only_copies = trail * cn == m;
+    size_t total = only_copies ? (size_t)s->held + trail : trail;
+    size_t keep = total < (size_t)op->stop ? total : (size_t)op->stop;
+    /* out: the copies released, then the new text without the copies now held */
+    size_t release = only_copies ? total - keep : (size_t)s->held;
+    size_t body = only_copies ? 0 : m - keep * cn;
+    if (release * cn + body > cap)
+        return chord_err_set(err, "stream output buffer of %zu bytes is too small", cap);
+    memmove(out + release * cn, out, body);
+    for (size_t k = 0; k < release; k++)
+        memcpy(out + k * cn, op->pattern, cn);
+    *o = release * cn + body;
+    s->held = (int)keep;
+    return 0;
+}
+
+/* The chain's steps after the join (Strip, Replace) on the stream's new text out[0..*o). */
+static int stream_post(tok_stream *s, char *out, size_t cap, size_t *o, chord_err *err) {
+    const tok_tokenizer *t = s->tok;
+    for (int i = t->n_dec_token_ops + 1; i < t->n_dec_ops; i++) {
+        const tok_dec_op *op = &t->dec_ops[i];
+        if (op->kind == TOK_DEC_STRIP) {
+            if (stream_strip(s, op, out, cap, o, err)) return -1;
+        } else if (op->kind == TOK_DEC_REPLACE && *o > 0) {
+            chord_buf r = {0};
+            if (chord_buf_append(&r, "", 0) ||
+                replace_literal(&r, out, *o, op->pattern, op->pattern_len, op->content,
+                                op->content_len)) {
+                chord_buf_free(&r);
+                return chord_err_setc(err, CHORD_E_INTERNAL, "tokenizer: out of memory");
+            }
+            if (r.len > cap) {
+                chord_buf_free(&r);
+                return chord_err_set(err, "stream output buffer of %zu bytes is too small", cap);
+            }
+            memcpy(out, r.data, r.len);
+            *o = r.len;
+            chord_buf_free(&r);
+        }
+    }
+    if (*o > 0) s->kept = 1;
+    return 0;
+}
+
 int tok_stream_push(tok_stream *s, int32_t id, char *out, size_t cap, size_t *out_len,
                     chord_err *err) {
     const tok_tokenizer *t = s->tok;
@@ -2753,34 +2827,7 @@ int tok_stream_push(tok_stream *s, int32_t id, char *out, size_t cap, size_t *ou
     s->started = 1;
     size_t o = stream_emit(s, (const unsigned char *)bytes, n, out);
     chord_buf_free(&one);
-    for (int i = t->n_dec_token_ops + 1; i < t->n_dec_ops; i++) {
-        const tok_dec_op *op = &t->dec_ops[i];
-        if (op->kind == TOK_DEC_STRIP && !s->kept) {
-            const char *p = out;
-            size_t m = o;
-            int left = op->start - s->stripped;
-            strip_chars(&p, &m, op->pattern, op->pattern_len, left > 0 ? left : 0, 0);
-            s->stripped += (int)((o - m) / op->pattern_len);
-            memmove(out, p, m);
-            o = m;
-        } else if (op->kind == TOK_DEC_REPLACE && o > 0) {
-            chord_buf r = {0};
-            if (chord_buf_append(&r, "", 0) ||
-                replace_literal(&r, out, o, op->pattern, op->pattern_len, op->content,
-                                op->content_len)) {
-                chord_buf_free(&r);
-                return chord_err_setc(err, CHORD_E_INTERNAL, "tokenizer: out of memory");
-            }
-            if (r.len > cap) {
-                chord_buf_free(&r);
-                return chord_err_set(err, "stream output buffer of %zu bytes is too small", cap);
-            }
-            memcpy(out, r.data, r.len);
-            o = r.len;
-            chord_buf_free(&r);
-        }
-    }
-    if (o > 0) s->kept = 1;
+    if (stream_post(s, out, cap, &o, err)) return -1;
     *out_len = o;
     return 0;
 }
@@ -2788,8 +2835,20 @@ int tok_stream_push(tok_stream *s, int32_t id, char *out, size_t cap, size_t *ou
 void tok_stream_finish(tok_stream *s, char *out, size_t *out_len) {
     *out_len = 0;
     if (s->n_pending > 0) {
-        memcpy(out, "\xEF\xBF\xBD", 3);
-        *out_len = 3;
+        /* the cut character ends the text as U+FFFD: after the steps of the join, and after
+         * the characters a Strip held back, which are then not last */
+        char text[64];
+        size_t o = 3;
+        memcpy(text, "\xEF\xBF\xBD", 3);
+        if (s->tok->decoder == TOK_DECODER_CHAIN && stream_post(s, text, sizeof text, &o, NULL))
+            o = 3;
+        while (o > 8) /* only a Replace lengthening U+FFFD gets here: whole characters */
+            do
+                o--;
+            while (o > 0 && ((unsigned char)text[o] & 0xC0) == 0x80);
+        memcpy(out, text, o);
+        *out_len = o;
         s->n_pending = 0;
     }
+    s->held = 0; /* the text's last characters: the Strip removes them */
 }

@@ -69,9 +69,14 @@ int tok_encode(const tok_tokenizer *tok, const char *text, size_t len, unsigned 
 int tok_decode(const tok_tokenizer *tok, const int32_t *ids, size_t n, int skip_special,
                char **text, size_t *len, chord_err *err);
 
+/* The bytes a Strip after the join may strip at the end (more is refused at load): what the output
+ * sizes of tok_stream_push and tok_stream_finish allow for the characters it holds back. */
+#define TOK_STREAM_MAX_HELD 4
+
 /* Streaming decode for generation: push ids one at a time and get the text they complete; bytes of
- * a character still incomplete are held back until the next id (or tok_stream_finish). The
- * concatenation of all outputs equals tok_decode of all ids. */
+ * a character still incomplete are held back until the next id (or tok_stream_finish), and so are
+ * the characters a decoder's Strip removes at the end of the text (its `stop`) while they end it.
+ * The concatenation of all outputs, tok_stream_finish's included, equals tok_decode of all ids. */
 typedef struct tok_stream {
     const tok_tokenizer *tok;
     int skip_special;
@@ -81,6 +86,7 @@ typedef struct tok_stream {
                      decoder the tokens after it are joined with a space) */
     int kept;     /* some text came out (a Strip decoder strips only at the start) */
     int stripped; /* characters a Strip decoder has removed at the start so far */
+    int held;     /* copies of its character a Strip decoder holds back at the end so far */
 } tok_stream;
 
 void tok_stream_init(tok_stream *s, const tok_tokenizer *tok, int skip_special);
@@ -88,7 +94,9 @@ void tok_stream_init(tok_stream *s, const tok_tokenizer *tok, int skip_special);
  * always suffices) and its length to *out_len (may be 0). */
 int tok_stream_push(tok_stream *s, int32_t id, char *out, size_t cap, size_t *out_len,
                     chord_err *err);
-/* Flushes a held-back incomplete tail as U+FFFD. out needs 8 bytes. */
+/* Ends the stream: a held-back incomplete tail comes out as U+FFFD (after what a Strip held back,
+ * then not last); what a Strip held back alone is dropped, as tok_decode strips it. out needs 8
+ * bytes. */
 void tok_stream_finish(tok_stream *s, char *out, size_t *out_len);
 
 /* Vocabulary: size is the largest id + 1 (model vocabulary and added tokens). */

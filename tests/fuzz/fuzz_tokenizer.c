@@ -1,7 +1,7 @@
 /* fuzz_tokenizer.c — tokenizer.json loading and encoding (tokenizer.h).
  * First byte, bit 0 clear: the rest is text, encoded by the embedded default tokenizer (loaded
  * once) with the flags of bits 1-2; the ids are decoded (bit 3: skip special tokens) and
- * streamed, and the stream must equal the decode (tokenizer.h's promise; but see decode_both).
+ * streamed, and the stream must equal the decode (tokenizer.h's promise).
  * The rest read as 16-bit ids (some out of range) is decoded too.
  * Bit 0 set: the rest is a tokenizer.json, then optionally a NUL and a tokenizer_config.json
  * (tok_load_from_memory); a tokenizer that loads encodes, decodes and streams a few texts. */
@@ -53,10 +53,8 @@ static void decode_both(const tok_tokenizer *tok, const int32_t *ids, size_t n, 
             slen += tail_len;
         }
     }
-    /* The stream may end with more than the decode: a decoder's Strip with stop > 0 removes the
-     * text's last characters, which a stream cannot know are last (docs/fuzzing.md, finding 7,
-     * open). Anything else must be equal. */
-    if (rc == 0 && src == 0 && (len > slen || (len && memcmp(text, streamed, len)))) {
+    /* equal to the byte, a decoder's Strip with stop > 0 included (docs/fuzzing.md, finding 7) */
+    if (rc == 0 && src == 0 && (len != slen || (len && memcmp(text, streamed, len)))) {
         fprintf(stderr, "stream (%zu bytes) differs from decode (%zu bytes)\n", slen, len);
         fprintf(stderr, "decode: '%.*s'\nstream: '%.*s'\nids:", (int)len, text, (int)slen,
                 streamed ? streamed : "");

@@ -550,6 +550,97 @@ static void test_llama_style(void **state) {
     }
 }
 
+/* A Strip decoder with stop > 0 after the join (docs/fuzzing.md, finding 7): tok_decode strips the
+ * last `stop` copies of the whole text, so the stream holds back the copies that end the text so
+ * far until more text comes, and drops them at the end. The decodes are those of `tokenizers`
+ * 0.23.3 for the same file (where it does not panic: its Strip slices past a text of copies
+ * only), the pieces those of its DecodeStream; the stream always equals chord's decode. */
+static tok_tokenizer *strip_stop_style(int start, int stop, const char *character) {
+    char chain[512];
+    snprintf(chain, sizeof chain,
+             "{\"type\": \"Sequence\", \"decoders\": [{\"type\": \"Replace\", \"pattern\": "
+             "{\"String\": \"\\u2581\"}, \"content\": \" \"}, {\"type\": \"ByteFallback\"}, "
+             "{\"type\": \"Fuse\"}, {\"type\": \"Strip\", \"content\": \"%s\", \"start\": %d, "
+             "\"stop\": %d}]}",
+             character, start, stop);
+    return llama_style(chain);
+}
+
+static void expect_decode(const tok_tokenizer *t, const int32_t *ids, size_t n, const char *want) {
+    char *text;
+    size_t len;
+    assert_int_equal(tok_decode(t, ids, n, 0, &text, &len, NULL), 0);
+    assert_string_equal(text, want);
+    free(text);
+    stream_equals_decode(t, ids, n);
+}
+
+static void test_stream_strip_stop(void **state) {
+    (void)state;
+    enum { SP = 1, A = 2, B = 3, S = 262, E4 = 6 + 0xE4, SPACE_BYTE = 6 + 0x20 };
+    tok_tokenizer *t = strip_stop_style(0, 1, " ");
+    expect_decode(t, (int32_t[]){SP}, 1, "");
+    expect_decode(t, (int32_t[]){A, SP}, 2, "a");
+    expect_decode(t, (int32_t[]){A, SP, SP}, 3, "a ");
+    expect_decode(t, (int32_t[]){A, SP, B}, 3, "a b");
+    expect_decode(t, (int32_t[]){A, SP, SP, SP}, 4, "a  ");
+    expect_decode(t, (int32_t[]){A, SP, SP, B}, 4, "a  b");
+    expect_decode(t, (int32_t[]){A, SPACE_BYTE}, 2, "a"); /* a byte token's space */
+    expect_decode(t, (int32_t[]){SP, S, SP}, 3, " <s>");
+    expect_decode(t, (int32_t[]){A, SP, E4}, 3, "a \xef\xbf\xbd"); /* held, then not last */
+    /* the pieces: the space comes out with the text after it (DecodeStream: a, None, " b") */
+    tok_stream st;
+    tok_stream_init(&st, t, 0);
+    const int32_t ids[] = {A, SP, B, SP};
+    const char *pieces[] = {"a", "", " b", ""};
+    for (int i = 0; i < 4; i++) {
+        char buf[64];
+        size_t n;
+        assert_int_equal(tok_stream_push(&st, ids[i], buf, sizeof buf, &n, NULL), 0);
+        assert_int_equal(n, strlen(pieces[i]));
+        assert_memory_equal(buf, pieces[i], n);
+    }
+    char tail[8];
+    size_t tn;
+    tok_stream_finish(&st, tail, &tn);
+    assert_int_equal(tn, 0); /* the held space is the last character: stripped */
+    tok_free(t);
+
+    t = strip_stop_style(1, 1, " "); /* start and stop: "▁" alone panics `tokenizers` */
+    expect_decode(t, (int32_t[]){A, SP, SP}, 3, "a ");
+    expect_decode(t, (int32_t[]){A, SP, SP, B}, 4, "a  b");
+    stream_equals_decode(t, (int32_t[]){SP}, 1);
+    stream_equals_decode(t, (int32_t[]){SP, SP, SP}, 3);
+    stream_equals_decode(t, (int32_t[]){SP, A, SP}, 3);
+    tok_free(t);
+
+    t = strip_stop_style(0, 2, " ");
+    expect_decode(t, (int32_t[]){A, SP, SP}, 3, "a");
+    expect_decode(t, (int32_t[]){A, SP, SP, SP}, 4, "a ");
+    expect_decode(t, (int32_t[]){A, SP, SP, B}, 4, "a  b");
+    stream_equals_decode(t, (int32_t[]){SP, SP, SP}, 3);
+    tok_free(t);
+
+    /* what a stream would hold back is bounded at load (tokenizer.h, TOK_STREAM_MAX_HELD) */
+    const char *refused[] = {
+        "{\"type\": \"Sequence\", \"decoders\": [{\"type\": \"Fuse\"}, {\"type\": \"Strip\", "
+        "\"content\": \"\\u2581\", \"start\": 0, \"stop\": 2}]}",
+        "{\"type\": \"Sequence\", \"decoders\": [{\"type\": \"Fuse\"}, {\"type\": \"Strip\", "
+        "\"content\": \" \", \"start\": 0, \"stop\": 1}, {\"type\": \"Strip\", \"content\": "
+        "\"a\", \"start\": 0, \"stop\": 1}]}",
+    };
+    for (int i = 0; i < 2; i++) {
+        char json[512];
+        int n = snprintf(json, sizeof json,
+                         "{\"decoder\": %s, \"model\": {\"type\": \"BPE\", \"vocab\": "
+                         "{\"a\": 0}, \"merges\": []}}",
+                         refused[i]);
+        chord_err err = {0};
+        assert_int_equal(tok_load_from_memory(json, (size_t)n, NULL, 0, &t, &err), -1);
+        assert_non_null(strstr(err.msg, "Strip with a stop"));
+    }
+}
+
 static void test_bad_ids_decode(void **state) {
     (void)state;
     int32_t ids[2] = {1, 999999999};
@@ -578,6 +669,7 @@ int main(void) {
         cmocka_unit_test(test_minimal_file),
         cmocka_unit_test(test_bad_ids_decode),
         cmocka_unit_test(test_llama_style),
+        cmocka_unit_test(test_stream_strip_stop),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
