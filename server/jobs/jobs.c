@@ -65,6 +65,11 @@ struct worker {
     atomic_int cancel;
     _Atomic int64_t reserved; /* mem_estimate_job of the job it runs less the weights it takes
                                  from the shared bases (counted there), 0 when idle */
+    /* fits_beside's last queued job (its estimate reads the datasets: once per job, not once
+     * per poll); claims are serialised (claim_mu), so no lock */
+    char fit_id[STORE_ID_MAX];
+    int64_t fit_need, fit_shared;
+    char *fit_key; /* its base's key (bootstrap_base_key), NULL when it shares nothing */
 };
 
 struct jobs_pool {
@@ -512,7 +517,7 @@ static void job_device(const char *config_json, char *out, size_t outlen) {
  * does not need again), or when no other slot runs a job (the trainer then refuses a job that can
  * never fit, with the figures). The budget is the operator's limit less what is reserved, else the
  * device's free memory. */
-static int fits_beside(worker *w, const char *config_json) {
+static int fits_beside(worker *w, const char *job_id, const char *config_json) {
     jobs_pool *p = w->pool;
     if (p->slots <= 1) return 1;
     int busy = 0;
@@ -523,22 +528,28 @@ static int fits_beside(worker *w, const char *config_json) {
             busy = 1;
     pthread_mutex_unlock(&p->mu);
     if (!busy) return 1;
-    job_config cfg = {0};
-    chord_err e = {0};
-    if (jobconfig_parse(config_json, &cfg, &e)) return 1; /* run_job fails it, saying why */
-    char *prompts = NULL, *eval = NULL, *key = NULL;
-    (void)resolve_dataset(w, cfg.data_prompts, &prompts, &e); /* unknown: the default length */
-    (void)resolve_dataset(w, cfg.data_eval, &eval, &e);
-    int64_t shared = 0, need = job_estimate(&cfg, NULL, prompts, eval, &shared);
-    if (shared > 0 &&
-        bootstrap_base_key(cfg.model_path, cfg.model_init_config, cfg.model_init_seed, &key,
-                           &e) == 0 &&
-        jobs_bases_resident(p->bases, w->device, key))
-        need -= shared;
-    free(key);
-    free(prompts);
-    free(eval);
-    jobconfig_free(&cfg);
+    if (strcmp(w->fit_id, job_id) != 0) { /* a job not seen yet: its estimate */
+        job_config cfg = {0};
+        chord_err e = {0};
+        if (jobconfig_parse(config_json, &cfg, &e)) return 1; /* run_job fails it, saying why */
+        char *prompts = NULL, *eval = NULL;
+        (void)resolve_dataset(w, cfg.data_prompts, &prompts, &e); /* unknown: the default */
+        (void)resolve_dataset(w, cfg.data_eval, &eval, &e);
+        free(w->fit_key);
+        w->fit_key = NULL;
+        w->fit_need = job_estimate(&cfg, NULL, prompts, eval, &w->fit_shared);
+        if (w->fit_shared > 0 &&
+            bootstrap_base_key(cfg.model_path, cfg.model_init_config, cfg.model_init_seed,
+                               &w->fit_key, &e) != 0)
+            w->fit_shared = 0;
+        snprintf(w->fit_id, sizeof w->fit_id, "%s", job_id);
+        free(prompts);
+        free(eval);
+        jobconfig_free(&cfg);
+    }
+    int64_t need = w->fit_need;
+    if (w->fit_key && jobs_bases_resident(p->bases, w->device, w->fit_key))
+        need -= w->fit_shared; /* its base is here already */
     double budget;
     size_t free_b = 0, total_b = 0;
     if (p->memory_limit > 0)
@@ -566,7 +577,7 @@ static int claim(worker *w, store_job *job, int *found, chord_err *err) {
         char dev[64];
         job_device(items[i].config_json, dev, sizeof dev);
         if (!jobs_device_accepts(w->device, dev)) continue;
-        if (!fits_beside(w, items[i].config_json)) break;
+        if (!fits_beside(w, items[i].id, items[i].config_json)) break;
         chord_err terr = {0};
         if (store_job_transition(w->st, items[i].id, STORE_JOB_RUNNING, NULL, w->device, job,
                                  &terr) == 0) {
@@ -846,6 +857,7 @@ void jobs_free(jobs_pool *p) {
     for (int i = 0; i < p->n_workers; i++) {
         store_close(p->workers[i].st);
         ops_close(p->workers[i].ops);
+        free(p->workers[i].fit_key);
     }
     for (int d = 0; d < p->n_homes; d++) ops_close(p->homes[d]);
     free(p->homes);

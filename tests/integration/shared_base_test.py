@@ -174,3 +174,38 @@ def test_two_adapters_at_once_on_one_base(srv):
     assert j["state"] == "succeeded", j
     assert adapter_bytes(srv, alone.json()["id"], steps) == adapter_bytes(srv, ids[0], steps)
     assert adapter_bytes(srv, ids[0], steps) != adapter_bytes(srv, ids[1], steps)
+
+
+def test_a_second_slot_waits_for_memory():
+    """With two slots but a memory limit one job fills (--device-memory-mb 100, a job estimated
+    at about 71 MiB), the second queued job waits for the first instead of running beside it,
+    then runs: never both at once, both succeed."""
+    from chordd_harness import tiny_job
+    s = Chordd(extra_args=["--slots", "2", "--device-memory-mb", "100"]).start()
+    try:
+        p = s.upload("prompts", jsonl(arith_prompts(8))).json()["id"]
+        e = s.upload("expert", jsonl(arith_expert(8))).json()["id"]
+        doc = tiny_job(p, e)
+        doc["model"] = {"init": {"config": dict(TINY_CONFIG, hidden_size=256,
+                                                intermediate_size=512, num_hidden_layers=2,
+                                                num_attention_heads=4, num_key_value_heads=2),
+                                 "seed": 3}}
+        ids = []
+        for _ in range(2):
+            r = s.post("/v1/jobs", doc)
+            assert r.status == 201, r
+            ids.append(r.json()["id"])
+        both, states = False, []
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            states = [s.get("/v1/jobs/" + i).json()["state"] for i in ids]
+            both |= states == ["running", "running"]
+            if all(x in ("succeeded", "failed", "cancelled") for x in states):
+                break
+            time.sleep(0.02)
+        assert states == ["succeeded", "succeeded"], (states, s.read_log()[-3000:])
+        assert not both, "the second job ran beside the first over the memory limit"
+    finally:
+        rc = s.stop()
+        s.cleanup()
+    assert rc == 0
