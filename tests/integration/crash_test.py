@@ -4,8 +4,10 @@ the same weights as an uninterrupted run.
 
 Each round draws a phase (seeded RNG) and kills chordd in it: during a training step, during a
 checkpoint write (a step_N.tmp directory seen on disk), during a dataset upload (a few MiB of
-JSONL streamed slowly), or with rollout requests pending. Then, with chordd dead, a copy of the
-database as the crash left it (chord.db + chord.db-wal, SQLite's own recovery) is checked:
+JSONL streamed slowly), with rollout requests pending, during its own start-up (recovery,
+requeue, resume), or during a graceful stop (SIGTERM, then SIGKILL). Then, with chordd dead, a
+copy of the database as the crash left it (chord.db + chord.db-wal, SQLite's own recovery) is
+checked:
   - PRAGMA integrity_check = ok, foreign keys hold;
   - every job's metrics are steps 1..current_step, each step once with every metric name, and
     its samples cover exactly those steps;
