@@ -41,6 +41,18 @@ static void usage(FILE *out) {
             "  --models-root DIR     the only directory models may be registered from;\n"
             "                        default DATA_DIR/models\n"
             "  --max-upload-mb N     dataset upload limit in MiB; default 1024\n"
+            "limits (each refusal a 413 or 429 / RESOURCE_EXHAUSTED naming the flag; "
+            "docs/operations.md):\n"
+            "  --max-line-kb N       longest JSONL line of an upload, KiB; default 1024\n"
+            "  --max-rollout-tokens N  most tokens one rollout request may ask for (prompts x\n"
+            "                        n x max_tokens); default 1048576\n"
+            "  --max-queued-jobs N   jobs queued at once; default 1000\n"
+            "  --max-pending-rollouts N  rollout requests pending at once; default 1000\n"
+            "  --http-max-connections N  HTTP connections open at once; default 512\n"
+            "  --grpc-max-streams N  gRPC calls in progress at once; default 1000\n"
+            "  --rate-limit R        requests/s per client (per token with --auth-token-file,\n"
+            "                        else per IP address), health checks exempt; default 0 = off\n"
+            "  --rate-burst B        requests a client may send at once; default max(1, R)\n"
             "  --device-memory-mb N  the most memory (MiB) a job or rollout may need on one\n"
             "                        device; work estimated over it is refused (413);\n"
             "                        default 0 = the device's free memory\n"
@@ -143,6 +155,12 @@ int cmd_serve(int argc, char **argv) {
     int insecure_no_auth = 0;
     long slots = 1;
     long max_upload_mb = 1024, threads = 0, http_threads = 4, heartbeat = 15, memory_mb = 0;
+    long max_line_kb = SVC_DEFAULT_MAX_LINE_BYTES >> 10,
+         max_rollout_tokens = SVC_DEFAULT_MAX_ROLLOUT_TOKENS;
+    long max_queued_jobs = SVC_DEFAULT_MAX_QUEUED_JOBS,
+         max_pending_rollouts = SVC_DEFAULT_MAX_PENDING_ROLLOUTS;
+    long http_max_connections = 512, grpc_max_streams = 1000;
+    double rate_limit = 0, rate_burst = 0;
     int demo = 0;
     int i = 1;
     if (argc >= 1 && argv[0] && argv[0][0] == '-') i = 0; /* called with no subcommand */
@@ -178,6 +196,30 @@ int cmd_serve(int argc, char **argv) {
         } else if (!strcmp(a, "--max-upload-mb")) {
             VALUE();
             if (cmd_arg_long(a, next, 1, 1L << 20, &max_upload_mb)) return 2;
+        } else if (!strcmp(a, "--max-line-kb")) {
+            VALUE();
+            if (cmd_arg_long(a, next, 1, 1L << 20, &max_line_kb)) return 2;
+        } else if (!strcmp(a, "--max-rollout-tokens")) {
+            VALUE();
+            if (cmd_arg_long(a, next, 1, 1L << 40, &max_rollout_tokens)) return 2;
+        } else if (!strcmp(a, "--max-queued-jobs")) {
+            VALUE();
+            if (cmd_arg_long(a, next, 1, 1000000, &max_queued_jobs)) return 2;
+        } else if (!strcmp(a, "--max-pending-rollouts")) {
+            VALUE();
+            if (cmd_arg_long(a, next, 1, 1000000, &max_pending_rollouts)) return 2;
+        } else if (!strcmp(a, "--http-max-connections")) {
+            VALUE();
+            if (cmd_arg_long(a, next, 1, 100000, &http_max_connections)) return 2;
+        } else if (!strcmp(a, "--grpc-max-streams")) {
+            VALUE();
+            if (cmd_arg_long(a, next, 1, 1000000, &grpc_max_streams)) return 2;
+        } else if (!strcmp(a, "--rate-limit")) {
+            VALUE();
+            if (cmd_arg_double(a, next, 0, 1e9, &rate_limit)) return 2;
+        } else if (!strcmp(a, "--rate-burst")) {
+            VALUE();
+            if (cmd_arg_double(a, next, 0, 1e9, &rate_burst)) return 2;
         } else if (!strcmp(a, "--device-memory-mb")) {
             VALUE();
             if (cmd_arg_long(a, next, 0, 1L << 30, &memory_mb)) return 2;
@@ -277,11 +319,24 @@ int cmd_serve(int argc, char **argv) {
                       .slots = (int)slots,
                       .threads = (int)threads,
                       .max_upload_bytes = (int64_t)max_upload_mb << 20,
+                      .max_line_bytes = (int64_t)max_line_kb << 10,
+                      .max_rollout_tokens = max_rollout_tokens,
+                      .max_queued_jobs = (int)max_queued_jobs,
+                      .max_pending_rollouts = (int)max_pending_rollouts,
                       .memory_limit = (int64_t)memory_mb << 20,
                       .workers = 1};
+    /* one bucket per client across both transports; freed after both stopped */
+    api_rate *rate = api_rate_new(rate_limit, rate_burst);
+    if (rate_limit > 0 && !rate) {
+        fprintf(stderr, "chordd: out of memory\n");
+        api_auth_free(auth);
+        api_tls_clear(&tls);
+        return 1;
+    }
     svc *s = NULL;
     if (svc_open(&so, &s, &err)) {
         LOG_ERROR("chordd: %s", err.msg);
+        api_rate_free(rate);
         api_auth_free(auth);
         api_tls_clear(&tls);
         return 1;
@@ -293,11 +348,14 @@ int cmd_serve(int argc, char **argv) {
         api_grpc_options go = {.host = grpc_host,
                                .port = grpc_port,
                                .auth = auth,
+                               .max_calls = (int)grpc_max_streams,
+                               .rate = rate,
                                .tls_cert_pem = tls.cert_pem,
                                .tls_key_pem = tls.key_pem};
         if (api_grpc_start(s, &go, &g, &err)) {
             LOG_ERROR("chordd: %s", err.msg);
             svc_close(s);
+            api_rate_free(rate);
             api_auth_free(auth);
             api_tls_clear(&tls);
             return 1;
@@ -309,6 +367,8 @@ int cmd_serve(int argc, char **argv) {
                                .port = http_port,
                                .threads = (int)http_threads,
                                .heartbeat_s = (int)heartbeat,
+                               .connection_limit = (int)http_max_connections,
+                               .rate = rate,
                                .auth = auth,
                                .tls_cert_pem = tls.cert_pem,
                                .tls_key_pem = tls.key_pem};
@@ -316,6 +376,7 @@ int cmd_serve(int argc, char **argv) {
             LOG_ERROR("chordd: %s", err.msg);
             api_grpc_stop(g);
             svc_close(s);
+            api_rate_free(rate);
             api_auth_free(auth);
             api_tls_clear(&tls);
             return 1;
@@ -365,6 +426,7 @@ int cmd_serve(int argc, char **argv) {
     api_grpc_stop(g);
     /* 4. only now: the jobs pool, the watch feeds, SQLite */
     svc_close(s);
+    api_rate_free(rate);
     api_auth_free(auth);
     api_tls_clear(&tls);
     LOG_INFO("chordd: stopped");

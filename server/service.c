@@ -354,6 +354,13 @@ int svc_open(const svc_options *opt, svc **out, chord_err *err) {
     s->started_ms = store_now_ms();
     s->max_upload = opt->max_upload_bytes > 0 ? opt->max_upload_bytes : (int64_t)1 << 30;
     s->memory_limit = opt->memory_limit > 0 ? opt->memory_limit : 0;
+    s->max_line = opt->max_line_bytes > 0 ? opt->max_line_bytes : SVC_DEFAULT_MAX_LINE_BYTES;
+    s->max_rollout_tokens =
+        opt->max_rollout_tokens > 0 ? opt->max_rollout_tokens : SVC_DEFAULT_MAX_ROLLOUT_TOKENS;
+    s->max_queued_jobs =
+        opt->max_queued_jobs > 0 ? opt->max_queued_jobs : SVC_DEFAULT_MAX_QUEUED_JOBS;
+    s->max_pending_rollouts = opt->max_pending_rollouts > 0 ? opt->max_pending_rollouts
+                                                            : SVC_DEFAULT_MAX_PENDING_ROLLOUTS;
 
     /* the store: migrate, then recover jobs a dead process left running */
     store *st = NULL;
@@ -572,6 +579,16 @@ int svc_job_create(svc *s, const json_t *doc, json_t **job, chord_err *err) {
         goto done;
     }
     if (svc_check_job_fits(s, st, &cfg, &mc, err)) goto done;
+    /* the queue's limit, checked last: a job that would be refused anyway says why first */
+    int64_t counts[STORE_JOB_NSTATES] = {0};
+    if (store_job_count_by_state(st, counts, err)) goto done;
+    if (counts[STORE_JOB_QUEUED] >= s->max_queued_jobs) {
+        chord_err_setc(err, SVC_E_BUSY,
+                       "queue full: %lld jobs are queued, the server's limit "
+                       "(--max-queued-jobs %d); submit again once some have started",
+                       (long long)counts[STORE_JOB_QUEUED], s->max_queued_jobs);
+        goto done;
+    }
     text = json_dumps(resolved, JSON_COMPACT | JSON_SORT_KEYS);
     if (!text) {
         oom(err);

@@ -42,21 +42,39 @@
 #define SVC_VERSION "0.1.0"
 #define SVC_LIST_LIMIT_MAX 1000
 
+/* A refusal because the server is at one of its limits (a full queue): the transports answer
+ * 429 / RESOURCE_EXHAUSTED, as for their own rate and connection limits. An error category
+ * beside err.h's CHORD_E_* (CHORD_E_TOO_LARGE is the request's own size: 413). */
+#define SVC_E_BUSY 8
+
+/* The defaults of the service's limits (docs/operations.md, "Limits"). */
+#define SVC_DEFAULT_MAX_LINE_BYTES ((int64_t)1 << 20)
+#define SVC_DEFAULT_MAX_ROLLOUT_TOKENS ((int64_t)1 << 20)
+#define SVC_DEFAULT_MAX_QUEUED_JOBS 1000
+#define SVC_DEFAULT_MAX_PENDING_ROLLOUTS 1000
+
 typedef struct svc svc;
 
 typedef struct svc_options {
-    const char *data_dir;     /* required; created when missing */
-    const char *models_root;  /* directories models may be registered from; NULL =
-                                 <data_dir>/models (created) */
-    const char *device;       /* "auto" (all CUDA GPUs, else the CPU), "cpu", "cuda",
-                                 "cuda:N[,M...]"; NULL = "auto". */
-    int slots;                /* workers (jobs at once) per device, sharing base weights
-                                 (server/jobs/jobs.h); <= 0 = 1 */
-    int threads;              /* CPU threads per worker's backend; <= 0 = all cores */
-    int64_t max_upload_bytes; /* dataset upload limit; <= 0 = 1 GiB */
-    int64_t memory_limit;     /* bytes a job or rollout may use on one device; <= 0 = the
-                                 device's free memory (server/train/mem_estimate.h) */
-    int workers;              /* 0 = start no workers (jobs stay queued; API tests) */
+    const char *data_dir;       /* required; created when missing */
+    const char *models_root;    /* directories models may be registered from; NULL =
+                                   <data_dir>/models (created) */
+    const char *device;         /* "auto" (all CUDA GPUs, else the CPU), "cpu", "cuda",
+                                   "cuda:N[,M...]"; NULL = "auto". */
+    int slots;                  /* workers (jobs at once) per device, sharing base weights
+                                   (server/jobs/jobs.h); <= 0 = 1 */
+    int threads;                /* CPU threads per worker's backend; <= 0 = all cores */
+    int64_t max_upload_bytes;   /* dataset upload limit; <= 0 = 1 GiB */
+    int64_t max_line_bytes;     /* longest JSONL line of an upload (CHORD_E_TOO_LARGE naming
+                                   the line); <= 0 = SVC_DEFAULT_MAX_LINE_BYTES */
+    int64_t max_rollout_tokens; /* most tokens one rollout request may ask for: prompts x n x
+                                   max_tokens (CHORD_E_TOO_LARGE); <= 0 = the default */
+    int max_queued_jobs;        /* jobs queued at once; another is SVC_E_BUSY; <= 0 = the
+                                   default */
+    int max_pending_rollouts;   /* rollout requests pending at once; likewise */
+    int64_t memory_limit;       /* bytes a job or rollout may use on one device; <= 0 = the
+                                   device's free memory (server/train/mem_estimate.h) */
+    int workers;                /* 0 = start no workers (jobs stay queued; API tests) */
 } svc_options;
 
 /* Opens the data directory (store.h), moves jobs left running by a dead process back to queued

@@ -111,6 +111,11 @@ int svc_upload_begin(svc *s, const char *name, const char *kind, svc_upload **ou
 }
 
 static int line_append(svc_upload *u, const char *data, size_t len, chord_err *err) {
+    if ((int64_t)(u->line.len + len) > u->s->max_line)
+        return chord_err_setc(err, CHORD_E_TOO_LARGE,
+                              "line %lld: longer than the server's limit of %lld bytes per line "
+                              "(--max-line-kb)",
+                              (long long)u->lines + 1, (long long)u->s->max_line);
     return chord_buf_append(&u->line, data, len) ? oom(err) : 0;
 }
 
@@ -139,6 +144,8 @@ int svc_upload_write(svc_upload *u, const void *data, size_t len, chord_err *err
             if (line_append(u, p, (size_t)(nl - p), err)) return spoil(u, err);
             rc = validate_line(u, u->line.data, u->line.len, line, err);
             u->line.len = 0;
+        } else if ((int64_t)(nl - p) > u->s->max_line) {
+            rc = line_append(u, p, (size_t)(nl - p), err); /* refuses it, naming the line */
         } else {
             rc = validate_line(u, p, (size_t)(nl - p), line, err);
         }
@@ -520,6 +527,24 @@ static int rollout_prompt_check(const json_t *prompt, chord_err *err) {
     return rc;
 }
 
+/* The server's limit on the tokens one request asks for (prompts x n x max_tokens), from the
+ * resolved request; checked after the memory estimate, whose message says more. */
+static int rollout_check_tokens(const svc *s, const json_t *req, chord_err *err) {
+    json_t *prompts = json_object_get(req, "prompts");
+    size_t count = json_array_size(prompts ? prompts : json_object_get(req, "messages"));
+    int64_t n = json_integer_value(json_object_get(req, "n"));
+    int64_t max_tokens = json_integer_value(json_object_get(req, "max_tokens"));
+    /* count <= 256, n <= 64, max_tokens <= 32768: the product fits easily */
+    int64_t tokens = (int64_t)count * n * max_tokens;
+    if (tokens <= s->max_rollout_tokens) return 0;
+    return chord_err_setc(err, CHORD_E_TOO_LARGE,
+                          "max_tokens: %zu prompts x n %lld x max_tokens %lld = %lld tokens is "
+                          "over the server's limit of %lld tokens per request "
+                          "(--max-rollout-tokens); lower n or max_tokens, or split the prompts",
+                          count, (long long)n, (long long)max_tokens, (long long)tokens,
+                          (long long)s->max_rollout_tokens);
+}
+
 /* Checks the request and builds the resolved document for the generator (rollout.h). */
 static int rollout_resolve(svc *s, store *st, const json_t *doc, json_t *out, chord_err *err) {
     static const char *const keys[] = {"prompts", "messages",    "model",  "checkpoint",
@@ -642,7 +667,20 @@ int svc_rollout_create(svc *s, const json_t *doc, json_t **rollout, chord_err *e
         oom(err);
         goto done;
     }
-    if (rollout_resolve(s, st, doc, req, err) || svc_check_rollout_fits(s, req, err)) goto done;
+    if (rollout_resolve(s, st, doc, req, err) || svc_check_rollout_fits(s, req, err) ||
+        rollout_check_tokens(s, req, err))
+        goto done;
+    char(*pending)[STORE_ID_MAX] = NULL;
+    size_t n_pending = 0;
+    if (store_rollout_pending_ids(st, &pending, &n_pending, err)) goto done;
+    free(pending);
+    if (n_pending >= (size_t)s->max_pending_rollouts) {
+        chord_err_setc(err, SVC_E_BUSY,
+                       "queue full: %zu rollout requests are pending, the server's limit "
+                       "(--max-pending-rollouts %d); submit again once some have finished",
+                       n_pending, s->max_pending_rollouts);
+        goto done;
+    }
     if (!s->jobs) {
         chord_err_setc(err, CHORD_E_UNAVAILABLE, "rollouts: this server runs no workers");
         goto done;

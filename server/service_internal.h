@@ -41,6 +41,9 @@ struct svc {
     char *data_dir;
     char *models_root; /* realpath */
     int64_t max_upload;
+    int64_t max_line;           /* svc_options.max_line_bytes */
+    int64_t max_rollout_tokens; /* svc_options.max_rollout_tokens */
+    int max_queued_jobs, max_pending_rollouts;
     int64_t memory_limit; /* svc_options.memory_limit */
     double started;       /* chord_now() at open */
     int64_t started_ms;

@@ -111,6 +111,7 @@ struct gcall {
     svc_upload *up;   /* UploadDataset */
     int chunks;       /* UploadDataset: messages received */
     char kind[16];    /* UploadDataset: the first chunk's kind */
+    int counted;      /* in api_grpc.active (start_call) until on_close */
     int health_known; /* Health.Watch: the service name is one we serve */
     int health_sent;  /* Health.Watch: last status sent (-1 none) */
 };
@@ -122,6 +123,9 @@ struct api_grpc {
     grpc_completion_queue *cq;
     int port;
     int grace_ms;
+    int max_calls;     /* api_grpc_options.max_calls */
+    atomic_int active; /* calls counted against it now */
+    api_rate *rate;    /* NULL: no rate limit */
     void **handles; /* one registered-method handle per entry of api_grpc_methods */
     pthread_t *workers;
     int n_workers;

@@ -51,6 +51,8 @@ grpc_status_code api_grpc_status_of(int chord_code) {
         return GRPC_STATUS_RESOURCE_EXHAUSTED;
     case CHORD_E_UNAVAILABLE:
         return GRPC_STATUS_UNAVAILABLE;
+    case SVC_E_BUSY:
+        return GRPC_STATUS_RESOURCE_EXHAUSTED;
     default:
         return GRPC_STATUS_INTERNAL;
     }
@@ -244,6 +246,10 @@ static void on_close(gcall *c, int ok) {
     (void)ok;
     pthread_mutex_lock(&c->mu);
     c->closed = 1;
+    if (c->counted) {
+        c->counted = 0;
+        atomic_fetch_sub(&c->g->active, 1);
+    }
     if (c->cancelled && !c->done) {
         c->done = 1; /* no status goes out on a cancelled call */
         c->status = GRPC_STATUS_CANCELLED;
@@ -384,21 +390,26 @@ static void request_call(api_grpc *g, int mi) {
     }
 }
 
+/* The call's `authorization` metadata value, or NULL. */
+static const char *authorization_of(const gcall *c, size_t *len) {
+    for (size_t i = 0; i < c->md.count; i++) {
+        if (!grpc_slice_str_cmp(c->md.metadata[i].key, "authorization")) {
+            *len = GRPC_SLICE_LENGTH(c->md.metadata[i].value);
+            return (const char *)GRPC_SLICE_START_PTR(c->md.metadata[i].value);
+        }
+    }
+    *len = 0;
+    return NULL;
+}
+
 /* The call's `authorization` metadata against what its method needs (an unknown method: a read
  * token, so that only callers with a token learn what is served). 0, or -1 after finishing the
  * call with UNAUTHENTICATED / PERMISSION_DENIED. */
 static int authorize(gcall *c) {
     const api_auth *auth = c->g->auth;
     if (!auth) return 0;
-    const char *value = NULL;
     size_t len = 0;
-    for (size_t i = 0; i < c->md.count; i++) {
-        if (!grpc_slice_str_cmp(c->md.metadata[i].key, "authorization")) {
-            value = (const char *)GRPC_SLICE_START_PTR(c->md.metadata[i].value);
-            len = GRPC_SLICE_LENGTH(c->md.metadata[i].value);
-            break;
-        }
-    }
+    const char *value = authorization_of(c, &len);
     const char *reason = NULL;
     api_auth_result r =
         api_auth_check(auth, value, len, c->m ? c->m->need : API_SCOPE_READ, NULL, &reason);
@@ -407,6 +418,54 @@ static int authorize(gcall *c) {
         c, r == API_AUTH_FORBIDDEN ? GRPC_STATUS_PERMISSION_DENIED : GRPC_STATUS_UNAUTHENTICATED,
         reason, NULL, 0);
     return -1;
+}
+
+static int is_health(const gmethod *m) {
+    return m->need == API_SCOPE_NONE; /* grpc.health.v1 only (check_methods) */
+}
+
+/* The server's limits on calls in progress and on each client's rate (health is exempt). 0, or
+ * -1 after finishing the call with RESOURCE_EXHAUSTED. */
+static int within_limits(gcall *c) {
+    api_grpc *g = c->g;
+    char msg[256];
+    if (g->rate) {
+        size_t alen = 0;
+        const char *authz = g->auth ? authorization_of(c, &alen) : NULL;
+        char addr[128] = "";
+        if (!authz) { /* per address, as REST writes it: "ipv4:127.0.0.1:5555" -> "127.0.0.1",
+                         "ipv6:[::1]:5555" -> "::1" */
+            char *peer = grpc_call_get_peer(c->call);
+            if (peer) {
+                int inet = !strncmp(peer, "ipv4:", 5) || !strncmp(peer, "ipv6:", 5);
+                const char *p = inet ? peer + 5 : peer; /* else (unix:...) the whole peer */
+                if (*p == '[') p++;
+                snprintf(addr, sizeof addr, "%s", p);
+                char *port = strrchr(addr, ':');
+                if (inet && port) *port = '\0';
+                size_t n = strlen(addr);
+                if (n && addr[n - 1] == ']') addr[n - 1] = '\0';
+                gpr_free(peer);
+            }
+        }
+        double retry = 0;
+        if (!api_rate_take(g->rate, api_rate_key(authz, alen, addr), &retry)) {
+            api_rate_message(g->rate, retry, msg, sizeof msg);
+            gcall_finish(c, GRPC_STATUS_RESOURCE_EXHAUSTED, msg, NULL, 0);
+            return -1;
+        }
+    }
+    int now = atomic_fetch_add(&g->active, 1) + 1;
+    c->counted = 1;
+    if (now > g->max_calls) {
+        snprintf(msg, sizeof msg,
+                 "too many calls: %d are in progress, the server's limit (--grpc-max-streams %d); "
+                 "retry later",
+                 now - 1, g->max_calls);
+        gcall_finish(c, GRPC_STATUS_RESOURCE_EXHAUSTED, msg, NULL, 0);
+        return -1;
+    }
+    return 0;
 }
 
 static void start_call(gcall *c) {
@@ -429,6 +488,10 @@ static void start_call(gcall *c) {
         snprintf(msg, sizeof msg, "method %s is not served here", method ? method : "?");
         gpr_free(method);
         gcall_finish(c, GRPC_STATUS_UNIMPLEMENTED, msg, NULL, 0);
+        pthread_mutex_unlock(&c->mu);
+        return;
+    }
+    if (!is_health(m) && within_limits(c)) {
         pthread_mutex_unlock(&c->mu);
         return;
     }
@@ -551,6 +614,8 @@ int api_grpc_start(svc *s, const api_grpc_options *opt, api_grpc **out, chord_er
     g->s = s;
     g->auth = opt->auth;
     g->grace_ms = opt->grace_ms > 0 ? opt->grace_ms : 5000;
+    g->max_calls = opt->max_calls > 0 ? opt->max_calls : 1000;
+    g->rate = opt->rate;
     g->n_workers = opt->threads > 0 ? opt->threads : 2;
     pthread_mutex_init(&g->state_mu, NULL);
     pthread_cond_init(&g->state_cv, NULL);

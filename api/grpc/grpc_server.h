@@ -10,6 +10,7 @@
 #include <stddef.h>
 
 #include "api/auth/auth.h"
+#include "api/auth/ratelimit.h"
 #include "server/base/err.h"
 #include "server/service.h"
 
@@ -22,6 +23,11 @@ typedef struct api_grpc_options {
     size_t max_message_bytes; /* largest request message (an upload chunk too); 0 = 4 MiB */
     int grace_ms;             /* how long api_grpc_stop lets calls end before cancelling
                                  them; <= 0 = 5000 */
+    int max_calls;            /* calls (HTTP/2 streams) in progress at once, every connection
+                                 together, WatchJob streams and uploads included; one more is
+                                 RESOURCE_EXHAUSTED (grpc.health.v1 exempt); <= 0 = 1000 */
+    api_rate *rate;           /* per-client request rate (ratelimit.h; shared with REST, lives
+                                 as long as the server); NULL = no limit; health exempt */
     const api_auth *auth;     /* bearer tokens (lives as long as the server); NULL = none.
                                  Every method but grpc.health.v1 then needs `authorization:
                                  Bearer TOKEN` metadata: gets, lists and WatchJob a read or

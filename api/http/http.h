@@ -10,6 +10,7 @@
 #define CHORD_API_HTTP_H
 
 #include "api/auth/auth.h"
+#include "api/auth/ratelimit.h"
 #include "server/base/err.h"
 #include "server/service.h"
 
@@ -19,7 +20,11 @@ typedef struct api_http_options {
     const char *host;         /* "127.0.0.1", "0.0.0.0", "::1", "localhost" */
     int port;                 /* 0 = any free port (api_http_port tells which) */
     int threads;              /* MHD thread pool size; <= 0 = 4 */
-    int connection_limit;     /* <= 0 = 512 */
+    int connection_limit;     /* connections open at once; a request on one more is a 429
+                                 (Connection: close), /healthz excepted, and past 32 more
+                                 libmicrohttpd closes new connections unanswered; <= 0 = 512 */
+    api_rate *rate;           /* per-client request rate (ratelimit.h; shared with gRPC, lives
+                                 as long as the daemon); NULL = no limit. /healthz is exempt */
     int timeout_s;            /* idle connection timeout; <= 0 = 60 */
     int heartbeat_s;          /* SSE heartbeat comment interval; <= 0 = 15 */
     size_t max_json_bytes;    /* limit of JSON request bodies; 0 = 1 MiB */

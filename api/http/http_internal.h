@@ -58,6 +58,9 @@ struct api_http {
     int port;
     int heartbeat_s;
     size_t max_json;
+    api_rate *rate;          /* NULL: no rate limit */
+    int max_connections;     /* api_http_options.connection_limit */
+    atomic_int connections;  /* open now (on_connection) */
     atomic_int stopping;
     atomic_int started;    /* MHD_start_daemon returned a daemon */
     char start_error[512]; /* the first libmicrohttpd message while starting (on_mhd_log) */

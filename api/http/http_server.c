@@ -80,10 +80,12 @@ enum MHD_Result http_send_error(http_req *r, unsigned status, const char *code, 
     return http_send_json(r, status, doc);
 }
 
-/* {"error": {"code", "message"}} with one more header (Allow, WWW-Authenticate). */
-static enum MHD_Result send_error_with_header(http_req *r, unsigned status, const char *code,
-                                              const char *msg, const char *header,
-                                              const char *value) {
+/* {"error": {"code", "message"}} with one or two more headers (Allow, WWW-Authenticate,
+ * Retry-After, Connection; header2 may be NULL). */
+static enum MHD_Result send_error_with_headers(http_req *r, unsigned status, const char *code,
+                                               const char *msg, const char *header,
+                                               const char *value, const char *header2,
+                                               const char *value2) {
     json_t *doc = json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", msg);
     size_t len = 0;
     char *text = doc ? chord_json_dumps_line(doc, JSON_COMPACT | JSON_ENSURE_ASCII, &len) : NULL;
@@ -95,12 +97,19 @@ static enum MHD_Result send_error_with_header(http_req *r, unsigned status, cons
         return MHD_NO;
     }
     if (MHD_add_response_header(resp, "Content-Type", "application/json") != MHD_YES ||
-        MHD_add_response_header(resp, header, value) != MHD_YES) {
+        MHD_add_response_header(resp, header, value) != MHD_YES ||
+        (header2 && MHD_add_response_header(resp, header2, value2) != MHD_YES)) {
         MHD_destroy_response(resp);
         return MHD_NO;
     }
     r->bytes_out = (int64_t)len;
     return queue(r, status, resp);
+}
+
+static enum MHD_Result send_error_with_header(http_req *r, unsigned status, const char *code,
+                                              const char *msg, const char *header,
+                                              const char *value) {
+    return send_error_with_headers(r, status, code, msg, header, value, NULL, NULL);
 }
 
 /* The HTTP status and error code of a chord_err category. */
@@ -116,6 +125,8 @@ static const char *err_code(int chord_code, unsigned *status) {
         return *status = 413, "payload_too_large";
     case CHORD_E_UNAVAILABLE:
         return *status = 503, "unavailable";
+    case SVC_E_BUSY:
+        return *status = 429, "too_many_requests";
     default:
         return *status = 500, "internal";
     }
@@ -290,6 +301,54 @@ static int upload_content_type_ok(const char *ct) {
 
 /* First call of a request: route it and check what can be checked before the body. Returns 1
  * when a response was queued (the request is answered), 0 to go on. */
+/* The client's address as text ("" when unknown). */
+static void client_address(struct MHD_Connection *conn, char *out, size_t cap) {
+    out[0] = '\0';
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    if (!ci || !ci->client_addr) return;
+    const struct sockaddr *sa = ci->client_addr;
+    if (sa->sa_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, out,
+                  (socklen_t)cap);
+    else if (sa->sa_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, out,
+                  (socklen_t)cap);
+}
+
+/* The server's limits on connections and on each client's rate (/healthz is exempt, so probes
+ * still see a live server). 1 when a 429 was queued. */
+static int over_limits(http_req *r, const char *path, const char *authz, int authenticated,
+                       enum MHD_Result *result) {
+    api_http *h = r->h;
+    if (!strcmp(path, "/healthz")) return 0;
+    char msg[256];
+    int open_now = atomic_load(&h->connections);
+    if (open_now > h->max_connections) {
+        snprintf(msg, sizeof msg,
+                 "too many connections: %d are open, the server's limit "
+                 "(--http-max-connections %d); retry later",
+                 open_now, h->max_connections);
+        *result = send_error_with_headers(r, 429, "too_many_requests", msg, "Retry-After", "1",
+                                          "Connection", "close");
+        return 1;
+    }
+    if (!h->rate) return 0;
+    char addr[64];
+    client_address(r->conn, addr, sizeof addr);
+    /* per token when tokens are on and the caller holds a valid one, else per address */
+    int by_token = h->auth && authenticated && authz;
+    unsigned long long key =
+        api_rate_key(by_token ? authz : NULL, by_token ? strlen(authz) : 0, addr);
+    double retry = 0;
+    if (api_rate_take(h->rate, key, &retry)) return 0;
+    api_rate_message(h->rate, retry, msg, sizeof msg);
+    char after[32];
+    snprintf(after, sizeof after, "%d", (int)retry + 1);
+    *result = send_error_with_header(r, 429, "too_many_requests", msg, "Retry-After", after);
+    return 1;
+}
+
 static int first_call(http_req *r, const char *path, enum MHD_Result *result) {
     char allow[64];
     r->route = http_route_find(r->method, path, r->params, &r->n_params, allow, sizeof allow);
@@ -299,6 +358,7 @@ static int first_call(http_req *r, const char *path, enum MHD_Result *result) {
     api_auth_result ar =
         api_auth_check(r->h->auth, authz, authz ? strlen(authz) : 0,
                        r->route ? r->route->need : API_SCOPE_READ, &r->granted, &reason);
+    if (over_limits(r, path, authz, ar != API_AUTH_UNAUTHENTICATED, result)) return 1;
     if (ar != API_AUTH_OK) {
         int forbidden = ar == API_AUTH_FORBIDDEN;
         *result = send_error_with_header(
@@ -452,6 +512,17 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         free(r->params[i]);
     free(r->body);
     free(r);
+}
+
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code) {
+    api_http *h = cls;
+    (void)conn;
+    (void)socket_context;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED)
+        atomic_fetch_add(&h->connections, 1);
+    else if (code == MHD_CONNECTION_NOTIFY_CLOSED)
+        atomic_fetch_sub(&h->connections, 1);
 }
 
 static void on_mhd_log(void *cls, const char *fmt, va_list ap) {
@@ -748,6 +819,8 @@ int api_http_start(svc *s, const api_http_options *opt, api_http **out, chord_er
     h->auth = opt->auth;
     h->heartbeat_s = opt->heartbeat_s > 0 ? opt->heartbeat_s : 15;
     h->max_json = opt->max_json_bytes ? opt->max_json_bytes : (size_t)1 << 20;
+    h->rate = opt->rate;
+    h->max_connections = opt->connection_limit > 0 ? opt->connection_limit : 512;
     pthread_mutex_init(&h->sse_mu, NULL);
     pthread_mutex_init(&h->wake_mu, NULL);
     pthread_cond_init(&h->wake_cv, NULL);
@@ -787,10 +860,11 @@ int api_http_start(svc *s, const api_http_options *opt, api_http **out, chord_er
         flags, (uint16_t)opt->port, NULL, NULL, on_request, h, MHD_OPTION_EXTERNAL_LOGGER,
         on_mhd_log, h, MHD_OPTION_SOCK_ADDR, ai->ai_addr, MHD_OPTION_THREAD_POOL_SIZE,
         (unsigned)(opt->threads > 0 ? opt->threads : 4), MHD_OPTION_CONNECTION_LIMIT,
-        (unsigned)(opt->connection_limit > 0 ? opt->connection_limit : 512),
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)(opt->timeout_s > 0 ? opt->timeout_s : 60),
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)256 * 1024, MHD_OPTION_NOTIFY_COMPLETED,
-        on_completed, h, MHD_OPTION_ARRAY, tls, MHD_OPTION_END);
+        (unsigned)h->max_connections + 32, /* room to answer 429 (over_limits) */
+        MHD_OPTION_NOTIFY_CONNECTION, on_connection, h, MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned)(opt->timeout_s > 0 ? opt->timeout_s : 60), MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+        (size_t)256 * 1024, MHD_OPTION_NOTIFY_COMPLETED, on_completed, h, MHD_OPTION_ARRAY, tls,
+        MHD_OPTION_END);
     freeaddrinfo(ai);
     if (!h->daemon) {
         /* libmicrohttpd said why in its log (on_mhd_log kept the first message) */
