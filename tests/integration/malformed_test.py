@@ -52,6 +52,8 @@ def http_raw(port, data, timeout=10, half_close=False):
         except OSError:  # answered (and closed) before the whole request was sent
             pass
         while True:
+            while buf.startswith(b"HTTP/1.1 100 ") and b"\r\n\r\n" in buf:  # interim: skip
+                buf = buf[buf.index(b"\r\n\r\n") + 4:]
             head_end = buf.find(b"\r\n\r\n")
             if head_end >= 0 and buf.startswith(b"HTTP/1."):
                 head = buf[:head_end].lower()
