@@ -20,7 +20,15 @@
  *                        clip_high_threshold.
  *
  * Where the server's own per-token functions exist (server/train/loss.h: the clipped policy
- * terms, φ) these use them: one implementation of each formula.
+ * terms, φ) these use them: one implementation of each formula. As there, the ratio is
+ * r_t = exp(clamp(lp_t − q_t, −20, 20)) (the same as Tinker's wherever the loss is finite).
+ *
+ * Inputs: "weights" may be absent (cross_entropy, chord's expert datums): every weight is then 1,
+ * so forward() on bare target_tokens gives the plain NLL; weights are real-valued (negative ones
+ * too: forward_backward_custom sends −dC/dlp). A position with w_t = 0, or with A_t = 0 (the
+ * cookbook's prompt positions, whose q_t is 0), contributes nothing and is not counted in the
+ * stats. On-policy datums ignore "weights". 2-D (multi-target) target_tokens and per-position
+ * clip thresholds are refused; inputs no loss reads ("mask", ...) are ignored.
  *
  * Not here: log-probs and the backward through the model (the service runs the engine), the
  * wire format (api/tinker/tinker_pb.h). */
@@ -55,12 +63,13 @@ int tk_loss_parse(const char *name, const tk_config_value *config, int n_config,
 
 /* Sums over a request's datums, for its metrics. */
 typedef struct tk_loss_stats {
-    double loss_sum;       /* Σ ℓ_t */
-    double parity_max;     /* max |lp_t − q_t| over positions with a "logprobs" input (the
-                              sampler-trainer parity figure), 0 when none */
-    double clipfrac_num;   /* positions whose ratio was clipped (ppo, cispo, chord) */
-    double policy_tokens;  /* positions with advantages */
-    double expert_tokens;  /* chord: positions of expert datums with non-zero weight */
+    double loss_sum;      /* Σ ℓ_t */
+    double parity_max;    /* max |lp_t − q_t| over positions with a "logprobs" input and
+                             A_t ≠ 0 (the sampler-trainer parity figure), 0 when none */
+    double clipfrac_num;  /* positions whose clip was active (ppo, chord: the clipped branch
+                             is the smaller; cispo: clip(r_t) ≠ r_t) */
+    double policy_tokens; /* positions with advantages, A_t ≠ 0 */
+    double expert_tokens; /* chord: positions of expert datums with non-zero weight */
 } tk_loss_stats;
 
 /* Checks datum d's inputs against the loss before any compute: target_tokens (int64, one per
@@ -76,9 +85,11 @@ int tk_loss_check(const tk_loss_config *c, const tk_datum *d, size_t index, int 
 void tk_loss_datum(const tk_loss_config *c, const tk_datum *d, const float *lp, size_t n,
                    float *elementwise, float *dlp, tk_loss_stats *st);
 
-/* The metrics a forward_backward answers ("loss:sum" always; "parity_max:max" when any datum
- * had sampler log-probs; "clipfrac:mean", "policy_tokens:sum", "expert_tokens:sum" where they
- * apply), appended to o (keys and values malloc'd). 0, or -1 out of memory. */
+/* The metrics a forward_backward answers ("loss:sum" always; "parity_max:max" when any position
+ * had sampler log-probs and an advantage; "clipfrac:mean" (ppo, cispo, chord, over the policy
+ * positions, when there are any), "policy_tokens:sum" (all but cross_entropy),
+ * "expert_tokens:sum" (chord)), appended to o (keys and values malloc'd). 0, or -1 out of
+ * memory. */
 int tk_loss_metrics(const tk_loss_config *c, const tk_loss_stats *st, tk_fb_output *o,
                     chord_err *err);
 
