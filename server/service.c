@@ -23,6 +23,7 @@
 #include "server/base/fileutil.h"
 #include "server/base/log.h"
 #include "server/model/config.h"
+#include "server/tinker/tinker.h"
 #include "server/train/jobconfig.h"
 
 static const double hist_bounds[SVC_HIST_BUCKETS] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
@@ -292,6 +293,24 @@ void svc_store_put(svc *s, store *st) {
 /* ---- lifetime ----------------------------------------------------------------------------- */
 
 /* the watch thread (below, with the watches) */
+/* tk_options.resolve: a Tinker base_model is what a job's "model" may name (a registered id or
+ * a directory under the models root), and must be a directory. */
+static int tinker_resolve(void *user, const char *base_model, char **dir, chord_err *err) {
+    svc *s = user;
+    store *st = svc_store_get(s, err);
+    if (!st) return -1;
+    json_t *init = NULL;
+    char *tok = NULL;
+    int rc = svc_resolve_model(s, st, "base_model", base_model, dir, &init, &tok, err);
+    svc_store_put(s, st);
+    json_decref(init);
+    free(tok);
+    if (rc == 0 && !*dir)
+        rc = chord_err_set(err, "base_model: %.100s is a random-init model; a Tinker training "
+                                "client needs a model directory", base_model);
+    return rc;
+}
+
 static void *hub_main(void *arg);
 static void hub_poll_all(svc *s);
 static void hub_stop(svc *s);
@@ -412,6 +431,13 @@ int svc_open(const svc_options *opt, svc **out, chord_err *err) {
                            .hooks = {.user = s, .publish = hook_publish, .on_step = hook_on_step}};
         if (jobs_start(&jo, &s->jobs, err)) goto fail;
         if (resubmit_pending_rollouts(s, err)) goto fail;
+        tk_options to = {.data_dir = s->data_dir,
+                         .device = s->devices[0],
+                         .threads = opt->threads,
+                         .bases = jobs_bases_interface(s->jobs),
+                         .resolve = tinker_resolve,
+                         .user = s};
+        if (tk_open(&to, &s->tinker, err)) goto fail;
     }
     *out = s;
     return 0;
@@ -419,6 +445,8 @@ fail:
     svc_close(s);
     return -1;
 }
+
+tk_service *svc_tinker(svc *s) { return s->tinker; }
 
 int svc_stopping(const svc *s) {
     return atomic_load(&((svc *)s)->stopping);
@@ -433,7 +461,9 @@ void svc_shutdown(svc *s) {
     if (!s || atomic_exchange(&s->shut_down, 1)) return;
     atomic_store(&s->stopping, 1); /* from here on work is refused (CHORD_E_UNAVAILABLE) */
     LOG_INFO("service stopping: running jobs checkpoint and go back to the queue");
-    /* joins the workers; the pool stays valid for requests in flight until svc_close */
+    /* the Tinker models first (their views hold the pool's shared bases), then the workers;
+     * both stay valid for requests in flight until svc_close */
+    tk_shutdown(s->tinker);
     jobs_shutdown(s->jobs);
     hub_poll_all(s); /* the watches see where each job stopped */
 }
@@ -442,6 +472,7 @@ void svc_close(svc *s) {
     if (!s) return;
     svc_shutdown(s);
     hub_stop(s);
+    tk_close(s->tinker);
     jobs_free(s->jobs);
     for (size_t i = 0; i < s->n_free; i++)
         store_close(s->free_handles[i]);

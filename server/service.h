@@ -167,6 +167,9 @@ int svc_upload_commit(svc_upload *up, json_t **dataset, chord_err *err);
 void svc_upload_abort(svc_upload *up);
 /* The configured limit in bytes. */
 int64_t svc_max_upload_bytes(const svc *s);
+/* The Tinker-compatible training API (server/tinker/tinker.h, docs/tinker.md); NULL when the
+ * service runs no workers. */
+struct tk_service *svc_tinker(svc *s);
 
 int svc_dataset_get(svc *s, const char *id, json_t **dataset, chord_err *err);
 int svc_dataset_list(svc *s, size_t offset, size_t limit, json_t **list, chord_err *err);

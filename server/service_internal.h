@@ -52,6 +52,7 @@ struct svc {
     char **devices;
     int n_devices;
     jobs_pool *jobs; /* set by svc_open, freed by svc_close: never changes in between */
+    struct tk_service *tinker; /* the Tinker-compatible API (server/tinker/tinker.h); likewise */
 
     pthread_mutex_t pool_mu; /* the store handle pool */
     store **free_handles;

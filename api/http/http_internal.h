@@ -12,7 +12,9 @@
 #include "api/auth/auth.h"
 #include "api/http/http.h"
 
-enum { HTTP_BODY_NONE = 0, HTTP_BODY_JSON, HTTP_BODY_UPLOAD, HTTP_BODY_IGNORE };
+/* BINARY: a protobuf body (Content-Type application/x-protobuf), kept whole in memory up to the
+ * upload limit (the Tinker API's forward_backward) */
+enum { HTTP_BODY_NONE = 0, HTTP_BODY_JSON, HTTP_BODY_UPLOAD, HTTP_BODY_IGNORE, HTTP_BODY_BINARY };
 
 typedef struct http_req http_req;
 
@@ -76,6 +78,12 @@ struct api_http {
 
 extern const http_route api_http_routes[];
 extern const size_t api_http_n_routes;
+/* the Tinker-compatible routes under /api/v1 (http_tinker.c) */
+extern const http_route api_http_tinker_routes[];
+extern const size_t api_http_n_tinker_routes;
+/* Every route, the REST API's then the Tinker API's: index i < http_n_routes(). */
+size_t http_n_routes(void);
+const http_route *http_route_at(size_t i);
 
 /* Routing, without a connection (tests/fuzz/fuzz_http.c calls it too): the first route of method
  * (HEAD as GET) whose pattern matches path, its parameters in params (*n_params of them,

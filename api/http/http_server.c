@@ -236,6 +236,13 @@ no:
     return 0;
 }
 
+size_t http_n_routes(void) { return api_http_n_routes + api_http_n_tinker_routes; }
+
+const http_route *http_route_at(size_t i) {
+    return i < api_http_n_routes ? &api_http_routes[i]
+                                 : &api_http_tinker_routes[i - api_http_n_routes];
+}
+
 const http_route *http_route_find(const char *method, const char *path,
                                   char *params[HTTP_MAX_PARAMS], int *n_params, char *allow,
                                   size_t allow_cap) {
@@ -243,8 +250,8 @@ const http_route *http_route_find(const char *method, const char *path,
     if (!strcmp(method, "HEAD")) method = "GET";
     *n_params = 0;
     if (allow_cap) allow[0] = '\0';
-    for (size_t i = 0; i < api_http_n_routes; i++) {
-        const http_route *rt = &api_http_routes[i];
+    for (size_t i = 0; i < http_n_routes(); i++) {
+        const http_route *rt = http_route_at(i);
         char *probe[HTTP_MAX_PARAMS] = {0};
         int n_probe = 0;
         if (!match(rt->pattern, path, probe, &n_probe)) continue;
@@ -283,6 +290,12 @@ static int json_content_type_ok(const char *ct) {
     char mt[128];
     media_type(ct, mt, sizeof mt);
     return !strcmp(mt, "application/json") || !mt[0];
+}
+
+static int protobuf_content_type_ok(const char *ct) {
+    char mt[128];
+    media_type(ct ? ct : "", mt, sizeof mt);
+    return !strcmp(mt, "application/x-protobuf") || !strcmp(mt, "application/protobuf");
 }
 
 static int upload_content_type_ok(const char *ct) {
@@ -354,6 +367,13 @@ static int first_call(http_req *r, const char *path, enum MHD_Result *result) {
     r->route = http_route_find(r->method, path, r->params, &r->n_params, allow, sizeof allow);
     /* who may call: before anything else is said about the request (a 404 or 405 included) */
     const char *authz = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Authorization");
+    /* the Tinker client sends its key as X-API-Key: the same tokens, another header */
+    char bearer[1100];
+    const char *api_key = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "X-API-Key");
+    if (!authz && api_key && strlen(api_key) < sizeof bearer - 8) {
+        snprintf(bearer, sizeof bearer, "Bearer %s", api_key);
+        authz = bearer;
+    }
     const char *reason = NULL;
     api_auth_result ar =
         api_auth_check(r->h->auth, authz, authz ? strlen(authz) : 0,
@@ -393,6 +413,19 @@ static int first_call(http_req *r, const char *path, enum MHD_Result *result) {
                                       r->h->max_json);
             return 1;
         }
+    } else if (r->route->body == HTTP_BODY_BINARY) {
+        if (!protobuf_content_type_ok(ct)) {
+            *result = http_send_error(r, 415, "unsupported_media_type",
+                                      "Content-Type: expected application/x-protobuf, got '%s'",
+                                      ct ? ct : "(none)");
+            return 1;
+        }
+        if (length > svc_max_upload_bytes(r->h->s)) {
+            *result = http_send_error(r, 413, "payload_too_large",
+                                      "body: %lld bytes is over the limit of %lld bytes", length,
+                                      (long long)svc_max_upload_bytes(r->h->s));
+            return 1;
+        }
     } else if (r->route->body == HTTP_BODY_UPLOAD) {
         if (!upload_content_type_ok(ct)) {
             *result = http_send_error(r, 415, "unsupported_media_type",
@@ -422,11 +455,12 @@ static int first_call(http_req *r, const char *path, enum MHD_Result *result) {
 static void body_chunk(http_req *r, const char *data, size_t len) {
     r->bytes_in += (int64_t)len;
     if (r->failed) return;
-    if (r->route->body == HTTP_BODY_JSON) {
-        if (r->body_len + len > r->h->max_json) {
+    if (r->route->body == HTTP_BODY_JSON || r->route->body == HTTP_BODY_BINARY) {
+        size_t cap = r->route->body == HTTP_BODY_JSON ? r->h->max_json
+                                                      : (size_t)svc_max_upload_bytes(r->h->s);
+        if (r->body_len + len > cap) {
             r->failed = 1;
-            chord_err_setc(&r->err, CHORD_E_TOO_LARGE, "body: over the limit of %zu bytes",
-                           r->h->max_json);
+            chord_err_setc(&r->err, CHORD_E_TOO_LARGE, "body: over the limit of %zu bytes", cap);
             return;
         }
         if (r->body_len + len + 1 > r->body_cap) {
@@ -798,8 +832,8 @@ enum MHD_Result http_send_events(http_req *r, const char *job_id, int64_t since_
 /* Every route says what it needs, and it agrees with its method: no write open to a read token,
  * no route but /healthz and the dashboard's files open to anyone. */
 static int check_routes(chord_err *err) {
-    for (size_t i = 0; i < api_http_n_routes; i++) {
-        const http_route *rt = &api_http_routes[i];
+    for (size_t i = 0; i < http_n_routes(); i++) {
+        const http_route *rt = http_route_at(i);
         int get = !strcmp(rt->method, "GET");
         int open_route = !strcmp(rt->pattern, "/healthz") || (get && http_route_is_ui(rt));
         api_scope want = open_route ? API_SCOPE_NONE : get ? API_SCOPE_READ : API_SCOPE_ADMIN;

@@ -831,6 +831,10 @@ int jobs_slots(const jobs_pool *p) { return p ? p->slots : 1; }
 
 struct jobs_bases *jobs_pool_bases(jobs_pool *p) { return p ? p->bases : NULL; }
 
+const struct bootstrap_bases *jobs_bases_interface(jobs_pool *p) {
+    return p ? jobs_bases_iface(p->bases) : NULL;
+}
+
 void jobs_shutdown(jobs_pool *p) {
     if (!p) return;
     pthread_mutex_lock(&p->shutdown_mu);

@@ -92,6 +92,8 @@ int64_t jobs_device_reserved(jobs_pool *p, const char *device);
 int jobs_slots(const jobs_pool *p);
 /* The pool's shared bases (bases.h), for reports; NULL for a NULL pool. */
 struct jobs_bases *jobs_pool_bases(jobs_pool *p);
+/* The same as bootstrap_spec.bases, for work outside the workers (the Tinker API's models). */
+const struct bootstrap_bases *jobs_bases_interface(jobs_pool *p);
 /* Stops, and returns once every worker has ended: each running job stops after its current
  * step with a checkpoint and goes back to queued; rollouts still queued stay pending in SQLite
  * (the next start queues them again). The pool itself stays valid: jobs_wake and jobs_cancel

@@ -1,0 +1,1410 @@
+/* tinker.c — the Tinker-compatible training service (tinker.h): sessions, models and their
+ * threads, the per-model queue in seq_id order, futures, and the operations themselves.
+ *
+ * Locking: one mutex (t->mu) guards every list, queue and future; a model's thread takes its
+ * next operation under it and runs it outside, touching only what the model owns (its backend
+ * context, its view, its adapter). t->cv is broadcast whenever a future completes or an
+ * operation is queued. */
+#include "server/tinker/tinker.h"
+
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "kernels/ops.h"
+#include "server/base/fileutil.h"
+#include "server/base/json_field.h"
+#include "server/base/log.h"
+#include "server/base/rng.h"
+#include "server/model/config.h"
+#include "server/model/model.h"
+#include "server/tinker/tinker_loss.h"
+#include "server/train/bootstrap.h"
+#include "server/train/rollout.h"
+#include "server/train/trainer.h"
+
+/* The most tokens one forward pass of a forward_backward packs (datums are never split). */
+#define TK_CHUNK_TOKENS 8192
+/* A model whose next seq_id has not come for this long while later ones wait skips it (a
+ * request the client counted but never sent, e.g. one its own checks refused). */
+#define TK_SEQ_GAP_S 30.0
+
+typedef enum op_kind { OP_CREATE, OP_FB, OP_OPTIM, OP_SAVE, OP_SAVE_SAMPLER, OP_SAMPLE } op_kind;
+
+/* The most samplers a training model keeps from save_weights_and_get_sampling_client (each a
+ * thread and a view): an older one is closed once its queue is run. */
+#define TK_SAMPLERS_PER_MODEL 4
+
+typedef struct tk_future {
+    char id[TK_ID_MAX];
+    char model_id[TK_ID_MAX];
+    int32_t seq;
+    tk_state state;
+    json_t *json;
+    tk_fb_output *fb;
+    tk_sample_response *sample;
+    char *error;
+    int user_error;
+    double done_at;
+    struct tk_future *next;
+} tk_future;
+
+typedef struct tk_op {
+    op_kind kind;
+    int32_t seq;
+    tk_future *f; /* pending: never collected while an op points at it */
+    char sample_prefix[TK_ID_MAX]; /* OP_SAMPLE: the sequences' ids are <prefix>:<i> */
+    tk_fb_request fb;
+    json_t *json;
+    struct tk_op *next;
+} tk_op;
+
+typedef struct tk_model {
+    tk_service *t;
+    char id[TK_ID_MAX];
+    char session[TK_ID_MAX];
+    char *base_model, *base_dir, *arch;
+    model_lora_config lora;
+    uint64_t seed;
+    pthread_t thread;
+    int started;
+    tk_op *queue;     /* sorted by seq */
+    int32_t next_seq; /* the operation the thread runs next */
+    int closing;      /* its session finished: end once the queue is empty */
+    int ended;        /* the thread is gone */
+    char failed[1100]; /* the create failed: every operation fails with this */
+    /* a sampler (sampling session): runs asample requests as they come (no seq order), on
+     * base + the adapter it was made from (adapter_dir, or the snapshot snap of snap_n floats,
+     * or none: the base alone) */
+    int sampler;
+    char *adapter_dir, *model_path;
+    float *snap;
+    size_t snap_n;
+    char owner[TK_ID_MAX]; /* the training model whose snapshot it is ("" otherwise) */
+    int32_t fifo;          /* a sampler's last queued request */
+    rollout_engine *engine;
+    /* the thread's own */
+    ops_ctx *ops;
+    bootstrap_model boot;
+    int grads_live; /* a backward ran since the last optim_step */
+    struct tk_model *next;
+} tk_model;
+
+typedef struct tk_session {
+    char id[TK_ID_MAX];
+    double last_seen;
+    int finished;
+    struct tk_session *next;
+} tk_session;
+
+struct tk_service {
+    tk_options opt;
+    char *data_dir, *device;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    tk_session *sessions;
+    tk_model *models;
+    tk_future *futures;
+    json_t *bases_seen; /* base_model names, for the capabilities */
+    uint64_t counter;
+    int stopping;
+};
+
+static int oom(chord_err *err) { return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory"); }
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* "<prefix>_<16 hex>", unique in this process and unlikely across restarts. */
+static void new_id(tk_service *t, const char *prefix, char *out) {
+    uint64_t x = chord_splitmix64((uint64_t)(now_s() * 1e6) ^ (++t->counter << 20));
+    snprintf(out, TK_ID_MAX, "%s_%016llx", prefix, (unsigned long long)x);
+}
+
+/* ---- futures (t->mu held) ------------------------------------------------------------------ */
+
+static void future_free(tk_future *f) {
+    json_decref(f->json);
+    if (f->fb) tk_fb_output_free(f->fb);
+    free(f->fb);
+    if (f->sample) tk_sample_response_free(f->sample);
+    free(f->sample);
+    free(f->error);
+    free(f);
+}
+
+static void collect_futures(tk_service *t) {
+    double now = now_s();
+    for (tk_future **pp = &t->futures; *pp;) {
+        tk_future *f = *pp;
+        if (f->state != TK_PENDING && now - f->done_at > TK_FUTURE_KEEP_S) {
+            *pp = f->next;
+            future_free(f);
+        } else {
+            pp = &f->next;
+        }
+    }
+}
+
+static tk_future *future_new(tk_service *t, const char *model_id, int32_t seq) {
+    tk_future *f = calloc(1, sizeof *f);
+    if (!f) return NULL;
+    new_id(t, "req", f->id);
+    snprintf(f->model_id, sizeof f->model_id, "%s", model_id ? model_id : "");
+    f->seq = seq;
+    f->next = t->futures;
+    t->futures = f;
+    return f;
+}
+
+static tk_future *future_find(tk_service *t, const char *id) {
+    for (tk_future *f = t->futures; f; f = f->next)
+        if (!strcmp(f->id, id)) return f;
+    return NULL;
+}
+
+static tk_future *future_of_seq(tk_service *t, const char *model_id, int32_t seq) {
+    for (tk_future *f = t->futures; f; f = f->next)
+        if (f->seq == seq && !strcmp(f->model_id, model_id)) return f;
+    return NULL;
+}
+
+/* Completes f (t->mu NOT held): json, fb or sample on success, else the error. */
+static void future_done(tk_service *t, tk_future *f, json_t *json, tk_fb_output *fb,
+                        tk_sample_response *sample, const chord_err *err) {
+    pthread_mutex_lock(&t->mu);
+    if (err) {
+        f->state = TK_FAILED;
+        f->error = strdup(err->msg[0] ? err->msg : "failed");
+        f->user_error = err->code == CHORD_E_INVALID || err->code == CHORD_E_NOT_FOUND ||
+                        err->code == CHORD_E_CONFLICT || err->code == CHORD_E_TOO_LARGE;
+        json_decref(json);
+        if (fb) tk_fb_output_free(fb);
+        free(fb);
+        if (sample) tk_sample_response_free(sample);
+        free(sample);
+    } else {
+        f->state = TK_DONE;
+        f->json = json;
+        f->fb = fb;
+        f->sample = sample;
+    }
+    f->done_at = now_s();
+    pthread_cond_broadcast(&t->cv);
+    pthread_mutex_unlock(&t->mu);
+}
+
+/* ---- sessions and models (t->mu held) -------------------------------------------------------- */
+
+static tk_session *session_find(tk_service *t, const char *id) {
+    for (tk_session *s = t->sessions; s; s = s->next)
+        if (!strcmp(s->id, id)) return s;
+    return NULL;
+}
+
+static tk_model *model_find(tk_service *t, const char *id) {
+    for (tk_model *m = t->models; m; m = m->next)
+        if (!strcmp(m->id, id)) return m;
+    return NULL;
+}
+
+static void op_free(tk_op *op) {
+    tk_fb_request_free(&op->fb);
+    json_decref(op->json);
+    free(op);
+}
+
+/* Queues op in seq order; a seq the model ran already or has queued is refused. */
+static void queue_op(tk_model *m, tk_op *op) {
+    tk_op **pp = &m->queue;
+    while (*pp && (*pp)->seq < op->seq) pp = &(*pp)->next;
+    op->next = *pp;
+    *pp = op;
+}
+
+static void *model_main(void *arg);
+
+/* ---- the operations (the model's thread; t->mu not held) ------------------------------------ */
+
+static int run_create(tk_model *m, chord_err *err) {
+    char msg[256] = "";
+    m->ops = ops_open(m->t->device, m->t->opt.threads, msg, sizeof msg);
+    if (!m->ops) return chord_err_setc(err, CHORD_E_UNAVAILABLE, "device %s: %s", m->t->device, msg);
+    bootstrap_spec spec = {.dir = m->adapter_dir ? m->adapter_dir : m->base_dir,
+                           .bases = m->t->opt.bases};
+    if (bootstrap_open(&spec, m->ops, &m->boot, err) != 0) return -1;
+    if (m->sampler) { /* the adapter of its checkpoint (bootstrap), its snapshot, or none */
+        if (m->snap && (model_lora_attach(m->boot.m, &m->lora, 0, err) != 0 ||
+                        model_lora_write_params(m->boot.m, m->snap, err) != 0))
+            return -1;
+        free(m->snap);
+        m->snap = NULL;
+        m->engine = rollout_engine_new(m->boot.m);
+        return m->engine ? 0 : oom(err);
+    }
+    if (m->boot.m->lora)
+        return chord_err_set(err, "base_model: %s is a LoRA adapter; name its base",
+                             m->base_model);
+    if (model_lora_attach(m->boot.m, &m->lora, m->seed, err) != 0)
+        return chord_err_prefix(err, "lora_config");
+    return 0;
+}
+
+/* Packs datums [d0, d1) into one batch and runs it: forward, loss, backward (unless
+ * forward_only); fills the outputs of those datums. */
+static int run_chunk(tk_model *m, const tk_fb_request *fb, const tk_loss_config *lc, size_t d0,
+                     size_t d1, tk_fb_output *out, tk_loss_stats *st, chord_err *err) {
+    size_t N = 0;
+    for (size_t i = d0; i < d1; i++) N += fb->data[i].n_tokens;
+    const int S = (int)(d1 - d0);
+    int32_t *tok = malloc(N * sizeof *tok), *pos = malloc(N * sizeof *pos),
+            *tgt = malloc(N * sizeof *tgt), *cu = malloc(((size_t)S + 1) * sizeof *cu);
+    float *lp = calloc(N, sizeof *lp), *dlp = calloc(N, sizeof *dlp);
+    int rc = -1;
+    if (!tok || !pos || !tgt || !cu || !lp || !dlp) {
+        oom(err);
+        goto done;
+    }
+    size_t o = 0;
+    cu[0] = 0;
+    for (size_t i = d0; i < d1; i++) {
+        const tk_datum *d = &fb->data[i];
+        const tk_tensor *tt = tk_datum_input(d, "target_tokens");
+        for (size_t k = 0; k < d->n_tokens; k++, o++) {
+            tok[o] = d->tokens[k];
+            pos[o] = (int32_t)k;
+            tgt[o] = (int32_t)tt->i64[k];
+        }
+        cu[i - d0 + 1] = (int32_t)o;
+    }
+    model_batch b = {
+        .N = (int)N, .S = S, .tokens = tok, .positions = pos, .cu_seqlens = cu, .targets = tgt};
+    model *mm = m->boot.m;
+    if (model_forward(mm, &b, 1.0f, lp, NULL, err) != 0) goto done;
+    o = 0;
+    for (size_t i = d0; i < d1; i++) {
+        const tk_datum *d = &fb->data[i];
+        out->lens[i] = d->n_tokens;
+        out->logprobs[i] = malloc((d->n_tokens ? d->n_tokens : 1) * sizeof(float));
+        out->elementwise_loss[i] = malloc((d->n_tokens ? d->n_tokens : 1) * sizeof(float));
+        if (!out->logprobs[i] || !out->elementwise_loss[i]) {
+            oom(err);
+            goto done;
+        }
+        memcpy(out->logprobs[i], lp + o, d->n_tokens * sizeof(float));
+        tk_loss_datum(lc, d, lp + o, d->n_tokens, out->elementwise_loss[i],
+                      fb->forward_only ? NULL : dlp + o, st);
+        o += d->n_tokens;
+    }
+    if (!fb->forward_only && model_backward(mm, dlp, NULL, err) != 0) goto done;
+    rc = 0;
+done:
+    free(tok), free(pos), free(tgt), free(cu), free(lp), free(dlp);
+    return rc;
+}
+
+static int run_fb(tk_model *m, const tk_fb_request *fb, tk_fb_output **result, chord_err *err) {
+    *result = NULL;
+    tk_loss_config lc;
+    if (tk_loss_parse(fb->loss_fn, fb->config, fb->n_config, &lc, err) != 0) return -1;
+    model *mm = m->boot.m;
+    const int vocab = mm->cfg.vocab_size, max_pos = mm->cfg.max_position_embeddings;
+    for (size_t i = 0; i < fb->n_data; i++) {
+        if (tk_loss_check(&lc, &fb->data[i], i, vocab, err) != 0) return -1;
+        if (max_pos > 0 && fb->data[i].n_tokens > (size_t)max_pos)
+            return chord_err_set(err, "data[%zu].model_input: %zu tokens, over the model's %d "
+                                      "positions", i, fb->data[i].n_tokens, max_pos);
+    }
+    tk_fb_output *out = calloc(1, sizeof *out);
+    if (!out) return oom(err);
+    out->n_data = fb->n_data;
+    size_t nd = fb->n_data ? fb->n_data : 1;
+    out->logprobs = calloc(nd, sizeof *out->logprobs);
+    out->elementwise_loss = calloc(nd, sizeof *out->elementwise_loss);
+    out->lens = calloc(nd, sizeof *out->lens);
+    int rc = -1;
+    if (!out->logprobs || !out->elementwise_loss || !out->lens) {
+        oom(err);
+        goto done;
+    }
+    if (!fb->forward_only && !m->grads_live) {
+        if (model_zero_grad(mm, err) != 0) goto done;
+        m->grads_live = 1;
+    }
+    tk_loss_stats st = {0};
+    for (size_t d0 = 0; d0 < fb->n_data;) {
+        size_t d1 = d0, tokens = 0;
+        while (d1 < fb->n_data && (d1 == d0 || tokens + fb->data[d1].n_tokens <= TK_CHUNK_TOKENS))
+            tokens += fb->data[d1++].n_tokens;
+        if (run_chunk(m, fb, &lc, d0, d1, out, &st, err) != 0) goto done;
+        d0 = d1;
+    }
+    if (tk_loss_metrics(&lc, &st, out, err) != 0) goto done;
+    rc = 0;
+done:
+    if (rc != 0) {
+        tk_fb_output_free(out);
+        free(out);
+    } else {
+        *result = out;
+    }
+    return rc;
+}
+
+static int adam_param(const json_t *p, const char *key, double lo, double dflt, double *out,
+                      chord_err *err) {
+    const json_t *v = json_object_get(p, key);
+    if (!v) {
+        *out = dflt;
+        return 0;
+    }
+    if (!json_is_number(v) || !isfinite(json_number_value(v)) || json_number_value(v) < lo)
+        return chord_err_set(err, "adam_params.%s: must be a finite number >= %g", key, lo);
+    *out = json_number_value(v);
+    return 0;
+}
+
+static int run_optim(tk_model *m, const json_t *req, json_t **result, chord_err *err) {
+    const json_t *p = json_object_get(req, "adam_params");
+    if (!json_is_object(p))
+        return chord_err_set(err, "adam_params: required (chord runs AdamW; optimizer_params "
+                                  "of other optimizers are not supported)");
+    double lr, b1, b2, eps, wd, clip;
+    if (adam_param(p, "learning_rate", 0.0, 1e-4, &lr, err) ||
+        adam_param(p, "beta1", 0.0, 0.9, &b1, err) || adam_param(p, "beta2", 0.0, 0.95, &b2, err) ||
+        adam_param(p, "eps", 0.0, 1e-12, &eps, err) ||
+        adam_param(p, "weight_decay", 0.0, 0.0, &wd, err) ||
+        adam_param(p, "grad_clip_norm", 0.0, 0.0, &clip, err))
+        return -1;
+    if (b1 >= 1.0 || b2 >= 1.0)
+        return chord_err_set(err, "adam_params: beta1 and beta2 must be below 1");
+    model *mm = m->boot.m;
+    if (!m->grads_live && model_zero_grad(mm, err) != 0) return -1; /* a step on no data */
+    double gn = 0.0;
+    if (model_adamw_step(mm, (float)lr, (float)b1, (float)b2, (float)eps, (float)wd, (float)clip,
+                         &gn, err) != 0)
+        return -1;
+    m->grads_live = 0;
+    *result = json_pack("{s:{s:f,s:f}}", "metrics", "grad_norm", gn, "learning_rate", lr);
+    return *result ? 0 : oom(err);
+}
+
+/* A checkpoint name: 1..100 of [A-Za-z0-9._-], not "." or "..". */
+static int name_ok(const char *s) {
+    size_t n = s ? strlen(s) : 0;
+    if (n == 0 || n > 100 || !strcmp(s, ".") || !strcmp(s, "..")) return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+/* save_weights (kind "weights": adapter + optimizer) and save_weights_for_sampler (kind
+ * "sampler_weights": the adapter), into DATA_DIR/tinker/<model>/<kind>/<name>, whole or not at
+ * all (a temporary directory renamed). */
+static int snapshot_sampler(tk_model *m, const json_t *req, json_t **result, chord_err *err);
+
+static int run_save(tk_model *m, const json_t *req, int sampler, json_t **result, chord_err *err) {
+    const char *name = json_string_value(json_object_get(req, "path"));
+    if (!name && sampler) return snapshot_sampler(m, req, result, err);
+    if (!name) return chord_err_set(err, "path: required");
+    if (!name_ok(name))
+        return chord_err_set(err, "path: \"%.100s\" is not a checkpoint name (1 to 100 of "
+                                  "A-Z a-z 0-9 . _ -)", name);
+    const char *kind = sampler ? "sampler_weights" : "weights";
+    int overwrite = json_is_true(json_object_get(req, "overwrite"));
+    char dir[4096], tmp[4200], path[4300];
+    snprintf(dir, sizeof dir, "%s/tinker/%s/%s/%s", m->t->data_dir, m->id, kind, name);
+    snprintf(tmp, sizeof tmp, "%s.tmp", dir);
+    if (chord_is_dir(dir) && !overwrite)
+        return chord_err_setc(err, CHORD_E_CONFLICT, "path: %s/%s exists (overwrite: true to "
+                              "replace it)", kind, name);
+    if (chord_is_dir(tmp) && chord_rmtree(tmp, err) != 0) return -1;
+    if (model_lora_save(m->boot.m, tmp, m->base_dir, err) != 0) return -1;
+    snprintf(path, sizeof path, "%s/optimizer.safetensors", tmp);
+    if (!sampler && model_save_optimizer(m->boot.m, path, err) != 0) return -1;
+    if (chord_is_dir(dir) && chord_rmtree(dir, err) != 0) return -1;
+    if (rename(tmp, dir) != 0)
+        return chord_err_setc(err, CHORD_E_INTERNAL, "%s: rename: %s", dir, strerror(errno));
+    char tpath[TK_ID_MAX + 256];
+    snprintf(tpath, sizeof tpath, "tinker://%s/%s/%s", m->id, kind, name);
+    *result = json_pack("{s:s,s:s}", "path", tpath, "type",
+                        sampler ? "save_weights_for_sampler" : "save_weights");
+    return *result ? 0 : oom(err);
+}
+
+/* The tokens of a ModelInput ({"chunks": [{"type": "encoded_text", "tokens": [...]}]}). */
+static int prompt_tokens(const json_t *prompt, int vocab, int32_t **out, int *n, chord_err *err) {
+    *out = NULL;
+    *n = 0;
+    const json_t *chunks = json_object_get(prompt, "chunks");
+    if (!json_is_array(chunks)) return chord_err_set(err, "prompt.chunks: required (a list)");
+    size_t total = 0, i;
+    json_t *c;
+    json_array_foreach(chunks, i, c) {
+        const char *type = json_string_value(json_object_get(c, "type"));
+        const json_t *toks = json_object_get(c, "tokens");
+        if ((type && strcmp(type, "encoded_text") != 0) || !json_is_array(toks))
+            return chord_err_set(err, "prompt.chunks[%zu]: only encoded_text chunks (tokens) are "
+                                      "supported", i);
+        total += json_array_size(toks);
+    }
+    if (total == 0) return chord_err_set(err, "prompt: no tokens");
+    if (total > (size_t)1 << 24) return chord_err_set(err, "prompt: %zu tokens is too long", total);
+    int32_t *ids = malloc(total * sizeof *ids);
+    if (!ids) return oom(err);
+    size_t k = 0;
+    json_array_foreach(chunks, i, c) {
+        size_t j;
+        json_t *v;
+        json_array_foreach(json_object_get(c, "tokens"), j, v) {
+            json_int_t id = json_is_integer(v) ? json_integer_value(v) : -1;
+            if (id < 0 || id >= vocab) {
+                free(ids);
+                return chord_err_set(err, "prompt.chunks[%zu].tokens[%zu]: not a token id in "
+                                          "[0, %d)", i, j, vocab);
+            }
+            ids[k++] = (int32_t)id;
+        }
+    }
+    *out = ids;
+    *n = (int)total;
+    return 0;
+}
+
+/* The length of seq's tokens up to and including the first token whose text completes one of
+ * the stop strings, or -1 when none occurs. */
+static int stop_string_cut(const tok_tokenizer *tok, const rollout_seq *q, const json_t *strs,
+                           chord_err *err) {
+    for (int k = 1; k <= q->len; k++) {
+        char *text = NULL;
+        if (trainer_decode_response(tok, q->tokens, k, &text, err) != 0) return -2;
+        size_t i;
+        json_t *v;
+        int hit = 0;
+        json_array_foreach(strs, i, v) hit |= strstr(text, json_string_value(v)) != NULL;
+        free(text);
+        if (hit) return k;
+    }
+    return -1;
+}
+
+static int run_sample(tk_model *m, const json_t *req, tk_sample_response **result,
+                      chord_err *err) {
+    *result = NULL;
+    model *mm = m->boot.m;
+    const int vocab = mm->cfg.vocab_size, max_pos = mm->cfg.max_position_embeddings;
+    int32_t *ptoks = NULL, stop_ids[64];
+    int plen = 0, n_stop = 0, rc = -1;
+    json_t *strs = json_array();
+    rollout_result rr = {0};
+    tk_sample_response *out = calloc(1, sizeof *out);
+    float *lp = NULL;
+    if (!strs || !out) {
+        oom(err);
+        goto done;
+    }
+    if (prompt_tokens(json_object_get(req, "prompt"), vocab, &ptoks, &plen, err)) goto done;
+    const json_t *sp = json_object_get(req, "sampling_params");
+    int64_t n = 1, max_tokens = 0, top_k = -1, seed = -1;
+    double temp = 1.0, top_p = 1.0;
+    int want_prompt_lp = 0;
+    if (sp && !json_is_object(sp)) {
+        chord_err_set(err, "sampling_params: must be an object");
+        goto done;
+    }
+    if (chord_json_get_int(req, "", "num_samples", 0, 1, 1024, &n, err) ||
+        chord_json_get_bool(req, "", "prompt_logprobs", 0, &want_prompt_lp, err) ||
+        (sp && (chord_json_get_int(sp, "sampling_params", "max_tokens", 0, 1, 1 << 20, &max_tokens,
+                                   err) ||
+                chord_json_get_number(sp, "sampling_params", "temperature", 0, 0.0, 100.0, &temp,
+                                      err) ||
+                chord_json_get_number(sp, "sampling_params", "top_p", CHORD_JSON_LO_OPEN, 0.0,
+                                      1.0, &top_p, err) ||
+                chord_json_get_int(sp, "sampling_params", "top_k", 0, -1, 1 << 30, &top_k, err) ||
+                chord_json_get_int(sp, "sampling_params", "seed", 0, 0, INT64_MAX, &seed, err))))
+        goto done;
+    if (top_k > 0) {
+        chord_err_set(err, "sampling_params.top_k: not supported (use -1, or top_p)");
+        goto done;
+    }
+    static const char *const zero[] = {"topk_prompt_logprobs", "topk_sample_logprobs",
+                                       "prompt_alt_tokens_k", NULL};
+    for (int i = 0; zero[i]; i++) {
+        const json_t *v = json_object_get(req, zero[i]);
+        if (v && !(json_is_integer(v) && json_integer_value(v) == 0)) {
+            chord_err_set(err, "%s: not supported (0 only)", zero[i]);
+            goto done;
+        }
+    }
+    if (json_object_get(req, "target_prompt_logprobs") ||
+        json_object_get(req, "prompt_logprobs_last_n")) {
+        chord_err_set(err, "target_prompt_logprobs / prompt_logprobs_last_n: not supported");
+        goto done;
+    }
+    if (max_tokens == 0) max_tokens = max_pos > plen ? max_pos - plen : 1;
+    if (max_pos > 0 && plen + max_tokens > max_pos) {
+        chord_err_set(err, "sampling_params.max_tokens: the prompt's %d tokens + %lld exceed the "
+                           "model's %d positions", plen, (long long)max_tokens, max_pos);
+        goto done;
+    }
+    /* stop: absent = the model's end tokens; [] = none; token ids; strings (+ the end tokens) */
+    const json_t *stop = sp ? json_object_get(sp, "stop") : NULL;
+    int eos = !stop || json_is_null(stop) || json_is_string(stop) ||
+              (json_is_array(stop) && json_array_size(stop) > 0 &&
+               json_is_string(json_array_get(stop, 0)));
+    if (eos)
+        for (int i = 0; i < m->boot.n_stop && n_stop < 64; i++) stop_ids[n_stop++] = m->boot.stop_ids[i];
+    if (json_is_string(stop)) {
+        json_array_append(strs, (json_t *)stop);
+    } else if (json_is_array(stop)) {
+        size_t i;
+        json_t *v;
+        json_array_foreach(stop, i, v) {
+            if (json_is_string(v) && json_string_length(v) > 0) {
+                json_array_append(strs, v);
+            } else if (json_is_integer(v) && json_integer_value(v) >= 0 &&
+                       json_integer_value(v) < vocab && n_stop < 64) {
+                stop_ids[n_stop++] = (int32_t)json_integer_value(v);
+            } else {
+                chord_err_set(err, "sampling_params.stop[%zu]: a non-empty string or a token id "
+                                   "in [0, %d) (at most 64)", i, vocab);
+                goto done;
+            }
+        }
+    } else if (stop && !json_is_null(stop)) {
+        chord_err_set(err, "sampling_params.stop: a string, a list of strings or of token ids");
+        goto done;
+    }
+    rollout_params rp = {.group_size = (int)n,
+                         .temperature = (float)temp,
+                         .top_p = (float)top_p,
+                         .max_new_tokens = (int)max_tokens,
+                         .stop_ids = stop_ids,
+                         .n_stop = n_stop,
+                         .seed = seed >= 0 ? (uint64_t)seed : chord_splitmix64((uint64_t)(now_s() * 1e9)),
+                         .stream = 0};
+    const int32_t *pp = ptoks;
+    if (rollout_generate(m->engine, &pp, &plen, 1, &rp, &rr, err) != 0) goto done;
+    out->seqs = calloc((size_t)rr.n, sizeof *out->seqs);
+    if (!out->seqs) {
+        oom(err);
+        goto done;
+    }
+    out->n_seqs = (size_t)rr.n;
+    for (int i = 0; i < rr.n; i++) {
+        const rollout_seq *q = &rr.seq[i];
+        int len = q->len, stopped = q->stopped;
+        if (json_array_size(strs) > 0) {
+            int cut = stop_string_cut(m->boot.tok, q, strs, err);
+            if (cut == -2) goto done;
+            if (cut >= 0 && (!stopped || cut <= len)) {
+                len = cut;
+                stopped = 1;
+            }
+        }
+        tk_sampled *s = &out->seqs[i];
+        s->stop_reason = stopped ? TK_STOP_REASON_STOP : TK_STOP_REASON_LENGTH;
+        s->n = (size_t)len;
+        s->tokens = malloc((len ? (size_t)len : 1) * sizeof *s->tokens);
+        s->logprobs = malloc((len ? (size_t)len : 1) * sizeof *s->logprobs);
+        if (!s->tokens || !s->logprobs) {
+            oom(err);
+            goto done;
+        }
+        memcpy(s->tokens, q->tokens, (size_t)len * sizeof *s->tokens);
+        memcpy(s->logprobs, q->logp, (size_t)len * sizeof *s->logprobs);
+    }
+    if (want_prompt_lp) { /* log p(token j | tokens < j), NaN at 0: one forward at T = 1 */
+        int32_t *pos = malloc((size_t)plen * sizeof *pos), *tgt = malloc((size_t)plen * sizeof *tgt);
+        int32_t cu[2] = {0, plen};
+        lp = calloc((size_t)plen, sizeof *lp);
+        out->prompt_logprobs = malloc((size_t)plen * sizeof *out->prompt_logprobs);
+        int ok = pos && tgt && lp && out->prompt_logprobs;
+        for (int j = 0; ok && j < plen; j++) {
+            pos[j] = j;
+            tgt[j] = j + 1 < plen ? ptoks[j + 1] : -1;
+        }
+        model_batch b = {
+            .N = plen, .S = 1, .tokens = ptoks, .positions = pos, .cu_seqlens = cu, .targets = tgt};
+        int frc = ok ? model_forward(mm, &b, 1.0f, lp, NULL, err) : oom(err);
+        free(pos), free(tgt);
+        if (frc != 0) goto done;
+        out->n_prompt = (size_t)plen;
+        out->prompt_logprobs[0] = NAN;
+        for (int j = 1; j < plen; j++) out->prompt_logprobs[j] = lp[j - 1];
+    }
+    rc = 0;
+done:
+    free(ptoks);
+    free(lp);
+    json_decref(strs);
+    rollout_result_free(&rr);
+    if (rc != 0) {
+        if (out) tk_sample_response_free(out);
+        free(out);
+    } else {
+        *result = out;
+    }
+    return rc;
+}
+
+static void run_op(tk_model *m, tk_op *op) {
+    chord_err err = {0};
+    json_t *json = NULL;
+    tk_fb_output *fb = NULL;
+    tk_sample_response *sample = NULL;
+    int rc;
+    if (m->failed[0] && op->kind != OP_CREATE) {
+        rc = chord_err_setc(&err, CHORD_E_INVALID, "model %s did not load: %s", m->id, m->failed);
+    } else {
+        switch (op->kind) {
+        case OP_CREATE:
+            rc = run_create(m, &err);
+            if (rc != 0) snprintf(m->failed, sizeof m->failed, "%s", err.msg);
+            else if (!(json = json_pack("{s:s,s:s}", "model_id", m->id, "type", "create_model")))
+                rc = oom(&err);
+            break;
+        case OP_FB:
+            rc = run_fb(m, &op->fb, &fb, &err);
+            break;
+        case OP_OPTIM:
+            rc = run_optim(m, op->json, &json, &err);
+            break;
+        case OP_SAVE:
+        case OP_SAVE_SAMPLER:
+            rc = run_save(m, op->json, op->kind == OP_SAVE_SAMPLER, &json, &err);
+            break;
+        case OP_SAMPLE:
+            rc = run_sample(m, op->json, &sample, &err);
+            break;
+        default:
+            rc = chord_err_setc(&err, CHORD_E_INTERNAL, "unknown operation");
+        }
+    }
+    if (rc != 0) LOG_WARN("tinker %s seq %d: %s", m->id, (int)op->seq, err.msg);
+    future_done(m->t, op->f, json, fb, sample, rc != 0 ? &err : NULL);
+}
+
+static void *model_main(void *arg) {
+    tk_model *m = arg;
+    tk_service *t = m->t;
+    double gap_since = 0.0; /* when the queue began to wait on a missing seq_id */
+    pthread_mutex_lock(&t->mu);
+    for (;;) {
+        tk_op *op = m->queue;
+        if (op && m->sampler && op->seq > 0) m->next_seq = op->seq; /* as they come */
+        if (op && op->seq > m->next_seq && !t->stopping) {
+            double now = now_s();
+            if (gap_since == 0.0) gap_since = now;
+            if (now - gap_since >= TK_SEQ_GAP_S) {
+                LOG_WARN("tinker %s: seq_id %d never came; going on with %d", m->id,
+                         (int)m->next_seq, (int)op->seq);
+                m->next_seq = op->seq;
+            }
+        } else {
+            gap_since = 0.0;
+        }
+        if (op && op->seq == m->next_seq && !t->stopping) {
+            m->queue = op->next;
+            pthread_mutex_unlock(&t->mu);
+            run_op(m, op);
+            op_free(op);
+            pthread_mutex_lock(&t->mu);
+            m->next_seq++;
+            continue;
+        }
+        if (t->stopping || (m->closing && !m->queue)) break;
+        if (gap_since > 0.0) { /* look again when the gap may be skipped */
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_sec += 1;
+            pthread_cond_timedwait(&t->cv, &t->mu, &ts);
+        } else {
+            pthread_cond_wait(&t->cv, &t->mu);
+        }
+    }
+    /* what is still queued will never run */
+    tk_op *rest = m->queue;
+    m->queue = NULL;
+    pthread_mutex_unlock(&t->mu);
+    while (rest) {
+        tk_op *next = rest->next;
+        chord_err err = {0};
+        chord_err_setc(&err, CHORD_E_UNAVAILABLE, "the server is stopping");
+        future_done(t, rest->f, NULL, NULL, NULL, &err);
+        op_free(rest);
+        rest = next;
+    }
+    rollout_engine_free(m->engine);
+    m->engine = NULL;
+    bootstrap_close(&m->boot);
+    ops_close(m->ops);
+    m->ops = NULL;
+    pthread_mutex_lock(&t->mu);
+    m->ended = 1;
+    pthread_mutex_unlock(&t->mu);
+    return NULL;
+}
+
+/* ---- the service ------------------------------------------------------------------------------ */
+
+int tk_open(const tk_options *opt, tk_service **out, chord_err *err) {
+    *out = NULL;
+    tk_service *t = calloc(1, sizeof *t);
+    if (!t) return oom(err);
+    t->opt = *opt;
+    t->data_dir = strdup(opt->data_dir);
+    t->device = strdup(opt->device ? opt->device : "cpu");
+    t->bases_seen = json_array();
+    if (!t->data_dir || !t->device || !t->bases_seen) {
+        tk_close(t);
+        return oom(err);
+    }
+    pthread_mutex_init(&t->mu, NULL);
+    pthread_cond_init(&t->cv, NULL);
+    *out = t;
+    return 0;
+}
+
+void tk_shutdown(tk_service *t) {
+    if (!t) return;
+    pthread_mutex_lock(&t->mu);
+    t->stopping = 1;
+    pthread_cond_broadcast(&t->cv);
+    pthread_mutex_unlock(&t->mu);
+    /* no model is added once stopping is set (tk_submit_create_model checks it under mu) */
+    for (tk_model *m = t->models; m; m = m->next)
+        if (m->started) {
+            pthread_join(m->thread, NULL);
+            m->started = 0;
+        }
+}
+
+void tk_close(tk_service *t) {
+    if (!t) return;
+    tk_shutdown(t);
+    while (t->models) {
+        tk_model *m = t->models;
+        t->models = m->next;
+        free(m->base_model), free(m->base_dir), free(m->arch);
+        free(m->adapter_dir), free(m->model_path), free(m->snap);
+        free(m);
+    }
+    while (t->futures) {
+        tk_future *f = t->futures;
+        t->futures = f->next;
+        future_free(f);
+    }
+    while (t->sessions) {
+        tk_session *s = t->sessions;
+        t->sessions = s->next;
+        free(s);
+    }
+    json_decref(t->bases_seen);
+    free(t->data_dir), free(t->device);
+    pthread_cond_destroy(&t->cv);
+    pthread_mutex_destroy(&t->mu);
+    free(t);
+}
+
+int tk_create_session(tk_service *t, const json_t *req, json_t **resp, chord_err *err) {
+    (void)req;
+    tk_session *s = calloc(1, sizeof *s);
+    if (!s) return oom(err);
+    pthread_mutex_lock(&t->mu);
+    new_id(t, "ses", s->id);
+    s->last_seen = now_s();
+    s->next = t->sessions;
+    t->sessions = s;
+    *resp = json_pack("{s:s,s:s}", "session_id", s->id, "type", "create_session");
+    pthread_mutex_unlock(&t->mu);
+    return *resp ? 0 : oom(err);
+}
+
+int tk_heartbeat(tk_service *t, const json_t *req, json_t **resp, chord_err *err) {
+    const char *id = json_string_value(json_object_get(req, "session_id"));
+    if (!id) return chord_err_set(err, "session_id: required");
+    pthread_mutex_lock(&t->mu);
+    tk_session *s = session_find(t, id);
+    if (s) s->last_seen = now_s();
+    pthread_mutex_unlock(&t->mu);
+    if (!s) return chord_err_setc(err, CHORD_E_NOT_FOUND, "session_id: no session %.100s", id);
+    *resp = json_pack("{s:s}", "type", "session_heartbeat");
+    return *resp ? 0 : oom(err);
+}
+
+int tk_finish_session(tk_service *t, const char *session_id, chord_err *err) {
+    pthread_mutex_lock(&t->mu);
+    tk_session *s = session_find(t, session_id);
+    if (s) {
+        s->finished = 1;
+        for (tk_model *m = t->models; m; m = m->next)
+            if (!strcmp(m->session, session_id)) m->closing = 1; /* ends once its queue is run */
+        pthread_cond_broadcast(&t->cv);
+    }
+    pthread_mutex_unlock(&t->mu);
+    if (!s) return chord_err_setc(err, CHORD_E_NOT_FOUND, "no session %.100s", session_id);
+    return 0;
+}
+
+int tk_get_info(tk_service *t, const json_t *req, json_t **resp, chord_err *err) {
+    const char *id = json_string_value(json_object_get(req, "model_id"));
+    if (!id) return chord_err_set(err, "model_id: required");
+    pthread_mutex_lock(&t->mu);
+    tk_model *m = model_find(t, id);
+    if (m)
+        *resp = json_pack("{s:s,s:s,s:{s:s,s:s,s:s},s:b,s:i,s:s,s:{s:s}}", "type", "get_info",
+                          "model_id", m->id, "model_data", "arch", m->arch, "model_name",
+                          m->base_model, "tokenizer_id", m->base_dir, "is_lora", 1, "lora_rank",
+                          m->lora.rank, "model_name", m->base_model, "optimizer_config", "type",
+                          "adamw");
+    pthread_mutex_unlock(&t->mu);
+    if (!m) return chord_err_setc(err, CHORD_E_NOT_FOUND, "model_id: no model %.100s", id);
+    return *resp ? 0 : oom(err);
+}
+
+int tk_capabilities(tk_service *t, json_t **resp, chord_err *err) {
+    json_t *arr = json_array();
+    pthread_mutex_lock(&t->mu);
+    size_t i;
+    json_t *v;
+    json_array_foreach(t->bases_seen, i, v) {
+        json_array_append_new(arr, json_pack("{s:O,s:b,s:b}", "model_name", v, "trainable", 1,
+                                             "sampleable", 0));
+    }
+    pthread_mutex_unlock(&t->mu);
+    *resp = arr ? json_pack("{s:o}", "supported_models", arr) : NULL;
+    return *resp ? 0 : oom(err);
+}
+
+/* lora_config -> the adapter: rank, seed, and which projections (train_attn: q, k, v, o;
+ * train_mlp: gate, up, down; train_unembed: the unembedding, as a trained copy — chord's
+ * train_embeddings, docs/tinker.md). */
+static int read_lora(const json_t *req, tk_model *m, chord_err *err) {
+    const json_t *lc = json_object_get(req, "lora_config");
+    if (lc && !json_is_object(lc)) return chord_err_set(err, "lora_config: must be an object");
+    int64_t rank = 32;
+    int attn = 1, mlp = 1, unembed = 1;
+    int64_t seed = -1;
+    if (lc && (chord_json_get_int(lc, "lora_config", "rank", 0, 1, 1024, &rank, err) ||
+               chord_json_get_bool(lc, "lora_config", "train_attn", 0, &attn, err) ||
+               chord_json_get_bool(lc, "lora_config", "train_mlp", 0, &mlp, err) ||
+               chord_json_get_bool(lc, "lora_config", "train_unembed", 0, &unembed, err) ||
+               (json_is_integer(json_object_get(lc, "seed")) &&
+                chord_json_get_int(lc, "lora_config", "seed", 0, 0, INT64_MAX, &seed, err))))
+        return -1;
+    if (!attn && !mlp)
+        return chord_err_set(err, "lora_config: train_attn or train_mlp must be true (chord's "
+                                  "adapters go on the projections)");
+    m->lora.rank = (int)rank;
+    m->lora.alpha = 32.0; /* Tinker's: alpha 32 whatever the rank */
+    m->lora.targets = 0;
+    if (attn)
+        m->lora.targets |= (1u << MODEL_LORA_Q) | (1u << MODEL_LORA_K) | (1u << MODEL_LORA_V) |
+                           (1u << MODEL_LORA_O);
+    if (mlp)
+        m->lora.targets |=
+            (1u << MODEL_LORA_GATE) | (1u << MODEL_LORA_UP) | (1u << MODEL_LORA_DOWN);
+    m->lora.train_embeddings = unembed;
+    m->seed = seed >= 0 ? (uint64_t)seed : 0;
+    const json_t *oc = json_object_get(req, "optimizer_config");
+    const char *otype = json_string_value(json_object_get(oc, "type"));
+    if (oc && otype && strcmp(otype, "adamw") != 0)
+        return chord_err_set(err, "optimizer_config.type: \"%.40s\" is not supported (adamw)",
+                             otype);
+    return 0;
+}
+
+int tk_submit_create_model(tk_service *t, const json_t *req, char *request_id, char *model_id,
+                           chord_err *err) {
+    const char *session = json_string_value(json_object_get(req, "session_id"));
+    const char *base = json_string_value(json_object_get(req, "base_model"));
+    const json_t *seqj = json_object_get(req, "model_seq_id");
+    if (!session) return chord_err_set(err, "session_id: required");
+    if (!base || !*base) return chord_err_set(err, "base_model: required");
+    if (!json_is_integer(seqj) || json_integer_value(seqj) < 0 ||
+        json_integer_value(seqj) > 1000000)
+        return chord_err_set(err, "model_seq_id: must be an integer >= 0");
+    tk_model *m = calloc(1, sizeof *m);
+    tk_op *op = calloc(1, sizeof *op);
+    if (!m || !op) {
+        free(m), free(op);
+        return oom(err);
+    }
+    m->t = t;
+    snprintf(m->id, sizeof m->id, "%.100s:train:%lld", session,
+             (long long)json_integer_value(seqj));
+    snprintf(m->session, sizeof m->session, "%s", session);
+    model_config mc;
+    int rc = read_lora(req, m, err);
+    if (rc == 0) rc = t->opt.resolve(t->opt.user, base, &m->base_dir, err);
+    if (rc == 0) rc = model_config_load(m->base_dir, &mc, err);
+    if (rc == 0 && !(m->base_model = strdup(base))) rc = oom(err);
+    if (rc == 0 && !(m->arch = strdup(mc.model_type[0] ? mc.model_type : "llama"))) rc = oom(err);
+    if (rc != 0) {
+        if (err->code == CHORD_E_NOT_FOUND) err->code = CHORD_E_INVALID;
+        free(m->base_dir), free(m->base_model), free(m->arch), free(m), free(op);
+        return -1;
+    }
+    pthread_mutex_lock(&t->mu);
+    collect_futures(t);
+    tk_model *old = model_find(t, m->id);
+    tk_session *s = session_find(t, session);
+    if (!s || s->finished || t->stopping || old) {
+        tk_future *f = old ? future_of_seq(t, old->id, 0) : NULL;
+        if (f) snprintf(request_id, TK_ID_MAX, "%s", f->id); /* a retried create */
+        pthread_mutex_unlock(&t->mu);
+        free(m->base_dir), free(m->base_model), free(m->arch), free(m), free(op);
+        if (f) {
+            snprintf(model_id, TK_ID_MAX, "%s", old->id);
+            return 0;
+        }
+        if (old) return chord_err_setc(err, CHORD_E_CONFLICT, "model %s exists", old->id);
+        if (t->stopping) return chord_err_setc(err, CHORD_E_UNAVAILABLE, "the server is stopping");
+        return chord_err_setc(err, CHORD_E_NOT_FOUND, "session_id: no open session %.100s",
+                              session);
+    }
+    op->kind = OP_CREATE;
+    op->seq = 0;
+    op->f = future_new(t, m->id, 0);
+    if (!op->f || pthread_create(&m->thread, NULL, model_main, m) != 0) {
+        pthread_mutex_unlock(&t->mu);
+        free(m->base_dir), free(m->base_model), free(m->arch), free(m), free(op);
+        return chord_err_setc(err, CHORD_E_INTERNAL, "cannot start the model's thread");
+    }
+    m->started = 1;
+    queue_op(m, op);
+    m->next = t->models;
+    t->models = m;
+    int seen = 0;
+    size_t i;
+    json_t *v;
+    json_array_foreach(t->bases_seen, i, v) seen |= !strcmp(json_string_value(v), base);
+    if (!seen) json_array_append_new(t->bases_seen, json_string(base));
+    snprintf(request_id, TK_ID_MAX, "%s", op->f->id);
+    snprintf(model_id, TK_ID_MAX, "%s", m->id);
+    pthread_cond_broadcast(&t->cv);
+    pthread_mutex_unlock(&t->mu);
+    LOG_INFO("tinker: model %s on %s (rank %d)", m->id, base, m->lora.rank);
+    return 0;
+}
+
+/* Queues op for model_id at seq (t->mu NOT held); a retried (model, seq) answers the first
+ * request's id. On failure op is freed. */
+static int submit(tk_service *t, const char *model_id, int32_t seq, tk_op *op, char *request_id,
+                  chord_err *err) {
+    op->seq = seq;
+    pthread_mutex_lock(&t->mu);
+    collect_futures(t);
+    tk_model *m = model_find(t, model_id);
+    tk_future *f = m ? future_of_seq(t, m->id, seq) : NULL;
+    int rc = 0;
+    if (!m) {
+        rc = chord_err_setc(err, CHORD_E_NOT_FOUND, "model_id: no model %.100s", model_id);
+    } else if (f) {
+        snprintf(request_id, TK_ID_MAX, "%s", f->id); /* the same request again */
+    } else if (seq < 1) {
+        rc = chord_err_set(err, "seq_id: must be >= 1, got %d", (int)seq);
+    } else if (seq < m->next_seq) {
+        rc = chord_err_setc(err, CHORD_E_CONFLICT, "seq_id: %d ran already (the model is at %d)",
+                            (int)seq, (int)m->next_seq);
+    } else if (m->closing || m->ended || t->stopping) {
+        rc = chord_err_setc(err, CHORD_E_UNAVAILABLE, "model %.100s is closed", model_id);
+    } else if (!(op->f = future_new(t, m->id, seq))) {
+        rc = oom(err);
+    } else {
+        queue_op(m, op);
+        snprintf(request_id, TK_ID_MAX, "%s", op->f->id);
+        op = NULL;
+        pthread_cond_broadcast(&t->cv);
+    }
+    pthread_mutex_unlock(&t->mu);
+    if (op) op_free(op);
+    return rc;
+}
+
+int tk_submit_forward_backward(tk_service *t, tk_fb_request *fb, char *request_id,
+                               chord_err *err) {
+    tk_op *op = calloc(1, sizeof *op);
+    if (!op) {
+        tk_fb_request_free(fb);
+        return oom(err);
+    }
+    op->kind = OP_FB;
+    op->fb = *fb;
+    memset(fb, 0, sizeof *fb);
+    /* the loss and the datums are checked at the operation's turn: a request refused here
+     * would leave a hole in the model's seq_ids, which the client counts whatever the answer */
+    char model_id[TK_ID_MAX];
+    snprintf(model_id, sizeof model_id, "%s", op->fb.model_id ? op->fb.model_id : "");
+    return submit(t, model_id, op->fb.seq_id, op, request_id, err);
+}
+
+int tk_submit_json(tk_service *t, const char *kind, const json_t *req, char *request_id,
+                   chord_err *err) {
+    const char *model_id = json_string_value(json_object_get(req, "model_id"));
+    const json_t *seq = json_object_get(req, "seq_id");
+    if (!model_id) return chord_err_set(err, "model_id: required");
+    if (!json_is_integer(seq) || json_integer_value(seq) < 1 ||
+        json_integer_value(seq) > INT32_MAX)
+        return chord_err_set(err, "seq_id: must be an integer >= 1");
+    tk_op *op = calloc(1, sizeof *op);
+    if (!op) return oom(err);
+    if (!strcmp(kind, "optim_step")) {
+        op->kind = OP_OPTIM;
+    } else if (!strcmp(kind, "save_weights")) {
+        op->kind = OP_SAVE;
+    } else if (!strcmp(kind, "save_weights_for_sampler")) {
+        op->kind = OP_SAVE_SAMPLER;
+    } else {
+        free(op);
+        return chord_err_setc(err, CHORD_E_INTERNAL, "unknown operation %s", kind);
+    }
+    op->json = json_deep_copy(req);
+    if (!op->json) {
+        free(op);
+        return oom(err);
+    }
+    return submit(t, model_id, (int32_t)json_integer_value(seq), op, request_id, err);
+}
+
+static tk_fb_output *fb_copy(const tk_fb_output *o) {
+    tk_fb_output *c = calloc(1, sizeof *c);
+    if (!c) return NULL;
+    size_t nd = o->n_data ? o->n_data : 1;
+    c->n_data = o->n_data;
+    c->logprobs = calloc(nd, sizeof *c->logprobs);
+    c->elementwise_loss = calloc(nd, sizeof *c->elementwise_loss);
+    c->lens = calloc(nd, sizeof *c->lens);
+    c->metric_keys = calloc((size_t)o->n_metrics + 1, sizeof *c->metric_keys);
+    c->metric_values = calloc((size_t)o->n_metrics + 1, sizeof *c->metric_values);
+    int bad = !c->logprobs || !c->elementwise_loss || !c->lens || !c->metric_keys ||
+              !c->metric_values;
+    for (size_t i = 0; !bad && i < o->n_data; i++) {
+        size_t n = o->lens[i] ? o->lens[i] : 1;
+        c->lens[i] = o->lens[i];
+        c->logprobs[i] = malloc(n * sizeof(float));
+        c->elementwise_loss[i] = malloc(n * sizeof(float));
+        bad = !c->logprobs[i] || !c->elementwise_loss[i];
+        if (!bad) {
+            memcpy(c->logprobs[i], o->logprobs[i], o->lens[i] * sizeof(float));
+            memcpy(c->elementwise_loss[i], o->elementwise_loss[i], o->lens[i] * sizeof(float));
+        }
+    }
+    for (int i = 0; !bad && i < o->n_metrics; i++) {
+        c->metric_keys[i] = strdup(o->metric_keys[i]);
+        c->metric_values[i] = o->metric_values[i];
+        c->n_metrics = i + 1;
+        bad = !c->metric_keys[i];
+    }
+    if (bad) {
+        tk_fb_output_free(c);
+        free(c);
+        return NULL;
+    }
+    return c;
+}
+
+static tk_sample_response *sample_copy(const tk_sample_response *r) {
+    tk_sample_response *c = calloc(1, sizeof *c);
+    if (!c) return NULL;
+    c->seqs = calloc(r->n_seqs ? r->n_seqs : 1, sizeof *c->seqs);
+    int bad = !c->seqs;
+    c->n_seqs = bad ? 0 : r->n_seqs;
+    for (size_t i = 0; !bad && i < r->n_seqs; i++) {
+        size_t n = r->seqs[i].n ? r->seqs[i].n : 1;
+        c->seqs[i].stop_reason = r->seqs[i].stop_reason;
+        c->seqs[i].n = r->seqs[i].n;
+        c->seqs[i].tokens = malloc(n * sizeof(int32_t));
+        c->seqs[i].logprobs = malloc(n * sizeof(float));
+        bad = !c->seqs[i].tokens || !c->seqs[i].logprobs;
+        if (!bad) {
+            memcpy(c->seqs[i].tokens, r->seqs[i].tokens, r->seqs[i].n * sizeof(int32_t));
+            memcpy(c->seqs[i].logprobs, r->seqs[i].logprobs, r->seqs[i].n * sizeof(float));
+        }
+    }
+    if (!bad && r->prompt_logprobs) {
+        c->prompt_logprobs = malloc(r->n_prompt * sizeof(float));
+        bad = !c->prompt_logprobs;
+        if (!bad) {
+            memcpy(c->prompt_logprobs, r->prompt_logprobs, r->n_prompt * sizeof(float));
+            c->n_prompt = r->n_prompt;
+        }
+    }
+    if (bad) {
+        tk_sample_response_free(c);
+        free(c);
+        return NULL;
+    }
+    return c;
+}
+
+int tk_retrieve(tk_service *t, const char *request_id, double wait_s, tk_result *out,
+                chord_err *err) {
+    memset(out, 0, sizeof *out);
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    double end = (double)until.tv_sec + 1e-9 * (double)until.tv_nsec + (wait_s > 0 ? wait_s : 0);
+    until.tv_sec = (time_t)end;
+    until.tv_nsec = (long)((end - (double)until.tv_sec) * 1e9);
+    pthread_mutex_lock(&t->mu);
+    tk_future *f = future_find(t, request_id);
+    while (f && f->state == TK_PENDING && !t->stopping) {
+        if (pthread_cond_timedwait(&t->cv, &t->mu, &until) == ETIMEDOUT) break;
+        f = future_find(t, request_id); /* collected meanwhile? */
+    }
+    int rc = 0;
+    if (!f) {
+        rc = chord_err_setc(err, CHORD_E_NOT_FOUND, "request_id: no request %.100s (unknown, or "
+                            "its result expired)", request_id);
+    } else {
+        out->state = f->state;
+        if (f->state == TK_DONE) {
+            if (f->json) out->json = json_incref(f->json);
+            if (f->fb && !(out->fb = fb_copy(f->fb))) rc = oom(err);
+            if (f->sample && !(out->sample = sample_copy(f->sample))) rc = oom(err);
+        } else if (f->state == TK_FAILED) {
+            out->error = strdup(f->error ? f->error : "failed");
+            out->user_error = f->user_error;
+            if (!out->error) rc = oom(err);
+        }
+    }
+    pthread_mutex_unlock(&t->mu);
+    if (rc != 0) tk_result_free(out);
+    return rc;
+}
+
+void tk_result_free(tk_result *r) {
+    if (!r) return;
+    json_decref(r->json);
+    if (r->fb) tk_fb_output_free(r->fb);
+    free(r->fb);
+    if (r->sample) tk_sample_response_free(r->sample);
+    free(r->sample);
+    free(r->error);
+    memset(r, 0, sizeof *r);
+}
+
+/* ---- samplers --------------------------------------------------------------------------------- */
+
+/* A new sampler (t->mu held): its thread, with its create op queued. Takes snap. */
+static tk_model *sampler_start(tk_service *t, const char *id, const char *session,
+                               const char *base_model, const char *base_dir,
+                               const char *adapter_dir, const char *model_path, float *snap,
+                               const model_lora_config *lc, const char *owner, chord_err *err) {
+    tk_model *m = calloc(1, sizeof *m);
+    tk_op *op = calloc(1, sizeof *op);
+    if (m) {
+        m->t = t;
+        m->sampler = 1;
+        snprintf(m->id, sizeof m->id, "%s", id);
+        snprintf(m->session, sizeof m->session, "%s", session);
+        snprintf(m->owner, sizeof m->owner, "%s", owner ? owner : "");
+        m->base_model = strdup(base_model);
+        m->base_dir = strdup(base_dir);
+        m->arch = strdup("");
+        m->adapter_dir = adapter_dir ? strdup(adapter_dir) : NULL;
+        m->model_path = model_path ? strdup(model_path) : NULL;
+        m->snap = snap;
+        snap = NULL;
+        if (lc) m->lora = *lc;
+    }
+    free(snap);
+    if (!m || !op || !m->base_model || !m->base_dir || !m->arch ||
+        (adapter_dir && !m->adapter_dir) || (model_path && !m->model_path) ||
+        !(op->f = future_new(t, id, 0))) {
+        if (m) {
+            free(m->base_model), free(m->base_dir), free(m->arch), free(m->adapter_dir);
+            free(m->model_path), free(m->snap), free(m);
+        }
+        free(op);
+        oom(err);
+        return NULL;
+    }
+    op->kind = OP_CREATE;
+    if (pthread_create(&m->thread, NULL, model_main, m) != 0) {
+        free(m->base_model), free(m->base_dir), free(m->arch), free(m->adapter_dir);
+        free(m->model_path), free(m->snap), free(m), free(op);
+        chord_err_setc(err, CHORD_E_INTERNAL, "cannot start the sampler's thread");
+        return NULL;
+    }
+    m->started = 1;
+    queue_op(m, op);
+    m->next = t->models;
+    t->models = m;
+    pthread_cond_broadcast(&t->cv);
+    return m;
+}
+
+/* save_weights_for_sampler without a name: a sampler on a copy of the adapter as it is now (the
+ * training model's thread), "<session>:sample:<sampling_session_seq_id>". The model's older
+ * samplers beyond TK_SAMPLERS_PER_MODEL close once their queued requests are run. */
+static int snapshot_sampler(tk_model *m, const json_t *req, json_t **result, chord_err *err) {
+    const json_t *sq = json_object_get(req, "sampling_session_seq_id");
+    if (!json_is_integer(sq) || json_integer_value(sq) < 0)
+        return chord_err_set(err, "path or sampling_session_seq_id: one is required");
+    char id[TK_ID_MAX];
+    snprintf(id, sizeof id, "%.100s:sample:%lld", m->session, (long long)json_integer_value(sq));
+    size_t np = 0;
+    model_lora_tensors(m->boot.m, NULL, &np);
+    float *snap = malloc((np ? np : 1) * sizeof *snap);
+    if (!snap) return oom(err);
+    if (model_lora_read_params(m->boot.m, snap, err) != 0) {
+        free(snap);
+        return -1;
+    }
+    model_lora_config lc = m->lora;
+    tk_service *t = m->t;
+    pthread_mutex_lock(&t->mu);
+    int rc = 0;
+    if (model_find(t, id)) { /* a retried save: the sampler exists */
+        free(snap);
+    } else if (!sampler_start(t, id, m->session, m->base_model, m->base_dir, NULL, NULL, snap,
+                              &lc, m->id, err)) {
+        rc = -1;
+    } else {
+        int kept = 0;
+        for (tk_model *o = t->models; o; o = o->next) /* newest first */
+            if (o->sampler && !strcmp(o->owner, m->id) && !o->closing &&
+                ++kept > TK_SAMPLERS_PER_MODEL)
+                o->closing = 1;
+    }
+    pthread_mutex_unlock(&t->mu);
+    if (rc != 0) return -1;
+    *result = json_pack("{s:s,s:s}", "sampling_session_id", id, "type", "save_weights_for_sampler");
+    return *result ? 0 : oom(err);
+}
+
+/* "tinker://<model_id>/<weights|sampler_weights>/<name>" -> its directory (out, 4096). */
+static int checkpoint_dir(tk_service *t, const char *path, char *out, char *model_id,
+                          chord_err *err) {
+    static const char scheme[] = "tinker://";
+    if (strncmp(path, scheme, sizeof scheme - 1) != 0)
+        return chord_err_set(err, "model_path: \"%.100s\" is not a tinker:// path", path);
+    const char *p = path + sizeof scheme - 1, *s1 = strchr(p, '/'), *s2 = s1 ? strchr(s1 + 1, '/') : NULL;
+    if (!s1 || !s2 || strchr(s2 + 1, '/') || s1 == p || (size_t)(s1 - p) >= TK_ID_MAX)
+        return chord_err_set(err, "model_path: \"%.100s\" is not tinker://<model_id>/<kind>/<name>",
+                             path);
+    char kind[32];
+    snprintf(model_id, TK_ID_MAX, "%.*s", (int)(s1 - p), p);
+    snprintf(kind, sizeof kind, "%.*s", (int)(s2 - s1 - 1), s1 + 1);
+    for (const char *c = model_id; *c; c++)
+        if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') ||
+              *c == '_' || *c == ':' || *c == '-' || *c == '.') ||
+            !strcmp(model_id, "..") || !strcmp(model_id, "."))
+            return chord_err_set(err, "model_path: bad model id in \"%.100s\"", path);
+    if ((strcmp(kind, "weights") && strcmp(kind, "sampler_weights")) || !name_ok(s2 + 1))
+        return chord_err_set(err, "model_path: \"%.100s\": the kind must be weights or "
+                                  "sampler_weights, then a checkpoint name", path);
+    snprintf(out, 4096, "%s/tinker/%s/%s/%s", t->data_dir, model_id, kind, s2 + 1);
+    if (!chord_is_dir(out))
+        return chord_err_setc(err, CHORD_E_NOT_FOUND, "model_path: no checkpoint %.200s", path);
+    return 0;
+}
+
+int tk_create_sampling_session(tk_service *t, const json_t *req, json_t **resp, chord_err *err) {
+    const char *session = json_string_value(json_object_get(req, "session_id"));
+    const char *path = json_string_value(json_object_get(req, "model_path"));
+    const char *base = json_string_value(json_object_get(req, "base_model"));
+    const json_t *sq = json_object_get(req, "sampling_session_seq_id");
+    if (!session) return chord_err_set(err, "session_id: required");
+    if (!json_is_integer(sq) || json_integer_value(sq) < 0)
+        return chord_err_set(err, "sampling_session_seq_id: must be an integer >= 0");
+    if (!path && !base) return chord_err_set(err, "model_path or base_model: one is required");
+    char id[TK_ID_MAX], dir[4096] = "", owner[TK_ID_MAX] = "", *base_dir = NULL;
+    snprintf(id, sizeof id, "%.100s:sample:%lld", session, (long long)json_integer_value(sq));
+    char base_name[4200] = "";
+    if (path) {
+        if (checkpoint_dir(t, path, dir, owner, err) != 0) return -1;
+        char b[4096]; /* the adapter's base (adapter_config.json) */
+        if (model_config_adapter_base(dir, b, sizeof b, err) != 1)
+            return chord_err_set(err, "model_path: %.200s holds no LoRA adapter", path);
+        base_dir = strdup(b);
+        snprintf(base_name, sizeof base_name, "%s", b);
+    } else {
+        if (t->opt.resolve(t->opt.user, base, &base_dir, err) != 0) {
+            if (err->code == CHORD_E_NOT_FOUND) err->code = CHORD_E_INVALID;
+            return -1;
+        }
+        snprintf(base_name, sizeof base_name, "%s", base);
+    }
+    if (!base_dir) return oom(err);
+    pthread_mutex_lock(&t->mu);
+    tk_session *s = session_find(t, session);
+    tk_model *own = owner[0] ? model_find(t, owner) : NULL;
+    if (own) snprintf(base_name, sizeof base_name, "%s", own->base_model); /* its name */
+    int rc = 0;
+    if (!s || s->finished || t->stopping)
+        rc = chord_err_setc(err, CHORD_E_NOT_FOUND, "session_id: no open session %.100s", session);
+    else if (!model_find(t, id) && !sampler_start(t, id, session, base_name, base_dir,
+                                                  path ? dir : NULL, path, NULL, NULL, NULL, err))
+        rc = -1;
+    pthread_mutex_unlock(&t->mu);
+    free(base_dir);
+    if (rc != 0) return -1;
+    *resp = json_pack("{s:s,s:s}", "sampling_session_id", id, "type", "create_sampling_session");
+    return *resp ? 0 : oom(err);
+}
+
+int tk_get_sampler(tk_service *t, const char *sampler_id, json_t **resp, chord_err *err) {
+    pthread_mutex_lock(&t->mu);
+    tk_model *m = model_find(t, sampler_id);
+    if (m && m->sampler)
+        *resp = json_pack("{s:s,s:s,s:s?}", "sampler_id", m->id, "base_model", m->base_model,
+                          "model_path", m->model_path);
+    pthread_mutex_unlock(&t->mu);
+    if (!m || !m->sampler)
+        return chord_err_setc(err, CHORD_E_NOT_FOUND, "no sampler %.100s", sampler_id);
+    return *resp ? 0 : oom(err);
+}
+
+int tk_submit_sample(tk_service *t, const json_t *req, char *request_id, int *n_samples,
+                     chord_err *err) {
+    const char *sid = json_string_value(json_object_get(req, "sampling_session_id"));
+    const json_t *n = json_object_get(req, "num_samples");
+    if (!sid)
+        return chord_err_set(err, "sampling_session_id: required (chord samples from a sampling "
+                                  "session: base_model / model_path in asample are not supported)");
+    if (n && (!json_is_integer(n) || json_integer_value(n) < 1 || json_integer_value(n) > 1024))
+        return chord_err_set(err, "num_samples: must be an integer in [1, 1024]");
+    *n_samples = n ? (int)json_integer_value(n) : 1;
+    tk_op *op = calloc(1, sizeof *op);
+    if (!op) return oom(err);
+    op->kind = OP_SAMPLE;
+    if (!(op->json = json_deep_copy(req))) {
+        free(op);
+        return oom(err);
+    }
+    pthread_mutex_lock(&t->mu);
+    collect_futures(t);
+    tk_model *m = model_find(t, sid);
+    int rc = 0;
+    if (!m || !m->sampler)
+        rc = chord_err_setc(err, CHORD_E_NOT_FOUND, "sampling_session_id: no sampler %.100s", sid);
+    else if (m->ended || t->stopping)
+        rc = chord_err_setc(err, CHORD_E_UNAVAILABLE, "sampler %.100s is closed", sid);
+    else if (!(op->f = future_new(t, sid, -1)))
+        rc = oom(err);
+    if (rc == 0) {
+        op->seq = ++m->fifo;
+        queue_op(m, op);
+        snprintf(request_id, TK_ID_MAX, "%s", op->f->id);
+        op = NULL;
+        pthread_cond_broadcast(&t->cv);
+    }
+    pthread_mutex_unlock(&t->mu);
+    if (op) op_free(op);
+    return rc;
+}

@@ -1,0 +1,212 @@
+"""tinker_test.py — chordd's Tinker-compatible API (docs/tinker.md) driven by the official client,
+PyPI `tinker` 0.38, unchanged: only TINKER_BASE_URL and TINKER_API_KEY point it at a real chordd.
+
+  - a LoRA training client on a base directory under the models root; get_info names it;
+  - forward_backward (cross_entropy, protobuf both ways) returns the model's log-probs of the
+    target tokens, equal to transformers' on the same base (the adapter starts as a no-op);
+  - ten steps of forward_backward + optim_step drive the loss down; forward() computes without
+    training (two calls, same numbers);
+  - save_state / save_weights_for_sampler write PEFT adapter directories that peft loads onto the
+    base with chord's log-probs (the trained adapter, an independent implementation);
+  - bad requests get the errors the client raises: an unknown loss and a malformed datum fail
+    their future with the server's message, an unknown base model is refused; the server stays
+    up.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+sys.path.insert(0, os.path.dirname(__file__))
+from chordd_harness import CHORDD, TINY_CONFIG, Chordd  # noqa: E402
+
+BASE_CONFIG = dict(TINY_CONFIG, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2, intermediate_size=96)
+
+
+@pytest.fixture(scope="module")
+def srv():
+    s = Chordd().start()
+    cfg = os.path.join(s.tmp, "base.json")
+    with open(cfg, "w") as f:
+        json.dump(BASE_CONFIG, f)
+    s.base = os.path.join(s.models_root, "tbase")
+    subprocess.run([CHORDD, "init-model", "--config", cfg, "--seed", "5", "--out", s.base],
+                   check=True, capture_output=True)
+    os.environ.update(TINKER_BASE_URL=s.url, TINKER_API_KEY="tml-chord-test",
+                      TINKER_TELEMETRY="0")
+    yield s
+    rc = s.stop()
+    s.cleanup()
+    assert rc == 0, "chordd did not exit cleanly on SIGTERM"
+
+
+def data(types):
+    seqs = [[5, 17, 300, 42, 99, 7, 512, 3, 88, 12], [4, 4, 8, 15, 16, 23, 42]]
+    out = []
+    for s in seqs:
+        w = [0.0] * 3 + [1.0] * (len(s) - 4)  # a "prompt" of 3 tokens takes no loss
+        out.append(types.Datum(model_input=types.ModelInput.from_ints(s[:-1]),
+                               loss_fn_inputs={"target_tokens": s[1:], "weights": w}))
+    return seqs, out
+
+
+def hf_logprobs(model, seqs):
+    out = []
+    with torch.no_grad():
+        for s in seqs:
+            lp = torch.log_softmax(model(torch.tensor([s[:-1]])).logits[0].double(), -1)
+            out.append([lp[i, t].item() for i, t in enumerate(s[1:])])
+    return out
+
+
+def worst(a, b):
+    return max(abs(x - y) for u, v in zip(a, b) for x, y in zip(u, v))
+
+
+def test_supervised_loop_with_the_official_client(srv):
+    import tinker
+    from tinker import types
+    sc = tinker.ServiceClient()
+    tc = sc.create_lora_training_client(base_model="tbase", rank=8).result()
+    info = tc.get_info()
+    assert info.model_data.model_name == "tbase" and info.lora_rank == 8, info
+    seqs, batch = data(types)
+    hf = AutoModelForCausalLM.from_pretrained(srv.base, dtype=torch.float32)
+    ref = hf_logprobs(hf, seqs)
+
+    losses = []
+    for step in range(10):
+        fb = tc.forward_backward(batch, "cross_entropy")
+        opt = tc.optim_step(types.AdamParams(learning_rate=2e-2))
+        r = fb.result()
+        opt.result()
+        lp = [x["logprobs"].tolist() for x in r.loss_fn_outputs]
+        assert [len(x) for x in lp] == [len(s) - 1 for s in seqs]
+        loss = r.metrics["loss:sum"]
+        want = -sum(lw * l for x, d in zip(lp, batch)
+                    for lw, l in zip(d.loss_fn_inputs["weights"].tolist(), x))
+        assert abs(loss - want) <= 1e-4 * max(1.0, abs(want)), (loss, want)
+        if step == 0:  # B = 0 and the unembedding's copy is the base's: the base's log-probs
+            assert worst(lp, ref) <= 1e-4, worst(lp, ref)
+        losses.append(loss)
+    print("tinker cross_entropy loss:", " ".join(f"{x:.3f}" for x in losses))
+    assert losses[-1] < 0.7 * losses[0], losses
+
+    a = tc.forward(batch, "cross_entropy").result()
+    b = tc.forward(batch, "cross_entropy").result()
+    la = [x["logprobs"].tolist() for x in a.loss_fn_outputs]
+    assert la == [x["logprobs"].tolist() for x in b.loss_fn_outputs]  # forward does not train
+    assert worst(la, ref) > 1e-3  # ... but the steps did
+
+    saved = tc.save_state("step10").result()
+    assert saved.path == f"tinker://{tc.model_id}/weights/step10", saved
+    samp = tc.save_weights_for_sampler("step10").result()
+    assert samp.path.endswith("/sampler_weights/step10"), samp
+    adir = os.path.join(srv.data_dir, "tinker", tc.model_id, "weights", "step10")
+    assert os.path.exists(os.path.join(adir, "optimizer.safetensors"))
+    # the saved adapter in peft, on the base: chord's log-probs
+    from peft import PeftModel
+    pm = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(
+        srv.base, dtype=torch.float32), adir)
+    assert worst(hf_logprobs(pm, seqs), la) <= 1e-4
+
+    # bad requests: the client raises with the server's message; the server stays up
+    with pytest.raises(Exception, match="dro"):
+        tc.forward_backward(batch, "dro").result()
+    tc2 = sc.create_lora_training_client(base_model="tbase", rank=4).result()
+    bad = types.Datum(model_input=types.ModelInput.from_ints([1, 2, 3]),
+                      loss_fn_inputs={"target_tokens": [2, 3], "weights": [1.0, 1.0]})
+    with pytest.raises(Exception, match=r"data\[0\]"):
+        tc2.forward_backward([bad], "cross_entropy").result()
+    with pytest.raises(Exception, match="base_model"):
+        sc.create_lora_training_client(base_model="no-such-model", rank=4).result()
+    assert srv.get("/healthz").status == 200
+
+
+def test_rl_loop_sampling_and_parity(srv):
+    """The RL path: save_weights_and_get_sampling_client, sample (log-probs equal to transformers'
+    on the same weights), importance_sampling on the samples (the parity figure: trainer and
+    sampler agree to float round-off), a few steps that move the reward; compute_logprobs;
+    a sampling client from a saved checkpoint; ppo, cispo and chord on the same datums."""
+    import tinker
+    from tinker import types
+    sc = tinker.ServiceClient()
+    tc = sc.create_lora_training_client(base_model="tbase", rank=8).result()
+    hf = AutoModelForCausalLM.from_pretrained(srv.base, dtype=torch.float32)
+    prompt = [5, 17, 300, 42]
+    params = types.SamplingParams(max_tokens=6, temperature=1.0, stop=[])
+
+    def datums(res, adv):
+        out = []
+        for s, a in zip(res.sequences, adv):
+            full = prompt + list(s.tokens)
+            n_p = len(prompt) - 1
+            out.append(types.Datum(
+                model_input=types.ModelInput.from_ints(full[:-1]),
+                loss_fn_inputs={"target_tokens": full[1:],
+                                "logprobs": [0.0] * n_p + list(s.logprobs),
+                                "advantages": [0.0] * n_p + [a] * len(s.tokens)}))
+        return out
+
+    def reward(s):  # the share of tokens from the vocabulary's lower half
+        return sum(t < 512 for t in s.tokens) / len(s.tokens)
+
+    rewards, parity_seen = [], 0
+    for step in range(12):
+        smp = tc.save_weights_and_get_sampling_client().result()
+        params = types.SamplingParams(max_tokens=6, temperature=1.0, stop=[], seed=100 + step)
+        res = smp.sample(prompt=types.ModelInput.from_ints(prompt), num_samples=8,
+                         sampling_params=params).result()
+        assert len(res.sequences) == 8 and all(len(s.tokens) == 6 for s in res.sequences)
+        assert all(s.stop_reason == "length" for s in res.sequences)
+        if step == 0:  # the sampler's log-probs are the model's (transformers, T = 1)
+            got = [list(s.logprobs) for s in res.sequences]
+            want = hf_logprobs(hf, [prompt + list(s.tokens) for s in res.sequences])
+            assert worst([w[len(prompt) - 1:] for w in want], got) <= 1e-4
+        r = [reward(s) for s in res.sequences]
+        rewards.append(sum(r) / len(r))
+        mean = sum(r) / len(r)
+        fb = tc.forward_backward(datums(res, [x - mean for x in r]), "importance_sampling")
+        tc.optim_step(types.AdamParams(learning_rate=5e-2)).result()
+        m = fb.result().metrics
+        # one engine: sampler and trainer agree (positions with a non-zero advantage; a group
+        # whose rewards are all equal has none)
+        assert m.get("parity_max:max", 0.0) <= 1e-4, m
+        parity_seen += "parity_max:max" in m
+    assert parity_seen >= 6, parity_seen
+    print("tinker importance_sampling reward:", " ".join(f"{x:.2f}" for x in rewards))
+    assert sum(rewards[-4:]) / 4 > sum(rewards[:4]) / 4 + 0.15, rewards
+
+    # prompt log-probs: transformers' on the trained weights, through a saved checkpoint
+    tc.save_weights_for_sampler("rl").result()
+    smp2 = sc.create_sampling_client(model_path=f"tinker://{tc.model_id}/sampler_weights/rl")
+    smp2 = smp2.result() if hasattr(smp2, "result") else smp2
+    assert smp2.get_base_model() == "tbase"
+    lp = smp2.compute_logprobs(types.ModelInput.from_ints(prompt + [7, 9])).result()
+    from peft import PeftModel
+    adir = os.path.join(srv.data_dir, "tinker", tc.model_id, "sampler_weights", "rl")
+    pm = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(
+        srv.base, dtype=torch.float32), adir)
+    want = hf_logprobs(pm, [prompt + [7, 9]])[0]
+    assert lp[0] is None and max(abs(a - b) for a, b in zip(lp[1:], want)) <= 1e-4, (lp, want)
+
+    # the other policy losses on the same samples, and chord over a mixed batch
+    smp = tc.save_weights_and_get_sampling_client().result()
+    res = smp.sample(prompt=types.ModelInput.from_ints(prompt), num_samples=4,
+                     sampling_params=params).result()
+    batch = datums(res, [1.0, -1.0, 0.5, -0.5])
+    for loss, cfg in (("ppo", {"clip_low_threshold": 0.8, "clip_high_threshold": 1.2}),
+                      ("cispo", {"clip_low_threshold": 0.8, "clip_high_threshold": 1.2})):
+        m = tc.forward_backward(batch, loss, cfg).result().metrics
+        assert m["parity_max:max"] <= 1e-4 and "loss:sum" in m, (loss, m)
+    expert = types.Datum(model_input=types.ModelInput.from_ints([5, 17, 300, 42, 7]),
+                         loss_fn_inputs={"target_tokens": [17, 300, 42, 7, 9],
+                                         "weights": [0.0, 0.0, 0.0, 1.0, 1.0]})
+    m = tc.forward_backward(batch + [expert], "chord", {"mu": 0.3, "phi": 1}).result().metrics
+    assert m["expert_tokens:sum"] == 2 and m["policy_tokens:sum"] == 24, m
+    tc.optim_step(types.AdamParams(learning_rate=1e-3)).result()
