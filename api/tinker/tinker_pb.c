@@ -153,7 +153,8 @@ static const char *dtype_name(int dtype) {
     }
 }
 
-/* Element i of a byte array of dtype, widened into t (f32 or i64). */
+/* Stores the element at p (little-endian, in dtype) as element `at` of t, widened to float or
+ * int64. */
 static void store_element(tk_tensor *t, size_t at, int dtype, const uint8_t *p) {
     switch (dtype) {
     case TINKER_PUBLIC__DTYPE__DTYPE_FLOAT32:
@@ -165,9 +166,9 @@ static void store_element(tk_tensor *t, size_t at, int dtype, const uint8_t *p) 
     case TINKER_PUBLIC__DTYPE__DTYPE_INT64:
         t->i64[at] = (int64_t)read_u64_le(p);
         break;
-    default:
+    default: /* INT32 */
         t->i64[at] = (int32_t)read_u32_le(p);
-        break; /* INT32 */
+        break;
     }
 }
 
