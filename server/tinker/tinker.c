@@ -33,6 +33,8 @@
 /* A model whose next seq_id has not come for this long while later ones wait skips it (a
  * request the client counted but never sent, e.g. one its own checks refused). */
 #define TK_SEQ_GAP_S 30.0
+/* A session with no heartbeat (the client sends one every 10 s) for this long is finished. */
+#define TK_SESSION_IDLE_S 600.0
 
 typedef enum op_kind { OP_CREATE, OP_FB, OP_OPTIM, OP_SAVE, OP_SAVE_SAMPLER, OP_SAMPLE } op_kind;
 
@@ -141,8 +143,11 @@ static void future_free(tk_future *f) {
     free(f);
 }
 
+static void close_idle_sessions(tk_service *t, double now);
+
 static void collect_futures(tk_service *t) {
     double now = now_s();
+    close_idle_sessions(t, now);
     for (tk_future **pp = &t->futures; *pp;) {
         tk_future *f = *pp;
         if (f->state != TK_PENDING && now - f->done_at > TK_FUTURE_KEEP_S) {
@@ -203,6 +208,20 @@ static void future_done(tk_service *t, tk_future *f, json_t *json, tk_fb_output 
 }
 
 /* ---- sessions and models (t->mu held) -------------------------------------------------------- */
+
+/* A session whose client went away (no heartbeat for TK_SESSION_IDLE_S) is finished: its models
+ * and samplers end once their queues are run, and give their memory back. */
+static void close_idle_sessions(tk_service *t, double now) {
+    for (tk_session *s = t->sessions; s; s = s->next) {
+        if (s->finished || now - s->last_seen < TK_SESSION_IDLE_S) continue;
+        s->finished = 1;
+        LOG_INFO("tinker: session %s had no heartbeat for %.0f s: its models are closed", s->id,
+                 now - s->last_seen);
+        for (tk_model *m = t->models; m; m = m->next)
+            if (!strcmp(m->session, s->id)) m->closing = 1;
+        pthread_cond_broadcast(&t->cv);
+    }
+}
 
 static tk_session *session_find(tk_service *t, const char *id) {
     for (tk_session *s = t->sessions; s; s = s->next)
@@ -725,7 +744,10 @@ static void *model_main(void *arg) {
             m->next_seq++;
             continue;
         }
-        if (t->stopping || (m->closing && !m->queue)) break;
+        if (t->stopping || (m->closing && !m->queue)) {
+            m->ended = 1; /* under mu: nothing is queued on it from here on */
+            break;
+        }
         if (gap_since > 0.0) { /* look again when the gap may be skipped */
             struct timespec ts;
             clock_gettime(CLOCK_REALTIME, &ts);
@@ -752,9 +774,6 @@ static void *model_main(void *arg) {
     bootstrap_close(&m->boot);
     ops_close(m->ops);
     m->ops = NULL;
-    pthread_mutex_lock(&t->mu);
-    m->ended = 1;
-    pthread_mutex_unlock(&t->mu);
     return NULL;
 }
 
