@@ -396,7 +396,7 @@ static int run_optim(tk_model *m, const json_t *req, json_t **result, chord_err 
     if (!json_is_object(p))
         return chord_err_set(err, "adam_params: required (chord runs AdamW; optimizer_params "
                                   "of other optimizers are not supported)");
-    double lr, b1, b2, eps, wd, clip;
+    double lr = 0, b1 = 0, b2 = 0, eps = 0, wd = 0, clip = 0;
     if (adam_param(p, "learning_rate", 0.0, 1e-4, &lr, err) ||
         adam_param(p, "beta1", 0.0, 0.9, &b1, err) || adam_param(p, "beta2", 0.0, 0.95, &b2, err) ||
         adam_param(p, "eps", 0.0, 1e-12, &eps, err) ||
