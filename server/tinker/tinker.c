@@ -241,6 +241,23 @@ static void op_free(tk_op *op) {
     free(op);
 }
 
+/* The struct of a model whose thread has ended or never started. */
+static void model_struct_free(tk_model *m) {
+    if (!m) return;
+    free(m->base_model), free(m->base_dir), free(m->arch);
+    free(m->adapter_dir), free(m->model_path), free(m->snap);
+    free(m);
+}
+
+static void queue_op(tk_model *m, tk_op *op);
+
+/* Queues op on m (t->mu held) and hands its future's id back. */
+static void enqueue(tk_service *t, tk_model *m, tk_op *op, char *request_id) {
+    queue_op(m, op);
+    snprintf(request_id, TK_ID_MAX, "%s", op->f->id);
+    pthread_cond_broadcast(&t->cv);
+}
+
 /* Queues op in seq order; a seq the model ran already or has queued is refused. */
 static void queue_op(tk_model *m, tk_op *op) {
     tk_op **pp = &m->queue;
@@ -817,9 +834,7 @@ void tk_close(tk_service *t) {
     while (t->models) {
         tk_model *m = t->models;
         t->models = m->next;
-        free(m->base_model), free(m->base_dir), free(m->arch);
-        free(m->adapter_dir), free(m->model_path), free(m->snap);
-        free(m);
+        model_struct_free(m);
     }
     while (t->futures) {
         tk_future *f = t->futures;
@@ -974,7 +989,7 @@ int tk_submit_create_model(tk_service *t, const json_t *req, char *request_id, c
     if (rc == 0 && !(m->arch = strdup(mc.model_type[0] ? mc.model_type : "llama"))) rc = oom(err);
     if (rc != 0) {
         if (err->code == CHORD_E_NOT_FOUND) err->code = CHORD_E_INVALID;
-        free(m->base_dir), free(m->base_model), free(m->arch), free(m), free(op);
+        model_struct_free(m), free(op);
         return -1;
     }
     pthread_mutex_lock(&t->mu);
@@ -985,7 +1000,7 @@ int tk_submit_create_model(tk_service *t, const json_t *req, char *request_id, c
         tk_future *f = old ? future_of_seq(t, old->id, 0) : NULL;
         if (f) snprintf(request_id, TK_ID_MAX, "%s", f->id); /* a retried create */
         pthread_mutex_unlock(&t->mu);
-        free(m->base_dir), free(m->base_model), free(m->arch), free(m), free(op);
+        model_struct_free(m), free(op);
         if (f) {
             snprintf(model_id, TK_ID_MAX, "%s", old->id);
             return 0;
@@ -1000,7 +1015,7 @@ int tk_submit_create_model(tk_service *t, const json_t *req, char *request_id, c
     op->f = future_new(t, m->id, 0);
     if (!op->f || pthread_create(&m->thread, NULL, model_main, m) != 0) {
         pthread_mutex_unlock(&t->mu);
-        free(m->base_dir), free(m->base_model), free(m->arch), free(m), free(op);
+        model_struct_free(m), free(op);
         return chord_err_setc(err, CHORD_E_INTERNAL, "cannot start the model's thread");
     }
     m->started = 1;
@@ -1044,10 +1059,8 @@ static int submit(tk_service *t, const char *model_id, int32_t seq, tk_op *op, c
     } else if (!(op->f = future_new(t, m->id, seq))) {
         rc = oom(err);
     } else {
-        queue_op(m, op);
-        snprintf(request_id, TK_ID_MAX, "%s", op->f->id);
+        enqueue(t, m, op, request_id);
         op = NULL;
-        pthread_cond_broadcast(&t->cv);
     }
     pthread_mutex_unlock(&t->mu);
     if (op) op_free(op);
@@ -1244,18 +1257,14 @@ static tk_model *sampler_start(tk_service *t, const char *id, const char *sessio
     if (!m || !op || !m->base_model || !m->base_dir || !m->arch ||
         (adapter_dir && !m->adapter_dir) || (model_path && !m->model_path) ||
         !(op->f = future_new(t, id, 0))) {
-        if (m) {
-            free(m->base_model), free(m->base_dir), free(m->arch), free(m->adapter_dir);
-            free(m->model_path), free(m->snap), free(m);
-        }
+        model_struct_free(m);
         free(op);
         oom(err);
         return NULL;
     }
     op->kind = OP_CREATE;
     if (pthread_create(&m->thread, NULL, model_main, m) != 0) {
-        free(m->base_model), free(m->base_dir), free(m->arch), free(m->adapter_dir);
-        free(m->model_path), free(m->snap), free(m), free(op);
+        model_struct_free(m), free(op);
         chord_err_setc(err, CHORD_E_INTERNAL, "cannot start the sampler's thread");
         return NULL;
     }
@@ -1418,10 +1427,8 @@ int tk_submit_sample(tk_service *t, const json_t *req, char *request_id, int *n_
         rc = oom(err);
     if (rc == 0) {
         op->seq = ++m->fifo;
-        queue_op(m, op);
-        snprintf(request_id, TK_ID_MAX, "%s", op->f->id);
+        enqueue(t, m, op, request_id);
         op = NULL;
-        pthread_cond_broadcast(&t->cv);
     }
     pthread_mutex_unlock(&t->mu);
     if (op) op_free(op);
