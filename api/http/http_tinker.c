@@ -109,6 +109,16 @@ static result create_model(http_req *r) {
     return future(r, rc, rid, mid, &err);
 }
 
+static result load_weights(http_req *r) {
+    chord_err err = {0};
+    json_t *req = NULL;
+    char rid[TK_ID_MAX] = "", mid[TK_ID_MAX] = "";
+    tk_service *t = tinker(r, &err);
+    int rc = !t || http_body_json(r, &req, &err) || tk_submit_load_weights(t, req, rid, mid, &err);
+    json_decref(req);
+    return future(r, rc, rid, mid, &err);
+}
+
 static result forward_backward(http_req *r) {
     chord_err err = {0};
     tk_fb_request fb = {0};
@@ -235,7 +245,7 @@ const http_route api_http_tinker_routes[] = {
     {"POST", "/api/v1/create_sampling_session", HTTP_BODY_JSON, create_sampling_session,
      API_SCOPE_ADMIN},
     {"GET", "/api/v1/samplers/{id}", HTTP_BODY_NONE, get_sampler, API_SCOPE_READ},
-    {"POST", "/api/v1/load_weights", HTTP_BODY_IGNORE, not_yet, API_SCOPE_ADMIN},
+    {"POST", "/api/v1/load_weights", HTTP_BODY_JSON, load_weights, API_SCOPE_ADMIN},
     {"POST", "/api/v1/save_weights_external", HTTP_BODY_IGNORE, not_yet, API_SCOPE_ADMIN},
 };
 const size_t api_http_n_tinker_routes =

@@ -208,6 +208,8 @@ const model_tensor *model_lora_tensors(const model *m, int *n_out, size_t *num_p
 int model_lora_read_params(const model *m, float *host, chord_err *err);
 int model_lora_read_grads(const model *m, float *host, chord_err *err);
 int model_lora_write_params(model *m, const float *host, chord_err *err);
+/* The attached adapter's config (rank, alpha, targets, train_embeddings); -1 without one. */
+int model_lora_get_config(const model *m, model_lora_config *out);
 /* LoRA dropout (PEFT's lora_dropout) on the adapter's input in the training forward and
  * backward (model_forward / model_backward; never in prefill or decode): each element of x is
  * kept with probability 1 - p and scaled 1 / (1 - p), the mask a hash of (seed, layer, target,

@@ -255,6 +255,12 @@ int model_lora_write_params(model *m, const float *host, chord_err *err) {
     return 0;
 }
 
+int model_lora_get_config(const model *m, model_lora_config *out) {
+    if (!m->lora) return -1;
+    *out = m->lora->cfg;
+    return 0;
+}
+
 int model_lora_set_dropout(model *m, float p, uint64_t seed, chord_err *err) {
     if (!m->lora) return chord_err_set(err, "lora: the model has no adapter");
     if (!(p >= 0.0f && p < 1.0f)) return chord_err_set(err, "lora: dropout %g is not in [0, 1)", p);

@@ -94,6 +94,7 @@ typedef struct tk_model {
     ops_ctx *ops;
     bootstrap_model boot;
     int grads_live; /* a backward ran since the last optim_step */
+    int load_optimizer; /* loaded from a checkpoint (adapter_dir): its AdamW state too */
     struct tk_model *next;
 } tk_model;
 
@@ -285,6 +286,15 @@ static int run_create(tk_model *m, chord_err *err) {
         m->snap = NULL;
         m->engine = rollout_engine_new(m->boot.m);
         return m->engine ? 0 : oom(err);
+    }
+    if (m->adapter_dir) { /* load_weights: the checkpoint's adapter (bootstrap), its state */
+        char path[4200];
+        snprintf(path, sizeof path, "%s/optimizer.safetensors", m->adapter_dir);
+        if (model_lora_get_config(m->boot.m, &m->lora) != 0)
+            return chord_err_set(err, "path: the checkpoint holds no adapter");
+        if (m->load_optimizer && model_load_optimizer(m->boot.m, path, err) != 0)
+            return chord_err_prefix(err, "path: its optimizer state");
+        return 0;
     }
     if (m->boot.m->lora)
         return chord_err_set(err, "base_model: %s is a LoRA adapter; name its base",
@@ -709,7 +719,11 @@ static void run_op(tk_model *m, tk_op *op) {
         case OP_CREATE:
             rc = run_create(m, &err);
             if (rc != 0) snprintf(m->failed, sizeof m->failed, "%s", err.msg);
-            else if (!(json = json_pack("{s:s,s:s}", "model_id", m->id, "type", "create_model")))
+            else if (!(json = m->adapter_dir && !m->sampler
+                                  ? json_pack("{s:s,s:s}", "model_id", m->id, "type",
+                                              "load_weights")
+                                  : json_pack("{s:s,s:s}", "model_id", m->id, "type",
+                                              "create_model")))
                 rc = oom(&err);
             break;
         case OP_FB:
@@ -961,6 +975,9 @@ static int read_lora(const json_t *req, tk_model *m, chord_err *err) {
     return 0;
 }
 
+static int start_model(tk_service *t, tk_model *m, tk_op *op, char *request_id, char *model_id,
+                       chord_err *err);
+
 int tk_submit_create_model(tk_service *t, const json_t *req, char *request_id, char *model_id,
                            chord_err *err) {
     const char *session = json_string_value(json_object_get(req, "session_id"));
@@ -992,6 +1009,14 @@ int tk_submit_create_model(tk_service *t, const json_t *req, char *request_id, c
         model_struct_free(m), free(op);
         return -1;
     }
+    return start_model(t, m, op, request_id, model_id, err);
+}
+
+/* Registers m (its id, session and base filled) and starts its thread with its create (or
+ * load) as operation 0; a retried create of the same model answers the first one's future. */
+static int start_model(tk_service *t, tk_model *m, tk_op *op, char *request_id, char *model_id,
+                       chord_err *err) {
+    const char *session = m->session, *base = m->base_model;
     pthread_mutex_lock(&t->mu);
     collect_futures(t);
     tk_model *old = model_find(t, m->id);
@@ -1031,8 +1056,60 @@ int tk_submit_create_model(tk_service *t, const json_t *req, char *request_id, c
     snprintf(model_id, TK_ID_MAX, "%s", m->id);
     pthread_cond_broadcast(&t->cv);
     pthread_mutex_unlock(&t->mu);
-    LOG_INFO("tinker: model %s on %s (rank %d)", m->id, base, m->lora.rank);
+    LOG_INFO("tinker: model %s on %s%s%s", m->id, base, m->adapter_dir ? " from " : "",
+             m->adapter_dir ? m->adapter_dir : "");
     return 0;
+}
+
+static int checkpoint_dir(tk_service *t, const char *path, char *out, char *model_id,
+                          chord_err *err);
+
+int tk_submit_load_weights(tk_service *t, const json_t *req, char *request_id, char *model_id,
+                           chord_err *err) {
+    const char *session = json_string_value(json_object_get(req, "session_id"));
+    const char *path = json_string_value(json_object_get(req, "path"));
+    const json_t *seqj = json_object_get(req, "model_seq_id");
+    if (json_object_get(req, "model_id"))
+        return chord_err_set(err, "load_weights into an existing training client (load_state) is "
+                                  "not supported: create one from the state "
+                                  "(create_training_client_from_state)");
+    if (!session) return chord_err_set(err, "session_id: required");
+    if (!path) return chord_err_set(err, "path: required");
+    if (!json_is_integer(seqj) || json_integer_value(seqj) < 0 ||
+        json_integer_value(seqj) > 1000000)
+        return chord_err_set(err, "model_seq_id: must be an integer >= 0");
+    tk_model *m = calloc(1, sizeof *m);
+    tk_op *op = calloc(1, sizeof *op);
+    char dir[4096], owner[TK_ID_MAX], base[4096];
+    model_config mc;
+    int rc = !m || !op ? oom(err) : 0;
+    if (rc == 0) rc = checkpoint_dir(t, path, dir, owner, err);
+    if (rc == 0 && model_config_adapter_base(dir, base, sizeof base, err) != 1)
+        rc = chord_err_set(err, "path: %.200s holds no LoRA adapter", path);
+    if (rc == 0) rc = model_config_load(base, &mc, err);
+    if (rc == 0) {
+        m->t = t;
+        snprintf(m->id, sizeof m->id, "%.100s:train:%lld", session,
+                 (long long)json_integer_value(seqj));
+        snprintf(m->session, sizeof m->session, "%s", session);
+        m->load_optimizer = json_is_true(json_object_get(req, "optimizer"));
+        const char *name = json_string_value(json_object_get(req, "base_model"));
+        pthread_mutex_lock(&t->mu);
+        tk_model *own = model_find(t, owner);
+        if (!name && own) name = own->base_model;
+        m->base_model = strdup(name ? name : base);
+        pthread_mutex_unlock(&t->mu);
+        m->base_dir = strdup(base);
+        m->adapter_dir = strdup(dir);
+        m->arch = strdup(mc.model_type[0] ? mc.model_type : "llama");
+        if (!m->base_model || !m->base_dir || !m->adapter_dir || !m->arch) rc = oom(err);
+    }
+    if (rc != 0) {
+        if (err->code == CHORD_E_NOT_FOUND) err->code = CHORD_E_INVALID;
+        model_struct_free(m), free(op);
+        return -1;
+    }
+    return start_model(t, m, op, request_id, model_id, err);
 }
 
 /* Queues op for model_id at seq (t->mu NOT held); a retried (model, seq) answers the first

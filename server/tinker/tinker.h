@@ -59,6 +59,11 @@ int tk_capabilities(tk_service *t, json_t **resp, chord_err *err);
 /* ---- futures: each returns the request id (TK_ID_MAX) of the operation queued ---- */
 int tk_submit_create_model(tk_service *t, const json_t *req, char *request_id, char *model_id,
                            chord_err *err);
+/* load_weights in its create-via-load form (create_training_client_from_state[_with_optimizer]):
+ * a new model "<session_id>:train:<model_seq_id>" from a checkpoint "tinker://<model_id>/
+ * weights/<name>" (its base, adapter and config; its AdamW state with "optimizer": true). */
+int tk_submit_load_weights(tk_service *t, const json_t *req, char *request_id, char *model_id,
+                           chord_err *err);
 /* Takes ownership of *fb (emptied) whether it succeeds or not. */
 int tk_submit_forward_backward(tk_service *t, tk_fb_request *fb, char *request_id,
                                chord_err *err);

@@ -115,6 +115,21 @@ def test_supervised_loop_with_the_official_client(srv):
         srv.base, dtype=torch.float32), adir)
     assert worst(hf_logprobs(pm, seqs), la) <= 1e-4
 
+    # a training client from the saved state (weights + AdamW): the same log-probs, and the
+    # next step of both is the same step, bit for bit
+    tc3 = sc.create_training_client_from_state_with_optimizer(saved.path)
+    tc3 = tc3.result() if hasattr(tc3, "result") else tc3
+    assert tc3.get_info().model_data.model_name == "tbase"
+    l3 = [x["logprobs"].tolist() for x in tc3.forward(batch, "cross_entropy").result()
+          .loss_fn_outputs]
+    assert l3 == la
+    for c in (tc, tc3):
+        c.forward_backward(batch, "cross_entropy").result()
+        c.optim_step(types.AdamParams(learning_rate=2e-2)).result()
+    after = [[x["logprobs"].tolist() for x in c.forward(batch, "cross_entropy").result()
+              .loss_fn_outputs] for c in (tc, tc3)]
+    assert after[0] == after[1] and after[0] != la
+
     # bad requests: the client raises with the server's message; the server stays up
     with pytest.raises(Exception, match="dro"):
         tc.forward_backward(batch, "dro").result()
