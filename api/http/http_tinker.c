@@ -174,6 +174,33 @@ static result asample(http_req *r) {
                                       : NULL);
 }
 
+static result training_runs(http_req *r) {
+    chord_err err = {0};
+    json_t *doc = NULL;
+    int64_t offset = 0, limit = 20;
+    tk_service *t = tinker(r, &err);
+    int rc = !t || http_query_int(r, "offset", 0, INT32_MAX, 0, &offset, &err) ||
+             http_query_int(r, "limit", 1, 1000, 20, &limit, &err) ||
+             tk_training_runs(t, (size_t)offset, (size_t)limit, &doc, &err);
+    return json_or_err(r, rc, doc, &err);
+}
+
+static result training_run(http_req *r) {
+    chord_err err = {0};
+    json_t *doc = NULL;
+    tk_service *t = tinker(r, &err);
+    int rc = !t || tk_training_run(t, r->params[0], &doc, &err);
+    return json_or_err(r, rc, doc, &err);
+}
+
+static result run_checkpoints(http_req *r) {
+    chord_err err = {0};
+    json_t *doc = NULL;
+    tk_service *t = tinker(r, &err);
+    int rc = !t || tk_run_checkpoints(t, r->params[0], &doc, &err);
+    return json_or_err(r, rc, doc, &err);
+}
+
 /* What the client may call that chord does not run yet: a clear 400 (a 404 or 5xx would read
  * as a wrong server or be retried for minutes). */
 static result not_yet(http_req *r) {
@@ -246,6 +273,10 @@ const http_route api_http_tinker_routes[] = {
      API_SCOPE_ADMIN},
     {"GET", "/api/v1/samplers/{id}", HTTP_BODY_NONE, get_sampler, API_SCOPE_READ},
     {"POST", "/api/v1/load_weights", HTTP_BODY_JSON, load_weights, API_SCOPE_ADMIN},
+    {"GET", "/api/v1/training_runs", HTTP_BODY_NONE, training_runs, API_SCOPE_READ},
+    {"GET", "/api/v1/training_runs/{id}", HTTP_BODY_NONE, training_run, API_SCOPE_READ},
+    {"GET", "/api/v1/training_runs/{id}/checkpoints", HTTP_BODY_NONE, run_checkpoints,
+     API_SCOPE_READ},
     {"POST", "/api/v1/save_weights_external", HTTP_BODY_IGNORE, not_yet, API_SCOPE_ADMIN},
 };
 const size_t api_http_n_tinker_routes =

@@ -7,6 +7,7 @@
  * operation is queued. */
 #include "server/tinker/tinker.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
@@ -1510,4 +1511,168 @@ int tk_submit_sample(tk_service *t, const json_t *req, char *request_id, int *n_
     pthread_mutex_unlock(&t->mu);
     if (op) op_free(op);
     return rc;
+}
+
+/* ---- training runs and checkpoints (RestClient) -------------------------------------------------
+ * Read from DATA_DIR/tinker/<model_id>/<weights|sampler_weights>/<name> on disk (so they outlive
+ * the process) and from the models in memory. */
+
+static json_t *iso_time(time_t t) {
+    char buf[32];
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    return json_string(buf);
+}
+
+static int64_t dir_bytes(const char *dir) {
+    int64_t sum = 0;
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    char path[4400];
+    struct stat st;
+    while (d && (e = readdir(d)))
+        if (e->d_name[0] != '.' && snprintf(path, sizeof path, "%s/%s", dir, e->d_name) > 0 &&
+            stat(path, &st) == 0 && S_ISREG(st.st_mode))
+            sum += (int64_t)st.st_size;
+    if (d) closedir(d);
+    return sum;
+}
+
+/* The checkpoints of run (one model id), newest first; *last / *last_sampler (may be NULL) get
+ * the newest of each kind (new references, or JSON null). */
+static json_t *run_checkpoints(tk_service *t, const char *run, json_t **last,
+                               json_t **last_sampler) {
+    json_t *arr = json_array();
+    static const char *const kinds[] = {"weights", "sampler_weights"};
+    time_t newest[2] = {0, 0};
+    json_t *best[2] = {NULL, NULL};
+    for (int k = 0; arr && k < 2; k++) {
+        char dir[4200];
+        snprintf(dir, sizeof dir, "%s/tinker/%s/%s", t->data_dir, run, kinds[k]);
+        DIR *d = opendir(dir);
+        struct dirent *e;
+        while (d && (e = readdir(d))) {
+            size_t n = strlen(e->d_name);
+            if (!name_ok(e->d_name) || (n > 4 && !strcmp(e->d_name + n - 4, ".tmp"))) continue;
+            char path[4500], tpath[TK_ID_MAX + 300], cid[300];
+            struct stat st;
+            snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+            if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode)) continue;
+            snprintf(tpath, sizeof tpath, "tinker://%s/%s/%s", run, kinds[k], e->d_name);
+            snprintf(cid, sizeof cid, "%s/%s", kinds[k], e->d_name);
+            json_t *c = json_pack("{s:s,s:s,s:o,s:s,s:I,s:b,s:n,s:n}", "checkpoint_id", cid,
+                                  "checkpoint_type", k ? "sampler" : "training", "time",
+                                  iso_time(st.st_mtime), "tinker_path", tpath, "size_bytes",
+                                  (json_int_t)dir_bytes(path), "public", 0, "user_metadata",
+                                  "expires_at");
+            if (!c) continue;
+            if (!best[k] || st.st_mtime >= newest[k]) {
+                json_decref(best[k]);
+                best[k] = json_incref(c);
+                newest[k] = st.st_mtime;
+            }
+            json_array_append_new(arr, c);
+        }
+        if (d) closedir(d);
+    }
+    if (last) *last = best[0] ? best[0] : json_null();
+    else json_decref(best[0]);
+    if (last_sampler) *last_sampler = best[1] ? best[1] : json_null();
+    else json_decref(best[1]);
+    return arr;
+}
+
+/* One training run: a model in memory, or a directory of checkpoints left by an earlier run. */
+static json_t *run_json(tk_service *t, const char *run) {
+    char base[4096] = "", probe[4400];
+    int64_t rank = 0;
+    int known = 0;
+    pthread_mutex_lock(&t->mu);
+    tk_model *m = model_find(t, run);
+    if (m && !m->sampler) {
+        snprintf(base, sizeof base, "%s", m->base_model);
+        rank = m->lora.rank;
+        known = 1;
+    }
+    pthread_mutex_unlock(&t->mu);
+    json_t *last = NULL, *last_s = NULL, *cks = run_checkpoints(t, run, &last, &last_s);
+    time_t when = time(NULL);
+    if (!known) { /* its newest checkpoint says which base and rank */
+        json_t *c = json_is_object(last) ? last : last_s;
+        const char *tp = json_string_value(json_object_get(c, "tinker_path"));
+        chord_err err = {0};
+        char dir[4096], owner[TK_ID_MAX];
+        if (!tp || checkpoint_dir(t, tp, dir, owner, &err) != 0 ||
+            model_config_adapter_base(dir, base, sizeof base, &err) != 1) {
+            json_decref(cks), json_decref(last), json_decref(last_s);
+            return NULL;
+        }
+        snprintf(probe, sizeof probe, "%s/adapter_config.json", dir);
+        json_t *ac = json_load_file(probe, 0, NULL);
+        rank = json_integer_value(json_object_get(ac, "r"));
+        json_decref(ac);
+    }
+    json_decref(cks);
+    return json_pack("{s:s,s:s,s:s,s:b,s:b,s:I,s:o,s:o,s:o,s:n}", "training_run_id", run,
+                     "base_model", base, "model_owner", "chord", "is_lora", 1, "corrupted", 0,
+                     "lora_rank", (json_int_t)rank, "last_request_time", iso_time(when),
+                     "last_checkpoint", last, "last_sampler_checkpoint", last_s,
+                     "user_metadata");
+}
+
+int tk_training_run(tk_service *t, const char *run, json_t **resp, chord_err *err) {
+    *resp = NULL;
+    for (const char *c = run; *c; c++)
+        if (*c == '/' || !strcmp(run, "..") || !strcmp(run, "."))
+            return chord_err_setc(err, CHORD_E_NOT_FOUND, "no training run %.100s", run);
+    *resp = run_json(t, run);
+    return *resp ? 0 : chord_err_setc(err, CHORD_E_NOT_FOUND, "no training run %.100s", run);
+}
+
+int tk_training_runs(tk_service *t, size_t offset, size_t limit, json_t **resp, chord_err *err) {
+    json_t *ids = json_array(), *runs = json_array();
+    if (!ids || !runs) {
+        json_decref(ids), json_decref(runs);
+        return oom(err);
+    }
+    pthread_mutex_lock(&t->mu);
+    for (tk_model *m = t->models; m; m = m->next)
+        if (!m->sampler) json_array_append_new(ids, json_string(m->id));
+    pthread_mutex_unlock(&t->mu);
+    char dir[4200];
+    snprintf(dir, sizeof dir, "%s/tinker", t->data_dir);
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        if (e->d_name[0] == '.') continue;
+        int dup = 0;
+        size_t i;
+        json_t *v;
+        json_array_foreach(ids, i, v) dup |= !strcmp(json_string_value(v), e->d_name);
+        if (!dup) json_array_append_new(ids, json_string(e->d_name));
+    }
+    if (d) closedir(d);
+    size_t total = 0, i;
+    json_t *v;
+    json_array_foreach(ids, i, v) {
+        json_t *r = run_json(t, json_string_value(v));
+        if (!r) continue;
+        if (total >= offset && json_array_size(runs) < limit) json_array_append_new(runs, r);
+        else json_decref(r);
+        total++;
+    }
+    json_decref(ids);
+    *resp = json_pack("{s:o,s:{s:I,s:I,s:I}}", "training_runs", runs, "cursor", "offset",
+                      (json_int_t)offset, "limit", (json_int_t)limit, "total_count",
+                      (json_int_t)total);
+    return *resp ? 0 : oom(err);
+}
+
+int tk_run_checkpoints(tk_service *t, const char *run, json_t **resp, chord_err *err) {
+    json_t *r = NULL;
+    if (tk_training_run(t, run, &r, err) != 0) return -1;
+    json_decref(r);
+    *resp = json_pack("{s:o}", "checkpoints", run_checkpoints(t, run, NULL, NULL));
+    return *resp ? 0 : oom(err);
 }

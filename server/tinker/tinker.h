@@ -82,6 +82,11 @@ int tk_submit_sample(tk_service *t, const json_t *req, char *request_id, int *n_
 int tk_create_sampling_session(tk_service *t, const json_t *req, json_t **resp, chord_err *err);
 int tk_get_sampler(tk_service *t, const char *sampler_id, json_t **resp, chord_err *err);
 
+/* ---- training runs and checkpoints (the RestClient's listings), from disk and memory ---- */
+int tk_training_run(tk_service *t, const char *run, json_t **resp, chord_err *err);
+int tk_training_runs(tk_service *t, size_t offset, size_t limit, json_t **resp, chord_err *err);
+int tk_run_checkpoints(tk_service *t, const char *run, json_t **resp, chord_err *err);
+
 typedef enum tk_state { TK_PENDING = 0, TK_DONE = 1, TK_FAILED = 2 } tk_state;
 
 typedef struct tk_result {

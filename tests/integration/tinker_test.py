@@ -130,6 +130,17 @@ def test_supervised_loop_with_the_official_client(srv):
               .loss_fn_outputs] for c in (tc, tc3)]
     assert after[0] == after[1] and after[0] != la
 
+    # the RestClient's listings: the run, its checkpoints (read from the data directory)
+    rest = sc.create_rest_client()
+    run = rest.get_training_run(tc.model_id).result()
+    assert run.base_model == "tbase" and run.lora_rank == 8 and run.is_lora, run
+    assert run.last_checkpoint.tinker_path == saved.path, run
+    cks = rest.list_checkpoints(tc.model_id).result().checkpoints
+    assert sorted(c.checkpoint_id for c in cks) == ["sampler_weights/step10", "weights/step10"]
+    assert all(c.size_bytes > 0 for c in cks)
+    runs = rest.list_training_runs().result().training_runs
+    assert tc.model_id in [r.training_run_id for r in runs]
+
     # bad requests: the client raises with the server's message; the server stays up
     with pytest.raises(Exception, match="dro"):
         tc.forward_backward(batch, "dro").result()
