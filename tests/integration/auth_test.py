@@ -42,9 +42,11 @@ READ = "rd-" + secrets.token_hex(20)
 READ_ROUTES = ["/metrics", "/v1/datasets", "/v1/datasets/nope", "/v1/models", "/v1/models/nope",
                "/v1/jobs", "/v1/jobs/nope", "/v1/jobs/nope/metrics", "/v1/jobs/nope/samples",
                "/v1/jobs/nope/events", "/v1/jobs/nope/checkpoints",
-               "/v1/jobs/nope/checkpoints/1/files/model.safetensors", "/v1/rollouts/nope"]
+               "/v1/jobs/nope/checkpoints/1/files/model.safetensors", "/v1/rollouts/nope",
+               "/api/v1/healthz", "/api/v1/training_runs", "/api/v1/samplers/nope"]
 WRITE_ROUTES = ["/v1/datasets?kind=prompts", "/v1/models", "/v1/jobs", "/v1/jobs/nope/cancel",
-                "/v1/rollouts"]
+                "/v1/rollouts", "/api/v1/create_session", "/api/v1/create_model",
+                "/api/v1/forward_backward", "/api/v1/retrieve_future"]
 
 
 def token_file(text, mode=0o600):
@@ -185,6 +187,23 @@ def test_admin_token_writes_and_reads(srv):
 def test_read_token_on_a_get_only_route_with_post_is_405(srv):
     status, headers, body = curl(srv.url + "/v1/jobs/nope", "POST", token=READ)
     assert status == 405 and headers["allow"] == "GET", body
+
+
+def test_tinker_x_api_key_is_the_bearer_token(srv):
+    """The Tinker client sends X-API-Key (docs/tinker.md): the same tokens and scopes."""
+    url = srv.url + "/api/v1/create_session"
+    body = b'{"tags": [], "sdk_version": "0.38.0", "type": "create_session"}'
+    st, _, b = curl(url, "POST", data=body, content_type="application/json")
+    assert st == 401, b
+    st, _, b = curl(url, "POST", data=body, content_type="application/json",
+                    extra=("-H", f"X-API-Key: {ADMIN}x"))
+    assert st == 401, b
+    st, _, b = curl(url, "POST", data=body, content_type="application/json",
+                    extra=("-H", f"X-API-Key: {READ}"))
+    assert st == 403, b
+    st, _, b = curl(url, "POST", data=body, content_type="application/json",
+                    extra=("-H", f"X-API-Key: {ADMIN}"))
+    assert st == 200 and json.loads(b)["session_id"], b
 
 
 def test_events_stream_needs_a_token(srv):
