@@ -239,7 +239,7 @@ def job(browser, srv, shots):
     shot(d, shots, "job-form", ["#job-form #jf-json", "#jf-submit"])
     expert = srv.upload("expert", jsonl(arith_expert(40)), name="arith-expert").json()["id"]
     doc = tiny_job(prompts, expert, name="web-run", steps=100000, checkpoint_every=2,
-                   keep_checkpoints=2, eval={"every": 2, "k": 2, "max_new_tokens": 6})
+                   keep_checkpoints=0, eval={"every": 2, "k": 2, "max_new_tokens": 6})
     doc["data"]["eval"] = prompts
     # refused: the form shows the server's message naming the field; nothing is created
     bad = dict(doc, grpo=dict(doc["grpo"], clip_low=5))
