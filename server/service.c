@@ -1362,22 +1362,10 @@ typedef struct textbuf {
     int bad;
 } textbuf;
 
-static void tb_printf(textbuf *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void tb_printf(textbuf *t, const char *fmt, ...) {
-    while (!t->bad) {
-        size_t room = t->b.cap - t->b.len;
-        va_list ap;
-        va_start(ap, fmt);
-        int n = vsnprintf(t->b.data ? t->b.data + t->b.len : NULL, room, fmt, ap);
-        va_end(ap);
-        if (n >= 0 && (size_t)n < room) {
-            t->b.len += (size_t)n;
-            return;
-        }
-        /* too long for the room left (or no buffer yet): grow and print again */
-        t->bad = n < 0 || chord_buf_reserve(&t->b, t->b.len + (size_t)n + 1) != 0;
-    }
-}
+#define tb_printf(t, ...)                                                                          \
+    do {                                                                                           \
+        if (!(t)->bad) (t)->bad = chord_buf_printf(&(t)->b, __VA_ARGS__) != 0;                     \
+    } while (0)
 
 int svc_prometheus(svc *s, char **text, size_t *len, chord_err *err) {
     *text = NULL;

@@ -8,7 +8,6 @@
  * devices ("auto") is refused only when it fits none of them.
  *
  * Not here: the estimate itself (server/train), the devices' queries (kernels/ops.h). */
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -163,39 +162,28 @@ static void label_value(const char *in, char *out, size_t outlen) {
     out[o] = '\0';
 }
 
-static int buf_printf(chord_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int buf_printf(chord_buf *b, const char *fmt, ...) {
-    char line[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(line, sizeof line, fmt, ap);
-    va_end(ap);
-    if (n < 0) return -1;
-    return chord_buf_append(b, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
-}
-
 char *svc_shared_bases_prometheus(svc *s) {
     jobs_base_info *items = NULL;
     size_t n = 0;
     chord_err err = {0};
     if (!s->jobs || jobs_bases_list(jobs_pool_bases(s->jobs), &items, &n, &err)) return NULL;
     chord_buf b = {0};
-    int bad = buf_printf(&b,
+    int bad = chord_buf_printf(&b,
                                "# HELP chord_shared_base_bytes Weights of a base model held once "
                                "per device and shared by every job and rollout using it.\n"
                                "# TYPE chord_shared_base_bytes gauge\n") != 0;
     char lab[512];
     for (size_t i = 0; i < n && !bad; i++) {
         label_value(items[i].key, lab, sizeof lab);
-        bad = buf_printf(&b, "chord_shared_base_bytes{device=\"%s\",model=\"%s\"} %lld\n",
+        bad = chord_buf_printf(&b, "chord_shared_base_bytes{device=\"%s\",model=\"%s\"} %lld\n",
                                items[i].device, lab, (long long)items[i].bytes) != 0;
     }
-    bad = bad || buf_printf(&b, "# HELP chord_shared_base_users Jobs and rollouts using a "
+    bad = bad || chord_buf_printf(&b, "# HELP chord_shared_base_users Jobs and rollouts using a "
                                       "shared base now.\n"
                                       "# TYPE chord_shared_base_users gauge\n") != 0;
     for (size_t i = 0; i < n && !bad; i++) {
         label_value(items[i].key, lab, sizeof lab);
-        bad = buf_printf(&b, "chord_shared_base_users{device=\"%s\",model=\"%s\"} %d\n",
+        bad = chord_buf_printf(&b, "chord_shared_base_users{device=\"%s\",model=\"%s\"} %d\n",
                                items[i].device, lab, items[i].users) != 0;
     }
     jobs_bases_list_free(items, n);

@@ -1,7 +1,9 @@
 /* buf.c — chord_buf and chord_array_grow (buf.h). */
 #include "server/base/buf.h"
 
+#include <stdarg.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -36,6 +38,29 @@ int chord_buf_append(chord_buf *b, const void *data, size_t n) {
     b->len += n;
     b->data[b->len] = '\0';
     return 0;
+}
+
+int chord_buf_printf(chord_buf *b, const char *fmt, ...) {
+    for (;;) {
+        size_t room = b->cap - b->len;
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(b->data ? b->data + b->len : NULL, room, fmt, ap);
+        va_end(ap);
+        if (n < 0) {
+            if (b->data) b->data[b->len] = '\0';
+            return -1;
+        }
+        if ((size_t)n < room) {
+            b->len += (size_t)n;
+            return 0;
+        }
+        /* too long for the room left (or no buffer yet): grow and print again */
+        if (chord_buf_reserve(b, b->len + (size_t)n + 1) != 0) {
+            if (b->data) b->data[b->len] = '\0';
+            return -1;
+        }
+    }
 }
 
 char *chord_buf_take(chord_buf *b) {

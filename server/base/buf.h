@@ -32,6 +32,9 @@ typedef struct chord_buf {
 int chord_buf_reserve(chord_buf *b, size_t cap);
 /* Appends n bytes and keeps a NUL after them. 0, or -1 with b unchanged. */
 int chord_buf_append(chord_buf *b, const void *data, size_t n);
+/* Appends printf-formatted text (any length) and keeps a NUL after it. 0, or -1 with b's
+ * contents unchanged (an encoding error or out of memory). */
+int chord_buf_printf(chord_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Hands the data (NUL-terminated, "" for an empty buffer; NULL when out of memory) to the
  * caller, who frees it, and leaves b empty. */
 char *chord_buf_take(chord_buf *b);

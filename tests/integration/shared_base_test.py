@@ -130,6 +130,10 @@ def test_two_adapters_at_once_on_one_base(srv):
     assert sb["device"] == "cpu" and sb["model"] == "dir:" + os.path.realpath(base), sb
     # the shared bytes are the base's weights (plus RoPE's inverse frequencies, a few floats)
     assert weights <= sb["bytes"] <= weights + 4096, (sb, weights)
+    prom = srv.get("/metrics").body.decode()
+    label = f'{{device="cpu",model="dir:{os.path.realpath(base)}"}}'
+    assert f"chord_shared_base_bytes{label} {sb['bytes']}" in prom, prom[-1500:]
+    assert f"chord_shared_base_users{label} " in prom, prom[-1500:]
     rss_both = rss_bytes(srv.proc.pid)
     print(f"shared base {sb['bytes'] / 1e6:.1f} MB, users {sb['users']}; resident memory grew "
           f"{(rss_both - rss0) / 1e6:.1f} MB with both jobs running (two copies: "

@@ -127,6 +127,19 @@ static void test_buf(void **state) {
     chord_buf_free(&b);
     chord_buf_free(&b);
 
+    /* chord_buf_printf: from an empty buffer, and past the room a growth left (a line longer
+     * than any fixed scratch: the whole text, not a cut one) */
+    assert_int_equal(chord_buf_printf(&b, "%s=%d;", "k", 42), 0);
+    assert_string_equal(b.data, "k=42;");
+    char big[5000];
+    memset(big, 'w', sizeof big - 1);
+    big[sizeof big - 1] = '\0';
+    assert_int_equal(chord_buf_printf(&b, "[%s]", big), 0);
+    assert_int_equal(b.len, 5 + 2 + sizeof big - 1);
+    assert_int_equal(b.data[b.len - 1], ']');
+    assert_int_equal(b.data[b.len], '\0');
+    chord_buf_free(&b);
+
     int32_t *ids = NULL;
     size_t n_cap = 0;
     for (size_t i = 0; i < 5000; i++) {
