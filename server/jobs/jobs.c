@@ -479,7 +479,6 @@ static void run_job(worker *w, store_job *job) {
                             .between_steps = cb_between_steps,
                             .on_log = cb_on_log};
     int rc = trainer_run(&cfg, &env, &cb, &err);
-    atomic_store(&w->reserved, 0);
     keep_stdin_open();
     run_clear_samples(&r);
     run_clear_last(&r);
@@ -512,31 +511,21 @@ static void job_device(const char *config_json, char *out, size_t outlen) {
     json_decref(doc);
 }
 
-/* With several slots: 1 when the job of config_json fits on this worker's device beside what
- * runs there now (the other slots' jobs and the resident shared bases, whose weights the job
- * does not need again), or when no other slot runs a job (the trainer then refuses a job that can
- * never fit, with the figures). The budget is the operator's limit less what is reserved, else the
- * device's free memory. */
-static int fits_beside(worker *w, const char *job_id, const char *config_json) {
+/* The estimate of a queued job (cached per job in w->fit_*: it reads the datasets): what it
+ * needs on this worker's device now, less its shared base's weights when that base is resident
+ * here already. */
+static int64_t fit_need(worker *w, const char *job_id, const char *config_json) {
     jobs_pool *p = w->pool;
-    if (p->slots <= 1) return 1;
-    int busy = 0;
-    pthread_mutex_lock(&p->mu);
-    for (int i = 0; i < p->n_workers; i++)
-        if (&p->workers[i] != w && !strcmp(p->workers[i].device, w->device) &&
-            p->workers[i].job_id[0])
-            busy = 1;
-    pthread_mutex_unlock(&p->mu);
-    if (!busy) return 1;
     if (strcmp(w->fit_id, job_id) != 0) { /* a job not seen yet: its estimate */
         job_config cfg = {0};
         chord_err e = {0};
-        if (jobconfig_parse(config_json, &cfg, &e)) return 1; /* run_job fails it, saying why */
+        free(w->fit_key);
+        w->fit_key = NULL;
+        w->fit_need = w->fit_shared = 0;
+        if (jobconfig_parse(config_json, &cfg, &e)) return 0; /* run_job fails it, saying why */
         char *prompts = NULL, *eval = NULL;
         (void)resolve_dataset(w, cfg.data_prompts, &prompts, &e); /* unknown: the default */
         (void)resolve_dataset(w, cfg.data_eval, &eval, &e);
-        free(w->fit_key);
-        w->fit_key = NULL;
         w->fit_need = job_estimate(&cfg, NULL, prompts, eval, &w->fit_shared);
         if (w->fit_shared > 0 &&
             bootstrap_base_key(cfg.model_path, cfg.model_init_config, cfg.model_init_seed,
@@ -550,6 +539,28 @@ static int fits_beside(worker *w, const char *job_id, const char *config_json) {
     int64_t need = w->fit_need;
     if (w->fit_key && jobs_bases_resident(p->bases, w->device, w->fit_key))
         need -= w->fit_shared; /* its base is here already */
+    return need;
+}
+
+/* With several slots: 1 when the job of config_json fits on this worker's device beside what
+ * runs there now (the other slots' jobs and the resident shared bases, whose weights the job
+ * does not need again), or when no other slot runs a job (the trainer then refuses a job that can
+ * never fit, with the figures). The budget is the operator's limit less what is reserved, else the
+ * device's free memory. A job claimed but not yet set up has its estimate reserved already
+ * (claim), so a second slot never reads the gap between the claim and the trainer's set-up as
+ * free memory. */
+static int fits_beside(worker *w, const char *job_id, const char *config_json) {
+    jobs_pool *p = w->pool;
+    if (p->slots <= 1) return 1;
+    int busy = 0;
+    pthread_mutex_lock(&p->mu);
+    for (int i = 0; i < p->n_workers; i++)
+        if (&p->workers[i] != w && !strcmp(p->workers[i].device, w->device) &&
+            p->workers[i].job_id[0])
+            busy = 1;
+    pthread_mutex_unlock(&p->mu);
+    if (!busy) return 1;
+    int64_t need = fit_need(w, job_id, config_json);
     double budget;
     size_t free_b = 0, total_b = 0;
     if (p->memory_limit > 0)
@@ -586,6 +597,10 @@ static int claim(worker *w, store_job *job, int *found, chord_err *err) {
             memcpy(w->job_id, job->id, STORE_ID_MAX);
             atomic_store(&w->cancel, job->cancel_requested ? 1 : 0);
             pthread_mutex_unlock(&w->pool->mu);
+            /* reserved from the claim on (run_job refines it): the other slots' claims, under
+             * claim_mu too, see it */
+            if (w->pool->slots > 1)
+                atomic_store(&w->reserved, fit_need(w, items[i].id, items[i].config_json));
         } else if (terr.code != CHORD_E_CONFLICT) {
             *err = terr;
             rc = -1;
@@ -690,6 +705,7 @@ static void *worker_main(void *arg) {
             pthread_mutex_lock(&p->mu);
             w->job_id[0] = '\0';
             atomic_store(&w->cancel, 0);
+            atomic_store(&w->reserved, 0); /* after the job's final state is stored */
             pthread_mutex_unlock(&p->mu);
             store_job_free(&job);
             continue;
