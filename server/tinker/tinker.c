@@ -18,6 +18,7 @@
 #include <time.h>
 
 #include "kernels/ops.h"
+#include "server/base/buf.h"
 #include "server/base/fileutil.h"
 #include "server/base/json_field.h"
 #include "server/base/log.h"
@@ -28,6 +29,7 @@
 #include "server/train/bootstrap.h"
 #include "server/train/rollout.h"
 #include "server/train/trainer.h"
+#include "storage/store.h"
 
 /* The most tokens one forward pass of a forward_backward packs (datums are never split). */
 #define TK_CHUNK_TOKENS 8192
@@ -60,7 +62,7 @@ typedef struct tk_future {
 typedef struct tk_op {
     op_kind kind;
     int32_t seq;
-    tk_future *f; /* pending: never collected while an op points at it */
+    tk_future *f;                  /* pending: never collected while an op points at it */
     char sample_prefix[TK_ID_MAX]; /* OP_SAMPLE: the sequences' ids are <prefix>:<i> */
     tk_fb_request fb;
     json_t *json;
@@ -76,10 +78,10 @@ typedef struct tk_model {
     uint64_t seed;
     pthread_t thread;
     int started;
-    tk_op *queue;     /* sorted by seq */
-    int32_t next_seq; /* the operation the thread runs next */
-    int closing;      /* its session finished: end once the queue is empty */
-    int ended;        /* the thread is gone */
+    tk_op *queue;      /* sorted by seq */
+    int32_t next_seq;  /* the operation the thread runs next */
+    int closing;       /* its session finished: end once the queue is empty */
+    int ended;         /* the thread is gone */
     char failed[1100]; /* the create failed: every operation fails with this */
     /* a sampler (sampling session): runs asample requests as they come (no seq order), on
      * base + the adapter it was made from (adapter_dir, or the snapshot snap of snap_n floats,
@@ -94,7 +96,7 @@ typedef struct tk_model {
     /* the thread's own */
     ops_ctx *ops;
     bootstrap_model boot;
-    int grads_live; /* a backward ran since the last optim_step */
+    int grads_live;     /* a backward ran since the last optim_step */
     int load_optimizer; /* loaded from a checkpoint (adapter_dir): its AdamW state too */
     struct tk_model *next;
 } tk_model;
@@ -119,9 +121,13 @@ struct tk_service {
     int stopping;
 };
 
-static int oom(chord_err *err) { return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory"); }
+static int oom(chord_err *err) {
+    return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
+}
 
-static double now_s(void) {
+/* Wall-clock seconds: entropy for ids and unseeded sampling only (durations use chord_now, the
+ * monotonic clock, which no clock step moves). */
+static double wall_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
@@ -129,7 +135,7 @@ static double now_s(void) {
 
 /* "<prefix>_<16 hex>", unique in this process and unlikely across restarts. */
 static void new_id(tk_service *t, const char *prefix, char *out) {
-    uint64_t x = chord_splitmix64((uint64_t)(now_s() * 1e6) ^ (++t->counter << 20));
+    uint64_t x = chord_splitmix64((uint64_t)(wall_s() * 1e6) ^ (++t->counter << 20));
     snprintf(out, TK_ID_MAX, "%s_%016llx", prefix, (unsigned long long)x);
 }
 
@@ -148,7 +154,7 @@ static void future_free(tk_future *f) {
 static void close_idle_sessions(tk_service *t, double now);
 
 static void collect_futures(tk_service *t) {
-    double now = now_s();
+    double now = chord_now();
     close_idle_sessions(t, now);
     for (tk_future **pp = &t->futures; *pp;) {
         tk_future *f = *pp;
@@ -204,7 +210,7 @@ static void future_done(tk_service *t, tk_future *f, json_t *json, tk_fb_output 
         f->fb = fb;
         f->sample = sample;
     }
-    f->done_at = now_s();
+    f->done_at = chord_now();
     pthread_cond_broadcast(&t->cv);
     pthread_mutex_unlock(&t->mu);
 }
@@ -263,7 +269,8 @@ static void enqueue(tk_service *t, tk_model *m, tk_op *op, char *request_id) {
 /* Queues op in seq order; a seq the model ran already or has queued is refused. */
 static void queue_op(tk_model *m, tk_op *op) {
     tk_op **pp = &m->queue;
-    while (*pp && (*pp)->seq < op->seq) pp = &(*pp)->next;
+    while (*pp && (*pp)->seq < op->seq)
+        pp = &(*pp)->next;
     op->next = *pp;
     *pp = op;
 }
@@ -275,7 +282,8 @@ static void *model_main(void *arg);
 static int run_create(tk_model *m, chord_err *err) {
     char msg[256] = "";
     m->ops = ops_open(m->t->device, m->t->opt.threads, msg, sizeof msg);
-    if (!m->ops) return chord_err_setc(err, CHORD_E_UNAVAILABLE, "device %s: %s", m->t->device, msg);
+    if (!m->ops)
+        return chord_err_setc(err, CHORD_E_UNAVAILABLE, "device %s: %s", m->t->device, msg);
     bootstrap_spec spec = {.dir = m->adapter_dir ? m->adapter_dir : m->base_dir,
                            .bases = m->t->opt.bases};
     if (bootstrap_open(&spec, m->ops, &m->boot, err) != 0) return -1;
@@ -298,8 +306,7 @@ static int run_create(tk_model *m, chord_err *err) {
         return 0;
     }
     if (m->boot.m->lora)
-        return chord_err_set(err, "base_model: %s is a LoRA adapter; name its base",
-                             m->base_model);
+        return chord_err_set(err, "base_model: %s is a LoRA adapter; name its base", m->base_model);
     if (model_lora_attach(m->boot.m, &m->lora, m->seed, err) != 0)
         return chord_err_prefix(err, "lora_config");
     return 0;
@@ -310,7 +317,8 @@ static int run_create(tk_model *m, chord_err *err) {
 static int run_chunk(tk_model *m, const tk_fb_request *fb, const tk_loss_config *lc, size_t d0,
                      size_t d1, tk_fb_output *out, tk_loss_stats *st, chord_err *err) {
     size_t N = 0;
-    for (size_t i = d0; i < d1; i++) N += fb->data[i].n_tokens;
+    for (size_t i = d0; i < d1; i++)
+        N += fb->data[i].n_tokens;
     const int S = (int)(d1 - d0);
     int32_t *tok = malloc(N * sizeof *tok), *pos = malloc(N * sizeof *pos),
             *tgt = malloc(N * sizeof *tgt), *cu = malloc(((size_t)S + 1) * sizeof *cu);
@@ -367,8 +375,10 @@ static int run_fb(tk_model *m, const tk_fb_request *fb, tk_fb_output **result, c
     for (size_t i = 0; i < fb->n_data; i++) {
         if (tk_loss_check(&lc, &fb->data[i], i, vocab, err) != 0) return -1;
         if (max_pos > 0 && fb->data[i].n_tokens > (size_t)max_pos)
-            return chord_err_set(err, "data[%zu].model_input: %zu tokens, over the model's %d "
-                                      "positions", i, fb->data[i].n_tokens, max_pos);
+            return chord_err_set(err,
+                                 "data[%zu].model_input: %zu tokens, over the model's %d "
+                                 "positions",
+                                 i, fb->data[i].n_tokens, max_pos);
     }
     tk_fb_output *out = calloc(1, sizeof *out);
     if (!out) return oom(err);
@@ -467,16 +477,20 @@ static int run_save(tk_model *m, const json_t *req, int sampler, json_t **result
     if (!name && sampler) return snapshot_sampler(m, req, result, err);
     if (!name) return chord_err_set(err, "path: required");
     if (!name_ok(name))
-        return chord_err_set(err, "path: \"%.100s\" is not a checkpoint name (1 to 100 of "
-                                  "A-Z a-z 0-9 . _ -)", name);
+        return chord_err_set(err,
+                             "path: \"%.100s\" is not a checkpoint name (1 to 100 of "
+                             "A-Z a-z 0-9 . _ -)",
+                             name);
     const char *kind = sampler ? "sampler_weights" : "weights";
     int overwrite = json_is_true(json_object_get(req, "overwrite"));
     char dir[4096], tmp[4200], path[4300];
     snprintf(dir, sizeof dir, "%s/tinker/%s/%s/%s", m->t->data_dir, m->id, kind, name);
     snprintf(tmp, sizeof tmp, "%s.tmp", dir);
     if (chord_is_dir(dir) && !overwrite)
-        return chord_err_setc(err, CHORD_E_CONFLICT, "path: %s/%s exists (overwrite: true to "
-                              "replace it)", kind, name);
+        return chord_err_setc(err, CHORD_E_CONFLICT,
+                              "path: %s/%s exists (overwrite: true to "
+                              "replace it)",
+                              kind, name);
     if (chord_is_dir(tmp) && chord_rmtree(tmp, err) != 0) return -1;
     if (model_lora_save(m->boot.m, tmp, m->base_dir, err) != 0) return -1;
     snprintf(path, sizeof path, "%s/optimizer.safetensors", tmp);
@@ -503,8 +517,10 @@ static int prompt_tokens(const json_t *prompt, int vocab, int32_t **out, int *n,
         const char *type = json_string_value(json_object_get(c, "type"));
         const json_t *toks = json_object_get(c, "tokens");
         if ((type && strcmp(type, "encoded_text") != 0) || !json_is_array(toks))
-            return chord_err_set(err, "prompt.chunks[%zu]: only encoded_text chunks (tokens) are "
-                                      "supported", i);
+            return chord_err_set(err,
+                                 "prompt.chunks[%zu]: only encoded_text chunks (tokens) are "
+                                 "supported",
+                                 i);
         total += json_array_size(toks);
     }
     if (total == 0) return chord_err_set(err, "prompt: no tokens");
@@ -519,8 +535,10 @@ static int prompt_tokens(const json_t *prompt, int vocab, int32_t **out, int *n,
             json_int_t id = json_is_integer(v) ? json_integer_value(v) : -1;
             if (id < 0 || id >= vocab) {
                 free(ids);
-                return chord_err_set(err, "prompt.chunks[%zu].tokens[%zu]: not a token id in "
-                                          "[0, %d)", i, j, vocab);
+                return chord_err_set(err,
+                                     "prompt.chunks[%zu].tokens[%zu]: not a token id in "
+                                     "[0, %d)",
+                                     i, j, vocab);
             }
             ids[k++] = (int32_t)id;
         }
@@ -531,24 +549,56 @@ static int prompt_tokens(const json_t *prompt, int vocab, int32_t **out, int *n,
 }
 
 /* The length of seq's tokens up to and including the first token whose text completes one of
- * the stop strings, or -1 when none occurs. */
+ * the stop strings, or -1 when none occurs. One streaming decode (tok_stream, special tokens
+ * skipped as the returned text skips them): each token's new text is searched only where a stop
+ * string could end in it. A character a decoder holds back (an incomplete UTF-8 sequence, what a
+ * Strip may remove at the end) counts for the token that completes it. */
 static int stop_string_cut(const tok_tokenizer *tok, const rollout_seq *q, const json_t *strs,
                            chord_err *err) {
-    for (int k = 1; k <= q->len; k++) {
-        char *text = NULL;
-        if (trainer_decode_response(tok, q->tokens, k, &text, err) != 0) return -2;
-        size_t i;
-        json_t *v;
-        int hit = 0;
-        json_array_foreach(strs, i, v) hit |= strstr(text, json_string_value(v)) != NULL;
-        free(text);
-        if (hit) return k;
+    size_t longest = 0, i;
+    json_t *v;
+    json_array_foreach(strs, i, v) {
+        size_t l = strlen(json_string_value(v));
+        if (l > longest) longest = l;
     }
-    return -1;
+    chord_buf text = {0};
+    char *piece = NULL;
+    size_t cap = 0;
+    int cut = -1;
+    tok_stream st;
+    tok_stream_init(&st, tok, 1);
+    for (int k = 0; k < q->len && cut < 0; k++) {
+        size_t bytes = 0, len = 0;
+        if (!tok_id_bytes(tok, q->tokens[k], &bytes)) continue; /* past the tokenizer: no text */
+        if (cap < bytes * 3 + 16) {
+            char *p = realloc(piece, bytes * 3 + 16);
+            if (!p) goto oom;
+            piece = p;
+            cap = bytes * 3 + 16;
+        }
+        if (tok_stream_push(&st, q->tokens[k], piece, cap, &len, err) != 0) {
+            cut = -2;
+            break;
+        }
+        if (!len) continue;
+        const size_t from = text.len >= longest ? text.len - longest + 1 : 0;
+        if (chord_buf_append(&text, piece, len) != 0) goto oom;
+        json_array_foreach(strs, i, v) {
+            const char *s = json_string_value(v);
+            if (*s && memmem(text.data + from, text.len - from, s, strlen(s))) cut = k + 1;
+        }
+    }
+    free(piece);
+    chord_buf_free(&text);
+    return cut;
+oom:
+    free(piece);
+    chord_buf_free(&text);
+    oom(err);
+    return -2;
 }
 
-static int run_sample(tk_model *m, const json_t *req, tk_sample_response **result,
-                      chord_err *err) {
+static int run_sample(tk_model *m, const json_t *req, tk_sample_response **result, chord_err *err) {
     *result = NULL;
     model *mm = m->boot.m;
     const int vocab = mm->cfg.vocab_size, max_pos = mm->cfg.max_position_embeddings;
@@ -573,14 +623,14 @@ static int run_sample(tk_model *m, const json_t *req, tk_sample_response **resul
     }
     if (chord_json_get_int(req, "", "num_samples", 0, 1, 1024, &n, err) ||
         chord_json_get_bool(req, "", "prompt_logprobs", 0, &want_prompt_lp, err) ||
-        (sp && (chord_json_get_int(sp, "sampling_params", "max_tokens", 0, 1, 1 << 20, &max_tokens,
-                                   err) ||
-                chord_json_get_number(sp, "sampling_params", "temperature", 0, 0.0, 100.0, &temp,
-                                      err) ||
-                chord_json_get_number(sp, "sampling_params", "top_p", CHORD_JSON_LO_OPEN, 0.0,
-                                      1.0, &top_p, err) ||
-                chord_json_get_int(sp, "sampling_params", "top_k", 0, -1, 1 << 30, &top_k, err) ||
-                chord_json_get_int(sp, "sampling_params", "seed", 0, 0, INT64_MAX, &seed, err))))
+        (sp &&
+         (chord_json_get_int(sp, "sampling_params", "max_tokens", 0, 1, 1 << 20, &max_tokens,
+                             err) ||
+          chord_json_get_number(sp, "sampling_params", "temperature", 0, 0.0, 100.0, &temp, err) ||
+          chord_json_get_number(sp, "sampling_params", "top_p", CHORD_JSON_LO_OPEN, 0.0, 1.0,
+                                &top_p, err) ||
+          chord_json_get_int(sp, "sampling_params", "top_k", 0, -1, 1 << 30, &top_k, err) ||
+          chord_json_get_int(sp, "sampling_params", "seed", 0, 0, INT64_MAX, &seed, err))))
         goto done;
     if (top_k > 0) {
         chord_err_set(err, "sampling_params.top_k: not supported (use -1, or top_p)");
@@ -602,8 +652,10 @@ static int run_sample(tk_model *m, const json_t *req, tk_sample_response **resul
     }
     if (max_tokens == 0) max_tokens = max_pos > plen ? max_pos - plen : 1;
     if (max_pos > 0 && plen + max_tokens > max_pos) {
-        chord_err_set(err, "sampling_params.max_tokens: the prompt's %d tokens + %lld exceed the "
-                           "model's %d positions", plen, (long long)max_tokens, max_pos);
+        chord_err_set(err,
+                      "sampling_params.max_tokens: the prompt's %d tokens + %lld exceed the "
+                      "model's %d positions",
+                      plen, (long long)max_tokens, max_pos);
         goto done;
     }
     /* stop: absent = the model's end tokens; [] = none; token ids; strings (+ the end tokens) */
@@ -612,7 +664,8 @@ static int run_sample(tk_model *m, const json_t *req, tk_sample_response **resul
               (json_is_array(stop) && json_array_size(stop) > 0 &&
                json_is_string(json_array_get(stop, 0)));
     if (eos)
-        for (int i = 0; i < m->boot.n_stop && n_stop < 64; i++) stop_ids[n_stop++] = m->boot.stop_ids[i];
+        for (int i = 0; i < m->boot.n_stop && n_stop < 64; i++)
+            stop_ids[n_stop++] = m->boot.stop_ids[i];
     if (json_is_string(stop)) {
         json_array_append(strs, (json_t *)stop);
     } else if (json_is_array(stop)) {
@@ -625,8 +678,10 @@ static int run_sample(tk_model *m, const json_t *req, tk_sample_response **resul
                        json_integer_value(v) < vocab && n_stop < 64) {
                 stop_ids[n_stop++] = (int32_t)json_integer_value(v);
             } else {
-                chord_err_set(err, "sampling_params.stop[%zu]: a non-empty string or a token id "
-                                   "in [0, %d) (at most 64)", i, vocab);
+                chord_err_set(err,
+                              "sampling_params.stop[%zu]: a non-empty string or a token id "
+                              "in [0, %d) (at most 64)",
+                              i, vocab);
                 goto done;
             }
         }
@@ -640,7 +695,8 @@ static int run_sample(tk_model *m, const json_t *req, tk_sample_response **resul
                          .max_new_tokens = (int)max_tokens,
                          .stop_ids = stop_ids,
                          .n_stop = n_stop,
-                         .seed = seed >= 0 ? (uint64_t)seed : chord_splitmix64((uint64_t)(now_s() * 1e9)),
+                         .seed = seed >= 0 ? (uint64_t)seed
+                                           : chord_splitmix64((uint64_t)(wall_s() * 1e9)),
                          .stream = 0};
     const int32_t *pp = ptoks;
     if (rollout_generate(m->engine, &pp, &plen, 1, &rp, &rr, err) != 0) goto done;
@@ -674,7 +730,8 @@ static int run_sample(tk_model *m, const json_t *req, tk_sample_response **resul
         memcpy(s->logprobs, q->logp, (size_t)len * sizeof *s->logprobs);
     }
     if (want_prompt_lp) { /* log p(token j | tokens < j), NaN at 0: one forward at T = 1 */
-        int32_t *pos = malloc((size_t)plen * sizeof *pos), *tgt = malloc((size_t)plen * sizeof *tgt);
+        int32_t *pos = malloc((size_t)plen * sizeof *pos),
+                *tgt = malloc((size_t)plen * sizeof *tgt);
         int32_t cu[2] = {0, plen};
         lp = calloc((size_t)plen, sizeof *lp);
         out->prompt_logprobs = malloc((size_t)plen * sizeof *out->prompt_logprobs);
@@ -690,7 +747,8 @@ static int run_sample(tk_model *m, const json_t *req, tk_sample_response **resul
         if (frc != 0) goto done;
         out->n_prompt = (size_t)plen;
         out->prompt_logprobs[0] = NAN;
-        for (int j = 1; j < plen; j++) out->prompt_logprobs[j] = lp[j - 1];
+        for (int j = 1; j < plen; j++)
+            out->prompt_logprobs[j] = lp[j - 1];
     }
     rc = 0;
 done:
@@ -719,12 +777,12 @@ static void run_op(tk_model *m, tk_op *op) {
         switch (op->kind) {
         case OP_CREATE:
             rc = run_create(m, &err);
-            if (rc != 0) snprintf(m->failed, sizeof m->failed, "%s", err.msg);
-            else if (!(json = m->adapter_dir && !m->sampler
-                                  ? json_pack("{s:s,s:s}", "model_id", m->id, "type",
-                                              "load_weights")
-                                  : json_pack("{s:s,s:s}", "model_id", m->id, "type",
-                                              "create_model")))
+            if (rc != 0)
+                snprintf(m->failed, sizeof m->failed, "%s", err.msg);
+            else if (!(json =
+                           m->adapter_dir && !m->sampler
+                               ? json_pack("{s:s,s:s}", "model_id", m->id, "type", "load_weights")
+                               : json_pack("{s:s,s:s}", "model_id", m->id, "type", "create_model")))
                 rc = oom(&err);
             break;
         case OP_FB:
@@ -757,7 +815,7 @@ static void *model_main(void *arg) {
         tk_op *op = m->queue;
         if (op && m->sampler && op->seq > 0) m->next_seq = op->seq; /* as they come */
         if (op && op->seq > m->next_seq && !t->stopping) {
-            double now = now_s();
+            double now = chord_now();
             if (gap_since == 0.0) gap_since = now;
             if (now - gap_since >= TK_SEQ_GAP_S) {
                 LOG_WARN("tinker %s: seq_id %d never came; going on with %d", m->id,
@@ -809,7 +867,8 @@ static void *model_main(void *arg) {
     return NULL;
 }
 
-/* ---- the service ------------------------------------------------------------------------------ */
+/* ---- the service ------------------------------------------------------------------------------
+ */
 
 int tk_open(const tk_options *opt, tk_service **out, chord_err *err) {
     *out = NULL;
@@ -874,7 +933,7 @@ int tk_create_session(tk_service *t, const json_t *req, json_t **resp, chord_err
     if (!s) return oom(err);
     pthread_mutex_lock(&t->mu);
     new_id(t, "ses", s->id);
-    s->last_seen = now_s();
+    s->last_seen = chord_now();
     s->next = t->sessions;
     t->sessions = s;
     *resp = json_pack("{s:s,s:s}", "session_id", s->id, "type", "create_session");
@@ -887,7 +946,7 @@ int tk_heartbeat(tk_service *t, const json_t *req, json_t **resp, chord_err *err
     if (!id) return chord_err_set(err, "session_id: required");
     pthread_mutex_lock(&t->mu);
     tk_session *s = session_find(t, id);
-    if (s) s->last_seen = now_s();
+    if (s) s->last_seen = chord_now();
     pthread_mutex_unlock(&t->mu);
     if (!s) return chord_err_setc(err, CHORD_E_NOT_FOUND, "session_id: no session %.100s", id);
     *resp = json_pack("{s:s}", "type", "session_heartbeat");
@@ -914,11 +973,11 @@ int tk_get_info(tk_service *t, const json_t *req, json_t **resp, chord_err *err)
     pthread_mutex_lock(&t->mu);
     tk_model *m = model_find(t, id);
     if (m)
-        *resp = json_pack("{s:s,s:s,s:{s:s,s:s,s:s},s:b,s:i,s:s,s:{s:s}}", "type", "get_info",
-                          "model_id", m->id, "model_data", "arch", m->arch, "model_name",
-                          m->base_model, "tokenizer_id", m->base_dir, "is_lora", 1, "lora_rank",
-                          m->lora.rank, "model_name", m->base_model, "optimizer_config", "type",
-                          "adamw");
+        *resp =
+            json_pack("{s:s,s:s,s:{s:s,s:s,s:s},s:b,s:i,s:s,s:{s:s}}", "type", "get_info",
+                      "model_id", m->id, "model_data", "arch", m->arch, "model_name", m->base_model,
+                      "tokenizer_id", m->base_dir, "is_lora", 1, "lora_rank", m->lora.rank,
+                      "model_name", m->base_model, "optimizer_config", "type", "adamw");
     pthread_mutex_unlock(&t->mu);
     if (!m) return chord_err_setc(err, CHORD_E_NOT_FOUND, "model_id: no model %.100s", id);
     return *resp ? 0 : oom(err);
@@ -930,8 +989,8 @@ int tk_capabilities(tk_service *t, json_t **resp, chord_err *err) {
     size_t i;
     json_t *v;
     json_array_foreach(t->bases_seen, i, v) {
-        json_array_append_new(arr, json_pack("{s:O,s:b,s:b}", "model_name", v, "trainable", 1,
-                                             "sampleable", 0));
+        json_array_append_new(
+            arr, json_pack("{s:O,s:b,s:b}", "model_name", v, "trainable", 1, "sampleable", 0));
     }
     pthread_mutex_unlock(&t->mu);
     *resp = arr ? json_pack("{s:o}", "supported_models", arr) : NULL;
@@ -1145,8 +1204,7 @@ static int submit(tk_service *t, const char *model_id, int32_t seq, tk_op *op, c
     return rc;
 }
 
-int tk_submit_forward_backward(tk_service *t, tk_fb_request *fb, char *request_id,
-                               chord_err *err) {
+int tk_submit_forward_backward(tk_service *t, tk_fb_request *fb, char *request_id, chord_err *err) {
     tk_op *op = calloc(1, sizeof *op);
     if (!op) {
         tk_fb_request_free(fb);
@@ -1167,8 +1225,7 @@ int tk_submit_json(tk_service *t, const char *kind, const json_t *req, char *req
     const char *model_id = json_string_value(json_object_get(req, "model_id"));
     const json_t *seq = json_object_get(req, "seq_id");
     if (!model_id) return chord_err_set(err, "model_id: required");
-    if (!json_is_integer(seq) || json_integer_value(seq) < 1 ||
-        json_integer_value(seq) > INT32_MAX)
+    if (!json_is_integer(seq) || json_integer_value(seq) < 1 || json_integer_value(seq) > INT32_MAX)
         return chord_err_set(err, "seq_id: must be an integer >= 1");
     tk_op *op = calloc(1, sizeof *op);
     if (!op) return oom(err);
@@ -1200,8 +1257,8 @@ static tk_fb_output *fb_copy(const tk_fb_output *o) {
     c->lens = calloc(nd, sizeof *c->lens);
     c->metric_keys = calloc((size_t)o->n_metrics + 1, sizeof *c->metric_keys);
     c->metric_values = calloc((size_t)o->n_metrics + 1, sizeof *c->metric_values);
-    int bad = !c->logprobs || !c->elementwise_loss || !c->lens || !c->metric_keys ||
-              !c->metric_values;
+    int bad =
+        !c->logprobs || !c->elementwise_loss || !c->lens || !c->metric_keys || !c->metric_values;
     for (size_t i = 0; !bad && i < o->n_data; i++) {
         size_t n = o->lens[i] ? o->lens[i] : 1;
         c->lens[i] = o->lens[i];
@@ -1277,8 +1334,10 @@ int tk_retrieve(tk_service *t, const char *request_id, double wait_s, tk_result 
     }
     int rc = 0;
     if (!f) {
-        rc = chord_err_setc(err, CHORD_E_NOT_FOUND, "request_id: no request %.100s (unknown, or "
-                            "its result expired)", request_id);
+        rc = chord_err_setc(err, CHORD_E_NOT_FOUND,
+                            "request_id: no request %.100s (unknown, or "
+                            "its result expired)",
+                            request_id);
     } else {
         out->state = f->state;
         if (f->state == TK_DONE) {
@@ -1307,7 +1366,8 @@ void tk_result_free(tk_result *r) {
     memset(r, 0, sizeof *r);
 }
 
-/* ---- samplers --------------------------------------------------------------------------------- */
+/* ---- samplers ---------------------------------------------------------------------------------
+ */
 
 /* A new sampler (t->mu held): its thread, with its create op queued. Takes snap. */
 static tk_model *sampler_start(tk_service *t, const char *id, const char *session,
@@ -1377,8 +1437,8 @@ static int snapshot_sampler(tk_model *m, const json_t *req, json_t **result, cho
     int rc = 0;
     if (model_find(t, id)) { /* a retried save: the sampler exists */
         free(snap);
-    } else if (!sampler_start(t, id, m->session, m->base_model, m->base_dir, NULL, NULL, snap,
-                              &lc, m->id, err)) {
+    } else if (!sampler_start(t, id, m->session, m->base_model, m->base_dir, NULL, NULL, snap, &lc,
+                              m->id, err)) {
         rc = -1;
     } else {
         int kept = 0;
@@ -1399,7 +1459,8 @@ static int checkpoint_dir(tk_service *t, const char *path, char *out, char *mode
     static const char scheme[] = "tinker://";
     if (strncmp(path, scheme, sizeof scheme - 1) != 0)
         return chord_err_set(err, "model_path: \"%.100s\" is not a tinker:// path", path);
-    const char *p = path + sizeof scheme - 1, *s1 = strchr(p, '/'), *s2 = s1 ? strchr(s1 + 1, '/') : NULL;
+    const char *p = path + sizeof scheme - 1, *s1 = strchr(p, '/'),
+               *s2 = s1 ? strchr(s1 + 1, '/') : NULL;
     if (!s1 || !s2 || strchr(s2 + 1, '/') || s1 == p || (size_t)(s1 - p) >= TK_ID_MAX)
         return chord_err_set(err, "model_path: \"%.100s\" is not tinker://<model_id>/<kind>/<name>",
                              path);
@@ -1412,8 +1473,10 @@ static int checkpoint_dir(tk_service *t, const char *path, char *out, char *mode
             !strcmp(model_id, "..") || !strcmp(model_id, "."))
             return chord_err_set(err, "model_path: bad model id in \"%.100s\"", path);
     if ((strcmp(kind, "weights") && strcmp(kind, "sampler_weights")) || !name_ok(s2 + 1))
-        return chord_err_set(err, "model_path: \"%.100s\": the kind must be weights or "
-                                  "sampler_weights, then a checkpoint name", path);
+        return chord_err_set(err,
+                             "model_path: \"%.100s\": the kind must be weights or "
+                             "sampler_weights, then a checkpoint name",
+                             path);
     snprintf(out, 4096, "%s/tinker/%s/%s/%s", t->data_dir, model_id, kind, s2 + 1);
     if (!chord_is_dir(out))
         return chord_err_setc(err, CHORD_E_NOT_FOUND, "model_path: no checkpoint %.200s", path);
@@ -1519,9 +1582,7 @@ int tk_submit_sample(tk_service *t, const json_t *req, char *request_id, int *n_
 
 static json_t *iso_time(time_t t) {
     char buf[32];
-    struct tm tm;
-    gmtime_r(&t, &tm);
-    strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    store_time_rfc3339((int64_t)t * 1000, buf);
     return json_string(buf);
 }
 
@@ -1561,11 +1622,11 @@ static json_t *run_checkpoints(tk_service *t, const char *run, json_t **last,
             if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode)) continue;
             snprintf(tpath, sizeof tpath, "tinker://%s/%s/%s", run, kinds[k], e->d_name);
             snprintf(cid, sizeof cid, "%s/%s", kinds[k], e->d_name);
-            json_t *c = json_pack("{s:s,s:s,s:o,s:s,s:I,s:b,s:n,s:n}", "checkpoint_id", cid,
-                                  "checkpoint_type", k ? "sampler" : "training", "time",
-                                  iso_time(st.st_mtime), "tinker_path", tpath, "size_bytes",
-                                  (json_int_t)dir_bytes(path), "public", 0, "user_metadata",
-                                  "expires_at");
+            json_t *c =
+                json_pack("{s:s,s:s,s:o,s:s,s:I,s:b,s:n,s:n}", "checkpoint_id", cid,
+                          "checkpoint_type", k ? "sampler" : "training", "time",
+                          iso_time(st.st_mtime), "tinker_path", tpath, "size_bytes",
+                          (json_int_t)dir_bytes(path), "public", 0, "user_metadata", "expires_at");
             if (!c) continue;
             if (!best[k] || st.st_mtime >= newest[k]) {
                 json_decref(best[k]);
@@ -1576,10 +1637,14 @@ static json_t *run_checkpoints(tk_service *t, const char *run, json_t **last,
         }
         if (d) closedir(d);
     }
-    if (last) *last = best[0] ? best[0] : json_null();
-    else json_decref(best[0]);
-    if (last_sampler) *last_sampler = best[1] ? best[1] : json_null();
-    else json_decref(best[1]);
+    if (last)
+        *last = best[0] ? best[0] : json_null();
+    else
+        json_decref(best[0]);
+    if (last_sampler)
+        *last_sampler = best[1] ? best[1] : json_null();
+    else
+        json_decref(best[1]);
     return arr;
 }
 
@@ -1617,8 +1682,7 @@ static json_t *run_json(tk_service *t, const char *run) {
     return json_pack("{s:s,s:s,s:s,s:b,s:b,s:I,s:o,s:o,s:o,s:n}", "training_run_id", run,
                      "base_model", base, "model_owner", "chord", "is_lora", 1, "corrupted", 0,
                      "lora_rank", (json_int_t)rank, "last_request_time", iso_time(when),
-                     "last_checkpoint", last, "last_sampler_checkpoint", last_s,
-                     "user_metadata");
+                     "last_checkpoint", last, "last_sampler_checkpoint", last_s, "user_metadata");
 }
 
 int tk_training_run(tk_service *t, const char *run, json_t **resp, chord_err *err) {
@@ -1658,14 +1722,16 @@ int tk_training_runs(tk_service *t, size_t offset, size_t limit, json_t **resp, 
     json_array_foreach(ids, i, v) {
         json_t *r = run_json(t, json_string_value(v));
         if (!r) continue;
-        if (total >= offset && json_array_size(runs) < limit) json_array_append_new(runs, r);
-        else json_decref(r);
+        if (total >= offset && json_array_size(runs) < limit)
+            json_array_append_new(runs, r);
+        else
+            json_decref(r);
         total++;
     }
     json_decref(ids);
-    *resp = json_pack("{s:o,s:{s:I,s:I,s:I}}", "training_runs", runs, "cursor", "offset",
-                      (json_int_t)offset, "limit", (json_int_t)limit, "total_count",
-                      (json_int_t)total);
+    *resp =
+        json_pack("{s:o,s:{s:I,s:I,s:I}}", "training_runs", runs, "cursor", "offset",
+                  (json_int_t)offset, "limit", (json_int_t)limit, "total_count", (json_int_t)total);
     return *resp ? 0 : oom(err);
 }
 

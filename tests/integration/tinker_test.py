@@ -236,3 +236,32 @@ def test_rl_loop_sampling_and_parity(srv):
     m = tc.forward_backward(batch + [expert], "chord", {"mu": 0.3, "phi": 1}).result().metrics
     assert m["expert_tokens:sum"] == 2 and m["policy_tokens:sum"] == 24, m
     tc.optim_step(types.AdamParams(learning_rate=1e-3)).result()
+
+
+def test_stop_strings_cut_where_the_text_completes_them(srv):
+    """A stop string ends a sample at the first token whose text completes it (that token kept),
+    checked with Hugging Face tokenizers on the tokens the server returns (the base's tokenizer:
+    chord's embedded default)."""
+    import tinker
+    from tinker import types
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_file(os.path.join(os.path.dirname(__file__), "..", "..", "server",
+                                           "model", "default_tokenizer", "tokenizer.json"))
+    sc = tinker.ServiceClient()
+    tc = sc.create_lora_training_client(base_model="tbase", rank=4).result()
+    smp = tc.save_weights_and_get_sampling_client().result()
+    for stop in (["e"], ["th", "an"]):
+        params = types.SamplingParams(max_tokens=40, temperature=1.0, stop=stop, seed=11)
+        res = smp.sample(prompt=types.ModelInput.from_ints([5, 17, 300, 42]), num_samples=8,
+                         sampling_params=params).result()
+        cut = 0
+        for s in res.sequences:
+            toks = list(s.tokens)
+            text = tok.decode(toks, skip_special_tokens=True)
+            before = tok.decode(toks[:-1], skip_special_tokens=True)
+            if any(x in text for x in stop):
+                assert s.stop_reason == "stop" and not any(x in before for x in stop), (stop, text)
+                cut += 1
+            else:  # the length, or a stop token (special: no text)
+                assert len(toks) == 40 or s.stop_reason == "stop", (stop, text)
+        assert cut >= 4, (stop, cut)
