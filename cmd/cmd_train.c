@@ -122,6 +122,13 @@ static int cb_checkpoint_commit(void *user, int64_t step, const char *dir, chord
     return 0;
 }
 
+static void cb_checkpoint_abort(void *user, int64_t step, const char *dir) {
+    (void)user;
+    (void)step;
+    chord_err err = {0};
+    if (chord_rmtree(dir, &err) != 0) LOG_WARN("could not remove %s: %s", dir, err.msg);
+}
+
 static int cb_should_stop(void *user, int *checkpoint_on_stop) {
     run_ctx *r = user;
     *checkpoint_on_stop = 1;
@@ -313,6 +320,7 @@ int cmd_train(int argc, char **argv) {
                             .on_samples = samples ? cb_on_samples : NULL,
                             .checkpoint_begin = cb_checkpoint_begin,
                             .checkpoint_commit = cb_checkpoint_commit,
+                            .checkpoint_abort = cb_checkpoint_abort,
                             .should_stop = cb_should_stop,
                             .on_log = cb_on_log};
     struct sigaction sa;

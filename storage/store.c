@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/random.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "server/base/buf.h"
 #include "server/base/fileutil.h"
@@ -110,6 +111,15 @@ int storage_vsqlerr(store *s, chord_err *err, int rc, const char *fmt, va_list a
     if (primary == SQLITE_BUSY || primary == SQLITE_LOCKED) code = CHORD_E_UNAVAILABLE;
     if (primary == SQLITE_CONSTRAINT) code = CHORD_E_CONFLICT;
     const char *msg = s && s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc);
+    /* the OS's reason where SQLite's own hides it ("disk I/O error": the disk is full?) */
+    int sys = 0;
+    if (s && s->db &&
+        (primary == SQLITE_IOERR || primary == SQLITE_CANTOPEN || primary == SQLITE_FULL ||
+         primary == SQLITE_READONLY))
+        sys = sqlite3_system_errno(s->db);
+    if (sys)
+        return chord_err_setc(err, code, "%s: %s: %s (%s, %d)", context, msg, strerror(sys),
+                              sqlite3_errstr(rc), rc);
     return chord_err_setc(err, code, "%s: %s (%s, %d)", context, msg, sqlite3_errstr(rc), rc);
 }
 
@@ -460,6 +470,14 @@ int storage_connect(const char *data_dir, int version, store **out, chord_err *e
     if (!s) return chord_err_setc(err, CHORD_E_INTERNAL, "store: out of memory");
     if (!realpath(data_dir, s->dir)) {
         chord_err_setc(err, CHORD_E_IO, "store: %s: %s", data_dir, strerror(errno));
+        free(s);
+        return -1;
+    }
+    /* a read-only directory (a read-only mount: root ignores modes) would open, then fail on
+     * the first write with a vague "unable to open database file": say so up front */
+    if (access(s->dir, W_OK) != 0) {
+        chord_err_setc(err, CHORD_E_IO, "store: data directory %s is not writable: %s", s->dir,
+                       strerror(errno));
         free(s);
         return -1;
     }

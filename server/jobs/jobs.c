@@ -50,6 +50,7 @@ typedef struct run_ctx {
     char **last_names;
     double *last_values;
     int n_last;
+    chord_err store_err; /* why a callback could not store a step (the trainer's err says which) */
 } run_ctx;
 
 struct worker {
@@ -248,6 +249,7 @@ static int cb_on_samples(void *user, int64_t step, const trainer_sample *samples
         if (write_step(r, step, (const char *const *)r->last_names, r->last_values, r->n_last,
                        &err)) {
             LOG_ERROR("job %s: step %lld samples: %s", r->job_id, (long long)step, err.msg);
+            r->store_err = err;
             return -1;
         }
     }
@@ -264,6 +266,7 @@ static int cb_on_step(void *user, int64_t step, const char *const *names, const 
     chord_err err = {0};
     if (write_step(r, step, names, values, n, &err)) {
         LOG_ERROR("job %s: step %lld: %s", r->job_id, (long long)step, err.msg);
+        r->store_err = err;
         return -1;
     }
     run_clear_last(r);
@@ -319,6 +322,12 @@ static int cb_checkpoint_commit(void *user, int64_t step, const char *dir, chord
     jobs_pool *p = r->w->pool;
     if (p->hooks.publish) p->hooks.publish(p->hooks.user, r->job_id);
     return 0;
+}
+
+static void cb_checkpoint_abort(void *user, int64_t step, const char *dir) {
+    run_ctx *r = user;
+    (void)dir;
+    store_checkpoint_abort(r->w->st, r->job_id, step);
 }
 
 static int cb_should_stop(void *user, int *checkpoint_on_stop) {
@@ -396,13 +405,36 @@ static void keep_stdin_open(void) {
     if (fd == 0) LOG_WARN("jobs: descriptor 0 was closed during a job; reopened on /dev/null");
 }
 
+/* Stores the job's final state. A full disk or a locked database that failed the job refuses
+ * this write too: it is retried every second until it is stored (the worker waits: nothing else
+ * could be stored either), so the job never reads `running` with no worker behind it. A stopping
+ * server gives up; the next start requeues the job (store_open's recovery). */
 static void finish_job(worker *w, const char *id, store_job_state to, const char *text) {
-    chord_err err = {0};
-    if (store_job_transition(w->st, id, to, text, NULL, NULL, &err))
-        LOG_ERROR("job %s: moving to %s: %s", id, store_job_state_name(to), err.msg);
-    else
-        LOG_INFO("job %s %s%s%s", id, store_job_state_name(to), text ? ": " : "", text ? text : "");
-    if (w->pool->hooks.publish) w->pool->hooks.publish(w->pool->hooks.user, id);
+    jobs_pool *p = w->pool;
+    for (int attempt = 0;; attempt++) {
+        chord_err err = {0};
+        if (store_job_transition(w->st, id, to, text, NULL, NULL, &err) == 0) {
+            LOG_INFO("job %s %s%s%s", id, store_job_state_name(to), text ? ": " : "",
+                     text ? text : "");
+            break;
+        }
+        int transient = err.code == CHORD_E_IO || err.code == CHORD_E_UNAVAILABLE;
+        if (attempt % 60 == 0 || !transient)
+            LOG_ERROR("job %s: moving to %s: %s%s", id, store_job_state_name(to), err.msg,
+                      transient ? " (retrying every second)" : "");
+        if (!transient) break;
+        pthread_mutex_lock(&p->mu);
+        if (!atomic_load(&p->stopping)) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_sec += 1;
+            pthread_cond_timedwait(&p->cv, &p->mu, &ts);
+        }
+        int stopping = atomic_load(&p->stopping);
+        pthread_mutex_unlock(&p->mu);
+        if (stopping) break;
+    }
+    if (p->hooks.publish) p->hooks.publish(p->hooks.user, id);
 }
 
 /* The job's estimated memory (the figure the trainer checks at set-up), 0 when its model config
@@ -475,6 +507,7 @@ static void run_job(worker *w, store_job *job) {
                             .on_samples = cb_on_samples,
                             .checkpoint_begin = cb_checkpoint_begin,
                             .checkpoint_commit = cb_checkpoint_commit,
+                            .checkpoint_abort = cb_checkpoint_abort,
                             .should_stop = cb_should_stop,
                             .between_steps = cb_between_steps,
                             .on_log = cb_on_log};
@@ -491,6 +524,11 @@ static void run_job(worker *w, store_job *job) {
         finish_job(w, job->id, STORE_JOB_QUEUED, NULL);
     } else {
         if (!err.msg[0]) snprintf(err.msg, sizeof err.msg, "trainer failed");
+        /* the store's reason (a full disk, say), which the trainer's callbacks cannot carry */
+        if (r.store_err.msg[0]) {
+            chord_err trainer_err = err;
+            chord_err_setc(&err, trainer_err.code, "%s: %s", trainer_err.msg, r.store_err.msg);
+        }
         finish_job(w, job->id, STORE_JOB_FAILED, err.msg);
     }
 done:

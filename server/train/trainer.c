@@ -1220,14 +1220,16 @@ static int save_checkpoint(trainer *t, int64_t step, chord_err *err) {
     if (base_name && realpath(base_name, base)) base_name = base; /* found from anywhere */
     if (t->m->lora ? model_lora_save(t->m, dir, base_name, err)
                    : model_save(t->m, dir, ST_F32, 0, err))
-        return -1;
+        goto abort;
     /* the tokenizer files (the embedded default's too), so the checkpoint is a loadable model */
-    if (tok_save(t->tok, dir, err) != 0) return chord_err_prefix(err, "checkpoint: tokenizer");
-    int rc = -1;
+    if (tok_save(t->tok, dir, err) != 0) {
+        chord_err_prefix(err, "checkpoint: tokenizer");
+        goto abort;
+    }
     size_t n = model_trainable_params(t->m);
     char path[4096 + 64];
     snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
-    if (model_save_optimizer(t->m, path, err) != 0) goto done;
+    if (model_save_optimizer(t->m, path, err) != 0) goto abort;
     json_t *state = json_pack("{s:I, s:i, s:I, s:I, s:I, s:I}", "step", (json_int_t)step, "adam_t",
                               model_adam_steps(t->m), "prompt_cursor", (json_int_t)t->prompt_cursor,
                               "expert_cursor", (json_int_t)t->expert_cursor, "seed",
@@ -1241,13 +1243,14 @@ static int save_checkpoint(trainer *t, int64_t step, chord_err *err) {
     if (wrc != 0) {
         if (!err || !err->msg[0])
             chord_err_setc(err, CHORD_E_INTERNAL, "checkpoint: out of memory");
-        goto done;
+        goto abort;
     }
-    if (t->cb->checkpoint_commit(t->cb->user, step, dir, err) != 0) goto done;
+    if (t->cb->checkpoint_commit(t->cb->user, step, dir, err) != 0) return -1;
     logline(t, "checkpoint step %lld written", (long long)step);
-    rc = 0;
-done:
-    return rc;
+    return 0;
+abort: /* a partial directory (disk full, say) is never left behind nor taken for a checkpoint */
+    if (t->cb->checkpoint_abort) t->cb->checkpoint_abort(t->cb->user, step, dir);
+    return -1;
 }
 
 static int load_resume_state(trainer *t, const char *dir, chord_err *err) {

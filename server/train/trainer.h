@@ -51,6 +51,9 @@ typedef struct trainer_callbacks {
     int (*checkpoint_begin)(void *user, int64_t step, char *dir, size_t dirlen, chord_err *err);
     /* The files in dir are complete: make them durable and visible. */
     int (*checkpoint_commit)(void *user, int64_t step, const char *dir, chord_err *err);
+    /* Writing the files into dir failed (disk full, read-only, ...): drop the partial directory
+     * (may be NULL). Not called when checkpoint_commit fails: a failed commit cleans up itself. */
+    void (*checkpoint_abort)(void *user, int64_t step, const char *dir);
     /* Polled between steps and between decode steps of a rollout: non-zero = stop now
      * (cancellation or shutdown). The trainer then returns TRAINER_STOPPED, writing a checkpoint
      * first when checkpoint_on_stop is set. */
