@@ -492,6 +492,13 @@ def test_client_disconnects_mid_sse(started):
         if i % 2:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")  # RST
         s.close()
+    # each stream ends once a write (an event, a heartbeat) finds its client gone: its request
+    # completes, which logs it (the count includes the log's earlier lines for this path)
+    done = f"GET /v1/jobs/{job}/events 200"
+    deadline = time.time() + 15
+    while srv.read_log().count(done) < 20 and time.time() < deadline:
+        time.sleep(0.1)
+    assert srv.read_log().count(done) == 20, srv.read_log()[-2000:]
     healthy(srv)
     events = [e for e, _ in srv.sse(f"/v1/jobs/{job}/events?since_step=1", timeout=60)
               if e != ":comment"]
