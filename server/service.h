@@ -187,6 +187,14 @@ int svc_model_get(svc *s, const char *id, json_t **model, chord_err *err);
 int svc_model_list(svc *s, size_t offset, size_t limit, json_t **list, chord_err *err);
 const char *svc_models_root(const svc *s);
 
+/* ---- the Tinker API's sessions (docs/tinker.md "State") -------------------------------------
+ * A session: {"id", "sdk_version", "created_at", "finished_at", "finish_reason", "models":
+ * [{"id", "kind": "training"|"sampler", "base_model", "lora_rank", "created_at", "ended_at",
+ * "futures": {"pending", "done", "failed"}}]}, newest first, from the store (they outlive a
+ * restart; one that was open then is finished with "chordd restarted"). */
+int svc_tinker_sessions(svc *s, size_t offset, size_t limit, json_t **list, chord_err *err);
+int svc_tinker_session(svc *s, const char *id, json_t **session, chord_err *err);
+
 /* ---- rollouts -----------------------------------------------------------------------------
  * A rollout resource: {"id", "state": "pending"|"succeeded"|"failed", "request", "result" (or
  * null), "error" (or null), "created_at", "finished_at"}. Requests run on a worker between

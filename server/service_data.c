@@ -21,6 +21,7 @@
 #include "server/base/utf8.h"
 #include "server/model/config.h"
 #include "server/train/dataset.h"
+#include "storage/store_tinker.h"
 
 static int oom(chord_err *err) {
     return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
@@ -718,4 +719,38 @@ int svc_rollout_get(svc *s, const char *id, json_t **rollout, chord_err *err) {
     *rollout = rollout_json(&r);
     store_rollout_free(&r);
     return *rollout ? 0 : oom(err);
+}
+
+/* ---- the Tinker API's sessions (store_tinker.h) ------------------------------------------------ */
+
+int svc_tinker_sessions(svc *s, size_t offset, size_t limit, json_t **list, chord_err *err) {
+    *list = NULL;
+    if (limit == 0 || limit > SVC_LIST_LIMIT_MAX) limit = SVC_LIST_LIMIT_MAX;
+    store *st = svc_store_get(s, err);
+    if (!st) return -1;
+    json_t *arr = NULL;
+    int64_t total = 0;
+    int rc = store_tk_sessions_json(st, NULL, offset, limit, &arr, &total, err);
+    svc_store_put(s, st);
+    if (rc) return -1;
+    *list = svc_json_list(arr, total, offset, limit);
+    return *list ? 0 : oom(err);
+}
+
+int svc_tinker_session(svc *s, const char *id, json_t **session, chord_err *err) {
+    *session = NULL;
+    store *st = svc_store_get(s, err);
+    if (!st) return -1;
+    json_t *arr = NULL;
+    int64_t total = 0;
+    int rc = store_tk_sessions_json(st, id, 0, 1, &arr, &total, err);
+    svc_store_put(s, st);
+    if (rc) return -1;
+    if (json_array_size(arr) == 0) {
+        json_decref(arr);
+        return chord_err_setc(err, CHORD_E_NOT_FOUND, "no Tinker session %.100s", id);
+    }
+    *session = json_incref(json_array_get(arr, 0));
+    json_decref(arr);
+    return 0;
 }

@@ -98,6 +98,33 @@ static const char *const migrations[STORE_SCHEMA_VERSION] = {
     "  error TEXT,"
     "  created_ms INTEGER NOT NULL,"
     "  finished_ms INTEGER);",
+    /* 2 → 3: the Tinker API's sessions, models and futures (store_tinker.h). */
+    "CREATE TABLE tinker_sessions ("
+    "  seq INTEGER PRIMARY KEY,"
+    "  id TEXT NOT NULL UNIQUE,"
+    "  sdk_version TEXT,"
+    "  created_ms INTEGER NOT NULL,"
+    "  finished_ms INTEGER,"
+    "  finish_reason TEXT);"
+    "CREATE TABLE tinker_models ("
+    "  seq INTEGER PRIMARY KEY,"
+    "  id TEXT NOT NULL UNIQUE,"
+    "  session_id TEXT NOT NULL,"
+    "  kind TEXT NOT NULL CHECK (kind IN ('training', 'sampler')),"
+    "  base_model TEXT NOT NULL,"
+    "  lora_rank INTEGER NOT NULL DEFAULT 0,"
+    "  created_ms INTEGER NOT NULL,"
+    "  ended_ms INTEGER);"
+    "CREATE INDEX tinker_models_by_session ON tinker_models (session_id, seq);"
+    "CREATE TABLE tinker_futures ("
+    "  seq INTEGER PRIMARY KEY,"
+    "  id TEXT NOT NULL UNIQUE,"
+    "  model_id TEXT,"
+    "  op TEXT NOT NULL,"
+    "  state TEXT NOT NULL CHECK (state IN ('pending', 'done', 'failed')),"
+    "  error TEXT,"
+    "  created_ms INTEGER NOT NULL,"
+    "  finished_ms INTEGER);",
 };
 
 /* ---- SQLite helpers ----------------------------------------------------------------------- */

@@ -36,7 +36,7 @@
 
 #include "server/base/err.h"
 
-#define STORE_SCHEMA_VERSION 2
+#define STORE_SCHEMA_VERSION 3
 #define STORE_BUSY_TIMEOUT_MS 30000
 /* Longest id, with its prefix and NUL ("job_" + 24 hex digits + NUL = 29). */
 #define STORE_ID_MAX 40

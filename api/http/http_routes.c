@@ -93,6 +93,22 @@ static result list_models(http_req *r) {
     return reply(r, rc, 200, doc, &err);
 }
 
+static result list_tinker_sessions(http_req *r) {
+    chord_err err = {0};
+    size_t offset, limit;
+    json_t *doc = NULL;
+    int rc = paging(r, &offset, &limit, &err);
+    if (rc == 0) rc = svc_tinker_sessions(r->h->s, offset, limit, &doc, &err);
+    return reply(r, rc, 200, doc, &err);
+}
+
+static result get_tinker_session(http_req *r) {
+    chord_err err = {0};
+    json_t *doc = NULL;
+    int rc = svc_tinker_session(r->h->s, r->params[0], &doc, &err);
+    return reply(r, rc, 200, doc, &err);
+}
+
 static result get_model(http_req *r) {
     chord_err err = {0};
     json_t *doc = NULL;
@@ -230,6 +246,8 @@ const http_route api_http_routes[] = {
     {"GET", "/v1/jobs/{id}/checkpoints", HTTP_BODY_NONE, job_checkpoints, API_SCOPE_READ},
     {"GET", "/v1/jobs/{id}/checkpoints/{step}/files/{path*}", HTTP_BODY_NONE, checkpoint_file,
      API_SCOPE_READ},
+    {"GET", "/v1/tinker/sessions", HTTP_BODY_NONE, list_tinker_sessions, API_SCOPE_READ},
+    {"GET", "/v1/tinker/sessions/{id}", HTTP_BODY_NONE, get_tinker_session, API_SCOPE_READ},
     {"POST", "/v1/rollouts", HTTP_BODY_JSON, post_rollout, API_SCOPE_ADMIN},
     {"GET", "/v1/rollouts/{id}", HTTP_BODY_NONE, get_rollout, API_SCOPE_READ},
     /* the web dashboard (http_ui.c): files only, no data, so no token */

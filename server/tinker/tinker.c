@@ -30,6 +30,7 @@
 #include "server/train/rollout.h"
 #include "server/train/trainer.h"
 #include "storage/store.h"
+#include "storage/store_tinker.h"
 
 /* The most tokens one forward pass of a forward_backward packs (datums are never split). */
 #define TK_CHUNK_TOKENS 8192
@@ -48,6 +49,8 @@ typedef enum op_kind { OP_CREATE, OP_FB, OP_OPTIM, OP_SAVE, OP_SAVE_SAMPLER, OP_
 typedef struct tk_future {
     char id[TK_ID_MAX];
     char model_id[TK_ID_MAX];
+    char op[24]; /* the operation's name, as recorded in the store */
+    int64_t created_ms;
     int32_t seq;
     tk_state state;
     json_t *json;
@@ -108,8 +111,42 @@ typedef struct tk_session {
     struct tk_session *next;
 } tk_session;
 
+/* A change of state for the store (store_tinker.h), queued under t->mu and written by the
+ * persister thread: no SQLite write (an fsync) on a request's path, one transaction per batch of
+ * futures. */
+typedef enum rec_kind {
+    REC_SESSION,
+    REC_SESSION_END,
+    REC_MODEL,
+    REC_MODEL_END,
+    REC_FUTURE
+} rec_kind;
+
+typedef struct tk_rec {
+    rec_kind kind;
+    char id[TK_ID_MAX];
+    char owner[TK_ID_MAX]; /* a model's session, a future's model */
+    char text[TK_ID_MAX];  /* a model's base, a session's end reason, a future's op */
+    const char *model_kind;
+    int n; /* a model's LoRA rank, a future's state (0 pending, 1 done, 2 failed) */
+    char *error;
+    int64_t created_ms, finished_ms;
+    struct tk_rec *next;
+} tk_rec;
+
+/* How long the persister lets records gather before it writes them. */
+#define TK_PERSIST_EVERY_S 0.1
+
 struct tk_service {
     tk_options opt;
+    store *st; /* the persister's handle (and tk_retrieve's, under st_mu) */
+    pthread_mutex_t st_mu;
+    pthread_t persister;
+    int persister_started;
+    pthread_cond_t pcv; /* wakes the persister (with mu) */
+    tk_rec *recs, **recs_tail;
+    int persist_stop;
+    int ready; /* the mutexes and conditions are initialised */
     char *data_dir, *device;
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -137,6 +174,135 @@ static double wall_s(void) {
 static void new_id(tk_service *t, const char *prefix, char *out) {
     uint64_t x = chord_splitmix64((uint64_t)(wall_s() * 1e6) ^ (++t->counter << 20));
     snprintf(out, TK_ID_MAX, "%s_%016llx", prefix, (unsigned long long)x);
+}
+
+/* ---- the store's records (t->mu held) ---------------------------------------------------------
+ */
+
+static const char *op_name(op_kind k) {
+    switch (k) {
+    case OP_CREATE:
+        return "create_model";
+    case OP_FB:
+        return "forward_backward";
+    case OP_OPTIM:
+        return "optim_step";
+    case OP_SAVE:
+        return "save_weights";
+    case OP_SAVE_SAMPLER:
+        return "save_weights_for_sampler";
+    case OP_SAMPLE:
+        return "sample";
+    }
+    return "unknown";
+}
+
+static tk_rec *record(tk_service *t, rec_kind kind, const char *id, const char *owner,
+                      const char *text, int n, const char *error) {
+    if (!t->st) return NULL;
+    tk_rec *r = calloc(1, sizeof *r);
+    if (!r || (error && !(r->error = strdup(error)))) {
+        free(r);
+        LOG_WARN("tinker: out of memory: the record of %s is not stored", id);
+        return NULL;
+    }
+    r->kind = kind;
+    snprintf(r->id, sizeof r->id, "%s", id);
+    snprintf(r->owner, sizeof r->owner, "%s", owner ? owner : "");
+    snprintf(r->text, sizeof r->text, "%s", text ? text : "");
+    r->n = n;
+    r->created_ms = r->finished_ms = store_now_ms();
+    *t->recs_tail = r;
+    t->recs_tail = &r->next;
+    pthread_cond_signal(&t->pcv);
+    return r;
+}
+
+static void record_future(tk_service *t, const tk_future *f) {
+    int state = f->state == TK_DONE ? 1 : f->state == TK_FAILED ? 2 : 0;
+    tk_rec *r =
+        record(t, REC_FUTURE, f->id, f->model_id, f->op, state, state == 2 ? f->error : NULL);
+    if (r) r->created_ms = f->created_ms;
+}
+
+/* Writes a batch in order (each run of futures in one transaction); a failure is logged and the
+ * batch goes on: the records are bookkeeping, never worth stopping the service for. */
+static void write_recs(tk_service *t, tk_rec *batch) {
+    store_tk_future rows[64];
+    size_t n = 0;
+    chord_err err = {0};
+    pthread_mutex_lock(&t->st_mu);
+    for (tk_rec *r = batch; r; r = r->next) {
+        int rc = 0;
+        switch (r->kind) {
+        case REC_FUTURE: {
+            store_tk_future *w = &rows[n++];
+            memset(w, 0, sizeof *w);
+            snprintf(w->id, sizeof w->id, "%s", r->id);
+            snprintf(w->model_id, sizeof w->model_id, "%s", r->owner);
+            snprintf(w->op, sizeof w->op, "%.31s", r->text);
+            w->state = r->n;
+            w->error = r->error;
+            w->created_ms = r->created_ms;
+            w->finished_ms = r->finished_ms;
+            if (n == sizeof rows / sizeof *rows || !r->next || r->next->kind != REC_FUTURE) {
+                rc = store_tk_futures_write(t->st, rows, n, &err);
+                n = 0;
+            }
+            break;
+        }
+        case REC_SESSION:
+            rc = store_tk_session_insert(t->st, r->id, r->text[0] ? r->text : NULL, &err);
+            break;
+        case REC_SESSION_END:
+            rc = store_tk_session_finish(t->st, r->id, r->text, &err);
+            break;
+        case REC_MODEL:
+            rc = store_tk_model_insert(t->st, r->id, r->owner, r->model_kind, r->text, r->n, &err);
+            break;
+        case REC_MODEL_END:
+            rc = store_tk_model_end(t->st, r->id, &err);
+            break;
+        }
+        if (rc) LOG_WARN("tinker: storing the record of %s: %s", r->id, err.msg);
+    }
+    pthread_mutex_unlock(&t->st_mu);
+    while (batch) {
+        tk_rec *next = batch->next;
+        free(batch->error);
+        free(batch);
+        batch = next;
+    }
+}
+
+static void *persist_main(void *arg) {
+    tk_service *t = arg;
+    pthread_mutex_lock(&t->mu);
+    for (;;) {
+        int stop = t->persist_stop;
+        if (!t->recs && !stop) {
+            pthread_cond_wait(&t->pcv, &t->mu);
+            continue;
+        }
+        if (!stop) { /* let a burst gather */
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += (long)(TK_PERSIST_EVERY_S * 1e9);
+            if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+            while (!t->persist_stop && pthread_cond_timedwait(&t->pcv, &t->mu, &ts) != ETIMEDOUT) {
+            }
+        }
+        tk_rec *batch = t->recs;
+        t->recs = NULL;
+        t->recs_tail = &t->recs;
+        stop = t->persist_stop;
+        pthread_mutex_unlock(&t->mu);
+        write_recs(t, batch);
+        pthread_mutex_lock(&t->mu);
+        if (stop && !t->recs) break;
+    }
+    pthread_mutex_unlock(&t->mu);
+    return NULL;
 }
 
 /* ---- futures (t->mu held) ------------------------------------------------------------------ */
@@ -167,12 +333,15 @@ static void collect_futures(tk_service *t) {
     }
 }
 
-static tk_future *future_new(tk_service *t, const char *model_id, int32_t seq) {
+static tk_future *future_new(tk_service *t, const char *model_id, int32_t seq, const char *op) {
     tk_future *f = calloc(1, sizeof *f);
     if (!f) return NULL;
     new_id(t, "req", f->id);
     snprintf(f->model_id, sizeof f->model_id, "%s", model_id ? model_id : "");
+    snprintf(f->op, sizeof f->op, "%s", op);
+    f->created_ms = store_now_ms();
     f->seq = seq;
+    record_future(t, f);
     f->next = t->futures;
     t->futures = f;
     return f;
@@ -211,6 +380,7 @@ static void future_done(tk_service *t, tk_future *f, json_t *json, tk_fb_output 
         f->sample = sample;
     }
     f->done_at = chord_now();
+    record_future(t, f);
     pthread_cond_broadcast(&t->cv);
     pthread_mutex_unlock(&t->mu);
 }
@@ -225,6 +395,7 @@ static void close_idle_sessions(tk_service *t, double now) {
         s->finished = 1;
         LOG_INFO("tinker: session %s had no heartbeat for %.0f s: its models are closed", s->id,
                  now - s->last_seen);
+        record(t, REC_SESSION_END, s->id, NULL, "no heartbeat for 600 s", 0, NULL);
         for (tk_model *m = t->models; m; m = m->next)
             if (!strcmp(m->session, s->id)) m->closing = 1;
         pthread_cond_broadcast(&t->cv);
@@ -836,6 +1007,7 @@ static void *model_main(void *arg) {
         }
         if (t->stopping || (m->closing && !m->queue)) {
             m->ended = 1; /* under mu: nothing is queued on it from here on */
+            record(t, REC_MODEL_END, m->id, NULL, NULL, 0, NULL);
             break;
         }
         if (gap_since > 0.0) { /* look again when the gap may be skipped */
@@ -884,12 +1056,31 @@ int tk_open(const tk_options *opt, tk_service **out, chord_err *err) {
     }
     pthread_mutex_init(&t->mu, NULL);
     pthread_cond_init(&t->cv, NULL);
+    pthread_mutex_init(&t->st_mu, NULL);
+    pthread_cond_init(&t->pcv, NULL);
+    t->recs_tail = &t->recs;
+    t->ready = 1;
+    /* the store: what a dead process left open is closed first (store_tinker.h) */
+    int64_t nf = 0, ns = 0;
+    if (store_open(t->data_dir, &t->st, err) || store_tk_recover(t->st, &nf, &ns, err)) {
+        tk_close(t);
+        return chord_err_prefix(err, "tinker");
+    }
+    if (nf || ns)
+        LOG_INFO("tinker: %lld request(s) interrupted by the last stop failed, %lld session(s) "
+                 "closed",
+                 (long long)nf, (long long)ns);
+    if (pthread_create(&t->persister, NULL, persist_main, t) != 0) {
+        tk_close(t);
+        return chord_err_setc(err, CHORD_E_INTERNAL, "tinker: cannot start the store's thread");
+    }
+    t->persister_started = 1;
     *out = t;
     return 0;
 }
 
 void tk_shutdown(tk_service *t) {
-    if (!t) return;
+    if (!t || !t->ready) return;
     pthread_mutex_lock(&t->mu);
     t->stopping = 1;
     pthread_cond_broadcast(&t->cv);
@@ -900,6 +1091,15 @@ void tk_shutdown(tk_service *t) {
             pthread_join(m->thread, NULL);
             m->started = 0;
         }
+    /* the models' last records (their futures failed, their ends) are written, then it stops */
+    if (t->persister_started) {
+        pthread_mutex_lock(&t->mu);
+        t->persist_stop = 1;
+        pthread_cond_signal(&t->pcv);
+        pthread_mutex_unlock(&t->mu);
+        pthread_join(t->persister, NULL);
+        t->persister_started = 0;
+    }
 }
 
 void tk_close(tk_service *t) {
@@ -920,15 +1120,25 @@ void tk_close(tk_service *t) {
         t->sessions = s->next;
         free(s);
     }
+    while (t->recs) { /* none once the persister ran; a failed open's */
+        tk_rec *r = t->recs;
+        t->recs = r->next;
+        free(r->error);
+        free(r);
+    }
+    store_close(t->st);
     json_decref(t->bases_seen);
     free(t->data_dir), free(t->device);
-    pthread_cond_destroy(&t->cv);
-    pthread_mutex_destroy(&t->mu);
+    if (t->ready) {
+        pthread_cond_destroy(&t->cv);
+        pthread_mutex_destroy(&t->mu);
+        pthread_cond_destroy(&t->pcv);
+        pthread_mutex_destroy(&t->st_mu);
+    }
     free(t);
 }
 
 int tk_create_session(tk_service *t, const json_t *req, json_t **resp, chord_err *err) {
-    (void)req;
     tk_session *s = calloc(1, sizeof *s);
     if (!s) return oom(err);
     pthread_mutex_lock(&t->mu);
@@ -936,6 +1146,8 @@ int tk_create_session(tk_service *t, const json_t *req, json_t **resp, chord_err
     s->last_seen = chord_now();
     s->next = t->sessions;
     t->sessions = s;
+    record(t, REC_SESSION, s->id, NULL, json_string_value(json_object_get(req, "sdk_version")), 0,
+           NULL);
     *resp = json_pack("{s:s,s:s}", "session_id", s->id, "type", "create_session");
     pthread_mutex_unlock(&t->mu);
     return *resp ? 0 : oom(err);
@@ -957,6 +1169,8 @@ int tk_finish_session(tk_service *t, const char *session_id, chord_err *err) {
     pthread_mutex_lock(&t->mu);
     tk_session *s = session_find(t, session_id);
     if (s) {
+        if (!s->finished)
+            record(t, REC_SESSION_END, s->id, NULL, "finished by the client", 0, NULL);
         s->finished = 1;
         for (tk_model *m = t->models; m; m = m->next)
             if (!strcmp(m->session, session_id)) m->closing = 1; /* ends once its queue is run */
@@ -1097,7 +1311,7 @@ static int start_model(tk_service *t, tk_model *m, tk_op *op, char *request_id, 
     }
     op->kind = OP_CREATE;
     op->seq = 0;
-    op->f = future_new(t, m->id, 0);
+    op->f = future_new(t, m->id, 0, m->adapter_dir ? "load_weights" : "create_model");
     if (!op->f || pthread_create(&m->thread, NULL, model_main, m) != 0) {
         pthread_mutex_unlock(&t->mu);
         model_struct_free(m), free(op);
@@ -1107,6 +1321,8 @@ static int start_model(tk_service *t, tk_model *m, tk_op *op, char *request_id, 
     queue_op(m, op);
     m->next = t->models;
     t->models = m;
+    tk_rec *rec = record(t, REC_MODEL, m->id, m->session, base, m->lora.rank, NULL);
+    if (rec) rec->model_kind = "training";
     int seen = 0;
     size_t i;
     json_t *v;
@@ -1193,7 +1409,7 @@ static int submit(tk_service *t, const char *model_id, int32_t seq, tk_op *op, c
                             (int)seq, (int)m->next_seq);
     } else if (m->closing || m->ended || t->stopping) {
         rc = chord_err_setc(err, CHORD_E_UNAVAILABLE, "model %.100s is closed", model_id);
-    } else if (!(op->f = future_new(t, m->id, seq))) {
+    } else if (!(op->f = future_new(t, m->id, seq, op_name(op->kind)))) {
         rc = oom(err);
     } else {
         enqueue(t, m, op, request_id);
@@ -1318,6 +1534,46 @@ static tk_sample_response *sample_copy(const tk_sample_response *r) {
     return c;
 }
 
+/* A request no longer in memory: what the store says of it (store_tinker.h). A result is held in
+ * memory only, so a request that finished before a restart (or more than TK_FUTURE_KEEP_S ago)
+ * fails with a message saying so, and one a stop interrupted fails with the recovery's. */
+static int retrieve_stored(tk_service *t, const char *request_id, tk_result *out, chord_err *err) {
+    store_tk_future row;
+    chord_err e = {0};
+    int rc = -1;
+    if (t->st) {
+        pthread_mutex_lock(&t->st_mu);
+        rc = store_tk_future_get(t->st, request_id, &row, &e);
+        pthread_mutex_unlock(&t->st_mu);
+    }
+    if (rc != 0) {
+        if (t->st && e.code != CHORD_E_NOT_FOUND) return chord_err_setc(err, e.code, "%s", e.msg);
+        return chord_err_setc(err, CHORD_E_NOT_FOUND, "request_id: no request %.100s", request_id);
+    }
+    char when[32] = "";
+    if (row.finished_ms) store_time_rfc3339(row.finished_ms, when);
+    out->state = TK_FAILED;
+    out->user_error = 0;
+    if (row.state == 2)
+        rc = asprintf(&out->error, "%s (%s on %s)", row.error ? row.error : "failed", row.op,
+                      row.model_id[0] ? row.model_id : "the server");
+    else if (row.state == 1)
+        rc =
+            asprintf(&out->error,
+                     "%s on %s finished at %s, but its result is no longer held (results are "
+                     "kept in memory for %.0f s and do not outlive a restart)",
+                     row.op, row.model_id[0] ? row.model_id : "the server", when, TK_FUTURE_KEEP_S);
+    else /* pending in the store, unknown in memory: a stop interrupted it */
+        rc = asprintf(&out->error, "interrupted: chordd stopped before %s on %s finished", row.op,
+                      row.model_id[0] ? row.model_id : "the server");
+    free(row.error);
+    if (rc < 0) {
+        out->error = NULL;
+        return oom(err);
+    }
+    return 0;
+}
+
 int tk_retrieve(tk_service *t, const char *request_id, double wait_s, tk_result *out,
                 chord_err *err) {
     memset(out, 0, sizeof *out);
@@ -1334,10 +1590,8 @@ int tk_retrieve(tk_service *t, const char *request_id, double wait_s, tk_result 
     }
     int rc = 0;
     if (!f) {
-        rc = chord_err_setc(err, CHORD_E_NOT_FOUND,
-                            "request_id: no request %.100s (unknown, or "
-                            "its result expired)",
-                            request_id);
+        pthread_mutex_unlock(&t->mu);
+        return retrieve_stored(t, request_id, out, err);
     } else {
         out->state = f->state;
         if (f->state == TK_DONE) {
@@ -1394,7 +1648,7 @@ static tk_model *sampler_start(tk_service *t, const char *id, const char *sessio
     free(snap);
     if (!m || !op || !m->base_model || !m->base_dir || !m->arch ||
         (adapter_dir && !m->adapter_dir) || (model_path && !m->model_path) ||
-        !(op->f = future_new(t, id, 0))) {
+        !(op->f = future_new(t, id, 0, "create_sampler"))) {
         model_struct_free(m);
         free(op);
         oom(err);
@@ -1410,6 +1664,8 @@ static tk_model *sampler_start(tk_service *t, const char *id, const char *sessio
     queue_op(m, op);
     m->next = t->models;
     t->models = m;
+    tk_rec *rec = record(t, REC_MODEL, m->id, session, base_model, m->lora.rank, NULL);
+    if (rec) rec->model_kind = "sampler";
     pthread_cond_broadcast(&t->cv);
     return m;
 }
@@ -1564,7 +1820,7 @@ int tk_submit_sample(tk_service *t, const json_t *req, char *request_id, int *n_
         rc = chord_err_setc(err, CHORD_E_NOT_FOUND, "sampling_session_id: no sampler %.100s", sid);
     else if (m->ended || t->stopping)
         rc = chord_err_setc(err, CHORD_E_UNAVAILABLE, "sampler %.100s is closed", sid);
-    else if (!(op->f = future_new(t, sid, -1)))
+    else if (!(op->f = future_new(t, sid, -1, "sample")))
         rc = oom(err);
     if (rc == 0) {
         op->seq = ++m->fifo;

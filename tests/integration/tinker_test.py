@@ -265,3 +265,73 @@ def test_stop_strings_cut_where_the_text_completes_them(srv):
             else:  # the length, or a stop token (special: no text)
                 assert len(toks) == 40 or s.stop_reason == "stop", (stop, text)
         assert cut >= 4, (stop, cut)
+
+
+def test_state_outlives_a_crash():
+    """Sessions, models and futures are in SQLite (docs/tinker.md "State"): listed by
+    GET /v1/tinker/sessions; after a SIGKILL and a restart on the same data directory the session
+    is finished ("chordd restarted"), and a request that was running fails with the interruption
+    when the client asks for it (never 408 for ever), one that finished says its result is gone."""
+    import signal
+    import time
+    s = Chordd().start()
+    try:
+        cfg = os.path.join(s.tmp, "base.json")
+        with open(cfg, "w") as f:
+            json.dump(BASE_CONFIG, f)
+        subprocess.run([CHORDD, "init-model", "--config", cfg, "--seed", "5", "--out",
+                        os.path.join(s.models_root, "tbase")], check=True, capture_output=True)
+        hdr = {"X-API-Key": "tml-chord-test"}
+
+        def call(route, body):
+            r = s.post("/api/v1/" + route, body, headers=hdr)
+            assert r.status == 200, (route, r)
+            return r.json()
+
+        def result(rid, timeout=60):
+            end = time.time() + timeout
+            while time.time() < end:
+                r = s.post("/api/v1/retrieve_future", {"request_id": rid}, headers=hdr)
+                if r.status != 408:
+                    return r
+            raise AssertionError("request %s still pending" % rid)
+
+        sid = call("create_session", {"tags": [], "sdk_version": "0.38.0"})["session_id"]
+        smp = call("create_sampling_session", {"session_id": sid, "base_model": "tbase",
+                                               "sampling_session_seq_id": 0})
+        sampler = smp["sampling_session_id"]
+        prompt = {"chunks": [{"type": "encoded_text", "tokens": [5, 17, 300, 42]}]}
+        quick = call("asample", {"sampling_session_id": sampler, "seq_id": 1, "num_samples": 1,
+                                 "prompt": prompt,
+                                 "sampling_params": {"max_tokens": 2, "stop": []}})["request_id"]
+        assert result(quick).status == 200
+        slow = call("asample", {"sampling_session_id": sampler, "seq_id": 2, "num_samples": 256,
+                                "prompt": prompt,
+                                "sampling_params": {"max_tokens": 120, "stop": []}})["request_id"]
+        time.sleep(0.5)  # the records are written every 0.1 s
+        listed = s.get("/v1/tinker/sessions").json()
+        assert listed["total"] == 1, listed
+        ses = listed["items"][0]
+        assert ses["id"] == sid and ses["sdk_version"] == "0.38.0" and ses["finished_at"] is None
+        (m,) = ses["models"]
+        assert m["kind"] == "sampler" and m["base_model"] == "tbase", m
+        assert m["futures"] == {"pending": 1, "done": 2, "failed": 0}, m  # create, quick; slow
+        r = s.post("/api/v1/retrieve_future", {"request_id": slow}, headers=hdr)
+        assert r.status == 408, r  # still sampling when it dies
+
+        s.stop(sig=signal.SIGKILL)
+        s.start()
+        r = result(slow, timeout=10)
+        assert r.status == 200 and "interrupted" in r.json()["error"], r
+        r = result(quick, timeout=10)
+        assert r.status == 200 and "no longer held" in r.json()["error"], r
+        ses = s.get("/v1/tinker/sessions/" + sid).json()
+        assert ses["finish_reason"] == "chordd restarted" and ses["finished_at"], ses
+        assert ses["models"][0]["ended_at"] and ses["models"][0]["futures"]["pending"] == 0, ses
+        assert s.get("/v1/tinker/sessions/ses_nope").status == 404
+        r = s.post("/api/v1/retrieve_future", {"request_id": "req_nope"}, headers=hdr)
+        assert r.status == 404, r
+        assert "interrupted by the last stop" in s.read_log()
+    finally:
+        s.stop()
+        s.cleanup()

@@ -88,7 +88,7 @@ static void test_forward_migration(void **state) {
         raw_int(db, "SELECT count(*) FROM sqlite_master WHERE name IN ('samples', 'rollouts')"), 0);
     sqlite3_close(db);
 
-    s = open_ok(dir); /* migrates 1 → 2, keeps the row */
+    s = open_ok(dir); /* migrates 1 → 2 → 3, keeps the row */
     store_job *jobs = NULL;
     size_t n = 0;
     int64_t total = 0;
@@ -99,9 +99,12 @@ static void test_forward_migration(void **state) {
     store_job_list_free(jobs, n);
     store_close(s);
     db = raw_open(dir);
-    assert_int_equal(raw_int(db, "PRAGMA user_version"), 2);
+    assert_int_equal(raw_int(db, "PRAGMA user_version"), STORE_SCHEMA_VERSION);
     assert_int_equal(
         raw_int(db, "SELECT count(*) FROM sqlite_master WHERE name IN ('samples', 'rollouts')"), 2);
+    assert_int_equal(raw_int(db, "SELECT count(*) FROM sqlite_master WHERE name IN "
+                                 "('tinker_sessions', 'tinker_models', 'tinker_futures')"),
+                     3);
     sqlite3_close(db);
     scratch_remove(dir);
 }
