@@ -247,6 +247,27 @@ static int get_rollout(gcall *c, const ProtobufCMessage *req_, unsigned char **o
     return reply(doc, &chord__v1__rollout_resource__descriptor, out, len, err);
 }
 
+/* ---- the Tinker API's sessions --------------------------------------------------------------- */
+
+static int list_tinker_sessions(gcall *c, const ProtobufCMessage *req_, unsigned char **out,
+                                size_t *len, chord_err *err) {
+    REQ(Chord__V1__ListTinkerSessionsRequest, r);
+    size_t o = 0, l = 0;
+    json_t *doc = NULL;
+    if (paging(r->offset, r->limit, &o, &l, err) ||
+        svc_tinker_sessions(c->g->s, o, l, &doc, err))
+        return -1;
+    return reply(doc, &chord__v1__list_tinker_sessions_response__descriptor, out, len, err);
+}
+
+static int get_tinker_session(gcall *c, const ProtobufCMessage *req_, unsigned char **out,
+                              size_t *len, chord_err *err) {
+    REQ(Chord__V1__GetTinkerSessionRequest, r);
+    json_t *doc = NULL;
+    if (need_id(r->id, "id", err) || svc_tinker_session(c->g->s, r->id, &doc, err)) return -1;
+    return reply(doc, &chord__v1__tinker_session__descriptor, out, len, err);
+}
+
 /* ---- grpc.health.v1.Health ------------------------------------------------------------------
  * "" (the whole server) and "chord.v1.Chord" are served; SERVING until the server starts
  * stopping, then NOT_SERVING. */
@@ -332,6 +353,10 @@ const gmethod api_grpc_methods[] = {
     UNARY("ListModels", list_models, chord__v1__list_models_request__descriptor, API_SCOPE_READ),
     UNARY("Rollout", rollout, chord__v1__rollout_request__descriptor, API_SCOPE_ADMIN),
     UNARY("GetRollout", get_rollout, chord__v1__get_rollout_request__descriptor, API_SCOPE_READ),
+    UNARY("ListTinkerSessions", list_tinker_sessions,
+          chord__v1__list_tinker_sessions_request__descriptor, API_SCOPE_READ),
+    UNARY("GetTinkerSession", get_tinker_session, chord__v1__get_tinker_session_request__descriptor,
+          API_SCOPE_READ),
     {"/grpc.health.v1.Health/Check", GM_UNARY, &grpc__health__v1__health_check_request__descriptor,
      health_check, NULL, NULL, NULL, API_SCOPE_NONE},
     {"/grpc.health.v1.Health/Watch", GM_SERVER_STREAM,

@@ -274,7 +274,8 @@ def test_state_outlives_a_crash():
     when the client asks for it (never 408 for ever), one that finished says its result is gone."""
     import signal
     import time
-    s = Chordd().start()
+    from grpc_harness import GrpcChordd, assert_same, stubs
+    s = GrpcChordd().start()
     try:
         cfg = os.path.join(s.tmp, "base.json")
         with open(cfg, "w") as f:
@@ -329,6 +330,13 @@ def test_state_outlives_a_crash():
         assert ses["finish_reason"] == "chordd restarted" and ses["finished_at"], ses
         assert ses["models"][0]["ended_at"] and ses["models"][0]["futures"]["pending"] == 0, ses
         assert s.get("/v1/tinker/sessions/ses_nope").status == 404
+        # the same over gRPC (REST's nulls are gRPC's empty strings)
+        pb = stubs()[0]
+        g = s.stub().GetTinkerSession(pb.GetTinkerSessionRequest(id=sid), timeout=10)
+        assert_same(ses, g)
+        gl = s.stub().ListTinkerSessions(pb.ListTinkerSessionsRequest(), timeout=10)
+        assert gl.total == 1 and gl.items[0].id == sid and gl.items[0].finish_reason == \
+            "chordd restarted" and gl.items[0].models[0].futures.failed == 1, gl
         r = s.post("/api/v1/retrieve_future", {"request_id": "req_nope"}, headers=hdr)
         assert r.status == 404, r
         assert "interrupted by the last stop" in s.read_log()
