@@ -4,11 +4,14 @@
  * client's protobuf messages (api/tinker/tinker_pb.h).
  *
  * Not here: sessions, models and operations (the service), the daemon (http_server.c). */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "api/http/http_internal.h"
 #include "api/tinker/tinker_pb.h"
+#include "server/base/fileutil.h"
+#include "server/base/log.h"
 #include "server/tinker/tinker.h"
 
 typedef enum MHD_Result result;
@@ -23,6 +26,108 @@ static tk_service *tinker(http_req *r, chord_err *err) {
     return t;
 }
 
+/* ---- idempotency keys -------------------------------------------------------------------------
+ * The client sends X-Idempotency-Key on every POST, the same on each retry of one call. For the
+ * routes that create or queue something (a session, a model, a sampler, an operation, a sample),
+ * the 200 answer is kept under (route, key) for TK_IDEM_KEEP_S: a retry after a lost answer gets
+ * it again and nothing is created twice. Polls (retrieve_future, heartbeats) are not kept. A
+ * retry that arrives while the first call is still being answered runs again (the training
+ * operations are de-duplicated by (model_id, seq_id) anyway). Process-wide: one chordd serves
+ * one HTTP port. */
+
+#define TK_IDEM_KEEP_S 600.0
+#define TK_IDEM_MAX 2048
+
+typedef struct idem_entry {
+    char *key; /* "<url>\n<X-Idempotency-Key>" */
+    json_t *answer;
+    double at;
+    struct idem_entry *next; /* newest first */
+} idem_entry;
+
+static pthread_mutex_t idem_mu = PTHREAD_MUTEX_INITIALIZER;
+static idem_entry *idem_list;
+static size_t idem_n;
+
+static void idem_free(idem_entry *e) {
+    free(e->key);
+    json_decref(e->answer);
+    free(e);
+}
+
+/* "<url>\n<key>" (malloc'd), or NULL when the request has no key. */
+static char *idem_key(http_req *r) {
+    const char *k = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "X-Idempotency-Key");
+    if (!k || !*k || strlen(k) > 200) return NULL;
+    char *out = NULL;
+    return asprintf(&out, "%s\n%s", r->url, k) < 0 ? NULL : out;
+}
+
+/* The kept answer of this call (a new reference), or NULL. Drops expired entries. */
+static json_t *idem_find(const char *key) {
+    json_t *found = NULL;
+    double now = chord_now();
+    pthread_mutex_lock(&idem_mu);
+    for (idem_entry **pp = &idem_list; *pp;) {
+        idem_entry *e = *pp;
+        if (now - e->at > TK_IDEM_KEEP_S) { /* the rest are older still */
+            *pp = NULL;
+            while (e) {
+                idem_entry *next = e->next;
+                idem_free(e);
+                idem_n--;
+                e = next;
+            }
+            break;
+        }
+        if (!found && !strcmp(e->key, key)) found = json_incref(e->answer);
+        pp = &e->next;
+    }
+    pthread_mutex_unlock(&idem_mu);
+    return found;
+}
+
+static void idem_keep(char *key, json_t *answer) {
+    idem_entry *e = calloc(1, sizeof *e);
+    if (!e) {
+        free(key);
+        return;
+    }
+    e->key = key;
+    e->answer = json_incref(answer);
+    e->at = chord_now();
+    pthread_mutex_lock(&idem_mu);
+    e->next = idem_list;
+    idem_list = e;
+    if (++idem_n > TK_IDEM_MAX) { /* the oldest goes */
+        idem_entry **pp = &idem_list;
+        while ((*pp)->next)
+            pp = &(*pp)->next;
+        idem_free(*pp);
+        *pp = NULL;
+        idem_n--;
+    }
+    pthread_mutex_unlock(&idem_mu);
+}
+
+/* A retried call: sends the kept answer and returns 1 (with *out set). */
+static int idem_replay(http_req *r, result *out) {
+    char *key = idem_key(r);
+    json_t *kept = key ? idem_find(key) : NULL;
+    free(key);
+    if (!kept) return 0;
+    LOG_DEBUG("tinker: %s retried (X-Idempotency-Key): the first answer again", r->url);
+    *out = http_send_json(r, 200, kept);
+    return 1;
+}
+
+/* Sends a 200 answer, kept for the call's retries when it has a key. */
+static result send_kept(http_req *r, json_t *doc) {
+    char *key = doc ? idem_key(r) : NULL;
+    if (key) idem_keep(key, doc);
+    return http_send_json(r, 200, doc);
+}
+
 static result json_or_err(http_req *r, int rc, json_t *doc, const chord_err *err) {
     if (rc) {
         json_decref(doc);
@@ -31,7 +136,8 @@ static result json_or_err(http_req *r, int rc, json_t *doc, const chord_err *err
     return http_send_json(r, 200, doc);
 }
 
-/* ---- the client's start-up -------------------------------------------------------------------- */
+/* ---- the client's start-up --------------------------------------------------------------------
+ */
 
 static result client_config(http_req *r) {
     /* forward_backward in one request per call, in seq order; plain HTTP; no JWT, no
@@ -49,14 +155,17 @@ static result client_config(http_req *r) {
 static result dynamic_config(http_req *r) {
     return http_send_json(r, 200,
                           json_pack("{s:i,s:b,s:i}", "refresh_interval_sec", 300,
-                                    "sample_cancel_enabled", 0, "sample_cancel_max_batch_size", 64));
+                                    "sample_cancel_enabled", 0, "sample_cancel_max_batch_size",
+                                    64));
 }
 
 static result telemetry(http_req *r) {
     return http_send_json(r, 200, json_pack("{s:s}", "status", "accepted"));
 }
 
-static result tk_healthz(http_req *r) { return http_send_json(r, 200, json_pack("{s:s}", "status", "ok")); }
+static result tk_healthz(http_req *r) {
+    return http_send_json(r, 200, json_pack("{s:s}", "status", "ok"));
+}
 
 static result capabilities(http_req *r) {
     chord_err err = {0};
@@ -66,22 +175,32 @@ static result capabilities(http_req *r) {
     return json_or_err(r, rc, doc, &err);
 }
 
-/* ---- sessions and models ---------------------------------------------------------------------- */
+/* ---- sessions and models ----------------------------------------------------------------------
+ */
 
 typedef int (*json_call)(tk_service *t, const json_t *req, json_t **resp, chord_err *err);
 
 static result direct(http_req *r, json_call call) {
+    result out;
+    if (call != tk_heartbeat && call != tk_get_info && idem_replay(r, &out)) return out;
     chord_err err = {0};
     json_t *req = NULL, *doc = NULL;
     tk_service *t = tinker(r, &err);
     int rc = !t || http_body_json(r, &req, &err) || call(t, req, &doc, &err);
     json_decref(req);
-    return json_or_err(r, rc, doc, &err);
+    if (rc || call == tk_heartbeat || call == tk_get_info) return json_or_err(r, rc, doc, &err);
+    return send_kept(r, doc);
 }
 
-static result create_session(http_req *r) { return direct(r, tk_create_session); }
-static result heartbeat(http_req *r) { return direct(r, tk_heartbeat); }
-static result get_info(http_req *r) { return direct(r, tk_get_info); }
+static result create_session(http_req *r) {
+    return direct(r, tk_create_session);
+}
+static result heartbeat(http_req *r) {
+    return direct(r, tk_heartbeat);
+}
+static result get_info(http_req *r) {
+    return direct(r, tk_get_info);
+}
 
 static result finish_session(http_req *r) {
     chord_err err = {0};
@@ -96,10 +215,12 @@ static result future(http_req *r, int rc, const char *request_id, const char *mo
     if (rc) return http_send_err(r, err);
     json_t *doc = json_pack("{s:s}", "request_id", request_id);
     if (doc && model_id) json_object_set_new(doc, "model_id", json_string(model_id));
-    return http_send_json(r, 200, doc);
+    return send_kept(r, doc);
 }
 
 static result create_model(http_req *r) {
+    result out;
+    if (idem_replay(r, &out)) return out;
     chord_err err = {0};
     json_t *req = NULL;
     char rid[TK_ID_MAX] = "", mid[TK_ID_MAX] = "";
@@ -110,6 +231,8 @@ static result create_model(http_req *r) {
 }
 
 static result load_weights(http_req *r) {
+    result out;
+    if (idem_replay(r, &out)) return out;
     chord_err err = {0};
     json_t *req = NULL;
     char rid[TK_ID_MAX] = "", mid[TK_ID_MAX] = "";
@@ -120,6 +243,8 @@ static result load_weights(http_req *r) {
 }
 
 static result forward_backward(http_req *r) {
+    result out;
+    if (idem_replay(r, &out)) return out;
     chord_err err = {0};
     tk_fb_request fb = {0};
     char rid[TK_ID_MAX] = "";
@@ -131,6 +256,8 @@ static result forward_backward(http_req *r) {
 }
 
 static result json_op(http_req *r, const char *kind) {
+    result out;
+    if (idem_replay(r, &out)) return out;
     chord_err err = {0};
     json_t *req = NULL;
     char rid[TK_ID_MAX] = "";
@@ -140,11 +267,19 @@ static result json_op(http_req *r, const char *kind) {
     return future(r, rc, rid, NULL, &err);
 }
 
-static result optim_step(http_req *r) { return json_op(r, "optim_step"); }
-static result save_weights(http_req *r) { return json_op(r, "save_weights"); }
-static result save_weights_for_sampler(http_req *r) { return json_op(r, "save_weights_for_sampler"); }
+static result optim_step(http_req *r) {
+    return json_op(r, "optim_step");
+}
+static result save_weights(http_req *r) {
+    return json_op(r, "save_weights");
+}
+static result save_weights_for_sampler(http_req *r) {
+    return json_op(r, "save_weights_for_sampler");
+}
 
-static result create_sampling_session(http_req *r) { return direct(r, tk_create_sampling_session); }
+static result create_sampling_session(http_req *r) {
+    return direct(r, tk_create_sampling_session);
+}
 
 static result get_sampler(http_req *r) {
     chord_err err = {0};
@@ -155,6 +290,8 @@ static result get_sampler(http_req *r) {
 }
 
 static result asample(http_req *r) {
+    result out;
+    if (idem_replay(r, &out)) return out;
     chord_err err = {0};
     json_t *req = NULL;
     char rid[TK_ID_MAX] = "";
@@ -169,9 +306,8 @@ static result asample(http_req *r) {
         snprintf(sid, sizeof sid, "%s:%d", rid, i);
         json_array_append_new(ids, json_string(sid));
     }
-    return http_send_json(r, 200, ids ? json_pack("{s:s,s:o}", "request_id", rid,
-                                                  "sample_sequence_ids", ids)
-                                      : NULL);
+    return send_kept(r, ids ? json_pack("{s:s,s:o}", "request_id", rid, "sample_sequence_ids", ids)
+                            : NULL);
 }
 
 static result training_runs(http_req *r) {

@@ -298,21 +298,33 @@ def test_state_outlives_a_crash():
             raise AssertionError("request %s still pending" % rid)
 
         sid = call("create_session", {"tags": [], "sdk_version": "0.38.0"})["session_id"]
+        # X-Idempotency-Key: a retried call gets the first answer; nothing is created twice
+        once = dict(hdr, **{"X-Idempotency-Key": "stainless-python-retry-1"})
+        a = s.post("/api/v1/create_session", {"tags": []}, headers=once).json()
+        b = s.post("/api/v1/create_session", {"tags": []}, headers=once).json()
+        c = s.post("/api/v1/create_session", {"tags": []},
+                   headers=dict(hdr, **{"X-Idempotency-Key": "stainless-python-retry-2"})).json()
+        assert a == b and a["session_id"] != c["session_id"], (a, b, c)
+        for extra in (a, c):
+            s.post("/api/v1/sessions/%s/finish" % extra["session_id"], {}, headers=hdr)
         smp = call("create_sampling_session", {"session_id": sid, "base_model": "tbase",
                                                "sampling_session_seq_id": 0})
         sampler = smp["sampling_session_id"]
         prompt = {"chunks": [{"type": "encoded_text", "tokens": [5, 17, 300, 42]}]}
-        quick = call("asample", {"sampling_session_id": sampler, "seq_id": 1, "num_samples": 1,
-                                 "prompt": prompt,
-                                 "sampling_params": {"max_tokens": 2, "stop": []}})["request_id"]
+        body = {"sampling_session_id": sampler, "seq_id": 1, "num_samples": 1, "prompt": prompt,
+                "sampling_params": {"max_tokens": 2, "stop": []}}
+        once = dict(hdr, **{"X-Idempotency-Key": "stainless-python-retry-3"})
+        quick = s.post("/api/v1/asample", body, headers=once).json()["request_id"]
+        again = s.post("/api/v1/asample", body, headers=once).json()["request_id"]
+        assert again == quick
         assert result(quick).status == 200
         slow = call("asample", {"sampling_session_id": sampler, "seq_id": 2, "num_samples": 256,
                                 "prompt": prompt,
                                 "sampling_params": {"max_tokens": 120, "stop": []}})["request_id"]
         time.sleep(0.5)  # the records are written every 0.1 s
         listed = s.get("/v1/tinker/sessions").json()
-        assert listed["total"] == 1, listed
-        ses = listed["items"][0]
+        assert listed["total"] == 3, listed  # and the two finished by the idempotency check
+        ses = [x for x in listed["items"] if x["id"] == sid][0]
         assert ses["id"] == sid and ses["sdk_version"] == "0.38.0" and ses["finished_at"] is None
         (m,) = ses["models"]
         assert m["kind"] == "sampler" and m["base_model"] == "tbase", m
@@ -335,8 +347,9 @@ def test_state_outlives_a_crash():
         g = s.stub().GetTinkerSession(pb.GetTinkerSessionRequest(id=sid), timeout=10)
         assert_same(ses, g)
         gl = s.stub().ListTinkerSessions(pb.ListTinkerSessionsRequest(), timeout=10)
-        assert gl.total == 1 and gl.items[0].id == sid and gl.items[0].finish_reason == \
-            "chordd restarted" and gl.items[0].models[0].futures.failed == 1, gl
+        mine = [x for x in gl.items if x.id == sid]
+        assert gl.total == 3 and mine[0].finish_reason == "chordd restarted" and \
+            mine[0].models[0].futures.failed == 1, gl
         r = s.post("/api/v1/retrieve_future", {"request_id": "req_nope"}, headers=hdr)
         assert r.status == 404, r
         assert "interrupted by the last stop" in s.read_log()
