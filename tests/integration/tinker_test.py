@@ -278,8 +278,9 @@ def test_state_outlives_a_crash():
     s = GrpcChordd().start()
     try:
         cfg = os.path.join(s.tmp, "base.json")
-        with open(cfg, "w") as f:
-            json.dump(BASE_CONFIG, f)
+        with open(cfg, "w") as f:  # large enough that 32 x 1000 new tokens take seconds
+            json.dump(dict(BASE_CONFIG, hidden_size=256, intermediate_size=512,
+                           num_hidden_layers=4, max_position_embeddings=2048), f)
         subprocess.run([CHORDD, "init-model", "--config", cfg, "--seed", "5", "--out",
                         os.path.join(s.models_root, "tbase")], check=True, capture_output=True)
         hdr = {"X-API-Key": "tml-chord-test"}
@@ -318,9 +319,10 @@ def test_state_outlives_a_crash():
         again = s.post("/api/v1/asample", body, headers=once).json()["request_id"]
         assert again == quick
         assert result(quick).status == 200
-        slow = call("asample", {"sampling_session_id": sampler, "seq_id": 2, "num_samples": 256,
+        slow = call("asample", {"sampling_session_id": sampler, "seq_id": 2, "num_samples": 32,
                                 "prompt": prompt,
-                                "sampling_params": {"max_tokens": 120, "stop": []}})["request_id"]
+                                "sampling_params": {"max_tokens": 1000, "stop": []}})["request_id"]
+        t_slow = time.time()
         time.sleep(0.5)  # the records are written every 0.1 s
         listed = s.get("/v1/tinker/sessions").json()
         assert listed["total"] == 3, listed  # and the two finished by the idempotency check
@@ -331,6 +333,7 @@ def test_state_outlives_a_crash():
         assert m["futures"] == {"pending": 1, "done": 2, "failed": 0}, m  # create, quick; slow
         r = s.post("/api/v1/retrieve_future", {"request_id": slow}, headers=hdr)
         assert r.status == 408, r  # still sampling when it dies
+        print("killed %.2f s into the sampling" % (time.time() - t_slow))
 
         s.stop(sig=signal.SIGKILL)
         s.start()
