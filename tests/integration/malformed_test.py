@@ -458,6 +458,8 @@ class GrpcGen:
             "Rollout": pb.RolloutRequest(prompts=["Compute 1+1."], model=ids["mdl"], n=1,
                                          temperature=1.0, max_tokens=2, seed=1, answers=["2"]),
             "GetRollout": pb.GetRolloutRequest(id="roll_0"),
+            "ListTinkerSessions": pb.ListTinkerSessionsRequest(limit=1),
+            "GetTinkerSession": pb.GetTinkerSessionRequest(id="ses_0"),
         }
         t["RegisterModel"].init.config.update(TINY_CONFIG)
         from grpc_health.v1 import health_pb2
