@@ -196,8 +196,9 @@ def started():
     yield start
     for s in servers:
         rc = s.stop()
+        log = s.read_log()[-4000:] if rc != 0 else ""  # the reason, before the files go
         s.cleanup()
-        assert rc == 0, "chordd did not exit cleanly"
+        assert rc == 0, "chordd did not exit cleanly (%s); its log ends:\n%s" % (rc, log)
 
 
 # ---- disk full ------------------------------------------------------------------------------
