@@ -721,31 +721,82 @@ int svc_rollout_get(svc *s, const char *id, json_t **rollout, chord_err *err) {
     return *rollout ? 0 : oom(err);
 }
 
-/* ---- the Tinker API's sessions (store_tinker.h) ------------------------------------------------ */
+/* ---- the Tinker API's sessions (store_tinker.h) ------------------------------------------------
+ */
+
+static json_t *tinker_session_json(const store_tk_session *x) {
+    json_t *o = json_object(), *models = json_array();
+    int bad = !o || !models;
+    for (size_t i = 0; i < x->n_models && !bad; i++) {
+        const store_tk_model *m = &x->models[i];
+        json_t *mo = json_object();
+        bad |= !mo;
+        svc_json_put(mo, "id", json_string(m->id), &bad);
+        svc_json_put(mo, "kind", json_string(m->kind), &bad);
+        svc_json_put(mo, "base_model", svc_json_str(m->base_model), &bad);
+        svc_json_put(mo, "lora_rank", json_integer(m->lora_rank), &bad);
+        svc_json_put(mo, "created_at", svc_json_time(m->created_ms), &bad);
+        svc_json_put(mo, "ended_at", svc_json_time(m->ended_ms), &bad);
+        svc_json_put(mo, "futures",
+                     json_pack("{s:I,s:I,s:I}", "pending", (json_int_t)m->pending, "done",
+                               (json_int_t)m->done, "failed", (json_int_t)m->failed),
+                     &bad);
+        if (bad)
+            json_decref(mo);
+        else if (json_array_append_new(models, mo) != 0)
+            bad = 1;
+    }
+    svc_json_put(o, "id", json_string(x->id), &bad);
+    svc_json_put(o, "sdk_version", svc_json_str(x->sdk_version), &bad);
+    svc_json_put(o, "created_at", svc_json_time(x->created_ms), &bad);
+    svc_json_put(o, "finished_at", svc_json_time(x->finished_ms), &bad);
+    svc_json_put(o, "finish_reason", svc_json_str(x->finish_reason), &bad);
+    svc_json_put(o, "models", models, &bad);
+    if (bad) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
+}
+
+static int tinker_sessions(svc *s, const char *only_id, size_t offset, size_t limit, json_t **arr,
+                           int64_t *total, chord_err *err) {
+    *arr = NULL;
+    store *st = svc_store_get(s, err);
+    if (!st) return -1;
+    store_tk_session *items = NULL;
+    size_t n = 0;
+    int rc = store_tk_session_list(st, only_id, offset, limit, &items, &n, total, err);
+    svc_store_put(s, st);
+    if (rc) return -1;
+    json_t *a = json_array();
+    int bad = !a;
+    for (size_t i = 0; i < n && !bad; i++)
+        if (json_array_append_new(a, tinker_session_json(&items[i]))) bad = 1;
+    store_tk_session_list_free(items, n);
+    if (bad) {
+        json_decref(a);
+        return oom(err);
+    }
+    *arr = a;
+    return 0;
+}
 
 int svc_tinker_sessions(svc *s, size_t offset, size_t limit, json_t **list, chord_err *err) {
     *list = NULL;
     if (limit == 0 || limit > SVC_LIST_LIMIT_MAX) limit = SVC_LIST_LIMIT_MAX;
-    store *st = svc_store_get(s, err);
-    if (!st) return -1;
     json_t *arr = NULL;
     int64_t total = 0;
-    int rc = store_tk_sessions_json(st, NULL, offset, limit, &arr, &total, err);
-    svc_store_put(s, st);
-    if (rc) return -1;
+    if (tinker_sessions(s, NULL, offset, limit, &arr, &total, err)) return -1;
     *list = svc_json_list(arr, total, offset, limit);
     return *list ? 0 : oom(err);
 }
 
 int svc_tinker_session(svc *s, const char *id, json_t **session, chord_err *err) {
     *session = NULL;
-    store *st = svc_store_get(s, err);
-    if (!st) return -1;
     json_t *arr = NULL;
     int64_t total = 0;
-    int rc = store_tk_sessions_json(st, id, 0, 1, &arr, &total, err);
-    svc_store_put(s, st);
-    if (rc) return -1;
+    if (tinker_sessions(s, id, 0, 1, &arr, &total, err)) return -1;
     if (json_array_size(arr) == 0) {
         json_decref(arr);
         return chord_err_setc(err, CHORD_E_NOT_FOUND, "no Tinker session %.100s", id);

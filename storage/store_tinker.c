@@ -133,107 +133,116 @@ fail:
     return -1;
 }
 
-static json_t *time_or_null(sqlite3_stmt *st, int col) {
-    if (sqlite3_column_type(st, col) == SQLITE_NULL) return json_null();
-    char buf[32];
-    store_time_rfc3339(sqlite3_column_int64(st, col), buf);
-    return json_string(buf);
+static int64_t col_ms(sqlite3_stmt *st, int col) {
+    return sqlite3_column_type(st, col) == SQLITE_NULL ? 0 : sqlite3_column_int64(st, col);
 }
 
-static json_t *text_or_null(sqlite3_stmt *st, int col) {
-    const unsigned char *t = sqlite3_column_text(st, col);
-    return t ? json_string((const char *)t) : json_null();
+static void free_model(void *item) {
+    store_tk_model *m = item;
+    free(m->base_model);
 }
 
-/* The models of session `sid` with their futures' counts, appended to `models`. */
-static int session_models(store *s, sqlite3_stmt *mst, const char *sid, json_t *models,
-                          chord_err *err) {
-    int rc = sqlite3_reset(mst);
-    if (rc == SQLITE_OK) rc = storage_bind_text(mst, 1, sid);
-    if (rc != SQLITE_OK) return storage_sqlerr(s, err, rc, "listing Tinker models");
-    while ((rc = sqlite3_step(mst)) == SQLITE_ROW) {
-        json_t *m =
-            json_pack("{s:o,s:o,s:o,s:I,s:o,s:o,s:{s:I,s:I,s:I}}", "id", text_or_null(mst, 0),
-                      "kind", text_or_null(mst, 1), "base_model", text_or_null(mst, 2), "lora_rank",
-                      (json_int_t)sqlite3_column_int64(mst, 3), "created_at", time_or_null(mst, 4),
-                      "ended_at", time_or_null(mst, 5), "futures", "pending",
-                      (json_int_t)sqlite3_column_int64(mst, 6), "done",
-                      (json_int_t)sqlite3_column_int64(mst, 7), "failed",
-                      (json_int_t)sqlite3_column_int64(mst, 8));
-        if (!m || json_array_append_new(models, m) != 0)
-            return chord_err_setc(err, CHORD_E_INTERNAL, "Tinker models: out of memory");
-    }
-    return rc == SQLITE_DONE ? 0 : storage_sqlerr(s, err, rc, "listing Tinker models");
+static int read_model(store *s, sqlite3_stmt *st, void *item, chord_err *err) {
+    (void)s;
+    store_tk_model *m = item;
+    storage_col_copy(st, 0, m->id, sizeof m->id);
+    storage_col_copy(st, 1, m->kind, sizeof m->kind);
+    if (storage_col_text(st, 2, &m->base_model))
+        return chord_err_setc(err, CHORD_E_INTERNAL, "Tinker model: out of memory");
+    m->lora_rank = sqlite3_column_int64(st, 3);
+    m->created_ms = col_ms(st, 4);
+    m->ended_ms = col_ms(st, 5);
+    m->pending = sqlite3_column_int64(st, 6);
+    m->done = sqlite3_column_int64(st, 7);
+    m->failed = sqlite3_column_int64(st, 8);
+    return 0;
 }
 
-int store_tk_sessions_json(store *s, const char *only_id, size_t offset, size_t limit, json_t **out,
-                           int64_t *total, chord_err *err) {
-    *out = NULL;
+static void free_session(void *item) {
+    store_tk_session *x = item;
+    free(x->sdk_version);
+    free(x->finish_reason);
+    if (x->models) storage_free_items(x->models, x->n_models, sizeof *x->models, free_model);
+}
+
+static int read_session(store *s, sqlite3_stmt *st, void *item, chord_err *err) {
+    (void)s;
+    store_tk_session *x = item;
+    storage_col_copy(st, 0, x->id, sizeof x->id);
+    if (storage_col_text(st, 1, &x->sdk_version) || storage_col_text(st, 4, &x->finish_reason))
+        return chord_err_setc(err, CHORD_E_INTERNAL, "Tinker session: out of memory");
+    x->created_ms = col_ms(st, 2);
+    x->finished_ms = col_ms(st, 3);
+    return 0;
+}
+
+void store_tk_session_list_free(store_tk_session *items, size_t n) {
+    if (items) storage_free_items(items, n, sizeof *items, free_session);
+}
+
+int store_tk_session_list(store *s, const char *only_id, size_t offset, size_t limit,
+                          store_tk_session **items, size_t *n, int64_t *total, chord_err *err) {
+    *items = NULL;
+    *n = 0;
     *total = 0;
-    sqlite3_stmt *cst = NULL, *sst = NULL, *mst = NULL;
-    json_t *arr = json_array();
+    if (storage_begin_read(s, err)) return -1;
+    sqlite3_stmt *st = NULL;
     int rc = -1;
-    if (!arr) return chord_err_setc(err, CHORD_E_INTERNAL, "Tinker sessions: out of memory");
-    if (storage_begin_read(s, err)) {
-        json_decref(arr);
-        return -1;
-    }
     if (storage_prepare_bound(s, "SELECT count(*) FROM tinker_sessions WHERE ?1 IS NULL OR id = ?1",
-                              STORAGE_VALUES(STORAGE_TEXT(only_id)), &cst, err) ||
-        storage_prepare_bound(s,
+                              STORAGE_VALUES(STORAGE_TEXT(only_id)), &st, err)) {
+        st = NULL; /* finalized by the failed call */
+        goto done;
+    }
+    int src = sqlite3_step(st);
+    if (src != SQLITE_ROW) {
+        storage_sqlerr(s, err, src, "counting Tinker sessions");
+        goto done;
+    }
+    *total = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    st = NULL;
+    if (storage_prepare_bound(s,
                               "SELECT id, sdk_version, created_ms, finished_ms, finish_reason "
                               "FROM tinker_sessions WHERE ?1 IS NULL OR id = ?1 "
                               "ORDER BY seq DESC LIMIT ?2 OFFSET ?3",
                               STORAGE_VALUES(STORAGE_TEXT(only_id),
                                              STORAGE_INT(storage_limit(limit)),
                                              STORAGE_INT(storage_offset(offset))),
-                              &sst, err) ||
-        storage_prepare(s,
-                        "SELECT m.id, m.kind, m.base_model, m.lora_rank, m.created_ms, "
-                        "m.ended_ms, "
-                        "(SELECT count(*) FROM tinker_futures f WHERE f.model_id = m.id AND "
-                        " f.state = 'pending'), "
-                        "(SELECT count(*) FROM tinker_futures f WHERE f.model_id = m.id AND "
-                        " f.state = 'done'), "
-                        "(SELECT count(*) FROM tinker_futures f WHERE f.model_id = m.id AND "
-                        " f.state = 'failed') "
-                        "FROM tinker_models m WHERE m.session_id = ?1 ORDER BY m.seq",
-                        &mst, err))
-        goto done;
-    int src = sqlite3_step(cst);
-    if (src != SQLITE_ROW) {
-        storage_sqlerr(s, err, src, "counting Tinker sessions");
+                              &st, err) ||
+        storage_collect(s, st, sizeof **items, read_session, free_session, (void **)items, n,
+                        "listing Tinker sessions", err)) {
+        st = NULL; /* finalized by the failed call, or by storage_collect */
         goto done;
     }
-    *total = sqlite3_column_int64(cst, 0);
-    while ((src = sqlite3_step(sst)) == SQLITE_ROW) {
-        json_t *models = json_array();
-        json_t *o = models ? json_pack("{s:o,s:o,s:o,s:o,s:o,s:o}", "id", text_or_null(sst, 0),
-                                       "sdk_version", text_or_null(sst, 1), "created_at",
-                                       time_or_null(sst, 2), "finished_at", time_or_null(sst, 3),
-                                       "finish_reason", text_or_null(sst, 4), "models", models)
-                           : NULL;
-        if (!o || json_array_append_new(arr, o) != 0) {
-            chord_err_setc(err, CHORD_E_INTERNAL, "Tinker sessions: out of memory");
+    st = NULL; /* storage_collect finalized it */
+    for (size_t i = 0; i < *n; i++) {
+        store_tk_session *x = &(*items)[i];
+        if (storage_prepare_bound(
+                s,
+                "SELECT m.id, m.kind, m.base_model, m.lora_rank, m.created_ms, m.ended_ms, "
+                "(SELECT count(*) FROM tinker_futures f WHERE f.model_id = m.id AND "
+                " f.state = 'pending'), "
+                "(SELECT count(*) FROM tinker_futures f WHERE f.model_id = m.id AND "
+                " f.state = 'done'), "
+                "(SELECT count(*) FROM tinker_futures f WHERE f.model_id = m.id AND "
+                " f.state = 'failed') "
+                "FROM tinker_models m WHERE m.session_id = ?1 ORDER BY m.seq",
+                STORAGE_VALUES(STORAGE_TEXT(x->id)), &st, err) ||
+            storage_collect(s, st, sizeof *x->models, read_model, free_model, (void **)&x->models,
+                            &x->n_models, "listing Tinker models", err)) {
+            st = NULL;
             goto done;
         }
-        if (session_models(s, mst, (const char *)sqlite3_column_text(sst, 0), models, err))
-            goto done;
-    }
-    if (src != SQLITE_DONE) {
-        storage_sqlerr(s, err, src, "listing Tinker sessions");
-        goto done;
+        st = NULL;
     }
     rc = 0;
 done:
-    sqlite3_finalize(cst);
-    sqlite3_finalize(sst);
-    sqlite3_finalize(mst);
+    sqlite3_finalize(st);
     if (storage_commit(s, rc == 0 ? err : NULL) != 0) rc = -1;
-    if (rc == 0) {
-        *out = arr;
-    } else {
-        json_decref(arr);
+    if (rc != 0) {
+        store_tk_session_list_free(*items, *n);
+        *items = NULL;
+        *n = 0;
     }
     return rc;
 }

@@ -10,7 +10,6 @@
 #ifndef CHORD_STORAGE_STORE_TINKER_H
 #define CHORD_STORAGE_STORE_TINKER_H
 
-#include <jansson.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -46,10 +45,28 @@ int store_tk_future_get(store *s, const char *id, store_tk_future *out, chord_er
  * every open session finished ("chordd restarted"), every model ended. Counts may be NULL. */
 int store_tk_recover(store *s, int64_t *futures, int64_t *sessions, chord_err *err);
 
-/* The newest `limit` sessions (offset skipped) as a JSON array, each {id, sdk_version,
- * created_at, finished_at, finish_reason, models: [{id, kind, base_model, lora_rank, created_at,
- * ended_at, futures: {pending, done, failed}}]}; *total = all sessions. */
-int store_tk_sessions_json(store *s, const char *only_id, size_t offset, size_t limit, json_t **out,
-                           int64_t *total, chord_err *err);
+/* A session and its models with their futures counted by state, as stored (the service builds
+ * the REST/gRPC resource from it). Times are unix ms, 0 when unset. */
+typedef struct store_tk_model {
+    char id[STORE_TK_ID_MAX];
+    char kind[16]; /* training | sampler */
+    char *base_model;
+    int64_t lora_rank, created_ms, ended_ms;
+    int64_t pending, done, failed; /* its futures */
+} store_tk_model;
+
+typedef struct store_tk_session {
+    char id[STORE_TK_ID_MAX];
+    char *sdk_version, *finish_reason; /* NULL when unset */
+    int64_t created_ms, finished_ms;
+    store_tk_model *models;
+    size_t n_models;
+} store_tk_session;
+
+/* The newest `limit` sessions (offset skipped), or only the one named only_id (when not NULL);
+ * *total = all that match. Free with store_tk_session_list_free. */
+int store_tk_session_list(store *s, const char *only_id, size_t offset, size_t limit,
+                          store_tk_session **items, size_t *n, int64_t *total, chord_err *err);
+void store_tk_session_list_free(store_tk_session *items, size_t n);
 
 #endif

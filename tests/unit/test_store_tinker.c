@@ -1,7 +1,7 @@
 /* test_store_tinker.c — the Tinker API's records in SQLite (storage/store_tinker.h): sessions,
  * models and futures written and read back, futures upserted in batches, start-up recovery
  * (pending futures fail with the interruption, open sessions close, models end) and the listing
- * as JSON; checked against the rows read with raw SQL. */
+ * of sessions with their models' future counts; checked against the rows read with raw SQL. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -69,33 +69,34 @@ static void test_records_and_recovery(void **state) {
     assert_int_equal(store_tk_session_finish(s, "ses_2", "again", &err), 0); /* kept */
     assert_int_equal(store_tk_model_end(s, "ses_1:sample:1", &err), 0);
 
-    json_t *list = NULL;
+    store_tk_session *list = NULL;
+    size_t n = 0;
     int64_t total = 0;
-    assert_int_equal(store_tk_sessions_json(s, NULL, 0, 10, &list, &total, &err), 0);
+    assert_int_equal(store_tk_session_list(s, NULL, 0, 10, &list, &n, &total, &err), 0);
     assert_int_equal(total, 2);
-    assert_int_equal(json_array_size(list), 2);
-    json_t *s1 = json_array_get(list, 1); /* newest first */
-    assert_string_equal(json_string_value(json_object_get(s1, "id")), "ses_1");
-    assert_string_equal(json_string_value(json_object_get(s1, "sdk_version")), "0.38.0");
-    assert_true(json_is_null(json_object_get(s1, "finished_at")));
-    json_t *models = json_object_get(s1, "models");
-    assert_int_equal(json_array_size(models), 2);
-    json_t *m0 = json_array_get(models, 0);
-    assert_string_equal(json_string_value(json_object_get(m0, "kind")), "training");
-    assert_int_equal(json_integer_value(json_object_get(m0, "lora_rank")), 8);
-    json_t *fc = json_object_get(m0, "futures");
-    assert_int_equal(json_integer_value(json_object_get(fc, "done")), 1);
-    assert_int_equal(json_integer_value(json_object_get(fc, "failed")), 1);
-    assert_int_equal(json_integer_value(json_object_get(fc, "pending")), 0);
-    assert_true(json_is_string(json_object_get(json_array_get(models, 1), "ended_at")));
-    json_t *s2 = json_array_get(list, 0);
-    assert_string_equal(json_string_value(json_object_get(s2, "finish_reason")),
-                        "finished by the client");
-    json_decref(list);
-    assert_int_equal(store_tk_sessions_json(s, "ses_2", 0, 10, &list, &total, &err), 0);
+    assert_int_equal(n, 2);
+    const store_tk_session *s1 = &list[1]; /* newest first */
+    assert_string_equal(s1->id, "ses_1");
+    assert_string_equal(s1->sdk_version, "0.38.0");
+    assert_int_equal(s1->finished_ms, 0);
+    assert_int_equal(s1->n_models, 2);
+    const store_tk_model *m0 = &s1->models[0];
+    assert_string_equal(m0->kind, "training");
+    assert_string_equal(m0->base_model, "tbase");
+    assert_int_equal(m0->lora_rank, 8);
+    assert_int_equal(m0->done, 1);
+    assert_int_equal(m0->failed, 1);
+    assert_int_equal(m0->pending, 0);
+    assert_true(s1->models[1].ended_ms > 0);
+    assert_int_equal(s1->models[1].pending, 1); /* req_c */
+    assert_string_equal(list[0].finish_reason, "finished by the client");
+    assert_null(list[0].sdk_version);
+    assert_int_equal(list[0].n_models, 0);
+    store_tk_session_list_free(list, n);
+    assert_int_equal(store_tk_session_list(s, "ses_2", 0, 10, &list, &n, &total, &err), 0);
     assert_int_equal(total, 1);
-    assert_int_equal(json_array_size(list), 1);
-    json_decref(list);
+    assert_int_equal(n, 1);
+    store_tk_session_list_free(list, n);
 
     /* the process dies; the next start recovers */
     store_close(s);
