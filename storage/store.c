@@ -125,6 +125,22 @@ static const char *const migrations[STORE_SCHEMA_VERSION] = {
     "  error TEXT,"
     "  created_ms INTEGER NOT NULL,"
     "  finished_ms INTEGER);",
+    /* 3 → 4: pipelines (docs/pipelines.md): models registered from a checkpoint and jobs started
+     * from one pin it (keep-last-K spares it); idempotency keys of the POSTs that create. */
+    "ALTER TABLE models ADD COLUMN checkpoint_id TEXT;"
+    "ALTER TABLE jobs ADD COLUMN base_checkpoint_id TEXT;"
+    "CREATE INDEX models_by_checkpoint ON models (checkpoint_id) WHERE checkpoint_id IS NOT NULL;"
+    "CREATE INDEX jobs_by_base_checkpoint ON jobs (base_checkpoint_id)"
+    "  WHERE base_checkpoint_id IS NOT NULL;"
+    "CREATE INDEX datasets_by_name ON datasets (name, seq);"
+    "CREATE TABLE idempotency_keys ("
+    "  key TEXT PRIMARY KEY,"
+    "  operation TEXT NOT NULL,"
+    "  fingerprint TEXT NOT NULL CHECK (length(fingerprint) = 64),"
+    "  resource_id TEXT NOT NULL,"
+    "  response_json TEXT NOT NULL,"
+    "  created_ms INTEGER NOT NULL);"
+    "CREATE INDEX idempotency_keys_by_age ON idempotency_keys (created_ms);",
 };
 
 /* ---- SQLite helpers ----------------------------------------------------------------------- */

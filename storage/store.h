@@ -36,7 +36,7 @@
 
 #include "server/base/err.h"
 
-#define STORE_SCHEMA_VERSION 3
+#define STORE_SCHEMA_VERSION 4
 #define STORE_BUSY_TIMEOUT_MS 30000
 /* Longest id, with its prefix and NUL ("job_" + 24 hex digits + NUL = 29). */
 #define STORE_ID_MAX 40
@@ -115,6 +115,10 @@ int store_dataset_upload_commit(store_upload *up, store_dataset *out, chord_err 
 void store_dataset_upload_abort(store_upload *up);
 
 int store_dataset_get(store *s, const char *id, store_dataset *out, chord_err *err);
+/* The newest upload named `name` whose kind is kind_a or kind_b (kind_b may be NULL):
+ * CHORD_E_NOT_FOUND when there is none. */
+int store_dataset_latest_by_name(store *s, const char *name, const char *kind_a,
+                                 const char *kind_b, store_dataset *out, chord_err *err);
 int store_dataset_list(store *s, size_t offset, size_t limit, store_dataset **items, size_t *n,
                        int64_t *total, chord_err *err);
 
@@ -127,6 +131,11 @@ typedef struct store_model {
     char *config_json;   /* opaque JSON text, never NULL */
     char *tokenizer_dir; /* or NULL */
     int64_t created_ms;
+    /* a model registered from a checkpoint (store_model_insert_checkpoint): its id, job and step
+     * ("" and -1 otherwise); directory is then the checkpoint's directory */
+    char checkpoint_id[STORE_ID_MAX];
+    char checkpoint_job_id[STORE_ID_MAX];
+    int64_t checkpoint_step;
 } store_model;
 
 void store_model_free(store_model *m);
@@ -135,6 +144,11 @@ void store_model_list_free(store_model *items, size_t n);
 /* directory and tokenizer_dir may be NULL; config_json must not be. out may be NULL. */
 int store_model_insert(store *s, const char *name, const char *directory, const char *config_json,
                        const char *tokenizer_dir, store_model *out, chord_err *err);
+/* A model whose files are checkpoint `checkpoint_id`'s directory (no copy). The checkpoint is
+ * pinned from then on: store_checkpoint_keep_last never removes it. CHORD_E_NOT_FOUND when the
+ * checkpoint does not exist. out may be NULL. */
+int store_model_insert_checkpoint(store *s, const char *name, const char *checkpoint_id,
+                                  const char *config_json, store_model *out, chord_err *err);
 int store_model_get(store *s, const char *id, store_model *out, chord_err *err);
 int store_model_list(store *s, size_t offset, size_t limit, store_model **items, size_t *n,
                      int64_t *total, chord_err *err);
@@ -177,6 +191,10 @@ void store_job_list_free(store_job *items, size_t n);
 /* A new job in state queued. out may be NULL. */
 int store_job_create(store *s, const char *name, const char *config_json, store_job *out,
                      chord_err *err);
+/* The same for a job whose starting weights are checkpoint base_checkpoint_id (NULL: none),
+ * which is pinned from then on (store_checkpoint_keep_last never removes it). */
+int store_job_create_from(store *s, const char *name, const char *config_json,
+                          const char *base_checkpoint_id, store_job *out, chord_err *err);
 int store_job_get(store *s, const char *id, store_job *out, chord_err *err);
 /* Lists jobs in `state`, or all when state is -1, newest first. */
 int store_job_list(store *s, int state, size_t offset, size_t limit, store_job **items, size_t *n,
@@ -294,7 +312,8 @@ int store_checkpoint_list(store *s, const char *job_id, store_checkpoint **items
 int store_checkpoint_latest(store *s, const char *job_id, store_checkpoint *out, int *found,
                             chord_err *err);
 /* Keep-last-K: deletes the rows of all but the `keep` highest-step checkpoints (one
- * transaction), then their directories. *removed (may be NULL) = checkpoints dropped. */
+ * transaction), then their directories. Pinned checkpoints (a model registered from one, a job
+ * started from one) are never removed. *removed (may be NULL) = checkpoints dropped. */
 int store_checkpoint_keep_last(store *s, const char *job_id, size_t keep, size_t *removed,
                                chord_err *err);
 
@@ -327,5 +346,29 @@ int store_rollout_get(store *s, const char *id, store_rollout *out, chord_err *e
 /* The ids of every pending rollout, oldest first (*ids: malloc'd, free it; NULL when none):
  * what a restarted server runs again. */
 int store_rollout_pending_ids(store *s, char (**ids)[STORE_ID_MAX], size_t *n, chord_err *err);
+
+/* ---- idempotency keys ---------------------------------------------------------------------
+ * The first result of a POST that carried an Idempotency-Key (docs/pipelines.md), kept so that
+ * a retry returns it instead of creating again, across restarts. A key names one request:
+ * `operation` (e.g. "jobs.create") and `fingerprint` (SHA-256 hex of what was asked) say which.
+ * Rows older than the caller's cut-off (its TTL) count as absent and are purged. */
+
+typedef struct store_idem {
+    char *operation;
+    char fingerprint[65];
+    char *resource_id;   /* the id of what the first request created */
+    char *response_json; /* the resource as the first request returned it */
+    int64_t created_ms;
+} store_idem;
+
+void store_idem_free(store_idem *r);
+/* *found = 1 and out filled when `key` was recorded at or after min_created_ms. */
+int store_idem_get(store *s, const char *key, int64_t min_created_ms, store_idem *out, int *found,
+                   chord_err *err);
+/* Records key's first result; in the same transaction removes every key older than
+ * min_created_ms. A key already recorded (and not that old) is CHORD_E_CONFLICT. */
+int store_idem_put(store *s, const char *key, const char *operation, const char *fingerprint,
+                   const char *resource_id, const char *response_json, int64_t min_created_ms,
+                   chord_err *err);
 
 #endif

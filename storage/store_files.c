@@ -577,8 +577,10 @@ int store_checkpoint_keep_last(store *s, const char *job_id, size_t keep, size_t
     if (storage_job_state_locked(s, job_id, &state, err) ||
         storage_prepare_bound(
             s,
-            "SELECT " CHECKPOINT_COLS " FROM checkpoints WHERE job_id = ?1 "
-            "ORDER BY step DESC LIMIT -1 OFFSET ?2",
+            "SELECT * FROM (SELECT " CHECKPOINT_COLS " FROM checkpoints WHERE job_id = ?1 "
+            "ORDER BY step DESC LIMIT -1 OFFSET ?2) WHERE id NOT IN "
+            "(SELECT checkpoint_id FROM models WHERE checkpoint_id IS NOT NULL UNION "
+            "SELECT base_checkpoint_id FROM jobs WHERE base_checkpoint_id IS NOT NULL)",
             STORAGE_VALUES(STORAGE_TEXT(job_id), STORAGE_INT(storage_offset(keep))), &st, err) ||
         storage_collect(s, st, sizeof *old, read_checkpoint, free_checkpoint_item, (void **)&old,
                         &n, "pruning checkpoints", err) ||

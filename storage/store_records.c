@@ -129,6 +129,32 @@ static int list_page(store *s, const char *what, const char *count_sql, const ch
     return storage_read_list(s, &list, items, n, total, err);
 }
 
+int store_dataset_latest_by_name(store *s, const char *name, const char *kind_a,
+                                 const char *kind_b, store_dataset *out, chord_err *err) {
+    memset(out, 0, sizeof *out);
+    if (!name || !*name || !kind_a)
+        return chord_err_setc(err, CHORD_E_INVALID, "dataset: empty name or kind");
+    sqlite3_stmt *st;
+    store_dataset *found = NULL;
+    size_t n = 0;
+    if (storage_prepare_bound(s,
+                              "SELECT " DATASET_COLS " FROM datasets WHERE name = ?1 AND "
+                              "kind IN (?2, ?3) ORDER BY seq DESC LIMIT 1",
+                              STORAGE_VALUES(STORAGE_TEXT(name), STORAGE_TEXT(kind_a),
+                                             STORAGE_TEXT(kind_b ? kind_b : kind_a)),
+                              &st, err) ||
+        storage_collect(s, st, sizeof *found, read_dataset, free_dataset_item, (void **)&found,
+                        &n, "finding a dataset by name", err))
+        return -1;
+    if (n == 0)
+        return chord_err_setc(err, CHORD_E_NOT_FOUND, "no dataset named \"%s\" of kind %s%s%s",
+                              name, kind_a, kind_b ? " or " : "", kind_b ? kind_b : "");
+    *out = found[0];
+    memset(&found[0], 0, sizeof found[0]);
+    store_dataset_list_free(found, n);
+    return 0;
+}
+
 int store_dataset_list(store *s, size_t offset, size_t limit, store_dataset **items, size_t *n,
                        int64_t *total, chord_err *err) {
     return list_page(s, "listing datasets", "SELECT count(*) FROM datasets",
@@ -156,7 +182,10 @@ void store_model_list_free(store_model *items, size_t n) {
     if (items) storage_free_items(items, n, sizeof *items, free_model_item);
 }
 
-#define MODEL_COLS "id, name, directory, config_json, tokenizer_dir, created_ms"
+/* a checkpoint model's directory is its checkpoint's (a path relative to the data directory) */
+#define MODEL_COLS                                                                                 \
+    "m.id, m.name, m.directory, m.config_json, m.tokenizer_dir, m.created_ms, m.checkpoint_id, "   \
+    "c.path, c.job_id, c.step FROM models m LEFT JOIN checkpoints c ON c.id = m.checkpoint_id"
 
 static int read_model(store *s, sqlite3_stmt *st, void *item, chord_err *err) {
     store_model *m = item;
@@ -165,6 +194,18 @@ static int read_model(store *s, sqlite3_stmt *st, void *item, chord_err *err) {
         storage_col_text(st, 3, &m->config_json) || storage_col_text(st, 4, &m->tokenizer_dir))
         return OOM(err, "model");
     m->created_ms = sqlite3_column_int64(st, 5);
+    storage_col_copy(st, 6, m->checkpoint_id, sizeof m->checkpoint_id);
+    m->checkpoint_step = -1;
+    if (m->checkpoint_id[0] && sqlite3_column_type(st, 7) != SQLITE_NULL) {
+        free(m->directory);
+        m->directory = storage_col_path(s, st, 7);
+        if (!m->directory) return OOM(err, "model");
+        storage_col_copy(st, 8, m->checkpoint_job_id, sizeof m->checkpoint_job_id);
+        m->checkpoint_step = sqlite3_column_int64(st, 9);
+        free(m->tokenizer_dir); /* the trainer writes the tokenizer into every checkpoint */
+        m->tokenizer_dir = strdup(m->directory);
+        if (!m->tokenizer_dir) return OOM(err, "model");
+    }
     return 0;
 }
 
@@ -186,17 +227,55 @@ int store_model_insert(store *s, const char *name, const char *directory, const 
     return out ? store_model_get(s, id, out, err) : 0;
 }
 
+int store_model_insert_checkpoint(store *s, const char *name, const char *checkpoint_id,
+                                  const char *config_json, store_model *out, chord_err *err) {
+    if (out) memset(out, 0, sizeof *out);
+    if (!name || !*name) return chord_err_setc(err, CHORD_E_INVALID, "model: empty name");
+    if (!config_json) return chord_err_setc(err, CHORD_E_INVALID, "model %s: no config", name);
+    if (storage_check_id(checkpoint_id, "ckpt", "checkpoint", err)) return -1;
+    char id[STORE_ID_MAX];
+    if (storage_new_id("mdl", id, err)) return -1;
+    /* the check and the insert in one transaction: a checkpoint pruned meanwhile is not pinned */
+    if (storage_begin_write(s, err)) return chord_err_prefix(err, "inserting model %s", name);
+    sqlite3_stmt *st;
+    if (storage_prepare_bound(s, "SELECT 1 FROM checkpoints WHERE id = ?1",
+                              STORAGE_VALUES(STORAGE_TEXT(checkpoint_id)), &st, err))
+        goto fail;
+    int rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    if (rc == SQLITE_DONE) {
+        chord_err_setc(err, CHORD_E_NOT_FOUND, "checkpoint %s not found", checkpoint_id);
+        goto fail;
+    }
+    if (rc != SQLITE_ROW) {
+        storage_sqlerr(s, err, rc, "reading checkpoint %s", checkpoint_id);
+        goto fail;
+    }
+    if (storage_run(s,
+                    "INSERT INTO models (id, name, directory, config_json, tokenizer_dir, "
+                    "created_ms, checkpoint_id) VALUES (?1, ?2, NULL, ?3, NULL, ?4, ?5)",
+                    STORAGE_VALUES(STORAGE_TEXT(id), STORAGE_TEXT(name), STORAGE_TEXT(config_json),
+                                   STORAGE_INT(store_now_ms()), STORAGE_TEXT(checkpoint_id)),
+                    err, "inserting model %s", name) ||
+        storage_commit(s, err))
+        goto fail;
+    return out ? store_model_get(s, id, out, err) : 0;
+fail:
+    storage_rollback(s);
+    return -1;
+}
+
 int store_model_get(store *s, const char *id, store_model *out, chord_err *err) {
     memset(out, 0, sizeof *out);
     if (storage_check_id(id, "mdl", "model", err)) return -1;
-    return storage_get_one(s, "SELECT " MODEL_COLS " FROM models WHERE id = ?1", id, read_model,
-                           out, "model", err);
+    return storage_get_one(s, "SELECT " MODEL_COLS " WHERE m.id = ?1", id, read_model, out,
+                           "model", err);
 }
 
 int store_model_list(store *s, size_t offset, size_t limit, store_model **items, size_t *n,
                      int64_t *total, chord_err *err) {
     return list_page(s, "listing models", "SELECT count(*) FROM models",
-                     "SELECT " MODEL_COLS " FROM models ORDER BY seq DESC LIMIT ?1 OFFSET ?2", NULL,
+                     "SELECT " MODEL_COLS " ORDER BY m.seq DESC LIMIT ?1 OFFSET ?2", NULL,
                      offset, limit, sizeof **items, read_model, free_model_item, (void **)items, n,
                      total, err);
 }
@@ -285,16 +364,26 @@ int store_job_get(store *s, const char *id, store_job *out, chord_err *err) {
 
 int store_job_create(store *s, const char *name, const char *config_json, store_job *out,
                      chord_err *err) {
+    return store_job_create_from(s, name, config_json, NULL, out, err);
+}
+
+int store_job_create_from(store *s, const char *name, const char *config_json,
+                          const char *base_checkpoint_id, store_job *out, chord_err *err) {
     if (out) memset(out, 0, sizeof *out);
+    if (base_checkpoint_id && storage_check_id(base_checkpoint_id, "ckpt", "checkpoint", err))
+        return -1;
     if (!name || !*name) return chord_err_setc(err, CHORD_E_INVALID, "job: empty name");
     if (!config_json) return chord_err_setc(err, CHORD_E_INVALID, "job %s: no config", name);
     char id[STORE_ID_MAX];
     if (storage_new_id("job", id, err) ||
         storage_run(s,
-                    "INSERT INTO jobs (id, name, config_json, state, created_ms) "
-                    "VALUES (?1, ?2, ?3, 'queued', ?4)",
+                    base_checkpoint_id
+                        ? "INSERT INTO jobs (id, name, config_json, state, created_ms, "
+                          "base_checkpoint_id) VALUES (?1, ?2, ?3, 'queued', ?4, ?5)"
+                        : "INSERT INTO jobs (id, name, config_json, state, created_ms) "
+                          "VALUES (?1, ?2, ?3, 'queued', ?4)",
                     STORAGE_VALUES(STORAGE_TEXT(id), STORAGE_TEXT(name), STORAGE_TEXT(config_json),
-                                   STORAGE_INT(store_now_ms())),
+                                   STORAGE_INT(store_now_ms()), STORAGE_TEXT(base_checkpoint_id)),
                     err, "inserting job %s", name))
         return -1;
     return out ? store_job_get(s, id, out, err) : 0;
@@ -584,4 +673,83 @@ int store_rollout_pending_ids(store *s, char (**ids)[STORE_ID_MAX], size_t *n, c
         return -1;
     return storage_collect(s, st, sizeof **ids, read_id, free_nothing, (void **)ids, n,
                            "listing pending rollouts", err);
+}
+
+/* ---- idempotency keys --------------------------------------------------------------------- */
+
+void store_idem_free(store_idem *r) {
+    if (!r) return;
+    free(r->operation);
+    free(r->resource_id);
+    free(r->response_json);
+    r->operation = r->resource_id = r->response_json = NULL;
+}
+
+static void free_idem_item(void *item) {
+    store_idem_free(item);
+}
+
+static int read_idem(store *s, sqlite3_stmt *st, void *item, chord_err *err) {
+    (void)s;
+    store_idem *r = item;
+    if (storage_col_text(st, 0, &r->operation) || storage_col_text(st, 2, &r->resource_id) ||
+        storage_col_text(st, 3, &r->response_json))
+        return OOM(err, "idempotency key");
+    storage_col_copy(st, 1, r->fingerprint, sizeof r->fingerprint);
+    r->created_ms = sqlite3_column_int64(st, 4);
+    return 0;
+}
+
+static int check_key(const char *key, chord_err *err) {
+    if (!key || !*key) return chord_err_setc(err, CHORD_E_INVALID, "idempotency key: empty");
+    return 0;
+}
+
+int store_idem_get(store *s, const char *key, int64_t min_created_ms, store_idem *out, int *found,
+                   chord_err *err) {
+    memset(out, 0, sizeof *out);
+    *found = 0;
+    if (check_key(key, err)) return -1;
+    sqlite3_stmt *st;
+    store_idem *rows = NULL;
+    size_t n = 0;
+    if (storage_prepare_bound(s,
+                              "SELECT operation, fingerprint, resource_id, response_json, "
+                              "created_ms FROM idempotency_keys WHERE key = ?1 AND created_ms >= ?2",
+                              STORAGE_VALUES(STORAGE_TEXT(key), STORAGE_INT(min_created_ms)), &st,
+                              err) ||
+        storage_collect(s, st, sizeof *rows, read_idem, free_idem_item, (void **)&rows, &n,
+                        "reading an idempotency key", err))
+        return -1;
+    if (n > 0) {
+        *out = rows[0];
+        memset(&rows[0], 0, sizeof rows[0]);
+        *found = 1;
+    }
+    storage_free_items(rows, n, sizeof *rows, free_idem_item);
+    return 0;
+}
+
+int store_idem_put(store *s, const char *key, const char *operation, const char *fingerprint,
+                   const char *resource_id, const char *response_json, int64_t min_created_ms,
+                   chord_err *err) {
+    if (check_key(key, err)) return -1;
+    if (!operation || !fingerprint || strlen(fingerprint) != 64 || !resource_id || !response_json)
+        return chord_err_setc(err, CHORD_E_INVALID, "idempotency key %s: incomplete record", key);
+    if (storage_begin_write(s, err)) return chord_err_prefix(err, "idempotency key %s", key);
+    if (storage_run(s, "DELETE FROM idempotency_keys WHERE created_ms < ?1",
+                    STORAGE_VALUES(STORAGE_INT(min_created_ms)), err,
+                    "expiring idempotency keys") ||
+        storage_run(s,
+                    "INSERT INTO idempotency_keys (key, operation, fingerprint, resource_id, "
+                    "response_json, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    STORAGE_VALUES(STORAGE_TEXT(key), STORAGE_TEXT(operation),
+                                   STORAGE_TEXT(fingerprint), STORAGE_TEXT(resource_id),
+                                   STORAGE_TEXT(response_json), STORAGE_INT(store_now_ms())),
+                    err, "recording idempotency key %s", key) ||
+        storage_commit(s, err)) {
+        storage_rollback(s);
+        return -1;
+    }
+    return 0;
 }

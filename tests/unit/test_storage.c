@@ -691,6 +691,71 @@ static void test_time_format(void **state) {
     assert_true(llabs(store_now_ms() / 1000 - atoll(now)) <= 2);
 }
 
+/* Idempotency keys: the first result kept, a second record of the key refused, rows older than
+ * the caller's cut-off neither found nor in the way (and purged by the next put), across a
+ * reopen; and 3 → 4 keeps the rows of a v3 database. */
+static void test_idempotency_keys(void **state) {
+    (void)state;
+    char dir[256];
+    scratch_make(dir);
+    chord_err err = {0};
+    store *s = NULL;
+    assert_int_equal(store_open_at_version(dir, 3, &s, &err), 0);
+    assert_int_equal(store_model_insert(s, "v3 model", "/m", "{}", NULL, NULL, &err), 0);
+    store_close(s);
+    s = open_ok(dir); /* 3 → 4 */
+    store_model *models = NULL;
+    size_t n = 0;
+    int64_t total = 0;
+    assert_int_equal(store_model_list(s, 0, 0, &models, &n, &total, &err), 0);
+    assert_int_equal(n, 1);
+    assert_string_equal(models[0].directory, "/m");
+    assert_string_equal(models[0].checkpoint_id, "");
+    assert_int_equal(models[0].checkpoint_step, -1);
+    store_model_list_free(models, n);
+
+    const char *fp = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    store_idem r;
+    int found = 1;
+    assert_int_equal(store_idem_get(s, "k1", 0, &r, &found, &err), 0);
+    assert_int_equal(found, 0);
+    assert_int_equal(store_idem_put(s, "k1", "jobs.create", fp, "job_1", "{\"id\": 1}", 0, &err),
+                     0);
+    assert_int_equal(store_idem_put(s, "k1", "jobs.create", fp, "job_2", "{}", 0, &err), -1);
+    assert_int_equal(err.code, CHORD_E_CONFLICT);
+    chord_err_clear(&err);
+    assert_int_equal(store_idem_put(s, "", "jobs.create", fp, "job_2", "{}", 0, &err), -1);
+    assert_int_equal(err.code, CHORD_E_INVALID);
+    chord_err_clear(&err);
+    assert_int_equal(store_idem_put(s, "k3", "jobs.create", "short", "job_2", "{}", 0, &err), -1);
+    chord_err_clear(&err);
+    store_close(s);
+
+    s = open_ok(dir); /* kept across a restart */
+    assert_int_equal(store_idem_get(s, "k1", 0, &r, &found, &err), 0);
+    assert_int_equal(found, 1);
+    assert_string_equal(r.operation, "jobs.create");
+    assert_string_equal(r.fingerprint, fp);
+    assert_string_equal(r.resource_id, "job_1");
+    assert_string_equal(r.response_json, "{\"id\": 1}");
+    assert_true(r.created_ms > 0);
+    int64_t created = r.created_ms;
+    store_idem_free(&r);
+    /* past its time: absent, and the next put of any key purges it */
+    assert_int_equal(store_idem_get(s, "k1", created + 1, &r, &found, &err), 0);
+    assert_int_equal(found, 0);
+    assert_int_equal(
+        store_idem_put(s, "k2", "models.create", fp, "mdl_1", "{}", created + 1, &err), 0);
+    sqlite3 *db = raw_open(dir);
+    assert_int_equal(raw_int(db, "SELECT count(*) FROM idempotency_keys WHERE key = 'k1'"), 0);
+    assert_int_equal(raw_int(db, "SELECT count(*) FROM idempotency_keys WHERE key = 'k2'"), 1);
+    sqlite3_close(db);
+    /* an expired key may be recorded again */
+    assert_int_equal(store_idem_put(s, "k1", "jobs.create", fp, "job_9", "{}", 0, &err), 0);
+    store_close(s);
+    scratch_remove(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_open_creates_schema),
@@ -707,6 +772,7 @@ int main(void) {
         cmocka_unit_test(test_samples),
         cmocka_unit_test(test_rollouts),
         cmocka_unit_test(test_time_format),
+        cmocka_unit_test(test_idempotency_keys),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -540,6 +540,96 @@ static void test_recovery_once_per_directory_open(void **state) {
     scratch_remove(dir);
 }
 
+/* Pipelines (docs/pipelines.md): a model registered from a checkpoint, and a job started from
+ * one, pin it: keep-last-K spares it; the model reads the checkpoint's directory, job and step;
+ * datasets are found by name, newest upload of a fitting kind first. */
+static void test_checkpoint_pins_and_dataset_names(void **state) {
+    (void)state;
+    char dir[256];
+    scratch_make(dir);
+    store *s = open_ok(dir);
+    chord_err err = {0};
+    char job[STORE_ID_MAX];
+    make_running_job(s, "source", job);
+    store_checkpoint c10, c20, c30, c40;
+    commit_checkpoint(s, job, 10, &c10);
+    commit_checkpoint(s, job, 20, &c20);
+    commit_checkpoint(s, job, 30, &c30);
+    commit_checkpoint(s, job, 40, &c40);
+
+    store_model m;
+    assert_int_equal(store_model_insert_checkpoint(s, "from-10", c10.id, "{\"a\": 1}", &m, &err),
+                     0);
+    assert_string_equal(m.checkpoint_id, c10.id);
+    assert_string_equal(m.checkpoint_job_id, job);
+    assert_int_equal(m.checkpoint_step, 10);
+    assert_string_equal(m.directory, c10.path);
+    assert_string_equal(m.tokenizer_dir, c10.path);
+    char mid[STORE_ID_MAX];
+    snprintf(mid, sizeof mid, "%s", m.id);
+    store_model_free(&m);
+    /* listed the same way */
+    store_model *items = NULL;
+    size_t n = 0;
+    int64_t total = 0;
+    assert_int_equal(store_model_list(s, 0, 0, &items, &n, &total, &err), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(items[0].checkpoint_step, 10);
+    store_model_list_free(items, n);
+    /* an unknown checkpoint: nothing inserted */
+    assert_int_equal(store_model_insert_checkpoint(s, "x", "ckpt_000000000000000000000000", "{}",
+                                                   NULL, &err),
+                     -1);
+    assert_int_equal(err.code, CHORD_E_NOT_FOUND);
+    chord_err_clear(&err);
+    assert_int_equal(store_model_insert_checkpoint(s, "x", "../etc", "{}", NULL, &err), -1);
+    assert_int_equal(err.code, CHORD_E_INVALID);
+    chord_err_clear(&err);
+
+    store_job chained;
+    assert_int_equal(store_job_create_from(s, "next", "{}", c20.id, &chained, &err), 0);
+    store_job_free(&chained);
+
+    /* keep the last 1: 40 stays, 10 (model) and 20 (job) are pinned, only 30 goes */
+    size_t removed = 0;
+    assert_int_equal(store_checkpoint_keep_last(s, job, 1, &removed, &err), 0);
+    assert_int_equal(removed, 1);
+    assert_int_equal(path_exists(c10.path), 1);
+    assert_int_equal(path_exists(c20.path), 1);
+    assert_int_equal(path_exists(c30.path), 0);
+    assert_int_equal(path_exists(c40.path), 1);
+    assert_int_equal(store_model_get(s, mid, &m, &err), 0);
+    assert_string_equal(m.directory, c10.path);
+    store_model_free(&m);
+    sqlite3 *db = raw_open(dir);
+    assert_int_equal(raw_int(db, "SELECT count(*) FROM checkpoints"), 3);
+    sqlite3_close(db);
+    store_checkpoint_free(&c10);
+    store_checkpoint_free(&c20);
+    store_checkpoint_free(&c30);
+    store_checkpoint_free(&c40);
+
+    /* datasets by name: the newest upload of a fitting kind */
+    store_dataset d1, d2, d3, got;
+    upload_in_chunks(s, "nightly", "{\"prompt\": \"a\"}\n", 16, &d1);
+    upload_in_chunks(s, "nightly", "{\"prompt\": \"b\"}\n", 16, &d2);
+    upload_in_chunks(s, "other", "{\"prompt\": \"c\"}\n", 16, &d3);
+    assert_int_equal(store_dataset_latest_by_name(s, "nightly", "prompts", "eval", &got, &err), 0);
+    assert_string_equal(got.id, d2.id);
+    store_dataset_free(&got);
+    assert_int_equal(store_dataset_latest_by_name(s, "nightly", "expert", NULL, &got, &err), -1);
+    assert_int_equal(err.code, CHORD_E_NOT_FOUND);
+    chord_err_clear(&err);
+    assert_int_equal(store_dataset_latest_by_name(s, "none", "prompts", NULL, &got, &err), -1);
+    assert_int_equal(err.code, CHORD_E_NOT_FOUND);
+    chord_err_clear(&err);
+    store_dataset_free(&d1);
+    store_dataset_free(&d2);
+    store_dataset_free(&d3);
+    store_close(s);
+    scratch_remove(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dataset_upload),
@@ -550,6 +640,7 @@ int main(void) {
         cmocka_unit_test(test_checkpoint_keep_last),
         cmocka_unit_test(test_truncate_after_drops_later_checkpoints),
         cmocka_unit_test(test_recovery_once_per_directory_open),
+        cmocka_unit_test(test_checkpoint_pins_and_dataset_names),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
