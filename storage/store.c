@@ -153,6 +153,7 @@ int storage_vsqlerr(store *s, chord_err *err, int rc, const char *fmt, va_list a
     int code = CHORD_E_IO;
     if (primary == SQLITE_BUSY || primary == SQLITE_LOCKED) code = CHORD_E_UNAVAILABLE;
     if (primary == SQLITE_CONSTRAINT) code = CHORD_E_CONFLICT;
+    if (primary == SQLITE_FULL) code = CHORD_E_NO_SPACE;
     const char *msg = s && s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc);
     /* the OS's reason where SQLite's own hides it ("disk I/O error": the disk is full?) */
     int sys = 0;
@@ -178,7 +179,11 @@ int storage_exec(store *s, const char *sql, chord_err *err) {
     char *msg = NULL;
     int rc = sqlite3_exec(s->db, sql, NULL, NULL, &msg);
     if (rc != SQLITE_OK) {
-        chord_err_setc(err, (rc & 0xff) == SQLITE_BUSY ? CHORD_E_UNAVAILABLE : CHORD_E_IO,
+        int primary = rc & 0xff;
+        chord_err_setc(err,
+                       primary == SQLITE_BUSY   ? CHORD_E_UNAVAILABLE
+                       : primary == SQLITE_FULL ? CHORD_E_NO_SPACE
+                                                : CHORD_E_IO,
                        "sqlite: %.80s…: %s (%s)", sql, msg ? msg : sqlite3_errmsg(s->db),
                        sqlite3_errstr(rc));
         sqlite3_free(msg);

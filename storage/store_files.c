@@ -118,7 +118,8 @@ static int write_all(int fd, const void *data, size_t len, const char *path, cho
         ssize_t wrote = write(fd, p + off, len - off);
         if (wrote < 0 && errno == EINTR) continue;
         if (wrote < 0)
-            return chord_err_setc(err, CHORD_E_IO, "write %s: %s", path, strerror(errno));
+            return chord_err_setc(err, chord_errno_code(errno), "write %s: %s", path,
+                                  strerror(errno));
         off += (size_t)wrote;
     }
     return 0;
@@ -144,7 +145,7 @@ static int each_entry(store *s, const char *dir, int missing_ok, int hidden, ent
     DIR *d = opendir(dir);
     if (!d) {
         if (missing_ok && errno == ENOENT) return 0;
-        return chord_err_setc(err, CHORD_E_IO, "%s: %s", dir, strerror(errno));
+        return chord_err_setc(err, chord_errno_code(errno), "%s: %s", dir, strerror(errno));
     }
     int ret = 0;
     struct dirent *e;
@@ -340,7 +341,8 @@ static void ckpt_walk_free(ckpt_walk *w) {
 /* Hashes and fsyncs one file. */
 static int hash_and_sync(const char *path, char out[65], int64_t *bytes, chord_err *err) {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return chord_err_setc(err, CHORD_E_IO, "%s: %s", path, strerror(errno));
+    if (fd < 0)
+        return chord_err_setc(err, chord_errno_code(errno), "%s: %s", path, strerror(errno));
     EVP_MD_CTX *md = EVP_MD_CTX_new();
     unsigned char *buf = NULL;
     int ret = 0;
@@ -359,7 +361,8 @@ static int hash_and_sync(const char *path, char out[65], int64_t *bytes, chord_e
         ssize_t got = read(fd, buf, CHUNK);
         if (got < 0 && errno == EINTR) continue;
         if (got < 0) {
-            ret = chord_err_setc(err, CHORD_E_IO, "read %s: %s", path, strerror(errno));
+            ret =
+                chord_err_setc(err, chord_errno_code(errno), "read %s: %s", path, strerror(errno));
             goto done;
         }
         if (got == 0) break;
@@ -374,7 +377,7 @@ static int hash_and_sync(const char *path, char out[65], int64_t *bytes, chord_e
         goto done;
     }
     if (fsync(fd) != 0) {
-        ret = chord_err_setc(err, CHORD_E_IO, "fsync %s: %s", path, strerror(errno));
+        ret = chord_err_setc(err, chord_errno_code(errno), "fsync %s: %s", path, strerror(errno));
         goto done;
     }
     *bytes = total;
@@ -403,7 +406,7 @@ static int walk_entry(store *s, const char *name, const char *path, void *ctx, c
         return chord_err_setc(err, CHORD_E_INVALID, "%s: unsupported file name", path);
     struct stat st;
     if (lstat(path, &st) != 0)
-        return chord_err_setc(err, CHORD_E_IO, "%s: %s", path, strerror(errno));
+        return chord_err_setc(err, chord_errno_code(errno), "%s: %s", path, strerror(errno));
     if (S_ISDIR(st.st_mode)) return walk_checkpoint(at->root, sub, w, err);
     if (!S_ISREG(st.st_mode))
         return chord_err_setc(err, CHORD_E_INVALID,
@@ -453,13 +456,15 @@ static int write_manifest(const char *dir, ckpt_walk *w, char sha_out[65], chord
     if (ret == 0) {
         int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
         if (fd < 0) {
-            ret = chord_err_setc(err, CHORD_E_IO, "%s: %s", path, strerror(errno));
+            ret = chord_err_setc(err, chord_errno_code(errno), "%s: %s", path, strerror(errno));
         } else {
             ret = write_all(fd, text, len, path, err);
             if (ret == 0 && fsync(fd) != 0)
-                ret = chord_err_setc(err, CHORD_E_IO, "fsync %s: %s", path, strerror(errno));
+                ret = chord_err_setc(err, chord_errno_code(errno), "fsync %s: %s", path,
+                                     strerror(errno));
             if (close(fd) != 0 && ret == 0)
-                ret = chord_err_setc(err, CHORD_E_IO, "close %s: %s", path, strerror(errno));
+                ret = chord_err_setc(err, chord_errno_code(errno), "close %s: %s", path,
+                                     strerror(errno));
         }
     }
     if (ret == 0) ret = chord_fsync_dir(dir, err);
@@ -491,7 +496,7 @@ int store_checkpoint_commit(store *s, const char *job_id, int64_t step, store_ch
         write_manifest(tmp, &w, sha, err))
         goto fail;
     if (rename(tmp, final) != 0) {
-        chord_err_setc(err, CHORD_E_IO, "rename %s: %s", tmp, strerror(errno));
+        chord_err_setc(err, chord_errno_code(errno), "rename %s: %s", tmp, strerror(errno));
         goto fail;
     }
     renamed = 1;
@@ -676,7 +681,8 @@ int store_dataset_upload_begin(store *s, const char *name, store_dataset_kind ki
     }
     up->fd = open(up->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (up->fd < 0) {
-        chord_err_setc(err, CHORD_E_IO, "dataset %s: %s: %s", name, up->tmp, strerror(errno));
+        chord_err_setc(err, chord_errno_code(errno), "dataset %s: %s: %s", name, up->tmp,
+                       strerror(errno));
         upload_free(up, 0);
         return -1;
     }
@@ -724,19 +730,19 @@ int store_dataset_upload_commit(store_upload *up, store_dataset *out, chord_err 
         goto fail;
     }
     if (fsync(up->fd) != 0) {
-        chord_err_setc(err, CHORD_E_IO, "dataset %s: fsync %s: %s", up->name, up->tmp,
+        chord_err_setc(err, chord_errno_code(errno), "dataset %s: fsync %s: %s", up->name, up->tmp,
                        strerror(errno));
         goto fail;
     }
     int rc_close = close(up->fd);
     up->fd = -1;
     if (rc_close != 0) {
-        chord_err_setc(err, CHORD_E_IO, "dataset %s: close %s: %s", up->name, up->tmp,
+        chord_err_setc(err, chord_errno_code(errno), "dataset %s: close %s: %s", up->name, up->tmp,
                        strerror(errno));
         goto fail;
     }
     if (rename(up->tmp, up->final) != 0) {
-        chord_err_setc(err, CHORD_E_IO, "dataset %s: rename %s: %s", up->name, up->tmp,
+        chord_err_setc(err, chord_errno_code(errno), "dataset %s: rename %s: %s", up->name, up->tmp,
                        strerror(errno));
         goto fail;
     }

@@ -48,6 +48,7 @@ grpc_status_code api_grpc_status_of(int chord_code) {
     case CHORD_E_CONFLICT:
         return GRPC_STATUS_FAILED_PRECONDITION;
     case CHORD_E_TOO_LARGE:
+    case CHORD_E_NO_SPACE:
         return GRPC_STATUS_RESOURCE_EXHAUSTED;
     case CHORD_E_UNAVAILABLE:
         return GRPC_STATUS_UNAVAILABLE;

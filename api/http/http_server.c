@@ -125,6 +125,8 @@ static const char *err_code(int chord_code, unsigned *status) {
         return *status = 413, "payload_too_large";
     case CHORD_E_UNAVAILABLE:
         return *status = 503, "unavailable";
+    case CHORD_E_NO_SPACE:
+        return *status = 507, "insufficient_storage";
     case SVC_E_BUSY:
         return *status = 429, "too_many_requests";
     default:

@@ -1,6 +1,7 @@
 /* err.c — chord_err helpers (see err.h). */
 #include "server/base/err.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -47,4 +48,8 @@ void chord_err_clear(chord_err *err) {
     if (!err) return;
     err->code = 0;
     err->msg[0] = '\0';
+}
+
+int chord_errno_code(int e) {
+    return e == ENOSPC || e == EDQUOT ? CHORD_E_NO_SPACE : CHORD_E_IO;
 }

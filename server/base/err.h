@@ -25,7 +25,13 @@ enum {
     CHORD_E_IO = 5,           /* 500 / INTERNAL (disk, database) */
     CHORD_E_INTERNAL = 6,     /* 500 / INTERNAL */
     CHORD_E_UNAVAILABLE = 7,  /* 503 / UNAVAILABLE */
+    /* 8 is the service layer's SVC_E_BUSY (server/service.h): 429 */
+    CHORD_E_NO_SPACE = 9,     /* 507 / RESOURCE_EXHAUSTED: the disk or the database is full */
 };
+
+/* The category of a failed file operation's errno: CHORD_E_NO_SPACE for ENOSPC and EDQUOT (the
+ * client may retry once space is freed), CHORD_E_IO otherwise. */
+int chord_errno_code(int e);
 
 /* Sets the message (printf-style) with category CHORD_E_INVALID unless one is set. Returns -1. */
 int chord_err_set(chord_err *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

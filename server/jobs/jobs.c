@@ -418,7 +418,8 @@ static void finish_job(worker *w, const char *id, store_job_state to, const char
                      text ? text : "");
             break;
         }
-        int transient = err.code == CHORD_E_IO || err.code == CHORD_E_UNAVAILABLE;
+        int transient = err.code == CHORD_E_IO || err.code == CHORD_E_UNAVAILABLE ||
+                        err.code == CHORD_E_NO_SPACE;
         if (attempt % 60 == 0 || !transient)
             LOG_ERROR("job %s: moving to %s: %s%s", id, store_job_state_name(to), err.msg,
                       transient ? " (retrying every second)" : "");

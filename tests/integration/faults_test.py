@@ -271,7 +271,8 @@ def test_disk_full_during_training(started):
         assert srv.get(f"/v1/jobs/{job}/metrics").status == 200
         r = srv.post("/v1/jobs", tiny_job(ds, steps=2))
         if retried or r.status != 201:
-            assert r.status == 500 and "database or disk is full" in r.json()["error"]["message"], r
+            assert r.status == 507 and "database or disk is full" in r.json()["error"]["message"], r
+            assert r.json()["error"]["code"] == "insufficient_storage", r
         os.unlink(filler)
         j = srv.wait_job(job, ended, timeout=10)
         assert j["state"] == "failed" and "database or disk is full" in j["error"], j
@@ -284,7 +285,7 @@ def test_disk_full_during_training(started):
 
 
 def test_disk_full_during_upload(started):
-    """An upload that fills the disk is refused naming ENOSPC; no row, no temp file; the same
+    """An upload that fills the disk is refused with 507 naming ENOSPC; no row, no temp file; the same
     upload succeeds once space is freed."""
     with tmpfs(16 * 1024) as mnt:
         srv = started(Chordd(data_dir=os.path.join(mnt, "data")))
@@ -293,7 +294,7 @@ def test_disk_full_during_upload(started):
         body = jsonl(arith_prompts(20000))  # about 900 KB
         filler = fill(mnt, 256 * 1024)
         r = srv.upload("prompts", body)
-        assert r.status == 500 and r.json()["error"]["code"] == "internal", r
+        assert r.status == 507 and r.json()["error"]["code"] == "insufficient_storage", r
         assert ENOSPC in r.json()["error"]["message"], r
         assert dataset_count(srv) == 1
         assert leftovers(srv) == []
