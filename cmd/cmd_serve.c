@@ -48,6 +48,8 @@ static void usage(FILE *out) {
             "                        n x max_tokens); default 1048576\n"
             "  --max-queued-jobs N   jobs queued at once; default 1000\n"
             "  --max-pending-rollouts N  rollout requests pending at once; default 1000\n"
+            "  --idempotency-ttl T   how long an Idempotency-Key's first result is kept:\n"
+            "                        seconds, or with a unit (90s, 30m, 24h, 7d); default 24h\n"
             "  --http-max-connections N  HTTP connections open at once; default 512\n"
             "  --grpc-max-streams N  gRPC calls in progress at once; default 1000\n"
             "  --rate-limit R        requests/s per client (per token with --auth-token-file,\n"
@@ -148,6 +150,25 @@ static int check_exposure(const char *flag, int on, const char *host, int have_t
     return -1;
 }
 
+/* "90", "90s", "30m", "24h", "7d": whole seconds, 1 s to 366 days. */
+static int parse_duration_s(const char *flag, const char *v, int64_t *out) {
+    char *end = NULL;
+    errno = 0;
+    long long n = strtoll(v, &end, 10);
+    int64_t unit = 1;
+    if (end && *end && !end[1]) {
+        unit = *end == 's' ? 1 : *end == 'm' ? 60 : *end == 'h' ? 3600 : *end == 'd' ? 86400 : 0;
+        end++;
+    }
+    if (errno || end == v || !end || *end || unit == 0 || n < 1 || n > 366LL * 86400 / unit) {
+        fprintf(stderr, "chordd: %s: '%s' is not a duration (e.g. 3600, 90s, 30m, 24h, 7d; at "
+                        "least 1 s, at most 366 days)\n", flag, v);
+        return -1;
+    }
+    *out = (int64_t)n * unit;
+    return 0;
+}
+
 int cmd_serve(int argc, char **argv) {
     const char *data_dir = "./chord-data", *http = "127.0.0.1:8080", *grpc = "127.0.0.1:50051";
     const char *device = "auto", *models_root = NULL, *log_level = "info";
@@ -161,6 +182,7 @@ int cmd_serve(int argc, char **argv) {
          max_pending_rollouts = SVC_DEFAULT_MAX_PENDING_ROLLOUTS;
     long http_max_connections = 512, grpc_max_streams = 1000;
     double rate_limit = 0, rate_burst = 0;
+    int64_t idempotency_ttl_s = SVC_DEFAULT_IDEMPOTENCY_TTL_S;
     int demo = 0;
     int i = 1;
     if (argc >= 1 && argv[0] && argv[0][0] == '-') i = 0; /* called with no subcommand */
@@ -208,6 +230,9 @@ int cmd_serve(int argc, char **argv) {
         } else if (!strcmp(a, "--max-pending-rollouts")) {
             VALUE();
             if (cmd_arg_long(a, next, 1, 1000000, &max_pending_rollouts)) return 2;
+        } else if (!strcmp(a, "--idempotency-ttl")) {
+            VALUE();
+            if (parse_duration_s(a, next, &idempotency_ttl_s)) return 2;
         } else if (!strcmp(a, "--http-max-connections")) {
             VALUE();
             if (cmd_arg_long(a, next, 1, 100000, &http_max_connections)) return 2;
@@ -324,7 +349,8 @@ int cmd_serve(int argc, char **argv) {
                       .max_queued_jobs = (int)max_queued_jobs,
                       .max_pending_rollouts = (int)max_pending_rollouts,
                       .memory_limit = (int64_t)memory_mb << 20,
-                      .workers = 1};
+                      .workers = 1,
+                      .idempotency_ttl_s = idempotency_ttl_s};
     /* one bucket per client across both transports; freed after both stopped */
     api_rate *rate = api_rate_new(rate_limit, rate_burst);
     if (rate_limit > 0 && !rate) {

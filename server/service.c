@@ -369,6 +369,9 @@ int svc_open(const svc_options *opt, svc **out, chord_err *err) {
     pthread_mutex_init(&s->hub_mu, NULL);
     pthread_cond_init(&s->hub_cv, NULL);
     pthread_mutex_init(&s->stats_mu, NULL);
+    pthread_mutex_init(&s->idem_mu, NULL);
+    s->idem_ttl_ms = 1000 * (opt->idempotency_ttl_s > 0 ? opt->idempotency_ttl_s
+                                                        : SVC_DEFAULT_IDEMPOTENCY_TTL_S);
     s->started = chord_now();
     s->started_ms = store_now_ms();
     s->max_upload = opt->max_upload_bytes > 0 ? opt->max_upload_bytes : (int64_t)1 << 30;
@@ -484,6 +487,7 @@ void svc_close(svc *s) {
     pthread_mutex_destroy(&s->hub_mu);
     pthread_cond_destroy(&s->hub_cv);
     pthread_mutex_destroy(&s->stats_mu);
+    pthread_mutex_destroy(&s->idem_mu);
     free(s);
 }
 
@@ -502,40 +506,32 @@ static int ref_error(chord_err *err, const char *field) {
     return chord_err_prefix(err, "%s", field);
 }
 
-static int check_dataset(store *st, const char *field, const char *id, const char *kind_a,
-                         const char *kind_b, chord_err *err) {
-    if (!id) return 0;
-    store_dataset d = {0};
-    if (store_dataset_get(st, id, &d, err)) return ref_error(err, field);
-    const char *kind = store_dataset_kind_name(d.kind);
-    int ok = !strcmp(kind, kind_a) || (kind_b && !strcmp(kind, kind_b));
-    store_dataset_free(&d);
-    if (!ok)
-        return chord_err_set(err, "%s: dataset %s is of kind \"%s\", expected \"%s\"%s%s%s", field,
-                             id, kind, kind_a, kind_b ? " or \"" : "", kind_b ? kind_b : "",
-                             kind_b ? "\"" : "");
-    return 0;
-}
-
 /* Rewrites the resolved document's "model" so the worker needs no lookups: a directory becomes
  * its absolute path, a registered random-init model becomes model.init. *mc gets the model's
  * config (a directory's config.json is read: one that does not parse is refused here, not when
  * the job starts). */
-static int resolve_job_model(svc *s, store *st, const job_config *cfg, json_t *doc,
-                             model_config *mc, chord_err *err) {
+static int resolve_job_model(svc *s, store *st, const job_config *cfg, const char *checkpoint_dir,
+                             json_t *doc, model_config *mc, chord_err *err) {
     json_t *model = json_object();
     if (!model) return oom(err);
     int bad = 0;
     if (cfg->model_path) {
         char *dir = NULL, *tok = NULL;
         json_t *init = NULL;
-        if (svc_resolve_model(s, st, "model.path", cfg->model_path, &dir, &init, &tok, err)) {
+        const char *field = checkpoint_dir ? "model.checkpoint" : "model.path";
+        if (checkpoint_dir) { /* resolved by svc_job_create: the checkpoint's own directory */
+            dir = strdup(checkpoint_dir);
+            if (!dir) {
+                json_decref(model);
+                return oom(err);
+            }
+        } else if (svc_resolve_model(s, st, field, cfg->model_path, &dir, &init, &tok, err)) {
             json_decref(model);
             return -1;
         }
         int rc = dir ? model_config_load(dir, mc, err) : model_config_from_json(init, mc, err);
         if (rc) {
-            ref_error(err, "model.path");
+            ref_error(err, field);
             json_decref(init);
             free(dir);
             free(tok);
@@ -579,27 +575,72 @@ static int resolve_job_model(svc *s, store *st, const job_config *cfg, json_t *d
     return bad ? oom(err) : 0;
 }
 
+/* A job document's "model": {"checkpoint": {"job_id", "step"?}} (docs/pipelines.md): *out gets
+ * a shallow copy of doc whose model is {"path": <the checkpoint's directory>} (what jobconfig.h
+ * reads), *ck the checkpoint; *out stays NULL for any other model. */
+static int job_model_checkpoint(store *st, const json_t *doc, json_t **out, store_checkpoint *ck,
+                                chord_err *err) {
+    *out = NULL;
+    const json_t *model = json_object_get(doc, "model");
+    const json_t *ref = json_object_get(model, "checkpoint");
+    if (!ref) return 0;
+    if (json_object_size(model) != 1)
+        return chord_err_set(err, "model: give checkpoint alone (not with path or init)");
+    if (svc_checkpoint_ref(st, "model.checkpoint", ref, ck, err)) return -1;
+    *out = json_copy((json_t *)doc);
+    if (!*out || json_object_set_new(*out, "model", json_pack("{s:s}", "path", ck->path))) {
+        json_decref(*out);
+        *out = NULL;
+        store_checkpoint_free(ck);
+        return oom(err);
+    }
+    return 0;
+}
+
+/* data.<field>: an id or a name (svc_dataset_ref), written back into the resolved document as
+ * the id, so the job keeps the upload it was submitted with. */
+static int resolve_job_dataset(store *st, json_t *resolved, const char *key, char **ref,
+                               const char *kind_a, const char *kind_b, chord_err *err) {
+    if (!*ref) return 0;
+    char field[32], id[STORE_ID_MAX];
+    snprintf(field, sizeof field, "data.%s", key);
+    if (svc_dataset_ref(st, field, *ref, kind_a, kind_b, id, err)) return -1;
+    json_t *data = json_object_get(resolved, "data");
+    char *copy = strdup(id);
+    if (!copy || !json_is_object(data) || json_object_set_new(data, key, json_string(id))) {
+        free(copy);
+        return oom(err);
+    }
+    free(*ref);
+    *ref = copy;
+    return 0;
+}
+
 int svc_job_create(svc *s, const json_t *doc, json_t **job, chord_err *err) {
     *job = NULL;
     if (svc_stopping(s))
         return chord_err_setc(err, CHORD_E_UNAVAILABLE, "server is stopping: not accepting jobs");
     job_config cfg = {0};
-    if (jobconfig_from_json(doc, &cfg, err)) return -1;
-    store *st = svc_store_get(s, err);
-    json_t *resolved = NULL;
+    store_checkpoint base = {0};
+    json_t *resolved = NULL, *from_checkpoint = NULL;
     char *text = NULL;
     int rc = -1;
-    if (!st) goto done;
+    store *st = svc_store_get(s, err);
+    if (!st) return -1;
+    if (job_model_checkpoint(st, doc, &from_checkpoint, &base, err) ||
+        jobconfig_from_json(from_checkpoint ? from_checkpoint : doc, &cfg, err))
+        goto done;
     resolved = jobconfig_to_json(&cfg);
     if (!resolved) {
         oom(err);
         goto done;
     }
     model_config mc;
-    if (resolve_job_model(s, st, &cfg, resolved, &mc, err)) goto done;
-    if (check_dataset(st, "data.prompts", cfg.data_prompts, "prompts", "eval", err) ||
-        check_dataset(st, "data.expert", cfg.data_expert, "expert", NULL, err) ||
-        check_dataset(st, "data.eval", cfg.data_eval, "eval", "prompts", err))
+    if (resolve_job_model(s, st, &cfg, from_checkpoint ? base.path : NULL, resolved, &mc, err))
+        goto done;
+    if (resolve_job_dataset(st, resolved, "prompts", &cfg.data_prompts, "prompts", "eval", err) ||
+        resolve_job_dataset(st, resolved, "expert", &cfg.data_expert, "expert", NULL, err) ||
+        resolve_job_dataset(st, resolved, "eval", &cfg.data_eval, "eval", "prompts", err))
         goto done;
     int accepted = 0;
     for (int i = 0; i < s->n_devices; i++)
@@ -626,7 +667,8 @@ int svc_job_create(svc *s, const json_t *doc, json_t **job, chord_err *err) {
         goto done;
     }
     store_job j = {0};
-    if (store_job_create(st, cfg.name, text, &j, err)) goto done;
+    if (store_job_create_from(st, cfg.name, text, from_checkpoint ? base.id : NULL, &j, err))
+        goto done;
     *job = svc_job_json(&j);
     LOG_INFO("job %s queued (%s, %s, %lld steps)", j.id, cfg.name,
              jobconfig_algorithm_name(cfg.algorithm), (long long)cfg.steps);
@@ -640,6 +682,8 @@ int svc_job_create(svc *s, const json_t *doc, json_t **job, chord_err *err) {
 done:
     free(text);
     json_decref(resolved);
+    json_decref(from_checkpoint);
+    store_checkpoint_free(&base);
     svc_store_put(s, st);
     jobconfig_free(&cfg);
     return rc;

@@ -46,12 +46,17 @@
  * 429 / RESOURCE_EXHAUSTED, as for their own rate and connection limits. An error category
  * beside err.h's CHORD_E_* (CHORD_E_TOO_LARGE is the request's own size: 413). */
 #define SVC_E_BUSY 8
+/* An idempotency key already used for another request (docs/pipelines.md): 409 / ALREADY_EXISTS.
+ * Beside err.h's categories, like SVC_E_BUSY. */
+#define SVC_E_KEY_REUSED 16
 
 /* The defaults of the service's limits (docs/operations.md, "Limits"). */
 #define SVC_DEFAULT_MAX_LINE_BYTES ((int64_t)1 << 20)
 #define SVC_DEFAULT_MAX_ROLLOUT_TOKENS ((int64_t)1 << 20)
 #define SVC_DEFAULT_MAX_QUEUED_JOBS 1000
 #define SVC_DEFAULT_MAX_PENDING_ROLLOUTS 1000
+#define SVC_DEFAULT_IDEMPOTENCY_TTL_S (24 * 3600)
+#define SVC_IDEMPOTENCY_KEY_MAX 255
 
 typedef struct svc svc;
 
@@ -75,6 +80,8 @@ typedef struct svc_options {
     int64_t memory_limit;       /* bytes a job or rollout may use on one device; <= 0 = the
                                    device's free memory (server/train/mem_estimate.h) */
     int workers;                /* 0 = start no workers (jobs stay queued; API tests) */
+    int64_t idempotency_ttl_s;  /* how long an idempotency key's first result is kept; <= 0 =
+                                   SVC_DEFAULT_IDEMPOTENCY_TTL_S */
 } svc_options;
 
 /* Opens the data directory (store.h), moves jobs left running by a dead process back to queued
@@ -294,6 +301,32 @@ int svc_watch_next(svc_watch *w, const void **encoded, int *final, chord_err *er
 int svc_watch_done(const svc_watch *w);
 /* After it returns, notify is never called again for this watch. NULL is allowed. */
 void svc_watch_close(svc_watch *w);
+
+/* ---- idempotency keys (docs/pipelines.md) ---------------------------------------------------
+ * A create that carries a key (REST's Idempotency-Key header, gRPC's idempotency_key field) runs
+ * once per key: a retry of the same request (the same operation and, canonically, the same
+ * document) gets the first result again, from SQLite, for idempotency_ttl_s, across restarts; a
+ * different request under the key is SVC_E_KEY_REUSED naming the key. A key is 1 to
+ * SVC_IDEMPOTENCY_KEY_MAX printable ASCII characters (CHORD_E_INVALID otherwise). */
+
+typedef int (*svc_create_fn)(svc *s, const json_t *doc, json_t **out, chord_err *err);
+
+/* create(s, doc, out) once per key; key NULL = no key (create runs). operation names the route
+ * ("jobs.create", "models.create", "rollouts.create"). *replayed (may be NULL) = 1 when *out is
+ * the kept first result. */
+int svc_create_idempotent(svc *s, const char *key, const char *operation, const json_t *doc,
+                          svc_create_fn create, json_t **out, int *replayed, chord_err *err);
+/* An upload keyed: checked at commit, the request being (kind, name, the bytes' SHA-256); a
+ * retry's bytes are then discarded and the first dataset returned. */
+int svc_upload_set_key(svc_upload *up, const char *key, chord_err *err);
+/* For a transport's own keyed calls (the Tinker routes), the request being its raw bytes: find
+ * returns 1 with *doc (new reference) the kept result, 0 when none, -1 (SVC_E_KEY_REUSED for
+ * another request); keep records doc as the key's result (a result already kept stays). */
+int svc_idempotent_find(svc *s, const char *key, const char *operation, const void *request,
+                        size_t len, json_t **doc, chord_err *err);
+int svc_idempotent_keep(svc *s, const char *key, const char *operation, const void *request,
+                        size_t len, const json_t *doc, chord_err *err);
+int svc_idempotency_key_check(const char *key, chord_err *err);
 
 /* ---- health and metrics ------------------------------------------------------------------ */
 

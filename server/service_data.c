@@ -40,6 +40,8 @@ struct svc_upload {
     int64_t bytes;
     int spoiled;
     chord_err spoil;
+    char *name;     /* as stored */
+    char *idem_key; /* svc_upload_set_key, or NULL */
 };
 
 static json_t *dataset_json(const store_dataset *d) {
@@ -101,9 +103,15 @@ int svc_upload_begin(svc *s, const char *name, const char *kind, svc_upload **ou
     if (!u) return oom(err);
     u->s = s;
     u->kind = k;
+    u->name = strdup(name);
+    if (!u->name) {
+        free(u);
+        return oom(err);
+    }
     u->st = svc_store_get(s, err);
     if (!u->st || store_dataset_upload_begin(u->st, name, k, &u->up, err)) {
         svc_store_put(s, u->st);
+        free(u->name);
         free(u);
         return -1;
     }
@@ -161,7 +169,16 @@ int svc_upload_write(svc_upload *u, const void *data, size_t len, chord_err *err
 static void upload_free(svc_upload *u) {
     svc_store_put(u->s, u->st);
     chord_buf_free(&u->line);
+    free(u->name);
+    free(u->idem_key);
     free(u);
+}
+
+int svc_upload_set_key(svc_upload *u, const char *key, chord_err *err) {
+    if (svc_idempotency_key_check(key, err)) return -1;
+    free(u->idem_key);
+    u->idem_key = strdup(key);
+    return u->idem_key ? 0 : oom(err);
 }
 
 int svc_upload_commit(svc_upload *u, json_t **dataset, chord_err *err) {
@@ -187,24 +204,53 @@ int svc_upload_commit(svc_upload *u, json_t **dataset, chord_err *err) {
         svc_upload_abort(u);
         return -1;
     }
+    svc *s = u->s;
+    char fp[65];
+    json_t *replay = NULL;
+    if (u->idem_key) { /* the bytes are known now: the first result again, or commit and keep */
+        char sha[65];
+        if (store_dataset_upload_sha256(u->up, sha, err) ||
+            svc_upload_idem_begin(s, u->st, u->idem_key, store_dataset_kind_name(u->kind), u->name,
+                                  sha, fp, &replay, err)) {
+            svc_upload_abort(u);
+            return -1;
+        }
+        if (replay) {
+            svc_upload_idem_end(s, u->st, u->idem_key, fp, NULL);
+            LOG_INFO("dataset upload retried with Idempotency-Key '%s': the first result again",
+                     u->idem_key);
+            svc_upload_abort(u); /* this copy of the bytes is not kept */
+            if (dataset)
+                *dataset = replay;
+            else
+                json_decref(replay);
+            return 0;
+        }
+    }
     store_dataset d = {0};
     int rc = store_dataset_upload_commit(u->up, &d, err);
     u->up = NULL;
-    svc *s = u->s;
+    json_t *doc = rc ? NULL : dataset_json(&d);
+    if (rc == 0 && !doc) rc = oom(err);
+    if (u->idem_key) svc_upload_idem_end(s, u->st, u->idem_key, fp, doc);
     upload_free(u);
-    if (rc) return -1;
+    if (rc) {
+        json_decref(doc);
+        store_dataset_free(&d);
+        return -1;
+    }
     pthread_mutex_lock(&s->stats_mu);
     s->uploads_total++;
     s->upload_bytes_total += (uint64_t)d.bytes;
     pthread_mutex_unlock(&s->stats_mu);
     LOG_INFO("dataset %s stored: %s, %lld lines, %lld bytes", d.id, store_dataset_kind_name(d.kind),
              (long long)d.line_count, (long long)d.bytes);
-    if (dataset) {
-        *dataset = dataset_json(&d);
-        if (!*dataset) rc = oom(err);
-    }
+    if (dataset)
+        *dataset = doc;
+    else
+        json_decref(doc);
     store_dataset_free(&d);
-    return rc;
+    return 0;
 }
 
 void svc_upload_abort(svc_upload *u) {
@@ -273,11 +319,17 @@ static json_t *model_json(const store_model *m) {
     svc_json_put(o, "id", json_string(m->id), &bad);
     svc_json_put(o, "name", json_string(m->name ? m->name : ""), &bad);
     svc_json_put(o, "source",
-                 json_string(lora           ? "lora"
-                             : m->directory ? "directory"
-                                            : "init"),
+                 json_string(m->checkpoint_id[0] ? "checkpoint"
+                             : lora              ? "lora"
+                             : m->directory      ? "directory"
+                                                 : "init"),
                  &bad);
     if (lora) svc_json_put(o, "lora", lora, &bad);
+    if (m->checkpoint_id[0])
+        svc_json_put(o, "checkpoint",
+                     json_pack("{s:s, s:I, s:s}", "job_id", m->checkpoint_job_id, "step",
+                               (json_int_t)m->checkpoint_step, "id", m->checkpoint_id),
+                     &bad);
     svc_json_put(o, "path", svc_json_str(m->directory), &bad);
     svc_json_put(o, "tokenizer", svc_json_str(m->tokenizer_dir), &bad);
     svc_json_put(o, "config", config ? config : json_object(), &bad);
@@ -289,8 +341,50 @@ static json_t *model_json(const store_model *m) {
     return o;
 }
 
+/* {"name"?, "from_checkpoint": {"job_id", "step"?}}: a model whose files are the checkpoint's
+ * directory, not copied; the checkpoint is pinned (store_model_insert_checkpoint). */
+static int model_from_checkpoint(svc *s, const char *name, const json_t *ref, json_t **model,
+                                 chord_err *err) {
+    store *st = svc_store_get(s, err);
+    if (!st) return -1;
+    store_checkpoint ck = {0};
+    char *config_text = NULL;
+    int rc = svc_checkpoint_ref(st, "from_checkpoint", ref, &ck, err);
+    if (rc == 0) {
+        char weights[PATH_MAX];
+        model_config mc;
+        rc = svc_model_dir_weights(s, "from_checkpoint", ck.path, ck.path, weights, err);
+        if (rc == 0 && model_config_load(weights, &mc, err))
+            rc = chord_err_prefix(err, "from_checkpoint");
+        if (rc == 0) rc = svc_check_model_fits(s, &mc, err);
+        char cfg_path[PATH_MAX + 16];
+        snprintf(cfg_path, sizeof cfg_path, "%s/config.json", weights);
+        size_t len;
+        if (rc == 0 && chord_read_file(cfg_path, &config_text, &len, err))
+            rc = chord_err_prefix(err, "from_checkpoint");
+    }
+    char fallback[64];
+    if (rc == 0 && !name) {
+        snprintf(fallback, sizeof fallback, "%s-step-%lld", ck.job_id, (long long)ck.step);
+        name = fallback;
+    }
+    store_model m = {0};
+    if (rc == 0) rc = store_model_insert_checkpoint(st, name, ck.id, config_text, &m, err);
+    if (rc == 0) {
+        LOG_INFO("model %s registered from checkpoint %s (job %s, step %lld)", m.id, ck.id,
+                 ck.job_id, (long long)ck.step);
+        *model = model_json(&m);
+        if (!*model) rc = oom(err);
+    }
+    store_model_free(&m);
+    store_checkpoint_free(&ck);
+    free(config_text);
+    svc_store_put(s, st);
+    return rc;
+}
+
 int svc_model_register(svc *s, const json_t *doc, json_t **model, chord_err *err) {
-    static const char *const keys[] = {"name", "path", "init", NULL};
+    static const char *const keys[] = {"name", "path", "init", "from_checkpoint", NULL};
     static const char *const init_keys[] = {"config", "tokenizer", NULL};
     *model = NULL;
     if (!json_is_object(doc)) return chord_err_set(err, "body: must be a JSON object");
@@ -302,8 +396,12 @@ int svc_model_register(svc *s, const json_t *doc, json_t **model, chord_err *err
         chord_json_get_object(doc, "", "init", 0, &init, err))
         return -1;
     if (nm && strlen(nm) > 200) return chord_err_set(err, "name: must be at most 200 bytes");
-    if (path && init) return chord_err_set(err, "path: give path or init, not both");
-    if (!path && !init) return chord_err_set(err, "path: required (or init)");
+    json_t *from = json_object_get(doc, "from_checkpoint");
+    if (!!path + !!init + !!from > 1)
+        return chord_err_set(err, "path: give one of path, init or from_checkpoint");
+    if (!path && !init && !from) return chord_err_set(err, "path: required (or init, or "
+                                                           "from_checkpoint)");
+    if (from) return model_from_checkpoint(s, nm, from, model, err);
 
     char real[PATH_MAX], tok[PATH_MAX + 32];
     char *config_text = NULL;

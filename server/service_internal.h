@@ -67,6 +67,9 @@ struct svc {
     pthread_t hub_thread;
     int hub_started;
 
+    pthread_mutex_t idem_mu; /* keyed creates: lookup, create, record (service_pipeline.c) */
+    int64_t idem_ttl_ms;     /* svc_options.idempotency_ttl_s */
+
     pthread_mutex_t stats_mu; /* Prometheus counters */
     svc_route_stat routes[SVC_MAX_ROUTES * 4];
     size_t n_routes;
@@ -119,6 +122,24 @@ int svc_model_dir_weights(svc *s, const char *field, const char *ref, const char
  * NULL. */
 int svc_resolve_model(svc *s, store *st, const char *field, const char *ref, char **dir,
                       json_t **init_config, char **tokenizer, chord_err *err);
+
+/* ---- pipelines (service_pipeline.c) ---------------------------------------------------------- */
+
+/* A checkpoint reference {"job_id", "step"?} (field names it in errors): the job's kept
+ * checkpoint at step, or its latest when step is left out; CHORD_E_INVALID naming
+ * field.job_id / field.step when there is none. */
+int svc_checkpoint_ref(store *st, const char *field, const json_t *ref, store_checkpoint *out,
+                       chord_err *err);
+/* A dataset by id ("ds_" + 24 hex digits) or by name (the newest upload of that name whose kind
+ * is kind_a or kind_b); id gets the id. CHORD_E_INVALID naming field otherwise. */
+int svc_dataset_ref(store *st, const char *field, const char *ref, const char *kind_a,
+                    const char *kind_b, char id[STORE_ID_MAX], chord_err *err);
+/* svc_upload_commit's half of a keyed upload: takes the keys' lock (also on return 0) and sets
+ * *replay to the kept first result, if any; svc_upload_idem_end records doc (when not NULL) and
+ * releases the lock. -1 (lock not held) on another request under the key. */
+int svc_upload_idem_begin(svc *s, store *st, const char *key, const char *kind, const char *name,
+                          const char *sha256, char fp[65], json_t **replay, chord_err *err);
+void svc_upload_idem_end(svc *s, store *st, const char *key, const char *fp, const json_t *doc);
 
 /* The shared base weights resident on the devices (server/jobs/bases.h), for GET /healthz:
  * [{"device", "model" (the base's key: "dir:PATH" or "init:SEED:CONFIG"), "bytes", "users"}]. */

@@ -108,6 +108,8 @@ int store_dataset_upload_begin(store *s, const char *name, store_dataset_kind ki
 int store_dataset_upload_write(store_upload *up, const void *data, size_t len, chord_err *err);
 /* Bytes written so far (for size limits). */
 int64_t store_dataset_upload_bytes(const store_upload *up);
+/* The SHA-256 (hex) of the bytes written so far; the upload goes on. */
+int store_dataset_upload_sha256(const store_upload *up, char out[65], chord_err *err);
 /* Commits and frees the upload (also on failure, which acts as an abort). An empty upload is
  * CHORD_E_INVALID. out may be NULL. */
 int store_dataset_upload_commit(store_upload *up, store_dataset *out, chord_err *err);

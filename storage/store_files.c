@@ -709,6 +709,13 @@ int64_t store_dataset_upload_bytes(const store_upload *up) {
     return up->bytes;
 }
 
+int store_dataset_upload_sha256(const store_upload *up, char out[65], chord_err *err) {
+    EVP_MD_CTX *copy = EVP_MD_CTX_new();
+    int ok = copy && EVP_MD_CTX_copy_ex(copy, up->md) == 1 && sha256_final_hex(copy, out) == 0;
+    EVP_MD_CTX_free(copy);
+    return ok ? 0 : chord_err_setc(err, CHORD_E_INTERNAL, "dataset %s: cannot hash", up->id);
+}
+
 void store_dataset_upload_abort(store_upload *up) {
     if (up) upload_free(up, 1);
 }

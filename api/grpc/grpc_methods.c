@@ -44,6 +44,11 @@ static int paging(int64_t offset, int64_t limit, size_t *o, size_t *l, chord_err
     return 0;
 }
 
+/* A request's idempotency_key: "" (proto3's unset) is none. */
+static const char *idem_key(const char *key) {
+    return key && *key ? key : NULL;
+}
+
 #define REQ(type, name) const type *name = (const type *)req_
 
 /* ---- jobs --------------------------------------------------------------------------------- */
@@ -54,7 +59,8 @@ static int create_job(gcall *c, const ProtobufCMessage *req_, unsigned char **ou
     if (!r->job) return chord_err_set(err, "job: required (the job document)");
     json_t *doc = pbj_to_json(&r->job->base), *job = NULL;
     if (!doc) return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
-    int rc = svc_job_create(c->g->s, doc, &job, err);
+    int rc = svc_create_idempotent(c->g->s, idem_key(r->idempotency_key), "jobs.create", doc,
+                                   svc_job_create, &job, NULL, err);
     json_decref(doc);
     return rc ? -1 : reply(job, &chord__v1__job__descriptor, out, len, err);
 }
@@ -160,6 +166,9 @@ static void upload_message(gcall *c, const unsigned char *data, size_t len) {
         snprintf(c->kind, sizeof c->kind, "%s", m->kind);
         if (svc_upload_begin(c->g->s, m->name && *m->name ? m->name : NULL, m->kind, &c->up, &err))
             goto fail;
+        if (m->idempotency_key && *m->idempotency_key &&
+            svc_upload_set_key(c->up, m->idempotency_key, &err))
+            goto fail;
     } else if (m->kind && *m->kind && strcmp(m->kind, c->kind) != 0) {
         chord_err_set(&err, "kind: must be the first message's (\"%s\") or empty", c->kind);
         goto fail;
@@ -204,7 +213,9 @@ static int register_model(gcall *c, const ProtobufCMessage *req_, unsigned char 
     REQ(Chord__V1__RegisterModelRequest, r);
     json_t *doc = pbj_to_json(&r->base), *model = NULL;
     if (!doc) return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
-    int rc = svc_model_register(c->g->s, doc, &model, err);
+    json_object_del(doc, "idempotency_key"); /* the request's, not the model's */
+    int rc = svc_create_idempotent(c->g->s, idem_key(r->idempotency_key), "models.create", doc,
+                                   svc_model_register, &model, NULL, err);
     json_decref(doc);
     return rc ? -1 : reply(model, &chord__v1__model__descriptor, out, len, err);
 }
@@ -234,7 +245,9 @@ static int rollout(gcall *c, const ProtobufCMessage *req_, unsigned char **out, 
     REQ(Chord__V1__RolloutRequest, r);
     json_t *doc = pbj_to_json(&r->base), *ro = NULL;
     if (!doc) return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
-    int rc = svc_rollout_create(c->g->s, doc, &ro, err);
+    json_object_del(doc, "idempotency_key");
+    int rc = svc_create_idempotent(c->g->s, idem_key(r->idempotency_key), "rollouts.create", doc,
+                                   svc_rollout_create, &ro, NULL, err);
     json_decref(doc);
     return rc ? -1 : reply(ro, &chord__v1__rollout_resource__descriptor, out, len, err);
 }

@@ -54,6 +54,8 @@ grpc_status_code api_grpc_status_of(int chord_code) {
         return GRPC_STATUS_UNAVAILABLE;
     case SVC_E_BUSY:
         return GRPC_STATUS_RESOURCE_EXHAUSTED;
+    case SVC_E_KEY_REUSED:
+        return GRPC_STATUS_ALREADY_EXISTS;
     default:
         return GRPC_STATUS_INTERNAL;
     }

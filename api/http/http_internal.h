@@ -124,7 +124,9 @@ enum MHD_Result http_ui_page(http_req *r);
 enum MHD_Result http_ui_file(http_req *r);
 int http_route_is_ui(const http_route *rt);
 
-/* Starts a dataset upload from the request's query (first call). */
+/* The request's Idempotency-Key header, or NULL (docs/pipelines.md). */
+const char *http_idempotency_key(http_req *r);
+/* Starts a dataset upload from the request's query and Idempotency-Key (first call). */
 int http_upload_begin(http_req *r, chord_err *err);
 
 #endif

@@ -129,6 +129,8 @@ static const char *err_code(int chord_code, unsigned *status) {
         return *status = 507, "insufficient_storage";
     case SVC_E_BUSY:
         return *status = 429, "too_many_requests";
+    case SVC_E_KEY_REUSED:
+        return *status = 409, "idempotency_key_reused";
     default:
         return *status = 500, "internal";
     }
@@ -202,8 +204,20 @@ int http_body_json(http_req *r, json_t **doc, chord_err *err) {
     return 0;
 }
 
+const char *http_idempotency_key(http_req *r) {
+    return MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Idempotency-Key");
+}
+
 int http_upload_begin(http_req *r, chord_err *err) {
-    return svc_upload_begin(r->h->s, http_query(r, "name"), http_query(r, "kind"), &r->upload, err);
+    if (svc_upload_begin(r->h->s, http_query(r, "name"), http_query(r, "kind"), &r->upload, err))
+        return -1;
+    const char *key = http_idempotency_key(r);
+    if (key && svc_upload_set_key(r->upload, key, err)) {
+        svc_upload_abort(r->upload);
+        r->upload = NULL;
+        return -1;
+    }
+    return 0;
 }
 
 /* ---- routing ------------------------------------------------------------------------------ */

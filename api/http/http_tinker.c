@@ -4,7 +4,7 @@
  * client's protobuf messages (api/tinker/tinker_pb.h).
  *
  * Not here: sessions, models and operations (the service), the daemon (http_server.c). */
-#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -29,93 +29,36 @@ static tk_service *tinker(http_req *r, chord_err *err) {
 /* ---- idempotency keys -------------------------------------------------------------------------
  * The client sends X-Idempotency-Key on every POST, the same on each retry of one call. For the
  * routes that create or queue something (a session, a model, a sampler, an operation, a sample),
- * the 200 answer is kept under (route, key) for TK_IDEM_KEEP_S: a retry after a lost answer gets
- * it again and nothing is created twice. Polls (retrieve_future, heartbeats) are not kept. A
- * retry that arrives while the first call is still being answered runs again (the training
- * operations are de-duplicated by (model_id, seq_id) anyway). Process-wide: one chordd serves
- * one HTTP port. */
+ * the 200 answer is kept by the service's idempotency keys (service.h, docs/pipelines.md: one
+ * mechanism for REST, gRPC and these routes, in SQLite, for --idempotency-ttl) under
+ * "tinker:<route>:<key>", the request being the body's bytes: a retry after a lost answer gets it
+ * again and nothing is created twice. Polls (retrieve_future, heartbeats) are not kept. A retry
+ * that arrives while the first call is still being answered runs again (the training operations
+ * are de-duplicated by (model_id, seq_id) anyway); the first answer is the one kept. A key that
+ * does not fit (over SVC_IDEMPOTENCY_KEY_MAX with its route, or with spaces) is not kept, as the
+ * client does not need it to be. */
 
-#define TK_IDEM_KEEP_S 600.0
-#define TK_IDEM_MAX 2048
-
-typedef struct idem_entry {
-    char *key; /* "<url>\n<X-Idempotency-Key>" */
-    json_t *answer;
-    double at;
-    struct idem_entry *next; /* newest first */
-} idem_entry;
-
-static pthread_mutex_t idem_mu = PTHREAD_MUTEX_INITIALIZER;
-static idem_entry *idem_list;
-static size_t idem_n;
-
-static void idem_free(idem_entry *e) {
-    free(e->key);
-    json_decref(e->answer);
-    free(e);
-}
-
-/* "<url>\n<key>" (malloc'd), or NULL when the request has no key. */
-static char *idem_key(http_req *r) {
+/* "tinker:<url>:<X-Idempotency-Key>" into key (SVC_IDEMPOTENCY_KEY_MAX + 1 bytes); 0 when the
+ * request has no usable key. */
+static int idem_key(http_req *r, char *key) {
     const char *k = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "X-Idempotency-Key");
-    if (!k || !*k || strlen(k) > 200) return NULL;
-    char *out = NULL;
-    return asprintf(&out, "%s\n%s", r->url, k) < 0 ? NULL : out;
-}
-
-/* The kept answer of this call (a new reference), or NULL. Drops expired entries. */
-static json_t *idem_find(const char *key) {
-    json_t *found = NULL;
-    double now = chord_now();
-    pthread_mutex_lock(&idem_mu);
-    for (idem_entry **pp = &idem_list; *pp;) {
-        idem_entry *e = *pp;
-        if (now - e->at > TK_IDEM_KEEP_S) { /* the rest are older still */
-            *pp = NULL;
-            while (e) {
-                idem_entry *next = e->next;
-                idem_free(e);
-                idem_n--;
-                e = next;
-            }
-            break;
-        }
-        if (!found && !strcmp(e->key, key)) found = json_incref(e->answer);
-        pp = &e->next;
-    }
-    pthread_mutex_unlock(&idem_mu);
-    return found;
-}
-
-static void idem_keep(char *key, json_t *answer) {
-    idem_entry *e = calloc(1, sizeof *e);
-    if (!e) {
-        free(key);
-        return;
-    }
-    e->key = key;
-    e->answer = json_incref(answer);
-    e->at = chord_now();
-    pthread_mutex_lock(&idem_mu);
-    e->next = idem_list;
-    idem_list = e;
-    if (++idem_n > TK_IDEM_MAX) { /* the oldest goes */
-        idem_entry **pp = &idem_list;
-        while ((*pp)->next)
-            pp = &(*pp)->next;
-        idem_free(*pp);
-        *pp = NULL;
-        idem_n--;
-    }
-    pthread_mutex_unlock(&idem_mu);
+    if (!k || !*k) return 0;
+    int n = snprintf(key, SVC_IDEMPOTENCY_KEY_MAX + 1, "tinker:%s:%s", r->url, k);
+    return n > 0 && n <= SVC_IDEMPOTENCY_KEY_MAX && svc_idempotency_key_check(key, NULL) == 0;
 }
 
 /* A retried call: sends the kept answer and returns 1 (with *out set). */
 static int idem_replay(http_req *r, result *out) {
-    char *key = idem_key(r);
-    json_t *kept = key ? idem_find(key) : NULL;
-    free(key);
-    if (!kept) return 0;
+    char key[SVC_IDEMPOTENCY_KEY_MAX + 1];
+    if (!idem_key(r, key)) return 0;
+    json_t *kept = NULL;
+    chord_err err = {0};
+    int rc = svc_idempotent_find(r->h->s, key, "tinker", r->body, r->body_len, &kept, &err);
+    if (rc < 0) {
+        *out = http_send_err(r, &err);
+        return 1;
+    }
+    if (rc == 0) return 0;
     LOG_DEBUG("tinker: %s retried (X-Idempotency-Key): the first answer again", r->url);
     *out = http_send_json(r, 200, kept);
     return 1;
@@ -123,8 +66,11 @@ static int idem_replay(http_req *r, result *out) {
 
 /* Sends a 200 answer, kept for the call's retries when it has a key. */
 static result send_kept(http_req *r, json_t *doc) {
-    char *key = doc ? idem_key(r) : NULL;
-    if (key) idem_keep(key, doc);
+    char key[SVC_IDEMPOTENCY_KEY_MAX + 1];
+    chord_err err = {0};
+    if (doc && idem_key(r, key) &&
+        svc_idempotent_keep(r->h->s, key, "tinker", r->body, r->body_len, doc, &err))
+        LOG_WARN("tinker: %s: answer not kept for retries: %s", r->url, err.msg);
     return http_send_json(r, 200, doc);
 }
 

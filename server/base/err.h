@@ -25,7 +25,7 @@ enum {
     CHORD_E_IO = 5,           /* 500 / INTERNAL (disk, database) */
     CHORD_E_INTERNAL = 6,     /* 500 / INTERNAL */
     CHORD_E_UNAVAILABLE = 7,  /* 503 / UNAVAILABLE */
-    /* 8 is the service layer's SVC_E_BUSY (server/service.h): 429 */
+    /* 8 is the service layer's SVC_E_BUSY (server/service.h): 429; 16 its SVC_E_KEY_REUSED */
     CHORD_E_NO_SPACE = 9,     /* 507 / RESOURCE_EXHAUSTED: the disk or the database is full */
 };
 

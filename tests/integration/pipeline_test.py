@@ -1,0 +1,316 @@
+"""pipeline_test.py — what a nightly retraining pipeline relies on (docs/pipelines.md), end to end
+on a real chordd: datasets named by name (the newest upload of that name), a job that starts
+from another job's checkpoint (`model: {"checkpoint": {"job_id", "step"?}}`), a model
+registered from a checkpoint without copying (`POST /v1/models {"from_checkpoint"}`) that
+samples exactly what the checkpoint samples, bad references refused naming the field, and
+Idempotency-Key on every POST that creates (jobs, datasets, models, rollouts): the same key and
+body give the first result, another body a 409 naming the key, across a restart, until
+--idempotency-ttl; the same over gRPC (ALREADY_EXISTS).
+
+Run: CHORDD=build/chordd python -m pytest tests/integration/pipeline_test.py"""
+import os
+import time
+
+import grpc
+import pytest
+
+from chordd_harness import Chordd, arith_prompts, jsonl, tiny_job
+from grpc_harness import GrpcChordd, stubs, to_struct
+
+
+def assert_error(r, status, code, *needles):
+    assert r.status == status, r
+    e = r.json()["error"]
+    assert e["code"] == code, r
+    for n in needles:
+        assert n in e["message"], (n, r)
+
+
+def keyed(key):
+    return {"Idempotency-Key": key}
+
+
+def upload(srv, kind, data, name, key=None):
+    headers = {"Content-Type": "application/x-ndjson"} | (keyed(key) if key else {})
+    return srv.request("POST", f"/v1/datasets?kind={kind}&name={name}", data, headers)
+
+
+def count(srv, path):
+    return srv.get(path + "?limit=1000").json()["total"]
+
+
+@pytest.fixture(scope="module")
+def srv():
+    s = GrpcChordd().start()
+    yield s
+    rc = s.stop()
+    s.cleanup()
+    assert rc == 0, "chordd did not exit cleanly on SIGTERM"
+
+
+@pytest.fixture(scope="module")
+def trained(srv):
+    """Two uploads named "nightly" (the job must take the second), and a job trained on it."""
+    first = upload(srv, "prompts", jsonl(arith_prompts(20, seed=1)), "nightly").json()
+    second = upload(srv, "prompts", jsonl(arith_prompts(20, seed=2)), "nightly").json()
+    assert first["id"] != second["id"]
+    r = srv.post("/v1/jobs", tiny_job("nightly", steps=4, checkpoint_every=2))
+    assert r.status == 201, r
+    job = r.json()
+    assert job["config"]["data"]["prompts"] == second["id"]  # resolved at submission, kept
+    job = srv.wait_job(job["id"], lambda j: j["state"] in ("succeeded", "failed"))
+    assert job["state"] == "succeeded", job
+    return job, second
+
+
+# ---- chaining ----------------------------------------------------------------------------------
+
+def test_job_from_checkpoint_and_model_from_checkpoint(srv, trained):
+    job, _ = trained
+    cks = srv.get(f"/v1/jobs/{job['id']}/checkpoints").json()["items"]
+    assert [c["step"] for c in cks] == [2, 4]
+    latest_dir = os.path.join(srv.data_dir, "checkpoints", job["id"], "step_4")
+
+    # step left out: the latest kept checkpoint
+    doc = tiny_job("nightly", steps=2, checkpoint_every=2)
+    doc["model"] = {"checkpoint": {"job_id": job["id"]}}
+    r = srv.post("/v1/jobs", doc)
+    assert r.status == 201, r
+    chained = r.json()
+    assert os.path.realpath(chained["config"]["model"]["path"]) == os.path.realpath(latest_dir)
+    # an explicit step
+    doc["model"] = {"checkpoint": {"job_id": job["id"], "step": 2}}
+    r = srv.post("/v1/jobs", doc)
+    assert r.status == 201, r
+    assert r.json()["config"]["model"]["path"].endswith(f"{job['id']}/step_2")
+    for j in (chained, r.json()):
+        done = srv.wait_job(j["id"], lambda x: x["state"] in ("succeeded", "failed"))
+        assert done["state"] == "succeeded", (done, srv.read_log()[-3000:])
+
+    # a model from the checkpoint: no copy, its files are the checkpoint's
+    before = sorted(os.listdir(srv.models_root))
+    r = srv.post("/v1/models", {"name": "nightly-prod",
+                                "from_checkpoint": {"job_id": job["id"], "step": 4}})
+    assert r.status == 201, r
+    model = r.json()
+    assert model["source"] == "checkpoint", model
+    assert model["checkpoint"]["job_id"] == job["id"] and model["checkpoint"]["step"] == 4
+    assert os.path.realpath(model["path"]) == os.path.realpath(latest_dir)
+    assert model["config"]["hidden_size"] == 32
+    assert sorted(os.listdir(srv.models_root)) == before
+    assert srv.get("/v1/models/" + model["id"]).json() == model
+    # default name
+    r = srv.post("/v1/models", {"from_checkpoint": {"job_id": job["id"]}})
+    assert r.status == 201 and r.json()["name"] == f"{job['id']}-step-4", r
+
+    # the registered model samples exactly what the checkpoint does (greedy)
+    req = {"prompts": ["Compute 3+4."], "max_tokens": 5, "temperature": 0}
+    a = srv.post("/v1/rollouts", req | {"model": model["id"]}).json()
+    b = srv.post("/v1/rollouts", req | {"checkpoint": {"job_id": job["id"], "step": 4}}).json()
+    a, b = srv.wait_rollout(a["id"]), srv.wait_rollout(b["id"])
+    assert a["state"] == "succeeded" and b["state"] == "succeeded", (a, b)
+    assert ([c["token_ids"] for c in a["result"]["completions"]] ==
+            [c["token_ids"] for c in b["result"]["completions"]])
+
+    # and a job can start from the registered model too
+    doc["model"] = {"path": model["id"]}
+    r = srv.post("/v1/jobs", doc | {"steps": 1})
+    assert r.status == 201, r
+    assert os.path.realpath(r.json()["config"]["model"]["path"]) == os.path.realpath(latest_dir)
+    srv.wait_job(r.json()["id"], lambda x: x["state"] in ("succeeded", "failed"))
+
+
+def test_bad_references_name_the_field(srv, trained):
+    job, _ = trained
+    jobs_before, models_before = count(srv, "/v1/jobs"), count(srv, "/v1/models")
+    base = tiny_job("nightly", steps=1)
+    cases = [
+        ({"checkpoint": {"job_id": "job_000000000000000000000000"}}, "model.checkpoint.job_id"),
+        ({"checkpoint": {"job_id": "nope"}}, "model.checkpoint.job_id"),
+        ({"checkpoint": {"job_id": job["id"], "step": 3}}, "model.checkpoint.step"),
+        ({"checkpoint": {"job_id": job["id"], "step": -1}}, "model.checkpoint.step"),
+        ({"checkpoint": {"job_id": job["id"], "step": "4"}}, "model.checkpoint.step"),
+        ({"checkpoint": {"job_id": job["id"], "step": 4.5}}, "model.checkpoint.step"),
+        ({"checkpoint": {"job_id": job["id"], "steps": 4}}, "model.checkpoint"),
+        ({"checkpoint": {}}, "model.checkpoint.job_id"),
+        ({"checkpoint": "latest"}, "model.checkpoint"),
+        ({"checkpoint": {"job_id": job["id"]}, "path": "x"}, "model"),
+    ]
+    for model, field in cases:
+        r = srv.post("/v1/jobs", base | {"model": model})
+        assert_error(r, 400, "invalid_argument", field)
+    # a job with no checkpoint yet
+    queued = srv.post("/v1/jobs", tiny_job("nightly", steps=1, device="cpu")).json()
+    r = srv.post("/v1/jobs", base | {"model": {"checkpoint": {"job_id": queued["id"]}}})
+    if r.status == 400:  # it may already have trained and checkpointed: then it is accepted
+        assert_error(r, 400, "invalid_argument", "model.checkpoint.job_id", "no checkpoint")
+    # datasets by name: unknown name, a name whose uploads are of another kind
+    upload(srv, "expert", b'{"prompt": "a", "response": "b"}\n', "only-expert")
+    for name in ("no-such-dataset", "only-expert"):
+        r = srv.post("/v1/jobs", tiny_job(name, steps=1))
+        assert_error(r, 400, "invalid_argument", "data.prompts", name)
+    # models from a checkpoint
+    for body, field in [({"from_checkpoint": {"job_id": job["id"], "step": 99}},
+                         "from_checkpoint.step"),
+                        ({"from_checkpoint": {"job_id": "job_000000000000000000000000"}},
+                         "from_checkpoint.job_id"),
+                        ({"from_checkpoint": {"job_id": job["id"]}, "path": "x"}, "path"),
+                        ({"from_checkpoint": [1]}, "from_checkpoint")]:
+        assert_error(srv.post("/v1/models", body), 400, "invalid_argument", field)
+    srv.wait_job(queued["id"], lambda x: x["state"] in ("succeeded", "failed"))
+    assert count(srv, "/v1/jobs") == jobs_before + 1 + (r.status == 201)
+    assert count(srv, "/v1/models") == models_before
+    assert srv.get("/healthz").status == 200
+
+
+# ---- idempotency keys --------------------------------------------------------------------------
+
+def test_idempotency_keys_rest(srv, trained):
+    job, ds = trained
+    jobs_before = count(srv, "/v1/jobs")
+    doc = tiny_job("nightly", steps=1, name="keyed")
+    a = srv.post("/v1/jobs", doc, headers=keyed("nightly-2026-12-05"))
+    b = srv.post("/v1/jobs", doc, headers=keyed("nightly-2026-12-05"))
+    assert a.status == b.status == 201, (a, b)
+    assert a.json()["id"] == b.json()["id"]
+    assert b.json() == a.json()  # the first result, as it was
+    assert count(srv, "/v1/jobs") == jobs_before + 1
+    # the same key with another body: 409 naming the key; nothing created
+    r = srv.post("/v1/jobs", doc | {"steps": 2}, headers=keyed("nightly-2026-12-05"))
+    assert_error(r, 409, "idempotency_key_reused", "nightly-2026-12-05")
+    # the same key on another route is another request too
+    r = srv.post("/v1/rollouts", {"prompts": ["a"], "checkpoint": {"job_id": job["id"]}},
+                 headers=keyed("nightly-2026-12-05"))
+    assert_error(r, 409, "idempotency_key_reused", "nightly-2026-12-05")
+    # keys that are not keys
+    for bad in ("x" * 256, "with space"):
+        assert_error(srv.post("/v1/jobs", doc, headers=keyed(bad)), 400, "invalid_argument",
+                     "Idempotency-Key")
+    # a request refused is not kept: the key stays free
+    r = srv.post("/v1/jobs", doc | {"steps": -1}, headers=keyed("fresh"))
+    assert r.status == 400, r
+    assert srv.post("/v1/jobs", doc, headers=keyed("fresh")).status == 201
+    assert count(srv, "/v1/jobs") == jobs_before + 2
+    srv.wait_job(a.json()["id"], lambda x: x["state"] in ("succeeded", "failed"))
+
+    # datasets: the bytes are the request
+    files = len(os.listdir(os.path.join(srv.data_dir, "datasets")))
+    n = count(srv, "/v1/datasets")
+    data = jsonl(arith_prompts(5, seed=9))
+    a = upload(srv, "prompts", data, "keyed", key="ds-key")
+    b = upload(srv, "prompts", data, "keyed", key="ds-key")
+    assert a.status == b.status == 201 and a.json() == b.json(), (a, b)
+    assert count(srv, "/v1/datasets") == n + 1
+    assert len(os.listdir(os.path.join(srv.data_dir, "datasets"))) == files + 1
+    r = upload(srv, "prompts", jsonl(arith_prompts(6, seed=9)), "keyed", key="ds-key")
+    assert_error(r, 409, "idempotency_key_reused", "ds-key")
+    r = upload(srv, "eval", data, "keyed", key="ds-key")
+    assert_error(r, 409, "idempotency_key_reused", "ds-key")
+    assert count(srv, "/v1/datasets") == n + 1
+    assert len(os.listdir(os.path.join(srv.data_dir, "datasets"))) == files + 1
+
+    # models
+    n = count(srv, "/v1/models")
+    body = {"name": "prod", "from_checkpoint": {"job_id": job["id"], "step": 2}}
+    a = srv.post("/v1/models", body, headers=keyed("promote-1"))
+    b = srv.post("/v1/models", body, headers=keyed("promote-1"))
+    assert a.status == b.status == 201 and a.json()["id"] == b.json()["id"], (a, b)
+    assert count(srv, "/v1/models") == n + 1
+    assert_error(srv.post("/v1/models", body | {"name": "prod2"}, headers=keyed("promote-1")),
+                 409, "idempotency_key_reused", "promote-1")
+
+    # rollouts: the same id (202 both times)
+    req = {"prompts": ["Compute 1+1."], "checkpoint": {"job_id": job["id"]}, "max_tokens": 3}
+    a = srv.post("/v1/rollouts", req, headers=keyed("roll-1"))
+    b = srv.post("/v1/rollouts", req, headers=keyed("roll-1"))
+    assert a.status == b.status == 202 and a.json()["id"] == b.json()["id"], (a, b)
+    srv.wait_rollout(a.json()["id"])
+
+
+def test_idempotency_keys_survive_restart_and_expire():
+    srv = Chordd(extra_args=["--idempotency-ttl", "3s"]).start()
+    try:
+        ds = upload(srv, "prompts", jsonl(arith_prompts(4)), "p").json()
+        doc = tiny_job(ds["id"], steps=1, device="cpu")
+        first = srv.post("/v1/jobs", doc, headers=keyed("k-restart"))
+        assert first.status == 201, first
+        t0 = time.time()
+        assert srv.stop() == 0
+        srv.start()
+        again = srv.post("/v1/jobs", doc, headers=keyed("k-restart"))
+        assert again.status == 201 and again.json()["id"] == first.json()["id"], again
+        assert count(srv, "/v1/jobs") == 1
+        assert time.time() - t0 < 3, "the restart took longer than the TTL: test inconclusive"
+        time.sleep(max(0.0, 3.2 - (time.time() - t0)))
+        later = srv.post("/v1/jobs", doc, headers=keyed("k-restart"))  # past the TTL: new
+        assert later.status == 201 and later.json()["id"] != first.json()["id"], later
+        assert count(srv, "/v1/jobs") == 2
+        srv.stop()
+        # a bad TTL is refused at start-up
+        for bad in ("0", "x", "5w", "-3"):
+            bad_srv = Chordd(extra_args=["--idempotency-ttl", bad])
+            with pytest.raises(RuntimeError, match="idempotency-ttl"):
+                bad_srv.start(timeout=10)
+            bad_srv.cleanup()
+    finally:
+        srv.cleanup()
+
+
+# ---- gRPC --------------------------------------------------------------------------------------
+
+def test_grpc_chaining_and_keys(srv, trained):
+    pb = stubs()[0]
+    stub = srv.stub()
+    job, ds = trained
+    doc = tiny_job("nightly", steps=1)
+    doc["model"] = {"checkpoint": {"job_id": job["id"], "step": 2}}
+    a = stub.CreateJob(pb.CreateJobRequest(job=to_struct(doc), idempotency_key="g-job"), timeout=30)
+    b = stub.CreateJob(pb.CreateJobRequest(job=to_struct(doc), idempotency_key="g-job"), timeout=30)
+    assert a.id == b.id and a.config["model"]["path"].endswith(f"{job['id']}/step_2")
+    with pytest.raises(grpc.RpcError) as e:
+        stub.CreateJob(pb.CreateJobRequest(job=to_struct(doc | {"steps": 2}),
+                                           idempotency_key="g-job"), timeout=30)
+    assert e.value.code() == grpc.StatusCode.ALREADY_EXISTS and "g-job" in e.value.details()
+    with pytest.raises(grpc.RpcError) as e:
+        bad = doc | {"model": {"checkpoint": {"job_id": job["id"], "step": 3}}}
+        stub.CreateJob(pb.CreateJobRequest(job=to_struct(bad)), timeout=30)
+    assert (e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and
+            "model.checkpoint.step" in e.value.details())
+
+    ref = pb.CheckpointRef(job_id=job["id"], step=4)
+    m1 = stub.RegisterModel(pb.RegisterModelRequest(name="g", from_checkpoint=ref,
+                                                    idempotency_key="g-model"), timeout=30)
+    m2 = stub.RegisterModel(pb.RegisterModelRequest(name="g", from_checkpoint=ref,
+                                                    idempotency_key="g-model"), timeout=30)
+    assert m1.id == m2.id and m1.source == "checkpoint"
+    assert m1.checkpoint.job_id == job["id"] and m1.checkpoint.step == 4
+    rest = srv.get("/v1/models/" + m1.id).json()
+    assert rest["checkpoint"]["id"] == m1.checkpoint.id and rest["path"] == m1.path
+    with pytest.raises(grpc.RpcError) as e:
+        stub.RegisterModel(pb.RegisterModelRequest(name="other", from_checkpoint=ref,
+                                                   idempotency_key="g-model"), timeout=30)
+    assert e.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+    data = jsonl(arith_prompts(3, seed=5))
+
+    def chunks(key, payload):
+        yield pb.UploadDatasetRequest(kind="prompts", name="g-ds", data=payload[:10],
+                                      idempotency_key=key)
+        yield pb.UploadDatasetRequest(data=payload[10:])
+
+    n = count(srv, "/v1/datasets")
+    d1 = stub.UploadDataset(chunks("g-ds-key", data), timeout=30)
+    d2 = stub.UploadDataset(chunks("g-ds-key", data), timeout=30)
+    assert d1.id == d2.id and count(srv, "/v1/datasets") == n + 1
+    with pytest.raises(grpc.RpcError) as e:
+        stub.UploadDataset(chunks("g-ds-key", data + b'{"prompt": "x", "answer": 1}\n'),
+                           timeout=30)
+    assert e.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+    r1 = stub.Rollout(pb.RolloutRequest(prompts=["Compute 2+2."], model=m1.id, max_tokens=2,
+                                        idempotency_key="g-roll"), timeout=30)
+    r2 = stub.Rollout(pb.RolloutRequest(prompts=["Compute 2+2."], model=m1.id, max_tokens=2,
+                                        idempotency_key="g-roll"), timeout=30)
+    assert r1.id == r2.id
+    assert srv.wait_rollout(r1.id)["state"] == "succeeded"
+    srv.wait_job(a.id, lambda x: x["state"] in ("succeeded", "failed"))
