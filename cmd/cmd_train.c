@@ -1,6 +1,9 @@
 /* cmd_train.c — `chordd train JOB.json`: one training job in the foreground, for pipelines and
  * debugging. Prints a progress line per step on stderr, writes checkpoints under --out, and can
- * resume from the newest one. The same trainer (server/train/trainer.h) the service runs. */
+ * resume from the newest one. The same trainer (server/train/trainer.h) the service runs.
+ *
+ * Under mpirun every rank runs this command (docs/distributed.md): rank 0 alone writes the
+ * metrics, checkpoints and progress lines; the others only compute their share of each step. */
 #include <dirent.h>
 #include <errno.h>
 #include <getopt.h>
@@ -15,6 +18,7 @@
 #include "kernels/ops.h"
 #include "server/base/fileutil.h"
 #include "server/base/log.h"
+#include "server/dist/dist.h"
 #include "server/train/demo.h"
 #include "server/train/jobconfig.h"
 #include "server/train/trainer.h"
@@ -176,6 +180,8 @@ static void usage(FILE *f) {
             "  --samples-out F    append one JSON line per rollout / eval sample to F\n"
             "  --stop-after N     stop after step N with a checkpoint (as if interrupted)\n"
             "  --demo             the embedded default job (random-init model, built-in task)\n"
+            "  --dist-timeout S   under mpirun: a rank that does not reach a collective within\n"
+            "                     S seconds fails the job, named [600]\n"
             "  --quiet            no progress lines\n");
 }
 
@@ -192,10 +198,12 @@ int cmd_train(int argc, char **argv) {
                                          {"help", no_argument, 0, 'h'},
                                          {"samples-out", required_argument, 0, 'P'},
                                          {"device-memory-mb", required_argument, 0, 'M'},
+                                         {"dist-timeout", required_argument, 0, 'T'},
                                          {0, 0, 0, 0}};
     const char *out = NULL, *device = NULL, *metrics_path = NULL, *samples_path = NULL;
     int resume = 0, demo = 0, quiet = 0;
     long threads = 0, steps_override = 0, stop_after = 0, memory_mb = 0;
+    double dist_timeout = DIST_DEFAULT_TIMEOUT_S;
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -230,6 +238,9 @@ int cmd_train(int argc, char **argv) {
         case 'D':
             demo = 1;
             break;
+        case 'T':
+            if (cmd_arg_double("--dist-timeout", optarg, 0.1, 86400.0, &dist_timeout)) return 2;
+            break;
         case 'q':
             quiet = 1;
             break;
@@ -246,6 +257,22 @@ int cmd_train(int argc, char **argv) {
         return 2;
     }
     chord_err err = {0};
+    dist_ctx *dist = NULL;
+    if (dist_open(dist_timeout, &dist, &err) != 0) {
+        fprintf(stderr, "chordd train: %s\n", err.msg);
+        return 1;
+    }
+    const int rank = dist_rank(dist), ranks = dist_size(dist);
+    if (ranks > 1 && samples_path) {
+        fprintf(stderr, "chordd train: --samples-out is not supported with several ranks yet "
+                        "(docs/distributed.md)\n");
+        dist_close(dist, &err);
+        return 2;
+    }
+    if (rank != 0) { /* rank 0 writes and reports; the others compute */
+        quiet = 1;
+        metrics_path = NULL;
+    }
     job_config cfg;
     int rc;
     if (demo)
@@ -254,6 +281,7 @@ int cmd_train(int argc, char **argv) {
         rc = jobconfig_load(argv[optind], &cfg, &err);
     if (rc != 0) {
         fprintf(stderr, "chordd train: %s\n", err.msg);
+        dist_close(dist, &err);
         return 2;
     }
     if (steps_override > 0) cfg.steps = steps_override;
@@ -271,25 +299,40 @@ int cmd_train(int argc, char **argv) {
     const char *resolved[3] = {NULL, NULL, NULL};
     char datadir[4096 + 16];
     snprintf(datadir, sizeof datadir, "%s/data", out);
-    if (chord_mkdirs(out, &err) != 0) goto fail;
-    for (int i = 0; i < 3; i++) {
-        if (!refs[i]) continue;
-        if (trainer_data_is_builtin(refs[i])) {
-            if (trainer_builtin_data(datadir, cfg.seed, which[i], paths[i], sizeof paths[i],
-                                     &err) != 0)
-                goto fail;
-            resolved[i] = paths[i];
-        } else {
-            resolved[i] = refs[i];
+    /* rank 0 makes the directory and the built-in data; the others then read them */
+    if (rank == 0 && chord_mkdirs(out, &err) != 0) goto fail;
+    for (int pass = 0; pass < 2; pass++) {
+        if ((pass == 0) != (rank == 0)) {
+            if (pass == 0 && dist_barrier(dist, "the built-in data", &err) != 0) goto fail;
+            continue;
         }
+        for (int i = 0; i < 3; i++) {
+        if (!refs[i]) continue;
+            if (trainer_data_is_builtin(refs[i])) {
+                if (trainer_builtin_data(datadir, cfg.seed, which[i], paths[i], sizeof paths[i],
+                                         &err) != 0)
+                    goto fail;
+                resolved[i] = paths[i];
+            } else {
+                resolved[i] = refs[i];
+            }
+        }
+        if (pass == 0 && dist_barrier(dist, "the built-in data", &err) != 0) goto fail;
     }
-    char errbuf[512];
-    ops = ops_open(device ? device : (cfg.device ? cfg.device : "auto"), threads, errbuf,
-                   sizeof errbuf);
+    char errbuf[512], device_buf[32];
+    const char *dev = device ? device : (cfg.device ? cfg.device : "auto");
+    if (ranks > 1 && strcmp(dev, "cuda") == 0) { /* one GPU per rank on each host */
+        snprintf(device_buf, sizeof device_buf, "cuda:%d", dist_local_rank(dist));
+        dev = device_buf;
+    }
+    ops = ops_open(dev, threads, errbuf, sizeof errbuf);
     if (!ops) {
         chord_err_set(&err, "%s", errbuf);
         goto fail;
     }
+    if (ranks > 1 && ops->device_index >= 0 && dist_have_nccl() &&
+        dist_attach_nccl(dist, ops, &err) != 0)
+        goto fail;
     if (metrics_path && !(metrics = fopen(metrics_path, "a"))) {
         chord_err_set(&err, "%s: %s", metrics_path, strerror(errno));
         goto fail;
@@ -300,7 +343,20 @@ int cmd_train(int argc, char **argv) {
     }
     char resume_dir[8192];
     int have_resume = resume && find_latest_checkpoint(out, resume_dir, sizeof resume_dir);
-    if (resume && !have_resume) LOG_INFO("no checkpoint in %s/checkpoints: starting fresh", out);
+    if (ranks > 1) { /* every rank resumes from rank 0's choice (--out on a shared file system) */
+        char chosen[sizeof resume_dir];
+        memset(chosen, 0, sizeof chosen);
+        if (rank == 0 && have_resume) snprintf(chosen, sizeof chosen, "%s", resume_dir);
+        if (dist_broadcast(dist, chosen, sizeof chosen, 0, "the checkpoint to resume", &err) != 0)
+            goto fail;
+        have_resume = chosen[0] != 0;
+        if (have_resume) snprintf(resume_dir, sizeof resume_dir, "%s", chosen);
+    }
+    if (resume && !have_resume && rank == 0)
+        LOG_INFO("no checkpoint in %s/checkpoints: starting fresh", out);
+    if (ranks > 1 && rank == 0 && !quiet)
+        LOG_INFO("data parallel: %d ranks (%s), collective timeout %.0f s", ranks,
+                 dist_kind(dist), dist_timeout);
     trainer_env env = {.ops = ops,
                        .prompts_path = resolved[0],
                        .expert_path = resolved[1],
@@ -308,7 +364,8 @@ int cmd_train(int argc, char **argv) {
                        .model_dir = cfg.model_path,
                        .tokenizer_dir = cfg.model_init_tokenizer,
                        .resume_dir = have_resume ? resume_dir : NULL,
-                       .memory_limit = (int64_t)memory_mb << 20};
+                       .memory_limit = (int64_t)memory_mb << 20,
+                       .dist = dist};
     run_ctx r = {.out = out,
                  .metrics = metrics,
                  .samples = samples,
@@ -318,9 +375,9 @@ int cmd_train(int argc, char **argv) {
     trainer_callbacks cb = {.user = &r,
                             .on_step = cb_on_step,
                             .on_samples = samples ? cb_on_samples : NULL,
-                            .checkpoint_begin = cb_checkpoint_begin,
-                            .checkpoint_commit = cb_checkpoint_commit,
-                            .checkpoint_abort = cb_checkpoint_abort,
+                            .checkpoint_begin = rank == 0 ? cb_checkpoint_begin : NULL,
+                            .checkpoint_commit = rank == 0 ? cb_checkpoint_commit : NULL,
+                            .checkpoint_abort = rank == 0 ? cb_checkpoint_abort : NULL,
                             .should_stop = cb_should_stop,
                             .on_log = cb_on_log};
     struct sigaction sa;
@@ -331,17 +388,27 @@ int cmd_train(int argc, char **argv) {
     double t0 = chord_now();
     int tr = trainer_run(&cfg, &env, &cb, &err);
     if (tr == TRAINER_FAILED) goto fail;
-    LOG_INFO("%s after step %lld in %.1fs; checkpoints in %s/checkpoints",
-             tr == TRAINER_DONE ? "done" : "stopped", (long long)r.last_step, chord_now() - t0,
-             out);
+    if (rank == 0)
+        LOG_INFO("%s after step %lld in %.1fs; checkpoints in %s/checkpoints",
+                 tr == TRAINER_DONE ? "done" : "stopped", (long long)r.last_step, chord_now() - t0,
+                 out);
     status = 0;
     goto done;
 fail:
+    if (ranks > 1) { /* the other ranks would wait in their next collective: end them all */
+        fprintf(stderr, "chordd train: rank %d of %d: %s\n", rank, ranks, err.msg);
+        dist_abort(dist, 1);
+    }
     fprintf(stderr, "chordd train: %s\n", err.msg);
 done:
     if (metrics) fclose(metrics);
     if (samples) fclose(samples);
     ops_close(ops);
     jobconfig_free(&cfg);
+    if (dist_close(dist, &err) != 0) {
+        fprintf(stderr, "chordd train: rank %d: %s\n", rank, err.msg);
+        if (ranks > 1) dist_abort(dist, 1);
+        status = 1;
+    }
     return status;
 }

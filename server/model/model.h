@@ -222,6 +222,9 @@ int model_lora_set_enabled(model *m, int on, chord_err *err);
 /* The AdamW steps taken by what trains (the adapter when one is attached), and its size. */
 int model_adam_steps(const model *m);
 size_t model_trainable_params(const model *m);
+/* The gradient buffer of what trains (device memory, model_trainable_params floats; NULL before
+ * the first model_zero_grad / model_backward): data parallelism sums it over the ranks. */
+float *model_trainable_grads(model *m);
 /* A PEFT adapter directory: adapter_config.json (LORA, CAUSAL_LM, r, lora_alpha, target_modules,
  * base_model_name_or_path = base_name, may be NULL; with train_embeddings modules_to_save
  * ["embed_tokens"] + "lm_head" when untied, and ensure_weight_tying when tied) +

@@ -164,7 +164,7 @@ int rollout_generate(rollout_engine *e, const int32_t *const *prompts, const int
     int n_active = 0;
     for (int g = 0; g < G; g++) {
         for (int i = 0; i < n_prompts; i++)
-            uni[i] = uniform_f32(p->seed, p->stream, (uint64_t)(i * G + g), 0);
+            uni[i] = uniform_f32(p->seed, p->stream, p->first_index + (uint64_t)(i * G + g), 0);
         if (ops_sample(ops, sampled, lps, logits, n_prompts, V, p->temperature, p->top_p, uni)) {
             chord_err_setc(err, CHORD_E_INTERNAL, "rollout: sample: %s", ops_last_error(ops));
             goto done;
@@ -186,7 +186,8 @@ int rollout_generate(rollout_engine *e, const int32_t *const *prompts, const int
             cur[j] = s->tokens[s->len - 1];
             pos[j] = prompt_lens[s->prompt] + s->len - 1;
             slots[j] = b;
-            uni[j] = uniform_f32(p->seed, p->stream, (uint64_t)b, (uint64_t)s->len);
+            uni[j] =
+                uniform_f32(p->seed, p->stream, p->first_index + (uint64_t)b, (uint64_t)s->len);
         }
         if (model_decode(m, e->kv, cur, pos, slots, n_active, &logits, err) != 0) goto done;
         if (ops_sample(ops, sampled, lps, logits, n_active, V, p->temperature, p->top_p, uni)) {

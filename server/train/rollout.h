@@ -28,6 +28,9 @@ typedef struct rollout_params {
     int n_stop;
     uint64_t seed;   /* job seed */
     uint64_t stream; /* e.g. the step number: distinct streams draw independent numbers */
+    uint64_t first_index; /* the uniform index of the batch's first sequence (0; a rank's share
+                             of a step: its first prompt x G, so it samples what one process
+                             sampling the whole step would) */
     /* polled between decode steps; non-zero aborts with CHORD_E_UNAVAILABLE (may be NULL) */
     int (*should_stop)(void *user);
     void *user;

@@ -22,6 +22,7 @@
 #include "server/base/buf.h"
 #include "server/base/fileutil.h"
 #include "server/base/rng.h"
+#include "server/dist/dist.h"
 #include "server/model/chat.h"
 #include "server/model/model.h"
 #include "server/model/tokenizer.h"
@@ -204,6 +205,53 @@ int trainer_decode_response(const struct tok_tokenizer *tok, const int32_t *ids,
 
 static int oom(chord_err *err) {
     return chord_err_setc(err, CHORD_E_INTERNAL, "trainer: out of memory");
+}
+
+/* ---- data parallelism (env->dist, docs/distributed.md) ---------------------------------------
+ * Each rank takes a contiguous share of the step's prompts and expert records; every sum the
+ * step's metrics and loss need is added over the ranks, so with one rank nothing changes. */
+
+static int n_ranks(const trainer *t) { return dist_size(t->env->dist); }
+
+/* This rank's share [*lo, *lo + returned) of n items (shares differ by at most one). */
+static int rank_share(const trainer *t, int n, int *lo) {
+    int R = dist_size(t->env->dist), r = dist_rank(t->env->dist);
+    int base = n / R, extra = n % R;
+    *lo = r * base + (r < extra ? r : extra);
+    return base + (r < extra ? 1 : 0);
+}
+
+/* Adds v[0..n) over the ranks, in place (nothing to do with one rank). */
+static int sum_over_ranks(trainer *t, double *v, size_t n, const char *what, chord_err *err) {
+    if (n_ranks(t) == 1) return 0;
+    char name[128];
+    snprintf(name, sizeof name, "step %lld: %s", (long long)t->cur_step, what);
+    return dist_allreduce_sum_f64(t->env->dist, v, n, name, err);
+}
+
+/* The step's gradients and loss sums added over the ranks before the optimizer step: the loss
+ * parameters carry the step's global token and sequence counts, so each rank's gradient is its
+ * share of the global one and their sum is the single-process gradient (to fp32 round-off). */
+static int reduce_update(trainer *t, chord_loss_accum *acc, chord_err *err) {
+    if (n_ranks(t) == 1) return 0;
+    char name[128];
+    snprintf(name, sizeof name, "step %lld: gradients", (long long)t->cur_step);
+    float *grads = model_trainable_grads(t->m);
+    if (!grads) return chord_err_setc(err, CHORD_E_INTERNAL, "%s: no gradient buffer", name);
+    if (dist_allreduce_sum_device_f32(t->env->dist, t->env->ops, grads,
+                                      model_trainable_params(t->m), name, err) != 0)
+        return -1;
+    double v[15] = {acc->loss,        acc->clipped,      acc->dual_clipped, acc->ppo_kl_sum,
+                    acc->ratio_sum,   acc->pg_agg,       acc->sft_agg,      acc->nll_sum,
+                    acc->phi_sum,     acc->entropy_sum,  acc->kl_sum,       (double)acc->n_policy,
+                    (double)acc->n_expert, (double)acc->n_entropy, (double)acc->n_kl};
+    if (sum_over_ranks(t, v, 15, "loss sums", err) != 0) return -1;
+    acc->loss = v[0], acc->clipped = v[1], acc->dual_clipped = v[2], acc->ppo_kl_sum = v[3];
+    acc->ratio_sum = v[4], acc->pg_agg = v[5], acc->sft_agg = v[6], acc->nll_sum = v[7];
+    acc->phi_sum = v[8], acc->entropy_sum = v[9], acc->kl_sum = v[10];
+    acc->n_policy = (int64_t)v[11], acc->n_expert = (int64_t)v[12];
+    acc->n_entropy = (int64_t)v[13], acc->n_kl = (int64_t)v[14];
+    return 0;
 }
 
 /* ---- sequences for the forward/backward ------------------------------------------------------ */
@@ -543,8 +591,8 @@ static int should_stop_rollout(void *user) {
 
 /* Phase 1: B prompts of the epoch's order from the cursor + first, G responses each
  * (rollout.h); round r of a step samples with its own stream (dynamic sampling draws several). */
-static int collect_rollouts(trainer *t, int64_t step, int round, int64_t first, int B, int G,
-                            step_rollouts *ro, step_metrics *m, chord_err *err) {
+static int collect_rollouts(trainer *t, int64_t step, int round, int64_t first, int lo, int B,
+                            int G, step_rollouts *ro, step_metrics *m, chord_err *err) {
     double t0 = chord_now();
     ro->B = B;
     ro->drawn = B;
@@ -557,8 +605,8 @@ static int collect_rollouts(trainer *t, int64_t step, int round, int64_t first, 
         goto done;
     }
     for (int i = 0; i < B; i++) {
-        if (trainer_dataset_item(&t->prompts, t->prompt_cursor + first + i, t->tok, &t->tpl, 1,
-                                 &ro->prompts[i], err) != 0)
+        if (trainer_dataset_item(&t->prompts, t->prompt_cursor + first + lo + i, t->tok, &t->tpl,
+                                 1, &ro->prompts[i], err) != 0)
             goto done;
         ids[i] = ro->prompts[i].ids;
         lens[i] = ro->prompts[i].len;
@@ -572,7 +620,9 @@ static int collect_rollouts(trainer *t, int64_t step, int round, int64_t first, 
                          .n_stop = t->n_stop,
                          .seed = cfg->seed,
                          .stream = (uint64_t)step + ((uint64_t)round << 40),
-                         .should_stop = should_stop_rollout,
+                         .first_index = (uint64_t)lo * (uint64_t)G,
+                         /* several ranks stop together, between steps (trainer_run) */
+                         .should_stop = n_ranks(t) > 1 ? NULL : should_stop_rollout,
                          .user = t};
     if (rollout_generate(t->engine, ids, lens, B, &rp, &ro->rr, err) != 0) goto done;
     ro->tokens = ro->rr.tokens;
@@ -618,31 +668,35 @@ done:
     return rc;
 }
 
-/* The step's reward metrics over every response sampled (all rounds), counting only the
- * responses the verifier decided. */
-static void reward_metrics(const step_rollouts *ro, step_metrics *m) {
-    int n = ro->rr.n;
-    int n_correct = 0, n_error = 0, n_trunc = 0, n_valid = 0;
-    double len_sum = 0, rsum = 0, rsq = 0;
-    for (int i = 0; i < n; i++) {
+/* The step's reward metrics over every response sampled (all rounds, all ranks), counting only
+ * the responses the verifier decided; and the rollout throughput. */
+static int reward_metrics(trainer *t, const step_rollouts *ro, step_metrics *m, chord_err *err) {
+    /* responses, correct, errors, truncated, decided, Σ len, Σ reward, sampled tokens */
+    double s[8] = {(double)ro->rr.n, 0, 0, 0, 0, 0, 0, (double)ro->tokens};
+    for (int i = 0; i < ro->rr.n; i++) {
         const reward_result *r = &ro->res[i];
-        n_error += ro->excluded[i];
-        n_trunc += ro->rr.seq[i].truncated ? 1 : 0;
-        len_sum += ro->rr.seq[i].len;
+        s[2] += ro->excluded[i];
+        s[3] += ro->rr.seq[i].truncated ? 1 : 0;
+        s[5] += ro->rr.seq[i].len;
         if (ro->excluded[i]) continue;
-        n_valid++;
-        n_correct += r->correct ? 1 : 0;
-        rsum += r->reward;
+        s[4]++;
+        s[1] += r->correct ? 1 : 0;
+        s[6] += r->reward;
     }
-    m->reward_mean = n_valid ? rsum / n_valid : 0.0;
-    for (int i = 0; i < n; i++)
+    if (sum_over_ranks(t, s, 8, "reward sums", err) != 0) return -1;
+    double n = s[0], n_valid = s[4], rsq = 0;
+    m->reward_mean = n_valid > 0 ? s[6] / n_valid : 0.0;
+    for (int i = 0; i < ro->rr.n; i++)
         if (!ro->excluded[i])
             rsq += (ro->res[i].reward - m->reward_mean) * (ro->res[i].reward - m->reward_mean);
+    if (sum_over_ranks(t, &rsq, 1, "reward deviations", err) != 0) return -1;
     m->reward_std = n_valid > 1 ? sqrt(rsq / (n_valid - 1)) : 0.0;
-    m->accuracy = n_valid ? (double)n_correct / n_valid : 0.0;
-    m->verifier_error_rate = n ? (double)n_error / n : 0.0;
-    m->truncated_frac = n ? (double)n_trunc / n : 0.0;
-    m->response_len_mean = n ? len_sum / n : 0.0;
+    m->accuracy = n_valid > 0 ? s[1] / n_valid : 0.0;
+    m->verifier_error_rate = n > 0 ? s[2] / n : 0.0;
+    m->truncated_frac = n > 0 ? s[3] / n : 0.0;
+    m->response_len_mean = n > 0 ? s[5] / n : 0.0;
+    m->tps_rollout = m->time_rollout > 0 ? s[7] / m->time_rollout : 0.0;
+    return 0;
 }
 
 /* A group the GRPO term learns from: an advantage (group_kept) and not every decided reward
@@ -701,10 +755,11 @@ static int sample_groups(trainer *t, int64_t step, const step_plan *p, step_roll
                          step_metrics *m, chord_err *err) {
     const job_grpo *g = &t->cfg->grpo;
     int rounds = g->filter_groups ? (int)g->max_sample_batches : 1, informative = 0;
+    int lo = 0, B = rank_share(t, p->B, &lo); /* several ranks: no filter_groups (setup) */
     for (int r = 0; r < rounds && (r == 0 || informative < p->B); r++) {
         step_rollouts more;
         memset(&more, 0, sizeof more);
-        int rc = collect_rollouts(t, step, r, ro->drawn, p->B, p->G, &more, m, err) != 0 ||
+        int rc = collect_rollouts(t, step, r, ro->drawn, lo, B, p->G, &more, m, err) != 0 ||
                          score_rollouts(t, &more, m, err) != 0
                      ? -1
                      : 0;
@@ -715,8 +770,8 @@ static int sample_groups(trainer *t, int64_t step, const step_plan *p, step_roll
         for (int k = 0; k < ro->B; k++)
             informative += group_informative(ro, p->G, k);
     }
-    m->tps_rollout = m->time_rollout > 0 ? (double)ro->tokens / m->time_rollout : 0.0;
-    reward_metrics(ro, m);
+    if (reward_metrics(t, ro, m, err) != 0) return -1;
+    if (n_ranks(t) > 1) ro->drawn = p->B; /* the step's prompts, every rank's share */
     if (g->filter_groups) {
         m->has_filter = 1;
         m->prompts_drawn = (double)ro->drawn;
@@ -818,12 +873,12 @@ static int add_rollout_seqs(const step_rollouts *ro, job_overlong_mode overlong,
     return 0;
 }
 
-static int add_expert_seqs(trainer *t, int E, step_batch *b, chord_err *err) {
+static int add_expert_seqs(trainer *t, int lo, int E, step_batch *b, chord_err *err) {
     for (int i = 0; i < E; i++) {
         trainer_item it;
         memset(&it, 0, sizeof it);
-        if (trainer_dataset_item(&t->expert, t->expert_cursor + i, t->tok, &t->tpl, 0, &it, err) !=
-            0)
+        if (trainer_dataset_item(&t->expert, t->expert_cursor + lo + i, t->tok, &t->tpl, 0, &it,
+                                 err) != 0)
             return -1;
         train_seq *s = &b->seqs[b->n++];
         if (train_seq_alloc(s, it.len, -1) != 0) {
@@ -848,7 +903,8 @@ static int build_sequences(trainer *t, const step_plan *p, const step_rollouts *
     b->seqs = calloc((size_t)(ro->rr.n + p->E + 1), sizeof *b->seqs);
     if (!b->seqs) return oom(err);
     if (add_rollout_seqs(ro, t->cfg->sampling.overlong, b) != 0) return oom(err);
-    if (add_expert_seqs(t, p->E, b, err) != 0) return -1;
+    int lo = 0, E = rank_share(t, p->E, &lo);
+    if (add_expert_seqs(t, lo, E, b, err) != 0) return -1;
     m->policy_tokens = (double)b->n_policy;
     m->expert_tokens = (double)b->n_expert;
     return 0;
@@ -900,7 +956,9 @@ static int reference_logprobs(trainer *t, step_rollouts *ro, step_batch *b, chor
         ro->kl[q->rollout] = sum;
         kl_total += sum;
     }
-    b->kl_mean = n_tok > 0 ? kl_total / (double)n_tok : 0.0;
+    double kl[2] = {kl_total, (double)n_tok};
+    if (sum_over_ranks(t, kl, 2, "reference KL", err) != 0) goto done;
+    b->kl_mean = kl[1] > 0 ? kl[0] / kl[1] : 0.0;
     rc = 0;
 done:
     chord_buf_free(&scratch);
@@ -969,7 +1027,9 @@ static int compute_advantages(trainer *t, int64_t step, const step_plan *p, step
                 "step %lld: %d of %d samples could not be verified (error/timeout): "
                 "left out of the advantages and the loss",
                 (long long)step, n_error, n);
-    m->zero_adv_groups = B > 0 ? (double)(zero_adv + starved) / B : 0.0;
+    double z[2] = {(double)(zero_adv + starved), (double)B};
+    if (sum_over_ranks(t, z, 2, "zero-advantage groups", err) != 0) goto done;
+    m->zero_adv_groups = z[1] > 0 ? z[0] / z[1] : 0.0;
     m->time_reward += chord_now() - t0;
     rc = 0;
 done:
@@ -1018,8 +1078,15 @@ static int train_and_update(trainer *t, int64_t step, step_batch *b, step_metric
                             chord_err *err) {
     double t0 = chord_now();
     const job_config *cfg = t->cfg;
-    chord_loss_params lp = chord_loss_params_for_job(cfg, m->mu, b->n_policy, b->n_expert,
-                                                     b->n_policy_seqs, b->n_expert_seqs);
+    /* the step's counts over every rank: each rank's loss is its share of the global one */
+    double c[4] = {(double)b->n_policy, (double)b->n_expert, (double)b->n_policy_seqs,
+                   (double)b->n_expert_seqs};
+    t->cur_step = step;
+    if (sum_over_ranks(t, c, 4, "token counts", err) != 0) return -1;
+    m->policy_tokens = c[0];
+    m->expert_tokens = c[1];
+    chord_loss_params lp = chord_loss_params_for_job(cfg, m->mu, (int64_t)c[0], (int64_t)c[1],
+                                                     (int64_t)c[2], (int64_t)c[3]);
     int kl_loss = t->ref_m && !cfg->grpo.kl_in_reward;
     int64_t train_tokens = 0, skipped = 0, shared = 0;
     /* a zero-advantage response still has a gradient with an entropy bonus or a KL term */
@@ -1040,16 +1107,19 @@ static int train_and_update(trainer *t, int64_t step, step_batch *b, step_metric
         shared = 0; /* one pass's */
         if (train_on(t, b->seqs, n_train, &lp, kl_loss, &acc, &train_tokens, &shared, err) != 0)
             return -1;
+        if (reduce_update(t, &acc, err) != 0) return -1;
         if (chord_loss_finish(&lp, &acc, &m->loss, err) != 0) return -1;
         if (model_adamw_step(t->m, (float)m->lr, (float)o->beta1, (float)o->beta2, (float)o->eps,
                              (float)o->weight_decay, (float)o->grad_clip, &m->grad_norm, err) != 0)
             return -1;
     }
     if (t->ref_m && !kl_loss) m->loss.kl = b->kl_mean; /* the penalty's, at rollout time */
-    m->policy_tokens_skipped = (double)skipped;
-    m->prompt_rows_shared = (double)shared;
+    double v[3] = {(double)skipped, (double)shared, (double)train_tokens};
+    if (sum_over_ranks(t, v, 3, "training counts", err) != 0) return -1;
+    m->policy_tokens_skipped = v[0];
+    m->prompt_rows_shared = v[1];
     m->time_train = chord_now() - t0;
-    m->tps_train = m->time_train > 0 ? (double)train_tokens / m->time_train : 0.0;
+    m->tps_train = m->time_train > 0 ? v[2] / m->time_train : 0.0;
     return 0;
 }
 
@@ -1086,6 +1156,7 @@ static int run_step(trainer *t, int64_t step, chord_err *err) {
     m->has_kl = t->ref_m != NULL;
     m->has_share = t->cfg->grpo.share_prompt;
     step_plan plan = plan_step(t->cfg, step);
+    t->cur_step = step; /* names the step's collectives */
     step_rollouts ro;
     step_batch batch;
     memset(&ro, 0, sizeof ro);
@@ -1333,6 +1404,16 @@ static int check_fits_hook(void *user, const model_config *mc, const tok_tokeniz
 static int setup(trainer *t, chord_err *err) {
     const job_config *cfg = t->cfg;
     const trainer_env *env = t->env;
+    if (n_ranks(t) > 1) { /* docs/distributed.md: what several ranks do not run yet */
+        if (cfg->grpo.filter_groups)
+            return chord_err_set(err, "grpo.filter_groups: not supported with several ranks yet "
+                                      "(run it in one process)");
+        if (jobconfig_uses_rollouts(cfg->algorithm) && cfg->grpo.prompts_per_step < n_ranks(t))
+            return chord_err_set(err,
+                                 "grpo.prompts_per_step: %lld prompts cannot be shared by %d "
+                                 "ranks (at least one each)",
+                                 (long long)cfg->grpo.prompts_per_step, n_ranks(t));
+    }
     /* model and tokenizer (bootstrap.h): a resumed job's weights come from its checkpoint (a
      * LoRA job's base from the model, its adapter from the checkpoint) */
     const int lora = cfg->lora.rank > 0;
@@ -1508,8 +1589,16 @@ int trainer_run(const job_config *cfg, const trainer_env *env, const trainer_cal
     double t0 = chord_now();
     int64_t first_step = t.step + 1;
     for (int64_t step = first_step; step <= cfg->steps; step++) {
-        int ck = 0;
-        if (cb && cb->should_stop && cb->should_stop(cb->user, &ck)) {
+        int ck = 0, stop = cb && cb->should_stop && cb->should_stop(cb->user, &ck);
+        if (n_ranks(&t) > 1) { /* every rank stops at the same step: any rank's wish counts */
+            int64_t v[2] = {stop, ck};
+            char name[64];
+            snprintf(name, sizeof name, "step %lld: stop?", (long long)step);
+            if (dist_allreduce_max_i64(env->dist, v, 2, name, err) != 0) goto done;
+            stop = (int)v[0];
+            ck = (int)v[1];
+        }
+        if (stop) {
             if (ck && t.step > 0 && save_checkpoint(&t, t.step, err) != 0) goto done;
             rc = TRAINER_STOPPED;
             goto done;

@@ -79,6 +79,12 @@ typedef struct trainer_env {
     /* Shared base weights (bootstrap.h; NULL: the job loads its own): a LoRA job's base and the
      * frozen KL reference come from here, one copy per base for every job on the device. */
     const struct bootstrap_bases *bases;
+    /* Data parallelism (server/dist/dist.h; NULL or one rank: the whole step here). With several
+     * ranks each samples and trains on its share of the step's prompts and expert records; the
+     * gradients and the loss and metric sums are added over the ranks before AdamW, so every
+     * rank takes the same optimizer step (docs/distributed.md). Only the caller's rank 0 should
+     * pass callbacks that write. */
+    struct dist_ctx *dist;
 } trainer_env;
 
 enum { TRAINER_DONE = 0, TRAINER_FAILED = -1, TRAINER_STOPPED = 1 };

@@ -1,0 +1,411 @@
+/* dist.c — dist.h's single-process and MPI implementations (Open MPI; the MPI half is built
+ * when CMake finds MPI: CHORD_HAVE_MPI).
+ *
+ * Every MPI collective goes through `arrive` first: each rank sends rank 0 a note holding its
+ * collective count, rank 0 waits for every note until the deadline and then answers each rank.
+ * Rank 0 thus knows which rank never came (dead or hung) and names it; the other ranks wait a
+ * little longer than rank 0 so that, when a peer is missing, rank 0's error (naming it) is the
+ * one the job ends with. The collective proper is then posted non-blocking and polled against
+ * the same deadline, so nothing waits in MPI forever. Communication errors return
+ * (MPI_ERRORS_RETURN on the job's communicator) and are reported with MPI's own text.
+ *
+ * Not here: NCCL (dist_nccl.c), what the trainer sums (trainer.c). */
+#include "server/dist/dist.h"
+
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "server/base/fileutil.h"
+
+#ifdef CHORD_HAVE_MPI
+#include <mpi.h>
+#endif
+
+enum { DIST_SINGLE, DIST_MPI };
+
+struct dist_ctx {
+    int kind;
+    int rank, size, local_rank;
+    double timeout_s;
+    int64_t count; /* collectives run so far (every rank runs the same sequence) */
+    struct dist_nccl *nccl;
+#ifdef CHORD_HAVE_MPI
+    MPI_Comm comm;
+    int mpi_initialized; /* by us: finalized by dist_close */
+#endif
+};
+
+int dist_launched_by_mpi(void) {
+    static const char *vars[] = {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_SIZE", "PMI_RANK"};
+    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++)
+        if (getenv(vars[i])) return 1;
+    return 0;
+}
+
+int dist_rank(const dist_ctx *d) {
+    return d ? d->rank : 0;
+}
+int dist_size(const dist_ctx *d) {
+    return d ? d->size : 1;
+}
+int dist_local_rank(const dist_ctx *d) {
+    return d ? d->local_rank : 0;
+}
+const char *dist_kind(const dist_ctx *d) {
+    return d && d->kind == DIST_MPI ? "mpi" : "single";
+}
+
+static int dist_oom(chord_err *err) {
+    return chord_err_setc(err, CHORD_E_INTERNAL, "dist: out of memory");
+}
+
+/* ---- MPI ---------------------------------------------------------------------------------- */
+#ifdef CHORD_HAVE_MPI
+
+enum { TAG_ARRIVE = 7101, TAG_GO = 7102 };
+
+static int mpi_error(int rc, const char *what, chord_err *err) {
+    char text[MPI_MAX_ERROR_STRING];
+    int len = 0;
+    if (MPI_Error_string(rc, text, &len) != MPI_SUCCESS) snprintf(text, sizeof text, "code %d", rc);
+    return chord_err_setc(err, CHORD_E_IO, "dist: %s: MPI error: %s", what, text);
+}
+
+static void pause_briefly(long *ns) {
+    struct timespec ts = {0, *ns};
+    nanosleep(&ts, NULL);
+    if (*ns < 1000000) *ns *= 2; /* 1 µs doubling to 1 ms: cheap while peers are close */
+}
+
+/* Polls reqs[0..n) until all complete or the deadline passes. Returns 0 when all completed,
+ * 1 on timeout (done[i] says which did), -1 on an MPI error (err set). */
+static int wait_all(MPI_Request *reqs, int *done, int n, double deadline, const char *what,
+                    chord_err *err) {
+    long ns = 1000;
+    for (;;) {
+        int left = 0;
+        for (int i = 0; i < n; i++) {
+            if (done[i]) continue;
+            int flag = 0;
+            int rc = MPI_Test(&reqs[i], &flag, MPI_STATUS_IGNORE);
+            if (rc != MPI_SUCCESS) return mpi_error(rc, what, err);
+            done[i] = flag;
+            left += !flag;
+        }
+        if (left == 0) return 0;
+        if (chord_now() > deadline) return 1;
+        pause_briefly(&ns);
+    }
+}
+
+/* Every rank reaches collective number d->count (named what) before it runs; names the ranks
+ * that did not within the timeout. */
+static int arrive(dist_ctx *d, const char *what, chord_err *err) {
+    int64_t mine = d->count;
+    double t0 = chord_now();
+    if (d->rank == 0) {
+        int n = d->size - 1, rc = -1;
+        MPI_Request *reqs = calloc((size_t)n, sizeof *reqs);
+        int *done = calloc((size_t)n, sizeof *done);
+        int64_t *theirs = calloc((size_t)n, sizeof *theirs);
+        if (!reqs || !done || !theirs) {
+            dist_oom(err);
+            goto out;
+        }
+        for (int r = 1; r <= n; r++) {
+            int mrc =
+                MPI_Irecv(&theirs[r - 1], 1, MPI_INT64_T, r, TAG_ARRIVE, d->comm, &reqs[r - 1]);
+            if (mrc != MPI_SUCCESS) {
+                mpi_error(mrc, what, err);
+                goto out;
+            }
+        }
+        int w = wait_all(reqs, done, n, t0 + d->timeout_s, what, err);
+        if (w < 0) goto out;
+        if (w > 0) {
+            char missing[256] = "";
+            size_t len = 0;
+            int count = 0;
+            for (int i = 0; i < n; i++)
+                if (!done[i] && len < sizeof missing - 16) {
+                    len += (size_t)snprintf(missing + len, sizeof missing - len, "%s%d",
+                                            count ? ", " : "", i + 1);
+                    count++;
+                }
+            chord_err_setc(err, CHORD_E_IO,
+                           "dist: rank%s %s did not reach the collective '%s' within %.0f s "
+                           "(it died or hangs)",
+                           count > 1 ? "s" : "", missing, what, d->timeout_s);
+            goto out;
+        }
+        for (int i = 0; i < n; i++)
+            if (theirs[i] != mine) {
+                chord_err_setc(err, CHORD_E_INTERNAL,
+                               "dist: rank %d is at collective #%lld while rank 0 is at #%lld "
+                               "('%s'): the ranks diverged",
+                               i + 1, (long long)theirs[i], (long long)mine, what);
+                goto out;
+            }
+        for (int r = 1; r <= n; r++) {
+            int mrc = MPI_Isend(&mine, 1, MPI_INT64_T, r, TAG_GO, d->comm, &reqs[r - 1]);
+            if (mrc != MPI_SUCCESS) {
+                mpi_error(mrc, what, err);
+                goto out;
+            }
+            done[r - 1] = 0;
+        }
+        w = wait_all(reqs, done, n, chord_now() + d->timeout_s, what, err);
+        if (w > 0)
+            chord_err_setc(err, CHORD_E_IO, "dist: '%s': a rank stopped receiving within %.0f s",
+                           what, d->timeout_s);
+        rc = w == 0 ? 0 : -1;
+    out:
+        free(reqs);
+        free(done);
+        free(theirs);
+        return rc;
+    }
+    MPI_Request reqs[2];
+    int done[2] = {0, 0};
+    int64_t go = -1;
+    int mrc = MPI_Isend(&mine, 1, MPI_INT64_T, 0, TAG_ARRIVE, d->comm, &reqs[0]);
+    if (mrc == MPI_SUCCESS) mrc = MPI_Irecv(&go, 1, MPI_INT64_T, 0, TAG_GO, d->comm, &reqs[1]);
+    if (mrc != MPI_SUCCESS) return mpi_error(mrc, what, err);
+    /* longer than rank 0's wait, so that rank 0 names a missing peer first */
+    int w = wait_all(reqs, done, 2, t0 + 1.5 * d->timeout_s + 5.0, what, err);
+    if (w < 0) return -1;
+    if (w > 0)
+        return chord_err_setc(err, CHORD_E_IO,
+                              "dist: rank 0 did not answer at the collective '%s' within %.0f s "
+                              "(it died or hangs)",
+                              what, 1.5 * d->timeout_s + 5.0);
+    if (go != mine)
+        return chord_err_setc(err, CHORD_E_INTERNAL,
+                              "dist: rank %d is at collective #%lld while rank 0 is at #%lld "
+                              "('%s'): the ranks diverged",
+                              d->rank, (long long)mine, (long long)go, what);
+    return 0;
+}
+
+/* Waits for one posted collective against the watchdog. */
+static int finish(dist_ctx *d, MPI_Request *req, const char *what, chord_err *err) {
+    int done = 0;
+    int w = wait_all(req, &done, 1, chord_now() + d->timeout_s, what, err);
+    if (w > 0)
+        return chord_err_setc(err, CHORD_E_IO,
+                              "dist: the collective '%s' did not complete within %.0f s on rank "
+                              "%d (a peer died or hangs)",
+                              what, d->timeout_s, d->rank);
+    return w;
+}
+
+/* MPI counts are int: large buffers go in chunks. */
+#define DIST_CHUNK ((size_t)1 << 30)
+
+static int mpi_allreduce(dist_ctx *d, void *buf, size_t n, size_t elem, MPI_Datatype type,
+                         MPI_Op op, const char *what, chord_err *err) {
+    if (arrive(d, what, err) != 0) return -1;
+    for (size_t off = 0; off < n; off += DIST_CHUNK) {
+        size_t k = n - off < DIST_CHUNK ? n - off : DIST_CHUNK;
+        MPI_Request req;
+        int rc =
+            MPI_Iallreduce(MPI_IN_PLACE, (char *)buf + off * elem, (int)k, type, op, d->comm, &req);
+        if (rc != MPI_SUCCESS) return mpi_error(rc, what, err);
+        if (finish(d, &req, what, err) != 0) return -1;
+    }
+    return 0;
+}
+
+static int mpi_open(dist_ctx *d, chord_err *err) {
+    int inited = 0, provided = 0;
+    int rc = MPI_Initialized(&inited);
+    if (rc != MPI_SUCCESS) return mpi_error(rc, "MPI_Initialized", err);
+    if (!inited) {
+        /* only the main thread calls MPI (OpenMP threads compute between the calls) */
+        rc = MPI_Init_thread(NULL, NULL, MPI_THREAD_FUNNELED, &provided);
+        if (rc != MPI_SUCCESS) return chord_err_setc(err, CHORD_E_IO, "dist: MPI_Init failed");
+        d->mpi_initialized = 1;
+    }
+    rc = MPI_Comm_dup(MPI_COMM_WORLD, &d->comm);
+    if (rc == MPI_SUCCESS) rc = MPI_Comm_set_errhandler(d->comm, MPI_ERRORS_RETURN);
+    if (rc == MPI_SUCCESS) rc = MPI_Comm_rank(d->comm, &d->rank);
+    if (rc == MPI_SUCCESS) rc = MPI_Comm_size(d->comm, &d->size);
+    if (rc != MPI_SUCCESS) return mpi_error(rc, "the job's communicator", err);
+    MPI_Comm node;
+    rc = MPI_Comm_split_type(d->comm, MPI_COMM_TYPE_SHARED, d->rank, MPI_INFO_NULL, &node);
+    if (rc == MPI_SUCCESS) rc = MPI_Comm_rank(node, &d->local_rank);
+    if (rc == MPI_SUCCESS) rc = MPI_Comm_free(&node);
+    if (rc != MPI_SUCCESS) return mpi_error(rc, "the host's ranks", err);
+    d->kind = DIST_MPI;
+    return 0;
+}
+
+#endif /* CHORD_HAVE_MPI */
+
+/* ---- the interface ------------------------------------------------------------------------ */
+
+int dist_open(double timeout_s, dist_ctx **out, chord_err *err) {
+    *out = NULL;
+    if (!(timeout_s > 0))
+        return chord_err_set(err, "dist: the collective timeout must be > 0 s (got %g)", timeout_s);
+    dist_ctx *d = calloc(1, sizeof *d);
+    if (!d) return dist_oom(err);
+    d->kind = DIST_SINGLE;
+    d->size = 1;
+    d->timeout_s = timeout_s;
+    if (dist_launched_by_mpi()) {
+#ifdef CHORD_HAVE_MPI
+        if (mpi_open(d, err) != 0) {
+            free(d);
+            return -1;
+        }
+#else
+        free(d);
+        return chord_err_set(err, "launched by mpirun, but this chordd was built without MPI "
+                                  "(install libopenmpi-dev and rebuild: docs/distributed.md)");
+#endif
+    }
+    *out = d;
+    return 0;
+}
+
+int dist_close(dist_ctx *d, chord_err *err) {
+    if (!d) return 0;
+    int rc = 0;
+    if (d->nccl) dist_nccl_close(d->nccl);
+#ifdef CHORD_HAVE_MPI
+    if (d->kind == DIST_MPI) {
+        rc = dist_barrier(d, "the end of the job", err);
+        if (rc == 0) {
+            int mrc = MPI_Comm_free(&d->comm);
+            if (mrc != MPI_SUCCESS) rc = mpi_error(mrc, "MPI_Comm_free", err);
+        }
+        if (rc == 0 && d->mpi_initialized) {
+            int mrc = MPI_Finalize();
+            if (mrc != MPI_SUCCESS) rc = mpi_error(mrc, "MPI_Finalize", err);
+        }
+    }
+#else
+    (void)err;
+#endif
+    free(d);
+    return rc;
+}
+
+void dist_abort(dist_ctx *d, int code) {
+    fflush(stdout);
+    fflush(stderr);
+#ifdef CHORD_HAVE_MPI
+    if (d && d->kind == DIST_MPI) MPI_Abort(MPI_COMM_WORLD, code); /* does not return */
+#else
+    (void)d;
+#endif
+    _exit(code);
+}
+
+int dist_allreduce_sum_f32(dist_ctx *d, float *buf, size_t n, const char *what, chord_err *err) {
+    if (!d || d->size == 1) return 0;
+    d->count++;
+#ifdef CHORD_HAVE_MPI
+    return mpi_allreduce(d, buf, n, sizeof *buf, MPI_FLOAT, MPI_SUM, what, err);
+#else
+    (void)buf, (void)n, (void)what;
+    return chord_err_setc(err, CHORD_E_INTERNAL, "dist: no MPI");
+#endif
+}
+
+int dist_allreduce_sum_f64(dist_ctx *d, double *buf, size_t n, const char *what, chord_err *err) {
+    if (!d || d->size == 1) return 0;
+    d->count++;
+#ifdef CHORD_HAVE_MPI
+    return mpi_allreduce(d, buf, n, sizeof *buf, MPI_DOUBLE, MPI_SUM, what, err);
+#else
+    (void)buf, (void)n, (void)what;
+    return chord_err_setc(err, CHORD_E_INTERNAL, "dist: no MPI");
+#endif
+}
+
+int dist_allreduce_max_i64(dist_ctx *d, int64_t *buf, size_t n, const char *what, chord_err *err) {
+    if (!d || d->size == 1) return 0;
+    d->count++;
+#ifdef CHORD_HAVE_MPI
+    return mpi_allreduce(d, buf, n, sizeof *buf, MPI_INT64_T, MPI_MAX, what, err);
+#else
+    (void)buf, (void)n, (void)what;
+    return chord_err_setc(err, CHORD_E_INTERNAL, "dist: no MPI");
+#endif
+}
+
+int dist_broadcast(dist_ctx *d, void *buf, size_t bytes, int root, const char *what,
+                   chord_err *err) {
+    if (!d || d->size == 1) return 0;
+    if (root < 0 || root >= d->size)
+        return chord_err_set(err, "dist: broadcast from rank %d of %d", root, d->size);
+    d->count++;
+#ifdef CHORD_HAVE_MPI
+    if (arrive(d, what, err) != 0) return -1;
+    for (size_t off = 0; off < bytes; off += DIST_CHUNK) {
+        size_t k = bytes - off < DIST_CHUNK ? bytes - off : DIST_CHUNK;
+        MPI_Request req;
+        int rc = MPI_Ibcast((char *)buf + off, (int)k, MPI_BYTE, root, d->comm, &req);
+        if (rc != MPI_SUCCESS) return mpi_error(rc, what, err);
+        if (finish(d, &req, what, err) != 0) return -1;
+    }
+    return 0;
+#else
+    (void)buf, (void)bytes, (void)what;
+    return chord_err_setc(err, CHORD_E_INTERNAL, "dist: no MPI");
+#endif
+}
+
+int dist_barrier(dist_ctx *d, const char *what, chord_err *err) {
+    if (!d || d->size == 1) return 0;
+    d->count++;
+#ifdef CHORD_HAVE_MPI
+    return arrive(d, what, err); /* every rank checked in with rank 0, and heard back */
+#else
+    (void)what;
+    return chord_err_setc(err, CHORD_E_INTERNAL, "dist: no MPI");
+#endif
+}
+
+int dist_allreduce_sum_device_f32(dist_ctx *d, ops_ctx *ops, float *dev, size_t n, const char *what,
+                                  chord_err *err) {
+    if (!d || d->size == 1 || n == 0) return 0;
+    if (d->nccl) return dist_nccl_allreduce_sum_f32(d->nccl, dev, n, what, err);
+    if (ops->device_index < 0) /* the CPU backend: device memory is host memory */
+        return dist_allreduce_sum_f32(d, dev, n, what, err);
+    float *host = malloc(n * sizeof *host);
+    if (!host) return dist_oom(err);
+    int rc = -1;
+    if (ops_to_host(ops, host, dev, n * sizeof *host) != 0) {
+        chord_err_setc(err, CHORD_E_INTERNAL, "dist: %s: %s", what, ops->last_error);
+        goto done;
+    }
+    if (dist_allreduce_sum_f32(d, host, n, what, err) != 0) goto done;
+    if (ops_to_device(ops, dev, host, n * sizeof *host) != 0) {
+        chord_err_setc(err, CHORD_E_INTERNAL, "dist: %s: %s", what, ops->last_error);
+        goto done;
+    }
+    rc = 0;
+done:
+    free(host);
+    return rc;
+}
+
+int dist_attach_nccl(dist_ctx *d, const ops_ctx *ops, chord_err *err) {
+    if (!d || d->size == 1 || d->nccl) return 0;
+    if (ops->device_index < 0)
+        return chord_err_set(err, "dist: NCCL needs a CUDA device (the job runs on %s)",
+                             ops->be->name);
+    if (!dist_have_nccl()) return chord_err_set(err, "dist: this chordd was built without NCCL");
+    return dist_nccl_open(d, ops->device_index, &d->nccl, err);
+}
+
+double dist_timeout_s(const dist_ctx *d) {
+    return d ? d->timeout_s : DIST_DEFAULT_TIMEOUT_S;
+}

@@ -1,0 +1,79 @@
+/* dist.h — the ranks of a data-parallel job and the few collectives the trainer needs, behind
+ * one interface (DESIGN.md "Distributed": the trainer calls all-reduce, never MPI directly).
+ *
+ * Implementations:
+ * - single: one process, rank 0 of 1; every collective is a no-op (the default, and what any
+ *   process not launched by mpirun gets);
+ * - MPI (dist_mpi.c, Open MPI): chosen by dist_open when the process was launched by mpirun
+ *   (OMPI_COMM_WORLD_SIZE, PMIX_RANK or PMI_SIZE in the environment). Every collective has a
+ *   watchdog: rank 0 first collects an arrival note from every rank, and a rank that does not
+ *   arrive within the timeout is named in the error (it died or hangs); then the collective
+ *   itself runs non-blocking, polled against the same deadline. A failed or timed-out
+ *   collective is an error the caller turns into dist_abort, which ends every rank;
+ * - NCCL (dist_nccl.c): gradients that live on a GPU are summed by NCCL, its unique id
+ *   broadcast over MPI. Compiled when CUDA and NCCL are found; it has never run on a GPU
+ *   (docs/distributed.md).
+ *
+ * Not here: which rank takes which work (the trainer splits a step), launching processes
+ * (mpirun), files and logs (rank 0's job, cmd/cmd_train.c). */
+#ifndef CHORD_DIST_DIST_H
+#define CHORD_DIST_DIST_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kernels/ops.h"
+#include "server/base/err.h"
+
+typedef struct dist_ctx dist_ctx;
+
+/* Default watchdog (seconds) for a collective: long enough for rank 0 to write a checkpoint
+ * while the others wait at the next step's first collective. */
+#define DIST_DEFAULT_TIMEOUT_S 600.0
+
+/* Whether this process was launched by an MPI launcher (mpirun / mpiexec / srun with PMI). */
+int dist_launched_by_mpi(void);
+
+/* Opens the process's view of the job: MPI (initialising it) when launched by mpirun, else the
+ * single-process implementation. timeout_s > 0 bounds every collective. Fails when launched by
+ * mpirun and this build has no MPI, or MPI cannot start. */
+int dist_open(double timeout_s, dist_ctx **out, chord_err *err);
+/* Finalizes MPI (after a last barrier) and frees d; NULL is fine. */
+int dist_close(dist_ctx *d, chord_err *err);
+/* Ends every rank of the job now (MPI_Abort), after the caller printed why. */
+void dist_abort(dist_ctx *d, int code) __attribute__((noreturn));
+
+int dist_rank(const dist_ctx *d);         /* 0 .. size - 1 */
+int dist_size(const dist_ctx *d);         /* ranks in the job */
+int dist_local_rank(const dist_ctx *d);   /* rank among the ranks of this host (GPU choice) */
+const char *dist_kind(const dist_ctx *d); /* "single", "mpi" */
+
+/* Collectives: every rank calls them in the same order with the same n. `what` names the
+ * collective in a timeout's message ("step 3: gradients"). In place. */
+int dist_allreduce_sum_f32(dist_ctx *d, float *buf, size_t n, const char *what, chord_err *err);
+int dist_allreduce_sum_f64(dist_ctx *d, double *buf, size_t n, const char *what, chord_err *err);
+int dist_allreduce_max_i64(dist_ctx *d, int64_t *buf, size_t n, const char *what, chord_err *err);
+int dist_broadcast(dist_ctx *d, void *buf, size_t bytes, int root, const char *what,
+                   chord_err *err);
+int dist_barrier(dist_ctx *d, const char *what, chord_err *err);
+
+/* The sum over the ranks of a float buffer in device memory of ops (n floats, in place): NCCL
+ * when attached (dist_attach_nccl), else through the host (on the CPU backend device memory is
+ * host memory: no copy). */
+int dist_allreduce_sum_device_f32(dist_ctx *d, ops_ctx *ops, float *dev, size_t n, const char *what,
+                                  chord_err *err);
+
+/* NCCL for the gradients of a CUDA device (ops->device_index): the communicator is created
+ * from a unique id rank 0 broadcasts. Fails when this build has no NCCL. Never ran on a GPU. */
+int dist_attach_nccl(dist_ctx *d, const ops_ctx *ops, chord_err *err);
+int dist_have_nccl(void); /* whether this build has NCCL */
+
+/* ---- for the implementations (dist_mpi.c, dist_nccl.c) ---- */
+struct dist_nccl;
+double dist_timeout_s(const dist_ctx *d); /* the watchdog of one collective */
+int dist_nccl_open(dist_ctx *d, int device_index, struct dist_nccl **out, chord_err *err);
+int dist_nccl_allreduce_sum_f32(struct dist_nccl *c, float *dev, size_t n, const char *what,
+                                chord_err *err);
+void dist_nccl_close(struct dist_nccl *c);
+
+#endif

@@ -1,0 +1,140 @@
+/* dist_nccl.c — gradients on a GPU summed over the ranks by NCCL (one process per GPU), the
+ * communicator bootstrapped from a unique id rank 0 broadcasts over MPI (dist.h).
+ *
+ * Built when CMake finds CUDA and NCCL (CHORD_HAVE_NCCL); otherwise every entry point says the
+ * build has no NCCL. It compiles in CI but has never run: no GPU was available to this project
+ * (docs/distributed.md). The all-reduce runs on its own stream after the whole device is
+ * synchronised (the backend's kernels write the gradients on the backend's stream), and is polled
+ * against the job's collective timeout: a peer that never joins aborts the communicator instead
+ * of hanging.
+ *
+ * Not here: MPI (dist.c), which buffer is summed (trainer.c). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "server/base/fileutil.h"
+#include "server/dist/dist.h"
+
+#ifdef CHORD_HAVE_NCCL
+#include <cuda_runtime.h>
+#include <nccl.h>
+
+struct dist_nccl {
+    ncclComm_t comm;
+    cudaStream_t stream;
+    int device;
+    double timeout_s;
+};
+
+int dist_have_nccl(void) {
+    return 1;
+}
+
+static int cuda_error(cudaError_t e, const char *what, chord_err *err) {
+    return chord_err_setc(err, CHORD_E_INTERNAL, "dist: %s: CUDA: %s", what, cudaGetErrorString(e));
+}
+
+static int nccl_error(ncclResult_t r, const char *what, chord_err *err) {
+    return chord_err_setc(err, CHORD_E_IO, "dist: %s: NCCL: %s", what, ncclGetErrorString(r));
+}
+
+int dist_nccl_open(dist_ctx *d, int device_index, struct dist_nccl **out, chord_err *err) {
+    *out = NULL;
+    ncclUniqueId id;
+    if (dist_rank(d) == 0) {
+        ncclResult_t r = ncclGetUniqueId(&id);
+        if (r != ncclSuccess) return nccl_error(r, "ncclGetUniqueId", err);
+    }
+    if (dist_broadcast(d, &id, sizeof id, 0, "the NCCL unique id", err) != 0) return -1;
+    struct dist_nccl *c = calloc(1, sizeof *c);
+    if (!c) return chord_err_setc(err, CHORD_E_INTERNAL, "dist: out of memory");
+    c->device = device_index;
+    c->timeout_s = dist_timeout_s(d);
+    cudaError_t e = cudaSetDevice(device_index);
+    if (e == cudaSuccess) e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking);
+    if (e != cudaSuccess) {
+        free(c);
+        return cuda_error(e, "the NCCL stream", err);
+    }
+    ncclResult_t r = ncclCommInitRank(&c->comm, dist_size(d), id, dist_rank(d));
+    if (r != ncclSuccess) {
+        cudaError_t de = cudaStreamDestroy(c->stream);
+        (void)de; /* the NCCL error is the one to report */
+        free(c);
+        return nccl_error(r, "ncclCommInitRank", err);
+    }
+    *out = c;
+    return 0;
+}
+
+int dist_nccl_allreduce_sum_f32(struct dist_nccl *c, float *dev, size_t n, const char *what,
+                                chord_err *err) {
+    cudaError_t e = cudaSetDevice(c->device);
+    if (e == cudaSuccess) e = cudaDeviceSynchronize(); /* the gradients are written */
+    if (e != cudaSuccess) return cuda_error(e, what, err);
+    ncclResult_t r = ncclAllReduce(dev, dev, n, ncclFloat, ncclSum, c->comm, c->stream);
+    if (r != ncclSuccess) return nccl_error(r, what, err);
+    double deadline = chord_now() + c->timeout_s;
+    for (;;) {
+        e = cudaStreamQuery(c->stream);
+        if (e == cudaSuccess) return 0;
+        if (e != cudaErrorNotReady) return cuda_error(e, what, err);
+        ncclResult_t async = ncclSuccess;
+        r = ncclCommGetAsyncError(c->comm, &async);
+        if (r != ncclSuccess) return nccl_error(r, what, err);
+        if (async != ncclSuccess) return nccl_error(async, what, err);
+        if (chord_now() > deadline) {
+            r = ncclCommAbort(c->comm); /* unblocks the stream; the job ends */
+            c->comm = NULL;
+            return chord_err_setc(err, CHORD_E_IO,
+                                  "dist: %s: the NCCL all-reduce did not complete within %.0f s "
+                                  "(a peer died or hangs)%s",
+                                  what, c->timeout_s, r == ncclSuccess ? "" : "; abort failed");
+        }
+        struct timespec ts = {0, 100000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+void dist_nccl_close(struct dist_nccl *c) {
+    if (!c) return;
+    if (c->comm) {
+        ncclResult_t r = ncclCommDestroy(c->comm);
+        if (r != ncclSuccess) fprintf(stderr, "dist: ncclCommDestroy: %s\n", ncclGetErrorString(r));
+    }
+    cudaError_t e = cudaStreamDestroy(c->stream);
+    if (e != cudaSuccess) fprintf(stderr, "dist: cudaStreamDestroy: %s\n", cudaGetErrorString(e));
+    free(c);
+}
+
+#else /* no NCCL in this build */
+
+struct dist_nccl {
+    int unused;
+};
+
+int dist_have_nccl(void) {
+    return 0;
+}
+
+int dist_nccl_open(dist_ctx *d, int device_index, struct dist_nccl **out, chord_err *err) {
+    (void)d;
+    (void)device_index;
+    *out = NULL;
+    return chord_err_set(err, "dist: this chordd was built without NCCL");
+}
+
+int dist_nccl_allreduce_sum_f32(struct dist_nccl *c, float *dev, size_t n, const char *what,
+                                chord_err *err) {
+    (void)c;
+    (void)dev;
+    (void)n;
+    return chord_err_set(err, "dist: %s: this chordd was built without NCCL", what);
+}
+
+void dist_nccl_close(struct dist_nccl *c) {
+    (void)c;
+}
+
+#endif
