@@ -325,11 +325,12 @@ static json_t *model_json(const store_model *m) {
                                                  : "init"),
                  &bad);
     if (lora) svc_json_put(o, "lora", lora, &bad);
-    if (m->checkpoint_id[0])
-        svc_json_put(o, "checkpoint",
-                     json_pack("{s:s, s:I, s:s}", "job_id", m->checkpoint_job_id, "step",
-                               (json_int_t)m->checkpoint_step, "id", m->checkpoint_id),
-                     &bad);
+    svc_json_put(o, "checkpoint",
+                 m->checkpoint_id[0]
+                     ? json_pack("{s:s, s:I, s:s}", "job_id", m->checkpoint_job_id, "step",
+                                 (json_int_t)m->checkpoint_step, "id", m->checkpoint_id)
+                     : json_null(),
+                 &bad);
     svc_json_put(o, "path", svc_json_str(m->directory), &bad);
     svc_json_put(o, "tokenizer", svc_json_str(m->tokenizer_dir), &bad);
     svc_json_put(o, "config", config ? config : json_object(), &bad);

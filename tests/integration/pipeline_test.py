@@ -15,7 +15,7 @@ import grpc
 import pytest
 
 from chordd_harness import Chordd, arith_prompts, jsonl, tiny_job
-from grpc_harness import GrpcChordd, stubs, to_struct
+from grpc_harness import GrpcChordd, assert_same, stubs, to_struct
 
 
 def assert_error(r, status, code, *needles):
@@ -284,8 +284,7 @@ def test_grpc_chaining_and_keys(srv, trained):
                                                     idempotency_key="g-model"), timeout=30)
     assert m1.id == m2.id and m1.source == "checkpoint"
     assert m1.checkpoint.job_id == job["id"] and m1.checkpoint.step == 4
-    rest = srv.get("/v1/models/" + m1.id).json()
-    assert rest["checkpoint"]["id"] == m1.checkpoint.id and rest["path"] == m1.path
+    assert_same(srv.get("/v1/models/" + m1.id).json(), m1)  # the REST resource, field by field
     with pytest.raises(grpc.RpcError) as e:
         stub.RegisterModel(pb.RegisterModelRequest(name="other", from_checkpoint=ref,
                                                    idempotency_key="g-model"), timeout=30)
