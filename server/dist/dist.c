@@ -66,7 +66,7 @@ static int dist_oom(chord_err *err) {
 /* ---- MPI ---------------------------------------------------------------------------------- */
 #ifdef CHORD_HAVE_MPI
 
-enum { TAG_ARRIVE = 7101, TAG_GO = 7102 };
+enum { TAG_ARRIVE = 7101, TAG_GO = 7102, TAG_PING = 7103, TAG_PONG = 7104 };
 
 static int mpi_error(int rc, const char *what, chord_err *err) {
     char text[MPI_MAX_ERROR_STRING];
@@ -81,12 +81,29 @@ static void pause_briefly(long *ns) {
     if (*ns < 1000000) *ns *= 2; /* 1 µs doubling to 1 ms: cheap while peers are close */
 }
 
-/* Polls reqs[0..n) until all complete or the deadline passes. Returns 0 when all completed,
- * 1 on timeout (done[i] says which did), -1 on an MPI error (err set). */
-static int wait_all(MPI_Request *reqs, int *done, int n, double deadline, const char *what,
-                    chord_err *err) {
+/* Answers rank 0's liveness pings (name_silent) while this rank waits. */
+static int answer_pings(dist_ctx *d, const char *what, chord_err *err) {
+    for (;;) {
+        int flag = 0;
+        MPI_Status st;
+        int rc = MPI_Iprobe(0, TAG_PING, d->comm, &flag, &st);
+        if (rc != MPI_SUCCESS) return mpi_error(rc, what, err);
+        if (!flag) return 0;
+        int64_t v = 0;
+        rc = MPI_Recv(&v, 1, MPI_INT64_T, 0, TAG_PING, d->comm, MPI_STATUS_IGNORE);
+        if (rc == MPI_SUCCESS) rc = MPI_Send(&v, 1, MPI_INT64_T, 0, TAG_PONG, d->comm);
+        if (rc != MPI_SUCCESS) return mpi_error(rc, what, err);
+    }
+}
+
+/* Polls reqs[0..n) until all complete or the deadline passes, answering pings meanwhile on the
+ * ranks other than 0. Returns 0 when all completed, 1 on timeout (done[i] says which did), -1 on
+ * an MPI error (err set). */
+static int wait_all(dist_ctx *d, MPI_Request *reqs, int *done, int n, double deadline,
+                    const char *what, chord_err *err) {
     long ns = 1000;
     for (;;) {
+        if (d->rank != 0 && answer_pings(d, what, err) != 0) return -1;
         int left = 0;
         for (int i = 0; i < n; i++) {
             if (done[i]) continue;
@@ -124,7 +141,7 @@ static int arrive(dist_ctx *d, const char *what, chord_err *err) {
                 goto out;
             }
         }
-        int w = wait_all(reqs, done, n, t0 + d->timeout_s, what, err);
+        int w = wait_all(d, reqs, done, n, t0 + d->timeout_s, what, err);
         if (w < 0) goto out;
         if (w > 0) {
             char missing[256] = "";
@@ -158,7 +175,7 @@ static int arrive(dist_ctx *d, const char *what, chord_err *err) {
             }
             done[r - 1] = 0;
         }
-        w = wait_all(reqs, done, n, chord_now() + d->timeout_s, what, err);
+        w = wait_all(d, reqs, done, n, chord_now() + d->timeout_s, what, err);
         if (w > 0)
             chord_err_setc(err, CHORD_E_IO, "dist: '%s': a rank stopped receiving within %.0f s",
                            what, d->timeout_s);
@@ -176,7 +193,7 @@ static int arrive(dist_ctx *d, const char *what, chord_err *err) {
     if (mrc == MPI_SUCCESS) mrc = MPI_Irecv(&go, 1, MPI_INT64_T, 0, TAG_GO, d->comm, &reqs[1]);
     if (mrc != MPI_SUCCESS) return mpi_error(mrc, what, err);
     /* longer than rank 0's wait, so that rank 0 names a missing peer first */
-    int w = wait_all(reqs, done, 2, t0 + 1.5 * d->timeout_s + 5.0, what, err);
+    int w = wait_all(d, reqs, done, 2, t0 + 1.5 * d->timeout_s + 5.0, what, err);
     if (w < 0) return -1;
     if (w > 0)
         return chord_err_setc(err, CHORD_E_IO,
@@ -191,15 +208,72 @@ static int arrive(dist_ctx *d, const char *what, chord_err *err) {
     return 0;
 }
 
-/* Waits for one posted collective against the watchdog. */
+/* Rank 0, after a collective timed out: pings every other rank (a rank waiting in a collective
+ * answers from its polling loop) and names those that stay silent. Always returns -1. */
+static int name_silent(dist_ctx *d, const char *what, chord_err *err) {
+    int n = d->size - 1;
+    MPI_Request *reqs = calloc(2 * (size_t)n, sizeof *reqs);
+    int *done = calloc(2 * (size_t)n, sizeof *done);
+    int64_t *pong = calloc((size_t)n, sizeof *pong), ping = d->count;
+    if (!reqs || !done || !pong) {
+        free(reqs);
+        free(done);
+        free(pong);
+        return dist_oom(err);
+    }
+    int rc = MPI_SUCCESS;
+    for (int r = 1; r <= n && rc == MPI_SUCCESS; r++) {
+        rc = MPI_Isend(&ping, 1, MPI_INT64_T, r, TAG_PING, d->comm, &reqs[2 * (r - 1)]);
+        if (rc == MPI_SUCCESS)
+            rc = MPI_Irecv(&pong[r - 1], 1, MPI_INT64_T, r, TAG_PONG, d->comm,
+                           &reqs[2 * (r - 1) + 1]);
+    }
+    if (rc != MPI_SUCCESS) {
+        mpi_error(rc, what, err);
+    } else {
+        double wait_s = d->timeout_s < 10.0 ? d->timeout_s : 10.0;
+        int w = wait_all(d, reqs, done, 2 * n, chord_now() + wait_s, what, err);
+        if (w >= 0) {
+            char silent[256] = "";
+            size_t len = 0;
+            int count = 0;
+            for (int i = 0; i < n; i++)
+                if (!done[2 * i + 1] && len < sizeof silent - 16) {
+                    len += (size_t)snprintf(silent + len, sizeof silent - len, "%s%d",
+                                            count ? ", " : "", i + 1);
+                    count++;
+                }
+            if (count > 0)
+                chord_err_setc(err, CHORD_E_IO,
+                               "dist: rank%s %s stopped answering during the collective '%s' "
+                               "(not done within %.0f s: it died or hangs)",
+                               count > 1 ? "s" : "", silent, what, d->timeout_s);
+            else
+                chord_err_setc(err, CHORD_E_IO,
+                               "dist: the collective '%s' did not complete within %.0f s, though "
+                               "every rank answers",
+                               what, d->timeout_s);
+        }
+    }
+    /* the job ends now (dist_abort): the pending requests are left to it */
+    free(reqs);
+    free(done);
+    free(pong);
+    return -1;
+}
+
+/* Waits for one posted collective against the watchdog (rank 0 then names the silent ranks; the
+ * others wait longer, so that rank 0's error is the one the job ends with). */
 static int finish(dist_ctx *d, MPI_Request *req, const char *what, chord_err *err) {
     int done = 0;
-    int w = wait_all(req, &done, 1, chord_now() + d->timeout_s, what, err);
+    double limit = d->rank == 0 ? d->timeout_s : 1.5 * d->timeout_s + 5.0;
+    int w = wait_all(d, req, &done, 1, chord_now() + limit, what, err);
+    if (w > 0 && d->rank == 0) return name_silent(d, what, err);
     if (w > 0)
         return chord_err_setc(err, CHORD_E_IO,
                               "dist: the collective '%s' did not complete within %.0f s on rank "
-                              "%d (a peer died or hangs)",
-                              what, d->timeout_s, d->rank);
+                              "%d (rank 0 or another peer died or hangs)",
+                              what, limit, d->rank);
     return w;
 }
 

@@ -1,12 +1,13 @@
 /* dist_nccl.c — gradients on a GPU summed over the ranks by NCCL (one process per GPU), the
  * communicator bootstrapped from a unique id rank 0 broadcasts over MPI (dist.h).
  *
- * Built when CMake finds CUDA and NCCL (CHORD_HAVE_NCCL); otherwise every entry point says the
- * build has no NCCL. It compiles in CI but has never run: no GPU was available to this project
- * (docs/distributed.md). The all-reduce runs on its own stream after the whole device is
- * synchronised (the backend's kernels write the gradients on the backend's stream), and is polled
- * against the job's collective timeout: a peer that never joins aborts the communicator instead
- * of hanging.
+ * Built when CMake finds CUDA and nccl.h (CHORD_HAVE_NCCL); otherwise every entry point says the
+ * build has no NCCL. libnccl.so.2 (about 200 MB) is loaded at run time (dlopen), not linked, so
+ * chordd starts where it is absent and a GPU bundle does not carry it. This code compiles in CI
+ * but has never run: no GPU was available to this project (docs/distributed.md). The all-reduce
+ * runs on its own stream after the whole device is synchronised (the backend's kernels write the
+ * gradients on the backend's stream), and is polled against the job's collective timeout: a peer
+ * that never joins aborts the communicator instead of hanging.
  *
  * Not here: MPI (dist.c), which buffer is summed (trainer.c). */
 #include <stdio.h>
@@ -18,6 +19,7 @@
 
 #ifdef CHORD_HAVE_NCCL
 #include <cuda_runtime.h>
+#include <dlfcn.h>
 #include <nccl.h>
 
 struct dist_nccl {
@@ -27,8 +29,40 @@ struct dist_nccl {
     double timeout_s;
 };
 
-int dist_have_nccl(void) {
+/* The NCCL entry points, typed by nccl.h's own declarations. */
+static struct {
+    int tried, ok;
+    __typeof__(ncclGetUniqueId) *GetUniqueId;
+    __typeof__(ncclCommInitRank) *CommInitRank;
+    __typeof__(ncclAllReduce) *AllReduce;
+    __typeof__(ncclCommGetAsyncError) *CommGetAsyncError;
+    __typeof__(ncclCommAbort) *CommAbort;
+    __typeof__(ncclCommDestroy) *CommDestroy;
+    __typeof__(ncclGetErrorString) *GetErrorString;
+} nccl;
+
+/* Loads libnccl.so.2 once (the main thread alone calls dist). */
+static int nccl_load(void) {
+    if (nccl.tried) return nccl.ok;
+    nccl.tried = 1;
+    void *h = dlopen("libnccl.so.2", RTLD_NOW | RTLD_LOCAL);
+    if (!h) return 0;
+#define NCCL_SYM(field, name)                                                                      \
+    if (!(*(void **)&nccl.field = dlsym(h, name))) return 0;
+    NCCL_SYM(GetUniqueId, "ncclGetUniqueId")
+    NCCL_SYM(CommInitRank, "ncclCommInitRank")
+    NCCL_SYM(AllReduce, "ncclAllReduce")
+    NCCL_SYM(CommGetAsyncError, "ncclCommGetAsyncError")
+    NCCL_SYM(CommAbort, "ncclCommAbort")
+    NCCL_SYM(CommDestroy, "ncclCommDestroy")
+    NCCL_SYM(GetErrorString, "ncclGetErrorString")
+#undef NCCL_SYM
+    nccl.ok = 1;
     return 1;
+}
+
+int dist_have_nccl(void) {
+    return nccl_load();
 }
 
 static int cuda_error(cudaError_t e, const char *what, chord_err *err) {
@@ -36,14 +70,16 @@ static int cuda_error(cudaError_t e, const char *what, chord_err *err) {
 }
 
 static int nccl_error(ncclResult_t r, const char *what, chord_err *err) {
-    return chord_err_setc(err, CHORD_E_IO, "dist: %s: NCCL: %s", what, ncclGetErrorString(r));
+    return chord_err_setc(err, CHORD_E_IO, "dist: %s: NCCL: %s", what, nccl.GetErrorString(r));
 }
 
 int dist_nccl_open(dist_ctx *d, int device_index, struct dist_nccl **out, chord_err *err) {
     *out = NULL;
+    if (!nccl_load())
+        return chord_err_set(err, "dist: cannot load NCCL (libnccl.so.2 or one of its symbols)");
     ncclUniqueId id;
     if (dist_rank(d) == 0) {
-        ncclResult_t r = ncclGetUniqueId(&id);
+        ncclResult_t r = nccl.GetUniqueId(&id);
         if (r != ncclSuccess) return nccl_error(r, "ncclGetUniqueId", err);
     }
     if (dist_broadcast(d, &id, sizeof id, 0, "the NCCL unique id", err) != 0) return -1;
@@ -57,7 +93,7 @@ int dist_nccl_open(dist_ctx *d, int device_index, struct dist_nccl **out, chord_
         free(c);
         return cuda_error(e, "the NCCL stream", err);
     }
-    ncclResult_t r = ncclCommInitRank(&c->comm, dist_size(d), id, dist_rank(d));
+    ncclResult_t r = nccl.CommInitRank(&c->comm, dist_size(d), id, dist_rank(d));
     if (r != ncclSuccess) {
         cudaError_t de = cudaStreamDestroy(c->stream);
         (void)de; /* the NCCL error is the one to report */
@@ -73,7 +109,7 @@ int dist_nccl_allreduce_sum_f32(struct dist_nccl *c, float *dev, size_t n, const
     cudaError_t e = cudaSetDevice(c->device);
     if (e == cudaSuccess) e = cudaDeviceSynchronize(); /* the gradients are written */
     if (e != cudaSuccess) return cuda_error(e, what, err);
-    ncclResult_t r = ncclAllReduce(dev, dev, n, ncclFloat, ncclSum, c->comm, c->stream);
+    ncclResult_t r = nccl.AllReduce(dev, dev, n, ncclFloat, ncclSum, c->comm, c->stream);
     if (r != ncclSuccess) return nccl_error(r, what, err);
     double deadline = chord_now() + c->timeout_s;
     for (;;) {
@@ -81,11 +117,11 @@ int dist_nccl_allreduce_sum_f32(struct dist_nccl *c, float *dev, size_t n, const
         if (e == cudaSuccess) return 0;
         if (e != cudaErrorNotReady) return cuda_error(e, what, err);
         ncclResult_t async = ncclSuccess;
-        r = ncclCommGetAsyncError(c->comm, &async);
+        r = nccl.CommGetAsyncError(c->comm, &async);
         if (r != ncclSuccess) return nccl_error(r, what, err);
         if (async != ncclSuccess) return nccl_error(async, what, err);
         if (chord_now() > deadline) {
-            r = ncclCommAbort(c->comm); /* unblocks the stream; the job ends */
+            r = nccl.CommAbort(c->comm); /* unblocks the stream; the job ends */
             c->comm = NULL;
             return chord_err_setc(err, CHORD_E_IO,
                                   "dist: %s: the NCCL all-reduce did not complete within %.0f s "
@@ -100,8 +136,9 @@ int dist_nccl_allreduce_sum_f32(struct dist_nccl *c, float *dev, size_t n, const
 void dist_nccl_close(struct dist_nccl *c) {
     if (!c) return;
     if (c->comm) {
-        ncclResult_t r = ncclCommDestroy(c->comm);
-        if (r != ncclSuccess) fprintf(stderr, "dist: ncclCommDestroy: %s\n", ncclGetErrorString(r));
+        ncclResult_t r = nccl.CommDestroy(c->comm);
+        if (r != ncclSuccess)
+            fprintf(stderr, "dist: ncclCommDestroy: %s\n", nccl.GetErrorString(r));
     }
     cudaError_t e = cudaStreamDestroy(c->stream);
     if (e != cudaSuccess) fprintf(stderr, "dist: cudaStreamDestroy: %s\n", cudaGetErrorString(e));

@@ -1,0 +1,253 @@
+"""mpi_test.py — data-parallel `chordd train` under `mpirun -np 2` (CPU backend, Open MPI) against
+one process with the same job (docs/distributed.md):
+
+- the same per-step metrics (losses, grad_norm, rewards, token counts: the same rollouts were
+  sampled) and the same final weights, to fp32 round-off, for an SFT job, a CHORD job (GRPO +
+  SFT, its 2-rank run stopped after step 3 and resumed), a GRPO job with an odd number of
+  prompts per rank, and a LoRA CHORD job; the metrics file has each step once (rank 0 writes);
+- a rank killed (SIGKILL) mid-job ends the job, the output naming rank 1, within seconds;
+- a rank that hangs (SIGSTOP) ends the job with chordd's error naming rank 1 within
+  --dist-timeout (plus as long again to ping the ranks when it hangs inside a collective);
+- what several ranks do not run yet is refused up front, naming the field or flag.
+
+Tiny random-init models, one OpenMP thread per rank: about 20 s on two cores. Skipped when
+mpirun is absent (scripts/install-deps.sh installs openmpi-bin)."""
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+sys.path.insert(0, os.path.dirname(__file__))
+from chordd_harness import CHORDD, TINY_CONFIG as TINY  # noqa: E402
+
+MPIRUN = shutil.which("mpirun")
+if MPIRUN is None:
+    pytest.skip("mpirun not found (install openmpi-bin: scripts/install-deps.sh)",
+                allow_module_level=True)
+
+ENV = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="passive",
+           OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+           OMPI_MCA_rmaps_base_oversubscribe="1")
+# Timings and throughputs differ between runs; everything else must match.
+NOT_COMPARED = ("time/", "tokens_per_s/", "eval/time")
+
+
+def mpirun_args(n):
+    return [MPIRUN, "-np", str(n), "--oversubscribe", "--bind-to", "none"]
+
+
+def train(job_path, out, ranks, *extra, check=0, timeout=120):
+    cmd = [CHORDD, "train", job_path, "--out", str(out), "--metrics-out", str(out) + ".jsonl",
+           "--threads", "1", "--quiet", *extra]
+    if ranks > 1:
+        cmd = mpirun_args(ranks) + cmd
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ENV)
+    if check is not None:
+        assert p.returncode == check, (p.returncode, p.stdout[-3000:], p.stderr[-3000:])
+    return p
+
+
+def write_jsonl(path, records):
+    with open(path, "w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    return str(path)
+
+
+@pytest.fixture
+def data(tmp_path):
+    probs = []
+    for i in range(48):
+        a, b = (31 + i * 7) % 50, (17 + i * 13) % 50
+        probs.append((f"Compute {a}+{b}.", str(a + b), f"{a}+{b}={a + b} \\boxed{{{a + b}}}"))
+    return {"prompts": write_jsonl(tmp_path / "prompts.jsonl",
+                                   [{"prompt": p, "answer": a} for p, a, _ in probs]),
+            "expert": write_jsonl(tmp_path / "expert.jsonl",
+                                  [{"prompt": p, "response": r} for p, _, r in probs]),
+            "eval": write_jsonl(tmp_path / "eval.jsonl",
+                                [{"prompt": p, "answer": a} for p, a, _ in probs[:8]])}
+
+
+def job(tmp_path, data, name="job", drop=(), **over):
+    doc = {
+        "model": {"init": {"seed": 1, "config": TINY}},
+        "data": data,
+        "algorithm": "chord",
+        "chord": {"mu": 0.5},
+        "grpo": {"group_size": 4, "prompts_per_step": 4},
+        "expert_per_step": 5,
+        "sampling": {"max_new_tokens": 8},
+        # a digit anywhere: the random model gets mixed rewards, so GRPO has a signal
+        "reward": {"type": "regex", "pattern": "[0-9]"},
+        "optimizer": {"lr": 0.003},
+        "micro_batch_tokens": 64,  # several micro-batches per rank
+        "steps": 6,
+        "seed": 5,
+        "checkpoint_every": 3,
+        "eval": {"every": 3, "k": 2, "temperature": 1.0},
+    }
+    doc.update(over)
+    for k in drop:
+        del doc[k]
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(doc))
+    return str(path)
+
+
+def metrics(out):
+    with open(str(out) + ".jsonl") as f:
+        return [json.loads(line) for line in f]
+
+
+def close(a, b, rel=1e-5, abs_=1e-6):
+    return abs(a - b) <= rel * max(abs(a), abs(b)) + abs_
+
+
+def assert_same_run(one, two, steps, weights_file):
+    m1, m2 = metrics(one), metrics(two)
+    assert [r["step"] for r in m1] == list(range(1, steps + 1))
+    assert [r["step"] for r in m2] == list(range(1, steps + 1)), "each step written once"
+    for r1, r2 in zip(m1, m2):
+        assert r1["metrics"].keys() == r2["metrics"].keys()
+        for k, v in r1["metrics"].items():
+            if k.startswith(NOT_COMPARED):
+                continue
+            assert close(v, r2["metrics"][k]), (r1["step"], k, v, r2["metrics"][k])
+    w1 = load_file(f"{one}/checkpoints/step_{steps}/{weights_file}")
+    w2 = load_file(f"{two}/checkpoints/step_{steps}/{weights_file}")
+    assert w1.keys() == w2.keys()
+    moved = 0.0
+    for k in w1:
+        # fp32 round-off: the gradients are summed in another order; AdamW turns a gradient that
+        # is zero in exact arithmetic (a key bias) into ~1e-7 steps of either sign
+        np.testing.assert_allclose(w2[k], w1[k], rtol=1e-5, atol=1e-5, err_msg=k)
+        moved = max(moved, float(np.abs(w1[k]).max()))
+    assert moved > 0
+    return m1
+
+
+@pytest.mark.parametrize("variant", ["sft", "chord", "grpo", "lora"])
+def test_two_ranks_equal_one_process(tmp_path, data, variant):
+    over, weights, resume = {}, "model.safetensors", False
+    if variant == "sft":
+        over = {"algorithm": "sft", "drop": ("chord",), "expert_per_step": 7}
+    elif variant == "chord":
+        resume = True
+    elif variant == "grpo":  # 5 prompts over 2 ranks: shares of 3 and 2
+        over = {"algorithm": "grpo", "drop": ("chord",),
+                "grpo": {"group_size": 4, "prompts_per_step": 5}}
+    elif variant == "lora":
+        over = {"lora": {"rank": 4, "alpha": 8}}
+        weights = "adapter_model.safetensors"
+    path = job(tmp_path, data, **over)
+    one, two = tmp_path / "one", tmp_path / "two"
+    train(path, one, 1)
+    if resume:  # stopped after step 3 with a checkpoint, then resumed: still one process's run
+        train(path, two, 2, "--stop-after", "3")
+        assert [r["step"] for r in metrics(two)] == [1, 2, 3]
+        train(path, two, 2, "--resume")
+    else:
+        p = train(path, two, 2)
+        assert "data parallel: 2 ranks" not in p.stderr  # --quiet
+    m = assert_same_run(one, two, 6, weights)
+    if variant in ("chord", "grpo", "lora"):  # the rollouts had a signal: the comparison bites
+        assert any(r["metrics"]["reward_std"] > 0 for r in m)
+        assert any(abs(r["metrics"]["pg_loss"]) > 0 for r in m)
+
+
+def rank_pid(mpirun_pid, rank, deadline):
+    """The pid of MPI rank `rank` among mpirun's children (its environment says its rank)."""
+    want = f"OMPI_COMM_WORLD_RANK={rank}".encode()
+    while time.time() < deadline:
+        for d in os.listdir("/proc"):
+            if not d.isdigit():
+                continue
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                if ppid != mpirun_pid:
+                    continue
+                with open(f"/proc/{d}/environ", "rb") as f:
+                    if want in f.read().split(b"\0"):
+                        return int(d)
+            except (OSError, ValueError, IndexError):
+                continue
+        time.sleep(0.05)
+    raise AssertionError(f"rank {rank} not found")
+
+
+def start_long_job(tmp_path, data, timeout_s):
+    path = job(tmp_path, data, name="long", steps=100000, checkpoint_every=0, eval={"every": 0})
+    out = tmp_path / "long"
+    cmd = mpirun_args(2) + [CHORDD, "train", path, "--out", str(out), "--metrics-out",
+                            str(out) + ".jsonl", "--threads", "1", "--quiet",
+                            "--dist-timeout", str(timeout_s)]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+    deadline = time.time() + 60
+    while time.time() < deadline:  # a few steps done: the ranks are mid-job
+        if os.path.exists(str(out) + ".jsonl") and len(metrics(out)) >= 3:
+            break
+        assert p.poll() is None, p.stdout.read()
+        time.sleep(0.05)
+    return p, rank_pid(p.pid, 1, deadline)
+
+
+def finish(p, victim, limit):
+    t0 = time.time()
+    try:
+        output, _ = p.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        output, _ = p.communicate()
+        pytest.fail(f"the job did not end within {limit} s:\n{output[-3000:]}")
+    finally:
+        try:  # never leave a stopped rank behind
+            os.kill(victim, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return output, time.time() - t0
+
+
+def test_killed_rank_ends_the_job_naming_it(tmp_path, data):
+    p, victim = start_long_job(tmp_path, data, 10)
+    os.kill(victim, signal.SIGKILL)
+    output, took = finish(p, victim, 30)
+    assert p.returncode != 0, output
+    assert "rank 1" in output, output  # Open MPI: "process rank 1 with PID ... exited on signal 9"
+    assert took < 30
+
+
+def test_hung_rank_ends_the_job_naming_it(tmp_path, data):
+    p, victim = start_long_job(tmp_path, data, 3)
+    os.kill(victim, signal.SIGSTOP)  # alive but silent: only chordd's watchdog can tell
+    t0 = time.time()
+    output, _ = finish(p, victim, 30)
+    assert p.returncode != 0, output
+    # stopped before its next collective (rank 0 waits for its arrival) or inside one (rank 0
+    # pings the ranks and rank 1 stays silent)
+    assert re.search(r"rank 1 (did not reach|stopped answering during) the collective '[^']+' "
+                     r"\(?(not done )?within 3 s", output), output
+    assert "rank 0 of 2" in output, output
+    assert time.time() - t0 < 3 + 3 + 10, output
+
+
+def test_refused_with_several_ranks(tmp_path, data):
+    path = job(tmp_path, data, grpo={"group_size": 4, "prompts_per_step": 4, "filter_groups": True})
+    p = train(path, tmp_path / "f", 2, check=None)
+    assert p.returncode != 0 and "grpo.filter_groups" in p.stderr, p.stderr[-2000:]
+    path = job(tmp_path, data, name="one_prompt", grpo={"group_size": 4, "prompts_per_step": 1})
+    p = train(path, tmp_path / "p", 2, check=None)
+    assert p.returncode != 0 and "grpo.prompts_per_step" in p.stderr, p.stderr[-2000:]
+    p = train(job(tmp_path, data), tmp_path / "s", 2, "--samples-out",
+              str(tmp_path / "s.jsonl"), check=None)
+    assert p.returncode != 0 and "--samples-out" in p.stderr, p.stderr[-2000:]
+    p = train(job(tmp_path, data), tmp_path / "t", 1, "--dist-timeout", "0", check=2)
+    assert "--dist-timeout" in p.stderr
