@@ -3,8 +3,9 @@ one process with the same job (docs/distributed.md):
 
 - the same per-step metrics (losses, grad_norm, rewards, token counts: the same rollouts were
   sampled) and the same final weights, to fp32 round-off, for an SFT job, a CHORD job (GRPO +
-  SFT, its 2-rank run stopped after step 3 and resumed), a GRPO job with an odd number of
-  prompts per rank, and a LoRA CHORD job; the metrics file has each step once (rank 0 writes);
+  SFT, run as 2 ranks to step 2, one process to step 4, 2 ranks to step 6, resuming each
+  time), a GRPO job with uneven shares of prompts, and a LoRA CHORD job; the metrics file has
+  each step once (rank 0 writes);
 - a rank killed (SIGKILL) mid-job ends the job, the output naming rank 1, within seconds;
 - a rank that hangs (SIGSTOP) ends the job with chordd's error naming rank 1 within
   --dist-timeout (plus as long again to ping the ranks when it hangs inside a collective);
@@ -150,9 +151,10 @@ def test_two_ranks_equal_one_process(tmp_path, data, variant):
     path = job(tmp_path, data, **over)
     one, two = tmp_path / "one", tmp_path / "two"
     train(path, one, 1)
-    if resume:  # stopped after step 3 with a checkpoint, then resumed: still one process's run
-        train(path, two, 2, "--stop-after", "3")
-        assert [r["step"] for r in metrics(two)] == [1, 2, 3]
+    if resume:  # 2 ranks, 1 process, 2 ranks again: a checkpoint does not depend on the count
+        train(path, two, 2, "--stop-after", "2")
+        assert [r["step"] for r in metrics(two)] == [1, 2]
+        train(path, two, 1, "--resume", "--stop-after", "4")
         train(path, two, 2, "--resume")
     else:
         p = train(path, two, 2)
