@@ -263,15 +263,12 @@ int cmd_train(int argc, char **argv) {
         return 1;
     }
     const int rank = dist_rank(dist), ranks = dist_size(dist);
-    if (ranks > 1 && samples_path) {
-        fprintf(stderr, "chordd train: --samples-out is not supported with several ranks yet "
-                        "(docs/distributed.md)\n");
-        dist_close(dist, &err);
-        return 2;
-    }
-    if (rank != 0) { /* rank 0 writes and reports; the others compute */
+    /* rank 0 writes and reports; the others compute (and send rank 0 their samples) */
+    const int want_samples = samples_path != NULL;
+    if (rank != 0) {
         quiet = 1;
         metrics_path = NULL;
+        samples_path = NULL;
     }
     job_config cfg;
     int rc;
@@ -374,7 +371,7 @@ int cmd_train(int argc, char **argv) {
                  .quiet = quiet};
     trainer_callbacks cb = {.user = &r,
                             .on_step = cb_on_step,
-                            .on_samples = samples ? cb_on_samples : NULL,
+                            .on_samples = want_samples ? cb_on_samples : NULL,
                             .checkpoint_begin = rank == 0 ? cb_checkpoint_begin : NULL,
                             .checkpoint_commit = rank == 0 ? cb_checkpoint_commit : NULL,
                             .checkpoint_abort = rank == 0 ? cb_checkpoint_abort : NULL,

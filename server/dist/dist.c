@@ -447,6 +447,72 @@ int dist_barrier(dist_ctx *d, const char *what, chord_err *err) {
 #endif
 }
 
+int dist_gather_bytes(dist_ctx *d, const void *buf, size_t n, int root, char **out, size_t *lens,
+                      const char *what, chord_err *err) {
+    *out = NULL;
+    if (!d || d->size == 1) {
+        if (!(*out = malloc(n ? n : 1))) return dist_oom(err);
+        if (n) memcpy(*out, buf, n);
+        lens[0] = n;
+        return 0;
+    }
+    if (root < 0 || root >= d->size)
+        return chord_err_set(err, "dist: gather to rank %d of %d", root, d->size);
+    if (n > INT_MAX) return chord_err_set(err, "dist: %s: %zu bytes from one rank", what, n);
+    d->count++;
+#ifdef CHORD_HAVE_MPI
+    if (arrive(d, what, err) != 0) return -1;
+    int mine = (int)n, rc = -1;
+    int *counts = d->rank == root ? calloc((size_t)d->size, sizeof *counts) : NULL;
+    int *displs = d->rank == root ? calloc((size_t)d->size, sizeof *displs) : NULL;
+    char *all = NULL;
+    if (d->rank == root && (!counts || !displs)) {
+        dist_oom(err);
+        goto done;
+    }
+    MPI_Request req;
+    int mrc = MPI_Igather(&mine, 1, MPI_INT, counts, 1, MPI_INT, root, d->comm, &req);
+    if (mrc != MPI_SUCCESS) {
+        mpi_error(mrc, what, err);
+        goto done;
+    }
+    if (finish(d, &req, what, err) != 0) goto done;
+    size_t total = 0;
+    if (d->rank == root) {
+        for (int r = 0; r < d->size; r++) {
+            if (total > (size_t)INT_MAX - (size_t)counts[r]) {
+                chord_err_set(err, "dist: %s: over 2 GiB in all", what);
+                goto done; /* the others wait in the gather: the caller aborts the job */
+            }
+            displs[r] = (int)total;
+            lens[r] = (size_t)counts[r];
+            total += (size_t)counts[r];
+        }
+        if (!(all = malloc(total ? total : 1))) {
+            dist_oom(err);
+            goto done;
+        }
+    }
+    mrc = MPI_Igatherv(buf, mine, MPI_BYTE, all, counts, displs, MPI_BYTE, root, d->comm, &req);
+    if (mrc != MPI_SUCCESS) {
+        mpi_error(mrc, what, err);
+        goto done;
+    }
+    if (finish(d, &req, what, err) != 0) goto done;
+    *out = all;
+    all = NULL;
+    rc = 0;
+done:
+    free(all);
+    free(counts);
+    free(displs);
+    return rc;
+#else
+    (void)buf, (void)lens;
+    return chord_err_setc(err, CHORD_E_INTERNAL, "dist: no MPI");
+#endif
+}
+
 int dist_allreduce_sum_device_f32(dist_ctx *d, ops_ctx *ops, float *dev, size_t n, const char *what,
                                   chord_err *err) {
     if (!d || d->size == 1 || n == 0) return 0;

@@ -56,6 +56,10 @@ int dist_allreduce_max_i64(dist_ctx *d, int64_t *buf, size_t n, const char *what
 int dist_broadcast(dist_ctx *d, void *buf, size_t bytes, int root, const char *what,
                    chord_err *err);
 int dist_barrier(dist_ctx *d, const char *what, chord_err *err);
+/* Every rank's n bytes (each under 2 GiB) to rank root, in rank order: there *out (malloc'd,
+ * root's own bytes included) and lens[0 .. size); elsewhere *out = NULL and lens untouched. */
+int dist_gather_bytes(dist_ctx *d, const void *buf, size_t n, int root, char **out, size_t *lens,
+                      const char *what, chord_err *err);
 
 /* The sum over the ranks of a float buffer in device memory of ops (n floats, in place): NCCL
  * when attached (dist_attach_nccl), else through the host (on the CPU backend device memory is

@@ -1123,10 +1123,95 @@ static int train_and_update(trainer *t, int64_t step, step_batch *b, step_metric
     return 0;
 }
 
-/* Phase 7: the step's rollouts as per-sample records (on_samples). */
-static int report_samples(trainer *t, int64_t step, const step_rollouts *ro, chord_err *err) {
-    if (ro->rr.n == 0 || !t->cb || !t->cb->on_samples) return 0;
-    trainer_sample *samples = calloc((size_t)ro->rr.n, sizeof *samples);
+/* Several ranks: every rank's samples (JSON, trainer_sample_json + "group") gathered to rank 0,
+ * which reports them all in the step's order (the shares are contiguous, in rank order). */
+static int report_gathered(trainer *t, int64_t step, const trainer_sample *s, int n,
+                           chord_err *err) {
+    int R = n_ranks(t), rc = -1, total = 0;
+    json_t *mine = json_array(), **arrays = calloc((size_t)R, sizeof *arrays);
+    char *text = NULL, *all = NULL;
+    size_t *lens = calloc((size_t)R, sizeof *lens);
+    trainer_sample *out = NULL;
+    if (!mine || !arrays || !lens) {
+        oom(err);
+        goto done;
+    }
+    for (int i = 0; i < n; i++) {
+        json_t *o = trainer_sample_json(&s[i]);
+        if (!o || json_object_set_new(o, "group", json_integer(s[i].group)) ||
+            json_array_append_new(mine, o)) {
+            oom(err);
+            goto done;
+        }
+    }
+    if (!(text = json_dumps(mine, JSON_COMPACT))) {
+        oom(err);
+        goto done;
+    }
+    char what[96];
+    snprintf(what, sizeof what, "step %lld: samples", (long long)step);
+    if (dist_gather_bytes(t->env->dist, text, strlen(text), 0, &all, lens, what, err) != 0)
+        goto done;
+    if (dist_rank(t->env->dist) != 0) {
+        rc = 0;
+        goto done;
+    }
+    for (int r = 0, off = 0; r < R; off += (int)lens[r], r++) {
+        json_error_t je;
+        arrays[r] = json_loadb(all + off, lens[r], 0, &je);
+        if (!json_is_array(arrays[r])) {
+            chord_err_setc(err, CHORD_E_INTERNAL, "%s: rank %d sent malformed samples: %s", what,
+                           r, je.text);
+            goto done;
+        }
+        total += (int)json_array_size(arrays[r]);
+    }
+    if (!(out = calloc((size_t)(total > 0 ? total : 1), sizeof *out))) {
+        oom(err);
+        goto done;
+    }
+    int k = 0;
+    for (int r = 0; r < R; r++) {
+        size_t i;
+        json_t *o;
+        json_array_foreach(arrays[r], i, o) {
+            out[k++] = (trainer_sample){
+                .kind = "rollout",
+                .prompt = json_string_value(json_object_get(o, "prompt")),
+                .completion = json_string_value(json_object_get(o, "completion")),
+                .answer = json_string_value(json_object_get(o, "answer")),
+                .reward = json_number_value(json_object_get(o, "reward")),
+                .reason = json_string_value(json_object_get(o, "reason")),
+                .group = (int)json_integer_value(json_object_get(o, "group")),
+                .tokens = (int)json_integer_value(json_object_get(o, "tokens")),
+                .truncated = json_is_true(json_object_get(o, "truncated"))};
+        }
+    }
+    rc = total == 0 || t->cb->on_samples(t->cb->user, step, out, total) == 0
+             ? 0
+             : chord_err_setc(err, CHORD_E_IO, "trainer: storing the samples of step %lld failed",
+                              (long long)step);
+done:
+    free(out);
+    for (int r = 0; arrays && r < R; r++)
+        json_decref(arrays[r]);
+    free(arrays);
+    free(all);
+    free(lens);
+    free(text);
+    json_decref(mine);
+    return rc;
+}
+
+/* Phase 7: the step's rollouts as per-sample records (on_samples); with several ranks every
+ * rank takes part (p->B > 0 on all of them) and rank 0 reports them all. */
+static int report_samples(trainer *t, int64_t step, const step_plan *p, const step_rollouts *ro,
+                          chord_err *err) {
+    if (p->B == 0 || !t->cb || !t->cb->on_samples) return 0;
+    if (ro->rr.n == 0 && n_ranks(t) == 1) return 0;
+    int lo = 0;
+    rank_share(t, p->B, &lo); /* groups are numbered in the whole step */
+    trainer_sample *samples = calloc((size_t)(ro->rr.n > 0 ? ro->rr.n : 1), sizeof *samples);
     if (!samples) return oom(err);
     for (int i = 0; i < ro->rr.n; i++) {
         const rollout_seq *q = &ro->rr.seq[i];
@@ -1136,15 +1221,18 @@ static int report_samples(trainer *t, int64_t step, const step_rollouts *ro, cho
                                       .answer = ro->prompts[q->prompt].answer,
                                       .reward = ro->res[i].reward,
                                       .reason = reward_reason_name(ro->res[i].reason),
-                                      .group = q->prompt,
+                                      .group = lo + q->prompt,
                                       .tokens = q->len,
                                       .truncated = q->truncated};
     }
-    int rc =
-        t->cb->on_samples(t->cb->user, step, samples, ro->rr.n) == 0
-            ? 0
-            : chord_err_setc(err, CHORD_E_IO, "trainer: storing the samples of step %lld failed",
-                             (long long)step);
+    int rc;
+    if (n_ranks(t) > 1)
+        rc = report_gathered(t, step, samples, ro->rr.n, err);
+    else if (t->cb->on_samples(t->cb->user, step, samples, ro->rr.n) != 0)
+        rc = chord_err_setc(err, CHORD_E_IO, "trainer: storing the samples of step %lld failed",
+                            (long long)step);
+    else
+        rc = 0;
     free(samples);
     return rc;
 }
@@ -1173,7 +1261,7 @@ static int run_step(trainer *t, int64_t step, chord_err *err) {
     t->prompt_cursor += ro.drawn;
     t->expert_cursor += plan.E;
     m->time_step = chord_now() - t0;
-    rc = report_samples(t, step, &ro, err);
+    rc = report_samples(t, step, &plan, &ro, err);
 done:
     step_batch_free(&batch);
     step_rollouts_free(&ro);
@@ -1542,7 +1630,8 @@ static int run_eval(trainer *t, int64_t step, chord_err *err) {
                               .seed = cfg->seed,
                               .stream = (1ull << 40) + (uint64_t)step * 1000003ull};
     eval_samples kept = {0};
-    if (t->cb && t->cb->on_samples) {
+    /* every rank evaluates the whole set (the same numbers); rank 0 reports it */
+    if (t->cb && t->cb->on_samples && dist_rank(t->env->dist) == 0) {
         ep.on_sample = collect_eval_sample;
         ep.user = &kept;
     }

@@ -1,8 +1,9 @@
 """mpi_test.py — data-parallel `chordd train` under `mpirun -np 2` (CPU backend, Open MPI) against
 one process with the same job (docs/distributed.md):
 
-- the same per-step metrics (losses, grad_norm, rewards, token counts: the same rollouts were
-  sampled) and the same final weights, to fp32 round-off, for an SFT job, a CHORD job (GRPO +
+- the same per-sample records (every rollout's text and reward, the eval samples: the same
+  responses were sampled), the same per-step metrics (losses, grad_norm, rewards, token counts)
+  and the same final weights, to fp32 round-off, for an SFT job, a CHORD job (GRPO +
   SFT, run as 2 ranks to step 2, one process to step 4, 2 ranks to step 6, resuming each
   time), a GRPO job with uneven shares of prompts, and a LoRA CHORD job; the metrics file has
   each step once (rank 0 writes);
@@ -47,7 +48,7 @@ def mpirun_args(n):
 
 def train(job_path, out, ranks, *extra, check=0, timeout=120):
     cmd = [CHORDD, "train", job_path, "--out", str(out), "--metrics-out", str(out) + ".jsonl",
-           "--threads", "1", "--quiet", *extra]
+           "--samples-out", str(out) + ".samples.jsonl", "--threads", "1", "--quiet", *extra]
     if ranks > 1:
         cmd = mpirun_args(ranks) + cmd
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ENV)
@@ -112,7 +113,15 @@ def close(a, b, rel=1e-5, abs_=1e-6):
     return abs(a - b) <= rel * max(abs(a), abs(b)) + abs_
 
 
+def samples(out):
+    with open(str(out) + ".samples.jsonl") as f:
+        return [json.loads(line) for line in f]
+
+
 def assert_same_run(one, two, steps, weights_file):
+    # the same responses sampled, scored and numbered: rank 0 gathers every rank's rollouts
+    s1, s2 = samples(one), samples(two)
+    assert s1 == s2
     m1, m2 = metrics(one), metrics(two)
     assert [r["step"] for r in m1] == list(range(1, steps + 1))
     assert [r["step"] for r in m2] == list(range(1, steps + 1)), "each step written once"
@@ -248,8 +257,5 @@ def test_refused_with_several_ranks(tmp_path, data):
     path = job(tmp_path, data, name="one_prompt", grpo={"group_size": 4, "prompts_per_step": 1})
     p = train(path, tmp_path / "p", 2, check=None)
     assert p.returncode != 0 and "grpo.prompts_per_step" in p.stderr, p.stderr[-2000:]
-    p = train(job(tmp_path, data), tmp_path / "s", 2, "--samples-out",
-              str(tmp_path / "s.jsonl"), check=None)
-    assert p.returncode != 0 and "--samples-out" in p.stderr, p.stderr[-2000:]
     p = train(job(tmp_path, data), tmp_path / "t", 1, "--dist-timeout", "0", check=2)
     assert "--dist-timeout" in p.stderr
