@@ -20,6 +20,7 @@
 #include "api/grpc/grpc_server.h"
 #include "api/http/http.h"
 #include "cmd/commands.h"
+#include "server/base/fileutil.h"
 #include "server/base/log.h"
 #include "server/service.h"
 
@@ -48,6 +49,9 @@ static void usage(FILE *out) {
             "                        n x max_tokens); default 1048576\n"
             "  --max-queued-jobs N   jobs queued at once; default 1000\n"
             "  --max-pending-rollouts N  rollout requests pending at once; default 1000\n"
+            "  --webhook-url URL     POST signed job.succeeded|failed|cancelled and\n"
+            "                        checkpoint.created events there (docs/pipelines.md)\n"
+            "  --webhook-secret-file FILE  the signing secret (whsec_<base64>, or raw bytes)\n"
             "  --idempotency-ttl T   how long an Idempotency-Key's first result is kept:\n"
             "                        seconds, or with a unit (90s, 30m, 24h, 7d); default 24h\n"
             "  --http-max-connections N  HTTP connections open at once; default 512\n"
@@ -183,6 +187,7 @@ int cmd_serve(int argc, char **argv) {
     long http_max_connections = 512, grpc_max_streams = 1000;
     double rate_limit = 0, rate_burst = 0;
     int64_t idempotency_ttl_s = SVC_DEFAULT_IDEMPOTENCY_TTL_S;
+    const char *webhook_url = NULL, *webhook_secret_file = NULL;
     int demo = 0;
     int i = 1;
     if (argc >= 1 && argv[0] && argv[0][0] == '-') i = 0; /* called with no subcommand */
@@ -230,6 +235,12 @@ int cmd_serve(int argc, char **argv) {
         } else if (!strcmp(a, "--max-pending-rollouts")) {
             VALUE();
             if (cmd_arg_long(a, next, 1, 1000000, &max_pending_rollouts)) return 2;
+        } else if (!strcmp(a, "--webhook-url")) {
+            VALUE();
+            webhook_url = next;
+        } else if (!strcmp(a, "--webhook-secret-file")) {
+            VALUE();
+            webhook_secret_file = next;
         } else if (!strcmp(a, "--idempotency-ttl")) {
             VALUE();
             if (parse_duration_s(a, next, &idempotency_ttl_s)) return 2;
@@ -350,7 +361,8 @@ int cmd_serve(int argc, char **argv) {
                       .max_pending_rollouts = (int)max_pending_rollouts,
                       .memory_limit = (int64_t)memory_mb << 20,
                       .workers = 1,
-                      .idempotency_ttl_s = idempotency_ttl_s};
+                      .idempotency_ttl_s = idempotency_ttl_s,
+                      .webhook_url = webhook_url};
     /* one bucket per client across both transports; freed after both stopped */
     api_rate *rate = api_rate_new(rate_limit, rate_burst);
     if (rate_limit > 0 && !rate) {
@@ -359,8 +371,26 @@ int cmd_serve(int argc, char **argv) {
         api_tls_clear(&tls);
         return 1;
     }
+    char *webhook_secret = NULL;
+    if (webhook_secret_file) {
+        size_t len = 0;
+        chord_err werr = {0};
+        if (chord_read_file(webhook_secret_file, &webhook_secret, &len, &werr)) {
+            LOG_ERROR("chordd: --webhook-secret-file: %s", werr.msg);
+            api_rate_free(rate);
+            api_auth_free(auth);
+            api_tls_clear(&tls);
+            return 1;
+        }
+        while (len > 0 && (webhook_secret[len - 1] == '\n' || webhook_secret[len - 1] == '\r' ||
+                           webhook_secret[len - 1] == ' '))
+            webhook_secret[--len] = '\0';
+        so.webhook_secret = webhook_secret;
+    }
     svc *s = NULL;
-    if (svc_open(&so, &s, &err)) {
+    int opened = svc_open(&so, &s, &err);
+    free(webhook_secret); /* the service keeps its own key */
+    if (opened) {
         LOG_ERROR("chordd: %s", err.msg);
         api_rate_free(rate);
         api_auth_free(auth);

@@ -442,6 +442,7 @@ int svc_open(const svc_options *opt, svc **out, chord_err *err) {
                          .user = s};
         if (tk_open(&to, &s->tinker, err)) goto fail;
     }
+    if (svc_webhooks_start(s, opt->webhook_url, opt->webhook_secret, err)) goto fail;
     *out = s;
     return 0;
 fail:
@@ -474,6 +475,7 @@ void svc_shutdown(svc *s) {
 void svc_close(svc *s) {
     if (!s) return;
     svc_shutdown(s);
+    svc_webhooks_stop(s); /* before the store handles close: its last pass uses one */
     hub_stop(s);
     tk_close(s->tinker);
     jobs_free(s->jobs);
@@ -980,6 +982,7 @@ void svc_publish(svc *s, const char *id) {
     for (svc_feed *f = s->feeds; f; f = f->next)
         if (!strcmp(f->job_id, id)) feed_queue_locked(s, f);
     pthread_mutex_unlock(&s->hub_mu);
+    svc_webhooks_wake(s); /* a final state or a checkpoint may be an event */
 }
 
 /* A FINISHED feed leaves the table: nobody joins it, nothing polls it. */

@@ -82,6 +82,9 @@ typedef struct svc_options {
     int workers;                /* 0 = start no workers (jobs stay queued; API tests) */
     int64_t idempotency_ttl_s;  /* how long an idempotency key's first result is kept; <= 0 =
                                    SVC_DEFAULT_IDEMPOTENCY_TTL_S */
+    const char *webhook_url;    /* where signed events go (docs/pipelines.md); NULL = none */
+    const char *webhook_secret; /* its signing secret ("whsec_<base64>" or raw); required with a
+                                   URL */
 } svc_options;
 
 /* Opens the data directory (store.h), moves jobs left running by a dead process back to queued
@@ -327,6 +330,22 @@ int svc_idempotent_find(svc *s, const char *key, const char *operation, const vo
 int svc_idempotent_keep(svc *s, const char *key, const char *operation, const void *request,
                         size_t len, const json_t *doc, chord_err *err);
 int svc_idempotency_key_check(const char *key, chord_err *err);
+
+/* ---- webhooks (service_webhooks.c, docs/pipelines.md) ----------------------------------------
+ * job.succeeded | job.failed | job.cancelled and checkpoint.created, POSTed to the URL signed
+ * in the Standard Webhooks style, retried after 0.5 s, 1 s, 2 s, ... (at most
+ * SVC_WEBHOOK_MAX_ATTEMPTS attempts of at most SVC_WEBHOOK_TIMEOUT_MS each), from a thread of
+ * their own: training never waits for a receiver. */
+
+#define SVC_WEBHOOK_TIMEOUT_MS 5000
+#define SVC_WEBHOOK_MAX_ATTEMPTS 8
+#define SVC_WEBHOOK_FIRST_RETRY_MS 500
+#define SVC_WEBHOOK_POLL_MS 500
+
+/* The delivery log, newest first: {"items": [{"id" (the webhook-id), "event", "subject",
+ * "state": "pending"|"delivered"|"failed", "attempts", "last_status", "last_error",
+ * "created_at", "next_attempt_at", "finished_at", "payload"}], "total", "offset", "limit"}. */
+int svc_webhook_deliveries(svc *s, size_t offset, size_t limit, json_t **list, chord_err *err);
 
 /* ---- health and metrics ------------------------------------------------------------------ */
 

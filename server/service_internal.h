@@ -67,6 +67,19 @@ struct svc {
     pthread_t hub_thread;
     int hub_started;
 
+    /* webhooks (service_webhooks.c) */
+    char *wh_url;
+    unsigned char *wh_key;
+    size_t wh_key_len;
+    int64_t wh_since_ms; /* events from then on are sent (store_webhook_enable) */
+    pthread_mutex_t wh_mu;
+    pthread_cond_t wh_cv;
+    int wh_wake;     /* (wh_mu) */
+    atomic_int wh_stop;
+    int wh_sync;     /* wh_mu and wh_cv initialised */
+    pthread_t wh_thread;
+    int wh_started;
+
     pthread_mutex_t idem_mu; /* keyed creates: lookup, create, record (service_pipeline.c) */
     int64_t idem_ttl_ms;     /* svc_options.idempotency_ttl_s */
 
@@ -140,6 +153,15 @@ int svc_dataset_ref(store *st, const char *field, const char *ref, const char *k
 int svc_upload_idem_begin(svc *s, store *st, const char *key, const char *kind, const char *name,
                           const char *sha256, char fp[65], json_t **replay, chord_err *err);
 void svc_upload_idem_end(svc *s, store *st, const char *key, const char *fp, const json_t *doc);
+
+/* ---- webhooks (service_webhooks.c) ----------------------------------------------------------- */
+
+/* Starts the webhook thread when url is not NULL (svc_open). */
+int svc_webhooks_start(svc *s, const char *url, const char *secret, chord_err *err);
+/* Something happened: the thread looks for new events now. Cheap; any thread. */
+void svc_webhooks_wake(svc *s);
+/* Joins the thread after a last collect, frees what start made (svc_close). Idempotent. */
+void svc_webhooks_stop(svc *s);
 
 /* The shared base weights resident on the devices (server/jobs/bases.h), for GET /healthz:
  * [{"device", "model" (the base's key: "dir:PATH" or "init:SEED:CONFIG"), "bytes", "users"}]. */

@@ -141,6 +141,23 @@ static const char *const migrations[STORE_SCHEMA_VERSION] = {
     "  response_json TEXT NOT NULL,"
     "  created_ms INTEGER NOT NULL);"
     "CREATE INDEX idempotency_keys_by_age ON idempotency_keys (created_ms);",
+    /* 4 → 5: webhook deliveries (store_webhooks.c), one per (event, subject), and settings. */
+    "CREATE TABLE webhook_deliveries ("
+    "  seq INTEGER PRIMARY KEY,"
+    "  id TEXT NOT NULL UNIQUE,"
+    "  event TEXT NOT NULL,"
+    "  subject TEXT NOT NULL,"
+    "  payload TEXT NOT NULL,"
+    "  state TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'failed')),"
+    "  attempts INTEGER NOT NULL DEFAULT 0,"
+    "  last_status INTEGER,"
+    "  last_error TEXT,"
+    "  next_attempt_ms INTEGER NOT NULL,"
+    "  created_ms INTEGER NOT NULL,"
+    "  finished_ms INTEGER,"
+    "  UNIQUE (event, subject));"
+    "CREATE INDEX webhook_deliveries_due ON webhook_deliveries (state, next_attempt_ms);"
+    "CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
 };
 
 /* ---- SQLite helpers ----------------------------------------------------------------------- */

@@ -36,7 +36,7 @@
 
 #include "server/base/err.h"
 
-#define STORE_SCHEMA_VERSION 4
+#define STORE_SCHEMA_VERSION 5
 #define STORE_BUSY_TIMEOUT_MS 30000
 /* Longest id, with its prefix and NUL ("job_" + 24 hex digits + NUL = 29). */
 #define STORE_ID_MAX 40
@@ -372,5 +372,52 @@ int store_idem_get(store *s, const char *key, int64_t min_created_ms, store_idem
 int store_idem_put(store *s, const char *key, const char *operation, const char *fingerprint,
                    const char *resource_id, const char *response_json, int64_t min_created_ms,
                    chord_err *err);
+
+/* ---- webhook deliveries ---------------------------------------------------------------------
+ * The outbox of the service's webhooks (docs/pipelines.md): one row per (event, subject) —
+ * job.succeeded | job.failed | job.cancelled (subject: the job id) and checkpoint.created
+ * (subject: the checkpoint id) — with its payload and its delivery attempts. Rows are made from
+ * the jobs and checkpoints tables themselves, so an event is neither lost nor doubled by a crash:
+ * whatever happened since webhooks were first enabled and has no row gets one. */
+
+typedef enum {
+    STORE_WEBHOOK_PENDING = 0,
+    STORE_WEBHOOK_DELIVERED = 1,
+    STORE_WEBHOOK_FAILED = 2,
+} store_webhook_state;
+
+const char *store_webhook_state_name(store_webhook_state state);
+
+typedef struct store_webhook {
+    char id[STORE_ID_MAX]; /* "msg_…": the webhook-id header */
+    char *event;           /* "job.succeeded", "checkpoint.created", … */
+    char *subject;         /* the job's or checkpoint's id */
+    char *payload;         /* the JSON body sent */
+    store_webhook_state state;
+    int64_t attempts;
+    int64_t last_status; /* the receiver's HTTP status of the last attempt, 0 = none */
+    char *last_error;    /* or NULL */
+    int64_t next_attempt_ms, created_ms, finished_ms;
+} store_webhook;
+
+void store_webhook_free(store_webhook *w);
+void store_webhook_list_free(store_webhook *items, size_t n);
+/* Webhooks are on from now: keeps the first such time (*since_ms), events before it are never
+ * sent. */
+int store_webhook_enable(store *s, int64_t now_ms, int64_t *since_ms, chord_err *err);
+/* Adds a pending delivery (due now) for every job that reached a final state and every
+ * checkpoint committed at or after since_ms that has none yet. *added may be NULL. */
+int store_webhook_collect(store *s, int64_t since_ms, int64_t now_ms, int64_t *added,
+                          chord_err *err);
+/* Pending deliveries due at now_ms, oldest first, at most limit (0 = all). */
+int store_webhook_due(store *s, int64_t now_ms, size_t limit, store_webhook **items, size_t *n,
+                      chord_err *err);
+/* Records an attempt: delivered, or failed for good (next_attempt_ms < 0), or pending again at
+ * next_attempt_ms. status 0 = no HTTP answer; error may be NULL. */
+int store_webhook_attempted(store *s, const char *id, int delivered, int64_t status,
+                            const char *error_text, int64_t next_attempt_ms, chord_err *err);
+/* The delivery log, newest first. */
+int store_webhook_list(store *s, size_t offset, size_t limit, store_webhook **items, size_t *n,
+                       int64_t *total, chord_err *err);
 
 #endif

@@ -226,6 +226,17 @@ static result post_rollout(http_req *r) {
     return reply(r, rc, 202, doc, &err);
 }
 
+/* ---- webhooks ----------------------------------------------------------------------------- */
+
+static result list_webhook_deliveries(http_req *r) {
+    chord_err err = {0};
+    size_t offset, limit;
+    json_t *doc = NULL;
+    int rc = paging(r, &offset, &limit, &err);
+    if (rc == 0) rc = svc_webhook_deliveries(r->h->s, offset, limit, &doc, &err);
+    return reply(r, rc, 200, doc, &err);
+}
+
 static result get_rollout(http_req *r) {
     chord_err err = {0};
     json_t *doc = NULL;
@@ -256,6 +267,7 @@ const http_route api_http_routes[] = {
     {"GET", "/v1/tinker/sessions/{id}", HTTP_BODY_NONE, get_tinker_session, API_SCOPE_READ},
     {"POST", "/v1/rollouts", HTTP_BODY_JSON, post_rollout, API_SCOPE_ADMIN},
     {"GET", "/v1/rollouts/{id}", HTTP_BODY_NONE, get_rollout, API_SCOPE_READ},
+    {"GET", "/v1/webhooks/deliveries", HTTP_BODY_NONE, list_webhook_deliveries, API_SCOPE_READ},
     /* the web dashboard (http_ui.c): files only, no data, so no token */
     {"GET", "/", HTTP_BODY_NONE, http_ui_page, API_SCOPE_NONE},
     {"GET", "/ui/{name}", HTTP_BODY_NONE, http_ui_file, API_SCOPE_NONE},

@@ -5,16 +5,18 @@ registered from a checkpoint without copying (`POST /v1/models {"from_checkpoint
 samples exactly what the checkpoint samples, bad references refused naming the field, and
 Idempotency-Key on every POST that creates (jobs, datasets, models, rollouts): the same key and
 body give the first result, another body a 409 naming the key, across a restart, until
---idempotency-ttl; the same over gRPC (ALREADY_EXISTS).
+--idempotency-ttl; the same over gRPC (ALREADY_EXISTS); signed webhooks checked by an independent
+receiver, retried after a 500, logged, never slowing training when the receiver hangs.
 
 Run: CHORDD=build/chordd python -m pytest tests/integration/pipeline_test.py"""
+import json
 import os
 import time
 
 import grpc
 import pytest
 
-from chordd_harness import Chordd, arith_prompts, jsonl, tiny_job
+from chordd_harness import TINY_CONFIG, Chordd, arith_prompts, jsonl, tiny_job
 from grpc_harness import GrpcChordd, assert_same, stubs, to_struct
 
 
@@ -313,3 +315,157 @@ def test_grpc_chaining_and_keys(srv, trained):
     assert r1.id == r2.id
     assert srv.wait_rollout(r1.id)["state"] == "succeeded"
     srv.wait_job(a.id, lambda x: x["state"] in ("succeeded", "failed"))
+
+
+# ---- webhooks ----------------------------------------------------------------------------------
+
+class Receiver:
+    """An independent Standard Webhooks receiver: verifies every request's signature by hand
+    (HMAC-SHA256 over "id.timestamp.body", base64, "v1," prefix, as the standardwebhooks library
+    does); answers 500 to the first `fail_first` requests, or hangs `hang_s` seconds."""
+
+    def __init__(self, secret_key, fail_first=0, hang_s=0.0):
+        import http.server
+        import threading
+        self.key, self.fail_first, self.hang_s = secret_key, fail_first, hang_s
+        self.requests, self.bad = [], []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                outer.check(dict(self.headers), body)
+                n = len(outer.requests)
+                if outer.hang_s:
+                    time.sleep(outer.hang_s)
+                code = 500 if n <= outer.fail_first else 204
+                try:
+                    self.send_response(code)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                except OSError:
+                    pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def check(self, headers, body):
+        import base64
+        import hashlib
+        import hmac
+        import json as js
+        h = {k.lower(): v for k, v in headers.items()}
+        msg_id, ts, sigs = h["webhook-id"], h["webhook-timestamp"], h["webhook-signature"]
+        signed = f"{msg_id}.{ts}.".encode() + body
+        expected = base64.b64encode(hmac.new(self.key, signed, hashlib.sha256).digest()).decode()
+        ok = any(s.split(",", 1) == ["v1", expected] for s in sigs.split(" "))
+        if not ok or abs(time.time() - int(ts)) > 300:
+            self.bad.append((headers, body))
+        self.requests.append((msg_id, js.loads(body)))
+
+    def close(self):
+        self.server.shutdown()
+
+
+def webhook_server(tmp, url, key):
+    import base64
+    path = os.path.join(tmp, "whsec")
+    with open(path, "w") as f:
+        f.write("whsec_" + base64.b64encode(key).decode() + "\n")
+    return Chordd(extra_args=["--webhook-url", url, "--webhook-secret-file", path])
+
+
+def deliveries(srv):
+    return srv.get("/v1/webhooks/deliveries?limit=1000").json()["items"]
+
+
+def wait_deliveries(srv, pred, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        items = deliveries(srv)
+        if pred(items):
+            return items
+        time.sleep(0.1)
+    raise AssertionError(f"deliveries: {deliveries(srv)}\n{srv.read_log()[-3000:]}")
+
+
+def test_webhooks_signed_retried_logged(tmp_path):
+    key = os.urandom(24)
+    rx = Receiver(key, fail_first=2)
+    srv = webhook_server(str(tmp_path), rx.url, key)
+    try:
+        srv.start()
+        ds = upload(srv, "prompts", jsonl(arith_prompts(8)), "p").json()
+        ok = srv.post("/v1/jobs", tiny_job(ds["id"], steps=2, checkpoint_every=2)).json()
+        os.makedirs(os.path.join(srv.models_root, "noweights"))
+        with open(os.path.join(srv.models_root, "noweights", "config.json"), "w") as f:
+            f.write(json.dumps(TINY_CONFIG))
+        bad_doc = tiny_job(ds["id"], steps=2)
+        bad_doc["model"] = {"path": "noweights"}
+        bad = srv.post("/v1/jobs", bad_doc).json()
+        queued = srv.post("/v1/jobs", tiny_job(ds["id"], steps=50)).json()
+        srv.post(f"/v1/jobs/{queued['id']}/cancel")
+        for j in (ok, bad, queued):
+            srv.wait_job(j["id"], lambda x: x["state"] in ("succeeded", "failed", "cancelled"))
+        want = {("checkpoint.created", None), ("job.succeeded", ok["id"]),
+                ("job.failed", bad["id"]), ("job.cancelled", queued["id"])}
+        items = wait_deliveries(srv, lambda it: len(it) >= 4 and
+                                all(d["state"] == "delivered" for d in it))
+        got = {(d["event"], None if d["event"] == "checkpoint.created" else d["subject"])
+               for d in items}
+        assert got == want, items
+        # the first deliveries met the two 500s: retried, and the log says so
+        assert sum(d["attempts"] for d in items) == len(items) + 2, items
+        assert all(d["last_status"] == 204 for d in items), items
+        ck = next(d for d in items if d["event"] == "checkpoint.created")
+        assert ck["payload"]["data"]["job_id"] == ok["id"] and ck["payload"]["data"]["step"] == 2
+        failed = next(d for d in items if d["event"] == "job.failed")
+        assert failed["payload"]["data"]["error"], failed
+        # every request the receiver saw was signed right; each event arrived (once 2xx)
+        assert not rx.bad, rx.bad
+        ids = [i for i, _ in rx.requests]
+        assert set(ids) == {d["id"] for d in items}
+        assert len(ids) == len(items) + 2  # the two retried ones, same webhook-id
+        for msg_id, body in rx.requests:
+            assert body["type"] in {e for e, _ in want} and "timestamp" in body, body
+        # a restart sends nothing again
+        assert srv.stop() == 0
+        srv.start()
+        time.sleep(1.5)
+        assert len(rx.requests) == len(ids)
+        assert len(deliveries(srv)) == len(items)
+    finally:
+        srv.cleanup()
+        rx.close()
+
+
+def test_webhook_receiver_that_hangs_does_not_slow_training(tmp_path):
+    key = b"k" * 32
+    rx = Receiver(key, hang_s=8)
+    srv = webhook_server(str(tmp_path), rx.url, key)
+    try:
+        srv.start()
+        ds = upload(srv, "prompts", jsonl(arith_prompts(8)), "p").json()
+        # checkpoints every step: an event per step while the receiver hangs
+        job = srv.post("/v1/jobs", tiny_job(ds["id"], steps=6, checkpoint_every=1)).json()
+        t0 = time.time()
+        done = srv.wait_job(job["id"], lambda x: x["state"] in ("succeeded", "failed"))
+        took = time.time() - t0
+        assert done["state"] == "succeeded", done
+        # the first delivery is still hanging (5 s timeout), yet the 6 steps are done
+        assert took < 4.5, f"training waited for the receiver: {took:.1f} s"
+        items = wait_deliveries(srv, lambda it: any(d["attempts"] >= 1 and d["last_error"]
+                                                    for d in it), timeout=20)
+        timed_out = [d for d in items if d["last_error"]]
+        assert "timed out" in timed_out[0]["last_error"].lower(), timed_out
+        assert timed_out[0]["state"] == "pending" and timed_out[0]["next_attempt_at"], timed_out
+        t1 = time.time()
+        assert srv.stop() == 0
+        assert time.time() - t1 < 15, "stopping waited too long for the receiver"
+    finally:
+        srv.cleanup()
+        rx.close()

@@ -630,6 +630,84 @@ static void test_checkpoint_pins_and_dataset_names(void **state) {
     scratch_remove(dir);
 }
 
+/* The webhook outbox: events made from the tables once each (a second collect, a reopen add
+ * nothing), checkpoints before their job's final state, nothing from before webhooks were
+ * enabled, attempts recorded until delivered or failed. */
+static void test_webhook_outbox(void **state) {
+    (void)state;
+    char dir[256];
+    scratch_make(dir);
+    store *s = open_ok(dir);
+    chord_err err = {0};
+    char old_job[STORE_ID_MAX], job[STORE_ID_MAX];
+    make_running_job(s, "before", old_job);
+    assert_int_equal(store_job_transition(s, old_job, STORE_JOB_SUCCEEDED, NULL, NULL, NULL, &err),
+                     0);
+    int64_t since = 0, since2 = 0, added = -1;
+    int64_t now = store_now_ms() + 1;
+    assert_int_equal(store_webhook_enable(s, now, &since, &err), 0);
+    assert_int_equal(since, now);
+    assert_int_equal(store_webhook_enable(s, now + 5000, &since2, &err), 0);
+    assert_int_equal(since2, now); /* the first time is kept */
+    while (store_now_ms() <= now) {
+    }
+    make_running_job(s, "after", job);
+    commit_checkpoint(s, job, 2, NULL);
+    assert_int_equal(store_job_transition(s, job, STORE_JOB_FAILED, "boom", NULL, NULL, &err), 0);
+    assert_int_equal(store_webhook_collect(s, since, store_now_ms(), &added, &err), 0);
+    assert_int_equal(added, 2);
+    assert_int_equal(store_webhook_collect(s, since, store_now_ms(), &added, &err), 0);
+    assert_int_equal(added, 0);
+    store_close(s);
+    s = open_ok(dir);
+    assert_int_equal(store_webhook_collect(s, since, store_now_ms(), &added, &err), 0);
+    assert_int_equal(added, 0);
+
+    store_webhook *due = NULL;
+    size_t n = 0;
+    assert_int_equal(store_webhook_due(s, store_now_ms(), 0, &due, &n, &err), 0);
+    assert_int_equal(n, 2);
+    assert_string_equal(due[0].event, "checkpoint.created");
+    assert_string_equal(due[1].event, "job.failed");
+    assert_string_equal(due[1].subject, job);
+    assert_non_null(strstr(due[1].payload, "\"type\":\"job.failed\""));
+    assert_non_null(strstr(due[1].payload, "\"error\":\"boom\""));
+    assert_non_null(strstr(due[0].payload, "\"step\":2"));
+    assert_int_equal(strncmp(due[0].id, "msg_", 4), 0);
+    char first[STORE_ID_MAX], second[STORE_ID_MAX];
+    snprintf(first, sizeof first, "%s", due[0].id);
+    snprintf(second, sizeof second, "%s", due[1].id);
+    store_webhook_list_free(due, n);
+
+    int64_t later = store_now_ms() + 60000;
+    assert_int_equal(store_webhook_attempted(s, first, 0, 500, "HTTP 500", later, &err), 0);
+    assert_int_equal(store_webhook_attempted(s, second, 1, 204, NULL, 0, &err), 0);
+    assert_int_equal(store_webhook_attempted(s, second, 1, 204, NULL, 0, &err), -1);
+    assert_int_equal(err.code, CHORD_E_CONFLICT);
+    chord_err_clear(&err);
+    assert_int_equal(store_webhook_due(s, store_now_ms(), 0, &due, &n, &err), 0);
+    assert_int_equal(n, 0); /* the retry is not due yet */
+    store_webhook_list_free(due, n);
+    assert_int_equal(store_webhook_due(s, later, 0, &due, &n, &err), 0);
+    assert_int_equal(n, 1);
+    store_webhook_list_free(due, n);
+    assert_int_equal(store_webhook_attempted(s, first, 0, 0, "timeout", -1, &err), 0);
+
+    int64_t total = 0;
+    assert_int_equal(store_webhook_list(s, 0, 0, &due, &n, &total, &err), 0);
+    assert_int_equal(total, 2);
+    assert_string_equal(due[0].id, second); /* newest first */
+    assert_int_equal(due[0].state, STORE_WEBHOOK_DELIVERED);
+    assert_int_equal(due[0].last_status, 204);
+    assert_int_equal(due[1].state, STORE_WEBHOOK_FAILED);
+    assert_int_equal(due[1].attempts, 2);
+    assert_string_equal(due[1].last_error, "timeout");
+    assert_true(due[1].finished_ms > 0);
+    store_webhook_list_free(due, n);
+    store_close(s);
+    scratch_remove(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dataset_upload),
@@ -641,6 +719,7 @@ int main(void) {
         cmocka_unit_test(test_truncate_after_drops_later_checkpoints),
         cmocka_unit_test(test_recovery_once_per_directory_open),
         cmocka_unit_test(test_checkpoint_pins_and_dataset_names),
+        cmocka_unit_test(test_webhook_outbox),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
