@@ -156,6 +156,13 @@ typedef struct trainer {
     int checkpoint_on_stop;      /* what should_stop asked for when it stopped a rollout */
     int64_t cur_step, cur_epoch; /* the update train_on runs (the LoRA dropout masks' seed) */
     step_metrics metrics;        /* of the step being run */
+    /* several ranks: this rank's step (rollout tokens, rollout s, train tokens, train s), and
+     * every rank's throughput (rollout, train) with its metric names, rows after the table's */
+    double rank_local[4];
+    double *rank_tps;
+    char (*rank_names)[48];
+    const char **row_names; /* on_step's rows: N_METRICS, then 2 per rank with several */
+    double *row_values;
 } trainer;
 
 static void logline(trainer *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -227,6 +234,23 @@ static int sum_over_ranks(trainer *t, double *v, size_t n, const char *what, cho
     char name[128];
     snprintf(name, sizeof name, "step %lld: %s", (long long)t->cur_step, what);
     return dist_allreduce_sum_f64(t->env->dist, v, n, name, err);
+}
+
+/* Every rank's rollout and training throughput this step (the rows tokens_per_s/rollout/rank_R
+ * and tokens_per_s/train/rank_R): each rank fills its slots of one vector, summed. */
+static int rank_throughput(trainer *t, chord_err *err) {
+    int R = n_ranks(t), me = dist_rank(t->env->dist);
+    double *v = calloc(4 * (size_t)R, sizeof *v);
+    if (!v) return oom(err);
+    memcpy(v + 4 * me, t->rank_local, sizeof t->rank_local);
+    int rc = sum_over_ranks(t, v, 4 * (size_t)R, "throughput", err);
+    for (int r = 0; rc == 0 && r < R; r++) {
+        const double *q = v + 4 * r;
+        t->rank_tps[2 * r] = q[1] > 0 ? q[0] / q[1] : 0.0;
+        t->rank_tps[2 * r + 1] = q[3] > 0 ? q[2] / q[3] : 0.0;
+    }
+    free(v);
+    return rc;
 }
 
 /* The step's gradients and loss sums added over the ranks before the optimizer step: the loss
@@ -683,6 +707,8 @@ static int reward_metrics(trainer *t, const step_rollouts *ro, step_metrics *m, 
         s[1] += r->correct ? 1 : 0;
         s[6] += r->reward;
     }
+    t->rank_local[0] = (double)ro->tokens;
+    t->rank_local[1] = m->time_rollout;
     if (sum_over_ranks(t, s, 8, "reward sums", err) != 0) return -1;
     double n = s[0], n_valid = s[4], rsq = 0;
     m->reward_mean = n_valid > 0 ? s[6] / n_valid : 0.0;
@@ -1120,6 +1146,8 @@ static int train_and_update(trainer *t, int64_t step, step_batch *b, step_metric
     m->prompt_rows_shared = v[1];
     m->time_train = chord_now() - t0;
     m->tps_train = m->time_train > 0 ? v[2] / m->time_train : 0.0;
+    t->rank_local[2] = (double)train_tokens;
+    t->rank_local[3] = m->time_train;
     return 0;
 }
 
@@ -1258,6 +1286,7 @@ static int run_step(trainer *t, int64_t step, chord_err *err) {
                        compute_advantages(t, step, &plan, &ro, &batch, m, err) != 0))
         goto done;
     if (train_and_update(t, step, &batch, m, err) != 0) goto done;
+    if (n_ranks(t) > 1 && rank_throughput(t, err) != 0) goto done;
     t->prompt_cursor += ro.drawn;
     t->expert_cursor += plan.E;
     m->time_step = chord_now() - t0;
@@ -1671,6 +1700,21 @@ int trainer_run(const job_config *cfg, const trainer_env *env, const trainer_cal
     t.env = env;
     t.cb = cb;
     int rc = TRAINER_FAILED;
+    const int R = n_ranks(&t), per_rank = R > 1 ? 2 * R : 0;
+    t.row_names = malloc((N_METRICS + (size_t)per_rank) * sizeof *t.row_names);
+    t.row_values = malloc((N_METRICS + (size_t)per_rank) * sizeof *t.row_values);
+    if (per_rank > 0) {
+        t.rank_tps = calloc((size_t)per_rank, sizeof *t.rank_tps);
+        t.rank_names = calloc((size_t)per_rank, sizeof *t.rank_names);
+    }
+    if (!t.row_names || !t.row_values || (per_rank > 0 && (!t.rank_tps || !t.rank_names))) {
+        oom(err);
+        goto done;
+    }
+    for (int r = 0; r < per_rank / 2; r++) {
+        snprintf(t.rank_names[2 * r], sizeof t.rank_names[0], "tokens_per_s/rollout/rank_%d", r);
+        snprintf(t.rank_names[2 * r + 1], sizeof t.rank_names[0], "tokens_per_s/train/rank_%d", r);
+    }
     if (setup(&t, err) != 0) goto done;
     logline(&t, "job %s: %s, %lld steps, model %zu parameters on %s%s", cfg->name ? cfg->name : "",
             jobconfig_algorithm_name(cfg->algorithm), (long long)cfg->steps, t.m->num_params,
@@ -1707,9 +1751,13 @@ int trainer_run(const job_config *cfg, const trainer_env *env, const trainer_cal
         if (t.eval.n > 0 && cfg->eval.every > 0 &&
             (step % cfg->eval.every == 0 || step == cfg->steps) && run_eval(&t, step, err) != 0)
             goto done;
-        const char *names[N_METRICS];
-        double values[N_METRICS];
+        const char **names = t.row_names;
+        double *values = t.row_values;
         int n_metrics = metrics_emit(&t.metrics, names, values);
+        for (int r = 0; t.rank_tps && r < 2 * n_ranks(&t); r++, n_metrics++) {
+            names[n_metrics] = t.rank_names[r];
+            values[n_metrics] = t.rank_tps[r];
+        }
         if (cb && cb->on_step && cb->on_step(cb->user, step, names, values, n_metrics) != 0) {
             chord_err_setc(err, CHORD_E_IO, "step %lld: storing metrics failed", (long long)step);
             goto done;
@@ -1736,5 +1784,9 @@ done:
     bootstrap_close(&t.ref);
     reward_verifier_free(t.verifier);
     bootstrap_close(&t.boot); /* t.m and t.tok (a view: then its shared base's reference) */
+    free(t.row_names);
+    free(t.row_values);
+    free(t.rank_tps);
+    free(t.rank_names);
     return rc;
 }
