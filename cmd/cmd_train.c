@@ -318,7 +318,15 @@ int cmd_train(int argc, char **argv) {
     }
     char errbuf[512], device_buf[32];
     const char *dev = device ? device : (cfg.device ? cfg.device : "auto");
-    if (ranks > 1 && strcmp(dev, "cuda") == 0) { /* one GPU per rank on each host */
+    /* several ranks on GPUs: one GPU per rank, cuda:<the rank's index on its host> */
+    int gpus = ranks > 1 ? ops_cuda_device_count() : 0;
+    if (ranks > 1 && (!strcmp(dev, "cuda") || (!strcmp(dev, "auto") && gpus > 0))) {
+        if (dist_local_rank(dist) >= gpus) {
+            chord_err_set(&err, "device %s: rank %d is rank %d on its host, which has %d GPU%s "
+                          "(launch one rank per GPU)", dev, rank, dist_local_rank(dist), gpus,
+                          gpus == 1 ? "" : "s");
+            goto fail;
+        }
         snprintf(device_buf, sizeof device_buf, "cuda:%d", dist_local_rank(dist));
         dev = device_buf;
     }
