@@ -286,6 +286,40 @@ static void test_reproducible(void **state) {
     rollout_engine_free(e);
 }
 
+/* Data parallelism (docs/distributed.md): a rank that samples prompts 1 and 2 of a step's three
+ * with first_index = 1 x G draws exactly the responses one process sampling all three draws for
+ * them (the tokens; the log-probs to fp32 round-off, the batch differs). */
+static void test_share_of_a_step(void **state) {
+    fixture *f = *state;
+    rollout_engine *e = rollout_engine_new(f->m);
+    chord_err err = {0};
+    const int G = 2;
+    rollout_params p = params(1.0f, 1.0f, G, 8);
+    rollout_result whole, part, wrong;
+    if (rollout_generate(e, PROMPTS, PLENS, 3, &p, &whole, &err) != 0) fail_msg("%s", err.msg);
+    rollout_params q = p;
+    q.first_index = 1 * G;
+    if (rollout_generate(e, PROMPTS + 1, PLENS + 1, 2, &q, &part, &err) != 0)
+        fail_msg("%s", err.msg);
+    if (rollout_generate(e, PROMPTS + 1, PLENS + 1, 2, &p, &wrong, &err) != 0)
+        fail_msg("%s", err.msg);
+    int differs = 0;
+    for (int i = 0; i < part.n; i++) {
+        const rollout_seq *w = &whole.seq[G + i], *s = &part.seq[i];
+        assert_int_equal(s->len, w->len);
+        assert_memory_equal(s->tokens, w->tokens, (size_t)s->len * 4);
+        for (int t = 0; t < s->len; t++)
+            assert_true(fabsf(s->logp[t] - w->logp[t]) <= 1e-5f);
+        differs |= wrong.seq[i].len != w->len ||
+                   memcmp(wrong.seq[i].tokens, w->tokens, (size_t)w->len * 4) != 0;
+    }
+    assert_true(differs); /* without first_index the share would draw other numbers */
+    rollout_result_free(&whole);
+    rollout_result_free(&part);
+    rollout_result_free(&wrong);
+    rollout_engine_free(e);
+}
+
 /* Bad parameters and prompts are refused with a message. */
 static void test_bad_input(void **state) {
     fixture *f = *state;
@@ -314,6 +348,7 @@ int main(void) {
         cmocka_unit_test(test_ppo_kl_greedy),
         cmocka_unit_test(test_group_shares_prefill),
         cmocka_unit_test(test_reproducible),
+        cmocka_unit_test(test_share_of_a_step),
         cmocka_unit_test(test_bad_input),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
