@@ -172,7 +172,8 @@ static void usage(FILE *f) {
             "  --out DIR          output directory (checkpoints/, data/) [./chord-train/<name>]\n"
             "  --resume           continue from the newest checkpoint in --out\n"
             "  --device DEV       auto | cpu | cuda | cuda:N (overrides the job's device)\n"
-            "  --threads N        CPU threads (default: all cores)\n"
+            "  --threads N        CPU threads (default: all cores; under mpirun the cores / the\n"
+            "                     host's ranks)\n"
             "  --device-memory-mb N  refuse the job when the memory estimate (docs/job.md)\n"
             "                     exceeds N MiB on its device (default: the device's free memory)\n"
             "  --steps N          override the job's step count\n"
@@ -330,6 +331,10 @@ int cmd_train(int argc, char **argv) {
         snprintf(device_buf, sizeof device_buf, "cuda:%d", dist_local_rank(dist));
         dev = device_buf;
     }
+    if (ranks > 1 && threads == 0) { /* the host's cores shared by its ranks, not each all */
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        threads = cores / dist_local_size(dist) > 0 ? cores / dist_local_size(dist) : 1;
+    }
     ops = ops_open(dev, threads, errbuf, sizeof errbuf);
     if (!ops) {
         chord_err_set(&err, "%s", errbuf);
@@ -360,8 +365,10 @@ int cmd_train(int argc, char **argv) {
     if (resume && !have_resume && rank == 0)
         LOG_INFO("no checkpoint in %s/checkpoints: starting fresh", out);
     if (ranks > 1 && rank == 0 && !quiet)
-        LOG_INFO("data parallel: %d ranks (%s), collective timeout %.0f s", ranks,
-                 dist_kind(dist), dist_timeout);
+        LOG_INFO("data parallel: %d ranks (%s), %d on this host, %ld CPU thread%s per rank, "
+                 "collective timeout %.0f s",
+                 ranks, dist_kind(dist), dist_local_size(dist), threads, threads == 1 ? "" : "s",
+                 dist_timeout);
     trainer_env env = {.ops = ops,
                        .prompts_path = resolved[0],
                        .expert_path = resolved[1],

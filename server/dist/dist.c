@@ -29,7 +29,7 @@ enum { DIST_SINGLE, DIST_MPI };
 
 struct dist_ctx {
     int kind;
-    int rank, size, local_rank;
+    int rank, size, local_rank, local_size;
     double timeout_s;
     int64_t count; /* collectives run so far (every rank runs the same sequence) */
     struct dist_nccl *nccl;
@@ -54,6 +54,9 @@ int dist_size(const dist_ctx *d) {
 }
 int dist_local_rank(const dist_ctx *d) {
     return d ? d->local_rank : 0;
+}
+int dist_local_size(const dist_ctx *d) {
+    return d ? d->local_size : 1;
 }
 const char *dist_kind(const dist_ctx *d) {
     return d && d->kind == DIST_MPI ? "mpi" : "single";
@@ -312,6 +315,7 @@ static int mpi_open(dist_ctx *d, chord_err *err) {
     MPI_Comm node;
     rc = MPI_Comm_split_type(d->comm, MPI_COMM_TYPE_SHARED, d->rank, MPI_INFO_NULL, &node);
     if (rc == MPI_SUCCESS) rc = MPI_Comm_rank(node, &d->local_rank);
+    if (rc == MPI_SUCCESS) rc = MPI_Comm_size(node, &d->local_size);
     if (rc == MPI_SUCCESS) rc = MPI_Comm_free(&node);
     if (rc != MPI_SUCCESS) return mpi_error(rc, "the host's ranks", err);
     d->kind = DIST_MPI;
@@ -329,7 +333,7 @@ int dist_open(double timeout_s, dist_ctx **out, chord_err *err) {
     dist_ctx *d = calloc(1, sizeof *d);
     if (!d) return dist_oom(err);
     d->kind = DIST_SINGLE;
-    d->size = 1;
+    d->size = d->local_size = 1;
     d->timeout_s = timeout_s;
     if (dist_launched_by_mpi()) {
 #ifdef CHORD_HAVE_MPI

@@ -46,6 +46,7 @@ void dist_abort(dist_ctx *d, int code) __attribute__((noreturn));
 int dist_rank(const dist_ctx *d);         /* 0 .. size - 1 */
 int dist_size(const dist_ctx *d);         /* ranks in the job */
 int dist_local_rank(const dist_ctx *d);   /* rank among the ranks of this host (GPU choice) */
+int dist_local_size(const dist_ctx *d);   /* ranks on this host (CPU threads per rank) */
 const char *dist_kind(const dist_ctx *d); /* "single", "mpi" */
 
 /* Collectives: every rank calls them in the same order with the same n. `what` names the

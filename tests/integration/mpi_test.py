@@ -46,9 +46,11 @@ def mpirun_args(n):
     return [MPIRUN, "-np", str(n), "--oversubscribe", "--bind-to", "none"]
 
 
-def train(job_path, out, ranks, *extra, check=0, timeout=120):
+def train(job_path, out, ranks, *extra, check=0, timeout=120, threads="1", quiet=True):
     cmd = [CHORDD, "train", job_path, "--out", str(out), "--metrics-out", str(out) + ".jsonl",
-           "--samples-out", str(out) + ".samples.jsonl", "--threads", "1", "--quiet", *extra]
+           "--samples-out", str(out) + ".samples.jsonl", *extra]
+    cmd += ["--threads", threads] if threads else []
+    cmd += ["--quiet"] if quiet else []
     if ranks > 1:
         cmd = mpirun_args(ranks) + cmd
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ENV)
@@ -173,6 +175,12 @@ def test_two_ranks_equal_one_process(tmp_path, data, variant):
         assert [r["step"] for r in metrics(two)] == [1, 2]
         train(path, two, 1, "--resume", "--stop-after", "4")
         train(path, two, 2, "--resume")
+    elif variant == "sft":  # without --threads: the host's cores shared by its 2 ranks
+        p = train(path, two, 2, threads=None, quiet=False)
+        per_rank = max(1, os.cpu_count() // 2)
+        assert re.search(rf"data parallel: 2 ranks \(mpi\), 2 on this host, {per_rank} CPU "
+                         rf"threads? per rank", p.stderr), p.stderr[-3000:]
+        assert p.stderr.count("job job: sft") == 1, p.stderr[-3000:]  # rank 0 alone logs
     else:
         p = train(path, two, 2)
         assert "data parallel: 2 ranks" not in p.stderr  # --quiet
