@@ -577,6 +577,8 @@ typedef struct step_rollouts {
     uint8_t *excluded;     /* (n) */
     double *kl;            /* (n) Σ over the response's tokens of the KL estimate at rollout
                               time (jobs with a reference; else NULL) */
+    int *step_group;       /* (B) several ranks with grpo.filter_groups: each kept group's
+                              index among the step's kept groups (else NULL: lo + its index) */
 } step_rollouts;
 
 static void step_rollouts_free(step_rollouts *ro) {
@@ -588,6 +590,7 @@ static void step_rollouts_free(step_rollouts *ro) {
     free(ro->adv);
     free(ro->excluded);
     free(ro->kl);
+    free(ro->step_group);
     rollout_result_free(&ro->rr);
     if (ro->prompts)
         for (int i = 0; i < ro->B; i++)
@@ -781,30 +784,75 @@ static int sample_groups(trainer *t, int64_t step, const step_plan *p, step_roll
                          step_metrics *m, chord_err *err) {
     const job_grpo *g = &t->cfg->grpo;
     int rounds = g->filter_groups ? (int)g->max_sample_batches : 1, informative = 0;
-    int lo = 0, B = rank_share(t, p->B, &lo); /* several ranks: no filter_groups (setup) */
+    /* Several ranks: each samples its share of every round's B prompts. The step keeps its
+     * first B informative groups in the order one process would (round by round, and within a
+     * round in prompt order, i.e. rank by rank): `pos` holds the step position of each of this
+     * rank's informative groups, `quota` how many of them are among the first B. */
+    const int R = n_ranks(t), me = dist_rank(t->env->dist);
+    int lo = 0, B = rank_share(t, p->B, &lo), quota = 0, n_pos = 0, rc = -1;
+    int *pos = NULL;
+    size_t pos_cap = 0;
+    double *counts = R > 1 ? calloc((size_t)R, sizeof *counts) : NULL;
+    int64_t drawn = 0; /* the step's prompts so far, every rank's share */
+    if (R > 1 && !counts) return oom(err);
     for (int r = 0; r < rounds && (r == 0 || informative < p->B); r++) {
         step_rollouts more;
         memset(&more, 0, sizeof more);
-        int rc = collect_rollouts(t, step, r, ro->drawn, lo, B, p->G, &more, m, err) != 0 ||
-                         score_rollouts(t, &more, m, err) != 0
-                     ? -1
-                     : 0;
-        if (rc == 0 && step_rollouts_append(ro, &more) != 0) rc = oom(err);
+        int first_group = ro->B;
+        int frc = collect_rollouts(t, step, r, drawn, lo, B, p->G, &more, m, err) != 0 ||
+                          score_rollouts(t, &more, m, err) != 0
+                      ? -1
+                      : 0;
+        if (frc == 0 && step_rollouts_append(ro, &more) != 0) frc = oom(err);
         step_rollouts_free(&more);
-        if (rc != 0) return -1;
-        informative = 0;
-        for (int k = 0; k < ro->B; k++)
-            informative += group_informative(ro, p->G, k);
+        if (frc != 0) goto done;
+        drawn += p->B;
+        int mine = 0;
+        for (int k = first_group; k < ro->B; k++)
+            mine += group_informative(ro, p->G, k);
+        if (R == 1) {
+            informative += mine;
+            continue;
+        }
+        memset(counts, 0, (size_t)R * sizeof *counts);
+        counts[me] = mine;
+        if (sum_over_ranks(t, counts, (size_t)R, "informative groups", err) != 0) goto done;
+        int prior = informative, round_total = 0;
+        for (int q = 0; q < R; q++) {
+            prior += q < me ? (int)counts[q] : 0;
+            round_total += (int)counts[q];
+        }
+        if (mine > 0) {
+            int *grown = chord_array_grow(pos, &pos_cap, (size_t)(n_pos + mine), sizeof *pos);
+            if (!grown) {
+                oom(err);
+                goto done;
+            }
+            pos = grown;
+        }
+        for (int i = 0; i < mine; i++) {
+            pos[n_pos++] = prior + i;
+            quota += prior + i < p->B;
+        }
+        informative += round_total;
     }
-    if (reward_metrics(t, ro, m, err) != 0) return -1;
-    if (n_ranks(t) > 1) ro->drawn = p->B; /* the step's prompts, every rank's share */
+    if (reward_metrics(t, ro, m, err) != 0) goto done;
+    ro->drawn = drawn;
     if (g->filter_groups) {
         m->has_filter = 1;
-        m->prompts_drawn = (double)ro->drawn;
-        m->groups_dropped = (double)(ro->drawn - (informative < p->B ? informative : p->B));
-        step_rollouts_keep_informative(ro, p->G, p->B);
+        m->prompts_drawn = (double)drawn;
+        m->groups_dropped = (double)(drawn - (informative < p->B ? informative : p->B));
+        step_rollouts_keep_informative(ro, p->G, R > 1 ? quota : p->B);
+        if (R > 1) { /* the kept groups are the first `quota` informative ones */
+            ro->step_group = pos;
+            pos = NULL;
+        }
     }
-    return 0;
+    rc = 0;
+done:
+    free(pos);
+    free(counts);
+    return rc;
 }
 
 /* Moves src's groups behind dst's (src ends empty); -1 when out of memory (both stay whole). */
@@ -1152,7 +1200,7 @@ static int train_and_update(trainer *t, int64_t step, step_batch *b, step_metric
 }
 
 /* Several ranks: every rank's samples (JSON, trainer_sample_json + "group") gathered to rank 0,
- * which reports them all in the step's order (the shares are contiguous, in rank order). */
+ * which reports them all in the step's order, group by group, as one process would. */
 static int report_gathered(trainer *t, int64_t step, const trainer_sample *s, int n,
                            chord_err *err) {
     int R = n_ranks(t), rc = -1, total = 0;
@@ -1160,6 +1208,7 @@ static int report_gathered(trainer *t, int64_t step, const trainer_sample *s, in
     char *text = NULL, *all = NULL;
     size_t *lens = calloc((size_t)R, sizeof *lens);
     trainer_sample *out = NULL;
+    int *filled = NULL;
     if (!mine || !arrays || !lens) {
         oom(err);
         goto done;
@@ -1194,16 +1243,26 @@ static int report_gathered(trainer *t, int64_t step, const trainer_sample *s, in
         }
         total += (int)json_array_size(arrays[r]);
     }
-    if (!(out = calloc((size_t)(total > 0 ? total : 1), sizeof *out))) {
+    /* each group's G records go to its place in the step (groups 0 .. total / G - 1): with
+     * grpo.filter_groups the kept groups of the ranks interleave */
+    const int G = (int)t->cfg->grpo.group_size, n_groups = total / G;
+    if (!(out = calloc((size_t)(total > 0 ? total : 1), sizeof *out)) ||
+        !(filled = calloc((size_t)(n_groups > 0 ? n_groups : 1), sizeof *filled))) {
         oom(err);
         goto done;
     }
-    int k = 0;
     for (int r = 0; r < R; r++) {
         size_t i;
         json_t *o;
         json_array_foreach(arrays[r], i, o) {
-            out[k++] = (trainer_sample){
+            json_int_t grp = json_integer_value(json_object_get(o, "group"));
+            if (total % G != 0 || grp < 0 || grp >= n_groups || filled[grp] >= G) {
+                chord_err_setc(err, CHORD_E_INTERNAL, "%s: rank %d sent a record of group %lld "
+                               "(%d records in all, groups of %d)", what, r, (long long)grp,
+                               total, G);
+                goto done;
+            }
+            out[grp * G + filled[grp]++] = (trainer_sample){
                 .kind = "rollout",
                 .prompt = json_string_value(json_object_get(o, "prompt")),
                 .completion = json_string_value(json_object_get(o, "completion")),
@@ -1221,6 +1280,7 @@ static int report_gathered(trainer *t, int64_t step, const trainer_sample *s, in
                               (long long)step);
 done:
     free(out);
+    free(filled);
     for (int r = 0; arrays && r < R; r++)
         json_decref(arrays[r]);
     free(arrays);
@@ -1249,7 +1309,8 @@ static int report_samples(trainer *t, int64_t step, const step_plan *p, const st
                                       .answer = ro->prompts[q->prompt].answer,
                                       .reward = ro->res[i].reward,
                                       .reason = reward_reason_name(ro->res[i].reason),
-                                      .group = lo + q->prompt,
+                                      .group = ro->step_group ? ro->step_group[q->prompt]
+                                                              : lo + q->prompt,
                                       .tokens = q->len,
                                       .truncated = q->truncated};
     }
@@ -1521,10 +1582,7 @@ static int check_fits_hook(void *user, const model_config *mc, const tok_tokeniz
 static int setup(trainer *t, chord_err *err) {
     const job_config *cfg = t->cfg;
     const trainer_env *env = t->env;
-    if (n_ranks(t) > 1) { /* docs/distributed.md: what several ranks do not run yet */
-        if (cfg->grpo.filter_groups)
-            return chord_err_set(err, "grpo.filter_groups: not supported with several ranks yet "
-                                      "(run it in one process)");
+    if (n_ranks(t) > 1) { /* every rank samples at least one prompt a step */
         if (jobconfig_uses_rollouts(cfg->algorithm) && cfg->grpo.prompts_per_step < n_ranks(t))
             return chord_err_set(err,
                                  "grpo.prompts_per_step: %lld prompts cannot be shared by %d "
