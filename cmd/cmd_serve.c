@@ -165,8 +165,10 @@ static int parse_duration_s(const char *flag, const char *v, int64_t *out) {
         end++;
     }
     if (errno || end == v || !end || *end || unit == 0 || n < 1 || n > 366LL * 86400 / unit) {
-        fprintf(stderr, "chordd: %s: '%s' is not a duration (e.g. 3600, 90s, 30m, 24h, 7d; at "
-                        "least 1 s, at most 366 days)\n", flag, v);
+        fprintf(stderr,
+                "chordd: %s: '%s' is not a duration (e.g. 3600, 90s, 30m, 24h, 7d; at "
+                "least 1 s, at most 366 days)\n",
+                flag, v);
         return -1;
     }
     *out = (int64_t)n * unit;

@@ -400,8 +400,9 @@ int svc_model_register(svc *s, const json_t *doc, json_t **model, chord_err *err
     json_t *from = json_object_get(doc, "from_checkpoint");
     if (!!path + !!init + !!from > 1)
         return chord_err_set(err, "path: give one of path, init or from_checkpoint");
-    if (!path && !init && !from) return chord_err_set(err, "path: required (or init, or "
-                                                           "from_checkpoint)");
+    if (!path && !init && !from)
+        return chord_err_set(err, "path: required (or init, or "
+                                  "from_checkpoint)");
     if (from) return model_from_checkpoint(s, nm, from, model, err);
 
     char real[PATH_MAX], tok[PATH_MAX + 32];

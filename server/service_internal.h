@@ -74,9 +74,9 @@ struct svc {
     int64_t wh_since_ms; /* events from then on are sent (store_webhook_enable) */
     pthread_mutex_t wh_mu;
     pthread_cond_t wh_cv;
-    int wh_wake;     /* (wh_mu) */
+    int wh_wake; /* (wh_mu) */
     atomic_int wh_stop;
-    int wh_sync;     /* wh_mu and wh_cv initialised */
+    int wh_sync; /* wh_mu and wh_cv initialised */
     pthread_t wh_thread;
     int wh_started;
 

@@ -47,7 +47,8 @@ int svc_checkpoint_ref(store *st, const char *field, const json_t *ref, store_ch
     store_job_free(&j);
     store_checkpoint *items = NULL;
     size_t n = 0;
-    if (store_checkpoint_list(st, job_id, &items, &n, err)) return chord_err_prefix(err, "%s", field);
+    if (store_checkpoint_list(st, job_id, &items, &n, err))
+        return chord_err_prefix(err, "%s", field);
     int found = 0;
     for (size_t i = n; i-- > 0 && !found;) {
         if (step >= 0 && items[i].step != step) continue;
@@ -136,8 +137,8 @@ static int64_t idem_cutoff(const svc *s) {
 
 /* 1 with *doc (new reference) the first result of key, 0 when the key is free, -1 with
  * SVC_E_KEY_REUSED when it was used for another request. */
-static int idem_lookup(svc *s, store *st, const char *key, const char *operation,
-                       const char *fp, json_t **doc, chord_err *err) {
+static int idem_lookup(svc *s, store *st, const char *key, const char *operation, const char *fp,
+                       json_t **doc, chord_err *err) {
     *doc = NULL;
     store_idem r = {0};
     int found = 0;
@@ -152,8 +153,8 @@ static int idem_lookup(svc *s, store *st, const char *key, const char *operation
     } else {
         *doc = json_loads(r.response_json, JSON_ALLOW_NUL, NULL);
         if (!*doc)
-            rc = chord_err_setc(err, CHORD_E_INTERNAL, "Idempotency-Key '%s': kept result unreadable",
-                                key);
+            rc = chord_err_setc(err, CHORD_E_INTERNAL,
+                                "Idempotency-Key '%s': kept result unreadable", key);
     }
     store_idem_free(&r);
     return rc;

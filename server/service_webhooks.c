@@ -110,20 +110,20 @@ static int webhook_send(svc *s, const store_webhook *w, long *status, char *errb
         headers = h;
     }
     CURL *e = curl_easy_init();
-    int ok = e && curl_easy_setopt(e, CURLOPT_URL, s->wh_url) == CURLE_OK &&
-             curl_easy_setopt(e, CURLOPT_POSTFIELDS, w->payload) == CURLE_OK &&
-             curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)strlen(w->payload)) == CURLE_OK &&
-             curl_easy_setopt(e, CURLOPT_HTTPHEADER, headers) == CURLE_OK &&
-             curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)SVC_WEBHOOK_TIMEOUT_MS) == CURLE_OK &&
-             curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)SVC_WEBHOOK_TIMEOUT_MS) ==
-                 CURLE_OK &&
-             curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L) == CURLE_OK &&
-             curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L) == CURLE_OK &&
-             curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https") == CURLE_OK &&
-             curl_easy_setopt(e, CURLOPT_NOPROXY, "localhost,127.0.0.1,::1") == CURLE_OK &&
-             curl_easy_setopt(e, CURLOPT_USERAGENT, "chordd/" SVC_VERSION) == CURLE_OK &&
-             curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, discard) == CURLE_OK &&
-             curl_easy_setopt(e, CURLOPT_ERRORBUFFER, errbuf) == CURLE_OK;
+    int ok =
+        e && curl_easy_setopt(e, CURLOPT_URL, s->wh_url) == CURLE_OK &&
+        curl_easy_setopt(e, CURLOPT_POSTFIELDS, w->payload) == CURLE_OK &&
+        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)strlen(w->payload)) == CURLE_OK &&
+        curl_easy_setopt(e, CURLOPT_HTTPHEADER, headers) == CURLE_OK &&
+        curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)SVC_WEBHOOK_TIMEOUT_MS) == CURLE_OK &&
+        curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)SVC_WEBHOOK_TIMEOUT_MS) == CURLE_OK &&
+        curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L) == CURLE_OK &&
+        curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L) == CURLE_OK &&
+        curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https") == CURLE_OK &&
+        curl_easy_setopt(e, CURLOPT_NOPROXY, "localhost,127.0.0.1,::1") == CURLE_OK &&
+        curl_easy_setopt(e, CURLOPT_USERAGENT, "chordd/" SVC_VERSION) == CURLE_OK &&
+        curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, discard) == CURLE_OK &&
+        curl_easy_setopt(e, CURLOPT_ERRORBUFFER, errbuf) == CURLE_OK;
     int delivered = 0;
     if (!ok) {
         snprintf(errbuf, CURL_ERROR_SIZE, "cannot set up the request");
@@ -231,8 +231,7 @@ int svc_webhooks_start(svc *s, const char *url, const char *secret, chord_err *e
         return chord_err_setc(err, CHORD_E_INTERNAL, "webhooks: cannot start the thread: %s",
                               strerror(errno));
     s->wh_started = 1;
-    LOG_INFO("webhooks: events to %s (signed; events since %lld)", url,
-             (long long)s->wh_since_ms);
+    LOG_INFO("webhooks: events to %s (signed; events since %lld)", url, (long long)s->wh_since_ms);
     return 0;
 }
 

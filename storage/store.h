@@ -119,8 +119,8 @@ void store_dataset_upload_abort(store_upload *up);
 int store_dataset_get(store *s, const char *id, store_dataset *out, chord_err *err);
 /* The newest upload named `name` whose kind is kind_a or kind_b (kind_b may be NULL):
  * CHORD_E_NOT_FOUND when there is none. */
-int store_dataset_latest_by_name(store *s, const char *name, const char *kind_a,
-                                 const char *kind_b, store_dataset *out, chord_err *err);
+int store_dataset_latest_by_name(store *s, const char *name, const char *kind_a, const char *kind_b,
+                                 store_dataset *out, chord_err *err);
 int store_dataset_list(store *s, size_t offset, size_t limit, store_dataset **items, size_t *n,
                        int64_t *total, chord_err *err);
 

@@ -129,8 +129,8 @@ static int list_page(store *s, const char *what, const char *count_sql, const ch
     return storage_read_list(s, &list, items, n, total, err);
 }
 
-int store_dataset_latest_by_name(store *s, const char *name, const char *kind_a,
-                                 const char *kind_b, store_dataset *out, chord_err *err) {
+int store_dataset_latest_by_name(store *s, const char *name, const char *kind_a, const char *kind_b,
+                                 store_dataset *out, chord_err *err) {
     memset(out, 0, sizeof *out);
     if (!name || !*name || !kind_a)
         return chord_err_setc(err, CHORD_E_INVALID, "dataset: empty name or kind");
@@ -143,8 +143,8 @@ int store_dataset_latest_by_name(store *s, const char *name, const char *kind_a,
                               STORAGE_VALUES(STORAGE_TEXT(name), STORAGE_TEXT(kind_a),
                                              STORAGE_TEXT(kind_b ? kind_b : kind_a)),
                               &st, err) ||
-        storage_collect(s, st, sizeof *found, read_dataset, free_dataset_item, (void **)&found,
-                        &n, "finding a dataset by name", err))
+        storage_collect(s, st, sizeof *found, read_dataset, free_dataset_item, (void **)&found, &n,
+                        "finding a dataset by name", err))
         return -1;
     if (n == 0)
         return chord_err_setc(err, CHORD_E_NOT_FOUND, "no dataset named \"%s\" of kind %s%s%s",
@@ -268,16 +268,16 @@ fail:
 int store_model_get(store *s, const char *id, store_model *out, chord_err *err) {
     memset(out, 0, sizeof *out);
     if (storage_check_id(id, "mdl", "model", err)) return -1;
-    return storage_get_one(s, "SELECT " MODEL_COLS " WHERE m.id = ?1", id, read_model, out,
-                           "model", err);
+    return storage_get_one(s, "SELECT " MODEL_COLS " WHERE m.id = ?1", id, read_model, out, "model",
+                           err);
 }
 
 int store_model_list(store *s, size_t offset, size_t limit, store_model **items, size_t *n,
                      int64_t *total, chord_err *err) {
     return list_page(s, "listing models", "SELECT count(*) FROM models",
-                     "SELECT " MODEL_COLS " ORDER BY m.seq DESC LIMIT ?1 OFFSET ?2", NULL,
-                     offset, limit, sizeof **items, read_model, free_model_item, (void **)items, n,
-                     total, err);
+                     "SELECT " MODEL_COLS " ORDER BY m.seq DESC LIMIT ?1 OFFSET ?2", NULL, offset,
+                     limit, sizeof **items, read_model, free_model_item, (void **)items, n, total,
+                     err);
 }
 
 /* ---- jobs --------------------------------------------------------------------------------- */
@@ -713,11 +713,11 @@ int store_idem_get(store *s, const char *key, int64_t min_created_ms, store_idem
     sqlite3_stmt *st;
     store_idem *rows = NULL;
     size_t n = 0;
-    if (storage_prepare_bound(s,
-                              "SELECT operation, fingerprint, resource_id, response_json, "
-                              "created_ms FROM idempotency_keys WHERE key = ?1 AND created_ms >= ?2",
-                              STORAGE_VALUES(STORAGE_TEXT(key), STORAGE_INT(min_created_ms)), &st,
-                              err) ||
+    if (storage_prepare_bound(
+            s,
+            "SELECT operation, fingerprint, resource_id, response_json, "
+            "created_ms FROM idempotency_keys WHERE key = ?1 AND created_ms >= ?2",
+            STORAGE_VALUES(STORAGE_TEXT(key), STORAGE_INT(min_created_ms)), &st, err) ||
         storage_collect(s, st, sizeof *rows, read_idem, free_idem_item, (void **)&rows, &n,
                         "reading an idempotency key", err))
         return -1;

@@ -61,12 +61,14 @@ static int read_webhook(store *s, sqlite3_stmt *st, void *item, chord_err *err) 
 int store_webhook_enable(store *s, int64_t now_ms, int64_t *since_ms, chord_err *err) {
     char now[32];
     snprintf(now, sizeof now, "%lld", (long long)now_ms);
-    if (storage_run(s, "INSERT OR IGNORE INTO settings (key, value) VALUES ('webhooks_since_ms', ?1)",
+    if (storage_run(s,
+                    "INSERT OR IGNORE INTO settings (key, value) VALUES ('webhooks_since_ms', ?1)",
                     STORAGE_VALUES(STORAGE_TEXT(now)), err, "enabling webhooks"))
         return -1;
     sqlite3_stmt *st;
-    if (storage_prepare(s, "SELECT CAST(value AS INTEGER) FROM settings "
-                           "WHERE key = 'webhooks_since_ms'",
+    if (storage_prepare(s,
+                        "SELECT CAST(value AS INTEGER) FROM settings "
+                        "WHERE key = 'webhooks_since_ms'",
                         &st, err))
         return -1;
     int rc = sqlite3_step(st);
@@ -127,11 +129,11 @@ int store_webhook_due(store *s, int64_t now_ms, size_t limit, store_webhook **it
     *items = NULL;
     *n = 0;
     sqlite3_stmt *st;
-    if (storage_prepare_bound(s,
-                              "SELECT " WEBHOOK_COLS " FROM webhook_deliveries WHERE state = "
-                              "'pending' AND next_attempt_ms <= ?1 ORDER BY seq LIMIT ?2",
-                              STORAGE_VALUES(STORAGE_INT(now_ms), STORAGE_INT(storage_limit(limit))),
-                              &st, err))
+    if (storage_prepare_bound(
+            s,
+            "SELECT " WEBHOOK_COLS " FROM webhook_deliveries WHERE state = "
+            "'pending' AND next_attempt_ms <= ?1 ORDER BY seq LIMIT ?2",
+            STORAGE_VALUES(STORAGE_INT(now_ms), STORAGE_INT(storage_limit(limit))), &st, err))
         return -1;
     return storage_collect(s, st, sizeof **items, read_webhook, free_webhook_item, (void **)items,
                            n, "reading due webhook deliveries", err);
@@ -160,15 +162,15 @@ int store_webhook_attempted(store *s, const char *id, int delivered, int64_t sta
 
 int store_webhook_list(store *s, size_t offset, size_t limit, store_webhook **items, size_t *n,
                        int64_t *total, chord_err *err) {
-    storage_list list = {
-        .what = "listing webhook deliveries",
-        .count_sql = "SELECT count(*) FROM webhook_deliveries",
-        .rows_sql = "SELECT " WEBHOOK_COLS " FROM webhook_deliveries ORDER BY seq DESC "
-                    "LIMIT ?1 OFFSET ?2",
-        .values = STORAGE_VALUES(STORAGE_INT(storage_limit(limit)),
-                                 STORAGE_INT(storage_offset(offset))),
-        .item_size = sizeof **items,
-        .read = read_webhook,
-        .free_item = free_webhook_item};
+    storage_list list = {.what = "listing webhook deliveries",
+                         .count_sql = "SELECT count(*) FROM webhook_deliveries",
+                         .rows_sql =
+                             "SELECT " WEBHOOK_COLS " FROM webhook_deliveries ORDER BY seq DESC "
+                             "LIMIT ?1 OFFSET ?2",
+                         .values = STORAGE_VALUES(STORAGE_INT(storage_limit(limit)),
+                                                  STORAGE_INT(storage_offset(offset))),
+                         .item_size = sizeof **items,
+                         .read = read_webhook,
+                         .free_item = free_webhook_item};
     return storage_read_list(s, &list, (void **)items, n, total, err);
 }

@@ -80,8 +80,8 @@ static result post_model(http_req *r) {
     json_t *body = NULL, *doc = NULL;
     int rc = http_body_json(r, &body, &err);
     if (rc == 0)
-        rc = svc_create_idempotent(r->h->s, http_idempotency_key(r), "models.create", body, svc_model_register, &doc,
-                                   NULL, &err);
+        rc = svc_create_idempotent(r->h->s, http_idempotency_key(r), "models.create", body,
+                                   svc_model_register, &doc, NULL, &err);
     json_decref(body);
     return reply(r, rc, 201, doc, &err);
 }
@@ -125,8 +125,8 @@ static result post_job(http_req *r) {
     json_t *body = NULL, *doc = NULL;
     int rc = http_body_json(r, &body, &err);
     if (rc == 0)
-        rc = svc_create_idempotent(r->h->s, http_idempotency_key(r), "jobs.create", body, svc_job_create, &doc,
-                                   NULL, &err);
+        rc = svc_create_idempotent(r->h->s, http_idempotency_key(r), "jobs.create", body,
+                                   svc_job_create, &doc, NULL, &err);
     json_decref(body);
     return reply(r, rc, 201, doc, &err);
 }
@@ -220,8 +220,8 @@ static result post_rollout(http_req *r) {
     json_t *body = NULL, *doc = NULL;
     int rc = http_body_json(r, &body, &err);
     if (rc == 0)
-        rc = svc_create_idempotent(r->h->s, http_idempotency_key(r), "rollouts.create", body, svc_rollout_create, &doc,
-                                   NULL, &err);
+        rc = svc_create_idempotent(r->h->s, http_idempotency_key(r), "rollouts.create", body,
+                                   svc_rollout_create, &doc, NULL, &err);
     json_decref(body);
     return reply(r, rc, 202, doc, &err);
 }

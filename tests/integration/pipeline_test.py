@@ -469,3 +469,36 @@ def test_webhook_receiver_that_hangs_does_not_slow_training(tmp_path):
     finally:
         srv.cleanup()
         rx.close()
+
+
+def test_webhooks_outlive_sigkill(tmp_path):
+    """Events not delivered when chordd is SIGKILLed go out after the restart, once each."""
+    import signal
+    import socket
+    key = os.urandom(16)
+    dead = socket.socket()  # a port nobody answers on: every attempt is refused
+    dead.bind(("127.0.0.1", 0))
+    dead_url = f"http://127.0.0.1:{dead.getsockname()[1]}/hook"
+    dead.close()
+    srv = webhook_server(str(tmp_path), dead_url, key)
+    rx = Receiver(key)
+    try:
+        srv.start()
+        ds = upload(srv, "prompts", jsonl(arith_prompts(8)), "p").json()
+        job = srv.post("/v1/jobs", tiny_job(ds["id"], steps=2, checkpoint_every=1)).json()
+        srv.wait_job(job["id"], lambda x: x["state"] == "succeeded")
+        items = wait_deliveries(srv, lambda it: len(it) == 3 and all(d["attempts"] >= 1
+                                                                     for d in it))
+        assert all(d["state"] == "pending" and "connect" in d["last_error"].lower()
+                   for d in items), [(d["state"], d["last_error"]) for d in items]
+        srv.stop(sig=signal.SIGKILL)
+        i = srv.extra_args.index("--webhook-url")
+        srv.extra_args[i + 1] = rx.url  # the receiver is back (at another address)
+        srv.start()
+        items = wait_deliveries(srv, lambda it: all(d["state"] == "delivered" for d in it))
+        assert len(items) == 3
+        assert sorted(i for i, _ in rx.requests) == sorted(d["id"] for d in items)
+        assert not rx.bad
+    finally:
+        srv.cleanup()
+        rx.close()

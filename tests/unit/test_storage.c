@@ -744,8 +744,8 @@ static void test_idempotency_keys(void **state) {
     /* past its time: absent, and the next put of any key purges it */
     assert_int_equal(store_idem_get(s, "k1", created + 1, &r, &found, &err), 0);
     assert_int_equal(found, 0);
-    assert_int_equal(
-        store_idem_put(s, "k2", "models.create", fp, "mdl_1", "{}", created + 1, &err), 0);
+    assert_int_equal(store_idem_put(s, "k2", "models.create", fp, "mdl_1", "{}", created + 1, &err),
+                     0);
     sqlite3 *db = raw_open(dir);
     assert_int_equal(raw_int(db, "SELECT count(*) FROM idempotency_keys WHERE key = 'k1'"), 0);
     assert_int_equal(raw_int(db, "SELECT count(*) FROM idempotency_keys WHERE key = 'k2'"), 1);

@@ -577,9 +577,9 @@ static void test_checkpoint_pins_and_dataset_names(void **state) {
     assert_int_equal(items[0].checkpoint_step, 10);
     store_model_list_free(items, n);
     /* an unknown checkpoint: nothing inserted */
-    assert_int_equal(store_model_insert_checkpoint(s, "x", "ckpt_000000000000000000000000", "{}",
-                                                   NULL, &err),
-                     -1);
+    assert_int_equal(
+        store_model_insert_checkpoint(s, "x", "ckpt_000000000000000000000000", "{}", NULL, &err),
+        -1);
     assert_int_equal(err.code, CHORD_E_NOT_FOUND);
     chord_err_clear(&err);
     assert_int_equal(store_model_insert_checkpoint(s, "x", "../etc", "{}", NULL, &err), -1);
