@@ -77,12 +77,21 @@ BUDGETS = {
     "small": dict(hidden=64, layers=1, base_steps=60, base_lr=3e-3, steps=8, seeds=1,
                   eval_every=4, n_eval=24, k=1, prompts_per_step=4, group_size=4,
                   expert_per_step=8, lr=1e-3, max_new_tokens=32),
-    "medium": dict(hidden=256, layers=2, base_steps=300, base_lr=1e-3, steps=150, seeds=2,
-                   eval_every=25, n_eval=100, k=2, prompts_per_step=8, group_size=8,
+    "medium": dict(hidden=256, layers=2, base_steps=300, base_lr=1e-3, steps=300, seeds=1,
+                   eval_every=30, n_eval=100, k=2, prompts_per_step=8, group_size=8,
                    expert_per_step=32, lr=3e-5, max_new_tokens=56),
-    "full": dict(hidden=256, layers=2, base_steps=300, base_lr=1e-3, steps=200, seeds=3,
-                 eval_every=25, n_eval=100, k=2, prompts_per_step=8, group_size=8,
+    "full": dict(hidden=256, layers=2, base_steps=300, base_lr=1e-3, steps=300, seeds=3,
+                 eval_every=30, n_eval=100, k=2, prompts_per_step=8, group_size=8,
                  expert_per_step=32, lr=3e-5, max_new_tokens=56),
+    # A pretrained model (tests/experiments/paper_realmodel.sh: SmolLM2-135M-Instruct on
+    # GSM-Symbolic, retention on held-out one-digit arithmetic). hidden/layers/base_* unused.
+    # real-gpu: sized for about ten minutes on one GPU; real-cpu: hours on a CPU.
+    "real-gpu": dict(hidden=0, layers=0, base_steps=0, base_lr=0, steps=40, seeds=1,
+                     eval_every=20, n_eval=100, k=1, prompts_per_step=16, group_size=8,
+                     expert_per_step=16, lr=1e-5, max_new_tokens=256),
+    "real-cpu": dict(hidden=0, layers=0, base_steps=0, base_lr=0, steps=30, seeds=1,
+                     eval_every=15, n_eval=50, k=1, prompts_per_step=4, group_size=4,
+                     expert_per_step=8, lr=1e-5, max_new_tokens=192),
 }
 
 
@@ -304,9 +313,9 @@ def start_server(chordd, root, threads, models_root=None):
     data, models = os.path.join(root, "data"), models_root or os.path.join(root, "models")
     os.makedirs(models, exist_ok=True)
     logf = open(os.path.join(root, "chordd.log"), "ab")
-    proc = subprocess.Popen([chordd, "serve", "--data-dir", data, "--http", f"127.0.0.1:{port}",
-                             "--grpc", "off", "--threads", str(threads), "--models-root", models],
-                            stdout=logf, stderr=subprocess.STDOUT)
+    cmd = [chordd, "serve", "--data-dir", data, "--http", f"127.0.0.1:{port}", "--grpc", "off",
+           "--models-root", models] + (["--threads", str(threads)] if threads > 0 else [])
+    proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT)
     api = Api(f"http://127.0.0.1:{port}")
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -652,7 +661,7 @@ def main(argv=None):
     srv.add_argument("--server", help="URL of a running chordd (needs --models-root unless --base-model)")
     srv.add_argument("--start-server", action="store_true", help="run build/chordd on a temp data dir")
     ap.add_argument("--chordd", default=os.environ.get("CHORDD", "build/chordd"))
-    ap.add_argument("--threads", type=int, default=1, help="--threads of a started chordd [1]")
+    ap.add_argument("--threads", type=int, default=1, help="--threads of a started chordd (0: its default, all cores) [1]")
     ap.add_argument("--models-root", help="the server's --models-root, writable from here (with "
                     "--start-server: the started server's, default a temp dir)")
     ap.add_argument("--token", default=os.environ.get("CHORD_TOKEN"))
@@ -677,6 +686,8 @@ def main(argv=None):
         if getattr(args, k) is not None:
             b[k] = getattr(args, k)
     args.eval_k = args.eval_k or b["k"]
+    if args.budget.startswith("real") and not args.base_model:
+        sys.exit(f"paper.py: --budget {args.budget} is for a pretrained model: give --base-model")
     rows = [r for r in args.rows.split(",") if r]
     for r in rows:
         if r not in ROWS:
@@ -716,6 +727,25 @@ def main(argv=None):
             base, base_res = make_base(api, args, b, ds, groups, models_root)
         results = {r: [] for r in rows}
         seeds = list(range(1, b["seeds"] + 1))
+
+        def write_outputs(complete):
+            """table.md, results.json and the plots of what has run so far (after every job, so
+            an interrupted run keeps its finished rows; meta.complete says whether all ran)."""
+            meta = {"budget": args.budget, "settings": b, "eval_k": args.eval_k, "seeds": seeds,
+                    "rows": rows, "base_model": base, "complete": complete,
+                    "base_final": base_res["final"] if base_res else None,
+                    "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                    "host": {"cpus": os.cpu_count(), "uname": " ".join(os.uname())},
+                    "total_s": time.time() - t_start, "data": files}
+            table = summarize(results, base_res)
+            with open(os.path.join(args.out, "table.md"), "w") as f:
+                f.write(table_md(table, meta))
+            pngs = plot(results, args.out, meta)
+            with open(os.path.join(args.out, "results.json"), "w") as f:
+                json.dump({"meta": meta, "table": table, "base": base_res, "runs": results}, f,
+                          indent=1)
+            return table, meta, pngs
+
         for seed in seeds:
             for row in rows:
                 doc = row_job(row, b, base, ds, seed, args.eval_k)
@@ -725,19 +755,8 @@ def main(argv=None):
                 f = res["final"]
                 log(f"{row} seed {seed}: target {f['target']:.3f} general {f['general']:.3f} "
                     f"({res['wall_s']:.0f} s)")
-        meta = {"budget": args.budget, "settings": b, "eval_k": args.eval_k, "seeds": seeds,
-                "rows": rows, "base_model": base,
-                "base_final": base_res["final"] if base_res else None,
-                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                "host": {"cpus": os.cpu_count(), "uname": " ".join(os.uname())},
-                "total_s": time.time() - t_start, "data": files}
-        table = summarize(results, base_res)
-        with open(os.path.join(args.out, "table.md"), "w") as f:
-            f.write(table_md(table, meta))
-        pngs = plot(results, args.out, meta)
-        with open(os.path.join(args.out, "results.json"), "w") as f:
-            json.dump({"meta": meta, "table": table, "base": base_res, "runs": results}, f,
-                      indent=1)
+                write_outputs(False)
+        table, meta, pngs = write_outputs(True)
         print(table_md(table, meta))
         log(f"done in {time.time() - t_start:.0f} s: {args.out}/table.md, results.json, "
             + ", ".join(pngs))
