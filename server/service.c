@@ -10,6 +10,7 @@
  * Not here: transports (api/), the worker loop (server/jobs), SQL (storage/). */
 #include "server/service_internal.h"
 
+#include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <limits.h>
@@ -50,15 +51,37 @@ void svc_json_put(json_t *obj, const char *key, json_t *value, int *bad) {
     if (!value || json_object_set_new(obj, key, value) != 0) *bad = 1;
 }
 
+const char *svc_cursor(const char *after) {
+    return after && *after ? after : NULL;
+}
+
+/* The cursor of a list item: its id, or a sample's "<step>.<index>". */
+static json_t *item_cursor(const json_t *item) {
+    const json_t *id = json_object_get(item, "id");
+    if (json_is_string(id)) return json_string(json_string_value(id));
+    char text[64];
+    snprintf(text, sizeof text, "%lld.%lld",
+             (long long)json_integer_value(json_object_get(item, "step")),
+             (long long)json_integer_value(json_object_get(item, "index")));
+    return json_string(text);
+}
+
 json_t *svc_json_list(json_t *items, int64_t total, size_t offset, size_t limit) {
     json_t *o = json_object();
     int bad = !o || !items;
     if (!bad) {
+        int more = json_array_size(items) > limit;
+        while (json_array_size(items) > limit)
+            if (json_array_remove(items, json_array_size(items) - 1)) bad = 1;
+        size_t n = json_array_size(items);
+        json_t *cursor = n ? item_cursor(json_array_get(items, n - 1)) : json_null();
         svc_json_put(o, "items", items, &bad);
         items = NULL;
         svc_json_put(o, "total", json_integer(total), &bad);
         svc_json_put(o, "offset", json_integer((json_int_t)offset), &bad);
         svc_json_put(o, "limit", json_integer((json_int_t)limit), &bad);
+        svc_json_put(o, "has_more", json_boolean(more), &bad);
+        svc_json_put(o, "next_cursor", cursor, &bad);
     }
     json_decref(items);
     if (bad) {
@@ -704,8 +727,8 @@ int svc_job_get(svc *s, const char *id, json_t **job, chord_err *err) {
     return *job ? 0 : oom(err);
 }
 
-int svc_job_list(svc *s, const char *state, size_t offset, size_t limit, json_t **list,
-                 chord_err *err) {
+int svc_job_list(svc *s, const char *state, size_t offset, size_t limit, const char *after,
+                 json_t **list, chord_err *err) {
     *list = NULL;
     int st_filter = -1;
     if (state) {
@@ -721,7 +744,8 @@ int svc_job_list(svc *s, const char *state, size_t offset, size_t limit, json_t 
     store_job *items = NULL;
     size_t n = 0;
     int64_t total = 0;
-    int rc = store_job_list(st, st_filter, offset, limit, &items, &n, &total, err);
+    int rc = store_job_list(st, st_filter, offset, limit + 1, svc_cursor(after), &items, &n, &total,
+                            err);
     svc_store_put(s, st);
     if (rc) return -1;
     json_t *arr = json_array();
@@ -815,11 +839,22 @@ int svc_job_metrics(svc *s, const char *id, int64_t since_step, size_t max_steps
     return 0;
 }
 
-int svc_job_samples(svc *s, const char *id, int64_t step, size_t offset, size_t limit, json_t **out,
-                    chord_err *err) {
+int svc_job_samples(svc *s, const char *id, int64_t step, size_t offset, size_t limit,
+                    const char *after, json_t **out, chord_err *err) {
     *out = NULL;
     if (limit == 0 || limit > SVC_LIST_LIMIT_MAX) limit = SVC_LIST_LIMIT_MAX;
     if (step < -1) step = -1;
+    long long after_step = -1, after_index = 0;
+    if (svc_cursor(after)) {
+        int used = 0;
+        if (sscanf(after, "%lld.%lld%n", &after_step, &after_index, &used) != 2 ||
+            (size_t)used != strlen(after) || after_step < 0 || after_index < 0 ||
+            !isdigit((unsigned char)after[0]))
+            return chord_err_set(err,
+                                 "after: \"%.60s\" is not a cursor of this list (pass a "
+                                 "next_cursor it returned: \"<step>.<index>\")",
+                                 after);
+    }
     store *st = svc_store_get(s, err);
     if (!st) return -1;
     store_job j = {0};
@@ -827,7 +862,9 @@ int svc_job_samples(svc *s, const char *id, int64_t step, size_t offset, size_t 
     size_t n = 0;
     int64_t total = 0;
     int rc = svc_by_id(store_job_get(st, id, &j, err), err);
-    if (rc == 0) rc = store_samples_list(st, id, step, offset, limit, &rows, &n, &total, err);
+    if (rc == 0)
+        rc = store_samples_list(st, id, step, offset, limit + 1, after_step, after_index, &rows, &n,
+                                &total, err);
     svc_store_put(s, st);
     store_job_free(&j);
     if (rc) return -1;
@@ -1426,7 +1463,7 @@ int svc_prometheus(svc *s, char **text, size_t *len, chord_err *err) {
     size_t n_running = 0;
     int64_t total = 0;
     if (rc == 0)
-        rc = store_job_list(st, STORE_JOB_RUNNING, 0, 0, &running, &n_running, &total, err);
+        rc = store_job_list(st, STORE_JOB_RUNNING, 0, 0, NULL, &running, &n_running, &total, err);
     svc_store_put(s, st);
     if (rc) return -1;
 

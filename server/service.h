@@ -121,10 +121,17 @@ const char *const *svc_devices(const svc *s, int *n_devices);
  * document (defaults filled in). */
 int svc_job_create(svc *s, const json_t *doc, json_t **job, chord_err *err);
 int svc_job_get(svc *s, const char *id, json_t **job, chord_err *err);
-/* {"items": [job...], "total", "offset", "limit"}; state NULL = all states, else a state name
- * (CHORD_E_INVALID otherwise). limit 0 = SVC_LIST_LIMIT_MAX. */
-int svc_job_list(svc *s, const char *state, size_t offset, size_t limit, json_t **list,
-                 chord_err *err);
+/* Every list is a page {"items": [...], "total", "offset", "limit", "has_more", "next_cursor"}:
+ * `after` (NULL or "" = from the start) is a cursor, the next_cursor of an earlier page: only
+ * items after that one in the list's order come, then `offset` is skipped. next_cursor is the
+ * cursor of the page's last item (null when the page is empty), has_more whether more items
+ * follow it now; total counts every item of the list. A cursor is an item's position (its id;
+ * "<step>.<index>" for samples), so items inserted between two pages are never skipped or
+ * repeated. An unknown cursor is CHORD_E_INVALID naming "after". limit 0 = SVC_LIST_LIMIT_MAX. */
+
+/* Jobs, newest first; state NULL = all states, else a state name (CHORD_E_INVALID otherwise). */
+int svc_job_list(svc *s, const char *state, size_t offset, size_t limit, const char *after,
+                 json_t **list, chord_err *err);
 /* Cancels a queued job at once, or asks a running one to stop within one step (the returned
  * job has cancel_requested true and is cancelled shortly after). A finished job is
  * CHORD_E_CONFLICT. Also while the server stops (it adds no work): a running job then ends
@@ -137,8 +144,8 @@ int svc_job_metrics(svc *s, const char *id, int64_t since_step, size_t max_steps
                     chord_err *err);
 /* {"items": [{"step", "index", "kind", "prompt", "completion", "answer", "reward", "reason"}],
  * "total", "offset", "limit"}: the per-sample records of one step (step >= 0) or all (-1). */
-int svc_job_samples(svc *s, const char *id, int64_t step, size_t offset, size_t limit, json_t **out,
-                    chord_err *err);
+int svc_job_samples(svc *s, const char *id, int64_t step, size_t offset, size_t limit,
+                    const char *after, json_t **out, chord_err *err);
 
 /* ---- checkpoints --------------------------------------------------------------------------
  * A checkpoint resource: {"id", "job_id", "step", "sha256", "bytes", "created_at", "files":
@@ -182,7 +189,8 @@ int64_t svc_max_upload_bytes(const svc *s);
 struct tk_service *svc_tinker(svc *s);
 
 int svc_dataset_get(svc *s, const char *id, json_t **dataset, chord_err *err);
-int svc_dataset_list(svc *s, size_t offset, size_t limit, json_t **list, chord_err *err);
+int svc_dataset_list(svc *s, size_t offset, size_t limit, const char *after, json_t **list,
+                     chord_err *err);
 
 /* ---- models -------------------------------------------------------------------------------
  * A model resource: {"id", "name", "source": "directory"|"init", "path" (or null),
@@ -194,7 +202,8 @@ int svc_dataset_list(svc *s, size_t offset, size_t limit, json_t **list, chord_e
  * whose weights alone would not fit any device is CHORD_E_TOO_LARGE. */
 int svc_model_register(svc *s, const json_t *doc, json_t **model, chord_err *err);
 int svc_model_get(svc *s, const char *id, json_t **model, chord_err *err);
-int svc_model_list(svc *s, size_t offset, size_t limit, json_t **list, chord_err *err);
+int svc_model_list(svc *s, size_t offset, size_t limit, const char *after, json_t **list,
+                   chord_err *err);
 const char *svc_models_root(const svc *s);
 
 /* ---- the Tinker API's sessions (docs/tinker.md "State") -------------------------------------
@@ -202,7 +211,8 @@ const char *svc_models_root(const svc *s);
  * [{"id", "kind": "training"|"sampler", "base_model", "lora_rank", "created_at", "ended_at",
  * "futures": {"pending", "done", "failed"}}]}, newest first, from the store (they outlive a
  * restart; one that was open then is finished with "chordd restarted"). */
-int svc_tinker_sessions(svc *s, size_t offset, size_t limit, json_t **list, chord_err *err);
+int svc_tinker_sessions(svc *s, size_t offset, size_t limit, const char *after, json_t **list,
+                        chord_err *err);
 int svc_tinker_session(svc *s, const char *id, json_t **session, chord_err *err);
 
 /* ---- rollouts -----------------------------------------------------------------------------
@@ -345,7 +355,8 @@ int svc_idempotency_key_check(const char *key, chord_err *err);
 /* The delivery log, newest first: {"items": [{"id" (the webhook-id), "event", "subject",
  * "state": "pending"|"delivered"|"failed", "attempts", "last_status", "last_error",
  * "created_at", "next_attempt_at", "finished_at", "payload"}], "total", "offset", "limit"}. */
-int svc_webhook_deliveries(svc *s, size_t offset, size_t limit, json_t **list, chord_err *err);
+int svc_webhook_deliveries(svc *s, size_t offset, size_t limit, const char *after, json_t **list,
+                           chord_err *err);
 
 /* ---- health and metrics ------------------------------------------------------------------ */
 

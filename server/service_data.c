@@ -272,7 +272,8 @@ int svc_dataset_get(svc *s, const char *id, json_t **dataset, chord_err *err) {
     return *dataset ? 0 : oom(err);
 }
 
-int svc_dataset_list(svc *s, size_t offset, size_t limit, json_t **list, chord_err *err) {
+int svc_dataset_list(svc *s, size_t offset, size_t limit, const char *after, json_t **list,
+                     chord_err *err) {
     *list = NULL;
     if (limit == 0 || limit > SVC_LIST_LIMIT_MAX) limit = SVC_LIST_LIMIT_MAX;
     store *st = svc_store_get(s, err);
@@ -280,7 +281,7 @@ int svc_dataset_list(svc *s, size_t offset, size_t limit, json_t **list, chord_e
     store_dataset *items = NULL;
     size_t n = 0;
     int64_t total = 0;
-    int rc = store_dataset_list(st, offset, limit, &items, &n, &total, err);
+    int rc = store_dataset_list(st, offset, limit + 1, svc_cursor(after), &items, &n, &total, err);
     svc_store_put(s, st);
     if (rc) return -1;
     json_t *arr = json_array();
@@ -476,7 +477,8 @@ int svc_model_get(svc *s, const char *id, json_t **model, chord_err *err) {
     return *model ? 0 : oom(err);
 }
 
-int svc_model_list(svc *s, size_t offset, size_t limit, json_t **list, chord_err *err) {
+int svc_model_list(svc *s, size_t offset, size_t limit, const char *after, json_t **list,
+                   chord_err *err) {
     *list = NULL;
     if (limit == 0 || limit > SVC_LIST_LIMIT_MAX) limit = SVC_LIST_LIMIT_MAX;
     store *st = svc_store_get(s, err);
@@ -484,7 +486,7 @@ int svc_model_list(svc *s, size_t offset, size_t limit, json_t **list, chord_err
     store_model *items = NULL;
     size_t n = 0;
     int64_t total = 0;
-    int rc = store_model_list(st, offset, limit, &items, &n, &total, err);
+    int rc = store_model_list(st, offset, limit + 1, svc_cursor(after), &items, &n, &total, err);
     svc_store_put(s, st);
     if (rc) return -1;
     json_t *arr = json_array();
@@ -859,14 +861,14 @@ static json_t *tinker_session_json(const store_tk_session *x) {
     return o;
 }
 
-static int tinker_sessions(svc *s, const char *only_id, size_t offset, size_t limit, json_t **arr,
-                           int64_t *total, chord_err *err) {
+static int tinker_sessions(svc *s, const char *only_id, size_t offset, size_t limit,
+                           const char *after, json_t **arr, int64_t *total, chord_err *err) {
     *arr = NULL;
     store *st = svc_store_get(s, err);
     if (!st) return -1;
     store_tk_session *items = NULL;
     size_t n = 0;
-    int rc = store_tk_session_list(st, only_id, offset, limit, &items, &n, total, err);
+    int rc = store_tk_session_list(st, only_id, offset, limit, after, &items, &n, total, err);
     svc_store_put(s, st);
     if (rc) return -1;
     json_t *a = json_array();
@@ -882,12 +884,14 @@ static int tinker_sessions(svc *s, const char *only_id, size_t offset, size_t li
     return 0;
 }
 
-int svc_tinker_sessions(svc *s, size_t offset, size_t limit, json_t **list, chord_err *err) {
+int svc_tinker_sessions(svc *s, size_t offset, size_t limit, const char *after, json_t **list,
+                        chord_err *err) {
     *list = NULL;
     if (limit == 0 || limit > SVC_LIST_LIMIT_MAX) limit = SVC_LIST_LIMIT_MAX;
     json_t *arr = NULL;
     int64_t total = 0;
-    if (tinker_sessions(s, NULL, offset, limit, &arr, &total, err)) return -1;
+    if (tinker_sessions(s, NULL, offset, limit + 1, svc_cursor(after), &arr, &total, err))
+        return -1;
     *list = svc_json_list(arr, total, offset, limit);
     return *list ? 0 : oom(err);
 }
@@ -896,7 +900,7 @@ int svc_tinker_session(svc *s, const char *id, json_t **session, chord_err *err)
     *session = NULL;
     json_t *arr = NULL;
     int64_t total = 0;
-    if (tinker_sessions(s, id, 0, 1, &arr, &total, err)) return -1;
+    if (tinker_sessions(s, id, 0, 1, NULL, &arr, &total, err)) return -1;
     if (json_array_size(arr) == 0) {
         json_decref(arr);
         return chord_err_setc(err, CHORD_E_NOT_FOUND, "no Tinker session %.100s", id);

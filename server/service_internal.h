@@ -114,8 +114,12 @@ json_t *svc_json_str(const char *s);
 json_t *svc_json_real(double v);
 /* Adds (steals) value under key; sets *bad on failure. */
 void svc_json_put(json_t *obj, const char *key, json_t *value, int *bad);
-/* {"items", "total", "offset", "limit"} (steals items). */
+/* A page (service.h, "Every list is a page") from the up to limit + 1 items a list read (steals
+ * items): one more than the page tells has_more and is dropped; next_cursor is the last kept
+ * item's "id", or "<step>.<index>" for an item without one (a sample). */
 json_t *svc_json_list(json_t *items, int64_t total, size_t offset, size_t limit);
+/* after as the store takes it: NULL for NULL or "". */
+const char *svc_cursor(const char *after);
 
 json_t *svc_job_json(const store_job *j);
 json_t *svc_checkpoint_json(const store_checkpoint *c);

@@ -290,7 +290,8 @@ static json_t *delivery_json(const store_webhook *w) {
     return o;
 }
 
-int svc_webhook_deliveries(svc *s, size_t offset, size_t limit, json_t **list, chord_err *err) {
+int svc_webhook_deliveries(svc *s, size_t offset, size_t limit, const char *after, json_t **list,
+                           chord_err *err) {
     *list = NULL;
     if (limit == 0 || limit > SVC_LIST_LIMIT_MAX) limit = SVC_LIST_LIMIT_MAX;
     store *st = svc_store_get(s, err);
@@ -298,7 +299,7 @@ int svc_webhook_deliveries(svc *s, size_t offset, size_t limit, json_t **list, c
     store_webhook *items = NULL;
     size_t n = 0;
     int64_t total = 0;
-    int rc = store_webhook_list(st, offset, limit, &items, &n, &total, err);
+    int rc = store_webhook_list(st, offset, limit + 1, svc_cursor(after), &items, &n, &total, err);
     svc_store_put(s, st);
     if (rc) return -1;
     json_t *arr = json_array();

@@ -23,8 +23,12 @@
  * Time: every timestamp is unix milliseconds UTC (int64); 0 means "not set".
  * store_time_rfc3339() formats one for transports.
  *
- * Paging: list calls take (offset, limit) and report the total number of matching rows;
- * limit 0 means "no limit". Lists are newest first unless stated otherwise.
+ * Paging: list calls take (offset, limit, after) and report the total number of matching rows
+ * (the cursor ignored); limit 0 means "no limit". `after` (NULL = none) is a cursor: the id of
+ * a row of the list (for samples: its step and index); only rows after it in the list's order
+ * come, then offset is skipped. A cursor is a position, not a count, so rows inserted between
+ * two pages never shift the next page. An id that is not a row of the table is CHORD_E_INVALID
+ * naming "after". Lists are newest first unless stated otherwise.
  *
  * Strings in returned records are malloc'd and owned by the record; free a record with its
  * *_free function and a list with its *_list_free function. */
@@ -121,8 +125,8 @@ int store_dataset_get(store *s, const char *id, store_dataset *out, chord_err *e
  * CHORD_E_NOT_FOUND when there is none. */
 int store_dataset_latest_by_name(store *s, const char *name, const char *kind_a, const char *kind_b,
                                  store_dataset *out, chord_err *err);
-int store_dataset_list(store *s, size_t offset, size_t limit, store_dataset **items, size_t *n,
-                       int64_t *total, chord_err *err);
+int store_dataset_list(store *s, size_t offset, size_t limit, const char *after,
+                       store_dataset **items, size_t *n, int64_t *total, chord_err *err);
 
 /* ---- models ------------------------------------------------------------------------------- */
 
@@ -152,8 +156,8 @@ int store_model_insert(store *s, const char *name, const char *directory, const 
 int store_model_insert_checkpoint(store *s, const char *name, const char *checkpoint_id,
                                   const char *config_json, store_model *out, chord_err *err);
 int store_model_get(store *s, const char *id, store_model *out, chord_err *err);
-int store_model_list(store *s, size_t offset, size_t limit, store_model **items, size_t *n,
-                     int64_t *total, chord_err *err);
+int store_model_list(store *s, size_t offset, size_t limit, const char *after, store_model **items,
+                     size_t *n, int64_t *total, chord_err *err);
 
 /* ---- jobs --------------------------------------------------------------------------------- */
 
@@ -199,8 +203,8 @@ int store_job_create_from(store *s, const char *name, const char *config_json,
                           const char *base_checkpoint_id, store_job *out, chord_err *err);
 int store_job_get(store *s, const char *id, store_job *out, chord_err *err);
 /* Lists jobs in `state`, or all when state is -1, newest first. */
-int store_job_list(store *s, int state, size_t offset, size_t limit, store_job **items, size_t *n,
-                   int64_t *total, chord_err *err);
+int store_job_list(store *s, int state, size_t offset, size_t limit, const char *after,
+                   store_job **items, size_t *n, int64_t *total, chord_err *err);
 /* counts[STORE_JOB_NSTATES], indexed by store_job_state. */
 int store_job_count_by_state(store *s, int64_t counts[STORE_JOB_NSTATES], chord_err *err);
 
@@ -271,9 +275,11 @@ typedef struct store_sample_row {
     double reward;
 } store_sample_row;
 
-/* Samples of one step (step >= 0) or of all steps (step = -1), in (step, index) order. */
+/* Samples of one step (step >= 0) or of all steps (step = -1), in (step, index) order; with
+ * after_step >= 0 only those after (after_step, after_index). */
 int store_samples_list(store *s, const char *job_id, int64_t step, size_t offset, size_t limit,
-                       store_sample_row **rows, size_t *n, int64_t *total, chord_err *err);
+                       int64_t after_step, int64_t after_index, store_sample_row **rows, size_t *n,
+                       int64_t *total, chord_err *err);
 void store_sample_rows_free(store_sample_row *rows, size_t n);
 
 /* ---- checkpoints -------------------------------------------------------------------------- */
@@ -417,7 +423,7 @@ int store_webhook_due(store *s, int64_t now_ms, size_t limit, store_webhook **it
 int store_webhook_attempted(store *s, const char *id, int delivered, int64_t status,
                             const char *error_text, int64_t next_attempt_ms, chord_err *err);
 /* The delivery log, newest first. */
-int store_webhook_list(store *s, size_t offset, size_t limit, store_webhook **items, size_t *n,
-                       int64_t *total, chord_err *err);
+int store_webhook_list(store *s, size_t offset, size_t limit, const char *after,
+                       store_webhook **items, size_t *n, int64_t *total, chord_err *err);
 
 #endif

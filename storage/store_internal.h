@@ -136,6 +136,8 @@ typedef struct storage_list {
     const char *what;      /* names the list in errors, e.g. "listing jobs" */
     const char *job_id;    /* when set, the job must exist (else CHORD_E_NOT_FOUND) */
     const char *count_sql; /* when set, SELECT count(*) …: *total receives it */
+    const char *cursor_sql; /* when set, SELECT 1 … with the values: no row = "after" unknown */
+    const char *cursor;     /* the cursor, for that error */
     const char *rows_sql;
     storage_values values; /* ?1.. of both statements */
     size_t item_size;

@@ -244,7 +244,8 @@ static int read_sample(store *s, sqlite3_stmt *st, void *item, chord_err *err) {
 }
 
 int store_samples_list(store *s, const char *job_id, int64_t step, size_t offset, size_t limit,
-                       store_sample_row **rows, size_t *n, int64_t *total, chord_err *err) {
+                       int64_t after_step, int64_t after_index, store_sample_row **rows, size_t *n,
+                       int64_t *total, chord_err *err) {
     *rows = NULL;
     *n = 0;
     if (storage_check_id(job_id, "job", "job", err)) return -1;
@@ -258,10 +259,11 @@ int store_samples_list(store *s, const char *job_id, int64_t step, size_t offset
         .count_sql = "SELECT count(*) FROM samples WHERE job_id = ?1 AND (?2 < 0 OR step = ?2)",
         .rows_sql = "SELECT step, idx, kind, prompt, completion, reward, reason, answer "
                     "FROM samples WHERE job_id = ?1 AND (?2 < 0 OR step = ?2) "
-                    "ORDER BY step, idx LIMIT ?3 OFFSET ?4",
+                    "AND (?5 < 0 OR (step, idx) > (?5, ?6)) ORDER BY step, idx LIMIT ?3 OFFSET ?4",
         .values =
             STORAGE_VALUES(STORAGE_TEXT(job_id), STORAGE_INT(step),
-                           STORAGE_INT(storage_limit(limit)), STORAGE_INT(storage_offset(offset))),
+                           STORAGE_INT(storage_limit(limit)), STORAGE_INT(storage_offset(offset)),
+                           STORAGE_INT(after_step < 0 ? -1 : after_step), STORAGE_INT(after_index)),
         .item_size = sizeof **rows,
         .read = read_sample,
         .free_item = free_sample_fields};

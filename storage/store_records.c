@@ -85,6 +85,21 @@ static int count_rows(store *s, const storage_list *list, int64_t *total, chord_
     return ret;
 }
 
+/* The cursor names a row of the list's table (list->cursor_sql finds it). */
+static int check_cursor(store *s, const storage_list *list, chord_err *err) {
+    sqlite3_stmt *st;
+    if (storage_prepare_bound(s, list->cursor_sql, list->values, &st, err)) return -1;
+    int rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    if (rc == SQLITE_ROW) return 0;
+    if (rc == SQLITE_DONE)
+        return chord_err_setc(err, CHORD_E_INVALID,
+                              "after: \"%.60s\" is not a cursor of this list (pass a next_cursor "
+                              "it returned)",
+                              list->cursor ? list->cursor : "");
+    return storage_sqlerr(s, err, rc, "%s: reading the cursor", list->what);
+}
+
 int storage_read_list(store *s, const storage_list *list, void **items, size_t *n, int64_t *total,
                       chord_err *err) {
     *items = NULL;
@@ -94,6 +109,7 @@ int storage_read_list(store *s, const storage_list *list, void **items, size_t *
     store_job_state state = STORE_JOB_QUEUED;
     sqlite3_stmt *st;
     if ((list->job_id && storage_job_state_locked(s, list->job_id, &state, err)) ||
+        (list->cursor_sql && check_cursor(s, list, err)) ||
         (list->count_sql && count_rows(s, list, &count, err)) ||
         storage_prepare_bound(s, list->rows_sql, list->values, &st, err) ||
         storage_collect(s, st, list->item_size, list->read, list->free_item, items, n, list->what,
@@ -112,17 +128,21 @@ int storage_read_list(store *s, const storage_list *list, void **items, size_t *
 }
 
 /* A newest-first page of a table: count_sql and rows_sql share ?1.. = param (when not NULL),
- * then LIMIT and OFFSET. */
+ * then LIMIT, OFFSET and the cursor `after` (NULL: none; an id that cursor_sql, over the same
+ * values, must find). */
 static int list_page(store *s, const char *what, const char *count_sql, const char *rows_sql,
-                     const char *param, size_t offset, size_t limit, size_t item_size,
-                     storage_row_reader read, void (*free_item)(void *), void **items, size_t *n,
-                     int64_t *total, chord_err *err) {
-    storage_value values[3] = {STORAGE_TEXT(param), STORAGE_INT(storage_limit(limit)),
-                               STORAGE_INT(storage_offset(offset))};
+                     const char *cursor_sql, const char *param, size_t offset, size_t limit,
+                     const char *after, size_t item_size, storage_row_reader read,
+                     void (*free_item)(void *), void **items, size_t *n, int64_t *total,
+                     chord_err *err) {
+    storage_value values[4] = {STORAGE_TEXT(param), STORAGE_INT(storage_limit(limit)),
+                               STORAGE_INT(storage_offset(offset)), STORAGE_TEXT(after)};
     storage_list list = {.what = what,
                          .count_sql = count_sql,
+                         .cursor_sql = after ? cursor_sql : NULL,
+                         .cursor = after,
                          .rows_sql = rows_sql,
-                         .values = {param ? values : values + 1, param ? 3 : 2},
+                         .values = {param ? values : values + 1, param ? 4 : 3},
                          .item_size = item_size,
                          .read = read,
                          .free_item = free_item};
@@ -155,12 +175,14 @@ int store_dataset_latest_by_name(store *s, const char *name, const char *kind_a,
     return 0;
 }
 
-int store_dataset_list(store *s, size_t offset, size_t limit, store_dataset **items, size_t *n,
-                       int64_t *total, chord_err *err) {
-    return list_page(s, "listing datasets", "SELECT count(*) FROM datasets",
-                     "SELECT " DATASET_COLS " FROM datasets ORDER BY seq DESC LIMIT ?1 OFFSET ?2",
-                     NULL, offset, limit, sizeof **items, read_dataset, free_dataset_item,
-                     (void **)items, n, total, err);
+int store_dataset_list(store *s, size_t offset, size_t limit, const char *after,
+                       store_dataset **items, size_t *n, int64_t *total, chord_err *err) {
+    return list_page(
+        s, "listing datasets", "SELECT count(*) FROM datasets",
+        "SELECT " DATASET_COLS " FROM datasets WHERE ?3 IS NULL OR seq < "
+        "(SELECT seq FROM datasets WHERE id = ?3) ORDER BY seq DESC LIMIT ?1 OFFSET ?2",
+        "SELECT 1 FROM datasets WHERE id = ?3", NULL, offset, limit, after, sizeof **items,
+        read_dataset, free_dataset_item, (void **)items, n, total, err);
 }
 
 /* ---- models ------------------------------------------------------------------------------- */
@@ -272,12 +294,14 @@ int store_model_get(store *s, const char *id, store_model *out, chord_err *err) 
                            err);
 }
 
-int store_model_list(store *s, size_t offset, size_t limit, store_model **items, size_t *n,
-                     int64_t *total, chord_err *err) {
-    return list_page(s, "listing models", "SELECT count(*) FROM models",
-                     "SELECT " MODEL_COLS " ORDER BY m.seq DESC LIMIT ?1 OFFSET ?2", NULL, offset,
-                     limit, sizeof **items, read_model, free_model_item, (void **)items, n, total,
-                     err);
+int store_model_list(store *s, size_t offset, size_t limit, const char *after, store_model **items,
+                     size_t *n, int64_t *total, chord_err *err) {
+    return list_page(
+        s, "listing models", "SELECT count(*) FROM models",
+        "SELECT " MODEL_COLS " WHERE ?3 IS NULL OR m.seq < "
+        "(SELECT seq FROM models WHERE id = ?3) ORDER BY m.seq DESC LIMIT ?1 OFFSET ?2",
+        "SELECT 1 FROM models WHERE id = ?3", NULL, offset, limit, after, sizeof **items,
+        read_model, free_model_item, (void **)items, n, total, err);
 }
 
 /* ---- jobs --------------------------------------------------------------------------------- */
@@ -389,23 +413,25 @@ int store_job_create_from(store *s, const char *name, const char *config_json,
     return out ? store_job_get(s, id, out, err) : 0;
 }
 
-int store_job_list(store *s, int state, size_t offset, size_t limit, store_job **items, size_t *n,
-                   int64_t *total, chord_err *err) {
+int store_job_list(store *s, int state, size_t offset, size_t limit, const char *after,
+                   store_job **items, size_t *n, int64_t *total, chord_err *err) {
     if (state != -1 && (state < 0 || state >= STORE_JOB_NSTATES)) {
         *items = NULL;
         *n = 0;
         return chord_err_setc(err, CHORD_E_INVALID, "listing jobs: bad state %d", state);
     }
     if (state == -1)
-        return list_page(s, "listing jobs", "SELECT count(*) FROM jobs",
-                         "SELECT " JOB_COLS " FROM jobs ORDER BY seq DESC LIMIT ?1 OFFSET ?2", NULL,
-                         offset, limit, sizeof **items, read_job, free_job_item, (void **)items, n,
-                         total, err);
+        return list_page(
+            s, "listing jobs", "SELECT count(*) FROM jobs",
+            "SELECT " JOB_COLS " FROM jobs WHERE ?3 IS NULL OR seq < "
+            "(SELECT seq FROM jobs WHERE id = ?3) ORDER BY seq DESC LIMIT ?1 OFFSET ?2",
+            "SELECT 1 FROM jobs WHERE id = ?3", NULL, offset, limit, after, sizeof **items,
+            read_job, free_job_item, (void **)items, n, total, err);
     return list_page(s, "listing jobs", "SELECT count(*) FROM jobs WHERE state = ?1",
-                     "SELECT " JOB_COLS " FROM jobs WHERE state = ?1 "
-                     "ORDER BY seq DESC LIMIT ?2 OFFSET ?3",
-                     job_states[state], offset, limit, sizeof **items, read_job, free_job_item,
-                     (void **)items, n, total, err);
+                     "SELECT " JOB_COLS " FROM jobs WHERE state = ?1 AND (?4 IS NULL OR seq < "
+                     "(SELECT seq FROM jobs WHERE id = ?4)) ORDER BY seq DESC LIMIT ?2 OFFSET ?3",
+                     "SELECT 1 FROM jobs WHERE id = ?4", job_states[state], offset, limit, after,
+                     sizeof **items, read_job, free_job_item, (void **)items, n, total, err);
 }
 
 int store_job_count_by_state(store *s, int64_t counts[STORE_JOB_NSTATES], chord_err *err) {

@@ -181,7 +181,8 @@ void store_tk_session_list_free(store_tk_session *items, size_t n) {
 }
 
 int store_tk_session_list(store *s, const char *only_id, size_t offset, size_t limit,
-                          store_tk_session **items, size_t *n, int64_t *total, chord_err *err) {
+                          const char *after, store_tk_session **items, size_t *n, int64_t *total,
+                          chord_err *err) {
     *items = NULL;
     *n = 0;
     *total = 0;
@@ -201,14 +202,33 @@ int store_tk_session_list(store *s, const char *only_id, size_t offset, size_t l
     *total = sqlite3_column_int64(st, 0);
     sqlite3_finalize(st);
     st = NULL;
-    if (storage_prepare_bound(s,
-                              "SELECT id, sdk_version, created_ms, finished_ms, finish_reason "
-                              "FROM tinker_sessions WHERE ?1 IS NULL OR id = ?1 "
-                              "ORDER BY seq DESC LIMIT ?2 OFFSET ?3",
-                              STORAGE_VALUES(STORAGE_TEXT(only_id),
-                                             STORAGE_INT(storage_limit(limit)),
-                                             STORAGE_INT(storage_offset(offset))),
-                              &st, err) ||
+    if (after) {
+        if (storage_prepare_bound(s, "SELECT 1 FROM tinker_sessions WHERE id = ?1",
+                                  STORAGE_VALUES(STORAGE_TEXT(after)), &st, err)) {
+            st = NULL;
+            goto done;
+        }
+        src = sqlite3_step(st);
+        if (src == SQLITE_DONE)
+            chord_err_setc(err, CHORD_E_INVALID,
+                           "after: \"%.60s\" is not a cursor of this list (pass a next_cursor "
+                           "it returned)",
+                           after);
+        else if (src != SQLITE_ROW)
+            storage_sqlerr(s, err, src, "listing Tinker sessions: reading the cursor");
+        sqlite3_finalize(st);
+        st = NULL;
+        if (src != SQLITE_ROW) goto done;
+    }
+    if (storage_prepare_bound(
+            s,
+            "SELECT id, sdk_version, created_ms, finished_ms, finish_reason "
+            "FROM tinker_sessions WHERE (?1 IS NULL OR id = ?1) AND (?4 IS NULL "
+            "OR seq < (SELECT seq FROM tinker_sessions WHERE id = ?4)) "
+            "ORDER BY seq DESC LIMIT ?2 OFFSET ?3",
+            STORAGE_VALUES(STORAGE_TEXT(only_id), STORAGE_INT(storage_limit(limit)),
+                           STORAGE_INT(storage_offset(offset)), STORAGE_TEXT(after)),
+            &st, err) ||
         storage_collect(s, st, sizeof **items, read_session, free_session, (void **)items, n,
                         "listing Tinker sessions", err)) {
         st = NULL; /* finalized by the failed call, or by storage_collect */

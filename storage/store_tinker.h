@@ -63,10 +63,12 @@ typedef struct store_tk_session {
     size_t n_models;
 } store_tk_session;
 
-/* The newest `limit` sessions (offset skipped), or only the one named only_id (when not NULL);
- * *total = all that match. Free with store_tk_session_list_free. */
+/* The newest `limit` sessions (after the cursor session `after` when not NULL, offset skipped), or
+ * only the one named only_id (when not NULL); *total = all that match. Free with
+ * store_tk_session_list_free. */
 int store_tk_session_list(store *s, const char *only_id, size_t offset, size_t limit,
-                          store_tk_session **items, size_t *n, int64_t *total, chord_err *err);
+                          const char *after, store_tk_session **items, size_t *n, int64_t *total,
+                          chord_err *err);
 void store_tk_session_list_free(store_tk_session *items, size_t n);
 
 #endif

@@ -160,17 +160,20 @@ int store_webhook_attempted(store *s, const char *id, int delivered, int64_t sta
     return 0;
 }
 
-int store_webhook_list(store *s, size_t offset, size_t limit, store_webhook **items, size_t *n,
-                       int64_t *total, chord_err *err) {
-    storage_list list = {.what = "listing webhook deliveries",
-                         .count_sql = "SELECT count(*) FROM webhook_deliveries",
-                         .rows_sql =
-                             "SELECT " WEBHOOK_COLS " FROM webhook_deliveries ORDER BY seq DESC "
-                             "LIMIT ?1 OFFSET ?2",
-                         .values = STORAGE_VALUES(STORAGE_INT(storage_limit(limit)),
-                                                  STORAGE_INT(storage_offset(offset))),
-                         .item_size = sizeof **items,
-                         .read = read_webhook,
-                         .free_item = free_webhook_item};
+int store_webhook_list(store *s, size_t offset, size_t limit, const char *after,
+                       store_webhook **items, size_t *n, int64_t *total, chord_err *err) {
+    storage_list list = {
+        .what = "listing webhook deliveries",
+        .count_sql = "SELECT count(*) FROM webhook_deliveries",
+        .cursor_sql = after ? "SELECT 1 FROM webhook_deliveries WHERE id = ?3" : NULL,
+        .cursor = after,
+        .rows_sql = "SELECT " WEBHOOK_COLS " FROM webhook_deliveries WHERE ?3 IS NULL OR "
+                    "seq < (SELECT seq FROM webhook_deliveries WHERE id = ?3) "
+                    "ORDER BY seq DESC LIMIT ?1 OFFSET ?2",
+        .values = STORAGE_VALUES(STORAGE_INT(storage_limit(limit)),
+                                 STORAGE_INT(storage_offset(offset)), STORAGE_TEXT(after)),
+        .item_size = sizeof **items,
+        .read = read_webhook,
+        .free_item = free_webhook_item};
     return storage_read_list(s, &list, (void **)items, n, total, err);
 }

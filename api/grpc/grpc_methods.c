@@ -87,7 +87,7 @@ static int list_jobs(gcall *c, const ProtobufCMessage *req_, unsigned char **out
     size_t o = 0, l = 0;
     json_t *list = NULL;
     if (paging(r->offset, r->limit, &o, &l, err) ||
-        svc_job_list(c->g->s, r->state && *r->state ? r->state : NULL, o, l, &list, err))
+        svc_job_list(c->g->s, r->state && *r->state ? r->state : NULL, o, l, r->after, &list, err))
         return -1;
     return reply(list, &chord__v1__list_jobs_response__descriptor, out, len, err);
 }
@@ -115,7 +115,7 @@ static int list_samples(gcall *c, const ProtobufCMessage *req_, unsigned char **
         step = r->step;
     }
     json_t *doc = NULL;
-    if (svc_job_samples(c->g->s, r->id, step, o, l, &doc, err)) return -1;
+    if (svc_job_samples(c->g->s, r->id, step, o, l, r->after, &doc, err)) return -1;
     return reply(doc, &chord__v1__list_samples_response__descriptor, out, len, err);
 }
 
@@ -201,7 +201,8 @@ static int list_datasets(gcall *c, const ProtobufCMessage *req_, unsigned char *
     REQ(Chord__V1__ListDatasetsRequest, r);
     size_t o = 0, l = 0;
     json_t *doc = NULL;
-    if (paging(r->offset, r->limit, &o, &l, err) || svc_dataset_list(c->g->s, o, l, &doc, err))
+    if (paging(r->offset, r->limit, &o, &l, err) ||
+        svc_dataset_list(c->g->s, o, l, r->after, &doc, err))
         return -1;
     return reply(doc, &chord__v1__list_datasets_response__descriptor, out, len, err);
 }
@@ -233,7 +234,8 @@ static int list_models(gcall *c, const ProtobufCMessage *req_, unsigned char **o
     REQ(Chord__V1__ListModelsRequest, r);
     size_t o = 0, l = 0;
     json_t *doc = NULL;
-    if (paging(r->offset, r->limit, &o, &l, err) || svc_model_list(c->g->s, o, l, &doc, err))
+    if (paging(r->offset, r->limit, &o, &l, err) ||
+        svc_model_list(c->g->s, o, l, r->after, &doc, err))
         return -1;
     return reply(doc, &chord__v1__list_models_response__descriptor, out, len, err);
 }
@@ -268,7 +270,7 @@ static int list_tinker_sessions(gcall *c, const ProtobufCMessage *req_, unsigned
     size_t o = 0, l = 0;
     json_t *doc = NULL;
     if (paging(r->offset, r->limit, &o, &l, err) ||
-        svc_tinker_sessions(c->g->s, o, l, &doc, err))
+        svc_tinker_sessions(c->g->s, o, l, r->after, &doc, err))
         return -1;
     return reply(doc, &chord__v1__list_tinker_sessions_response__descriptor, out, len, err);
 }

@@ -10,14 +10,16 @@
 
 typedef enum MHD_Result result;
 
-/* offset and limit query parameters of the list endpoints. */
-static int paging(http_req *r, size_t *offset, size_t *limit, chord_err *err) {
+/* offset, limit and after (a cursor; NULL when absent) query parameters of the list
+ * endpoints. */
+static int paging(http_req *r, size_t *offset, size_t *limit, const char **after, chord_err *err) {
     int64_t o, l;
     if (http_query_int(r, "offset", 0, INT32_MAX, 0, &o, err) ||
         http_query_int(r, "limit", 1, SVC_LIST_LIMIT_MAX, 100, &l, err))
         return -1;
     *offset = (size_t)o;
     *limit = (size_t)l;
+    *after = http_query(r, "after");
     return 0;
 }
 
@@ -60,9 +62,10 @@ static result post_dataset(http_req *r) {
 static result list_datasets(http_req *r) {
     chord_err err = {0};
     size_t offset, limit;
+    const char *after = NULL;
     json_t *doc = NULL;
-    int rc = paging(r, &offset, &limit, &err);
-    if (rc == 0) rc = svc_dataset_list(r->h->s, offset, limit, &doc, &err);
+    int rc = paging(r, &offset, &limit, &after, &err);
+    if (rc == 0) rc = svc_dataset_list(r->h->s, offset, limit, after, &doc, &err);
     return reply(r, rc, 200, doc, &err);
 }
 
@@ -89,18 +92,20 @@ static result post_model(http_req *r) {
 static result list_models(http_req *r) {
     chord_err err = {0};
     size_t offset, limit;
+    const char *after = NULL;
     json_t *doc = NULL;
-    int rc = paging(r, &offset, &limit, &err);
-    if (rc == 0) rc = svc_model_list(r->h->s, offset, limit, &doc, &err);
+    int rc = paging(r, &offset, &limit, &after, &err);
+    if (rc == 0) rc = svc_model_list(r->h->s, offset, limit, after, &doc, &err);
     return reply(r, rc, 200, doc, &err);
 }
 
 static result list_tinker_sessions(http_req *r) {
     chord_err err = {0};
     size_t offset, limit;
+    const char *after = NULL;
     json_t *doc = NULL;
-    int rc = paging(r, &offset, &limit, &err);
-    if (rc == 0) rc = svc_tinker_sessions(r->h->s, offset, limit, &doc, &err);
+    int rc = paging(r, &offset, &limit, &after, &err);
+    if (rc == 0) rc = svc_tinker_sessions(r->h->s, offset, limit, after, &doc, &err);
     return reply(r, rc, 200, doc, &err);
 }
 
@@ -134,9 +139,11 @@ static result post_job(http_req *r) {
 static result list_jobs(http_req *r) {
     chord_err err = {0};
     size_t offset, limit;
+    const char *after = NULL;
     json_t *doc = NULL;
-    int rc = paging(r, &offset, &limit, &err);
-    if (rc == 0) rc = svc_job_list(r->h->s, http_query(r, "state"), offset, limit, &doc, &err);
+    int rc = paging(r, &offset, &limit, &after, &err);
+    if (rc == 0)
+        rc = svc_job_list(r->h->s, http_query(r, "state"), offset, limit, after, &doc, &err);
     return reply(r, rc, 200, doc, &err);
 }
 
@@ -168,10 +175,12 @@ static result job_samples(http_req *r) {
     chord_err err = {0};
     int64_t step;
     size_t offset, limit;
+    const char *after = NULL;
     json_t *doc = NULL;
     int rc = http_query_int(r, "step", 0, INT64_MAX, -1, &step, &err);
-    if (rc == 0) rc = paging(r, &offset, &limit, &err);
-    if (rc == 0) rc = svc_job_samples(r->h->s, r->params[0], step, offset, limit, &doc, &err);
+    if (rc == 0) rc = paging(r, &offset, &limit, &after, &err);
+    if (rc == 0)
+        rc = svc_job_samples(r->h->s, r->params[0], step, offset, limit, after, &doc, &err);
     return reply(r, rc, 200, doc, &err);
 }
 
@@ -231,9 +240,10 @@ static result post_rollout(http_req *r) {
 static result list_webhook_deliveries(http_req *r) {
     chord_err err = {0};
     size_t offset, limit;
+    const char *after = NULL;
     json_t *doc = NULL;
-    int rc = paging(r, &offset, &limit, &err);
-    if (rc == 0) rc = svc_webhook_deliveries(r->h->s, offset, limit, &doc, &err);
+    int rc = paging(r, &offset, &limit, &after, &err);
+    if (rc == 0) rc = svc_webhook_deliveries(r->h->s, offset, limit, after, &doc, &err);
     return reply(r, rc, 200, doc, &err);
 }
 

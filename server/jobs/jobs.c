@@ -620,7 +620,7 @@ static int claim(worker *w, store_job *job, int *found, chord_err *err) {
     store_job *items = NULL;
     size_t n = 0;
     int64_t total = 0;
-    if (store_job_list(w->st, STORE_JOB_QUEUED, 0, 0, &items, &n, &total, err)) return -1;
+    if (store_job_list(w->st, STORE_JOB_QUEUED, 0, 0, NULL, &items, &n, &total, err)) return -1;
     int rc = 0;
     pthread_mutex_lock(&w->pool->claim_mu);
     for (size_t i = n; i-- > 0 && !*found;) { /* newest first: walk from the oldest */

@@ -317,6 +317,102 @@ def test_grpc_chaining_and_keys(srv, trained):
     srv.wait_job(a.id, lambda x: x["state"] in ("succeeded", "failed"))
 
 
+# ---- cursor pagination -------------------------------------------------------------------------
+
+def walk(srv, path, limit, between=None):
+    """Every item of a list, page by page with after=next_cursor; between(page_no) runs between
+    pages (inserting items there must neither skip nor repeat one)."""
+    seen, after, pages = [], None, 0
+    while True:
+        sep = "&" if "?" in path else "?"
+        q = f"{path}{sep}limit={limit}" + (f"&after={after}" if after else "")
+        r = srv.get(q)
+        assert r.status == 200, r
+        page = r.json()
+        assert len(page["items"]) <= limit
+        seen += page["items"]
+        pages += 1
+        if page["items"]:
+            last = page["items"][-1]
+            want = last["id"] if "id" in last else f"{last['step']}.{last['index']}"
+            assert page["next_cursor"] == want
+        else:
+            assert page["next_cursor"] is None
+        if not page["has_more"]:
+            return seen, pages
+        after = page["next_cursor"]
+        if between:
+            between(pages)
+
+
+def test_cursor_pagination(srv, trained):
+    for i in range(5):
+        assert upload(srv, "prompts", jsonl(arith_prompts(2, seed=40 + i)), "pages").status == 201
+    before = [d["id"] for d in srv.get("/v1/datasets?limit=1000").json()["items"]]
+    added = []
+
+    def insert(_):
+        added.append(upload(srv, "prompts", jsonl(arith_prompts(2, seed=60)), "pages").json())
+
+    seen, pages = walk(srv, "/v1/datasets", 2, insert)
+    ids = [d["id"] for d in seen]
+    assert ids == before, "inserts between pages skipped or repeated an item"
+    assert pages == (len(before) + 1) // 2 and len(added) == pages - 1
+    # offset applies after the cursor; total counts the whole list
+    page = srv.get(f"/v1/datasets?after={ids[0]}&offset=1&limit=2").json()
+    assert [d["id"] for d in page["items"]] == ids[2:4]
+    assert page["total"] == len(before) + len(added) and page["has_more"] is True
+    last = srv.get(f"/v1/datasets?after={ids[-1]}").json()
+    assert last["items"] == [] and last["has_more"] is False and last["next_cursor"] is None
+
+    # every list: jobs (also with a state filter), models, samples, deliveries, sessions
+    jobs = [j["id"] for j in srv.get("/v1/jobs?limit=1000").json()["items"]]
+    assert [j["id"] for j in walk(srv, "/v1/jobs", 1)[0]] == jobs
+    done = [j["id"] for j in srv.get("/v1/jobs?state=succeeded&limit=1000").json()["items"]]
+    assert [j["id"] for j in walk(srv, "/v1/jobs?state=succeeded", 1)[0]] == done
+    models = [m["id"] for m in srv.get("/v1/models?limit=1000").json()["items"]]
+    assert [m["id"] for m in walk(srv, "/v1/models", 1)[0]] == models
+    job, _ = trained
+    samples = srv.get(f"/v1/jobs/{job['id']}/samples?limit=1000").json()["items"]
+    assert len(samples) > 3
+    assert walk(srv, f"/v1/jobs/{job['id']}/samples", 3)[0] == samples
+    for path in ("/v1/webhooks/deliveries", "/v1/tinker/sessions"):
+        page = srv.get(path).json()
+        assert page["has_more"] is False and "next_cursor" in page
+
+    # a cursor that is not one is a 400 naming after
+    for path, bad in (("/v1/datasets", "ds_nope"), ("/v1/jobs", ids[0]),
+                      ("/v1/models", "x"), (f"/v1/jobs/{job['id']}/samples", "3"),
+                      (f"/v1/jobs/{job['id']}/samples", "-1.0"),
+                      ("/v1/webhooks/deliveries", "msg_x"), ("/v1/tinker/sessions", "ses_x")):
+        assert_error(srv.get(f"{path}?after={bad}"), 400, "invalid_argument", "after")
+
+    # gRPC: the same fields
+    pb = stubs()[0]
+    stub = srv.stub()
+    got, after = [], ""
+    while True:
+        page = stub.ListDatasets(pb.ListDatasetsRequest(limit=3, after=after), timeout=30)
+        got += [d.id for d in page.items]
+        if not page.has_more:
+            break
+        assert page.next_cursor == page.items[-1].id
+        after = page.next_cursor
+    assert got == [d["id"] for d in srv.get("/v1/datasets?limit=1000").json()["items"]]
+    page = stub.ListSamples(pb.ListSamplesRequest(id=job["id"], limit=2), timeout=30)
+    nxt = stub.ListSamples(pb.ListSamplesRequest(id=job["id"], limit=2, after=page.next_cursor),
+                           timeout=30)
+    assert [(s.step, s.index) for s in nxt.items] == [(s["step"], s["index"]) for s in samples[2:4]]
+    page = stub.ListJobs(pb.ListJobsRequest(limit=1), timeout=30)
+    assert page.has_more == (page.total > 1) and page.next_cursor == page.items[0].id
+    with pytest.raises(grpc.RpcError) as e:
+        stub.ListModels(pb.ListModelsRequest(after="mdl_nope"), timeout=30)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "after" in e.value.details()
+    with pytest.raises(grpc.RpcError) as e:
+        stub.ListTinkerSessions(pb.ListTinkerSessionsRequest(after="ses_nope"), timeout=30)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
 # ---- webhooks ----------------------------------------------------------------------------------
 
 class Receiver:

@@ -92,7 +92,7 @@ static void test_forward_migration(void **state) {
     store_job *jobs = NULL;
     size_t n = 0;
     int64_t total = 0;
-    assert_int_equal(store_job_list(s, -1, 0, 0, &jobs, &n, &total, &err), 0);
+    assert_int_equal(store_job_list(s, -1, 0, 0, NULL, &jobs, &n, &total, &err), 0);
     assert_int_equal(n, 1);
     assert_string_equal(jobs[0].name, "old job");
     assert_string_equal(jobs[0].config_json, "{\"a\": 1}");
@@ -172,7 +172,7 @@ static void test_models(void **state) {
     store_model *items = NULL;
     size_t n = 0;
     int64_t total = 0;
-    assert_int_equal(store_model_list(s, 0, 0, &items, &n, &total, &err), 0);
+    assert_int_equal(store_model_list(s, 0, 0, NULL, &items, &n, &total, &err), 0);
     assert_int_equal(n, 2);
     assert_int_equal(total, 2);
     assert_string_equal(items[0].name, "qwen"); /* newest first */
@@ -392,7 +392,7 @@ static void test_job_paging(void **state) {
         store_job *items = NULL;
         size_t n = 0;
         int64_t total = 0;
-        assert_int_equal(store_job_list(s, -1, offset, 10, &items, &n, &total, &err), 0);
+        assert_int_equal(store_job_list(s, -1, offset, 10, NULL, &items, &n, &total, &err), 0);
         assert_int_equal(total, N);
         size_t want = offset >= N ? 0 : (N - offset < 10 ? N - offset : 10);
         assert_int_equal(n, want);
@@ -409,7 +409,7 @@ static void test_job_paging(void **state) {
     store_job *items = NULL;
     size_t n = 0;
     int64_t total = 0;
-    assert_int_equal(store_job_list(s, STORE_JOB_RUNNING, 4, 4, &items, &n, &total, &err), 0);
+    assert_int_equal(store_job_list(s, STORE_JOB_RUNNING, 4, 4, NULL, &items, &n, &total, &err), 0);
     assert_int_equal(total, 9);
     assert_int_equal(n, 4);
     assert_string_equal(items[0].name, "job-12"); /* 24, 21, 18, 15 | 12, 9, 6, 3 | 0 */
@@ -417,7 +417,7 @@ static void test_job_paging(void **state) {
     for (size_t i = 0; i < n; i++)
         assert_int_equal(items[i].state, STORE_JOB_RUNNING);
     store_job_list_free(items, n);
-    assert_int_equal(store_job_list(s, 7, 0, 0, &items, &n, &total, &err), -1);
+    assert_int_equal(store_job_list(s, 7, 0, 0, NULL, &items, &n, &total, &err), -1);
     assert_int_equal(err.code, CHORD_E_INVALID);
     store_close(s);
     scratch_remove(dir);
@@ -588,7 +588,7 @@ static void test_samples(void **state) {
     store_sample_row *rows = NULL;
     size_t n = 0;
     int64_t total = 0;
-    assert_int_equal(store_samples_list(s, id, -1, 0, 0, &rows, &n, &total, &err), 0);
+    assert_int_equal(store_samples_list(s, id, -1, 0, 0, -1, 0, &rows, &n, &total, &err), 0);
     assert_int_equal(total, 5);
     assert_int_equal(n, 5);
     assert_int_equal(rows[0].step, 0);
@@ -601,7 +601,7 @@ static void test_samples(void **state) {
     assert_null(rows[4].reason);
     assert_true(isnan(rows[4].reward));
     store_sample_rows_free(rows, n);
-    assert_int_equal(store_samples_list(s, id, 1, 1, 1, &rows, &n, &total, &err), 0);
+    assert_int_equal(store_samples_list(s, id, 1, 1, 1, -1, 0, &rows, &n, &total, &err), 0);
     assert_int_equal(total, 3);
     assert_int_equal(n, 1);
     assert_int_equal(rows[0].index, 1);
@@ -613,7 +613,7 @@ static void test_samples(void **state) {
     assert_int_equal(raw_int(db, sql), 5);
     sqlite3_close(db);
     assert_int_equal(store_job_truncate_after(s, id, 0, &err), 0);
-    assert_int_equal(store_samples_list(s, id, -1, 0, 0, &rows, &n, &total, &err), 0);
+    assert_int_equal(store_samples_list(s, id, -1, 0, 0, -1, 0, &rows, &n, &total, &err), 0);
     assert_int_equal(total, 2);
     store_sample_rows_free(rows, n);
     store_close(s);
@@ -707,7 +707,7 @@ static void test_idempotency_keys(void **state) {
     store_model *models = NULL;
     size_t n = 0;
     int64_t total = 0;
-    assert_int_equal(store_model_list(s, 0, 0, &models, &n, &total, &err), 0);
+    assert_int_equal(store_model_list(s, 0, 0, NULL, &models, &n, &total, &err), 0);
     assert_int_equal(n, 1);
     assert_string_equal(models[0].directory, "/m");
     assert_string_equal(models[0].checkpoint_id, "");

@@ -111,7 +111,7 @@ static void *reader_thread(void *arg) {
         store_job *jobs = NULL;
         size_t n = 0;
         int64_t total = 0;
-        if (store_job_list(s, -1, 0, 0, &jobs, &n, &total, &err)) {
+        if (store_job_list(s, -1, 0, 0, NULL, &jobs, &n, &total, &err)) {
             if (r->failures++ == 0) snprintf(r->first_error, sizeof r->first_error, "%s", err.msg);
             continue;
         }

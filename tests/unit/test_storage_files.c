@@ -102,7 +102,7 @@ static void test_dataset_upload(void **state) {
     store_dataset *items = NULL;
     size_t n = 0;
     int64_t total = 0;
-    assert_int_equal(store_dataset_list(s, 1, 5, &items, &n, &total, &err), 0);
+    assert_int_equal(store_dataset_list(s, 1, 5, NULL, &items, &n, &total, &err), 0);
     assert_int_equal(total, 2);
     assert_int_equal(n, 1);
     store_dataset_list_free(items, n);
@@ -572,7 +572,7 @@ static void test_checkpoint_pins_and_dataset_names(void **state) {
     store_model *items = NULL;
     size_t n = 0;
     int64_t total = 0;
-    assert_int_equal(store_model_list(s, 0, 0, &items, &n, &total, &err), 0);
+    assert_int_equal(store_model_list(s, 0, 0, NULL, &items, &n, &total, &err), 0);
     assert_int_equal(n, 1);
     assert_int_equal(items[0].checkpoint_step, 10);
     store_model_list_free(items, n);
@@ -694,7 +694,7 @@ static void test_webhook_outbox(void **state) {
     assert_int_equal(store_webhook_attempted(s, first, 0, 0, "timeout", -1, &err), 0);
 
     int64_t total = 0;
-    assert_int_equal(store_webhook_list(s, 0, 0, &due, &n, &total, &err), 0);
+    assert_int_equal(store_webhook_list(s, 0, 0, NULL, &due, &n, &total, &err), 0);
     assert_int_equal(total, 2);
     assert_string_equal(due[0].id, second); /* newest first */
     assert_int_equal(due[0].state, STORE_WEBHOOK_DELIVERED);

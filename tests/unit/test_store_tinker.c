@@ -72,7 +72,7 @@ static void test_records_and_recovery(void **state) {
     store_tk_session *list = NULL;
     size_t n = 0;
     int64_t total = 0;
-    assert_int_equal(store_tk_session_list(s, NULL, 0, 10, &list, &n, &total, &err), 0);
+    assert_int_equal(store_tk_session_list(s, NULL, 0, 10, NULL, &list, &n, &total, &err), 0);
     assert_int_equal(total, 2);
     assert_int_equal(n, 2);
     const store_tk_session *s1 = &list[1]; /* newest first */
@@ -93,7 +93,7 @@ static void test_records_and_recovery(void **state) {
     assert_null(list[0].sdk_version);
     assert_int_equal(list[0].n_models, 0);
     store_tk_session_list_free(list, n);
-    assert_int_equal(store_tk_session_list(s, "ses_2", 0, 10, &list, &n, &total, &err), 0);
+    assert_int_equal(store_tk_session_list(s, "ses_2", 0, 10, NULL, &list, &n, &total, &err), 0);
     assert_int_equal(total, 1);
     assert_int_equal(n, 1);
     store_tk_session_list_free(list, n);
