@@ -183,6 +183,8 @@ static void usage(FILE *f) {
             "  --demo             the embedded default job (random-init model, built-in task)\n"
             "  --dist-timeout S   under mpirun: a rank that does not reach a collective within\n"
             "                     S seconds fails the job, named [600]\n"
+            "  --zero 1           under mpirun: ZeRO-1, each rank keeps the AdamW moments of\n"
+            "                     1/ranks of the parameters (same results, less memory) [0]\n"
             "  --quiet            no progress lines\n");
 }
 
@@ -200,10 +202,11 @@ int cmd_train(int argc, char **argv) {
                                          {"samples-out", required_argument, 0, 'P'},
                                          {"device-memory-mb", required_argument, 0, 'M'},
                                          {"dist-timeout", required_argument, 0, 'T'},
+                                         {"zero", required_argument, 0, 'Z'},
                                          {0, 0, 0, 0}};
     const char *out = NULL, *device = NULL, *metrics_path = NULL, *samples_path = NULL;
     int resume = 0, demo = 0, quiet = 0;
-    long threads = 0, steps_override = 0, stop_after = 0, memory_mb = 0;
+    long threads = 0, steps_override = 0, stop_after = 0, memory_mb = 0, zero = 0;
     double dist_timeout = DIST_DEFAULT_TIMEOUT_S;
     int c;
     optind = 1;
@@ -242,6 +245,9 @@ int cmd_train(int argc, char **argv) {
         case 'T':
             if (cmd_arg_double("--dist-timeout", optarg, 0.1, 86400.0, &dist_timeout)) return 2;
             break;
+        case 'Z':
+            if (cmd_arg_long("--zero", optarg, 0, 1, &zero)) return 2;
+            break;
         case 'q':
             quiet = 1;
             break;
@@ -264,6 +270,12 @@ int cmd_train(int argc, char **argv) {
         return 1;
     }
     const int rank = dist_rank(dist), ranks = dist_size(dist);
+    if (zero && ranks == 1) {
+        fprintf(stderr, "chordd train: --zero 1 shards the optimizer state over the ranks of an "
+                        "mpirun job; one process has nothing to shard (docs/distributed.md)\n");
+        dist_close(dist, &err);
+        return 2;
+    }
     /* rank 0 writes and reports; the others compute (and send rank 0 their samples) */
     const int want_samples = samples_path != NULL;
     if (rank != 0) {
@@ -366,9 +378,9 @@ int cmd_train(int argc, char **argv) {
         LOG_INFO("no checkpoint in %s/checkpoints: starting fresh", out);
     if (ranks > 1 && rank == 0 && !quiet)
         LOG_INFO("data parallel: %d ranks (%s), %d on this host, %ld CPU thread%s per rank, "
-                 "collective timeout %.0f s",
+                 "collective timeout %.0f s%s",
                  ranks, dist_kind(dist), dist_local_size(dist), threads, threads == 1 ? "" : "s",
-                 dist_timeout);
+                 dist_timeout, zero ? ", ZeRO-1" : "");
     trainer_env env = {.ops = ops,
                        .prompts_path = resolved[0],
                        .expert_path = resolved[1],
@@ -377,7 +389,8 @@ int cmd_train(int argc, char **argv) {
                        .tokenizer_dir = cfg.model_init_tokenizer,
                        .resume_dir = have_resume ? resume_dir : NULL,
                        .memory_limit = (int64_t)memory_mb << 20,
-                       .dist = dist};
+                       .dist = dist,
+                       .zero = (int)zero};
     run_ctx r = {.out = out,
                  .metrics = metrics,
                  .samples = samples,

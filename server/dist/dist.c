@@ -297,6 +297,134 @@ static int mpi_allreduce(dist_ctx *d, void *buf, size_t n, size_t elem, MPI_Data
     return 0;
 }
 
+/* ZeRO-1's collectives. MPI counts and displacements are int: a buffer of up to INT_MAX floats
+ * goes in one MPI_Ireduce_scatter / MPI_Iallgatherv / MPI_Igatherv; a larger one slice by slice
+ * (one MPI_Ireduce / MPI_Ibcast per rank and chunk, point-to-point to the root for a gather). */
+
+static int slices_of(dist_ctx *d, size_t n, int **counts, int **displs, chord_err *err) {
+    *counts = calloc((size_t)d->size, sizeof **counts);
+    *displs = calloc((size_t)d->size, sizeof **displs);
+    if (!*counts || !*displs) {
+        free(*counts);
+        free(*displs);
+        return dist_oom(err);
+    }
+    for (int r = 0; r < d->size; r++) {
+        size_t lo, hi;
+        dist_slice(d, n, r, &lo, &hi);
+        (*counts)[r] = (int)(hi - lo);
+        (*displs)[r] = (int)lo;
+    }
+    return 0;
+}
+
+static int mpi_reduce_scatter(dist_ctx *d, float *buf, size_t n, const char *what, chord_err *err) {
+    if (arrive(d, what, err) != 0) return -1;
+    size_t lo, hi;
+    dist_slice(d, n, d->rank, &lo, &hi);
+    MPI_Request req;
+    if (n <= (size_t)INT_MAX) {
+        int *counts, *displs, rc = -1;
+        if (slices_of(d, n, &counts, &displs, err) != 0) return -1;
+        float *mine = malloc((hi > lo ? hi - lo : 1) * sizeof *mine);
+        if (!mine) {
+            dist_oom(err);
+        } else {
+            int mrc = MPI_Ireduce_scatter(buf, mine, counts, MPI_FLOAT, MPI_SUM, d->comm, &req);
+            if (mrc != MPI_SUCCESS) {
+                mpi_error(mrc, what, err);
+            } else if (finish(d, &req, what, err) == 0) {
+                memcpy(buf + lo, mine, (hi - lo) * sizeof *mine);
+                rc = 0;
+            }
+        }
+        free(mine);
+        free(counts);
+        free(displs);
+        return rc;
+    }
+    for (int r = 0; r < d->size; r++) {
+        size_t rlo, rhi;
+        dist_slice(d, n, r, &rlo, &rhi);
+        for (size_t off = rlo; off < rhi; off += DIST_CHUNK) {
+            int k = (int)(rhi - off < DIST_CHUNK ? rhi - off : DIST_CHUNK);
+            int mrc = MPI_Ireduce(r == d->rank ? MPI_IN_PLACE : buf + off, buf + off, k, MPI_FLOAT,
+                                  MPI_SUM, r, d->comm, &req);
+            if (mrc != MPI_SUCCESS) return mpi_error(mrc, what, err);
+            if (finish(d, &req, what, err) != 0) return -1;
+        }
+    }
+    return 0;
+}
+
+static int mpi_allgather(dist_ctx *d, float *buf, size_t n, const char *what, chord_err *err) {
+    if (arrive(d, what, err) != 0) return -1;
+    MPI_Request req;
+    if (n <= (size_t)INT_MAX) {
+        int *counts, *displs, rc = -1;
+        if (slices_of(d, n, &counts, &displs, err) != 0) return -1;
+        int mrc = MPI_Iallgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, counts, displs,
+                                  MPI_FLOAT, d->comm, &req);
+        if (mrc != MPI_SUCCESS)
+            mpi_error(mrc, what, err);
+        else
+            rc = finish(d, &req, what, err);
+        free(counts);
+        free(displs);
+        return rc;
+    }
+    for (int r = 0; r < d->size; r++) {
+        size_t rlo, rhi;
+        dist_slice(d, n, r, &rlo, &rhi);
+        for (size_t off = rlo; off < rhi; off += DIST_CHUNK) {
+            int k = (int)(rhi - off < DIST_CHUNK ? rhi - off : DIST_CHUNK);
+            int mrc = MPI_Ibcast(buf + off, k, MPI_FLOAT, r, d->comm, &req);
+            if (mrc != MPI_SUCCESS) return mpi_error(mrc, what, err);
+            if (finish(d, &req, what, err) != 0) return -1;
+        }
+    }
+    return 0;
+}
+
+enum { TAG_SLICE = 7105 };
+
+static int mpi_gather_slices(dist_ctx *d, const float *mine, size_t n, float *all, int root,
+                             const char *what, chord_err *err) {
+    if (arrive(d, what, err) != 0) return -1;
+    size_t lo, hi;
+    dist_slice(d, n, d->rank, &lo, &hi);
+    MPI_Request req;
+    if (n <= (size_t)INT_MAX) {
+        int *counts, *displs, rc = -1;
+        if (slices_of(d, n, &counts, &displs, err) != 0) return -1;
+        int mrc = MPI_Igatherv(mine, (int)(hi - lo), MPI_FLOAT, all, counts, displs, MPI_FLOAT,
+                               root, d->comm, &req);
+        if (mrc != MPI_SUCCESS)
+            mpi_error(mrc, what, err);
+        else
+            rc = finish(d, &req, what, err);
+        free(counts);
+        free(displs);
+        return rc;
+    }
+    if (d->rank == root) memcpy(all + lo, mine, (hi - lo) * sizeof *mine);
+    for (int r = 0; r < d->size; r++) {
+        if (r == root || (d->rank != root && d->rank != r)) continue;
+        size_t rlo, rhi;
+        dist_slice(d, n, r, &rlo, &rhi);
+        for (size_t off = rlo; off < rhi; off += DIST_CHUNK) {
+            int k = (int)(rhi - off < DIST_CHUNK ? rhi - off : DIST_CHUNK);
+            int mrc =
+                d->rank == root
+                    ? MPI_Irecv(all + off, k, MPI_FLOAT, r, TAG_SLICE, d->comm, &req)
+                    : MPI_Isend(mine + (off - rlo), k, MPI_FLOAT, root, TAG_SLICE, d->comm, &req);
+            if (mrc != MPI_SUCCESS) return mpi_error(mrc, what, err);
+            if (finish(d, &req, what, err) != 0) return -1;
+        }
+    }
+    return 0;
+}
+
 static int mpi_open(dist_ctx *d, chord_err *err) {
     int inited = 0, provided = 0;
     int rc = MPI_Initialized(&inited);
@@ -539,6 +667,117 @@ int dist_allreduce_sum_device_f32(dist_ctx *d, ops_ctx *ops, float *dev, size_t 
 done:
     free(host);
     return rc;
+}
+
+void dist_slice(const dist_ctx *d, size_t n, int r, size_t *lo, size_t *hi) {
+    const size_t R = (size_t)dist_size(d), base = n / R, extra = n % R, ur = (size_t)r;
+    *lo = ur * base + (ur < extra ? ur : extra);
+    *hi = *lo + base + (ur < extra ? 1 : 0);
+}
+
+int dist_reduce_scatter_sum_f32(dist_ctx *d, float *buf, size_t n, const char *what,
+                                chord_err *err) {
+    if (!d || d->size == 1) return 0;
+    d->count++;
+#ifdef CHORD_HAVE_MPI
+    return mpi_reduce_scatter(d, buf, n, what, err);
+#else
+    (void)buf, (void)n, (void)what;
+    return chord_err_setc(err, CHORD_E_INTERNAL, "dist: no MPI");
+#endif
+}
+
+int dist_allgather_f32(dist_ctx *d, float *buf, size_t n, const char *what, chord_err *err) {
+    if (!d || d->size == 1) return 0;
+    d->count++;
+#ifdef CHORD_HAVE_MPI
+    return mpi_allgather(d, buf, n, what, err);
+#else
+    (void)buf, (void)n, (void)what;
+    return chord_err_setc(err, CHORD_E_INTERNAL, "dist: no MPI");
+#endif
+}
+
+int dist_gather_f32(dist_ctx *d, const float *mine, size_t n, float *all, int root,
+                    const char *what, chord_err *err) {
+    if (!d || d->size == 1) {
+        if (n) memcpy(all, mine, n * sizeof *all);
+        return 0;
+    }
+    if (root < 0 || root >= d->size)
+        return chord_err_set(err, "dist: gather to rank %d of %d", root, d->size);
+    d->count++;
+#ifdef CHORD_HAVE_MPI
+    return mpi_gather_slices(d, mine, n, all, root, what, err);
+#else
+    (void)what;
+    return chord_err_setc(err, CHORD_E_INTERNAL, "dist: no MPI");
+#endif
+}
+
+/* Every rank's slice bounds (lo[r], count[r]) for NCCL's grouped calls. */
+static int slice_table(dist_ctx *d, size_t n, size_t **lo, size_t **count, chord_err *err) {
+    *lo = calloc((size_t)d->size, sizeof **lo);
+    *count = calloc((size_t)d->size, sizeof **count);
+    if (!*lo || !*count) {
+        free(*lo);
+        free(*count);
+        return dist_oom(err);
+    }
+    for (int r = 0; r < d->size; r++) {
+        size_t hi;
+        dist_slice(d, n, r, &(*lo)[r], &hi);
+        (*count)[r] = hi - (*lo)[r];
+    }
+    return 0;
+}
+
+/* ZeRO-1's two device collectives: NCCL, the CPU backend's memory in place, or staged through
+ * the host (the whole buffer: the slices of the others are needed or overwritten). */
+static int device_slices(dist_ctx *d, ops_ctx *ops, float *dev, size_t n, int gather,
+                         const char *what, chord_err *err) {
+    if (!d || d->size == 1 || n == 0) return 0;
+    if (d->nccl) {
+        size_t *lo, *count;
+        if (slice_table(d, n, &lo, &count, err) != 0) return -1;
+        int rc =
+            gather ? dist_nccl_allgather_f32(d->nccl, dev, lo, count, d->size, what, err)
+                   : dist_nccl_reduce_scatter_sum_f32(d->nccl, dev, lo, count, d->size, what, err);
+        free(lo);
+        free(count);
+        return rc;
+    }
+    if (ops->device_index < 0)
+        return gather ? dist_allgather_f32(d, dev, n, what, err)
+                      : dist_reduce_scatter_sum_f32(d, dev, n, what, err);
+    float *host = malloc(n * sizeof *host);
+    if (!host) return dist_oom(err);
+    int rc = -1;
+    if (ops_to_host(ops, host, dev, n * sizeof *host) != 0) {
+        chord_err_setc(err, CHORD_E_INTERNAL, "dist: %s: %s", what, ops->last_error);
+        goto done;
+    }
+    if ((gather ? dist_allgather_f32(d, host, n, what, err)
+                : dist_reduce_scatter_sum_f32(d, host, n, what, err)) != 0)
+        goto done;
+    if (ops_to_device(ops, dev, host, n * sizeof *host) != 0) {
+        chord_err_setc(err, CHORD_E_INTERNAL, "dist: %s: %s", what, ops->last_error);
+        goto done;
+    }
+    rc = 0;
+done:
+    free(host);
+    return rc;
+}
+
+int dist_reduce_scatter_sum_device_f32(dist_ctx *d, ops_ctx *ops, float *dev, size_t n,
+                                       const char *what, chord_err *err) {
+    return device_slices(d, ops, dev, n, 0, what, err);
+}
+
+int dist_allgather_device_f32(dist_ctx *d, ops_ctx *ops, float *dev, size_t n, const char *what,
+                              chord_err *err) {
+    return device_slices(d, ops, dev, n, 1, what, err);
 }
 
 int dist_attach_nccl(dist_ctx *d, const ops_ctx *ops, chord_err *err) {

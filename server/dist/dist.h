@@ -68,6 +68,29 @@ int dist_gather_bytes(dist_ctx *d, const void *buf, size_t n, int root, char **o
 int dist_allreduce_sum_device_f32(dist_ctx *d, ops_ctx *ops, float *dev, size_t n, const char *what,
                                   chord_err *err);
 
+/* ---- ZeRO-1 (docs/distributed.md): a buffer of n floats cut into the ranks' contiguous slices,
+ * balanced (sizes differ by at most one float, the first n % size ranks one more) ---- */
+
+/* Rank r's slice [*lo, *hi) of n. */
+void dist_slice(const dist_ctx *d, size_t n, int r, size_t *lo, size_t *hi);
+/* The sum over the ranks of buf (n floats), kept only on each rank's own slice: afterwards
+ * buf[lo, hi) of this rank holds the sum there, the rest of buf is undefined (a reduce-scatter;
+ * per element the same additions as dist_allreduce_sum_f32). */
+int dist_reduce_scatter_sum_f32(dist_ctx *d, float *buf, size_t n, const char *what,
+                                chord_err *err);
+/* Each rank's slice of buf (n floats) to every rank, in place (an all-gather). */
+int dist_allgather_f32(dist_ctx *d, float *buf, size_t n, const char *what, chord_err *err);
+/* Each rank's slice (mine: its hi - lo floats) to root's all (n floats; NULL elsewhere). */
+int dist_gather_f32(dist_ctx *d, const float *mine, size_t n, float *all, int root,
+                    const char *what, chord_err *err);
+/* dist_reduce_scatter_sum_f32 / dist_allgather_f32 of a buffer in device memory of ops: NCCL
+ * when attached (grouped ncclReduce / ncclBroadcast: the slices are uneven), else through the
+ * host. */
+int dist_reduce_scatter_sum_device_f32(dist_ctx *d, ops_ctx *ops, float *dev, size_t n,
+                                       const char *what, chord_err *err);
+int dist_allgather_device_f32(dist_ctx *d, ops_ctx *ops, float *dev, size_t n, const char *what,
+                              chord_err *err);
+
 /* NCCL for the gradients of a CUDA device (ops->device_index): the communicator is created
  * from a unique id rank 0 broadcasts. Fails when this build has no NCCL. Never ran on a GPU. */
 int dist_attach_nccl(dist_ctx *d, const ops_ctx *ops, chord_err *err);
@@ -79,6 +102,12 @@ double dist_timeout_s(const dist_ctx *d); /* the watchdog of one collective */
 int dist_nccl_open(dist_ctx *d, int device_index, struct dist_nccl **out, chord_err *err);
 int dist_nccl_allreduce_sum_f32(struct dist_nccl *c, float *dev, size_t n, const char *what,
                                 chord_err *err);
+/* ZeRO-1's: rank r's slice is [lo[r], lo[r] + count[r]) of dev; size ranks */
+int dist_nccl_reduce_scatter_sum_f32(struct dist_nccl *c, float *dev, const size_t *lo,
+                                     const size_t *count, int size, const char *what,
+                                     chord_err *err);
+int dist_nccl_allgather_f32(struct dist_nccl *c, float *dev, const size_t *lo, const size_t *count,
+                            int size, const char *what, chord_err *err);
 void dist_nccl_close(struct dist_nccl *c);
 
 #endif

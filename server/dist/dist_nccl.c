@@ -35,6 +35,10 @@ static struct {
     __typeof__(ncclGetUniqueId) *GetUniqueId;
     __typeof__(ncclCommInitRank) *CommInitRank;
     __typeof__(ncclAllReduce) *AllReduce;
+    __typeof__(ncclReduce) *Reduce;
+    __typeof__(ncclBroadcast) *Broadcast;
+    __typeof__(ncclGroupStart) *GroupStart;
+    __typeof__(ncclGroupEnd) *GroupEnd;
     __typeof__(ncclCommGetAsyncError) *CommGetAsyncError;
     __typeof__(ncclCommAbort) *CommAbort;
     __typeof__(ncclCommDestroy) *CommDestroy;
@@ -52,6 +56,10 @@ static int nccl_load(void) {
     NCCL_SYM(GetUniqueId, "ncclGetUniqueId")
     NCCL_SYM(CommInitRank, "ncclCommInitRank")
     NCCL_SYM(AllReduce, "ncclAllReduce")
+    NCCL_SYM(Reduce, "ncclReduce")
+    NCCL_SYM(Broadcast, "ncclBroadcast")
+    NCCL_SYM(GroupStart, "ncclGroupStart")
+    NCCL_SYM(GroupEnd, "ncclGroupEnd")
     NCCL_SYM(CommGetAsyncError, "ncclCommGetAsyncError")
     NCCL_SYM(CommAbort, "ncclCommAbort")
     NCCL_SYM(CommDestroy, "ncclCommDestroy")
@@ -104,33 +112,77 @@ int dist_nccl_open(dist_ctx *d, int device_index, struct dist_nccl **out, chord_
     return 0;
 }
 
-int dist_nccl_allreduce_sum_f32(struct dist_nccl *c, float *dev, size_t n, const char *what,
-                                chord_err *err) {
-    cudaError_t e = cudaSetDevice(c->device);
-    if (e == cudaSuccess) e = cudaDeviceSynchronize(); /* the gradients are written */
-    if (e != cudaSuccess) return cuda_error(e, what, err);
-    ncclResult_t r = nccl.AllReduce(dev, dev, n, ncclFloat, ncclSum, c->comm, c->stream);
-    if (r != ncclSuccess) return nccl_error(r, what, err);
+/* Waits for what was enqueued on c->stream, polled against the collective timeout. */
+static int nccl_wait(struct dist_nccl *c, const char *what, chord_err *err) {
     double deadline = chord_now() + c->timeout_s;
     for (;;) {
-        e = cudaStreamQuery(c->stream);
+        cudaError_t e = cudaStreamQuery(c->stream);
         if (e == cudaSuccess) return 0;
         if (e != cudaErrorNotReady) return cuda_error(e, what, err);
         ncclResult_t async = ncclSuccess;
-        r = nccl.CommGetAsyncError(c->comm, &async);
+        ncclResult_t r = nccl.CommGetAsyncError(c->comm, &async);
         if (r != ncclSuccess) return nccl_error(r, what, err);
         if (async != ncclSuccess) return nccl_error(async, what, err);
         if (chord_now() > deadline) {
             r = nccl.CommAbort(c->comm); /* unblocks the stream; the job ends */
             c->comm = NULL;
             return chord_err_setc(err, CHORD_E_IO,
-                                  "dist: %s: the NCCL all-reduce did not complete within %.0f s "
+                                  "dist: %s: the NCCL collective did not complete within %.0f s "
                                   "(a peer died or hangs)%s",
                                   what, c->timeout_s, r == ncclSuccess ? "" : "; abort failed");
         }
         struct timespec ts = {0, 100000};
         nanosleep(&ts, NULL);
     }
+}
+
+/* The buffer was written by the backend's kernels: the whole device is synchronised first. */
+static int nccl_ready(struct dist_nccl *c, const char *what, chord_err *err) {
+    if (!c->comm)
+        return chord_err_setc(err, CHORD_E_IO, "dist: %s: the NCCL communicator was aborted", what);
+    cudaError_t e = cudaSetDevice(c->device);
+    if (e == cudaSuccess) e = cudaDeviceSynchronize();
+    return e == cudaSuccess ? 0 : cuda_error(e, what, err);
+}
+
+int dist_nccl_allreduce_sum_f32(struct dist_nccl *c, float *dev, size_t n, const char *what,
+                                chord_err *err) {
+    if (nccl_ready(c, what, err) != 0) return -1;
+    ncclResult_t r = nccl.AllReduce(dev, dev, n, ncclFloat, ncclSum, c->comm, c->stream);
+    if (r != ncclSuccess) return nccl_error(r, what, err);
+    return nccl_wait(c, what, err);
+}
+
+/* ZeRO-1: the slices are uneven (they differ by one float), which ncclReduceScatter and
+ * ncclAllGather (equal counts) cannot express: one ncclReduce / ncclBroadcast per rank, in place,
+ * grouped so that NCCL runs them as one operation. */
+static int nccl_slices(struct dist_nccl *c, float *dev, const size_t *lo, const size_t *count,
+                       int size, int gather, const char *what, chord_err *err) {
+    if (nccl_ready(c, what, err) != 0) return -1;
+    ncclResult_t r = nccl.GroupStart();
+    if (r != ncclSuccess) return nccl_error(r, what, err);
+    ncclResult_t first = ncclSuccess;
+    for (int root = 0; root < size; root++) {
+        float *p = dev + lo[root];
+        r = gather ? nccl.Broadcast(p, p, count[root], ncclFloat, root, c->comm, c->stream)
+                   : nccl.Reduce(p, p, count[root], ncclFloat, ncclSum, root, c->comm, c->stream);
+        if (r != ncclSuccess && first == ncclSuccess) first = r;
+    }
+    r = nccl.GroupEnd(); /* always closed, even after a failed call */
+    if (first != ncclSuccess) return nccl_error(first, what, err);
+    if (r != ncclSuccess) return nccl_error(r, what, err);
+    return nccl_wait(c, what, err);
+}
+
+int dist_nccl_reduce_scatter_sum_f32(struct dist_nccl *c, float *dev, const size_t *lo,
+                                     const size_t *count, int size, const char *what,
+                                     chord_err *err) {
+    return nccl_slices(c, dev, lo, count, size, 0, what, err);
+}
+
+int dist_nccl_allgather_f32(struct dist_nccl *c, float *dev, const size_t *lo, const size_t *count,
+                            int size, const char *what, chord_err *err) {
+    return nccl_slices(c, dev, lo, count, size, 1, what, err);
 }
 
 void dist_nccl_close(struct dist_nccl *c) {
@@ -167,6 +219,19 @@ int dist_nccl_allreduce_sum_f32(struct dist_nccl *c, float *dev, size_t n, const
     (void)c;
     (void)dev;
     (void)n;
+    return chord_err_set(err, "dist: %s: this chordd was built without NCCL", what);
+}
+
+int dist_nccl_reduce_scatter_sum_f32(struct dist_nccl *c, float *dev, const size_t *lo,
+                                     const size_t *count, int size, const char *what,
+                                     chord_err *err) {
+    (void)c, (void)dev, (void)lo, (void)count, (void)size;
+    return chord_err_set(err, "dist: %s: this chordd was built without NCCL", what);
+}
+
+int dist_nccl_allgather_f32(struct dist_nccl *c, float *dev, const size_t *lo, const size_t *count,
+                            int size, const char *what, chord_err *err) {
+    (void)c, (void)dev, (void)lo, (void)count, (void)size;
     return chord_err_set(err, "dist: %s: this chordd was built without NCCL", what);
 }
 

@@ -1032,20 +1032,31 @@ int model_grad_norm(model *m, double *norm_out, chord_err *err) {
     return 0;
 }
 
-int model_adamw_step(model *m, float lr, float beta1, float beta2, float eps, float weight_decay,
-                     float grad_clip, double *grad_norm_out, chord_err *err) {
-    double norm = 0.0;
-    if (model_grad_norm(m, &norm, err) != 0) return -1;
-    if (grad_norm_out) *grad_norm_out = norm;
-    if (!isfinite(norm))
-        return chord_err_set(err, "model_adamw_step: gradient norm is %g; step skipped", norm);
+/* The slice of the trainable buffer the AdamW moments cover (ZeRO-1), whole by default. */
+static void opt_slice(const model *m, size_t n, size_t *lo, size_t *hi) {
+    *lo = m->opt_hi ? m->opt_lo : 0;
+    *hi = m->opt_hi ? m->opt_hi : n;
+}
+
+/* Clip at grad_norm, then AdamW over the moments' slice [lo, hi) of the trainable buffer (its
+ * moments indexed from lo). */
+static int adamw_slice(model *m, double norm, float lr, float beta1, float beta2, float eps,
+                       float weight_decay, float grad_clip, chord_err *err) {
     trainable tr = trainable_of(m);
-    if (!*tr.adam_m) *tr.adam_m = ops_alloc(m->ops, tr.n * sizeof(float));
-    if (*tr.adam_m && !*tr.adam_v) *tr.adam_v = ops_alloc(m->ops, tr.n * sizeof(float));
+    size_t lo, hi;
+    opt_slice(m, tr.n, &lo, &hi);
+    if (hi > tr.n || lo > hi)
+        return chord_err_set(err,
+                             "model: the optimizer slice [%zu, %zu) is outside the %zu "
+                             "trainable parameters",
+                             lo, hi, tr.n);
+    const size_t k = hi - lo;
+    if (!*tr.adam_m) *tr.adam_m = ops_alloc(m->ops, (k ? k : 1) * sizeof(float));
+    if (*tr.adam_m && !*tr.adam_v) *tr.adam_v = ops_alloc(m->ops, (k ? k : 1) * sizeof(float));
     if (!*tr.adam_v)
         return chord_err_setc(err, CHORD_E_TOO_LARGE,
                               "model: cannot allocate AdamW moments (2 x %zu bytes): %s",
-                              tr.n * sizeof(float), ops_last_error(m->ops));
+                              k * sizeof(float), ops_last_error(m->ops));
     /* torch.nn.utils.clip_grad_norm_: coef = max_norm / (norm + 1e-6), clamped to 1 */
     float scale = 1.0f;
     if (grad_clip > 0.0f) {
@@ -1056,12 +1067,75 @@ int model_adamw_step(model *m, float lr, float beta1, float beta2, float eps, fl
      * bias correction and a resumed run's schedule count from it) */
     const int t = *tr.adam_t + 1;
     float *am = *tr.adam_m, *av = *tr.adam_v;
-    OP(adamw_update, tr.params, tr.grads, am, av, tr.n_decay, lr, beta1, beta2, eps, weight_decay,
-       t, scale);
-    if (tr.n > tr.n_decay)
-        OP(adamw_update, tr.params + tr.n_decay, tr.grads + tr.n_decay, am + tr.n_decay,
-           av + tr.n_decay, tr.n - tr.n_decay, lr, beta1, beta2, eps, 0.0f, t, scale);
+    /* the slice's part with weight decay (matrices), then the rest */
+    const size_t decay_hi = tr.n_decay < lo ? lo : tr.n_decay > hi ? hi : tr.n_decay;
+    if (decay_hi > lo)
+        OP(adamw_update, tr.params + lo, tr.grads + lo, am, av, decay_hi - lo, lr, beta1, beta2,
+           eps, weight_decay, t, scale);
+    if (hi > decay_hi)
+        OP(adamw_update, tr.params + decay_hi, tr.grads + decay_hi, am + (decay_hi - lo),
+           av + (decay_hi - lo), hi - decay_hi, lr, beta1, beta2, eps, 0.0f, t, scale);
     *tr.adam_t = t;
+    return 0;
+}
+
+int model_adamw_step(model *m, float lr, float beta1, float beta2, float eps, float weight_decay,
+                     float grad_clip, double *grad_norm_out, chord_err *err) {
+    if (m->opt_hi)
+        return chord_err_set(err, "model_adamw_step: the optimizer state is sharded (ZeRO-1): "
+                                  "model_adamw_step_shard");
+    double norm = 0.0;
+    if (model_grad_norm(m, &norm, err) != 0) return -1;
+    if (grad_norm_out) *grad_norm_out = norm;
+    if (!isfinite(norm))
+        return chord_err_set(err, "model_adamw_step: gradient norm is %g; step skipped", norm);
+    return adamw_slice(m, norm, lr, beta1, beta2, eps, weight_decay, grad_clip, err);
+}
+
+int model_set_optimizer_shard(model *m, size_t lo, size_t hi, chord_err *err) {
+    trainable tr = trainable_of(m);
+    if (*tr.adam_m || *tr.adam_v)
+        return chord_err_set(err, "model_set_optimizer_shard: the moments exist already");
+    if (lo > hi || hi > tr.n)
+        return chord_err_set(err,
+                             "model_set_optimizer_shard: [%zu, %zu) is not a slice of the "
+                             "%zu trainable parameters",
+                             lo, hi, tr.n);
+    if (lo == 0 && hi == tr.n) hi = 0; /* the whole buffer */
+    m->opt_lo = hi ? lo : 0;
+    m->opt_hi = hi;
+    return 0;
+}
+
+int model_grad_sum_squares(model *m, size_t lo, size_t hi, double *ss, chord_err *err) {
+    if (ensure_grads(m, err) != 0) return -1;
+    trainable tr = trainable_of(m);
+    if (lo > hi || hi > tr.n)
+        return chord_err_set(err, "model_grad_sum_squares: [%zu, %zu) outside %zu", lo, hi, tr.n);
+    *ss = 0.0;
+    if (hi > lo) OP(sum_squares, ss, tr.grads + lo, hi - lo);
+    return 0;
+}
+
+int model_adamw_step_shard(model *m, double grad_norm, float lr, float beta1, float beta2,
+                           float eps, float weight_decay, float grad_clip, chord_err *err) {
+    if (!isfinite(grad_norm))
+        return chord_err_set(err, "model_adamw_step: gradient norm is %g; step skipped", grad_norm);
+    if (ensure_grads(m, err) != 0) return -1;
+    return adamw_slice(m, grad_norm, lr, beta1, beta2, eps, weight_decay, grad_clip, err);
+}
+
+int model_read_optimizer_shard(const model *m, float *adam_m, float *adam_v, chord_err *err) {
+    trainable tr = trainable_of((model *)m);
+    size_t lo, hi;
+    opt_slice(m, tr.n, &lo, &hi);
+    if (!*tr.adam_m) {
+        memset(adam_m, 0, (hi - lo) * sizeof(float));
+        memset(adam_v, 0, (hi - lo) * sizeof(float));
+        return 0;
+    }
+    OP(to_host, adam_m, *tr.adam_m, (hi - lo) * sizeof(float));
+    OP(to_host, adam_v, *tr.adam_v, (hi - lo) * sizeof(float));
     return 0;
 }
 

@@ -68,6 +68,9 @@ typedef struct model {
     float *grads;           /* (num_params) device, allocated on first use */
     float *adam_m, *adam_v; /* (num_params) device, allocated on the first step */
     int adam_t;             /* AdamW steps taken */
+    /* ZeRO-1 (model_set_optimizer_shard): the moments (the model's or the adapter's) hold only
+     * [opt_lo, opt_hi) of the trainable buffer; opt_hi == 0: all of it */
+    size_t opt_lo, opt_hi;
     model_weights w;        /* into params */
     model_weights g;        /* into grads (valid once grads exist) */
     model_tensor *tensors;  /* Hugging Face names, in file order */
@@ -159,7 +162,8 @@ int model_adamw_step(model *m, float lr, float beta1, float beta2, float eps, fl
 
 /* The AdamW state (moments m, v and the step count) to / from one safetensors file (tensors
  * adam_m, adam_v (num_params) F32 and adam_t (1)), for checkpoints that resume exactly. Loading
- * checks the sizes against this model. Saving before any step writes zero moments. */
+ * checks the sizes against this model. Saving before any step writes zero moments. Loading
+ * with a ZeRO-1 slice set keeps the slice's moments only (model_set_optimizer_shard). */
 int model_save_optimizer(const model *m, const char *path, chord_err *err);
 int model_load_optimizer(model *m, const char *path, chord_err *err);
 
@@ -225,6 +229,30 @@ size_t model_trainable_params(const model *m);
 /* The gradient buffer of what trains (device memory, model_trainable_params floats; NULL before
  * the first model_zero_grad / model_backward): data parallelism sums it over the ranks. */
 float *model_trainable_grads(model *m);
+/* The parameter buffer of what trains (device memory, model_trainable_params floats). */
+float *model_trainable_weights(model *m);
+
+/* ---- ZeRO-1: optimizer state for a slice of the parameters (docs/distributed.md) ----
+ * Each rank keeps the AdamW moments of one contiguous slice [lo, hi) of the trainable buffer
+ * and updates only that slice; the caller sums the gradients over the ranks (a reduce-scatter
+ * suffices: only [lo, hi) must be the sum), the squares for the global norm, and all-gathers
+ * the updated parameters. AdamW is elementwise, so a slice's update is the whole update's on
+ * those elements. Set the slice before the first step or model_load_optimizer (moments already
+ * allocated are refused); (0, n) or (0, 0) means the whole buffer. With a slice set,
+ * model_adamw_step and model_save_optimizer refuse (they need every moment). */
+int model_set_optimizer_shard(model *m, size_t lo, size_t hi, chord_err *err);
+/* Sum of the squares of the trainable gradients [lo, hi) (double accumulation). */
+int model_grad_sum_squares(model *m, size_t lo, size_t hi, double *ss, chord_err *err);
+/* model_adamw_step over the slice only, clipping with grad_norm: the global norm the caller
+ * computed (the square root of the squares summed over every slice). */
+int model_adamw_step_shard(model *m, double grad_norm, float lr, float beta1, float beta2,
+                           float eps, float weight_decay, float grad_clip, chord_err *err);
+/* The slice's moments to the host (hi - lo floats each; zeros before the first step). */
+int model_read_optimizer_shard(const model *m, float *adam_m, float *adam_v, chord_err *err);
+/* model_save_optimizer's file from whole moments on the host (model_trainable_params floats
+ * each, gathered from the ranks' slices) and this model's step count. */
+int model_save_optimizer_from(const model *m, const char *path, const float *adam_m,
+                              const float *adam_v, chord_err *err);
 /* A PEFT adapter directory: adapter_config.json (LORA, CAUSAL_LM, r, lora_alpha, target_modules,
  * base_model_name_or_path = base_name, may be NULL; with train_embeddings modules_to_save
  * ["embed_tokens"] + "lm_head" when untied, and ensure_weight_tying when tied) +

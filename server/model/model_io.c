@@ -201,7 +201,9 @@ static opt_state opt_state_of(model *m) {
     return (opt_state){m->num_params, &m->adam_m, &m->adam_v, &m->adam_t};
 }
 
-int model_save_optimizer(const model *m, const char *path, chord_err *err) {
+/* Writes the file from host moments (NULL: read the model's, all of them). */
+static int save_optimizer(const model *m, const char *path, const float *adam_m,
+                          const float *adam_v, chord_err *err) {
     opt_state os = opt_state_of((model *)m);
     const size_t n = os.n;
     const float *am = *os.adam_m, *av = *os.adam_v;
@@ -214,8 +216,14 @@ int model_save_optimizer(const model *m, const char *path, chord_err *err) {
         goto done;
     }
     ops_ctx *o = m->ops;
-    if (am && (ops_to_host(o, host, am, n * sizeof(float)) != 0 ||
-               ops_to_host(o, host + n, av, n * sizeof(float)) != 0)) {
+    if (adam_m) {
+        memcpy(host, adam_m, n * sizeof(float));
+        memcpy(host + n, adam_v, n * sizeof(float));
+    } else if (m->opt_hi) {
+        chord_err_set(err, "the moments are sharded (ZeRO-1): gather them first");
+        goto done;
+    } else if (am && (ops_to_host(o, host, am, n * sizeof(float)) != 0 ||
+                      ops_to_host(o, host + n, av, n * sizeof(float)) != 0)) {
         chord_err_setc(err, CHORD_E_INTERNAL, "reading the moments: %s", ops_last_error(o));
         goto done;
     }
@@ -232,6 +240,15 @@ done:
     st_writer_free(w);
     free(host);
     return rc;
+}
+
+int model_save_optimizer(const model *m, const char *path, chord_err *err) {
+    return save_optimizer(m, path, NULL, NULL, err);
+}
+
+int model_save_optimizer_from(const model *m, const char *path, const float *adam_m,
+                              const float *adam_v, chord_err *err) {
+    return save_optimizer(m, path, adam_m, adam_v, err);
 }
 
 int model_load_optimizer(model *m, const char *path, chord_err *err) {
@@ -258,15 +275,17 @@ int model_load_optimizer(model *m, const char *path, chord_err *err) {
         chord_err_set(err, "adam_t = %g is not a step count", (double)t);
         goto done;
     }
-    if (!*os.adam_m) *os.adam_m = ops_alloc(o, n * sizeof(float));
-    if (*os.adam_m && !*os.adam_v) *os.adam_v = ops_alloc(o, n * sizeof(float));
+    /* ZeRO-1: this model keeps the moments of its slice only */
+    const size_t lo = m->opt_hi ? m->opt_lo : 0, k = (m->opt_hi ? m->opt_hi : n) - lo;
+    if (!*os.adam_m) *os.adam_m = ops_alloc(o, (k ? k : 1) * sizeof(float));
+    if (*os.adam_m && !*os.adam_v) *os.adam_v = ops_alloc(o, (k ? k : 1) * sizeof(float));
     if (!*os.adam_v) {
         chord_err_setc(err, CHORD_E_TOO_LARGE, "cannot allocate AdamW moments: %s",
                        ops_last_error(o));
         goto done;
     }
-    if (ops_to_device(o, *os.adam_m, host, n * sizeof(float)) != 0 ||
-        ops_to_device(o, *os.adam_v, host + n, n * sizeof(float)) != 0) {
+    if (ops_to_device(o, *os.adam_m, host + lo, k * sizeof(float)) != 0 ||
+        ops_to_device(o, *os.adam_v, host + n + lo, k * sizeof(float)) != 0) {
         chord_err_setc(err, CHORD_E_INTERNAL, "copying the moments: %s", ops_last_error(o));
         goto done;
     }

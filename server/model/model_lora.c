@@ -292,6 +292,8 @@ size_t model_trainable_params(const model *m) {
 
 float *model_trainable_grads(model *m) { return m->lora ? m->lora->grads : m->grads; }
 
+float *model_trainable_weights(model *m) { return m->lora ? m->lora->params : m->params; }
+
 int model_lora_forward(model *m, int l, model_lora_target t, const float *x, int N, float *y,
                        int ldy, float *u, float *tmp, float *xd, chord_err *err) {
     const model_lora *a = m->lora;

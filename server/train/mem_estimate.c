@@ -3,6 +3,7 @@
  * allocates on a device or reads a file. */
 #include "server/train/mem_estimate.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -79,6 +80,14 @@ void mem_estimate_weights(const model_config *mc, mem_estimate *out) {
     out->params = params_of(mc);
     out->weights = 4.0 * out->params;
     finish(out);
+}
+
+void mem_estimate_zero1(mem_estimate *e, int ranks) {
+    if (ranks <= 1 || e->optimizer <= 0) return;
+    const double trainable = e->lora_params > 0 ? e->lora_params : e->params;
+    e->optimizer = 4.0 * trainable + 8.0 * ceil(trainable / ranks);
+    e->zero_ranks = ranks;
+    finish(e);
 }
 
 void mem_estimate_job(const model_config *mc, const job_config *cfg, double prompt_tokens,
@@ -246,6 +255,7 @@ int mem_estimate_check(const mem_estimate *e, const mem_budget *b, chord_err *er
         } else if (e->optimizer > 0) {
             ADD(" + gradients and AdamW moments %s", size_text(e->optimizer, o, sizeof o));
         }
+        if (e->zero_ranks > 1) ADD(" (ZeRO-1: moments of 1/%d of them per rank)", e->zero_ranks);
         if (e->activations > 0)
             ADD(" + activations %s (%.0f tokens per micro-batch)",
                 size_text(e->activations, a, sizeof a), e->tokens);

@@ -54,7 +54,8 @@ typedef struct mem_estimate {
     double params;         /* P */
     double weights;        /* 4 P */
     double reference;      /* 4 P for a job with grpo.kl_coef > 0 (the frozen reference), else 0 */
-    double optimizer;      /* 12 P for a job (12 P_a with LoRA), else 0 */
+    double optimizer;      /* 12 P for a job (12 P_a with LoRA), else 0; ZeRO-1: 4 P + 8 P / R */
+    int zero_ranks;        /* ZeRO-1's ranks (mem_estimate_zero1), else 0 */
     double lora_params;    /* P_a: the adapter's parameters (lora), else 0 */
     double full_optimizer; /* with LoRA: the 12 P full fine-tuning would need (for the message) */
     double lora_activations; /* with LoRA: the adapter's share of the activations */
@@ -80,6 +81,10 @@ typedef struct mem_budget {
  * set) tokens: mem_prompt_tokens_of_file of the datasets, or MEM_PROMPT_TOKENS. */
 void mem_estimate_job(const model_config *mc, const job_config *cfg, double prompt_tokens,
                       double eval_prompt_tokens, mem_estimate *out);
+/* A job run with ZeRO-1 over `ranks` ranks (docs/distributed.md): each rank keeps the AdamW
+ * moments of 1/ranks of the trainable parameters, so its optimizer share is 4 P (gradients) +
+ * 8 ceil(P / ranks) (P_a for P with LoRA). */
+void mem_estimate_zero1(mem_estimate *e, int ranks);
 /* A bound on the prompt tokens of any record of a JSONL dataset: the largest over its lines of
  * the line's bytes plus the chat template's tokens (MEM_TEMPLATE_TOKENS, and MEM_MESSAGE_TOKENS
  * per "role" key); MEM_PROMPT_TOKENS when path is NULL or cannot be read. */

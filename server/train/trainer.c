@@ -253,6 +253,36 @@ static int rank_throughput(trainer *t, chord_err *err) {
     return rc;
 }
 
+/* ZeRO-1 is on: several ranks and env->zero. */
+static int zero1(const trainer *t) {
+    return t->env->zero && n_ranks(t) > 1;
+}
+
+/* AdamW on the summed gradients. With ZeRO-1 this rank updates its slice only: the global norm
+ * from every slice's squares, then the updated slices all-gathered (every rank again holds the
+ * same weights). */
+static int optimizer_step(trainer *t, double lr, double *grad_norm, chord_err *err) {
+    const job_optimizer *o = &t->cfg->optimizer;
+    if (!zero1(t))
+        return model_adamw_step(t->m, (float)lr, (float)o->beta1, (float)o->beta2, (float)o->eps,
+                                (float)o->weight_decay, (float)o->grad_clip, grad_norm, err);
+    const size_t n = model_trainable_params(t->m);
+    size_t lo, hi;
+    dist_slice(t->env->dist, n, dist_rank(t->env->dist), &lo, &hi);
+    double ss = 0.0;
+    if (model_grad_sum_squares(t->m, lo, hi, &ss, err) != 0) return -1;
+    if (sum_over_ranks(t, &ss, 1, "gradient norm", err) != 0) return -1;
+    *grad_norm = sqrt(ss);
+    if (model_adamw_step_shard(t->m, *grad_norm, (float)lr, (float)o->beta1, (float)o->beta2,
+                               (float)o->eps, (float)o->weight_decay, (float)o->grad_clip,
+                               err) != 0)
+        return -1;
+    char name[128];
+    snprintf(name, sizeof name, "step %lld: parameters", (long long)t->cur_step);
+    return dist_allgather_device_f32(t->env->dist, t->env->ops, model_trainable_weights(t->m), n,
+                                     name, err);
+}
+
 /* The step's gradients and loss sums added over the ranks before the optimizer step: the loss
  * parameters carry the step's global token and sequence counts, so each rank's gradient is its
  * share of the global one and their sum is the single-process gradient (to fp32 round-off). */
@@ -262,8 +292,11 @@ static int reduce_update(trainer *t, chord_loss_accum *acc, chord_err *err) {
     snprintf(name, sizeof name, "step %lld: gradients", (long long)t->cur_step);
     float *grads = model_trainable_grads(t->m);
     if (!grads) return chord_err_setc(err, CHORD_E_INTERNAL, "%s: no gradient buffer", name);
-    if (dist_allreduce_sum_device_f32(t->env->dist, t->env->ops, grads,
-                                      model_trainable_params(t->m), name, err) != 0)
+    const size_t n = model_trainable_params(t->m);
+    /* ZeRO-1: each rank needs the sum on its own slice only */
+    if ((zero1(t)
+             ? dist_reduce_scatter_sum_device_f32(t->env->dist, t->env->ops, grads, n, name, err)
+             : dist_allreduce_sum_device_f32(t->env->dist, t->env->ops, grads, n, name, err)) != 0)
         return -1;
     double v[15] = {acc->loss,        acc->clipped,      acc->dual_clipped, acc->ppo_kl_sum,
                     acc->ratio_sum,   acc->pg_agg,       acc->sft_agg,      acc->nll_sum,
@@ -1169,7 +1202,6 @@ static int train_and_update(trainer *t, int64_t step, step_batch *b, step_metric
         (n_train = partition_zero_advantage(b, &skipped, err)) < 0)
         return -1;
     m->lr = sched_lr(cfg, step);
-    const job_optimizer *o = &cfg->optimizer;
     t->cur_step = step;
     for (int64_t epoch = 0; epoch < cfg->grpo.ppo_epochs; epoch++) {
         t->cur_epoch = epoch;
@@ -1183,9 +1215,7 @@ static int train_and_update(trainer *t, int64_t step, step_batch *b, step_metric
             return -1;
         if (reduce_update(t, &acc, err) != 0) return -1;
         if (chord_loss_finish(&lp, &acc, &m->loss, err) != 0) return -1;
-        if (model_adamw_step(t->m, (float)m->lr, (float)o->beta1, (float)o->beta2, (float)o->eps,
-                             (float)o->weight_decay, (float)o->grad_clip, &m->grad_norm, err) != 0)
-            return -1;
+        if (optimizer_step(t, m->lr, &m->grad_norm, err) != 0) return -1;
     }
     if (t->ref_m && !kl_loss) m->loss.kl = b->kl_mean; /* the penalty's, at rollout time */
     double v[3] = {(double)skipped, (double)shared, (double)train_tokens};
@@ -1459,7 +1489,63 @@ static int write_json_file(const char *dir, const char *name, json_t *doc, chord
     return rc;
 }
 
+/* ZeRO-1: every rank's slice of the moments gathered to rank 0 (*adam_m, *adam_v: whole,
+ * malloc'd there; NULL elsewhere), so that the checkpoint is the one without it. Every rank
+ * calls it. */
+static int gather_moments(trainer *t, int64_t step, float **adam_m, float **adam_v,
+                          chord_err *err) {
+    *adam_m = *adam_v = NULL;
+    const size_t n = model_trainable_params(t->m);
+    size_t lo, hi;
+    dist_slice(t->env->dist, n, dist_rank(t->env->dist), &lo, &hi);
+    const int root = dist_rank(t->env->dist) == 0;
+    float *mine = malloc(2 * (hi - lo + 1) * sizeof *mine);
+    float *all = root ? malloc(2 * (n + 1) * sizeof *all) : NULL;
+    int rc = -1;
+    if (!mine || (root && !all)) {
+        oom(err);
+        goto done;
+    }
+    char name[128];
+    snprintf(name, sizeof name, "step %lld: optimizer state", (long long)step);
+    float *mine_v = mine + (hi - lo + 1), *all_v = all ? all + n + 1 : NULL;
+    if (model_read_optimizer_shard(t->m, mine, mine_v, err) != 0 ||
+        dist_gather_f32(t->env->dist, mine, n, all, 0, name, err) != 0 ||
+        dist_gather_f32(t->env->dist, mine_v, n, all_v, 0, name, err) != 0)
+        goto done;
+    if (root) {
+        *adam_m = malloc((n + 1) * sizeof **adam_m);
+        if (!*adam_m) {
+            oom(err);
+            goto done;
+        }
+        memcpy(*adam_m, all, n * sizeof *all);
+        *adam_v = all; /* the v half moved to the front */
+        memmove(all, all_v, n * sizeof *all);
+        all = NULL;
+    }
+    rc = 0;
+done:
+    free(mine);
+    free(all);
+    return rc;
+}
+
+static int write_checkpoint(trainer *t, int64_t step, const float *adam_m, const float *adam_v,
+                            chord_err *err);
+
 static int save_checkpoint(trainer *t, int64_t step, chord_err *err) {
+    float *adam_m = NULL, *adam_v = NULL;
+    if (zero1(t) && gather_moments(t, step, &adam_m, &adam_v, err) != 0) return -1;
+    int rc = write_checkpoint(t, step, adam_m, adam_v, err);
+    free(adam_m);
+    free(adam_v);
+    return rc;
+}
+
+/* adam_m, adam_v: the whole moments on the host (ZeRO-1's, gathered), or NULL: the model's. */
+static int write_checkpoint(trainer *t, int64_t step, const float *adam_m, const float *adam_v,
+                            chord_err *err) {
     if (!t->cb || !t->cb->checkpoint_begin || !t->cb->checkpoint_commit) return 0;
     char dir[4096];
     if (t->cb->checkpoint_begin(t->cb->user, step, dir, sizeof dir, err) != 0) return -1;
@@ -1478,7 +1564,9 @@ static int save_checkpoint(trainer *t, int64_t step, chord_err *err) {
     size_t n = model_trainable_params(t->m);
     char path[4096 + 64];
     snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
-    if (model_save_optimizer(t->m, path, err) != 0) goto abort;
+    if ((adam_m ? model_save_optimizer_from(t->m, path, adam_m, adam_v, err)
+                : model_save_optimizer(t->m, path, err)) != 0)
+        goto abort;
     json_t *state = json_pack("{s:I, s:i, s:I, s:I, s:I, s:I}", "step", (json_int_t)step, "adam_t",
                               model_adam_steps(t->m), "prompt_cursor", (json_int_t)t->prompt_cursor,
                               "expert_cursor", (json_int_t)t->expert_cursor, "seed",
@@ -1565,6 +1653,7 @@ static int check_fits(const trainer_env *env, const model_config *mc, const job_
     mem_budget b;
     mem_estimate_job(mc, cfg, mem_prompt_tokens_of_file(env->prompts_path),
                      mem_prompt_tokens_of_file(env->eval_path), &e);
+    if (env->zero && dist_size(env->dist) > 1) mem_estimate_zero1(&e, dist_size(env->dist));
     mem_budget_make(&b, device, free_bytes, (double)env->memory_limit);
     return mem_estimate_check(&e, &b, err);
 }
@@ -1623,6 +1712,17 @@ static int setup(trainer *t, chord_err *err) {
             return chord_err_prefix(err, "lora");
         if (env->resume_dir && (t->m->lora == NULL || model_trainable_params(t->m) == 0))
             return chord_err_set(err, "lora: the checkpoint holds no adapter");
+    }
+
+    if (zero1(t)) { /* before any moment exists (a resumed job's are loaded below) */
+        const size_t n = model_trainable_params(t->m);
+        size_t lo, hi;
+        dist_slice(env->dist, n, dist_rank(env->dist), &lo, &hi);
+        if (model_set_optimizer_shard(t->m, lo, hi, err) != 0) return -1;
+        logline(t,
+                "ZeRO-1: AdamW moments of %zu of the %zu trainable parameters on each rank "
+                "(rank 0: [%zu, %zu)): %.1f MB per rank instead of %.1f MB",
+                hi - lo, n, lo, hi, 8.0 * (double)(hi - lo) / 1e6, 8.0 * (double)n / 1e6);
     }
 
     /* the reference policy of the KL: the job's starting weights (never a resumed checkpoint's),

@@ -85,6 +85,10 @@ typedef struct trainer_env {
      * rank takes the same optimizer step (docs/distributed.md). Only the caller's rank 0 should
      * pass callbacks that write. */
     struct dist_ctx *dist;
+    /* ZeRO-1 (several ranks only): each rank keeps the AdamW moments of its slice of the
+     * trainable parameters, the gradients are reduce-scattered, each rank updates its slice and
+     * the parameters are all-gathered; checkpoints hold every moment, as without it. */
+    int zero;
 } trainer_env;
 
 enum { TRAINER_DONE = 0, TRAINER_FAILED = -1, TRAINER_STOPPED = 1 };

@@ -154,7 +154,19 @@ def assert_same_run(one, two, steps, weights_file):
     return m1
 
 
-@pytest.mark.parametrize("variant", ["sft", "chord", "grpo", "dapo", "lora"])
+def assert_same_moments(one, two, steps):
+    """The AdamW moments of the last checkpoints (ZeRO-1's gathered from the ranks' slices)."""
+    o1 = load_file(f"{one}/checkpoints/step_{steps}/optimizer.safetensors")
+    o2 = load_file(f"{two}/checkpoints/step_{steps}/optimizer.safetensors")
+    assert o1.keys() == o2.keys() == {"adam_m", "adam_v", "adam_t"}
+    assert o1["adam_t"][0] == o2["adam_t"][0] == steps
+    for k, atol in (("adam_m", 1e-7), ("adam_v", 1e-10)):
+        np.testing.assert_allclose(o2[k], o1[k], rtol=1e-4, atol=atol, err_msg=k)
+        assert np.abs(o1[k]).max() > 0
+
+
+@pytest.mark.parametrize("variant", ["sft", "chord", "grpo", "dapo", "lora", "zero",
+                                     "zero_lora"])
 def test_two_ranks_equal_one_process(tmp_path, data, variant):
     over, weights, resume = {}, "model.safetensors", False
     if variant == "sft":
@@ -168,13 +180,30 @@ def test_two_ranks_equal_one_process(tmp_path, data, variant):
         over = {"algorithm": "grpo", "drop": ("chord",),
                 "grpo": {"group_size": 4, "prompts_per_step": 5, "filter_groups": True,
                          "max_sample_batches": 3}}
-    elif variant == "lora":
+    elif variant in ("lora", "zero_lora"):
         over = {"lora": {"rank": 4, "alpha": 8}}
         weights = "adapter_model.safetensors"
     path = job(tmp_path, data, **over)
     one, two = tmp_path / "one", tmp_path / "two"
     train(path, one, 1)
-    if resume:  # 2 ranks, 1 process, 2 ranks again: a checkpoint does not depend on the count
+    if variant == "zero":  # ZeRO-1, resumed across ZeRO-1, one process and plain data parallel
+        p = train(path, two, 2, "--zero", "1", "--stop-after", "2", quiet=False)
+        # the moments of half the parameters each (the demo's tiny model: 2 x 4 bytes each)
+        found = re.search(r"ZeRO-1: AdamW moments of (\d+) of the (\d+) trainable parameters on "
+                          r"each rank \(rank 0: \[0, (\d+)\)\): ([0-9.]+) MB per rank instead of "
+                          r"([0-9.]+) MB", p.stderr)
+        assert found, p.stderr[-3000:]
+        half, n, hi = int(found[1]), int(found[2]), int(found[3])
+        assert half == hi == (n + 1) // 2
+        assert abs(float(found[4]) - 8 * half / 1e6) < 0.06
+        assert "ZeRO-1" in p.stderr.split("data parallel: 2 ranks")[1].splitlines()[0]
+        train(path, two, 1, "--resume", "--stop-after", "3")
+        train(path, two, 2, "--resume", "--stop-after", "4")
+        train(path, two, 2, "--resume", "--zero", "1")
+    elif variant == "zero_lora":
+        p = train(path, two, 2, "--zero", "1", quiet=False)
+        assert "ZeRO-1: AdamW moments of" in p.stderr, p.stderr[-3000:]
+    elif resume:  # 2 ranks, 1 process, 2 ranks again: a checkpoint does not depend on the count
         train(path, two, 2, "--stop-after", "2")
         assert [r["step"] for r in metrics(two)] == [1, 2]
         train(path, two, 1, "--resume", "--stop-after", "4")
@@ -189,6 +218,7 @@ def test_two_ranks_equal_one_process(tmp_path, data, variant):
         p = train(path, two, 2)
         assert "data parallel: 2 ranks" not in p.stderr  # --quiet
     m = assert_same_run(one, two, 6, weights)
+    assert_same_moments(one, two, 6)
     if variant != "sft":  # the rollouts had a signal: the comparison bites
         assert any(r["metrics"]["reward_std"] > 0 for r in m)
         assert any(abs(r["metrics"]["pg_loss"]) > 0 for r in m)
@@ -279,3 +309,8 @@ def test_refused_with_several_ranks(tmp_path, data):
     assert p.returncode != 0 and "grpo.prompts_per_step" in p.stderr, p.stderr[-2000:]
     p = train(job(tmp_path, data), tmp_path / "t", 1, "--dist-timeout", "0", check=2)
     assert "--dist-timeout" in p.stderr
+    # ZeRO-1 shards over ranks: one process has none to shard
+    p = train(job(tmp_path, data), tmp_path / "z", 1, "--zero", "1", check=2)
+    assert "--zero 1 shards the optimizer state over the ranks" in p.stderr, p.stderr
+    p = train(job(tmp_path, data), tmp_path / "z", 2, "--zero", "2", check=None)
+    assert p.returncode != 0 and "--zero" in p.stderr, p.stderr[-2000:]

@@ -53,6 +53,19 @@ static void test_single_process(void **state) {
     assert_non_null(ops);
     assert_int_equal(dist_allreduce_sum_device_f32(d, ops, f, 3, "grads", &err), 0);
     assert_true(f[0] == 1.5f);
+    /* ZeRO-1's slices: one rank's is the whole buffer; its collectives leave it, the gather
+     * copies it */
+    size_t lo = 9, hi = 9;
+    dist_slice(d, 7, 0, &lo, &hi);
+    assert_true(lo == 0 && hi == 7);
+    float h[3] = {0};
+    assert_int_equal(dist_reduce_scatter_sum_f32(d, f, 3, "rs", &err), 0);
+    assert_int_equal(dist_allgather_f32(d, f, 3, "ag", &err), 0);
+    assert_int_equal(dist_reduce_scatter_sum_device_f32(d, ops, f, 3, "rs", &err), 0);
+    assert_int_equal(dist_allgather_device_f32(d, ops, f, 3, "ag", &err), 0);
+    assert_true(f[0] == 1.5f && f[1] == -2.0f && f[2] == 3.25f);
+    assert_int_equal(dist_gather_f32(d, f, 3, h, 0, "g", &err), 0);
+    assert_memory_equal(h, f, sizeof f);
     /* one process has no NCCL communicator to attach: nothing to do */
     assert_int_equal(dist_attach_nccl(d, ops, &err), 0);
     ops_close(ops);

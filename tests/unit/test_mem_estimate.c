@@ -315,6 +315,39 @@ static void test_budget(void **state) {
     assert_true(b.bytes < 0);
 }
 
+/* ZeRO-1 over R ranks: gradients 4 P + moments 8 ceil(P / R) per rank (P = 2792); the total
+ * follows; the message says so; one rank changes nothing. */
+static void test_job_zero1(void **state) {
+    (void)state;
+    model_config mc;
+    small_config(&mc);
+    job_config cfg;
+    job("", &cfg);
+    mem_estimate e, plain;
+    mem_estimate_job(&mc, &cfg, MEM_PROMPT_TOKENS, MEM_PROMPT_TOKENS, &plain);
+    e = plain;
+    mem_estimate_zero1(&e, 1);
+    assert_true(e.optimizer == 33504.0 && e.zero_ranks == 0);
+    mem_estimate_zero1(&e, 2);
+    assert_true(e.optimizer == 11168.0 + 11168.0 && e.zero_ranks == 2);
+    assert_true(e.total == plain.total - 33504.0 + 22336.0);
+    e = plain;
+    mem_estimate_zero1(&e, 3);
+    assert_true(e.optimizer == 11168.0 + 8.0 * 931.0);
+    mem_budget b;
+    chord_err err = {0};
+    mem_budget_make(&b, "cpu", 1000, 0);
+    assert_int_equal(mem_estimate_check(&e, &b, &err), -1);
+    assert_non_null(strstr(err.msg, "(ZeRO-1: moments of 1/3 of them per rank)"));
+    jobconfig_free(&cfg);
+    /* LoRA: the adapter's 112 parameters are sharded */
+    job(", \"lora\": {\"rank\": 2}", &cfg);
+    mem_estimate_job(&mc, &cfg, MEM_PROMPT_TOKENS, MEM_PROMPT_TOKENS, &e);
+    mem_estimate_zero1(&e, 2);
+    assert_true(e.optimizer == 4.0 * 112 + 8.0 * 56);
+    jobconfig_free(&cfg);
+}
+
 static void test_check_message(void **state) {
     (void)state;
     model_config mc;
@@ -376,6 +409,7 @@ int main(void) {
         cmocka_unit_test(test_job_with_eval),
         cmocka_unit_test(test_rollout),
         cmocka_unit_test(test_budget),
+        cmocka_unit_test(test_job_zero1),
         cmocka_unit_test(test_check_message),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

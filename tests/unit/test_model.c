@@ -424,6 +424,91 @@ static void test_optimizer_state_resume(void **state) {
     assert_int_equal(system(cmd), 0);
 }
 
+/* ZeRO-1 (model_set_optimizer_shard): two models holding the moments of [0, k) and [k, n), the
+ * slice boundary inside the weight-decayed matrices, each updating its slice with the global
+ * norm and then taking the other's slice (an all-gather), follow one whole model to fp32
+ * round-off (the norm's squares are added in another order); the slices' moments gathered make
+ * the whole model's optimizer file, which loads back into a slice. */
+static void test_optimizer_shards(void **state) {
+    fixture *f = *state;
+    f->m = make_model(f->ops, 1, 0, 21);
+    model *whole = f->m, *s[2] = {make_model(f->ops, 1, 0, 21), make_model(f->ops, 1, 0, 21)};
+    chord_err err = {0};
+    const size_t n = whole->num_params, k = whole->num_decay - 5;
+    size_t lo[2] = {0, k}, hi[2] = {k, n};
+    for (int r = 0; r < 2; r++)
+        assert_int_equal(model_set_optimizer_shard(s[r], lo[r], hi[r], &err), 0);
+    expect_error(model_set_optimizer_shard(s[0], 3, n + 1, &err), &err, "not a slice");
+    float *p[2] = {malloc(n * sizeof(float)), malloc(n * sizeof(float))}, *pw = malloc(n * 4);
+    assert_true(p[0] && p[1] && pw);
+    for (int step = 0; step < 3; step++) {
+        one_step(whole);
+        double ss[2];
+        for (int r = 0; r < 2; r++) {
+            loss_of(s[r]);
+            assert_int_equal(model_zero_grad(s[r], &err), 0);
+            assert_int_equal(model_backward(s[r], W_LOGP, NULL, &err), 0);
+            assert_int_equal(model_grad_sum_squares(s[r], lo[r], hi[r], &ss[r], &err), 0);
+        }
+        expect_error(model_adamw_step(s[0], 1e-2f, 0.9f, 0.99f, 1e-8f, 0.05f, 1.0f, NULL, &err),
+                     &err, "sharded");
+        double norm = sqrt(ss[0] + ss[1]), whole_norm = 0.0;
+        assert_int_equal(model_grad_norm(whole, &whole_norm, &err), 0);
+        assert_true(fabs(norm - whole_norm) <= 1e-12 * whole_norm);
+        for (int r = 0; r < 2; r++) {
+            int rc =
+                model_adamw_step_shard(s[r], norm, 1e-2f, 0.9f, 0.99f, 1e-8f, 0.05f, 1.0f, &err);
+            if (rc != 0) fail_msg("adamw shard: %s", err.msg);
+            assert_int_equal(model_read_params(s[r], p[r], &err), 0);
+        }
+        /* the all-gather: each takes the other's updated slice */
+        memcpy(p[0] + k, p[1] + k, (n - k) * sizeof(float));
+        memcpy(p[1], p[0], k * sizeof(float));
+        for (int r = 0; r < 2; r++)
+            assert_int_equal(ops_to_device(f->ops, s[r]->params, p[r], n * sizeof(float)), 0);
+    }
+    assert_int_equal(model_read_params(whole, pw, &err), 0);
+    for (size_t i = 0; i < n; i++)
+        assert_true(fabsf(p[0][i] - pw[i]) <= 1e-6f);
+    /* the moments: the slices' gathered are the whole model's; saved, they load into a slice */
+    float *mw = malloc(2 * n * sizeof(float)), *mg = malloc(2 * n * sizeof(float));
+    assert_true(mw && mg);
+    assert_int_equal(model_read_optimizer_shard(whole, mw, mw + n, &err), 0);
+    float *tmp = malloc(2 * n * sizeof(float));
+    for (int r = 0; r < 2; r++) {
+        size_t c = hi[r] - lo[r];
+        assert_int_equal(model_read_optimizer_shard(s[r], tmp, tmp + c, &err), 0);
+        memcpy(mg + lo[r], tmp, c * sizeof(float));
+        memcpy(mg + n + lo[r], tmp + c, c * sizeof(float));
+    }
+    for (size_t i = 0; i < 2 * n; i++)
+        assert_true(fabsf(mg[i] - mw[i]) <= 1e-6f * fabsf(mw[i]) + 1e-9f);
+    char dir[] = "/tmp/chord_test_model_XXXXXX", path[512], cmd[600];
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
+    expect_error(model_save_optimizer(s[1], path, &err), &err, "sharded");
+    assert_int_equal(model_save_optimizer_from(s[1], path, mg, mg + n, &err), 0);
+    model *back = make_model(f->ops, 1, 0, 21);
+    assert_int_equal(model_set_optimizer_shard(back, k, n, &err), 0);
+    assert_int_equal(model_load_optimizer(back, path, &err), 0);
+    assert_int_equal(back->adam_t, 3);
+    expect_error(model_set_optimizer_shard(back, 0, k, &err), &err, "exist");
+    assert_int_equal(model_read_optimizer_shard(back, tmp, tmp + (n - k), &err), 0);
+    assert_memory_equal(tmp, mg + k, (n - k) * sizeof(float));
+    assert_memory_equal(tmp + (n - k), mg + n + k, (n - k) * sizeof(float));
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    assert_int_equal(system(cmd), 0);
+    model_free(back);
+    model_free(s[0]);
+    model_free(s[1]);
+    free(p[0]);
+    free(p[1]);
+    free(pw);
+    free(mw);
+    free(mg);
+    free(tmp);
+}
+
 /* ---- shared prefixes (model_batch.seg_parent) ----
  * Groups of responses to one prompt, and a lone sequence, laid out twice: unshared (every
  * response after its own copy of the prompt) and shared (the prompt but its last token once,
@@ -944,6 +1029,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_bad_input, setup, teardown),
         cmocka_unit_test_setup_teardown(test_missing_tensor, setup, teardown),
         cmocka_unit_test_setup_teardown(test_optimizer_state_resume, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_optimizer_shards, setup, teardown),
         cmocka_unit_test_setup_teardown(test_shared_prefix_qwen2_tied, setup, teardown),
         cmocka_unit_test_setup_teardown(test_shared_prefix_qwen3_untied, setup, teardown),
         cmocka_unit_test_setup_teardown(test_shared_prefix_bad_parents, setup, teardown),
