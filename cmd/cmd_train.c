@@ -171,7 +171,8 @@ static void usage(FILE *f) {
             "Data fields may be JSONL paths or \"builtin:arith\" (the built-in task).\n\n"
             "  --out DIR          output directory (checkpoints/, data/) [./chord-train/<name>]\n"
             "  --resume           continue from the newest checkpoint in --out\n"
-            "  --device DEV       auto | cpu | cuda | cuda:N (overrides the job's device)\n"
+            "  --device DEV       auto | cpu | cuda | cuda:N (overrides the job's device), or\n"
+            "                     cuda:all: every GPU of the host, one rank each (mpirun)\n"
             "  --threads N        CPU threads (default: all cores; under mpirun the cores / the\n"
             "                     host's ranks)\n"
             "  --device-memory-mb N  refuse the job when the memory estimate (docs/job.md)\n"
@@ -185,7 +186,63 @@ static void usage(FILE *f) {
             "                     S seconds fails the job, named [600]\n"
             "  --zero 1           under mpirun: ZeRO-1, each rank keeps the AdamW moments of\n"
             "                     1/ranks of the parameters (same results, less memory) [0]\n"
+            "  --bucket-mb X      under mpirun: gradients summed in buckets of X MiB, started\n"
+            "                     during the backward; 0: one sum after it [25]\n"
             "  --quiet            no progress lines\n");
+}
+
+/* --device cuda:all outside mpirun on a host with several GPUs: runs this same command again
+ * under `mpirun -np <GPUs>` (one rank per GPU, each taking cuda:<its rank on the host>), with
+ * --device cuda. Returns only on failure. Never ran: no GPU host was available to this work. */
+static int relaunch_per_gpu(int argc, char **argv, int gpus) {
+    if (!dist_have_mpi()) {
+        fprintf(stderr,
+                "chordd train: --device cuda:all: %d GPUs need one rank each, and this "
+                "chordd was built without MPI (install libopenmpi-dev and rebuild, or "
+                "use --device cuda:N)\n",
+                gpus);
+        return 2;
+    }
+    char self[4096], np[16];
+    ssize_t len = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (len <= 0) {
+        fprintf(stderr, "chordd train: --device cuda:all: /proc/self/exe: %s\n", strerror(errno));
+        return 1;
+    }
+    self[len] = '\0';
+    snprintf(np, sizeof np, "%d", gpus);
+    char **args = calloc((size_t)argc + 16, sizeof *args);
+    if (!args) {
+        fprintf(stderr, "chordd train: out of memory\n");
+        return 1;
+    }
+    int n = 0;
+    args[n++] = "mpirun";
+    args[n++] = "-np";
+    args[n++] = np;
+    args[n++] = "--bind-to"; /* each rank's OpenMP threads may use more than one core */
+    args[n++] = "none";
+    if (geteuid() == 0) args[n++] = "--allow-run-as-root";
+    args[n++] = self;
+    for (int i = 0; i < argc; i++) /* argv[0] is "train" */
+        if (!strcmp(argv[i], "cuda:all") && i > 0 && !strcmp(argv[i - 1], "--device"))
+            args[n++] = "cuda";
+        else if (!strcmp(argv[i], "--device=cuda:all"))
+            args[n++] = "--device=cuda";
+        else
+            args[n++] = argv[i];
+    args[n] = NULL;
+    fprintf(stderr, "chordd train: --device cuda:all: %d GPUs: running under mpirun -np %d\n", gpus,
+            gpus);
+    fflush(stderr);
+    execvp("mpirun", args);
+    fprintf(stderr,
+            "chordd train: --device cuda:all: cannot run mpirun: %s (install Open MPI, or "
+            "launch one rank per GPU yourself: mpirun -np %d chordd train ... --device "
+            "cuda)\n",
+            strerror(errno), gpus);
+    free(args);
+    return 1;
 }
 
 int cmd_train(int argc, char **argv) {
@@ -203,11 +260,13 @@ int cmd_train(int argc, char **argv) {
                                          {"device-memory-mb", required_argument, 0, 'M'},
                                          {"dist-timeout", required_argument, 0, 'T'},
                                          {"zero", required_argument, 0, 'Z'},
+                                         {"bucket-mb", required_argument, 0, 'B'},
                                          {0, 0, 0, 0}};
     const char *out = NULL, *device = NULL, *metrics_path = NULL, *samples_path = NULL;
     int resume = 0, demo = 0, quiet = 0;
     long threads = 0, steps_override = 0, stop_after = 0, memory_mb = 0, zero = 0;
-    double dist_timeout = DIST_DEFAULT_TIMEOUT_S;
+    double dist_timeout = DIST_DEFAULT_TIMEOUT_S, bucket_mb = 25.0;
+    int bucket_given = 0;
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -245,6 +304,10 @@ int cmd_train(int argc, char **argv) {
         case 'T':
             if (cmd_arg_double("--dist-timeout", optarg, 0.1, 86400.0, &dist_timeout)) return 2;
             break;
+        case 'B':
+            if (cmd_arg_double("--bucket-mb", optarg, 0.0, 1048576.0, &bucket_mb)) return 2;
+            bucket_given = 1;
+            break;
         case 'Z':
             if (cmd_arg_long("--zero", optarg, 0, 1, &zero)) return 2;
             break;
@@ -263,6 +326,16 @@ int cmd_train(int argc, char **argv) {
         usage(stderr);
         return 2;
     }
+    if (device && !strcmp(device, "cuda:all")) { /* every GPU of the host, one rank each */
+        int gpus = ops_cuda_device_count();
+        if (gpus == 0) {
+            fprintf(stderr, "chordd train: --device cuda:all: no CUDA device on this host (or no "
+                            "CUDA driver)\n");
+            return 2;
+        }
+        if (!dist_launched_by_mpi() && gpus > 1) return relaunch_per_gpu(argc, argv, gpus);
+        device = dist_launched_by_mpi() ? "cuda" : "cuda:0"; /* under mpirun: one per rank */
+    }
     chord_err err = {0};
     dist_ctx *dist = NULL;
     if (dist_open(dist_timeout, &dist, &err) != 0) {
@@ -270,9 +343,18 @@ int cmd_train(int argc, char **argv) {
         return 1;
     }
     const int rank = dist_rank(dist), ranks = dist_size(dist);
-    if (zero && ranks == 1) {
-        fprintf(stderr, "chordd train: --zero 1 shards the optimizer state over the ranks of an "
-                        "mpirun job; one process has nothing to shard (docs/distributed.md)\n");
+    const char *refused = NULL;
+    if (zero && ranks == 1)
+        refused = "--zero 1 shards the optimizer state over the ranks of an mpirun job; one "
+                  "process has nothing to shard";
+    else if (bucket_given && ranks == 1)
+        refused = "--bucket-mb sizes the buckets of the gradients summed over the ranks of an "
+                  "mpirun job; one process sums nothing";
+    else if (bucket_given && zero)
+        refused = "--bucket-mb: with --zero 1 the gradients are reduce-scattered whole after the "
+                  "backward (no buckets)";
+    if (refused) {
+        fprintf(stderr, "chordd train: %s (docs/distributed.md)\n", refused);
         dist_close(dist, &err);
         return 2;
     }
@@ -380,7 +462,10 @@ int cmd_train(int argc, char **argv) {
         LOG_INFO("data parallel: %d ranks (%s), %d on this host, %ld CPU thread%s per rank, "
                  "collective timeout %.0f s%s",
                  ranks, dist_kind(dist), dist_local_size(dist), threads, threads == 1 ? "" : "s",
-                 dist_timeout, zero ? ", ZeRO-1" : "");
+                 dist_timeout,
+                 zero            ? ", ZeRO-1"
+                 : bucket_mb > 0 ? ", gradient buckets"
+                                 : "");
     trainer_env env = {.ops = ops,
                        .prompts_path = resolved[0],
                        .expert_path = resolved[1],
@@ -390,7 +475,8 @@ int cmd_train(int argc, char **argv) {
                        .resume_dir = have_resume ? resume_dir : NULL,
                        .memory_limit = (int64_t)memory_mb << 20,
                        .dist = dist,
-                       .zero = (int)zero};
+                       .zero = (int)zero,
+                       .bucket_mb = bucket_mb};
     run_ctx r = {.out = out,
                  .metrics = metrics,
                  .samples = samples,

@@ -122,6 +122,11 @@ int ops_cuda_device_count(void) {
     return 0;
 }
 
+void *ops_cuda_stream(ops_ctx *c) {
+    (void)c;
+    return NULL;
+}
+
 ops_ctx *ops_cuda_open(int device_index, char *err, size_t errlen) {
     snprintf(err, errlen, "device: cuda:%d requested but this build has no CUDA backend",
              device_index);

@@ -181,6 +181,10 @@ ops_ctx *ops_cpu_open(int threads, char *err, size_t errlen);
 ops_ctx *ops_cuda_open(int device_index, char *err, size_t errlen);
 /* Number of usable CUDA devices (0 when the CUDA backend is not built or no GPU is present). */
 int ops_cuda_device_count(void);
+/* The cudaStream_t every op of a CUDA context runs on (as void *), so that another stream can
+ * wait for its work with an event (server/dist: NCCL's gradient buckets); NULL for another
+ * backend. */
+void *ops_cuda_stream(ops_ctx *c);
 
 /* Memory accounting, so a caller can refuse work that cannot fit: free and total bytes of the
  * memory context c allocates from — the GPU's (cudaMemGetInfo) for CUDA, the host's available

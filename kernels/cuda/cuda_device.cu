@@ -132,6 +132,11 @@ extern "C" int ops_cuda_device_count(void) {
     return n;
 }
 
+extern "C" void *ops_cuda_stream(ops_ctx *c) {
+    if (!c || c->device_index < 0 || !c->impl) return NULL;
+    return (void *)cu_impl(c)->stream;
+}
+
 extern "C" int ops_cuda_mem_info(int device_index, size_t *free_bytes, size_t *total_bytes) {
     if (!free_bytes || !total_bytes) return -1;
     *free_bytes = *total_bytes = 0;

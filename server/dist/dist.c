@@ -46,6 +46,14 @@ int dist_launched_by_mpi(void) {
     return 0;
 }
 
+int dist_have_mpi(void) {
+#ifdef CHORD_HAVE_MPI
+    return 1;
+#else
+    return 0;
+#endif
+}
+
 int dist_rank(const dist_ctx *d) {
     return d ? d->rank : 0;
 }
@@ -778,6 +786,104 @@ int dist_reduce_scatter_sum_device_f32(dist_ctx *d, ops_ctx *ops, float *dev, si
 int dist_allgather_device_f32(dist_ctx *d, ops_ctx *ops, float *dev, size_t n, const char *what,
                               chord_err *err) {
     return device_slices(d, ops, dev, n, 1, what, err);
+}
+
+struct dist_sums {
+    char what[128];
+#ifdef CHORD_HAVE_MPI
+    MPI_Request *reqs;
+    int n_reqs, cap;
+#endif
+    int nccl; /* some sums went to NCCL */
+};
+
+void dist_sums_free(dist_sums *s) {
+    if (!s) return;
+#ifdef CHORD_HAVE_MPI
+    free(s->reqs);
+#endif
+    free(s);
+}
+
+#ifdef CHORD_HAVE_MPI
+/* Posts the chunks of one sum, and lets MPI progress the earlier ones (Open MPI moves a
+ * non-blocking collective forward only inside MPI calls). */
+static int mpi_isum(dist_ctx *d, dist_sums *s, float *buf, size_t n, chord_err *err) {
+    for (size_t off = 0; off < n; off += DIST_CHUNK) {
+        if (s->n_reqs == s->cap) {
+            int cap = s->cap ? 2 * s->cap : 16;
+            MPI_Request *r = realloc(s->reqs, (size_t)cap * sizeof *r);
+            if (!r) return dist_oom(err);
+            s->reqs = r;
+            s->cap = cap;
+        }
+        size_t k = n - off < DIST_CHUNK ? n - off : DIST_CHUNK;
+        int rc = MPI_Iallreduce(MPI_IN_PLACE, buf + off, (int)k, MPI_FLOAT, MPI_SUM, d->comm,
+                                &s->reqs[s->n_reqs]);
+        if (rc != MPI_SUCCESS) return mpi_error(rc, s->what, err);
+        s->n_reqs++;
+    }
+    int flag = 0;
+    int rc = MPI_Testall(s->n_reqs, s->reqs, &flag, MPI_STATUSES_IGNORE);
+    return rc == MPI_SUCCESS ? 0 : mpi_error(rc, s->what, err);
+}
+#endif
+
+int dist_isum_device_f32(dist_ctx *d, ops_ctx *ops, float *dev, size_t n, dist_sums **series,
+                         const char *what, chord_err *err) {
+    if (!d || d->size == 1 || n == 0) return 0;
+    if (!d->nccl && ops->device_index >= 0) /* a GPU without NCCL: through the host, now */
+        return dist_allreduce_sum_device_f32(d, ops, dev, n, what, err);
+    dist_sums *s = *series;
+    if (!s) {
+        if (!(s = calloc(1, sizeof *s))) return dist_oom(err);
+        snprintf(s->what, sizeof s->what, "%s", what);
+        *series = s;
+        if (!d->nccl) { /* one arrival for the series: rank 0 names a rank that never comes */
+            d->count++;
+#ifdef CHORD_HAVE_MPI
+            if (arrive(d, what, err) != 0) return -1;
+#endif
+        }
+    }
+    if (d->nccl) {
+        s->nccl = 1;
+        return dist_nccl_isum_f32(d->nccl, ops_cuda_stream(ops), dev, n, what, err);
+    }
+#ifdef CHORD_HAVE_MPI
+    return mpi_isum(d, s, dev, n, err);
+#else
+    return chord_err_setc(err, CHORD_E_INTERNAL, "dist: no MPI");
+#endif
+}
+
+int dist_wait_sums(dist_ctx *d, dist_sums *s, chord_err *err) {
+    if (!s) return 0;
+    int rc = 0;
+    if (s->nccl) rc = dist_nccl_wait(d->nccl, s->what, err);
+#ifdef CHORD_HAVE_MPI
+    if (rc == 0 && s->n_reqs > 0) {
+        int *done = calloc((size_t)s->n_reqs, sizeof *done);
+        if (!done) {
+            rc = dist_oom(err);
+        } else {
+            double limit = d->rank == 0 ? d->timeout_s : 1.5 * d->timeout_s + 5.0;
+            int w = wait_all(d, s->reqs, done, s->n_reqs, chord_now() + limit, s->what, err);
+            if (w > 0 && d->rank == 0)
+                rc = name_silent(d, s->what, err);
+            else if (w > 0)
+                rc = chord_err_setc(err, CHORD_E_IO,
+                                    "dist: the collective '%s' did not complete within %.0f s on "
+                                    "rank %d (rank 0 or another peer died or hangs)",
+                                    s->what, limit, d->rank);
+            else
+                rc = w;
+            free(done);
+        }
+    }
+#endif
+    dist_sums_free(s);
+    return rc;
 }
 
 int dist_attach_nccl(dist_ctx *d, const ops_ctx *ops, chord_err *err) {

@@ -33,6 +33,8 @@ typedef struct dist_ctx dist_ctx;
 
 /* Whether this process was launched by an MPI launcher (mpirun / mpiexec / srun with PMI). */
 int dist_launched_by_mpi(void);
+/* Whether this build has MPI (CMake found it). */
+int dist_have_mpi(void);
 
 /* Opens the process's view of the job: MPI (initialising it) when launched by mpirun, else the
  * single-process implementation. timeout_s > 0 bounds every collective. Fails when launched by
@@ -67,6 +69,23 @@ int dist_gather_bytes(dist_ctx *d, const void *buf, size_t n, int root, char **o
  * host memory: no copy). */
 int dist_allreduce_sum_device_f32(dist_ctx *d, ops_ctx *ops, float *dev, size_t n, const char *what,
                                   chord_err *err);
+
+/* ---- a series of sums started without waiting (the gradient buckets, docs/distributed.md) ----
+ * dist_isum_device_f32 starts the sum over the ranks of one buffer in device memory of ops (in
+ * place) and returns; dist_wait_sums waits for every sum of the series. The first start of a
+ * series checks every rank in (the watchdog's arrival, named `what`); the wait is bounded by the
+ * timeout and names the silent ranks as the blocking collectives do. Every rank starts the same
+ * buffers in the same order. MPI: MPI_Iallreduce, progressed by each later start; NCCL:
+ * ncclAllReduce on its own stream once an event says the backend's stream has written the
+ * buffer (never ran); a GPU without NCCL: summed at once through the host (no overlap). *series
+ * starts NULL; dist_wait_sums frees it (also on failure). A buffer must not be read or written
+ * before the wait. */
+typedef struct dist_sums dist_sums;
+int dist_isum_device_f32(dist_ctx *d, ops_ctx *ops, float *dev, size_t n, dist_sums **series,
+                         const char *what, chord_err *err);
+int dist_wait_sums(dist_ctx *d, dist_sums *series, chord_err *err);
+/* Frees a series without waiting (the job is about to abort). */
+void dist_sums_free(dist_sums *series);
 
 /* ---- ZeRO-1 (docs/distributed.md): a buffer of n floats cut into the ranks' contiguous slices,
  * balanced (sizes differ by at most one float, the first n % size ranks one more) ---- */
@@ -108,6 +127,11 @@ int dist_nccl_reduce_scatter_sum_f32(struct dist_nccl *c, float *dev, const size
                                      chord_err *err);
 int dist_nccl_allgather_f32(struct dist_nccl *c, float *dev, const size_t *lo, const size_t *count,
                             int size, const char *what, chord_err *err);
+/* Enqueues the sum of dev behind the work already queued on compute_stream (a cudaStream_t; NULL:
+ * the whole device is synchronised first); dist_nccl_wait waits for everything enqueued. */
+int dist_nccl_isum_f32(struct dist_nccl *c, void *compute_stream, float *dev, size_t n,
+                       const char *what, chord_err *err);
+int dist_nccl_wait(struct dist_nccl *c, const char *what, chord_err *err);
 void dist_nccl_close(struct dist_nccl *c);
 
 #endif

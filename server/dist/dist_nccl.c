@@ -153,6 +153,37 @@ int dist_nccl_allreduce_sum_f32(struct dist_nccl *c, float *dev, size_t n, const
     return nccl_wait(c, what, err);
 }
 
+/* A gradient bucket: NCCL's stream waits (an event) for what the backend's stream has queued so
+ * far — the bucket's gradients — and the sum runs there while the backend goes on with the
+ * backward. No host wait: dist_nccl_wait waits for every bucket. */
+int dist_nccl_isum_f32(struct dist_nccl *c, void *compute_stream, float *dev, size_t n,
+                       const char *what, chord_err *err) {
+    if (!compute_stream) { /* no stream to wait for: the whole device */
+        if (nccl_ready(c, what, err) != 0) return -1;
+    } else {
+        if (!c->comm)
+            return chord_err_setc(err, CHORD_E_IO, "dist: %s: the NCCL communicator was aborted",
+                                  what);
+        cudaEvent_t written;
+        cudaError_t e = cudaSetDevice(c->device);
+        if (e == cudaSuccess) e = cudaEventCreateWithFlags(&written, cudaEventDisableTiming);
+        if (e != cudaSuccess) return cuda_error(e, what, err);
+        e = cudaEventRecord(written, (cudaStream_t)compute_stream);
+        if (e == cudaSuccess) e = cudaStreamWaitEvent(c->stream, written, 0);
+        cudaError_t de = cudaEventDestroy(written); /* released once the wait has passed it */
+        if (e == cudaSuccess) e = de;
+        if (e != cudaSuccess) return cuda_error(e, what, err);
+    }
+    ncclResult_t r = nccl.AllReduce(dev, dev, n, ncclFloat, ncclSum, c->comm, c->stream);
+    return r == ncclSuccess ? 0 : nccl_error(r, what, err);
+}
+
+int dist_nccl_wait(struct dist_nccl *c, const char *what, chord_err *err) {
+    if (!c->comm)
+        return chord_err_setc(err, CHORD_E_IO, "dist: %s: the NCCL communicator was aborted", what);
+    return nccl_wait(c, what, err);
+}
+
 /* ZeRO-1: the slices are uneven (they differ by one float), which ncclReduceScatter and
  * ncclAllGather (equal counts) cannot express: one ncclReduce / ncclBroadcast per rank, in place,
  * grouped so that NCCL runs them as one operation. */
@@ -232,6 +263,17 @@ int dist_nccl_reduce_scatter_sum_f32(struct dist_nccl *c, float *dev, const size
 int dist_nccl_allgather_f32(struct dist_nccl *c, float *dev, const size_t *lo, const size_t *count,
                             int size, const char *what, chord_err *err) {
     (void)c, (void)dev, (void)lo, (void)count, (void)size;
+    return chord_err_set(err, "dist: %s: this chordd was built without NCCL", what);
+}
+
+int dist_nccl_isum_f32(struct dist_nccl *c, void *compute_stream, float *dev, size_t n,
+                       const char *what, chord_err *err) {
+    (void)c, (void)compute_stream, (void)dev, (void)n;
+    return chord_err_set(err, "dist: %s: this chordd was built without NCCL", what);
+}
+
+int dist_nccl_wait(struct dist_nccl *c, const char *what, chord_err *err) {
+    (void)c;
     return chord_err_set(err, "dist: %s: this chordd was built without NCCL", what);
 }
 

@@ -965,6 +965,58 @@ int model_zero_grad(model *m, chord_err *err) {
     return 0;
 }
 
+void model_set_grad_hook(model *m, int (*hook)(void *user, size_t final_from, chord_err *err),
+                         void *user) {
+    m->grad_hook = hook;
+    m->grad_hook_user = user;
+}
+
+/* Widens *end to the end offset of g[0, count) in the trainable gradient buffer, when g is in it
+ * (a frozen base's tensors are not). */
+static void grad_end(const trainable *tr, const float *g, size_t count, size_t *end) {
+    if (!g || g < tr->grads || g >= tr->grads + tr->n) return;
+    size_t e = (size_t)(g - tr->grads) + count;
+    if (e > *end) *end = e;
+}
+
+/* The backward's stages in order — 0 the logits (lm_head, final norm), 1 + k layer L-1-k, L + 1
+ * the embedding — and final_from after each: the highest end offset any later stage writes
+ * (suffix maxima). final_from has L + 2 entries. */
+static int grad_stages(model *m, size_t *final_from, chord_err *err) {
+    const int L = m->cfg.num_hidden_layers;
+    const size_t C = (size_t)m->cfg.hidden_size, VC = (size_t)m->cfg.vocab_size * C;
+    size_t *end = calloc((size_t)L + 2, sizeof *end);
+    if (!end) return chord_err_setc(err, CHORD_E_INTERNAL, "model: out of host memory");
+    trainable tr = trainable_of(m);
+    grad_end(&tr, m->g.lm_head, VC, &end[0]);
+    grad_end(&tr, m->g.final_norm, C, &end[0]);
+    grad_end(&tr, m->g.wte, VC, &end[L + 1]);
+    if (m->lora) {
+        const model_lora *a = m->lora;
+        for (int l = 0; l < L; l++)
+            for (int t = 0; t < MODEL_LORA_N_TARGETS; t++) {
+                const model_lora_pair *g = &a->g[l * MODEL_LORA_N_TARGETS + t];
+                grad_end(&tr, g->A, (size_t)a->cfg.rank * (size_t)a->in[t], &end[L - l]);
+                grad_end(&tr, g->B, (size_t)a->out[t] * (size_t)a->cfg.rank, &end[L - l]);
+            }
+    } else {
+        for (int i = 0; i < m->n_tensors; i++) {
+            int l = -1;
+            if (sscanf(m->tensors[i].name, "model.layers.%d.", &l) == 1 && l >= 0 && l < L)
+                grad_end(&tr, tr.grads + m->tensors[i].offset, m->tensors[i].numel, &end[L - l]);
+        }
+    }
+    size_t later = 0;
+    for (int k = L + 1; k >= 0; k--) {
+        final_from[k] = later;
+        if (end[k] > later) later = end[k];
+    }
+    free(end);
+    return 0;
+}
+
+static int backward_stages(model *m, int with_entropy, size_t *final_from, chord_err *err);
+
 int model_backward(model *m, const float *dlogp, const float *dentropy, chord_err *err) {
     model_run *r = m->run;
     if (!r || !r->has_forward) return chord_err_set(err, "model_backward: no forward to go back");
@@ -973,16 +1025,34 @@ int model_backward(model *m, const float *dlogp, const float *dentropy, chord_er
         return chord_err_set(err, "model_backward: the adapter is disabled (the frozen base "
                                   "alone has nothing to train)");
     if (ensure_grads(m, err) != 0) return -1;
-    const model_config *c = &m->cfg;
-    const int N = r->N, C = c->hidden_size, V = c->vocab_size, L = c->num_hidden_layers;
+    const int N = r->N, L = m->cfg.num_hidden_layers;
     OP(to_device, r->dlogp, dlogp, (size_t)N * sizeof(float));
     if (dentropy) OP(to_device, r->dentropy, dentropy, (size_t)N * sizeof(float));
 
+    size_t *final_from = NULL; /* with a hook: after each stage (grad_stages) */
+    if (m->grad_hook) {
+        if (!(final_from = malloc(((size_t)L + 2) * sizeof *final_from)))
+            return chord_err_setc(err, CHORD_E_INTERNAL, "model: out of host memory");
+        if (grad_stages(m, final_from, err) != 0) {
+            free(final_from);
+            return -1;
+        }
+    }
+    int rc = backward_stages(m, dentropy != NULL, final_from, err);
+    free(final_from);
+    return rc;
+}
+
+/* model_backward's work, calling the hook (final_from non-NULL) after each stage. */
+static int backward_stages(model *m, int with_entropy, size_t *final_from, chord_err *err) {
+    model_run *r = m->run;
+    const model_config *c = &m->cfg;
+    const int N = r->N, C = c->hidden_size, V = c->vocab_size, L = c->num_hidden_layers;
     /* logits -> final norm output; r->dln holds d xf */
     for (int r0 = 0; r0 < N; r0 += r->chunk_rows) {
         int R = N - r0 < r->chunk_rows ? N - r0 : r->chunk_rows;
         if (r->chunk_rows < N && logits_chunk(m, r, r0, R, err) != 0) return -1;
-        OP(logprob_backward, r->dlogits, r->dlogp + r0, dentropy ? r->dentropy + r0 : NULL,
+        OP(logprob_backward, r->dlogits, r->dlogp + r0, with_entropy ? r->dentropy + r0 : NULL,
            r->logits, r->lse_out + r0, r->targets + r0, R, V, r->inv_temp);
         OP(matmul_backward, r->dln + (size_t)r0 * C, m->g.lm_head, NULL, r->dlogits,
            r->xf + (size_t)r0 * C, m->w.lm_head, R, C, V, 0);
@@ -990,10 +1060,14 @@ int model_backward(model *m, const float *dlogp, const float *dentropy, chord_er
     OP(zero, r->dres, (size_t)N * C * sizeof(float));
     OP(rmsnorm_backward, r->dres, C, m->g.final_norm, r->dln, r->res + (size_t)L * N * C,
        m->w.final_norm, r->rstdf, N, C);
-    for (int l = L - 1; l >= 0; l--)
+    if (final_from && m->grad_hook(m->grad_hook_user, final_from[0], err) != 0) return -1;
+    for (int l = L - 1; l >= 0; l--) {
         if (layer_backward(m, l, &r->layers[l], r->res + (size_t)l * N * C, r, err) != 0)
             return chord_err_prefix(err, "layer %d backward", l);
+        if (final_from && m->grad_hook(m->grad_hook_user, final_from[L - l], err) != 0) return -1;
+    }
     if (m->g.wte) OP(embedding_backward, m->g.wte, r->dres, r->tokens, N, C, V);
+    if (final_from && m->grad_hook(m->grad_hook_user, 0, err) != 0) return -1;
     return 0;
 }
 

@@ -80,6 +80,9 @@ typedef struct model {
     model_run *run;
     model_lora *lora; /* attached adapter: the base is frozen, training updates the adapter */
     struct model *base; /* a view (model_create_view): the model whose weights these are */
+    /* model_set_grad_hook: told during model_backward which gradients are final */
+    int (*grad_hook)(void *user, size_t final_from, chord_err *err);
+    void *grad_hook_user;
 } model;
 
 /* A packed batch: S sequences in N rows; every array is host memory, copied in by the call.
@@ -146,6 +149,14 @@ int model_forward(model *m, const model_batch *b, float inv_temp, float *logp_ou
  * model_zero_grad. Host arrays. */
 int model_backward(model *m, const float *dlogp, const float *dentropy, chord_err *err);
 int model_zero_grad(model *m, chord_err *err);
+/* During each model_backward, after the logits, after each layer and at the end, calls
+ * hook(user, final_from, err): the backward will write no gradient of the trainable buffer
+ * (model_trainable_grads) at or above offset final_from any more (it only decreases; 0 at the
+ * end). A gradient bucket of data parallelism can then be summed while the backward goes on
+ * (the buffer's layout puts later layers higher; where it does not, final_from stays high until
+ * the end). A non-zero return ends the backward with the hook's error. NULL: no hook. */
+void model_set_grad_hook(model *m, int (*hook)(void *user, size_t final_from, chord_err *err),
+                         void *user);
 /* Full logits (N, V) of the last forward, copied to the host (tests, scoring tools). */
 int model_read_logits(model *m, float *logits_host, chord_err *err);
 /* Copies of the flat buffers to the host (num_params floats); index them with m->tensors. */

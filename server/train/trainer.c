@@ -163,6 +163,16 @@ typedef struct trainer {
     char (*rank_names)[48];
     const char **row_names; /* on_step's rows: N_METRICS, then 2 per rank with several */
     double *row_values;
+    /* several ranks without ZeRO-1, env->bucket_mb > 0: the gradients summed in buckets, those
+     * of the last micro-batch's finished layers started during its backward (grad_buckets) */
+    struct grad_buckets {
+        float *grads;
+        size_t n, size; /* trainable floats; floats per bucket */
+        size_t posted;  /* the buckets started cover [posted, n) */
+        struct dist_sums *sums;
+        int early, total; /* this update's buckets started during the backward / in all */
+        int logged;
+    } buckets;
 } trainer;
 
 static void logline(trainer *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -283,6 +293,74 @@ static int optimizer_step(trainer *t, double lr, double *grad_norm, chord_err *e
                                      name, err);
 }
 
+/* ---- gradient buckets (docs/distributed.md) ---------------------------------------------------
+ * The trainable buffer is cut into buckets of env->bucket_mb MiB from its top (the last layers'
+ * end: their gradients are final first), [n - B, n), [n - 2B, n - B), ... — the same cuts on
+ * every rank, started in the same order. During the backward of the update's last micro-batch
+ * the model says which gradients are final (model_set_grad_hook), and each bucket wholly above
+ * that starts summing (dist_isum_device_f32) while the backward goes on; reduce_update starts
+ * the rest and waits for all. Each element is still the sum of the ranks' values: with two
+ * ranks the bits are those of the one all-reduce (a + b = b + a); with more, MPI may pick
+ * another reduction order for another message size (round-off). */
+
+static int buckets_on(const trainer *t) {
+    return n_ranks(t) > 1 && !zero1(t) && t->env->bucket_mb > 0;
+}
+
+/* A new update: nothing started; the gradient buffer exists (after model_zero_grad). */
+static void buckets_reset(trainer *t) {
+    struct grad_buckets *b = &t->buckets;
+    b->grads = model_trainable_grads(t->m);
+    b->n = model_trainable_params(t->m);
+    double floats = t->env->bucket_mb * 1048576.0 / sizeof(float);
+    b->size = floats < 1.0 ? 1 : floats > (double)b->n ? b->n : (size_t)floats;
+    b->posted = b->n;
+    b->sums = NULL;
+    b->early = b->total = 0;
+}
+
+/* Starts every bucket not started yet that lies wholly at or above final_from. */
+static int buckets_start(trainer *t, size_t final_from, chord_err *err) {
+    struct grad_buckets *b = &t->buckets;
+    char name[128];
+    snprintf(name, sizeof name, "step %lld: gradients", (long long)t->cur_step);
+    while (b->posted > 0) {
+        size_t lo = b->posted > b->size ? b->posted - b->size : 0;
+        if (lo < final_from) break;
+        if (dist_isum_device_f32(t->env->dist, t->env->ops, b->grads + lo, b->posted - lo, &b->sums,
+                                 name, err) != 0)
+            return -1;
+        b->posted = lo;
+        b->total++;
+        b->early += final_from > 0;
+    }
+    return 0;
+}
+
+/* model_set_grad_hook's callback for the last micro-batch's backward. */
+static int buckets_hook(void *user, size_t final_from, chord_err *err) {
+    return buckets_start(user, final_from, err);
+}
+
+/* Starts the buckets the backward did not (all of them on a rank without a micro-batch), then
+ * waits for every one. */
+static int buckets_finish(trainer *t, chord_err *err) {
+    struct grad_buckets *b = &t->buckets;
+    if (buckets_start(t, 0, err) != 0) return -1;
+    struct dist_sums *sums = b->sums;
+    b->sums = NULL;
+    if (dist_wait_sums(t->env->dist, sums, err) != 0) return -1;
+    if (!b->logged) {
+        b->logged = 1;
+        logline(t,
+                "step %lld: gradients summed in %d bucket%s of up to %.3g MiB, %d started during "
+                "the backward",
+                (long long)t->cur_step, b->total, b->total == 1 ? "" : "s",
+                (double)b->size * sizeof(float) / 1048576.0, b->early);
+    }
+    return 0;
+}
+
 /* The step's gradients and loss sums added over the ranks before the optimizer step: the loss
  * parameters carry the step's global token and sequence counts, so each rank's gradient is its
  * share of the global one and their sum is the single-process gradient (to fp32 round-off). */
@@ -293,11 +371,14 @@ static int reduce_update(trainer *t, chord_loss_accum *acc, chord_err *err) {
     float *grads = model_trainable_grads(t->m);
     if (!grads) return chord_err_setc(err, CHORD_E_INTERNAL, "%s: no gradient buffer", name);
     const size_t n = model_trainable_params(t->m);
-    /* ZeRO-1: each rank needs the sum on its own slice only */
-    if ((zero1(t)
-             ? dist_reduce_scatter_sum_device_f32(t->env->dist, t->env->ops, grads, n, name, err)
-             : dist_allreduce_sum_device_f32(t->env->dist, t->env->ops, grads, n, name, err)) != 0)
+    if (buckets_on(t)) {
+        if (buckets_finish(t, err) != 0) return -1;
+    } else if (zero1(t)) { /* each rank needs the sum on its own slice only */
+        if (dist_reduce_scatter_sum_device_f32(t->env->dist, t->env->ops, grads, n, name, err))
+            return -1;
+    } else if (dist_allreduce_sum_device_f32(t->env->dist, t->env->ops, grads, n, name, err)) {
         return -1;
+    }
     double v[15] = {acc->loss,        acc->clipped,      acc->dual_clipped, acc->ppo_kl_sum,
                     acc->ratio_sum,   acc->pg_agg,       acc->sft_agg,      acc->nll_sum,
                     acc->phi_sum,     acc->entropy_sum,  acc->kl_sum,       (double)acc->n_policy,
@@ -512,7 +593,11 @@ static int train_on(trainer *t, train_seq *seqs, int n_seqs, const chord_loss_pa
                                .seq = r.seq};
         float *dent = want_entropy_grad ? r.dent : NULL;
         if (chord_loss_micro_batch(lp, &lb, r.dlogp, dent, acc, err) != 0) goto done;
-        if (model_backward(t->m, r.dlogp, dent, err) != 0) goto done;
+        /* the update's last backward: its finished layers' gradient buckets start summing */
+        if (buckets_on(t) && next >= n_seqs) model_set_grad_hook(t->m, buckets_hook, t);
+        int brc = model_backward(t->m, r.dlogp, dent, err);
+        model_set_grad_hook(t->m, NULL, NULL);
+        if (brc != 0) goto done;
         *tokens_out += r.logical_rows;
         *shared_out += r.logical_rows - r.batch.N;
     }
@@ -1208,6 +1293,7 @@ static int train_and_update(trainer *t, int64_t step, step_batch *b, step_metric
         chord_loss_accum acc;
         chord_loss_accum_init(&acc);
         if (model_zero_grad(t->m, err) != 0) return -1;
+        if (buckets_on(t)) buckets_reset(t);
         for (int i = n_train; i < b->n; i++)
             if (account_skipped(&b->seqs[i], &lp, &acc, err) != 0) return -1;
         shared = 0; /* one pass's */
@@ -1942,6 +2028,8 @@ done:
     bootstrap_close(&t.ref);
     reward_verifier_free(t.verifier);
     bootstrap_close(&t.boot); /* t.m and t.tok (a view: then its shared base's reference) */
+    /* a failed update's sums (the job aborts) */
+    dist_sums_free(t.buckets.sums);
     free(t.row_names);
     free(t.row_values);
     free(t.rank_tps);

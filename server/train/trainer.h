@@ -89,6 +89,10 @@ typedef struct trainer_env {
      * trainable parameters, the gradients are reduce-scattered, each rank updates its slice and
      * the parameters are all-gathered; checkpoints hold every moment, as without it. */
     int zero;
+    /* Several ranks without ZeRO-1: the gradients are summed in buckets of this many MiB, those
+     * of the last micro-batch's finished layers started during its backward (overlapped); 0:
+     * one sum of the whole buffer after the backward. */
+    double bucket_mb;
 } trainer_env;
 
 enum { TRAINER_DONE = 0, TRAINER_FAILED = -1, TRAINER_STOPPED = 1 };

@@ -166,7 +166,7 @@ def assert_same_moments(one, two, steps):
 
 
 @pytest.mark.parametrize("variant", ["sft", "chord", "grpo", "dapo", "lora", "zero",
-                                     "zero_lora"])
+                                     "zero_lora", "buckets"])
 def test_two_ranks_equal_one_process(tmp_path, data, variant):
     over, weights, resume = {}, "model.safetensors", False
     if variant == "sft":
@@ -183,6 +183,8 @@ def test_two_ranks_equal_one_process(tmp_path, data, variant):
     elif variant in ("lora", "zero_lora"):
         over = {"lora": {"rank": 4, "alpha": 8}}
         weights = "adapter_model.safetensors"
+    elif variant == "buckets":  # two layers: buckets above the embedding finish first
+        over = {"model": {"init": {"seed": 1, "config": TINY | {"num_hidden_layers": 2}}}}
     path = job(tmp_path, data, **over)
     one, two = tmp_path / "one", tmp_path / "two"
     train(path, one, 1)
@@ -200,6 +202,22 @@ def test_two_ranks_equal_one_process(tmp_path, data, variant):
         train(path, two, 1, "--resume", "--stop-after", "3")
         train(path, two, 2, "--resume", "--stop-after", "4")
         train(path, two, 2, "--resume", "--zero", "1")
+    elif variant == "buckets":  # 10 KiB buckets: several, most started during the backward
+        p = train(path, two, 2, "--bucket-mb", "0.01", quiet=False)
+        found = re.search(r"step 1: gradients summed in (\d+) buckets of up to 0\.01 MiB, "
+                          r"(\d+) started during the backward", p.stderr)
+        assert found and int(found[1]) > 3 and int(found[2]) > 0, p.stderr[-3000:]
+        # one sum after the backward instead: the same bits (a + b = b + a per element)
+        whole = tmp_path / "whole"
+        p = train(path, whole, 2, "--bucket-mb", "0", quiet=False)
+        assert "gradients summed in" not in p.stderr
+        assert samples(whole) == samples(two)
+        for r1, r2 in zip(metrics(whole), metrics(two)):
+            assert {k: v for k, v in r1["metrics"].items() if not k.startswith(NOT_COMPARED)} \
+                == {k: v for k, v in r2["metrics"].items() if not k.startswith(NOT_COMPARED)}
+        for f in ("model.safetensors", "optimizer.safetensors"):
+            w1, w2 = (load_file(f"{d}/checkpoints/step_6/{f}") for d in (whole, two))
+            assert all(np.array_equal(w1[k], w2[k]) for k in w1), f
     elif variant == "zero_lora":
         p = train(path, two, 2, "--zero", "1", quiet=False)
         assert "ZeRO-1: AdamW moments of" in p.stderr, p.stderr[-3000:]
@@ -314,3 +332,11 @@ def test_refused_with_several_ranks(tmp_path, data):
     assert "--zero 1 shards the optimizer state over the ranks" in p.stderr, p.stderr
     p = train(job(tmp_path, data), tmp_path / "z", 2, "--zero", "2", check=None)
     assert p.returncode != 0 and "--zero" in p.stderr, p.stderr[-2000:]
+    p = train(job(tmp_path, data), tmp_path / "b", 1, "--bucket-mb", "1", check=2)
+    assert "--bucket-mb sizes the buckets" in p.stderr, p.stderr
+    p = train(job(tmp_path, data), tmp_path / "b", 2, "--bucket-mb", "1", "--zero", "1",
+              check=None)
+    assert p.returncode != 0 and "with --zero 1 the gradients are reduce-scattered" in p.stderr
+    # every GPU of the host, under mpirun too: there are none here (a GPU host runs it)
+    p = train(job(tmp_path, data), tmp_path / "c", 2, "--device", "cuda:all", check=None)
+    assert p.returncode == 0 or "--device cuda:all: no CUDA device" in p.stderr, p.stderr

@@ -394,3 +394,14 @@ def test_unknown_cuda_mode_is_refused(tmp_path, var, value, names):
         pytest.skip("this build has no CUDA backend")
     assert p.returncode != 0
     assert f"{var}: unknown mode '{value}' ({names})" in p.stderr, p.stderr
+
+
+def test_cuda_all_without_a_gpu_is_refused(tmp_path):
+    """--device cuda:all (every GPU of the host, one rank each: docs/distributed.md) on a host
+    with no GPU says so and exits 2 before any work; a host with GPUs runs it instead."""
+    p = run("train", "--demo", "--device", "cuda:all", "--out", str(tmp_path / "o"))
+    if p.returncode == 0:
+        pytest.skip("this host has a GPU")
+    assert p.returncode == 2, p.stderr
+    assert "--device cuda:all: no CUDA device on this host" in p.stderr, p.stderr
+    assert not (tmp_path / "o").exists()

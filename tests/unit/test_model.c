@@ -509,6 +509,78 @@ static void test_optimizer_shards(void **state) {
     free(tmp);
 }
 
+/* model_set_grad_hook: during the backward, what the hook is told is final is final — the
+ * gradients at and above final_from then equal those at the end, bit for bit — final_from never
+ * rises, ends at 0, and the layers above the embedding are reported before the end (what lets
+ * data parallelism start a bucket early); for the base and for a LoRA adapter (its buffer). A
+ * hook's error ends the backward. */
+typedef struct hook_log {
+    model *m;
+    size_t n;
+    int calls, early;
+    size_t last, from[16];
+    float *snap[16];
+} hook_log;
+
+static int record_hook(void *user, size_t final_from, chord_err *err) {
+    hook_log *h = user;
+    if (final_from > h->last) return chord_err_set(err, "final_from rose");
+    if (h->calls >= 16) return chord_err_set(err, "too many calls");
+    if (final_from > 0 && final_from < h->n) h->early++;
+    h->last = final_from;
+    h->from[h->calls] = final_from;
+    h->snap[h->calls] = malloc(h->n * sizeof(float));
+    if (!h->snap[h->calls]) return chord_err_set(err, "oom");
+    ops_to_host(h->m->ops, h->snap[h->calls], model_trainable_grads(h->m), h->n * sizeof(float));
+    h->calls++;
+    return 0;
+}
+
+static int failing_hook(void *user, size_t final_from, chord_err *err) {
+    (void)user;
+    (void)final_from;
+    return chord_err_set(err, "the hook says no");
+}
+
+static void check_grad_hook(model *m) {
+    chord_err err = {0};
+    hook_log h = {.m = m, .n = model_trainable_params(m), .last = (size_t)-1};
+    loss_of(m);
+    assert_int_equal(model_zero_grad(m, &err), 0);
+    model_set_grad_hook(m, record_hook, &h);
+    if (model_backward(m, W_LOGP, W_ENT, &err) != 0) fail_msg("backward: %s", err.msg);
+    model_set_grad_hook(m, NULL, NULL);
+    assert_int_equal(h.calls, m->cfg.num_hidden_layers + 2);
+    assert_true(h.last == 0 && h.early > 0);
+    float *end = malloc(h.n * sizeof(float));
+    assert_non_null(end);
+    ops_to_host(m->ops, end, model_trainable_grads(m), h.n * sizeof(float));
+    for (int c = 0; c < h.calls; c++) {
+        assert_memory_equal(h.snap[c] + h.from[c], end + h.from[c],
+                            (h.n - h.from[c]) * sizeof(float));
+        free(h.snap[c]);
+    }
+    free(end);
+    loss_of(m);
+    model_set_grad_hook(m, failing_hook, NULL);
+    expect_error(model_backward(m, W_LOGP, W_ENT, &err), &err, "the hook says no");
+    model_set_grad_hook(m, NULL, NULL);
+}
+
+static void test_grad_hook(void **state) {
+    fixture *f = *state;
+    f->m = make_model(f->ops, 1, 0, 21);
+    check_grad_hook(f->m);
+    model *tied = make_model(f->ops, 0, 1, 3);
+    check_grad_hook(tied);
+    model_free(tied);
+    chord_err err = {0};
+    model_lora_config lc = {
+        .rank = 2, .alpha = 4, .targets = (1u << MODEL_LORA_Q) | (1u << MODEL_LORA_DOWN)};
+    assert_int_equal(model_lora_attach(f->m, &lc, 7, &err), 0);
+    check_grad_hook(f->m);
+}
+
 /* ---- shared prefixes (model_batch.seg_parent) ----
  * Groups of responses to one prompt, and a lone sequence, laid out twice: unshared (every
  * response after its own copy of the prompt) and shared (the prompt but its last token once,
@@ -1030,6 +1102,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_missing_tensor, setup, teardown),
         cmocka_unit_test_setup_teardown(test_optimizer_state_resume, setup, teardown),
         cmocka_unit_test_setup_teardown(test_optimizer_shards, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_grad_hook, setup, teardown),
         cmocka_unit_test_setup_teardown(test_shared_prefix_qwen2_tied, setup, teardown),
         cmocka_unit_test_setup_teardown(test_shared_prefix_qwen3_untied, setup, teardown),
         cmocka_unit_test_setup_teardown(test_shared_prefix_bad_parents, setup, teardown),
