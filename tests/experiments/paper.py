@@ -519,6 +519,11 @@ def mean_of_tail(series, name, frac=0.2):
     return statistics.fmean(v for _, v in tail)
 
 
+def has_rollouts(run):
+    """A row that sampled (an SFT row has none: its entropy and length series are all 0)."""
+    return any(v for _, v in run["series"].get("response_len_mean") or [])
+
+
 def summarize(results, base_res):
     rows = []
     if base_res:
@@ -537,9 +542,10 @@ def summarize(results, base_res):
             "target": list(mean_std([r["final"]["target"] for r in runs])),
             "general": list(mean_std([r["final"]["general"] for r in runs])),
             "target_best": list(mean_std([max(e["target"] for e in r["eval"]) for r in runs])),
-            "entropy": list(mean_std([mean_of_tail(r["series"], "entropy") for r in runs])),
+            "entropy": list(mean_std([mean_of_tail(r["series"], "entropy")
+                                      for r in runs if has_rollouts(r)])),
             "response_len": list(mean_std([mean_of_tail(r["series"], "response_len_mean")
-                                           for r in runs])),
+                                           for r in runs if has_rollouts(r)])),
             "eval_len_chars": list(mean_std([r["final"]["eval_len_chars"] for r in runs])),
             "wall_s": list(mean_std([r["wall_s"] for r in runs])),
         })
@@ -632,7 +638,7 @@ def plot(results, out, meta):
     for ax, name, yl in [(axs[0], "entropy", "entropy of on-policy tokens"),
                          (axs[1], "response_len_mean", "rollout length (tokens)")]:
         for row in ROWS:
-            runs = [r for r in results.get(row) or [] if r["series"].get(name)]
+            runs = [r for r in results.get(row) or [] if r["series"].get(name) and has_rollouts(r)]
             if runs:
                 band(ax, row, [[tuple(p) for p in r["series"][name]] for r in runs])
         ax.set_xlabel("step")
@@ -644,6 +650,26 @@ def plot(results, out, meta):
     plt.close(fig)
     written.append("entropy_length.png")
     return written
+
+
+def render(out):
+    """Redraw table.md and the PNGs from out/results.json with this version of the script."""
+    path = os.path.join(out, "results.json")
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+        meta, runs = saved["meta"], saved["runs"]
+    except (OSError, ValueError, KeyError) as e:
+        sys.exit(f"paper.py --render: {path}: {e}")
+    table = summarize(runs, saved.get("base"))
+    with open(os.path.join(out, "table.md"), "w") as f:
+        f.write(table_md(table, meta))
+    pngs = plot(runs, out, meta)
+    saved["table"] = table
+    with open(path, "w") as f:
+        json.dump(saved, f, indent=1)
+    print(table_md(table, meta))
+    log(f"redrawn from {path}: table.md, " + ", ".join(pngs))
 
 
 # ---------------------------------------------------------------- main
@@ -658,6 +684,8 @@ def main(argv=None):
     ap.add_argument("--rows", default=",".join(ROWS), help="comma-separated subset of " + ",".join(ROWS))
     ap.add_argument("--eval-k", type=int, help="samples per eval prompt (default: the budget's)")
     srv = ap.add_mutually_exclusive_group(required=True)
+    srv.add_argument("--render", action="store_true", help="no training: redraw table.md and the "
+                     "PNGs of --out from its results.json (a finished or interrupted run)")
     srv.add_argument("--server", help="URL of a running chordd (needs --models-root unless --base-model)")
     srv.add_argument("--start-server", action="store_true", help="run build/chordd on a temp data dir")
     ap.add_argument("--chordd", default=os.environ.get("CHORDD", "build/chordd"))
@@ -681,6 +709,8 @@ def main(argv=None):
     ap.add_argument("--lr", type=float)
     args = ap.parse_args(argv)
 
+    if args.render:
+        return render(args.out)
     b = dict(BUDGETS[args.budget])
     for k in ("seeds", "steps", "n_eval", "lr"):
         if getattr(args, k) is not None:

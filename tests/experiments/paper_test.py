@@ -52,3 +52,20 @@ def test_small_budget_produces_table_json_and_plots(tmp_path):
     for png in ("accuracy.png", "retention.png", "mu.png", "entropy_length.png"):
         data = (out / png).read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 5000, png
+
+    # --render redraws the same table and plots from results.json alone (no server); the SFT
+    # row sampled nothing, so its entropy and rollout length are "—", not 0
+    for png in ("accuracy.png", "mu.png"):
+        (out / png).unlink()
+    (out / "table.md").unlink()
+    r = subprocess.run([sys.executable, os.path.join(HERE, "paper.py"), "--render", "--out",
+                        str(out)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert (out / "table.md").read_text() == md
+    for png in ("accuracy.png", "mu.png"):
+        assert (out / png).read_bytes().startswith(PNG_MAGIC), png
+    sft = next(t for t in table if t["row"] == "sft")
+    assert sft["entropy"] == [None, None] and sft["response_len"] == [None, None]
+    r = subprocess.run([sys.executable, os.path.join(HERE, "paper.py"), "--render", "--out",
+                        str(tmp_path / "nothing")], capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "results.json" in r.stderr
