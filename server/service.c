@@ -55,9 +55,10 @@ const char *svc_cursor(const char *after) {
     return after && *after ? after : NULL;
 }
 
-/* The cursor of a list item: its id, or a sample's "<step>.<index>". */
+/* The cursor of a list item: its id, an alias's name, or a sample's "<step>.<index>". */
 static json_t *item_cursor(const json_t *item) {
     const json_t *id = json_object_get(item, "id");
+    if (!json_is_string(id)) id = json_object_get(item, "name");
     if (json_is_string(id)) return json_string(json_string_value(id));
     char text[64];
     snprintf(text, sizeof text, "%lld.%lld",
@@ -110,6 +111,7 @@ json_t *svc_job_json(const store_job *j) {
     svc_json_put(o, "device", svc_json_str(j->device), &bad);
     svc_json_put(o, "cancel_requested", json_boolean(j->cancel_requested), &bad);
     svc_json_put(o, "config", config, &bad);
+    svc_job_pipeline_json(j, o, &bad);
     if (bad) {
         json_decref(o);
         return NULL;
@@ -465,7 +467,9 @@ int svc_open(const svc_options *opt, svc **out, chord_err *err) {
                          .user = s};
         if (tk_open(&to, &s->tinker, err)) goto fail;
     }
-    if (svc_webhooks_start(s, opt->webhook_url, opt->webhook_secret, err)) goto fail;
+    if (svc_webhooks_start(s, opt->webhook_url, opt->webhook_secret, err) ||
+        svc_pipeline_start(s, err))
+        goto fail;
     *out = s;
     return 0;
 fail:
@@ -498,6 +502,7 @@ void svc_shutdown(svc *s) {
 void svc_close(svc *s) {
     if (!s) return;
     svc_shutdown(s);
+    svc_pipeline_stop(s);
     svc_webhooks_stop(s); /* before the store handles close: its last pass uses one */
     hub_stop(s);
     tk_close(s->tinker);
@@ -647,14 +652,23 @@ int svc_job_create(svc *s, const json_t *doc, json_t **job, chord_err *err) {
         return chord_err_setc(err, CHORD_E_UNAVAILABLE, "server is stopping: not accepting jobs");
     job_config cfg = {0};
     store_checkpoint base = {0};
-    json_t *resolved = NULL, *from_checkpoint = NULL;
+    json_t *resolved = NULL, *from_checkpoint = NULL, *plain = NULL;
     char *text = NULL;
     int rc = -1;
+    svc_job_pipeline pipe;
     store *st = svc_store_get(s, err);
     if (!st) return -1;
-    if (job_model_checkpoint(st, doc, &from_checkpoint, &base, err) ||
-        jobconfig_from_json(from_checkpoint ? from_checkpoint : doc, &cfg, err))
+    /* the pipeline's fields ("promote", model.alias) off, then the job document jobconfig reads */
+    if (svc_job_pipeline_parse(st, doc, &plain, &pipe, err) ||
+        job_model_checkpoint(st, plain, &from_checkpoint, &base, err) ||
+        jobconfig_from_json(from_checkpoint ? from_checkpoint : plain, &cfg, err))
         goto done;
+    if (pipe.extra.promote_alias && (!cfg.data_eval || cfg.eval.every <= 0)) {
+        chord_err_set(err, "promote: needs an evaluation to gate on: give data.eval and "
+                           "eval.every > 0 (the final eval/accuracy is compared with "
+                           "promote.min_eval_accuracy)");
+        goto done;
+    }
     resolved = jobconfig_to_json(&cfg);
     if (!resolved) {
         oom(err);
@@ -692,7 +706,8 @@ int svc_job_create(svc *s, const json_t *doc, json_t **job, chord_err *err) {
         goto done;
     }
     store_job j = {0};
-    if (store_job_create_from(st, cfg.name, text, from_checkpoint ? base.id : NULL, &j, err))
+    if (store_job_create_ex(st, cfg.name, text, from_checkpoint ? base.id : NULL, &pipe.extra, &j,
+                            err))
         goto done;
     *job = svc_job_json(&j);
     LOG_INFO("job %s queued (%s, %s, %lld steps)", j.id, cfg.name,
@@ -708,6 +723,7 @@ done:
     free(text);
     json_decref(resolved);
     json_decref(from_checkpoint);
+    json_decref(plain);
     store_checkpoint_free(&base);
     svc_store_put(s, st);
     jobconfig_free(&cfg);
@@ -1020,6 +1036,7 @@ void svc_publish(svc *s, const char *id) {
         if (!strcmp(f->job_id, id)) feed_queue_locked(s, f);
     pthread_mutex_unlock(&s->hub_mu);
     svc_webhooks_wake(s); /* a final state or a checkpoint may be an event */
+    svc_pipeline_wake(s); /* or a promotion to decide */
 }
 
 /* A FINISHED feed leaves the table: nobody joins it, nothing polls it. */

@@ -206,6 +206,22 @@ int svc_model_list(svc *s, size_t offset, size_t limit, const char *after, json_
                    chord_err *err);
 const char *svc_models_root(const svc *s);
 
+/* ---- model aliases (docs/pipelines.md) ------------------------------------------------------
+ * An alias: {"name", "model_id", "created_at", "updated_at"}. A name is 1 to 64 of
+ * [A-Za-z0-9._-], starting with a letter or digit. Wherever a model is taken, {"alias": NAME}
+ * names the alias's model at submission: a job's "model": {"alias": NAME}, a rollout's
+ * "alias": NAME; the job or rollout records which alias and model it was. */
+
+/* doc: {"model": "mdl_…"} (a registered model; CHORD_E_INVALID naming model otherwise): creates
+ * the alias or moves it (an alias.moved webhook event when it changed). */
+int svc_alias_put(svc *s, const char *name, const json_t *doc, json_t **alias, chord_err *err);
+int svc_alias_get(svc *s, const char *name, json_t **alias, chord_err *err);
+/* Returns the alias as it was. Jobs that ask to promote to it later create it again. */
+int svc_alias_delete(svc *s, const char *name, json_t **alias, chord_err *err);
+/* By name (a page; the cursor is a name). */
+int svc_alias_list(svc *s, size_t offset, size_t limit, const char *after, json_t **list,
+                   chord_err *err);
+
 /* ---- the Tinker API's sessions (docs/tinker.md "State") -------------------------------------
  * A session: {"id", "sdk_version", "created_at", "finished_at", "finish_reason", "models":
  * [{"id", "kind": "training"|"sampler", "base_model", "lora_rank", "created_at", "ended_at",

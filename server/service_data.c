@@ -343,6 +343,26 @@ static json_t *model_json(const store_model *m) {
     return o;
 }
 
+int svc_checkpoint_model(svc *s, const char *field, const store_checkpoint *ck, char **config_text,
+                         chord_err *err) {
+    *config_text = NULL;
+    char weights[PATH_MAX];
+    model_config mc;
+    if (svc_model_dir_weights(s, field, ck->path, ck->path, weights, err)) return -1;
+    if (model_config_load(weights, &mc, err)) return chord_err_prefix(err, "%s", field);
+    if (svc_check_model_fits(s, &mc, err)) return -1;
+    char cfg_path[PATH_MAX + 16];
+    snprintf(cfg_path, sizeof cfg_path, "%s/config.json", weights);
+    size_t len;
+    if (chord_read_file(cfg_path, config_text, &len, err))
+        return chord_err_prefix(err, "%s", field);
+    return 0;
+}
+
+void svc_checkpoint_model_name(const store_checkpoint *ck, char name[64]) {
+    snprintf(name, 64, "%s-step-%lld", ck->job_id, (long long)ck->step);
+}
+
 /* {"name"?, "from_checkpoint": {"job_id", "step"?}}: a model whose files are the checkpoint's
  * directory, not copied; the checkpoint is pinned (store_model_insert_checkpoint). */
 static int model_from_checkpoint(svc *s, const char *name, const json_t *ref, json_t **model,
@@ -352,22 +372,10 @@ static int model_from_checkpoint(svc *s, const char *name, const json_t *ref, js
     store_checkpoint ck = {0};
     char *config_text = NULL;
     int rc = svc_checkpoint_ref(st, "from_checkpoint", ref, &ck, err);
-    if (rc == 0) {
-        char weights[PATH_MAX];
-        model_config mc;
-        rc = svc_model_dir_weights(s, "from_checkpoint", ck.path, ck.path, weights, err);
-        if (rc == 0 && model_config_load(weights, &mc, err))
-            rc = chord_err_prefix(err, "from_checkpoint");
-        if (rc == 0) rc = svc_check_model_fits(s, &mc, err);
-        char cfg_path[PATH_MAX + 16];
-        snprintf(cfg_path, sizeof cfg_path, "%s/config.json", weights);
-        size_t len;
-        if (rc == 0 && chord_read_file(cfg_path, &config_text, &len, err))
-            rc = chord_err_prefix(err, "from_checkpoint");
-    }
+    if (rc == 0) rc = svc_checkpoint_model(s, "from_checkpoint", &ck, &config_text, err);
     char fallback[64];
     if (rc == 0 && !name) {
-        snprintf(fallback, sizeof fallback, "%s-step-%lld", ck.job_id, (long long)ck.step);
+        svc_checkpoint_model_name(&ck, fallback);
         name = fallback;
     }
     store_model m = {0};
@@ -650,9 +658,9 @@ static int rollout_check_tokens(const svc *s, const json_t *req, chord_err *err)
 
 /* Checks the request and builds the resolved document for the generator (rollout.h). */
 static int rollout_resolve(svc *s, store *st, const json_t *doc, json_t *out, chord_err *err) {
-    static const char *const keys[] = {"prompts", "messages",    "model",  "checkpoint",
-                                       "n",       "temperature", "top_p",  "max_tokens",
-                                       "seed",    "answers",     "reward", NULL};
+    static const char *const keys[] = {
+        "prompts", "messages",   "model", "alias",   "checkpoint", "n", "temperature",
+        "top_p",   "max_tokens", "seed",  "answers", "reward",     NULL};
     if (!json_is_object(doc)) return chord_err_set(err, "body: must be a JSON object");
     if (chord_json_check_keys(doc, "", keys, err)) return -1;
     json_t *prompts = json_object_get(doc, "prompts"), *messages = json_object_get(doc, "messages");
@@ -689,11 +697,26 @@ static int rollout_resolve(svc *s, store *st, const json_t *doc, json_t *out, ch
         svc_json_put(out, "messages", json_deep_copy(messages), &bad);
     }
     json_t *model = json_object_get(doc, "model"), *ck = json_object_get(doc, "checkpoint");
-    if (model && ck) return chord_err_set(err, "model: give model or checkpoint, not both");
-    if (!model && !ck) return chord_err_set(err, "model: required (or checkpoint)");
+    json_t *alias = json_object_get(doc, "alias");
+    if (!!model + !!ck + !!alias > 1)
+        return chord_err_set(err, "model: give one of model, checkpoint or alias");
+    if (!model && !ck && !alias)
+        return chord_err_set(err, "model: required (or checkpoint, or alias)");
     char *dir = NULL, *tok = NULL;
     json_t *init = NULL;
-    if (model) {
+    char alias_model[STORE_ID_MAX];
+    if (alias) {
+        /* the alias's model now, recorded with the request */
+        if (!nonempty_string(alias)) return chord_err_set(err, "alias: must be an alias name");
+        if (svc_alias_ref(st, "alias", json_string_value(alias), alias_model, err)) return -1;
+        svc_json_put(
+            out, "alias",
+            json_pack("{s:s, s:s}", "name", json_string_value(alias), "model_id", alias_model),
+            &bad);
+        if (svc_resolve_model(s, st, "alias", alias_model, &dir, &init, &tok, err)) return -1;
+        svc_json_put(out, "checkpoint_dir", json_null(), &bad);
+        svc_json_put(out, "job_id", json_null(), &bad);
+    } else if (model) {
         if (!nonempty_string(model))
             return chord_err_set(err, "model: must be a model id or a directory");
         if (svc_resolve_model(s, st, "model", json_string_value(model), &dir, &init, &tok, err))

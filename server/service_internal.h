@@ -80,6 +80,14 @@ struct svc {
     pthread_t wh_thread;
     int wh_started;
 
+    /* the pipeline thread (service_promote.c): promotions, schedules */
+    pthread_mutex_t pl_mu;
+    pthread_cond_t pl_cv;
+    int pl_wake, pl_stop; /* (pl_mu) */
+    int pl_sync;          /* pl_mu and pl_cv initialised */
+    pthread_t pl_thread;
+    int pl_started;
+
     pthread_mutex_t idem_mu; /* keyed creates: lookup, create, record (service_pipeline.c) */
     int64_t idem_ttl_ms;     /* svc_options.idempotency_ttl_s */
 
@@ -116,7 +124,7 @@ json_t *svc_json_real(double v);
 void svc_json_put(json_t *obj, const char *key, json_t *value, int *bad);
 /* A page (service.h, "Every list is a page") from the up to limit + 1 items a list read (steals
  * items): one more than the page tells has_more and is dropped; next_cursor is the last kept
- * item's "id", or "<step>.<index>" for an item without one (a sample). */
+ * item's "id", else its "name" (an alias), else "<step>.<index>" (a sample). */
 json_t *svc_json_list(json_t *items, int64_t total, size_t offset, size_t limit);
 /* after as the store takes it: NULL for NULL or "". */
 const char *svc_cursor(const char *after);
@@ -157,6 +165,44 @@ int svc_dataset_ref(store *st, const char *field, const char *ref, const char *k
 int svc_upload_idem_begin(svc *s, store *st, const char *key, const char *kind, const char *name,
                           const char *sha256, char fp[65], json_t **replay, chord_err *err);
 void svc_upload_idem_end(svc *s, store *st, const char *key, const char *fp, const json_t *doc);
+
+/* A checkpoint as a model (one implementation: POST /v1/models {"from_checkpoint"} and a
+ * promotion): its weights directory checked (a LoRA adapter's base too), fitting a device;
+ * *config_text (malloc'd) its HF config.json. Errors name field. */
+int svc_checkpoint_model(svc *s, const char *field, const store_checkpoint *ck, char **config_text,
+                         chord_err *err);
+/* The default name of a model registered from a checkpoint: "<job_id>-step-<N>". */
+void svc_checkpoint_model_name(const store_checkpoint *ck, char name[64]);
+
+/* ---- aliases and eval gates (service_promote.c) ---------------------------------------------- */
+
+/* A job document's pipeline fields: "model": {"alias": NAME} (resolved now to the alias's
+ * model) and "promote": {"alias", "min_eval_accuracy"}. */
+typedef struct svc_job_pipeline {
+    char model_alias[STORE_ALIAS_MAX], alias_model_id[STORE_ID_MAX];
+    char promote_alias[STORE_ALIAS_MAX];
+    store_job_extra extra; /* points into the above (NULLs when absent) */
+} svc_job_pipeline;
+
+/* Takes the pipeline fields off doc: *plain (new reference) is doc without "promote" and with
+ * a model named by alias as {"path": <the model id>}; pipe what they said. Errors name the
+ * field (model.alias, promote.alias, promote.min_eval_accuracy). */
+int svc_job_pipeline_parse(store *st, const json_t *doc, json_t **plain, svc_job_pipeline *pipe,
+                           chord_err *err);
+/* Adds "model_alias", "promote" and "promotion" (null when none) to a job resource. */
+void svc_job_pipeline_json(const store_job *j, json_t *job, int *bad);
+/* The model alias `name` points at now; CHORD_E_INVALID naming field when there is none. */
+int svc_alias_ref(store *st, const char *field, const char *name, char model_id[STORE_ID_MAX],
+                  chord_err *err);
+#define SVC_PIPELINE_POLL_MS 250
+
+/* Starts the pipeline thread: it decides the promotions of jobs that ended (also those that
+ * ended while chordd was down) and fires schedules. */
+int svc_pipeline_start(svc *s, chord_err *err);
+/* Something happened (a job ended): the thread looks now. Cheap; any thread. */
+void svc_pipeline_wake(svc *s);
+/* Joins the thread (svc_close). Idempotent. */
+void svc_pipeline_stop(svc *s);
 
 /* ---- webhooks (service_webhooks.c) ----------------------------------------------------------- */
 

@@ -158,6 +158,37 @@ static const char *const migrations[STORE_SCHEMA_VERSION] = {
     "  UNIQUE (event, subject));"
     "CREATE INDEX webhook_deliveries_due ON webhook_deliveries (state, next_attempt_ms);"
     "CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+    /* 5 → 6: model aliases and their moves (alias.moved events), and a job's pipeline fields
+     * (store_pipeline.c): the alias its model was named by, its promotion request and outcome. */
+    "CREATE TABLE aliases ("
+    "  name TEXT PRIMARY KEY,"
+    "  model_id TEXT NOT NULL REFERENCES models (id),"
+    "  created_ms INTEGER NOT NULL,"
+    "  updated_ms INTEGER NOT NULL);"
+    "CREATE TABLE alias_moves ("
+    "  seq INTEGER PRIMARY KEY,"
+    "  id TEXT NOT NULL UNIQUE,"
+    "  alias TEXT NOT NULL,"
+    "  from_model_id TEXT," /* NULL: the alias was new */
+    "  to_model_id TEXT,"   /* NULL: the alias was deleted */
+    "  job_id TEXT,"        /* the job whose promotion moved it; NULL: a PUT or DELETE */
+    "  moved_ms INTEGER NOT NULL);"
+    "CREATE TABLE job_pipeline ("
+    "  job_id TEXT PRIMARY KEY REFERENCES jobs (id) ON DELETE CASCADE,"
+    "  model_alias TEXT,"
+    "  alias_model_id TEXT,"
+    "  promote_alias TEXT,"
+    "  min_eval_accuracy REAL,"
+    "  promotion_state TEXT"
+    "    CHECK (promotion_state IS NULL OR promotion_state IN ('pending', 'promoted', "
+    "'not_promoted')),"
+    "  promotion_reason TEXT,"
+    "  eval_accuracy REAL,"
+    "  eval_step INTEGER,"
+    "  promoted_model_id TEXT,"
+    "  decided_ms INTEGER);"
+    "CREATE INDEX job_pipeline_pending ON job_pipeline (promotion_state)"
+    "  WHERE promotion_state = 'pending';",
 };
 
 /* ---- SQLite helpers ----------------------------------------------------------------------- */

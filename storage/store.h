@@ -40,7 +40,7 @@
 
 #include "server/base/err.h"
 
-#define STORE_SCHEMA_VERSION 5
+#define STORE_SCHEMA_VERSION 6
 #define STORE_BUSY_TIMEOUT_MS 30000
 /* Longest id, with its prefix and NUL ("job_" + 24 hex digits + NUL = 29). */
 #define STORE_ID_MAX 40
@@ -189,7 +189,25 @@ typedef struct store_job {
     char *error;                                 /* failure (or cancel) text, or NULL */
     int64_t current_step; /* last step whose metrics were written; -1 before the first */
     char *device;         /* device it runs / last ran on, or NULL */
+    /* pipeline fields (store_pipeline.c; NULL / NaN / 0 when none): the alias the job's model
+     * was named by and the model it meant then; the promotion asked for ("promote") and its
+     * outcome: state "pending" | "promoted" | "not_promoted", why, the final eval accuracy and
+     * its step, the model registered from the final checkpoint, when it was decided */
+    char *model_alias, *alias_model_id;
+    char *promote_alias;
+    double min_eval_accuracy;
+    char *promotion_state, *promotion_reason, *promoted_model_id;
+    double eval_accuracy;
+    int64_t eval_step, decided_ms;
 } store_job;
+
+/* What a job carries besides its config, stored with it in one transaction: model_alias and
+ * alias_model_id (both or neither), promote_alias (NULL: no promotion) with its threshold. */
+typedef struct store_job_extra {
+    const char *model_alias, *alias_model_id;
+    const char *promote_alias;
+    double min_eval_accuracy;
+} store_job_extra;
 
 void store_job_free(store_job *j);
 void store_job_list_free(store_job *items, size_t n);
@@ -201,6 +219,10 @@ int store_job_create(store *s, const char *name, const char *config_json, store_
  * which is pinned from then on (store_checkpoint_keep_last never removes it). */
 int store_job_create_from(store *s, const char *name, const char *config_json,
                           const char *base_checkpoint_id, store_job *out, chord_err *err);
+/* The same with the pipeline fields of extra (NULL: none), in one transaction. */
+int store_job_create_ex(store *s, const char *name, const char *config_json,
+                        const char *base_checkpoint_id, const store_job_extra *extra,
+                        store_job *out, chord_err *err);
 int store_job_get(store *s, const char *id, store_job *out, chord_err *err);
 /* Lists jobs in `state`, or all when state is -1, newest first. */
 int store_job_list(store *s, int state, size_t offset, size_t limit, const char *after,
@@ -354,6 +376,59 @@ int store_rollout_get(store *s, const char *id, store_rollout *out, chord_err *e
 /* The ids of every pending rollout, oldest first (*ids: malloc'd, free it; NULL when none):
  * what a restarted server runs again. */
 int store_rollout_pending_ids(store *s, char (**ids)[STORE_ID_MAX], size_t *n, chord_err *err);
+
+/* ---- model aliases and promotions (store_pipeline.c) ----------------------------------------
+ * An alias is a name ("prod") pointing at a registered model; every change of what it points at
+ * (set, moved, deleted; by a PUT or by a job's promotion) is a row of alias_moves, from which the
+ * alias.moved webhook events are made. A job submitted with a promotion request has a pending
+ * promotion until it ends; the service then decides it (store_promote or store_promotion_refuse),
+ * each decision one transaction that only a pending promotion passes, so a decision is made
+ * once even if two passes race or chordd dies halfway. */
+
+#define STORE_ALIAS_MAX 65 /* 64 characters and the NUL */
+
+typedef struct store_alias {
+    char name[STORE_ALIAS_MAX];
+    char model_id[STORE_ID_MAX];
+    int64_t created_ms, updated_ms;
+} store_alias;
+
+/* Points alias `name` at model_id (a model that must exist: CHORD_E_NOT_FOUND), creating or
+ * moving it, and records the move unless it pointed there already. *moved (may be NULL): 1
+ * when something changed. out may be NULL. */
+int store_alias_put(store *s, const char *name, const char *model_id, store_alias *out, int *moved,
+                    chord_err *err);
+/* CHORD_E_NOT_FOUND when there is no such alias. */
+int store_alias_get(store *s, const char *name, store_alias *out, chord_err *err);
+/* Deletes it (recording the move to nothing); out (may be NULL) gets what it was. */
+int store_alias_delete(store *s, const char *name, store_alias *out, chord_err *err);
+/* By name; after (NULL: none) is a name: only those after it (it need not exist any more). */
+int store_alias_list(store *s, size_t offset, size_t limit, const char *after, store_alias **items,
+                     size_t *n, int64_t *total, chord_err *err);
+
+typedef struct store_promotion {
+    char job_id[STORE_ID_MAX];
+    char *alias;
+    double min_eval_accuracy;
+    store_job_state job_state;
+    double eval_accuracy; /* the job's last eval/accuracy metric; NaN when none */
+    int64_t eval_step;    /* its step; -1 when none */
+} store_promotion;
+
+/* The pending promotions of jobs that have ended, oldest first. */
+int store_promotions_due(store *s, store_promotion **items, size_t *n, chord_err *err);
+void store_promotions_free(store_promotion *items, size_t n);
+/* Decides a pending promotion: not promoted, for `reason`. CHORD_E_CONFLICT when it was not
+ * pending any more (decided already). */
+int store_promotion_refuse(store *s, const char *job_id, const char *reason, double eval_accuracy,
+                           int64_t eval_step, chord_err *err);
+/* Decides a pending promotion: promoted. One transaction: the model `model_name` over
+ * checkpoint_id (config_json its config, as store_model_insert_checkpoint) is inserted, the
+ * job's alias moves to it (recorded with the job), the job's promotion says so. model_id
+ * receives the new model's id. CHORD_E_CONFLICT when it was not pending any more. */
+int store_promote(store *s, const char *job_id, const char *model_name, const char *checkpoint_id,
+                  const char *config_json, double eval_accuracy, int64_t eval_step,
+                  char model_id[STORE_ID_MAX], chord_err *err);
 
 /* ---- idempotency keys ---------------------------------------------------------------------
  * The first result of a POST that carried an Idempotency-Key (docs/pipelines.md), kept so that

@@ -128,6 +128,17 @@ int storage_check_id(const char *id, const char *prefix, const char *what, chord
 
 /* ---- store_records.c ----------------------------------------------------------------------- */
 
+/* Inside the caller's write transaction: the model `id` over checkpoint_id (which must exist:
+ * CHORD_E_NOT_FOUND), pinning it. The one insert of a model from a checkpoint
+ * (store_model_insert_checkpoint, store_promote). */
+int storage_insert_checkpoint_model_locked(store *s, const char *id, const char *name,
+                                           const char *checkpoint_id, const char *config_json,
+                                           chord_err *err);
+/* Inside the caller's write transaction: a queued job `id` with its pipeline fields. */
+int storage_insert_job_locked(store *s, const char *id, const char *name, const char *config_json,
+                              const char *base_checkpoint_id, const store_job_extra *extra,
+                              chord_err *err);
+
 /* A job's state inside the caller's transaction; CHORD_E_NOT_FOUND for an unknown id. */
 int storage_job_state_locked(store *s, const char *id, store_job_state *state, chord_err *err);
 

@@ -3,6 +3,7 @@
  * files share (storage_read_list). Every write that reads first runs in one BEGIN IMMEDIATE so
  * the check and the change see the same state.
  * Calls store.c only; store_metrics.c and store_files.c call it (store_internal.h has the map). */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -259,32 +260,34 @@ int store_model_insert_checkpoint(store *s, const char *name, const char *checkp
     if (storage_new_id("mdl", id, err)) return -1;
     /* the check and the insert in one transaction: a checkpoint pruned meanwhile is not pinned */
     if (storage_begin_write(s, err)) return chord_err_prefix(err, "inserting model %s", name);
-    sqlite3_stmt *st;
-    if (storage_prepare_bound(s, "SELECT 1 FROM checkpoints WHERE id = ?1",
-                              STORAGE_VALUES(STORAGE_TEXT(checkpoint_id)), &st, err))
-        goto fail;
-    int rc = sqlite3_step(st);
-    sqlite3_finalize(st);
-    if (rc == SQLITE_DONE) {
-        chord_err_setc(err, CHORD_E_NOT_FOUND, "checkpoint %s not found", checkpoint_id);
-        goto fail;
-    }
-    if (rc != SQLITE_ROW) {
-        storage_sqlerr(s, err, rc, "reading checkpoint %s", checkpoint_id);
-        goto fail;
-    }
-    if (storage_run(s,
-                    "INSERT INTO models (id, name, directory, config_json, tokenizer_dir, "
-                    "created_ms, checkpoint_id) VALUES (?1, ?2, NULL, ?3, NULL, ?4, ?5)",
-                    STORAGE_VALUES(STORAGE_TEXT(id), STORAGE_TEXT(name), STORAGE_TEXT(config_json),
-                                   STORAGE_INT(store_now_ms()), STORAGE_TEXT(checkpoint_id)),
-                    err, "inserting model %s", name) ||
+    if (storage_insert_checkpoint_model_locked(s, id, name, checkpoint_id, config_json, err) ||
         storage_commit(s, err))
         goto fail;
     return out ? store_model_get(s, id, out, err) : 0;
 fail:
     storage_rollback(s);
     return -1;
+}
+
+int storage_insert_checkpoint_model_locked(store *s, const char *id, const char *name,
+                                           const char *checkpoint_id, const char *config_json,
+                                           chord_err *err) {
+    sqlite3_stmt *st;
+    if (storage_prepare_bound(s, "SELECT 1 FROM checkpoints WHERE id = ?1",
+                              STORAGE_VALUES(STORAGE_TEXT(checkpoint_id)), &st, err))
+        return -1;
+    int rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    if (rc == SQLITE_DONE)
+        return chord_err_setc(err, CHORD_E_NOT_FOUND, "checkpoint %s not found", checkpoint_id);
+    if (rc != SQLITE_ROW) return storage_sqlerr(s, err, rc, "reading checkpoint %s", checkpoint_id);
+    return storage_run(s,
+                       "INSERT INTO models (id, name, directory, config_json, tokenizer_dir, "
+                       "created_ms, checkpoint_id) VALUES (?1, ?2, NULL, ?3, NULL, ?4, ?5)",
+                       STORAGE_VALUES(STORAGE_TEXT(id), STORAGE_TEXT(name),
+                                      STORAGE_TEXT(config_json), STORAGE_INT(store_now_ms()),
+                                      STORAGE_TEXT(checkpoint_id)),
+                       err, "inserting model %s", name);
 }
 
 int store_model_get(store *s, const char *id, store_model *out, chord_err *err) {
@@ -348,7 +351,15 @@ void store_job_free(store_job *j) {
     free(j->config_json);
     free(j->error);
     free(j->device);
+    free(j->model_alias);
+    free(j->alias_model_id);
+    free(j->promote_alias);
+    free(j->promotion_state);
+    free(j->promotion_reason);
+    free(j->promoted_model_id);
     j->name = j->config_json = j->error = j->device = NULL;
+    j->model_alias = j->alias_model_id = j->promote_alias = NULL;
+    j->promotion_state = j->promotion_reason = j->promoted_model_id = NULL;
 }
 
 static void free_job_item(void *item) {
@@ -363,6 +374,41 @@ void store_job_list_free(store_job *items, size_t n) {
     "id, name, config_json, state, cancel_requested, created_ms, started_ms, finished_ms, "        \
     "error, current_step, device"
 
+/* The job's row of job_pipeline, if any (the caller's transaction, if any, holds). */
+static int read_job_pipeline(store *s, store_job *j, chord_err *err) {
+    j->min_eval_accuracy = NAN;
+    j->eval_accuracy = NAN;
+    j->eval_step = -1;
+    sqlite3_stmt *st;
+    if (storage_prepare_bound(s,
+                              "SELECT model_alias, alias_model_id, promote_alias, "
+                              "min_eval_accuracy, promotion_state, promotion_reason, "
+                              "eval_accuracy, eval_step, promoted_model_id, decided_ms "
+                              "FROM job_pipeline WHERE job_id = ?1",
+                              STORAGE_VALUES(STORAGE_TEXT(j->id)), &st, err))
+        return -1;
+    int rc = sqlite3_step(st), ret = 0;
+    if (rc == SQLITE_ROW) {
+        if (storage_col_text(st, 0, &j->model_alias) ||
+            storage_col_text(st, 1, &j->alias_model_id) ||
+            storage_col_text(st, 2, &j->promote_alias) ||
+            storage_col_text(st, 4, &j->promotion_state) ||
+            storage_col_text(st, 5, &j->promotion_reason) ||
+            storage_col_text(st, 8, &j->promoted_model_id))
+            ret = OOM(err, "job");
+        if (sqlite3_column_type(st, 3) != SQLITE_NULL)
+            j->min_eval_accuracy = sqlite3_column_double(st, 3);
+        if (sqlite3_column_type(st, 6) != SQLITE_NULL)
+            j->eval_accuracy = sqlite3_column_double(st, 6);
+        if (sqlite3_column_type(st, 7) != SQLITE_NULL) j->eval_step = sqlite3_column_int64(st, 7);
+        j->decided_ms = sqlite3_column_int64(st, 9);
+    } else if (rc != SQLITE_DONE) {
+        ret = storage_sqlerr(s, err, rc, "reading job %s's pipeline fields", j->id);
+    }
+    sqlite3_finalize(st);
+    return ret;
+}
+
 static int read_job(store *s, sqlite3_stmt *st, void *item, chord_err *err) {
     store_job *j = item;
     storage_col_copy(st, 0, j->id, sizeof j->id);
@@ -376,7 +422,7 @@ static int read_job(store *s, sqlite3_stmt *st, void *item, chord_err *err) {
     if (storage_col_text(st, 8, &j->error)) return OOM(err, "job");
     j->current_step = sqlite3_column_int64(st, 9);
     if (storage_col_text(st, 10, &j->device)) return OOM(err, "job");
-    return 0;
+    return read_job_pipeline(s, j, err);
 }
 
 int store_job_get(store *s, const char *id, store_job *out, chord_err *err) {
@@ -393,14 +439,35 @@ int store_job_create(store *s, const char *name, const char *config_json, store_
 
 int store_job_create_from(store *s, const char *name, const char *config_json,
                           const char *base_checkpoint_id, store_job *out, chord_err *err) {
+    return store_job_create_ex(s, name, config_json, base_checkpoint_id, NULL, out, err);
+}
+
+int store_job_create_ex(store *s, const char *name, const char *config_json,
+                        const char *base_checkpoint_id, const store_job_extra *extra,
+                        store_job *out, chord_err *err) {
     if (out) memset(out, 0, sizeof *out);
     if (base_checkpoint_id && storage_check_id(base_checkpoint_id, "ckpt", "checkpoint", err))
         return -1;
     if (!name || !*name) return chord_err_setc(err, CHORD_E_INVALID, "job: empty name");
     if (!config_json) return chord_err_setc(err, CHORD_E_INVALID, "job %s: no config", name);
     char id[STORE_ID_MAX];
-    if (storage_new_id("job", id, err) ||
-        storage_run(s,
+    if (storage_new_id("job", id, err)) return -1;
+    if (storage_begin_write(s, err)) return chord_err_prefix(err, "inserting job %s", name);
+    if (storage_insert_job_locked(s, id, name, config_json, base_checkpoint_id, extra, err)) {
+        storage_rollback(s);
+        return -1;
+    }
+    if (storage_commit(s, err)) {
+        storage_rollback(s);
+        return -1;
+    }
+    return out ? store_job_get(s, id, out, err) : 0;
+}
+
+int storage_insert_job_locked(store *s, const char *id, const char *name, const char *config_json,
+                              const char *base_checkpoint_id, const store_job_extra *extra,
+                              chord_err *err) {
+    if (storage_run(s,
                     base_checkpoint_id
                         ? "INSERT INTO jobs (id, name, config_json, state, created_ms, "
                           "base_checkpoint_id) VALUES (?1, ?2, ?3, 'queued', ?4, ?5)"
@@ -410,7 +477,16 @@ int store_job_create_from(store *s, const char *name, const char *config_json,
                                    STORAGE_INT(store_now_ms()), STORAGE_TEXT(base_checkpoint_id)),
                     err, "inserting job %s", name))
         return -1;
-    return out ? store_job_get(s, id, out, err) : 0;
+    if (!extra || (!extra->model_alias && !extra->promote_alias)) return 0;
+    return storage_run(
+        s,
+        "INSERT INTO job_pipeline (job_id, model_alias, alias_model_id, promote_alias, "
+        "min_eval_accuracy, promotion_state) VALUES (?1, ?2, ?3, ?4, ?5, "
+        "CASE WHEN ?4 IS NULL THEN NULL ELSE 'pending' END)",
+        STORAGE_VALUES(STORAGE_TEXT(id), STORAGE_TEXT(extra->model_alias),
+                       STORAGE_TEXT(extra->alias_model_id), STORAGE_TEXT(extra->promote_alias),
+                       STORAGE_REAL(extra->promote_alias ? extra->min_eval_accuracy : NAN)),
+        err, "inserting job %s's pipeline fields", name);
 }
 
 int store_job_list(store *s, int state, size_t offset, size_t limit, const char *after,

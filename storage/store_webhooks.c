@@ -79,7 +79,9 @@ int store_webhook_enable(store *s, int64_t now_ms, int64_t *since_ms, chord_err 
 }
 
 /* The payload is the standard-webhooks shape: {"type", "timestamp", "data"}. Checkpoints first,
- * so a job's last checkpoint.created goes out before its job.succeeded. */
+ * so a job's last checkpoint.created goes out before its job.succeeded; eval.completed (a job's
+ * last evaluation, once the job has ended: its step and every eval/ metric of that step) before
+ * its job.* event; alias.moved (alias_moves: a PUT, a DELETE or a promotion) last. */
 static const char *const collect_sql[] = {
     "INSERT OR IGNORE INTO webhook_deliveries (id, event, subject, payload, state, "
     "next_attempt_ms, created_ms) "
@@ -92,6 +94,20 @@ static const char *const collect_sql[] = {
     "w.subject = c.id) ORDER BY c.seq",
     "INSERT OR IGNORE INTO webhook_deliveries (id, event, subject, payload, state, "
     "next_attempt_ms, created_ms) "
+    "SELECT 'msg_' || lower(hex(randomblob(12))), 'eval.completed', e.id, "
+    "json_object('type', 'eval.completed', 'timestamp', "
+    "strftime('%Y-%m-%dT%H:%M:%fZ', e.finished_ms / 1000.0, 'unixepoch'), 'data', "
+    "json_object('job_id', e.id, 'name', e.name, 'state', e.state, 'step', e.step, 'metrics', "
+    "json((SELECT json_group_object(substr(m.name, 6), m.value) FROM metrics m WHERE "
+    "m.job_id = e.id AND m.step = e.step AND m.name LIKE 'eval/%')))), "
+    "'pending', ?2, ?2 FROM (SELECT j.id, j.name, j.state, j.finished_ms, j.seq, "
+    "(SELECT max(m.step) FROM metrics m WHERE m.job_id = j.id AND m.name = 'eval/accuracy') "
+    "AS step FROM jobs j WHERE j.state IN ('succeeded', 'failed', 'cancelled') AND "
+    "j.finished_ms >= ?1) e WHERE e.step IS NOT NULL AND "
+    "NOT EXISTS (SELECT 1 FROM webhook_deliveries w WHERE w.event = 'eval.completed' AND "
+    "w.subject = e.id) ORDER BY e.finished_ms, e.seq",
+    "INSERT OR IGNORE INTO webhook_deliveries (id, event, subject, payload, state, "
+    "next_attempt_ms, created_ms) "
     "SELECT 'msg_' || lower(hex(randomblob(12))), 'job.' || j.state, j.id, "
     "json_object('type', 'job.' || j.state, 'timestamp', "
     "strftime('%Y-%m-%dT%H:%M:%fZ', j.finished_ms / 1000.0, 'unixepoch'), 'data', "
@@ -100,6 +116,15 @@ static const char *const collect_sql[] = {
     "WHERE j.state IN ('succeeded', 'failed', 'cancelled') AND j.finished_ms >= ?1 AND "
     "NOT EXISTS (SELECT 1 FROM webhook_deliveries w WHERE w.event = 'job.' || j.state AND "
     "w.subject = j.id) ORDER BY j.finished_ms, j.seq",
+    "INSERT OR IGNORE INTO webhook_deliveries (id, event, subject, payload, state, "
+    "next_attempt_ms, created_ms) "
+    "SELECT 'msg_' || lower(hex(randomblob(12))), 'alias.moved', a.id, "
+    "json_object('type', 'alias.moved', 'timestamp', "
+    "strftime('%Y-%m-%dT%H:%M:%fZ', a.moved_ms / 1000.0, 'unixepoch'), 'data', "
+    "json_object('alias', a.alias, 'model_id', a.to_model_id, 'previous_model_id', "
+    "a.from_model_id, 'job_id', a.job_id)), 'pending', ?2, ?2 FROM alias_moves a "
+    "WHERE a.moved_ms >= ?1 AND NOT EXISTS (SELECT 1 FROM webhook_deliveries w WHERE "
+    "w.event = 'alias.moved' AND w.subject = a.id) ORDER BY a.seq",
 };
 
 int store_webhook_collect(store *s, int64_t since_ms, int64_t now_ms, int64_t *added,

@@ -262,6 +262,46 @@ static int get_rollout(gcall *c, const ProtobufCMessage *req_, unsigned char **o
     return reply(doc, &chord__v1__rollout_resource__descriptor, out, len, err);
 }
 
+/* ---- model aliases ------------------------------------------------------------------------ */
+
+static int set_alias(gcall *c, const ProtobufCMessage *req_, unsigned char **out, size_t *len,
+                     chord_err *err) {
+    REQ(Chord__V1__SetAliasRequest, r);
+    if (need_id(r->name, "name", err)) return -1;
+    json_t *doc = json_pack("{s:s}", "model", r->model ? r->model : ""), *alias = NULL;
+    if (!doc) return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
+    int rc = svc_alias_put(c->g->s, r->name, doc, &alias, err);
+    json_decref(doc);
+    return rc ? -1 : reply(alias, &chord__v1__alias__descriptor, out, len, err);
+}
+
+static int get_alias(gcall *c, const ProtobufCMessage *req_, unsigned char **out, size_t *len,
+                     chord_err *err) {
+    REQ(Chord__V1__GetAliasRequest, r);
+    json_t *doc = NULL;
+    if (need_id(r->name, "name", err) || svc_alias_get(c->g->s, r->name, &doc, err)) return -1;
+    return reply(doc, &chord__v1__alias__descriptor, out, len, err);
+}
+
+static int delete_alias(gcall *c, const ProtobufCMessage *req_, unsigned char **out, size_t *len,
+                        chord_err *err) {
+    REQ(Chord__V1__DeleteAliasRequest, r);
+    json_t *doc = NULL;
+    if (need_id(r->name, "name", err) || svc_alias_delete(c->g->s, r->name, &doc, err)) return -1;
+    return reply(doc, &chord__v1__alias__descriptor, out, len, err);
+}
+
+static int list_aliases(gcall *c, const ProtobufCMessage *req_, unsigned char **out, size_t *len,
+                        chord_err *err) {
+    REQ(Chord__V1__ListAliasesRequest, r);
+    size_t o = 0, l = 0;
+    json_t *doc = NULL;
+    if (paging(r->offset, r->limit, &o, &l, err) ||
+        svc_alias_list(c->g->s, o, l, r->after, &doc, err))
+        return -1;
+    return reply(doc, &chord__v1__list_aliases_response__descriptor, out, len, err);
+}
+
 /* ---- the Tinker API's sessions --------------------------------------------------------------- */
 
 static int list_tinker_sessions(gcall *c, const ProtobufCMessage *req_, unsigned char **out,
@@ -368,6 +408,11 @@ const gmethod api_grpc_methods[] = {
     UNARY("ListModels", list_models, chord__v1__list_models_request__descriptor, API_SCOPE_READ),
     UNARY("Rollout", rollout, chord__v1__rollout_request__descriptor, API_SCOPE_ADMIN),
     UNARY("GetRollout", get_rollout, chord__v1__get_rollout_request__descriptor, API_SCOPE_READ),
+    UNARY("SetAlias", set_alias, chord__v1__set_alias_request__descriptor, API_SCOPE_ADMIN),
+    UNARY("GetAlias", get_alias, chord__v1__get_alias_request__descriptor, API_SCOPE_READ),
+    UNARY("DeleteAlias", delete_alias, chord__v1__delete_alias_request__descriptor,
+          API_SCOPE_ADMIN),
+    UNARY("ListAliases", list_aliases, chord__v1__list_aliases_request__descriptor, API_SCOPE_READ),
     UNARY("ListTinkerSessions", list_tinker_sessions,
           chord__v1__list_tinker_sessions_request__descriptor, API_SCOPE_READ),
     UNARY("GetTinkerSession", get_tinker_session, chord__v1__get_tinker_session_request__descriptor,

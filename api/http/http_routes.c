@@ -123,6 +123,41 @@ static result get_model(http_req *r) {
     return reply(r, rc, 200, doc, &err);
 }
 
+/* ---- model aliases ------------------------------------------------------------------------ */
+
+static result put_alias(http_req *r) {
+    chord_err err = {0};
+    json_t *body = NULL, *doc = NULL;
+    int rc = http_body_json(r, &body, &err);
+    if (rc == 0) rc = svc_alias_put(r->h->s, r->params[0], body, &doc, &err);
+    json_decref(body);
+    return reply(r, rc, 200, doc, &err);
+}
+
+static result get_alias(http_req *r) {
+    chord_err err = {0};
+    json_t *doc = NULL;
+    int rc = svc_alias_get(r->h->s, r->params[0], &doc, &err);
+    return reply(r, rc, 200, doc, &err);
+}
+
+static result delete_alias(http_req *r) {
+    chord_err err = {0};
+    json_t *doc = NULL;
+    int rc = svc_alias_delete(r->h->s, r->params[0], &doc, &err);
+    return reply(r, rc, 200, doc, &err);
+}
+
+static result list_aliases(http_req *r) {
+    chord_err err = {0};
+    size_t offset, limit;
+    const char *after = NULL;
+    json_t *doc = NULL;
+    int rc = paging(r, &offset, &limit, &after, &err);
+    if (rc == 0) rc = svc_alias_list(r->h->s, offset, limit, after, &doc, &err);
+    return reply(r, rc, 200, doc, &err);
+}
+
 /* ---- jobs --------------------------------------------------------------------------------- */
 
 static result post_job(http_req *r) {
@@ -263,6 +298,10 @@ const http_route api_http_routes[] = {
     {"POST", "/v1/models", HTTP_BODY_JSON, post_model, API_SCOPE_ADMIN},
     {"GET", "/v1/models", HTTP_BODY_NONE, list_models, API_SCOPE_READ},
     {"GET", "/v1/models/{id}", HTTP_BODY_NONE, get_model, API_SCOPE_READ},
+    {"GET", "/v1/aliases", HTTP_BODY_NONE, list_aliases, API_SCOPE_READ},
+    {"PUT", "/v1/aliases/{name}", HTTP_BODY_JSON, put_alias, API_SCOPE_ADMIN},
+    {"GET", "/v1/aliases/{name}", HTTP_BODY_NONE, get_alias, API_SCOPE_READ},
+    {"DELETE", "/v1/aliases/{name}", HTTP_BODY_NONE, delete_alias, API_SCOPE_ADMIN},
     {"POST", "/v1/jobs", HTTP_BODY_JSON, post_job, API_SCOPE_ADMIN},
     {"GET", "/v1/jobs", HTTP_BODY_NONE, list_jobs, API_SCOPE_READ},
     {"GET", "/v1/jobs/{id}", HTTP_BODY_NONE, get_job, API_SCOPE_READ},

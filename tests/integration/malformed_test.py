@@ -460,6 +460,10 @@ class GrpcGen:
             "GetRollout": pb.GetRolloutRequest(id="roll_0"),
             "ListTinkerSessions": pb.ListTinkerSessionsRequest(limit=1),
             "GetTinkerSession": pb.GetTinkerSessionRequest(id="ses_0"),
+            "SetAlias": pb.SetAliasRequest(name="fuzz", model=ids["mdl"]),
+            "GetAlias": pb.GetAliasRequest(name="fuzz"),
+            "DeleteAlias": pb.DeleteAliasRequest(name="fuzz"),
+            "ListAliases": pb.ListAliasesRequest(limit=2, after="a"),
         }
         t["RegisterModel"].init.config.update(TINY_CONFIG)
         from grpc_health.v1 import health_pb2

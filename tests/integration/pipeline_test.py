@@ -598,3 +598,167 @@ def test_webhooks_outlive_sigkill(tmp_path):
     finally:
         srv.cleanup()
         rx.close()
+
+
+# ---- model aliases and eval gates ---------------------------------------------------------------
+
+def wait_promotion(srv, job_id, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        job = srv.get(f"/v1/jobs/{job_id}").json()
+        if job["promotion"] and job["promotion"]["state"] != "pending":
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"promotion of {job_id} not decided\n{srv.read_log()[-3000:]}")
+
+
+def gated_job(prompts, min_accuracy, **over):
+    doc = tiny_job(prompts, **({"steps": 2, "checkpoint_every": 2,
+                                "eval": {"every": 2, "k": 1, "max_new_tokens": 4,
+                                         "temperature": 0}} | over))
+    doc["data"]["eval"] = "gate-eval"
+    doc["model"] = {"alias": "prod"}
+    doc["promote"] = {"alias": "prod", "min_eval_accuracy": min_accuracy}
+    return doc
+
+
+def test_aliases_and_eval_gates(tmp_path):
+    key = os.urandom(24)
+    rx = Receiver(key)
+    srv = webhook_server(str(tmp_path), rx.url, key)
+    try:
+        srv.start()
+        ds = upload(srv, "prompts", jsonl(arith_prompts(8)), "gate-prompts").json()
+        assert upload(srv, "eval", jsonl(arith_prompts(4, seed=9)), "gate-eval").status == 201
+        m0 = srv.post("/v1/models", {"name": "base", "init": {"config": TINY_CONFIG}}).json()
+
+        # aliases: bad input names the field; PUT creates or moves, GET, list
+        assert_error(srv.request("PUT", "/v1/aliases/prod", {"model": "mdl_" + "0" * 24}),
+                     400, "invalid_argument", "model")
+        assert_error(srv.request("PUT", "/v1/aliases/prod", {"model": m0["id"], "x": 1}),
+                     400, "invalid_argument", "x")
+        assert_error(srv.request("PUT", "/v1/aliases/-x", {"model": m0["id"]}),
+                     400, "invalid_argument", "name")
+        assert srv.get("/v1/aliases/prod").status == 404
+        r = srv.request("PUT", "/v1/aliases/prod", {"model": m0["id"]})
+        assert r.status == 200 and r.json()["model_id"] == m0["id"], r
+        assert srv.get("/v1/aliases/prod").json()["model_id"] == m0["id"]
+        page = srv.get("/v1/aliases").json()
+        assert [a["name"] for a in page["items"]] == ["prod"] and page["next_cursor"] == "prod"
+
+        # refused at submission, naming the field
+        no_eval = tiny_job(ds["id"], steps=2)
+        no_eval["promote"] = {"alias": "prod", "min_eval_accuracy": 0.5}
+        assert_error(srv.post("/v1/jobs", no_eval), 400, "invalid_argument", "promote", "eval")
+        for promote, field in (({"alias": "prod"}, "promote.min_eval_accuracy"),
+                               ({"alias": "prod", "min_eval_accuracy": 2}, "promote.min_eval_accuracy"),
+                               ({"min_eval_accuracy": 0.5}, "promote.alias"),
+                               ({"alias": "prod", "min_eval_accuracy": 0.5, "y": 1}, "y")):
+            assert_error(srv.post("/v1/jobs", gated_job(ds["id"], 0) | {"promote": promote}),
+                         400, "invalid_argument", field)
+        unknown = gated_job(ds["id"], 0)
+        unknown["model"] = {"alias": "nope"}
+        assert_error(srv.post("/v1/jobs", unknown), 400, "invalid_argument", "model.alias")
+
+        # a job from the alias whose gate passes: its final checkpoint becomes the alias's model
+        r = srv.post("/v1/jobs", gated_job(ds["id"], 0.0))
+        assert r.status == 201, r
+        j1 = r.json()
+        assert j1["model_alias"] == {"name": "prod", "model_id": m0["id"]}
+        assert j1["promote"] == {"alias": "prod", "min_eval_accuracy": 0.0}
+        assert j1["promotion"]["state"] == "pending" and j1["promotion"]["promoted"] is False
+        j1 = wait_promotion(srv, j1["id"])
+        assert j1["state"] == "succeeded", j1
+        p1 = j1["promotion"]
+        assert p1["promoted"] is True and p1["state"] == "promoted" and p1["reason"] is None, p1
+        assert p1["eval_step"] == 2 and 0.0 <= p1["eval_accuracy"] <= 1.0, p1
+        m1 = srv.get(f"/v1/models/{p1['model_id']}").json()
+        assert m1["source"] == "checkpoint" and m1["checkpoint"]["job_id"] == j1["id"]
+        assert m1["checkpoint"]["step"] == 2
+        assert srv.get("/v1/aliases/prod").json()["model_id"] == m1["id"]
+
+        # the next run starts from it; a gate it cannot pass leaves the alias
+        r = srv.post("/v1/jobs", gated_job(ds["id"], 1.0, seed=8))
+        assert r.status == 201, r
+        j2 = r.json()
+        assert j2["model_alias"]["model_id"] == m1["id"]
+        assert j2["config"]["model"]["path"] == m1["path"]
+        j2 = wait_promotion(srv, j2["id"])
+        p2 = j2["promotion"]
+        assert p2["eval_accuracy"] < 1.0, p2  # a 2-step tiny model is never perfect
+        assert p2["promoted"] is False and p2["state"] == "not_promoted", p2
+        assert "below min_eval_accuracy" in p2["reason"] and p2["model_id"] is None, p2
+        assert srv.get("/v1/aliases/prod").json()["model_id"] == m1["id"]
+
+        # a job that does not succeed is not promoted either
+        r = srv.post("/v1/jobs", gated_job(ds["id"], 0.0, steps=500))
+        j3 = r.json()
+        srv.post(f"/v1/jobs/{j3['id']}/cancel")
+        j3 = wait_promotion(srv, j3["id"])
+        assert j3["promotion"]["promoted"] is False and "cancelled" in j3["promotion"]["reason"]
+        assert srv.get("/v1/aliases/prod").json()["model_id"] == m1["id"]
+
+        # rollouts take the alias too, and record what it named
+        r = srv.post("/v1/rollouts", {"alias": "prod", "prompts": ["Compute 2+2."],
+                                      "max_tokens": 2, "temperature": 0})
+        assert r.status == 202, r
+        assert r.json()["request"]["alias"] == {"name": "prod", "model_id": m1["id"]}
+        assert srv.wait_rollout(r.json()["id"])["state"] == "succeeded"
+        assert_error(srv.post("/v1/rollouts", {"alias": "prod", "model": m0["id"],
+                                               "prompts": ["x"]}), 400, "invalid_argument", "model")
+
+        # webhooks: eval.completed per job that evaluated, alias.moved for the PUT and the
+        # promotion, checked by the independent receiver
+        r = srv.request("DELETE", "/v1/aliases/prod")
+        assert r.status == 200 and r.json()["model_id"] == m1["id"]
+        assert srv.get("/v1/aliases/prod").status == 404
+        items = wait_deliveries(srv, lambda it: sum(d["event"] == "alias.moved" for d in it) == 3
+                                and all(d["state"] == "delivered" for d in it))
+        got = [b for _, b in rx.requests]
+        moves = [b["data"] for b in got if b["type"] == "alias.moved"]
+        assert moves == [
+            {"alias": "prod", "model_id": m0["id"], "previous_model_id": None, "job_id": None},
+            {"alias": "prod", "model_id": m1["id"], "previous_model_id": m0["id"],
+             "job_id": j1["id"]},
+            {"alias": "prod", "model_id": None, "previous_model_id": m1["id"], "job_id": None}]
+        evals = {b["data"]["job_id"]: b["data"] for b in got if b["type"] == "eval.completed"}
+        assert set(evals) == {j1["id"], j2["id"]}, got
+        assert evals[j1["id"]]["step"] == 2
+        assert evals[j1["id"]]["metrics"]["accuracy"] == p1["eval_accuracy"]
+        assert evals[j2["id"]]["metrics"]["accuracy"] == p2["eval_accuracy"]
+        assert not rx.bad, rx.bad
+    finally:
+        rx.close()
+        srv.stop()
+        srv.cleanup()
+
+
+def test_grpc_aliases(srv, trained):
+    pb = stubs()[0]
+    stub = srv.stub()
+    job, _ = trained
+    model = srv.post("/v1/models", {"from_checkpoint": {"job_id": job["id"]}}).json()
+    a = stub.SetAlias(pb.SetAliasRequest(name="g-prod", model=model["id"]), timeout=30)
+    assert_same(srv.get("/v1/aliases/g-prod").json(), a)
+    page = stub.ListAliases(pb.ListAliasesRequest(limit=1), timeout=30)
+    assert page.items[0].name == page.next_cursor
+    assert_same(srv.get("/v1/aliases?limit=1").json(), page)
+    assert stub.GetAlias(pb.GetAliasRequest(name="g-prod"), timeout=30).model_id == model["id"]
+    with pytest.raises(grpc.RpcError) as e:
+        stub.SetAlias(pb.SetAliasRequest(name="g-prod", model="mdl_nope"), timeout=30)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "model" in e.value.details()
+    # a job's pipeline fields over gRPC are REST's, field by field
+    doc = tiny_job("nightly", steps=1)
+    doc["model"] = {"alias": "g-prod"}
+    j = stub.CreateJob(pb.CreateJobRequest(job=to_struct(doc)), timeout=30)
+    assert j.model_alias.name == "g-prod" and j.model_alias.model_id == model["id"]
+    assert_same(srv.get(f"/v1/jobs/{j.id}").json() | {"state": j.state, "started_at": None,
+                                                      "device": None, "current_step": -1}, j)
+    r = stub.Rollout(pb.RolloutRequest(prompts=["Compute 2+2."], alias="g-prod", max_tokens=2),
+                     timeout=30)
+    assert srv.wait_rollout(r.id)["request"]["alias"]["model_id"] == model["id"]
+    assert stub.DeleteAlias(pb.DeleteAliasRequest(name="g-prod"), timeout=30).name == "g-prod"
+    with pytest.raises(grpc.RpcError) as e:
+        stub.GetAlias(pb.GetAliasRequest(name="g-prod"), timeout=30)
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    srv.wait_job(j.id, lambda x: x["state"] in ("succeeded", "failed"))

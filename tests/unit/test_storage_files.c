@@ -708,6 +708,125 @@ static void test_webhook_outbox(void **state) {
     scratch_remove(dir);
 }
 
+/* Aliases and promotions (store_pipeline.c): a PUT records a move only when it changes the
+ * alias; a promotion is decided once (the model, the alias's move and the outcome in one
+ * transaction; a second decision is a conflict); the model pins the checkpoint; the moves and
+ * the job's last eval become webhook events once each. */
+static void test_aliases_and_promotions(void **state) {
+    (void)state;
+    char dir[256];
+    scratch_make(dir);
+    store *s = open_ok(dir);
+    chord_err err = {0};
+    int64_t since = 0, added = 0;
+    assert_int_equal(store_webhook_enable(s, store_now_ms() - 1, &since, &err), 0);
+    store_model m0;
+    assert_int_equal(store_model_insert(s, "base", "/m", "{}", NULL, &m0, &err), 0);
+    int moved = -1;
+    store_alias a;
+    assert_int_equal(store_alias_put(s, "prod", m0.id, &a, &moved, &err), 0);
+    assert_int_equal(moved, 1);
+    assert_string_equal(a.model_id, m0.id);
+    assert_int_equal(store_alias_put(s, "prod", m0.id, NULL, &moved, &err), 0);
+    assert_int_equal(moved, 0);
+    assert_int_equal(store_alias_put(s, "prod", "mdl_000000000000000000000000", NULL, &moved, &err),
+                     -1);
+    assert_int_equal(err.code, CHORD_E_NOT_FOUND);
+    chord_err_clear(&err);
+    assert_int_equal(store_alias_put(s, "staging", m0.id, NULL, NULL, &err), 0);
+
+    /* a job with a promotion request, which ends with an eval and a checkpoint */
+    store_job_extra extra = {.model_alias = "prod",
+                             .alias_model_id = m0.id,
+                             .promote_alias = "prod",
+                             .min_eval_accuracy = 0.5};
+    store_job j;
+    assert_int_equal(store_job_create_ex(s, "gated", "{\"steps\": 2}", NULL, &extra, &j, &err), 0);
+    assert_string_equal(j.promotion_state, "pending");
+    assert_string_equal(j.model_alias, "prod");
+    assert_true(j.min_eval_accuracy == 0.5);
+    char job[STORE_ID_MAX];
+    snprintf(job, sizeof job, "%s", j.id);
+    store_job_free(&j);
+    assert_int_equal(store_job_transition(s, job, STORE_JOB_RUNNING, NULL, "cpu", NULL, &err), 0);
+    const char *names[] = {"eval/accuracy", "eval/pass_at_k"};
+    double values[] = {0.75, 1.0};
+    assert_int_equal(store_put_step_metrics(s, job, 2, names, values, 2, &err), 0);
+    store_checkpoint ck;
+    commit_checkpoint(s, job, 2, &ck);
+    store_promotion *due = NULL;
+    size_t n = 0;
+    assert_int_equal(store_promotions_due(s, &due, &n, &err), 0);
+    assert_int_equal(n, 0); /* still running */
+    assert_int_equal(store_job_transition(s, job, STORE_JOB_SUCCEEDED, NULL, NULL, NULL, &err), 0);
+    assert_int_equal(store_promotions_due(s, &due, &n, &err), 0);
+    assert_int_equal(n, 1);
+    assert_string_equal(due[0].job_id, job);
+    assert_string_equal(due[0].alias, "prod");
+    assert_true(due[0].eval_accuracy == 0.75 && due[0].eval_step == 2);
+    assert_int_equal(due[0].job_state, STORE_JOB_SUCCEEDED);
+    store_promotions_free(due, n);
+
+    char model[STORE_ID_MAX];
+    assert_int_equal(store_promote(s, job, "promoted", ck.id, "{}", 0.75, 2, model, &err), 0);
+    assert_int_equal(store_promote(s, job, "again", ck.id, "{}", 0.75, 2, model, &err), -1);
+    assert_int_equal(err.code, CHORD_E_CONFLICT);
+    chord_err_clear(&err);
+    assert_int_equal(store_promotion_refuse(s, job, "late", 0.75, 2, &err), -1);
+    assert_int_equal(err.code, CHORD_E_CONFLICT);
+    chord_err_clear(&err);
+    assert_int_equal(store_promotions_due(s, &due, &n, &err), 0);
+    assert_int_equal(n, 0);
+    assert_int_equal(store_alias_get(s, "prod", &a, &err), 0);
+    char promoted[STORE_ID_MAX];
+    snprintf(promoted, sizeof promoted, "%s", a.model_id);
+    assert_int_equal(strncmp(promoted, "mdl_", 4), 0);
+    store_model m1;
+    assert_int_equal(store_model_get(s, promoted, &m1, &err), 0);
+    assert_string_equal(m1.checkpoint_id, ck.id); /* pinned */
+    store_model_free(&m1);
+    assert_int_equal(store_job_get(s, job, &j, &err), 0);
+    assert_string_equal(j.promotion_state, "promoted");
+    assert_string_equal(j.promoted_model_id, promoted);
+    assert_true(j.eval_accuracy == 0.75 && j.decided_ms > 0);
+    store_job_free(&j);
+
+    /* the list by name, with a cursor that need not exist any more */
+    store_alias *items = NULL;
+    int64_t total = 0;
+    assert_int_equal(store_alias_list(s, 0, 0, "p", &items, &n, &total, &err), 0);
+    assert_int_equal(total, 2);
+    assert_int_equal(n, 2);
+    assert_string_equal(items[0].name, "prod");
+    assert_string_equal(items[1].name, "staging");
+    free(items);
+    assert_int_equal(store_alias_delete(s, "staging", &a, &err), 0);
+    assert_string_equal(a.model_id, m0.id);
+    assert_int_equal(store_alias_delete(s, "staging", NULL, &err), -1);
+    assert_int_equal(err.code, CHORD_E_NOT_FOUND);
+    chord_err_clear(&err);
+
+    /* prod set, staging set, prod moved, staging deleted; one eval; the job; the checkpoint */
+    assert_int_equal(store_webhook_collect(s, since, store_now_ms(), &added, &err), 0);
+    assert_int_equal(added, 7);
+    assert_int_equal(store_webhook_collect(s, since, store_now_ms(), &added, &err), 0);
+    assert_int_equal(added, 0);
+    store_webhook *hooks = NULL;
+    assert_int_equal(store_webhook_due(s, store_now_ms(), 0, &hooks, &n, &err), 0);
+    assert_int_equal(n, 7);
+    assert_string_equal(hooks[1].event, "eval.completed");
+    assert_non_null(strstr(hooks[1].payload, "\"metrics\":{\"accuracy\":0.75,\"pass_at_k\":1.0}"));
+    assert_string_equal(hooks[2].event, "job.succeeded");
+    assert_string_equal(hooks[5].event, "alias.moved");
+    assert_non_null(strstr(hooks[5].payload, job));
+    assert_non_null(strstr(hooks[5].payload, promoted));
+    store_webhook_list_free(hooks, n);
+    store_model_free(&m0);
+    store_checkpoint_free(&ck);
+    store_close(s);
+    scratch_remove(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dataset_upload),
@@ -720,6 +839,7 @@ int main(void) {
         cmocka_unit_test(test_recovery_once_per_directory_open),
         cmocka_unit_test(test_checkpoint_pins_and_dataset_names),
         cmocka_unit_test(test_webhook_outbox),
+        cmocka_unit_test(test_aliases_and_promotions),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
