@@ -3,11 +3,15 @@
 # same job (the same global batch) with 1, 2, ... N ranks under mpirun, and a table of the mean
 # step time, the job's training and rollout throughput, and the speed-up over one rank.
 #
-# Usage: scripts/scaling.sh [-n MAX_RANKS] [-d DEVICE] [-t THREADS] [-s STEPS] [JOB.json]
+# Usage: scripts/scaling.sh [-n MAX_RANKS] [-d DEVICE] [-t THREADS] [-s STEPS] [-z] [-b MB]
+#                          [JOB.json]
 #   -n  the largest rank count (default: the GPUs on this host with -d cuda, else 2)
 #   -d  cpu | cuda (default cpu; cuda: one GPU per rank, NCCL sums the gradients)
 #   -t  OpenMP threads per rank with -d cpu (default: the cores / N, at least 1)
 #   -s  steps per run (default 30; the first 5 are left out of the means as warm-up)
+#   -z  ZeRO-1 (--zero 1) on 2 ranks and more; the table's "moments/rank" column says what each
+#       rank kept (rank 0's log line)
+#   -b  the gradient bucket size in MiB (--bucket-mb; default chordd's 25, 0: one sum)
 #   JOB the job document (default: chordd's embedded demo job, `chordd train --demo`)
 # Environment: CHORDD (default build/chordd), MPIRUN_ARGS (more mpirun options: a hostfile, ...).
 # Every run writes under a temporary directory, removed at the end. As root, Open MPI's
@@ -21,13 +25,17 @@ max=""
 device=cpu
 threads=""
 steps=30
-while getopts "n:d:t:s:" o; do
+zero=0
+bucket=""
+while getopts "n:d:t:s:zb:" o; do
     case $o in
     n) max=$OPTARG ;;
     d) device=$OPTARG ;;
     t) threads=$OPTARG ;;
     s) steps=$OPTARG ;;
-    *) sed -n '2,16p' "$0"; exit 2 ;;
+    z) zero=1 ;;
+    b) bucket=$OPTARG ;;
+    *) sed -n '2,20p' "$0"; exit 2 ;;
     esac
 done
 shift $((OPTIND - 1))
@@ -49,17 +57,21 @@ trap 'rm -rf "$tmp"' EXIT
 jobargs=(--demo)
 [ -n "$job" ] && jobargs=("$job")
 
-printf '%s, device %s, %s steps (means over steps 6..%s), job %s\n' "$(date -u +%FT%TZ)" \
-    "$device" "$steps" "$steps" "${job:-the demo}"
-printf '| ranks | threads/rank | step (s) | train tokens/s | rollout tokens/s | speed-up |\n'
-printf '|---:|---:|---:|---:|---:|---:|\n'
+printf '%s, device %s, %s steps (means over steps 6..%s), job %s%s%s\n' "$(date -u +%FT%TZ)" \
+    "$device" "$steps" "$steps" "${job:-the demo}" "$([ $zero = 1 ] && echo ', ZeRO-1')" \
+    "${bucket:+, buckets of $bucket MiB}"
+printf '| ranks | threads/rank | step (s) | train tokens/s | rollout tokens/s | speed-up | moments/rank |\n'
+printf '|---:|---:|---:|---:|---:|---:|---:|\n'
 base=""
 for ((n = 1; n <= max; n++)); do
     t=${threads:-$(($(nproc) / n > 0 ? $(nproc) / n : 1))}
     out=$tmp/r$n
+    distargs=()
+    [ "$n" -gt 1 ] && [ "$zero" = 1 ] && distargs+=(--zero 1)
+    [ "$n" -gt 1 ] && [ -n "$bucket" ] && [ "$zero" = 0 ] && distargs+=(--bucket-mb "$bucket")
     mpirun -np "$n" --oversubscribe --bind-to none ${MPIRUN_ARGS:-} \
         "$chordd" train "${jobargs[@]}" --out "$out" --metrics-out "$out.jsonl" --steps "$steps" \
-        --device "$device" --threads "$t" --quiet --dist-timeout 600 >"$out.log" 2>&1 ||
+        --device "$device" --threads "$t" --dist-timeout 600 "${distargs[@]}" >"$out.log" 2>&1 ||
         { echo "scaling: $n ranks failed:"; tail -20 "$out.log"; exit 1; }
     read -r step train rollout < <(python3 - "$out.jsonl" <<'EOF'
 import json, sys
@@ -70,5 +82,7 @@ EOF
 )
     base=${base:-$step}
     speed=$(python3 -c "print(f'{$base / $step:.2f}')")
-    printf '| %d | %d | %s | %s | %s | %s |\n' "$n" "$t" "$step" "$train" "$rollout" "$speed"
+    moments=$(sed -n 's/.*ZeRO-1: .*: \([0-9.]* MB\) per rank.*/\1/p' "$out.log" | head -1)
+    printf '| %d | %d | %s | %s | %s | %s | %s |\n' "$n" "$t" "$step" "$train" "$rollout" "$speed" \
+        "${moments:-all}"
 done

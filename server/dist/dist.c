@@ -36,6 +36,7 @@ struct dist_ctx {
 #ifdef CHORD_HAVE_MPI
     MPI_Comm comm;
     int mpi_initialized; /* by us: finalized by dist_close */
+    size_t chunk, whole; /* elements per MPI call; ZeRO-1's in one call (mpi_allreduce) */
 #endif
 };
 
@@ -288,14 +289,18 @@ static int finish(dist_ctx *d, MPI_Request *req, const char *what, chord_err *er
     return w;
 }
 
-/* MPI counts are int: large buffers go in chunks. */
-#define DIST_CHUNK ((size_t)1 << 30)
+/* MPI counts are int: large buffers go in chunks of d->chunk elements (2^30), and ZeRO-1's
+ * collectives, whose displacements are int too, slice by slice above d->whole (INT_MAX)
+ * elements. The environment variable CHORD_DIST_MAX_COUNT (tests only: integration.mpi
+ * [zero_split]) lowers both, so that the paths of buffers over 2^31 floats run on a tiny
+ * model. */
+#define DIST_CHUNK_MAX ((size_t)1 << 30)
 
 static int mpi_allreduce(dist_ctx *d, void *buf, size_t n, size_t elem, MPI_Datatype type,
                          MPI_Op op, const char *what, chord_err *err) {
     if (arrive(d, what, err) != 0) return -1;
-    for (size_t off = 0; off < n; off += DIST_CHUNK) {
-        size_t k = n - off < DIST_CHUNK ? n - off : DIST_CHUNK;
+    for (size_t off = 0; off < n; off += d->chunk) {
+        size_t k = n - off < d->chunk ? n - off : d->chunk;
         MPI_Request req;
         int rc =
             MPI_Iallreduce(MPI_IN_PLACE, (char *)buf + off * elem, (int)k, type, op, d->comm, &req);
@@ -331,7 +336,7 @@ static int mpi_reduce_scatter(dist_ctx *d, float *buf, size_t n, const char *wha
     size_t lo, hi;
     dist_slice(d, n, d->rank, &lo, &hi);
     MPI_Request req;
-    if (n <= (size_t)INT_MAX) {
+    if (n <= d->whole) {
         int *counts, *displs, rc = -1;
         if (slices_of(d, n, &counts, &displs, err) != 0) return -1;
         float *mine = malloc((hi > lo ? hi - lo : 1) * sizeof *mine);
@@ -354,8 +359,8 @@ static int mpi_reduce_scatter(dist_ctx *d, float *buf, size_t n, const char *wha
     for (int r = 0; r < d->size; r++) {
         size_t rlo, rhi;
         dist_slice(d, n, r, &rlo, &rhi);
-        for (size_t off = rlo; off < rhi; off += DIST_CHUNK) {
-            int k = (int)(rhi - off < DIST_CHUNK ? rhi - off : DIST_CHUNK);
+        for (size_t off = rlo; off < rhi; off += d->chunk) {
+            int k = (int)(rhi - off < d->chunk ? rhi - off : d->chunk);
             int mrc = MPI_Ireduce(r == d->rank ? MPI_IN_PLACE : buf + off, buf + off, k, MPI_FLOAT,
                                   MPI_SUM, r, d->comm, &req);
             if (mrc != MPI_SUCCESS) return mpi_error(mrc, what, err);
@@ -368,7 +373,7 @@ static int mpi_reduce_scatter(dist_ctx *d, float *buf, size_t n, const char *wha
 static int mpi_allgather(dist_ctx *d, float *buf, size_t n, const char *what, chord_err *err) {
     if (arrive(d, what, err) != 0) return -1;
     MPI_Request req;
-    if (n <= (size_t)INT_MAX) {
+    if (n <= d->whole) {
         int *counts, *displs, rc = -1;
         if (slices_of(d, n, &counts, &displs, err) != 0) return -1;
         int mrc = MPI_Iallgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, counts, displs,
@@ -384,8 +389,8 @@ static int mpi_allgather(dist_ctx *d, float *buf, size_t n, const char *what, ch
     for (int r = 0; r < d->size; r++) {
         size_t rlo, rhi;
         dist_slice(d, n, r, &rlo, &rhi);
-        for (size_t off = rlo; off < rhi; off += DIST_CHUNK) {
-            int k = (int)(rhi - off < DIST_CHUNK ? rhi - off : DIST_CHUNK);
+        for (size_t off = rlo; off < rhi; off += d->chunk) {
+            int k = (int)(rhi - off < d->chunk ? rhi - off : d->chunk);
             int mrc = MPI_Ibcast(buf + off, k, MPI_FLOAT, r, d->comm, &req);
             if (mrc != MPI_SUCCESS) return mpi_error(mrc, what, err);
             if (finish(d, &req, what, err) != 0) return -1;
@@ -402,7 +407,7 @@ static int mpi_gather_slices(dist_ctx *d, const float *mine, size_t n, float *al
     size_t lo, hi;
     dist_slice(d, n, d->rank, &lo, &hi);
     MPI_Request req;
-    if (n <= (size_t)INT_MAX) {
+    if (n <= d->whole) {
         int *counts, *displs, rc = -1;
         if (slices_of(d, n, &counts, &displs, err) != 0) return -1;
         int mrc = MPI_Igatherv(mine, (int)(hi - lo), MPI_FLOAT, all, counts, displs, MPI_FLOAT,
@@ -420,8 +425,8 @@ static int mpi_gather_slices(dist_ctx *d, const float *mine, size_t n, float *al
         if (r == root || (d->rank != root && d->rank != r)) continue;
         size_t rlo, rhi;
         dist_slice(d, n, r, &rlo, &rhi);
-        for (size_t off = rlo; off < rhi; off += DIST_CHUNK) {
-            int k = (int)(rhi - off < DIST_CHUNK ? rhi - off : DIST_CHUNK);
+        for (size_t off = rlo; off < rhi; off += d->chunk) {
+            int k = (int)(rhi - off < d->chunk ? rhi - off : d->chunk);
             int mrc =
                 d->rank == root
                     ? MPI_Irecv(all + off, k, MPI_FLOAT, r, TAG_SLICE, d->comm, &req)
@@ -454,6 +459,18 @@ static int mpi_open(dist_ctx *d, chord_err *err) {
     if (rc == MPI_SUCCESS) rc = MPI_Comm_size(node, &d->local_size);
     if (rc == MPI_SUCCESS) rc = MPI_Comm_free(&node);
     if (rc != MPI_SUCCESS) return mpi_error(rc, "the host's ranks", err);
+    d->chunk = DIST_CHUNK_MAX;
+    d->whole = (size_t)INT_MAX;
+    const char *cap = getenv("CHORD_DIST_MAX_COUNT");
+    if (cap && *cap) {
+        char *end = NULL;
+        long long v = strtoll(cap, &end, 10);
+        if (*end || v < 1 || v > INT_MAX)
+            return chord_err_set(
+                err, "CHORD_DIST_MAX_COUNT: must be an integer in [1, %d], got '%s'", INT_MAX, cap);
+        d->whole = (size_t)v;
+        if (d->chunk > d->whole) d->chunk = d->whole;
+    }
     d->kind = DIST_MPI;
     return 0;
 }
@@ -562,8 +579,8 @@ int dist_broadcast(dist_ctx *d, void *buf, size_t bytes, int root, const char *w
     d->count++;
 #ifdef CHORD_HAVE_MPI
     if (arrive(d, what, err) != 0) return -1;
-    for (size_t off = 0; off < bytes; off += DIST_CHUNK) {
-        size_t k = bytes - off < DIST_CHUNK ? bytes - off : DIST_CHUNK;
+    for (size_t off = 0; off < bytes; off += d->chunk) {
+        size_t k = bytes - off < d->chunk ? bytes - off : d->chunk;
         MPI_Request req;
         int rc = MPI_Ibcast((char *)buf + off, (int)k, MPI_BYTE, root, d->comm, &req);
         if (rc != MPI_SUCCESS) return mpi_error(rc, what, err);
@@ -809,7 +826,7 @@ void dist_sums_free(dist_sums *s) {
 /* Posts the chunks of one sum, and lets MPI progress the earlier ones (Open MPI moves a
  * non-blocking collective forward only inside MPI calls). */
 static int mpi_isum(dist_ctx *d, dist_sums *s, float *buf, size_t n, chord_err *err) {
-    for (size_t off = 0; off < n; off += DIST_CHUNK) {
+    for (size_t off = 0; off < n; off += d->chunk) {
         if (s->n_reqs == s->cap) {
             int cap = s->cap ? 2 * s->cap : 16;
             MPI_Request *r = realloc(s->reqs, (size_t)cap * sizeof *r);
@@ -817,7 +834,7 @@ static int mpi_isum(dist_ctx *d, dist_sums *s, float *buf, size_t n, chord_err *
             s->reqs = r;
             s->cap = cap;
         }
-        size_t k = n - off < DIST_CHUNK ? n - off : DIST_CHUNK;
+        size_t k = n - off < d->chunk ? n - off : d->chunk;
         int rc = MPI_Iallreduce(MPI_IN_PLACE, buf + off, (int)k, MPI_FLOAT, MPI_SUM, d->comm,
                                 &s->reqs[s->n_reqs]);
         if (rc != MPI_SUCCESS) return mpi_error(rc, s->what, err);

@@ -46,14 +46,14 @@ def mpirun_args(n):
     return [MPIRUN, "-np", str(n), "--oversubscribe", "--bind-to", "none"]
 
 
-def train(job_path, out, ranks, *extra, check=0, timeout=120, threads="1", quiet=True):
+def train(job_path, out, ranks, *extra, check=0, timeout=120, threads="1", quiet=True, env=None):
     cmd = [CHORDD, "train", job_path, "--out", str(out), "--metrics-out", str(out) + ".jsonl",
            "--samples-out", str(out) + ".samples.jsonl", *extra]
     cmd += ["--threads", threads] if threads else []
     cmd += ["--quiet"] if quiet else []
     if ranks > 1:
         cmd = mpirun_args(ranks) + cmd
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ENV)
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ENV | (env or {}))
     if check is not None:
         assert p.returncode == check, (p.returncode, p.stdout[-3000:], p.stderr[-3000:])
     return p
@@ -166,7 +166,7 @@ def assert_same_moments(one, two, steps):
 
 
 @pytest.mark.parametrize("variant", ["sft", "chord", "grpo", "dapo", "lora", "zero",
-                                     "zero_lora", "buckets"])
+                                     "zero_lora", "zero_split", "buckets"])
 def test_two_ranks_equal_one_process(tmp_path, data, variant):
     over, weights, resume = {}, "model.safetensors", False
     if variant == "sft":
@@ -218,6 +218,12 @@ def test_two_ranks_equal_one_process(tmp_path, data, variant):
         for f in ("model.safetensors", "optimizer.safetensors"):
             w1, w2 = (load_file(f"{d}/checkpoints/step_6/{f}") for d in (whole, two))
             assert all(np.array_equal(w1[k], w2[k]) for k in w1), f
+    elif variant == "zero_split":  # MPI calls of at most 1000 floats: the >2^31-float paths
+        train(path, two, 2, "--zero", "1", "--stop-after", "3",
+              env={"CHORD_DIST_MAX_COUNT": "1000"})
+        train(path, two, 2, "--zero", "1", "--resume", env={"CHORD_DIST_MAX_COUNT": "999"})
+        p = train(path, two, 2, "--zero", "1", check=None, env={"CHORD_DIST_MAX_COUNT": "0"})
+        assert p.returncode != 0 and "CHORD_DIST_MAX_COUNT: must be an integer" in p.stderr
     elif variant == "zero_lora":
         p = train(path, two, 2, "--zero", "1", quiet=False)
         assert "ZeRO-1: AdamW moments of" in p.stderr, p.stderr[-3000:]
