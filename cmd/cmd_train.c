@@ -350,9 +350,6 @@ int cmd_train(int argc, char **argv) {
     else if (bucket_given && ranks == 1)
         refused = "--bucket-mb sizes the buckets of the gradients summed over the ranks of an "
                   "mpirun job; one process sums nothing";
-    else if (bucket_given && zero)
-        refused = "--bucket-mb: with --zero 1 the gradients are reduce-scattered whole after the "
-                  "backward (no buckets)";
     if (refused) {
         fprintf(stderr, "chordd train: %s (docs/distributed.md)\n", refused);
         dist_close(dist, &err);
@@ -460,12 +457,9 @@ int cmd_train(int argc, char **argv) {
         LOG_INFO("no checkpoint in %s/checkpoints: starting fresh", out);
     if (ranks > 1 && rank == 0 && !quiet)
         LOG_INFO("data parallel: %d ranks (%s), %d on this host, %ld CPU thread%s per rank, "
-                 "collective timeout %.0f s%s",
+                 "collective timeout %.0f s%s%s",
                  ranks, dist_kind(dist), dist_local_size(dist), threads, threads == 1 ? "" : "s",
-                 dist_timeout,
-                 zero            ? ", ZeRO-1"
-                 : bucket_mb > 0 ? ", gradient buckets"
-                                 : "");
+                 dist_timeout, zero ? ", ZeRO-1" : "", bucket_mb > 0 ? ", gradient buckets" : "");
     trainer_env env = {.ops = ops,
                        .prompts_path = resolved[0],
                        .expert_path = resolved[1],

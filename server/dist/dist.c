@@ -825,7 +825,7 @@ void dist_sums_free(dist_sums *s) {
 #ifdef CHORD_HAVE_MPI
 /* Posts the chunks of one sum, and lets MPI progress the earlier ones (Open MPI moves a
  * non-blocking collective forward only inside MPI calls). */
-static int mpi_isum(dist_ctx *d, dist_sums *s, float *buf, size_t n, chord_err *err) {
+static int mpi_isum(dist_ctx *d, dist_sums *s, float *buf, size_t n, int root, chord_err *err) {
     for (size_t off = 0; off < n; off += d->chunk) {
         if (s->n_reqs == s->cap) {
             int cap = s->cap ? 2 * s->cap : 16;
@@ -835,8 +835,11 @@ static int mpi_isum(dist_ctx *d, dist_sums *s, float *buf, size_t n, chord_err *
             s->cap = cap;
         }
         size_t k = n - off < d->chunk ? n - off : d->chunk;
-        int rc = MPI_Iallreduce(MPI_IN_PLACE, buf + off, (int)k, MPI_FLOAT, MPI_SUM, d->comm,
-                                &s->reqs[s->n_reqs]);
+        MPI_Request *req = &s->reqs[s->n_reqs];
+        int rc = root < 0 ? MPI_Iallreduce(MPI_IN_PLACE, buf + off, (int)k, MPI_FLOAT, MPI_SUM,
+                                           d->comm, req)
+                          : MPI_Ireduce(root == d->rank ? MPI_IN_PLACE : buf + off, buf + off,
+                                        (int)k, MPI_FLOAT, MPI_SUM, root, d->comm, req);
         if (rc != MPI_SUCCESS) return mpi_error(rc, s->what, err);
         s->n_reqs++;
     }
@@ -846,9 +849,11 @@ static int mpi_isum(dist_ctx *d, dist_sums *s, float *buf, size_t n, chord_err *
 }
 #endif
 
-int dist_isum_device_f32(dist_ctx *d, ops_ctx *ops, float *dev, size_t n, dist_sums **series,
-                         const char *what, chord_err *err) {
+int dist_isum_device_f32(dist_ctx *d, ops_ctx *ops, float *dev, size_t n, int root,
+                         dist_sums **series, const char *what, chord_err *err) {
     if (!d || d->size == 1 || n == 0) return 0;
+    if (root >= d->size)
+        return chord_err_set(err, "dist: %s: a sum to rank %d of %d", what, root, d->size);
     if (!d->nccl && ops->device_index >= 0) /* a GPU without NCCL: through the host, now */
         return dist_allreduce_sum_device_f32(d, ops, dev, n, what, err);
     dist_sums *s = *series;
@@ -865,10 +870,10 @@ int dist_isum_device_f32(dist_ctx *d, ops_ctx *ops, float *dev, size_t n, dist_s
     }
     if (d->nccl) {
         s->nccl = 1;
-        return dist_nccl_isum_f32(d->nccl, ops_cuda_stream(ops), dev, n, what, err);
+        return dist_nccl_isum_f32(d->nccl, ops_cuda_stream(ops), dev, n, root, what, err);
     }
 #ifdef CHORD_HAVE_MPI
-    return mpi_isum(d, s, dev, n, err);
+    return mpi_isum(d, s, dev, n, root, err);
 #else
     return chord_err_setc(err, CHORD_E_INTERNAL, "dist: no MPI");
 #endif

@@ -72,17 +72,20 @@ int dist_allreduce_sum_device_f32(dist_ctx *d, ops_ctx *ops, float *dev, size_t 
 
 /* ---- a series of sums started without waiting (the gradient buckets, docs/distributed.md) ----
  * dist_isum_device_f32 starts the sum over the ranks of one buffer in device memory of ops (in
- * place) and returns; dist_wait_sums waits for every sum of the series. The first start of a
+ * place: on every rank when root < 0, an all-reduce; on rank root alone otherwise, a reduce —
+ * ZeRO-1's buckets, each slice's part to its owner) and returns; dist_wait_sums waits for every
+ * sum of the series. The first start of a
  * series checks every rank in (the watchdog's arrival, named `what`); the wait is bounded by the
  * timeout and names the silent ranks as the blocking collectives do. Every rank starts the same
- * buffers in the same order. MPI: MPI_Iallreduce, progressed by each later start; NCCL:
- * ncclAllReduce on its own stream once an event says the backend's stream has written the
- * buffer (never ran); a GPU without NCCL: summed at once through the host (no overlap). *series
+ * buffers in the same order. MPI: MPI_Iallreduce / MPI_Ireduce, progressed by each later start;
+ * NCCL: ncclAllReduce / ncclReduce on its own stream once an event says the backend's stream has
+ * written the buffer (never ran); a GPU without NCCL: summed at once through the host on every
+ * rank (no overlap). *series
  * starts NULL; dist_wait_sums frees it (also on failure). A buffer must not be read or written
  * before the wait. */
 typedef struct dist_sums dist_sums;
-int dist_isum_device_f32(dist_ctx *d, ops_ctx *ops, float *dev, size_t n, dist_sums **series,
-                         const char *what, chord_err *err);
+int dist_isum_device_f32(dist_ctx *d, ops_ctx *ops, float *dev, size_t n, int root,
+                         dist_sums **series, const char *what, chord_err *err);
 int dist_wait_sums(dist_ctx *d, dist_sums *series, chord_err *err);
 /* Frees a series without waiting (the job is about to abort). */
 void dist_sums_free(dist_sums *series);
@@ -127,9 +130,10 @@ int dist_nccl_reduce_scatter_sum_f32(struct dist_nccl *c, float *dev, const size
                                      chord_err *err);
 int dist_nccl_allgather_f32(struct dist_nccl *c, float *dev, const size_t *lo, const size_t *count,
                             int size, const char *what, chord_err *err);
-/* Enqueues the sum of dev behind the work already queued on compute_stream (a cudaStream_t; NULL:
- * the whole device is synchronised first); dist_nccl_wait waits for everything enqueued. */
-int dist_nccl_isum_f32(struct dist_nccl *c, void *compute_stream, float *dev, size_t n,
+/* Enqueues the sum of dev (to every rank, root < 0, or to root) behind the work already queued
+ * on compute_stream (a cudaStream_t; NULL: the whole device is synchronised first);
+ * dist_nccl_wait waits for everything enqueued. */
+int dist_nccl_isum_f32(struct dist_nccl *c, void *compute_stream, float *dev, size_t n, int root,
                        const char *what, chord_err *err);
 int dist_nccl_wait(struct dist_nccl *c, const char *what, chord_err *err);
 void dist_nccl_close(struct dist_nccl *c);

@@ -156,7 +156,7 @@ int dist_nccl_allreduce_sum_f32(struct dist_nccl *c, float *dev, size_t n, const
 /* A gradient bucket: NCCL's stream waits (an event) for what the backend's stream has queued so
  * far — the bucket's gradients — and the sum runs there while the backend goes on with the
  * backward. No host wait: dist_nccl_wait waits for every bucket. */
-int dist_nccl_isum_f32(struct dist_nccl *c, void *compute_stream, float *dev, size_t n,
+int dist_nccl_isum_f32(struct dist_nccl *c, void *compute_stream, float *dev, size_t n, int root,
                        const char *what, chord_err *err) {
     if (!compute_stream) { /* no stream to wait for: the whole device */
         if (nccl_ready(c, what, err) != 0) return -1;
@@ -174,7 +174,9 @@ int dist_nccl_isum_f32(struct dist_nccl *c, void *compute_stream, float *dev, si
         if (e == cudaSuccess) e = de;
         if (e != cudaSuccess) return cuda_error(e, what, err);
     }
-    ncclResult_t r = nccl.AllReduce(dev, dev, n, ncclFloat, ncclSum, c->comm, c->stream);
+    ncclResult_t r = root < 0
+                         ? nccl.AllReduce(dev, dev, n, ncclFloat, ncclSum, c->comm, c->stream)
+                         : nccl.Reduce(dev, dev, n, ncclFloat, ncclSum, root, c->comm, c->stream);
     return r == ncclSuccess ? 0 : nccl_error(r, what, err);
 }
 
@@ -266,9 +268,9 @@ int dist_nccl_allgather_f32(struct dist_nccl *c, float *dev, const size_t *lo, c
     return chord_err_set(err, "dist: %s: this chordd was built without NCCL", what);
 }
 
-int dist_nccl_isum_f32(struct dist_nccl *c, void *compute_stream, float *dev, size_t n,
+int dist_nccl_isum_f32(struct dist_nccl *c, void *compute_stream, float *dev, size_t n, int root,
                        const char *what, chord_err *err) {
-    (void)c, (void)compute_stream, (void)dev, (void)n;
+    (void)c, (void)compute_stream, (void)dev, (void)n, (void)root;
     return chord_err_set(err, "dist: %s: this chordd was built without NCCL", what);
 }
 

@@ -299,12 +299,14 @@ static int optimizer_step(trainer *t, double lr, double *grad_norm, chord_err *e
  * every rank, started in the same order. During the backward of the update's last micro-batch
  * the model says which gradients are final (model_set_grad_hook), and each bucket wholly above
  * that starts summing (dist_isum_device_f32) while the backward goes on; reduce_update starts
- * the rest and waits for all. Each element is still the sum of the ranks' values: with two
- * ranks the bits are those of the one all-reduce (a + b = b + a); with more, MPI may pick
- * another reduction order for another message size (round-off). */
+ * the rest and waits for all. With ZeRO-1 a bucket is not all-reduced but its part in each
+ * rank's slice is reduced to that rank (the buckets' reduce-scatter). Each element is still the
+ * sum of the ranks' values: with two ranks the bits are those of the one all-reduce or
+ * reduce-scatter (a + b = b + a); with more, MPI may pick another reduction order for another
+ * message size (round-off). */
 
 static int buckets_on(const trainer *t) {
-    return n_ranks(t) > 1 && !zero1(t) && t->env->bucket_mb > 0;
+    return n_ranks(t) > 1 && t->env->bucket_mb > 0;
 }
 
 /* A new update: nothing started; the gradient buffer exists (after model_zero_grad). */
@@ -327,9 +329,19 @@ static int buckets_start(trainer *t, size_t final_from, chord_err *err) {
     while (b->posted > 0) {
         size_t lo = b->posted > b->size ? b->posted - b->size : 0;
         if (lo < final_from) break;
-        if (dist_isum_device_f32(t->env->dist, t->env->ops, b->grads + lo, b->posted - lo, &b->sums,
-                                 name, err) != 0)
-            return -1;
+        for (int r = zero1(t) ? 0 : -1; r < (zero1(t) ? n_ranks(t) : 0); r++) {
+            size_t a = lo, z = b->posted; /* all of it, or with ZeRO-1 its part in r's slice */
+            if (r >= 0) {
+                size_t s_lo, s_hi;
+                dist_slice(t->env->dist, b->n, r, &s_lo, &s_hi);
+                a = a > s_lo ? a : s_lo;
+                z = z < s_hi ? z : s_hi;
+                if (a >= z) continue;
+            }
+            if (dist_isum_device_f32(t->env->dist, t->env->ops, b->grads + a, z - a, r, &b->sums,
+                                     name, err) != 0)
+                return -1;
+        }
         b->posted = lo;
         b->total++;
         b->early += final_from > 0;
