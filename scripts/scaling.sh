@@ -68,7 +68,7 @@ for ((n = 1; n <= max; n++)); do
     out=$tmp/r$n
     distargs=()
     [ "$n" -gt 1 ] && [ "$zero" = 1 ] && distargs+=(--zero 1)
-    [ "$n" -gt 1 ] && [ -n "$bucket" ] && [ "$zero" = 0 ] && distargs+=(--bucket-mb "$bucket")
+    [ "$n" -gt 1 ] && [ -n "$bucket" ] && distargs+=(--bucket-mb "$bucket")
     mpirun -np "$n" --oversubscribe --bind-to none ${MPIRUN_ARGS:-} \
         "$chordd" train "${jobargs[@]}" --out "$out" --metrics-out "$out.jsonl" --steps "$steps" \
         --device "$device" --threads "$t" --dist-timeout 600 "${distargs[@]}" >"$out.log" 2>&1 ||
