@@ -120,7 +120,7 @@ def samples(out):
         return [json.loads(line) for line in f]
 
 
-def assert_same_run(one, two, steps, weights_file):
+def assert_same_run(one, two, steps, weights_file, ranks=2):
     # the same responses sampled, scored and numbered: rank 0 gathers every rank's rollouts
     s1, s2 = samples(one), samples(two)
     assert s1 == s2
@@ -131,11 +131,11 @@ def assert_same_run(one, two, steps, weights_file):
         per_rank = {k for k in r2["metrics"] if "/rank_" in k}
         if per_rank:  # the steps the 2 ranks ran (not those of the resume in one process)
             assert per_rank == {f"tokens_per_s/{p}/rank_{r}" for p in ("rollout", "train")
-                                for r in (0, 1)}
+                                for r in range(ranks)}
             # every rank sampled or trained (a rank whose groups all have zero advantage skips
             # its forward/backward: its train throughput is 0)
             assert all(r2["metrics"][f"tokens_per_s/rollout/rank_{r}"] +
-                       r2["metrics"][f"tokens_per_s/train/rank_{r}"] > 0 for r in (0, 1))
+                       r2["metrics"][f"tokens_per_s/train/rank_{r}"] > 0 for r in range(ranks))
         assert r1["metrics"].keys() == r2["metrics"].keys() - per_rank
         for k, v in r1["metrics"].items():
             if k.startswith(NOT_COMPARED):
@@ -166,7 +166,7 @@ def assert_same_moments(one, two, steps):
 
 
 @pytest.mark.parametrize("variant", ["sft", "chord", "grpo", "dapo", "lora", "zero",
-                                     "zero_lora", "zero_split", "buckets"])
+                                     "zero_lora", "zero_split", "zero3", "buckets"])
 def test_two_ranks_equal_one_process(tmp_path, data, variant):
     over, weights, resume = {}, "model.safetensors", False
     if variant == "sft":
@@ -232,6 +232,9 @@ def test_two_ranks_equal_one_process(tmp_path, data, variant):
         train(path, two, 2, "--zero", "1", "--resume", env={"CHORD_DIST_MAX_COUNT": "999"})
         p = train(path, two, 2, "--zero", "1", check=None, env={"CHORD_DIST_MAX_COUNT": "0"})
         assert p.returncode != 0 and "CHORD_DIST_MAX_COUNT: must be an integer" in p.stderr
+    elif variant == "zero3":  # 3 ranks: uneven slices, buckets across their edges
+        p = train(path, two, 3, "--zero", "1", "--bucket-mb", "0.01", quiet=False)
+        assert "ZeRO-1: AdamW moments of" in p.stderr, p.stderr[-3000:]
     elif variant == "zero_lora":  # and small buckets: the adapter's buffer is cut too
         p = train(path, two, 2, "--zero", "1", "--bucket-mb", "0.001", quiet=False)
         assert re.search(r"gradients summed in \d+ buckets", p.stderr), p.stderr[-3000:]
@@ -250,7 +253,7 @@ def test_two_ranks_equal_one_process(tmp_path, data, variant):
     else:
         p = train(path, two, 2)
         assert "data parallel: 2 ranks" not in p.stderr  # --quiet
-    m = assert_same_run(one, two, 6, weights)
+    m = assert_same_run(one, two, 6, weights, ranks=3 if variant == "zero3" else 2)
     assert_same_moments(one, two, 6)
     if variant != "sft":  # the rollouts had a signal: the comparison bites
         assert any(r["metrics"]["reward_std"] > 0 for r in m)
