@@ -646,7 +646,23 @@ static int resolve_job_dataset(store *st, json_t *resolved, const char *key, cha
     return 0;
 }
 
+static int insert_job(store *st, void *user, const char *name, const char *config_json,
+                      const char *base_checkpoint_id, const store_job_extra *extra,
+                      char job_id[STORE_ID_MAX], chord_err *err) {
+    (void)user;
+    store_job j = {0};
+    if (store_job_create_ex(st, name, config_json, base_checkpoint_id, extra, &j, err)) return -1;
+    snprintf(job_id, STORE_ID_MAX, "%s", j.id);
+    store_job_free(&j);
+    return 0;
+}
+
 int svc_job_create(svc *s, const json_t *doc, json_t **job, chord_err *err) {
+    return svc_job_submit(s, doc, insert_job, NULL, job, err);
+}
+
+int svc_job_submit(svc *s, const json_t *doc, svc_job_insert_fn insert, void *user, json_t **job,
+                   chord_err *err) {
     *job = NULL;
     if (svc_stopping(s))
         return chord_err_setc(err, CHORD_E_UNAVAILABLE, "server is stopping: not accepting jobs");
@@ -706,8 +722,9 @@ int svc_job_create(svc *s, const json_t *doc, json_t **job, chord_err *err) {
         goto done;
     }
     store_job j = {0};
-    if (store_job_create_ex(st, cfg.name, text, from_checkpoint ? base.id : NULL, &pipe.extra, &j,
-                            err))
+    char id[STORE_ID_MAX];
+    if (insert(st, user, cfg.name, text, from_checkpoint ? base.id : NULL, &pipe.extra, id, err) ||
+        store_job_get(st, id, &j, err))
         goto done;
     *job = svc_job_json(&j);
     LOG_INFO("job %s queued (%s, %s, %lld steps)", j.id, cfg.name,

@@ -222,6 +222,26 @@ int svc_alias_delete(svc *s, const char *name, json_t **alias, chord_err *err);
 int svc_alias_list(svc *s, size_t offset, size_t limit, const char *after, json_t **list,
                    chord_err *err);
 
+/* ---- schedules (docs/pipelines.md, "Schedules") ---------------------------------------------
+ * A schedule: {"id", "name", "cron", "template", "missed": "skip"|"run_once", "paused",
+ * "next_fire_at", "created_at", "fires" (how many), "recent_fires": [{"fire_time", "job_id",
+ * "error", "missed", "created_at"}] (newest first; GET of one only, else [])}. */
+
+/* doc: {"name", "cron" (server/jobs/cron.h: 5 fields, or 6 with a leading second; UTC),
+ * "template" (a job document: dataset names and a model alias resolve when it fires), "missed"?
+ * ("skip", the default, or "run_once": what to do with fire times that came while chordd was
+ * down), "paused"?}. The template is checked now as far as it can be (errors name
+ * template.<field>). */
+int svc_schedule_create(svc *s, const json_t *doc, json_t **schedule, chord_err *err);
+int svc_schedule_get(svc *s, const char *id, json_t **schedule, chord_err *err);
+/* Newest first (a page). */
+int svc_schedule_list(svc *s, size_t offset, size_t limit, const char *after, json_t **list,
+                      chord_err *err);
+/* Returns the schedule as it was; its fires stay recorded, its jobs are not touched. */
+int svc_schedule_delete(svc *s, const char *id, json_t **schedule, chord_err *err);
+/* Pauses (no fires) or resumes (from the first fire time after now) it. */
+int svc_schedule_pause(svc *s, const char *id, int paused, json_t **schedule, chord_err *err);
+
 /* ---- the Tinker API's sessions (docs/tinker.md "State") -------------------------------------
  * A session: {"id", "sdk_version", "created_at", "finished_at", "finish_reason", "models":
  * [{"id", "kind": "training"|"sampler", "base_model", "lora_rank", "created_at", "ended_at",

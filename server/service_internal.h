@@ -87,6 +87,10 @@ struct svc {
     int pl_sync;          /* pl_mu and pl_cv initialised */
     pthread_t pl_thread;
     int pl_started;
+    /* schedules (service_schedules.c; the pipeline thread's own) */
+    int64_t sched_beat_ms;    /* the last heartbeat written */
+    int64_t sched_down_from;  /* fire times in (down_from, down_until) came while chordd was */
+    int64_t sched_down_until; /* down: the missed policy applies to them */
 
     pthread_mutex_t idem_mu; /* keyed creates: lookup, create, record (service_pipeline.c) */
     int64_t idem_ttl_ms;     /* svc_options.idempotency_ttl_s */
@@ -174,6 +178,17 @@ int svc_checkpoint_model(svc *s, const char *field, const store_checkpoint *ck, 
 /* The default name of a model registered from a checkpoint: "<job_id>-step-<N>". */
 void svc_checkpoint_model_name(const store_checkpoint *ck, char name[64]);
 
+/* Stores a checked, resolved job (svc_job_submit): name, its config, the checkpoint it starts
+ * from (or NULL) and its pipeline fields; job_id receives its id. */
+typedef int (*svc_job_insert_fn)(store *st, void *user, const char *name, const char *config_json,
+                                 const char *base_checkpoint_id, const store_job_extra *extra,
+                                 char job_id[STORE_ID_MAX], chord_err *err);
+/* The one submission of a job document (svc_job_create is it with a plain insert; a schedule's
+ * fire inserts inside its own transaction): checks and resolves doc as svc_job_create says,
+ * then calls insert, then wakes the workers. */
+int svc_job_submit(svc *s, const json_t *doc, svc_job_insert_fn insert, void *user, json_t **job,
+                   chord_err *err);
+
 /* ---- aliases and eval gates (service_promote.c) ---------------------------------------------- */
 
 /* A job document's pipeline fields: "model": {"alias": NAME} (resolved now to the alias's
@@ -199,6 +214,14 @@ int svc_alias_ref(store *st, const char *field, const char *name, char model_id[
 /* Starts the pipeline thread: it decides the promotions of jobs that ended (also those that
  * ended while chordd was down) and fires schedules. */
 int svc_pipeline_start(svc *s, chord_err *err);
+/* The schedules' part of the pipeline thread (service_schedules.c): svc_schedules_open once
+ * before the thread starts (reads and writes the heartbeat: when chordd was last up), then
+ * svc_schedules_pass on every turn (fires what is due). */
+int svc_schedules_open(svc *s, chord_err *err);
+void svc_schedules_pass(svc *s);
+#define SVC_SCHEDULE_BEAT_MS 1000
+#define SVC_SCHEDULE_SLACK_MS 2500
+
 /* Something happened (a job ended): the thread looks now. Cheap; any thread. */
 void svc_pipeline_wake(svc *s);
 /* Joins the thread (svc_close). Idempotent. */

@@ -343,10 +343,12 @@ static void *pipeline_main(void *arg) {
         pthread_mutex_unlock(&s->pl_mu);
         if (stop) return NULL;
         promotions_pass(s);
+        svc_schedules_pass(s);
     }
 }
 
 int svc_pipeline_start(svc *s, chord_err *err) {
+    if (svc_schedules_open(s, err)) return -1;
     pthread_mutex_init(&s->pl_mu, NULL);
     pthread_cond_init(&s->pl_cv, NULL);
     s->pl_sync = 1;

@@ -189,6 +189,26 @@ static const char *const migrations[STORE_SCHEMA_VERSION] = {
     "  decided_ms INTEGER);"
     "CREATE INDEX job_pipeline_pending ON job_pipeline (promotion_state)"
     "  WHERE promotion_state = 'pending';",
+    /* 6 → 7: schedules and their fires, one per (schedule, fire time) (store_pipeline.c). */
+    "CREATE TABLE schedules ("
+    "  seq INTEGER PRIMARY KEY,"
+    "  id TEXT NOT NULL UNIQUE,"
+    "  name TEXT NOT NULL,"
+    "  cron TEXT NOT NULL,"
+    "  template_json TEXT NOT NULL,"
+    "  missed TEXT NOT NULL CHECK (missed IN ('skip', 'run_once')),"
+    "  paused INTEGER NOT NULL DEFAULT 0 CHECK (paused IN (0, 1)),"
+    "  next_fire_ms INTEGER NOT NULL," /* the first fire time not handled yet */
+    "  created_ms INTEGER NOT NULL);"
+    "CREATE TABLE schedule_fires ("
+    "  seq INTEGER PRIMARY KEY,"
+    "  schedule_id TEXT NOT NULL,"
+    "  fire_ms INTEGER NOT NULL,"
+    "  job_id TEXT," /* NULL: no job (error says why) */
+    "  error TEXT,"
+    "  missed INTEGER NOT NULL DEFAULT 0," /* fire times missed while chordd was down */
+    "  created_ms INTEGER NOT NULL,"
+    "  UNIQUE (schedule_id, fire_ms));",
 };
 
 /* ---- SQLite helpers ----------------------------------------------------------------------- */

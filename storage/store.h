@@ -40,7 +40,7 @@
 
 #include "server/base/err.h"
 
-#define STORE_SCHEMA_VERSION 6
+#define STORE_SCHEMA_VERSION 7
 #define STORE_BUSY_TIMEOUT_MS 30000
 /* Longest id, with its prefix and NUL ("job_" + 24 hex digits + NUL = 29). */
 #define STORE_ID_MAX 40
@@ -429,6 +429,60 @@ int store_promotion_refuse(store *s, const char *job_id, const char *reason, dou
 int store_promote(store *s, const char *job_id, const char *model_name, const char *checkpoint_id,
                   const char *config_json, double eval_accuracy, int64_t eval_step,
                   char model_id[STORE_ID_MAX], chord_err *err);
+
+/* ---- schedules (store_pipeline.c) -------------------------------------------------------------
+ * A schedule: a cron expression (opaque here) and a job template; next_fire_ms is the first fire
+ * time not handled yet. Each fire is a row of schedule_fires, UNIQUE (schedule, fire time),
+ * written in the transaction that creates its job and advances next_fire_ms: a crash leaves a
+ * fire either whole (row, job, next time) or not begun. */
+
+typedef struct store_schedule {
+    char id[STORE_ID_MAX]; /* "sch_…" */
+    char *name, *cron, *template_json;
+    int run_once; /* missed: 1 "run_once", 0 "skip" */
+    int paused;
+    int64_t next_fire_ms, created_ms;
+    int64_t fires; /* rows in schedule_fires */
+} store_schedule;
+
+typedef struct store_fire {
+    int64_t fire_ms;
+    char job_id[STORE_ID_MAX]; /* "" when none */
+    char *error;               /* NULL when a job was made */
+    int64_t missed;            /* fire times missed while chordd was down, 0 for an on-time one */
+    int64_t created_ms;
+} store_fire;
+
+void store_schedule_free(store_schedule *x);
+void store_schedule_list_free(store_schedule *items, size_t n);
+void store_schedule_fires_free(store_fire *items, size_t n);
+int store_schedule_create(store *s, const char *name, const char *cron, const char *template_json,
+                          int run_once, int64_t next_fire_ms, store_schedule *out, chord_err *err);
+int store_schedule_get(store *s, const char *id, store_schedule *out, chord_err *err);
+/* Newest first, the cursor a schedule id (store.h, "Paging"). */
+int store_schedule_list(store *s, size_t offset, size_t limit, const char *after,
+                        store_schedule **items, size_t *n, int64_t *total, chord_err *err);
+/* Deletes it (its fires stay in the log). CHORD_E_NOT_FOUND when unknown. */
+int store_schedule_delete(store *s, const char *id, chord_err *err);
+/* Pauses it, or resumes it with its next fire time next_fire_ms. */
+int store_schedule_set_paused(store *s, const char *id, int paused, int64_t next_fire_ms,
+                              chord_err *err);
+/* Its last `limit` fires, newest first. */
+int store_schedule_fires(store *s, const char *id, size_t limit, store_fire **items, size_t *n,
+                         chord_err *err);
+/* Schedules not paused whose next fire time is <= now_ms. */
+int store_schedules_due(store *s, int64_t now_ms, store_schedule **items, size_t *n,
+                        chord_err *err);
+/* Handles a schedule's fire time fire_ms, in one transaction, if the schedule still waits at
+ * expect_ms (not paused, next_fire_ms = expect_ms; else CHORD_E_CONFLICT and nothing changes):
+ * the fire's row (missed, error; UNIQUE per fire time), the job when job_name is not NULL (as
+ * store_job_create_ex; job_id receives its id), next_fire_ms = next_ms. */
+int store_schedule_fire(store *s, const char *schedule_id, int64_t expect_ms, int64_t fire_ms,
+                        int64_t next_ms, int64_t missed, const char *error, const char *job_name,
+                        const char *config_json, const char *base_checkpoint_id,
+                        const store_job_extra *extra, char job_id[STORE_ID_MAX], chord_err *err);
+/* The scheduler's heartbeat: records now_ms and gives the one recorded before (0: none). */
+int store_scheduler_alive(store *s, int64_t now_ms, int64_t *previous_ms, chord_err *err);
 
 /* ---- idempotency keys ---------------------------------------------------------------------
  * The first result of a POST that carried an Idempotency-Key (docs/pipelines.md), kept so that

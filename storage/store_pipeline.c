@@ -5,6 +5,7 @@
  * It knows nothing of eval gates' meaning or of model files: the service decides, this stores
  * the decision. Calls store.c and store_records.c's helpers only. */
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -264,4 +265,232 @@ fail:
     free(alias);
     storage_rollback(s);
     return -1;
+}
+
+/* ---- schedules ---------------------------------------------------------------------------- */
+
+#define SCHEDULE_COLS                                                                              \
+    "id, name, cron, template_json, missed, paused, next_fire_ms, created_ms, "                    \
+    "(SELECT count(*) FROM schedule_fires f WHERE f.schedule_id = schedules.id)"
+
+void store_schedule_free(store_schedule *x) {
+    if (!x) return;
+    free(x->name);
+    free(x->cron);
+    free(x->template_json);
+    x->name = x->cron = x->template_json = NULL;
+}
+
+static void free_schedule(void *item) {
+    store_schedule_free(item);
+}
+
+void store_schedule_list_free(store_schedule *items, size_t n) {
+    if (items) storage_free_items(items, n, sizeof *items, free_schedule);
+}
+
+static int read_schedule(store *s, sqlite3_stmt *st, void *item, chord_err *err) {
+    (void)s;
+    store_schedule *x = item;
+    storage_col_copy(st, 0, x->id, sizeof x->id);
+    if (storage_col_text(st, 1, &x->name) || storage_col_text(st, 2, &x->cron) ||
+        storage_col_text(st, 3, &x->template_json))
+        return OOM(err);
+    const char *missed = (const char *)sqlite3_column_text(st, 4);
+    x->run_once = missed && !strcmp(missed, "run_once");
+    x->paused = sqlite3_column_int(st, 5);
+    x->next_fire_ms = sqlite3_column_int64(st, 6);
+    x->created_ms = sqlite3_column_int64(st, 7);
+    x->fires = sqlite3_column_int64(st, 8);
+    return 0;
+}
+
+int store_schedule_create(store *s, const char *name, const char *cron, const char *template_json,
+                          int run_once, int64_t next_fire_ms, store_schedule *out, chord_err *err) {
+    if (out) memset(out, 0, sizeof *out);
+    if (!name || !*name || !cron || !template_json)
+        return chord_err_setc(err, CHORD_E_INVALID, "schedule: no name, cron or template");
+    char id[STORE_ID_MAX];
+    if (storage_new_id("sch", id, err) ||
+        storage_run(s,
+                    "INSERT INTO schedules (id, name, cron, template_json, missed, next_fire_ms, "
+                    "created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    STORAGE_VALUES(STORAGE_TEXT(id), STORAGE_TEXT(name), STORAGE_TEXT(cron),
+                                   STORAGE_TEXT(template_json),
+                                   STORAGE_TEXT(run_once ? "run_once" : "skip"),
+                                   STORAGE_INT(next_fire_ms), STORAGE_INT(store_now_ms())),
+                    err, "inserting schedule %s", name))
+        return -1;
+    return out ? store_schedule_get(s, id, out, err) : 0;
+}
+
+int store_schedule_get(store *s, const char *id, store_schedule *out, chord_err *err) {
+    memset(out, 0, sizeof *out);
+    if (storage_check_id(id, "sch", "schedule", err)) return -1;
+    return storage_get_one(s, "SELECT " SCHEDULE_COLS " FROM schedules WHERE id = ?1", id,
+                           read_schedule, out, "schedule", err);
+}
+
+int store_schedule_list(store *s, size_t offset, size_t limit, const char *after,
+                        store_schedule **items, size_t *n, int64_t *total, chord_err *err) {
+    storage_list list = {
+        .what = "listing schedules",
+        .count_sql = "SELECT count(*) FROM schedules",
+        .cursor_sql = after ? "SELECT 1 FROM schedules WHERE id = ?3" : NULL,
+        .cursor = after,
+        .rows_sql =
+            "SELECT " SCHEDULE_COLS " FROM schedules WHERE ?3 IS NULL OR seq < "
+            "(SELECT seq FROM schedules WHERE id = ?3) ORDER BY seq DESC LIMIT ?1 OFFSET ?2",
+        .values = STORAGE_VALUES(STORAGE_INT(storage_limit(limit)),
+                                 STORAGE_INT(storage_offset(offset)), STORAGE_TEXT(after)),
+        .item_size = sizeof **items,
+        .read = read_schedule,
+        .free_item = free_schedule};
+    return storage_read_list(s, &list, (void **)items, n, total, err);
+}
+
+/* Runs sql (?1 = id, ?2 = v) on the schedule; CHORD_E_NOT_FOUND when it changed nothing. */
+static int schedule_update(store *s, const char *id, const char *sql, int64_t v, int64_t w,
+                           const char *what, chord_err *err) {
+    if (storage_check_id(id, "sch", "schedule", err) ||
+        storage_run(s, sql, STORAGE_VALUES(STORAGE_TEXT(id), STORAGE_INT(v), STORAGE_INT(w)), err,
+                    "%s schedule %s", what, id))
+        return -1;
+    if (sqlite3_changes(s->db) == 0)
+        return chord_err_setc(err, CHORD_E_NOT_FOUND, "schedule %s not found", id);
+    return 0;
+}
+
+int store_schedule_delete(store *s, const char *id, chord_err *err) {
+    return schedule_update(s, id, "DELETE FROM schedules WHERE id = ?1", 0, 0, "deleting", err);
+}
+
+int store_schedule_set_paused(store *s, const char *id, int paused, int64_t next_fire_ms,
+                              chord_err *err) {
+    return schedule_update(s, id,
+                           "UPDATE schedules SET paused = ?2, next_fire_ms = CASE WHEN ?2 = 1 "
+                           "THEN next_fire_ms ELSE ?3 END WHERE id = ?1",
+                           paused ? 1 : 0, next_fire_ms, paused ? "pausing" : "resuming", err);
+}
+
+static void free_fire(void *item) {
+    store_fire *f = item;
+    free(f->error);
+    f->error = NULL;
+}
+
+void store_schedule_fires_free(store_fire *items, size_t n) {
+    if (items) storage_free_items(items, n, sizeof *items, free_fire);
+}
+
+static int read_fire(store *s, sqlite3_stmt *st, void *item, chord_err *err) {
+    (void)s;
+    store_fire *f = item;
+    f->fire_ms = sqlite3_column_int64(st, 0);
+    storage_col_copy(st, 1, f->job_id, sizeof f->job_id);
+    if (storage_col_text(st, 2, &f->error)) return OOM(err);
+    f->missed = sqlite3_column_int64(st, 3);
+    f->created_ms = sqlite3_column_int64(st, 4);
+    return 0;
+}
+
+int store_schedule_fires(store *s, const char *id, size_t limit, store_fire **items, size_t *n,
+                         chord_err *err) {
+    *items = NULL;
+    *n = 0;
+    sqlite3_stmt *st;
+    if (storage_prepare_bound(s,
+                              "SELECT fire_ms, job_id, error, missed, created_ms FROM "
+                              "schedule_fires WHERE schedule_id = ?1 ORDER BY fire_ms DESC "
+                              "LIMIT ?2",
+                              STORAGE_VALUES(STORAGE_TEXT(id), STORAGE_INT(storage_limit(limit))),
+                              &st, err))
+        return -1;
+    return storage_collect(s, st, sizeof **items, read_fire, free_fire, (void **)items, n,
+                           "reading a schedule's fires", err);
+}
+
+int store_schedules_due(store *s, int64_t now_ms, store_schedule **items, size_t *n,
+                        chord_err *err) {
+    *items = NULL;
+    *n = 0;
+    sqlite3_stmt *st;
+    if (storage_prepare_bound(s,
+                              "SELECT " SCHEDULE_COLS " FROM schedules WHERE paused = 0 AND "
+                              "next_fire_ms <= ?1 ORDER BY next_fire_ms, seq",
+                              STORAGE_VALUES(STORAGE_INT(now_ms)), &st, err))
+        return -1;
+    return storage_collect(s, st, sizeof **items, read_schedule, free_schedule, (void **)items, n,
+                           "reading due schedules", err);
+}
+
+/* Test hook (integration.pipeline, "SIGKILL during a tick"): CHORD_TEST_KILL_IN_FIRE =
+ * "before_commit" or "after_commit" kills the process there, at the first fire that makes a
+ * job. */
+static void kill_hook(const char *where) {
+    const char *at = getenv("CHORD_TEST_KILL_IN_FIRE");
+    if (at && !strcmp(at, where)) raise(SIGKILL);
+}
+
+int store_schedule_fire(store *s, const char *schedule_id, int64_t expect_ms, int64_t fire_ms,
+                        int64_t next_ms, int64_t missed, const char *error, const char *job_name,
+                        const char *config_json, const char *base_checkpoint_id,
+                        const store_job_extra *extra, char job_id[STORE_ID_MAX], chord_err *err) {
+    job_id[0] = '\0';
+    char id[STORE_ID_MAX] = "";
+    if (storage_check_id(schedule_id, "sch", "schedule", err)) return -1;
+    if (job_name && storage_new_id("job", id, err)) return -1;
+    if (storage_begin_write(s, err)) return chord_err_prefix(err, "firing %s", schedule_id);
+    if (storage_run(
+            s,
+            "UPDATE schedules SET next_fire_ms = ?3 WHERE id = ?1 AND paused = 0 AND "
+            "next_fire_ms = ?2",
+            STORAGE_VALUES(STORAGE_TEXT(schedule_id), STORAGE_INT(expect_ms), STORAGE_INT(next_ms)),
+            err, "firing schedule %s", schedule_id))
+        goto fail;
+    if (sqlite3_changes(s->db) == 0) {
+        chord_err_setc(err, CHORD_E_CONFLICT, "schedule %s: fire time %lld handled already",
+                       schedule_id, (long long)fire_ms);
+        goto fail;
+    }
+    if ((job_name &&
+         storage_insert_job_locked(s, id, job_name, config_json, base_checkpoint_id, extra, err)) ||
+        storage_run(s,
+                    "INSERT INTO schedule_fires (schedule_id, fire_ms, job_id, error, missed, "
+                    "created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    STORAGE_VALUES(STORAGE_TEXT(schedule_id), STORAGE_INT(fire_ms),
+                                   STORAGE_TEXT(job_name ? id : NULL), STORAGE_TEXT(error),
+                                   STORAGE_INT(missed), STORAGE_INT(store_now_ms())),
+                    err, "recording fire %lld of schedule %s", (long long)fire_ms, schedule_id))
+        goto fail;
+    if (job_name) kill_hook("before_commit");
+    if (storage_commit(s, err)) goto fail;
+    if (job_name) kill_hook("after_commit");
+    if (job_name) snprintf(job_id, STORE_ID_MAX, "%s", id);
+    return 0;
+fail:
+    storage_rollback(s);
+    return -1;
+}
+
+int store_scheduler_alive(store *s, int64_t now_ms, int64_t *previous_ms, chord_err *err) {
+    *previous_ms = 0;
+    sqlite3_stmt *st;
+    if (storage_prepare(s,
+                        "SELECT CAST(value AS INTEGER) FROM settings WHERE key = "
+                        "'scheduler_alive_ms'",
+                        &st, err))
+        return -1;
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) *previous_ms = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+        return storage_sqlerr(s, err, rc, "reading the scheduler's heartbeat");
+    char now[32];
+    snprintf(now, sizeof now, "%lld", (long long)now_ms);
+    return storage_run(s,
+                       "INSERT INTO settings (key, value) VALUES ('scheduler_alive_ms', ?1) "
+                       "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                       STORAGE_VALUES(STORAGE_TEXT(now)), err,
+                       "recording the scheduler's heartbeat");
 }

@@ -158,6 +158,57 @@ static result list_aliases(http_req *r) {
     return reply(r, rc, 200, doc, &err);
 }
 
+/* ---- schedules ---------------------------------------------------------------------------- */
+
+static result post_schedule(http_req *r) {
+    chord_err err = {0};
+    json_t *body = NULL, *doc = NULL;
+    int rc = http_body_json(r, &body, &err);
+    if (rc == 0)
+        rc = svc_create_idempotent(r->h->s, http_idempotency_key(r), "schedules.create", body,
+                                   svc_schedule_create, &doc, NULL, &err);
+    json_decref(body);
+    return reply(r, rc, 201, doc, &err);
+}
+
+static result list_schedules(http_req *r) {
+    chord_err err = {0};
+    size_t offset, limit;
+    const char *after = NULL;
+    json_t *doc = NULL;
+    int rc = paging(r, &offset, &limit, &after, &err);
+    if (rc == 0) rc = svc_schedule_list(r->h->s, offset, limit, after, &doc, &err);
+    return reply(r, rc, 200, doc, &err);
+}
+
+static result get_schedule(http_req *r) {
+    chord_err err = {0};
+    json_t *doc = NULL;
+    int rc = svc_schedule_get(r->h->s, r->params[0], &doc, &err);
+    return reply(r, rc, 200, doc, &err);
+}
+
+static result delete_schedule(http_req *r) {
+    chord_err err = {0};
+    json_t *doc = NULL;
+    int rc = svc_schedule_delete(r->h->s, r->params[0], &doc, &err);
+    return reply(r, rc, 200, doc, &err);
+}
+
+static result pause_schedule(http_req *r) {
+    chord_err err = {0};
+    json_t *doc = NULL;
+    int rc = svc_schedule_pause(r->h->s, r->params[0], 1, &doc, &err);
+    return reply(r, rc, 200, doc, &err);
+}
+
+static result resume_schedule(http_req *r) {
+    chord_err err = {0};
+    json_t *doc = NULL;
+    int rc = svc_schedule_pause(r->h->s, r->params[0], 0, &doc, &err);
+    return reply(r, rc, 200, doc, &err);
+}
+
 /* ---- jobs --------------------------------------------------------------------------------- */
 
 static result post_job(http_req *r) {
@@ -302,6 +353,12 @@ const http_route api_http_routes[] = {
     {"PUT", "/v1/aliases/{name}", HTTP_BODY_JSON, put_alias, API_SCOPE_ADMIN},
     {"GET", "/v1/aliases/{name}", HTTP_BODY_NONE, get_alias, API_SCOPE_READ},
     {"DELETE", "/v1/aliases/{name}", HTTP_BODY_NONE, delete_alias, API_SCOPE_ADMIN},
+    {"POST", "/v1/schedules", HTTP_BODY_JSON, post_schedule, API_SCOPE_ADMIN},
+    {"GET", "/v1/schedules", HTTP_BODY_NONE, list_schedules, API_SCOPE_READ},
+    {"GET", "/v1/schedules/{id}", HTTP_BODY_NONE, get_schedule, API_SCOPE_READ},
+    {"DELETE", "/v1/schedules/{id}", HTTP_BODY_NONE, delete_schedule, API_SCOPE_ADMIN},
+    {"POST", "/v1/schedules/{id}/pause", HTTP_BODY_IGNORE, pause_schedule, API_SCOPE_ADMIN},
+    {"POST", "/v1/schedules/{id}/resume", HTTP_BODY_IGNORE, resume_schedule, API_SCOPE_ADMIN},
     {"POST", "/v1/jobs", HTTP_BODY_JSON, post_job, API_SCOPE_ADMIN},
     {"GET", "/v1/jobs", HTTP_BODY_NONE, list_jobs, API_SCOPE_READ},
     {"GET", "/v1/jobs/{id}", HTTP_BODY_NONE, get_job, API_SCOPE_READ},

@@ -762,3 +762,182 @@ def test_grpc_aliases(srv, trained):
         stub.GetAlias(pb.GetAliasRequest(name="g-prod"), timeout=30)
     assert e.value.code() == grpc.StatusCode.NOT_FOUND
     srv.wait_job(j.id, lambda x: x["state"] in ("succeeded", "failed"))
+
+
+# ---- schedules: a week of a pipeline in fast time -----------------------------------------------
+
+def schedule(srv, sid):
+    return srv.get(f"/v1/schedules/{sid}").json()
+
+
+def wait_fires(srv, sid, pred, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        fires = schedule(srv, sid)["recent_fires"]
+        if pred(fires):
+            return fires
+        time.sleep(0.1)
+    raise AssertionError(f"fires of {sid}: {schedule(srv, sid)}\n{srv.read_log()[-3000:]}")
+
+
+def pause(srv, sid, paused=True):
+    r = srv.post(f"/v1/schedules/{sid}/{'pause' if paused else 'resume'}")
+    assert r.status == 200 and r.json()["paused"] is paused, r
+    return r.json()
+
+
+def settle(srv, sid):
+    """Pauses the schedule and waits until every job it made has its promotion decided."""
+    pause(srv, sid)
+    jobs = [f["job_id"] for f in schedule(srv, sid)["recent_fires"] if f["job_id"]]
+    return {j: wait_promotion(srv, j) for j in jobs}
+
+
+def week_template(min_accuracy):
+    doc = gated_job("wk-prompts", min_accuracy)
+    del doc["name"]  # the job takes the schedule's name
+    doc["data"]["eval"] = "wk-eval"
+    doc["model"] = {"alias": "wk-prod"}
+    doc["promote"] = {"alias": "wk-prod", "min_eval_accuracy": min_accuracy}
+    return doc
+
+
+def killed_fire(srv, sid, where):
+    """Restarts chordd with the test hook that SIGKILLs it `where` in its next fire that makes a
+    job, resumes the schedule, and returns the fire time it was killed in."""
+    pause(srv, sid)
+    assert srv.stop() == 0
+    os.environ["CHORD_TEST_KILL_IN_FIRE"] = where
+    try:
+        srv.start()
+        at = pause(srv, sid, False)["next_fire_at"]
+        srv.proc.wait(30)
+        assert srv.proc.returncode == -9, srv.read_log()[-2000:]
+    finally:
+        del os.environ["CHORD_TEST_KILL_IN_FIRE"]
+    srv.stop()
+    srv.start()
+    return at
+
+
+def test_week_of_a_pipeline(tmp_path):
+    key = os.urandom(24)
+    rx = Receiver(key)
+    srv = webhook_server(str(tmp_path), rx.url, key)
+    try:
+        srv.start()
+        assert upload(srv, "eval", jsonl(arith_prompts(4, seed=9)), "wk-eval").status == 201
+        day1 = upload(srv, "prompts", jsonl(arith_prompts(8, seed=1)), "wk-prompts").json()
+        m0 = srv.post("/v1/models", {"name": "base", "init": {"config": TINY_CONFIG}}).json()
+        assert srv.request("PUT", "/v1/aliases/wk-prod", {"model": m0["id"]}).status == 200
+
+        body = {"name": "nightly", "cron": "* * * * * *", "template": week_template(0.0),
+                "missed": "run_once"}
+        for bad, field in (({"cron": "61 * * * *"}, "cron: minute"), ({"cron": "* * *"}, "cron"),
+                           ({"missed": "sometimes"}, "missed"), ({"paused": 1}, "paused"),
+                           ({"template": week_template(0.0) | {"stepz": 1}}, "template"),
+                           ({"template": week_template(0.0) | {"steps": 0}}, "template: steps"),
+                           ({"x": 1}, "x")):
+            assert_error(srv.post("/v1/schedules", body | bad), 400, "invalid_argument", field)
+        no_eval = week_template(0.0)
+        no_eval["eval"] = {"every": 0}
+        assert_error(srv.post("/v1/schedules", body | {"template": no_eval}), 400,
+                     "invalid_argument", "template: promote")
+
+        # a retried POST with the same key creates nothing
+        r1 = srv.post("/v1/schedules", body, headers=keyed("wk-sched"))
+        r2 = srv.post("/v1/schedules", body, headers=keyed("wk-sched"))
+        assert r1.status == r2.status == 201 and r1.json()["id"] == r2.json()["id"], (r1, r2)
+        assert_error(srv.post("/v1/schedules", body | {"name": "other"}, headers=keyed("wk-sched")),
+                     409, "idempotency_key_reused", "wk-sched")
+        assert srv.get("/v1/schedules").json()["total"] == 1
+        sid = r1.json()["id"]
+
+        # night 1: the job from the alias, on the newest upload; its gate passes
+        wait_fires(srv, sid, lambda f: any(x["job_id"] for x in f))
+        decided = settle(srv, sid)
+        first = [f for f in schedule(srv, sid)["recent_fires"] if f["job_id"]][-1]
+        j1 = decided[first["job_id"]]
+        assert j1["name"] == "nightly" and j1["state"] == "succeeded", j1
+        assert j1["model_alias"] == {"name": "wk-prod", "model_id": m0["id"]}
+        assert j1["config"]["data"]["prompts"] == day1["id"]
+        assert j1["promotion"]["promoted"] is True, j1
+        prod = srv.get("/v1/aliases/wk-prod").json()["model_id"]
+        assert prod in {j["promotion"]["model_id"] for j in decided.values()}
+
+        # night 2: new data arrives; the next run starts from the promoted model, on it
+        day2 = upload(srv, "prompts", jsonl(arith_prompts(8, seed=2)), "wk-prompts").json()
+        seen = {f["fire_time"] for f in schedule(srv, sid)["recent_fires"]}
+        pause(srv, sid, False)
+        fires = wait_fires(srv, sid, lambda f: any(x["job_id"] and x["fire_time"] not in seen
+                                                   for x in f))
+        nxt = [f for f in fires if f["job_id"] and f["fire_time"] not in seen][-1]
+        j2 = srv.get(f"/v1/jobs/{nxt['job_id']}").json()
+        assert j2["model_alias"]["model_id"] == prod, (j2, prod)
+        assert j2["config"]["data"]["prompts"] == day2["id"]
+        settle(srv, sid)
+
+        # a strict gate fails and leaves the alias
+        prod = srv.get("/v1/aliases/wk-prod").json()["model_id"]
+        strict = srv.post("/v1/schedules", {"name": "strict", "cron": "* * * * * *",
+                                            "template": week_template(1.0)}).json()
+        wait_fires(srv, strict["id"], lambda f: any(x["job_id"] for x in f))
+        for j in settle(srv, strict["id"]).values():
+            assert j["promotion"]["promoted"] is False and "below" in j["promotion"]["reason"], j
+        assert srv.get("/v1/aliases/wk-prod").json()["model_id"] == prod
+
+        # the pipeline heard it all, signed: the jobs, their evals, the alias's moves
+        wait_deliveries(srv, lambda it: all(d["state"] == "delivered" for d in it) and
+                        any(d["event"] == "alias.moved" and
+                            d["payload"]["data"]["job_id"] == j1["id"] for d in it))
+        got = [(b["type"], b["data"].get("job_id")) for _, b in rx.requests]
+        assert ("job.succeeded", j1["id"]) in got and ("eval.completed", j1["id"]) in got
+        assert ("alias.moved", j1["id"]) in got
+        assert not rx.bad, rx.bad
+
+        # SIGKILL in the middle of a tick: the fire is done once after the restart, never lost
+        # (killed before its commit) nor doubled (killed after it)
+        for where in ("before_commit", "after_commit"):
+            at = killed_fire(srv, sid, where)
+            fires = wait_fires(srv, sid, lambda f: any(x["fire_time"] == at for x in f))
+            mine = [f for f in fires if f["fire_time"] == at]
+            assert len(mine) == 1 and mine[0]["job_id"], (where, at, fires)
+            assert srv.get(f"/v1/jobs/{mine[0]['job_id']}").status == 200
+            assert mine[0]["missed"] == 0, mine  # it was due while chordd ran
+            settle(srv, sid)
+        times = [f["fire_time"] for f in schedule(srv, sid)["recent_fires"]]
+        assert len(times) == len(set(times))
+        jobs = [f["job_id"] for f in schedule(srv, sid)["recent_fires"] if f["job_id"]]
+        assert len(jobs) == len(set(jobs))
+
+        # fire times missed while chordd was down: run_once runs one job, skip records the skip
+        skipper = srv.post("/v1/schedules", {"name": "skipper", "cron": "* * * * * *",
+                                             "template": week_template(1.0),
+                                             "missed": "skip"}).json()
+        pause(srv, skipper["id"])
+        seen = {f["fire_time"] for f in schedule(srv, sid)["recent_fires"]}
+        pause(srv, sid, False)
+        pause(srv, skipper["id"], False)
+        assert srv.stop() == 0
+        time.sleep(5)
+        srv.start()
+        caught = wait_fires(srv, sid, lambda f: any(x["missed"] for x in f
+                                                    if x["fire_time"] not in seen))
+        caught = [f for f in caught if f["missed"] and f["fire_time"] not in seen]
+        assert len(caught) == 1 and caught[0]["job_id"] and caught[0]["missed"] >= 2, caught
+        skipped = wait_fires(srv, skipper["id"], lambda f: any(x["missed"] for x in f))
+        skipped = [f for f in skipped if f["missed"]]
+        assert len(skipped) == 1 and skipped[0]["job_id"] is None, skipped
+        assert "skipped" in skipped[0]["error"] and skipped[0]["missed"] >= 2, skipped
+        pause(srv, skipper["id"])
+        settle(srv, sid)
+
+        # deleting a schedule stops it; its jobs stay
+        r = srv.request("DELETE", f"/v1/schedules/{skipper['id']}")
+        assert r.status == 200 and srv.get(f"/v1/schedules/{skipper['id']}").status == 404
+        page = srv.get("/v1/schedules?limit=1").json()
+        assert page["has_more"] is True and page["items"][0]["id"] == strict["id"]
+    finally:
+        rx.close()
+        srv.stop()
+        srv.cleanup()

@@ -827,6 +827,73 @@ static void test_aliases_and_promotions(void **state) {
     scratch_remove(dir);
 }
 
+/* Schedules: a fire time is handled once (a second fire of it, or one from a stale next time, is
+ * a conflict and changes nothing); its job, row and next time go together. */
+static void test_schedule_fires_once(void **state) {
+    (void)state;
+    char dir[256];
+    scratch_make(dir);
+    store *s = open_ok(dir);
+    chord_err err = {0};
+    store_schedule x;
+    assert_int_equal(store_schedule_create(s, "nightly", "* * * * *", "{}", 1, 1000, &x, &err), 0);
+    char job[STORE_ID_MAX];
+    assert_int_equal(store_schedule_fire(s, x.id, 1000, 1000, 2000, 0, NULL, "j", "{}", NULL,
+                                         NULL, job, &err),
+                     0);
+    assert_int_equal(strncmp(job, "job_", 4), 0);
+    assert_int_equal(store_schedule_fire(s, x.id, 1000, 1000, 2000, 0, NULL, "j", "{}", NULL,
+                                         NULL, job, &err),
+                     -1);
+    assert_int_equal(err.code, CHORD_E_CONFLICT);
+    chord_err_clear(&err);
+    int64_t total = 0;
+    store_job *jobs = NULL;
+    size_t n = 0;
+    assert_int_equal(store_job_list(s, -1, 0, 0, NULL, &jobs, &n, &total, &err), 0);
+    assert_int_equal(total, 1); /* the refused fire made no job */
+    store_job_list_free(jobs, n);
+    /* a skipped fire: a row, no job */
+    assert_int_equal(store_schedule_fire(s, x.id, 2000, 5000, 6000, 3, "skipped", NULL, NULL, NULL,
+                                         NULL, job, &err),
+                     0);
+    char sid[STORE_ID_MAX];
+    snprintf(sid, sizeof sid, "%s", x.id);
+    store_schedule_free(&x);
+    assert_int_equal(store_schedule_get(s, sid, &x, &err), 0);
+    assert_int_equal(x.next_fire_ms, 6000);
+    assert_int_equal(x.fires, 2);
+    store_fire *fires = NULL;
+    assert_int_equal(store_schedule_fires(s, x.id, 10, &fires, &n, &err), 0);
+    assert_int_equal(n, 2);
+    assert_int_equal(fires[0].fire_ms, 5000);
+    assert_string_equal(fires[0].job_id, "");
+    assert_int_equal(fires[0].missed, 3);
+    assert_int_equal(strncmp(fires[1].job_id, "job_", 4), 0);
+    store_schedule_fires_free(fires, n);
+    /* paused: nothing fires, nothing is due */
+    assert_int_equal(store_schedule_set_paused(s, x.id, 1, 0, &err), 0);
+    store_schedule *due = NULL;
+    assert_int_equal(store_schedules_due(s, 1000000, &due, &n, &err), 0);
+    assert_int_equal(n, 0);
+    store_schedule_list_free(due, n);
+    assert_int_equal(store_schedule_fire(s, x.id, 6000, 6000, 7000, 0, NULL, NULL, NULL, NULL,
+                                         NULL, job, &err),
+                     -1);
+    chord_err_clear(&err);
+    int64_t prev = -1;
+    assert_int_equal(store_scheduler_alive(s, 42, &prev, &err), 0);
+    assert_int_equal(prev, 0);
+    assert_int_equal(store_scheduler_alive(s, 43, &prev, &err), 0);
+    assert_int_equal(prev, 42);
+    assert_int_equal(store_schedule_delete(s, x.id, &err), 0);
+    assert_int_equal(store_schedule_delete(s, x.id, &err), -1);
+    assert_int_equal(err.code, CHORD_E_NOT_FOUND);
+    store_schedule_free(&x);
+    store_close(s);
+    scratch_remove(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dataset_upload),
@@ -840,6 +907,7 @@ int main(void) {
         cmocka_unit_test(test_checkpoint_pins_and_dataset_names),
         cmocka_unit_test(test_webhook_outbox),
         cmocka_unit_test(test_aliases_and_promotions),
+        cmocka_unit_test(test_schedule_fires_once),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
