@@ -101,7 +101,11 @@ json_t *svc_job_json(const store_job *j) {
     json_int_t steps = json_integer_value(json_object_get(config, "steps"));
     svc_json_put(o, "id", json_string(j->id), &bad);
     svc_json_put(o, "name", json_string(j->name ? j->name : ""), &bad);
-    svc_json_put(o, "state", json_string(store_job_state_name(j->state)), &bad);
+    svc_json_put(o, "state",
+                 json_string(j->state == STORE_JOB_QUEUED && j->paused
+                                 ? "paused"
+                                 : store_job_state_name(j->state)),
+                 &bad);
     svc_json_put(o, "created_at", svc_json_time(j->created_ms), &bad);
     svc_json_put(o, "started_at", svc_json_time(j->started_ms), &bad);
     svc_json_put(o, "finished_at", svc_json_time(j->finished_ms), &bad);
@@ -110,6 +114,10 @@ json_t *svc_job_json(const store_job *j) {
     svc_json_put(o, "steps", json_integer(steps), &bad);
     svc_json_put(o, "device", svc_json_str(j->device), &bad);
     svc_json_put(o, "cancel_requested", json_boolean(j->cancel_requested), &bad);
+    svc_json_put(
+        o, "pause_requested",
+        json_boolean(j->paused && (j->state == STORE_JOB_QUEUED || j->state == STORE_JOB_RUNNING)),
+        &bad);
     svc_json_put(o, "config", config, &bad);
     svc_job_pipeline_json(j, o, &bad);
     if (bad) {
@@ -764,11 +772,13 @@ int svc_job_list(svc *s, const char *state, size_t offset, size_t limit, const c
                  json_t **list, chord_err *err) {
     *list = NULL;
     int st_filter = -1;
-    if (state) {
+    if (state && !strcmp(state, "paused")) {
+        st_filter = STORE_JOB_LIST_PAUSED;
+    } else if (state) {
         store_job_state js;
         if (store_job_state_parse(state, &js, NULL))
-            return chord_err_set(err, "state: must be one of queued, running, succeeded, failed, "
-                                      "cancelled");
+            return chord_err_set(err, "state: must be one of queued, running, paused, succeeded, "
+                                      "failed, cancelled");
         st_filter = (int)js;
     }
     if (limit == 0 || limit > SVC_LIST_LIMIT_MAX) limit = SVC_LIST_LIMIT_MAX;
@@ -804,6 +814,24 @@ int svc_job_cancel(svc *s, const char *id, json_t **job, chord_err *err) {
     if (rc) return -1;
     if (j.state == STORE_JOB_RUNNING) jobs_cancel(s->jobs, id);
     LOG_INFO("job %s: cancel requested (%s)", id, store_job_state_name(j.state));
+    *job = svc_job_json(&j);
+    store_job_free(&j);
+    svc_publish(s, id);
+    return *job ? 0 : oom(err);
+}
+
+int svc_job_pause(svc *s, const char *id, int pause, json_t **job, chord_err *err) {
+    *job = NULL;
+    store *st = svc_store_get(s, err);
+    if (!st) return -1;
+    store_job j = {0};
+    int rc = svc_by_id(store_job_set_paused(st, id, pause, &j, err), err);
+    svc_store_put(s, st);
+    if (rc) return -1;
+    if (j.state == STORE_JOB_RUNNING) jobs_pause(s->jobs, id, pause);
+    if (!pause) jobs_wake(s->jobs); /* back in line, at its old place */
+    LOG_INFO("job %s: %s (%s)", id, pause ? "pause requested" : "resumed",
+             store_job_state_name(j.state));
     *job = svc_job_json(&j);
     store_job_free(&j);
     svc_publish(s, id);

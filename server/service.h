@@ -138,6 +138,12 @@ int svc_job_list(svc *s, const char *state, size_t offset, size_t limit, const c
  * cancelled instead of going back to the queue, or, if the stop got there first, the next start
  * cancels it. */
 int svc_job_cancel(svc *s, const char *id, json_t **job, chord_err *err);
+/* Pauses a job (pause 1): a queued one at once (state "paused"); a running one stops after its
+ * current step with a checkpoint, frees its device and becomes "paused" (pause_requested true
+ * meanwhile). Resumes it (pause 0): "queued" again at its original place in line (the queue's
+ * order is submission order), and it continues from its checkpoint bit-identically. A finished
+ * job is CHORD_E_CONFLICT. */
+int svc_job_pause(svc *s, const char *id, int pause, json_t **job, chord_err *err);
 /* {"job_id", "since_step", "next_step", "steps": [{"step", "metrics": {name: value|null}}]}:
  * at most max_steps steps (0 = all) from since_step on; next_step is what to ask for next. */
 int svc_job_metrics(svc *s, const char *id, int64_t since_step, size_t max_steps, json_t **out,

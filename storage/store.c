@@ -209,6 +209,9 @@ static const char *const migrations[STORE_SCHEMA_VERSION] = {
     "  missed INTEGER NOT NULL DEFAULT 0," /* fire times missed while chordd was down */
     "  created_ms INTEGER NOT NULL,"
     "  UNIQUE (schedule_id, fire_ms));",
+    /* 7 → 8: pausing a job (store_job_set_paused): a queued job with paused = 1 is not claimed;
+     * a running one stops after its step with a checkpoint and goes back to the queue so. */
+    "ALTER TABLE jobs ADD COLUMN paused INTEGER NOT NULL DEFAULT 0 CHECK (paused IN (0, 1));",
 };
 
 /* ---- SQLite helpers ----------------------------------------------------------------------- */

@@ -40,7 +40,7 @@
 
 #include "server/base/err.h"
 
-#define STORE_SCHEMA_VERSION 7
+#define STORE_SCHEMA_VERSION 8
 #define STORE_BUSY_TIMEOUT_MS 30000
 /* Longest id, with its prefix and NUL ("job_" + 24 hex digits + NUL = 29). */
 #define STORE_ID_MAX 40
@@ -189,6 +189,7 @@ typedef struct store_job {
     char *error;                                 /* failure (or cancel) text, or NULL */
     int64_t current_step; /* last step whose metrics were written; -1 before the first */
     char *device;         /* device it runs / last ran on, or NULL */
+    int paused;           /* 1: paused (QUEUED) or asked to pause (RUNNING): not claimed */
     /* pipeline fields (store_pipeline.c; NULL / NaN / 0 when none): the alias the job's model
      * was named by and the model it meant then; the promotion asked for ("promote") and its
      * outcome: state "pending" | "promoted" | "not_promoted", why, the final eval accuracy and
@@ -224,6 +225,12 @@ int store_job_create_ex(store *s, const char *name, const char *config_json,
                         const char *base_checkpoint_id, const store_job_extra *extra,
                         store_job *out, chord_err *err);
 int store_job_get(store *s, const char *id, store_job *out, chord_err *err);
+/* Pauses (paused 1) or resumes a queued or running job (a finished one is CHORD_E_CONFLICT): a
+ * paused queued job is not claimed (store_job_list of STORE_JOB_QUEUED leaves it out) and keeps
+ * its place in line (its seq); a running one is only marked, its worker stops it. */
+int store_job_set_paused(store *s, const char *id, int paused, store_job *out, chord_err *err);
+/* store_job_list's state for the paused queued jobs (STORE_JOB_QUEUED lists the others). */
+#define STORE_JOB_LIST_PAUSED (-2)
 /* Lists jobs in `state`, or all when state is -1, newest first. */
 int store_job_list(store *s, int state, size_t offset, size_t limit, const char *after,
                    store_job **items, size_t *n, int64_t *total, chord_err *err);

@@ -372,7 +372,7 @@ void store_job_list_free(store_job *items, size_t n) {
 
 #define JOB_COLS                                                                                   \
     "id, name, config_json, state, cancel_requested, created_ms, started_ms, finished_ms, "        \
-    "error, current_step, device"
+    "error, current_step, device, paused"
 
 /* The job's row of job_pipeline, if any (the caller's transaction, if any, holds). */
 static int read_job_pipeline(store *s, store_job *j, chord_err *err) {
@@ -422,6 +422,7 @@ static int read_job(store *s, sqlite3_stmt *st, void *item, chord_err *err) {
     if (storage_col_text(st, 8, &j->error)) return OOM(err, "job");
     j->current_step = sqlite3_column_int64(st, 9);
     if (storage_col_text(st, 10, &j->device)) return OOM(err, "job");
+    j->paused = sqlite3_column_int(st, 11);
     return read_job_pipeline(s, j, err);
 }
 
@@ -491,6 +492,14 @@ int storage_insert_job_locked(store *s, const char *id, const char *name, const 
 
 int store_job_list(store *s, int state, size_t offset, size_t limit, const char *after,
                    store_job **items, size_t *n, int64_t *total, chord_err *err) {
+    if (state == STORE_JOB_LIST_PAUSED || state == STORE_JOB_QUEUED)
+        return list_page(
+            s, "listing jobs", "SELECT count(*) FROM jobs WHERE state = 'queued' AND paused = ?1",
+            "SELECT " JOB_COLS " FROM jobs WHERE state = 'queued' AND paused = ?1 "
+            "AND (?4 IS NULL OR seq < (SELECT seq FROM jobs WHERE id = ?4)) "
+            "ORDER BY seq DESC LIMIT ?2 OFFSET ?3",
+            "SELECT 1 FROM jobs WHERE id = ?4", state == STORE_JOB_LIST_PAUSED ? "1" : "0", offset,
+            limit, after, sizeof **items, read_job, free_job_item, (void **)items, n, total, err);
     if (state != -1 && (state < 0 || state >= STORE_JOB_NSTATES)) {
         *items = NULL;
         *n = 0;
@@ -644,6 +653,30 @@ int store_job_request_cancel(store *s, const char *id, store_job *out, chord_err
         chord_err_setc(err, CHORD_E_CONFLICT, "job %s is already %s", id, job_states[state]);
         goto fail;
     }
+    if (out && store_job_get(s, id, out, err)) goto fail;
+    if (storage_commit(s, err)) goto fail;
+    return 0;
+fail:
+    storage_rollback(s);
+    if (out) store_job_free(out);
+    return -1;
+}
+
+int store_job_set_paused(store *s, const char *id, int paused, store_job *out, chord_err *err) {
+    if (out) memset(out, 0, sizeof *out);
+    if (storage_check_id(id, "job", "job", err)) return -1;
+    if (storage_begin_write(s, err))
+        return chord_err_prefix(err, "%s job %s", paused ? "pausing" : "resuming", id);
+    store_job_state state = STORE_JOB_QUEUED;
+    if (storage_job_state_locked(s, id, &state, err)) goto fail;
+    if (state != STORE_JOB_QUEUED && state != STORE_JOB_RUNNING) {
+        chord_err_setc(err, CHORD_E_CONFLICT, "job %s is already %s", id, job_states[state]);
+        goto fail;
+    }
+    if (storage_run(s, "UPDATE jobs SET paused = ?2 WHERE id = ?1",
+                    STORAGE_VALUES(STORAGE_TEXT(id), STORAGE_INT(paused ? 1 : 0)), err,
+                    "pausing job %s", id))
+        goto fail;
     if (out && store_job_get(s, id, out, err)) goto fail;
     if (storage_commit(s, err)) goto fail;
     return 0;

@@ -92,6 +92,22 @@ static int list_jobs(gcall *c, const ProtobufCMessage *req_, unsigned char **out
     return reply(list, &chord__v1__list_jobs_response__descriptor, out, len, err);
 }
 
+static int pause_job(gcall *c, const ProtobufCMessage *req_, unsigned char **out, size_t *len,
+                     chord_err *err) {
+    REQ(Chord__V1__PauseJobRequest, r);
+    json_t *job = NULL;
+    if (need_id(r->id, "id", err) || svc_job_pause(c->g->s, r->id, 1, &job, err)) return -1;
+    return reply(job, &chord__v1__job__descriptor, out, len, err);
+}
+
+static int resume_job(gcall *c, const ProtobufCMessage *req_, unsigned char **out, size_t *len,
+                      chord_err *err) {
+    REQ(Chord__V1__ResumeJobRequest, r);
+    json_t *job = NULL;
+    if (need_id(r->id, "id", err) || svc_job_pause(c->g->s, r->id, 0, &job, err)) return -1;
+    return reply(job, &chord__v1__job__descriptor, out, len, err);
+}
+
 static int get_metrics(gcall *c, const ProtobufCMessage *req_, unsigned char **out, size_t *len,
                        chord_err *err) {
     REQ(Chord__V1__GetMetricsRequest, r);
@@ -391,6 +407,8 @@ const gmethod api_grpc_methods[] = {
     UNARY("GetJob", get_job, chord__v1__get_job_request__descriptor, API_SCOPE_READ),
     UNARY("ListJobs", list_jobs, chord__v1__list_jobs_request__descriptor, API_SCOPE_READ),
     UNARY("CancelJob", cancel_job, chord__v1__cancel_job_request__descriptor, API_SCOPE_ADMIN),
+    UNARY("PauseJob", pause_job, chord__v1__pause_job_request__descriptor, API_SCOPE_ADMIN),
+    UNARY("ResumeJob", resume_job, chord__v1__resume_job_request__descriptor, API_SCOPE_ADMIN),
     {"/chord.v1.Chord/WatchJob", GM_SERVER_STREAM, &chord__v1__watch_job_request__descriptor, NULL,
      api_grpc_watch_open, api_grpc_watch_pump, NULL, API_SCOPE_READ},
     UNARY("GetMetrics", get_metrics, chord__v1__get_metrics_request__descriptor, API_SCOPE_READ),

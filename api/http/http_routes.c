@@ -247,6 +247,20 @@ static result cancel_job(http_req *r) {
     return reply(r, rc, 200, doc, &err);
 }
 
+static result pause_job(http_req *r) {
+    chord_err err = {0};
+    json_t *doc = NULL;
+    int rc = svc_job_pause(r->h->s, r->params[0], 1, &doc, &err);
+    return reply(r, rc, 200, doc, &err);
+}
+
+static result resume_job(http_req *r) {
+    chord_err err = {0};
+    json_t *doc = NULL;
+    int rc = svc_job_pause(r->h->s, r->params[0], 0, &doc, &err);
+    return reply(r, rc, 200, doc, &err);
+}
+
 static result job_metrics(http_req *r) {
     chord_err err = {0};
     int64_t since, max_steps;
@@ -363,6 +377,8 @@ const http_route api_http_routes[] = {
     {"GET", "/v1/jobs", HTTP_BODY_NONE, list_jobs, API_SCOPE_READ},
     {"GET", "/v1/jobs/{id}", HTTP_BODY_NONE, get_job, API_SCOPE_READ},
     {"POST", "/v1/jobs/{id}/cancel", HTTP_BODY_IGNORE, cancel_job, API_SCOPE_ADMIN},
+    {"POST", "/v1/jobs/{id}/pause", HTTP_BODY_IGNORE, pause_job, API_SCOPE_ADMIN},
+    {"POST", "/v1/jobs/{id}/resume", HTTP_BODY_IGNORE, resume_job, API_SCOPE_ADMIN},
     {"GET", "/v1/jobs/{id}/metrics", HTTP_BODY_NONE, job_metrics, API_SCOPE_READ},
     {"GET", "/v1/jobs/{id}/samples", HTTP_BODY_NONE, job_samples, API_SCOPE_READ},
     {"GET", "/v1/jobs/{id}/events", HTTP_BODY_NONE, job_events, API_SCOPE_READ},

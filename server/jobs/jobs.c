@@ -64,6 +64,7 @@ struct worker {
     /* the job it runs (guarded by pool->mu for the id; flags are atomics) */
     char job_id[STORE_ID_MAX];
     atomic_int cancel;
+    atomic_int pause; /* stop after the step with a checkpoint, back to the queue (paused) */
     _Atomic int64_t reserved; /* mem_estimate_job of the job it runs less the weights it takes
                                  from the shared bases (counted there), 0 when idle */
     /* fits_beside's last queued job (its estimate reads the datasets: once per job, not once
@@ -336,7 +337,7 @@ static int cb_should_stop(void *user, int *checkpoint_on_stop) {
         *checkpoint_on_stop = 0;
         return 1;
     }
-    if (atomic_load(&r->w->pool->stopping)) {
+    if (atomic_load(&r->w->pool->stopping) || atomic_load(&r->w->pause)) {
         /* a checkpoint of the last step, unless it has one already */
         *checkpoint_on_stop = r->last_ckpt != r->last_step;
         return 1;
@@ -521,7 +522,9 @@ static void run_job(worker *w, store_job *job) {
     } else if (rc == TRAINER_STOPPED && atomic_load(&w->cancel)) {
         finish_job(w, job->id, STORE_JOB_CANCELLED, "cancelled by request");
     } else if (rc == TRAINER_STOPPED) {
-        /* server stopping: back to queued, the next start resumes from the checkpoint */
+        /* server stopping, or the job paused: back to queued (paused stays set, so it is not
+         * claimed until resumed); it resumes from the checkpoint */
+        if (atomic_load(&w->pause)) LOG_INFO("job %s paused: checkpointed, device free", job->id);
         finish_job(w, job->id, STORE_JOB_QUEUED, NULL);
     } else {
         if (!err.msg[0]) snprintf(err.msg, sizeof err.msg, "trainer failed");
@@ -739,11 +742,13 @@ static void *worker_main(void *arg) {
             store_job now = {0};
             if (store_job_get(w->st, job.id, &now, &err) == 0 && now.cancel_requested)
                 atomic_store(&w->cancel, 1);
+            if (now.paused) atomic_store(&w->pause, 1); /* likewise a pause */
             store_job_free(&now);
             run_job(w, &job);
             pthread_mutex_lock(&p->mu);
             w->job_id[0] = '\0';
             atomic_store(&w->cancel, 0);
+            atomic_store(&w->pause, 0);
             atomic_store(&w->reserved, 0); /* after the job's final state is stored */
             pthread_mutex_unlock(&p->mu);
             store_job_free(&job);
@@ -836,6 +841,20 @@ void jobs_wake(jobs_pool *p) {
     p->wake_seq++;
     pthread_cond_broadcast(&p->cv);
     pthread_mutex_unlock(&p->mu);
+}
+
+int jobs_pause(jobs_pool *p, const char *job_id, int pause) {
+    if (!p) return 0;
+    int hit = 0;
+    pthread_mutex_lock(&p->mu);
+    for (int i = 0; i < p->n_workers; i++) {
+        if (!strcmp(p->workers[i].job_id, job_id)) {
+            atomic_store(&p->workers[i].pause, pause ? 1 : 0);
+            hit = 1;
+        }
+    }
+    pthread_mutex_unlock(&p->mu);
+    return hit;
 }
 
 int jobs_cancel(jobs_pool *p, const char *job_id) {

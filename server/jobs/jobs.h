@@ -31,6 +31,9 @@
  *      | claim (worker_main): store_job_transition, the oldest queued job that this   |
  *      v   | worker's device may run                                                  |
  *     RUNNING -- finish_job: trainer_run stopped with w->cancel set (svc_job_cancel --+
+ *        |   ^--- claim, after svc_job_resume (store_job_set_paused 0) ----- PAUSED (QUEUED,
+ *        +------ finish_job (QUEUED): trainer_run stopped with w->pause set --> paused = 1:
+ *        |       (svc_job_pause: store_job_set_paused 1, jobs_pause), a checkpoint   not claimed)
  *        |       -> store_job_request_cancel, jobs_cancel)
  *        +------ finish_job: trainer_run done ------------------------------------> SUCCEEDED
  *        +------ finish_job: trainer_run failed, or run_job cannot resolve the ----> FAILED
@@ -81,6 +84,10 @@ void jobs_wake(jobs_pool *p);
 /* Asks the worker running job_id to stop it (the worker then marks it cancelled). Returns 1
  * when a worker was running it, 0 otherwise. */
 int jobs_cancel(jobs_pool *p, const char *job_id);
+/* Asks the worker running job_id to stop it after its step with a checkpoint and put it back in
+ * the queue, where it stays (store_job_set_paused marked it) until resumed; pause 0 withdraws
+ * the request. Returns 1 when a worker was running it. */
+int jobs_pause(jobs_pool *p, const char *job_id, int pause);
 /* Queues a rollout request already stored as pending (store_rollout_create). */
 int jobs_submit_rollout(jobs_pool *p, const char *rollout_id, chord_err *err);
 /* The estimated bytes (mem_estimate_job) of the jobs the workers on `device` run now, less the

@@ -444,6 +444,8 @@ class GrpcGen:
             "GetJob": pb.GetJobRequest(id=ids["job"]),
             "ListJobs": pb.ListJobsRequest(state="queued", offset=0, limit=5),
             "CancelJob": pb.CancelJobRequest(id=ids["job"]),
+            "PauseJob": pb.PauseJobRequest(id=ids["job"]),
+            "ResumeJob": pb.ResumeJobRequest(id=ids["job"]),
             "WatchJob": pb.WatchJobRequest(id=ids["job"], since_step=0),
             "GetMetrics": pb.GetMetricsRequest(id=ids["job"], since_step=1, max_steps=3),
             "ListSamples": pb.ListSamplesRequest(id=ids["job"], step=1, limit=3),

@@ -941,3 +941,64 @@ def test_week_of_a_pipeline(tmp_path):
         rx.close()
         srv.stop()
         srv.cleanup()
+
+
+# ---- pause and resume ---------------------------------------------------------------------------
+
+def weights(srv, job_id, step):
+    cks = [c for c in srv.get(f"/v1/jobs/{job_id}/checkpoints").json()["items"] if c["step"] == step]
+    assert cks, (job_id, step)
+    names = sorted(f["path"] for f in cks[0]["files"] if f["path"].endswith(".safetensors"))
+    assert names, cks
+    return {n: srv.get(f"/v1/jobs/{job_id}/checkpoints/{step}/files/{n}").body for n in names}
+
+
+def test_pause_resume_is_bit_identical_and_keeps_its_place(srv, trained):
+    doc = tiny_job("nightly", steps=8, checkpoint_every=4, seed=11, name="pausable")
+    a = srv.post("/v1/jobs", doc).json()
+    a = srv.wait_job(a["id"], lambda j: j["state"] in ("succeeded", "failed"))
+    assert a["state"] == "succeeded", a
+
+    b = srv.post("/v1/jobs", doc).json()
+    srv.wait_job(b["id"], lambda j: j["state"] == "running" and j["current_step"] >= 2)
+    r = srv.post(f"/v1/jobs/{b['id']}/pause")
+    assert r.status == 200 and r.json()["pause_requested"] is True, r
+    b = srv.wait_job(b["id"], lambda j: j["state"] == "paused")
+    assert b["pause_requested"] is True and b["current_step"] < 8, b
+    paused_at = b["current_step"]
+    assert [c["step"] for c in srv.get(f"/v1/jobs/{b['id']}/checkpoints").json()["items"]][-1] \
+        == paused_at  # checkpointed where it stopped
+    assert b["id"] in [j["id"] for j in srv.get("/v1/jobs?state=paused").json()["items"]]
+    assert b["id"] not in [j["id"] for j in srv.get("/v1/jobs?state=queued").json()["items"]]
+    assert_error(srv.post("/v1/jobs/job_000000000000000000000000/pause"), 404, "not_found")
+    assert_error(srv.post(f"/v1/jobs/{a['id']}/pause"), 409, "conflict", "succeeded")
+
+    # the device is free: another job runs meanwhile; one queued behind b waits for b
+    c = srv.post("/v1/jobs", tiny_job("nightly", steps=100000, name="meanwhile")).json()
+    srv.wait_job(c["id"], lambda j: j["state"] == "running")
+    d = srv.post("/v1/jobs", tiny_job("nightly", steps=1, name="behind")).json()
+    r = srv.post(f"/v1/jobs/{b['id']}/resume")
+    assert r.status == 200 and r.json()["state"] == "queued", r
+    assert r.json()["pause_requested"] is False
+    srv.post(f"/v1/jobs/{c['id']}/cancel")  # the worker is free: b, then d
+    b = srv.wait_job(b["id"], lambda j: j["state"] in ("succeeded", "failed"))
+    d = srv.wait_job(d["id"], lambda j: j["state"] in ("succeeded", "failed"))
+    assert b["state"] == "succeeded" and d["started_at"] >= b["finished_at"], (b, d)
+
+    # bit-identical to the run that was never paused
+    assert weights(srv, a["id"], 8) == weights(srv, b["id"], 8)
+    ma = srv.get(f"/v1/jobs/{a['id']}/metrics").json()["steps"]
+    mb = srv.get(f"/v1/jobs/{b['id']}/metrics").json()["steps"]
+    assert [s["metrics"]["loss"] for s in ma] == [s["metrics"]["loss"] for s in mb]
+
+    # over gRPC too
+    pb = stubs()[0]
+    stub = srv.stub()
+    e = srv.post("/v1/jobs", tiny_job("nightly", steps=200, name="grpc-pause")).json()
+    srv.wait_job(e["id"], lambda j: j["state"] == "running" and j["current_step"] >= 1)
+    assert stub.PauseJob(pb.PauseJobRequest(id=e["id"]), timeout=30).pause_requested
+    srv.wait_job(e["id"], lambda j: j["state"] == "paused")
+    assert stub.ResumeJob(pb.ResumeJobRequest(id=e["id"]), timeout=30).state in ("queued",
+                                                                              "running")
+    srv.post(f"/v1/jobs/{e['id']}/cancel")
+    srv.wait_job(e["id"], lambda j: j["state"] == "cancelled")

@@ -894,6 +894,46 @@ static void test_schedule_fires_once(void **state) {
     scratch_remove(dir);
 }
 
+/* Pausing: a paused queued job leaves the queue's list (STORE_JOB_QUEUED) for the paused one,
+ * keeps its seq (its place) when resumed; a finished job cannot be paused. */
+static void test_job_pause(void **state) {
+    (void)state;
+    char dir[256];
+    scratch_make(dir);
+    store *s = open_ok(dir);
+    chord_err err = {0};
+    store_job a, b, j;
+    assert_int_equal(store_job_create(s, "a", "{}", &a, &err), 0);
+    assert_int_equal(store_job_create(s, "b", "{}", &b, &err), 0);
+    assert_int_equal(store_job_set_paused(s, a.id, 1, &j, &err), 0);
+    assert_int_equal(j.paused, 1);
+    store_job_free(&j);
+    store_job *items = NULL;
+    size_t n = 0;
+    int64_t total = 0;
+    assert_int_equal(store_job_list(s, STORE_JOB_QUEUED, 0, 0, NULL, &items, &n, &total, &err), 0);
+    assert_int_equal(n, 1);
+    assert_string_equal(items[0].id, b.id);
+    store_job_list_free(items, n);
+    assert_int_equal(store_job_list(s, STORE_JOB_LIST_PAUSED, 0, 0, NULL, &items, &n, &total, &err),
+                     0);
+    assert_int_equal(n, 1);
+    assert_string_equal(items[0].id, a.id);
+    store_job_list_free(items, n);
+    assert_int_equal(store_job_set_paused(s, a.id, 0, NULL, &err), 0);
+    assert_int_equal(store_job_list(s, STORE_JOB_QUEUED, 0, 0, NULL, &items, &n, &total, &err), 0);
+    assert_int_equal(n, 2);
+    assert_string_equal(items[1].id, a.id); /* the oldest again: first in line */
+    store_job_list_free(items, n);
+    assert_int_equal(store_job_request_cancel(s, b.id, NULL, &err), 0);
+    assert_int_equal(store_job_set_paused(s, b.id, 1, NULL, &err), -1);
+    assert_int_equal(err.code, CHORD_E_CONFLICT);
+    store_job_free(&a);
+    store_job_free(&b);
+    store_close(s);
+    scratch_remove(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dataset_upload),
@@ -908,6 +948,7 @@ int main(void) {
         cmocka_unit_test(test_webhook_outbox),
         cmocka_unit_test(test_aliases_and_promotions),
         cmocka_unit_test(test_schedule_fires_once),
+        cmocka_unit_test(test_job_pause),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
