@@ -7,8 +7,9 @@
  * fire's row, UNIQUE per (schedule, fire time), its job, the next fire time), so a SIGKILL in the
  * middle of a tick leaves the fire either done or not begun, and the next start does what is
  * left. Fire times that came while chordd was down (after its last heartbeat, written every
- * SVC_SCHEDULE_BEAT_MS, and before this start) follow the schedule's `missed` policy: "skip"
- * records that they were skipped, "run_once" submits one job for the latest of them. A fire time
+ * SVC_SCHEDULE_BEAT_MS while schedules exist, and before this start) follow the schedule's
+ * `missed` policy: "skip" records that they were skipped, "run_once" submits one job for the
+ * latest of them. A fire time
  * whose template cannot be submitted then (an unknown alias, a full queue, ...) is recorded with
  * the error and no job.
  *
@@ -360,12 +361,18 @@ void svc_schedules_pass(svc *s) {
         LOG_WARN("schedules: %s", err.msg);
         return;
     }
-    int64_t now = store_now_ms(), previous;
+    int64_t now = store_now_ms(), previous, total = 0;
     if (now - s->sched_beat_ms >= SVC_SCHEDULE_BEAT_MS) {
-        if (store_scheduler_alive(st, now, &previous, &err))
+        /* only while there are schedules (one fsync a second otherwise for nothing): a schedule
+         * created later fires after this start, never in a down time */
+        store_schedule *one = NULL;
+        size_t n_one = 0;
+        if (store_schedule_list(st, 0, 1, NULL, &one, &n_one, &total, &err) ||
+            (total > 0 && store_scheduler_alive(st, now, &previous, &err)))
             LOG_WARN("schedules: %s", err.msg);
         else
             s->sched_beat_ms = now;
+        store_schedule_list_free(one, n_one);
     }
     store_schedule *due = NULL;
     size_t n = 0;
