@@ -318,6 +318,66 @@ static int list_aliases(gcall *c, const ProtobufCMessage *req_, unsigned char **
     return reply(doc, &chord__v1__list_aliases_response__descriptor, out, len, err);
 }
 
+/* ---- schedules ---------------------------------------------------------------------------- */
+
+static int create_schedule(gcall *c, const ProtobufCMessage *req_, unsigned char **out, size_t *len,
+                           chord_err *err) {
+    REQ(Chord__V1__CreateScheduleRequest, r);
+    json_t *doc = pbj_to_json(&r->base), *x = NULL;
+    if (!doc) return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
+    json_object_del(doc, "idempotency_key"); /* the request's, not the schedule's */
+    int rc = svc_create_idempotent(c->g->s, idem_key(r->idempotency_key), "schedules.create", doc,
+                                   svc_schedule_create, &x, NULL, err);
+    json_decref(doc);
+    return rc ? -1 : reply(x, &chord__v1__schedule__descriptor, out, len, err);
+}
+
+/* The calls on one schedule by id: get, delete, pause, resume. */
+static int schedule_by_id(gcall *c, const char *id, int what, unsigned char **out, size_t *len,
+                          chord_err *err) {
+    json_t *doc = NULL;
+    if (need_id(id, "id", err)) return -1;
+    int rc = what == 0   ? svc_schedule_get(c->g->s, id, &doc, err)
+             : what == 1 ? svc_schedule_delete(c->g->s, id, &doc, err)
+                         : svc_schedule_pause(c->g->s, id, what == 2, &doc, err);
+    return rc ? -1 : reply(doc, &chord__v1__schedule__descriptor, out, len, err);
+}
+
+static int get_schedule(gcall *c, const ProtobufCMessage *req_, unsigned char **out, size_t *len,
+                        chord_err *err) {
+    REQ(Chord__V1__GetScheduleRequest, r);
+    return schedule_by_id(c, r->id, 0, out, len, err);
+}
+
+static int delete_schedule(gcall *c, const ProtobufCMessage *req_, unsigned char **out, size_t *len,
+                           chord_err *err) {
+    REQ(Chord__V1__DeleteScheduleRequest, r);
+    return schedule_by_id(c, r->id, 1, out, len, err);
+}
+
+static int pause_schedule(gcall *c, const ProtobufCMessage *req_, unsigned char **out, size_t *len,
+                          chord_err *err) {
+    REQ(Chord__V1__PauseScheduleRequest, r);
+    return schedule_by_id(c, r->id, 2, out, len, err);
+}
+
+static int resume_schedule(gcall *c, const ProtobufCMessage *req_, unsigned char **out, size_t *len,
+                           chord_err *err) {
+    REQ(Chord__V1__ResumeScheduleRequest, r);
+    return schedule_by_id(c, r->id, 3, out, len, err);
+}
+
+static int list_schedules(gcall *c, const ProtobufCMessage *req_, unsigned char **out, size_t *len,
+                          chord_err *err) {
+    REQ(Chord__V1__ListSchedulesRequest, r);
+    size_t o = 0, l = 0;
+    json_t *doc = NULL;
+    if (paging(r->offset, r->limit, &o, &l, err) ||
+        svc_schedule_list(c->g->s, o, l, r->after, &doc, err))
+        return -1;
+    return reply(doc, &chord__v1__list_schedules_response__descriptor, out, len, err);
+}
+
 /* ---- the Tinker API's sessions --------------------------------------------------------------- */
 
 static int list_tinker_sessions(gcall *c, const ProtobufCMessage *req_, unsigned char **out,
@@ -431,6 +491,17 @@ const gmethod api_grpc_methods[] = {
     UNARY("DeleteAlias", delete_alias, chord__v1__delete_alias_request__descriptor,
           API_SCOPE_ADMIN),
     UNARY("ListAliases", list_aliases, chord__v1__list_aliases_request__descriptor, API_SCOPE_READ),
+    UNARY("CreateSchedule", create_schedule, chord__v1__create_schedule_request__descriptor,
+          API_SCOPE_ADMIN),
+    UNARY("GetSchedule", get_schedule, chord__v1__get_schedule_request__descriptor, API_SCOPE_READ),
+    UNARY("ListSchedules", list_schedules, chord__v1__list_schedules_request__descriptor,
+          API_SCOPE_READ),
+    UNARY("DeleteSchedule", delete_schedule, chord__v1__delete_schedule_request__descriptor,
+          API_SCOPE_ADMIN),
+    UNARY("PauseSchedule", pause_schedule, chord__v1__pause_schedule_request__descriptor,
+          API_SCOPE_ADMIN),
+    UNARY("ResumeSchedule", resume_schedule, chord__v1__resume_schedule_request__descriptor,
+          API_SCOPE_ADMIN),
     UNARY("ListTinkerSessions", list_tinker_sessions,
           chord__v1__list_tinker_sessions_request__descriptor, API_SCOPE_READ),
     UNARY("GetTinkerSession", get_tinker_session, chord__v1__get_tinker_session_request__descriptor,

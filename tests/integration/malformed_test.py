@@ -466,6 +466,13 @@ class GrpcGen:
             "GetAlias": pb.GetAliasRequest(name="fuzz"),
             "DeleteAlias": pb.DeleteAliasRequest(name="fuzz"),
             "ListAliases": pb.ListAliasesRequest(limit=2, after="a"),
+            "CreateSchedule": pb.CreateScheduleRequest(name="s", cron="0 3 * * *", template=job,
+                                                       missed="skip", paused=True),
+            "GetSchedule": pb.GetScheduleRequest(id="sch_0"),
+            "ListSchedules": pb.ListSchedulesRequest(limit=2),
+            "DeleteSchedule": pb.DeleteScheduleRequest(id="sch_0"),
+            "PauseSchedule": pb.PauseScheduleRequest(id="sch_0"),
+            "ResumeSchedule": pb.ResumeScheduleRequest(id="sch_0"),
         }
         t["RegisterModel"].init.config.update(TINY_CONFIG)
         from grpc_health.v1 import health_pb2

@@ -1002,3 +1002,30 @@ def test_pause_resume_is_bit_identical_and_keeps_its_place(srv, trained):
                                                                               "running")
     srv.post(f"/v1/jobs/{e['id']}/cancel")
     srv.wait_job(e["id"], lambda j: j["state"] == "cancelled")
+
+
+def test_grpc_schedules(srv, trained):
+    pb = stubs()[0]
+    stub = srv.stub()
+    tmpl = tiny_job("nightly", steps=1)
+    req = pb.CreateScheduleRequest(name="g-sched", cron="0 3 * * *", template=to_struct(tmpl),
+                                   missed="run_once", idempotency_key="g-sched")
+    a = stub.CreateSchedule(req, timeout=30)
+    assert stub.CreateSchedule(req, timeout=30).id == a.id  # the key: created once
+    assert a.missed == "run_once" and not a.paused and a.next_fire_at.endswith("03:00:00.000Z")
+    assert_same(srv.get(f"/v1/schedules/{a.id}").json(), stub.GetSchedule(
+        pb.GetScheduleRequest(id=a.id), timeout=30))
+    page = stub.ListSchedules(pb.ListSchedulesRequest(limit=1), timeout=30)
+    assert page.items[0].id == page.next_cursor
+    assert_same(srv.get("/v1/schedules?limit=1").json(), page)
+    p = stub.PauseSchedule(pb.PauseScheduleRequest(id=a.id), timeout=30)
+    assert p.paused and p.next_fire_at == ""
+    assert not stub.ResumeSchedule(pb.ResumeScheduleRequest(id=a.id), timeout=30).paused
+    with pytest.raises(grpc.RpcError) as e:
+        stub.CreateSchedule(pb.CreateScheduleRequest(name="x", cron="* * *",
+                                                     template=to_struct(tmpl)), timeout=30)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "cron" in e.value.details()
+    assert stub.DeleteSchedule(pb.DeleteScheduleRequest(id=a.id), timeout=30).id == a.id
+    with pytest.raises(grpc.RpcError) as e:
+        stub.GetSchedule(pb.GetScheduleRequest(id=a.id), timeout=30)
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
