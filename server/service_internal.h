@@ -86,7 +86,7 @@ struct svc {
     int pl_wake, pl_stop; /* (pl_mu) */
     int pl_sync;          /* pl_mu and pl_cv initialised */
     pthread_t pl_thread;
-    int pl_started;
+    atomic_int pl_started; /* read by any thread's svc_pipeline_wake (workers start before it) */
     /* schedules (service_schedules.c; the pipeline thread's own) */
     int64_t sched_beat_ms;    /* the last heartbeat written */
     int64_t sched_down_from;  /* fire times in (down_from, down_until) came while chordd was */

@@ -355,12 +355,12 @@ int svc_pipeline_start(svc *s, chord_err *err) {
     if (pthread_create(&s->pl_thread, NULL, pipeline_main, s) != 0)
         return chord_err_setc(err, CHORD_E_INTERNAL, "pipelines: cannot start the thread: %s",
                               strerror(errno));
-    s->pl_started = 1;
+    atomic_store(&s->pl_started, 1);
     return 0;
 }
 
 void svc_pipeline_wake(svc *s) {
-    if (!s->pl_started) return;
+    if (!atomic_load(&s->pl_started)) return;
     pthread_mutex_lock(&s->pl_mu);
     s->pl_wake = 1;
     pthread_cond_signal(&s->pl_cv);
@@ -368,13 +368,13 @@ void svc_pipeline_wake(svc *s) {
 }
 
 void svc_pipeline_stop(svc *s) {
-    if (s->pl_started) {
+    if (atomic_load(&s->pl_started)) {
         pthread_mutex_lock(&s->pl_mu);
         s->pl_stop = 1;
         pthread_cond_signal(&s->pl_cv);
         pthread_mutex_unlock(&s->pl_mu);
+        atomic_store(&s->pl_started, 0); /* no wake from here on (pl_mu goes next) */
         pthread_join(s->pl_thread, NULL);
-        s->pl_started = 0;
     }
     if (s->pl_sync) {
         pthread_mutex_destroy(&s->pl_mu);
