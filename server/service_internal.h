@@ -78,7 +78,7 @@ struct svc {
     atomic_int wh_stop;
     int wh_sync; /* wh_mu and wh_cv initialised */
     pthread_t wh_thread;
-    int wh_started;
+    atomic_int wh_started; /* read by any thread's svc_webhooks_wake (workers start before it) */
 
     /* the pipeline thread (service_promote.c): promotions, schedules */
     pthread_mutex_t pl_mu;

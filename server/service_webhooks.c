@@ -230,13 +230,13 @@ int svc_webhooks_start(svc *s, const char *url, const char *secret, chord_err *e
     if (pthread_create(&s->wh_thread, NULL, webhook_main, s) != 0)
         return chord_err_setc(err, CHORD_E_INTERNAL, "webhooks: cannot start the thread: %s",
                               strerror(errno));
-    s->wh_started = 1;
+    atomic_store(&s->wh_started, 1);
     LOG_INFO("webhooks: events to %s (signed; events since %lld)", url, (long long)s->wh_since_ms);
     return 0;
 }
 
 void svc_webhooks_wake(svc *s) {
-    if (!s->wh_started) return;
+    if (!atomic_load(&s->wh_started)) return;
     pthread_mutex_lock(&s->wh_mu);
     s->wh_wake = 1;
     pthread_cond_signal(&s->wh_cv);
@@ -244,13 +244,13 @@ void svc_webhooks_wake(svc *s) {
 }
 
 void svc_webhooks_stop(svc *s) {
-    if (s->wh_started) {
+    if (atomic_load(&s->wh_started)) {
         pthread_mutex_lock(&s->wh_mu);
         atomic_store(&s->wh_stop, 1);
         pthread_cond_signal(&s->wh_cv);
         pthread_mutex_unlock(&s->wh_mu);
         pthread_join(s->wh_thread, NULL);
-        s->wh_started = 0;
+        atomic_store(&s->wh_started, 0);
     }
     if (s->wh_sync) {
         pthread_mutex_destroy(&s->wh_mu);
