@@ -524,6 +524,11 @@ def has_rollouts(run):
     return any(v for _, v in run["series"].get("response_len_mean") or [])
 
 
+def sampled(run):
+    """The steps at which a run sampled rollouts."""
+    return {st for st, v in run["series"].get("response_len_mean") or [] if v}
+
+
 def summarize(results, base_res):
     rows = []
     if base_res:
@@ -640,7 +645,9 @@ def plot(results, out, meta):
         for row in ROWS:
             runs = [r for r in results.get(row) or [] if r["series"].get(name) and has_rollouts(r)]
             if runs:
-                band(ax, row, [[tuple(p) for p in r["series"][name]] for r in runs])
+                # only the steps that sampled (SFT + GRPO samples nothing in its SFT phase)
+                band(ax, row, [[tuple(p) for p in r["series"][name] if p[0] in sampled(r)]
+                               for r in runs])
         ax.set_xlabel("step")
         ax.set_ylabel(yl)
         ax.grid(alpha=0.3)
