@@ -412,6 +412,10 @@ static void keep_stdin_open(void) {
  * server gives up; the next start requeues the job (store_open's recovery). */
 static void finish_job(worker *w, const char *id, store_job_state to, const char *text) {
     jobs_pool *p = w->pool;
+    /* the trainer has returned and freed the job's memory: its share of the device limit goes
+     * before the state a client waits for is stored (a rollout sent on seeing "cancelled" has
+     * the whole limit) */
+    atomic_store(&w->reserved, 0);
     for (int attempt = 0;; attempt++) {
         chord_err err = {0};
         if (store_job_transition(w->st, id, to, text, NULL, NULL, &err) == 0) {
@@ -749,7 +753,7 @@ static void *worker_main(void *arg) {
             w->job_id[0] = '\0';
             atomic_store(&w->cancel, 0);
             atomic_store(&w->pause, 0);
-            atomic_store(&w->reserved, 0); /* after the job's final state is stored */
+            atomic_store(&w->reserved, 0); /* finish_job did; a job failed before it had none */
             pthread_mutex_unlock(&p->mu);
             store_job_free(&job);
             continue;
