@@ -132,10 +132,6 @@ int svc_by_id(int rc, chord_err *err) {
     return rc;
 }
 
-static int oom(chord_err *err) {
-    return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
-}
-
 /* ---- the models root and checkpoint resources ------------------------------------------------
  * Here, not in service_data.c, because jobs (below) need them as much as models and rollouts
  * there do: service_data.c calls into this file, never the other way. */
@@ -171,7 +167,7 @@ int svc_resolve_model(svc *s, store *st, const char *field, const char *ref, cha
         int rc = 0;
         if (m.directory) {
             *dir = strdup(m.directory);
-            if (!*dir) rc = oom(err);
+            if (!*dir) rc = chord_err_oom(err);
         } else {
             *init_config = json_loads(m.config_json, 0, NULL);
             if (!*init_config)
@@ -180,7 +176,7 @@ int svc_resolve_model(svc *s, store *st, const char *field, const char *ref, cha
         }
         if (rc == 0 && m.tokenizer_dir) {
             *tokenizer = strdup(m.tokenizer_dir);
-            if (!*tokenizer) rc = oom(err);
+            if (!*tokenizer) rc = chord_err_oom(err);
         }
         store_model_free(&m);
         if (rc) {
@@ -195,7 +191,7 @@ int svc_resolve_model(svc *s, store *st, const char *field, const char *ref, cha
     if (svc_resolve_under_root(s, field, ref, real, err)) return -1;
     if (svc_model_dir_weights(s, field, ref, real, weights, err)) return -1;
     *dir = strdup(real);
-    return *dir ? 0 : oom(err);
+    return *dir ? 0 : chord_err_oom(err);
 }
 
 int svc_model_dir_weights(svc *s, const char *field, const char *ref, const char *real,
@@ -397,7 +393,7 @@ int svc_open(const svc_options *opt, svc **out, chord_err *err) {
     if (!opt || !opt->data_dir || !*opt->data_dir)
         return chord_err_set(err, "service: a data directory is required");
     svc *s = calloc(1, sizeof *s);
-    if (!s) return oom(err);
+    if (!s) return chord_err_oom(err);
     pthread_mutex_init(&s->pool_mu, NULL);
     pthread_mutex_init(&s->hub_mu, NULL);
     pthread_cond_init(&s->hub_cv, NULL);
@@ -423,7 +419,7 @@ int svc_open(const svc_options *opt, svc **out, chord_err *err) {
     s->data_dir = strdup(store_data_dir(st));
     int64_t requeued = 0;
     if (!s->data_dir || store_job_requeue_running(st, &requeued, err)) {
-        if (!s->data_dir) oom(err);
+        if (!s->data_dir) chord_err_oom(err);
         store_close(st);
         goto fail;
     }
@@ -446,7 +442,7 @@ int svc_open(const svc_options *opt, svc **out, chord_err *err) {
     }
     s->models_root = strdup(real);
     if (!s->models_root) {
-        oom(err);
+        chord_err_oom(err);
         goto fail;
     }
 
@@ -551,7 +547,7 @@ static int ref_error(chord_err *err, const char *field) {
 static int resolve_job_model(svc *s, store *st, const job_config *cfg, const char *checkpoint_dir,
                              json_t *doc, model_config *mc, chord_err *err) {
     json_t *model = json_object();
-    if (!model) return oom(err);
+    if (!model) return chord_err_oom(err);
     int bad = 0;
     if (cfg->model_path) {
         char *dir = NULL, *tok = NULL;
@@ -561,7 +557,7 @@ static int resolve_job_model(svc *s, store *st, const job_config *cfg, const cha
             dir = strdup(checkpoint_dir);
             if (!dir) {
                 json_decref(model);
-                return oom(err);
+                return chord_err_oom(err);
             }
         } else if (svc_resolve_model(s, st, field, cfg->model_path, &dir, &init, &tok, err)) {
             json_decref(model);
@@ -610,7 +606,7 @@ static int resolve_job_model(svc *s, store *st, const job_config *cfg, const cha
         svc_json_put(model, "init", io, &bad);
     }
     svc_json_put(doc, "model", model, &bad);
-    return bad ? oom(err) : 0;
+    return bad ? chord_err_oom(err) : 0;
 }
 
 /* A job document's "model": {"checkpoint": {"job_id", "step"?}} (docs/pipelines.md): *out gets
@@ -630,7 +626,7 @@ static int job_model_checkpoint(store *st, const json_t *doc, json_t **out, stor
         json_decref(*out);
         *out = NULL;
         store_checkpoint_free(ck);
-        return oom(err);
+        return chord_err_oom(err);
     }
     return 0;
 }
@@ -647,7 +643,7 @@ static int resolve_job_dataset(store *st, json_t *resolved, const char *key, cha
     char *copy = strdup(id);
     if (!copy || !json_is_object(data) || json_object_set_new(data, key, json_string(id))) {
         free(copy);
-        return oom(err);
+        return chord_err_oom(err);
     }
     free(*ref);
     *ref = copy;
@@ -695,7 +691,7 @@ int svc_job_submit(svc *s, const json_t *doc, svc_job_insert_fn insert, void *us
     }
     resolved = jobconfig_to_json(&cfg);
     if (!resolved) {
-        oom(err);
+        chord_err_oom(err);
         goto done;
     }
     model_config mc;
@@ -726,7 +722,7 @@ int svc_job_submit(svc *s, const json_t *doc, svc_job_insert_fn insert, void *us
     }
     text = json_dumps(resolved, JSON_COMPACT | JSON_SORT_KEYS);
     if (!text) {
-        oom(err);
+        chord_err_oom(err);
         goto done;
     }
     store_job j = {0};
@@ -739,7 +735,7 @@ int svc_job_submit(svc *s, const json_t *doc, svc_job_insert_fn insert, void *us
              jobconfig_algorithm_name(cfg.algorithm), (long long)cfg.steps);
     store_job_free(&j);
     if (!*job) {
-        oom(err);
+        chord_err_oom(err);
         goto done;
     }
     jobs_wake(s->jobs);
@@ -765,7 +761,7 @@ int svc_job_get(svc *s, const char *id, json_t **job, chord_err *err) {
     if (rc) return -1;
     *job = svc_job_json(&j);
     store_job_free(&j);
-    return *job ? 0 : oom(err);
+    return *job ? 0 : chord_err_oom(err);
 }
 
 int svc_job_list(svc *s, const char *state, size_t offset, size_t limit, const char *after,
@@ -798,10 +794,10 @@ int svc_job_list(svc *s, const char *state, size_t offset, size_t limit, const c
     store_job_list_free(items, n);
     if (bad) {
         json_decref(arr);
-        return oom(err);
+        return chord_err_oom(err);
     }
     *list = svc_json_list(arr, total, offset, limit);
-    return *list ? 0 : oom(err);
+    return *list ? 0 : chord_err_oom(err);
 }
 
 int svc_job_cancel(svc *s, const char *id, json_t **job, chord_err *err) {
@@ -817,7 +813,7 @@ int svc_job_cancel(svc *s, const char *id, json_t **job, chord_err *err) {
     *job = svc_job_json(&j);
     store_job_free(&j);
     svc_publish(s, id);
-    return *job ? 0 : oom(err);
+    return *job ? 0 : chord_err_oom(err);
 }
 
 int svc_job_pause(svc *s, const char *id, int pause, json_t **job, chord_err *err) {
@@ -835,7 +831,7 @@ int svc_job_pause(svc *s, const char *id, int pause, json_t **job, chord_err *er
     *job = svc_job_json(&j);
     store_job_free(&j);
     svc_publish(s, id);
-    return *job ? 0 : oom(err);
+    return *job ? 0 : chord_err_oom(err);
 }
 
 /* Groups metric rows (in step order) into [{"step", "metrics": {...}}]. */
@@ -894,7 +890,7 @@ int svc_job_metrics(svc *s, const char *id, int64_t since_step, size_t max_steps
     json_decref(steps);
     if (bad) {
         json_decref(o);
-        return oom(err);
+        return chord_err_oom(err);
     }
     *out = o;
     return 0;
@@ -946,10 +942,10 @@ int svc_job_samples(svc *s, const char *id, int64_t step, size_t offset, size_t 
     store_sample_rows_free(rows, n);
     if (bad) {
         json_decref(arr);
-        return oom(err);
+        return chord_err_oom(err);
     }
     *out = svc_json_list(arr, total, offset, limit);
-    return *out ? 0 : oom(err);
+    return *out ? 0 : chord_err_oom(err);
 }
 
 /* ---- watches: one feed per (job, since_step), polled by the watch thread -------------------
@@ -1109,7 +1105,7 @@ static int feed_poll_one(svc_feed *f, store *st, svc_event *ev, chord_err *err) 
     if (!terminal && (int)j.state != f->last_state) {
         f->last_state = (int)j.state;
         *ev = (svc_event){SVC_EVENT_STATE, j.current_step, 0, svc_job_json(&j)};
-        rc = ev->data ? 1 : oom(err);
+        rc = ev->data ? 1 : chord_err_oom(err);
         goto out;
     }
     /* the next step, if stored */
@@ -1127,7 +1123,7 @@ static int feed_poll_one(svc_feed *f, store *st, svc_event *ev, chord_err *err) 
         *ev = (svc_event){SVC_EVENT_STEP, rows[0].step, 0, one};
         store_metric_rows_free(rows, n);
         f->next_step = next;
-        rc = one ? 1 : oom(err);
+        rc = one ? 1 : chord_err_oom(err);
         goto out;
     }
     store_metric_rows_free(rows, n);
@@ -1143,13 +1139,13 @@ static int feed_poll_one(svc_feed *f, store *st, svc_event *ev, chord_err *err) 
         f->last_ckpt_step = cks[i].step;
         *ev = (svc_event){SVC_EVENT_CHECKPOINT, cks[i].step, 0, svc_checkpoint_json(&cks[i])};
         store_checkpoint_list_free(cks, nc);
-        rc = ev->data ? 1 : oom(err);
+        rc = ev->data ? 1 : chord_err_oom(err);
         goto out;
     }
     store_checkpoint_list_free(cks, nc);
     if (terminal) {
         *ev = (svc_event){SVC_EVENT_STATE, j.current_step, 1, svc_job_json(&j)};
-        rc = ev->data ? 1 : oom(err);
+        rc = ev->data ? 1 : chord_err_oom(err);
         goto out;
     }
     rc = 0;
@@ -1180,7 +1176,7 @@ static int feed_append(svc *s, svc_feed *f, svc_event *ev, chord_err *err) {
         if (!events) {
             pthread_mutex_unlock(&f->mu);
             json_decref(ev->data);
-            return oom(err);
+            return chord_err_oom(err);
         }
         f->events = events;
     }
@@ -1300,7 +1296,7 @@ int svc_watch_open(svc *s, const char *job_id, int64_t since_step, const svc_cod
     svc_watch *w = calloc(1, sizeof *w);
     if (!w) {
         store_job_free(&j);
-        return oom(err);
+        return chord_err_oom(err);
     }
     w->codec = codec;
     w->notify = notify;
@@ -1322,7 +1318,7 @@ int svc_watch_open(svc *s, const char *job_id, int64_t since_step, const svc_cod
             pthread_mutex_unlock(&s->hub_mu);
             store_job_free(&j);
             free(w);
-            return oom(err);
+            return chord_err_oom(err);
         }
         f->s = s;
         atomic_init(&f->refs, 2); /* the table's and the watch's */
@@ -1370,7 +1366,7 @@ int svc_watch_next(svc_watch *w, const void **encoded, int *final, chord_err *er
                 e->enc = x;
             } else if (data) {
                 w->codec->release(data);
-                oom(err);
+                chord_err_oom(err);
             }
         }
         if (x) {
@@ -1607,9 +1603,9 @@ int svc_prometheus(svc *s, char **text, size_t *len, chord_err *err) {
     pthread_mutex_unlock(&s->stats_mu);
     if (t.bad) {
         chord_buf_free(&t.b);
-        return oom(err);
+        return chord_err_oom(err);
     }
     *len = t.b.len;
     *text = chord_buf_take(&t.b);
-    return *text ? 0 : oom(err);
+    return *text ? 0 : chord_err_oom(err);
 }

@@ -23,10 +23,6 @@
 #include "server/train/dataset.h"
 #include "storage/store_tinker.h"
 
-static int oom(chord_err *err) {
-    return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
-}
-
 /* ---- datasets ----------------------------------------------------------------------------- */
 
 struct svc_upload {
@@ -100,13 +96,13 @@ int svc_upload_begin(svc *s, const char *name, const char *kind, svc_upload **ou
        later listing fail */
     if (!chord_utf8_valid(name, strlen(name))) return chord_err_set(err, "name: not valid UTF-8");
     svc_upload *u = calloc(1, sizeof *u);
-    if (!u) return oom(err);
+    if (!u) return chord_err_oom(err);
     u->s = s;
     u->kind = k;
     u->name = strdup(name);
     if (!u->name) {
         free(u);
-        return oom(err);
+        return chord_err_oom(err);
     }
     u->st = svc_store_get(s, err);
     if (!u->st || store_dataset_upload_begin(u->st, name, k, &u->up, err)) {
@@ -125,7 +121,7 @@ static int line_append(svc_upload *u, const char *data, size_t len, chord_err *e
                               "line %lld: longer than the server's limit of %lld bytes per line "
                               "(--max-line-kb)",
                               (long long)u->lines + 1, (long long)u->s->max_line);
-    return chord_buf_append(&u->line, data, len) ? oom(err) : 0;
+    return chord_buf_append(&u->line, data, len) ? chord_err_oom(err) : 0;
 }
 
 int svc_upload_write(svc_upload *u, const void *data, size_t len, chord_err *err) {
@@ -178,7 +174,7 @@ int svc_upload_set_key(svc_upload *u, const char *key, chord_err *err) {
     if (svc_idempotency_key_check(key, err)) return -1;
     free(u->idem_key);
     u->idem_key = strdup(key);
-    return u->idem_key ? 0 : oom(err);
+    return u->idem_key ? 0 : chord_err_oom(err);
 }
 
 int svc_upload_commit(svc_upload *u, json_t **dataset, chord_err *err) {
@@ -231,7 +227,7 @@ int svc_upload_commit(svc_upload *u, json_t **dataset, chord_err *err) {
     int rc = store_dataset_upload_commit(u->up, &d, err);
     u->up = NULL;
     json_t *doc = rc ? NULL : dataset_json(&d);
-    if (rc == 0 && !doc) rc = oom(err);
+    if (rc == 0 && !doc) rc = chord_err_oom(err);
     if (u->idem_key) svc_upload_idem_end(s, u->st, u->idem_key, fp, doc);
     upload_free(u);
     if (rc) {
@@ -269,7 +265,7 @@ int svc_dataset_get(svc *s, const char *id, json_t **dataset, chord_err *err) {
     if (rc) return -1;
     *dataset = dataset_json(&d);
     store_dataset_free(&d);
-    return *dataset ? 0 : oom(err);
+    return *dataset ? 0 : chord_err_oom(err);
 }
 
 int svc_dataset_list(svc *s, size_t offset, size_t limit, const char *after, json_t **list,
@@ -291,10 +287,10 @@ int svc_dataset_list(svc *s, size_t offset, size_t limit, const char *after, jso
     store_dataset_list_free(items, n);
     if (bad) {
         json_decref(arr);
-        return oom(err);
+        return chord_err_oom(err);
     }
     *list = svc_json_list(arr, total, offset, limit);
-    return *list ? 0 : oom(err);
+    return *list ? 0 : chord_err_oom(err);
 }
 
 /* ---- models ------------------------------------------------------------------------------- */
@@ -384,7 +380,7 @@ static int model_from_checkpoint(svc *s, const char *name, const json_t *ref, js
         LOG_INFO("model %s registered from checkpoint %s (job %s, step %lld)", m.id, ck.id,
                  ck.job_id, (long long)ck.step);
         *model = model_json(&m);
-        if (!*model) rc = oom(err);
+        if (!*model) rc = chord_err_oom(err);
     }
     store_model_free(&m);
     store_checkpoint_free(&ck);
@@ -452,7 +448,7 @@ int svc_model_register(svc *s, const json_t *doc, json_t **model, chord_err *err
             tokenizer = tok;
         }
         config_text = json_dumps(config, JSON_COMPACT | JSON_SORT_KEYS);
-        if (!config_text) return oom(err);
+        if (!config_text) return chord_err_oom(err);
         if (!nm) nm = "init-model";
     }
     store *st = svc_store_get(s, err);
@@ -463,7 +459,7 @@ int svc_model_register(svc *s, const json_t *doc, json_t **model, chord_err *err
         if (rc == 0) {
             LOG_INFO("model %s registered: %s", m.id, directory ? directory : "random init");
             *model = model_json(&m);
-            if (!*model) rc = oom(err);
+            if (!*model) rc = chord_err_oom(err);
         }
         store_model_free(&m);
     }
@@ -482,7 +478,7 @@ int svc_model_get(svc *s, const char *id, json_t **model, chord_err *err) {
     if (rc) return -1;
     *model = model_json(&m);
     store_model_free(&m);
-    return *model ? 0 : oom(err);
+    return *model ? 0 : chord_err_oom(err);
 }
 
 int svc_model_list(svc *s, size_t offset, size_t limit, const char *after, json_t **list,
@@ -504,10 +500,10 @@ int svc_model_list(svc *s, size_t offset, size_t limit, const char *after, json_
     store_model_list_free(items, n);
     if (bad) {
         json_decref(arr);
-        return oom(err);
+        return chord_err_oom(err);
     }
     *list = svc_json_list(arr, total, offset, limit);
-    return *list ? 0 : oom(err);
+    return *list ? 0 : chord_err_oom(err);
 }
 
 /* ---- checkpoints -------------------------------------------------------------------------- */
@@ -537,10 +533,10 @@ int svc_checkpoint_list(svc *s, const char *job_id, json_t **out, chord_err *err
     store_checkpoint_list_free(items, n);
     if (bad) {
         json_decref(arr);
-        return oom(err);
+        return chord_err_oom(err);
     }
     *out = svc_json_list(arr, (int64_t)n, 0, n);
-    return *out ? 0 : oom(err);
+    return *out ? 0 : chord_err_oom(err);
 }
 
 /* Finds checkpoint (job_id, step); step < 0 = the latest. */
@@ -777,7 +773,7 @@ static int rollout_resolve(svc *s, store *st, const json_t *doc, json_t *out, ch
         return chord_err_set(err, "reward: must be an object with a \"type\"");
     svc_json_put(out, "answers", answers ? json_deep_copy(answers) : json_null(), &bad);
     svc_json_put(out, "reward", reward ? json_deep_copy(reward) : json_null(), &bad);
-    return bad ? oom(err) : 0;
+    return bad ? chord_err_oom(err) : 0;
 }
 
 int svc_rollout_create(svc *s, const json_t *doc, json_t **rollout, chord_err *err) {
@@ -790,7 +786,7 @@ int svc_rollout_create(svc *s, const json_t *doc, json_t **rollout, chord_err *e
     char *text = NULL;
     int rc = -1;
     if (!req) {
-        oom(err);
+        chord_err_oom(err);
         goto done;
     }
     if (rollout_resolve(s, st, doc, req, err) || svc_check_rollout_fits(s, req, err) ||
@@ -813,7 +809,7 @@ int svc_rollout_create(svc *s, const json_t *doc, json_t **rollout, chord_err *e
     }
     text = json_dumps(req, JSON_COMPACT | JSON_SORT_KEYS);
     if (!text) {
-        oom(err);
+        chord_err_oom(err);
         goto done;
     }
     store_rollout r = {0};
@@ -825,7 +821,7 @@ int svc_rollout_create(svc *s, const json_t *doc, json_t **rollout, chord_err *e
     }
     *rollout = rollout_json(&r);
     store_rollout_free(&r);
-    rc = *rollout ? 0 : oom(err);
+    rc = *rollout ? 0 : chord_err_oom(err);
 done:
     free(text);
     json_decref(req);
@@ -843,7 +839,7 @@ int svc_rollout_get(svc *s, const char *id, json_t **rollout, chord_err *err) {
     if (rc) return -1;
     *rollout = rollout_json(&r);
     store_rollout_free(&r);
-    return *rollout ? 0 : oom(err);
+    return *rollout ? 0 : chord_err_oom(err);
 }
 
 /* ---- the Tinker API's sessions (store_tinker.h) ------------------------------------------------
@@ -901,7 +897,7 @@ static int tinker_sessions(svc *s, const char *only_id, size_t offset, size_t li
     store_tk_session_list_free(items, n);
     if (bad) {
         json_decref(a);
-        return oom(err);
+        return chord_err_oom(err);
     }
     *arr = a;
     return 0;
@@ -916,7 +912,7 @@ int svc_tinker_sessions(svc *s, size_t offset, size_t limit, const char *after, 
     if (tinker_sessions(s, NULL, offset, limit + 1, svc_cursor(after), &arr, &total, err))
         return -1;
     *list = svc_json_list(arr, total, offset, limit);
-    return *list ? 0 : oom(err);
+    return *list ? 0 : chord_err_oom(err);
 }
 
 int svc_tinker_session(svc *s, const char *id, json_t **session, chord_err *err) {

@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 
+#include "server/base/poller.h"
 #include "server/jobs/jobs.h"
 #include "server/model/config.h"
 #include "server/service.h"
@@ -72,21 +73,10 @@ struct svc {
     unsigned char *wh_key;
     size_t wh_key_len;
     int64_t wh_since_ms; /* events from then on are sent (store_webhook_enable) */
-    pthread_mutex_t wh_mu;
-    pthread_cond_t wh_cv;
-    int wh_wake; /* (wh_mu) */
-    atomic_int wh_stop;
-    int wh_sync; /* wh_mu and wh_cv initialised */
-    pthread_t wh_thread;
-    atomic_int wh_started; /* read by any thread's svc_webhooks_wake (workers start before it) */
+    chord_poller wh_poller; /* the delivery thread */
 
     /* the pipeline thread (service_promote.c): promotions, schedules */
-    pthread_mutex_t pl_mu;
-    pthread_cond_t pl_cv;
-    int pl_wake, pl_stop; /* (pl_mu) */
-    int pl_sync;          /* pl_mu and pl_cv initialised */
-    pthread_t pl_thread;
-    atomic_int pl_started; /* read by any thread's svc_pipeline_wake (workers start before it) */
+    chord_poller pl_poller; /* the pipeline thread: promotions, then schedules */
     /* schedules (service_schedules.c; the pipeline thread's own) */
     int64_t sched_beat_ms;    /* the last heartbeat written */
     int64_t sched_down_from;  /* fire times in (down_from, down_until) came while chordd was */

@@ -22,10 +22,6 @@
 #include "server/base/json_field.h"
 #include "server/base/log.h"
 
-static int oom(chord_err *err) {
-    return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
-}
-
 /* ---- checkpoint references ------------------------------------------------------------------ */
 
 int svc_checkpoint_ref(store *st, const char *field, const json_t *ref, store_checkpoint *out,
@@ -124,7 +120,7 @@ static int fingerprint(const char *operation, const void *request, size_t len, c
     if (chord_buf_append(&b, operation, strlen(operation)) || chord_buf_append(&b, "\n", 1) ||
         (len && chord_buf_append(&b, request, len))) {
         chord_buf_free(&b);
-        return oom(err);
+        return chord_err_oom(err);
     }
     chord_sha256_hex(b.data, b.len, out);
     chord_buf_free(&b);
@@ -181,7 +177,7 @@ int svc_create_idempotent(svc *s, const char *key, const char *operation, const 
     if (svc_idempotency_key_check(key, err)) return -1;
     char *text = json_dumps(doc, JSON_COMPACT | JSON_SORT_KEYS | JSON_ALLOW_NUL | JSON_ENCODE_ANY);
     char fp[65];
-    int rc = text ? fingerprint(operation, text, strlen(text), fp, err) : oom(err);
+    int rc = text ? fingerprint(operation, text, strlen(text), fp, err) : chord_err_oom(err);
     free(text);
     if (rc) return -1;
     store *st = svc_store_get(s, err);
@@ -241,7 +237,7 @@ int svc_upload_idem_begin(svc *s, store *st, const char *key, const char *kind, 
                           const char *sha256, char fp[65], json_t **replay, chord_err *err) {
     *replay = NULL;
     char *text = NULL;
-    if (asprintf(&text, "%s\n%s\n%s", kind, name, sha256) < 0) return oom(err);
+    if (asprintf(&text, "%s\n%s\n%s", kind, name, sha256) < 0) return chord_err_oom(err);
     int rc = fingerprint("datasets.create", text, strlen(text), fp, err);
     free(text);
     if (rc) return -1;

@@ -26,10 +26,6 @@
 #include "server/base/json_field.h"
 #include "server/base/log.h"
 
-static int oom(chord_err *err) {
-    return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
-}
-
 /* ---- aliases ------------------------------------------------------------------------------ */
 
 /* 1 to 64 of [A-Za-z0-9._-], starting with a letter or digit (safe in a URL path). */
@@ -103,7 +99,7 @@ int svc_alias_put(svc *s, const char *name, const json_t *doc, json_t **alias, c
         svc_webhooks_wake(s); /* alias.moved */
     }
     *alias = alias_json(&a);
-    return *alias ? 0 : oom(err);
+    return *alias ? 0 : chord_err_oom(err);
 }
 
 int svc_alias_get(svc *s, const char *name, json_t **alias, chord_err *err) {
@@ -116,7 +112,7 @@ int svc_alias_get(svc *s, const char *name, json_t **alias, chord_err *err) {
     svc_store_put(s, st);
     if (rc) return -1;
     *alias = alias_json(&a);
-    return *alias ? 0 : oom(err);
+    return *alias ? 0 : chord_err_oom(err);
 }
 
 int svc_alias_delete(svc *s, const char *name, json_t **alias, chord_err *err) {
@@ -131,7 +127,7 @@ int svc_alias_delete(svc *s, const char *name, json_t **alias, chord_err *err) {
     LOG_INFO("alias %s deleted (it named %s)", a.name, a.model_id);
     svc_webhooks_wake(s);
     *alias = alias_json(&a);
-    return *alias ? 0 : oom(err);
+    return *alias ? 0 : chord_err_oom(err);
 }
 
 int svc_alias_list(svc *s, size_t offset, size_t limit, const char *after, json_t **list,
@@ -153,10 +149,10 @@ int svc_alias_list(svc *s, size_t offset, size_t limit, const char *after, json_
     free(items);
     if (bad) {
         json_decref(arr);
-        return oom(err);
+        return chord_err_oom(err);
     }
     *list = svc_json_list(arr, total, offset, limit);
-    return *list ? 0 : oom(err);
+    return *list ? 0 : chord_err_oom(err);
 }
 
 /* ---- a job's pipeline fields ------------------------------------------------------------------
@@ -169,7 +165,7 @@ int svc_job_pipeline_parse(store *st, const json_t *doc, json_t **plain, svc_job
     *plain = NULL;
     if (!json_is_object(doc)) return chord_err_set(err, "body: must be a JSON object");
     json_t *copy = json_copy((json_t *)doc);
-    if (!copy) return oom(err);
+    if (!copy) return chord_err_oom(err);
     const json_t *promote = json_object_get(doc, "promote");
     if (promote) {
         const char *alias = NULL;
@@ -194,7 +190,7 @@ int svc_job_pipeline_parse(store *st, const json_t *doc, json_t **plain, svc_job
         pipe->extra.promote_alias = pipe->promote_alias;
         pipe->extra.min_eval_accuracy = min;
         if (json_object_del(copy, "promote")) {
-            oom(err);
+            chord_err_oom(err);
             goto fail;
         }
     }
@@ -215,7 +211,7 @@ int svc_job_pipeline_parse(store *st, const json_t *doc, json_t **plain, svc_job
         pipe->extra.model_alias = pipe->model_alias;
         pipe->extra.alias_model_id = pipe->alias_model_id;
         if (json_object_set_new(copy, "model", json_pack("{s:s}", "path", pipe->alias_model_id))) {
-            oom(err);
+            chord_err_oom(err);
             goto fail;
         }
     }
@@ -275,7 +271,7 @@ static void promote_one(svc *s, store *st, const store_promotion *p) {
         store_checkpoint ck = {0};
         char *config_text = NULL, name[64], model_id[STORE_ID_MAX];
         json_t *ref = json_pack("{s:s}", "job_id", p->job_id);
-        int rc = ref ? svc_checkpoint_ref(st, "promote", ref, &ck, &err) : oom(&err);
+        int rc = ref ? svc_checkpoint_ref(st, "promote", ref, &ck, &err) : chord_err_oom(&err);
         json_decref(ref);
         if (rc == 0) rc = svc_checkpoint_model(s, "promote", &ck, &config_text, &err);
         if (rc == 0) {
@@ -326,59 +322,23 @@ static void promotions_pass(svc *s) {
 /* ---- the pipeline thread ----------------------------------------------------------------------
  */
 
-static void *pipeline_main(void *arg) {
-    svc *s = arg;
-    for (;;) {
-        pthread_mutex_lock(&s->pl_mu);
-        if (!s->pl_wake && !s->pl_stop) {
-            struct timespec until;
-            clock_gettime(CLOCK_REALTIME, &until);
-            until.tv_nsec += (long)SVC_PIPELINE_POLL_MS * 1000000L;
-            until.tv_sec += until.tv_nsec / 1000000000L;
-            until.tv_nsec %= 1000000000L;
-            pthread_cond_timedwait(&s->pl_cv, &s->pl_mu, &until);
-        }
-        s->pl_wake = 0;
-        int stop = s->pl_stop;
-        pthread_mutex_unlock(&s->pl_mu);
-        if (stop) return NULL;
-        promotions_pass(s);
-        svc_schedules_pass(s);
-    }
+/* The poller's pass: promotions, then schedules; nothing after a stop. */
+static void pipeline_poll(void *user, int stopping) {
+    if (stopping) return;
+    promotions_pass(user);
+    svc_schedules_pass(user);
 }
 
 int svc_pipeline_start(svc *s, chord_err *err) {
     if (svc_schedules_open(s, err)) return -1;
-    pthread_mutex_init(&s->pl_mu, NULL);
-    pthread_cond_init(&s->pl_cv, NULL);
-    s->pl_sync = 1;
-    if (pthread_create(&s->pl_thread, NULL, pipeline_main, s) != 0)
-        return chord_err_setc(err, CHORD_E_INTERNAL, "pipelines: cannot start the thread: %s",
-                              strerror(errno));
-    atomic_store(&s->pl_started, 1);
-    return 0;
+    return chord_poller_start(&s->pl_poller, SVC_PIPELINE_POLL_MS, pipeline_poll, s, "pipelines",
+                              err);
 }
 
 void svc_pipeline_wake(svc *s) {
-    if (!atomic_load(&s->pl_started)) return;
-    pthread_mutex_lock(&s->pl_mu);
-    s->pl_wake = 1;
-    pthread_cond_signal(&s->pl_cv);
-    pthread_mutex_unlock(&s->pl_mu);
+    chord_poller_wake(&s->pl_poller);
 }
 
 void svc_pipeline_stop(svc *s) {
-    if (atomic_load(&s->pl_started)) {
-        pthread_mutex_lock(&s->pl_mu);
-        s->pl_stop = 1;
-        pthread_cond_signal(&s->pl_cv);
-        pthread_mutex_unlock(&s->pl_mu);
-        atomic_store(&s->pl_started, 0); /* no wake from here on (pl_mu goes next) */
-        pthread_join(s->pl_thread, NULL);
-    }
-    if (s->pl_sync) {
-        pthread_mutex_destroy(&s->pl_mu);
-        pthread_cond_destroy(&s->pl_cv);
-        s->pl_sync = 0;
-    }
+    chord_poller_stop(&s->pl_poller);
 }

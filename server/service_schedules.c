@@ -26,10 +26,6 @@
 
 #define SCHEDULE_RECENT_FIRES 20
 
-static int oom(chord_err *err) {
-    return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
-}
-
 static json_t *fire_json(const store_fire *f) {
     json_t *o = json_object();
     int bad = !o;
@@ -75,7 +71,7 @@ static json_t *schedule_json(const store_schedule *x, const store_fire *fires, s
 static int check_template(const json_t *tmpl, chord_err *err) {
     static const char *const promote_keys[] = {"alias", "min_eval_accuracy", NULL};
     json_t *copy = json_deep_copy(tmpl);
-    if (!copy) return oom(err);
+    if (!copy) return chord_err_oom(err);
     int rc = 0;
     const json_t *promote = json_object_get(copy, "promote");
     if (promote) {
@@ -137,7 +133,7 @@ int svc_schedule_create(svc *s, const json_t *doc, json_t **out, chord_err *err)
     if (next < 0) return chord_err_set(err, "cron: \"%s\" never fires", cron);
     if (check_template(tmpl, err)) return -1;
     char *text = json_dumps(tmpl, JSON_COMPACT | JSON_SORT_KEYS);
-    if (!text) return oom(err);
+    if (!text) return chord_err_oom(err);
     store *st = svc_store_get(s, err);
     if (!st) {
         free(text);
@@ -156,7 +152,7 @@ int svc_schedule_create(svc *s, const json_t *doc, json_t **out, chord_err *err)
         LOG_INFO("schedule %s (%s): \"%s\", first at %lld", x.id, x.name, x.cron,
                  (long long)x.next_fire_ms);
         *out = schedule_json(&x, NULL, 0);
-        if (!*out) rc = oom(err);
+        if (!*out) rc = chord_err_oom(err);
         svc_pipeline_wake(s);
     }
     store_schedule_free(&x);
@@ -175,7 +171,7 @@ int svc_schedule_get(svc *s, const char *id, json_t **out, chord_err *err) {
     svc_store_put(s, st);
     if (rc == 0) {
         *out = schedule_json(&x, fires, n);
-        if (!*out) rc = oom(err);
+        if (!*out) rc = chord_err_oom(err);
     }
     store_schedule_fires_free(fires, n);
     store_schedule_free(&x);
@@ -201,10 +197,10 @@ int svc_schedule_list(svc *s, size_t offset, size_t limit, const char *after, js
     store_schedule_list_free(items, n);
     if (bad) {
         json_decref(arr);
-        return oom(err);
+        return chord_err_oom(err);
     }
     *list = svc_json_list(arr, total, offset, limit);
-    return *list ? 0 : oom(err);
+    return *list ? 0 : chord_err_oom(err);
 }
 
 int svc_schedule_delete(svc *s, const char *id, json_t **out, chord_err *err) {
@@ -282,7 +278,8 @@ static int fire_job(svc *s, store *st, const store_schedule *x, const fire_ctx *
     json_t *tmpl = json_loads(x->template_json, 0, NULL), *job = NULL;
     if (tmpl && !json_object_get(tmpl, "name"))
         json_object_set_new(tmpl, "name", json_string(x->name));
-    int rc = tmpl ? svc_job_submit(s, tmpl, insert_fired_job, (void *)f, &job, &err) : oom(&err);
+    int rc = tmpl ? svc_job_submit(s, tmpl, insert_fired_job, (void *)f, &job, &err)
+                  : chord_err_oom(&err);
     json_decref(tmpl);
     if (rc == 0) {
         LOG_INFO("schedule %s (%s) fired at %lld: job %s%s", x->id, x->name, (long long)f->fire_ms,

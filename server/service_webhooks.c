@@ -28,10 +28,6 @@
 
 #include "server/base/log.h"
 
-static int oom(chord_err *err) {
-    return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
-}
-
 /* The signing key: a Standard Webhooks secret "whsec_<base64>" is decoded, anything else is used
  * as its bytes. */
 static int webhook_key(const char *secret, unsigned char **key, size_t *len, chord_err *err) {
@@ -42,14 +38,14 @@ static int webhook_key(const char *secret, unsigned char **key, size_t *len, cho
     if (strncmp(secret, "whsec_", 6) != 0) {
         *key = (unsigned char *)strdup(secret);
         *len = n;
-        return *key ? 0 : oom(err);
+        return *key ? 0 : chord_err_oom(err);
     }
     const char *b64 = secret + 6;
     size_t blen = strlen(b64);
     if (blen == 0 || blen % 4 != 0)
         return chord_err_set(err, "--webhook-secret-file: whsec_ secret is not base64");
     *key = malloc(blen / 4 * 3 + 1);
-    if (!*key) return oom(err);
+    if (!*key) return chord_err_oom(err);
     int got = EVP_DecodeBlock(*key, (const unsigned char *)b64, (int)blen);
     if (got < 0) {
         free(*key);
@@ -164,7 +160,7 @@ static void webhook_pass(svc *s, int send) {
     size_t n = 0;
     if (send && store_webhook_due(st, store_now_ms(), 32, &due, &n, &err))
         LOG_WARN("webhooks: %s", err.msg);
-    for (size_t i = 0; i < n && !atomic_load(&s->wh_stop); i++) {
+    for (size_t i = 0; i < n && !chord_poller_stopping(&s->wh_poller); i++) {
         long status = 0;
         char why[CURL_ERROR_SIZE];
         int delivered = webhook_send(s, &due[i], &status, why);
@@ -187,24 +183,9 @@ static void webhook_pass(svc *s, int send) {
     svc_store_put(s, st);
 }
 
-static void *webhook_main(void *arg) {
-    svc *s = arg;
-    for (;;) {
-        pthread_mutex_lock(&s->wh_mu);
-        if (!s->wh_wake && !atomic_load(&s->wh_stop)) {
-            struct timespec until;
-            clock_gettime(CLOCK_REALTIME, &until);
-            until.tv_nsec += (long)SVC_WEBHOOK_POLL_MS * 1000000L;
-            until.tv_sec += until.tv_nsec / 1000000000L;
-            until.tv_nsec %= 1000000000L;
-            pthread_cond_timedwait(&s->wh_cv, &s->wh_mu, &until);
-        }
-        s->wh_wake = 0;
-        int stop = atomic_load(&s->wh_stop);
-        pthread_mutex_unlock(&s->wh_mu);
-        webhook_pass(s, !stop);
-        if (stop) return NULL;
-    }
+/* The poller's pass: send what is due; after a stop, only record (send = 0). */
+static void webhook_poll(void *user, int stopping) {
+    webhook_pass(user, !stopping);
 }
 
 int svc_webhooks_start(svc *s, const char *url, const char *secret, chord_err *err) {
@@ -217,46 +198,25 @@ int svc_webhooks_start(svc *s, const char *url, const char *secret, chord_err *e
         return chord_err_setc(err, CHORD_E_INTERNAL, "webhooks: curl_global_init: %s",
                               curl_easy_strerror(cc));
     s->wh_url = strdup(url);
-    if (!s->wh_url) return oom(err);
+    if (!s->wh_url) return chord_err_oom(err);
     if (webhook_key(secret, &s->wh_key, &s->wh_key_len, err)) return -1;
     store *st = svc_store_get(s, err);
     if (!st) return -1;
     int rc = store_webhook_enable(st, store_now_ms(), &s->wh_since_ms, err);
     svc_store_put(s, st);
     if (rc) return -1;
-    pthread_mutex_init(&s->wh_mu, NULL);
-    pthread_cond_init(&s->wh_cv, NULL);
-    s->wh_sync = 1;
-    if (pthread_create(&s->wh_thread, NULL, webhook_main, s) != 0)
-        return chord_err_setc(err, CHORD_E_INTERNAL, "webhooks: cannot start the thread: %s",
-                              strerror(errno));
-    atomic_store(&s->wh_started, 1);
+    if (chord_poller_start(&s->wh_poller, SVC_WEBHOOK_POLL_MS, webhook_poll, s, "webhooks", err))
+        return -1;
     LOG_INFO("webhooks: events to %s (signed; events since %lld)", url, (long long)s->wh_since_ms);
     return 0;
 }
 
 void svc_webhooks_wake(svc *s) {
-    if (!atomic_load(&s->wh_started)) return;
-    pthread_mutex_lock(&s->wh_mu);
-    s->wh_wake = 1;
-    pthread_cond_signal(&s->wh_cv);
-    pthread_mutex_unlock(&s->wh_mu);
+    chord_poller_wake(&s->wh_poller);
 }
 
 void svc_webhooks_stop(svc *s) {
-    if (atomic_load(&s->wh_started)) {
-        pthread_mutex_lock(&s->wh_mu);
-        atomic_store(&s->wh_stop, 1);
-        pthread_cond_signal(&s->wh_cv);
-        pthread_mutex_unlock(&s->wh_mu);
-        pthread_join(s->wh_thread, NULL);
-        atomic_store(&s->wh_started, 0);
-    }
-    if (s->wh_sync) {
-        pthread_mutex_destroy(&s->wh_mu);
-        pthread_cond_destroy(&s->wh_cv);
-        s->wh_sync = 0;
-    }
+    chord_poller_stop(&s->wh_poller);
     if (s->wh_url) curl_global_cleanup();
     free(s->wh_url);
     s->wh_url = NULL;
@@ -309,8 +269,8 @@ int svc_webhook_deliveries(svc *s, size_t offset, size_t limit, const char *afte
     store_webhook_list_free(items, n);
     if (bad) {
         json_decref(arr);
-        return oom(err);
+        return chord_err_oom(err);
     }
     *list = svc_json_list(arr, total, offset, limit);
-    return *list ? 0 : oom(err);
+    return *list ? 0 : chord_err_oom(err);
 }

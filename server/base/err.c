@@ -30,6 +30,10 @@ int chord_err_setc(chord_err *err, int code, const char *fmt, ...) {
     return -1;
 }
 
+int chord_err_oom(chord_err *err) {
+    return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
+}
+
 int chord_err_prefix(chord_err *err, const char *fmt, ...) {
     if (!err) return -1;
     char prefix[CHORD_ERR_MSG];

@@ -38,6 +38,8 @@ int chord_err_set(chord_err *err, const char *fmt, ...) __attribute__((format(pr
 /* Same, with an explicit category. Returns -1. */
 int chord_err_setc(chord_err *err, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* "out of memory" with category CHORD_E_INTERNAL (a failed host allocation). Returns -1. */
+int chord_err_oom(chord_err *err);
 /* Prepends "<context>: " to the current message. Returns -1. */
 int chord_err_prefix(chord_err *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Clears the error. */

@@ -158,10 +158,6 @@ struct tk_service {
     int stopping;
 };
 
-static int oom(chord_err *err) {
-    return chord_err_setc(err, CHORD_E_INTERNAL, "out of memory");
-}
-
 /* Wall-clock seconds: entropy for ids and unseeded sampling only (durations use chord_now, the
  * monotonic clock, which no clock step moves). */
 static double wall_s(void) {
@@ -465,7 +461,7 @@ static int run_create(tk_model *m, chord_err *err) {
         free(m->snap);
         m->snap = NULL;
         m->engine = rollout_engine_new(m->boot.m);
-        return m->engine ? 0 : oom(err);
+        return m->engine ? 0 : chord_err_oom(err);
     }
     if (m->adapter_dir) { /* load_weights: the checkpoint's adapter (bootstrap), its state */
         char path[4200];
@@ -496,7 +492,7 @@ static int run_chunk(tk_model *m, const tk_fb_request *fb, const tk_loss_config 
     float *lp = calloc(N, sizeof *lp), *dlp = calloc(N, sizeof *dlp);
     int rc = -1;
     if (!tok || !pos || !tgt || !cu || !lp || !dlp) {
-        oom(err);
+        chord_err_oom(err);
         goto done;
     }
     size_t o = 0;
@@ -522,7 +518,7 @@ static int run_chunk(tk_model *m, const tk_fb_request *fb, const tk_loss_config 
         out->logprobs[i] = malloc((d->n_tokens ? d->n_tokens : 1) * sizeof(float));
         out->elementwise_loss[i] = malloc((d->n_tokens ? d->n_tokens : 1) * sizeof(float));
         if (!out->logprobs[i] || !out->elementwise_loss[i]) {
-            oom(err);
+            chord_err_oom(err);
             goto done;
         }
         memcpy(out->logprobs[i], lp + o, d->n_tokens * sizeof(float));
@@ -552,7 +548,7 @@ static int run_fb(tk_model *m, const tk_fb_request *fb, tk_fb_output **result, c
                                  i, fb->data[i].n_tokens, max_pos);
     }
     tk_fb_output *out = calloc(1, sizeof *out);
-    if (!out) return oom(err);
+    if (!out) return chord_err_oom(err);
     out->n_data = fb->n_data;
     size_t nd = fb->n_data ? fb->n_data : 1;
     out->logprobs = calloc(nd, sizeof *out->logprobs);
@@ -560,7 +556,7 @@ static int run_fb(tk_model *m, const tk_fb_request *fb, tk_fb_output **result, c
     out->lens = calloc(nd, sizeof *out->lens);
     int rc = -1;
     if (!out->logprobs || !out->elementwise_loss || !out->lens) {
-        oom(err);
+        chord_err_oom(err);
         goto done;
     }
     if (!fb->forward_only && !m->grads_live) {
@@ -622,7 +618,7 @@ static int run_optim(tk_model *m, const json_t *req, json_t **result, chord_err 
         return -1;
     m->grads_live = 0;
     *result = json_pack("{s:{s:f,s:f}}", "metrics", "grad_norm", gn, "learning_rate", lr);
-    return *result ? 0 : oom(err);
+    return *result ? 0 : chord_err_oom(err);
 }
 
 /* A checkpoint name: 1..100 of [A-Za-z0-9._-], not "." or "..". */
@@ -673,7 +669,7 @@ static int run_save(tk_model *m, const json_t *req, int sampler, json_t **result
     snprintf(tpath, sizeof tpath, "tinker://%s/%s/%s", m->id, kind, name);
     *result = json_pack("{s:s,s:s}", "path", tpath, "type",
                         sampler ? "save_weights_for_sampler" : "save_weights");
-    return *result ? 0 : oom(err);
+    return *result ? 0 : chord_err_oom(err);
 }
 
 /* The tokens of a ModelInput ({"chunks": [{"type": "encoded_text", "tokens": [...]}]}). */
@@ -697,7 +693,7 @@ static int prompt_tokens(const json_t *prompt, int vocab, int32_t **out, int *n,
     if (total == 0) return chord_err_set(err, "prompt: no tokens");
     if (total > (size_t)1 << 24) return chord_err_set(err, "prompt: %zu tokens is too long", total);
     int32_t *ids = malloc(total * sizeof *ids);
-    if (!ids) return oom(err);
+    if (!ids) return chord_err_oom(err);
     size_t k = 0;
     json_array_foreach(chunks, i, c) {
         size_t j;
@@ -765,7 +761,7 @@ static int stop_string_cut(const tok_tokenizer *tok, const rollout_seq *q, const
 oom:
     free(piece);
     chord_buf_free(&text);
-    oom(err);
+    chord_err_oom(err);
     return -2;
 }
 
@@ -780,7 +776,7 @@ static int run_sample(tk_model *m, const json_t *req, tk_sample_response **resul
     tk_sample_response *out = calloc(1, sizeof *out);
     float *lp = NULL;
     if (!strs || !out) {
-        oom(err);
+        chord_err_oom(err);
         goto done;
     }
     if (prompt_tokens(json_object_get(req, "prompt"), vocab, &ptoks, &plen, err)) goto done;
@@ -873,7 +869,7 @@ static int run_sample(tk_model *m, const json_t *req, tk_sample_response **resul
     if (rollout_generate(m->engine, &pp, &plen, 1, &rp, &rr, err) != 0) goto done;
     out->seqs = calloc((size_t)rr.n, sizeof *out->seqs);
     if (!out->seqs) {
-        oom(err);
+        chord_err_oom(err);
         goto done;
     }
     out->n_seqs = (size_t)rr.n;
@@ -894,7 +890,7 @@ static int run_sample(tk_model *m, const json_t *req, tk_sample_response **resul
         s->tokens = malloc((len ? (size_t)len : 1) * sizeof *s->tokens);
         s->logprobs = malloc((len ? (size_t)len : 1) * sizeof *s->logprobs);
         if (!s->tokens || !s->logprobs) {
-            oom(err);
+            chord_err_oom(err);
             goto done;
         }
         memcpy(s->tokens, q->tokens, (size_t)len * sizeof *s->tokens);
@@ -913,7 +909,7 @@ static int run_sample(tk_model *m, const json_t *req, tk_sample_response **resul
         }
         model_batch b = {
             .N = plen, .S = 1, .tokens = ptoks, .positions = pos, .cu_seqlens = cu, .targets = tgt};
-        int frc = ok ? model_forward(mm, &b, 1.0f, lp, NULL, err) : oom(err);
+        int frc = ok ? model_forward(mm, &b, 1.0f, lp, NULL, err) : chord_err_oom(err);
         free(pos), free(tgt);
         if (frc != 0) goto done;
         out->n_prompt = (size_t)plen;
@@ -954,7 +950,7 @@ static void run_op(tk_model *m, tk_op *op) {
                            m->adapter_dir && !m->sampler
                                ? json_pack("{s:s,s:s}", "model_id", m->id, "type", "load_weights")
                                : json_pack("{s:s,s:s}", "model_id", m->id, "type", "create_model")))
-                rc = oom(&err);
+                rc = chord_err_oom(&err);
             break;
         case OP_FB:
             rc = run_fb(m, &op->fb, &fb, &err);
@@ -1045,14 +1041,14 @@ static void *model_main(void *arg) {
 int tk_open(const tk_options *opt, tk_service **out, chord_err *err) {
     *out = NULL;
     tk_service *t = calloc(1, sizeof *t);
-    if (!t) return oom(err);
+    if (!t) return chord_err_oom(err);
     t->opt = *opt;
     t->data_dir = strdup(opt->data_dir);
     t->device = strdup(opt->device ? opt->device : "cpu");
     t->bases_seen = json_array();
     if (!t->data_dir || !t->device || !t->bases_seen) {
         tk_close(t);
-        return oom(err);
+        return chord_err_oom(err);
     }
     pthread_mutex_init(&t->mu, NULL);
     pthread_cond_init(&t->cv, NULL);
@@ -1140,7 +1136,7 @@ void tk_close(tk_service *t) {
 
 int tk_create_session(tk_service *t, const json_t *req, json_t **resp, chord_err *err) {
     tk_session *s = calloc(1, sizeof *s);
-    if (!s) return oom(err);
+    if (!s) return chord_err_oom(err);
     pthread_mutex_lock(&t->mu);
     new_id(t, "ses", s->id);
     s->last_seen = chord_now();
@@ -1150,7 +1146,7 @@ int tk_create_session(tk_service *t, const json_t *req, json_t **resp, chord_err
            NULL);
     *resp = json_pack("{s:s,s:s}", "session_id", s->id, "type", "create_session");
     pthread_mutex_unlock(&t->mu);
-    return *resp ? 0 : oom(err);
+    return *resp ? 0 : chord_err_oom(err);
 }
 
 int tk_heartbeat(tk_service *t, const json_t *req, json_t **resp, chord_err *err) {
@@ -1162,7 +1158,7 @@ int tk_heartbeat(tk_service *t, const json_t *req, json_t **resp, chord_err *err
     pthread_mutex_unlock(&t->mu);
     if (!s) return chord_err_setc(err, CHORD_E_NOT_FOUND, "session_id: no session %.100s", id);
     *resp = json_pack("{s:s}", "type", "session_heartbeat");
-    return *resp ? 0 : oom(err);
+    return *resp ? 0 : chord_err_oom(err);
 }
 
 int tk_finish_session(tk_service *t, const char *session_id, chord_err *err) {
@@ -1194,7 +1190,7 @@ int tk_get_info(tk_service *t, const json_t *req, json_t **resp, chord_err *err)
                       "model_name", m->base_model, "optimizer_config", "type", "adamw");
     pthread_mutex_unlock(&t->mu);
     if (!m) return chord_err_setc(err, CHORD_E_NOT_FOUND, "model_id: no model %.100s", id);
-    return *resp ? 0 : oom(err);
+    return *resp ? 0 : chord_err_oom(err);
 }
 
 int tk_capabilities(tk_service *t, json_t **resp, chord_err *err) {
@@ -1208,7 +1204,7 @@ int tk_capabilities(tk_service *t, json_t **resp, chord_err *err) {
     }
     pthread_mutex_unlock(&t->mu);
     *resp = arr ? json_pack("{s:o}", "supported_models", arr) : NULL;
-    return *resp ? 0 : oom(err);
+    return *resp ? 0 : chord_err_oom(err);
 }
 
 /* lora_config -> the adapter: rank, seed, and which projections (train_attn: q, k, v, o;
@@ -1266,7 +1262,7 @@ int tk_submit_create_model(tk_service *t, const json_t *req, char *request_id, c
     tk_op *op = calloc(1, sizeof *op);
     if (!m || !op) {
         free(m), free(op);
-        return oom(err);
+        return chord_err_oom(err);
     }
     m->t = t;
     snprintf(m->id, sizeof m->id, "%.100s:train:%lld", session,
@@ -1276,8 +1272,9 @@ int tk_submit_create_model(tk_service *t, const json_t *req, char *request_id, c
     int rc = read_lora(req, m, err);
     if (rc == 0) rc = t->opt.resolve(t->opt.user, base, &m->base_dir, err);
     if (rc == 0) rc = model_config_load(m->base_dir, &mc, err);
-    if (rc == 0 && !(m->base_model = strdup(base))) rc = oom(err);
-    if (rc == 0 && !(m->arch = strdup(mc.model_type[0] ? mc.model_type : "llama"))) rc = oom(err);
+    if (rc == 0 && !(m->base_model = strdup(base))) rc = chord_err_oom(err);
+    if (rc == 0 && !(m->arch = strdup(mc.model_type[0] ? mc.model_type : "llama")))
+        rc = chord_err_oom(err);
     if (rc != 0) {
         if (err->code == CHORD_E_NOT_FOUND) err->code = CHORD_E_INVALID;
         model_struct_free(m), free(op);
@@ -1358,7 +1355,7 @@ int tk_submit_load_weights(tk_service *t, const json_t *req, char *request_id, c
     tk_op *op = calloc(1, sizeof *op);
     char dir[4096], owner[TK_ID_MAX], base[4096];
     model_config mc;
-    int rc = !m || !op ? oom(err) : 0;
+    int rc = !m || !op ? chord_err_oom(err) : 0;
     if (rc == 0) rc = checkpoint_dir(t, path, dir, owner, err);
     if (rc == 0 && model_config_adapter_base(dir, base, sizeof base, err) != 1)
         rc = chord_err_set(err, "path: %.200s holds no LoRA adapter", path);
@@ -1378,7 +1375,7 @@ int tk_submit_load_weights(tk_service *t, const json_t *req, char *request_id, c
         m->base_dir = strdup(base);
         m->adapter_dir = strdup(dir);
         m->arch = strdup(mc.model_type[0] ? mc.model_type : "llama");
-        if (!m->base_model || !m->base_dir || !m->adapter_dir || !m->arch) rc = oom(err);
+        if (!m->base_model || !m->base_dir || !m->adapter_dir || !m->arch) rc = chord_err_oom(err);
     }
     if (rc != 0) {
         if (err->code == CHORD_E_NOT_FOUND) err->code = CHORD_E_INVALID;
@@ -1410,7 +1407,7 @@ static int submit(tk_service *t, const char *model_id, int32_t seq, tk_op *op, c
     } else if (m->closing || m->ended || t->stopping) {
         rc = chord_err_setc(err, CHORD_E_UNAVAILABLE, "model %.100s is closed", model_id);
     } else if (!(op->f = future_new(t, m->id, seq, op_name(op->kind)))) {
-        rc = oom(err);
+        rc = chord_err_oom(err);
     } else {
         enqueue(t, m, op, request_id);
         op = NULL;
@@ -1424,7 +1421,7 @@ int tk_submit_forward_backward(tk_service *t, tk_fb_request *fb, char *request_i
     tk_op *op = calloc(1, sizeof *op);
     if (!op) {
         tk_fb_request_free(fb);
-        return oom(err);
+        return chord_err_oom(err);
     }
     op->kind = OP_FB;
     op->fb = *fb;
@@ -1444,7 +1441,7 @@ int tk_submit_json(tk_service *t, const char *kind, const json_t *req, char *req
     if (!json_is_integer(seq) || json_integer_value(seq) < 1 || json_integer_value(seq) > INT32_MAX)
         return chord_err_set(err, "seq_id: must be an integer >= 1");
     tk_op *op = calloc(1, sizeof *op);
-    if (!op) return oom(err);
+    if (!op) return chord_err_oom(err);
     if (!strcmp(kind, "optim_step")) {
         op->kind = OP_OPTIM;
     } else if (!strcmp(kind, "save_weights")) {
@@ -1458,7 +1455,7 @@ int tk_submit_json(tk_service *t, const char *kind, const json_t *req, char *req
     op->json = json_deep_copy(req);
     if (!op->json) {
         free(op);
-        return oom(err);
+        return chord_err_oom(err);
     }
     return submit(t, model_id, (int32_t)json_integer_value(seq), op, request_id, err);
 }
@@ -1569,7 +1566,7 @@ static int retrieve_stored(tk_service *t, const char *request_id, tk_result *out
     free(row.error);
     if (rc < 0) {
         out->error = NULL;
-        return oom(err);
+        return chord_err_oom(err);
     }
     return 0;
 }
@@ -1596,12 +1593,12 @@ int tk_retrieve(tk_service *t, const char *request_id, double wait_s, tk_result 
         out->state = f->state;
         if (f->state == TK_DONE) {
             if (f->json) out->json = json_incref(f->json);
-            if (f->fb && !(out->fb = fb_copy(f->fb))) rc = oom(err);
-            if (f->sample && !(out->sample = sample_copy(f->sample))) rc = oom(err);
+            if (f->fb && !(out->fb = fb_copy(f->fb))) rc = chord_err_oom(err);
+            if (f->sample && !(out->sample = sample_copy(f->sample))) rc = chord_err_oom(err);
         } else if (f->state == TK_FAILED) {
             out->error = strdup(f->error ? f->error : "failed");
             out->user_error = f->user_error;
-            if (!out->error) rc = oom(err);
+            if (!out->error) rc = chord_err_oom(err);
         }
     }
     pthread_mutex_unlock(&t->mu);
@@ -1651,7 +1648,7 @@ static tk_model *sampler_start(tk_service *t, const char *id, const char *sessio
         !(op->f = future_new(t, id, 0, "create_sampler"))) {
         model_struct_free(m);
         free(op);
-        oom(err);
+        chord_err_oom(err);
         return NULL;
     }
     op->kind = OP_CREATE;
@@ -1682,7 +1679,7 @@ static int snapshot_sampler(tk_model *m, const json_t *req, json_t **result, cho
     size_t np = 0;
     model_lora_tensors(m->boot.m, NULL, &np);
     float *snap = malloc((np ? np : 1) * sizeof *snap);
-    if (!snap) return oom(err);
+    if (!snap) return chord_err_oom(err);
     if (model_lora_read_params(m->boot.m, snap, err) != 0) {
         free(snap);
         return -1;
@@ -1706,7 +1703,7 @@ static int snapshot_sampler(tk_model *m, const json_t *req, json_t **result, cho
     pthread_mutex_unlock(&t->mu);
     if (rc != 0) return -1;
     *result = json_pack("{s:s,s:s}", "sampling_session_id", id, "type", "save_weights_for_sampler");
-    return *result ? 0 : oom(err);
+    return *result ? 0 : chord_err_oom(err);
 }
 
 /* "tinker://<model_id>/<weights|sampler_weights>/<name>" -> its directory (out, 4096). */
@@ -1765,7 +1762,7 @@ int tk_create_sampling_session(tk_service *t, const json_t *req, json_t **resp, 
         }
         snprintf(base_name, sizeof base_name, "%s", base);
     }
-    if (!base_dir) return oom(err);
+    if (!base_dir) return chord_err_oom(err);
     pthread_mutex_lock(&t->mu);
     tk_session *s = session_find(t, session);
     tk_model *own = owner[0] ? model_find(t, owner) : NULL;
@@ -1780,7 +1777,7 @@ int tk_create_sampling_session(tk_service *t, const json_t *req, json_t **resp, 
     free(base_dir);
     if (rc != 0) return -1;
     *resp = json_pack("{s:s,s:s}", "sampling_session_id", id, "type", "create_sampling_session");
-    return *resp ? 0 : oom(err);
+    return *resp ? 0 : chord_err_oom(err);
 }
 
 int tk_get_sampler(tk_service *t, const char *sampler_id, json_t **resp, chord_err *err) {
@@ -1792,7 +1789,7 @@ int tk_get_sampler(tk_service *t, const char *sampler_id, json_t **resp, chord_e
     pthread_mutex_unlock(&t->mu);
     if (!m || !m->sampler)
         return chord_err_setc(err, CHORD_E_NOT_FOUND, "no sampler %.100s", sampler_id);
-    return *resp ? 0 : oom(err);
+    return *resp ? 0 : chord_err_oom(err);
 }
 
 int tk_submit_sample(tk_service *t, const json_t *req, char *request_id, int *n_samples,
@@ -1806,11 +1803,11 @@ int tk_submit_sample(tk_service *t, const json_t *req, char *request_id, int *n_
         return chord_err_set(err, "num_samples: must be an integer in [1, 1024]");
     *n_samples = n ? (int)json_integer_value(n) : 1;
     tk_op *op = calloc(1, sizeof *op);
-    if (!op) return oom(err);
+    if (!op) return chord_err_oom(err);
     op->kind = OP_SAMPLE;
     if (!(op->json = json_deep_copy(req))) {
         free(op);
-        return oom(err);
+        return chord_err_oom(err);
     }
     pthread_mutex_lock(&t->mu);
     collect_futures(t);
@@ -1821,7 +1818,7 @@ int tk_submit_sample(tk_service *t, const json_t *req, char *request_id, int *n_
     else if (m->ended || t->stopping)
         rc = chord_err_setc(err, CHORD_E_UNAVAILABLE, "sampler %.100s is closed", sid);
     else if (!(op->f = future_new(t, sid, -1, "sample")))
-        rc = oom(err);
+        rc = chord_err_oom(err);
     if (rc == 0) {
         op->seq = ++m->fifo;
         enqueue(t, m, op, request_id);
@@ -1954,7 +1951,7 @@ int tk_training_runs(tk_service *t, size_t offset, size_t limit, json_t **resp, 
     json_t *ids = json_array(), *runs = json_array();
     if (!ids || !runs) {
         json_decref(ids), json_decref(runs);
-        return oom(err);
+        return chord_err_oom(err);
     }
     pthread_mutex_lock(&t->mu);
     for (tk_model *m = t->models; m; m = m->next)
@@ -1988,7 +1985,7 @@ int tk_training_runs(tk_service *t, size_t offset, size_t limit, json_t **resp, 
     *resp =
         json_pack("{s:o,s:{s:I,s:I,s:I}}", "training_runs", runs, "cursor", "offset",
                   (json_int_t)offset, "limit", (json_int_t)limit, "total_count", (json_int_t)total);
-    return *resp ? 0 : oom(err);
+    return *resp ? 0 : chord_err_oom(err);
 }
 
 int tk_run_checkpoints(tk_service *t, const char *run, json_t **resp, chord_err *err) {
@@ -1996,5 +1993,5 @@ int tk_run_checkpoints(tk_service *t, const char *run, json_t **resp, chord_err 
     if (tk_training_run(t, run, &r, err) != 0) return -1;
     json_decref(r);
     *resp = json_pack("{s:o}", "checkpoints", run_checkpoints(t, run, NULL, NULL));
-    return *resp ? 0 : oom(err);
+    return *resp ? 0 : chord_err_oom(err);
 }
