@@ -1597,35 +1597,29 @@ static int gather_moments(trainer *t, int64_t step, float **adam_m, float **adam
     size_t lo, hi;
     dist_slice(t->env->dist, n, dist_rank(t->env->dist), &lo, &hi);
     const int root = dist_rank(t->env->dist) == 0;
-    float *mine = malloc(2 * (hi - lo + 1) * sizeof *mine);
-    float *all = root ? malloc(2 * (n + 1) * sizeof *all) : NULL;
+    float *mine = malloc(2 * (hi - lo + 1) * sizeof *mine); /* this rank's m, then its v */
+    float *m = root ? malloc((n + 1) * sizeof *m) : NULL;
+    float *v = root ? malloc((n + 1) * sizeof *v) : NULL;
     int rc = -1;
-    if (!mine || (root && !all)) {
+    if (!mine || (root && (!m || !v))) {
         oom(err);
         goto done;
     }
     char name[128];
     snprintf(name, sizeof name, "step %lld: optimizer state", (long long)step);
-    float *mine_v = mine + (hi - lo + 1), *all_v = all ? all + n + 1 : NULL;
+    float *mine_v = mine + (hi - lo + 1);
     if (model_read_optimizer_shard(t->m, mine, mine_v, err) != 0 ||
-        dist_gather_f32(t->env->dist, mine, n, all, 0, name, err) != 0 ||
-        dist_gather_f32(t->env->dist, mine_v, n, all_v, 0, name, err) != 0)
+        dist_gather_f32(t->env->dist, mine, n, m, 0, name, err) != 0 ||
+        dist_gather_f32(t->env->dist, mine_v, n, v, 0, name, err) != 0)
         goto done;
-    if (root) {
-        *adam_m = malloc((n + 1) * sizeof **adam_m);
-        if (!*adam_m) {
-            oom(err);
-            goto done;
-        }
-        memcpy(*adam_m, all, n * sizeof *all);
-        *adam_v = all; /* the v half moved to the front */
-        memmove(all, all_v, n * sizeof *all);
-        all = NULL;
-    }
+    *adam_m = m;
+    *adam_v = v;
+    m = v = NULL;
     rc = 0;
 done:
     free(mine);
-    free(all);
+    free(m);
+    free(v);
     return rc;
 }
 
