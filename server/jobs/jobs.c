@@ -412,13 +412,20 @@ static void keep_stdin_open(void) {
  * server gives up; the next start requeues the job (store_open's recovery). */
 static void finish_job(worker *w, const char *id, store_job_state to, const char *text) {
     jobs_pool *p = w->pool;
-    /* the trainer has returned and freed the job's memory: its share of the device limit goes
-     * before the state a client waits for is stored (a rollout sent on seeing "cancelled" has
-     * the whole limit) */
-    atomic_store(&w->reserved, 0);
     for (int attempt = 0;; attempt++) {
         chord_err err = {0};
-        if (store_job_transition(w->st, id, to, text, NULL, NULL, &err) == 0) {
+        /* the trainer has returned and freed the job's memory: its share of the device limit
+         * goes with the first try at storing the final state, both under claim_mu, which claims
+         * and the readers of the shares (jobs_device_reserved) hold too: a client that reads
+         * the final state finds the whole limit free (a rollout sent on seeing "cancelled"), and
+         * no claim runs a job while this one still reads "running" */
+        if (attempt == 0) pthread_mutex_lock(&p->claim_mu);
+        int stored = store_job_transition(w->st, id, to, text, NULL, NULL, &err) == 0;
+        if (attempt == 0) {
+            atomic_store(&w->reserved, 0);
+            pthread_mutex_unlock(&p->claim_mu);
+        }
+        if (stored) {
             LOG_INFO("job %s %s%s%s", id, store_job_state_name(to), text ? ": " : "",
                      text ? text : "");
             break;
@@ -595,6 +602,8 @@ static int64_t fit_need(worker *w, const char *job_id, const char *config_json) 
  * device's free memory. A job claimed but not yet set up has its estimate reserved already
  * (claim), so a second slot never reads the gap between the claim and the trainer's set-up as
  * free memory. */
+static int64_t device_reserved(jobs_pool *p, const char *device);
+
 static int fits_beside(worker *w, const char *job_id, const char *config_json) {
     jobs_pool *p = w->pool;
     if (p->slots <= 1) return 1;
@@ -610,7 +619,7 @@ static int fits_beside(worker *w, const char *job_id, const char *config_json) {
     double budget;
     size_t free_b = 0, total_b = 0;
     if (p->memory_limit > 0)
-        budget = (double)p->memory_limit - (double)jobs_device_reserved(p, w->device);
+        budget = (double)p->memory_limit - (double)device_reserved(p, w->device);
     else if (ops_mem_info(w->ops, &free_b, &total_b) == 0 && free_b > 0)
         budget = (double)free_b;
     else
@@ -897,12 +906,20 @@ int jobs_submit_rollout(jobs_pool *p, const char *rollout_id, chord_err *err) {
     return 0;
 }
 
-int64_t jobs_device_reserved(jobs_pool *p, const char *device) {
-    if (!p || !device) return 0;
+/* with claim_mu held */
+static int64_t device_reserved(jobs_pool *p, const char *device) {
     int64_t sum = 0;
     for (int i = 0; i < p->n_workers; i++)
         if (!strcmp(p->workers[i].device, device)) sum += atomic_load(&p->workers[i].reserved);
     return sum + jobs_bases_bytes(p->bases, device);
+}
+
+int64_t jobs_device_reserved(jobs_pool *p, const char *device) {
+    if (!p || !device) return 0;
+    pthread_mutex_lock(&p->claim_mu); /* not between a claim, or a final state, and its share */
+    int64_t sum = device_reserved(p, device);
+    pthread_mutex_unlock(&p->claim_mu);
+    return sum;
 }
 
 int jobs_slots(const jobs_pool *p) { return p ? p->slots : 1; }
