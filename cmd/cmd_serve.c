@@ -14,14 +14,18 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "api/auth/auth.h"
 #include "api/auth/tls.h"
 #include "api/grpc/grpc_server.h"
 #include "api/http/http.h"
 #include "cmd/commands.h"
+#include "kernels/ops.h"
 #include "server/base/fileutil.h"
 #include "server/base/log.h"
+#include "server/dist/dist.h"
+#include "server/jobs/ranks.h"
 #include "server/service.h"
 
 static void usage(FILE *out) {
@@ -77,6 +81,13 @@ static void usage(FILE *out) {
             "  --insecure-no-auth    serve a non-loopback --http / --grpc without tokens\n"
             "  --tls-cert FILE       PEM certificate (chain): REST is HTTPS and gRPC TLS only;\n"
             "  --tls-key FILE        with its unencrypted PEM private key (both or neither)\n"
+            "under mpirun (docs/distributed.md): rank 0 serves, the other ranks compute every\n"
+            "job with it, data-parallel (one device per rank: cpu, or cuda = the rank's GPU):\n"
+            "  --dist-timeout S      a rank that does not reach a collective within S seconds\n"
+            "                        fails the job, naming it, and ends the service; default 600\n"
+            "  --zero 1              ZeRO-1: each rank keeps its slice of the optimizer state\n"
+            "  --bucket-mb N         gradients summed in N MiB buckets during the backward;\n"
+            "                        default 25 (0: one sum after it)\n"
             "  --demo                submit the embedded demo job at start: a random-init tiny\n"
             "                        model trained with CHORD on the built-in arithmetic task\n"
             "  -h, --help            this help\n\n"
@@ -175,7 +186,67 @@ static int parse_duration_s(const char *flag, const char *v, int64_t *out) {
     return 0;
 }
 
+/* Several ranks (mpirun): each rank's one device (cpu, or cuda:<its index on its host>) and its
+ * CPU threads (the host's cores shared by its ranks unless --threads). Every rank decides alike;
+ * rank 0 says why it refuses. */
+static int serve_rank_setup(dist_ctx *dist, const char *device, int slots, long *threads,
+                            int threads_given, char *out, size_t outlen) {
+    const int rank = dist_rank(dist), local = dist_local_rank(dist);
+    const char *why = NULL;
+    char buf[256];
+    if (slots > 1) {
+        why = "--slots: under mpirun every rank runs one job at a time, the same job (leave "
+              "--slots out)";
+    } else if (!strcmp(device, "cpu")) {
+        snprintf(out, outlen, "cpu");
+    } else if (!strcmp(device, "auto") || !strcmp(device, "cuda") ||
+               !strcmp(device, "cuda:all")) {
+        int gpus = ops_cuda_device_count();
+        if (gpus <= 0 && !strcmp(device, "auto")) {
+            snprintf(out, outlen, "cpu");
+        } else if (local >= gpus) {
+            snprintf(buf, sizeof buf,
+                     "--device %s: rank %d is rank %d on its host, which has %d GPU%s (launch "
+                     "one rank per GPU)",
+                     device, rank, local, gpus, gpus == 1 ? "" : "s");
+            why = buf;
+        } else {
+            snprintf(out, outlen, "cuda:%d", local);
+        }
+    } else {
+        snprintf(buf, sizeof buf,
+                 "--device %s: under mpirun each rank takes one device, the GPU of its index on "
+                 "its host: give --device cuda, auto or cpu",
+                 device);
+        why = buf;
+    }
+    if (why) {
+        if (rank == 0) fprintf(stderr, "chordd: %s (docs/distributed.md)\n", why);
+        return -1;
+    }
+    if (!threads_given) {
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        *threads = cores / dist_local_size(dist) > 0 ? cores / dist_local_size(dist) : 1;
+    }
+    return 0;
+}
+
+static int serve(int argc, char **argv, dist_ctx **dist_out);
+
+/* `chordd serve`; under mpirun rank 0's service ends its ranks when it stops (ranks.h). */
 int cmd_serve(int argc, char **argv) {
+    dist_ctx *dist = NULL;
+    int rc = serve(argc, argv, &dist);
+    if (!dist) return rc;
+    chord_err err = {0};
+    if (rc == 0 && jobs_ranks_send_quit(dist, &err) == 0 && dist_close(dist, &err) == 0) return 0;
+    if (rc == 0) fprintf(stderr, "chordd: ending the other ranks: %s\n", err.msg);
+    dist_abort(dist, rc ? rc : 1); /* they would wait for a command forever */
+}
+
+/* *dist_out: rank 0's dist context when launched by mpirun with several ranks (set once the
+ * ranks are set up: cmd_serve then ends them), else NULL. */
+static int serve(int argc, char **argv, dist_ctx **dist_out) {
     const char *data_dir = "./chord-data", *http = "127.0.0.1:8080", *grpc = "127.0.0.1:50051";
     const char *device = "auto", *models_root = NULL, *log_level = "info";
     const char *auth_file = NULL, *tls_cert = NULL, *tls_key = NULL;
@@ -191,6 +262,9 @@ int cmd_serve(int argc, char **argv) {
     int64_t idempotency_ttl_s = SVC_DEFAULT_IDEMPOTENCY_TTL_S;
     const char *webhook_url = NULL, *webhook_secret_file = NULL;
     int demo = 0;
+    double dist_timeout = DIST_DEFAULT_TIMEOUT_S, bucket_mb = 25.0;
+    long zero = 0;
+    int dist_flag = 0, slots_given = 0, threads_given = 0; /* flags only several ranks take */
     int i = 1;
     if (argc >= 1 && argv[0] && argv[0][0] == '-') i = 0; /* called with no subcommand */
     for (; i < argc; i++) {
@@ -264,9 +338,23 @@ int cmd_serve(int argc, char **argv) {
         } else if (!strcmp(a, "--slots")) {
             VALUE();
             if (cmd_arg_long(a, next, 1, 64, &slots)) return 2;
+            slots_given = 1;
         } else if (!strcmp(a, "--threads")) {
             VALUE();
             if (cmd_arg_long(a, next, 0, 4096, &threads)) return 2;
+            threads_given = 1;
+        } else if (!strcmp(a, "--dist-timeout")) {
+            VALUE();
+            if (cmd_arg_double(a, next, 0.1, 86400.0, &dist_timeout)) return 2;
+            dist_flag = 1;
+        } else if (!strcmp(a, "--zero")) {
+            VALUE();
+            if (cmd_arg_long(a, next, 0, 1, &zero)) return 2;
+            dist_flag = 1;
+        } else if (!strcmp(a, "--bucket-mb")) {
+            VALUE();
+            if (cmd_arg_double(a, next, 0, 1e6, &bucket_mb)) return 2;
+            dist_flag = 1;
         } else if (!strcmp(a, "--http-threads")) {
             VALUE();
             if (cmd_arg_long(a, next, 1, 256, &http_threads)) return 2;
@@ -302,6 +390,52 @@ int cmd_serve(int argc, char **argv) {
         return 2;
     }
     chord_log_set_level(level);
+    (void)slots_given;
+    /* under mpirun: rank 0 goes on as the service, the others follow it (ranks.h) */
+    dist_ctx *dist = NULL;
+    char rank_device[32] = "";
+    if (dist_flag && !dist_launched_by_mpi()) {
+        fprintf(stderr, "chordd: --dist-timeout, --zero and --bucket-mb set up the ranks of a "
+                        "service launched by mpirun; this one is not (docs/distributed.md)\n");
+        return 2;
+    }
+    if (dist_launched_by_mpi()) {
+        chord_err derr = {0};
+        if (dist_open(dist_timeout, &dist, &derr) != 0) {
+            fprintf(stderr, "chordd: %s\n", derr.msg);
+            return 1;
+        }
+        if (dist_size(dist) == 1) {
+            dist_close(dist, &derr);
+            dist = NULL;
+            if (dist_flag) {
+                fprintf(stderr, "chordd: --dist-timeout, --zero and --bucket-mb need several "
+                                "ranks (mpirun -np N, N > 1)\n");
+                return 2;
+            }
+        }
+    }
+    if (dist) {
+        int rc = serve_rank_setup(dist, device, (int)slots, &threads, threads_given, rank_device,
+                                  sizeof rank_device);
+        if (rc == 0 && dist_rank(dist) != 0) {
+            chord_err ferr = {0};
+            jobs_ranks_options ro = {.zero = (int)zero, .bucket_mb = bucket_mb};
+            if (jobs_ranks_follow(dist, rank_device, (int)threads, &ro, &ferr) != 0) {
+                fprintf(stderr, "chordd: rank %d of %d: %s\n", dist_rank(dist), dist_size(dist),
+                        ferr.msg);
+                dist_abort(dist, 1);
+            }
+            if (dist_close(dist, &ferr) != 0) {
+                fprintf(stderr, "chordd: rank %d: %s\n", dist_rank(dist), ferr.msg);
+                return 1;
+            }
+            return 0;
+        }
+        if (rc != 0) dist_abort(dist, 2); /* every rank refused alike: said once, by rank 0 */
+        device = rank_device;
+        *dist_out = dist;
+    }
     char http_host[256] = "", grpc_host[256] = "";
     int http_port = 0, grpc_port = 0;
     int http_on = strcmp(http, "off") != 0, grpc_on = strcmp(grpc, "off") != 0;
@@ -364,7 +498,10 @@ int cmd_serve(int argc, char **argv) {
                       .memory_limit = (int64_t)memory_mb << 20,
                       .workers = 1,
                       .idempotency_ttl_s = idempotency_ttl_s,
-                      .webhook_url = webhook_url};
+                      .webhook_url = webhook_url,
+                      .dist = dist,
+                      .zero = (int)zero,
+                      .bucket_mb = bucket_mb};
     /* one bucket per client across both transports; freed after both stopped */
     api_rate *rate = api_rate_new(rate_limit, rate_burst);
     if (rate_limit > 0 && !rate) {

@@ -23,6 +23,7 @@
 #include "server/base/buf.h"
 #include "server/base/fileutil.h"
 #include "server/base/log.h"
+#include "server/dist/dist.h"
 #include "server/model/config.h"
 #include "server/tinker/tinker.h"
 #include "server/train/jobconfig.h"
@@ -446,6 +447,7 @@ int svc_open(const svc_options *opt, svc **out, chord_err *err) {
         goto fail;
     }
 
+    s->ranks = opt->dist ? dist_size(opt->dist) : 1;
     if (jobs_devices_expand(opt->device, &s->devices, &s->n_devices, err)) goto fail;
     if (pthread_create(&s->hub_thread, NULL, hub_main, s) != 0) {
         chord_err_setc(err, CHORD_E_INTERNAL, "service: cannot start the watch thread: %s",
@@ -460,7 +462,10 @@ int svc_open(const svc_options *opt, svc **out, chord_err *err) {
                            .slots = opt->slots,
                            .threads = opt->threads,
                            .memory_limit = s->memory_limit,
-                           .hooks = {.user = s, .publish = hook_publish, .on_step = hook_on_step}};
+                           .hooks = {.user = s, .publish = hook_publish, .on_step = hook_on_step},
+                           .dist = opt->dist,
+                           .zero = opt->zero,
+                           .bucket_mb = opt->bucket_mb};
         if (jobs_start(&jo, &s->jobs, err)) goto fail;
         if (resubmit_pending_rollouts(s, err)) goto fail;
         tk_options to = {.data_dir = s->data_dir,
@@ -1438,6 +1443,7 @@ int svc_health(svc *s, json_t **out) {
     svc_json_put(o, "workers", json_integer(s->jobs ? s->n_devices * jobs_slots(s->jobs) : 0),
                  &bad);
     svc_json_put(o, "slots", json_integer(jobs_slots(s->jobs)), &bad);
+    svc_json_put(o, "ranks", json_integer(s->ranks), &bad);
     svc_json_put(o, "shared_bases", svc_shared_bases_json(s), &bad);
     json_t *jobs = json_object();
     chord_err err = {0};

@@ -60,6 +60,8 @@
 
 typedef struct svc svc;
 
+struct dist_ctx;
+
 typedef struct svc_options {
     const char *data_dir;       /* required; created when missing */
     const char *models_root;    /* directories models may be registered from; NULL =
@@ -85,6 +87,11 @@ typedef struct svc_options {
     const char *webhook_url;    /* where signed events go (docs/pipelines.md); NULL = none */
     const char *webhook_secret; /* its signing secret ("whsec_<base64>" or raw); required with a
                                    URL */
+    /* `chordd serve` under mpirun: this service is rank 0 of dist and every job runs on all its
+     * ranks (server/jobs/ranks.h); NULL: one process */
+    struct dist_ctx *dist;
+    int zero;         /* with dist: ZeRO-1 for every job */
+    double bucket_mb; /* with dist: gradient bucket size, MiB (0: one sum after the backward) */
 } svc_options;
 
 /* Opens the data directory (store.h), moves jobs left running by a dead process back to queued

@@ -46,6 +46,7 @@ struct svc {
     int64_t max_rollout_tokens; /* svc_options.max_rollout_tokens */
     int max_queued_jobs, max_pending_rollouts;
     int64_t memory_limit; /* svc_options.memory_limit */
+    int ranks;            /* processes every job runs on (svc_options.dist's size, or 1) */
     double started;       /* chord_now() at open */
     int64_t started_ms;
     atomic_int stopping;

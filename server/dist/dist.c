@@ -32,6 +32,7 @@ struct dist_ctx {
     int rank, size, local_rank, local_size;
     double timeout_s;
     int64_t count; /* collectives run so far (every rank runs the same sequence) */
+    int broken;    /* a collective failed (timed out, diverged, MPI or NCCL error): dist_broken */
     struct dist_nccl *nccl;
 #ifdef CHORD_HAVE_MPI
     MPI_Comm comm;
@@ -55,6 +56,8 @@ int dist_have_mpi(void) {
 #endif
 }
 
+int dist_broken(const dist_ctx *d) { return d && d->broken; }
+
 int dist_rank(const dist_ctx *d) {
     return d ? d->rank : 0;
 }
@@ -75,12 +78,19 @@ static int dist_oom(chord_err *err) {
     return chord_err_setc(err, CHORD_E_INTERNAL, "dist: out of memory");
 }
 
+/* an NCCL collective's result, marking the ranks out of step when it failed (dist_broken) */
+static int nccl_done(dist_ctx *d, int rc) {
+    if (rc != 0) d->broken = 1;
+    return rc;
+}
+
 /* ---- MPI ---------------------------------------------------------------------------------- */
 #ifdef CHORD_HAVE_MPI
 
-enum { TAG_ARRIVE = 7101, TAG_GO = 7102, TAG_PING = 7103, TAG_PONG = 7104 };
+enum { TAG_ARRIVE = 7101, TAG_GO = 7102, TAG_PING = 7103, TAG_PONG = 7104, TAG_COMMAND = 7105 };
 
-static int mpi_error(int rc, const char *what, chord_err *err) {
+static int mpi_error(dist_ctx *d, int rc, const char *what, chord_err *err) {
+    d->broken = 1;
     char text[MPI_MAX_ERROR_STRING];
     int len = 0;
     if (MPI_Error_string(rc, text, &len) != MPI_SUCCESS) snprintf(text, sizeof text, "code %d", rc);
@@ -99,19 +109,19 @@ static int answer_pings(dist_ctx *d, const char *what, chord_err *err) {
         int flag = 0;
         MPI_Status st;
         int rc = MPI_Iprobe(0, TAG_PING, d->comm, &flag, &st);
-        if (rc != MPI_SUCCESS) return mpi_error(rc, what, err);
+        if (rc != MPI_SUCCESS) return mpi_error(d, rc, what, err);
         if (!flag) return 0;
         int64_t v = 0;
         rc = MPI_Recv(&v, 1, MPI_INT64_T, 0, TAG_PING, d->comm, MPI_STATUS_IGNORE);
         if (rc == MPI_SUCCESS) rc = MPI_Send(&v, 1, MPI_INT64_T, 0, TAG_PONG, d->comm);
-        if (rc != MPI_SUCCESS) return mpi_error(rc, what, err);
+        if (rc != MPI_SUCCESS) return mpi_error(d, rc, what, err);
     }
 }
 
 /* Polls reqs[0..n) until all complete or the deadline passes, answering pings meanwhile on the
  * ranks other than 0. Returns 0 when all completed, 1 on timeout (done[i] says which did), -1 on
  * an MPI error (err set). */
-static int wait_all(dist_ctx *d, MPI_Request *reqs, int *done, int n, double deadline,
+static int wait_all_(dist_ctx *d, MPI_Request *reqs, int *done, int n, double deadline,
                     const char *what, chord_err *err) {
     long ns = 1000;
     for (;;) {
@@ -121,7 +131,7 @@ static int wait_all(dist_ctx *d, MPI_Request *reqs, int *done, int n, double dea
             if (done[i]) continue;
             int flag = 0;
             int rc = MPI_Test(&reqs[i], &flag, MPI_STATUS_IGNORE);
-            if (rc != MPI_SUCCESS) return mpi_error(rc, what, err);
+            if (rc != MPI_SUCCESS) return mpi_error(d, rc, what, err);
             done[i] = flag;
             left += !flag;
         }
@@ -131,9 +141,24 @@ static int wait_all(dist_ctx *d, MPI_Request *reqs, int *done, int n, double dea
     }
 }
 
+/* wait_all_, marking the job's ranks out of step on a timeout or an error (dist_broken) */
+static int wait_all(dist_ctx *d, MPI_Request *reqs, int *done, int n, double deadline,
+                    const char *what, chord_err *err) {
+    int w = wait_all_(d, reqs, done, n, deadline, what, err);
+    if (w != 0) d->broken = 1;
+    return w;
+}
+
 /* Every rank reaches collective number d->count (named what) before it runs; names the ranks
  * that did not within the timeout. */
+static int arrive_(dist_ctx *d, const char *what, chord_err *err);
 static int arrive(dist_ctx *d, const char *what, chord_err *err) {
+    int rc = arrive_(d, what, err);
+    if (rc != 0) d->broken = 1; /* a silent or diverged rank */
+    return rc;
+}
+
+static int arrive_(dist_ctx *d, const char *what, chord_err *err) {
     int64_t mine = d->count;
     double t0 = chord_now();
     if (d->rank == 0) {
@@ -149,7 +174,7 @@ static int arrive(dist_ctx *d, const char *what, chord_err *err) {
             int mrc =
                 MPI_Irecv(&theirs[r - 1], 1, MPI_INT64_T, r, TAG_ARRIVE, d->comm, &reqs[r - 1]);
             if (mrc != MPI_SUCCESS) {
-                mpi_error(mrc, what, err);
+                mpi_error(d, mrc, what, err);
                 goto out;
             }
         }
@@ -182,7 +207,7 @@ static int arrive(dist_ctx *d, const char *what, chord_err *err) {
         for (int r = 1; r <= n; r++) {
             int mrc = MPI_Isend(&mine, 1, MPI_INT64_T, r, TAG_GO, d->comm, &reqs[r - 1]);
             if (mrc != MPI_SUCCESS) {
-                mpi_error(mrc, what, err);
+                mpi_error(d, mrc, what, err);
                 goto out;
             }
             done[r - 1] = 0;
@@ -203,7 +228,7 @@ static int arrive(dist_ctx *d, const char *what, chord_err *err) {
     int64_t go = -1;
     int mrc = MPI_Isend(&mine, 1, MPI_INT64_T, 0, TAG_ARRIVE, d->comm, &reqs[0]);
     if (mrc == MPI_SUCCESS) mrc = MPI_Irecv(&go, 1, MPI_INT64_T, 0, TAG_GO, d->comm, &reqs[1]);
-    if (mrc != MPI_SUCCESS) return mpi_error(mrc, what, err);
+    if (mrc != MPI_SUCCESS) return mpi_error(d, mrc, what, err);
     /* longer than rank 0's wait, so that rank 0 names a missing peer first */
     int w = wait_all(d, reqs, done, 2, t0 + 1.5 * d->timeout_s + 5.0, what, err);
     if (w < 0) return -1;
@@ -241,7 +266,7 @@ static int name_silent(dist_ctx *d, const char *what, chord_err *err) {
                            &reqs[2 * (r - 1) + 1]);
     }
     if (rc != MPI_SUCCESS) {
-        mpi_error(rc, what, err);
+        mpi_error(d, rc, what, err);
     } else {
         double wait_s = d->timeout_s < 10.0 ? d->timeout_s : 10.0;
         int w = wait_all(d, reqs, done, 2 * n, chord_now() + wait_s, what, err);
@@ -304,7 +329,7 @@ static int mpi_allreduce(dist_ctx *d, void *buf, size_t n, size_t elem, MPI_Data
         MPI_Request req;
         int rc =
             MPI_Iallreduce(MPI_IN_PLACE, (char *)buf + off * elem, (int)k, type, op, d->comm, &req);
-        if (rc != MPI_SUCCESS) return mpi_error(rc, what, err);
+        if (rc != MPI_SUCCESS) return mpi_error(d, rc, what, err);
         if (finish(d, &req, what, err) != 0) return -1;
     }
     return 0;
@@ -345,7 +370,7 @@ static int mpi_reduce_scatter(dist_ctx *d, float *buf, size_t n, const char *wha
         } else {
             int mrc = MPI_Ireduce_scatter(buf, mine, counts, MPI_FLOAT, MPI_SUM, d->comm, &req);
             if (mrc != MPI_SUCCESS) {
-                mpi_error(mrc, what, err);
+                mpi_error(d, mrc, what, err);
             } else if (finish(d, &req, what, err) == 0) {
                 memcpy(buf + lo, mine, (hi - lo) * sizeof *mine);
                 rc = 0;
@@ -363,7 +388,7 @@ static int mpi_reduce_scatter(dist_ctx *d, float *buf, size_t n, const char *wha
             int k = (int)(rhi - off < d->chunk ? rhi - off : d->chunk);
             int mrc = MPI_Ireduce(r == d->rank ? MPI_IN_PLACE : buf + off, buf + off, k, MPI_FLOAT,
                                   MPI_SUM, r, d->comm, &req);
-            if (mrc != MPI_SUCCESS) return mpi_error(mrc, what, err);
+            if (mrc != MPI_SUCCESS) return mpi_error(d, mrc, what, err);
             if (finish(d, &req, what, err) != 0) return -1;
         }
     }
@@ -379,7 +404,7 @@ static int mpi_allgather(dist_ctx *d, float *buf, size_t n, const char *what, ch
         int mrc = MPI_Iallgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, counts, displs,
                                   MPI_FLOAT, d->comm, &req);
         if (mrc != MPI_SUCCESS)
-            mpi_error(mrc, what, err);
+            mpi_error(d, mrc, what, err);
         else
             rc = finish(d, &req, what, err);
         free(counts);
@@ -392,7 +417,7 @@ static int mpi_allgather(dist_ctx *d, float *buf, size_t n, const char *what, ch
         for (size_t off = rlo; off < rhi; off += d->chunk) {
             int k = (int)(rhi - off < d->chunk ? rhi - off : d->chunk);
             int mrc = MPI_Ibcast(buf + off, k, MPI_FLOAT, r, d->comm, &req);
-            if (mrc != MPI_SUCCESS) return mpi_error(mrc, what, err);
+            if (mrc != MPI_SUCCESS) return mpi_error(d, mrc, what, err);
             if (finish(d, &req, what, err) != 0) return -1;
         }
     }
@@ -413,7 +438,7 @@ static int mpi_gather_slices(dist_ctx *d, const float *mine, size_t n, float *al
         int mrc = MPI_Igatherv(mine, (int)(hi - lo), MPI_FLOAT, all, counts, displs, MPI_FLOAT,
                                root, d->comm, &req);
         if (mrc != MPI_SUCCESS)
-            mpi_error(mrc, what, err);
+            mpi_error(d, mrc, what, err);
         else
             rc = finish(d, &req, what, err);
         free(counts);
@@ -431,7 +456,7 @@ static int mpi_gather_slices(dist_ctx *d, const float *mine, size_t n, float *al
                 d->rank == root
                     ? MPI_Irecv(all + off, k, MPI_FLOAT, r, TAG_SLICE, d->comm, &req)
                     : MPI_Isend(mine + (off - rlo), k, MPI_FLOAT, root, TAG_SLICE, d->comm, &req);
-            if (mrc != MPI_SUCCESS) return mpi_error(mrc, what, err);
+            if (mrc != MPI_SUCCESS) return mpi_error(d, mrc, what, err);
             if (finish(d, &req, what, err) != 0) return -1;
         }
     }
@@ -441,24 +466,31 @@ static int mpi_gather_slices(dist_ctx *d, const float *mine, size_t n, float *al
 static int mpi_open(dist_ctx *d, chord_err *err) {
     int inited = 0, provided = 0;
     int rc = MPI_Initialized(&inited);
-    if (rc != MPI_SUCCESS) return mpi_error(rc, "MPI_Initialized", err);
+    if (rc != MPI_SUCCESS) return mpi_error(d, rc, "MPI_Initialized", err);
     if (!inited) {
-        /* only the main thread calls MPI (OpenMP threads compute between the calls) */
-        rc = MPI_Init_thread(NULL, NULL, MPI_THREAD_FUNNELED, &provided);
+        /* one thread calls MPI at a time, not always the same one: `chordd serve`'s rank 0
+         * opens and closes on its main thread and runs the jobs' collectives on its worker
+         * thread (OpenMP threads compute between the calls) */
+        rc = MPI_Init_thread(NULL, NULL, MPI_THREAD_SERIALIZED, &provided);
         if (rc != MPI_SUCCESS) return chord_err_setc(err, CHORD_E_IO, "dist: MPI_Init failed");
         d->mpi_initialized = 1;
+        if (provided < MPI_THREAD_SERIALIZED)
+            return chord_err_setc(err, CHORD_E_IO,
+                                  "dist: this MPI library gives thread level %d, chordd needs "
+                                  "MPI_THREAD_SERIALIZED (%d)",
+                                  provided, MPI_THREAD_SERIALIZED);
     }
     rc = MPI_Comm_dup(MPI_COMM_WORLD, &d->comm);
     if (rc == MPI_SUCCESS) rc = MPI_Comm_set_errhandler(d->comm, MPI_ERRORS_RETURN);
     if (rc == MPI_SUCCESS) rc = MPI_Comm_rank(d->comm, &d->rank);
     if (rc == MPI_SUCCESS) rc = MPI_Comm_size(d->comm, &d->size);
-    if (rc != MPI_SUCCESS) return mpi_error(rc, "the job's communicator", err);
+    if (rc != MPI_SUCCESS) return mpi_error(d, rc, "the job's communicator", err);
     MPI_Comm node;
     rc = MPI_Comm_split_type(d->comm, MPI_COMM_TYPE_SHARED, d->rank, MPI_INFO_NULL, &node);
     if (rc == MPI_SUCCESS) rc = MPI_Comm_rank(node, &d->local_rank);
     if (rc == MPI_SUCCESS) rc = MPI_Comm_size(node, &d->local_size);
     if (rc == MPI_SUCCESS) rc = MPI_Comm_free(&node);
-    if (rc != MPI_SUCCESS) return mpi_error(rc, "the host's ranks", err);
+    if (rc != MPI_SUCCESS) return mpi_error(d, rc, "the host's ranks", err);
     d->chunk = DIST_CHUNK_MAX;
     d->whole = (size_t)INT_MAX;
     const char *cap = getenv("CHORD_DIST_MAX_COUNT");
@@ -513,11 +545,11 @@ int dist_close(dist_ctx *d, chord_err *err) {
         rc = dist_barrier(d, "the end of the job", err);
         if (rc == 0) {
             int mrc = MPI_Comm_free(&d->comm);
-            if (mrc != MPI_SUCCESS) rc = mpi_error(mrc, "MPI_Comm_free", err);
+            if (mrc != MPI_SUCCESS) rc = mpi_error(d, mrc, "MPI_Comm_free", err);
         }
         if (rc == 0 && d->mpi_initialized) {
             int mrc = MPI_Finalize();
-            if (mrc != MPI_SUCCESS) rc = mpi_error(mrc, "MPI_Finalize", err);
+            if (mrc != MPI_SUCCESS) rc = mpi_error(d, mrc, "MPI_Finalize", err);
         }
     }
 #else
@@ -583,12 +615,91 @@ int dist_broadcast(dist_ctx *d, void *buf, size_t bytes, int root, const char *w
         size_t k = bytes - off < d->chunk ? bytes - off : d->chunk;
         MPI_Request req;
         int rc = MPI_Ibcast((char *)buf + off, (int)k, MPI_BYTE, root, d->comm, &req);
-        if (rc != MPI_SUCCESS) return mpi_error(rc, what, err);
+        if (rc != MPI_SUCCESS) return mpi_error(d, rc, what, err);
         if (finish(d, &req, what, err) != 0) return -1;
     }
     return 0;
 #else
     (void)buf, (void)bytes, (void)what;
+    return chord_err_setc(err, CHORD_E_INTERNAL, "dist: no MPI");
+#endif
+}
+
+int dist_send_command(dist_ctx *d, const char *msg, size_t len, chord_err *err) {
+    if (!d || d->size == 1) return 0;
+    if (d->rank != 0) return chord_err_set(err, "dist: only rank 0 sends commands");
+    if (len > INT_MAX) return chord_err_set(err, "dist: a command of %zu bytes", len);
+#ifdef CHORD_HAVE_MPI
+    const int n = d->size - 1;
+    MPI_Request *reqs = calloc((size_t)n, sizeof *reqs);
+    int *done = calloc((size_t)n, sizeof *done);
+    int rc = -1;
+    if (!reqs || !done) {
+        dist_oom(err);
+        goto out;
+    }
+    for (int r = 1; r <= n; r++) {
+        int mrc = MPI_Isend(msg, (int)len, MPI_BYTE, r, TAG_COMMAND, d->comm, &reqs[r - 1]);
+        if (mrc != MPI_SUCCESS) {
+            mpi_error(d, mrc, "a command", err);
+            goto out;
+        }
+    }
+    int w = wait_all(d, reqs, done, n, chord_now() + d->timeout_s, "a command", err);
+    if (w > 0) {
+        int first = 0;
+        while (first < n && done[first]) first++;
+        chord_err_setc(err, CHORD_E_IO,
+                       "dist: rank %d did not take rank 0's command within %.0f s (it died or "
+                       "hangs)",
+                       first + 1, d->timeout_s);
+    }
+    rc = w == 0 ? 0 : -1;
+out:
+    free(reqs);
+    free(done);
+    return rc;
+#else
+    (void)msg;
+    return chord_err_setc(err, CHORD_E_INTERNAL, "dist: no MPI");
+#endif
+}
+
+int dist_wait_command(dist_ctx *d, char **msg, size_t *len, chord_err *err) {
+    *msg = NULL;
+    *len = 0;
+    if (!d || d->size == 1 || d->rank == 0)
+        return chord_err_set(err, "dist: only ranks other than 0 wait for commands");
+#ifdef CHORD_HAVE_MPI
+    long ns = 1000;
+    for (;;) {
+        int flag = 0;
+        MPI_Status st;
+        int rc = MPI_Iprobe(0, TAG_COMMAND, d->comm, &flag, &st);
+        if (rc != MPI_SUCCESS) return mpi_error(d, rc, "waiting for a command", err);
+        if (flag) {
+            int count = 0;
+            rc = MPI_Get_count(&st, MPI_BYTE, &count);
+            if (rc != MPI_SUCCESS) return mpi_error(d, rc, "a command", err);
+            char *buf = malloc((size_t)count + 1);
+            if (!buf) return dist_oom(err);
+            rc = MPI_Recv(buf, count, MPI_BYTE, 0, TAG_COMMAND, d->comm, MPI_STATUS_IGNORE);
+            if (rc != MPI_SUCCESS) {
+                free(buf);
+                return mpi_error(d, rc, "a command", err);
+            }
+            buf[count] = '\0';
+            *msg = buf;
+            *len = (size_t)count;
+            return 0;
+        }
+        /* idle: no deadline (rank 0 may serve for weeks between jobs), a few wake-ups a second
+         * at most; a rank 0 that dies ends the whole MPI job (mpirun) */
+        struct timespec ts = {0, ns};
+        nanosleep(&ts, NULL);
+        if (ns < 50000000) ns *= 2;
+    }
+#else
     return chord_err_setc(err, CHORD_E_INTERNAL, "dist: no MPI");
 #endif
 }
@@ -630,7 +741,7 @@ int dist_gather_bytes(dist_ctx *d, const void *buf, size_t n, int root, char **o
     MPI_Request req;
     int mrc = MPI_Igather(&mine, 1, MPI_INT, counts, 1, MPI_INT, root, d->comm, &req);
     if (mrc != MPI_SUCCESS) {
-        mpi_error(mrc, what, err);
+        mpi_error(d, mrc, what, err);
         goto done;
     }
     if (finish(d, &req, what, err) != 0) goto done;
@@ -652,7 +763,7 @@ int dist_gather_bytes(dist_ctx *d, const void *buf, size_t n, int root, char **o
     }
     mrc = MPI_Igatherv(buf, mine, MPI_BYTE, all, counts, displs, MPI_BYTE, root, d->comm, &req);
     if (mrc != MPI_SUCCESS) {
-        mpi_error(mrc, what, err);
+        mpi_error(d, mrc, what, err);
         goto done;
     }
     if (finish(d, &req, what, err) != 0) goto done;
@@ -673,7 +784,7 @@ done:
 int dist_allreduce_sum_device_f32(dist_ctx *d, ops_ctx *ops, float *dev, size_t n, const char *what,
                                   chord_err *err) {
     if (!d || d->size == 1 || n == 0) return 0;
-    if (d->nccl) return dist_nccl_allreduce_sum_f32(d->nccl, dev, n, what, err);
+    if (d->nccl) return nccl_done(d, dist_nccl_allreduce_sum_f32(d->nccl, dev, n, what, err));
     if (ops->device_index < 0) /* the CPU backend: device memory is host memory */
         return dist_allreduce_sum_f32(d, dev, n, what, err);
     float *host = malloc(n * sizeof *host);
@@ -770,7 +881,7 @@ static int device_slices(dist_ctx *d, ops_ctx *ops, float *dev, size_t n, int ga
                    : dist_nccl_reduce_scatter_sum_f32(d->nccl, dev, lo, count, d->size, what, err);
         free(lo);
         free(count);
-        return rc;
+        return nccl_done(d, rc);
     }
     if (ops->device_index < 0)
         return gather ? dist_allgather_f32(d, dev, n, what, err)
@@ -840,12 +951,12 @@ static int mpi_isum(dist_ctx *d, dist_sums *s, float *buf, size_t n, int root, c
                                            d->comm, req)
                           : MPI_Ireduce(root == d->rank ? MPI_IN_PLACE : buf + off, buf + off,
                                         (int)k, MPI_FLOAT, MPI_SUM, root, d->comm, req);
-        if (rc != MPI_SUCCESS) return mpi_error(rc, s->what, err);
+        if (rc != MPI_SUCCESS) return mpi_error(d, rc, s->what, err);
         s->n_reqs++;
     }
     int flag = 0;
     int rc = MPI_Testall(s->n_reqs, s->reqs, &flag, MPI_STATUSES_IGNORE);
-    return rc == MPI_SUCCESS ? 0 : mpi_error(rc, s->what, err);
+    return rc == MPI_SUCCESS ? 0 : mpi_error(d, rc, s->what, err);
 }
 #endif
 
@@ -870,7 +981,8 @@ int dist_isum_device_f32(dist_ctx *d, ops_ctx *ops, float *dev, size_t n, int ro
     }
     if (d->nccl) {
         s->nccl = 1;
-        return dist_nccl_isum_f32(d->nccl, ops_cuda_stream(ops), dev, n, root, what, err);
+        return nccl_done(d, dist_nccl_isum_f32(d->nccl, ops_cuda_stream(ops), dev, n, root,
+                                               what, err));
     }
 #ifdef CHORD_HAVE_MPI
     return mpi_isum(d, s, dev, n, root, err);
@@ -882,7 +994,7 @@ int dist_isum_device_f32(dist_ctx *d, ops_ctx *ops, float *dev, size_t n, int ro
 int dist_wait_sums(dist_ctx *d, dist_sums *s, chord_err *err) {
     if (!s) return 0;
     int rc = 0;
-    if (s->nccl) rc = dist_nccl_wait(d->nccl, s->what, err);
+    if (s->nccl) rc = nccl_done(d, dist_nccl_wait(d->nccl, s->what, err));
 #ifdef CHORD_HAVE_MPI
     if (rc == 0 && s->n_reqs > 0) {
         int *done = calloc((size_t)s->n_reqs, sizeof *done);

@@ -59,6 +59,19 @@ int dist_allreduce_max_i64(dist_ctx *d, int64_t *buf, size_t n, const char *what
 int dist_broadcast(dist_ctx *d, void *buf, size_t bytes, int root, const char *what,
                    chord_err *err);
 int dist_barrier(dist_ctx *d, const char *what, chord_err *err);
+
+/* Whether a collective of d failed (a rank timed out or diverged, an MPI or NCCL error): the
+ * ranks are out of step for good and the caller ends them (dist_abort); `chordd serve` tells a
+ * lost rank from a job's own failure by it. */
+int dist_broken(const dist_ctx *d);
+
+/* Commands of a long-lived job (`chordd serve` under mpirun, docs/distributed.md): rank 0 sends
+ * len bytes to every other rank (point to point, not a collective: no count, no arrival), bounded
+ * by the timeout (a rank that takes none is named); each other rank waits for the next one with
+ * no deadline (a rank 0 that dies ends the MPI job) and gets it NUL-terminated in *msg
+ * (malloc'd). */
+int dist_send_command(dist_ctx *d, const char *msg, size_t len, chord_err *err);
+int dist_wait_command(dist_ctx *d, char **msg, size_t *len, chord_err *err);
 /* Every rank's n bytes (each under 2 GiB) to rank root, in rank order: there *out (malloc'd,
  * root's own bytes included) and lens[0 .. size); elsewhere *out = NULL and lens untouched. */
 int dist_gather_bytes(dist_ctx *d, const void *buf, size_t n, int root, char **out, size_t *lens,

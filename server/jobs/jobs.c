@@ -19,7 +19,9 @@
 #include "kernels/ops.h"
 #include "server/base/buf.h"
 #include "server/base/log.h"
+#include "server/dist/dist.h"
 #include "server/jobs/bases.h"
+#include "server/jobs/ranks.h"
 #include "server/jobs/rollout_request.h"
 #include "server/model/config.h"
 #include "server/train/bootstrap.h"
@@ -93,6 +95,8 @@ struct jobs_pool {
     atomic_int joined;           /* jobs_shutdown ran to the end (every worker joined) */
     pthread_mutex_t shutdown_mu; /* one jobs_shutdown at a time: the second waits for the first */
     rollout_item *rollouts, *rollouts_tail;
+    struct dist_ctx *dist; /* several ranks: jobs run on all (ranks.h); else NULL */
+    jobs_ranks_options ranks;
 };
 
 /* ---- devices ------------------------------------------------------------------------------ */
@@ -473,6 +477,17 @@ static int64_t job_estimate(const job_config *cfg, const char *resume_dir, const
     return e.total < 9.0e18 ? (int64_t)e.total : INT64_MAX;
 }
 
+/* Several ranks, one of them lost mid-job (it died or hangs: the error names it): the job (when
+ * job_id) fails with that error, then every rank ends (ranks.h: an MPI job cannot replace a
+ * rank; restarted, the service serves again). */
+static void lost_rank(worker *w, const char *job_id, const chord_err *why) {
+    if (job_id) finish_job(w, job_id, STORE_JOB_FAILED, why->msg);
+    LOG_ERROR("jobs: %s: the service's MPI ranks are out of step; every rank ends now (restart "
+              "it with mpirun: docs/distributed.md)",
+              why->msg);
+    dist_abort(w->pool->dist, 1);
+}
+
 static void run_job(worker *w, store_job *job) {
     jobs_pool *p = w->pool;
     job_config cfg = {0};
@@ -500,6 +515,19 @@ static void run_job(worker *w, store_job *job) {
     int64_t shared = 0, estimate = job_estimate(&cfg, resume, prompts, eval, &shared);
     atomic_store(&w->reserved, estimate - shared);
     const char *tokenizer_dir = cfg.model_init_tokenizer;
+    if (p->dist) { /* the other ranks run it too (ranks.h) */
+        jobs_rank_job rj = {.id = job->id,
+                            .config_json = job->config_json,
+                            .prompts = prompts,
+                            .expert = expert,
+                            .eval = eval,
+                            .resume = resume,
+                            .memory_limit = p->memory_limit};
+        if (jobs_ranks_send_job(p->dist, &rj, &err) != 0) {
+            lost_rank(w, job->id, &err);
+            goto done;
+        }
+    }
     trainer_env env = {.ops = w->ops,
                        .bases = jobs_bases_iface(p->bases),
                        .memory_limit = p->memory_limit,
@@ -508,7 +536,10 @@ static void run_job(worker *w, store_job *job) {
                        .eval_path = eval,
                        .model_dir = cfg.model_path,
                        .tokenizer_dir = tokenizer_dir,
-                       .resume_dir = resume};
+                       .resume_dir = resume,
+                       .dist = p->dist,
+                       .zero = p->ranks.zero,
+                       .bucket_mb = p->ranks.bucket_mb};
     run_ctx r = {.w = w,
                  .job_id = job->id,
                  .cfg = &cfg,
@@ -526,6 +557,12 @@ static void run_job(worker *w, store_job *job) {
                             .on_log = cb_on_log};
     int rc = trainer_run(&cfg, &env, &cb, &err);
     keep_stdin_open();
+    if (p->dist && rc == TRAINER_FAILED && dist_broken(p->dist)) {
+        run_clear_samples(&r);
+        run_clear_last(&r);
+        lost_rank(w, job->id, &err);
+        goto done;
+    }
     run_clear_samples(&r);
     run_clear_last(&r);
     if (rc == TRAINER_DONE) {
@@ -546,6 +583,9 @@ static void run_job(worker *w, store_job *job) {
         }
         finish_job(w, job->id, STORE_JOB_FAILED, err.msg);
     }
+    chord_err end_err = {0};
+    if (p->dist && jobs_ranks_end_job(p->dist, job->id, &end_err) != 0)
+        lost_rank(w, NULL, &end_err); /* its outcome is stored: the ranks are out of step */
 done:
     free(prompts);
     free(expert);
@@ -795,6 +835,17 @@ int jobs_start(const jobs_options *opt, jobs_pool **out, chord_err *err) {
     p->threads = opt->threads;
     p->memory_limit = opt->memory_limit;
     p->hooks = opt->hooks;
+    if (opt->dist && dist_size(opt->dist) > 1) {
+        if (opt->n_devices != 1 || p->slots != 1) {
+            jobs_free(p);
+            return chord_err_set(err, "jobs: under mpirun each rank runs one device with one slot "
+                                      "(got %d device%s, %d slot%s)",
+                                 opt->n_devices, opt->n_devices == 1 ? "" : "s", p->slots,
+                                 p->slots == 1 ? "" : "s");
+        }
+        p->dist = opt->dist;
+        p->ranks = (jobs_ranks_options){.zero = opt->zero, .bucket_mb = opt->bucket_mb};
+    }
     const int n_dev = opt->n_devices > 0 ? opt->n_devices : 1;
     p->workers = calloc((size_t)n_dev * (size_t)p->slots, sizeof *p->workers);
     p->homes = calloc((size_t)n_dev, sizeof *p->homes);
@@ -827,6 +878,12 @@ int jobs_start(const jobs_options *opt, jobs_pool **out, chord_err *err) {
         w->ops = ops_open(w->device, opt->threads, msg, sizeof msg);
         if (!w->ops) {
             chord_err_setc(err, CHORD_E_UNAVAILABLE, "device %s: %s", w->device, msg);
+            jobs_free(p);
+            return -1;
+        }
+        /* NCCL's communicator, made with the other ranks at their start (ranks.c) */
+        if (p->dist && w->ops->device_index >= 0 && dist_have_nccl() &&
+            dist_attach_nccl(p->dist, w->ops, err) != 0) {
             jobs_free(p);
             return -1;
         }

@@ -74,6 +74,12 @@ typedef struct jobs_options {
     int64_t memory_limit; /* bytes a job or rollout may use on one device (server/train/
                              mem_estimate.h); <= 0 = the device's free memory */
     jobs_hooks hooks;
+    /* `chordd serve` under mpirun (server/jobs/ranks.h): this is rank 0 of dist, whose other
+     * ranks follow; every job then runs on all ranks, data-parallel (one device, one slot).
+     * NULL or one rank: jobs run here alone. */
+    struct dist_ctx *dist;
+    int zero;         /* with dist: ZeRO-1 (trainer_env.zero) */
+    double bucket_mb; /* with dist: gradient buckets (trainer_env.bucket_mb) */
 } jobs_options;
 
 /* Opens each device's backend and starts its worker. Fails (stopping the ones started) when a

@@ -89,7 +89,10 @@ class Response:
 class Chordd:
     """One chordd process on a temp data dir; restartable on the same dir."""
 
-    def __init__(self, extra_args=(), data_dir=None, models_root=None):
+    def __init__(self, extra_args=(), data_dir=None, models_root=None, launcher=(), env=None):
+        """launcher: a command chordd runs under (e.g. mpirun -np 2); env: its environment."""
+        self.launcher = list(launcher)
+        self.env = env
         self.tmp = tempfile.mkdtemp(prefix="chordd-test-")
         self.data_dir = data_dir or os.path.join(self.tmp, "data")
         self.models_root = models_root or os.path.join(self.tmp, "models")
@@ -107,11 +110,12 @@ class Chordd:
         """Starts chordd and waits until /healthz answers 200 (wait=False: returns at once,
         e.g. to kill it while it recovers its data directory)."""
         self.port = free_port()
-        args = [CHORDD, "--data-dir", self.data_dir, "--http", f"127.0.0.1:{self.port}",
-                "--grpc", "off", "--device", "cpu", "--threads", "1",
-                "--models-root", self.models_root] + self.extra_args
+        args = self.launcher + [
+            CHORDD, "--data-dir", self.data_dir, "--http", f"127.0.0.1:{self.port}",
+            "--grpc", "off", "--device", "cpu", "--threads", "1",
+            "--models-root", self.models_root] + self.extra_args
         self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=self.env)
         if not wait:
             return self
         deadline = time.time() + timeout
