@@ -57,13 +57,15 @@ def metrics(s, job_id):
     return [(x["step"], x["metrics"]) for x in s.get(f"/v1/jobs/{job_id}/metrics").json()["steps"]]
 
 
-def final_weights(s, job_id):
+def final_checkpoint(s, job_id):
     items = s.get(f"/v1/jobs/{job_id}/checkpoints").json()["items"]
     last = max(items, key=lambda c: c["step"])
-    name = next(f["path"] for f in last["files"] if f["path"].endswith(".safetensors"))
-    r = s.get(f"/v1/jobs/{job_id}/checkpoints/{last['step']}/files/{name}")
-    assert r.status == 200, r
-    return last["step"], load(r.body)
+    tensors = {}  # every safetensors file of it: the weights and the optimizer's moments
+    for name in (f["path"] for f in last["files"] if f["path"].endswith(".safetensors")):
+        r = s.get(f"/v1/jobs/{job_id}/checkpoints/{last['step']}/files/{name}")
+        assert r.status == 200, r
+        tensors |= {f"{name}:{k}": v for k, v in load(r.body).items()}
+    return last["step"], tensors
 
 
 def rank(s, r):
@@ -92,18 +94,21 @@ def servers():
         s.cleanup()
 
 
-@pytest.mark.parametrize("variant", ["chord", "lora", "resumed"])
+@pytest.mark.parametrize("variant", ["chord", "lora", "resumed", "zero", "buckets"])
 def test_two_rank_service_equals_one_process(servers, variant):
     """resumed: the two-rank service is stopped (SIGTERM to rank 0) mid-job and started again;
-    both ranks resume from the checkpoint, and the run still equals the uninterrupted one."""
+    both ranks resume from the checkpoint, and the run still equals the uninterrupted one.
+    zero: --zero 1 (each rank keeps half the AdamW moments; the checkpoint holds them all);
+    buckets: --bucket-mb 0.02, the gradients summed in several buckets."""
     over = {"lora": {"rank": 4, "alpha": 8}} if variant == "lora" else {}
+    flags = {"zero": ["--zero", "1"], "buckets": ["--bucket-mb", "0.02"]}.get(variant, [])
     steps = 6
     if variant == "resumed":
         steps = 150
         over = {"steps": steps, "checkpoint_every": 50}
     runs = []
     for make in (one_process, two_ranks):
-        s = make()
+        s = make(*flags) if make is two_ranks else make()
         servers.append(s)
         s.start()
         assert s.get("/healthz").json()["ranks"] == (2 if make is two_ranks else 1)
@@ -117,10 +122,16 @@ def test_two_rank_service_equals_one_process(servers, variant):
             s.start()
         j = s.wait_job(job_id, lambda j: j["state"] in DONE)
         assert j["state"] == "succeeded", (j, s.read_log()[-3000:])
-        runs.append((metrics(s, job_id), final_weights(s, job_id)))
+        runs.append((metrics(s, job_id), final_checkpoint(s, job_id)))
     if variant == "resumed":
         found = re.search(rf"job {job_id} running on cpu, resuming after step (\d+) ", s.read_log())
         assert found and 10 <= int(found.group(1)) < steps, s.read_log()[-3000:]
+    if variant == "zero":
+        assert re.search(r"ZeRO-1: AdamW moments of \d+ of the \d+ trainable parameters on each "
+                         r"rank", s.read_log()), s.read_log()[-3000:]
+    if variant == "buckets":
+        assert re.search(r"gradients summed in ([3-9]|\d\d+) buckets of up to 0.02 MiB",
+                         s.read_log()), s.read_log()[-3000:]
     (m1, (step1, w1)), (m2, (step2, w2)) = runs
     assert [st for st, _ in m1] == [st for st, _ in m2] == list(range(1, steps + 1))
     for (st, a), (_, b) in zip(m1, m2):
