@@ -264,7 +264,8 @@ static int serve(int argc, char **argv, dist_ctx **dist_out) {
     int demo = 0;
     double dist_timeout = DIST_DEFAULT_TIMEOUT_S, bucket_mb = 25.0;
     long zero = 0;
-    int dist_flag = 0, slots_given = 0, threads_given = 0; /* flags only several ranks take */
+    int dist_flag = 0;     /* a flag only the ranks of an mpirun launch take */
+    int threads_given = 0; /* --threads (else each rank takes its share of the cores) */
     int i = 1;
     if (argc >= 1 && argv[0] && argv[0][0] == '-') i = 0; /* called with no subcommand */
     for (; i < argc; i++) {
@@ -338,7 +339,6 @@ static int serve(int argc, char **argv, dist_ctx **dist_out) {
         } else if (!strcmp(a, "--slots")) {
             VALUE();
             if (cmd_arg_long(a, next, 1, 64, &slots)) return 2;
-            slots_given = 1;
         } else if (!strcmp(a, "--threads")) {
             VALUE();
             if (cmd_arg_long(a, next, 0, 4096, &threads)) return 2;
@@ -390,7 +390,6 @@ static int serve(int argc, char **argv, dist_ctx **dist_out) {
         return 2;
     }
     chord_log_set_level(level);
-    (void)slots_given;
     /* under mpirun: rank 0 goes on as the service, the others follow it (ranks.h) */
     dist_ctx *dist = NULL;
     char rank_device[32] = "";
