@@ -21,6 +21,7 @@
 #include "server/base/utf8.h"
 #include "server/model/config.h"
 #include "server/train/dataset.h"
+#include "server/train/reward.h"
 #include "storage/store_tinker.h"
 
 /* ---- datasets ----------------------------------------------------------------------------- */
@@ -769,8 +770,16 @@ static int rollout_resolve(svc *s, store *st, const json_t *doc, json_t *out, ch
             free(text);
         }
     }
-    if (reward && (!json_is_object(reward) || !json_is_string(json_object_get(reward, "type"))))
-        return chord_err_set(err, "reward: must be an object with a \"type\"");
+    if (reward && !json_is_null(reward)) { /* checked whole now, as a job's: not at run time */
+        if (!json_is_object(reward))
+            return chord_err_set(err, "reward: must be an object with a \"type\" "
+                                      "(docs/rewards.md)");
+        reward_verifier *verifier = NULL;
+        if (reward_verifier_new(reward, &verifier, err)) return -1;
+        reward_verifier_free(verifier);
+    } else {
+        reward = NULL;
+    }
     svc_json_put(out, "answers", answers ? json_deep_copy(answers) : json_null(), &bad);
     svc_json_put(out, "reward", reward ? json_deep_copy(reward) : json_null(), &bad);
     return bad ? chord_err_oom(err) : 0;

@@ -636,6 +636,54 @@ def test_rollouts(srv):
     assert srv.get("/healthz").status == 200
 
 
+@pytest.mark.parametrize("reward,needle", [
+    (5, "reward: must be an object"),
+    ({"type": "nope"}, "reward.type"),
+    ({"type": "regex"}, "reward.pattern"),
+    ({"type": "math_boxed", "length_penalty": "low"}, "reward.length_penalty"),
+    ({"type": "sum", "terms": [{"type": "math_boxed"}, {"type": "exact", "x": 1}]},
+     "reward.terms[1]"),
+])
+def test_rollout_reward_refused_at_submission(srv, reward, needle):
+    """A rollout's verifier is checked whole when it is submitted, as a job's is (by the same
+    parser, naming the field), not when it runs; nothing is stored."""
+    write_model_dir(srv, "tiny_reward", TINY_CONFIG)
+    before = stored_rollouts(srv)
+    r = srv.post("/v1/rollouts", {"prompts": ["Compute 1+2."], "model": "tiny_reward",
+                                  "answers": ["3"], "reward": reward})
+    assert_error(r, 400, "invalid_argument", needle)
+    assert stored_rollouts(srv) == before
+
+
+def test_rollout_reward_scores_the_completions(srv, datasets):
+    """The request's "reward" is the verifier that scores its completions: a length penalty of
+    -1 gives the truncated, answerless completions of a 4-token budget -1 where the default
+    math_boxed gives 0."""
+    job = srv.post("/v1/jobs", tiny_job(*datasets, steps=2)).json()["id"]
+    assert srv.wait_job(job, lambda j: j["state"] in ("succeeded", "failed"))["state"] == \
+        "succeeded"
+    results = {}
+    for name, reward in (("default", None), ("penalty", {"type": "math_boxed",
+                                                         "length_penalty": -1})):
+        body = {"prompts": ["Compute 1+2."], "checkpoint": {"job_id": job}, "n": 4,
+                "answers": ["3"], "max_tokens": 4, "temperature": 1.0, "seed": 5}
+        if reward:
+            body["reward"] = reward
+        r = srv.post("/v1/rollouts", body)
+        assert r.status == 202, r
+        assert r.json()["request"]["reward"] == reward
+        ro = srv.wait_rollout(r.json()["id"])
+        assert ro["state"] == "succeeded", ro
+        results[name] = ro["result"]["completions"]
+    truncated = [i for i, c in enumerate(results["default"])
+                 if c["finish_reason"] == "length" and c["reason"] == "no_answer"]
+    assert truncated, results["default"]  # 4 tokens of a tiny model: cut off, no \boxed{}
+    for i in truncated:  # the same seed: the same texts, scored by each request's verifier
+        assert results["penalty"][i]["text"] == results["default"][i]["text"]
+        assert results["default"][i]["reward"] == 0.0
+        assert results["penalty"][i]["reward"] == -1.0
+
+
 def test_server_survives_garbage(srv):
     """Raw garbage on the socket: the server answers or closes, and stays up."""
     before = snapshot(srv)
