@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 typedef struct field_spec {
@@ -32,6 +33,33 @@ static int number(const char **p) {
     return (int)v;
 }
 
+/* A month or day-of-week name at *p (3 letters, any case: JAN..DEC = 1..12, SUN..SAT = 0..6;
+ * advanced past it); -1 when there is none or the field takes no names. */
+static int name(const field_spec *f, const char **p) {
+    static const char *const months[12] = {"jan", "feb", "mar", "apr", "may", "jun",
+                                           "jul", "aug", "sep", "oct", "nov", "dec"};
+    static const char *const days[7] = {"sun", "mon", "tue", "wed", "thu", "fri", "sat"};
+    const int month = !strcmp(f->name, "month"), dow = !strcmp(f->name, "day-of-week");
+    const char *s = *p;
+    if (!(month || dow) || !isalpha((unsigned char)s[0]) || !isalpha((unsigned char)s[1]) ||
+        !isalpha((unsigned char)s[2]) || isalpha((unsigned char)s[3]))
+        return -1;
+    const char *const *table = month ? months : days;
+    for (int i = 0; i < (month ? 12 : 7); i++)
+        if (tolower((unsigned char)s[0]) == table[i][0] &&
+            tolower((unsigned char)s[1]) == table[i][1] &&
+            tolower((unsigned char)s[2]) == table[i][2]) {
+            *p += 3;
+            return month ? i + 1 : i;
+        }
+    return -1;
+}
+
+/* A field's value at *p: a number, or a name where the field has them. */
+static int value(const field_spec *f, const char **p) {
+    return isalpha((unsigned char)**p) ? name(f, p) : number(p);
+}
+
 /* One field's text [s, e) into bits. */
 static int parse_field(const field_spec *f, const char *s, const char *e, uint64_t *bits,
                        chord_err *err) {
@@ -50,12 +78,16 @@ static int parse_field(const field_spec *f, const char *s, const char *e, uint64
             b = f->end;
             p++;
         } else {
-            a = number(&p);
-            if (a < 0) return chord_err_set(err, "cron: %s: \"%s\" is not a number", f->name, item);
+            a = value(f, &p);
+            if (a < 0)
+                return chord_err_set(err, "cron: %s: \"%s\" is not a number%s", f->name, item,
+                                     f->lo == 1 && f->hi == 12 ? " or a month name (JAN-DEC)"
+                                     : f->hi == 7              ? " or a day name (SUN-SAT)"
+                                                               : "");
             b = a;
             if (*p == '-') {
                 p++;
-                b = number(&p);
+                b = value(f, &p);
                 if (b < 0)
                     return chord_err_set(err, "cron: %s: \"%s\": a range needs an end", f->name,
                                          item);
@@ -83,8 +115,33 @@ static int parse_field(const field_spec *f, const char *s, const char *e, uint64
     return 0;
 }
 
+/* The nicknames of Vixie cron and croniter: the five-field expression each stands for. */
+static const char *macro(const char *text) {
+    static const char *const names[][2] = {{"@yearly", "0 0 1 1 *"},  {"@annually", "0 0 1 1 *"},
+                                           {"@monthly", "0 0 1 * *"}, {"@weekly", "0 0 * * 0"},
+                                           {"@daily", "0 0 * * *"},   {"@midnight", "0 0 * * *"},
+                                           {"@hourly", "0 * * * *"}};
+    size_t len = strlen(text);
+    while (len > 0 && isspace((unsigned char)text[len - 1]))
+        len--;
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (strlen(names[i][0]) == len && !strncasecmp(text, names[i][0], len)) return names[i][1];
+    return NULL;
+}
+
 int cron_parse(const char *text, cron_expr *out, chord_err *err) {
     memset(out, 0, sizeof *out);
+    while (text && isspace((unsigned char)*text))
+        text++;
+    if (text && *text == '@') {
+        const char *expanded = macro(text);
+        if (!expanded)
+            return chord_err_set(err,
+                                 "cron: \"%s\" is not one of @yearly, @annually, @monthly, "
+                                 "@weekly, @daily, @midnight, @hourly",
+                                 text);
+        text = expanded;
+    }
     const char *start[6], *end[6];
     int n = 0;
     const char *p = text ? text : "";

@@ -4,8 +4,10 @@
  * them, or six with a leading `second` field (for fast-time tests and sub-minute schedules).
  * Each field is `*` or a comma list of `N`, `A-B`, `*` / `N` / `A-B` followed by `/STEP`
  * (`N/STEP` is N, N+STEP, ... to the field's end). Ranges: second and minute 0-59, hour 0-23,
- * day-of-month 1-31, month 1-12, day-of-week 0-7 (0 and 7 are Sunday). Numbers only (no JAN or
- * MON names, no `L`, `W`, `#` or `?`). When both day fields are restricted a day matches if
+ * day-of-month 1-31, month 1-12, day-of-week 0-7 (0 and 7 are Sunday); months and days may be
+ * named (`JAN`-`DEC`, `SUN`-`SAT`, any case, in lists and ranges: `MON-FRI`). The nicknames
+ * `@yearly` (`@annually`), `@monthly`, `@weekly`, `@daily` (`@midnight`), `@hourly` stand for
+ * their five fields. No `L`, `W`, `#`, `?` or `@reboot`. When both day fields are restricted a day matches if
  * either does, otherwise both must (Vixie cron); a day field is unrestricted when it is exactly
  * `*`, or for day-of-week when it names all seven days (croniter's reading, which differs from
  * Vixie's "starts with `*`" for e.g. `*​/2`).
