@@ -73,6 +73,10 @@ def model_config(hidden, layers):
 
 
 # Budgets. `steps`: every row's step budget; `seeds`: seeds per row; base_*: the base's SFT.
+# A regex verifier (docs/rewards.md) scoring the last number of a response: for a base model that
+# answers in prose instead of \\boxed{} (the real-model run, docs/experiments.md).
+LAST_NUMBER = {"type": "regex", "pattern": r"(?s)(-?\d+(?:\.\d+)?)(?!.*\d)"}
+
 BUDGETS = {
     "small": dict(hidden=64, layers=1, base_steps=60, base_lr=3e-3, steps=8, seeds=1,
                   eval_every=4, n_eval=24, k=1, prompts_per_step=4, group_size=4,
@@ -353,7 +357,7 @@ def mu_spec(row, steps):
     return None
 
 
-def row_job(row, b, base, ds, seed, eval_k):
+def row_job(row, b, base, ds, seed, eval_k, reward):
     algo = "chord_mu" if row == "fixed_mu" else row
     doc = {
         "name": f"paper-{row}-s{seed}",
@@ -366,7 +370,7 @@ def row_job(row, b, base, ds, seed, eval_k):
         "sampling": {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": b["max_new_tokens"]},
         "optimizer": {"lr": b["lr"], "schedule": "constant", "weight_decay": 0.01,
                       "grad_clip": 1.0},
-        "reward": {"type": "math_boxed"},
+        "reward": reward,
         "steps": b["steps"], "seed": seed, "checkpoint_every": 0, "keep_checkpoints": 1,
         "eval": {"every": b["eval_every"], "k": eval_k, "temperature": 0.6 if eval_k > 1 else 0.0,
                  "max_new_tokens": b["max_new_tokens"]},
@@ -430,7 +434,7 @@ def run_job(api, doc, groups, label):
             "final": curves[-1] if curves else None}
 
 
-def eval_model(api, model, eval_path, groups, k, max_tokens, chunk=64):
+def eval_model(api, model, eval_path, groups, k, max_tokens, reward, chunk=64):
     """avg@k of a model on the eval set through POST /v1/rollouts (the "Original" row of a base
     given with --base-model): the same prompts, k, temperature and verifier as the jobs' evals."""
     recs = read_jsonl(eval_path)
@@ -439,7 +443,8 @@ def eval_model(api, model, eval_path, groups, k, max_tokens, chunk=64):
     for i in range(0, len(recs), chunk):
         part = recs[i:i + chunk]
         body = {"model": model, "n": k, "temperature": 0.6 if k > 1 else 0.0, "top_p": 1.0,
-                "max_tokens": max_tokens, "seed": 1, "answers": [r["answer"] for r in part]}
+                "max_tokens": max_tokens, "seed": 1, "answers": [r["answer"] for r in part],
+                "reward": reward}
         if any("messages" in r for r in part):
             body["messages"] = [r.get("messages") or [{"role": "user", "content": r["prompt"]}]
                                 for r in part]
@@ -472,6 +477,7 @@ def make_base(api, args, b, ds, groups, models_root):
         "sampling": {"max_new_tokens": b["max_new_tokens"]},
         "optimizer": {"lr": b["base_lr"], "schedule": "cosine", "warmup_steps": 10,
                       "min_lr_ratio": 0.1},
+        "reward": args.reward,
         "steps": b["base_steps"], "seed": 1, "checkpoint_every": 0, "keep_checkpoints": 1,
         "eval": {"every": b["base_steps"], "k": args.eval_k, "temperature": 0.6 if args.eval_k > 1 else 0.0,
                  "max_new_tokens": b["max_new_tokens"]},
@@ -714,7 +720,16 @@ def main(argv=None):
                     "7*3+0=21, ... — a '*' token the base has never written) [repeated]")
     ap.add_argument("--n-eval", type=int, help="eval problems per set (default: the budget's)")
     ap.add_argument("--lr", type=float)
+    ap.add_argument("--reward", default='{"type": "math_boxed"}',
+                    help="the verifier (JSON, docs/rewards.md) of every job and eval, e.g. the last "
+                         "number of a response: " + json.dumps(LAST_NUMBER) + " [math_boxed]")
     args = ap.parse_args(argv)
+    try:
+        args.reward = json.loads(args.reward)
+    except ValueError as e:
+        sys.exit(f"paper.py: --reward: not JSON: {e}")
+    if not isinstance(args.reward, dict):
+        sys.exit("paper.py: --reward: must be a JSON object with a \"type\" (docs/rewards.md)")
 
     if args.render:
         return render(args.out)
@@ -756,7 +771,8 @@ def main(argv=None):
             base = args.base_model
             log(f"base: {base}, evaluating it (POST /v1/rollouts)")
             t0 = time.time()
-            f = eval_model(api, base, files["eval"], groups, args.eval_k, b["max_new_tokens"])
+            f = eval_model(api, base, files["eval"], groups, args.eval_k, b["max_new_tokens"],
+                           args.reward)
             base_res = {"job_id": None, "wall_s": None, "final": f, "eval": [f], "series": {}}
             log(f"base: target {f['target']:.3f}, general {f['general']:.3f} "
                 f"({time.time() - t0:.0f} s)")
@@ -769,6 +785,7 @@ def main(argv=None):
             """table.md, results.json and the plots of what has run so far (after every job, so
             an interrupted run keeps its finished rows; meta.complete says whether all ran)."""
             meta = {"budget": args.budget, "settings": b, "eval_k": args.eval_k, "seeds": seeds,
+                    "reward": args.reward,
                     "rows": rows, "base_model": base, "complete": complete,
                     "base_final": base_res["final"] if base_res else None,
                     "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -785,7 +802,7 @@ def main(argv=None):
 
         for seed in seeds:
             for row in rows:
-                doc = row_job(row, b, base, ds, seed, args.eval_k)
+                doc = row_job(row, b, base, ds, seed, args.eval_k, args.reward)
                 res = run_job(api, doc, groups, f"{row} seed {seed}")
                 res["job"] = doc
                 results[row].append(res)

@@ -9,6 +9,8 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from paper import LAST_NUMBER  # noqa: E402
 ROWS = ["sft", "grpo", "sft_then_grpo", "chord_mu", "chord_phi", "chord", "fixed_mu"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -18,7 +20,8 @@ def test_small_budget_produces_table_json_and_plots(tmp_path):
     env = dict(os.environ)
     r = subprocess.run([sys.executable, os.path.join(HERE, "paper.py"), "--start-server",
                         "--chordd", env.get("CHORDD", "build/chordd"), "--budget", "small",
-                        "--out", str(out)], capture_output=True, text=True, timeout=540, env=env)
+                        "--out", str(out), "--reward", json.dumps(LAST_NUMBER)],
+                       capture_output=True, text=True, timeout=540, env=env)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
 
     res = json.loads((out / "results.json").read_text())
@@ -40,6 +43,9 @@ def test_small_budget_produces_table_json_and_plots(tmp_path):
                 assert 0.0 <= e["target"] <= 1.0 and 0.0 <= e["general"] <= 1.0
             assert run["wall_s"] is not None and run["wall_s"] >= 0
             assert run["job"]["steps"] == steps and run["job"]["model"]["path"] == meta["base_model"]
+            # --reward is every job's verifier (the answers end in \boxed{N}: N is the last number)
+            assert run["job"]["reward"] == LAST_NUMBER, row
+    assert meta["reward"] == LAST_NUMBER
     # μ is what each row means: 1 for sft, 0 for grpo, 1 then 0 for sft_then_grpo
     mu = {row: [v for _, v in runs[row][0]["series"]["mu"]] for row in ROWS}
     assert all(v == 1.0 for v in mu["sft"]) and all(v == 0.0 for v in mu["grpo"])
@@ -69,3 +75,11 @@ def test_small_budget_produces_table_json_and_plots(tmp_path):
     r = subprocess.run([sys.executable, os.path.join(HERE, "paper.py"), "--render", "--out",
                         str(tmp_path / "nothing")], capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "results.json" in r.stderr
+
+
+def test_bad_reward_is_refused(tmp_path):
+    for bad, says in (("{", "--reward: not JSON"), ("[1]", "--reward: must be a JSON object")):
+        r = subprocess.run([sys.executable, os.path.join(HERE, "paper.py"), "--start-server",
+                            "--budget", "small", "--out", str(tmp_path / "p"), "--reward", bad],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode != 0 and says in r.stderr, r.stderr[-2000:]
