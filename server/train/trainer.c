@@ -143,6 +143,12 @@ typedef struct trainer {
     reward_verifier *verifier;
     rollout_engine *engine;
     bootstrap_model boot; /* the trained model and its tokenizer (m and tok point into it) */
+    /* Several ranks: a failure of this rank's own callbacks (storing a step or its samples,
+     * writing a checkpoint: rank 0's) is kept here, the step's collectives go on, and every rank
+     * stops failed at the next step's agreement (keep_failure, trainer_run): the ranks stay in
+     * step, so the caller may run the next job on them. */
+    int local_failed;
+    chord_err local_err;
     bootstrap_model ref; /* the reference policy (jobs with grpo.kl_coef > 0): the starting
                             weights, frozen; ref.m NULL otherwise, and with LoRA */
     model *ref_m;        /* the reference's model: ref.m, or with LoRA the trained model with its
@@ -229,6 +235,18 @@ static int oom(chord_err *err) {
  * step's metrics and loss need is added over the ranks, so with one rank nothing changes. */
 
 static int n_ranks(const trainer *t) { return dist_size(t->env->dist); }
+
+/* A failure of this rank's own callbacks (err): with several ranks in step it is kept (the first
+ * one) and 0 returned, so the caller goes on with the step's collectives and skips its later
+ * callbacks (t->local_failed); with one rank, or ranks already out of step, -1: fail now. */
+static int keep_failure(trainer *t, const chord_err *err) {
+    if (n_ranks(t) == 1 || dist_broken(t->env->dist)) return -1;
+    if (!t->local_failed) {
+        t->local_failed = 1;
+        if (err) t->local_err = *err;
+    }
+    return 0;
+}
 
 /* This rank's share [*lo, *lo + returned) of n items (shares differ by at most one). */
 static int rank_share(const trainer *t, int n, int *lo) {
@@ -1402,10 +1420,12 @@ static int report_gathered(trainer *t, int64_t step, const trainer_sample *s, in
                 .truncated = json_is_true(json_object_get(o, "truncated"))};
         }
     }
-    rc = total == 0 || t->cb->on_samples(t->cb->user, step, out, total) == 0
-             ? 0
-             : chord_err_setc(err, CHORD_E_IO, "trainer: storing the samples of step %lld failed",
-                              (long long)step);
+    rc = 0;
+    if (total > 0 && !t->local_failed && t->cb->on_samples(t->cb->user, step, out, total) != 0) {
+        chord_err_setc(err, CHORD_E_IO, "trainer: storing the samples of step %lld failed",
+                       (long long)step);
+        rc = keep_failure(t, err);
+    }
 done:
     free(out);
     free(filled);
@@ -1629,7 +1649,8 @@ static int write_checkpoint(trainer *t, int64_t step, const float *adam_m, const
 static int save_checkpoint(trainer *t, int64_t step, chord_err *err) {
     float *adam_m = NULL, *adam_v = NULL;
     if (zero1(t) && gather_moments(t, step, &adam_m, &adam_v, err) != 0) return -1;
-    int rc = write_checkpoint(t, step, adam_m, adam_v, err);
+    int rc = t->local_failed ? 0 : write_checkpoint(t, step, adam_m, adam_v, err);
+    if (rc != 0) rc = keep_failure(t, err); /* rank 0's disk: the others wrote nothing */
     free(adam_m);
     free(adam_v);
     return rc;
@@ -1922,11 +1943,12 @@ static int run_eval(trainer *t, int64_t step, chord_err *err) {
     int src = 0;
     if (kept.oom)
         src = chord_err_setc(err, CHORD_E_INTERNAL, "eval: out of memory");
-    else if (kept.n > 0 && t->cb->on_samples(t->cb->user, step, kept.s, kept.n) != 0)
+    else if (kept.n > 0 && !t->local_failed &&
+             t->cb->on_samples(t->cb->user, step, kept.s, kept.n) != 0)
         src = chord_err_setc(err, CHORD_E_IO, "eval: storing the samples of step %lld failed",
                              (long long)step);
     eval_samples_free(&kept);
-    if (src != 0) return -1;
+    if (src != 0 && keep_failure(t, err) != 0) return -1;
     int64_t n_eval = (int64_t)er.k * er.prompts;
     step_metrics *m = &t->metrics;
     m->has_eval = 1;
@@ -1974,12 +1996,21 @@ int trainer_run(const job_config *cfg, const trainer_env *env, const trainer_cal
     for (int64_t step = first_step; step <= cfg->steps; step++) {
         int ck = 0, stop = cb && cb->should_stop && cb->should_stop(cb->user, &ck);
         if (n_ranks(&t) > 1) { /* every rank stops at the same step: any rank's wish counts */
-            int64_t v[2] = {stop, ck};
+            const int me = dist_rank(env->dist);
+            int64_t v[3] = {stop, ck, t.local_failed ? me + 1 : 0}; /* the last failed rank + 1 */
             char name[64];
             snprintf(name, sizeof name, "step %lld: stop?", (long long)step);
-            if (dist_allreduce_max_i64(env->dist, v, 2, name, err) != 0) goto done;
+            if (dist_allreduce_max_i64(env->dist, v, 3, name, err) != 0) goto done;
             stop = (int)v[0];
             ck = (int)v[1];
+            if (v[2] > 0) { /* a rank's own failure: every rank ends here, failed */
+                if (t.local_failed)
+                    *err = t.local_err;
+                else
+                    chord_err_setc(err, CHORD_E_IO, "rank %d failed the job after step %lld",
+                                   (int)v[2] - 1, (long long)t.step);
+                goto done;
+            }
         }
         if (stop) {
             if (ck && t.step > 0 && save_checkpoint(&t, t.step, err) != 0) goto done;
@@ -2008,9 +2039,10 @@ int trainer_run(const job_config *cfg, const trainer_env *env, const trainer_cal
             names[n_metrics] = t.rank_names[r];
             values[n_metrics] = t.rank_tps[r];
         }
-        if (cb && cb->on_step && cb->on_step(cb->user, step, names, values, n_metrics) != 0) {
+        if (cb && cb->on_step && !t.local_failed &&
+            cb->on_step(cb->user, step, names, values, n_metrics) != 0) {
             chord_err_setc(err, CHORD_E_IO, "step %lld: storing metrics failed", (long long)step);
-            goto done;
+            if (keep_failure(&t, err) != 0) goto done;
         }
         const step_metrics *m = &t.metrics;
         double eta =
@@ -2023,10 +2055,16 @@ int trainer_run(const job_config *cfg, const trainer_env *env, const trainer_cal
         int last = step == cfg->steps;
         if ((cfg->checkpoint_every > 0 && step % cfg->checkpoint_every == 0) || last)
             if (save_checkpoint(&t, step, err) != 0) goto done;
-        if (cb && cb->between_steps) cb->between_steps(cb->user, t.m);
+        if (cb && cb->between_steps && !t.local_failed) cb->between_steps(cb->user, t.m);
     }
     rc = TRAINER_DONE;
 done:
+    /* this rank's own failure, kept for the agreement, that came at the last step or on the
+     * way out (a stop's checkpoint): the other ranks end as they would (the same collectives) */
+    if (t.local_failed && !dist_broken(env->dist)) { /* (a lost rank's error says more) */
+        if (err) *err = t.local_err;
+        rc = TRAINER_FAILED;
+    }
     trainer_dataset_close(&t.prompts);
     trainer_dataset_close(&t.expert);
     trainer_dataset_close(&t.eval);

@@ -191,6 +191,31 @@ def test_pause_cancel_and_stop_reach_every_rank(servers):
     assert s.proc.wait(60) == 0, s.read_log()[-3000:]
 
 
+def test_a_failure_of_rank_0_alone_fails_the_job_and_the_service_goes_on(servers):
+    """Rank 0 alone writes checkpoints: with checkpoints/ read-only (EROFS) its write fails
+    while rank 1 has nothing to write. The failure is kept until the next step's agreement, where
+    both ranks stop, so the job fails with rank 0's error, the ranks stay in step, the service
+    stays up and the next job runs on both (before: rank 0 left while rank 1 went on, and the
+    service ended on the divergence)."""
+    from faults_test import EROFS, read_only
+    s = two_ranks("--dist-timeout", "10")
+    servers.append(s)
+    s.start()
+    p, e = upload(s)
+    first = submit(s, tiny_job(p, e, steps=2, checkpoint_every=2))
+    assert s.wait_job(first, lambda j: j["state"] in DONE)["state"] == "succeeded"
+    with read_only(os.path.join(s.data_dir, "checkpoints")):
+        job = submit(s, tiny_job(p, e, steps=6, checkpoint_every=2))
+        j = s.wait_job(job, lambda j: j["state"] in DONE)
+        assert j["state"] == "failed" and EROFS in j["error"], j
+        assert j["current_step"] == 2, j  # stopped at step 3's agreement, none stored after
+        assert s.alive() and s.get("/healthz").status == 200, s.read_log()[-3000:]
+    again = submit(s, tiny_job(p, e))
+    j = s.wait_job(again, lambda j: j["state"] in DONE)
+    assert j["state"] == "succeeded", (j, s.read_log()[-3000:])
+    assert "out of step" not in s.read_log()
+
+
 def test_hung_rank_fails_the_job_naming_it(servers):
     s = two_ranks("--dist-timeout", "3")
     servers.append(s)
