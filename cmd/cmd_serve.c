@@ -42,7 +42,9 @@ static void usage(FILE *out) {
             "  --grpc HOST:PORT      gRPC address (chord.v1.Chord + grpc.health.v1), or 'off';\n"
             "                        default 127.0.0.1:50051 (port 0 = any free port)\n"
             "  --device DEV          auto | cpu | cuda | cuda:N[,M...]; one worker per device;\n"
-            "                        default auto (every CUDA GPU, else the CPU)\n"
+            "                        default auto (every CUDA GPU, else the CPU); cuda:all:\n"
+            "                        every GPU, each job data-parallel over them (chordd runs\n"
+            "                        itself under mpirun -np <GPUs>; docs/distributed.md)\n"
             "  --models-root DIR     the only directory models may be registered from;\n"
             "                        default DATA_DIR/models\n"
             "  --max-upload-mb N     dataset upload limit in MiB; default 1024\n"
@@ -398,6 +400,17 @@ static int serve(int argc, char **argv, dist_ctx **dist_out) {
                         "service launched by mpirun; this one is not (docs/distributed.md)\n");
         return 2;
     }
+    if (!strcmp(device, "cuda:all") && !dist_launched_by_mpi()) {
+        /* every GPU of the host, data-parallel: one rank each under mpirun, as `chordd train` */
+        int gpus = ops_cuda_device_count();
+        if (gpus <= 0) {
+            fprintf(stderr, "chordd: --device cuda:all: no CUDA device on this host (or no CUDA "
+                            "driver)\n");
+            return 2;
+        }
+        if (gpus > 1) return cmd_relaunch_per_gpu("serve", argc, argv, gpus);
+        device = "cuda:0";
+    }
     if (dist_launched_by_mpi()) {
         chord_err derr = {0};
         if (dist_open(dist_timeout, &dist, &derr) != 0) {
@@ -407,6 +420,7 @@ static int serve(int argc, char **argv, dist_ctx **dist_out) {
         if (dist_size(dist) == 1) {
             dist_close(dist, &derr);
             dist = NULL;
+            if (!strcmp(device, "cuda:all")) device = "cuda:0"; /* mpirun -np 1 */
             if (dist_flag) {
                 fprintf(stderr, "chordd: --dist-timeout, --zero and --bucket-mb need several "
                                 "ranks (mpirun -np N, N > 1)\n");

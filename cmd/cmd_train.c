@@ -191,60 +191,6 @@ static void usage(FILE *f) {
             "  --quiet            no progress lines\n");
 }
 
-/* --device cuda:all outside mpirun on a host with several GPUs: runs this same command again
- * under `mpirun -np <GPUs>` (one rank per GPU, each taking cuda:<its rank on the host>), with
- * --device cuda. Returns only on failure. Never ran: no GPU host was available to this work. */
-static int relaunch_per_gpu(int argc, char **argv, int gpus) {
-    if (!dist_have_mpi()) {
-        fprintf(stderr,
-                "chordd train: --device cuda:all: %d GPUs need one rank each, and this "
-                "chordd was built without MPI (install libopenmpi-dev and rebuild, or "
-                "use --device cuda:N)\n",
-                gpus);
-        return 2;
-    }
-    char self[4096], np[16];
-    ssize_t len = readlink("/proc/self/exe", self, sizeof self - 1);
-    if (len <= 0) {
-        fprintf(stderr, "chordd train: --device cuda:all: /proc/self/exe: %s\n", strerror(errno));
-        return 1;
-    }
-    self[len] = '\0';
-    snprintf(np, sizeof np, "%d", gpus);
-    char **args = calloc((size_t)argc + 16, sizeof *args);
-    if (!args) {
-        fprintf(stderr, "chordd train: out of memory\n");
-        return 1;
-    }
-    int n = 0;
-    args[n++] = "mpirun";
-    args[n++] = "-np";
-    args[n++] = np;
-    args[n++] = "--bind-to"; /* each rank's OpenMP threads may use more than one core */
-    args[n++] = "none";
-    if (geteuid() == 0) args[n++] = "--allow-run-as-root";
-    args[n++] = self;
-    for (int i = 0; i < argc; i++) /* argv[0] is "train" */
-        if (!strcmp(argv[i], "cuda:all") && i > 0 && !strcmp(argv[i - 1], "--device"))
-            args[n++] = "cuda";
-        else if (!strcmp(argv[i], "--device=cuda:all"))
-            args[n++] = "--device=cuda";
-        else
-            args[n++] = argv[i];
-    args[n] = NULL;
-    fprintf(stderr, "chordd train: --device cuda:all: %d GPUs: running under mpirun -np %d\n", gpus,
-            gpus);
-    fflush(stderr);
-    execvp("mpirun", args);
-    fprintf(stderr,
-            "chordd train: --device cuda:all: cannot run mpirun: %s (install Open MPI, or "
-            "launch one rank per GPU yourself: mpirun -np %d chordd train ... --device "
-            "cuda)\n",
-            strerror(errno), gpus);
-    free(args);
-    return 1;
-}
-
 int cmd_train(int argc, char **argv) {
     static const struct option opts[] = {{"out", required_argument, 0, 'o'},
                                          {"resume", no_argument, 0, 'r'},
@@ -333,7 +279,8 @@ int cmd_train(int argc, char **argv) {
                             "CUDA driver)\n");
             return 2;
         }
-        if (!dist_launched_by_mpi() && gpus > 1) return relaunch_per_gpu(argc, argv, gpus);
+        if (!dist_launched_by_mpi() && gpus > 1)
+            return cmd_relaunch_per_gpu("train", argc, argv, gpus);
         device = dist_launched_by_mpi() ? "cuda" : "cuda:0"; /* under mpirun: one per rank */
     }
     chord_err err = {0};

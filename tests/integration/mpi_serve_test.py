@@ -283,3 +283,16 @@ def test_rank_flags_refused_without_mpirun(tmp_path, flag):
                         "--grpc", "off"] + flag, capture_output=True, text=True, timeout=30,
                        env=env)
     assert p.returncode == 2 and "launched by mpirun" in p.stderr, p.stderr
+
+
+def test_cuda_all_without_a_gpu_is_refused(tmp_path):
+    """--device cuda:all (every GPU, one rank each under mpirun, chordd running itself there) on
+    a host without a GPU: refused before the data directory is opened. Only this refusal ran
+    here: the re-execution under mpirun needs a host with GPUs."""
+    import subprocess
+    p = subprocess.run([CHORDD, "serve", "--device", "cuda:all", "--data-dir", str(tmp_path / "d"),
+                        "--http", "off", "--grpc", "off"], capture_output=True, text=True,
+                       timeout=30, env=ENV)
+    assert p.returncode == 2, (p.returncode, p.stderr)
+    assert "--device cuda:all: no CUDA device on this host" in p.stderr, p.stderr
+    assert not (tmp_path / "d").exists()
