@@ -635,6 +635,8 @@ static int64_t fit_need(worker *w, const char *job_id, const char *config_json) 
     return need;
 }
 
+static int64_t device_reserved(jobs_pool *p, const char *device);
+
 /* With several slots: 1 when the job of config_json fits on this worker's device beside what
  * runs there now (the other slots' jobs and the resident shared bases, whose weights the job
  * does not need again), or when no other slot runs a job (the trainer then refuses a job that can
@@ -642,8 +644,6 @@ static int64_t fit_need(worker *w, const char *job_id, const char *config_json) 
  * device's free memory. A job claimed but not yet set up has its estimate reserved already
  * (claim), so a second slot never reads the gap between the claim and the trainer's set-up as
  * free memory. */
-static int64_t device_reserved(jobs_pool *p, const char *device);
-
 static int fits_beside(worker *w, const char *job_id, const char *config_json) {
     jobs_pool *p = w->pool;
     if (p->slots <= 1) return 1;
