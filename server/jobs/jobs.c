@@ -553,7 +553,10 @@ static void run_job(worker *w, store_job *job) {
                             .checkpoint_commit = cb_checkpoint_commit,
                             .checkpoint_abort = cb_checkpoint_abort,
                             .should_stop = cb_should_stop,
-                            .between_steps = cb_between_steps,
+                            /* several ranks: not between steps, where the other ranks
+                             * wait at the next collective and a long rollout would trip
+                             * their watchdog; after the job, or when idle (ranks.h) */
+                            .between_steps = p->dist ? NULL : cb_between_steps,
                             .on_log = cb_on_log};
     int rc = trainer_run(&cfg, &env, &cb, &err);
     keep_stdin_open();

@@ -14,6 +14,9 @@
  * end them all first: the job is then still `running` in SQLite and the next start resumes it
  * from its last checkpoint, as after any crash.
  *
+ * Rollout requests run on rank 0 alone, when no job runs (not between a job's steps, where the
+ * other ranks wait at the next collective: a long rollout there would trip their watchdog).
+ *
  * Files are shared: every rank reads the datasets, models and checkpoints at rank 0's paths (one
  * host, or the data directory on a shared file system at the same path on every host).
  *

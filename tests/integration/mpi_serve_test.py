@@ -216,6 +216,32 @@ def test_a_failure_of_rank_0_alone_fails_the_job_and_the_service_goes_on(servers
     assert "out of step" not in s.read_log()
 
 
+def test_rollouts_wait_for_the_job(servers):
+    """With several ranks a rollout is not run between a job's steps (rank 1 would wait at the
+    next collective meanwhile, and a long rollout would trip its watchdog): it stays pending
+    while the job runs, and runs once no job does."""
+    s = two_ranks()
+    servers.append(s)
+    s.start()
+    p, e = upload(s)
+    first = submit(s, tiny_job(p, e, steps=2, checkpoint_every=2))
+    assert s.wait_job(first, lambda j: j["state"] in DONE)["state"] == "succeeded"
+    job = submit(s, long_job(p, e, checkpoint_every=1000))
+    wait_steps(s, job, 2)
+    r = s.post("/v1/rollouts", {"prompts": ["Compute 1+2."], "checkpoint": {"job_id": first},
+                                "answers": ["3"], "max_tokens": 4})
+    assert r.status == 202, r
+    rid = r.json()["id"]
+    at = s.get(f"/v1/jobs/{job}").json()["current_step"]
+    wait_steps(s, job, at + 20)  # steps went on; the rollout did not run between them
+    assert s.get(f"/v1/rollouts/{rid}").json()["state"] == "pending"
+    assert s.post(f"/v1/jobs/{job}/cancel").status in (200, 202)
+    assert s.wait_job(job, lambda j: j["state"] in DONE)["state"] == "cancelled"
+    ro = s.wait_rollout(rid)
+    assert ro["state"] == "succeeded", ro
+    assert len(ro["result"]["completions"]) == 1
+
+
 def test_hung_rank_fails_the_job_naming_it(servers):
     s = two_ranks("--dist-timeout", "3")
     servers.append(s)
