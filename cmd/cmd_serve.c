@@ -21,6 +21,7 @@
 #include "api/grpc/grpc_server.h"
 #include "api/http/http.h"
 #include "cmd/commands.h"
+#include "cmd/ranks.h"
 #include "kernels/ops.h"
 #include "server/base/fileutil.h"
 #include "server/base/log.h"
@@ -193,27 +194,22 @@ static int parse_duration_s(const char *flag, const char *v, int64_t *out) {
  * rank 0 says why it refuses. */
 static int serve_rank_setup(dist_ctx *dist, const char *device, int slots, long *threads,
                             int threads_given, char *out, size_t outlen) {
-    const int rank = dist_rank(dist), local = dist_local_rank(dist);
+    const int rank = dist_rank(dist);
     const char *why = NULL;
-    char buf[256];
+    char buf[sizeof((chord_err *)0)->msg + 64];
     if (slots > 1) {
         why = "--slots: under mpirun every rank runs one job at a time, the same job (leave "
               "--slots out)";
     } else if (!strcmp(device, "cpu")) {
         snprintf(out, outlen, "cpu");
-    } else if (!strcmp(device, "auto") || !strcmp(device, "cuda") ||
-               !strcmp(device, "cuda:all")) {
-        int gpus = ops_cuda_device_count();
-        if (gpus <= 0 && !strcmp(device, "auto")) {
-            snprintf(out, outlen, "cpu");
-        } else if (local >= gpus) {
-            snprintf(buf, sizeof buf,
-                     "--device %s: rank %d is rank %d on its host, which has %d GPU%s (launch "
-                     "one rank per GPU)",
-                     device, rank, local, gpus, gpus == 1 ? "" : "s");
+    } else if (!strcmp(device, "auto") || !strcmp(device, "cuda") || !strcmp(device, "cuda:all")) {
+        chord_err gerr = {0};
+        int on_gpu = cmd_rank_gpu(dist, device, out, outlen, &gerr);
+        if (on_gpu < 0) {
+            snprintf(buf, sizeof buf, "--%s", gerr.msg);
             why = buf;
-        } else {
-            snprintf(out, outlen, "cuda:%d", local);
+        } else if (!on_gpu) { /* auto on a host without a GPU */
+            snprintf(out, outlen, "cpu");
         }
     } else {
         snprintf(buf, sizeof buf,
@@ -226,10 +222,7 @@ static int serve_rank_setup(dist_ctx *dist, const char *device, int slots, long 
         if (rank == 0) fprintf(stderr, "chordd: %s (docs/distributed.md)\n", why);
         return -1;
     }
-    if (!threads_given) {
-        long cores = sysconf(_SC_NPROCESSORS_ONLN);
-        *threads = cores / dist_local_size(dist) > 0 ? cores / dist_local_size(dist) : 1;
-    }
+    if (!threads_given) *threads = cmd_rank_threads(dist);
     return 0;
 }
 
@@ -347,7 +340,8 @@ static int serve(int argc, char **argv, dist_ctx **dist_out) {
             threads_given = 1;
         } else if (!strcmp(a, "--dist-timeout")) {
             VALUE();
-            if (cmd_arg_double(a, next, 0.1, 86400.0, &dist_timeout)) return 2;
+            if (cmd_arg_double(a, next, CMD_DIST_TIMEOUT_MIN, CMD_DIST_TIMEOUT_MAX, &dist_timeout))
+                return 2;
             dist_flag = 1;
         } else if (!strcmp(a, "--zero")) {
             VALUE();
@@ -355,7 +349,7 @@ static int serve(int argc, char **argv, dist_ctx **dist_out) {
             dist_flag = 1;
         } else if (!strcmp(a, "--bucket-mb")) {
             VALUE();
-            if (cmd_arg_double(a, next, 0, 1e6, &bucket_mb)) return 2;
+            if (cmd_arg_double(a, next, 0, CMD_BUCKET_MB_MAX, &bucket_mb)) return 2;
             dist_flag = 1;
         } else if (!strcmp(a, "--http-threads")) {
             VALUE();

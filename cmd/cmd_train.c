@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "cmd/commands.h"
+#include "cmd/ranks.h"
 #include "kernels/ops.h"
 #include "server/base/fileutil.h"
 #include "server/base/log.h"
@@ -248,10 +249,12 @@ int cmd_train(int argc, char **argv) {
             demo = 1;
             break;
         case 'T':
-            if (cmd_arg_double("--dist-timeout", optarg, 0.1, 86400.0, &dist_timeout)) return 2;
+            if (cmd_arg_double("--dist-timeout", optarg, CMD_DIST_TIMEOUT_MIN, CMD_DIST_TIMEOUT_MAX,
+                               &dist_timeout))
+                return 2;
             break;
         case 'B':
-            if (cmd_arg_double("--bucket-mb", optarg, 0.0, 1048576.0, &bucket_mb)) return 2;
+            if (cmd_arg_double("--bucket-mb", optarg, 0.0, CMD_BUCKET_MB_MAX, &bucket_mb)) return 2;
             bucket_given = 1;
             break;
         case 'Z':
@@ -343,7 +346,7 @@ int cmd_train(int argc, char **argv) {
             continue;
         }
         for (int i = 0; i < 3; i++) {
-        if (!refs[i]) continue;
+            if (!refs[i]) continue;
             if (trainer_data_is_builtin(refs[i])) {
                 if (trainer_builtin_data(datadir, cfg.seed, which[i], paths[i], sizeof paths[i],
                                          &err) != 0)
@@ -358,21 +361,10 @@ int cmd_train(int argc, char **argv) {
     char errbuf[512], device_buf[32];
     const char *dev = device ? device : (cfg.device ? cfg.device : "auto");
     /* several ranks on GPUs: one GPU per rank, cuda:<the rank's index on its host> */
-    int gpus = ranks > 1 ? ops_cuda_device_count() : 0;
-    if (ranks > 1 && (!strcmp(dev, "cuda") || (!strcmp(dev, "auto") && gpus > 0))) {
-        if (dist_local_rank(dist) >= gpus) {
-            chord_err_set(&err, "device %s: rank %d is rank %d on its host, which has %d GPU%s "
-                          "(launch one rank per GPU)", dev, rank, dist_local_rank(dist), gpus,
-                          gpus == 1 ? "" : "s");
-            goto fail;
-        }
-        snprintf(device_buf, sizeof device_buf, "cuda:%d", dist_local_rank(dist));
-        dev = device_buf;
-    }
-    if (ranks > 1 && threads == 0) { /* the host's cores shared by its ranks, not each all */
-        long cores = sysconf(_SC_NPROCESSORS_ONLN);
-        threads = cores / dist_local_size(dist) > 0 ? cores / dist_local_size(dist) : 1;
-    }
+    int on_gpu = cmd_rank_gpu(dist, dev, device_buf, sizeof device_buf, &err);
+    if (on_gpu < 0) goto fail;
+    if (on_gpu) dev = device_buf;
+    if (ranks > 1 && threads == 0) threads = cmd_rank_threads(dist); /* not each all the cores */
     ops = ops_open(dev, threads, errbuf, sizeof errbuf);
     if (!ops) {
         chord_err_set(&err, "%s", errbuf);

@@ -19,7 +19,7 @@ int cmd_arg_long(const char *flag, const char *text, long lo, long hi, long *out
 int cmd_arg_double(const char *flag, const char *text, double lo, double hi, double *out);
 
 /* `chordd <command> ... --device cuda:all` outside mpirun on a host with gpus > 1 GPUs
- * (cmd_relaunch.c): the same command again under `mpirun -np <gpus>` with --device cuda (each
+ * (cmd_ranks.c): the same command again under `mpirun -np <gpus>` with --device cuda (each
  * rank takes cuda:<its rank on the host>). Returns only on failure (the exit status). */
 int cmd_relaunch_per_gpu(const char *command, int argc, char **argv, int gpus);
 

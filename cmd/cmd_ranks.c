@@ -1,6 +1,7 @@
-/* cmd_relaunch.c — `--device cuda:all` outside mpirun (commands.h): the command run again under
- * mpirun, one rank per GPU (docs/distributed.md). chordd only (chordctl compiles cmd_args.c
- * alone). */
+/* cmd_ranks.c — the ranks of an mpirun launch, as `chordd train` and `chordd serve` both set them
+ * up (ranks.h, docs/distributed.md): each rank's GPU and threads, and `--device cuda:all` outside
+ * mpirun, the command run again under mpirun, one rank per GPU (commands.h). chordd only
+ * (chordctl compiles cmd_args.c alone). */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -8,6 +9,8 @@
 #include <unistd.h>
 
 #include "cmd/commands.h"
+#include "cmd/ranks.h"
+#include "kernels/ops.h"
 #include "server/dist/dist.h"
 
 /* --device cuda:all outside mpirun on a host with several GPUs: runs this same command again
@@ -63,4 +66,23 @@ int cmd_relaunch_per_gpu(const char *command, int argc, char **argv, int gpus) {
             command, strerror(errno), gpus, command);
     free(args);
     return 1;
+}
+
+int cmd_rank_gpu(const dist_ctx *d, const char *dev, char *out, size_t outlen, chord_err *err) {
+    if (dist_size(d) <= 1) return 0;
+    int gpus = ops_cuda_device_count();
+    if (!(!strcmp(dev, "cuda") || !strcmp(dev, "cuda:all") || (!strcmp(dev, "auto") && gpus > 0)))
+        return 0;
+    if (dist_local_rank(d) >= gpus)
+        return chord_err_set(err,
+                             "device %s: rank %d is rank %d on its host, which has %d GPU%s "
+                             "(launch one rank per GPU)",
+                             dev, dist_rank(d), dist_local_rank(d), gpus, gpus == 1 ? "" : "s");
+    snprintf(out, outlen, "cuda:%d", dist_local_rank(d));
+    return 1;
+}
+
+long cmd_rank_threads(const dist_ctx *d) {
+    long cores = sysconf(_SC_NPROCESSORS_ONLN), local = dist_local_size(d);
+    return local > 0 && cores / local > 0 ? cores / local : 1;
 }
