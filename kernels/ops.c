@@ -24,6 +24,9 @@ static const struct {
     SLOT(sync),
     SLOT(matmul_forward),
     SLOT(matmul_backward),
+    SLOT(cast_bf16),
+    SLOT(matmul_forward_bf16),
+    SLOT(matmul_backward_bf16),
     SLOT(embedding_forward),
     SLOT(embedding_backward),
     SLOT(rmsnorm_forward),
@@ -80,8 +83,22 @@ static ops_ctx *checked(ops_ctx *c, char *err, size_t errlen) {
 
 static ops_ctx *open_device(const char *device, int threads, char *err, size_t errlen);
 
+/* CHORD_WEIGHTS: unset or "auto" keeps the backend's choice (ops.h bf16_weights) */
+static ops_ctx *weights_from_env(ops_ctx *c, char *err, size_t errlen) {
+    const char *v = getenv("CHORD_WEIGHTS");
+    if (!c || !v || !*v || strcmp(v, "auto") == 0) return c;
+    if (strcmp(v, "fp32") == 0 || strcmp(v, "bf16") == 0) {
+        c->bf16_weights = v[0] == 'b';
+        return c;
+    }
+    snprintf(err, errlen, "device: CHORD_WEIGHTS='%.40s' is not auto, fp32 or bf16", v);
+    ops_close(c);
+    return NULL;
+}
+
 ops_ctx *ops_open(const char *device, int threads, char *err, size_t errlen) {
-    return checked(open_device(device, threads, err, errlen), err, errlen);
+    return weights_from_env(checked(open_device(device, threads, err, errlen), err, errlen), err,
+                            errlen);
 }
 
 static ops_ctx *open_device(const char *device, int threads, char *err, size_t errlen) {

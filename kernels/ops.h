@@ -17,7 +17,11 @@
  *   residual stream; matmul_backward's dinp has an explicit accumulate flag).
  * - Shapes are written as comments: `inp (N,C)` means N rows of C floats. An `ld*` argument is the
  *   row stride in floats of a strided view (e.g. q inside a fused qkv buffer).
- * - Only ops_sample, ops_sum_squares and ops_to_host move values back to the host. */
+ * - Only ops_sample, ops_sum_squares and ops_to_host move values back to the host.
+ * - bf16 values are uint16_t: the top half of a float32, rounded to nearest even
+ *   (kernels/ops_math.h ops_f32_to_bf16). The *_bf16 matmuls take bf16 weights (a model's copy
+ *   of its fp32 master weights, model.h) and compute the products of bf16 operands with fp32
+ *   accumulation; every other buffer stays float32. */
 #ifndef CHORD_KERNELS_OPS_H
 #define CHORD_KERNELS_OPS_H
 
@@ -47,6 +51,20 @@ typedef struct ops_backend {
     int (*matmul_backward)(ops_ctx *c, float *dinp, float *dweight, float *dbias, const float *dout,
                            const float *inp, const float *weight, int N, int C, int OC,
                            int dinp_accumulate);
+
+    /* ---- bf16 weights ---- */
+    /* dst (n) = src (n) rounded to bf16 */
+    int (*cast_bf16)(ops_ctx *c, uint16_t *dst, const float *src, size_t n);
+    /* matmul_forward with a bf16 weight (OC,C): out = bf16(inp) @ weight^T + bias — inp (N,C)
+     * float32 is rounded to bf16, the products are accumulated in fp32; out (N,OC) float32 */
+    int (*matmul_forward_bf16)(ops_ctx *c, float *out, const float *inp, const uint16_t *weight,
+                               const float *bias, int N, int C, int OC);
+    /* matmul_backward with a bf16 weight: dinp (N,C) (+)= bf16(dout) @ weight;
+     * dweight (OC,C) float32 += bf16(dout)^T @ bf16(inp); dbias (OC) += colsum(dout) of the
+     * float32 dout. dinp, dweight, dbias may be NULL. */
+    int (*matmul_backward_bf16)(ops_ctx *c, float *dinp, float *dweight, float *dbias,
+                                const float *dout, const float *inp, const uint16_t *weight, int N,
+                                int C, int OC, int dinp_accumulate);
 
     /* ---- embedding ---- */
     /* out (N,C) = wte (V,C)[tokens (N)] */
@@ -163,6 +181,10 @@ struct ops_ctx {
     void *impl;       /* backend-private state: thread count, streams, cuBLAS handles */
     int threads;      /* CPU threads the backend may use */
     int device_index; /* CUDA ordinal, -1 for the CPU */
+    /* 1: models created on this context keep a bf16 copy of their weights for the GEMMs
+     * (model.h "Precision"). Set by ops_open: the environment's CHORD_WEIGHTS (fp32, bf16, or
+     * auto = the backend's choice: bf16 on CUDA while its GEMMs are bf16, fp32 on the CPU). */
+    int bf16_weights;
     char last_error[512];
 };
 
@@ -231,6 +253,22 @@ static inline int ops_matmul_backward(ops_ctx *c, float *dinp, float *dweight, f
                                       int N, int C, int OC, int dinp_accumulate) {
     return c->be->matmul_backward(c, dinp, dweight, dbias, dout, inp, weight, N, C, OC,
                                   dinp_accumulate);
+}
+
+static inline int ops_cast_bf16(ops_ctx *c, uint16_t *dst, const float *src, size_t n) {
+    return c->be->cast_bf16(c, dst, src, n);
+}
+static inline int ops_matmul_forward_bf16(ops_ctx *c, float *out, const float *inp,
+                                          const uint16_t *weight, const float *bias, int N, int C,
+                                          int OC) {
+    return c->be->matmul_forward_bf16(c, out, inp, weight, bias, N, C, OC);
+}
+static inline int ops_matmul_backward_bf16(ops_ctx *c, float *dinp, float *dweight, float *dbias,
+                                           const float *dout, const float *inp,
+                                           const uint16_t *weight, int N, int C, int OC,
+                                           int dinp_accumulate) {
+    return c->be->matmul_backward_bf16(c, dinp, dweight, dbias, dout, inp, weight, N, C, OC,
+                                       dinp_accumulate);
 }
 
 static inline int ops_embedding_forward(ops_ctx *c, float *out, const int32_t *tokens,

@@ -11,6 +11,8 @@
 #define CHORD_KERNELS_OPS_MATH_H
 
 #include <math.h>
+#include <stdint.h>
+#include <string.h>
 
 #ifdef __CUDACC__
 #define OPS_HD __host__ __device__ /* the functions are already `static inline` */
@@ -21,6 +23,39 @@
 #ifndef OPS_EXPF
 #define OPS_EXPF expf
 #endif
+
+/* ---- bf16: the top 16 bits of a float32. Rounding is to nearest, ties to even (as PyTorch's
+ * .to(torch.bfloat16) and CUDA's __float2bfloat16_rn); a NaN stays a (quiet) NaN; a value past
+ * bf16's largest rounds to infinity. Widening is exact. ---- */
+static inline OPS_HD uint32_t ops_f32_bits(float f) {
+#ifdef __CUDA_ARCH__
+    return __float_as_uint(f);
+#else
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+#endif
+}
+static inline OPS_HD uint16_t ops_f32_to_bf16(float f) {
+    uint32_t u = ops_f32_bits(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u); /* quiet NaN */
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+static inline OPS_HD float ops_bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+#ifdef __CUDA_ARCH__
+    return __uint_as_float(u);
+#else
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+#endif
+}
+/* f rounded to the nearest bf16, as a float32 */
+static inline OPS_HD float ops_bf16_round(float f) {
+    return ops_bf16_to_f32(ops_f32_to_bf16(f));
+}
 
 /* ---- dropout: element (row, col) is kept when the SplitMix64 hash of (seed, row, col), top 24
  * bits as a fraction, is >= p (the same draw on every backend, recomputable in the backward) ---- */

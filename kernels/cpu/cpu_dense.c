@@ -70,6 +70,68 @@ int cpu_matmul_backward(ops_ctx *c, float *dinp, float *dweight, float *dbias, c
     return 0;
 }
 
+/* ---- bf16 weights: the same GEMMs on operands rounded to bf16 (widened back to float32, which
+ * is exact), so the sums are fp32 as on tensor cores. The widened copies are temporary: the CPU
+ * path is for checking the GPU's and for running a bf16 model anywhere, not for speed. ---- */
+
+int cpu_cast_bf16(ops_ctx *c, uint16_t *dst, const float *src, size_t n) {
+    CHECK(n == 0 || (dst && src), "cast_bf16: NULL buffer");
+    int nt = cpu_threads_for(c, (double)n);
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (size_t i = 0; i < n; i++)
+        dst[i] = ops_f32_to_bf16(src[i]);
+    return 0;
+}
+
+/* a float32 copy of bf16 (n), or of float32 (n) rounded to bf16; NULL when out of memory */
+static float *widened(ops_ctx *c, const uint16_t *h, const float *f, size_t n) {
+    float *w = malloc((n ? n : 1) * sizeof *w);
+    if (!w) return NULL;
+    int nt = cpu_threads_for(c, (double)n);
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (size_t i = 0; i < n; i++)
+        w[i] = h ? ops_bf16_to_f32(h[i]) : ops_bf16_round(f[i]);
+    return w;
+}
+
+int cpu_matmul_forward_bf16(ops_ctx *c, float *out, const float *inp, const uint16_t *weight,
+                            const float *bias, int N, int C, int OC) {
+    CHECK(N >= 0 && C >= 0 && OC >= 0, "matmul_forward_bf16: bad shape N=%d C=%d OC=%d", N, C,
+          OC);
+    if (N == 0 || OC == 0) return 0;
+    CHECK(out && inp && weight, "matmul_forward_bf16: NULL buffer");
+    float *x = widened(c, NULL, inp, (size_t)N * C), *w = widened(c, weight, NULL, (size_t)OC * C);
+    int rc = x && w ? cpu_matmul_forward(c, out, x, w, bias, N, C, OC)
+                    : cpu_fail(c, "matmul_forward_bf16: out of memory");
+    free(x);
+    free(w);
+    return rc;
+}
+
+int cpu_matmul_backward_bf16(ops_ctx *c, float *dinp, float *dweight, float *dbias,
+                             const float *dout, const float *inp, const uint16_t *weight, int N,
+                             int C, int OC, int dinp_accumulate) {
+    CHECK(N >= 0 && C >= 0 && OC >= 0, "matmul_backward_bf16: bad shape N=%d C=%d OC=%d", N, C,
+          OC);
+    CHECK(dout, "matmul_backward_bf16: NULL dout");
+    CHECK(!dinp || weight, "matmul_backward_bf16: NULL weight");
+    CHECK(!dweight || N == 0 || inp, "matmul_backward_bf16: NULL inp");
+    /* dbias from the float32 dout, then both products from bf16(dout) */
+    if (dbias && cpu_matmul_backward(c, NULL, NULL, dbias, dout, NULL, NULL, N, C, OC, 0) != 0)
+        return -1;
+    if (!dinp && !dweight) return 0;
+    float *d = widened(c, NULL, dout, (size_t)N * OC);
+    float *w = dinp ? widened(c, weight, NULL, (size_t)OC * C) : NULL;
+    float *x = dweight ? widened(c, NULL, inp, (size_t)N * C) : NULL;
+    int rc = d && (!dinp || w) && (!dweight || x)
+                 ? cpu_matmul_backward(c, dinp, dweight, NULL, d, x, w, N, C, OC, dinp_accumulate)
+                 : cpu_fail(c, "matmul_backward_bf16: out of memory");
+    free(d);
+    free(w);
+    free(x);
+    return rc;
+}
+
 /* ---- embedding ---- */
 
 int cpu_embedding_forward(ops_ctx *c, float *out, const int32_t *tokens, const float *wte, int N,

@@ -150,6 +150,114 @@ extern "C" int cuda_matmul_backward(ops_ctx *c, float *dinp, float *dweight, flo
     return 0;
 }
 
+// ---- bf16 weights ----
+// The weights arrive in bf16 (a model's copy of its fp32 masters); float32 activations and
+// gradients are rounded to bf16 into the context's scratch by one elementwise pass, and cuBLAS
+// multiplies bf16 x bf16 with fp32 accumulation into float32 outputs. The rounding is
+// ops_f32_to_bf16's (nearest even), the CPU backend's too.
+
+__global__ void cast_bf16_kernel(uint16_t *dst, const float *src, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        dst[i] = ops_f32_to_bf16(src[i]);
+}
+
+static int cast_bf16(ops_ctx *c, uint16_t *dst, const float *src, size_t n) {
+    if (n == 0) return 0;
+    cuda_impl *im = cu_impl(c);
+    cast_bf16_kernel<<<cu_blocks(n, 256, im->num_sms), 256, 0, im->stream>>>(dst, src, n);
+    CU_LAUNCHED("cast_bf16_kernel");
+    return 0;
+}
+
+extern "C" int cuda_cast_bf16(ops_ctx *c, uint16_t *dst, const float *src, size_t n) {
+    CU_REQUIRE(n == 0 || (dst && src), "cast_bf16: NULL buffer");
+    CU_ENTER();
+    return cast_bf16(c, dst, src, n);
+}
+
+static int gemm_bf16(ops_ctx *c, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                     const uint16_t *A, int lda, const uint16_t *B, int ldb, float beta, float *Cm,
+                     int ldc) {
+    cuda_impl *im = cu_impl(c);
+    const float alpha = 1.0f;
+    CUBLAS_CHECK(cublasGemmEx(im->blas, ta, tb, m, n, k, &alpha, A, CUDA_R_16BF, lda, B,
+                              CUDA_R_16BF, ldb, &beta, Cm, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F,
+                              CUBLAS_GEMM_DEFAULT));
+    return 0;
+}
+
+static size_t align256(size_t bytes) {
+    return (bytes + 255) & ~(size_t)255;
+}
+
+extern "C" int cuda_matmul_forward_bf16(ops_ctx *c, float *out, const float *inp,
+                                        const uint16_t *weight, const float *bias, int N, int C,
+                                        int OC) {
+    CU_REQUIRE(N >= 0 && C >= 0 && OC >= 0, "matmul_forward_bf16: bad shape N=%d C=%d OC=%d", N,
+               C, OC);
+    if (N == 0 || OC == 0) return 0;
+    CU_REQUIRE(out && inp && weight, "matmul_forward_bf16: NULL buffer");
+    CU_ENTER();
+    cuda_impl *im = cu_impl(c);
+    float beta = 0.0f;
+    if (bias) {
+        bias_broadcast_kernel<<<cu_blocks((size_t)N * OC, 256, im->num_sms), 256, 0, im->stream>>>(
+            out, bias, N, OC);
+        CU_LAUNCHED("bias_broadcast_kernel");
+        beta = 1.0f;
+    }
+    if (C == 0) {
+        if (!bias) CU_CHECK(cudaMemsetAsync(out, 0, (size_t)N * OC * sizeof(float), im->stream));
+        return 0;
+    }
+    uint16_t *x = (uint16_t *)cu_scratch(c, (size_t)N * C * sizeof(uint16_t));
+    if (!x || cast_bf16(c, x, inp, (size_t)N * C) != 0) return -1;
+    // out^T (OC, N) = W (OC, C) . inp^T (C, N)
+    return gemm_bf16(c, CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, weight, C, x, C, beta, out, OC);
+}
+
+extern "C" int cuda_matmul_backward_bf16(ops_ctx *c, float *dinp, float *dweight, float *dbias,
+                                         const float *dout, const float *inp,
+                                         const uint16_t *weight, int N, int C, int OC,
+                                         int dinp_accumulate) {
+    CU_REQUIRE(N >= 0 && C >= 0 && OC >= 0, "matmul_backward_bf16: bad shape N=%d C=%d OC=%d", N,
+               C, OC);
+    CU_REQUIRE(dout, "matmul_backward_bf16: NULL dout");
+    CU_REQUIRE(!dinp || weight, "matmul_backward_bf16: NULL weight");
+    CU_REQUIRE(!dweight || N == 0 || inp, "matmul_backward_bf16: NULL inp");
+    CU_ENTER();
+    cuda_impl *im = cu_impl(c);
+    // dbias from the float32 dout first: colsum_add takes the scratch the casts take below
+    if (dbias && N > 0 && OC > 0) {
+        dbias_term f = {dout, OC};
+        if (colsum_add(c, dbias, N, OC, f) != 0) return -1;
+    }
+    if (N == 0 || C == 0) return 0;
+    if (OC == 0) {
+        if (dinp && !dinp_accumulate)
+            CU_CHECK(cudaMemsetAsync(dinp, 0, (size_t)N * C * sizeof(float), im->stream));
+        return 0;
+    }
+    if (!dinp && !dweight) return 0;
+    size_t dbytes = align256((size_t)N * OC * sizeof(uint16_t));
+    char *scr = (char *)cu_scratch(c, dbytes + (dweight ? (size_t)N * C * sizeof(uint16_t) : 0));
+    if (!scr) return -1;
+    uint16_t *d = (uint16_t *)scr, *x = (uint16_t *)(scr + dbytes);
+    if (cast_bf16(c, d, dout, (size_t)N * OC) != 0) return -1;
+    // dinp^T (C, N) (+)= W^T (C, OC) . dout^T (OC, N)
+    if (dinp && gemm_bf16(c, CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, weight, C, d, OC,
+                          dinp_accumulate ? 1.0f : 0.0f, dinp, C) != 0)
+        return -1;
+    if (dweight) {
+        if (cast_bf16(c, x, inp, (size_t)N * C) != 0) return -1;
+        // dweight^T (C, OC) += inp^T (C, N) . dout (N, OC)
+        if (gemm_bf16(c, CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, x, C, d, OC, 1.0f, dweight, C) != 0)
+            return -1;
+    }
+    return 0;
+}
+
 // ---- embedding ----
 
 __global__ void embedding_forward_kernel(float *out, const int32_t *tokens, const float *wte, int N,

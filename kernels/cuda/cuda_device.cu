@@ -302,6 +302,9 @@ static ops_backend make_table(void) {
     b.sync = cuda_sync;
     b.matmul_forward = cuda_matmul_forward;
     b.matmul_backward = cuda_matmul_backward;
+    b.cast_bf16 = cuda_cast_bf16;
+    b.matmul_forward_bf16 = cuda_matmul_forward_bf16;
+    b.matmul_backward_bf16 = cuda_matmul_backward_bf16;
     b.embedding_forward = cuda_embedding_forward;
     b.embedding_backward = cuda_embedding_backward;
     b.rmsnorm_forward = cuda_rmsnorm_forward;
@@ -452,6 +455,8 @@ extern "C" ops_ctx *ops_cuda_open(int device_index, char *err, size_t errlen) {
     }
     im->matmul_mode = matmul_mode;
     im->gemm_compute = compute_for(im->matmul_mode);
+    // bf16 GEMMs: models keep bf16 copies of their weights (ops.h bf16_weights; CHORD_WEIGHTS)
+    c->bf16_weights = matmul_mode == OPS_CUDA_MATMUL_BF16;
     im->attention_mode = attention_mode;
     if (cuda_attention_init(c) != 0) {
         snprintf(err, errlen, "device: cuda:%d: %s", device_index, c->last_error);

@@ -195,6 +195,12 @@ int cuda_matmul_forward(ops_ctx *c, float *out, const float *inp, const float *w
 int cuda_matmul_backward(ops_ctx *c, float *dinp, float *dweight, float *dbias, const float *dout,
                          const float *inp, const float *weight, int N, int C, int OC,
                          int dinp_accumulate);
+int cuda_cast_bf16(ops_ctx *c, uint16_t *dst, const float *src, size_t n);
+int cuda_matmul_forward_bf16(ops_ctx *c, float *out, const float *inp, const uint16_t *weight,
+                             const float *bias, int N, int C, int OC);
+int cuda_matmul_backward_bf16(ops_ctx *c, float *dinp, float *dweight, float *dbias,
+                              const float *dout, const float *inp, const uint16_t *weight, int N,
+                              int C, int OC, int dinp_accumulate);
 int cuda_embedding_forward(ops_ctx *c, float *out, const int32_t *tokens, const float *wte, int N,
                            int C, int V);
 int cuda_embedding_backward(ops_ctx *c, float *dwte, const float *dout, const int32_t *tokens,

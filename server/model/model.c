@@ -26,6 +26,54 @@ static int op_fail(const model *m, const char *name, chord_err *err) {
 }
 
 /* ---------------------------------------------------------------------------------------------
+ * Precision (model.h): with a bf16 copy of the weights, every GEMM whose weight is one of the
+ * model's matrices reads the copy (bf16 operands, fp32 accumulation); a weight elsewhere (a LoRA
+ * adapter's, the adapter's trained embeddings) runs the float32 GEMM. */
+
+static const uint16_t *weights_bf16(const model *m, const float *w) {
+    if (!m->params16 || !w) return NULL;
+    uintptr_t p = (uintptr_t)w, lo = (uintptr_t)m->params,
+              hi = (uintptr_t)(m->params + m->num_decay);
+    return p >= lo && p < hi ? m->params16 + (w - m->params) : NULL;
+}
+
+static int mm_forward(model *m, float *out, const float *inp, const float *w, const float *bias,
+                      int N, int C, int OC) {
+    const uint16_t *w16 = weights_bf16(m, w);
+    return w16 ? ops_matmul_forward_bf16(m->ops, out, inp, w16, bias, N, C, OC)
+               : ops_matmul_forward(m->ops, out, inp, w, bias, N, C, OC);
+}
+
+static int mm_backward(model *m, float *dinp, float *dweight, float *dbias, const float *dout,
+                       const float *inp, const float *w, int N, int C, int OC, int accumulate) {
+    const uint16_t *w16 = weights_bf16(m, w);
+    return w16 ? ops_matmul_backward_bf16(m->ops, dinp, dweight, dbias, dout, inp, w16, N, C, OC,
+                                          accumulate)
+               : ops_matmul_backward(m->ops, dinp, dweight, dbias, dout, inp, w, N, C, OC,
+                                     accumulate);
+}
+
+/* MM(forward, ...) / MM(backward, ...): a GEMM of the model's, in its precision */
+#define MM(name, ...)                                                                              \
+    do {                                                                                           \
+        if (mm_##name(m, __VA_ARGS__) != 0) return op_fail(m, "matmul_" #name, err);               \
+    } while (0)
+
+int model_weights_changed(model *m, chord_err *err) {
+    if (!m->params16 || m->base) return 0;
+    OP(cast_bf16, m->params16, m->params, m->num_decay);
+    return 0;
+}
+
+/* the bf16 copy of [lo, hi) of the parameters, after an update of that slice */
+static int weights_changed_slice(model *m, size_t lo, size_t hi, chord_err *err) {
+    if (!m->params16 || m->base || m->lora) return 0;
+    if (hi > m->num_decay) hi = m->num_decay;
+    if (hi > lo) OP(cast_bf16, m->params16 + lo, m->params + lo, hi - lo);
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
  * Parameter layout. Matrices first (weight decay applies to them), then vectors (norms, biases).
  * Walked once to count and name, then once per flat buffer to set pointers. */
 
@@ -224,6 +272,15 @@ int model_create(const model_config *cfg, ops_ctx *ops, model **out, chord_err *
         goto fail;
     }
     if (carve_weights(m, m->params, &m->w, err) != 0) goto fail;
+    if (ops->bf16_weights) {
+        m->params16 = ops_alloc(ops, (m->num_decay ? m->num_decay : 1) * sizeof(uint16_t));
+        if (!m->params16) {
+            chord_err_setc(err, CHORD_E_TOO_LARGE,
+                           "model: cannot allocate %zu bytes of bf16 weights on %s: %s",
+                           m->num_decay * sizeof(uint16_t), ops->be->name, ops_last_error(ops));
+            goto fail;
+        }
+    }
 
     int half = cfg->head_dim / 2;
     float *inv = malloc((size_t)half * sizeof *inv);
@@ -267,6 +324,7 @@ int model_create_view(model *base, ops_ctx *ops, model **out, chord_err *err) {
     m->num_params = base->num_params;
     m->num_decay = base->num_decay;
     m->params = base->params;
+    m->params16 = base->params16;
     m->inv_freq = base->inv_freq;
     m->logits_budget_bytes = base->logits_budget_bytes;
     m->base = base;
@@ -293,6 +351,7 @@ void model_free(model *m) {
     model_lora_free(m);
     if (!m->base) { /* a view's weights are its base's */
         ops_free(o, m->params);
+        ops_free(o, m->params16);
         ops_free(o, m->inv_freq);
     }
     ops_free(o, m->grads);
@@ -648,16 +707,16 @@ static int layer_forward(model *m, int l, layer_acts *a, const float *res_in, fl
     OP(rmsnorm_forward, a->ln1, a->rstd1, res_in, C, w->ln1, N, C, eps);
     qkv_view v = view_qkv(m, a->qkv, a->qk, N);
     if (!c->qk_norm) {
-        OP(matmul_forward, a->qkv, a->ln1, w->wqkv, w->bqkv, N, C, QKV);
+        MM(forward, a->qkv, a->ln1, w->wqkv, w->bqkv, N, C, QKV);
         LORA_FWD(MODEL_LORA_Q, a->ln1, a->qkv, QKV);
         LORA_FWD(MODEL_LORA_K, a->ln1, a->qkv + HqD, QKV);
         LORA_FWD(MODEL_LORA_V, a->ln1, a->qkv + HqD + HkvD, QKV);
     } else {
         float *qpre = a->qkv, *kpre = a->qkv + (size_t)N * HqD;
-        OP(matmul_forward, qpre, a->ln1, w->wqkv, w->bqkv, N, C, HqD);
-        OP(matmul_forward, kpre, a->ln1, w->wqkv + (size_t)HqD * C, w->bqkv ? w->bqkv + HqD : NULL,
+        MM(forward, qpre, a->ln1, w->wqkv, w->bqkv, N, C, HqD);
+        MM(forward, kpre, a->ln1, w->wqkv + (size_t)HqD * C, w->bqkv ? w->bqkv + HqD : NULL,
            N, C, HkvD);
-        OP(matmul_forward, v.v, a->ln1, w->wqkv + (size_t)(HqD + HkvD) * C,
+        MM(forward, v.v, a->ln1, w->wqkv + (size_t)(HqD + HkvD) * C,
            w->bqkv ? w->bqkv + HqD + HkvD : NULL, N, C, HkvD);
         LORA_FWD(MODEL_LORA_Q, a->ln1, qpre, HqD);
         LORA_FWD(MODEL_LORA_K, a->ln1, kpre, HkvD);
@@ -680,15 +739,15 @@ static int layer_forward(model *m, int l, layer_acts *a, const float *res_in, fl
         OP(attention_forward, a->att, a->lse, v.q, v.ldq, v.k, v.ldk, v.v, v.ldv, am->cu, am->S, N,
            Hq, Hkv, D);
     }
-    OP(matmul_forward, a->res_mid, a->att, w->wo, w->bo, N, HqD, C);
+    MM(forward, a->res_mid, a->att, w->wo, w->bo, N, HqD, C);
     LORA_FWD(MODEL_LORA_O, a->att, a->res_mid, C);
     OP(add_inplace, a->res_mid, res_in, (size_t)N * C);
     OP(rmsnorm_forward, a->ln2, a->rstd2, a->res_mid, C, w->ln2, N, C, eps);
-    OP(matmul_forward, a->gu, a->ln2, w->wgu, w->bgu, N, C, 2 * I);
+    MM(forward, a->gu, a->ln2, w->wgu, w->bgu, N, C, 2 * I);
     LORA_FWD(MODEL_LORA_GATE, a->ln2, a->gu, 2 * I);
     LORA_FWD(MODEL_LORA_UP, a->ln2, a->gu + I, 2 * I);
     OP(swiglu_forward, a->h, a->gu, 2 * I, a->gu + I, 2 * I, N, I);
-    OP(matmul_forward, res_out, a->h, w->wdown, w->bdown, N, I, C);
+    MM(forward, res_out, a->h, w->wdown, w->bdown, N, I, C);
     LORA_FWD(MODEL_LORA_DOWN, a->h, res_out, C);
     OP(add_inplace, res_out, a->res_mid, (size_t)N * C);
     return 0;
@@ -717,16 +776,16 @@ static int layer_backward(model *m, int l, layer_acts *a, const float *res_in, m
 
     /* MLP: res_out = res_mid + down(silu(gate) * up); h is shared by the layers: recompute it */
     OP(swiglu_forward, a->h, a->gu, 2 * I, a->gu + I, 2 * I, N, I);
-    OP(matmul_backward, r->dh, g->wdown, g->bdown, r->dres, a->h, w->wdown, N, I, C, 0);
+    MM(backward, r->dh, g->wdown, g->bdown, r->dres, a->h, w->wdown, N, I, C, 0);
     LORA_BWD(MODEL_LORA_DOWN, a->h, r->dres, C, r->dh);
     OP(swiglu_backward, r->dgu, r->dgu + I, 2 * I, r->dh, a->gu, a->gu + I, 2 * I, N, I);
-    OP(matmul_backward, r->dln, g->wgu, g->bgu, r->dgu, a->ln2, w->wgu, N, C, 2 * I, 0);
+    MM(backward, r->dln, g->wgu, g->bgu, r->dgu, a->ln2, w->wgu, N, C, 2 * I, 0);
     LORA_BWD(MODEL_LORA_GATE, a->ln2, r->dgu, 2 * I, r->dln);
     LORA_BWD(MODEL_LORA_UP, a->ln2, r->dgu + I, 2 * I, r->dln);
     OP(rmsnorm_backward, r->dres, C, g->ln2, r->dln, a->res_mid, w->ln2, a->rstd2, N, C);
 
     /* attention: res_mid = res_in + o_proj(attention(rope(q), rope(k), v)) */
-    OP(matmul_backward, r->datt, g->wo, g->bo, r->dres, a->att, w->wo, N, HqD, C, 0);
+    MM(backward, r->datt, g->wo, g->bo, r->dres, a->att, w->wo, N, HqD, C, 0);
     LORA_BWD(MODEL_LORA_O, a->att, r->dres, C, r->datt);
     qkv_view v = view_qkv(m, a->qkv, a->qk, N);
     qkv_view dv = view_qkv(m, r->dqkv, r->dqk, N);
@@ -739,7 +798,7 @@ static int layer_backward(model *m, int l, layer_acts *a, const float *res_in, m
     OP(rope_backward, dv.q, dv.ldq, r->positions, m->inv_freq, N, Hq, D);
     OP(rope_backward, dv.k, dv.ldk, r->positions, m->inv_freq, N, Hkv, D);
     if (!c->qk_norm) {
-        OP(matmul_backward, r->dln, g->wqkv, g->bqkv, r->dqkv, a->ln1, w->wqkv, N, C, QKV, 0);
+        MM(backward, r->dln, g->wqkv, g->bqkv, r->dqkv, a->ln1, w->wqkv, N, C, QKV, 0);
         LORA_BWD(MODEL_LORA_Q, a->ln1, r->dqkv, QKV, r->dln);
         LORA_BWD(MODEL_LORA_K, a->ln1, r->dqkv + HqD, QKV, r->dln);
         LORA_BWD(MODEL_LORA_V, a->ln1, r->dqkv + HqD + HkvD, QKV, r->dln);
@@ -749,13 +808,13 @@ static int layer_backward(model *m, int l, layer_acts *a, const float *res_in, m
         OP(zero, r->dqkv, (size_t)N * (HqD + HkvD) * sizeof(float));
         OP(rmsnorm_backward, dqpre, D, g->q_norm, dv.q, qpre, w->q_norm, a->rstd_q, N * Hq, D);
         OP(rmsnorm_backward, dkpre, D, g->k_norm, dv.k, kpre, w->k_norm, a->rstd_k, N * Hkv, D);
-        OP(matmul_backward, r->dln, g->wqkv, g->bqkv, dqpre, a->ln1, w->wqkv, N, C, HqD, 0);
+        MM(backward, r->dln, g->wqkv, g->bqkv, dqpre, a->ln1, w->wqkv, N, C, HqD, 0);
         /* a frozen base (LoRA) has no gradient buffers: NULL stays NULL */
         float *gk = g->wqkv ? g->wqkv + (size_t)HqD * C : NULL;
         float *gv = g->wqkv ? g->wqkv + (size_t)(HqD + HkvD) * C : NULL;
-        OP(matmul_backward, r->dln, gk, g->bqkv ? g->bqkv + HqD : NULL, dkpre, a->ln1,
+        MM(backward, r->dln, gk, g->bqkv ? g->bqkv + HqD : NULL, dkpre, a->ln1,
            w->wqkv + (size_t)HqD * C, N, C, HkvD, 1);
-        OP(matmul_backward, r->dln, gv, g->bqkv ? g->bqkv + HqD + HkvD : NULL, dv.v, a->ln1,
+        MM(backward, r->dln, gv, g->bqkv ? g->bqkv + HqD + HkvD : NULL, dv.v, a->ln1,
            w->wqkv + (size_t)(HqD + HkvD) * C, N, C, HkvD, 1);
         LORA_BWD(MODEL_LORA_Q, a->ln1, dqpre, HqD, r->dln);
         LORA_BWD(MODEL_LORA_K, a->ln1, dkpre, HkvD, r->dln);
@@ -872,7 +931,7 @@ static int expand_batch(const model_batch *b, int32_t **x_out, int *NX, int *SX)
 
 static int logits_chunk(model *m, model_run *r, int r0, int R, chord_err *err) {
     const model_config *c = &m->cfg;
-    OP(matmul_forward, r->logits, r->xf + (size_t)r0 * c->hidden_size, m->w.lm_head, NULL, R,
+    MM(forward, r->logits, r->xf + (size_t)r0 * c->hidden_size, m->w.lm_head, NULL, R,
        c->hidden_size, c->vocab_size);
     return 0;
 }
@@ -1054,7 +1113,7 @@ static int backward_stages(model *m, int with_entropy, size_t *final_from, chord
         if (r->chunk_rows < N && logits_chunk(m, r, r0, R, err) != 0) return -1;
         OP(logprob_backward, r->dlogits, r->dlogp + r0, with_entropy ? r->dentropy + r0 : NULL,
            r->logits, r->lse_out + r0, r->targets + r0, R, V, r->inv_temp);
-        OP(matmul_backward, r->dln + (size_t)r0 * C, m->g.lm_head, NULL, r->dlogits,
+        MM(backward, r->dln + (size_t)r0 * C, m->g.lm_head, NULL, r->dlogits,
            r->xf + (size_t)r0 * C, m->w.lm_head, R, C, V, 0);
     }
     OP(zero, r->dres, (size_t)N * C * sizeof(float));
@@ -1150,7 +1209,7 @@ static int adamw_slice(model *m, double norm, float lr, float beta1, float beta2
         OP(adamw_update, tr.params + decay_hi, tr.grads + decay_hi, am + (decay_hi - lo),
            av + (decay_hi - lo), hi - decay_hi, lr, beta1, beta2, eps, 0.0f, t, scale);
     *tr.adam_t = t;
-    return 0;
+    return weights_changed_slice(m, lo, hi, err);
 }
 
 int model_adamw_step(model *m, float lr, float beta1, float beta2, float eps, float weight_decay,
@@ -1284,7 +1343,7 @@ static int infer(model *m, model_kv_cache *kv, int N, const int32_t *last, int r
         OP(rmsnorm_forward, r->xf, r->rstdf, r->res, C, m->w.final_norm, rows, C,
            (float)c->rms_norm_eps);
     }
-    OP(matmul_forward, r->logits, r->xf, m->w.lm_head, NULL, rows, C, V);
+    MM(forward, r->logits, r->xf, m->w.lm_head, NULL, rows, C, V);
     return 0;
 }
 

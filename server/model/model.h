@@ -65,6 +65,8 @@ typedef struct model {
     size_t num_params;      /* floats in each flat buffer */
     size_t num_decay;       /* the first num_decay floats are matrices (weight decay applies) */
     float *params;          /* (num_params) device */
+    uint16_t *params16;     /* (num_decay) device: the matrices in bf16 for the GEMMs, or NULL
+                               (precision below; a view shares its base's) */
     float *grads;           /* (num_params) device, allocated on first use */
     float *adam_m, *adam_v; /* (num_params) device, allocated on the first step */
     int adam_t;             /* AdamW steps taken */
@@ -133,6 +135,18 @@ void model_free(model *m);
  * concurrently; a context of another backend or device is refused. The base's weights must be
  * on the device (its loading synchronised) before another context reads them. */
 int model_create_view(model *base, ops_ctx *ops, model **out, chord_err *err);
+
+/* ---- precision ----
+ * A model created on a context with bf16_weights (ops.h; CHORD_WEIGHTS, the default on a GPU
+ * whose GEMMs are bf16) keeps, beside its float32 parameters (the master weights, which the
+ * gradients, AdamW and every save use), a bf16 copy of its matrices (the first num_decay floats:
+ * embeddings, projections, lm_head), and every GEMM of a matrix multiplies bf16 operands with
+ * fp32 accumulation (ops.h matmul_*_bf16: the activation or gradient operand rounded to bf16).
+ * The embedding lookup, norms, attention, biases and every other buffer stay float32. The copy
+ * follows the masters: loading, random init and model_adamw_step refresh it; whoever writes the
+ * parameters any other way (an all-gather of ZeRO-1 slices into model_trainable_weights) calls
+ * model_weights_changed. A model without the copy runs float32 GEMMs. */
+int model_weights_changed(model *m, chord_err *err);
 
 /* ---- training ---- */
 

@@ -57,7 +57,7 @@ static int upload_params(model *m, const float *host, chord_err *err) {
     if (ops_to_device(m->ops, m->params, host, m->num_params * sizeof(float)) != 0)
         return chord_err_setc(err, CHORD_E_INTERNAL, "model: copying parameters to %s: %s",
                               m->ops->be->name, ops_last_error(m->ops));
-    return 0;
+    return model_weights_changed(m, err);
 }
 
 int model_init_random(model *m, uint64_t seed, chord_err *err) {

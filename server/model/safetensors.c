@@ -9,6 +9,8 @@
  * Not here: integer tensors are readable but never written; big-endian hosts are unsupported. */
 #include "server/model/safetensors.h"
 
+#include "kernels/ops_math.h"
+
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -73,19 +75,13 @@ size_t st_dtype_size(st_dtype d) {
 
 /* ---- half-precision conversions ---------------------------------------------------------- */
 
+/* the one bf16 rounding the kernels use too (kernels/ops_math.h) */
 float st_bf16_to_f32(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
+    return ops_bf16_to_f32(h);
 }
 
 uint16_t st_f32_to_bf16(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* quiet NaN */
-    u += 0x7fffu + ((u >> 16) & 1u); /* round to nearest even; overflow rounds to inf */
-    return (uint16_t)(u >> 16);
+    return ops_f32_to_bf16(f);
 }
 
 float st_f16_to_f32(uint16_t h) {

@@ -307,8 +307,11 @@ static int optimizer_step(trainer *t, double lr, double *grad_norm, chord_err *e
         return -1;
     char name[128];
     snprintf(name, sizeof name, "step %lld: parameters", (long long)t->cur_step);
-    return dist_allgather_device_f32(t->env->dist, t->env->ops, model_trainable_weights(t->m), n,
-                                     name, err);
+    if (dist_allgather_device_f32(t->env->dist, t->env->ops, model_trainable_weights(t->m), n,
+                                  name, err) != 0)
+        return -1;
+    /* the bf16 copy of the gathered weights (an adapter's have none) */
+    return model_trainable_weights(t->m) == t->m->params ? model_weights_changed(t->m, err) : 0;
 }
 
 /* ---- gradient buckets (docs/distributed.md) ---------------------------------------------------

@@ -5,19 +5,23 @@
  *   - every op of ops.h on random inputs, run on both backends, compared with
  *     err = ||gpu - cpu||_2 / ||cpu||_2 per output tensor; bounds: 1e-4 for fp32 paths, 1e-2 for
  *     the bf16 tensor-core GEMM path; a non-finite value on either side never passes;
+ *   - the bf16-weight ops (cast_bf16 bit for bit, matmul_*_bf16 to 1e-4: the same rounded
+ *     products on both);
  *   - sampling: greedy tokens equal; tempered tokens land in the CPU's nucleus (computed here in
  *     double) and their log-probs equal the CPU's log-softmax at those tokens;
  *   - deferred device-side errors (a bad token id, a bad cu_seqlens) are reported by sync;
  *   - a full forward / backward / AdamW step (server/model/model.h) on both backends: per-token
  *     log-probs, loss, every gradient tensor, the gradient norm, the loss after the step, and
  *     prefill + decode logits — once with exact fp32 GEMMs (bound 1e-4) and once with bf16 GEMMs
- *     (bound 1e-2); for three small models (Qwen2, Qwen3 with q/k norm, Llama with biases) and a
+ *     (bound 1e-2), and with bf16 weights (model.h precision, the GPU default) against the CPU
+ *     with bf16 weights; for three small models (Qwen2, Qwen3 with q/k norm, Llama with biases) and a
  *     ~100M-parameter Qwen2-style model; and for the small models again with a shared prompt
  *     (model_batch.seg_parent: two responses continuing one prefix segment, grpo.share_prompt),
  *     and with a LoRA adapter of rank 4 on every projection (its gradients compared).
  * Benchmarks (GPU only; not pass/fail): training tokens/s and MFU against 989 TFLOP/s (dense bf16,
  * H100 SXM) for the ~100M config and a Qwen2.5-0.5B-shaped config at sequence length 1024, decode
- * tokens/s at batch 1 / 32 / 256, and GB/s of memory-bound kernels against the measured
+ * tokens/s at batch 1 / 32 / 256 (both with bf16 weights, then the 0.5B again with float32
+ * weights for the ratio), and GB/s of memory-bound kernels against the measured
  * device-to-device copy bandwidth.
  *
  * Output: a Markdown table and JSON (gpu_check.md, gpu_check.json) in --out DIR (default $OUT,
@@ -41,6 +45,7 @@
 #include <time.h>
 
 #include "kernels/cuda/ops_cuda.h"
+#include "kernels/ops_math.h"
 #include "kernels/ops.h"
 #include "server/model/config.h"
 #include "server/model/model.h"
@@ -340,6 +345,71 @@ static void t_matmul(const char *tag, double tol) {
         snprintf(name, sizeof name, "matmul_backward dbias += N=%d OC=%d", N, OC);
         cmp(name, &bdb, TOL_FP32);
         dbuf *all[] = {&bi, &bw, &bb, &bo, &bo2, &bd, &bdw, &bdb, &bdi, &bdi2};
+        for (size_t k = 0; k < sizeof all / sizeof all[0]; k++)
+            dfree(all[k]);
+        free(inp), free(w), free(bias), free(dout), free(dw0), free(db0), free(di0);
+    }
+}
+
+/* The bf16-weight ops (ops.h matmul_*_bf16, cast_bf16): both backends round the same float32
+ * operands to bf16 (the casts must agree bit for bit) and sum the same products in fp32, so the
+ * results differ only in summation order: the fp32 bound. */
+static void t_matmul_bf16(void) {
+    static const int shapes[][3] = {{1, 64, 32}, {77, 96, 130}, {512, 896, 1152}, {300, 333, 70}};
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        int N = shapes[si][0], C = shapes[si][1], OC = shapes[si][2];
+        char name[112];
+        seed(200 + si);
+        float *inp = frand((size_t)N * C, 1.0f), *w = frand((size_t)OC * C, 0.1f);
+        float *bias = frand(OC, 1.0f), *dout = frand((size_t)N * OC, 1.0f);
+        float *dw0 = frand((size_t)OC * C, 1.0f), *db0 = frand(OC, 1.0f);
+        float *di0 = frand((size_t)N * C, 1.0f);
+        w[0] = NAN, w[1] = 3.0e38f, w[2] = -1.0f / 3.0f; /* NaN, overflow to inf, a tie-free value */
+        dbuf bi = dnewf((size_t)N * C, inp), bw = dnewf((size_t)OC * C, w), bb = dnewf(OC, bias);
+        dbuf bw16 = dnew((size_t)OC * C * sizeof(uint16_t), NULL);
+        dbuf bo = dnewf((size_t)N * OC, NULL), bo2 = dnewf((size_t)N * OC, NULL);
+        dbuf bd = dnewf((size_t)N * OC, dout), bdw = dnewf((size_t)OC * C, dw0);
+        dbuf bdb = dnewf(OC, db0), bdi = dnewf((size_t)N * C, di0);
+        dbuf bdi2 = dnewf((size_t)N * C, di0);
+        for (int side = 0; side < 2; side++) {
+            uint16_t *w16 = side ? bw16.g : bw16.c;
+            CALL("cast_bf16", cast_bf16, w16, F(bw), (size_t)OC * C);
+        }
+        uint16_t *hc = xmalloc(bw16.bytes), *hg = xmalloc(bw16.bytes);
+        snprintf(name, sizeof name, "cast_bf16 n=%d (NaN, inf, round to nearest even)", OC * C);
+        if (dget(&bw16, hc, hg, name) == 0) {
+            size_t diff = 0;
+            for (size_t i = 0; i < (size_t)OC * C; i++)
+                diff += hc[i] != hg[i] || hc[i] != ops_f32_to_bf16(w[i]);
+            record(name, (double)diff, 0, "%zu of %d values differ", diff, OC * C);
+        }
+        free(hc), free(hg);
+        /* a finite weight for the products */
+        w[0] = w[1] = 0.05f;
+        for (int side = 0; side < 2; side++) {
+            uint16_t *w16 = side ? bw16.g : bw16.c;
+            if (ops_to_device(CTX, F(bw), w, 2 * sizeof(float)) != 0) return;
+            CALL("cast_bf16", cast_bf16, w16, F(bw), (size_t)OC * C);
+            CALL("matmul_bf16", matmul_forward_bf16, F(bo), F(bi), w16, F(bb), N, C, OC);
+            CALL("matmul_bf16", matmul_forward_bf16, F(bo2), F(bi), w16, NULL, N, C, OC);
+            CALL("matmul_bf16", matmul_backward_bf16, F(bdi), F(bdw), F(bdb), F(bd), F(bi), w16, N,
+                 C, OC, 0);
+            CALL("matmul_bf16", matmul_backward_bf16, F(bdi2), NULL, NULL, F(bd), F(bi), w16, N, C,
+                 OC, 1);
+        }
+        snprintf(name, sizeof name, "matmul_forward_bf16 N=%d C=%d OC=%d +bias", N, C, OC);
+        cmp(name, &bo, TOL_FP32);
+        snprintf(name, sizeof name, "matmul_forward_bf16 N=%d C=%d OC=%d", N, C, OC);
+        cmp(name, &bo2, TOL_FP32);
+        snprintf(name, sizeof name, "matmul_backward_bf16 dinp N=%d C=%d OC=%d", N, C, OC);
+        cmp(name, &bdi, TOL_FP32);
+        snprintf(name, sizeof name, "matmul_backward_bf16 dinp += N=%d C=%d OC=%d", N, C, OC);
+        cmp(name, &bdi2, TOL_FP32);
+        snprintf(name, sizeof name, "matmul_backward_bf16 dweight += N=%d C=%d OC=%d", N, C, OC);
+        cmp(name, &bdw, TOL_FP32);
+        snprintf(name, sizeof name, "matmul_backward_bf16 dbias += N=%d OC=%d", N, OC);
+        cmp(name, &bdb, TOL_FP32);
+        dbuf *all[] = {&bi, &bw, &bw16, &bb, &bo, &bo2, &bd, &bdw, &bdb, &bdi, &bdi2};
         for (size_t k = 0; k < sizeof all / sizeof all[0]; k++)
             dfree(all[k]);
         free(inp), free(w), free(bias), free(dout), free(dw0), free(db0), free(di0);
@@ -934,9 +1004,9 @@ static void t_full_step(const char *label, const char *json, int shared, int lor
         lora ? model_lora_tensors(probe, &n_tensors, NULL) : probe->tensors;
     printf("step %s: %s config, %zu parameters, %d tokens in %d sequences\n", label, cfg.model_type,
            probe->num_params, b.N, b.S);
-    step_out ref = {0};
+    step_out ref32 = {0};
     double t0 = now_s();
-    if (run_step(CPU, &cfg, &b, &ref, &err) != 0) {
+    if (run_step(CPU, &cfg, &b, &ref32, &err) != 0) {
         record("step: cpu", NAN, 0, "%s: %s", label, err.msg);
         model_free(probe);
         batch_free(&b);
@@ -951,18 +1021,34 @@ static void t_full_step(const char *label, const char *json, int shared, int lor
      * adapter's gradients go through two more bf16 GEMMs (du = s dy B, then dA = du^T x) after
      * the bf16-rounded dy: about 1 % off too (1.2 % seen on the emulator, where fp32 mode agrees
      * to 1e-6), so their bound is 2e-2 in both bf16 modes. */
+    /* bf16w: models with bf16 weights (model.h "precision", the GPU's default), against the CPU
+     * with bf16 weights too: the same bf16 products summed in fp32, so with the fp32 attention
+     * kernels only summation order and an operand rounding to the neighbouring bf16 after a
+     * last-bit difference upstream separate them (the bf16 bound, and in practice far below);
+     * bf16w+tc adds the tensor-core attention (the default training path). */
     static const struct {
         const char *tag;
         ops_cuda_matmul_mode mode;
         ops_cuda_attention_mode att;
         double tol, tol_grads;
+        int w16;
     } modes[] = {
-        {"fp32", OPS_CUDA_MATMUL_FP32, OPS_CUDA_ATTENTION_AUTO, TOL_FP32, TOL_FP32},
-        {"bf16", OPS_CUDA_MATMUL_BF16, OPS_CUDA_ATTENTION_FLASH, TOL_BF16, TOL_BF16},
-        {"bf16+tc", OPS_CUDA_MATMUL_BF16, OPS_CUDA_ATTENTION_AUTO, TOL_BF16, 2 * TOL_BF16}};
+        {"fp32", OPS_CUDA_MATMUL_FP32, OPS_CUDA_ATTENTION_AUTO, TOL_FP32, TOL_FP32, 0},
+        {"bf16", OPS_CUDA_MATMUL_BF16, OPS_CUDA_ATTENTION_FLASH, TOL_BF16, TOL_BF16, 0},
+        {"bf16+tc", OPS_CUDA_MATMUL_BF16, OPS_CUDA_ATTENTION_AUTO, TOL_BF16, 2 * TOL_BF16, 0},
+        {"bf16w", OPS_CUDA_MATMUL_BF16, OPS_CUDA_ATTENTION_FLASH, TOL_BF16, TOL_BF16, 1},
+        {"bf16w+tc", OPS_CUDA_MATMUL_BF16, OPS_CUDA_ATTENTION_AUTO, TOL_BF16, 2 * TOL_BF16, 1}};
+    step_out ref16 = {0};
+    CPU->bf16_weights = 1;
+    int have16 = run_step(CPU, &cfg, &b, &ref16, &err) == 0;
+    CPU->bf16_weights = 0;
+    if (!have16) record("step: cpu bf16 weights", NAN, 0, "%s: %s", label, err.msg);
     for (size_t mi = 0; mi < sizeof modes / sizeof modes[0]; mi++) {
+        if (modes[mi].w16 && !have16) continue;
         set_matmul(modes[mi].mode);
         set_attention(modes[mi].att);
+        GPU->bf16_weights = modes[mi].w16;
+        const step_out ref = modes[mi].w16 ? ref16 : ref32;
         step_out g = {0};
         char name[112];
         if (run_step(GPU, &cfg, &b, &g, &err) != 0) {
@@ -1013,7 +1099,9 @@ static void t_full_step(const char *label, const char *json, int shared, int lor
     }
     set_matmul(OPS_CUDA_MATMUL_BF16);
     set_attention(OPS_CUDA_ATTENTION_AUTO);
-    step_out_free(&ref);
+    GPU->bf16_weights = 1;
+    step_out_free(&ref32);
+    step_out_free(&ref16);
     model_free(probe);
     batch_free(&b);
 }
@@ -1442,6 +1530,7 @@ int main(int argc, char **argv) {
     t_matmul("fp32", TOL_FP32);
     set_matmul(OPS_CUDA_MATMUL_BF16);
     t_matmul("bf16", TOL_BF16);
+    t_matmul_bf16();
     t_embedding();
     t_rmsnorm();
     t_rope();
@@ -1483,6 +1572,10 @@ int main(int argc, char **argv) {
             b_train("~100M", CFG_100M, 1024, quick ? 2 : 8, quick ? 2 : 5, 0);
             b_train("0.5B (Qwen2.5-0.5B shapes)", CFG_05B, 1024, quick ? 2 : 8, quick ? 2 : 5, 0);
             b_train("0.5B LoRA r=16 all-linear", CFG_05B, 1024, quick ? 2 : 8, quick ? 2 : 5, 16);
+            GPU->bf16_weights = 0; /* float32 weights (bf16 products inside cuBLAS), for the ratio */
+            b_train("0.5B, fp32 weights", CFG_05B, 1024, quick ? 2 : 8, quick ? 2 : 5, 0);
+            b_decode("0.5B, fp32 weights", CFG_05B, 64, quick ? 8 : 32);
+            GPU->bf16_weights = 1;
             set_attention(OPS_CUDA_ATTENTION_FLASH); /* the fp32 CUDA-core kernels, for the ratio */
             b_train("0.5B, fp32 flash attention", CFG_05B, 1024, quick ? 2 : 8, quick ? 2 : 5, 0);
             set_attention(OPS_CUDA_ATTENTION_AUTO);

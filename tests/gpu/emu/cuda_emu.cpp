@@ -409,20 +409,45 @@ static float *rounded(const float *A, int rows, int cols, int ld, int bits) {
     return R;
 }
 
+// a float32 copy of the column-major (rows x cols, ld) bf16 matrix (exact)
+static float *widened_bf16(const void *A, int rows, int cols, int ld) {
+    const uint16_t *h = (const uint16_t *)A;
+    float *R = (float *)malloc((size_t)(cols > 0 ? cols : 1) * ld * sizeof(float));
+    if (!R) abort();
+    for (int j = 0; j < cols; j++)
+        for (int i = 0; i < rows; i++) {
+            uint32_t u = (uint32_t)h[(size_t)j * ld + i] << 16;
+            memcpy(&R[(size_t)j * ld + i], &u, 4);
+        }
+    return R;
+}
+
 cublasStatus_t cublasGemmEx(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int m,
-                            int n, int k, const void *alpha, const void *A, cudaDataType, int lda,
-                            const void *B, cudaDataType, int ldb, const void *beta, void *C,
-                            cudaDataType, int ldc, cublasComputeType_t compute, cublasGemmAlgo_t) {
+                            int n, int k, const void *alpha, const void *A, cudaDataType at,
+                            int lda, const void *B, cudaDataType bt, int ldb, const void *beta,
+                            void *C, cudaDataType ct, int ldc, cublasComputeType_t compute,
+                            cublasGemmAlgo_t) {
     if (m < 0 || n < 0 || k < 0) return CUBLAS_STATUS_INVALID_VALUE;
+    // what the kernels use: A and B both float32 or both bf16, C float32
+    if (at != bt || ct != CUDA_R_32F || (at != CUDA_R_32F && at != CUDA_R_16BF))
+        return CUBLAS_STATUS_INVALID_VALUE;
+    if (at == CUDA_R_16BF && compute != CUBLAS_COMPUTE_32F) return CUBLAS_STATUS_INVALID_VALUE;
     if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
     int bits = compute == CUBLAS_COMPUTE_32F_FAST_16BF   ? 7
                : compute == CUBLAS_COMPUTE_32F_FAST_TF32 ? 10
                                                          : 23;
+    int ar = ta == CUBLAS_OP_N ? m : k, ac = ta == CUBLAS_OP_N ? k : m;
+    int br = tb == CUBLAS_OP_N ? k : n, bc = tb == CUBLAS_OP_N ? n : k;
     const float *a = (const float *)A, *b = (const float *)B;
     float *ra = NULL, *rb = NULL;
-    if (bits < 23) {
-        ra = rounded(a, ta == CUBLAS_OP_N ? m : k, ta == CUBLAS_OP_N ? k : m, lda, bits);
-        rb = rounded(b, tb == CUBLAS_OP_N ? k : n, tb == CUBLAS_OP_N ? n : k, ldb, bits);
+    if (at == CUDA_R_16BF) {
+        ra = widened_bf16(A, ar, ac, lda);
+        rb = widened_bf16(B, br, bc, ldb);
+    } else if (bits < 23) {
+        ra = rounded(a, ar, ac, lda, bits);
+        rb = rounded(b, br, bc, ldb, bits);
+    }
+    if (ra) {
         a = ra;
         b = rb;
     }
