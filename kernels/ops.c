@@ -83,17 +83,27 @@ static ops_ctx *checked(ops_ctx *c, char *err, size_t errlen) {
 
 static ops_ctx *open_device(const char *device, int threads, char *err, size_t errlen);
 
-/* CHORD_WEIGHTS: unset or "auto" keeps the backend's choice (ops.h bf16_weights) */
-static ops_ctx *weights_from_env(ops_ctx *c, char *err, size_t errlen) {
+int ops_device_bf16_weights(const char *device) {
     const char *v = getenv("CHORD_WEIGHTS");
-    if (!c || !v || !*v || strcmp(v, "auto") == 0) return c;
-    if (strcmp(v, "fp32") == 0 || strcmp(v, "bf16") == 0) {
-        c->bf16_weights = v[0] == 'b';
-        return c;
+    if (v && (strcmp(v, "fp32") == 0 || strcmp(v, "bf16") == 0)) return v[0] == 'b';
+    int cuda = device && strncmp(device, "cuda", 4) == 0;
+    if (!device || !*device || strcmp(device, "auto") == 0) cuda = ops_cuda_device_count() > 0;
+    if (!cuda) return 0;
+    const char *mm = getenv("CHORD_CUDA_MATMUL"); /* ops_cuda.h: bf16 is the default */
+    return !mm || !*mm || strcmp(mm, "bf16") == 0;
+}
+
+/* CHORD_WEIGHTS: the precision of the models created on c (ops.h bf16_weights) */
+static ops_ctx *weights_from_env(ops_ctx *c, char *err, size_t errlen) {
+    if (!c) return NULL;
+    const char *v = getenv("CHORD_WEIGHTS");
+    if (v && *v && strcmp(v, "auto") != 0 && strcmp(v, "fp32") != 0 && strcmp(v, "bf16") != 0) {
+        snprintf(err, errlen, "device: CHORD_WEIGHTS='%.40s' is not auto, fp32 or bf16", v);
+        ops_close(c);
+        return NULL;
     }
-    snprintf(err, errlen, "device: CHORD_WEIGHTS='%.40s' is not auto, fp32 or bf16", v);
-    ops_close(c);
-    return NULL;
+    c->bf16_weights = ops_device_bf16_weights(c->device_index >= 0 ? "cuda" : "cpu");
+    return c;
 }
 
 ops_ctx *ops_open(const char *device, int threads, char *err, size_t errlen) {

@@ -194,6 +194,11 @@ ops_ctx *ops_open(const char *device, int threads, char *err, size_t errlen);
 /* 0 when every op of the table is set, else -1 with the first missing op named in err: ops_open
  * refuses a backend whose table has an empty slot instead of crashing at its first call. */
 int ops_backend_check(const ops_backend *be, char *err, size_t errlen);
+/* What ops_open(device) would set bf16_weights to (device as ops_open takes it; NULL = auto):
+ * CHORD_WEIGHTS when it is fp32 or bf16; else 1 for a CUDA device while CHORD_CUDA_MATMUL is
+ * unset or bf16 (the GPU's bf16 GEMMs), 0 for the CPU. The memory estimate asks it
+ * (server/train/mem_estimate.h) without opening the device. */
+int ops_device_bf16_weights(const char *device);
 /* Closes any backend's context (through be->close); NULL is a no-op. */
 void ops_close(ops_ctx *c);
 const char *ops_last_error(const ops_ctx *c);

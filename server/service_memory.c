@@ -45,7 +45,7 @@ static int check_devices(svc *s, const char *job_device, int for_job, const mem_
         if (job_device && !jobs_device_accepts(s->devices[i], job_device)) continue;
         mem_budget b;
         device_budget(s, s->devices[i], for_job, &b);
-        if (b.bytes < 0 || e->total <= b.bytes) return 0;
+        if (b.bytes < 0 || mem_estimate_need(e, &b) <= b.bytes) return 0;
         if (!have || b.bytes > best.bytes) {
             best = b;
             have = 1;

@@ -455,8 +455,6 @@ extern "C" ops_ctx *ops_cuda_open(int device_index, char *err, size_t errlen) {
     }
     im->matmul_mode = matmul_mode;
     im->gemm_compute = compute_for(im->matmul_mode);
-    // bf16 GEMMs: models keep bf16 copies of their weights (ops.h bf16_weights; CHORD_WEIGHTS)
-    c->bf16_weights = matmul_mode == OPS_CUDA_MATMUL_BF16;
     im->attention_mode = attention_mode;
     if (cuda_attention_init(c) != 0) {
         snprintf(err, errlen, "device: cuda:%d: %s", device_index, c->last_error);

@@ -3,6 +3,8 @@
  * allocates on a device or reads a file. */
 #include "server/train/mem_estimate.h"
 
+#include "kernels/ops.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -79,6 +81,7 @@ void mem_estimate_weights(const model_config *mc, mem_estimate *out) {
     out->kind = MEM_KIND_WEIGHTS;
     out->params = params_of(mc);
     out->weights = 4.0 * out->params;
+    out->weights16 = 2.0 * out->params;
     finish(out);
 }
 
@@ -97,6 +100,7 @@ void mem_estimate_job(const model_config *mc, const job_config *cfg, double prom
     out->optimizer = 12.0 * out->params;
     /* the KL's reference policy: a second copy of the weights, none without a KL */
     out->reference = cfg->grpo.kl_coef > 0.0 ? out->weights : 0.0;
+    if (out->reference > 0) out->weights16 *= 2.0;
     if (cfg->lora.rank > 0) { /* model_lora.c: A (r, in) and B (out, r) per layer and target */
         const double C = mc->hidden_size, I = mc->intermediate_size;
         const double HqD = (double)mc->num_attention_heads * mc->head_dim,
@@ -160,7 +164,7 @@ void mem_estimate_rollout(const model_config *mc, double prompts, double n, doub
                           double new_tokens, int weights_loaded, mem_estimate *out) {
     mem_estimate_weights(mc, out);
     out->kind = MEM_KIND_ROLLOUT;
-    if (!weights_loaded) out->weights = 0;
+    if (!weights_loaded) out->weights = out->weights16 = 0;
     add_sampling(mc, prompts, n > 0 ? n : 1, prompt_tokens, new_tokens, out, &out->slots,
                  &out->positions);
     finish(out);
@@ -204,6 +208,11 @@ void mem_budget_make(mem_budget *b, const char *device, double free_bytes, doubl
         b->bytes = limit_bytes;
         b->limited = 1;
     }
+    b->bf16_weights = ops_device_bf16_weights(device);
+}
+
+double mem_estimate_need(const mem_estimate *e, const mem_budget *b) {
+    return e->total + (b && b->bf16_weights ? e->weights16 : 0.0);
 }
 
 /* "1.25 GiB", "310.0 MiB", "12.0 KiB", "100 bytes" */
@@ -225,13 +234,14 @@ typedef struct advice {
 } advice;
 
 int mem_estimate_check(const mem_estimate *e, const mem_budget *b, chord_err *err) {
-    if (!b || b->bytes < 0 || e->total <= b->bytes) return 0;
+    const double need = mem_estimate_need(e, b);
+    if (!b || b->bytes < 0 || need <= b->bytes) return 0;
     char total[32], have[32], w[32], r[32], o[32], a[32], s[32], k[32];
     char msg[CHORD_ERR_MSG];
     static const char *const what[] = {"the job needs", "the rollout needs",
                                        "the model's weights need"};
     int off = snprintf(msg, sizeof msg, "%s about %s on %s but %s %s", what[e->kind],
-                       size_text(e->total, total, sizeof total), b->device,
+                       size_text(need, total, sizeof total), b->device,
                        b->limited ? "the device memory limit (--device-memory-mb) allows" : "only",
                        size_text(b->bytes, have, sizeof have));
 #define ADD(...)                                                                                   \
@@ -241,9 +251,14 @@ int mem_estimate_check(const mem_estimate *e, const mem_budget *b, chord_err *er
     } while (0)
     if (!b->limited) ADD(" are free");
     if (e->kind == MEM_KIND_WEIGHTS) {
-        ADD(": %.0f parameters in float32", e->params);
+        ADD(": %.0f parameters in float32%s", e->params,
+            b->bf16_weights ? " and their matrices in bf16" : "");
     } else {
         ADD(": weights %s", size_text(e->weights, w, sizeof w));
+        if (b->bf16_weights && e->weights16 > 0) {
+            char w16[32];
+            ADD(" + their bf16 copy %s", size_text(e->weights16, w16, sizeof w16));
+        }
         if (e->reference > 0)
             ADD(" + the KL's reference weights %s", size_text(e->reference, r, sizeof r));
         if (e->optimizer > 0 && e->lora_params > 0) {
@@ -283,7 +298,8 @@ int mem_estimate_check(const mem_estimate *e, const mem_budget *b, chord_err *er
             adv[n++] = (advice){e->sampling + e->kv_cache,
                                 "the number of prompts x n, the prompts' length or max_tokens"};
         }
-        adv[n++] = (advice){e->weights + e->optimizer, "the model's size"};
+        adv[n++] = (advice){e->weights + e->optimizer + (b->bf16_weights ? e->weights16 : 0.0),
+                            "the model's size"};
         if (e->reference > 0) adv[n++] = (advice){e->reference, "grpo.kl_coef (0: no reference)"};
         for (int i = 1; i < n; i++) /* insertion sort, descending */
             for (int j = i; j > 0 && adv[j].share > adv[j - 1].share; j--) {

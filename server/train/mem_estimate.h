@@ -3,12 +3,15 @@
  *
  * One estimate, used where work is accepted (the service, at submission: 413 /
  * RESOURCE_EXHAUSTED) and where it starts (the trainer's set-up, a worker's rollout), so a refusal
- * reads the same wherever it happens. Every tensor is float32 (both backends store fp32); the
+ * reads the same wherever it happens. Every tensor is float32 but the bf16 copy of the weights
+ * some devices keep (model.h precision: the weights16 line below); the
  * figures mirror what model.c allocates (server/model/model.h: one flat buffer each for
  * parameters, gradients and the AdamW moments; the run state of run_layout; the KV cache of
  * model_kv_create) and stay on the safe side where the data is not known yet:
  *
  *   weights      4 P                               P = model_config_num_params
+ *   + 2 P        the bf16 copy of the matrices     on a device whose models keep one
+ *                (and of the KL's reference)       (mem_budget.bf16_weights; model.h precision)
  *   reference    4 P                               the KL's reference policy (grpo.kl_coef > 0)
  *   optimizer    12 P                              gradients + AdamW m and v (training only);
  *                12 P_a with a LoRA adapter         P_a = L Σ_targets rank (in + out): the base
@@ -53,6 +56,8 @@ typedef struct mem_estimate {
     mem_kind kind;
     double params;         /* P */
     double weights;        /* 4 P */
+    double weights16;      /* 2 P (+ 2 P for the KL's reference): the bf16 copies, counted only
+                              against a budget with bf16_weights (mem_estimate_need) */
     double reference;      /* 4 P for a job with grpo.kl_coef > 0 (the frozen reference), else 0 */
     double optimizer;      /* 12 P for a job (12 P_a with LoRA), else 0; ZeRO-1: 4 P + 8 P / R */
     int zero_ranks;        /* ZeRO-1's ranks (mem_estimate_zero1), else 0 */
@@ -74,6 +79,7 @@ typedef struct mem_budget {
     char device[32]; /* "cpu", "cuda:0", ... (for the message) */
     double bytes;    /* < 0: unknown (nothing is refused) */
     int limited;     /* 1 when the operator's limit, not the free memory, set bytes */
+    int bf16_weights; /* models on the device keep bf16 copies (ops_device_bf16_weights) */
 } mem_budget;
 
 /* A training job of cfg on model mc: everything the trainer holds at its peak (an eval step),
@@ -103,6 +109,8 @@ double mem_prompt_tokens_bound(double text_bytes, int n_messages);
 /* free_bytes < 0 when the device cannot tell; limit_bytes <= 0 for no limit. The budget is the
  * smaller of the two known figures. */
 void mem_budget_make(mem_budget *b, const char *device, double free_bytes, double limit_bytes);
+/* The bytes e needs on b's device: e->total, plus the bf16 copies where the device keeps them. */
+double mem_estimate_need(const mem_estimate *e, const mem_budget *b);
 /* 0 when e fits in b (or b is unknown); else CHORD_E_TOO_LARGE with a message naming the total,
  * the budget, the breakdown and the fields to lower, biggest share first. */
 int mem_estimate_check(const mem_estimate *e, const mem_budget *b, chord_err *err);

@@ -16,6 +16,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -405,3 +406,36 @@ def test_cuda_all_without_a_gpu_is_refused(tmp_path):
     assert p.returncode == 2, p.stderr
     assert "--device cuda:all: no CUDA device on this host" in p.stderr, p.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_bf16_weights(tmp_path):
+    """CHORD_WEIGHTS=bf16 (model.h precision; the GPU's default, here on the CPU): the GEMMs run
+    on bf16 weights, so the metrics differ from float32's (by bf16's rounding: under 1 %), and the
+    checkpoint holds the float32 master weights (values bf16 cannot hold), as float32 runs do.
+    A value other than auto, fp32 or bf16 is refused by name."""
+    def train(weights, name):
+        out = tmp_path / name
+        p = subprocess.run([CHORDD, "train", "--demo", "--steps", "3", "--device", "cpu",
+                            "--quiet", "--out", str(out), "--metrics-out", str(out) + ".jsonl"],
+                           capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "CHORD_WEIGHTS": weights})
+        assert p.returncode == 0, p.stderr
+        rows = [json.loads(line)["metrics"] for line in open(str(out) + ".jsonl")]
+        return out, rows
+    out16, m16 = train("bf16", "bf16")
+    _, m32 = train("fp32", "fp32")
+    assert len(m16) == len(m32) == 3
+    # step 1's loss is computed before any update: the same model, different GEMM operands
+    assert m16[0]["loss"] != m32[0]["loss"], (m16[0], m32[0])
+    assert abs(m16[0]["loss"] - m32[0]["loss"]) < 1e-2 * abs(m32[0]["loss"])
+    from safetensors.numpy import load_file
+    w = load_file(str(out16 / "checkpoints" / "step_3" / "model.safetensors"))
+    emb = w["model.embed_tokens.weight"]
+    assert emb.dtype == np.float32
+    assert np.any(emb.view(np.uint32) & 0xFFFF), "the checkpoint holds bf16-rounded weights"
+
+    p = subprocess.run([CHORDD, "train", "--demo", "--device", "cpu", "--out",
+                        str(tmp_path / "bad")], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "CHORD_WEIGHTS": "fp16"})
+    assert p.returncode != 0
+    assert "CHORD_WEIGHTS='fp16' is not auto, fp32 or bf16" in p.stderr, p.stderr

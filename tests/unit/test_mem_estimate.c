@@ -398,6 +398,45 @@ static void test_check_message(void **state) {
                                     "smaller model or a larger device"));
 }
 
+/* bf16 weights (model.h precision): the copy of the matrices counts on a device whose models
+ * keep one (ops_device_bf16_weights: CHORD_WEIGHTS, else CUDA with bf16 GEMMs) and nowhere else */
+static void test_bf16_copy(void **state) {
+    (void)state;
+    model_config mc;
+    small_config(&mc);
+    job_config cfg;
+    job("", &cfg);
+    mem_estimate e;
+    mem_estimate_job(&mc, &cfg, MEM_PROMPT_TOKENS, MEM_PROMPT_TOKENS, &e);
+    jobconfig_free(&cfg);
+    assert_true(e.weights16 == 2.0 * 2792);
+    mem_budget b;
+    chord_err err = {0};
+    setenv("CHORD_WEIGHTS", "bf16", 1);
+    mem_budget_make(&b, "cpu", e.total, 0); /* enough for float32 weights only */
+    assert_int_equal(b.bf16_weights, 1);
+    assert_true(mem_estimate_need(&e, &b) == e.total + 2.0 * 2792);
+    assert_int_equal(mem_estimate_check(&e, &b, &err), -1);
+    if (!strstr(err.msg, "weights 10.9 KiB + their bf16 copy 5.5 KiB + gradients"))
+        fail_msg("no bf16 copy in: %s", err.msg);
+    setenv("CHORD_WEIGHTS", "fp32", 1);
+    mem_budget_make(&b, "cuda:0", e.total, 0);
+    assert_int_equal(b.bf16_weights, 0);
+    assert_int_equal(mem_estimate_check(&e, &b, &err), 0);
+    unsetenv("CHORD_WEIGHTS");
+    mem_budget_make(&b, "cuda:0", e.total, 0); /* the GPU default */
+    assert_int_equal(b.bf16_weights, 1);
+    mem_budget_make(&b, "cpu", e.total, 0);
+    assert_int_equal(b.bf16_weights, 0);
+    setenv("CHORD_CUDA_MATMUL", "fp32", 1);
+    mem_budget_make(&b, "cuda:0", e.total, 0);
+    assert_int_equal(b.bf16_weights, 0);
+    unsetenv("CHORD_CUDA_MATMUL");
+    /* a rollout on a model already loaded adds no copy; the KL's reference adds its own */
+    mem_estimate_rollout(&mc, 1, 1, 10, 10, 0, &e);
+    assert_true(e.weights16 == 0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_weights),
@@ -411,6 +450,7 @@ int main(void) {
         cmocka_unit_test(test_budget),
         cmocka_unit_test(test_job_zero1),
         cmocka_unit_test(test_check_message),
+        cmocka_unit_test(test_bf16_copy),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
