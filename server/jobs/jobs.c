@@ -458,8 +458,8 @@ static void finish_job(worker *w, const char *id, store_job_state to, const char
  * cannot be read (the trainer then fails the job, saying why). *shared (may be NULL): the part
  * of it that is shared base weights (a LoRA job's base, a KL reference), held once per device
  * by the shared bases whatever the number of jobs using them. */
-static int64_t job_estimate(const job_config *cfg, const char *resume_dir, const char *prompts,
-                            const char *eval, int64_t *shared) {
+static int64_t job_estimate(const worker *w, const job_config *cfg, const char *resume_dir,
+                            const char *prompts, const char *eval, int64_t *shared) {
     model_config mc;
     chord_err err = {0};
     if (shared) *shared = 0;
@@ -472,9 +472,15 @@ static int64_t job_estimate(const job_config *cfg, const char *resume_dir, const
     mem_estimate e;
     mem_estimate_job(&mc, cfg, mem_prompt_tokens_of_file(prompts), mem_prompt_tokens_of_file(eval),
                      &e);
-    /* with LoRA, weights holds the base's and the adapter's own (4 lora_params) */
-    if (shared) *shared = (int64_t)((lora ? e.weights - 4.0 * e.lora_params : 0) + e.reference);
-    return e.total < 9.0e18 ? (int64_t)e.total : INT64_MAX;
+    /* with LoRA, weights holds the base's and the adapter's own (4 lora_params); the bf16 copies
+     * (model.h precision) are the base's and the reference's: shared too */
+    mem_budget b;
+    mem_budget_make(&b, w->device, -1, 0);
+    const double w16 = mem_estimate_need(&e, &b) - e.total;
+    if (shared)
+        *shared = (int64_t)((lora ? e.weights - 4.0 * e.lora_params + w16 : 0) + e.reference);
+    const double need = e.total + w16;
+    return need < 9.0e18 ? (int64_t)need : INT64_MAX;
 }
 
 /* Several ranks, one of them lost mid-job (it died or hangs: the error names it): the job (when
@@ -512,7 +518,7 @@ static void run_job(worker *w, store_job *job) {
         LOG_INFO("job %s running on %s (%lld steps)", job->id, w->device, (long long)cfg.steps);
     if (p->hooks.publish) p->hooks.publish(p->hooks.user, job->id);
 
-    int64_t shared = 0, estimate = job_estimate(&cfg, resume, prompts, eval, &shared);
+    int64_t shared = 0, estimate = job_estimate(w, &cfg, resume, prompts, eval, &shared);
     atomic_store(&w->reserved, estimate - shared);
     const char *tokenizer_dir = cfg.model_init_tokenizer;
     if (p->dist) { /* the other ranks run it too (ranks.h) */
@@ -622,7 +628,7 @@ static int64_t fit_need(worker *w, const char *job_id, const char *config_json) 
         char *prompts = NULL, *eval = NULL;
         (void)resolve_dataset(w, cfg.data_prompts, &prompts, &e); /* unknown: the default */
         (void)resolve_dataset(w, cfg.data_eval, &eval, &e);
-        w->fit_need = job_estimate(&cfg, NULL, prompts, eval, &w->fit_shared);
+        w->fit_need = job_estimate(w, &cfg, NULL, prompts, eval, &w->fit_shared);
         if (w->fit_shared > 0 &&
             bootstrap_base_key(cfg.model_path, cfg.model_init_config, cfg.model_init_seed,
                                &w->fit_key, &e) != 0)
