@@ -27,6 +27,8 @@ static const struct {
     SLOT(cast_bf16),
     SLOT(matmul_forward_bf16),
     SLOT(matmul_backward_bf16),
+    SLOT(swiglu_forward_bf16),
+    SLOT(swiglu_backward_bf16),
     SLOT(embedding_forward),
     SLOT(embedding_backward),
     SLOT(rmsnorm_forward),

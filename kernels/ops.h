@@ -55,16 +55,26 @@ typedef struct ops_backend {
     /* ---- bf16 weights ---- */
     /* dst (n) = src (n) rounded to bf16 */
     int (*cast_bf16)(ops_ctx *c, uint16_t *dst, const float *src, size_t n);
-    /* matmul_forward with a bf16 weight (OC,C): out = bf16(inp) @ weight^T + bias — inp (N,C)
-     * float32 is rounded to bf16, the products are accumulated in fp32; out (N,OC) float32 */
-    int (*matmul_forward_bf16)(ops_ctx *c, float *out, const float *inp, const uint16_t *weight,
-                               const float *bias, int N, int C, int OC);
+    /* matmul_forward with a bf16 weight (OC,C): out = bf16(inp) @ weight^T + bias — the
+     * products of bf16 operands accumulated in fp32, the bias added in fp32. inp (N,C) is
+     * float32 (rounded to bf16 here) or, with inp_bf16, bf16; out (N,OC) is float32 or, with
+     * out_bf16, that result rounded to bf16 (an activation stored in bf16). */
+    int (*matmul_forward_bf16)(ops_ctx *c, void *out, int out_bf16, const void *inp, int inp_bf16,
+                               const uint16_t *weight, const float *bias, int N, int C, int OC);
     /* matmul_backward with a bf16 weight: dinp (N,C) (+)= bf16(dout) @ weight;
      * dweight (OC,C) float32 += bf16(dout)^T @ bf16(inp); dbias (OC) += colsum(dout) of the
-     * float32 dout. dinp, dweight, dbias may be NULL. */
+     * float32 dout. inp as in the forward (bf16 when inp_bf16). dinp, dweight, dbias may be
+     * NULL. */
     int (*matmul_backward_bf16)(ops_ctx *c, float *dinp, float *dweight, float *dbias,
-                                const float *dout, const float *inp, const uint16_t *weight, int N,
-                                int C, int OC, int dinp_accumulate);
+                                const float *dout, const void *inp, int inp_bf16,
+                                const uint16_t *weight, int N, int C, int OC, int dinp_accumulate);
+    /* swiglu_forward / swiglu_backward on gate and up stored in bf16 (widened exactly); out,
+     * dout, dgate and dup are float32 (dgate/dup may not alias gate/up) */
+    int (*swiglu_forward_bf16)(ops_ctx *c, float *out, const uint16_t *gate, int ldg,
+                               const uint16_t *up, int ldu, int N, int I);
+    int (*swiglu_backward_bf16)(ops_ctx *c, float *dgate, float *dup, int ld_dgu,
+                                const float *dout, const uint16_t *gate, const uint16_t *up,
+                                int ld_gu, int N, int I);
 
     /* ---- embedding ---- */
     /* out (N,C) = wte (V,C)[tokens (N)] */
@@ -263,17 +273,26 @@ static inline int ops_matmul_backward(ops_ctx *c, float *dinp, float *dweight, f
 static inline int ops_cast_bf16(ops_ctx *c, uint16_t *dst, const float *src, size_t n) {
     return c->be->cast_bf16(c, dst, src, n);
 }
-static inline int ops_matmul_forward_bf16(ops_ctx *c, float *out, const float *inp,
-                                          const uint16_t *weight, const float *bias, int N, int C,
-                                          int OC) {
-    return c->be->matmul_forward_bf16(c, out, inp, weight, bias, N, C, OC);
+static inline int ops_matmul_forward_bf16(ops_ctx *c, void *out, int out_bf16, const void *inp,
+                                          int inp_bf16, const uint16_t *weight, const float *bias,
+                                          int N, int C, int OC) {
+    return c->be->matmul_forward_bf16(c, out, out_bf16, inp, inp_bf16, weight, bias, N, C, OC);
 }
 static inline int ops_matmul_backward_bf16(ops_ctx *c, float *dinp, float *dweight, float *dbias,
-                                           const float *dout, const float *inp,
+                                           const float *dout, const void *inp, int inp_bf16,
                                            const uint16_t *weight, int N, int C, int OC,
                                            int dinp_accumulate) {
-    return c->be->matmul_backward_bf16(c, dinp, dweight, dbias, dout, inp, weight, N, C, OC,
-                                       dinp_accumulate);
+    return c->be->matmul_backward_bf16(c, dinp, dweight, dbias, dout, inp, inp_bf16, weight, N, C,
+                                       OC, dinp_accumulate);
+}
+static inline int ops_swiglu_forward_bf16(ops_ctx *c, float *out, const uint16_t *gate, int ldg,
+                                          const uint16_t *up, int ldu, int N, int I) {
+    return c->be->swiglu_forward_bf16(c, out, gate, ldg, up, ldu, N, I);
+}
+static inline int ops_swiglu_backward_bf16(ops_ctx *c, float *dgate, float *dup, int ld_dgu,
+                                           const float *dout, const uint16_t *gate,
+                                           const uint16_t *up, int ld_gu, int N, int I) {
+    return c->be->swiglu_backward_bf16(c, dgate, dup, ld_dgu, dout, gate, up, ld_gu, N, I);
 }
 
 static inline int ops_embedding_forward(ops_ctx *c, float *out, const int32_t *tokens,

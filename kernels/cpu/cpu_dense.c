@@ -94,23 +94,27 @@ static float *widened(ops_ctx *c, const uint16_t *h, const float *f, size_t n) {
     return w;
 }
 
-int cpu_matmul_forward_bf16(ops_ctx *c, float *out, const float *inp, const uint16_t *weight,
-                            const float *bias, int N, int C, int OC) {
+int cpu_matmul_forward_bf16(ops_ctx *c, void *out, int out_bf16, const void *inp, int inp_bf16,
+                            const uint16_t *weight, const float *bias, int N, int C, int OC) {
     CHECK(N >= 0 && C >= 0 && OC >= 0, "matmul_forward_bf16: bad shape N=%d C=%d OC=%d", N, C,
           OC);
     if (N == 0 || OC == 0) return 0;
     CHECK(out && inp && weight, "matmul_forward_bf16: NULL buffer");
-    float *x = widened(c, NULL, inp, (size_t)N * C), *w = widened(c, weight, NULL, (size_t)OC * C);
-    int rc = x && w ? cpu_matmul_forward(c, out, x, w, bias, N, C, OC)
-                    : cpu_fail(c, "matmul_forward_bf16: out of memory");
+    float *x = inp_bf16 ? widened(c, inp, NULL, (size_t)N * C) : widened(c, NULL, inp, (size_t)N * C);
+    float *w = widened(c, weight, NULL, (size_t)OC * C);
+    float *y = out_bf16 ? malloc((size_t)N * OC * sizeof *y) : out;
+    int rc = x && w && y ? cpu_matmul_forward(c, y, x, w, bias, N, C, OC)
+                         : cpu_fail(c, "matmul_forward_bf16: out of memory");
+    if (rc == 0 && out_bf16) rc = cpu_cast_bf16(c, out, y, (size_t)N * OC);
     free(x);
     free(w);
+    if (out_bf16) free(y);
     return rc;
 }
 
 int cpu_matmul_backward_bf16(ops_ctx *c, float *dinp, float *dweight, float *dbias,
-                             const float *dout, const float *inp, const uint16_t *weight, int N,
-                             int C, int OC, int dinp_accumulate) {
+                             const float *dout, const void *inp, int inp_bf16,
+                             const uint16_t *weight, int N, int C, int OC, int dinp_accumulate) {
     CHECK(N >= 0 && C >= 0 && OC >= 0, "matmul_backward_bf16: bad shape N=%d C=%d OC=%d", N, C,
           OC);
     CHECK(dout, "matmul_backward_bf16: NULL dout");
@@ -122,7 +126,9 @@ int cpu_matmul_backward_bf16(ops_ctx *c, float *dinp, float *dweight, float *dbi
     if (!dinp && !dweight) return 0;
     float *d = widened(c, NULL, dout, (size_t)N * OC);
     float *w = dinp ? widened(c, weight, NULL, (size_t)OC * C) : NULL;
-    float *x = dweight ? widened(c, NULL, inp, (size_t)N * C) : NULL;
+    float *x = !dweight ? NULL
+               : inp_bf16 ? widened(c, inp, NULL, (size_t)N * C)
+                          : widened(c, NULL, inp, (size_t)N * C);
     int rc = d && (!dinp || w) && (!dweight || x)
                  ? cpu_matmul_backward(c, dinp, dweight, NULL, d, x, w, N, C, OC, dinp_accumulate)
                  : cpu_fail(c, "matmul_backward_bf16: out of memory");
@@ -375,6 +381,40 @@ int cpu_swiglu_backward(ops_ctx *c, float *dgate, float *dup, int ld_dgu, const 
             memcpy(dg + i0, tg, (size_t)ni * sizeof(float));
             memcpy(du + i0, tu, (size_t)ni * sizeof(float));
         }
+    }
+    return 0;
+}
+
+int cpu_swiglu_forward_bf16(ops_ctx *c, float *out, const uint16_t *gate, int ldg,
+                            const uint16_t *up, int ldu, int N, int I) {
+    CHECK(N >= 0 && I >= 0 && ldg >= I && ldu >= I, "swiglu_forward_bf16: bad shape");
+    if (N == 0 || I == 0) return 0;
+    CHECK(out && gate && up, "swiglu_forward_bf16: NULL buffer");
+    int nt = cpu_threads_for(c, (double)N * I * 4);
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int n = 0; n < N; n++) {
+        const uint16_t *restrict g = gate + (size_t)n * ldg;
+        const uint16_t *restrict u = up + (size_t)n * ldu;
+        float *restrict o = out + (size_t)n * I;
+        for (int i = 0; i < I; i++)
+            o[i] = ops_swiglu(ops_bf16_to_f32(g[i]), ops_bf16_to_f32(u[i]));
+    }
+    return 0;
+}
+
+int cpu_swiglu_backward_bf16(ops_ctx *c, float *dgate, float *dup, int ld_dgu, const float *dout,
+                             const uint16_t *gate, const uint16_t *up, int ld_gu, int N, int I) {
+    CHECK(N >= 0 && I >= 0 && ld_dgu >= I && ld_gu >= I, "swiglu_backward_bf16: bad shape");
+    if (N == 0 || I == 0) return 0;
+    CHECK(dgate && dup && dout && gate && up, "swiglu_backward_bf16: NULL buffer");
+    int nt = cpu_threads_for(c, (double)N * I * 4);
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int n = 0; n < N; n++) {
+        const uint16_t *g = gate + (size_t)n * ld_gu, *u = up + (size_t)n * ld_gu;
+        const float *dy = dout + (size_t)n * I;
+        float *dg = dgate + (size_t)n * ld_dgu, *du = dup + (size_t)n * ld_dgu;
+        for (int i = 0; i < I; i++)
+            ops_swiglu_grad(dy[i], ops_bf16_to_f32(g[i]), ops_bf16_to_f32(u[i]), &dg[i], &du[i]);
     }
     return 0;
 }

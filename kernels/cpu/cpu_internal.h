@@ -50,11 +50,15 @@ int cpu_matmul_backward(ops_ctx *c, float *dinp, float *dweight, float *dbias, c
                         const float *inp, const float *weight, int N, int C, int OC,
                         int dinp_accumulate);
 int cpu_cast_bf16(ops_ctx *c, uint16_t *dst, const float *src, size_t n);
-int cpu_matmul_forward_bf16(ops_ctx *c, float *out, const float *inp, const uint16_t *weight,
-                            const float *bias, int N, int C, int OC);
+int cpu_matmul_forward_bf16(ops_ctx *c, void *out, int out_bf16, const void *inp, int inp_bf16,
+                            const uint16_t *weight, const float *bias, int N, int C, int OC);
 int cpu_matmul_backward_bf16(ops_ctx *c, float *dinp, float *dweight, float *dbias,
-                             const float *dout, const float *inp, const uint16_t *weight, int N,
-                             int C, int OC, int dinp_accumulate);
+                             const float *dout, const void *inp, int inp_bf16,
+                             const uint16_t *weight, int N, int C, int OC, int dinp_accumulate);
+int cpu_swiglu_forward_bf16(ops_ctx *c, float *out, const uint16_t *gate, int ldg,
+                            const uint16_t *up, int ldu, int N, int I);
+int cpu_swiglu_backward_bf16(ops_ctx *c, float *dgate, float *dup, int ld_dgu, const float *dout,
+                             const uint16_t *gate, const uint16_t *up, int ld_gu, int N, int I);
 int cpu_embedding_forward(ops_ctx *c, float *out, const int32_t *tokens, const float *wte, int N,
                           int C, int V);
 int cpu_embedding_backward(ops_ctx *c, float *dwte, const float *dout, const int32_t *tokens, int N,

@@ -191,34 +191,59 @@ static size_t align256(size_t bytes) {
     return (bytes + 255) & ~(size_t)255;
 }
 
-extern "C" int cuda_matmul_forward_bf16(ops_ctx *c, float *out, const float *inp,
-                                        const uint16_t *weight, const float *bias, int N, int C,
-                                        int OC) {
+// out16 (N,OC) = bf16(y + bias): the epilogue of a GEMM whose output is stored in bf16
+__global__ void bias_cast_bf16_kernel(uint16_t *out, const float *y, const float *bias, int N,
+                                      int OC) {
+    size_t n = (size_t)N * OC;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        out[i] = ops_f32_to_bf16(bias ? y[i] + bias[i % (size_t)OC] : y[i]);
+}
+
+extern "C" int cuda_matmul_forward_bf16(ops_ctx *c, void *out, int out_bf16, const void *inp,
+                                        int inp_bf16, const uint16_t *weight, const float *bias,
+                                        int N, int C, int OC) {
     CU_REQUIRE(N >= 0 && C >= 0 && OC >= 0, "matmul_forward_bf16: bad shape N=%d C=%d OC=%d", N,
                C, OC);
     if (N == 0 || OC == 0) return 0;
     CU_REQUIRE(out && inp && weight, "matmul_forward_bf16: NULL buffer");
     CU_ENTER();
     cuda_impl *im = cu_impl(c);
+    // scratch: the input rounded to bf16 (unless it is bf16), then a float32 result to round
+    size_t xbytes = inp_bf16 ? 0 : align256((size_t)N * C * sizeof(uint16_t));
+    size_t ybytes = out_bf16 ? (size_t)N * OC * sizeof(float) : 0;
+    char *scr = xbytes + ybytes ? (char *)cu_scratch(c, xbytes + ybytes) : NULL;
+    if (xbytes + ybytes && !scr) return -1;
+    const uint16_t *x = (const uint16_t *)inp;
+    if (!inp_bf16) {
+        x = (const uint16_t *)scr;
+        if (cast_bf16(c, (uint16_t *)scr, (const float *)inp, (size_t)N * C) != 0) return -1;
+    }
+    float *y = out_bf16 ? (float *)(scr + xbytes) : (float *)out;
     float beta = 0.0f;
-    if (bias) {
+    if (bias && !out_bf16) {
         bias_broadcast_kernel<<<cu_blocks((size_t)N * OC, 256, im->num_sms), 256, 0, im->stream>>>(
-            out, bias, N, OC);
+            y, bias, N, OC);
         CU_LAUNCHED("bias_broadcast_kernel");
         beta = 1.0f;
     }
     if (C == 0) {
-        if (!bias) CU_CHECK(cudaMemsetAsync(out, 0, (size_t)N * OC * sizeof(float), im->stream));
-        return 0;
+        if (beta == 0.0f) CU_CHECK(cudaMemsetAsync(y, 0, (size_t)N * OC * sizeof(float), im->stream));
+    } else {
+        // out^T (OC, N) = W (OC, C) . inp^T (C, N)
+        if (gemm_bf16(c, CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, weight, C, x, C, beta, y, OC) != 0)
+            return -1;
     }
-    uint16_t *x = (uint16_t *)cu_scratch(c, (size_t)N * C * sizeof(uint16_t));
-    if (!x || cast_bf16(c, x, inp, (size_t)N * C) != 0) return -1;
-    // out^T (OC, N) = W (OC, C) . inp^T (C, N)
-    return gemm_bf16(c, CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, weight, C, x, C, beta, out, OC);
+    if (out_bf16) {
+        bias_cast_bf16_kernel<<<cu_blocks((size_t)N * OC, 256, im->num_sms), 256, 0,
+                                im->stream>>>((uint16_t *)out, y, bias, N, OC);
+        CU_LAUNCHED("bias_cast_bf16_kernel");
+    }
+    return 0;
 }
 
 extern "C" int cuda_matmul_backward_bf16(ops_ctx *c, float *dinp, float *dweight, float *dbias,
-                                         const float *dout, const float *inp,
+                                         const float *dout, const void *inp, int inp_bf16,
                                          const uint16_t *weight, int N, int C, int OC,
                                          int dinp_accumulate) {
     CU_REQUIRE(N >= 0 && C >= 0 && OC >= 0, "matmul_backward_bf16: bad shape N=%d C=%d OC=%d", N,
@@ -241,16 +266,22 @@ extern "C" int cuda_matmul_backward_bf16(ops_ctx *c, float *dinp, float *dweight
     }
     if (!dinp && !dweight) return 0;
     size_t dbytes = align256((size_t)N * OC * sizeof(uint16_t));
-    char *scr = (char *)cu_scratch(c, dbytes + (dweight ? (size_t)N * C * sizeof(uint16_t) : 0));
+    size_t xbytes = dweight && !inp_bf16 ? (size_t)N * C * sizeof(uint16_t) : 0;
+    char *scr = (char *)cu_scratch(c, dbytes + xbytes);
     if (!scr) return -1;
-    uint16_t *d = (uint16_t *)scr, *x = (uint16_t *)(scr + dbytes);
+    uint16_t *d = (uint16_t *)scr;
     if (cast_bf16(c, d, dout, (size_t)N * OC) != 0) return -1;
     // dinp^T (C, N) (+)= W^T (C, OC) . dout^T (OC, N)
     if (dinp && gemm_bf16(c, CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, weight, C, d, OC,
                           dinp_accumulate ? 1.0f : 0.0f, dinp, C) != 0)
         return -1;
     if (dweight) {
-        if (cast_bf16(c, x, inp, (size_t)N * C) != 0) return -1;
+        const uint16_t *x = (const uint16_t *)inp;
+        if (!inp_bf16) {
+            x = (const uint16_t *)(scr + dbytes);
+            if (cast_bf16(c, (uint16_t *)(scr + dbytes), (const float *)inp, (size_t)N * C) != 0)
+                return -1;
+        }
         // dweight^T (C, OC) += inp^T (C, N) . dout (N, OC)
         if (gemm_bf16(c, CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, x, C, d, OC, 1.0f, dweight, C) != 0)
             return -1;
@@ -443,56 +474,89 @@ extern "C" int cuda_rope_backward(ops_ctx *c, float *dx, int ldx, const int32_t 
 
 // ---- SwiGLU ----
 
-__global__ void swiglu_forward_kernel(float *out, const float *gate, int ldg, const float *up,
-                                      int ldu, int N, int I) {
+// gate and up in float32, or in bf16 (an activation stored in bf16: widened exactly)
+__device__ __forceinline__ float cu_load(float x) {
+    return x;
+}
+__device__ __forceinline__ float cu_load(uint16_t x) {
+    return ops_bf16_to_f32(x);
+}
+
+template <typename T>
+__global__ void swiglu_forward_kernel(float *out, const T *gate, int ldg, const T *up, int ldu,
+                                      int N, int I) {
     size_t total = (size_t)N * I;
     for (size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x; idx < total;
          idx += (size_t)gridDim.x * blockDim.x) {
         size_t n = idx / (size_t)I, i = idx % (size_t)I;
-        out[idx] = ops_swiglu(gate[n * ldg + i], up[n * ldu + i]);
+        out[idx] = ops_swiglu(cu_load(gate[n * ldg + i]), cu_load(up[n * ldu + i]));
     }
 }
 
-// dgate / dup may alias gate / up element for element: each thread reads both, then writes
+// dgate / dup may alias gate / up element for element (float32): each thread reads both, then
+// writes
+template <typename T>
 __global__ void swiglu_backward_kernel(float *dgate, float *dup, int ld_dgu, const float *dout,
-                                       const float *gate, const float *up, int ld_gu, int N,
-                                       int I) {
+                                       const T *gate, const T *up, int ld_gu, int N, int I) {
     size_t total = (size_t)N * I;
     for (size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x; idx < total;
          idx += (size_t)gridDim.x * blockDim.x) {
         size_t n = idx / (size_t)I, i = idx % (size_t)I;
-        float g = gate[n * ld_gu + i], u = up[n * ld_gu + i], dg, du;
+        float g = cu_load(gate[n * ld_gu + i]), u = cu_load(up[n * ld_gu + i]), dg, du;
         ops_swiglu_grad(dout[idx], g, u, &dg, &du);
         dgate[n * ld_dgu + i] = dg;
         dup[n * ld_dgu + i] = du;
     }
 }
 
-extern "C" int cuda_swiglu_forward(ops_ctx *c, float *out, const float *gate, int ldg,
-                                   const float *up, int ldu, int N, int I) {
+template <typename T>
+static int swiglu_forward(ops_ctx *c, float *out, const T *gate, int ldg, const T *up, int ldu,
+                          int N, int I) {
     CU_REQUIRE(N >= 0 && I >= 0 && ldg >= I && ldu >= I, "swiglu_forward: bad shape");
     if (N == 0 || I == 0) return 0;
     CU_REQUIRE(out && gate && up, "swiglu_forward: NULL buffer");
     CU_ENTER();
     cuda_impl *im = cu_impl(c);
-    swiglu_forward_kernel<<<cu_blocks((size_t)N * I, 256, im->num_sms), 256, 0, im->stream>>>(
+    swiglu_forward_kernel<T><<<cu_blocks((size_t)N * I, 256, im->num_sms), 256, 0, im->stream>>>(
         out, gate, ldg, up, ldu, N, I);
     CU_LAUNCHED("swiglu_forward_kernel");
     return 0;
 }
 
-extern "C" int cuda_swiglu_backward(ops_ctx *c, float *dgate, float *dup, int ld_dgu,
-                                    const float *dout, const float *gate, const float *up,
-                                    int ld_gu, int N, int I) {
+template <typename T>
+static int swiglu_backward(ops_ctx *c, float *dgate, float *dup, int ld_dgu, const float *dout,
+                           const T *gate, const T *up, int ld_gu, int N, int I) {
     CU_REQUIRE(N >= 0 && I >= 0 && ld_dgu >= I && ld_gu >= I, "swiglu_backward: bad shape");
     if (N == 0 || I == 0) return 0;
     CU_REQUIRE(dgate && dup && dout && gate && up, "swiglu_backward: NULL buffer");
     CU_ENTER();
     cuda_impl *im = cu_impl(c);
-    swiglu_backward_kernel<<<cu_blocks((size_t)N * I, 256, im->num_sms), 256, 0, im->stream>>>(
+    swiglu_backward_kernel<T><<<cu_blocks((size_t)N * I, 256, im->num_sms), 256, 0, im->stream>>>(
         dgate, dup, ld_dgu, dout, gate, up, ld_gu, N, I);
     CU_LAUNCHED("swiglu_backward_kernel");
     return 0;
+}
+
+extern "C" int cuda_swiglu_forward(ops_ctx *c, float *out, const float *gate, int ldg,
+                                   const float *up, int ldu, int N, int I) {
+    return swiglu_forward(c, out, gate, ldg, up, ldu, N, I);
+}
+
+extern "C" int cuda_swiglu_backward(ops_ctx *c, float *dgate, float *dup, int ld_dgu,
+                                    const float *dout, const float *gate, const float *up,
+                                    int ld_gu, int N, int I) {
+    return swiglu_backward(c, dgate, dup, ld_dgu, dout, gate, up, ld_gu, N, I);
+}
+
+extern "C" int cuda_swiglu_forward_bf16(ops_ctx *c, float *out, const uint16_t *gate, int ldg,
+                                        const uint16_t *up, int ldu, int N, int I) {
+    return swiglu_forward(c, out, gate, ldg, up, ldu, N, I);
+}
+
+extern "C" int cuda_swiglu_backward_bf16(ops_ctx *c, float *dgate, float *dup, int ld_dgu,
+                                         const float *dout, const uint16_t *gate,
+                                         const uint16_t *up, int ld_gu, int N, int I) {
+    return swiglu_backward(c, dgate, dup, ld_dgu, dout, gate, up, ld_gu, N, I);
 }
 
 // ---- elementwise ----

@@ -305,6 +305,8 @@ static ops_backend make_table(void) {
     b.cast_bf16 = cuda_cast_bf16;
     b.matmul_forward_bf16 = cuda_matmul_forward_bf16;
     b.matmul_backward_bf16 = cuda_matmul_backward_bf16;
+    b.swiglu_forward_bf16 = cuda_swiglu_forward_bf16;
+    b.swiglu_backward_bf16 = cuda_swiglu_backward_bf16;
     b.embedding_forward = cuda_embedding_forward;
     b.embedding_backward = cuda_embedding_backward;
     b.rmsnorm_forward = cuda_rmsnorm_forward;

@@ -37,20 +37,25 @@ static const uint16_t *weights_bf16(const model *m, const float *w) {
     return p >= lo && p < hi ? m->params16 + (w - m->params) : NULL;
 }
 
-static int mm_forward(model *m, float *out, const float *inp, const float *w, const float *bias,
-                      int N, int C, int OC) {
+/* inp16: the input stored in bf16 (an activation of a bf16 run), else NULL and inp float32 */
+static int mm_forward(model *m, float *out, const float *inp, const uint16_t *inp16,
+                      const float *w, const float *bias, int N, int C, int OC) {
     const uint16_t *w16 = weights_bf16(m, w);
-    return w16 ? ops_matmul_forward_bf16(m->ops, out, inp, w16, bias, N, C, OC)
-               : ops_matmul_forward(m->ops, out, inp, w, bias, N, C, OC);
+    if (w16)
+        return ops_matmul_forward_bf16(m->ops, out, 0, inp16 ? (const void *)inp16 : inp,
+                                       inp16 != NULL, w16, bias, N, C, OC);
+    return ops_matmul_forward(m->ops, out, inp, w, bias, N, C, OC); /* inp16 is never set here */
 }
 
 static int mm_backward(model *m, float *dinp, float *dweight, float *dbias, const float *dout,
-                       const float *inp, const float *w, int N, int C, int OC, int accumulate) {
+                       const float *inp, const uint16_t *inp16, const float *w, int N, int C,
+                       int OC, int accumulate) {
     const uint16_t *w16 = weights_bf16(m, w);
-    return w16 ? ops_matmul_backward_bf16(m->ops, dinp, dweight, dbias, dout, inp, w16, N, C, OC,
-                                          accumulate)
-               : ops_matmul_backward(m->ops, dinp, dweight, dbias, dout, inp, w, N, C, OC,
-                                     accumulate);
+    if (w16)
+        return ops_matmul_backward_bf16(m->ops, dinp, dweight, dbias, dout,
+                                        inp16 ? (const void *)inp16 : inp, inp16 != NULL, w16, N,
+                                        C, OC, accumulate);
+    return ops_matmul_backward(m->ops, dinp, dweight, dbias, dout, inp, w, N, C, OC, accumulate);
 }
 
 /* MM(forward, ...) / MM(backward, ...): a GEMM of the model's, in its precision */
@@ -381,12 +386,18 @@ typedef struct layer_acts {
     float *lora_u;          /* LoRA: (targets, N, rank) x A^T of each adapted projection */
     float *lora_tmp;        /* LoRA scratch shared by all layers (model_run's) */
     float *lora_xd;         /* LoRA dropout scratch (training runs with dropout; else NULL) */
+    /* bf16 activations (a run of a model with bf16 weights and no adapter: model.h precision):
+     * ln1, ln2 and gu are stored in bf16 here instead (the float32 pointers are then NULL), and
+     * the norms write their float32 output to lnx (N,C), shared by the layers, first */
+    uint16_t *ln1h, *ln2h, *guh;
+    float *lnx;
 } layer_acts;
 
 struct model_run {
     int cap_N, cap_rows, kept, backward;
     int lora_rank;             /* the adapter's rank these buffers were laid out for (0: none) */
     int lora_drop;             /* laid out with the dropout scratch (a training run) */
+    int act16;                 /* bf16 activations (layer_acts) */
     float *lora_tmp, *lora_du; /* LoRA scratch: (N, widest projection), (N, rank) */
     float *lora_xd, *lora_dxd; /* dropout: (N, widest) each */
     void *buf;
@@ -428,10 +439,14 @@ static size_t run_layout(const model *m, model_run *r, float *base) {
         if (base) (p) = (void *)(base + off);                                                      \
         off += round16(n);                                                                         \
     } while (0)
+#define CARVE16(p, n) CARVE(p, ((n) + 1) / 2) /* n bf16 values */
     CARVE(r->res, (size_t)(r->backward ? r->kept + 1 : 1) * N * C);
     for (int l = 0; l < r->kept; l++) {
         layer_acts *a = base ? &r->layers[l] : &(layer_acts){0};
-        CARVE(a->ln1, N * C);
+        if (r->act16)
+            CARVE16(a->ln1h, N * C);
+        else
+            CARVE(a->ln1, N * C);
         CARVE(a->rstd1, N);
         CARVE(a->qkv, N * QKV);
         if (c->qk_norm) {
@@ -442,9 +457,14 @@ static size_t run_layout(const model *m, model_run *r, float *base) {
         CARVE(a->att, N * Hq * D);
         CARVE(a->lse, N * Hq);
         CARVE(a->res_mid, N * C);
-        CARVE(a->ln2, N * C);
+        if (r->act16) {
+            CARVE16(a->ln2h, N * C);
+            CARVE16(a->guh, N * 2 * I);
+        } else {
+            CARVE(a->ln2, N * C);
+            CARVE(a->gu, N * 2 * I);
+        }
         CARVE(a->rstd2, N);
-        CARVE(a->gu, N * 2 * I);
         if (r->lora_rank) CARVE(a->lora_u, (size_t)MODEL_LORA_N_TARGETS * N * r->lora_rank);
     }
     if (r->lora_rank) {
@@ -463,10 +483,13 @@ static size_t run_layout(const model *m, model_run *r, float *base) {
     }
     /* h = silu(gate) * up is cheap to recompute from gu: one (N, I) buffer serves every layer,
      * which saves a quarter of the activations of a typical layer */
-    float *h = NULL;
+    float *h = NULL, *lnx = NULL;
     CARVE(h, N * I);
-    for (int l = 0; base && l < r->kept; l++)
+    if (r->act16) CARVE(lnx, N * C);
+    for (int l = 0; base && l < r->kept; l++) {
         r->layers[l].h = h;
+        r->layers[l].lnx = lnx;
+    }
     CARVE(r->xf, N * C);
     CARVE(r->rstdf, N);
     CARVE(r->logits, (size_t)r->chunk_rows * V);
@@ -526,7 +549,9 @@ static int run_ensure(model *m, model_run **rp, int N, int rows, int X, int trai
     const size_t V = (size_t)m->cfg.vocab_size;
     const int lora_rank = m->lora ? m->lora->cfg.rank : 0;
     const int lora_drop = training && m->lora && m->lora->dropout > 0.0f;
-    if (r && r->cap_N >= N && r->cap_X >= X && r->lora_rank == lora_rank &&
+    /* an adapter reads and adds to the float32 activations (model_lora.c) */
+    const int act16 = m->params16 && !m->lora;
+    if (r && r->cap_N >= N && r->cap_X >= X && r->lora_rank == lora_rank && r->act16 == act16 &&
         (!lora_drop || r->lora_drop) && (training || r->cap_rows >= rows))
         return 0;
     int cap = N;
@@ -543,6 +568,7 @@ static int run_ensure(model *m, model_run **rp, int N, int rows, int X, int trai
     r->cap_X = cap_X;
     r->lora_rank = lora_rank;
     r->lora_drop = lora_drop;
+    r->act16 = act16;
     r->cap_rows = cap_rows;
     r->backward = training;
     r->kept = training ? m->cfg.num_hidden_layers : 1;
@@ -704,19 +730,24 @@ static int layer_forward(model *m, int l, layer_acts *a, const float *res_in, fl
     const int HqD = Hq * D, HkvD = Hkv * D, QKV = HqD + 2 * HkvD;
     const float eps = (float)c->rms_norm_eps;
 
-    OP(rmsnorm_forward, a->ln1, a->rstd1, res_in, C, w->ln1, N, C, eps);
+    if (a->ln1h) {
+        OP(rmsnorm_forward, a->lnx, a->rstd1, res_in, C, w->ln1, N, C, eps);
+        OP(cast_bf16, a->ln1h, a->lnx, (size_t)N * C);
+    } else {
+        OP(rmsnorm_forward, a->ln1, a->rstd1, res_in, C, w->ln1, N, C, eps);
+    }
     qkv_view v = view_qkv(m, a->qkv, a->qk, N);
     if (!c->qk_norm) {
-        MM(forward, a->qkv, a->ln1, w->wqkv, w->bqkv, N, C, QKV);
+        MM(forward, a->qkv, a->ln1, a->ln1h, w->wqkv, w->bqkv, N, C, QKV);
         LORA_FWD(MODEL_LORA_Q, a->ln1, a->qkv, QKV);
         LORA_FWD(MODEL_LORA_K, a->ln1, a->qkv + HqD, QKV);
         LORA_FWD(MODEL_LORA_V, a->ln1, a->qkv + HqD + HkvD, QKV);
     } else {
         float *qpre = a->qkv, *kpre = a->qkv + (size_t)N * HqD;
-        MM(forward, qpre, a->ln1, w->wqkv, w->bqkv, N, C, HqD);
-        MM(forward, kpre, a->ln1, w->wqkv + (size_t)HqD * C, w->bqkv ? w->bqkv + HqD : NULL,
+        MM(forward, qpre, a->ln1, a->ln1h, w->wqkv, w->bqkv, N, C, HqD);
+        MM(forward, kpre, a->ln1, a->ln1h, w->wqkv + (size_t)HqD * C, w->bqkv ? w->bqkv + HqD : NULL,
            N, C, HkvD);
-        MM(forward, v.v, a->ln1, w->wqkv + (size_t)(HqD + HkvD) * C,
+        MM(forward, v.v, a->ln1, a->ln1h, w->wqkv + (size_t)(HqD + HkvD) * C,
            w->bqkv ? w->bqkv + HqD + HkvD : NULL, N, C, HkvD);
         LORA_FWD(MODEL_LORA_Q, a->ln1, qpre, HqD);
         LORA_FWD(MODEL_LORA_K, a->ln1, kpre, HkvD);
@@ -739,15 +770,23 @@ static int layer_forward(model *m, int l, layer_acts *a, const float *res_in, fl
         OP(attention_forward, a->att, a->lse, v.q, v.ldq, v.k, v.ldk, v.v, v.ldv, am->cu, am->S, N,
            Hq, Hkv, D);
     }
-    MM(forward, a->res_mid, a->att, w->wo, w->bo, N, HqD, C);
+    MM(forward, a->res_mid, a->att, NULL, w->wo, w->bo, N, HqD, C);
     LORA_FWD(MODEL_LORA_O, a->att, a->res_mid, C);
     OP(add_inplace, a->res_mid, res_in, (size_t)N * C);
-    OP(rmsnorm_forward, a->ln2, a->rstd2, a->res_mid, C, w->ln2, N, C, eps);
-    MM(forward, a->gu, a->ln2, w->wgu, w->bgu, N, C, 2 * I);
-    LORA_FWD(MODEL_LORA_GATE, a->ln2, a->gu, 2 * I);
-    LORA_FWD(MODEL_LORA_UP, a->ln2, a->gu + I, 2 * I);
-    OP(swiglu_forward, a->h, a->gu, 2 * I, a->gu + I, 2 * I, N, I);
-    MM(forward, res_out, a->h, w->wdown, w->bdown, N, I, C);
+    if (a->guh) { /* bf16 activations: no adapter here */
+        const uint16_t *wgu16 = weights_bf16(m, w->wgu);
+        OP(rmsnorm_forward, a->lnx, a->rstd2, a->res_mid, C, w->ln2, N, C, eps);
+        OP(cast_bf16, a->ln2h, a->lnx, (size_t)N * C);
+        OP(matmul_forward_bf16, a->guh, 1, a->ln2h, 1, wgu16, w->bgu, N, C, 2 * I);
+        OP(swiglu_forward_bf16, a->h, a->guh, 2 * I, a->guh + I, 2 * I, N, I);
+    } else {
+        OP(rmsnorm_forward, a->ln2, a->rstd2, a->res_mid, C, w->ln2, N, C, eps);
+        MM(forward, a->gu, a->ln2, NULL, w->wgu, w->bgu, N, C, 2 * I);
+        LORA_FWD(MODEL_LORA_GATE, a->ln2, a->gu, 2 * I);
+        LORA_FWD(MODEL_LORA_UP, a->ln2, a->gu + I, 2 * I);
+        OP(swiglu_forward, a->h, a->gu, 2 * I, a->gu + I, 2 * I, N, I);
+    }
+    MM(forward, res_out, a->h, NULL, w->wdown, w->bdown, N, I, C);
     LORA_FWD(MODEL_LORA_DOWN, a->h, res_out, C);
     OP(add_inplace, res_out, a->res_mid, (size_t)N * C);
     return 0;
@@ -775,17 +814,24 @@ static int layer_backward(model *m, int l, layer_acts *a, const float *res_in, m
     const int HqD = Hq * D, HkvD = Hkv * D, QKV = HqD + 2 * HkvD;
 
     /* MLP: res_out = res_mid + down(silu(gate) * up); h is shared by the layers: recompute it */
-    OP(swiglu_forward, a->h, a->gu, 2 * I, a->gu + I, 2 * I, N, I);
-    MM(backward, r->dh, g->wdown, g->bdown, r->dres, a->h, w->wdown, N, I, C, 0);
+    if (a->guh)
+        OP(swiglu_forward_bf16, a->h, a->guh, 2 * I, a->guh + I, 2 * I, N, I);
+    else
+        OP(swiglu_forward, a->h, a->gu, 2 * I, a->gu + I, 2 * I, N, I);
+    MM(backward, r->dh, g->wdown, g->bdown, r->dres, a->h, NULL, w->wdown, N, I, C, 0);
     LORA_BWD(MODEL_LORA_DOWN, a->h, r->dres, C, r->dh);
-    OP(swiglu_backward, r->dgu, r->dgu + I, 2 * I, r->dh, a->gu, a->gu + I, 2 * I, N, I);
-    MM(backward, r->dln, g->wgu, g->bgu, r->dgu, a->ln2, w->wgu, N, C, 2 * I, 0);
+    if (a->guh)
+        OP(swiglu_backward_bf16, r->dgu, r->dgu + I, 2 * I, r->dh, a->guh, a->guh + I, 2 * I, N,
+           I);
+    else
+        OP(swiglu_backward, r->dgu, r->dgu + I, 2 * I, r->dh, a->gu, a->gu + I, 2 * I, N, I);
+    MM(backward, r->dln, g->wgu, g->bgu, r->dgu, a->ln2, a->ln2h, w->wgu, N, C, 2 * I, 0);
     LORA_BWD(MODEL_LORA_GATE, a->ln2, r->dgu, 2 * I, r->dln);
     LORA_BWD(MODEL_LORA_UP, a->ln2, r->dgu + I, 2 * I, r->dln);
     OP(rmsnorm_backward, r->dres, C, g->ln2, r->dln, a->res_mid, w->ln2, a->rstd2, N, C);
 
     /* attention: res_mid = res_in + o_proj(attention(rope(q), rope(k), v)) */
-    MM(backward, r->datt, g->wo, g->bo, r->dres, a->att, w->wo, N, HqD, C, 0);
+    MM(backward, r->datt, g->wo, g->bo, r->dres, a->att, NULL, w->wo, N, HqD, C, 0);
     LORA_BWD(MODEL_LORA_O, a->att, r->dres, C, r->datt);
     qkv_view v = view_qkv(m, a->qkv, a->qk, N);
     qkv_view dv = view_qkv(m, r->dqkv, r->dqk, N);
@@ -798,7 +844,7 @@ static int layer_backward(model *m, int l, layer_acts *a, const float *res_in, m
     OP(rope_backward, dv.q, dv.ldq, r->positions, m->inv_freq, N, Hq, D);
     OP(rope_backward, dv.k, dv.ldk, r->positions, m->inv_freq, N, Hkv, D);
     if (!c->qk_norm) {
-        MM(backward, r->dln, g->wqkv, g->bqkv, r->dqkv, a->ln1, w->wqkv, N, C, QKV, 0);
+        MM(backward, r->dln, g->wqkv, g->bqkv, r->dqkv, a->ln1, a->ln1h, w->wqkv, N, C, QKV, 0);
         LORA_BWD(MODEL_LORA_Q, a->ln1, r->dqkv, QKV, r->dln);
         LORA_BWD(MODEL_LORA_K, a->ln1, r->dqkv + HqD, QKV, r->dln);
         LORA_BWD(MODEL_LORA_V, a->ln1, r->dqkv + HqD + HkvD, QKV, r->dln);
@@ -808,13 +854,13 @@ static int layer_backward(model *m, int l, layer_acts *a, const float *res_in, m
         OP(zero, r->dqkv, (size_t)N * (HqD + HkvD) * sizeof(float));
         OP(rmsnorm_backward, dqpre, D, g->q_norm, dv.q, qpre, w->q_norm, a->rstd_q, N * Hq, D);
         OP(rmsnorm_backward, dkpre, D, g->k_norm, dv.k, kpre, w->k_norm, a->rstd_k, N * Hkv, D);
-        MM(backward, r->dln, g->wqkv, g->bqkv, dqpre, a->ln1, w->wqkv, N, C, HqD, 0);
+        MM(backward, r->dln, g->wqkv, g->bqkv, dqpre, a->ln1, a->ln1h, w->wqkv, N, C, HqD, 0);
         /* a frozen base (LoRA) has no gradient buffers: NULL stays NULL */
         float *gk = g->wqkv ? g->wqkv + (size_t)HqD * C : NULL;
         float *gv = g->wqkv ? g->wqkv + (size_t)(HqD + HkvD) * C : NULL;
-        MM(backward, r->dln, gk, g->bqkv ? g->bqkv + HqD : NULL, dkpre, a->ln1,
+        MM(backward, r->dln, gk, g->bqkv ? g->bqkv + HqD : NULL, dkpre, a->ln1, a->ln1h,
            w->wqkv + (size_t)HqD * C, N, C, HkvD, 1);
-        MM(backward, r->dln, gv, g->bqkv ? g->bqkv + HqD + HkvD : NULL, dv.v, a->ln1,
+        MM(backward, r->dln, gv, g->bqkv ? g->bqkv + HqD + HkvD : NULL, dv.v, a->ln1, a->ln1h,
            w->wqkv + (size_t)(HqD + HkvD) * C, N, C, HkvD, 1);
         LORA_BWD(MODEL_LORA_Q, a->ln1, dqpre, HqD, r->dln);
         LORA_BWD(MODEL_LORA_K, a->ln1, dkpre, HkvD, r->dln);
@@ -931,7 +977,7 @@ static int expand_batch(const model_batch *b, int32_t **x_out, int *NX, int *SX)
 
 static int logits_chunk(model *m, model_run *r, int r0, int R, chord_err *err) {
     const model_config *c = &m->cfg;
-    MM(forward, r->logits, r->xf + (size_t)r0 * c->hidden_size, m->w.lm_head, NULL, R,
+    MM(forward, r->logits, r->xf + (size_t)r0 * c->hidden_size, NULL, m->w.lm_head, NULL, R,
        c->hidden_size, c->vocab_size);
     return 0;
 }
@@ -1114,7 +1160,7 @@ static int backward_stages(model *m, int with_entropy, size_t *final_from, chord
         OP(logprob_backward, r->dlogits, r->dlogp + r0, with_entropy ? r->dentropy + r0 : NULL,
            r->logits, r->lse_out + r0, r->targets + r0, R, V, r->inv_temp);
         MM(backward, r->dln + (size_t)r0 * C, m->g.lm_head, NULL, r->dlogits,
-           r->xf + (size_t)r0 * C, m->w.lm_head, R, C, V, 0);
+           r->xf + (size_t)r0 * C, NULL, m->w.lm_head, R, C, V, 0);
     }
     OP(zero, r->dres, (size_t)N * C * sizeof(float));
     OP(rmsnorm_backward, r->dres, C, m->g.final_norm, r->dln, r->res + (size_t)L * N * C,
@@ -1343,7 +1389,7 @@ static int infer(model *m, model_kv_cache *kv, int N, const int32_t *last, int r
         OP(rmsnorm_forward, r->xf, r->rstdf, r->res, C, m->w.final_norm, rows, C,
            (float)c->rms_norm_eps);
     }
-    MM(forward, r->logits, r->xf, m->w.lm_head, NULL, rows, C, V);
+    MM(forward, r->logits, r->xf, NULL, m->w.lm_head, NULL, rows, C, V);
     return 0;
 }
 

@@ -4,7 +4,8 @@
  * One estimate, used where work is accepted (the service, at submission: 413 /
  * RESOURCE_EXHAUSTED) and where it starts (the trainer's set-up, a worker's rollout), so a refusal
  * reads the same wherever it happens. Every tensor is float32 but the bf16 copy of the weights
- * some devices keep (model.h precision: the weights16 line below); the
+ * some devices keep (model.h precision: the weights16 line below; the bf16 activations such a
+ * model stores are still counted as float32, an upper bound); the
  * figures mirror what model.c allocates (server/model/model.h: one flat buffer each for
  * parameters, gradients and the AdamW moments; the run state of run_layout; the KV cache of
  * model_kv_create) and stay on the safe side where the data is not known yet:

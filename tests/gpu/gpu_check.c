@@ -384,31 +384,62 @@ static void t_matmul_bf16(void) {
             record(name, (double)diff, 0, "%zu of %d values differ", diff, OC * C);
         }
         free(hc), free(hg);
-        /* a finite weight for the products */
+        /* a finite weight for the products; the input in bf16 too (an activation stored so),
+         * and an output stored in bf16 */
         w[0] = w[1] = 0.05f;
+        dbuf bi16 = dnew((size_t)N * C * sizeof(uint16_t), NULL);
+        dbuf bo16 = dnew((size_t)N * OC * sizeof(uint16_t), NULL);
+        dbuf bo3 = dnewf((size_t)N * OC, NULL), bdw2 = dnewf((size_t)OC * C, dw0);
         for (int side = 0; side < 2; side++) {
-            uint16_t *w16 = side ? bw16.g : bw16.c;
+            uint16_t *w16 = side ? bw16.g : bw16.c, *x16 = side ? bi16.g : bi16.c;
+            uint16_t *o16 = side ? bo16.g : bo16.c;
             if (ops_to_device(CTX, F(bw), w, 2 * sizeof(float)) != 0) return;
             CALL("cast_bf16", cast_bf16, w16, F(bw), (size_t)OC * C);
-            CALL("matmul_bf16", matmul_forward_bf16, F(bo), F(bi), w16, F(bb), N, C, OC);
-            CALL("matmul_bf16", matmul_forward_bf16, F(bo2), F(bi), w16, NULL, N, C, OC);
-            CALL("matmul_bf16", matmul_backward_bf16, F(bdi), F(bdw), F(bdb), F(bd), F(bi), w16, N,
+            CALL("cast_bf16", cast_bf16, x16, F(bi), (size_t)N * C);
+            CALL("matmul_bf16", matmul_forward_bf16, F(bo), 0, F(bi), 0, w16, F(bb), N, C, OC);
+            CALL("matmul_bf16", matmul_forward_bf16, F(bo2), 0, F(bi), 0, w16, NULL, N, C, OC);
+            CALL("matmul_bf16", matmul_forward_bf16, F(bo3), 0, x16, 1, w16, F(bb), N, C, OC);
+            CALL("matmul_bf16", matmul_forward_bf16, o16, 1, x16, 1, w16, F(bb), N, C, OC);
+            CALL("matmul_bf16", matmul_backward_bf16, F(bdi), F(bdw), F(bdb), F(bd), F(bi), 0, w16,
+                 N, C, OC, 0);
+            CALL("matmul_bf16", matmul_backward_bf16, F(bdi2), NULL, NULL, F(bd), F(bi), 0, w16, N,
+                 C, OC, 1);
+            CALL("matmul_bf16", matmul_backward_bf16, NULL, F(bdw2), NULL, F(bd), x16, 1, w16, N,
                  C, OC, 0);
-            CALL("matmul_bf16", matmul_backward_bf16, F(bdi2), NULL, NULL, F(bd), F(bi), w16, N, C,
-                 OC, 1);
         }
         snprintf(name, sizeof name, "matmul_forward_bf16 N=%d C=%d OC=%d +bias", N, C, OC);
         cmp(name, &bo, TOL_FP32);
         snprintf(name, sizeof name, "matmul_forward_bf16 N=%d C=%d OC=%d", N, C, OC);
         cmp(name, &bo2, TOL_FP32);
+        snprintf(name, sizeof name, "matmul_forward_bf16 bf16 input N=%d C=%d OC=%d", N, C, OC);
+        cmp(name, &bo3, TOL_FP32);
         snprintf(name, sizeof name, "matmul_backward_bf16 dinp N=%d C=%d OC=%d", N, C, OC);
         cmp(name, &bdi, TOL_FP32);
         snprintf(name, sizeof name, "matmul_backward_bf16 dinp += N=%d C=%d OC=%d", N, C, OC);
         cmp(name, &bdi2, TOL_FP32);
         snprintf(name, sizeof name, "matmul_backward_bf16 dweight += N=%d C=%d OC=%d", N, C, OC);
         cmp(name, &bdw, TOL_FP32);
+        snprintf(name, sizeof name, "matmul_backward_bf16 dweight, bf16 input N=%d C=%d OC=%d", N,
+                 C, OC);
+        cmp(name, &bdw2, TOL_FP32);
         snprintf(name, sizeof name, "matmul_backward_bf16 dbias += N=%d OC=%d", N, OC);
         cmp(name, &bdb, TOL_FP32);
+        /* the bf16 output: the two sides' float32 sums differ in their last bits, so a value near
+         * a rounding boundary may round the other way: one bf16 step (2^-8 relative) at most */
+        {
+            uint16_t *c16 = xmalloc(bo16.bytes), *g16 = xmalloc(bo16.bytes);
+            float *cf = xmalloc((size_t)N * OC * sizeof(float)),
+                  *gf = xmalloc((size_t)N * OC * sizeof(float));
+            snprintf(name, sizeof name, "matmul_forward_bf16 bf16 output N=%d C=%d OC=%d", N, C,
+                     OC);
+            if (dget(&bo16, c16, g16, name) == 0) {
+                for (size_t i = 0; i < (size_t)N * OC; i++)
+                    cf[i] = ops_bf16_to_f32(c16[i]), gf[i] = ops_bf16_to_f32(g16[i]);
+                record(name, rel_err(gf, cf, (size_t)N * OC), 1.0 / 256, "%d values", N * OC);
+            }
+            free(c16), free(g16), free(cf), free(gf);
+        }
+        dfree(&bi16), dfree(&bo16), dfree(&bo3), dfree(&bdw2);
         dbuf *all[] = {&bi, &bw, &bw16, &bb, &bo, &bo2, &bd, &bdw, &bdb, &bdi, &bdi2};
         for (size_t k = 0; k < sizeof all / sizeof all[0]; k++)
             dfree(all[k]);
@@ -590,6 +621,27 @@ static void t_swiglu(void) {
     cmp("swiglu_backward dgate|dup", &bdgu, TOL_FP32);
     dfree(&bgu), dfree(&bo), dfree(&bdy), dfree(&bdgu);
     free(gu), free(dy);
+}
+
+/* swiglu on gate/up stored in bf16: both sides widen the same values, so the fp32 bound */
+static void t_swiglu_bf16(void) {
+    const int N = 300, I = 500;
+    seed(31);
+    float *gu = frand((size_t)N * 2 * I, 4.0f), *dout = frand((size_t)N * I, 1.0f);
+    dbuf bgu = dnewf((size_t)N * 2 * I, gu), bgu16 = dnew((size_t)N * 2 * I * sizeof(uint16_t), NULL);
+    dbuf bo = dnewf((size_t)N * I, NULL), bd = dnewf((size_t)N * I, dout);
+    dbuf bdgu = dnewf((size_t)N * 2 * I, NULL);
+    for (int side = 0; side < 2; side++) {
+        uint16_t *g16 = side ? bgu16.g : bgu16.c;
+        CALL("swiglu_bf16", cast_bf16, g16, F(bgu), (size_t)N * 2 * I);
+        CALL("swiglu_bf16", swiglu_forward_bf16, F(bo), g16, 2 * I, g16 + I, 2 * I, N, I);
+        CALL("swiglu_bf16", swiglu_backward_bf16, F(bdgu), F(bdgu) + I, 2 * I, F(bd), g16,
+             g16 + I, 2 * I, N, I);
+    }
+    cmp("swiglu_forward_bf16 N=300 I=500", &bo, TOL_FP32);
+    cmp("swiglu_backward_bf16 N=300 I=500", &bdgu, TOL_FP32);
+    dfree(&bgu), dfree(&bgu16), dfree(&bo), dfree(&bd), dfree(&bdgu);
+    free(gu), free(dout);
 }
 
 static void t_elementwise(void) {
@@ -1546,6 +1598,7 @@ int main(int argc, char **argv) {
     t_decode(64);
     t_decode(128);
     t_swiglu();
+    t_swiglu_bf16();
     t_elementwise();
     t_logprob();
     t_adamw();

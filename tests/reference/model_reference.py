@@ -89,12 +89,17 @@ CONFIGS = [
 SEQ_LENS = [13, 7, 22, 1 + 4]  # packed, different lengths
 TOL_LOGITS, TOL_GRAD, TOL_DECODE = 1e-4, 1e-3, 1e-4
 TOL_ADAMW = 5e-3  # compare_adamw says why
-# bf16 weights: most rows agree as in fp32 (seen 5e-8), but an operand whose fp32 value differs
-# from the reference's in its last bit can round to the neighbouring bf16 (2^-8 relative), and at
-# these tiny widths (C = 48) one such element moves a logit by ~4e-4 (seen) and a gradient by
-# ~2e-3; AdamW's second step starts from masters that differ in their last bits: seen 7.5e-3.
-# The fp32 model's logits are 6e-3 .. 1e-2 away (the contrast check keeps that above 4 x bound).
-TOLS_BF16 = (1e-3, 1e-2, 1e-3, 2e-2)
+# bf16 weights and activations (model.h precision): most rows agree as in fp32 (seen 5e-8), but
+# an operand or a stored gate/up activation whose fp32 value differs from the reference's in its
+# last bit can round to the neighbouring bf16 (2^-8 relative), and at these tiny widths (C = 48)
+# one such element moves a logit by up to ~1e-3 and a gradient by ~1e-3 (seen). The fp32 model's
+# logits are 6e-3 .. 1e-2 away (the contrast check keeps that above 4 x the logits bound). AdamW's
+# updates are not compared element by element (None): its first update is lr * sign(g), so every
+# near-zero gradient entry whose noise flips sign moves by 2 lr (seen: 0.33 of the largest
+# update); the gradient norms of both steps are compared (the second step's gradient is taken
+# at the updated weights, through their refreshed bf16 copy), and unit.test_model checks the
+# copy after each step bit for bit.
+TOLS_BF16 = (1e-3, 1e-2, 3e-3, None)
 
 failures = []
 
@@ -137,15 +142,17 @@ def build_hf(spec, seed):
 class Bf16Linear(torch.autograd.Function):
     """What chord computes with bf16 weights (ops.h matmul_*_bf16), in fp32 arithmetic: the
     products of bf16-rounded operands (input, weight; in the backward the output gradient)
-    summed in fp32; the bias and its gradient in fp32."""
+    summed in fp32; the bias and its gradient in fp32. round_out: the output is stored in bf16
+    (chord keeps the MLP's gate/up activations so; the gradient passes straight through)."""
 
     @staticmethod
-    def forward(ctx, x, w, b):
+    def forward(ctx, x, w, b, round_out):
         xr, wr = x.to(torch.bfloat16).float(), w.to(torch.bfloat16).float()
         ctx.save_for_backward(xr, wr)
         ctx.has_bias = b is not None
         y = xr @ wr.T
-        return y + b if b is not None else y
+        y = y + b if b is not None else y
+        return y.to(torch.bfloat16).float() if round_out else y
 
     @staticmethod
     def backward(ctx, dy):
@@ -153,22 +160,25 @@ class Bf16Linear(torch.autograd.Function):
         dr = dy.to(torch.bfloat16).float()
         dw = dr.reshape(-1, dr.shape[-1]).T @ xr.reshape(-1, xr.shape[-1])
         db = dy.reshape(-1, dy.shape[-1]).sum(0) if ctx.has_bias else None
-        return dr @ wr, dw, db
+        return dr @ wr, dw, db, None
 
 
 class bf16_linears:
-    """Within it, every nn.Linear of model runs Bf16Linear (the embedding lookup, norms and
-    attention stay fp32, as in chord)."""
+    """Within it, every nn.Linear of model runs Bf16Linear, gate_proj and up_proj with their
+    outputs rounded to bf16 (the embedding lookup, norms, attention and the residual stream stay
+    fp32, as in chord)."""
 
     def __init__(self, model):
-        self.mods = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+        self.mods = [(m, name.endswith(("gate_proj", "up_proj")))
+                     for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
 
     def __enter__(self):
-        for m in self.mods:
-            m.forward = (lambda mod: lambda x: Bf16Linear.apply(x, mod.weight, mod.bias))(m)
+        for m, r in self.mods:
+            m.forward = (lambda mod, r: lambda x: Bf16Linear.apply(x, mod.weight, mod.bias, r))(
+                m, r)
 
     def __exit__(self, *exc):
-        for m in self.mods:
+        for m, _ in self.mods:
             del m.forward
 
 
@@ -351,7 +361,10 @@ def compare_adamw(name, model, seqs, hp, d, tol, tol_norm):
         # 5e-3, not 1e-3: in step 2, m_hat = (0.09 g1 + 0.1 g2) / 0.19 cancels for entries whose
         # gradient changed sign, amplifying fp32 round-off (seen: 7e-4). Decaying a norm instead
         # of not (2 lr wd |p| ~ 1e-1 of the update) or a wrong clip is far above it.
-        worst = max(worst, check(f"{name}: adamw update {k}", delta_c, delta_t, tol)[0])
+        if tol is not None:
+            worst = max(worst, check(f"{name}: adamw update {k}", delta_c, delta_t, tol)[0])
+        else:
+            worst = max(worst, rel_err(delta_c, delta_t))  # shown, not bounded
     out["adamw update(worst)"] = worst
     with torch.no_grad():  # restore, in case the model is used again
         for k, p in model.named_parameters():

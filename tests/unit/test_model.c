@@ -16,6 +16,7 @@
 #include <cmocka.h>
 
 #include "kernels/ops.h"
+#include "kernels/ops_math.h"
 #include "server/model/model.h"
 
 static model_config tiny_config(int qk_norm, int tied) {
@@ -1090,6 +1091,74 @@ static void test_lora_embeddings(void **state) {
     }
 }
 
+/* the bf16 copy's values that differ from the masters rounded to bf16 (model.h precision) */
+static size_t copy_mismatches(model *m) {
+    const size_t n = m->num_decay;
+    float *p = malloc(m->num_params * sizeof *p);
+    uint16_t *h = malloc(n * sizeof *h);
+    chord_err err = {0};
+    assert_true(p && h);
+    assert_int_equal(model_read_params(m, p, &err), 0);
+    assert_int_equal(ops_to_host(m->ops, h, m->params16, n * sizeof *h), 0);
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++)
+        bad += h[i] != ops_f32_to_bf16(p[i]);
+    free(p);
+    free(h);
+    return bad;
+}
+
+/* bf16 weights: the copy exists only on a context that asks for it, follows the masters through
+ * init, AdamW steps (whole and ZeRO-1 slices) and model_weights_changed, and views share it; a
+ * bf16 model's outputs differ from the float32 model's by bf16's rounding only */
+static void test_bf16_copy_follows_masters(void **state) {
+    fixture *f = *state;
+    chord_err err = {0};
+    model *m32 = make_model(f->ops, 1, 0, 21);
+    assert_null(m32->params16);
+    double l32 = loss_of(m32);
+    f->ops->bf16_weights = 1;
+    f->m = make_model(f->ops, 1, 0, 21);
+    model *m = f->m;
+    assert_non_null(m->params16);
+    assert_int_equal(copy_mismatches(m), 0);
+    double l16 = loss_of(m);
+    assert_true(l16 != l32 && fabs(l16 - l32) < 1e-2 * fabs(l32));
+    for (int step = 0; step < 2; step++) {
+        one_step(m);
+        assert_int_equal(copy_mismatches(m), 0);
+    }
+    /* the masters written from outside (ZeRO-1's all-gather): stale until told */
+    float *p = malloc(m->num_params * sizeof *p);
+    assert_non_null(p);
+    assert_int_equal(model_read_params(m, p, &err), 0);
+    for (size_t i = 0; i < m->num_decay; i++)
+        p[i] *= 1.5f;
+    assert_int_equal(ops_to_device(f->ops, m->params, p, m->num_params * sizeof *p), 0);
+    assert_true(copy_mismatches(m) > m->num_decay / 2);
+    assert_int_equal(model_weights_changed(m, &err), 0);
+    assert_int_equal(copy_mismatches(m), 0);
+    free(p);
+    /* a ZeRO-1 slice's step refreshes its slice */
+    model *s = make_model(f->ops, 1, 0, 21);
+    assert_int_equal(model_set_optimizer_shard(s, 0, s->num_decay / 2, &err), 0);
+    loss_of(s);
+    assert_int_equal(model_zero_grad(s, &err), 0);
+    assert_int_equal(model_backward(s, W_LOGP, NULL, &err), 0);
+    assert_int_equal(model_adamw_step_shard(s, 1.0, 1e-2f, 0.9f, 0.99f, 1e-8f, 0.0f, 0.0f, &err),
+                     0);
+    assert_int_equal(copy_mismatches(s), 0);
+    /* a view reads its base's copy */
+    model *v = NULL;
+    assert_int_equal(model_create_view(m, NULL, &v, &err), 0);
+    assert_true(v->params16 == m->params16);
+    assert_true(loss_of(v) == loss_of(m));
+    model_free(v);
+    model_free(s);
+    model_free(m32);
+    f->ops->bf16_weights = 0;
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_gradients_qwen2_tied, setup, teardown),
@@ -1110,6 +1179,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_lora_files, setup, teardown),
         cmocka_unit_test_setup_teardown(test_views_share_base, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lora_embeddings, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bf16_copy_follows_masters, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
