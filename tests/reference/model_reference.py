@@ -14,6 +14,11 @@ over a packed batch of sequences of different lengths and compares:
   Shared prompts (three configs): groups of responses to one prompt with the prompt run once
   (model_batch.seg_parent, grpo.share_prompt) vs every sequence run whole: the log-probs, the mean
   NLL over the targets outside the prompts, and every gradient, with the same bounds.
+bf16 weights (three configs; CHORD_WEIGHTS=bf16, the GPU default, here on the CPU backend): the
+same comparisons against the HF model with every Linear on bf16 operands and the MLP's gate/up
+outputs rounded to bf16 (Bf16Linear), with the bounds TOLS_BF16 explains, and the fp32 model's
+logits measurably farther; a LoRA adapter on such a base against peft (base Linears on bf16
+operands, the adapter fp32).
 The other way round: `chordd init-model` (f32 and bf16) loads in from_pretrained with no missing or
 unexpected keys, has HF's init statistics, and `chordd score` equals HF's log_softmax. A BF16 HF
 checkpoint and a sharded one (max_shard_size) load in chord with the right logits.
@@ -47,7 +52,7 @@ ARCH = {
 
 # Odd sizes on purpose: hidden 48 with head_dim 12, intermediate 100, vocab 257 ...
 CONFIGS = [
-    dict(name="qwen2_gqa_qkvbias_tied", arch="qwen2", shared=True,
+    dict(name="qwen2_gqa_qkvbias_tied", arch="qwen2", shared=True, lora_bf16=True,
          lora=dict(rank=4, alpha=8.0, seed=3,
                    targets=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                             "down_proj"]),
@@ -519,6 +524,51 @@ def compare_lora(args, name, model, model_dir, work, seqs, spec):
     return out
 
 
+def compare_lora_bf16(args, name, model, model_dir, work, seqs, spec):
+    """A LoRA adapter on a base with bf16 weights (CHORD_WEIGHTS=bf16): the base's GEMMs on bf16
+    operands, the adapter's own in fp32 on fp32 activations (an adapter keeps the activations
+    fp32: model.h precision), against peft with the base's Linears as Bf16Linear."""
+    lc = spec["lora"]
+    d = refdump(args, model_dir, {"sequences": seqs, "prefix": [len(x) for x in seqs],
+                                  "lora": dict(lc)}, work, env={"CHORD_WEIGHTS": "bf16"})
+    pm = get_peft_model(copy.deepcopy(model), LoraConfig(
+        r=lc["rank"], lora_alpha=lc["alpha"], target_modules=lc["targets"], lora_dropout=0.0,
+        bias="none"))
+    set_peft_model_state_dict(pm, {k[len("lora.param."):]: torch.tensor(v) for k, v in d.items()
+                                   if k.startswith("lora.param.")})
+    trainable = {k.replace(".default", ""): p for k, p in pm.named_parameters() if p.requires_grad}
+    tg = torch.tensor(targets_of(seqs))
+    mask = tg >= 0
+    with torch.no_grad():
+        fp32_logits = hf_forward(pm, seqs).numpy()
+    base = [(m, False) for n, m in pm.named_modules()
+            if isinstance(m, torch.nn.Linear) and "lora_" not in n]
+    ctx = bf16_linears(pm)
+    ctx.mods = base
+    with ctx:
+        logits = hf_forward(pm, seqs)
+        loss = -torch.log_softmax(logits, -1).gather(1, tg.clamp(min=0)[:, None])[:, 0][mask].mean()
+        loss.backward()
+    tl, tg_, _, _ = TOLS_BF16
+    out = {"lora bf16 logits": check(f"{name}: lora bf16 logits", d["lora.logits"],
+                                     logits.detach().numpy(), tl)[0],
+           "logits vs fp32": rel_err(d["lora.logits"], fp32_logits),
+           "lora bf16 loss": check(f"{name}: lora bf16 loss", d["lora.loss"],
+                                   loss.detach().numpy().reshape(1), tg_)[0]}
+    if out["logits vs fp32"] <= 4 * tl:
+        failures.append(f"{name}: lora with bf16 weights is as close to the fp32 base's "
+                        f"({out['logits vs fp32']:.1e}): the comparison cannot tell them apart")
+    worst = 0.0
+    for k, p in trainable.items():
+        if "lora.grad." + k in d:
+            worst = max(worst, check(f"{name}: lora bf16 grad {k}", d["lora.grad." + k],
+                                     p.grad.numpy(), tg_)[0])
+        else:
+            failures.append(f"{name}: lora bf16: no gradient of {k}")
+    out["lora bf16 grad(worst)"] = worst
+    return out
+
+
 def check_init_stats(name, path, spec_cfg):
     """chordd init-model follows HF's init: normal(0, initializer_range), zero biases, unit
     norms (checked on the saved tensors, whatever the RNG)."""
@@ -638,6 +688,9 @@ def main():
                                               work, seqs, prefix, extra,
                                               env={"CHORD_WEIGHTS": "bf16"}, tols=TOLS_BF16,
                                               contrast=fp32_logits)))
+        if spec.get("lora_bf16"):
+            summary.append((spec["name"] + " (LoRA, bf16 base weights)",
+                            compare_lora_bf16(args, spec["name"], model, mdir, work, seqs, spec)))
         if spec.get("lora"):
             summary.append((spec["name"] + f" (LoRA r={spec['lora']['rank']})",
                             compare_lora(args, spec["name"], model, mdir, work, seqs, spec)))
