@@ -9,6 +9,13 @@
  * (seed, stream, i, t), so a rollout is reproducible whatever the batch composition, and a
  * resumed job needs no RNG state beyond its step number.
  *
+ * The batch grows: rollout_batch holds several requests, each with its own prompts and sampling
+ * parameters, and a request can join between two decode steps (rollout_batch_add), taking free
+ * slots of the batch's KV cache; from then on its sequences decode in the same model steps as
+ * the others'. rollout_generate is the one-request case. A request's tokens do not depend on
+ * what else is in the batch (its uniforms are its own; its rows' logits are computed as in any
+ * batch, up to the last bits of a GEMM's summation order).
+ *
  * Not here: tokenization, rewards, losses. */
 #ifndef CHORD_TRAIN_ROLLOUT_H
 #define CHORD_TRAIN_ROLLOUT_H
@@ -62,6 +69,31 @@ void rollout_engine_free(rollout_engine *e);
 int rollout_generate(rollout_engine *e, const int32_t *const *prompts, const int *prompt_lens,
                      int n_prompts, const rollout_params *p, rollout_result *out, chord_err *err);
 void rollout_result_free(rollout_result *r);
+
+/* A growing batch over e's KV cache: at most `slots` sequences of at most max_T positions
+ * (prompt + response; clamped to the model's max_position_embeddings). */
+typedef struct rollout_batch rollout_batch;
+int rollout_batch_new(rollout_engine *e, int slots, int max_T, rollout_batch **out,
+                      chord_err *err);
+void rollout_batch_free(rollout_batch *b);
+/* Joins a request: n_prompts prompts x p->group_size sequences, prefilled, each with its first
+ * token sampled. Returns the request's index (>= 0), or -1: CHORD_E_TOO_LARGE when it does not
+ * fit the free slots or max_T (nothing changed: it can wait for a later batch), another code on
+ * bad input (nothing changed) or a failed op (then the batch must not be used further). p is
+ * copied (stop_ids too); p->should_stop is polled at every step. */
+int rollout_batch_add(rollout_batch *b, const int32_t *const *prompts, const int *prompt_lens,
+                      int n_prompts, const rollout_params *p, chord_err *err);
+/* One decode step of every live sequence of every request. Returns the sequences still live
+ * (0: every request has finished), or -1 (CHORD_E_UNAVAILABLE when a request's should_stop
+ * asked to stop). */
+int rollout_batch_step(rollout_batch *b, chord_err *err);
+/* 1 when request r has finished: *out receives its result (seq prompt-major, as
+ * rollout_generate's; seconds since it joined) and its slots are free again; else 0. */
+int rollout_batch_take(rollout_batch *b, int r, rollout_result *out);
+int rollout_batch_free_slots(const rollout_batch *b);
+int rollout_batch_max_T(const rollout_batch *b);
+/* the most requests that decoded together so far */
+int rollout_batch_most_requests(const rollout_batch *b);
 
 /* The counter-based uniform in [0, 1) (exposed for tests and for other seeded draws). */
 double rollout_uniform(uint64_t seed, uint64_t stream, uint64_t index, uint64_t t);

@@ -320,6 +320,78 @@ static void test_share_of_a_step(void **state) {
     rollout_engine_free(e);
 }
 
+/* rollout_a (the same request alone) and b (in a shared batch) drew the same responses */
+static void expect_same(const rollout_result *a, const rollout_result *b) {
+    assert_int_equal(a->n, b->n);
+    for (int i = 0; i < a->n; i++) {
+        const rollout_seq *x = &a->seq[i], *y = &b->seq[i];
+        assert_int_equal(x->prompt, y->prompt);
+        assert_int_equal(x->len, y->len);
+        assert_int_equal(x->stopped, y->stopped);
+        assert_int_equal(x->truncated, y->truncated);
+        assert_memory_equal(x->tokens, y->tokens, (size_t)x->len * sizeof *x->tokens);
+        for (int t = 0; t < x->len; t++)
+            assert_true(fabsf(x->logp[t] - y->logp[t]) <= 1e-5f);
+    }
+}
+
+/* The growing batch: request B (other prompts, group size, temperature, top-p, length, seed and
+ * stop token) joins while A decodes; both draw exactly what each draws alone, B's stop ends only
+ * B's sequences, and their slots come back when they are taken. A request that does not fit the
+ * free slots or the positions is refused with CHORD_E_TOO_LARGE and changes nothing. */
+static void test_growing_batch(void **state) {
+    fixture *f = *state;
+    rollout_engine *e = rollout_engine_new(f->m);
+    chord_err err = {0};
+    rollout_params pa = params(1.0f, 1.0f, 2, 12), pb = params(0.7f, 0.9f, 3, 6);
+    pb.seed = 99, pb.stream = 1;
+    rollout_result alone_a, alone_b, probe;
+    if (rollout_generate(e, PROMPTS, PLENS, 2, &pa, &alone_a, &err) != 0) fail_msg("%s", err.msg);
+    if (rollout_generate(e, &PROMPTS[2], &PLENS[2], 1, &pb, &probe, &err) != 0)
+        fail_msg("%s", err.msg);
+    int32_t stop[1] = {probe.seq[0].tokens[2]}; /* B's first response stops early */
+    rollout_result_free(&probe);
+    pb.stop_ids = stop;
+    pb.n_stop = 1;
+    if (rollout_generate(e, &PROMPTS[2], &PLENS[2], 1, &pb, &alone_b, &err) != 0)
+        fail_msg("%s", err.msg);
+
+    rollout_batch *b = NULL;
+    if (rollout_batch_new(e, 8, 40, &b, &err) != 0) fail_msg("%s", err.msg);
+    assert_int_equal(rollout_batch_add(b, PROMPTS, PLENS, 2, &pa, &err), 0);
+    assert_int_equal(rollout_batch_free_slots(b), 4);
+    for (int i = 0; i < 3; i++)
+        assert_true(rollout_batch_step(b, &err) > 0);
+    rollout_params big = params(1.0f, 1.0f, 5, 4); /* 5 > 4 free slots */
+    assert_int_equal(rollout_batch_add(b, &PROMPTS[2], &PLENS[2], 1, &big, &err), -1);
+    assert_int_equal(err.code, CHORD_E_TOO_LARGE);
+    rollout_params longp = params(1.0f, 1.0f, 1, 40); /* 8 + 40 > the batch's 40 positions */
+    assert_int_equal(rollout_batch_add(b, &PROMPTS[2], &PLENS[2], 1, &longp, &err), -1);
+    assert_int_equal(err.code, CHORD_E_TOO_LARGE);
+    assert_int_equal(rollout_batch_free_slots(b), 4);
+    assert_int_equal(rollout_batch_add(b, &PROMPTS[2], &PLENS[2], 1, &pb, &err), 1);
+    assert_int_equal(rollout_batch_most_requests(b), 2);
+    rollout_result got_a, got_b;
+    int took_b = 0, live;
+    while ((live = rollout_batch_step(b, &err)) > 0)
+        if (!took_b && rollout_batch_take(b, 1, &got_b)) took_b = 1; /* B is shorter */
+    assert_int_equal(live, 0);
+    assert_true(took_b);
+    assert_int_equal(rollout_batch_free_slots(b), 8 - 4);
+    assert_int_equal(rollout_batch_take(b, 1, &probe), 0); /* taken already */
+    assert_int_equal(rollout_batch_take(b, 0, &got_a), 1);
+    assert_int_equal(rollout_batch_free_slots(b), 8);
+    expect_same(&alone_a, &got_a);
+    expect_same(&alone_b, &got_b);
+    assert_true(got_b.seq[0].stopped && !got_a.seq[0].stopped);
+    rollout_batch_free(b);
+    rollout_result_free(&alone_a);
+    rollout_result_free(&alone_b);
+    rollout_result_free(&got_a);
+    rollout_result_free(&got_b);
+    rollout_engine_free(e);
+}
+
 /* Bad parameters and prompts are refused with a message. */
 static void test_bad_input(void **state) {
     fixture *f = *state;
@@ -350,6 +422,7 @@ int main(void) {
         cmocka_unit_test(test_reproducible),
         cmocka_unit_test(test_share_of_a_step),
         cmocka_unit_test(test_bad_input),
+        cmocka_unit_test(test_growing_batch),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
