@@ -74,6 +74,9 @@ struct worker {
     char fit_id[STORE_ID_MAX];
     int64_t fit_need, fit_shared;
     char *fit_key; /* its base's key (bootstrap_base_key), NULL when it shares nothing */
+    /* the rollout batch it runs: the queued request it put back (it does not join; not offered
+     * again until the batch ends) */
+    char join_refused[STORE_ID_MAX];
 };
 
 struct jobs_pool {
@@ -746,13 +749,94 @@ static void rollout_budget(worker *w, mem_budget *b) {
     mem_budget_make(b, w->device, free_bytes, limit);
 }
 
+/* Stores a rollout's answer (result, or the error) and tells the watchers. */
+static void finish_rollout(worker *w, const char *id, const json_t *result, const chord_err *why) {
+    chord_err err = {0};
+    char *result_text = NULL;
+    if (result) {
+        result_text = json_dumps(result, JSON_COMPACT);
+        if (!result_text) chord_err_setc(&err, CHORD_E_INTERNAL, "out of memory");
+    } else {
+        err = *why;
+    }
+    chord_err ferr = {0};
+    if (store_rollout_finish(w->st, id, result_text, result_text ? NULL : err.msg, &ferr))
+        LOG_ERROR("rollout %s: storing the result: %s", id, ferr.msg);
+    else
+        LOG_INFO("rollout %s %s%s%s", id, result_text ? "succeeded" : "failed",
+                 result_text ? "" : ": ", result_text ? "" : err.msg);
+    if (w->pool->hooks.publish) w->pool->hooks.publish(w->pool->hooks.user, id);
+    free(result_text);
+}
+
+/* jobs_rollout_joiner over the worker's queue (rollout_request.h) */
+static int join_next(void *user, char id[STORE_ID_MAX], json_t **request) {
+    worker *w = user;
+    jobs_pool *p = w->pool;
+    *request = NULL;
+    pthread_mutex_lock(&p->mu);
+    rollout_item *it = p->rollouts;
+    if (!it || atomic_load(&p->stopping) || !strcmp(it->id, w->join_refused)) {
+        pthread_mutex_unlock(&p->mu);
+        return 0;
+    }
+    p->rollouts = it->next;
+    if (!p->rollouts) p->rollouts_tail = NULL;
+    pthread_mutex_unlock(&p->mu);
+    memcpy(id, it->id, STORE_ID_MAX);
+    free(it);
+    store_rollout ro = {0};
+    chord_err err = {0};
+    if (store_rollout_get(w->st, id, &ro, &err) == 0)
+        *request = json_loads(ro.request_json, 0, NULL);
+    store_rollout_free(&ro);
+    if (!*request) { /* it answers (with its error) when it runs alone */
+        snprintf(w->join_refused, sizeof w->join_refused, "%s", id);
+        pthread_mutex_lock(&p->mu);
+        rollout_item *back = calloc(1, sizeof *back);
+        if (back) {
+            memcpy(back->id, id, STORE_ID_MAX);
+            back->next = p->rollouts;
+            p->rollouts = back;
+            if (!p->rollouts_tail) p->rollouts_tail = back;
+        }
+        pthread_mutex_unlock(&p->mu);
+        if (!back) LOG_ERROR("rollout %s: lost from the queue (out of memory)", id);
+        return 0;
+    }
+    return 1;
+}
+
+static void join_put_back(void *user, const char *id) {
+    worker *w = user;
+    jobs_pool *p = w->pool;
+    snprintf(w->join_refused, sizeof w->join_refused, "%s", id);
+    rollout_item *it = calloc(1, sizeof *it);
+    if (!it) {
+        chord_err err = {0};
+        chord_err_setc(&err, CHORD_E_INTERNAL, "out of memory putting it back in the queue");
+        finish_rollout(w, id, NULL, &err);
+        return;
+    }
+    snprintf(it->id, sizeof it->id, "%s", id);
+    pthread_mutex_lock(&p->mu);
+    it->next = p->rollouts;
+    p->rollouts = it;
+    if (!p->rollouts_tail) p->rollouts_tail = it;
+    pthread_mutex_unlock(&p->mu);
+}
+
+static void join_done(void *user, const char *id, const json_t *result, const chord_err *err) {
+    finish_rollout(user, id, result, err);
+}
+
 static void run_rollouts(worker *w, void *live_model, const char *live_job_id) {
     char id[STORE_ID_MAX];
+    const jobs_rollout_joiner joiner = {w, join_next, join_put_back, join_done};
     while (!atomic_load(&w->pool->stopping) && pop_rollout(w->pool, id)) {
         store_rollout ro = {0};
         chord_err err = {0};
         json_t *result = NULL;
-        char *result_text = NULL;
         if (store_rollout_get(w->st, id, &ro, &err)) {
             LOG_ERROR("rollout %s: %s", id, err.msg);
             continue;
@@ -760,22 +844,13 @@ static void run_rollouts(worker *w, void *live_model, const char *live_job_id) {
         json_t *req = json_loads(ro.request_json, 0, NULL);
         mem_budget budget;
         rollout_budget(w, &budget);
+        w->join_refused[0] = '\0';
         int rc = req ? jobs_rollout_generate(req, w->ops, jobs_bases_iface(w->pool->bases),
-                                             live_model, live_job_id, &budget, &result, &err)
+                                             live_model, live_job_id, &budget, &joiner, &result,
+                                             &err)
                      : chord_err_setc(&err, CHORD_E_INTERNAL, "stored request is not JSON");
-        if (rc == 0) {
-            result_text = json_dumps(result, JSON_COMPACT);
-            if (!result_text) rc = chord_err_setc(&err, CHORD_E_INTERNAL, "out of memory");
-        }
-        chord_err ferr = {0};
-        if (store_rollout_finish(w->st, id, rc == 0 ? result_text : NULL, rc == 0 ? NULL : err.msg,
-                                 &ferr))
-            LOG_ERROR("rollout %s: storing the result: %s", id, ferr.msg);
-        else
-            LOG_INFO("rollout %s %s%s%s", id, rc == 0 ? "succeeded" : "failed", rc == 0 ? "" : ": ",
-                     rc == 0 ? "" : err.msg);
-        if (w->pool->hooks.publish) w->pool->hooks.publish(w->pool->hooks.user, id);
-        free(result_text);
+        finish_rollout(w, id, rc == 0 ? result : NULL, &err);
+        w->join_refused[0] = '\0';
         json_decref(result);
         json_decref(req);
         store_rollout_free(&ro);

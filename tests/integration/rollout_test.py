@@ -212,3 +212,48 @@ def test_pending_rollouts_run_again_after_a_restart():
         assert s.stop() == 0
     finally:
         s.cleanup()
+
+
+def test_requests_join_a_running_batch(srv):
+    """The growing batch (docs/api.md "Rollouts"): requests queued while another decodes join its
+    batch when they sample from the same model (each with its own n, temperature, top_p,
+    max_tokens and seed), are answered with what each draws alone, and say how many decoded
+    together (batched_requests); a request for another model waits and runs alone. The queue is
+    filled behind a slow request for a third model, so that they are all waiting when it ends."""
+    slow_cfg = dict(TINY_CONFIG, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
+                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
+    cfg_path = os.path.join(srv.tmp, "slow.json")
+    with open(cfg_path, "w") as f:
+        json.dump(slow_cfg, f)
+    subprocess.run([CHORDD, "init-model", "--config", cfg_path, "--seed", "1", "--out",
+                    os.path.join(srv.models_root, "roll_slow")], check=True, capture_output=True)
+    m = os.path.basename(make_model(srv, "roll_join"))
+    other = os.path.basename(make_model(srv, "roll_join_other", seed=4))
+    slow = srv.post("/v1/rollouts", {"prompts": ["x"], "model": "roll_slow", "n": 8,
+                                     "temperature": 0, "max_tokens": 900, "seed": 1}).json()["id"]
+    reqs = [{"prompts": ["Compute 12+30.", "Compute 7-5."], "model": m, "n": 2,
+             "max_tokens": 100, "seed": 5},
+            {"prompts": ["Name a colour."], "model": m, "n": 3, "temperature": 0.7, "top_p": 0.9,
+             "max_tokens": 20, "seed": 6},
+            {"prompts": ["Hi"], "model": m,
+             "temperature": 0, "max_tokens": 30, "seed": 7},
+            {"prompts": ["Compute 1+1."], "model": other, "max_tokens": 10, "seed": 8}]
+    ids = [srv.post("/v1/rollouts", r).json()["id"] for r in reqs]
+    assert srv.get("/v1/rollouts/" + slow).json()["state"] == "pending", \
+        "the slow request ended before the others were queued: make it slower"
+    got = [wait_rollout(srv, i, timeout=120) for i in ids]
+    assert wait_rollout(srv, slow)["result"]["batched_requests"] == 1
+    for ro in got:
+        assert ro["state"] == "succeeded", ro
+    batched = [ro["result"]["batched_requests"] for ro in got]
+    assert batched[0] == 3 and batched[1] >= 2 and batched[2] >= 2, batched
+    assert batched[3] == 1, batched  # another model: alone
+    for r, ro in zip(reqs, got):  # each again, alone now: the same draws
+        alone = wait_rollout(srv, srv.post("/v1/rollouts", r).json()["id"])
+        assert alone["result"]["batched_requests"] == 1
+        a, b = alone["result"]["completions"], ro["result"]["completions"]
+        assert [c["token_ids"] for c in a] == [c["token_ids"] for c in b]
+        assert [c["finish_reason"] for c in a] == [c["finish_reason"] for c in b]
+        for x, y in zip(a, b):
+            assert max((abs(p - q) for p, q in zip(x["logprobs"], y["logprobs"])),
+                       default=0) <= 1e-5
