@@ -765,17 +765,24 @@ oom:
     return -2;
 }
 
-static int run_sample(tk_model *m, const json_t *req, tk_sample_response **result, chord_err *err) {
-    *result = NULL;
+/* A sample request between sample_prepare and sample_finish. */
+typedef struct sample_job {
+    int32_t *ptoks;
+    int plen;
+    int32_t stop_ids[64];
+    int n_stop;
+    json_t *strs; /* stop strings */
+    int want_prompt_lp;
+    rollout_params rp; /* stop_ids: set to this job's stop_ids where it is used */
+} sample_job;
+
+static int sample_prepare(tk_model *m, const json_t *req, sample_job *sj, chord_err *err) {
     model *mm = m->boot.m;
     const int vocab = mm->cfg.vocab_size, max_pos = mm->cfg.max_position_embeddings;
-    int32_t *ptoks = NULL, stop_ids[64];
-    int plen = 0, n_stop = 0, rc = -1;
+    int32_t *ptoks = NULL, *stop_ids = sj->stop_ids;
+    int plen = 0, n_stop = 0;
     json_t *strs = json_array();
-    rollout_result rr = {0};
-    tk_sample_response *out = calloc(1, sizeof *out);
-    float *lp = NULL;
-    if (!strs || !out) {
+    if (!strs) {
         chord_err_oom(err);
         goto done;
     }
@@ -865,8 +872,36 @@ static int run_sample(tk_model *m, const json_t *req, tk_sample_response **resul
                          .seed = seed >= 0 ? (uint64_t)seed
                                            : chord_splitmix64((uint64_t)(wall_s() * 1e9)),
                          .stream = 0};
-    const int32_t *pp = ptoks;
-    if (rollout_generate(m->engine, &pp, &plen, 1, &rp, &rr, err) != 0) goto done;
+    sj->ptoks = ptoks;
+    sj->plen = plen;
+    sj->n_stop = n_stop;
+    sj->strs = strs;
+    sj->want_prompt_lp = want_prompt_lp;
+    sj->rp = rp;
+    return 0;
+done:
+    free(ptoks);
+    json_decref(strs);
+    return -1;
+}
+
+/* Takes rr (freed here) and builds the response of sample_prepare's request. */
+static int sample_finish(tk_model *m, const sample_job *sj, rollout_result *rrp,
+                         tk_sample_response **result, chord_err *err) {
+    *result = NULL;
+    model *mm = m->boot.m;
+    const int32_t *ptoks = sj->ptoks;
+    const int plen = sj->plen;
+    const json_t *strs = sj->strs;
+    int rc = -1;
+    rollout_result rr = *rrp;
+    memset(rrp, 0, sizeof *rrp);
+    tk_sample_response *out = calloc(1, sizeof *out);
+    float *lp = NULL;
+    if (!out) {
+        chord_err_oom(err);
+        goto done;
+    }
     out->seqs = calloc((size_t)rr.n, sizeof *out->seqs);
     if (!out->seqs) {
         chord_err_oom(err);
@@ -896,7 +931,7 @@ static int run_sample(tk_model *m, const json_t *req, tk_sample_response **resul
         memcpy(s->tokens, q->tokens, (size_t)len * sizeof *s->tokens);
         memcpy(s->logprobs, q->logp, (size_t)len * sizeof *s->logprobs);
     }
-    if (want_prompt_lp) { /* log p(token j | tokens < j), NaN at 0: one forward at T = 1 */
+    if (sj->want_prompt_lp) { /* log p(token j | tokens < j), NaN at 0: one forward at T = 1 */
         int32_t *pos = malloc((size_t)plen * sizeof *pos),
                 *tgt = malloc((size_t)plen * sizeof *tgt);
         int32_t cu[2] = {0, plen};
@@ -908,7 +943,7 @@ static int run_sample(tk_model *m, const json_t *req, tk_sample_response **resul
             tgt[j] = j + 1 < plen ? ptoks[j + 1] : -1;
         }
         model_batch b = {
-            .N = plen, .S = 1, .tokens = ptoks, .positions = pos, .cu_seqlens = cu, .targets = tgt};
+            .N = plen, .S = 1, .tokens = (int32_t *)ptoks, .positions = pos, .cu_seqlens = cu, .targets = tgt};
         int frc = ok ? model_forward(mm, &b, 1.0f, lp, NULL, err) : chord_err_oom(err);
         free(pos), free(tgt);
         if (frc != 0) goto done;
@@ -919,9 +954,7 @@ static int run_sample(tk_model *m, const json_t *req, tk_sample_response **resul
     }
     rc = 0;
 done:
-    free(ptoks);
     free(lp);
-    json_decref(strs);
     rollout_result_free(&rr);
     if (rc != 0) {
         if (out) tk_sample_response_free(out);
@@ -929,6 +962,30 @@ done:
     } else {
         *result = out;
     }
+    return rc;
+}
+
+
+static void sample_job_free(sample_job *sj) {
+    free(sj->ptoks);
+    json_decref(sj->strs);
+    memset(sj, 0, sizeof *sj);
+}
+
+static int run_sample(tk_model *m, const json_t *req, tk_sample_response **result, chord_err *err) {
+    *result = NULL;
+    sample_job sj;
+    memset(&sj, 0, sizeof sj);
+    rollout_result rr = {0};
+    int rc = sample_prepare(m, req, &sj, err);
+    if (rc == 0) {
+        const int32_t *pp = sj.ptoks;
+        sj.rp.stop_ids = sj.stop_ids;
+        rc = rollout_generate(m->engine, &pp, &sj.plen, 1, &sj.rp, &rr, err);
+    }
+    if (rc == 0) rc = sample_finish(m, &sj, &rr, result, err);
+    rollout_result_free(&rr);
+    sample_job_free(&sj);
     return rc;
 }
 
@@ -973,6 +1030,94 @@ static void run_op(tk_model *m, tk_op *op) {
     future_done(m->t, op->f, json, fb, sample, rc != 0 ? &err : NULL);
 }
 
+/* Sample requests queued together decode together: one growing batch (server/train/rollout.h)
+ * per group of them whose KV cache stays within TK_BATCH_POSITIONS slots x positions (a request
+ * larger than that alone); each is answered when its own sequences end, with what it draws
+ * alone (its uniforms are its own). */
+#define TK_BATCH_MAX 64
+#define TK_BATCH_POSITIONS 65536
+static void run_samples(tk_model *m, tk_op **ops, int k) {
+    sample_job *sj = calloc((size_t)k, sizeof *sj);
+    chord_err *errs = calloc((size_t)k, sizeof *errs);
+    int *r = calloc((size_t)k, sizeof *r), *ok = calloc((size_t)k, sizeof *ok);
+    if (!sj || !errs || !r || !ok || m->failed[0]) { /* one at a time (they fail alike) */
+        free(sj), free(errs), free(r), free(ok);
+        for (int i = 0; i < k; i++)
+            run_op(m, ops[i]);
+        return;
+    }
+    for (int i = 0; i < k; i++)
+        ok[i] = sample_prepare(m, ops[i]->json, &sj[i], &errs[i]) == 0;
+    for (int g0 = 0; g0 < k;) {
+        /* the next group: as many as fit TK_BATCH_POSITIONS (at least one) */
+        long long slots = 0, max_T = 0;
+        int g1 = g0;
+        for (; g1 < k; g1++) {
+            if (!ok[g1]) continue;
+            long long s2 = slots + sj[g1].rp.group_size,
+                      t2 = sj[g1].plen + (long long)sj[g1].rp.max_new_tokens;
+            if (t2 < max_T) t2 = max_T;
+            if (slots > 0 && s2 * t2 > TK_BATCH_POSITIONS) break;
+            slots = s2, max_T = t2;
+        }
+        rollout_batch *b = NULL;
+        chord_err berr = {0};
+        int n_in = 0;
+        if (slots > 0 && rollout_batch_new(m->engine, (int)slots, (int)max_T, &b, &berr) != 0)
+            b = NULL;
+        for (int i = g0; i < g1; i++) {
+            if (!ok[i]) continue;
+            if (!b) {
+                errs[i] = berr;
+                ok[i] = 0;
+                continue;
+            }
+            const int32_t *pp = sj[i].ptoks;
+            sj[i].rp.stop_ids = sj[i].stop_ids;
+            r[i] = rollout_batch_add(b, &pp, &sj[i].plen, 1, &sj[i].rp, &errs[i]);
+            if (r[i] < 0)
+                ok[i] = 0;
+            else
+                n_in++;
+        }
+        int live = 1;
+        while (b && live > 0) {
+            live = rollout_batch_step(b, &berr);
+            for (int i = g0; i < g1; i++) {
+                rollout_result rr = {0};
+                if (!ok[i]) continue;
+                if (live < 0) { /* the batch failed under them */
+                    errs[i] = berr;
+                    ok[i] = 0;
+                    continue;
+                }
+                if (!rollout_batch_take(b, r[i], &rr)) continue;
+                tk_sample_response *res = NULL;
+                int rc = sample_finish(m, &sj[i], &rr, &res, &errs[i]);
+                rollout_result_free(&rr);
+                future_done(m->t, ops[i]->f, NULL, NULL, res, rc != 0 ? &errs[i] : NULL);
+                ok[i] = -1; /* answered */
+            }
+        }
+        for (int i = g0; i < g1; i++)
+            if (ok[i] == 1) { /* cannot happen: a finished batch has every request done */
+                chord_err_setc(&errs[i], CHORD_E_INTERNAL, "sample: the batch ended without it");
+                ok[i] = 0;
+            }
+        if (n_in > 1) LOG_INFO("tinker %s: %d sample requests decoded together", m->id, n_in);
+        rollout_batch_free(b);
+        g0 = g1;
+    }
+    for (int i = 0; i < k; i++) {
+        if (ok[i] == 0) {
+            LOG_WARN("tinker %s seq %d: %s", m->id, (int)ops[i]->seq, errs[i].msg);
+            future_done(m->t, ops[i]->f, NULL, NULL, NULL, &errs[i]);
+        }
+        sample_job_free(&sj[i]);
+    }
+    free(sj), free(errs), free(r), free(ok);
+}
+
 static void *model_main(void *arg) {
     tk_model *m = arg;
     tk_service *t = m->t;
@@ -991,6 +1136,23 @@ static void *model_main(void *arg) {
             }
         } else {
             gap_since = 0.0;
+        }
+        if (op && op->seq == m->next_seq && !t->stopping && op->kind == OP_SAMPLE) {
+            /* it and the sample requests right behind it, together */
+            tk_op *batch[TK_BATCH_MAX];
+            int k = 0;
+            while (k < TK_BATCH_MAX && m->queue && m->queue->kind == OP_SAMPLE &&
+                   (k == 0 || m->sampler || m->queue->seq == m->next_seq + k)) {
+                batch[k++] = m->queue;
+                m->queue = m->queue->next;
+            }
+            pthread_mutex_unlock(&t->mu);
+            run_samples(m, batch, k);
+            for (int i = 0; i < k; i++)
+                op_free(batch[i]);
+            pthread_mutex_lock(&t->mu);
+            m->next_seq += k;
+            continue;
         }
         if (op && op->seq == m->next_seq && !t->stopping) {
             m->queue = op->next;

@@ -359,3 +359,29 @@ def test_state_outlives_a_crash():
     finally:
         s.stop()
         s.cleanup()
+
+
+def test_sample_requests_queued_together_decode_together(srv):
+    """Sample requests that queue up on one sampler decode in one batch (server/tinker/tinker.c
+    run_samples; the server logs how many), each with its own prompt, num_samples, max_tokens,
+    temperature and seed, and each returns exactly what it returns alone (the tokens; the
+    log-probs to fp32 round-off)."""
+    import tinker
+    from tinker import types
+    sc = tinker.ServiceClient()
+    smp = sc.create_sampling_client(base_model="tbase")
+    smp = smp.result() if hasattr(smp, "result") else smp
+    reqs = [(types.ModelInput.from_ints([5 + i, 17, 300 - i, 42]), 1 + i % 3,
+             types.SamplingParams(max_tokens=30 + 5 * i, temperature=0.6 + 0.1 * i, stop=[],
+                                  seed=1000 + i)) for i in range(8)]
+    futures = [smp.sample(prompt=p, num_samples=n, sampling_params=sp) for p, n, sp in reqs]
+    together = [f.result() for f in futures]
+    alone = [smp.sample(prompt=p, num_samples=n, sampling_params=sp).result()
+             for p, n, sp in reqs]
+    for a, b, (_, n, sp) in zip(alone, together, reqs):
+        assert len(a.sequences) == len(b.sequences) == n
+        for x, y in zip(a.sequences, b.sequences):
+            assert list(x.tokens) == list(y.tokens) and len(x.tokens) == sp.max_tokens
+            assert max(abs(p - q) for p, q in zip(x.logprobs, y.logprobs)) <= 1e-5
+    log = srv.read_log()
+    assert "sample requests decoded together" in log, log[-3000:]
