@@ -385,13 +385,7 @@ int rollout_generate(rollout_engine *e, const int32_t *const *prompts, const int
     int max_prompt = 0;
     for (int i = 0; i < n_prompts; i++)
         if (prompt_lens[i] > max_prompt) max_prompt = prompt_lens[i];
-    const model *m = e->m;
-    if (m->cfg.max_position_embeddings > 0 &&
-        max_prompt + p->max_new_tokens > m->cfg.max_position_embeddings)
-        return chord_err_set(err,
-                             "rollout: prompt (%d) + max_new_tokens (%d) exceeds the model's "
-                             "max_position_embeddings (%d)",
-                             max_prompt, p->max_new_tokens, m->cfg.max_position_embeddings);
+    /* a batch clamped to the model's positions: rollout_batch_add names that limit */
     rollout_batch *b = NULL;
     if (rollout_batch_new(e, n_prompts * p->group_size, max_prompt + p->max_new_tokens, &b,
                           err) != 0)
