@@ -955,8 +955,15 @@ def weights(srv, job_id, step):
 
 
 def test_pause_resume_is_bit_identical_and_keeps_its_place(srv, trained):
-    steps = 200  # long enough that the pause lands before the end, even under ASan
-    doc = tiny_job("nightly", steps=steps, checkpoint_every=100, seed=11, name="pausable")
+    steps = 200
+    # slow enough a step (a wider model, longer responses) that the pause lands before the end
+    # on any build: with the tiny model's ~1 ms steps the whole job could end inside one poll
+    slow = {"model": {"init": {"config": dict(TINY_CONFIG, hidden_size=128,
+                                              intermediate_size=256, num_hidden_layers=2,
+                                              num_attention_heads=4, num_key_value_heads=2),
+                               "seed": 3}},
+            "sampling": {"max_new_tokens": 24}}
+    doc = tiny_job("nightly", steps=steps, checkpoint_every=100, seed=11, name="pausable", **slow)
     a = srv.post("/v1/jobs", doc).json()
     a = srv.wait_job(a["id"], lambda j: j["state"] in ("succeeded", "failed"))
     assert a["state"] == "succeeded", a
@@ -996,7 +1003,7 @@ def test_pause_resume_is_bit_identical_and_keeps_its_place(srv, trained):
     # over gRPC too
     pb = stubs()[0]
     stub = srv.stub()
-    e = srv.post("/v1/jobs", tiny_job("nightly", steps=200, name="grpc-pause")).json()
+    e = srv.post("/v1/jobs", tiny_job("nightly", steps=200, name="grpc-pause", **slow)).json()
     srv.wait_job(e["id"], lambda j: j["state"] == "running" and j["current_step"] >= 1)
     assert stub.PauseJob(pb.PauseJobRequest(id=e["id"]), timeout=30).pause_requested
     srv.wait_job(e["id"], lambda j: j["state"] == "paused")
