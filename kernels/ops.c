@@ -3,6 +3,7 @@
  * supplies the CUDA stubs when CUDA is not built. */
 #include "kernels/ops.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -134,12 +135,92 @@ static ops_ctx *open_device(const char *device, int threads, char *err, size_t e
     return NULL;
 }
 
+/* ---- ops_alloc's accounting ----
+ * The live buffers in an array searched from the newest (a context holds a few dozen: a model's
+ * flat buffers, run states, KV caches). One lock for every context: allocations are rare (set-up,
+ * a run state that grows) and a context may be handed between threads. */
+struct ops_mem_track {
+    void **ptr;
+    size_t *bytes;
+    size_t n, cap;
+    size_t live, peak;
+};
+static pthread_mutex_t mem_lock = PTHREAD_MUTEX_INITIALIZER;
+
+void *ops_alloc(ops_ctx *c, size_t bytes) {
+    void *p = c->be->alloc(c, bytes);
+    if (!p) return NULL;
+    pthread_mutex_lock(&mem_lock);
+    struct ops_mem_track *t = c->mem;
+    if (!t) t = c->mem = calloc(1, sizeof *t);
+    if (t && t->n == t->cap) {
+        size_t cap = t->cap ? 2 * t->cap : 32;
+        void **np = realloc(t->ptr, cap * sizeof *np);
+        if (np) t->ptr = np;
+        size_t *nb = np ? realloc(t->bytes, cap * sizeof *nb) : NULL;
+        if (nb) {
+            t->bytes = nb;
+            t->cap = cap;
+        }
+    }
+    if (t && t->n < t->cap) { /* else (out of host memory) the buffer goes uncounted */
+        t->ptr[t->n] = p;
+        t->bytes[t->n++] = bytes;
+        t->live += bytes;
+        if (t->live > t->peak) t->peak = t->live;
+    }
+    pthread_mutex_unlock(&mem_lock);
+    return p;
+}
+
+void ops_free(ops_ctx *c, void *p) {
+    if (!p) return;
+    pthread_mutex_lock(&mem_lock);
+    struct ops_mem_track *t = c->mem;
+    for (size_t i = t ? t->n : 0; i-- > 0;) {
+        if (t->ptr[i] != p) continue;
+        t->live -= t->bytes[i];
+        t->ptr[i] = t->ptr[--t->n];
+        t->bytes[i] = t->bytes[t->n];
+        if (t->n == 0) { /* nothing live: the arrays go (a context between jobs holds none) */
+            free(t->ptr);
+            free(t->bytes);
+            t->ptr = NULL;
+            t->bytes = NULL;
+            t->cap = 0;
+        }
+        break;
+    }
+    pthread_mutex_unlock(&mem_lock);
+    c->be->free(c, p);
+}
+
+void ops_mem_usage(const ops_ctx *c, size_t *live, size_t *peak) {
+    pthread_mutex_lock(&mem_lock);
+    const struct ops_mem_track *t = c ? c->mem : NULL;
+    if (live) *live = t ? t->live : 0;
+    if (peak) *peak = t ? t->peak : 0;
+    pthread_mutex_unlock(&mem_lock);
+}
+
+void ops_mem_reset_peak(ops_ctx *c) {
+    pthread_mutex_lock(&mem_lock);
+    if (c && c->mem) c->mem->peak = c->mem->live;
+    pthread_mutex_unlock(&mem_lock);
+}
+
 const char *ops_last_error(const ops_ctx *c) {
     return c ? c->last_error : "no backend";
 }
 
 void ops_close(ops_ctx *c) {
     if (!c) return;
+    if (c->mem) {
+        free(c->mem->ptr);
+        free(c->mem->bytes);
+        free(c->mem);
+        c->mem = NULL;
+    }
     if (c->be && c->be->close)
         c->be->close(c);
     else

@@ -195,6 +195,7 @@ struct ops_ctx {
      * (model.h "Precision"). Set by ops_open: the environment's CHORD_WEIGHTS (fp32, bf16, or
      * auto = the backend's choice: bf16 on CUDA while its GEMMs are bf16, fp32 on the CPU). */
     int bf16_weights;
+    struct ops_mem_track *mem; /* ops_alloc's accounting (ops_mem_usage), made at the first one */
     char last_error[512];
 };
 
@@ -236,13 +237,18 @@ int ops_cuda_mem_info(int device_index, size_t *free_bytes, size_t *total_bytes)
  * call dispatches through c->be at the time of the call. A caller checks each result (0 / -1,
  * NULL from ops_alloc) and reports ops_last_error(c). */
 
-static inline void *ops_alloc(ops_ctx *c, size_t bytes) {
-    return c->be->alloc(c, bytes);
-}
+/* alloc, counted in ops_mem_usage */
+void *ops_alloc(ops_ctx *c, size_t bytes);
 /* NULL is a no-op */
-static inline void ops_free(ops_ctx *c, void *p) {
-    if (p) c->be->free(c, p);
-}
+void ops_free(ops_ctx *c, void *p);
+/* What the buffers of ops_alloc on c hold: *live the bytes handed out and not freed yet, *peak
+ * the most there were at once since the context opened or ops_mem_reset_peak (either pointer
+ * may be NULL). These are the buffers the memory estimate counts (server/train/mem_estimate.h:
+ * weights and their bf16 copies, gradients, AdamW moments, run state, KV caches), not a
+ * backend's own workspaces (cuBLAS's, the CUDA scratch, the CPU's per-op temporaries). */
+void ops_mem_usage(const ops_ctx *c, size_t *live, size_t *peak);
+/* The peak starts again from what is live now. */
+void ops_mem_reset_peak(ops_ctx *c);
 static inline int ops_to_device(ops_ctx *c, void *dst, const void *src_host, size_t bytes) {
     return c->be->to_device(c, dst, src_host, bytes);
 }

@@ -73,6 +73,7 @@ int svc_check_job_fits(svc *s, store *st, const job_config *cfg, const model_con
                        chord_err *err) {
     mem_estimate e;
     mem_estimate_job(mc, cfg, dataset_prompt_tokens(st, cfg->data_prompts),
+                     dataset_prompt_tokens(st, cfg->data_expert),
                      dataset_prompt_tokens(st, cfg->data_eval), &e);
     return check_devices(s, cfg->device, 1, &e, err);
 }

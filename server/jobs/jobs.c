@@ -462,7 +462,8 @@ static void finish_job(worker *w, const char *id, store_job_state to, const char
  * of it that is shared base weights (a LoRA job's base, a KL reference), held once per device
  * by the shared bases whatever the number of jobs using them. */
 static int64_t job_estimate(const worker *w, const job_config *cfg, const char *resume_dir,
-                            const char *prompts, const char *eval, int64_t *shared) {
+                            const char *prompts, const char *expert, const char *eval,
+                            int64_t *shared) {
     model_config mc;
     chord_err err = {0};
     if (shared) *shared = 0;
@@ -473,8 +474,8 @@ static int64_t job_estimate(const worker *w, const job_config *cfg, const char *
                model_config_from_json(cfg->model_init_config, &mc, &err) != 0))
         return 0;
     mem_estimate e;
-    mem_estimate_job(&mc, cfg, mem_prompt_tokens_of_file(prompts), mem_prompt_tokens_of_file(eval),
-                     &e);
+    mem_estimate_job(&mc, cfg, mem_prompt_tokens_of_file(prompts),
+                     mem_prompt_tokens_of_file(expert), mem_prompt_tokens_of_file(eval), &e);
     /* with LoRA, weights holds the base's and the adapter's own (4 lora_params); the bf16 copies
      * (model.h precision) are the base's and the reference's: shared too */
     mem_budget b;
@@ -521,7 +522,7 @@ static void run_job(worker *w, store_job *job) {
         LOG_INFO("job %s running on %s (%lld steps)", job->id, w->device, (long long)cfg.steps);
     if (p->hooks.publish) p->hooks.publish(p->hooks.user, job->id);
 
-    int64_t shared = 0, estimate = job_estimate(w, &cfg, resume, prompts, eval, &shared);
+    int64_t shared = 0, estimate = job_estimate(w, &cfg, resume, prompts, expert, eval, &shared);
     atomic_store(&w->reserved, estimate - shared);
     const char *tokenizer_dir = cfg.model_init_tokenizer;
     if (p->dist) { /* the other ranks run it too (ranks.h) */
@@ -628,16 +629,18 @@ static int64_t fit_need(worker *w, const char *job_id, const char *config_json) 
         w->fit_key = NULL;
         w->fit_need = w->fit_shared = 0;
         if (jobconfig_parse(config_json, &cfg, &e)) return 0; /* run_job fails it, saying why */
-        char *prompts = NULL, *eval = NULL;
+        char *prompts = NULL, *expert = NULL, *eval = NULL;
         (void)resolve_dataset(w, cfg.data_prompts, &prompts, &e); /* unknown: the default */
+        (void)resolve_dataset(w, cfg.data_expert, &expert, &e);
         (void)resolve_dataset(w, cfg.data_eval, &eval, &e);
-        w->fit_need = job_estimate(w, &cfg, NULL, prompts, eval, &w->fit_shared);
+        w->fit_need = job_estimate(w, &cfg, NULL, prompts, expert, eval, &w->fit_shared);
         if (w->fit_shared > 0 &&
             bootstrap_base_key(cfg.model_path, cfg.model_init_config, cfg.model_init_seed,
                                &w->fit_key, &e) != 0)
             w->fit_shared = 0;
         snprintf(w->fit_id, sizeof w->fit_id, "%s", job_id);
         free(prompts);
+        free(expert);
         free(eval);
         jobconfig_free(&cfg);
     }

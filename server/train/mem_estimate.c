@@ -93,8 +93,28 @@ void mem_estimate_zero1(mem_estimate *e, int ranks) {
     finish(e);
 }
 
+/* The rows of the largest micro-batch: micro_batch_tokens, but never more than a step's
+ * sequences hold together (the rollouts' B G of at most T_p + new tokens, the expert records' E
+ * of at most T_e), and at least the longest of them (a longer sequence trains alone). */
+static double micro_batch_rows(const model_config *mc, const job_config *cfg, double prompt_tokens,
+                               double expert_tokens) {
+    double budget = cfg->micro_batch_tokens > 0 ? (double)cfg->micro_batch_tokens : 8192.0;
+    double rows = 0, longest = 0;
+    if (jobconfig_uses_rollouts(cfg->algorithm)) {
+        double T = positions_cap(mc, prompt_tokens + (double)cfg->sampling.max_new_tokens);
+        rows += (double)cfg->grpo.prompts_per_step * (double)cfg->grpo.group_size * T;
+        longest = dmax(longest, T);
+    }
+    if (jobconfig_uses_expert(cfg->algorithm)) {
+        double T = positions_cap(mc, expert_tokens);
+        rows += (double)cfg->expert_per_step * T;
+        longest = dmax(longest, T);
+    }
+    return rows > 0 ? dmin(rows, dmax(budget, longest)) : budget;
+}
+
 void mem_estimate_job(const model_config *mc, const job_config *cfg, double prompt_tokens,
-                      double eval_prompt_tokens, mem_estimate *out) {
+                      double expert_tokens, double eval_prompt_tokens, mem_estimate *out) {
     mem_estimate_weights(mc, out);
     out->kind = MEM_KIND_JOB;
     out->optimizer = 12.0 * out->params;
@@ -121,7 +141,7 @@ void mem_estimate_job(const model_config *mc, const job_config *cfg, double prom
         /* run_layout's LoRA buffers: x A^T of every target per layer kept, and the scratch
          * (the widest projection's output, and r) */
         double widest = dmax(dmax(C, I), HqD), r = (double)cfg->lora.rank;
-        double N = cfg->micro_batch_tokens > 0 ? (double)cfg->micro_batch_tokens : 8192.0;
+        double N = micro_batch_rows(mc, cfg, prompt_tokens, expert_tokens);
         out->lora_activations = 4.0 * N * (mc->num_hidden_layers * 7.0 * r + widest + r);
         if (cfg->lora.dropout > 0.0) out->lora_activations += 4.0 * N * 2.0 * widest; /* masks */
     }
@@ -129,13 +149,19 @@ void mem_estimate_job(const model_config *mc, const job_config *cfg, double prom
     double L = mc->num_hidden_layers, C = mc->hidden_size, V = mc->vocab_size;
     double Hq = mc->num_attention_heads, Hkv = mc->num_key_value_heads, D = mc->head_dim;
     double I = mc->intermediate_size;
-    double N = cfg->micro_batch_tokens > 0 ? (double)cfg->micro_batch_tokens : 8192.0;
+    double N = micro_batch_rows(mc, cfg, prompt_tokens, expert_tokens);
     double fwd = (L + 1) * C + L * layer_floats(mc) + tail_floats(mc);
     double bwd = 2 + 2 * C + (Hq + 2 * Hkv) * D + Hq * D + 3 * I;
     if (mc->qk_norm) bwd += (Hq + Hkv) * D;
     double chunk = dmin(N, dmax(1.0, (double)(long long)(LOGITS_CHUNK_BYTES / (4.0 * V))));
     out->tokens = N;
     out->activations = 4.0 * (N * (fwd + bwd) + 2.0 * chunk * V) + out->lora_activations;
+    /* bf16 activations (model.h precision; not with an adapter): ln1, ln2 and gate/up of every
+     * layer in 2 bytes instead of 4, plus one float32 (N, C) norm output the layers share */
+    if (cfg->lora.rank <= 0) out->act16_saving = N * (L * (2.0 * C + 2.0 * I) * 2.0 - 4.0 * C);
+    /* the reference's log-probs run the same micro-batches through its own model (model_forward:
+     * its run state is a training one, kept beside the policy's), counted here in float32 */
+    if (out->reference > 0) out->reference += out->activations;
     /* grpo.share_prompt: attention's expanded layout (model.c's x* scratch, one for every layer):
      * a shared prompt row appears once per response, so at most G N rows of q, k, v and the
      * attention output with their gradients */
@@ -212,7 +238,12 @@ void mem_budget_make(mem_budget *b, const char *device, double free_bytes, doubl
 }
 
 double mem_estimate_need(const mem_estimate *e, const mem_budget *b) {
-    return e->total + (b && b->bf16_weights ? e->weights16 : 0.0);
+    return e->total + (b && b->bf16_weights ? e->weights16 - e->act16_saving : 0.0);
+}
+
+/* the training activations on b's device (bf16 ones where its models keep bf16 weights) */
+static double activations_on(const mem_estimate *e, const mem_budget *b) {
+    return e->activations - (b && b->bf16_weights ? e->act16_saving : 0.0);
 }
 
 /* "1.25 GiB", "310.0 MiB", "12.0 KiB", "100 bytes" */
@@ -260,7 +291,8 @@ int mem_estimate_check(const mem_estimate *e, const mem_budget *b, chord_err *er
             ADD(" + their bf16 copy %s", size_text(e->weights16, w16, sizeof w16));
         }
         if (e->reference > 0)
-            ADD(" + the KL's reference weights %s", size_text(e->reference, r, sizeof r));
+            ADD(" + the KL's reference (weights and activations) %s",
+                size_text(e->reference, r, sizeof r));
         if (e->optimizer > 0 && e->lora_params > 0) {
             char fo[32];
             ADD(" + the LoRA adapter's gradients and AdamW moments %s (%.0f parameters; full "
@@ -272,8 +304,9 @@ int mem_estimate_check(const mem_estimate *e, const mem_budget *b, chord_err *er
         }
         if (e->zero_ranks > 1) ADD(" (ZeRO-1: moments of 1/%d of them per rank)", e->zero_ranks);
         if (e->activations > 0)
-            ADD(" + activations %s (%.0f tokens per micro-batch)",
-                size_text(e->activations, a, sizeof a), e->tokens);
+            ADD(" + activations %s (%.0f tokens per micro-batch%s)",
+                size_text(activations_on(e, b), a, sizeof a), e->tokens,
+                b->bf16_weights && e->act16_saving > 0 ? ", norms and gate/up in bf16" : "");
         ADD(" + sampling %s + KV cache %s", size_text(e->sampling, s, sizeof s),
             size_text(e->kv_cache, k, sizeof k));
         if (e->slots > 0) ADD(" (%.0f slots x %.0f positions", e->slots, e->positions);
@@ -293,7 +326,7 @@ int mem_estimate_check(const mem_estimate *e, const mem_budget *b, chord_err *er
                 (advice){e->sampling + e->kv_cache - e->eval,
                          "grpo.prompts_per_step x grpo.group_size or sampling.max_new_tokens"};
             adv[n++] = (advice){e->eval, "eval.k or eval.max_new_tokens"};
-            adv[n++] = (advice){e->activations, "micro_batch_tokens"};
+            adv[n++] = (advice){activations_on(e, b), "micro_batch_tokens"};
         } else {
             adv[n++] = (advice){e->sampling + e->kv_cache,
                                 "the number of prompts x n, the prompts' length or max_tokens"};

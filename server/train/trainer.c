@@ -49,6 +49,8 @@ typedef struct step_metrics {
     double policy_tokens, expert_tokens, policy_tokens_skipped; /* skipped: zero advantage */
     double time_rollout, time_reward, time_train, time_step;
     double tps_rollout, tps_train;
+    /* ops_mem_usage's peak, the estimate set-up checked */
+    double mem_peak_mib, mem_estimate_mib;
     double prompts_drawn, groups_dropped; /* dynamic sampling (grpo.filter_groups) */
     int has_filter;                       /* those rows exist only with grpo.filter_groups */
     double prompt_rows_shared; /* grpo.share_prompt: rows the shared prompts saved (one pass) */
@@ -106,6 +108,8 @@ static const struct {
     STEP_METRIC("time/step", time_step),
     STEP_METRIC("tokens_per_s/rollout", tps_rollout),
     STEP_METRIC("tokens_per_s/train", tps_train),
+    STEP_METRIC("memory/peak_mib", mem_peak_mib),         /* the device's buffers, at most */
+    STEP_METRIC("memory/estimate_mib", mem_estimate_mib), /* what set-up checked (mem_estimate) */
     EVAL_METRIC("eval/error_rate", eval_error_rate),
     EVAL_METRIC("eval/accuracy", eval_accuracy),
     EVAL_METRIC("eval/avg_at_k", eval_accuracy), /* avg@k: the mean over k samples */
@@ -162,6 +166,7 @@ typedef struct trainer {
     int checkpoint_on_stop;      /* what should_stop asked for when it stopped a rollout */
     int64_t cur_step, cur_epoch; /* the update train_on runs (the LoRA dropout masks' seed) */
     step_metrics metrics;        /* of the step being run */
+    double mem_need;             /* the memory estimate set-up checked (bytes on this device) */
     /* several ranks: this rank's step (rollout tokens, rollout s, train tokens, train s), and
      * every rank's throughput (rollout, train) with its metric names, rows after the table's */
     double rank_local[4];
@@ -1756,7 +1761,7 @@ int trainer_stop_ids(const model *m, const tok_tokenizer *tok, int32_t *out, int
  * estimate the service already checked at submission) instead of a failed allocation half-way
  * through a step. A backend that cannot tell its free memory is trusted. */
 static int check_fits(const trainer_env *env, const model_config *mc, const job_config *cfg,
-                      chord_err *err) {
+                      double *need, chord_err *err) {
     size_t free_b = 0, total_b = 0;
     double free_bytes =
         ops_mem_info(env->ops, &free_b, &total_b) == 0 && free_b > 0 ? (double)free_b : -1.0;
@@ -1768,9 +1773,11 @@ static int check_fits(const trainer_env *env, const model_config *mc, const job_
     mem_estimate e;
     mem_budget b;
     mem_estimate_job(mc, cfg, mem_prompt_tokens_of_file(env->prompts_path),
+                     mem_prompt_tokens_of_file(env->expert_path),
                      mem_prompt_tokens_of_file(env->eval_path), &e);
     if (env->zero && dist_size(env->dist) > 1) mem_estimate_zero1(&e, dist_size(env->dist));
     mem_budget_make(&b, device, free_bytes, (double)env->memory_limit);
+    *need = mem_estimate_need(&e, &b);
     return mem_estimate_check(&e, &b, err);
 }
 
@@ -1780,8 +1787,8 @@ static int check_fits_hook(void *user, const model_config *mc, const tok_tokeniz
                            const chat_template *tpl, chord_err *err) {
     (void)tok;
     (void)tpl;
-    const trainer *t = user;
-    return check_fits(t->env, mc, t->cfg, err);
+    trainer *t = user;
+    return check_fits(t->env, mc, t->cfg, &t->mem_need, err);
 }
 
 static int setup(trainer *t, chord_err *err) {
@@ -1805,6 +1812,7 @@ static int setup(trainer *t, chord_err *err) {
                            .user = t,
                            .bases = lora ? env->bases : NULL}; /* a LoRA base is frozen */
     bootstrap_model *b = &t->boot; /* closed when the run ends */
+    ops_mem_reset_peak(env->ops);  /* memory/peak_mib: this job's, from here */
     if (bootstrap_open(&spec, env->ops, b, err) != 0) return -1;
     t->m = b->m;
     t->tok = b->tok;
@@ -2035,6 +2043,10 @@ int trainer_run(const job_config *cfg, const trainer_env *env, const trainer_cal
         if (t.eval.n > 0 && cfg->eval.every > 0 &&
             (step % cfg->eval.every == 0 || step == cfg->steps) && run_eval(&t, step, err) != 0)
             goto done;
+        size_t peak = 0;
+        ops_mem_usage(env->ops, NULL, &peak);
+        t.metrics.mem_peak_mib = (double)peak / 1048576.0;
+        t.metrics.mem_estimate_mib = t.mem_need / 1048576.0;
         const char **names = t.row_names;
         double *values = t.row_values;
         int n_metrics = metrics_emit(&t.metrics, names, values);

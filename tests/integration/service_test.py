@@ -376,9 +376,10 @@ def test_job_that_cannot_fit_is_refused_at_submission(srv, datasets):
     assert_too_large(r, "KV cache", "1000000000 slots x ",
                      "to fit, lower (biggest share first) grpo.prompts_per_step x "
                      "grpo.group_size or sampling.max_new_tokens")
-    # a tiny model with micro-batches of 1e10 tokens: activations first in what to lower
-    r = srv.post("/v1/jobs", tiny_job(p, e, micro_batch_tokens=10**10))
-    assert_too_large(r, "activations", "10000000000 tokens per micro-batch",
+    # a tiny model with micro-batches of 1e10 tokens and 1e7 expert records a step (of at most
+    # 128 tokens): 1.28e9 rows in a micro-batch, activations first in what to lower
+    r = srv.post("/v1/jobs", tiny_job(p, e, micro_batch_tokens=10**10, expert_per_step=10**7))
+    assert_too_large(r, "activations", "1280000488 tokens per micro-batch",
                      "to fit, lower (biggest share first) micro_batch_tokens")
     # a config.json that does not parse is refused at submission too, naming the field
     assert_error(srv.post("/v1/jobs", tiny_job(p, model={"path": "badcfg"})), 400,
@@ -429,32 +430,36 @@ def test_device_memory_limit_caps_submission_and_start(srv, datasets):
     share is not a rollout's; and a job accepted before a restart with a lower limit fails when
     it starts, saying so."""
     p, _ = datasets
-    big_batch = tiny_job(p, steps=1, micro_batch_tokens=8192)
+    # 16 prompts x 8 responses of up to 122 tokens a step: micro-batches fill micro_batch_tokens
+    wide_step = {"group_size": 8, "prompts_per_step": 16}
+    big_batch = tiny_job(p, steps=1, micro_batch_tokens=8192, grpo=wide_step)
     r = srv.post("/v1/jobs", big_batch)  # no limit: the host's free memory
     assert r.status == 201, r
     srv.wait_job(r.json()["id"], lambda j: j["state"] == "succeeded")
     lim = Chordd(extra_args=["--device-memory-mb", "64"]).start()
     try:
         lp = lim.upload("prompts", jsonl(arith_prompts(20))).json()["id"]
-        r = lim.post("/v1/jobs", tiny_job(lp, steps=1, micro_batch_tokens=8192))
+        r = lim.post("/v1/jobs", tiny_job(lp, steps=1, micro_batch_tokens=8192, grpo=wide_step))
         assert_error(r, 413, "payload_too_large",
                      "on cpu but the device memory limit (--device-memory-mb) allows 64.0 MiB",
                      "activations", "(biggest share first) micro_batch_tokens")
         assert lim.get("/v1/jobs").json()["total"] == 0
-        r = lim.post("/v1/jobs", tiny_job(lp, steps=1, micro_batch_tokens=1024))
+        r = lim.post("/v1/jobs", tiny_job(lp, steps=1, micro_batch_tokens=1024, grpo=wide_step))
         assert r.status == 201, r
         lim.wait_job(r.json()["id"], lambda j: j["state"] == "succeeded")
-        # a running job (~46 MiB at 4096 tokens per micro-batch) keeps its share of the limit: a
-        # rollout (~35 MiB) runs between its steps, so only the rest (~18 MiB) is left for it;
+        # a running job (~52 MiB at 4096 tokens per micro-batch) keeps its share of the limit: a
+        # rollout (~35 MiB) runs between its steps, so only the rest (~12 MiB) is left for it;
         # another such job runs after it, so it may use the whole limit
         write_model_dir(lim, "tiny", TINY_CONFIG)
         wide = {"prompts": ["Compute 1+2."] * 32, "model": "tiny", "n": 48, "max_tokens": 64}
-        running = lim.post("/v1/jobs", tiny_job(lp, steps=100000, micro_batch_tokens=4096)).json()
+        running = lim.post("/v1/jobs", tiny_job(lp, steps=100000, micro_batch_tokens=4096,
+                                                grpo=wide_step)).json()
         lim.wait_job(running["id"], lambda j: j["state"] == "running" and j["current_step"] >= 1)
         assert_error(lim.post("/v1/rollouts", wide), 413, "payload_too_large",
                      "the rollout needs about 34.9 MiB on cpu but the device memory limit "
-                     "(--device-memory-mb) allows 17.6 MiB")
-        queued = lim.post("/v1/jobs", tiny_job(lp, steps=100000, micro_batch_tokens=4096))
+                     "(--device-memory-mb) allows 12.4 MiB")
+        queued = lim.post("/v1/jobs", tiny_job(lp, steps=100000, micro_batch_tokens=4096,
+                                               grpo=wide_step))
         assert queued.status == 201, queued
         for job_id in (queued.json()["id"], running["id"]):
             lim.post(f"/v1/jobs/{job_id}/cancel")

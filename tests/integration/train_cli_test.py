@@ -4,7 +4,8 @@ $CHORDD, set by tests/integration/train.cmake):
 - error paths: a bad job file names the field (or the line and column of a syntax error), a
   missing dataset names the data field and the path, a bad JSONL line names the file and line,
   before any training step;
-- --stop-after then --resume gives the metrics of an uninterrupted run (timings aside);
+- --stop-after then --resume gives the metrics of an uninterrupted run (timings and memory
+  peaks aside);
 - checkpoints are model directories that `chordd eval` loads; its accuracy / avg@k / pass@k are
   recomputed here from its per-sample output, with the answers re-checked by Python
   (the last \\boxed{} against the integer answer of the arithmetic problem, evaluated here).
@@ -148,7 +149,8 @@ def read_metrics(path):
     for line in open(path):
         d = json.loads(line)
         rows[d["step"]] = {k: v for k, v in d["metrics"].items()
-                           if not k.startswith(("time/", "tokens_per_s")) and k != "eval/time"}
+                           if not k.startswith(("time/", "tokens_per_s", "memory/"))
+                           and k != "eval/time"}
     return rows
 
 
@@ -439,3 +441,68 @@ def test_bf16_weights(tmp_path):
                        env={**os.environ, "CHORD_WEIGHTS": "fp16"})
     assert p.returncode != 0
     assert "CHORD_WEIGHTS='fp16' is not auto, fp32 or bf16" in p.stderr, p.stderr
+
+
+def junk(rng, n):
+    """Text the embedded tokenizer cannot merge much: about one token per byte, so the memory
+    estimate's byte bound on a record's tokens is nearly exact."""
+    return "".join(rng.choice("qzxjkvwy0123456789#%&*+=<>~^|") for _ in range(n))
+
+
+def test_memory_estimate_bounds_the_real_peak(tmp_path, data):
+    """The memory estimate that refuses work at submission (server/train/mem_estimate.h) against
+    what the engine really allocates: every step's `memory/peak_mib` (ops_mem_usage: the device
+    buffers of the weights, gradients, moments, run states and KV caches) never exceeds its
+    `memory/estimate_mib`, for chord with eval, GRPO with a KL reference (its own run state),
+    SFT with bf16 weights and activations (CHORD_WEIGHTS=bf16), LoRA with shared prompts and a
+    small micro_batch_tokens. Where the data's length bound is nearly exact (text of about a
+    token per byte, every micro-batch trained) the estimate is also within 2x of the peak: a
+    term counted twice, or a budget's bf16 saving miscounted, shows."""
+    import random
+    rng = random.Random(3)
+    tight = {"prompts": write_jsonl(tmp_path / "junk-prompts.jsonl",
+                                    [{"prompt": junk(rng, 120), "answer": "1"}
+                                     for _ in range(20)]),
+             "expert": write_jsonl(tmp_path / "junk-expert.jsonl",
+                                   [{"prompt": junk(rng, 60), "response": junk(rng, 100)}
+                                    for _ in range(20)])}
+    wide = TINY | {"hidden_size": 64, "intermediate_size": 192, "num_hidden_layers": 2,
+                   "num_attention_heads": 4, "num_key_value_heads": 2,
+                   "max_position_embeddings": 512}
+    big = {"model": {"init": {"seed": 1, "config": wide}}, "steps": 2, "checkpoint_every": 0,
+           "micro_batch_tokens": 100000, "eval": {"every": 0}, "chord": {},
+           "grpo": {"group_size": 4, "prompts_per_step": 8}, "expert_per_step": 8,
+           "sampling": {"max_new_tokens": 48}}
+    cases = [  # name, job overrides, CHORD_WEIGHTS, tight
+        ("chord+eval", {"checkpoint_every": 0}, "fp32", False),
+        ("grpo+kl", big | {"algorithm": "grpo", "data": {"prompts": tight["prompts"]},
+                           "grpo": {"group_size": 4, "prompts_per_step": 8, "kl_coef": 0.05}},
+         "fp32", True),
+        ("sft bf16", big | {"algorithm": "sft", "data": {"expert": tight["expert"]}}, "bf16",
+         True),
+        ("lora+share", {"checkpoint_every": 0, "lora": {"rank": 4}, "micro_batch_tokens": 64,
+                        "grpo": {"group_size": 2, "prompts_per_step": 4,
+                                 "share_prompt": True}}, "fp32", False),
+    ]
+    seen = []
+    for name, over, weights, is_tight in cases:
+        metrics = tmp_path / f"{name.replace(' ', '_')}.jsonl"
+        over = dict(over)
+        d = over.pop("data", data)
+        p = subprocess.run([CHORDD, "train", job(tmp_path, d, **over), "--device", "cpu",
+                            "--quiet", "--out", str(tmp_path / "out" / name),
+                            "--metrics-out", str(metrics)],
+                           capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "CHORD_WEIGHTS": weights})
+        assert p.returncode == 0, (name, p.stderr)
+        rows = [json.loads(line)["metrics"] for line in open(metrics)]
+        assert rows, name
+        for r in rows:
+            peak, est = r["memory/peak_mib"], r["memory/estimate_mib"]
+            assert 0 < peak <= est, (name, peak, est)
+        peak = max(r["memory/peak_mib"] for r in rows)
+        est = rows[-1]["memory/estimate_mib"]
+        if is_tight:
+            assert est <= 2 * peak, (name, peak, est)
+        seen.append(f"{name}: peak {peak:.1f} MiB, estimate {est:.1f} MiB")
+    print("; ".join(seen))

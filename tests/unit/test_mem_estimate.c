@@ -98,7 +98,9 @@ static void test_params_agree_with_model(void **state) {
  *   per layer, per row: 3C 24 + qkv (2+2)4 16 + att 8 + gate/up 32 + lse 2 + rstd 2 = 84
  *   forward row: res (L+1)C 24 + 2 x 84 + h 16 + xf 8 + 10 = 226
  *   backward row: 2 + 2C 16 + dqkv 16 + datt 8 + 3I 48 = 90
- *   activations: 4 (10 x 316 + 2 x 10 rows x 100) = 20640
+ *   rows: the step's 6 sequences of min(2048 + 20, 64) = 64 tokens each are longer than the 10
+ *         of micro_batch_tokens, so each trains alone: N = 64
+ *   activations: 4 (64 x 316 + 2 x 64 rows x 100) = 132096
  *   sampling: prompts bounded by max_position 64; rows max(3 x 64, 6) = 192 of
  *             C 8 + 84 + 16 + 8 + 10 = 126 floats, and 6 x 100 logits: 4 (24192 + 600) = 99168
  *   KV cache: positions min(2048 + 20, 64) = 64: 4 x 2 L x 6 slots x 64 x 1 x 4 = 24576 */
@@ -109,22 +111,22 @@ static void test_job(void **state) {
     job_config cfg;
     job("", &cfg);
     mem_estimate e;
-    mem_estimate_job(&mc, &cfg, MEM_PROMPT_TOKENS, MEM_PROMPT_TOKENS, &e);
+    mem_estimate_job(&mc, &cfg, MEM_PROMPT_TOKENS, MEM_PROMPT_TOKENS, MEM_PROMPT_TOKENS, &e);
     assert_int_equal(e.kind, MEM_KIND_JOB);
     assert_true(e.weights == 11168.0);
     assert_true(e.optimizer == 33504.0);
-    assert_true(e.tokens == 10.0);
-    assert_true(e.activations == 20640.0);
+    assert_true(e.tokens == 64.0);
+    assert_true(e.activations == 132096.0);
     assert_true(e.sampling == 99168.0);
     assert_true(e.kv_cache == 24576.0);
     assert_true(e.slots == 6.0 && e.positions == 64.0);
     assert_true(e.eval == 0 && e.eval_slots == 0);
-    assert_true(e.total == 11168.0 + 33504 + 20640 + 99168 + 24576);
-    /* grpo.share_prompt adds attention's expanded layout: G N = 20 rows of 2 qkv 32 + 2 att 16
-     * + lse 2 + 4 indices = 54 floats: 4 x 20 x 54 = 4320 */
+    assert_true(e.total == 11168.0 + 33504 + 132096 + 99168 + 24576);
+    /* grpo.share_prompt adds attention's expanded layout: G N = 128 rows of 2 qkv 32 + 2 att 16
+     * + lse 2 + 4 indices = 54 floats: 4 x 128 x 54 = 27648 */
     cfg.grpo.share_prompt = 1;
-    mem_estimate_job(&mc, &cfg, MEM_PROMPT_TOKENS, MEM_PROMPT_TOKENS, &e);
-    assert_true(e.activations == 20640.0 + 4320.0);
+    mem_estimate_job(&mc, &cfg, MEM_PROMPT_TOKENS, MEM_PROMPT_TOKENS, MEM_PROMPT_TOKENS, &e);
+    assert_true(e.activations == 132096.0 + 27648.0);
     cfg.grpo.share_prompt = 0;
     jobconfig_free(&cfg);
 
@@ -133,14 +135,15 @@ static void test_job(void **state) {
      * reference copy (the base under the adapter) */
     job(", \"lora\": {\"rank\": 2}", &cfg);
     cfg.grpo.kl_coef = 0.1;
-    mem_estimate_job(&mc, &cfg, MEM_PROMPT_TOKENS, MEM_PROMPT_TOKENS, &e);
+    mem_estimate_job(&mc, &cfg, MEM_PROMPT_TOKENS, MEM_PROMPT_TOKENS, MEM_PROMPT_TOKENS, &e);
     assert_true(e.lora_params == 112.0);
     assert_true(e.weights == 11168.0 + 448.0);
     assert_true(e.optimizer == 1344.0 && e.full_optimizer == 33504.0);
     assert_true(e.reference == 0.0);
     /* and its activations: x A^T of 7 targets per layer kept + the widest projection (I 16)
-     * and r as scratch: 4 x 10 rows x (2 x 7 x 2 + 16 + 2) = 1840 */
-    assert_true(e.activations == 20640.0 + 1840.0);
+     * and r as scratch: 4 x 64 rows x (2 x 7 x 2 + 16 + 2) = 11776; none stored in bf16 */
+    assert_true(e.activations == 132096.0 + 11776.0);
+    assert_true(e.act16_saving == 0.0);
     jobconfig_free(&cfg);
 
     /* the estimate's adapter size is the engine's (model_lora_attach's layout), not a second
@@ -163,7 +166,7 @@ static void test_job(void **state) {
                 : ", \"lora\": {\"rank\": 3}",
             &cfg);
         cfg.lora.targets = sets[k % 3];
-        mem_estimate_job(&mc, &cfg, MEM_PROMPT_TOKENS, MEM_PROMPT_TOKENS, &e);
+        mem_estimate_job(&mc, &cfg, MEM_PROMPT_TOKENS, MEM_PROMPT_TOKENS, MEM_PROMPT_TOKENS, &e);
         assert_true(e.lora_params == (double)model_trainable_params(m));
         jobconfig_free(&cfg);
         model_free(m);
@@ -172,9 +175,52 @@ static void test_job(void **state) {
 
     /* SFT samples nothing: no training rollouts, no KV cache */
     job_of("sft", "{\"expert\": \"x\"}", "", &cfg);
-    mem_estimate_job(&mc, &cfg, MEM_PROMPT_TOKENS, MEM_PROMPT_TOKENS, &e);
+    mem_estimate_job(&mc, &cfg, MEM_PROMPT_TOKENS, MEM_PROMPT_TOKENS, MEM_PROMPT_TOKENS, &e);
     assert_true(e.sampling == 0 && e.kv_cache == 0);
-    assert_true(e.total == 11168.0 + 33504 + 20640);
+    assert_true(e.total == 11168.0 + 33504 + 132096);
+    jobconfig_free(&cfg);
+}
+
+/* The rows of the largest micro-batch: micro_batch_tokens (8192 by default) unless a step holds
+ * fewer, or a sequence is longer (it trains alone). */
+static void test_micro_batch_rows(void **state) {
+    (void)state;
+    model_config mc;
+    small_config(&mc);
+    job_config cfg;
+    mem_estimate e;
+    chord_err err = {0};
+    /* GRPO, 3 x 2 responses of at most 20 + 20 tokens: 240 rows, not 8192 */
+    assert_int_equal(jobconfig_parse("{\"model\": {\"init\": {\"config\": " SMALL "}}, "
+                                     "\"data\": {\"prompts\": \"p\"}, \"algorithm\": \"grpo\", "
+                                     "\"grpo\": {\"prompts_per_step\": 3, \"group_size\": 2}, "
+                                     "\"sampling\": {\"max_new_tokens\": 20}}",
+                                     &cfg, &err),
+                     0);
+    mem_estimate_job(&mc, &cfg, 20, 0, 20, &e);
+    assert_true(e.tokens == 240.0);
+    /* a budget below the step's rows holds */
+    cfg.micro_batch_tokens = 100;
+    mem_estimate_job(&mc, &cfg, 20, 0, 20, &e);
+    assert_true(e.tokens == 100.0);
+    /* and one below a sequence's length gives way to it: 40 */
+    cfg.micro_batch_tokens = 30;
+    mem_estimate_job(&mc, &cfg, 20, 0, 20, &e);
+    assert_true(e.tokens == 40.0);
+    jobconfig_free(&cfg);
+    /* CHORD adds the expert records: E 5 of at most 30 tokens, 240 + 150 = 390 */
+    assert_int_equal(jobconfig_parse("{\"model\": {\"init\": {\"config\": " SMALL "}}, "
+                                     "\"data\": {\"prompts\": \"p\", \"expert\": \"x\"}, "
+                                     "\"algorithm\": \"chord\", \"expert_per_step\": 5, "
+                                     "\"grpo\": {\"prompts_per_step\": 3, \"group_size\": 2}, "
+                                     "\"sampling\": {\"max_new_tokens\": 20}}",
+                                     &cfg, &err),
+                     0);
+    mem_estimate_job(&mc, &cfg, 20, 30, 20, &e);
+    assert_true(e.tokens == 390.0);
+    /* expert records longer than max_position are cut there: 5 x 64 */
+    mem_estimate_job(&mc, &cfg, 20, 5000, 20, &e);
+    assert_true(e.tokens == 240.0 + 320.0);
     jobconfig_free(&cfg);
 }
 
@@ -188,14 +234,15 @@ static void test_job_short_prompts(void **state) {
     job_config cfg;
     job("", &cfg);
     mem_estimate e;
-    mem_estimate_job(&mc, &cfg, 20, 20, &e);
+    mem_estimate_job(&mc, &cfg, 20, 20, 20, &e);
     assert_true(e.sampling == 32640.0);
     assert_true(e.kv_cache == 15360.0);
     assert_true(e.positions == 40.0);
     jobconfig_free(&cfg);
 }
 
-/* A job with a KL keeps a frozen copy of the starting weights: 4 P more, named in the refusal. */
+/* A job with a KL keeps a frozen copy of the starting weights, 4 P more, and runs the policy's
+ * micro-batches through it (its own run state): named in the refusal. */
 static void test_job_with_reference(void **state) {
     (void)state;
     model_config mc;
@@ -211,16 +258,17 @@ static void test_job_with_reference(void **state) {
                                      &kl, &perr),
                      0);
     mem_estimate a, b;
-    mem_estimate_job(&mc, &plain, 20, 20, &a);
-    mem_estimate_job(&mc, &kl, 20, 20, &b);
+    mem_estimate_job(&mc, &plain, 20, 20, 20, &a);
+    mem_estimate_job(&mc, &kl, 20, 20, 20, &b);
     assert_true(a.reference == 0.0);
-    assert_true(b.reference == 4.0 * 2792);
+    /* its weights, and its run state for the same micro-batches (model_forward on its model) */
+    assert_true(b.reference == 4.0 * 2792 + a.activations);
     assert_true(b.total == a.total + b.reference);
     mem_budget budget;
     mem_budget_make(&budget, "cpu", 1.0, 0.0);
     chord_err err = {0};
     assert_int_equal(mem_estimate_check(&b, &budget, &err), -1);
-    assert_non_null(strstr(err.msg, "the KL's reference weights"));
+    assert_non_null(strstr(err.msg, "the KL's reference (weights and activations)"));
     jobconfig_free(&plain);
     jobconfig_free(&kl);
 }
@@ -261,7 +309,7 @@ static void test_job_with_eval(void **state) {
     job_config cfg;
     job(", \"eval\": {\"every\": 5, \"k\": 4, \"max_new_tokens\": 10}", &cfg);
     mem_estimate e;
-    mem_estimate_job(&mc, &cfg, MEM_PROMPT_TOKENS, MEM_PROMPT_TOKENS, &e);
+    mem_estimate_job(&mc, &cfg, MEM_PROMPT_TOKENS, MEM_PROMPT_TOKENS, MEM_PROMPT_TOKENS, &e);
     assert_true(e.eval == 2166784.0 + 1048576.0);
     assert_true(e.eval_slots == 256.0 && e.eval_positions == 64.0);
     assert_true(e.sampling == 99168.0 + 2166784.0);
@@ -269,7 +317,7 @@ static void test_job_with_eval(void **state) {
     jobconfig_free(&cfg);
     /* every = 0: the eval set is never sampled during training */
     job(", \"eval\": {\"every\": 0}", &cfg);
-    mem_estimate_job(&mc, &cfg, MEM_PROMPT_TOKENS, MEM_PROMPT_TOKENS, &e);
+    mem_estimate_job(&mc, &cfg, MEM_PROMPT_TOKENS, MEM_PROMPT_TOKENS, MEM_PROMPT_TOKENS, &e);
     assert_true(e.eval == 0 && e.kv_cache == 24576.0);
     jobconfig_free(&cfg);
 }
@@ -324,7 +372,7 @@ static void test_job_zero1(void **state) {
     job_config cfg;
     job("", &cfg);
     mem_estimate e, plain;
-    mem_estimate_job(&mc, &cfg, MEM_PROMPT_TOKENS, MEM_PROMPT_TOKENS, &plain);
+    mem_estimate_job(&mc, &cfg, MEM_PROMPT_TOKENS, MEM_PROMPT_TOKENS, MEM_PROMPT_TOKENS, &plain);
     e = plain;
     mem_estimate_zero1(&e, 1);
     assert_true(e.optimizer == 33504.0 && e.zero_ranks == 0);
@@ -342,7 +390,7 @@ static void test_job_zero1(void **state) {
     jobconfig_free(&cfg);
     /* LoRA: the adapter's 112 parameters are sharded */
     job(", \"lora\": {\"rank\": 2}", &cfg);
-    mem_estimate_job(&mc, &cfg, MEM_PROMPT_TOKENS, MEM_PROMPT_TOKENS, &e);
+    mem_estimate_job(&mc, &cfg, MEM_PROMPT_TOKENS, MEM_PROMPT_TOKENS, MEM_PROMPT_TOKENS, &e);
     mem_estimate_zero1(&e, 2);
     assert_true(e.optimizer == 4.0 * 112 + 8.0 * 56);
     jobconfig_free(&cfg);
@@ -355,7 +403,7 @@ static void test_check_message(void **state) {
     job_config cfg;
     job("", &cfg);
     mem_estimate e;
-    mem_estimate_job(&mc, &cfg, MEM_PROMPT_TOKENS, MEM_PROMPT_TOKENS, &e);
+    mem_estimate_job(&mc, &cfg, MEM_PROMPT_TOKENS, MEM_PROMPT_TOKENS, MEM_PROMPT_TOKENS, &e);
     jobconfig_free(&cfg);
     mem_budget b;
     chord_err err = {0};
@@ -369,13 +417,13 @@ static void test_check_message(void **state) {
     assert_int_equal(mem_estimate_check(&e, &b, &err), -1);
     assert_int_equal(err.code, CHORD_E_TOO_LARGE);
     const char *want[] = {
-        "the job needs about 184.6 KiB on cpu but only 97.7 KiB are free",
+        "the job needs about 293.5 KiB on cpu but only 97.7 KiB are free",
         "weights 10.9 KiB + gradients and AdamW moments 32.7 KiB",
-        "activations 20.2 KiB (10 tokens per micro-batch)",
+        "activations 129.0 KiB (64 tokens per micro-batch)",
         "sampling 96.8 KiB + KV cache 24.0 KiB (6 slots x 64 positions)",
-        /* sampling + KV (121 KiB), then weights + optimizer (44 KiB), then activations (20 KiB) */
-        "; to fit, lower (biggest share first) grpo.prompts_per_step x grpo.group_size or "
-        "sampling.max_new_tokens, then the model's size, then micro_batch_tokens, or use a larger "
+        /* activations (129 KiB), then sampling + KV (121 KiB), then weights + optimizer (44 KiB) */
+        "; to fit, lower (biggest share first) micro_batch_tokens, then grpo.prompts_per_step x "
+        "grpo.group_size or sampling.max_new_tokens, then the model's size, or use a larger "
         "device",
     };
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
@@ -398,8 +446,10 @@ static void test_check_message(void **state) {
                                     "smaller model or a larger device"));
 }
 
-/* bf16 weights (model.h precision): the copy of the matrices counts on a device whose models
- * keep one (ops_device_bf16_weights: CHORD_WEIGHTS, else CUDA with bf16 GEMMs) and nowhere else */
+/* bf16 weights (model.h precision): the copy of the matrices, and the bf16 activations (ln1,
+ * ln2, gate/up: N (L (2C + 2I) 2 - 4C) = 64 (2 x 48 x 2 - 32) = 10240 bytes less), count on a
+ * device whose models keep one (ops_device_bf16_weights: CHORD_WEIGHTS, else CUDA with bf16
+ * GEMMs) and nowhere else */
 static void test_bf16_copy(void **state) {
     (void)state;
     model_config mc;
@@ -407,18 +457,23 @@ static void test_bf16_copy(void **state) {
     job_config cfg;
     job("", &cfg);
     mem_estimate e;
-    mem_estimate_job(&mc, &cfg, MEM_PROMPT_TOKENS, MEM_PROMPT_TOKENS, &e);
+    mem_estimate_job(&mc, &cfg, MEM_PROMPT_TOKENS, MEM_PROMPT_TOKENS, MEM_PROMPT_TOKENS, &e);
     jobconfig_free(&cfg);
     assert_true(e.weights16 == 2.0 * 2792);
+    assert_true(e.act16_saving == 10240.0);
     mem_budget b;
     chord_err err = {0};
     setenv("CHORD_WEIGHTS", "bf16", 1);
-    mem_budget_make(&b, "cpu", e.total, 0); /* enough for float32 weights only */
+    mem_budget_make(&b, "cpu", e.total - 10240.0, 0); /* too little for bf16 weights */
     assert_int_equal(b.bf16_weights, 1);
-    assert_true(mem_estimate_need(&e, &b) == e.total + 2.0 * 2792);
+    assert_true(mem_estimate_need(&e, &b) == e.total + 2.0 * 2792 - 10240.0);
     assert_int_equal(mem_estimate_check(&e, &b, &err), -1);
     if (!strstr(err.msg, "weights 10.9 KiB + their bf16 copy 5.5 KiB + gradients"))
         fail_msg("no bf16 copy in: %s", err.msg);
+    /* 132096 - 10240 bytes */
+    if (!strstr(err.msg, "activations 119.0 KiB (64 tokens per micro-batch, norms and gate/up "
+                         "in bf16)"))
+        fail_msg("no bf16 activations in: %s", err.msg);
     setenv("CHORD_WEIGHTS", "fp32", 1);
     mem_budget_make(&b, "cuda:0", e.total, 0);
     assert_int_equal(b.bf16_weights, 0);
@@ -443,6 +498,7 @@ int main(void) {
         cmocka_unit_test(test_params_agree_with_model),
         cmocka_unit_test(test_job),
         cmocka_unit_test(test_job_short_prompts),
+        cmocka_unit_test(test_micro_batch_rows),
         cmocka_unit_test(test_job_with_reference),
         cmocka_unit_test(test_prompt_tokens_of_file),
         cmocka_unit_test(test_job_with_eval),

@@ -150,6 +150,47 @@ static void test_open_close(void **state) {
     assert_null(ops_open("tpu", 1, err, sizeof err));
 }
 
+/* ops_mem_usage: the bytes of ops_alloc's live buffers and their high-water mark, counted per
+ * context, a freed buffer taken off, the peak restarted from what is live by ops_mem_reset_peak */
+static void test_mem_usage(void **state) {
+    (void)state;
+    char err[256];
+    ops_ctx *c = ops_cpu_open(1, err, sizeof err), *d = ops_cpu_open(1, err, sizeof err);
+    assert_non_null(c);
+    assert_non_null(d);
+    size_t live = 1, peak = 1;
+    ops_mem_usage(c, &live, &peak);
+    assert_true(live == 0 && peak == 0);
+    void *p[40];
+    for (int i = 0; i < 40; i++) /* more than the first array holds: it grows */
+        assert_non_null(p[i] = ops_alloc(c, 1000 + (size_t)i));
+    void *q = ops_alloc(d, 12345);
+    assert_non_null(q);
+    const size_t all = 40 * 1000 + 39 * 40 / 2;
+    ops_mem_usage(c, &live, &peak);
+    assert_true(live == all && peak == all);
+    ops_free(c, p[7]);
+    ops_free(c, p[0]);
+    ops_mem_usage(c, &live, &peak);
+    assert_true(live == all - 1007 - 1000 && peak == all);
+    ops_mem_reset_peak(c);
+    ops_mem_usage(c, NULL, &peak);
+    assert_true(peak == all - 2007);
+    ops_mem_usage(d, &live, &peak);
+    assert_true(live == 12345 && peak == 12345);
+    for (int i = 1; i < 40; i++)
+        if (i != 7) ops_free(c, p[i]);
+    ops_mem_usage(c, &live, &peak);
+    assert_true(live == 0 && peak == all - 2007);
+    assert_non_null(p[0] = ops_alloc(c, 5)); /* counting starts again after the arrays went */
+    ops_mem_usage(c, &live, NULL);
+    assert_true(live == 5);
+    ops_free(c, p[0]);
+    ops_free(d, q);
+    ops_close(c);
+    ops_close(d);
+}
+
 /* ops_<op> runs the slot of the table c->be points to at the time of the call */
 static int g_scale_calls;
 static int counting_scale(ops_ctx *c, float *a, float s, size_t n) {
@@ -1075,6 +1116,7 @@ static void test_elementwise(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_open_close),
+        cmocka_unit_test(test_mem_usage),
         cmocka_unit_test(test_backend_check),
         cmocka_unit_test(test_calls_dispatch_through_table),
         cmocka_unit_test(test_expf),

@@ -348,9 +348,10 @@ static void test_chord_mu_beats_grpo(void **state) {
 
 /* ---- stop + resume -------------------------------------------------------------------------- */
 
+/* timings, and the memory peak (the process's, not the run's) */
 static int is_timing(const char *name) {
     return !strncmp(name, "time/", 5) || !strncmp(name, "tokens_per_s", 12) ||
-           !strcmp(name, "eval/time");
+           !strcmp(name, "eval/time") || !strncmp(name, "memory/", 7);
 }
 
 /* A CHORD job stopped after step 3 and resumed from its checkpoint repeats the uninterrupted
