@@ -374,8 +374,14 @@ def test_sample_requests_queued_together_decode_together(srv):
     reqs = [(types.ModelInput.from_ints([5 + i, 17, 300 - i, 42]), 1 + i % 3,
              types.SamplingParams(max_tokens=30 + 5 * i, temperature=0.6 + 0.1 * i, stop=[],
                                   seed=1000 + i)) for i in range(8)]
+    # a long request first keeps the sampler busy while the eight arrive, so they queue behind
+    # it and start together (without it, on a fast machine, each could end before the next came)
+    busy = smp.sample(prompt=types.ModelInput.from_ints([7, 8, 9]), num_samples=64,
+                      sampling_params=types.SamplingParams(max_tokens=120, temperature=1.0,
+                                                           stop=[], seed=1))
     futures = [smp.sample(prompt=p, num_samples=n, sampling_params=sp) for p, n, sp in reqs]
     together = [f.result() for f in futures]
+    assert len(busy.result().sequences) == 64
     alone = [smp.sample(prompt=p, num_samples=n, sampling_params=sp).result()
              for p, n, sp in reqs]
     for a, b, (_, n, sp) in zip(alone, together, reqs):
